@@ -1,0 +1,111 @@
+//! The command line. Definitions only; meaning is given elsewhere.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::control::ClientArgs;
+use crate::who::WhoArgs;
+
+/// Hold listening sockets for a server and restart or redeploy it without
+/// ever refusing a connection.
+#[derive(Parser, Debug)]
+#[command(
+    name = "relaunch",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Examples:\n  relaunch --port 5000 -- ./web_dashboard\n  relaunch -l http=127.0.0.1:8000 -l admin=unix:/run/app/admin.sock -- ./server\n  relaunch reload --control /run/app/relaunch.sock"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Sub>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Sub {
+    /// Show listeners, generation and children of a running relaunch
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a new generation beside the old one; stop the old one once the new one is ready
+    Reload {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop the children and relaunch
+    Stop {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show who holds a port or Unix socket (reads /proc; never kills anything)
+    Who(WhoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Listen on PORT on every interface ([::] dual-stack, or 0.0.0.0 without IPv6)
+    #[arg(short, long, value_name = "PORT")]
+    pub port: Option<String>,
+
+    /// Listen on SPEC, named NAME: PORT, HOST:PORT, [V6]:PORT, tcp:..., udp:HOST:PORT, unix:PATH, unix:@NAME
+    #[arg(short, long = "listen", value_name = "[NAME=]SPEC")]
+    pub listen: Vec<String>,
+
+    /// listen(2) backlog for stream sockets [default: SOMAXCONN]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
+    pub backlog: Option<i32>,
+
+    /// When to restart a child that exits on its own
+    #[arg(long, value_enum, default_value_t = Restart::Always)]
+    pub restart: Restart,
+
+    /// Signal that asks a child to stop gracefully
+    #[arg(long, value_name = "SIGNAL", default_value = "TERM")]
+    pub stop_signal: String,
+
+    /// How long a child may take to stop before SIGKILL (500ms, 10s, 2m)
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub stop_timeout: String,
+
+    /// How a new generation shows it is ready: auto, notify, or delay:DURATION
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub ready: String,
+
+    /// How long a new generation may take to become ready
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub ready_timeout: String,
+
+    /// Number of children sharing the sockets
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+
+    /// Serve a control socket at PATH for `relaunch status|reload|stop`
+    #[arg(long, env = "RELAUNCH_CONTROL", value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
+    /// Only log warnings and errors
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// The server to run, after `--`
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Restart whenever the child exits
+    Always,
+    /// Restart only after a non-zero exit or a signal
+    OnFailure,
+    /// Never restart: relaunch exits with the child's status
+    Never,
+}

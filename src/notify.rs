@@ -1,0 +1,668 @@
+//! sd_notify in both directions.
+//!
+//! Down: [`NotifySocket`] is the `NOTIFY_SOCKET` relaunch serves to one child
+//! generation. It is an abstract-namespace datagram socket
+//! (`@relaunch/<our pid>/<tag>/<random>`, nothing on disk to clean up) with
+//! `SO_PASSCRED`, so every datagram carries the sender's pid and uid from the
+//! kernel. [`NotifySocket::recv`] returns only well-formed messages and drops,
+//! with a debug line, any datagram that:
+//! - has no credentials, or a pid the kernel could not map (0),
+//! - is larger than [`MAX_DATAGRAM`] bytes (detected with `MSG_TRUNC`),
+//! - has an embedded NUL (one trailing NUL is tolerated, as systemd does),
+//! - is not UTF-8 or not `KEY=VALUE` lines (see [`parse`]).
+//!
+//! File descriptors that arrive (`SCM_RIGHTS`) are never wanted: they are
+//! closed before `recv` returns, whether the message is kept or not. `recv`
+//! does not filter by pid; the caller checks the pid belongs to the
+//! generation's process tree, since only it knows that tree.
+//!
+//! Up: [`Systemd`] sends relaunch's own state to the service manager named by
+//! relaunch's inherited `NOTIFY_SOCKET` (a path or `@abstract`). Sends never
+//! block and never fail loudly: systemd may be gone, and losing a status line
+//! must not stop the launcher. Status text is flattened to one line so a
+//! child's text can never inject extra fields.
+//!
+//! Model: systemd `src/shared/notify-recv.c`.
+
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram as StdDatagram};
+
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, sockopt,
+};
+use tokio::io::Interest;
+use tokio::net::UnixDatagram;
+
+/// Largest datagram accepted; systemd uses the same bound (PIPE_BUF).
+pub const MAX_DATAGRAM: usize = 4096;
+
+/// The kernel's limit on fds in one message (SCM_MAX_FD). Sizing the control
+/// buffer for all of them means the control data is never truncated, so every
+/// fd that arrives is seen and closed, never leaked.
+const SCM_MAX_FD: usize = 253;
+
+/// How often `bind` retries when the random name is already taken.
+const BIND_ATTEMPTS: usize = 8;
+
+/// One generation's notify socket.
+pub struct NotifySocket {
+    sock: UnixDatagram,
+    env: String,
+}
+
+/// A valid notify datagram and who sent it (per the kernel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub pid: i32,
+    pub uid: u32,
+    pub fields: Vec<(String, String)>,
+}
+
+impl NotifySocket {
+    /// Binds an abstract-namespace datagram socket with a unique name
+    /// ("@relaunch/<our pid>/<tag>/<random u64>") and SO_PASSCRED.
+    /// Must be called inside a tokio runtime.
+    pub fn bind(tag: &str) -> io::Result<Self> {
+        if tag.is_empty()
+            || tag
+                .bytes()
+                .any(|b| b == 0 || b == b'/' || b.is_ascii_control())
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "notify socket tag {tag:?} must be non-empty, without '/' or control characters"
+                ),
+            ));
+        }
+        let mut last = None;
+        for _ in 0..BIND_ATTEMPTS {
+            let name = format!(
+                "relaunch/{}/{tag}/{:016x}",
+                std::process::id(),
+                fastrand::u64(..)
+            );
+            match bind_abstract(&name) {
+                Ok(fd) => {
+                    let std = StdDatagram::from(fd);
+                    std.set_nonblocking(true)?;
+                    let sock = UnixDatagram::from_std(std)?;
+                    return Ok(NotifySocket {
+                        sock,
+                        env: format!("@{name}"),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
+    }
+
+    /// The value to give the child as NOTIFY_SOCKET (e.g. "@relaunch/123/g2/...").
+    pub fn env_value(&self) -> &str {
+        &self.env
+    }
+
+    /// Next valid datagram. Invalid ones are dropped with a debug line; fds
+    /// that arrive are closed. Does not filter by pid.
+    pub async fn recv(&self) -> io::Result<Message> {
+        let fd = self.sock.as_raw_fd();
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut cmsg = nix::cmsg_space!(libc::ucred, [RawFd; SCM_MAX_FD]);
+        loop {
+            let raw = self
+                .sock
+                .async_io(Interest::READABLE, || recv_raw(fd, &mut buf, &mut cmsg))
+                .await?;
+            if !raw.fds.is_empty() {
+                tracing::debug!(
+                    count = raw.fds.len(),
+                    pid = ?raw.cred.map(|c| c.0),
+                    "closing fds sent to the notify socket unasked"
+                );
+            }
+            // Unwanted fds close here, kept message or not.
+            drop(raw.fds);
+            let data = &buf[..raw.len.min(buf.len())];
+            match decode(data, raw.len, raw.ctrunc, raw.cred) {
+                Ok(msg) => return Ok(msg),
+                Err(why) => {
+                    tracing::debug!(pid = ?raw.cred.map(|c| c.0), "dropping notify datagram: {why}")
+                }
+            }
+        }
+    }
+}
+
+impl Message {
+    fn get(&self, key: &str) -> Option<&str> {
+        // First occurrence wins, as in systemd.
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+    fn flag(&self, key: &str) -> bool {
+        self.fields.iter().any(|(k, v)| k == key && v == "1")
+    }
+    pub fn ready(&self) -> bool {
+        self.flag("READY")
+    }
+    pub fn reloading(&self) -> bool {
+        self.flag("RELOADING")
+    }
+    pub fn stopping(&self) -> bool {
+        self.flag("STOPPING")
+    }
+    pub fn status(&self) -> Option<&str> {
+        self.get("STATUS")
+    }
+    /// MAINPID as a positive pid; anything else is ignored.
+    pub fn mainpid(&self) -> Option<i32> {
+        self.get("MAINPID")
+            .and_then(|v| v.parse::<i32>().ok())
+            .filter(|&p| p > 0)
+    }
+}
+
+/// Pure: newline-separated KEY=VALUE lines; empty lines skipped; a line
+/// without '=' is an error; NUL is an error.
+pub fn parse(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
+    if let Some(at) = bytes.iter().position(|&b| b == 0) {
+        return Err(format!("NUL byte at offset {at}"));
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| format!("not valid UTF-8 at offset {}", e.valid_up_to()))?;
+    let mut fields = Vec::new();
+    for (i, line) in text.split('\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {} has no '=': {line:?}", i + 1));
+        };
+        if key.is_empty() {
+            return Err(format!("line {} has an empty key: {line:?}", i + 1));
+        }
+        fields.push((key.to_string(), value.to_string()));
+    }
+    Ok(fields)
+}
+
+/// What one `recvmsg` returned, before validation. Fds close on drop.
+struct Raw {
+    /// The datagram's real length (MSG_TRUNC makes the kernel report it even
+    /// when it did not fit).
+    len: usize,
+    ctrunc: bool,
+    cred: Option<(i32, u32)>,
+    fds: Vec<OwnedFd>,
+}
+
+/// Pure: the checks notify-recv.c makes, in its order.
+fn decode(
+    data: &[u8],
+    real_len: usize,
+    ctrunc: bool,
+    cred: Option<(i32, u32)>,
+) -> Result<Message, String> {
+    if ctrunc {
+        return Err("control data truncated".into());
+    }
+    if real_len > MAX_DATAGRAM || data.len() < real_len {
+        return Err(format!(
+            "{real_len} bytes, more than the {MAX_DATAGRAM} allowed"
+        ));
+    }
+    let Some((pid, uid)) = cred else {
+        return Err("no sender credentials".into());
+    };
+    if pid <= 0 {
+        return Err(format!("sender pid {pid} is not visible from here"));
+    }
+    // A trailing NUL is what a C sender writing sizeof(buf) leaves; tolerate it.
+    let data = data.strip_suffix(&[0]).unwrap_or(data);
+    let fields = parse(data)?;
+    Ok(Message { pid, uid, fields })
+}
+
+/// One non-blocking `recvmsg`. WouldBlock passes through so tokio re-arms.
+fn recv_raw(fd: RawFd, buf: &mut [u8], cmsg: &mut Vec<u8>) -> io::Result<Raw> {
+    let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC;
+    loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = match socket::recvmsg::<()>(fd, &mut iov, Some(cmsg), flags) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::from(e)),
+        };
+        let mut raw = Raw {
+            len: msg.bytes,
+            ctrunc: msg.flags.contains(MsgFlags::MSG_CTRUNC),
+            cred: None,
+            fds: Vec::new(),
+        };
+        // cmsgs() refuses when MSG_CTRUNC is set; the buffer is sized so it
+        // cannot be (see SCM_MAX_FD), and decode drops such a message anyway.
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                match c {
+                    ControlMessageOwned::ScmCredentials(uc) => {
+                        raw.cred = Some((uc.pid(), uc.uid()));
+                    }
+                    ControlMessageOwned::ScmRights(fds) => {
+                        raw.fds.extend(fds.into_iter().map(own_fd));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        return Ok(raw);
+    }
+}
+
+fn own_fd(fd: RawFd) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the kernel just installed this fd in our table for this message;
+    // nothing else in the process knows its number, so we are its only owner.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn bind_abstract(name: &str) -> io::Result<OwnedFd> {
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    // Before bind, so no datagram can be queued without credentials.
+    socket::setsockopt(&fd, sockopt::PassCred, &true)?;
+    let addr = UnixAddr::new_abstract(name.as_bytes())?;
+    socket::bind(fd.as_raw_fd(), &addr)?;
+    Ok(fd)
+}
+
+/// Client for relaunch's own service manager.
+pub struct Systemd {
+    sock: StdDatagram,
+    target: SocketAddr,
+    /// For log lines.
+    name: String,
+}
+
+impl Systemd {
+    /// From relaunch's own NOTIFY_SOCKET value (snapshot taken at start).
+    /// Supports paths and "@abstract". None when unset, empty or unusable.
+    pub fn from_env(value: Option<&OsStr>) -> Option<Self> {
+        let value = value?;
+        let bytes = value.as_bytes();
+        let target = match target_addr(bytes) {
+            Ok(Some(t)) => t,
+            Ok(None) => return None,
+            Err(why) => {
+                tracing::warn!(
+                    "ignoring NOTIFY_SOCKET={}: {why}; systemd will not hear from relaunch",
+                    value.to_string_lossy()
+                );
+                return None;
+            }
+        };
+        let sock = match StdDatagram::unbound().and_then(|s| s.set_nonblocking(true).map(|()| s)) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot create a socket to notify systemd: {e}");
+                return None;
+            }
+        };
+        Some(Systemd {
+            sock,
+            target,
+            name: value.to_string_lossy().into_owned(),
+        })
+    }
+
+    /// Sends one datagram; errors are logged at debug level and otherwise
+    /// ignored (systemd may be gone); never blocks.
+    pub fn send(&self, msg: &str) {
+        if let Err(e) = self.sock.send_to_addr(msg.as_bytes(), &self.target) {
+            tracing::debug!(socket = %self.name, "notify to systemd failed: {e}");
+        }
+    }
+
+    pub fn ready(&self, status: &str) {
+        self.send(&format!("READY=1\nSTATUS={}", one_line(status)));
+    }
+
+    /// What Type=notify-reload requires before the matching READY=1.
+    pub fn reloading(&self, status: &str) {
+        self.send(&reloading_msg(monotonic_usec(), status));
+    }
+
+    pub fn status(&self, status: &str) {
+        self.send(&format!("STATUS={}", one_line(status)));
+    }
+
+    pub fn stopping(&self) {
+        self.send("STOPPING=1");
+    }
+}
+
+/// Pure: Ok(None) for unset-equivalent (empty), Err for values we cannot use.
+fn target_addr(value: &[u8]) -> Result<Option<SocketAddr>, String> {
+    match value.first() {
+        None => Ok(None),
+        Some(b'@') => SocketAddr::from_abstract_name(&value[1..])
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        Some(b'/') => SocketAddr::from_pathname(OsStr::from_bytes(value))
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        Some(_) => Err("expected an absolute path or @abstract name".into()),
+    }
+}
+
+/// Pure: newlines and NULs would split or end the datagram's field.
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\0'], " ")
+}
+
+fn reloading_msg(now_usec: u64, status: &str) -> String {
+    format!(
+        "RELOADING=1\nMONOTONIC_USEC={now_usec}\nSTATUS={}",
+        one_line(status)
+    )
+}
+
+/// CLOCK_MONOTONIC in microseconds, the clock systemd compares against.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec; CLOCK_MONOTONIC always exists
+    // on Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::IoSlice;
+    use std::time::Duration;
+
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    fn sender() -> StdDatagram {
+        StdDatagram::unbound().expect("unbound datagram socket")
+    }
+
+    fn addr_of(ns: &NotifySocket) -> SocketAddr {
+        let name = ns.env_value().strip_prefix('@').expect("abstract name");
+        SocketAddr::from_abstract_name(name).expect("abstract address")
+    }
+
+    async fn next(ns: &NotifySocket) -> Message {
+        tokio::time::timeout(DEADLINE, ns.recv())
+            .await
+            .expect("no notify message within 5 s")
+            .expect("recv failed")
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn receives_with_our_credentials() {
+        let ns = NotifySocket::bind("g1").unwrap();
+        let pid = std::process::id();
+        assert!(ns.env_value().starts_with(&format!("@relaunch/{pid}/g1/")));
+        sender()
+            .send_to_addr(b"READY=1\nSTATUS=hi", &addr_of(&ns))
+            .unwrap();
+        let m = next(&ns).await;
+        assert_eq!(m.pid, pid as i32);
+        assert_eq!(m.uid, nix::unistd::getuid().as_raw());
+        assert!(m.ready());
+        assert!(!m.reloading());
+        assert_eq!(m.status(), Some("hi"));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn names_are_unique() {
+        let a = NotifySocket::bind("g").unwrap();
+        let b = NotifySocket::bind("g").unwrap();
+        assert_ne!(a.env_value(), b.env_value());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn bad_tags_are_refused() {
+        for tag in ["", "a/b", "a\0b", "a\nb"] {
+            let e = NotifySocket::bind(tag)
+                .err()
+                .expect("tag should be refused");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{tag:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn invalid_datagrams_are_skipped() {
+        let ns = NotifySocket::bind("bad").unwrap();
+        let to = addr_of(&ns);
+        let s = sender();
+        s.send_to_addr(b"READY=1\0STATUS=nul", &to).unwrap();
+        s.send_to_addr(b"READY=1\nSTATUS=\xff", &to).unwrap();
+        s.send_to_addr(b"READY", &to).unwrap();
+        let big = format!("STATUS={}", "x".repeat(MAX_DATAGRAM));
+        s.send_to_addr(big.as_bytes(), &to).unwrap();
+        s.send_to_addr(b"STATUS=second\n", &to).unwrap();
+        let m = next(&ns).await;
+        assert_eq!(m.fields, vec![("STATUS".into(), "second".into())]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn accepts_exactly_max_size_and_trailing_nul() {
+        let ns = NotifySocket::bind("max").unwrap();
+        let to = addr_of(&ns);
+        let s = sender();
+        let max = format!("STATUS={}", "y".repeat(MAX_DATAGRAM - 7));
+        assert_eq!(max.len(), MAX_DATAGRAM);
+        s.send_to_addr(max.as_bytes(), &to).unwrap();
+        s.send_to_addr(b"STOPPING=1\0", &to).unwrap();
+        assert_eq!(
+            next(&ns).await.status().map(str::len),
+            Some(MAX_DATAGRAM - 7)
+        );
+        assert!(next(&ns).await.stopping());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn fds_sent_unasked_are_closed() {
+        use nix::fcntl::{FcntlArg, OFlag, fcntl};
+        let ns = NotifySocket::bind("fds").unwrap();
+        let (rd, wr) = nix::unistd::pipe().unwrap();
+        fcntl(&rd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+        let s = sender();
+        let to = UnixAddr::new_abstract(&ns.env_value().as_bytes()[1..]).unwrap();
+        let fds = [wr.as_raw_fd()];
+        socket::sendmsg(
+            s.as_raw_fd(),
+            &[IoSlice::new(b"READY=1")],
+            &[socket::ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            Some(&to),
+        )
+        .unwrap();
+        let m = next(&ns).await;
+        assert!(m.ready());
+        drop(wr);
+        // EOF only if no write end is left open anywhere, i.e. recv closed
+        // the copy it received; a leak shows up as EAGAIN.
+        let mut b = [0u8; 1];
+        assert_eq!(nix::unistd::read(&rd, &mut b), Ok(0));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn systemd_client_reaches_abstract_socket() {
+        let ns = NotifySocket::bind("up").unwrap();
+        let sd = Systemd::from_env(Some(OsStr::new(ns.env_value()))).expect("client");
+        sd.ready("x\ny=1");
+        let m = next(&ns).await;
+        assert!(m.ready());
+        // The newline in the status must not have become a field.
+        assert_eq!(m.status(), Some("x y=1"));
+        assert_eq!(m.fields.len(), 2);
+
+        sd.reloading("reloading");
+        let before = monotonic_usec();
+        let m = next(&ns).await;
+        assert!(m.reloading());
+        let usec: u64 = m
+            .fields
+            .iter()
+            .find(|(k, _)| k == "MONOTONIC_USEC")
+            .and_then(|(_, v)| v.parse().ok())
+            .expect("MONOTONIC_USEC is an integer");
+        assert!(
+            usec <= before && before - usec < 5_000_000,
+            "{usec} vs {before}"
+        );
+
+        sd.stopping();
+        assert!(next(&ns).await.stopping());
+        sd.status("s");
+        assert_eq!(next(&ns).await.status(), Some("s"));
+    }
+
+    #[test]
+    fn systemd_client_reaches_path_socket() {
+        let dir = std::env::temp_dir().join(format!(
+            "relaunch-notify-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("notify");
+        let rx = StdDatagram::bind(&path).unwrap();
+        rx.set_read_timeout(Some(DEADLINE)).unwrap();
+        let sd = Systemd::from_env(Some(path.as_os_str())).expect("client");
+        sd.status("on disk");
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(&buf[..n.unwrap()], b"STATUS=on disk");
+    }
+
+    #[test]
+    fn systemd_from_env_values() {
+        assert!(Systemd::from_env(None).is_none());
+        assert!(Systemd::from_env(Some(OsStr::new(""))).is_none());
+        assert!(Systemd::from_env(Some(OsStr::new("relative/path"))).is_none());
+        assert!(Systemd::from_env(Some(OsStr::new("vsock:2:1234"))).is_none());
+        let long = format!("/{}", "a".repeat(200));
+        assert!(Systemd::from_env(Some(OsStr::new(&long))).is_none());
+        assert!(Systemd::from_env(Some(OsStr::new("@x"))).is_some());
+        assert!(Systemd::from_env(Some(OsStr::new("/run/systemd/notify"))).is_some());
+    }
+
+    #[test]
+    fn send_to_nobody_is_quiet() {
+        let sd = Systemd::from_env(Some(OsStr::new("@relaunch-test-nobody-listens"))).unwrap();
+        sd.ready("x"); // must neither panic nor block
+    }
+
+    #[test]
+    fn parse_table() {
+        let ok: &[(&[u8], &[(&str, &str)])] = &[
+            (b"", &[]),
+            (b"\n\n", &[]),
+            (b"READY=1", &[("READY", "1")]),
+            (
+                b"READY=1\nSTATUS=a=b\n",
+                &[("READY", "1"), ("STATUS", "a=b")],
+            ),
+            (b"STATUS=", &[("STATUS", "")]),
+            (b"\nA=1\n\nB=2", &[("A", "1"), ("B", "2")]),
+            (b"STATUS= sp ace ", &[("STATUS", " sp ace ")]),
+            ("STATUS=héllo".as_bytes(), &[("STATUS", "héllo")]),
+        ];
+        for (input, want) in ok {
+            let got = parse(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            assert_eq!(got, want, "{input:?}");
+        }
+        let bad: &[(&[u8], &str)] = &[
+            (b"READY", "line 1 has no '='"),
+            (b"A=1\nnope", "line 2 has no '='"),
+            (b"=1", "line 1 has an empty key"),
+            (b"A=1\0", "NUL byte at offset 3"),
+            (b"A=\xff", "not valid UTF-8 at offset 2"),
+        ];
+        for (input, want) in bad {
+            let e = parse(input).expect_err("should fail");
+            assert!(e.starts_with(want), "{input:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn decode_checks() {
+        let c = Some((42, 1000));
+        assert!(decode(b"READY=1", 7, false, c).is_ok());
+        assert!(decode(b"READY=1\0", 8, false, c).is_ok());
+        assert!(decode(b"READY=1\0\0", 9, false, c).is_err());
+        assert!(
+            decode(b"READY=1", 7, false, None)
+                .unwrap_err()
+                .contains("credentials")
+        );
+        assert!(decode(b"READY=1", 7, false, Some((0, 0))).is_err());
+        assert!(decode(b"READY=1", 7, true, c).is_err());
+        assert!(decode(b"READY=1", MAX_DATAGRAM + 1, false, c).is_err());
+    }
+
+    #[test]
+    fn message_accessors() {
+        let m = |s: &str| Message {
+            pid: 1,
+            uid: 0,
+            fields: parse(s.as_bytes()).unwrap(),
+        };
+        assert!(!m("READY=0").ready());
+        assert!(m("STATUS=a\nREADY=1").ready());
+        assert_eq!(m("STATUS=a\nSTATUS=b").status(), Some("a"));
+        assert_eq!(m("MAINPID=123").mainpid(), Some(123));
+        assert_eq!(m("MAINPID=0").mainpid(), None);
+        assert_eq!(m("MAINPID=-5").mainpid(), None);
+        assert_eq!(m("MAINPID=x").mainpid(), None);
+        assert_eq!(m("").mainpid(), None);
+    }
+
+    #[test]
+    fn reloading_message_shape() {
+        assert_eq!(
+            reloading_msg(17, "a\nb"),
+            "RELOADING=1\nMONOTONIC_USEC=17\nSTATUS=a b"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn parse_roundtrips_fields(fields in proptest::collection::vec(("[A-Z_]{1,8}", "[^\n\0]{0,16}"), 0..8)) {
+            let text: String = fields.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+            let got = parse(text.as_bytes()).unwrap();
+            proptest::prop_assert_eq!(got, fields);
+        }
+    }
+}

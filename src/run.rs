@@ -1,0 +1,554 @@
+//! `relaunch [OPTIONS] -- COMMAND`: gathers the listeners, then drives the
+//! supervisor from one event loop: signals, the reaper, notify datagrams,
+//! control requests, timers, and (only while a generation is starting) the
+//! /proc readiness scan. Idle, it sleeps without timers.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::cli::RunArgs;
+use crate::control::{self, Incoming, Request, Response};
+use crate::error::{Error, Result};
+use crate::inherit::{self, ListenEnv};
+use crate::notify::{Message, NotifySocket, Systemd};
+use crate::sockets::{self, Listener};
+use crate::spec::{self, Addr, Host, ListenSpec, Proto};
+use crate::supervisor::{Config, ExitStatus, Note, Os, Supervisor};
+use crate::{duration, procscan, spawn};
+
+/// Variables we never pass through: each child gets fresh values.
+const REPLACED: &[&str] = &[
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "LISTEN_PIDFDID",
+    "NOTIFY_SOCKET",
+    "RELAUNCH_WORKER",
+];
+
+/// How often /proc is scanned while a generation is starting.
+const SCAN_EVERY: Duration = Duration::from_millis(15);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadyMode {
+    Auto,
+    Notify,
+    Delay(Duration),
+}
+
+fn parse_ready(s: &str) -> Result<ReadyMode> {
+    match s {
+        "auto" => Ok(ReadyMode::Auto),
+        "notify" => Ok(ReadyMode::Notify),
+        _ => match s.strip_prefix("delay:") {
+            Some(d) => duration::parse(d).map(ReadyMode::Delay).map_err(|e| Error::usage(format!("--ready: {e}"))),
+            None => Err(Error::usage(format!("invalid --ready mode {s:?}"))
+                .hint("use auto, notify, or delay:DURATION (for example delay:2s)")),
+        },
+    }
+}
+
+fn parse_signal(s: &str) -> Result<Signal> {
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| Error::usage(format!("invalid --stop-signal {s:?}: no such signal")));
+    }
+    name.parse::<Signal>()
+        .map_err(|_| Error::usage(format!("invalid --stop-signal {s:?}")).hint("use a name such as TERM, INT, QUIT or a number"))
+}
+
+fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
+    duration::parse(s).map_err(|e| Error::usage(format!("{flag}: {e}")))
+}
+
+/// What relaunch was given by its parent, read once before anything else.
+pub struct Snapshot {
+    pub env: Vec<(OsString, OsString)>,
+    pub pid: u32,
+}
+
+impl Snapshot {
+    pub fn take() -> Self {
+        Snapshot {
+            env: std::env::vars_os().collect(),
+            pid: std::process::id(),
+        }
+    }
+
+    fn var(&self, key: &str) -> Option<&OsString> {
+        self.env.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    fn var_string(&self, key: &str) -> Option<String> {
+        self.var(key).map(|v| v.to_string_lossy().into_owned())
+    }
+}
+
+/// Inherited sockets first, in their order, then the ones we bind.
+fn gather_listeners(args: &RunArgs, snap: &Snapshot, backlog: i32) -> Result<Vec<Listener>> {
+    let mut specs: Vec<ListenSpec> = Vec::new();
+    if let Some(p) = &args.port {
+        let port = spec::parse_port(p, false).map_err(|e| Error::usage(format!("--port: {e}")))?;
+        specs.push(ListenSpec {
+            name: None,
+            addr: Addr::Inet {
+                proto: Proto::Tcp,
+                host: Host::Any,
+                port,
+            },
+        });
+    }
+    for l in &args.listen {
+        specs.push(spec::parse(l).map_err(|e| Error::usage(e).hint("see `relaunch --help` for the SPEC forms"))?);
+    }
+    spec::check_unique(&specs).map_err(Error::usage)?;
+
+    let env = ListenEnv {
+        fds: snap.var_string("LISTEN_FDS"),
+        pid: snap.var_string("LISTEN_PID"),
+        names: snap.var_string("LISTEN_FDNAMES"),
+    };
+    let mut listeners: Vec<Listener> = inherit::take(&env, snap.pid)?
+        .into_iter()
+        .map(|i| Listener::adopt(i.name, socket2::Socket::from(i.fd), i.local))
+        .collect();
+    if env.fds.is_some() && listeners.is_empty() {
+        debug!("LISTEN_FDS was set for another process (LISTEN_PID does not match); ignoring it");
+    }
+    for s in specs {
+        if let Some(name) = &s.name
+            && listeners.iter().any(|l| &l.name == name)
+        {
+            info!("{name}: using the socket inherited from the service manager");
+            continue;
+        }
+        let taken: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
+        let name = s.name.clone().unwrap_or_else(|| spec::default_name(&s.addr, &taken));
+        listeners.push(sockets::bind(name, &s.addr, backlog)?);
+    }
+    if listeners.is_empty() {
+        return Err(Error::usage("nothing to listen on")
+            .hint("give --port PORT or -l SPEC, or start relaunch from a systemd .socket unit"));
+    }
+    Ok(listeners)
+}
+
+pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
+    let stop_signal = parse_signal(&args.stop_signal)?;
+    let stop_timeout = parse_duration("--stop-timeout", &args.stop_timeout)?;
+    let ready_timeout = parse_duration("--ready-timeout", &args.ready_timeout)?;
+    let ready = parse_ready(&args.ready)?;
+    let backlog = args.backlog.unwrap_or(libc::SOMAXCONN);
+    let (program, rest) = args
+        .command
+        .split_first()
+        .ok_or_else(|| Error::usage("no command given").hint("put the server's command after --"))?;
+    if program.is_empty() {
+        return Err(Error::usage("the command is empty").hint("put the server's command after --"));
+    }
+
+    let listeners = gather_listeners(&args, &snap, backlog)?;
+    for (i, l) in listeners.iter().enumerate() {
+        info!("listening on {} as fd {} ({})", l.address, 3 + i, l.name);
+    }
+    // Orphans of our children land on us, so none stays a zombie.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+
+    let systemd = Systemd::from_env(snap.var("NOTIFY_SOCKET").map(|v| v.as_os_str()));
+    let control = match &args.control {
+        Some(path) => Some(control::Server::bind(path)?),
+        None => None,
+    };
+    let inodes: HashSet<u64> = listeners
+        .iter()
+        .filter_map(|l| procscan::socket_inode(l.socket.as_fd()).ok())
+        .collect();
+    let mut env: Vec<(OsString, OsString)> = snap
+        .env
+        .iter()
+        .filter(|(k, _)| !REPLACED.iter().any(|r| k == r))
+        .cloned()
+        .collect();
+    env.push(("LISTEN_FDS".into(), listeners.len().to_string().into()));
+    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    env.push(("LISTEN_FDNAMES".into(), names.join(":").into()));
+
+    let (notify_tx, notify_rx) = mpsc::unbounded_channel();
+    let driver = Driver {
+        program: program.clone(),
+        args: rest.to_vec(),
+        env,
+        listeners,
+        ready,
+        notify: HashMap::new(),
+        notify_tx,
+        systemd,
+        waiters: Vec::new(),
+    };
+    let cfg = Config {
+        restart: args.restart,
+        workers: args.workers as usize,
+        stop_signal,
+        stop_timeout,
+        ready_delay: match ready {
+            ReadyMode::Delay(d) => Some(d),
+            _ => None,
+        },
+        ready_timeout,
+    };
+    let mut sup = Supervisor::new(driver, cfg);
+    let code = event_loop(&mut sup, control, notify_rx, inodes).await?;
+    Ok(code)
+}
+
+struct Driver {
+    program: OsString,
+    args: Vec<OsString>,
+    /// Everything but LISTEN_PID, NOTIFY_SOCKET and RELAUNCH_WORKER.
+    env: Vec<(OsString, OsString)>,
+    listeners: Vec<Listener>,
+    ready: ReadyMode,
+    /// One notify socket per generation; the task forwards its datagrams.
+    notify: HashMap<u64, (String, tokio::task::JoinHandle<()>)>,
+    notify_tx: mpsc::UnboundedSender<(u64, Message)>,
+    systemd: Option<Systemd>,
+    /// `relaunch reload` clients, by the generation that answers them.
+    waiters: Vec<(u64, oneshot::Sender<Response>)>,
+}
+
+impl Driver {
+    fn notify_socket(&mut self, generation: u64) -> std::io::Result<String> {
+        if let Some((value, _)) = self.notify.get(&generation) {
+            return Ok(value.clone());
+        }
+        let sock = NotifySocket::bind(&format!("g{generation}"))?;
+        let value = sock.env_value().to_string();
+        let tx = self.notify_tx.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(m) = sock.recv().await {
+                if tx.send((generation, m)).is_err() {
+                    break;
+                }
+            }
+        });
+        self.notify.insert(generation, (value.clone(), task));
+        Ok(value)
+    }
+
+    fn status_line(generation: u64, pids: &[i32]) -> String {
+        let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+        let s = if pids.len() == 1 { "" } else { "s" };
+        format!("serving: generation {generation}, pid{s} {}", pids.join(", "))
+    }
+}
+
+impl Os for Driver {
+    fn spawn(&mut self, generation: u64, worker: usize) -> std::result::Result<i32, spawn::Error> {
+        let mut env = self.env.clone();
+        // Served in every mode: READY=1 also counts in auto, STATUS= always shows.
+        match self.notify_socket(generation) {
+            Ok(v) => env.push(("NOTIFY_SOCKET".into(), v.into())),
+            Err(e) => warn!(generation, "cannot create a notify socket: {e}"),
+        }
+        env.push(("RELAUNCH_WORKER".into(), worker.to_string().into()));
+        let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.socket.as_fd()).collect();
+        spawn::spawn(&spawn::Request {
+            program: &self.program,
+            args: &self.args,
+            env: &env,
+            fds: &fds,
+            listen_pid: true,
+        })
+    }
+
+    fn signal(&mut self, pid: i32, sig: Signal) {
+        if let Err(e) = killpg(Pid::from_raw(pid), sig) {
+            debug!(pid, "killpg {}: {e}", sig.as_str());
+        }
+    }
+
+    fn note(&mut self, note: Note) {
+        match note {
+            Note::Serving { generation, pids } => {
+                let line = Self::status_line(generation, &pids);
+                info!(generation, "{line}");
+                if let Some(s) = &self.systemd {
+                    s.ready(&line);
+                }
+            }
+            Note::ReloadStarted { generation } => {
+                if let Some(s) = &self.systemd {
+                    s.reloading(&format!("reloading: starting generation {generation}"));
+                }
+            }
+            Note::ReloadDone { generation, result } => {
+                let (answered, waiting) = std::mem::take(&mut self.waiters)
+                    .into_iter()
+                    .partition(|(g, _)| *g <= generation);
+                self.waiters = waiting;
+                for (_, reply) in answered {
+                    let _ = reply.send(match &result {
+                        Ok(pids) => Response::Reloaded {
+                            generation,
+                            pids: pids.clone(),
+                        },
+                        Err(reason) => Response::ReloadFailed {
+                            generation,
+                            reason: reason.clone(),
+                        },
+                    });
+                }
+                if let (Some(s), Err(reason)) = (&self.systemd, &result) {
+                    // Back to READY after RELOADING, even when the old generation stays.
+                    s.ready(&format!("reload of generation {generation} failed: {reason}"));
+                }
+            }
+            Note::GenerationGone { generation } => {
+                if let Some((_, task)) = self.notify.remove(&generation) {
+                    task.abort();
+                }
+            }
+            Note::Stopping => {
+                if let Some(s) = &self.systemd {
+                    s.stopping();
+                }
+            }
+        }
+    }
+
+    fn jitter(&mut self) -> f64 {
+        fastrand::f64()
+    }
+}
+
+async fn event_loop(
+    sup: &mut Supervisor<Driver>,
+    control: Option<control::Server>,
+    mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
+    inodes: HashSet<u64>,
+) -> Result<i32> {
+    let sig = |k: SignalKind| signal(k).map_err(|e| Error::runtime(format!("cannot install signal handlers: {e}")));
+    // Installed before the first fork, so no exit is missed.
+    let mut chld = sig(SignalKind::child())?;
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    let mut hup = sig(SignalKind::hangup())?;
+    let mut quit = sig(SignalKind::quit())?;
+    let mut usr1 = sig(SignalKind::user_defined1())?;
+    let mut usr2 = sig(SignalKind::user_defined2())?;
+    let mut winch = sig(SignalKind::window_change())?;
+    let (_keep_control, mut control_rx) = match control {
+        Some(server) => {
+            let rx = server.serve();
+            (true, Some(rx))
+        }
+        None => (false, None),
+    };
+    let auto = sup.os.ready == ReadyMode::Auto;
+    let mut warned_blind: HashSet<i32> = HashSet::new();
+
+    sup.start(Instant::now());
+    loop {
+        if let Some(exit) = sup.exit() {
+            for (_, reply) in std::mem::take(&mut sup.os.waiters) {
+                let _ = reply.send(Response::Error {
+                    message: "relaunch stopped before the reload could run".into(),
+                });
+            }
+            if let Some(msg) = exit.error {
+                return Err(Error::new(
+                    match exit.code {
+                        127 => crate::error::Kind::NotFound,
+                        126 => crate::error::Kind::NotExecutable,
+                        _ => crate::error::Kind::Runtime,
+                    },
+                    msg,
+                ));
+            }
+            return Ok(exit.code);
+        }
+        let deadline = sup.next_deadline().map(tokio::time::Instant::from_std);
+        let scanning = auto && sup.children().iter().any(|c| matches!(c.state, crate::supervisor::State::Starting { .. }));
+        tokio::select! {
+            _ = chld.recv() => reap(sup),
+            _ = term.recv() => { info!("SIGTERM: stopping"); sup.stop(Instant::now()) }
+            _ = int.recv() => { info!("SIGINT: stopping"); sup.stop(Instant::now()) }
+            _ = hup.recv() => {
+                info!("SIGHUP: reload");
+                if let Err(e) = sup.request_reload(Instant::now()) {
+                    warn!("reload refused: {e}");
+                }
+            }
+            _ = quit.recv() => sup.forward(Signal::SIGQUIT),
+            _ = usr1.recv() => sup.forward(Signal::SIGUSR1),
+            _ = usr2.recv() => sup.forward(Signal::SIGUSR2),
+            _ = winch.recv() => sup.forward(Signal::SIGWINCH),
+            Some(inc) = recv_control(&mut control_rx) => handle_control(sup, inc),
+            Some((generation, msg)) = notify_rx.recv() => handle_notify(sup, generation, msg),
+            _ = sleep_until(deadline) => sup.on_timer(Instant::now()),
+            _ = tokio::time::sleep(SCAN_EVERY), if scanning => scan(sup, &inodes, &mut warned_blind),
+        }
+    }
+}
+
+async fn recv_control(rx: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incoming> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The one reaper: every exit, ours or an orphan's.
+fn reap(sup: &mut Supervisor<Driver>) {
+    loop {
+        let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitStatus::Signal(sig as i32)),
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => continue,
+        };
+        sup.on_exit(status.0.as_raw(), status.1, Instant::now());
+    }
+}
+
+fn scan(sup: &mut Supervisor<Driver>, inodes: &HashSet<u64>, warned: &mut HashSet<i32>) {
+    let starting: Vec<(i32, Option<i32>)> = sup
+        .children()
+        .iter()
+        .filter(|c| matches!(c.state, crate::supervisor::State::Starting { .. }))
+        .map(|c| (c.pid, c.main_pid))
+        .collect();
+    for (pid, main_pid) in starting {
+        let roots: Vec<i32> = std::iter::once(pid).chain(main_pid).collect();
+        match procscan::scan(&roots, inodes) {
+            procscan::Verdict::Waiting { pid: p, tid, how } => {
+                sup.mark_ready(pid, &format!("pid {p} thread {tid} waits in {how}"), Instant::now())
+            }
+            procscan::Verdict::NotYet { blind: Some(why) } if warned.insert(pid) => warn!(
+                pid,
+                "cannot see whether this child waits for connections ({why}); it counts as ready only at \
+                 --ready-timeout. Use --ready delay:DURATION, or send READY=1 and use --ready notify"
+            ),
+            procscan::Verdict::NotYet { .. } => {}
+        }
+    }
+}
+
+fn handle_notify(sup: &mut Supervisor<Driver>, generation: u64, msg: Message) {
+    let owner = sup
+        .children()
+        .iter()
+        .filter(|c| c.generation == generation)
+        .find(|c| {
+            let roots: Vec<i32> = std::iter::once(c.pid).chain(c.main_pid).collect();
+            procscan::belongs_to(msg.pid, &roots)
+        })
+        .map(|c| (c.pid, c.main_pid));
+    let Some((pid, main_pid)) = owner else {
+        warn!(sender = msg.pid, generation, "ignoring a notify message from a process outside generation {generation}");
+        return;
+    };
+    if let Some(m) = msg.mainpid() {
+        let roots: Vec<i32> = std::iter::once(pid).chain(main_pid).collect();
+        if procscan::belongs_to(m, &roots) {
+            sup.set_main_pid(pid, m);
+        } else {
+            warn!(pid, generation, "ignoring MAINPID={m}: not a process of this child");
+        }
+    }
+    if let Some(text) = msg.status() {
+        sup.set_status_text(pid, text);
+    }
+    if msg.ready() {
+        sup.mark_ready(pid, "READY=1", Instant::now());
+    }
+}
+
+fn handle_control(sup: &mut Supervisor<Driver>, inc: Incoming) {
+    let now = Instant::now();
+    match inc.request {
+        Request::Status => {
+            let _ = inc.reply.send(Response::Status(status(sup, now)));
+        }
+        Request::Reload => match sup.request_reload(now) {
+            Ok(generation) => sup.os.waiters.push((generation, inc.reply)),
+            Err(reason) => {
+                let _ = inc.reply.send(Response::ReloadFailed {
+                    generation: sup.serving(),
+                    reason,
+                });
+            }
+        },
+        Request::Stop => {
+            info!("stop requested through the control socket");
+            let _ = inc.reply.send(Response::Stopping);
+            sup.stop(now);
+        }
+    }
+}
+
+fn status(sup: &Supervisor<Driver>, now: Instant) -> control::Status {
+    let children = sup
+        .children()
+        .iter()
+        .map(|c| {
+            let slot = (c.generation == sup.serving()).then(|| &sup.slots()[c.worker]);
+            control::ChildInfo {
+                pid: c.pid,
+                generation: c.generation,
+                worker: c.worker,
+                state: c.state.name().into(),
+                uptime_secs: now.saturating_duration_since(c.started).as_secs_f64(),
+                restarts: slot.map_or(0, |s| s.restarts),
+                last_exit: slot.and_then(|s| s.last_exit).map(|e| e.to_string()),
+            }
+        })
+        .collect();
+    let status_text = sup
+        .children()
+        .iter()
+        .filter(|c| c.generation == sup.serving())
+        .find_map(|c| c.status_text.clone());
+    control::Status {
+        pid: std::process::id(),
+        generation: sup.serving(),
+        state: sup.state().into(),
+        status_text,
+        listeners: sup
+            .os
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| control::ListenerInfo {
+                name: l.name.clone(),
+                address: l.address.clone(),
+                fd: 3 + i as i32,
+            })
+            .collect(),
+        children,
+        last_reload: sup.last_reload().map(|r| control::ReloadInfo {
+            generation: r.generation,
+            ok: r.ok,
+            message: r.message.clone(),
+            seconds_ago: now.saturating_duration_since(r.at).as_secs_f64(),
+        }),
+    }
+}

@@ -1,0 +1,229 @@
+//! Binding the listeners relaunch holds for its whole life.
+//!
+//! Every socket is created close-on-exec and blocking (systemd's default, so
+//! every generation of an app sees the same mode; apps that want non-blocking
+//! set it themselves). TCP and UDP get SO_REUSEADDR (so a port in TIME_WAIT
+//! binds) and never SO_REUSEPORT (which would let another process share the
+//! port). Stream sockets listen with `--backlog`, SOMAXCONN by default.
+//!
+//! Unix socket files: a stale file (nothing accepts on it) is replaced, a live
+//! one is an error, and a file relaunch created is removed when relaunch
+//! exits, but only if it is still the same file.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::error::{Error, Result};
+use crate::spec::{Addr, Host, Proto};
+use crate::who;
+
+pub struct Listener {
+    pub name: String,
+    pub socket: Socket,
+    /// The bound address in spec form (`127.0.0.1:8000`, `unix:/run/x.sock`).
+    pub address: String,
+    /// The Unix socket file we created: (path, inode), removed on drop.
+    created: Option<(PathBuf, u64)>,
+}
+
+impl Listener {
+    pub fn adopt(name: String, socket: Socket, address: String) -> Self {
+        Listener {
+            name,
+            socket,
+            address,
+            created: None,
+        }
+    }
+
+    /// The bound port, for TCP and UDP.
+    pub fn port(&self) -> Option<u16> {
+        self.socket.local_addr().ok()?.as_socket().map(|a| a.port())
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some((path, ino)) = &self.created
+            && std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == *ino)
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+pub fn bind(name: String, addr: &Addr, backlog: i32) -> Result<Listener> {
+    match addr {
+        Addr::Inet { proto, host, port } => bind_inet(name, *proto, host, *port, backlog),
+        Addr::Unix(path) => bind_unix_path(name, path, backlog),
+        Addr::UnixAbstract(bytes) => {
+            // A leading NUL is how sockaddr_un names the abstract namespace.
+            let mut raw = vec![0u8];
+            raw.extend_from_slice(bytes);
+            let sock_addr = SockAddr::unix(std::ffi::OsStr::from_bytes(&raw))
+                .map_err(|e| Error::usage(format!("invalid abstract socket name: {e}")))?;
+            let sock = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(os_err("socket"))?;
+            let shown = addr.to_string();
+            sock.bind(&sock_addr).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                    Error::runtime(format!("{shown} is already in use"))
+                        .hint(format!("see who holds it: relaunch who {shown}"))
+                } else {
+                    Error::runtime(format!("cannot bind {shown}: {e}"))
+                }
+            })?;
+            sock.listen(backlog).map_err(os_err("listen"))?;
+            Ok(Listener::adopt(name, sock, shown))
+        }
+    }
+}
+
+fn bind_inet(name: String, proto: Proto, host: &Host, port: u16, backlog: i32) -> Result<Listener> {
+    let ty = match proto {
+        Proto::Tcp => Type::STREAM,
+        Proto::Udp => Type::DGRAM,
+    };
+    let addr = match host {
+        Host::Any => {
+            // Dual-stack [::] first; 0.0.0.0 where IPv6 is off.
+            let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+            match try_bind(v6, ty, backlog) {
+                Ok(sock) => return finish(name, proto, sock),
+                Err(e) if ipv6_unavailable(&e) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                Err(e) => return Err(bind_error(proto, v6, e)),
+            }
+        }
+        Host::Ip(ip) => SocketAddr::new(*ip, port),
+        Host::Name(n) => resolve(n, port)?,
+    };
+    let sock = try_bind(addr, ty, backlog).map_err(|e| bind_error(proto, addr, e))?;
+    finish(name, proto, sock)
+}
+
+fn finish(name: String, proto: Proto, sock: Socket) -> Result<Listener> {
+    let local = sock
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| Error::runtime("cannot read the bound address"))?;
+    let address = match proto {
+        Proto::Tcp => local.to_string(),
+        Proto::Udp => format!("udp:{local}"),
+    };
+    Ok(Listener::adopt(name, sock, address))
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            Error::usage(format!("cannot resolve host {host:?}: {e}")).hint("use an IP address such as 127.0.0.1 or [::1]")
+        })?
+        .collect();
+    // Prefer IPv4 for names like localhost: every client tries it.
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| Error::usage(format!("host {host:?} has no address")))
+}
+
+fn try_bind(addr: SocketAddr, ty: Type, backlog: i32) -> std::io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), ty, None)?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(!addr.ip().is_unspecified())?;
+    }
+    sock.bind(&addr.into())?;
+    if ty == Type::STREAM {
+        sock.listen(backlog)?;
+    }
+    Ok(sock)
+}
+
+fn ipv6_unavailable(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT))
+}
+
+fn bind_error(proto: Proto, addr: SocketAddr, e: std::io::Error) -> Error {
+    let port = addr.port();
+    let shown = match proto {
+        Proto::Tcp => addr.to_string(),
+        Proto::Udp => format!("udp:{addr}"),
+    };
+    match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => {
+            let target = who::Target::Inet {
+                ip: (!addr.ip().is_unspecified()).then(|| addr.ip()),
+                port,
+                udp_too: proto == Proto::Udp,
+            };
+            let holder = who::lookup(&target).ok().and_then(|r| who::holder_phrase(&r));
+            let msg = match holder {
+                Some(h) => format!("port {port} is already in use by {h}"),
+                None => format!("port {port} ({shown}) is already in use"),
+            };
+            Error::runtime(msg).hint(format!(
+                "stop that process or pick another port; `relaunch who {port}` lists every holder"
+            ))
+        }
+        Some(libc::EACCES) if port < 1024 => Error::runtime(format!(
+            "cannot bind {shown}: permission denied (ports below 1024 are privileged)"
+        ))
+        .hint("let a systemd .socket unit bind it and pass it on, or grant CAP_NET_BIND_SERVICE (setcap cap_net_bind_service=+ep relaunch)"),
+        Some(libc::EADDRNOTAVAIL) => Error::runtime(format!(
+            "cannot bind {shown}: that address does not belong to this machine"
+        ))
+        .hint("use an address shown by `ip addr`, or * / [::] for every interface"),
+        _ => Error::runtime(format!("cannot bind {shown}: {e}")),
+    }
+}
+
+fn bind_unix_path(name: String, path: &Path, backlog: i32) -> Result<Listener> {
+    let shown = format!("unix:{}", path.display());
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(Error::runtime(format!("cannot bind {shown}: folder {} does not exist", dir.display()))
+            .hint(format!("create it first (mkdir -p {}), or use RuntimeDirectory= in the systemd unit", dir.display())));
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(Error::runtime(format!("cannot bind {shown}: the path exists and is not a socket"))
+                .hint("remove it or choose another path"));
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                let holder = who::lookup(&who::Target::Unix(path.display().to_string()))
+                    .ok()
+                    .and_then(|r| who::holder_phrase(&r));
+                let by = holder.map(|h| format!(" by {h}")).unwrap_or_default();
+                return Err(Error::runtime(format!("{shown} is already in use{by}"))
+                    .hint("stop that process or choose another path"));
+            }
+            // Nobody accepts: a leftover from a process that died.
+            Err(_) => std::fs::remove_file(path)
+                .map_err(|e| Error::runtime(format!("cannot remove stale socket {}: {e}", path.display())))?,
+        }
+    }
+    let sock = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(os_err("socket"))?;
+    let addr = SockAddr::unix(path).map_err(|e| Error::usage(format!("invalid socket path {}: {e}", path.display())))?;
+    sock.bind(&addr)
+        .map_err(|e| Error::runtime(format!("cannot bind {shown}: {e}")))?;
+    let ino = std::fs::symlink_metadata(path).map(|m| m.ino()).unwrap_or(0);
+    sock.listen(backlog).map_err(os_err("listen"))?;
+    Ok(Listener {
+        name,
+        socket: sock,
+        address: shown,
+        created: Some((path.to_path_buf(), ino)),
+    })
+}
+
+fn os_err(what: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |e| Error::runtime(format!("{what} failed: {e}"))
+}

@@ -1,0 +1,370 @@
+//! The only fork/exec in relaunch.
+//!
+//! What the child gets: its own process group; PR_SET_PDEATHSIG(SIGTERM) so it
+//! does not outlive a killed relaunch; every signal at its default disposition
+//! and an empty signal mask; the listeners at fds 3..3+N-1 without
+//! close-on-exec; fds 0-2 as relaunch has them; nothing else (everything from
+//! 3+N up is marked close-on-exec); `LISTEN_PID` set to its own pid.
+//!
+//! # Safety argument
+//!
+//! relaunch is single-threaded (tokio `current_thread`, no blocking pool is
+//! used), so the child of `fork` is a faithful copy with no lock held by a
+//! vanished thread. Even so, between fork and exec the child only makes raw
+//! system calls through `libc` (`setpgid`, `prctl`, `getppid`, `fcntl`,
+//! `dup2`, `close_range`, `getpid`, `signal`, `sigprocmask`, `execve`, `write`,
+//! `_exit`) and writes into memory prepared by the parent: every CString,
+//! pointer array, the fd work array and the `LISTEN_PID=` slot are allocated
+//! before the fork and outlive it in the child's copy of the address space.
+//! Nothing allocates, locks or logs. All signals are blocked across the fork so
+//! no handler of relaunch's runs in the child before the dispositions are
+//! reset; the mask is emptied just before exec.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use libc::c_char;
+
+/// What to run and what to give it.
+pub struct Request<'a> {
+    pub program: &'a OsStr,
+    pub args: &'a [OsString],
+    /// The child's whole environment, without `LISTEN_PID`.
+    pub env: &'a [(OsString, OsString)],
+    /// Placed at fds 3, 4, ... in this order.
+    pub fds: &'a [BorrowedFd<'a>],
+    /// Add `LISTEN_PID=<the child's pid>`.
+    pub listen_pid: bool,
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// Exit 127: no such program.
+    NotFound(String),
+    /// Exit 126: found but cannot be executed.
+    NotExecutable(String),
+    /// fork, pipe or the like failed: nothing was started.
+    Os(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::NotFound(m) | Error::NotExecutable(m) | Error::Os(m) => f.write_str(m),
+        }
+    }
+}
+
+const LISTEN_PID: &[u8] = b"LISTEN_PID=";
+/// Room for any pid's digits and the NUL.
+const PID_DIGITS: usize = 20;
+
+/// Starts the program; returns the child's pid once it has exec'd.
+pub fn spawn(req: &Request<'_>) -> Result<i32, Error> {
+    let path = resolve(req.program, env_path(req.env))?;
+    let shown = req.program.to_string_lossy();
+    let cstr = |s: &[u8]| {
+        CString::new(s).map_err(|_| Error::Os(format!("cannot run {shown}: an argument contains a NUL byte")))
+    };
+    let path_c = cstr(path.as_os_str().as_bytes())?;
+    let mut argv_c = vec![cstr(req.program.as_bytes())?];
+    for a in req.args {
+        argv_c.push(cstr(a.as_bytes())?);
+    }
+    let mut env_c = Vec::with_capacity(req.env.len() + 1);
+    for (k, v) in req.env {
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        env_c.push(cstr(&kv)?);
+    }
+    // The slot is filled in the child, after fork, without allocating.
+    let mut pid_slot = LISTEN_PID.to_vec();
+    pid_slot.resize(LISTEN_PID.len() + PID_DIGITS + 1, 0);
+
+    let mut argv: Vec<*const c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const c_char> = env_c.iter().map(|c| c.as_ptr()).collect();
+    if req.listen_pid {
+        envp.push(pid_slot.as_ptr().cast());
+    }
+    envp.push(std::ptr::null());
+    let mut work: Vec<RawFd> = req.fds.iter().map(|f| f.as_raw_fd()).collect();
+
+    let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::Os(format!("cannot start {shown}: pipe: {e}")))?;
+
+    let parent = std::process::id() as libc::pid_t;
+    let child = ChildPlan {
+        path: path_c.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        pid_digits: if req.listen_pid {
+            // SAFETY: in bounds: the slot holds LISTEN_PID + PID_DIGITS + 1 bytes.
+            unsafe { pid_slot.as_mut_ptr().add(LISTEN_PID.len()) }
+        } else {
+            std::ptr::null_mut()
+        },
+        fds: work.as_mut_ptr(),
+        nfds: work.len(),
+        err_fd: err_write.as_raw_fd(),
+        parent,
+    };
+
+    let pid = {
+        let _blocked = BlockSignals::new();
+        // SAFETY: see the module's safety argument; the child runs only `child.exec()`.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: we are the child of a single-threaded process.
+            unsafe { child.exec() }
+        }
+        pid
+    };
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        return Err(Error::Os(format!("cannot start {shown}: fork failed: {e}")));
+    }
+    // Both sides set the group, so signals to it work whoever runs first.
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::setpgid(pid, pid) };
+    drop(err_write);
+    match read_exec_error(&err_read) {
+        None => Ok(pid),
+        Some(errno) => {
+            // The child has _exit'ed; the reaper will collect it.
+            Err(exec_error(&shown, &path, errno))
+        }
+    }
+}
+
+/// Raw pointers into memory the parent prepared; valid in the child's copy.
+struct ChildPlan {
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    pid_digits: *mut u8,
+    fds: *mut RawFd,
+    nfds: usize,
+    err_fd: RawFd,
+    parent: libc::pid_t,
+}
+
+impl ChildPlan {
+    /// Runs in the child between fork and exec: raw syscalls only.
+    unsafe fn exec(&self) -> ! {
+        unsafe {
+            libc::setpgid(0, 0);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+            // relaunch died before the prctl took effect.
+            if libc::getppid() != self.parent {
+                libc::_exit(1);
+            }
+            let first_free = 3 + self.nfds as RawFd;
+            let mut err_fd = self.err_fd;
+            if err_fd < first_free {
+                err_fd = libc::fcntl(err_fd, libc::F_DUPFD_CLOEXEC, first_free);
+            }
+            let fds = std::slice::from_raw_parts_mut(self.fds, self.nfds);
+            // Move every source out of the target range first, so no dup2 clobbers one.
+            for fd in fds.iter_mut() {
+                if *fd < first_free {
+                    let moved = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, first_free);
+                    if moved < 0 {
+                        self.fail(err_fd);
+                    }
+                    *fd = moved;
+                }
+            }
+            for (i, fd) in fds.iter().enumerate() {
+                // dup2 onto a different number clears close-on-exec on the copy.
+                if libc::dup2(*fd, 3 + i as RawFd) < 0 {
+                    self.fail(err_fd);
+                }
+            }
+            // Whatever else is open (leaked to relaunch by its parent) stays behind.
+            libc::syscall(
+                libc::SYS_close_range,
+                first_free as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if !self.pid_digits.is_null() {
+                let digits = std::slice::from_raw_parts_mut(self.pid_digits, PID_DIGITS + 1);
+                write_decimal(libc::getpid() as u64, digits);
+            }
+            for sig in 1..libc::SIGRTMAX() {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::execve(self.path, self.argv, self.envp);
+            self.fail(err_fd)
+        }
+    }
+
+    /// Reports errno to the parent and exits like a shell would.
+    unsafe fn fail(&self, err_fd: RawFd) -> ! {
+        unsafe {
+            let errno = *libc::__errno_location();
+            let bytes = errno.to_ne_bytes();
+            libc::write(err_fd, bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(if errno == libc::ENOENT { 127 } else { 126 })
+        }
+    }
+}
+
+/// Writes `n` in decimal followed by NUL; `buf` must hold 21 bytes.
+fn write_decimal(mut n: u64, buf: &mut [u8]) {
+    let mut tmp = [0u8; PID_DIGITS];
+    let mut len = 0;
+    loop {
+        tmp[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[i] = tmp[len - 1 - i];
+    }
+    buf[len] = 0;
+}
+
+/// Blocks every signal until dropped, so none is handled in the forked child.
+struct BlockSignals(libc::sigset_t);
+
+impl BlockSignals {
+    fn new() -> Self {
+        // SAFETY: plain signal-mask syscalls on zeroed, initialised sets.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            BlockSignals(old)
+        }
+    }
+}
+
+impl Drop for BlockSignals {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `new`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
+/// EOF means exec succeeded (the pipe was close-on-exec); 4 bytes are an errno.
+fn read_exec_error(fd: &OwnedFd) -> Option<i32> {
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match nix::unistd::read(fd, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    (got == 4).then(|| i32::from_ne_bytes(buf))
+}
+
+fn exec_error(shown: &str, path: &Path, errno: i32) -> Error {
+    let why = io::Error::from_raw_os_error(errno);
+    match errno {
+        libc::ENOENT => Error::NotFound(format!(
+            "cannot run {shown}: {} (the program or its interpreter is missing)",
+            path.display()
+        )),
+        libc::ENOEXEC => Error::NotExecutable(format!(
+            "cannot run {shown}: not an executable format (a script needs a #! line)"
+        )),
+        _ => Error::NotExecutable(format!("cannot run {shown}: {why}")),
+    }
+}
+
+fn env_path(env: &[(OsString, OsString)]) -> Option<&OsStr> {
+    env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str())
+}
+
+/// Finds the program like execvp would, but in the parent, where allocating is fine.
+pub fn resolve(program: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, Error> {
+    let shown = program.to_string_lossy();
+    if program.is_empty() {
+        return Err(Error::NotFound("cannot run an empty program name".into()));
+    }
+    if program.as_bytes().contains(&b'/') {
+        let p = PathBuf::from(program);
+        return match std::fs::metadata(&p) {
+            Err(_) => Err(Error::NotFound(format!("cannot run {shown}: no such file"))),
+            Ok(m) if m.is_dir() => Err(Error::NotExecutable(format!("cannot run {shown}: it is a directory"))),
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => Err(Error::NotExecutable(format!(
+                "cannot run {shown}: permission denied (not executable; try chmod +x {shown})"
+            ))),
+            Ok(_) => Ok(p),
+        };
+    }
+    let dirs = path_var.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+    let mut not_executable = None;
+    for dir in std::env::split_paths(dirs) {
+        let candidate = dir.join(program);
+        if let Ok(m) = std::fs::metadata(&candidate) {
+            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate);
+            }
+            not_executable.get_or_insert(candidate);
+        }
+    }
+    match not_executable {
+        Some(p) => Err(Error::NotExecutable(format!(
+            "cannot run {shown}: {} is not executable",
+            p.display()
+        ))),
+        None => Err(Error::NotFound(format!("cannot run {shown}: command not found in PATH"))),
+    }
+}
+
+/// Makes sure fds 0-2 are open, so no listener or pipe of ours lands there.
+pub fn ensure_std_fds() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries; open() takes the lowest free fd, which is
+        // `fd` itself, and it is meant to stay open for our whole life.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) < 0 {
+                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal() {
+        for (n, s) in [(0u64, "0"), (7, "7"), (1234, "1234"), (4194304, "4194304"), (u64::MAX, "18446744073709551615")] {
+            let mut buf = [0xffu8; PID_DIGITS + 1];
+            write_decimal(n, &mut buf);
+            let end = buf.iter().position(|&b| b == 0).unwrap();
+            assert_eq!(std::str::from_utf8(&buf[..end]).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn resolve_search() {
+        let path = OsStr::new("/nonexistent:/bin:/usr/bin");
+        assert!(resolve(OsStr::new("sh"), Some(path)).unwrap().ends_with("sh"));
+        assert!(matches!(resolve(OsStr::new("no-such-prog-xyz"), Some(path)), Err(Error::NotFound(_))));
+        assert!(matches!(resolve(OsStr::new("./no/such"), None), Err(Error::NotFound(_))));
+        assert!(matches!(resolve(OsStr::new("/etc/passwd"), None), Err(Error::NotExecutable(_))));
+        assert!(matches!(resolve(OsStr::new("/"), None), Err(Error::NotExecutable(_))));
+        assert!(matches!(resolve(OsStr::new(""), None), Err(Error::NotFound(_))));
+    }
+}
