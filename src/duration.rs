@@ -166,18 +166,51 @@ mod tests {
     #[test]
     fn bad() {
         let table = [
-            ("10x", "invalid duration \"10x\": unknown unit \"x\" (use ms, s, m or h)"),
+            (
+                "10x",
+                "invalid duration \"10x\": unknown unit \"x\" (use ms, s, m or h)",
+            ),
             ("", "invalid duration \"\": empty (e.g. 10s, 500ms, 1m30s)"),
-            ("  ", "invalid duration \"  \": empty (e.g. 10s, 500ms, 1m30s)"),
-            ("-5s", "invalid duration \"-5s\": negative (durations are 0 or more)"),
-            ("s", "invalid duration \"s\": expected a number at \"s\" (e.g. 10s, 500ms, 1m30s)"),
-            ("1s-2s", "invalid duration \"1s-2s\": unknown unit \"s-\" (use ms, s, m or h)"),
-            ("1.2.3s", "invalid duration \"1.2.3s\": \"1.2.3\" is not a number (e.g. 10s, 500ms, 1m30s)"),
-            (".s", "invalid duration \".s\": \".\" is not a number (e.g. 10s, 500ms, 1m30s)"),
-            ("10 sec", "invalid duration \"10 sec\": expected a number at \"sec\" (e.g. 10s, 500ms, 1m30s)"),
-            ("10min", "invalid duration \"10min\": unknown unit \"min\" (use ms, s, m or h)"),
-            ("99999999999999999999999h", "invalid duration \"99999999999999999999999h\": too large (the limit is about 584 years)"),
-            ("600000000000s", "invalid duration \"600000000000s\": too large (the limit is about 584 years)"),
+            (
+                "  ",
+                "invalid duration \"  \": empty (e.g. 10s, 500ms, 1m30s)",
+            ),
+            (
+                "-5s",
+                "invalid duration \"-5s\": negative (durations are 0 or more)",
+            ),
+            (
+                "s",
+                "invalid duration \"s\": expected a number at \"s\" (e.g. 10s, 500ms, 1m30s)",
+            ),
+            (
+                "1s-2s",
+                "invalid duration \"1s-2s\": unknown unit \"s-\" (use ms, s, m or h)",
+            ),
+            (
+                "1.2.3s",
+                "invalid duration \"1.2.3s\": \"1.2.3\" is not a number (e.g. 10s, 500ms, 1m30s)",
+            ),
+            (
+                ".s",
+                "invalid duration \".s\": \".\" is not a number (e.g. 10s, 500ms, 1m30s)",
+            ),
+            (
+                "10 sec",
+                "invalid duration \"10 sec\": expected a number at \"sec\" (e.g. 10s, 500ms, 1m30s)",
+            ),
+            (
+                "10min",
+                "invalid duration \"10min\": unknown unit \"min\" (use ms, s, m or h)",
+            ),
+            (
+                "99999999999999999999999h",
+                "invalid duration \"99999999999999999999999h\": too large (the limit is about 584 years)",
+            ),
+            (
+                "600000000000s",
+                "invalid duration \"600000000000s\": too large (the limit is about 584 years)",
+            ),
         ];
         for (input, want) in table {
             assert_eq!(parse(input), Err(want.to_string()), "{input:?}");

@@ -14,7 +14,11 @@
 //! File descriptors that arrive (`SCM_RIGHTS`) are never wanted: they are
 //! closed before `recv` returns, whether the message is kept or not. `recv`
 //! does not filter by pid; the caller checks the pid belongs to the
-//! generation's process tree, since only it knows that tree.
+//! generation's process tree, since only it knows that tree. That check is
+//! not optional: abstract sockets have no file permissions, so any process in
+//! our network namespace can send here. `recv` is cancel-safe (no await
+//! between taking a datagram off the queue and returning it), so it can sit
+//! in a `select!`.
 //!
 //! Up: [`Systemd`] sends relaunch's own state to the service manager named by
 //! relaunch's inherited `NOTIFY_SOCKET` (a path or `@abstract`). Sends never
@@ -111,7 +115,7 @@ impl NotifySocket {
     }
 
     /// Next valid datagram. Invalid ones are dropped with a debug line; fds
-    /// that arrive are closed. Does not filter by pid.
+    /// that arrive are closed. Does not filter by pid. Cancel-safe.
     pub async fn recv(&self) -> io::Result<Message> {
         let fd = self.sock.as_raw_fd();
         let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -234,7 +238,7 @@ fn decode(
 }
 
 /// One non-blocking `recvmsg`. WouldBlock passes through so tokio re-arms.
-fn recv_raw(fd: RawFd, buf: &mut [u8], cmsg: &mut Vec<u8>) -> io::Result<Raw> {
+fn recv_raw(fd: RawFd, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<Raw> {
     let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC;
     loop {
         let mut iov = [IoSliceMut::new(buf)];
@@ -575,9 +579,11 @@ mod tests {
         sd.ready("x"); // must neither panic nor block
     }
 
+    type Case = (&'static [u8], &'static [(&'static str, &'static str)]);
+
     #[test]
     fn parse_table() {
-        let ok: &[(&[u8], &[(&str, &str)])] = &[
+        let ok: &[Case] = &[
             (b"", &[]),
             (b"\n\n", &[]),
             (b"READY=1", &[("READY", "1")]),

@@ -75,8 +75,8 @@ pub fn socket_inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(st.st_ino)
 }
 
-/// The roots (as given, without duplicates) plus all their living
-/// descendants, parents before children.
+/// The roots (as given, without duplicates or pids <= 0) plus all their
+/// living descendants, parents before children.
 pub fn tree(roots: &[i32]) -> Vec<i32> {
     if have_children_files() {
         tree_from_children_files(roots)
@@ -93,13 +93,18 @@ pub fn belongs_to(pid: i32, roots: &[i32]) -> bool {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Found: which pid/tid and how ("epoll", "accept4", "poll", "select", ...), for the log line.
+    /// Found: which pid/tid and how ("epoll", "accept4", "poll", "select",
+    /// ...), for the log line. For "epoll", `tid` is the pid: the
+    /// registration belongs to the process, not to a thread.
     Waiting {
         pid: i32,
         tid: i32,
         how: &'static str,
     },
-    /// Not yet. `blind` explains, when we could not look (EPERM on /proc/PID/syscall or process_vm_readv, yama ptrace_scope, an io_uring instance seen (anon_inode:[io_uring]) and nothing else found), why auto-readiness may never fire.
+    /// Not yet. `blind` explains, when we could not look (EPERM on
+    /// /proc/PID/syscall or process_vm_readv, yama ptrace_scope, an io_uring
+    /// instance seen and nothing else found), why auto-readiness may never
+    /// fire. It is a complete sentence with what to do, ready to log.
     NotYet { blind: Option<String> },
 }
 
@@ -403,7 +408,8 @@ fn parse_stat(text: &str) -> Option<(char, i32)> {
 fn dedup(pids: &[i32]) -> Vec<i32> {
     let mut out = Vec::new();
     for &p in pids {
-        if !out.contains(&p) {
+        // 0 would adopt init and kthreadd, -1 means "everyone" to kill(2).
+        if p > 0 && !out.contains(&p) {
             out.push(p);
         }
     }
@@ -434,6 +440,7 @@ fn descendants(roots: &[i32], parents: &[(i32, i32)]) -> Vec<i32> {
 
 /// Climb parents from `pid`; pid 1 and 0 end the climb (unless they are roots).
 fn walk_up(pid: i32, roots: &[i32], mut parent_of: impl FnMut(i32) -> Option<i32>) -> bool {
+    let roots = dedup(roots);
     let mut cur = pid;
     // Bounded: a pid reused mid-walk could otherwise make a cycle.
     for _ in 0..4096 {
@@ -864,6 +871,7 @@ mod tests {
         );
         assert_eq!(descendants(&[99], &parents), vec![99]);
         assert_eq!(descendants(&[30], &parents), vec![30]); // self-parent: no loop
+        assert_eq!(descendants(&[0, -1], &[(1, 0), (2, 0)]), Vec::<i32>::new());
     }
 
     #[test]
@@ -876,6 +884,7 @@ mod tests {
         assert!(!walk_up(5, &[10], parent)); // a cycle ends
         assert!(!walk_up(77, &[10], parent)); // unknown pid
         assert!(!walk_up(0, &[10], parent));
+        assert!(!walk_up(0, &[0], |_| Some(0)));
     }
 
     // ---------------------------------------------------- real processes --
@@ -892,8 +901,8 @@ mod tests {
 
     impl Drop for Guard {
         fn drop(&mut self) {
-            let pid = self.0.id() as i32;
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
             let _ = self.0.kill();
             let _ = self.0.wait();
         }

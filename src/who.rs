@@ -344,7 +344,7 @@ pub fn holder_phrase(report: &Report) -> Option<String> {
         .iter()
         .flat_map(|h| &h.holders)
         .filter(|h| seen.insert(h.pid))
-        .map(|h| format!("{} ({})", h.pid, h.cmdline))
+        .map(|h| format!("{} ({})", h.pid, short_command(&h.cmdline)))
         .collect();
     Some(match procs.len() {
         0 if report.unreadable_pids == 0 => {
@@ -358,6 +358,19 @@ pub fn holder_phrase(report: &Report) -> Option<String> {
         1 => format!("pid {}", procs[0]),
         _ => format!("pids {}", procs.join(", ")),
     })
+}
+
+/// A command line fit for one line of an error: program's base name, spaces
+/// collapsed, cut at 80 characters.
+fn short_command(cmdline: &str) -> String {
+    let mut words = cmdline.split_whitespace();
+    let program = words.next().unwrap_or("?");
+    let program = program.rsplit('/').next().filter(|p| !p.is_empty()).unwrap_or(program);
+    let line = std::iter::once(program).chain(words).collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line,
+    }
 }
 
 /// What to type after `relaunch who` to look at this socket again.
@@ -637,6 +650,16 @@ pub fn run(args: &WhoArgs) -> Result<i32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn short_command_reads_like_a_shell_line() {
+        use super::short_command;
+        assert_eq!(short_command("/usr/bin/python3 web_dashboard.py"), "python3 web_dashboard.py");
+        assert_eq!(short_command("python3 -c import x\ny = 1"), "python3 -c import x y = 1");
+        assert_eq!(short_command(""), "?");
+        let long = format!("/bin/x {}", "a".repeat(200));
+        assert_eq!(short_command(&long).chars().count(), 83);
+    }
+
     use super::*;
     use std::os::fd::AsRawFd;
 

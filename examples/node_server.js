@@ -1,0 +1,48 @@
+#!/usr/bin/env node
+// relaunch example: a Node.js HTTP server that answers every request with its
+// pid, serving the listener relaunch hands it at fd 3.
+//
+//   relaunch --listen tcp:127.0.0.1:8000 -- node examples/node_server.js
+//
+// Without LISTEN_FDS it binds 127.0.0.1:$PORT (default 8000) itself.
+// SIGTERM/SIGINT: stop accepting, let in-flight requests finish, exit 0.
+'use strict';
+const http = require('http');
+
+const server = http.createServer((req, res) => {
+  const body = `${process.pid}\n`;
+  res.writeHead(200, {
+    'Content-Type': 'text/plain',
+    'Content-Length': Buffer.byteLength(body),
+    'Connection': 'close',
+  });
+  res.end(body);
+});
+
+const inherited =
+  Number(process.env.LISTEN_FDS) >= 1 &&
+  process.env.LISTEN_PID === String(process.pid);
+if (inherited) {
+  // Node calls listen() again on the fd; ask for the largest backlog so the
+  // kernel keeps it at somaxconn (relaunch's default) instead of shrinking it.
+  server.listen({ fd: 3, backlog: 65535 });
+} else {
+  const port = Number(process.env.PORT || 8000);
+  console.error(`node_server: no LISTEN_FDS, binding 127.0.0.1:${port} myself`);
+  server.listen(port, '127.0.0.1');
+}
+server.on('listening', () => {
+  const a = server.address();
+  console.error(`node_server: pid ${process.pid} serving ${a.address}:${a.port}`);
+});
+server.on('error', (err) => {
+  console.error(`node_server: ${err.message}`);
+  process.exit(1);
+});
+
+function stop() {
+  server.close(() => process.exit(0)); // waits for open connections
+  server.closeIdleConnections();
+}
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);

@@ -1,0 +1,4 @@
+//! One integration-test binary: the real relaunch, real children, real sockets.
+
+mod core;
+mod util;
