@@ -137,7 +137,9 @@ pub fn check_unique(specs: &[ListenSpec]) -> Result<(), String> {
                     a.addr, b.addr
                 ));
             }
-            if a.addr == b.addr {
+            // Port 0 asks for a fresh ephemeral port each time: never a duplicate.
+            let ephemeral = matches!(a.addr, Addr::Inet { port: 0, .. });
+            if a.addr == b.addr && !ephemeral {
                 return Err(format!(
                     "listen address {} is given twice: {} and {} (remove one -l)",
                     a.addr,
@@ -599,6 +601,7 @@ mod tests {
             Ok(())
         );
         assert_eq!(check_unique(&[]), Ok(()));
+        assert_eq!(check_unique(&[spec("a=127.0.0.1:0"), spec("b=127.0.0.1:0")]), Ok(()));
         assert_eq!(
             check_unique(&[spec("web=80"), spec("x=1"), spec("web=unix:/w")]),
             Err("listener name \"web\" is used twice: by *:80 and by unix:/w (give each -l its own NAME=)".into())
