@@ -1,4 +1,5 @@
 //! One integration-test binary: the real relaunch, real children, real sockets.
 
 mod core;
+mod reload;
 mod util;
