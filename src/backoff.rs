@@ -40,10 +40,6 @@ impl Backoff {
         let base = FIRST.saturating_mul(1 << (self.quick - 1).min(16)).min(MAX);
         Next::RestartAfter(base.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0)).min(MAX))
     }
-
-    pub fn quick_failures(&self) -> u32 {
-        self.quick
-    }
 }
 
 #[cfg(test)]
@@ -89,6 +85,6 @@ mod tests {
             b.exited(QUICK, 0.5);
         }
         assert_eq!(b.exited(STABLE_AFTER, 0.5), Next::RestartAfter(Duration::from_millis(100)));
-        assert_eq!(b.quick_failures(), 1);
+        assert_eq!(b.quick, 1);
     }
 }

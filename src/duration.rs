@@ -6,7 +6,6 @@
 //! - Fractions are exact to the nanosecond (no floating point).
 //! - Negative, empty and absurdly large (over ~584 years) values are errors.
 //! - `human` prints the shortest form that `parse` reads back exactly.
-#![allow(dead_code)]
 
 use std::time::Duration;
 

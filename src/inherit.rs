@@ -22,7 +22,6 @@
 //! reads its type, family and local address. Neither touches the process
 //! environment: the caller passes a snapshot, and builds fresh `LISTEN_*`
 //! values for each child.
-#![allow(dead_code)]
 
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 

@@ -28,7 +28,6 @@
 //!
 //! Model: systemd `src/shared/notify-recv.c`.
 
-#![allow(dead_code)]
 
 use std::ffi::OsStr;
 use std::io::{self, IoSliceMut};

@@ -120,7 +120,12 @@ fn gather_listeners(args: &RunArgs, snap: &Snapshot, backlog: i32) -> Result<Vec
     };
     let mut listeners: Vec<Listener> = inherit::take(&env, snap.pid)?
         .into_iter()
-        .map(|i| Listener::adopt(i.name, socket2::Socket::from(i.fd), i.local))
+        .map(|i| {
+            if i.kind == inherit::SockKind::Other {
+                warn!("inherited socket {} ({}) is of a kind relaunch does not know; passing it on as is", i.name, i.local);
+            }
+            Listener::adopt(i.name, socket2::Socket::from(i.fd), i.local)
+        })
         .collect();
     if env.fds.is_some() && listeners.is_empty() {
         debug!("LISTEN_FDS was set for another process (LISTEN_PID does not match); ignoring it");
@@ -314,6 +319,11 @@ impl Os for Driver {
                     s.ready(&format!("reload of generation {generation} failed: {reason}"));
                 }
             }
+            Note::Restarting { generation, worker, status } => {
+                if let Some(s) = &self.systemd {
+                    s.status(&format!("restarting generation {generation} worker {worker}: it {status}"));
+                }
+            }
             Note::GenerationGone { generation } => {
                 if let Some((_, task)) = self.notify.remove(&generation) {
                     task.abort();
@@ -476,6 +486,12 @@ fn handle_notify(sup: &mut Supervisor<Driver>, generation: u64, msg: Message) {
     }
     if let Some(text) = msg.status() {
         sup.set_status_text(pid, text);
+    }
+    if msg.reloading() {
+        info!(pid, generation, "child reports RELOADING=1");
+    }
+    if msg.stopping() {
+        info!(pid, generation, "child reports STOPPING=1");
     }
     if msg.ready() {
         sup.mark_ready(pid, "READY=1", Instant::now());

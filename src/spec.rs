@@ -27,7 +27,6 @@
 //!
 //! Errors are plain strings that say what is wrong with which part, e.g.
 //! `invalid listen spec "1.2.3.4.5:80": "1.2.3.4.5" is not an IP address or host name`.
-#![allow(dead_code)]
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::backoff::{self, Backoff, Next};
 use crate::cli::Restart;
-use crate::spawn;
+use crate::{duration, spawn};
 
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +76,8 @@ pub enum Note {
     ReloadDone { generation: u64, result: Result<Vec<i32>, String> },
     /// No child of this generation is left.
     GenerationGone { generation: u64 },
+    /// A serving worker exited on its own and will be started again.
+    Restarting { generation: u64, worker: usize, status: ExitStatus },
     Stopping,
 }
 
@@ -275,7 +277,8 @@ impl<O: Os> Supervisor<O> {
             match state {
                 State::Starting { ready_at: Some(t) } if t <= now => self.mark_ready(pid, "alive for the ready delay", now),
                 State::Stopping { kill_at, killed: false } if kill_at <= now => {
-                    warn!(pid, generation, "did not stop within {:?}; sending SIGKILL", self.cfg.stop_timeout);
+                    let waited = duration::human(self.cfg.stop_timeout);
+                    warn!(pid, generation, "did not stop within {waited}; sending SIGKILL");
                     self.os.signal(pid, Signal::SIGKILL);
                     self.children[i].state = State::Stopping { kill_at, killed: true };
                 }
@@ -286,8 +289,8 @@ impl<O: Os> Supervisor<O> {
             && deadline <= now
         {
             let reason = format!(
-                "generation {generation} was not ready within {:?}",
-                self.cfg.ready_timeout
+                "generation {generation} was not ready within {}",
+                duration::human(self.cfg.ready_timeout)
             );
             self.fail_reload(reason, now);
         }
@@ -295,9 +298,9 @@ impl<O: Os> Supervisor<O> {
             self.first_deadline = None;
             warn!(
                 generation = self.serving,
-                "not ready within {:?}; treating it as serving anyway (nothing else can serve). \
+                "not ready within {}; treating it as serving anyway (nothing else can serve). \
                  If the app is fine, use --ready delay:DURATION, or send READY=1 and use --ready notify",
-                self.cfg.ready_timeout
+                duration::human(self.cfg.ready_timeout)
             );
             self.announce(now);
         }
@@ -496,12 +499,17 @@ impl<O: Os> Supervisor<O> {
             Next::RestartAfter(d) => {
                 info!(generation = self.serving, worker, "restarting in {} ms", d.as_millis());
                 self.slots[worker].restart_at = Some(now + d);
+                self.os.note(Note::Restarting {
+                    generation: self.serving,
+                    worker,
+                    status,
+                });
             }
             Next::GiveUp => {
                 let msg = format!(
-                    "giving up after {} quick failures in a row (each lived less than {:?}); the last one {status}",
+                    "giving up after {} quick failures in a row (each lived less than {}); the last one {status}",
                     backoff::GIVE_UP_AFTER,
-                    backoff::STABLE_AFTER
+                    duration::human(backoff::STABLE_AFTER)
                 );
                 self.exit_code = 1;
                 self.exit_error = Some(msg);

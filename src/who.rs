@@ -20,7 +20,6 @@
 //!
 //! Parsing of each `/proc` format is pure and tested on sample text; the
 //! functions that read `/proc` are at the end, before `run`.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -10,7 +10,7 @@ use crate::util::*;
 
 const T: Duration = Duration::from_secs(15);
 
-fn fd<'a>(report: &'a Value, n: i64) -> &'a Value {
+fn fd(report: &Value, n: i64) -> &Value {
     report["fds"]
         .as_array()
         .unwrap()
@@ -237,7 +237,7 @@ fn usage_errors_exit_2_with_a_message() {
 
 #[test]
 fn garbage_listen_env_is_a_clear_error() {
-    let mut r = Relaunch::start_with(
+    let r = Relaunch::start_with(
         Command::new(relaunch_bin())
             .args(["-l", "127.0.0.1:0", "--", "true"])
             .env("LISTEN_FDS", "lots")

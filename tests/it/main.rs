@@ -2,4 +2,5 @@
 
 mod core;
 mod reload;
+mod units;
 mod util;

@@ -57,7 +57,7 @@ fn reload_cli(control: &Path) -> (i32, String) {
 fn distinct_pids(addr: SocketAddr, want: usize) -> BTreeSet<String> {
     let load = Load::start(addr, 8);
     let mut seen = BTreeSet::new();
-    let _ = wait_for(&format!("{want} distinct pids"), T, || {
+    wait_for(&format!("{want} distinct pids"), T, || {
         seen.extend(get(addr).ok());
         (seen.len() >= want).then_some(())
     });
