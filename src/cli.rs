@@ -87,6 +87,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: u32,
 
+    /// Run the children as USER (name or uid), with its groups; relaunch binds first, as root
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Run the children with this primary GROUP (name or gid) [default: USER's group]
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+
     /// Serve a control socket at PATH for `relaunch status|reload|stop`
     #[arg(long, env = "RELAUNCH_CONTROL", value_name = "PATH")]
     pub control: Option<PathBuf>,

@@ -71,6 +71,55 @@ fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
     duration::parse(s).map_err(|e| Error::usage(format!("{flag}: {e}")))
 }
 
+/// `--user` / `--group`, resolved now so the child only has to apply them.
+fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<spawn::Credentials>> {
+    use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
+    if user.is_none() && group.is_none() {
+        return Ok(None);
+    }
+    if !Uid::effective().is_root() {
+        return Err(Error::usage("--user and --group need relaunch to start as root")
+            .hint("start relaunch as root (it binds, then runs the children as USER), or drop these options"));
+    }
+    let lookup_err = |what: &str, name: &str, e: nix::Error| Error::runtime(format!("cannot look up {what} {name:?}: {e}"));
+    let user = match user {
+        None => None,
+        Some(u) => {
+            let found = match u.parse::<u32>() {
+                Ok(n) => User::from_uid(Uid::from_raw(n)),
+                Err(_) => User::from_name(u),
+            };
+            Some(found.map_err(|e| lookup_err("user", u, e))?.ok_or_else(|| {
+                Error::usage(format!("--user: no such user {u:?}")).hint("use a name from /etc/passwd or a numeric uid")
+            })?)
+        }
+    };
+    let gid = match group {
+        Some(g) => {
+            let found = match g.parse::<u32>() {
+                Ok(n) => Group::from_gid(Gid::from_raw(n)),
+                Err(_) => Group::from_name(g),
+            };
+            found.map_err(|e| lookup_err("group", g, e))?.ok_or_else(|| {
+                Error::usage(format!("--group: no such group {g:?}")).hint("use a name from /etc/group or a numeric gid")
+            })?.gid
+        }
+        None => user.as_ref().map(|u| u.gid).unwrap_or_else(Gid::current),
+    };
+    let groups = match &user {
+        Some(u) => {
+            let name = std::ffi::CString::new(u.name.as_str()).map_err(|_| Error::usage("--user: bad user name"))?;
+            getgrouplist(&name, gid).map_err(|e| lookup_err("the groups of user", &u.name, e))?
+        }
+        None => vec![gid],
+    };
+    Ok(Some(spawn::Credentials {
+        uid: user.as_ref().map(|u| u.uid).unwrap_or_else(Uid::current).as_raw(),
+        gid: gid.as_raw(),
+        groups: groups.into_iter().map(|g| g.as_raw()).collect(),
+    }))
+}
+
 /// What relaunch was given by its parent, read once before anything else.
 pub struct Snapshot {
     pub env: Vec<(OsString, OsString)>,
@@ -162,6 +211,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         return Err(Error::usage("the command is empty").hint("put the server's command after --"));
     }
 
+    let creds = credentials(args.user.as_deref(), args.group.as_deref())?;
     let listeners = gather_listeners(&args, &snap, backlog)?;
     for (i, l) in listeners.iter().enumerate() {
         info!("listening on {} as fd {} ({})", l.address, 3 + i, l.name);
@@ -193,6 +243,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     let driver = Driver {
         program: program.clone(),
         args: rest.to_vec(),
+        creds,
         env,
         listeners,
         ready,
@@ -220,6 +271,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
 struct Driver {
     program: OsString,
     args: Vec<OsString>,
+    creds: Option<spawn::Credentials>,
     /// Everything but LISTEN_PID, NOTIFY_SOCKET and RELAUNCH_WORKER.
     env: Vec<(OsString, OsString)>,
     listeners: Vec<Listener>,
@@ -274,6 +326,7 @@ impl Os for Driver {
             env: &env,
             fds: &fds,
             listen_pid: true,
+            creds: self.creds.as_ref(),
         })
     }
 

@@ -1,7 +1,9 @@
 //! The only fork/exec in relaunch.
 //!
-//! What the child gets: its own process group; PR_SET_PDEATHSIG(SIGTERM) so it
-//! does not outlive a killed relaunch; every signal at its default disposition
+//! What the child gets: its own process group; the credentials of `--user` /
+//! `--group` (supplementary groups included); PR_SET_PDEATHSIG(SIGTERM), set
+//! after the credential change that would clear it, so the child does not
+//! outlive a killed relaunch; every signal at its default disposition
 //! and an empty signal mask; the listeners at fds 3..3+N-1 without
 //! close-on-exec; fds 0-2 as relaunch has them; nothing else (everything from
 //! 3+N up is marked close-on-exec); `LISTEN_PID` set to its own pid.
@@ -11,7 +13,7 @@
 //! relaunch is single-threaded (tokio `current_thread`, no blocking pool is
 //! used), so the child of `fork` is a faithful copy with no lock held by a
 //! vanished thread. Even so, between fork and exec the child only makes raw
-//! system calls through `libc` (`setpgid`, `prctl`, `getppid`, `fcntl`,
+//! system calls through `libc` (`setpgid`, `setgroups`, `setgid`, `setuid`, `prctl`, `getppid`, `fcntl`,
 //! `dup2`, `close_range`, `getpid`, `signal`, `sigprocmask`, `execve`, `write`,
 //! `_exit`) and writes into memory prepared by the parent: every CString,
 //! pointer array, the fd work array and the `LISTEN_PID=` slot are allocated
@@ -39,6 +41,16 @@ pub struct Request<'a> {
     pub fds: &'a [BorrowedFd<'a>],
     /// Add `LISTEN_PID=<the child's pid>`.
     pub listen_pid: bool,
+    /// Run as this user and group, resolved by the caller.
+    pub creds: Option<&'a Credentials>,
+}
+
+/// Who the child runs as: resolved in the parent, applied after fork.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
 }
 
 #[derive(Debug)]
@@ -113,6 +125,7 @@ pub fn spawn(req: &Request<'_>) -> Result<i32, Error> {
         nfds: work.len(),
         err_fd: err_write.as_raw_fd(),
         parent,
+        creds: req.creds.map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
     };
 
     let pid = {
@@ -135,12 +148,23 @@ pub fn spawn(req: &Request<'_>) -> Result<i32, Error> {
     drop(err_write);
     match read_exec_error(&err_read) {
         None => Ok(pid),
-        Some(errno) => {
-            // The child has _exit'ed; the reaper will collect it.
-            Err(exec_error(&shown, &path, errno))
-        }
+        // The child has _exit'ed; the reaper will collect it.
+        Some((STAGE_CREDS, errno)) => Err(Error::Os(format!(
+            "cannot switch {shown} to the --user/--group credentials: {}",
+            io::Error::from_raw_os_error(errno)
+        ))),
+        Some((STAGE_FDS, errno)) => Err(Error::Os(format!(
+            "cannot place the sockets at fd 3.. for {shown}: {}",
+            io::Error::from_raw_os_error(errno)
+        ))),
+        Some((_, errno)) => Err(exec_error(&shown, &path, errno)),
     }
 }
+
+/// Where the child failed, reported with the errno.
+const STAGE_EXEC: i32 = 0;
+const STAGE_CREDS: i32 = 1;
+const STAGE_FDS: i32 = 2;
 
 /// Raw pointers into memory the parent prepared; valid in the child's copy.
 struct ChildPlan {
@@ -152,6 +176,8 @@ struct ChildPlan {
     nfds: usize,
     err_fd: RawFd,
     parent: libc::pid_t,
+    /// uid, gid, supplementary groups (pointer, length).
+    creds: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
 }
 
 impl ChildPlan {
@@ -159,6 +185,12 @@ impl ChildPlan {
     unsafe fn exec(&self) -> ! {
         unsafe {
             libc::setpgid(0, 0);
+            if let Some((uid, gid, groups, ngroups)) = self.creds
+                && (libc::setgroups(ngroups, groups) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0)
+            {
+                self.fail(self.err_fd, STAGE_CREDS);
+            }
+            // After the credential change, which clears it.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
             // relaunch died before the prctl took effect.
             if libc::getppid() != self.parent {
@@ -175,7 +207,7 @@ impl ChildPlan {
                 if *fd < first_free {
                     let moved = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, first_free);
                     if moved < 0 {
-                        self.fail(err_fd);
+                        self.fail(err_fd, STAGE_FDS);
                     }
                     *fd = moved;
                 }
@@ -183,7 +215,7 @@ impl ChildPlan {
             for (i, fd) in fds.iter().enumerate() {
                 // dup2 onto a different number clears close-on-exec on the copy.
                 if libc::dup2(*fd, 3 + i as RawFd) < 0 {
-                    self.fail(err_fd);
+                    self.fail(err_fd, STAGE_FDS);
                 }
             }
             // Whatever else is open (leaked to relaunch by its parent) stays behind.
@@ -204,17 +236,19 @@ impl ChildPlan {
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             libc::execve(self.path, self.argv, self.envp);
-            self.fail(err_fd)
+            self.fail(err_fd, STAGE_EXEC)
         }
     }
 
-    /// Reports errno to the parent and exits like a shell would.
-    unsafe fn fail(&self, err_fd: RawFd) -> ! {
+    /// Reports (stage, errno) to the parent and exits like a shell would.
+    unsafe fn fail(&self, err_fd: RawFd, stage: i32) -> ! {
         unsafe {
             let errno = *libc::__errno_location();
-            let bytes = errno.to_ne_bytes();
-            libc::write(err_fd, bytes.as_ptr().cast(), bytes.len());
-            libc::_exit(if errno == libc::ENOENT { 127 } else { 126 })
+            let mut msg = [0u8; 8];
+            msg[..4].copy_from_slice(&stage.to_ne_bytes());
+            msg[4..].copy_from_slice(&errno.to_ne_bytes());
+            libc::write(err_fd, msg.as_ptr().cast(), msg.len());
+            libc::_exit(if stage == STAGE_EXEC && errno == libc::ENOENT { 127 } else { 126 })
         }
     }
 }
@@ -260,11 +294,11 @@ impl Drop for BlockSignals {
     }
 }
 
-/// EOF means exec succeeded (the pipe was close-on-exec); 4 bytes are an errno.
-fn read_exec_error(fd: &OwnedFd) -> Option<i32> {
-    let mut buf = [0u8; 4];
+/// EOF means exec succeeded (the pipe was close-on-exec); 8 bytes are (stage, errno).
+fn read_exec_error(fd: &OwnedFd) -> Option<(i32, i32)> {
+    let mut buf = [0u8; 8];
     let mut got = 0;
-    while got < 4 {
+    while got < 8 {
         match nix::unistd::read(fd, &mut buf[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
@@ -272,7 +306,8 @@ fn read_exec_error(fd: &OwnedFd) -> Option<i32> {
             Err(_) => break,
         }
     }
-    (got == 4).then(|| i32::from_ne_bytes(buf))
+    let word = |i: usize| i32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+    (got == 8).then(|| (word(0), word(4)))
 }
 
 fn exec_error(shown: &str, path: &Path, errno: i32) -> Error {

@@ -309,12 +309,18 @@ impl<O: Os> Supervisor<O> {
                 self.slots[worker].restart_at = None;
                 self.slots[worker].restarts += 1;
                 if let Err(e) = self.spawn(self.serving, worker, now) {
-                    if self.children.iter().any(|c| c.generation == self.serving) {
-                        error!(generation = self.serving, worker, "{e}");
-                        self.after_exit(worker, Duration::ZERO, ExitStatus::Code(127), now);
-                    } else {
-                        self.fail_to_exec(e, now);
-                        return;
+                    let serving = self.children.iter().any(|c| c.generation == self.serving);
+                    match e {
+                        // A missing program will not come back by itself.
+                        spawn::Error::NotFound(_) | spawn::Error::NotExecutable(_) if !serving => {
+                            self.fail_to_exec(e, now);
+                            return;
+                        }
+                        // Out of fds or processes, or other workers serve: try again later.
+                        _ => {
+                            error!(generation = self.serving, worker, "{e}");
+                            self.after_exit(worker, Duration::ZERO, ExitStatus::Code(127), now);
+                        }
                     }
                 }
             }
@@ -337,7 +343,11 @@ impl<O: Os> Supervisor<O> {
                 self.fail_reload(format!("generation {generation} {status} before it was ready"), now);
             }
             _ if generation == self.serving && !self.stopping => {
-                warn!(pid, generation, worker, "{status}");
+                if status.success() {
+                    info!(pid, generation, worker, "{status}");
+                } else {
+                    warn!(pid, generation, worker, "{status}");
+                }
                 self.slots[worker].last_exit = Some(status);
                 self.after_exit(worker, lived, status, now);
             }
