@@ -53,22 +53,34 @@ mod tests {
         let mut b = Backoff::default();
         let waits: Vec<_> = (0..9).map(|_| b.exited(QUICK, 0.5)).collect();
         let ms = [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600];
-        assert_eq!(waits, ms.map(|ms| Next::RestartAfter(Duration::from_millis(ms))));
+        assert_eq!(
+            waits,
+            ms.map(|ms| Next::RestartAfter(Duration::from_millis(ms)))
+        );
         assert_eq!(b.exited(QUICK, 0.5), Next::GiveUp);
     }
 
     #[test]
     fn jitter_stays_within_bounds_and_cap() {
         let mut b = Backoff::default();
-        assert_eq!(b.exited(QUICK, 0.0), Next::RestartAfter(Duration::from_millis(80)));
+        assert_eq!(
+            b.exited(QUICK, 0.0),
+            Next::RestartAfter(Duration::from_millis(80))
+        );
         let mut b = Backoff::default();
-        assert_eq!(b.exited(QUICK, 1.0), Next::RestartAfter(Duration::from_millis(120)));
+        assert_eq!(
+            b.exited(QUICK, 1.0),
+            Next::RestartAfter(Duration::from_millis(120))
+        );
         // Jitter never pushes past MAX.
         let mut b = Backoff { quick: 8 };
         assert_eq!(b.exited(QUICK, 1.0), Next::RestartAfter(MAX));
         // Not quick (lived long): resets instead of giving up.
         let mut b = Backoff { quick: 12 };
-        assert_eq!(b.exited(Duration::from_secs(60), 0.5), Next::RestartAfter(FIRST));
+        assert_eq!(
+            b.exited(Duration::from_secs(60), 0.5),
+            Next::RestartAfter(FIRST)
+        );
     }
 
     #[test]
@@ -84,7 +96,10 @@ mod tests {
         for _ in 0..3 {
             b.exited(QUICK, 0.5);
         }
-        assert_eq!(b.exited(STABLE_AFTER, 0.5), Next::RestartAfter(Duration::from_millis(100)));
+        assert_eq!(
+            b.exited(STABLE_AFTER, 0.5),
+            Next::RestartAfter(Duration::from_millis(100))
+        );
         assert_eq!(b.quick, 1);
     }
 }

@@ -29,7 +29,6 @@
 //!   If the supervisor is gone (receiver or reply dropped), the peer is told
 //!   "relaunch is shutting down".
 
-
 use std::io::{self, Write as _};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

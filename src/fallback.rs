@@ -21,7 +21,9 @@ pub fn parse(s: &str) -> Result<Vec<u16>, String> {
     for item in s.split(',') {
         let item = item.trim();
         if item.is_empty() {
-            return Err(format!("empty item in fallback list {s:?}: remove the extra comma"));
+            return Err(format!(
+                "empty item in fallback list {s:?}: remove the extra comma"
+            ));
         }
         let (low, high) = match item.split_once('-') {
             Some((a, b)) => (port(a.trim())?, port(b.trim())?),
@@ -31,7 +33,9 @@ pub fn parse(s: &str) -> Result<Vec<u16>, String> {
             }
         };
         if low > high {
-            return Err(format!("reversed range {item:?} in fallback list: write {high}-{low}"));
+            return Err(format!(
+                "reversed range {item:?} in fallback list: write {high}-{low}"
+            ));
         }
         total += usize::from(high - low) + 1;
         if total > MAX_ENTRIES {
@@ -51,10 +55,15 @@ pub fn parse(s: &str) -> Result<Vec<u16>, String> {
 
 fn port(s: &str) -> Result<u16, String> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("invalid port {s:?} in fallback list: write ports and ranges such as 8001-8010,9000"));
+        return Err(format!(
+            "invalid port {s:?} in fallback list: write ports and ranges such as 8001-8010,9000"
+        ));
     }
     match s.parse::<u32>() {
-        Ok(0) => Err("port 0 is not allowed in a fallback list: for an ephemeral port, listen on HOST:0".into()),
+        Ok(0) => Err(
+            "port 0 is not allowed in a fallback list: for an ephemeral port, listen on HOST:0"
+                .into(),
+        ),
         Ok(p) if p <= 65535 => Ok(p as u16),
         _ => Err(format!("invalid port number {s}: greater than 65535")),
     }
@@ -92,20 +101,59 @@ mod tests {
     #[test]
     fn errors() {
         let cases = [
-            ("", "empty fallback list: write ports and ranges such as 8001-8010,9000"),
-            ("  ", "empty fallback list: write ports and ranges such as 8001-8010,9000"),
-            ("8000,", "empty item in fallback list \"8000,\": remove the extra comma"),
-            ("8000,,9000", "empty item in fallback list \"8000,,9000\": remove the extra comma"),
-            ("0", "port 0 is not allowed in a fallback list: for an ephemeral port, listen on HOST:0"),
-            ("0-10", "port 0 is not allowed in a fallback list: for an ephemeral port, listen on HOST:0"),
-            ("8010-8001", "reversed range \"8010-8001\" in fallback list: write 8001-8010"),
+            (
+                "",
+                "empty fallback list: write ports and ranges such as 8001-8010,9000",
+            ),
+            (
+                "  ",
+                "empty fallback list: write ports and ranges such as 8001-8010,9000",
+            ),
+            (
+                "8000,",
+                "empty item in fallback list \"8000,\": remove the extra comma",
+            ),
+            (
+                "8000,,9000",
+                "empty item in fallback list \"8000,,9000\": remove the extra comma",
+            ),
+            (
+                "0",
+                "port 0 is not allowed in a fallback list: for an ephemeral port, listen on HOST:0",
+            ),
+            (
+                "0-10",
+                "port 0 is not allowed in a fallback list: for an ephemeral port, listen on HOST:0",
+            ),
+            (
+                "8010-8001",
+                "reversed range \"8010-8001\" in fallback list: write 8001-8010",
+            ),
             ("70000", "invalid port number 70000: greater than 65535"),
-            ("8000-70000", "invalid port number 70000: greater than 65535"),
-            ("99999999999999999999", "invalid port number 99999999999999999999: greater than 65535"),
-            ("http", "invalid port \"http\" in fallback list: write ports and ranges such as 8001-8010,9000"),
-            ("-5", "invalid port \"\" in fallback list: write ports and ranges such as 8001-8010,9000"),
-            ("+5", "invalid port \"+5\" in fallback list: write ports and ranges such as 8001-8010,9000"),
-            ("1-2-3", "invalid port \"2-3\" in fallback list: write ports and ranges such as 8001-8010,9000"),
+            (
+                "8000-70000",
+                "invalid port number 70000: greater than 65535",
+            ),
+            (
+                "99999999999999999999",
+                "invalid port number 99999999999999999999: greater than 65535",
+            ),
+            (
+                "http",
+                "invalid port \"http\" in fallback list: write ports and ranges such as 8001-8010,9000",
+            ),
+            (
+                "-5",
+                "invalid port \"\" in fallback list: write ports and ranges such as 8001-8010,9000",
+            ),
+            (
+                "+5",
+                "invalid port \"+5\" in fallback list: write ports and ranges such as 8001-8010,9000",
+            ),
+            (
+                "1-2-3",
+                "invalid port \"2-3\" in fallback list: write ports and ranges such as 8001-8010,9000",
+            ),
             (
                 "1-65535,1",
                 "fallback list \"1-65535,1\" has more than 65535 entries: list fewer ports",

@@ -3,11 +3,14 @@
 
 mod backoff;
 mod cli;
+mod compat;
 mod control;
 mod duration;
 mod error;
+mod fallback;
 mod inherit;
 mod notify;
+mod placeholders;
 mod procscan;
 mod run;
 mod sockets;
@@ -15,6 +18,7 @@ mod spawn;
 mod spec;
 mod supervisor;
 mod who;
+mod wrapper;
 
 use clap::Parser;
 
@@ -52,9 +56,15 @@ fn dispatch(cli: Cli, snapshot: run::Snapshot) -> Result<i32> {
     match cli.command {
         None => runtime.block_on(run::run(cli.run, snapshot)),
         Some(Sub::Who(args)) => who::run(&args),
-        Some(Sub::Status { client, json }) => runtime.block_on(control::client(&client, Request::Status, json)),
-        Some(Sub::Reload { client }) => runtime.block_on(control::client(&client, Request::Reload, false)),
-        Some(Sub::Stop { client }) => runtime.block_on(control::client(&client, Request::Stop, false)),
+        Some(Sub::Status { client, json }) => {
+            runtime.block_on(control::client(&client, Request::Status, json))
+        }
+        Some(Sub::Reload { client }) => {
+            runtime.block_on(control::client(&client, Request::Reload, false))
+        }
+        Some(Sub::Stop { client }) => {
+            runtime.block_on(control::client(&client, Request::Stop, false))
+        }
     }
 }
 

@@ -28,7 +28,6 @@
 //!
 //! Model: systemd `src/shared/notify-recv.c`.
 
-
 use std::ffi::OsStr;
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};

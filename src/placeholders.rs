@@ -93,15 +93,18 @@ fn resolve(inner: &str, listeners: &[Named]) -> Result<String, String> {
         ));
     }
     let l = match name {
-        None => listeners
-            .first()
-            .ok_or_else(|| format!("{{{inner}}} needs a listener, but there is none: add one with -l or --port"))?,
+        None => listeners.first().ok_or_else(|| {
+            format!("{{{inner}}} needs a listener, but there is none: add one with -l or --port")
+        })?,
         Some(n) => listeners.iter().find(|l| l.name == n).ok_or_else(|| {
             let known: Vec<&str> = listeners.iter().map(|l| l.name).collect();
             if known.is_empty() {
                 format!("{{{inner}}}: there is no listener named {n:?} (there are no listeners)")
             } else {
-                format!("{{{inner}}}: there is no listener named {n:?}; the listeners are: {}", known.join(", "))
+                format!(
+                    "{{{inner}}}: there is no listener named {n:?}; the listeners are: {}",
+                    known.join(", ")
+                )
             }
         })?,
     };
@@ -178,11 +181,26 @@ mod tests {
     #[test]
     fn errors() {
         let cases = [
-            ("{", "in argument \"{\": unmatched `{`: write `{{` for a literal brace"),
-            ("a{fd", "in argument \"a{fd\": unmatched `{`: write `{{` for a literal brace"),
-            ("{a{fd}", "in argument \"{a{fd}\": unmatched `{`: write `{{` for a literal brace"),
-            ("}", "in argument \"}\": unmatched `}`: write `}}` for a literal brace"),
-            ("{fd}}", "in argument \"{fd}}\": unmatched `}`: write `}}` for a literal brace"),
+            (
+                "{",
+                "in argument \"{\": unmatched `{`: write `{{` for a literal brace",
+            ),
+            (
+                "a{fd",
+                "in argument \"a{fd\": unmatched `{`: write `{{` for a literal brace",
+            ),
+            (
+                "{a{fd}",
+                "in argument \"{a{fd}\": unmatched `{`: write `{{` for a literal brace",
+            ),
+            (
+                "}",
+                "in argument \"}\": unmatched `}`: write `}}` for a literal brace",
+            ),
+            (
+                "{fd}}",
+                "in argument \"{fd}}\": unmatched `}`: write `}}` for a literal brace",
+            ),
             (
                 "{json}",
                 "in argument \"{json}\": unknown placeholder {json}: use {fd}, {fd:NAME}, {port}, {port:NAME}, {addr}, {addr:NAME}, or {{ and }} for literal braces",
@@ -236,13 +254,22 @@ mod tests {
         assert_eq!(expand(std::slice::from_ref(&raw), &L), Ok(vec![raw]));
         // Bytes around a placeholder survive too.
         let mixed = OsString::from_vec(vec![0xff, b'{', b'f', b'd', b'}', 0xfe]);
-        assert_eq!(expand(&[mixed], &L), Ok(vec![OsString::from_vec(vec![0xff, b'3', 0xfe])]));
+        assert_eq!(
+            expand(&[mixed], &L),
+            Ok(vec![OsString::from_vec(vec![0xff, b'3', 0xfe])])
+        );
     }
 
     #[test]
     fn every_argument_is_expanded() {
-        let args: Vec<OsString> = ["uvicorn", "app:app", "--fd", "{fd:web}"].iter().map(OsString::from).collect();
-        let want: Vec<OsString> = ["uvicorn", "app:app", "--fd", "3"].iter().map(OsString::from).collect();
+        let args: Vec<OsString> = ["uvicorn", "app:app", "--fd", "{fd:web}"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let want: Vec<OsString> = ["uvicorn", "app:app", "--fd", "3"]
+            .iter()
+            .map(OsString::from)
+            .collect();
         assert_eq!(expand(&args, &L), Ok(want));
     }
 

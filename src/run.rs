@@ -50,7 +50,9 @@ fn parse_ready(s: &str) -> Result<ReadyMode> {
         "auto" => Ok(ReadyMode::Auto),
         "notify" => Ok(ReadyMode::Notify),
         _ => match s.strip_prefix("delay:") {
-            Some(d) => duration::parse(d).map(ReadyMode::Delay).map_err(|e| Error::usage(format!("--ready: {e}"))),
+            Some(d) => duration::parse(d)
+                .map(ReadyMode::Delay)
+                .map_err(|e| Error::usage(format!("--ready: {e}"))),
             None => Err(Error::usage(format!("invalid --ready mode {s:?}"))
                 .hint("use auto, notify, or delay:DURATION (for example delay:2s)")),
         },
@@ -59,12 +61,19 @@ fn parse_ready(s: &str) -> Result<ReadyMode> {
 
 fn parse_signal(s: &str) -> Result<Signal> {
     let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| Error::usage(format!("invalid --stop-signal {s:?}: no such signal")));
+        return Signal::try_from(n)
+            .map_err(|_| Error::usage(format!("invalid --stop-signal {s:?}: no such signal")));
     }
-    name.parse::<Signal>()
-        .map_err(|_| Error::usage(format!("invalid --stop-signal {s:?}")).hint("use a name such as TERM, INT, QUIT or a number"))
+    name.parse::<Signal>().map_err(|_| {
+        Error::usage(format!("invalid --stop-signal {s:?}"))
+            .hint("use a name such as TERM, INT, QUIT or a number")
+    })
 }
 
 fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
@@ -81,7 +90,9 @@ fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<spawn::
         return Err(Error::usage("--user and --group need relaunch to start as root")
             .hint("start relaunch as root (it binds, then runs the children as USER), or drop these options"));
     }
-    let lookup_err = |what: &str, name: &str, e: nix::Error| Error::runtime(format!("cannot look up {what} {name:?}: {e}"));
+    let lookup_err = |what: &str, name: &str, e: nix::Error| {
+        Error::runtime(format!("cannot look up {what} {name:?}: {e}"))
+    };
     let user = match user {
         None => None,
         Some(u) => {
@@ -89,9 +100,14 @@ fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<spawn::
                 Ok(n) => User::from_uid(Uid::from_raw(n)),
                 Err(_) => User::from_name(u),
             };
-            Some(found.map_err(|e| lookup_err("user", u, e))?.ok_or_else(|| {
-                Error::usage(format!("--user: no such user {u:?}")).hint("use a name from /etc/passwd or a numeric uid")
-            })?)
+            Some(
+                found
+                    .map_err(|e| lookup_err("user", u, e))?
+                    .ok_or_else(|| {
+                        Error::usage(format!("--user: no such user {u:?}"))
+                            .hint("use a name from /etc/passwd or a numeric uid")
+                    })?,
+            )
         }
     };
     let gid = match group {
@@ -100,21 +116,30 @@ fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<spawn::
                 Ok(n) => Group::from_gid(Gid::from_raw(n)),
                 Err(_) => Group::from_name(g),
             };
-            found.map_err(|e| lookup_err("group", g, e))?.ok_or_else(|| {
-                Error::usage(format!("--group: no such group {g:?}")).hint("use a name from /etc/group or a numeric gid")
-            })?.gid
+            found
+                .map_err(|e| lookup_err("group", g, e))?
+                .ok_or_else(|| {
+                    Error::usage(format!("--group: no such group {g:?}"))
+                        .hint("use a name from /etc/group or a numeric gid")
+                })?
+                .gid
         }
         None => user.as_ref().map(|u| u.gid).unwrap_or_else(Gid::current),
     };
     let groups = match &user {
         Some(u) => {
-            let name = std::ffi::CString::new(u.name.as_str()).map_err(|_| Error::usage("--user: bad user name"))?;
+            let name = std::ffi::CString::new(u.name.as_str())
+                .map_err(|_| Error::usage("--user: bad user name"))?;
             getgrouplist(&name, gid).map_err(|e| lookup_err("the groups of user", &u.name, e))?
         }
         None => vec![gid],
     };
     Ok(Some(spawn::Credentials {
-        uid: user.as_ref().map(|u| u.uid).unwrap_or_else(Uid::current).as_raw(),
+        uid: user
+            .as_ref()
+            .map(|u| u.uid)
+            .unwrap_or_else(Uid::current)
+            .as_raw(),
         gid: gid.as_raw(),
         groups: groups.into_iter().map(|g| g.as_raw()).collect(),
     }))
@@ -158,7 +183,10 @@ fn gather_listeners(args: &RunArgs, snap: &Snapshot, backlog: i32) -> Result<Vec
         });
     }
     for l in &args.listen {
-        specs.push(spec::parse(l).map_err(|e| Error::usage(e).hint("see `relaunch --help` for the SPEC forms"))?);
+        specs.push(
+            spec::parse(l)
+                .map_err(|e| Error::usage(e).hint("see `relaunch --help` for the SPEC forms"))?,
+        );
     }
     spec::check_unique(&specs).map_err(Error::usage)?;
 
@@ -187,7 +215,10 @@ fn gather_listeners(args: &RunArgs, snap: &Snapshot, backlog: i32) -> Result<Vec
             continue;
         }
         let taken: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
-        let name = s.name.clone().unwrap_or_else(|| spec::default_name(&s.addr, &taken));
+        let name = s
+            .name
+            .clone()
+            .unwrap_or_else(|| spec::default_name(&s.addr, &taken));
         listeners.push(sockets::bind(name, &s.addr, backlog)?);
     }
     if listeners.is_empty() {
@@ -203,10 +234,9 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     let ready_timeout = parse_duration("--ready-timeout", &args.ready_timeout)?;
     let ready = parse_ready(&args.ready)?;
     let backlog = args.backlog.unwrap_or(libc::SOMAXCONN);
-    let (program, rest) = args
-        .command
-        .split_first()
-        .ok_or_else(|| Error::usage("no command given").hint("put the server's command after --"))?;
+    let (program, rest) = args.command.split_first().ok_or_else(|| {
+        Error::usage("no command given").hint("put the server's command after --")
+    })?;
     if program.is_empty() {
         return Err(Error::usage("the command is empty").hint("put the server's command after --"));
     }
@@ -250,6 +280,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         notify: HashMap::new(),
         notify_tx,
         systemd,
+        reloading: false,
         waiters: Vec::new(),
     };
     let cfg = Config {
@@ -280,6 +311,8 @@ struct Driver {
     notify: HashMap<u64, (String, tokio::task::JoinHandle<()>)>,
     notify_tx: mpsc::UnboundedSender<(u64, Message)>,
     systemd: Option<Systemd>,
+    /// Between RELOADING=1 and the READY=1 that ends it.
+    reloading: bool,
     /// `relaunch reload` clients, by the generation that answers them.
     waiters: Vec<(u64, oneshot::Sender<Response>)>,
 }
@@ -306,7 +339,10 @@ impl Driver {
     fn status_line(generation: u64, pids: &[i32]) -> String {
         let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
         let s = if pids.len() == 1 { "" } else { "s" };
-        format!("serving: generation {generation}, pid{s} {}", pids.join(", "))
+        format!(
+            "serving: generation {generation}, pid{s} {}",
+            pids.join(", ")
+        )
     }
 }
 
@@ -341,11 +377,13 @@ impl Os for Driver {
             Note::Serving { generation, pids } => {
                 let line = Self::status_line(generation, &pids);
                 info!(generation, "{line}");
-                if let Some(s) = &self.systemd {
+                // During a reload, systemd hears READY=1 when it is over.
+                if let (Some(s), false) = (&self.systemd, self.reloading) {
                     s.ready(&line);
                 }
             }
             Note::ReloadStarted { generation } => {
+                self.reloading = true;
                 if let Some(s) = &self.systemd {
                     s.reloading(&format!("reloading: starting generation {generation}"));
                 }
@@ -367,14 +405,26 @@ impl Os for Driver {
                         },
                     });
                 }
-                if let (Some(s), Err(reason)) = (&self.systemd, &result) {
-                    // Back to READY after RELOADING, even when the old generation stays.
-                    s.ready(&format!("reload of generation {generation} failed: {reason}"));
+                self.reloading = false;
+                // READY=1 ends RELOADING=1 whatever the outcome: something serves.
+                if let Some(s) = &self.systemd {
+                    match &result {
+                        Ok(pids) => s.ready(&Self::status_line(generation, pids)),
+                        Err(reason) => s.ready(&format!(
+                            "reload to generation {generation} failed: {reason}"
+                        )),
+                    }
                 }
             }
-            Note::Restarting { generation, worker, status } => {
+            Note::Restarting {
+                generation,
+                worker,
+                status,
+            } => {
                 if let Some(s) = &self.systemd {
-                    s.status(&format!("restarting generation {generation} worker {worker}: it {status}"));
+                    s.status(&format!(
+                        "restarting generation {generation} worker {worker}: it {status}"
+                    ));
                 }
             }
             Note::GenerationGone { generation } => {
@@ -401,7 +451,9 @@ async fn event_loop(
     mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
     inodes: HashSet<u64>,
 ) -> Result<i32> {
-    let sig = |k: SignalKind| signal(k).map_err(|e| Error::runtime(format!("cannot install signal handlers: {e}")));
+    let sig = |k: SignalKind| {
+        signal(k).map_err(|e| Error::runtime(format!("cannot install signal handlers: {e}")))
+    };
     // Installed before the first fork, so no exit is missed.
     let mut chld = sig(SignalKind::child())?;
     let mut term = sig(SignalKind::terminate())?;
@@ -442,7 +494,11 @@ async fn event_loop(
             return Ok(exit.code);
         }
         let deadline = sup.next_deadline().map(tokio::time::Instant::from_std);
-        let scanning = auto && sup.children().iter().any(|c| matches!(c.state, crate::supervisor::State::Starting { .. }));
+        let scanning = auto
+            && sup
+                .children()
+                .iter()
+                .any(|c| matches!(c.state, crate::supervisor::State::Starting { .. }));
         tokio::select! {
             _ = chld.recv() => reap(sup),
             _ = term.recv() => { info!("SIGTERM: stopping"); sup.stop(Instant::now()) }
@@ -502,9 +558,11 @@ fn scan(sup: &mut Supervisor<Driver>, inodes: &HashSet<u64>, warned: &mut HashSe
     for (pid, main_pid) in starting {
         let roots: Vec<i32> = std::iter::once(pid).chain(main_pid).collect();
         match procscan::scan(&roots, inodes) {
-            procscan::Verdict::Waiting { pid: p, tid, how } => {
-                sup.mark_ready(pid, &format!("pid {p} thread {tid} waits in {how}"), Instant::now())
-            }
+            procscan::Verdict::Waiting { pid: p, tid, how } => sup.mark_ready(
+                pid,
+                &format!("pid {p} thread {tid} waits in {how}"),
+                Instant::now(),
+            ),
             procscan::Verdict::NotYet { blind: Some(why) } if warned.insert(pid) => warn!(
                 pid,
                 "cannot see whether this child waits for connections ({why}); it counts as ready only at \
@@ -526,7 +584,10 @@ fn handle_notify(sup: &mut Supervisor<Driver>, generation: u64, msg: Message) {
         })
         .map(|c| (c.pid, c.main_pid));
     let Some((pid, main_pid)) = owner else {
-        warn!(sender = msg.pid, generation, "ignoring a notify message from a process outside generation {generation}");
+        warn!(
+            sender = msg.pid,
+            generation, "ignoring a notify message from a process outside generation {generation}"
+        );
         return;
     };
     if let Some(m) = msg.mainpid() {
@@ -534,7 +595,10 @@ fn handle_notify(sup: &mut Supervisor<Driver>, generation: u64, msg: Message) {
         if procscan::belongs_to(m, &roots) {
             sup.set_main_pid(pid, m);
         } else {
-            warn!(pid, generation, "ignoring MAINPID={m}: not a process of this child");
+            warn!(
+                pid,
+                generation, "ignoring MAINPID={m}: not a process of this child"
+            );
         }
     }
     if let Some(text) = msg.status() {

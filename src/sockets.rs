@@ -93,7 +93,9 @@ fn bind_inet(name: String, proto: Proto, host: &Host, port: u16, backlog: i32) -
             let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
             match try_bind(v6, ty, backlog) {
                 Ok(sock) => return finish(name, proto, sock),
-                Err(e) if ipv6_unavailable(&e) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                Err(e) if ipv6_unavailable(&e) => {
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+                }
                 Err(e) => return Err(bind_error(proto, v6, e)),
             }
         }
@@ -121,7 +123,8 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map_err(|e| {
-            Error::usage(format!("cannot resolve host {host:?}: {e}")).hint("use an IP address such as 127.0.0.1 or [::1]")
+            Error::usage(format!("cannot resolve host {host:?}: {e}"))
+                .hint("use an IP address such as 127.0.0.1 or [::1]")
         })?
         .collect();
     // Prefer IPv4 for names like localhost: every client tries it.
@@ -147,7 +150,10 @@ fn try_bind(addr: SocketAddr, ty: Type, backlog: i32) -> std::io::Result<Socket>
 }
 
 fn ipv6_unavailable(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+    )
 }
 
 fn bind_error(proto: Proto, addr: SocketAddr, e: std::io::Error) -> Error {
@@ -186,15 +192,26 @@ fn bind_error(proto: Proto, addr: SocketAddr, e: std::io::Error) -> Error {
 
 fn bind_unix_path(name: String, path: &Path, backlog: i32) -> Result<Listener> {
     let shown = format!("unix:{}", path.display());
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !dir.is_dir() {
-        return Err(Error::runtime(format!("cannot bind {shown}: folder {} does not exist", dir.display()))
-            .hint(format!("create it first (mkdir -p {}), or use RuntimeDirectory= in the systemd unit", dir.display())));
+        return Err(Error::runtime(format!(
+            "cannot bind {shown}: folder {} does not exist",
+            dir.display()
+        ))
+        .hint(format!(
+            "create it first (mkdir -p {}), or use RuntimeDirectory= in the systemd unit",
+            dir.display()
+        )));
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(Error::runtime(format!("cannot bind {shown}: the path exists and is not a socket"))
-                .hint("remove it or choose another path"));
+            return Err(Error::runtime(format!(
+                "cannot bind {shown}: the path exists and is not a socket"
+            ))
+            .hint("remove it or choose another path"));
         }
         match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => {
@@ -206,15 +223,22 @@ fn bind_unix_path(name: String, path: &Path, backlog: i32) -> Result<Listener> {
                     .hint("stop that process or choose another path"));
             }
             // Nobody accepts: a leftover from a process that died.
-            Err(_) => std::fs::remove_file(path)
-                .map_err(|e| Error::runtime(format!("cannot remove stale socket {}: {e}", path.display())))?,
+            Err(_) => std::fs::remove_file(path).map_err(|e| {
+                Error::runtime(format!(
+                    "cannot remove stale socket {}: {e}",
+                    path.display()
+                ))
+            })?,
         }
     }
     let sock = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(os_err("socket"))?;
-    let addr = SockAddr::unix(path).map_err(|e| Error::usage(format!("invalid socket path {}: {e}", path.display())))?;
+    let addr = SockAddr::unix(path)
+        .map_err(|e| Error::usage(format!("invalid socket path {}: {e}", path.display())))?;
     sock.bind(&addr)
         .map_err(|e| Error::runtime(format!("cannot bind {shown}: {e}")))?;
-    let ino = std::fs::symlink_metadata(path).map(|m| m.ino()).unwrap_or(0);
+    let ino = std::fs::symlink_metadata(path)
+        .map(|m| m.ino())
+        .unwrap_or(0);
     sock.listen(backlog).map_err(os_err("listen"))?;
     Ok(Listener {
         name,

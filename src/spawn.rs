@@ -80,7 +80,11 @@ pub fn spawn(req: &Request<'_>) -> Result<i32, Error> {
     let path = resolve(req.program, env_path(req.env))?;
     let shown = req.program.to_string_lossy();
     let cstr = |s: &[u8]| {
-        CString::new(s).map_err(|_| Error::Os(format!("cannot run {shown}: an argument contains a NUL byte")))
+        CString::new(s).map_err(|_| {
+            Error::Os(format!(
+                "cannot run {shown}: an argument contains a NUL byte"
+            ))
+        })
     };
     let path_c = cstr(path.as_os_str().as_bytes())?;
     let mut argv_c = vec![cstr(req.program.as_bytes())?];
@@ -125,7 +129,9 @@ pub fn spawn(req: &Request<'_>) -> Result<i32, Error> {
         nfds: work.len(),
         err_fd: err_write.as_raw_fd(),
         parent,
-        creds: req.creds.map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
+        creds: req
+            .creds
+            .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
     };
 
     let pid = {
@@ -186,7 +192,9 @@ impl ChildPlan {
         unsafe {
             libc::setpgid(0, 0);
             if let Some((uid, gid, groups, ngroups)) = self.creds
-                && (libc::setgroups(ngroups, groups) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0)
+                && (libc::setgroups(ngroups, groups) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0)
             {
                 self.fail(self.err_fd, STAGE_CREDS);
             }
@@ -248,7 +256,11 @@ impl ChildPlan {
             msg[..4].copy_from_slice(&stage.to_ne_bytes());
             msg[4..].copy_from_slice(&errno.to_ne_bytes());
             libc::write(err_fd, msg.as_ptr().cast(), msg.len());
-            libc::_exit(if stage == STAGE_EXEC && errno == libc::ENOENT { 127 } else { 126 })
+            libc::_exit(if stage == STAGE_EXEC && errno == libc::ENOENT {
+                127
+            } else {
+                126
+            })
         }
     }
 }
@@ -325,7 +337,9 @@ fn exec_error(shown: &str, path: &Path, errno: i32) -> Error {
 }
 
 fn env_path(env: &[(OsString, OsString)]) -> Option<&OsStr> {
-    env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str())
+    env.iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_os_str())
 }
 
 /// Finds the program like execvp would, but in the parent, where allocating is fine.
@@ -338,7 +352,9 @@ pub fn resolve(program: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, Err
         let p = PathBuf::from(program);
         return match std::fs::metadata(&p) {
             Err(_) => Err(Error::NotFound(format!("cannot run {shown}: no such file"))),
-            Ok(m) if m.is_dir() => Err(Error::NotExecutable(format!("cannot run {shown}: it is a directory"))),
+            Ok(m) if m.is_dir() => Err(Error::NotExecutable(format!(
+                "cannot run {shown}: it is a directory"
+            ))),
             Ok(m) if m.permissions().mode() & 0o111 == 0 => Err(Error::NotExecutable(format!(
                 "cannot run {shown}: permission denied (not executable; try chmod +x {shown})"
             ))),
@@ -361,7 +377,9 @@ pub fn resolve(program: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, Err
             "cannot run {shown}: {} is not executable",
             p.display()
         ))),
-        None => Err(Error::NotFound(format!("cannot run {shown}: command not found in PATH"))),
+        None => Err(Error::NotFound(format!(
+            "cannot run {shown}: command not found in PATH"
+        ))),
     }
 }
 
@@ -384,7 +402,13 @@ mod tests {
 
     #[test]
     fn decimal() {
-        for (n, s) in [(0u64, "0"), (7, "7"), (1234, "1234"), (4194304, "4194304"), (u64::MAX, "18446744073709551615")] {
+        for (n, s) in [
+            (0u64, "0"),
+            (7, "7"),
+            (1234, "1234"),
+            (4194304, "4194304"),
+            (u64::MAX, "18446744073709551615"),
+        ] {
             let mut buf = [0xffu8; PID_DIGITS + 1];
             write_decimal(n, &mut buf);
             let end = buf.iter().position(|&b| b == 0).unwrap();
@@ -395,11 +419,30 @@ mod tests {
     #[test]
     fn resolve_search() {
         let path = OsStr::new("/nonexistent:/bin:/usr/bin");
-        assert!(resolve(OsStr::new("sh"), Some(path)).unwrap().ends_with("sh"));
-        assert!(matches!(resolve(OsStr::new("no-such-prog-xyz"), Some(path)), Err(Error::NotFound(_))));
-        assert!(matches!(resolve(OsStr::new("./no/such"), None), Err(Error::NotFound(_))));
-        assert!(matches!(resolve(OsStr::new("/etc/passwd"), None), Err(Error::NotExecutable(_))));
-        assert!(matches!(resolve(OsStr::new("/"), None), Err(Error::NotExecutable(_))));
-        assert!(matches!(resolve(OsStr::new(""), None), Err(Error::NotFound(_))));
+        assert!(
+            resolve(OsStr::new("sh"), Some(path))
+                .unwrap()
+                .ends_with("sh")
+        );
+        assert!(matches!(
+            resolve(OsStr::new("no-such-prog-xyz"), Some(path)),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            resolve(OsStr::new("./no/such"), None),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            resolve(OsStr::new("/etc/passwd"), None),
+            Err(Error::NotExecutable(_))
+        ));
+        assert!(matches!(
+            resolve(OsStr::new("/"), None),
+            Err(Error::NotExecutable(_))
+        ));
+        assert!(matches!(
+            resolve(OsStr::new(""), None),
+            Err(Error::NotFound(_))
+        ));
     }
 }

@@ -600,7 +600,10 @@ mod tests {
             Ok(())
         );
         assert_eq!(check_unique(&[]), Ok(()));
-        assert_eq!(check_unique(&[spec("a=127.0.0.1:0"), spec("b=127.0.0.1:0")]), Ok(()));
+        assert_eq!(
+            check_unique(&[spec("a=127.0.0.1:0"), spec("b=127.0.0.1:0")]),
+            Ok(())
+        );
         assert_eq!(
             check_unique(&[spec("web=80"), spec("x=1"), spec("web=unix:/w")]),
             Err("listener name \"web\" is used twice: by *:80 and by unix:/w (give each -l its own NAME=)".into())

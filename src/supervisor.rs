@@ -70,14 +70,28 @@ pub trait Os {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Note {
     /// A generation is ready and serving.
-    Serving { generation: u64, pids: Vec<i32> },
-    ReloadStarted { generation: u64 },
+    Serving {
+        generation: u64,
+        pids: Vec<i32>,
+    },
+    ReloadStarted {
+        generation: u64,
+    },
     /// A reload ended: the pids now serving, or why it failed.
-    ReloadDone { generation: u64, result: Result<Vec<i32>, String> },
+    ReloadDone {
+        generation: u64,
+        result: Result<Vec<i32>, String>,
+    },
     /// No child of this generation is left.
-    GenerationGone { generation: u64 },
+    GenerationGone {
+        generation: u64,
+    },
     /// A serving worker exited on its own and will be started again.
-    Restarting { generation: u64, worker: usize, status: ExitStatus },
+    Restarting {
+        generation: u64,
+        worker: usize,
+        status: ExitStatus,
+    },
     Stopping,
 }
 
@@ -256,7 +270,10 @@ impl<O: Os> Supervisor<O> {
     pub fn next_deadline(&self) -> Option<Instant> {
         let children = self.children.iter().filter_map(|c| match c.state {
             State::Starting { ready_at } => ready_at,
-            State::Stopping { kill_at, killed: false } => Some(kill_at),
+            State::Stopping {
+                kill_at,
+                killed: false,
+            } => Some(kill_at),
             _ => None,
         });
         let restarts = self.slots.iter().filter_map(|s| s.restart_at);
@@ -273,19 +290,37 @@ impl<O: Os> Supervisor<O> {
 
     pub fn on_timer(&mut self, now: Instant) {
         for i in 0..self.children.len() {
-            let (pid, generation, state) = (self.children[i].pid, self.children[i].generation, self.children[i].state);
+            let (pid, generation, state) = (
+                self.children[i].pid,
+                self.children[i].generation,
+                self.children[i].state,
+            );
             match state {
-                State::Starting { ready_at: Some(t) } if t <= now => self.mark_ready(pid, "alive for the ready delay", now),
-                State::Stopping { kill_at, killed: false } if kill_at <= now => {
+                State::Starting { ready_at: Some(t) } if t <= now => {
+                    self.mark_ready(pid, "alive for the ready delay", now)
+                }
+                State::Stopping {
+                    kill_at,
+                    killed: false,
+                } if kill_at <= now => {
                     let waited = duration::human(self.cfg.stop_timeout);
-                    warn!(pid, generation, "did not stop within {waited}; sending SIGKILL");
+                    warn!(
+                        pid,
+                        generation, "did not stop within {waited}; sending SIGKILL"
+                    );
                     self.os.signal(pid, Signal::SIGKILL);
-                    self.children[i].state = State::Stopping { kill_at, killed: true };
+                    self.children[i].state = State::Stopping {
+                        kill_at,
+                        killed: true,
+                    };
                 }
                 _ => {}
             }
         }
-        if let Some(Reload { generation, phase: Phase::Starting { deadline } }) = self.reload
+        if let Some(Reload {
+            generation,
+            phase: Phase::Starting { deadline },
+        }) = self.reload
             && deadline <= now
         {
             let reason = format!(
@@ -339,8 +374,14 @@ impl<O: Os> Supervisor<O> {
         match child.state {
             State::Stopping { .. } => info!(pid, generation, worker, "stopped: {status}"),
             _ if self.pending() == Some(generation) => {
-                warn!(pid, generation, worker, "new generation {status} before it was ready");
-                self.fail_reload(format!("generation {generation} {status} before it was ready"), now);
+                warn!(
+                    pid,
+                    generation, worker, "new generation {status} before it was ready"
+                );
+                self.fail_reload(
+                    format!("generation {generation} {status} before it was ready"),
+                    now,
+                );
             }
             _ if generation == self.serving && !self.stopping => {
                 if status.success() {
@@ -369,7 +410,12 @@ impl<O: Os> Supervisor<O> {
         }
         c.state = State::Ready;
         let ms = now.saturating_duration_since(c.started).as_millis();
-        info!(pid, generation = c.generation, worker = c.worker, "ready after {ms} ms ({how})");
+        info!(
+            pid,
+            generation = c.generation,
+            worker = c.worker,
+            "ready after {ms} ms ({how})"
+        );
         self.settle(now);
     }
 
@@ -392,13 +438,19 @@ impl<O: Os> Supervisor<O> {
         }
         if let Some(r) = self.reload {
             if !self.reload_queued {
-                info!(generation = r.generation, "reload requested during a reload; another one follows it");
+                info!(
+                    generation = r.generation,
+                    "reload requested during a reload; another one follows it"
+                );
             }
             self.reload_queued = true;
             return Ok(r.generation + 1);
         }
         let generation = self.take_generation();
-        info!(generation, "reload: starting generation {generation} beside generation {}", self.serving);
+        info!(
+            generation,
+            "reload: starting generation {generation} beside generation {}", self.serving
+        );
         self.reload = Some(Reload {
             generation,
             phase: Phase::Starting {
@@ -422,7 +474,10 @@ impl<O: Os> Supervisor<O> {
             for c in &mut self.children {
                 self.os.signal(c.pid, Signal::SIGKILL);
                 if let State::Stopping { kill_at, .. } = c.state {
-                    c.state = State::Stopping { kill_at, killed: true };
+                    c.state = State::Stopping {
+                        kill_at,
+                        killed: true,
+                    };
                 }
             }
             return;
@@ -453,7 +508,10 @@ impl<O: Os> Supervisor<O> {
 
     fn pending(&self) -> Option<u64> {
         match self.reload {
-            Some(Reload { generation, phase: Phase::Starting { .. } }) => Some(generation),
+            Some(Reload {
+                generation,
+                phase: Phase::Starting { .. },
+            }) => Some(generation),
             _ => None,
         }
     }
@@ -507,7 +565,12 @@ impl<O: Os> Supervisor<O> {
         let jitter = self.os.jitter();
         match self.slots[worker].backoff.exited(lived, jitter) {
             Next::RestartAfter(d) => {
-                info!(generation = self.serving, worker, "restarting in {} ms", d.as_millis());
+                info!(
+                    generation = self.serving,
+                    worker,
+                    "restarting in {} ms",
+                    d.as_millis()
+                );
                 self.slots[worker].restart_at = Some(now + d);
                 self.os.note(Note::Restarting {
                     generation: self.serving,
@@ -551,11 +614,17 @@ impl<O: Os> Supervisor<O> {
         {
             self.announce(now);
         }
-        if let Some(Reload { generation, phase: Phase::Draining }) = self.reload
+        if let Some(Reload {
+            generation,
+            phase: Phase::Draining,
+        }) = self.reload
             && !self.children.iter().any(|c| c.generation < generation)
         {
             let pids = self.serving_pids();
-            info!(generation, "reload done: generation {generation} serves (pids {pids:?})");
+            info!(
+                generation,
+                "reload done: generation {generation} serves (pids {pids:?})"
+            );
             self.finish_reload(generation, Ok(pids), now);
         }
         if self.children.is_empty() && !self.done {
@@ -563,7 +632,10 @@ impl<O: Os> Supervisor<O> {
             if self.stopping {
                 self.done = true;
             } else if idle && self.cfg.restart != Restart::Always {
-                info!("no child left to run; exiting with status {}", self.exit_code);
+                info!(
+                    "no child left to run; exiting with status {}",
+                    self.exit_code
+                );
                 self.done = true;
             }
         }
@@ -593,7 +665,10 @@ impl<O: Os> Supervisor<O> {
             .filter(|c| c.generation < generation)
             .map(|c| c.pid)
             .collect();
-        info!(generation, "generation {generation} is ready; stopping generation {}", self.serving);
+        info!(
+            generation,
+            "generation {generation} is ready; stopping generation {}", self.serving
+        );
         self.serving = generation;
         self.slots = vec![Slot::default(); self.cfg.workers];
         self.reload = Some(Reload {
@@ -610,7 +685,10 @@ impl<O: Os> Supervisor<O> {
         let Some(generation) = self.pending() else {
             return;
         };
-        warn!(generation, "reload failed: {reason}; generation {} keeps serving", self.serving);
+        warn!(
+            generation,
+            "reload failed: {reason}; generation {} keeps serving", self.serving
+        );
         let pids: Vec<i32> = self
             .children
             .iter()
@@ -646,8 +724,17 @@ impl<O: Os> Supervisor<O> {
         if let Some(c) = self.children.iter_mut().find(|c| c.pid == pid)
             && !matches!(c.state, State::Stopping { .. })
         {
-            c.state = State::Stopping { kill_at, killed: false };
-            info!(pid, generation = c.generation, worker = c.worker, "sending {}", sig.as_str());
+            c.state = State::Stopping {
+                kill_at,
+                killed: false,
+            };
+            info!(
+                pid,
+                generation = c.generation,
+                worker = c.worker,
+                "sending {}",
+                sig.as_str()
+            );
             self.os.signal(pid, sig);
         }
     }
@@ -707,7 +794,11 @@ mod tests {
     }
 
     fn pids(s: &Supervisor<Fake>, generation: u64) -> Vec<i32> {
-        s.children().iter().filter(|c| c.generation == generation).map(|c| c.pid).collect()
+        s.children()
+            .iter()
+            .filter(|c| c.generation == generation)
+            .map(|c| c.pid)
+            .collect()
     }
 
     fn ms(n: u64) -> Duration {
@@ -721,7 +812,13 @@ mod tests {
         s.mark_ready(101, "test", t0);
         assert!(s.os.notes.is_empty());
         s.mark_ready(102, "test", t0);
-        assert_eq!(s.os.notes, [Note::Serving { generation: 1, pids: vec![101, 102] }]);
+        assert_eq!(
+            s.os.notes,
+            [Note::Serving {
+                generation: 1,
+                pids: vec![101, 102]
+            }]
+        );
         assert_eq!(s.state(), "serving");
     }
 
@@ -731,16 +828,25 @@ mod tests {
         s.mark_ready(101, "test", t0);
         assert_eq!(s.request_reload(t0), Ok(2));
         assert_eq!(pids(&s, 2), [102]);
-        assert!(s.os.signals.is_empty(), "old generation untouched while the new one starts");
+        assert!(
+            s.os.signals.is_empty(),
+            "old generation untouched while the new one starts"
+        );
         s.mark_ready(102, "test", t0 + ms(300));
         assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
         assert_eq!(s.serving(), 2);
         assert_eq!(s.state(), "reloading", "not done until the old one is gone");
         s.on_exit(101, ExitStatus::Code(0), t0 + ms(400));
-        assert!(s.os.notes.contains(&Note::ReloadDone { generation: 2, result: Ok(vec![102]) }));
+        assert!(s.os.notes.contains(&Note::ReloadDone {
+            generation: 2,
+            result: Ok(vec![102])
+        }));
         assert_eq!(s.state(), "serving");
         assert!(s.exit().is_none());
-        assert!(s.os.spawned.len() == 2, "the stopped old child is not restarted");
+        assert!(
+            s.os.spawned.len() == 2,
+            "the stopped old child is not restarted"
+        );
     }
 
     #[test]
@@ -785,10 +891,18 @@ mod tests {
         assert_eq!(s.request_reload(t0), Ok(2));
         assert_eq!(s.request_reload(t0), Ok(3));
         assert_eq!(s.request_reload(t0), Ok(3));
-        assert_eq!(s.os.spawned.len(), 2, "no third child until the reload ends");
+        assert_eq!(
+            s.os.spawned.len(),
+            2,
+            "no third child until the reload ends"
+        );
         s.mark_ready(102, "test", t0);
         s.on_exit(101, ExitStatus::Code(0), t0);
-        assert_eq!(s.os.spawned.last(), Some(&(103, 3, 0)), "exactly one more reload");
+        assert_eq!(
+            s.os.spawned.last(),
+            Some(&(103, 3, 0)),
+            "exactly one more reload"
+        );
         assert_eq!(s.os.spawned.len(), 3);
     }
 
@@ -813,7 +927,11 @@ mod tests {
         }
         let exit = s.exit().expect("gave up");
         assert_eq!(exit.code, 1);
-        assert!(exit.error.unwrap().contains("the last one exited with status 3"));
+        assert!(
+            exit.error
+                .unwrap()
+                .contains("the last one exited with status 3")
+        );
     }
 
     #[test]
@@ -827,31 +945,50 @@ mod tests {
             cfg(1),
         );
         s.start(t0);
-        assert_eq!(s.exit(), Some(Exit { code: 127, error: Some("cannot run x".into()) }));
+        assert_eq!(
+            s.exit(),
+            Some(Exit {
+                code: 127,
+                error: Some("cannot run x".into())
+            })
+        );
     }
 
     #[test]
     fn exec_failure_during_reload_keeps_old() {
         let (mut s, t0) = started(1);
         s.mark_ready(101, "test", t0);
-        s.os.fail_spawn = Some(|| spawn::Error::NotExecutable("cannot run x: permission denied".into()));
+        s.os.fail_spawn =
+            Some(|| spawn::Error::NotExecutable("cannot run x: permission denied".into()));
         assert_eq!(s.request_reload(t0), Ok(2));
         assert!(s.exit().is_none());
         assert_eq!(pids(&s, 1), [101]);
-        assert!(matches!(s.last_reload(), Some(LastReload { ok: false, .. })));
+        assert!(matches!(
+            s.last_reload(),
+            Some(LastReload { ok: false, .. })
+        ));
     }
 
     #[test]
     fn stop_terms_then_kills_then_exits_zero() {
         let (mut s, t0) = started(2);
         s.stop(t0);
-        assert_eq!(s.os.signals, [(101, Signal::SIGTERM), (102, Signal::SIGTERM)]);
+        assert_eq!(
+            s.os.signals,
+            [(101, Signal::SIGTERM), (102, Signal::SIGTERM)]
+        );
         s.on_exit(101, ExitStatus::Signal(15), t0 + ms(5));
         assert!(s.exit().is_none());
         s.on_timer(t0 + Duration::from_secs(10));
         assert_eq!(s.os.signals.last(), Some(&(102, Signal::SIGKILL)));
         s.on_exit(102, ExitStatus::Signal(9), t0 + Duration::from_secs(10));
-        assert_eq!(s.exit(), Some(Exit { code: 0, error: None }));
+        assert_eq!(
+            s.exit(),
+            Some(Exit {
+                code: 0,
+                error: None
+            })
+        );
         assert_eq!(s.os.spawned.len(), 2, "nothing restarted while stopping");
     }
 
@@ -861,8 +998,15 @@ mod tests {
         s.mark_ready(101, "test", t0);
         s.request_reload(t0).unwrap();
         s.stop(t0);
-        assert!(s.os.notes.iter().any(|n| matches!(n, Note::ReloadDone { result: Err(_), .. })));
-        assert_eq!(s.os.signals, [(102, Signal::SIGTERM), (101, Signal::SIGTERM)]);
+        assert!(
+            s.os.notes
+                .iter()
+                .any(|n| matches!(n, Note::ReloadDone { result: Err(_), .. }))
+        );
+        assert_eq!(
+            s.os.signals,
+            [(102, Signal::SIGTERM), (101, Signal::SIGTERM)]
+        );
         assert_eq!(s.request_reload(t0), Err("relaunch is stopping".into()));
     }
 
@@ -874,7 +1018,11 @@ mod tests {
         }
         s.on_exit(102, ExitStatus::Signal(9), t0 + ms(20));
         s.on_timer(s.next_deadline().unwrap());
-        assert_eq!(s.os.spawned.last(), Some(&(104, 1, 1)), "worker 1 restarted alone");
+        assert_eq!(
+            s.os.spawned.last(),
+            Some(&(104, 1, 1)),
+            "worker 1 restarted alone"
+        );
         s.mark_ready(104, "test", t0);
         s.request_reload(t0).unwrap();
         assert_eq!(pids(&s, 2), [105, 106, 107]);
@@ -889,28 +1037,58 @@ mod tests {
     #[test]
     fn restart_never_exits_with_child_status() {
         let t0 = Instant::now();
-        let mut s = Supervisor::new(Fake::default(), Config { restart: Restart::Never, ..cfg(1) });
+        let mut s = Supervisor::new(
+            Fake::default(),
+            Config {
+                restart: Restart::Never,
+                ..cfg(1)
+            },
+        );
         s.start(t0);
         s.on_exit(101, ExitStatus::Code(4), t0);
-        assert_eq!(s.exit(), Some(Exit { code: 4, error: None }));
+        assert_eq!(
+            s.exit(),
+            Some(Exit {
+                code: 4,
+                error: None
+            })
+        );
     }
 
     #[test]
     fn on_failure_does_not_restart_clean_exit() {
         let t0 = Instant::now();
-        let mut s = Supervisor::new(Fake::default(), Config { restart: Restart::OnFailure, ..cfg(1) });
+        let mut s = Supervisor::new(
+            Fake::default(),
+            Config {
+                restart: Restart::OnFailure,
+                ..cfg(1)
+            },
+        );
         s.start(t0);
         s.on_exit(101, ExitStatus::Signal(11), t0);
         assert!(s.next_deadline().is_some(), "a crash is restarted");
         s.on_timer(s.next_deadline().unwrap());
         s.on_exit(102, ExitStatus::Code(0), t0);
-        assert_eq!(s.exit(), Some(Exit { code: 0, error: None }));
+        assert_eq!(
+            s.exit(),
+            Some(Exit {
+                code: 0,
+                error: None
+            })
+        );
     }
 
     #[test]
     fn delay_mode_marks_ready_on_timer() {
         let t0 = Instant::now();
-        let mut s = Supervisor::new(Fake::default(), Config { ready_delay: Some(ms(500)), ..cfg(1) });
+        let mut s = Supervisor::new(
+            Fake::default(),
+            Config {
+                ready_delay: Some(ms(500)),
+                ..cfg(1)
+            },
+        );
         s.start(t0);
         assert_eq!(s.next_deadline(), Some(t0 + ms(500)));
         s.on_timer(t0 + ms(500));
@@ -928,7 +1106,10 @@ mod tests {
     #[test]
     fn exit_status_wording() {
         assert_eq!(ExitStatus::Code(3).to_string(), "exited with status 3");
-        assert_eq!(ExitStatus::Signal(9).to_string(), "killed by signal 9 (SIGKILL)");
+        assert_eq!(
+            ExitStatus::Signal(9).to_string(),
+            "killed by signal 9 (SIGKILL)"
+        );
         assert_eq!(ExitStatus::Signal(15).code(), 143);
     }
 }

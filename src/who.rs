@@ -364,8 +364,15 @@ pub fn holder_phrase(report: &Report) -> Option<String> {
 fn short_command(cmdline: &str) -> String {
     let mut words = cmdline.split_whitespace();
     let program = words.next().unwrap_or("?");
-    let program = program.rsplit('/').next().filter(|p| !p.is_empty()).unwrap_or(program);
-    let line = std::iter::once(program).chain(words).collect::<Vec<_>>().join(" ");
+    let program = program
+        .rsplit('/')
+        .next()
+        .filter(|p| !p.is_empty())
+        .unwrap_or(program);
+    let line = std::iter::once(program)
+        .chain(words)
+        .collect::<Vec<_>>()
+        .join(" ");
     match line.char_indices().nth(80) {
         Some((cut, _)) => format!("{}...", &line[..cut]),
         None => line,
@@ -652,8 +659,14 @@ mod tests {
     #[test]
     fn short_command_reads_like_a_shell_line() {
         use super::short_command;
-        assert_eq!(short_command("/usr/bin/python3 web_dashboard.py"), "python3 web_dashboard.py");
-        assert_eq!(short_command("python3 -c import x\ny = 1"), "python3 -c import x y = 1");
+        assert_eq!(
+            short_command("/usr/bin/python3 web_dashboard.py"),
+            "python3 web_dashboard.py"
+        );
+        assert_eq!(
+            short_command("python3 -c import x\ny = 1"),
+            "python3 -c import x y = 1"
+        );
         assert_eq!(short_command(""), "?");
         let long = format!("/bin/x {}", "a".repeat(200));
         assert_eq!(short_command(&long).chars().count(), 83);

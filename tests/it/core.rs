@@ -20,7 +20,12 @@ fn fd(report: &Value, n: i64) -> &Value {
 }
 
 fn fd_numbers(report: &Value) -> Vec<i64> {
-    report["fds"].as_array().unwrap().iter().map(|f| f["fd"].as_i64().unwrap()).collect()
+    report["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["fd"].as_i64().unwrap())
+        .collect()
 }
 
 #[test]
@@ -28,7 +33,12 @@ fn probe_sees_exactly_its_socket_and_its_own_pid() {
     let dir = TempDir::new("layout");
     let out = dir.join("report.json");
     // A free port for --port (every interface); the tiny race is acceptable in a test.
-    let port = TcpListener::bind("[::]:0").unwrap().local_addr().unwrap().port().to_string();
+    let port = TcpListener::bind("[::]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
     let probe = probe();
     let r = Relaunch::start_with(
         Command::new(relaunch_bin())
@@ -55,8 +65,13 @@ fn probe_sees_exactly_its_socket_and_its_own_pid() {
     assert_eq!(rep["pgid"], pid, "the child leads its own process group");
     assert_eq!(rep["ppid"], r.pid());
     assert_eq!(rep["sigpipe_ignored"], false);
-    assert_eq!(rep["sigblk"].as_str().map(|s| s.trim_start_matches('0')), Some(""), "empty signal mask");
-    r.log.wait(&format!("listening on [::]:{port} as fd 3 (http)"), T);
+    assert_eq!(
+        rep["sigblk"].as_str().map(|s| s.trim_start_matches('0')),
+        Some(""),
+        "empty signal mask"
+    );
+    r.log
+        .wait(&format!("listening on [::]:{port} as fd 3 (http)"), T);
 }
 
 #[test]
@@ -68,8 +83,24 @@ fn named_listeners_tcp_ipv6_unix_udp_in_order() {
     let admin = format!("admin=unix:{}", sock.display());
     let r = Relaunch::start_with(
         Command::new(relaunch_bin())
-            .args(["-l", "http=127.0.0.1:0", "-l", "ws=127.0.0.1:0", "-l", &admin, "-l", "dns=udp:127.0.0.1:0"])
-            .args(["-l", "v6=[::1]:0", "-l", "127.0.0.1:0", "--", probe.to_str().unwrap()])
+            .args([
+                "-l",
+                "http=127.0.0.1:0",
+                "-l",
+                "ws=127.0.0.1:0",
+                "-l",
+                &admin,
+                "-l",
+                "dns=udp:127.0.0.1:0",
+            ])
+            .args([
+                "-l",
+                "v6=[::1]:0",
+                "-l",
+                "127.0.0.1:0",
+                "--",
+                probe.to_str().unwrap(),
+            ])
             .env("PROBE_OUT", &out),
     );
     let rep = read_report(&out);
@@ -86,7 +117,10 @@ fn named_listeners_tcp_ipv6_unix_udp_in_order() {
         assert_eq!(fd(&rep, n)["cloexec"], false);
     }
     drop(r);
-    assert!(!sock.exists(), "the socket file relaunch created is removed on exit");
+    assert!(
+        !sock.exists(),
+        "the socket file relaunch created is removed on exit"
+    );
 }
 
 #[test]
@@ -96,19 +130,39 @@ fn under_systemd_socket_activate_probe_gets_the_inherited_socket() {
     }
     let dir = TempDir::new("activate");
     let out = dir.join("report.json");
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let probe = probe();
     let listen = format!("127.0.0.1:{port}");
     // `-l web=...` names the inherited socket, so relaunch must not bind again.
     let r = Relaunch::start_with(
         Command::new("systemd-socket-activate")
-            .args(["-l", &listen, "--fdname=web", "-E", "PROBE_OUT", "-E", "RUST_LOG"])
-            .args([relaunch_bin(), "-l", &format!("web={listen}"), "--", probe.to_str().unwrap()])
+            .args([
+                "-l",
+                &listen,
+                "--fdname=web",
+                "-E",
+                "PROBE_OUT",
+                "-E",
+                "RUST_LOG",
+            ])
+            .args([
+                relaunch_bin(),
+                "-l",
+                &format!("web={listen}"),
+                "--",
+                probe.to_str().unwrap(),
+            ])
             .env("PROBE_OUT", &out),
     );
     // systemd-socket-activate waits for a connection before it starts relaunch.
     let addr: SocketAddr = listen.parse().unwrap();
-    let _first = wait_for("systemd-socket-activate to listen", T, || std::net::TcpStream::connect(addr).ok());
+    let _first = wait_for("systemd-socket-activate to listen", T, || {
+        std::net::TcpStream::connect(addr).ok()
+    });
     let rep = read_report(&out);
     assert_eq!(fd_numbers(&rep), [0, 1, 2, 3], "{rep:#}");
     assert_eq!(rep["listen_fdnames"], "web");
@@ -124,7 +178,14 @@ fn crashing_child_is_restarted_on_the_same_socket() {
     let probe = probe();
     let r = Relaunch::start_with(
         Command::new(relaunch_bin())
-            .args(["-l", "127.0.0.1:0", "--", probe.to_str().unwrap(), "--exit", "3"])
+            .args([
+                "-l",
+                "127.0.0.1:0",
+                "--",
+                probe.to_str().unwrap(),
+                "--exit",
+                "3",
+            ])
             .env("PROBE_OUT", &out),
     );
     let addr = r.listen_addr(3);
@@ -157,15 +218,31 @@ fn child_ignoring_term_is_killed_after_stop_timeout() {
     let probe = probe();
     let mut r = Relaunch::start_with(
         Command::new(relaunch_bin())
-            .args(["-l", "127.0.0.1:0", "--stop-timeout", "1s", "--", probe.to_str().unwrap(), "--ignore-term"])
+            .args([
+                "-l",
+                "127.0.0.1:0",
+                "--stop-timeout",
+                "1s",
+                "--",
+                probe.to_str().unwrap(),
+                "--ignore-term",
+            ])
             .env("PROBE_OUT", &out),
     );
     let rep = read_report(&out);
     let t = Instant::now();
     r.signal(libc::SIGTERM);
     let status = r.wait_exit(Duration::from_secs(4));
-    assert!(t.elapsed() >= Duration::from_millis(900), "KILL came before the stop timeout");
-    assert_eq!(status.code(), Some(0), "we stopped it: exit 0\n{}", r.log.text());
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "KILL came before the stop timeout"
+    );
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "we stopped it: exit 0\n{}",
+        r.log.text()
+    );
     assert!(r.log.text().contains("sending SIGKILL"));
     assert!(!pid_alive(rep["pid"].as_i64().unwrap() as i32));
 }
@@ -178,16 +255,26 @@ fn held_port_names_the_holder() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()), &mut line).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
     let port = line.trim();
     let t = Instant::now();
-    let (status, log) = run_to_exit(&["-l", &format!("127.0.0.1:{port}"), "--", "true"], Duration::from_secs(5));
+    let (status, log) = run_to_exit(
+        &["-l", &format!("127.0.0.1:{port}"), "--", "true"],
+        Duration::from_secs(5),
+    );
     let _ = holder.kill();
     let _ = holder.wait();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(t.elapsed() < Duration::from_secs(5));
     assert!(
-        log.contains(&format!("port {port} is already in use by pid {} (python3", holder.id())),
+        log.contains(&format!(
+            "port {port} is already in use by pid {} (python3",
+            holder.id()
+        )),
         "{log}"
     );
     assert!(log.contains("relaunch who"), "{log}");
@@ -247,7 +334,13 @@ fn garbage_listen_env_is_a_clear_error() {
     r.log.wait("listening on", T);
     drop(r);
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", &format!("LISTEN_PID=$$ LISTEN_FDS=lots exec {} -l 127.0.0.1:0 -- true", relaunch_bin())]);
+    cmd.args([
+        "-c",
+        &format!(
+            "LISTEN_PID=$$ LISTEN_FDS=lots exec {} -l 127.0.0.1:0 -- true",
+            relaunch_bin()
+        ),
+    ]);
     let mut r = Relaunch::start_with(&mut cmd);
     let s = r.wait_exit(T);
     assert_eq!(s.code(), Some(2), "{}", r.log.text());
@@ -268,7 +361,10 @@ fn unix_socket_stale_file_is_replaced_and_live_one_refused() {
     let (s, log) = run_to_exit(&["-l", &spec, "--", "true"], T);
     assert_eq!(s.code(), Some(1), "{log}");
     assert!(log.contains("already in use"), "{log}");
-    assert!(path.exists(), "the refused relaunch did not remove the live file");
+    assert!(
+        path.exists(),
+        "the refused relaunch did not remove the live file"
+    );
     drop(r);
     assert!(!path.exists());
     let (s, log) = run_to_exit(&["-l", "unix:/nonexistent-dir/x.sock", "--", "true"], T);
@@ -280,9 +376,24 @@ fn unix_socket_stale_file_is_replaced_and_live_one_refused() {
 fn other_signals_are_forwarded_to_the_child() {
     let dir = TempDir::new("fwd");
     let flag = dir.join("got-usr1");
-    let script = format!("trap 'echo usr1 > {}; exit 0' USR1; echo ready > {}.ready; while :; do sleep 0.05; done", flag.display(), flag.display());
-    let r = Relaunch::start(&["-l", "127.0.0.1:0", "--restart", "never", "--", "sh", "-c", &script]);
-    wait_for("child ready", T, || std::fs::metadata(format!("{}.ready", flag.display())).ok());
+    let script = format!(
+        "trap 'echo usr1 > {}; exit 0' USR1; echo ready > {}.ready; while :; do sleep 0.05; done",
+        flag.display(),
+        flag.display()
+    );
+    let r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--restart",
+        "never",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    wait_for("child ready", T, || {
+        std::fs::metadata(format!("{}.ready", flag.display())).ok()
+    });
     r.signal(libc::SIGUSR1);
     wait_for("USR1 delivered", T, || std::fs::read_to_string(&flag).ok());
 }
@@ -295,6 +406,12 @@ fn killed_relaunch_leaves_no_child_holding_the_port() {
     let child: i32 = wait_serving(addr).parse().unwrap();
     r.signal(libc::SIGKILL);
     r.wait_exit(T);
-    wait_for("the child to die with relaunch (PDEATHSIG)", Duration::from_secs(5), || (!pid_alive(child)).then_some(()));
-    wait_for("the port to bind again", Duration::from_secs(5), || TcpListener::bind(addr).ok());
+    wait_for(
+        "the child to die with relaunch (PDEATHSIG)",
+        Duration::from_secs(5),
+        || (!pid_alive(child)).then_some(()),
+    );
+    wait_for("the port to bind again", Duration::from_secs(5), || {
+        TcpListener::bind(addr).ok()
+    });
 }

@@ -21,7 +21,11 @@ impl App {
     fn new(tag: &str, mode: &str) -> Self {
         let dir = TempDir::new(tag);
         let script = dir.join("app.sh");
-        std::fs::write(&script, format!("#!/bin/sh\n. {}\n", dir.join("mode").display())).unwrap();
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\n. {}\n", dir.join("mode").display()),
+        )
+        .unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         let app = App { dir };
         app.deploy(mode);
@@ -50,7 +54,11 @@ fn reload_cli(control: &Path) -> (i32, String) {
         .args(["reload", "--control", control.to_str().unwrap()])
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -86,7 +94,14 @@ fn sighup_reloads_under_load_without_a_failed_request() {
 #[test]
 fn new_generation_that_crashes_leaves_the_old_one_serving() {
     let app = App::new("crash", &pid_server(""));
-    let r = Relaunch::start(&["-l", "127.0.0.1:0", "--control", app.control().to_str().unwrap(), "--", &app.script()]);
+    let r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--control",
+        app.control().to_str().unwrap(),
+        "--",
+        &app.script(),
+    ]);
     let addr = r.listen_addr(3);
     let old = wait_serving(addr);
     app.deploy("echo 'bad deploy' >&2; exit 3\n");
@@ -94,7 +109,10 @@ fn new_generation_that_crashes_leaves_the_old_one_serving() {
     let (code, out) = reload_cli(&app.control());
     let rep = load.finish();
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("exited with status 3 before it was ready"), "{out}");
+    assert!(
+        out.contains("exited with status 3 before it was ready"),
+        "{out}"
+    );
     assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
     assert_eq!(get(addr).unwrap(), old);
     assert_eq!(rep.pids.iter().collect::<Vec<_>>(), [&old]);
@@ -105,7 +123,16 @@ fn never_ready_under_notify_times_out_and_old_keeps_serving() {
     let app = App::new("never", &pid_server(""));
     let ctl = app.control();
     let r = Relaunch::start(&[
-        "-l", "127.0.0.1:0", "--ready", "notify", "--ready-timeout", "2s", "--control", ctl.to_str().unwrap(), "--", &app.script(),
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "2s",
+        "--control",
+        ctl.to_str().unwrap(),
+        "--",
+        &app.script(),
     ]);
     let addr = r.listen_addr(3);
     let old = wait_serving(addr);
@@ -125,19 +152,40 @@ fn never_ready_under_notify_times_out_and_old_keeps_serving() {
 fn a_strangers_ready_is_ignored() {
     let app = App::new("stranger", &pid_server(""));
     let report = app.dir.join("gen2.json");
-    let r = Relaunch::start(&["-l", "127.0.0.1:0", "--ready", "notify", "--ready-timeout", "3s", "--", &app.script()]);
+    let r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "3s",
+        "--",
+        &app.script(),
+    ]);
     let addr = r.listen_addr(3);
     let old = wait_serving(addr);
-    app.deploy(&format!("export PROBE_OUT={}\nexec {} --sleep\n", report.display(), probe().display()));
+    app.deploy(&format!(
+        "export PROBE_OUT={}\nexec {} --sleep\n",
+        report.display(),
+        probe().display()
+    ));
     r.signal(libc::SIGHUP);
     let rep = read_report(&report);
     let notify = rep["notify_socket"].as_str().unwrap().to_string();
     let name = notify.strip_prefix('@').expect("an abstract notify socket");
     let stranger = std::os::unix::net::UnixDatagram::unbound().unwrap();
-    let to = <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name).unwrap();
+    let to =
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+            name,
+        )
+        .unwrap();
     stranger.send_to_addr(b"READY=1", &to).unwrap();
-    r.log.wait("ignoring a notify message from a process outside generation 2", T);
-    r.log.wait("reload failed: generation 2 was not ready within 3s", T);
+    r.log.wait(
+        "ignoring a notify message from a process outside generation 2",
+        T,
+    );
+    r.log
+        .wait("reload failed: generation 2 was not ready within 3s", T);
     assert_eq!(get(addr).unwrap(), old);
     assert_eq!(r.log.count("generation 2 is ready"), 0);
 }
@@ -162,20 +210,32 @@ fn auto_ready(tag: &str, server: &str, how: &str) {
 #[test]
 fn auto_readiness_sees_an_epoll_server() {
     // tokio registers the listener in epoll; --no-notify leaves only /proc to go on.
-    auto_ready("auto-epoll", &pid_server("--delay 0.3 --no-notify"), "epoll");
+    auto_ready(
+        "auto-epoll",
+        &pid_server("--delay 0.3 --no-notify"),
+        "epoll",
+    );
 }
 
 #[test]
 fn auto_readiness_sees_a_poll_server() {
     // Python's socketserver waits in poll(2).
     let py = example_src("py_server.py");
-    auto_ready("auto-poll", &format!("exec python3 {} --delay 0.3 --no-notify\n", py.display()), "poll");
+    auto_ready(
+        "auto-poll",
+        &format!("exec python3 {} --delay 0.3 --no-notify\n", py.display()),
+        "poll",
+    );
 }
 
 #[test]
 fn auto_readiness_sees_a_blocking_accept() {
     let code = "import os,socket\ns=socket.socket(fileno=3)\nwhile True:\n c,_=s.accept()\n c.recv(4096)\n c.sendall(b'HTTP/1.1 200 OK\\r\\nConnection: close\\r\\n\\r\\n%d\\n' % os.getpid())\n c.close()\n";
-    auto_ready("auto-accept", &format!("exec python3 -c \"{code}\"\n"), "accept");
+    auto_ready(
+        "auto-accept",
+        &format!("exec python3 -c \"{code}\"\n"),
+        "accept",
+    );
 }
 
 #[test]
@@ -209,7 +269,11 @@ fn a_dead_worker_is_restarted_alone() {
     r.log.wait("killed by signal 9 (SIGKILL)", T);
     r.log.wait_n("started", 3, T);
     let after = distinct_pids(addr, 2);
-    assert_eq!(after.intersection(&pids).count(), 1, "the other worker kept running: {pids:?} {after:?}");
+    assert_eq!(
+        after.intersection(&pids).count(),
+        1,
+        "the other worker kept running: {pids:?} {after:?}"
+    );
 }
 
 #[test]
@@ -217,13 +281,23 @@ fn control_socket_status_reload_stop() {
     let app = App::new("control", &pid_server(""));
     let ctl = app.control();
     let ctl_s = ctl.to_str().unwrap();
-    let mut r = Relaunch::start(&["-l", "api=127.0.0.1:0", "--control", ctl_s, "--", &app.script()]);
+    let mut r = Relaunch::start(&[
+        "-l",
+        "api=127.0.0.1:0",
+        "--control",
+        ctl_s,
+        "--",
+        &app.script(),
+    ]);
     let addr = r.listen_addr(3);
     let old = wait_serving(addr);
     let mode = std::fs::metadata(&ctl).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 
-    let out = Command::new(relaunch_bin()).args(["status", "--json", "--control", ctl_s]).output().unwrap();
+    let out = Command::new(relaunch_bin())
+        .args(["status", "--json", "--control", ctl_s])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["children"][0]["pid"].to_string(), old);
@@ -238,11 +312,18 @@ fn control_socket_status_reload_stop() {
     assert!(!pid_alive(old.parse().unwrap()), "and the old one is gone");
 
     // Through the environment variable, as the docs say.
-    let out = Command::new(relaunch_bin()).arg("stop").env("RELAUNCH_CONTROL", &ctl).output().unwrap();
+    let out = Command::new(relaunch_bin())
+        .arg("stop")
+        .env("RELAUNCH_CONTROL", &ctl)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(r.wait_exit(T).code(), Some(0));
     assert!(!ctl.exists(), "control socket removed on exit");
-    let out = Command::new(relaunch_bin()).args(["status", "--control", ctl_s]).output().unwrap();
+    let out = Command::new(relaunch_bin())
+        .args(["status", "--control", ctl_s])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
@@ -262,6 +343,58 @@ fn reloads_during_a_reload_coalesce_into_one() {
     }
     r.log.wait_n("reload done", 2, T);
     wait_serving(addr);
-    assert_eq!(r.log.count("reload: starting generation 3"), 1, "{}", r.log.text());
-    assert_eq!(r.log.count("reload: starting generation 4"), 0, "{}", r.log.text());
+    assert_eq!(
+        r.log.count("reload: starting generation 3"),
+        1,
+        "{}",
+        r.log.text()
+    );
+    assert_eq!(
+        r.log.count("reload: starting generation 4"),
+        0,
+        "{}",
+        r.log.text()
+    );
+}
+
+#[test]
+fn talks_to_systemd_around_start_reload_and_stop() {
+    let app = App::new("sd", &pid_server(""));
+    let path = app.dir.join("notify.sock");
+    let sd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sd.set_read_timeout(Some(T)).unwrap();
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = sd.recv(&mut buf).expect("a datagram from relaunch");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .args(["-l", "127.0.0.1:0", "--", &app.script()])
+            .env("NOTIFY_SOCKET", &path),
+    );
+    let first = next();
+    assert!(first.contains("READY=1"), "{first}");
+    assert!(
+        first.contains("STATUS=serving: generation 1, pid "),
+        "{first}"
+    );
+    r.signal(libc::SIGHUP);
+    let reloading = next();
+    assert!(reloading.contains("RELOADING=1"), "{reloading}");
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .expect("MONOTONIC_USEC")
+        .parse()
+        .unwrap();
+    assert!(usec > 0);
+    let ready = next();
+    assert!(
+        ready.contains("READY=1") && ready.contains("generation 2"),
+        "{ready}"
+    );
+    r.signal(libc::SIGTERM);
+    assert!(next().contains("STOPPING=1"));
+    assert_eq!(r.wait_exit(T).code(), Some(0));
 }

@@ -20,7 +20,10 @@ fn systemd_units_verify() {
             .unwrap()
             .replace("/usr/local/bin/relaunch", relaunch_bin())
             .replace("/opt/web-dashboard/web_dashboard", "/bin/true")
-            .replace("EnvironmentFile=/etc/relaunch/%i.conf", "Environment=APP=/bin/true")
+            .replace(
+                "EnvironmentFile=/etc/relaunch/%i.conf",
+                "Environment=APP=/bin/true",
+            )
             .replace("User=www-data", "");
         // Instantiate templates as verify requires.
         let name = name.replace("@.", "@8000.");
@@ -28,7 +31,11 @@ fn systemd_units_verify() {
         units.push(dir.join(&name));
     }
     assert_eq!(units.len(), 4);
-    let out = Command::new("systemd-analyze").arg("verify").args(&units).output().unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     // systemd before 253 does not know notify-reload; the units say what to use there.
     let problems: Vec<&str> = stderr

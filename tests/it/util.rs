@@ -18,13 +18,23 @@ pub fn relaunch_bin() -> &'static str {
 
 /// An example binary built by `cargo test` (target/debug/examples/NAME).
 pub fn example(name: &str) -> PathBuf {
-    let p = Path::new(relaunch_bin()).parent().unwrap().join("examples").join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --examples`", p.display());
+    let p = Path::new(relaunch_bin())
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --examples`",
+        p.display()
+    );
     p
 }
 
 pub fn example_src(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
 }
 
 pub fn probe() -> PathBuf {
@@ -80,17 +90,24 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < end, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 /// Reads the probe's JSON report once it has been written (atomically).
 pub fn read_report(path: &Path) -> serde_json::Value {
-    wait_for(&format!("probe report {}", path.display()), Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(path).ok()?;
-        serde_json::from_str(&text).ok()
-    })
+    wait_for(
+        &format!("probe report {}", path.display()),
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(path).ok()?;
+            serde_json::from_str(&text).ok()
+        },
+    )
 }
 
 /// Collected stderr lines of a running process, waitable.
@@ -104,7 +121,7 @@ impl Lines {
         c.notify_all();
     }
     pub fn all(&self) -> Vec<String> {
-        self.0 .0.lock().unwrap().clone()
+        self.0.0.lock().unwrap().clone()
     }
     pub fn text(&self) -> String {
         self.all().join("\n")
@@ -123,7 +140,11 @@ impl Lines {
                 return hits[n - 1].clone();
             }
             let now = Instant::now();
-            assert!(now < end, "timed out waiting for {n}x {needle:?}; stderr so far:\n{}", g.join("\n"));
+            assert!(
+                now < end,
+                "timed out waiting for {n}x {needle:?}; stderr so far:\n{}",
+                g.join("\n")
+            );
             g = c.wait_timeout(g, end - now).unwrap().0;
         }
     }
@@ -177,9 +198,18 @@ impl Relaunch {
 
     /// The address of the listener logged as fd `fd`.
     pub fn listen_addr(&self, fd: i32) -> SocketAddr {
-        let line = self.log.wait(&format!(" as fd {fd} "), Duration::from_secs(10));
-        let addr = line.split("listening on ").nth(1).unwrap().split(" as fd").next().unwrap();
-        addr.parse().unwrap_or_else(|_| panic!("not an address: {addr}"))
+        let line = self
+            .log
+            .wait(&format!(" as fd {fd} "), Duration::from_secs(10));
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .split(" as fd")
+            .next()
+            .unwrap();
+        addr.parse()
+            .unwrap_or_else(|_| panic!("not an address: {addr}"))
     }
 
     pub fn signal(&self, sig: i32) {
@@ -197,7 +227,11 @@ impl Relaunch {
                 self.status = Some(s);
                 return s;
             }
-            assert!(Instant::now() < end, "relaunch did not exit within {timeout:?}; log:\n{}", self.log.text());
+            assert!(
+                Instant::now() < end,
+                "relaunch did not exit within {timeout:?}; log:\n{}",
+                self.log.text()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -215,7 +249,10 @@ impl Drop for Relaunch {
             let _ = self.child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("---- relaunch log ----\n{}\n----------------------", self.log.text());
+            eprintln!(
+                "---- relaunch log ----\n{}\n----------------------",
+                self.log.text()
+            );
         }
     }
 }
@@ -234,7 +271,12 @@ pub fn get(addr: SocketAddr) -> std::io::Result<String> {
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
-    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string();
+    let body = buf
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string();
     if !buf.starts_with("HTTP/1.") || body.is_empty() {
         return Err(std::io::Error::other(format!("bad response: {buf:?}")));
     }
@@ -242,7 +284,11 @@ pub fn get(addr: SocketAddr) -> std::io::Result<String> {
 }
 
 pub fn wait_serving(addr: SocketAddr) -> String {
-    wait_for(&format!("an answer on {addr}"), Duration::from_secs(20), || get(addr).ok())
+    wait_for(
+        &format!("an answer on {addr}"),
+        Duration::from_secs(20),
+        || get(addr).ok(),
+    )
 }
 
 #[derive(Debug, Default, Clone)]
@@ -291,7 +337,8 @@ impl Load {
                                 match e.kind() {
                                     std::io::ErrorKind::ConnectionRefused => r.refused += 1,
                                     std::io::ErrorKind::ConnectionReset => r.reset += 1,
-                                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => r.timeout += 1,
+                                    std::io::ErrorKind::TimedOut
+                                    | std::io::ErrorKind::WouldBlock => r.timeout += 1,
                                     _ => r.other += 1,
                                 }
                                 if r.errors.len() < 5 {
@@ -327,15 +374,22 @@ impl Load {
 
 /// Waits until the set of pids answering on `addr` no longer contains `old`.
 pub fn wait_new_pid(addr: SocketAddr, old: &str) -> String {
-    wait_for(&format!("a pid other than {old} answering"), Duration::from_secs(30), || {
-        get(addr).ok().filter(|p| p != old)
-    })
+    wait_for(
+        &format!("a pid other than {old} answering"),
+        Duration::from_secs(30),
+        || get(addr).ok().filter(|p| p != old),
+    )
 }
 
 pub fn pid_alive(pid: i32) -> bool {
     // Zombies count as gone.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
