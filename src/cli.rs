@@ -59,6 +59,22 @@ pub struct RunArgs {
     #[arg(short, long = "listen", value_name = "[NAME=]SPEC")]
     pub listen: Vec<String>,
 
+    /// Ports to try, in order, when a listener's port is held: [NAME=]LIST, e.g. 8001-8010,9000 (no NAME: every TCP/UDP listener)
+    #[arg(long, value_name = "[NAME=]LIST")]
+    pub fallback: Vec<String>,
+
+    /// Write the bound addresses as JSON (name -> address) to PATH, atomically
+    #[arg(long, value_name = "PATH")]
+    pub ports_file: Option<PathBuf>,
+
+    /// Also describe the sockets the way another launcher does (repeatable)
+    #[arg(long, value_enum, value_name = "STYLE")]
+    pub compat: Vec<crate::compat::Style>,
+
+    /// Do not set LISTEN_PID (for wrapper chains such as `cargo watch`; any process that inherits the environment will then take the sockets as its own)
+    #[arg(long)]
+    pub no_listen_pid: bool,
+
     /// listen(2) backlog for stream sockets [default: SOMAXCONN]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
     pub backlog: Option<i32>,

@@ -23,7 +23,8 @@ use crate::notify::{Message, NotifySocket, Systemd};
 use crate::sockets::{self, Listener};
 use crate::spec::{self, Addr, Host, ListenSpec, Proto};
 use crate::supervisor::{Config, ExitStatus, Note, Os, Supervisor};
-use crate::{duration, procscan, spawn};
+use crate::placeholders::{self, Named};
+use crate::{compat, duration, fallback, procscan, spawn, wrapper};
 
 /// Variables we never pass through: each child gets fresh values.
 const REPLACED: &[&str] = &[
@@ -78,6 +79,24 @@ fn parse_signal(s: &str) -> Result<Signal> {
 
 fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
     duration::parse(s).map_err(|e| Error::usage(format!("{flag}: {e}")))
+}
+
+/// name -> bound address, for scripts; written whole or not at all.
+fn write_ports_file(path: &std::path::Path, listeners: &[Listener]) -> Result<()> {
+    let map: serde_json::Map<String, serde_json::Value> = listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.address.clone().into()))
+        .collect();
+    let text = serde_json::to_string_pretty(&map).unwrap_or_default() + "\n";
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::runtime(format!("cannot write --ports-file {}: {e}", path.display()))
+                .hint("check that its folder exists and is writable")
+        })
 }
 
 /// `--user` / `--group`, resolved now so the child only has to apply them.
@@ -189,6 +208,16 @@ fn gather_listeners(args: &RunArgs, snap: &Snapshot, backlog: i32) -> Result<Vec
         );
     }
     spec::check_unique(&specs).map_err(Error::usage)?;
+    // --fallback [NAME=]LIST; "" is every listener's.
+    let mut fallbacks: HashMap<String, Vec<u16>> = HashMap::new();
+    for f in &args.fallback {
+        let (name, list) = match f.split_once('=') {
+            Some((n, l)) => (n, l),
+            None => ("", f.as_str()),
+        };
+        let ports = fallback::parse(list).map_err(|e| Error::usage(format!("--fallback {f:?}: {e}")))?;
+        fallbacks.insert(name.to_string(), ports);
+    }
 
     let env = ListenEnv {
         fds: snap.var_string("LISTEN_FDS"),
@@ -219,7 +248,13 @@ fn gather_listeners(args: &RunArgs, snap: &Snapshot, backlog: i32) -> Result<Vec
             .name
             .clone()
             .unwrap_or_else(|| spec::default_name(&s.addr, &taken));
-        listeners.push(sockets::bind(name, &s.addr, backlog)?);
+        let fallback = fallbacks.get(&name).or(fallbacks.get("")).map_or(&[][..], |v| v.as_slice());
+        listeners.push(sockets::bind(name, &s.addr, backlog, fallback)?);
+    }
+    if let Some(unknown) = fallbacks.keys().find(|k| !k.is_empty() && !listeners.iter().any(|l| &l.name == *k)) {
+        let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+        return Err(Error::usage(format!("--fallback {unknown}=...: no listener is named {unknown:?}"))
+            .hint(format!("the listeners are: {}", names.join(", "))));
     }
     if listeners.is_empty() {
         return Err(Error::usage("nothing to listen on")
@@ -246,6 +281,34 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     for (i, l) in listeners.iter().enumerate() {
         info!("listening on {} as fd {} ({})", l.address, 3 + i, l.name);
     }
+    let named: Vec<Named> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Named {
+            name: &l.name,
+            fd: 3 + i as i32,
+            port: l.port(),
+            address: &l.address,
+        })
+        .collect();
+    let child_args = placeholders::expand(rest, &named)
+        .map_err(|e| Error::usage(format!("in the command's arguments: {e}")))?;
+    let mut compat_env = Vec::new();
+    for style in &args.compat {
+        compat_env.extend(compat::env(*style, &named).map_err(|e| Error::usage(format!("--compat: {e}")))?);
+        for w in compat::warnings(*style, &named) {
+            warn!("--compat: {w}");
+        }
+    }
+    if let Some(path) = &args.ports_file {
+        write_ports_file(path, &listeners)?;
+    }
+    if !args.no_listen_pid
+        && let Some(w) = wrapper::warning(program, rest)
+    {
+        warn!("{w}");
+    }
+    drop(named);
     // Orphans of our children land on us, so none stays a zombie.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
@@ -268,11 +331,13 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     env.push(("LISTEN_FDS".into(), listeners.len().to_string().into()));
     let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
     env.push(("LISTEN_FDNAMES".into(), names.join(":").into()));
+    env.extend(compat_env.into_iter().map(|(k, v)| (k.into(), v.into())));
 
     let (notify_tx, notify_rx) = mpsc::unbounded_channel();
     let driver = Driver {
         program: program.clone(),
-        args: rest.to_vec(),
+        args: child_args,
+        listen_pid: !args.no_listen_pid,
         creds,
         env,
         listeners,
@@ -302,6 +367,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
 struct Driver {
     program: OsString,
     args: Vec<OsString>,
+    listen_pid: bool,
     creds: Option<spawn::Credentials>,
     /// Everything but LISTEN_PID, NOTIFY_SOCKET and RELAUNCH_WORKER.
     env: Vec<(OsString, OsString)>,
@@ -361,7 +427,7 @@ impl Os for Driver {
             args: &self.args,
             env: &env,
             fds: &fds,
-            listen_pid: true,
+            listen_pid: self.listen_pid,
             creds: self.creds.as_ref(),
         })
     }

@@ -56,9 +56,10 @@ impl Drop for Listener {
     }
 }
 
-pub fn bind(name: String, addr: &Addr, backlog: i32) -> Result<Listener> {
+/// Binds `addr`; for TCP and UDP, a held port falls back to the first free port of `fallback`.
+pub fn bind(name: String, addr: &Addr, backlog: i32, fallback: &[u16]) -> Result<Listener> {
     match addr {
-        Addr::Inet { proto, host, port } => bind_inet(name, *proto, host, *port, backlog),
+        Addr::Inet { proto, host, port } => bind_inet(name, *proto, host, *port, backlog, fallback),
         Addr::Unix(path) => bind_unix_path(name, path, backlog),
         Addr::UnixAbstract(bytes) => {
             // A leading NUL is how sockaddr_un names the abstract namespace.
@@ -82,28 +83,50 @@ pub fn bind(name: String, addr: &Addr, backlog: i32) -> Result<Listener> {
     }
 }
 
-fn bind_inet(name: String, proto: Proto, host: &Host, port: u16, backlog: i32) -> Result<Listener> {
+fn bind_inet(name: String, proto: Proto, host: &Host, port: u16, backlog: i32, fallback: &[u16]) -> Result<Listener> {
     let ty = match proto {
         Proto::Tcp => Type::STREAM,
         Proto::Udp => Type::DGRAM,
     };
-    let addr = match host {
-        Host::Any => {
-            // Dual-stack [::] first; 0.0.0.0 where IPv6 is off.
-            let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
-            match try_bind(v6, ty, backlog) {
-                Ok(sock) => return finish(name, proto, sock),
-                Err(e) if ipv6_unavailable(&e) => {
-                    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
-                }
-                Err(e) => return Err(bind_error(proto, v6, e)),
-            }
-        }
-        Host::Ip(ip) => SocketAddr::new(*ip, port),
-        Host::Name(n) => resolve(n, port)?,
+    let ip = match host {
+        Host::Any => None,
+        Host::Ip(ip) => Some(*ip),
+        Host::Name(n) => Some(resolve(n, port)?.ip()),
     };
-    let sock = try_bind(addr, ty, backlog).map_err(|e| bind_error(proto, addr, e))?;
-    finish(name, proto, sock)
+    let shown = |p: u16| SocketAddr::new(ip.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), p);
+    let err = match bind_port(ip, port, ty, backlog) {
+        Ok(sock) => return finish(name, proto, sock),
+        Err(e) => e,
+    };
+    if err.raw_os_error() != Some(libc::EADDRINUSE) || fallback.is_empty() {
+        return Err(bind_error(proto, shown(port), err));
+    }
+    let holder = holder_of(proto, ip, port).unwrap_or_else(|| "another process".into());
+    for &p in fallback.iter().filter(|&&p| p != port) {
+        match bind_port(ip, p, ty, backlog) {
+            Ok(sock) => {
+                tracing::warn!("{name}: port {port} is held by {holder}; using fallback port {p}");
+                return finish(name, proto, sock);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => continue,
+            Err(e) => return Err(bind_error(proto, shown(p), e)),
+        }
+    }
+    let e = bind_error(proto, shown(port), err);
+    Err(Error::runtime(format!("{} (and every fallback port is in use too)", e.msg))
+        .hint(e.hint.unwrap_or_default()))
+}
+
+/// Binds one port: the given address, or every interface ([::] dual-stack,
+/// 0.0.0.0 where IPv6 is off).
+fn bind_port(ip: Option<IpAddr>, port: u16, ty: Type, backlog: i32) -> std::io::Result<Socket> {
+    match ip {
+        Some(ip) => try_bind(SocketAddr::new(ip, port), ty, backlog),
+        None => match try_bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port), ty, backlog) {
+            Err(e) if ipv6_unavailable(&e) => try_bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port), ty, backlog),
+            other => other,
+        },
+    }
 }
 
 fn finish(name: String, proto: Proto, sock: Socket) -> Result<Listener> {
@@ -164,18 +187,13 @@ fn bind_error(proto: Proto, addr: SocketAddr, e: std::io::Error) -> Error {
     };
     match e.raw_os_error() {
         Some(libc::EADDRINUSE) => {
-            let target = who::Target::Inet {
-                ip: (!addr.ip().is_unspecified()).then(|| addr.ip()),
-                port,
-                udp_too: proto == Proto::Udp,
-            };
-            let holder = who::lookup(&target).ok().and_then(|r| who::holder_phrase(&r));
-            let msg = match holder {
+            let ip = (!addr.ip().is_unspecified()).then(|| addr.ip());
+            let msg = match holder_of(proto, ip, port) {
                 Some(h) => format!("port {port} is already in use by {h}"),
                 None => format!("port {port} ({shown}) is already in use"),
             };
             Error::runtime(msg).hint(format!(
-                "stop that process or pick another port; `relaunch who {port}` lists every holder"
+                "stop that process, pick another port, or give --fallback; `relaunch who {port}` lists every holder"
             ))
         }
         Some(libc::EACCES) if port < 1024 => Error::runtime(format!(
@@ -188,6 +206,16 @@ fn bind_error(proto: Proto, addr: SocketAddr, e: std::io::Error) -> Error {
         .hint("use an address shown by `ip addr`, or * / [::] for every interface"),
         _ => Error::runtime(format!("cannot bind {shown}: {e}")),
     }
+}
+
+/// "pid 1234 (python3 app.py)", from /proc.
+fn holder_of(proto: Proto, ip: Option<IpAddr>, port: u16) -> Option<String> {
+    let target = who::Target::Inet {
+        ip,
+        port,
+        udp_too: proto == Proto::Udp,
+    };
+    who::lookup(&target).ok().and_then(|r| who::holder_phrase(&r))
 }
 
 fn bind_unix_path(name: String, path: &Path, backlog: i32) -> Result<Listener> {
