@@ -193,6 +193,7 @@ fn gather_listeners(args: &RunArgs, snap: &Snapshot, backlog: i32) -> Result<Vec
     if let Some(p) = &args.port {
         let port = spec::parse_port(p, false).map_err(|e| Error::usage(format!("--port: {e}")))?;
         specs.push(ListenSpec {
+            unix: Default::default(),
             name: None,
             addr: Addr::Inet {
                 proto: Proto::Tcp,
@@ -249,7 +250,7 @@ fn gather_listeners(args: &RunArgs, snap: &Snapshot, backlog: i32) -> Result<Vec
             .clone()
             .unwrap_or_else(|| spec::default_name(&s.addr, &taken));
         let fallback = fallbacks.get(&name).or(fallbacks.get("")).map_or(&[][..], |v| v.as_slice());
-        listeners.push(sockets::bind(name, &s.addr, backlog, fallback)?);
+        listeners.push(sockets::bind(name, &s, backlog, fallback)?);
     }
     if let Some(unknown) = fallbacks.keys().find(|k| !k.is_empty() && !listeners.iter().any(|l| &l.name == *k)) {
         let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::error::{Error, Result};
-use crate::spec::{Addr, Host, Proto};
+use crate::spec::{Addr, Host, ListenSpec, Proto, UnixOptions};
 use crate::who;
 
 pub struct Listener {
@@ -57,10 +57,11 @@ impl Drop for Listener {
 }
 
 /// Binds `addr`; for TCP and UDP, a held port falls back to the first free port of `fallback`.
-pub fn bind(name: String, addr: &Addr, backlog: i32, fallback: &[u16]) -> Result<Listener> {
+pub fn bind(name: String, spec: &ListenSpec, backlog: i32, fallback: &[u16]) -> Result<Listener> {
+    let addr = &spec.addr;
     match addr {
         Addr::Inet { proto, host, port } => bind_inet(name, *proto, host, *port, backlog, fallback),
-        Addr::Unix(path) => bind_unix_path(name, path, backlog),
+        Addr::Unix(path) => bind_unix_path(name, path, &spec.unix, backlog),
         Addr::UnixAbstract(bytes) => {
             // A leading NUL is how sockaddr_un names the abstract namespace.
             let mut raw = vec![0u8];
@@ -218,7 +219,10 @@ fn holder_of(proto: Proto, ip: Option<IpAddr>, port: u16) -> Option<String> {
     who::lookup(&target).ok().and_then(|r| who::holder_phrase(&r))
 }
 
-fn bind_unix_path(name: String, path: &Path, backlog: i32) -> Result<Listener> {
+/// systemd's `SocketMode=` default.
+const DEFAULT_UNIX_MODE: u32 = 0o666;
+
+fn bind_unix_path(name: String, path: &Path, opts: &UnixOptions, backlog: i32) -> Result<Listener> {
     let shown = format!("unix:{}", path.display());
     let dir = path
         .parent()
@@ -264,16 +268,51 @@ fn bind_unix_path(name: String, path: &Path, backlog: i32) -> Result<Listener> {
         .map_err(|e| Error::usage(format!("invalid socket path {}: {e}", path.display())))?;
     sock.bind(&addr)
         .map_err(|e| Error::runtime(format!("cannot bind {shown}: {e}")))?;
-    let ino = std::fs::symlink_metadata(path)
-        .map(|m| m.ino())
-        .unwrap_or(0);
-    sock.listen(backlog).map_err(os_err("listen"))?;
-    Ok(Listener {
+    let ino = std::fs::symlink_metadata(path).map(|m| m.ino()).unwrap_or(0);
+    // Owned from here, so an error below still removes the file.
+    let created = Listener {
         name,
         socket: sock,
         address: shown,
         created: Some((path.to_path_buf(), ino)),
-    })
+    };
+    // Before listen(), so nobody connects through looser permissions.
+    set_access(path, opts)?;
+    created.socket.listen(backlog).map_err(os_err("listen"))?;
+    Ok(created)
+}
+
+fn set_access(path: &Path, opts: &UnixOptions) -> Result<()> {
+    use nix::unistd::{Gid, Group, Uid, User, chown};
+    use std::os::unix::fs::PermissionsExt;
+    let mode = opts.mode.unwrap_or(DEFAULT_UNIX_MODE);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::runtime(format!("cannot chmod {} to {mode:o}: {e}", path.display())))?;
+    let uid = match &opts.owner {
+        None => None,
+        Some(o) => Some(match o.parse::<u32>() {
+            Ok(n) => Uid::from_raw(n),
+            Err(_) => User::from_name(o).ok().flatten().map(|u| u.uid).ok_or_else(|| {
+                Error::usage(format!("owner={o}: no such user")).hint("use a name from /etc/passwd or a uid")
+            })?,
+        }),
+    };
+    let gid = match &opts.group {
+        None => None,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(n) => Gid::from_raw(n),
+            Err(_) => Group::from_name(g).ok().flatten().map(|g| g.gid).ok_or_else(|| {
+                Error::usage(format!("group={g}: no such group")).hint("use a name from /etc/group or a gid")
+            })?,
+        }),
+    };
+    if uid.is_some() || gid.is_some() {
+        chown(path, uid, gid).map_err(|e| {
+            Error::runtime(format!("cannot chown {}: {e}", path.display()))
+                .hint("owner= and group= need relaunch to run as root")
+        })?;
+    }
+    Ok(())
 }
 
 fn os_err(what: &'static str) -> impl Fn(std::io::Error) -> Error {

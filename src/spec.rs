@@ -25,6 +25,11 @@
 //!   same value: `127.0.0.1:80`, `[::1]:80`, `*:80`, `udp:127.0.0.1:53`,
 //!   `unix:/run/x.sock`, `unix:@name`.
 //!
+//! - A Unix socket file may be followed by options:
+//!   `unix:/run/app.sock,mode=0660,owner=www-data,group=www-data`. The file
+//!   gets `mode` (octal; default 0666, as systemd's `SocketMode=`), and is
+//!   chowned to `owner`/`group` (names or numbers) before it accepts.
+//!
 //! Errors are plain strings that say what is wrong with which part, e.g.
 //! `invalid listen spec "1.2.3.4.5:80": "1.2.3.4.5" is not an IP address or host name`.
 
@@ -61,6 +66,8 @@ pub enum Addr {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenSpec {
+    /// `,mode=`, `,owner=`, `,group=` after a Unix socket path.
+    pub unix: UnixOptions,
     pub name: Option<String>,
     pub addr: Addr,
 }
@@ -95,6 +102,7 @@ pub fn parse(s: &str) -> Result<ListenSpec, String> {
             return Err(bad(format!("missing address after \"{name}=\" ({FORMS})")));
         }
     }
+    let (spec, unix) = split_unix_options(spec).map_err(bad)?;
     let addr = parse_addr(spec).map_err(|why| {
         // `a:b=80` reads as an address; say so, since the user meant a name.
         match s.split_once('=') {
@@ -108,10 +116,54 @@ pub fn parse(s: &str) -> Result<ListenSpec, String> {
             _ => bad(why),
         }
     })?;
+    if unix != UnixOptions::default() && !matches!(addr, Addr::Unix(_)) {
+        return Err(bad("mode=, owner= and group= apply only to unix:PATH socket files".into()));
+    }
     Ok(ListenSpec {
         name: name.map(str::to_string),
         addr,
+        unix,
     })
+}
+
+/// Who may connect to a Unix socket file relaunch creates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnixOptions {
+    pub mode: Option<u32>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+}
+
+/// Takes trailing `,mode=…`, `,owner=…`, `,group=…` off a spec; anything
+/// else after a comma stays part of the path.
+fn split_unix_options(spec: &str) -> Result<(&str, UnixOptions), String> {
+    let mut opts = UnixOptions::default();
+    let mut rest = spec;
+    while let Some((head, tail)) = rest.rsplit_once(',') {
+        let Some((key, value)) = tail.split_once('=') else {
+            break;
+        };
+        let slot = match key {
+            "mode" => {
+                let mode = u32::from_str_radix(value, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| format!("mode={value:?} is not an octal file mode such as 0660"))?;
+                opts.mode.get_or_insert(mode);
+                rest = head;
+                continue;
+            }
+            "owner" => &mut opts.owner,
+            "group" => &mut opts.group,
+            _ => break,
+        };
+        if value.is_empty() {
+            return Err(format!("{key}= needs a user or group name, or a number"));
+        }
+        slot.get_or_insert(value.to_string());
+        rest = head;
+    }
+    Ok((rest, opts))
 }
 
 /// Parse a port number; `allow_zero` lets the kernel pick one.
@@ -400,6 +452,32 @@ fn name_problem(name: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unix_options() {
+        use super::*;
+        let s = parse("admin=unix:/run/a,b.sock,mode=0660,owner=www-data,group=33").unwrap();
+        assert_eq!(s.addr, Addr::Unix(PathBuf::from("/run/a,b.sock")));
+        assert_eq!(
+            s.unix,
+            UnixOptions {
+                mode: Some(0o660),
+                owner: Some("www-data".into()),
+                group: Some("33".into()),
+            }
+        );
+        assert_eq!(parse("unix:/x,mode=660").unwrap().unix.mode, Some(0o660));
+        assert_eq!(
+            parse("unix:/x,mode=999").unwrap_err(),
+            "invalid listen spec \"unix:/x,mode=999\": mode=\"999\" is not an octal file mode such as 0660"
+        );
+        assert_eq!(
+            parse("unix:/x,owner=").unwrap_err(),
+            "invalid listen spec \"unix:/x,owner=\": owner= needs a user or group name, or a number"
+        );
+        assert!(parse("127.0.0.1:80,mode=0600").is_err());
+        assert!(parse("unix:@abs,mode=0600").unwrap_err().contains("apply only to unix:PATH"));
+    }
+
     use super::*;
     use proptest::prelude::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
@@ -701,7 +779,11 @@ mod tests {
             addr in addr_strategy(),
         ) {
             let text = format!("{name}={addr}");
-            let want = ListenSpec { name: Some(name), addr };
+            let want = ListenSpec {
+                name: Some(name),
+                addr,
+                unix: UnixOptions::default(),
+            };
             prop_assert_eq!(parse(&text), Ok(want), "{}", text);
         }
     }

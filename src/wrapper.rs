@@ -8,8 +8,9 @@
 //!   `busybox sh` and `env [NAME=VALUE...] bash`) running `-c SCRIPT` warns
 //!   unless the script's last command starts with `exec ` (`cd app && exec
 //!   ./server` is fine: the shell becomes the server).
-//! - `cargo run`, `npm start|run|run-script|exec`, `yarn`, `pnpm`, `npx` warn,
-//!   naming the wrapper.
+//! - `cargo run`, `cargo watch`, `go run`, `npm start|run|run-script|exec`,
+//!   `yarn`, `pnpm`, `npx` warn, naming the wrapper (each runs the server as
+//!   its child rather than exec'ing it).
 //! - Anything else: None. A shell running a script file is not flagged: we
 //!   cannot tell whether the script ends with `exec`.
 #![allow(dead_code)]
@@ -53,6 +54,7 @@ pub fn warning(program: &OsStr, args: &[OsString]) -> Option<String> {
         .map(String::as_str);
     let wrapper = match (prog.as_str(), first) {
         ("cargo", Some(sub @ ("run" | "watch"))) => format!("cargo {sub}"),
+        ("go", Some("run")) => "go run".into(),
         ("npm", Some(sub @ ("start" | "run" | "run-script" | "exec" | "x"))) => {
             format!("npm {sub}")
         }
@@ -62,6 +64,8 @@ pub fn warning(program: &OsStr, args: &[OsString]) -> Option<String> {
     };
     let fix = if prog == "cargo" {
         "run the built binary (target/debug/NAME) directly, or pass --no-listen-pid"
+    } else if prog == "go" {
+        "build it first (go build -o server .) and run ./server, or pass --no-listen-pid"
     } else {
         "run the server directly (for example `node server.js`), or pass --no-listen-pid"
     };
@@ -238,6 +242,11 @@ mod tests {
             ),
             (&["cargo", "watch", "-x", "run"], Some(cargo("watch"))),
             (&["cargo", "build"], None),
+            (
+                &["go", "run", "./examples/go_server"],
+                Some("`go run` starts the server as its own child, so LISTEN_PID names go, not the server, and servers that check it ignore the sockets: build it first (go build -o server .) and run ./server, or pass --no-listen-pid".into()),
+            ),
+            (&["go", "build"], None),
             (&["npm", "start"], Some(js("npm start", "npm"))),
             (&["npm", "run", "dev"], Some(js("npm run", "npm"))),
             (

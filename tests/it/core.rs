@@ -415,3 +415,20 @@ fn killed_relaunch_leaves_no_child_holding_the_port() {
         TcpListener::bind(addr).ok()
     });
 }
+
+#[test]
+fn unix_socket_mode_and_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new("unix-mode");
+    let path = dir.join("app.sock");
+    let default = dir.join("default.sock");
+    let spec = format!("unix:{},mode=0640,group=65534", path.display());
+    let spec2 = format!("unix:{}", default.display());
+    let r = Relaunch::start(&["-l", &spec, "-l", &spec2, "--", "sleep", "60"]);
+    r.log.wait("as fd 4", T);
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(meta.gid(), 65534);
+    // The documented default, as systemd's SocketMode=.
+    assert_eq!(std::fs::metadata(&default).unwrap().permissions().mode() & 0o777, 0o666);
+}

@@ -10,8 +10,20 @@ use crate::util::*;
 
 const T: Duration = Duration::from_secs(30);
 
+/// Failed requests a server may cause itself during a reload.
+#[derive(Clone, Copy, PartialEq)]
+enum Allow {
+    /// None at all.
+    Nothing,
+    /// Up to 1% resets, nothing else. uvicorn closes connections it has
+    /// accepted but not yet read when it shuts down (Kludex/uvicorn#2757), so
+    /// a few clients that reached the old generation in its last moment see
+    /// a reset. Refused connections or timeouts would still be relaunch's.
+    UvicornShutdownResets,
+}
+
 /// Starts relaunch with `args`, checks one answer, reloads under load.
-fn serves_and_reloads_under_load(args: &[&str]) {
+fn serves_and_reloads_under_load(args: &[&str], allow: Allow) {
     let r = Relaunch::start(args);
     let addr = r.listen_addr(3);
     let first = wait_serving(addr);
@@ -51,19 +63,22 @@ fn gunicorn_reads_listen_fds() {
         return;
     }
     let dir = examples_dir();
-    serves_and_reloads_under_load(&[
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        "gunicorn",
-        "--chdir",
-        &dir,
-        "--workers",
-        "1",
-        "--graceful-timeout",
-        "10",
-        "gunicorn_app:app",
-    ]);
+    serves_and_reloads_under_load(
+        &[
+            "-l",
+            "127.0.0.1:0",
+            "--",
+            "gunicorn",
+            "--chdir",
+            &dir,
+            "--workers",
+            "1",
+            "--graceful-timeout",
+            "10",
+            "gunicorn_app:app",
+        ],
+        Allow::Nothing,
+    );
 }
 
 #[test]
@@ -72,17 +87,20 @@ fn uvicorn_serves_the_fd_placeholder() {
         return;
     }
     let dir = examples_dir();
-    serves_and_reloads_under_load(&[
-        "-l",
-        "web=127.0.0.1:0",
-        "--",
-        "uvicorn",
-        "--app-dir",
-        &dir,
-        "--fd",
-        "{fd:web}",
-        "uvicorn_app:app",
-    ]);
+    serves_and_reloads_under_load(
+        &[
+            "-l",
+            "web=127.0.0.1:0",
+            "--",
+            "uvicorn",
+            "--app-dir",
+            &dir,
+            "--fd",
+            "{fd:web}",
+            "uvicorn_app:app",
+        ],
+        Allow::UvicornShutdownResets,
+    );
 }
 
 #[test]
@@ -104,18 +122,21 @@ fn flask_app_run_unmodified_with_compat_werkzeug() {
         return;
     }
     let app = example_src("flask_app.py");
-    serves_and_reloads_under_load(&[
-        "-l",
-        "127.0.0.1:0",
-        "--compat",
-        "werkzeug",
-        // werkzeug has no SIGTERM handler; INT stops it between requests.
-        "--stop-signal",
-        "INT",
-        "--",
-        "python3",
-        app.to_str().unwrap(),
-    ]);
+    serves_and_reloads_under_load(
+        &[
+            "-l",
+            "127.0.0.1:0",
+            "--compat",
+            "werkzeug",
+            // werkzeug has no SIGTERM handler; INT stops it between requests.
+            "--stop-signal",
+            "INT",
+            "--",
+            "python3",
+            app.to_str().unwrap(),
+        ],
+        Allow::Nothing,
+    );
 }
 
 #[test]
@@ -124,5 +145,8 @@ fn node_listens_on_fd_3() {
         return;
     }
     let app = example_src("node_server.js");
-    serves_and_reloads_under_load(&["-l", "127.0.0.1:0", "--", "node", app.to_str().unwrap()]);
+    serves_and_reloads_under_load(
+        &["-l", "127.0.0.1:0", "--", "node", app.to_str().unwrap()],
+        Allow::Nothing,
+    );
 }

@@ -1,0 +1,236 @@
+//! What relaunch itself costs: memory and wakeups while idle, its throughput
+//! effect (none expected: it is not in the data path), and how it holds up
+//! at scale. Counters come from /proc of relaunch's own pid, all threads.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::load::Load;
+use crate::plan::Plan;
+use crate::procs::Proc;
+use crate::stats;
+use crate::targets::{Ctx, Kind, Target};
+
+pub struct Footprint {
+    pub idle: Idle,
+    pub hup_to_exec_ms: Vec<f64>,
+    pub throughput: Throughput,
+    pub scale: Scale,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    pub rss_kib: u64,
+    /// CPU time of all threads, ns (schedstat).
+    pub cpu_ns: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub threads: usize,
+    pub fds: usize,
+}
+
+pub fn counters(pid: i32) -> Result<Counters, String> {
+    let dir = format!("/proc/{pid}");
+    let status = std::fs::read_to_string(format!("{dir}/status")).map_err(|e| format!("cannot read {dir}/status: {e}"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut c = Counters { rss_kib: field("VmRSS:"), ..Counters::default() };
+    let tasks = std::fs::read_dir(format!("{dir}/task")).map_err(|e| format!("cannot list {dir}/task: {e}"))?;
+    for task in tasks.flatten() {
+        let p = task.path();
+        c.threads += 1;
+        if let Ok(s) = std::fs::read_to_string(p.join("schedstat")) {
+            c.cpu_ns += s.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+        if let Ok(s) = std::fs::read_to_string(p.join("status")) {
+            for l in s.lines() {
+                let num = |v: &str| v.trim().parse::<u64>().unwrap_or(0);
+                if let Some(v) = l.strip_prefix("voluntary_ctxt_switches:") {
+                    c.voluntary_switches += num(v);
+                } else if let Some(v) = l.strip_prefix("nonvoluntary_ctxt_switches:") {
+                    c.involuntary_switches += num(v);
+                }
+            }
+        }
+    }
+    c.fds = std::fs::read_dir(format!("{dir}/fd")).map(|d| d.count()).unwrap_or(0);
+    Ok(c)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Idle {
+    pub secs: f64,
+    pub rss_kib: u64,
+    pub cpu_ms: f64,
+    pub context_switches: u64,
+    pub threads: usize,
+}
+
+/// relaunch with one server, left alone. Started first and read last, so
+/// the idle window costs no time of its own.
+pub struct IdleWatch {
+    target: Target,
+    since: Instant,
+    before: Counters,
+}
+
+impl IdleWatch {
+    pub fn start(ctx: &Ctx) -> Result<IdleWatch, String> {
+        // relaunch's defaults (--ready auto), a server that never notifies.
+        let target = Target::start(Kind::ReloadAuto, 0.0, ctx, "idle")?;
+        target
+            .proc
+            .lines
+            .wait_for(Duration::from_secs(20), |ls| ls.iter().any(|l| l.contains("ready after")).then_some(()))
+            .ok_or("idle: relaunch never saw its child ready")?;
+        let before = counters(target.proc.pid())?;
+        Ok(IdleWatch { target, since: Instant::now(), before })
+    }
+
+    pub fn finish(self, secs: f64) -> Result<Idle, String> {
+        let left = secs - self.since.elapsed().as_secs_f64();
+        if left > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(left));
+        }
+        let after = counters(self.target.proc.pid())?;
+        let secs = self.since.elapsed().as_secs_f64();
+        self.target.stop();
+        Ok(Idle {
+            secs,
+            rss_kib: after.rss_kib,
+            cpu_ms: after.cpu_ns.saturating_sub(self.before.cpu_ns) as f64 / 1e6,
+            context_switches: (after.voluntary_switches + after.involuntary_switches)
+                .saturating_sub(self.before.voluntary_switches + self.before.involuntary_switches),
+            threads: after.threads,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// Answered requests per second, one per round.
+    pub under_relaunch: Vec<f64>,
+    pub self_bound: Vec<f64>,
+    /// median(under relaunch) / median(self-bound).
+    pub ratio: f64,
+    /// The same ratio round by round: its spread is the noise.
+    pub round_ratios: Vec<f64>,
+}
+
+/// The same server, no restarts: under relaunch, then binding the port itself.
+pub fn throughput(plan: &Plan, ctx: &Ctx) -> Result<Throughput, String> {
+    let (mut under, mut own) = (Vec::new(), Vec::new());
+    for round in 0..plan.tput_rounds {
+        under.push(rate(Kind::Steady, plan, ctx, &format!("tput-relaunch-{round}"))?);
+        own.push(rate(Kind::NaiveRebind, plan, ctx, &format!("tput-self-{round}"))?);
+    }
+    let ratio = stats::median(&under) / stats::median(&own).max(f64::MIN_POSITIVE);
+    let round_ratios = under.iter().zip(&own).map(|(u, o)| u / o.max(f64::MIN_POSITIVE)).collect();
+    Ok(Throughput { under_relaunch: under, self_bound: own, ratio, round_ratios })
+}
+
+fn rate(kind: Kind, plan: &Plan, ctx: &Ctx, tag: &str) -> Result<f64, String> {
+    let target = Target::start(kind, 0.0, ctx, tag)?;
+    let epoch = Instant::now();
+    let load = Load::start(target.addr(), plan.conns, epoch, plan.timeout);
+    std::thread::sleep(Duration::from_secs_f64(plan.tput_secs));
+    let secs = epoch.elapsed().as_secs_f64();
+    let f = stats::figures(&load.finish(), secs);
+    target.stop();
+    if f.failed > 0 {
+        return Err(format!("{tag}: {} requests failed in a run without restarts; see its log", f.failed));
+    }
+    Ok(f.ok_per_sec)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Scale {
+    pub listeners: usize,
+    pub workers: usize,
+    pub reloads: usize,
+    pub reload_failures: usize,
+    pub reload_ms_median: f64,
+    pub reload_ms_max: f64,
+    pub before: Counters,
+    pub after: Counters,
+}
+
+/// Many listeners, many workers, many reloads through the control socket:
+/// relaunch's fds and memory must not grow.
+pub fn scale(plan: &Plan, ctx: &Ctx) -> Result<Scale, String> {
+    let sock = ctx.run_dir.join("scale.sock");
+    let mut cmd = Command::new(&ctx.relaunch);
+    cmd.arg("-q");
+    for _ in 0..plan.scale_listeners {
+        cmd.args(["-l", "127.0.0.1:0"]);
+    }
+    cmd.args(["--workers", &plan.scale_workers.to_string(), "--ready", "notify", "--control"])
+        .arg(&sock)
+        .arg("--")
+        .arg(&ctx.bench)
+        .args(["--server", "--delay", "0"]);
+    let mut proc = Proc::spawn("scale", &mut cmd, &ctx.log_dir)?;
+    wait_all_ready(ctx, &sock, plan.scale_workers, &mut proc)?;
+    let before = counters(proc.pid())?;
+    let mut times = Vec::with_capacity(plan.scale_reloads);
+    let mut failures = 0;
+    for _ in 0..plan.scale_reloads {
+        let t = Instant::now();
+        let ok = Command::new(&ctx.relaunch)
+            .args(["reload", "--control"])
+            .arg(&sock)
+            .output()
+            .map_err(|e| format!("scale: cannot run `relaunch reload`: {e}"))?
+            .status
+            .success();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        failures += usize::from(!ok);
+    }
+    wait_all_ready(ctx, &sock, plan.scale_workers, &mut proc)?;
+    let after = counters(proc.pid())?;
+    proc.stop(Duration::from_secs(15));
+    Ok(Scale {
+        listeners: plan.scale_listeners,
+        workers: plan.scale_workers,
+        reloads: plan.scale_reloads,
+        reload_failures: failures,
+        reload_ms_median: stats::median(&times),
+        reload_ms_max: times.iter().copied().fold(0.0, f64::max),
+        before,
+        after,
+    })
+}
+
+/// Polls `relaunch status --json` until `workers` children of one
+/// generation are ready and nothing else runs.
+fn wait_all_ready(ctx: &Ctx, sock: &std::path::Path, workers: usize, proc: &mut Proc) -> Result<(), String> {
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < end {
+        if proc.exited() {
+            return Err(format!("scale: relaunch exited:\n{}", proc.lines.tail(15)));
+        }
+        let out = Command::new(&ctx.relaunch).args(["status", "--json", "--control"]).arg(sock).output();
+        if let Ok(out) = out
+            && out.status.success()
+        {
+            last = String::from_utf8_lossy(&out.stdout).into_owned();
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&last)
+                && let Some(children) = v["children"].as_array()
+                && children.len() == workers
+                && children.iter().all(|c| c["state"] == "ready")
+            {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("scale: {workers} workers not all ready within 60 s; last status:\n{last}"))
+}

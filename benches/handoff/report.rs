@@ -1,0 +1,213 @@
+//! The outputs: the table on stdout, `handoff.json` (one object per
+//! scenario plus the footprint and the machine), and the acceptance lines of
+//! issue 6, printed, never enforced.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::footprint::Footprint;
+use crate::plan::Plan;
+use crate::scenarios::{Scenario, Status};
+use crate::stats;
+use crate::targets::Kind;
+
+pub struct Outputs {
+    pub json: PathBuf,
+    pub svg: PathBuf,
+}
+
+impl Outputs {
+    /// Beside the logs: target/bench/.
+    pub fn new(log_dir: &Path) -> Outputs {
+        let dir = log_dir.parent().unwrap_or(log_dir);
+        Outputs { json: dir.join("handoff.json"), svg: dir.join("handoff.svg") }
+    }
+}
+
+pub fn status_text(s: &Scenario) -> String {
+    match &s.status {
+        Status::Ran => {
+            let f = &s.figures;
+            format!("{} ok, {} failed, {} pids", f.ok, f.failed, f.pids)
+        }
+        Status::Skipped(why) => why.clone(),
+        Status::Failed(e) => format!("FAILED: {e}"),
+    }
+}
+
+pub fn table(scenarios: &[Scenario], fp: Option<&Footprint>) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| scenario | delay | restarts | ok | refused | reset | timeout | p50 ms | p99 ms | max ms | pids |"
+    );
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for s in scenarios {
+        let name = s.kind.name();
+        match &s.status {
+            Status::Skipped(why) => {
+                let _ = writeln!(t, "| {name} | {} s | {why} |||||||||", s.delay);
+            }
+            _ => {
+                let f = &s.figures;
+                let broke = if let Status::Failed(_) = s.status { " (broke, see log)" } else { "" };
+                let _ = writeln!(
+                    t,
+                    "| {name}{broke} | {} s | {} | {} | {} | {} | {} | {:.2} | {:.1} | {:.0} | {} |",
+                    s.delay,
+                    s.restarts_at.len(),
+                    f.ok,
+                    f.refused,
+                    f.reset,
+                    f.timeout,
+                    f.p50_ms,
+                    f.p99_ms,
+                    f.max_ms,
+                    f.pids
+                );
+            }
+        }
+    }
+    if let Some(fp) = fp {
+        let i = &fp.idle;
+        let h = &fp.hup_to_exec_ms;
+        let tp = &fp.throughput;
+        let sc = &fp.scale;
+        let _ = writeln!(t);
+        let _ = writeln!(t, "| launcher footprint | |");
+        let _ = writeln!(t, "|---|---|");
+        let _ = writeln!(t, "| RSS, idle | {} KiB |", i.rss_kib);
+        let _ = writeln!(
+            t,
+            "| CPU time / context switches over {:.0} s idle | {:.3} ms / {} |",
+            i.secs, i.cpu_ms, i.context_switches
+        );
+        let _ = writeln!(
+            t,
+            "| SIGHUP to the new child's exec (median / max of {}) | {:.2} ms / {:.2} ms |",
+            h.len(),
+            stats::median(h),
+            h.iter().copied().fold(0.0, f64::max)
+        );
+        let _ = writeln!(
+            t,
+            "| throughput under relaunch / self-bound | {:.3} ({:.0} / {:.0} req/s; rounds {}) |",
+            tp.ratio,
+            stats::median(&tp.under_relaunch),
+            stats::median(&tp.self_bound),
+            tp.round_ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(", ")
+        );
+        let _ = writeln!(
+            t,
+            "| scale: {} listeners, {} workers, {} reloads | {} failed; reload median {:.0} ms, max {:.0} ms |",
+            sc.listeners, sc.workers, sc.reloads, sc.reload_failures, sc.reload_ms_median, sc.reload_ms_max
+        );
+        let _ = writeln!(
+            t,
+            "| scale: relaunch fds / RSS before → after | {} → {} / {} KiB → {} KiB |",
+            sc.before.fds, sc.after.fds, sc.before.rss_kib, sc.after.rss_kib
+        );
+    }
+    t
+}
+
+pub fn print_table(scenarios: &[Scenario], fp: Option<&Footprint>) {
+    println!("\n{}", table(scenarios, fp));
+    for s in scenarios {
+        if let Status::Failed(e) = &s.status {
+            println!("{} @{}s broke: {e}\n", s.kind.name(), s.delay);
+        }
+    }
+}
+
+pub fn write_json(path: &Path, plan: &Plan, scenarios: &[Scenario], fp: Option<&Footprint>) -> Result<(), String> {
+    let list: Vec<Value> = scenarios.iter().map(scenario_json).collect();
+    let footprint = fp.map(|fp| {
+        json!({
+            "idle": fp.idle,
+            "hup_to_exec_ms": fp.hup_to_exec_ms,
+            "throughput": fp.throughput,
+            "scale": fp.scale,
+        })
+    });
+    let doc = json!({
+        "mode": plan.mode,
+        "plan": {
+            "delays_s": plan.delays,
+            "connections": plan.conns,
+            "restarts_per_scenario": plan.restarts,
+            "request_timeout_s": plan.timeout.as_secs_f64(),
+        },
+        "machine": machine(),
+        "scenarios": list,
+        "footprint": footprint,
+    });
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| format!("cannot encode the results: {e}"))?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn scenario_json(s: &Scenario) -> Value {
+    let (status, error) = match &s.status {
+        Status::Ran => ("ran", None),
+        Status::Skipped(why) => ("skipped", Some(why.clone())),
+        Status::Failed(e) => ("failed", Some(e.clone())),
+    };
+    json!({
+        "scenario": s.kind.name(),
+        "delay_s": s.delay,
+        "status": status,
+        "error": error,
+        "secs": s.secs,
+        "restarts_at_s": s.restarts_at,
+        "figures": s.figures,
+        "hup_to_exec_ms": s.hup_to_exec_ms,
+    })
+}
+
+fn machine() -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()));
+    let os = read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()));
+    let mem_kib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<u64>().ok());
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "cpu": cpu,
+        "os": os,
+        "mem_kib": mem_kib,
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        "relaunch": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Issue 6's acceptance lines, for the reader; they never fail the run.
+pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>) {
+    let ran = |k: Kind| scenarios.iter().filter(move |s| s.kind == k && matches!(s.status, Status::Ran));
+    let mut lines = Vec::new();
+    for k in [Kind::Reload, Kind::ReloadAuto, Kind::Crash] {
+        let refused: usize = ran(k).map(|s| s.figures.refused).sum();
+        lines.push((format!("{}: 0 refused (got {refused})", k.name()), refused == 0 && ran(k).count() > 0));
+    }
+    for k in [Kind::Reload, Kind::ReloadAuto] {
+        let failed: usize = ran(k).map(|s| s.figures.failed).sum();
+        lines.push((format!("{}: 0 failures of any kind (got {failed})", k.name()), failed == 0 && ran(k).count() > 0));
+    }
+    let naive: usize = ran(Kind::NaiveRebind).map(|s| s.figures.failed).sum();
+    lines.push((format!("naive-rebind: shows failures (got {naive})"), naive > 0));
+    if let Some(fp) = fp {
+        let r = fp.throughput.ratio;
+        lines.push((format!("throughput ratio within noise of 1.00 (got {r:.3}, ±5%)"), (r - 1.0).abs() <= 0.05));
+    }
+    println!("acceptance (issue 6):");
+    for (what, ok) in lines {
+        println!("  [{}] {what}", if ok { "ok" } else { "NOT MET" });
+    }
+}

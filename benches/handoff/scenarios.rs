@@ -1,0 +1,180 @@
+//! One run: every scenario at every delay, then the footprint, then the
+//! outputs. A scenario that cannot run (peer missing) is reported as
+//! skipped; one that breaks is reported with its error and makes the run
+//! exit 1, so CI's smoke run notices rot. Figures are never asserted.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use crate::footprint::{self, Footprint};
+use crate::load::{Load, Sample};
+use crate::plan::Plan;
+use crate::report;
+use crate::stats::{self, Figures};
+use crate::targets::{Ctx, Kind, Target};
+
+pub enum Status {
+    Ran,
+    Skipped(String),
+    Failed(String),
+}
+
+pub struct Scenario {
+    pub kind: Kind,
+    pub delay: f64,
+    pub status: Status,
+    pub figures: Figures,
+    /// Seconds since the scenario's start at which each restart was triggered.
+    pub restarts_at: Vec<f64>,
+    pub secs: f64,
+    pub hup_to_exec_ms: Vec<f64>,
+    pub samples: Vec<Sample>,
+}
+
+impl Scenario {
+    fn empty(kind: Kind, delay: f64, status: Status) -> Scenario {
+        Scenario {
+            kind,
+            delay,
+            status,
+            figures: Figures::default(),
+            restarts_at: Vec::new(),
+            secs: 0.0,
+            hup_to_exec_ms: Vec::new(),
+            samples: Vec::new(),
+        }
+    }
+}
+
+pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<ExitCode, String> {
+    let ctx = context()?;
+    let started = Instant::now();
+    eprintln!(
+        "handoff: {} run, delays {:?} s, {} connections; logs in {}",
+        plan.mode,
+        plan.delays,
+        plan.conns,
+        ctx.log_dir.display()
+    );
+    // Watched while everything else runs: idle means relaunch does nothing,
+    // whatever the rest of the machine does.
+    let idle = if with_footprint { Some(footprint::IdleWatch::start(&ctx)?) } else { None };
+
+    let mut scenarios = Vec::new();
+    for &delay in &plan.delays {
+        for kind in Kind::ALL {
+            if !only.is_empty() && !only.iter().any(|o| kind.name().contains(o.as_str())) {
+                continue;
+            }
+            let s = match kind.needs().filter(|tool| find_tool(tool).is_none()) {
+                Some(tool) => Scenario::empty(kind, delay, Status::Skipped(format!("skipped ({tool} not installed)"))),
+                None => run_one(kind, delay, plan, &ctx),
+            };
+            eprintln!("handoff: {} @{delay}s: {}", kind.name(), report::status_text(&s));
+            scenarios.push(s);
+        }
+    }
+
+    let footprint = match idle {
+        Some(idle) => Some(Footprint {
+            idle: idle.finish(plan.idle)?,
+            hup_to_exec_ms: scenarios
+                .iter()
+                .filter(|s| matches!(s.kind, Kind::Reload | Kind::ReloadAuto))
+                .flat_map(|s| s.hup_to_exec_ms.iter().copied())
+                .collect(),
+            throughput: footprint::throughput(plan, &ctx)?,
+            scale: footprint::scale(plan, &ctx)?,
+        }),
+        None => None,
+    };
+
+    let out = report::Outputs::new(&ctx.log_dir);
+    report::print_table(&scenarios, footprint.as_ref());
+    report::write_json(&out.json, plan, &scenarios, footprint.as_ref())?;
+    crate::chart::draw(&out.svg, &scenarios)?;
+    if plan.mode != "smoke" {
+        report::print_acceptance(&scenarios, footprint.as_ref());
+    }
+    println!(
+        "\nwrote {} and {} in {:.0} s",
+        out.json.display(),
+        out.svg.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&ctx.run_dir);
+    let broken = scenarios.iter().any(|s| matches!(s.status, Status::Failed(_)));
+    Ok(if broken { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn run_one(kind: Kind, delay: f64, plan: &Plan, ctx: &Ctx) -> Scenario {
+    let tag = format!("{}-{delay}", kind.name());
+    let mut target = match Target::start(kind, delay, ctx, &tag) {
+        Ok(t) => t,
+        Err(e) => return Scenario::empty(kind, delay, Status::Failed(e)),
+    };
+    let epoch = Instant::now();
+    let load = Load::start(target.addr(), plan.conns, epoch, plan.timeout);
+    let mut status = Status::Ran;
+    let mut restarts_at = Vec::new();
+    pause(plan.warmup);
+    for _ in 0..plan.restarts {
+        if kind.restarts() {
+            restarts_at.push(epoch.elapsed().as_secs_f64());
+            if let Err(e) = target.restart(&load.seen) {
+                status = Status::Failed(e);
+                break;
+            }
+        }
+        pause(plan.gap);
+    }
+    pause(plan.tail);
+    let secs = epoch.elapsed().as_secs_f64();
+    let samples = load.finish();
+    let hup_to_exec_ms = target.hup_to_exec_ms();
+    target.stop();
+    Scenario {
+        kind,
+        delay,
+        status,
+        figures: stats::figures(&samples, secs),
+        restarts_at,
+        secs,
+        hup_to_exec_ms,
+        samples,
+    }
+}
+
+/// Load runs meanwhile; this is the scenario's length, not a wait for an event.
+fn pause(secs: f64) {
+    std::thread::sleep(Duration::from_secs_f64(secs));
+}
+
+fn context() -> Result<Ctx, String> {
+    let relaunch = PathBuf::from(env!("CARGO_BIN_EXE_relaunch"));
+    let bench = std::env::current_exe().map_err(|e| format!("cannot find this bench's own binary: {e}"))?;
+    // target/<profile>/relaunch -> target/bench
+    let out = relaunch
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("bench"))
+        .ok_or("cannot place target/bench next to the relaunch binary")?;
+    let log_dir = out.join("logs");
+    let run_dir = std::env::temp_dir().join(format!("handoff-{}", std::process::id()));
+    for d in [&log_dir, &run_dir] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
+    Ok(Ctx { bench, relaunch, log_dir, run_dir })
+}
+
+/// A program on PATH. cargo-installed tools (systemfd) need ~/.cargo/bin on
+/// PATH, as after rustup's set-up.
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
