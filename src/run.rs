@@ -20,10 +20,10 @@ use crate::control::{self, Incoming, Request, Response};
 use crate::error::{Error, Result};
 use crate::inherit::{self, ListenEnv};
 use crate::notify::{Message, NotifySocket, Systemd};
+use crate::placeholders::{self, Named};
 use crate::sockets::{self, Listener};
 use crate::spec::{self, Addr, Host, ListenSpec, Proto};
 use crate::supervisor::{Config, ExitStatus, Note, Os, Supervisor};
-use crate::placeholders::{self, Named};
 use crate::{compat, duration, fallback, procscan, spawn, wrapper};
 
 /// Variables we never pass through: each child gets fresh values.
@@ -216,7 +216,8 @@ fn gather_listeners(args: &RunArgs, snap: &Snapshot, backlog: i32) -> Result<Vec
             Some((n, l)) => (n, l),
             None => ("", f.as_str()),
         };
-        let ports = fallback::parse(list).map_err(|e| Error::usage(format!("--fallback {f:?}: {e}")))?;
+        let ports =
+            fallback::parse(list).map_err(|e| Error::usage(format!("--fallback {f:?}: {e}")))?;
         fallbacks.insert(name.to_string(), ports);
     }
 
@@ -249,13 +250,21 @@ fn gather_listeners(args: &RunArgs, snap: &Snapshot, backlog: i32) -> Result<Vec
             .name
             .clone()
             .unwrap_or_else(|| spec::default_name(&s.addr, &taken));
-        let fallback = fallbacks.get(&name).or(fallbacks.get("")).map_or(&[][..], |v| v.as_slice());
+        let fallback = fallbacks
+            .get(&name)
+            .or(fallbacks.get(""))
+            .map_or(&[][..], |v| v.as_slice());
         listeners.push(sockets::bind(name, &s, backlog, fallback)?);
     }
-    if let Some(unknown) = fallbacks.keys().find(|k| !k.is_empty() && !listeners.iter().any(|l| &l.name == *k)) {
+    if let Some(unknown) = fallbacks
+        .keys()
+        .find(|k| !k.is_empty() && !listeners.iter().any(|l| &l.name == *k))
+    {
         let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
-        return Err(Error::usage(format!("--fallback {unknown}=...: no listener is named {unknown:?}"))
-            .hint(format!("the listeners are: {}", names.join(", "))));
+        return Err(Error::usage(format!(
+            "--fallback {unknown}=...: no listener is named {unknown:?}"
+        ))
+        .hint(format!("the listeners are: {}", names.join(", "))));
     }
     if listeners.is_empty() {
         return Err(Error::usage("nothing to listen on")
@@ -296,7 +305,9 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         .map_err(|e| Error::usage(format!("in the command's arguments: {e}")))?;
     let mut compat_env = Vec::new();
     for style in &args.compat {
-        compat_env.extend(compat::env(*style, &named).map_err(|e| Error::usage(format!("--compat: {e}")))?);
+        compat_env.extend(
+            compat::env(*style, &named).map_err(|e| Error::usage(format!("--compat: {e}")))?,
+        );
         for w in compat::warnings(*style, &named) {
             warn!("--compat: {w}");
         }

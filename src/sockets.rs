@@ -84,7 +84,14 @@ pub fn bind(name: String, spec: &ListenSpec, backlog: i32, fallback: &[u16]) -> 
     }
 }
 
-fn bind_inet(name: String, proto: Proto, host: &Host, port: u16, backlog: i32, fallback: &[u16]) -> Result<Listener> {
+fn bind_inet(
+    name: String,
+    proto: Proto,
+    host: &Host,
+    port: u16,
+    backlog: i32,
+    fallback: &[u16],
+) -> Result<Listener> {
     let ty = match proto {
         Proto::Tcp => Type::STREAM,
         Proto::Udp => Type::DGRAM,
@@ -114,8 +121,10 @@ fn bind_inet(name: String, proto: Proto, host: &Host, port: u16, backlog: i32, f
         }
     }
     let e = bind_error(proto, shown(port), err);
-    Err(Error::runtime(format!("{} (and every fallback port is in use too)", e.msg))
-        .hint(e.hint.unwrap_or_default()))
+    Err(
+        Error::runtime(format!("{} (and every fallback port is in use too)", e.msg))
+            .hint(e.hint.unwrap_or_default()),
+    )
 }
 
 /// Binds one port: the given address, or every interface ([::] dual-stack,
@@ -123,8 +132,16 @@ fn bind_inet(name: String, proto: Proto, host: &Host, port: u16, backlog: i32, f
 fn bind_port(ip: Option<IpAddr>, port: u16, ty: Type, backlog: i32) -> std::io::Result<Socket> {
     match ip {
         Some(ip) => try_bind(SocketAddr::new(ip, port), ty, backlog),
-        None => match try_bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port), ty, backlog) {
-            Err(e) if ipv6_unavailable(&e) => try_bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port), ty, backlog),
+        None => match try_bind(
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            ty,
+            backlog,
+        ) {
+            Err(e) if ipv6_unavailable(&e) => try_bind(
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                ty,
+                backlog,
+            ),
             other => other,
         },
     }
@@ -216,7 +233,9 @@ fn holder_of(proto: Proto, ip: Option<IpAddr>, port: u16) -> Option<String> {
         port,
         udp_too: proto == Proto::Udp,
     };
-    who::lookup(&target).ok().and_then(|r| who::holder_phrase(&r))
+    who::lookup(&target)
+        .ok()
+        .and_then(|r| who::holder_phrase(&r))
 }
 
 /// systemd's `SocketMode=` default.
@@ -268,7 +287,9 @@ fn bind_unix_path(name: String, path: &Path, opts: &UnixOptions, backlog: i32) -
         .map_err(|e| Error::usage(format!("invalid socket path {}: {e}", path.display())))?;
     sock.bind(&addr)
         .map_err(|e| Error::runtime(format!("cannot bind {shown}: {e}")))?;
-    let ino = std::fs::symlink_metadata(path).map(|m| m.ino()).unwrap_or(0);
+    let ino = std::fs::symlink_metadata(path)
+        .map(|m| m.ino())
+        .unwrap_or(0);
     // Owned from here, so an error below still removes the file.
     let created = Listener {
         name,
@@ -292,18 +313,28 @@ fn set_access(path: &Path, opts: &UnixOptions) -> Result<()> {
         None => None,
         Some(o) => Some(match o.parse::<u32>() {
             Ok(n) => Uid::from_raw(n),
-            Err(_) => User::from_name(o).ok().flatten().map(|u| u.uid).ok_or_else(|| {
-                Error::usage(format!("owner={o}: no such user")).hint("use a name from /etc/passwd or a uid")
-            })?,
+            Err(_) => User::from_name(o)
+                .ok()
+                .flatten()
+                .map(|u| u.uid)
+                .ok_or_else(|| {
+                    Error::usage(format!("owner={o}: no such user"))
+                        .hint("use a name from /etc/passwd or a uid")
+                })?,
         }),
     };
     let gid = match &opts.group {
         None => None,
         Some(g) => Some(match g.parse::<u32>() {
             Ok(n) => Gid::from_raw(n),
-            Err(_) => Group::from_name(g).ok().flatten().map(|g| g.gid).ok_or_else(|| {
-                Error::usage(format!("group={g}: no such group")).hint("use a name from /etc/group or a gid")
-            })?,
+            Err(_) => Group::from_name(g)
+                .ok()
+                .flatten()
+                .map(|g| g.gid)
+                .ok_or_else(|| {
+                    Error::usage(format!("group={g}: no such group"))
+                        .hint("use a name from /etc/group or a gid")
+                })?,
         }),
     };
     if uid.is_some() || gid.is_some() {

@@ -117,7 +117,9 @@ pub fn parse(s: &str) -> Result<ListenSpec, String> {
         }
     })?;
     if unix != UnixOptions::default() && !matches!(addr, Addr::Unix(_)) {
-        return Err(bad("mode=, owner= and group= apply only to unix:PATH socket files".into()));
+        return Err(bad(
+            "mode=, owner= and group= apply only to unix:PATH socket files".into(),
+        ));
     }
     Ok(ListenSpec {
         name: name.map(str::to_string),
@@ -148,7 +150,9 @@ fn split_unix_options(spec: &str) -> Result<(&str, UnixOptions), String> {
                 let mode = u32::from_str_radix(value, 8)
                     .ok()
                     .filter(|m| *m <= 0o777)
-                    .ok_or_else(|| format!("mode={value:?} is not an octal file mode such as 0660"))?;
+                    .ok_or_else(|| {
+                        format!("mode={value:?} is not an octal file mode such as 0660")
+                    })?;
                 opts.mode.get_or_insert(mode);
                 rest = head;
                 continue;
@@ -475,7 +479,11 @@ mod tests {
             "invalid listen spec \"unix:/x,owner=\": owner= needs a user or group name, or a number"
         );
         assert!(parse("127.0.0.1:80,mode=0600").is_err());
-        assert!(parse("unix:@abs,mode=0600").unwrap_err().contains("apply only to unix:PATH"));
+        assert!(
+            parse("unix:@abs,mode=0600")
+                .unwrap_err()
+                .contains("apply only to unix:PATH")
+        );
     }
 
     use super::*;

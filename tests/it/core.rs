@@ -430,5 +430,8 @@ fn unix_socket_mode_and_group() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o640);
     assert_eq!(meta.gid(), 65534);
     // The documented default, as systemd's SocketMode=.
-    assert_eq!(std::fs::metadata(&default).unwrap().permissions().mode() & 0o777, 0o666);
+    assert_eq!(
+        std::fs::metadata(&default).unwrap().permissions().mode() & 0o777,
+        0o666
+    );
 }
