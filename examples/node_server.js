@@ -42,7 +42,6 @@ server.on('error', (err) => {
 
 function stop() {
   server.close(() => process.exit(0)); // waits for open connections
-  server.closeIdleConnections();
 }
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);

@@ -27,17 +27,6 @@ pub enum Outcome {
     Timeout,
 }
 
-impl Outcome {
-    pub fn name(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Refused => "refused",
-            Outcome::Reset => "reset",
-            Outcome::Timeout => "timeout",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
     /// Seconds since the scenario's start.

@@ -50,17 +50,21 @@ func main() {
 
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	drained := make(chan struct{})
 	go func() {
 		<-stop
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		srv.Shutdown(ctx) // closes the listener at once, then drains
+		// Closes the listener at once, then waits for in-flight requests.
+		if err := srv.Shutdown(ctx); err != nil {
+			log.Printf("go_server: %v", err)
+		}
+		close(drained)
 	}()
 
 	log.Printf("go_server: pid %d serving %s", os.Getpid(), ln.Addr())
 	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 		log.Fatalf("go_server: %v", err)
 	}
-	// Serve returns as soon as the listener closes: wait for the drain.
-	srv.Shutdown(context.Background())
+	<-drained // Serve returns as soon as the listener closes
 }

@@ -194,6 +194,8 @@ fn auto_ready(tag: &str, server: &str, how: &str) {
     let app = App::new(tag, server);
     let r = Relaunch::start(&["-l", "127.0.0.1:0", "--ready", "auto", "--", &app.script()]);
     let addr = r.listen_addr(3);
+    // Generation 1 is seen by the same scan; reload only after that.
+    r.log.wait("serving: generation 1", T);
     let mut last = wait_serving(addr);
     let load = Load::start(addr, 4);
     for n in 1..=2 {

@@ -110,6 +110,11 @@ pub fn read_report(path: &Path) -> serde_json::Value {
     )
 }
 
+/// A failed assertion while holding the lock must not turn into an abort.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Collected stderr lines of a running process, waitable.
 #[derive(Clone, Default)]
 pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
@@ -117,11 +122,11 @@ pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
 impl Lines {
     fn push(&self, l: String) {
         let (m, c) = &*self.0;
-        m.lock().unwrap().push(l);
+        lock(m).push(l);
         c.notify_all();
     }
     pub fn all(&self) -> Vec<String> {
-        self.0.0.lock().unwrap().clone()
+        lock(&self.0.0).clone()
     }
     pub fn text(&self) -> String {
         self.all().join("\n")
@@ -133,7 +138,7 @@ impl Lines {
     pub fn wait_n(&self, needle: &str, n: usize, timeout: Duration) -> String {
         let (m, c) = &*self.0;
         let end = Instant::now() + timeout;
-        let mut g = m.lock().unwrap();
+        let mut g = lock(m);
         loop {
             let hits: Vec<&String> = g.iter().filter(|l| l.contains(needle)).collect();
             if hits.len() >= n {
@@ -145,7 +150,7 @@ impl Lines {
                 "timed out waiting for {n}x {needle:?}; stderr so far:\n{}",
                 g.join("\n")
             );
-            g = c.wait_timeout(g, end - now).unwrap().0;
+            g = c.wait_timeout(g, end - now).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
     pub fn wait(&self, needle: &str, timeout: Duration) -> String {
