@@ -1,7 +1,7 @@
 //! The README's example app: a small HTTP server that answers every request
 //! with its own pid, so a client can see which generation served it.
 //!
-//! Run it under relaunch (`relaunch --listen tcp:127.0.0.1:8000 -- pid_server`)
+//! Run it under relaunch (`relaunch -l 127.0.0.1:8000 -- target/debug/examples/pid_server`)
 //! and it serves the inherited listener at fd 3 (via listenfd); run it alone
 //! and it binds 127.0.0.1:${PORT:-8000} itself.
 //!

@@ -440,7 +440,7 @@ fn check_listener() -> Result<(), String> {
     } else {
         Err(format!(
             "fd {LISTENER} is not a listening stream socket; \
-             run the probe with one listener, e.g. under relaunch --listen tcp:127.0.0.1:0"
+             run the probe with one listener, e.g. under relaunch -l 127.0.0.1:0"
         ))
     }
 }

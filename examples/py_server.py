@@ -2,7 +2,7 @@
 """relaunch example: a Python (stdlib only) HTTP server that answers every
 request with its pid, serving the listener relaunch hands it at fd 3.
 
-    relaunch --listen tcp:127.0.0.1:8000 -- python3 examples/py_server.py
+    relaunch -l 127.0.0.1:8000 -- python3 examples/py_server.py
 
 Without LISTEN_FDS it binds 127.0.0.1:$PORT (default 8000) itself.
 --delay SECS sleeps before touching the socket (a slow start-up); READY=1 goes

@@ -434,7 +434,8 @@ fn render(target: &Target, r: &Report) -> String {
                 p.pid.to_string(),
                 p.user.clone(),
                 p.fd.to_string(),
-                p.cmdline.clone(),
+                // One table row per socket, however the command line was written.
+                p.cmdline.split_whitespace().collect::<Vec<_>>().join(" "),
             ]);
         }
     }

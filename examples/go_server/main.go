@@ -1,7 +1,11 @@
 // Command go_server is relaunch's Go example: an HTTP server that answers
 // every request with its pid, serving the listener relaunch hands it at fd 3.
 //
-//	relaunch --listen tcp:127.0.0.1:8000 -- go run ./examples/go_server
+//	go build -o /tmp/go_server examples/go_server/main.go
+//	relaunch -l 127.0.0.1:8000 -- /tmp/go_server
+//
+// (Not `go run`: the server would be go's child, so LISTEN_PID would not
+// be its pid.)
 //
 // Without LISTEN_FDS it binds 127.0.0.1:$PORT (default 8000) itself.
 // SIGTERM/SIGINT: stop accepting, finish in-flight requests (10 s at most),

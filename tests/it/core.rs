@@ -205,8 +205,10 @@ fn kill_9_of_the_child_under_load_refuses_nothing() {
     unsafe { libc::kill(first.parse().unwrap(), libc::SIGKILL) };
     let second = wait_new_pid(addr, &first);
     let rep = load.finish();
-    assert_eq!(rep.refused, 0, "{rep:?}");
-    assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
+    assert_eq!(rep.refused, 0, "{:?}", rep.errors);
+    assert_eq!(rep.timeout, 0, "{:?}", rep.errors);
+    // SIGKILL loses only what the dead child had accepted: at most one per client.
+    assert!(rep.failed() <= 4, "{:?}", rep.errors);
     assert!(rep.ok > 0);
     assert_ne!(first, second);
 }

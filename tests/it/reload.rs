@@ -190,21 +190,23 @@ fn a_strangers_ready_is_ignored() {
     assert_eq!(r.log.count("generation 2 is ready"), 0);
 }
 
-fn auto_ready(tag: &str, server: &str, how: &str) {
+fn auto_ready(tag: &str, server: &str, how: &str, graceful: bool) {
     let app = App::new(tag, server);
     let r = Relaunch::start(&["-l", "127.0.0.1:0", "--ready", "auto", "--", &app.script()]);
     let addr = r.listen_addr(3);
     // Generation 1 is seen by the same scan; reload only after that.
     r.log.wait("serving: generation 1", T);
     let mut last = wait_serving(addr);
-    let load = Load::start(addr, 4);
+    let load = graceful.then(|| Load::start(addr, 4));
     for n in 1..=2 {
         r.signal(libc::SIGHUP);
         r.log.wait_n("reload done", n, T);
         last = wait_new_pid(addr, &last);
     }
-    let rep = load.finish();
-    assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
+    if let Some(load) = load {
+        let rep = load.finish();
+        assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
+    }
     let ready = r.log.wait_n(&format!("waits in {how}"), 3, T);
     assert!(ready.contains("ready after"), "{ready}");
 }
@@ -216,6 +218,7 @@ fn auto_readiness_sees_an_epoll_server() {
         "auto-epoll",
         &pid_server("--delay 0.3 --no-notify"),
         "epoll",
+        true,
     );
 }
 
@@ -227,16 +230,21 @@ fn auto_readiness_sees_a_poll_server() {
         "auto-poll",
         &format!("exec python3 {} --delay 0.3 --no-notify\n", py.display()),
         "poll",
+        true,
     );
 }
 
 #[test]
 fn auto_readiness_sees_a_blocking_accept() {
+    // Blocked in accept(2). A server like this cannot stop between requests
+    // without a race of its own (TERM may land just after accept returns), so
+    // this test checks detection only; the load tests use graceful servers.
     let code = "import os,socket\ns=socket.socket(fileno=3)\nwhile True:\n c,_=s.accept()\n c.recv(4096)\n c.sendall(b'HTTP/1.1 200 OK\\r\\nConnection: close\\r\\n\\r\\n%d\\n' % os.getpid())\n c.close()\n";
     auto_ready(
         "auto-accept",
         &format!("exec python3 -c \"{code}\"\n"),
         "accept",
+        false,
     );
 }
 
