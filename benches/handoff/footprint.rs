@@ -128,8 +128,15 @@ pub struct Throughput {
 pub fn throughput(plan: &Plan, ctx: &Ctx) -> Result<Throughput, String> {
     let (mut under, mut own) = (Vec::new(), Vec::new());
     for round in 0..plan.tput_rounds {
-        under.push(rate(Kind::Steady, plan, ctx, &format!("tput-relaunch-{round}"))?);
+        // A-B then B-A, so a drift over the run falls on both sides.
+        let relaunch_first = round % 2 == 0;
+        if relaunch_first {
+            under.push(rate(Kind::Steady, plan, ctx, &format!("tput-relaunch-{round}"))?);
+        }
         own.push(rate(Kind::NaiveRebind, plan, ctx, &format!("tput-self-{round}"))?);
+        if !relaunch_first {
+            under.push(rate(Kind::Steady, plan, ctx, &format!("tput-relaunch-{round}"))?);
+        }
     }
     let ratio = stats::median(&under) / stats::median(&own).max(f64::MIN_POSITIVE);
     let round_ratios = under.iter().zip(&own).map(|(u, o)| u / o.max(f64::MIN_POSITIVE)).collect();
