@@ -681,22 +681,23 @@ impl<O: Os> Supervisor<O> {
         }
     }
 
+    /// Ends the reload in progress with `reason`; a new generation that is
+    /// still starting is stopped, one that already serves stays.
     fn fail_reload(&mut self, reason: String, now: Instant) {
-        let Some(generation) = self.pending() else {
+        let Some(Reload { generation, phase }) = self.reload else {
             return;
         };
-        warn!(
-            generation,
-            "reload failed: {reason}; generation {} keeps serving", self.serving
-        );
-        let pids: Vec<i32> = self
-            .children
-            .iter()
-            .filter(|c| c.generation == generation)
-            .map(|c| c.pid)
-            .collect();
-        for pid in pids {
-            self.stop_child(pid, now);
+        if let Phase::Starting { .. } = phase {
+            warn!(generation, "reload failed: {reason}; generation {} keeps serving", self.serving);
+            let pids: Vec<i32> = self
+                .children
+                .iter()
+                .filter(|c| c.generation == generation)
+                .map(|c| c.pid)
+                .collect();
+            for pid in pids {
+                self.stop_child(pid, now);
+            }
         }
         self.finish_reload(generation, Err(reason), now);
     }
@@ -990,6 +991,22 @@ mod tests {
             })
         );
         assert_eq!(s.os.spawned.len(), 2, "nothing restarted while stopping");
+    }
+
+    #[test]
+    fn stop_while_draining_answers_the_reload() {
+        let (mut s, t0) = started(1);
+        s.mark_ready(101, "test", t0);
+        s.request_reload(t0).unwrap();
+        s.mark_ready(102, "test", t0);
+        s.stop(t0);
+        let answered = s.os.notes.iter().any(|n| {
+            matches!(n, Note::ReloadDone { generation: 2, result: Err(r) } if r == "relaunch is stopping")
+        });
+        assert!(answered, "{:?}", s.os.notes);
+        s.on_exit(101, ExitStatus::Code(0), t0);
+        s.on_exit(102, ExitStatus::Code(0), t0);
+        assert_eq!(s.exit(), Some(Exit { code: 0, error: None }));
     }
 
     #[test]

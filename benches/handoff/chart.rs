@@ -36,7 +36,7 @@ fn draw_inner(path: &Path, scenarios: &[Scenario]) -> Result<(), Box<dyn Error>>
     let root = SVGBackend::new(path, (PANEL_W * cols as u32, PANEL_H * rows as u32 + 40)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(
-        "relaunch handoff: request latency over time (ms, log); | restart, × refused, ▲ reset, ● timeout",
+        "relaunch handoff: request latency (ms, log scale) over time (s); | restart, × refused, ▲ reset, ● timeout",
         ("sans-serif", 16),
     )?;
     let grid = root.split_evenly((rows, cols));
@@ -71,8 +71,8 @@ where
         .build_cartesian_2d(0f64..x_max, (Y_MIN..Y_MAX).log_scale())?;
     chart
         .configure_mesh()
-        .x_desc("s")
         .y_labels(6)
+        .y_label_formatter(&|v| format!("{v}"))
         .max_light_lines(0)
         .bold_line_style(BLACK.mix(0.08))
         .label_style(("sans-serif", 10))

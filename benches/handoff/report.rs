@@ -8,10 +8,13 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::footprint::Footprint;
+use crate::load::Outcome;
 use crate::plan::Plan;
 use crate::scenarios::{Scenario, Status};
 use crate::stats;
 use crate::targets::Kind;
+
+const MAX_FAILURES_LISTED: usize = 500;
 
 pub struct Outputs {
     pub json: PathBuf,
@@ -163,7 +166,18 @@ fn scenario_json(s: &Scenario) -> Value {
         "restarts_at_s": s.restarts_at,
         "figures": s.figures,
         "hup_to_exec_ms": s.hup_to_exec_ms,
+        "failures": failures(s),
     })
+}
+
+/// The first failed requests, for a closer look than the chart gives.
+fn failures(s: &Scenario) -> Vec<Value> {
+    s.samples
+        .iter()
+        .filter(|x| x.outcome != Outcome::Ok)
+        .take(MAX_FAILURES_LISTED)
+        .map(|x| json!({"at_s": x.at, "ms": x.latency_ms, "kind": format!("{:?}", x.outcome).to_lowercase()}))
+        .collect()
 }
 
 fn machine() -> Value {
