@@ -688,7 +688,10 @@ impl<O: Os> Supervisor<O> {
             return;
         };
         if let Phase::Starting { .. } = phase {
-            warn!(generation, "reload failed: {reason}; generation {} keeps serving", self.serving);
+            warn!(
+                generation,
+                "reload failed: {reason}; generation {} keeps serving", self.serving
+            );
             let pids: Vec<i32> = self
                 .children
                 .iter()
@@ -1006,7 +1009,13 @@ mod tests {
         assert!(answered, "{:?}", s.os.notes);
         s.on_exit(101, ExitStatus::Code(0), t0);
         s.on_exit(102, ExitStatus::Code(0), t0);
-        assert_eq!(s.exit(), Some(Exit { code: 0, error: None }));
+        assert_eq!(
+            s.exit(),
+            Some(Exit {
+                code: 0,
+                error: None
+            })
+        );
     }
 
     #[test]

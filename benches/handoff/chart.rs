@@ -28,12 +28,22 @@ fn draw_inner(path: &Path, scenarios: &[Scenario]) -> Result<(), Box<dyn Error>>
             delays.push(s.delay);
         }
     }
-    let shown = |d: f64| scenarios.iter().filter(move |s| s.delay == d && !matches!(s.status, Status::Skipped(_)));
-    let rows = delays.iter().map(|&d| shown(d).count()).max().unwrap_or(0).max(1);
+    let shown = |d: f64| {
+        scenarios
+            .iter()
+            .filter(move |s| s.delay == d && !matches!(s.status, Status::Skipped(_)))
+    };
+    let rows = delays
+        .iter()
+        .map(|&d| shown(d).count())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let cols = delays.len().max(1);
     let x_max = scenarios.iter().map(|s| s.secs).fold(1.0, f64::max);
 
-    let root = SVGBackend::new(path, (PANEL_W * cols as u32, PANEL_H * rows as u32 + 40)).into_drawing_area();
+    let root = SVGBackend::new(path, (PANEL_W * cols as u32, PANEL_H * rows as u32 + 40))
+        .into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(
         "relaunch handoff: request latency (ms, log scale) over time (s); | restart, × refused, ▲ reset, ● timeout",
@@ -49,7 +59,12 @@ fn draw_inner(path: &Path, scenarios: &[Scenario]) -> Result<(), Box<dyn Error>>
     Ok(())
 }
 
-fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, s: &Scenario, x_max: f64, legend: bool) -> Result<(), Box<dyn Error>>
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    s: &Scenario,
+    x_max: f64,
+    legend: bool,
+) -> Result<(), Box<dyn Error>>
 where
     DB::ErrorType: 'static,
 {
@@ -80,30 +95,51 @@ where
 
     let clamp = |y: f64| y.clamp(Y_MIN, Y_MAX);
     for &at in &s.restarts_at {
-        chart.draw_series(std::iter::once(PathElement::new(vec![(at, Y_MIN), (at, Y_MAX)], BLACK.mix(0.6))))?;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(at, Y_MIN), (at, Y_MAX)],
+            BLACK.mix(0.6),
+        )))?;
     }
     let buckets = stats::buckets(&s.samples, s.secs, (s.secs / 300.0).max(0.005));
     let p50 = runs(&buckets, |b| b.p50_ms);
     let max = runs(&buckets, |b| b.max_ms);
     for (i, run) in p50.into_iter().enumerate() {
-        let series = chart.draw_series(LineSeries::new(run.into_iter().map(|(x, y)| (x, clamp(y))), RGBColor(150, 150, 150)))?;
+        let series = chart.draw_series(LineSeries::new(
+            run.into_iter().map(|(x, y)| (x, clamp(y))),
+            RGBColor(150, 150, 150),
+        ))?;
         if i == 0 && legend {
-            series.label("median").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], RGBColor(150, 150, 150)));
+            series.label("median").legend(|(x, y)| {
+                PathElement::new(vec![(x, y), (x + 14, y)], RGBColor(150, 150, 150))
+            });
         }
     }
     for (i, run) in max.into_iter().enumerate() {
-        let series = chart.draw_series(LineSeries::new(run.into_iter().map(|(x, y)| (x, clamp(y))), BLUE))?;
+        let series = chart.draw_series(LineSeries::new(
+            run.into_iter().map(|(x, y)| (x, clamp(y))),
+            BLUE,
+        ))?;
         if i == 0 && legend {
-            series.label("slowest").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], BLUE));
+            series
+                .label("slowest")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], BLUE));
         }
     }
     for b in &buckets {
         for &(kind, ms) in &b.failures {
             let at = (b.at, clamp(ms));
             match kind {
-                Outcome::Refused => chart.draw_series(std::iter::once(Cross::new(at, 4, RED.stroke_width(2))))?,
-                Outcome::Reset => chart.draw_series(std::iter::once(TriangleMarker::new(at, 4, RGBColor(230, 120, 0).filled())))?,
-                Outcome::Timeout => chart.draw_series(std::iter::once(Circle::new(at, 3, MAGENTA.filled())))?,
+                Outcome::Refused => {
+                    chart.draw_series(std::iter::once(Cross::new(at, 4, RED.stroke_width(2))))?
+                }
+                Outcome::Reset => chart.draw_series(std::iter::once(TriangleMarker::new(
+                    at,
+                    4,
+                    RGBColor(230, 120, 0).filled(),
+                )))?,
+                Outcome::Timeout => {
+                    chart.draw_series(std::iter::once(Circle::new(at, 3, MAGENTA.filled())))?
+                }
                 Outcome::Ok => continue,
             };
         }
@@ -122,7 +158,10 @@ where
 
 /// Consecutive buckets that have a value, as separate lines: a gap in the
 /// chart is a stretch where nothing was answered.
-fn runs(buckets: &[stats::Bucket], value: impl Fn(&stats::Bucket) -> Option<f64>) -> Vec<Vec<(f64, f64)>> {
+fn runs(
+    buckets: &[stats::Bucket],
+    value: impl Fn(&stats::Bucket) -> Option<f64>,
+) -> Vec<Vec<(f64, f64)>> {
     let mut out: Vec<Vec<(f64, f64)>> = Vec::new();
     let mut current = Vec::new();
     for b in buckets {

@@ -33,7 +33,8 @@ pub struct Counters {
 
 pub fn counters(pid: i32) -> Result<Counters, String> {
     let dir = format!("/proc/{pid}");
-    let status = std::fs::read_to_string(format!("{dir}/status")).map_err(|e| format!("cannot read {dir}/status: {e}"))?;
+    let status = std::fs::read_to_string(format!("{dir}/status"))
+        .map_err(|e| format!("cannot read {dir}/status: {e}"))?;
     let field = |name: &str| {
         status
             .lines()
@@ -41,13 +42,21 @@ pub fn counters(pid: i32) -> Result<Counters, String> {
             .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let mut c = Counters { rss_kib: field("VmRSS:"), ..Counters::default() };
-    let tasks = std::fs::read_dir(format!("{dir}/task")).map_err(|e| format!("cannot list {dir}/task: {e}"))?;
+    let mut c = Counters {
+        rss_kib: field("VmRSS:"),
+        ..Counters::default()
+    };
+    let tasks = std::fs::read_dir(format!("{dir}/task"))
+        .map_err(|e| format!("cannot list {dir}/task: {e}"))?;
     for task in tasks.flatten() {
         let p = task.path();
         c.threads += 1;
         if let Ok(s) = std::fs::read_to_string(p.join("schedstat")) {
-            c.cpu_ns += s.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            c.cpu_ns += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
         }
         if let Ok(s) = std::fs::read_to_string(p.join("status")) {
             for l in s.lines() {
@@ -60,7 +69,9 @@ pub fn counters(pid: i32) -> Result<Counters, String> {
             }
         }
     }
-    c.fds = std::fs::read_dir(format!("{dir}/fd")).map(|d| d.count()).unwrap_or(0);
+    c.fds = std::fs::read_dir(format!("{dir}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
     Ok(c)
 }
 
@@ -88,10 +99,16 @@ impl IdleWatch {
         target
             .proc
             .lines
-            .wait_for(Duration::from_secs(20), |ls| ls.iter().any(|l| l.contains("ready after")).then_some(()))
+            .wait_for(Duration::from_secs(20), |ls| {
+                ls.iter().any(|l| l.contains("ready after")).then_some(())
+            })
             .ok_or("idle: relaunch never saw its child ready")?;
         let before = counters(target.proc.pid())?;
-        Ok(IdleWatch { target, since: Instant::now(), before })
+        Ok(IdleWatch {
+            target,
+            since: Instant::now(),
+            before,
+        })
     }
 
     pub fn finish(self, secs: f64) -> Result<Idle, String> {
@@ -122,39 +139,78 @@ pub struct Throughput {
     pub ratio: f64,
     /// The same ratio round by round: its spread is the noise.
     pub round_ratios: Vec<f64>,
+    /// relaunch's own CPU time and context switches while under load, summed
+    /// over the rounds: not in the data path means none.
+    pub relaunch_cpu_ms_under_load: f64,
+    pub relaunch_switches_under_load: u64,
 }
 
 /// The same server, no restarts: under relaunch, then binding the port itself.
 pub fn throughput(plan: &Plan, ctx: &Ctx) -> Result<Throughput, String> {
     let (mut under, mut own) = (Vec::new(), Vec::new());
+    let mut spent = Counters::default();
+    let mut relaunch_round = |round: usize, under: &mut Vec<f64>| -> Result<(), String> {
+        let (r, c) = rate(Kind::Steady, plan, ctx, &format!("tput-relaunch-{round}"))?;
+        under.push(r);
+        spent.cpu_ns += c.cpu_ns;
+        spent.voluntary_switches += c.voluntary_switches + c.involuntary_switches;
+        Ok(())
+    };
     for round in 0..plan.tput_rounds {
         // A-B then B-A, so a drift over the run falls on both sides.
-        let relaunch_first = round % 2 == 0;
-        if relaunch_first {
-            under.push(rate(Kind::Steady, plan, ctx, &format!("tput-relaunch-{round}"))?);
+        if round % 2 == 0 {
+            relaunch_round(round, &mut under)?;
         }
-        own.push(rate(Kind::NaiveRebind, plan, ctx, &format!("tput-self-{round}"))?);
-        if !relaunch_first {
-            under.push(rate(Kind::Steady, plan, ctx, &format!("tput-relaunch-{round}"))?);
+        own.push(rate(Kind::NaiveRebind, plan, ctx, &format!("tput-self-{round}"))?.0);
+        if round % 2 == 1 {
+            relaunch_round(round, &mut under)?;
         }
     }
     let ratio = stats::median(&under) / stats::median(&own).max(f64::MIN_POSITIVE);
-    let round_ratios = under.iter().zip(&own).map(|(u, o)| u / o.max(f64::MIN_POSITIVE)).collect();
-    Ok(Throughput { under_relaunch: under, self_bound: own, ratio, round_ratios })
+    let round_ratios = under
+        .iter()
+        .zip(&own)
+        .map(|(u, o)| u / o.max(f64::MIN_POSITIVE))
+        .collect();
+    Ok(Throughput {
+        under_relaunch: under,
+        self_bound: own,
+        ratio,
+        round_ratios,
+        relaunch_cpu_ms_under_load: spent.cpu_ns as f64 / 1e6,
+        relaunch_switches_under_load: spent.voluntary_switches,
+    })
 }
 
-fn rate(kind: Kind, plan: &Plan, ctx: &Ctx, tag: &str) -> Result<f64, String> {
+/// Answered requests per second, and what the launcher process (the
+/// target's own pid) spent meanwhile.
+fn rate(kind: Kind, plan: &Plan, ctx: &Ctx, tag: &str) -> Result<(f64, Counters), String> {
     let target = Target::start(kind, 0.0, ctx, tag)?;
+    let before = counters(target.proc.pid())?;
     let epoch = Instant::now();
     let load = Load::start(target.addr(), plan.conns, epoch, plan.timeout);
     std::thread::sleep(Duration::from_secs_f64(plan.tput_secs));
     let secs = epoch.elapsed().as_secs_f64();
     let f = stats::figures(&load.finish(), secs);
+    let after = counters(target.proc.pid())?;
     target.stop();
     if f.failed > 0 {
-        return Err(format!("{tag}: {} requests failed in a run without restarts; see its log", f.failed));
+        return Err(format!(
+            "{tag}: {} requests failed in a run without restarts; see its log",
+            f.failed
+        ));
     }
-    Ok(f.ok_per_sec)
+    let spent = Counters {
+        cpu_ns: after.cpu_ns.saturating_sub(before.cpu_ns),
+        voluntary_switches: after
+            .voluntary_switches
+            .saturating_sub(before.voluntary_switches),
+        involuntary_switches: after
+            .involuntary_switches
+            .saturating_sub(before.involuntary_switches),
+        ..Counters::default()
+    };
+    Ok((f.ok_per_sec, spent))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -178,11 +234,17 @@ pub fn scale(plan: &Plan, ctx: &Ctx) -> Result<Scale, String> {
     for _ in 0..plan.scale_listeners {
         cmd.args(["-l", "127.0.0.1:0"]);
     }
-    cmd.args(["--workers", &plan.scale_workers.to_string(), "--ready", "notify", "--control"])
-        .arg(&sock)
-        .arg("--")
-        .arg(&ctx.bench)
-        .args(["--server", "--delay", "0"]);
+    cmd.args([
+        "--workers",
+        &plan.scale_workers.to_string(),
+        "--ready",
+        "notify",
+        "--control",
+    ])
+    .arg(&sock)
+    .arg("--")
+    .arg(&ctx.bench)
+    .args(["--server", "--delay", "0"]);
     let mut proc = Proc::spawn("scale", &mut cmd, &ctx.log_dir)?;
     wait_all_ready(ctx, &sock, plan.scale_workers, &mut proc)?;
     let before = counters(proc.pid())?;
@@ -217,14 +279,22 @@ pub fn scale(plan: &Plan, ctx: &Ctx) -> Result<Scale, String> {
 
 /// Polls `relaunch status --json` until `workers` children of one
 /// generation are ready and nothing else runs.
-fn wait_all_ready(ctx: &Ctx, sock: &std::path::Path, workers: usize, proc: &mut Proc) -> Result<(), String> {
+fn wait_all_ready(
+    ctx: &Ctx,
+    sock: &std::path::Path,
+    workers: usize,
+    proc: &mut Proc,
+) -> Result<(), String> {
     let end = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
     while Instant::now() < end {
         if proc.exited() {
             return Err(format!("scale: relaunch exited:\n{}", proc.lines.tail(15)));
         }
-        let out = Command::new(&ctx.relaunch).args(["status", "--json", "--control"]).arg(sock).output();
+        let out = Command::new(&ctx.relaunch)
+            .args(["status", "--json", "--control"])
+            .arg(sock)
+            .output();
         if let Ok(out) = out
             && out.status.success()
         {
@@ -239,5 +309,7 @@ fn wait_all_ready(ctx: &Ctx, sock: &std::path::Path, workers: usize, proc: &mut 
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(format!("scale: {workers} workers not all ready within 60 s; last status:\n{last}"))
+    Err(format!(
+        "scale: {workers} workers not all ready within 60 s; last status:\n{last}"
+    ))
 }

@@ -66,7 +66,11 @@ impl Seen {
                 return Some(*p);
             }
             let left = end.checked_duration_since(Instant::now())?;
-            g = self.changed.wait_timeout(g, left).unwrap_or_else(|e| e.into_inner()).0;
+            g = self
+                .changed
+                .wait_timeout(g, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -87,7 +91,11 @@ impl Load {
                 std::thread::spawn(move || client(addr, epoch, timeout, &stop, &seen))
             })
             .collect();
-        Load { stop, clients, seen }
+        Load {
+            stop,
+            clients,
+            seen,
+        }
     }
 
     /// Stops the clients (each finishes its request in flight) and returns
@@ -104,7 +112,13 @@ impl Load {
     }
 }
 
-fn client(addr: SocketAddr, epoch: Instant, timeout: Duration, stop: &AtomicBool, seen: &Seen) -> Vec<Sample> {
+fn client(
+    addr: SocketAddr,
+    epoch: Instant,
+    timeout: Duration,
+    stop: &AtomicBool,
+    seen: &Seen,
+) -> Vec<Sample> {
     let mut out = Vec::with_capacity(16 * 1024);
     while !stop.load(Ordering::Relaxed) {
         let start = Instant::now();
@@ -152,9 +166,8 @@ pub fn request(addr: SocketAddr, timeout: Duration) -> io::Result<u32> {
     // Close with RST once the whole answer is in: otherwise every request
     // leaves a TIME_WAIT socket, and 100k's of them slow the later scenarios.
     let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
-    parse_answer(&answer).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::UnexpectedEof, "closed without a full answer")
-    })
+    parse_answer(&answer)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "closed without a full answer"))
 }
 
 /// The pid in a `200` answer's body.
@@ -180,9 +193,16 @@ pub fn self_check() -> Result<(), String> {
     if parse_answer(ok) != Some(1234) {
         return Err("parse_answer missed the pid in a 200 answer".into());
     }
-    for bad in [&b"HTTP/1.1 400 Bad\r\n\r\nbad\n"[..], b"HTTP/1.1 200 OK\r\n", b""] {
+    for bad in [
+        &b"HTTP/1.1 400 Bad\r\n\r\nbad\n"[..],
+        b"HTTP/1.1 200 OK\r\n",
+        b"",
+    ] {
         if parse_answer(bad).is_some() {
-            return Err(format!("parse_answer accepted {:?}", String::from_utf8_lossy(bad)));
+            return Err(format!(
+                "parse_answer accepted {:?}",
+                String::from_utf8_lossy(bad)
+            ));
         }
     }
     let kinds = [

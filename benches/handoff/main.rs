@@ -32,7 +32,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(name = "handoff", about = "relaunch's handoff benchmark (see docs/bench.md)")]
+#[command(
+    name = "handoff",
+    about = "relaunch's handoff benchmark (see docs/bench.md)"
+)]
 struct Args {
     /// A short run: one delay (0.3 s), two restarts per scenario, fewer reloads at scale
     #[arg(long, conflicts_with = "smoke")]
@@ -46,6 +49,12 @@ struct Args {
     /// Skip the footprint measurements (idle, throughput, scale)
     #[arg(long)]
     no_footprint: bool,
+    /// Run every scenario with this server start-up delay only, in seconds
+    #[arg(long, value_name = "SECS")]
+    app_delay: Option<f64>,
+    /// Restarts per scenario
+    #[arg(long, value_name = "N")]
+    restarts: Option<usize>,
     /// Passed by `cargo bench`; without it (`cargo test`) only the self-checks run
     #[arg(long, hide = true)]
     bench: bool,
@@ -85,13 +94,19 @@ fn main() -> ExitCode {
     if !args.bench {
         return self_check();
     }
-    let plan = if args.smoke {
+    let mut plan = if args.smoke {
         plan::Plan::smoke()
     } else if args.quick {
         plan::Plan::quick()
     } else {
         plan::Plan::full()
     };
+    if let Some(d) = args.app_delay {
+        plan.delays = vec![d];
+    }
+    if let Some(n) = args.restarts {
+        plan.restarts = n;
+    }
     match scenarios::run_all(&plan, &args.only, !args.no_footprint) {
         Ok(code) => code,
         Err(e) => {
@@ -101,9 +116,11 @@ fn main() -> ExitCode {
     }
 }
 
+type Check = fn() -> Result<(), String>;
+
 /// What `cargo test --benches` runs: the pure parts, no processes.
 fn self_check() -> ExitCode {
-    let checks: &[(&str, fn() -> Result<(), String>)] = &[
+    let checks: &[(&str, Check)] = &[
         ("stats", stats::self_check),
         ("server", server::self_check),
         ("targets", targets::self_check),

@@ -41,7 +41,7 @@ impl Plan {
             restarts: 5,
             timeout: Duration::from_secs(5),
             idle: 10.0,
-            tput_rounds: 3,
+            tput_rounds: 6,
             tput_secs: 5.0,
             scale_listeners: 256,
             scale_workers: 32,
@@ -57,7 +57,7 @@ impl Plan {
             gap: 1.0,
             tail: 1.0,
             restarts: 2,
-            tput_rounds: 2,
+            tput_rounds: 4,
             tput_secs: 2.0,
             scale_reloads: 20,
             ..Plan::full()

@@ -32,7 +32,11 @@ impl Lines {
     }
 
     pub fn last_with(&self, needle: &str) -> Option<String> {
-        self.guard().iter().rev().find(|l| l.contains(needle)).cloned()
+        self.guard()
+            .iter()
+            .rev()
+            .find(|l| l.contains(needle))
+            .cloned()
     }
 
     pub fn tail(&self, n: usize) -> String {
@@ -41,7 +45,11 @@ impl Lines {
     }
 
     /// Waits until `f` finds something in the lines, or the deadline passes.
-    pub fn wait_for<T>(&self, timeout: Duration, mut f: impl FnMut(&[String]) -> Option<T>) -> Option<T> {
+    pub fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        mut f: impl FnMut(&[String]) -> Option<T>,
+    ) -> Option<T> {
         let end = Instant::now() + timeout;
         let mut g = self.guard();
         loop {
@@ -49,7 +57,12 @@ impl Lines {
                 return Some(v);
             }
             let left = end.checked_duration_since(Instant::now())?;
-            g = self.0.1.wait_timeout(g, left).unwrap_or_else(|e| e.into_inner()).0;
+            g = self
+                .0
+                .1
+                .wait_timeout(g, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -63,6 +76,16 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command, log_dir: &Path) -> Result<Proc, String> {
         let program = cmd.get_program().to_string_lossy().into_owned();
+        // Own group: Ctrl-C does not reach it, so it must hear of our death.
+        // SAFETY: prctl is async-signal-safe; nothing else runs before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd
             .process_group(0)
             .stdin(Stdio::null())
@@ -78,7 +101,11 @@ impl Proc {
         if let Some(err) = child.stderr.take() {
             copy_lines(err, lines.clone(), log);
         }
-        Ok(Proc { name: name.into(), child, lines })
+        Ok(Proc {
+            name: name.into(),
+            child,
+            lines,
+        })
     }
 
     pub fn pid(&self) -> i32 {
@@ -90,8 +117,13 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: Signal) -> Result<(), String> {
-        nix::sys::signal::kill(Pid::from_raw(self.pid()), sig)
-            .map_err(|e| format!("{}: cannot send {sig} to pid {}: {e}", self.name, self.pid()))
+        nix::sys::signal::kill(Pid::from_raw(self.pid()), sig).map_err(|e| {
+            format!(
+                "{}: cannot send {sig} to pid {}: {e}",
+                self.name,
+                self.pid()
+            )
+        })
     }
 
     /// SIGTERM to the group, then SIGKILL if it is still there after `grace`.
@@ -132,7 +164,9 @@ impl Drop for Proc {
 type Log = Option<Arc<Mutex<std::fs::File>>>;
 
 fn open_log(path: &PathBuf) -> Log {
-    std::fs::File::create(path).ok().map(|f| Arc::new(Mutex::new(f)))
+    std::fs::File::create(path)
+        .ok()
+        .map(|f| Arc::new(Mutex::new(f)))
 }
 
 /// A reader thread per pipe: the bench process may use threads (relaunch may not).

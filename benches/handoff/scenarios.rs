@@ -59,7 +59,11 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
     );
     // Watched while everything else runs: idle means relaunch does nothing,
     // whatever the rest of the machine does.
-    let idle = if with_footprint { Some(footprint::IdleWatch::start(&ctx)?) } else { None };
+    let idle = if with_footprint {
+        Some(footprint::IdleWatch::start(&ctx)?)
+    } else {
+        None
+    };
 
     let mut scenarios = Vec::new();
     for &delay in &plan.delays {
@@ -68,10 +72,18 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
                 continue;
             }
             let s = match kind.needs().filter(|tool| find_tool(tool).is_none()) {
-                Some(tool) => Scenario::empty(kind, delay, Status::Skipped(format!("skipped ({tool} not installed)"))),
+                Some(tool) => Scenario::empty(
+                    kind,
+                    delay,
+                    Status::Skipped(format!("skipped ({tool} not installed)")),
+                ),
                 None => run_one(kind, delay, plan, &ctx),
             };
-            eprintln!("handoff: {} @{delay}s: {}", kind.name(), report::status_text(&s));
+            eprintln!(
+                "handoff: {} @{delay}s: {}",
+                kind.name(),
+                report::status_text(&s)
+            );
             scenarios.push(s);
         }
     }
@@ -104,8 +116,14 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
         started.elapsed().as_secs_f64()
     );
     let _ = std::fs::remove_dir_all(&ctx.run_dir);
-    let broken = scenarios.iter().any(|s| matches!(s.status, Status::Failed(_)));
-    Ok(if broken { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    let broken = scenarios
+        .iter()
+        .any(|s| matches!(s.status, Status::Failed(_)));
+    Ok(if broken {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn run_one(kind: Kind, delay: f64, plan: &Plan, ctx: &Ctx) -> Scenario {
@@ -153,7 +171,8 @@ fn pause(secs: f64) {
 
 fn context() -> Result<Ctx, String> {
     let relaunch = PathBuf::from(env!("CARGO_BIN_EXE_relaunch"));
-    let bench = std::env::current_exe().map_err(|e| format!("cannot find this bench's own binary: {e}"))?;
+    let bench =
+        std::env::current_exe().map_err(|e| format!("cannot find this bench's own binary: {e}"))?;
     // target/<profile>/relaunch -> target/bench
     let out = relaunch
         .parent()
@@ -166,7 +185,12 @@ fn context() -> Result<Ctx, String> {
         let _ = std::fs::remove_dir_all(d);
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }
-    Ok(Ctx { bench, relaunch, log_dir, run_dir })
+    Ok(Ctx {
+        bench,
+        relaunch,
+        log_dir,
+        run_dir,
+    })
 }
 
 /// A program on PATH. cargo-installed tools (systemfd) need ~/.cargo/bin on
@@ -176,5 +200,8 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))
-        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }

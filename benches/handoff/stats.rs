@@ -30,10 +30,18 @@ pub fn figures(samples: &[Sample], secs: f64) -> Figures {
         .map(|s| s.latency_ms)
         .collect();
     lat.sort_by(f64::total_cmp);
-    let mut pids: Vec<u32> = samples.iter().filter(|s| s.outcome == Outcome::Ok).map(|s| s.pid).collect();
+    let mut pids: Vec<u32> = samples
+        .iter()
+        .filter(|s| s.outcome == Outcome::Ok)
+        .map(|s| s.pid)
+        .collect();
     pids.sort_unstable();
     pids.dedup();
-    let (refused, reset, timeout) = (count(Outcome::Refused), count(Outcome::Reset), count(Outcome::Timeout));
+    let (refused, reset, timeout) = (
+        count(Outcome::Refused),
+        count(Outcome::Reset),
+        count(Outcome::Timeout),
+    );
     Figures {
         ok: lat.len(),
         failed: refused + reset + timeout,
@@ -44,7 +52,11 @@ pub fn figures(samples: &[Sample], secs: f64) -> Figures {
         p99_ms: percentile(&lat, 99.0),
         max_ms: lat.last().copied().unwrap_or(0.0),
         pids: pids.len(),
-        ok_per_sec: if secs > 0.0 { lat.len() as f64 / secs } else { 0.0 },
+        ok_per_sec: if secs > 0.0 {
+            lat.len() as f64 / secs
+        } else {
+            0.0
+        },
     }
 }
 
@@ -108,7 +120,12 @@ pub fn buckets(samples: &[Sample], secs: f64, width: f64) -> Vec<Bucket> {
 }
 
 pub fn self_check() -> Result<(), String> {
-    let s = |at, ms, outcome, pid| Sample { at, latency_ms: ms, outcome, pid };
+    let s = |at, ms, outcome, pid| Sample {
+        at,
+        latency_ms: ms,
+        outcome,
+        pid,
+    };
     let samples = [
         s(0.0, 1.0, Outcome::Ok, 10),
         s(0.1, 2.0, Outcome::Ok, 10),

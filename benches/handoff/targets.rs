@@ -66,7 +66,10 @@ impl Kind {
     }
 
     fn is_relaunch(self) -> bool {
-        matches!(self, Kind::Steady | Kind::Reload | Kind::ReloadAuto | Kind::Crash)
+        matches!(
+            self,
+            Kind::Steady | Kind::Reload | Kind::ReloadAuto | Kind::Crash
+        )
     }
 }
 
@@ -99,7 +102,12 @@ pub struct Target {
 }
 
 fn server_args(ctx: &Ctx, delay: f64, notify: bool) -> Vec<OsString> {
-    let mut v: Vec<OsString> = vec![ctx.bench.clone().into(), "--server".into(), "--delay".into(), delay.to_string().into()];
+    let mut v: Vec<OsString> = vec![
+        ctx.bench.clone().into(),
+        "--server".into(),
+        "--delay".into(),
+        delay.to_string().into(),
+    ];
     if !notify {
         v.push("--no-notify".into());
     }
@@ -116,12 +124,17 @@ impl Target {
             Kind::Steady | Kind::Reload | Kind::ReloadAuto | Kind::Crash => {
                 let auto = kind == Kind::ReloadAuto;
                 let mut c = Command::new(&ctx.relaunch);
-                c.args(["-l", "127.0.0.1:0", "--ready", if auto { "auto" } else { "notify" }])
-                    .arg("--control")
-                    .arg(ctx.run_dir.join(format!("{tag}.sock")))
-                    .arg("--")
-                    .args(server_args(ctx, delay, !auto))
-                    .env("HANDOFF_EXEC_LOG", &exec_log);
+                c.args([
+                    "-l",
+                    "127.0.0.1:0",
+                    "--ready",
+                    if auto { "auto" } else { "notify" },
+                ])
+                .arg("--control")
+                .arg(ctx.run_dir.join(format!("{tag}.sock")))
+                .arg("--")
+                .args(server_args(ctx, delay, !auto))
+                .env("HANDOFF_EXEC_LOG", &exec_log);
                 c
             }
             Kind::NaiveRebind => {
@@ -219,9 +232,15 @@ impl Target {
             Kind::Steady => return Ok(()),
             Kind::Reload | Kind::ReloadAuto => return self.reload(deadline),
             Kind::Crash => {
-                let line = self.proc.lines.last_with(" started pid=").ok_or_else(|| self.failed("no child started"))?;
-                let pid = started_pid(&line).ok_or_else(|| self.failed(&format!("cannot read a pid in {line:?}")))?;
-                kill(Pid::from_raw(pid), Signal::SIGKILL).map_err(|e| format!("cannot SIGKILL child {pid}: {e}"))?;
+                let line = self
+                    .proc
+                    .lines
+                    .last_with(" started pid=")
+                    .ok_or_else(|| self.failed("no child started"))?;
+                let pid = started_pid(&line)
+                    .ok_or_else(|| self.failed(&format!("cannot read a pid in {line:?}")))?;
+                kill(Pid::from_raw(pid), Signal::SIGKILL)
+                    .map_err(|e| format!("cannot SIGKILL child {pid}: {e}"))?;
             }
             Kind::NaiveRebind => {
                 // Stop, then start at once: the new one retries its bind until the old lets go.
@@ -235,9 +254,11 @@ impl Target {
                 self.hup()?;
             }
         }
-        seen.wait_new(&before, deadline)
-            .map(|_| ())
-            .ok_or_else(|| self.failed(&format!("no new pid answered within {deadline:?} of the restart")))
+        seen.wait_new(&before, deadline).map(|_| ()).ok_or_else(|| {
+            self.failed(&format!(
+                "no new pid answered within {deadline:?} of the restart"
+            ))
+        })
     }
 
     fn reload(&mut self, deadline: Duration) -> Result<(), String> {
@@ -262,9 +283,12 @@ impl Target {
     }
 
     fn hup(&mut self) -> Result<(), String> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         self.hups.push(now);
-        kill(Pid::from_raw(self.hup_pid), Signal::SIGHUP).map_err(|e| format!("cannot send SIGHUP to {}: {e}", self.hup_pid))
+        kill(Pid::from_raw(self.hup_pid), Signal::SIGHUP)
+            .map_err(|e| format!("cannot send SIGHUP to {}: {e}", self.hup_pid))
     }
 
     /// SIGHUP to the new child's exec, ms, one per reload.
@@ -293,7 +317,14 @@ impl Target {
 
 fn naive_cmd(bench: &Path, delay: f64, port: u16) -> Command {
     let mut c = Command::new(bench);
-    c.args(["--server", "--no-notify", "--delay", &delay.to_string(), "--naive", &port.to_string()]);
+    c.args([
+        "--server",
+        "--no-notify",
+        "--delay",
+        &delay.to_string(),
+        "--naive",
+        &port.to_string(),
+    ]);
     c
 }
 
@@ -307,7 +338,10 @@ pub fn listening_port(line: &str) -> Option<u16> {
 /// `... started pid=N generation=G worker=W` -> N.
 pub fn started_pid(line: &str) -> Option<i32> {
     let rest = line.split_once("started pid=")?.1;
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn loop_pid(line: &str) -> Option<i32> {
@@ -316,7 +350,9 @@ fn loop_pid(line: &str) -> Option<i32> {
 
 /// Lines `<pid> <ns>` -> ns, in file order.
 pub fn exec_times(text: &str) -> Vec<u128> {
-    text.lines().filter_map(|l| l.split_once(' ')?.1.trim().parse().ok()).collect()
+    text.lines()
+        .filter_map(|l| l.split_once(' ')?.1.trim().parse().ok())
+        .collect()
 }
 
 /// For each SIGHUP, the first exec after it (and before the next SIGHUP), ms.
@@ -325,7 +361,11 @@ pub fn hup_to_exec(hups: &[u128], execs: &[u128]) -> Vec<f64> {
         .enumerate()
         .filter_map(|(i, &h)| {
             let next = hups.get(i + 1).copied().unwrap_or(u128::MAX);
-            let e = execs.iter().copied().filter(|&e| e >= h && e < next).min()?;
+            let e = execs
+                .iter()
+                .copied()
+                .filter(|&e| e >= h && e < next)
+                .min()?;
             Some((e - h) as f64 / 1e6)
         })
         .collect()

@@ -150,7 +150,10 @@ impl Lines {
                 "timed out waiting for {n}x {needle:?}; stderr so far:\n{}",
                 g.join("\n")
             );
-            g = c.wait_timeout(g, end - now).unwrap_or_else(|e| e.into_inner()).0;
+            g = c
+                .wait_timeout(g, end - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
     pub fn wait(&self, needle: &str, timeout: Duration) -> String {
