@@ -1441,4 +1441,72 @@ last reload: generation 3 succeeded 2m05s ago: ready after 0.4s";
             Err(mpsc::error::TryRecvError::Empty)
         ));
     }
+
+    /// Every request, spelled so that a new variant fails to compile here.
+    fn all_requests() -> Vec<Request> {
+        let all = vec![Request::Status, Request::Reload, Request::Stop];
+        for r in &all {
+            match r {
+                Request::Status | Request::Reload | Request::Stop => {}
+            }
+        }
+        all
+    }
+
+    fn request() -> impl proptest::strategy::Strategy<Value = Request> {
+        proptest::sample::select(all_requests())
+    }
+
+    /// Bytes that look like JSON often enough to reach serde's deeper paths.
+    fn jsonish() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..256),
+            "[\\[\\]{}\":,a-z0-9_ \\\\\n.-]{0,64}".prop_map(String::into_bytes),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_request_never_panics(bytes in jsonish()) {
+            if let Err(msg) = parse_request(&bytes) {
+                proptest::prop_assert!(msg.starts_with("malformed request"), "{}", msg);
+            }
+        }
+
+        #[test]
+        fn every_request_round_trips(req in request(), pad in "[ \t\r]{0,3}") {
+            let mut line = serde_json::to_vec(&req).unwrap();
+            line.extend_from_slice(pad.as_bytes());
+            line.push(b'\n');
+            proptest::prop_assert_eq!(parse_request(&line), Ok(req));
+        }
+
+        #[test]
+        fn answers_of_any_bytes_never_panic_the_client(bytes in jsonish()) {
+            if let Ok(r) = serde_json::from_slice::<Response>(&bytes) {
+                // Whatever decodes also renders, as text and as JSON.
+                let _ = render(&r, false);
+                let _ = render(&r, true);
+            }
+        }
+
+        #[test]
+        fn answers_round_trip(
+            generation in proptest::num::u64::ANY,
+            pids in proptest::collection::vec(proptest::num::i32::ANY, 0..4),
+            text in "\\PC{0,32}",
+            kind in 0u8..4,
+        ) {
+            let r = match kind {
+                0 => Response::Reloaded { generation, pids },
+                1 => Response::ReloadFailed { generation, reason: text },
+                2 => Response::Error { message: text },
+                _ => Response::Stopping,
+            };
+            let json = serde_json::to_string(&r).unwrap();
+            let back: Response = serde_json::from_str(&json).unwrap();
+            proptest::prop_assert_eq!(serde_json::to_string(&back).unwrap(), json);
+        }
+    }
 }

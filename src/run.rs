@@ -372,8 +372,9 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         ready_timeout,
     };
     let mut sup = Supervisor::new(driver, cfg);
-    let code = event_loop(&mut sup, control, notify_rx, inodes).await?;
-    Ok(code)
+    let result = event_loop(&mut sup, control, notify_rx, inodes).await;
+    end_orphans(stop_signal, stop_timeout).await;
+    result
 }
 
 struct Driver {
@@ -613,6 +614,42 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Processes that outlived their parents landed on us (a subreaper). None may
+/// keep a socket once we are gone: stop signal, then SIGKILL after the timeout.
+async fn end_orphans(sig: Signal, timeout: Duration) {
+    let me = std::process::id() as i32;
+    let kill_at = Instant::now() + timeout;
+    let mut told = HashSet::new();
+    let mut killed = false;
+    loop {
+        while let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+            waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG))
+        {}
+        let left: Vec<i32> = procscan::tree(&[me]).into_iter().filter(|&p| p != me).collect();
+        if left.is_empty() {
+            return;
+        }
+        for &pid in &left {
+            if told.insert(pid) {
+                warn!(pid, "an orphan outlived its parent; sending {}", sig.as_str());
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+            }
+        }
+        if killed && Instant::now() >= kill_at + Duration::from_secs(5) {
+            warn!(pids = ?left, "processes survive SIGKILL (stuck in the kernel?); leaving them");
+            return;
+        }
+        if !killed && Instant::now() >= kill_at {
+            for &pid in &left {
+                warn!(pid, "orphan did not stop; sending SIGKILL");
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            killed = true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The one reaper: every exit, ours or an orphan's.
 fn reap(sup: &mut Supervisor<Driver>) {
     loop {
@@ -700,7 +737,16 @@ fn handle_control(sup: &mut Supervisor<Driver>, inc: Incoming) {
             let _ = inc.reply.send(Response::Status(status(sup, now)));
         }
         Request::Reload => match sup.request_reload(now) {
-            Ok(generation) => sup.os.waiters.push((generation, inc.reply)),
+            // It may already have failed, at spawn, before we could wait for it.
+            Ok(generation) => match sup.last_reload().filter(|r| r.generation == generation) {
+                Some(done) => {
+                    let _ = inc.reply.send(Response::ReloadFailed {
+                        generation,
+                        reason: done.message.clone(),
+                    });
+                }
+                None => sup.os.waiters.push((generation, inc.reply)),
+            },
             Err(reason) => {
                 let _ = inc.reply.send(Response::ReloadFailed {
                     generation: sup.serving(),

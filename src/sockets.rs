@@ -274,12 +274,17 @@ fn bind_unix_path(name: String, path: &Path, opts: &UnixOptions, backlog: i32) -
                     .hint("stop that process or choose another path"));
             }
             // Nobody accepts: a leftover from a process that died.
-            Err(_) => std::fs::remove_file(path).map_err(|e| {
-                Error::runtime(format!(
-                    "cannot remove stale socket {}: {e}",
-                    path.display()
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path)
+                .map_err(|e| {
+                    Error::runtime(format!("cannot remove stale socket {}: {e}", path.display()))
+                })?,
+            // EACCES and the like say nothing about liveness: never unlink then.
+            Err(e) => {
+                return Err(Error::runtime(format!(
+                    "cannot tell whether {shown} is in use ({e}), so relaunch leaves it alone"
                 ))
-            })?,
+                .hint("remove the file yourself if it is stale, or choose another path"));
+            }
         }
     }
     let sock = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(os_err("socket"))?;

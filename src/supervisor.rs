@@ -702,6 +702,10 @@ impl<O: Os> Supervisor<O> {
                 self.stop_child(pid, now);
             }
         }
+        if !self.children.iter().any(|c| c.generation == generation) {
+            // Nothing of it ever ran (spawn failed): nobody else will say so.
+            self.os.note(Note::GenerationGone { generation });
+        }
         self.finish_reload(generation, Err(reason), now);
     }
 
@@ -971,6 +975,8 @@ mod tests {
             s.last_reload(),
             Some(LastReload { ok: false, .. })
         ));
+        let released = Note::GenerationGone { generation: 2 };
+        assert!(s.os.notes.contains(&released), "its notify socket is released");
     }
 
     #[test]

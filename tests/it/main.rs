@@ -1,6 +1,8 @@
 //! One integration-test binary: the real relaunch, real children, real sockets.
 
+mod bad_input;
 mod core;
+mod faults;
 mod ports;
 mod reload;
 mod servers;
