@@ -32,9 +32,14 @@ fn main() {
     let snapshot = run::Snapshot::take();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
+        // --help and --version.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            std::process::exit(if e.use_stderr() { 2 } else { 0 });
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("relaunch: {}", usage_error(&e.render().to_string()));
+            std::process::exit(2);
         }
     };
     init_logging(cli.run.quiet);
@@ -46,6 +51,25 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// clap's error in our shape: one line, then its tip (or ours) as the hint.
+fn usage_error(rendered: &str) -> String {
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut what = lines
+        .next()
+        .unwrap_or("error: invalid command line")
+        .to_string();
+    // "the following required arguments were not provided:" names them next.
+    if what.ends_with(':')
+        && let Some(next) = lines.next()
+    {
+        what = format!("{what} {next}");
+    }
+    let hint = lines
+        .find_map(|l| l.strip_prefix("tip: "))
+        .unwrap_or("run `relaunch --help` for the options; the server's command goes after --");
+    format!("{what}\n  hint: {hint}")
 }
 
 fn dispatch(cli: Cli, snapshot: run::Snapshot) -> Result<i32> {
@@ -78,4 +102,21 @@ fn init_logging(quiet: bool) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn usage_errors_are_one_line_and_a_hint() {
+        let clap = "error: the following required arguments were not provided:\n  <COMMAND>...\n\nUsage: relaunch [OPTIONS] -- <COMMAND>...\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            super::usage_error(clap),
+            "error: the following required arguments were not provided: <COMMAND>...\n  hint: run `relaunch --help` for the options; the server's command goes after --"
+        );
+        let tip = "error: unexpected argument '-1' found\n\n  tip: to pass '-1' as a value, use '-- -1'\n\nUsage: x\n";
+        assert_eq!(
+            super::usage_error(tip),
+            "error: unexpected argument '-1' found\n  hint: to pass '-1' as a value, use '-- -1'"
+        );
+    }
 }

@@ -167,28 +167,36 @@ fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<spawn::
 /// What relaunch was given by its parent, read once before anything else.
 pub struct Snapshot {
     pub env: Vec<(OsString, OsString)>,
-    pub pid: u32,
+    /// The sockets systemd handed us, claimed before anything else opens an
+    /// fd that could land on an announced number.
+    inherited: Result<Vec<inherit::Inherited>>,
 }
 
 impl Snapshot {
     pub fn take() -> Self {
-        Snapshot {
-            env: std::env::vars_os().collect(),
-            pid: std::process::id(),
-        }
+        let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let pid = std::process::id();
+        let var = |key: &str| {
+            env.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.to_string_lossy().into_owned())
+        };
+        let listen = ListenEnv {
+            fds: var("LISTEN_FDS"),
+            pid: var("LISTEN_PID"),
+            names: var("LISTEN_FDNAMES"),
+        };
+        let inherited = inherit::take(&listen, pid);
+        Snapshot { env, inherited }
     }
 
     fn var(&self, key: &str) -> Option<&OsString> {
         self.env.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
-
-    fn var_string(&self, key: &str) -> Option<String> {
-        self.var(key).map(|v| v.to_string_lossy().into_owned())
-    }
 }
 
 /// Inherited sockets first, in their order, then the ones we bind.
-fn gather_listeners(args: &RunArgs, snap: &Snapshot, backlog: i32) -> Result<Vec<Listener>> {
+fn gather_listeners(args: &RunArgs, snap: &mut Snapshot, backlog: i32) -> Result<Vec<Listener>> {
     let mut specs: Vec<ListenSpec> = Vec::new();
     if let Some(p) = &args.port {
         let port = spec::parse_port(p, false).map_err(|e| Error::usage(format!("--port: {e}")))?;
@@ -221,12 +229,11 @@ fn gather_listeners(args: &RunArgs, snap: &Snapshot, backlog: i32) -> Result<Vec
         fallbacks.insert(name.to_string(), ports);
     }
 
-    let env = ListenEnv {
-        fds: snap.var_string("LISTEN_FDS"),
-        pid: snap.var_string("LISTEN_PID"),
-        names: snap.var_string("LISTEN_FDNAMES"),
-    };
-    let mut listeners: Vec<Listener> = inherit::take(&env, snap.pid)?
+    let inherited = std::mem::replace(&mut snap.inherited, Ok(Vec::new()))?;
+    if snap.var("LISTEN_FDS").is_some() && inherited.is_empty() {
+        debug!("LISTEN_FDS was set for another process (LISTEN_PID does not match); ignoring it");
+    }
+    let mut listeners: Vec<Listener> = inherited
         .into_iter()
         .map(|i| {
             if i.kind == inherit::SockKind::Other {
@@ -235,9 +242,6 @@ fn gather_listeners(args: &RunArgs, snap: &Snapshot, backlog: i32) -> Result<Vec
             Listener::adopt(i.name, socket2::Socket::from(i.fd), i.local)
         })
         .collect();
-    if env.fds.is_some() && listeners.is_empty() {
-        debug!("LISTEN_FDS was set for another process (LISTEN_PID does not match); ignoring it");
-    }
     for s in specs {
         if let Some(name) = &s.name
             && listeners.iter().any(|l| &l.name == name)
@@ -273,7 +277,7 @@ fn gather_listeners(args: &RunArgs, snap: &Snapshot, backlog: i32) -> Result<Vec
     Ok(listeners)
 }
 
-pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
+pub async fn run(args: RunArgs, mut snap: Snapshot) -> Result<i32> {
     let stop_signal = parse_signal(&args.stop_signal)?;
     let stop_timeout = parse_duration("--stop-timeout", &args.stop_timeout)?;
     let ready_timeout = parse_duration("--ready-timeout", &args.ready_timeout)?;
@@ -287,7 +291,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     }
 
     let creds = credentials(args.user.as_deref(), args.group.as_deref())?;
-    let listeners = gather_listeners(&args, &snap, backlog)?;
+    let listeners = gather_listeners(&args, &mut snap, backlog)?;
     for (i, l) in listeners.iter().enumerate() {
         info!("listening on {} as fd {} ({})", l.address, 3 + i, l.name);
     }
@@ -625,13 +629,20 @@ async fn end_orphans(sig: Signal, timeout: Duration) {
         while let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
             waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG))
         {}
-        let left: Vec<i32> = procscan::tree(&[me]).into_iter().filter(|&p| p != me).collect();
+        let left: Vec<i32> = procscan::tree(&[me])
+            .into_iter()
+            .filter(|&p| p != me)
+            .collect();
         if left.is_empty() {
             return;
         }
         for &pid in &left {
             if told.insert(pid) {
-                warn!(pid, "an orphan outlived its parent; sending {}", sig.as_str());
+                warn!(
+                    pid,
+                    "an orphan outlived its parent; sending {}",
+                    sig.as_str()
+                );
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
             }
         }

@@ -276,7 +276,10 @@ fn bind_unix_path(name: String, path: &Path, opts: &UnixOptions, backlog: i32) -
             // Nobody accepts: a leftover from a process that died.
             Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path)
                 .map_err(|e| {
-                    Error::runtime(format!("cannot remove stale socket {}: {e}", path.display()))
+                    Error::runtime(format!(
+                        "cannot remove stale socket {}: {e}",
+                        path.display()
+                    ))
                 })?,
             // EACCES and the like say nothing about liveness: never unlink then.
             Err(e) => {

@@ -976,7 +976,10 @@ mod tests {
             Some(LastReload { ok: false, .. })
         ));
         let released = Note::GenerationGone { generation: 2 };
-        assert!(s.os.notes.contains(&released), "its notify socket is released");
+        assert!(
+            s.os.notes.contains(&released),
+            "its notify socket is released"
+        );
     }
 
     #[test]

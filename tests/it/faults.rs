@@ -329,7 +329,7 @@ fn a_daemon_left_behind_does_not_keep_the_port_after_relaunch_exits() {
     mkfifo(&dir.join("fifo"));
     // Its stdio goes to /dev/null so it cannot hold the test's pipes open.
     let script = format!(
-        "( sh -c 'exec </dev/null >/dev/null 2>&1; echo $$ > {d}/daemon.pid.tmp; mv {d}/daemon.pid.tmp {d}/daemon.pid; read x < {d}/fifo' & ); exit 0"
+        "( sh -c 'exec </dev/null >/dev/null 2>&1; echo $$ > {d}/daemon.pid.tmp; mv {d}/daemon.pid.tmp {d}/daemon.pid; read x < {d}/fifo' & ); while [ ! -s {d}/daemon.pid ]; do sleep 0.01; done; exit 0"
     );
     let mut r = Relaunch::start(&[
         "-l",
