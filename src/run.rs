@@ -9,7 +9,6 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
@@ -20,11 +19,12 @@ use crate::control::{self, Incoming, Request, Response};
 use crate::error::{Error, Result};
 use crate::inherit::{self, ListenEnv};
 use crate::notify::{Message, NotifySocket, Systemd};
+use crate::options::{ReadyMode, credentials, parse_duration, parse_ready, parse_signal};
 use crate::placeholders::{self, Named};
 use crate::sockets::{self, Listener};
 use crate::spec::{self, Addr, Host, ListenSpec, Proto};
-use crate::supervisor::{Config, ExitStatus, Note, Os, Supervisor};
-use crate::{compat, duration, fallback, procscan, spawn, wrapper};
+use crate::supervisor::{Config, Note, Os, Supervisor};
+use crate::{compat, fallback, procscan, reaper, spawn, wrapper};
 
 /// Variables we never pass through: each child gets fresh values.
 const REPLACED: &[&str] = &[
@@ -38,131 +38,6 @@ const REPLACED: &[&str] = &[
 
 /// How often /proc is scanned while a generation is starting.
 const SCAN_EVERY: Duration = Duration::from_millis(15);
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ReadyMode {
-    Auto,
-    Notify,
-    Delay(Duration),
-}
-
-fn parse_ready(s: &str) -> Result<ReadyMode> {
-    match s {
-        "auto" => Ok(ReadyMode::Auto),
-        "notify" => Ok(ReadyMode::Notify),
-        _ => match s.strip_prefix("delay:") {
-            Some(d) => duration::parse(d)
-                .map(ReadyMode::Delay)
-                .map_err(|e| Error::usage(format!("--ready: {e}"))),
-            None => Err(Error::usage(format!("invalid --ready mode {s:?}"))
-                .hint("use auto, notify, or delay:DURATION (for example delay:2s)")),
-        },
-    }
-}
-
-fn parse_signal(s: &str) -> Result<Signal> {
-    let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n)
-            .map_err(|_| Error::usage(format!("invalid --stop-signal {s:?}: no such signal")));
-    }
-    name.parse::<Signal>().map_err(|_| {
-        Error::usage(format!("invalid --stop-signal {s:?}"))
-            .hint("use a name such as TERM, INT, QUIT or a number")
-    })
-}
-
-fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
-    duration::parse(s).map_err(|e| Error::usage(format!("{flag}: {e}")))
-}
-
-/// name -> bound address, for scripts; written whole or not at all.
-fn write_ports_file(path: &std::path::Path, listeners: &[Listener]) -> Result<()> {
-    let map: serde_json::Map<String, serde_json::Value> = listeners
-        .iter()
-        .map(|l| (l.name.clone(), l.address.clone().into()))
-        .collect();
-    let text = serde_json::to_string_pretty(&map).unwrap_or_default() + "\n";
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{}.tmp", std::process::id()));
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::runtime(format!("cannot write --ports-file {}: {e}", path.display()))
-                .hint("check that its folder exists and is writable")
-        })
-}
-
-/// `--user` / `--group`, resolved now so the child only has to apply them.
-fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<spawn::Credentials>> {
-    use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
-    if user.is_none() && group.is_none() {
-        return Ok(None);
-    }
-    if !Uid::effective().is_root() {
-        return Err(Error::usage("--user and --group need relaunch to start as root")
-            .hint("start relaunch as root (it binds, then runs the children as USER), or drop these options"));
-    }
-    let lookup_err = |what: &str, name: &str, e: nix::Error| {
-        Error::runtime(format!("cannot look up {what} {name:?}: {e}"))
-    };
-    let user = match user {
-        None => None,
-        Some(u) => {
-            let found = match u.parse::<u32>() {
-                Ok(n) => User::from_uid(Uid::from_raw(n)),
-                Err(_) => User::from_name(u),
-            };
-            Some(
-                found
-                    .map_err(|e| lookup_err("user", u, e))?
-                    .ok_or_else(|| {
-                        Error::usage(format!("--user: no such user {u:?}"))
-                            .hint("use a name from /etc/passwd or a numeric uid")
-                    })?,
-            )
-        }
-    };
-    let gid = match group {
-        Some(g) => {
-            let found = match g.parse::<u32>() {
-                Ok(n) => Group::from_gid(Gid::from_raw(n)),
-                Err(_) => Group::from_name(g),
-            };
-            found
-                .map_err(|e| lookup_err("group", g, e))?
-                .ok_or_else(|| {
-                    Error::usage(format!("--group: no such group {g:?}"))
-                        .hint("use a name from /etc/group or a numeric gid")
-                })?
-                .gid
-        }
-        None => user.as_ref().map(|u| u.gid).unwrap_or_else(Gid::current),
-    };
-    let groups = match &user {
-        Some(u) => {
-            let name = std::ffi::CString::new(u.name.as_str())
-                .map_err(|_| Error::usage("--user: bad user name"))?;
-            getgrouplist(&name, gid).map_err(|e| lookup_err("the groups of user", &u.name, e))?
-        }
-        None => vec![gid],
-    };
-    Ok(Some(spawn::Credentials {
-        uid: user
-            .as_ref()
-            .map(|u| u.uid)
-            .unwrap_or_else(Uid::current)
-            .as_raw(),
-        gid: gid.as_raw(),
-        groups: groups.into_iter().map(|g| g.as_raw()).collect(),
-    }))
-}
 
 /// What relaunch was given by its parent, read once before anything else.
 pub struct Snapshot {
@@ -317,7 +192,7 @@ pub async fn run(args: RunArgs, mut snap: Snapshot) -> Result<i32> {
         }
     }
     if let Some(path) = &args.ports_file {
-        write_ports_file(path, &listeners)?;
+        sockets::write_ports_file(path, &listeners)?;
     }
     if !args.no_listen_pid
         && let Some(w) = wrapper::warning(program, rest)
@@ -377,7 +252,7 @@ pub async fn run(args: RunArgs, mut snap: Snapshot) -> Result<i32> {
     };
     let mut sup = Supervisor::new(driver, cfg);
     let result = event_loop(&mut sup, control, notify_rx, inodes).await;
-    end_orphans(stop_signal, stop_timeout).await;
+    reaper::end_orphans(stop_signal, stop_timeout).await;
     result
 }
 
@@ -618,60 +493,8 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Processes that outlived their parents landed on us (a subreaper). None may
-/// keep a socket once we are gone: stop signal, then SIGKILL after the timeout.
-async fn end_orphans(sig: Signal, timeout: Duration) {
-    let me = std::process::id() as i32;
-    let kill_at = Instant::now() + timeout;
-    let mut told = HashSet::new();
-    let mut killed = false;
-    loop {
-        while let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
-            waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG))
-        {}
-        let left: Vec<i32> = procscan::tree(&[me])
-            .into_iter()
-            .filter(|&p| p != me)
-            .collect();
-        if left.is_empty() {
-            return;
-        }
-        for &pid in &left {
-            if told.insert(pid) {
-                warn!(
-                    pid,
-                    "an orphan outlived its parent; sending {}",
-                    sig.as_str()
-                );
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
-            }
-        }
-        if killed && Instant::now() >= kill_at + Duration::from_secs(5) {
-            warn!(pids = ?left, "processes survive SIGKILL (stuck in the kernel?); leaving them");
-            return;
-        }
-        if !killed && Instant::now() >= kill_at {
-            for &pid in &left {
-                warn!(pid, "orphan did not stop; sending SIGKILL");
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            killed = true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The one reaper: every exit, ours or an orphan's.
 fn reap(sup: &mut Supervisor<Driver>) {
-    loop {
-        let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitStatus::Signal(sig as i32)),
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(_) => continue,
-        };
-        sup.on_exit(status.0.as_raw(), status.1, Instant::now());
-    }
+    reaper::reap(|pid, status| sup.on_exit(pid, status, Instant::now()));
 }
 
 fn scan(sup: &mut Supervisor<Driver>, inodes: &HashSet<u64>, warned: &mut HashSet<i32>) {

@@ -357,3 +357,21 @@ fn set_access(path: &Path, opts: &UnixOptions) -> Result<()> {
 fn os_err(what: &'static str) -> impl Fn(std::io::Error) -> Error {
     move |e| Error::runtime(format!("{what} failed: {e}"))
 }
+
+/// name -> bound address, for scripts; written whole or not at all.
+pub fn write_ports_file(path: &std::path::Path, listeners: &[Listener]) -> Result<()> {
+    let map: serde_json::Map<String, serde_json::Value> = listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.address.clone().into()))
+        .collect();
+    let text = serde_json::to_string_pretty(&map).unwrap_or_default() + "\n";
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::runtime(format!("cannot write --ports-file {}: {e}", path.display()))
+                .hint("check that its folder exists and is writable")
+        })
+}

@@ -1,0 +1,152 @@
+//! Option values that need more than clap: readiness modes, signals,
+//! durations, and the credentials of `--user` / `--group`. Resolved before
+//! anything starts, so a bad value never half-starts relaunch.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::duration;
+use crate::error::{Error, Result};
+use crate::spawn;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadyMode {
+    Auto,
+    Notify,
+    Delay(Duration),
+}
+
+pub fn parse_ready(s: &str) -> Result<ReadyMode> {
+    match s {
+        "auto" => Ok(ReadyMode::Auto),
+        "notify" => Ok(ReadyMode::Notify),
+        _ => match s.strip_prefix("delay:") {
+            Some(d) => duration::parse(d)
+                .map(ReadyMode::Delay)
+                .map_err(|e| Error::usage(format!("--ready: {e}"))),
+            None => Err(Error::usage(format!("invalid --ready mode {s:?}"))
+                .hint("use auto, notify, or delay:DURATION (for example delay:2s)")),
+        },
+    }
+}
+
+pub fn parse_signal(s: &str) -> Result<Signal> {
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n)
+            .map_err(|_| Error::usage(format!("invalid --stop-signal {s:?}: no such signal")));
+    }
+    name.parse::<Signal>().map_err(|_| {
+        Error::usage(format!("invalid --stop-signal {s:?}"))
+            .hint("use a name such as TERM, INT, QUIT or a number")
+    })
+}
+
+pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
+    duration::parse(s).map_err(|e| Error::usage(format!("{flag}: {e}")))
+}
+
+/// `--user` / `--group`, resolved now so the child only has to apply them.
+pub fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<spawn::Credentials>> {
+    use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
+    if user.is_none() && group.is_none() {
+        return Ok(None);
+    }
+    if !Uid::effective().is_root() {
+        return Err(Error::usage("--user and --group need relaunch to start as root")
+            .hint("start relaunch as root (it binds, then runs the children as USER), or drop these options"));
+    }
+    let lookup_err = |what: &str, name: &str, e: nix::Error| {
+        Error::runtime(format!("cannot look up {what} {name:?}: {e}"))
+    };
+    let user = match user {
+        None => None,
+        Some(u) => {
+            let found = match u.parse::<u32>() {
+                Ok(n) => User::from_uid(Uid::from_raw(n)),
+                Err(_) => User::from_name(u),
+            };
+            Some(
+                found
+                    .map_err(|e| lookup_err("user", u, e))?
+                    .ok_or_else(|| {
+                        Error::usage(format!("--user: no such user {u:?}"))
+                            .hint("use a name from /etc/passwd or a numeric uid")
+                    })?,
+            )
+        }
+    };
+    let gid = match group {
+        Some(g) => {
+            let found = match g.parse::<u32>() {
+                Ok(n) => Group::from_gid(Gid::from_raw(n)),
+                Err(_) => Group::from_name(g),
+            };
+            found
+                .map_err(|e| lookup_err("group", g, e))?
+                .ok_or_else(|| {
+                    Error::usage(format!("--group: no such group {g:?}"))
+                        .hint("use a name from /etc/group or a numeric gid")
+                })?
+                .gid
+        }
+        None => user.as_ref().map(|u| u.gid).unwrap_or_else(Gid::current),
+    };
+    let groups = match &user {
+        Some(u) => {
+            let name = std::ffi::CString::new(u.name.as_str())
+                .map_err(|_| Error::usage("--user: bad user name"))?;
+            getgrouplist(&name, gid).map_err(|e| lookup_err("the groups of user", &u.name, e))?
+        }
+        None => vec![gid],
+    };
+    Ok(Some(spawn::Credentials {
+        uid: user
+            .as_ref()
+            .map(|u| u.uid)
+            .unwrap_or_else(Uid::current)
+            .as_raw(),
+        gid: gid.as_raw(),
+        groups: groups.into_iter().map(|g| g.as_raw()).collect(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_modes() {
+        assert_eq!(parse_ready("auto").unwrap(), ReadyMode::Auto);
+        assert_eq!(parse_ready("notify").unwrap(), ReadyMode::Notify);
+        assert_eq!(
+            parse_ready("delay:1.5s").unwrap(),
+            ReadyMode::Delay(Duration::from_millis(1500))
+        );
+        let e = parse_ready("sometimes").unwrap_err();
+        assert_eq!(e.msg, "invalid --ready mode \"sometimes\"");
+        assert!(e.hint.unwrap().contains("delay:DURATION"));
+        assert!(
+            parse_ready("delay:soon")
+                .unwrap_err()
+                .msg
+                .starts_with("--ready: ")
+        );
+    }
+
+    #[test]
+    fn signals() {
+        for s in ["TERM", "term", "SIGTERM", "15"] {
+            assert_eq!(parse_signal(s).unwrap(), Signal::SIGTERM, "{s}");
+        }
+        assert_eq!(parse_signal("QUIT").unwrap(), Signal::SIGQUIT);
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("99").is_err());
+    }
+}
