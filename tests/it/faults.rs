@@ -19,42 +19,6 @@ use crate::util::*;
 
 const T: Duration = Duration::from_secs(20);
 
-/// An app script whose next generation runs whatever `mode` says.
-struct App {
-    dir: TempDir,
-}
-
-impl App {
-    fn new(tag: &str, mode: &str) -> Self {
-        let dir = TempDir::new(tag);
-        let script = dir.join("app.sh");
-        std::fs::write(
-            &script,
-            format!("#!/bin/sh\n. {}\n", dir.join("mode").display()),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let app = App { dir };
-        app.deploy(mode);
-        app
-    }
-    fn deploy(&self, mode: &str) {
-        let tmp = self.dir.join("mode.tmp");
-        std::fs::write(&tmp, mode).unwrap();
-        std::fs::rename(tmp, self.dir.join("mode")).unwrap();
-    }
-    fn script(&self) -> String {
-        self.dir.join("app.sh").display().to_string()
-    }
-    fn control(&self) -> String {
-        self.dir.join("ctl.sock").display().to_string()
-    }
-}
-
-fn pid_server(args: &str) -> String {
-    format!("exec {} {args}\n", example("pid_server").display())
-}
-
 /// Runs a relaunch client command; kills it if it has not exited within
 /// `limit`, so a hang is a test failure, not a stuck suite.
 fn cli(args: &[&str], limit: Duration) -> (Option<i32>, String) {
@@ -415,7 +379,7 @@ fn reload_during_a_stop_is_refused_and_the_stop_completes() {
         "reload-in-stop",
         &format!("exec {} --ignore-term\n", probe().display()),
     );
-    let ctl = app.control();
+    let ctl = app.control().display().to_string();
     let mut r = Relaunch::start_with(
         Command::new(relaunch_bin())
             .args([
@@ -468,7 +432,7 @@ fn a_child_ignoring_term_in_its_drain_is_killed_and_the_reload_completes() {
             probe().display()
         ),
     );
-    let ctl = app.control();
+    let ctl = app.control().display().to_string();
     let r = Relaunch::start(&[
         "-l",
         "127.0.0.1:0",
@@ -578,7 +542,7 @@ fn fd_exhaustion_at_a_reload_is_a_clear_error_and_the_old_child_serves_on() {
 #[test]
 fn a_reload_of_a_program_that_cannot_run_answers_and_the_old_one_serves_on() {
     let app = App::new("noexec", &pid_server(""));
-    let ctl = app.control();
+    let ctl = app.control().display().to_string();
     let r = Relaunch::start(&["-l", "127.0.0.1:0", "--control", &ctl, "--", &app.script()]);
     let addr = r.listen_addr(3);
     let old = wait_serving(addr);

@@ -3,51 +3,13 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use crate::util::*;
 
 const T: Duration = Duration::from_secs(30);
-
-/// A deployable "app": a script that runs whatever `mode` says, so a test can
-/// change what the next generation is, as a deploy would.
-struct App {
-    dir: TempDir,
-}
-
-impl App {
-    fn new(tag: &str, mode: &str) -> Self {
-        let dir = TempDir::new(tag);
-        let script = dir.join("app.sh");
-        std::fs::write(
-            &script,
-            format!("#!/bin/sh\n. {}\n", dir.join("mode").display()),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let app = App { dir };
-        app.deploy(mode);
-        app
-    }
-    /// `mode` is shell, sourced by the app script; it should `exec` the server.
-    fn deploy(&self, mode: &str) {
-        let tmp = self.dir.join("mode.tmp");
-        std::fs::write(&tmp, mode).unwrap();
-        std::fs::rename(tmp, self.dir.join("mode")).unwrap();
-    }
-    fn script(&self) -> String {
-        self.dir.join("app.sh").display().to_string()
-    }
-    fn control(&self) -> PathBuf {
-        self.dir.join("ctl.sock")
-    }
-}
-
-fn pid_server(args: &str) -> String {
-    format!("exec {} {args}\n", example("pid_server").display())
-}
 
 fn reload_cli(control: &Path) -> (i32, String) {
     let out = Command::new(relaunch_bin())

@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -413,4 +414,42 @@ pub fn children_of(pid: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+/// A deployable "app": a script that runs whatever `mode` says, so a test can
+/// change what the next generation is, as a deploy would.
+pub struct App {
+    pub dir: TempDir,
+}
+
+impl App {
+    pub fn new(tag: &str, mode: &str) -> Self {
+        let dir = TempDir::new(tag);
+        let script = dir.join("app.sh");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\n. {}\n", dir.join("mode").display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let app = App { dir };
+        app.deploy(mode);
+        app
+    }
+    /// `mode` is shell, sourced by the app script; it should `exec` the server.
+    pub fn deploy(&self, mode: &str) {
+        let tmp = self.dir.join("mode.tmp");
+        std::fs::write(&tmp, mode).unwrap();
+        std::fs::rename(tmp, self.dir.join("mode")).unwrap();
+    }
+    pub fn script(&self) -> String {
+        self.dir.join("app.sh").display().to_string()
+    }
+    pub fn control(&self) -> PathBuf {
+        self.dir.join("ctl.sock")
+    }
+}
+
+pub fn pid_server(args: &str) -> String {
+    format!("exec {} {args}\n", example("pid_server").display())
 }
