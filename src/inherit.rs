@@ -591,4 +591,30 @@ mod tests {
         std::fs::remove_file(&path)?;
         Ok(f.into())
     }
+
+    proptest::proptest! {
+        /// Whatever the environment says, parsing answers; and what it
+        /// accepts is a well-formed list: fds 3.., valid names, one per fd.
+        #[test]
+        fn listen_env_never_panics(
+            fds in proptest::option::of(".{0,12}"),
+            pid in proptest::option::of(".{0,12}"),
+            names in proptest::option::of(".{0,40}"),
+            count in 0u32..6,
+            named in proptest::bool::ANY,
+        ) {
+            let _ = parse(&ListenEnv { fds, pid, names }, 4242);
+            let good = ListenEnv {
+                fds: Some(count.to_string()),
+                pid: Some("4242".into()),
+                names: named.then(|| (0..count).map(|i| format!("n{i}")).collect::<Vec<_>>().join(":")),
+            };
+            let got = parse(&good, 4242).unwrap().unwrap();
+            proptest::prop_assert_eq!(got.len(), count as usize);
+            for (i, (fd, name)) in got.iter().enumerate() {
+                proptest::prop_assert_eq!(*fd, 3 + i as i32);
+                proptest::prop_assert!(crate::spec::validate_name(name).is_ok());
+            }
+        }
+    }
 }
