@@ -511,10 +511,12 @@ fn fd_exhaustion_at_a_reload_is_a_clear_error_and_the_old_child_serves_on() {
     );
     assert!(failed.contains("generation 1 keeps serving"), "{failed}");
     assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
-    assert_eq!(
-        rep.pids.iter().collect::<Vec<_>>(),
-        [&old],
-        "only the old child answered"
+    // The window can be short on a busy machine: what matters is that no
+    // other pid ever answered (the old one is asked directly just below).
+    assert!(
+        rep.pids.iter().all(|p| p == &old),
+        "only the old child answered: {:?}",
+        rep.pids
     );
     assert!(pid_alive(r.pid()), "relaunch is still running");
     assert_eq!(get(addr).unwrap(), old);
