@@ -54,7 +54,7 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
 
 /// `--user` / `--group`, resolved now so the child only has to apply them.
 pub fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<spawn::Credentials>> {
-    use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
+    use nix::unistd::{Gid, Uid, User, getgrouplist};
     if user.is_none() && group.is_none() {
         return Ok(None);
     }
@@ -67,35 +67,17 @@ pub fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<spa
     };
     let user = match user {
         None => None,
-        Some(u) => {
-            let found = match u.parse::<u32>() {
-                Ok(n) => User::from_uid(Uid::from_raw(n)),
-                Err(_) => User::from_name(u),
-            };
-            Some(
-                found
-                    .map_err(|e| lookup_err("user", u, e))?
-                    .ok_or_else(|| {
-                        Error::usage(format!("--user: no such user {u:?}"))
-                            .hint("use a name from /etc/passwd or a numeric uid")
-                    })?,
-            )
-        }
+        Some(u) => Some(
+            User::from_uid(uid_of("--user", u)?)
+                .map_err(|e| lookup_err("user", u, e))?
+                .ok_or_else(|| {
+                    Error::usage(format!("--user: no such user {u:?}"))
+                        .hint("use a name from /etc/passwd or a numeric uid")
+                })?,
+        ),
     };
     let gid = match group {
-        Some(g) => {
-            let found = match g.parse::<u32>() {
-                Ok(n) => Group::from_gid(Gid::from_raw(n)),
-                Err(_) => Group::from_name(g),
-            };
-            found
-                .map_err(|e| lookup_err("group", g, e))?
-                .ok_or_else(|| {
-                    Error::usage(format!("--group: no such group {g:?}"))
-                        .hint("use a name from /etc/group or a numeric gid")
-                })?
-                .gid
-        }
+        Some(g) => gid_of("--group", g)?,
         None => user.as_ref().map(|u| u.gid).unwrap_or_else(Gid::current),
     };
     let groups = match &user {
@@ -115,6 +97,36 @@ pub fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<spa
         gid: gid.as_raw(),
         groups: groups.into_iter().map(|g| g.as_raw()).collect(),
     }))
+}
+
+/// A user as `--user` and `owner=` take it: a name from /etc/passwd, or a uid.
+pub fn uid_of(what: &str, u: &str) -> Result<nix::unistd::Uid> {
+    if let Ok(n) = u.parse() {
+        return Ok(nix::unistd::Uid::from_raw(n));
+    }
+    nix::unistd::User::from_name(u)
+        .ok()
+        .flatten()
+        .map(|u| u.uid)
+        .ok_or_else(|| {
+            Error::usage(format!("{what}: no such user {u:?}"))
+                .hint("use a name from /etc/passwd or a numeric uid")
+        })
+}
+
+/// A group as `--group` and `group=` take it: a name from /etc/group, or a gid.
+pub fn gid_of(what: &str, g: &str) -> Result<nix::unistd::Gid> {
+    if let Ok(n) = g.parse() {
+        return Ok(nix::unistd::Gid::from_raw(n));
+    }
+    nix::unistd::Group::from_name(g)
+        .ok()
+        .flatten()
+        .map(|g| g.gid)
+        .ok_or_else(|| {
+            Error::usage(format!("{what}: no such group {g:?}"))
+                .hint("use a name from /etc/group or a numeric gid")
+        })
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::error::{Error, Result};
+use crate::options::{gid_of, uid_of};
 use crate::spec::{Addr, Host, ListenSpec, Proto, UnixOptions};
 use crate::who;
 
@@ -312,39 +313,21 @@ fn bind_unix_path(name: String, path: &Path, opts: &UnixOptions, backlog: i32) -
 }
 
 fn set_access(path: &Path, opts: &UnixOptions) -> Result<()> {
-    use nix::unistd::{Gid, Group, Uid, User, chown};
+    use nix::unistd::chown;
     use std::os::unix::fs::PermissionsExt;
     let mode = opts.mode.unwrap_or(DEFAULT_UNIX_MODE);
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::runtime(format!("cannot chmod {} to {mode:o}: {e}", path.display())))?;
-    let uid = match &opts.owner {
-        None => None,
-        Some(o) => Some(match o.parse::<u32>() {
-            Ok(n) => Uid::from_raw(n),
-            Err(_) => User::from_name(o)
-                .ok()
-                .flatten()
-                .map(|u| u.uid)
-                .ok_or_else(|| {
-                    Error::usage(format!("owner={o}: no such user"))
-                        .hint("use a name from /etc/passwd or a uid")
-                })?,
-        }),
-    };
-    let gid = match &opts.group {
-        None => None,
-        Some(g) => Some(match g.parse::<u32>() {
-            Ok(n) => Gid::from_raw(n),
-            Err(_) => Group::from_name(g)
-                .ok()
-                .flatten()
-                .map(|g| g.gid)
-                .ok_or_else(|| {
-                    Error::usage(format!("group={g}: no such group"))
-                        .hint("use a name from /etc/group or a gid")
-                })?,
-        }),
-    };
+    let uid = opts
+        .owner
+        .as_deref()
+        .map(|o| uid_of("owner=", o))
+        .transpose()?;
+    let gid = opts
+        .group
+        .as_deref()
+        .map(|g| gid_of("group=", g))
+        .transpose()?;
     if uid.is_some() || gid.is_some() {
         chown(path, uid, gid).map_err(|e| {
             Error::runtime(format!("cannot chown {}: {e}", path.display()))
