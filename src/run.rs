@@ -512,11 +512,14 @@ fn scan(sup: &mut Supervisor<Driver>, inodes: &HashSet<u64>, warned: &mut HashSe
                 &format!("pid {p} thread {tid} waits in {how}"),
                 Instant::now(),
             ),
-            procscan::Verdict::NotYet { blind: Some(why) } if warned.insert(pid) => warn!(
-                pid,
-                "cannot see whether this child waits for connections ({why}); it counts as ready only at \
-                 --ready-timeout. Use --ready delay:DURATION, or send READY=1 and use --ready notify"
-            ),
+            procscan::Verdict::NotYet { blind: Some(why) } if warned.insert(pid) => {
+                sup.mark_blind(pid);
+                warn!(
+                    pid,
+                    "cannot see whether this child waits for connections ({why}); it counts as ready only at \
+                     --ready-timeout. Use --ready delay:DURATION, or send READY=1 and use --ready notify"
+                )
+            }
             procscan::Verdict::NotYet { .. } => {}
         }
     }

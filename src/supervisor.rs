@@ -134,6 +134,9 @@ pub struct Child {
     pub main_pid: Option<i32>,
     /// The last `STATUS=` it sent.
     pub status_text: Option<String>,
+    /// `--ready auto` cannot see whether it waits for connections: the
+    /// ready timeout then counts as ready instead of as a failure.
+    pub blind: bool,
 }
 
 /// One worker position of the serving generation, across its restarts.
@@ -323,11 +326,29 @@ impl<O: Os> Supervisor<O> {
         }) = self.reload
             && deadline <= now
         {
-            let reason = format!(
-                "generation {generation} was not ready within {}",
-                duration::human(self.cfg.ready_timeout)
-            );
-            self.fail_reload(reason, now);
+            let waited = duration::human(self.cfg.ready_timeout);
+            let unseen: Vec<(i32, bool)> = self
+                .children
+                .iter()
+                .filter(|c| c.generation == generation && matches!(c.state, State::Starting { .. }))
+                .map(|c| (c.pid, c.blind))
+                .collect();
+            if unseen.iter().all(|&(_, blind)| blind) {
+                // We could not look, so we cannot say it failed: the timeout
+                // is the readiness signal, as documented for `auto`.
+                for (pid, _) in unseen {
+                    self.mark_ready(
+                        pid,
+                        &format!("no sign seen within {waited}, taken as ready"),
+                        now,
+                    );
+                }
+            } else {
+                self.fail_reload(
+                    format!("generation {generation} was not ready within {waited}"),
+                    now,
+                );
+            }
         }
         if !self.announced && self.first_deadline.is_some_and(|d| d <= now) {
             self.first_deadline = None;
@@ -422,6 +443,13 @@ impl<O: Os> Supervisor<O> {
     pub fn set_status_text(&mut self, pid: i32, text: &str) {
         if let Some(c) = self.children.iter_mut().find(|c| c.pid == pid) {
             c.status_text = Some(text.to_string());
+        }
+    }
+
+    /// Readiness of this child cannot be seen from /proc (see `procscan`).
+    pub fn mark_blind(&mut self, pid: i32) {
+        if let Some(c) = self.children.iter_mut().find(|c| c.pid == pid) {
+            c.blind = true;
         }
     }
 
@@ -535,6 +563,7 @@ impl<O: Os> Supervisor<O> {
             },
             main_pid: None,
             status_text: None,
+            blind: false,
         });
         Ok(())
     }
@@ -890,6 +919,18 @@ mod tests {
         assert_eq!(s.os.signals.last(), Some(&(102, Signal::SIGKILL)));
         s.on_exit(102, ExitStatus::Signal(9), kill_at);
         assert_eq!(pids(&s, 1), [101]);
+    }
+
+    #[test]
+    fn ready_timeout_counts_as_ready_when_auto_cannot_see() {
+        let (mut s, t0) = started(1);
+        s.mark_ready(101, "test", t0);
+        s.request_reload(t0).unwrap();
+        s.mark_blind(102);
+        let deadline = s.next_deadline().unwrap();
+        s.on_timer(deadline);
+        assert_eq!(s.serving(), 2, "promoted, not failed");
+        assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
     }
 
     #[test]
