@@ -375,7 +375,13 @@ impl<O: Os> Supervisor<O> {
                         // Out of fds or processes, or other workers serve: try again later.
                         _ => {
                             error!(generation = self.serving, worker, "{e}");
-                            self.after_exit(worker, Duration::ZERO, ExitStatus::Code(127), now);
+                            self.after_exit(
+                                None,
+                                worker,
+                                Duration::ZERO,
+                                ExitStatus::Code(127),
+                                now,
+                            );
                         }
                     }
                 }
@@ -411,7 +417,7 @@ impl<O: Os> Supervisor<O> {
                     warn!(pid, generation, worker, "{status}");
                 }
                 self.slots[worker].last_exit = Some(status);
-                self.after_exit(worker, lived, status, now);
+                self.after_exit(Some(pid), worker, lived, status, now);
             }
             _ => info!(pid, generation, worker, "{status}"),
         }
@@ -581,7 +587,15 @@ impl<O: Os> Supervisor<O> {
     }
 
     /// Restart policy and backoff for a serving worker that exited on its own.
-    fn after_exit(&mut self, worker: usize, lived: Duration, status: ExitStatus, now: Instant) {
+    /// `pid` is the child that exited; None when it never started.
+    fn after_exit(
+        &mut self,
+        pid: Option<i32>,
+        worker: usize,
+        lived: Duration,
+        status: ExitStatus,
+        now: Instant,
+    ) {
         let restart = match self.cfg.restart {
             Restart::Always => true,
             Restart::OnFailure => !status.success(),
@@ -595,6 +609,7 @@ impl<O: Os> Supervisor<O> {
         match self.slots[worker].backoff.exited(lived, jitter) {
             Next::RestartAfter(d) => {
                 info!(
+                    pid,
                     generation = self.serving,
                     worker,
                     "restarting in {} ms",
