@@ -2,13 +2,13 @@
 //!
 //! `--ready auto` needs to know, without any help from the app, when a freshly
 //! started generation waits on one of relaunch's listening sockets. relaunch
-//! calls [`scan`] every few milliseconds while a generation is starting, with
+//! calls [`scan_each`] every few milliseconds while a generation is starting, with
 //! the generation's root pid(s) and the inodes of its listeners (from
 //! [`socket_inode`]).
 //!
 //! # How it works
 //!
-//! [`scan`] walks the process tree under the roots ([`tree`]): every process
+//! [`scan_each`] walks the process tree under the roots ([`tree`]): every process
 //! and every thread of the child and of its descendants (gunicorn masters fork
 //! workers, `sh -c` wrappers fork the real server). In each process:
 //!
@@ -107,10 +107,26 @@ pub enum Verdict {
     NotYet { blind: Option<String> },
 }
 
-/// One snapshot: is any process under `roots` waiting on one of `inodes`?
-pub fn scan(roots: &[i32], inodes: &HashSet<u64>) -> Verdict {
+/// One snapshot per group of roots (a child and its MAINPID): is any process
+/// under them waiting on one of `inodes`? The process table is read once for
+/// all groups, not once per child.
+pub fn scan_each(groups: &[Vec<i32>], inodes: &HashSet<u64>) -> Vec<Verdict> {
+    let parents = (!have_children_files()).then(all_parents);
+    groups
+        .iter()
+        .map(|roots| {
+            let pids = match &parents {
+                Some(parents) => descendants(roots, parents),
+                None => tree_from_children_files(roots),
+            };
+            verdict(pids, inodes)
+        })
+        .collect()
+}
+
+fn verdict(pids: Vec<i32>, inodes: &HashSet<u64>) -> Verdict {
     let mut notes = Notes::default();
-    for pid in tree(roots) {
+    for pid in pids {
         if let Some(found) = scan_process(pid, inodes, &mut notes) {
             return found;
         }
@@ -673,6 +689,11 @@ fn fdset_hit(bytes: &[u8], fds: impl Iterator<Item = i32>, nfds: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One group, through the path the supervisor uses.
+    fn scan(roots: &[i32], inodes: &HashSet<u64>) -> Verdict {
+        scan_each(&[roots.to_vec()], inodes).remove(0)
+    }
 
     // ------------------------------------------------------------ pure --
 

@@ -498,15 +498,14 @@ fn reap(sup: &mut Supervisor<Driver>) {
 }
 
 fn scan(sup: &mut Supervisor<Driver>, inodes: &HashSet<u64>, warned: &mut HashSet<i32>) {
-    let starting: Vec<(i32, Option<i32>)> = sup
+    let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = sup
         .children()
         .iter()
         .filter(|c| matches!(c.state, crate::supervisor::State::Starting { .. }))
-        .map(|c| (c.pid, c.main_pid))
-        .collect();
-    for (pid, main_pid) in starting {
-        let roots: Vec<i32> = std::iter::once(pid).chain(main_pid).collect();
-        match procscan::scan(&roots, inodes) {
+        .map(|c| (c.pid, std::iter::once(c.pid).chain(c.main_pid).collect()))
+        .unzip();
+    for (pid, verdict) in pids.into_iter().zip(procscan::scan_each(&roots, inodes)) {
+        match verdict {
             procscan::Verdict::Waiting { pid: p, tid, how } => sup.mark_ready(
                 pid,
                 &format!("pid {p} thread {tid} waits in {how}"),
