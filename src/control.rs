@@ -44,6 +44,7 @@ use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
+use crate::sockets::{Probe, probe};
 
 /// Longest request line we read.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -253,35 +254,6 @@ fn check_folder(path: &Path) -> Result<()> {
             folder.display()
         ))
         .hint("check the folder's permissions or pick another --control path")),
-    }
-}
-
-/// What a probe connection to an existing socket file found.
-enum Probe {
-    /// Someone accepts on it; the pid if SO_PEERCRED told.
-    Live(Option<i32>),
-    /// Nobody accepts on it.
-    Stale,
-    /// The file disappeared meanwhile.
-    Gone,
-}
-
-fn probe(path: &Path) -> io::Result<Probe> {
-    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-    // Non-blocking so a live relaunch with a full backlog can't hang us.
-    socket.set_nonblocking(true)?;
-    match socket.connect(&SockAddr::unix(path)?) {
-        Ok(()) => {
-            let pid = getsockopt(&socket, PeerCredentials)
-                .ok()
-                .map(|c| c.pid())
-                .filter(|&p| p > 0);
-            Ok(Probe::Live(pid))
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Probe::Live(None)),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(Probe::Stale),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Probe::Gone),
-        Err(e) => Err(e),
     }
 }
 

@@ -15,6 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::error::{Error, Result};
@@ -265,8 +266,8 @@ fn bind_unix_path(name: String, path: &Path, opts: &UnixOptions, backlog: i32) -
             ))
             .hint("remove it or choose another path"));
         }
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
+        match probe(path) {
+            Ok(Probe::Live(_)) => {
                 let holder = who::lookup(&who::Target::Unix(path.display().to_string()))
                     .ok()
                     .and_then(|r| who::holder_phrase(&r));
@@ -275,13 +276,13 @@ fn bind_unix_path(name: String, path: &Path, opts: &UnixOptions, backlog: i32) -
                     .hint("stop that process or choose another path"));
             }
             // Nobody accepts: a leftover from a process that died.
-            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path)
-                .map_err(|e| {
-                    Error::runtime(format!(
-                        "cannot remove stale socket {}: {e}",
-                        path.display()
-                    ))
-                })?,
+            Ok(Probe::Stale) => std::fs::remove_file(path).map_err(|e| {
+                Error::runtime(format!(
+                    "cannot remove stale socket {}: {e}",
+                    path.display()
+                ))
+            })?,
+            Ok(Probe::Gone) => {}
             // EACCES and the like say nothing about liveness: never unlink then.
             Err(e) => {
                 return Err(Error::runtime(format!(
@@ -357,4 +358,34 @@ pub fn write_ports_file(path: &std::path::Path, listeners: &[Listener]) -> Resul
             Error::runtime(format!("cannot write --ports-file {}: {e}", path.display()))
                 .hint("check that its folder exists and is writable")
         })
+}
+
+/// What a probe connection to an existing socket file found.
+pub enum Probe {
+    /// Someone accepts on it; the pid if SO_PEERCRED told.
+    Live(Option<i32>),
+    /// Nobody accepts on it.
+    Stale,
+    /// The file disappeared meanwhile.
+    Gone,
+}
+
+/// Connects without blocking to tell a live socket file from a stale one.
+pub fn probe(path: &Path) -> std::io::Result<Probe> {
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    // Non-blocking so a live relaunch with a full backlog can't hang us.
+    socket.set_nonblocking(true)?;
+    match socket.connect(&SockAddr::unix(path)?) {
+        Ok(()) => {
+            let pid = getsockopt(&socket, PeerCredentials)
+                .ok()
+                .map(|c| c.pid())
+                .filter(|&p| p > 0);
+            Ok(Probe::Live(pid))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Probe::Live(None)),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(Probe::Stale),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Probe::Gone),
+        Err(e) => Err(e),
+    }
 }
