@@ -44,7 +44,7 @@ use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
-use crate::sockets::{Probe, probe};
+use crate::sockets::{Probe, probe, remove_if_ours};
 
 /// Longest request line we read.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -339,21 +339,6 @@ fn bind_error(path: &Path, e: &io::Error) -> Error {
         .hint("pick a shorter --control path"),
         _ => Error::runtime(format!("cannot create control socket {p}: {e}"))
             .hint("check the folder's permissions, or pick another --control path"),
-    }
-}
-
-/// Removes `path` if it still names the file we created.
-fn remove_if_ours(path: &Path, identity: (u64, u64)) {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if (m.dev(), m.ino()) == identity => {
-            if let Err(e) = std::fs::remove_file(path) {
-                warn!(path = %path.display(), "cannot remove control socket: {e}");
-            }
-        }
-        Ok(_) => {
-            debug!(path = %path.display(), "control socket was replaced by someone else; leaving it")
-        }
-        Err(_) => {}
     }
 }
 

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use socket2::{Domain, SockAddr, Socket, Type};
+use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
 use crate::options::{gid_of, uid_of};
@@ -28,8 +29,8 @@ pub struct Listener {
     pub socket: Socket,
     /// The bound address in spec form (`127.0.0.1:8000`, `unix:/run/x.sock`).
     pub address: String,
-    /// The Unix socket file we created: (path, inode), removed on drop.
-    created: Option<(PathBuf, u64)>,
+    /// The Unix socket file we created: (path, (dev, inode)), removed on drop.
+    created: Option<(PathBuf, (u64, u64))>,
 }
 
 impl Listener {
@@ -50,10 +51,8 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Some((path, ino)) = &self.created
-            && std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == *ino)
-        {
-            let _ = std::fs::remove_file(path);
+        if let Some((path, identity)) = &self.created {
+            remove_if_ours(path, *identity);
         }
     }
 }
@@ -115,7 +114,7 @@ fn bind_inet(
     for &p in fallback.iter().filter(|&&p| p != port) {
         match bind_port(ip, p, ty, backlog) {
             Ok(sock) => {
-                tracing::warn!("{name}: port {port} is held by {holder}; using fallback port {p}");
+                warn!("{name}: port {port} is held by {holder}; using fallback port {p}");
                 return finish(name, proto, sock);
             }
             Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => continue,
@@ -297,15 +296,15 @@ fn bind_unix_path(name: String, path: &Path, opts: &UnixOptions, backlog: i32) -
         .map_err(|e| Error::usage(format!("invalid socket path {}: {e}", path.display())))?;
     sock.bind(&addr)
         .map_err(|e| Error::runtime(format!("cannot bind {shown}: {e}")))?;
-    let ino = std::fs::symlink_metadata(path)
-        .map(|m| m.ino())
-        .unwrap_or(0);
+    let identity = std::fs::symlink_metadata(path)
+        .map(|m| (m.dev(), m.ino()))
+        .unwrap_or_default();
     // Owned from here, so an error below still removes the file.
     let created = Listener {
         name,
         socket: sock,
         address: shown,
-        created: Some((path.to_path_buf(), ino)),
+        created: Some((path.to_path_buf(), identity)),
     };
     // Before listen(), so nobody connects through looser permissions.
     set_access(path, opts)?;
@@ -387,5 +386,20 @@ pub fn probe(path: &Path) -> std::io::Result<Probe> {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(Probe::Stale),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Probe::Gone),
         Err(e) => Err(e),
+    }
+}
+
+/// Removes `path` if it still names the file we created.
+pub fn remove_if_ours(path: &Path, identity: (u64, u64)) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if (m.dev(), m.ino()) == identity => {
+            if let Err(e) = std::fs::remove_file(path) {
+                warn!(path = %path.display(), "cannot remove socket file: {e}");
+            }
+        }
+        Ok(_) => {
+            debug!(path = %path.display(), "socket file was replaced by someone else; leaving it")
+        }
+        Err(_) => {}
     }
 }
