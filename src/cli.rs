@@ -69,7 +69,7 @@ pub struct RunArgs {
 
     /// Also describe the sockets the way another launcher does (repeatable)
     #[arg(long, value_enum, value_name = "STYLE")]
-    pub compat: Vec<crate::compat::Style>,
+    pub compat: Vec<crate::plan::compat::Style>,
 
     /// Do not set LISTEN_PID (for wrapper chains such as `cargo watch`; any process that inherits the environment will then take the sockets as its own)
     #[arg(long)]

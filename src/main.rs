@@ -1,37 +1,27 @@
 //! relaunch: hold the listening sockets, hand them to a server by the systemd
 //! protocol, and restart or redeploy it without refusing a connection.
 
-mod backoff;
 mod cli;
-mod compat;
 mod control;
 mod duration;
 mod error;
-mod fallback;
-mod inherit;
-mod notify;
-mod options;
-mod placeholders;
-mod procscan;
-mod reaper;
-mod run;
+mod plan;
+mod ready;
 mod sockets;
-mod spawn;
-mod spec;
-mod supervisor;
+mod supervise;
 mod who;
-mod wrapper;
 
 use clap::Parser;
 
 use crate::cli::{Cli, Sub};
 use crate::control::Request;
 use crate::error::{Error, Result};
+use crate::supervise::{driver, spawn};
 
 fn main() {
     // Before anything else: what our parent gave us, and sane fds 0-2.
     spawn::ensure_std_fds();
-    let snapshot = run::Snapshot::take();
+    let snapshot = driver::Snapshot::take();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version.
@@ -74,13 +64,13 @@ fn usage_error(rendered: &str) -> String {
     format!("{what}\n  hint: {hint}")
 }
 
-fn dispatch(cli: Cli, snapshot: run::Snapshot) -> Result<i32> {
+fn dispatch(cli: Cli, snapshot: driver::Snapshot) -> Result<i32> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::runtime(format!("cannot start the event loop: {e}")))?;
     match cli.command {
-        None => runtime.block_on(run::run(cli.run, snapshot)),
+        None => runtime.block_on(driver::run(cli.run, snapshot)),
         Some(Sub::Who(args)) => who::run(&args),
         Some(Sub::Status { client, json }) => {
             runtime.block_on(control::client(&client, Request::Status, json))

@@ -29,7 +29,7 @@ use nix::sys::stat::{SFlag, fstat};
 use socket2::{Domain, SockRef, Type};
 
 use crate::error::{Error, Result};
-use crate::spec::{self, Addr, Host, Proto};
+use crate::plan::spec::{self, Addr, Host, Proto};
 
 /// The first fd of the protocol (`SD_LISTEN_FDS_START`).
 pub const FIRST_FD: i32 = 3;
@@ -613,7 +613,7 @@ mod tests {
             proptest::prop_assert_eq!(got.len(), count as usize);
             for (i, (fd, name)) in got.iter().enumerate() {
                 proptest::prop_assert_eq!(*fd, 3 + i as i32);
-                proptest::prop_assert!(crate::spec::validate_name(name).is_ok());
+                proptest::prop_assert!(crate::plan::spec::validate_name(name).is_ok());
             }
         }
     }

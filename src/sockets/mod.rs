@@ -20,8 +20,8 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-use crate::options::{gid_of, uid_of};
-use crate::spec::{Addr, Host, ListenSpec, Proto, UnixOptions};
+use crate::plan::options::{gid_of, uid_of};
+use crate::plan::spec::{Addr, Host, ListenSpec, Proto, UnixOptions};
 use crate::who;
 
 pub struct Listener {

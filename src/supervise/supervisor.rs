@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tracing::{error, info, warn};
 
-use crate::backoff::{self, Backoff, Next};
 use crate::cli::Restart;
-use crate::{duration, spawn};
+use crate::duration;
+use crate::supervise::backoff::{self, Backoff, Next};
+use crate::supervise::spawn;
 
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tracing::warn;
 
-use crate::procscan;
-use crate::supervisor::ExitStatus;
+use crate::ready::scan as procscan;
+use crate::supervise::supervisor::ExitStatus;
 
 /// Collects every exited child without blocking.
 pub fn reap(mut exited: impl FnMut(i32, ExitStatus)) {

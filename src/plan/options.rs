@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 
 use crate::duration;
 use crate::error::{Error, Result};
-use crate::spawn;
+use crate::supervise::spawn;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ReadyMode {

@@ -17,14 +17,16 @@ use tracing::{debug, info, warn};
 use crate::cli::RunArgs;
 use crate::control::{self, Incoming, Request, Response};
 use crate::error::{Error, Result};
-use crate::inherit::{self, ListenEnv};
-use crate::notify::{Message, NotifySocket, Systemd};
-use crate::options::{ReadyMode, credentials, parse_duration, parse_ready, parse_signal};
-use crate::placeholders::{self, Named};
+use crate::plan::inherit::{self, ListenEnv};
+use crate::plan::options::{ReadyMode, credentials, parse_duration, parse_ready, parse_signal};
+use crate::plan::placeholders::{self, Named};
+use crate::plan::spec::{self, Addr, Host, ListenSpec, Proto};
+use crate::plan::{compat, fallback, wrapper};
+use crate::ready::notify::{Message, NotifySocket, Systemd};
+use crate::ready::scan as procscan;
 use crate::sockets::{self, Listener};
-use crate::spec::{self, Addr, Host, ListenSpec, Proto};
-use crate::supervisor::{Config, Note, Os, Supervisor};
-use crate::{compat, fallback, procscan, reaper, spawn, wrapper};
+use crate::supervise::supervisor::{Config, Note, Os, Supervisor};
+use crate::supervise::{reaper, spawn};
 
 /// Variables we never pass through: each child gets fresh values.
 const REPLACED: &[&str] = &[
@@ -453,10 +455,12 @@ async fn event_loop(
         }
         let deadline = sup.next_deadline().map(tokio::time::Instant::from_std);
         let scanning = auto
-            && sup
-                .children()
-                .iter()
-                .any(|c| matches!(c.state, crate::supervisor::State::Starting { .. }));
+            && sup.children().iter().any(|c| {
+                matches!(
+                    c.state,
+                    crate::supervise::supervisor::State::Starting { .. }
+                )
+            });
         tokio::select! {
             _ = chld.recv() => reap(sup),
             _ = term.recv() => { info!("SIGTERM: stopping"); sup.stop(Instant::now()) }
@@ -501,7 +505,12 @@ fn scan(sup: &mut Supervisor<Driver>, inodes: &HashSet<u64>, warned: &mut HashSe
     let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = sup
         .children()
         .iter()
-        .filter(|c| matches!(c.state, crate::supervisor::State::Starting { .. }))
+        .filter(|c| {
+            matches!(
+                c.state,
+                crate::supervise::supervisor::State::Starting { .. }
+            )
+        })
         .map(|c| (c.pid, std::iter::once(c.pid).chain(c.main_pid).collect()))
         .unzip();
     for (pid, verdict) in pids.into_iter().zip(procscan::scan_each(&roots, inodes)) {

@@ -43,7 +43,7 @@
 
 use std::net::SocketAddr;
 
-use crate::placeholders::Named;
+use crate::plan::placeholders::Named;
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
