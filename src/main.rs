@@ -5,6 +5,7 @@ mod cli;
 mod control;
 mod duration;
 mod error;
+mod logging;
 mod plan;
 mod ready;
 mod sockets;
@@ -34,7 +35,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    init_logging(cli.run.quiet);
+    logging::init(cli.run.quiet);
     let code = match dispatch(cli, snapshot) {
         Ok(code) => code,
         Err(e) => {
@@ -82,18 +83,6 @@ fn dispatch(cli: Cli, snapshot: driver::Snapshot) -> Result<i32> {
             runtime.block_on(control::client(&client, Request::Stop, false))
         }
     }
-}
-
-fn init_logging(quiet: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = if quiet { "warn" } else { "info" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
 }
 
 #[cfg(test)]
