@@ -6,6 +6,7 @@ mod faults;
 mod ports;
 mod reload;
 mod servers;
+mod systemd;
 mod units;
 mod util;
 mod who;
