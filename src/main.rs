@@ -10,6 +10,7 @@ mod plan;
 mod ready;
 mod sockets;
 mod supervise;
+mod table;
 mod who;
 
 use clap::Parser;

@@ -149,6 +149,16 @@ fn cases(dir: &TempDir) -> Vec<Case> {
         args(&["status", "--control", &missing_ctl], 1, "does not exist"),
         args(&["reload", "--control", &missing_ctl], 1, "does not exist"),
         args(&["stop", "--control", &missing_ctl], 1, "does not exist"),
+        args(
+            &["reload", "--control", &missing_ctl, "--timeout", "0s"],
+            2,
+            "--timeout",
+        ),
+        args(
+            &["status", "--control", &missing_ctl, "--timeout", "soon"],
+            2,
+            "--timeout",
+        ),
         args(&["who", "notaport"], 2, "notaport"),
         args(&["who"], 2, "TARGET"),
         // Garbage LISTEN_* addressed to relaunch's own pid.
@@ -320,4 +330,37 @@ fn every_failure_is_one_line_plus_an_optional_hint() {
         cases.len(),
         wrong.join("\n\n")
     );
+}
+
+/// A control socket that accepts but never answers (a stuck or foreign
+/// process): every client command gives up at its --timeout and says so.
+#[test]
+fn clients_give_up_on_a_control_socket_that_never_answers() {
+    let dir = TempDir::new("mute-ctl");
+    let path = dir.join("ctl.sock");
+    // Never accepted: connect succeeds through the backlog, no answer comes.
+    let _mute = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let ctl = path.display().to_string();
+    for command in ["status", "reload", "stop"] {
+        let o = run_case(&args(
+            &[command, "--control", &ctl, "--timeout", "300ms"],
+            1,
+            "",
+        ));
+        let lines = message_lines(&o.stderr);
+        assert_eq!(o.code, Some(1), "{}: {}", o.shown, o.stderr);
+        assert!(
+            o.took < Duration::from_secs(5),
+            "{}: took {:?}",
+            o.shown,
+            o.took
+        );
+        assert!(
+            lines[0].contains("did not answer within 300ms"),
+            "{}: {}",
+            o.shown,
+            o.stderr
+        );
+        assert!(lines[1].contains("--timeout"), "{}: {}", o.shown, o.stderr);
+    }
 }

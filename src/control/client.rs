@@ -1,0 +1,563 @@
+//! The client side: `relaunch status|reload|stop --control PATH`.
+
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::time::timeout;
+
+use super::protocol::{MAX_RESPONSE, Request, Response, Status};
+use crate::duration;
+use crate::error::{Error, Result};
+use crate::table::table;
+
+/// How long `reload` waits by default: the default `--ready-timeout` (60 s)
+/// plus `--stop-timeout` (10 s), with room; the shipped units give systemd's
+/// `TimeoutStartSec=` the same 90 s.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long `status` and `stop` wait by default: both are answered at once.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Control socket of the relaunch to talk to
+    #[arg(long, env = "RELAUNCH_CONTROL", value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
+    /// How long to wait for the answer [default: 90s for reload, 10s for status and stop]
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+}
+
+/// Runs a client command and prints the outcome (stdout on success, stderr
+/// on a failed reload). Returns the exit code: 0 ok, 1 reload failed.
+pub async fn client(args: &ClientArgs, request: Request, json: bool) -> Result<i32> {
+    let path = args.control.as_deref().ok_or_else(|| {
+        Error::usage("no control socket given").hint(
+            "pass --control PATH or set RELAUNCH_CONTROL to the --control path of the running relaunch",
+        )
+    })?;
+    let limit = time_limit(args.timeout.as_deref(), &request)?;
+    let response = exchange(path, &request, limit).await?;
+    let (code, text) = render(&response, json)?;
+    let written = if code == 0 {
+        writeln!(io::stdout().lock(), "{text}")
+    } else {
+        writeln!(io::stderr().lock(), "{text}")
+    };
+    match written {
+        // `relaunch status | head -1` is fine.
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            Err(Error::runtime(format!("cannot print the answer: {e}")))
+        }
+        _ => Ok(code),
+    }
+}
+
+/// `--timeout`, or the default for the request.
+fn time_limit(timeout: Option<&str>, request: &Request) -> Result<Duration> {
+    let Some(text) = timeout else {
+        return Ok(match request {
+            Request::Reload => RELOAD_TIMEOUT,
+            Request::Status | Request::Stop => ANSWER_TIMEOUT,
+        });
+    };
+    match duration::parse(text) {
+        Ok(d) if d.is_zero() => Err(Error::usage("--timeout 0s would give up before asking")
+            .hint("give the time relaunch may take to answer, e.g. --timeout 2m")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(Error::usage(format!("--timeout {text:?}: {e}"))
+            .hint("give a duration such as 30s, 2m or 1m30s")),
+    }
+}
+
+/// Sends one request to the relaunch at `path` and reads its answer, all
+/// within `limit`.
+pub(super) async fn exchange(path: &Path, request: &Request, limit: Duration) -> Result<Response> {
+    match timeout(limit, talk(path, request)).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            let p = path.display();
+            let err = Error::runtime(format!(
+                "relaunch on {p} did not answer within {}",
+                duration::human(limit)
+            ));
+            Err(match request {
+                Request::Reload => err.hint(format!(
+                    "the reload may still be running: see `relaunch status --control {p}` and relaunch's log; \
+                     if its --ready-timeout plus --stop-timeout is longer, pass a longer --timeout"
+                )),
+                Request::Status | Request::Stop => err.hint(
+                    "it may be overloaded or stuck: check its log, or pass a longer --timeout",
+                ),
+            })
+        }
+    }
+}
+
+async fn talk(path: &Path, request: &Request) -> Result<Response> {
+    let p = path.display();
+    let mut stream = UnixStream::connect(path)
+        .await
+        .map_err(|e| connect_error(path, &e))?;
+    let mut line = serde_json::to_vec(request)
+        .map_err(|e| Error::runtime(format!("cannot encode the request: {e}")))?;
+    line.push(b'\n');
+    stream.write_all(&line).await.map_err(|e| {
+        Error::runtime(format!("cannot send the request to {p}: {e}"))
+            .hint("check relaunch's log; it may be stopping")
+    })?;
+    let mut answer = Vec::new();
+    BufReader::new((&mut stream).take(MAX_RESPONSE))
+        .read_until(b'\n', &mut answer)
+        .await
+        .map_err(|e| {
+            Error::runtime(format!("cannot read the answer from {p}: {e}"))
+                .hint("check relaunch's log; it may have stopped")
+        })?;
+    if answer.is_empty() {
+        return Err(Error::runtime(format!(
+            "relaunch on {p} closed the connection without answering"
+        ))
+        .hint("check relaunch's log; it may have stopped"));
+    }
+    serde_json::from_slice(&answer).map_err(|e| {
+        Error::runtime(format!("cannot understand the answer from {p}: {e}"))
+            .hint("is the relaunch there the same version as this one?")
+    })
+}
+
+fn connect_error(path: &Path, e: &io::Error) -> Error {
+    let p = path.display();
+    match e.kind() {
+        io::ErrorKind::NotFound => Error::runtime(format!(
+            "no relaunch is listening on {p} (the file does not exist)"
+        ))
+        .hint(
+            "check the --control path (or RELAUNCH_CONTROL) the running relaunch was started with",
+        ),
+        io::ErrorKind::ConnectionRefused => Error::runtime(format!(
+            "nobody is listening on {p} (a stale socket: relaunch is not running)"
+        ))
+        .hint("start relaunch with this --control path, or remove the stale file"),
+        io::ErrorKind::PermissionDenied => Error::runtime(format!(
+            "permission denied on {p}: run as the same user as relaunch or root"
+        )),
+        _ => Error::runtime(format!("cannot connect to {p}: {e}")).hint(
+            "check the --control path (or RELAUNCH_CONTROL) the running relaunch was started with",
+        ),
+    }
+}
+
+/// What to print for an answer, and the exit code; an Error answer is an error.
+fn render(response: &Response, json: bool) -> Result<(i32, String)> {
+    match response {
+        Response::Status(status) if json => serde_json::to_string_pretty(status)
+            .map(|text| (0, text))
+            .map_err(|e| Error::runtime(format!("cannot encode the status as JSON: {e}"))),
+        Response::Status(status) => Ok((0, render_status(status))),
+        Response::Reloaded { generation, pids } => {
+            let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+            let text = match pids.len() {
+                0 => format!("reloaded: generation {generation} serving"),
+                1 => format!(
+                    "reloaded: generation {generation} serving (pid {})",
+                    pids[0]
+                ),
+                _ => format!(
+                    "reloaded: generation {generation} serving (pids {})",
+                    pids.join(", ")
+                ),
+            };
+            Ok((0, text))
+        }
+        Response::ReloadFailed { reason, .. } => Ok((1, format!("reload failed: {reason}"))),
+        Response::Stopping => Ok((0, "relaunch is stopping".to_string())),
+        Response::Error { message } => {
+            let err = Error::runtime(format!("relaunch refused the request: {message}"));
+            Err(if message.starts_with("permission denied") {
+                err.hint("run as the same user as relaunch or root")
+            } else {
+                err.hint("check relaunch's log for details")
+            })
+        }
+    }
+}
+
+fn render_status(s: &Status) -> String {
+    let mut out = format!(
+        "relaunch (pid {}): {}, generation {}\n",
+        s.pid, s.state, s.generation
+    );
+    if let Some(text) = &s.status_text {
+        out += &format!("status: {text}\n");
+    }
+    if s.listeners.is_empty() {
+        out += "listeners: none\n";
+    } else {
+        out += "listeners:\n";
+        let rows: Vec<Vec<String>> = s
+            .listeners
+            .iter()
+            .map(|l| vec![l.name.clone(), l.address.clone(), format!("fd {}", l.fd)])
+            .collect();
+        out += &table(&rows, "  ");
+    }
+    if s.children.is_empty() {
+        out += "children: none\n";
+    } else {
+        out += "children:\n";
+        let mut rows = vec![
+            [
+                "PID",
+                "GEN",
+                "WORKER",
+                "STATE",
+                "UPTIME",
+                "RESTARTS",
+                "LAST EXIT",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        rows.extend(s.children.iter().map(|c| {
+            vec![
+                c.pid.to_string(),
+                c.generation.to_string(),
+                c.worker.to_string(),
+                c.state.clone(),
+                age(c.uptime_secs),
+                c.restarts.to_string(),
+                c.last_exit.clone().unwrap_or_else(|| "-".into()),
+            ]
+        }));
+        out += &table(&rows, "  ");
+    }
+    match &s.last_reload {
+        None => out += "last reload: none",
+        Some(r) => {
+            out += &format!(
+                "last reload: generation {} {} {} ago",
+                r.generation,
+                if r.ok { "succeeded" } else { "failed" },
+                age(r.seconds_ago)
+            );
+            if !r.message.is_empty() {
+                out += &format!(": {}", r.message);
+            }
+        }
+    }
+    out
+}
+
+/// An age or uptime for people: tenths below 10 s, whole seconds above.
+fn age(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "?".into();
+    }
+    let shown = if secs < 10.0 {
+        Duration::from_millis((secs * 10.0).round() as u64 * 100)
+    } else {
+        Duration::from_secs(secs.round() as u64)
+    };
+    duration::human(shown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::Server;
+    use crate::control::testing::{DEADLINE, TempDir, answer_one, jsonish, sample_status, within};
+
+    #[test]
+    fn renders_answers() {
+        let ok = |r: Response| render(&r, false).unwrap();
+        assert_eq!(
+            ok(Response::Reloaded {
+                generation: 4,
+                pids: vec![12, 13]
+            }),
+            (0, "reloaded: generation 4 serving (pids 12, 13)".into())
+        );
+        assert_eq!(
+            ok(Response::Reloaded {
+                generation: 2,
+                pids: vec![7]
+            }),
+            (0, "reloaded: generation 2 serving (pid 7)".into())
+        );
+        assert_eq!(
+            ok(Response::ReloadFailed {
+                generation: 5,
+                reason: "exited with status 1 before it was ready".into()
+            }),
+            (
+                1,
+                "reload failed: exited with status 1 before it was ready".into()
+            )
+        );
+        assert_eq!(ok(Response::Stopping).0, 0);
+        let err = render(
+            &Response::Error {
+                message: "permission denied: uid 7".into(),
+            },
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 1);
+        assert!(err.msg.contains("permission denied: uid 7"), "{err}");
+        assert!(err.hint.unwrap().contains("same user"));
+    }
+
+    #[test]
+    fn renders_status() {
+        let (code, text) = render(&Response::Status(sample_status()), false).unwrap();
+        assert_eq!(code, 0);
+        let want = "\
+relaunch (pid 4242): serving, generation 3
+status: accepting connections
+listeners:
+  http  127.0.0.1:8080  fd 3
+children:
+  PID   GEN  WORKER  STATE  UPTIME  RESTARTS  LAST EXIT
+  4250  3    0       ready  1h2m5s  2         signal 9 (SIGKILL)
+last reload: generation 3 succeeded 2m5s ago: ready after 0.4s";
+        assert_eq!(text, want);
+
+        let empty = render_status(&Status {
+            state: "starting".into(),
+            ..Status::default()
+        });
+        assert_eq!(
+            empty,
+            "relaunch (pid 0): starting, generation 0\nlisteners: none\nchildren: none\nlast reload: none"
+        );
+
+        let (_, json) = render(&Response::Status(sample_status()), true).unwrap();
+        let back: Status = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.pid, 4242);
+        assert!(json.contains("\n  \"generation\": 3"), "{json}");
+    }
+
+    #[test]
+    fn ages() {
+        for (secs, want) in [
+            (0.0, "0s"),
+            (0.04, "0s"),
+            (4.25, "4.3s"),
+            (9.97, "10s"),
+            (42.4, "42s"),
+            (187.0, "3m7s"),
+            (7500.0, "2h5m"),
+            (273_600.0, "76h"),
+            (-1.0, "?"),
+            (f64::NAN, "?"),
+            (f64::INFINITY, "?"),
+        ] {
+            assert_eq!(age(secs), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn connect_errors_say_what_to_do() {
+        let p = Path::new("/run/x.sock");
+        let msg = |kind| connect_error(p, &io::Error::from(kind)).msg;
+        assert_eq!(
+            msg(io::ErrorKind::NotFound),
+            "no relaunch is listening on /run/x.sock (the file does not exist)"
+        );
+        assert_eq!(
+            msg(io::ErrorKind::ConnectionRefused),
+            "nobody is listening on /run/x.sock (a stale socket: relaunch is not running)"
+        );
+        assert_eq!(
+            msg(io::ErrorKind::PermissionDenied),
+            "permission denied on /run/x.sock: run as the same user as relaunch or root"
+        );
+        assert!(
+            connect_error(p, &io::Error::from(io::ErrorKind::NotFound))
+                .hint
+                .unwrap()
+                .contains("--control")
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn status_round_trip() {
+        let dir = TempDir::new("status");
+        let path = dir.path("ctl.sock");
+        let mut rx = Server::bind(&path).unwrap().serve();
+
+        let (got, ()) = within(async {
+            tokio::join!(
+                exchange(&path, &Request::Status, DEADLINE),
+                answer_one(&mut rx, Request::Status, Response::Status(sample_status()))
+            )
+        })
+        .await;
+        let Response::Status(status) = got.unwrap() else {
+            panic!("not a status");
+        };
+        assert_eq!(status.pid, 4242);
+        assert_eq!(status.listeners[0].address, "127.0.0.1:8080");
+        assert_eq!(status.children[0].restarts, 2);
+
+        // The whole client command, text and JSON.
+        let args = ClientArgs {
+            control: Some(path.clone()),
+            timeout: None,
+        };
+        for json in [false, true] {
+            let (code, ()) = within(async {
+                tokio::join!(
+                    client(&args, Request::Status, json),
+                    answer_one(&mut rx, Request::Status, Response::Status(sample_status()))
+                )
+            })
+            .await;
+            assert_eq!(code.unwrap(), 0);
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn reload_outcomes_set_exit_code() {
+        let dir = TempDir::new("reload");
+        let path = dir.path("ctl.sock");
+        let mut rx = Server::bind(&path).unwrap().serve();
+        let args = ClientArgs {
+            control: Some(path.clone()),
+            timeout: None,
+        };
+        for (response, want) in [
+            (
+                Response::ReloadFailed {
+                    generation: 5,
+                    reason: "not ready within 30s".into(),
+                },
+                1,
+            ),
+            (
+                Response::Reloaded {
+                    generation: 5,
+                    pids: vec![10],
+                },
+                0,
+            ),
+            (Response::Stopping, 0),
+        ] {
+            let request = match response {
+                Response::Stopping => Request::Stop,
+                _ => Request::Reload,
+            };
+            let (code, ()) = within(async {
+                tokio::join!(
+                    client(&args, request.clone(), false),
+                    answer_one(&mut rx, request.clone(), response)
+                )
+            })
+            .await;
+            assert_eq!(code.unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn time_limits() {
+        assert_eq!(time_limit(None, &Request::Reload).unwrap(), RELOAD_TIMEOUT);
+        assert_eq!(time_limit(None, &Request::Status).unwrap(), ANSWER_TIMEOUT);
+        assert_eq!(time_limit(None, &Request::Stop).unwrap(), ANSWER_TIMEOUT);
+        // A reload with the default timeouts fits, with room.
+        assert!(RELOAD_TIMEOUT >= Duration::from_secs(60 + 10 + 10));
+        assert_eq!(
+            time_limit(Some("5m"), &Request::Status).unwrap(),
+            Duration::from_secs(300)
+        );
+        for bad in ["0s", "0", "soon", "-1s", ""] {
+            let err = time_limit(Some(bad), &Request::Reload).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+            assert!(err.msg.contains("--timeout"), "{bad:?}: {err}");
+        }
+    }
+
+    /// A socket that takes connections but never answers (a stuck relaunch,
+    /// or another program): the client gives up at its limit and says so.
+    #[tokio::test(flavor = "current_thread")]
+    async fn gives_up_on_a_socket_that_never_answers() {
+        let dir = TempDir::new("mute");
+        let path = dir.path("ctl.sock");
+        let _mute = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let limit = Duration::from_millis(200);
+        for request in [Request::Reload, Request::Status, Request::Stop] {
+            let t = std::time::Instant::now();
+            let err = within(exchange(&path, &request, limit)).await.unwrap_err();
+            assert!(t.elapsed() >= limit, "{request:?}");
+            assert_eq!(err.exit_code(), 1);
+            assert_eq!(
+                err.msg,
+                format!("relaunch on {} did not answer within 200ms", path.display())
+            );
+            let hint = err.hint.unwrap();
+            assert!(hint.contains("--timeout"), "{hint}");
+            assert_eq!(
+                hint.contains("reload may still be running"),
+                request == Request::Reload
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn client_errors() {
+        let dir = TempDir::new("client");
+        let missing = dir.path("missing.sock");
+        let err = client(
+            &ClientArgs {
+                control: Some(missing.clone()),
+                timeout: None,
+            },
+            Request::Status,
+            false,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 1);
+        assert_eq!(
+            err.msg,
+            format!(
+                "no relaunch is listening on {} (the file does not exist)",
+                missing.display()
+            )
+        );
+
+        let stale = dir.path("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        let err = exchange(&stale, &Request::Status, DEADLINE)
+            .await
+            .unwrap_err();
+        assert!(err.msg.starts_with("nobody is listening on"), "{err}");
+
+        let err = client(
+            &ClientArgs {
+                control: None,
+                timeout: None,
+            },
+            Request::Status,
+            false,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.hint.unwrap().contains("RELAUNCH_CONTROL"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn answers_of_any_bytes_never_panic_the_client(bytes in jsonish()) {
+            if let Ok(r) = serde_json::from_slice::<Response>(&bytes) {
+                // Whatever decodes also renders, as text and as JSON.
+                let _ = render(&r, false);
+                let _ = render(&r, true);
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The wire format. The client connects to the Unix stream socket and sends
+//! one JSON line, a [`Request`] (`"status"`, `"reload"` or `"stop"`); the
+//! server answers one JSON line, a [`Response`] tagged by `"result"`, and
+//! closes. A request is at most 64 KiB; an answer (a status with many
+//! children is a few KiB) at most 16 MiB.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest request line the server reads.
+pub const MAX_REQUEST: u64 = 64 * 1024;
+/// Longest answer the client reads.
+pub const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Reload,
+    Stop,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Status(Status),
+    Reloaded { generation: u64, pids: Vec<i32> },
+    ReloadFailed { generation: u64, reason: String },
+    Stopping,
+    Error { message: String },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Status {
+    /// relaunch's own pid.
+    pub pid: u32,
+    /// The serving generation.
+    pub generation: u64,
+    /// "starting" | "serving" | "reloading" | "backing off" | "stopping"
+    pub state: String,
+    /// Last STATUS= from the serving generation.
+    pub status_text: Option<String>,
+    pub listeners: Vec<ListenerInfo>,
+    pub children: Vec<ChildInfo>,
+    pub last_reload: Option<ReloadInfo>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ListenerInfo {
+    pub name: String,
+    pub address: String,
+    pub fd: i32,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ChildInfo {
+    pub pid: i32,
+    pub generation: u64,
+    pub worker: usize,
+    pub state: String,
+    pub uptime_secs: f64,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ReloadInfo {
+    pub generation: u64,
+    pub ok: bool,
+    pub message: String,
+    pub seconds_ago: f64,
+}
+
+pub fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
+    let text = std::str::from_utf8(line).map_err(|_| {
+        "malformed request (not UTF-8): send one JSON line: \"status\", \"reload\" or \"stop\""
+            .to_string()
+    })?;
+    serde_json::from_str(text.trim()).map_err(|e| {
+        format!("malformed request ({e}): send one JSON line: \"status\", \"reload\" or \"stop\"")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::testing::{jsonish, sample_status};
+
+    #[test]
+    fn parses_requests() {
+        for (line, want) in [
+            (&b"\"status\"\n"[..], Some(Request::Status)),
+            (b"\"reload\"", Some(Request::Reload)),
+            (b"  \"stop\"\r\n", Some(Request::Stop)),
+            (b"\"STATUS\"\n", None),
+            (b"status\n", None),
+            (b"{\"request\":\"status\"}\n", None),
+            (b"\"status\" \"stop\"\n", None),
+            (b"\xff\n", None),
+            (b"\n", None),
+        ] {
+            let got = parse_request(line);
+            match want {
+                Some(r) => assert_eq!(got, Ok(r), "{line:?}"),
+                None => {
+                    let msg = got.expect_err("should be refused");
+                    assert!(msg.starts_with("malformed request"), "{msg}");
+                    assert!(msg.contains("\"status\", \"reload\" or \"stop\""), "{msg}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wire_format() {
+        assert_eq!(
+            serde_json::to_string(&Request::Reload).unwrap(),
+            "\"reload\""
+        );
+        let r = Response::Reloaded {
+            generation: 4,
+            pids: vec![12, 13],
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"result":"reloaded","generation":4,"pids":[12,13]}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Response::Stopping).unwrap(),
+            r#"{"result":"stopping"}"#
+        );
+        let failed: Response =
+            serde_json::from_str(r#"{"result":"reload_failed","generation":5,"reason":"x"}"#)
+                .unwrap();
+        assert!(matches!(
+            failed,
+            Response::ReloadFailed { generation: 5, .. }
+        ));
+        let json = serde_json::to_string(&Response::Status(sample_status())).unwrap();
+        assert!(
+            json.starts_with(r#"{"result":"status","pid":4242,"#),
+            "{json}"
+        );
+        let Response::Status(back) = serde_json::from_str(&json).unwrap() else {
+            panic!("not a status: {json}");
+        };
+        assert_eq!(
+            back.children[0].last_exit.as_deref(),
+            Some("signal 9 (SIGKILL)")
+        );
+    }
+
+    /// Every request, spelled so that a new variant fails to compile here.
+    fn all_requests() -> Vec<Request> {
+        let all = vec![Request::Status, Request::Reload, Request::Stop];
+        for r in &all {
+            match r {
+                Request::Status | Request::Reload | Request::Stop => {}
+            }
+        }
+        all
+    }
+
+    fn request() -> impl proptest::strategy::Strategy<Value = Request> {
+        proptest::sample::select(all_requests())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_request_never_panics(bytes in jsonish()) {
+            if let Err(msg) = parse_request(&bytes) {
+                proptest::prop_assert!(msg.starts_with("malformed request"), "{}", msg);
+            }
+        }
+
+        #[test]
+        fn every_request_round_trips(req in request(), pad in "[ \t\r]{0,3}") {
+            let mut line = serde_json::to_vec(&req).unwrap();
+            line.extend_from_slice(pad.as_bytes());
+            line.push(b'\n');
+            proptest::prop_assert_eq!(parse_request(&line), Ok(req));
+        }
+
+        #[test]
+        fn answers_round_trip(
+            generation in proptest::num::u64::ANY,
+            pids in proptest::collection::vec(proptest::num::i32::ANY, 0..4),
+            text in "\\PC{0,32}",
+            kind in 0u8..4,
+        ) {
+            let r = match kind {
+                0 => Response::Reloaded { generation, pids },
+                1 => Response::ReloadFailed { generation, reason: text },
+                2 => Response::Error { message: text },
+                _ => Response::Stopping,
+            };
+            let json = serde_json::to_string(&r).unwrap();
+            let back: Response = serde_json::from_str(&json).unwrap();
+            proptest::prop_assert_eq!(serde_json::to_string(&back).unwrap(), json);
+        }
+    }
+}
