@@ -75,6 +75,8 @@ state() { # DIR -> validated absolute DIR
   readlink -f "$1"
 }
 
+procs() { find "$1" -name cgroup.procs -exec cat {} + 2>/dev/null; }
+
 cgroup_of() { echo "$(cg_base)/relaunch-rig-$(basename "$1")"; }
 
 # The host pid of the rig's PID 1, if it is still ours.
@@ -91,7 +93,11 @@ cmd_boot() {
   local gaps; gaps="$(missing)"
   [ -z "$gaps" ] || die "missing: $(echo "$gaps" | paste -sd, -)"
   local cg; cg="$(cgroup_of "$dir")"
-  [ ! -e "$cg" ] || die "$cg exists: another rig uses $dir"
+  if [ -e "$cg" ]; then
+    # Left by a run that was killed before `down`: reuse the name only if empty.
+    [ -z "$(procs "$cg")" ] || die "$cg has processes: another rig uses $dir"
+    find "$cg" -depth -type d -exec rmdir {} +
+  fi
   mkdir "$cg" "$cg/payload"
   mkdir -p "$dir/root" "$dir/ovl"
   : > "$dir/console"
@@ -192,7 +198,7 @@ cmd_down() {
   if [ -d "$cg" ]; then
     local left=""
     for i in $(seq 1 200); do
-      left="$(find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null)"
+      left="$(procs "$cg")"
       [ -n "$left" ] || break
       sleep 0.05
     done

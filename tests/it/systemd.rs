@@ -270,7 +270,7 @@ fn units_under_real_systemd() {
         // meanwhile, so not one connection is refused.
         rig.install(APP, &good, 0o755);
         let load = Load::start(addr, 4);
-        wait_for("load on the app", Duration::from_secs(10), || {
+        wait_for("the app to answer", Duration::from_secs(10), || {
             (get(addr).ok()? == serving).then_some(())
         });
         rig.ok(&["kill", "-9", &main.to_string()]);
