@@ -40,7 +40,8 @@ impl Rig {
         let check = Command::new("bash").arg(script()).arg("check").output();
         let check = check.expect("run tests/systemd-rig.sh check");
         if !check.status.success() {
-            let missing = String::from_utf8_lossy(&check.stdout).replace('\n', "; ");
+            let missing = String::from_utf8_lossy(&check.stdout);
+            let missing = missing.trim().replace('\n', "; ");
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("the real-systemd test needs: {missing}");
             }
@@ -281,7 +282,7 @@ fn units_under_real_systemd() {
         let after = wait_new_pid(addr, &serving);
         let report = load.finish();
         eprintln!(
-            "relaunch killed under load: {} ok, {} refused, {} reset (requests in flight on the app systemd SIGKILLed)",
+            "relaunch killed under load: {} ok, {} refused, {} reset (in flight on the app that systemd then SIGKILLs)",
             report.ok, report.refused, report.reset
         );
         assert_eq!(report.refused, 0, "{report:?}");
