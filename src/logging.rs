@@ -13,7 +13,9 @@
 
 use std::ffi::OsStr;
 use std::fmt;
+use std::io::Write as _;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::OnceLock;
 
 use tracing::level_filters::LevelFilter;
 use tracing::{Event, Level, Subscriber};
@@ -31,20 +33,54 @@ pub fn init(quiet: bool) {
     let level = match level(rust_log.as_deref(), default) {
         Ok(level) => level,
         Err(bad) => {
-            eprintln!(
-                "relaunch: warning: RUST_LOG={bad:?} is not a level (error, warn, info, debug, trace or off); logging at {default}"
+            print(
+                4,
+                &format!(
+                    "relaunch: warning: RUST_LOG={bad:?} is not a level (error, warn, info, debug, trace or off); logging at {default}"
+                ),
             );
             default
         }
     };
-    let stderr = std::io::stderr();
-    let journal = is_journal(
-        std::env::var_os("JOURNAL_STREAM").as_deref(),
-        stderr.as_fd(),
-    );
-    let ansi = !journal && std::io::IsTerminal::is_terminal(&stderr);
-    let _ =
-        tracing::subscriber::set_global_default(subscriber(journal, ansi, level, std::io::stderr));
+    let ansi = !journal() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing::subscriber::set_global_default(subscriber(
+        journal(),
+        ansi,
+        level,
+        std::io::stderr,
+    ));
+}
+
+/// Prints `text` on stderr outside the log (an error that ends relaunch, a
+/// failed reload); under journald every line at `priority` (3 err, 4 warning).
+pub fn print(priority: u8, text: &str) {
+    let text = lines(journal().then_some(priority), text);
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// Whether stderr is the journal; decided once.
+fn journal() -> bool {
+    static JOURNAL: OnceLock<bool> = OnceLock::new();
+    *JOURNAL.get_or_init(|| {
+        is_journal(
+            std::env::var_os("JOURNAL_STREAM").as_deref(),
+            std::io::stderr().as_fd(),
+        )
+    })
+}
+
+/// `text` as lines, each after `<priority>` when there is one. A line
+/// without its own prefix would land in the journal as info.
+fn lines(priority: Option<u8>, text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for line in text.lines() {
+        if let Some(p) = priority {
+            out.push_str(&format!("<{p}>"));
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// The level `RUST_LOG` asks for, or the text when it is not one.
@@ -114,11 +150,7 @@ where
         };
         let mut text = String::new();
         ctx.format_fields(Writer::new(&mut text), event)?;
-        // A line without its own prefix would land in the journal as info.
-        for line in text.lines() {
-            writeln!(writer, "<{priority}>{line}")?;
-        }
-        Ok(())
+        writer.write_str(&lines(Some(priority), &text))
     }
 }
 
@@ -138,6 +170,17 @@ mod tests {
         assert_eq!(level(Some(" WARN ")), Ok(LevelFilter::WARN));
         assert_eq!(level(Some("off")), Ok(LevelFilter::OFF));
         assert_eq!(level(Some("relaunch=debug")), Err("relaunch=debug".into()));
+    }
+
+    #[test]
+    fn printed_lines_carry_the_priority_under_journald() {
+        let error = "relaunch: error: port 80 is in use\n  hint: run `relaunch who 80`";
+        assert_eq!(
+            lines(Some(3), error),
+            "<3>relaunch: error: port 80 is in use\n<3>  hint: run `relaunch who 80`\n"
+        );
+        assert_eq!(lines(None, error), format!("{error}\n"));
+        assert_eq!(lines(Some(4), ""), "");
     }
 
     #[test]

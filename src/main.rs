@@ -32,7 +32,10 @@ fn main() {
             std::process::exit(0);
         }
         Err(e) => {
-            eprintln!("relaunch: {}", usage_error(&e.render().to_string()));
+            logging::print(
+                3,
+                &format!("relaunch: {}", usage_error(&e.render().to_string())),
+            );
             std::process::exit(2);
         }
     };
@@ -40,7 +43,7 @@ fn main() {
     let code = match dispatch(cli, snapshot) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("relaunch: error: {e}");
+            logging::print(3, &format!("relaunch: error: {e}"));
             e.exit_code()
         }
     };

@@ -11,6 +11,7 @@ use tokio::time::timeout;
 use super::protocol::{MAX_RESPONSE, Request, Response, Status};
 use crate::duration;
 use crate::error::{Error, Result};
+use crate::logging;
 use crate::table::table;
 
 /// How long `reload` waits by default: the default `--ready-timeout` (60 s)
@@ -42,12 +43,12 @@ pub async fn client(args: &ClientArgs, request: Request, json: bool) -> Result<i
     let limit = time_limit(args.timeout.as_deref(), &request)?;
     let response = exchange(path, &request, limit).await?;
     let (code, text) = render(&response, json)?;
-    let written = if code == 0 {
-        writeln!(io::stdout().lock(), "{text}")
-    } else {
-        writeln!(io::stderr().lock(), "{text}")
-    };
-    match written {
+    if code != 0 {
+        // A failed reload: under journald (ExecReload=) at priority err.
+        logging::print(3, &text);
+        return Ok(code);
+    }
+    match writeln!(io::stdout().lock(), "{text}") {
         // `relaunch status | head -1` is fine.
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
             Err(Error::runtime(format!("cannot print the answer: {e}")))

@@ -258,6 +258,12 @@ fn units_under_real_systemd() {
             warnings.lines().any(|l| l.contains("before it was ready")),
             "no warning about the broken version at priority warning:\n{warnings}"
         );
+        // The reload client (ExecReload=) reports the failure at priority err.
+        let errors = rig.ok(&["journalctl", "--no-pager", "-o", "cat", "-p", "err", "-u", UNIT]);
+        assert!(
+            errors.lines().any(|l| l.starts_with("reload failed: ")),
+            "no error from the reload client at priority err:\n{errors}"
+        );
         let all = rig.ok(&["journalctl", "--no-pager", "-o", "cat", &main_pid]);
         assert!(all.contains("listening on"), "{all}");
         for line in all.lines() {
