@@ -1,7 +1,8 @@
 //! The shipped units under a real systemd as PID 1 (tests/systemd-rig.sh):
 //! socket activation, reloads that wait for the handoff and fail when the new
 //! version never gets ready, relaunch killed and restarted by systemd without
-//! a refused connection, log priorities in the journal, nothing left after stop.
+//! a refused connection, log priorities in the journal, nothing left after stop;
+//! and the template pair (`relaunch@PORT`) serving and reloading.
 //!
 //! Runs as root (CI is root); elsewhere it says why it is skipped. Under
 //! CI=true a missing prerequisite fails it.
@@ -207,7 +208,12 @@ fn units_under_real_systemd() {
         0o755,
     );
     rig.install(APP, &good, 0o755);
-    for unit in ["web-dashboard.socket", "web-dashboard.service"] {
+    for unit in [
+        "web-dashboard.socket",
+        "web-dashboard.service",
+        "relaunch@.socket",
+        "relaunch@.service",
+    ] {
         let text = std::fs::read(units.join(unit)).unwrap();
         rig.install(&format!("/etc/systemd/system/{unit}"), &text, 0o644);
     }
@@ -309,6 +315,17 @@ fn units_under_real_systemd() {
         assert!(left.trim().is_empty(), "left in {CGROUP}: {left}");
         let refused = get(addr).unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+
+        // The template pair: one instance per port, its command from
+        // /etc/relaunch/PORT.conf; it serves and reloads the same way.
+        rig.install("/etc/relaunch/8000.conf", format!("APP={APP}\n").as_bytes(), 0o644);
+        rig.ok(&["systemctl", "start", "relaunch@8000.socket"]);
+        let port: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+        let first = wait_serving(port);
+        rig.ok(&["systemctl", "reload", "relaunch@8000.service"]);
+        assert!(!rig.alive(&first), "reload returned before the handoff");
+        assert_ne!(get(port).unwrap(), first);
+        rig.ok(&["systemctl", "stop", "relaunch@8000.socket", "relaunch@8000.service"]);
     });
     eprintln!(
         "real-systemd test: boot {:.2?}, whole test {:.2?}",
