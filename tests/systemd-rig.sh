@@ -15,7 +15,8 @@
 # runs this script as PID 1 of a new pid namespace. It moves itself into
 # <cgroup2>/relaunch-rig-<DIR's name>/payload (the only thing made outside DIR, removed by
 # `down`), enters a new cgroup namespace rooted there, and builds a root: an overlay
-# of / with a tmpfs on top (nothing written inside reaches the disk), fresh /proc
+# of / with a tmpfs on top (nothing written inside reaches the disk; an empty
+# fstab), fresh /proc
 # (sys, sysrq-trigger, irq, bus, fs read-only), read-only sysfs, cgroup2 read-write,
 # a small tmpfs /dev, tmpfs /run and /tmp. Units that touch the host (udev, sysctl,
 # modules, time, logind, networking, ...) are masked, the host's enablements
@@ -146,6 +147,7 @@ cmd_root() {
   mount -t tmpfs -o mode=1777,nosuid,nodev rig-tmp "$R/tmp"
 
   systemd-id128 new > "$R/etc/machine-id"
+  : > "$R/etc/fstab"   # the host's disks and swap are not the rig's to mount
   hostname relaunch-rig
   local E="$R/etc/systemd/system"
   rm -rf "$E"/*.wants "$E/default.target"
