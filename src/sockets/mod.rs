@@ -20,32 +20,44 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
+use crate::plan::inherit::{Inherited, SockKind};
 use crate::plan::options::{gid_of, uid_of};
+use crate::plan::placeholders::{self, Named};
 use crate::plan::spec::{Addr, Host, ListenSpec, Proto, UnixOptions};
+use crate::plan::{Planned, Source};
 use crate::who;
 
 pub struct Listener {
     pub name: String,
     pub socket: Socket,
-    /// The bound address in spec form (`127.0.0.1:8000`, `unix:/run/x.sock`).
-    pub address: String,
+    /// The bound address; None for an inherited socket without one we can name.
+    pub addr: Option<Addr>,
     /// The Unix socket file we created: (path, (dev, inode)), removed on drop.
     created: Option<(PathBuf, (u64, u64))>,
 }
 
 impl Listener {
-    pub fn adopt(name: String, socket: Socket, address: String) -> Self {
+    pub fn adopt(name: String, socket: Socket, addr: Option<Addr>) -> Self {
         Listener {
             name,
             socket,
-            address,
+            addr,
             created: None,
         }
     }
 
-    /// The bound port, for TCP and UDP.
-    pub fn port(&self) -> Option<u16> {
-        self.socket.local_addr().ok()?.as_socket().map(|a| a.port())
+    /// The address in spec form (`127.0.0.1:8000`, `unix:/run/x.sock`).
+    pub fn address(&self) -> String {
+        placeholders::shown(self.addr.as_ref())
+    }
+
+    /// The listener as the child at fd `fd` sees it.
+    pub fn named(&self, fd: i32) -> Named<'_> {
+        Named {
+            name: &self.name,
+            fd,
+            addr: self.addr.clone(),
+        }
     }
 }
 
@@ -55,6 +67,30 @@ impl Drop for Listener {
             remove_if_ours(path, *identity);
         }
     }
+}
+
+/// The listeners of the plan, in its order: inherited sockets adopted, the
+/// others bound.
+pub fn open(plan: &[Planned], inherited: Vec<Inherited>, backlog: i32) -> Result<Vec<Listener>> {
+    let mut inherited: Vec<Option<Inherited>> = inherited.into_iter().map(Some).collect();
+    let mut out = Vec::with_capacity(plan.len());
+    for p in plan {
+        out.push(match &p.source {
+            Source::Inherited(i) => {
+                let i = inherited.get_mut(*i).and_then(Option::take).ok_or_else(|| {
+                    Error::runtime(format!("{}: the plan names an inherited socket that is not there", p.name))
+                        .hint("this is a bug in relaunch; please report it")
+                })?;
+                let l = Listener::adopt(p.name.clone(), Socket::from(i.fd), i.addr);
+                if i.kind == SockKind::Other {
+                    warn!("inherited socket {} ({}) is of a kind relaunch does not know; passing it on as is", l.name, l.address());
+                }
+                l
+            }
+            Source::Bind { spec, fallback } => bind(p.name.clone(), spec, backlog, fallback)?,
+        });
+    }
+    Ok(out)
 }
 
 /// Binds `addr`; for TCP and UDP, a held port falls back to the first free port of `fallback`.
@@ -80,7 +116,7 @@ pub fn bind(name: String, spec: &ListenSpec, backlog: i32, fallback: &[u16]) -> 
                 }
             })?;
             sock.listen(backlog).map_err(os_err("listen"))?;
-            Ok(Listener::adopt(name, sock, shown))
+            Ok(Listener::adopt(name, sock, Some(addr.clone())))
         }
     }
 }
@@ -154,11 +190,12 @@ fn finish(name: String, proto: Proto, sock: Socket) -> Result<Listener> {
         .ok()
         .and_then(|a| a.as_socket())
         .ok_or_else(|| Error::runtime("cannot read the bound address"))?;
-    let address = match proto {
-        Proto::Tcp => local.to_string(),
-        Proto::Udp => format!("udp:{local}"),
+    let addr = Addr::Inet {
+        proto,
+        host: Host::Ip(local.ip()),
+        port: local.port(),
     };
-    Ok(Listener::adopt(name, sock, address))
+    Ok(Listener::adopt(name, sock, Some(addr)))
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
@@ -303,7 +340,7 @@ fn bind_unix_path(name: String, path: &Path, opts: &UnixOptions, backlog: i32) -
     let created = Listener {
         name,
         socket: sock,
-        address: shown,
+        addr: Some(Addr::Unix(path.to_path_buf())),
         created: Some((path.to_path_buf(), identity)),
     };
     // Before listen(), so nobody connects through looser permissions.
@@ -341,22 +378,49 @@ fn os_err(what: &'static str) -> impl Fn(std::io::Error) -> Error {
     move |e| Error::runtime(format!("{what} failed: {e}"))
 }
 
-/// name -> bound address, for scripts; written whole or not at all.
-pub fn write_ports_file(path: &std::path::Path, listeners: &[Listener]) -> Result<()> {
-    let map: serde_json::Map<String, serde_json::Value> = listeners
-        .iter()
-        .map(|l| (l.name.clone(), l.address.clone().into()))
-        .collect();
-    let text = serde_json::to_string_pretty(&map).unwrap_or_default() + "\n";
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{}.tmp", std::process::id()));
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::runtime(format!("cannot write --ports-file {}: {e}", path.display()))
-                .hint("check that its folder exists and is writable")
-        })
+/// `--ports-file`: name -> bound address, for scripts; written whole or not
+/// at all, and removed when dropped (on exit) if it is still the file we wrote.
+pub struct PortsFile {
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+impl PortsFile {
+    pub fn write(path: &Path, listeners: &[Listener]) -> Result<PortsFile> {
+        use std::io::Write;
+        let map: serde_json::Map<String, serde_json::Value> = listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.address().into()))
+            .collect();
+        let text = serde_json::to_string_pretty(&map).unwrap_or_default() + "\n";
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            let m = f.metadata()?;
+            std::fs::rename(&tmp, path)?;
+            Ok((m.dev(), m.ino()))
+        });
+        match written {
+            Ok(identity) => Ok(PortsFile {
+                path: path.to_path_buf(),
+                identity,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(
+                    Error::runtime(format!("cannot write --ports-file {}: {e}", path.display()))
+                        .hint("check that its folder exists and is writable"),
+                )
+            }
+        }
+    }
+}
+
+impl Drop for PortsFile {
+    fn drop(&mut self) {
+        remove_if_ours(&self.path, self.identity);
+    }
 }
 
 /// What a probe connection to an existing socket file found.
