@@ -6,18 +6,17 @@
 //! binds) and never SO_REUSEPORT (which would let another process share the
 //! port). Stream sockets listen with `--backlog`, SOMAXCONN by default.
 //!
-//! Unix socket files: a stale file (nothing accepts on it) is replaced, a live
-//! one is an error, and a file relaunch created is removed when relaunch
-//! exits, but only if it is still the same file.
+//! Unix socket files live by the rules of [`file`]: a stale file is replaced,
+//! a live one is an error, mode and owner are set without following
+//! symlinks, and the file is removed on exit only if it is still ours.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use socket2::{Domain, SockAddr, Socket, Type};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::error::{Error, Result};
 use crate::plan::inherit::{Inherited, SockKind};
@@ -27,13 +26,15 @@ use crate::plan::spec::{Addr, Host, ListenSpec, Proto, UnixOptions};
 use crate::plan::{Planned, Source};
 use crate::who;
 
+pub mod file;
+
 pub struct Listener {
     pub name: String,
     pub socket: Socket,
     /// The bound address; None for an inherited socket without one we can name.
     pub addr: Option<Addr>,
-    /// The Unix socket file we created: (path, (dev, inode)), removed on drop.
-    created: Option<(PathBuf, (u64, u64))>,
+    /// The Unix socket file we created, removed on drop if still ours.
+    _file: Option<file::SocketFile>,
 }
 
 impl Listener {
@@ -42,7 +43,7 @@ impl Listener {
             name,
             socket,
             addr,
-            created: None,
+            _file: None,
         }
     }
 
@@ -57,14 +58,6 @@ impl Listener {
             name: &self.name,
             fd,
             addr: self.addr.clone(),
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Some((path, identity)) = &self.created {
-            remove_if_ours(path, *identity);
         }
     }
 }
@@ -280,98 +273,34 @@ fn holder_of(proto: Proto, ip: Option<IpAddr>, port: u16) -> Option<String> {
 const DEFAULT_UNIX_MODE: u32 = 0o666;
 
 fn bind_unix_path(name: String, path: &Path, opts: &UnixOptions, backlog: i32) -> Result<Listener> {
-    let shown = format!("unix:{}", path.display());
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !dir.is_dir() {
-        return Err(Error::runtime(format!(
-            "cannot bind {shown}: folder {} does not exist",
-            dir.display()
-        ))
-        .hint(format!(
-            "create it first (mkdir -p {}), or use RuntimeDirectory= in the systemd unit",
-            dir.display()
-        )));
-    }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(Error::runtime(format!(
-                "cannot bind {shown}: the path exists and is not a socket"
-            ))
-            .hint("remove it or choose another path"));
-        }
-        match probe(path) {
-            Ok(Probe::Live(_)) => {
-                let holder = who::lookup(&who::Target::Unix(path.display().to_string()))
-                    .ok()
-                    .and_then(|r| who::holder_phrase(&r));
-                let by = holder.map(|h| format!(" by {h}")).unwrap_or_default();
-                return Err(Error::runtime(format!("{shown} is already in use{by}"))
-                    .hint("stop that process or choose another path"));
-            }
-            // Nobody accepts: a leftover from a process that died.
-            Ok(Probe::Stale) => std::fs::remove_file(path).map_err(|e| {
-                Error::runtime(format!(
-                    "cannot remove stale socket {}: {e}",
-                    path.display()
-                ))
-            })?,
-            Ok(Probe::Gone) => {}
-            // EACCES and the like say nothing about liveness: never unlink then.
-            Err(e) => {
-                return Err(Error::runtime(format!(
-                    "cannot tell whether {shown} is in use ({e}), so relaunch leaves it alone"
-                ))
-                .hint("remove the file yourself if it is stale, or choose another path"));
-            }
-        }
-    }
-    let sock = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(os_err("socket"))?;
-    let addr = SockAddr::unix(path)
-        .map_err(|e| Error::usage(format!("invalid socket path {}: {e}", path.display())))?;
-    sock.bind(&addr)
-        .map_err(|e| Error::runtime(format!("cannot bind {shown}: {e}")))?;
-    let identity = std::fs::symlink_metadata(path)
-        .map(|m| (m.dev(), m.ino()))
-        .unwrap_or_default();
-    // Owned from here, so an error below still removes the file.
-    let created = Listener {
-        name,
-        socket: sock,
-        addr: Some(Addr::Unix(path.to_path_buf())),
-        created: Some((path.to_path_buf(), identity)),
+    let label = format!("unix:{}", path.display());
+    let access = file::Access {
+        mode: opts.mode.unwrap_or(DEFAULT_UNIX_MODE),
+        owner: opts
+            .owner
+            .as_deref()
+            .map(|o| uid_of("owner=", o).map(|u| u.as_raw()))
+            .transpose()?,
+        group: opts
+            .group
+            .as_deref()
+            .map(|g| gid_of("group=", g).map(|g| g.as_raw()))
+            .transpose()?,
     };
-    // Before listen(), so nobody connects through looser permissions.
-    set_access(path, opts)?;
-    created.socket.listen(backlog).map_err(os_err("listen"))?;
-    Ok(created)
-}
-
-fn set_access(path: &Path, opts: &UnixOptions) -> Result<()> {
-    use nix::unistd::chown;
-    use std::os::unix::fs::PermissionsExt;
-    let mode = opts.mode.unwrap_or(DEFAULT_UNIX_MODE);
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::runtime(format!("cannot chmod {} to {mode:o}: {e}", path.display())))?;
-    let uid = opts
-        .owner
-        .as_deref()
-        .map(|o| uid_of("owner=", o))
-        .transpose()?;
-    let gid = opts
-        .group
-        .as_deref()
-        .map(|g| gid_of("group=", g))
-        .transpose()?;
-    if uid.is_some() || gid.is_some() {
-        chown(path, uid, gid).map_err(|e| {
-            Error::runtime(format!("cannot chown {}: {e}", path.display()))
-                .hint("owner= and group= need relaunch to run as root")
-        })?;
-    }
-    Ok(())
+    let role = file::Role {
+        label: &label,
+        elsewhere: "choose another path",
+        in_use: "stop that process or choose another path",
+    };
+    let (socket, file) = file::bind(path, &access, &role)?;
+    // After the owner is set, so nobody connects through looser permissions.
+    socket.listen(backlog).map_err(os_err("listen"))?;
+    Ok(Listener {
+        name,
+        socket,
+        addr: Some(Addr::Unix(path.to_path_buf())),
+        _file: Some(file),
+    })
 }
 
 fn os_err(what: &'static str) -> impl Fn(std::io::Error) -> Error {
@@ -419,51 +348,6 @@ impl PortsFile {
 
 impl Drop for PortsFile {
     fn drop(&mut self) {
-        remove_if_ours(&self.path, self.identity);
-    }
-}
-
-/// What a probe connection to an existing socket file found.
-pub enum Probe {
-    /// Someone accepts on it; the pid if SO_PEERCRED told.
-    Live(Option<i32>),
-    /// Nobody accepts on it.
-    Stale,
-    /// The file disappeared meanwhile.
-    Gone,
-}
-
-/// Connects without blocking to tell a live socket file from a stale one.
-pub fn probe(path: &Path) -> std::io::Result<Probe> {
-    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-    // Non-blocking so a live relaunch with a full backlog can't hang us.
-    socket.set_nonblocking(true)?;
-    match socket.connect(&SockAddr::unix(path)?) {
-        Ok(()) => {
-            let pid = getsockopt(&socket, PeerCredentials)
-                .ok()
-                .map(|c| c.pid())
-                .filter(|&p| p > 0);
-            Ok(Probe::Live(pid))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Probe::Live(None)),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(Probe::Stale),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Probe::Gone),
-        Err(e) => Err(e),
-    }
-}
-
-/// Removes `path` if it still names the file we created.
-pub fn remove_if_ours(path: &Path, identity: (u64, u64)) {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if (m.dev(), m.ino()) == identity => {
-            if let Err(e) = std::fs::remove_file(path) {
-                warn!(path = %path.display(), "cannot remove socket file: {e}");
-            }
-        }
-        Ok(_) => {
-            debug!(path = %path.display(), "socket file was replaced by someone else; leaving it")
-        }
-        Err(_) => {}
+        file::remove_if_ours(&self.path, self.identity);
     }
 }
