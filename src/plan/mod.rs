@@ -141,14 +141,9 @@ pub fn make(args: &RunArgs, env: &[(OsString, OsString)], inherited: &[&str]) ->
     if program.is_empty() {
         return Err(Error::usage("the command is empty").hint("put the server's command after --"));
     }
+    // inherit::take has already said why LISTEN_FDS for another pid is ignored.
     let mut notes = Vec::new();
     let mut warnings = Vec::new();
-    if var(env, "LISTEN_FDS").is_some() && inherited.is_empty() {
-        notes.push(
-            "LISTEN_FDS was set for another process (LISTEN_PID does not match); ignoring it"
-                .into(),
-        );
-    }
     let listeners = listeners(args, inherited, &mut notes)?;
     if !args.no_listen_pid
         && let Some(w) = wrapper::warning(program, rest)
@@ -501,7 +496,6 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(p.notes.len(), 1, "LISTEN_FDS for another process is noted");
         let c = p.child(&[bound("web", 3, "127.0.0.1:4321")]).unwrap();
         assert_eq!(c.args, [OsString::from("--port=4321")]);
         let get = |k: &str| var(&c.env, k).map(|v| v.to_str().unwrap().to_string());
