@@ -10,9 +10,9 @@
 //!   umask). Right after `bind` the file is pinned with
 //!   `O_PATH | O_NOFOLLOW` and must be a socket with one link, owned by us;
 //!   the exact mode and the owner are then set on that pinned inode
-//!   (`/proc/self/fd/N` for the mode, `fchownat(fd, "", AT_EMPTY_PATH)` for the
-//!   owner), never through the path, so a symlink or another file swapped in
-//!   meanwhile is never touched. Afterwards the path must still name the
+//!   (`fchmodat2`, or `/proc/self/fd/N` before Linux 6.6, for the mode;
+//!   `fchownat(fd, "", AT_EMPTY_PATH)` for the owner), never through the
+//!   path, so a symlink or another file swapped in meanwhile is never touched. Afterwards the path must still name the
 //!   pinned inode (device and inode number).
 //! - Remove: on drop, only if the path still names the inode we bound.
 
@@ -112,17 +112,13 @@ fn finish(path: &Path, pinned: Pinned, access: &Access, role: &Role) -> Result<S
         .map_err(|e| Error::runtime(format!("cannot inspect {label}: {e}")))?;
     // The umask may have narrowed it; never widened, so this only opens up.
     if st.st_mode & 0o7777 != access.mode {
-        let proc_path = format!("/proc/self/fd/{}\0", fd.as_raw_fd());
-        // SAFETY: a NUL-terminated path; chmod follows the magic link to the pinned inode.
-        let rc = unsafe { libc::chmod(proc_path.as_ptr().cast(), access.mode as libc::mode_t) };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            return Err(Error::runtime(format!(
+        chmod_pinned(&fd, access.mode).map_err(|e| {
+            Error::runtime(format!(
                 "cannot set the mode of {label} to {:o}: {e}",
                 access.mode
             ))
-            .hint("relaunch sets it through /proc/self/fd; mount /proc, or start relaunch with a umask that keeps the mode (umask 000)"));
-        }
+            .hint("mount /proc (relaunch sets the mode through /proc/self/fd on kernels before 6.6), or start relaunch with a umask that keeps the mode (umask 000)")
+        })?;
     }
     if access.owner.is_some() || access.group.is_some() {
         let uid = access.owner.unwrap_or(u32::MAX);
@@ -146,6 +142,41 @@ fn finish(path: &Path, pinned: Pinned, access: &Access, role: &Role) -> Result<S
             role.elsewhere
         ))),
     }
+}
+
+/// Linux 6.6+; one number on every architecture (libc lacks it on some).
+const SYS_FCHMODAT2: libc::c_long = 452;
+
+/// chmod of the pinned inode itself: fchmodat2(fd, "", AT_EMPTY_PATH) on
+/// Linux 6.6+, else through the /proc/self/fd link to that very inode.
+fn chmod_pinned(fd: &OwnedFd, mode: u32) -> io::Result<()> {
+    // SAFETY: an empty, NUL-terminated path with AT_EMPTY_PATH acts on `fd` only.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_FCHMODAT2,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            mode as libc::mode_t,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
+        return Err(e);
+    }
+    chmod_through_proc(fd, mode)
+}
+
+fn chmod_through_proc(fd: &OwnedFd, mode: u32) -> io::Result<()> {
+    let link = format!("/proc/self/fd/{}\0", fd.as_raw_fd());
+    // SAFETY: a NUL-terminated path; chmod follows the magic link to the pinned inode.
+    if unsafe { libc::chmod(link.as_ptr().cast(), mode as libc::mode_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// An O_PATH fd of the file at `path` itself, never of a symlink's target.
@@ -436,6 +467,17 @@ mod tests {
         let path = dir.0.join("ctl.sock");
         let (_sock, _pinned) = create(&path, 0o600, &ROLE).unwrap();
         assert_eq!(mode(&path) & 0o077, 0, "born with mode {:o}", mode(&path));
+    }
+
+    #[test]
+    fn both_ways_of_chmod_act_on_the_pinned_inode() {
+        let dir = Dir::new("chmod");
+        let path = dir.0.join("app.sock");
+        let (_sock, (fd, _)) = create(&path, 0o600, &ROLE).unwrap();
+        chmod_pinned(&fd, 0o640).unwrap();
+        assert_eq!(mode(&path), 0o640);
+        chmod_through_proc(&fd, 0o604).unwrap();
+        assert_eq!(mode(&path), 0o604);
     }
 
     #[test]
