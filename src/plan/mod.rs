@@ -7,6 +7,9 @@
 //! after, in `sockets`; [`Plan::child`] then fills in what depends on the
 //! bound addresses (placeholders, `LISTEN_FDS`/`LISTEN_FDNAMES`, `--compat`).
 //!
+//! `make` looks nothing up itself: `--user`/`--group` are resolved by the
+//! function it is given, so the whole step is unit-tested without root.
+//!
 //! Names: every explicit `NAME=` and every inherited name is reserved before
 //! an unnamed listener is given a default name (`http`, `http2`, ...), so
 //! `--port P -l http=...` gives `http2` and `http`. An explicit name takes the
@@ -128,9 +131,18 @@ pub struct Child {
     pub warnings: Vec<String>,
 }
 
+/// How `--user` and `--group` are resolved: [`options::credentials`], or a
+/// stand-in in tests.
+pub type Users<'a> = &'a dyn Fn(Option<&str>, Option<&str>) -> Result<Option<options::RunAs>>;
+
 /// The plan for `args`, given relaunch's environment and the names of the
-/// sockets it inherited. Looks nothing up but `--user`/`--group`.
-pub fn make(args: &RunArgs, env: &[(OsString, OsString)], inherited: &[&str]) -> Result<Plan> {
+/// sockets it inherited; `users` resolves `--user` and `--group`.
+pub fn make(
+    args: &RunArgs,
+    env: &[(OsString, OsString)],
+    inherited: &[&str],
+    users: Users,
+) -> Result<Plan> {
     let stop_signal = options::parse_stop_signal(&args.stop_signal)?;
     let stop_timeout = options::parse_duration("--stop-timeout", &args.stop_timeout)?;
     let ready_timeout = options::parse_timeout("--ready-timeout", &args.ready_timeout)?;
@@ -150,7 +162,7 @@ pub fn make(args: &RunArgs, env: &[(OsString, OsString)], inherited: &[&str]) ->
     {
         warnings.push(w);
     }
-    let run_as = options::credentials(args.user.as_deref(), args.group.as_deref())?;
+    let run_as = users(args.user.as_deref(), args.group.as_deref())?;
     let mut child_env: Vec<(OsString, OsString)> = env
         .iter()
         .filter(|(k, _)| !NOT_PASSED.iter().any(|r| k == r))
@@ -317,13 +329,35 @@ mod tests {
             .run
     }
 
+    fn env() -> Vec<(OsString, OsString)> {
+        [
+            ("PATH", "/bin"),
+            ("HOME", "/root"),
+            ("USER", "root"),
+            ("LISTEN_FDS", "1"),
+            ("RELAUNCH_CONTROL", "/run/x.sock"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()))
+        .to_vec()
+    }
+
+    /// Every user is www (uid 33) here; nothing is looked up.
+    fn www(user: Option<&str>, group: Option<&str>) -> Result<Option<options::RunAs>> {
+        Ok((user.is_some() || group.is_some()).then(|| options::RunAs {
+            creds: Credentials {
+                uid: 33,
+                gid: 33,
+                groups: vec![33],
+            },
+            user: user.map(|_| options::UserInfo {
+                name: "www".into(),
+                home: "/var/www".into(),
+            }),
+        }))
+    }
+
     fn plan(line: &[&str], inherited: &[&str]) -> Result<Plan> {
-        let env = [
-            ("PATH".into(), "/bin".into()),
-            ("LISTEN_FDS".into(), "1".into()),
-            ("RELAUNCH_CONTROL".into(), "/run/x.sock".into()),
-        ];
-        make(&args(line), &env, inherited)
+        make(&args(line), &env(), inherited, &www)
     }
 
     fn names(p: &Plan) -> Vec<&str> {
@@ -505,6 +539,23 @@ mod tests {
         assert_eq!(get("PATH").as_deref(), Some("/bin"));
         assert_eq!(get("RELAUNCH_CONTROL"), None);
         assert_eq!(c.env.iter().filter(|(k, _)| k == "LISTEN_FDS").count(), 1);
+    }
+
+    #[test]
+    fn under_user_home_user_and_logname_are_the_users() {
+        let p = plan(&["--port", "1", "--user", "www", "--", "x"], &[]).unwrap();
+        assert_eq!(p.creds.as_ref().map(|c| c.uid), Some(33));
+        let c = p.child(&[]).unwrap();
+        let get = |k: &str| var(&c.env, k).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(get("HOME").as_deref(), Some("/var/www"));
+        assert_eq!(get("USER").as_deref(), Some("www"));
+        assert_eq!(get("LOGNAME").as_deref(), Some("www"));
+        assert_eq!(c.env.iter().filter(|(k, _)| k == "HOME").count(), 1);
+        // --group alone changes no name.
+        let p = plan(&["--port", "1", "--group", "www", "--", "x"], &[]).unwrap();
+        let c = p.child(&[]).unwrap();
+        assert_eq!(var(&c.env, "HOME").unwrap(), "/root");
+        assert_eq!(var(&c.env, "LOGNAME"), None);
     }
 
     #[test]

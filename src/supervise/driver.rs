@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use crate::cli::RunArgs;
 use crate::control::{self, Incoming, Request, Response};
 use crate::error::{Error, Result};
-use crate::plan::options::ReadyMode;
+use crate::plan::options::{self, ReadyMode};
 use crate::plan::placeholders::Named;
 use crate::plan::{self, Snapshot};
 use crate::ready::notify::{Message, NotifySocket, Systemd};
@@ -32,7 +32,7 @@ const SCAN_EVERY: Duration = Duration::from_millis(15);
 pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     let inherited = snap.inherited?;
     let names: Vec<&str> = inherited.iter().map(|i| i.name.as_str()).collect();
-    let plan = plan::make(&args, &snap.env, &names)?;
+    let plan = plan::make(&args, &snap.env, &names, &options::credentials)?;
     for n in &plan.notes {
         info!("{n}");
     }
