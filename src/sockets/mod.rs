@@ -351,3 +351,45 @@ impl Drop for PortsFile {
         file::remove_if_ours(&self.path, self.identity);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::IntoRawFd;
+
+    #[test]
+    fn open_adopts_inherited_first_then_binds_with_typed_addresses() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let inherited =
+            vec![crate::plan::inherit::adopt(held.into_raw_fd(), "web".into()).unwrap()];
+        let spec = crate::plan::spec::parse("udp:127.0.0.1:0").unwrap();
+        let plan = [
+            Planned {
+                name: "web".into(),
+                source: Source::Inherited(0),
+            },
+            Planned {
+                name: "dns".into(),
+                source: Source::Bind {
+                    spec,
+                    fallback: Vec::new(),
+                },
+            },
+        ];
+        let l = open(&plan, inherited, 16).unwrap();
+        assert_eq!(l[0].name, "web");
+        assert_eq!(l[0].address(), format!("127.0.0.1:{port}"));
+        assert_eq!(l[0].named(3).port(), Some(port));
+        let Some(Addr::Inet {
+            proto: Proto::Udp,
+            port: bound,
+            ..
+        }) = l[1].addr
+        else {
+            panic!("not UDP: {:?}", l[1].addr);
+        };
+        assert_ne!(bound, 0, "the bound port, not the asked one");
+        assert_eq!(l[1].address(), format!("udp:127.0.0.1:{bound}"));
+    }
+}
