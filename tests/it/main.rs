@@ -3,6 +3,7 @@
 mod bad_input;
 mod core;
 mod faults;
+mod groups;
 mod ports;
 mod reload;
 mod servers;
