@@ -10,6 +10,17 @@ use crate::duration;
 use crate::error::{Error, Result};
 use crate::supervise::spawn;
 
+/// `--restart`: when to restart a child that exits on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Restart whenever the child exits.
+    Always,
+    /// Restart only after a non-zero exit or a signal.
+    OnFailure,
+    /// Never restart: relaunch exits with the child's status.
+    Never,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ReadyMode {
     Auto,
