@@ -8,7 +8,6 @@ use nix::sys::signal::Signal;
 
 use crate::duration;
 use crate::error::{Error, Result};
-use crate::supervise::spawn;
 
 /// `--restart`: when to restart a child that exits on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +62,16 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
     duration::parse(s).map_err(|e| Error::usage(format!("{flag}: {e}")))
 }
 
+/// Who the children run as: resolved here, applied after fork (by spawn).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
+}
+
 /// `--user` / `--group`, resolved now so the child only has to apply them.
-pub fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<spawn::Credentials>> {
+pub fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<Credentials>> {
     use nix::unistd::{Gid, Uid, User, getgrouplist};
     if user.is_none() && group.is_none() {
         return Ok(None);
@@ -99,7 +106,7 @@ pub fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<spa
         }
         None => vec![gid],
     };
-    Ok(Some(spawn::Credentials {
+    Ok(Some(Credentials {
         uid: user
             .as_ref()
             .map(|u| u.uid)

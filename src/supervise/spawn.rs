@@ -45,13 +45,8 @@ pub struct Request<'a> {
     pub creds: Option<&'a Credentials>,
 }
 
-/// Who the child runs as: resolved in the parent, applied after fork.
-#[derive(Debug, Clone)]
-pub struct Credentials {
-    pub uid: libc::uid_t,
-    pub gid: libc::gid_t,
-    pub groups: Vec<libc::gid_t>,
-}
+/// Resolved by `plan`, applied after fork.
+pub use crate::plan::options::Credentials;
 
 #[derive(Debug)]
 pub enum Error {
