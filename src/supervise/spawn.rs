@@ -351,7 +351,8 @@ impl ChildPlan {
         }
     }
 
-    /// execvp's search: ENOENT and ENOTDIR try the next candidate; EACCES
+    /// execvp's search: ENOENT, ENOTDIR (and ESTALE, ENODEV, ETIMEDOUT, as
+    /// glibc does) try the next candidate; EACCES
     /// (or a file whose interpreter is missing) is remembered, and reported
     /// if nothing runs; any other error ends the search.
     unsafe fn exec_each(&self, err_fd: RawFd) -> ! {
@@ -365,6 +366,8 @@ impl ChildPlan {
                 let exists = libc::stat(path, &mut st) == 0;
                 match errno {
                     libc::ENOENT | libc::ENOTDIR if !exists => continue,
+                    // What execvp also skips: a stale or vanished mount.
+                    libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => continue,
                     libc::ENOENT | libc::EACCES => {
                         if found.1 < 0 {
                             let dir = exists && st.st_mode & libc::S_IFMT == libc::S_IFDIR;

@@ -811,3 +811,104 @@ fn a_child_that_hangs_the_proc_scan_does_not_freeze_the_event_loop() {
     let status = r.wait_exit(T);
     assert_eq!(status.code(), Some(0), "{}", r.log.text());
 }
+
+/// A FUSE file system that answers FUSE_INIT and nothing else: any lookup
+/// in it waits forever, like a hung network mount. argv: mount point, mark.
+const STUCK_FS: &str = r#"
+import ctypes, os, struct, sys
+mnt, mark = sys.argv[1], sys.argv[2]
+fd = os.open("/dev/fuse", os.O_RDWR)
+libc = ctypes.CDLL(None, use_errno=True)
+opts = ("fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other" % fd).encode()
+if libc.mount(b"stuckfs", mnt.encode(), b"fuse", 0, opts) != 0:
+    sys.exit("mount: errno %d" % ctypes.get_errno())
+open(mark, "w").close()
+while True:
+    req = os.read(fd, 1 << 20)
+    _, opcode, unique = struct.unpack_from("<IIQ", req)
+    if opcode == 26:
+        _, _, readahead = struct.unpack_from("<III", req, 40)
+        out = struct.pack("<IIIIHHI", 7, 22, readahead, 0, 0, 0, 4096)
+        os.write(fd, struct.pack("<IiQ", 16 + len(out), 0, unique) + out)
+"#;
+
+/// The stuck file system's server; dropping it ends the server (pending
+/// lookups then fail) and detaches the mount.
+struct StuckFs {
+    server: std::process::Child,
+    mnt: std::path::PathBuf,
+}
+
+impl Drop for StuckFs {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let mnt = CString::new(self.mnt.to_str().unwrap()).unwrap();
+        // SAFETY: a plain syscall on a path we own.
+        unsafe { libc::umount2(mnt.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[test]
+fn a_hung_mount_in_path_does_not_freeze_the_event_loop() {
+    if !require_tool("python3") {
+        return;
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(!ci, "this test needs root and /dev/fuse under CI=true");
+        eprintln!("skipping: needs root and /dev/fuse");
+        return;
+    }
+    let dir = TempDir::new("hungpath");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mark = dir.join("mounted");
+    let fs = StuckFs {
+        server: Command::new("python3")
+            .args([
+                "-c",
+                STUCK_FS,
+                mnt.to_str().unwrap(),
+                mark.to_str().unwrap(),
+            ])
+            .spawn()
+            .unwrap(),
+        mnt: mnt.clone(),
+    };
+    wait_for("the stuck file system to be mounted", T, || {
+        mark.exists().then_some(())
+    });
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let path = format!("{}:/usr/bin:/bin", mnt.display());
+    let r = Relaunch::start_with(Command::new(relaunch_bin()).env("PATH", path).args([
+        "-l",
+        "127.0.0.1:0",
+        "--control",
+        &ctl,
+        "--",
+        "sleep",
+        "300",
+    ]));
+    // Looking for `sleep` in the first PATH folder hangs; whoever looks must
+    // not be the thread that answers the control socket.
+    wait_for("the control socket", T, || {
+        Path::new(&ctl).exists().then_some(())
+    });
+    let (code, out) = cli(&["status", "--control", &ctl], Duration::from_secs(5));
+    // A lookup the server has read waits even through SIGKILL: end the file
+    // system before anything can fail, so a failure never hangs the suite.
+    drop(fs);
+    assert_eq!(code, Some(0), "the control socket must still answer: {out}");
+    assert!(out.contains("starting"), "{out}");
+    // The child's lookup fails with the file system gone; it says so through
+    // its status pipe, and relaunch ends with the exec error.
+    let mut r = r;
+    r.wait_exit(T);
+    assert!(
+        r.log.text().contains("cannot run sleep"),
+        "{}",
+        r.log.text()
+    );
+}
