@@ -228,7 +228,12 @@ fn render_status(s: &Status) -> String {
                 c.pid.to_string(),
                 c.generation.to_string(),
                 c.worker.to_string(),
-                c.state.clone(),
+                if c.lingering.is_empty() {
+                    c.state.clone()
+                } else {
+                    let pids: Vec<String> = c.lingering.iter().map(|p| p.to_string()).collect();
+                    format!("{} (pids {})", c.state, pids.join(", "))
+                },
                 age(c.uptime_secs),
                 c.restarts.to_string(),
                 c.last_exit.clone().unwrap_or_else(|| "-".into()),

@@ -93,6 +93,7 @@ mod testing {
                 uptime_secs: 3725.0,
                 restarts: 2,
                 last_exit: Some("signal 9 (SIGKILL)".into()),
+                lingering: Vec::new(),
             }],
             last_reload: Some(ReloadInfo {
                 generation: 3,

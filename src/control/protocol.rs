@@ -60,6 +60,10 @@ pub struct ChildInfo {
     pub uptime_secs: f64,
     pub restarts: u32,
     pub last_exit: Option<String>,
+    /// State "lingering": the leader exited and these processes of its
+    /// group live on (they are being stopped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lingering: Vec<i32>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
