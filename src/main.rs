@@ -6,6 +6,7 @@ mod control;
 mod duration;
 mod error;
 mod plan;
+mod proc;
 mod ready;
 mod sockets;
 mod supervise;

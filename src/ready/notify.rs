@@ -11,14 +11,28 @@
 //! - has an embedded NUL (one trailing NUL is tolerated, as systemd does),
 //! - is not UTF-8 or not `KEY=VALUE` lines (see [`parse`]).
 //!
-//! File descriptors that arrive (`SCM_RIGHTS`) are never wanted: they are
-//! closed before `recv` returns, whether the message is kept or not. `recv`
-//! does not filter by pid; the caller checks the pid belongs to the
-//! generation's process tree, since only it knows that tree. That check is
-//! not optional: abstract sockets have no file permissions, so any process in
-//! our network namespace can send here. `recv` is cancel-safe (no await
-//! between taking a datagram off the queue and returning it), so it can sit
-//! in a `select!`.
+//! The sender is checked when its datagram arrives, not later: a short-lived
+//! sender (`systemd-notify`) is gone by the time the message is handled.
+//! Abstract sockets have no file permissions, so any process in our network
+//! namespace can send here. With each datagram:
+//! - the kernel hands us a pidfd of the sender (`SO_PASSPIDFD`, Linux 6.5+;
+//!   before that we open one with `pidfd_open`, and before 5.3 go without);
+//! - we read the sender's line of parents from /proc up to relaunch
+//!   ([`proc::lineage`]), and keep it in the [`Message`] only if the pidfd
+//!   shows the sender still exists afterwards: then its pid was not reused
+//!   while we read. A MAINPID= is checked the same way.
+//! - a sender whose parents do not lead to relaunch is a stranger: dropped
+//!   here, at the cost of one /proc read once it is known (a stranger never
+//!   becomes one of ours), and logged at most once per pid per
+//!   [`QUIET_FOR`]. The caller asks [`Message::sent_by_any_of`] with the
+//!   generation's roots, since only it knows them, and reads nothing.
+//!
+//! File descriptors that arrive (`SCM_RIGHTS`) are never wanted, except the
+//! one of `BARRIER=1`: its sender waits until it is closed, so it stays open
+//! in the [`Message`] until the message has been handled (dropped). The
+//! others are closed before `recv` returns, whether the message is kept or
+//! not. The /proc reads happen on tokio's blocking pool, off the event loop;
+//! `recv` is therefore not cancel-safe: run it in a task of its own.
 //!
 //! Up: [`Systemd`] sends relaunch's own state to the service manager named by
 //! relaunch's inherited `NOTIFY_SOCKET` (a path or `@abstract`). Sends never
@@ -35,11 +49,17 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram as StdDatagram};
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use nix::sys::socket::{
     self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, sockopt,
 };
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
+
+use crate::proc::{self, Lineage, Pidfd};
 
 /// Largest datagram accepted; systemd uses the same bound (PIPE_BUF).
 pub const MAX_DATAGRAM: usize = 4096;
@@ -52,18 +72,55 @@ const SCM_MAX_FD: usize = 253;
 /// How often `bind` retries when the random name is already taken.
 const BIND_ATTEMPTS: usize = 8;
 
+/// A rejected sender is logged at most once per pid in this long.
+pub const QUIET_FOR: Duration = Duration::from_secs(30);
+
+/// SO_PASSPIDFD and SCM_PIDFD (Linux 6.5), not in every libc yet. The
+/// option's number differs on alpha, mips, parisc and sparc: there we go
+/// without (and fall back to pidfd_open).
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
+))]
+const SO_PASSPIDFD: Option<libc::c_int> = Some(76);
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
+)))]
+const SO_PASSPIDFD: Option<libc::c_int> = None;
+const SCM_PIDFD: libc::c_int = 0x04;
+
 /// One generation's notify socket.
 pub struct NotifySocket {
     sock: UnixDatagram,
     env: String,
 }
 
-/// A valid notify datagram and who sent it (per the kernel).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A valid notify datagram and who sent it (per the kernel), with what was
+/// learned about the sender and its MAINPID= when it arrived.
+#[derive(Debug)]
 pub struct Message {
     pub pid: i32,
-    pub uid: u32,
     pub fields: Vec<(String, String)>,
+    /// The sender and its parents below relaunch, read when it arrived;
+    /// None when that could not be proven (it was gone, or no /proc).
+    sender: Option<Vec<i32>>,
+    /// The same for the process MAINPID= names.
+    main: Option<Vec<i32>>,
+    /// The fd of BARRIER=1, closed when the message is dropped (handled).
+    _barrier: Option<OwnedFd>,
 }
 
 impl NotifySocket {
@@ -112,33 +169,161 @@ impl NotifySocket {
         &self.env
     }
 
-    /// Next valid datagram. Invalid ones are dropped with a debug line; fds
-    /// that arrive are closed. Does not filter by pid. Cancel-safe.
+    /// Next valid datagram from a process under relaunch. Invalid ones are
+    /// dropped with a debug line, strangers with a rate-limited warning; fds
+    /// that arrive are closed, except a barrier's, which the message keeps.
+    /// Not cancel-safe (see the module doc).
     pub async fn recv(&self) -> io::Result<Message> {
         let fd = self.sock.as_raw_fd();
         let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut cmsg = nix::cmsg_space!(libc::ucred, [RawFd; SCM_MAX_FD]);
+        let mut cmsg = nix::cmsg_space!(libc::ucred, RawFd, [RawFd; SCM_MAX_FD]);
         loop {
             let raw = self
                 .sock
                 .async_io(Interest::READABLE, || recv_raw(fd, &mut buf, &mut cmsg))
                 .await?;
-            if !raw.fds.is_empty() {
+            let data = &buf[..raw.len.min(buf.len())];
+            let mut msg = match decode(data, raw.len, raw.ctrunc, raw.cred) {
+                Ok(msg) => msg,
+                Err(why) => {
+                    tracing::debug!(pid = ?raw.cred.map(|c| c.0), "dropping notify datagram: {why}");
+                    continue;
+                }
+            };
+            let mut fds = raw.fds;
+            if msg.flag("BARRIER") && fds.len() == 1 {
+                msg._barrier = fds.pop();
+            }
+            if !fds.is_empty() {
                 tracing::debug!(
-                    count = raw.fds.len(),
-                    pid = ?raw.cred.map(|c| c.0),
+                    count = fds.len(),
+                    pid = msg.pid,
                     "closing fds sent to the notify socket unasked"
                 );
             }
             // Unwanted fds close here, kept message or not.
-            drop(raw.fds);
-            let data = &buf[..raw.len.min(buf.len())];
-            match decode(data, raw.len, raw.ctrunc, raw.cred) {
-                Ok(msg) => return Ok(msg),
-                Err(why) => {
-                    tracing::debug!(pid = ?raw.cred.map(|c| c.0), "dropping notify datagram: {why}")
+            drop(fds);
+            let (pid, main, pidfd) = (msg.pid, msg.mainpid(), raw.pidfd);
+            let checked = tokio::task::spawn_blocking(move || check(pid, pidfd, main)).await;
+            match checked {
+                Ok(Some((sender, main))) => {
+                    msg.sender = sender;
+                    msg.main = main;
+                    return Ok(msg);
                 }
+                Ok(None) => {} // a stranger, logged by check
+                Err(e) => tracing::debug!(pid, "notify sender check failed: {e}"),
             }
+        }
+    }
+}
+
+/// The /proc side of a datagram's arrival (blocking). None for a stranger;
+/// otherwise the lineages of the sender and of MAINPID=, each None when it
+/// could not be proven.
+#[allow(clippy::type_complexity)]
+fn check(
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    main: Option<i32>,
+) -> Option<(Option<Vec<i32>>, Option<Vec<i32>>)> {
+    let home = std::process::id() as i32;
+    let pidfd = pidfd
+        .map(Pidfd::from_owned)
+        .or_else(|| Pidfd::open(pid).ok());
+    let sender = match lineage(pid, pidfd.as_ref(), home) {
+        Lineage::Under(chain) => Some(chain),
+        Lineage::Outside => {
+            Rejects::note(pid);
+            return None;
+        }
+        Lineage::Unknown => None,
+    };
+    let main = main.and_then(|m| {
+        let fd = Pidfd::open(m).ok();
+        match lineage(m, fd.as_ref(), home) {
+            Lineage::Under(chain) => Some(chain),
+            _ => None,
+        }
+    });
+    Some((sender, main))
+}
+
+/// `pid`'s lineage, trusted only if `pidfd` (when we have one) shows the
+/// process still exists after the reads. Known strangers cost one read.
+fn lineage(pid: i32, pidfd: Option<&Pidfd>, home: i32) -> Lineage {
+    let Some(first) = proc::stat(pid) else {
+        return Lineage::Unknown;
+    };
+    if Rejects::known(pid, first.start) {
+        return Lineage::Outside;
+    }
+    let found = proc::lineage(pid, first, home, proc::stat);
+    if pidfd.is_some_and(|fd| !fd.exists()) {
+        return Lineage::Unknown;
+    }
+    if found == Lineage::Outside {
+        Rejects::remember(pid, first.start);
+    }
+    found
+}
+
+/// Senders found outside relaunch's tree, by pid and start time (a stranger
+/// never becomes one of ours), and when each was last logged.
+struct Rejects;
+
+struct Rejected {
+    start: u64,
+    logged: Instant,
+    dropped: u64,
+}
+
+static REJECTED: Mutex<Option<HashMap<i32, Rejected>>> = Mutex::new(None);
+
+impl Rejects {
+    fn with<T>(f: impl FnOnce(&mut HashMap<i32, Rejected>) -> T) -> T {
+        let mut g = REJECTED.lock().unwrap_or_else(|e| e.into_inner());
+        f(g.get_or_insert_with(HashMap::new))
+    }
+
+    fn known(pid: i32, start: u64) -> bool {
+        Self::with(|m| m.get(&pid).is_some_and(|r| r.start == start))
+    }
+
+    fn remember(pid: i32, start: u64) {
+        Self::with(|m| {
+            // Bounded: forget senders not heard from in a while.
+            if m.len() >= 1024 {
+                m.retain(|_, r| r.logged.elapsed() < QUIET_FOR);
+            }
+            m.entry(pid).or_insert(Rejected {
+                start,
+                // Logged now, by note().
+                logged: Instant::now() - QUIET_FOR * 2,
+                dropped: 0,
+            });
+        })
+    }
+
+    /// Counts a dropped datagram; warns once per pid per QUIET_FOR.
+    fn note(pid: i32) {
+        let say = Self::with(|m| {
+            let r = m.get_mut(&pid)?;
+            r.dropped += 1;
+            if r.logged.elapsed() < QUIET_FOR {
+                return None;
+            }
+            r.logged = Instant::now();
+            Some(std::mem::take(&mut r.dropped))
+        });
+        if let Some(n) = say {
+            tracing::warn!(
+                sender = pid,
+                dropped = n,
+                "ignoring a notify message from pid {pid}, a process outside relaunch's children; \
+                 further ones from it are dropped without a word for {}s",
+                QUIET_FOR.as_secs()
+            );
         }
     }
 }
@@ -171,6 +356,27 @@ impl Message {
         self.get("MAINPID")
             .and_then(|v| v.parse::<i32>().ok())
             .filter(|&p| p > 0)
+    }
+
+    /// Whether one of `roots` or a descendant sent this, as seen when it
+    /// arrived. `roots[0]` is the child relaunch forked: its pid cannot be
+    /// reused before relaunch reaps it, so a sender that was gone before it
+    /// could be checked still counts when it is that child itself.
+    pub fn sent_by_any_of(&self, roots: &[i32]) -> bool {
+        match &self.sender {
+            Some(chain) => chain.iter().any(|p| roots.contains(p)),
+            None => roots.first() == Some(&self.pid),
+        }
+    }
+
+    /// MAINPID=, if it named a process under one of `roots` when it arrived.
+    pub fn main_pid_under(&self, roots: &[i32]) -> Option<i32> {
+        let chain = self.main.as_ref()?;
+        chain
+            .iter()
+            .any(|p| roots.contains(p))
+            .then_some(self.mainpid())
+            .flatten()
     }
 }
 
@@ -206,6 +412,8 @@ struct Raw {
     ctrunc: bool,
     cred: Option<(i32, u32)>,
     fds: Vec<OwnedFd>,
+    /// The sender's pidfd (SCM_PIDFD), when the kernel sends one.
+    pidfd: Option<OwnedFd>,
 }
 
 /// Pure: the checks notify-recv.c makes, in its order.
@@ -223,7 +431,7 @@ fn decode(
             "{real_len} bytes, more than the {MAX_DATAGRAM} allowed"
         ));
     }
-    let Some((pid, uid)) = cred else {
+    let Some((pid, _uid)) = cred else {
         return Err("no sender credentials".into());
     };
     if pid <= 0 {
@@ -232,7 +440,13 @@ fn decode(
     // A trailing NUL is what a C sender writing sizeof(buf) leaves; tolerate it.
     let data = data.strip_suffix(&[0]).unwrap_or(data);
     let fields = parse(data)?;
-    Ok(Message { pid, uid, fields })
+    Ok(Message {
+        pid,
+        fields,
+        sender: None,
+        main: None,
+        _barrier: None,
+    })
 }
 
 /// One non-blocking `recvmsg`. WouldBlock passes through so tokio re-arms.
@@ -250,6 +464,7 @@ fn recv_raw(fd: RawFd, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<Raw> {
             ctrunc: msg.flags.contains(MsgFlags::MSG_CTRUNC),
             cred: None,
             fds: Vec::new(),
+            pidfd: None,
         };
         // cmsgs() refuses when MSG_CTRUNC is set; the buffer is sized so it
         // cannot be (see SCM_MAX_FD), and decode drops such a message anyway.
@@ -261,6 +476,19 @@ fn recv_raw(fd: RawFd, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<Raw> {
                     }
                     ControlMessageOwned::ScmRights(fds) => {
                         raw.fds.extend(fds.into_iter().map(own_fd));
+                    }
+                    // A negative value is the error the kernel met making it
+                    // (the sender is gone): no pidfd then.
+                    ControlMessageOwned::Unknown(u)
+                        if u.cmsg_header.cmsg_level == libc::SOL_SOCKET
+                            && u.cmsg_header.cmsg_type == SCM_PIDFD =>
+                    {
+                        if let Ok(b) = <[u8; 4]>::try_from(&u.data_bytes[..]) {
+                            let fd = RawFd::from_ne_bytes(b);
+                            if fd >= 0 {
+                                raw.pidfd = Some(own_fd(fd));
+                            }
+                        }
                     }
                     _ => {}
                 }
@@ -286,6 +514,20 @@ fn bind_abstract(name: &str) -> io::Result<OwnedFd> {
     )?;
     // Before bind, so no datagram can be queued without credentials.
     socket::setsockopt(&fd, sockopt::PassCred, &true)?;
+    if let Some(opt) = SO_PASSPIDFD {
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket, an int option with its size. Kernels before
+        // 6.5 refuse it (ENOPROTOOPT); recv then opens a pidfd itself.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
     let addr = UnixAddr::new_abstract(name.as_bytes())?;
     socket::bind(fd.as_raw_fd(), &addr)?;
     Ok(fd)
@@ -428,7 +670,6 @@ mod tests {
             .unwrap();
         let m = next(&ns).await;
         assert_eq!(m.pid, pid as i32);
-        assert_eq!(m.uid, nix::unistd::getuid().as_raw());
         assert!(m.ready());
         assert!(!m.reloading());
         assert_eq!(m.status(), Some("hi"));
@@ -506,6 +747,76 @@ mod tests {
         // the copy it received; a leak shows up as EAGAIN.
         let mut b = [0u8; 1];
         assert_eq!(nix::unistd::read(&rd, &mut b), Ok(0));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_barrier_fd_stays_open_until_the_message_is_dropped() {
+        use nix::fcntl::{FcntlArg, OFlag, fcntl};
+        let ns = NotifySocket::bind("barrier").unwrap();
+        let (rd, wr) = nix::unistd::pipe().unwrap();
+        fcntl(&rd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+        let to = UnixAddr::new_abstract(&ns.env_value().as_bytes()[1..]).unwrap();
+        let fds = [wr.as_raw_fd()];
+        socket::sendmsg(
+            sender().as_raw_fd(),
+            &[IoSlice::new(b"BARRIER=1")],
+            &[socket::ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            Some(&to),
+        )
+        .unwrap();
+        drop(wr);
+        let m = next(&ns).await;
+        let mut b = [0u8; 1];
+        // The message holds the only write end left: no EOF yet.
+        assert_eq!(
+            nix::unistd::read(&rd, &mut b),
+            Err(nix::errno::Errno::EAGAIN)
+        );
+        drop(m);
+        assert_eq!(nix::unistd::read(&rd, &mut b), Ok(0));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn senders_and_mainpids_are_checked_on_arrival() {
+        let ns = NotifySocket::bind("who").unwrap();
+        // A child of ours that sends READY=1 and MAINPID= of itself, then
+        // stays until its stdin closes.
+        let script = format!(
+            "import os, socket, sys\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             s.sendto(b'READY=1\\nMAINPID=%d' % os.getpid(), '\\0' + {:?})\n\
+             s.sendto(b'MAINPID=1', '\\0' + {:?})\n\
+             sys.stdin.read()\n",
+            &ns.env_value()[1..],
+            &ns.env_value()[1..]
+        );
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 must be installed for these tests");
+        let pid = child.id() as i32;
+        let m = next(&ns).await;
+        assert_eq!(m.pid, pid);
+        assert!(m.sent_by_any_of(&[pid]));
+        assert!(m.sent_by_any_of(&[12345678, pid]));
+        assert!(!m.sent_by_any_of(&[12345678]));
+        assert_eq!(m.main_pid_under(&[pid]), Some(pid));
+        assert_eq!(m.main_pid_under(&[12345678]), None);
+        // MAINPID=1 is not ours, whoever sends it.
+        let m = next(&ns).await;
+        assert!(m.sent_by_any_of(&[pid]));
+        assert_eq!(m.mainpid(), Some(1));
+        assert_eq!(m.main_pid_under(&[pid]), None);
+        drop(child.stdin.take());
+        child.wait().unwrap();
+
+        // Sent by relaunch itself: under no child.
+        sender().send_to_addr(b"READY=1", &addr_of(&ns)).unwrap();
+        let m = next(&ns).await;
+        assert!(!m.sent_by_any_of(&[pid]));
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -633,11 +944,7 @@ mod tests {
 
     #[test]
     fn message_accessors() {
-        let m = |s: &str| Message {
-            pid: 1,
-            uid: 0,
-            fields: parse(s.as_bytes()).unwrap(),
-        };
+        let m = |s: &str| decode(s.as_bytes(), s.len(), false, Some((1, 0))).unwrap();
         assert!(!m("READY=0").ready());
         assert!(m("STATUS=a\nREADY=1").ready());
         assert_eq!(m("STATUS=a\nSTATUS=b").status(), Some("a"));

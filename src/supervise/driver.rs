@@ -205,6 +205,9 @@ pub async fn run(args: RunArgs, mut snap: Snapshot) -> Result<i32> {
     // Orphans of our children land on us, so none stays a zombie.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    if let Some(line) = procscan::proc_missing(ready == ReadyMode::Auto) {
+        warn!("{line}");
+    }
 
     let systemd = Systemd::from_env(snap.var("NOTIFY_SOCKET").map(|v| v.as_os_str()));
     let control = match &args.control {
@@ -520,6 +523,13 @@ fn scan(sup: &mut Supervisor<Driver>, inodes: &HashSet<u64>, warned: &mut HashSe
                 &format!("pid {p} thread {tid} waits in {how}"),
                 Instant::now(),
             ),
+            procscan::Verdict::Accepted { pid: p } => sup.mark_ready(
+                pid,
+                &format!("pid {p} holds a connection it accepted"),
+                Instant::now(),
+            ),
+            // Said once at start; READY=1 or --ready-timeout decide.
+            procscan::Verdict::NoProc => sup.mark_blind(pid),
             procscan::Verdict::NotYet { blind: Some(why) } if warned.insert(pid) => {
                 sup.mark_blind(pid);
                 warn!(
@@ -534,31 +544,32 @@ fn scan(sup: &mut Supervisor<Driver>, inodes: &HashSet<u64>, warned: &mut HashSe
 }
 
 fn handle_notify(sup: &mut Supervisor<Driver>, generation: u64, msg: Message) {
+    // The sender was checked when the datagram arrived; nothing is read here.
     let owner = sup
         .children()
         .iter()
         .filter(|c| c.generation == generation)
-        .find(|c| {
-            let roots: Vec<i32> = std::iter::once(c.pid).chain(c.main_pid).collect();
-            procscan::belongs_to(msg.pid, &roots)
-        })
-        .map(|c| (c.pid, c.main_pid));
+        .map(|c| (c.pid, c.main_pid))
+        .find(|&(pid, main_pid)| msg.sent_by_any_of(&roots(pid, main_pid)));
     let Some((pid, main_pid)) = owner else {
-        warn!(
-            sender = msg.pid,
-            generation, "ignoring a notify message from a process outside generation {generation}"
-        );
+        if notify_quiet(msg.pid) {
+            warn!(
+                sender = msg.pid,
+                generation,
+                "ignoring a notify message from pid {}, a process outside generation {generation} \
+                 (or gone before it could be checked: send with BARRIER=1, as systemd-notify does)",
+                msg.pid
+            );
+        }
         return;
     };
     if let Some(m) = msg.mainpid() {
-        let roots: Vec<i32> = std::iter::once(pid).chain(main_pid).collect();
-        if procscan::belongs_to(m, &roots) {
-            sup.set_main_pid(pid, m);
-        } else {
-            warn!(
+        match msg.main_pid_under(&roots(pid, main_pid)) {
+            Some(m) => sup.set_main_pid(pid, m),
+            None => warn!(
                 pid,
-                generation, "ignoring MAINPID={m}: not a process of this child"
-            );
+                generation, "ignoring MAINPID={m}: not a process of this child when it arrived"
+            ),
         }
     }
     if let Some(text) = msg.status() {
@@ -573,6 +584,25 @@ fn handle_notify(sup: &mut Supervisor<Driver>, generation: u64, msg: Message) {
     if msg.ready() {
         sup.mark_ready(pid, "READY=1", Instant::now());
     }
+}
+
+/// The child and its MAINPID, the child first (see `Message::sent_by_any_of`).
+fn roots(pid: i32, main_pid: Option<i32>) -> Vec<i32> {
+    std::iter::once(pid).chain(main_pid).collect()
+}
+
+/// At most one warning per sender pid per `QUIET_FOR`.
+fn notify_quiet(pid: i32) -> bool {
+    use std::sync::Mutex;
+    static LAST: Mutex<Vec<(i32, Instant)>> = Mutex::new(Vec::new());
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    last.retain(|(_, at)| now.duration_since(*at) < crate::ready::notify::QUIET_FOR);
+    if last.iter().any(|(p, _)| *p == pid) {
+        return false;
+    }
+    last.push((pid, now));
+    true
 }
 
 fn handle_control(sup: &mut Supervisor<Driver>, inc: Incoming) {

@@ -646,6 +646,8 @@ fn soak_200_reloads_under_load_leave_no_fd_memory_or_zombie_behind() {
     let rl = r.pid();
     let addr = r.listen_addr(3);
     let first = wait_serving(addr);
+    // Once READY=1 is handled, no check of its sender holds a pidfd any more.
+    r.log.wait("serving: generation 1", T);
     let fds_before = fds_of(rl);
     let load = Load::start(addr, 4);
     let t = Instant::now();

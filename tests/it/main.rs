@@ -4,6 +4,7 @@ mod bad_input;
 mod core;
 mod faults;
 mod ports;
+mod ready;
 mod reload;
 mod servers;
 mod units;
