@@ -19,6 +19,7 @@ mod footprint;
 mod load;
 mod plan;
 mod procs;
+mod readiness;
 mod report;
 mod restart_loop;
 mod scenarios;

@@ -268,58 +268,57 @@ fn lineage(pid: i32, pidfd: Option<&Pidfd>, home: i32) -> Lineage {
     found
 }
 
-/// Senders found outside relaunch's tree, by pid and start time (a stranger
-/// never becomes one of ours), and when each was last logged.
-struct Rejects;
-
-struct Rejected {
-    start: u64,
-    logged: Instant,
-    dropped: u64,
+/// Whether a rejected message from `pid` deserves a warning: at most one per
+/// pid per QUIET_FOR, and at most ten in all, so that a stranger forking a
+/// new sender for every datagram cannot flood the log either.
+pub fn worth_a_warning(pid: i32) -> bool {
+    static LAST: Mutex<Vec<(i32, Instant)>> = Mutex::new(Vec::new());
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    last.retain(|(_, at)| at.elapsed() < QUIET_FOR);
+    if last.len() >= 10 || last.iter().any(|(p, _)| *p == pid) {
+        return false;
+    }
+    last.push((pid, Instant::now()));
+    true
 }
 
-static REJECTED: Mutex<Option<HashMap<i32, Rejected>>> = Mutex::new(None);
+/// Senders found outside relaunch's tree, by pid and start time: a
+/// stranger never becomes one of ours, so one /proc read tells it again.
+struct Rejects;
+
+static REJECTED: Mutex<Option<HashMap<i32, (u64, Instant)>>> = Mutex::new(None);
 
 impl Rejects {
-    fn with<T>(f: impl FnOnce(&mut HashMap<i32, Rejected>) -> T) -> T {
+    fn with<T>(f: impl FnOnce(&mut HashMap<i32, (u64, Instant)>) -> T) -> T {
         let mut g = REJECTED.lock().unwrap_or_else(|e| e.into_inner());
         f(g.get_or_insert_with(HashMap::new))
     }
 
     fn known(pid: i32, start: u64) -> bool {
-        Self::with(|m| m.get(&pid).is_some_and(|r| r.start == start))
+        Self::with(|m| match m.get_mut(&pid) {
+            Some((s, seen)) if *s == start => {
+                *seen = Instant::now();
+                true
+            }
+            _ => false,
+        })
     }
 
     fn remember(pid: i32, start: u64) {
         Self::with(|m| {
             // Bounded: forget senders not heard from in a while.
             if m.len() >= 1024 {
-                m.retain(|_, r| r.logged.elapsed() < QUIET_FOR);
+                m.retain(|_, (_, seen)| seen.elapsed() < QUIET_FOR);
             }
-            m.entry(pid).or_insert(Rejected {
-                start,
-                // Logged now, by note().
-                logged: Instant::now() - QUIET_FOR * 2,
-                dropped: 0,
-            });
+            m.insert(pid, (start, Instant::now()));
         })
     }
 
-    /// Counts a dropped datagram; warns once per pid per QUIET_FOR.
+    /// A datagram from stranger `pid` was dropped.
     fn note(pid: i32) {
-        let say = Self::with(|m| {
-            let r = m.get_mut(&pid)?;
-            r.dropped += 1;
-            if r.logged.elapsed() < QUIET_FOR {
-                return None;
-            }
-            r.logged = Instant::now();
-            Some(std::mem::take(&mut r.dropped))
-        });
-        if let Some(n) = say {
+        if worth_a_warning(pid) {
             tracing::warn!(
                 sender = pid,
-                dropped = n,
                 "ignoring a notify message from pid {pid}, a process outside relaunch's children; \
                  further ones from it are dropped without a word for {}s",
                 QUIET_FOR.as_secs()

@@ -545,6 +545,10 @@ fn scan(sup: &mut Supervisor<Driver>, inodes: &HashSet<u64>, warned: &mut HashSe
 
 fn handle_notify(sup: &mut Supervisor<Driver>, generation: u64, msg: Message) {
     // The sender was checked when the datagram arrived; nothing is read here.
+    // The child comes first among the roots (see `Message::sent_by_any_of`).
+    let roots = |pid: i32, main_pid: Option<i32>| -> Vec<i32> {
+        std::iter::once(pid).chain(main_pid).collect()
+    };
     let owner = sup
         .children()
         .iter()
@@ -552,7 +556,7 @@ fn handle_notify(sup: &mut Supervisor<Driver>, generation: u64, msg: Message) {
         .map(|c| (c.pid, c.main_pid))
         .find(|&(pid, main_pid)| msg.sent_by_any_of(&roots(pid, main_pid)));
     let Some((pid, main_pid)) = owner else {
-        if notify_quiet(msg.pid) {
+        if crate::ready::notify::worth_a_warning(msg.pid) {
             warn!(
                 sender = msg.pid,
                 generation,
@@ -584,25 +588,6 @@ fn handle_notify(sup: &mut Supervisor<Driver>, generation: u64, msg: Message) {
     if msg.ready() {
         sup.mark_ready(pid, "READY=1", Instant::now());
     }
-}
-
-/// The child and its MAINPID, the child first (see `Message::sent_by_any_of`).
-fn roots(pid: i32, main_pid: Option<i32>) -> Vec<i32> {
-    std::iter::once(pid).chain(main_pid).collect()
-}
-
-/// At most one warning per sender pid per `QUIET_FOR`.
-fn notify_quiet(pid: i32) -> bool {
-    use std::sync::Mutex;
-    static LAST: Mutex<Vec<(i32, Instant)>> = Mutex::new(Vec::new());
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    let now = Instant::now();
-    last.retain(|(_, at)| now.duration_since(*at) < crate::ready::notify::QUIET_FOR);
-    if last.iter().any(|(p, _)| *p == pid) {
-        return false;
-    }
-    last.push((pid, now));
-    true
 }
 
 fn handle_control(sup: &mut Supervisor<Driver>, inc: Incoming) {
