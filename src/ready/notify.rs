@@ -748,6 +748,37 @@ mod tests {
         assert_eq!(nix::unistd::read(&rd, &mut b), Ok(0));
     }
 
+    #[test]
+    fn the_kernel_hands_over_the_senders_pidfd() {
+        let fd = bind_abstract(&format!("relaunch-test-pidfd/{}", fastrand::u64(..))).unwrap();
+        let Some(opt) = SO_PASSPIDFD else { return };
+        let mut on: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid socket and an int-sized out buffer.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&mut on as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            eprintln!("SO_PASSPIDFD unknown to this kernel (before 6.5): pidfd_open is used");
+            return;
+        }
+        assert_eq!(on, 1, "bind_abstract asks for SCM_PIDFD");
+        let addr = socket::getsockname::<UnixAddr>(fd.as_raw_fd()).unwrap();
+        socket::sendto(sender().as_raw_fd(), b"READY=1", &addr, MsgFlags::empty()).unwrap();
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut cmsg = nix::cmsg_space!(libc::ucred, RawFd, [RawFd; SCM_MAX_FD]);
+        let raw = recv_raw(fd.as_raw_fd(), &mut buf, &mut cmsg).unwrap();
+        assert_eq!(raw.cred.map(|c| c.0), Some(std::process::id() as i32));
+        let pidfd = Pidfd::from_owned(raw.pidfd.expect("a pidfd with the datagram"));
+        assert!(pidfd.exists());
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_barrier_fd_stays_open_until_the_message_is_dropped() {
         use nix::fcntl::{FcntlArg, OFlag, fcntl};
