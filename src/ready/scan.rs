@@ -115,10 +115,9 @@ pub fn scan_each(groups: &[Vec<i32>], inodes: &HashSet<u64>) -> Vec<Verdict> {
         return groups.iter().map(|_| Verdict::NoProc).collect();
     }
     let trees = proc::Trees::new();
-    let mut net = Net::default();
     groups
         .iter()
-        .map(|roots| verdict(trees.tree(roots), inodes, &mut net))
+        .map(|roots| verdict(trees.tree(roots), inodes))
         .collect()
 }
 
@@ -142,16 +141,12 @@ pub fn proc_missing(auto: bool) -> Option<String> {
     ))
 }
 
-fn verdict(pids: Vec<i32>, inodes: &HashSet<u64>, net: &mut Net) -> Verdict {
+fn verdict(pids: Vec<i32>, inodes: &HashSet<u64>) -> Verdict {
     let mut notes = Notes::default();
-    let mut held: Vec<(i32, u64)> = Vec::new();
     for pid in pids {
-        if let Some(found) = scan_process(pid, inodes, &mut notes, &mut held) {
+        if let Some(found) = scan_process(pid, inodes, &mut notes) {
             return found;
         }
-    }
-    if let Some(pid) = net.accepted(&held, inodes) {
-        return Verdict::Accepted { pid };
     }
     let uring = notes.uring.map(|pid| {
         format!(
@@ -164,26 +159,23 @@ fn verdict(pids: Vec<i32>, inodes: &HashSet<u64>, net: &mut Net) -> Verdict {
     }
 }
 
-/// The TCP tables, read at most once per scan and only when some process
-/// holds a socket that is not a listener.
-#[derive(Default)]
-struct Net {
-    tcp: Option<Vec<proc::InetEntry>>,
+/// Reads the TCP sockets that matter (listening, or connected and not yet
+/// closed by their holder) when a process holds a socket that is not a
+/// listener, right after its fds were listed: a fast server holds a
+/// connection for well under a millisecond, so no snapshot is reused.
+/// Returns the first pid in `held` (pid, socket inode) whose socket is a
+/// connection accepted from one of the listeners in `inodes`.
+fn accepted(held: &[(i32, u64)], inodes: &HashSet<u64>) -> Option<i32> {
+    if held.is_empty() {
+        return None;
+    }
+    let states = (1 << proc::TCP_LISTEN) | (1 << proc::TCP_ESTABLISHED) | (1 << TCP_CLOSE_WAIT);
+    let tcp = proc::tcp_sockets(states).unwrap_or_default();
+    accepted_by(&tcp, held, inodes)
 }
 
-impl Net {
-    /// The first pid in `held` (pid, socket inode) whose socket is a
-    /// connection accepted from one of the listeners in `inodes`.
-    fn accepted(&mut self, held: &[(i32, u64)], inodes: &HashSet<u64>) -> Option<i32> {
-        if held.is_empty() {
-            return None;
-        }
-        let tcp = self
-            .tcp
-            .get_or_insert_with(|| proc::inet_table(&["tcp", "tcp6"]).unwrap_or_default());
-        accepted_by(tcp, held, inodes)
-    }
-}
+/// The peer closed first; the server still holds the socket.
+const TCP_CLOSE_WAIT: u8 = 0x08;
 
 /// Pure: a connection a listener accepted has the listener's local address
 /// (the concrete one, for a wildcard listener) and is not in LISTEN.
@@ -257,12 +249,7 @@ fn denial_cause() -> String {
     }
 }
 
-fn scan_process(
-    pid: i32,
-    inodes: &HashSet<u64>,
-    notes: &mut Notes,
-    held: &mut Vec<(i32, u64)>,
-) -> Option<Verdict> {
+fn scan_process(pid: i32, inodes: &HashSet<u64>, notes: &mut Notes) -> Option<Verdict> {
     let fds = match list_fds(pid, inodes) {
         Ok(fds) => fds,
         Err(e) => {
@@ -272,7 +259,10 @@ fn scan_process(
             return None; // otherwise gone
         }
     };
-    held.extend(fds.others.iter().map(|&ino| (pid, ino)));
+    let held: Vec<(i32, u64)> = fds.others.iter().map(|&ino| (pid, ino)).collect();
+    if let Some(pid) = accepted(&held, inodes) {
+        return Some(Verdict::Accepted { pid });
+    }
     for &epfd in &fds.epolls {
         let text = match proc::fdinfo(pid, epfd) {
             Ok(t) => t,
