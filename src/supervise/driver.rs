@@ -56,7 +56,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     // Orphans of our children land on us, so none stays a zombie.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-    if let Some(line) = procscan::proc_missing(ready == ReadyMode::Auto) {
+    if let Some(line) = procscan::proc_missing(plan.ready == ReadyMode::Auto) {
         warn!("{line}");
     }
 
