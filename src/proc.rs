@@ -119,6 +119,18 @@ pub fn status_uid(status: &str) -> Option<u32> {
     ids.next().unwrap_or(real).parse().ok()
 }
 
+/// `/proc/PID/mem` at `addr` (for kernels without process_vm_readv).
+pub fn read_mem(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    fs::File::open(format!("/proc/{pid}/mem"))?.read_exact_at(buf, addr)
+}
+
+/// kernel.yama.ptrace_scope ("0" to "3"), when Yama is there.
+pub fn ptrace_scope() -> Option<String> {
+    let s = fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok()?;
+    Some(s.trim().to_string())
+}
+
 // ----------------------------------------------------------------- trees --
 
 /// The roots (as given, without duplicates or pids <= 0) plus all their

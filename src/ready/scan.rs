@@ -63,7 +63,6 @@
 //! - a `poll` with more than [`MAX_POLLFDS`] entries where ours come later.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::BorrowedFd;
@@ -239,10 +238,9 @@ fn is_denied(e: &io::Error) -> bool {
 
 /// Why the kernel said no, as far as we can tell.
 fn denial_cause() -> String {
-    let scope = fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").unwrap_or_default();
-    match scope.trim() {
-        "2" => " (kernel.yama.ptrace_scope=2 allows this only with CAP_SYS_PTRACE)".into(),
-        "3" => " (kernel.yama.ptrace_scope=3 forbids it entirely)".into(),
+    match proc::ptrace_scope().as_deref() {
+        Some("2") => " (kernel.yama.ptrace_scope=2 allows this only with CAP_SYS_PTRACE)".into(),
+        Some("3") => " (kernel.yama.ptrace_scope=3 forbids it entirely)".into(),
         _ => " (the process may run as another user, be non-dumpable, or be \
                confined by seccomp or an LSM)"
             .into(),
@@ -403,9 +401,7 @@ fn read_mem(pid: i32, addr: u64, len: usize) -> io::Result<Vec<u8>> {
         }
         // Kernels built without CROSS_MEMORY_ATTACH: /proc/PID/mem needs the same access.
         Err(nix::errno::Errno::ENOSYS) => {
-            use std::os::unix::fs::FileExt;
-            let mem = fs::File::open(format!("/proc/{pid}/mem"))?;
-            mem.read_exact_at(&mut buf, addr)?;
+            proc::read_mem(pid, addr, &mut buf)?;
             Ok(buf)
         }
         Err(e) => Err(e.into()),
@@ -924,7 +920,7 @@ sys.stdin.readline()
 
     #[test]
     fn socket_inode_rejects_non_sockets() {
-        let f = fs::File::open("/proc/self/stat").unwrap();
+        let f = std::fs::File::open("/proc/self/stat").unwrap();
         let err = socket_inode(f.as_fd()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
