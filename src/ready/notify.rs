@@ -218,15 +218,12 @@ impl NotifySocket {
     }
 }
 
+/// A process and its parents below relaunch; None when unproven.
+type Chain = Option<Vec<i32>>;
+
 /// The /proc side of a datagram's arrival (blocking). None for a stranger;
-/// otherwise the lineages of the sender and of MAINPID=, each None when it
-/// could not be proven.
-#[allow(clippy::type_complexity)]
-fn check(
-    pid: i32,
-    pidfd: Option<OwnedFd>,
-    main: Option<i32>,
-) -> Option<(Option<Vec<i32>>, Option<Vec<i32>>)> {
+/// otherwise the chains of the sender and of MAINPID=.
+fn check(pid: i32, pidfd: Option<OwnedFd>, main: Option<i32>) -> Option<(Chain, Chain)> {
     let home = std::process::id() as i32;
     let pidfd = pidfd
         .map(Pidfd::from_owned)
