@@ -49,7 +49,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram as StdDatagram};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -106,7 +106,13 @@ const SCM_PIDFD: libc::c_int = 0x04;
 pub struct NotifySocket {
     sock: UnixDatagram,
     env: String,
+    /// Checked messages not yet returned by `recv`.
+    checked: Mutex<VecDeque<Message>>,
 }
+
+/// Datagrams read in one go and checked in one trip to the blocking pool:
+/// under a flood, one hop per datagram would drain the socket too slowly.
+const BATCH: usize = 64;
 
 /// A valid notify datagram and who sent it (per the kernel), with what was
 /// learned about the sender and its MAINPID= when it arrived.
@@ -155,6 +161,7 @@ impl NotifySocket {
                     return Ok(NotifySocket {
                         sock,
                         env: format!("@{name}"),
+                        checked: Mutex::new(VecDeque::new()),
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
@@ -178,44 +185,94 @@ impl NotifySocket {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut cmsg = nix::cmsg_space!(libc::ucred, RawFd, [RawFd; SCM_MAX_FD]);
         loop {
-            let raw = self
+            if let Some(m) = self.lock().pop_front() {
+                return Ok(m);
+            }
+            // Wait for one datagram, then take what else is queued.
+            let first = self
                 .sock
                 .async_io(Interest::READABLE, || recv_raw(fd, &mut buf, &mut cmsg))
                 .await?;
-            let data = &buf[..raw.len.min(buf.len())];
-            let mut msg = match decode(data, raw.len, raw.ctrunc, raw.cred) {
-                Ok(msg) => msg,
-                Err(why) => {
-                    tracing::debug!(pid = ?raw.cred.map(|c| c.0), "dropping notify datagram: {why}");
+            let mut batch: Vec<(Message, Option<OwnedFd>)> = Vec::new();
+            batch.extend(accept_raw(first, &buf));
+            // Bounded by datagrams read, valid or not, so a flood cannot
+            // keep this task from yielding.
+            for _ in 1..BATCH {
+                match self
+                    .sock
+                    .try_io(Interest::READABLE, || recv_raw(fd, &mut buf, &mut cmsg))
+                {
+                    Ok(raw) => batch.extend(accept_raw(raw, &buf)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let (msgs, whos): (Vec<Message>, Vec<_>) = batch
+                .into_iter()
+                .map(|(m, pidfd)| {
+                    let who = (m.pid, pidfd, m.mainpid());
+                    (m, who)
+                })
+                .unzip();
+            let checked = tokio::task::spawn_blocking(move || {
+                whos.into_iter()
+                    .map(|(pid, pidfd, main)| check(pid, pidfd, main))
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            let checked = match checked {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!("notify sender check failed: {e}");
                     continue;
                 }
             };
-            let mut fds = raw.fds;
-            if msg.flag("BARRIER") && fds.len() == 1 {
-                msg._barrier = fds.pop();
-            }
-            if !fds.is_empty() {
-                tracing::debug!(
-                    count = fds.len(),
-                    pid = msg.pid,
-                    "closing fds sent to the notify socket unasked"
-                );
-            }
-            // Unwanted fds close here, kept message or not.
-            drop(fds);
-            let (pid, main, pidfd) = (msg.pid, msg.mainpid(), raw.pidfd);
-            let checked = tokio::task::spawn_blocking(move || check(pid, pidfd, main)).await;
-            match checked {
-                Ok(Some((sender, main))) => {
+            let mut queue = self.lock();
+            for (mut msg, verdict) in msgs.into_iter().zip(checked) {
+                // None: a stranger, logged by check.
+                if let Some((sender, main)) = verdict {
                     msg.sender = sender;
                     msg.main = main;
-                    return Ok(msg);
+                    queue.push_back(msg);
                 }
-                Ok(None) => {} // a stranger, logged by check
-                Err(e) => tracing::debug!(pid, "notify sender check failed: {e}"),
             }
         }
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Message>> {
+        self.checked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A raw datagram decoded, with the fds it carried dealt with: a barrier's
+/// kept in the message, the others closed. None (with a debug line) when
+/// invalid. Returns the sender's pidfd beside it.
+fn accept_raw(raw: Raw, buf: &[u8]) -> Option<(Message, Option<OwnedFd>)> {
+    let data = &buf[..raw.len.min(buf.len())];
+    let mut msg = match decode(data, raw.len, raw.ctrunc, raw.cred) {
+        Ok(msg) => msg,
+        Err(why) => {
+            tracing::debug!(pid = ?raw.cred.map(|c| c.0), "dropping notify datagram: {why}");
+            return None;
+        }
+    };
+    let mut fds = raw.fds;
+    if msg.flag("BARRIER") && fds.len() == 1 {
+        msg._barrier = fds.pop();
+    }
+    if !fds.is_empty() {
+        tracing::debug!(
+            count = fds.len(),
+            pid = msg.pid,
+            "closing fds sent to the notify socket unasked"
+        );
+    }
+    // Unwanted fds close here, kept message or not.
+    drop(fds);
+    Some((msg, raw.pidfd))
 }
 
 /// A process and its parents below relaunch; None when unproven.
