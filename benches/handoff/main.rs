@@ -80,6 +80,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Before parsing arguments: the SIGHUP-to-exec figure should hold the
+    // exec, not this program's own start-up work.
+    server::record_exec_time();
     let args = Args::parse();
     if args.server {
         return server::main(server::Options {
@@ -125,6 +128,7 @@ fn self_check() -> ExitCode {
         ("server", server::self_check),
         ("targets", targets::self_check),
         ("load", load::self_check),
+        ("footprint", footprint::self_check),
     ];
     let mut failed = 0;
     for (name, check) in checks {

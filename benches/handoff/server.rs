@@ -11,7 +11,7 @@
 //!   shutdown(2): the socket may be shared with the next generation), finish
 //!   in-flight requests, exit 0.
 //! - HANDOFF_EXEC_LOG=PATH: append `<pid> <CLOCK_REALTIME ns>` first thing in
-//!   main, for the SIGHUP-to-exec figure.
+//!   main, before parsing arguments, for the SIGHUP-to-exec figure.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -40,7 +40,6 @@ pub struct Options {
 }
 
 pub fn main(opts: Options) -> ExitCode {
-    record_exec_time();
     let pid = std::process::id();
     match run(opts) {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,7 +71,9 @@ fn run(opts: Options) -> Result<(), String> {
         .map_err(|e| format!("serving: {e}"))
 }
 
-fn record_exec_time() {
+/// Called first thing in the bench's `main`, in every mode; only the
+/// servers of relaunch targets have HANDOFF_EXEC_LOG set.
+pub fn record_exec_time() {
     let Some(path) = std::env::var_os("HANDOFF_EXEC_LOG") else {
         return;
     };
