@@ -21,7 +21,7 @@ use crate::supervise::{driver, spawn};
 fn main() {
     // Before anything else: what our parent gave us, and sane fds 0-2.
     spawn::ensure_std_fds();
-    let snapshot = driver::Snapshot::take();
+    let snapshot = plan::Snapshot::take();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version.
@@ -64,7 +64,7 @@ fn usage_error(rendered: &str) -> String {
     format!("{what}\n  hint: {hint}")
 }
 
-fn dispatch(cli: Cli, snapshot: driver::Snapshot) -> Result<i32> {
+fn dispatch(cli: Cli, snapshot: plan::Snapshot) -> Result<i32> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

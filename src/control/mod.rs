@@ -10,19 +10,16 @@
 //! on connecting and sending, 5 s each).
 //!
 //! What the server guarantees:
-//! - The socket file is never reachable with a mode wider than 0600: the
-//!   socket inode is narrowed to 0600 before `bind` (Linux creates the file
-//!   with that mode minus the umask), then the file is chmod'ed to exactly
-//!   0600. This avoids flipping the process-wide umask.
+//! - The socket file follows `sockets::file` (one policy for every socket
+//!   file relaunch creates): mode 0600 set on the socket before `bind`, so
+//!   it is never reachable wider, then made exact on the pinned inode.
 //! - Only root and relaunch's own effective uid are served (SO_PEERCRED);
 //!   the file mode is the first gate, this is the second. Refusals are
 //!   answered with [`Response::Error`] and logged at warn.
 //! - An existing file at PATH is replaced only if it is a socket nobody
-//!   accepts on (connect gets ECONNREFUSED). A live socket or anything that
-//!   is not a socket is left alone and `bind` fails.
-//! - The file is removed when the [`Server`] is dropped, and only if PATH
-//!   still names the inode we bound. After [`Server::serve`] the server lives
-//!   in its accept task, which ends (and so removes the file) when the
+//!   accepts on; the file is removed when the [`Server`] is dropped, only if
+//!   PATH still names the inode we bound. After [`Server::serve`] the server
+//!   lives in its accept task, which ends (and so removes the file) when the
 //!   [`Incoming`] receiver is dropped or the runtime shuts down.
 //! - Each connection runs in its own task, so a long `reload` doesn't block
 //!   `status`. A request is one line of at most 64 KiB, read within 5 s.
@@ -30,13 +27,11 @@
 //!   "relaunch is shutting down".
 
 use std::io::{self, Write as _};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use serde::{Deserialize, Serialize};
-use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
@@ -44,7 +39,7 @@ use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
-use crate::sockets::{Probe, probe, remove_if_ours};
+use crate::sockets::file::{self, SocketFile};
 
 /// Longest request line we read.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -125,8 +120,8 @@ pub struct Incoming {
 pub struct Server {
     path: PathBuf,
     listener: UnixListener,
-    /// (dev, ino) of the file we created.
-    identity: (u64, u64),
+    /// Removes the file on drop, if still ours.
+    _file: SocketFile,
 }
 
 impl Server {
@@ -139,49 +134,39 @@ impl Server {
             )
             .hint("this is a bug in relaunch; please report it"));
         }
-        check_folder(path)?;
-        clear_stale(path)?;
-        let socket = bind_private(path).map_err(|e| bind_error(path, &e))?;
-        let identity = match std::fs::symlink_metadata(path) {
-            Ok(m) => (m.dev(), m.ino()),
-            Err(e) => {
-                return Err(Error::runtime(format!(
-                    "control socket {} vanished right after it was created: {e}",
-                    path.display()
-                ))
-                .hint(
-                    "something else is deleting files in that folder; pick another --control path",
-                ));
-            }
+        let label = format!("control socket {}", path.display());
+        let in_use = format!(
+            "stop it first (relaunch stop --control {}) or give this relaunch another --control path",
+            path.display()
+        );
+        let role = file::Role {
+            label: &label,
+            elsewhere: "pick another --control path",
+            in_use: &in_use,
         };
-        // From here on the file is ours: remove it if we fail.
-        let finish = || -> io::Result<UnixListener> {
-            // Already 0600 minus the umask; make it exactly 0600.
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let access = file::Access {
+            mode: 0o600,
+            owner: None,
+            group: None,
+        };
+        let (socket, file) = file::bind(path, &access, &role)?;
+        let listen = || -> io::Result<UnixListener> {
             socket.listen(libc::SOMAXCONN)?;
             socket.set_nonblocking(true)?;
             UnixListener::from_std(socket.into())
         };
-        match finish() {
-            Ok(listener) => {
-                info!(path = %path.display(), "control socket listening");
-                Ok(Server {
-                    path: path.to_path_buf(),
-                    listener,
-                    identity,
-                })
-            }
-            Err(e) => {
-                remove_if_ours(path, identity);
-                Err(Error::runtime(format!(
-                    "cannot set up control socket {}: {e}",
-                    path.display()
-                ))
-                .hint(
-                    "check the folder's permissions and free space, or pick another --control path",
-                ))
-            }
-        }
+        // On error `file` is dropped here, which removes it.
+        let listener = listen().map_err(|e| {
+            Error::runtime(format!("cannot set up {label}: {e}")).hint(
+                "check the folder's permissions and free space, or pick another --control path",
+            )
+        })?;
+        info!(path = %path.display(), "control socket listening");
+        Ok(Server {
+            path: path.to_path_buf(),
+            listener,
+            _file: file,
+        })
     }
 
     /// Spawns the accept loop on the current runtime and returns the requests
@@ -215,131 +200,9 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        remove_if_ours(&self.path, self.identity);
-    }
-}
-
 /// Whether a peer with `peer_uid` may control a relaunch running as `our_uid`.
 fn allowed(peer_uid: u32, our_uid: u32) -> bool {
     peer_uid == 0 || peer_uid == our_uid
-}
-
-fn check_folder(path: &Path) -> Result<()> {
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    match std::fs::metadata(folder) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(Error::runtime(format!(
-            "cannot create control socket {}: {} is not a folder",
-            path.display(),
-            folder.display()
-        ))
-        .hint("pick a --control path inside an existing folder")),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::runtime(format!(
-            "cannot create control socket {}: the folder {} does not exist",
-            path.display(),
-            folder.display()
-        ))
-        .hint(format!(
-            "create it first (mkdir -p {}) or pick another --control path",
-            folder.display()
-        ))),
-        Err(e) => Err(Error::runtime(format!(
-            "cannot create control socket {}: cannot inspect the folder {}: {e}",
-            path.display(),
-            folder.display()
-        ))
-        .hint("check the folder's permissions or pick another --control path")),
-    }
-}
-
-/// Removes a stale socket file at `path`; fails on a live one or a non-socket.
-fn clear_stale(path: &Path) -> Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(Error::runtime(format!(
-                "cannot inspect control socket path {}: {e}",
-                path.display()
-            ))
-            .hint("check the folder's permissions or pick another --control path"));
-        }
-    };
-    if !meta.file_type().is_socket() {
-        return Err(Error::runtime(format!(
-            "control socket path {} exists and is not a socket",
-            path.display()
-        ))
-        .hint("relaunch only replaces stale sockets: move that file away or pick another --control path"));
-    }
-    let in_use_hint = format!(
-        "stop it first (relaunch stop --control {}) or give this relaunch another --control path",
-        path.display()
-    );
-    match probe(path) {
-        Ok(Probe::Live(Some(pid))) => Err(Error::runtime(format!(
-            "another relaunch is already using control socket {} (pid {pid})",
-            path.display()
-        ))
-        .hint(in_use_hint)),
-        Ok(Probe::Live(None)) => Err(Error::runtime(format!(
-            "another process is already listening on control socket {}",
-            path.display()
-        ))
-        .hint(in_use_hint)),
-        Ok(Probe::Gone) => Ok(()),
-        Ok(Probe::Stale) => match std::fs::remove_file(path) {
-            Ok(()) => {
-                info!(path = %path.display(), "removed stale control socket");
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::runtime(format!(
-                "cannot remove stale control socket {}: {e}",
-                path.display()
-            ))
-            .hint("remove it by hand or pick another --control path")),
-        },
-        Err(e) => Err(Error::runtime(format!(
-            "cannot check whether control socket {} is in use: {e}",
-            path.display()
-        ))
-        .hint("check the file's owner and permissions, or pick another --control path")),
-    }
-}
-
-/// Creates and binds the socket; the file appears with mode 0600 minus the
-/// umask (Linux takes the mode of the socket inode), never wider.
-fn bind_private(path: &Path) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-    nix::sys::stat::fchmod(&socket, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
-    socket.bind(&SockAddr::unix(path)?)?;
-    Ok(socket)
-}
-
-fn bind_error(path: &Path, e: &io::Error) -> Error {
-    let p = path.display();
-    match e.kind() {
-        io::ErrorKind::AddrInUse => Error::runtime(format!(
-            "control socket {p} was just created by another process"
-        ))
-        .hint("another relaunch may be starting with the same --control path; give each its own"),
-        io::ErrorKind::PermissionDenied => {
-            Error::runtime(format!("permission denied creating control socket {p}"))
-                .hint("pick a --control path in a folder relaunch's user can write to")
-        }
-        io::ErrorKind::InvalidInput => Error::runtime(format!(
-            "control socket path {p} is too long for a Unix socket (at most 107 bytes)"
-        ))
-        .hint("pick a shorter --control path"),
-        _ => Error::runtime(format!("cannot create control socket {p}: {e}"))
-            .hint("check the folder's permissions, or pick another --control path"),
-    }
 }
 
 /// Serves one connection: one request line in, one answer line out.
@@ -706,6 +569,7 @@ mod tests {
     use super::*;
     use std::future::Future;
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     const DEADLINE: Duration = Duration::from_secs(10);
@@ -996,17 +860,6 @@ last reload: generation 3 succeeded 2m05s ago: ready after 0.4s";
         assert_eq!(m & 0o7777, 0o600, "mode {m:o}");
     }
 
-    #[test]
-    fn socket_file_is_never_wider_than_0600() {
-        // Before the chmod: the mode the file was born with. Without the
-        // fchmod trick it would be 0777 minus the umask.
-        let dir = TempDir::new("born");
-        let path = dir.path("ctl.sock");
-        let _socket = bind_private(&path).unwrap();
-        let m = mode(&path);
-        assert_eq!(m & 0o077, 0, "born with mode {m:o}");
-    }
-
     #[tokio::test(flavor = "current_thread")]
     async fn status_round_trip() {
         let dir = TempDir::new("status");
@@ -1202,13 +1055,13 @@ last reload: generation 3 succeeded 2m05s ago: ready after 0.4s";
         let ino = std::fs::symlink_metadata(&path).unwrap().ino();
 
         let err = Server::bind(&path).err().expect("bind should fail");
-        assert_eq!(
-            err.msg,
-            format!(
-                "another relaunch is already using control socket {} (pid {})",
+        assert!(
+            err.msg.starts_with(&format!(
+                "control socket {} is already in use by pid {}",
                 path.display(),
                 std::process::id()
-            )
+            )),
+            "{err}"
         );
         assert!(err.hint.unwrap().contains("relaunch stop --control"));
         assert_eq!(std::fs::symlink_metadata(&path).unwrap().ino(), ino);

@@ -39,11 +39,11 @@
 //!   only: the first listener.
 //!
 //! `env` is pure apart from reading relaunch's own pid.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 
 use crate::plan::placeholders::Named;
+use crate::plan::spec::{Addr, Host, Proto};
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
@@ -72,11 +72,12 @@ pub fn warnings(style: Style, listeners: &[Named]) -> Vec<String> {
     match kind(first) {
         Kind::Inet { addr, .. } if addr.is_ipv6() => out.push(format!(
             "--compat werkzeug: listener {:?} is IPv6 ({}), but werkzeug reads the fd as IPv4 unless the app passes an IPv6 host: call app.run(host=\"::\") (or `flask run --host ::`), or listen on an IPv4 address such as -l 127.0.0.1:PORT; otherwise client addresses come out garbled",
-            first.name, first.address
+            first.name, first.address()
         )),
         Kind::Unix { path } => out.push(format!(
-            "--compat werkzeug: listener {:?} is a Unix socket, but werkzeug reads the fd as IPv4 unless the app passes host=\"unix://{path}\" to app.run(); otherwise the server address it reports is wrong",
-            first.name
+            "--compat werkzeug: listener {:?} is a Unix socket, but werkzeug reads the fd as IPv4 unless the app passes host=\"unix://{}\" to app.run(); otherwise the server address it reports is wrong",
+            first.name,
+            path.display()
         )),
         _ => {}
     }
@@ -119,18 +120,20 @@ fn env_for(
                     Kind::Inet { udp: true, .. } => {
                         return Err(format!(
                             "--compat server-starter: listener {:?} ({}) is UDP, but Server::Starter only passes stream sockets: drop --compat server-starter or listen on TCP",
-                            l.name, l.address
+                            l.name,
+                            l.address()
                         ));
                     }
                     Kind::Inet { addr, .. } if addr.ip().is_unspecified() && addr.is_ipv4() => {
                         addr.port().to_string()
                     }
                     Kind::Inet { addr, .. } => addr.to_string(),
-                    Kind::Unix { path } => path.to_string(),
+                    Kind::Unix { path } => path.display().to_string(),
                     Kind::Abstract => {
                         return Err(format!(
                             "--compat server-starter: listener {:?} ({}) is an abstract Unix socket, which Server::Starter cannot name: listen on a Unix socket path instead",
-                            l.name, l.address
+                            l.name,
+                            l.address()
                         ));
                     }
                     Kind::Unknown => return Err(unknown(l)),
@@ -146,7 +149,8 @@ fn env_for(
             if let Kind::Inet { udp: true, .. } = kind(first) {
                 return Err(format!(
                     "--compat werkzeug: the first listener {:?} ({}) is UDP, but werkzeug serves HTTP over TCP: put a TCP listener first, e.g. -l 127.0.0.1:PORT",
-                    first.name, first.address
+                    first.name,
+                    first.address()
                 ));
             }
             if let Kind::Unknown = kind(first) {
@@ -161,34 +165,34 @@ fn env_for(
 
 enum Kind<'a> {
     Inet { addr: SocketAddr, udp: bool },
-    Unix { path: &'a str },
+    Unix { path: &'a std::path::Path },
     Abstract,
     Unknown,
 }
 
-/// What kind of socket a listener is, from its address in spec form.
-fn kind<'a>(l: &Named<'a>) -> Kind<'a> {
-    if let Some(p) = l.address.strip_prefix("unix:") {
-        return if p.starts_with('@') {
-            Kind::Abstract
-        } else {
-            Kind::Unix { path: p }
-        };
-    }
-    let (udp, rest) = match l.address.strip_prefix("udp:") {
-        Some(r) => (true, r),
-        None => (false, l.address.strip_prefix("tcp:").unwrap_or(l.address)),
-    };
-    match rest.parse() {
-        Ok(addr) => Kind::Inet { addr, udp },
-        Err(_) => Kind::Unknown,
+/// What kind of socket a listener is, from its typed address.
+fn kind<'a>(l: &'a Named<'_>) -> Kind<'a> {
+    match &l.addr {
+        Some(Addr::Inet {
+            proto,
+            host: Host::Ip(ip),
+            port,
+        }) => Kind::Inet {
+            addr: SocketAddr::new(*ip, *port),
+            udp: *proto == Proto::Udp,
+        },
+        Some(Addr::Unix(path)) => Kind::Unix { path },
+        Some(Addr::UnixAbstract(_)) => Kind::Abstract,
+        // Bound and inherited addresses are always IPs; a host here is a bug.
+        Some(Addr::Inet { .. }) | None => Kind::Unknown,
     }
 }
 
 fn unknown(l: &Named) -> String {
     format!(
         "cannot tell what kind of socket listener {:?} is from its address {:?}: this is a bug in relaunch, please report it",
-        l.name, l.address
+        l.name,
+        l.address()
     )
 }
 
@@ -196,12 +200,11 @@ fn unknown(l: &Named) -> String {
 mod tests {
     use super::*;
 
-    fn named<'a>(name: &'a str, fd: i32, address: &'a str) -> Named<'a> {
+    fn named<'a>(name: &'a str, fd: i32, address: &str) -> Named<'a> {
         Named {
             name,
             fd,
-            port: None,
-            address,
+            addr: Some(crate::plan::spec::parse(address).unwrap().addr),
         }
     }
 

@@ -6,7 +6,6 @@
 //! ephemeral one), so are reversed ranges, empty items and lists of more than
 //! 65535 entries in total. Duplicates are dropped, the first occurrence keeps
 //! its place, so the order written is the order tried.
-#![allow(dead_code)]
 
 /// Most entries a list may expand to, counting duplicates.
 const MAX_ENTRIES: usize = 65535;

@@ -59,9 +59,9 @@ pub struct Inherited {
     pub fd: OwnedFd,
     pub name: String,
     pub kind: SockKind,
-    /// Human address: `127.0.0.1:8080`, `[::]:80`, `udp:0.0.0.0:53`,
-    /// `unix:/run/x.sock`, `unix:@name`.
-    pub local: String,
+    /// The local address; None when it has none we can name (an unnamed
+    /// Unix socket, another family).
+    pub addr: Option<Addr>,
 }
 
 const FIX: &str = "fix the socket unit or the launcher that set it, or unset LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES";
@@ -200,7 +200,8 @@ pub fn adopt(fd: i32, name: String) -> Result<Inherited> {
     // SAFETY: `fd` is open, is a socket, and was handed to this process by
     // the LISTEN_FDS protocol; the caller guarantees no one else owns it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let (kind, local) = describe(&owned);
+    let (kind, addr) = describe(&owned);
+    let local = crate::plan::placeholders::shown(addr.as_ref());
     let sock = SockRef::from(&owned);
     if matches!(kind, SockKind::Tcp | SockKind::Unix) && !sock.is_listener().unwrap_or(true) {
         tracing::warn!(fd, name, local, "inherited stream socket is not listening");
@@ -210,7 +211,7 @@ pub fn adopt(fd: i32, name: String) -> Result<Inherited> {
         fd: owned,
         name,
         kind,
-        local,
+        addr,
     })
 }
 
@@ -227,8 +228,8 @@ fn set_cloexec(fd: i32) -> bool {
     }
 }
 
-/// The socket's kind and its local address in spec form.
-fn describe(fd: &OwnedFd) -> (SockKind, String) {
+/// The socket's kind and its local address.
+fn describe(fd: &OwnedFd) -> (SockKind, Option<Addr>) {
     let sock = SockRef::from(fd);
     let domain = sock.domain().ok();
     let ty = sock.r#type().ok();
@@ -240,30 +241,26 @@ fn describe(fd: &OwnedFd) -> (SockKind, String) {
         _ => SockKind::Other,
     };
     let Ok(addr) = sock.local_addr() else {
-        return (kind, "(unknown address)".to_string());
+        return (kind, None);
     };
-    let local = if let Some(sa) = addr.as_socket() {
+    let addr = if let Some(sa) = addr.as_socket() {
         let proto = if kind == SockKind::Udp {
             Proto::Udp
         } else {
             Proto::Tcp
         };
-        Addr::Inet {
+        Some(Addr::Inet {
             proto,
             host: Host::Ip(sa.ip()),
             port: sa.port(),
-        }
-        .to_string()
+        })
     } else if let Some(path) = addr.as_pathname() {
-        Addr::Unix(path.to_path_buf()).to_string()
-    } else if let Some(name) = addr.as_abstract_namespace() {
-        Addr::UnixAbstract(name.to_vec()).to_string()
-    } else if addr.is_unnamed() {
-        "unix:(unnamed)".to_string()
+        Some(Addr::Unix(path.to_path_buf()))
     } else {
-        format!("(address family {})", addr.family())
+        addr.as_abstract_namespace()
+            .map(|name| Addr::UnixAbstract(name.to_vec()))
     };
-    (kind, local)
+    (kind, addr)
 }
 
 /// Some(n) for a plain decimal (digits only, no sign), saturating at
@@ -290,6 +287,10 @@ fn file_kind(t: SFlag) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shown(i: &Inherited) -> String {
+        crate::plan::placeholders::shown(i.addr.as_ref())
+    }
     use std::io::Write;
     use std::os::fd::{AsRawFd, IntoRawFd};
     use std::os::linux::net::SocketAddrExt;
@@ -490,7 +491,7 @@ mod tests {
         assert!(is_cloexec(fd));
         assert_eq!(got.name, "web");
         assert_eq!(got.kind, SockKind::Tcp);
-        assert_eq!(got.local, format!("127.0.0.1:{port}"));
+        assert_eq!(shown(&got), format!("127.0.0.1:{port}"));
     }
 
     #[test]
@@ -499,7 +500,7 @@ mod tests {
         let port = u.local_addr().unwrap().port();
         let got = adopt(u.into_raw_fd(), "dns".into()).unwrap();
         assert_eq!(
-            (got.kind, got.local),
+            (got.kind, shown(&got)),
             (SockKind::Udp, format!("udp:0.0.0.0:{port}"))
         );
 
@@ -507,7 +508,7 @@ mod tests {
             let port = l.local_addr().unwrap().port();
             let got = adopt(l.into_raw_fd(), "v6".into()).unwrap();
             assert_eq!(
-                (got.kind, got.local),
+                (got.kind, shown(&got)),
                 (SockKind::Tcp, format!("[::1]:{port}"))
             );
         }
@@ -519,7 +520,7 @@ mod tests {
         let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let got = adopt(l.into_raw_fd(), "api".into()).unwrap();
         assert_eq!(
-            (got.kind, got.local),
+            (got.kind, shown(&got)),
             (SockKind::Unix, format!("unix:{}", path.display()))
         );
         let _ = std::fs::remove_dir_all(&dir);
@@ -529,7 +530,7 @@ mod tests {
         let d = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
         let got = adopt(d.into_raw_fd(), "dg".into()).unwrap();
         assert_eq!(
-            (got.kind, got.local),
+            (got.kind, shown(&got)),
             (SockKind::UnixDgram, format!("unix:@{name}"))
         );
     }

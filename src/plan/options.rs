@@ -31,6 +31,20 @@ pub fn parse_ready(s: &str) -> Result<ReadyMode> {
     }
 }
 
+/// `--stop-signal`: any catchable signal. SIGKILL would skip the graceful
+/// stop that --stop-timeout bounds (relaunch sends it itself at the end).
+pub fn parse_stop_signal(s: &str) -> Result<Signal> {
+    let sig = parse_signal(s)?;
+    if sig == Signal::SIGKILL || sig == Signal::SIGSTOP {
+        return Err(Error::usage(format!(
+            "invalid --stop-signal {s:?}: {} cannot be caught, so the child gets no chance to finish its requests",
+            sig.as_str()
+        ))
+        .hint("use TERM, INT or QUIT; relaunch sends SIGKILL itself once --stop-timeout has passed"));
+    }
+    Ok(sig)
+}
+
 pub fn parse_signal(s: &str) -> Result<Signal> {
     let upper = s.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
@@ -52,8 +66,34 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
     duration::parse(s).map_err(|e| Error::usage(format!("{flag}: {e}")))
 }
 
+/// A deadline: zero would fail every start at once.
+pub fn parse_timeout(flag: &str, s: &str) -> Result<Duration> {
+    let d = parse_duration(flag, s)?;
+    if d.is_zero() {
+        return Err(Error::usage(format!(
+            "{flag} {s:?}: a timeout of zero fails every start at once"
+        ))
+        .hint(format!("give a duration such as {flag} 60s")));
+    }
+    Ok(d)
+}
+
+/// Who the children run as.
+#[derive(Debug)]
+pub struct RunAs {
+    pub creds: spawn::Credentials,
+    /// The `--user`, for HOME, USER and LOGNAME.
+    pub user: Option<UserInfo>,
+}
+
+#[derive(Debug)]
+pub struct UserInfo {
+    pub name: String,
+    pub home: std::path::PathBuf,
+}
+
 /// `--user` / `--group`, resolved now so the child only has to apply them.
-pub fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<spawn::Credentials>> {
+pub fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<RunAs>> {
     use nix::unistd::{Gid, Uid, User, getgrouplist};
     if user.is_none() && group.is_none() {
         return Ok(None);
@@ -88,7 +128,7 @@ pub fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<spa
         }
         None => vec![gid],
     };
-    Ok(Some(spawn::Credentials {
+    let creds = spawn::Credentials {
         uid: user
             .as_ref()
             .map(|u| u.uid)
@@ -96,6 +136,13 @@ pub fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<spa
             .as_raw(),
         gid: gid.as_raw(),
         groups: groups.into_iter().map(|g| g.as_raw()).collect(),
+    };
+    Ok(Some(RunAs {
+        creds,
+        user: user.map(|u| UserInfo {
+            name: u.name,
+            home: u.dir,
+        }),
     }))
 }
 
@@ -160,5 +207,25 @@ mod tests {
         assert_eq!(parse_signal("QUIT").unwrap(), Signal::SIGQUIT);
         assert!(parse_signal("NOPE").is_err());
         assert!(parse_signal("99").is_err());
+        for s in ["KILL", "9", "SIGKILL", "STOP"] {
+            let e = parse_stop_signal(s).unwrap_err();
+            assert!(e.msg.contains("cannot be caught"), "{s}: {e}");
+            assert!(e.hint.is_some());
+        }
+        assert_eq!(parse_stop_signal("INT").unwrap(), Signal::SIGINT);
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        let e = parse_timeout("--ready-timeout", "0s").unwrap_err();
+        assert!(e.msg.starts_with("--ready-timeout \"0s\""), "{e}");
+        assert_eq!(
+            e.hint.as_deref(),
+            Some("give a duration such as --ready-timeout 60s")
+        );
+        assert_eq!(
+            parse_timeout("--ready-timeout", "1ms").unwrap(),
+            Duration::from_millis(1)
+        );
     }
 }

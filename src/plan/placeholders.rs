@@ -13,21 +13,40 @@
 //!   when it is not UTF-8. Arguments with braces are processed as bytes too:
 //!   only the placeholders must be ASCII.
 //! - Errors are plain strings, ready for `Error::usage`.
-#![allow(dead_code)]
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
+use crate::plan::spec::Addr;
+
 /// A listener as the child will see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Named<'a> {
     pub name: &'a str,
     /// The fd number in the child (3 + index).
     pub fd: i32,
+    /// The bound address; None when an inherited socket's is unknown.
+    pub addr: Option<Addr>,
+}
+
+impl Named<'_> {
     /// The bound port; None for Unix sockets.
-    pub port: Option<u16>,
-    /// The bound address, e.g. `127.0.0.1:8000` or `unix:/path`.
-    pub address: &'a str,
+    pub fn port(&self) -> Option<u16> {
+        match self.addr {
+            Some(Addr::Inet { port, .. }) => Some(port),
+            _ => None,
+        }
+    }
+
+    /// The address as relaunch logs it.
+    pub fn address(&self) -> String {
+        shown(self.addr.as_ref())
+    }
+}
+
+/// An address in spec form, or what stands for an unknown one.
+pub fn shown(addr: Option<&Addr>) -> String {
+    addr.map_or_else(|| "(unknown address)".to_string(), Addr::to_string)
 }
 
 const FORMS: &str = "{fd}, {fd:NAME}, {port}, {port:NAME}, {addr}, {addr:NAME}";
@@ -110,13 +129,16 @@ fn resolve(inner: &str, listeners: &[Named]) -> Result<String, String> {
     };
     Ok(match key {
         "fd" => l.fd.to_string(),
-        "addr" => l.address.to_string(),
-        _ => match l.port {
+        "addr" => l.address(),
+        _ => match l.port() {
             Some(p) => p.to_string(),
             None => {
                 return Err(format!(
                     "{{{inner}}}: listener {:?} ({}) has no port: use {{addr:{}}} or {{fd:{}}}",
-                    l.name, l.address, l.name, l.name
+                    l.name,
+                    l.address(),
+                    l.name,
+                    l.name
                 ));
             }
         },
@@ -128,26 +150,26 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const L: [Named; 3] = [
-        Named {
-            name: "web",
-            fd: 3,
-            port: Some(8000),
-            address: "127.0.0.1:8000",
-        },
-        Named {
-            name: "v6",
-            fd: 4,
-            port: Some(9000),
-            address: "[::1]:9000",
-        },
-        Named {
-            name: "admin",
-            fd: 5,
-            port: None,
-            address: "unix:/run/a.sock",
-        },
-    ];
+    fn listeners() -> [Named<'static>; 3] {
+        let at = |s: &str| Some(crate::plan::spec::parse(s).unwrap().addr);
+        [
+            Named {
+                name: "web",
+                fd: 3,
+                addr: at("127.0.0.1:8000"),
+            },
+            Named {
+                name: "v6",
+                fd: 4,
+                addr: at("[::1]:9000"),
+            },
+            Named {
+                name: "admin",
+                fd: 5,
+                addr: at("unix:/run/a.sock"),
+            },
+        ]
+    }
 
     fn one(s: &str, l: &[Named]) -> Result<String, String> {
         expand(&[OsString::from(s)], l).map(|v| v[0].to_string_lossy().into_owned())
@@ -174,7 +196,7 @@ mod tests {
             ("{{\"json\": 1}}", "{\"json\": 1}"),
         ];
         for (input, want) in cases {
-            assert_eq!(one(input, &L).as_deref(), Ok(want), "{input}");
+            assert_eq!(one(input, &listeners()).as_deref(), Ok(want), "{input}");
         }
     }
 
@@ -223,14 +245,14 @@ mod tests {
             ),
         ];
         for (input, want) in cases {
-            assert_eq!(one(input, &L), Err(want.to_string()), "{input}");
+            assert_eq!(one(input, &listeners()), Err(want.to_string()), "{input}");
         }
     }
 
     #[test]
     fn port_of_a_unix_first_listener() {
         assert_eq!(
-            one("{port}", &L[2..]),
+            one("{port}", &listeners()[2..]),
             Err("in argument \"{port}\": {port}: listener \"admin\" (unix:/run/a.sock) has no port: use {addr:admin} or {fd:admin}".into())
         );
     }
@@ -251,11 +273,14 @@ mod tests {
     #[test]
     fn non_utf8_passes_through() {
         let raw = OsString::from_vec(vec![0xff, b'x', 0xfe]);
-        assert_eq!(expand(std::slice::from_ref(&raw), &L), Ok(vec![raw]));
+        assert_eq!(
+            expand(std::slice::from_ref(&raw), &listeners()),
+            Ok(vec![raw])
+        );
         // Bytes around a placeholder survive too.
         let mixed = OsString::from_vec(vec![0xff, b'{', b'f', b'd', b'}', 0xfe]);
         assert_eq!(
-            expand(&[mixed], &L),
+            expand(&[mixed], &listeners()),
             Ok(vec![OsString::from_vec(vec![0xff, b'3', 0xfe])])
         );
     }
@@ -270,30 +295,30 @@ mod tests {
             .iter()
             .map(OsString::from)
             .collect();
-        assert_eq!(expand(&args, &L), Ok(want));
+        assert_eq!(expand(&args, &listeners()), Ok(want));
     }
 
     proptest! {
         #[test]
         fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let _ = expand(&[OsString::from_vec(bytes)], &L);
+            let _ = expand(&[OsString::from_vec(bytes)], &listeners());
         }
 
         #[test]
         fn never_panics_on_brace_soup(s in "[{}:a-z0-9]{0,32}") {
-            let _ = expand(&[OsString::from(s)], &L);
+            let _ = expand(&[OsString::from(s)], &listeners());
         }
 
         #[test]
         fn text_without_braces_is_untouched(bytes in proptest::collection::vec(any::<u8>().prop_filter("no braces", |b| *b != b'{' && *b != b'}'), 0..64)) {
             let arg = OsString::from_vec(bytes);
-            prop_assert_eq!(expand(std::slice::from_ref(&arg), &L), Ok(vec![arg]));
+            prop_assert_eq!(expand(std::slice::from_ref(&arg), &listeners()), Ok(vec![arg]));
         }
 
         #[test]
         fn doubled_braces_round_trip(s in "[{}a-z ]{0,32}") {
             let escaped = s.replace('{', "{{").replace('}', "}}");
-            prop_assert_eq!(one(&escaped, &L), Ok(s));
+            prop_assert_eq!(one(&escaped, &listeners()), Ok(s));
         }
     }
 }

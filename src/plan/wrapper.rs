@@ -13,7 +13,6 @@
 //!   its child rather than exec'ing it).
 //! - Anything else: None. A shell running a script file is not flagged: we
 //!   cannot tell whether the script ends with `exec`.
-#![allow(dead_code)]
 
 use std::ffi::{OsStr, OsString};
 use std::path::Path;

@@ -6,55 +6,84 @@
 //! binds) and never SO_REUSEPORT (which would let another process share the
 //! port). Stream sockets listen with `--backlog`, SOMAXCONN by default.
 //!
-//! Unix socket files: a stale file (nothing accepts on it) is replaced, a live
-//! one is an error, and a file relaunch created is removed when relaunch
-//! exits, but only if it is still the same file.
+//! Unix socket files live by the rules of [`file`]: a stale file is replaced,
+//! a live one is an error, mode and owner are set without following
+//! symlinks, and the file is removed on exit only if it is still ours.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use socket2::{Domain, SockAddr, Socket, Type};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::error::{Error, Result};
+use crate::plan::inherit::{Inherited, SockKind};
 use crate::plan::options::{gid_of, uid_of};
+use crate::plan::placeholders::{self, Named};
 use crate::plan::spec::{Addr, Host, ListenSpec, Proto, UnixOptions};
+use crate::plan::{Planned, Source};
 use crate::who;
+
+pub mod file;
 
 pub struct Listener {
     pub name: String,
     pub socket: Socket,
-    /// The bound address in spec form (`127.0.0.1:8000`, `unix:/run/x.sock`).
-    pub address: String,
-    /// The Unix socket file we created: (path, (dev, inode)), removed on drop.
-    created: Option<(PathBuf, (u64, u64))>,
+    /// The bound address; None for an inherited socket without one we can name.
+    pub addr: Option<Addr>,
+    /// The Unix socket file we created, removed on drop if still ours.
+    _file: Option<file::SocketFile>,
 }
 
 impl Listener {
-    pub fn adopt(name: String, socket: Socket, address: String) -> Self {
+    pub fn adopt(name: String, socket: Socket, addr: Option<Addr>) -> Self {
         Listener {
             name,
             socket,
-            address,
-            created: None,
+            addr,
+            _file: None,
         }
     }
 
-    /// The bound port, for TCP and UDP.
-    pub fn port(&self) -> Option<u16> {
-        self.socket.local_addr().ok()?.as_socket().map(|a| a.port())
+    /// The address in spec form (`127.0.0.1:8000`, `unix:/run/x.sock`).
+    pub fn address(&self) -> String {
+        placeholders::shown(self.addr.as_ref())
+    }
+
+    /// The listener as the child at fd `fd` sees it.
+    pub fn named(&self, fd: i32) -> Named<'_> {
+        Named {
+            name: &self.name,
+            fd,
+            addr: self.addr.clone(),
+        }
     }
 }
 
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Some((path, identity)) = &self.created {
-            remove_if_ours(path, *identity);
-        }
+/// The listeners of the plan, in its order: inherited sockets adopted, the
+/// others bound.
+pub fn open(plan: &[Planned], inherited: Vec<Inherited>, backlog: i32) -> Result<Vec<Listener>> {
+    let mut inherited: Vec<Option<Inherited>> = inherited.into_iter().map(Some).collect();
+    let mut out = Vec::with_capacity(plan.len());
+    for p in plan {
+        out.push(match &p.source {
+            Source::Inherited(i) => {
+                let i = inherited.get_mut(*i).and_then(Option::take).ok_or_else(|| {
+                    Error::runtime(format!("{}: the plan names an inherited socket that is not there", p.name))
+                        .hint("this is a bug in relaunch; please report it")
+                })?;
+                let l = Listener::adopt(p.name.clone(), Socket::from(i.fd), i.addr);
+                if i.kind == SockKind::Other {
+                    warn!("inherited socket {} ({}) is of a kind relaunch does not know; passing it on as is", l.name, l.address());
+                }
+                l
+            }
+            Source::Bind { spec, fallback } => bind(p.name.clone(), spec, backlog, fallback)?,
+        });
     }
+    Ok(out)
 }
 
 /// Binds `addr`; for TCP and UDP, a held port falls back to the first free port of `fallback`.
@@ -80,7 +109,7 @@ pub fn bind(name: String, spec: &ListenSpec, backlog: i32, fallback: &[u16]) -> 
                 }
             })?;
             sock.listen(backlog).map_err(os_err("listen"))?;
-            Ok(Listener::adopt(name, sock, shown))
+            Ok(Listener::adopt(name, sock, Some(addr.clone())))
         }
     }
 }
@@ -154,11 +183,12 @@ fn finish(name: String, proto: Proto, sock: Socket) -> Result<Listener> {
         .ok()
         .and_then(|a| a.as_socket())
         .ok_or_else(|| Error::runtime("cannot read the bound address"))?;
-    let address = match proto {
-        Proto::Tcp => local.to_string(),
-        Proto::Udp => format!("udp:{local}"),
+    let addr = Addr::Inet {
+        proto,
+        host: Host::Ip(local.ip()),
+        port: local.port(),
     };
-    Ok(Listener::adopt(name, sock, address))
+    Ok(Listener::adopt(name, sock, Some(addr)))
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
@@ -243,163 +273,123 @@ fn holder_of(proto: Proto, ip: Option<IpAddr>, port: u16) -> Option<String> {
 const DEFAULT_UNIX_MODE: u32 = 0o666;
 
 fn bind_unix_path(name: String, path: &Path, opts: &UnixOptions, backlog: i32) -> Result<Listener> {
-    let shown = format!("unix:{}", path.display());
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !dir.is_dir() {
-        return Err(Error::runtime(format!(
-            "cannot bind {shown}: folder {} does not exist",
-            dir.display()
-        ))
-        .hint(format!(
-            "create it first (mkdir -p {}), or use RuntimeDirectory= in the systemd unit",
-            dir.display()
-        )));
-    }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(Error::runtime(format!(
-                "cannot bind {shown}: the path exists and is not a socket"
-            ))
-            .hint("remove it or choose another path"));
-        }
-        match probe(path) {
-            Ok(Probe::Live(_)) => {
-                let holder = who::lookup(&who::Target::Unix(path.display().to_string()))
-                    .ok()
-                    .and_then(|r| who::holder_phrase(&r));
-                let by = holder.map(|h| format!(" by {h}")).unwrap_or_default();
-                return Err(Error::runtime(format!("{shown} is already in use{by}"))
-                    .hint("stop that process or choose another path"));
-            }
-            // Nobody accepts: a leftover from a process that died.
-            Ok(Probe::Stale) => std::fs::remove_file(path).map_err(|e| {
-                Error::runtime(format!(
-                    "cannot remove stale socket {}: {e}",
-                    path.display()
-                ))
-            })?,
-            Ok(Probe::Gone) => {}
-            // EACCES and the like say nothing about liveness: never unlink then.
-            Err(e) => {
-                return Err(Error::runtime(format!(
-                    "cannot tell whether {shown} is in use ({e}), so relaunch leaves it alone"
-                ))
-                .hint("remove the file yourself if it is stale, or choose another path"));
-            }
-        }
-    }
-    let sock = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(os_err("socket"))?;
-    let addr = SockAddr::unix(path)
-        .map_err(|e| Error::usage(format!("invalid socket path {}: {e}", path.display())))?;
-    sock.bind(&addr)
-        .map_err(|e| Error::runtime(format!("cannot bind {shown}: {e}")))?;
-    let identity = std::fs::symlink_metadata(path)
-        .map(|m| (m.dev(), m.ino()))
-        .unwrap_or_default();
-    // Owned from here, so an error below still removes the file.
-    let created = Listener {
-        name,
-        socket: sock,
-        address: shown,
-        created: Some((path.to_path_buf(), identity)),
+    let label = format!("unix:{}", path.display());
+    let access = file::Access {
+        mode: opts.mode.unwrap_or(DEFAULT_UNIX_MODE),
+        owner: opts
+            .owner
+            .as_deref()
+            .map(|o| uid_of("owner=", o).map(|u| u.as_raw()))
+            .transpose()?,
+        group: opts
+            .group
+            .as_deref()
+            .map(|g| gid_of("group=", g).map(|g| g.as_raw()))
+            .transpose()?,
     };
-    // Before listen(), so nobody connects through looser permissions.
-    set_access(path, opts)?;
-    created.socket.listen(backlog).map_err(os_err("listen"))?;
-    Ok(created)
-}
-
-fn set_access(path: &Path, opts: &UnixOptions) -> Result<()> {
-    use nix::unistd::chown;
-    use std::os::unix::fs::PermissionsExt;
-    let mode = opts.mode.unwrap_or(DEFAULT_UNIX_MODE);
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::runtime(format!("cannot chmod {} to {mode:o}: {e}", path.display())))?;
-    let uid = opts
-        .owner
-        .as_deref()
-        .map(|o| uid_of("owner=", o))
-        .transpose()?;
-    let gid = opts
-        .group
-        .as_deref()
-        .map(|g| gid_of("group=", g))
-        .transpose()?;
-    if uid.is_some() || gid.is_some() {
-        chown(path, uid, gid).map_err(|e| {
-            Error::runtime(format!("cannot chown {}: {e}", path.display()))
-                .hint("owner= and group= need relaunch to run as root")
-        })?;
-    }
-    Ok(())
+    let role = file::Role {
+        label: &label,
+        elsewhere: "choose another path",
+        in_use: "stop that process or choose another path",
+    };
+    let (socket, file) = file::bind(path, &access, &role)?;
+    // After the owner is set, so nobody connects through looser permissions.
+    socket.listen(backlog).map_err(os_err("listen"))?;
+    Ok(Listener {
+        name,
+        socket,
+        addr: Some(Addr::Unix(path.to_path_buf())),
+        _file: Some(file),
+    })
 }
 
 fn os_err(what: &'static str) -> impl Fn(std::io::Error) -> Error {
     move |e| Error::runtime(format!("{what} failed: {e}"))
 }
 
-/// name -> bound address, for scripts; written whole or not at all.
-pub fn write_ports_file(path: &std::path::Path, listeners: &[Listener]) -> Result<()> {
-    let map: serde_json::Map<String, serde_json::Value> = listeners
-        .iter()
-        .map(|l| (l.name.clone(), l.address.clone().into()))
-        .collect();
-    let text = serde_json::to_string_pretty(&map).unwrap_or_default() + "\n";
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{}.tmp", std::process::id()));
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::runtime(format!("cannot write --ports-file {}: {e}", path.display()))
-                .hint("check that its folder exists and is writable")
-        })
+/// `--ports-file`: name -> bound address, for scripts; written whole or not
+/// at all, and removed when dropped (on exit) if it is still the file we wrote.
+pub struct PortsFile {
+    path: PathBuf,
+    identity: (u64, u64),
 }
 
-/// What a probe connection to an existing socket file found.
-pub enum Probe {
-    /// Someone accepts on it; the pid if SO_PEERCRED told.
-    Live(Option<i32>),
-    /// Nobody accepts on it.
-    Stale,
-    /// The file disappeared meanwhile.
-    Gone,
-}
-
-/// Connects without blocking to tell a live socket file from a stale one.
-pub fn probe(path: &Path) -> std::io::Result<Probe> {
-    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-    // Non-blocking so a live relaunch with a full backlog can't hang us.
-    socket.set_nonblocking(true)?;
-    match socket.connect(&SockAddr::unix(path)?) {
-        Ok(()) => {
-            let pid = getsockopt(&socket, PeerCredentials)
-                .ok()
-                .map(|c| c.pid())
-                .filter(|&p| p > 0);
-            Ok(Probe::Live(pid))
+impl PortsFile {
+    pub fn write(path: &Path, listeners: &[Listener]) -> Result<PortsFile> {
+        use std::io::Write;
+        let map: serde_json::Map<String, serde_json::Value> = listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.address().into()))
+            .collect();
+        let text = serde_json::to_string_pretty(&map).unwrap_or_default() + "\n";
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            let m = f.metadata()?;
+            std::fs::rename(&tmp, path)?;
+            Ok((m.dev(), m.ino()))
+        });
+        match written {
+            Ok(identity) => Ok(PortsFile {
+                path: path.to_path_buf(),
+                identity,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(
+                    Error::runtime(format!("cannot write --ports-file {}: {e}", path.display()))
+                        .hint("check that its folder exists and is writable"),
+                )
+            }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Probe::Live(None)),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(Probe::Stale),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Probe::Gone),
-        Err(e) => Err(e),
     }
 }
 
-/// Removes `path` if it still names the file we created.
-pub fn remove_if_ours(path: &Path, identity: (u64, u64)) {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if (m.dev(), m.ino()) == identity => {
-            if let Err(e) = std::fs::remove_file(path) {
-                warn!(path = %path.display(), "cannot remove socket file: {e}");
-            }
-        }
-        Ok(_) => {
-            debug!(path = %path.display(), "socket file was replaced by someone else; leaving it")
-        }
-        Err(_) => {}
+impl Drop for PortsFile {
+    fn drop(&mut self) {
+        file::remove_if_ours(&self.path, self.identity);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::IntoRawFd;
+
+    #[test]
+    fn open_adopts_inherited_first_then_binds_with_typed_addresses() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let inherited =
+            vec![crate::plan::inherit::adopt(held.into_raw_fd(), "web".into()).unwrap()];
+        let spec = crate::plan::spec::parse("udp:127.0.0.1:0").unwrap();
+        let plan = [
+            Planned {
+                name: "web".into(),
+                source: Source::Inherited(0),
+            },
+            Planned {
+                name: "dns".into(),
+                source: Source::Bind {
+                    spec,
+                    fallback: Vec::new(),
+                },
+            },
+        ];
+        let l = open(&plan, inherited, 16).unwrap();
+        assert_eq!(l[0].name, "web");
+        assert_eq!(l[0].address(), format!("127.0.0.1:{port}"));
+        assert_eq!(l[0].named(3).port(), Some(port));
+        let Some(Addr::Inet {
+            proto: Proto::Udp,
+            port: bound,
+            ..
+        }) = l[1].addr
+        else {
+            panic!("not UDP: {:?}", l[1].addr);
+        };
+        assert_ne!(bound, 0, "the bound port, not the asked one");
+        assert_eq!(l[1].address(), format!("udp:127.0.0.1:{bound}"));
     }
 }

@@ -17,197 +17,48 @@ use tracing::{debug, info, warn};
 use crate::cli::RunArgs;
 use crate::control::{self, Incoming, Request, Response};
 use crate::error::{Error, Result};
-use crate::plan::inherit::{self, ListenEnv};
-use crate::plan::options::{ReadyMode, credentials, parse_duration, parse_ready, parse_signal};
-use crate::plan::placeholders::{self, Named};
-use crate::plan::spec::{self, Addr, Host, ListenSpec, Proto};
-use crate::plan::{compat, fallback, wrapper};
+use crate::plan::options::{self, ReadyMode};
+use crate::plan::placeholders::Named;
+use crate::plan::{self, Snapshot};
 use crate::ready::notify::{Message, NotifySocket, Systemd};
 use crate::ready::scan as procscan;
 use crate::sockets::{self, Listener};
 use crate::supervise::supervisor::{Config, Note, Os, Supervisor};
 use crate::supervise::{reaper, spawn};
 
-/// Variables we never pass through: each child gets fresh values.
-const REPLACED: &[&str] = &[
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "LISTEN_PIDFDID",
-    "NOTIFY_SOCKET",
-    "RELAUNCH_WORKER",
-];
-
 /// How often /proc is scanned while a generation is starting.
 const SCAN_EVERY: Duration = Duration::from_millis(15);
 
-/// What relaunch was given by its parent, read once before anything else.
-pub struct Snapshot {
-    pub env: Vec<(OsString, OsString)>,
-    /// The sockets systemd handed us, claimed before anything else opens an
-    /// fd that could land on an announced number.
-    inherited: Result<Vec<inherit::Inherited>>,
-}
-
-impl Snapshot {
-    pub fn take() -> Self {
-        let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-        let pid = std::process::id();
-        let var = |key: &str| {
-            env.iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.to_string_lossy().into_owned())
-        };
-        let listen = ListenEnv {
-            fds: var("LISTEN_FDS"),
-            pid: var("LISTEN_PID"),
-            names: var("LISTEN_FDNAMES"),
-        };
-        let inherited = inherit::take(&listen, pid);
-        Snapshot { env, inherited }
+pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
+    let inherited = snap.inherited?;
+    let names: Vec<&str> = inherited.iter().map(|i| i.name.as_str()).collect();
+    let plan = plan::make(&args, &snap.env, &names, &options::credentials)?;
+    for n in &plan.notes {
+        info!("{n}");
     }
-
-    fn var(&self, key: &str) -> Option<&OsString> {
-        self.env.iter().find(|(k, _)| k == key).map(|(_, v)| v)
-    }
-}
-
-/// Inherited sockets first, in their order, then the ones we bind.
-fn gather_listeners(args: &RunArgs, snap: &mut Snapshot, backlog: i32) -> Result<Vec<Listener>> {
-    let mut specs: Vec<ListenSpec> = Vec::new();
-    if let Some(p) = &args.port {
-        let port = spec::parse_port(p, false).map_err(|e| Error::usage(format!("--port: {e}")))?;
-        specs.push(ListenSpec {
-            unix: Default::default(),
-            name: None,
-            addr: Addr::Inet {
-                proto: Proto::Tcp,
-                host: Host::Any,
-                port,
-            },
-        });
-    }
-    for l in &args.listen {
-        specs.push(
-            spec::parse(l)
-                .map_err(|e| Error::usage(e).hint("see `relaunch --help` for the SPEC forms"))?,
-        );
-    }
-    spec::check_unique(&specs).map_err(Error::usage)?;
-    // --fallback [NAME=]LIST; "" is every listener's.
-    let mut fallbacks: HashMap<String, Vec<u16>> = HashMap::new();
-    for f in &args.fallback {
-        let (name, list) = match f.split_once('=') {
-            Some((n, l)) => (n, l),
-            None => ("", f.as_str()),
-        };
-        let ports =
-            fallback::parse(list).map_err(|e| Error::usage(format!("--fallback {f:?}: {e}")))?;
-        fallbacks.insert(name.to_string(), ports);
-    }
-
-    let inherited = std::mem::replace(&mut snap.inherited, Ok(Vec::new()))?;
-    if snap.var("LISTEN_FDS").is_some() && inherited.is_empty() {
-        debug!("LISTEN_FDS was set for another process (LISTEN_PID does not match); ignoring it");
-    }
-    let mut listeners: Vec<Listener> = inherited
-        .into_iter()
-        .map(|i| {
-            if i.kind == inherit::SockKind::Other {
-                warn!("inherited socket {} ({}) is of a kind relaunch does not know; passing it on as is", i.name, i.local);
-            }
-            Listener::adopt(i.name, socket2::Socket::from(i.fd), i.local)
-        })
-        .collect();
-    for s in specs {
-        if let Some(name) = &s.name
-            && listeners.iter().any(|l| &l.name == name)
-        {
-            info!("{name}: using the socket inherited from the service manager");
-            continue;
-        }
-        let taken: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
-        let name = s
-            .name
-            .clone()
-            .unwrap_or_else(|| spec::default_name(&s.addr, &taken));
-        let fallback = fallbacks
-            .get(&name)
-            .or(fallbacks.get(""))
-            .map_or(&[][..], |v| v.as_slice());
-        listeners.push(sockets::bind(name, &s, backlog, fallback)?);
-    }
-    if let Some(unknown) = fallbacks
-        .keys()
-        .find(|k| !k.is_empty() && !listeners.iter().any(|l| &l.name == *k))
-    {
-        let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
-        return Err(Error::usage(format!(
-            "--fallback {unknown}=...: no listener is named {unknown:?}"
-        ))
-        .hint(format!("the listeners are: {}", names.join(", "))));
-    }
-    if listeners.is_empty() {
-        return Err(Error::usage("nothing to listen on")
-            .hint("give --port PORT or -l SPEC, or start relaunch from a systemd .socket unit"));
-    }
-    Ok(listeners)
-}
-
-pub async fn run(args: RunArgs, mut snap: Snapshot) -> Result<i32> {
-    let stop_signal = parse_signal(&args.stop_signal)?;
-    let stop_timeout = parse_duration("--stop-timeout", &args.stop_timeout)?;
-    let ready_timeout = parse_duration("--ready-timeout", &args.ready_timeout)?;
-    let ready = parse_ready(&args.ready)?;
-    let backlog = args.backlog.unwrap_or(libc::SOMAXCONN);
-    let (program, rest) = args.command.split_first().ok_or_else(|| {
-        Error::usage("no command given").hint("put the server's command after --")
-    })?;
-    if program.is_empty() {
-        return Err(Error::usage("the command is empty").hint("put the server's command after --"));
-    }
-
-    let creds = credentials(args.user.as_deref(), args.group.as_deref())?;
-    let listeners = gather_listeners(&args, &mut snap, backlog)?;
-    for (i, l) in listeners.iter().enumerate() {
-        info!("listening on {} as fd {} ({})", l.address, 3 + i, l.name);
-    }
-    let named: Vec<Named> = listeners
-        .iter()
-        .enumerate()
-        .map(|(i, l)| Named {
-            name: &l.name,
-            fd: 3 + i as i32,
-            port: l.port(),
-            address: &l.address,
-        })
-        .collect();
-    let child_args = placeholders::expand(rest, &named)
-        .map_err(|e| Error::usage(format!("in the command's arguments: {e}")))?;
-    let mut compat_env = Vec::new();
-    for style in &args.compat {
-        compat_env.extend(
-            compat::env(*style, &named).map_err(|e| Error::usage(format!("--compat: {e}")))?,
-        );
-        for w in compat::warnings(*style, &named) {
-            warn!("--compat: {w}");
-        }
-    }
-    if let Some(path) = &args.ports_file {
-        sockets::write_ports_file(path, &listeners)?;
-    }
-    if !args.no_listen_pid
-        && let Some(w) = wrapper::warning(program, rest)
-    {
+    for w in &plan.warnings {
         warn!("{w}");
     }
-    drop(named);
+    let listeners = sockets::open(&plan.listeners, inherited, plan.backlog)?;
+    for (i, l) in listeners.iter().enumerate() {
+        info!("listening on {} as fd {} ({})", l.address(), 3 + i, l.name);
+    }
+    let named: Vec<Named> = (3..).zip(&listeners).map(|(fd, l)| l.named(fd)).collect();
+    let child = plan.child(&named)?;
+    for w in &child.warnings {
+        warn!("{w}");
+    }
+    // Removed when run() returns, whatever the outcome.
+    let _ports_file = match &plan.ports_file {
+        Some(path) => Some(sockets::PortsFile::write(path, &listeners)?),
+        None => None,
+    };
     // Orphans of our children land on us, so none stays a zombie.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
 
-    let systemd = Systemd::from_env(snap.var("NOTIFY_SOCKET").map(|v| v.as_os_str()));
-    let control = match &args.control {
+    let systemd = Systemd::from_env(plan::var(&snap.env, "NOTIFY_SOCKET").map(|v| v.as_os_str()));
+    let control = match &plan.control {
         Some(path) => Some(control::Server::bind(path)?),
         None => None,
     };
@@ -215,24 +66,17 @@ pub async fn run(args: RunArgs, mut snap: Snapshot) -> Result<i32> {
         .iter()
         .filter_map(|l| procscan::socket_inode(l.socket.as_fd()).ok())
         .collect();
-    let mut env: Vec<(OsString, OsString)> = snap
-        .env
-        .iter()
-        .filter(|(k, _)| !REPLACED.iter().any(|r| k == r))
-        .cloned()
-        .collect();
-    env.push(("LISTEN_FDS".into(), listeners.len().to_string().into()));
-    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
-    env.push(("LISTEN_FDNAMES".into(), names.join(":").into()));
-    env.extend(compat_env.into_iter().map(|(k, v)| (k.into(), v.into())));
 
     let (notify_tx, notify_rx) = mpsc::unbounded_channel();
+    let stop_signal = plan.stop_signal;
+    let stop_timeout = plan.stop_timeout;
+    let ready = plan.ready;
     let driver = Driver {
-        program: program.clone(),
-        args: child_args,
-        listen_pid: !args.no_listen_pid,
-        creds,
-        env,
+        program: plan.program,
+        args: child.args,
+        listen_pid: plan.listen_pid,
+        creds: plan.creds,
+        env: child.env,
         listeners,
         ready,
         notify: HashMap::new(),
@@ -242,15 +86,15 @@ pub async fn run(args: RunArgs, mut snap: Snapshot) -> Result<i32> {
         waiters: Vec::new(),
     };
     let cfg = Config {
-        restart: args.restart,
-        workers: args.workers as usize,
+        restart: plan.restart,
+        workers: plan.workers,
         stop_signal,
         stop_timeout,
         ready_delay: match ready {
             ReadyMode::Delay(d) => Some(d),
             _ => None,
         },
-        ready_timeout,
+        ready_timeout: plan.ready_timeout,
     };
     let mut sup = Supervisor::new(driver, cfg);
     let result = event_loop(&mut sup, control, notify_rx, inodes).await;
@@ -641,7 +485,7 @@ fn status(sup: &Supervisor<Driver>, now: Instant) -> control::Status {
             .enumerate()
             .map(|(i, l)| control::ListenerInfo {
                 name: l.name.clone(),
-                address: l.address.clone(),
+                address: l.address(),
                 fd: 3 + i as i32,
             })
             .collect(),

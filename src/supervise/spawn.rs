@@ -6,7 +6,9 @@
 //! outlive a killed relaunch; every signal at its default disposition
 //! and an empty signal mask; the listeners at fds 3..3+N-1 without
 //! close-on-exec; fds 0-2 as relaunch has them; nothing else (everything from
-//! 3+N up is marked close-on-exec); `LISTEN_PID` set to its own pid.
+//! 3+N up is marked close-on-exec: by close_range(CLOSE_RANGE_CLOEXEC) on
+//! Linux 5.11+, else over the list of open fds taken before the fork);
+//! `LISTEN_PID` set to its own pid.
 //!
 //! # Safety argument
 //!
@@ -110,9 +112,17 @@ pub fn spawn(req: &Request<'_>) -> Result<i32, Error> {
     }
     envp.push(std::ptr::null());
     let mut work: Vec<RawFd> = req.fds.iter().map(|f| f.as_raw_fd()).collect();
+    let first_free = 3 + work.len() as RawFd;
+    let others = Others::find(first_free);
 
     let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Error::Os(format!("cannot start {shown}: pipe: {e}")))?;
+    // Out of the way of the fds placed at 3.., so the child need not move it.
+    let err_write = above(err_write, first_free).map_err(|e| {
+        Error::Os(format!(
+            "cannot start {shown}: no free fd above {first_free} for the exec status pipe: {e}"
+        ))
+    })?;
 
     let parent = std::process::id() as libc::pid_t;
     let child = ChildPlan {
@@ -127,6 +137,11 @@ pub fn spawn(req: &Request<'_>) -> Result<i32, Error> {
         },
         fds: work.as_mut_ptr(),
         nfds: work.len(),
+        others: match &others {
+            Others::CloseRange => (std::ptr::null(), 0, 0),
+            Others::List(list) => (list.as_ptr(), list.len(), 0),
+            Others::Upto(end) => (std::ptr::null(), 0, *end),
+        },
         err_fd: err_write.as_raw_fd(),
         parent,
         creds: req
@@ -180,6 +195,9 @@ struct ChildPlan {
     pid_digits: *mut u8,
     fds: *mut RawFd,
     nfds: usize,
+    /// The fds to mark close-on-exec when close_range cannot: (list, its
+    /// length, or else every fd below this bound); all zero: close_range.
+    others: (*const RawFd, usize, RawFd),
     err_fd: RawFd,
     parent: libc::pid_t,
     /// uid, gid, supplementary groups (pointer, length).
@@ -205,10 +223,8 @@ impl ChildPlan {
                 libc::_exit(1);
             }
             let first_free = 3 + self.nfds as RawFd;
-            let mut err_fd = self.err_fd;
-            if err_fd < first_free {
-                err_fd = libc::fcntl(err_fd, libc::F_DUPFD_CLOEXEC, first_free);
-            }
+            // At or above first_free (see `above`), so no dup2 below clobbers it.
+            let err_fd = self.err_fd;
             let fds = std::slice::from_raw_parts_mut(self.fds, self.nfds);
             // Move every source out of the target range first, so no dup2 clobbers one.
             for fd in fds.iter_mut() {
@@ -227,17 +243,29 @@ impl ChildPlan {
                 }
             }
             // Whatever else is open (leaked to relaunch by its parent) stays behind.
-            libc::syscall(
+            let (list, len, upto) = self.others;
+            if !list.is_null() {
+                for &fd in std::slice::from_raw_parts(list, len) {
+                    set_cloexec(fd);
+                }
+            } else if upto > 0 {
+                for fd in first_free..upto {
+                    set_cloexec(fd);
+                }
+            } else if libc::syscall(
                 libc::SYS_close_range,
                 first_free as libc::c_uint,
                 libc::c_uint::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
-            );
+            ) != 0
+            {
+                self.fail(err_fd, STAGE_FDS);
+            }
             if !self.pid_digits.is_null() {
                 let digits = std::slice::from_raw_parts_mut(self.pid_digits, PID_DIGITS + 1);
                 write_decimal(libc::getpid() as u64, digits);
             }
-            for sig in 1..libc::SIGRTMAX() {
+            for sig in 1..=libc::SIGRTMAX() {
                 libc::signal(sig, libc::SIG_DFL);
             }
             let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -263,6 +291,83 @@ impl ChildPlan {
             })
         }
     }
+}
+
+/// `fd`, or a close-on-exec copy of it numbered `first_free` or more.
+fn above(fd: OwnedFd, first_free: RawFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= first_free {
+        return Ok(fd);
+    }
+    let moved = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(first_free))?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned this new fd, owned by nobody else.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(moved) })
+}
+
+/// Marks `fd` close-on-exec if it is open; async-signal-safe.
+unsafe fn set_cloexec(fd: RawFd) {
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        }
+    }
+}
+
+/// How the child keeps every fd from `first_free` up out of the program:
+/// close_range(CLOSE_RANGE_CLOEXEC) where the kernel has it (5.11+), else
+/// the list of fds open now, prepared here because the child may not allocate.
+enum Others {
+    CloseRange,
+    List(Vec<RawFd>),
+    /// No /proc either: every fd number below the fd limit.
+    Upto(RawFd),
+}
+
+impl Others {
+    fn find(first_free: RawFd) -> Others {
+        if close_range_works() {
+            return Others::CloseRange;
+        }
+        Others::list(first_free)
+    }
+
+    fn list(first_free: RawFd) -> Others {
+        match std::fs::read_dir("/proc/self/fd") {
+            Ok(dir) => Others::List(
+                dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .filter(|&fd: &RawFd| fd >= first_free)
+                    .collect(),
+            ),
+            Err(_) => {
+                let limit =
+                    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                        .map_or(1024, |(soft, _)| soft);
+                Others::Upto(limit.min(RawFd::MAX as u64) as RawFd)
+            }
+        }
+    }
+}
+
+/// Whether close_range knows CLOSE_RANGE_CLOEXEC (Linux 5.11+); asked once.
+/// `RELAUNCH_TEST_NO_CLOSE_RANGE=1` says no, so tests can take the fallback.
+fn close_range_works() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        if std::env::var_os("RELAUNCH_TEST_NO_CLOSE_RANGE").is_some_and(|v| v == "1") {
+            return false;
+        }
+        // An empty range: nothing changes where the call works; EINVAL (5.9,
+        // 5.10) or ENOSYS (older) where it does not.
+        // SAFETY: close_range over fds nobody has touches nothing.
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                libc::c_uint::MAX,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) == 0
+        }
+    })
 }
 
 /// Writes `n` in decimal followed by NUL; `buf` must hold 21 bytes.
@@ -414,6 +519,32 @@ mod tests {
             let end = buf.iter().position(|&b| b == 0).unwrap();
             assert_eq!(std::str::from_utf8(&buf[..end]).unwrap(), s);
         }
+    }
+
+    #[test]
+    fn the_status_pipe_goes_above_the_placed_fds_or_fails() {
+        let (_r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let raw = w.as_raw_fd();
+        let moved = above(w, raw + 50).unwrap();
+        assert!(moved.as_raw_fd() >= raw + 50);
+        let flags = nix::fcntl::fcntl(&moved, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        // No fd number that high may exist: an error, never a silent -1.
+        let (soft, _) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        let (_r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        assert!(above(w, soft.min(i32::MAX as u64) as RawFd).is_err());
+    }
+
+    #[test]
+    fn the_fallback_lists_every_fd_from_first_free() {
+        let (_r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::empty()).unwrap();
+        let raw = w.as_raw_fd();
+        let Others::List(list) = Others::list(raw) else {
+            panic!("/proc/self/fd is readable here");
+        };
+        assert!(list.contains(&raw), "{list:?}");
+        assert!(list.iter().all(|&fd| fd >= raw), "{list:?}");
     }
 
     #[test]

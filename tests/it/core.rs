@@ -4,29 +4,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::util::*;
 
 const T: Duration = Duration::from_secs(15);
-
-fn fd(report: &Value, n: i64) -> &Value {
-    report["fds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["fd"] == n)
-        .unwrap_or_else(|| panic!("fd {n} missing in {report:#}"))
-}
-
-fn fd_numbers(report: &Value) -> Vec<i64> {
-    report["fds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["fd"].as_i64().unwrap())
-        .collect()
-}
 
 #[test]
 fn probe_sees_exactly_its_socket_and_its_own_pid() {

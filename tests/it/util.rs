@@ -111,6 +111,26 @@ pub fn read_report(path: &Path) -> serde_json::Value {
     )
 }
 
+/// The probe's record of fd `n`.
+pub fn fd(report: &serde_json::Value, n: i64) -> &serde_json::Value {
+    report["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["fd"] == n)
+        .unwrap_or_else(|| panic!("fd {n} missing in {report:#}"))
+}
+
+/// The fd numbers the probe had open, sorted.
+pub fn fd_numbers(report: &serde_json::Value) -> Vec<i64> {
+    report["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["fd"].as_i64().unwrap())
+        .collect()
+}
+
 /// A failed assertion while holding the lock must not turn into an abort.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -1,0 +1,169 @@
+//! What the child gets, and what relaunch leaves behind: listeners by name,
+//! fds, signal dispositions, environment, files. Regression tests of issue 9.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::*;
+
+const T: Duration = Duration::from_secs(15);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Bug 1: `--port` took the default name `http`, and the explicit `http=`
+/// listener was then taken for an inherited socket and silently dropped.
+#[test]
+fn port_and_an_explicit_http_listener_both_reach_the_child() {
+    let dir = TempDir::new("names");
+    let out = dir.join("report.json");
+    let (p1, p2) = (free_port(), free_port());
+    let r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .args(["--port", &p1.to_string()])
+            .args(["-l", &format!("http=127.0.0.1:{p2}")])
+            .args(["--", probe().to_str().unwrap()])
+            .env("PROBE_OUT", &out),
+    );
+    let rep = read_report(&out);
+    assert_eq!(fd_numbers(&rep), [0, 1, 2, 3, 4], "{rep:#}");
+    assert_eq!(rep["listen_fds"], "2");
+    assert_eq!(rep["listen_fdnames"], "http2:http");
+    assert_eq!(fd(&rep, 3)["addr"], format!("[::]:{p1}"));
+    assert_eq!(fd(&rep, 4)["addr"], format!("127.0.0.1:{p2}"));
+    assert_eq!(r.log.count("inherited"), 0, "{}", r.log.text());
+}
+
+/// Bug 6: on kernels without `close_range(CLOSE_RANGE_CLOEXEC)` (before
+/// 5.11) an fd leaked to relaunch by its parent reached every child. The
+/// test-only variable makes relaunch take the fallback path on any kernel.
+#[test]
+fn a_leaked_fd_stays_out_of_the_child_without_close_range() {
+    let dir = TempDir::new("leak");
+    let out = dir.join("report.json");
+    let mut cmd = Command::new(relaunch_bin());
+    cmd.args(["-l", "127.0.0.1:0", "--", probe().to_str().unwrap()])
+        .env("PROBE_OUT", &out)
+        .env("RELAUNCH_TEST_NO_CLOSE_RANGE", "1");
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            // dup2 gives a copy without close-on-exec: a leak into relaunch.
+            if fd < 0 || libc::dup2(fd, 60) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let _r = Relaunch::start_with(&mut cmd);
+    let rep = read_report(&out);
+    assert_eq!(fd_numbers(&rep), [0, 1, 2, 3], "{rep:#}");
+}
+
+/// Bug 9: the reset loop stopped before SIGRTMAX, so an ignored SIGRTMAX
+/// inherited by relaunch stayed ignored in the child.
+#[test]
+fn an_ignored_sigrtmax_is_reset_for_the_child() {
+    let dir = TempDir::new("rtmax");
+    let out = dir.join("report.json");
+    let mut cmd = Command::new(relaunch_bin());
+    cmd.args(["-l", "127.0.0.1:0", "--", probe().to_str().unwrap()])
+        .env("PROBE_OUT", &out);
+    // SAFETY: signal() is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGRTMAX(), libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let _r = Relaunch::start_with(&mut cmd);
+    let rep = read_report(&out);
+    let ign = u64::from_str_radix(rep["sigign"].as_str().unwrap(), 16).unwrap();
+    let rtmax = 1u64 << (libc::SIGRTMAX() - 1);
+    assert_eq!(
+        ign & rtmax,
+        0,
+        "SIGRTMAX left ignored in the child: {ign:x}"
+    );
+}
+
+/// Bug 9: `RELAUNCH_CONTROL` (the env form of --control) reached the child.
+#[test]
+fn relaunch_control_does_not_leak_to_the_child() {
+    let dir = TempDir::new("ctlenv");
+    let out = dir.join("report.json");
+    let ctl = dir.join("ctl.sock");
+    let r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .args(["-l", "127.0.0.1:0", "--", probe().to_str().unwrap()])
+            .env("RELAUNCH_CONTROL", &ctl)
+            .env("PROBE_OUT", &out),
+    );
+    let rep = read_report(&out);
+    assert!(rep["env"].get("RELAUNCH_CONTROL").is_none(), "{rep:#}");
+    r.log.wait("control socket listening", T);
+}
+
+/// Bug 9: the --ports-file stayed behind after relaunch exited.
+#[test]
+fn the_ports_file_is_removed_on_exit() {
+    let dir = TempDir::new("portsfile");
+    let ports = dir.join("ports.json");
+    let mut r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ports-file",
+        ports.to_str().unwrap(),
+        "--",
+        "sleep",
+        "60",
+    ]);
+    r.listen_addr(3);
+    wait_for("the ports file", T, || ports.exists().then_some(()));
+    r.signal(libc::SIGTERM);
+    let s = r.wait_exit(T);
+    assert!(s.success(), "{s:?}\n{}", r.log.text());
+    assert!(!ports.exists(), "the ports file outlived relaunch");
+}
+
+/// Bug 9: under --user, HOME, USER and LOGNAME were root's (systemd's
+/// `User=` sets them to the user's).
+#[test]
+fn under_user_the_child_gets_that_users_home_and_names() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("user env: NOT RUN: relaunch must start as root to use --user");
+        return;
+    }
+    let dir = TempDir::new("userenv");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let out = dir.join("report.json");
+    let _r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .args(["-l", "127.0.0.1:0", "--user", "nobody", "--"])
+            .arg(probe())
+            .env("HOME", "/root")
+            .env("USER", "root")
+            .env("LOGNAME", "root")
+            .env("PROBE_OUT", &out),
+    );
+    let rep = read_report(&out);
+    let home = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "getent passwd nobody | cut -d: -f6"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(rep["env"]["HOME"], home.trim(), "{rep:#}");
+    assert_eq!(rep["env"]["USER"], "nobody");
+    assert_eq!(rep["env"]["LOGNAME"], "nobody");
+}
