@@ -80,9 +80,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // Before parsing arguments: the SIGHUP-to-exec figure should hold the
-    // exec, not this program's own start-up work.
-    server::record_exec_time();
     let args = Args::parse();
     if args.server {
         return server::main(server::Options {
