@@ -3,9 +3,11 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::control::ClientArgs;
+use crate::plan::options::Restart;
 use crate::who::WhoArgs;
 
 /// Hold listening sockets for a server and restart or redeploy it without
@@ -124,12 +126,20 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Restart {
-    /// Restart whenever the child exits
-    Always,
-    /// Restart only after a non-zero exit or a signal
-    OnFailure,
-    /// Never restart: relaunch exits with the child's status
-    Never,
+// The meaning lives in plan::options; clap only names the values.
+impl ValueEnum for Restart {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Restart::Always, Restart::OnFailure, Restart::Never]
+    }
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Restart::Always => {
+                PossibleValue::new("always").help("Restart whenever the child exits")
+            }
+            Restart::OnFailure => PossibleValue::new("on-failure")
+                .help("Restart only after a non-zero exit or a signal"),
+            Restart::Never => PossibleValue::new("never")
+                .help("Never restart: relaunch exits with the child's status"),
+        })
+    }
 }

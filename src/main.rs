@@ -69,7 +69,7 @@ fn dispatch(cli: Cli, snapshot: plan::Snapshot) -> Result<i32> {
         .enable_all()
         .build()
         .map_err(|e| Error::runtime(format!("cannot start the event loop: {e}")))?;
-    match cli.command {
+    let result = match cli.command {
         None => runtime.block_on(driver::run(cli.run, snapshot)),
         Some(Sub::Who(args)) => who::run(&args),
         Some(Sub::Status { client, json }) => {
@@ -81,7 +81,10 @@ fn dispatch(cli: Cli, snapshot: plan::Snapshot) -> Result<i32> {
         Some(Sub::Stop { client }) => {
             runtime.block_on(control::client(&client, Request::Stop, false))
         }
-    }
+    };
+    // A /proc read stuck on a hung mount must not keep relaunch from exiting.
+    runtime.shutdown_background();
+    result
 }
 
 fn init_logging(quiet: bool) {

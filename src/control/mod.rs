@@ -99,6 +99,10 @@ pub struct ChildInfo {
     pub uptime_secs: f64,
     pub restarts: u32,
     pub last_exit: Option<String>,
+    /// State "lingering": the leader exited and these processes of its
+    /// group live on (they are being stopped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lingering: Vec<i32>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -498,7 +502,12 @@ fn render_status(s: &Status) -> String {
                 c.pid.to_string(),
                 c.generation.to_string(),
                 c.worker.to_string(),
-                c.state.clone(),
+                if c.lingering.is_empty() {
+                    c.state.clone()
+                } else {
+                    let pids: Vec<String> = c.lingering.iter().map(|p| p.to_string()).collect();
+                    format!("{} (pids {})", c.state, pids.join(", "))
+                },
                 human_secs(c.uptime_secs),
                 c.restarts.to_string(),
                 c.last_exit.clone().unwrap_or_else(|| "-".into()),
@@ -648,6 +657,7 @@ mod tests {
                 uptime_secs: 3725.0,
                 restarts: 2,
                 last_exit: Some("signal 9 (SIGKILL)".into()),
+                lingering: Vec::new(),
             }],
             last_reload: Some(ReloadInfo {
                 generation: 3,

@@ -31,10 +31,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::cli::{Restart, RunArgs};
+use crate::cli::RunArgs;
 use crate::error::{Error, Result};
-use crate::supervise::spawn::Credentials;
-use options::ReadyMode;
+use options::{Credentials, ReadyMode, Restart};
 use placeholders::Named;
 use spec::{Addr, Host, ListenSpec, Proto};
 

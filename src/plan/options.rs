@@ -8,7 +8,17 @@ use nix::sys::signal::Signal;
 
 use crate::duration;
 use crate::error::{Error, Result};
-use crate::supervise::spawn;
+
+/// `--restart`: when to restart a child that exits on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Restart whenever the child exits.
+    Always,
+    /// Restart only after a non-zero exit or a signal.
+    OnFailure,
+    /// Never restart: relaunch exits with the child's status.
+    Never,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ReadyMode {
@@ -78,10 +88,18 @@ pub fn parse_timeout(flag: &str, s: &str) -> Result<Duration> {
     Ok(d)
 }
 
-/// Who the children run as.
+/// Who the children run as: resolved here, applied after fork (by spawn).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
+}
+
+/// Who the children run as, and the user for HOME/USER/LOGNAME.
 #[derive(Debug)]
 pub struct RunAs {
-    pub creds: spawn::Credentials,
+    pub creds: Credentials,
     /// The `--user`, for HOME, USER and LOGNAME.
     pub user: Option<UserInfo>,
 }
@@ -128,7 +146,7 @@ pub fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<Run
         }
         None => vec![gid],
     };
-    let creds = spawn::Credentials {
+    let creds = Credentials {
         uid: user
             .as_ref()
             .map(|u| u.uid)

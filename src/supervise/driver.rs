@@ -1,21 +1,30 @@
 //! `relaunch [OPTIONS] -- COMMAND`: gathers the listeners, then drives the
-//! supervisor from one event loop: signals, the reaper, notify datagrams,
-//! control requests, timers, and (only while a generation is starting) the
-//! /proc readiness scan. Idle, it sleeps without timers.
+//! supervisor from one event loop. Signals, the reaper, exec status pipes,
+//! notify datagrams, control requests, timers, and (only while a generation
+//! is starting) the /proc readiness scan become [`Event`]s for
+//! [`Supervisor::handle`]; the driver carries out the [`Effect`]s it returns.
+//! Nothing on the loop blocks: forks happen here (PR_SET_PDEATHSIG follows
+//! the forking thread), /proc is read on the blocking pool. Idle, it sleeps
+//! without timers.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::cli::RunArgs;
-use crate::control::{self, Incoming, Request, Response};
+use crate::control::{self, Incoming, Response};
 use crate::error::{Error, Result};
 use crate::plan::options::{self, ReadyMode};
 use crate::plan::placeholders::Named;
@@ -23,11 +32,14 @@ use crate::plan::{self, Snapshot};
 use crate::ready::notify::{Message, NotifySocket, Systemd};
 use crate::ready::scan as procscan;
 use crate::sockets::{self, Listener};
-use crate::supervise::supervisor::{Config, Note, Os, Supervisor};
+use crate::supervise::supervisor::{Config, Effect, Event, Notice, Os, Supervisor, Tell};
 use crate::supervise::{reaper, spawn};
 
 /// How often /proc is scanned while a generation is starting.
 const SCAN_EVERY: Duration = Duration::from_millis(15);
+/// How often groups whose leader exited are checked, besides on every
+/// SIGCHLD (a member whose parent is not us dies without one).
+const GROUP_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     let inherited = snap.inherited?;
@@ -71,6 +83,15 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     let stop_signal = plan.stop_signal;
     let stop_timeout = plan.stop_timeout;
     let ready = plan.ready;
+    let listener_info = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| control::ListenerInfo {
+            name: l.name.clone(),
+            address: l.address(),
+            fd: 3 + i as i32,
+        })
+        .collect();
     let driver = Driver {
         program: plan.program,
         args: child.args,
@@ -78,12 +99,10 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         creds: plan.creds,
         env: child.env,
         listeners,
-        ready,
         notify: HashMap::new(),
         notify_tx,
         systemd,
-        reloading: false,
-        waiters: Vec::new(),
+        execs: HashMap::new(),
     };
     let cfg = Config {
         restart: plan.restart,
@@ -95,13 +114,17 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             _ => None,
         },
         ready_timeout: plan.ready_timeout,
+        listeners: listener_info,
     };
     let mut sup = Supervisor::new(driver, cfg);
-    let result = event_loop(&mut sup, control, notify_rx, inodes).await;
+    let auto = ready == ReadyMode::Auto;
+    let result = event_loop(&mut sup, control, notify_rx, Arc::new(inodes), auto).await;
     reaper::end_orphans(stop_signal, stop_timeout).await;
     result
 }
 
+/// Carries out the supervisor's effects and turns the world into events.
+/// It keeps only handles (sockets, pipes, tasks), no decisions.
 struct Driver {
     program: OsString,
     args: Vec<OsString>,
@@ -110,15 +133,12 @@ struct Driver {
     /// Everything but LISTEN_PID, NOTIFY_SOCKET and RELAUNCH_WORKER.
     env: Vec<(OsString, OsString)>,
     listeners: Vec<Listener>,
-    ready: ReadyMode,
     /// One notify socket per generation; the task forwards its datagrams.
     notify: HashMap<u64, (String, tokio::task::JoinHandle<()>)>,
     notify_tx: mpsc::UnboundedSender<(u64, Message)>,
     systemd: Option<Systemd>,
-    /// Between RELOADING=1 and the READY=1 that ends it.
-    reloading: bool,
-    /// `relaunch reload` clients, by the generation that answers them.
-    waiters: Vec<(u64, oneshot::Sender<Response>)>,
+    /// Exec status pipes of children that may not have exec'd yet.
+    execs: HashMap<i32, AsyncFd<spawn::ExecWatch>>,
 }
 
 impl Driver {
@@ -140,13 +160,48 @@ impl Driver {
         Ok(value)
     }
 
-    fn status_line(generation: u64, pids: &[i32]) -> String {
-        let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
-        let s = if pids.len() == 1 { "" } else { "s" };
-        format!(
-            "serving: generation {generation}, pid{s} {}",
-            pids.join(", ")
-        )
+    fn perform(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Signal { pgid, sig } => {
+                    if let Err(e) = killpg(Pid::from_raw(pgid), sig) {
+                        debug!(pgid, "killpg {}: {e}", sig.as_str());
+                    }
+                }
+                Effect::Tell(tell) => {
+                    if let Some(s) = &self.systemd {
+                        match tell {
+                            Tell::Ready(line) => s.ready(&line),
+                            Tell::Reloading(line) => s.reloading(&line),
+                            Tell::Status(line) => s.status(&line),
+                            Tell::Stopping => s.stopping(),
+                        }
+                    }
+                }
+                Effect::Reply {
+                    to,
+                    response: Response::Status(mut status),
+                } if status.children.iter().any(|c| c.state == "lingering") => {
+                    // Who is left in those groups is read from /proc, off the loop.
+                    tokio::task::spawn_blocking(move || {
+                        for c in &mut status.children {
+                            if c.state == "lingering" {
+                                c.lingering = reaper::group_members(c.pid);
+                            }
+                        }
+                        let _ = to.send(Response::Status(status));
+                    });
+                }
+                Effect::Reply { to, response } => {
+                    let _ = to.send(response);
+                }
+                Effect::Release { generation } => {
+                    if let Some((_, task)) = self.notify.remove(&generation) {
+                        task.abort();
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -160,88 +215,24 @@ impl Os for Driver {
         }
         env.push(("RELAUNCH_WORKER".into(), worker.to_string().into()));
         let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.socket.as_fd()).collect();
-        spawn::spawn(&spawn::Request {
+        let spawned = spawn::spawn(&spawn::Request {
             program: &self.program,
             args: &self.args,
             env: &env,
             fds: &fds,
             listen_pid: self.listen_pid,
             creds: self.creds.as_ref(),
-        })
-    }
-
-    fn signal(&mut self, pid: i32, sig: Signal) {
-        if let Err(e) = killpg(Pid::from_raw(pid), sig) {
-            debug!(pid, "killpg {}: {e}", sig.as_str());
+        })?;
+        // SAFETY: the watch owns its fd and never swaps it, so the fd stays
+        // open and the same for the AsyncFd's whole life.
+        match unsafe { AsyncFd::register_with_interest(spawned.exec, Interest::READABLE) } {
+            Ok(watch) => {
+                self.execs.insert(spawned.pid, watch);
+            }
+            // Rare (epoll_ctl failed): a failed exec then shows as exit 126/127.
+            Err(e) => warn!(pid = spawned.pid, "cannot watch the exec status pipe: {e}"),
         }
-    }
-
-    fn note(&mut self, note: Note) {
-        match note {
-            Note::Serving { generation, pids } => {
-                let line = Self::status_line(generation, &pids);
-                info!(generation, "{line}");
-                // During a reload, systemd hears READY=1 when it is over.
-                if let (Some(s), false) = (&self.systemd, self.reloading) {
-                    s.ready(&line);
-                }
-            }
-            Note::ReloadStarted { generation } => {
-                self.reloading = true;
-                if let Some(s) = &self.systemd {
-                    s.reloading(&format!("reloading: starting generation {generation}"));
-                }
-            }
-            Note::ReloadDone { generation, result } => {
-                let (answered, waiting) = std::mem::take(&mut self.waiters)
-                    .into_iter()
-                    .partition(|(g, _)| *g <= generation);
-                self.waiters = waiting;
-                for (_, reply) in answered {
-                    let _ = reply.send(match &result {
-                        Ok(pids) => Response::Reloaded {
-                            generation,
-                            pids: pids.clone(),
-                        },
-                        Err(reason) => Response::ReloadFailed {
-                            generation,
-                            reason: reason.clone(),
-                        },
-                    });
-                }
-                self.reloading = false;
-                // READY=1 ends RELOADING=1 whatever the outcome: something serves.
-                if let Some(s) = &self.systemd {
-                    match &result {
-                        Ok(pids) => s.ready(&Self::status_line(generation, pids)),
-                        Err(reason) => s.ready(&format!(
-                            "reload to generation {generation} failed: {reason}"
-                        )),
-                    }
-                }
-            }
-            Note::Restarting {
-                generation,
-                worker,
-                status,
-            } => {
-                if let Some(s) = &self.systemd {
-                    s.status(&format!(
-                        "restarting generation {generation} worker {worker}: it {status}"
-                    ));
-                }
-            }
-            Note::GenerationGone { generation } => {
-                if let Some((_, task)) = self.notify.remove(&generation) {
-                    task.abort();
-                }
-            }
-            Note::Stopping => {
-                if let Some(s) = &self.systemd {
-                    s.stopping();
-                }
-            }
-        }
+        Ok(spawned.pid)
     }
 
     fn jitter(&mut self) -> f64 {
@@ -253,7 +244,8 @@ async fn event_loop(
     sup: &mut Supervisor<Driver>,
     control: Option<control::Server>,
     mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
-    inodes: HashSet<u64>,
+    inodes: Arc<HashSet<u64>>,
+    auto: bool,
 ) -> Result<i32> {
     let sig = |k: SignalKind| {
         signal(k).map_err(|e| Error::runtime(format!("cannot install signal handlers: {e}")))
@@ -267,24 +259,16 @@ async fn event_loop(
     let mut usr1 = sig(SignalKind::user_defined1())?;
     let mut usr2 = sig(SignalKind::user_defined2())?;
     let mut winch = sig(SignalKind::window_change())?;
-    let (_keep_control, mut control_rx) = match control {
-        Some(server) => {
-            let rx = server.serve();
-            (true, Some(rx))
-        }
-        None => (false, None),
-    };
-    let auto = sup.os.ready == ReadyMode::Auto;
-    let mut warned_blind: HashSet<i32> = HashSet::new();
+    let mut control_rx = control.map(control::Server::serve);
+    // Absolute instants, so traffic on other branches cannot push them back.
+    let mut next_scan: Option<Instant> = None;
+    let mut next_group_check: Option<Instant> = None;
+    let mut scan_task: Option<JoinHandle<Vec<Event>>> = None;
 
-    sup.start(Instant::now());
+    let fx = sup.handle(Event::Start, Instant::now());
+    sup.os.perform(fx);
     loop {
         if let Some(exit) = sup.exit() {
-            for (_, reply) in std::mem::take(&mut sup.os.waiters) {
-                let _ = reply.send(Response::Error {
-                    message: "relaunch stopped before the reload could run".into(),
-                });
-            }
             if let Some(msg) = exit.error {
                 return Err(Error::new(
                     match exit.code {
@@ -297,32 +281,64 @@ async fn event_loop(
             }
             return Ok(exit.code);
         }
-        let deadline = sup.next_deadline().map(tokio::time::Instant::from_std);
-        let scanning = auto
-            && sup.children().iter().any(|c| {
-                matches!(
-                    c.state,
-                    crate::supervise::supervisor::State::Starting { .. }
-                )
-            });
-        tokio::select! {
-            _ = chld.recv() => reap(sup),
-            _ = term.recv() => { info!("SIGTERM: stopping"); sup.stop(Instant::now()) }
-            _ = int.recv() => { info!("SIGINT: stopping"); sup.stop(Instant::now()) }
-            _ = hup.recv() => {
-                info!("SIGHUP: reload");
-                if let Err(e) = sup.request_reload(Instant::now()) {
-                    warn!("reload refused: {e}");
+        let now = Instant::now();
+        // Timers run only while something starts or stops: idle, none.
+        let scanning = auto && sup.starting().next().is_some();
+        next_scan = next_scan
+            .filter(|_| scanning)
+            .or_else(|| scanning.then(|| now + SCAN_EVERY));
+        let lingering = sup.lingering().next().is_some();
+        next_group_check = next_group_check
+            .filter(|_| lingering)
+            .or_else(|| lingering.then(|| now + GROUP_CHECK_EVERY));
+        let deadline = sup.next_deadline();
+        let events: Vec<Event> = tokio::select! {
+            _ = chld.recv() => {
+                let mut events = reap(&mut sup.os);
+                for ev in events.drain(..) {
+                    let fx = sup.handle(ev, Instant::now());
+                    sup.os.perform(fx);
+                }
+                // Leaders reaped just now may have been the last of their groups.
+                group_check(sup)
+            }
+            _ = term.recv() => { info!("SIGTERM: stopping"); vec![Event::Stop] }
+            _ = int.recv() => { info!("SIGINT: stopping"); vec![Event::Stop] }
+            _ = hup.recv() => { info!("SIGHUP: reload"); vec![Event::Reload] }
+            _ = quit.recv() => vec![Event::Forward(Signal::SIGQUIT)],
+            _ = usr1.recv() => vec![Event::Forward(Signal::SIGUSR1)],
+            _ = usr2.recv() => vec![Event::Forward(Signal::SIGUSR2)],
+            _ = winch.recv() => vec![Event::Forward(Signal::SIGWINCH)],
+            Some(inc) = recv_control(&mut control_rx) => {
+                vec![Event::Control { request: inc.request, reply: inc.reply }]
+            }
+            Some((generation, msg)) = notify_rx.recv() => handle_notify(sup, generation, msg).into_iter().collect(),
+            (pid, status) = exec_reported(&sup.os.execs) => {
+                sup.os.execs.remove(&pid);
+                match status {
+                    spawn::ExecStatus::Failed(error) => vec![Event::ExecFailed { pid, error }],
+                    _ => Vec::new(),
                 }
             }
-            _ = quit.recv() => sup.forward(Signal::SIGQUIT),
-            _ = usr1.recv() => sup.forward(Signal::SIGUSR1),
-            _ = usr2.recv() => sup.forward(Signal::SIGUSR2),
-            _ = winch.recv() => sup.forward(Signal::SIGWINCH),
-            Some(inc) = recv_control(&mut control_rx) => handle_control(sup, inc),
-            Some((generation, msg)) = notify_rx.recv() => handle_notify(sup, generation, msg),
-            _ = sleep_until(deadline) => sup.on_timer(Instant::now()),
-            _ = tokio::time::sleep(SCAN_EVERY), if scanning => scan(sup, &inodes, &mut warned_blind),
+            _ = sleep_until(deadline) => vec![Event::Timer],
+            _ = sleep_until(next_scan) => {
+                let at = next_scan.map_or(now, |t| t + SCAN_EVERY);
+                next_scan = Some(at.max(Instant::now()));
+                // One scan at a time; a slow one skips ticks rather than piling up.
+                if scan_task.is_none() {
+                    scan_task = Some(start_scan(sup, &inodes));
+                }
+                Vec::new()
+            }
+            Some(events) = join(&mut scan_task) => events,
+            _ = sleep_until(next_group_check) => {
+                next_group_check = None;
+                group_check(sup)
+            }
+        };
+        for ev in events {
+            let fx = sup.handle(ev, Instant::now());
+            sup.os.perform(fx);
         }
     }
 }
@@ -334,50 +350,99 @@ async fn recv_control(rx: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incom
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
+        Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
 }
 
-fn reap(sup: &mut Supervisor<Driver>) {
-    reaper::reap(|pid, status| sup.on_exit(pid, status, Instant::now()));
-}
-
-fn scan(sup: &mut Supervisor<Driver>, inodes: &HashSet<u64>, warned: &mut HashSet<i32>) {
-    let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = sup
-        .children()
-        .iter()
-        .filter(|c| {
-            matches!(
-                c.state,
-                crate::supervise::supervisor::State::Starting { .. }
-            )
-        })
-        .map(|c| (c.pid, std::iter::once(c.pid).chain(c.main_pid).collect()))
-        .unzip();
-    for (pid, verdict) in pids.into_iter().zip(procscan::scan_each(&roots, inodes)) {
-        match verdict {
-            procscan::Verdict::Waiting { pid: p, tid, how } => sup.mark_ready(
-                pid,
-                &format!("pid {p} thread {tid} waits in {how}"),
-                Instant::now(),
-            ),
-            procscan::Verdict::NotYet { blind: Some(why) } if warned.insert(pid) => {
-                sup.mark_blind(pid);
-                warn!(
-                    pid,
-                    "cannot see whether this child waits for connections ({why}); it counts as ready only at \
-                     --ready-timeout. Use --ready delay:DURATION, or send READY=1 and use --ready notify"
-                )
-            }
-            procscan::Verdict::NotYet { .. } => {}
+/// The result of a task, once; pending while there is none.
+async fn join<T>(task: &mut Option<JoinHandle<T>>) -> Option<T> {
+    match task {
+        Some(t) => {
+            let result = t.await;
+            *task = None;
+            result.ok()
         }
+        None => std::future::pending().await,
     }
 }
 
-fn handle_notify(sup: &mut Supervisor<Driver>, generation: u64, msg: Message) {
+/// Collects every exited child: a failed exec first (its pipe is complete
+/// once the child is gone), then the exit and whether its group lives on.
+fn reap(driver: &mut Driver) -> Vec<Event> {
+    let mut exits = Vec::new();
+    reaper::reap(|pid, status| exits.push((pid, status)));
+    let mut events = Vec::new();
+    for (pid, status) in exits {
+        if let Some(watch) = driver.execs.remove(&pid)
+            && let spawn::ExecStatus::Failed(error) = watch.get_ref().check()
+        {
+            events.push(Event::ExecFailed { pid, error });
+        }
+        events.push(Event::Exited {
+            pid,
+            status,
+            group_alive: reaper::group_alive(pid),
+        });
+    }
+    events
+}
+
+/// The lingering groups that are empty now.
+fn group_check(sup: &Supervisor<Driver>) -> Vec<Event> {
+    sup.lingering()
+        .filter(|&pgid| !reaper::group_alive(pgid))
+        .map(|pgid| Event::GroupGone { pgid })
+        .collect()
+}
+
+/// The first exec status pipe with news: (pid, what it says).
+async fn exec_reported(
+    execs: &HashMap<i32, AsyncFd<spawn::ExecWatch>>,
+) -> (i32, spawn::ExecStatus) {
+    std::future::poll_fn(|cx| {
+        for (&pid, fd) in execs {
+            loop {
+                match fd.poll_read_ready(cx) {
+                    Poll::Ready(Ok(mut guard)) => match fd.get_ref().check() {
+                        spawn::ExecStatus::Pending => guard.clear_ready(),
+                        status => return Poll::Ready((pid, status)),
+                    },
+                    Poll::Ready(Err(_)) => return Poll::Ready((pid, spawn::ExecStatus::Ran)),
+                    Poll::Pending => break,
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Scans /proc for the starting children on the blocking pool: a hung
+/// mount or a stuck child must not stall the loop.
+fn start_scan(sup: &Supervisor<Driver>, inodes: &Arc<HashSet<u64>>) -> JoinHandle<Vec<Event>> {
+    let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = sup.starting().unzip();
+    let inodes = Arc::clone(inodes);
+    tokio::task::spawn_blocking(move || {
+        let verdicts = procscan::scan_each(&roots, &inodes);
+        pids.into_iter()
+            .zip(verdicts)
+            .filter_map(|(pid, verdict)| match verdict {
+                procscan::Verdict::Waiting { pid: p, tid, how } => Some(Event::Ready {
+                    pid,
+                    how: format!("pid {p} thread {tid} waits in {how}"),
+                }),
+                procscan::Verdict::NotYet { blind: Some(why) } => Some(Event::Blind { pid, why }),
+                procscan::Verdict::NotYet { blind: None } => None,
+            })
+            .collect()
+    })
+}
+
+/// Checks who sent a notify datagram, and turns it into an event.
+fn handle_notify(sup: &Supervisor<Driver>, generation: u64, msg: Message) -> Option<Event> {
     let owner = sup
         .children()
         .iter()
@@ -392,12 +457,13 @@ fn handle_notify(sup: &mut Supervisor<Driver>, generation: u64, msg: Message) {
             sender = msg.pid,
             generation, "ignoring a notify message from a process outside generation {generation}"
         );
-        return;
+        return None;
     };
+    let mut notice = Notice::default();
     if let Some(m) = msg.mainpid() {
         let roots: Vec<i32> = std::iter::once(pid).chain(main_pid).collect();
         if procscan::belongs_to(m, &roots) {
-            sup.set_main_pid(pid, m);
+            notice.main_pid = Some(m);
         } else {
             warn!(
                 pid,
@@ -405,96 +471,13 @@ fn handle_notify(sup: &mut Supervisor<Driver>, generation: u64, msg: Message) {
             );
         }
     }
-    if let Some(text) = msg.status() {
-        sup.set_status_text(pid, text);
-    }
+    notice.status = msg.status().map(str::to_string);
     if msg.reloading() {
         info!(pid, generation, "child reports RELOADING=1");
     }
     if msg.stopping() {
         info!(pid, generation, "child reports STOPPING=1");
     }
-    if msg.ready() {
-        sup.mark_ready(pid, "READY=1", Instant::now());
-    }
-}
-
-fn handle_control(sup: &mut Supervisor<Driver>, inc: Incoming) {
-    let now = Instant::now();
-    match inc.request {
-        Request::Status => {
-            let _ = inc.reply.send(Response::Status(status(sup, now)));
-        }
-        Request::Reload => match sup.request_reload(now) {
-            // It may already have failed, at spawn, before we could wait for it.
-            Ok(generation) => match sup.last_reload().filter(|r| r.generation == generation) {
-                Some(done) => {
-                    let _ = inc.reply.send(Response::ReloadFailed {
-                        generation,
-                        reason: done.message.clone(),
-                    });
-                }
-                None => sup.os.waiters.push((generation, inc.reply)),
-            },
-            Err(reason) => {
-                let _ = inc.reply.send(Response::ReloadFailed {
-                    generation: sup.serving(),
-                    reason,
-                });
-            }
-        },
-        Request::Stop => {
-            info!("stop requested through the control socket");
-            let _ = inc.reply.send(Response::Stopping);
-            sup.stop(now);
-        }
-    }
-}
-
-fn status(sup: &Supervisor<Driver>, now: Instant) -> control::Status {
-    let children = sup
-        .children()
-        .iter()
-        .map(|c| {
-            let slot = (c.generation == sup.serving()).then(|| &sup.slots()[c.worker]);
-            control::ChildInfo {
-                pid: c.pid,
-                generation: c.generation,
-                worker: c.worker,
-                state: c.state.name().into(),
-                uptime_secs: now.saturating_duration_since(c.started).as_secs_f64(),
-                restarts: slot.map_or(0, |s| s.restarts),
-                last_exit: slot.and_then(|s| s.last_exit).map(|e| e.to_string()),
-            }
-        })
-        .collect();
-    let status_text = sup
-        .children()
-        .iter()
-        .filter(|c| c.generation == sup.serving())
-        .find_map(|c| c.status_text.clone());
-    control::Status {
-        pid: std::process::id(),
-        generation: sup.serving(),
-        state: sup.state().into(),
-        status_text,
-        listeners: sup
-            .os
-            .listeners
-            .iter()
-            .enumerate()
-            .map(|(i, l)| control::ListenerInfo {
-                name: l.name.clone(),
-                address: l.address(),
-                fd: 3 + i as i32,
-            })
-            .collect(),
-        children,
-        last_reload: sup.last_reload().map(|r| control::ReloadInfo {
-            generation: r.generation,
-            ok: r.ok,
-            message: r.message.clone(),
-            seconds_ago: now.saturating_duration_since(r.at).as_secs_f64(),
-        }),
-    }
+    notice.ready = msg.ready();
+    Some(Event::Notify { pid, notice })
 }

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tracing::warn;
@@ -24,6 +24,41 @@ pub fn reap(mut exited: impl FnMut(i32, ExitStatus)) {
             Ok(_) => continue,
         }
     }
+}
+
+/// Whether any process of the group `pgid` is left (zombies count until
+/// they are reaped). A group outlives its leader; its id is not reused while
+/// a member lives.
+pub fn group_alive(pgid: i32) -> bool {
+    !matches!(
+        killpg(Pid::from_raw(pgid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
+/// The live processes of group `pgid`, for `relaunch status`. Reads /proc:
+/// call it off the event loop.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            // "pid (comm) state ppid pgrp ...": comm may hold spaces and parens.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let mut rest = stat
+                    .rsplit_once(')')
+                    .map_or("", |(_, r)| r)
+                    .split_whitespace();
+                let state = rest.next();
+                state != Some("Z") && rest.nth(1).and_then(|g| g.parse().ok()) == Some(pgid)
+            })
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
 }
 
 /// Processes that outlived their parents landed on us (a subreaper). None may

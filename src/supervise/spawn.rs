@@ -12,11 +12,12 @@
 //!
 //! # Safety argument
 //!
-//! relaunch is single-threaded (tokio `current_thread`, no blocking pool is
-//! used), so the child of `fork` is a faithful copy with no lock held by a
-//! vanished thread. Even so, between fork and exec the child only makes raw
+//! relaunch forks only from its main thread, the event loop's (tokio
+//! `current_thread`); PR_SET_PDEATHSIG follows the thread that forked. Other
+//! threads may exist (the blocking pool reads /proc) and may hold a lock at
+//! the fork, so between fork and exec the child only makes raw
 //! system calls through `libc` (`setpgid`, `setgroups`, `setgid`, `setuid`, `prctl`, `getppid`, `fcntl`,
-//! `dup2`, `close_range`, `getpid`, `signal`, `sigprocmask`, `execve`, `write`,
+//! `dup2`, `close_range`, `getpid`, `signal`, `sigprocmask`, `execve`, `stat`, `write`,
 //! `_exit`) and writes into memory prepared by the parent: every CString,
 //! pointer array, the fd work array and the `LISTEN_PID=` slot are allocated
 //! before the fork and outlive it in the child's copy of the address space.
@@ -28,7 +29,6 @@ use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use libc::c_char;
@@ -47,13 +47,8 @@ pub struct Request<'a> {
     pub creds: Option<&'a Credentials>,
 }
 
-/// Who the child runs as: resolved in the parent, applied after fork.
-#[derive(Debug, Clone)]
-pub struct Credentials {
-    pub uid: libc::uid_t,
-    pub gid: libc::gid_t,
-    pub groups: Vec<libc::gid_t>,
-}
+/// Resolved by `plan`, applied after fork.
+pub use crate::plan::options::Credentials;
 
 #[derive(Debug)]
 pub enum Error {
@@ -77,10 +72,39 @@ const LISTEN_PID: &[u8] = b"LISTEN_PID=";
 /// Room for any pid's digits and the NUL.
 const PID_DIGITS: usize = 20;
 
-/// Starts the program; returns the child's pid once it has exec'd.
-pub fn spawn(req: &Request<'_>) -> Result<i32, Error> {
-    let path = resolve(req.program, env_path(req.env))?;
+/// A forked child, and the pipe that says whether its exec worked.
+pub struct Spawned {
+    pub pid: i32,
+    pub exec: ExecWatch,
+}
+
+/// The read end of a child's exec status pipe (non-blocking). EOF means the
+/// exec worked (the write end was close-on-exec); otherwise the child writes
+/// (stage, errno, candidate) and exits 126 or 127.
+pub struct ExecWatch {
+    fd: OwnedFd,
+    shown: String,
+    explicit: bool,
+    candidates: Vec<PathBuf>,
+}
+
+/// What the status pipe says so far.
+#[derive(Debug)]
+pub enum ExecStatus {
+    /// Nothing yet: the child is between fork and exec.
+    Pending,
+    Ran,
+    Failed(Error),
+}
+
+/// Forks the child and returns at once: whether the exec worked is read from
+/// [`Spawned::exec`] later, so nothing here waits on the child (or on a slow
+/// filesystem: the PATH search happens in the child, like execvp).
+pub fn spawn(req: &Request<'_>) -> Result<Spawned, Error> {
     let shown = req.program.to_string_lossy();
+    if req.program.is_empty() {
+        return Err(Error::NotFound("cannot run an empty program name".into()));
+    }
     let cstr = |s: &[u8]| {
         CString::new(s).map_err(|_| {
             Error::Os(format!(
@@ -88,7 +112,12 @@ pub fn spawn(req: &Request<'_>) -> Result<i32, Error> {
             ))
         })
     };
-    let path_c = cstr(path.as_os_str().as_bytes())?;
+    let (explicit, candidates) = candidates(req.program, env_path(req.env));
+    let mut paths_c = Vec::with_capacity(candidates.len());
+    for c in &candidates {
+        paths_c.push(cstr(c.as_os_str().as_bytes())?);
+    }
+    let paths: Vec<*const c_char> = paths_c.iter().map(|c| c.as_ptr()).collect();
     let mut argv_c = vec![cstr(req.program.as_bytes())?];
     for a in req.args {
         argv_c.push(cstr(a.as_bytes())?);
@@ -115,8 +144,10 @@ pub fn spawn(req: &Request<'_>) -> Result<i32, Error> {
     let first_free = 3 + work.len() as RawFd;
     let others = Others::find(first_free);
 
-    let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| Error::Os(format!("cannot start {shown}: pipe: {e}")))?;
+    // Non-blocking: the parent never waits on it; 12 bytes never fill a pipe.
+    let (err_read, err_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(|e| Error::Os(format!("cannot start {shown}: pipe: {e}")))?;
     // Out of the way of the fds placed at 3.., so the child need not move it.
     let err_write = above(err_write, first_free).map_err(|e| {
         Error::Os(format!(
@@ -126,7 +157,8 @@ pub fn spawn(req: &Request<'_>) -> Result<i32, Error> {
 
     let parent = std::process::id() as libc::pid_t;
     let child = ChildPlan {
-        path: path_c.as_ptr(),
+        paths: paths.as_ptr(),
+        npaths: paths.len(),
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
         pid_digits: if req.listen_pid {
@@ -154,7 +186,7 @@ pub fn spawn(req: &Request<'_>) -> Result<i32, Error> {
         // SAFETY: see the module's safety argument; the child runs only `child.exec()`.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            // SAFETY: we are the child of a single-threaded process.
+            // SAFETY: the child only runs `child.exec()`: raw syscalls, no locks.
             unsafe { child.exec() }
         }
         pid
@@ -167,18 +199,60 @@ pub fn spawn(req: &Request<'_>) -> Result<i32, Error> {
     // SAFETY: plain syscall on our own child.
     unsafe { libc::setpgid(pid, pid) };
     drop(err_write);
-    match read_exec_error(&err_read) {
-        None => Ok(pid),
-        // The child has _exit'ed; the reaper will collect it.
-        Some((STAGE_CREDS, errno)) => Err(Error::Os(format!(
-            "cannot switch {shown} to the --user/--group credentials: {}",
-            io::Error::from_raw_os_error(errno)
-        ))),
-        Some((STAGE_FDS, errno)) => Err(Error::Os(format!(
-            "cannot place the sockets at fd 3.. for {shown}: {}",
-            io::Error::from_raw_os_error(errno)
-        ))),
-        Some((_, errno)) => Err(exec_error(&shown, &path, errno)),
+    Ok(Spawned {
+        pid,
+        exec: ExecWatch {
+            fd: err_read,
+            shown: shown.into_owned(),
+            explicit,
+            candidates,
+        },
+    })
+}
+
+impl AsRawFd for ExecWatch {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl ExecWatch {
+    /// Reads what the child reported, without blocking. Once the child has
+    /// exited, the answer is final (never Pending).
+    pub fn check(&self) -> ExecStatus {
+        let mut buf = [0u8; 12];
+        let mut got = 0;
+        while got < buf.len() {
+            match nix::unistd::read(&self.fd, &mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) if got == 0 => return ExecStatus::Pending,
+                // One write of 12 bytes is atomic: a part cannot happen.
+                Err(_) => break,
+            }
+        }
+        if got < buf.len() {
+            return ExecStatus::Ran;
+        }
+        let word = |i: usize| i32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+        let (stage, errno, at) = (word(0), word(4), word(8));
+        let shown = &self.shown;
+        let why = io::Error::from_raw_os_error(errno);
+        ExecStatus::Failed(match stage {
+            STAGE_CREDS => Error::Os(format!(
+                "cannot switch {shown} to the --user/--group credentials: {why}"
+            )),
+            STAGE_FDS => Error::Os(format!(
+                "cannot place the sockets at fd 3.. for {shown}: {why}"
+            )),
+            _ => {
+                let path = usize::try_from(at)
+                    .ok()
+                    .and_then(|i| self.candidates.get(i));
+                exec_error(shown, self.explicit, path.map(|p| p.as_path()), errno)
+            }
+        })
     }
 }
 
@@ -189,7 +263,9 @@ const STAGE_FDS: i32 = 2;
 
 /// Raw pointers into memory the parent prepared; valid in the child's copy.
 struct ChildPlan {
-    path: *const c_char,
+    /// Where to look for the program, in order (PATH, or the one path given).
+    paths: *const *const c_char,
+    npaths: usize,
     argv: *const *const c_char,
     envp: *const *const c_char,
     pid_digits: *mut u8,
@@ -271,18 +347,55 @@ impl ChildPlan {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            libc::execve(self.path, self.argv, self.envp);
-            self.fail(err_fd, STAGE_EXEC)
+            self.exec_each(err_fd)
+        }
+    }
+
+    /// execvp's search: ENOENT, ENOTDIR (and ESTALE, ENODEV, ETIMEDOUT, as
+    /// glibc does) try the next candidate; EACCES
+    /// (or a file whose interpreter is missing) is remembered, and reported
+    /// if nothing runs; any other error ends the search.
+    unsafe fn exec_each(&self, err_fd: RawFd) -> ! {
+        unsafe {
+            let mut found = (libc::ENOENT, -1);
+            for i in 0..self.npaths {
+                let path = *self.paths.add(i);
+                libc::execve(path, self.argv, self.envp);
+                let errno = *libc::__errno_location();
+                let mut st: libc::stat = std::mem::zeroed();
+                let exists = libc::stat(path, &mut st) == 0;
+                match errno {
+                    libc::ENOENT | libc::ENOTDIR if !exists => continue,
+                    // What execvp also skips: a stale or vanished mount.
+                    libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => continue,
+                    libc::ENOENT | libc::EACCES => {
+                        if found.1 < 0 {
+                            let dir = exists && st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                            found = (if dir { libc::EISDIR } else { errno }, i as i32);
+                        }
+                    }
+                    _ => {
+                        found = (errno, i as i32);
+                        break;
+                    }
+                }
+            }
+            self.report(err_fd, STAGE_EXEC, found.0, found.1)
         }
     }
 
     /// Reports (stage, errno) to the parent and exits like a shell would.
     unsafe fn fail(&self, err_fd: RawFd, stage: i32) -> ! {
+        unsafe { self.report(err_fd, stage, *libc::__errno_location(), -1) }
+    }
+
+    /// Writes (stage, errno, candidate) to the parent and exits.
+    unsafe fn report(&self, err_fd: RawFd, stage: i32, errno: i32, at: i32) -> ! {
         unsafe {
-            let errno = *libc::__errno_location();
-            let mut msg = [0u8; 8];
+            let mut msg = [0u8; 12];
             msg[..4].copy_from_slice(&stage.to_ne_bytes());
-            msg[4..].copy_from_slice(&errno.to_ne_bytes());
+            msg[4..8].copy_from_slice(&errno.to_ne_bytes());
+            msg[8..].copy_from_slice(&at.to_ne_bytes());
             libc::write(err_fd, msg.as_ptr().cast(), msg.len());
             libc::_exit(if stage == STAGE_EXEC && errno == libc::ENOENT {
                 127
@@ -411,30 +524,28 @@ impl Drop for BlockSignals {
     }
 }
 
-/// EOF means exec succeeded (the pipe was close-on-exec); 8 bytes are (stage, errno).
-fn read_exec_error(fd: &OwnedFd) -> Option<(i32, i32)> {
-    let mut buf = [0u8; 8];
-    let mut got = 0;
-    while got < 8 {
-        match nix::unistd::read(fd, &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => break,
-        }
-    }
-    let word = |i: usize| i32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
-    (got == 8).then(|| (word(0), word(4)))
-}
-
-fn exec_error(shown: &str, path: &Path, errno: i32) -> Error {
+fn exec_error(shown: &str, explicit: bool, path: Option<&Path>, errno: i32) -> Error {
     let why = io::Error::from_raw_os_error(errno);
-    match errno {
-        libc::ENOENT => Error::NotFound(format!(
+    match (errno, path) {
+        (libc::ENOENT, None) if explicit => {
+            Error::NotFound(format!("cannot run {shown}: no such file"))
+        }
+        (libc::ENOENT, None) => {
+            Error::NotFound(format!("cannot run {shown}: command not found in PATH"))
+        }
+        (libc::ENOENT, Some(p)) => Error::NotFound(format!(
             "cannot run {shown}: {} (the program or its interpreter is missing)",
-            path.display()
+            p.display()
         )),
-        libc::ENOEXEC => Error::NotExecutable(format!(
+        (libc::EISDIR, _) => Error::NotExecutable(format!("cannot run {shown}: it is a directory")),
+        (libc::EACCES, _) if explicit => Error::NotExecutable(format!(
+            "cannot run {shown}: permission denied (not executable; try chmod +x {shown})"
+        )),
+        (libc::EACCES, Some(p)) => Error::NotExecutable(format!(
+            "cannot run {shown}: {} is not executable",
+            p.display()
+        )),
+        (libc::ENOEXEC, _) => Error::NotExecutable(format!(
             "cannot run {shown}: not an executable format (a script needs a #! line)"
         )),
         _ => Error::NotExecutable(format!("cannot run {shown}: {why}")),
@@ -447,45 +558,17 @@ fn env_path(env: &[(OsString, OsString)]) -> Option<&OsStr> {
         .map(|(_, v)| v.as_os_str())
 }
 
-/// Finds the program like execvp would, but in the parent, where allocating is fine.
-pub fn resolve(program: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, Error> {
-    let shown = program.to_string_lossy();
-    if program.is_empty() {
-        return Err(Error::NotFound("cannot run an empty program name".into()));
-    }
+/// Where execvp would look for `program`, built without touching the
+/// filesystem: whether it was given as a path, and the paths to try.
+fn candidates(program: &OsStr, path_var: Option<&OsStr>) -> (bool, Vec<PathBuf>) {
     if program.as_bytes().contains(&b'/') {
-        let p = PathBuf::from(program);
-        return match std::fs::metadata(&p) {
-            Err(_) => Err(Error::NotFound(format!("cannot run {shown}: no such file"))),
-            Ok(m) if m.is_dir() => Err(Error::NotExecutable(format!(
-                "cannot run {shown}: it is a directory"
-            ))),
-            Ok(m) if m.permissions().mode() & 0o111 == 0 => Err(Error::NotExecutable(format!(
-                "cannot run {shown}: permission denied (not executable; try chmod +x {shown})"
-            ))),
-            Ok(_) => Ok(p),
-        };
+        return (true, vec![PathBuf::from(program)]);
     }
     let dirs = path_var.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
-    let mut not_executable = None;
-    for dir in std::env::split_paths(dirs) {
-        let candidate = dir.join(program);
-        if let Ok(m) = std::fs::metadata(&candidate) {
-            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
-                return Ok(candidate);
-            }
-            not_executable.get_or_insert(candidate);
-        }
-    }
-    match not_executable {
-        Some(p) => Err(Error::NotExecutable(format!(
-            "cannot run {shown}: {} is not executable",
-            p.display()
-        ))),
-        None => Err(Error::NotFound(format!(
-            "cannot run {shown}: command not found in PATH"
-        ))),
-    }
+    let found = std::env::split_paths(dirs)
+        .map(|dir| dir.join(program))
+        .collect();
+    (false, found)
 }
 
 /// Makes sure fds 0-2 are open, so no listener or pipe of ours lands there.
@@ -548,32 +631,73 @@ mod tests {
     }
 
     #[test]
-    fn resolve_search() {
+    fn candidates_follow_path_without_looking() {
         let path = OsStr::new("/nonexistent:/bin:/usr/bin");
-        assert!(
-            resolve(OsStr::new("sh"), Some(path))
-                .unwrap()
-                .ends_with("sh")
+        assert_eq!(
+            candidates(OsStr::new("sh"), Some(path)),
+            (
+                false,
+                vec![
+                    PathBuf::from("/nonexistent/sh"),
+                    PathBuf::from("/bin/sh"),
+                    PathBuf::from("/usr/bin/sh")
+                ]
+            )
         );
-        assert!(matches!(
-            resolve(OsStr::new("no-such-prog-xyz"), Some(path)),
-            Err(Error::NotFound(_))
-        ));
-        assert!(matches!(
-            resolve(OsStr::new("./no/such"), None),
-            Err(Error::NotFound(_))
-        ));
-        assert!(matches!(
-            resolve(OsStr::new("/etc/passwd"), None),
-            Err(Error::NotExecutable(_))
-        ));
-        assert!(matches!(
-            resolve(OsStr::new("/"), None),
-            Err(Error::NotExecutable(_))
-        ));
-        assert!(matches!(
-            resolve(OsStr::new(""), None),
-            Err(Error::NotFound(_))
-        ));
+        assert_eq!(
+            candidates(OsStr::new("./x"), Some(path)),
+            (true, vec![PathBuf::from("./x")])
+        );
+        assert_eq!(candidates(OsStr::new("x"), None).1.len(), 3);
+    }
+
+    /// Spawns `program`, waits for it to exit, and returns what its pipe said.
+    fn outcome(program: &str) -> (ExecStatus, i32) {
+        let env = [("PATH".into(), "/nonexistent:/bin:/usr/bin".into())];
+        let args = [OsString::from("-c"), OsString::from("exit 0")];
+        let s = spawn(&Request {
+            program: OsStr::new(program),
+            args: &args,
+            env: &env,
+            fds: &[],
+            listen_pid: true,
+            creds: None,
+        })
+        .unwrap();
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(s.pid, &mut status, 0) };
+        (s.exec.check(), libc::WEXITSTATUS(status))
+    }
+
+    #[test]
+    fn exec_outcome_comes_through_the_pipe() {
+        let (ran, code) = outcome("sh");
+        assert!(matches!(ran, ExecStatus::Ran), "{ran:?}");
+        assert_eq!(code, 0);
+        let (missing, code) = outcome("no-such-prog-xyz");
+        assert!(
+            matches!(&missing, ExecStatus::Failed(Error::NotFound(m)) if m.contains("command not found in PATH")),
+            "{missing:?}"
+        );
+        assert_eq!(code, 127);
+        let (dir, code) = outcome("/");
+        assert!(
+            matches!(&dir, ExecStatus::Failed(Error::NotExecutable(m)) if m.contains("directory")),
+            "{dir:?}"
+        );
+        assert_eq!(code, 126);
+        let (plain, code) = outcome("/etc/passwd");
+        assert!(
+            matches!(&plain, ExecStatus::Failed(Error::NotExecutable(m)) if m.contains("chmod +x")),
+            "{plain:?}"
+        );
+        assert_eq!(code, 126);
+        let (gone, code) = outcome("./no/such");
+        assert!(
+            matches!(&gone, ExecStatus::Failed(Error::NotFound(m)) if m.contains("no such file")),
+            "{gone:?}"
+        );
+        assert_eq!(code, 127);
     }
 }

@@ -1,8 +1,14 @@
 //! The supervisor's state machine: which children exist, in which generation,
-//! and what happens when they exit, become ready, or time out. Pure: every
-//! effect goes through [`Os`], so it is tested with a fake.
+//! and what happens when they exit, become ready, or time out. All of
+//! relaunch's state lives here, and [`Supervisor::handle`] is its one entry
+//! point: an [`Event`] in, [`Effect`]s out for the driver to carry out. It is
+//! tested with a fake spawner and no clock.
 //!
 //! Invariants:
+//! - A child is a process group (its pgid is the leader's pid). It is gone
+//!   only when the group is empty, not when the leader exits: members that
+//!   outlive their leader are stopped like the leader would have been, and
+//!   SIGKILLed after the stop timeout.
 //! - The serving generation is the one whose children answer today. A reload
 //!   starts the next generation beside it; only when *all* of the new
 //!   generation's workers are ready is the old one sent the stop signal.
@@ -10,7 +16,7 @@
 //!   deadline, is stopped; the serving generation never notices.
 //! - One reload at a time: requests during a reload coalesce into one more
 //!   reload after it. A reload is over when the new generation serves and the
-//!   old one is gone (or when it failed).
+//!   old one's groups are empty (or when it failed).
 //! - A crash in the serving generation restarts that worker, with backoff.
 //! - Every child we asked to stop gets SIGKILL after the stop timeout.
 
@@ -18,10 +24,12 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use crate::cli::Restart;
+use crate::control::{self, Request, Response};
 use crate::duration;
+use crate::plan::options::Restart;
 use crate::supervise::backoff::{self, Backoff, Next};
 use crate::supervise::spawn;
 
@@ -57,43 +65,84 @@ impl fmt::Display for ExitStatus {
     }
 }
 
-/// Effects, carried out by the driver (or recorded by a test).
-pub trait Os {
-    fn spawn(&mut self, generation: u64, worker: usize) -> Result<i32, spawn::Error>;
-    /// Signals the child's whole process group.
-    fn signal(&mut self, pid: i32, sig: Signal);
-    fn note(&mut self, note: Note);
-    /// A number in [0, 1) for backoff jitter.
-    fn jitter(&mut self) -> f64;
+/// Where a control client's answer goes.
+pub type Reply = oneshot::Sender<Response>;
+
+/// Everything that can happen to the supervisor.
+#[derive(Debug)]
+pub enum Event {
+    /// Start generation 1.
+    Start,
+    /// A child's leader was reaped; `group_alive`: other processes of its
+    /// group live on.
+    Exited {
+        pid: i32,
+        status: ExitStatus,
+        group_alive: bool,
+    },
+    /// The group of a child whose leader exited is empty now.
+    GroupGone { pgid: i32 },
+    /// The child reported through its status pipe that it could not exec.
+    ExecFailed { pid: i32, error: spawn::Error },
+    /// A moment from [`Supervisor::next_deadline`] has come.
+    Timer,
+    /// The /proc scan saw this child wait for connections.
+    Ready { pid: i32, how: String },
+    /// The /proc scan cannot see whether this child waits, and why.
+    Blind { pid: i32, why: String },
+    /// A notify message from child `pid` (the sender already checked).
+    Notify { pid: i32, notice: Notice },
+    /// SIGHUP.
+    Reload,
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// A signal to pass on to the children.
+    Forward(Signal),
+    /// A control socket request.
+    Control { request: Request, reply: Reply },
 }
 
-/// Things the outside world (systemd, control clients, logs) hears about.
+/// What a child said through its notify socket.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Notice {
+    /// `MAINPID=`, already checked to be one of the child's processes.
+    pub main_pid: Option<i32>,
+    pub status: Option<String>,
+    pub ready: bool,
+}
+
+/// What the driver carries out.
+#[derive(Debug)]
+pub enum Effect {
+    /// Signal a child's whole process group.
+    Signal { pgid: i32, sig: Signal },
+    /// Tell the service manager, if there is one.
+    Tell(Tell),
+    /// Answer a control client.
+    Reply { to: Reply, response: Response },
+    /// No process of this generation is left: its notify socket can go.
+    Release { generation: u64 },
+}
+
+/// Messages for systemd (sd_notify).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Note {
-    /// A generation is ready and serving.
-    Serving {
-        generation: u64,
-        pids: Vec<i32>,
-    },
-    ReloadStarted {
-        generation: u64,
-    },
-    /// A reload ended: the pids now serving, or why it failed.
-    ReloadDone {
-        generation: u64,
-        result: Result<Vec<i32>, String>,
-    },
-    /// No child of this generation is left.
-    GenerationGone {
-        generation: u64,
-    },
-    /// A serving worker exited on its own and will be started again.
-    Restarting {
-        generation: u64,
-        worker: usize,
-        status: ExitStatus,
-    },
+pub enum Tell {
+    /// `READY=1` with a status line.
+    Ready(String),
+    /// `RELOADING=1` with a status line.
+    Reloading(String),
+    Status(String),
     Stopping,
+}
+
+/// What the supervisor needs done at once: a fork gives the pid that names
+/// the child, and the backoff's jitter.
+pub trait Os {
+    /// Forks the child of `generation`/`worker`; it is in its own process
+    /// group. A failed exec is reported later, as [`Event::ExecFailed`].
+    fn spawn(&mut self, generation: u64, worker: usize) -> Result<i32, spawn::Error>;
+    /// A number in [0, 1) for backoff jitter.
+    fn jitter(&mut self) -> f64;
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +154,8 @@ pub struct Config {
     /// `--ready delay:DUR`: alive this long counts as ready.
     pub ready_delay: Option<Duration>,
     pub ready_timeout: Duration,
+    /// For `relaunch status`.
+    pub listeners: Vec<control::ListenerInfo>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -124,8 +175,9 @@ impl State {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Child {
+    /// The leader's pid, which is also the process group's id.
     pub pid: i32,
     pub generation: u64,
     pub worker: usize,
@@ -140,6 +192,17 @@ pub struct Child {
     /// `--ready auto` cannot see whether it waits for connections: the
     /// ready timeout then counts as ready instead of as a failure.
     pub blind: bool,
+    /// The leader exited like this, and its group lives on.
+    pub exited: Option<ExitStatus>,
+    /// The exec failed; its exit follows.
+    exec_error: Option<spawn::Error>,
+}
+
+impl Child {
+    /// The leader still runs.
+    pub fn alive(&self) -> bool {
+        self.exited.is_none()
+    }
 }
 
 /// One worker position of the serving generation, across its restarts.
@@ -192,12 +255,18 @@ pub struct Supervisor<O: Os> {
     next_generation: u64,
     reload: Option<Reload>,
     reload_queued: bool,
+    /// systemd heard RELOADING=1 and waits for the READY=1 that ends it.
+    reloading: bool,
+    /// `relaunch reload` clients, by the generation whose outcome answers them.
+    waiters: Vec<(u64, Reply)>,
     stopping: bool,
     /// Exit code once nothing is left, decided by what ended us.
     exit_code: i32,
     exit_error: Option<String>,
     done: bool,
     last_reload: Option<LastReload>,
+    /// Effects of the event being handled.
+    out: Vec<Effect>,
 }
 
 impl<O: Os> Supervisor<O> {
@@ -213,24 +282,56 @@ impl<O: Os> Supervisor<O> {
             next_generation: 1,
             reload: None,
             reload_queued: false,
+            reloading: false,
+            waiters: Vec::new(),
             stopping: false,
             exit_code: 0,
             exit_error: None,
             done: false,
             last_reload: None,
+            out: Vec::new(),
         }
     }
 
-    /// Starts generation 1. Failing to exec ends relaunch at once.
-    pub fn start(&mut self, now: Instant) {
-        self.serving = self.take_generation();
-        self.first_deadline = Some(now + self.cfg.ready_timeout);
-        for worker in 0..self.cfg.workers {
-            if let Err(e) = self.spawn(self.serving, worker, now) {
-                self.fail_to_exec(e, now);
-                return;
+    /// The one entry point: what `event` changes, and what must be done now.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Effect> {
+        match event {
+            Event::Start => self.start(now),
+            Event::Exited {
+                pid,
+                status,
+                group_alive,
+            } => self.on_exit(pid, status, group_alive, now),
+            Event::GroupGone { pgid } => self.group_gone(pgid, now),
+            Event::ExecFailed { pid, error } => {
+                if let Some(c) = self.child_mut(pid) {
+                    c.exec_error = Some(error);
+                }
+            }
+            Event::Timer => self.on_timer(now),
+            Event::Ready { pid, how } => self.mark_ready(pid, &how, now),
+            Event::Blind { pid, why } => self.mark_blind(pid, &why),
+            Event::Notify { pid, notice } => self.on_notice(pid, notice, now),
+            Event::Reload => {
+                if let Err(e) = self.request_reload(now) {
+                    warn!("reload refused: {e}");
+                }
+            }
+            Event::Stop => self.stop(now),
+            Event::Forward(sig) => self.forward(sig),
+            Event::Control { request, reply } => self.on_control(request, reply, now),
+        }
+        if self.done {
+            for (_, to) in std::mem::take(&mut self.waiters) {
+                self.out.push(Effect::Reply {
+                    to,
+                    response: Response::Error {
+                        message: "relaunch stopped before the reload could run".into(),
+                    },
+                });
             }
         }
+        std::mem::take(&mut self.out)
     }
 
     /// Set once relaunch should exit: nothing is left to supervise.
@@ -245,16 +346,17 @@ impl<O: Os> Supervisor<O> {
         &self.children
     }
 
-    pub fn slots(&self) -> &[Slot] {
-        &self.slots
+    /// Children whose readiness is still to be seen: (pid, roots to scan).
+    pub fn starting(&self) -> impl Iterator<Item = (i32, Vec<i32>)> + '_ {
+        self.children
+            .iter()
+            .filter(|c| c.alive() && matches!(c.state, State::Starting { .. }))
+            .map(|c| (c.pid, std::iter::once(c.pid).chain(c.main_pid).collect()))
     }
 
-    pub fn serving(&self) -> u64 {
-        self.serving
-    }
-
-    pub fn last_reload(&self) -> Option<&LastReload> {
-        self.last_reload.as_ref()
+    /// Process groups whose leader exited: the driver tells us when each is empty.
+    pub fn lingering(&self) -> impl Iterator<Item = i32> + '_ {
+        self.children.iter().filter(|c| !c.alive()).map(|c| c.pid)
     }
 
     /// "starting", "serving", "reloading", "backing off" or "stopping".
@@ -272,7 +374,7 @@ impl<O: Os> Supervisor<O> {
         }
     }
 
-    /// The earliest moment `on_timer` has something to do.
+    /// The earliest moment an [`Event::Timer`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let children = self.children.iter().filter_map(|c| match c.state {
             State::Starting { ready_at } => ready_at,
@@ -294,7 +396,79 @@ impl<O: Os> Supervisor<O> {
             .min()
     }
 
-    pub fn on_timer(&mut self, now: Instant) {
+    /// What `relaunch status` shows; the driver adds the members of
+    /// lingering groups.
+    pub fn status(&self, now: Instant) -> control::Status {
+        let children = self
+            .children
+            .iter()
+            .map(|c| {
+                let slot = (c.generation == self.serving).then(|| &self.slots[c.worker]);
+                control::ChildInfo {
+                    pid: c.pid,
+                    generation: c.generation,
+                    worker: c.worker,
+                    state: if c.alive() {
+                        c.state.name().into()
+                    } else {
+                        "lingering".into()
+                    },
+                    uptime_secs: now.saturating_duration_since(c.started).as_secs_f64(),
+                    restarts: slot.map_or(0, |s| s.restarts),
+                    last_exit: c
+                        .exited
+                        .or(slot.and_then(|s| s.last_exit))
+                        .map(|e| e.to_string()),
+                    lingering: Vec::new(),
+                }
+            })
+            .collect();
+        let status_text = self
+            .children
+            .iter()
+            .filter(|c| c.generation == self.serving)
+            .find_map(|c| c.status_text.clone());
+        control::Status {
+            pid: std::process::id(),
+            generation: self.serving,
+            state: self.state().into(),
+            status_text,
+            listeners: self.cfg.listeners.clone(),
+            children,
+            last_reload: self.last_reload.as_ref().map(|r| control::ReloadInfo {
+                generation: r.generation,
+                ok: r.ok,
+                message: r.message.clone(),
+                seconds_ago: now.saturating_duration_since(r.at).as_secs_f64(),
+            }),
+        }
+    }
+
+    /// Starts generation 1. Failing to start ends relaunch at once.
+    fn start(&mut self, now: Instant) {
+        self.serving = self.take_generation();
+        self.first_deadline = Some(now + self.cfg.ready_timeout);
+        for worker in 0..self.cfg.workers {
+            if let Err(e) = self.spawn(self.serving, worker, now) {
+                self.fail_to_exec(e, now);
+                return;
+            }
+        }
+    }
+
+    fn child_mut(&mut self, pid: i32) -> Option<&mut Child> {
+        self.children.iter_mut().find(|c| c.pid == pid && c.alive())
+    }
+
+    fn signal(&mut self, pgid: i32, sig: Signal) {
+        self.out.push(Effect::Signal { pgid, sig });
+    }
+
+    fn tell(&mut self, t: Tell) {
+        self.out.push(Effect::Tell(t));
+    }
+
+    fn on_timer(&mut self, now: Instant) {
         for i in 0..self.children.len() {
             let (pid, generation, state) = (
                 self.children[i].pid,
@@ -312,9 +486,10 @@ impl<O: Os> Supervisor<O> {
                     let waited = duration::human(self.cfg.stop_timeout);
                     warn!(
                         pid,
-                        generation, "did not stop within {waited}; sending SIGKILL"
+                        generation,
+                        "did not stop within {waited}; sending SIGKILL to its process group"
                     );
-                    self.os.signal(pid, Signal::SIGKILL);
+                    self.signal(pid, Signal::SIGKILL);
                     self.children[i].state = State::Stopping {
                         kill_at,
                         killed: true,
@@ -368,43 +543,66 @@ impl<O: Os> Supervisor<O> {
                 self.slots[worker].restart_at = None;
                 self.slots[worker].restarts += 1;
                 if let Err(e) = self.spawn(self.serving, worker, now) {
-                    let serving = self.children.iter().any(|c| c.generation == self.serving);
-                    match e {
-                        // A missing program will not come back by itself.
-                        spawn::Error::NotFound(_) | spawn::Error::NotExecutable(_) if !serving => {
-                            self.fail_to_exec(e, now);
-                            return;
-                        }
-                        // Out of fds or processes, or other workers serve: try again later.
-                        _ => {
-                            error!(generation = self.serving, worker, "{e}");
-                            self.after_exit(
-                                None,
-                                worker,
-                                Duration::ZERO,
-                                None,
-                                ExitStatus::Code(127),
-                                now,
-                            );
-                        }
+                    if !self.others_serve(None) {
+                        self.fail_to_exec(e, now);
+                        return;
                     }
+                    // Out of fds or processes while other workers serve: try again later.
+                    error!(generation = self.serving, worker, "{e}");
+                    self.after_exit(
+                        None,
+                        worker,
+                        Duration::ZERO,
+                        None,
+                        ExitStatus::Code(127),
+                        now,
+                    );
                 }
             }
         }
     }
 
-    /// A child was reaped. Pids that are not ours (orphans we reaped as a
+    /// Whether a serving child other than `except` still runs.
+    fn others_serve(&self, except: Option<i32>) -> bool {
+        self.children
+            .iter()
+            .any(|c| c.generation == self.serving && c.alive() && Some(c.pid) != except)
+    }
+
+    /// A leader was reaped. Pids that are not ours (orphans we reaped as a
     /// subreaper) are ignored.
-    pub fn on_exit(&mut self, pid: i32, status: ExitStatus, now: Instant) {
-        let Some(i) = self.children.iter().position(|c| c.pid == pid) else {
+    fn on_exit(&mut self, pid: i32, status: ExitStatus, group_alive: bool, now: Instant) {
+        let Some(i) = self.children.iter().position(|c| c.pid == pid && c.alive()) else {
             return;
         };
-        let child = self.children.remove(i);
-        let (generation, worker) = (child.generation, child.worker);
-        let lived = now.saturating_duration_since(child.started);
-        let ready_for = child.ready_since.map(|t| now.saturating_duration_since(t));
-        match child.state {
-            State::Stopping { .. } => info!(pid, generation, worker, "stopped: {status}"),
+        let (generation, worker, state, started, ready_since) = {
+            let c = &mut self.children[i];
+            c.exited = Some(status);
+            (c.generation, c.worker, c.state, c.started, c.ready_since)
+        };
+        let exec_error = self.children[i].exec_error.take();
+        if !group_alive {
+            self.children.remove(i);
+        }
+        let lived = now.saturating_duration_since(started);
+        let ready_for = ready_since.map(|t| now.saturating_duration_since(t));
+        match (state, exec_error) {
+            (State::Stopping { .. }, _) => info!(pid, generation, worker, "stopped: {status}"),
+            (_, Some(e)) if self.pending() == Some(generation) => {
+                warn!(pid, generation, worker, "{e}");
+                self.fail_reload(format!("generation {generation} could not start: {e}"), now);
+            }
+            (_, Some(e)) if generation == self.serving && !self.stopping => {
+                // A missing program will not come back by itself; with others
+                // serving (or after a deploy went wrong) keep trying.
+                if !self.announced || !self.others_serve(Some(pid)) {
+                    self.fail_to_exec(e, now);
+                } else {
+                    error!(pid, generation, worker, "{e}");
+                    self.slots[worker].last_exit = Some(status);
+                    self.after_exit(Some(pid), worker, Duration::ZERO, None, status, now);
+                }
+            }
             _ if self.pending() == Some(generation) => {
                 warn!(
                     pid,
@@ -426,15 +624,47 @@ impl<O: Os> Supervisor<O> {
             }
             _ => info!(pid, generation, worker, "{status}"),
         }
-        if !self.children.iter().any(|c| c.generation == generation) {
-            self.os.note(Note::GenerationGone { generation });
+        if group_alive {
+            // Its workers would go on serving (old code) until we exit.
+            warn!(
+                pid,
+                generation, worker, "other processes of its group live on; stopping the group"
+            );
+            self.stop_child(pid, now);
         }
+        self.released(generation);
         self.settle(now);
     }
 
+    fn group_gone(&mut self, pgid: i32, now: Instant) {
+        let Some(i) = self
+            .children
+            .iter()
+            .position(|c| c.pid == pgid && !c.alive())
+        else {
+            return;
+        };
+        let c = self.children.remove(i);
+        info!(
+            pid = pgid,
+            generation = c.generation,
+            worker = c.worker,
+            "its process group is empty"
+        );
+        self.released(c.generation);
+        self.settle(now);
+    }
+
+    /// Lets the notify socket of `generation` go once nothing of it is left.
+    fn released(&mut self, generation: u64) {
+        if !self.children.iter().any(|c| c.generation == generation) {
+            self.out.push(Effect::Release { generation });
+        }
+    }
+
     /// The child with `pid` (or its tree) is ready to serve.
-    pub fn mark_ready(&mut self, pid: i32, how: &str, now: Instant) {
-        let Some(c) = self.children.iter_mut().find(|c| c.pid == pid) else {
+    fn mark_ready(&mut self, pid: i32, how: &str, now: Instant) {
+        let Some(c) = self.child_mut(pid) else {
             return;
         };
         if !matches!(c.state, State::Starting { .. }) {
@@ -452,27 +682,78 @@ impl<O: Os> Supervisor<O> {
         self.settle(now);
     }
 
-    pub fn set_status_text(&mut self, pid: i32, text: &str) {
-        if let Some(c) = self.children.iter_mut().find(|c| c.pid == pid) {
-            c.status_text = Some(text.to_string());
-        }
-    }
-
     /// Readiness of this child cannot be seen from /proc (see `procscan`).
-    pub fn mark_blind(&mut self, pid: i32) {
-        if let Some(c) = self.children.iter_mut().find(|c| c.pid == pid) {
+    fn mark_blind(&mut self, pid: i32, why: &str) {
+        if let Some(c) = self.child_mut(pid)
+            && !c.blind
+        {
             c.blind = true;
+            warn!(
+                pid,
+                "cannot see whether this child waits for connections ({why}); it counts as ready only at \
+                 --ready-timeout. Use --ready delay:DURATION, or send READY=1 and use --ready notify"
+            );
         }
     }
 
-    pub fn set_main_pid(&mut self, pid: i32, main_pid: i32) {
-        if let Some(c) = self.children.iter_mut().find(|c| c.pid == pid) {
-            c.main_pid = Some(main_pid).filter(|&m| m != pid);
+    fn on_notice(&mut self, pid: i32, notice: Notice, now: Instant) {
+        let Some(c) = self.child_mut(pid) else {
+            return;
+        };
+        if let Some(m) = notice.main_pid {
+            c.main_pid = Some(m).filter(|&m| m != pid);
+        }
+        if let Some(text) = notice.status {
+            c.status_text = Some(text);
+        }
+        if notice.ready {
+            self.mark_ready(pid, "READY=1", now);
+        }
+    }
+
+    fn on_control(&mut self, request: Request, to: Reply, now: Instant) {
+        match request {
+            Request::Status => {
+                let response = Response::Status(self.status(now));
+                self.out.push(Effect::Reply { to, response });
+            }
+            Request::Reload => match self.request_reload(now) {
+                // It may already have failed, at spawn, before we could wait for it.
+                Ok(generation) => match self
+                    .last_reload
+                    .as_ref()
+                    .filter(|r| r.generation == generation)
+                {
+                    Some(done) => {
+                        let response = Response::ReloadFailed {
+                            generation,
+                            reason: done.message.clone(),
+                        };
+                        self.out.push(Effect::Reply { to, response });
+                    }
+                    None => self.waiters.push((generation, to)),
+                },
+                Err(reason) => {
+                    let response = Response::ReloadFailed {
+                        generation: self.serving,
+                        reason,
+                    };
+                    self.out.push(Effect::Reply { to, response });
+                }
+            },
+            Request::Stop => {
+                info!("stop requested through the control socket");
+                self.out.push(Effect::Reply {
+                    to,
+                    response: Response::Stopping,
+                });
+                self.stop(now);
+            }
         }
     }
 
     /// Asks for a reload; returns the generation whose outcome answers it.
-    pub fn request_reload(&mut self, now: Instant) -> Result<u64, String> {
+    fn request_reload(&mut self, now: Instant) -> Result<u64, String> {
         if self.stopping {
             return Err("relaunch is stopping".into());
         }
@@ -497,7 +778,10 @@ impl<O: Os> Supervisor<O> {
                 deadline: now + self.cfg.ready_timeout,
             },
         });
-        self.os.note(Note::ReloadStarted { generation });
+        self.reloading = true;
+        self.tell(Tell::Reloading(format!(
+            "reloading: starting generation {generation}"
+        )));
         for worker in 0..self.cfg.workers {
             if let Err(e) = self.spawn(generation, worker, now) {
                 self.fail_reload(format!("generation {generation} could not start: {e}"), now);
@@ -508,11 +792,14 @@ impl<O: Os> Supervisor<O> {
     }
 
     /// SIGTERM, SIGINT or `relaunch stop`. A second one kills at once.
-    pub fn stop(&mut self, now: Instant) {
+    fn stop(&mut self, now: Instant) {
         if self.stopping {
             warn!("asked to stop again: sending SIGKILL to every child");
+            let pids: Vec<i32> = self.children.iter().map(|c| c.pid).collect();
+            for pid in pids {
+                self.signal(pid, Signal::SIGKILL);
+            }
             for c in &mut self.children {
-                self.os.signal(c.pid, Signal::SIGKILL);
                 if let State::Stopping { kill_at, .. } = c.state {
                     c.state = State::Stopping {
                         kill_at,
@@ -523,7 +810,7 @@ impl<O: Os> Supervisor<O> {
             return;
         }
         self.stopping = true;
-        self.os.note(Note::Stopping);
+        self.tell(Tell::Stopping);
         if self.reload.is_some() {
             self.fail_reload("relaunch is stopping".into(), now);
         }
@@ -538,11 +825,15 @@ impl<O: Os> Supervisor<O> {
     }
 
     /// Passes a signal on to every child that is not being stopped.
-    pub fn forward(&mut self, sig: Signal) {
-        for c in &self.children {
-            if !matches!(c.state, State::Stopping { .. }) {
-                self.os.signal(c.pid, sig);
-            }
+    fn forward(&mut self, sig: Signal) {
+        let pids: Vec<i32> = self
+            .children
+            .iter()
+            .filter(|c| !matches!(c.state, State::Stopping { .. }))
+            .map(|c| c.pid)
+            .collect();
+        for pid in pids {
+            self.signal(pid, sig);
         }
     }
 
@@ -577,6 +868,8 @@ impl<O: Os> Supervisor<O> {
             status_text: None,
             blind: false,
             ready_since: None,
+            exited: None,
+            exec_error: None,
         });
         Ok(())
     }
@@ -592,7 +885,6 @@ impl<O: Os> Supervisor<O> {
         // Workers that did start must not outlive us.
         self.stop(now);
     }
-
     /// Restart policy and backoff for a serving worker that exited on its own.
     /// `pid` is the child that exited; None when it never started.
     fn after_exit(
@@ -624,11 +916,10 @@ impl<O: Os> Supervisor<O> {
                     d.as_millis()
                 );
                 self.slots[worker].restart_at = Some(now + d);
-                self.os.note(Note::Restarting {
-                    generation: self.serving,
-                    worker,
-                    status,
-                });
+                self.tell(Tell::Status(format!(
+                    "restarting generation {} worker {worker}: it {status}",
+                    self.serving
+                )));
             }
             Next::GiveUp => {
                 let msg = format!(
@@ -657,11 +948,11 @@ impl<O: Os> Supervisor<O> {
         }
         if !self.announced
             && self.reload.is_none()
-            && self.children.iter().any(|c| c.generation == self.serving)
+            && self.others_serve(None)
             && self
                 .children
                 .iter()
-                .filter(|c| c.generation == self.serving)
+                .filter(|c| c.generation == self.serving && c.alive())
                 .all(|c| c.state == State::Ready)
         {
             self.announce(now);
@@ -695,17 +986,18 @@ impl<O: Os> Supervisor<O> {
 
     fn announce(&mut self, _now: Instant) {
         self.announced = true;
-        let pids = self.serving_pids();
-        self.os.note(Note::Serving {
-            generation: self.serving,
-            pids,
-        });
+        let line = status_line(self.serving, &self.serving_pids());
+        info!(generation = self.serving, "{line}");
+        // During a reload, systemd hears READY=1 when it is over.
+        if !self.reloading {
+            self.tell(Tell::Ready(line));
+        }
     }
 
     fn serving_pids(&self) -> Vec<i32> {
         self.children
             .iter()
-            .filter(|c| c.generation == self.serving)
+            .filter(|c| c.generation == self.serving && c.alive())
             .map(|c| c.pid)
             .collect()
     }
@@ -754,10 +1046,8 @@ impl<O: Os> Supervisor<O> {
                 self.stop_child(pid, now);
             }
         }
-        if !self.children.iter().any(|c| c.generation == generation) {
-            // Nothing of it ever ran (spawn failed): nobody else will say so.
-            self.os.note(Note::GenerationGone { generation });
-        }
+        // Nothing of it may ever have run (spawn failed): nobody else would say so.
+        self.released(generation);
         self.finish_reload(generation, Err(reason), now);
     }
 
@@ -772,7 +1062,30 @@ impl<O: Os> Supervisor<O> {
             },
             at: now,
         });
-        self.os.note(Note::ReloadDone { generation, result });
+        let (answered, waiting) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(g, _)| *g <= generation);
+        self.waiters = waiting;
+        for (_, to) in answered {
+            let response = match &result {
+                Ok(pids) => Response::Reloaded {
+                    generation,
+                    pids: pids.clone(),
+                },
+                Err(reason) => Response::ReloadFailed {
+                    generation,
+                    reason: reason.clone(),
+                },
+            };
+            self.out.push(Effect::Reply { to, response });
+        }
+        // READY=1 ends RELOADING=1 whatever the outcome: something serves.
+        if std::mem::take(&mut self.reloading) {
+            self.tell(Tell::Ready(match &result {
+                Ok(pids) => status_line(generation, pids),
+                Err(reason) => format!("reload to generation {generation} failed: {reason}"),
+            }));
+        }
         if std::mem::take(&mut self.reload_queued) && !self.stopping {
             let _ = self.request_reload(now);
         }
@@ -795,9 +1108,18 @@ impl<O: Os> Supervisor<O> {
                 "sending {}",
                 sig.as_str()
             );
-            self.os.signal(pid, sig);
+            self.signal(pid, sig);
         }
     }
+}
+
+fn status_line(generation: u64, pids: &[i32]) -> String {
+    let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+    let s = if pids.len() == 1 { "" } else { "s" };
+    format!(
+        "serving: generation {generation}, pid{s} {}",
+        pids.join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -810,8 +1132,65 @@ mod tests {
         next_pid: i32,
         spawned: Vec<(i32, u64, usize)>,
         signals: Vec<(i32, Signal)>,
-        notes: Vec<Note>,
+        tells: Vec<Tell>,
+        released: Vec<u64>,
         fail_spawn: Option<fn() -> spawn::Error>,
+    }
+
+    /// Events in, effects recorded in the fake (replies are sent).
+    impl Supervisor<Fake> {
+        fn run(&mut self, event: Event, now: Instant) {
+            let effects = self.handle(event, now);
+            self.record(effects);
+        }
+        fn record(&mut self, effects: Vec<Effect>) {
+            for e in effects {
+                match e {
+                    Effect::Signal { pgid, sig } => self.os.signals.push((pgid, sig)),
+                    Effect::Tell(t) => self.os.tells.push(t),
+                    Effect::Release { generation } => self.os.released.push(generation),
+                    Effect::Reply { to, response } => {
+                        let _ = to.send(response);
+                    }
+                }
+            }
+        }
+        fn t_start(&mut self, now: Instant) {
+            self.run(Event::Start, now);
+        }
+        fn t_ready(&mut self, pid: i32, now: Instant) {
+            let how = "test".into();
+            self.run(Event::Ready { pid, how }, now);
+        }
+        fn t_blind(&mut self, pid: i32) {
+            let why = "test".into();
+            self.run(Event::Blind { pid, why }, Instant::now());
+        }
+        /// The leader exits, alone in its group.
+        fn t_exit(&mut self, pid: i32, status: ExitStatus, now: Instant) {
+            let group_alive = false;
+            self.run(
+                Event::Exited {
+                    pid,
+                    status,
+                    group_alive,
+                },
+                now,
+            );
+        }
+        fn t_timer(&mut self, now: Instant) {
+            self.run(Event::Timer, now);
+        }
+        fn t_stop(&mut self, now: Instant) {
+            self.run(Event::Stop, now);
+        }
+        /// Like SIGHUP, but says which generation answers it.
+        fn t_reload(&mut self, now: Instant) -> Result<u64, String> {
+            let r = self.request_reload(now);
+            let effects = std::mem::take(&mut self.out);
+            self.record(effects);
+            r
+        }
     }
 
     impl Os for Fake {
@@ -823,12 +1202,6 @@ mod tests {
             let pid = 100 + self.next_pid;
             self.spawned.push((pid, generation, worker));
             Ok(pid)
-        }
-        fn signal(&mut self, pid: i32, sig: Signal) {
-            self.signals.push((pid, sig));
-        }
-        fn note(&mut self, note: Note) {
-            self.notes.push(note);
         }
         fn jitter(&mut self) -> f64 {
             0.5
@@ -843,13 +1216,14 @@ mod tests {
             stop_timeout: Duration::from_secs(10),
             ready_delay: None,
             ready_timeout: Duration::from_secs(60),
+            listeners: Vec::new(),
         }
     }
 
     fn started(workers: usize) -> (Supervisor<Fake>, Instant) {
         let t0 = Instant::now();
         let mut s = Supervisor::new(Fake::default(), cfg(workers));
-        s.start(t0);
+        s.t_start(t0);
         (s, t0)
     }
 
@@ -869,15 +1243,12 @@ mod tests {
     fn first_generation_is_announced_when_ready() {
         let (mut s, t0) = started(2);
         assert_eq!(s.state(), "starting");
-        s.mark_ready(101, "test", t0);
-        assert!(s.os.notes.is_empty());
-        s.mark_ready(102, "test", t0);
+        s.t_ready(101, t0);
+        assert!(s.os.tells.is_empty());
+        s.t_ready(102, t0);
         assert_eq!(
-            s.os.notes,
-            [Note::Serving {
-                generation: 1,
-                pids: vec![101, 102]
-            }]
+            s.os.tells,
+            [Tell::Ready("serving: generation 1, pids 101, 102".into())]
         );
         assert_eq!(s.state(), "serving");
     }
@@ -885,22 +1256,24 @@ mod tests {
     #[test]
     fn reload_overlaps_and_stops_old_only_when_new_is_ready() {
         let (mut s, t0) = started(1);
-        s.mark_ready(101, "test", t0);
-        assert_eq!(s.request_reload(t0), Ok(2));
+        s.t_ready(101, t0);
+        assert_eq!(s.t_reload(t0), Ok(2));
         assert_eq!(pids(&s, 2), [102]);
         assert!(
             s.os.signals.is_empty(),
             "old generation untouched while the new one starts"
         );
-        s.mark_ready(102, "test", t0 + ms(300));
+        s.t_ready(102, t0 + ms(300));
         assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
-        assert_eq!(s.serving(), 2);
+        assert_eq!(s.serving, 2);
         assert_eq!(s.state(), "reloading", "not done until the old one is gone");
-        s.on_exit(101, ExitStatus::Code(0), t0 + ms(400));
-        assert!(s.os.notes.contains(&Note::ReloadDone {
-            generation: 2,
-            result: Ok(vec![102])
-        }));
+        s.t_exit(101, ExitStatus::Code(0), t0 + ms(400));
+        assert_eq!(
+            s.os.tells.last(),
+            Some(&Tell::Ready("serving: generation 2, pid 102".into())),
+            "READY=1 ends RELOADING=1 only when the old one is gone"
+        );
+        assert!(s.last_reload.as_ref().unwrap().ok);
         assert_eq!(s.state(), "serving");
         assert!(s.exit().is_none());
         assert!(
@@ -912,64 +1285,68 @@ mod tests {
     #[test]
     fn new_generation_crashing_keeps_old() {
         let (mut s, t0) = started(1);
-        s.mark_ready(101, "test", t0);
-        s.request_reload(t0).unwrap();
-        s.on_exit(102, ExitStatus::Code(3), t0 + ms(50));
-        let failed = s.os.notes.iter().any(|n| {
-            matches!(n, Note::ReloadDone { generation: 2, result: Err(r) } if r.contains("exited with status 3 before it was ready"))
-        });
-        assert!(failed, "{:?}", s.os.notes);
-        assert_eq!(s.serving(), 1);
+        s.t_ready(101, t0);
+        s.t_reload(t0).unwrap();
+        s.t_exit(102, ExitStatus::Code(3), t0 + ms(50));
+        let last = s.last_reload.as_ref().unwrap();
+        assert_eq!(last.generation, 2);
+        assert!(
+            last.message
+                .contains("exited with status 3 before it was ready"),
+            "{}",
+            last.message
+        );
+        assert_eq!(s.serving, 1);
         assert!(s.os.signals.is_empty(), "old generation never signalled");
         assert_eq!(pids(&s, 1), [101]);
-        assert!(!s.last_reload().unwrap().ok);
+        assert!(!s.last_reload.as_ref().unwrap().ok);
     }
 
     #[test]
     fn ready_timeout_stops_new_and_keeps_old() {
         let (mut s, t0) = started(1);
-        s.mark_ready(101, "test", t0);
-        s.request_reload(t0).unwrap();
+        s.t_ready(101, t0);
+        s.t_reload(t0).unwrap();
         let deadline = s.next_deadline().unwrap();
         assert_eq!(deadline, t0 + Duration::from_secs(60));
-        s.on_timer(deadline);
+        s.t_timer(deadline);
         assert_eq!(s.os.signals, [(102, Signal::SIGTERM)]);
-        assert_eq!(s.serving(), 1);
+        assert_eq!(s.serving, 1);
         // It ignores TERM: KILL after the stop timeout.
         let kill_at = s.next_deadline().unwrap();
         assert_eq!(kill_at, deadline + Duration::from_secs(10));
-        s.on_timer(kill_at);
+        s.t_timer(kill_at);
         assert_eq!(s.os.signals.last(), Some(&(102, Signal::SIGKILL)));
-        s.on_exit(102, ExitStatus::Signal(9), kill_at);
+        s.t_exit(102, ExitStatus::Signal(9), kill_at);
         assert_eq!(pids(&s, 1), [101]);
     }
 
     #[test]
     fn ready_timeout_counts_as_ready_when_auto_cannot_see() {
         let (mut s, t0) = started(1);
-        s.mark_ready(101, "test", t0);
-        s.request_reload(t0).unwrap();
-        s.mark_blind(102);
+        s.t_ready(101, t0);
+        s.t_reload(t0).unwrap();
+        s.t_blind(102);
         let deadline = s.next_deadline().unwrap();
-        s.on_timer(deadline);
-        assert_eq!(s.serving(), 2, "promoted, not failed");
+        s.t_timer(deadline);
+        assert_eq!(s.serving, 2, "promoted, not failed");
         assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
     }
 
     #[test]
     fn reloads_during_a_reload_coalesce_into_one() {
         let (mut s, t0) = started(1);
-        s.mark_ready(101, "test", t0);
-        assert_eq!(s.request_reload(t0), Ok(2));
-        assert_eq!(s.request_reload(t0), Ok(3));
-        assert_eq!(s.request_reload(t0), Ok(3));
+        s.t_ready(101, t0);
+        assert_eq!(s.t_reload(t0), Ok(2));
+        assert_eq!(s.t_reload(t0), Ok(3));
+        assert_eq!(s.t_reload(t0), Ok(3));
         assert_eq!(
             s.os.spawned.len(),
             2,
             "no third child until the reload ends"
         );
-        s.mark_ready(102, "test", t0);
-        s.on_exit(101, ExitStatus::Code(0), t0);
+        s.t_ready(102, t0);
+        s.t_exit(101, ExitStatus::Code(0), t0);
         assert_eq!(
             s.os.spawned.last(),
             Some(&(103, 3, 0)),
@@ -985,17 +1362,17 @@ mod tests {
         let mut pid = 101;
         for i in 0..backoff::GIVE_UP_AFTER {
             now += ms(10);
-            s.on_exit(pid, ExitStatus::Code(3), now);
+            s.t_exit(pid, ExitStatus::Code(3), now);
             if i + 1 == backoff::GIVE_UP_AFTER {
                 break;
             }
             let at = s.next_deadline().expect("a restart is scheduled");
             assert_eq!(at, now + backoff::FIRST * 2u32.pow(i));
             now = at;
-            s.on_timer(now);
+            s.t_timer(now);
             pid += 1;
             assert_eq!(s.children()[0].pid, pid);
-            assert_eq!(s.slots()[0].restarts, i + 1);
+            assert_eq!(s.slots[0].restarts, i + 1);
         }
         let exit = s.exit().expect("gave up");
         assert_eq!(exit.code, 1);
@@ -1018,13 +1395,13 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..5 {
             now += ms(300);
-            s.mark_ready(pid, "test", now);
+            s.t_ready(pid, now);
             now += Duration::from_secs(2);
-            s.on_exit(pid, ExitStatus::Signal(9), now);
+            s.t_exit(pid, ExitStatus::Signal(9), now);
             let at = s.next_deadline().expect("a restart is scheduled");
             waits.push(at - now);
             now = at;
-            s.on_timer(now);
+            s.t_timer(now);
             pid += 1;
             assert_eq!(s.children()[0].pid, pid);
         }
@@ -1040,28 +1417,37 @@ mod tests {
         let mut waits = Vec::new();
         for pid in 101..104 {
             now += ms(300);
-            s.mark_ready(pid, "test", now);
+            s.t_ready(pid, now);
             now += ms(50);
-            s.on_exit(pid, ExitStatus::Code(1), now);
+            s.t_exit(pid, ExitStatus::Code(1), now);
             let at = s.next_deadline().expect("a restart is scheduled");
             waits.push(at - now);
             now = at;
-            s.on_timer(now);
+            s.t_timer(now);
         }
         assert_eq!(waits, [ms(100), ms(200), ms(400)]);
     }
 
+    /// The child says through its pipe that exec failed, then exits.
+    fn exec_fails(s: &mut Supervisor<Fake>, pid: i32, error: spawn::Error, now: Instant) {
+        let code = if matches!(error, spawn::Error::NotFound(_)) {
+            127
+        } else {
+            126
+        };
+        s.run(Event::ExecFailed { pid, error }, now);
+        s.t_exit(pid, ExitStatus::Code(code), now);
+    }
+
     #[test]
     fn exec_failure_exits_with_127_at_once() {
-        let t0 = Instant::now();
-        let mut s = Supervisor::new(
-            Fake {
-                fail_spawn: Some(|| spawn::Error::NotFound("cannot run x".into())),
-                ..Fake::default()
-            },
-            cfg(1),
+        let (mut s, t0) = started(1);
+        exec_fails(
+            &mut s,
+            101,
+            spawn::Error::NotFound("cannot run x".into()),
+            t0,
         );
-        s.start(t0);
         assert_eq!(
             s.exit(),
             Some(Exit {
@@ -1074,36 +1460,46 @@ mod tests {
     #[test]
     fn exec_failure_during_reload_keeps_old() {
         let (mut s, t0) = started(1);
-        s.mark_ready(101, "test", t0);
-        s.os.fail_spawn =
-            Some(|| spawn::Error::NotExecutable("cannot run x: permission denied".into()));
-        assert_eq!(s.request_reload(t0), Ok(2));
+        s.t_ready(101, t0);
+        assert_eq!(s.t_reload(t0), Ok(2));
+        let denied = spawn::Error::NotExecutable("cannot run x: permission denied".into());
+        exec_fails(&mut s, 102, denied, t0);
         assert!(s.exit().is_none());
         assert_eq!(pids(&s, 1), [101]);
         assert!(matches!(
-            s.last_reload(),
+            s.last_reload.as_ref(),
             Some(LastReload { ok: false, .. })
         ));
-        let released = Note::GenerationGone { generation: 2 };
-        assert!(
-            s.os.notes.contains(&released),
-            "its notify socket is released"
+        assert!(s.os.released.contains(&2), "its notify socket is released");
+    }
+
+    #[test]
+    fn fork_failure_at_start_exits_with_1() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(
+            Fake {
+                fail_spawn: Some(|| spawn::Error::Os("cannot start x: fork failed".into())),
+                ..Fake::default()
+            },
+            cfg(1),
         );
+        s.t_start(t0);
+        assert_eq!(s.exit().map(|e| e.code), Some(1));
     }
 
     #[test]
     fn stop_terms_then_kills_then_exits_zero() {
         let (mut s, t0) = started(2);
-        s.stop(t0);
+        s.t_stop(t0);
         assert_eq!(
             s.os.signals,
             [(101, Signal::SIGTERM), (102, Signal::SIGTERM)]
         );
-        s.on_exit(101, ExitStatus::Signal(15), t0 + ms(5));
+        s.t_exit(101, ExitStatus::Signal(15), t0 + ms(5));
         assert!(s.exit().is_none());
-        s.on_timer(t0 + Duration::from_secs(10));
+        s.t_timer(t0 + Duration::from_secs(10));
         assert_eq!(s.os.signals.last(), Some(&(102, Signal::SIGKILL)));
-        s.on_exit(102, ExitStatus::Signal(9), t0 + Duration::from_secs(10));
+        s.t_exit(102, ExitStatus::Signal(9), t0 + Duration::from_secs(10));
         assert_eq!(
             s.exit(),
             Some(Exit {
@@ -1117,16 +1513,15 @@ mod tests {
     #[test]
     fn stop_while_draining_answers_the_reload() {
         let (mut s, t0) = started(1);
-        s.mark_ready(101, "test", t0);
-        s.request_reload(t0).unwrap();
-        s.mark_ready(102, "test", t0);
-        s.stop(t0);
-        let answered = s.os.notes.iter().any(|n| {
-            matches!(n, Note::ReloadDone { generation: 2, result: Err(r) } if r == "relaunch is stopping")
-        });
-        assert!(answered, "{:?}", s.os.notes);
-        s.on_exit(101, ExitStatus::Code(0), t0);
-        s.on_exit(102, ExitStatus::Code(0), t0);
+        s.t_ready(101, t0);
+        s.t_reload(t0).unwrap();
+        s.t_ready(102, t0);
+        s.t_stop(t0);
+        let last = s.last_reload.as_ref().unwrap();
+        assert_eq!((last.generation, last.ok), (2, false));
+        assert_eq!(last.message, "relaunch is stopping");
+        s.t_exit(101, ExitStatus::Code(0), t0);
+        s.t_exit(102, ExitStatus::Code(0), t0);
         assert_eq!(
             s.exit(),
             Some(Exit {
@@ -1139,41 +1534,37 @@ mod tests {
     #[test]
     fn stop_during_reload_fails_it_and_stops_both() {
         let (mut s, t0) = started(1);
-        s.mark_ready(101, "test", t0);
-        s.request_reload(t0).unwrap();
-        s.stop(t0);
-        assert!(
-            s.os.notes
-                .iter()
-                .any(|n| matches!(n, Note::ReloadDone { result: Err(_), .. }))
-        );
+        s.t_ready(101, t0);
+        s.t_reload(t0).unwrap();
+        s.t_stop(t0);
+        assert!(!s.last_reload.as_ref().unwrap().ok);
         assert_eq!(
             s.os.signals,
             [(102, Signal::SIGTERM), (101, Signal::SIGTERM)]
         );
-        assert_eq!(s.request_reload(t0), Err("relaunch is stopping".into()));
+        assert_eq!(s.t_reload(t0), Err("relaunch is stopping".into()));
     }
 
     #[test]
     fn workers_restart_on_their_own_and_reload_waits_for_all() {
         let (mut s, t0) = started(3);
         for p in [101, 102, 103] {
-            s.mark_ready(p, "test", t0);
+            s.t_ready(p, t0);
         }
-        s.on_exit(102, ExitStatus::Signal(9), t0 + ms(20));
-        s.on_timer(s.next_deadline().unwrap());
+        s.t_exit(102, ExitStatus::Signal(9), t0 + ms(20));
+        s.t_timer(s.next_deadline().unwrap());
         assert_eq!(
             s.os.spawned.last(),
             Some(&(104, 1, 1)),
             "worker 1 restarted alone"
         );
-        s.mark_ready(104, "test", t0);
-        s.request_reload(t0).unwrap();
+        s.t_ready(104, t0);
+        s.t_reload(t0).unwrap();
         assert_eq!(pids(&s, 2), [105, 106, 107]);
-        s.mark_ready(105, "test", t0);
-        s.mark_ready(106, "test", t0);
+        s.t_ready(105, t0);
+        s.t_ready(106, t0);
         assert!(s.os.signals.is_empty(), "two of three ready is not ready");
-        s.mark_ready(107, "test", t0);
+        s.t_ready(107, t0);
         let stopped: Vec<i32> = s.os.signals.iter().map(|(p, _)| *p).collect();
         assert_eq!(stopped, [101, 103, 104]);
     }
@@ -1188,8 +1579,8 @@ mod tests {
                 ..cfg(1)
             },
         );
-        s.start(t0);
-        s.on_exit(101, ExitStatus::Code(4), t0);
+        s.t_start(t0);
+        s.t_exit(101, ExitStatus::Code(4), t0);
         assert_eq!(
             s.exit(),
             Some(Exit {
@@ -1209,11 +1600,11 @@ mod tests {
                 ..cfg(1)
             },
         );
-        s.start(t0);
-        s.on_exit(101, ExitStatus::Signal(11), t0);
+        s.t_start(t0);
+        s.t_exit(101, ExitStatus::Signal(11), t0);
         assert!(s.next_deadline().is_some(), "a crash is restarted");
-        s.on_timer(s.next_deadline().unwrap());
-        s.on_exit(102, ExitStatus::Code(0), t0);
+        s.t_timer(s.next_deadline().unwrap());
+        s.t_exit(102, ExitStatus::Code(0), t0);
         assert_eq!(
             s.exit(),
             Some(Exit {
@@ -1233,18 +1624,109 @@ mod tests {
                 ..cfg(1)
             },
         );
-        s.start(t0);
+        s.t_start(t0);
         assert_eq!(s.next_deadline(), Some(t0 + ms(500)));
-        s.on_timer(t0 + ms(500));
+        s.t_timer(t0 + ms(500));
         assert_eq!(s.children()[0].state, State::Ready);
     }
 
     #[test]
     fn orphans_are_ignored() {
         let (mut s, t0) = started(1);
-        s.on_exit(4242, ExitStatus::Code(0), t0);
+        s.t_exit(4242, ExitStatus::Code(0), t0);
         assert_eq!(pids(&s, 1), [101]);
         assert!(s.next_deadline() == Some(t0 + Duration::from_secs(60)));
+    }
+
+    fn exited_leaving_group(s: &mut Supervisor<Fake>, pid: i32, status: ExitStatus, now: Instant) {
+        let group_alive = true;
+        s.run(
+            Event::Exited {
+                pid,
+                status,
+                group_alive,
+            },
+            now,
+        );
+    }
+
+    #[test]
+    fn reload_is_done_only_when_the_old_group_is_empty() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        s.t_reload(t0).unwrap();
+        s.t_ready(102, t0);
+        assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
+        // The leader goes; a worker of its group ignores SIGTERM.
+        exited_leaving_group(&mut s, 101, ExitStatus::Signal(15), t0 + ms(10));
+        assert_eq!(s.state(), "reloading", "the old group still has members");
+        assert_eq!(s.lingering().collect::<Vec<_>>(), [101]);
+        assert_eq!(s.status(t0).children[0].state, "lingering");
+        let kill_at = s.next_deadline().unwrap();
+        assert_eq!(kill_at, t0 + Duration::from_secs(10));
+        s.t_timer(kill_at);
+        assert_eq!(
+            s.os.signals.last(),
+            Some(&(101, Signal::SIGKILL)),
+            "SIGKILL goes to the group after its leader is gone"
+        );
+        assert!(s.os.released.is_empty(), "generation 1 is not gone yet");
+        s.run(Event::GroupGone { pgid: 101 }, kill_at);
+        assert_eq!(s.state(), "serving");
+        assert!(s.last_reload.as_ref().unwrap().ok);
+        assert_eq!(s.os.released, [1]);
+        assert_eq!(s.next_deadline(), None, "idle: no timer");
+    }
+
+    #[test]
+    fn a_crashed_leader_has_its_group_stopped_and_is_restarted() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        exited_leaving_group(&mut s, 101, ExitStatus::Signal(9), t0 + ms(10));
+        assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
+        s.t_timer(s.next_deadline().unwrap());
+        assert_eq!(s.os.spawned.last(), Some(&(102, 1, 0)), "restarted");
+        s.t_ready(102, t0 + ms(500));
+        s.run(Event::GroupGone { pgid: 101 }, t0 + ms(600));
+        assert_eq!(pids(&s, 1), [102]);
+        assert!(s.lingering().next().is_none());
+    }
+
+    #[test]
+    fn stop_waits_for_lingering_groups() {
+        let (mut s, t0) = started(1);
+        s.t_stop(t0);
+        exited_leaving_group(&mut s, 101, ExitStatus::Signal(15), t0);
+        assert!(s.exit().is_none());
+        s.run(Event::GroupGone { pgid: 101 }, t0);
+        assert_eq!(s.exit().map(|e| e.code), Some(0));
+    }
+
+    #[test]
+    fn reload_client_is_answered_when_the_reload_is_done() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        let (to, mut answer) = oneshot::channel();
+        let request = Request::Reload;
+        s.run(Event::Control { request, reply: to }, t0);
+        assert!(answer.try_recv().is_err(), "not before it is done");
+        s.run(
+            Event::Notify {
+                pid: 102,
+                notice: Notice {
+                    ready: true,
+                    ..Notice::default()
+                },
+            },
+            t0,
+        );
+        s.t_exit(101, ExitStatus::Code(0), t0);
+        match answer.try_recv() {
+            Ok(Response::Reloaded { generation, pids }) => {
+                assert_eq!((generation, pids), (2, vec![102]))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

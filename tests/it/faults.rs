@@ -646,6 +646,8 @@ fn soak_200_reloads_under_load_leave_no_fd_memory_or_zombie_behind() {
     let rl = r.pid();
     let addr = r.listen_addr(3);
     let first = wait_serving(addr);
+    // Not while relaunch still checks the sender of READY=1 (a /proc file is open).
+    r.log.wait("serving: generation 1", T);
     let fds_before = fds_of(rl);
     let load = Load::start(addr, 4);
     let t = Instant::now();
@@ -757,4 +759,185 @@ fn a_crash_after_serving_restarts_at_once_every_time() {
         );
         started_pid(&r, n + 1);
     }
+}
+
+/// Blocks in poll() on a pollfd array in a userfaultfd-registered page that
+/// nobody serves, so reading that array from outside (process_vm_readv, as
+/// the readiness scan does) blocks too. Writes argv[1] first, or exits 3 if
+/// userfaultfd is not allowed here.
+const STUCK_IN_POLL: &str = r#"
+import ctypes, os, platform, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+uffd = libc.syscall(dict(x86_64=323, aarch64=282)[platform.machine()], os.O_CLOEXEC)
+api = ctypes.create_string_buffer(struct.pack("QQQ", 0xAA, 0, 0))
+if uffd < 0 or libc.ioctl(uffd, ctypes.c_ulong(0xC018AA3F), api) != 0:
+    sys.exit(3)
+addr = libc.mmap(None, 4096, 3, 0x22, -1, 0)
+reg = ctypes.create_string_buffer(struct.pack("QQQQ", addr, 4096, 1, 0))
+if libc.ioctl(uffd, ctypes.c_ulong(0xC020AA00), reg) != 0:
+    sys.exit(3)
+open(sys.argv[1], "w").close()
+libc.poll(ctypes.c_void_p(addr), 1, -1)
+"#;
+
+/// Whether some thread of `pid` sits in process_vm_readv.
+fn in_process_vm_readv(pid: i32) -> bool {
+    let nr = if cfg!(target_arch = "aarch64") {
+        "270 "
+    } else {
+        "310 "
+    };
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks.flatten().any(|t| {
+                std::fs::read_to_string(t.path().join("syscall")).is_ok_and(|s| s.starts_with(nr))
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_child_that_hangs_the_proc_scan_does_not_freeze_the_event_loop() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = TempDir::new("stuck");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let mark = dir.join("polling");
+    let mut r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--control",
+        &ctl,
+        "--stop-timeout",
+        "1s",
+        "--",
+        "python3",
+        "-c",
+        STUCK_IN_POLL,
+        mark.to_str().unwrap(),
+    ]);
+    wait_for("the child to poll, or to say userfaultfd is off", T, || {
+        (mark.exists() || r.log.text().contains("exited with status 3")).then_some(())
+    });
+    if !mark.exists() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(!ci, "userfaultfd is needed under CI=true (run as root)");
+        eprintln!("skipping: userfaultfd is not allowed here");
+        return;
+    }
+    // The scan reads the child's pollfd array and blocks in the kernel.
+    wait_for("the readiness scan to block", T, || {
+        in_process_vm_readv(r.pid()).then_some(())
+    });
+    let (code, out) = cli(&["status", "--control", &ctl], Duration::from_secs(5));
+    assert_eq!(code, Some(0), "the control socket must still answer: {out}");
+    assert!(out.contains("starting"), "{out}");
+    r.signal(libc::SIGTERM);
+    let status = r.wait_exit(T);
+    assert_eq!(status.code(), Some(0), "{}", r.log.text());
+}
+
+/// A FUSE file system that answers FUSE_INIT and nothing else: any lookup
+/// in it waits forever, like a hung network mount. argv: mount point, mark.
+const STUCK_FS: &str = r#"
+import ctypes, os, struct, sys
+mnt, mark = sys.argv[1], sys.argv[2]
+fd = os.open("/dev/fuse", os.O_RDWR)
+libc = ctypes.CDLL(None, use_errno=True)
+opts = ("fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other" % fd).encode()
+if libc.mount(b"stuckfs", mnt.encode(), b"fuse", 0, opts) != 0:
+    sys.exit("mount: errno %d" % ctypes.get_errno())
+open(mark, "w").close()
+while True:
+    req = os.read(fd, 1 << 20)
+    _, opcode, unique = struct.unpack_from("<IIQ", req)
+    if opcode == 26:
+        _, _, readahead = struct.unpack_from("<III", req, 40)
+        out = struct.pack("<IIIIHHI", 7, 22, readahead, 0, 0, 0, 4096)
+        os.write(fd, struct.pack("<IiQ", 16 + len(out), 0, unique) + out)
+"#;
+
+/// The stuck file system's server; dropping it ends the server (pending
+/// lookups then fail) and detaches the mount.
+struct StuckFs {
+    server: std::process::Child,
+    mnt: std::path::PathBuf,
+}
+
+impl Drop for StuckFs {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let mnt = CString::new(self.mnt.to_str().unwrap()).unwrap();
+        // SAFETY: a plain syscall on a path we own.
+        unsafe { libc::umount2(mnt.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[test]
+fn a_hung_mount_in_path_does_not_freeze_the_event_loop() {
+    if !require_tool("python3") {
+        return;
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(!ci, "this test needs root and /dev/fuse under CI=true");
+        eprintln!("skipping: needs root and /dev/fuse");
+        return;
+    }
+    let dir = TempDir::new("hungpath");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mark = dir.join("mounted");
+    let fs = StuckFs {
+        server: Command::new("python3")
+            .args([
+                "-c",
+                STUCK_FS,
+                mnt.to_str().unwrap(),
+                mark.to_str().unwrap(),
+            ])
+            .spawn()
+            .unwrap(),
+        mnt: mnt.clone(),
+    };
+    wait_for("the stuck file system to be mounted", T, || {
+        mark.exists().then_some(())
+    });
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let path = format!("{}:/usr/bin:/bin", mnt.display());
+    let r = Relaunch::start_with(Command::new(relaunch_bin()).env("PATH", path).args([
+        "-l",
+        "127.0.0.1:0",
+        "--control",
+        &ctl,
+        "--",
+        "sleep",
+        "300",
+    ]));
+    // Looking for `sleep` in the first PATH folder hangs; whoever looks must
+    // not be the thread that answers the control socket.
+    wait_for("the control socket", T, || {
+        Path::new(&ctl).exists().then_some(())
+    });
+    let (code, out) = cli(&["status", "--control", &ctl], Duration::from_secs(5));
+    // A lookup the server has read waits even through SIGKILL: end the file
+    // system before anything can fail, so a failure never hangs the suite.
+    drop(fs);
+    assert_eq!(code, Some(0), "the control socket must still answer: {out}");
+    assert!(out.contains("starting"), "{out}");
+    // The child's lookup fails with the file system gone; it says so through
+    // its status pipe, and relaunch ends with the exec error.
+    let mut r = r;
+    r.wait_exit(T);
+    assert!(
+        r.log.text().contains("cannot run sleep"),
+        "{}",
+        r.log.text()
+    );
 }

@@ -4,6 +4,7 @@ mod bad_input;
 mod child;
 mod core;
 mod faults;
+mod groups;
 mod ports;
 mod reload;
 mod servers;

@@ -370,3 +370,72 @@ fn talks_to_systemd_around_start_reload_and_stop() {
     assert!(next().contains("STOPPING=1"));
     assert_eq!(r.wait_exit(T).code(), Some(0));
 }
+
+/// A child that sends STATUS= from 4 threads, every 2 ms each; after 300 ms
+/// of that it notes the time (seconds of the UTC day) in argv[1] and waits
+/// in accept.
+const CHATTY: &str = r#"
+import os, socket, sys, threading, time
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+def chatter():
+    while True:
+        try:
+            s.sendto(b"STATUS=busy", addr)
+        except OSError:
+            pass
+        time.sleep(0.002)
+for _ in range(4):
+    threading.Thread(target=chatter, daemon=True).start()
+time.sleep(0.3)
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(repr(time.time() % 86400))
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+l = socket.socket(fileno=3)
+while True:
+    c, _ = l.accept()
+    c.close()
+"#;
+
+/// Seconds of the UTC day in a log line's timestamp ("2026-01-02T03:04:05.678Z").
+fn log_time(line: &str) -> f64 {
+    let t = line.split('T').nth(1).and_then(|t| t.split('Z').next());
+    let parts: Vec<f64> = t
+        .unwrap_or_else(|| panic!("no timestamp in {line}"))
+        .split(':')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
+}
+
+#[test]
+fn notify_chatter_does_not_starve_the_readiness_scan() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = TempDir::new("chatter");
+    let mark = dir.join("accepting");
+    let r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready-timeout",
+        "60s",
+        "--",
+        "python3",
+        "-c",
+        CHATTY,
+        mark.to_str().unwrap(),
+    ]);
+    // The scan runs on its own schedule, however many datagrams arrive.
+    let line = r.log.wait("ready after", Duration::from_secs(20));
+    assert!(line.contains("waits in accept"), "{line}");
+    let accepting: f64 = std::fs::read_to_string(&mark).unwrap().parse().unwrap();
+    let late = (log_time(&line) - accepting).rem_euclid(86400.0);
+    assert!(
+        late < 0.3,
+        "seen ready {:.0} ms after the app began to accept: {line}",
+        late * 1000.0
+    );
+}
