@@ -7,6 +7,7 @@ mod duration;
 mod error;
 mod logging;
 mod plan;
+mod proc;
 mod ready;
 mod sockets;
 mod supervise;

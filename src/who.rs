@@ -27,6 +27,10 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::error::{Error, Result};
+use crate::proc::{
+    self, InetEntry, Link, SO_ACCEPTCON, SOCK_DGRAM, SS_CONNECTED, TCP_ESTABLISHED, TCP_LISTEN,
+    TCP_TIME_WAIT, UDP_BOUND, UnixEntry,
+};
 
 /// What to look for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,109 +154,6 @@ pub struct Report {
 }
 
 // ---------------------------------------------------------------- /proc/net
-
-const TCP_ESTABLISHED: u8 = 0x01;
-const TCP_TIME_WAIT: u8 = 0x06;
-const UDP_BOUND: u8 = 0x07;
-const TCP_LISTEN: u8 = 0x0A;
-
-/// One line of /proc/net/{tcp,tcp6,udp,udp6}.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct InetEntry {
-    proto: &'static str,
-    local: SocketAddr,
-    state: u8,
-    inode: u64,
-}
-
-/// Parses a /proc/net/{tcp,udp}[6] table; lines that do not parse are skipped
-/// (the format is the kernel's, a bad line means a format we do not know).
-fn parse_inet_table(text: &str, proto: &'static str) -> Vec<InetEntry> {
-    text.lines()
-        .skip(1)
-        .filter_map(|l| parse_inet_line(l, proto))
-        .collect()
-}
-
-fn parse_inet_line(line: &str, proto: &'static str) -> Option<InetEntry> {
-    // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-    let f: Vec<&str> = line.split_whitespace().collect();
-    if f.len() < 10 {
-        return None;
-    }
-    let local = parse_hex_sockaddr(f[1])?;
-    let state = u8::from_str_radix(f[3], 16).ok()?;
-    let inode = f[9].parse().ok()?;
-    Some(InetEntry {
-        proto,
-        local,
-        state,
-        inode,
-    })
-}
-
-/// `0100007F:1388` -> 127.0.0.1:5000. The address is the kernel's in-memory
-/// bytes printed as 32-bit words in host byte order; the port is plain hex.
-fn parse_hex_sockaddr(s: &str) -> Option<SocketAddr> {
-    let (addr, port) = s.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let ip = match addr.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(hex_word(addr)?.to_ne_bytes())),
-        32 => {
-            let mut b = [0u8; 16];
-            for i in 0..4 {
-                let w = hex_word(addr.get(i * 8..i * 8 + 8)?)?;
-                b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-            }
-            IpAddr::V6(Ipv6Addr::from(b))
-        }
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
-}
-
-fn hex_word(s: &str) -> Option<u32> {
-    u32::from_str_radix(s, 16).ok()
-}
-
-const SO_ACCEPTCON: u32 = 0x0001_0000;
-const SOCK_DGRAM: u16 = 2;
-const SS_CONNECTED: u8 = 3;
-
-/// One line of /proc/net/unix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct UnixEntry {
-    flags: u32,
-    kind: u16,
-    state: u8,
-    inode: u64,
-    /// None for unnamed sockets; abstract names start with `@`.
-    path: Option<String>,
-}
-
-fn parse_unix_table(text: &str) -> Vec<UnixEntry> {
-    text.lines().skip(1).filter_map(parse_unix_line).collect()
-}
-
-fn parse_unix_line(line: &str) -> Option<UnixEntry> {
-    // Num: RefCount Protocol Flags Type St Inode [Path]; the path may hold
-    // spaces, so take it as everything after the seventh field.
-    let mut rest = line.trim_start();
-    let mut f = [""; 7];
-    for slot in &mut f {
-        let end = rest.find(' ').unwrap_or(rest.len());
-        *slot = &rest[..end];
-        rest = rest[end..].trim_start_matches(' ');
-    }
-    let path = (!rest.is_empty()).then(|| rest.to_string());
-    Some(UnixEntry {
-        flags: u32::from_str_radix(f[3], 16).ok()?,
-        kind: u16::from_str_radix(f[4], 16).ok()?,
-        state: u8::from_str_radix(f[5], 16).ok()?,
-        inode: f[6].parse().ok()?,
-        path,
-    })
-}
 
 // ---------------------------------------------------------------- matching
 
@@ -453,46 +354,17 @@ fn render(target: &Target, r: &Report) -> String {
     out
 }
 
-/// `/proc/PID/cmdline` is NUL-separated with a trailing NUL.
-fn join_cmdline(raw: &[u8]) -> String {
-    raw.split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The effective uid from `/proc/PID/status` (`Uid: real effective saved fs`).
-fn status_uid(status: &str) -> Option<u32> {
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    let mut ids = line["Uid:".len()..].split_whitespace();
-    let real = ids.next()?;
-    ids.next().unwrap_or(real).parse().ok()
-}
-
-/// `socket:[12345]` -> 12345.
-fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
 // ---------------------------------------------------------------- OS side
 
 /// Looks the target up in /proc. Errors only when /proc/net cannot be read.
 pub fn lookup(t: &Target) -> io::Result<Report> {
     let mut report = match t {
         Target::Inet { ip, port, udp_too } => {
-            let mut files = vec![("tcp", "/proc/net/tcp"), ("tcp6", "/proc/net/tcp6")];
+            let mut protos = vec!["tcp", "tcp6"];
             if *udp_too {
-                files.extend([("udp", "/proc/net/udp"), ("udp6", "/proc/net/udp6")]);
+                protos.extend(["udp", "udp6"]);
             }
-            let mut entries = Vec::new();
-            for (proto, path) in files {
-                entries.extend(parse_inet_table(&read_net(path)?, proto));
-            }
-            select_inet(&entries, *ip, *port, *udp_too)
+            select_inet(&proc::inet_table(&protos)?, *ip, *port, *udp_too)
         }
         Target::Unix(path) => {
             let mut names = vec![path.clone()];
@@ -501,7 +373,7 @@ pub fn lookup(t: &Target) -> io::Result<Report> {
             {
                 names.push(abs.to_string_lossy().into_owned());
             }
-            select_unix(&parse_unix_table(&read_net("/proc/net/unix")?), &names)
+            select_unix(&proc::unix_table()?, &names)
         }
     };
     let wanted: HashSet<u64> = report
@@ -521,53 +393,31 @@ pub fn lookup(t: &Target) -> io::Result<Report> {
     Ok(report)
 }
 
-/// Reads a /proc/net table; a missing one (IPv6 disabled) reads as empty.
-fn read_net(path: &str) -> io::Result<String> {
-    match std::fs::read_to_string(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
-        r => r.map_err(|e| io::Error::new(e.kind(), format!("cannot read {path}: {e}"))),
-    }
-}
-
 /// Maps each wanted socket inode to the processes holding it, and counts
 /// the processes whose fd table we were not allowed to read.
 fn find_holders(wanted: &HashSet<u64>) -> (HashMap<u64, Vec<Holder>>, usize) {
     let mut found: HashMap<u64, Vec<Holder>> = HashMap::new();
     let mut unreadable = 0;
     let mut users: HashMap<u32, String> = HashMap::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return (found, 0);
-    };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
-            Ok(d) => d,
+    for pid in proc::pids() {
+        let fds = match proc::fds(pid) {
+            Ok(fds) => fds,
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                 unreadable += 1;
                 continue;
             }
             Err(_) => continue, // exited while we looked
         };
-        for fd in fds.flatten() {
-            let Some(inode) = std::fs::read_link(fd.path())
-                .ok()
-                .and_then(|l| socket_inode(&l.to_string_lossy()))
-            else {
-                continue;
-            };
+        for (fd, link) in fds {
+            let Link::Socket(inode) = link else { continue };
             if !wanted.contains(&inode) {
                 continue;
             }
-            let Some(fd_num) = fd.file_name().to_str().and_then(|s| s.parse().ok()) else {
-                continue;
-            };
             found.entry(inode).or_default().push(Holder {
                 pid,
                 user: process_user(pid, &mut users),
-                cmdline: process_cmdline(pid),
-                fd: fd_num,
+                cmdline: proc::cmdline(pid),
+                fd,
             });
         }
     }
@@ -579,24 +429,8 @@ fn find_holders(wanted: &HashSet<u64>) -> (HashMap<u64, Vec<Holder>>, usize) {
     (found, unreadable)
 }
 
-fn process_cmdline(pid: i32) -> String {
-    let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| join_cmdline(&b))
-        .unwrap_or_default();
-    if !cmd.is_empty() {
-        return cmd;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim_end().to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
 fn process_user(pid: i32, cache: &mut HashMap<u32, String>) -> String {
-    let Some(uid) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .as_deref()
-        .and_then(status_uid)
-    else {
+    let Some(uid) = proc::uid(pid) else {
         return "?".into();
     };
     cache
@@ -660,6 +494,7 @@ mod tests {
     }
 
     use super::*;
+    use crate::proc::{parse_inet_table, parse_unix_table};
     use std::os::fd::AsRawFd;
 
     fn inet(ip: Option<&str>, port: u16, udp_too: bool) -> Target {
@@ -1001,23 +836,6 @@ mod tests {
             lines[3],
             "4 processes could not be inspected; run as root to see every holder"
         );
-    }
-
-    #[test]
-    fn small_proc_formats() {
-        assert_eq!(
-            join_cmdline(b"python3\0web_dashboard.py\0"),
-            "python3 web_dashboard.py"
-        );
-        assert_eq!(join_cmdline(b""), "");
-        assert_eq!(
-            status_uid("Name:\tx\nUid:\t1000\t1001\t1000\t1000\nGid:\t0\n"),
-            Some(1001)
-        );
-        assert_eq!(status_uid("Name:\tx\n"), None);
-        assert_eq!(socket_inode("socket:[41234]"), Some(41234));
-        assert_eq!(socket_inode("pipe:[41234]"), None);
-        assert_eq!(socket_inode("/dev/null"), None);
     }
 
     fn me() -> i32 {

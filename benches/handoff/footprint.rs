@@ -79,9 +79,77 @@ pub fn counters(pid: i32) -> Result<Counters, String> {
 pub struct Idle {
     pub secs: f64,
     pub rss_kib: u64,
+    /// Where the resident pages are, from /proc/PID/smaps(_rollup).
+    pub rss: Rss,
     pub cpu_ms: f64,
     pub context_switches: u64,
     pub threads: usize,
+}
+
+/// Resident memory by where it comes from, KiB.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Rss {
+    /// smaps_rollup's Rss: every resident page, shared ones included.
+    pub total: u64,
+    /// relaunch's own binary (code, read-only data, relocated data).
+    pub binary: u64,
+    pub libc: u64,
+    /// Other files: the dynamic loader, libgcc_s.
+    pub other_files: u64,
+    /// Heap, stacks, anonymous mappings.
+    pub anonymous: u64,
+    /// smaps_rollup's Private_Dirty: what only this process wrote.
+    pub private_dirty: u64,
+}
+
+pub fn rss(pid: i32) -> Result<Rss, String> {
+    let dir = format!("/proc/{pid}");
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("{dir}/{f}"))
+            .map_err(|e| format!("cannot read {dir}/{f}: {e}"))
+    };
+    let exe = std::fs::read_link(format!("{dir}/exe"))
+        .map_err(|e| format!("cannot read {dir}/exe: {e}"))?;
+    let mut r = smaps(&read("smaps")?, &exe.to_string_lossy());
+    let rollup = read("smaps_rollup")?;
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    r.total = field("Rss:");
+    r.private_dirty = field("Private_Dirty:");
+    Ok(r)
+}
+
+/// Sums each mapping's `Rss:` by its path. A mapping's header line is
+/// `start-end perms offset dev inode [path]`; the path may hold spaces.
+fn smaps(text: &str, exe: &str) -> Rss {
+    let mut r = Rss::default();
+    let mut path = String::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            path = words.skip(4).collect::<Vec<_>>().join(" ");
+        } else if first == "Rss:" {
+            let kib = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let bucket = if path == exe {
+                &mut r.binary
+            } else if path.contains("/libc.so") {
+                &mut r.libc
+            } else if path.starts_with('/') {
+                &mut r.other_files
+            } else {
+                &mut r.anonymous
+            };
+            *bucket += kib;
+        }
+    }
+    r.total = r.binary + r.libc + r.other_files + r.anonymous;
+    r
 }
 
 /// relaunch with one server, left alone. Started first and read last, so
@@ -117,11 +185,13 @@ impl IdleWatch {
             std::thread::sleep(Duration::from_secs_f64(left));
         }
         let after = counters(self.target.proc.pid())?;
+        let rss = rss(self.target.proc.pid())?;
         let secs = self.since.elapsed().as_secs_f64();
         self.target.stop();
         Ok(Idle {
             secs,
             rss_kib: after.rss_kib,
+            rss,
             cpu_ms: after.cpu_ns.saturating_sub(self.before.cpu_ns) as f64 / 1e6,
             context_switches: (after.voluntary_switches + after.involuntary_switches)
                 .saturating_sub(self.before.voluntary_switches + self.before.involuntary_switches),
@@ -312,4 +382,35 @@ fn wait_all_ready(
     Err(format!(
         "scale: {workers} workers not all ready within 60 s; last status:\n{last}"
     ))
+}
+
+pub fn self_check() -> Result<(), String> {
+    let text = "\
+5600aa000000-5600aa100000 r-xp 00001000 fe:00 42 /usr/local/bin/relaunch
+Rss:                 100 kB
+Private_Dirty:         0 kB
+7f0000000000-7f0000100000 r-xp 00026000 fe:00 7 /usr/lib/x86_64-linux-gnu/libc.so.6
+Rss:                  50 kB
+7f0000200000-7f0000210000 r-xp 00001000 fe:00 8 /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2
+Rss:                  20 kB
+5600bb000000-5600bb021000 rw-p 00000000 00:00 0                          [heap]
+Rss:                   8 kB
+7f0000300000-7f0000301000 rw-p 00000000 00:00 0 
+Rss:                   4 kB
+7f0000400000-7f0000401000 r--p 00000000 fe:00 9 /tmp/a file with spaces
+Rss:                   2 kB
+";
+    let got = smaps(text, "/usr/local/bin/relaunch");
+    let want = Rss {
+        total: 184,
+        binary: 100,
+        libc: 50,
+        other_files: 22,
+        anonymous: 12,
+        private_dirty: 0,
+    };
+    if got != want {
+        return Err(format!("smaps: {got:?}, want {want:?}"));
+    }
+    Ok(())
 }

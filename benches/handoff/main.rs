@@ -19,6 +19,7 @@ mod footprint;
 mod load;
 mod plan;
 mod procs;
+mod readiness;
 mod report;
 mod restart_loop;
 mod scenarios;
@@ -125,6 +126,7 @@ fn self_check() -> ExitCode {
         ("server", server::self_check),
         ("targets", targets::self_check),
         ("load", load::self_check),
+        ("footprint", footprint::self_check),
     ];
     let mut failed = 0;
     for (name, check) in checks {

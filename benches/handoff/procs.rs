@@ -86,7 +86,12 @@ impl Proc {
                 Ok(())
             });
         }
+        // cargo sets LD_LIBRARY_PATH for the bench (its target and toolchain
+        // folders); a deployed server never has it. Left in, the loader
+        // searches those folders for libc and libgcc_s at every server start
+        // (some 50 failed opens), which the SIGHUP-to-exec figure would count.
         let mut child = cmd
+            .env_remove("LD_LIBRARY_PATH")
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

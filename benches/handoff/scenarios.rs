@@ -88,6 +88,10 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
         }
     }
 
+    if only.is_empty() || only.iter().any(|o| "readiness".contains(o.as_str())) {
+        crate::readiness::run(plan, &ctx);
+    }
+
     let footprint = match idle {
         Some(idle) => Some(Footprint {
             idle: idle.finish(plan.idle)?,

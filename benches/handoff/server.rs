@@ -10,15 +10,16 @@
 //! - SIGTERM/SIGINT: stop accepting by dropping our fd of the listener (never
 //!   shutdown(2): the socket may be shared with the next generation), finish
 //!   in-flight requests, exit 0.
-//! - HANDOFF_EXEC_LOG=PATH: append `<pid> <CLOCK_REALTIME ns>` first thing in
-//!   main, for the SIGHUP-to-exec figure.
+//! - HANDOFF_EXEC_LOG=PATH: append `<pid> <CLOCK_REALTIME ns>` as soon as the
+//!   loader hands over (`.preinit_array`, before libc's and Rust's own
+//!   initialisation and `main`), for the SIGHUP-to-exec figure.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use listenfd::ListenFd;
 use socket2::{Domain, Socket, Type};
@@ -40,7 +41,6 @@ pub struct Options {
 }
 
 pub fn main(opts: Options) -> ExitCode {
-    record_exec_time();
     let pid = std::process::id();
     match run(opts) {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,20 +72,87 @@ fn run(opts: Options) -> Result<(), String> {
         .map_err(|e| format!("serving: {e}"))
 }
 
-fn record_exec_time() {
-    let Some(path) = std::env::var_os("HANDOFF_EXEC_LOG") else {
+/// Stamps the exec time before anything of the program's own start-up runs:
+/// the loader calls the executable's `.preinit_array` once every library is
+/// mapped and relocated, before libc's, Rust's and our own initialisation.
+/// Only the servers of relaunch targets have HANDOFF_EXEC_LOG set.
+#[used]
+#[unsafe(link_section = ".preinit_array")]
+static STAMP_EXEC: extern "C" fn(libc::c_int, *const *const u8, *const *const u8) = stamp_exec;
+
+/// Raw libc calls only: nothing is initialised yet, so no std, no allocation.
+extern "C" fn stamp_exec(_argc: libc::c_int, _argv: *const *const u8, envp: *const *const u8) {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a plain syscall (or vDSO call) into a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    let Some(path) = env_value(envp, b"HANDOFF_EXEC_LOG=") else {
         return;
     };
-    let ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let line = format!("{} {ns}\n", std::process::id());
+    let mut line = [0u8; 48];
+    // SAFETY: getpid cannot fail.
+    let mut len = decimal(unsafe { libc::getpid() } as u64, &mut line);
+    line[len] = b' ';
+    len += 1;
+    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    len += decimal(ns, &mut line[len..]);
+    line[len] = b'\n';
+    len += 1;
     // One short O_APPEND write per process, so lines never interleave.
-    let _ = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(line.as_bytes()));
+    // SAFETY: `path` is a NUL-terminated string of the environment; `line` is local.
+    unsafe {
+        let fd = libc::open(
+            path.cast(),
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC,
+            0o644,
+        );
+        if fd >= 0 {
+            libc::write(fd, line.as_ptr().cast(), len);
+            libc::close(fd);
+        }
+    }
+}
+
+/// The value of `key` (given with its `=`) in a NULL-terminated envp.
+fn env_value(envp: *const *const u8, key: &[u8]) -> Option<*const u8> {
+    if envp.is_null() {
+        return None;
+    }
+    let mut i = 0;
+    loop {
+        // SAFETY: envp is the NULL-terminated array the loader passes; each
+        // entry is NUL-terminated, and we stop at the first NUL or mismatch.
+        unsafe {
+            let entry = *envp.add(i);
+            if entry.is_null() {
+                return None;
+            }
+            if (0..key.len()).all(|j| *entry.add(j) == key[j]) {
+                return Some(entry.add(key.len()));
+            }
+        }
+        i += 1;
+    }
+}
+
+/// Writes `n` in decimal at the start of `buf`; returns its length.
+fn decimal(mut n: u64, buf: &mut [u8]) -> usize {
+    let mut tmp = [0u8; 20];
+    let mut len = 0;
+    loop {
+        tmp[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[i] = tmp[len - 1 - i];
+    }
+    len
 }
 
 fn take_inherited() -> Result<std::net::TcpListener, String> {
@@ -237,6 +304,34 @@ fn sd_notify_ready() {
 }
 
 pub fn self_check() -> Result<(), String> {
+    let mut buf = [0u8; 20];
+    for n in [0u64, 7, 1_795_758_627_761_025_914, u64::MAX] {
+        let len = decimal(n, &mut buf);
+        if buf[..len] != *n.to_string().as_bytes() {
+            return Err(format!("decimal({n}) = {:?}", &buf[..len]));
+        }
+    }
+    let vars = [
+        &b"A=1\0"[..],
+        b"HANDOFF_EXEC_LOGX=no\0",
+        b"HANDOFF_EXEC_LOG=/x\0",
+    ];
+    let mut envp: Vec<*const u8> = vars.iter().map(|v| v.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: the value points into `vars`, NUL-terminated.
+    let got = env_value(envp.as_ptr(), b"HANDOFF_EXEC_LOG=").map(|p| {
+        unsafe { std::ffi::CStr::from_ptr(p.cast()) }
+            .to_bytes()
+            .to_vec()
+    });
+    if got.as_deref() != Some(&b"/x"[..]) {
+        return Err(format!("env_value: {got:?}"));
+    }
+    if env_value(envp[2..].as_ptr(), b"A=").is_some()
+        || env_value(std::ptr::null(), b"A=").is_some()
+    {
+        return Err("env_value found a missing key".into());
+    }
     let cases = [
         ("127.0.0.1:8000=5", Some(5)),
         ("127.0.0.1:8000=5;/tmp/s=6", Some(5)),

@@ -11,14 +11,28 @@
 //! - has an embedded NUL (one trailing NUL is tolerated, as systemd does),
 //! - is not UTF-8 or not `KEY=VALUE` lines (see [`parse`]).
 //!
-//! File descriptors that arrive (`SCM_RIGHTS`) are never wanted: they are
-//! closed before `recv` returns, whether the message is kept or not. `recv`
-//! does not filter by pid; the caller checks the pid belongs to the
-//! generation's process tree, since only it knows that tree. That check is
-//! not optional: abstract sockets have no file permissions, so any process in
-//! our network namespace can send here. `recv` is cancel-safe (no await
-//! between taking a datagram off the queue and returning it), so it can sit
-//! in a `select!`.
+//! The sender is checked when its datagram arrives, not later: a short-lived
+//! sender (`systemd-notify`) is gone by the time the message is handled.
+//! Abstract sockets have no file permissions, so any process in our network
+//! namespace can send here. With each datagram:
+//! - the kernel hands us a pidfd of the sender (`SO_PASSPIDFD`, Linux 6.5+;
+//!   before that we open one with `pidfd_open`, and before 5.3 go without);
+//! - we read the sender's line of parents from /proc up to relaunch
+//!   ([`proc::lineage`]), and keep it in the [`Message`] only if the pidfd
+//!   shows the sender still exists afterwards: then its pid was not reused
+//!   while we read. A MAINPID= is checked the same way.
+//! - a sender whose parents do not lead to relaunch is a stranger: dropped
+//!   here, at the cost of one /proc read once it is known (a stranger never
+//!   becomes one of ours), and logged at most once per pid per
+//!   [`QUIET_FOR`]. The caller asks [`Message::sent_by_any_of`] with the
+//!   generation's roots, since only it knows them, and reads nothing.
+//!
+//! File descriptors that arrive (`SCM_RIGHTS`) are never wanted, except the
+//! one of `BARRIER=1`: its sender waits until it is closed, so it stays open
+//! in the [`Message`] until the message has been handled (dropped). The
+//! others are closed before `recv` returns, whether the message is kept or
+//! not. The /proc reads happen on tokio's blocking pool, off the event loop;
+//! `recv` is therefore not cancel-safe: run it in a task of its own.
 //!
 //! Up: [`Systemd`] sends relaunch's own state to the service manager named by
 //! relaunch's inherited `NOTIFY_SOCKET` (a path or `@abstract`). Sends never
@@ -35,11 +49,17 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram as StdDatagram};
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use nix::sys::socket::{
     self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, sockopt,
 };
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
+
+use crate::proc::{self, Lineage, Pidfd};
 
 /// Largest datagram accepted; systemd uses the same bound (PIPE_BUF).
 pub const MAX_DATAGRAM: usize = 4096;
@@ -52,18 +72,61 @@ const SCM_MAX_FD: usize = 253;
 /// How often `bind` retries when the random name is already taken.
 const BIND_ATTEMPTS: usize = 8;
 
+/// A rejected sender is logged at most once per pid in this long.
+pub const QUIET_FOR: Duration = Duration::from_secs(30);
+
+/// SO_PASSPIDFD and SCM_PIDFD (Linux 6.5), not in every libc yet. The
+/// option's number differs on alpha, mips, parisc and sparc: there we go
+/// without (and fall back to pidfd_open).
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
+))]
+const SO_PASSPIDFD: Option<libc::c_int> = Some(76);
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
+)))]
+const SO_PASSPIDFD: Option<libc::c_int> = None;
+const SCM_PIDFD: libc::c_int = 0x04;
+
 /// One generation's notify socket.
 pub struct NotifySocket {
     sock: UnixDatagram,
     env: String,
+    /// Checked messages not yet returned by `recv`.
+    checked: Mutex<VecDeque<Message>>,
 }
 
-/// A valid notify datagram and who sent it (per the kernel).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Datagrams read in one go and checked in one trip to the blocking pool:
+/// under a flood, one hop per datagram would drain the socket too slowly.
+const BATCH: usize = 64;
+
+/// A valid notify datagram and who sent it (per the kernel), with what was
+/// learned about the sender and its MAINPID= when it arrived.
+#[derive(Debug)]
 pub struct Message {
     pub pid: i32,
-    pub uid: u32,
     pub fields: Vec<(String, String)>,
+    /// The sender and its parents below relaunch, read when it arrived;
+    /// None when that could not be proven (it was gone, or no /proc).
+    sender: Option<Vec<i32>>,
+    /// The same for the process MAINPID= names.
+    main: Option<Vec<i32>>,
+    /// The fd of BARRIER=1, closed when the message is dropped (handled).
+    _barrier: Option<OwnedFd>,
 }
 
 impl NotifySocket {
@@ -98,6 +161,7 @@ impl NotifySocket {
                     return Ok(NotifySocket {
                         sock,
                         env: format!("@{name}"),
+                        checked: Mutex::new(VecDeque::new()),
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
@@ -112,33 +176,207 @@ impl NotifySocket {
         &self.env
     }
 
-    /// Next valid datagram. Invalid ones are dropped with a debug line; fds
-    /// that arrive are closed. Does not filter by pid. Cancel-safe.
+    /// Next valid datagram from a process under relaunch. Invalid ones are
+    /// dropped with a debug line, strangers with a rate-limited warning; fds
+    /// that arrive are closed, except a barrier's, which the message keeps.
+    /// Not cancel-safe (see the module doc).
     pub async fn recv(&self) -> io::Result<Message> {
         let fd = self.sock.as_raw_fd();
         let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut cmsg = nix::cmsg_space!(libc::ucred, [RawFd; SCM_MAX_FD]);
+        let mut cmsg = nix::cmsg_space!(libc::ucred, RawFd, [RawFd; SCM_MAX_FD]);
         loop {
-            let raw = self
+            if let Some(m) = self.lock().pop_front() {
+                return Ok(m);
+            }
+            // Wait for one datagram, then take what else is queued.
+            let first = self
                 .sock
                 .async_io(Interest::READABLE, || recv_raw(fd, &mut buf, &mut cmsg))
                 .await?;
-            if !raw.fds.is_empty() {
-                tracing::debug!(
-                    count = raw.fds.len(),
-                    pid = ?raw.cred.map(|c| c.0),
-                    "closing fds sent to the notify socket unasked"
-                );
-            }
-            // Unwanted fds close here, kept message or not.
-            drop(raw.fds);
-            let data = &buf[..raw.len.min(buf.len())];
-            match decode(data, raw.len, raw.ctrunc, raw.cred) {
-                Ok(msg) => return Ok(msg),
-                Err(why) => {
-                    tracing::debug!(pid = ?raw.cred.map(|c| c.0), "dropping notify datagram: {why}")
+            let mut batch: Vec<(Message, Option<OwnedFd>)> = Vec::new();
+            batch.extend(accept_raw(first, &buf));
+            // Bounded by datagrams read, valid or not, so a flood cannot
+            // keep this task from yielding.
+            for _ in 1..BATCH {
+                match self
+                    .sock
+                    .try_io(Interest::READABLE, || recv_raw(fd, &mut buf, &mut cmsg))
+                {
+                    Ok(raw) => batch.extend(accept_raw(raw, &buf)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
                 }
             }
+            if batch.is_empty() {
+                continue;
+            }
+            let (msgs, whos): (Vec<Message>, Vec<_>) = batch
+                .into_iter()
+                .map(|(m, pidfd)| {
+                    let who = (m.pid, pidfd, m.mainpid());
+                    (m, who)
+                })
+                .unzip();
+            let checked = tokio::task::spawn_blocking(move || {
+                whos.into_iter()
+                    .map(|(pid, pidfd, main)| check(pid, pidfd, main))
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            let checked = match checked {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!("notify sender check failed: {e}");
+                    continue;
+                }
+            };
+            let mut queue = self.lock();
+            for (mut msg, verdict) in msgs.into_iter().zip(checked) {
+                // None: a stranger, logged by check.
+                if let Some((sender, main)) = verdict {
+                    msg.sender = sender;
+                    msg.main = main;
+                    queue.push_back(msg);
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Message>> {
+        self.checked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A raw datagram decoded, with the fds it carried dealt with: a barrier's
+/// kept in the message, the others closed. None (with a debug line) when
+/// invalid. Returns the sender's pidfd beside it.
+fn accept_raw(raw: Raw, buf: &[u8]) -> Option<(Message, Option<OwnedFd>)> {
+    let data = &buf[..raw.len.min(buf.len())];
+    let mut msg = match decode(data, raw.len, raw.ctrunc, raw.cred) {
+        Ok(msg) => msg,
+        Err(why) => {
+            tracing::debug!(pid = ?raw.cred.map(|c| c.0), "dropping notify datagram: {why}");
+            return None;
+        }
+    };
+    let mut fds = raw.fds;
+    if msg.flag("BARRIER") && fds.len() == 1 {
+        msg._barrier = fds.pop();
+    }
+    if !fds.is_empty() {
+        tracing::debug!(
+            count = fds.len(),
+            pid = msg.pid,
+            "closing fds sent to the notify socket unasked"
+        );
+    }
+    // Unwanted fds close here, kept message or not.
+    drop(fds);
+    Some((msg, raw.pidfd))
+}
+
+/// A process and its parents below relaunch; None when unproven.
+type Chain = Option<Vec<i32>>;
+
+/// The /proc side of a datagram's arrival (blocking). None for a stranger;
+/// otherwise the chains of the sender and of MAINPID=.
+fn check(pid: i32, pidfd: Option<OwnedFd>, main: Option<i32>) -> Option<(Chain, Chain)> {
+    let home = std::process::id() as i32;
+    let pidfd = pidfd
+        .map(Pidfd::from_owned)
+        .or_else(|| Pidfd::open(pid).ok());
+    let sender = match lineage(pid, pidfd.as_ref(), home) {
+        Lineage::Under(chain) => Some(chain),
+        Lineage::Outside => {
+            Rejects::note(pid);
+            return None;
+        }
+        Lineage::Unknown => None,
+    };
+    let main = main.and_then(|m| {
+        let fd = Pidfd::open(m).ok();
+        match lineage(m, fd.as_ref(), home) {
+            Lineage::Under(chain) => Some(chain),
+            _ => None,
+        }
+    });
+    Some((sender, main))
+}
+
+/// `pid`'s lineage, trusted only if `pidfd` (when we have one) shows the
+/// process still exists after the reads. Known strangers cost one read.
+fn lineage(pid: i32, pidfd: Option<&Pidfd>, home: i32) -> Lineage {
+    let Some(first) = proc::stat(pid) else {
+        return Lineage::Unknown;
+    };
+    if Rejects::known(pid, first.start) {
+        return Lineage::Outside;
+    }
+    let found = proc::lineage(pid, first, home, proc::stat);
+    if pidfd.is_some_and(|fd| !fd.exists()) {
+        return Lineage::Unknown;
+    }
+    if found == Lineage::Outside {
+        Rejects::remember(pid, first.start);
+    }
+    found
+}
+
+/// Whether a rejected message from `pid` deserves a warning: at most one per
+/// pid per QUIET_FOR, and at most ten in all, so that a stranger forking a
+/// new sender for every datagram cannot flood the log either.
+pub fn worth_a_warning(pid: i32) -> bool {
+    static LAST: Mutex<Vec<(i32, Instant)>> = Mutex::new(Vec::new());
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    last.retain(|(_, at)| at.elapsed() < QUIET_FOR);
+    if last.len() >= 10 || last.iter().any(|(p, _)| *p == pid) {
+        return false;
+    }
+    last.push((pid, Instant::now()));
+    true
+}
+
+/// Senders found outside relaunch's tree, by pid and start time: a
+/// stranger never becomes one of ours, so one /proc read tells it again.
+struct Rejects;
+
+static REJECTED: Mutex<Option<HashMap<i32, (u64, Instant)>>> = Mutex::new(None);
+
+impl Rejects {
+    fn with<T>(f: impl FnOnce(&mut HashMap<i32, (u64, Instant)>) -> T) -> T {
+        let mut g = REJECTED.lock().unwrap_or_else(|e| e.into_inner());
+        f(g.get_or_insert_with(HashMap::new))
+    }
+
+    fn known(pid: i32, start: u64) -> bool {
+        Self::with(|m| match m.get_mut(&pid) {
+            Some((s, seen)) if *s == start => {
+                *seen = Instant::now();
+                true
+            }
+            _ => false,
+        })
+    }
+
+    fn remember(pid: i32, start: u64) {
+        Self::with(|m| {
+            // Bounded: forget senders not heard from in a while.
+            if m.len() >= 1024 {
+                m.retain(|_, (_, seen)| seen.elapsed() < QUIET_FOR);
+            }
+            m.insert(pid, (start, Instant::now()));
+        })
+    }
+
+    /// A datagram from stranger `pid` was dropped.
+    fn note(pid: i32) {
+        if worth_a_warning(pid) {
+            tracing::warn!(
+                sender = pid,
+                "ignoring a notify message from pid {pid}, a process outside relaunch's children; \
+                 further ones from it are dropped without a word for {}s",
+                QUIET_FOR.as_secs()
+            );
         }
     }
 }
@@ -171,6 +409,27 @@ impl Message {
         self.get("MAINPID")
             .and_then(|v| v.parse::<i32>().ok())
             .filter(|&p| p > 0)
+    }
+
+    /// Whether one of `roots` or a descendant sent this, as seen when it
+    /// arrived. `roots[0]` is the child relaunch forked: its pid cannot be
+    /// reused before relaunch reaps it, so a sender that was gone before it
+    /// could be checked still counts when it is that child itself.
+    pub fn sent_by_any_of(&self, roots: &[i32]) -> bool {
+        match &self.sender {
+            Some(chain) => chain.iter().any(|p| roots.contains(p)),
+            None => roots.first() == Some(&self.pid),
+        }
+    }
+
+    /// MAINPID=, if it named a process under one of `roots` when it arrived.
+    pub fn main_pid_under(&self, roots: &[i32]) -> Option<i32> {
+        let chain = self.main.as_ref()?;
+        chain
+            .iter()
+            .any(|p| roots.contains(p))
+            .then_some(self.mainpid())
+            .flatten()
     }
 }
 
@@ -206,6 +465,8 @@ struct Raw {
     ctrunc: bool,
     cred: Option<(i32, u32)>,
     fds: Vec<OwnedFd>,
+    /// The sender's pidfd (SCM_PIDFD), when the kernel sends one.
+    pidfd: Option<OwnedFd>,
 }
 
 /// Pure: the checks notify-recv.c makes, in its order.
@@ -223,7 +484,7 @@ fn decode(
             "{real_len} bytes, more than the {MAX_DATAGRAM} allowed"
         ));
     }
-    let Some((pid, uid)) = cred else {
+    let Some((pid, _uid)) = cred else {
         return Err("no sender credentials".into());
     };
     if pid <= 0 {
@@ -232,7 +493,13 @@ fn decode(
     // A trailing NUL is what a C sender writing sizeof(buf) leaves; tolerate it.
     let data = data.strip_suffix(&[0]).unwrap_or(data);
     let fields = parse(data)?;
-    Ok(Message { pid, uid, fields })
+    Ok(Message {
+        pid,
+        fields,
+        sender: None,
+        main: None,
+        _barrier: None,
+    })
 }
 
 /// One non-blocking `recvmsg`. WouldBlock passes through so tokio re-arms.
@@ -250,6 +517,7 @@ fn recv_raw(fd: RawFd, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<Raw> {
             ctrunc: msg.flags.contains(MsgFlags::MSG_CTRUNC),
             cred: None,
             fds: Vec::new(),
+            pidfd: None,
         };
         // cmsgs() refuses when MSG_CTRUNC is set; the buffer is sized so it
         // cannot be (see SCM_MAX_FD), and decode drops such a message anyway.
@@ -261,6 +529,19 @@ fn recv_raw(fd: RawFd, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<Raw> {
                     }
                     ControlMessageOwned::ScmRights(fds) => {
                         raw.fds.extend(fds.into_iter().map(own_fd));
+                    }
+                    // A negative value is the error the kernel met making it
+                    // (the sender is gone): no pidfd then.
+                    ControlMessageOwned::Unknown(u)
+                        if u.cmsg_header.cmsg_level == libc::SOL_SOCKET
+                            && u.cmsg_header.cmsg_type == SCM_PIDFD =>
+                    {
+                        if let Ok(b) = <[u8; 4]>::try_from(&u.data_bytes[..]) {
+                            let fd = RawFd::from_ne_bytes(b);
+                            if fd >= 0 {
+                                raw.pidfd = Some(own_fd(fd));
+                            }
+                        }
                     }
                     _ => {}
                 }
@@ -286,6 +567,20 @@ fn bind_abstract(name: &str) -> io::Result<OwnedFd> {
     )?;
     // Before bind, so no datagram can be queued without credentials.
     socket::setsockopt(&fd, sockopt::PassCred, &true)?;
+    if let Some(opt) = SO_PASSPIDFD {
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket, an int option with its size. Kernels before
+        // 6.5 refuse it (ENOPROTOOPT); recv then opens a pidfd itself.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
     let addr = UnixAddr::new_abstract(name.as_bytes())?;
     socket::bind(fd.as_raw_fd(), &addr)?;
     Ok(fd)
@@ -428,7 +723,6 @@ mod tests {
             .unwrap();
         let m = next(&ns).await;
         assert_eq!(m.pid, pid as i32);
-        assert_eq!(m.uid, nix::unistd::getuid().as_raw());
         assert!(m.ready());
         assert!(!m.reloading());
         assert_eq!(m.status(), Some("hi"));
@@ -506,6 +800,107 @@ mod tests {
         // the copy it received; a leak shows up as EAGAIN.
         let mut b = [0u8; 1];
         assert_eq!(nix::unistd::read(&rd, &mut b), Ok(0));
+    }
+
+    #[test]
+    fn the_kernel_hands_over_the_senders_pidfd() {
+        let fd = bind_abstract(&format!("relaunch-test-pidfd/{}", fastrand::u64(..))).unwrap();
+        let Some(opt) = SO_PASSPIDFD else { return };
+        let mut on: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid socket and an int-sized out buffer.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&mut on as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            eprintln!("SO_PASSPIDFD unknown to this kernel (before 6.5): pidfd_open is used");
+            return;
+        }
+        assert_eq!(on, 1, "bind_abstract asks for SCM_PIDFD");
+        let addr = socket::getsockname::<UnixAddr>(fd.as_raw_fd()).unwrap();
+        socket::sendto(sender().as_raw_fd(), b"READY=1", &addr, MsgFlags::empty()).unwrap();
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut cmsg = nix::cmsg_space!(libc::ucred, RawFd, [RawFd; SCM_MAX_FD]);
+        let raw = recv_raw(fd.as_raw_fd(), &mut buf, &mut cmsg).unwrap();
+        assert_eq!(raw.cred.map(|c| c.0), Some(std::process::id() as i32));
+        let pidfd = Pidfd::from_owned(raw.pidfd.expect("a pidfd with the datagram"));
+        assert!(pidfd.exists());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_barrier_fd_stays_open_until_the_message_is_dropped() {
+        use nix::fcntl::{FcntlArg, OFlag, fcntl};
+        let ns = NotifySocket::bind("barrier").unwrap();
+        let (rd, wr) = nix::unistd::pipe().unwrap();
+        fcntl(&rd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+        let to = UnixAddr::new_abstract(&ns.env_value().as_bytes()[1..]).unwrap();
+        let fds = [wr.as_raw_fd()];
+        socket::sendmsg(
+            sender().as_raw_fd(),
+            &[IoSlice::new(b"BARRIER=1")],
+            &[socket::ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            Some(&to),
+        )
+        .unwrap();
+        drop(wr);
+        let m = next(&ns).await;
+        let mut b = [0u8; 1];
+        // The message holds the only write end left: no EOF yet.
+        assert_eq!(
+            nix::unistd::read(&rd, &mut b),
+            Err(nix::errno::Errno::EAGAIN)
+        );
+        drop(m);
+        assert_eq!(nix::unistd::read(&rd, &mut b), Ok(0));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn senders_and_mainpids_are_checked_on_arrival() {
+        let ns = NotifySocket::bind("who").unwrap();
+        // A child of ours that sends READY=1 and MAINPID= of itself, then
+        // stays until its stdin closes.
+        let script = format!(
+            "import os, socket, sys\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             s.sendto(b'READY=1\\nMAINPID=%d' % os.getpid(), '\\0' + {:?})\n\
+             s.sendto(b'MAINPID=1', '\\0' + {:?})\n\
+             sys.stdin.read()\n",
+            &ns.env_value()[1..],
+            &ns.env_value()[1..]
+        );
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 must be installed for these tests");
+        let pid = child.id() as i32;
+        let m = next(&ns).await;
+        assert_eq!(m.pid, pid);
+        assert!(m.sent_by_any_of(&[pid]));
+        assert!(m.sent_by_any_of(&[12345678, pid]));
+        assert!(!m.sent_by_any_of(&[12345678]));
+        assert_eq!(m.main_pid_under(&[pid]), Some(pid));
+        assert_eq!(m.main_pid_under(&[12345678]), None);
+        // MAINPID=1 is not ours, whoever sends it.
+        let m = next(&ns).await;
+        assert!(m.sent_by_any_of(&[pid]));
+        assert_eq!(m.mainpid(), Some(1));
+        assert_eq!(m.main_pid_under(&[pid]), None);
+        drop(child.stdin.take());
+        child.wait().unwrap();
+
+        // Sent by relaunch itself: under no child.
+        sender().send_to_addr(b"READY=1", &addr_of(&ns)).unwrap();
+        let m = next(&ns).await;
+        assert!(!m.sent_by_any_of(&[pid]));
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -633,11 +1028,7 @@ mod tests {
 
     #[test]
     fn message_accessors() {
-        let m = |s: &str| Message {
-            pid: 1,
-            uid: 0,
-            fields: parse(s.as_bytes()).unwrap(),
-        };
+        let m = |s: &str| decode(s.as_bytes(), s.len(), false, Some((1, 0))).unwrap();
         assert!(!m("READY=0").ready());
         assert!(m("STATUS=a\nREADY=1").ready());
         assert_eq!(m("STATUS=a\nSTATUS=b").status(), Some("a"));

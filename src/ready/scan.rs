@@ -8,7 +8,7 @@
 //!
 //! # How it works
 //!
-//! [`scan_each`] walks the process tree under the roots ([`tree`]): every process
+//! [`scan_each`] walks the process tree under the roots ([`proc::tree`]): every process
 //! and every thread of the child and of its descendants (gunicorn masters fork
 //! workers, `sh -c` wrappers fork the real server). In each process:
 //!
@@ -28,6 +28,12 @@
 //!    `process_vm_readv` and must name one of our fds for reading. Syscall
 //!    numbers are per architecture: x86_64 and aarch64 are known; elsewhere
 //!    only the epoll check works.
+//! 4. Accepted connections: a process holding a TCP socket whose local
+//!    address is a listener's and which is not listening (per
+//!    `/proc/net/tcp` and `tcp6`) has accepted from it, so it is ready. A
+//!    server busy serving is rarely caught blocked by steps 1-3; a server that
+//!    holds its connections is caught here. Unix listeners are not checked
+//!    this way.
 //!
 //! Processes and threads that vanish mid-scan are skipped: a scan is a
 //! snapshot and the caller simply scans again.
@@ -50,16 +56,18 @@
 //! - a server that accepts in a helper process that does not descend from the
 //!   child (handed the socket over a Unix socket, or daemonized by a double
 //!   fork so that it was reparented away from the tree);
-//! - busy-polling with non-blocking `accept` and no poll/select/epoll at all;
+//! - busy-polling with non-blocking `accept` and no poll/select/epoll at all,
+//!   until it holds a connection it accepted (step 4);
 //! - 32-bit programs on a 64-bit kernel (their syscall numbers differ);
 //! - threads created without a shared fd table (`clone` without CLONE_FILES);
 //! - a `poll` with more than [`MAX_POLLFDS`] entries where ours come later.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::fs;
+use std::collections::{HashMap, HashSet};
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::BorrowedFd;
-use std::sync::OnceLock;
+
+use crate::proc::{self, Link};
 
 /// The inode of a socket, the identity that survives dup and fork.
 pub fn socket_inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
@@ -74,22 +82,6 @@ pub fn socket_inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(st.st_ino)
 }
 
-/// The roots (as given, without duplicates or pids <= 0) plus all their
-/// living descendants, parents before children.
-pub fn tree(roots: &[i32]) -> Vec<i32> {
-    if have_children_files() {
-        tree_from_children_files(roots)
-    } else {
-        descendants(roots, &all_parents())
-    }
-}
-
-/// Whether `pid` is one of the roots or descends from one. Used to accept
-/// sd_notify datagrams only from our own processes.
-pub fn belongs_to(pid: i32, roots: &[i32]) -> bool {
-    walk_up(pid, roots, |p| read_stat(p).map(|(_, ppid)| ppid))
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Found: which pid/tid and how ("epoll", "accept4", "poll", "select",
@@ -100,28 +92,52 @@ pub enum Verdict {
         tid: i32,
         how: &'static str,
     },
+    /// Process `pid` holds a connection accepted from one of our listeners:
+    /// it has demonstrably accepted. Sampling syscalls can miss a server that
+    /// is busy serving; this cannot.
+    Accepted { pid: i32 },
     /// Not yet. `blind` explains, when we could not look (EPERM on
     /// /proc/PID/syscall or process_vm_readv, yama ptrace_scope, an io_uring
     /// instance seen and nothing else found), why auto-readiness may never
     /// fire. It is a complete sentence with what to do, ready to log.
     NotYet { blind: Option<String> },
+    /// /proc is not there at all (said once at start, see [`proc_missing`]).
+    NoProc,
 }
 
 /// One snapshot per group of roots (a child and its MAINPID): is any process
-/// under them waiting on one of `inodes`? The process table is read once for
+/// under them waiting on one of `inodes`, or holding a connection accepted
+/// from one? The process table, and /proc/net when needed, are read once for
 /// all groups, not once per child.
 pub fn scan_each(groups: &[Vec<i32>], inodes: &HashSet<u64>) -> Vec<Verdict> {
-    let parents = (!have_children_files()).then(all_parents);
+    if !proc::available() {
+        return groups.iter().map(|_| Verdict::NoProc).collect();
+    }
+    let trees = proc::Trees::new();
     groups
         .iter()
-        .map(|roots| {
-            let pids = match &parents {
-                Some(parents) => descendants(roots, parents),
-                None => tree_from_children_files(roots),
-            };
-            verdict(pids, inodes)
-        })
+        .map(|roots| verdict(trees.tree(roots), inodes))
         .collect()
+}
+
+/// The one line relaunch says at start when /proc cannot be read: what is
+/// lost and what to do. None when /proc is there.
+pub fn proc_missing(auto: bool) -> Option<String> {
+    if proc::available() {
+        return None;
+    }
+    let ready = if auto {
+        "--ready auto cannot see when a server waits for connections, so a new \
+         generation counts as ready when it sends READY=1 itself or at --ready-timeout; "
+    } else {
+        ""
+    };
+    Some(format!(
+        "/proc cannot be read here (not mounted, or hidden): {ready}notify messages are \
+         trusted only from the child itself, not from its descendants; orphans the server \
+         leaves behind cannot be found, so they are not stopped when relaunch exits. Use \
+         --ready notify (READY=1 from the server process) or --ready delay:D, or mount /proc"
+    ))
 }
 
 fn verdict(pids: Vec<i32>, inodes: &HashSet<u64>) -> Verdict {
@@ -140,6 +156,52 @@ fn verdict(pids: Vec<i32>, inodes: &HashSet<u64>) -> Verdict {
     Verdict::NotYet {
         blind: notes.blind.or(uring),
     }
+}
+
+/// Reads the TCP sockets that matter (listening, or connected and not yet
+/// closed by their holder) when a process holds a socket that is not a
+/// listener, right after its fds were listed: a fast server holds a
+/// connection for well under a millisecond, so no snapshot is reused.
+/// Returns the first pid in `held` (pid, socket inode) whose socket is a
+/// connection accepted from one of the listeners in `inodes`.
+fn accepted(held: &[(i32, u64)], inodes: &HashSet<u64>) -> Option<i32> {
+    if held.is_empty() {
+        return None;
+    }
+    let states = (1 << proc::TCP_LISTEN) | (1 << proc::TCP_ESTABLISHED) | (1 << TCP_CLOSE_WAIT);
+    let tcp = proc::tcp_sockets(states).unwrap_or_default();
+    accepted_by(&tcp, held, inodes)
+}
+
+/// The peer closed first; the server still holds the socket.
+const TCP_CLOSE_WAIT: u8 = 0x08;
+
+/// Pure: a connection a listener accepted has the listener's local address
+/// (the concrete one, for a wildcard listener) and is not in LISTEN.
+fn accepted_by(tcp: &[proc::InetEntry], held: &[(i32, u64)], inodes: &HashSet<u64>) -> Option<i32> {
+    let listeners: Vec<SocketAddr> = tcp
+        .iter()
+        .filter(|e| e.state == proc::TCP_LISTEN && inodes.contains(&e.inode))
+        .map(|e| e.local)
+        .collect();
+    let unmap = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let from_listener = |local: SocketAddr| {
+        listeners.iter().any(|l| {
+            l.port() == local.port()
+                && (l.ip().is_unspecified() || unmap(l.ip()) == unmap(local.ip()))
+        })
+    };
+    let conns: HashMap<u64, SocketAddr> = tcp
+        .iter()
+        .filter(|e| e.state != proc::TCP_LISTEN && e.inode != 0 && from_listener(e.local))
+        .map(|e| (e.inode, e.local))
+        .collect();
+    held.iter()
+        .find(|(_, ino)| conns.contains_key(ino))
+        .map(|&(pid, _)| pid)
 }
 
 /// Entries read from a `poll` array at most; 128 KiB per look.
@@ -176,10 +238,9 @@ fn is_denied(e: &io::Error) -> bool {
 
 /// Why the kernel said no, as far as we can tell.
 fn denial_cause() -> String {
-    let scope = fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").unwrap_or_default();
-    match scope.trim() {
-        "2" => " (kernel.yama.ptrace_scope=2 allows this only with CAP_SYS_PTRACE)".into(),
-        "3" => " (kernel.yama.ptrace_scope=3 forbids it entirely)".into(),
+    match proc::ptrace_scope().as_deref() {
+        Some("2") => " (kernel.yama.ptrace_scope=2 allows this only with CAP_SYS_PTRACE)".into(),
+        Some("3") => " (kernel.yama.ptrace_scope=3 forbids it entirely)".into(),
         _ => " (the process may run as another user, be non-dumpable, or be \
                confined by seccomp or an LSM)"
             .into(),
@@ -196,13 +257,16 @@ fn scan_process(pid: i32, inodes: &HashSet<u64>, notes: &mut Notes) -> Option<Ve
             return None; // otherwise gone
         }
     };
+    let held: Vec<(i32, u64)> = fds.others.iter().map(|&ino| (pid, ino)).collect();
+    if let Some(pid) = accepted(&held, inodes) {
+        return Some(Verdict::Accepted { pid });
+    }
     for &epfd in &fds.epolls {
-        let path = format!("/proc/{pid}/fdinfo/{epfd}");
-        let text = match fs::read_to_string(&path) {
+        let text = match proc::fdinfo(pid, epfd) {
             Ok(t) => t,
             Err(e) => {
                 if is_denied(&e) {
-                    notes.denied(&path, &e);
+                    notes.denied(&format!("/proc/{pid}/fdinfo/{epfd}"), &e);
                 }
                 continue;
             }
@@ -231,17 +295,12 @@ fn scan_process(pid: i32, inodes: &HashSet<u64>, notes: &mut Notes) -> Option<Ve
 }
 
 fn scan_threads(pid: i32, ours: &HashMap<i32, u64>, notes: &mut Notes) -> Option<Verdict> {
-    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    for entry in tasks.flatten() {
-        let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let path = format!("/proc/{pid}/task/{tid}/syscall");
-        let line = match fs::read_to_string(&path) {
+    for tid in proc::tasks(pid) {
+        let line = match proc::syscall(pid, tid) {
             Ok(l) => l,
             Err(e) => {
                 if is_denied(&e) {
-                    notes.denied(&path, &e);
+                    notes.denied(&format!("/proc/{pid}/task/{tid}/syscall"), &e);
                 }
                 continue;
             }
@@ -275,28 +334,23 @@ fn scan_threads(pid: i32, ours: &HashMap<i32, u64>, notes: &mut Notes) -> Option
 struct Fds {
     /// fd number -> inode, for our listeners only.
     ours: HashMap<i32, u64>,
+    /// Inodes of the other sockets: maybe connections it accepted.
+    others: Vec<u64>,
     epolls: Vec<i32>,
     uring: bool,
 }
 
 fn list_fds(pid: i32, inodes: &HashSet<u64>) -> io::Result<Fds> {
     let mut fds = Fds::default();
-    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
-        let Ok(entry) = entry else { continue };
-        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        // The fd may close between listing and reading: skip it.
-        let Ok(target) = fs::read_link(entry.path()) else {
-            continue;
-        };
-        match classify_link(&target.to_string_lossy()) {
+    for (fd, link) in proc::fds(pid)? {
+        match link {
             Link::Socket(ino) if inodes.contains(&ino) => {
                 fds.ours.insert(fd, ino);
             }
+            Link::Socket(ino) => fds.others.push(ino),
             Link::Epoll => fds.epolls.push(fd),
             Link::Uring => fds.uring = true,
-            _ => {}
+            Link::Other => {}
         }
     }
     Ok(fds)
@@ -347,153 +401,14 @@ fn read_mem(pid: i32, addr: u64, len: usize) -> io::Result<Vec<u8>> {
         }
         // Kernels built without CROSS_MEMORY_ATTACH: /proc/PID/mem needs the same access.
         Err(nix::errno::Errno::ENOSYS) => {
-            use std::os::unix::fs::FileExt;
-            let mem = fs::File::open(format!("/proc/{pid}/mem"))?;
-            mem.read_exact_at(&mut buf, addr)?;
+            proc::read_mem(pid, addr, &mut buf)?;
             Ok(buf)
         }
         Err(e) => Err(e.into()),
     }
 }
 
-/// Whether /proc/PID/task/TID/children exists (CONFIG_PROC_CHILDREN).
-fn have_children_files() -> bool {
-    static HAVE: OnceLock<bool> = OnceLock::new();
-    *HAVE.get_or_init(|| fs::metadata("/proc/thread-self/children").is_ok())
-}
-
-fn tree_from_children_files(roots: &[i32]) -> Vec<i32> {
-    let mut out = dedup(roots);
-    let mut seen: HashSet<i32> = out.iter().copied().collect();
-    let mut queue: VecDeque<i32> = out.iter().copied().collect();
-    while let Some(pid) = queue.pop_front() {
-        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let Ok(text) = fs::read_to_string(task.path().join("children")) else {
-                continue;
-            };
-            for child in text.split_ascii_whitespace().filter_map(|s| s.parse().ok()) {
-                let alive = read_stat(child).is_some_and(|(state, _)| is_alive(state));
-                if alive && seen.insert(child) {
-                    out.push(child);
-                    queue.push_back(child);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// (pid, ppid) of every living process.
-fn all_parents() -> Vec<(i32, i32)> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let (state, ppid) = read_stat(pid)?;
-            is_alive(state).then_some((pid, ppid))
-        })
-        .collect()
-}
-
-/// (state, ppid) from /proc/PID/stat; None when the process is gone.
-fn read_stat(pid: i32) -> Option<(char, i32)> {
-    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
 // -------------------------------------------------------------- pure side --
-
-fn is_alive(state: char) -> bool {
-    !matches!(state, 'Z' | 'X' | 'x')
-}
-
-/// `pid (comm) S ppid …`; comm may hold spaces and parentheses, so split at the last ')'.
-fn parse_stat(text: &str) -> Option<(char, i32)> {
-    let rest = &text[text.rfind(')')? + 1..];
-    let mut it = rest.split_ascii_whitespace();
-    let state = it.next()?.chars().next()?;
-    let ppid = it.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-fn dedup(pids: &[i32]) -> Vec<i32> {
-    let mut out = Vec::new();
-    for &p in pids {
-        // 0 would adopt init and kthreadd, -1 means "everyone" to kill(2).
-        if p > 0 && !out.contains(&p) {
-            out.push(p);
-        }
-    }
-    out
-}
-
-/// Roots plus everything below them in the (pid, ppid) list, breadth first.
-fn descendants(roots: &[i32], parents: &[(i32, i32)]) -> Vec<i32> {
-    let mut kids: HashMap<i32, Vec<i32>> = HashMap::new();
-    for &(pid, ppid) in parents {
-        kids.entry(ppid).or_default().push(pid);
-    }
-    let mut out = dedup(roots);
-    let mut seen: HashSet<i32> = out.iter().copied().collect();
-    let mut i = 0;
-    while i < out.len() {
-        if let Some(children) = kids.get(&out[i]) {
-            for &c in children {
-                if seen.insert(c) {
-                    out.push(c);
-                }
-            }
-        }
-        i += 1;
-    }
-    out
-}
-
-/// Climb parents from `pid`; pid 1 and 0 end the climb (unless they are roots).
-fn walk_up(pid: i32, roots: &[i32], mut parent_of: impl FnMut(i32) -> Option<i32>) -> bool {
-    let roots = dedup(roots);
-    let mut cur = pid;
-    // Bounded: a pid reused mid-walk could otherwise make a cycle.
-    for _ in 0..4096 {
-        if roots.contains(&cur) {
-            return true;
-        }
-        if cur <= 1 {
-            return false;
-        }
-        match parent_of(cur) {
-            Some(p) => cur = p,
-            None => return false,
-        }
-    }
-    false
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Link {
-    Socket(u64),
-    Epoll,
-    Uring,
-    Other,
-}
-
-fn classify_link(target: &str) -> Link {
-    if let Some(ino) = target
-        .strip_prefix("socket:[")
-        .and_then(|s| s.strip_suffix(']'))
-    {
-        return ino.parse().map_or(Link::Other, Link::Socket);
-    }
-    match target {
-        "anon_inode:[eventpoll]" => Link::Epoll,
-        "anon_inode:[io_uring]" => Link::Uring,
-        _ => Link::Other,
-    }
-}
 
 /// One line of /proc/PID/task/TID/syscall.
 #[derive(Debug, PartialEq, Eq)]
@@ -840,6 +755,35 @@ mod tests {
     }
 
     #[test]
+    fn accepted_connections() {
+        let e = |local: &str, state, inode| proc::InetEntry {
+            proto: "tcp",
+            local: local.parse().unwrap(),
+            state,
+            inode,
+        };
+        let tcp = [
+            e("0.0.0.0:8000", proc::TCP_LISTEN, 10),
+            e("[::1]:9000", proc::TCP_LISTEN, 11),
+            e("127.0.0.1:8000", proc::TCP_ESTABLISHED, 20),
+            e("127.0.0.1:8000", proc::TCP_LISTEN, 21), // someone else's listener
+            e("[::ffff:10.0.0.1]:8000", 0x08, 22),     // CLOSE_WAIT still counts
+            e("[::1]:9000", proc::TCP_ESTABLISHED, 23),
+            e("127.0.0.1:44000", proc::TCP_ESTABLISHED, 24), // a client socket
+            e("127.0.0.1:8001", proc::TCP_ESTABLISHED, 25),
+        ];
+        let ours: HashSet<u64> = [10, 11].into();
+        assert_eq!(accepted_by(&tcp, &[(7, 20)], &ours), Some(7));
+        assert_eq!(accepted_by(&tcp, &[(7, 24), (8, 22)], &ours), Some(8));
+        assert_eq!(accepted_by(&tcp, &[(7, 23)], &ours), Some(7));
+        for ino in [21, 24, 25, 10, 99] {
+            assert_eq!(accepted_by(&tcp, &[(7, ino)], &ours), None, "{ino}");
+        }
+        // Not our listener: its connections do not count.
+        assert_eq!(accepted_by(&tcp, &[(7, 20)], &[11].into()), None);
+    }
+
+    #[test]
     fn fd_sets() {
         let mut set = vec![0u8; 16];
         let mut put = |fd: usize| {
@@ -855,58 +799,6 @@ mod tests {
         assert!(fdset_hit(&set, [5, 70].into_iter(), 71));
         assert!(!fdset_hit(&set[..8], [70].into_iter(), 71)); // short read
         assert!(!fdset_hit(&set, [-1].into_iter(), 71));
-    }
-
-    #[test]
-    fn stat_lines() {
-        assert_eq!(parse_stat("42 (sh) S 7 42 42 0 -1"), Some(('S', 7)));
-        assert_eq!(parse_stat("42 (a) (b c) Z 1 0"), Some(('Z', 1)));
-        assert_eq!(parse_stat("42 (sh"), None);
-        assert_eq!(parse_stat(""), None);
-    }
-
-    #[test]
-    fn links() {
-        assert_eq!(classify_link("socket:[7398]"), Link::Socket(7398));
-        assert_eq!(classify_link("anon_inode:[eventpoll]"), Link::Epoll);
-        assert_eq!(classify_link("anon_inode:[io_uring]"), Link::Uring);
-        assert_eq!(classify_link("pipe:[6740]"), Link::Other);
-        assert_eq!(classify_link("socket:[x]"), Link::Other);
-        assert_eq!(classify_link("/tmp/socket:[1]"), Link::Other);
-    }
-
-    #[test]
-    fn descendants_walk() {
-        let parents = [
-            (10, 1),
-            (11, 10),
-            (12, 11),
-            (13, 10),
-            (20, 1),
-            (21, 20),
-            (30, 30),
-        ];
-        assert_eq!(descendants(&[10], &parents), vec![10, 11, 13, 12]);
-        assert_eq!(
-            descendants(&[10, 10, 20], &parents),
-            vec![10, 20, 11, 13, 21, 12]
-        );
-        assert_eq!(descendants(&[99], &parents), vec![99]);
-        assert_eq!(descendants(&[30], &parents), vec![30]); // self-parent: no loop
-        assert_eq!(descendants(&[0, -1], &[(1, 0), (2, 0)]), Vec::<i32>::new());
-    }
-
-    #[test]
-    fn walking_up() {
-        let map: HashMap<i32, i32> = [(12, 11), (11, 10), (10, 1), (5, 6), (6, 5)].into();
-        let parent = |p| map.get(&p).copied();
-        assert!(walk_up(12, &[10], parent));
-        assert!(walk_up(10, &[10], parent));
-        assert!(!walk_up(12, &[20], parent));
-        assert!(!walk_up(5, &[10], parent)); // a cycle ends
-        assert!(!walk_up(77, &[10], parent)); // unknown pid
-        assert!(!walk_up(0, &[10], parent));
-        assert!(!walk_up(0, &[0], |_| Some(0)));
     }
 
     // ---------------------------------------------------- real processes --
@@ -1028,7 +920,7 @@ sys.stdin.readline()
 
     #[test]
     fn socket_inode_rejects_non_sockets() {
-        let f = fs::File::open("/proc/self/stat").unwrap();
+        let f = std::fs::File::open("/proc/self/stat").unwrap();
         let err = socket_inode(f.as_fd()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
@@ -1090,10 +982,25 @@ os.waitpid(pid, 0)
         let (p, _, (pid, _, how)) = found(body);
         assert_ne!(pid, p.pid);
         assert!(matches!(how, "accept" | "accept4"), "{how}");
-        assert!(tree(&[p.pid]).contains(&pid));
-        assert!(belongs_to(pid, &[p.pid]));
-        assert!(!belongs_to(std::process::id() as i32, &[p.pid]));
-        assert!(!belongs_to(1, &[p.pid]));
+        assert!(proc::tree(&[p.pid]).contains(&pid));
+    }
+
+    #[test]
+    fn sees_a_connection_it_accepted() {
+        let (l, inodes) = listener();
+        let addr = l.local_addr().unwrap();
+        let mut p = spawn(&l, "c, _ = s.accept()\ntime.sleep(30)\n");
+        p.go();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = scan(&[p.pid], &inodes);
+            if v == (Verdict::Accepted { pid: p.pid }) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "still {v:?} after 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     for w in &plan.warnings {
         warn!("{w}");
     }
+    if let Some(line) = procscan::proc_missing(plan.ready == ReadyMode::Auto) {
+        warn!("{line}");
+    }
     let listeners = sockets::open(&plan.listeners, inherited, plan.backlog)?;
     for (i, l) in listeners.iter().enumerate() {
         info!("listening on {} as fd {} ({})", l.address(), 3 + i, l.name);
@@ -434,41 +437,55 @@ fn start_scan(sup: &Supervisor<Driver>, inodes: &Arc<HashSet<u64>>) -> JoinHandl
                     pid,
                     how: format!("pid {p} thread {tid} waits in {how}"),
                 }),
+                procscan::Verdict::Accepted { pid: p } => Some(Event::Ready {
+                    pid,
+                    how: format!("pid {p} holds a connection it accepted"),
+                }),
                 procscan::Verdict::NotYet { blind: Some(why) } => Some(Event::Blind { pid, why }),
                 procscan::Verdict::NotYet { blind: None } => None,
+                // Said once at start: blind, without a line per child.
+                procscan::Verdict::NoProc => Some(Event::Blind {
+                    pid,
+                    why: String::new(),
+                }),
             })
             .collect()
     })
 }
 
-/// Checks who sent a notify datagram, and turns it into an event.
+/// Turns a notify datagram into an event. Its sender (and MAINPID=) were
+/// checked when it arrived; nothing is read here.
 fn handle_notify(sup: &Supervisor<Driver>, generation: u64, msg: Message) -> Option<Event> {
+    // The child comes first among the roots (see `Message::sent_by_any_of`).
+    let roots = |pid: i32, main_pid: Option<i32>| -> Vec<i32> {
+        std::iter::once(pid).chain(main_pid).collect()
+    };
     let owner = sup
         .children()
         .iter()
         .filter(|c| c.generation == generation)
-        .find(|c| {
-            let roots: Vec<i32> = std::iter::once(c.pid).chain(c.main_pid).collect();
-            procscan::belongs_to(msg.pid, &roots)
-        })
-        .map(|c| (c.pid, c.main_pid));
+        .map(|c| (c.pid, c.main_pid))
+        .find(|&(pid, main_pid)| msg.sent_by_any_of(&roots(pid, main_pid)));
     let Some((pid, main_pid)) = owner else {
-        warn!(
-            sender = msg.pid,
-            generation, "ignoring a notify message from a process outside generation {generation}"
-        );
+        if crate::ready::notify::worth_a_warning(msg.pid) {
+            warn!(
+                sender = msg.pid,
+                generation,
+                "ignoring a notify message from pid {}, a process outside generation {generation} \
+                 (or gone before it could be checked: send with BARRIER=1, as systemd-notify does)",
+                msg.pid
+            );
+        }
         return None;
     };
     let mut notice = Notice::default();
     if let Some(m) = msg.mainpid() {
-        let roots: Vec<i32> = std::iter::once(pid).chain(main_pid).collect();
-        if procscan::belongs_to(m, &roots) {
-            notice.main_pid = Some(m);
-        } else {
-            warn!(
+        match msg.main_pid_under(&roots(pid, main_pid)) {
+            Some(m) => notice.main_pid = Some(m),
+            None => warn!(
                 pid,
-                generation, "ignoring MAINPID={m}: not a process of this child"
-            );
+                generation, "ignoring MAINPID={m}: not a process of this child when it arrived"
+            ),
         }
     }
     notice.status = msg.status().map(str::to_string);

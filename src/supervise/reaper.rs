@@ -9,7 +9,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tracing::warn;
 
-use crate::ready::scan as procscan;
+use crate::proc;
 use crate::supervise::supervisor::ExitStatus;
 
 /// Collects every exited child without blocking.
@@ -70,10 +70,20 @@ pub async fn end_orphans(sig: Signal, timeout: Duration) {
     let mut killed = false;
     loop {
         reap(|_, _| {});
-        let left: Vec<i32> = procscan::tree(&[me])
-            .into_iter()
-            .filter(|&p| p != me)
-            .collect();
+        if !proc::available() {
+            // Said at start too; here, whether anything was left behind.
+            if matches!(
+                waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive)
+            ) {
+                warn!(
+                    "processes the server left behind are still running; without /proc relaunch \
+                     cannot find them to stop them"
+                );
+            }
+            return;
+        }
+        let left: Vec<i32> = proc::tree(&[me]).into_iter().filter(|&p| p != me).collect();
         if left.is_empty() {
             return;
         }

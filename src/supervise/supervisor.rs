@@ -183,6 +183,8 @@ pub struct Child {
     pub worker: usize,
     pub started: Instant,
     pub state: State,
+    /// When it became ready: a crash soon after is a crash loop (see backoff).
+    pub ready_since: Option<Instant>,
     /// `MAINPID=` from the child, when it names another process.
     pub main_pid: Option<i32>,
     /// The last `STATUS=` it sent.
@@ -547,7 +549,14 @@ impl<O: Os> Supervisor<O> {
                     }
                     // Out of fds or processes while other workers serve: try again later.
                     error!(generation = self.serving, worker, "{e}");
-                    self.after_exit(None, worker, Duration::ZERO, ExitStatus::Code(127), now);
+                    self.after_exit(
+                        None,
+                        worker,
+                        Duration::ZERO,
+                        None,
+                        ExitStatus::Code(127),
+                        now,
+                    );
                 }
             }
         }
@@ -566,16 +575,17 @@ impl<O: Os> Supervisor<O> {
         let Some(i) = self.children.iter().position(|c| c.pid == pid && c.alive()) else {
             return;
         };
-        let (generation, worker, state, started) = {
+        let (generation, worker, state, started, ready_since) = {
             let c = &mut self.children[i];
             c.exited = Some(status);
-            (c.generation, c.worker, c.state, c.started)
+            (c.generation, c.worker, c.state, c.started, c.ready_since)
         };
         let exec_error = self.children[i].exec_error.take();
         if !group_alive {
             self.children.remove(i);
         }
         let lived = now.saturating_duration_since(started);
+        let ready_for = ready_since.map(|t| now.saturating_duration_since(t));
         match (state, exec_error) {
             (State::Stopping { .. }, _) => info!(pid, generation, worker, "stopped: {status}"),
             (_, Some(e)) if self.pending() == Some(generation) => {
@@ -590,7 +600,7 @@ impl<O: Os> Supervisor<O> {
                 } else {
                     error!(pid, generation, worker, "{e}");
                     self.slots[worker].last_exit = Some(status);
-                    self.after_exit(Some(pid), worker, Duration::ZERO, status, now);
+                    self.after_exit(Some(pid), worker, Duration::ZERO, None, status, now);
                 }
             }
             _ if self.pending() == Some(generation) => {
@@ -610,7 +620,7 @@ impl<O: Os> Supervisor<O> {
                     warn!(pid, generation, worker, "{status}");
                 }
                 self.slots[worker].last_exit = Some(status);
-                self.after_exit(Some(pid), worker, lived, status, now);
+                self.after_exit(Some(pid), worker, lived, ready_for, status, now);
             }
             _ => info!(pid, generation, worker, "{status}"),
         }
@@ -661,6 +671,7 @@ impl<O: Os> Supervisor<O> {
             return;
         }
         c.state = State::Ready;
+        c.ready_since = Some(now);
         let ms = now.saturating_duration_since(c.started).as_millis();
         info!(
             pid,
@@ -677,11 +688,14 @@ impl<O: Os> Supervisor<O> {
             && !c.blind
         {
             c.blind = true;
-            warn!(
-                pid,
-                "cannot see whether this child waits for connections ({why}); it counts as ready only at \
-                 --ready-timeout. Use --ready delay:DURATION, or send READY=1 and use --ready notify"
-            );
+            // An empty reason was said once for all (no /proc at all).
+            if !why.is_empty() {
+                warn!(
+                    pid,
+                    "cannot see whether this child waits for connections ({why}); it counts as ready only at \
+                     --ready-timeout. Use --ready delay:DURATION, or send READY=1 and use --ready notify"
+                );
+            }
         }
     }
 
@@ -856,6 +870,7 @@ impl<O: Os> Supervisor<O> {
             main_pid: None,
             status_text: None,
             blind: false,
+            ready_since: None,
             exited: None,
             exec_error: None,
         });
@@ -880,6 +895,7 @@ impl<O: Os> Supervisor<O> {
         pid: Option<i32>,
         worker: usize,
         lived: Duration,
+        ready_for: Option<Duration>,
         status: ExitStatus,
         now: Instant,
     ) {
@@ -893,7 +909,7 @@ impl<O: Os> Supervisor<O> {
             return;
         }
         let jitter = self.os.jitter();
-        match self.slots[worker].backoff.exited(lived, jitter) {
+        match self.slots[worker].backoff.exited(lived, ready_for, jitter) {
             Next::RestartAfter(d) => {
                 info!(
                     pid,
@@ -910,9 +926,9 @@ impl<O: Os> Supervisor<O> {
             }
             Next::GiveUp => {
                 let msg = format!(
-                    "giving up after {} quick failures in a row (each lived less than {}); the last one {status}",
+                    "giving up after {} quick failures in a row (each exited before it was ready, or within {} of it); the last one {status}",
                     backoff::GIVE_UP_AFTER,
-                    duration::human(backoff::STABLE_AFTER)
+                    duration::human(backoff::SERVED_FOR)
                 );
                 self.exit_code = 1;
                 self.exit_error = Some(msg);
@@ -1368,6 +1384,51 @@ mod tests {
                 .unwrap()
                 .contains("the last one exited with status 3")
         );
+    }
+
+    /// Bug 11: a server that became ready and served is not a crash loop.
+    /// The bench's crash scenario: SIGKILL the serving child 5 times, each
+    /// after it served for 2 s. Every restart must come at once, not after
+    /// 0.1, 0.2, 0.4, 0.8, 1.6 s.
+    #[test]
+    fn crash_after_serving_restarts_at_once_every_time() {
+        let (mut s, t0) = started(1);
+        let mut now = t0;
+        let mut pid = 101;
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            now += ms(300);
+            s.t_ready(pid, now);
+            now += Duration::from_secs(2);
+            s.t_exit(pid, ExitStatus::Signal(9), now);
+            let at = s.next_deadline().expect("a restart is scheduled");
+            waits.push(at - now);
+            now = at;
+            s.t_timer(now);
+            pid += 1;
+            assert_eq!(s.children()[0].pid, pid);
+        }
+        assert_eq!(waits, [Duration::ZERO; 5]);
+        assert!(s.exit().is_none());
+    }
+
+    /// ...but one that keeps dying right after it said ready is, and backs off.
+    #[test]
+    fn crash_soon_after_ready_still_backs_off() {
+        let (mut s, t0) = started(1);
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for pid in 101..104 {
+            now += ms(300);
+            s.t_ready(pid, now);
+            now += ms(50);
+            s.t_exit(pid, ExitStatus::Code(1), now);
+            let at = s.next_deadline().expect("a restart is scheduled");
+            waits.push(at - now);
+            now = at;
+            s.t_timer(now);
+        }
+        assert_eq!(waits, [ms(100), ms(200), ms(400)]);
     }
 
     /// The child says through its pipe that exec failed, then exits.

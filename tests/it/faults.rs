@@ -1,8 +1,8 @@
 //! Faults and privileges against the real binary: relaunch as PID 1, orphans
 //! and daemons, a stop during a reload and a reload during a stop, fd
-//! exhaustion at spawn, a child stuck in its drain, `--user nobody`, and a
+//! exhaustion at spawn, a child stuck in its drain, `--user nobody`, a
 //! soak of 200 reloads that must end with the fds, memory and children it
-//! started with.
+//! started with, and a server that served restarting at once after crashes.
 //!
 //! Already covered elsewhere, so not repeated: a stranger's READY=1
 //! (reload.rs), kill -9 of relaunch and a child ignoring TERM at stop
@@ -646,7 +646,7 @@ fn soak_200_reloads_under_load_leave_no_fd_memory_or_zombie_behind() {
     let rl = r.pid();
     let addr = r.listen_addr(3);
     let first = wait_serving(addr);
-    // Not while relaunch still checks the sender of READY=1 (a /proc file is open).
+    // Once READY=1 is handled, no check of its sender holds a pidfd any more.
     r.log.wait("serving: generation 1", T);
     let fds_before = fds_of(rl);
     let load = Load::start(addr, 4);
@@ -730,6 +730,35 @@ fn a_live_socket_relaunch_may_not_connect_to_is_never_unlinked() {
     );
     assert_eq!(status.code(), Some(1), "{}", r.log.text());
     drop(live);
+}
+
+/// Bug 11: a server that became ready and served is restarted at once after
+/// a crash, every time, not after a backoff that doubles per crash.
+#[test]
+fn a_crash_after_serving_restarts_at_once_every_time() {
+    let r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "delay:50ms",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    for n in 1..=3 {
+        r.log.wait_n("ready after", n, T);
+        // Served: ready for longer than backoff::SERVED_FOR (1 s).
+        std::thread::sleep(Duration::from_millis(1300));
+        let pid = started_pid(&r, n);
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let line = r.log.wait_n("restarting in", n, T);
+        assert!(
+            line.contains("restarting in 0 ms"),
+            "crash {n} of a child that served waited: {line}\n{}",
+            r.log.text()
+        );
+        started_pid(&r, n + 1);
+    }
 }
 
 /// Blocks in poll() on a pollfd array in a userfaultfd-registered page that

@@ -6,6 +6,7 @@ mod core;
 mod faults;
 mod groups;
 mod ports;
+mod ready;
 mod reload;
 mod servers;
 mod systemd;

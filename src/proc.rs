@@ -1,0 +1,843 @@
+//! The one module that reads `/proc`: process status and parents, process
+//! trees, fd tables, the socket tables of `/proc/net`, and pidfds. `who`, the
+//! readiness scan, the notify sender checks and the reaper's orphan sweep all
+//! read through here. It is the lowest layer: it imports nothing of relaunch.
+//!
+//! `/proc` is outside input. A comm may hold spaces, parentheses and newlines;
+//! a process may exit between two reads, so a read may fail or be cut short;
+//! a pid may be reused. Every parser returns `None` (or skips the line) rather
+//! than guessing, and callers treat "gone" as an ordinary answer.
+//!
+//! `/proc` may also be missing (some containers) or hide other users'
+//! processes (`hidepid=`): [`available`] says once whether we can read it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::OnceLock;
+
+/// Whether `/proc` shows processes at all (checked once: our own entry).
+pub fn available() -> bool {
+    static HAVE: OnceLock<bool> = OnceLock::new();
+    *HAVE.get_or_init(|| {
+        fs::read_to_string("/proc/self/stat").is_ok_and(|s| parse_stat(&s).is_some())
+    })
+}
+
+// ------------------------------------------------------------ processes --
+
+/// The fields of `/proc/PID/stat` relaunch uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub state: char,
+    pub ppid: i32,
+    /// Start time in clock ticks since boot: with the pid, a process's identity.
+    pub start: u64,
+}
+
+impl Stat {
+    pub fn alive(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// `pid (comm) S ppid pgrp …`; comm may hold spaces and parentheses, so split
+/// at the last ')'. The start time is field 22.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut it = rest.split_ascii_whitespace();
+    let state = it.next()?.chars().next()?;
+    let ppid = it.next()?.parse().ok()?;
+    // Fields 5..21 after state and ppid; the start time is the 20th after the ')'.
+    let start = it.nth(17)?.parse().ok()?;
+    Some(Stat { state, ppid, start })
+}
+
+/// `/proc/PID/stat`; None when the process is gone (or /proc is not there).
+pub fn stat(pid: i32) -> Option<Stat> {
+    if pid <= 0 {
+        return None;
+    }
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Every pid in /proc.
+pub fn pids() -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
+}
+
+/// Thread ids of a process.
+pub fn tasks(pid: i32) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
+}
+
+/// The command line, space-joined; the comm in its place for kernel threads
+/// and zombies; "?" when the process is gone.
+pub fn cmdline(pid: i32) -> String {
+    let cmd = fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| join_cmdline(&b))
+        .unwrap_or_default();
+    if !cmd.is_empty() {
+        return cmd;
+    }
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// `/proc/PID/cmdline` is NUL-separated with a trailing NUL.
+pub fn join_cmdline(raw: &[u8]) -> String {
+    raw.split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The effective uid of a process.
+pub fn uid(pid: i32) -> Option<u32> {
+    status_uid(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// The effective uid from `/proc/PID/status` (`Uid: real effective saved fs`).
+pub fn status_uid(status: &str) -> Option<u32> {
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    let mut ids = line["Uid:".len()..].split_whitespace();
+    let real = ids.next()?;
+    ids.next().unwrap_or(real).parse().ok()
+}
+
+/// `/proc/PID/mem` at `addr` (for kernels without process_vm_readv).
+pub fn read_mem(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    fs::File::open(format!("/proc/{pid}/mem"))?.read_exact_at(buf, addr)
+}
+
+/// kernel.yama.ptrace_scope ("0" to "3"), when Yama is there.
+pub fn ptrace_scope() -> Option<String> {
+    let s = fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok()?;
+    Some(s.trim().to_string())
+}
+
+// ----------------------------------------------------------------- trees --
+
+/// The roots (as given, without duplicates or pids <= 0) plus all their
+/// living descendants, parents before children.
+pub fn tree(roots: &[i32]) -> Vec<i32> {
+    Trees::new().tree(roots)
+}
+
+/// Reads the process table once for several [`Trees::tree`] calls.
+pub struct Trees {
+    /// (pid, ppid) of every living process, when the kernel has no
+    /// `/proc/PID/task/TID/children` files.
+    parents: Option<Vec<(i32, i32)>>,
+}
+
+impl Trees {
+    pub fn new() -> Self {
+        Trees {
+            parents: (!have_children_files()).then(all_parents),
+        }
+    }
+
+    pub fn tree(&self, roots: &[i32]) -> Vec<i32> {
+        match &self.parents {
+            Some(parents) => descendants(roots, parents),
+            None => tree_from_children_files(roots),
+        }
+    }
+}
+
+/// Whether /proc/PID/task/TID/children exists (CONFIG_PROC_CHILDREN).
+fn have_children_files() -> bool {
+    static HAVE: OnceLock<bool> = OnceLock::new();
+    *HAVE.get_or_init(|| fs::metadata("/proc/thread-self/children").is_ok())
+}
+
+fn tree_from_children_files(roots: &[i32]) -> Vec<i32> {
+    let mut out = dedup(roots);
+    let mut seen: HashSet<i32> = out.iter().copied().collect();
+    let mut queue: VecDeque<i32> = out.iter().copied().collect();
+    while let Some(pid) = queue.pop_front() {
+        for tid in tasks(pid) {
+            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")) else {
+                continue;
+            };
+            for child in text.split_ascii_whitespace().filter_map(|s| s.parse().ok()) {
+                let alive = stat(child).is_some_and(|s| s.alive());
+                if alive && seen.insert(child) {
+                    out.push(child);
+                    queue.push_back(child);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// (pid, ppid) of every living process.
+fn all_parents() -> Vec<(i32, i32)> {
+    pids()
+        .into_iter()
+        .filter_map(|pid| {
+            let s = stat(pid)?;
+            s.alive().then_some((pid, s.ppid))
+        })
+        .collect()
+}
+
+fn dedup(pids: &[i32]) -> Vec<i32> {
+    let mut out = Vec::new();
+    for &p in pids {
+        // 0 would adopt init and kthreadd, -1 means "everyone" to kill(2).
+        if p > 0 && !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Roots plus everything below them in the (pid, ppid) list, breadth first.
+fn descendants(roots: &[i32], parents: &[(i32, i32)]) -> Vec<i32> {
+    let mut kids: HashMap<i32, Vec<i32>> = HashMap::new();
+    for &(pid, ppid) in parents {
+        kids.entry(ppid).or_default().push(pid);
+    }
+    let mut out = dedup(roots);
+    let mut seen: HashSet<i32> = out.iter().copied().collect();
+    let mut i = 0;
+    while i < out.len() {
+        if let Some(children) = kids.get(&out[i]) {
+            for &c in children {
+                if seen.insert(c) {
+                    out.push(c);
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Where a process's line of parents leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lineage {
+    /// It descends from `home` (or is it): the pids from the process up to,
+    /// not including, `home`.
+    Under(Vec<i32>),
+    /// Its parents end at pid 1 (or 0) without passing `home`.
+    Outside,
+    /// It (or a parent) could not be read or changed under us: gone, reused,
+    /// or /proc is not there.
+    Unknown,
+}
+
+/// Climbs the parents of `pid` (whose stat is `first`) towards `home`.
+/// `stat_of` reads a process. A parent must have started no later than its
+/// child; one that did not is a reused pid, and the answer is Unknown.
+pub fn lineage(
+    pid: i32,
+    first: Stat,
+    home: i32,
+    mut stat_of: impl FnMut(i32) -> Option<Stat>,
+) -> Lineage {
+    let mut chain = Vec::new();
+    let (mut cur, mut st) = (pid, first);
+    // Bounded: pid_max is at most 2^22, but real trees are shallow.
+    for _ in 0..4096 {
+        if cur == home {
+            return Lineage::Under(chain);
+        }
+        if cur <= 1 {
+            return Lineage::Outside;
+        }
+        chain.push(cur);
+        if st.ppid == home {
+            return Lineage::Under(chain);
+        }
+        if st.ppid <= 1 {
+            return Lineage::Outside;
+        }
+        let Some(parent) = stat_of(st.ppid) else {
+            return Lineage::Unknown;
+        };
+        if parent.start > st.start {
+            return Lineage::Unknown;
+        }
+        (cur, st) = (st.ppid, parent);
+    }
+    Lineage::Unknown
+}
+
+// ------------------------------------------------------------- fd tables --
+
+/// What an fd of a process points at, as far as relaunch cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Socket(u64),
+    Epoll,
+    Uring,
+    Other,
+}
+
+pub fn classify_link(target: &str) -> Link {
+    if let Some(ino) = target
+        .strip_prefix("socket:[")
+        .and_then(|s| s.strip_suffix(']'))
+    {
+        return ino.parse().map_or(Link::Other, Link::Socket);
+    }
+    match target {
+        "anon_inode:[eventpoll]" => Link::Epoll,
+        "anon_inode:[io_uring]" => Link::Uring,
+        _ => Link::Other,
+    }
+}
+
+/// Every fd of a process and what it points at. Fds that close while we
+/// look are skipped. Err when the fd table cannot be read (gone, or EACCES).
+pub fn fds(pid: i32) -> io::Result<Vec<(i32, Link)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(entry) = entry else { continue };
+        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(target) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        out.push((fd, classify_link(&target.to_string_lossy())));
+    }
+    Ok(out)
+}
+
+/// `/proc/PID/fdinfo/FD`.
+pub fn fdinfo(pid: i32, fd: i32) -> io::Result<String> {
+    fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+}
+
+/// `/proc/PID/task/TID/syscall`.
+pub fn syscall(pid: i32, tid: i32) -> io::Result<String> {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall"))
+}
+
+// ------------------------------------------------------------- /proc/net --
+
+pub const TCP_ESTABLISHED: u8 = 0x01;
+pub const TCP_TIME_WAIT: u8 = 0x06;
+pub const UDP_BOUND: u8 = 0x07;
+pub const TCP_LISTEN: u8 = 0x0A;
+
+/// One line of /proc/net/{tcp,tcp6,udp,udp6}.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InetEntry {
+    pub proto: &'static str,
+    pub local: SocketAddr,
+    pub state: u8,
+    pub inode: u64,
+}
+
+/// Reads /proc/net tables ("tcp", "tcp6", …); a missing one (IPv6 disabled)
+/// reads as empty.
+pub fn inet_table(protos: &[&'static str]) -> io::Result<Vec<InetEntry>> {
+    let mut out = Vec::new();
+    for proto in protos {
+        out.extend(parse_inet_table(&read_net(proto)?, proto));
+    }
+    Ok(out)
+}
+
+/// Parses a /proc/net/{tcp,udp}[6] table; lines that do not parse are skipped
+/// (the format is the kernel's, a bad line means a format we do not know).
+pub fn parse_inet_table(text: &str, proto: &'static str) -> Vec<InetEntry> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| parse_inet_line(l, proto))
+        .collect()
+}
+
+fn parse_inet_line(line: &str, proto: &'static str) -> Option<InetEntry> {
+    // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() < 10 {
+        return None;
+    }
+    let local = parse_hex_sockaddr(f[1])?;
+    let state = u8::from_str_radix(f[3], 16).ok()?;
+    let inode = f[9].parse().ok()?;
+    Some(InetEntry {
+        proto,
+        local,
+        state,
+        inode,
+    })
+}
+
+/// `0100007F:1388` -> 127.0.0.1:5000. The address is the kernel's in-memory
+/// bytes printed as 32-bit words in host byte order; the port is plain hex.
+pub fn parse_hex_sockaddr(s: &str) -> Option<SocketAddr> {
+    let (addr, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip = match addr.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(hex_word(addr)?.to_ne_bytes())),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                let w = hex_word(addr.get(i * 8..i * 8 + 8)?)?;
+                b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            IpAddr::V6(Ipv6Addr::from(b))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+fn hex_word(s: &str) -> Option<u32> {
+    u32::from_str_radix(s, 16).ok()
+}
+
+/// TCP sockets in the given states (a mask of `1 << state`), IPv4 and IPv6,
+/// from the kernel's sock_diag netlink interface: only the sockets asked
+/// for, so no cost for the thousands of TIME_WAIT lines /proc/net/tcp holds
+/// under load. Falls back to /proc/net/tcp{,6} where netlink is refused.
+pub fn tcp_sockets(states: u32) -> io::Result<Vec<InetEntry>> {
+    match sock_diag(states) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            tracing::debug!("sock_diag: {e}; reading /proc/net/tcp instead");
+            Ok(inet_table(&["tcp", "tcp6"])?
+                .into_iter()
+                .filter(|e| e.state < 32 && states & (1 << e.state) != 0)
+                .collect())
+        }
+    }
+}
+
+fn sock_diag(states: u32) -> io::Result<Vec<InetEntry>> {
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just created, nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut out = Vec::new();
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        let req = diag_request(family, states);
+        // SAFETY: sends our buffer to the kernel (nl_pid 0), length as given.
+        let sent = unsafe {
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as u16;
+            libc::sendto(
+                fd.as_raw_fd(),
+                req.as_ptr().cast(),
+                req.len(),
+                0,
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; 32 * 1024];
+        'dump: loop {
+            // SAFETY: reads into our buffer, at most its length.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            match parse_diag(&buf[..n as usize], &mut out) {
+                Diag::More => {}
+                Diag::Done => break 'dump,
+                Diag::Error(errno) => return Err(io::Error::from_raw_os_error(errno)),
+            }
+        }
+    }
+    Ok(out)
+}
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+
+/// nlmsghdr + inet_diag_req_v2 for every TCP socket of `family` in `states`.
+fn diag_request(family: u8, states: u32) -> Vec<u8> {
+    let len: u32 = 16 + 56;
+    let mut b = Vec::with_capacity(len as usize);
+    b.extend(len.to_ne_bytes());
+    b.extend(SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    b.extend(((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    b.extend(1u32.to_ne_bytes()); // seq
+    b.extend(0u32.to_ne_bytes()); // pid
+    b.extend([family, libc::IPPROTO_TCP as u8, 0, 0]);
+    b.extend(states.to_ne_bytes());
+    b.resize(len as usize, 0); // inet_diag_sockid: all zero, no filter
+    b
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Diag {
+    More,
+    Done,
+    Error(i32),
+}
+
+/// Pure: the netlink messages in one datagram; inet_diag_msg entries go to
+/// `out`. Hostile-safe: lengths are checked before every read.
+fn parse_diag(mut buf: &[u8], out: &mut Vec<InetEntry>) -> Diag {
+    let u16_at = |b: &[u8], i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+    let u32_at = |b: &[u8], i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    while buf.len() >= 16 {
+        let len = u32_at(buf, 0) as usize;
+        if len < 16 || len > buf.len() {
+            return Diag::Error(libc::EBADMSG);
+        }
+        let (msg, body) = (&buf[..len], &buf[16..len]);
+        match u16_at(msg, 4) {
+            NLMSG_DONE => return Diag::Done,
+            NLMSG_ERROR => {
+                let errno = if body.len() >= 4 {
+                    -(u32_at(body, 0) as i32)
+                } else {
+                    libc::EBADMSG
+                };
+                return if errno == 0 {
+                    Diag::Done
+                } else {
+                    Diag::Error(errno)
+                };
+            }
+            SOCK_DIAG_BY_FAMILY if body.len() >= 72 => {
+                let family = body[0];
+                let port = u16::from_be_bytes([body[4], body[5]]);
+                let ip = if family == libc::AF_INET as u8 {
+                    IpAddr::V4(Ipv4Addr::new(body[8], body[9], body[10], body[11]))
+                } else {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(&body[8..24]);
+                    IpAddr::V6(Ipv6Addr::from(a))
+                };
+                out.push(InetEntry {
+                    proto: if family == libc::AF_INET as u8 {
+                        "tcp"
+                    } else {
+                        "tcp6"
+                    },
+                    local: SocketAddr::new(ip, port),
+                    state: body[1],
+                    inode: u64::from(u32_at(body, 68)),
+                });
+            }
+            _ => {}
+        }
+        // Messages are 4-byte aligned.
+        let next = (len + 3) & !3;
+        buf = buf.get(next..).unwrap_or(&[]);
+    }
+    Diag::More
+}
+
+pub const SO_ACCEPTCON: u32 = 0x0001_0000;
+pub const SOCK_DGRAM: u16 = 2;
+pub const SS_CONNECTED: u8 = 3;
+
+/// One line of /proc/net/unix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixEntry {
+    pub flags: u32,
+    pub kind: u16,
+    pub state: u8,
+    pub inode: u64,
+    /// None for unnamed sockets; abstract names start with `@`.
+    pub path: Option<String>,
+}
+
+pub fn unix_table() -> io::Result<Vec<UnixEntry>> {
+    Ok(parse_unix_table(&read_net("unix")?))
+}
+
+pub fn parse_unix_table(text: &str) -> Vec<UnixEntry> {
+    text.lines().skip(1).filter_map(parse_unix_line).collect()
+}
+
+fn parse_unix_line(line: &str) -> Option<UnixEntry> {
+    // Num: RefCount Protocol Flags Type St Inode [Path]; the path may hold
+    // spaces, so take it as everything after the seventh field.
+    let mut rest = line.trim_start();
+    let mut f = [""; 7];
+    for slot in &mut f {
+        let end = rest.find(' ').unwrap_or(rest.len());
+        *slot = &rest[..end];
+        rest = rest[end..].trim_start_matches(' ');
+    }
+    let path = (!rest.is_empty()).then(|| rest.to_string());
+    Some(UnixEntry {
+        flags: u32::from_str_radix(f[3], 16).ok()?,
+        kind: u16::from_str_radix(f[4], 16).ok()?,
+        state: u8::from_str_radix(f[5], 16).ok()?,
+        inode: f[6].parse().ok()?,
+        path,
+    })
+}
+
+/// Reads /proc/net/NAME; a missing one (IPv6 disabled) reads as empty.
+fn read_net(name: &str) -> io::Result<String> {
+    let path = format!("/proc/net/{name}");
+    match fs::read_to_string(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && available() => Ok(String::new()),
+        r => r.map_err(|e| io::Error::new(e.kind(), format!("cannot read {path}: {e}"))),
+    }
+}
+
+// ---------------------------------------------------------------- pidfds --
+
+/// A handle on one process that a reused pid cannot fool.
+pub struct Pidfd(OwnedFd);
+
+impl Pidfd {
+    /// pidfd_open(2), Linux 5.3+.
+    pub fn open(pid: i32) -> io::Result<Self> {
+        // SAFETY: plain syscall with integer arguments; on success it returns
+        // a new fd that nothing else owns.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: see above.
+        Ok(Pidfd(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    /// One the kernel handed us (SCM_PIDFD).
+    pub fn from_owned(fd: OwnedFd) -> Self {
+        Pidfd(fd)
+    }
+
+    /// Whether the process still exists (running, or a zombie not yet
+    /// reaped): then its pid has not been reused, and what /proc showed under
+    /// that pid a moment ago was this process.
+    pub fn exists(&self) -> bool {
+        // SAFETY: signal 0 only checks; the fd is valid for our lifetime.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                0,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines() {
+        let line = |comm: &str, state: &str, ppid: &str| {
+            format!(
+                "42 ({comm}) {state} {ppid} 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 100"
+            )
+        };
+        let s = parse_stat(&line("sh", "S", "7")).unwrap();
+        assert_eq!((s.state, s.ppid, s.start), ('S', 7, 98765));
+        // Hostile comms: spaces, parentheses, a fake stat line inside.
+        let s = parse_stat(&line("a) (b c) Z 1 1 1", "Z", "1")).unwrap();
+        assert_eq!((s.state, s.ppid, s.start), ('Z', 1, 98765));
+        assert!(!s.alive());
+        assert_eq!(parse_stat("42 (sh"), None);
+        assert_eq!(parse_stat(""), None);
+        // Cut short before the start time.
+        assert_eq!(parse_stat("42 (sh) S 7 42 42 0 -1"), None);
+        assert_eq!(parse_stat(&line("x", "S", "seven")), None);
+    }
+
+    #[test]
+    fn reads_ourselves() {
+        assert!(available());
+        let me = stat(std::process::id() as i32).unwrap();
+        assert!(me.alive());
+        assert_eq!(me.ppid, nix::unistd::getppid().as_raw());
+        assert_eq!(stat(0), None);
+        assert_eq!(stat(-1), None);
+    }
+
+    #[test]
+    fn links() {
+        assert_eq!(classify_link("socket:[7398]"), Link::Socket(7398));
+        assert_eq!(classify_link("anon_inode:[eventpoll]"), Link::Epoll);
+        assert_eq!(classify_link("anon_inode:[io_uring]"), Link::Uring);
+        assert_eq!(classify_link("pipe:[6740]"), Link::Other);
+        assert_eq!(classify_link("socket:[x]"), Link::Other);
+        assert_eq!(classify_link("/tmp/socket:[1]"), Link::Other);
+    }
+
+    #[test]
+    fn small_proc_formats() {
+        assert_eq!(
+            join_cmdline(b"python3\0web_dashboard.py\0"),
+            "python3 web_dashboard.py"
+        );
+        assert_eq!(join_cmdline(b""), "");
+        assert_eq!(
+            status_uid("Name:\tx\nUid:\t1000\t1001\t1000\t1000\nGid:\t0\n"),
+            Some(1001)
+        );
+        assert_eq!(status_uid("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn descendants_walk() {
+        let parents = [
+            (10, 1),
+            (11, 10),
+            (12, 11),
+            (13, 10),
+            (20, 1),
+            (21, 20),
+            (30, 30),
+        ];
+        assert_eq!(descendants(&[10], &parents), vec![10, 11, 13, 12]);
+        assert_eq!(
+            descendants(&[10, 10, 20], &parents),
+            vec![10, 20, 11, 13, 21, 12]
+        );
+        assert_eq!(descendants(&[99], &parents), vec![99]);
+        assert_eq!(descendants(&[30], &parents), vec![30]); // self-parent: no loop
+        assert_eq!(descendants(&[0, -1], &[(1, 0), (2, 0)]), Vec::<i32>::new());
+    }
+
+    #[test]
+    fn lineages() {
+        let st = |ppid, start| Stat {
+            state: 'S',
+            ppid,
+            start,
+        };
+        // 12 -> 11 -> 10 (home) ; 5 -> 6 -> 5 a cycle; 40 -> 1.
+        let table: HashMap<i32, Stat> = [
+            (12, st(11, 30)),
+            (11, st(10, 20)),
+            (10, st(1, 10)),
+            (40, st(1, 5)),
+            (5, st(6, 50)),
+            (6, st(5, 50)),
+            (70, st(71, 10)),
+            (71, st(1, 90)), // started after its "child": a reused pid
+        ]
+        .into();
+        let of = |p: i32| table.get(&p).copied();
+        let walk = |pid: i32| lineage(pid, table[&pid], 10, of);
+        assert_eq!(walk(12), Lineage::Under(vec![12, 11]));
+        assert_eq!(walk(11), Lineage::Under(vec![11]));
+        assert_eq!(walk(10), Lineage::Under(vec![]));
+        assert_eq!(walk(40), Lineage::Outside);
+        assert_eq!(walk(5), Lineage::Unknown); // the cycle ends, unproven
+        assert_eq!(walk(70), Lineage::Unknown);
+        // A parent that vanished mid-walk.
+        assert_eq!(
+            lineage(99, st(98, 5), 10, |_| None::<Stat>),
+            Lineage::Unknown
+        );
+        // relaunch as PID 1 in a container: everything is under it.
+        assert_eq!(lineage(40, st(1, 5), 1, of), Lineage::Under(vec![40]));
+    }
+
+    #[test]
+    fn sock_diag_sees_what_proc_net_tcp_sees() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        use std::os::fd::AsFd;
+        let ino = |fd: std::os::fd::BorrowedFd<'_>| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        let mask = (1 << TCP_ESTABLISHED) | (1 << TCP_LISTEN);
+        let got = sock_diag(mask).expect("sock_diag works here");
+        let find = |i: u64| got.iter().find(|e| e.inode == i).cloned();
+        let listener = find(ino(l.as_fd())).expect("the listener");
+        assert_eq!(
+            (listener.local, listener.state),
+            (l.local_addr().unwrap(), TCP_LISTEN)
+        );
+        let accepted = find(ino(a.as_fd())).expect("the accepted connection");
+        assert_eq!(
+            (accepted.local, accepted.state),
+            (l.local_addr().unwrap(), TCP_ESTABLISHED)
+        );
+        assert_eq!(
+            find(ino(c.as_fd())).map(|e| e.local),
+            Some(c.local_addr().unwrap())
+        );
+        // Only the states asked for.
+        assert!(got.iter().all(|e| mask & (1 << e.state) != 0));
+        // The same through /proc.
+        let via_proc = inet_table(&["tcp", "tcp6"]).unwrap();
+        assert!(
+            via_proc
+                .iter()
+                .any(|e| e.inode == ino(a.as_fd()) && e.local == accepted.local)
+        );
+    }
+
+    #[test]
+    fn sock_diag_replies_parse_defensively() {
+        let mut out = Vec::new();
+        assert_eq!(parse_diag(&[], &mut out), Diag::More);
+        // A length beyond the buffer.
+        let mut bad = 100u32.to_ne_bytes().to_vec();
+        bad.extend([0u8; 12]);
+        assert_eq!(parse_diag(&bad, &mut out), Diag::Error(libc::EBADMSG));
+        let mut done = 16u32.to_ne_bytes().to_vec();
+        done.extend(NLMSG_DONE.to_ne_bytes());
+        done.extend([0u8; 10]);
+        assert_eq!(parse_diag(&done, &mut out), Diag::Done);
+        // A diag message cut short is skipped, not read past its end.
+        let mut short = 20u32.to_ne_bytes().to_vec();
+        short.extend(SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        short.extend([0u8; 14]);
+        assert_eq!(parse_diag(&short, &mut out), Diag::More);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn pidfds_tell_a_live_process_from_a_reaped_one() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let fd = Pidfd::open(child.id() as i32).unwrap();
+        assert!(fd.exists());
+        child.kill().unwrap();
+        // A zombie still exists: its pid cannot be reused yet.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(fd.exists());
+        child.wait().unwrap();
+        assert!(!fd.exists());
+    }
+}

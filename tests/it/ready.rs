@@ -1,0 +1,315 @@
+//! Readiness: notify senders checked where datagrams arrive, a flood from a
+//! stranger, servers that /proc sampling misses, and life without /proc.
+
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::reload::reload_cli;
+use crate::util::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// The "ready after N ms" line of the given generation, once relaunch logged it.
+fn ready_line(r: &Relaunch, generation: u64) -> String {
+    let needle = format!("generation={generation}");
+    wait_for(&format!("generation {generation} ready"), T, || {
+        r.log
+            .all()
+            .into_iter()
+            .find(|l| l.contains("ready after") && l.contains(&needle))
+    })
+}
+
+/// N of generation's "ready after N ms".
+fn ready_ms(r: &Relaunch, generation: u64) -> u64 {
+    let line = ready_line(r, generation);
+    line.split("ready after ")
+        .nth(1)
+        .and_then(|s| s.split(" ms").next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no delay in {line:?}"))
+}
+
+#[test]
+fn systemd_notify_from_inside_the_child_is_accepted_every_time() {
+    // systemd-notify sends READY=1, then BARRIER=1 with an fd, and exits as
+    // soon as that fd is closed: a short-lived sender that must be checked
+    // when its datagram arrives, not later.
+    if !require_tool("systemd-notify") {
+        return;
+    }
+    let app = App::new(
+        "sd-notify",
+        &format!("systemd-notify --ready\n{}", pid_server("--no-notify")),
+    );
+    let ctl = app.control();
+    let r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "5s",
+        "--control",
+        ctl.to_str().unwrap(),
+        "--",
+        &app.script(),
+    ]);
+    r.log.wait("serving: generation 1", T);
+    for n in 2..=21 {
+        let (code, out) = reload_cli(&ctl);
+        assert_eq!(code, 0, "reload to generation {n}: {out}");
+    }
+    assert_eq!(
+        r.log.count("ignoring a notify message"),
+        0,
+        "{}",
+        r.log.text()
+    );
+}
+
+/// Sends `rate` datagrams per second to the abstract socket `name` until stopped.
+struct Stranger {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stranger {
+    fn start(name: &str, rate: u32) -> Self {
+        let to = UnixAddr::from_abstract_name(name).unwrap();
+        let sock = UnixDatagram::unbound().unwrap();
+        // A full queue must not stall the sender: it just tries again.
+        sock.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let (stop2, sent2) = (stop.clone(), sent.clone());
+        let every = Duration::from_secs(1) / rate;
+        let thread = std::thread::spawn(move || {
+            let mut next = Instant::now();
+            let end = Instant::now() + Duration::from_secs(60);
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < end {
+                if sock.send_to_addr(b"READY=1\nSTATUS=hi", &to).is_ok() {
+                    sent2.fetch_add(1, Ordering::Relaxed);
+                }
+                next += every;
+                if let Some(d) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(d);
+                }
+            }
+        });
+        Stranger {
+            stop,
+            sent,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn a_stranger_flooding_the_notify_socket_does_not_delay_readiness() {
+    let app = App::new("flood", "");
+    let ns = app.dir.join("ns");
+    app.deploy(&format!(
+        "echo \"$NOTIFY_SOCKET\" > {ns}.tmp && mv {ns}.tmp {ns}\nsleep 0.3\n{}",
+        pid_server("--no-notify"),
+        ns = ns.display()
+    ));
+    let r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "auto",
+        "--ready-timeout",
+        "10s",
+        "--",
+        &app.script(),
+    ]);
+    let quiet = ready_ms(&r, 1);
+    std::fs::remove_file(&ns).unwrap();
+    r.signal(libc::SIGHUP);
+    let name = wait_for("generation 2's NOTIFY_SOCKET", T, || {
+        std::fs::read_to_string(&ns).ok()
+    });
+    let name = name.trim().strip_prefix('@').expect("an abstract socket");
+    let stranger = Stranger::start(name, 1000);
+    let line = r.log.wait("reload ", T);
+    let sent = stranger.finish();
+    assert!(line.contains("reload done"), "{line}");
+    let flooded = ready_ms(&r, 2);
+    eprintln!("ready after {quiet} ms, {flooded} ms under a flood of {sent} datagrams");
+    assert!(sent > 100, "the stranger sent only {sent} datagrams");
+    assert!(
+        flooded < quiet + 500,
+        "ready after {flooded} ms under a flood, {quiet} ms without"
+    );
+    // Rejected senders are logged at most once per pid and period.
+    assert!(
+        r.log.count("ignoring a notify message") <= 1,
+        "{}",
+        r.log.text()
+    );
+}
+
+/// A server /proc sampling cannot catch waiting: it polls a non-blocking
+/// accept between short sleeps. It holds each connection for 100 ms and
+/// writes the wall-clock time (seconds of the UTC day) of its first accept.
+const BUSY_SERVER: &str = r#"
+import os, signal, socket, sys, time
+out = sys.argv[1]
+signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+time.sleep(0.5)
+s = socket.socket(fileno=3)
+s.setblocking(False)
+first = True
+while True:
+    try:
+        c, _ = s.accept()
+    except BlockingIOError:
+        time.sleep(0.002)
+        continue
+    if first:
+        first = False
+        with open(out + '.tmp', 'w') as f:
+            f.write('%.6f' % (time.time() % 86400))
+        os.rename(out + '.tmp', out)
+    c.setblocking(True)
+    c.recv(4096)
+    time.sleep(0.1)
+    c.sendall(b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n%d\n' % os.getpid())
+    c.close()
+"#;
+
+#[test]
+fn auto_readiness_sees_a_server_that_accepted_a_connection() {
+    if !require_tool("python3") {
+        return;
+    }
+    let app = App::new("accepted", "");
+    let script = app.dir.join("busy.py");
+    std::fs::write(&script, BUSY_SERVER).unwrap();
+    let first = app.dir.join("first");
+    app.deploy(&format!(
+        "exec python3 {} {}\n",
+        script.display(),
+        first.display()
+    ));
+    let ctl = app.control();
+    let r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "auto",
+        "--ready-timeout",
+        "10s",
+        "--control",
+        ctl.to_str().unwrap(),
+        "--",
+        &app.script(),
+    ]);
+    let addr = r.listen_addr(3);
+    // Clients hammer from the start, so each generation has connections to hold.
+    let load = Load::start(addr, 8);
+    r.log.wait("serving: generation 1", T);
+    std::fs::remove_file(&first).unwrap();
+    let (code, out) = reload_cli(&ctl);
+    load.finish();
+    assert_eq!(code, 0, "{out}");
+    let accepted: f64 = std::fs::read_to_string(&first)
+        .expect("generation 2 accepted")
+        .parse()
+        .unwrap();
+    let line = ready_line(&r, 2);
+    assert!(line.contains("accepted"), "{line}");
+    let seen = seconds_of_day(&line);
+    let late = (seen - accepted).rem_euclid(86400.0);
+    eprintln!("ready seen {:.0} ms after the first accept", late * 1000.0);
+    // Loose (the bench's target is 0.1 s): a busy 2-core machine may starve
+    // relaunch for a while; without this signal it is never seen at all.
+    assert!(
+        late < 3.0,
+        "ready seen {late:.3} s after generation 2's first accept: {line}"
+    );
+}
+
+/// The UTC time of day of a log line's timestamp ("2026-11-27T05:26:44.654962Z").
+fn seconds_of_day(line: &str) -> f64 {
+    let time = line
+        .split_whitespace()
+        .next()
+        .and_then(|t| t.split('T').nth(1))
+        .and_then(|t| t.strip_suffix('Z'))
+        .unwrap_or_else(|| panic!("no timestamp in {line:?}"));
+    let parts: Vec<f64> = time.split(':').map(|p| p.parse().unwrap()).collect();
+    parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
+}
+
+#[test]
+fn without_proc_notify_still_works_and_the_loss_is_said_once() {
+    // Root only (mount namespace); CI is root.
+    if !nix_is_root() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "this test needs root under CI"
+        );
+        eprintln!("skipping: needs root to mount over /proc");
+        return;
+    }
+    if !require_tool("unshare") {
+        return;
+    }
+    let app = App::new("noproc", &pid_server(""));
+    let ctl = app.control();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs none /proc && exec {} \"$@\"",
+            relaunch_bin()
+        ))
+        .args([
+            "sh",
+            "-l",
+            "127.0.0.1:0",
+            "--ready",
+            "auto",
+            "--ready-timeout",
+            "5s",
+            "--control",
+            ctl.to_str().unwrap(),
+            "--",
+            &app.script(),
+        ]);
+    let r = Relaunch::start_with(&mut cmd);
+    let addr = r.listen_addr(3);
+    let line = r.log.wait("/proc", T);
+    for what in ["--ready notify", "--ready delay:", "orphans"] {
+        assert!(line.contains(what), "{line}");
+    }
+    r.log.wait("serving: generation 1", T);
+    let old = wait_serving(addr);
+    let t = Instant::now();
+    let (code, out) = reload_cli(&ctl);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "READY=1 should end the reload, not the 5 s timeout: {:?}",
+        t.elapsed()
+    );
+    assert_ne!(get(addr).unwrap(), old);
+    assert_eq!(r.log.count("/proc"), 1, "{}", r.log.text());
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
