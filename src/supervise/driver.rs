@@ -172,6 +172,13 @@ impl Driver {
                     }
                 }
                 Effect::Tell(tell) => {
+                    if matches!(tell, Tell::Ready(_)) {
+                        // Now serving, likely to idle: what start-up or the
+                        // reload freed goes back to the kernel (glibc would
+                        // keep it), so the idle footprint stays small.
+                        // SAFETY: no arguments but a size; glibc locks its arenas.
+                        unsafe { libc::malloc_trim(0) };
+                    }
                     if let Some(s) = &self.systemd {
                         match tell {
                             Tell::Ready(line) => s.ready(&line),
