@@ -16,6 +16,9 @@ use crate::targets::{Ctx, Kind, Target};
 pub struct Footprint {
     pub idle: Idle,
     pub hup_to_exec_ms: Vec<f64>,
+    /// The same server started directly by the bench (posix_spawn), to its
+    /// exec stamp: this machine's floor for any launcher.
+    pub exec_floor_ms: Vec<f64>,
     pub throughput: Throughput,
     pub scale: Scale,
 }
@@ -297,6 +300,45 @@ pub struct Scale {
 
 /// Many listeners, many workers, many reloads through the control socket:
 /// relaunch's fds and memory must not grow.
+/// Starts the bench's server `n` times straight from here (no launcher in
+/// between) and times each spawn to the server's exec stamp, ms.
+pub fn exec_floor(ctx: &Ctx, n: usize) -> Result<Vec<f64>, String> {
+    let log = ctx.run_dir.join("floor.exec");
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let _ = std::fs::remove_file(&log);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut child = Command::new(&ctx.bench)
+            .args(["--server", "--delay", "0"])
+            .env("HANDOFF_EXEC_LOG", &log)
+            .env_remove("LD_LIBRARY_PATH")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("exec floor: cannot start the server: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let stamp = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(&e) = crate::targets::exec_times(&text).first() {
+                break Some(e);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let stamp = stamp.ok_or("exec floor: the server never stamped its exec")?;
+        out.push(stamp.saturating_sub(t) as f64 / 1e6);
+    }
+    let _ = std::fs::remove_file(&log);
+    Ok(out)
+}
+
 pub fn scale(plan: &Plan, ctx: &Ctx) -> Result<Scale, String> {
     let sock = ctx.run_dir.join("scale.sock");
     let mut cmd = Command::new(&ctx.relaunch);

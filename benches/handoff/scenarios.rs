@@ -100,6 +100,7 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
                 .filter(|s| matches!(s.kind, Kind::Reload | Kind::ReloadAuto))
                 .flat_map(|s| s.hup_to_exec_ms.iter().copied())
                 .collect(),
+            exec_floor_ms: footprint::exec_floor(&ctx, 10)?,
             throughput: footprint::throughput(plan, &ctx)?,
             scale: footprint::scale(plan, &ctx)?,
         }),
