@@ -221,7 +221,7 @@ struct Notes {
 
 impl Notes {
     fn denied(&mut self, what: &str, e: &io::Error) {
-        tracing::debug!("procscan: cannot read {what}: {e}");
+        tracing::debug!("readiness scan: cannot read {what}: {e}");
         if self.blind.is_none() {
             self.blind = Some(format!(
                 "cannot read {what}: {e}{}; auto readiness cannot see this \

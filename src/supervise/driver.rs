@@ -30,7 +30,7 @@ use crate::plan::options::{self, ReadyMode};
 use crate::plan::placeholders::Named;
 use crate::plan::{self, Snapshot};
 use crate::ready::notify::{Message, NotifySocket, Systemd};
-use crate::ready::scan as procscan;
+use crate::ready::scan;
 use crate::sockets::{self, Listener};
 use crate::supervise::supervisor::{Config, Effect, Event, Notice, Os, Supervisor, Tell};
 use crate::supervise::{reaper, spawn};
@@ -42,6 +42,7 @@ const SCAN_EVERY: Duration = Duration::from_millis(15);
 const GROUP_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
+    let signals = Signals::install()?;
     let inherited = snap.inherited?;
     let names: Vec<&str> = inherited.iter().map(|i| i.name.as_str()).collect();
     let plan = plan::make(&args, &snap.env, &names, &options::credentials)?;
@@ -51,7 +52,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     for w in &plan.warnings {
         warn!("{w}");
     }
-    if let Some(line) = procscan::proc_missing(plan.ready == ReadyMode::Auto) {
+    if let Some(line) = scan::proc_missing(plan.ready == ReadyMode::Auto) {
         warn!("{line}");
     }
     let listeners = sockets::open(&plan.listeners, inherited, plan.backlog)?;
@@ -79,7 +80,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     };
     let inodes: HashSet<u64> = listeners
         .iter()
-        .filter_map(|l| procscan::socket_inode(l.socket.as_fd()).ok())
+        .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
         .collect();
 
     let (notify_tx, notify_rx) = mpsc::unbounded_channel();
@@ -121,7 +122,15 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     };
     let mut sup = Supervisor::new(driver, cfg);
     let auto = ready == ReadyMode::Auto;
-    let result = event_loop(&mut sup, control, notify_rx, Arc::new(inodes), auto).await;
+    let result = event_loop(
+        &mut sup,
+        signals,
+        control,
+        notify_rx,
+        Arc::new(inodes),
+        auto,
+    )
+    .await;
     reaper::end_orphans(stop_signal, stop_timeout).await;
     result
 }
@@ -250,25 +259,57 @@ impl Os for Driver {
     }
 }
 
+/// The signals relaunch handles, as streams.
+struct Signals {
+    chld: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+    winch: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installed before anything with a cleanup exists (socket files, the
+    /// ports file) and before the first fork, so a stop during start-up is
+    /// handled like any other and no child exit is missed.
+    fn install() -> Result<Signals> {
+        let sig = |k: SignalKind| {
+            signal(k).map_err(|e| Error::runtime(format!("cannot install signal handlers: {e}")))
+        };
+        Ok(Signals {
+            chld: sig(SignalKind::child())?,
+            term: sig(SignalKind::terminate())?,
+            int: sig(SignalKind::interrupt())?,
+            hup: sig(SignalKind::hangup())?,
+            quit: sig(SignalKind::quit())?,
+            usr1: sig(SignalKind::user_defined1())?,
+            usr2: sig(SignalKind::user_defined2())?,
+            winch: sig(SignalKind::window_change())?,
+        })
+    }
+}
+
 async fn event_loop(
     sup: &mut Supervisor<Driver>,
+    signals: Signals,
     control: Option<control::Server>,
     mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
     inodes: Arc<HashSet<u64>>,
     auto: bool,
 ) -> Result<i32> {
-    let sig = |k: SignalKind| {
-        signal(k).map_err(|e| Error::runtime(format!("cannot install signal handlers: {e}")))
-    };
-    // Installed before the first fork, so no exit is missed.
-    let mut chld = sig(SignalKind::child())?;
-    let mut term = sig(SignalKind::terminate())?;
-    let mut int = sig(SignalKind::interrupt())?;
-    let mut hup = sig(SignalKind::hangup())?;
-    let mut quit = sig(SignalKind::quit())?;
-    let mut usr1 = sig(SignalKind::user_defined1())?;
-    let mut usr2 = sig(SignalKind::user_defined2())?;
-    let mut winch = sig(SignalKind::window_change())?;
+    let Signals {
+        mut chld,
+        mut term,
+        mut int,
+        mut hup,
+        mut quit,
+        mut usr1,
+        mut usr2,
+        mut winch,
+    } = signals;
     let mut control_rx = control.map(control::Server::serve);
     // Absolute instants, so traffic on other branches cannot push them back.
     let mut next_scan: Option<Instant> = None;
@@ -436,22 +477,22 @@ fn start_scan(sup: &Supervisor<Driver>, inodes: &Arc<HashSet<u64>>) -> JoinHandl
     let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = sup.starting().unzip();
     let inodes = Arc::clone(inodes);
     tokio::task::spawn_blocking(move || {
-        let verdicts = procscan::scan_each(&roots, &inodes);
+        let verdicts = scan::scan_each(&roots, &inodes);
         pids.into_iter()
             .zip(verdicts)
             .filter_map(|(pid, verdict)| match verdict {
-                procscan::Verdict::Waiting { pid: p, tid, how } => Some(Event::Ready {
+                scan::Verdict::Waiting { pid: p, tid, how } => Some(Event::Ready {
                     pid,
                     how: format!("pid {p} thread {tid} waits in {how}"),
                 }),
-                procscan::Verdict::Accepted { pid: p } => Some(Event::Ready {
+                scan::Verdict::Accepted { pid: p } => Some(Event::Ready {
                     pid,
                     how: format!("pid {p} holds a connection it accepted"),
                 }),
-                procscan::Verdict::NotYet { blind: Some(why) } => Some(Event::Blind { pid, why }),
-                procscan::Verdict::NotYet { blind: None } => None,
+                scan::Verdict::NotYet { blind: Some(why) } => Some(Event::Blind { pid, why }),
+                scan::Verdict::NotYet { blind: None } => None,
                 // Said once at start: blind, without a line per child.
-                procscan::Verdict::NoProc => Some(Event::Blind {
+                scan::Verdict::NoProc => Some(Event::Blind {
                     pid,
                     why: String::new(),
                 }),

@@ -682,7 +682,7 @@ impl<O: Os> Supervisor<O> {
         self.settle(now);
     }
 
-    /// Readiness of this child cannot be seen from /proc (see `procscan`).
+    /// Readiness of this child cannot be seen from /proc (see `ready::scan`).
     fn mark_blind(&mut self, pid: i32, why: &str) {
         if let Some(c) = self.child_mut(pid)
             && !c.blind
