@@ -4,11 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::builder::PossibleValue;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::control::ClientArgs;
-use crate::plan::options::Restart;
-use crate::who::WhoArgs;
+use clap::{Args, Parser, Subcommand};
 
 /// Hold listening sockets for a server and restart or redeploy it without
 /// ever refusing a connection.
@@ -70,8 +66,8 @@ pub struct RunArgs {
     pub ports_file: Option<PathBuf>,
 
     /// Also describe the sockets the way another launcher does (repeatable)
-    #[arg(long, value_enum, value_name = "STYLE")]
-    pub compat: Vec<crate::plan::compat::Style>,
+    #[arg(long, value_name = "STYLE", value_parser = compat_values())]
+    pub compat: Vec<String>,
 
     /// Do not set LISTEN_PID (for wrapper chains such as `cargo watch`; any process that inherits the environment will then take the sockets as its own)
     #[arg(long)]
@@ -82,8 +78,8 @@ pub struct RunArgs {
     pub backlog: Option<i32>,
 
     /// When to restart a child that exits on its own
-    #[arg(long, value_enum, default_value_t = Restart::Always)]
-    pub restart: Restart,
+    #[arg(long, default_value = "always", value_parser = restart_values())]
+    pub restart: String,
 
     /// Signal that asks a child to stop gracefully
     #[arg(long, value_name = "SIGNAL", default_value = "TERM")]
@@ -126,20 +122,41 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-// The meaning lives in plan::options; clap only names the values.
-impl ValueEnum for Restart {
-    fn value_variants<'a>() -> &'a [Self] {
-        &[Restart::Always, Restart::OnFailure, Restart::Never]
-    }
-    fn to_possible_value(&self) -> Option<PossibleValue> {
-        Some(match self {
-            Restart::Always => {
-                PossibleValue::new("always").help("Restart whenever the child exits")
-            }
-            Restart::OnFailure => PossibleValue::new("on-failure")
-                .help("Restart only after a non-zero exit or a signal"),
-            Restart::Never => PossibleValue::new("never")
-                .help("Never restart: relaunch exits with the child's status"),
-        })
-    }
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Control socket of the relaunch to talk to
+    #[arg(long, env = "RELAUNCH_CONTROL", value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
+    /// How long to wait for the answer [default: 90s for reload, 10s for status and stop]
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct WhoArgs {
+    /// PORT, HOST:PORT or unix:PATH
+    pub target: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+// Words only: the plan gives --restart and --compat their meaning.
+
+fn compat_values() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new([
+        PossibleValue::new("einhorn").help("EINHORN_FD_COUNT and EINHORN_FD_<i>"),
+        PossibleValue::new("server-starter").help("SERVER_STARTER_PORT=host:port=fd;..."),
+        PossibleValue::new("werkzeug")
+            .help("WERKZEUG_SERVER_FD and WERKZEUG_RUN_MAIN, for Flask's app.run()"),
+    ])
+}
+
+fn restart_values() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new([
+        PossibleValue::new("always").help("Restart whenever the child exits"),
+        PossibleValue::new("on-failure").help("Restart only after a non-zero exit or a signal"),
+        PossibleValue::new("never").help("Never restart: relaunch exits with the child's status"),
+    ])
 }

@@ -26,6 +26,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use crate::cli::WhoArgs;
 use crate::error::{Error, Result};
 use crate::proc::{
     self, InetEntry, Link, SO_ACCEPTCON, SOCK_DGRAM, SS_CONNECTED, TCP_ESTABLISHED, TCP_LISTEN,
@@ -445,15 +446,6 @@ fn process_user(pid: i32, cache: &mut HashMap<u32, String>) -> String {
 }
 
 // ---------------------------------------------------------------- command
-
-#[derive(clap::Args, Debug)]
-pub struct WhoArgs {
-    /// PORT, HOST:PORT or unix:PATH
-    pub target: String,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// `relaunch who`: exit 0 when something holds the target, 1 when it is free.
 pub fn run(args: &WhoArgs) -> Result<i32> {

@@ -1,7 +1,7 @@
 //! The client side: `relaunch status|reload|stop --control PATH`.
 
 use std::io::{self, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -9,6 +9,7 @@ use tokio::net::UnixStream;
 use tokio::time::timeout;
 
 use super::protocol::{MAX_RESPONSE, Request, Response, Status};
+use crate::cli::ClientArgs;
 use crate::duration;
 use crate::error::{Error, Result};
 use crate::logging;
@@ -20,17 +21,6 @@ use crate::table::table;
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long `status` and `stop` wait by default: both are answered at once.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(clap::Args, Debug, Clone)]
-pub struct ClientArgs {
-    /// Control socket of the relaunch to talk to
-    #[arg(long, env = "RELAUNCH_CONTROL", value_name = "PATH")]
-    pub control: Option<PathBuf>,
-
-    /// How long to wait for the answer [default: 90s for reload, 10s for status and stop]
-    #[arg(long, value_name = "DURATION")]
-    pub timeout: Option<String>,
-}
 
 /// Runs a client command and prints the outcome (stdout on success, stderr
 /// on a failed reload). Returns the exit code: 0 ok, 1 reload failed.

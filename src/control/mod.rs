@@ -14,7 +14,7 @@ mod client;
 mod protocol;
 mod server;
 
-pub use client::{ClientArgs, client};
+pub use client::client;
 pub use protocol::{ChildInfo, ListenerInfo, ReloadInfo, Request, Response, Status};
 pub use server::{Incoming, Server};
 

@@ -45,7 +45,7 @@ use std::net::SocketAddr;
 use crate::plan::placeholders::Named;
 use crate::plan::spec::{Addr, Host, Proto};
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
     /// EINHORN_FD_COUNT and EINHORN_FD_<i>
     Einhorn,
@@ -53,6 +53,20 @@ pub enum Style {
     ServerStarter,
     /// WERKZEUG_SERVER_FD and WERKZEUG_RUN_MAIN, for Flask's app.run()
     Werkzeug,
+}
+
+impl std::str::FromStr for Style {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Style, String> {
+        match s {
+            "einhorn" => Ok(Style::Einhorn),
+            "server-starter" => Ok(Style::ServerStarter),
+            "werkzeug" => Ok(Style::Werkzeug),
+            other => Err(format!(
+                "unknown style {other:?}; use einhorn, server-starter or werkzeug"
+            )),
+        }
+    }
 }
 
 /// The variables to add to the child's environment for `style`.
@@ -350,11 +364,14 @@ mod tests {
 
     #[test]
     fn style_names() {
-        use clap::ValueEnum;
-        let names: Vec<String> = Style::value_variants()
+        let parsed: Vec<Style> = ["einhorn", "server-starter", "werkzeug"]
             .iter()
-            .map(|s| s.to_possible_value().unwrap().get_name().to_string())
+            .map(|n| n.parse().unwrap())
             .collect();
-        assert_eq!(names, ["einhorn", "server-starter", "werkzeug"]);
+        assert_eq!(
+            parsed,
+            [Style::Einhorn, Style::ServerStarter, Style::Werkzeug]
+        );
+        assert!("Einhorn".parse::<Style>().is_err());
     }
 }

@@ -177,12 +177,19 @@ pub fn make(
         listeners,
         program: program.clone(),
         args: rest.to_vec(),
-        compat: args.compat.clone(),
+        compat: args
+            .compat
+            .iter()
+            .map(|c| {
+                c.parse()
+                    .map_err(|e| Error::usage(format!("--compat: {e}")))
+            })
+            .collect::<Result<_>>()?,
         env: child_env,
         listen_pid: !args.no_listen_pid,
         creds: run_as.map(|r| r.creds),
         backlog: args.backlog.unwrap_or(libc::SOMAXCONN),
-        restart: args.restart,
+        restart: options::parse_restart(&args.restart)?,
         workers: args.workers as usize,
         stop_signal,
         stop_timeout,

@@ -20,6 +20,16 @@ pub enum Restart {
     Never,
 }
 
+pub fn parse_restart(s: &str) -> Result<Restart> {
+    match s {
+        "always" => Ok(Restart::Always),
+        "on-failure" => Ok(Restart::OnFailure),
+        "never" => Ok(Restart::Never),
+        other => Err(Error::usage(format!("--restart: unknown value {other:?}"))
+            .hint("use always, on-failure or never")),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ReadyMode {
     Auto,
