@@ -255,7 +255,7 @@ fn machine() -> Value {
 }
 
 /// Issues 6 and 9's acceptance lines, for the reader; they never fail the run.
-pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>) {
+pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>, extra: &[(String, bool)]) {
     let ran = |k: Kind| {
         scenarios
             .iter()
@@ -347,6 +347,7 @@ pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>) {
             ok,
         ));
     }
+    lines.extend(extra.iter().cloned());
     println!("acceptance (issues 6 and 9):");
     for (what, ok) in lines {
         println!("  [{}] {what}", if ok { "ok" } else { "FAIL" });

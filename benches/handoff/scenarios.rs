@@ -88,9 +88,11 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
         }
     }
 
-    if only.is_empty() || only.iter().any(|o| "readiness".contains(o.as_str())) {
-        crate::readiness::run(plan, &ctx);
-    }
+    let readiness = if only.is_empty() || only.iter().any(|o| "readiness".contains(o.as_str())) {
+        crate::readiness::run(plan, &ctx)
+    } else {
+        Vec::new()
+    };
 
     let footprint = match idle {
         Some(idle) => Some(Footprint {
@@ -112,7 +114,7 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
     report::write_json(&out.json, plan, &scenarios, footprint.as_ref())?;
     crate::chart::draw(&out.svg, &scenarios)?;
     if plan.mode != "smoke" {
-        report::print_acceptance(&scenarios, footprint.as_ref());
+        report::print_acceptance(&scenarios, footprint.as_ref(), &readiness);
     }
     println!(
         "\nwrote {} and {} in {:.0} s",
