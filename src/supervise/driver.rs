@@ -162,9 +162,27 @@ impl Driver {
         let value = sock.env_value().to_string();
         let tx = self.notify_tx.clone();
         let task = tokio::spawn(async move {
-            while let Ok(m) = sock.recv().await {
-                if tx.send((generation, m)).is_err() {
-                    break;
+            loop {
+                match sock.recv().await {
+                    Ok(m) => {
+                        if tx.send((generation, m)).is_err() {
+                            break;
+                        }
+                    }
+                    // Short of memory or buffers: the next datagram may do.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::ENOMEM)) => {
+                        debug!(generation, "notify socket: {e}");
+                        tokio::task::yield_now().await;
+                    }
+                    Err(e) => {
+                        warn!(
+                            generation,
+                            "the notify socket failed ({e}): READY=1 and STATUS= from this \
+                             generation can no longer be heard; with --ready notify its \
+                             reload will fail at --ready-timeout"
+                        );
+                        break;
+                    }
                 }
             }
         });
@@ -176,8 +194,18 @@ impl Driver {
         for effect in effects {
             match effect {
                 Effect::Signal { pgid, sig } => {
-                    if let Err(e) = killpg(Pid::from_raw(pgid), sig) {
-                        debug!(pgid, "killpg {}: {e}", sig.as_str());
+                    match killpg(Pid::from_raw(pgid), sig) {
+                        Ok(()) => {}
+                        // Already gone: its exit or GroupGone follows.
+                        Err(nix::errno::Errno::ESRCH) => {
+                            debug!(pgid, "killpg {}: no such group", sig.as_str())
+                        }
+                        Err(e) => warn!(
+                            pgid,
+                            "cannot send {} to process group {pgid}: {e}; a member may belong \
+                             to another user (a setuid program)",
+                            sig.as_str()
+                        ),
                     }
                 }
                 Effect::Tell(tell) => {

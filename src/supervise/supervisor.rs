@@ -29,6 +29,9 @@ use tracing::{error, info, warn};
 
 use crate::control::{self, Request, Response};
 use crate::duration;
+
+/// How long a process group may take to empty after SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(5);
 use crate::plan::options::Restart;
 use crate::supervise::backoff::{self, Backoff, Next};
 use crate::supervise::spawn;
@@ -382,6 +385,10 @@ impl<O: Os> Supervisor<O> {
                 kill_at,
                 killed: false,
             } => Some(kill_at),
+            State::Stopping {
+                kill_at,
+                killed: true,
+            } => Some(kill_at + KILL_GRACE),
             _ => None,
         });
         let restarts = self.slots.iter().filter_map(|s| s.restart_at);
@@ -498,6 +505,7 @@ impl<O: Os> Supervisor<O> {
                 _ => {}
             }
         }
+        self.give_up_on_unkillable(now);
         if let Some(Reload {
             generation,
             phase: Phase::Starting { deadline },
@@ -653,6 +661,34 @@ impl<O: Os> Supervisor<O> {
         );
         self.released(c.generation);
         self.settle(now);
+    }
+
+    /// A group still not empty KILL_GRACE after SIGKILL will not empty soon
+    /// (a process stuck in the kernel, a zombie nobody reaps, a member we may
+    /// not signal). Waiting on would block every later reload and relaunch's
+    /// own exit, so it is said and let go.
+    fn give_up_on_unkillable(&mut self, now: Instant) {
+        let stuck: Vec<(i32, u64)> = self
+            .children
+            .iter()
+            .filter(|c| {
+                matches!(c.state, State::Stopping { kill_at, killed: true } if kill_at + KILL_GRACE <= now)
+            })
+            .map(|c| (c.pid, c.generation))
+            .collect();
+        for (pid, generation) in stuck {
+            warn!(
+                pid,
+                generation,
+                "process group {pid} is not empty {} after SIGKILL; no longer waiting for it. \
+                 Its processes are stuck in the kernel, zombies nobody reaps, or not ours to \
+                 signal: see `ps -o pid,stat,user,cmd -g {pid}`",
+                duration::human(KILL_GRACE)
+            );
+            self.children.retain(|c| c.pid != pid);
+            self.released(generation);
+            self.settle(now);
+        }
     }
 
     /// Lets the notify socket of `generation` go once nothing of it is left.
@@ -1693,6 +1729,39 @@ mod tests {
         s.run(Event::GroupGone { pgid: 101 }, t0 + ms(600));
         assert_eq!(pids(&s, 1), [102]);
         assert!(s.lingering().next().is_none());
+    }
+
+    /// Review finding: a group that never empties (a zombie nobody reaps, a
+    /// process stuck in the kernel) blocked every later reload and the exit.
+    #[test]
+    fn a_group_that_never_empties_is_let_go_after_the_kill_grace() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        s.t_reload(t0).unwrap();
+        s.t_ready(102, t0);
+        exited_leaving_group(&mut s, 101, ExitStatus::Signal(15), t0);
+        let kill_at = s.next_deadline().unwrap();
+        s.t_timer(kill_at);
+        assert_eq!(s.os.signals.last(), Some(&(101, Signal::SIGKILL)));
+        assert_eq!(s.state(), "reloading");
+        assert_eq!(
+            s.next_deadline(),
+            Some(kill_at + KILL_GRACE),
+            "a deadline to give up"
+        );
+        s.t_timer(kill_at + KILL_GRACE);
+        assert_eq!(s.state(), "serving", "the reload is over");
+        assert!(s.last_reload.as_ref().unwrap().ok);
+        assert_eq!(s.os.released, [1]);
+        assert_eq!(s.next_deadline(), None);
+        // And a stop is not held up by it either.
+        s.t_stop(kill_at + KILL_GRACE);
+        exited_leaving_group(&mut s, 102, ExitStatus::Signal(15), kill_at + KILL_GRACE);
+        let kill_at = s.next_deadline().unwrap();
+        s.t_timer(kill_at);
+        assert!(s.exit().is_none());
+        s.t_timer(kill_at + KILL_GRACE);
+        assert_eq!(s.exit().map(|e| e.code), Some(0));
     }
 
     #[test]
