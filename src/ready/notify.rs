@@ -203,8 +203,9 @@ impl NotifySocket {
                     .try_io(Interest::READABLE, || recv_raw(fd, &mut buf, &mut cmsg))
                 {
                     Ok(raw) => batch.extend(accept_raw(raw, &buf)),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
+                    // Whatever else went wrong comes again at the next wait,
+                    // after what was read is handled.
+                    Err(_) => break,
                 }
             }
             if batch.is_empty() {
@@ -340,6 +341,8 @@ pub fn worth_a_warning(pid: i32) -> bool {
 /// stranger never becomes one of ours, so one /proc read tells it again.
 struct Rejects;
 
+const MAX_REJECTS: usize = 1024;
+
 static REJECTED: Mutex<Option<HashMap<i32, (u64, Instant)>>> = Mutex::new(None);
 
 impl Rejects {
@@ -360,9 +363,13 @@ impl Rejects {
 
     fn remember(pid: i32, start: u64) {
         Self::with(|m| {
-            // Bounded: forget senders not heard from in a while.
-            if m.len() >= 1024 {
+            // Bounded: forget senders not heard from in a while, and all of
+            // them if that is not enough (forgetting only costs a /proc read).
+            if m.len() >= MAX_REJECTS {
                 m.retain(|_, (_, seen)| seen.elapsed() < QUIET_FOR);
+                if m.len() >= MAX_REJECTS / 2 {
+                    m.clear();
+                }
             }
             m.insert(pid, (start, Instant::now()));
         })
