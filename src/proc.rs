@@ -33,6 +33,7 @@ pub fn available() -> bool {
 pub struct Stat {
     pub state: char,
     pub ppid: i32,
+    pub pgrp: i32,
     /// Start time in clock ticks since boot: with the pid, a process's identity.
     pub start: u64,
 }
@@ -50,9 +51,15 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     let mut it = rest.split_ascii_whitespace();
     let state = it.next()?.chars().next()?;
     let ppid = it.next()?.parse().ok()?;
-    // Fields 5..21 after state and ppid; the start time is the 20th after the ')'.
-    let start = it.nth(17)?.parse().ok()?;
-    Some(Stat { state, ppid, start })
+    let pgrp = it.next()?.parse().ok()?;
+    // The start time is the 20th field after the ')'.
+    let start = it.nth(16)?.parse().ok()?;
+    Some(Stat {
+        state,
+        ppid,
+        pgrp,
+        start,
+    })
 }
 
 /// `/proc/PID/stat`; None when the process is gone (or /proc is not there).
@@ -667,7 +674,7 @@ mod tests {
             )
         };
         let s = parse_stat(&line("sh", "S", "7")).unwrap();
-        assert_eq!((s.state, s.ppid, s.start), ('S', 7, 98765));
+        assert_eq!((s.state, s.ppid, s.pgrp, s.start), ('S', 7, 42, 98765));
         // Hostile comms: spaces, parentheses, a fake stat line inside.
         let s = parse_stat(&line("a) (b c) Z 1 1 1", "Z", "1")).unwrap();
         assert_eq!((s.state, s.ppid, s.start), ('Z', 1, 98765));
@@ -739,6 +746,7 @@ mod tests {
         let st = |ppid, start| Stat {
             state: 'S',
             ppid,
+            pgrp: 0,
             start,
         };
         // 12 -> 11 -> 10 (home) ; 5 -> 6 -> 5 a cycle; 40 -> 1.

@@ -36,26 +36,13 @@ pub fn group_alive(pgid: i32) -> bool {
     )
 }
 
-/// The live processes of group `pgid`, for `relaunch status`. Reads /proc:
-/// call it off the event loop.
+/// The processes of group `pgid`, zombies included (one nobody reaps keeps
+/// the group alive), for `relaunch status`. Reads /proc: call it off the
+/// event loop.
 pub fn group_members(pgid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids: Vec<i32> = dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| {
-            // "pid (comm) state ppid pgrp ...": comm may hold spaces and parens.
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                let mut rest = stat
-                    .rsplit_once(')')
-                    .map_or("", |(_, r)| r)
-                    .split_whitespace();
-                let state = rest.next();
-                state != Some("Z") && rest.nth(1).and_then(|g| g.parse().ok()) == Some(pgid)
-            })
-        })
+    let mut pids: Vec<i32> = proc::pids()
+        .into_iter()
+        .filter(|&pid| proc::stat(pid).is_some_and(|s| s.pgrp == pgid))
         .collect();
     pids.sort_unstable();
     pids
