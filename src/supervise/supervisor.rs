@@ -601,9 +601,11 @@ impl<O: Os> Supervisor<O> {
                 self.fail_reload(format!("generation {generation} could not start: {e}"), now);
             }
             (_, Some(e)) if generation == self.serving && !self.stopping => {
-                // A missing program will not come back by itself; with others
-                // serving (or after a deploy went wrong) keep trying.
-                if !self.announced || !self.others_serve(Some(pid)) {
+                // At start a missing program is a mistake to report at once.
+                // Once it has served, a restart can meet a deploy halfway
+                // (rm, then cp): the listeners stay held and the backoff
+                // keeps trying, as for any quick failure, until it gives up.
+                if !self.announced {
                     self.fail_to_exec(e, now);
                 } else {
                     error!(pid, generation, worker, "{e}");
@@ -1494,6 +1496,29 @@ mod tests {
                 error: Some("cannot run x".into())
             })
         );
+    }
+
+    /// Review finding: a served server whose restart met a deploy halfway
+    /// (the binary briefly missing) made relaunch exit 127 and close the
+    /// listeners; it now backs off and tries again.
+    #[test]
+    fn exec_failure_on_a_restart_after_serving_backs_off() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        let t1 = t0 + Duration::from_secs(5);
+        s.t_exit(101, ExitStatus::Signal(9), t1);
+        s.t_timer(s.next_deadline().unwrap());
+        exec_fails(
+            &mut s,
+            102,
+            spawn::Error::NotFound("cannot run x".into()),
+            t1,
+        );
+        assert_eq!(s.exit(), None, "the listeners stay held");
+        let retry = s.next_deadline().expect("a restart is scheduled");
+        assert!(retry > t1, "with backoff");
+        s.t_timer(retry);
+        assert_eq!(s.children()[0].pid, 103);
     }
 
     #[test]
