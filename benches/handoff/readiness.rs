@@ -158,13 +158,7 @@ fn flood(ctx: &Ctx, reloads: usize) -> Result<(f64, f64), String> {
             None
         };
         let ms = ready_ms(&ready_line(&p, generation)?);
-        p.lines
-            .wait_for(WAIT, |ls| {
-                ls.iter()
-                    .any(|l| l.contains(&format!("reload done: generation {generation} ")))
-                    .then_some(())
-            })
-            .ok_or_else(|| format!("reload to generation {generation} did not finish"))?;
+        reload_done(&p, generation)?;
         if let Some(s) = stranger {
             s.stop();
         }
@@ -280,13 +274,7 @@ fn select_server(ctx: &Ctx, delay: f64, reloads: usize) -> Result<Vec<f64>, Stri
             .map_err(|e| format!("first accept time: {e}"))?;
         let seen = seconds_of_day(&line)?;
         late.push((seen - accepted).rem_euclid(86400.0) * 1000.0);
-        p.lines
-            .wait_for(WAIT, |ls| {
-                ls.iter()
-                    .any(|l| l.contains(&format!("reload done: generation {generation} ")))
-                    .then_some(())
-            })
-            .ok_or_else(|| format!("reload to generation {generation} did not finish"))?;
+        reload_done(&p, generation)?;
     }
     load.finish();
     p.stop(Duration::from_secs(5));
@@ -306,4 +294,14 @@ fn seconds_of_day(line: &str) -> Result<f64, String> {
         [h, m, s] => Ok(h * 3600.0 + m * 60.0 + s),
         _ => Err(format!("bad timestamp in {line:?}")),
     }
+}
+
+fn reload_done(p: &Proc, generation: u64) -> Result<(), String> {
+    p.lines
+        .wait_for(WAIT, |ls| {
+            ls.iter()
+                .any(|l| l.contains(&format!("reload done: generation {generation} ")))
+                .then_some(())
+        })
+        .ok_or_else(|| format!("reload to generation {generation} did not finish"))
 }

@@ -78,7 +78,7 @@ pub const QUIET_FOR: Duration = Duration::from_secs(30);
 /// SO_PASSPIDFD and SCM_PIDFD (Linux 6.5), not in every libc yet. The
 /// option's number differs on alpha, mips, parisc and sparc: there we go
 /// without (and fall back to pidfd_open).
-#[cfg(any(
+const SO_PASSPIDFD: Option<libc::c_int> = if cfg!(any(
     target_arch = "x86_64",
     target_arch = "x86",
     target_arch = "aarch64",
@@ -87,19 +87,11 @@ pub const QUIET_FOR: Duration = Duration::from_secs(30);
     target_arch = "loongarch64",
     target_arch = "powerpc64",
     target_arch = "s390x"
-))]
-const SO_PASSPIDFD: Option<libc::c_int> = Some(76);
-#[cfg(not(any(
-    target_arch = "x86_64",
-    target_arch = "x86",
-    target_arch = "aarch64",
-    target_arch = "arm",
-    target_arch = "riscv64",
-    target_arch = "loongarch64",
-    target_arch = "powerpc64",
-    target_arch = "s390x"
-)))]
-const SO_PASSPIDFD: Option<libc::c_int> = None;
+)) {
+    Some(76)
+} else {
+    None
+};
 const SCM_PIDFD: libc::c_int = 0x04;
 
 /// One generation's notify socket.
