@@ -43,6 +43,14 @@ pub enum Sub {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Re-execute relaunch in place from its binary (same pid, same sockets, same children)
+    Upgrade {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The new relaunch [default: the file at the running relaunch's own path]
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
     /// Show who holds a port or Unix socket (reads /proc; never kills anything)
     Who(WhoArgs),
 }

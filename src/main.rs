@@ -19,11 +19,28 @@ use clap::Parser;
 use crate::cli::{Cli, Sub};
 use crate::control::Request;
 use crate::error::{Error, Result};
-use crate::supervise::{driver, spawn};
+use crate::supervise::{driver, handover, spawn};
 
 fn main() {
     // Before anything else: what our parent gave us, and sane fds 0-2.
     spawn::ensure_std_fds();
+    // An upgrade's handshake, run by the relaunch that would exec us.
+    if std::env::args_os().nth(1).as_deref() == Some(handover::CHECK_FLAG.as_ref()) {
+        let (code, line) = handover::check(
+            std::env::args_os().nth(2).as_deref(),
+            std::io::stdin().lock(),
+        );
+        if code == 0 {
+            println!("{line}");
+        } else {
+            logging::print(3, &line);
+        }
+        std::process::exit(code);
+    }
+    // We are the new image of a relaunch that upgraded itself.
+    if let Some(value) = std::env::var_os(handover::ENV) {
+        std::process::exit(upgraded(&value));
+    }
     let snapshot = plan::Snapshot::take();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -70,11 +87,44 @@ fn usage_error(rendered: &str) -> String {
     format!("{what}\n  hint: {hint}")
 }
 
-fn dispatch(cli: Cli, snapshot: plan::Snapshot) -> Result<i32> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// The new image: adopt the state and go on serving.
+fn upgraded(value: &std::ffi::OsStr) -> i32 {
+    let result = handover::take(value).and_then(|state| {
+        logging::init(state.driver.quiet());
+        let runtime = runtime()?;
+        let result = runtime.block_on(driver::adopt(state));
+        runtime.shutdown_background();
+        result
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            logging::print(3, &format!("relaunch: error: {e}"));
+            e.exit_code()
+        }
+    }
+}
+
+/// One thread runs the loop (fork is well-defined); the blocking pool's
+/// threads block every signal, so each one reaches the loop's thread, where
+/// an upgrade can keep it pending across the exec.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_start(|| {
+            // SAFETY: plain signal-mask calls on an initialised set.
+            unsafe {
+                let mut all: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut all);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+            }
+        })
         .build()
-        .map_err(|e| Error::runtime(format!("cannot start the event loop: {e}")))?;
+        .map_err(|e| Error::runtime(format!("cannot start the event loop: {e}")))
+}
+
+fn dispatch(cli: Cli, snapshot: plan::Snapshot) -> Result<i32> {
+    let runtime = runtime()?;
     let result = match cli.command {
         None => runtime.block_on(driver::run(cli.run, snapshot)),
         Some(Sub::Who(args)) => who::run(&args),
@@ -86,6 +136,14 @@ fn dispatch(cli: Cli, snapshot: plan::Snapshot) -> Result<i32> {
         }
         Some(Sub::Stop { client }) => {
             runtime.block_on(control::client(&client, Request::Stop, false))
+        }
+        Some(Sub::Upgrade { client, binary }) => {
+            // Relative to here, not to where relaunch runs.
+            let binary = match binary.map(std::path::absolute).transpose() {
+                Ok(b) => b,
+                Err(e) => return Err(Error::usage(format!("--binary: {e}"))),
+            };
+            runtime.block_on(control::client(&client, Request::Upgrade { binary }, false))
         }
     };
     // A /proc read stuck on a hung mount must not keep relaunch from exiting.

@@ -21,6 +21,9 @@ use crate::table::table;
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long `status` and `stop` wait by default: both are answered at once.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `upgrade` waits by default: the new binary's check (5 s at
+/// most), a reload it may have to wait for is not among them, and the exec.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs a client command and prints the outcome (stdout on success, stderr
 /// on a failed reload). Returns the exit code: 0 ok, 1 reload failed.
@@ -32,6 +35,27 @@ pub async fn client(args: &ClientArgs, request: Request, json: bool) -> Result<i
     })?;
     let limit = time_limit(args.timeout.as_deref(), &request)?;
     let response = exchange(path, &request, limit).await?;
+    if let Response::Upgraded { pid, to, .. } = &response {
+        // The new image answered; it must also serve new connections.
+        let status = match exchange(path, &Request::Status, limit).await? {
+            Response::Status(s) => s,
+            other => {
+                return Err(Error::runtime(format!(
+                    "after the upgrade, relaunch answered a status request with {other:?}"
+                ))
+                .hint("check relaunch's log"));
+            }
+        };
+        if status.pid != *pid || status.image() != *to {
+            return Err(Error::runtime(format!(
+                "after the upgrade to {to}, the relaunch on {} is pid {} running {}",
+                path.display(),
+                status.pid,
+                status.image()
+            ))
+            .hint("another relaunch took over the control socket? check relaunch's log"));
+        }
+    }
     let (code, text) = render(&response, json)?;
     if code != 0 {
         // A failed reload: under journald (ExecReload=) at priority err.
@@ -52,6 +76,7 @@ fn time_limit(timeout: Option<&str>, request: &Request) -> Result<Duration> {
     let Some(text) = timeout else {
         return Ok(match request {
             Request::Reload => RELOAD_TIMEOUT,
+            Request::Upgrade { .. } => UPGRADE_TIMEOUT,
             Request::Status | Request::Stop => ANSWER_TIMEOUT,
         });
     };
@@ -79,6 +104,10 @@ pub(super) async fn exchange(path: &Path, request: &Request, limit: Duration) ->
                 Request::Reload => err.hint(format!(
                     "the reload may still be running: see `relaunch status --control {p}` and relaunch's log; \
                      if its --ready-timeout plus --stop-timeout is longer, pass a longer --timeout"
+                )),
+                Request::Upgrade { .. } => err.hint(format!(
+                    "the upgrade may have failed or still run: see `relaunch status --control {p}` \
+                     (its pid and build id) and relaunch's log"
                 )),
                 Request::Status | Request::Stop => err.hint(
                     "it may be overloaded or stuck: check its log, or pass a longer --timeout",
@@ -165,6 +194,22 @@ fn render(response: &Response, json: bool) -> Result<(i32, String)> {
             Ok((0, text))
         }
         Response::ReloadFailed { reason, .. } => Ok((1, format!("reload failed: {reason}"))),
+        Response::Upgraded {
+            pid,
+            from,
+            to,
+            listeners,
+            children,
+        } => Ok((
+            0,
+            format!(
+                "upgraded relaunch (pid {pid}) from {from} to {to}, kept {listeners} listeners and {children} children"
+            ),
+        )),
+        Response::UpgradeFailed { reason } => Ok((
+            1,
+            format!("upgrade refused: {reason}; the running relaunch goes on unchanged"),
+        )),
         Response::Stopping => Ok((0, "relaunch is stopping".to_string())),
         Response::Error { message } => {
             let err = Error::runtime(format!("relaunch refused the request: {message}"));

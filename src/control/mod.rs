@@ -15,8 +15,8 @@ mod protocol;
 mod server;
 
 pub use client::client;
-pub use protocol::{ChildInfo, ListenerInfo, ReloadInfo, Request, Response, Status};
-pub use server::{Incoming, Server};
+pub use protocol::{ChildInfo, ListenerInfo, ReloadInfo, Request, Response, Status, image};
+pub use server::{Incoming, Reply, Server};
 
 /// Helpers for the tests of all three parts.
 #[cfg(test)]
@@ -71,12 +71,14 @@ mod testing {
     ) {
         let incoming = rx.recv().await.expect("a request");
         assert_eq!(incoming.request, expect);
-        incoming.reply.send(response).expect("client still waiting");
+        assert!(incoming.reply.send(response), "client still waiting");
     }
 
     pub fn sample_status() -> Status {
         Status {
             pid: 4242,
+            version: "0.1.0".into(),
+            build_id: None,
             generation: 3,
             state: "serving".into(),
             status_text: Some("accepting connections".into()),

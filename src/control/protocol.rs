@@ -1,5 +1,6 @@
 //! The wire format. The client connects to the Unix stream socket and sends
-//! one JSON line, a [`Request`] (`"status"`, `"reload"` or `"stop"`); the
+//! one JSON line, a [`Request`] (`"status"`, `"reload"`, `"stop"` or
+//! `{"upgrade":{"binary":null}}`); the
 //! server answers one JSON line, a [`Response`] tagged by `"result"`, and
 //! closes. A request is at most 64 KiB; an answer (a status with many
 //! children is a few KiB) at most 16 MiB.
@@ -17,22 +18,51 @@ pub enum Request {
     Status,
     Reload,
     Stop,
+    /// Re-execute relaunch in place from `binary` (default: the file at
+    /// relaunch's own path).
+    Upgrade {
+        binary: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Status(Status),
-    Reloaded { generation: u64, pids: Vec<i32> },
-    ReloadFailed { generation: u64, reason: String },
+    Reloaded {
+        generation: u64,
+        pids: Vec<i32>,
+    },
+    ReloadFailed {
+        generation: u64,
+        reason: String,
+    },
+    /// Sent by the new image once it has adopted everything.
+    Upgraded {
+        pid: u32,
+        from: String,
+        to: String,
+        listeners: usize,
+        children: usize,
+    },
+    UpgradeFailed {
+        reason: String,
+    },
     Stopping,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct Status {
     /// relaunch's own pid.
     pub pid: u32,
+    /// The running image: its version and `RELAUNCH_BUILD_ID`.
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub build_id: Option<String>,
     /// The serving generation.
     pub generation: u64,
     /// "starting" | "serving" | "reloading" | "backing off" | "stopping"
@@ -42,6 +72,21 @@ pub struct Status {
     pub listeners: Vec<ListenerInfo>,
     pub children: Vec<ChildInfo>,
     pub last_reload: Option<ReloadInfo>,
+}
+
+impl Status {
+    /// "0.1.0 (build b7)": the image that answered.
+    pub fn image(&self) -> String {
+        image(&self.version, self.build_id.as_deref())
+    }
+}
+
+/// A version and build id as logs and answers show them.
+pub fn image(version: &str, build_id: Option<&str>) -> String {
+    match build_id {
+        Some(b) => format!("{version} (build {b})"),
+        None => version.to_string(),
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -76,11 +121,11 @@ pub struct ReloadInfo {
 
 pub fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
     let text = std::str::from_utf8(line).map_err(|_| {
-        "malformed request (not UTF-8): send one JSON line: \"status\", \"reload\" or \"stop\""
+        "malformed request (not UTF-8): send one JSON line: \"status\", \"reload\", \"stop\" or {\"upgrade\":{}}"
             .to_string()
     })?;
     serde_json::from_str(text.trim()).map_err(|e| {
-        format!("malformed request ({e}): send one JSON line: \"status\", \"reload\" or \"stop\"")
+        format!("malformed request ({e}): send one JSON line: \"status\", \"reload\", \"stop\" or {{\"upgrade\":{{}}}}")
     })
 }
 
@@ -95,6 +140,11 @@ mod tests {
             (&b"\"status\"\n"[..], Some(Request::Status)),
             (b"\"reload\"", Some(Request::Reload)),
             (b"  \"stop\"\r\n", Some(Request::Stop)),
+            (
+                b"{\"upgrade\":{}}\n",
+                Some(Request::Upgrade { binary: None }),
+            ),
+            (b"\"upgrade\"\n", None),
             (b"\"STATUS\"\n", None),
             (b"status\n", None),
             (b"{\"request\":\"status\"}\n", None),
@@ -108,7 +158,10 @@ mod tests {
                 None => {
                     let msg = got.expect_err("should be refused");
                     assert!(msg.starts_with("malformed request"), "{msg}");
-                    assert!(msg.contains("\"status\", \"reload\" or \"stop\""), "{msg}");
+                    assert!(
+                        msg.contains("\"status\", \"reload\", \"stop\" or {\"upgrade\":{}}"),
+                        "{msg}"
+                    );
                 }
             }
         }
@@ -155,10 +208,18 @@ mod tests {
 
     /// Every request, spelled so that a new variant fails to compile here.
     fn all_requests() -> Vec<Request> {
-        let all = vec![Request::Status, Request::Reload, Request::Stop];
+        let all = vec![
+            Request::Status,
+            Request::Reload,
+            Request::Stop,
+            Request::Upgrade { binary: None },
+            Request::Upgrade {
+                binary: Some("/usr/local/bin/relaunch".into()),
+            },
+        ];
         for r in &all {
             match r {
-                Request::Status | Request::Reload | Request::Stop => {}
+                Request::Status | Request::Reload | Request::Stop | Request::Upgrade { .. } => {}
             }
         }
         all
@@ -189,12 +250,13 @@ mod tests {
             generation in proptest::num::u64::ANY,
             pids in proptest::collection::vec(proptest::num::i32::ANY, 0..4),
             text in "\\PC{0,32}",
-            kind in 0u8..4,
+            kind in 0u8..5,
         ) {
             let r = match kind {
                 0 => Response::Reloaded { generation, pids },
                 1 => Response::ReloadFailed { generation, reason: text },
                 2 => Response::Error { message: text },
+                3 => Response::UpgradeFailed { reason: text },
                 _ => Response::Stopping,
             };
             let json = serde_json::to_string(&r).unwrap();

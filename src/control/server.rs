@@ -18,6 +18,7 @@
 //!   "relaunch is shutting down".
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,7 +41,53 @@ const QUEUE: usize = 16;
 /// A request from a peer and where to send the answer.
 pub struct Incoming {
     pub request: Request,
-    pub reply: oneshot::Sender<Response>,
+    pub reply: Reply,
+}
+
+/// Where one answer goes: the task that writes it on the peer's connection.
+/// The connection's fd is known so that an answer still owed when relaunch
+/// upgrades itself can be handed to the new image ([`Reply::adopt`]).
+#[derive(Debug)]
+pub struct Reply {
+    tx: oneshot::Sender<Response>,
+    conn: RawFd,
+}
+
+impl Reply {
+    /// A reply to a peer on connection `conn` (-1: none, as in tests).
+    pub fn new(conn: RawFd) -> (Reply, oneshot::Receiver<Response>) {
+        let (tx, rx) = oneshot::channel();
+        (Reply { tx, conn }, rx)
+    }
+
+    /// False when nobody waits for the answer any more.
+    pub fn send(self, response: Response) -> bool {
+        self.tx.send(response).is_ok()
+    }
+
+    /// The peer's connection, or -1.
+    pub fn conn(&self) -> RawFd {
+        self.conn
+    }
+
+    /// The answer owed on connection `fd`, handed over by the previous
+    /// image: a task writes it there once it is sent. Must be called inside
+    /// a tokio runtime; `fd` becomes ours.
+    pub fn adopt(fd: RawFd) -> io::Result<Reply> {
+        // SAFETY: the handover names fds the previous image left open for
+        // us alone; each is adopted once.
+        let std = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+        std.set_nonblocking(true)?;
+        let stream = UnixStream::from_std(std)?;
+        let (reply, answer) = Reply::new(fd);
+        tokio::spawn(async move {
+            let response = answer
+                .await
+                .unwrap_or_else(|_| error("relaunch is shutting down".into()));
+            write_answer(stream, response).await;
+        });
+        Ok(reply)
+    }
 }
 
 /// The bound control socket. Dropping it removes the socket file if it is
@@ -97,6 +144,28 @@ impl Server {
         })
     }
 
+    /// The listening fd, the path and the (device, inode) the path must
+    /// still name to be removed: what the next image needs (see
+    /// `supervise::handover`).
+    pub fn handover(&self) -> (RawFd, PathBuf, (u64, u64)) {
+        let (path, identity) = self._file.identity();
+        (self.listener.as_raw_fd(), path, identity)
+    }
+
+    /// The control socket an earlier image served; `fd` becomes ours.
+    /// Must be called inside a tokio runtime.
+    pub fn adopt(fd: RawFd, path: PathBuf, identity: (u64, u64)) -> io::Result<Server> {
+        // SAFETY: the handover names fds the previous image left open for
+        // us alone; each is adopted once.
+        let std = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+        std.set_nonblocking(true)?;
+        Ok(Server {
+            listener: UnixListener::from_std(std)?,
+            _file: SocketFile::adopt(path.clone(), identity),
+            path,
+        })
+    }
+
     /// Spawns the accept loop on the current runtime and returns the requests
     /// it receives. Each one must be answered through its `reply`.
     pub fn serve(self) -> mpsc::Receiver<Incoming> {
@@ -138,6 +207,11 @@ async fn handle(mut stream: UnixStream, tx: mpsc::Sender<Incoming>, our_uid: u32
     let Some(response) = answer(&mut stream, &tx, our_uid).await else {
         return;
     };
+    write_answer(stream, response).await;
+}
+
+/// Writes one answer line and closes, within IO_TIMEOUT.
+async fn write_answer(mut stream: UnixStream, response: Response) {
     let mut line = match serde_json::to_vec(&response) {
         Ok(l) => l,
         Err(e) => {
@@ -210,7 +284,7 @@ async fn answer(
         }
     };
     info!(peer_pid, peer_uid, ?request, "control request");
-    let (reply, answer) = oneshot::channel();
+    let (reply, answer) = Reply::new(stream.as_raw_fd());
     if tx.send(Incoming { request, reply }).await.is_err() {
         return Some(error("relaunch is shutting down".into()));
     }

@@ -10,7 +10,7 @@ use crate::duration;
 use crate::error::{Error, Result};
 
 /// `--restart`: when to restart a child that exits on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Restart {
     /// Restart whenever the child exits.
     Always,
@@ -99,7 +99,7 @@ pub fn parse_timeout(flag: &str, s: &str) -> Result<Duration> {
 }
 
 /// Who the children run as: resolved here, applied after fork (by spawn).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Credentials {
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,

@@ -51,6 +51,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram as StdDatagram};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
@@ -100,6 +101,9 @@ pub struct NotifySocket {
     env: String,
     /// Checked messages not yet returned by `recv`.
     checked: Mutex<VecDeque<Message>>,
+    /// Datagrams were read and are being checked: neither in the socket nor
+    /// in `checked` yet (an upgrade waits for this to clear).
+    busy: AtomicBool,
 }
 
 /// Datagrams read in one go and checked in one trip to the blocking pool:
@@ -154,6 +158,7 @@ impl NotifySocket {
                         sock,
                         env: format!("@{name}"),
                         checked: Mutex::new(VecDeque::new()),
+                        busy: AtomicBool::new(false),
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
@@ -161,6 +166,28 @@ impl NotifySocket {
             }
         }
         Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
+    }
+
+    /// The socket an earlier image bound and gave its children as `env`
+    /// (see `supervise::handover`). Must be called inside a tokio runtime.
+    pub fn adopt(fd: OwnedFd, env: String) -> io::Result<Self> {
+        let std = StdDatagram::from(fd);
+        std.set_nonblocking(true)?;
+        Ok(NotifySocket {
+            sock: UnixDatagram::from_std(std)?,
+            env,
+            checked: Mutex::new(VecDeque::new()),
+            busy: AtomicBool::new(false),
+        })
+    }
+
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    /// Whether datagrams already read are still being checked.
+    pub fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
     }
 
     /// The value to give the child as NOTIFY_SOCKET (e.g. "@relaunch/123/g2/...").
@@ -185,6 +212,7 @@ impl NotifySocket {
                 .sock
                 .async_io(Interest::READABLE, || recv_raw(fd, &mut buf, &mut cmsg))
                 .await?;
+            self.busy.store(true, Ordering::Release);
             let mut batch: Vec<(Message, Option<OwnedFd>)> = Vec::new();
             batch.extend(accept_raw(first, &buf));
             // Bounded by datagrams read, valid or not, so a flood cannot
@@ -201,6 +229,7 @@ impl NotifySocket {
                 }
             }
             if batch.is_empty() {
+                self.busy.store(false, Ordering::Release);
                 continue;
             }
             let (msgs, whos): (Vec<Message>, Vec<_>) = batch
@@ -220,6 +249,7 @@ impl NotifySocket {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!("notify sender check failed: {e}");
+                    self.busy.store(false, Ordering::Release);
                     continue;
                 }
             };
@@ -232,6 +262,7 @@ impl NotifySocket {
                     queue.push_back(msg);
                 }
             }
+            self.busy.store(false, Ordering::Release);
         }
     }
 

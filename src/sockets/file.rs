@@ -54,6 +54,18 @@ pub struct SocketFile {
     identity: (u64, u64),
 }
 
+impl SocketFile {
+    /// The path and the (device, inode) it must still name to be removed.
+    pub fn identity(&self) -> (PathBuf, (u64, u64)) {
+        (self.path.clone(), self.identity)
+    }
+
+    /// A file an earlier image of relaunch created (see `supervise::handover`).
+    pub fn adopt(path: PathBuf, identity: (u64, u64)) -> SocketFile {
+        SocketFile { path, identity }
+    }
+}
+
 impl Drop for SocketFile {
     fn drop(&mut self) {
         remove_if_ours(&self.path, self.identity);

@@ -47,6 +47,17 @@ impl Listener {
         }
     }
 
+    /// The socket file relaunch created for it, if any.
+    pub fn file(&self) -> Option<&file::SocketFile> {
+        self._file.as_ref()
+    }
+
+    /// With the socket file an earlier image created.
+    pub fn with_file(mut self, file: Option<file::SocketFile>) -> Self {
+        self._file = file;
+        self
+    }
+
     /// The address in spec form (`127.0.0.1:8000`, `unix:/run/x.sock`).
     pub fn address(&self) -> String {
         placeholders::shown(self.addr.as_ref())
@@ -343,6 +354,18 @@ impl PortsFile {
                 )
             }
         }
+    }
+}
+
+impl PortsFile {
+    /// The path and the (device, inode) it must still name to be removed.
+    pub fn identity(&self) -> (PathBuf, (u64, u64)) {
+        (self.path.clone(), self.identity)
+    }
+
+    /// The file an earlier image of relaunch wrote (see `supervise::handover`).
+    pub fn adopt(path: PathBuf, identity: (u64, u64)) -> PortsFile {
+        PortsFile { path, identity }
     }
 }
 

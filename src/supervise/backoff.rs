@@ -26,7 +26,7 @@ pub const SERVED_FOR: Duration = Duration::from_secs(1);
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 pub const GIVE_UP_AFTER: u32 = 10;
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Backoff {
     /// Quick failures in a row.
     quick: u32,

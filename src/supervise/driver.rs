@@ -9,13 +9,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
@@ -33,7 +35,7 @@ use crate::ready::notify::{Message, NotifySocket, Systemd};
 use crate::ready::scan;
 use crate::sockets::{self, Listener};
 use crate::supervise::supervisor::{Config, Effect, Event, Notice, Os, Supervisor, Tell};
-use crate::supervise::{reaper, spawn};
+use crate::supervise::{handover, reaper, spawn, upgrade};
 
 /// How often /proc is scanned while a generation is starting.
 const SCAN_EVERY: Duration = Duration::from_millis(15);
@@ -64,8 +66,8 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     for w in &child.warnings {
         warn!("{w}");
     }
-    // Removed when run() returns, whatever the outcome.
-    let _ports_file = match &plan.ports_file {
+    // Removed when the driver is dropped, whatever the outcome.
+    let ports_file = match &plan.ports_file {
         Some(path) => Some(sockets::PortsFile::write(path, &listeners)?),
         None => None,
     };
@@ -73,11 +75,19 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
 
-    let systemd = Systemd::from_env(plan::var(&snap.env, "NOTIFY_SOCKET").map(|v| v.as_os_str()));
+    let notify_socket = plan::var(&snap.env, "NOTIFY_SOCKET").cloned();
+    let systemd = Systemd::from_env(notify_socket.as_deref());
     let control = match &plan.control {
         Some(path) => Some(control::Server::bind(path)?),
         None => None,
     };
+    let control_fd = control.as_ref().map(|c| {
+        let (fd, path, identity) = c.handover();
+        handover::FileFd {
+            fd,
+            file: handover::OwnedPath { path, identity },
+        }
+    });
     let inodes: HashSet<u64> = listeners
         .iter()
         .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
@@ -106,7 +116,14 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         notify: HashMap::new(),
         notify_tx,
         systemd,
+        notify_socket,
         execs: HashMap::new(),
+        control: control_fd,
+        ports_file,
+        auto: ready == ReadyMode::Auto,
+        quiet: args.quiet,
+        upgrade: None,
+        asked: None,
     };
     let cfg = Config {
         restart: plan.restart,
@@ -121,16 +138,187 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         listeners: listener_info,
     };
     let mut sup = Supervisor::new(driver, cfg);
-    let auto = ready == ReadyMode::Auto;
-    let result = event_loop(
-        &mut sup,
-        signals,
-        control,
-        notify_rx,
-        Arc::new(inodes),
-        auto,
-    )
-    .await;
+    let fx = sup.handle(Event::Start, Instant::now());
+    apply(&mut sup, fx);
+    let control_rx = control.map(control::Server::serve);
+    let result = event_loop(&mut sup, signals, control_rx, notify_rx, Arc::new(inodes)).await;
+    reaper::end_orphans(stop_signal, stop_timeout).await;
+    result
+}
+
+/// The driver's own state, for the next image (its fds are in
+/// [`handover::Fds`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Saved {
+    program: OsString,
+    args: Vec<OsString>,
+    listen_pid: bool,
+    creds: Option<spawn::Credentials>,
+    env: Vec<(OsString, OsString)>,
+    /// relaunch's own NOTIFY_SOCKET.
+    notify_socket: Option<OsString>,
+    auto: bool,
+    quiet: bool,
+    ports_file: Option<handover::OwnedPath>,
+}
+
+impl Saved {
+    pub fn quiet(&self) -> bool {
+        self.quiet
+    }
+}
+
+/// The new image after an upgrade: adopts what the old one handed over
+/// and goes on where it was.
+pub async fn adopt(state: handover::State) -> Result<i32> {
+    let signals = Signals::install()?;
+    let handover::State {
+        format: _,
+        pid: _,
+        from,
+        sigmask,
+        supervisor: saved_sup,
+        driver: saved,
+        fds,
+    } = state;
+    // Close-on-exec again at once: no child may see them but through spawn.
+    for fd in fds.all() {
+        if !handover::set_cloexec(fd, true) {
+            warn!("the upgrade state names fd {fd}, which is not open");
+        }
+    }
+    let handover::Fds {
+        listeners: saved_listeners,
+        control: saved_control,
+        notify: saved_notify,
+        execs: saved_execs,
+        waiters: saved_waiters,
+        requests: saved_requests,
+        upgrade: upgrade_conn,
+    } = fds;
+    let bad = |what: String| {
+        Error::runtime(format!("cannot adopt {what} after the upgrade"))
+            .hint("this is a bug in relaunch; restart it (its children were stopped)")
+    };
+    let mut listeners = Vec::with_capacity(saved_listeners.len());
+    for l in saved_listeners {
+        let i = plan::inherit::adopt(l.fd, l.name.clone())
+            .map_err(|e| bad(format!("listener {} (fd {}): {e}", l.name, l.fd)))?;
+        let file = l
+            .file
+            .map(|f| sockets::file::SocketFile::adopt(f.path, f.identity));
+        listeners.push(Listener::adopt(l.name, i.fd.into(), i.addr).with_file(file));
+    }
+    let control = match saved_control {
+        Some(c) => Some(
+            control::Server::adopt(c.fd, c.file.path.clone(), c.file.identity)
+                .map_err(|e| bad(format!("the control socket: {e}")))?,
+        ),
+        None => None,
+    };
+    let control_fd = control.as_ref().map(|c| {
+        let (fd, path, identity) = c.handover();
+        handover::FileFd {
+            fd,
+            file: handover::OwnedPath { path, identity },
+        }
+    });
+    let (notify_tx, notify_rx) = mpsc::unbounded_channel();
+    let mut driver = Driver {
+        systemd: Systemd::from_env(saved.notify_socket.as_deref()),
+        program: saved.program,
+        args: saved.args,
+        listen_pid: saved.listen_pid,
+        creds: saved.creds,
+        env: saved.env,
+        listeners,
+        notify: HashMap::new(),
+        notify_tx,
+        notify_socket: saved.notify_socket,
+        execs: HashMap::new(),
+        control: control_fd,
+        ports_file: saved
+            .ports_file
+            .map(|f| sockets::PortsFile::adopt(f.path, f.identity)),
+        auto: saved.auto,
+        quiet: saved.quiet,
+        upgrade: None,
+        asked: None,
+    };
+    for n in saved_notify {
+        // SAFETY: handed over for us alone; adopted once.
+        let fd = unsafe { OwnedFd::from_raw_fd(n.fd) };
+        match NotifySocket::adopt(fd, n.env) {
+            Ok(sock) => driver.listen_notify(n.generation, sock),
+            Err(e) => warn!(
+                generation = n.generation,
+                "cannot adopt the notify socket after the upgrade: {e}"
+            ),
+        }
+    }
+    for e in saved_execs {
+        let pid = e.pid;
+        driver.watch_exec(pid, spawn::ExecWatch::adopt(e));
+    }
+    let mut waiters = Vec::new();
+    for (generation, fd) in saved_waiters {
+        match control::Reply::adopt(fd) {
+            Ok(r) => waiters.push((generation, r)),
+            Err(e) => warn!("cannot adopt a waiting reload client after the upgrade: {e}"),
+        }
+    }
+    let inodes: HashSet<u64> = driver
+        .listeners
+        .iter()
+        .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
+        .collect();
+    let mut sup = Supervisor::restore(driver, saved_sup, waiters);
+    let (stop_signal, stop_timeout) = (sup.config().stop_signal, sup.config().stop_timeout);
+    // Orphans of our children land on us, so none stays a zombie.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    // The handlers are in: what arrived during the exec is delivered now.
+    upgrade::set_sigmask(&sigmask);
+    let kept = sup.children().iter().filter(|c| c.alive()).count();
+    let to = handover::image();
+    info!(
+        "upgraded from {from} to {to}, kept {} listeners and {kept} children",
+        sup.os.listeners.len()
+    );
+    if let Some(fd) = upgrade_conn {
+        match control::Reply::adopt(fd) {
+            Ok(r) => {
+                let _ = r.send(Response::Upgraded {
+                    pid: std::process::id(),
+                    from,
+                    to,
+                    listeners: sup.os.listeners.len(),
+                    children: kept,
+                });
+            }
+            Err(e) => warn!("cannot answer `relaunch upgrade` after the upgrade: {e}"),
+        }
+    }
+    sup.tell_serving();
+    let fx = sup.effects();
+    apply(&mut sup, fx);
+    for (request, fd) in saved_requests {
+        match control::Reply::adopt(fd) {
+            Ok(reply) => {
+                let fx = sup.handle(Event::Control { request, reply }, Instant::now());
+                apply(&mut sup, fx);
+            }
+            Err(e) => warn!("cannot adopt a pending control request after the upgrade: {e}"),
+        }
+    }
+    // Children that ended during the exec are zombies by now.
+    let events = reap(&mut sup.os);
+    for ev in events.into_iter().chain(group_check(&sup)) {
+        let fx = sup.handle(ev, Instant::now());
+        apply(&mut sup, fx);
+    }
+    let control_rx = control.map(control::Server::serve);
+    let result = event_loop(&mut sup, signals, control_rx, notify_rx, Arc::new(inodes)).await;
     reaper::end_orphans(stop_signal, stop_timeout).await;
     result
 }
@@ -146,22 +334,44 @@ struct Driver {
     env: Vec<(OsString, OsString)>,
     listeners: Vec<Listener>,
     /// One notify socket per generation; the task forwards its datagrams.
-    notify: HashMap<u64, (String, tokio::task::JoinHandle<()>)>,
+    notify: HashMap<u64, (Arc<NotifySocket>, tokio::task::JoinHandle<()>)>,
     notify_tx: mpsc::UnboundedSender<(u64, Message)>,
     systemd: Option<Systemd>,
+    /// relaunch's own NOTIFY_SOCKET, which `systemd` talks to.
+    notify_socket: Option<OsString>,
     /// Exec status pipes of children that may not have exec'd yet.
     execs: HashMap<i32, AsyncFd<spawn::ExecWatch>>,
+    /// The control socket (served by its own task).
+    control: Option<handover::FileFd>,
+    /// Removed when the driver is dropped (relaunch's end), not at an upgrade.
+    ports_file: Option<sockets::PortsFile>,
+    /// `--ready auto`: the /proc scan runs while a generation starts.
+    auto: bool,
+    quiet: bool,
+    /// The new binary's handshake, while it runs.
+    upgrade: Option<upgrade::Check>,
+    /// An upgrade the supervisor allowed, for the loop to start.
+    asked: Option<(Option<PathBuf>, Option<control::Reply>)>,
 }
 
 impl Driver {
     fn notify_socket(&mut self, generation: u64) -> std::io::Result<String> {
-        if let Some((value, _)) = self.notify.get(&generation) {
-            return Ok(value.clone());
+        if let Some((sock, _)) = self.notify.get(&generation) {
+            return Ok(sock.env_value().to_string());
         }
         let sock = NotifySocket::bind(&format!("g{generation}"))?;
         let value = sock.env_value().to_string();
+        self.listen_notify(generation, sock);
+        Ok(value)
+    }
+
+    /// Forwards what `sock` hears to the loop, as from `generation`.
+    fn listen_notify(&mut self, generation: u64, sock: NotifySocket) {
+        let sock = Arc::new(sock);
         let tx = self.notify_tx.clone();
+        let task_sock = Arc::clone(&sock);
         let task = tokio::spawn(async move {
+            let sock = task_sock;
             loop {
                 match sock.recv().await {
                     Ok(m) => {
@@ -186,8 +396,72 @@ impl Driver {
                 }
             }
         });
-        self.notify.insert(generation, (value.clone(), task));
-        Ok(value)
+        self.notify.insert(generation, (sock, task));
+    }
+
+    fn watch_exec(&mut self, pid: i32, watch: spawn::ExecWatch) {
+        // SAFETY: the watch owns its fd and never swaps it, so the fd stays
+        // open and the same for the AsyncFd's whole life.
+        match unsafe { AsyncFd::register_with_interest(watch, Interest::READABLE) } {
+            Ok(watch) => {
+                self.execs.insert(pid, watch);
+            }
+            // Rare (epoll_ctl failed): a failed exec then shows as exit 126/127.
+            Err(e) => warn!(pid, "cannot watch the exec status pipe: {e}"),
+        }
+    }
+
+    /// What the next image needs of the driver, and its fds but the
+    /// control connections (see [`handover::Fds`]).
+    fn save(&self) -> (Saved, handover::Fds) {
+        let listeners = self
+            .listeners
+            .iter()
+            .map(|l| handover::ListenerFd {
+                name: l.name.clone(),
+                fd: l.socket.as_raw_fd(),
+                file: l.file().map(|f| {
+                    let (path, identity) = f.identity();
+                    handover::OwnedPath { path, identity }
+                }),
+            })
+            .collect();
+        let notify = self
+            .notify
+            .iter()
+            .map(|(&generation, (sock, _))| handover::NotifyFd {
+                generation,
+                fd: sock.as_raw_fd(),
+                env: sock.env_value().to_string(),
+            })
+            .collect();
+        let execs = self
+            .execs
+            .iter()
+            .map(|(&pid, w)| w.get_ref().handover(pid))
+            .collect();
+        let saved = Saved {
+            program: self.program.clone(),
+            args: self.args.clone(),
+            listen_pid: self.listen_pid,
+            creds: self.creds.clone(),
+            env: self.env.clone(),
+            notify_socket: self.notify_socket.clone(),
+            auto: self.auto,
+            quiet: self.quiet,
+            ports_file: self.ports_file.as_ref().map(|p| {
+                let (path, identity) = p.identity();
+                handover::OwnedPath { path, identity }
+            }),
+        };
+        let fds = handover::Fds {
+            listeners,
+            control: self.control.clone(),
+            notify,
+            execs,
+            ..Default::default()
+        };
+        (saved, fds)
     }
 
     fn perform(&mut self, effects: Vec<Effect>) {
@@ -247,6 +521,17 @@ impl Driver {
                         task.abort();
                     }
                 }
+                Effect::Upgrade { binary, reply } => {
+                    if self.upgrade.is_some() || self.asked.is_some() {
+                        if let Some(to) = reply {
+                            let _ = to.send(Response::UpgradeFailed {
+                                reason: "another upgrade is under way; wait for its outcome".into(),
+                            });
+                        }
+                    } else {
+                        self.asked = Some((binary, reply));
+                    }
+                }
             }
         }
     }
@@ -270,15 +555,7 @@ impl Os for Driver {
             listen_pid: self.listen_pid,
             creds: self.creds.as_ref(),
         })?;
-        // SAFETY: the watch owns its fd and never swaps it, so the fd stays
-        // open and the same for the AsyncFd's whole life.
-        match unsafe { AsyncFd::register_with_interest(spawned.exec, Interest::READABLE) } {
-            Ok(watch) => {
-                self.execs.insert(spawned.pid, watch);
-            }
-            // Rare (epoll_ctl failed): a failed exec then shows as exit 126/127.
-            Err(e) => warn!(pid = spawned.pid, "cannot watch the exec status pipe: {e}"),
-        }
+        self.watch_exec(spawned.pid, spawned.exec);
         Ok(spawned.pid)
     }
 
@@ -300,6 +577,27 @@ struct Signals {
 }
 
 impl Signals {
+    /// Sends again to ourselves every signal a handler took that no stream
+    /// has returned yet (call with signals blocked, before an exec).
+    fn requeue(&mut self) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let me = nix::unistd::getpid();
+        for (stream, sig) in [
+            (&mut self.chld, Signal::SIGCHLD),
+            (&mut self.term, Signal::SIGTERM),
+            (&mut self.int, Signal::SIGINT),
+            (&mut self.hup, Signal::SIGHUP),
+            (&mut self.quit, Signal::SIGQUIT),
+            (&mut self.usr1, Signal::SIGUSR1),
+            (&mut self.usr2, Signal::SIGUSR2),
+            (&mut self.winch, Signal::SIGWINCH),
+        ] {
+            if let Poll::Ready(Some(())) = stream.poll_recv(&mut cx) {
+                let _ = nix::sys::signal::kill(me, sig);
+            }
+        }
+    }
+
     /// Installed before anything with a cleanup exists (socket files, the
     /// ports file) and before the first fork, so a stop during start-up is
     /// handled like any other and no child exit is missed.
@@ -322,30 +620,16 @@ impl Signals {
 
 async fn event_loop(
     sup: &mut Supervisor<Driver>,
-    signals: Signals,
-    control: Option<control::Server>,
+    mut signals: Signals,
+    mut control_rx: Option<mpsc::Receiver<Incoming>>,
     mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
     inodes: Arc<HashSet<u64>>,
-    auto: bool,
 ) -> Result<i32> {
-    let Signals {
-        mut chld,
-        mut term,
-        mut int,
-        mut hup,
-        mut quit,
-        mut usr1,
-        mut usr2,
-        mut winch,
-    } = signals;
-    let mut control_rx = control.map(control::Server::serve);
     // Absolute instants, so traffic on other branches cannot push them back.
     let mut next_scan: Option<Instant> = None;
     let mut next_group_check: Option<Instant> = None;
     let mut scan_task: Option<JoinHandle<Vec<Event>>> = None;
-
-    let fx = sup.handle(Event::Start, Instant::now());
-    sup.os.perform(fx);
+    let auto = sup.os.auto;
     loop {
         if let Some(exit) = sup.exit() {
             if let Some(msg) = exit.error {
@@ -360,6 +644,11 @@ async fn event_loop(
             }
             return Ok(exit.code);
         }
+        // The new binary's handshake is over: exec it, or say why not.
+        if sup.os.upgrade.as_ref().is_some_and(|c| c.exit.is_some()) {
+            upgrade_now(sup, &mut signals, &mut control_rx, &mut notify_rx).await;
+            continue;
+        }
         let now = Instant::now();
         // Timers run only while something starts or stops: idle, none.
         let scanning = auto && sup.starting().next().is_some();
@@ -371,23 +660,32 @@ async fn event_loop(
             .filter(|_| lingering)
             .or_else(|| lingering.then(|| now + GROUP_CHECK_EVERY));
         let deadline = sup.next_deadline();
+        let check_deadline = sup
+            .os
+            .upgrade
+            .as_ref()
+            .filter(|c| !c.timed_out)
+            .map(|c| c.deadline);
         let events: Vec<Event> = tokio::select! {
-            _ = chld.recv() => {
+            _ = signals.chld.recv() => {
                 let mut events = reap(&mut sup.os);
                 for ev in events.drain(..) {
                     let fx = sup.handle(ev, Instant::now());
-                    sup.os.perform(fx);
+                    apply(sup, fx);
                 }
                 // Leaders reaped just now may have been the last of their groups.
                 group_check(sup)
             }
-            _ = term.recv() => { info!("SIGTERM: stopping"); vec![Event::Stop] }
-            _ = int.recv() => { info!("SIGINT: stopping"); vec![Event::Stop] }
-            _ = hup.recv() => { info!("SIGHUP: reload"); vec![Event::Reload] }
-            _ = quit.recv() => vec![Event::Forward(Signal::SIGQUIT)],
-            _ = usr1.recv() => vec![Event::Forward(Signal::SIGUSR1)],
-            _ = usr2.recv() => vec![Event::Forward(Signal::SIGUSR2)],
-            _ = winch.recv() => vec![Event::Forward(Signal::SIGWINCH)],
+            _ = signals.term.recv() => { info!("SIGTERM: stopping"); vec![Event::Stop] }
+            _ = signals.int.recv() => { info!("SIGINT: stopping"); vec![Event::Stop] }
+            _ = signals.hup.recv() => { info!("SIGHUP: reload"); vec![Event::Reload] }
+            _ = signals.quit.recv() => vec![Event::Forward(Signal::SIGQUIT)],
+            _ = signals.usr1.recv() => vec![Event::Forward(Signal::SIGUSR1)],
+            _ = signals.usr2.recv() => {
+                info!("SIGUSR2: upgrading relaunch in place");
+                vec![Event::Upgrade { binary: None, reply: None }]
+            }
+            _ = signals.winch.recv() => vec![Event::Forward(Signal::SIGWINCH)],
             Some(inc) = recv_control(&mut control_rx) => {
                 vec![Event::Control { request: inc.request, reply: inc.reply }]
             }
@@ -414,11 +712,156 @@ async fn event_loop(
                 next_group_check = None;
                 group_check(sup)
             }
+            _ = sleep_until(check_deadline) => {
+                if let Some(c) = sup.os.upgrade.as_mut() {
+                    warn!(pid = c.pid, "the new binary's handshake did not answer within {} s; killing it", handover::CHECK_DEADLINE.as_secs());
+                    c.timed_out = true;
+                    let _ = nix::sys::signal::kill(Pid::from_raw(c.pid), Signal::SIGKILL);
+                }
+                Vec::new()
+            }
         };
         for ev in events {
             let fx = sup.handle(ev, Instant::now());
-            sup.os.perform(fx);
+            apply(sup, fx);
         }
+    }
+}
+
+/// Carries out `fx`, then starts an upgrade the supervisor allowed.
+fn apply(sup: &mut Supervisor<Driver>, fx: Vec<Effect>) {
+    sup.os.perform(fx);
+    while let Some((binary, reply)) = sup.os.asked.take() {
+        let started = upgrade::binary_path(binary)
+            .map_err(|why| (why, None))
+            .and_then(|binary| {
+                let state = save(sup, None, Vec::new(), Vec::new());
+                let json = serde_json::to_vec(&state)
+                    .map_err(|e| (format!("cannot encode the state: {e}"), None))?;
+                info!(binary = %binary.display(), "asking the new binary whether it can take over");
+                upgrade::start(binary, None, &json)
+            });
+        match started {
+            Ok(mut check) => {
+                check.reply = reply;
+                sup.os.upgrade = Some(check);
+            }
+            Err((reason, _)) => {
+                let fx = sup.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
+                sup.os.perform(fx);
+            }
+        }
+    }
+}
+
+/// Everything the next image needs: the supervisor, the driver, and every
+/// fd they hold (with the answers still owed on control connections).
+fn save(
+    sup: &Supervisor<Driver>,
+    upgrade_conn: Option<RawFd>,
+    requests: Vec<(control::Request, RawFd)>,
+    sigmask: Vec<i32>,
+) -> handover::State {
+    let (supervisor, waiters) = sup.save();
+    let (driver, mut fds) = sup.os.save();
+    fds.waiters = waiters;
+    fds.requests = requests;
+    fds.upgrade = upgrade_conn;
+    handover::State {
+        format: handover::FORMAT,
+        pid: std::process::id(),
+        from: handover::image(),
+        sigmask,
+        supervisor,
+        driver,
+        fds,
+    }
+}
+
+/// The handshake is over: refuse, or hand everything over and exec. Only
+/// returns if relaunch goes on as it was.
+async fn upgrade_now(
+    sup: &mut Supervisor<Driver>,
+    signals: &mut Signals,
+    control_rx: &mut Option<mpsc::Receiver<Incoming>>,
+    notify_rx: &mut mpsc::UnboundedReceiver<(u64, Message)>,
+) {
+    let Some(mut check) = sup.os.upgrade.take() else {
+        return;
+    };
+    let reply = check.reply.take();
+    let image = match check.verdict() {
+        Ok(image) => image,
+        Err(reason) => {
+            let fx = sup.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
+            apply(sup, fx);
+            return;
+        }
+    };
+    info!(binary = %check.binary.display(), "the new binary ({image}) can take over; handing over");
+    // Quiesce: notify datagrams being checked reach the supervisor, and
+    // answers already decided reach their clients. Bounded: a stuck check
+    // loses at most what it holds.
+    for _ in 0..200 {
+        if sup.os.notify.values().all(|(s, _)| !s.busy()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::task::yield_now().await;
+    while let Ok((generation, msg)) = notify_rx.try_recv() {
+        if let Some(ev) = handle_notify(sup, generation, msg) {
+            let fx = sup.handle(ev, Instant::now());
+            apply(sup, fx);
+        }
+    }
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    if !sup.may_upgrade() {
+        let reason = "relaunch is stopping".to_string();
+        let fx = sup.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
+        apply(sup, fx);
+        return;
+    }
+    // Requests read but not handled go with the state, answered over there.
+    let mut pending = Vec::new();
+    if let Some(rx) = control_rx.as_mut() {
+        while let Ok(inc) = rx.try_recv() {
+            pending.push(inc);
+        }
+    }
+    let requests = pending
+        .iter()
+        .map(|inc| (inc.request.clone(), inc.reply.conn()))
+        .collect();
+    let sigmask = upgrade::block_signals();
+    // Signals the handlers took but the loop has not seen yet: sent again,
+    // they wait (blocked) for whichever image runs next.
+    signals.requeue();
+    let state = save(
+        sup,
+        reply.as_ref().map(|r| r.conn()),
+        requests,
+        sigmask.clone(),
+    );
+    if let Some(s) = &sup.os.systemd {
+        s.status("upgrading relaunch…");
+    }
+    let why = upgrade::exec(&check.binary, &state);
+    // Still here: the old image goes on.
+    upgrade::set_sigmask(&sigmask);
+    let fx = sup.handle(Event::UpgradeFailed { reason: why, reply }, Instant::now());
+    apply(sup, fx);
+    for inc in pending {
+        let fx = sup.handle(
+            Event::Control {
+                request: inc.request,
+                reply: inc.reply,
+            },
+            Instant::now(),
+        );
+        apply(sup, fx);
     }
 }
 
@@ -455,6 +898,10 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
     reaper::reap(|pid, status| exits.push((pid, status)));
     let mut events = Vec::new();
     for (pid, status) in exits {
+        if let Some(check) = driver.upgrade.as_mut().filter(|c| c.pid == pid) {
+            check.exit = Some(status);
+            continue;
+        }
         if let Some(watch) = driver.execs.remove(&pid)
             && let spawn::ExecStatus::Failed(error) = watch.get_ref().check()
         {

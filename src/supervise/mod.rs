@@ -2,6 +2,8 @@
 
 pub mod backoff;
 pub mod driver;
+pub mod handover;
 pub mod reaper;
 pub mod spawn;
 pub mod supervisor;
+pub mod upgrade;

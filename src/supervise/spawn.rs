@@ -50,7 +50,7 @@ pub struct Request<'a> {
 /// Resolved by `plan`, applied after fork.
 pub use crate::plan::options::Credentials;
 
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     /// Exit 127: no such program.
     NotFound(String),
@@ -217,6 +217,30 @@ impl AsRawFd for ExecWatch {
 }
 
 impl ExecWatch {
+    /// What the next image needs to go on watching it (see `handover`).
+    pub fn handover(&self, pid: i32) -> crate::supervise::handover::ExecFd {
+        crate::supervise::handover::ExecFd {
+            pid,
+            fd: self.fd.as_raw_fd(),
+            shown: self.shown.clone(),
+            explicit: self.explicit,
+            candidates: self.candidates.clone(),
+        }
+    }
+
+    /// The watch an earlier image handed over; `saved.fd` becomes ours.
+    pub fn adopt(saved: crate::supervise::handover::ExecFd) -> ExecWatch {
+        use std::os::fd::FromRawFd;
+        ExecWatch {
+            // SAFETY: the handover names fds the previous image left open
+            // for us alone; each is adopted once.
+            fd: unsafe { OwnedFd::from_raw_fd(saved.fd) },
+            shown: saved.shown,
+            explicit: saved.explicit,
+            candidates: saved.candidates,
+        }
+    }
+
     /// Reads what the child reported, without blocking. Once the child has
     /// exited, the answer is final (never Pending).
     pub fn check(&self) -> ExecStatus {

@@ -24,7 +24,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tokio::sync::oneshot;
+use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::control::{self, Request, Response};
@@ -34,10 +34,10 @@ use crate::duration;
 const KILL_GRACE: Duration = Duration::from_secs(5);
 use crate::plan::options::Restart;
 use crate::supervise::backoff::{self, Backoff, Next};
-use crate::supervise::spawn;
+use crate::supervise::{handover, spawn};
 
 /// How a child ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExitStatus {
     Code(i32),
     Signal(i32),
@@ -68,8 +68,7 @@ impl fmt::Display for ExitStatus {
     }
 }
 
-/// Where a control client's answer goes.
-pub type Reply = oneshot::Sender<Response>;
+pub use crate::control::Reply;
 
 /// Everything that can happen to the supervisor.
 #[derive(Debug)]
@@ -103,6 +102,17 @@ pub enum Event {
     Forward(Signal),
     /// A control socket request.
     Control { request: Request, reply: Reply },
+    /// SIGUSR2 (no reply) or `relaunch upgrade`: re-execute relaunch from
+    /// `binary` (None: the file at relaunch's own path).
+    Upgrade {
+        binary: Option<std::path::PathBuf>,
+        reply: Option<Reply>,
+    },
+    /// The upgrade did not happen: relaunch goes on as it was.
+    UpgradeFailed {
+        reason: String,
+        reply: Option<Reply>,
+    },
 }
 
 /// What a child said through its notify socket.
@@ -125,6 +135,11 @@ pub enum Effect {
     Reply { to: Reply, response: Response },
     /// No process of this generation is left: its notify socket can go.
     Release { generation: u64 },
+    /// Check the new binary, then hand everything over to it (execve).
+    Upgrade {
+        binary: Option<std::path::PathBuf>,
+        reply: Option<Reply>,
+    },
 }
 
 /// Messages for systemd (sd_notify).
@@ -148,10 +163,11 @@ pub trait Os {
     fn jitter(&mut self) -> f64;
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
     pub restart: Restart,
     pub workers: usize,
+    #[serde(with = "handover::signal")]
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
     /// `--ready delay:DUR`: alive this long counts as ready.
@@ -161,11 +177,18 @@ pub struct Config {
     pub listeners: Vec<control::ListenerInfo>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum State {
-    Starting { ready_at: Option<Instant> },
+    Starting {
+        #[serde(with = "handover::mono::opt")]
+        ready_at: Option<Instant>,
+    },
     Ready,
-    Stopping { kill_at: Instant, killed: bool },
+    Stopping {
+        #[serde(with = "handover::mono")]
+        kill_at: Instant,
+        killed: bool,
+    },
 }
 
 impl State {
@@ -178,15 +201,17 @@ impl State {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Child {
     /// The leader's pid, which is also the process group's id.
     pub pid: i32,
     pub generation: u64,
     pub worker: usize,
+    #[serde(with = "handover::mono")]
     pub started: Instant,
     pub state: State,
     /// When it became ready: a crash soon after is a crash loop (see backoff).
+    #[serde(with = "handover::mono::opt")]
     pub ready_since: Option<Instant>,
     /// `MAINPID=` from the child, when it names another process.
     pub main_pid: Option<i32>,
@@ -209,23 +234,27 @@ impl Child {
 }
 
 /// One worker position of the serving generation, across its restarts.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Slot {
     pub restarts: u32,
     pub last_exit: Option<ExitStatus>,
     backoff: Backoff,
+    #[serde(with = "handover::mono::opt")]
     restart_at: Option<Instant>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 enum Phase {
     /// The new generation is starting beside the serving one.
-    Starting { deadline: Instant },
+    Starting {
+        #[serde(with = "handover::mono")]
+        deadline: Instant,
+    },
     /// The new generation serves; the old one is stopping.
     Draining,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Reload {
     generation: u64,
     phase: Phase,
@@ -238,12 +267,34 @@ pub struct Exit {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LastReload {
     pub generation: u64,
     pub ok: bool,
     pub message: String,
+    #[serde(with = "handover::mono")]
     pub at: Instant,
+}
+
+/// What [`Supervisor::save`] hands to the next image.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Saved {
+    cfg: Config,
+    children: Vec<Child>,
+    serving: u64,
+    slots: Vec<Slot>,
+    announced: bool,
+    #[serde(with = "handover::mono::opt")]
+    first_deadline: Option<Instant>,
+    next_generation: u64,
+    reload: Option<Reload>,
+    reload_queued: bool,
+    reloading: bool,
+    stopping: bool,
+    exit_code: i32,
+    exit_error: Option<String>,
+    done: bool,
+    last_reload: Option<LastReload>,
 }
 
 pub struct Supervisor<O: Os> {
@@ -323,6 +374,17 @@ impl<O: Os> Supervisor<O> {
             Event::Stop => self.stop(now),
             Event::Forward(sig) => self.forward(sig),
             Event::Control { request, reply } => self.on_control(request, reply, now),
+            Event::Upgrade { binary, reply } => self.upgrade(binary, reply),
+            Event::UpgradeFailed { reason, reply } => {
+                warn!("upgrade refused: {reason}; this relaunch goes on unchanged");
+                if let Some(to) = reply {
+                    self.out.push(Effect::Reply {
+                        to,
+                        response: Response::UpgradeFailed { reason },
+                    });
+                }
+                self.tell_serving();
+            }
         }
         if self.done {
             for (_, to) in std::mem::take(&mut self.waiters) {
@@ -437,6 +499,8 @@ impl<O: Os> Supervisor<O> {
             .find_map(|c| c.status_text.clone());
         control::Status {
             pid: std::process::id(),
+            version: handover::VERSION.into(),
+            build_id: handover::build_id().map(str::to_string),
             generation: self.serving,
             state: self.state().into(),
             status_text,
@@ -782,6 +846,7 @@ impl<O: Os> Supervisor<O> {
                     self.out.push(Effect::Reply { to, response });
                 }
             },
+            Request::Upgrade { binary } => self.upgrade(binary, Some(to)),
             Request::Stop => {
                 info!("stop requested through the control socket");
                 self.out.push(Effect::Reply {
@@ -791,6 +856,140 @@ impl<O: Os> Supervisor<O> {
                 self.stop(now);
             }
         }
+    }
+
+    /// Lets the driver check the new binary and exec it, unless relaunch
+    /// is on its way out. Reloads and restarts go on meanwhile: what is
+    /// under way when the exec happens is handed over as it is.
+    fn upgrade(&mut self, binary: Option<std::path::PathBuf>, reply: Option<Reply>) {
+        if self.stopping || self.done {
+            let reason = "relaunch is stopping".to_string();
+            warn!("upgrade refused: {reason}");
+            if let Some(to) = reply {
+                self.out.push(Effect::Reply {
+                    to,
+                    response: Response::UpgradeFailed { reason },
+                });
+            }
+            return;
+        }
+        self.tell(Tell::Status("upgrading relaunch…".into()));
+        self.out.push(Effect::Upgrade { binary, reply });
+    }
+
+    /// Whether an upgrade may still exec (nothing ended relaunch meanwhile).
+    pub fn may_upgrade(&self) -> bool {
+        !self.stopping && !self.done
+    }
+
+    /// After an upgrade (done or refused): READY=1 with what serves, unless
+    /// a reload is under way, whose own READY=1 is still to come.
+    pub fn tell_serving(&mut self) {
+        let line = status_line(self.serving, &self.serving_pids());
+        if self.reloading {
+            self.tell(Tell::Status(line));
+        } else {
+            self.tell(Tell::Ready(line));
+        }
+    }
+
+    /// Takes out what was told since the last event (for effects produced
+    /// outside `handle`, such as [`Supervisor::tell_serving`]).
+    pub fn effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Everything but the driver, for the next image; and the connections
+    /// of the `relaunch reload` clients waiting, by generation.
+    pub fn save(&self) -> (Saved, Vec<(u64, std::os::fd::RawFd)>) {
+        let Supervisor {
+            os: _,
+            cfg,
+            children,
+            serving,
+            slots,
+            announced,
+            first_deadline,
+            next_generation,
+            reload,
+            reload_queued,
+            reloading,
+            waiters,
+            stopping,
+            exit_code,
+            exit_error,
+            done,
+            last_reload,
+            out: _,
+        } = self;
+        let saved = Saved {
+            cfg: cfg.clone(),
+            children: children.clone(),
+            serving: *serving,
+            slots: slots.clone(),
+            announced: *announced,
+            first_deadline: *first_deadline,
+            next_generation: *next_generation,
+            reload: *reload,
+            reload_queued: *reload_queued,
+            reloading: *reloading,
+            stopping: *stopping,
+            exit_code: *exit_code,
+            exit_error: exit_error.clone(),
+            done: *done,
+            last_reload: last_reload.clone(),
+        };
+        let waiters = waiters
+            .iter()
+            .filter(|(_, to)| to.conn() >= 0)
+            .map(|(g, to)| (*g, to.conn()))
+            .collect();
+        (saved, waiters)
+    }
+
+    /// The supervisor an earlier image saved, driving `os`.
+    pub fn restore(os: O, saved: Saved, waiters: Vec<(u64, Reply)>) -> Self {
+        let Saved {
+            cfg,
+            children,
+            serving,
+            slots,
+            announced,
+            first_deadline,
+            next_generation,
+            reload,
+            reload_queued,
+            reloading,
+            stopping,
+            exit_code,
+            exit_error,
+            done,
+            last_reload,
+        } = saved;
+        Supervisor {
+            os,
+            cfg,
+            children,
+            serving,
+            slots,
+            announced,
+            first_deadline,
+            next_generation,
+            reload,
+            reload_queued,
+            reloading,
+            waiters,
+            stopping,
+            exit_code,
+            exit_error,
+            done,
+            last_reload,
+            out: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
     /// Asks for a reload; returns the generation whose outcome answers it.
@@ -1176,6 +1375,7 @@ mod tests {
         tells: Vec<Tell>,
         released: Vec<u64>,
         fail_spawn: Option<fn() -> spawn::Error>,
+        upgrades: Vec<(Option<std::path::PathBuf>, Option<Reply>)>,
     }
 
     /// Events in, effects recorded in the fake (replies are sent).
@@ -1193,6 +1393,7 @@ mod tests {
                     Effect::Reply { to, response } => {
                         let _ = to.send(response);
                     }
+                    Effect::Upgrade { binary, reply } => self.os.upgrades.push((binary, reply)),
                 }
             }
         }
@@ -1278,6 +1479,137 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    /// Saves `s`, sends it through JSON as an upgrade does, and restores
+    /// it in a fresh fake; the waiters' connections come back as replies.
+    fn upgraded(s: &Supervisor<Fake>) -> (Supervisor<Fake>, Vec<(u64, i32)>) {
+        let (saved, conns) = s.save();
+        let json = serde_json::to_string(&saved).unwrap();
+        let back: Saved = serde_json::from_str(&json).unwrap();
+        let fake = Fake {
+            next_pid: s.os.next_pid,
+            ..Fake::default()
+        };
+        (Supervisor::restore(fake, back, Vec::new()), conns)
+    }
+
+    #[test]
+    fn an_upgrade_during_a_reload_carries_the_reload_on() {
+        let (mut s, t0) = started(2);
+        s.t_ready(101, t0);
+        s.t_ready(102, t0);
+        let (to, _answer) = Reply::new(42);
+        s.run(
+            Event::Control {
+                request: Request::Reload,
+                reply: to,
+            },
+            t0 + ms(10),
+        );
+        s.t_ready(103, t0 + ms(20));
+        // Upgrade while generation 2 is half ready.
+        s.run(
+            Event::Upgrade {
+                binary: None,
+                reply: None,
+            },
+            t0 + ms(30),
+        );
+        assert_eq!(s.os.upgrades.len(), 1);
+        assert_eq!(
+            s.os.tells.last(),
+            Some(&Tell::Status("upgrading relaunch…".into()))
+        );
+        let (mut n, conns) = upgraded(&s);
+        assert_eq!(conns, [(2, 42)], "the waiting reload client goes along");
+        assert_eq!(n.state(), "reloading");
+        assert_eq!(pids(&n, 1), [101, 102]);
+        assert_eq!(pids(&n, 2), [103, 104]);
+        // The new image finishes it: no child lost, none started twice.
+        n.t_ready(104, t0 + ms(40));
+        assert_eq!(n.serving, 2);
+        assert_eq!(
+            n.os.signals,
+            [(101, Signal::SIGTERM), (102, Signal::SIGTERM)]
+        );
+        n.t_exit(101, ExitStatus::Code(0), t0 + ms(50));
+        n.t_exit(102, ExitStatus::Code(0), t0 + ms(50));
+        assert_eq!(n.state(), "serving");
+        assert!(n.last_reload.as_ref().unwrap().ok);
+        assert!(n.os.spawned.is_empty(), "{:?}", n.os.spawned);
+        // Its deadline kept its place in time.
+        let (mut m, _) = upgraded(&s);
+        m.t_timer(t0 + ms(10) + Duration::from_secs(61));
+        assert_eq!(m.state(), "serving");
+        assert!(!m.last_reload.as_ref().unwrap().ok, "reload timed out");
+    }
+
+    #[test]
+    fn a_restart_backing_off_carries_over() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        s.t_exit(101, ExitStatus::Code(3), t0 + ms(100));
+        assert_eq!(s.state(), "backing off");
+        let (mut n, _) = upgraded(&s);
+        assert_eq!(n.state(), "backing off");
+        let at = n.next_deadline().unwrap();
+        n.t_timer(at);
+        assert_eq!(n.os.spawned, [(102, 1, 0)]);
+        assert_eq!(n.slots[0].restarts, 1);
+    }
+
+    #[test]
+    fn no_upgrade_while_stopping() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        s.t_stop(t0);
+        let (to, mut answer) = Reply::new(-1);
+        s.run(
+            Event::Upgrade {
+                binary: None,
+                reply: Some(to),
+            },
+            t0,
+        );
+        assert!(s.os.upgrades.is_empty());
+        assert!(!s.may_upgrade());
+        assert!(matches!(
+            answer.try_recv(),
+            Ok(Response::UpgradeFailed { reason }) if reason == "relaunch is stopping"
+        ));
+    }
+
+    #[test]
+    fn a_refused_upgrade_tells_systemd_what_serves() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        let reason = "no".to_string();
+        s.run(
+            Event::UpgradeFailed {
+                reason,
+                reply: None,
+            },
+            t0,
+        );
+        assert_eq!(
+            s.os.tells.last(),
+            Some(&Tell::Ready("serving: generation 1, pid 101".into()))
+        );
+        s.t_reload(t0).unwrap();
+        let reason = "no".to_string();
+        s.run(
+            Event::UpgradeFailed {
+                reason,
+                reply: None,
+            },
+            t0,
+        );
+        assert!(
+            matches!(s.os.tells.last(), Some(Tell::Status(_))),
+            "no READY=1 in the middle of a reload: {:?}",
+            s.os.tells
+        );
     }
 
     #[test]
@@ -1803,7 +2135,7 @@ mod tests {
     fn reload_client_is_answered_when_the_reload_is_done() {
         let (mut s, t0) = started(1);
         s.t_ready(101, t0);
-        let (to, mut answer) = oneshot::channel();
+        let (to, mut answer) = Reply::new(-1);
         let request = Request::Reload;
         s.run(Event::Control { request, reply: to }, t0);
         assert!(answer.try_recv().is_err(), "not before it is done");

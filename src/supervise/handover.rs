@@ -1,0 +1,557 @@
+//! The state one relaunch image hands to the next when it upgrades itself
+//! in place (`relaunch upgrade`, SIGUSR2): same pid, same listeners, same
+//! children.
+//!
+//! - The old image asks the new binary first: `NEW --upgrade-check FORMAT`,
+//!   with the state on stdin. The new binary parses it without adopting
+//!   anything and prints [`CHECK_OK`] and its image, or exits non-zero with
+//!   the reason. A binary that does not answer within [`CHECK_DEADLINE`] is
+//!   refused.
+//! - Then the old image writes the state into a sealed memfd (versioned
+//!   JSON), clears close-on-exec on exactly the fds the state names
+//!   ([`Fds::all`]) and on the memfd, blocks every signal (pending ones stay
+//!   pending across execve) and execs the new binary with its own argv and
+//!   environment plus `RELAUNCH_UPGRADE_STATE=<memfd>`. If execve fails, it
+//!   undoes that and goes on.
+//! - The new image ([`take`]) reads and closes the memfd, checks that the
+//!   state is for this pid and this format, marks every fd close-on-exec
+//!   again, adopts them and unblocks signals once its handlers are in.
+//!
+//! Instants travel as CLOCK_MONOTONIC microseconds ([`mono`]), which the
+//! exec does not reset, so deadlines keep their place in time.
+
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::control::Request;
+use crate::error::{Error, Result};
+use crate::supervise::{driver, supervisor};
+
+/// Bumped whenever [`State`] changes in a way an older reader would misread.
+pub const FORMAT: u32 = 1;
+/// The variable that names the memfd in the new image.
+pub const ENV: &str = "RELAUNCH_UPGRADE_STATE";
+/// The new binary's handshake flag (first argument).
+pub const CHECK_FLAG: &str = "--upgrade-check";
+/// How the new binary's handshake answer starts.
+pub const CHECK_OK: &str = "relaunch upgrade-check ok:";
+/// How long the new binary may take to answer the handshake.
+pub const CHECK_DEADLINE: Duration = Duration::from_secs(5);
+/// A state larger than this is refused (it is a few KiB).
+const MAX_STATE: u64 = 64 * 1024 * 1024;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `RELAUNCH_BUILD_ID` as it was when this binary was compiled.
+pub fn build_id() -> Option<&'static str> {
+    option_env!("RELAUNCH_BUILD_ID").filter(|b| !b.is_empty())
+}
+
+/// This image: "0.1.0" or "0.1.0 (build b7)".
+pub fn image() -> String {
+    crate::control::image(VERSION, build_id())
+}
+
+/// Everything the next image needs.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct State {
+    pub format: u32,
+    /// The process the state is for: a stray RELAUNCH_UPGRADE_STATE in
+    /// another process's environment names nothing of its own.
+    pub pid: u32,
+    /// The image that wrote it.
+    pub from: String,
+    /// Signals blocked before the upgrade blocked them all.
+    pub sigmask: Vec<i32>,
+    pub supervisor: supervisor::Saved,
+    pub driver: driver::Saved,
+    pub fds: Fds,
+}
+
+/// Every fd the state hands over, and nothing else: the one place that
+/// lists the fd-owning pieces of the driver.
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct Fds {
+    /// The listeners, in the children's order (fd 3, 4, ...).
+    pub listeners: Vec<ListenerFd>,
+    /// The control socket.
+    pub control: Option<FileFd>,
+    /// One notify socket per generation.
+    pub notify: Vec<NotifyFd>,
+    /// Exec status pipes of children that may not have exec'd yet.
+    pub execs: Vec<ExecFd>,
+    /// Control connections owed an answer: `relaunch reload` clients by
+    /// the generation whose outcome answers them.
+    pub waiters: Vec<(u64, RawFd)>,
+    /// Requests read but not yet handled, with their connections.
+    pub requests: Vec<(Request, RawFd)>,
+    /// The connection of the `relaunch upgrade` that asked for this one.
+    pub upgrade: Option<RawFd>,
+}
+
+impl Fds {
+    /// Every fd named above.
+    pub fn all(&self) -> Vec<RawFd> {
+        let Fds {
+            listeners,
+            control,
+            notify,
+            execs,
+            waiters,
+            requests,
+            upgrade,
+        } = self;
+        listeners
+            .iter()
+            .map(|l| l.fd)
+            .chain(control.iter().map(|c| c.fd))
+            .chain(notify.iter().map(|n| n.fd))
+            .chain(execs.iter().map(|e| e.fd))
+            .chain(waiters.iter().map(|w| w.1))
+            .chain(requests.iter().map(|r| r.1))
+            .chain(upgrade.iter().copied())
+            .collect()
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ListenerFd {
+    pub name: String,
+    pub fd: RawFd,
+    /// The Unix socket file relaunch created for it.
+    pub file: Option<OwnedPath>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct FileFd {
+    pub fd: RawFd,
+    pub file: OwnedPath,
+}
+
+/// A file relaunch created and removes on exit if the path still names it.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct OwnedPath {
+    pub path: PathBuf,
+    pub identity: (u64, u64),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct NotifyFd {
+    pub generation: u64,
+    pub fd: RawFd,
+    /// The NOTIFY_SOCKET value its children were given.
+    pub env: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ExecFd {
+    pub pid: i32,
+    pub fd: RawFd,
+    /// How the exec error is told (see `spawn::ExecWatch`).
+    pub shown: String,
+    pub explicit: bool,
+    pub candidates: Vec<PathBuf>,
+}
+
+/// Writes `state` into a new sealed memfd (close-on-exec until the exec).
+pub fn seal(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    // SAFETY: a constant NUL-terminated name and flags; the fd returned is
+    // new and ours alone.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"relaunch-upgrade".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: just created above.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    // Read from the start by whoever gets it as stdin.
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on our own open fd with integer arguments.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file.into())
+}
+
+/// Reads a sealed state memfd whole (from offset 0).
+fn unseal(fd: &OwnedFd) -> std::result::Result<Vec<u8>, String> {
+    let want = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on an fd we own, integer arguments.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 || seals & want != want {
+        return Err("it is not a sealed memfd".into());
+    }
+    let file = std::fs::File::from(fd.try_clone().map_err(|e| e.to_string())?);
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    if len > MAX_STATE {
+        return Err(format!("it holds {len} bytes, more than any state"));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+/// Pure: the state in `bytes`, checked for `format` and `pid`.
+pub fn parse(bytes: &[u8], pid: Option<u32>) -> std::result::Result<State, String> {
+    // The format first, so a newer layout is named as such rather than as
+    // a missing field.
+    #[derive(Deserialize)]
+    struct Head {
+        format: u32,
+    }
+    let head: Head = serde_json::from_slice(bytes).map_err(|e| format!("not a state: {e}"))?;
+    if head.format != FORMAT {
+        return Err(format!(
+            "it is in upgrade state format {}, this relaunch {} reads format {FORMAT}",
+            head.format,
+            image()
+        ));
+    }
+    let state: State =
+        serde_json::from_slice(bytes).map_err(|e| format!("malformed state: {e}"))?;
+    if let Some(pid) = pid
+        && state.pid != pid
+    {
+        return Err(format!(
+            "it was written for pid {}, this is pid {pid}",
+            state.pid
+        ));
+    }
+    Ok(state)
+}
+
+/// The new image: the state named by `RELAUNCH_UPGRADE_STATE`, read once.
+/// The memfd is closed here whatever happens.
+pub fn take(value: &std::ffi::OsStr) -> Result<State> {
+    let hint = "RELAUNCH_UPGRADE_STATE is set by a relaunch upgrading itself; unset it to start relaunch afresh";
+    let fd: RawFd = value
+        .to_str()
+        .and_then(|v| v.parse().ok())
+        .filter(|&fd| fd > 2)
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "RELAUNCH_UPGRADE_STATE={} is not an fd number",
+                value.to_string_lossy()
+            ))
+            .hint(hint)
+        })?;
+    if !set_cloexec(fd, true) {
+        return Err(Error::usage(format!(
+            "RELAUNCH_UPGRADE_STATE names fd {fd}, which is not open"
+        ))
+        .hint(hint));
+    }
+    // SAFETY: the fd is open (fcntl worked) and the protocol makes it ours:
+    // the previous image left it for us alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let bad = |why: String| {
+        Error::runtime(format!(
+            "cannot adopt the upgrade state in fd {}: {why}",
+            fd.as_raw_fd()
+        ))
+        .hint(hint)
+    };
+    let bytes = unseal(&fd).map_err(bad)?;
+    parse(&bytes, Some(std::process::id())).map_err(bad)
+}
+
+/// The new binary's side of the handshake: `relaunch --upgrade-check N`
+/// with the state on stdin. Returns the exit code and the line to print
+/// (stdout when 0, stderr otherwise).
+pub fn check(format: Option<&std::ffi::OsStr>, stdin: impl Read) -> (i32, String) {
+    let asked = format
+        .and_then(|f| f.to_str())
+        .and_then(|f| f.parse::<u32>().ok());
+    match asked {
+        Some(FORMAT) => {}
+        Some(other) => {
+            return (
+                1,
+                format!(
+                    "relaunch: error: this relaunch {} reads upgrade state format {FORMAT}, not {other}",
+                    image()
+                ),
+            );
+        }
+        None => {
+            return (
+                2,
+                "relaunch: error: --upgrade-check takes the state format number (relaunch upgrade runs it)"
+                    .into(),
+            );
+        }
+    }
+    let mut bytes = Vec::new();
+    if let Err(e) = stdin.take(MAX_STATE + 1).read_to_end(&mut bytes) {
+        return (1, format!("relaunch: error: cannot read the state: {e}"));
+    }
+    match parse(&bytes, None) {
+        Ok(_) => (0, format!("{CHECK_OK} format {FORMAT}, {}", image())),
+        Err(why) => (
+            1,
+            format!("relaunch: error: cannot adopt this state: {why}"),
+        ),
+    }
+}
+
+/// The old image's reading of the handshake: Ok(the new image) or why not.
+/// `output` is what the binary printed (stdout and stderr), `exit` its
+/// exit status as text, None when it ran past the deadline.
+pub fn check_verdict(
+    output: &[u8],
+    exit: Option<(bool, String)>,
+) -> std::result::Result<String, String> {
+    let text = String::from_utf8_lossy(output);
+    let last = text
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .map(|l| l.chars().take(300).collect::<String>());
+    let said = last
+        .as_deref()
+        .map(|l| format!(": {l}"))
+        .unwrap_or_default();
+    let Some((ok, status)) = exit else {
+        return Err(format!(
+            "it did not answer the handshake within {} s{said}",
+            CHECK_DEADLINE.as_secs()
+        ));
+    };
+    if !ok {
+        return Err(format!("its handshake {status}{said}"));
+    }
+    let want = format!("{CHECK_OK} format {FORMAT}, ");
+    match text.lines().find_map(|l| l.trim().strip_prefix(&want)) {
+        Some(image) => Ok(image.to_string()),
+        None => match text.lines().find(|l| l.starts_with(CHECK_OK)) {
+            Some(l) => Err(format!(
+                "it speaks another upgrade state format ({}; this relaunch hands over format {FORMAT})",
+                l.trim()
+            )),
+            None => Err(format!(
+                "it does not speak relaunch's upgrade handshake (format {FORMAT}){said}"
+            )),
+        },
+    }
+}
+
+/// Sets or clears FD_CLOEXEC; false if the fd is not open.
+pub fn set_cloexec(fd: RawFd, on: bool) -> bool {
+    // SAFETY: F_GETFD/F_SETFD only read and set a flag; on a closed fd they
+    // fail with EBADF and touch nothing.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 {
+            return false;
+        }
+        let flags = if on {
+            flags | libc::FD_CLOEXEC
+        } else {
+            flags & !libc::FD_CLOEXEC
+        };
+        libc::fcntl(fd, libc::F_SETFD, flags) >= 0
+    }
+}
+
+/// Instants as CLOCK_MONOTONIC microseconds, which survive execve.
+pub mod mono {
+    use std::time::{Duration, Instant};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    fn now_usec() -> i64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: ts is a valid timespec; CLOCK_MONOTONIC always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec * 1_000_000 + ts.tv_nsec / 1_000
+    }
+
+    pub fn to_usec(t: Instant) -> i64 {
+        let now = Instant::now();
+        let us = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4);
+        match t.checked_duration_since(now) {
+            Some(ahead) => now_usec().saturating_add(us(ahead)),
+            None => now_usec().saturating_sub(us(now - t)),
+        }
+    }
+
+    pub fn from_usec(v: i64) -> Instant {
+        let now = Instant::now();
+        let d = v.saturating_sub(now_usec());
+        if d >= 0 {
+            now + Duration::from_micros(d as u64)
+        } else {
+            now.checked_sub(Duration::from_micros(d.unsigned_abs()))
+                .unwrap_or(now)
+        }
+    }
+
+    pub fn serialize<S: Serializer>(t: &Instant, s: S) -> Result<S::Ok, S::Error> {
+        to_usec(*t).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Instant, D::Error> {
+        i64::deserialize(d).map(from_usec)
+    }
+
+    pub mod opt {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(t: &Option<Instant>, s: S) -> Result<S::Ok, S::Error> {
+            t.map(to_usec).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Instant>, D::Error> {
+            Option::<i64>::deserialize(d).map(|v| v.map(from_usec))
+        }
+    }
+}
+
+/// Signals as their numbers.
+pub mod signal {
+    use nix::sys::signal::Signal;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(sig: &Signal, s: S) -> Result<S::Ok, S::Error> {
+        (*sig as i32).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Signal, D::Error> {
+        let n = i32::deserialize(d)?;
+        Signal::try_from(n).map_err(|_| serde::de::Error::custom(format!("no signal {n}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn instants_survive_the_trip() {
+        let now = Instant::now();
+        for t in [
+            now,
+            now + Duration::from_secs(7),
+            now.checked_sub(Duration::from_secs(3)).unwrap_or(now),
+        ] {
+            let back = mono::from_usec(mono::to_usec(t));
+            let diff = if back > t { back - t } else { t - back };
+            assert!(diff < Duration::from_millis(5), "{diff:?}");
+        }
+    }
+
+    #[test]
+    fn sealed_state_reads_back_and_cannot_change() {
+        let fd = seal(b"{\"format\":1}").unwrap();
+        assert_eq!(unseal(&fd).unwrap(), b"{\"format\":1}");
+        let file = std::fs::File::from(fd.try_clone().unwrap());
+        assert!(
+            file.write_at(b"x", 0).is_err(),
+            "a sealed memfd took a write"
+        );
+        // A plain file is not a state, whatever it holds.
+        let plain = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(unseal(&plain.into()).is_err());
+    }
+
+    #[test]
+    fn parse_names_what_is_wrong() {
+        assert!(parse(b"", None).unwrap_err().starts_with("not a state"));
+        let other = parse(br#"{"format":2,"anything":true}"#, None).unwrap_err();
+        assert!(other.contains("format 2"), "{other}");
+        assert!(other.contains(&format!("reads format {FORMAT}")), "{other}");
+        let missing = parse(br#"{"format":1}"#, None).unwrap_err();
+        assert!(missing.starts_with("malformed state"), "{missing}");
+    }
+
+    #[test]
+    fn check_answers_the_handshake() {
+        let (code, line) = check(Some("2".as_ref()), &b""[..]);
+        assert_eq!(code, 1);
+        assert!(
+            line.contains(&format!("reads upgrade state format {FORMAT}, not 2")),
+            "{line}"
+        );
+        let (code, line) = check(Some("x".as_ref()), &b""[..]);
+        assert_eq!(code, 2, "{line}");
+        let (code, line) = check(Some(FORMAT.to_string().as_ref()), &b"{}"[..]);
+        assert_eq!(code, 1, "{line}");
+        assert!(line.contains("cannot adopt this state"), "{line}");
+    }
+
+    #[test]
+    fn verdicts() {
+        let ok = format!("{CHECK_OK} format {FORMAT}, 0.2.0 (build b)\n");
+        assert_eq!(
+            check_verdict(ok.as_bytes(), Some((true, "exited with status 0".into()))),
+            Ok("0.2.0 (build b)".into())
+        );
+        let failed = check_verdict(b"boom\n", Some((false, "exited with status 1".into())));
+        assert_eq!(
+            failed,
+            Err("its handshake exited with status 1: boom".into())
+        );
+        let other = format!("{CHECK_OK} format {}, 9.0.0\n", FORMAT + 1);
+        let e = check_verdict(
+            other.as_bytes(),
+            Some((true, "exited with status 0".into())),
+        )
+        .unwrap_err();
+        assert!(e.contains("another upgrade state format"), "{e}");
+        let e = check_verdict(b"hello\n", Some((true, "exited with status 0".into()))).unwrap_err();
+        assert!(e.contains("does not speak"), "{e}");
+        let e = check_verdict(b"", None).unwrap_err();
+        assert!(e.contains("did not answer the handshake within 5 s"), "{e}");
+    }
+
+    #[test]
+    fn fds_lists_every_piece() {
+        let fds = Fds {
+            listeners: vec![ListenerFd {
+                name: "http".into(),
+                fd: 3,
+                file: None,
+            }],
+            control: Some(FileFd {
+                fd: 4,
+                file: OwnedPath {
+                    path: "/run/x.sock".into(),
+                    identity: (1, 2),
+                },
+            }),
+            notify: vec![NotifyFd {
+                generation: 1,
+                fd: 5,
+                env: "@x".into(),
+            }],
+            execs: vec![ExecFd {
+                pid: 9,
+                fd: 6,
+                shown: "x".into(),
+                explicit: true,
+                candidates: Vec::new(),
+            }],
+            waiters: vec![(2, 7)],
+            requests: vec![(Request::Status, 8)],
+            upgrade: Some(9),
+        };
+        assert_eq!(fds.all(), vec![3, 4, 5, 6, 7, 8, 9]);
+    }
+}
