@@ -11,5 +11,6 @@ mod reload;
 mod servers;
 mod systemd;
 mod units;
+mod upgrade;
 mod util;
 mod who;

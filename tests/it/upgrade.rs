@@ -1,0 +1,392 @@
+//! `relaunch upgrade`: relaunch re-executes itself in place (same pid, same
+//! listeners, same children) from a second build of itself, under load.
+//!
+//! The second build is the same source with another `RELAUNCH_BUILD_ID`,
+//! built once into target/upgrade-b. Its target dir is seeded with hard
+//! links to target/debug's dependencies (relaunch's own files left out), so
+//! only relaunch itself compiles: about 10 s of CPU the first time, nothing
+//! once it is up to date.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::util::*;
+
+const T: Duration = Duration::from_secs(30);
+const BUILD_B: &str = "upgrade-test-b";
+
+/// target/upgrade-b/debug/relaunch, built with RELAUNCH_BUILD_ID=upgrade-test-b.
+fn second_build() -> &'static Path {
+    static B: OnceLock<PathBuf> = OnceLock::new();
+    B.get_or_init(|| {
+        let target = Path::new(relaunch_bin()).parent().unwrap().parent().unwrap();
+        let out = target.join("upgrade-b");
+        let debug = out.join("debug");
+        if !debug.exists() {
+            std::fs::create_dir_all(&debug).unwrap();
+            let seed = format!(
+                "cd {src} && for d in deps build .fingerprint; do [ -d $d ] && cp -al $d {dst}/; done; \
+                 rm -rf {dst}/deps/relaunch-* {dst}/deps/librelaunch* {dst}/.fingerprint/relaunch-*; true",
+                src = target.join("debug").display(),
+                dst = debug.display()
+            );
+            let ok = Command::new("sh").arg("-c").arg(seed).status().unwrap();
+            assert!(ok.success(), "seeding {} failed", out.display());
+        }
+        let built = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--bin", "relaunch", "--target-dir"])
+            .arg(&out)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("RELAUNCH_BUILD_ID", BUILD_B)
+            .output()
+            .unwrap();
+        assert!(
+            built.status.success(),
+            "building the second relaunch failed:\n{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        debug.join("relaunch")
+    })
+}
+
+/// Puts `from` at `to` the way a deploy does: a new file renamed over the
+/// old one (which runs, so it cannot be written in place).
+fn install(from: &Path, to: &Path) {
+    let tmp = to.with_extension("new");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+fn script(path: &Path, body: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Runs a client subcommand: (exit code, stdout + stderr).
+fn cli(args: &[&str]) -> (i32, String) {
+    let out = Command::new(relaunch_bin()).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn upgrade(ctl: &Path) -> (i32, String) {
+    cli(&["upgrade", "--control", ctl.to_str().unwrap()])
+}
+
+fn status(ctl: &Path) -> serde_json::Value {
+    let (code, out) = cli(&["status", "--json", "--control", ctl.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// (pid, generation) of every child.
+fn children(s: &serde_json::Value) -> Vec<(i64, i64)> {
+    s["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["pid"].as_i64().unwrap(),
+                c["generation"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn fds_of(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            std::fs::read_link(e.path())
+                .map(|l| l.display().to_string())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// relaunch from a copy of its binary in a temp dir, serving `mode`.
+struct Setup {
+    app: App,
+    bin: PathBuf,
+    ctl: PathBuf,
+    r: Relaunch,
+}
+
+fn setup(tag: &str, mode: &str, extra: &[&str]) -> Setup {
+    let app = App::new(tag, mode);
+    let bin = app.dir.join("relaunch");
+    install(Path::new(relaunch_bin()), &bin);
+    let ctl = app.control();
+    let r = Relaunch::start_with(
+        Command::new(&bin)
+            .args(["-l", "127.0.0.1:0", "--control", ctl.to_str().unwrap()])
+            .args(extra)
+            .arg("--")
+            .arg(app.script()),
+    );
+    Setup { app, bin, ctl, r }
+}
+
+#[test]
+fn upgrade_under_load_keeps_the_pid_the_listeners_and_the_children() {
+    let b = second_build();
+    let s = setup("upgrade-load", &pid_server(""), &["--workers", "2"]);
+    let addr = s.r.listen_addr(3);
+    wait_serving(addr);
+    s.r.log.wait("serving: generation 1", T);
+    let before = status(&s.ctl);
+    assert_eq!(before["build_id"], serde_json::Value::Null);
+    let load = Load::start(addr, 8);
+    install(b, &s.bin);
+    let (code, out) = upgrade(&s.ctl);
+    assert_eq!(code, 0, "{out}");
+    let pid = s.r.pid();
+    assert!(
+        out.contains(&format!(
+            "upgraded relaunch (pid {pid}) from 0.1.0 to 0.1.0 (build {BUILD_B}), kept 1 listeners and 2 children"
+        )),
+        "{out}"
+    );
+    s.r.log.wait(
+        &format!("upgraded from 0.1.0 to 0.1.0 (build {BUILD_B}), kept 1 listeners and 2 children"),
+        T,
+    );
+    let after = status(&s.ctl);
+    assert_eq!(after["pid"], pid);
+    assert_eq!(after["build_id"], BUILD_B);
+    assert_eq!(after["generation"], before["generation"]);
+    assert_eq!(children(&after), children(&before));
+    let exe = std::fs::metadata(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe.ino(), std::fs::metadata(&s.bin).unwrap().ino());
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/exe")).unwrap(),
+        s.bin
+    );
+    // A reload afterwards works, from the new image.
+    let (code, out) = crate::reload::reload_cli(&s.ctl);
+    assert_eq!(code, 0, "{out}");
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
+    assert!(rep.ok > 0);
+    let log = s.r.log.text();
+    assert_eq!(log.matches(" started ").count(), 4, "{log}");
+    assert!(!log.contains("restarting"), "{log}");
+    assert_eq!(status(&s.ctl)["generation"], 2);
+}
+
+#[test]
+fn twenty_upgrades_in_a_row_leak_nothing() {
+    let b = second_build();
+    let s = setup("upgrade-twenty", &pid_server(""), &[]);
+    let addr = s.r.listen_addr(3);
+    wait_serving(addr);
+    s.r.log.wait("serving: generation 1", T);
+    let pid = s.r.pid();
+    let children_before = children(&status(&s.ctl));
+    // A control connection may still be closing: the count settles at this.
+    let baseline = wait_for("relaunch's fd count to settle", T, || {
+        let n = fds_of(pid).len();
+        std::thread::sleep(Duration::from_millis(50));
+        (fds_of(pid).len() == n).then_some(n)
+    });
+    let load = Load::start(addr, 4);
+    for n in 0..20 {
+        let (next, build) = if n % 2 == 0 {
+            (b, serde_json::Value::from(BUILD_B))
+        } else {
+            (Path::new(relaunch_bin()), serde_json::Value::Null)
+        };
+        install(next, &s.bin);
+        let (code, out) = upgrade(&s.ctl);
+        assert_eq!(code, 0, "upgrade {n}: {out}");
+        let st = status(&s.ctl);
+        assert_eq!(st["build_id"], build, "upgrade {n}");
+        assert_eq!(children(&st), children_before, "upgrade {n}");
+        let fds = fds_of(pid);
+        assert!(
+            !fds.iter().any(|f| f.contains("memfd:")),
+            "upgrade {n} left a memfd: {fds:?}"
+        );
+        // Flat: back to the count before the first upgrade (a leak never is).
+        wait_for(&format!("{baseline} fds after upgrade {n}"), T, || {
+            (fds_of(pid).len() == baseline).then_some(())
+        });
+    }
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
+    assert_eq!(s.r.log.count("upgraded from"), 20);
+}
+
+#[test]
+fn a_broken_new_binary_is_refused_and_nothing_changes() {
+    let s = setup("upgrade-broken", &pid_server(""), &[]);
+    let addr = s.r.listen_addr(3);
+    let served = wait_serving(addr);
+    s.r.log.wait("serving: generation 1", T);
+    let before = status(&s.ctl);
+    let exe = std::fs::metadata(format!("/proc/{}/exe", s.r.pid()))
+        .unwrap()
+        .ino();
+    let load = Load::start(addr, 4);
+    let cases = [
+        (
+            "echo 'relaunch: cannot start: libfoo.so missing' >&2; exit 1",
+            "its handshake exited with status 1: relaunch: cannot start: libfoo.so missing",
+        ),
+        (
+            "cat >/dev/null; echo 'relaunch upgrade-check ok: format 2, 9.0.0'",
+            "it speaks another upgrade state format (relaunch upgrade-check ok: format 2, 9.0.0; this relaunch hands over format 1)",
+        ),
+        (
+            "echo hello",
+            "it does not speak relaunch's upgrade handshake (format 1): hello",
+        ),
+        (
+            "exec sleep 60",
+            "it did not answer the handshake within 5 s",
+        ),
+    ];
+    for (body, reason) in cases {
+        script(&s.bin, body);
+        let (code, out) = upgrade(&s.ctl);
+        assert_eq!(code, 1, "{body}: {out}");
+        assert!(out.contains(reason), "{body}: {out}");
+        assert!(
+            out.contains("the running relaunch goes on unchanged"),
+            "{out}"
+        );
+        let now = status(&s.ctl);
+        assert_eq!(now["pid"], before["pid"]);
+        assert_eq!(now["build_id"], before["build_id"]);
+        assert_eq!(now["generation"], before["generation"]);
+        assert_eq!(children(&now), children(&before));
+        assert_eq!(get(addr).unwrap(), served);
+    }
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
+    let still = std::fs::metadata(format!("/proc/{}/exe", s.r.pid())).unwrap();
+    assert_eq!(still.ino(), exe, "the old image runs on");
+    // A real relaunch asked for a format it does not read says so.
+    let out = Command::new(relaunch_bin())
+        .args(["--upgrade-check", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reads upgrade state format 1, not 2"), "{err}");
+}
+
+#[test]
+fn an_upgrade_during_a_reload_finishes_the_reload_in_the_new_image() {
+    let b = second_build();
+    let s = setup("upgrade-in-reload", &pid_server(""), &[]);
+    let addr = s.r.listen_addr(3);
+    let first = wait_serving(addr);
+    s.r.log.wait("serving: generation 1", T);
+    // Generation 2 takes 2 s to get ready: the upgrade comes meanwhile.
+    s.app.deploy(&pid_server("--delay 2"));
+    let load = Load::start(addr, 4);
+    let ctl = s.ctl.clone();
+    let reload = std::thread::spawn(move || crate::reload::reload_cli(&ctl));
+    s.r.log.wait("reload: starting generation 2", T);
+    install(b, &s.bin);
+    let (code, out) = upgrade(&s.ctl);
+    assert_eq!(code, 0, "{out}");
+    // Both generations were handed over, the new one still starting.
+    assert!(out.contains("kept 1 listeners and 2 children"), "{out}");
+    let mid = status(&s.ctl);
+    assert_eq!(mid["state"], "reloading");
+    assert_eq!(mid["build_id"], BUILD_B);
+    let (code, out) = reload.join().unwrap();
+    assert_eq!(
+        code, 0,
+        "the reload client is answered by the new image: {out}"
+    );
+    assert!(out.contains("reloaded: generation 2"), "{out}");
+    let after = status(&s.ctl);
+    assert_eq!(after["generation"], 2);
+    let kids = children(&after);
+    assert_eq!(kids.len(), 1, "{kids:?}");
+    assert_eq!(
+        kids[0],
+        (children(&mid).iter().find(|c| c.1 == 2).unwrap().0, 2),
+        "the child started before the upgrade is the one serving"
+    );
+    assert_ne!(get(addr).unwrap(), first);
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
+    assert_eq!(s.r.log.count(" started "), 2, "{}", s.r.log.text());
+}
+
+#[test]
+fn a_reload_during_an_upgrade_is_handed_over_with_it() {
+    let b = second_build();
+    let s = setup("reload-in-upgrade", &pid_server(""), &[]);
+    let addr = s.r.listen_addr(3);
+    let first = wait_serving(addr);
+    s.r.log.wait("serving: generation 1", T);
+    // A new binary whose handshake takes a second: the reload comes in
+    // meanwhile, and is still starting (2 s) when the exec happens.
+    s.app.deploy(&pid_server("--delay 2"));
+    script(
+        &s.bin,
+        &format!(
+            "[ \"$1\" = --upgrade-check ] && sleep 1\nexec {} \"$@\"",
+            b.display()
+        ),
+    );
+    let load = Load::start(addr, 4);
+    let ctl = s.ctl.clone();
+    let upgrading = std::thread::spawn(move || upgrade(&ctl));
+    s.r.log
+        .wait("asking the new binary whether it can take over", T);
+    let (code, out) = crate::reload::reload_cli(&s.ctl);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("reloaded: generation 2"), "{out}");
+    let (code, out) = upgrading.join().unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("(build {BUILD_B})")), "{out}");
+    let log = s.r.log.text();
+    let upgraded_at = log.find("upgraded from").expect("upgraded");
+    let done_at = log.find("reload done").expect("reload done");
+    assert!(
+        upgraded_at < done_at,
+        "the exec happened mid-reload:\n{log}"
+    );
+    let after = status(&s.ctl);
+    assert_eq!(after["generation"], 2);
+    assert_eq!(after["build_id"], BUILD_B);
+    assert_eq!(children(&after).len(), 1);
+    assert_ne!(get(addr).unwrap(), first);
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
+    assert_eq!(log.matches(" started ").count(), 2, "{log}");
+}
+
+#[test]
+fn sigusr2_upgrades_instead_of_reaching_the_children() {
+    let b = second_build();
+    let s = setup("upgrade-usr2", &pid_server(""), &[]);
+    let addr = s.r.listen_addr(3);
+    let served = wait_serving(addr);
+    s.r.log.wait("serving: generation 1", T);
+    install(b, &s.bin);
+    s.r.signal(libc::SIGUSR2);
+    s.r.log.wait("upgraded from", T);
+    assert_eq!(status(&s.ctl)["build_id"], BUILD_B);
+    // The child never saw it (SIGUSR2's default would have killed it).
+    assert_eq!(get(addr).unwrap(), served);
+    assert!(!s.r.log.text().contains("restarting"));
+}
