@@ -31,6 +31,14 @@ use socket2::{Domain, SockRef, Type};
 use crate::error::{Error, Result};
 use crate::plan::spec::{self, Addr, Host, Proto};
 
+/// How relaunch names the listeners it keeps in systemd's fd store
+/// (`FDSTORE=1`, `FDNAME=relaunch.<listener>`). After a crash, systemd hands
+/// them back among `LISTEN_FDS`; the prefix tells them from the sockets of
+/// a `.socket` unit: those are the unit's, passed on as they come, while a
+/// stored one is reused only by the listener of that name, if its address
+/// still fits, instead of binding.
+pub const STORE_PREFIX: &str = "relaunch.";
+
 /// The first fd of the protocol (`SD_LISTEN_FDS_START`).
 pub const FIRST_FD: i32 = 3;
 /// More than this many announced fds is taken as a corrupt environment.

@@ -47,6 +47,7 @@ const NOT_PASSED: &[&str] = &[
     "LISTEN_FDNAMES",
     "LISTEN_PIDFDID",
     "NOTIFY_SOCKET",
+    "FDSTORE",
     "RELAUNCH_WORKER",
     "RELAUNCH_CONTROL",
 ];
@@ -99,6 +100,9 @@ pub struct Plan {
     pub ready_timeout: Duration,
     pub ports_file: Option<PathBuf>,
     pub control: Option<PathBuf>,
+    /// Names (FDNAME) of sockets the fd store gave back that no listener
+    /// wants any more: dropped from the store.
+    pub unstore: Vec<String>,
     /// For the log, at info and warn.
     pub notes: Vec<String>,
     pub warnings: Vec<String>,
@@ -117,6 +121,14 @@ pub enum Source {
     Bind {
         spec: ListenSpec,
         /// Ports to try, in order, when the spec's port is held.
+        fallback: Vec<u16>,
+    },
+    /// The socket relaunch kept in systemd's fd store for this listener,
+    /// at this index of the snapshot; bound as `spec` says if it no longer
+    /// fits it.
+    Stored {
+        index: usize,
+        spec: ListenSpec,
         fallback: Vec<u16>,
     },
 }
@@ -155,7 +167,7 @@ pub fn make(
     // inherit::take has already said why LISTEN_FDS for another pid is ignored.
     let mut notes = Vec::new();
     let mut warnings = Vec::new();
-    let listeners = listeners(args, inherited, &mut notes)?;
+    let (listeners, unstore) = listeners(args, inherited, &mut notes)?;
     if !args.no_listen_pid
         && let Some(w) = wrapper::warning(program, rest)
     {
@@ -197,6 +209,7 @@ pub fn make(
         ready_timeout,
         ports_file: args.ports_file.clone(),
         control: args.control.clone(),
+        unstore,
         notes,
         warnings,
     })
@@ -207,8 +220,14 @@ fn set(env: &mut Vec<(OsString, OsString)>, key: &str, value: OsString) {
     env.push((key.into(), value));
 }
 
-/// Inherited sockets first, in their order, then the specs of --port and -l.
-fn listeners(args: &RunArgs, inherited: &[&str], notes: &mut Vec<String>) -> Result<Vec<Planned>> {
+/// Inherited sockets first, in their order, then the specs of --port and -l
+/// (each on the socket of its name the fd store gave back, if any); and the
+/// stored sockets nobody wants.
+fn listeners(
+    args: &RunArgs,
+    inherited: &[&str],
+    notes: &mut Vec<String>,
+) -> Result<(Vec<Planned>, Vec<String>)> {
     let mut specs: Vec<ListenSpec> = Vec::new();
     if let Some(p) = &args.port {
         let port = spec::parse_port(p, false).map_err(|e| Error::usage(format!("--port: {e}")))?;
@@ -240,20 +259,28 @@ fn listeners(args: &RunArgs, inherited: &[&str], notes: &mut Vec<String>) -> Res
         fallbacks.insert(name.to_string(), ports);
     }
 
+    let stored: Vec<(usize, &str)> = inherited
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| n.strip_prefix(inherit::STORE_PREFIX).map(|n| (i, n)))
+        .collect();
+    let is_stored = |i: usize| stored.iter().any(|&(j, _)| j == i);
     let mut out: Vec<Planned> = inherited
         .iter()
         .enumerate()
+        .filter(|&(i, _)| !is_stored(i))
         .map(|(i, name)| Planned {
             name: name.to_string(),
             source: Source::Inherited(i),
         })
         .collect();
     // Reserved before any default name is handed out.
-    let mut taken: Vec<String> = inherited.iter().map(|n| n.to_string()).collect();
+    let from_unit: Vec<String> = out.iter().map(|p| p.name.clone()).collect();
+    let mut taken = from_unit.clone();
     taken.extend(specs.iter().filter_map(|s| s.name.clone()));
     for s in specs {
         let name = match &s.name {
-            Some(name) if inherited.contains(&name.as_str()) => {
+            Some(name) if from_unit.contains(name) => {
                 notes.push(format!(
                     "{name}: using the socket inherited from the service manager instead of binding {}",
                     s.addr
@@ -275,10 +302,31 @@ fn listeners(args: &RunArgs, inherited: &[&str], notes: &mut Vec<String>) -> Res
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
-        out.push(Planned {
-            name,
-            source: Source::Bind { spec: s, fallback },
-        });
+        let source = match stored.iter().find(|&&(_, n)| n == name) {
+            Some(&(index, _)) => {
+                notes.push(format!(
+                    "{name}: reusing the socket relaunch kept in systemd's fd store instead of binding {}",
+                    s.addr
+                ));
+                Source::Stored {
+                    index,
+                    spec: s,
+                    fallback,
+                }
+            }
+            None => Source::Bind { spec: s, fallback },
+        };
+        out.push(Planned { name, source });
+    }
+    let unstore: Vec<String> = stored
+        .iter()
+        .filter(|&&(_, n)| !out.iter().any(|p| p.name == n))
+        .map(|&(_, n)| format!("{}{n}", inherit::STORE_PREFIX))
+        .collect();
+    for n in &unstore {
+        notes.push(format!(
+            "{n}: systemd's fd store gave back a socket no listener wants now; closing it and dropping it from the store"
+        ));
     }
     if let Some(unknown) = fallbacks
         .keys()
@@ -294,7 +342,7 @@ fn listeners(args: &RunArgs, inherited: &[&str], notes: &mut Vec<String>) -> Res
         return Err(Error::usage("nothing to listen on")
             .hint("give --port PORT or -l SPEC, or start relaunch from a systemd .socket unit"));
     }
-    Ok(out)
+    Ok((out, unstore))
 }
 
 impl Plan {
@@ -376,6 +424,38 @@ mod tests {
             fd,
             addr: Some(spec::parse(addr).unwrap().addr),
         }
+    }
+
+    #[test]
+    fn sockets_from_the_fd_store_go_to_their_listener_in_its_place() {
+        // From a socket unit ("web"), and from relaunch's own store.
+        let p = plan(
+            &["-l", "127.0.0.1:0", "-l", "admin=127.0.0.1:0", "--", "x"],
+            &["web", "relaunch.admin", "relaunch.http", "relaunch.gone"],
+        )
+        .unwrap();
+        assert_eq!(names(&p), ["web", "http", "admin"]);
+        assert_eq!(p.listeners[0].source, Source::Inherited(0));
+        // The default name is the one it had when it was stored.
+        assert!(matches!(
+            p.listeners[1].source,
+            Source::Stored { index: 2, .. }
+        ));
+        assert!(matches!(
+            p.listeners[2].source,
+            Source::Stored { index: 1, .. }
+        ));
+        assert_eq!(p.unstore, ["relaunch.gone"]);
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.starts_with("http: reusing the socket relaunch kept")),
+            "{:?}",
+            p.notes
+        );
+        // Nothing asked for: stored sockets alone do not make listeners.
+        let e = plan(&["--", "x"], &["relaunch.http"]).unwrap_err();
+        assert!(e.to_string().contains("nothing to listen on"), "{e}");
     }
 
     #[test]
@@ -465,7 +545,7 @@ mod tests {
             .iter()
             .map(|l| match &l.source {
                 Source::Bind { fallback, .. } => fallback.clone(),
-                Source::Inherited(_) => unreachable!(),
+                Source::Inherited(_) | Source::Stored { .. } => unreachable!(),
             })
             .collect();
         assert_eq!(fb, [vec![5, 6], vec![7]]);

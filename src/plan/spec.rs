@@ -454,6 +454,38 @@ fn name_problem(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a socket bound at `got` is what `want` asks for: the same path
+/// or name, or the same protocol and port (any port for port 0) on the
+/// same address (any unspecified one for `Any`; a host name is taken at
+/// its word, as resolving it would be a guess).
+pub fn same_place(want: &Addr, got: &Addr) -> bool {
+    match (want, got) {
+        (
+            Addr::Inet {
+                proto: p1,
+                host,
+                port: want_port,
+            },
+            Addr::Inet {
+                proto: p2,
+                host: got_host,
+                port: got_port,
+            },
+        ) => {
+            let host_ok = match (host, got_host) {
+                (Host::Any, Host::Ip(ip)) => ip.is_unspecified(),
+                (Host::Ip(a), Host::Ip(b)) => a == b,
+                (Host::Name(_), _) => true,
+                (a, b) => a == b,
+            };
+            p1 == p2 && host_ok && (*want_port == 0 || want_port == got_port)
+        }
+        (Addr::Unix(a), Addr::Unix(b)) => a == b,
+        (Addr::UnixAbstract(a), Addr::UnixAbstract(b)) => a == b,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -794,5 +826,24 @@ mod tests {
             };
             prop_assert_eq!(parse(&text), Ok(want), "{}", text);
         }
+    }
+
+    #[test]
+    fn same_place_matches_what_a_spec_asks() {
+        let a = |s: &str| parse(s).unwrap().addr;
+        let got = |s: &str| parse(s).unwrap().addr;
+        assert!(same_place(&a(":8000"), &got("[::]:8000")));
+        assert!(same_place(&a(":8000"), &got("0.0.0.0:8000")));
+        assert!(!same_place(&a(":8000"), &got("127.0.0.1:8000")));
+        assert!(!same_place(&a(":8000"), &got("[::]:8001")));
+        assert!(same_place(&a("127.0.0.1:0"), &got("127.0.0.1:41234")));
+        assert!(!same_place(&a("udp:127.0.0.1:53"), &got("127.0.0.1:53")));
+        assert!(same_place(&a("localhost:80"), &got("127.0.0.1:80")));
+        assert!(same_place(&a("unix:/run/a.sock"), &got("unix:/run/a.sock")));
+        assert!(!same_place(
+            &a("unix:/run/a.sock"),
+            &got("unix:/run/b.sock")
+        ));
+        assert!(!same_place(&a("unix:@x"), &got("unix:/x")));
     }
 }

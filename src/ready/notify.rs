@@ -679,6 +679,38 @@ impl Systemd {
     pub fn stopping(&self) {
         self.send("STOPPING=1");
     }
+
+    /// `FDSTORE=1` with `fd` as `name`: systemd keeps a copy while the unit
+    /// lives and hands it back (`LISTEN_FDS`) when it starts relaunch again.
+    /// systemd drops it, with a line in its journal, unless the unit sets
+    /// `FileDescriptorStoreMax=`; nothing comes back to say so.
+    pub fn store(&self, name: &str, fd: RawFd) -> io::Result<()> {
+        let msg = format!("FDSTORE=1\nFDNAME={}", one_line(name));
+        let to = nix_addr(self.name.as_bytes()).map_err(io::Error::from)?;
+        let fds = [fd];
+        socket::sendmsg(
+            self.sock.as_raw_fd(),
+            &[io::IoSlice::new(msg.as_bytes())],
+            &[socket::ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            Some(&to),
+        )
+        .map(drop)
+        .map_err(io::Error::from)
+    }
+
+    /// `FDSTOREREMOVE=1`: drop what the store keeps as `name`.
+    pub fn unstore(&self, name: &str) {
+        self.send(&format!("FDSTOREREMOVE=1\nFDNAME={}", one_line(name)));
+    }
+}
+
+/// NOTIFY_SOCKET's value as nix's address (for sendmsg with fds).
+fn nix_addr(value: &[u8]) -> nix::Result<UnixAddr> {
+    match value.split_first() {
+        Some((b'@', name)) => UnixAddr::new_abstract(name),
+        _ => UnixAddr::new(value),
+    }
 }
 
 /// Pure: Ok(None) for unset-equivalent (empty), Err for values we cannot use.

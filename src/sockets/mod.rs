@@ -16,13 +16,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use socket2::{Domain, SockAddr, Socket, Type};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::plan::inherit::{Inherited, SockKind};
 use crate::plan::options::{gid_of, uid_of};
 use crate::plan::placeholders::{self, Named};
-use crate::plan::spec::{Addr, Host, ListenSpec, Proto, UnixOptions};
+use crate::plan::spec::{self, Addr, Host, ListenSpec, Proto, UnixOptions};
 use crate::plan::{Planned, Source};
 use crate::who;
 
@@ -73,12 +73,30 @@ impl Listener {
     }
 }
 
+/// What [`open`] made of the plan.
+pub struct Opened {
+    /// In the plan's order.
+    pub listeners: Vec<Listener>,
+    /// Indexes of the listeners relaunch bound itself this time (the ones
+    /// to keep in systemd's fd store).
+    pub bound_here: Vec<usize>,
+    /// Names (FDNAME) of sockets the fd store gave back that no longer fit
+    /// their listener (another address): bound afresh, to be dropped from
+    /// the store.
+    pub stale: Vec<String>,
+}
+
 /// The listeners of the plan, in its order: inherited sockets adopted, the
 /// others bound.
-pub fn open(plan: &[Planned], inherited: Vec<Inherited>, backlog: i32) -> Result<Vec<Listener>> {
+pub fn open(plan: &[Planned], inherited: Vec<Inherited>, backlog: i32) -> Result<Opened> {
     let mut inherited: Vec<Option<Inherited>> = inherited.into_iter().map(Some).collect();
     let mut out = Vec::with_capacity(plan.len());
+    let mut bound_here = Vec::new();
+    let mut stale = Vec::new();
     for p in plan {
+        if !matches!(p.source, Source::Inherited(_)) {
+            bound_here.push(out.len());
+        }
         out.push(match &p.source {
             Source::Inherited(i) => {
                 let i = inherited.get_mut(*i).and_then(Option::take).ok_or_else(|| {
@@ -92,9 +110,37 @@ pub fn open(plan: &[Planned], inherited: Vec<Inherited>, backlog: i32) -> Result
                 l
             }
             Source::Bind { spec, fallback } => bind(p.name.clone(), spec, backlog, fallback)?,
+            Source::Stored {
+                index,
+                spec,
+                fallback,
+            } => {
+                let kept = inherited.get_mut(*index).and_then(Option::take);
+                match kept {
+                    Some(i) if i.addr.as_ref().is_some_and(|a| spec::same_place(&spec.addr, a)) => {
+                        bound_here.pop();
+                        Listener::adopt(p.name.clone(), Socket::from(i.fd), i.addr)
+                    }
+                    other => {
+                        let had = other.and_then(|i| i.addr).map(|a| placeholders::shown(Some(&a)));
+                        info!(
+                            "{}: the socket kept in systemd's fd store is {}, not {}; binding afresh",
+                            p.name,
+                            had.as_deref().unwrap_or("gone"),
+                            spec.addr
+                        );
+                        stale.push(format!("{}{}", crate::plan::inherit::STORE_PREFIX, p.name));
+                        bind(p.name.clone(), spec, backlog, fallback)?
+                    }
+                }
+            }
         });
     }
-    Ok(out)
+    Ok(Opened {
+        listeners: out,
+        bound_here,
+        stale,
+    })
 }
 
 /// Binds `addr`; for TCP and UDP, a held port falls back to the first free port of `fallback`.
@@ -400,7 +446,7 @@ mod tests {
                 },
             },
         ];
-        let l = open(&plan, inherited, 16).unwrap();
+        let l = open(&plan, inherited, 16).unwrap().listeners;
         assert_eq!(l[0].name, "web");
         assert_eq!(l[0].address(), format!("127.0.0.1:{port}"));
         assert_eq!(l[0].named(3).port(), Some(port));

@@ -57,7 +57,8 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     if let Some(line) = scan::proc_missing(plan.ready == ReadyMode::Auto) {
         warn!("{line}");
     }
-    let listeners = sockets::open(&plan.listeners, inherited, plan.backlog)?;
+    let opened = sockets::open(&plan.listeners, inherited, plan.backlog)?;
+    let listeners = opened.listeners;
     for (i, l) in listeners.iter().enumerate() {
         info!("listening on {} as fd {} ({})", l.address(), 3 + i, l.name);
     }
@@ -77,6 +78,12 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
 
     let notify_socket = plan::var(&snap.env, "NOTIFY_SOCKET").cloned();
     let systemd = Systemd::from_env(notify_socket.as_deref());
+    if let Some(s) = &systemd
+        && fd_store_allowed(&snap.env)
+    {
+        let bound: Vec<&Listener> = opened.bound_here.iter().map(|&i| &listeners[i]).collect();
+        keep_in_store(s, &bound, plan.unstore.iter().chain(&opened.stale));
+    }
     let control = match &plan.control {
         Some(path) => Some(control::Server::bind(path)?),
         None => None,
@@ -144,6 +151,50 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     let result = event_loop(&mut sup, signals, control_rx, notify_rx, Arc::new(inodes)).await;
     reaper::end_orphans(stop_signal, stop_timeout).await;
     result
+}
+
+/// Whether to offer our listeners to systemd's fd store: NOTIFY_SOCKET is
+/// not another relaunch's, and `$FDSTORE` (systemd 254 and later set it to
+/// `FileDescriptorStoreMax=` when there is a store) does not say there is
+/// none. Older systemd cannot tell: the fds are offered, and dropped with a
+/// journal line when the unit has no store.
+fn fd_store_allowed(env: &[(OsString, OsString)]) -> bool {
+    let ours = plan::var(env, "NOTIFY_SOCKET")
+        .is_some_and(|v| v.as_encoded_bytes().starts_with(b"@relaunch/"));
+    let store =
+        plan::var(env, "FDSTORE").map(|v| v.to_str().and_then(|v| v.trim().parse::<u32>().ok()));
+    !ours && !matches!(store, Some(Some(0)) | Some(None))
+}
+
+/// Keeps each listener relaunch bound itself in systemd's fd store, so a
+/// relaunch that crashes or is killed gets the very same sockets back (the
+/// backlog holds the connections meanwhile); drops what is there for
+/// nobody any more.
+fn keep_in_store<'a>(s: &Systemd, bound: &[&Listener], unstore: impl Iterator<Item = &'a String>) {
+    for name in unstore {
+        s.unstore(name);
+    }
+    let mut kept = Vec::new();
+    for l in bound {
+        let name = format!("{}{}", plan::inherit::STORE_PREFIX, l.name);
+        if name.len() > 255 {
+            warn!(
+                "{}: the name is too long for systemd's fd store (FDNAME= takes 255 bytes); not kept there",
+                l.name
+            );
+            continue;
+        }
+        match s.store(&name, l.socket.as_raw_fd()) {
+            Ok(()) => kept.push(l.name.as_str()),
+            Err(e) => warn!("{}: cannot offer it to systemd's fd store: {e}", l.name),
+        }
+    }
+    if !kept.is_empty() {
+        info!(
+            "offered {} to systemd's fd store (FDSTORE=1; kept with FileDescriptorStoreMax= in the unit)",
+            kept.join(", ")
+        );
+    }
 }
 
 /// The driver's own state, for the next image (its fds are in

@@ -127,7 +127,11 @@ impl Rig {
     }
 
     fn main_pid(&self) -> i32 {
-        let out = self.ok(&["systemctl", "show", "-p", "MainPID", "--value", UNIT]);
+        self.main_pid_of(UNIT)
+    }
+
+    fn main_pid_of(&self, unit: &str) -> i32 {
+        let out = self.ok(&["systemctl", "show", "-p", "MainPID", "--value", unit]);
         out.trim().parse().unwrap()
     }
 
@@ -331,5 +335,116 @@ fn units_under_real_systemd() {
         "real-systemd test: boot {:.2?}, whole test {:.2?}",
         booted,
         t0.elapsed()
+    );
+}
+
+/// relaunch killed with -9 under load, with no .socket unit: with the fd
+/// store (the shipped web-dashboard-fdstore.service) systemd hands the same
+/// listening socket back and not one connection is refused; the same unit
+/// without FileDescriptorStoreMax= refuses connections until the restart.
+#[test]
+fn fd_store_keeps_the_port_open_across_a_crash() {
+    let Some(rig) = Rig::up() else {
+        return;
+    };
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    rig.install(
+        "/usr/local/bin/relaunch",
+        &std::fs::read(relaunch_bin()).unwrap(),
+        0o755,
+    );
+    rig.install(APP, &std::fs::read(example("pid_server")).unwrap(), 0o755);
+    let store = std::fs::read_to_string(units.join("web-dashboard-fdstore.service")).unwrap();
+    assert!(store.contains("FileDescriptorStoreMax=4"), "{store}");
+    let without: String = store
+        .lines()
+        .filter(|l| !l.starts_with("FileDescriptorStoreMax="))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(":5000", ":5001")
+        .replace("%t/web-dashboard/", "%t/web-dashboard-nostore/")
+        .replace(
+            "RuntimeDirectory=web-dashboard",
+            "RuntimeDirectory=web-dashboard-nostore",
+        );
+    rig.install(
+        "/etc/systemd/system/web-dashboard-fdstore.service",
+        store.as_bytes(),
+        0o644,
+    );
+    rig.install(
+        "/etc/systemd/system/web-dashboard-nostore.service",
+        without.as_bytes(),
+        0o644,
+    );
+    rig.ok(&["systemctl", "daemon-reload"]);
+    let crash = |unit: &str, port: u16| -> LoadReport {
+        rig.ok(&["systemctl", "start", unit]);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        rig.in_net(|| {
+            let serving = wait_serving(addr);
+            let main = rig.main_pid_of(unit);
+            let load = Load::start(addr, 4);
+            // SIGUSR2 upgrades relaunch in place: systemd's MainPID stays.
+            rig.ok(&["systemctl", "kill", "-s", "USR2", "--kill-who=main", unit]);
+            wait_for("the upgrade", Duration::from_secs(20), || {
+                let log = rig.ok(&["journalctl", "--no-pager", "-o", "cat", "-u", unit]);
+                log.contains("upgraded from").then_some(())
+            });
+            assert_eq!(rig.main_pid_of(unit), main);
+            assert_eq!(rig.ok(&["systemctl", "is-active", unit]).trim(), "active");
+            assert_eq!(get(addr).unwrap(), serving, "the app was not touched");
+            wait_for("the load to be served", Duration::from_secs(10), || {
+                (get(addr).ok()? == serving).then_some(())
+            });
+            rig.ok(&["kill", "-9", &main.to_string()]);
+            wait_for(
+                "systemd to restart relaunch",
+                Duration::from_secs(20),
+                || {
+                    let m = rig.main_pid_of(unit);
+                    (m > 0 && m != main).then_some(())
+                },
+            );
+            let after = wait_new_pid(addr, &serving);
+            // Some requests served by the restarted one too.
+            wait_for(
+                "the restarted app to serve the load",
+                Duration::from_secs(10),
+                || (get(addr).ok()? == after).then_some(()),
+            );
+            let report = load.finish();
+            rig.ok(&["systemctl", "stop", unit]);
+            report
+        })
+    };
+    let kept = crash("web-dashboard-fdstore.service", 5000);
+    let lost = crash("web-dashboard-nostore.service", 5001);
+    eprintln!(
+        "relaunch killed under load: with the fd store {} ok, {} refused, {} reset; \
+         without it {} ok, {} refused, {} reset",
+        kept.ok, kept.refused, kept.reset, lost.ok, lost.refused, lost.reset
+    );
+    assert_eq!(kept.refused, 0, "{kept:?}");
+    assert_eq!(kept.timeout, 0, "{kept:?}");
+    assert!(
+        lost.refused > 0,
+        "without the store the port should close: {lost:?}"
+    );
+    let journal = rig.ok(&[
+        "journalctl",
+        "--no-pager",
+        "-o",
+        "cat",
+        "-u",
+        "web-dashboard-fdstore.service",
+    ]);
+    assert!(
+        journal.contains("offered http to systemd's fd store"),
+        "{journal}"
+    );
+    assert!(
+        journal.contains("http: reusing the socket relaunch kept in systemd's fd store"),
+        "{journal}"
     );
 }

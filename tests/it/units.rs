@@ -30,7 +30,7 @@ fn systemd_units_verify() {
         std::fs::write(dir.join(&name), text).unwrap();
         units.push(dir.join(&name));
     }
-    assert_eq!(units.len(), 4);
+    assert_eq!(units.len(), 5);
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .args(&units)
