@@ -48,6 +48,7 @@ const NOT_PASSED: &[&str] = &[
     "LISTEN_PIDFDID",
     "NOTIFY_SOCKET",
     "FDSTORE",
+    "RELAUNCH_UPGRADE_STATE",
     "RELAUNCH_WORKER",
     "RELAUNCH_CONTROL",
 ];

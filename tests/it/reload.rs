@@ -351,6 +351,9 @@ fn talks_to_systemd_around_start_reload_and_stop() {
             .args(["-l", "127.0.0.1:0", "--", &app.script()])
             .env("NOTIFY_SOCKET", &path),
     );
+    // The listener it bound, offered to systemd's fd store first.
+    let offer = next();
+    assert_eq!(offer, "FDSTORE=1\nFDNAME=relaunch.http");
     let first = next();
     assert!(first.contains("READY=1"), "{first}");
     assert!(

@@ -79,5 +79,5 @@ fn services_reload_through_the_control_socket() {
             "{name}: relaunch killed must be restarted"
         );
     }
-    assert_eq!(services, 2);
+    assert_eq!(services, 3);
 }

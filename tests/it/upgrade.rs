@@ -219,10 +219,14 @@ fn twenty_upgrades_in_a_row_leak_nothing() {
             !fds.iter().any(|f| f.contains("memfd:")),
             "upgrade {n} left a memfd: {fds:?}"
         );
-        // Flat: back to the count before the first upgrade (a leak never is).
-        wait_for(&format!("{baseline} fds after upgrade {n}"), T, || {
-            (fds_of(pid).len() == baseline).then_some(())
-        });
+        // Flat: back to the count before the first upgrade (a leak never
+        // is, and twenty of them would show even past a connection that
+        // was closing when the baseline was taken).
+        wait_for(
+            &format!("at most {baseline} fds after upgrade {n}"),
+            T,
+            || (fds_of(pid).len() <= baseline).then_some(()),
+        );
     }
     let rep = load.finish();
     assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
