@@ -134,7 +134,7 @@ impl Check {
             _ => None,
         };
         handover::check_verdict(&out[..got], exit)
-            .map_err(|why| format!("{} was refused: {why}", self.binary.display()))
+            .map_err(|why| format!("{}: {why}", self.binary.display()))
     }
 }
 

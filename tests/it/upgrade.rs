@@ -231,6 +231,18 @@ fn twenty_upgrades_in_a_row_leak_nothing() {
     let rep = load.finish();
     assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
     assert_eq!(s.r.log.count("upgraded from"), 20);
+    // After twenty handovers every fd is close-on-exec again: a program
+    // relaunch runs (here the next handshake) sees no more fds than one
+    // this test runs (0, 1, 2, the folder it lists, and whatever this
+    // test's own parent left open for both).
+    let list = "import os; print('fds', sorted(map(int, os.listdir('/proc/self/fd')))); exit(1)";
+    let here = Command::new("python3").args(["-c", list]).output().unwrap();
+    let here = String::from_utf8_lossy(&here.stdout).trim().to_string();
+    assert!(here.starts_with("fds [0, 1, 2, 3"), "{here}");
+    script(&s.bin, &format!("exec python3 -c \"{list}\""));
+    let (code, out) = upgrade(&s.ctl);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!(": {here};")), "{here} vs {out}");
 }
 
 #[test]
@@ -260,6 +272,11 @@ fn a_broken_new_binary_is_refused_and_nothing_changes() {
         (
             "exec sleep 60",
             "it did not answer the handshake within 5 s",
+        ),
+        // It passes the check, then is gone when relaunch execs it.
+        (
+            "cat >/dev/null; echo 'relaunch upgrade-check ok: format 1, 0.9.9'; rm -f \"$0\"",
+            "No such file or directory",
         ),
     ];
     for (body, reason) in cases {
