@@ -142,7 +142,13 @@ fn setup(tag: &str, mode: &str, extra: &[&str]) -> Setup {
 #[test]
 fn upgrade_under_load_keeps_the_pid_the_listeners_and_the_children() {
     let b = second_build();
-    let s = setup("upgrade-load", &pid_server(""), &["--workers", "2"]);
+    let files = TempDir::new("upgrade-ports");
+    let ports = files.join("ports.json");
+    let mut s = setup(
+        "upgrade-load",
+        &pid_server(""),
+        &["--workers", "2", "--ports-file", ports.to_str().unwrap()],
+    );
     let addr = s.r.listen_addr(3);
     wait_serving(addr);
     s.r.log.wait("serving: generation 1", T);
@@ -184,6 +190,13 @@ fn upgrade_under_load_keeps_the_pid_the_listeners_and_the_children() {
     assert_eq!(log.matches(" started ").count(), 4, "{log}");
     assert!(!log.contains("restarting"), "{log}");
     assert_eq!(status(&s.ctl)["generation"], 2);
+    // The ports file and the control socket were handed over too: still
+    // there, and removed when relaunch stops.
+    assert!(ports.exists());
+    s.r.signal(libc::SIGTERM);
+    assert!(s.r.wait_exit(T).success(), "{}", s.r.log.text());
+    assert!(!ports.exists(), "the ports file outlived relaunch");
+    assert!(!s.ctl.exists(), "the control socket outlived relaunch");
 }
 
 #[test]
@@ -410,4 +423,45 @@ fn sigusr2_upgrades_instead_of_reaching_the_children() {
     // The child never saw it (SIGUSR2's default would have killed it).
     assert_eq!(get(addr).unwrap(), served);
     assert!(!s.r.log.text().contains("restarting"));
+}
+
+#[test]
+fn a_stray_upgrade_state_variable_is_refused_with_a_hint() {
+    for (value, code, says) in [
+        ("abc", 2, "RELAUNCH_UPGRADE_STATE=abc is not an fd number"),
+        (
+            "77",
+            2,
+            "RELAUNCH_UPGRADE_STATE names fd 77, which is not open",
+        ),
+        // 0, 1 and 2 are never a state.
+        ("1", 2, "is not an fd number"),
+    ] {
+        let out = Command::new(relaunch_bin())
+            .args(["-l", "127.0.0.1:0", "--", "true"])
+            .env("RELAUNCH_UPGRADE_STATE", value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{value}: {err}");
+        assert!(err.contains(says), "{value}: {err}");
+        assert!(err.contains("unset it to start relaunch afresh"), "{err}");
+    }
+    // An open fd that is not a sealed state.
+    let file = std::fs::File::open("/proc/self/status").unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let mut cmd = Command::new(relaunch_bin());
+    cmd.args(["-l", "127.0.0.1:0", "--", "true"])
+        .env("RELAUNCH_UPGRADE_STATE", fd.to_string());
+    // SAFETY: fcntl in the child before exec, async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            libc::fcntl(fd, libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("it is not a sealed memfd"), "{err}");
 }
