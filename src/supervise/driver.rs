@@ -896,9 +896,6 @@ async fn upgrade_now(
         requests,
         sigmask.clone(),
     );
-    if let Some(s) = &sup.os.systemd {
-        s.status("upgrading relaunch…");
-    }
     let why = upgrade::exec(&check.binary, &state);
     // Still here: the old image goes on.
     upgrade::set_sigmask(&sigmask);

@@ -392,6 +392,7 @@ fn a_reload_during_an_upgrade_is_handed_over_with_it() {
     let (code, out) = upgrading.join().unwrap();
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("(build {BUILD_B})")), "{out}");
+    s.r.log.wait("reload done", T);
     let log = s.r.log.text();
     let upgraded_at = log.find("upgraded from").expect("upgraded");
     let done_at = log.find("reload done").expect("reload done");
