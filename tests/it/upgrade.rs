@@ -466,3 +466,41 @@ fn a_stray_upgrade_state_variable_is_refused_with_a_hint() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("it is not a sealed memfd"), "{err}");
 }
+
+/// What systemd hears around an upgrade: `STATUS=upgrading relaunch…`,
+/// then `READY=1` with what serves once the new image runs; the fd store
+/// offer is not made again (the store still holds the same socket).
+#[test]
+fn tells_systemd_around_an_upgrade() {
+    let app = App::new("upgrade-sd", &pid_server(""));
+    let bin = app.dir.join("relaunch");
+    install(Path::new(relaunch_bin()), &bin);
+    let path = app.dir.join("notify.sock");
+    let sd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sd.set_read_timeout(Some(T)).unwrap();
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = sd.recv(&mut buf).expect("a datagram from relaunch");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ctl = app.control();
+    let r = Relaunch::start_with(
+        Command::new(&bin)
+            .args(["-l", "127.0.0.1:0", "--control", ctl.to_str().unwrap()])
+            .arg("--")
+            .arg(app.script())
+            .env("NOTIFY_SOCKET", &path),
+    );
+    assert_eq!(next(), "FDSTORE=1\nFDNAME=relaunch.http");
+    let ready = next();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=serving: generation 1, pid "),
+        "{ready}"
+    );
+    let (code, out) = upgrade(&ctl);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(next(), "STATUS=upgrading relaunch…");
+    assert_eq!(next(), ready, "READY=1 again, with what serves");
+    drop(r);
+    assert_eq!(next(), "STOPPING=1");
+}
