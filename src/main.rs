@@ -26,16 +26,7 @@ fn main() {
     spawn::ensure_std_fds();
     // An upgrade's handshake, run by the relaunch that would exec us.
     if std::env::args_os().nth(1).as_deref() == Some(handover::CHECK_FLAG.as_ref()) {
-        let (code, line) = handover::check(
-            std::env::args_os().nth(2).as_deref(),
-            std::io::stdin().lock(),
-        );
-        if code == 0 {
-            println!("{line}");
-        } else {
-            logging::print(3, &line);
-        }
-        std::process::exit(code);
+        upgrade_check();
     }
     // We are the new image of a relaunch that upgraded itself.
     if let Some(value) = std::env::var_os(handover::ENV) {
@@ -85,6 +76,22 @@ fn usage_error(rendered: &str) -> String {
         .find_map(|l| l.strip_prefix("tip: "))
         .unwrap_or("run `relaunch --help` for the options; the server's command goes after --");
     format!("{what}\n  hint: {hint}")
+}
+
+/// `relaunch --upgrade-check FORMAT`: the handshake of an upgrade.
+#[cold]
+#[inline(never)]
+fn upgrade_check() -> ! {
+    let (code, line) = handover::check(
+        std::env::args_os().nth(2).as_deref(),
+        std::io::stdin().lock(),
+    );
+    if code == 0 {
+        println!("{line}");
+    } else {
+        logging::print(3, &line);
+    }
+    std::process::exit(code);
 }
 
 /// The new image: adopt the state and go on serving.

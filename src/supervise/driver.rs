@@ -221,6 +221,8 @@ impl Saved {
 
 /// The new image after an upgrade: adopts what the old one handed over
 /// and goes on where it was.
+#[cold]
+#[inline(never)]
 pub async fn adopt(state: handover::State) -> Result<i32> {
     let signals = Signals::install()?;
     let handover::State {
@@ -783,24 +785,36 @@ async fn event_loop(
 fn apply(sup: &mut Supervisor<Driver>, fx: Vec<Effect>) {
     sup.os.perform(fx);
     while let Some((binary, reply)) = sup.os.asked.take() {
-        let started = upgrade::binary_path(binary)
-            .map_err(|why| (why, None))
-            .and_then(|binary| {
-                let state = save(sup, None, Vec::new(), Vec::new());
-                let json = serde_json::to_vec(&state)
-                    .map_err(|e| (format!("cannot encode the state: {e}"), None))?;
-                info!(binary = %binary.display(), "asking the new binary whether it can take over");
-                upgrade::start(binary, None, &json)
-            });
-        match started {
-            Ok(mut check) => {
-                check.reply = reply;
-                sup.os.upgrade = Some(check);
-            }
-            Err((reason, _)) => {
-                let fx = sup.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
-                sup.os.perform(fx);
-            }
+        start_upgrade(sup, binary, reply);
+    }
+}
+
+/// Runs the new binary's handshake with the state as it is now. Cold and
+/// apart, so its code stays off the pages the loop touches (idle RSS).
+#[cold]
+#[inline(never)]
+fn start_upgrade(
+    sup: &mut Supervisor<Driver>,
+    binary: Option<PathBuf>,
+    reply: Option<control::Reply>,
+) {
+    let started = upgrade::binary_path(binary)
+        .map_err(|why| (why, None))
+        .and_then(|binary| {
+            let state = save(sup, None, Vec::new(), Vec::new());
+            let json = serde_json::to_vec(&state)
+                .map_err(|e| (format!("cannot encode the state: {e}"), None))?;
+            info!(binary = %binary.display(), "asking the new binary whether it can take over");
+            upgrade::start(binary, None, &json)
+        });
+    match started {
+        Ok(mut check) => {
+            check.reply = reply;
+            sup.os.upgrade = Some(check);
+        }
+        Err((reason, _)) => {
+            let fx = sup.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
+            sup.os.perform(fx);
         }
     }
 }
@@ -831,6 +845,8 @@ fn save(
 
 /// The handshake is over: refuse, or hand everything over and exec. Only
 /// returns if relaunch goes on as it was.
+#[cold]
+#[inline(never)]
 async fn upgrade_now(
     sup: &mut Supervisor<Driver>,
     signals: &mut Signals,
