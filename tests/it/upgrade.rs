@@ -53,17 +53,38 @@ fn second_build() -> &'static Path {
 }
 
 /// Puts `from` at `to` the way a deploy does: a new file renamed over the
-/// old one (which runs, so it cannot be written in place).
+/// old one (which runs, so it cannot be written in place). Written by `cp`,
+/// not here: a child another test thread forks meanwhile would hold our
+/// write fd until its exec, and running the file then fails with ETXTBSY.
 fn install(from: &Path, to: &Path) {
     let tmp = to.with_extension("new");
-    std::fs::copy(from, &tmp).unwrap();
+    let ok = Command::new("cp")
+        .arg("--")
+        .arg(from)
+        .arg(&tmp)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "cp {} {}", from.display(), tmp.display());
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&tmp, to).unwrap();
 }
 
+/// A shell script at `path`, written out of process like [`install`].
 fn script(path: &Path, body: &str) {
+    use std::io::Write;
     let tmp = path.with_extension("new");
-    std::fs::write(&tmp, format!("#!/bin/sh\n{body}\n")).unwrap();
+    let mut sh = Command::new("sh")
+        .args(["-c", "cat > \"$1\"", "sh"])
+        .arg(&tmp)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = sh.stdin.take().unwrap();
+    stdin
+        .write_all(format!("#!/bin/sh\n{body}\n").as_bytes())
+        .unwrap();
+    drop(stdin);
+    assert!(sh.wait().unwrap().success());
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
