@@ -136,7 +136,7 @@ pub struct ClientArgs {
     #[arg(long, env = "RELAUNCH_CONTROL", value_name = "PATH")]
     pub control: Option<PathBuf>,
 
-    /// How long to wait for the answer [default: 90s for reload, 10s for status and stop]
+    /// How long to wait for the answer [default: 90s for reload, 30s for upgrade, 10s for status and stop]
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
 }

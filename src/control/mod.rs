@@ -1,6 +1,6 @@
 //! The control socket: `relaunch --control PATH` serves it, and the
-//! subcommands `relaunch status [--json]`, `relaunch reload` and
-//! `relaunch stop` are its client.
+//! subcommands `relaunch status [--json]`, `relaunch reload`,
+//! `relaunch stop` and `relaunch upgrade` are its client.
 //!
 //! - [`protocol`]: the wire format, one JSON line each way.
 //! - [`server`]: the socket file's life (never wider than 0600, only a stale
@@ -8,7 +8,10 @@
 //! - [`client`]: the subcommands. `reload` answers only once the reload has
 //!   succeeded or failed, so the whole exchange has one deadline, `--timeout`:
 //!   90 s for reload (the default `--ready-timeout` 60 s plus `--stop-timeout`
-//!   10 s, with room), 10 s for status and stop, which answer at once.
+//!   10 s, with room), 30 s for upgrade, 10 s for status and stop, which
+//!   answer at once. `upgrade` is answered by the new image, over the same
+//!   connection (its fd is handed over, see [`Reply`]), and then asked for
+//!   its status, so 0 means the new image serves the control socket.
 
 mod client;
 mod protocol;
