@@ -74,7 +74,10 @@ pub struct State {
 }
 
 /// Every fd the state hands over, and nothing else: the one place that
-/// lists the fd-owning pieces of the driver.
+/// lists the fd-owning pieces of the driver. A new piece (say, per-child
+/// seccomp notification fds) is a field here and its line in [`Fds::all`]
+/// (which destructures, so a field left out does not compile); the driver
+/// fills it in `save` and takes it back in `adopt`.
 #[derive(Serialize, Deserialize, Debug, Default)]
 pub struct Fds {
     /// The listeners, in the children's order (fd 3, 4, ...).
