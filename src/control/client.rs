@@ -92,7 +92,27 @@ fn time_limit(timeout: Option<&str>, request: &Request) -> Result<Duration> {
 /// Sends one request to the relaunch at `path` and reads its answer, all
 /// within `limit`.
 pub(super) async fn exchange(path: &Path, request: &Request, limit: Duration) -> Result<Response> {
-    match timeout(limit, talk(path, request)).await {
+    let ask = async {
+        // relaunch upgrading itself closes, at the exec, the connections it
+        // had taken but not yet answered (the next image serves those still
+        // in the backlog). One it had not read is sent again, whatever the
+        // request; one read but unanswered may have been acted on, so only
+        // a status is asked again.
+        for _ in 0..3 {
+            match talk(path, request).await? {
+                Talk::Answer(r) => return Ok(r),
+                Talk::Unread => continue,
+                Talk::Unanswered if *request == Request::Status => continue,
+                Talk::Unanswered => break,
+            }
+        }
+        Err(Error::runtime(format!(
+            "relaunch on {} closed the connection without answering",
+            path.display()
+        ))
+        .hint("check relaunch's log; it may have stopped, or been upgrading itself"))
+    };
+    match timeout(limit, ask).await {
         Ok(answer) => answer,
         Err(_) => {
             let p = path.display();
@@ -117,7 +137,17 @@ pub(super) async fn exchange(path: &Path, request: &Request, limit: Duration) ->
     }
 }
 
-async fn talk(path: &Path, request: &Request) -> Result<Response> {
+/// How one exchange ended.
+enum Talk {
+    Answer(Response),
+    /// Closed with the request unread (EPIPE on the write, or a reset
+    /// before any answer): not acted on.
+    Unread,
+    /// Closed without a byte of answer, the request read.
+    Unanswered,
+}
+
+async fn talk(path: &Path, request: &Request) -> Result<Talk> {
     let p = path.display();
     let mut stream = UnixStream::connect(path)
         .await
@@ -125,28 +155,42 @@ async fn talk(path: &Path, request: &Request) -> Result<Response> {
     let mut line = serde_json::to_vec(request)
         .map_err(|e| Error::runtime(format!("cannot encode the request: {e}")))?;
     line.push(b'\n');
-    stream.write_all(&line).await.map_err(|e| {
-        Error::runtime(format!("cannot send the request to {p}: {e}"))
-            .hint("check relaunch's log; it may be stopping")
-    })?;
-    let mut answer = Vec::new();
-    BufReader::new((&mut stream).take(MAX_RESPONSE))
-        .read_until(b'\n', &mut answer)
-        .await
-        .map_err(|e| {
-            Error::runtime(format!("cannot read the answer from {p}: {e}"))
-                .hint("check relaunch's log; it may have stopped")
-        })?;
-    if answer.is_empty() {
-        return Err(Error::runtime(format!(
-            "relaunch on {p} closed the connection without answering"
-        ))
-        .hint("check relaunch's log; it may have stopped"));
+    match stream.write_all(&line).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(Talk::Unread),
+        Err(e) => {
+            return Err(
+                Error::runtime(format!("cannot send the request to {p}: {e}"))
+                    .hint("check relaunch's log; it may be stopping"),
+            );
+        }
     }
-    serde_json::from_slice(&answer).map_err(|e| {
-        Error::runtime(format!("cannot understand the answer from {p}: {e}"))
-            .hint("is the relaunch there the same version as this one?")
-    })
+    let mut answer = Vec::new();
+    let read = BufReader::new((&mut stream).take(MAX_RESPONSE))
+        .read_until(b'\n', &mut answer)
+        .await;
+    match read {
+        // Closed with our request unread: a reset, not an end of file.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset && answer.is_empty() => {
+            return Ok(Talk::Unread);
+        }
+        Err(e) => {
+            return Err(
+                Error::runtime(format!("cannot read the answer from {p}: {e}"))
+                    .hint("check relaunch's log; it may have stopped"),
+            );
+        }
+        Ok(_) => {}
+    }
+    if answer.is_empty() {
+        return Ok(Talk::Unanswered);
+    }
+    serde_json::from_slice(&answer)
+        .map(Talk::Answer)
+        .map_err(|e| {
+            Error::runtime(format!("cannot understand the answer from {p}: {e}"))
+                .hint("is the relaunch there the same version as this one?")
+        })
 }
 
 fn connect_error(path: &Path, e: &io::Error) -> Error {
@@ -523,6 +567,62 @@ last reload: generation 3 succeeded 2m5s ago: ready after 0.4s";
 
     /// A socket that takes connections but never answers (a stuck relaunch,
     /// or another program): the client gives up at its limit and says so.
+    /// A server that closes its first connection unanswered (as relaunch
+    /// does at the moment it execs itself), with the request read or not,
+    /// then answers the next one.
+    #[tokio::test(flavor = "current_thread")]
+    async fn closed_unanswered_is_asked_again_when_that_is_safe() {
+        let dir = TempDir::new("unanswered");
+        let path = dir.path("ctl.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        async fn read_line(s: &mut UnixStream) {
+            let mut line = Vec::new();
+            BufReader::new(s)
+                .read_until(b'\n', &mut line)
+                .await
+                .unwrap();
+        }
+        // (read the first request before closing, answered in the end)
+        let rounds = [(false, true), (false, true), (true, true), (true, false)];
+        let server = async {
+            for (read_first, answers) in rounds {
+                let (mut first, _) = listener.accept().await.unwrap();
+                if read_first {
+                    read_line(&mut first).await;
+                }
+                drop(first);
+                if !answers {
+                    continue;
+                }
+                let (mut second, _) = listener.accept().await.unwrap();
+                read_line(&mut second).await;
+                let answer = serde_json::to_vec(&Response::Stopping).unwrap();
+                second.write_all(&answer).await.unwrap();
+                second.write_all(b"\n").await.unwrap();
+            }
+        };
+        let clients = async {
+            // Not read: anything is sent again.
+            for request in [Request::Reload, Request::Status] {
+                let got = exchange(&path, &request, DEADLINE).await.unwrap();
+                assert!(matches!(got, Response::Stopping), "{request:?}");
+            }
+            // Read, then closed: only a status is asked again.
+            let got = exchange(&path, &Request::Status, DEADLINE).await.unwrap();
+            assert!(matches!(got, Response::Stopping));
+            let err = exchange(&path, &Request::Reload, DEADLINE)
+                .await
+                .unwrap_err();
+            assert!(
+                err.msg.ends_with("closed the connection without answering"),
+                "{}",
+                err.msg
+            );
+            assert!(err.hint.unwrap().contains("upgrading itself"));
+        };
+        within(async { tokio::join!(server, clients) }).await;
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn gives_up_on_a_socket_that_never_answers() {
         let dir = TempDir::new("mute");

@@ -236,6 +236,21 @@ fn twenty_upgrades_in_a_row_leak_nothing() {
         (fds_of(pid).len() == n).then_some(n)
     });
     let load = Load::start(addr, 4);
+    // `relaunch status` answers throughout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asking = {
+        let (stop, ctl) = (stop.clone(), s.ctl.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match cli(&["status", "--control", ctl.to_str().unwrap()]) {
+                    (0, _) => ok += 1,
+                    (_, out) => failed.push(out),
+                }
+            }
+            (ok, failed)
+        })
+    };
     for n in 0..20 {
         let (next, build) = if n % 2 == 0 {
             (b, serde_json::Value::from(BUILD_B))
@@ -265,6 +280,13 @@ fn twenty_upgrades_in_a_row_leak_nothing() {
     let rep = load.finish();
     assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
     assert_eq!(s.r.log.count("upgraded from"), 20);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (asked, failed) = asking.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {asked} status requests failed: {failed:?}",
+        failed.len()
+    );
     // After twenty handovers every fd is close-on-exec again: a program
     // relaunch runs (here the next handshake) sees no more fds than one
     // this test runs (0, 1, 2, the folder it lists, and whatever this
