@@ -100,7 +100,7 @@ pub(super) async fn exchange(path: &Path, request: &Request, limit: Duration) ->
         // a status is asked again.
         for _ in 0..3 {
             match talk(path, request).await? {
-                Talk::Answer(r) => return Ok(r),
+                Talk::Answer(r) => return Ok(*r),
                 Talk::Unread => continue,
                 Talk::Unanswered if *request == Request::Status => continue,
                 Talk::Unanswered => break,
@@ -139,7 +139,7 @@ pub(super) async fn exchange(path: &Path, request: &Request, limit: Duration) ->
 
 /// How one exchange ended.
 enum Talk {
-    Answer(Response),
+    Answer(Box<Response>),
     /// Closed with the request unread (EPIPE on the write, or a reset
     /// before any answer): not acted on.
     Unread,
