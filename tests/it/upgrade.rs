@@ -547,3 +547,33 @@ fn tells_systemd_around_an_upgrade() {
     drop(r);
     assert_eq!(next(), "STOPPING=1");
 }
+
+/// A SIGHUP that lands just as the handshake ends, around the exec, is
+/// not lost: whichever image takes it, generation 2 ends up serving.
+#[test]
+fn a_sighup_at_the_exec_is_not_lost() {
+    let b = second_build();
+    let s = setup("upgrade-hup", &pid_server(""), &[]);
+    let addr = s.r.listen_addr(3);
+    let first = wait_serving(addr);
+    s.r.log.wait("serving: generation 1", T);
+    // The new binary's handshake answers, then sends relaunch SIGHUP.
+    script(
+        &s.bin,
+        &format!(
+            "if [ \"$1\" = --upgrade-check ]; then {b} \"$@\"; rc=$?; kill -HUP $PPID; exit $rc; fi\nexec {b} \"$@\"",
+            b = b.display()
+        ),
+    );
+    let load = Load::start(addr, 4);
+    let (code, out) = upgrade(&s.ctl);
+    assert_eq!(code, 0, "{out}");
+    s.r.log.wait("reload done: generation 2 serves", T);
+    let after = status(&s.ctl);
+    assert_eq!(after["generation"], 2);
+    assert_eq!(after["build_id"], BUILD_B);
+    assert_ne!(get(addr).unwrap(), first);
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
+    assert_eq!(s.r.log.count("SIGHUP: reload"), 1, "{}", s.r.log.text());
+}
