@@ -326,6 +326,12 @@ fn units_under_real_systemd() {
         rig.ok(&["systemctl", "start", "relaunch@8000.socket"]);
         let port: SocketAddr = "127.0.0.1:8000".parse().unwrap();
         let first = wait_serving(port);
+        // The app answers before relaunch has told READY=1; a reload asked
+        // while the start job runs would be merged into it.
+        wait_for("relaunch@8000 to be active", Duration::from_secs(20), || {
+            let state = rig.run(&["systemctl", "is-active", "relaunch@8000.service"]);
+            (String::from_utf8_lossy(&state.stdout).trim() == "active").then_some(())
+        });
         rig.ok(&["systemctl", "reload", "relaunch@8000.service"]);
         assert!(!rig.alive(&first), "reload returned before the handoff");
         assert_ne!(get(port).unwrap(), first);
