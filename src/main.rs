@@ -16,7 +16,7 @@ mod who;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Sub};
+use crate::cli::{Cli, Shell, Sub};
 use crate::control::Request;
 use crate::error::{Error, Result};
 use crate::supervise::{driver, spawn};
@@ -87,10 +87,38 @@ fn dispatch(cli: Cli, snapshot: plan::Snapshot) -> Result<i32> {
         Some(Sub::Stop { client }) => {
             runtime.block_on(control::client(&client, Request::Stop, false))
         }
+        Some(Sub::Completions { shell }) => completions(shell),
     };
     // A /proc read stuck on a hung mount must not keep relaunch from exiting.
     runtime.shutdown_background();
     result
+}
+
+/// Written by build.rs from the clap definitions; embedded as text, so the
+/// generators are not in the binary.
+fn completions(shell: Shell) -> Result<i32> {
+    let script = match shell {
+        Shell::Bash => include_str!(concat!(
+            env!("OUT_DIR"),
+            "/assets/completions/relaunch.bash"
+        )),
+        Shell::Zsh => include_str!(concat!(env!("OUT_DIR"), "/assets/completions/_relaunch")),
+        Shell::Fish => include_str!(concat!(
+            env!("OUT_DIR"),
+            "/assets/completions/relaunch.fish"
+        )),
+    };
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(script.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(0),
+        Err(e) => Err(Error::runtime(format!(
+            "cannot write the completion script to stdout: {e}"
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -14,11 +14,17 @@ fn systemd_units_verify() {
     let mut units = Vec::new();
     for entry in std::fs::read_dir(&src).unwrap() {
         let path = entry.unwrap().path();
+        if !path
+            .extension()
+            .is_some_and(|e| e == "service" || e == "socket")
+        {
+            continue;
+        }
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
         // Point the units at programs that exist here, so verify checks the rest.
         let text = std::fs::read_to_string(&path)
             .unwrap()
-            .replace("/usr/local/bin/relaunch", relaunch_bin())
+            .replace("/usr/bin/relaunch", relaunch_bin())
             .replace("/opt/web-dashboard/web_dashboard", "/bin/true")
             .replace(
                 "EnvironmentFile=/etc/relaunch/%i.conf",
@@ -68,10 +74,12 @@ fn services_reload_through_the_control_socket() {
         };
         let start = setting("ExecStart");
         let served = control(&start[0]).unwrap_or_else(|| panic!("{name}: no --control"));
+        let binary = start[0].split_whitespace().next().unwrap();
+        assert_eq!(binary, "/usr/bin/relaunch", "{name}: the package's binary");
         let reload = setting("ExecReload");
         assert_eq!(
             reload,
-            [format!("/usr/local/bin/relaunch reload --control {served}")],
+            [format!("{binary} reload --control {served}")],
             "{name}"
         );
         assert!(
