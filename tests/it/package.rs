@@ -87,7 +87,7 @@ fn man_pages_render_every_option_without_warnings() {
     if !require_tool("man") {
         return;
     }
-    let dir = assets().join("man");
+    let dir = assets().join("man/man1");
     let mut pages = 0;
     for (name, options) in commands() {
         let page = dir.join(format!("{name}.1"));
@@ -424,7 +424,12 @@ fn debian_package_under_real_systemd() {
         ),
     ]);
     // EnvironmentFile= syntax: the value is the rest of the line.
-    let options = rig.ok(&["sed", "-n", "s/^OPTIONS=//p", &format!("/etc/relaunch/{PORT}.conf")]);
+    let options = rig.ok(&[
+        "sed",
+        "-n",
+        "s/^OPTIONS=//p",
+        &format!("/etc/relaunch/{PORT}.conf"),
+    ]);
     assert!(!options.trim().is_empty(), "the example sets no OPTIONS");
     rig.ok(&[
         "systemctl",
@@ -491,11 +496,22 @@ fn debian_package_under_real_systemd() {
     }
     // Nothing is loaded: at most the admin's enablement (kept by a removal, as
     // Debian does, so a reinstall restores it) names a unit that is not found.
-    let list = ["systemctl", "list-units", "--all", "--plain", "--no-legend", "relaunch@*"];
+    let list = [
+        "systemctl",
+        "list-units",
+        "--all",
+        "--plain",
+        "--no-legend",
+        "relaunch@*",
+    ];
     let units = rig.ok(&list);
     for line in units.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(fields[1..4], ["not-found", "inactive", "dead"], "after dpkg -r: {line}");
+        assert_eq!(
+            fields[1..4],
+            ["not-found", "inactive", "dead"],
+            "after dpkg -r: {line}"
+        );
     }
     rig.ok(&["test", "-f", "/etc/relaunch/example.conf"]);
     rig.ok(&["dpkg", "--purge", "relaunch"]);

@@ -1,5 +1,6 @@
 //! The shipped systemd units parse cleanly.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::util::*;
@@ -40,6 +41,8 @@ fn systemd_units_verify() {
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .args(&units)
+        // Documentation=man:relaunch(1) must resolve: the pages build.rs wrote.
+        .env("MANPATH", Path::new(env!("OUT_DIR")).join("assets/man"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
