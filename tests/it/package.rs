@@ -302,14 +302,16 @@ print("ok", grace, pre[1], stop)
 #[test]
 fn crate_package_lists_only_what_it_needs() {
     let out = cargo()
-        .args(["package", "--list", "--allow-dirty", "--quiet"])
+        .args(["package", "--list", "--allow-dirty"])
         .current_dir(repo())
         .output()
         .unwrap();
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cargo package --list: {warnings}");
+    // Such as "ignoring test `it` as `tests/it/main.rs` is not included".
     assert!(
-        out.status.success(),
-        "cargo package --list: {}",
-        String::from_utf8_lossy(&out.stderr)
+        !warnings.contains("warning"),
+        "cargo package --list warns:\n{warnings}"
     );
     let files: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
     for must in [
@@ -323,6 +325,10 @@ fn crate_package_lists_only_what_it_needs() {
         "LICENSE-APACHE",
         "systemd/relaunch@.service",
         "debian/postinst",
+        "tests/it/main.rs",
+        "tests/systemd-rig.sh",
+        "benches/handoff/main.rs",
+        "examples/pid_server.rs",
     ] {
         assert!(
             files.iter().any(|f| f == must),
@@ -333,22 +339,24 @@ fn crate_package_lists_only_what_it_needs() {
     for f in &files {
         assert!(
             ![
-                "tests/",
-                "benches/",
                 "target/",
                 "proptest-regressions/",
-                ".ci/"
+                ".ci/",
+                "bench/",
+                "node_modules/"
             ]
             .iter()
-            .any(|p| f.starts_with(p)),
+            .any(|p| f.starts_with(p))
+                && !f.contains("__pycache__")
+                && !f.ends_with(".svg"),
             "{f} does not belong in the published crate"
         );
         if let Ok(meta) = std::fs::metadata(repo().join(f)) {
-            assert!(meta.len() < 64 * 1024, "{f} is {} bytes", meta.len());
+            assert!(meta.len() < 256 * 1024, "{f} is {} bytes", meta.len());
             total += meta.len();
         }
     }
-    assert!(total < 2 * 1024 * 1024, "{total} bytes in the crate");
+    assert!(total < 4 * 1024 * 1024, "{total} bytes in the crate");
 }
 
 /// The .deb `cargo deb` builds from this checkout (a no-op when scripts/test
