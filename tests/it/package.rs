@@ -482,6 +482,26 @@ fn debian_package_under_real_systemd() {
             "a reload must not restart relaunch"
         );
 
+        // Upgrading the package (here: the same version again) stops nothing.
+        let load = Load::start(addr, 4);
+        let out = rig.ok(&["dpkg", "-i", "/tmp/relaunch.deb"]);
+        assert!(
+            out.contains("still run the old binary"),
+            "no hint to restart:\n{out}"
+        );
+        assert_eq!(
+            get(addr).unwrap(),
+            second,
+            "the package upgrade restarted the app"
+        );
+        let report = load.finish();
+        assert_eq!(report.failed(), 0, "{report:?}");
+        assert_eq!(
+            rig.main_pid(&unit),
+            main,
+            "the package upgrade restarted relaunch"
+        );
+
         // Removal stops everything and leaves no unit behind.
         rig.ok(&["dpkg", "-r", "relaunch"]);
         let err = get(addr).unwrap_err();
