@@ -449,7 +449,7 @@ fn debian_package_under_real_systemd() {
     let addr: SocketAddr = format!("127.0.0.1:{PORT}").parse().unwrap();
     rig.in_net(|| {
         let first = wait_serving(addr);
-        let main = rig.main_pid(&unit);
+        let main = rig.main_pid_of(&unit);
         // The example's OPTIONS reached relaunch, and the app runs as www-data.
         let cmdline = rig
             .ok(&["cat", &format!("/proc/{main}/cmdline")])
@@ -477,7 +477,7 @@ fn debian_package_under_real_systemd() {
             "{report:?}"
         );
         assert_eq!(
-            rig.main_pid(&unit),
+            rig.main_pid_of(&unit),
             main,
             "a reload must not restart relaunch"
         );
@@ -497,7 +497,7 @@ fn debian_package_under_real_systemd() {
         let report = load.finish();
         assert_eq!(report.failed(), 0, "{report:?}");
         assert_eq!(
-            rig.main_pid(&unit),
+            rig.main_pid_of(&unit),
             main,
             "the package upgrade restarted relaunch"
         );

@@ -116,7 +116,7 @@ impl Rig {
         std::fs::rename(&tmp, &dst).unwrap();
     }
 
-    pub fn main_pid(&self, unit: &str) -> i32 {
+    pub fn main_pid_of(&self, unit: &str) -> i32 {
         let out = self.ok(&["systemctl", "show", "-p", "MainPID", "--value", unit]);
         out.trim().parse().unwrap()
     }

@@ -50,7 +50,7 @@ fn units_under_real_systemd() {
     rig.in_net(|| {
         // The first connection starts the service; relaunch is its main pid.
         let mut serving = wait_serving(addr);
-        let main = rig.main_pid(UNIT);
+        let main = rig.main_pid_of(UNIT);
         assert!(main > 0);
         assert_ne!(main.to_string(), serving, "the app, not relaunch, answers");
 
@@ -70,7 +70,7 @@ fn units_under_real_systemd() {
         let report = load.finish();
         assert_eq!(report.failed(), 0, "{report:?}");
         assert!(report.pids.len() >= 4, "{:?}", report.pids);
-        assert_eq!(rig.main_pid(UNIT), main, "a reload must not restart relaunch");
+        assert_eq!(rig.main_pid_of(UNIT), main, "a reload must not restart relaunch");
 
         // A broken new version: the reload fails, the old version serves on.
         rig.install(APP, b"#!/bin/sh\necho 'broken build' >&2\nexit 1\n", 0o755);
@@ -114,7 +114,7 @@ fn units_under_real_systemd() {
         });
         rig.ok(&["kill", "-9", &main.to_string()]);
         let restarted = wait_for("systemd to restart relaunch", Duration::from_secs(20), || {
-            let m = rig.main_pid(UNIT);
+            let m = rig.main_pid_of(UNIT);
             (m > 0 && m != main).then_some(m)
         });
         let after = wait_new_pid(addr, &serving);
@@ -130,7 +130,7 @@ fn units_under_real_systemd() {
             "the load did not span the restart: {:?}",
             report.pids
         );
-        assert_eq!(rig.main_pid(UNIT), restarted);
+        assert_eq!(rig.main_pid_of(UNIT), restarted);
 
         // Stop: nothing is left in the unit's cgroup, and the port is closed.
         let procs = rig.ok(&["cat", &format!("{CGROUP}/cgroup.procs")]);
