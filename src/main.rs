@@ -64,7 +64,13 @@ fn usage_error(rendered: &str) -> String {
     {
         what = format!("{what} {next}");
     }
-    let hint = lines
+    let rest: Vec<&str> = lines.collect();
+    // An invalid value: say which ones are valid.
+    if let Some(values) = rest.iter().find(|l| l.starts_with("[possible values: ")) {
+        what = format!("{what} {values}");
+    }
+    let hint = rest
+        .iter()
         .find_map(|l| l.strip_prefix("tip: "))
         .unwrap_or("run `relaunch --help` for the options; the server's command goes after --");
     format!("{what}\n  hint: {hint}")
@@ -123,6 +129,19 @@ fn completions(shell: Shell) -> Result<i32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_invalid_value_names_the_valid_ones() {
+        use clap::Parser;
+        for args in [
+            &["relaunch", "completions", "tcsh"][..],
+            &["relaunch", "--restart", "sometimes", "--", "true"][..],
+        ] {
+            let e = super::Cli::try_parse_from(args).unwrap_err();
+            let said = super::usage_error(&e.render().to_string());
+            assert!(said.contains("[possible values: "), "{args:?}: {said}");
+        }
+    }
+
     #[test]
     fn usage_errors_are_one_line_and_a_hint() {
         let clap = "error: the following required arguments were not provided:\n  <COMMAND>...\n\nUsage: relaunch [OPTIONS] -- <COMMAND>...\n\nFor more information, try '--help'.\n";

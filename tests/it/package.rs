@@ -184,6 +184,18 @@ fn completions_complete_the_options() {
         scripts.push((shell, path, stdout(&out)));
     }
 
+    // A shell it does not know is a usage error that names the ones it knows.
+    let out = Command::new(relaunch_bin())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("bash") && said.contains("zsh") && said.contains("fish"),
+        "{said}"
+    );
+
     let (_, bash, _) = &scripts[0];
     let offered = bash_complete(bash, &["relaunch", "--re"]);
     for want in ["--restart", "--ready", "--ready-timeout"] {
