@@ -4,7 +4,8 @@
 //! They land in OUT_DIR, where `relaunch completions SHELL` embeds the scripts
 //! (text in the binary costs no idle memory, unlike linking clap_complete's
 //! generators: docs/bench.md), and are copied to `target/<profile>/assets/`,
-//! where `cargo deb` picks them up for the package (Cargo.toml's assets).
+//! where `cargo deb` picks them up for the package (Cargo.toml's assets;
+//! its profile is `deb`, so that is target/deb/assets/).
 
 use std::path::{Path, PathBuf};
 
