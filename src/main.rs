@@ -12,6 +12,7 @@ mod ready;
 mod sockets;
 mod supervise;
 mod table;
+mod watch;
 mod who;
 
 use clap::Parser;

@@ -6,10 +6,15 @@
 //! Nothing on the loop blocks: forks happen here (PR_SET_PDEATHSIG follows
 //! the forking thread), /proc is read on the blocking pool. Idle, it sleeps
 //! without timers.
+//!
+//! With `--watch`, the watch thread's changes are events too, and the
+//! `--build` process is forked here like a child: its output comes back
+//! through a pipe read on this loop, shown live (`build | ...`) and kept as
+//! a tail of [`BUILD_TAIL`] lines for the failure message.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -24,7 +29,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::cli::RunArgs;
-use crate::control::{self, Incoming, Response};
+use crate::control::{self, Response};
 use crate::error::{Error, Result};
 use crate::plan::options::{self, ReadyMode};
 use crate::plan::placeholders::Named;
@@ -32,7 +37,9 @@ use crate::plan::{self, Snapshot};
 use crate::ready::notify::{Message, NotifySocket, Systemd};
 use crate::ready::scan;
 use crate::sockets::{self, Listener};
-use crate::supervise::supervisor::{Config, Effect, Event, Notice, Os, Supervisor, Tell};
+use crate::supervise::supervisor::{
+    Config, Effect, Event, Notice, Os, Supervisor, Tell, WatchConfig,
+};
 use crate::supervise::{reaper, spawn};
 
 /// How often /proc is scanned while a generation is starting.
@@ -40,6 +47,10 @@ const SCAN_EVERY: Duration = Duration::from_millis(15);
 /// How often groups whose leader exited are checked, besides on every
 /// SIGCHLD (a member whose parent is not us dies without one).
 const GROUP_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// Lines of a build's output kept for the message when it fails.
+const BUILD_TAIL: usize = 20;
+/// A longer line is cut there (in the tail and the live output).
+const BUILD_LINE: usize = 1000;
 
 pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     let signals = Signals::install()?;
@@ -78,6 +89,11 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         Some(path) => Some(control::Server::bind(path)?),
         None => None,
     };
+    // Before the first fork; nothing of it exists without --watch.
+    let watch_rx = match &plan.watch {
+        Some(w) => Some(crate::watch::start(&w.paths, &w.ignore)?),
+        None => None,
+    };
     let inodes: HashSet<u64> = listeners
         .iter()
         .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
@@ -96,6 +112,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             fd: 3 + i as i32,
         })
         .collect();
+    let build_env = plan.build_env().to_vec();
     let driver = Driver {
         program: plan.program,
         args: child.args,
@@ -107,6 +124,9 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         notify_tx,
         systemd,
         execs: HashMap::new(),
+        build_cmd: plan.watch.as_ref().and_then(|w| w.build.clone()),
+        build_env,
+        build: None,
     };
     let cfg = Config {
         restart: plan.restart,
@@ -119,6 +139,10 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         },
         ready_timeout: plan.ready_timeout,
         listeners: listener_info,
+        watch: plan.watch.as_ref().map(|w| WatchConfig {
+            debounce: w.debounce,
+            build: w.build.is_some(),
+        }),
     };
     let mut sup = Supervisor::new(driver, cfg);
     let auto = ready == ReadyMode::Auto;
@@ -127,6 +151,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         signals,
         control,
         notify_rx,
+        watch_rx,
         Arc::new(inodes),
         auto,
     )
@@ -151,6 +176,100 @@ struct Driver {
     systemd: Option<Systemd>,
     /// Exec status pipes of children that may not have exec'd yet.
     execs: HashMap<i32, AsyncFd<spawn::ExecWatch>>,
+    /// `--build`, run by `sh -c`.
+    build_cmd: Option<String>,
+    /// The children's environment without the sockets' variables.
+    build_env: Vec<(OsString, OsString)>,
+    /// The latest build, until it is reaped (a cancelled one too).
+    build: Option<BuildRun>,
+}
+
+/// A running `--build`: its output pipe and what it printed.
+struct BuildRun {
+    pid: i32,
+    /// Read end, non-blocking; None after EOF.
+    out: Option<AsyncFd<OwnedFd>>,
+    exec: spawn::ExecWatch,
+    /// The last lines, for the failure message.
+    tail: VecDeque<String>,
+    /// A line not finished yet.
+    partial: Vec<u8>,
+}
+
+impl BuildRun {
+    /// Takes in output: complete lines are shown and kept.
+    fn take(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            self.line(&line[..line.len() - 1]);
+        }
+        if self.partial.len() > BUILD_LINE {
+            let line = std::mem::take(&mut self.partial);
+            self.line(&line);
+        }
+    }
+
+    fn line(&mut self, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(BUILD_LINE)]);
+        let text = text.trim_end_matches('\r').to_string();
+        if tracing::enabled!(tracing::Level::INFO) {
+            crate::logging::print(6, &format!("build | {text}\n"));
+        }
+        if self.tail.len() == BUILD_TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(text);
+    }
+
+    /// Reads what is there without waiting; false at EOF or on an error.
+    fn read_some(&mut self) -> bool {
+        let mut buf = [0u8; 8192];
+        loop {
+            let Some(fd) = &self.out else {
+                return false;
+            };
+            match nix::unistd::read(fd.get_ref(), &mut buf) {
+                Ok(0) => return false,
+                Ok(n) => self.take(&buf[..n]),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// The build was reaped: what is left in the pipe, then the tail.
+    fn finish(mut self) -> Vec<String> {
+        while self.read_some() {
+            // EAGAIN: everything the build wrote has been read; a process
+            // it left behind may write on, unseen.
+            if self
+                .out
+                .as_ref()
+                .is_some_and(|fd| !fd_readable(fd.get_ref()))
+            {
+                break;
+            }
+        }
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.line(&line);
+        }
+        if let spawn::ExecStatus::Failed(e) = self.exec.check() {
+            self.tail.push_back(e.to_string());
+        }
+        self.tail.into()
+    }
+}
+
+/// Whether `fd` has data now (poll with no wait).
+fn fd_readable(fd: &OwnedFd) -> bool {
+    let mut fds = [nix::poll::PollFd::new(
+        fd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 impl Driver {
@@ -269,6 +388,7 @@ impl Os for Driver {
             fds: &fds,
             listen_pid: self.listen_pid,
             creds: self.creds.as_ref(),
+            stdio: None,
         })?;
         // SAFETY: the watch owns its fd and never swaps it, so the fd stays
         // open and the same for the AsyncFd's whole life.
@@ -284,6 +404,46 @@ impl Os for Driver {
 
     fn jitter(&mut self) -> f64 {
         fastrand::f64()
+    }
+
+    fn build(&mut self) -> std::result::Result<i32, spawn::Error> {
+        let Some(cmd) = &self.build_cmd else {
+            return Err(spawn::Error::Os("no --build command".into()));
+        };
+        let os = |what: &str, e: std::io::Error| spawn::Error::Os(format!("{what}: {e}"));
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| os("cannot make the build's output pipe", e.into()))?;
+        // Only our end: a build writing to a non-blocking pipe would see EAGAIN.
+        nix::fcntl::fcntl(
+            &read,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| os("cannot make the build's output pipe", e.into()))?;
+        let null = std::fs::File::open("/dev/null").map_err(|e| os("cannot open /dev/null", e))?;
+        let args = [OsString::from("-c"), OsString::from(cmd)];
+        let spawned = spawn::spawn(&spawn::Request {
+            program: "/bin/sh".as_ref(),
+            args: &args,
+            env: &self.build_env,
+            fds: &[],
+            listen_pid: false,
+            creds: self.creds.as_ref(),
+            stdio: Some((null.as_fd(), write.as_fd())),
+        })?;
+        drop(write);
+        // SAFETY: the OwnedFd is moved in and never swapped, so the fd stays
+        // open and the same for the AsyncFd's whole life.
+        let out = unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
+            .map_err(|e| os("cannot watch the build's output pipe", e.into()))?;
+        // A cancelled build still running is killed already; its pipe goes.
+        self.build = Some(BuildRun {
+            pid: spawned.pid,
+            out: Some(out),
+            exec: spawned.exec,
+            tail: VecDeque::with_capacity(BUILD_TAIL),
+            partial: Vec::new(),
+        });
+        Ok(spawned.pid)
     }
 }
 
@@ -325,6 +485,7 @@ async fn event_loop(
     signals: Signals,
     control: Option<control::Server>,
     mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
+    mut watch_rx: Option<mpsc::Receiver<String>>,
     inodes: Arc<HashSet<u64>>,
     auto: bool,
 ) -> Result<i32> {
@@ -388,9 +549,11 @@ async fn event_loop(
             _ = usr1.recv() => vec![Event::Forward(Signal::SIGUSR1)],
             _ = usr2.recv() => vec![Event::Forward(Signal::SIGUSR2)],
             _ = winch.recv() => vec![Event::Forward(Signal::SIGWINCH)],
-            Some(inc) = recv_control(&mut control_rx) => {
+            Some(inc) = recv(&mut control_rx) => {
                 vec![Event::Control { request: inc.request, reply: inc.reply }]
             }
+            Some(path) = recv(&mut watch_rx) => vec![Event::Changed { path }],
+            () = build_output(&mut sup.os.build) => Vec::new(),
             Some((generation, msg)) = notify_rx.recv() => handle_notify(sup, generation, msg).into_iter().collect(),
             (pid, status) = exec_reported(&sup.os.execs) => {
                 sup.os.execs.remove(&pid);
@@ -422,7 +585,7 @@ async fn event_loop(
     }
 }
 
-async fn recv_control(rx: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incoming> {
+async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -448,6 +611,27 @@ async fn join<T>(task: &mut Option<JoinHandle<T>>) -> Option<T> {
     }
 }
 
+/// Reads the build's output as it comes; pending without a build or after
+/// its EOF.
+async fn build_output(build: &mut Option<BuildRun>) {
+    let Some(b) = build else {
+        return std::future::pending().await;
+    };
+    let Some(fd) = &b.out else {
+        return std::future::pending().await;
+    };
+    match fd.readable().await {
+        Ok(mut guard) => {
+            guard.clear_ready();
+            drop(guard);
+            if !b.read_some() {
+                b.out = None;
+            }
+        }
+        Err(_) => b.out = None,
+    }
+}
+
 /// Collects every exited child: a failed exec first (its pipe is complete
 /// once the child is gone), then the exit and whether its group lives on.
 fn reap(driver: &mut Driver) -> Vec<Event> {
@@ -455,6 +639,11 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
     reaper::reap(|pid, status| exits.push((pid, status)));
     let mut events = Vec::new();
     for (pid, status) in exits {
+        if let Some(b) = driver.build.take_if(|b| b.pid == pid) {
+            let tail = b.finish();
+            events.push(Event::Built { pid, status, tail });
+            continue;
+        }
         if let Some(watch) = driver.execs.remove(&pid)
             && let spawn::ExecStatus::Failed(error) = watch.get_ref().check()
         {
