@@ -686,7 +686,13 @@ impl<O: Os> Supervisor<O> {
                 // Once it has served, a restart can meet a deploy halfway
                 // (rm, then cp): the listeners stay held and the backoff
                 // keeps trying, as for any quick failure, until it gives up.
-                if !self.announced {
+                // Under --watch the next build may well make it: wait.
+                if !self.announced && self.dev.is_some() {
+                    error!(pid, generation, worker, "{e}; waiting for a file to change");
+                    self.slots[worker].last_exit = Some(status);
+                    // Nothing runs to be taken as serving at the deadline.
+                    self.first_deadline = None;
+                } else if !self.announced {
                     self.fail_to_exec(e, now);
                 } else {
                     error!(pid, generation, worker, "{e}");
@@ -1087,8 +1093,9 @@ impl<O: Os> Supervisor<O> {
             text: format!("{status} after {took:.1} s"),
             at: now,
         });
-        let serving = if self.serving == 0 {
-            "nothing is started until a build succeeds".to_string()
+        let first = self.serving == 0 && !self.stopping;
+        let serving = if first {
+            "generation 1 starts with the version already there".to_string()
         } else {
             format!("generation {} keeps serving", self.serving)
         };
@@ -1103,6 +1110,10 @@ impl<O: Os> Supervisor<O> {
             "build failed: it {status} after {took:.1} s; {serving}; the next change builds \
              again.{output}"
         );
+        // A failed build never keeps what is on disk from serving.
+        if first {
+            self.start(now);
+        }
     }
 
     /// `relaunch status`'s line about `--watch`.
@@ -2188,23 +2199,57 @@ mod tests {
         assert_eq!(s.os.builds, [101]);
         assert!(s.os.spawned.is_empty(), "nothing runs before the build");
         assert!(s.status(t0).watch.unwrap().starts_with("building (pid 101"));
-        // It fails: nothing starts, relaunch waits for a fix.
+        s.t_built(101, ExitStatus::Code(0), t0 + ms(800));
+        assert_eq!(pids(&s, 1), [102], "generation 1 starts after the build");
+        s.t_ready(102, t0 + ms(900));
+        assert_eq!(s.state(), "serving");
+    }
+
+    /// A failed first build does not keep the version on disk from serving.
+    #[test]
+    fn a_failed_first_build_starts_what_is_there() {
+        let t0 = Instant::now();
+        let mut s = watching(true);
+        s.t_start(t0);
         s.t_built(101, ExitStatus::Code(101), t0 + ms(800));
-        assert!(s.os.spawned.is_empty());
-        assert!(s.exit().is_none());
-        assert_eq!(s.next_deadline(), None, "idle until a change");
+        assert_eq!(pids(&s, 1), [102]);
         let status = s.status(t0 + Duration::from_secs(3)).watch.unwrap();
         assert_eq!(
             status,
             "watching; the last build failed 2 s ago: exited with status 101 after 0.8 s"
         );
-        s.t_change("src/main.rs", t0 + Duration::from_secs(5));
-        s.t_timer(t0 + Duration::from_secs(5) + ms(200));
-        assert_eq!(s.os.builds, [101, 102]);
-        s.t_built(102, ExitStatus::Code(0), t0 + Duration::from_secs(7));
-        assert_eq!(pids(&s, 1), [103], "generation 1 starts after the build");
-        s.t_ready(103, t0 + Duration::from_secs(7));
+    }
+
+    /// ...and when nothing is there yet (a fresh checkout whose first build
+    /// failed), relaunch waits for the build that makes it, instead of exiting 127.
+    #[test]
+    fn a_program_missing_before_the_first_good_build_is_waited_for() {
+        let t0 = Instant::now();
+        let mut s = watching(true);
+        s.t_start(t0);
+        s.t_built(101, ExitStatus::Code(101), t0);
+        exec_fails(
+            &mut s,
+            102,
+            spawn::Error::NotFound("cannot run target/debug/app: no such file".into()),
+            t0,
+        );
+        assert!(s.exit().is_none(), "the listeners stay held");
+        assert_eq!(
+            s.next_deadline(),
+            None,
+            "no restart loop: idle until a change"
+        );
+        s.t_change("src/main.rs", t0 + ms(1000));
+        s.t_timer(t0 + ms(1200));
+        assert_eq!(s.os.builds, [101, 103]);
+        s.t_built(103, ExitStatus::Code(0), t0 + ms(2000));
+        let (pid, generation, _) = *s.os.spawned.last().unwrap();
+        assert_eq!(generation, 2);
+        s.t_ready(pid, t0 + ms(2100));
+        assert_eq!(s.serving, 2);
         assert_eq!(s.state(), "serving");
+        assert!(s.exit().is_none());
     }
 
     #[test]

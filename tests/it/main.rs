@@ -12,4 +12,5 @@ mod servers;
 mod systemd;
 mod units;
 mod util;
+mod watch;
 mod who;
