@@ -12,7 +12,6 @@ mod ready;
 mod sockets;
 mod supervise;
 mod table;
-mod watch;
 mod who;
 
 use clap::Parser;

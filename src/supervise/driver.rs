@@ -7,10 +7,12 @@
 //! the forking thread), /proc is read on the blocking pool. Idle, it sleeps
 //! without timers.
 //!
-//! With `--watch`, the watch thread's changes are events too, and the
-//! `--build` process is forked here like a child: its output comes back
-//! through a pipe read on this loop, shown live (`build | ...`) and kept as
-//! a tail of [`BUILD_TAIL`] lines for the failure message.
+//! With `--watch`, relaunch forks the file watcher (`relaunch-watch`, a
+//! binary of its own so relaunch's stays small) and the `--build` process
+//! here, like children. Both report through pipes read on this loop: the
+//! watcher's `changed PATH` lines become events; the build's output is shown
+//! live (`build | ...`) and kept as a tail of [`BUILD_TAIL`] lines for the
+//! failure message.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
@@ -26,7 +28,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cli::RunArgs;
 use crate::control::{self, Response};
@@ -89,9 +91,9 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         Some(path) => Some(control::Server::bind(path)?),
         None => None,
     };
-    // Before the first fork; nothing of it exists without --watch.
-    let watch_rx = match &plan.watch {
-        Some(w) => Some(crate::watch::start(&w.paths, &w.ignore)?),
+    // Nothing of it exists without --watch.
+    let watcher = match &plan.watch {
+        Some(w) => Some(Watcher::start(w, plan.build_env()).await?),
         None => None,
     };
     let inodes: HashSet<u64> = listeners
@@ -127,6 +129,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         build_cmd: plan.watch.as_ref().and_then(|w| w.build.clone()),
         build_env,
         build: None,
+        watcher,
     };
     let cfg = Config {
         restart: plan.restart,
@@ -151,11 +154,13 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         signals,
         control,
         notify_rx,
-        watch_rx,
         Arc::new(inodes),
         auto,
     )
     .await;
+    if let Some(w) = sup.os.watcher.take() {
+        w.end();
+    }
     reaper::end_orphans(stop_signal, stop_timeout).await;
     result
 }
@@ -182,94 +187,235 @@ struct Driver {
     build_env: Vec<(OsString, OsString)>,
     /// The latest build, until it is reaped (a cancelled one too).
     build: Option<BuildRun>,
+    /// `relaunch-watch`, while it runs.
+    watcher: Option<Watcher>,
 }
 
-/// A running `--build`: its output pipe and what it printed.
-struct BuildRun {
-    pid: i32,
+/// The lines a child writes to a pipe, read without blocking.
+struct PipeLines {
     /// Read end, non-blocking; None after EOF.
-    out: Option<AsyncFd<OwnedFd>>,
-    exec: spawn::ExecWatch,
-    /// The last lines, for the failure message.
-    tail: VecDeque<String>,
+    fd: Option<AsyncFd<OwnedFd>>,
     /// A line not finished yet.
     partial: Vec<u8>,
 }
 
-impl BuildRun {
-    /// Takes in output: complete lines are shown and kept.
-    fn take(&mut self, bytes: &[u8]) {
-        self.partial.extend_from_slice(bytes);
+impl PipeLines {
+    fn new(read: OwnedFd) -> std::io::Result<PipeLines> {
+        // Only our end: a child writing to a non-blocking pipe would see EAGAIN.
+        nix::fcntl::fcntl(
+            &read,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        // SAFETY: the OwnedFd is moved in and never swapped, so the fd stays
+        // open and the same for the AsyncFd's whole life.
+        let fd = unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
+            .map_err(std::io::Error::from)?;
+        Ok(PipeLines {
+            fd: Some(fd),
+            partial: Vec::new(),
+        })
+    }
+
+    /// Waits until there is something to read (pending forever after EOF).
+    async fn readable(&self) {
+        match &self.fd {
+            Some(fd) => {
+                if let Ok(mut guard) = fd.readable().await {
+                    guard.clear_ready();
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The complete lines there are now; after EOF, the unfinished one too.
+    fn lines(&mut self) -> Vec<String> {
+        let mut buf = [0u8; 8192];
+        while let Some(fd) = &self.fd {
+            match nix::unistd::read(fd.get_ref(), &mut buf) {
+                Ok(0) => self.fd = None,
+                Ok(n) => self.partial.extend_from_slice(&buf[..n]),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(_) => self.fd = None,
+            }
+        }
+        let mut lines = Vec::new();
         while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=end).collect();
-            self.line(&line[..line.len() - 1]);
+            lines.push(text(&line[..line.len() - 1]));
         }
-        if self.partial.len() > BUILD_LINE {
-            let line = std::mem::take(&mut self.partial);
-            self.line(&line);
+        if self.partial.len() > BUILD_LINE || (self.fd.is_none() && !self.partial.is_empty()) {
+            lines.push(text(&std::mem::take(&mut self.partial)));
         }
+        lines
     }
+}
 
-    fn line(&mut self, bytes: &[u8]) {
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(BUILD_LINE)]);
-        let text = text.trim_end_matches('\r').to_string();
-        if tracing::enabled!(tracing::Level::INFO) {
-            crate::logging::print(6, &format!("build | {text}\n"));
-        }
-        if self.tail.len() == BUILD_TAIL {
-            self.tail.pop_front();
-        }
-        self.tail.push_back(text);
-    }
+/// A line for the log: at most BUILD_LINE bytes, lossy UTF-8, no CR.
+fn text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(BUILD_LINE)]);
+    text.trim_end_matches('\r').to_string()
+}
 
-    /// Reads what is there without waiting; false at EOF or on an error.
-    fn read_some(&mut self) -> bool {
-        let mut buf = [0u8; 8192];
+/// `relaunch-watch`: its pid and its report lines.
+struct Watcher {
+    pid: i32,
+    out: PipeLines,
+}
+
+impl Watcher {
+    /// Starts the helper that sits beside relaunch's binary and waits until
+    /// it watches everything, or says what is wrong (a usage error).
+    async fn start(w: &plan::Watch, env: &[(OsString, OsString)]) -> Result<Watcher> {
+        let exe = std::env::current_exe().map_err(|e| {
+            Error::runtime(format!("--watch: cannot find relaunch's own binary: {e}"))
+        })?;
+        let helper = exe.with_file_name("relaunch-watch");
+        if !helper.is_file() {
+            return Err(Error::runtime(format!(
+                "--watch needs relaunch-watch beside relaunch, and {} is missing",
+                helper.display()
+            ))
+            .hint("`cargo install` installs both; or copy relaunch-watch next to relaunch"));
+        }
+        let mut args: Vec<OsString> = Vec::new();
+        for g in &w.ignore {
+            args.push("--ignore".into());
+            args.push(g.into());
+        }
+        args.push("--".into());
+        args.extend(w.paths.iter().map(|p| p.clone().into_os_string()));
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::runtime(format!("--watch: cannot make a pipe: {e}")))?;
+        let null = std::fs::File::open("/dev/null")
+            .map_err(|e| Error::runtime(format!("--watch: cannot open /dev/null: {e}")))?;
+        let stderr = std::io::stderr();
+        let spawned = spawn::spawn(&spawn::Request {
+            program: helper.as_os_str(),
+            args: &args,
+            env,
+            fds: &[],
+            listen_pid: false,
+            creds: None,
+            stdio: Some((null.as_fd(), write.as_fd(), stderr.as_fd())),
+        })
+        .map_err(|e| Error::runtime(format!("--watch: {e}")))?;
+        drop(write);
+        let mut watcher = Watcher {
+            pid: spawned.pid,
+            out: PipeLines::new(read)
+                .map_err(|e| Error::runtime(format!("--watch: cannot read the watcher: {e}")))?,
+        };
         loop {
-            let Some(fd) = &self.out else {
-                return false;
-            };
-            match nix::unistd::read(fd.get_ref(), &mut buf) {
-                Ok(0) => return false,
-                Ok(n) => self.take(&buf[..n]),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::EAGAIN) => return true,
-                Err(_) => return false,
+            if watcher.out.fd.is_none() {
+                watcher.end();
+                return Err(Error::runtime(
+                    "--watch: relaunch-watch ended before it was watching (see above)",
+                ));
+            }
+            watcher.out.readable().await;
+            for line in watcher.out.lines() {
+                let (kind, what) = line.split_once(' ').unwrap_or((&line, ""));
+                let what = unescape(what);
+                match kind {
+                    "ready" => {
+                        info!("{what}");
+                        return Ok(watcher);
+                    }
+                    "error" => {
+                        watcher.end();
+                        let (msg, hint) = match what.split_once("\n  hint: ") {
+                            Some((m, h)) => (m.to_string(), Some(h.to_string())),
+                            None => (what, None),
+                        };
+                        let e = Error::usage(msg);
+                        return Err(match hint {
+                            Some(h) => e.hint(h),
+                            None => e,
+                        });
+                    }
+                    _ => warn!("{what}"),
+                }
             }
         }
     }
 
-    /// The build was reaped: what is left in the pipe, then the tail.
-    fn finish(mut self) -> Vec<String> {
-        while self.read_some() {
-            // EAGAIN: everything the build wrote has been read; a process
-            // it left behind may write on, unseen.
-            if self
-                .out
-                .as_ref()
-                .is_some_and(|fd| !fd_readable(fd.get_ref()))
-            {
-                break;
+    /// Its report lines as events (warnings are logged here).
+    fn events(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        for line in self.out.lines() {
+            match line.split_once(' ') {
+                Some(("changed", path)) => events.push(Event::Changed {
+                    path: unescape(path),
+                }),
+                Some((_, what)) => warn!("{}", unescape(what)),
+                None => warn!("relaunch-watch: {line}"),
             }
         }
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            self.line(&line);
+        events
+    }
+
+    /// Stops it and reaps it (it is our child, not an orphan to sweep).
+    fn end(self) {
+        let pid = Pid::from_raw(self.pid);
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
+}
+
+/// `\n` and `\\` as relaunch-watch writes them.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '\\') {
+            (_, true) => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            },
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
+/// A running `--build`: its output and the last lines of it.
+struct BuildRun {
+    pid: i32,
+    out: PipeLines,
+    exec: spawn::ExecWatch,
+    tail: VecDeque<String>,
+}
+
+impl BuildRun {
+    /// Shows and keeps what it printed since the last look.
+    fn take(&mut self) {
+        for line in self.out.lines() {
+            if tracing::enabled!(tracing::Level::INFO) {
+                crate::logging::print(6, &format!("build | {line}\n"));
+            }
+            if self.tail.len() == BUILD_TAIL {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(line);
+        }
+    }
+
+    /// The build was reaped: what is left in the pipe (everything it wrote;
+    /// a process it left behind may write on, unseen), then the tail.
+    fn finish(mut self) -> Vec<String> {
+        self.take();
+        if !self.out.partial.is_empty() {
+            let line = text(&std::mem::take(&mut self.out.partial));
+            self.tail.push_back(line);
         }
         if let spawn::ExecStatus::Failed(e) = self.exec.check() {
             self.tail.push_back(e.to_string());
         }
         self.tail.into()
     }
-}
-
-/// Whether `fd` has data now (poll with no wait).
-fn fd_readable(fd: &OwnedFd) -> bool {
-    let mut fds = [nix::poll::PollFd::new(
-        fd.as_fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 impl Driver {
@@ -413,12 +559,6 @@ impl Os for Driver {
         let os = |what: &str, e: std::io::Error| spawn::Error::Os(format!("{what}: {e}"));
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| os("cannot make the build's output pipe", e.into()))?;
-        // Only our end: a build writing to a non-blocking pipe would see EAGAIN.
-        nix::fcntl::fcntl(
-            &read,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )
-        .map_err(|e| os("cannot make the build's output pipe", e.into()))?;
         let null = std::fs::File::open("/dev/null").map_err(|e| os("cannot open /dev/null", e))?;
         let args = [OsString::from("-c"), OsString::from(cmd)];
         let spawned = spawn::spawn(&spawn::Request {
@@ -428,20 +568,16 @@ impl Os for Driver {
             fds: &[],
             listen_pid: false,
             creds: self.creds.as_ref(),
-            stdio: Some((null.as_fd(), write.as_fd())),
+            stdio: Some((null.as_fd(), write.as_fd(), write.as_fd())),
         })?;
         drop(write);
-        // SAFETY: the OwnedFd is moved in and never swapped, so the fd stays
-        // open and the same for the AsyncFd's whole life.
-        let out = unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
-            .map_err(|e| os("cannot watch the build's output pipe", e.into()))?;
+        let out = PipeLines::new(read).map_err(|e| os("cannot read the build's output", e))?;
         // A cancelled build still running is killed already; its pipe goes.
         self.build = Some(BuildRun {
             pid: spawned.pid,
-            out: Some(out),
+            out,
             exec: spawned.exec,
             tail: VecDeque::with_capacity(BUILD_TAIL),
-            partial: Vec::new(),
         });
         Ok(spawned.pid)
     }
@@ -485,7 +621,6 @@ async fn event_loop(
     signals: Signals,
     control: Option<control::Server>,
     mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
-    mut watch_rx: Option<mpsc::Receiver<String>>,
     inodes: Arc<HashSet<u64>>,
     auto: bool,
 ) -> Result<i32> {
@@ -552,8 +687,15 @@ async fn event_loop(
             Some(inc) = recv(&mut control_rx) => {
                 vec![Event::Control { request: inc.request, reply: inc.reply }]
             }
-            Some(path) = recv(&mut watch_rx) => vec![Event::Changed { path }],
-            () = build_output(&mut sup.os.build) => Vec::new(),
+            () = readable(sup.os.watcher.as_ref().map(|w| &w.out)) => {
+                sup.os.watcher.as_mut().map_or_else(Vec::new, Watcher::events)
+            }
+            () = readable(sup.os.build.as_ref().map(|b| &b.out)) => {
+                if let Some(b) = &mut sup.os.build {
+                    b.take();
+                }
+                Vec::new()
+            }
             Some((generation, msg)) = notify_rx.recv() => handle_notify(sup, generation, msg).into_iter().collect(),
             (pid, status) = exec_reported(&sup.os.execs) => {
                 sup.os.execs.remove(&pid);
@@ -611,24 +753,11 @@ async fn join<T>(task: &mut Option<JoinHandle<T>>) -> Option<T> {
     }
 }
 
-/// Reads the build's output as it comes; pending without a build or after
-/// its EOF.
-async fn build_output(build: &mut Option<BuildRun>) {
-    let Some(b) = build else {
-        return std::future::pending().await;
-    };
-    let Some(fd) = &b.out else {
-        return std::future::pending().await;
-    };
-    match fd.readable().await {
-        Ok(mut guard) => {
-            guard.clear_ready();
-            drop(guard);
-            if !b.read_some() {
-                b.out = None;
-            }
-        }
-        Err(_) => b.out = None,
+/// Something to read on `pipe`; pending without one.
+async fn readable(pipe: Option<&PipeLines>) {
+    match pipe {
+        Some(p) => p.readable().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -642,6 +771,18 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
         if let Some(b) = driver.build.take_if(|b| b.pid == pid) {
             let tail = b.finish();
             events.push(Event::Built { pid, status, tail });
+            continue;
+        }
+        if let Some(w) = driver.watcher.take_if(|w| w.pid == pid) {
+            // What it said last (its stderr is ours) explains it.
+            let mut w = w;
+            for ev in w.events() {
+                events.push(ev);
+            }
+            error!(
+                "the file watcher (relaunch-watch, pid {pid}) {status}: changes are no longer \
+                 seen; restart relaunch to watch again"
+            );
             continue;
         }
         if let Some(watch) = driver.execs.remove(&pid)

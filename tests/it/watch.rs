@@ -338,6 +338,10 @@ fn a_change_during_a_build_cancels_it_and_builds_again() {
         .nth(1)
         .and_then(|p| p.trim().parse::<i32>().ok())
         .expect("the build's pid");
+    // The build runs (not merely forked) when the change comes.
+    wait_for("the first build to start", T, || {
+        std::fs::read_to_string(&marker).ok().filter(|t| !t.is_empty())
+    });
     std::fs::write(src.join("a.txt"), "1").unwrap();
     r.log.wait("changed during the build: cancelling it", T);
     // The whole group goes, the shell's `sleep` too.
@@ -351,4 +355,64 @@ fn a_change_during_a_build_cancels_it_and_builds_again() {
     });
     let text = std::fs::read_to_string(&marker).unwrap();
     assert_eq!(text, "start\nstart\n", "two starts, no finish");
+}
+
+#[test]
+fn bad_watch_paths_and_globs_are_usage_errors() {
+    let dir = TempDir::new("watch-bad");
+    let nosuch = dir.join("nosuch");
+    let (status, log) = run_to_exit(
+        &[
+            "-l",
+            "127.0.0.1:0",
+            "--watch",
+            nosuch.to_str().unwrap(),
+            "--",
+            "sleep",
+            "60",
+        ],
+        T,
+    );
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("--watch") && log.contains("No such file"), "{log}");
+    assert!(log.contains("hint: give a directory or file that exists"), "{log}");
+    assert!(!log.contains("started pid="), "nothing was started: {log}");
+
+    let (status, log) = run_to_exit(
+        &[
+            "-l",
+            "127.0.0.1:0",
+            "--watch",
+            dir.0.to_str().unwrap(),
+            "--ignore",
+            "{a,b",
+            "--",
+            "sleep",
+            "60",
+        ],
+        T,
+    );
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("--ignore \"{a,b\""), "{log}");
+}
+
+/// relaunch alone, without its helper beside it: --watch says what is missing.
+#[test]
+fn watch_without_its_helper_says_so() {
+    let dir = TempDir::new("watch-alone");
+    let alone = dir.join("relaunch");
+    std::fs::copy(relaunch_bin(), &alone).unwrap();
+    let mut cmd = Command::new(&alone);
+    cmd.args(["-l", "127.0.0.1:0", "--watch"])
+        .arg(&dir.0)
+        .args(["--", "sleep", "60"]);
+    let mut r = Relaunch::start_with(&mut cmd);
+    let status = r.wait_exit(T);
+    let log = r.log.text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("--watch needs relaunch-watch beside relaunch")
+            && log.contains("hint: `cargo install` installs both"),
+        "{log}"
+    );
 }
