@@ -340,7 +340,9 @@ fn a_change_during_a_build_cancels_it_and_builds_again() {
         .expect("the build's pid");
     // The build runs (not merely forked) when the change comes.
     wait_for("the first build to start", T, || {
-        std::fs::read_to_string(&marker).ok().filter(|t| !t.is_empty())
+        std::fs::read_to_string(&marker)
+            .ok()
+            .filter(|t| !t.is_empty())
     });
     std::fs::write(src.join("a.txt"), "1").unwrap();
     r.log.wait("changed during the build: cancelling it", T);
@@ -374,8 +376,14 @@ fn bad_watch_paths_and_globs_are_usage_errors() {
         T,
     );
     assert_eq!(status.code(), Some(2), "{log}");
-    assert!(log.contains("--watch") && log.contains("No such file"), "{log}");
-    assert!(log.contains("hint: give a directory or file that exists"), "{log}");
+    assert!(
+        log.contains("--watch") && log.contains("No such file"),
+        "{log}"
+    );
+    assert!(
+        log.contains("hint: give a directory or file that exists"),
+        "{log}"
+    );
     assert!(!log.contains("started pid="), "nothing was started: {log}");
 
     let (status, log) = run_to_exit(
@@ -415,4 +423,34 @@ fn watch_without_its_helper_says_so() {
             && log.contains("hint: `cargo install` installs both"),
         "{log}"
     );
+}
+
+/// The watcher dying is said, and the server goes on serving.
+#[test]
+fn a_watcher_that_dies_is_reported_and_the_server_keeps_serving() {
+    let dir = TempDir::new("watch-dies");
+    let app = App::new("watch-dies-app", &pid_server(""));
+    let r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--watch",
+        dir.0.to_str().unwrap(),
+        "--",
+        &app.script(),
+    ]);
+    let addr = r.listen_addr(3);
+    let pid = wait_serving(addr);
+    let helper = wait_for("relaunch-watch among relaunch's children", T, || {
+        children_of(r.pid()).into_iter().find(|&c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm"))
+                .is_ok_and(|comm| comm.trim() == "relaunch-watch")
+        })
+    });
+    unsafe { libc::kill(helper, libc::SIGKILL) };
+    let line = r.log.wait("the file watcher", T);
+    assert!(
+        line.contains("killed by signal 9") && line.contains("no longer seen"),
+        "{line}"
+    );
+    assert_eq!(get(addr).unwrap(), pid);
 }
