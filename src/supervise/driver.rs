@@ -369,13 +369,14 @@ fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
-        match (c, c == '\\') {
-            (_, true) => match chars.next() {
-                Some('n') => out.push('\n'),
-                Some(other) => out.push(other),
-                None => out.push('\\'),
-            },
-            (c, false) => out.push(c),
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
         }
     }
     out
@@ -903,4 +904,12 @@ fn handle_notify(sup: &Supervisor<Driver>, generation: u64, msg: Message) -> Opt
     }
     notice.ready = msg.ready();
     Some(Event::Notify { pid, notice })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unescape_reads_what_relaunch_watch_writes() {
+        assert_eq!(super::unescape(r"a\nb\\n c\"), "a\nb\\n c\\");
+    }
 }
