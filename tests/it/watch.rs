@@ -321,9 +321,12 @@ fn a_change_during_a_build_cancels_it_and_builds_again() {
     let app = App::new("watch-cancel-app", &pid_server(""));
     let src = dir.join("src");
     std::fs::create_dir_all(&src).unwrap();
+    let control = app.control();
     let r = Relaunch::start(&[
         "-l",
         "127.0.0.1:0",
+        "--control",
+        control.to_str().unwrap(),
         "--watch",
         src.to_str().unwrap(),
         "--build",
@@ -344,6 +347,15 @@ fn a_change_during_a_build_cancels_it_and_builds_again() {
             .ok()
             .filter(|t| !t.is_empty())
     });
+    let status = Command::new(relaunch_bin())
+        .args(["status", "--control", control.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains(&format!("watch: building (pid {first}, for ")),
+        "{status}"
+    );
     std::fs::write(src.join("a.txt"), "1").unwrap();
     r.log.wait("changed during the build: cancelling it", T);
     // The whole group goes, the shell's `sleep` too.
