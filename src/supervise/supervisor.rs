@@ -24,7 +24,10 @@
 //!   runs: a change during a build kills its process group and the debounce
 //!   starts over. A build that succeeds asks for a reload, which coalesces
 //!   with one in progress like any other; one that fails changes nothing
-//!   that serves. With `--build`, generation 1 waits for the first build.
+//!   that serves. With `--build`, generation 1 waits for the first build
+//!   (and starts what is on disk if it fails). Under `--watch` relaunch
+//!   never gives up on its own: a crash loop or a missing program waits for
+//!   the next change.
 
 use std::fmt;
 use std::time::{Duration, Instant};
