@@ -2372,6 +2372,29 @@ mod tests {
     }
 
     #[test]
+    fn watching_a_server_that_exits_under_restart_never_waits_for_a_change() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(
+            Fake::default(),
+            Config {
+                restart: Restart::Never,
+                watch: Some(WatchConfig {
+                    debounce: ms(200),
+                    build: false,
+                }),
+                ..cfg(1)
+            },
+        );
+        s.t_start(t0);
+        s.t_ready(101, t0);
+        s.t_exit(101, ExitStatus::Code(0), t0 + ms(10));
+        assert!(s.exit().is_none(), "relaunch waits");
+        s.t_change("app.py", t0 + ms(20));
+        s.t_timer(t0 + ms(220));
+        assert_eq!(s.os.spawned.last(), Some(&(102, 2, 0)));
+    }
+
+    #[test]
     fn exit_status_wording() {
         assert_eq!(ExitStatus::Code(3).to_string(), "exited with status 3");
         assert_eq!(
