@@ -15,4 +15,5 @@ mod systemd;
 mod units;
 mod upgrade;
 mod util;
+mod watch;
 mod who;
