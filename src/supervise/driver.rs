@@ -6,10 +6,17 @@
 //! Nothing on the loop blocks: forks happen here (PR_SET_PDEATHSIG follows
 //! the forking thread), /proc is read on the blocking pool. Idle, it sleeps
 //! without timers.
+//!
+//! On demand: while no child runs (`--lazy`, or after an idle stop), the
+//! listeners are in the loop's epoll set, and the first one readable (a
+//! connection or datagram waits; nothing is accepted or read) becomes
+//! [`Event::Connection`]. Once a child runs they leave the set, so its
+//! connections wake nothing. With `--idle-stop`, while children run, the
+//! listeners are measured every quarter of the idle time ([`idle::Gauge`]).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -33,7 +40,7 @@ use crate::ready::notify::{Message, NotifySocket, Systemd};
 use crate::ready::scan;
 use crate::sockets::{self, Listener};
 use crate::supervise::supervisor::{Config, Effect, Event, Notice, Os, Supervisor, Tell};
-use crate::supervise::{reaper, spawn};
+use crate::supervise::{idle, reaper, spawn};
 
 /// How often /proc is scanned while a generation is starting.
 const SCAN_EVERY: Duration = Duration::from_millis(15);
@@ -78,6 +85,14 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         Some(path) => Some(control::Server::bind(path)?),
         None => None,
     };
+    // Made before the first child: closes are noticed from then on.
+    let gauge = match plan.idle_stop {
+        Some(_) => Some(Arc::new(idle::Gauge::new(&listeners).map_err(|e| {
+            Error::runtime(format!("--idle-stop: cannot watch the listeners: {e}"))
+                .hint("check the limits on open files and epoll instances (ulimit -n, fs.epoll.max_user_watches)")
+        })?)),
+        None => None,
+    };
     let inodes: HashSet<u64> = listeners
         .iter()
         .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
@@ -119,6 +134,8 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         },
         ready_timeout: plan.ready_timeout,
         listeners: listener_info,
+        lazy: plan.lazy,
+        idle_stop: plan.idle_stop,
     };
     let mut sup = Supervisor::new(driver, cfg);
     let auto = ready == ReadyMode::Auto;
@@ -129,6 +146,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         notify_rx,
         Arc::new(inodes),
         auto,
+        gauge,
     )
     .await;
     reaper::end_orphans(stop_signal, stop_timeout).await;
@@ -327,6 +345,7 @@ async fn event_loop(
     mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
     inodes: Arc<HashSet<u64>>,
     auto: bool,
+    gauge: Option<Arc<idle::Gauge>>,
 ) -> Result<i32> {
     let Signals {
         mut chld,
@@ -343,6 +362,10 @@ async fn event_loop(
     let mut next_scan: Option<Instant> = None;
     let mut next_group_check: Option<Instant> = None;
     let mut scan_task: Option<JoinHandle<Vec<Event>>> = None;
+    // The listeners, in the loop's epoll set only while no child runs.
+    let mut watches: Option<Vec<AsyncFd<Held>>> = None;
+    let mut next_probe: Option<Instant> = None;
+    let mut probe_task: Option<JoinHandle<Event>> = None;
 
     let fx = sup.handle(Event::Start, Instant::now());
     sup.os.perform(fx);
@@ -371,55 +394,138 @@ async fn event_loop(
             .filter(|_| lingering)
             .or_else(|| lingering.then(|| now + GROUP_CHECK_EVERY));
         let deadline = sup.next_deadline();
-        let events: Vec<Event> = tokio::select! {
-            _ = chld.recv() => {
-                let mut events = reap(&mut sup.os);
-                for ev in events.drain(..) {
-                    let fx = sup.handle(ev, Instant::now());
-                    sup.os.perform(fx);
+        let mut events: Vec<Event> = Vec::new();
+        if !sup.waiting() {
+            watches = None;
+        } else if watches.is_none() {
+            let (w, failed) = watch(&sup.os.listeners);
+            watches = Some(w);
+            if failed {
+                events.push(Event::Connection);
+            }
+        }
+        let probe_every = sup.idle_probe_every().filter(|_| gauge.is_some());
+        next_probe = next_probe
+            .filter(|_| probe_every.is_some())
+            .or_else(|| probe_every.map(|every| now + every));
+        if events.is_empty() {
+            events = tokio::select! {
+                _ = chld.recv() => {
+                    let mut events = reap(&mut sup.os);
+                    for ev in events.drain(..) {
+                        let fx = sup.handle(ev, Instant::now());
+                        sup.os.perform(fx);
+                    }
+                    // Leaders reaped just now may have been the last of their groups.
+                    group_check(sup)
                 }
-                // Leaders reaped just now may have been the last of their groups.
-                group_check(sup)
-            }
-            _ = term.recv() => { info!("SIGTERM: stopping"); vec![Event::Stop] }
-            _ = int.recv() => { info!("SIGINT: stopping"); vec![Event::Stop] }
-            _ = hup.recv() => { info!("SIGHUP: reload"); vec![Event::Reload] }
-            _ = quit.recv() => vec![Event::Forward(Signal::SIGQUIT)],
-            _ = usr1.recv() => vec![Event::Forward(Signal::SIGUSR1)],
-            _ = usr2.recv() => vec![Event::Forward(Signal::SIGUSR2)],
-            _ = winch.recv() => vec![Event::Forward(Signal::SIGWINCH)],
-            Some(inc) = recv_control(&mut control_rx) => {
-                vec![Event::Control { request: inc.request, reply: inc.reply }]
-            }
-            Some((generation, msg)) = notify_rx.recv() => handle_notify(sup, generation, msg).into_iter().collect(),
-            (pid, status) = exec_reported(&sup.os.execs) => {
-                sup.os.execs.remove(&pid);
-                match status {
-                    spawn::ExecStatus::Failed(error) => vec![Event::ExecFailed { pid, error }],
-                    _ => Vec::new(),
+                _ = term.recv() => { info!("SIGTERM: stopping"); vec![Event::Stop] }
+                _ = int.recv() => { info!("SIGINT: stopping"); vec![Event::Stop] }
+                _ = hup.recv() => { info!("SIGHUP: reload"); vec![Event::Reload] }
+                _ = quit.recv() => vec![Event::Forward(Signal::SIGQUIT)],
+                _ = usr1.recv() => vec![Event::Forward(Signal::SIGUSR1)],
+                _ = usr2.recv() => vec![Event::Forward(Signal::SIGUSR2)],
+                _ = winch.recv() => vec![Event::Forward(Signal::SIGWINCH)],
+                Some(inc) = recv_control(&mut control_rx) => {
+                    vec![Event::Control { request: inc.request, reply: inc.reply }]
                 }
-            }
-            _ = sleep_until(deadline) => vec![Event::Timer],
-            _ = sleep_until(next_scan) => {
-                let at = next_scan.map_or(now, |t| t + SCAN_EVERY);
-                next_scan = Some(at.max(Instant::now()));
-                // One scan at a time; a slow one skips ticks rather than piling up.
-                if scan_task.is_none() {
-                    scan_task = Some(start_scan(sup, &inodes));
+                Some((generation, msg)) = notify_rx.recv() => handle_notify(sup, generation, msg).into_iter().collect(),
+                (pid, status) = exec_reported(&sup.os.execs) => {
+                    sup.os.execs.remove(&pid);
+                    match status {
+                        spawn::ExecStatus::Failed(error) => vec![Event::ExecFailed { pid, error }],
+                        _ => Vec::new(),
+                    }
                 }
-                Vec::new()
-            }
-            Some(events) = join(&mut scan_task) => events,
-            _ = sleep_until(next_group_check) => {
-                next_group_check = None;
-                group_check(sup)
-            }
-        };
+                _ = sleep_until(deadline) => vec![Event::Timer],
+                _ = sleep_until(next_scan) => {
+                    let at = next_scan.map_or(now, |t| t + SCAN_EVERY);
+                    next_scan = Some(at.max(Instant::now()));
+                    // One scan at a time; a slow one skips ticks rather than piling up.
+                    if scan_task.is_none() {
+                        scan_task = Some(start_scan(sup, &inodes));
+                    }
+                    Vec::new()
+                }
+                Some(events) = join(&mut scan_task) => events,
+                _ = sleep_until(next_group_check) => {
+                    next_group_check = None;
+                    group_check(sup)
+                }
+                _ = readable(watches.as_deref()) => vec![Event::Connection],
+                _ = sleep_until(next_probe) => {
+                    next_probe = probe_every.map(|every| Instant::now() + every);
+                    if probe_task.is_none()
+                        && let Some(g) = &gauge
+                    {
+                        let g = Arc::clone(g);
+                        probe_task = Some(tokio::task::spawn_blocking(move || Event::Activity {
+                            busy: g.busy(),
+                        }));
+                    }
+                    Vec::new()
+                }
+                Some(event) = join(&mut probe_task) => vec![event],
+            };
+        }
         for ev in events {
             let fx = sup.handle(ev, Instant::now());
             sup.os.perform(fx);
         }
     }
+}
+
+/// A held listener's fd, watched while no child runs. The listener itself
+/// stays in the driver for relaunch's whole life, so the fd outlives this.
+struct Held(RawFd);
+
+impl AsRawFd for Held {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Puts the listeners into the loop's epoll set (a connection already
+/// waiting shows at once). `true` when one cannot be watched: then nothing
+/// could wake us for it, so the caller starts at once instead.
+fn watch(listeners: &[Listener]) -> (Vec<AsyncFd<Held>>, bool) {
+    let mut out = Vec::with_capacity(listeners.len());
+    let mut failed = false;
+    for l in listeners {
+        let held = Held(l.socket.as_raw_fd());
+        // SAFETY: the listener owns the fd and is neither closed nor replaced
+        // while relaunch runs; the watches are dropped before the listeners.
+        match unsafe { AsyncFd::register_with_interest(held, Interest::READABLE) } {
+            Ok(w) => out.push(w),
+            Err(e) => {
+                let e = e.into_parts().1;
+                warn!(
+                    "cannot watch {} ({}) for connections: {e}; starting the children now",
+                    l.name,
+                    l.address()
+                );
+                failed = true;
+            }
+        }
+    }
+    (out, failed)
+}
+
+/// Resolves when a watched listener has a connection or datagram waiting
+/// (or an error to show); pending when nothing is watched.
+async fn readable(watches: Option<&[AsyncFd<Held>]>) {
+    let Some(watches) = watches.filter(|w| !w.is_empty()) else {
+        return std::future::pending().await;
+    };
+    std::future::poll_fn(|cx| {
+        for w in watches {
+            if w.poll_read_ready(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 async fn recv_control(rx: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incoming> {
