@@ -71,6 +71,17 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     for w in &child.warnings {
         warn!("{w}");
     }
+    // Nothing runs until the first connection: a command that cannot run
+    // is said now, not then.
+    if plan.lazy
+        && let Err(e) = spawn::check_program(&plan.program, &child.env)
+    {
+        let kind = match e {
+            spawn::Error::NotFound(_) => crate::error::Kind::NotFound,
+            _ => crate::error::Kind::NotExecutable,
+        };
+        return Err(Error::new(kind, e.to_string()));
+    }
     // Removed when run() returns, whatever the outcome.
     let _ports_file = match &plan.ports_file {
         Some(path) => Some(sockets::PortsFile::write(path, &listeners)?),

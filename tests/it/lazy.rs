@@ -311,3 +311,15 @@ fn idle_stop_ends_every_worker_group() {
     assert!(children_of(r.pid()).is_empty());
     wait_serving(addr);
 }
+
+/// Nothing runs until the first connection, so a command that cannot run
+/// is reported at start (127), not when a client has already connected.
+#[test]
+fn lazy_reports_a_missing_program_at_start() {
+    let (status, log) = run_to_exit(
+        &["-l", "127.0.0.1:0", "--lazy", "--", "no-such-program-relaunch"],
+        T,
+    );
+    assert_eq!(status.code(), Some(127), "{log}");
+    assert!(log.contains("command not found in PATH"), "{log}");
+}
