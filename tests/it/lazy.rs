@@ -317,7 +317,13 @@ fn idle_stop_ends_every_worker_group() {
 #[test]
 fn lazy_reports_a_missing_program_at_start() {
     let (status, log) = run_to_exit(
-        &["-l", "127.0.0.1:0", "--lazy", "--", "no-such-program-relaunch"],
+        &[
+            "-l",
+            "127.0.0.1:0",
+            "--lazy",
+            "--",
+            "no-such-program-relaunch",
+        ],
         T,
     );
     assert_eq!(status.code(), Some(127), "{log}");
