@@ -329,3 +329,59 @@ fn lazy_reports_a_missing_program_at_start() {
     assert_eq!(status.code(), Some(127), "{log}");
     assert!(log.contains("command not found in PATH"), "{log}");
 }
+
+/// A Unix stream listener: started by the first connection, kept while a
+/// connection is open (seen in /proc/net/unix by the listener's path),
+/// stopped once quiet, and started again.
+#[test]
+fn unix_listener_lazy_and_idle_stop() {
+    use std::os::unix::net::UnixStream;
+    if !require_tool("python3") {
+        return;
+    }
+    let server = "import os, socket, threading\n\
+                  s = socket.socket(fileno=3)\n\
+                  def serve(c):\n    with c:\n        if c.recv(16):\n            c.sendall(str(os.getpid()).encode())\n\
+                  while True:\n    c, _ = s.accept()\n    threading.Thread(target=serve, args=(c,), daemon=True).start()\n";
+    let dir = TempDir::new("lazy-unix");
+    let path = dir.join("s.sock");
+    let spec = format!("unix:{}", path.display());
+    let r = Relaunch::start(&[
+        "-l",
+        &spec,
+        "--lazy",
+        "--idle-stop",
+        "500ms",
+        "--",
+        "python3",
+        "-c",
+        server,
+    ]);
+    r.log.wait("waiting for the first connection", T);
+    assert!(children_of(r.pid()).is_empty());
+    let ask = || {
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        c.write_all(b"x").unwrap();
+        let mut pid = String::new();
+        c.read_to_string(&mut pid).unwrap();
+        pid
+    };
+    let first = ask();
+    assert!(!first.is_empty());
+    r.log.wait("serving: generation 1", T);
+    let held = UnixStream::connect(&path).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        r.log.count("no connection for"),
+        0,
+        "stopped while a connection was open"
+    );
+    assert_eq!(children_of(r.pid()), vec![first.parse::<i32>().unwrap()]);
+    drop(held);
+    r.log
+        .wait("stopped while idle; waiting for a connection", T);
+    assert!(children_of(r.pid()).is_empty());
+    let second = ask();
+    assert_ne!(second, first);
+}
