@@ -385,3 +385,18 @@ fn unix_listener_lazy_and_idle_stop() {
     let second = ask();
     assert_ne!(second, first);
 }
+
+#[test]
+fn a_stop_while_waiting_exits_zero_at_once() {
+    let mut r = Relaunch::start(&["-l", "127.0.0.1:0", "--lazy", "--", "sleep", "300"]);
+    r.log.wait("waiting for the first connection", T);
+    let stop = Instant::now();
+    r.signal(libc::SIGTERM);
+    assert_eq!(r.wait_exit(T).code(), Some(0), "{}", r.log.text());
+    assert!(
+        stop.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        stop.elapsed()
+    );
+    assert_eq!(r.log.count(" started pid="), 0);
+}
