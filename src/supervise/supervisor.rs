@@ -567,6 +567,8 @@ impl<O: Os> Supervisor<O> {
                 );
             }
         }
+        // Nothing may have started and nothing may be due to restart.
+        self.settle(now);
     }
 
     /// A connection waits and no child runs (or the running ones are being
@@ -2326,6 +2328,28 @@ mod tests {
             spawn::Error::NotFound("cannot run x".into()),
             t0,
         );
+        assert_eq!(s.exit().map(|e| e.code), Some(127));
+    }
+
+    /// Review: a wake whose fork fails under --restart never must end
+    /// relaunch, not leave it running with nothing to run and no timer.
+    #[test]
+    fn a_failed_wake_with_restart_never_ends_relaunch() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(
+            Fake::default(),
+            Config {
+                restart: Restart::Never,
+                idle_stop: Some(Duration::from_secs(1)),
+                ..cfg(1)
+            },
+        );
+        s.t_start(t0);
+        s.t_ready(101, t0);
+        let t1 = s.t_idle_out(t0);
+        s.t_exit(101, ExitStatus::Signal(15), t1);
+        s.os.fail_spawn = Some(|| spawn::Error::Os("cannot start x: fork failed".into()));
+        s.t_connection(t1);
         assert_eq!(s.exit().map(|e| e.code), Some(127));
     }
 
