@@ -226,7 +226,7 @@ fn idle_stop_cycles_refuse_nothing() {
         "127.0.0.1:0",
         "--lazy",
         "--idle-stop",
-        "300ms",
+        "1s",
         "--",
         server.to_str().unwrap(),
         "--delay",
