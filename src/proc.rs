@@ -638,21 +638,39 @@ impl TcpCloses {
         if bound < 0 {
             return Err(io::Error::last_os_error());
         }
+        let closes = TcpCloses {
+            fd,
+            ports: ports.to_vec(),
+        };
+        closes.listen(true)?;
+        Ok(closes)
+    }
+
+    /// Joins or leaves the groups. While someone listens, the kernel builds
+    /// a notice at every TCP close in the network namespace (the filter
+    /// then drops the others'), so leave while there is nothing to measure.
+    pub fn listen(&self, on: bool) -> io::Result<()> {
+        let op = if on {
+            libc::NETLINK_ADD_MEMBERSHIP
+        } else {
+            libc::NETLINK_DROP_MEMBERSHIP
+        };
         for group in [SKNLGRP_INET_TCP_DESTROY, SKNLGRP_INET6_TCP_DESTROY] {
-            if set(
-                libc::SOL_NETLINK,
-                libc::NETLINK_ADD_MEMBERSHIP,
-                (&group as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>(),
-            ) < 0
-            {
+            // SAFETY: an int option, its size given.
+            let r = unsafe {
+                libc::setsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_NETLINK,
+                    op,
+                    (&group as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r < 0 {
                 return Err(io::Error::last_os_error());
             }
         }
-        Ok(TcpCloses {
-            fd,
-            ports: ports.to_vec(),
-        })
+        Ok(())
     }
 
     /// Whether a socket on one of the ports closed since the last call.
@@ -1002,6 +1020,17 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(100));
         // Both ends closed; the client's end has another local port.
         assert!(!closes.any().unwrap(), "read once");
+        closes.listen(false).unwrap();
+        open_close(&ours);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!closes.any().unwrap(), "not listening");
+        closes.listen(true).unwrap();
+        open_close(&ours);
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !closes.any().unwrap() {
+            assert!(std::time::Instant::now() < end, "listening again");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     #[test]

@@ -416,6 +416,9 @@ async fn event_loop(
             }
         }
         let probe_every = sup.idle_probe_every().filter(|_| gauge.is_some());
+        if let Some(g) = &gauge {
+            g.follow(probe_every.is_some());
+        }
         next_probe = next_probe
             .filter(|_| probe_every.is_some())
             .or_else(|| probe_every.map(|every| now + every));

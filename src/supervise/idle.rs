@@ -56,6 +56,8 @@ struct Watched {
 pub struct Gauge {
     listeners: Vec<Watched>,
     closes: Option<proc::TcpCloses>,
+    /// Whether the close notices are followed (only while measuring).
+    following: AtomicBool,
     /// A failed measure is said once, then counts as busy.
     warned: AtomicBool,
 }
@@ -103,9 +105,31 @@ impl Gauge {
         };
         Ok(Gauge {
             listeners: watched,
+            following: AtomicBool::new(closes.is_some()),
             closes,
             warned: AtomicBool::new(false),
         })
+    }
+
+    /// Follows the close notices only while children run to be measured:
+    /// each one costs the kernel work at every TCP close on the machine.
+    /// Cheap (two setsockopt calls, on a change only); fine on the loop.
+    pub fn follow(&self, on: bool) {
+        let Some(closes) = &self.closes else {
+            return;
+        };
+        if self.following.swap(on, Ordering::Relaxed) == on {
+            return;
+        }
+        if let Err(e) = closes.listen(on) {
+            // Tried again at the next change.
+            self.following.store(!on, Ordering::Relaxed);
+            warn!(
+                "--idle-stop: cannot {} the kernel's notices of closed connections ({e}); \
+                 meanwhile a connection that opens and closes between two measures is not seen",
+                if on { "follow" } else { "stop following" }
+            );
+        }
     }
 
     /// Whether anything is waiting or open, or came and went since the
