@@ -100,7 +100,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     let gauge = match plan.idle_stop {
         Some(_) => Some(Arc::new(idle::Gauge::new(&listeners).map_err(|e| {
             Error::runtime(format!("--idle-stop: cannot watch the listeners: {e}"))
-                .hint("check the limits on open files and epoll instances (ulimit -n, fs.epoll.max_user_watches)")
+                .hint("raise the limit on open files (ulimit -n)")
         })?)),
         None => None,
     };
@@ -405,14 +405,15 @@ async fn event_loop(
             .filter(|_| lingering)
             .or_else(|| lingering.then(|| now + GROUP_CHECK_EVERY));
         let deadline = sup.next_deadline();
-        let mut events: Vec<Event> = Vec::new();
         if !sup.waiting() {
             watches = None;
         } else if watches.is_none() {
             let (w, failed) = watch(&sup.os.listeners);
             watches = Some(w);
             if failed {
-                events.push(Event::Connection);
+                let fx = sup.handle(Event::Connection, Instant::now());
+                sup.os.perform(fx);
+                continue;
             }
         }
         let probe_every = sup.idle_probe_every().filter(|_| gauge.is_some());
@@ -422,66 +423,64 @@ async fn event_loop(
         next_probe = next_probe
             .filter(|_| probe_every.is_some())
             .or_else(|| probe_every.map(|every| now + every));
-        if events.is_empty() {
-            events = tokio::select! {
-                _ = chld.recv() => {
-                    let mut events = reap(&mut sup.os);
-                    for ev in events.drain(..) {
-                        let fx = sup.handle(ev, Instant::now());
-                        sup.os.perform(fx);
-                    }
-                    // Leaders reaped just now may have been the last of their groups.
-                    group_check(sup)
+        let events: Vec<Event> = tokio::select! {
+            _ = chld.recv() => {
+                let mut events = reap(&mut sup.os);
+                for ev in events.drain(..) {
+                    let fx = sup.handle(ev, Instant::now());
+                    sup.os.perform(fx);
                 }
-                _ = term.recv() => { info!("SIGTERM: stopping"); vec![Event::Stop] }
-                _ = int.recv() => { info!("SIGINT: stopping"); vec![Event::Stop] }
-                _ = hup.recv() => { info!("SIGHUP: reload"); vec![Event::Reload] }
-                _ = quit.recv() => vec![Event::Forward(Signal::SIGQUIT)],
-                _ = usr1.recv() => vec![Event::Forward(Signal::SIGUSR1)],
-                _ = usr2.recv() => vec![Event::Forward(Signal::SIGUSR2)],
-                _ = winch.recv() => vec![Event::Forward(Signal::SIGWINCH)],
-                Some(inc) = recv_control(&mut control_rx) => {
-                    vec![Event::Control { request: inc.request, reply: inc.reply }]
+                // Leaders reaped just now may have been the last of their groups.
+                group_check(sup)
+            }
+            _ = term.recv() => { info!("SIGTERM: stopping"); vec![Event::Stop] }
+            _ = int.recv() => { info!("SIGINT: stopping"); vec![Event::Stop] }
+            _ = hup.recv() => { info!("SIGHUP: reload"); vec![Event::Reload] }
+            _ = quit.recv() => vec![Event::Forward(Signal::SIGQUIT)],
+            _ = usr1.recv() => vec![Event::Forward(Signal::SIGUSR1)],
+            _ = usr2.recv() => vec![Event::Forward(Signal::SIGUSR2)],
+            _ = winch.recv() => vec![Event::Forward(Signal::SIGWINCH)],
+            Some(inc) = recv_control(&mut control_rx) => {
+                vec![Event::Control { request: inc.request, reply: inc.reply }]
+            }
+            Some((generation, msg)) = notify_rx.recv() => handle_notify(sup, generation, msg).into_iter().collect(),
+            (pid, status) = exec_reported(&sup.os.execs) => {
+                sup.os.execs.remove(&pid);
+                match status {
+                    spawn::ExecStatus::Failed(error) => vec![Event::ExecFailed { pid, error }],
+                    _ => Vec::new(),
                 }
-                Some((generation, msg)) = notify_rx.recv() => handle_notify(sup, generation, msg).into_iter().collect(),
-                (pid, status) = exec_reported(&sup.os.execs) => {
-                    sup.os.execs.remove(&pid);
-                    match status {
-                        spawn::ExecStatus::Failed(error) => vec![Event::ExecFailed { pid, error }],
-                        _ => Vec::new(),
-                    }
+            }
+            _ = sleep_until(deadline) => vec![Event::Timer],
+            _ = sleep_until(next_scan) => {
+                let at = next_scan.map_or(now, |t| t + SCAN_EVERY);
+                next_scan = Some(at.max(Instant::now()));
+                // One scan at a time; a slow one skips ticks rather than piling up.
+                if scan_task.is_none() {
+                    scan_task = Some(start_scan(sup, &inodes));
                 }
-                _ = sleep_until(deadline) => vec![Event::Timer],
-                _ = sleep_until(next_scan) => {
-                    let at = next_scan.map_or(now, |t| t + SCAN_EVERY);
-                    next_scan = Some(at.max(Instant::now()));
-                    // One scan at a time; a slow one skips ticks rather than piling up.
-                    if scan_task.is_none() {
-                        scan_task = Some(start_scan(sup, &inodes));
-                    }
-                    Vec::new()
+                Vec::new()
+            }
+            Some(events) = join(&mut scan_task) => events,
+            _ = sleep_until(next_group_check) => {
+                next_group_check = None;
+                group_check(sup)
+            }
+            _ = readable(watches.as_deref()) => vec![Event::Connection],
+            _ = sleep_until(next_probe) => {
+                next_probe = probe_every.map(|every| Instant::now() + every);
+                if probe_task.is_none()
+                    && let Some(g) = &gauge
+                {
+                    let g = Arc::clone(g);
+                    probe_task = Some(tokio::task::spawn_blocking(move || Event::Activity {
+                        busy: g.busy(),
+                    }));
                 }
-                Some(events) = join(&mut scan_task) => events,
-                _ = sleep_until(next_group_check) => {
-                    next_group_check = None;
-                    group_check(sup)
-                }
-                _ = readable(watches.as_deref()) => vec![Event::Connection],
-                _ = sleep_until(next_probe) => {
-                    next_probe = probe_every.map(|every| Instant::now() + every);
-                    if probe_task.is_none()
-                        && let Some(g) = &gauge
-                    {
-                        let g = Arc::clone(g);
-                        probe_task = Some(tokio::task::spawn_blocking(move || Event::Activity {
-                            busy: g.busy(),
-                        }));
-                    }
-                    Vec::new()
-                }
-                Some(event) = join(&mut probe_task) => vec![event],
-            };
-        }
+                Vec::new()
+            }
+            Some(event) = join(&mut probe_task) => vec![event],
+        };
         for ev in events {
             let fx = sup.handle(ev, Instant::now());
             sup.os.perform(fx);
