@@ -17,6 +17,7 @@
 mod chart;
 mod footprint;
 mod load;
+mod on_demand;
 mod plan;
 mod procs;
 mod readiness;

@@ -362,7 +362,7 @@ pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>, extra: &
         ));
     }
     lines.extend(extra.iter().cloned());
-    println!("acceptance (issues 6 and 9):");
+    println!("acceptance (issues 6, 9 and 12):");
     for (what, ok) in lines {
         println!("  [{}] {what}", if ok { "ok" } else { "FAIL" });
     }

@@ -91,11 +91,15 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
         }
     }
 
-    let readiness = if only.is_empty() || only.iter().any(|o| "readiness".contains(o.as_str())) {
+    let mut readiness = if only.is_empty() || only.iter().any(|o| "readiness".contains(o.as_str()))
+    {
         crate::readiness::run(plan, &ctx)
     } else {
         Vec::new()
     };
+    if only.is_empty() || only.iter().any(|o| "on-demand".contains(o.as_str())) {
+        readiness.extend(crate::on_demand::run(plan, &ctx));
+    }
 
     let footprint = match idle {
         Some((idle, lazy)) => Some(Footprint {

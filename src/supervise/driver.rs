@@ -423,6 +423,12 @@ async fn event_loop(
         next_probe = next_probe
             .filter(|_| probe_every.is_some())
             .or_else(|| probe_every.map(|every| now + every));
+        // Also exactly when the idle time would be over (not while a
+        // measure runs: a due time in the past would fire at every turn).
+        let probe_due = match sup.idle_stop_due().filter(|_| probe_task.is_none()) {
+            Some(due) => next_probe.map(|n| n.min(due)),
+            None => next_probe,
+        };
         let events: Vec<Event> = tokio::select! {
             _ = chld.recv() => {
                 let mut events = reap(&mut sup.os);
@@ -467,14 +473,18 @@ async fn event_loop(
                 group_check(sup)
             }
             _ = readable(watches.as_deref()) => vec![Event::Connection],
-            _ = sleep_until(next_probe) => {
+            _ = sleep_until(probe_due) => {
                 next_probe = probe_every.map(|every| Instant::now() + every);
                 if probe_task.is_none()
                     && let Some(g) = &gauge
                 {
                     let g = Arc::clone(g);
-                    probe_task = Some(tokio::task::spawn_blocking(move || Event::Activity {
-                        busy: g.busy(),
+                    probe_task = Some(tokio::task::spawn_blocking(move || {
+                        let m = g.measure();
+                        Event::Activity {
+                            open: m.open,
+                            churned: m.churned,
+                        }
                     }));
                 }
                 Vec::new()

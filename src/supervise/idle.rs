@@ -53,6 +53,16 @@ struct Watched {
     open: Open,
 }
 
+/// One look at the listeners.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measure {
+    /// A connection is open or waiting now.
+    pub open: bool,
+    /// Connections came and went since the last look (TCP, from the close
+    /// notices; false where they cannot be seen).
+    pub churned: bool,
+}
+
 pub struct Gauge {
     listeners: Vec<Watched>,
     closes: Option<proc::TcpCloses>,
@@ -132,13 +142,20 @@ impl Gauge {
         }
     }
 
-    /// Whether anything is waiting or open, or came and went since the
-    /// last call. Blocking (reads /proc and netlink): run it off the event
-    /// loop. A failure is logged once and counts as busy: never stop what
-    /// we cannot see.
-    pub fn busy(&self) -> bool {
-        match self.measure() {
-            Ok(b) => b,
+    /// (whether anything is waiting or open now, whether connections came
+    /// and went since the last call). Blocking (reads /proc and netlink):
+    /// run it off the event loop. A failure is logged once and counts as
+    /// open: never stop what we cannot see.
+    pub fn measure(&self) -> Measure {
+        match self.read() {
+            Ok(m) => {
+                tracing::debug!(
+                    open = m.open,
+                    churned = m.churned,
+                    "--idle-stop: listeners measured"
+                );
+                m
+            }
             Err(e) => {
                 if !self.warned.swap(true, Ordering::Relaxed) {
                     warn!(
@@ -146,18 +163,27 @@ impl Gauge {
                          the children are not stopped while this lasts"
                     );
                 }
-                true
+                Measure {
+                    open: true,
+                    churned: true,
+                }
             }
         }
     }
 
-    fn measure(&self) -> io::Result<bool> {
+    fn read(&self) -> io::Result<Measure> {
         // Read every time, so each measure covers only the time since the last.
-        let closed = match &self.closes {
+        let churned = match &self.closes {
             Some(c) => c.any()?,
             None => false,
         };
-        if closed || self.waiting()? {
+        let open = self.open()?;
+        Ok(Measure { open, churned })
+    }
+
+    /// Whether a connection waits or is open on a listener now.
+    fn open(&self) -> io::Result<bool> {
+        if self.waiting()? {
             return Ok(true);
         }
         let tcp: Vec<SocketAddr> = self
@@ -332,12 +358,21 @@ mod tests {
         // Closing takes a few packets even on loopback: wait for it.
         let settles_idle = |g: &Gauge| {
             let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while g.measure().unwrap() {
+            while g.read().unwrap()
+                != (Measure {
+                    open: false,
+                    churned: false,
+                })
+            {
                 assert!(std::time::Instant::now() < end, "never idle");
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
         };
-        assert!(!g.measure().unwrap(), "nothing yet");
+        let quiet = Measure {
+            open: false,
+            churned: false,
+        };
+        assert_eq!(g.read().unwrap(), quiet, "nothing yet");
         // Opens and closes between two measures, whichever end closes first.
         for client_first in [true, false] {
             let c = std::net::TcpStream::connect(addr).unwrap();
@@ -349,7 +384,7 @@ mod tests {
             }
             // The notice comes from a kernel work queue, soon.
             let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while !g.measure().unwrap() {
+            while !g.read().unwrap().churned {
                 assert!(
                     std::time::Instant::now() < end,
                     "the short connection was missed"
@@ -361,12 +396,12 @@ mod tests {
         }
         // Waiting in the accept queue.
         let c = std::net::TcpStream::connect(addr).unwrap();
-        assert!(g.measure().unwrap());
-        assert!(g.measure().unwrap(), "still waiting");
+        assert!(g.read().unwrap().open);
+        assert!(g.read().unwrap().open, "still waiting");
         // Accepted and open.
         let (a, _) = l.socket.accept().unwrap();
-        assert!(g.measure().unwrap(), "open");
-        assert!(g.measure().unwrap(), "still open");
+        assert!(g.read().unwrap().open, "open");
+        assert!(g.read().unwrap().open, "still open");
         drop((c, a));
         settles_idle(&g);
     }

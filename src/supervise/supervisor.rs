@@ -112,9 +112,13 @@ pub enum Event {
     Control { request: Request, reply: Reply },
     /// A connection (or datagram) waits on a listener while no child runs.
     Connection,
-    /// The listeners measured (`--idle-stop`): `busy` when a connection was
-    /// open or waiting, or arrived since the last measure.
-    Activity { busy: bool },
+    /// The listeners measured (`--idle-stop`).
+    Activity {
+        /// A connection is open or waiting now.
+        open: bool,
+        /// Connections came and went since the last measure.
+        churned: bool,
+    },
 }
 
 /// What a child said through its notify socket.
@@ -368,7 +372,7 @@ impl<O: Os> Supervisor<O> {
             Event::Forward(sig) => self.forward(sig),
             Event::Control { request, reply } => self.on_control(request, reply, now),
             Event::Connection => self.on_connection(now),
-            Event::Activity { busy } => self.on_activity(busy, now),
+            Event::Activity { open, churned } => self.on_activity(open, churned, now),
         }
         if self.done {
             for (_, to) in std::mem::take(&mut self.waiters) {
@@ -412,6 +416,15 @@ impl<O: Os> Supervisor<O> {
     /// they were idle): the driver then watches the listeners for a connection.
     pub fn waiting(&self) -> bool {
         !self.stopping && self.demand != Demand::Running
+    }
+
+    /// When the idle time is over if nothing happens meanwhile: the driver
+    /// measures then, besides every [`Supervisor::idle_probe_every`].
+    pub fn idle_stop_due(&self) -> Option<Instant> {
+        let limit = self.cfg.idle_stop?;
+        self.idle_since
+            .filter(|_| self.demand == Demand::Running && !self.stopping)
+            .map(|since| since + limit)
     }
 
     /// How often to measure the listeners' activity: only while children
@@ -585,7 +598,7 @@ impl<O: Os> Supervisor<O> {
     }
 
     /// `--idle-stop`: what the listeners showed at `now`.
-    fn on_activity(&mut self, busy: bool, now: Instant) {
+    fn on_activity(&mut self, open: bool, churned: bool, now: Instant) {
         let Some(limit) = self.cfg.idle_stop else {
             return;
         };
@@ -593,9 +606,13 @@ impl<O: Os> Supervisor<O> {
             return;
         }
         // Starting, reloading and backing off are not idle, whatever the sockets show.
-        if busy || self.state() != "serving" {
+        if open || self.state() != "serving" {
             self.idle_since = None;
             return;
+        }
+        // What came and went was open after the last measure: idle from now.
+        if churned {
+            self.idle_since = Some(now);
         }
         let since = *self.idle_since.get_or_insert(now);
         if now.saturating_duration_since(since) < limit {
@@ -1466,8 +1483,9 @@ mod tests {
         fn t_connection(&mut self, now: Instant) {
             self.run(Event::Connection, now);
         }
-        fn t_activity(&mut self, busy: bool, now: Instant) {
-            self.run(Event::Activity { busy }, now);
+        fn t_activity(&mut self, open: bool, now: Instant) {
+            let churned = false;
+            self.run(Event::Activity { open, churned }, now);
         }
         /// `relaunch reload` through the control socket; its answer.
         fn t_reload_client(&mut self, now: Instant) -> oneshot::Receiver<Response> {
@@ -2351,6 +2369,35 @@ mod tests {
         s.os.fail_spawn = Some(|| spawn::Error::Os("cannot start x: fork failed".into()));
         s.t_connection(t1);
         assert_eq!(s.exit().map(|e| e.code), Some(127));
+    }
+
+    /// Connections that came and went since the last measure were open
+    /// after it: idle counts from now, and the driver measures again
+    /// exactly when the idle time would be over.
+    #[test]
+    fn connections_that_came_and_went_restart_the_idle_time() {
+        let t0 = Instant::now();
+        let mut s = on_demand(1, false, Some(Duration::from_secs(1)));
+        s.t_start(t0);
+        s.t_ready(101, t0);
+        assert_eq!(s.idle_stop_due(), None, "not measured yet");
+        s.t_activity(false, t0);
+        assert_eq!(s.idle_stop_due(), Some(t0 + Duration::from_secs(1)));
+        let churned = true;
+        let t1 = t0 + ms(900);
+        s.run(
+            Event::Activity {
+                open: false,
+                churned,
+            },
+            t1,
+        );
+        assert_eq!(s.idle_stop_due(), Some(t1 + Duration::from_secs(1)));
+        s.t_activity(false, t0 + Duration::from_secs(1));
+        assert!(s.os.signals.is_empty(), "idle for 0.1 s only");
+        s.t_activity(false, t1 + Duration::from_secs(1));
+        assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
+        assert_eq!(s.idle_stop_due(), None, "stopping: nothing to measure");
     }
 
     #[test]
