@@ -214,6 +214,9 @@ impl IdleWatch {
                     .then_some(())
             })
             .ok_or("idle-lazy: relaunch --lazy never said it waits")?;
+        // The line comes just before it blocks in epoll for the first time:
+        // that block is its start-up's last context switch, not idling.
+        std::thread::sleep(Duration::from_millis(250));
         let before = counters(proc.pid())?;
         Ok(IdleWatch {
             held: Held::Waiting(proc),
