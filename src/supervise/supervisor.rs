@@ -590,10 +590,12 @@ impl<O: Os> Supervisor<O> {
         if !self.waiting() {
             return;
         }
-        info!(
+        let line = format!(
             "a connection is waiting: starting generation {}",
             self.next_generation
         );
+        info!("{line}");
+        self.tell(Tell::Status(line));
         self.start_generation(now);
     }
 
