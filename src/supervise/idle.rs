@@ -132,8 +132,7 @@ impl Gauge {
             return;
         }
         if let Err(e) = closes.listen(on) {
-            // Tried again at the next change.
-            self.following.store(!on, Ordering::Relaxed);
+            // Tried again at the next change, not at every turn of the loop.
             warn!(
                 "--idle-stop: cannot {} the kernel's notices of closed connections ({e}); \
                  meanwhile a connection that opens and closes between two measures is not seen",
