@@ -109,6 +109,7 @@ fn lazy_starts_the_first_generation_at_the_first_connection() {
     }
     assert_eq!(children_of(r.pid()), vec![pid.parse::<i32>().unwrap()]);
     assert_eq!(r.log.count(" started pid="), 1);
+    r.log.wait("serving: generation 1", T);
     let shown = relaunch_status(&control, false);
     assert!(shown.contains("serving, generation 1"), "{shown}");
     assert!(!shown.contains("idle since"), "{shown}");
