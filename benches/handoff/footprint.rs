@@ -314,6 +314,20 @@ pub fn throughput(plan: &Plan, ctx: &Ctx) -> Result<Throughput, String> {
 /// target's own pid) spent meanwhile.
 fn rate(kind: Kind, plan: &Plan, ctx: &Ctx, tag: &str) -> Result<(f64, Counters), String> {
     let target = Target::start(kind, 0.0, ctx, tag)?;
+    if kind == Kind::Steady {
+        // The first answer can come before relaunch has handled READY=1:
+        // that handling is start-up, not load.
+        target
+            .proc
+            .lines
+            .wait_for(Duration::from_secs(20), |ls| {
+                ls.iter()
+                    .any(|l| l.contains("serving: generation"))
+                    .then_some(())
+            })
+            .ok_or_else(|| format!("{tag}: relaunch never said it serves"))?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let before = counters(target.proc.pid())?;
     let epoch = Instant::now();
     let load = Load::start(target.addr(), plan.conns, epoch, plan.timeout);
