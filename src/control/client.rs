@@ -38,7 +38,7 @@ pub async fn client(args: &ClientArgs, request: Request, json: bool) -> Result<i
     if let Response::Upgraded { pid, to, .. } = &response {
         // The new image answered; it must also serve new connections.
         let status = match exchange(path, &Request::Status, limit).await? {
-            Response::Status(s) => s,
+            Response::Status(s) => *s,
             other => {
                 return Err(Error::runtime(format!(
                     "after the upgrade, relaunch answered a status request with {other:?}"
@@ -225,7 +225,9 @@ fn render(response: &Response, json: bool) -> Result<(i32, String)> {
         Response::Reloaded { generation, pids } => {
             let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
             let text = match pids.len() {
-                0 => format!("reloaded: generation {generation} serving"),
+                0 => "nothing to reload: no child runs (waiting for a connection); \
+                      the next connection starts the program as it is then"
+                    .to_string(),
                 1 => format!(
                     "reloaded: generation {generation} serving (pid {})",
                     pids[0]
@@ -267,15 +269,22 @@ fn render(response: &Response, json: bool) -> Result<(i32, String)> {
 }
 
 fn render_status(s: &Status) -> String {
-    let mut out = format!(
-        "relaunch (pid {}): {}, generation {}\n",
-        s.pid, s.state, s.generation
-    );
+    let mut out = if s.generation == 0 {
+        format!("relaunch (pid {}): {}\n", s.pid, s.state)
+    } else {
+        format!(
+            "relaunch (pid {}): {}, generation {}\n",
+            s.pid, s.state, s.generation
+        )
+    };
     if let Some(text) = &s.status_text {
         out += &format!("status: {text}\n");
     }
     if let Some(text) = &s.watch {
         out += &format!("watch: {text}\n");
+    }
+    if let Some(secs) = s.idle_secs {
+        out += &format!("idle since {} ago\n", age(secs));
     }
     if s.listeners.is_empty() {
         out += "listeners: none\n";
@@ -387,6 +396,15 @@ mod tests {
             )
         );
         assert_eq!(ok(Response::Stopping).0, 0);
+        let (code, text) = ok(Response::Reloaded {
+            generation: 0,
+            pids: vec![],
+        });
+        assert_eq!(code, 0);
+        assert!(
+            text.starts_with("nothing to reload: no child runs"),
+            "{text}"
+        );
         let err = render(
             &Response::Error {
                 message: "permission denied: uid 7".into(),
@@ -401,7 +419,7 @@ mod tests {
 
     #[test]
     fn renders_status() {
-        let (code, text) = render(&Response::Status(sample_status()), false).unwrap();
+        let (code, text) = render(&Response::Status(Box::new(sample_status())), false).unwrap();
         assert_eq!(code, 0);
         let want = "\
 relaunch (pid 4242): serving, generation 3
@@ -414,13 +432,34 @@ children:
 last reload: generation 3 succeeded 2m5s ago: ready after 0.4s";
         assert_eq!(text, want);
 
-        let empty = render_status(&Status {
-            state: "starting".into(),
+        let waiting = render_status(&Status {
+            state: "waiting for the first connection".into(),
+            idle_secs: Some(42.4),
             ..Status::default()
         });
         assert_eq!(
-            empty,
-            "relaunch (pid 0): starting, generation 0\nlisteners: none\nchildren: none\nlast reload: none"
+            waiting,
+            "relaunch (pid 0): waiting for the first connection\nidle since 42s ago\nlisteners: none\nchildren: none\nlast reload: none"
+        );
+        let mut after_idle = sample_status();
+        after_idle.state = "waiting for a connection".into();
+        after_idle.children.clear();
+        after_idle.status_text = None;
+        after_idle.idle_secs = Some(3.0);
+        let text = render_status(&after_idle);
+        assert!(
+            text.starts_with(
+                "relaunch (pid 4242): waiting for a connection, generation 3\nidle since 3s ago\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_string(&after_idle).unwrap();
+        assert!(json.contains(r#""idle_secs":3.0"#), "{json}");
+        assert!(
+            !serde_json::to_string(&sample_status())
+                .unwrap()
+                .contains("idle_secs"),
+            "absent while busy"
         );
         let watching = render_status(&Status {
             watch: Some("building (pid 7, for 2.1 s)".into()),
@@ -431,7 +470,7 @@ last reload: generation 3 succeeded 2m5s ago: ready after 0.4s";
             "{watching}"
         );
 
-        let (_, json) = render(&Response::Status(sample_status()), true).unwrap();
+        let (_, json) = render(&Response::Status(Box::new(sample_status())), true).unwrap();
         let back: Status = serde_json::from_str(&json).unwrap();
         assert_eq!(back.pid, 4242);
         assert!(json.contains("\n  \"generation\": 3"), "{json}");
@@ -489,7 +528,11 @@ last reload: generation 3 succeeded 2m5s ago: ready after 0.4s";
         let (got, ()) = within(async {
             tokio::join!(
                 exchange(&path, &Request::Status, DEADLINE),
-                answer_one(&mut rx, Request::Status, Response::Status(sample_status()))
+                answer_one(
+                    &mut rx,
+                    Request::Status,
+                    Response::Status(Box::new(sample_status()))
+                )
             )
         })
         .await;
@@ -509,7 +552,11 @@ last reload: generation 3 succeeded 2m5s ago: ready after 0.4s";
             let (code, ()) = within(async {
                 tokio::join!(
                     client(&args, Request::Status, json),
-                    answer_one(&mut rx, Request::Status, Response::Status(sample_status()))
+                    answer_one(
+                        &mut rx,
+                        Request::Status,
+                        Response::Status(Box::new(sample_status()))
+                    )
                 )
             })
             .await;

@@ -107,6 +107,7 @@ mod testing {
                 seconds_ago: 125.0,
             }),
             watch: None,
+            idle_secs: None,
         }
     }
 

@@ -28,7 +28,8 @@ pub enum Request {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Status(Status),
+    /// Boxed: a status is far larger than any other answer.
+    Status(Box<Status>),
     Reloaded {
         generation: u64,
         pids: Vec<i32>,
@@ -65,7 +66,9 @@ pub struct Status {
     pub build_id: Option<String>,
     /// The serving generation.
     pub generation: u64,
-    /// "starting" | "serving" | "reloading" | "backing off" | "stopping"
+    /// "starting" | "serving" | "reloading" | "backing off" | "stopping" |
+    /// "waiting for the first connection" | "waiting for a connection" |
+    /// "stopping when idle" (the last three with --lazy or --idle-stop)
     pub state: String,
     /// Last STATUS= from the serving generation.
     pub status_text: Option<String>,
@@ -75,6 +78,10 @@ pub struct Status {
     /// `--watch`: the build and the changes ("building (pid 7, for 2.1 s)").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<String>,
+    /// Seconds since nothing was open or waiting on the listeners: while no
+    /// child runs, or measured with --idle-stop. Absent while busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_secs: Option<f64>,
 }
 
 impl Status {
@@ -195,7 +202,7 @@ mod tests {
             failed,
             Response::ReloadFailed { generation: 5, .. }
         ));
-        let json = serde_json::to_string(&Response::Status(sample_status())).unwrap();
+        let json = serde_json::to_string(&Response::Status(Box::new(sample_status()))).unwrap();
         assert!(
             json.starts_with(r#"{"result":"status","pid":4242,"#),
             "{json}"

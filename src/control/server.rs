@@ -313,7 +313,6 @@ fn error(message: String) -> Response {
 mod tests {
     use super::*;
     use crate::control::client::exchange;
-    use crate::control::protocol::Status;
     use crate::control::testing::{DEADLINE, TempDir, answer_one, within};
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -377,11 +376,7 @@ mod tests {
                 // While the reload is pending, a status is still answered.
                 let (status, ()) = tokio::join!(
                     exchange(&path, &Request::Status, DEADLINE),
-                    answer_one(
-                        &mut rx,
-                        Request::Status,
-                        Response::Status(Status::default())
-                    )
+                    answer_one(&mut rx, Request::Status, Response::Status(Box::default()))
                 );
                 assert!(matches!(status.unwrap(), Response::Status(_)));
                 let _ = pending_reload.reply.send(Response::Reloaded {

@@ -13,6 +13,13 @@
 //! watcher's `changed PATH` lines become events; the build's output is shown
 //! live (`build | ...`) and kept as a tail of [`BUILD_TAIL`] lines for the
 //! failure message.
+//!
+//! On demand: while no child runs (`--lazy`, or after an idle stop), the
+//! listeners are in the loop's epoll set, and the first one readable (a
+//! connection or datagram waits; nothing is accepted or read) becomes
+//! [`Event::Connection`]. Once a child runs they leave the set, so its
+//! connections wake nothing. With `--idle-stop`, while children run, the
+//! listeners are measured every quarter of the idle time ([`idle::Gauge`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
@@ -44,7 +51,7 @@ use crate::sockets::{self, Listener};
 use crate::supervise::supervisor::{
     Config, Effect, Event, Notice, Os, Supervisor, Tell, WatchConfig,
 };
-use crate::supervise::{handover, reaper, spawn, upgrade};
+use crate::supervise::{handover, idle, reaper, spawn, upgrade};
 
 /// How often /proc is scanned while a generation is starting.
 const SCAN_EVERY: Duration = Duration::from_millis(15);
@@ -80,6 +87,17 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     for w in &child.warnings {
         warn!("{w}");
     }
+    // Nothing runs until the first connection: a command that cannot run
+    // is said now, not then.
+    if plan.lazy
+        && let Err(e) = spawn::check_program(&plan.program, &child.env)
+    {
+        let kind = match e {
+            spawn::Error::NotFound(_) => crate::error::Kind::NotFound,
+            _ => crate::error::Kind::NotExecutable,
+        };
+        return Err(Error::new(kind, e.to_string()));
+    }
     // Removed when the driver is dropped, whatever the outcome.
     let ports_file = match &plan.ports_file {
         Some(path) => Some(sockets::PortsFile::write(path, &listeners)?),
@@ -111,6 +129,14 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     // Nothing of it exists without --watch.
     let watcher = match &plan.watch {
         Some(w) => Some(Watcher::start(w, plan.build_env()).await?),
+        None => None,
+    };
+    // Made before the first child: closes are noticed from then on.
+    let gauge = match plan.idle_stop {
+        Some(_) => Some(Arc::new(idle::Gauge::new(&listeners).map_err(|e| {
+            Error::runtime(format!("--idle-stop: cannot watch the listeners: {e}"))
+                .hint("raise the limit on open files (ulimit -n)")
+        })?)),
         None => None,
     };
     let inodes: HashSet<u64> = listeners
@@ -170,12 +196,22 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             debounce: w.debounce,
             build: w.build.is_some(),
         }),
+        lazy: plan.lazy,
+        idle_stop: plan.idle_stop,
     };
     let mut sup = Supervisor::new(driver, cfg);
     let fx = sup.handle(Event::Start, Instant::now());
     apply(&mut sup, fx);
     let control_rx = control.map(control::Server::serve);
-    let result = event_loop(&mut sup, signals, control_rx, notify_rx, Arc::new(inodes)).await;
+    let result = event_loop(
+        &mut sup,
+        signals,
+        control_rx,
+        notify_rx,
+        Arc::new(inodes),
+        gauge,
+    )
+    .await;
     if let Some(w) = sup.os.watcher.take() {
         w.end();
     }
@@ -406,7 +442,16 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
         apply(&mut sup, fx);
     }
     let control_rx = control.map(control::Server::serve);
-    let result = event_loop(&mut sup, signals, control_rx, notify_rx, Arc::new(inodes)).await;
+    // Never under --lazy/--idle-stop (an upgrade is refused there).
+    let result = event_loop(
+        &mut sup,
+        signals,
+        control_rx,
+        notify_rx,
+        Arc::new(inodes),
+        None,
+    )
+    .await;
     reaper::end_orphans(stop_signal, stop_timeout).await;
     result
 }
@@ -979,12 +1024,17 @@ async fn event_loop(
     mut control_rx: Option<mpsc::Receiver<Incoming>>,
     mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
     inodes: Arc<HashSet<u64>>,
+    gauge: Option<Arc<idle::Gauge>>,
 ) -> Result<i32> {
     // Absolute instants, so traffic on other branches cannot push them back.
     let mut next_scan: Option<Instant> = None;
     let mut next_group_check: Option<Instant> = None;
     let mut scan_task: Option<JoinHandle<Vec<Event>>> = None;
     let auto = sup.os.auto;
+    // The listeners, in the loop's epoll set only while no child runs.
+    let mut watches: Option<Vec<AsyncFd<Held>>> = None;
+    let mut next_probe: Option<Instant> = None;
+    let mut probe_task: Option<JoinHandle<Event>> = None;
     loop {
         if let Some(exit) = sup.exit() {
             if let Some(msg) = exit.error {
@@ -1021,6 +1071,30 @@ async fn event_loop(
             .as_ref()
             .filter(|c| !c.timed_out)
             .map(|c| c.deadline);
+        if !sup.waiting() {
+            watches = None;
+        } else if watches.is_none() {
+            let (w, failed) = watch(&sup.os.listeners);
+            watches = Some(w);
+            if failed {
+                let fx = sup.handle(Event::Connection, Instant::now());
+                apply(sup, fx);
+                continue;
+            }
+        }
+        let probe_every = sup.idle_probe_every().filter(|_| gauge.is_some());
+        if let Some(g) = &gauge {
+            g.follow(probe_every.is_some());
+        }
+        next_probe = next_probe
+            .filter(|_| probe_every.is_some())
+            .or_else(|| probe_every.map(|every| now + every));
+        // Also exactly when the idle time would be over (not while a
+        // measure runs: a due time in the past would fire at every turn).
+        let probe_due = match sup.idle_stop_due().filter(|_| probe_task.is_none()) {
+            Some(due) => next_probe.map(|n| n.min(due)),
+            None => next_probe,
+        };
         let events: Vec<Event> = tokio::select! {
             _ = signals.chld.recv() => {
                 let mut events = reap(&mut sup.os);
@@ -1084,6 +1158,24 @@ async fn event_loop(
                 }
                 Vec::new()
             }
+            _ = connection_waiting(watches.as_deref()) => vec![Event::Connection],
+            _ = sleep_until(probe_due) => {
+                next_probe = probe_every.map(|every| Instant::now() + every);
+                if probe_task.is_none()
+                    && let Some(g) = &gauge
+                {
+                    let g = Arc::clone(g);
+                    probe_task = Some(tokio::task::spawn_blocking(move || {
+                        let m = g.measure();
+                        Event::Activity {
+                            open: m.open,
+                            churned: m.churned,
+                        }
+                    }));
+                }
+                Vec::new()
+            }
+            Some(event) = join(&mut probe_task) => vec![event],
         };
         for ev in events {
             let fx = sup.handle(ev, Instant::now());
@@ -1238,6 +1330,59 @@ async fn upgrade_now(
         );
         apply(sup, fx);
     }
+}
+
+/// A held listener's fd, watched while no child runs. The listener itself
+/// stays in the driver for relaunch's whole life, so the fd outlives this.
+struct Held(RawFd);
+
+impl AsRawFd for Held {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Puts the listeners into the loop's epoll set (a connection already
+/// waiting shows at once). `true` when one cannot be watched: then nothing
+/// could wake us for it, so the caller starts at once instead.
+fn watch(listeners: &[Listener]) -> (Vec<AsyncFd<Held>>, bool) {
+    let mut out = Vec::with_capacity(listeners.len());
+    let mut failed = false;
+    for l in listeners {
+        let held = Held(l.socket.as_raw_fd());
+        // SAFETY: the listener owns the fd and is neither closed nor replaced
+        // while relaunch runs; the watches are dropped before the listeners.
+        match unsafe { AsyncFd::register_with_interest(held, Interest::READABLE) } {
+            Ok(w) => out.push(w),
+            Err(e) => {
+                let e = e.into_parts().1;
+                warn!(
+                    "cannot watch {} ({}) for connections: {e}; starting the children now",
+                    l.name,
+                    l.address()
+                );
+                failed = true;
+            }
+        }
+    }
+    (out, failed)
+}
+
+/// Resolves when a watched listener has a connection or datagram waiting
+/// (or an error to show); pending when nothing is watched.
+async fn connection_waiting(watches: Option<&[AsyncFd<Held>]>) {
+    let Some(watches) = watches.filter(|w| !w.is_empty()) else {
+        return std::future::pending().await;
+    };
+    std::future::poll_fn(|cx| {
+        for w in watches {
+            if w.poll_read_ready(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {

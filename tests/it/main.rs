@@ -5,6 +5,7 @@ mod child;
 mod core;
 mod faults;
 mod groups;
+mod lazy;
 mod package;
 mod ports;
 mod ready;
