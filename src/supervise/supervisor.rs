@@ -2172,6 +2172,31 @@ mod tests {
     }
 
     #[test]
+    fn no_upgrade_under_lazy_or_idle_stop_yet() {
+        let t0 = Instant::now();
+        for (lazy, idle_stop) in [(true, None), (false, Some(ms(500)))] {
+            let mut c = cfg(1);
+            c.lazy = lazy;
+            c.idle_stop = idle_stop;
+            let mut s = Supervisor::new(Fake::default(), c);
+            s.t_start(t0);
+            let (to, mut answer) = Reply::new(-1);
+            s.run(
+                Event::Upgrade {
+                    binary: None,
+                    reply: Some(to),
+                },
+                t0,
+            );
+            assert!(s.os.upgrades.is_empty());
+            assert!(matches!(
+                answer.try_recv(),
+                Ok(Response::UpgradeFailed { reason }) if reason.contains("--lazy or --idle-stop")
+            ));
+        }
+    }
+
+    #[test]
     fn a_refused_upgrade_tells_systemd_what_serves() {
         let (mut s, t0) = started(1);
         s.t_ready(101, t0);
