@@ -117,20 +117,13 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             ReadyMode::Delay(d) => Some(d),
             _ => None,
         },
+        ready_auto: ready == ReadyMode::Auto,
         ready_timeout: plan.ready_timeout,
+        intercept_remedy: None,
         listeners: listener_info,
     };
     let mut sup = Supervisor::new(driver, cfg);
-    let auto = ready == ReadyMode::Auto;
-    let result = event_loop(
-        &mut sup,
-        signals,
-        control,
-        notify_rx,
-        Arc::new(inodes),
-        auto,
-    )
-    .await;
+    let result = event_loop(&mut sup, signals, control, notify_rx, Arc::new(inodes)).await;
     reaper::end_orphans(stop_signal, stop_timeout).await;
     result
 }
@@ -326,7 +319,6 @@ async fn event_loop(
     control: Option<control::Server>,
     mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
     inodes: Arc<HashSet<u64>>,
-    auto: bool,
 ) -> Result<i32> {
     let Signals {
         mut chld,
@@ -362,7 +354,7 @@ async fn event_loop(
         }
         let now = Instant::now();
         // Timers run only while something starts or stops: idle, none.
-        let scanning = auto && sup.starting().next().is_some();
+        let scanning = sup.to_scan(now).next().is_some();
         next_scan = next_scan
             .filter(|_| scanning)
             .or_else(|| scanning.then(|| now + SCAN_EVERY));
@@ -502,7 +494,7 @@ async fn exec_reported(
 /// Scans /proc for the starting children on the blocking pool: a hung
 /// mount or a stuck child must not stall the loop.
 fn start_scan(sup: &Supervisor<Driver>, inodes: &Arc<HashSet<u64>>) -> JoinHandle<Vec<Event>> {
-    let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = sup.starting().unzip();
+    let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = sup.to_scan(Instant::now()).unzip();
     let inodes = Arc::clone(inodes);
     tokio::task::spawn_blocking(move || {
         let verdicts = scan::scan_each(&roots, &inodes);

@@ -32,6 +32,9 @@ use crate::duration;
 
 /// How long a process group may take to empty after SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// A child that fails this soon, never seen waiting on a held socket,
+/// probably binds the port itself: relaunch says so, once.
+pub const HINT_WITHIN: Duration = Duration::from_secs(5);
 use crate::plan::options::Restart;
 use crate::supervise::backoff::{self, Backoff, Next};
 use crate::supervise::spawn;
@@ -89,7 +92,8 @@ pub enum Event {
     ExecFailed { pid: i32, error: spawn::Error },
     /// A moment from [`Supervisor::next_deadline`] has come.
     Timer,
-    /// The /proc scan saw this child wait for connections.
+    /// The /proc scan saw this child wait for connections on a held socket
+    /// (with `--ready auto`, that makes it ready).
     Ready { pid: i32, how: String },
     /// The /proc scan cannot see whether this child waits, and why.
     Blind { pid: i32, why: String },
@@ -156,7 +160,12 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// `--ready delay:DUR`: alive this long counts as ready.
     pub ready_delay: Option<Duration>,
+    /// `--ready auto`: the scan seeing a child wait makes it ready.
+    pub ready_auto: bool,
     pub ready_timeout: Duration,
+    /// The hint's first remedy, about the interception of the child's own
+    /// bind() (why it did not apply and what to change), when there is one.
+    pub intercept_remedy: Option<String>,
     /// For `relaunch status`.
     pub listeners: Vec<control::ListenerInfo>,
 }
@@ -195,6 +204,8 @@ pub struct Child {
     /// `--ready auto` cannot see whether it waits for connections: the
     /// ready timeout then counts as ready instead of as a failure.
     pub blind: bool,
+    /// The scan saw it wait on a held socket (in any `--ready` mode).
+    pub seen: bool,
     /// The leader exited like this, and its group lives on.
     pub exited: Option<ExitStatus>,
     /// The exec failed; its exit follows.
@@ -268,6 +279,8 @@ pub struct Supervisor<O: Os> {
     exit_error: Option<String>,
     done: bool,
     last_reload: Option<LastReload>,
+    /// The "binds the port itself" hint was given (once per relaunch).
+    hinted: bool,
     /// Effects of the event being handled.
     out: Vec<Effect>,
 }
@@ -292,6 +305,7 @@ impl<O: Os> Supervisor<O> {
             exit_error: None,
             done: false,
             last_reload: None,
+            hinted: false,
             out: Vec::new(),
         }
     }
@@ -312,7 +326,7 @@ impl<O: Os> Supervisor<O> {
                 }
             }
             Event::Timer => self.on_timer(now),
-            Event::Ready { pid, how } => self.mark_ready(pid, &how, now),
+            Event::Ready { pid, how } => self.seen_waiting(pid, &how, now),
             Event::Blind { pid, why } => self.mark_blind(pid, &why),
             Event::Notify { pid, notice } => self.on_notice(pid, notice, now),
             Event::Reload => {
@@ -349,11 +363,18 @@ impl<O: Os> Supervisor<O> {
         &self.children
     }
 
-    /// Children whose readiness is still to be seen: (pid, roots to scan).
-    pub fn starting(&self) -> impl Iterator<Item = (i32, Vec<i32>)> + '_ {
+    /// Children the /proc scan should look at: (pid, roots to scan). Those
+    /// whose readiness `--ready auto` waits for, and, until the hint was
+    /// given, any in its first [`HINT_WITHIN`] not yet seen waiting. Idle,
+    /// none, so no timer runs.
+    pub fn to_scan(&self, now: Instant) -> impl Iterator<Item = (i32, Vec<i32>)> + '_ {
         self.children
             .iter()
-            .filter(|c| c.alive() && matches!(c.state, State::Starting { .. }))
+            .filter(move |c| {
+                let starting = self.cfg.ready_auto && matches!(c.state, State::Starting { .. });
+                let young = !self.hinted && now.saturating_duration_since(c.started) < HINT_WITHIN;
+                c.alive() && !c.seen && (starting || young)
+            })
             .map(|c| (c.pid, std::iter::once(c.pid).chain(c.main_pid).collect()))
     }
 
@@ -589,6 +610,9 @@ impl<O: Os> Supervisor<O> {
             (c.generation, c.worker, c.state, c.started, c.ready_since)
         };
         let exec_error = self.children[i].exec_error.take();
+        if !matches!(state, State::Stopping { .. }) && exec_error.is_none() {
+            self.hint_self_bind(i, status, now);
+        }
         if !group_alive {
             self.children.remove(i);
         }
@@ -700,6 +724,44 @@ impl<O: Os> Supervisor<O> {
         }
     }
 
+    /// The scan saw the child with `pid` (or its tree) wait on a held socket.
+    fn seen_waiting(&mut self, pid: i32, how: &str, now: Instant) {
+        if let Some(c) = self.child_mut(pid) {
+            c.seen = true;
+            if self.cfg.ready_auto {
+                self.mark_ready(pid, how, now);
+            }
+        }
+    }
+
+    /// A child that failed within [`HINT_WITHIN`] and was never seen waiting
+    /// on a held socket most likely tried to bind the port itself and got
+    /// EADDRINUSE (relaunch holds it). Say so once, with the remedies: every
+    /// restart of a crash loop would only repeat it.
+    fn hint_self_bind(&mut self, i: usize, status: ExitStatus, now: Instant) {
+        let c = &self.children[i];
+        let lived = now.saturating_duration_since(c.started);
+        if self.hinted || c.seen || status.success() || lived >= HINT_WITHIN {
+            return;
+        }
+        let first = match &self.cfg.intercept_remedy {
+            Some(r) => format!("{r}; "),
+            None => String::new(),
+        };
+        warn!(
+            pid = c.pid,
+            generation = c.generation,
+            worker = c.worker,
+            "hint: it {status} after {} ms without ever waiting on relaunch's sockets; it \
+             probably binds the port itself and fails with \"Address already in use\" because \
+             relaunch holds it. Remedies: {first}--compat werkzeug for Flask's built-in \
+             server; a {{fd}} placeholder for servers that take a socket (uvicorn --fd {{fd}}); \
+             or read LISTEN_FDS in the app (README: \"Taking the socket in your server\")",
+            lived.as_millis()
+        );
+        self.hinted = true;
+    }
+
     /// The child with `pid` (or its tree) is ready to serve.
     fn mark_ready(&mut self, pid: i32, how: &str, now: Instant) {
         let Some(c) = self.child_mut(pid) else {
@@ -722,6 +784,9 @@ impl<O: Os> Supervisor<O> {
 
     /// Readiness of this child cannot be seen from /proc (see `ready::scan`).
     fn mark_blind(&mut self, pid: i32, why: &str) {
+        if !self.cfg.ready_auto {
+            return;
+        }
         if let Some(c) = self.child_mut(pid)
             && !c.blind
         {
@@ -908,6 +973,7 @@ impl<O: Os> Supervisor<O> {
             main_pid: None,
             status_text: None,
             blind: false,
+            seen: false,
             ready_since: None,
             exited: None,
             exec_error: None,
@@ -1256,7 +1322,9 @@ mod tests {
             stop_signal: Signal::SIGTERM,
             stop_timeout: Duration::from_secs(10),
             ready_delay: None,
+            ready_auto: true,
             ready_timeout: Duration::from_secs(60),
+            intercept_remedy: Some("drop --no-intercept".into()),
             listeners: Vec::new(),
         }
     }
@@ -1824,6 +1892,88 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A child that binds the port itself dies of EADDRINUSE at once, never
+    /// having waited on a held socket: relaunch hints at it once, not on
+    /// every restart of the crash loop.
+    #[test]
+    fn a_quick_failure_never_seen_waiting_is_hinted_once() {
+        let (mut s, t0) = started(1);
+        assert!(s.to_scan(t0).any(|(p, _)| p == 101));
+        s.t_exit(101, ExitStatus::Code(1), t0 + ms(300));
+        assert!(s.hinted);
+        // The restart, once ready (READY=1), is no longer scanned for the
+        // hint's sake, even in its first seconds.
+        let t1 = s.next_deadline().unwrap();
+        s.t_timer(t1);
+        let notice = Notice {
+            ready: true,
+            ..Notice::default()
+        };
+        s.run(Event::Notify { pid: 102, notice }, t1);
+        assert_eq!(s.to_scan(t1).count(), 0);
+    }
+
+    #[test]
+    fn no_hint_for_a_child_seen_waiting_a_slow_failure_or_a_clean_exit() {
+        // Seen waiting, then crashed at once: it used the sockets.
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0 + ms(100));
+        s.t_exit(101, ExitStatus::Code(1), t0 + ms(200));
+        assert!(!s.hinted);
+        // Lived past the window.
+        let (mut s, t0) = started(1);
+        s.t_exit(101, ExitStatus::Code(1), t0 + HINT_WITHIN);
+        assert!(!s.hinted);
+        // Exited 0: a finished job, not a failed bind.
+        let (mut s, t0) = started(1);
+        s.t_exit(101, ExitStatus::Code(0), t0 + ms(10));
+        assert!(!s.hinted);
+        // Stopped by us.
+        let (mut s, t0) = started(1);
+        s.t_stop(t0);
+        s.t_exit(101, ExitStatus::Signal(15), t0 + ms(10));
+        assert!(!s.hinted);
+    }
+
+    /// The new generation of a reload counts too; with `--ready notify` the
+    /// scan still looks (the hint's only evidence) but does not make it ready.
+    #[test]
+    fn the_hint_covers_reloads_and_every_ready_mode() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(
+            Fake::default(),
+            Config {
+                ready_auto: false,
+                ..cfg(1)
+            },
+        );
+        s.t_start(t0);
+        s.t_ready(101, t0);
+        assert_eq!(s.children()[0].state, State::Starting { ready_at: None });
+        assert!(s.children()[0].seen);
+        s.run(
+            Event::Notify {
+                pid: 101,
+                notice: Notice {
+                    ready: true,
+                    ..Notice::default()
+                },
+            },
+            t0,
+        );
+        assert_eq!(s.t_reload(t0 + Duration::from_secs(60)), Ok(2));
+        let t1 = t0 + Duration::from_secs(60);
+        assert_eq!(s.to_scan(t1).map(|(p, _)| p).collect::<Vec<_>>(), [102]);
+        assert_eq!(
+            s.to_scan(t1 + HINT_WITHIN).count(),
+            0,
+            "idle after the window: no scan, no timer"
+        );
+        s.t_exit(102, ExitStatus::Code(1), t1 + ms(400));
+        assert!(s.hinted);
+        assert_eq!(s.serving, 1);
     }
 
     #[test]
