@@ -107,6 +107,8 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         notify_tx,
         systemd,
         execs: HashMap::new(),
+        spawns: reaper::Spawns::default(),
+        escaped: HashMap::new(),
     };
     let cfg = Config {
         restart: plan.restart,
@@ -144,6 +146,10 @@ struct Driver {
     systemd: Option<Systemd>,
     /// Exec status pipes of children that may not have exec'd yet.
     execs: HashMap<i32, AsyncFd<spawn::ExecWatch>>,
+    /// Every child started, for telling whose an escaped process is.
+    spawns: reaper::Spawns,
+    /// Handles on the escaped processes the supervisor is ending.
+    escaped: HashMap<i32, reaper::Escaped>,
 }
 
 impl Driver {
@@ -186,6 +192,14 @@ impl Driver {
     fn perform(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
+                Effect::SignalEscaped { pid, sig } => {
+                    if let Some(e) = self.escaped.get(&pid)
+                        && let Err(err) = e.signal(sig)
+                        && err.raw_os_error() != Some(libc::ESRCH)
+                    {
+                        warn!(pid, "cannot send {} to pid {pid}: {err}", sig.as_str());
+                    }
+                }
                 Effect::Signal { pgid, sig } => {
                     match killpg(Pid::from_raw(pgid), sig) {
                         Ok(()) => {}
@@ -255,6 +269,7 @@ impl Os for Driver {
         }
         env.push(("RELAUNCH_WORKER".into(), worker.to_string().into()));
         let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.socket.as_fd()).collect();
+        let ticks = reaper::boot_ticks();
         let spawned = spawn::spawn(&spawn::Request {
             program: &self.program,
             args: &self.args,
@@ -263,6 +278,7 @@ impl Os for Driver {
             listen_pid: self.listen_pid,
             creds: self.creds.as_ref(),
         })?;
+        self.spawns.record(spawned.pid, ticks);
         // SAFETY: the watch owns its fd and never swaps it, so the fd stays
         // open and the same for the AsyncFd's whole life.
         match unsafe { AsyncFd::register_with_interest(spawned.exec, Interest::READABLE) } {
@@ -335,6 +351,10 @@ async fn event_loop(
     let mut next_scan: Option<Instant> = None;
     let mut next_group_check: Option<Instant> = None;
     let mut scan_task: Option<JoinHandle<Vec<Event>>> = None;
+    // Escaped processes are looked for when a child ends or is being stopped
+    // (the owners change) and when anything is reaped (an orphan that died
+    // may have left its own children on us). One sweep at a time.
+    let mut sweep_task: Option<JoinHandle<Sweep>> = None;
 
     let fx = sup.handle(Event::Start, Instant::now());
     sup.os.perform(fx);
@@ -358,7 +378,7 @@ async fn event_loop(
         next_scan = next_scan
             .filter(|_| scanning)
             .or_else(|| scanning.then(|| now + SCAN_EVERY));
-        let lingering = sup.lingering().next().is_some();
+        let lingering = sup.lingering().next().is_some() || sup.escaped().next().is_some();
         next_group_check = next_group_check
             .filter(|_| lingering)
             .or_else(|| lingering.then(|| now + GROUP_CHECK_EVERY));
@@ -402,6 +422,14 @@ async fn event_loop(
                 Vec::new()
             }
             Some(events) = join(&mut scan_task) => events,
+            Some((sweep, found)) = join(&mut sweep_task) => {
+                let mut named = Vec::new();
+                for (l, handle) in found {
+                    sup.os.escaped.insert(l.pid, handle);
+                    named.push((l.pid, l.cmd));
+                }
+                vec![Event::Escaped { sweep, found: named }]
+            }
             _ = sleep_until(next_group_check) => {
                 next_group_check = None;
                 group_check(sup)
@@ -411,8 +439,32 @@ async fn event_loop(
             let fx = sup.handle(ev, Instant::now());
             sup.os.perform(fx);
         }
+        if sweep_task.is_none()
+            && let Some(sweep) = sup.sweep_wanted()
+        {
+            sweep_task = Some(start_sweep(sup, sweep));
+        }
     }
 }
+
+/// Looks for processes that escaped a child's group and that no running
+/// child owns (see `reaper`), on the blocking pool.
+fn start_sweep(sup: &Supervisor<Driver>, sweep: u64) -> JoinHandle<Sweep> {
+    let owners = sup.owners();
+    let children: Vec<i32> = sup.children().iter().map(|c| c.pid).collect();
+    let ending: Vec<i32> = sup.escaped().collect();
+    let spawns = sup.os.spawns.clone();
+    tokio::task::spawn_blocking(move || {
+        let found = reaper::find_leftovers(&spawns, &owners, &children, &ending)
+            .into_iter()
+            .filter_map(|l| reaper::Escaped::open(&l).map(|h| (l, h)))
+            .collect();
+        (sweep, found)
+    })
+}
+
+/// A sweep's number and the escaped processes it found, with handles.
+type Sweep = (u64, Vec<(reaper::Leftover, reaper::Escaped)>);
 
 async fn recv_control(rx: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incoming> {
     match rx {
@@ -461,12 +513,23 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
     events
 }
 
-/// The lingering groups that are empty now.
-fn group_check(sup: &Supervisor<Driver>) -> Vec<Event> {
-    sup.lingering()
+/// The lingering groups that are empty now, and the escaped processes
+/// that are gone (handles the supervisor no longer tracks are dropped).
+fn group_check(sup: &mut Supervisor<Driver>) -> Vec<Event> {
+    let mut events: Vec<Event> = sup
+        .lingering()
         .filter(|&pgid| !reaper::group_alive(pgid))
         .map(|pgid| Event::GroupGone { pgid })
-        .collect()
+        .collect();
+    let tracked: Vec<i32> = sup.escaped().collect();
+    sup.os.escaped.retain(|pid, _| tracked.contains(pid));
+    for pid in tracked {
+        if sup.os.escaped.get(&pid).is_none_or(|e| !e.exists()) {
+            sup.os.escaped.remove(&pid);
+            events.push(Event::EscapedGone { pid });
+        }
+    }
+    events
 }
 
 /// The first exec status pipe with news: (pid, what it says).

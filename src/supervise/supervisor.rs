@@ -88,6 +88,16 @@ pub enum Event {
     },
     /// The group of a child whose leader exited is empty now.
     GroupGone { pgid: i32 },
+    /// What sweep number `sweep` found (see [`Supervisor::sweep_wanted`]):
+    /// processes (pid, command line) that escaped a child's process group
+    /// (setsid) and that no running child owns, leftovers of children that
+    /// ended or are being stopped (see `reaper`).
+    Escaped {
+        sweep: u64,
+        found: Vec<(i32, String)>,
+    },
+    /// An escaped process is gone.
+    EscapedGone { pid: i32 },
     /// The child reported through its status pipe that it could not exec.
     ExecFailed { pid: i32, error: spawn::Error },
     /// A moment from [`Supervisor::next_deadline`] has come.
@@ -123,6 +133,8 @@ pub struct Notice {
 pub enum Effect {
     /// Signal a child's whole process group.
     Signal { pgid: i32, sig: Signal },
+    /// Signal one escaped process.
+    SignalEscaped { pid: i32, sig: Signal },
     /// Tell the service manager, if there is one.
     Tell(Tell),
     /// Answer a control client.
@@ -228,6 +240,14 @@ pub struct Slot {
     restart_at: Option<Instant>,
 }
 
+/// A process that escaped a child's group, being ended.
+#[derive(Debug, Clone, Copy)]
+struct Escaped {
+    pid: i32,
+    kill_at: Instant,
+    killed: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
     /// The new generation is starting beside the serving one.
@@ -261,6 +281,14 @@ pub struct Supervisor<O: Os> {
     pub os: O,
     cfg: Config,
     children: Vec<Child>,
+    /// Escaped leftovers being stopped: a reload is done, and relaunch
+    /// exits, only once they are gone too.
+    escaped: Vec<Escaped>,
+    /// Sweeps for escaped processes asked for (a child ended or is being
+    /// stopped, an orphan was reaped) and done: until the last one asked is
+    /// done, what escaped may be unknown, so no reload is done yet.
+    sweeps_asked: u64,
+    sweeps_done: u64,
     serving: u64,
     slots: Vec<Slot>,
     /// The serving generation has been ready at least once.
@@ -292,6 +320,9 @@ impl<O: Os> Supervisor<O> {
             slots: vec![Slot::default(); cfg.workers],
             cfg,
             children: Vec::new(),
+            escaped: Vec::new(),
+            sweeps_asked: 0,
+            sweeps_done: 0,
             serving: 0,
             announced: false,
             first_deadline: None,
@@ -320,6 +351,15 @@ impl<O: Os> Supervisor<O> {
                 group_alive,
             } => self.on_exit(pid, status, group_alive, now),
             Event::GroupGone { pgid } => self.group_gone(pgid, now),
+            Event::Escaped { sweep, found } => {
+                self.sweeps_done = self.sweeps_done.max(sweep);
+                self.on_escaped(found, now);
+                self.settle(now);
+            }
+            Event::EscapedGone { pid } => {
+                self.escaped.retain(|e| e.pid != pid);
+                self.settle(now);
+            }
             Event::ExecFailed { pid, error } => {
                 if let Some(c) = self.child_mut(pid) {
                     c.exec_error = Some(error);
@@ -378,6 +418,27 @@ impl<O: Os> Supervisor<O> {
             .map(|c| (c.pid, std::iter::once(c.pid).chain(c.main_pid).collect()))
     }
 
+    /// Children whose leader runs and that are not being stopped: what
+    /// escaped their process groups is theirs to keep (see `reaper`).
+    pub fn owners(&self) -> Vec<i32> {
+        self.children
+            .iter()
+            .filter(|c| c.alive() && !matches!(c.state, State::Stopping { .. }))
+            .map(|c| c.pid)
+            .collect()
+    }
+
+    /// The number of the sweep for escaped processes to run next, when one
+    /// is due.
+    pub fn sweep_wanted(&self) -> Option<u64> {
+        (self.sweeps_asked > self.sweeps_done).then_some(self.sweeps_asked)
+    }
+
+    /// Escaped processes being ended: the driver tells us when each is gone.
+    pub fn escaped(&self) -> impl Iterator<Item = i32> + '_ {
+        self.escaped.iter().map(|e| e.pid)
+    }
+
     /// Process groups whose leader exited: the driver tells us when each is empty.
     pub fn lingering(&self) -> impl Iterator<Item = i32> + '_ {
         self.children.iter().filter(|c| !c.alive()).map(|c| c.pid)
@@ -412,12 +473,17 @@ impl<O: Os> Supervisor<O> {
             } => Some(kill_at + KILL_GRACE),
             _ => None,
         });
+        let escaped = self.escaped.iter().map(|e| match e.killed {
+            false => e.kill_at,
+            true => e.kill_at + KILL_GRACE,
+        });
         let restarts = self.slots.iter().filter_map(|s| s.restart_at);
         let reload = self.reload.and_then(|r| match r.phase {
             Phase::Starting { deadline } => Some(deadline),
             Phase::Draining => None,
         });
         children
+            .chain(escaped)
             .chain(restarts)
             .chain(reload)
             .chain(self.first_deadline.filter(|_| !self.announced))
@@ -527,6 +593,7 @@ impl<O: Os> Supervisor<O> {
             }
         }
         self.give_up_on_unkillable(now);
+        self.end_escaped(now);
         if let Some(Reload {
             generation,
             phase: Phase::Starting { deadline },
@@ -601,6 +668,8 @@ impl<O: Os> Supervisor<O> {
     /// A leader was reaped. Pids that are not ours (orphans we reaped as a
     /// subreaper) are ignored.
     fn on_exit(&mut self, pid: i32, status: ExitStatus, group_alive: bool, now: Instant) {
+        // A child or an orphan ended: what it leaves behind lands on us.
+        self.sweeps_asked += 1;
         let Some(i) = self.children.iter().position(|c| c.pid == pid && c.alive()) else {
             return;
         };
@@ -679,6 +748,7 @@ impl<O: Os> Supervisor<O> {
             return;
         };
         let c = self.children.remove(i);
+        self.sweeps_asked += 1;
         info!(
             pid = pgid,
             generation = c.generation,
@@ -713,6 +783,62 @@ impl<O: Os> Supervisor<O> {
             );
             self.children.retain(|c| c.pid != pid);
             self.released(generation);
+            self.settle(now);
+        }
+    }
+
+    /// Leftovers that escaped a child's group get what the child got: the
+    /// stop signal, SIGKILL after the stop timeout.
+    fn on_escaped(&mut self, found: Vec<(i32, String)>, now: Instant) {
+        let sig = self.cfg.stop_signal;
+        for (pid, cmd) in found {
+            if self.escaped.iter().any(|e| e.pid == pid) {
+                continue;
+            }
+            warn!(
+                pid,
+                "pid {pid} ({cmd}) left its child's process group and outlived that child; \
+                 sending {}, SIGKILL after {}",
+                sig.as_str(),
+                duration::human(self.cfg.stop_timeout)
+            );
+            self.escaped.push(Escaped {
+                pid,
+                kill_at: now + self.cfg.stop_timeout,
+                killed: false,
+            });
+            self.out.push(Effect::SignalEscaped { pid, sig });
+        }
+    }
+
+    /// SIGKILL for escaped processes past the stop timeout; the ones that
+    /// survive even that are let go, like a group that will not empty.
+    fn end_escaped(&mut self, now: Instant) {
+        for i in 0..self.escaped.len() {
+            let e = self.escaped[i];
+            if !e.killed && e.kill_at <= now {
+                warn!(pid = e.pid, "pid {} did not stop; sending SIGKILL", e.pid);
+                self.out.push(Effect::SignalEscaped {
+                    pid: e.pid,
+                    sig: Signal::SIGKILL,
+                });
+                self.escaped[i].killed = true;
+            }
+        }
+        let before = self.escaped.len();
+        self.escaped.retain(|e| {
+            let stuck = e.killed && e.kill_at + KILL_GRACE <= now;
+            if stuck {
+                warn!(
+                    pid = e.pid,
+                    "pid {} is still there {} after SIGKILL; no longer waiting for it",
+                    e.pid,
+                    duration::human(KILL_GRACE)
+                );
+            }
+            !stuck
+        });
+        if self.escaped.len() != before {
             self.settle(now);
         }
     }
@@ -913,6 +1039,13 @@ impl<O: Os> Supervisor<O> {
                     };
                 }
             }
+            for e in &mut self.escaped {
+                e.killed = true;
+                self.out.push(Effect::SignalEscaped {
+                    pid: e.pid,
+                    sig: Signal::SIGKILL,
+                });
+            }
             return;
         }
         self.stopping = true;
@@ -1069,6 +1202,8 @@ impl<O: Os> Supervisor<O> {
             phase: Phase::Draining,
         }) = self.reload
             && !self.children.iter().any(|c| c.generation < generation)
+            && self.escaped.is_empty()
+            && self.sweep_wanted().is_none()
         {
             let pids = self.serving_pids();
             info!(
@@ -1077,7 +1212,11 @@ impl<O: Os> Supervisor<O> {
             );
             self.finish_reload(generation, Ok(pids), now);
         }
-        if self.children.is_empty() && !self.done {
+        if self.children.is_empty()
+            && self.escaped.is_empty()
+            && self.sweep_wanted().is_none()
+            && !self.done
+        {
             let idle = self.slots.iter().all(|s| s.restart_at.is_none()) && self.reload.is_none();
             if self.stopping {
                 self.done = true;
@@ -1208,6 +1347,8 @@ impl<O: Os> Supervisor<O> {
                 kill_at,
                 killed: false,
             };
+            // What escaped it is no longer its to keep.
+            self.sweeps_asked += 1;
             info!(
                 pid,
                 generation = c.generation,
@@ -1242,6 +1383,10 @@ mod tests {
         tells: Vec<Tell>,
         released: Vec<u64>,
         fail_spawn: Option<fn() -> spawn::Error>,
+        /// What the next sweep for escaped processes finds; each sweep
+        /// asked for is answered at once.
+        escaping: Vec<(i32, String)>,
+        sweeps: u64,
     }
 
     /// Events in, effects recorded in the fake (replies are sent).
@@ -1249,11 +1394,17 @@ mod tests {
         fn run(&mut self, event: Event, now: Instant) {
             let effects = self.handle(event, now);
             self.record(effects);
+            if let Some(sweep) = self.sweep_wanted() {
+                self.os.sweeps += 1;
+                let found = std::mem::take(&mut self.os.escaping);
+                self.run(Event::Escaped { sweep, found }, now);
+            }
         }
         fn record(&mut self, effects: Vec<Effect>) {
             for e in effects {
                 match e {
                     Effect::Signal { pgid, sig } => self.os.signals.push((pgid, sig)),
+                    Effect::SignalEscaped { pid, sig } => self.os.signals.push((pid, sig)),
                     Effect::Tell(t) => self.os.tells.push(t),
                     Effect::Release { generation } => self.os.released.push(generation),
                     Effect::Reply { to, response } => {
@@ -1974,6 +2125,79 @@ mod tests {
         s.t_exit(102, ExitStatus::Code(1), t1 + ms(400));
         assert!(s.hinted);
         assert_eq!(s.serving, 1);
+    }
+
+    /// A process of generation 1 that setsid'd away is found when its
+    /// child is being stopped: the reload is done only once it is gone too,
+    /// and it gets TERM, then KILL after the stop timeout, like the group.
+    #[test]
+    fn reload_waits_for_what_escaped_the_old_group() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        s.t_reload(t0).unwrap();
+        s.os.escaping = vec![(555, "sleep 300".into())];
+        s.t_ready(102, t0);
+        assert_eq!(
+            s.os.signals,
+            [(101, Signal::SIGTERM), (555, Signal::SIGTERM)]
+        );
+        s.t_exit(101, ExitStatus::Signal(15), t0 + ms(10));
+        assert_eq!(s.state(), "reloading", "pid 555 still runs");
+        assert_eq!(s.escaped().collect::<Vec<_>>(), [555]);
+        let kill_at = s.next_deadline().unwrap();
+        assert_eq!(kill_at, t0 + Duration::from_secs(10));
+        s.t_timer(kill_at);
+        assert_eq!(s.os.signals.last(), Some(&(555, Signal::SIGKILL)));
+        s.run(Event::EscapedGone { pid: 555 }, kill_at);
+        assert_eq!(s.state(), "serving");
+        assert!(s.last_reload.as_ref().unwrap().ok);
+        assert_eq!(s.next_deadline(), None, "idle: no timer");
+    }
+
+    /// Until the sweep asked for when the old child ended has answered,
+    /// nobody knows what it left behind: the reload is not done yet.
+    #[test]
+    fn reload_is_not_done_before_the_sweep_answers() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        s.t_reload(t0).unwrap();
+        s.t_ready(102, t0);
+        let effects = s.handle(
+            Event::Exited {
+                pid: 101,
+                status: ExitStatus::Signal(15),
+                group_alive: false,
+            },
+            t0,
+        );
+        s.record(effects);
+        let sweep = s.sweep_wanted().expect("a sweep is due");
+        assert_eq!(s.state(), "reloading");
+        s.run(
+            Event::Escaped {
+                sweep,
+                found: Vec::new(),
+            },
+            t0,
+        );
+        assert_eq!(s.state(), "serving");
+    }
+
+    #[test]
+    fn escaped_processes_of_a_running_child_are_not_swept_as_leftovers_and_exit_waits() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        assert_eq!(s.owners(), [101]);
+        s.t_stop(t0);
+        assert!(s.owners().is_empty(), "being stopped: owns nothing");
+        s.os.escaping = vec![(555, "daemon".into())];
+        s.t_exit(101, ExitStatus::Signal(15), t0);
+        assert!(s.exit().is_none(), "pid 555 still runs");
+        // A second stop kills it at once.
+        s.t_stop(t0);
+        assert_eq!(s.os.signals.last(), Some(&(555, Signal::SIGKILL)));
+        s.run(Event::EscapedGone { pid: 555 }, t0);
+        assert_eq!(s.exit().map(|e| e.code), Some(0));
     }
 
     #[test]
