@@ -142,6 +142,32 @@ pub fn env_lookup(raw: &[u8], name: &str) -> Option<String> {
     })
 }
 
+/// The thread group (process) a thread id belongs to.
+pub fn tgid(tid: i32) -> Option<i32> {
+    status_tgid(&fs::read_to_string(format!("/proc/{tid}/status")).ok()?)
+}
+
+/// `Tgid:` from `/proc/TID/status`.
+pub fn status_tgid(status: &str) -> Option<i32> {
+    let line = status.lines().find(|l| l.starts_with("Tgid:"))?;
+    line["Tgid:".len()..].trim().parse().ok()
+}
+
+/// The command name (`/proc/PID/comm`), "?" when gone.
+pub fn comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Whether the fd is close-on-exec, from `/proc/PID/fdinfo/FD` (`flags:`
+/// in octal, O_CLOEXEC among them).
+pub fn fdinfo_cloexec(fdinfo: &str) -> Option<bool> {
+    let line = fdinfo.lines().find(|l| l.starts_with("flags:"))?;
+    let flags = u32::from_str_radix(line["flags:".len()..].trim(), 8).ok()?;
+    Some(flags & libc::O_CLOEXEC as u32 != 0)
+}
+
 /// `/proc/PID/mem` at `addr` (for kernels without process_vm_readv).
 pub fn read_mem(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
@@ -729,6 +755,21 @@ mod tests {
         // Cut short before the start time.
         assert_eq!(parse_stat("42 (sh) S 7 42 42 0 -1"), None);
         assert_eq!(parse_stat(&line("x", "S", "seven")), None);
+    }
+
+    #[test]
+    fn tgid_and_cloexec_lines() {
+        assert_eq!(
+            status_tgid("Name:\tx\nTgid:\t1234\nPid:\t1240\n"),
+            Some(1234)
+        );
+        assert_eq!(status_tgid("Tgid: x"), None);
+        assert_eq!(status_tgid(""), None);
+        assert_eq!(fdinfo_cloexec("pos:\t0\nflags:\t02000002\n"), Some(true));
+        assert_eq!(fdinfo_cloexec("flags:\t04002\n"), Some(false));
+        assert_eq!(fdinfo_cloexec("flags:\t9\n"), None);
+        let me = std::process::id() as i32;
+        assert_eq!(tgid(me), Some(me));
     }
 
     #[test]

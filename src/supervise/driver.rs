@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::cli::RunArgs;
 use crate::control::{self, Incoming, Response};
 use crate::error::{Error, Result};
+use crate::intercept;
 use crate::plan::options::{self, ReadyMode};
 use crate::plan::placeholders::Named;
 use crate::plan::{self, Snapshot};
@@ -82,6 +83,19 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         .iter()
         .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
         .collect();
+    let intercept_remedy = Some(intercept_remedy(plan.intercept, &listeners));
+    let intercept = if plan.intercept {
+        let movable: Vec<bool> = plan.listeners.iter().map(|p| p.bare_port()).collect();
+        match intercept::handler::Table::new(&listeners, &movable, plan.backlog) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn!("bind interception is off: cannot prepare the held sockets: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     let (notify_tx, notify_rx) = mpsc::unbounded_channel();
     let stop_signal = plan.stop_signal;
@@ -103,6 +117,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         creds: plan.creds,
         env: child.env,
         listeners,
+        intercept,
         notify: HashMap::new(),
         notify_tx,
         systemd,
@@ -121,13 +136,32 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         },
         ready_auto: ready == ReadyMode::Auto,
         ready_timeout: plan.ready_timeout,
-        intercept_remedy: None,
+        intercept_remedy,
         listeners: listener_info,
     };
     let mut sup = Supervisor::new(driver, cfg);
     let result = event_loop(&mut sup, signals, control, notify_rx, Arc::new(inodes)).await;
     reaper::end_orphans(stop_signal, stop_timeout).await;
     result
+}
+
+/// The hint's first remedy (see `Supervisor`), by why bind interception did
+/// not hand the child its socket.
+fn intercept_remedy(on: bool, listeners: &[Listener]) -> String {
+    if !on {
+        return "drop --no-intercept, so that the app's own bind() gets relaunch's socket".into();
+    }
+    let streams = listeners
+        .iter()
+        .any(|l| l.socket.r#type().is_ok_and(|t| t == socket2::Type::STREAM));
+    if !streams {
+        return "bind interception covers TCP and Unix stream listeners only".into();
+    }
+    "where bind interception is off (said above: Linux 5.9 or later is needed, and no other \
+     seccomp notifier over relaunch) fix that; an app that binds through io_uring \
+     (IORING_OP_BIND) or binds another address than relaunch holds is not given the socket: \
+     bind with bind(2), exactly the address relaunch holds"
+        .into()
 }
 
 /// Carries out the supervisor's effects and turns the world into events.
@@ -140,6 +174,10 @@ struct Driver {
     /// Everything but LISTEN_PID, NOTIFY_SOCKET and RELAUNCH_WORKER.
     env: Vec<(OsString, OsString)>,
     listeners: Vec<Listener>,
+    /// The held sockets as bind interception sees them (None: --no-intercept).
+    /// Under `--port` it may rebind one where the app binds: children get
+    /// their fds from here.
+    intercept: Option<Arc<intercept::handler::Table>>,
     /// One notify socket per generation; the task forwards its datagrams.
     notify: HashMap<u64, (String, tokio::task::JoinHandle<()>)>,
     notify_tx: mpsc::UnboundedSender<(u64, Message)>,
@@ -216,6 +254,11 @@ impl Driver {
                     }
                 }
                 Effect::Tell(tell) => {
+                    if matches!(tell, Tell::Ready(_))
+                        && let Some(t) = &self.intercept
+                    {
+                        t.pin();
+                    }
                     if matches!(tell, Tell::Ready(_)) {
                         // Now serving, likely to idle: what start-up or the
                         // reload freed goes back to the kernel (glibc would
@@ -268,8 +311,27 @@ impl Os for Driver {
             Err(e) => warn!(generation, "cannot create a notify socket: {e}"),
         }
         env.push(("RELAUNCH_WORKER".into(), worker.to_string().into()));
-        let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.socket.as_fd()).collect();
         let ticks = reaper::boot_ticks();
+        let held = self.intercept.as_ref().map(|t| t.sockets());
+        let fds: Vec<BorrowedFd<'_>> = match &held {
+            Some(held) => held.iter().map(|s| s.as_fd()).collect(),
+            None => self.listeners.iter().map(|l| l.socket.as_fd()).collect(),
+        };
+        // The thread that will answer this child's binds, started before the fork.
+        let watch = match &self.intercept {
+            Some(t) => match intercept::handler::start(Arc::clone(t)) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    warn!(
+                        generation,
+                        "cannot start bind interception for this child ({e}): if it binds a \
+                         held port itself it gets 'address already in use'"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         let spawned = spawn::spawn(&spawn::Request {
             program: &self.program,
             args: &self.args,
@@ -277,7 +339,9 @@ impl Os for Driver {
             fds: &fds,
             listen_pid: self.listen_pid,
             creds: self.creds.as_ref(),
+            intercept: watch.as_ref().map(|fd| fd.as_fd()),
         })?;
+        drop(watch);
         self.spawns.record(spawned.pid, ticks);
         // SAFETY: the watch owns its fd and never swaps it, so the fd stays
         // open and the same for the AsyncFd's whole life.
@@ -334,7 +398,7 @@ async fn event_loop(
     signals: Signals,
     control: Option<control::Server>,
     mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
-    inodes: Arc<HashSet<u64>>,
+    mut inodes: Arc<HashSet<u64>>,
 ) -> Result<i32> {
     let Signals {
         mut chld,
@@ -417,6 +481,10 @@ async fn event_loop(
                 next_scan = Some(at.max(Instant::now()));
                 // One scan at a time; a slow one skips ticks rather than piling up.
                 if scan_task.is_none() {
+                    // Interception under --port may have rebound a socket.
+                    if let Some(t) = &sup.os.intercept {
+                        inodes = Arc::new(t.inodes());
+                    }
                     scan_task = Some(start_scan(sup, &inodes));
                 }
                 Vec::new()

@@ -17,8 +17,8 @@
 //! threads may exist (the blocking pool reads /proc) and may hold a lock at
 //! the fork, so between fork and exec the child only makes raw
 //! system calls through `libc` (`setpgid`, `setgroups`, `setgid`, `setuid`, `prctl`, `getppid`, `fcntl`,
-//! `dup2`, `close_range`, `getpid`, `signal`, `sigprocmask`, `execve`, `stat`, `write`,
-//! `_exit`) and writes into memory prepared by the parent: every CString,
+//! `dup2`, `close_range`, `seccomp`, `sendmsg`, `close`, `getpid`, `signal`, `sigprocmask`,
+//! `execve`, `stat`, `write`, `_exit`) and writes into memory prepared by the parent: every CString,
 //! pointer array, the fd work array and the `LISTEN_PID=` slot are allocated
 //! before the fork and outlive it in the child's copy of the address space.
 //! Nothing allocates, locks or logs. All signals are blocked across the fork so
@@ -45,6 +45,9 @@ pub struct Request<'a> {
     pub listen_pid: bool,
     /// Run as this user and group, resolved by the caller.
     pub creds: Option<&'a Credentials>,
+    /// Install the bind-interception filter and send its fd here (see
+    /// [`crate::intercept::filter::install`]).
+    pub intercept: Option<BorrowedFd<'a>>,
 }
 
 /// Resolved by `plan`, applied after fork.
@@ -155,6 +158,19 @@ pub fn spawn(req: &Request<'_>) -> Result<Spawned, Error> {
         ))
     })?;
 
+    let intercept = req
+        .intercept
+        .map(|fd| {
+            let fd = fd.try_clone_to_owned()?;
+            above(fd, first_free)
+        })
+        .transpose()
+        .map_err(|e| {
+            Error::Os(format!(
+                "cannot start {shown}: no free fd for the interception socket: {e}"
+            ))
+        })?;
+
     let parent = std::process::id() as libc::pid_t;
     let child = ChildPlan {
         paths: paths.as_ptr(),
@@ -175,6 +191,7 @@ pub fn spawn(req: &Request<'_>) -> Result<Spawned, Error> {
             Others::Upto(end) => (std::ptr::null(), 0, *end),
         },
         err_fd: err_write.as_raw_fd(),
+        intercept: intercept.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         parent,
         creds: req
             .creds
@@ -199,6 +216,7 @@ pub fn spawn(req: &Request<'_>) -> Result<Spawned, Error> {
     // SAFETY: plain syscall on our own child.
     unsafe { libc::setpgid(pid, pid) };
     drop(err_write);
+    drop(intercept);
     Ok(Spawned {
         pid,
         exec: ExecWatch {
@@ -275,6 +293,9 @@ struct ChildPlan {
     /// length, or else every fd below this bound); all zero: close_range.
     others: (*const RawFd, usize, RawFd),
     err_fd: RawFd,
+    /// The child's end of the pair the seccomp notification fd goes over;
+    /// -1: no interception. At or above first_free, like err_fd.
+    intercept: RawFd,
     parent: libc::pid_t,
     /// uid, gid, supplementary groups (pointer, length).
     creds: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
@@ -336,6 +357,12 @@ impl ChildPlan {
             ) != 0
             {
                 self.fail(err_fd, STAGE_FDS);
+            }
+            // Last of the set-up, after --user dropped privileges: the
+            // filter traps only bind, listen and shutdown, which nothing
+            // here calls.
+            if self.intercept >= 0 {
+                crate::intercept::filter::install(self.intercept);
             }
             if !self.pid_digits.is_null() {
                 let digits = std::slice::from_raw_parts_mut(self.pid_digits, PID_DIGITS + 1);
@@ -662,6 +689,7 @@ mod tests {
             fds: &[],
             listen_pid: true,
             creds: None,
+            intercept: None,
         })
         .unwrap();
         let mut status = 0;

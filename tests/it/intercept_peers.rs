@@ -26,6 +26,7 @@ fn a_self_binding_child_gets_the_hint_once() {
     let r = Relaunch::start(&[
         "-l",
         "127.0.0.1:0",
+        "--no-intercept",
         "--",
         "python3",
         "-c",
@@ -34,7 +35,7 @@ fn a_self_binding_child_gets_the_hint_once() {
     ]);
     r.log.wait("Address already in use", T);
     let hint = r.log.wait(HINT, T);
-    for remedy in ["--compat", "{fd}", "LISTEN_FDS"] {
+    for remedy in ["drop --no-intercept", "--compat", "{fd}", "LISTEN_FDS"] {
         assert!(hint.contains(remedy), "{remedy} missing from: {hint}");
     }
     // Three more restarts of the crash loop: still one hint.

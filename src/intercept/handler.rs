@@ -1,0 +1,616 @@
+//! Answers the trapped calls of one child's process tree, on a thread of its
+//! own: reading the target's memory, /proc and pidfds may block, and the
+//! event loop must not. Every notification gets an answer (CONTINUE, a
+//! value, or an errno): an error on our side lets the real call run and is
+//! logged.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use socket2::{Domain, Socket, Type};
+use tracing::{debug, info, warn};
+
+use super::{AppSocket, Asked, Decision, Held, HeldAddr, decide, parse_sockaddr, shown, shown_ip};
+use crate::plan::spec::{Addr, Host};
+use crate::proc;
+use crate::sockets::Listener;
+
+/// The sockets relaunch holds, shared by every child's handler thread and
+/// the driver (which places them at fd 3.. for each child).
+pub struct Table {
+    entries: Mutex<Vec<Entry>>,
+    backlog: i32,
+}
+
+struct Entry {
+    name: String,
+    socket: Arc<Socket>,
+    held: Held,
+    inode: u64,
+}
+
+impl Table {
+    /// `movable[i]`: listener i was given as a bare port (`--port P`).
+    pub fn new(listeners: &[Listener], movable: &[bool], backlog: i32) -> io::Result<Arc<Table>> {
+        let mut entries = Vec::with_capacity(listeners.len());
+        for (i, l) in listeners.iter().enumerate() {
+            let socket = l.socket.try_clone()?;
+            let inode = nix::sys::stat::fstat(socket.as_fd())?.st_ino;
+            let addr = held_addr(&socket, l.addr.as_ref());
+            let movable = movable.get(i).copied().unwrap_or(false)
+                && matches!(addr, HeldAddr::Tcp(at, _) if at.ip().is_unspecified());
+            entries.push(Entry {
+                name: l.name.clone(),
+                socket: Arc::new(socket),
+                held: Held { addr, movable },
+                inode,
+            });
+        }
+        Ok(Arc::new(Table {
+            entries: Mutex::new(entries),
+            backlog,
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
+        // A panic elsewhere (a bug) must not stop interception.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The held sockets in fd order, for the next child.
+    pub fn sockets(&self) -> Vec<Arc<Socket>> {
+        self.lock().iter().map(|e| Arc::clone(&e.socket)).collect()
+    }
+
+    pub fn inodes(&self) -> HashSet<u64> {
+        self.lock().iter().map(|e| e.inode).collect()
+    }
+
+    /// A generation serves: from now on, binds must match what is held.
+    pub fn pin(&self) {
+        for e in self.lock().iter_mut() {
+            e.held.movable = false;
+        }
+    }
+
+    fn index_of_inode(&self, inode: u64) -> Option<usize> {
+        self.lock().iter().position(|e| e.inode == inode)
+    }
+}
+
+/// What a held socket matches against.
+fn held_addr(socket: &Socket, addr: Option<&Addr>) -> HeldAddr {
+    if socket.r#type().ok() != Some(Type::STREAM) {
+        return HeldAddr::NotGiven;
+    }
+    match addr {
+        Some(Addr::Inet {
+            host: Host::Ip(ip),
+            port,
+            ..
+        }) => {
+            let v6only = ip.is_ipv6() && socket.only_v6().unwrap_or(true);
+            HeldAddr::Tcp(SocketAddr::new(*ip, *port), v6only)
+        }
+        Some(Addr::Unix(path)) => match std::path::absolute(path) {
+            Ok(p) => HeldAddr::Unix(p.as_os_str().as_bytes().to_vec()),
+            Err(_) => HeldAddr::NotGiven,
+        },
+        Some(Addr::UnixAbstract(name)) => HeldAddr::Abstract(name.clone()),
+        // Inherited without a known address: read it.
+        _ => match socket.local_addr().ok().and_then(|a| a.as_socket()) {
+            Some(at) => HeldAddr::Tcp(at, at.is_ipv6() && socket.only_v6().unwrap_or(true)),
+            None => HeldAddr::NotGiven,
+        },
+    }
+}
+
+/// Said once per relaunch: the kernel refused the filter.
+static REFUSED_SAID: AtomicBool = AtomicBool::new(false);
+
+/// Starts the thread that will serve the next child's notifications and
+/// returns the child's end of the pair it arrives on (for
+/// [`super::filter::install`]). Started before the fork, so the child's fd
+/// always has a reader.
+pub fn start(table: Arc<Table>) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    std::thread::Builder::new()
+        .name("intercept".into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            if let Some(notify) = receive(&ours) {
+                drop(ours);
+                Session {
+                    table,
+                    said: HashSet::new(),
+                }
+                .serve(&notify);
+            }
+        })?;
+    Ok(theirs)
+}
+
+/// The notification fd the child sent, or None (it died first, or the
+/// kernel refused the filter: said once).
+fn receive(sock: &OwnedFd) -> Option<OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut report = [0u8; 4];
+    let mut space = nix::cmsg_space!(RawFd);
+    let (bytes, fd) = loop {
+        let mut iov = [io::IoSliceMut::new(&mut report)];
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                let mut fd = None;
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(fds) = c {
+                            for raw in fds {
+                                // SAFETY: SCM_RIGHTS just gave us this fd.
+                                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                                fd.get_or_insert(owned);
+                            }
+                        }
+                    }
+                }
+                break (msg.bytes, fd);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                warn!("cannot receive a child's seccomp notification fd: {e}");
+                return None;
+            }
+        }
+    };
+    if let Some(fd) = fd {
+        return Some(fd);
+    }
+    // EOF: the child died before the filter (a failed --user, say).
+    if bytes == 4 {
+        let errno = i32::from_ne_bytes(report);
+        if !REFUSED_SAID.swap(true, Ordering::Relaxed) {
+            warn!("{}", refused_line(errno));
+        }
+    }
+    None
+}
+
+fn refused_line(errno: i32) -> String {
+    let why = match errno {
+        libc::EBUSY => {
+            "another seccomp notifier already watches this process tree (relaunch under \
+                        relaunch, or a container tool)"
+                .to_string()
+        }
+        libc::EINVAL | libc::ENOSYS => {
+            "this kernel has no seccomp user notification (Linux 5.9 or later is needed)".into()
+        }
+        libc::EACCES | libc::EPERM => "a security policy forbids seccomp filters here".into(),
+        e => io::Error::from_raw_os_error(e).to_string(),
+    };
+    format!(
+        "bind interception is off: {why}; a child that binds a held port itself gets \
+         'address already in use' (pass the sockets by LISTEN_FDS, --compat or {{fd}} placeholders)"
+    )
+}
+
+/// One child's process tree.
+struct Session {
+    table: Arc<Table>,
+    /// (pid, what) already logged, so each is said once per child.
+    said: HashSet<(i32, usize, u8)>,
+}
+
+const SAID_GIVEN: u8 = 0;
+const SAID_REFUSED: u8 = 1;
+const SAID_SHUTDOWN: u8 = 2;
+
+/// An answer to one notification.
+enum Answer {
+    Continue,
+    Value(i64),
+    Errno(i32),
+}
+
+impl Session {
+    fn serve(&mut self, notify: &OwnedFd) {
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: notify.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd on the stack.
+            let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+            if n < 0 {
+                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                warn!(
+                    "seccomp notifications: poll failed: {}",
+                    io::Error::last_os_error()
+                );
+                return;
+            }
+            // POLLHUP without POLLIN: every process of this child is gone.
+            if pfd.revents & libc::POLLIN == 0 {
+                return;
+            }
+            // SAFETY: zeroed as the kernel requires; RECV fills it.
+            let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+            // SAFETY: the ioctl writes one seccomp_notif.
+            if unsafe { libc::ioctl(notify.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req) }
+                < 0
+            {
+                match io::Error::last_os_error().raw_os_error() {
+                    // The caller died, or a signal: nothing to answer.
+                    Some(libc::ENOENT | libc::EINTR) => continue,
+                    _ => {
+                        warn!(
+                            "seccomp notifications: receive failed: {}; this child's binds \
+                             now fail with ENOSYS",
+                            io::Error::last_os_error()
+                        );
+                        return;
+                    }
+                }
+            }
+            let answer = self.answer(notify.as_fd(), &req);
+            // SAFETY: zeroed plain struct.
+            let mut resp: libc::seccomp_notif_resp = unsafe { std::mem::zeroed() };
+            resp.id = req.id;
+            match answer {
+                Answer::Continue => resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
+                Answer::Value(v) => resp.val = v,
+                Answer::Errno(e) => resp.error = -e,
+            }
+            // SAFETY: the ioctl reads one seccomp_notif_resp.
+            if unsafe { libc::ioctl(notify.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &resp) } < 0
+            {
+                let e = io::Error::last_os_error();
+                // ENOENT: the caller died (or a signal interrupted its call).
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    warn!(pid = req.pid, "seccomp notifications: cannot answer: {e}");
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, notify: BorrowedFd<'_>, req: &libc::seccomp_notif) -> Answer {
+        let tid = req.pid as i32;
+        let fd = req.data.args[0] as i32;
+        let result = match i64::from(req.data.nr) {
+            libc::SYS_bind => self.bind(notify, req, tid, fd),
+            libc::SYS_listen => self.listen(tid, fd),
+            libc::SYS_shutdown => self.shutdown(notify, req, tid, fd),
+            _ => Ok(Answer::Continue),
+        };
+        result.unwrap_or_else(|e| {
+            debug!(
+                pid = tid,
+                "seccomp notification {}: {e}; letting the call run", req.data.nr
+            );
+            Answer::Continue
+        })
+    }
+
+    fn bind(
+        &mut self,
+        notify: BorrowedFd<'_>,
+        req: &libc::seccomp_notif,
+        tid: i32,
+        fd: i32,
+    ) -> io::Result<Answer> {
+        let len = req.data.args[2] as usize;
+        if !(2..=size_of::<libc::sockaddr_storage>()).contains(&len) {
+            return Ok(Answer::Continue);
+        }
+        let mut raw = [0u8; size_of::<libc::sockaddr_storage>()];
+        read_target(tid, req.data.args[1], &mut raw[..len])?;
+        // What we read is only good if the caller is still in that call.
+        id_valid(notify, req.id)?;
+        let mut asked = parse_sockaddr(&raw[..len]);
+        if !self.may_hold(&asked) {
+            return Ok(Answer::Continue);
+        }
+        let tgid = proc::tgid(tid).ok_or_else(|| io::Error::other("no such process"))?;
+        if let Asked::Unix(path) = &asked
+            && path.first() != Some(&b'/')
+        {
+            let cwd = std::fs::read_link(format!("/proc/{tgid}/cwd"))?;
+            let full = cwd.join(OsStr::from_bytes(path));
+            asked = Asked::Unix(full.as_os_str().as_bytes().to_vec());
+        }
+        let copy = take_fd(tgid, fd)?;
+        if self
+            .table
+            .index_of_inode(nix::sys::stat::fstat(copy.as_fd())?.st_ino)
+            .is_some()
+        {
+            // Bound already (it is ours): what the kernel says to a second bind.
+            return Ok(Answer::Errno(libc::EINVAL));
+        }
+        let app = AppSocket {
+            domain: copy.domain().map(i32::from)?,
+            stream: copy.r#type()? == Type::STREAM,
+            v6only: copy.domain()? == Domain::IPV6 && copy.only_v6().unwrap_or(false),
+        };
+        let held: Vec<Held> = self.table.lock().iter().map(|e| e.held.clone()).collect();
+        let decision = decide(app, &asked, &held);
+        let index = match decision {
+            Decision::Continue => return Ok(Answer::Continue),
+            Decision::Give(index) => index,
+            Decision::Move { index, at } => match self.relocate(index, at, app) {
+                Ok(()) => index,
+                Err(e) => {
+                    warn!(
+                        "pid {tgid} ({}) binds {} itself and relaunch could not move its \
+                         listener there ({e}): its bind fails with EADDRINUSE",
+                        proc::comm(tgid),
+                        shown(&asked)
+                    );
+                    return Ok(Answer::Errno(libc::EADDRINUSE));
+                }
+            },
+            Decision::Refuse { index, why } => {
+                if self.said.insert((tgid, index, SAID_REFUSED)) {
+                    warn!(
+                        "pid {tgid} ({}) binds {} itself: refused with EADDRINUSE: {why}; hold \
+                         exactly the address the app binds (-l {})",
+                        proc::comm(tgid),
+                        shown(&asked),
+                        shown(&asked)
+                    );
+                }
+                return Ok(Answer::Errno(libc::EADDRINUSE));
+            }
+        };
+        let socket = {
+            let mut entries = self.table.lock();
+            let e = &mut entries[index];
+            // The first app has it: from now on binds must match.
+            e.held.movable = false;
+            Arc::clone(&e.socket)
+        };
+        // O_NONBLOCK lives on the shared file: take the app's mode (asyncio,
+        // Node and Go want it on), as it would have had on its own socket.
+        let nonblocking = status_flags(&copy)? & libc::O_NONBLOCK != 0;
+        socket.set_nonblocking(nonblocking)?;
+        let cloexec = proc::fdinfo(tgid, fd)
+            .ok()
+            .and_then(|i| proc::fdinfo_cloexec(&i))
+            .unwrap_or(true);
+        add_fd(notify, req.id, socket.as_fd(), fd, cloexec)?;
+        if self.said.insert((tgid, index, SAID_GIVEN)) {
+            info!(
+                "pid {tgid} ({}) bound {} itself: it got relaunch's socket (fd {fd})",
+                proc::comm(tgid),
+                shown(&asked)
+            );
+        }
+        Ok(Answer::Value(0))
+    }
+
+    /// Whether any held socket could be what `asked` names, before the
+    /// costlier look at the app's socket.
+    fn may_hold(&self, asked: &Asked) -> bool {
+        self.table
+            .lock()
+            .iter()
+            .any(|e| match (&e.held.addr, asked) {
+                (HeldAddr::Tcp(at, _), Asked::Inet(a)) => at.port() == a.port() && a.port() != 0,
+                (HeldAddr::Unix(_), Asked::Unix(_)) => true,
+                (HeldAddr::Abstract(n), Asked::Abstract(m)) => n == m,
+                _ => false,
+            })
+    }
+
+    /// `--port`: relaunch's socket is rebound where the first app binds,
+    /// in its family. The old one stops listening first (the two would
+    /// clash), so connections queued on it that instant are reset.
+    fn relocate(&self, index: usize, at: SocketAddr, app: AppSocket) -> io::Result<()> {
+        let mut entries = self.table.lock();
+        let e = &mut entries[index];
+        if !e.held.movable {
+            return Err(io::Error::other("another process took it first"));
+        }
+        let HeldAddr::Tcp(old, _) = e.held.addr else {
+            return Err(io::Error::other("not a TCP listener"));
+        };
+        let new = Socket::new(Domain::from(app.domain), Type::STREAM, None)?;
+        new.set_reuse_address(true)?;
+        if at.is_ipv6() {
+            new.set_only_v6(app.v6only)?;
+        }
+        // SAFETY: shutdown on our own socket.
+        unsafe { libc::shutdown(e.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Err(err) = new
+            .bind(&at.into())
+            .and_then(|()| new.listen(self.table.backlog))
+        {
+            // Back to serving where it was.
+            if let Err(again) = e.socket.listen(self.table.backlog) {
+                warn!(
+                    "{}: relaunch's listener on {} stopped and cannot listen again: {again}",
+                    e.name,
+                    shown(&Asked::Inet(old))
+                );
+            }
+            return Err(err);
+        }
+        info!(
+            "{}: the app binds {}, so relaunch now holds {} in place of {} (same port; \
+             connections queued on the old socket this instant were reset)",
+            e.name,
+            shown(&Asked::Inet(at)),
+            shown(&Asked::Inet(at)),
+            shown_ip(old.ip())
+        );
+        e.inode = nix::sys::stat::fstat(new.as_fd())?.st_ino;
+        e.held = Held {
+            addr: HeldAddr::Tcp(at, at.is_ipv6() && app.v6only),
+            movable: false,
+        };
+        e.socket = Arc::new(new);
+        Ok(())
+    }
+
+    /// listen() on a held socket: done already, with relaunch's backlog.
+    fn listen(&mut self, tid: i32, fd: i32) -> io::Result<Answer> {
+        if self.held_index(tid, fd)?.is_some() {
+            return Ok(Answer::Value(0));
+        }
+        Ok(Answer::Continue)
+    }
+
+    /// shutdown() on a held socket never runs: the app's fd becomes a
+    /// private socket that never listened, so its accept loop ends (EINVAL)
+    /// while relaunch's listener serves on.
+    fn shutdown(
+        &mut self,
+        notify: BorrowedFd<'_>,
+        req: &libc::seccomp_notif,
+        tid: i32,
+        fd: i32,
+    ) -> io::Result<Answer> {
+        let Some((tgid, index, copy)) = self.held_index(tid, fd)? else {
+            return Ok(Answer::Continue);
+        };
+        let private = Socket::new(copy.domain()?, Type::STREAM, None)?;
+        private.set_nonblocking(status_flags(&copy)? & libc::O_NONBLOCK != 0)?;
+        let cloexec = proc::fdinfo(tgid, fd)
+            .ok()
+            .and_then(|i| proc::fdinfo_cloexec(&i))
+            .unwrap_or(true);
+        id_valid(notify, req.id)?;
+        add_fd(notify, req.id, private.as_fd(), fd, cloexec)?;
+        if self.said.insert((tgid, index, SAID_SHUTDOWN)) {
+            info!(
+                "pid {tgid} ({}) shut down relaunch's socket (its fd {fd}): it got a closed \
+                 socket in its place, and the listener serves on",
+                proc::comm(tgid)
+            );
+        }
+        Ok(Answer::Value(0))
+    }
+
+    /// The held socket at `fd` of the caller, if it is one.
+    fn held_index(&self, tid: i32, fd: i32) -> io::Result<Option<(i32, usize, Socket)>> {
+        let tgid = proc::tgid(tid).ok_or_else(|| io::Error::other("no such process"))?;
+        let copy = take_fd(tgid, fd)?;
+        let inode = nix::sys::stat::fstat(copy.as_fd())?.st_ino;
+        Ok(self
+            .table
+            .index_of_inode(inode)
+            .map(|index| (tgid, index, copy)))
+    }
+}
+
+/// Copies `len` bytes at `addr` from the target thread.
+fn read_target(tid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+    let local = [io::IoSliceMut::new(buf)];
+    let want = local[0].len();
+    let remote = [nix::sys::uio::RemoteIoVec {
+        base: addr as usize,
+        len: want,
+    }];
+    let mut local = local;
+    match nix::sys::uio::process_vm_readv(nix::unistd::Pid::from_raw(tid), &mut local, &remote) {
+        Ok(n) if n == want => Ok(()),
+        Ok(_) => Err(io::Error::other("short read of the target's memory")),
+        Err(nix::errno::Errno::ENOSYS) => proc::read_mem(tid, addr, &mut local[0]),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn id_valid(notify: BorrowedFd<'_>, id: u64) -> io::Result<()> {
+    // SAFETY: the ioctl reads one u64.
+    if unsafe { libc::ioctl(notify.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &id) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Puts `src` at `fd` in the caller, replacing what was there.
+fn add_fd(
+    notify: BorrowedFd<'_>,
+    id: u64,
+    src: BorrowedFd<'_>,
+    fd: i32,
+    cloexec: bool,
+) -> io::Result<()> {
+    let add = libc::seccomp_notif_addfd {
+        id,
+        // Not SEND: it would make bind() return the fd number.
+        flags: libc::SECCOMP_ADDFD_FLAG_SETFD as u32,
+        srcfd: src.as_raw_fd() as u32,
+        newfd: fd as u32,
+        newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+    };
+    // SAFETY: the ioctl reads one seccomp_notif_addfd.
+    if unsafe { libc::ioctl(notify.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_ADDFD, &add) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Our own copy of fd `fd` of process `tgid` (pidfd_getfd, Linux 5.6+).
+fn take_fd(tgid: i32, fd: i32) -> io::Result<Socket> {
+    // SAFETY: plain syscalls; each returned fd is owned at once.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, tgid, 0) as RawFd;
+        if pidfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd);
+        let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) as RawFd;
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let got = OwnedFd::from_raw_fd(got);
+        let st = nix::sys::stat::fstat(got.as_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            return Err(io::Error::other(format!("fd {fd} is not a socket")));
+        }
+        Ok(Socket::from(got))
+    }
+}
+
+fn status_flags(s: &Socket) -> io::Result<i32> {
+    // SAFETY: F_GETFL on our own fd.
+    let flags = unsafe { libc::fcntl(s.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_say_why_and_what_then() {
+        let l = refused_line(libc::EBUSY);
+        assert!(l.contains("another seccomp notifier"), "{l}");
+        assert!(l.contains("LISTEN_FDS"), "{l}");
+        assert!(refused_line(libc::ENOSYS).contains("5.9"));
+        assert!(refused_line(libc::EACCES).contains("policy"));
+    }
+}
