@@ -562,3 +562,84 @@ fn a_bare_port_takes_the_address_the_app_binds() {
         "{found:?}"
     );
 }
+
+/// `NoNewPrivs:` of a process: the filter needs it only without root.
+fn no_new_privs(pid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NoNewPrivs:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn under_user_the_filter_follows_the_privilege_drop() {
+    if !python_ready() {
+        return;
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("intercept --user: NOT RUN: relaunch must start as root to use --user");
+        return;
+    }
+    let dir = TempDir::new("ic-user");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let p = port.to_string();
+    let script = app(&dir, SOCKETSERVER_APP);
+    let r = Relaunch::start(&[
+        "--port", &p, "--user", "nobody", "--", "python3", &script, &p,
+    ]);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (pid, client) = split(&wait_serving(addr));
+    assert_eq!(client, "127.0.0.1");
+    r.log.wait("itself: it got relaunch's socket", T);
+    // Not root any more: the kernel wants no_new_privs before the filter.
+    assert_eq!(no_new_privs(pid), "1");
+    let uid = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        uid.lines()
+            .any(|l| l.starts_with("Uid:") && !l.contains("\t0\t")),
+        "{uid}"
+    );
+    assert_full_backlog(port);
+
+    // As root, no no_new_privs: setuid programs the app runs keep working.
+    let port = free_port();
+    let p = port.to_string();
+    let r = Relaunch::start(&["--port", &p, "--", "python3", &script, &p]);
+    let (pid, _) = split(&wait_serving(([127, 0, 0, 1], port).into()));
+    r.log.wait("itself: it got relaunch's socket", T);
+    assert_eq!(no_new_privs(pid), "0");
+}
+
+/// relaunch under relaunch: the inner one's children cannot have a second
+/// notifier (EBUSY). One line says so, and they run as without interception.
+#[test]
+fn a_second_notifier_is_refused_with_one_line() {
+    let inner = relaunch_bin();
+    let server = example("pid_server");
+    let r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        inner,
+        "--",
+        server.to_str().unwrap(),
+    ]);
+    let line = r.log.wait("bind interception is off", T);
+    assert!(line.contains("another seccomp notifier"), "{line}");
+    // The inner child still runs, from LISTEN_FDS as today; its restart
+    // does not repeat the line.
+    let addr = r.listen_addr(3);
+    let first = wait_serving(addr);
+    unsafe { libc::kill(first.parse().unwrap(), libc::SIGKILL) };
+    wait_new_pid(addr, &first);
+    assert_eq!(
+        r.log.count("bind interception is off"),
+        1,
+        "{}",
+        r.log.text()
+    );
+}
