@@ -5,6 +5,7 @@ mod child;
 mod core;
 mod faults;
 mod groups;
+mod intercept;
 mod intercept_peers;
 mod ports;
 mod ready;
