@@ -21,6 +21,9 @@ const RSS_TARGET_KIB: u64 = 3 * 1024;
 const HUP_TO_EXEC_TARGET_MS: f64 = 1.0;
 /// A crashed child is serving again within its own start time plus this.
 const CRASH_MARGIN_MS: f64 = 150.0;
+/// Issue 10: the self-binding server under interception against itself
+/// without relaunch.
+const INTERCEPT_RATIO_TARGET: f64 = 0.98;
 
 pub struct Outputs {
     pub json: PathBuf,
@@ -125,6 +128,18 @@ pub fn table(scenarios: &[Scenario], fp: Option<&Footprint>) -> String {
             stats::median(&tp.under_relaunch),
             stats::median(&tp.self_bound),
             tp.round_ratios
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(
+            t,
+            "| throughput of the self-binding server under relaunch (interception) / self-bound | {:.3} ({:.0} / {:.0} req/s; rounds {}) |",
+            tp.intercept_ratio,
+            stats::median(&tp.intercepted),
+            stats::median(&tp.self_bound),
+            tp.intercept_round_ratios
                 .iter()
                 .map(|r| format!("{r:.3}"))
                 .collect::<Vec<_>>()
@@ -262,7 +277,7 @@ pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>, extra: &
             .filter(move |s| s.kind == k && matches!(s.status, Status::Ran))
     };
     let mut lines = Vec::new();
-    for k in [Kind::Reload, Kind::ReloadAuto, Kind::Crash]
+    for k in [Kind::Reload, Kind::ReloadAuto, Kind::Crash, Kind::Intercept]
         .into_iter()
         .filter(|&k| ran(k).count() > 0)
     {
@@ -346,9 +361,22 @@ pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>, extra: &
             ),
             ok,
         ));
+        let r = tp.intercept_ratio;
+        lines.push((
+            format!(
+                "throughput with bind interception / self-bound >= {INTERCEPT_RATIO_TARGET} \
+                 (got {r:.3}; rounds {})",
+                tp.intercept_round_ratios
+                    .iter()
+                    .map(|r| format!("{r:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            r >= INTERCEPT_RATIO_TARGET,
+        ));
     }
     lines.extend(extra.iter().cloned());
-    println!("acceptance (issues 6 and 9):");
+    println!("acceptance (issues 6, 9 and 10):");
     for (what, ok) in lines {
         println!("  [{}] {what}", if ok { "ok" } else { "FAIL" });
     }

@@ -404,16 +404,18 @@ impl<O: Os> Supervisor<O> {
     }
 
     /// Children the /proc scan should look at: (pid, roots to scan). Those
-    /// whose readiness `--ready auto` waits for, and, until the hint was
-    /// given, any in its first [`HINT_WITHIN`] not yet seen waiting. Idle,
-    /// none, so no timer runs.
+    /// still starting: for `--ready auto`, and in the other modes, for the
+    /// hint, in their first [`HINT_WITHIN`] until it was given. Ready or
+    /// idle, none, so the scan costs nothing under load and no timer runs.
     pub fn to_scan(&self, now: Instant) -> impl Iterator<Item = (i32, Vec<i32>)> + '_ {
         self.children
             .iter()
             .filter(move |c| {
-                let starting = self.cfg.ready_auto && matches!(c.state, State::Starting { .. });
                 let young = !self.hinted && now.saturating_duration_since(c.started) < HINT_WITHIN;
-                c.alive() && !c.seen && (starting || young)
+                c.alive()
+                    && !c.seen
+                    && matches!(c.state, State::Starting { .. })
+                    && (self.cfg.ready_auto || young)
             })
             .map(|c| (c.pid, std::iter::once(c.pid).chain(c.main_pid).collect()))
     }
@@ -860,14 +862,15 @@ impl<O: Os> Supervisor<O> {
         }
     }
 
-    /// A child that failed within [`HINT_WITHIN`] and was never seen waiting
-    /// on a held socket most likely tried to bind the port itself and got
+    /// A child that failed within [`HINT_WITHIN`], never ready and never seen
+    /// waiting on a held socket, most likely tried to bind the port itself and got
     /// EADDRINUSE (relaunch holds it). Say so once, with the remedies: every
     /// restart of a crash loop would only repeat it.
     fn hint_self_bind(&mut self, i: usize, status: ExitStatus, now: Instant) {
         let c = &self.children[i];
         let lived = now.saturating_duration_since(c.started);
-        if self.hinted || c.seen || status.success() || lived >= HINT_WITHIN {
+        let ready = c.seen || c.ready_since.is_some();
+        if self.hinted || ready || status.success() || lived >= HINT_WITHIN {
             return;
         }
         let first = match &self.cfg.intercept_remedy {
@@ -2076,6 +2079,16 @@ mod tests {
         // Lived past the window.
         let (mut s, t0) = started(1);
         s.t_exit(101, ExitStatus::Code(1), t0 + HINT_WITHIN);
+        assert!(!s.hinted);
+        // Said READY=1 (it took its sockets), then crashed.
+        let (mut s, t0) = started(1);
+        let notice = Notice {
+            ready: true,
+            ..Notice::default()
+        };
+        s.run(Event::Notify { pid: 101, notice }, t0);
+        assert_eq!(s.to_scan(t0).count(), 0, "ready: no more scanning");
+        s.t_exit(101, ExitStatus::Code(1), t0 + ms(200));
         assert!(!s.hinted);
         // Exited 0: a finished job, not a failed bind.
         let (mut s, t0) = started(1);
