@@ -134,12 +134,16 @@ fn assert_no_reuseport(addr: SocketAddr) {
     );
 }
 
-/// "PID CLIENT" from the app.
+/// (pid, client address) from an answer: its first number and its last word
+/// ("PID CLIENT", or the dashboard's "dashboard pid PID, you are CLIENT").
 fn split(body: &str) -> (i32, String) {
-    let (pid, client) = body
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("not 'pid client': {body:?}"));
-    (pid.parse().unwrap(), client.to_string())
+    let pid = body
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| !w.is_empty())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {body:?}"));
+    let client = body.split_whitespace().last().unwrap_or_default();
+    (pid, client.to_string())
 }
 
 /// What a self-binding app under relaunch must show: it serves with the
@@ -214,6 +218,23 @@ fn socketserver_binding_the_port_itself_serves_from_relaunchs_socket() {
         log.contains(&format!("bound 0.0.0.0:{port} itself")),
         "{log}"
     );
+}
+
+/// The README's front page, as written there.
+#[test]
+fn the_front_page_dashboard_serves_unchanged() {
+    if !python_ready() {
+        return;
+    }
+    let port = free_port();
+    let p = port.to_string();
+    let dashboard = example_src("dashboard.py");
+    let r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .args(["--port", &p, "--", "python3", dashboard.to_str().unwrap()])
+            .env("PORT", &p),
+    );
+    serves_unchanged(&r, port, "127.0.0.1", false);
 }
 
 #[test]
