@@ -664,3 +664,84 @@ fn a_second_notifier_is_refused_with_one_line() {
         r.log.text()
     );
 }
+
+/// GET / over a Unix socket; the body.
+fn get_unix(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    match buf.split_once("\r\n\r\n") {
+        Some((_, body)) if !body.trim().is_empty() => Ok(body.trim().to_string()),
+        _ => Err(std::io::Error::other(format!("bad response: {buf:?}"))),
+    }
+}
+
+/// A Unix stream server binding a relative path from its own directory.
+#[test]
+fn a_unix_socket_server_binding_its_path_itself() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-unix");
+    let body = r#"
+class Unix(socketserver.StreamRequestHandler):
+    def handle(self):
+        while self.rfile.readline().strip():
+            pass
+        self.wfile.write(answer("unix"))
+
+server = socketserver.UnixStreamServer("app.sock", Unix)
+stop_on_term(server)
+server.serve_forever()
+"#;
+    let script = app(&dir, body);
+    let r = Relaunch::start_with(Command::new(relaunch_bin()).current_dir(&dir.0).args([
+        "-l",
+        "unix:app.sock",
+        "--",
+        "python3",
+        &script,
+    ]));
+    let path = dir.join("app.sock");
+    let first = wait_for("an answer on app.sock", T, || get_unix(&path).ok());
+    let line = r.log.wait("itself: it got relaunch's socket", T);
+    assert!(line.contains("app.sock"), "{line}");
+    // kill -9 under a client loop: every connection waits for the restart.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (stop, path) = (stop.clone(), path.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get_unix(&path) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let (pid, _) = split(&first);
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let second = wait_for("a new pid on app.sock", T, || {
+        get_unix(&path).ok().filter(|b| *b != first)
+    });
+    r.signal(libc::SIGHUP);
+    r.log.wait("reload done", T);
+    wait_for("a third pid", T, || {
+        get_unix(&path).ok().filter(|b| *b != second)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = client.join().unwrap();
+    assert!(ok > 0);
+    // A request the killed server held may be cut; none is refused.
+    assert!(
+        failed
+            .iter()
+            .all(|e| !e.contains("refused") && !e.contains("No such file")),
+        "{failed:?}"
+    );
+}
