@@ -40,16 +40,27 @@ const RET_K: u32 = libc::BPF_RET | libc::BPF_K;
 const NR: u32 = 0;
 const ARCH_AT: u32 = 4;
 
-/// bind, listen and shutdown go to relaunch; everything else runs. A call
-/// made in another ABI (x32, i386 on x86_64) has other numbers and runs:
-/// such a bind gets what it would get without relaunch.
-static PROGRAM: [sock_filter; 8] = [
+/// offsetof(struct seccomp_data, args[1]), its low 32 bits: shutdown's
+/// `int how`.
+#[cfg(target_endian = "little")]
+const ARG1_LOW: u32 = 24;
+#[cfg(target_endian = "big")]
+const ARG1_LOW: u32 = 28;
+
+/// bind, listen and shutdown go to relaunch, except shutdown(SHUT_WR), the
+/// half-close of a connection that servers make on every request (on a
+/// listener it changes nothing); everything else runs. A call made in
+/// another ABI (x32, i386 on x86_64) has other numbers and runs: such a bind
+/// gets what it would get without relaunch.
+static PROGRAM: [sock_filter; 10] = [
     stmt(LD_W_ABS, ARCH_AT),
-    jump(JEQ_K, ARCH, 0, 5),
+    jump(JEQ_K, ARCH, 0, 7),
     stmt(LD_W_ABS, NR),
-    jump(JEQ_K, libc::SYS_bind as u32, 2, 0),
-    jump(JEQ_K, libc::SYS_listen as u32, 1, 0),
-    jump(JEQ_K, libc::SYS_shutdown as u32, 0, 1),
+    jump(JEQ_K, libc::SYS_bind as u32, 4, 0),
+    jump(JEQ_K, libc::SYS_listen as u32, 3, 0),
+    jump(JEQ_K, libc::SYS_shutdown as u32, 0, 3),
+    stmt(LD_W_ABS, ARG1_LOW),
+    jump(JEQ_K, libc::SHUT_WR as u32, 1, 0),
     stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF),
     stmt(RET_K, libc::SECCOMP_RET_ALLOW),
 ];
@@ -125,14 +136,28 @@ mod tests {
     #[test]
     fn the_jumps_land_on_the_returns() {
         // From instruction i, a jump of n lands on i + 1 + n.
+        let to = |i: usize, taken: bool| {
+            let insn = &PROGRAM[i];
+            i + 1 + if taken { insn.jt } else { insn.jf } as usize
+        };
         let allow = PROGRAM.len() - 1;
         let notify = allow - 1;
-        assert_eq!(1 + 1 + PROGRAM[1].jf as usize, allow);
-        for (i, insn) in PROGRAM.iter().enumerate().take(6).skip(3) {
-            assert_eq!(i + 1 + insn.jt as usize, notify, "instruction {i}");
-        }
-        assert_eq!(5 + 1 + PROGRAM[5].jf as usize, allow);
         assert_eq!(PROGRAM[notify].k, libc::SECCOMP_RET_USER_NOTIF);
         assert_eq!(PROGRAM[allow].k, libc::SECCOMP_RET_ALLOW);
+        // Another ABI: allowed.
+        assert_eq!(to(1, false), allow);
+        assert_eq!(to(1, true), 2);
+        // bind, listen: to relaunch.
+        assert_eq!(to(3, true), notify);
+        assert_eq!(to(4, true), notify);
+        // shutdown: SHUT_WR runs, SHUT_RD and SHUT_RDWR go to relaunch.
+        assert_eq!(to(5, true), 6);
+        assert_eq!(to(5, false), allow);
+        let args1 = std::mem::offset_of!(libc::seccomp_data, args) as u32 + 8;
+        let low = if cfg!(target_endian = "little") { 0 } else { 4 };
+        assert_eq!(PROGRAM[6].k, args1 + low);
+        assert_eq!(PROGRAM[7].k, libc::SHUT_WR as u32);
+        assert_eq!(to(7, true), allow);
+        assert_eq!(to(7, false), notify);
     }
 }

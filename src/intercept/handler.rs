@@ -98,10 +98,13 @@ fn held_addr(socket: &Socket, addr: Option<&Addr>) -> HeldAddr {
             let v6only = ip.is_ipv6() && socket.only_v6().unwrap_or(true);
             HeldAddr::Tcp(SocketAddr::new(*ip, *port), v6only)
         }
-        Some(Addr::Unix(path)) => match std::path::absolute(path) {
-            Ok(p) => HeldAddr::Unix(p.as_os_str().as_bytes().to_vec()),
-            Err(_) => HeldAddr::NotGiven,
-        },
+        // Symlinks resolved, as the app's path will be.
+        Some(Addr::Unix(path)) => {
+            match std::fs::canonicalize(path).or_else(|_| std::path::absolute(path)) {
+                Ok(p) => HeldAddr::Unix(p.as_os_str().as_bytes().to_vec()),
+                Err(_) => HeldAddr::NotGiven,
+            }
+        }
         Some(Addr::UnixAbstract(name)) => HeldAddr::Abstract(name.clone()),
         // Inherited without a known address: read it.
         _ => match socket.local_addr().ok().and_then(|a| a.as_socket()) {
@@ -135,6 +138,7 @@ pub fn start(table: Arc<Table>) -> io::Result<OwnedFd> {
                 Session {
                     table,
                     said: HashSet::new(),
+                    errors: HashSet::new(),
                 }
                 .serve(&notify);
             }
@@ -215,6 +219,8 @@ struct Session {
     table: Arc<Table>,
     /// (pid, what) already logged, so each is said once per child.
     said: HashSet<(i32, usize, u8)>,
+    /// Syscalls whose failure to be looked at was said already.
+    errors: HashSet<i32>,
 }
 
 const SAID_GIVEN: u8 = 0;
@@ -302,10 +308,24 @@ impl Session {
             _ => Ok(Answer::Continue),
         };
         result.unwrap_or_else(|e| {
-            debug!(
-                pid = tid,
-                "seccomp notification {}: {e}; letting the call run", req.data.nr
-            );
+            let gone = matches!(
+                e.raw_os_error(),
+                Some(libc::ESRCH | libc::ENOENT | libc::EFAULT)
+            ) || e.kind() == io::ErrorKind::NotFound;
+            let (call, then) = match i64::from(req.data.nr) {
+                libc::SYS_bind => ("bind", "a bind of a held address fails with EADDRINUSE"),
+                libc::SYS_listen => ("listen", "its backlog replaces relaunch's"),
+                _ => ("shutdown", "the listener stops for every generation"),
+            };
+            if gone {
+                debug!(pid = tid, "{call}: {e}; the call runs as it is");
+            } else if self.errors.insert(req.data.nr) {
+                warn!(
+                    "pid {tid} ({}): cannot look at its {call} ({e}); the call runs as it is, \
+                     so {then}",
+                    proc::comm(tid)
+                );
+            }
             Answer::Continue
         })
     }
@@ -329,12 +349,14 @@ impl Session {
         if !self.may_hold(&asked) {
             return Ok(Answer::Continue);
         }
-        let tgid = proc::tgid(tid).ok_or_else(|| io::Error::other("no such process"))?;
-        if let Asked::Unix(path) = &asked
-            && path.first() != Some(&b'/')
-        {
-            let cwd = std::fs::read_link(format!("/proc/{tgid}/cwd"))?;
-            let full = cwd.join(OsStr::from_bytes(path));
+        let tgid = proc::tgid(tid).ok_or_else(gone)?;
+        if let Asked::Unix(path) = &asked {
+            let mut full = std::path::PathBuf::from(OsStr::from_bytes(path));
+            if full.is_relative() {
+                full = std::fs::read_link(format!("/proc/{tgid}/cwd"))?.join(full);
+            }
+            // The file is there if it is ours; else it matches nothing anyway.
+            let full = std::fs::canonicalize(&full).unwrap_or(full);
             asked = Asked::Unix(full.as_os_str().as_bytes().to_vec());
         }
         let copy = take_fd(tgid, fd)?;
@@ -345,6 +367,16 @@ impl Session {
         {
             // Bound already (it is ours): what the kernel says to a second bind.
             return Ok(Answer::Errno(libc::EINVAL));
+        }
+        // Bound already: the kernel's EINVAL, not ours to change.
+        if let Ok(local) = copy.local_addr() {
+            let bound = match local.as_socket() {
+                Some(a) => a.port() != 0,
+                None => !local.is_unnamed(),
+            };
+            if bound {
+                return Ok(Answer::Continue);
+            }
         }
         let app = AppSocket {
             domain: copy.domain().map(i32::from)?,
@@ -512,7 +544,7 @@ impl Session {
 
     /// The held socket at `fd` of the caller, if it is one.
     fn held_index(&self, tid: i32, fd: i32) -> io::Result<Option<(i32, usize, Socket)>> {
-        let tgid = proc::tgid(tid).ok_or_else(|| io::Error::other("no such process"))?;
+        let tgid = proc::tgid(tid).ok_or_else(gone)?;
         let copy = take_fd(tgid, fd)?;
         let inode = nix::sys::stat::fstat(copy.as_fd())?.st_ino;
         Ok(self
@@ -520,6 +552,11 @@ impl Session {
             .index_of_inode(inode)
             .map(|index| (tgid, index, copy)))
     }
+}
+
+/// The caller is gone (killed while we looked).
+fn gone() -> io::Error {
+    io::Error::from_raw_os_error(libc::ESRCH)
 }
 
 /// Copies `len` bytes at `addr` from the target thread.

@@ -134,12 +134,16 @@ fn assert_no_reuseport(addr: SocketAddr) {
     );
 }
 
-/// "PID CLIENT" from the app.
+/// (pid, client address) from an answer: its first number and its last word
+/// ("PID CLIENT", or the dashboard's "dashboard pid PID, you are CLIENT").
 fn split(body: &str) -> (i32, String) {
-    let (pid, client) = body
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("not 'pid client': {body:?}"));
-    (pid.parse().unwrap(), client.to_string())
+    let pid = body
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| !w.is_empty())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {body:?}"));
+    let client = body.split_whitespace().last().unwrap_or_default();
+    (pid, client.to_string())
 }
 
 /// What a self-binding app under relaunch must show: it serves with the
@@ -214,6 +218,23 @@ fn socketserver_binding_the_port_itself_serves_from_relaunchs_socket() {
         log.contains(&format!("bound 0.0.0.0:{port} itself")),
         "{log}"
     );
+}
+
+/// The README's front page, as written there.
+#[test]
+fn the_front_page_dashboard_serves_unchanged() {
+    if !python_ready() {
+        return;
+    }
+    let port = free_port();
+    let p = port.to_string();
+    let dashboard = example_src("dashboard.py");
+    let r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .args(["--port", &p, "--", "python3", dashboard.to_str().unwrap()])
+            .env("PORT", &p),
+    );
+    serves_unchanged(&r, port, "127.0.0.1", false);
 }
 
 #[test]
@@ -641,5 +662,86 @@ fn a_second_notifier_is_refused_with_one_line() {
         1,
         "{}",
         r.log.text()
+    );
+}
+
+/// GET / over a Unix socket; the body.
+fn get_unix(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    match buf.split_once("\r\n\r\n") {
+        Some((_, body)) if !body.trim().is_empty() => Ok(body.trim().to_string()),
+        _ => Err(std::io::Error::other(format!("bad response: {buf:?}"))),
+    }
+}
+
+/// A Unix stream server binding a relative path from its own directory.
+#[test]
+fn a_unix_socket_server_binding_its_path_itself() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-unix");
+    let body = r#"
+class Unix(socketserver.StreamRequestHandler):
+    def handle(self):
+        while self.rfile.readline().strip():
+            pass
+        self.wfile.write(answer("unix"))
+
+server = socketserver.UnixStreamServer("app.sock", Unix)
+stop_on_term(server)
+server.serve_forever()
+"#;
+    let script = app(&dir, body);
+    let r = Relaunch::start_with(Command::new(relaunch_bin()).current_dir(&dir.0).args([
+        "-l",
+        "unix:app.sock",
+        "--",
+        "python3",
+        &script,
+    ]));
+    let path = dir.join("app.sock");
+    let first = wait_for("an answer on app.sock", T, || get_unix(&path).ok());
+    let line = r.log.wait("itself: it got relaunch's socket", T);
+    assert!(line.contains("app.sock"), "{line}");
+    // kill -9 under a client loop: every connection waits for the restart.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (stop, path) = (stop.clone(), path.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get_unix(&path) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let (pid, _) = split(&first);
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let second = wait_for("a new pid on app.sock", T, || {
+        get_unix(&path).ok().filter(|b| *b != first)
+    });
+    r.signal(libc::SIGHUP);
+    r.log.wait("reload done", T);
+    wait_for("a third pid", T, || {
+        get_unix(&path).ok().filter(|b| *b != second)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = client.join().unwrap();
+    assert!(ok > 0);
+    // A request the killed server held may be cut; none is refused.
+    assert!(
+        failed
+            .iter()
+            .all(|e| !e.contains("refused") && !e.contains("No such file")),
+        "{failed:?}"
     );
 }
