@@ -157,8 +157,8 @@ fn intercept_remedy(on: bool, listeners: &[Listener]) -> String {
     if !streams {
         return "bind interception covers TCP and Unix stream listeners only".into();
     }
-    "where bind interception is off (said above: Linux 5.9 or later is needed, and no other \
-     seccomp notifier over relaunch) fix that; an app that binds through io_uring \
+    "where the kernel or a policy refused interception (said above: Linux 5.9 or later is \
+     needed, and no other seccomp notifier over relaunch) fix that; an app that binds through io_uring \
      (IORING_OP_BIND) or binds another address than relaunch holds is not given the socket: \
      bind with bind(2), exactly the address relaunch holds"
         .into()

@@ -870,7 +870,10 @@ impl<O: Os> Supervisor<O> {
         let c = &self.children[i];
         let lived = now.saturating_duration_since(c.started);
         let ready = c.seen || c.ready_since.is_some();
-        if self.hinted || ready || status.success() || lived >= HINT_WITHIN {
+        // A failed bind ends a program with a status, not a signal: a kill
+        // (by an operator, the OOM killer) says nothing about binding.
+        let failed = matches!(status, ExitStatus::Code(c) if c != 0);
+        if self.hinted || ready || !failed || lived >= HINT_WITHIN {
             return;
         }
         let first = match &self.cfg.intercept_remedy {
@@ -2093,6 +2096,10 @@ mod tests {
         // Exited 0: a finished job, not a failed bind.
         let (mut s, t0) = started(1);
         s.t_exit(101, ExitStatus::Code(0), t0 + ms(10));
+        assert!(!s.hinted);
+        // Killed by a signal: someone else's doing.
+        let (mut s, t0) = started(1);
+        s.t_exit(101, ExitStatus::Signal(9), t0 + ms(10));
         assert!(!s.hinted);
         // Stopped by us.
         let (mut s, t0) = started(1);
