@@ -217,6 +217,11 @@ pub struct Throughput {
     pub intercepted: Vec<f64>,
     pub intercept_ratio: f64,
     pub intercept_round_ratios: Vec<f64>,
+    /// relaunch's CPU time and context switches meanwhile: a bind is
+    /// answered once per child, so none under load means no call of the
+    /// server's requests makes a round trip to relaunch.
+    pub intercept_cpu_ms_under_load: f64,
+    pub intercept_switches_under_load: u64,
     /// relaunch's own CPU time and context switches while under load, summed
     /// over the rounds: not in the data path means none.
     pub relaunch_cpu_ms_under_load: f64,
@@ -228,6 +233,7 @@ pub struct Throughput {
 pub fn throughput(plan: &Plan, ctx: &Ctx) -> Result<Throughput, String> {
     let (mut under, mut own, mut intercepted) = (Vec::new(), Vec::new(), Vec::new());
     let mut spent = Counters::default();
+    let mut intercept_spent = Counters::default();
     let mut relaunch_round = |round: usize, under: &mut Vec<f64>| -> Result<(), String> {
         let (r, c) = rate(Kind::Steady, plan, ctx, &format!("tput-relaunch-{round}"))?;
         under.push(r);
@@ -241,7 +247,10 @@ pub fn throughput(plan: &Plan, ctx: &Ctx) -> Result<Throughput, String> {
             relaunch_round(round, &mut under)?;
         }
         let tag = format!("tput-intercept-{round}");
-        intercepted.push(rate(Kind::Intercept, plan, ctx, &tag)?.0);
+        let (r, c) = rate(Kind::Intercept, plan, ctx, &tag)?;
+        intercepted.push(r);
+        intercept_spent.cpu_ns += c.cpu_ns;
+        intercept_spent.voluntary_switches += c.voluntary_switches + c.involuntary_switches;
         own.push(rate(Kind::NaiveRebind, plan, ctx, &format!("tput-self-{round}"))?.0);
         if round % 2 == 1 {
             relaunch_round(round, &mut under)?;
@@ -259,6 +268,8 @@ pub fn throughput(plan: &Plan, ctx: &Ctx) -> Result<Throughput, String> {
         round_ratios: per_round(&under),
         intercept_ratio: of_medians(&intercepted),
         intercept_round_ratios: per_round(&intercepted),
+        intercept_cpu_ms_under_load: intercept_spent.cpu_ns as f64 / 1e6,
+        intercept_switches_under_load: intercept_spent.voluntary_switches,
         under_relaunch: under,
         self_bound: own,
         intercepted,
