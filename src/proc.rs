@@ -126,11 +126,10 @@ pub fn status_uid(status: &str) -> Option<u32> {
     ids.next().unwrap_or(real).parse().ok()
 }
 
-/// One variable of the environment a process was started with
-/// (`/proc/PID/environ`, the environment its program was exec'd with; it needs
-/// ptrace-level access). None when unset, unreadable, or not UTF-8.
-pub fn env_var(pid: i32, name: &str) -> Option<String> {
-    env_lookup(&fs::read(format!("/proc/{pid}/environ")).ok()?, name)
+/// The environment a process's program was exec'd with, NUL-separated
+/// (`/proc/PID/environ`; it needs ptrace-level access). None when unreadable.
+pub fn environ(pid: i32) -> Option<Vec<u8>> {
+    fs::read(format!("/proc/{pid}/environ")).ok()
 }
 
 /// `NAME=value` entries, NUL-separated; the first one named `name` wins, as

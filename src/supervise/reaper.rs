@@ -149,6 +149,9 @@ pub fn boot_ticks() -> u64 {
     ns / (1_000_000_000 / hz)
 }
 
+/// What relaunch puts in every child's environment.
+const OURS: [&str; 3] = ["LISTEN_PID", "RELAUNCH_WORKER", "NOTIFY_SOCKET"];
+
 /// A process that landed on relaunch from outside every child's group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Orphan {
@@ -157,11 +160,18 @@ pub struct Orphan {
     pub start: u64,
     /// Its `LISTEN_PID`, when set and a number.
     pub listen_pid: Option<i32>,
+    /// Its environment was readable and holds none of the variables
+    /// relaunch gives its children: it did not come from one (a process
+    /// `docker exec` started, when relaunch is PID 1), or it hides it.
+    pub foreign: bool,
 }
 
 /// Whether no running child can own `o`: `owners` are the children whose
 /// leader runs and that are not being stopped.
 pub fn is_leftover(o: &Orphan, spawns: &Spawns, owners: &[i32]) -> bool {
+    if o.foreign {
+        return false;
+    }
     let started_before = |&&(_, ticks): &&(i32, u64)| ticks <= o.start;
     // The latest spawn with a pid: an owner's pid names that one.
     let latest = |pid: i32| spawns.0.iter().rev().find(|&&(p, _)| p == pid);
@@ -214,10 +224,13 @@ pub fn find_leftovers(
         if children.contains(&pid) || children.contains(&st.pgrp) {
             continue;
         }
+        let env = proc::environ(pid);
+        let var = |name: &str| env.as_deref().and_then(|e| proc::env_lookup(e, name));
         let orphan = Orphan {
             pid,
             start: st.start,
-            listen_pid: proc::env_var(pid, "LISTEN_PID").and_then(|v| v.parse().ok()),
+            listen_pid: var("LISTEN_PID").and_then(|v| v.parse().ok()),
+            foreign: env.is_some() && OURS.iter().all(|name| var(name).is_none()),
         };
         if !is_leftover(&orphan, spawns, owners) {
             continue;
@@ -293,6 +306,7 @@ mod tests {
             pid: 999,
             start,
             listen_pid,
+            foreign: false,
         }
     }
 
@@ -338,6 +352,18 @@ mod tests {
         assert!(is_leftover(&orphan(20, Some(101)), &s, &[101]));
         assert!(is_leftover(&orphan(20, None), &s, &[101]));
         assert!(!is_leftover(&orphan(95, Some(101)), &s, &[101]));
+    }
+
+    /// relaunch as PID 1: a process `docker exec` started, orphaned, lands
+    /// on it too. Nothing of relaunch's in its environment: not ours to end.
+    #[test]
+    fn a_foreign_orphan_is_never_a_leftover() {
+        let s = spawns(&[(101, 10), (102, 50)]);
+        let o = Orphan {
+            foreign: true,
+            ..orphan(20, None)
+        };
+        assert!(!is_leftover(&o, &s, &[102]));
     }
 
     #[test]
