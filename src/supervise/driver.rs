@@ -146,6 +146,9 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     )
     .await;
     reaper::end_orphans(stop_signal, stop_timeout).await;
+    if let Some(t) = &sup.os.intercept {
+        t.remove_files();
+    }
     result
 }
 
@@ -285,6 +288,15 @@ impl Os for Driver {
         }
         env.push(("RELAUNCH_WORKER".into(), worker.to_string().into()));
         let held = self.intercept.as_ref().map(|t| t.sockets());
+        // A socket interception rebound replaces ours, so the old one closes.
+        for (l, h) in self.listeners.iter_mut().zip(held.iter().flatten()) {
+            let inode = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).ok().map(|s| s.st_ino);
+            if inode(l.socket.as_fd()) != inode(h.as_fd())
+                && let Ok(copy) = h.try_clone()
+            {
+                l.socket = copy;
+            }
+        }
         let fds: Vec<BorrowedFd<'_>> = match &held {
             Some(held) => held.iter().map(|s| s.as_fd()).collect(),
             None => self.listeners.iter().map(|l| l.socket.as_fd()).collect(),

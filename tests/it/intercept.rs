@@ -745,3 +745,60 @@ server.serve_forever()
         "{failed:?}"
     );
 }
+
+/// asyncio deletes a socket file it finds at its path before binding, and
+/// so deletes relaunch's: relaunch binds a new one there and gives it that.
+#[test]
+fn an_app_that_deletes_the_socket_file_first_still_gets_one() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-asyncio-unix");
+    let body = r#"
+import asyncio
+
+async def handle(reader, writer):
+    while (await reader.readline()).strip():
+        pass
+    writer.write(answer("unix"))
+    await writer.drain()
+    writer.close()
+
+async def main():
+    server = await asyncio.start_unix_server(handle, sys.argv[1])
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with server:
+        await stop.wait()
+
+asyncio.run(main())
+"#;
+    let script = app(&dir, body);
+    let path = dir.join("app.sock");
+    let spec = format!("unix:{}", path.display());
+    let mut r = Relaunch::start(&[
+        "-l",
+        &spec,
+        "--",
+        "python3",
+        &script,
+        path.to_str().unwrap(),
+    ]);
+    let first = wait_for("an answer on app.sock", T, || get_unix(&path).ok());
+    r.log.wait("deleted relaunch's socket file", T);
+    r.log.wait("itself: it got relaunch's socket", T);
+    r.signal(libc::SIGHUP);
+    r.log.wait("reload done", T);
+    wait_for("the new generation on app.sock", T, || {
+        get_unix(&path).ok().filter(|b| *b != first)
+    });
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+    assert!(
+        !r.log.text().contains("did not stop within"),
+        "{}",
+        r.log.text()
+    );
+    // The file relaunch made is removed on exit like the first one.
+    assert!(!path.exists(), "{} left behind", path.display());
+}
