@@ -426,9 +426,14 @@ impl Session {
                 return Ok(Answer::Continue);
             }
         }
+        let domain = copy.domain().map(i32::from)?;
+        // TCP (or MPTCP, Go's default for listeners since 1.24), not SCTP.
+        let protocol = copy.protocol()?.map_or(0, i32::from);
         let app = AppSocket {
-            domain: copy.domain().map(i32::from)?,
-            stream: copy.r#type()? == Type::STREAM,
+            domain,
+            stream: copy.r#type()? == Type::STREAM
+                && (domain == libc::AF_UNIX
+                    || matches!(protocol, 0 | libc::IPPROTO_TCP | libc::IPPROTO_MPTCP)),
             v6only: copy.domain()? == Domain::IPV6 && copy.only_v6().unwrap_or(false),
         };
         let held: Vec<Held> = self.table.lock().iter().map(|e| e.held.clone()).collect();

@@ -802,3 +802,39 @@ asyncio.run(main())
     // The file relaunch made is removed on exit like the first one.
     assert!(!path.exists(), "{} left behind", path.display());
 }
+
+/// Go 1.24's listeners are MPTCP sockets where the kernel has MPTCP: they
+/// get the TCP listener like any other.
+#[test]
+fn an_mptcp_socket_gets_the_tcp_listener() {
+    if !python_ready() {
+        return;
+    }
+    let mptcp = std::fs::read_to_string("/proc/sys/net/mptcp/enabled");
+    if mptcp.map(|v| v.trim() != "1").unwrap_or(true) {
+        eprintln!("intercept mptcp: NOT RUN: this kernel has MPTCP off");
+        return;
+    }
+    let dir = TempDir::new("ic-mptcp");
+    let body = r#"
+class Server(socketserver.TCPServer):
+    def __init__(self, *args):
+        super().__init__(*args, bind_and_activate=False)
+        self.socket.close()
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)  # IPPROTO_MPTCP
+        self.server_bind()
+        self.server_activate()
+
+server = Server(("127.0.0.1", int(sys.argv[1])), Handler)
+stop_on_term(server)
+server.serve_forever()
+"#;
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start(&["-l", &held, "--", "python3", &app(&dir, body), &p]);
+    let (_, client) = split(&wait_serving(([127, 0, 0, 1], port).into()));
+    assert_eq!(client, "127.0.0.1");
+    r.log.wait("itself: it got relaunch's socket", T);
+    assert_full_backlog(port);
+}
