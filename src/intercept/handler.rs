@@ -408,16 +408,13 @@ impl Session {
             asked = Asked::Unix(full.as_os_str().as_bytes().to_vec());
         }
         let copy = take_fd(tgid, fd)?;
-        if self
+        let ours = self
             .table
-            .index_of_inode(nix::sys::stat::fstat(copy.as_fd())?.st_ino)
-            .is_some()
-        {
-            // Bound already (it is ours): what the kernel says to a second bind.
-            return Ok(Answer::Errno(libc::EINVAL));
-        }
+            .index_of_inode(nix::sys::stat::fstat(copy.as_fd())?.st_ino);
         // Bound already: the kernel's EINVAL, not ours to change.
-        if let Ok(local) = copy.local_addr() {
+        if let Ok(local) = copy.local_addr()
+            && ours.is_none()
+        {
             let bound = match local.as_socket() {
                 Some(a) => a.port() != 0,
                 None => !local.is_unnamed(),
@@ -438,6 +435,15 @@ impl Session {
         };
         let held: Vec<Held> = self.table.lock().iter().map(|e| e.held.clone()).collect();
         let decision = decide(app, &asked, &held);
+        if let Some(i) = ours {
+            // A bind a signal restarted after we answered its first try: done
+            // already. Any other bind of a bound socket: the kernel's EINVAL.
+            return Ok(if decision == Decision::Give(i) {
+                Answer::Value(0)
+            } else {
+                Answer::Errno(libc::EINVAL)
+            });
+        }
         let index = match decision {
             Decision::Continue => return Ok(Answer::Continue),
             Decision::Give(index) => index,

@@ -838,3 +838,37 @@ server.serve_forever()
     r.log.wait("itself: it got relaunch's socket", T);
     assert_full_backlog(port);
 }
+
+/// A bind that a signal interrupts after relaunch put its socket in place is
+/// restarted by the kernel on the socket it now is: it must succeed, not
+/// fail with EINVAL. (The same call made twice shows it without the race.)
+#[test]
+fn a_restarted_bind_of_the_held_address_succeeds() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-rebind");
+    let body = r#"
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.bind(("127.0.0.1", int(sys.argv[1])))
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1]) + 1))
+    print("a bind elsewhere worked", file=sys.stderr, flush=True)
+except OSError as e:
+    print(f"a bind elsewhere: errno {e.errno}", file=sys.stderr, flush=True)
+s.listen(5)
+while True:
+    c, a = s.accept()
+    with c:
+        c.recv(1000)
+        c.sendall(answer(a[0]))
+"#;
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start(&["-l", &held, "--", "python3", &app(&dir, body), &p]);
+    wait_serving(([127, 0, 0, 1], port).into());
+    r.log
+        .wait(&format!("a bind elsewhere: errno {}", libc::EINVAL), T);
+}
