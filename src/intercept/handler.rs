@@ -19,13 +19,15 @@ use tracing::{debug, info, warn};
 use super::{AppSocket, Asked, Decision, Held, HeldAddr, decide, parse_sockaddr, shown, shown_ip};
 use crate::plan::spec::{Addr, Host};
 use crate::proc;
-use crate::sockets::Listener;
+use crate::sockets::{Listener, file};
 
 /// The sockets relaunch holds, shared by every child's handler thread and
 /// the driver (which places them at fd 3.. for each child).
 pub struct Table {
     entries: Mutex<Vec<Entry>>,
     backlog: i32,
+    /// A generation has served (been ready) since start.
+    served: AtomicBool,
 }
 
 struct Entry {
@@ -33,6 +35,40 @@ struct Entry {
     socket: Arc<Socket>,
     held: Held,
     inode: u64,
+    /// A Unix socket file relaunch bound: recreated if an app deletes it.
+    file: Option<UnixFile>,
+}
+
+/// A Unix socket file, as relaunch made it.
+struct UnixFile {
+    path: std::path::PathBuf,
+    /// (device, inode) of the file that is relaunch's now.
+    identity: (u64, u64),
+    access: file::Access,
+    /// The file of a rebind, removed on exit if still ours (the first one
+    /// belongs to the driver's listener).
+    made: Option<file::SocketFile>,
+}
+
+impl UnixFile {
+    fn of(addr: Option<&Addr>) -> Option<UnixFile> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(Addr::Unix(path)) = addr else {
+            return None;
+        };
+        let m = std::fs::symlink_metadata(path).ok()?;
+        let mine = |id: u32, me: u32| (id != me).then_some(id);
+        Some(UnixFile {
+            path: std::path::absolute(path).ok()?,
+            identity: (m.dev(), m.ino()),
+            access: file::Access {
+                mode: m.mode() & 0o7777,
+                owner: mine(m.uid(), nix::unistd::geteuid().as_raw()),
+                group: mine(m.gid(), nix::unistd::getegid().as_raw()),
+            },
+            made: None,
+        })
+    }
 }
 
 impl Table {
@@ -50,11 +86,13 @@ impl Table {
                 socket: Arc::new(socket),
                 held: Held { addr, movable },
                 inode,
+                file: UnixFile::of(l.addr.as_ref()),
             });
         }
         Ok(Arc::new(Table {
             entries: Mutex::new(entries),
             backlog,
+            served: AtomicBool::new(false),
         }))
     }
 
@@ -74,8 +112,18 @@ impl Table {
 
     /// A generation serves: from now on, binds must match what is held.
     pub fn pin(&self) {
+        self.served.store(true, Ordering::Relaxed);
         for e in self.lock().iter_mut() {
             e.held.movable = false;
+        }
+    }
+
+    /// Removes the socket files of rebinds that are still ours (on exit).
+    pub fn remove_files(&self) {
+        for e in self.lock().iter_mut() {
+            if let Some(f) = &mut e.file {
+                f.made = None;
+            }
         }
     }
 
@@ -360,16 +408,13 @@ impl Session {
             asked = Asked::Unix(full.as_os_str().as_bytes().to_vec());
         }
         let copy = take_fd(tgid, fd)?;
-        if self
+        let ours = self
             .table
-            .index_of_inode(nix::sys::stat::fstat(copy.as_fd())?.st_ino)
-            .is_some()
-        {
-            // Bound already (it is ours): what the kernel says to a second bind.
-            return Ok(Answer::Errno(libc::EINVAL));
-        }
+            .index_of_inode(nix::sys::stat::fstat(copy.as_fd())?.st_ino);
         // Bound already: the kernel's EINVAL, not ours to change.
-        if let Ok(local) = copy.local_addr() {
+        if let Ok(local) = copy.local_addr()
+            && ours.is_none()
+        {
             let bound = match local.as_socket() {
                 Some(a) => a.port() != 0,
                 None => !local.is_unnamed(),
@@ -378,13 +423,27 @@ impl Session {
                 return Ok(Answer::Continue);
             }
         }
+        let domain = copy.domain().map(i32::from)?;
+        // TCP (or MPTCP, Go's default for listeners since 1.24), not SCTP.
+        let protocol = copy.protocol()?.map_or(0, i32::from);
         let app = AppSocket {
-            domain: copy.domain().map(i32::from)?,
-            stream: copy.r#type()? == Type::STREAM,
+            domain,
+            stream: copy.r#type()? == Type::STREAM
+                && (domain == libc::AF_UNIX
+                    || matches!(protocol, 0 | libc::IPPROTO_TCP | libc::IPPROTO_MPTCP)),
             v6only: copy.domain()? == Domain::IPV6 && copy.only_v6().unwrap_or(false),
         };
         let held: Vec<Held> = self.table.lock().iter().map(|e| e.held.clone()).collect();
         let decision = decide(app, &asked, &held);
+        if let Some(i) = ours {
+            // A bind a signal restarted after we answered its first try: done
+            // already. Any other bind of a bound socket: the kernel's EINVAL.
+            return Ok(if decision == Decision::Give(i) {
+                Answer::Value(0)
+            } else {
+                Answer::Errno(libc::EINVAL)
+            });
+        }
         let index = match decision {
             Decision::Continue => return Ok(Answer::Continue),
             Decision::Give(index) => index,
@@ -413,6 +472,13 @@ impl Session {
                 return Ok(Answer::Errno(libc::EADDRINUSE));
             }
         };
+        if let Err(e) = self.refile(index, tgid) {
+            warn!(
+                "{}: cannot bind its socket file again ({e}); the app gets the socket, but \
+                 clients cannot reach it by that path",
+                self.table.lock()[index].name
+            );
+        }
         let socket = {
             let mut entries = self.table.lock();
             let e = &mut entries[index];
@@ -500,6 +566,58 @@ impl Session {
             movable: false,
         };
         e.socket = Arc::new(new);
+        Ok(())
+    }
+
+    /// Many servers (asyncio's among them) delete a stale socket file before
+    /// binding, and with it relaunch's. Then relaunch binds a new socket
+    /// there, with the old file's mode and owner, and gives that one; the old
+    /// socket serves on in the processes that hold it until they stop.
+    fn refile(&self, index: usize, tgid: i32) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let mut entries = self.table.lock();
+        let e = &mut entries[index];
+        let Some(f) = &mut e.file else {
+            return Ok(());
+        };
+        match std::fs::symlink_metadata(&f.path) {
+            Ok(m) if (m.dev(), m.ino()) == f.identity => return Ok(()),
+            Ok(_) => {
+                return Err(io::Error::other(format!(
+                    "{} is now another file, not relaunch's socket",
+                    f.path.display()
+                )));
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+        let label = format!("unix:{}", f.path.display());
+        let role = file::Role {
+            label: &label,
+            elsewhere: "choose another path",
+            in_use: "stop that process or choose another path",
+        };
+        let (socket, made) =
+            file::bind(&f.path, &f.access, &role).map_err(|err| io::Error::other(err.msg))?;
+        socket.listen(self.table.backlog)?;
+        info!(
+            "{}: pid {tgid} ({}) deleted relaunch's socket file {} before binding it: relaunch \
+             bound a new socket there and gives it that one",
+            e.name,
+            proc::comm(tgid),
+            f.path.display()
+        );
+        // Before any generation served, nobody accepts on the old socket:
+        // what waits there is reset rather than left hanging. Later, the
+        // generation that serves it drains it until it stops.
+        if !self.table.served.load(Ordering::Relaxed) {
+            // SAFETY: shutdown on our own socket.
+            unsafe { libc::shutdown(e.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        f.identity = made.identity();
+        f.made = Some(made);
+        e.inode = nix::sys::stat::fstat(socket.as_fd())?.st_ino;
+        e.socket = Arc::new(socket);
         Ok(())
     }
 

@@ -142,6 +142,9 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     let mut sup = Supervisor::new(driver, cfg);
     let result = event_loop(&mut sup, signals, control, notify_rx, Arc::new(inodes)).await;
     reaper::end_orphans(stop_signal, stop_timeout).await;
+    if let Some(t) = &sup.os.intercept {
+        t.remove_files();
+    }
     result
 }
 
@@ -313,6 +316,15 @@ impl Os for Driver {
         env.push(("RELAUNCH_WORKER".into(), worker.to_string().into()));
         let ticks = reaper::boot_ticks();
         let held = self.intercept.as_ref().map(|t| t.sockets());
+        // A socket interception rebound replaces ours, so the old one closes.
+        for (l, h) in self.listeners.iter_mut().zip(held.iter().flatten()) {
+            let inode = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).ok().map(|s| s.st_ino);
+            if inode(l.socket.as_fd()) != inode(h.as_fd())
+                && let Ok(copy) = h.try_clone()
+            {
+                l.socket = copy;
+            }
+        }
         let fds: Vec<BorrowedFd<'_>> = match &held {
             Some(held) => held.iter().map(|s| s.as_fd()).collect(),
             None => self.listeners.iter().map(|l| l.socket.as_fd()).collect(),

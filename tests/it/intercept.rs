@@ -745,3 +745,130 @@ server.serve_forever()
         "{failed:?}"
     );
 }
+
+/// asyncio deletes a socket file it finds at its path before binding, and
+/// so deletes relaunch's: relaunch binds a new one there and gives it that.
+#[test]
+fn an_app_that_deletes_the_socket_file_first_still_gets_one() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-asyncio-unix");
+    let body = r#"
+import asyncio
+
+async def handle(reader, writer):
+    while (await reader.readline()).strip():
+        pass
+    writer.write(answer("unix"))
+    await writer.drain()
+    writer.close()
+
+async def main():
+    server = await asyncio.start_unix_server(handle, sys.argv[1])
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with server:
+        await stop.wait()
+
+asyncio.run(main())
+"#;
+    let script = app(&dir, body);
+    let path = dir.join("app.sock");
+    let spec = format!("unix:{}", path.display());
+    let mut r = Relaunch::start(&[
+        "-l",
+        &spec,
+        "--",
+        "python3",
+        &script,
+        path.to_str().unwrap(),
+    ]);
+    let first = wait_for("an answer on app.sock", T, || get_unix(&path).ok());
+    r.log.wait("deleted relaunch's socket file", T);
+    r.log.wait("itself: it got relaunch's socket", T);
+    r.signal(libc::SIGHUP);
+    r.log.wait("reload done", T);
+    wait_for("the new generation on app.sock", T, || {
+        get_unix(&path).ok().filter(|b| *b != first)
+    });
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+    assert!(
+        !r.log.text().contains("did not stop within"),
+        "{}",
+        r.log.text()
+    );
+    // The file relaunch made is removed on exit like the first one.
+    assert!(!path.exists(), "{} left behind", path.display());
+}
+
+/// Go 1.24's listeners are MPTCP sockets where the kernel has MPTCP: they
+/// get the TCP listener like any other.
+#[test]
+fn an_mptcp_socket_gets_the_tcp_listener() {
+    if !python_ready() {
+        return;
+    }
+    let mptcp = std::fs::read_to_string("/proc/sys/net/mptcp/enabled");
+    if mptcp.map(|v| v.trim() != "1").unwrap_or(true) {
+        eprintln!("intercept mptcp: NOT RUN: this kernel has MPTCP off");
+        return;
+    }
+    let dir = TempDir::new("ic-mptcp");
+    let body = r#"
+class Server(socketserver.TCPServer):
+    def __init__(self, *args):
+        super().__init__(*args, bind_and_activate=False)
+        self.socket.close()
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)  # IPPROTO_MPTCP
+        self.server_bind()
+        self.server_activate()
+
+server = Server(("127.0.0.1", int(sys.argv[1])), Handler)
+stop_on_term(server)
+server.serve_forever()
+"#;
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start(&["-l", &held, "--", "python3", &app(&dir, body), &p]);
+    let (_, client) = split(&wait_serving(([127, 0, 0, 1], port).into()));
+    assert_eq!(client, "127.0.0.1");
+    r.log.wait("itself: it got relaunch's socket", T);
+    assert_full_backlog(port);
+}
+
+/// A bind that a signal interrupts after relaunch put its socket in place is
+/// restarted by the kernel on the socket it now is: it must succeed, not
+/// fail with EINVAL. (The same call made twice shows it without the race.)
+#[test]
+fn a_restarted_bind_of_the_held_address_succeeds() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-rebind");
+    let body = r#"
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.bind(("127.0.0.1", int(sys.argv[1])))
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1]) + 1))
+    print("a bind elsewhere worked", file=sys.stderr, flush=True)
+except OSError as e:
+    print(f"a bind elsewhere: errno {e.errno}", file=sys.stderr, flush=True)
+s.listen(5)
+while True:
+    c, a = s.accept()
+    with c:
+        c.recv(1000)
+        c.sendall(answer(a[0]))
+"#;
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start(&["-l", &held, "--", "python3", &app(&dir, body), &p]);
+    wait_serving(([127, 0, 0, 1], port).into());
+    r.log
+        .wait(&format!("a bind elsewhere: errno {}", libc::EINVAL), T);
+}
