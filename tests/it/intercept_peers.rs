@@ -408,3 +408,21 @@ fn a_self_binding_child_gets_the_hint_once() {
     assert_eq!(r.log.count(HINT), 1, "{}", r.log.text());
     assert_eq!(r.log.count("got relaunch's socket"), 0, "{}", r.log.text());
 }
+
+/// --no-intercept with the static Go binary: today's behaviour, EADDRINUSE
+/// from its own bind, and the hint.
+#[test]
+fn no_intercept_gives_the_go_binary_addr_in_use_and_the_hint() {
+    let Some(server) = go_server() else {
+        return;
+    };
+    let port = free_port();
+    let p = port.to_string();
+    let bin = server.display().to_string();
+    let r = Relaunch::start(&["--no-intercept", "--port", &p, "--", &bin, &p]);
+    r.log.wait("address already in use", T);
+    r.log.wait(HINT, T);
+    r.log.wait_n("restarting in", 2, T);
+    assert_eq!(r.log.count(HINT), 1, "{}", r.log.text());
+    assert_eq!(r.log.count("got relaunch's socket"), 0, "{}", r.log.text());
+}
