@@ -784,6 +784,7 @@ impl<O: Os> Supervisor<O> {
                 duration::human(KILL_GRACE)
             );
             self.children.retain(|c| c.pid != pid);
+            self.sweeps_asked += 1;
             self.released(generation);
             self.settle(now);
         }
