@@ -800,8 +800,8 @@ impl<O: Os> Supervisor<O> {
             }
             warn!(
                 pid,
-                "pid {pid} ({cmd}) left its child's process group and outlived that child; \
-                 sending {}, SIGKILL after {}",
+                "pid {pid} ({cmd}) escaped the process group of a child that is over or being \
+                 stopped (setsid, a double fork); sending {}, SIGKILL after {}",
                 sig.as_str(),
                 duration::human(self.cfg.stop_timeout)
             );
