@@ -537,6 +537,7 @@ impl<O: Os> Supervisor<O> {
                 message: r.message.clone(),
                 seconds_ago: now.saturating_duration_since(r.at).as_secs_f64(),
             }),
+            escaped: self.escaped().collect(),
         }
     }
 

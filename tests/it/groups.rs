@@ -143,6 +143,7 @@ fn escaped_pid(path: &std::path::Path) -> i32 {
 #[test]
 fn reload_ends_a_process_that_escaped_the_old_group() {
     let dir = TempDir::new("escape");
+    let control = dir.join("ctl.sock");
     let r = Relaunch::start_with(
         Command::new(relaunch_bin())
             .env("ESCAPED", dir.join("g1"))
@@ -152,7 +153,9 @@ fn reload_ends_a_process_that_escaped_the_old_group() {
                 "--ready",
                 "delay:200ms",
                 "--stop-timeout",
-                "1s",
+                "3s",
+                "--control",
+                control.to_str().unwrap(),
                 "--",
                 "sh",
                 "-c",
@@ -165,13 +168,20 @@ fn reload_ends_a_process_that_escaped_the_old_group() {
     assert_ne!(proc_pgrp(escaped), old, "it left the group");
     let sighup = Instant::now();
     r.signal(libc::SIGHUP);
+    // While it is being stopped, `relaunch status` says so.
+    let shown = wait_for("status showing the escaped process", T, || {
+        let s = status(&control);
+        s.contains("escaped").then_some(s)
+    });
+    assert!(shown.contains(&escaped.to_string()), "{shown}");
+    assert!(shown.contains("reloading"), "{shown}");
     r.log.wait("reload done", T);
     assert!(
         !pid_alive(escaped),
         "reload declared done while escaped pid {escaped} of generation 1 runs"
     );
     assert!(
-        sighup.elapsed() >= Duration::from_secs(1),
+        sighup.elapsed() >= Duration::from_secs(3),
         "the TERM-ignoring escaped process can only be gone after --stop-timeout (SIGKILL)"
     );
     r.log
