@@ -187,6 +187,7 @@ pub fn start(table: Arc<Table>) -> io::Result<OwnedFd> {
                     table,
                     said: HashSet::new(),
                     errors: HashSet::new(),
+                    private: Vec::new(),
                 }
                 .serve(&notify);
             }
@@ -269,6 +270,8 @@ struct Session {
     said: HashSet<(i32, usize, u8)>,
     /// Syscalls whose failure to be looked at was said already.
     errors: HashSet<i32>,
+    /// The sockets put in place of a shut-down held one, by inode.
+    private: Vec<(u64, Socket)>,
 }
 
 const SAID_GIVEN: u8 = 0;
@@ -639,7 +642,15 @@ impl Session {
         tid: i32,
         fd: i32,
     ) -> io::Result<Answer> {
-        let Some((tgid, index, copy)) = self.held_index(tid, fd)? else {
+        let tgid = proc::tgid(tid).ok_or_else(gone)?;
+        let copy = take_fd(tgid, fd)?;
+        let inode = nix::sys::stat::fstat(copy.as_fd())?.st_ino;
+        // The call again on the socket we put there (a signal restarted it
+        // after we answered): done already.
+        if self.private.iter().any(|(ino, _)| *ino == inode) {
+            return Ok(Answer::Value(0));
+        }
+        let Some(index) = self.table.index_of_inode(inode) else {
             return Ok(Answer::Continue);
         };
         let private = Socket::new(copy.domain()?, Type::STREAM, None)?;
@@ -650,6 +661,9 @@ impl Session {
             .unwrap_or(true);
         id_valid(notify, req.id)?;
         add_fd(notify, req.id, private.as_fd(), fd, cloexec)?;
+        // Kept open, so its inode number stays its own.
+        let private_inode = nix::sys::stat::fstat(private.as_fd())?.st_ino;
+        self.private.push((private_inode, private));
         if self.said.insert((tgid, index, SAID_SHUTDOWN)) {
             info!(
                 "pid {tgid} ({}) shut down relaunch's socket (its fd {fd}): it got a closed \

@@ -872,3 +872,34 @@ while True:
     r.log
         .wait(&format!("a bind elsewhere: errno {}", libc::EINVAL), T);
 }
+
+/// shutdown() of the held socket, restarted by a signal after relaunch put
+/// a private socket in its place, succeeds (the same call twice shows it);
+/// the app's accept then ends, and relaunch's listener still listens.
+#[test]
+fn a_restarted_shutdown_of_the_held_socket_succeeds() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-reshut");
+    let body = r#"
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(5)
+s.shutdown(socket.SHUT_RDWR)
+s.shutdown(socket.SHUT_RDWR)
+try:
+    s.accept()
+except OSError as e:
+    print(f"accept after shutdown: errno {e.errno}", file=sys.stderr, flush=True)
+signal.pause()
+"#;
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start(&["-l", &held, "--", "python3", &app(&dir, body), &p]);
+    r.log
+        .wait(&format!("accept after shutdown: errno {}", libc::EINVAL), T);
+    r.log.wait("shut down relaunch's socket", T);
+    assert_full_backlog(port);
+}
