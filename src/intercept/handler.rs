@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use socket2::{Domain, Socket, Type};
 use tracing::{debug, info, warn};
@@ -169,7 +169,13 @@ static REFUSED_SAID: AtomicBool = AtomicBool::new(false);
 /// returns the child's end of the pair it arrives on (for
 /// [`super::filter::install`]). Started before the fork, so the child's fd
 /// always has a reader.
-pub fn start(table: Arc<Table>) -> io::Result<OwnedFd> {
+/// A held socket's listen() is told on `listened` as (the child's pid, how),
+/// once the driver has put the child's pid in `leader`.
+pub fn start(
+    table: Arc<Table>,
+    leader: Arc<OnceLock<i32>>,
+    listened: Listened,
+) -> io::Result<OwnedFd> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
@@ -185,6 +191,8 @@ pub fn start(table: Arc<Table>) -> io::Result<OwnedFd> {
                 drop(ours);
                 Session {
                     table,
+                    leader,
+                    listened: Some(listened),
                     said: HashSet::new(),
                     errors: HashSet::new(),
                     private: Vec::new(),
@@ -263,9 +271,16 @@ fn refused_line(errno: i32) -> String {
     )
 }
 
+/// Where a held socket's listen() is told: (the child's pid, how).
+pub type Listened = tokio::sync::mpsc::UnboundedSender<(i32, String)>;
+
 /// One child's process tree.
 struct Session {
     table: Arc<Table>,
+    /// The child's pid, set by the driver right after the fork.
+    leader: Arc<OnceLock<i32>>,
+    /// Taken at the first listen() of a held socket: said once.
+    listened: Option<Listened>,
     /// (pid, what) already logged, so each is said once per child.
     said: HashSet<(i32, usize, u8)>,
     /// Syscalls whose failure to be looked at was said already.
@@ -626,10 +641,20 @@ impl Session {
 
     /// listen() on a held socket: done already, with relaunch's backlog.
     fn listen(&mut self, tid: i32, fd: i32) -> io::Result<Answer> {
-        if self.held_index(tid, fd)?.is_some() {
-            return Ok(Answer::Value(0));
+        let Some((tgid, _, _)) = self.held_index(tid, fd)? else {
+            return Ok(Answer::Continue);
+        };
+        // A readiness hint for --ready auto where /proc is out of sight.
+        if let Some(&leader) = self.leader.get()
+            && let Some(tx) = self.listened.take()
+        {
+            let how = format!(
+                "pid {tgid} ({}) called listen() on relaunch's socket",
+                proc::comm(tgid)
+            );
+            let _ = tx.send((leader, how));
         }
-        Ok(Answer::Continue)
+        Ok(Answer::Value(0))
     }
 
     /// shutdown() on a held socket never runs: the app's fd becomes a

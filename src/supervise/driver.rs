@@ -1,7 +1,8 @@
 //! `relaunch [OPTIONS] -- COMMAND`: gathers the listeners, then drives the
 //! supervisor from one event loop. Signals, the reaper, exec status pipes,
-//! notify datagrams, control requests, timers, and (only while a generation
-//! is starting) the /proc readiness scan become [`Event`]s for
+//! notify datagrams, control requests, timers, a held socket's listen() seen
+//! by bind interception, and (only while a generation is starting) the
+//! /proc readiness scan become [`Event`]s for
 //! [`Supervisor::handle`]; the driver carries out the [`Effect`]s it returns.
 //! Nothing on the loop blocks: forks happen here (PR_SET_PDEATHSIG follows
 //! the forking thread), /proc is read on the blocking pool. Idle, it sleeps
@@ -97,6 +98,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     };
 
     let (notify_tx, notify_rx) = mpsc::unbounded_channel();
+    let (listened_tx, listened_rx) = mpsc::unbounded_channel();
     let stop_signal = plan.stop_signal;
     let stop_timeout = plan.stop_timeout;
     let ready = plan.ready;
@@ -117,6 +119,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         env: child.env,
         listeners,
         intercept,
+        listened: listened_tx,
         notify: HashMap::new(),
         notify_tx,
         systemd,
@@ -141,6 +144,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         signals,
         control,
         notify_rx,
+        listened_rx,
         Arc::new(inodes),
         auto,
     )
@@ -166,6 +170,8 @@ struct Driver {
     /// Under `--port` it may rebind one where the app binds: children get
     /// their fds from here.
     intercept: Option<Arc<intercept::handler::Table>>,
+    /// Where interception tells a held socket's listen() (a readiness hint).
+    listened: intercept::handler::Listened,
     /// One notify socket per generation; the task forwards its datagrams.
     notify: HashMap<u64, (String, tokio::task::JoinHandle<()>)>,
     notify_tx: mpsc::UnboundedSender<(u64, Message)>,
@@ -302,8 +308,13 @@ impl Os for Driver {
             None => self.listeners.iter().map(|l| l.socket.as_fd()).collect(),
         };
         // The thread that will answer this child's binds, started before the fork.
+        let leader = Arc::new(std::sync::OnceLock::new());
         let watch = match &self.intercept {
-            Some(t) => match intercept::handler::start(Arc::clone(t)) {
+            Some(t) => match intercept::handler::start(
+                Arc::clone(t),
+                Arc::clone(&leader),
+                self.listened.clone(),
+            ) {
                 Ok(fd) => Some(fd),
                 Err(e) => {
                     warn!(
@@ -326,6 +337,7 @@ impl Os for Driver {
             intercept: watch.as_ref().map(|fd| fd.as_fd()),
         })?;
         drop(watch);
+        let _ = leader.set(spawned.pid);
         // SAFETY: the watch owns its fd and never swaps it, so the fd stays
         // open and the same for the AsyncFd's whole life.
         match unsafe { AsyncFd::register_with_interest(spawned.exec, Interest::READABLE) } {
@@ -381,6 +393,7 @@ async fn event_loop(
     signals: Signals,
     control: Option<control::Server>,
     mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
+    mut listened_rx: mpsc::UnboundedReceiver<(i32, String)>,
     mut inodes: Arc<HashSet<u64>>,
     auto: bool,
 ) -> Result<i32> {
@@ -447,6 +460,7 @@ async fn event_loop(
             Some(inc) = recv_control(&mut control_rx) => {
                 vec![Event::Control { request: inc.request, reply: inc.reply }]
             }
+            Some((pid, how)) = listened_rx.recv() => vec![Event::Listened { pid, how }],
             Some((generation, msg)) = notify_rx.recv() => handle_notify(sup, generation, msg).into_iter().collect(),
             (pid, status) = exec_reported(&sup.os.execs) => {
                 sup.os.execs.remove(&pid);

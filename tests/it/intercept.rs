@@ -903,3 +903,46 @@ signal.pause()
     r.log.wait("shut down relaunch's socket", T);
     assert_full_backlog(port);
 }
+
+/// Where the /proc scan is blind (here: an io_uring instance, whose waits
+/// /proc cannot show), the app's listen() on the held socket tells
+/// `--ready auto` it is ready, instead of --ready-timeout.
+#[test]
+fn a_listen_seen_by_interception_makes_a_blind_child_ready() {
+    if !python_ready() {
+        return;
+    }
+    let uring_off = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map(|v| v.trim() != "0")
+        .unwrap_or(false);
+    if uring_off {
+        eprintln!("intercept listen hint: NOT RUN: io_uring is disabled here");
+        return;
+    }
+    let dir = TempDir::new("ic-listen-hint");
+    let body = r#"
+import ctypes, time
+params = ctypes.create_string_buffer(120)
+ring = ctypes.CDLL(None, use_errno=True).syscall(425, 8, params)  # io_uring_setup
+assert ring >= 0, ctypes.get_errno()
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(5)
+time.sleep(120)  # busy elsewhere: nothing for the scan to see
+"#;
+    let port = free_port();
+    let held = format!("127.0.0.1:{port}");
+    let r = Relaunch::start(&[
+        "-l",
+        &held,
+        "--",
+        "python3",
+        &app(&dir, body),
+        &port.to_string(),
+    ]);
+    let line = r.log.wait("ready after", T);
+    assert!(
+        line.contains("called listen() on relaunch's socket"),
+        "{line}"
+    );
+}
