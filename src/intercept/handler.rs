@@ -1,8 +1,9 @@
-//! Answers the trapped calls of one child's process tree, on a thread of its
-//! own: reading the target's memory, /proc and pidfds may block, and the
-//! event loop must not. Every notification gets an answer (CONTINUE, a
-//! value, or an errno): an error on our side lets the real call run and is
-//! logged.
+//! The OS side of interception: the [`Table`] of held sockets, shared with
+//! the driver, and a thread per child ([`start`]) that answers the trapped
+//! calls of that child's process tree. A thread, because reading the
+//! target's memory, /proc and pidfds may block, and the event loop must not.
+//! Every notification gets an answer (CONTINUE, a value, or an errno): an
+//! error on our side lets the real call run and is logged.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -57,14 +58,15 @@ impl UnixFile {
             return None;
         };
         let m = std::fs::symlink_metadata(path).ok()?;
-        let mine = |id: u32, me: u32| (id != me).then_some(id);
+        // chown only what is not ours already (so a non-root relaunch can).
+        let other = |id: u32, me: u32| (id != me).then_some(id);
         Some(UnixFile {
             path: std::path::absolute(path).ok()?,
             identity: (m.dev(), m.ino()),
             access: file::Access {
                 mode: m.mode() & 0o7777,
-                owner: mine(m.uid(), nix::unistd::geteuid().as_raw()),
-                group: mine(m.gid(), nix::unistd::getegid().as_raw()),
+                owner: other(m.uid(), nix::unistd::geteuid().as_raw()),
+                group: other(m.gid(), nix::unistd::getegid().as_raw()),
             },
             made: None,
         })
