@@ -38,6 +38,8 @@ struct Entry {
     inode: u64,
     /// A Unix socket file relaunch bound: recreated if an app deletes it.
     file: Option<UnixFile>,
+    /// Where `--port`'s socket moved to, in spec form.
+    moved: Option<String>,
 }
 
 /// A Unix socket file, as relaunch made it.
@@ -89,6 +91,7 @@ impl Table {
                 held: Held { addr, movable },
                 inode,
                 file: UnixFile::of(l.addr.as_ref()),
+                moved: None,
             });
         }
         Ok(Arc::new(Table {
@@ -118,6 +121,11 @@ impl Table {
         for e in self.lock().iter_mut() {
             e.held.movable = false;
         }
+    }
+
+    /// Per listener, where interception moved it (`--port`), if it did.
+    pub fn moved(&self) -> Vec<Option<String>> {
+        self.lock().iter().map(|e| e.moved.clone()).collect()
     }
 
     /// Removes the socket files of rebinds that are still ours (on exit).
@@ -586,6 +594,7 @@ impl Session {
             movable: false,
         };
         e.socket = Arc::new(new);
+        e.moved = Some(shown(&Asked::Inet(at)));
         Ok(())
     }
 

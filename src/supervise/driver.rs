@@ -218,7 +218,22 @@ impl Driver {
     }
 
     fn perform(&mut self, effects: Vec<Effect>) {
-        for effect in effects {
+        for mut effect in effects {
+            // Interception under --port may have moved a listener.
+            if let (
+                Effect::Reply {
+                    response: Response::Status(status),
+                    ..
+                },
+                Some(t),
+            ) = (&mut effect, &self.intercept)
+            {
+                for (l, moved) in status.listeners.iter_mut().zip(t.moved()) {
+                    if let Some(address) = moved {
+                        l.address = address;
+                    }
+                }
+            }
             match effect {
                 Effect::Signal { pgid, sig } => {
                     match killpg(Pid::from_raw(pgid), sig) {

@@ -563,9 +563,16 @@ fn a_bare_port_takes_the_address_the_app_binds() {
         return;
     }
     let port = free_port();
+    let ctl_dir = TempDir::new("ic-loopback-ctl");
+    let ctl = ctl_dir.join("ctl.sock");
     let (r, _dir) = bind_under(
         "ic-loopback",
-        &["--port", &port.to_string()],
+        &[
+            "--port",
+            &port.to_string(),
+            "--control",
+            ctl.to_str().unwrap(),
+        ],
         "AF_INET",
         "127.0.0.1",
         port,
@@ -581,6 +588,17 @@ fn a_bare_port_takes_the_address_the_app_binds() {
     assert!(
         found.len() == 1 && found[0].0.contains(&format!("127.0.0.1:{port}")),
         "{found:?}"
+    );
+    // `relaunch status` shows where it moved.
+    let out = Command::new(relaunch_bin())
+        .args(["status", "--json", "--control", ctl.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["listeners"][0]["address"],
+        format!("127.0.0.1:{port}"),
+        "{status:#}"
     );
 }
 
