@@ -381,6 +381,20 @@ for s in servers:
         assert_full_backlog(port);
         assert_no_reuseport(addr);
     }
+    // kill -9: both held ports keep every connection for the restarted app.
+    let a: SocketAddr = ([127, 0, 0, 1], p1).into();
+    let first = wait_serving(a);
+    let loads: Vec<Load> = [p1, p2]
+        .iter()
+        .map(|&p| Load::start(([127, 0, 0, 1], p).into(), 3))
+        .collect();
+    unsafe { libc::kill(split(&first).0, libc::SIGKILL) };
+    wait_new_pid(a, &first);
+    for load in loads {
+        let rep = load.finish();
+        assert!(rep.ok > 0);
+        assert_eq!(rep.refused + rep.timeout, 0, "{:?}", rep.errors);
+    }
     let loads: Vec<Load> = [p1, p2]
         .iter()
         .map(|&p| Load::start(([127, 0, 0, 1], p).into(), 3))
