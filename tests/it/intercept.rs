@@ -978,3 +978,23 @@ time.sleep(120)  # busy elsewhere: nothing for the scan to see
         "{line}"
     );
 }
+
+/// `--no-intercept`: the child binds as it would without relaunch, and a
+/// held port is in use.
+#[test]
+fn no_intercept_leaves_the_bind_to_the_kernel() {
+    if !python_ready() {
+        return;
+    }
+    let port = free_port();
+    let held = format!("127.0.0.1:{port}");
+    let (r, _dir) = bind_under(
+        "ic-off",
+        &["-l", &held, "--no-intercept", "--restart", "never"],
+        "AF_INET",
+        "127.0.0.1",
+        port,
+    );
+    r.log.wait("Address already in use", T);
+    assert!(!r.log.text().contains("itself"), "{}", r.log.text());
+}
