@@ -1,8 +1,9 @@
-//! Answers the trapped calls of one child's process tree, on a thread of its
-//! own: reading the target's memory, /proc and pidfds may block, and the
-//! event loop must not. Every notification gets an answer (CONTINUE, a
-//! value, or an errno): an error on our side lets the real call run and is
-//! logged.
+//! The OS side of interception: the [`Table`] of held sockets, shared with
+//! the driver, and a thread per child ([`start`]) that answers the trapped
+//! calls of that child's process tree. A thread, because reading the
+//! target's memory, /proc and pidfds may block, and the event loop must not.
+//! Every notification gets an answer (CONTINUE, a value, or an errno): an
+//! error on our side lets the real call run and is logged.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -11,7 +12,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use socket2::{Domain, Socket, Type};
 use tracing::{debug, info, warn};
@@ -37,6 +38,8 @@ struct Entry {
     inode: u64,
     /// A Unix socket file relaunch bound: recreated if an app deletes it.
     file: Option<UnixFile>,
+    /// Where `--port`'s socket moved to, in spec form.
+    moved: Option<String>,
 }
 
 /// A Unix socket file, as relaunch made it.
@@ -57,14 +60,15 @@ impl UnixFile {
             return None;
         };
         let m = std::fs::symlink_metadata(path).ok()?;
-        let mine = |id: u32, me: u32| (id != me).then_some(id);
+        // chown only what is not ours already (so a non-root relaunch can).
+        let other = |id: u32, me: u32| (id != me).then_some(id);
         Some(UnixFile {
             path: std::path::absolute(path).ok()?,
             identity: (m.dev(), m.ino()),
             access: file::Access {
                 mode: m.mode() & 0o7777,
-                owner: mine(m.uid(), nix::unistd::geteuid().as_raw()),
-                group: mine(m.gid(), nix::unistd::getegid().as_raw()),
+                owner: other(m.uid(), nix::unistd::geteuid().as_raw()),
+                group: other(m.gid(), nix::unistd::getegid().as_raw()),
             },
             made: None,
         })
@@ -87,6 +91,7 @@ impl Table {
                 held: Held { addr, movable },
                 inode,
                 file: UnixFile::of(l.addr.as_ref()),
+                moved: None,
             });
         }
         Ok(Arc::new(Table {
@@ -116,6 +121,11 @@ impl Table {
         for e in self.lock().iter_mut() {
             e.held.movable = false;
         }
+    }
+
+    /// Per listener, where interception moved it (`--port`), if it did.
+    pub fn moved(&self) -> Vec<Option<String>> {
+        self.lock().iter().map(|e| e.moved.clone()).collect()
     }
 
     /// Removes the socket files of rebinds that are still ours (on exit).
@@ -169,7 +179,13 @@ static REFUSED_SAID: AtomicBool = AtomicBool::new(false);
 /// returns the child's end of the pair it arrives on (for
 /// [`super::filter::install`]). Started before the fork, so the child's fd
 /// always has a reader.
-pub fn start(table: Arc<Table>) -> io::Result<OwnedFd> {
+/// A held socket's listen() is told on `listened` as (the child's pid, how),
+/// once the driver has put the child's pid in `leader`.
+pub fn start(
+    table: Arc<Table>,
+    leader: Arc<OnceLock<i32>>,
+    listened: Listened,
+) -> io::Result<OwnedFd> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
@@ -185,8 +201,11 @@ pub fn start(table: Arc<Table>) -> io::Result<OwnedFd> {
                 drop(ours);
                 Session {
                     table,
+                    leader,
+                    listened: Some(listened),
                     said: HashSet::new(),
                     errors: HashSet::new(),
+                    private: Vec::new(),
                 }
                 .serve(&notify);
             }
@@ -262,13 +281,22 @@ fn refused_line(errno: i32) -> String {
     )
 }
 
+/// Where a held socket's listen() is told: (the child's pid, how).
+pub type Listened = tokio::sync::mpsc::UnboundedSender<(i32, String)>;
+
 /// One child's process tree.
 struct Session {
     table: Arc<Table>,
+    /// The child's pid, set by the driver right after the fork.
+    leader: Arc<OnceLock<i32>>,
+    /// Taken at the first listen() of a held socket: said once.
+    listened: Option<Listened>,
     /// (pid, what) already logged, so each is said once per child.
     said: HashSet<(i32, usize, u8)>,
     /// Syscalls whose failure to be looked at was said already.
     errors: HashSet<i32>,
+    /// The sockets put in place of a shut-down held one, by inode.
+    private: Vec<(u64, Socket)>,
 }
 
 const SAID_GIVEN: u8 = 0;
@@ -566,6 +594,7 @@ impl Session {
             movable: false,
         };
         e.socket = Arc::new(new);
+        e.moved = Some(shown(&Asked::Inet(at)));
         Ok(())
     }
 
@@ -623,10 +652,20 @@ impl Session {
 
     /// listen() on a held socket: done already, with relaunch's backlog.
     fn listen(&mut self, tid: i32, fd: i32) -> io::Result<Answer> {
-        if self.held_index(tid, fd)?.is_some() {
-            return Ok(Answer::Value(0));
+        let Some((tgid, _, _)) = self.held_index(tid, fd)? else {
+            return Ok(Answer::Continue);
+        };
+        // A readiness hint for --ready auto where /proc is out of sight.
+        if let Some(&leader) = self.leader.get()
+            && let Some(tx) = self.listened.take()
+        {
+            let how = format!(
+                "pid {tgid} ({}) called listen() on relaunch's socket",
+                proc::comm(tgid)
+            );
+            let _ = tx.send((leader, how));
         }
-        Ok(Answer::Continue)
+        Ok(Answer::Value(0))
     }
 
     /// shutdown() on a held socket never runs: the app's fd becomes a
@@ -639,7 +678,15 @@ impl Session {
         tid: i32,
         fd: i32,
     ) -> io::Result<Answer> {
-        let Some((tgid, index, copy)) = self.held_index(tid, fd)? else {
+        let tgid = proc::tgid(tid).ok_or_else(gone)?;
+        let copy = take_fd(tgid, fd)?;
+        let inode = nix::sys::stat::fstat(copy.as_fd())?.st_ino;
+        // The call again on the socket we put there (a signal restarted it
+        // after we answered): done already.
+        if self.private.iter().any(|(ino, _)| *ino == inode) {
+            return Ok(Answer::Value(0));
+        }
+        let Some(index) = self.table.index_of_inode(inode) else {
             return Ok(Answer::Continue);
         };
         let private = Socket::new(copy.domain()?, Type::STREAM, None)?;
@@ -650,6 +697,9 @@ impl Session {
             .unwrap_or(true);
         id_valid(notify, req.id)?;
         add_fd(notify, req.id, private.as_fd(), fd, cloexec)?;
+        // Kept open, so its inode number stays its own.
+        let private_inode = nix::sys::stat::fstat(private.as_fd())?.st_ino;
+        self.private.push((private_inode, private));
         if self.said.insert((tgid, index, SAID_SHUTDOWN)) {
             info!(
                 "pid {tgid} ({}) shut down relaunch's socket (its fd {fd}): it got a closed \

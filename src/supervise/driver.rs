@@ -1,7 +1,8 @@
 //! `relaunch [OPTIONS] -- COMMAND`: gathers the listeners, then drives the
 //! supervisor from one event loop. Signals, the reaper, exec status pipes,
-//! notify datagrams, control requests, timers, and (only while a generation
-//! is starting) the /proc readiness scan become [`Event`]s for
+//! notify datagrams, control requests, timers, a held socket's listen() seen
+//! by bind interception, and (only while a generation is starting) the
+//! /proc readiness scan become [`Event`]s for
 //! [`Supervisor::handle`]; the driver carries out the [`Effect`]s it returns.
 //! Nothing on the loop blocks: forks happen here (PR_SET_PDEATHSIG follows
 //! the forking thread), /proc is read on the blocking pool. Idle, it sleeps
@@ -98,6 +99,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     };
 
     let (notify_tx, notify_rx) = mpsc::unbounded_channel();
+    let (listened_tx, listened_rx) = mpsc::unbounded_channel();
     let stop_signal = plan.stop_signal;
     let stop_timeout = plan.stop_timeout;
     let ready = plan.ready;
@@ -118,6 +120,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         env: child.env,
         listeners,
         intercept,
+        listened: listened_tx,
         notify: HashMap::new(),
         notify_tx,
         systemd,
@@ -140,7 +143,15 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         listeners: listener_info,
     };
     let mut sup = Supervisor::new(driver, cfg);
-    let result = event_loop(&mut sup, signals, control, notify_rx, Arc::new(inodes)).await;
+    let result = event_loop(
+        &mut sup,
+        signals,
+        control,
+        notify_rx,
+        listened_rx,
+        Arc::new(inodes),
+    )
+    .await;
     reaper::end_orphans(stop_signal, stop_timeout).await;
     if let Some(t) = &sup.os.intercept {
         t.remove_files();
@@ -181,6 +192,8 @@ struct Driver {
     /// Under `--port` it may rebind one where the app binds: children get
     /// their fds from here.
     intercept: Option<Arc<intercept::handler::Table>>,
+    /// Where interception tells a held socket's listen() (a readiness hint).
+    listened: intercept::handler::Listened,
     /// One notify socket per generation; the task forwards its datagrams.
     notify: HashMap<u64, (String, tokio::task::JoinHandle<()>)>,
     notify_tx: mpsc::UnboundedSender<(u64, Message)>,
@@ -231,7 +244,22 @@ impl Driver {
     }
 
     fn perform(&mut self, effects: Vec<Effect>) {
-        for effect in effects {
+        for mut effect in effects {
+            // Interception under --port may have moved a listener.
+            if let (
+                Effect::Reply {
+                    response: Response::Status(status),
+                    ..
+                },
+                Some(t),
+            ) = (&mut effect, &self.intercept)
+            {
+                for (l, moved) in status.listeners.iter_mut().zip(t.moved()) {
+                    if let Some(address) = moved {
+                        l.address = address;
+                    }
+                }
+            }
             match effect {
                 Effect::SignalEscaped { pid, sig } => {
                     if let Some(e) = self.escaped.get(&pid)
@@ -330,8 +358,13 @@ impl Os for Driver {
             None => self.listeners.iter().map(|l| l.socket.as_fd()).collect(),
         };
         // The thread that will answer this child's binds, started before the fork.
+        let leader = Arc::new(std::sync::OnceLock::new());
         let watch = match &self.intercept {
-            Some(t) => match intercept::handler::start(Arc::clone(t)) {
+            Some(t) => match intercept::handler::start(
+                Arc::clone(t),
+                Arc::clone(&leader),
+                self.listened.clone(),
+            ) {
                 Ok(fd) => Some(fd),
                 Err(e) => {
                     warn!(
@@ -354,6 +387,7 @@ impl Os for Driver {
             intercept: watch.as_ref().map(|fd| fd.as_fd()),
         })?;
         drop(watch);
+        let _ = leader.set(spawned.pid);
         self.spawns.record(spawned.pid, ticks);
         // SAFETY: the watch owns its fd and never swaps it, so the fd stays
         // open and the same for the AsyncFd's whole life.
@@ -410,6 +444,7 @@ async fn event_loop(
     signals: Signals,
     control: Option<control::Server>,
     mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
+    mut listened_rx: mpsc::UnboundedReceiver<(i32, String)>,
     mut inodes: Arc<HashSet<u64>>,
 ) -> Result<i32> {
     let Signals {
@@ -479,6 +514,7 @@ async fn event_loop(
             Some(inc) = recv_control(&mut control_rx) => {
                 vec![Event::Control { request: inc.request, reply: inc.reply }]
             }
+            Some((pid, how)) = listened_rx.recv() => vec![Event::Listened { pid, how }],
             Some((generation, msg)) = notify_rx.recv() => handle_notify(sup, generation, msg).into_iter().collect(),
             (pid, status) = exec_reported(&sup.os.execs) => {
                 sup.os.execs.remove(&pid);

@@ -8,7 +8,9 @@
 //! close-on-exec; fds 0-2 as relaunch has them; nothing else (everything from
 //! 3+N up is marked close-on-exec: by close_range(CLOSE_RANGE_CLOEXEC) on
 //! Linux 5.11+, else over the list of open fds taken before the fork);
-//! `LISTEN_PID` set to its own pid.
+//! `LISTEN_PID` set to its own pid; unless `--no-intercept`, the seccomp
+//! filter of bind interception, installed last, after the credential change
+//! (its notification fd goes to relaunch and is closed before exec).
 //!
 //! # Safety argument
 //!

@@ -107,6 +107,9 @@ pub enum Event {
     Ready { pid: i32, how: String },
     /// The /proc scan cannot see whether this child waits, and why.
     Blind { pid: i32, why: String },
+    /// A process of this child called listen() on a held socket (bind
+    /// interception): ready if the scan cannot see it wait.
+    Listened { pid: i32, how: String },
     /// A notify message from child `pid` (the sender already checked).
     Notify { pid: i32, notice: Notice },
     /// SIGHUP.
@@ -218,6 +221,9 @@ pub struct Child {
     pub blind: bool,
     /// The scan saw it wait on a held socket (in any `--ready` mode).
     pub seen: bool,
+    /// It called listen() on a held socket: how, for the log. With `blind`,
+    /// that counts as ready (the scan, when it sees, waits for accept).
+    pub listened: Option<String>,
     /// The leader exited like this, and its group lives on.
     pub exited: Option<ExitStatus>,
     /// The exec failed; its exit follows.
@@ -367,7 +373,8 @@ impl<O: Os> Supervisor<O> {
             }
             Event::Timer => self.on_timer(now),
             Event::Ready { pid, how } => self.seen_waiting(pid, &how, now),
-            Event::Blind { pid, why } => self.mark_blind(pid, &why),
+            Event::Blind { pid, why } => self.mark_blind(pid, &why, now),
+            Event::Listened { pid, how } => self.on_listened(pid, how, now),
             Event::Notify { pid, notice } => self.on_notice(pid, notice, now),
             Event::Reload => {
                 if let Err(e) = self.request_reload(now) {
@@ -871,7 +878,8 @@ impl<O: Os> Supervisor<O> {
     fn hint_self_bind(&mut self, i: usize, status: ExitStatus, now: Instant) {
         let c = &self.children[i];
         let lived = now.saturating_duration_since(c.started);
-        let ready = c.seen || c.ready_since.is_some();
+        // A listen() on a held socket: it got relaunch's socket, it did not fail to bind.
+        let ready = c.seen || c.ready_since.is_some() || c.listened.is_some();
         // A failed bind ends a program with a status, not a signal: a kill
         // (by an operator, the OOM killer) says nothing about binding.
         let failed = matches!(status, ExitStatus::Code(c) if c != 0);
@@ -917,7 +925,7 @@ impl<O: Os> Supervisor<O> {
     }
 
     /// Readiness of this child cannot be seen from /proc (see `ready::scan`).
-    fn mark_blind(&mut self, pid: i32, why: &str) {
+    fn mark_blind(&mut self, pid: i32, why: &str, now: Instant) {
         if !self.cfg.ready_auto {
             return;
         }
@@ -925,6 +933,10 @@ impl<O: Os> Supervisor<O> {
             && !c.blind
         {
             c.blind = true;
+            if let Some(how) = c.listened.clone() {
+                self.mark_ready(pid, &how, now);
+                return;
+            }
             // An empty reason was said once for all (no /proc at all).
             if !why.is_empty() {
                 warn!(
@@ -933,6 +945,19 @@ impl<O: Os> Supervisor<O> {
                      --ready-timeout. Use --ready delay:DURATION, or send READY=1 and use --ready notify"
                 );
             }
+        }
+    }
+
+    fn on_listened(&mut self, pid: i32, how: String, now: Instant) {
+        let Some(c) = self.child_mut(pid) else {
+            return;
+        };
+        if c.listened.is_some() {
+            return;
+        }
+        c.listened = Some(how.clone());
+        if c.blind {
+            self.mark_ready(pid, &how, now);
         }
     }
 
@@ -1115,6 +1140,7 @@ impl<O: Os> Supervisor<O> {
             status_text: None,
             blind: false,
             seen: false,
+            listened: None,
             ready_since: None,
             exited: None,
             exec_error: None,
@@ -1599,6 +1625,35 @@ mod tests {
         s.t_timer(deadline);
         assert_eq!(s.serving, 2, "promoted, not failed");
         assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
+    }
+
+    #[test]
+    fn a_listen_on_a_held_socket_is_ready_only_where_the_scan_is_blind() {
+        let listened = |s: &mut Supervisor<Fake>, pid: i32, t: Instant| {
+            let how = "pid 7 called listen() on relaunch's socket".into();
+            s.run(Event::Listened { pid, how }, t);
+        };
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        // The scan sees: it waits for the accept, a listen() is not enough.
+        s.t_reload(t0).unwrap();
+        listened(&mut s, 102, t0);
+        assert_eq!(s.serving, 1);
+        s.t_ready(102, t0);
+        assert_eq!(s.serving, 2);
+        s.t_exit(101, ExitStatus::Code(0), t0);
+        // Blind, then listen(): ready at once, not at --ready-timeout.
+        s.t_reload(t0).unwrap();
+        s.t_blind(103);
+        assert_eq!(s.serving, 2);
+        listened(&mut s, 103, t0);
+        assert_eq!(s.serving, 3);
+        s.t_exit(102, ExitStatus::Code(0), t0);
+        // listen() first, blind after: the same.
+        s.t_reload(t0).unwrap();
+        listened(&mut s, 104, t0);
+        s.t_blind(104);
+        assert_eq!(s.serving, 4);
     }
 
     #[test]
@@ -2093,6 +2148,12 @@ mod tests {
         };
         s.run(Event::Notify { pid: 101, notice }, t0);
         assert_eq!(s.to_scan(t0).count(), 0, "ready: no more scanning");
+        s.t_exit(101, ExitStatus::Code(1), t0 + ms(200));
+        assert!(!s.hinted);
+        // Called listen() on a held socket (interception gave it ours).
+        let (mut s, t0) = started(1);
+        let how = "listen".into();
+        s.run(Event::Listened { pid: 101, how }, t0);
         s.t_exit(101, ExitStatus::Code(1), t0 + ms(200));
         assert!(!s.hinted);
         // Exited 0: a finished job, not a failed bind.

@@ -381,6 +381,20 @@ for s in servers:
         assert_full_backlog(port);
         assert_no_reuseport(addr);
     }
+    // kill -9: both held ports keep every connection for the restarted app.
+    let a: SocketAddr = ([127, 0, 0, 1], p1).into();
+    let first = wait_serving(a);
+    let loads: Vec<Load> = [p1, p2]
+        .iter()
+        .map(|&p| Load::start(([127, 0, 0, 1], p).into(), 3))
+        .collect();
+    unsafe { libc::kill(split(&first).0, libc::SIGKILL) };
+    wait_new_pid(a, &first);
+    for load in loads {
+        let rep = load.finish();
+        assert!(rep.ok > 0);
+        assert_eq!(rep.refused + rep.timeout, 0, "{:?}", rep.errors);
+    }
     let loads: Vec<Load> = [p1, p2]
         .iter()
         .map(|&p| Load::start(([127, 0, 0, 1], p).into(), 3))
@@ -563,9 +577,16 @@ fn a_bare_port_takes_the_address_the_app_binds() {
         return;
     }
     let port = free_port();
+    let ctl_dir = TempDir::new("ic-loopback-ctl");
+    let ctl = ctl_dir.join("ctl.sock");
     let (r, _dir) = bind_under(
         "ic-loopback",
-        &["--port", &port.to_string()],
+        &[
+            "--port",
+            &port.to_string(),
+            "--control",
+            ctl.to_str().unwrap(),
+        ],
         "AF_INET",
         "127.0.0.1",
         port,
@@ -581,6 +602,17 @@ fn a_bare_port_takes_the_address_the_app_binds() {
     assert!(
         found.len() == 1 && found[0].0.contains(&format!("127.0.0.1:{port}")),
         "{found:?}"
+    );
+    // `relaunch status` shows where it moved.
+    let out = Command::new(relaunch_bin())
+        .args(["status", "--json", "--control", ctl.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["listeners"][0]["address"],
+        format!("127.0.0.1:{port}"),
+        "{status:#}"
     );
 }
 
@@ -871,4 +903,98 @@ while True:
     wait_serving(([127, 0, 0, 1], port).into());
     r.log
         .wait(&format!("a bind elsewhere: errno {}", libc::EINVAL), T);
+}
+
+/// shutdown() of the held socket, restarted by a signal after relaunch put
+/// a private socket in its place, succeeds (the same call twice shows it);
+/// the app's accept then ends, and relaunch's listener still listens.
+#[test]
+fn a_restarted_shutdown_of_the_held_socket_succeeds() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-reshut");
+    let body = r#"
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(5)
+s.shutdown(socket.SHUT_RDWR)
+s.shutdown(socket.SHUT_RDWR)
+try:
+    s.accept()
+except OSError as e:
+    print(f"accept after shutdown: errno {e.errno}", file=sys.stderr, flush=True)
+signal.pause()
+"#;
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start(&["-l", &held, "--", "python3", &app(&dir, body), &p]);
+    r.log
+        .wait(&format!("accept after shutdown: errno {}", libc::EINVAL), T);
+    r.log.wait("shut down relaunch's socket", T);
+    assert_full_backlog(port);
+}
+
+/// Where the /proc scan is blind (here: an io_uring instance, whose waits
+/// /proc cannot show), the app's listen() on the held socket tells
+/// `--ready auto` it is ready, instead of --ready-timeout.
+#[test]
+fn a_listen_seen_by_interception_makes_a_blind_child_ready() {
+    if !python_ready() {
+        return;
+    }
+    let uring_off = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map(|v| v.trim() != "0")
+        .unwrap_or(false);
+    if uring_off {
+        eprintln!("intercept listen hint: NOT RUN: io_uring is disabled here");
+        return;
+    }
+    let dir = TempDir::new("ic-listen-hint");
+    let body = r#"
+import ctypes, time
+params = ctypes.create_string_buffer(120)
+ring = ctypes.CDLL(None, use_errno=True).syscall(425, 8, params)  # io_uring_setup
+assert ring >= 0, ctypes.get_errno()
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(5)
+time.sleep(120)  # busy elsewhere: nothing for the scan to see
+"#;
+    let port = free_port();
+    let held = format!("127.0.0.1:{port}");
+    let r = Relaunch::start(&[
+        "-l",
+        &held,
+        "--",
+        "python3",
+        &app(&dir, body),
+        &port.to_string(),
+    ]);
+    let line = r.log.wait("ready after", T);
+    assert!(
+        line.contains("called listen() on relaunch's socket"),
+        "{line}"
+    );
+}
+
+/// `--no-intercept`: the child binds as it would without relaunch, and a
+/// held port is in use.
+#[test]
+fn no_intercept_leaves_the_bind_to_the_kernel() {
+    if !python_ready() {
+        return;
+    }
+    let port = free_port();
+    let held = format!("127.0.0.1:{port}");
+    let (r, _dir) = bind_under(
+        "ic-off",
+        &["-l", &held, "--no-intercept", "--restart", "never"],
+        "AF_INET",
+        "127.0.0.1",
+        port,
+    );
+    r.log.wait("Address already in use", T);
+    assert!(!r.log.text().contains("itself"), "{}", r.log.text());
 }
