@@ -462,7 +462,7 @@ impl Session {
             v6only: copy.domain()? == Domain::IPV6 && copy.only_v6().unwrap_or(false),
         };
         let held: Vec<Held> = self.table.lock().iter().map(|e| e.held.clone()).collect();
-        let decision = decide(app, &asked, &held);
+        let mut decision = decide(app, &asked, &held);
         if let Some(i) = ours {
             // A bind a signal restarted after we answered its first try: done
             // already. Any other bind of a bound socket: the kernel's EINVAL.
@@ -476,7 +476,26 @@ impl Session {
             Decision::Continue => return Ok(Answer::Continue),
             Decision::Give(index) => index,
             Decision::Move { index, at } => match self.relocate(index, at, app) {
-                Ok(()) => index,
+                Ok(true) => index,
+                // Another worker's bind moved it first: decide again.
+                Ok(false) => {
+                    let held: Vec<Held> =
+                        self.table.lock().iter().map(|e| e.held.clone()).collect();
+                    decision = decide(app, &asked, &held);
+                    match decision {
+                        Decision::Give(index) => index,
+                        _ => {
+                            warn!(
+                                "pid {tgid} ({}) binds {} itself, but another process of this \
+                                 child moved relaunch's listener elsewhere first: its bind \
+                                 fails with EADDRINUSE",
+                                proc::comm(tgid),
+                                shown(&asked)
+                            );
+                            return Ok(Answer::Errno(libc::EADDRINUSE));
+                        }
+                    }
+                }
                 Err(e) => {
                     warn!(
                         "pid {tgid} ({}) binds {} itself and relaunch could not move its \
@@ -550,11 +569,12 @@ impl Session {
     /// `--port`: relaunch's socket is rebound where the first app binds,
     /// in its family. The old one stops listening first (the two would
     /// clash), so connections queued on it that instant are reset.
-    fn relocate(&self, index: usize, at: SocketAddr, app: AppSocket) -> io::Result<()> {
+    /// Ok(false): it is not movable any more (another bind came first).
+    fn relocate(&self, index: usize, at: SocketAddr, app: AppSocket) -> io::Result<bool> {
         let mut entries = self.table.lock();
         let e = &mut entries[index];
         if !e.held.movable {
-            return Err(io::Error::other("another process took it first"));
+            return Ok(false);
         }
         let HeldAddr::Tcp(old, _) = e.held.addr else {
             return Err(io::Error::other("not a TCP listener"));
@@ -595,7 +615,7 @@ impl Session {
         };
         e.socket = Arc::new(new);
         e.moved = Some(shown(&Asked::Inet(at)));
-        Ok(())
+        Ok(true)
     }
 
     /// Many servers (asyncio's among them) delete a stale socket file before

@@ -516,6 +516,59 @@ mod tests {
         }
 
         #[test]
+        fn a_decision_never_breaks_the_rules(
+            app_v6 in any::<bool>(),
+            v6only in any::<bool>(),
+            asked_at in 0usize..6,
+            port in 0u16..3,
+            held_at in proptest::collection::vec((0usize..6, 1u16..3, any::<bool>()), 0..4),
+        ) {
+            let ips: [IpAddr; 6] = [
+                Ipv4Addr::UNSPECIFIED.into(),
+                Ipv4Addr::LOCALHOST.into(),
+                Ipv6Addr::UNSPECIFIED.into(),
+                Ipv6Addr::LOCALHOST.into(),
+                Ipv4Addr::LOCALHOST.to_ipv6_mapped().into(),
+                Ipv4Addr::new(10, 0, 0, 1).into(),
+            ];
+            let app = AppSocket {
+                domain: if app_v6 { libc::AF_INET6 } else { libc::AF_INET },
+                stream: true,
+                v6only: app_v6 && v6only,
+            };
+            let asked = SocketAddr::new(ips[asked_at], port);
+            let held: Vec<Held> = held_at
+                .iter()
+                .map(|&(i, p, movable)| {
+                    let at = SocketAddr::new(ips[i], p);
+                    let v6only = at.is_ipv6() && !at.ip().is_unspecified();
+                    Held { addr: HeldAddr::Tcp(at, v6only), movable }
+                })
+                .collect();
+            let d = decide(app, &Asked::Inet(asked), &held);
+            if port == 0 || app_v6 != asked.is_ipv6() {
+                prop_assert_eq!(&d, &Decision::Continue);
+            }
+            match d {
+                Decision::Give(i) => {
+                    let HeldAddr::Tcp(at, _) = held[i].addr else { unreachable!() };
+                    prop_assert_eq!(at.port(), port);
+                    // An IPv4 socket never gets an IPv6 one.
+                    prop_assert!(app_v6 || at.is_ipv4());
+                    // Never wider than asked: a wildcard only for a wildcard.
+                    prop_assert!(!at.ip().is_unspecified() || asked.ip().is_unspecified()
+                        || asked.ip() == IpAddr::from(Ipv4Addr::UNSPECIFIED.to_ipv6_mapped()));
+                }
+                Decision::Move { index, at } => {
+                    prop_assert!(held[index].movable);
+                    prop_assert_eq!(at, asked);
+                }
+                Decision::Refuse { index, .. } => prop_assert!(!held[index].movable),
+                Decision::Continue => {}
+            }
+        }
+
+        #[test]
         fn every_ipv4_sockaddr_reads_back(ip in any::<[u8; 4]>(), port in any::<u16>()) {
             prop_assert_eq!(
                 parse_sockaddr(&v4(ip, port)),

@@ -998,3 +998,29 @@ fn no_intercept_leaves_the_bind_to_the_kernel() {
     r.log.wait("Address already in use", T);
     assert!(!r.log.text().contains("itself"), "{}", r.log.text());
 }
+
+/// `--workers`: every worker binds the port at about the same moment; the
+/// first moves `--port`'s socket where it binds, the others get that one.
+#[test]
+fn workers_binding_at_once_all_get_the_socket() {
+    if !python_ready() {
+        return;
+    }
+    let port = free_port();
+    let p = port.to_string();
+    let dashboard = example_src("dashboard.py");
+    let r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .args(["--port", &p, "--workers", "4", "--"])
+            .args(["python3", dashboard.to_str().unwrap()])
+            .env("PORT", &p),
+    );
+    r.log.wait_n("itself: it got relaunch's socket", 4, T);
+    let log = r.log.text();
+    assert_eq!(r.log.count("now holds 0.0.0.0:"), 1, "{log}");
+    assert!(
+        !log.contains("EADDRINUSE") && !log.contains("exited"),
+        "{log}"
+    );
+    assert_full_backlog(port);
+}
