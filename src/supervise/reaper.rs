@@ -206,7 +206,7 @@ pub struct Leftover {
 /// The processes under relaunch that escaped a child's group and that no
 /// running child owns, with everything under them. `children`: the leaders
 /// of every child relaunch still tracks (their groups are signalled as
-/// groups); `ending`: those already being ended. Reads /proc: call it off
+/// groups) and relaunch's own helpers; `ending`: those already being ended. Reads /proc: call it off
 /// the event loop.
 pub fn find_leftovers(
     spawns: &Spawns,

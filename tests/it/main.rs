@@ -16,4 +16,5 @@ mod servers;
 mod systemd;
 mod units;
 mod util;
+mod watch;
 mod who;
