@@ -93,6 +93,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_listen_pid: bool,
 
+    /// Do not intercept the child's own bind() of a held address (by default it gets relaunch's socket instead of 'address already in use')
+    #[arg(long)]
+    pub no_intercept: bool,
+
     /// listen(2) backlog for stream sockets [default: SOMAXCONN]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
     pub backlog: Option<i32>,

@@ -126,6 +126,47 @@ pub fn status_uid(status: &str) -> Option<u32> {
     ids.next().unwrap_or(real).parse().ok()
 }
 
+/// The environment a process's program was exec'd with, NUL-separated
+/// (`/proc/PID/environ`; it needs ptrace-level access). None when unreadable.
+pub fn environ(pid: i32) -> Option<Vec<u8>> {
+    fs::read(format!("/proc/{pid}/environ")).ok()
+}
+
+/// `NAME=value` entries, NUL-separated; the first one named `name` wins, as
+/// getenv(3) does.
+pub fn env_lookup(raw: &[u8], name: &str) -> Option<String> {
+    raw.split(|&b| b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        String::from_utf8(value.to_vec()).ok()
+    })
+}
+
+/// The thread group (process) a thread id belongs to.
+pub fn tgid(tid: i32) -> Option<i32> {
+    status_tgid(&fs::read_to_string(format!("/proc/{tid}/status")).ok()?)
+}
+
+/// `Tgid:` from `/proc/TID/status`.
+pub fn status_tgid(status: &str) -> Option<i32> {
+    let line = status.lines().find(|l| l.starts_with("Tgid:"))?;
+    line["Tgid:".len()..].trim().parse().ok()
+}
+
+/// The command name (`/proc/PID/comm`), "?" when gone.
+pub fn comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Whether the fd is close-on-exec, from `/proc/PID/fdinfo/FD` (`flags:`
+/// in octal, O_CLOEXEC among them).
+pub fn fdinfo_cloexec(fdinfo: &str) -> Option<bool> {
+    let line = fdinfo.lines().find(|l| l.starts_with("flags:"))?;
+    let flags = u32::from_str_radix(line["flags:".len()..].trim(), 8).ok()?;
+    Some(flags & libc::O_CLOEXEC as u32 != 0)
+}
+
 /// `/proc/PID/mem` at `addr` (for kernels without process_vm_readv).
 pub fn read_mem(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
@@ -803,6 +844,25 @@ impl Pidfd {
         Pidfd(fd)
     }
 
+    /// pidfd_send_signal(2): signals this process, never a reused pid.
+    pub fn signal(&self, sig: i32) -> io::Result<()> {
+        // SAFETY: the fd is valid for our lifetime; no siginfo.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     /// Whether the process still exists (running, or a zombie not yet
     /// reaped): then its pid has not been reused, and what /proc showed under
     /// that pid a moment ago was this process.
@@ -826,6 +886,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn environ_entries() {
+        let raw = b"A=1\0LISTEN_PID=42\0LISTEN_PIDX=7\0LISTEN_PID=9\0B\0";
+        assert_eq!(env_lookup(raw, "LISTEN_PID").as_deref(), Some("42"));
+        assert_eq!(env_lookup(raw, "A").as_deref(), Some("1"));
+        assert_eq!(env_lookup(raw, "B"), None);
+        assert_eq!(env_lookup(b"", "A"), None);
+        assert_eq!(env_lookup(b"A=\xff\0", "A"), None);
+    }
+
+    #[test]
     fn stat_lines() {
         let line = |comm: &str, state: &str, ppid: &str| {
             format!(
@@ -843,6 +913,21 @@ mod tests {
         // Cut short before the start time.
         assert_eq!(parse_stat("42 (sh) S 7 42 42 0 -1"), None);
         assert_eq!(parse_stat(&line("x", "S", "seven")), None);
+    }
+
+    #[test]
+    fn tgid_and_cloexec_lines() {
+        assert_eq!(
+            status_tgid("Name:\tx\nTgid:\t1234\nPid:\t1240\n"),
+            Some(1234)
+        );
+        assert_eq!(status_tgid("Tgid: x"), None);
+        assert_eq!(status_tgid(""), None);
+        assert_eq!(fdinfo_cloexec("pos:\t0\nflags:\t02000002\n"), Some(true));
+        assert_eq!(fdinfo_cloexec("flags:\t04002\n"), Some(false));
+        assert_eq!(fdinfo_cloexec("flags:\t9\n"), None);
+        let me = std::process::id() as i32;
+        assert_eq!(tgid(me), Some(me));
     }
 
     #[test]

@@ -148,7 +148,7 @@ impl Server {
     /// still name to be removed: what the next image needs (see
     /// `supervise::handover`).
     pub fn handover(&self) -> (RawFd, PathBuf, (u64, u64)) {
-        let (path, identity) = self._file.identity();
+        let (path, identity) = self._file.path_identity();
         (self.listener.as_raw_fd(), path, identity)
     }
 

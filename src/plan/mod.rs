@@ -91,6 +91,8 @@ pub struct Plan {
     /// The child's environment before the per-listener variables.
     env: Vec<(OsString, OsString)>,
     pub listen_pid: bool,
+    /// Give a child that binds a held address the held socket.
+    pub intercept: bool,
     pub creds: Option<Credentials>,
     pub backlog: i32,
     pub restart: Restart,
@@ -119,6 +121,18 @@ pub struct Plan {
 pub struct Planned {
     pub name: String,
     pub source: Source,
+}
+
+impl Planned {
+    /// A TCP port on every interface (`--port P`, `-l P`): the app decides
+    /// the address, relaunch only the port.
+    pub fn bare_port(&self) -> bool {
+        matches!(
+            &self.source,
+            Source::Bind { spec, .. }
+                if matches!(spec.addr, Addr::Inet { proto: Proto::Tcp, host: Host::Any, .. })
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +236,7 @@ pub fn make(
             .collect::<Result<_>>()?,
         env: child_env,
         listen_pid: !args.no_listen_pid,
+        intercept: !args.no_intercept,
         creds: run_as.map(|r| r.creds),
         backlog: args.backlog.unwrap_or(libc::SOMAXCONN),
         restart: options::parse_restart(&args.restart)?,

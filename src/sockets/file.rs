@@ -56,13 +56,18 @@ pub struct SocketFile {
 
 impl SocketFile {
     /// The path and the (device, inode) it must still name to be removed.
-    pub fn identity(&self) -> (PathBuf, (u64, u64)) {
+    pub fn path_identity(&self) -> (PathBuf, (u64, u64)) {
         (self.path.clone(), self.identity)
     }
 
     /// A file an earlier image of relaunch created (see `supervise::handover`).
     pub fn adopt(path: PathBuf, identity: (u64, u64)) -> SocketFile {
         SocketFile { path, identity }
+    }
+
+    /// (device, inode) of the file relaunch created.
+    pub fn identity(&self) -> (u64, u64) {
+        self.identity
     }
 }
 

@@ -1,7 +1,8 @@
 //! `relaunch [OPTIONS] -- COMMAND`: gathers the listeners, then drives the
 //! supervisor from one event loop. Signals, the reaper, exec status pipes,
-//! notify datagrams, control requests, timers, and (only while a generation
-//! is starting) the /proc readiness scan become [`Event`]s for
+//! notify datagrams, control requests, timers, a held socket's listen() seen
+//! by bind interception, and (only while a generation is starting) the
+//! /proc readiness scan become [`Event`]s for
 //! [`Supervisor::handle`]; the driver carries out the [`Effect`]s it returns.
 //! Nothing on the loop blocks: forks happen here (PR_SET_PDEATHSIG follows
 //! the forking thread), /proc is read on the blocking pool. Idle, it sleeps
@@ -42,6 +43,7 @@ use tracing::{debug, error, info, warn};
 use crate::cli::RunArgs;
 use crate::control::{self, Incoming, Response};
 use crate::error::{Error, Result};
+use crate::intercept;
 use crate::plan::options::{self, ReadyMode};
 use crate::plan::placeholders::Named;
 use crate::plan::{self, Snapshot};
@@ -143,8 +145,22 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         .iter()
         .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
         .collect();
+    let intercept_remedy = Some(intercept_remedy(plan.intercept, &listeners));
+    let intercept = if plan.intercept {
+        let movable: Vec<bool> = plan.listeners.iter().map(|p| p.bare_port()).collect();
+        match intercept::handler::Table::new(&listeners, &movable, plan.backlog) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn!("bind interception is off: cannot prepare the held sockets: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     let (notify_tx, notify_rx) = mpsc::unbounded_channel();
+    let (listened_tx, listened_rx) = mpsc::unbounded_channel();
     let stop_signal = plan.stop_signal;
     let stop_timeout = plan.stop_timeout;
     let ready = plan.ready;
@@ -165,6 +181,8 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         creds: plan.creds,
         env: child.env,
         listeners,
+        intercept,
+        listened: listened_tx,
         notify: HashMap::new(),
         notify_tx,
         systemd,
@@ -172,10 +190,11 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         execs: HashMap::new(),
         control: control_fd,
         ports_file,
-        auto: ready == ReadyMode::Auto,
         quiet: args.quiet,
         upgrade: None,
         asked: None,
+        spawns: reaper::Spawns::default(),
+        escaped: HashMap::new(),
         build_cmd: plan.watch.as_ref().and_then(|w| w.build.clone()),
         build_env,
         build: None,
@@ -190,7 +209,9 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             ReadyMode::Delay(d) => Some(d),
             _ => None,
         },
+        ready_auto: ready == ReadyMode::Auto,
         ready_timeout: plan.ready_timeout,
+        intercept_remedy,
         listeners: listener_info,
         watch: plan.watch.as_ref().map(|w| WatchConfig {
             debounce: w.debounce,
@@ -208,6 +229,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         signals,
         control_rx,
         notify_rx,
+        listened_rx,
         Arc::new(inodes),
         gauge,
     )
@@ -216,6 +238,9 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         w.end();
     }
     reaper::end_orphans(stop_signal, stop_timeout).await;
+    if let Some(t) = &sup.os.intercept {
+        t.remove_files();
+    }
     result
 }
 
@@ -274,7 +299,6 @@ pub struct Saved {
     env: Vec<(OsString, OsString)>,
     /// relaunch's own NOTIFY_SOCKET.
     notify_socket: Option<OsString>,
-    auto: bool,
     quiet: bool,
     ports_file: Option<handover::OwnedPath>,
 }
@@ -343,6 +367,7 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
         }
     });
     let (notify_tx, notify_rx) = mpsc::unbounded_channel();
+    let (listened_tx, listened_rx) = mpsc::unbounded_channel();
     let mut driver = Driver {
         systemd: Systemd::from_env(saved.notify_socket.as_deref()),
         program: saved.program,
@@ -359,10 +384,14 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
         ports_file: saved
             .ports_file
             .map(|f| sockets::PortsFile::adopt(f.path, f.identity)),
-        auto: saved.auto,
         quiet: saved.quiet,
         upgrade: None,
         asked: None,
+        spawns: reaper::Spawns::default(),
+        escaped: HashMap::new(),
+        // Never with bind interception (an upgrade is refused there).
+        intercept: None,
+        listened: listened_tx,
         // Never under --watch (an upgrade is refused there).
         build_cmd: None,
         build_env: Vec::new(),
@@ -437,7 +466,8 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
     }
     // Children that ended during the exec are zombies by now.
     let events = reap(&mut sup.os);
-    for ev in events.into_iter().chain(group_check(&sup)) {
+    let gone = group_check(&mut sup);
+    for ev in events.into_iter().chain(gone) {
         let fx = sup.handle(ev, Instant::now());
         apply(&mut sup, fx);
     }
@@ -448,12 +478,32 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
         signals,
         control_rx,
         notify_rx,
+        listened_rx,
         Arc::new(inodes),
         None,
     )
     .await;
     reaper::end_orphans(stop_signal, stop_timeout).await;
     result
+}
+
+/// The hint's first remedy (see `Supervisor`), by why bind interception did
+/// not hand the child its socket.
+fn intercept_remedy(on: bool, listeners: &[Listener]) -> String {
+    if !on {
+        return "drop --no-intercept, so that the app's own bind() gets relaunch's socket".into();
+    }
+    let streams = listeners
+        .iter()
+        .any(|l| l.socket.r#type().is_ok_and(|t| t == socket2::Type::STREAM));
+    if !streams {
+        return "bind interception covers TCP and Unix stream listeners only".into();
+    }
+    "where the kernel or a policy refused interception (said above: Linux 5.9 or later is \
+     needed, and no other seccomp notifier over relaunch) fix that; an app that binds through io_uring \
+     (IORING_OP_BIND) or binds another address than relaunch holds is not given the socket: \
+     bind with bind(2), exactly the address relaunch holds"
+        .into()
 }
 
 /// Carries out the supervisor's effects and turns the world into events.
@@ -466,6 +516,12 @@ struct Driver {
     /// Everything but LISTEN_PID, NOTIFY_SOCKET and RELAUNCH_WORKER.
     env: Vec<(OsString, OsString)>,
     listeners: Vec<Listener>,
+    /// The held sockets as bind interception sees them (None: --no-intercept).
+    /// Under `--port` it may rebind one where the app binds: children get
+    /// their fds from here.
+    intercept: Option<Arc<intercept::handler::Table>>,
+    /// Where interception tells a held socket's listen() (a readiness hint).
+    listened: intercept::handler::Listened,
     /// One notify socket per generation; the task forwards its datagrams.
     notify: HashMap<u64, (Arc<NotifySocket>, tokio::task::JoinHandle<()>)>,
     notify_tx: mpsc::UnboundedSender<(u64, Message)>,
@@ -478,13 +534,15 @@ struct Driver {
     control: Option<handover::FileFd>,
     /// Removed when the driver is dropped (relaunch's end), not at an upgrade.
     ports_file: Option<sockets::PortsFile>,
-    /// `--ready auto`: the /proc scan runs while a generation starts.
-    auto: bool,
     quiet: bool,
     /// The new binary's handshake, while it runs.
     upgrade: Option<upgrade::Check>,
     /// An upgrade the supervisor allowed, for the loop to start.
     asked: Option<(Option<PathBuf>, Option<control::Reply>)>,
+    /// Every child started, for telling whose an escaped process is.
+    spawns: reaper::Spawns,
+    /// Handles on the escaped processes the supervisor is ending.
+    escaped: HashMap<i32, reaper::Escaped>,
     /// `--build`, run by `sh -c`.
     build_cmd: Option<String>,
     /// The children's environment without the sockets' variables.
@@ -602,6 +660,7 @@ impl Watcher {
             fds: &[],
             listen_pid: false,
             creds: None,
+            intercept: None,
             stdio: Some((null.as_fd(), write.as_fd(), stderr.as_fd())),
         })
         .map_err(|e| Error::runtime(format!("--watch: {e}")))?;
@@ -790,7 +849,7 @@ impl Driver {
                 name: l.name.clone(),
                 fd: l.socket.as_raw_fd(),
                 file: l.file().map(|f| {
-                    let (path, identity) = f.identity();
+                    let (path, identity) = f.path_identity();
                     handover::OwnedPath { path, identity }
                 }),
             })
@@ -816,7 +875,6 @@ impl Driver {
             creds: self.creds.clone(),
             env: self.env.clone(),
             notify_socket: self.notify_socket.clone(),
-            auto: self.auto,
             quiet: self.quiet,
             ports_file: self.ports_file.as_ref().map(|p| {
                 let (path, identity) = p.identity();
@@ -834,8 +892,31 @@ impl Driver {
     }
 
     fn perform(&mut self, effects: Vec<Effect>) {
-        for effect in effects {
+        for mut effect in effects {
+            // Interception under --port may have moved a listener.
+            if let (
+                Effect::Reply {
+                    response: Response::Status(status),
+                    ..
+                },
+                Some(t),
+            ) = (&mut effect, &self.intercept)
+            {
+                for (l, moved) in status.listeners.iter_mut().zip(t.moved()) {
+                    if let Some(address) = moved {
+                        l.address = address;
+                    }
+                }
+            }
             match effect {
+                Effect::SignalEscaped { pid, sig } => {
+                    if let Some(e) = self.escaped.get(&pid)
+                        && let Err(err) = e.signal(sig)
+                        && err.raw_os_error() != Some(libc::ESRCH)
+                    {
+                        warn!(pid, "cannot send {} to pid {pid}: {err}", sig.as_str());
+                    }
+                }
                 Effect::Signal { pgid, sig } => {
                     match killpg(Pid::from_raw(pgid), sig) {
                         Ok(()) => {}
@@ -852,6 +933,11 @@ impl Driver {
                     }
                 }
                 Effect::Tell(tell) => {
+                    if matches!(tell, Tell::Ready(_))
+                        && let Some(t) = &self.intercept
+                    {
+                        t.pin();
+                    }
                     if matches!(tell, Tell::Ready(_)) {
                         // Now serving, likely to idle: what start-up or the
                         // reload freed goes back to the kernel (glibc would
@@ -915,7 +1001,41 @@ impl Os for Driver {
             Err(e) => warn!(generation, "cannot create a notify socket: {e}"),
         }
         env.push(("RELAUNCH_WORKER".into(), worker.to_string().into()));
-        let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.socket.as_fd()).collect();
+        let ticks = reaper::boot_ticks();
+        let held = self.intercept.as_ref().map(|t| t.sockets());
+        // A socket interception rebound replaces ours, so the old one closes.
+        for (l, h) in self.listeners.iter_mut().zip(held.iter().flatten()) {
+            let inode = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).ok().map(|s| s.st_ino);
+            if inode(l.socket.as_fd()) != inode(h.as_fd())
+                && let Ok(copy) = h.try_clone()
+            {
+                l.socket = copy;
+            }
+        }
+        let fds: Vec<BorrowedFd<'_>> = match &held {
+            Some(held) => held.iter().map(|s| s.as_fd()).collect(),
+            None => self.listeners.iter().map(|l| l.socket.as_fd()).collect(),
+        };
+        // The thread that will answer this child's binds, started before the fork.
+        let leader = Arc::new(std::sync::OnceLock::new());
+        let watch = match &self.intercept {
+            Some(t) => match intercept::handler::start(
+                Arc::clone(t),
+                Arc::clone(&leader),
+                self.listened.clone(),
+            ) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    warn!(
+                        generation,
+                        "cannot start bind interception for this child ({e}): if it binds a \
+                         held port itself it gets 'address already in use'"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         let spawned = spawn::spawn(&spawn::Request {
             program: &self.program,
             args: &self.args,
@@ -923,8 +1043,12 @@ impl Os for Driver {
             fds: &fds,
             listen_pid: self.listen_pid,
             creds: self.creds.as_ref(),
+            intercept: watch.as_ref().map(|fd| fd.as_fd()),
             stdio: None,
         })?;
+        drop(watch);
+        let _ = leader.set(spawned.pid);
+        self.spawns.record(spawned.pid, ticks);
         self.watch_exec(spawned.pid, spawned.exec);
         Ok(spawned.pid)
     }
@@ -949,6 +1073,7 @@ impl Os for Driver {
             fds: &[],
             listen_pid: false,
             creds: self.creds.as_ref(),
+            intercept: None,
             stdio: Some((null.as_fd(), write.as_fd(), write.as_fd())),
         })?;
         drop(write);
@@ -1023,18 +1148,22 @@ async fn event_loop(
     mut signals: Signals,
     mut control_rx: Option<mpsc::Receiver<Incoming>>,
     mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
-    inodes: Arc<HashSet<u64>>,
+    mut listened_rx: mpsc::UnboundedReceiver<(i32, String)>,
+    mut inodes: Arc<HashSet<u64>>,
     gauge: Option<Arc<idle::Gauge>>,
 ) -> Result<i32> {
     // Absolute instants, so traffic on other branches cannot push them back.
     let mut next_scan: Option<Instant> = None;
     let mut next_group_check: Option<Instant> = None;
     let mut scan_task: Option<JoinHandle<Vec<Event>>> = None;
-    let auto = sup.os.auto;
     // The listeners, in the loop's epoll set only while no child runs.
     let mut watches: Option<Vec<AsyncFd<Held>>> = None;
     let mut next_probe: Option<Instant> = None;
     let mut probe_task: Option<JoinHandle<Event>> = None;
+    // Escaped processes are looked for when a child ends or is being stopped
+    // (the owners change) and when anything is reaped (an orphan that died
+    // may have left its own children on us). One sweep at a time.
+    let mut sweep_task: Option<JoinHandle<Sweep>> = None;
     loop {
         if let Some(exit) = sup.exit() {
             if let Some(msg) = exit.error {
@@ -1056,11 +1185,11 @@ async fn event_loop(
         }
         let now = Instant::now();
         // Timers run only while something starts or stops: idle, none.
-        let scanning = auto && sup.starting().next().is_some();
+        let scanning = sup.to_scan(now).next().is_some();
         next_scan = next_scan
             .filter(|_| scanning)
             .or_else(|| scanning.then(|| now + SCAN_EVERY));
-        let lingering = sup.lingering().next().is_some();
+        let lingering = sup.lingering().next().is_some() || sup.escaped().next().is_some();
         next_group_check = next_group_check
             .filter(|_| lingering)
             .or_else(|| lingering.then(|| now + GROUP_CHECK_EVERY));
@@ -1118,6 +1247,7 @@ async fn event_loop(
             Some(inc) = recv(&mut control_rx) => {
                 vec![Event::Control { request: inc.request, reply: inc.reply }]
             }
+            Some((pid, how)) = listened_rx.recv() => vec![Event::Listened { pid, how }],
             () = readable(sup.os.watcher.as_ref().map(|w| &w.out)) => {
                 sup.os.watcher.as_mut().map_or_else(Vec::new, Watcher::events)
             }
@@ -1141,11 +1271,23 @@ async fn event_loop(
                 next_scan = Some(at.max(Instant::now()));
                 // One scan at a time; a slow one skips ticks rather than piling up.
                 if scan_task.is_none() {
+                    // Interception under --port may have rebound a socket.
+                    if let Some(t) = &sup.os.intercept {
+                        inodes = Arc::new(t.inodes());
+                    }
                     scan_task = Some(start_scan(sup, &inodes));
                 }
                 Vec::new()
             }
             Some(events) = join(&mut scan_task) => events,
+            Some((sweep, found)) = join(&mut sweep_task) => {
+                let mut named = Vec::new();
+                for (l, handle) in found {
+                    sup.os.escaped.insert(l.pid, handle);
+                    named.push((l.pid, l.cmd));
+                }
+                vec![Event::Escaped { sweep, found: named }]
+            }
             _ = sleep_until(next_group_check) => {
                 next_group_check = None;
                 group_check(sup)
@@ -1181,6 +1323,11 @@ async fn event_loop(
             let fx = sup.handle(ev, Instant::now());
             apply(sup, fx);
         }
+        if sweep_task.is_none()
+            && let Some(sweep) = sup.sweep_wanted()
+        {
+            sweep_task = Some(start_sweep(sup, sweep));
+        }
     }
 }
 
@@ -1201,6 +1348,16 @@ fn start_upgrade(
     binary: Option<PathBuf>,
     reply: Option<control::Reply>,
 ) {
+    if sup.os.intercept.is_some() {
+        // Each child's seccomp listener lives in a thread of this image,
+        // and a --port socket may have moved: not handed over yet.
+        let reason = "not with bind interception on yet: start relaunch with --no-intercept to \
+                      upgrade it in place, or restart it"
+            .to_string();
+        let fx = sup.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
+        sup.os.perform(fx);
+        return;
+    }
     let started = upgrade::binary_path(binary)
         .map_err(|why| (why, None))
         .and_then(|binary| {
@@ -1385,6 +1542,33 @@ async fn connection_waiting(watches: Option<&[AsyncFd<Held>]>) {
     .await
 }
 
+/// Looks for processes that escaped a child's group and that no running
+/// child owns (see `reaper`), on the blocking pool.
+fn start_sweep(sup: &Supervisor<Driver>, sweep: u64) -> JoinHandle<Sweep> {
+    let owners = sup.owners();
+    // relaunch's own helpers (`relaunch-watch`, a `--build`) are its
+    // children too, and no child's: never leftovers.
+    let children: Vec<i32> = sup
+        .children()
+        .iter()
+        .map(|c| c.pid)
+        .chain(sup.os.watcher.as_ref().map(|w| w.pid))
+        .chain(sup.os.build.as_ref().map(|b| b.pid))
+        .collect();
+    let ending: Vec<i32> = sup.escaped().collect();
+    let spawns = sup.os.spawns.clone();
+    tokio::task::spawn_blocking(move || {
+        let found = reaper::find_leftovers(&spawns, &owners, &children, &ending)
+            .into_iter()
+            .filter_map(|l| reaper::Escaped::open(&l).map(|h| (l, h)))
+            .collect();
+        (sweep, found)
+    })
+}
+
+/// A sweep's number and the escaped processes it found, with handles.
+type Sweep = (u64, Vec<(reaper::Leftover, reaper::Escaped)>);
+
 async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
@@ -1461,12 +1645,23 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
     events
 }
 
-/// The lingering groups that are empty now.
-fn group_check(sup: &Supervisor<Driver>) -> Vec<Event> {
-    sup.lingering()
+/// The lingering groups that are empty now, and the escaped processes
+/// that are gone (handles the supervisor no longer tracks are dropped).
+fn group_check(sup: &mut Supervisor<Driver>) -> Vec<Event> {
+    let mut events: Vec<Event> = sup
+        .lingering()
         .filter(|&pgid| !reaper::group_alive(pgid))
         .map(|pgid| Event::GroupGone { pgid })
-        .collect()
+        .collect();
+    let tracked: Vec<i32> = sup.escaped().collect();
+    sup.os.escaped.retain(|pid, _| tracked.contains(pid));
+    for pid in tracked {
+        if sup.os.escaped.get(&pid).is_none_or(|e| !e.exists()) {
+            sup.os.escaped.remove(&pid);
+            events.push(Event::EscapedGone { pid });
+        }
+    }
+    events
 }
 
 /// The first exec status pipe with news: (pid, what it says).
@@ -1494,7 +1689,7 @@ async fn exec_reported(
 /// Scans /proc for the starting children on the blocking pool: a hung
 /// mount or a stuck child must not stall the loop.
 fn start_scan(sup: &Supervisor<Driver>, inodes: &Arc<HashSet<u64>>) -> JoinHandle<Vec<Event>> {
-    let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = sup.starting().unzip();
+    let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = sup.to_scan(Instant::now()).unzip();
     let inodes = Arc::clone(inodes);
     tokio::task::spawn_blocking(move || {
         let verdicts = scan::scan_each(&roots, &inodes);

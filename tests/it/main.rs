@@ -5,6 +5,8 @@ mod child;
 mod core;
 mod faults;
 mod groups;
+mod intercept;
+mod intercept_peers;
 mod lazy;
 mod package;
 mod ports;
