@@ -16,7 +16,7 @@ mod server;
 
 pub use client::client;
 pub use protocol::{ChildInfo, ListenerInfo, ReloadInfo, Request, Response, Status};
-pub use server::{Incoming, Server};
+pub use server::Server;
 
 /// Helpers for the tests of all three parts.
 #[cfg(test)]
@@ -65,7 +65,7 @@ mod testing {
 
     /// Plays the supervisor for one request.
     pub async fn answer_one(
-        rx: &mut mpsc::Receiver<Incoming>,
+        rx: &mut mpsc::Receiver<super::server::Incoming>,
         expect: Request,
         response: Response,
     ) {
@@ -101,6 +101,7 @@ mod testing {
                 message: "ready after 0.4s".into(),
                 seconds_ago: 125.0,
             }),
+            watch: None,
         }
     }
 
