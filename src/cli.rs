@@ -141,9 +141,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "GLOB", requires = "watch")]
     pub ignore: Vec<String>,
 
-    /// With --watch: wait until files have been quiet this long before building or reloading
-    #[arg(long, value_name = "DURATION", default_value = "200ms")]
-    pub debounce: String,
+    /// With --watch: wait until files have been quiet this long before building or reloading [default: 200ms]
+    #[arg(long, value_name = "DURATION", requires = "watch")]
+    pub debounce: Option<String>,
 
     /// Only log warnings and errors
     #[arg(short, long)]

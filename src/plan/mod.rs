@@ -233,7 +233,10 @@ pub fn make(
 
 /// `--watch` and the options that need it (clap has checked that they come with it).
 fn watch(args: &RunArgs) -> Result<Option<Watch>> {
-    let debounce = options::parse_duration("--debounce", &args.debounce)?;
+    let debounce = match &args.debounce {
+        Some(text) => options::parse_duration("--debounce", text)?,
+        None => Duration::from_millis(200),
+    };
     if args.watch.is_empty() {
         return Ok(None);
     }

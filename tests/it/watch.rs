@@ -414,6 +414,21 @@ fn bad_watch_paths_and_globs_are_usage_errors() {
     );
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(log.contains("--ignore \"{a,b\""), "{log}");
+
+    // Options of the watch that would otherwise be ignored in silence.
+    for option in [
+        &["--debounce", "1s"][..],
+        &["--build", "true"],
+        &["--ignore", "*.log"],
+    ] {
+        let mut args = vec!["-l", "127.0.0.1:0"];
+        args.extend_from_slice(option);
+        args.extend_from_slice(&["--", "sleep", "60"]);
+        let (status, log) = run_to_exit(&args, T);
+        assert_eq!(status.code(), Some(2), "{option:?} without --watch: {log}");
+        assert!(log.contains("--watch"), "{option:?}: {log}");
+        assert!(!log.contains("started pid="), "nothing was started: {log}");
+    }
 }
 
 /// relaunch alone, without its helper beside it: --watch says what is missing.
