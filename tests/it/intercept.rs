@@ -797,6 +797,7 @@ async def handle(reader, writer):
     writer.close()
 
 async def main():
+    await asyncio.sleep(1)  # a slow start: a client connects before the bind
     server = await asyncio.start_unix_server(handle, sys.argv[1])
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -816,6 +817,20 @@ asyncio.run(main())
         &script,
         path.to_str().unwrap(),
     ]);
+    // Connected to the first socket file, which the app then deletes: this
+    // client hears at once (reset), instead of waiting forever on a socket
+    // nobody will accept from.
+    r.log.wait("listening on unix:", T);
+    let mut early = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    early
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let heard = std::io::Read::read_to_end(&mut early, &mut buf);
+    assert!(
+        !matches!(&heard, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the early client still waits: {heard:?}"
+    );
     let first = wait_for("an answer on app.sock", T, || get_unix(&path).ok());
     r.log.wait("deleted relaunch's socket file", T);
     r.log.wait("itself: it got relaunch's socket", T);
