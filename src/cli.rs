@@ -113,6 +113,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     pub ready_timeout: String,
 
+    /// Bind now, start the first generation only when the first connection (or datagram) arrives
+    #[arg(long)]
+    pub lazy: bool,
+
+    /// Stop the children after DURATION without a connection open or waiting; the next connection starts them again
+    #[arg(long, value_name = "DURATION")]
+    pub idle_stop: Option<String>,
+
     /// Number of children sharing the sockets
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: u32,

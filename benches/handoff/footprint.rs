@@ -15,6 +15,8 @@ use crate::targets::{Ctx, Kind, Target};
 
 pub struct Footprint {
     pub idle: Idle,
+    /// relaunch --lazy before the first connection: no child, nothing to do.
+    pub lazy: Idle,
     pub hup_to_exec_ms: Vec<f64>,
     /// The same server started directly by the bench (posix_spawn), to its
     /// exec stamp: this machine's floor for any launcher.
@@ -158,9 +160,24 @@ fn smaps(text: &str, exe: &str) -> Rss {
 /// relaunch with one server, left alone. Started first and read last, so
 /// the idle window costs no time of its own.
 pub struct IdleWatch {
-    target: Target,
+    held: Held,
     since: Instant,
     before: Counters,
+}
+
+/// What is watched: relaunch serving a child, or relaunch --lazy waiting.
+enum Held {
+    Serving(Target),
+    Waiting(Proc),
+}
+
+impl Held {
+    fn pid(&self) -> i32 {
+        match self {
+            Held::Serving(t) => t.proc.pid(),
+            Held::Waiting(p) => p.pid(),
+        }
+    }
 }
 
 impl IdleWatch {
@@ -176,7 +193,33 @@ impl IdleWatch {
             .ok_or("idle: relaunch never saw its child ready")?;
         let before = counters(target.proc.pid())?;
         Ok(IdleWatch {
-            target,
+            held: Held::Serving(target),
+            since: Instant::now(),
+            before,
+        })
+    }
+
+    /// relaunch --lazy with nobody connecting: it waits in epoll on its
+    /// listener, with no child and no timer.
+    pub fn start_lazy(ctx: &Ctx) -> Result<IdleWatch, String> {
+        let mut cmd = Command::new(&ctx.relaunch);
+        cmd.args(["-l", "127.0.0.1:0", "--lazy", "--"])
+            .arg(&ctx.bench)
+            .arg("--server");
+        let proc = Proc::spawn("idle-lazy", &mut cmd, &ctx.log_dir)?;
+        proc.lines
+            .wait_for(Duration::from_secs(20), |ls| {
+                ls.iter()
+                    .any(|l| l.contains("waiting for the first connection"))
+                    .then_some(())
+            })
+            .ok_or("idle-lazy: relaunch --lazy never said it waits")?;
+        // The line comes just before it blocks in epoll for the first time:
+        // that block is its start-up's last context switch, not idling.
+        std::thread::sleep(Duration::from_millis(250));
+        let before = counters(proc.pid())?;
+        Ok(IdleWatch {
+            held: Held::Waiting(proc),
             since: Instant::now(),
             before,
         })
@@ -187,10 +230,22 @@ impl IdleWatch {
         if left > 0.0 {
             std::thread::sleep(Duration::from_secs_f64(left));
         }
-        let after = counters(self.target.proc.pid())?;
-        let rss = rss(self.target.proc.pid())?;
+        let pid = self.held.pid();
+        let after = counters(pid)?;
+        let rss = rss(pid)?;
         let secs = self.since.elapsed().as_secs_f64();
-        self.target.stop();
+        match self.held {
+            Held::Serving(target) => target.stop(),
+            Held::Waiting(mut proc) => {
+                let started = proc.lines.count(" started pid=");
+                proc.stop(Duration::from_secs(5));
+                if started > 0 {
+                    return Err(
+                        "idle-lazy: relaunch --lazy started a child while nobody connected".into(),
+                    );
+                }
+            }
+        }
         Ok(Idle {
             secs,
             rss_kib: after.rss_kib,
@@ -259,6 +314,20 @@ pub fn throughput(plan: &Plan, ctx: &Ctx) -> Result<Throughput, String> {
 /// target's own pid) spent meanwhile.
 fn rate(kind: Kind, plan: &Plan, ctx: &Ctx, tag: &str) -> Result<(f64, Counters), String> {
     let target = Target::start(kind, 0.0, ctx, tag)?;
+    if kind == Kind::Steady {
+        // The first answer can come before relaunch has handled READY=1:
+        // that handling is start-up, not load.
+        target
+            .proc
+            .lines
+            .wait_for(Duration::from_secs(20), |ls| {
+                ls.iter()
+                    .any(|l| l.contains("serving: generation"))
+                    .then_some(())
+            })
+            .ok_or_else(|| format!("{tag}: relaunch never said it serves"))?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let before = counters(target.proc.pid())?;
     let epoch = Instant::now();
     let load = Load::start(target.addr(), plan.conns, epoch, plan.timeout);

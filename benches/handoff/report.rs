@@ -107,6 +107,11 @@ pub fn table(scenarios: &[Scenario], fp: Option<&Footprint>) -> String {
         );
         let _ = writeln!(
             t,
+            "| the same, `--lazy` waiting for its first connection (no child) | {:.3} ms / {} over {:.0} s; RSS {} KiB |",
+            fp.lazy.cpu_ms, fp.lazy.context_switches, fp.lazy.secs, fp.lazy.rss.total
+        );
+        let _ = writeln!(
+            t,
             "| SIGHUP to the new child's exec (median / max of {}) | {:.2} ms / {:.2} ms |",
             h.len(),
             stats::median(h),
@@ -173,6 +178,7 @@ pub fn write_json(
     let footprint = fp.map(|fp| {
         json!({
             "idle": fp.idle,
+            "lazy_waiting": fp.lazy,
             "hup_to_exec_ms": fp.hup_to_exec_ms,
             "exec_floor_ms": fp.exec_floor_ms,
             "throughput": fp.throughput,
@@ -332,6 +338,14 @@ pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>, extra: &
             ),
             i.context_switches == 0 && i.secs >= IDLE_TARGET_SECS,
         ));
+        let l = &fp.lazy;
+        lines.push((
+            format!(
+                "0 wakeups over {IDLE_TARGET_SECS:.0} s waiting with --lazy (got {} context switches, {:.3} ms CPU over {:.0} s)",
+                l.context_switches, l.cpu_ms, l.secs
+            ),
+            l.context_switches == 0 && l.secs >= IDLE_TARGET_SECS,
+        ));
         let tp = &fp.throughput;
         let (lo, hi) = tp
             .round_ratios
@@ -348,7 +362,7 @@ pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>, extra: &
         ));
     }
     lines.extend(extra.iter().cloned());
-    println!("acceptance (issues 6 and 9):");
+    println!("acceptance (issues 6, 9 and 12):");
     for (what, ok) in lines {
         println!("  [{}] {what}", if ok { "ok" } else { "FAIL" });
     }

@@ -102,6 +102,7 @@ mod testing {
                 seconds_ago: 125.0,
             }),
             watch: None,
+            idle_secs: None,
         }
     }
 

@@ -99,6 +99,10 @@ pub struct Plan {
     pub stop_timeout: Duration,
     pub ready: ReadyMode,
     pub ready_timeout: Duration,
+    /// `--lazy`: start at the first connection.
+    pub lazy: bool,
+    /// `--idle-stop`: stop after this long without a connection.
+    pub idle_stop: Option<Duration>,
     pub ports_file: Option<PathBuf>,
     pub control: Option<PathBuf>,
     /// `--watch` and its companions; None without --watch.
@@ -173,6 +177,11 @@ pub fn make(
     let stop_timeout = options::parse_duration("--stop-timeout", &args.stop_timeout)?;
     let ready_timeout = options::parse_timeout("--ready-timeout", &args.ready_timeout)?;
     let ready = options::parse_ready(&args.ready)?;
+    let idle_stop = args
+        .idle_stop
+        .as_deref()
+        .map(options::parse_idle_stop)
+        .transpose()?;
     let (program, rest) = args.command.split_first().ok_or_else(|| {
         Error::usage("no command given").hint("put the server's command after --")
     })?;
@@ -223,6 +232,8 @@ pub fn make(
         stop_timeout,
         ready,
         ready_timeout,
+        lazy: args.lazy,
+        idle_stop,
         ports_file: args.ports_file.clone(),
         control: args.control.clone(),
         watch: watch(args)?,

@@ -14,10 +14,17 @@
 //! watcher's `changed PATH` lines become events; the build's output is shown
 //! live (`build | ...`) and kept as a tail of [`BUILD_TAIL`] lines for the
 //! failure message.
+//!
+//! On demand: while no child runs (`--lazy`, or after an idle stop), the
+//! listeners are in the loop's epoll set, and the first one readable (a
+//! connection or datagram waits; nothing is accepted or read) becomes
+//! [`Event::Connection`]. Once a child runs they leave the set, so its
+//! connections wake nothing. With `--idle-stop`, while children run, the
+//! listeners are measured every quarter of the idle time ([`idle::Gauge`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -44,7 +51,7 @@ use crate::sockets::{self, Listener};
 use crate::supervise::supervisor::{
     Config, Effect, Event, Notice, Os, Supervisor, Tell, WatchConfig,
 };
-use crate::supervise::{reaper, spawn};
+use crate::supervise::{idle, reaper, spawn};
 
 /// How often /proc is scanned while a generation is starting.
 const SCAN_EVERY: Duration = Duration::from_millis(15);
@@ -79,6 +86,17 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     for w in &child.warnings {
         warn!("{w}");
     }
+    // Nothing runs until the first connection: a command that cannot run
+    // is said now, not then.
+    if plan.lazy
+        && let Err(e) = spawn::check_program(&plan.program, &child.env)
+    {
+        let kind = match e {
+            spawn::Error::NotFound(_) => crate::error::Kind::NotFound,
+            _ => crate::error::Kind::NotExecutable,
+        };
+        return Err(Error::new(kind, e.to_string()));
+    }
     // Removed when run() returns, whatever the outcome.
     let _ports_file = match &plan.ports_file {
         Some(path) => Some(sockets::PortsFile::write(path, &listeners)?),
@@ -96,6 +114,14 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     // Nothing of it exists without --watch.
     let watcher = match &plan.watch {
         Some(w) => Some(Watcher::start(w, plan.build_env()).await?),
+        None => None,
+    };
+    // Made before the first child: closes are noticed from then on.
+    let gauge = match plan.idle_stop {
+        Some(_) => Some(Arc::new(idle::Gauge::new(&listeners).map_err(|e| {
+            Error::runtime(format!("--idle-stop: cannot watch the listeners: {e}"))
+                .hint("raise the limit on open files (ulimit -n)")
+        })?)),
         None => None,
     };
     let inodes: HashSet<u64> = listeners
@@ -163,6 +189,8 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             debounce: w.debounce,
             build: w.build.is_some(),
         }),
+        lazy: plan.lazy,
+        idle_stop: plan.idle_stop,
     };
     let mut sup = Supervisor::new(driver, cfg);
     let auto = ready == ReadyMode::Auto;
@@ -170,10 +198,13 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         &mut sup,
         signals,
         control,
-        notify_rx,
-        listened_rx,
+        Inbox {
+            notify: notify_rx,
+            listened: listened_rx,
+        },
         Arc::new(inodes),
         auto,
+        gauge,
     )
     .await;
     if let Some(w) = sup.os.watcher.take() {
@@ -567,6 +598,25 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// A socket interception rebound (`--port`'s move, a deleted Unix socket
+    /// file) replaces ours, so the old one closes and `--lazy` watches the
+    /// new one.
+    fn sync_listeners(&mut self) {
+        let Some(t) = &self.intercept else {
+            return;
+        };
+        let inode = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).ok().map(|s| s.st_ino);
+        for (l, h) in self.listeners.iter_mut().zip(t.sockets()) {
+            if inode(l.socket.as_fd()) != inode(h.as_fd())
+                && let Ok(copy) = h.try_clone()
+            {
+                l.socket = copy;
+            }
+        }
+    }
+}
+
 impl Os for Driver {
     fn spawn(&mut self, generation: u64, worker: usize) -> std::result::Result<i32, spawn::Error> {
         let mut env = self.env.clone();
@@ -576,16 +626,8 @@ impl Os for Driver {
             Err(e) => warn!(generation, "cannot create a notify socket: {e}"),
         }
         env.push(("RELAUNCH_WORKER".into(), worker.to_string().into()));
+        self.sync_listeners();
         let held = self.intercept.as_ref().map(|t| t.sockets());
-        // A socket interception rebound replaces ours, so the old one closes.
-        for (l, h) in self.listeners.iter_mut().zip(held.iter().flatten()) {
-            let inode = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).ok().map(|s| s.st_ino);
-            if inode(l.socket.as_fd()) != inode(h.as_fd())
-                && let Ok(copy) = h.try_clone()
-            {
-                l.socket = copy;
-            }
-        }
         let fds: Vec<BorrowedFd<'_>> = match &held {
             Some(held) => held.iter().map(|s| s.as_fd()).collect(),
             None => self.listeners.iter().map(|l| l.socket.as_fd()).collect(),
@@ -703,14 +745,21 @@ impl Signals {
     }
 }
 
+/// What other tasks and threads send the loop: notify datagrams (by
+/// generation) and held sockets' listen() seen by interception.
+struct Inbox {
+    notify: mpsc::UnboundedReceiver<(u64, Message)>,
+    listened: mpsc::UnboundedReceiver<(i32, String)>,
+}
+
 async fn event_loop(
     sup: &mut Supervisor<Driver>,
     signals: Signals,
     control: Option<control::Server>,
-    mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
-    mut listened_rx: mpsc::UnboundedReceiver<(i32, String)>,
+    inbox: Inbox,
     mut inodes: Arc<HashSet<u64>>,
     auto: bool,
+    gauge: Option<Arc<idle::Gauge>>,
 ) -> Result<i32> {
     let Signals {
         mut chld,
@@ -722,11 +771,19 @@ async fn event_loop(
         mut usr2,
         mut winch,
     } = signals;
+    let Inbox {
+        notify: mut notify_rx,
+        listened: mut listened_rx,
+    } = inbox;
     let mut control_rx = control.map(control::Server::serve);
     // Absolute instants, so traffic on other branches cannot push them back.
     let mut next_scan: Option<Instant> = None;
     let mut next_group_check: Option<Instant> = None;
     let mut scan_task: Option<JoinHandle<Vec<Event>>> = None;
+    // The listeners, in the loop's epoll set only while no child runs.
+    let mut watches: Option<Vec<AsyncFd<Held>>> = None;
+    let mut next_probe: Option<Instant> = None;
+    let mut probe_task: Option<JoinHandle<Event>> = None;
 
     let fx = sup.handle(Event::Start, Instant::now());
     sup.os.perform(fx);
@@ -755,6 +812,31 @@ async fn event_loop(
             .filter(|_| lingering)
             .or_else(|| lingering.then(|| now + GROUP_CHECK_EVERY));
         let deadline = sup.next_deadline();
+        if !sup.waiting() {
+            watches = None;
+        } else if watches.is_none() {
+            sup.os.sync_listeners();
+            let (w, failed) = watch(&sup.os.listeners);
+            watches = Some(w);
+            if failed {
+                let fx = sup.handle(Event::Connection, Instant::now());
+                sup.os.perform(fx);
+                continue;
+            }
+        }
+        let probe_every = sup.idle_probe_every().filter(|_| gauge.is_some());
+        if let Some(g) = &gauge {
+            g.follow(probe_every.is_some());
+        }
+        next_probe = next_probe
+            .filter(|_| probe_every.is_some())
+            .or_else(|| probe_every.map(|every| now + every));
+        // Also exactly when the idle time would be over (not while a
+        // measure runs: a due time in the past would fire at every turn).
+        let probe_due = match sup.idle_stop_due().filter(|_| probe_task.is_none()) {
+            Some(due) => next_probe.map(|n| n.min(due)),
+            None => next_probe,
+        };
         let events: Vec<Event> = tokio::select! {
             _ = chld.recv() => {
                 let mut events = reap(&mut sup.os);
@@ -812,12 +894,83 @@ async fn event_loop(
                 next_group_check = None;
                 group_check(sup)
             }
+            _ = connection_waiting(watches.as_deref()) => vec![Event::Connection],
+            _ = sleep_until(probe_due) => {
+                next_probe = probe_every.map(|every| Instant::now() + every);
+                if probe_task.is_none()
+                    && let Some(g) = &gauge
+                {
+                    let g = Arc::clone(g);
+                    probe_task = Some(tokio::task::spawn_blocking(move || {
+                        let m = g.measure();
+                        Event::Activity {
+                            open: m.open,
+                            churned: m.churned,
+                        }
+                    }));
+                }
+                Vec::new()
+            }
+            Some(event) = join(&mut probe_task) => vec![event],
         };
         for ev in events {
             let fx = sup.handle(ev, Instant::now());
             sup.os.perform(fx);
         }
     }
+}
+
+/// A held listener's fd, watched while no child runs. The listener itself
+/// stays in the driver for relaunch's whole life, so the fd outlives this.
+struct Held(RawFd);
+
+impl AsRawFd for Held {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Puts the listeners into the loop's epoll set (a connection already
+/// waiting shows at once). `true` when one cannot be watched: then nothing
+/// could wake us for it, so the caller starts at once instead.
+fn watch(listeners: &[Listener]) -> (Vec<AsyncFd<Held>>, bool) {
+    let mut out = Vec::with_capacity(listeners.len());
+    let mut failed = false;
+    for l in listeners {
+        let held = Held(l.socket.as_raw_fd());
+        // SAFETY: the listener owns the fd and is neither closed nor replaced
+        // while relaunch runs; the watches are dropped before the listeners.
+        match unsafe { AsyncFd::register_with_interest(held, Interest::READABLE) } {
+            Ok(w) => out.push(w),
+            Err(e) => {
+                let e = e.into_parts().1;
+                warn!(
+                    "cannot watch {} ({}) for connections: {e}; starting the children now",
+                    l.name,
+                    l.address()
+                );
+                failed = true;
+            }
+        }
+    }
+    (out, failed)
+}
+
+/// Resolves when a watched listener has a connection or datagram waiting
+/// (or an error to show); pending when nothing is watched.
+async fn connection_waiting(watches: Option<&[AsyncFd<Held>]>) {
+    let Some(watches) = watches.filter(|w| !w.is_empty()) else {
+        return std::future::pending().await;
+    };
+    std::future::poll_fn(|cx| {
+        for w in watches {
+            if w.poll_read_ready(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {

@@ -597,6 +597,32 @@ fn exec_error(shown: &str, explicit: bool, path: Option<&Path>, errno: i32) -> E
     }
 }
 
+/// Whether `program` can be found as exec would look for it (the PATH of
+/// `env`), and is a file with an execute bit. For `--lazy`, which starts
+/// nothing until the first connection: a typo shows at start, not then.
+/// The same messages as a failed exec.
+pub fn check_program(program: &OsStr, env: &[(OsString, OsString)]) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = program.to_string_lossy();
+    let (explicit, candidates) = candidates(program, env_path(env));
+    let mut denied = None;
+    for c in &candidates {
+        match std::fs::metadata(c) {
+            Ok(m) if m.is_dir() && explicit => {
+                return Err(exec_error(&shown, explicit, None, libc::EISDIR));
+            }
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(()),
+            Ok(m) if m.is_file() => denied = denied.or(Some(c)),
+            _ => {}
+        }
+    }
+    let (errno, path) = match denied {
+        Some(p) => (libc::EACCES, Some(p.as_path()).filter(|_| !explicit)),
+        None => (libc::ENOENT, None),
+    };
+    Err(exec_error(&shown, explicit, path, errno))
+}
+
 fn env_path(env: &[(OsString, OsString)]) -> Option<&OsStr> {
     env.iter()
         .find(|(k, _)| k == "PATH")
@@ -632,6 +658,32 @@ pub fn ensure_std_fds() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_are_checked_as_exec_would_look_for_them() {
+        let env = [("PATH".into(), "/nonexistent:/bin:/usr/bin".into())];
+        assert!(check_program(OsStr::new("sh"), &env).is_ok());
+        assert!(check_program(OsStr::new("/bin/sh"), &env).is_ok());
+        let missing = check_program(OsStr::new("no-such-program-x"), &env).unwrap_err();
+        assert!(
+            matches!(&missing, Error::NotFound(m) if m.contains("command not found in PATH")),
+            "{missing:?}"
+        );
+        let dir = check_program(OsStr::new("/"), &env).unwrap_err();
+        assert!(
+            matches!(&dir, Error::NotExecutable(m) if m.contains("directory")),
+            "{dir:?}"
+        );
+        // A file without an execute bit.
+        let plain = std::env::temp_dir().join(format!("relaunch-noexec-{}", std::process::id()));
+        std::fs::write(&plain, "").unwrap();
+        let denied = check_program(plain.as_os_str(), &env).unwrap_err();
+        let _ = std::fs::remove_file(&plain);
+        assert!(
+            matches!(&denied, Error::NotExecutable(m) if m.contains("permission denied")),
+            "{denied:?}"
+        );
+    }
 
     #[test]
     fn decimal() {

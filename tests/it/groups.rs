@@ -1,7 +1,6 @@
 //! A generation is its process groups, not its leaders: processes of an old
 //! group that outlive their leader are stopped too.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -11,30 +10,6 @@ const T: Duration = Duration::from_secs(30);
 /// A leader (`sleep`) with a child in its group that ignores SIGTERM.
 const PREFORK: &str = r#"sh -c "trap '' TERM; exec sleep 300" & exec sleep 300"#;
 
-/// Live (non-zombie) processes whose process group is `pgid`.
-fn group_members(pgid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let rest: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        // state ppid pgrp ...
-        if rest.len() > 2 && rest[0] != "Z" && rest[2] == pgid.to_string() {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 /// The one child relaunch has started, once its group has `n` members.
 fn leader_with_members(r: &Relaunch, n: usize) -> i32 {
     wait_for("the child and its group", T, || {
@@ -42,14 +17,6 @@ fn leader_with_members(r: &Relaunch, n: usize) -> i32 {
         let leader = *kids.first()?;
         (kids.len() == 1 && group_members(leader).len() >= n).then_some(leader)
     })
-}
-
-fn status(control: &std::path::Path) -> String {
-    let out = Command::new(relaunch_bin())
-        .args(["status", "--control", control.to_str().unwrap()])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod core;
 mod faults;
 mod groups;
 mod intercept;
+mod lazy;
 mod package;
 mod ports;
 mod ready;
