@@ -126,6 +126,21 @@ pub fn status_uid(status: &str) -> Option<u32> {
     ids.next().unwrap_or(real).parse().ok()
 }
 
+/// The environment a process's program was exec'd with, NUL-separated
+/// (`/proc/PID/environ`; it needs ptrace-level access). None when unreadable.
+pub fn environ(pid: i32) -> Option<Vec<u8>> {
+    fs::read(format!("/proc/{pid}/environ")).ok()
+}
+
+/// `NAME=value` entries, NUL-separated; the first one named `name` wins, as
+/// getenv(3) does.
+pub fn env_lookup(raw: &[u8], name: &str) -> Option<String> {
+    raw.split(|&b| b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        String::from_utf8(value.to_vec()).ok()
+    })
+}
+
 /// The thread group (process) a thread id belongs to.
 pub fn tgid(tid: i32) -> Option<i32> {
     status_tgid(&fs::read_to_string(format!("/proc/{tid}/status")).ok()?)
@@ -829,6 +844,25 @@ impl Pidfd {
         Pidfd(fd)
     }
 
+    /// pidfd_send_signal(2): signals this process, never a reused pid.
+    pub fn signal(&self, sig: i32) -> io::Result<()> {
+        // SAFETY: the fd is valid for our lifetime; no siginfo.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     /// Whether the process still exists (running, or a zombie not yet
     /// reaped): then its pid has not been reused, and what /proc showed under
     /// that pid a moment ago was this process.
@@ -850,6 +884,16 @@ impl Pidfd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environ_entries() {
+        let raw = b"A=1\0LISTEN_PID=42\0LISTEN_PIDX=7\0LISTEN_PID=9\0B\0";
+        assert_eq!(env_lookup(raw, "LISTEN_PID").as_deref(), Some("42"));
+        assert_eq!(env_lookup(raw, "A").as_deref(), Some("1"));
+        assert_eq!(env_lookup(raw, "B"), None);
+        assert_eq!(env_lookup(b"", "A"), None);
+        assert_eq!(env_lookup(b"A=\xff\0", "A"), None);
+    }
 
     #[test]
     fn stat_lines() {

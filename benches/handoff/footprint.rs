@@ -267,16 +267,28 @@ pub struct Throughput {
     pub ratio: f64,
     /// The same ratio round by round: its spread is the noise.
     pub round_ratios: Vec<f64>,
+    /// The self-binding server unmodified under relaunch (bind
+    /// interception), one per round, and its ratio to self-bound.
+    pub intercepted: Vec<f64>,
+    pub intercept_ratio: f64,
+    pub intercept_round_ratios: Vec<f64>,
+    /// relaunch's CPU time and context switches meanwhile: a bind is
+    /// answered once per child, so none under load means no call of the
+    /// server's requests makes a round trip to relaunch.
+    pub intercept_cpu_ms_under_load: f64,
+    pub intercept_switches_under_load: u64,
     /// relaunch's own CPU time and context switches while under load, summed
     /// over the rounds: not in the data path means none.
     pub relaunch_cpu_ms_under_load: f64,
     pub relaunch_switches_under_load: u64,
 }
 
-/// The same server, no restarts: under relaunch, then binding the port itself.
+/// The same server, no restarts: under relaunch (given the socket, and
+/// binding it itself through interception), then binding the port itself.
 pub fn throughput(plan: &Plan, ctx: &Ctx) -> Result<Throughput, String> {
-    let (mut under, mut own) = (Vec::new(), Vec::new());
+    let (mut under, mut own, mut intercepted) = (Vec::new(), Vec::new(), Vec::new());
     let mut spent = Counters::default();
+    let mut intercept_spent = Counters::default();
     let mut relaunch_round = |round: usize, under: &mut Vec<f64>| -> Result<(), String> {
         let (r, c) = rate(Kind::Steady, plan, ctx, &format!("tput-relaunch-{round}"))?;
         under.push(r);
@@ -289,22 +301,33 @@ pub fn throughput(plan: &Plan, ctx: &Ctx) -> Result<Throughput, String> {
         if round % 2 == 0 {
             relaunch_round(round, &mut under)?;
         }
+        let tag = format!("tput-intercept-{round}");
+        let (r, c) = rate(Kind::Intercept, plan, ctx, &tag)?;
+        intercepted.push(r);
+        intercept_spent.cpu_ns += c.cpu_ns;
+        intercept_spent.voluntary_switches += c.voluntary_switches + c.involuntary_switches;
         own.push(rate(Kind::NaiveRebind, plan, ctx, &format!("tput-self-{round}"))?.0);
         if round % 2 == 1 {
             relaunch_round(round, &mut under)?;
         }
     }
-    let ratio = stats::median(&under) / stats::median(&own).max(f64::MIN_POSITIVE);
-    let round_ratios = under
-        .iter()
-        .zip(&own)
-        .map(|(u, o)| u / o.max(f64::MIN_POSITIVE))
-        .collect();
+    let per_round = |xs: &[f64]| -> Vec<f64> {
+        xs.iter()
+            .zip(&own)
+            .map(|(x, o)| x / o.max(f64::MIN_POSITIVE))
+            .collect()
+    };
+    let of_medians = |xs: &[f64]| stats::median(xs) / stats::median(&own).max(f64::MIN_POSITIVE);
     Ok(Throughput {
+        ratio: of_medians(&under),
+        round_ratios: per_round(&under),
+        intercept_ratio: of_medians(&intercepted),
+        intercept_round_ratios: per_round(&intercepted),
+        intercept_cpu_ms_under_load: intercept_spent.cpu_ns as f64 / 1e6,
+        intercept_switches_under_load: intercept_spent.voluntary_switches,
         under_relaunch: under,
         self_bound: own,
-        ratio,
-        round_ratios,
+        intercepted,
         relaunch_cpu_ms_under_load: spent.cpu_ns as f64 / 1e6,
         relaunch_switches_under_load: spent.voluntary_switches,
     })

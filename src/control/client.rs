@@ -243,6 +243,13 @@ fn render_status(s: &Status) -> String {
         }));
         out += &table(&rows, "  ");
     }
+    if !s.escaped.is_empty() {
+        let pids: Vec<String> = s.escaped.iter().map(|p| p.to_string()).collect();
+        out += &format!(
+            "escaped processes of ended children, being stopped: pids {}\n",
+            pids.join(", ")
+        );
+    }
     match &s.last_reload {
         None => out += "last reload: none",
         Some(r) => {

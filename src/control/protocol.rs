@@ -44,6 +44,10 @@ pub struct Status {
     pub listeners: Vec<ListenerInfo>,
     pub children: Vec<ChildInfo>,
     pub last_reload: Option<ReloadInfo>,
+    /// Processes that escaped the process group of a child that is over
+    /// (setsid), being stopped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escaped: Vec<i32>,
     /// `--watch`: the build and the changes ("building (pid 7, for 2.1 s)").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<String>,

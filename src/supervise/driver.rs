@@ -128,6 +128,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         .iter()
         .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
         .collect();
+    let intercept_remedy = Some(intercept_remedy(plan.intercept, &listeners));
     let intercept = if plan.intercept {
         let movable: Vec<bool> = plan.listeners.iter().map(|p| p.bare_port()).collect();
         match intercept::handler::Table::new(&listeners, &movable, plan.backlog) {
@@ -169,6 +170,8 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         notify_tx,
         systemd,
         execs: HashMap::new(),
+        spawns: reaper::Spawns::default(),
+        escaped: HashMap::new(),
         build_cmd: plan.watch.as_ref().and_then(|w| w.build.clone()),
         build_env,
         build: None,
@@ -183,7 +186,9 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             ReadyMode::Delay(d) => Some(d),
             _ => None,
         },
+        ready_auto: ready == ReadyMode::Auto,
         ready_timeout: plan.ready_timeout,
+        intercept_remedy,
         listeners: listener_info,
         watch: plan.watch.as_ref().map(|w| WatchConfig {
             debounce: w.debounce,
@@ -193,7 +198,6 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         idle_stop: plan.idle_stop,
     };
     let mut sup = Supervisor::new(driver, cfg);
-    let auto = ready == ReadyMode::Auto;
     let result = event_loop(
         &mut sup,
         signals,
@@ -203,7 +207,6 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             listened: listened_rx,
         },
         Arc::new(inodes),
-        auto,
         gauge,
     )
     .await;
@@ -215,6 +218,25 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         t.remove_files();
     }
     result
+}
+
+/// The hint's first remedy (see `Supervisor`), by why bind interception did
+/// not hand the child its socket.
+fn intercept_remedy(on: bool, listeners: &[Listener]) -> String {
+    if !on {
+        return "drop --no-intercept, so that the app's own bind() gets relaunch's socket".into();
+    }
+    let streams = listeners
+        .iter()
+        .any(|l| l.socket.r#type().is_ok_and(|t| t == socket2::Type::STREAM));
+    if !streams {
+        return "bind interception covers TCP and Unix stream listeners only".into();
+    }
+    "where the kernel or a policy refused interception (said above: Linux 5.9 or later is \
+     needed, and no other seccomp notifier over relaunch) fix that; an app that binds through io_uring \
+     (IORING_OP_BIND) or binds another address than relaunch holds is not given the socket: \
+     bind with bind(2), exactly the address relaunch holds"
+        .into()
 }
 
 /// Carries out the supervisor's effects and turns the world into events.
@@ -239,6 +261,10 @@ struct Driver {
     systemd: Option<Systemd>,
     /// Exec status pipes of children that may not have exec'd yet.
     execs: HashMap<i32, AsyncFd<spawn::ExecWatch>>,
+    /// Every child started, for telling whose an escaped process is.
+    spawns: reaper::Spawns,
+    /// Handles on the escaped processes the supervisor is ending.
+    escaped: HashMap<i32, reaper::Escaped>,
     /// `--build`, run by `sh -c`.
     build_cmd: Option<String>,
     /// The children's environment without the sockets' variables.
@@ -534,6 +560,14 @@ impl Driver {
                 }
             }
             match effect {
+                Effect::SignalEscaped { pid, sig } => {
+                    if let Some(e) = self.escaped.get(&pid)
+                        && let Err(err) = e.signal(sig)
+                        && err.raw_os_error() != Some(libc::ESRCH)
+                    {
+                        warn!(pid, "cannot send {} to pid {pid}: {err}", sig.as_str());
+                    }
+                }
                 Effect::Signal { pgid, sig } => {
                     match killpg(Pid::from_raw(pgid), sig) {
                         Ok(()) => {}
@@ -627,6 +661,7 @@ impl Os for Driver {
         }
         env.push(("RELAUNCH_WORKER".into(), worker.to_string().into()));
         self.sync_listeners();
+        let ticks = reaper::boot_ticks();
         let held = self.intercept.as_ref().map(|t| t.sockets());
         let fds: Vec<BorrowedFd<'_>> = match &held {
             Some(held) => held.iter().map(|s| s.as_fd()).collect(),
@@ -664,6 +699,7 @@ impl Os for Driver {
         })?;
         drop(watch);
         let _ = leader.set(spawned.pid);
+        self.spawns.record(spawned.pid, ticks);
         // SAFETY: the watch owns its fd and never swaps it, so the fd stays
         // open and the same for the AsyncFd's whole life.
         match unsafe { AsyncFd::register_with_interest(spawned.exec, Interest::READABLE) } {
@@ -758,7 +794,6 @@ async fn event_loop(
     control: Option<control::Server>,
     inbox: Inbox,
     mut inodes: Arc<HashSet<u64>>,
-    auto: bool,
     gauge: Option<Arc<idle::Gauge>>,
 ) -> Result<i32> {
     let Signals {
@@ -784,6 +819,10 @@ async fn event_loop(
     let mut watches: Option<Vec<AsyncFd<Held>>> = None;
     let mut next_probe: Option<Instant> = None;
     let mut probe_task: Option<JoinHandle<Event>> = None;
+    // Escaped processes are looked for when a child ends or is being stopped
+    // (the owners change) and when anything is reaped (an orphan that died
+    // may have left its own children on us). One sweep at a time.
+    let mut sweep_task: Option<JoinHandle<Sweep>> = None;
 
     let fx = sup.handle(Event::Start, Instant::now());
     sup.os.perform(fx);
@@ -803,11 +842,11 @@ async fn event_loop(
         }
         let now = Instant::now();
         // Timers run only while something starts or stops: idle, none.
-        let scanning = auto && sup.starting().next().is_some();
+        let scanning = sup.to_scan(now).next().is_some();
         next_scan = next_scan
             .filter(|_| scanning)
             .or_else(|| scanning.then(|| now + SCAN_EVERY));
-        let lingering = sup.lingering().next().is_some();
+        let lingering = sup.lingering().next().is_some() || sup.escaped().next().is_some();
         next_group_check = next_group_check
             .filter(|_| lingering)
             .or_else(|| lingering.then(|| now + GROUP_CHECK_EVERY));
@@ -890,6 +929,14 @@ async fn event_loop(
                 Vec::new()
             }
             Some(events) = join(&mut scan_task) => events,
+            Some((sweep, found)) = join(&mut sweep_task) => {
+                let mut named = Vec::new();
+                for (l, handle) in found {
+                    sup.os.escaped.insert(l.pid, handle);
+                    named.push((l.pid, l.cmd));
+                }
+                vec![Event::Escaped { sweep, found: named }]
+            }
             _ = sleep_until(next_group_check) => {
                 next_group_check = None;
                 group_check(sup)
@@ -916,6 +963,11 @@ async fn event_loop(
         for ev in events {
             let fx = sup.handle(ev, Instant::now());
             sup.os.perform(fx);
+        }
+        if sweep_task.is_none()
+            && let Some(sweep) = sup.sweep_wanted()
+        {
+            sweep_task = Some(start_sweep(sup, sweep));
         }
     }
 }
@@ -972,6 +1024,33 @@ async fn connection_waiting(watches: Option<&[AsyncFd<Held>]>) {
     })
     .await
 }
+
+/// Looks for processes that escaped a child's group and that no running
+/// child owns (see `reaper`), on the blocking pool.
+fn start_sweep(sup: &Supervisor<Driver>, sweep: u64) -> JoinHandle<Sweep> {
+    let owners = sup.owners();
+    // relaunch's own helpers (`relaunch-watch`, a `--build`) are its
+    // children too, and no child's: never leftovers.
+    let children: Vec<i32> = sup
+        .children()
+        .iter()
+        .map(|c| c.pid)
+        .chain(sup.os.watcher.as_ref().map(|w| w.pid))
+        .chain(sup.os.build.as_ref().map(|b| b.pid))
+        .collect();
+    let ending: Vec<i32> = sup.escaped().collect();
+    let spawns = sup.os.spawns.clone();
+    tokio::task::spawn_blocking(move || {
+        let found = reaper::find_leftovers(&spawns, &owners, &children, &ending)
+            .into_iter()
+            .filter_map(|l| reaper::Escaped::open(&l).map(|h| (l, h)))
+            .collect();
+        (sweep, found)
+    })
+}
+
+/// A sweep's number and the escaped processes it found, with handles.
+type Sweep = (u64, Vec<(reaper::Leftover, reaper::Escaped)>);
 
 async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
@@ -1045,12 +1124,23 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
     events
 }
 
-/// The lingering groups that are empty now.
-fn group_check(sup: &Supervisor<Driver>) -> Vec<Event> {
-    sup.lingering()
+/// The lingering groups that are empty now, and the escaped processes
+/// that are gone (handles the supervisor no longer tracks are dropped).
+fn group_check(sup: &mut Supervisor<Driver>) -> Vec<Event> {
+    let mut events: Vec<Event> = sup
+        .lingering()
         .filter(|&pgid| !reaper::group_alive(pgid))
         .map(|pgid| Event::GroupGone { pgid })
-        .collect()
+        .collect();
+    let tracked: Vec<i32> = sup.escaped().collect();
+    sup.os.escaped.retain(|pid, _| tracked.contains(pid));
+    for pid in tracked {
+        if sup.os.escaped.get(&pid).is_none_or(|e| !e.exists()) {
+            sup.os.escaped.remove(&pid);
+            events.push(Event::EscapedGone { pid });
+        }
+    }
+    events
 }
 
 /// The first exec status pipe with news: (pid, what it says).
@@ -1078,7 +1168,7 @@ async fn exec_reported(
 /// Scans /proc for the starting children on the blocking pool: a hung
 /// mount or a stuck child must not stall the loop.
 fn start_scan(sup: &Supervisor<Driver>, inodes: &Arc<HashSet<u64>>) -> JoinHandle<Vec<Event>> {
-    let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = sup.starting().unzip();
+    let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = sup.to_scan(Instant::now()).unzip();
     let inodes = Arc::clone(inodes);
     tokio::task::spawn_blocking(move || {
         let verdicts = scan::scan_each(&roots, &inodes);

@@ -51,6 +51,9 @@ const CHANGED_KEPT: usize = 32;
 
 /// How long a process group may take to empty after SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// A child that fails this soon, never seen waiting on a held socket,
+/// probably binds the port itself: relaunch says so, once.
+pub const HINT_WITHIN: Duration = Duration::from_secs(5);
 use crate::plan::options::Restart;
 use crate::supervise::backoff::{self, Backoff, Next};
 use crate::supervise::spawn;
@@ -104,11 +107,22 @@ pub enum Event {
     },
     /// The group of a child whose leader exited is empty now.
     GroupGone { pgid: i32 },
+    /// What sweep number `sweep` found (see [`Supervisor::sweep_wanted`]):
+    /// processes (pid, command line) that escaped a child's process group
+    /// (setsid) and that no running child owns, leftovers of children that
+    /// ended or are being stopped (see `reaper`).
+    Escaped {
+        sweep: u64,
+        found: Vec<(i32, String)>,
+    },
+    /// An escaped process is gone.
+    EscapedGone { pid: i32 },
     /// The child reported through its status pipe that it could not exec.
     ExecFailed { pid: i32, error: spawn::Error },
     /// A moment from [`Supervisor::next_deadline`] has come.
     Timer,
-    /// The /proc scan saw this child wait for connections.
+    /// The /proc scan saw this child wait for connections on a held socket
+    /// (with `--ready auto`, that makes it ready).
     Ready { pid: i32, how: String },
     /// The /proc scan cannot see whether this child waits, and why.
     Blind { pid: i32, why: String },
@@ -159,6 +173,8 @@ pub struct Notice {
 pub enum Effect {
     /// Signal a child's whole process group.
     Signal { pgid: i32, sig: Signal },
+    /// Signal one escaped process.
+    SignalEscaped { pid: i32, sig: Signal },
     /// Tell the service manager, if there is one.
     Tell(Tell),
     /// Answer a control client.
@@ -199,7 +215,12 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// `--ready delay:DUR`: alive this long counts as ready.
     pub ready_delay: Option<Duration>,
+    /// `--ready auto`: the scan seeing a child wait makes it ready.
+    pub ready_auto: bool,
     pub ready_timeout: Duration,
+    /// The hint's first remedy, about the interception of the child's own
+    /// bind() (why it did not apply and what to change), when there is one.
+    pub intercept_remedy: Option<String>,
     /// For `relaunch status`.
     pub listeners: Vec<control::ListenerInfo>,
     /// `--watch`: None without it.
@@ -297,6 +318,8 @@ pub struct Child {
     /// `--ready auto` cannot see whether it waits for connections: the
     /// ready timeout then counts as ready instead of as a failure.
     pub blind: bool,
+    /// The scan saw it wait on a held socket (in any `--ready` mode).
+    pub seen: bool,
     /// It called listen() on a held socket: how, for the log. With `blind`,
     /// that counts as ready (the scan, when it sees, waits for accept).
     pub listened: Option<String>,
@@ -320,6 +343,14 @@ pub struct Slot {
     pub last_exit: Option<ExitStatus>,
     backoff: Backoff,
     restart_at: Option<Instant>,
+}
+
+/// A process that escaped a child's group, being ended.
+#[derive(Debug, Clone, Copy)]
+struct Escaped {
+    pid: i32,
+    kill_at: Instant,
+    killed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -355,6 +386,14 @@ pub struct Supervisor<O: Os> {
     pub os: O,
     cfg: Config,
     children: Vec<Child>,
+    /// Escaped leftovers being stopped: a reload is done, and relaunch
+    /// exits, only once they are gone too.
+    escaped: Vec<Escaped>,
+    /// Sweeps for escaped processes asked for (a child ended or is being
+    /// stopped, an orphan was reaped) and done: until the last one asked is
+    /// done, what escaped may be unknown, so no reload is done yet.
+    sweeps_asked: u64,
+    sweeps_done: u64,
     serving: u64,
     slots: Vec<Slot>,
     /// The serving generation has been ready at least once.
@@ -380,6 +419,8 @@ pub struct Supervisor<O: Os> {
     exit_error: Option<String>,
     done: bool,
     last_reload: Option<LastReload>,
+    /// The "binds the port itself" hint was given (once per relaunch).
+    hinted: bool,
     /// `--watch`; None without it.
     dev: Option<Dev>,
     /// Effects of the event being handled.
@@ -394,6 +435,9 @@ impl<O: Os> Supervisor<O> {
             slots: vec![Slot::default(); cfg.workers],
             cfg,
             children: Vec::new(),
+            escaped: Vec::new(),
+            sweeps_asked: 0,
+            sweeps_done: 0,
             serving: 0,
             announced: false,
             served: false,
@@ -410,6 +454,7 @@ impl<O: Os> Supervisor<O> {
             exit_error: None,
             done: false,
             last_reload: None,
+            hinted: false,
             dev,
             out: Vec::new(),
         }
@@ -425,13 +470,22 @@ impl<O: Os> Supervisor<O> {
                 group_alive,
             } => self.on_exit(pid, status, group_alive, now),
             Event::GroupGone { pgid } => self.group_gone(pgid, now),
+            Event::Escaped { sweep, found } => {
+                self.sweeps_done = self.sweeps_done.max(sweep);
+                self.on_escaped(found, now);
+                self.settle(now);
+            }
+            Event::EscapedGone { pid } => {
+                self.escaped.retain(|e| e.pid != pid);
+                self.settle(now);
+            }
             Event::ExecFailed { pid, error } => {
                 if let Some(c) = self.child_mut(pid) {
                     c.exec_error = Some(error);
                 }
             }
             Event::Timer => self.on_timer(now),
-            Event::Ready { pid, how } => self.mark_ready(pid, &how, now),
+            Event::Ready { pid, how } => self.seen_waiting(pid, &how, now),
             Event::Blind { pid, why } => self.mark_blind(pid, &why, now),
             Event::Listened { pid, how } => self.on_listened(pid, how, now),
             Event::Notify { pid, notice } => self.on_notice(pid, notice, now),
@@ -473,12 +527,42 @@ impl<O: Os> Supervisor<O> {
         &self.children
     }
 
-    /// Children whose readiness is still to be seen: (pid, roots to scan).
-    pub fn starting(&self) -> impl Iterator<Item = (i32, Vec<i32>)> + '_ {
+    /// Children the /proc scan should look at: (pid, roots to scan). Those
+    /// still starting: for `--ready auto`, and in the other modes, for the
+    /// hint, in their first [`HINT_WITHIN`] until it was given. Ready or
+    /// idle, none, so the scan costs nothing under load and no timer runs.
+    pub fn to_scan(&self, now: Instant) -> impl Iterator<Item = (i32, Vec<i32>)> + '_ {
         self.children
             .iter()
-            .filter(|c| c.alive() && matches!(c.state, State::Starting { .. }))
+            .filter(move |c| {
+                let young = !self.hinted && now.saturating_duration_since(c.started) < HINT_WITHIN;
+                c.alive()
+                    && !c.seen
+                    && matches!(c.state, State::Starting { .. })
+                    && (self.cfg.ready_auto || young)
+            })
             .map(|c| (c.pid, std::iter::once(c.pid).chain(c.main_pid).collect()))
+    }
+
+    /// Children whose leader runs and that are not being stopped: what
+    /// escaped their process groups is theirs to keep (see `reaper`).
+    pub fn owners(&self) -> Vec<i32> {
+        self.children
+            .iter()
+            .filter(|c| c.alive() && !matches!(c.state, State::Stopping { .. }))
+            .map(|c| c.pid)
+            .collect()
+    }
+
+    /// The number of the sweep for escaped processes to run next, when one
+    /// is due.
+    pub fn sweep_wanted(&self) -> Option<u64> {
+        (self.sweeps_asked > self.sweeps_done).then_some(self.sweeps_asked)
+    }
+
+    /// Escaped processes being ended: the driver tells us when each is gone.
+    pub fn escaped(&self) -> impl Iterator<Item = i32> + '_ {
+        self.escaped.iter().map(|e| e.pid)
     }
 
     /// Process groups whose leader exited: the driver tells us when each is empty.
@@ -546,12 +630,17 @@ impl<O: Os> Supervisor<O> {
             } => Some(kill_at + KILL_GRACE),
             _ => None,
         });
+        let escaped = self.escaped.iter().map(|e| match e.killed {
+            false => e.kill_at,
+            true => e.kill_at + KILL_GRACE,
+        });
         let restarts = self.slots.iter().filter_map(|s| s.restart_at);
         let reload = self.reload.and_then(|r| match r.phase {
             Phase::Starting { deadline } => Some(deadline),
             Phase::Draining => None,
         });
         children
+            .chain(escaped)
             .chain(restarts)
             .chain(reload)
             .chain(self.first_deadline.filter(|_| !self.announced))
@@ -607,6 +696,7 @@ impl<O: Os> Supervisor<O> {
             idle_secs: self
                 .idle_since
                 .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+            escaped: self.escaped().collect(),
             watch: self.watch_status(now),
         }
     }
@@ -765,6 +855,7 @@ impl<O: Os> Supervisor<O> {
             }
         }
         self.give_up_on_unkillable(now);
+        self.end_escaped(now);
         if let Some(dev) = &mut self.dev
             && dev.due.is_some_and(|t| t <= now)
         {
@@ -845,6 +936,8 @@ impl<O: Os> Supervisor<O> {
     /// A leader was reaped. Pids that are not ours (orphans we reaped as a
     /// subreaper) are ignored.
     fn on_exit(&mut self, pid: i32, status: ExitStatus, group_alive: bool, now: Instant) {
+        // A child or an orphan ended: what it leaves behind lands on us.
+        self.sweeps_asked += 1;
         let Some(i) = self.children.iter().position(|c| c.pid == pid && c.alive()) else {
             return;
         };
@@ -854,6 +947,9 @@ impl<O: Os> Supervisor<O> {
             (c.generation, c.worker, c.state, c.started, c.ready_since)
         };
         let exec_error = self.children[i].exec_error.take();
+        if !matches!(state, State::Stopping { .. }) && exec_error.is_none() {
+            self.hint_self_bind(i, status, now);
+        }
         if !group_alive {
             self.children.remove(i);
         }
@@ -926,6 +1022,7 @@ impl<O: Os> Supervisor<O> {
             return;
         };
         let c = self.children.remove(i);
+        self.sweeps_asked += 1;
         info!(
             pid = pgid,
             generation = c.generation,
@@ -959,7 +1056,64 @@ impl<O: Os> Supervisor<O> {
                 duration::human(KILL_GRACE)
             );
             self.children.retain(|c| c.pid != pid);
+            self.sweeps_asked += 1;
             self.released(generation);
+            self.settle(now);
+        }
+    }
+
+    /// Leftovers that escaped a child's group get what the child got: the
+    /// stop signal, SIGKILL after the stop timeout.
+    fn on_escaped(&mut self, found: Vec<(i32, String)>, now: Instant) {
+        let sig = self.cfg.stop_signal;
+        for (pid, cmd) in found {
+            if self.escaped.iter().any(|e| e.pid == pid) {
+                continue;
+            }
+            warn!(
+                pid,
+                "pid {pid} ({cmd}) escaped the process group of a child that is over or being \
+                 stopped (setsid, a double fork); sending {}, SIGKILL after {}",
+                sig.as_str(),
+                duration::human(self.cfg.stop_timeout)
+            );
+            self.escaped.push(Escaped {
+                pid,
+                kill_at: now + self.cfg.stop_timeout,
+                killed: false,
+            });
+            self.out.push(Effect::SignalEscaped { pid, sig });
+        }
+    }
+
+    /// SIGKILL for escaped processes past the stop timeout; the ones that
+    /// survive even that are let go, like a group that will not empty.
+    fn end_escaped(&mut self, now: Instant) {
+        for i in 0..self.escaped.len() {
+            let e = self.escaped[i];
+            if !e.killed && e.kill_at <= now {
+                warn!(pid = e.pid, "pid {} did not stop; sending SIGKILL", e.pid);
+                self.out.push(Effect::SignalEscaped {
+                    pid: e.pid,
+                    sig: Signal::SIGKILL,
+                });
+                self.escaped[i].killed = true;
+            }
+        }
+        let before = self.escaped.len();
+        self.escaped.retain(|e| {
+            let stuck = e.killed && e.kill_at + KILL_GRACE <= now;
+            if stuck {
+                warn!(
+                    pid = e.pid,
+                    "pid {} is still there {} after SIGKILL; no longer waiting for it",
+                    e.pid,
+                    duration::human(KILL_GRACE)
+                );
+            }
+            !stuck
+        });
+        if self.escaped.len() != before {
             self.settle(now);
         }
     }
@@ -969,6 +1123,49 @@ impl<O: Os> Supervisor<O> {
         if !self.children.iter().any(|c| c.generation == generation) {
             self.out.push(Effect::Release { generation });
         }
+    }
+
+    /// The scan saw the child with `pid` (or its tree) wait on a held socket.
+    fn seen_waiting(&mut self, pid: i32, how: &str, now: Instant) {
+        if let Some(c) = self.child_mut(pid) {
+            c.seen = true;
+            if self.cfg.ready_auto {
+                self.mark_ready(pid, how, now);
+            }
+        }
+    }
+
+    /// A child that failed within [`HINT_WITHIN`], never ready and never seen
+    /// waiting on a held socket, most likely tried to bind the port itself and got
+    /// EADDRINUSE (relaunch holds it). Say so once, with the remedies: every
+    /// restart of a crash loop would only repeat it.
+    fn hint_self_bind(&mut self, i: usize, status: ExitStatus, now: Instant) {
+        let c = &self.children[i];
+        let lived = now.saturating_duration_since(c.started);
+        // A listen() on a held socket: it got relaunch's socket, it did not fail to bind.
+        let ready = c.seen || c.ready_since.is_some() || c.listened.is_some();
+        // A failed bind ends a program with a status, not a signal: a kill
+        // (by an operator, the OOM killer) says nothing about binding.
+        let failed = matches!(status, ExitStatus::Code(c) if c != 0);
+        if self.hinted || ready || !failed || lived >= HINT_WITHIN {
+            return;
+        }
+        let first = match &self.cfg.intercept_remedy {
+            Some(r) => format!("{r}; "),
+            None => String::new(),
+        };
+        warn!(
+            pid = c.pid,
+            generation = c.generation,
+            worker = c.worker,
+            "hint: it {status} after {} ms without ever waiting on relaunch's sockets; it \
+             probably binds the port itself and fails with \"Address already in use\" because \
+             relaunch holds it. Remedies: {first}--compat werkzeug for Flask's built-in \
+             server; a {{fd}} placeholder for servers that take a socket (uvicorn --fd {{fd}}); \
+             or read LISTEN_FDS in the app (README: \"Taking the socket in your server\")",
+            lived.as_millis()
+        );
+        self.hinted = true;
     }
 
     /// The child with `pid` (or its tree) is ready to serve.
@@ -993,6 +1190,9 @@ impl<O: Os> Supervisor<O> {
 
     /// Readiness of this child cannot be seen from /proc (see `ready::scan`).
     fn mark_blind(&mut self, pid: i32, why: &str, now: Instant) {
+        if !self.cfg.ready_auto {
+            return;
+        }
         if let Some(c) = self.child_mut(pid)
             && !c.blind
         {
@@ -1159,6 +1359,13 @@ impl<O: Os> Supervisor<O> {
                         killed: true,
                     };
                 }
+            }
+            for e in &mut self.escaped {
+                e.killed = true;
+                self.out.push(Effect::SignalEscaped {
+                    pid: e.pid,
+                    sig: Signal::SIGKILL,
+                });
             }
             return;
         }
@@ -1407,6 +1614,7 @@ impl<O: Os> Supervisor<O> {
             main_pid: None,
             status_text: None,
             blind: false,
+            seen: false,
             listened: None,
             ready_since: None,
             exited: None,
@@ -1513,6 +1721,8 @@ impl<O: Os> Supervisor<O> {
             phase: Phase::Draining,
         }) = self.reload
             && !self.children.iter().any(|c| c.generation < generation)
+            && self.escaped.is_empty()
+            && self.sweep_wanted().is_none()
         {
             let pids = self.serving_pids();
             info!(
@@ -1521,7 +1731,11 @@ impl<O: Os> Supervisor<O> {
             );
             self.finish_reload(generation, Ok(pids), now);
         }
-        if self.children.is_empty() && !self.done {
+        if self.children.is_empty()
+            && self.escaped.is_empty()
+            && self.sweep_wanted().is_none()
+            && !self.done
+        {
             let idle = self.slots.iter().all(|s| s.restart_at.is_none()) && self.reload.is_none();
             if self.stopping {
                 self.done = true;
@@ -1661,6 +1875,8 @@ impl<O: Os> Supervisor<O> {
                 kill_at,
                 killed: false,
             };
+            // What escaped it is no longer its to keep.
+            self.sweeps_asked += 1;
             info!(
                 pid,
                 generation = c.generation,
@@ -1695,6 +1911,10 @@ mod tests {
         tells: Vec<Tell>,
         released: Vec<u64>,
         fail_spawn: Option<fn() -> spawn::Error>,
+        /// What the next sweep for escaped processes finds; each sweep
+        /// asked for is answered at once.
+        escaping: Vec<(i32, String)>,
+        sweeps: u64,
         /// Pids of the builds started.
         builds: Vec<i32>,
     }
@@ -1704,11 +1924,17 @@ mod tests {
         fn run(&mut self, event: Event, now: Instant) {
             let effects = self.handle(event, now);
             self.record(effects);
+            if let Some(sweep) = self.sweep_wanted() {
+                self.os.sweeps += 1;
+                let found = std::mem::take(&mut self.os.escaping);
+                self.run(Event::Escaped { sweep, found }, now);
+            }
         }
         fn record(&mut self, effects: Vec<Effect>) {
             for e in effects {
                 match e {
                     Effect::Signal { pgid, sig } => self.os.signals.push((pgid, sig)),
+                    Effect::SignalEscaped { pid, sig } => self.os.signals.push((pid, sig)),
                     Effect::Tell(t) => self.os.tells.push(t),
                     Effect::Release { generation } => self.os.released.push(generation),
                     Effect::Reply { to, response } => {
@@ -1783,7 +2009,9 @@ mod tests {
             stop_signal: Signal::SIGTERM,
             stop_timeout: Duration::from_secs(10),
             ready_delay: None,
+            ready_auto: true,
             ready_timeout: Duration::from_secs(60),
+            intercept_remedy: Some("drop --no-intercept".into()),
             listeners: Vec::new(),
             watch: None,
             lazy: false,
@@ -2690,6 +2918,181 @@ mod tests {
         s.t_change("app.py", t0 + ms(20));
         s.t_timer(t0 + ms(220));
         assert_eq!(s.os.spawned.last(), Some(&(102, 2, 0)));
+    }
+
+    /// A child that binds the port itself dies of EADDRINUSE at once, never
+    /// having waited on a held socket: relaunch hints at it once, not on
+    /// every restart of the crash loop.
+    #[test]
+    fn a_quick_failure_never_seen_waiting_is_hinted_once() {
+        let (mut s, t0) = started(1);
+        assert!(s.to_scan(t0).any(|(p, _)| p == 101));
+        s.t_exit(101, ExitStatus::Code(1), t0 + ms(300));
+        assert!(s.hinted);
+        // The restart, once ready (READY=1), is no longer scanned for the
+        // hint's sake, even in its first seconds.
+        let t1 = s.next_deadline().unwrap();
+        s.t_timer(t1);
+        let notice = Notice {
+            ready: true,
+            ..Notice::default()
+        };
+        s.run(Event::Notify { pid: 102, notice }, t1);
+        assert_eq!(s.to_scan(t1).count(), 0);
+    }
+
+    #[test]
+    fn no_hint_for_a_child_seen_waiting_a_slow_failure_or_a_clean_exit() {
+        // Seen waiting, then crashed at once: it used the sockets.
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0 + ms(100));
+        s.t_exit(101, ExitStatus::Code(1), t0 + ms(200));
+        assert!(!s.hinted);
+        // Lived past the window.
+        let (mut s, t0) = started(1);
+        s.t_exit(101, ExitStatus::Code(1), t0 + HINT_WITHIN);
+        assert!(!s.hinted);
+        // Said READY=1 (it took its sockets), then crashed.
+        let (mut s, t0) = started(1);
+        let notice = Notice {
+            ready: true,
+            ..Notice::default()
+        };
+        s.run(Event::Notify { pid: 101, notice }, t0);
+        assert_eq!(s.to_scan(t0).count(), 0, "ready: no more scanning");
+        s.t_exit(101, ExitStatus::Code(1), t0 + ms(200));
+        assert!(!s.hinted);
+        // Called listen() on a held socket (interception gave it ours).
+        let (mut s, t0) = started(1);
+        let how = "listen".into();
+        s.run(Event::Listened { pid: 101, how }, t0);
+        s.t_exit(101, ExitStatus::Code(1), t0 + ms(200));
+        assert!(!s.hinted);
+        // Exited 0: a finished job, not a failed bind.
+        let (mut s, t0) = started(1);
+        s.t_exit(101, ExitStatus::Code(0), t0 + ms(10));
+        assert!(!s.hinted);
+        // Killed by a signal: someone else's doing.
+        let (mut s, t0) = started(1);
+        s.t_exit(101, ExitStatus::Signal(9), t0 + ms(10));
+        assert!(!s.hinted);
+        // Stopped by us.
+        let (mut s, t0) = started(1);
+        s.t_stop(t0);
+        s.t_exit(101, ExitStatus::Signal(15), t0 + ms(10));
+        assert!(!s.hinted);
+    }
+
+    /// The new generation of a reload counts too; with `--ready notify` the
+    /// scan still looks (the hint's only evidence) but does not make it ready.
+    #[test]
+    fn the_hint_covers_reloads_and_every_ready_mode() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(
+            Fake::default(),
+            Config {
+                ready_auto: false,
+                ..cfg(1)
+            },
+        );
+        s.t_start(t0);
+        s.t_ready(101, t0);
+        assert_eq!(s.children()[0].state, State::Starting { ready_at: None });
+        assert!(s.children()[0].seen);
+        s.run(
+            Event::Notify {
+                pid: 101,
+                notice: Notice {
+                    ready: true,
+                    ..Notice::default()
+                },
+            },
+            t0,
+        );
+        assert_eq!(s.t_reload(t0 + Duration::from_secs(60)), Ok(2));
+        let t1 = t0 + Duration::from_secs(60);
+        assert_eq!(s.to_scan(t1).map(|(p, _)| p).collect::<Vec<_>>(), [102]);
+        assert_eq!(
+            s.to_scan(t1 + HINT_WITHIN).count(),
+            0,
+            "idle after the window: no scan, no timer"
+        );
+        s.t_exit(102, ExitStatus::Code(1), t1 + ms(400));
+        assert!(s.hinted);
+        assert_eq!(s.serving, 1);
+    }
+
+    /// A process of generation 1 that setsid'd away is found when its
+    /// child is being stopped: the reload is done only once it is gone too,
+    /// and it gets TERM, then KILL after the stop timeout, like the group.
+    #[test]
+    fn reload_waits_for_what_escaped_the_old_group() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        s.t_reload(t0).unwrap();
+        s.os.escaping = vec![(555, "sleep 300".into())];
+        s.t_ready(102, t0);
+        assert_eq!(
+            s.os.signals,
+            [(101, Signal::SIGTERM), (555, Signal::SIGTERM)]
+        );
+        s.t_exit(101, ExitStatus::Signal(15), t0 + ms(10));
+        assert_eq!(s.state(), "reloading", "pid 555 still runs");
+        assert_eq!(s.escaped().collect::<Vec<_>>(), [555]);
+        let kill_at = s.next_deadline().unwrap();
+        assert_eq!(kill_at, t0 + Duration::from_secs(10));
+        s.t_timer(kill_at);
+        assert_eq!(s.os.signals.last(), Some(&(555, Signal::SIGKILL)));
+        s.run(Event::EscapedGone { pid: 555 }, kill_at);
+        assert_eq!(s.state(), "serving");
+        assert!(s.last_reload.as_ref().unwrap().ok);
+        assert_eq!(s.next_deadline(), None, "idle: no timer");
+    }
+
+    /// Until the sweep asked for when the old child ended has answered,
+    /// nobody knows what it left behind: the reload is not done yet.
+    #[test]
+    fn reload_is_not_done_before_the_sweep_answers() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        s.t_reload(t0).unwrap();
+        s.t_ready(102, t0);
+        let effects = s.handle(
+            Event::Exited {
+                pid: 101,
+                status: ExitStatus::Signal(15),
+                group_alive: false,
+            },
+            t0,
+        );
+        s.record(effects);
+        let sweep = s.sweep_wanted().expect("a sweep is due");
+        assert_eq!(s.state(), "reloading");
+        s.run(
+            Event::Escaped {
+                sweep,
+                found: Vec::new(),
+            },
+            t0,
+        );
+        assert_eq!(s.state(), "serving");
+    }
+
+    #[test]
+    fn escaped_processes_of_a_running_child_are_not_swept_as_leftovers_and_exit_waits() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        assert_eq!(s.owners(), [101]);
+        s.t_stop(t0);
+        assert!(s.owners().is_empty(), "being stopped: owns nothing");
+        s.os.escaping = vec![(555, "daemon".into())];
+        s.t_exit(101, ExitStatus::Signal(15), t0);
+        assert!(s.exit().is_none(), "pid 555 still runs");
+        // A second stop kills it at once.
+        s.t_stop(t0);
+        assert_eq!(s.os.signals.last(), Some(&(555, Signal::SIGKILL)));
+        s.run(Event::EscapedGone { pid: 555 }, t0);
+        assert_eq!(s.exit().map(|e| e.code), Some(0));
     }
 
     #[test]
