@@ -616,6 +616,39 @@ fn a_bare_port_takes_the_address_the_app_binds() {
     );
 }
 
+/// `--lazy` and `--idle-stop` watch the socket bound at start, so `--port`
+/// does not move under them: a bind of another address is refused, and the
+/// log names the `-l` that works, instead of a move that resets the waking
+/// connection or that the idle gauge never sees.
+#[test]
+fn on_demand_keeps_the_bare_port_where_it_is() {
+    if !python_ready() {
+        return;
+    }
+    for option in [&["--lazy"][..], &["--idle-stop", "1h"]] {
+        let port = free_port();
+        let mut listen = vec!["--port".to_string(), port.to_string()];
+        listen.extend(option.iter().map(|s| s.to_string()));
+        let listen: Vec<&str> = listen.iter().map(String::as_str).collect();
+        let (r, _dir) = bind_under("ic-on-demand", &listen, "AF_INET", "0.0.0.0", port);
+        if option[0] == "--lazy" {
+            // The first connection starts the app; it waits in the backlog.
+            let addr = r.listen_addr(3);
+            let _waiting = std::net::TcpStream::connect_timeout(&addr, T).unwrap();
+        }
+        let line = r.log.wait("refused with EADDRINUSE", T);
+        assert!(
+            line.contains(&format!("-l 0.0.0.0:{port}")),
+            "{option:?}: {line}"
+        );
+        assert!(
+            !r.log.text().contains("now holds"),
+            "{option:?}: moved: {}",
+            r.log.text()
+        );
+    }
+}
+
 /// `NoNewPrivs:` of a process: the filter needs it only without root.
 fn no_new_privs(pid: i32) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
