@@ -662,6 +662,11 @@ impl Session {
         if !self.table.served.load(Ordering::Relaxed) {
             // SAFETY: shutdown on our own socket.
             unsafe { libc::shutdown(e.socket.as_raw_fd(), libc::SHUT_RDWR) };
+            // A Unix listener keeps its queue through shutdown: take each
+            // waiting connection and close it, so its client hears at once.
+            if e.socket.set_nonblocking(true).is_ok() {
+                while e.socket.accept().is_ok() {}
+            }
         }
         f.identity = made.identity();
         f.made = Some(made);

@@ -147,7 +147,14 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         .collect();
     let intercept_remedy = Some(intercept_remedy(plan.intercept, &listeners));
     let intercept = if plan.intercept {
-        let movable: Vec<bool> = plan.listeners.iter().map(|p| p.bare_port()).collect();
+        // --lazy and --idle-stop watch the sockets bound now: a move would
+        // reset the connection that woke relaunch, or hide from the gauge.
+        let on_demand = plan.lazy || plan.idle_stop.is_some();
+        let movable: Vec<bool> = plan
+            .listeners
+            .iter()
+            .map(|p| p.bare_port() && !on_demand)
+            .collect();
         match intercept::handler::Table::new(&listeners, &movable, plan.backlog) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -228,8 +235,10 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         &mut sup,
         signals,
         control_rx,
-        notify_rx,
-        listened_rx,
+        Inbox {
+            notify: notify_rx,
+            listened: listened_rx,
+        },
         Arc::new(inodes),
         gauge,
     )
@@ -477,8 +486,10 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
         &mut sup,
         signals,
         control_rx,
-        notify_rx,
-        listened_rx,
+        Inbox {
+            notify: notify_rx,
+            listened: listened_rx,
+        },
         Arc::new(inodes),
         None,
     )
@@ -660,6 +671,7 @@ impl Watcher {
             fds: &[],
             listen_pid: false,
             creds: None,
+            // Not the server: nothing of its binds to give.
             intercept: None,
             stdio: Some((null.as_fd(), write.as_fd(), stderr.as_fd())),
         })
@@ -992,6 +1004,25 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// A socket interception rebound (`--port`'s move, a deleted Unix socket
+    /// file) replaces ours, so the old one closes and `--lazy` watches the
+    /// new one.
+    fn sync_listeners(&mut self) {
+        let Some(t) = &self.intercept else {
+            return;
+        };
+        let inode = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).ok().map(|s| s.st_ino);
+        for (l, h) in self.listeners.iter_mut().zip(t.sockets()) {
+            if inode(l.socket.as_fd()) != inode(h.as_fd())
+                && let Ok(copy) = h.try_clone()
+            {
+                l.socket = copy;
+            }
+        }
+    }
+}
+
 impl Os for Driver {
     fn spawn(&mut self, generation: u64, worker: usize) -> std::result::Result<i32, spawn::Error> {
         let mut env = self.env.clone();
@@ -1001,17 +1032,9 @@ impl Os for Driver {
             Err(e) => warn!(generation, "cannot create a notify socket: {e}"),
         }
         env.push(("RELAUNCH_WORKER".into(), worker.to_string().into()));
+        self.sync_listeners();
         let ticks = reaper::boot_ticks();
         let held = self.intercept.as_ref().map(|t| t.sockets());
-        // A socket interception rebound replaces ours, so the old one closes.
-        for (l, h) in self.listeners.iter_mut().zip(held.iter().flatten()) {
-            let inode = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).ok().map(|s| s.st_ino);
-            if inode(l.socket.as_fd()) != inode(h.as_fd())
-                && let Ok(copy) = h.try_clone()
-            {
-                l.socket = copy;
-            }
-        }
         let fds: Vec<BorrowedFd<'_>> = match &held {
             Some(held) => held.iter().map(|s| s.as_fd()).collect(),
             None => self.listeners.iter().map(|l| l.socket.as_fd()).collect(),
@@ -1143,15 +1166,25 @@ impl Signals {
     }
 }
 
+/// What other tasks and threads send the loop: notify datagrams (by
+/// generation) and held sockets' listen() seen by interception.
+struct Inbox {
+    notify: mpsc::UnboundedReceiver<(u64, Message)>,
+    listened: mpsc::UnboundedReceiver<(i32, String)>,
+}
+
 async fn event_loop(
     sup: &mut Supervisor<Driver>,
     mut signals: Signals,
     mut control_rx: Option<mpsc::Receiver<Incoming>>,
-    mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
-    mut listened_rx: mpsc::UnboundedReceiver<(i32, String)>,
+    inbox: Inbox,
     mut inodes: Arc<HashSet<u64>>,
     gauge: Option<Arc<idle::Gauge>>,
 ) -> Result<i32> {
+    let Inbox {
+        notify: mut notify_rx,
+        listened: mut listened_rx,
+    } = inbox;
     // Absolute instants, so traffic on other branches cannot push them back.
     let mut next_scan: Option<Instant> = None;
     let mut next_group_check: Option<Instant> = None;
@@ -1203,6 +1236,7 @@ async fn event_loop(
         if !sup.waiting() {
             watches = None;
         } else if watches.is_none() {
+            sup.os.sync_listeners();
             let (w, failed) = watch(&sup.os.listeners);
             watches = Some(w);
             if failed {

@@ -616,6 +616,39 @@ fn a_bare_port_takes_the_address_the_app_binds() {
     );
 }
 
+/// `--lazy` and `--idle-stop` watch the socket bound at start, so `--port`
+/// does not move under them: a bind of another address is refused, and the
+/// log names the `-l` that works, instead of a move that resets the waking
+/// connection or that the idle gauge never sees.
+#[test]
+fn on_demand_keeps_the_bare_port_where_it_is() {
+    if !python_ready() {
+        return;
+    }
+    for option in [&["--lazy"][..], &["--idle-stop", "1h"]] {
+        let port = free_port();
+        let mut listen = vec!["--port".to_string(), port.to_string()];
+        listen.extend(option.iter().map(|s| s.to_string()));
+        let listen: Vec<&str> = listen.iter().map(String::as_str).collect();
+        let (r, _dir) = bind_under("ic-on-demand", &listen, "AF_INET", "0.0.0.0", port);
+        if option[0] == "--lazy" {
+            // The first connection starts the app; it waits in the backlog.
+            let addr = r.listen_addr(3);
+            let _waiting = std::net::TcpStream::connect_timeout(&addr, T).unwrap();
+        }
+        let line = r.log.wait("refused with EADDRINUSE", T);
+        assert!(
+            line.contains(&format!("-l 0.0.0.0:{port}")),
+            "{option:?}: {line}"
+        );
+        assert!(
+            !r.log.text().contains("now holds"),
+            "{option:?}: moved: {}",
+            r.log.text()
+        );
+    }
+}
+
 /// `NoNewPrivs:` of a process: the filter needs it only without root.
 fn no_new_privs(pid: i32) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -797,6 +830,7 @@ async def handle(reader, writer):
     writer.close()
 
 async def main():
+    await asyncio.sleep(1)  # a slow start: a client connects before the bind
     server = await asyncio.start_unix_server(handle, sys.argv[1])
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -816,6 +850,20 @@ asyncio.run(main())
         &script,
         path.to_str().unwrap(),
     ]);
+    // Connected to the first socket file, which the app then deletes: this
+    // client hears at once (reset), instead of waiting forever on a socket
+    // nobody will accept from.
+    r.log.wait("listening on unix:", T);
+    let mut early = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    early
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let heard = std::io::Read::read_to_end(&mut early, &mut buf);
+    assert!(
+        !matches!(&heard, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the early client still waits: {heard:?}"
+    );
     let first = wait_for("an answer on app.sock", T, || get_unix(&path).ok());
     r.log.wait("deleted relaunch's socket file", T);
     r.log.wait("itself: it got relaunch's socket", T);
