@@ -4,21 +4,13 @@
 //! connection to `kill -9` or a SIGHUP reload, keeps relaunch's backlog after
 //! the app's listen(), and sees the client's real address.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
 use crate::util::*;
 
 const T: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Python that answers `GET /` with "PID CLIENT_ADDRESS"; `Handler` for
 /// socketserver, `Web` for http.server.
@@ -77,21 +69,6 @@ fn app(dir: &TempDir, body: &str) -> String {
 
 fn python_ready() -> bool {
     require_tool("python3") && require_tool("ss")
-}
-
-/// (Recv-Q, Send-Q) of every TCP listener on `port`; Send-Q is the backlog.
-fn listeners_on(port: u16) -> Vec<(String, u32)> {
-    let out = Command::new("ss")
-        .args(["-ltnpH", &format!("sport = :{port}")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            (l.to_string(), cols[2].parse().unwrap())
-        })
-        .collect()
 }
 
 /// What relaunch's listen(SOMAXCONN) gives on this machine.
