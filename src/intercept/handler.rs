@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use socket2::{Domain, Socket, Type};
 use tracing::{debug, info, warn};
@@ -29,6 +29,120 @@ pub struct Table {
     backlog: i32,
     /// A generation has served (been ready) since start.
     served: AtomicBool,
+    /// Stops every handler thread between two notifications (an upgrade).
+    gate: Gate,
+    /// The threads serving a child's notification fd, by that fd.
+    sessions: Mutex<Vec<Carried>>,
+}
+
+/// What an upgrade hands over of one child's handler thread.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Carried {
+    /// The child whose process tree the filter covers (0: not known yet).
+    pub leader: i32,
+    /// Its seccomp notification fd.
+    pub fd: RawFd,
+    /// (pid, held socket, what) already logged.
+    pub said: Vec<(i32, usize, u8)>,
+    /// The listen() readiness hint was sent already.
+    pub listened: bool,
+    #[serde(skip)]
+    leader_cell: Option<Arc<OnceLock<i32>>>,
+}
+
+impl Carried {
+    #[cfg(test)]
+    pub fn new(leader: i32, fd: RawFd) -> Carried {
+        Carried {
+            leader,
+            fd,
+            said: Vec::new(),
+            listened: false,
+            leader_cell: None,
+        }
+    }
+}
+
+/// The held sockets but their fds (which are the driver's listeners), for
+/// the next image.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct SavedTable {
+    entries: Vec<SavedEntry>,
+    backlog: i32,
+    served: bool,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedEntry {
+    name: String,
+    held: Held,
+    moved: Option<String>,
+    file: Option<SavedFile>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedFile {
+    path: std::path::PathBuf,
+    identity: (u64, u64),
+    access: file::Access,
+    made: Option<(std::path::PathBuf, (u64, u64))>,
+}
+
+/// Parks the handler threads for an upgrade: each one stops between two
+/// notifications (never holding one received but unanswered), so an exec
+/// loses none; what arrives meanwhile waits in the kernel for the next
+/// image's threads.
+struct Gate {
+    state: Mutex<GateState>,
+    cv: Condvar,
+    /// Readable while paused: wakes a thread polling its notification fd.
+    wake: OwnedFd,
+}
+
+#[derive(Default)]
+struct GateState {
+    paused: bool,
+    /// Threads started and not ended (those still waiting for the child's
+    /// fd count too: they will serve).
+    live: usize,
+    parked: usize,
+}
+
+impl Gate {
+    fn new() -> io::Result<Gate> {
+        // SAFETY: eventfd with flags only; the fd is owned at once.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Gate {
+            state: Mutex::new(GateState::default()),
+            cv: Condvar::new(),
+            // SAFETY: just created above.
+            wake: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Counts a handler thread as live until dropped.
+struct Live(Arc<Table>);
+
+impl Live {
+    fn new(table: Arc<Table>) -> Live {
+        table.gate.lock().live += 1;
+        Live(table)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.gate.lock().live -= 1;
+        self.0.gate.cv.notify_all();
+    }
 }
 
 struct Entry {
@@ -98,7 +212,111 @@ impl Table {
             entries: Mutex::new(entries),
             backlog,
             served: AtomicBool::new(false),
+            gate: Gate::new()?,
+            sessions: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// What the next image needs to rebuild the table over the listeners
+    /// it adopts (the driver hands over `sockets()` as its listeners).
+    pub fn save(&self) -> SavedTable {
+        let entries = self
+            .lock()
+            .iter()
+            .map(|e| SavedEntry {
+                name: e.name.clone(),
+                held: e.held.clone(),
+                moved: e.moved.clone(),
+                file: e.file.as_ref().map(|f| SavedFile {
+                    path: f.path.clone(),
+                    identity: f.identity,
+                    access: f.access,
+                    made: f.made.as_ref().map(|m| m.path_identity()),
+                }),
+            })
+            .collect();
+        SavedTable {
+            entries,
+            backlog: self.backlog,
+            served: self.served.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The table of the previous image, over the listeners handed over.
+    pub fn adopt(listeners: &[Listener], saved: SavedTable) -> io::Result<Arc<Table>> {
+        if listeners.len() != saved.entries.len() {
+            return Err(io::Error::other(format!(
+                "{} listeners but {} held sockets",
+                listeners.len(),
+                saved.entries.len()
+            )));
+        }
+        let mut entries = Vec::with_capacity(listeners.len());
+        for (l, e) in listeners.iter().zip(saved.entries) {
+            let socket = l.socket.try_clone()?;
+            let inode = nix::sys::stat::fstat(socket.as_fd())?.st_ino;
+            entries.push(Entry {
+                name: e.name,
+                socket: Arc::new(socket),
+                held: e.held,
+                inode,
+                file: e.file.map(|f| UnixFile {
+                    path: f.path,
+                    identity: f.identity,
+                    access: f.access,
+                    made: f
+                        .made
+                        .map(|(path, identity)| file::SocketFile::adopt(path, identity)),
+                }),
+                moved: e.moved,
+            });
+        }
+        Ok(Arc::new(Table {
+            entries: Mutex::new(entries),
+            backlog: saved.backlog,
+            served: AtomicBool::new(saved.served),
+            gate: Gate::new()?,
+            sessions: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Asks every handler thread to park between two notifications.
+    pub fn pause(&self) {
+        self.gate.lock().paused = true;
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: an 8-byte write to our own eventfd.
+        unsafe { libc::write(self.gate.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+
+    /// Whether every handler thread is parked (see [`Table::pause`]):
+    /// Ok(the threads' fds and state), or Err(how many are not).
+    pub fn parked(&self) -> Result<Vec<Carried>, usize> {
+        let g = self.gate.lock();
+        if g.parked < g.live {
+            return Err(g.live - g.parked);
+        }
+        drop(g);
+        Ok(self
+            .sessions()
+            .iter()
+            .map(|c| Carried {
+                leader: c
+                    .leader_cell
+                    .as_ref()
+                    .and_then(|l| l.get().copied())
+                    .unwrap_or(c.leader),
+                ..c.clone()
+            })
+            .collect())
+    }
+
+    /// The handler threads go on (the upgrade did not happen).
+    pub fn resume(&self) {
+        let mut buf = [0u8; 8];
+        // SAFETY: an 8-byte read from our own non-blocking eventfd.
+        unsafe { libc::read(self.gate.wake.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+        self.gate.lock().paused = false;
+        self.gate.cv.notify_all();
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
@@ -135,6 +353,10 @@ impl Table {
                 f.made = None;
             }
         }
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, Vec<Carried>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn index_of_inode(&self, inode: u64) -> Option<usize> {
@@ -193,24 +415,61 @@ pub fn start(
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
-    std::thread::Builder::new()
+    let live = Live::new(Arc::clone(&table));
+    thread(move || {
+        let _live = live;
+        if let Some(notify) = receive(&ours) {
+            drop(ours);
+            Session {
+                table,
+                leader,
+                listened: Some(listened),
+                said: HashSet::new(),
+                errors: HashSet::new(),
+                private: Vec::new(),
+            }
+            .run(notify);
+        }
+    })?;
+    Ok(theirs)
+}
+
+/// The new image after an upgrade: serves a child's notification fd that
+/// the previous image's thread parked, with what that thread had said.
+pub fn resume(table: Arc<Table>, carried: Carried, listened: Listened) -> io::Result<()> {
+    // SAFETY: the previous image handed this fd over for this thread alone.
+    let notify = unsafe { OwnedFd::from_raw_fd(carried.fd) };
+    let leader = Arc::new(OnceLock::new());
+    if carried.leader > 0 {
+        let _ = leader.set(carried.leader);
+    }
+    let live = Live::new(Arc::clone(&table));
+    thread(move || {
+        let _live = live;
+        Session {
+            table,
+            leader,
+            listened: (!carried.listened).then_some(listened),
+            said: carried.said.into_iter().collect(),
+            errors: HashSet::new(),
+            private: Vec::new(),
+        }
+        .run(notify);
+    })
+}
+
+/// A handler thread, with every signal blocked from its first instruction
+/// (it inherits the mask): relaunch's signals are the main thread's, and
+/// one taken here while an upgrade blocks them there would die at the exec.
+fn thread(f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    let before = crate::supervise::upgrade::block_signals();
+    let spawned = std::thread::Builder::new()
         .name("intercept".into())
         .stack_size(128 * 1024)
-        .spawn(move || {
-            if let Some(notify) = receive(&ours) {
-                drop(ours);
-                Session {
-                    table,
-                    leader,
-                    listened: Some(listened),
-                    said: HashSet::new(),
-                    errors: HashSet::new(),
-                    private: Vec::new(),
-                }
-                .serve(&notify);
-            }
-        })?;
-    Ok(theirs)
+        .spawn(f)
+        .map(drop);
+    crate::supervise::upgrade::set_sigmask(&before);
+    spawned
 }
 
 /// The notification fd the child sent, or None (it died first, or the
@@ -311,15 +570,57 @@ enum Answer {
 }
 
 impl Session {
+    /// Serves `notify` until the child's whole tree is gone, listed in the
+    /// table's sessions meanwhile (for an upgrade).
+    fn run(mut self, notify: OwnedFd) {
+        let fd = notify.as_raw_fd();
+        self.table.sessions().push(Carried {
+            leader: 0,
+            fd,
+            said: Vec::new(),
+            listened: self.listened.is_none(),
+            leader_cell: Some(Arc::clone(&self.leader)),
+        });
+        self.serve(&notify);
+        self.table.sessions().retain(|c| c.fd != fd);
+    }
+
+    /// Parks while an upgrade is under way, its state told first. Called
+    /// only between two notifications.
+    fn park(&self, fd: RawFd) {
+        if let Some(c) = self.table.sessions().iter_mut().find(|c| c.fd == fd) {
+            c.said = self.said.iter().copied().collect();
+            c.listened = self.listened.is_none();
+        }
+        let gate = &self.table.gate;
+        let mut g = gate.lock();
+        if !g.paused {
+            return;
+        }
+        g.parked += 1;
+        gate.cv.notify_all();
+        while g.paused {
+            g = gate.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        g.parked -= 1;
+    }
+
     fn serve(&mut self, notify: &OwnedFd) {
         loop {
-            let mut pfd = libc::pollfd {
-                fd: notify.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one pollfd on the stack.
-            let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+            let mut pfd = [
+                libc::pollfd {
+                    fd: notify.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.table.gate.wake.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two pollfds on the stack.
+            let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) };
             if n < 0 {
                 if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                     continue;
@@ -330,8 +631,13 @@ impl Session {
                 );
                 return;
             }
+            // An upgrade first: nothing is received while it waits.
+            if pfd[1].revents & libc::POLLIN != 0 {
+                self.park(notify.as_raw_fd());
+                continue;
+            }
             // POLLHUP without POLLIN: every process of this child is gone.
-            if pfd.revents & libc::POLLIN == 0 {
+            if pfd[0].revents & libc::POLLIN == 0 {
                 return;
             }
             // SAFETY: zeroed as the kernel requires; RECV fills it.
@@ -834,6 +1140,51 @@ fn status_flags(s: &Socket) -> io::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A handler thread parks between notifications when asked, hands over
+    /// its fd and what it said, and goes on after `resume`.
+    #[test]
+    fn handler_threads_park_for_an_upgrade_and_go_on_after() {
+        let table = Table::new(&[], &[], 128).unwrap();
+        assert!(table.parked().unwrap().is_empty());
+        // A pipe stands for the notification fd: never readable, so the
+        // thread waits in poll as it does between notifications.
+        let (rd, wr) = nix::unistd::pipe().unwrap();
+        let fd = rd.as_raw_fd();
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let carried = Carried {
+            said: vec![(42, 0, SAID_GIVEN)],
+            listened: true,
+            ..Carried::new(7, fd)
+        };
+        // Resume takes the fd over as the next image does.
+        std::mem::forget(rd);
+        resume(Arc::clone(&table), carried, tx).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let wait = |what: &str, done: &dyn Fn() -> bool| {
+            while !done() {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        };
+        wait("the thread registers", &|| table.sessions().len() == 1);
+        table.pause();
+        wait("the thread parks", &|| table.parked().is_ok());
+        let got = table.parked().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].leader, got[0].fd), (7, fd));
+        assert_eq!(got[0].said, vec![(42, 0, SAID_GIVEN)]);
+        assert!(got[0].listened);
+        table.resume();
+        wait("the thread goes on", &|| table.gate.lock().parked == 0);
+        // Still serving: one live thread.
+        assert_eq!(table.gate.lock().live, 1);
+        // The tree is gone (POLLHUP): the thread ends and leaves the list.
+        drop(wr);
+        wait("the thread ends", &|| table.gate.lock().live == 0);
+        assert!(table.sessions().is_empty());
+        assert!(table.parked().unwrap().is_empty());
+    }
 
     #[test]
     fn refusals_say_why_and_what_then() {

@@ -92,7 +92,7 @@ pub struct AppSocket {
 }
 
 /// A socket relaunch holds, as far as matching goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HeldAddr {
     /// A TCP listener: its bound address, and IPV6_V6ONLY.
     Tcp(SocketAddr, bool),
@@ -103,7 +103,7 @@ pub enum HeldAddr {
     NotGiven,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Held {
     pub addr: HeldAddr,
     /// `--port P` (any bare port): relaunch may still rebind it where the

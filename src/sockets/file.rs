@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::who;
 
 /// Who may connect: the file's mode and, when set, its owner and group.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Access {
     pub mode: u32,
     pub owner: Option<libc::uid_t>,

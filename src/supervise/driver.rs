@@ -310,6 +310,9 @@ pub struct Saved {
     notify_socket: Option<OsString>,
     quiet: bool,
     ports_file: Option<handover::OwnedPath>,
+    /// Bind interception's held sockets (their fds are the listeners').
+    #[serde(default)]
+    intercept: Option<intercept::handler::SavedTable>,
 }
 
 impl Saved {
@@ -347,6 +350,7 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
         waiters: saved_waiters,
         requests: saved_requests,
         upgrade: upgrade_conn,
+        intercept: carried,
     } = fds;
     let bad = |what: String| {
         Error::runtime(format!("cannot adopt {what} after the upgrade"))
@@ -377,6 +381,35 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
     });
     let (notify_tx, notify_rx) = mpsc::unbounded_channel();
     let (listened_tx, listened_rx) = mpsc::unbounded_channel();
+    let intercept = match saved.intercept {
+        Some(t) => match intercept::handler::Table::adopt(&listeners, t) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn!(
+                    "bind interception is off after the upgrade: cannot adopt the held                      sockets ({e}); a child that binds a held port itself fails with ENOSYS                      until it is restarted"
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    // Each child's binds are answered again, before anything else runs.
+    if let Some(t) = &intercept {
+        for c in carried {
+            let leader = c.leader;
+            if let Err(e) = intercept::handler::resume(Arc::clone(t), c, listened_tx.clone()) {
+                warn!(
+                    pid = leader,
+                    "cannot answer this child's binds after the upgrade ({e}): its binds                      fail with ENOSYS until it is restarted"
+                );
+            }
+        }
+    } else {
+        for c in carried {
+            // SAFETY: handed over for us alone; closed once.
+            drop(unsafe { OwnedFd::from_raw_fd(c.fd) });
+        }
+    }
     let mut driver = Driver {
         systemd: Systemd::from_env(saved.notify_socket.as_deref()),
         program: saved.program,
@@ -398,8 +431,7 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
         asked: None,
         spawns: reaper::Spawns::default(),
         escaped: HashMap::new(),
-        // Never with bind interception (an upgrade is refused there).
-        intercept: None,
+        intercept,
         listened: listened_tx,
         // Never under --watch (an upgrade is refused there).
         build_cmd: None,
@@ -854,12 +886,18 @@ impl Driver {
     /// What the next image needs of the driver, and its fds but the
     /// control connections (see [`handover::Fds`]).
     fn save(&self) -> (Saved, handover::Fds) {
+        // Interception may have rebound a listener: the table's is current.
+        let held = self.intercept.as_ref().map(|t| t.sockets());
         let listeners = self
             .listeners
             .iter()
-            .map(|l| handover::ListenerFd {
+            .enumerate()
+            .map(|(i, l)| handover::ListenerFd {
                 name: l.name.clone(),
-                fd: l.socket.as_raw_fd(),
+                fd: held
+                    .as_ref()
+                    .and_then(|h| h.get(i))
+                    .map_or(l.socket.as_raw_fd(), |s| s.as_raw_fd()),
                 file: l.file().map(|f| {
                     let (path, identity) = f.path_identity();
                     handover::OwnedPath { path, identity }
@@ -892,6 +930,7 @@ impl Driver {
                 let (path, identity) = p.identity();
                 handover::OwnedPath { path, identity }
             }),
+            intercept: self.intercept.as_ref().map(|t| t.save()),
         };
         let fds = handover::Fds {
             listeners,
@@ -1382,20 +1421,10 @@ fn start_upgrade(
     binary: Option<PathBuf>,
     reply: Option<control::Reply>,
 ) {
-    if sup.os.intercept.is_some() {
-        // Each child's seccomp listener lives in a thread of this image,
-        // and a --port socket may have moved: not handed over yet.
-        let reason = "not with bind interception on yet: start relaunch with --no-intercept to \
-                      upgrade it in place, or restart it"
-            .to_string();
-        let fx = sup.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
-        sup.os.perform(fx);
-        return;
-    }
     let started = upgrade::binary_path(binary)
         .map_err(|why| (why, None))
         .and_then(|binary| {
-            let state = save(sup, None, Vec::new(), Vec::new());
+            let state = save(sup, None, Vec::new(), Vec::new(), Vec::new());
             let json = serde_json::to_vec(&state)
                 .map_err(|e| (format!("cannot encode the state: {e}"), None))?;
             info!(binary = %binary.display(), "asking the new binary whether it can take over");
@@ -1420,9 +1449,11 @@ fn save(
     upgrade_conn: Option<RawFd>,
     requests: Vec<(control::Request, RawFd)>,
     sigmask: Vec<i32>,
+    carried: Vec<intercept::handler::Carried>,
 ) -> handover::State {
     let (supervisor, waiters) = sup.save();
     let (driver, mut fds) = sup.os.save();
+    fds.intercept = carried;
     fds.waiters = waiters;
     fds.requests = requests;
     fds.upgrade = upgrade_conn;
@@ -1485,6 +1516,20 @@ async fn upgrade_now(
         apply(sup, fx);
         return;
     }
+    // Bind interception: every handler thread parks between two
+    // notifications, so none dies with one received and unanswered (its
+    // caller would hang); the next image's threads take over the fds.
+    let carried = match &sup.os.intercept {
+        Some(t) => match park(t).await {
+            Ok(carried) => carried,
+            Err(reason) => {
+                let fx = sup.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
+                apply(sup, fx);
+                return;
+            }
+        },
+        None => Vec::new(),
+    };
     // Requests read but not handled go with the state, answered over there.
     let mut pending = Vec::new();
     if let Some(rx) = control_rx.as_mut() {
@@ -1505,10 +1550,14 @@ async fn upgrade_now(
         reply.as_ref().map(|r| r.conn()),
         requests,
         sigmask.clone(),
+        carried,
     );
     let why = upgrade::exec(&check.binary, &state);
     // Still here: the old image goes on.
     upgrade::set_sigmask(&sigmask);
+    if let Some(t) = &sup.os.intercept {
+        t.resume();
+    }
     let fx = sup.handle(Event::UpgradeFailed { reason: why, reply }, Instant::now());
     apply(sup, fx);
     for inc in pending {
@@ -1520,6 +1569,33 @@ async fn upgrade_now(
             Instant::now(),
         );
         apply(sup, fx);
+    }
+}
+
+/// How long bind interception's threads may take to park for an upgrade
+/// (each finishes the call in hand: a few /proc reads).
+const PARK_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Parks every interception thread (see [`intercept::handler::Table::pause`]):
+/// their fds and state, or why the upgrade is refused (they go on then).
+async fn park(
+    t: &intercept::handler::Table,
+) -> std::result::Result<Vec<intercept::handler::Carried>, String> {
+    t.pause();
+    let deadline = Instant::now() + PARK_DEADLINE;
+    loop {
+        match t.parked() {
+            Ok(carried) => return Ok(carried),
+            Err(busy) if Instant::now() >= deadline => {
+                t.resume();
+                return Err(format!(
+                    "{busy} bind interception thread(s) did not stop within {} s (each was \
+                     answering a child's bind, or waiting for a new child's filter); try again",
+                    PARK_DEADLINE.as_secs()
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
     }
 }
 

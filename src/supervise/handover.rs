@@ -33,7 +33,11 @@ use crate::error::{Error, Result};
 use crate::supervise::{driver, supervisor};
 
 /// Bumped whenever [`State`] changes in a way an older reader would misread.
-pub const FORMAT: u32 = 1;
+/// 2: bind interception's fds and table (a reader of 1 would drop them).
+pub const FORMAT: u32 = 2;
+/// The oldest format this image still reads: what later formats added has
+/// a default (format 1 is a relaunch without interception to carry).
+pub const OLDEST: u32 = 1;
 /// The variable that names the memfd in the new image.
 pub const ENV: &str = "RELAUNCH_UPGRADE_STATE";
 /// The new binary's handshake flag (first argument).
@@ -95,6 +99,10 @@ pub struct Fds {
     pub requests: Vec<(Request, RawFd)>,
     /// The connection of the `relaunch upgrade` that asked for this one.
     pub upgrade: Option<RawFd>,
+    /// Bind interception: each child's seccomp notification fd, whose
+    /// handler thread parked for the upgrade.
+    #[serde(default)]
+    pub intercept: Vec<crate::intercept::handler::Carried>,
 }
 
 impl Fds {
@@ -108,6 +116,7 @@ impl Fds {
             waiters,
             requests,
             upgrade,
+            intercept,
         } = self;
         listeners
             .iter()
@@ -118,6 +127,7 @@ impl Fds {
             .chain(waiters.iter().map(|w| w.1))
             .chain(requests.iter().map(|r| r.1))
             .chain(upgrade.iter().copied())
+            .chain(intercept.iter().map(|c| c.fd))
             .collect()
     }
 }
@@ -216,9 +226,9 @@ pub fn parse(bytes: &[u8], pid: Option<u32>) -> std::result::Result<State, Strin
         format: u32,
     }
     let head: Head = serde_json::from_slice(bytes).map_err(|e| format!("not a state: {e}"))?;
-    if head.format != FORMAT {
+    if !(OLDEST..=FORMAT).contains(&head.format) {
         return Err(format!(
-            "it is in upgrade state format {}, this relaunch {} reads format {FORMAT}",
+            "it is in upgrade state format {}, this relaunch {} reads formats {OLDEST} to {FORMAT}",
             head.format,
             image()
         ));
@@ -279,12 +289,12 @@ pub fn check(format: Option<&std::ffi::OsStr>, stdin: impl Read) -> (i32, String
         .and_then(|f| f.to_str())
         .and_then(|f| f.parse::<u32>().ok());
     match asked {
-        Some(FORMAT) => {}
+        Some(f) if (OLDEST..=FORMAT).contains(&f) => {}
         Some(other) => {
             return (
                 1,
                 format!(
-                    "relaunch: error: this relaunch {} reads upgrade state format {FORMAT}, not {other}",
+                    "relaunch: error: this relaunch {} reads upgrade state formats {OLDEST} to {FORMAT}, not {other}",
                     image()
                 ),
             );
@@ -302,7 +312,11 @@ pub fn check(format: Option<&std::ffi::OsStr>, stdin: impl Read) -> (i32, String
         return (1, format!("relaunch: error: cannot read the state: {e}"));
     }
     match parse(&bytes, None) {
-        Ok(_) => (0, format!("{CHECK_OK} format {FORMAT}, {}", image())),
+        // The format asked, which the old image looks for.
+        Ok(state) => (
+            0,
+            format!("{CHECK_OK} format {}, {}", state.format, image()),
+        ),
         Err(why) => (
             1,
             format!("relaunch: error: cannot adopt this state: {why}"),
@@ -477,19 +491,22 @@ mod tests {
     #[test]
     fn parse_names_what_is_wrong() {
         assert!(parse(b"", None).unwrap_err().starts_with("not a state"));
-        let other = parse(br#"{"format":2,"anything":true}"#, None).unwrap_err();
-        assert!(other.contains("format 2"), "{other}");
-        assert!(other.contains(&format!("reads format {FORMAT}")), "{other}");
-        let missing = parse(br#"{"format":1}"#, None).unwrap_err();
+        let other = parse(br#"{"format":9,"anything":true}"#, None).unwrap_err();
+        assert!(other.contains("format 9"), "{other}");
+        assert!(
+            other.contains(&format!("reads formats 1 to {FORMAT}")),
+            "{other}"
+        );
+        let missing = parse(format!(r#"{{"format":{FORMAT}}}"#).as_bytes(), None).unwrap_err();
         assert!(missing.starts_with("malformed state"), "{missing}");
     }
 
     #[test]
     fn check_answers_the_handshake() {
-        let (code, line) = check(Some("2".as_ref()), &b""[..]);
+        let (code, line) = check(Some("9".as_ref()), &b""[..]);
         assert_eq!(code, 1);
         assert!(
-            line.contains(&format!("reads upgrade state format {FORMAT}, not 2")),
+            line.contains(&format!("reads upgrade state formats 1 to {FORMAT}, not 9")),
             "{line}"
         );
         let (code, line) = check(Some("x".as_ref()), &b""[..]);
@@ -554,7 +571,8 @@ mod tests {
             waiters: vec![(2, 7)],
             requests: vec![(Request::Status, 8)],
             upgrade: Some(9),
+            intercept: vec![crate::intercept::handler::Carried::new(11, 10)],
         };
-        assert_eq!(fds.all(), vec![3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(fds.all(), vec![3, 4, 5, 6, 7, 8, 9, 10]);
     }
 }

@@ -153,9 +153,6 @@ fn setup(tag: &str, mode: &str, extra: &[&str]) -> Setup {
     let r = Relaunch::start_with(
         Command::new(&bin)
             .args(["-l", "127.0.0.1:0", "--control", ctl.to_str().unwrap()])
-            // Bind interception's per-child seccomp listeners are not handed
-            // over yet: an upgrade is refused while it runs (tested below).
-            .arg("--no-intercept")
             .args(extra)
             .arg("--")
             .arg(app.script()),
@@ -321,12 +318,12 @@ fn a_broken_new_binary_is_refused_and_nothing_changes() {
             "its handshake exited with status 1: relaunch: cannot start: libfoo.so missing",
         ),
         (
-            "cat >/dev/null; echo 'relaunch upgrade-check ok: format 2, 9.0.0'",
-            "it speaks another upgrade state format (relaunch upgrade-check ok: format 2, 9.0.0; this relaunch hands over format 1)",
+            "cat >/dev/null; echo 'relaunch upgrade-check ok: format 3, 9.0.0'",
+            "it speaks another upgrade state format (relaunch upgrade-check ok: format 3, 9.0.0; this relaunch hands over format 2)",
         ),
         (
             "echo hello",
-            "it does not speak relaunch's upgrade handshake (format 1): hello",
+            "it does not speak relaunch's upgrade handshake (format 2): hello",
         ),
         (
             "exec sleep 60",
@@ -334,7 +331,7 @@ fn a_broken_new_binary_is_refused_and_nothing_changes() {
         ),
         // It passes the check, then is gone when relaunch execs it.
         (
-            "cat >/dev/null; echo 'relaunch upgrade-check ok: format 1, 0.9.9'; rm -f \"$0\"",
+            "cat >/dev/null; echo 'relaunch upgrade-check ok: format 2, 0.9.9'; rm -f \"$0\"",
             "No such file or directory",
         ),
     ];
@@ -360,12 +357,15 @@ fn a_broken_new_binary_is_refused_and_nothing_changes() {
     assert_eq!(still.ino(), exe, "the old image runs on");
     // A real relaunch asked for a format it does not read says so.
     let out = Command::new(relaunch_bin())
-        .args(["--upgrade-check", "2"])
+        .args(["--upgrade-check", "3"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("reads upgrade state format 1, not 2"), "{err}");
+    assert!(
+        err.contains("reads upgrade state formats 1 to 2, not 3"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -581,27 +581,139 @@ fn a_sighup_at_the_exec_is_not_lost() {
     assert_eq!(s.r.log.count("SIGHUP: reload"), 1, "{}", s.r.log.text());
 }
 
-/// With bind interception on (the default), an upgrade is refused with the
-/// reason and what to do, and nothing changes.
+/// An unmodified Python server that binds `127.0.0.1:PORT` itself and
+/// answers its pid. On SIGUSR1 it binds that address again on a new socket
+/// (as a process that started before an upgrade and binds after it) and
+/// writes what the bind returned to `rebound`.
+const SELF_BINDING: &str = r#"
+import os, signal, socket, socketserver, sys, threading
+
+port = int(sys.argv[1])
+
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        while self.rfile.readline().strip():
+            pass
+        body = f"{os.getpid()}\n".encode()
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+                         % len(body) + body)
+
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+server = Server(("127.0.0.1", port), Handler)
+
+def again(*_):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+        s.listen(5)
+        said = "bound"
+    except OSError as e:
+        said = f"error {e.errno}"
+    s.close()
+    with open(os.path.join(os.path.dirname(__file__), "rebound.tmp"), "w") as f:
+        f.write(said)
+    os.rename(os.path.join(os.path.dirname(__file__), "rebound.tmp"),
+              os.path.join(os.path.dirname(__file__), "rebound"))
+
+signal.signal(signal.SIGUSR1, again)
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+server.serve_forever()
+"#;
+
+/// Bind interception (on by default) is carried by an upgrade: each child's
+/// seccomp notification fd and the held sockets (here `--port` moved to
+/// where the app bound) go to the new image, whose threads answer the binds
+/// of processes that started before it, and of the generations after it.
 #[test]
-fn an_upgrade_with_bind_interception_is_refused() {
-    let app = App::new("upgrade-intercept", &pid_server(""));
-    let ctl = app.control();
-    let r = Relaunch::start(&[
-        "-l",
-        "127.0.0.1:0",
+fn an_upgrade_carries_bind_interception() {
+    if !(require_tool("python3") && require_tool("ss")) {
+        return;
+    }
+    let b = second_build();
+    let dir = TempDir::new("upgrade-intercept");
+    let script = dir.join("app.py");
+    std::fs::write(&script, SELF_BINDING).unwrap();
+    let bin = dir.join("relaunch");
+    install(Path::new(relaunch_bin()), &bin);
+    let ctl = dir.join("ctl.sock");
+    let port = free_port();
+    let mut r = Relaunch::start_with(Command::new(&bin).args([
+        "--port",
+        &port.to_string(),
         "--control",
         ctl.to_str().unwrap(),
         "--",
-        &app.script(),
-    ]);
-    let addr = r.listen_addr(3);
-    let served = wait_serving(addr);
+        "python3",
+        script.to_str().unwrap(),
+        &port.to_string(),
+    ]));
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let first = wait_serving(addr);
     r.log.wait("serving: generation 1", T);
+    r.log.wait(&format!("now holds 127.0.0.1:{port}"), T);
+    let before = status(&ctl);
+    assert_eq!(
+        before["listeners"][0]["address"],
+        format!("127.0.0.1:{port}")
+    );
+    let load = Load::start(addr, 4);
+    install(b, &bin);
     let (code, out) = upgrade(&ctl);
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("not with bind interception on yet"), "{out}");
-    assert!(out.contains("--no-intercept"), "{out}");
-    assert_eq!(get(addr).unwrap(), served);
-    assert_eq!(status(&ctl)["generation"], 1);
+    assert_eq!(code, 0, "{out}\n{}", r.log.text());
+    r.log.wait("upgraded from", T);
+    let after = status(&ctl);
+    assert_eq!(after["pid"], r.pid());
+    assert_eq!(after["build_id"], BUILD_B);
+    assert_eq!(children(&after), children(&before));
+    // The moved --port socket came along, and status still says where.
+    assert_eq!(
+        after["listeners"][0]["address"],
+        format!("127.0.0.1:{port}")
+    );
+    let found = listeners_on(port);
+    assert!(
+        found.len() == 1 && found[0].0.contains(&format!("127.0.0.1:{port}")),
+        "{found:?}"
+    );
+    // A process started before the upgrade binds after it: the new image
+    // answers (a real bind would fail with EADDRINUSE, an unanswered one hang).
+    let child: i32 = first.parse().unwrap();
+    // SAFETY: a signal to the app's pid.
+    unsafe { libc::kill(child, libc::SIGUSR1) };
+    let rebound = dir.join("rebound");
+    let said = wait_for("the app's second bind", T, || {
+        std::fs::read_to_string(&rebound).ok()
+    });
+    assert_eq!(said, "bound", "{}", r.log.text());
+    // Said once per process, across the upgrade too.
+    let log = r.log.text();
+    assert_eq!(
+        log.matches(&format!("pid {child} (python3) bound")).count(),
+        1,
+        "{log}"
+    );
+    // The next generation's bind is answered by the new image.
+    let (code, out) = crate::reload::reload_cli(&ctl);
+    assert_eq!(code, 0, "{out}\n{}", r.log.text());
+    let second = wait_new_pid(addr, &first);
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{:?}\n{}", rep.errors, r.log.text());
+    assert!(rep.ok > 0);
+    assert_eq!(status(&ctl)["generation"], 2);
+    // kill -9 of the child: its restart binds under the new image, and no
+    // connection is refused meanwhile.
+    let load = Load::start(addr, 4);
+    let pid: i32 = second.parse().unwrap();
+    // SAFETY: a signal to the app's pid.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_new_pid(addr, &second);
+    let rep = load.finish();
+    assert_eq!(rep.refused, 0, "{:?}\n{}", rep.errors, r.log.text());
+    assert!(!r.log.text().contains("ENOSYS"), "{}", r.log.text());
+    r.signal(libc::SIGTERM);
+    assert!(r.wait_exit(T).success(), "{}", r.log.text());
 }
