@@ -619,6 +619,30 @@ def again(*_):
     os.rename(os.path.join(os.path.dirname(__file__), "rebound.tmp"),
               os.path.join(os.path.dirname(__file__), "rebound"))
 
+def hammer():
+    # Binds the held address again and again, so that an upgrade's exec
+    # lands while interception has one of them in hand.
+    n, here = 0, os.path.dirname(__file__)
+    try:
+        while True:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+            s.close()
+            n += 1
+            if n % 10 == 0:
+                said = str(n)
+                tmp = os.path.join(here, f"binds-{os.getpid()}.tmp")
+                with open(tmp, "w") as f:
+                    f.write(said)
+                os.rename(tmp, os.path.join(here, f"binds-{os.getpid()}"))
+    except OSError as e:
+        with open(os.path.join(here, f"binds-{os.getpid()}"), "w") as f:
+            f.write(f"error {e.errno}")
+
+if len(sys.argv) > 2:
+    threading.Thread(target=hammer, daemon=True).start()
+
 signal.signal(signal.SIGUSR1, again)
 signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
 server.serve_forever()
@@ -716,4 +740,86 @@ fn an_upgrade_carries_bind_interception() {
     assert!(!r.log.text().contains("ENOSYS"), "{}", r.log.text());
     r.signal(libc::SIGTERM);
     assert!(r.wait_exit(T).success(), "{}", r.log.text());
+}
+
+/// Binds in flight when the exec comes are not lost: each interception
+/// thread finishes the call in hand and parks first, and what arrives
+/// during the exec is answered by the new image. Two workers bind the held
+/// address in a loop through six upgrades; each goes on binding after every
+/// one (a call received but not answered by the old image would hang it).
+#[test]
+fn binds_in_flight_at_an_upgrade_are_all_answered() {
+    if !(require_tool("python3") && require_tool("ss")) {
+        return;
+    }
+    let b = second_build();
+    let dir = TempDir::new("upgrade-binds");
+    let script = dir.join("app.py");
+    std::fs::write(&script, SELF_BINDING).unwrap();
+    let bin = dir.join("relaunch");
+    install(Path::new(relaunch_bin()), &bin);
+    let ctl = dir.join("ctl.sock");
+    let port = free_port();
+    let r = Relaunch::start_with(Command::new(&bin).args([
+        "-l",
+        &format!("127.0.0.1:{port}"),
+        "--workers",
+        "2",
+        "--control",
+        ctl.to_str().unwrap(),
+        "--",
+        "python3",
+        script.to_str().unwrap(),
+        &port.to_string(),
+        "hammer",
+    ]));
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_serving(addr);
+    r.log.wait("serving: generation 1", T);
+    let pids: Vec<i64> = children(&status(&ctl)).iter().map(|c| c.0).collect();
+    assert_eq!(pids.len(), 2);
+    let count = |pid: i64| -> u64 {
+        let said = std::fs::read_to_string(dir.join(&format!("binds-{pid}"))).unwrap_or_default();
+        assert!(
+            !said.starts_with("error"),
+            "pid {pid}: {said}\n{}",
+            r.log.text()
+        );
+        said.parse().unwrap_or(0)
+    };
+    let load = Load::start(addr, 2);
+    for n in 0..6 {
+        let seen: Vec<u64> = pids.iter().map(|&p| count(p)).collect();
+        install(
+            if n % 2 == 0 {
+                b
+            } else {
+                Path::new(relaunch_bin())
+            },
+            &bin,
+        );
+        let (code, out) = upgrade(&ctl);
+        assert_eq!(code, 0, "upgrade {n}: {out}\n{}", r.log.text());
+        for (&pid, &before) in pids.iter().zip(&seen) {
+            wait_for(
+                &format!("pid {pid} binding on after upgrade {n}"),
+                T,
+                || (count(pid) >= before + 50).then_some(()),
+            );
+        }
+    }
+    assert_eq!(
+        children(&status(&ctl))
+            .iter()
+            .map(|c| c.0)
+            .collect::<Vec<_>>(),
+        pids
+    );
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{:?}\n{}", rep.errors, r.log.text());
+    assert!(
+        !r.log.text().contains("did not stop within"),
+        "{}",
+        r.log.text()
+    );
 }
