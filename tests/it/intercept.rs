@@ -708,7 +708,7 @@ fn a_second_notifier_is_refused_with_one_line() {
 }
 
 /// GET / over a Unix socket; the body.
-fn get_unix(path: &std::path::Path) -> std::io::Result<String> {
+pub(crate) fn get_unix(path: &std::path::Path) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(path)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;

@@ -823,3 +823,77 @@ fn binds_in_flight_at_an_upgrade_are_all_answered() {
         r.log.text()
     );
 }
+
+/// A Unix socket file the app deleted before binding, which relaunch bound
+/// anew, is handed over as relaunch's: it serves on, and it is removed when
+/// relaunch stops (by the image that did not make it).
+#[test]
+fn a_remade_unix_socket_file_is_carried() {
+    if !require_tool("python3") {
+        return;
+    }
+    let b = second_build();
+    let dir = TempDir::new("upgrade-unix");
+    let script = dir.join("app.py");
+    std::fs::write(
+        &script,
+        r#"
+import asyncio, os, signal, sys
+
+async def handle(reader, writer):
+    while (await reader.readline()).strip():
+        pass
+    body = f"{os.getpid()}\n".encode()
+    writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    await writer.drain()
+    writer.close()
+
+async def main():
+    # asyncio removes a socket file found at the path before it binds.
+    server = await asyncio.start_unix_server(handle, sys.argv[1])
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with server:
+        await stop.wait()
+
+asyncio.run(main())
+"#,
+    )
+    .unwrap();
+    let bin = dir.join("relaunch");
+    install(Path::new(relaunch_bin()), &bin);
+    let ctl = dir.join("ctl.sock");
+    let path = dir.join("app.sock");
+    let mut r = Relaunch::start_with(Command::new(&bin).args([
+        "-l",
+        &format!("unix:{}", path.display()),
+        "--control",
+        ctl.to_str().unwrap(),
+        "--",
+        "python3",
+        script.to_str().unwrap(),
+        path.to_str().unwrap(),
+    ]));
+    let get = || crate::intercept::get_unix(&path);
+    let first = wait_for("an answer on app.sock", T, || get().ok());
+    r.log.wait("deleted relaunch's socket file", T);
+    install(b, &bin);
+    let (code, out) = upgrade(&ctl);
+    assert_eq!(code, 0, "{out}\n{}", r.log.text());
+    assert_eq!(get().unwrap(), first);
+    // The next generation (asyncio deletes the file again) gets a remade
+    // one too, from the new image.
+    let (code, out) = crate::reload::reload_cli(&ctl);
+    assert_eq!(code, 0, "{out}\n{}", r.log.text());
+    let second = wait_for("the new generation on app.sock", T, || {
+        get().ok().filter(|b| *b != first)
+    });
+    // Upgraded again, the file last made is still relaunch's to remove.
+    install(Path::new(relaunch_bin()), &bin);
+    let (code, out) = upgrade(&ctl);
+    assert_eq!(code, 0, "{out}\n{}", r.log.text());
+    assert_eq!(get().unwrap(), second);
+    r.signal(libc::SIGTERM);
+    assert!(r.wait_exit(T).success(), "{}", r.log.text());
+    assert!(!path.exists(), "{} left behind", path.display());
+}
