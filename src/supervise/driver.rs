@@ -1591,8 +1591,9 @@ fn start_sweep(sup: &Supervisor<Driver>, sweep: u64) -> JoinHandle<Sweep> {
         .collect();
     let ending: Vec<i32> = sup.escaped().collect();
     let spawns = sup.os.spawns.clone();
+    let since = reaper::boot_ticks();
     tokio::task::spawn_blocking(move || {
-        let found = reaper::find_leftovers(&spawns, &owners, &children, &ending)
+        let found = reaper::find_leftovers(&spawns, &owners, &children, &ending, since)
             .into_iter()
             .filter_map(|l| reaper::Escaped::open(&l).map(|h| (l, h)))
             .collect();
