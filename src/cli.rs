@@ -32,6 +32,9 @@ pub enum Sub {
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// Print nothing; exit 0 only while a ready generation serves, else 1 with one line on stderr (for health probes)
+        #[arg(long, conflicts_with = "json")]
+        check: bool,
     },
     /// Start a new generation beside the old one; stop the old one once the new one is ready
     Reload {

@@ -78,7 +78,12 @@ fn dispatch(cli: Cli, snapshot: plan::Snapshot) -> Result<i32> {
     let result = match cli.command {
         None => runtime.block_on(driver::run(cli.run, snapshot)),
         Some(Sub::Who(args)) => who::run(&args),
-        Some(Sub::Status { client, json }) => {
+        Some(Sub::Status {
+            client,
+            check: true,
+            ..
+        }) => runtime.block_on(control::check(&client)),
+        Some(Sub::Status { client, json, .. }) => {
             runtime.block_on(control::client(&client, Request::Status, json))
         }
         Some(Sub::Reload { client }) => {

@@ -47,6 +47,41 @@ pub async fn client(args: &ClientArgs, request: Request, json: bool) -> Result<i
     }
 }
 
+/// `status --check`: 0 and silence while a ready generation serves; else 1
+/// and one line on stderr (starting, reloading before the first ready,
+/// backing off with nothing serving, stopping, unreachable), so a health
+/// probe's log says why.
+pub async fn check(args: &ClientArgs) -> Result<i32> {
+    let path = args.control.as_deref().ok_or_else(|| {
+        Error::usage("no control socket given").hint(
+            "pass --control PATH or set RELAUNCH_CONTROL to the --control path of the running relaunch",
+        )
+    })?;
+    let limit = time_limit(args.timeout.as_deref(), &Request::Status)?;
+    let line = match exchange(path, &Request::Status, limit).await {
+        Ok(Response::Status(s)) => match check_line(&s) {
+            None => return Ok(0),
+            Some(line) => line,
+        },
+        Ok(other) => format!("not ready: unexpected answer {other:?}"),
+        Err(e) => format!("not ready: {}", e.msg),
+    };
+    logging::print(3, &line);
+    Ok(1)
+}
+
+/// Why a status does not pass `--check`; None when it does.
+fn check_line(s: &Status) -> Option<String> {
+    if s.ready {
+        return None;
+    }
+    let head = format!("not ready: relaunch (pid {}) is {}", s.pid, s.state);
+    Some(match s.state.as_str() {
+        "stopping" => head,
+        _ => format!("{head}; generation {} has no ready child", s.generation),
+    })
+}
+
 /// `--timeout`, or the default for the request.
 fn time_limit(timeout: Option<&str>, request: &Request) -> Result<Duration> {
     let Some(text) = timeout else {
@@ -192,7 +227,15 @@ fn render_status(s: &Status) -> String {
         let rows: Vec<Vec<String>> = s
             .listeners
             .iter()
-            .map(|l| vec![l.name.clone(), l.address.clone(), format!("fd {}", l.fd)])
+            .map(|l| {
+                let mut row = vec![l.name.clone(), l.address.clone(), format!("fd {}", l.fd)];
+                match (l.waiting, l.backlog) {
+                    (Some(w), Some(b)) => row.push(format!("waiting {w} / {b}")),
+                    (Some(w), None) => row.push(format!("waiting {w}")),
+                    _ => {}
+                }
+                row
+            })
             .collect();
         out += &table(&rows, "  ");
     }
@@ -315,7 +358,7 @@ mod tests {
 relaunch (pid 4242): serving, generation 3
 status: accepting connections
 listeners:
-  http  127.0.0.1:8080  fd 3
+  http  127.0.0.1:8080  fd 3  waiting 2 / 4096
 children:
   PID   GEN  WORKER  STATE  UPTIME  RESTARTS  LAST EXIT
   4250  3    0       ready  1h2m5s  2         signal 9 (SIGKILL)
@@ -335,6 +378,23 @@ last reload: generation 3 succeeded 2m5s ago: ready after 0.4s";
         let back: Status = serde_json::from_str(&json).unwrap();
         assert_eq!(back.pid, 4242);
         assert!(json.contains("\n  \"generation\": 3"), "{json}");
+    }
+
+    #[test]
+    fn check_lines() {
+        let mut s = sample_status();
+        assert_eq!(check_line(&s), None);
+        s.ready = false;
+        s.state = "starting".into();
+        assert_eq!(
+            check_line(&s).unwrap(),
+            "not ready: relaunch (pid 4242) is starting; generation 3 has no ready child"
+        );
+        s.state = "stopping".into();
+        assert_eq!(
+            check_line(&s).unwrap(),
+            "not ready: relaunch (pid 4242) is stopping"
+        );
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct Status {
     pub generation: u64,
     /// "starting" | "serving" | "reloading" | "backing off" | "stopping"
     pub state: String,
+    /// A generation that became ready serves now (what `status --check` asks).
+    #[serde(default)]
+    pub ready: bool,
     /// Last STATUS= from the serving generation.
     pub status_text: Option<String>,
     pub listeners: Vec<ListenerInfo>,
@@ -49,6 +52,13 @@ pub struct ListenerInfo {
     pub name: String,
     pub address: String,
     pub fd: i32,
+    /// Of a stream listener: connections the kernel holds for it that no
+    /// child accepted yet (None for UDP, or when it could not be read).
+    #[serde(default)]
+    pub waiting: Option<u32>,
+    /// The most that may wait (the listen backlog), when the kernel says.
+    #[serde(default)]
+    pub backlog: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

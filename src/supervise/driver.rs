@@ -94,7 +94,13 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             name: l.name.clone(),
             address: l.address(),
             fd: 3 + i as i32,
+            waiting: None,
+            backlog: None,
         })
+        .collect();
+    let queue_inodes = listeners
+        .iter()
+        .map(|l| scan::socket_inode(l.socket.as_fd()).ok())
         .collect();
     let driver = Driver {
         program: plan.program,
@@ -107,6 +113,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         notify_tx,
         systemd,
         execs: HashMap::new(),
+        queue_inodes,
     };
     let cfg = Config {
         restart: plan.restart,
@@ -151,6 +158,9 @@ struct Driver {
     systemd: Option<Systemd>,
     /// Exec status pipes of children that may not have exec'd yet.
     execs: HashMap<i32, AsyncFd<spawn::ExecWatch>>,
+    /// Socket inode of each listener, in fd order: where `status` finds its
+    /// accept queue.
+    queue_inodes: Vec<Option<u64>>,
 }
 
 impl Driver {
@@ -228,14 +238,12 @@ impl Driver {
                 Effect::Reply {
                     to,
                     response: Response::Status(mut status),
-                } if status.children.iter().any(|c| c.state == "lingering") => {
-                    // Who is left in those groups is read from /proc, off the loop.
+                } => {
+                    // Accept queues (sock_diag) and who is left in lingering
+                    // groups (/proc) are read off the loop.
+                    let inodes = self.queue_inodes.clone();
                     tokio::task::spawn_blocking(move || {
-                        for c in &mut status.children {
-                            if c.state == "lingering" {
-                                c.lingering = reaper::group_members(c.pid);
-                            }
-                        }
+                        fill_status(&mut status, &inodes);
                         let _ = to.send(Response::Status(status));
                     });
                 }
@@ -497,6 +505,27 @@ async fn exec_reported(
         Poll::Pending
     })
     .await
+}
+
+/// Adds what the kernel knows to a status: each listener's accept queue,
+/// and the members of lingering groups. Blocking: /proc and netlink.
+fn fill_status(status: &mut control::Status, inodes: &[Option<u64>]) {
+    match crate::proc::listen_queues() {
+        Ok(queues) => {
+            for (l, inode) in status.listeners.iter_mut().zip(inodes) {
+                if let Some(q) = inode.and_then(|i| queues.get(&i)) {
+                    l.waiting = Some(q.waiting);
+                    l.backlog = q.backlog;
+                }
+            }
+        }
+        Err(e) => debug!("cannot read the accept queues: {e}"),
+    }
+    for c in &mut status.children {
+        if c.state == "lingering" {
+            c.lingering = reaper::group_members(c.pid);
+        }
+    }
 }
 
 /// Scans /proc for the starting children on the blocking pool: a hung

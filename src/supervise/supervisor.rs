@@ -377,6 +377,17 @@ impl<O: Os> Supervisor<O> {
         }
     }
 
+    /// Whether a generation that became ready serves: it was announced, a
+    /// child of it is ready now, and relaunch is not stopping.
+    pub fn ready(&self) -> bool {
+        self.announced
+            && !self.stopping
+            && self
+                .children
+                .iter()
+                .any(|c| c.generation == self.serving && c.alive() && c.state == State::Ready)
+    }
+
     /// The earliest moment an [`Event::Timer`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let children = self.children.iter().filter_map(|c| match c.state {
@@ -439,6 +450,7 @@ impl<O: Os> Supervisor<O> {
             pid: std::process::id(),
             generation: self.serving,
             state: self.state().into(),
+            ready: self.ready(),
             status_text,
             listeners: self.cfg.listeners.clone(),
             children,

@@ -5,6 +5,7 @@ mod child;
 mod core;
 mod faults;
 mod groups;
+mod ops;
 mod ports;
 mod ready;
 mod reload;
