@@ -116,9 +116,17 @@ pub struct RunArgs {
     #[arg(long, env = "RELAUNCH_CONTROL", value_name = "PATH")]
     pub control: Option<PathBuf>,
 
+    /// Serve GET /metrics (Prometheus text format) on ADDR, e.g. 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+
     /// Only log warnings and errors
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// Log lines as text, or as one JSON object per line
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 
     /// The server to run, after `--`
     #[arg(last = true, required = true, value_name = "COMMAND")]

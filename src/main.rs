@@ -6,6 +6,7 @@ mod control;
 mod duration;
 mod error;
 mod logging;
+mod metrics;
 mod plan;
 mod proc;
 mod ready;

@@ -26,6 +26,7 @@ pub mod wrapper;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -99,6 +100,8 @@ pub struct Plan {
     pub ready_timeout: Duration,
     pub ports_file: Option<PathBuf>,
     pub control: Option<PathBuf>,
+    /// `--metrics`: where to serve GET /metrics.
+    pub metrics: Option<SocketAddr>,
     /// For the log, at info and warn.
     pub notes: Vec<String>,
     pub warnings: Vec<String>,
@@ -197,8 +200,17 @@ pub fn make(
         ready_timeout,
         ports_file: args.ports_file.clone(),
         control: args.control.clone(),
+        metrics: args.metrics.as_deref().map(metrics_addr).transpose()?,
         notes,
         warnings,
+    })
+}
+
+/// `--metrics HOST:PORT`.
+fn metrics_addr(text: &str) -> Result<SocketAddr> {
+    text.parse().map_err(|_| {
+        Error::usage(format!("--metrics {text:?}: not an address and port"))
+            .hint("give HOST:PORT, e.g. --metrics 127.0.0.1:9464 (or [::1]:9464)")
     })
 }
 
@@ -375,6 +387,18 @@ mod tests {
             name: Box::leak(name.to_string().into_boxed_str()),
             fd,
             addr: Some(spec::parse(addr).unwrap().addr),
+        }
+    }
+
+    #[test]
+    fn metrics_address() {
+        let p = plan(&["-p", "80", "--metrics", "127.0.0.1:9464", "--", "x"], &[]).unwrap();
+        assert_eq!(p.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(plan(&["-p", "80", "--", "x"], &[]).unwrap().metrics, None);
+        for bad in ["9464", "localhost:9464", "127.0.0.1", ""] {
+            let e = plan(&["-p", "80", "--metrics", bad, "--", "x"], &[]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+            assert!(e.msg.starts_with("--metrics"), "{e}");
         }
     }
 

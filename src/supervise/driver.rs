@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::cli::RunArgs;
 use crate::control::{self, Incoming, Response};
 use crate::error::{Error, Result};
+use crate::metrics;
 use crate::plan::options::{self, ReadyMode};
 use crate::plan::placeholders::Named;
 use crate::plan::{self, Snapshot};
@@ -78,6 +79,13 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         Some(path) => Some(control::Server::bind(path)?),
         None => None,
     };
+    let (tally, scrapes) = match plan.metrics {
+        Some(addr) => {
+            let (tally, scrapes) = metrics::serve(addr)?;
+            (Some(tally), Some(scrapes))
+        }
+        None => (None, None),
+    };
     let inodes: HashSet<u64> = listeners
         .iter()
         .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
@@ -114,6 +122,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         systemd,
         execs: HashMap::new(),
         queue_inodes,
+        tally,
     };
     let cfg = Config {
         restart: plan.restart,
@@ -133,6 +142,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         &mut sup,
         signals,
         control,
+        scrapes,
         notify_rx,
         Arc::new(inodes),
         auto,
@@ -161,6 +171,8 @@ struct Driver {
     /// Socket inode of each listener, in fd order: where `status` finds its
     /// accept queue.
     queue_inodes: Vec<Option<u64>>,
+    /// `--metrics`: the counters the supervisor's [`Effect::Count`]s feed.
+    tally: Option<metrics::Tally>,
 }
 
 impl Driver {
@@ -250,6 +262,11 @@ impl Driver {
                 Effect::Reply { to, response } => {
                     let _ = to.send(response);
                 }
+                Effect::Count(c) => {
+                    if let Some(tally) = &self.tally {
+                        tally.record(c);
+                    }
+                }
                 Effect::Release { generation } => {
                     if let Some((_, task)) = self.notify.remove(&generation) {
                         task.abort();
@@ -332,6 +349,7 @@ async fn event_loop(
     sup: &mut Supervisor<Driver>,
     signals: Signals,
     control: Option<control::Server>,
+    mut scrapes: Option<mpsc::Receiver<Incoming>>,
     mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
     inodes: Arc<HashSet<u64>>,
     auto: bool,
@@ -397,6 +415,10 @@ async fn event_loop(
             _ = usr2.recv() => vec![Event::Forward(Signal::SIGUSR2)],
             _ = winch.recv() => vec![Event::Forward(Signal::SIGWINCH)],
             Some(inc) = recv_control(&mut control_rx) => {
+                vec![Event::Control { request: inc.request, reply: inc.reply }]
+            }
+            // A scrape is a status request (--metrics).
+            Some(inc) = recv_control(&mut scrapes) => {
                 vec![Event::Control { request: inc.request, reply: inc.reply }]
             }
             Some((generation, msg)) = notify_rx.recv() => handle_notify(sup, generation, msg).into_iter().collect(),

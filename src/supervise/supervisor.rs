@@ -125,6 +125,44 @@ pub enum Effect {
     Reply { to: Reply, response: Response },
     /// No process of this generation is left: its notify socket can go.
     Release { generation: u64 },
+    /// A transition worth counting (for `--metrics`).
+    Count(Count),
+}
+
+/// What `--metrics` counts. The supervisor says it at the transition, once;
+/// the driver keeps the tally only when metrics are served.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Count {
+    /// A serving worker exited on its own and will be restarted.
+    Restart(RestartReason),
+    /// A reload ended (or was merged into another).
+    Reload(ReloadResult),
+    /// A generation became ready this long after it was started.
+    Ready(Duration),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartReason {
+    /// It exited with a status.
+    Exit,
+    /// A signal killed it.
+    Signal,
+    /// Too many quick failures in a row: relaunch gives up and stops.
+    GiveUp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// The new generation serves and the old one is gone.
+    Done,
+    /// The new generation missed its ready deadline.
+    NotReady,
+    /// The new generation exited (or could not start) before it was ready.
+    Exited,
+    /// Asked for during a reload: merged into the one that follows it.
+    Coalesced,
+    /// relaunch was stopped during the reload.
+    Cancelled,
 }
 
 /// Messages for systemd (sd_notify).
@@ -268,6 +306,9 @@ pub struct Supervisor<O: Os> {
     exit_error: Option<String>,
     done: bool,
     last_reload: Option<LastReload>,
+    /// The generation still to become ready for the first time, and when it
+    /// was started (for its time to ready).
+    generation_started: Option<(u64, Instant)>,
     /// Effects of the event being handled.
     out: Vec<Effect>,
 }
@@ -292,6 +333,7 @@ impl<O: Os> Supervisor<O> {
             exit_error: None,
             done: false,
             last_reload: None,
+            generation_started: None,
             out: Vec::new(),
         }
     }
@@ -466,6 +508,7 @@ impl<O: Os> Supervisor<O> {
     /// Starts generation 1. Failing to start ends relaunch at once.
     fn start(&mut self, now: Instant) {
         self.serving = self.take_generation();
+        self.generation_started = Some((self.serving, now));
         self.first_deadline = Some(now + self.cfg.ready_timeout);
         for worker in 0..self.cfg.workers {
             if let Err(e) = self.spawn(self.serving, worker, now) {
@@ -485,6 +528,21 @@ impl<O: Os> Supervisor<O> {
 
     fn tell(&mut self, t: Tell) {
         self.out.push(Effect::Tell(t));
+    }
+
+    fn count(&mut self, c: Count) {
+        self.out.push(Effect::Count(c));
+    }
+
+    /// Every worker of `generation` is ready: how long that took, counted
+    /// once per generation.
+    fn generation_ready(&mut self, generation: u64, now: Instant) {
+        if let Some((g, since)) = self.generation_started
+            && g == generation
+        {
+            self.generation_started = None;
+            self.count(Count::Ready(now.saturating_duration_since(since)));
+        }
     }
 
     fn on_timer(&mut self, now: Instant) {
@@ -543,6 +601,7 @@ impl<O: Os> Supervisor<O> {
                 }
             } else {
                 self.fail_reload(
+                    ReloadResult::NotReady,
                     format!("generation {generation} was not ready within {waited}"),
                     now,
                 );
@@ -610,7 +669,11 @@ impl<O: Os> Supervisor<O> {
             (State::Stopping { .. }, _) => info!(pid, generation, worker, "stopped: {status}"),
             (_, Some(e)) if self.pending() == Some(generation) => {
                 warn!(pid, generation, worker, "{e}");
-                self.fail_reload(format!("generation {generation} could not start: {e}"), now);
+                self.fail_reload(
+                    ReloadResult::Exited,
+                    format!("generation {generation} could not start: {e}"),
+                    now,
+                );
             }
             (_, Some(e)) if generation == self.serving && !self.stopping => {
                 // At start a missing program is a mistake to report at once.
@@ -631,6 +694,7 @@ impl<O: Os> Supervisor<O> {
                     generation, worker, "new generation {status} before it was ready"
                 );
                 self.fail_reload(
+                    ReloadResult::Exited,
                     format!("generation {generation} {status} before it was ready"),
                     now,
                 );
@@ -818,6 +882,7 @@ impl<O: Os> Supervisor<O> {
                 );
             }
             self.reload_queued = true;
+            self.count(Count::Reload(ReloadResult::Coalesced));
             return Ok(r.generation + 1);
         }
         let generation = self.take_generation();
@@ -832,12 +897,17 @@ impl<O: Os> Supervisor<O> {
             },
         });
         self.reloading = true;
+        self.generation_started = Some((generation, now));
         self.tell(Tell::Reloading(format!(
             "reloading: starting generation {generation}"
         )));
         for worker in 0..self.cfg.workers {
             if let Err(e) = self.spawn(generation, worker, now) {
-                self.fail_reload(format!("generation {generation} could not start: {e}"), now);
+                self.fail_reload(
+                    ReloadResult::Exited,
+                    format!("generation {generation} could not start: {e}"),
+                    now,
+                );
                 return Ok(generation);
             }
         }
@@ -865,7 +935,7 @@ impl<O: Os> Supervisor<O> {
         self.stopping = true;
         self.tell(Tell::Stopping);
         if self.reload.is_some() {
-            self.fail_reload("relaunch is stopping".into(), now);
+            self.fail_reload(ReloadResult::Cancelled, "relaunch is stopping".into(), now);
         }
         for s in &mut self.slots {
             s.restart_at = None;
@@ -961,6 +1031,10 @@ impl<O: Os> Supervisor<O> {
         let jitter = self.os.jitter();
         match self.slots[worker].backoff.exited(lived, ready_for, jitter) {
             Next::RestartAfter(d) => {
+                self.count(Count::Restart(match status {
+                    ExitStatus::Code(_) => RestartReason::Exit,
+                    ExitStatus::Signal(_) => RestartReason::Signal,
+                }));
                 info!(
                     pid,
                     generation = self.serving,
@@ -975,6 +1049,7 @@ impl<O: Os> Supervisor<O> {
                 )));
             }
             Next::GiveUp => {
+                self.count(Count::Restart(RestartReason::GiveUp));
                 let msg = format!(
                     "giving up after {} quick failures in a row (each exited before it was ready, or within {} of it); the last one {status}",
                     backoff::GIVE_UP_AFTER,
@@ -1008,6 +1083,7 @@ impl<O: Os> Supervisor<O> {
                 .filter(|c| c.generation == self.serving && c.alive())
                 .all(|c| c.state == State::Ready)
         {
+            self.generation_ready(self.serving, now);
             self.announce(now);
         }
         if let Some(Reload {
@@ -1021,6 +1097,7 @@ impl<O: Os> Supervisor<O> {
                 generation,
                 "reload done: generation {generation} serves (pids {pids:?})"
             );
+            self.count(Count::Reload(ReloadResult::Done));
             self.finish_reload(generation, Ok(pids), now);
         }
         if self.children.is_empty() && !self.done {
@@ -1066,6 +1143,7 @@ impl<O: Os> Supervisor<O> {
             generation,
             "generation {generation} is ready; stopping generation {}", self.serving
         );
+        self.generation_ready(generation, now);
         self.serving = generation;
         self.slots = vec![Slot::default(); self.cfg.workers];
         self.reload = Some(Reload {
@@ -1080,10 +1158,11 @@ impl<O: Os> Supervisor<O> {
 
     /// Ends the reload in progress with `reason`; a new generation that is
     /// still starting is stopped, one that already serves stays.
-    fn fail_reload(&mut self, reason: String, now: Instant) {
+    fn fail_reload(&mut self, why: ReloadResult, reason: String, now: Instant) {
         let Some(Reload { generation, phase }) = self.reload else {
             return;
         };
+        self.count(Count::Reload(why));
         if let Phase::Starting { .. } = phase {
             warn!(
                 generation,
@@ -1187,6 +1266,7 @@ mod tests {
         signals: Vec<(i32, Signal)>,
         tells: Vec<Tell>,
         released: Vec<u64>,
+        counts: Vec<Count>,
         fail_spawn: Option<fn() -> spawn::Error>,
     }
 
@@ -1202,6 +1282,7 @@ mod tests {
                     Effect::Signal { pgid, sig } => self.os.signals.push((pgid, sig)),
                     Effect::Tell(t) => self.os.tells.push(t),
                     Effect::Release { generation } => self.os.released.push(generation),
+                    Effect::Count(c) => self.os.counts.push(c),
                     Effect::Reply { to, response } => {
                         let _ = to.send(response);
                     }
@@ -1408,6 +1489,57 @@ mod tests {
         assert_eq!(s.os.spawned.len(), 3);
     }
 
+    /// What `--metrics` counts, each once, at its transition.
+    #[test]
+    fn transitions_are_counted_once() {
+        use Count::*;
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0 + ms(250));
+        assert_eq!(s.os.counts, [Ready(ms(250))]);
+        s.os.counts.clear();
+        // A reload, one merged into the next, and that next one.
+        s.t_reload(t0 + ms(1000)).unwrap();
+        s.t_reload(t0 + ms(1000)).unwrap();
+        s.t_ready(102, t0 + ms(1100));
+        s.t_exit(101, ExitStatus::Code(0), t0 + ms(1200));
+        s.t_ready(103, t0 + ms(1500));
+        s.t_exit(102, ExitStatus::Code(0), t0 + ms(1600));
+        assert_eq!(
+            s.os.counts,
+            [
+                Reload(ReloadResult::Coalesced),
+                Ready(ms(100)),
+                Reload(ReloadResult::Done),
+                Ready(ms(300)),
+                Reload(ReloadResult::Done),
+            ]
+        );
+        s.os.counts.clear();
+        // Failed reloads: exited, not ready in time; a crash and a kill.
+        s.t_reload(t0 + ms(2000)).unwrap();
+        s.t_exit(104, ExitStatus::Code(1), t0 + ms(2100));
+        s.t_reload(t0 + ms(3000)).unwrap();
+        s.t_timer(t0 + ms(3000) + Duration::from_secs(60));
+        s.t_exit(103, ExitStatus::Code(3), t0 + Duration::from_secs(70));
+        let at = s.next_deadline().unwrap();
+        s.t_timer(at);
+        s.t_exit(106, ExitStatus::Signal(9), at + Duration::from_secs(30));
+        assert_eq!(
+            s.os.counts,
+            [
+                Reload(ReloadResult::Exited),
+                Reload(ReloadResult::NotReady),
+                Restart(RestartReason::Exit),
+                Restart(RestartReason::Signal),
+            ]
+        );
+        s.os.counts.clear();
+        // A reload cut short by a stop.
+        s.t_reload(at + Duration::from_secs(31)).unwrap();
+        s.t_stop(at + Duration::from_secs(31));
+        assert_eq!(s.os.counts, [Reload(ReloadResult::Cancelled)]);
+    }
+
     #[test]
     fn crash_restarts_with_backoff_then_gives_up() {
         let (mut s, t0) = started(1);
@@ -1429,6 +1561,10 @@ mod tests {
         }
         let exit = s.exit().expect("gave up");
         assert_eq!(exit.code, 1);
+        assert_eq!(
+            s.os.counts.last(),
+            Some(&Count::Restart(RestartReason::GiveUp))
+        );
         assert!(
             exit.error
                 .unwrap()

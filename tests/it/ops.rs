@@ -120,3 +120,266 @@ fn status_check_passes_only_while_a_ready_generation_serves() {
         "{err}"
     );
 }
+
+/// Sends `raw`, says that is all, and reads until the server closes (10 s
+/// at most).
+fn http(addr: SocketAddr, raw: &[u8]) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(raw)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// One sample as Python's prometheus_client parsed it.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: serde_json::Map<String, serde_json::Value>,
+    value: f64,
+}
+
+const PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out.append([s.name, s.labels, s.value])
+print(json.dumps(out))
+"#;
+
+/// GET /metrics, parsed by Python's prometheus_client text parser; None
+/// when that is not installed (outside CI).
+fn scrape(metrics: SocketAddr) -> Option<Vec<Sample>> {
+    use std::io::Write;
+    let answer = http(metrics, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let mut py = Command::new("python3")
+        .args(["-c", PARSE])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    py.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("No module named 'prometheus_client'") {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!(
+                "python3 -m pip install prometheus-client (.ci/requirements.txt) is required under CI=true"
+            );
+        }
+        eprintln!("skipping: Python's prometheus_client is not installed");
+        return None;
+    }
+    assert!(out.status.success(), "the parser refused:\n{err}\n{body}");
+    let rows: Vec<(String, serde_json::Map<String, serde_json::Value>, f64)> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    Some(
+        rows.into_iter()
+            .map(|(name, labels, value)| Sample {
+                name,
+                labels,
+                value,
+            })
+            .collect(),
+    )
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).and_then(|x| x.as_str()) == Some(*v))
+        })
+        .unwrap_or_else(|| panic!("no {name} {labels:?} in {samples:#?}"))
+        .value
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// `--metrics`: the text parses with Prometheus' own Python parser; the
+/// counters follow 2 reloads and 1 crash; 1000 garbage requests leave
+/// relaunch serving with a flat fd count; a connection past the limit is
+/// closed at once.
+#[test]
+fn metrics_count_reloads_and_crashes_and_shrug_off_garbage() {
+    if !require_tool("python3") {
+        return;
+    }
+    let app = App::new("metrics", &pid_server(""));
+    let ctl = app.control();
+    let r = Relaunch::start(&[
+        "-l",
+        "http=127.0.0.1:0",
+        "--control",
+        ctl.to_str().unwrap(),
+        "--metrics",
+        "127.0.0.1:0",
+        "--",
+        &app.script(),
+    ]);
+    let addr = r.listen_addr(3);
+    let line = r.log.wait("metrics on http://", T);
+    let metrics: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
+    let first = wait_serving(addr);
+    wait_for("generation 1 ready", T, || {
+        status_json(&ctl)["ready"].as_bool()?.then_some(())
+    });
+    let Some(m) = scrape(metrics) else {
+        return;
+    };
+    let listener = [("listener", "http"), ("address", &*addr.to_string())];
+    assert_eq!(value(&m, "relaunch_generation", &[]), 1.0);
+    assert_eq!(value(&m, "relaunch_ready", &[]), 1.0);
+    assert_eq!(value(&m, "relaunch_children", &[("state", "ready")]), 1.0);
+    assert_eq!(
+        value(&m, "relaunch_reloads_total", &[("result", "done")]),
+        0.0
+    );
+    assert_eq!(
+        value(&m, "relaunch_restarts_total", &[("reason", "signal")]),
+        0.0
+    );
+    assert_eq!(value(&m, "relaunch_time_to_ready_seconds_count", &[]), 1.0);
+    assert_eq!(
+        value(&m, "relaunch_listener_waiting_connections", &listener),
+        0.0
+    );
+    assert!(value(&m, "relaunch_listener_backlog", &listener) >= 128.0);
+    assert!(value(&m, "relaunch_uptime_seconds", &[]) > 0.0);
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        value(&m, "relaunch_build_info", &[("version", version)]),
+        1.0
+    );
+
+    for _ in 0..2 {
+        let (code, out) = crate::reload::reload_cli(&ctl);
+        assert_eq!(code, 0, "{out}");
+    }
+    let serving = get(addr).unwrap();
+    assert_ne!(serving, first);
+    unsafe { libc::kill(serving.parse().unwrap(), libc::SIGKILL) };
+    wait_new_pid(addr, &serving);
+    wait_for("the restarted child ready", T, || {
+        status_json(&ctl)["ready"].as_bool()?.then_some(())
+    });
+    let m = scrape(metrics).unwrap();
+    assert_eq!(value(&m, "relaunch_generation", &[]), 3.0);
+    assert_eq!(
+        value(&m, "relaunch_reloads_total", &[("result", "done")]),
+        2.0
+    );
+    assert_eq!(
+        value(&m, "relaunch_reloads_total", &[("result", "failed_exited")]),
+        0.0
+    );
+    assert_eq!(
+        value(&m, "relaunch_restarts_total", &[("reason", "signal")]),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "relaunch_restarts_total", &[("reason", "exit")]),
+        0.0
+    );
+    assert_eq!(value(&m, "relaunch_time_to_ready_seconds_count", &[]), 3.0);
+
+    // Garbage, 8 clients at a time: each is answered (400/404/405) or
+    // closed, and nothing is left open.
+    let fds = fd_count(r.pid());
+    let garbage: [&[u8]; 8] = [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+        b"GET /metrics HTTP/9\r\n\r\n",
+        b"\r\n\r\n",
+        &[b'A'; 9000],
+        b"GET /metrics HTTP/1.1\r\n", // cut short
+        b"",
+    ];
+    // One that never finishes its request is closed after 5 s.
+    let slow = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(metrics).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+        let t = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        (t.elapsed(), buf)
+    });
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..125 {
+                    let raw = garbage[(t + i) % garbage.len()];
+                    if let Ok(answer) = http(metrics, raw) {
+                        let ok = answer.is_empty()
+                            || ["400", "404", "405"]
+                                .iter()
+                                .any(|c| answer.starts_with(&format!("HTTP/1.1 {c} ")));
+                        assert!(ok, "{raw:?} -> {answer:?}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (waited, answer) = slow.join().unwrap();
+    assert!(answer.is_empty(), "{answer:?}");
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(15),
+        "{waited:?}"
+    );
+    assert_eq!(get(addr).unwrap(), get(addr).unwrap(), "still serving");
+    wait_for("relaunch's fd count back where it was", T, || {
+        (fd_count(r.pid()) <= fds).then_some(())
+    });
+
+    // At most 16 at once: the 17th is closed at once; the scrape works
+    // again once the idle ones go.
+    let idle: Vec<_> = (0..16)
+        .map(|_| std::net::TcpStream::connect(metrics).unwrap())
+        .collect();
+    wait_for("16 connections held", T, || {
+        (fd_count(r.pid()) >= fds + 16).then_some(())
+    });
+    match http(metrics, b"GET /metrics HTTP/1.1\r\n\r\n") {
+        Ok(answer) => assert_eq!(answer, ""),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+    }
+    drop(idle);
+    wait_for("the slots free again", T, || {
+        (fd_count(r.pid()) <= fds).then_some(())
+    });
+    assert_eq!(
+        value(&scrape(metrics).unwrap(), "relaunch_generation", &[]),
+        3.0
+    );
+}
