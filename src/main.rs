@@ -41,7 +41,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    logging::init(cli.run.quiet);
+    logging::init(cli.run.quiet, cli.run.log_format == "json");
     let code = match dispatch(cli, snapshot) {
         Ok(code) => code,
         Err(e) => {

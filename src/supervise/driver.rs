@@ -302,7 +302,10 @@ impl Os for Driver {
                 self.execs.insert(spawned.pid, watch);
             }
             // Rare (epoll_ctl failed): a failed exec then shows as exit 126/127.
-            Err(e) => warn!(pid = spawned.pid, "cannot watch the exec status pipe: {e}"),
+            Err(e) => warn!(
+                pid = spawned.pid,
+                generation, worker, "cannot watch the exec status pipe: {e}"
+            ),
         }
         Ok(spawned.pid)
     }
@@ -370,8 +373,7 @@ async fn event_loop(
     let mut next_group_check: Option<Instant> = None;
     let mut scan_task: Option<JoinHandle<Vec<Event>>> = None;
 
-    let fx = sup.handle(Event::Start, Instant::now());
-    sup.os.perform(fx);
+    step(sup, Event::Start);
     loop {
         if let Some(exit) = sup.exit() {
             if let Some(msg) = exit.error {
@@ -401,8 +403,7 @@ async fn event_loop(
             _ = chld.recv() => {
                 let mut events = reap(&mut sup.os);
                 for ev in events.drain(..) {
-                    let fx = sup.handle(ev, Instant::now());
-                    sup.os.perform(fx);
+                    step(sup, ev);
                 }
                 // Leaders reaped just now may have been the last of their groups.
                 group_check(sup)
@@ -446,10 +447,17 @@ async fn event_loop(
             }
         };
         for ev in events {
-            let fx = sup.handle(ev, Instant::now());
-            sup.os.perform(fx);
+            step(sup, ev);
         }
     }
+}
+
+/// One event through the supervisor, its effects carried out; log lines
+/// that name no generation get the one serving now.
+fn step(sup: &mut Supervisor<Driver>, event: Event) {
+    let fx = sup.handle(event, Instant::now());
+    sup.os.perform(fx);
+    crate::logging::set_generation(sup.serving());
 }
 
 async fn recv_control(rx: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incoming> {

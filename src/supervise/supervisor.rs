@@ -387,6 +387,11 @@ impl<O: Os> Supervisor<O> {
         })
     }
 
+    /// The serving generation (0 before the first starts).
+    pub fn serving(&self) -> u64 {
+        self.serving
+    }
+
     pub fn children(&self) -> &[Child] {
         &self.children
     }
@@ -806,6 +811,8 @@ impl<O: Os> Supervisor<O> {
             if !why.is_empty() {
                 warn!(
                     pid,
+                    generation = c.generation,
+                    worker = c.worker,
                     "cannot see whether this child waits for connections ({why}); it counts as ready only at \
                      --ready-timeout. Use --ready delay:DURATION, or send READY=1 and use --ready notify"
                 );

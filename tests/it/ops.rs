@@ -383,3 +383,103 @@ fn metrics_count_reloads_and_crashes_and_shrug_off_garbage() {
         3.0
     );
 }
+
+/// Every line parses as JSON and carries `pid` and `generation`.
+fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{log}"));
+            assert!(v["pid"].is_u64(), "no pid: {l}");
+            assert!(v.get("generation").is_some(), "no generation: {l}");
+            assert!(v["message"].is_string() && v["level"].is_string(), "{l}");
+            v
+        })
+        .collect()
+}
+
+/// `--log-format json` through start, a reload, a crash and a stop, and an
+/// error that ends relaunch.
+#[test]
+fn json_logs_are_one_object_a_line_with_pid_and_generation() {
+    let app = App::new(
+        "json",
+        &format!("{} 2>/dev/null", pid_server("").trim_end()),
+    );
+    let mut r = Relaunch::start(&[
+        "--log-format",
+        "json",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        &app.script(),
+    ]);
+    let line = r.log.wait("listening on", T);
+    let addr: SocketAddr = serde_json::from_str::<serde_json::Value>(&line).unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let first = wait_serving(addr);
+    r.signal(libc::SIGHUP);
+    r.log.wait("reload done", T);
+    let second = get(addr).unwrap();
+    assert_ne!(first, second);
+    unsafe { libc::kill(second.parse().unwrap(), libc::SIGKILL) };
+    wait_new_pid(addr, &second);
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+    let lines = json_lines(&r.log.text());
+    let me = u64::from(r.child.id());
+    // About the child: its pid, its generation, its worker.
+    let killed = lines
+        .iter()
+        .find(|v| {
+            v["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("killed by signal 9")
+        })
+        .expect("the crash is logged");
+    assert_eq!(killed["pid"].to_string(), second);
+    assert_eq!(
+        (killed["generation"].as_u64(), killed["worker"].as_u64()),
+        (Some(2), Some(0))
+    );
+    // About relaunch itself: its own pid; the serving generation once there is one.
+    let stop = lines
+        .iter()
+        .find(|v| v["message"] == "SIGTERM: stopping")
+        .unwrap();
+    assert_eq!(
+        (stop["pid"].as_u64(), stop["generation"].as_u64()),
+        (Some(me), Some(2))
+    );
+    assert_eq!(lines[0]["pid"].as_u64(), Some(me));
+
+    // An error that ends relaunch is a JSON line too, at level ERROR.
+    let (status, log) = run_to_exit(
+        &[
+            "--log-format",
+            "json",
+            "-l",
+            "127.0.0.1:0",
+            "--",
+            "/nonexistent/app",
+        ],
+        T,
+    );
+    assert_eq!(status.code(), Some(127), "{log}");
+    let last = json_lines(&log).pop().unwrap();
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/app"),
+        "{last}"
+    );
+}
