@@ -78,18 +78,18 @@ pub fn init(quiet: bool, json: bool) {
 /// Prints `text` on stderr outside the log (an error that ends relaunch, a
 /// failed reload); under journald every line at `priority` (3 err, 4 warning).
 pub fn print(priority: u8, text: &str) {
-    let priority = journal().then_some(priority);
+    let prefix = journal().then_some(priority);
     let text = if JSON.get() == Some(&true) {
-        let level = if priority == Some(4) || text.contains(": warning: ") {
-            Level::WARN
-        } else {
+        let level = if priority <= 3 {
             Level::ERROR
+        } else {
+            Level::WARN
         };
         let mut fields = Map::new();
         fields.insert("message".into(), text.into());
-        json_line(level, fields, priority)
+        json_line(level, fields, prefix)
     } else {
-        lines(priority, text)
+        lines(prefix, text)
     };
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
