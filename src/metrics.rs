@@ -237,8 +237,9 @@ pub fn serve(addr: SocketAddr) -> Result<(Tally, mpsc::Receiver<Incoming>)> {
             TcpListener::from_std(l)
         })
         .map_err(|e| {
-            Error::runtime(format!("cannot serve metrics on {addr}: {e}"))
-                .hint("pick another --metrics address, or see who holds it: relaunch who ...")
+            Error::runtime(format!("cannot serve metrics on {addr}: {e}")).hint(format!(
+                "pick another --metrics address; `relaunch who {addr}` shows who holds this one"
+            ))
         })?;
     let bound = listener.local_addr().unwrap_or(addr);
     info!("metrics on http://{bound}/metrics");

@@ -86,10 +86,6 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         }
         None => (None, None),
     };
-    let inodes: HashSet<u64> = listeners
-        .iter()
-        .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
-        .collect();
 
     let (notify_tx, notify_rx) = mpsc::unbounded_channel();
     let stop_signal = plan.stop_signal;
@@ -106,10 +102,11 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             backlog: None,
         })
         .collect();
-    let queue_inodes = listeners
+    let queue_inodes: Vec<Option<u64>> = listeners
         .iter()
         .map(|l| scan::socket_inode(l.socket.as_fd()).ok())
         .collect();
+    let inodes: HashSet<u64> = queue_inodes.iter().flatten().copied().collect();
     let driver = Driver {
         program: plan.program,
         args: child.args,

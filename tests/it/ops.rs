@@ -483,3 +483,21 @@ fn json_logs_are_one_object_a_line_with_pid_and_generation() {
         "{last}"
     );
 }
+
+/// A --metrics address that is taken ends relaunch at start, saying so.
+#[test]
+fn a_metrics_address_in_use_is_an_error_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, log) = run_to_exit(&["-l", "127.0.0.1:0", "--metrics", &addr, "--", "true"], T);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!("cannot serve metrics on {addr}: ")),
+        "{log}"
+    );
+    assert!(log.contains(&format!("`relaunch who {addr}`")), "{log}");
+    assert!(
+        !log.contains("started"),
+        "no child before the metrics are up:\n{log}"
+    );
+}
