@@ -119,12 +119,17 @@ impl Gauges {
         }
         for l in &s.listeners {
             let label = [("listener", l.name.clone()), ("address", l.address.clone())];
-            // A UDP listener has no accept queue: no series rather than a 0.
-            if let Some(w) = l.waiting {
-                self.waiting.get_or_create(&label).set(i64::from(w));
-            }
-            if let Some(b) = l.backlog {
-                self.backlog.get_or_create(&label).set(i64::from(b));
+            // No accept queue (UDP), or it could not be read this time: no
+            // series rather than a 0 or a stale value.
+            for (family, value) in [(&self.waiting, l.waiting), (&self.backlog, l.backlog)] {
+                match value {
+                    Some(v) => {
+                        family.get_or_create(&label).set(i64::from(v));
+                    }
+                    None => {
+                        family.remove(&label);
+                    }
+                }
             }
         }
         self.uptime.set(self.started.elapsed().as_secs_f64());
@@ -520,5 +525,24 @@ mod tests {
         }
         assert!(text.contains("relaunch_uptime_seconds "), "{text}");
         assert!(!text.contains("dns"), "UDP has no accept queue:\n{text}");
+        // A queue that could not be read this time leaves no stale value.
+        let unread = Status {
+            listeners: vec![ListenerInfo {
+                name: "http".into(),
+                address: "[::]:5000".into(),
+                fd: 3,
+                waiting: None,
+                backlog: None,
+            }],
+            ..Status::default()
+        };
+        gauges.set(&unread);
+        let mut text = String::new();
+        prometheus_text::encode(&mut text, &registry).unwrap();
+        assert!(
+            !text.contains("relaunch_listener_waiting_connections{"),
+            "{text}"
+        );
+        assert!(text.contains("relaunch_generation 0"), "{text}");
     }
 }
