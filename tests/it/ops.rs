@@ -26,6 +26,15 @@ fn status_json(ctl: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The `status` row of listener `name`, with single spaces.
+fn listener_row(text: &str, name: &str) -> String {
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no row for {name} in:\n{text}"));
+    row.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// With the child stopped (SIGSTOP), connections wait in the held backlog;
 /// `status` shows them waiting, then drained once the child runs again, and
 /// every client gets its answer.
@@ -33,9 +42,13 @@ fn status_json(ctl: &Path) -> serde_json::Value {
 fn status_shows_connections_waiting_while_the_child_is_stopped() {
     let app = App::new("queue", &pid_server(""));
     let ctl = app.control();
+    // A Unix listener the app leaves alone: its queue only fills.
+    let unix = app.dir.join("adm.sock");
     let _r = Relaunch::start(&[
         "-l",
         "http=127.0.0.1:0",
+        "-l",
+        &format!("adm=unix:{}", unix.display()),
         "--backlog",
         "512",
         "--control",
@@ -62,8 +75,11 @@ fn status_shows_connections_waiting_while_the_child_is_stopped() {
         (w >= 20).then_some(w)
     });
     let text = String::from_utf8(status(&ctl, &[]).stdout).unwrap();
-    let line = format!("http  {addr}  fd 3  waiting {waiting} / 512");
-    assert!(text.contains(&line), "no {line:?} in:\n{text}");
+    assert_eq!(
+        listener_row(&text, "http"),
+        format!("http {addr} fd 3 waiting {waiting} / 512"),
+        "{text}"
+    );
 
     unsafe { libc::kill(child, libc::SIGCONT) };
     for c in clients {
@@ -73,7 +89,22 @@ fn status_shows_connections_waiting_while_the_child_is_stopped() {
         );
     }
     let text = String::from_utf8(status(&ctl, &[]).stdout).unwrap();
-    assert!(text.contains("waiting 0 / 512"), "{text}");
+    assert_eq!(
+        listener_row(&text, "http"),
+        format!("http {addr} fd 3 waiting 0 / 512"),
+        "{text}"
+    );
+
+    // Unix stream listeners too (unix_diag).
+    let _held: Vec<_> = (0..3)
+        .map(|_| std::os::unix::net::UnixStream::connect(&unix).unwrap())
+        .collect();
+    let l = &status_json(&ctl)["listeners"][1];
+    assert_eq!(
+        (l["waiting"].as_u64(), l["backlog"].as_u64()),
+        (Some(3), Some(512)),
+        "{l}"
+    );
 }
 
 /// `status --check`: 1 and one line while starting, 0 and silence while a
