@@ -361,7 +361,8 @@ async fn exchange(mut stream: TcpStream, shared: &Shared, tx: &mpsc::Sender<Inco
             format!("{status}: only GET /metrics is served here\n"),
             false,
         ),
-        Asked::More => unreachable!("the loop above ends only on a complete answer"),
+        // The loop above ends only on a complete head.
+        Asked::More => return,
     };
     let content_type = if status.starts_with("200") {
         prometheus_text::CONTENT_TYPE
