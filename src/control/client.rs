@@ -78,7 +78,8 @@ fn check_line(s: &Status) -> Option<String> {
     let head = format!("not ready: relaunch (pid {}) is {}", s.pid, s.state);
     Some(match s.state.as_str() {
         "stopping" => head,
-        _ => format!("{head}; generation {} has no ready child", s.generation),
+        "starting" => format!("{head} generation {}", s.generation),
+        _ => format!("{head}; no child of generation {} runs", s.generation),
     })
 }
 
@@ -388,7 +389,12 @@ last reload: generation 3 succeeded 2m5s ago: ready after 0.4s";
         s.state = "starting".into();
         assert_eq!(
             check_line(&s).unwrap(),
-            "not ready: relaunch (pid 4242) is starting; generation 3 has no ready child"
+            "not ready: relaunch (pid 4242) is starting generation 3"
+        );
+        s.state = "backing off".into();
+        assert_eq!(
+            check_line(&s).unwrap(),
+            "not ready: relaunch (pid 4242) is backing off; no child of generation 3 runs"
         );
         s.state = "stopping".into();
         assert_eq!(

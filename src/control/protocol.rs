@@ -37,7 +37,8 @@ pub struct Status {
     pub generation: u64,
     /// "starting" | "serving" | "reloading" | "backing off" | "stopping"
     pub state: String,
-    /// A generation that became ready serves now (what `status --check` asks).
+    /// A generation that became ready serves now: a child of it runs (what
+    /// `status --check` asks).
     #[serde(default)]
     pub ready: bool,
     /// Last STATUS= from the serving generation.

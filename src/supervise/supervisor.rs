@@ -424,15 +424,17 @@ impl<O: Os> Supervisor<O> {
         }
     }
 
-    /// Whether a generation that became ready serves: it was announced, a
-    /// child of it is ready now, and relaunch is not stopping.
+    /// Whether a generation that became ready serves (`status --check`): it
+    /// was announced (ready, or taken as serving at --ready-timeout), a child
+    /// of it runs and is not being stopped, and relaunch is not stopping.
     pub fn ready(&self) -> bool {
         self.announced
             && !self.stopping
-            && self
-                .children
-                .iter()
-                .any(|c| c.generation == self.serving && c.alive() && c.state == State::Ready)
+            && self.children.iter().any(|c| {
+                c.generation == self.serving
+                    && c.alive()
+                    && !matches!(c.state, State::Stopping { .. })
+            })
     }
 
     /// The earliest moment an [`Event::Timer`] has something to do.
@@ -1494,6 +1496,32 @@ mod tests {
             "exactly one more reload"
         );
         assert_eq!(s.os.spawned.len(), 3);
+    }
+
+    /// `status --check` passes only while an announced generation has a
+    /// running child.
+    #[test]
+    fn ready_means_an_announced_generation_runs() {
+        let (mut s, t0) = started(1);
+        assert!(!s.ready(), "starting");
+        s.t_ready(101, t0);
+        assert!(s.ready());
+        s.t_exit(101, ExitStatus::Signal(9), t0 + Duration::from_secs(30));
+        assert!(!s.ready(), "backing off with nothing running");
+        let at = s.next_deadline().unwrap();
+        s.t_timer(at);
+        assert!(
+            s.ready(),
+            "the restarted worker of the announced generation"
+        );
+        s.t_reload(at).unwrap();
+        assert!(s.ready(), "the old generation serves during a reload");
+        s.t_stop(at);
+        assert!(!s.ready(), "stopping");
+        // A first generation taken as serving at --ready-timeout counts.
+        let (mut s, t0) = started(1);
+        s.t_timer(t0 + Duration::from_secs(60));
+        assert!(s.ready());
     }
 
     /// What `--metrics` counts, each once, at its transition.
