@@ -479,8 +479,8 @@ pub fn listen_queues() -> io::Result<HashMap<u64, Queue>> {
     }
     let unix = diag_socket().and_then(|fd| {
         let mut found = Vec::new();
-        netlink_dump(&fd, &unix_request(1 << TCP_LISTEN), |body| {
-            found.extend(unix_queue(body))
+        netlink_dump(&fd, &unix_request(1 << TCP_LISTEN), |datagram| {
+            parse_netlink(datagram, &mut |body| found.extend(unix_queue(body)))
         })?;
         Ok(found)
     });
@@ -511,15 +511,16 @@ fn sock_diag(states: u32) -> io::Result<Vec<InetEntry>> {
     let fd = diag_socket()?;
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        netlink_dump(&fd, &inet_request(family, states), |body| {
-            out.extend(inet_entry(body))
+        netlink_dump(&fd, &inet_request(family, states), |datagram| {
+            parse_diag(datagram, &mut out)
         })?;
     }
     Ok(out)
 }
 
-/// Sends one dump request and hands the body of every answer to `each`.
-fn netlink_dump(fd: &OwnedFd, req: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
+/// Sends one dump request and hands every datagram of the answer to
+/// `parse` until it says the dump is done.
+fn netlink_dump(fd: &OwnedFd, req: &[u8], mut parse: impl FnMut(&[u8]) -> Diag) -> io::Result<()> {
     // SAFETY: sends our buffer to the kernel (nl_pid 0), length as given.
     let sent = unsafe {
         let mut addr: libc::sockaddr_nl = std::mem::zeroed();
@@ -547,7 +548,7 @@ fn netlink_dump(fd: &OwnedFd, req: &[u8], mut each: impl FnMut(&[u8])) -> io::Re
             }
             return Err(e);
         }
-        match parse_diag(&buf[..n as usize], &mut each) {
+        match parse(&buf[..n as usize]) {
             Diag::More => {}
             Diag::Done => return Ok(()),
             Diag::Error(errno) => return Err(io::Error::from_raw_os_error(errno)),
@@ -610,9 +611,15 @@ fn u32_at(b: &[u8], i: usize) -> u32 {
     u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
+/// Pure: the netlink messages in one datagram; inet_diag_msg entries go to
+/// `out`.
+fn parse_diag(buf: &[u8], out: &mut Vec<InetEntry>) -> Diag {
+    parse_netlink(buf, &mut |body| out.extend(inet_entry(body)))
+}
+
 /// Pure: the netlink messages in one datagram; the body of each diag answer
 /// goes to `each`. Hostile-safe: lengths are checked before every read.
-fn parse_diag(mut buf: &[u8], each: &mut impl FnMut(&[u8])) -> Diag {
+fn parse_netlink(mut buf: &[u8], each: &mut impl FnMut(&[u8])) -> Diag {
     while buf.len() >= 16 {
         let len = u32_at(buf, 0) as usize;
         if len < 16 || len > buf.len() {
@@ -988,21 +995,20 @@ mod tests {
     #[test]
     fn sock_diag_replies_parse_defensively() {
         let mut out = Vec::new();
-        let mut each = |b: &[u8]| out.extend(inet_entry(b));
-        assert_eq!(parse_diag(&[], &mut each), Diag::More);
+        assert_eq!(parse_diag(&[], &mut out), Diag::More);
         // A length beyond the buffer.
         let mut bad = 100u32.to_ne_bytes().to_vec();
         bad.extend([0u8; 12]);
-        assert_eq!(parse_diag(&bad, &mut each), Diag::Error(libc::EBADMSG));
+        assert_eq!(parse_diag(&bad, &mut out), Diag::Error(libc::EBADMSG));
         let mut done = 16u32.to_ne_bytes().to_vec();
         done.extend(NLMSG_DONE.to_ne_bytes());
         done.extend([0u8; 10]);
-        assert_eq!(parse_diag(&done, &mut each), Diag::Done);
+        assert_eq!(parse_diag(&done, &mut out), Diag::Done);
         // A diag message cut short is skipped, not read past its end.
         let mut short = 20u32.to_ne_bytes().to_vec();
         short.extend(SOCK_DIAG_BY_FAMILY.to_ne_bytes());
         short.extend([0u8; 14]);
-        assert_eq!(parse_diag(&short, &mut each), Diag::More);
+        assert_eq!(parse_diag(&short, &mut out), Diag::More);
         assert!(out.is_empty());
         // unix_diag answers: cut short, an attribute past the end, no RQLEN.
         assert_eq!(unix_queue(&[0u8; 8]), None);
