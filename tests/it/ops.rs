@@ -111,7 +111,7 @@ fn status_shows_connections_waiting_while_the_child_is_stopped() {
 /// ready generation serves, 1 and one line once relaunch is gone.
 #[test]
 fn status_check_passes_only_while_a_ready_generation_serves() {
-    let app = App::new("check", &pid_server("--delay 1.5"));
+    let app = App::new("check", &pid_server("--delay 3"));
     let ctl = app.control();
     let mut r = Relaunch::start(&[
         "-l",
