@@ -63,7 +63,8 @@ pub async fn check(args: &ClientArgs) -> Result<i32> {
             None => return Ok(0),
             Some(line) => line,
         },
-        Ok(other) => format!("not ready: unexpected answer {other:?}"),
+        Ok(Response::Error { message }) => format!("not ready: relaunch refused: {message}"),
+        Ok(_) => "not ready: relaunch answered something other than a status".to_string(),
         Err(e) => format!("not ready: {}", e.msg),
     };
     logging::print(3, &line);
