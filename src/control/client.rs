@@ -485,6 +485,44 @@ last reload: generation 3 succeeded 2m5s ago: ready after 0.4s";
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn check_exit_codes() {
+        let dir = TempDir::new("check");
+        let path = dir.path("ctl.sock");
+        let mut rx = Server::bind(&path).unwrap().serve();
+        let args = ClientArgs {
+            control: Some(path.clone()),
+            timeout: None,
+        };
+        let starting = Status {
+            state: "starting".into(),
+            ready: false,
+            ..sample_status()
+        };
+        for (response, want) in [
+            (Response::Status(sample_status()), 0),
+            (Response::Status(starting), 1),
+            (
+                Response::Error {
+                    message: "permission denied: uid 7".into(),
+                },
+                1,
+            ),
+        ] {
+            let (code, ()) = within(async {
+                tokio::join!(check(&args), answer_one(&mut rx, Request::Status, response))
+            })
+            .await;
+            assert_eq!(code.unwrap(), want);
+        }
+        drop(rx);
+        let gone = ClientArgs {
+            control: Some(dir.path("gone.sock")),
+            timeout: None,
+        };
+        assert_eq!(within(check(&gone)).await.unwrap(), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn reload_outcomes_set_exit_code() {
         let dir = TempDir::new("reload");
         let path = dir.path("ctl.sock");
