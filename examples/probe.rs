@@ -56,6 +56,11 @@ pub extern "C" fn main(argc: c_int, argv: *const *const libc::c_char) -> c_int {
     let args = read_argv(argc, argv);
     // Taken before anything else opens an fd.
     let report = report(&args);
+    // A reader of the report may signal at once: a probe told to ignore
+    // SIGTERM must already do so (setting a disposition opens no fd).
+    if args.iter().any(|a| a == "--ignore-term") {
+        set_handler(libc::SIGTERM, libc::SIG_IGN);
+    }
     if let Err(e) = write_report(&report) {
         eprintln!("probe: cannot write the report: {e}");
         return 3;

@@ -48,6 +48,18 @@ pub enum Sub {
     },
     /// Show who holds a port or Unix socket (reads /proc; never kills anything)
     Who(WhoArgs),
+    /// Print the completion script for SHELL
+    #[command(
+        after_help = "Install:\n  bash: relaunch completions bash > /etc/bash_completion.d/relaunch\n  zsh:  relaunch completions zsh > /usr/local/share/zsh/site-functions/_relaunch\n  fish: relaunch completions fish > ~/.config/fish/completions/relaunch.fish\nThe Debian package installs all three."
+    )]
+    Completions { shell: Shell },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Args, Debug)]

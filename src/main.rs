@@ -17,7 +17,7 @@ mod who;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Sub};
+use crate::cli::{Cli, Shell, Sub};
 use crate::control::Request;
 use crate::error::{Error, Result};
 use crate::supervise::{driver, spawn};
@@ -65,7 +65,13 @@ fn usage_error(rendered: &str) -> String {
     {
         what = format!("{what} {next}");
     }
-    let hint = lines
+    let rest: Vec<&str> = lines.collect();
+    // An invalid value: say which ones are valid.
+    if let Some(values) = rest.iter().find(|l| l.starts_with("[possible values: ")) {
+        what = format!("{what} {values}");
+    }
+    let hint = rest
+        .iter()
         .find_map(|l| l.strip_prefix("tip: "))
         .unwrap_or("run `relaunch --help` for the options; the server's command goes after --");
     format!("{what}\n  hint: {hint}")
@@ -93,14 +99,55 @@ fn dispatch(cli: Cli, snapshot: plan::Snapshot) -> Result<i32> {
         Some(Sub::Stop { client }) => {
             runtime.block_on(control::client(&client, Request::Stop, false))
         }
+        Some(Sub::Completions { shell }) => completions(shell),
     };
     // A /proc read stuck on a hung mount must not keep relaunch from exiting.
     runtime.shutdown_background();
     result
 }
 
+/// Written by build.rs from the clap definitions; embedded as text, so the
+/// generators are not in the binary.
+fn completions(shell: Shell) -> Result<i32> {
+    let script = match shell {
+        Shell::Bash => include_str!(concat!(
+            env!("OUT_DIR"),
+            "/assets/completions/relaunch.bash"
+        )),
+        Shell::Zsh => include_str!(concat!(env!("OUT_DIR"), "/assets/completions/_relaunch")),
+        Shell::Fish => include_str!(concat!(
+            env!("OUT_DIR"),
+            "/assets/completions/relaunch.fish"
+        )),
+    };
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(script.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(0),
+        Err(e) => Err(Error::runtime(format!(
+            "cannot write the completion script to stdout: {e}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_invalid_value_names_the_valid_ones() {
+        use clap::Parser;
+        for args in [
+            &["relaunch", "completions", "tcsh"][..],
+            &["relaunch", "--restart", "sometimes", "--", "true"][..],
+        ] {
+            let e = super::Cli::try_parse_from(args).unwrap_err();
+            let said = super::usage_error(&e.render().to_string());
+            assert!(said.contains("[possible values: "), "{args:?}: {said}");
+        }
+    }
+
     #[test]
     fn usage_errors_are_one_line_and_a_hint() {
         let clap = "error: the following required arguments were not provided:\n  <COMMAND>...\n\nUsage: relaunch [OPTIONS] -- <COMMAND>...\n\nFor more information, try '--help'.\n";

@@ -1,5 +1,6 @@
 //! The shipped systemd units parse cleanly.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::util::*;
@@ -14,11 +15,18 @@ fn systemd_units_verify() {
     let mut units = Vec::new();
     for entry in std::fs::read_dir(&src).unwrap() {
         let path = entry.unwrap().path();
+        if !path
+            .extension()
+            .is_some_and(|e| e == "service" || e == "socket")
+        {
+            continue;
+        }
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
         // Point the units at programs that exist here, so verify checks the rest.
         let text = std::fs::read_to_string(&path)
             .unwrap()
             .replace("/usr/local/bin/relaunch", relaunch_bin())
+            .replace("/usr/bin/relaunch", relaunch_bin())
             .replace("/opt/web-dashboard/web_dashboard", "/bin/true")
             .replace(
                 "EnvironmentFile=/etc/relaunch/%i.conf",
@@ -34,6 +42,8 @@ fn systemd_units_verify() {
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .args(&units)
+        // Documentation=man:relaunch(1) must resolve: the pages build.rs wrote.
+        .env("MANPATH", Path::new(env!("OUT_DIR")).join("assets/man"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -68,10 +78,22 @@ fn services_reload_through_the_control_socket() {
         };
         let start = setting("ExecStart");
         let served = control(&start[0]).unwrap_or_else(|| panic!("{name}: no --control"));
+        let binary = start[0].split_whitespace().next().unwrap();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("relaunch@")
+        {
+            assert_eq!(
+                binary, "/usr/bin/relaunch",
+                "{name}: the Debian package's binary"
+            );
+        }
         let reload = setting("ExecReload");
         assert_eq!(
             reload,
-            [format!("/usr/local/bin/relaunch reload --control {served}")],
+            [format!("{binary} reload --control {served}")],
             "{name}"
         );
         assert!(
