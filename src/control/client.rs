@@ -80,7 +80,7 @@ fn check_line(s: &Status) -> Option<String> {
     Some(match s.state.as_str() {
         "stopping" => head,
         "starting" => format!("{head} generation {}", s.generation),
-        _ => format!("{head}; no child of generation {} runs", s.generation),
+        _ => format!("{head}; no child of generation {} is ready", s.generation),
     })
 }
 
@@ -395,7 +395,7 @@ last reload: generation 3 succeeded 2m5s ago: ready after 0.4s";
         s.state = "backing off".into();
         assert_eq!(
             check_line(&s).unwrap(),
-            "not ready: relaunch (pid 4242) is backing off; no child of generation 3 runs"
+            "not ready: relaunch (pid 4242) is backing off; no child of generation 3 is ready"
         );
         s.state = "stopping".into();
         assert_eq!(

@@ -37,7 +37,7 @@ pub struct Status {
     pub generation: u64,
     /// "starting" | "serving" | "reloading" | "backing off" | "stopping"
     pub state: String,
-    /// A generation that became ready serves now: a child of it runs (what
+    /// A ready generation serves now: a ready child of it runs (what
     /// `status --check` asks).
     #[serde(default)]
     pub ready: bool,

@@ -233,6 +233,9 @@ pub struct Child {
     /// `--ready auto` cannot see whether it waits for connections: the
     /// ready timeout then counts as ready instead of as a failure.
     pub blind: bool,
+    /// Not seen ready, but taken as serving at the first generation's
+    /// ready timeout (nothing else could serve).
+    pub taken_as_ready: bool,
     /// The leader exited like this, and its group lives on.
     pub exited: Option<ExitStatus>,
     /// The exec failed; its exit follows.
@@ -424,16 +427,17 @@ impl<O: Os> Supervisor<O> {
         }
     }
 
-    /// Whether a generation that became ready serves (`status --check`): it
-    /// was announced (ready, or taken as serving at --ready-timeout), a child
-    /// of it runs and is not being stopped, and relaunch is not stopping.
+    /// Whether a ready generation serves (`status --check`): it was
+    /// announced, a child of it is ready (or was taken as serving at the
+    /// first --ready-timeout) and runs, and relaunch is not stopping.
     pub fn ready(&self) -> bool {
         self.announced
             && !self.stopping
             && self.children.iter().any(|c| {
                 c.generation == self.serving
                     && c.alive()
-                    && !matches!(c.state, State::Stopping { .. })
+                    && (c.state == State::Ready
+                        || (c.taken_as_ready && matches!(c.state, State::Starting { .. })))
             })
     }
 
@@ -622,6 +626,12 @@ impl<O: Os> Supervisor<O> {
                  If the app is fine, use --ready delay:DURATION, or send READY=1 and use --ready notify",
                 duration::human(self.cfg.ready_timeout)
             );
+            let serving = self.serving;
+            for c in &mut self.children {
+                if c.generation == serving && matches!(c.state, State::Starting { .. }) {
+                    c.taken_as_ready = true;
+                }
+            }
             self.announce(now);
         }
         for worker in 0..self.slots.len() {
@@ -999,6 +1009,7 @@ impl<O: Os> Supervisor<O> {
             main_pid: None,
             status_text: None,
             blind: false,
+            taken_as_ready: false,
             ready_since: None,
             exited: None,
             exec_error: None,
@@ -1498,22 +1509,26 @@ mod tests {
         assert_eq!(s.os.spawned.len(), 3);
     }
 
-    /// `status --check` passes only while an announced generation has a
-    /// running child.
+    /// `status --check` passes only while a ready child of the serving
+    /// generation runs.
     #[test]
-    fn ready_means_an_announced_generation_runs() {
-        let (mut s, t0) = started(1);
+    fn ready_means_a_ready_child_of_the_serving_generation_runs() {
+        let (mut s, t0) = started(2);
         assert!(!s.ready(), "starting");
         s.t_ready(101, t0);
+        assert!(!s.ready(), "not announced before every worker is ready");
+        s.t_ready(102, t0);
         assert!(s.ready());
         s.t_exit(101, ExitStatus::Signal(9), t0 + Duration::from_secs(30));
+        assert!(s.ready(), "the other worker serves");
+        s.t_exit(102, ExitStatus::Signal(9), t0 + Duration::from_secs(30));
         assert!(!s.ready(), "backing off with nothing running");
         let at = s.next_deadline().unwrap();
         s.t_timer(at);
-        assert!(
-            s.ready(),
-            "the restarted worker of the announced generation"
-        );
+        assert!(!s.ready(), "restarted, not ready yet");
+        s.t_ready(103, at);
+        s.t_ready(104, at);
+        assert!(s.ready());
         s.t_reload(at).unwrap();
         assert!(s.ready(), "the old generation serves during a reload");
         s.t_stop(at);

@@ -108,10 +108,11 @@ fn status_shows_connections_waiting_while_the_child_is_stopped() {
 }
 
 /// `status --check`: 1 and one line while starting, 0 and silence while a
-/// ready generation serves, 1 and one line once relaunch is gone.
+/// ready generation serves, 1 while a crashed app restarts, 1 and one line
+/// once relaunch is gone.
 #[test]
 fn status_check_passes_only_while_a_ready_generation_serves() {
-    let app = App::new("check", &pid_server("--delay 3"));
+    let app = App::new("check", &pid_server("--delay 2"));
     let ctl = app.control();
     let mut r = Relaunch::start(&[
         "-l",
@@ -138,7 +139,21 @@ fn status_check_passes_only_while_a_ready_generation_serves() {
         out.status.success().then_some(out)
     });
     assert!(ok.stdout.is_empty() && ok.stderr.is_empty(), "{ok:?}");
-    wait_serving(r.listen_addr(3));
+    let crashed: i32 = wait_serving(r.listen_addr(3)).parse().unwrap();
+
+    // Crashed: its restart takes 2 s to be ready again, and fails the check meanwhile.
+    unsafe { libc::kill(crashed, libc::SIGKILL) };
+    wait_for("the restarted child", T, || {
+        let child = &status_json(&ctl)["children"][0];
+        (child["pid"].as_i64()? != i64::from(crashed) && child["state"] == "starting").then_some(())
+    });
+    let out = check();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no child of generation 1 is ready"), "{err}");
+    wait_for("status --check to pass again", T, || {
+        check().status.success().then_some(())
+    });
 
     r.signal(libc::SIGTERM);
     r.wait_exit(T);
