@@ -26,7 +26,12 @@ if ! command -v systemfd >/dev/null; then
     cargo install --locked systemfd || echo "setup: systemfd not installed; its scenario will be skipped" >&2
 fi
 
-for tool in start_server systemd-socket-activate systemfd; do
+if ! command -v cargo-watch >/dev/null; then
+    # The dev-loop scenario's peers: systemfd + cargo watch, and cargo watch alone.
+    cargo install --locked cargo-watch || echo "setup: cargo-watch not installed; its dev-loop lines will be skipped" >&2
+fi
+
+for tool in start_server systemd-socket-activate systemfd cargo-watch; do
     if command -v "$tool" >/dev/null; then
         echo "setup: $tool: $(command -v "$tool")"
     else

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
     version,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    after_help = "Examples:\n  relaunch --port 5000 -- ./web_dashboard\n  relaunch -l http=127.0.0.1:8000 -l admin=unix:/run/app/admin.sock -- ./server\n  relaunch reload --control /run/app/relaunch.sock"
+    after_help = "Examples:\n  relaunch --port 5000 -- ./web_dashboard\n  relaunch -l http=127.0.0.1:8000 -l admin=unix:/run/app/admin.sock -- ./server\n  relaunch --watch src --build \"cargo build\" -p 3000 -- target/debug/app\n  relaunch reload --control /run/app/relaunch.sock"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -131,6 +131,22 @@ pub struct RunArgs {
     /// Serve GET /metrics (Prometheus text format) on ADDR, e.g. 127.0.0.1:9464
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+
+    /// Reload when a file under PATH changes (repeatable); .gitignore, .ignore and build outputs are skipped
+    #[arg(long, value_name = "PATH")]
+    pub watch: Vec<PathBuf>,
+
+    /// With --watch: run CMD (through sh -c) before each reload, and before the first start; a failed build keeps the old version serving
+    #[arg(long, value_name = "CMD", requires = "watch")]
+    pub build: Option<String>,
+
+    /// With --watch: also skip paths matching GLOB (gitignore syntax, from the current directory; repeatable)
+    #[arg(long, value_name = "GLOB", requires = "watch")]
+    pub ignore: Vec<String>,
+
+    /// With --watch: wait until files have been quiet this long before building or reloading [default: 200ms]
+    #[arg(long, value_name = "DURATION", requires = "watch")]
+    pub debounce: Option<String>,
 
     /// Only log warnings and errors
     #[arg(short, long)]

@@ -83,12 +83,24 @@ pub struct Load {
 
 impl Load {
     pub fn start(addr: SocketAddr, conns: usize, epoch: Instant, timeout: Duration) -> Load {
+        Load::paced(addr, conns, epoch, timeout, Duration::ZERO)
+    }
+
+    /// Like [`Load::start`], but each client pauses `pause` after every
+    /// answered request: steady traffic that leaves the CPUs to others.
+    pub fn paced(
+        addr: SocketAddr,
+        conns: usize,
+        epoch: Instant,
+        timeout: Duration,
+        pause: Duration,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Seen::default());
         let clients = (0..conns)
             .map(|_| {
                 let (stop, seen) = (stop.clone(), seen.clone());
-                std::thread::spawn(move || client(addr, epoch, timeout, &stop, &seen))
+                std::thread::spawn(move || client(addr, epoch, timeout, pause, &stop, &seen))
             })
             .collect();
         Load {
@@ -116,6 +128,7 @@ fn client(
     addr: SocketAddr,
     epoch: Instant,
     timeout: Duration,
+    pause: Duration,
     stop: &AtomicBool,
     seen: &Seen,
 ) -> Vec<Sample> {
@@ -134,6 +147,9 @@ fn client(
         });
         if outcome == Outcome::Ok {
             seen.add(pid);
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
         } else {
             std::thread::sleep(PAUSE_AFTER_FAILURE);
         }

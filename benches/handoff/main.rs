@@ -15,6 +15,7 @@
 //! self-checks of the pure parts, so tests stay fast.
 
 mod chart;
+mod devloop;
 mod footprint;
 mod load;
 mod plan;
@@ -127,6 +128,7 @@ fn self_check() -> ExitCode {
         ("targets", targets::self_check),
         ("load", load::self_check),
         ("footprint", footprint::self_check),
+        ("devloop", devloop::self_check),
     ];
     let mut failed = 0;
     for (name, check) in checks {

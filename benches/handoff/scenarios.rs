@@ -88,11 +88,18 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
         }
     }
 
-    let readiness = if only.is_empty() || only.iter().any(|o| "readiness".contains(o.as_str())) {
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
+    let mut readiness = if wanted("readiness") {
         crate::readiness::run(plan, &ctx)
     } else {
         Vec::new()
     };
+    let mut dev_loop_broke = false;
+    if wanted("dev-loop") {
+        let (lines, broke) = crate::devloop::run(plan, &ctx);
+        readiness.extend(lines);
+        dev_loop_broke = broke;
+    }
 
     let footprint = match idle {
         Some(idle) => Some(Footprint {
@@ -123,9 +130,10 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
         started.elapsed().as_secs_f64()
     );
     let _ = std::fs::remove_dir_all(&ctx.run_dir);
-    let broken = scenarios
-        .iter()
-        .any(|s| matches!(s.status, Status::Failed(_)));
+    let broken = dev_loop_broke
+        || scenarios
+            .iter()
+            .any(|s| matches!(s.status, Status::Failed(_)));
     Ok(if broken {
         ExitCode::FAILURE
     } else {

@@ -222,6 +222,9 @@ fn render_status(s: &Status) -> String {
     if let Some(text) = &s.status_text {
         out += &format!("status: {text}\n");
     }
+    if let Some(text) = &s.watch {
+        out += &format!("watch: {text}\n");
+    }
     if s.listeners.is_empty() {
         out += "listeners: none\n";
     } else {
@@ -374,6 +377,14 @@ last reload: generation 3 succeeded 2m5s ago: ready after 0.4s";
         assert_eq!(
             empty,
             "relaunch (pid 0): starting, generation 0\nlisteners: none\nchildren: none\nlast reload: none"
+        );
+        let watching = render_status(&Status {
+            watch: Some("building (pid 7, for 2.1 s)".into()),
+            ..Status::default()
+        });
+        assert!(
+            watching.contains("\nwatch: building (pid 7, for 2.1 s)\n"),
+            "{watching}"
         );
 
         let (_, json) = render(&Response::Status(sample_status()), true).unwrap();

@@ -65,7 +65,7 @@ mod testing {
 
     /// Plays the supervisor for one request.
     pub async fn answer_one(
-        rx: &mut mpsc::Receiver<Incoming>,
+        rx: &mut mpsc::Receiver<super::server::Incoming>,
         expect: Request,
         response: Response,
     ) {
@@ -104,6 +104,7 @@ mod testing {
                 message: "ready after 0.4s".into(),
                 seconds_ago: 125.0,
             }),
+            watch: None,
         }
     }
 

@@ -46,6 +46,9 @@ pub struct Status {
     pub listeners: Vec<ListenerInfo>,
     pub children: Vec<ChildInfo>,
     pub last_reload: Option<ReloadInfo>,
+    /// `--watch`: the build and the changes ("building (pid 7, for 2.1 s)").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

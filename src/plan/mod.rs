@@ -102,6 +102,8 @@ pub struct Plan {
     pub control: Option<PathBuf>,
     /// `--metrics`: where to serve GET /metrics.
     pub metrics: Option<SocketAddr>,
+    /// `--watch` and its companions; None without --watch.
+    pub watch: Option<Watch>,
     /// For the log, at info and warn.
     pub notes: Vec<String>,
     pub warnings: Vec<String>,
@@ -122,6 +124,17 @@ pub enum Source {
         /// Ports to try, in order, when the spec's port is held.
         fallback: Vec<u16>,
     },
+}
+
+/// The developer loop: what to watch, what to run before a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watch {
+    pub paths: Vec<PathBuf>,
+    /// A shell command (`sh -c`).
+    pub build: Option<String>,
+    /// gitignore-syntax lines, from the current directory.
+    pub ignore: Vec<String>,
+    pub debounce: Duration,
 }
 
 /// What the child is started with once the listeners are bound.
@@ -201,6 +214,7 @@ pub fn make(
         ports_file: args.ports_file.clone(),
         control: args.control.clone(),
         metrics: args.metrics.as_deref().map(metrics_addr).transpose()?,
+        watch: watch(args)?,
         notes,
         warnings,
     })
@@ -212,6 +226,29 @@ fn metrics_addr(text: &str) -> Result<SocketAddr> {
         Error::usage(format!("--metrics {text:?}: not an address and port"))
             .hint("give HOST:PORT, e.g. --metrics 127.0.0.1:9464 (or [::1]:9464)")
     })
+}
+
+/// `--watch` and the options that need it (clap has checked that they come with it).
+fn watch(args: &RunArgs) -> Result<Option<Watch>> {
+    let debounce = match &args.debounce {
+        Some(text) => options::parse_duration("--debounce", text)?,
+        None => Duration::from_millis(200),
+    };
+    if args.watch.is_empty() {
+        return Ok(None);
+    }
+    if let Some(build) = &args.build
+        && build.trim().is_empty()
+    {
+        return Err(Error::usage("--build is empty")
+            .hint("give the build command, e.g. --build \"cargo build\", or leave --build out"));
+    }
+    Ok(Some(Watch {
+        paths: args.watch.clone(),
+        build: args.build.clone(),
+        ignore: args.ignore.clone(),
+        debounce,
+    }))
 }
 
 fn set(env: &mut Vec<(OsString, OsString)>, key: &str, value: OsString) {
@@ -310,6 +347,12 @@ fn listeners(args: &RunArgs, inherited: &[&str], notes: &mut Vec<String>) -> Res
 }
 
 impl Plan {
+    /// The environment of `--build`: the children's, without the sockets'
+    /// variables (a build is not a server).
+    pub fn build_env(&self) -> &[(OsString, OsString)] {
+        &self.env
+    }
+
     /// The child's arguments and environment, given the listeners as bound
     /// (in the plan's order, at fds 3, 4, ...).
     pub fn child(&self, bound: &[Named]) -> Result<Child> {
@@ -543,6 +586,62 @@ mod tests {
             assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
             assert!(e.hint.is_some(), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn watch_options_need_watch_and_are_checked() {
+        let p = plan(&["--port", "1", "--", "x"], &[]).unwrap();
+        assert_eq!(p.watch, None, "nothing of the dev loop without --watch");
+        let p = plan(
+            &[
+                "--port",
+                "1",
+                "--watch",
+                "src",
+                "--watch",
+                "tpl",
+                "--build",
+                "make",
+                "--ignore",
+                "*.log",
+                "--debounce",
+                "50ms",
+                "--",
+                "x",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            p.watch,
+            Some(Watch {
+                paths: vec!["src".into(), "tpl".into()],
+                build: Some("make".into()),
+                ignore: vec!["*.log".into()],
+                debounce: Duration::from_millis(50),
+            })
+        );
+        let default = plan(&["--port", "1", "--watch", "src", "--", "x"], &[]).unwrap();
+        assert_eq!(default.watch.unwrap().debounce, Duration::from_millis(200));
+        // Without --watch they would do nothing: clap says so.
+        for alone in [&["--build", "make"][..], &["--ignore", "*.log"]] {
+            let mut line = vec!["relaunch", "--port", "1"];
+            line.extend_from_slice(alone);
+            line.extend(["--", "x"]);
+            let e = crate::cli::Cli::try_parse_from(line).unwrap_err();
+            assert!(e.to_string().contains("--watch"), "{e}");
+        }
+        for bad in [&["--debounce", "soon"][..], &["--build", " "]] {
+            let mut line = vec!["--port", "1", "--watch", "src"];
+            line.extend_from_slice(bad);
+            line.extend(["--", "x"]);
+            let e = plan(&line, &[]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
+        // The build gets no socket variables.
+        let p = plan(&["--port", "1", "--", "x"], &[]).unwrap();
+        assert!(var(p.build_env(), "LISTEN_FDS").is_none());
+        assert!(var(p.build_env(), "PATH").is_some());
     }
 
     #[test]

@@ -6,10 +6,17 @@
 //! Nothing on the loop blocks: forks happen here (PR_SET_PDEATHSIG follows
 //! the forking thread), /proc is read on the blocking pool. Idle, it sleeps
 //! without timers.
+//!
+//! With `--watch`, relaunch forks the file watcher (`relaunch-watch`, a
+//! binary of its own so relaunch's stays small) and the `--build` process
+//! here, like children. Both report through pipes read on this loop: the
+//! watcher's `changed PATH` lines become events; the build's output is shown
+//! live (`build | ...`) and kept as a tail of [`BUILD_TAIL`] lines for the
+//! failure message.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -21,7 +28,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cli::RunArgs;
 use crate::control::{self, Incoming, Response};
@@ -33,7 +40,9 @@ use crate::plan::{self, Snapshot};
 use crate::ready::notify::{Message, NotifySocket, Systemd};
 use crate::ready::scan;
 use crate::sockets::{self, Listener};
-use crate::supervise::supervisor::{Config, Effect, Event, Notice, Os, Supervisor, Tell};
+use crate::supervise::supervisor::{
+    Config, Effect, Event, Notice, Os, Supervisor, Tell, WatchConfig,
+};
 use crate::supervise::{reaper, spawn};
 
 /// How often /proc is scanned while a generation is starting.
@@ -41,6 +50,10 @@ const SCAN_EVERY: Duration = Duration::from_millis(15);
 /// How often groups whose leader exited are checked, besides on every
 /// SIGCHLD (a member whose parent is not us dies without one).
 const GROUP_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// Lines of a build's output kept for the message when it fails.
+const BUILD_TAIL: usize = 20;
+/// A longer line is cut there (in the tail and the live output).
+const BUILD_LINE: usize = 1000;
 
 pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     let signals = Signals::install()?;
@@ -86,6 +99,11 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         }
         None => (None, None),
     };
+    // Nothing of it exists without --watch.
+    let watcher = match &plan.watch {
+        Some(w) => Some(Watcher::start(w, plan.build_env()).await?),
+        None => None,
+    };
 
     let (notify_tx, notify_rx) = mpsc::unbounded_channel();
     let stop_signal = plan.stop_signal;
@@ -107,6 +125,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         .map(|l| scan::socket_inode(l.socket.as_fd()).ok())
         .collect();
     let inodes: HashSet<u64> = queue_inodes.iter().flatten().copied().collect();
+    let build_env = plan.build_env().to_vec();
     let driver = Driver {
         program: plan.program,
         args: child.args,
@@ -120,6 +139,10 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         execs: HashMap::new(),
         queue_inodes,
         tally,
+        build_cmd: plan.watch.as_ref().and_then(|w| w.build.clone()),
+        build_env,
+        build: None,
+        watcher,
     };
     let cfg = Config {
         restart: plan.restart,
@@ -132,6 +155,10 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         },
         ready_timeout: plan.ready_timeout,
         listeners: listener_info,
+        watch: plan.watch.as_ref().map(|w| WatchConfig {
+            debounce: w.debounce,
+            build: w.build.is_some(),
+        }),
     };
     let mut sup = Supervisor::new(driver, cfg);
     let auto = ready == ReadyMode::Auto;
@@ -145,6 +172,9 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         auto,
     )
     .await;
+    if let Some(w) = sup.os.watcher.take() {
+        w.end();
+    }
     reaper::end_orphans(stop_signal, stop_timeout).await;
     result
 }
@@ -170,6 +200,242 @@ struct Driver {
     queue_inodes: Vec<Option<u64>>,
     /// `--metrics`: the counters the supervisor's [`Effect::Count`]s feed.
     tally: Option<metrics::Tally>,
+    /// `--build`, run by `sh -c`.
+    build_cmd: Option<String>,
+    /// The children's environment without the sockets' variables.
+    build_env: Vec<(OsString, OsString)>,
+    /// The latest build, until it is reaped (a cancelled one too).
+    build: Option<BuildRun>,
+    /// `relaunch-watch`, while it runs.
+    watcher: Option<Watcher>,
+}
+
+/// The lines a child writes to a pipe, read without blocking.
+struct PipeLines {
+    /// Read end, non-blocking; None after EOF.
+    fd: Option<AsyncFd<OwnedFd>>,
+    /// A line not finished yet.
+    partial: Vec<u8>,
+}
+
+impl PipeLines {
+    fn new(read: OwnedFd) -> std::io::Result<PipeLines> {
+        // Only our end: a child writing to a non-blocking pipe would see EAGAIN.
+        nix::fcntl::fcntl(
+            &read,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        // SAFETY: the OwnedFd is moved in and never swapped, so the fd stays
+        // open and the same for the AsyncFd's whole life.
+        let fd = unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
+            .map_err(std::io::Error::from)?;
+        Ok(PipeLines {
+            fd: Some(fd),
+            partial: Vec::new(),
+        })
+    }
+
+    /// Waits until there is something to read (pending forever after EOF).
+    async fn readable(&self) {
+        match &self.fd {
+            Some(fd) => {
+                if let Ok(mut guard) = fd.readable().await {
+                    guard.clear_ready();
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The complete lines there are now; after EOF, the unfinished one too.
+    fn lines(&mut self) -> Vec<String> {
+        let mut buf = [0u8; 8192];
+        while let Some(fd) = &self.fd {
+            match nix::unistd::read(fd.get_ref(), &mut buf) {
+                Ok(0) => self.fd = None,
+                Ok(n) => self.partial.extend_from_slice(&buf[..n]),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(_) => self.fd = None,
+            }
+        }
+        let mut lines = Vec::new();
+        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            lines.push(text(&line[..line.len() - 1]));
+        }
+        if self.partial.len() > BUILD_LINE || (self.fd.is_none() && !self.partial.is_empty()) {
+            lines.push(text(&std::mem::take(&mut self.partial)));
+        }
+        lines
+    }
+}
+
+/// A line for the log: at most BUILD_LINE bytes, lossy UTF-8, no CR.
+fn text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(BUILD_LINE)]);
+    text.trim_end_matches('\r').to_string()
+}
+
+/// `relaunch-watch`: its pid and its report lines.
+struct Watcher {
+    pid: i32,
+    out: PipeLines,
+}
+
+impl Watcher {
+    /// Starts the helper that sits beside relaunch's binary and waits until
+    /// it watches everything, or says what is wrong (a usage error).
+    async fn start(w: &plan::Watch, env: &[(OsString, OsString)]) -> Result<Watcher> {
+        let exe = std::env::current_exe().map_err(|e| {
+            Error::runtime(format!("--watch: cannot find relaunch's own binary: {e}"))
+        })?;
+        let helper = exe.with_file_name("relaunch-watch");
+        if !helper.is_file() {
+            return Err(Error::runtime(format!(
+                "--watch needs relaunch-watch beside relaunch, and {} is missing",
+                helper.display()
+            ))
+            .hint("`cargo install` installs both; or copy relaunch-watch next to relaunch"));
+        }
+        let mut args: Vec<OsString> = Vec::new();
+        for g in &w.ignore {
+            args.push("--ignore".into());
+            args.push(g.into());
+        }
+        args.push("--".into());
+        args.extend(w.paths.iter().map(|p| p.clone().into_os_string()));
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::runtime(format!("--watch: cannot make a pipe: {e}")))?;
+        let null = std::fs::File::open("/dev/null")
+            .map_err(|e| Error::runtime(format!("--watch: cannot open /dev/null: {e}")))?;
+        let stderr = std::io::stderr();
+        let spawned = spawn::spawn(&spawn::Request {
+            program: helper.as_os_str(),
+            args: &args,
+            env,
+            fds: &[],
+            listen_pid: false,
+            creds: None,
+            stdio: Some((null.as_fd(), write.as_fd(), stderr.as_fd())),
+        })
+        .map_err(|e| Error::runtime(format!("--watch: {e}")))?;
+        drop(write);
+        let mut watcher = Watcher {
+            pid: spawned.pid,
+            out: PipeLines::new(read)
+                .map_err(|e| Error::runtime(format!("--watch: cannot read the watcher: {e}")))?,
+        };
+        loop {
+            if watcher.out.fd.is_none() {
+                watcher.end();
+                return Err(Error::runtime(
+                    "--watch: relaunch-watch ended before it was watching (see above)",
+                ));
+            }
+            watcher.out.readable().await;
+            for line in watcher.out.lines() {
+                let (kind, what) = line.split_once(' ').unwrap_or((&line, ""));
+                let what = unescape(what);
+                match kind {
+                    "ready" => {
+                        info!("{what}");
+                        return Ok(watcher);
+                    }
+                    "error" => {
+                        watcher.end();
+                        let (msg, hint) = match what.split_once("\n  hint: ") {
+                            Some((m, h)) => (m.to_string(), Some(h.to_string())),
+                            None => (what, None),
+                        };
+                        let e = Error::usage(msg);
+                        return Err(match hint {
+                            Some(h) => e.hint(h),
+                            None => e,
+                        });
+                    }
+                    _ => warn!("{what}"),
+                }
+            }
+        }
+    }
+
+    /// Its report lines as events (warnings are logged here).
+    fn events(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        for line in self.out.lines() {
+            match line.split_once(' ') {
+                Some(("changed", path)) => events.push(Event::Changed {
+                    path: unescape(path),
+                }),
+                Some((_, what)) => warn!("{}", unescape(what)),
+                None => warn!("relaunch-watch: {line}"),
+            }
+        }
+        events
+    }
+
+    /// Stops it and reaps it (it is our child, not an orphan to sweep).
+    fn end(self) {
+        let pid = Pid::from_raw(self.pid);
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
+}
+
+/// `\n` and `\\` as relaunch-watch writes them.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// A running `--build`: its output and the last lines of it.
+struct BuildRun {
+    pid: i32,
+    out: PipeLines,
+    exec: spawn::ExecWatch,
+    tail: VecDeque<String>,
+}
+
+impl BuildRun {
+    /// Shows and keeps what it printed since the last look.
+    fn take(&mut self) {
+        for line in self.out.lines() {
+            if tracing::enabled!(tracing::Level::INFO) {
+                crate::logging::print(6, &format!("build | {line}\n"));
+            }
+            if self.tail.len() == BUILD_TAIL {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(line);
+        }
+    }
+
+    /// The build was reaped: what is left in the pipe (everything it wrote;
+    /// a process it left behind may write on, unseen), then the tail.
+    fn finish(mut self) -> Vec<String> {
+        self.take();
+        if !self.out.partial.is_empty() {
+            let line = text(&std::mem::take(&mut self.out.partial));
+            self.tail.push_back(line);
+        }
+        if let spawn::ExecStatus::Failed(e) = self.exec.check() {
+            self.tail.push_back(e.to_string());
+        }
+        self.tail.into()
+    }
 }
 
 impl Driver {
@@ -291,6 +557,7 @@ impl Os for Driver {
             fds: &fds,
             listen_pid: self.listen_pid,
             creds: self.creds.as_ref(),
+            stdio: None,
         })?;
         // SAFETY: the watch owns its fd and never swaps it, so the fd stays
         // open and the same for the AsyncFd's whole life.
@@ -309,6 +576,36 @@ impl Os for Driver {
 
     fn jitter(&mut self) -> f64 {
         fastrand::f64()
+    }
+
+    fn build(&mut self) -> std::result::Result<i32, spawn::Error> {
+        let Some(cmd) = &self.build_cmd else {
+            return Err(spawn::Error::Os("no --build command".into()));
+        };
+        let os = |what: &str, e: std::io::Error| spawn::Error::Os(format!("{what}: {e}"));
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| os("cannot make the build's output pipe", e.into()))?;
+        let null = std::fs::File::open("/dev/null").map_err(|e| os("cannot open /dev/null", e))?;
+        let args = [OsString::from("-c"), OsString::from(cmd)];
+        let spawned = spawn::spawn(&spawn::Request {
+            program: "/bin/sh".as_ref(),
+            args: &args,
+            env: &self.build_env,
+            fds: &[],
+            listen_pid: false,
+            creds: self.creds.as_ref(),
+            stdio: Some((null.as_fd(), write.as_fd(), write.as_fd())),
+        })?;
+        drop(write);
+        let out = PipeLines::new(read).map_err(|e| os("cannot read the build's output", e))?;
+        // A cancelled build still running is killed already; its pipe goes.
+        self.build = Some(BuildRun {
+            pid: spawned.pid,
+            out,
+            exec: spawned.exec,
+            tail: VecDeque::with_capacity(BUILD_TAIL),
+        });
+        Ok(spawned.pid)
     }
 }
 
@@ -412,12 +709,21 @@ async fn event_loop(
             _ = usr1.recv() => vec![Event::Forward(Signal::SIGUSR1)],
             _ = usr2.recv() => vec![Event::Forward(Signal::SIGUSR2)],
             _ = winch.recv() => vec![Event::Forward(Signal::SIGWINCH)],
-            Some(inc) = recv_control(&mut control_rx) => {
+            Some(inc) = recv(&mut control_rx) => {
                 vec![Event::Control { request: inc.request, reply: inc.reply }]
             }
             // A scrape is a status request (--metrics).
-            Some(inc) = recv_control(&mut scrapes) => {
+            Some(inc) = recv(&mut scrapes) => {
                 vec![Event::Control { request: inc.request, reply: inc.reply }]
+            }
+            () = readable(sup.os.watcher.as_ref().map(|w| &w.out)) => {
+                sup.os.watcher.as_mut().map_or_else(Vec::new, Watcher::events)
+            }
+            () = readable(sup.os.build.as_ref().map(|b| &b.out)) => {
+                if let Some(b) = &mut sup.os.build {
+                    b.take();
+                }
+                Vec::new()
             }
             Some((generation, msg)) = notify_rx.recv() => handle_notify(sup, generation, msg).into_iter().collect(),
             (pid, status) = exec_reported(&sup.os.execs) => {
@@ -457,7 +763,7 @@ fn step(sup: &mut Supervisor<Driver>, event: Event) {
     crate::logging::set_generation(sup.serving());
 }
 
-async fn recv_control(rx: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incoming> {
+async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -483,6 +789,14 @@ async fn join<T>(task: &mut Option<JoinHandle<T>>) -> Option<T> {
     }
 }
 
+/// Something to read on `pipe`; pending without one.
+async fn readable(pipe: Option<&PipeLines>) {
+    match pipe {
+        Some(p) => p.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Collects every exited child: a failed exec first (its pipe is complete
 /// once the child is gone), then the exit and whether its group lives on.
 fn reap(driver: &mut Driver) -> Vec<Event> {
@@ -490,6 +804,23 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
     reaper::reap(|pid, status| exits.push((pid, status)));
     let mut events = Vec::new();
     for (pid, status) in exits {
+        if let Some(b) = driver.build.take_if(|b| b.pid == pid) {
+            let tail = b.finish();
+            events.push(Event::Built { pid, status, tail });
+            continue;
+        }
+        if let Some(w) = driver.watcher.take_if(|w| w.pid == pid) {
+            // What it said last (its stderr is ours) explains it.
+            let mut w = w;
+            for ev in w.events() {
+                events.push(ev);
+            }
+            error!(
+                "the file watcher (relaunch-watch, pid {pid}) {status}: changes are no longer \
+                 seen; restart relaunch to watch again"
+            );
+            continue;
+        }
         if let Some(watch) = driver.execs.remove(&pid)
             && let spawn::ExecStatus::Failed(error) = watch.get_ref().check()
         {
@@ -629,4 +960,12 @@ fn handle_notify(sup: &Supervisor<Driver>, generation: u64, msg: Message) -> Opt
     }
     notice.ready = msg.ready();
     Some(Event::Notify { pid, notice })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unescape_reads_what_relaunch_watch_writes() {
+        assert_eq!(super::unescape(r"a\nb\\n c\"), "a\nb\\n c\\");
+    }
 }

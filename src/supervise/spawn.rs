@@ -45,6 +45,9 @@ pub struct Request<'a> {
     pub listen_pid: bool,
     /// Run as this user and group, resolved by the caller.
     pub creds: Option<&'a Credentials>,
+    /// fds 0, 1 and 2 instead of relaunch's own (`--build`: /dev/null and
+    /// its output pipe twice). Close-on-exec here; their copies are not.
+    pub stdio: Option<(BorrowedFd<'a>, BorrowedFd<'a>, BorrowedFd<'a>)>,
 }
 
 /// Resolved by `plan`, applied after fork.
@@ -179,6 +182,9 @@ pub fn spawn(req: &Request<'_>) -> Result<Spawned, Error> {
         creds: req
             .creds
             .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
+        stdio: req
+            .stdio
+            .map(|(i, o, e)| (i.as_raw_fd(), o.as_raw_fd(), e.as_raw_fd())),
     };
 
     let pid = {
@@ -278,6 +284,8 @@ struct ChildPlan {
     parent: libc::pid_t,
     /// uid, gid, supplementary groups (pointer, length).
     creds: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
+    /// (stdin, stdout, stderr) to put at 0, 1 and 2.
+    stdio: Option<(RawFd, RawFd, RawFd)>,
 }
 
 impl ChildPlan {
@@ -297,6 +305,14 @@ impl ChildPlan {
             // relaunch died before the prctl took effect.
             if libc::getppid() != self.parent {
                 libc::_exit(1);
+            }
+            // Before the sockets are placed, which may reuse these numbers.
+            if let Some((input, output, errors)) = self.stdio
+                && (libc::dup2(input, 0) < 0
+                    || libc::dup2(output, 1) < 0
+                    || libc::dup2(errors, 2) < 0)
+            {
+                self.fail(self.err_fd, STAGE_FDS);
             }
             let first_free = 3 + self.nfds as RawFd;
             // At or above first_free (see `above`), so no dup2 below clobbers it.
@@ -662,6 +678,7 @@ mod tests {
             fds: &[],
             listen_pid: true,
             creds: None,
+            stdio: None,
         })
         .unwrap();
         let mut status = 0;

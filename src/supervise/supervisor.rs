@@ -19,16 +19,28 @@
 //!   old one's groups are empty (or when it failed).
 //! - A crash in the serving generation restarts that worker, with backoff.
 //! - Every child we asked to stop gets SIGKILL after the stop timeout.
+//! - `--watch`: a change starts the build (or, without `--build`, the
+//!   reload) once files have been quiet for the debounce. At most one build
+//!   runs: a change during a build kills its process group and the debounce
+//!   starts over. A build that succeeds asks for a reload, which coalesces
+//!   with one in progress like any other; one that fails changes nothing
+//!   that serves. With `--build`, generation 1 waits for the first build
+//!   (and starts what is on disk if it fails). Under `--watch` relaunch
+//!   never gives up on its own: a crash loop or a missing program waits for
+//!   the next change.
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::control::{self, Request, Response};
 use crate::duration;
+
+/// Changed paths remembered for the log line of a build or reload.
+const CHANGED_KEPT: usize = 32;
 
 /// How long a process group may take to empty after SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -103,6 +115,15 @@ pub enum Event {
     Forward(Signal),
     /// A control socket request.
     Control { request: Request, reply: Reply },
+    /// `--watch`: a file that matters changed.
+    Changed { path: String },
+    /// The `--build` process `pid` was reaped; `tail`: the last lines of
+    /// its output.
+    Built {
+        pid: i32,
+        status: ExitStatus,
+        tail: Vec<String>,
+    },
 }
 
 /// What a child said through its notify socket.
@@ -184,6 +205,9 @@ pub trait Os {
     fn spawn(&mut self, generation: u64, worker: usize) -> Result<i32, spawn::Error>;
     /// A number in [0, 1) for backoff jitter.
     fn jitter(&mut self) -> f64;
+    /// Forks `--build` in its own process group; its exit comes back as
+    /// [`Event::Built`].
+    fn build(&mut self) -> Result<i32, spawn::Error>;
 }
 
 #[derive(Debug, Clone)]
@@ -197,6 +221,43 @@ pub struct Config {
     pub ready_timeout: Duration,
     /// For `relaunch status`.
     pub listeners: Vec<control::ListenerInfo>,
+    /// `--watch`: None without it.
+    pub watch: Option<WatchConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WatchConfig {
+    /// Files must be quiet this long before the build or reload starts.
+    pub debounce: Duration,
+    /// `--build` was given.
+    pub build: bool,
+}
+
+/// The developer loop's state: pending changes and the build.
+#[derive(Debug, Default)]
+struct Dev {
+    /// The build (or reload) starts then, unless more changes come first.
+    due: Option<Instant>,
+    /// The paths changed since the last build or reload began, the latest
+    /// last (at most [`CHANGED_KEPT`]; more are only counted).
+    changed: Vec<String>,
+    more: usize,
+    building: Option<Build>,
+    last: Option<BuildResult>,
+}
+
+#[derive(Debug)]
+struct Build {
+    pid: i32,
+    started: Instant,
+}
+
+#[derive(Debug)]
+struct BuildResult {
+    ok: bool,
+    /// "in 1.2 s" (ok) or "exited with status 3 after 0.4 s".
+    text: String,
+    at: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -312,12 +373,15 @@ pub struct Supervisor<O: Os> {
     /// The generation still to become ready for the first time, and when it
     /// was started (for its time to ready).
     generation_started: Option<(u64, Instant)>,
+    /// `--watch`; None without it.
+    dev: Option<Dev>,
     /// Effects of the event being handled.
     out: Vec<Effect>,
 }
 
 impl<O: Os> Supervisor<O> {
     pub fn new(os: O, cfg: Config) -> Self {
+        let dev = cfg.watch.map(|_| Dev::default());
         Supervisor {
             os,
             slots: vec![Slot::default(); cfg.workers],
@@ -337,6 +401,7 @@ impl<O: Os> Supervisor<O> {
             done: false,
             last_reload: None,
             generation_started: None,
+            dev,
             out: Vec::new(),
         }
     }
@@ -344,7 +409,7 @@ impl<O: Os> Supervisor<O> {
     /// The one entry point: what `event` changes, and what must be done now.
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Effect> {
         match event {
-            Event::Start => self.start(now),
+            Event::Start => self.begin(now),
             Event::Exited {
                 pid,
                 status,
@@ -368,6 +433,8 @@ impl<O: Os> Supervisor<O> {
             Event::Stop => self.stop(now),
             Event::Forward(sig) => self.forward(sig),
             Event::Control { request, reply } => self.on_control(request, reply, now),
+            Event::Changed { path } => self.on_change(path, now),
+            Event::Built { pid, status, tail } => self.on_built(pid, status, &tail, now),
         }
         if self.done {
             for (_, to) in std::mem::take(&mut self.waiters) {
@@ -464,6 +531,7 @@ impl<O: Os> Supervisor<O> {
             .chain(restarts)
             .chain(reload)
             .chain(self.first_deadline.filter(|_| !self.announced))
+            .chain(self.dev.as_ref().and_then(|d| d.due))
             .min()
     }
 
@@ -513,6 +581,16 @@ impl<O: Os> Supervisor<O> {
                 message: r.message.clone(),
                 seconds_ago: now.saturating_duration_since(r.at).as_secs_f64(),
             }),
+            watch: self.watch_status(now),
+        }
+    }
+
+    /// The first build if there is one, else generation 1.
+    fn begin(&mut self, now: Instant) {
+        if self.cfg.watch.is_some_and(|w| w.build) {
+            self.start_build("first build", now);
+        } else {
+            self.start(now);
         }
     }
 
@@ -587,6 +665,12 @@ impl<O: Os> Supervisor<O> {
             }
         }
         self.give_up_on_unkillable(now);
+        if let Some(dev) = &mut self.dev
+            && dev.due.is_some_and(|t| t <= now)
+        {
+            dev.due = None;
+            self.changes_settled(now);
+        }
         if let Some(Reload {
             generation,
             phase: Phase::Starting { deadline },
@@ -697,7 +781,13 @@ impl<O: Os> Supervisor<O> {
                 // Once it has served, a restart can meet a deploy halfway
                 // (rm, then cp): the listeners stay held and the backoff
                 // keeps trying, as for any quick failure, until it gives up.
-                if !self.announced {
+                // Under --watch the next build may well make it: wait.
+                if !self.announced && self.dev.is_some() {
+                    error!(pid, generation, worker, "{e}; waiting for a file to change");
+                    self.slots[worker].last_exit = Some(status);
+                    // Nothing runs to be taken as serving at the deadline.
+                    self.first_deadline = None;
+                } else if !self.announced {
                     self.fail_to_exec(e, now);
                 } else {
                     error!(pid, generation, worker, "{e}");
@@ -953,6 +1043,13 @@ impl<O: Os> Supervisor<O> {
         }
         self.stopping = true;
         self.tell(Tell::Stopping);
+        if let Some(dev) = &mut self.dev {
+            dev.due = None;
+            if let Some(b) = dev.building.take() {
+                info!(pid = b.pid, "stopping the build");
+                self.signal(b.pid, Signal::SIGKILL);
+            }
+        }
         if self.reload.is_some() {
             self.fail_reload(ReloadResult::Cancelled, "relaunch is stopping".into(), now);
         }
@@ -977,6 +1074,186 @@ impl<O: Os> Supervisor<O> {
         for pid in pids {
             self.signal(pid, sig);
         }
+    }
+
+    /// `--watch`: a file changed. A build in progress is out of date: it is
+    /// killed at once (its whole group) and the debounce starts over.
+    fn on_change(&mut self, path: String, now: Instant) {
+        let Some(dev) = &mut self.dev else {
+            return;
+        };
+        if self.stopping {
+            return;
+        }
+        debug!("changed: {path}");
+        if let Some(b) = dev.building.take() {
+            info!(
+                pid = b.pid,
+                "{path} changed during the build: cancelling it; a new one follows"
+            );
+            self.out.push(Effect::Signal {
+                pgid: b.pid,
+                sig: Signal::SIGKILL,
+            });
+        }
+        // The latest is the one to show: an editor's or sed's temporary
+        // file comes first, the file itself last.
+        dev.changed.retain(|p| *p != path);
+        if dev.changed.len() == CHANGED_KEPT {
+            dev.changed.remove(0);
+            dev.more += 1;
+        }
+        dev.changed.push(path);
+        dev.due = Some(now + self.cfg.watch.map_or(Duration::ZERO, |w| w.debounce));
+    }
+
+    /// Files have been quiet for the debounce: build, or reload.
+    fn changes_settled(&mut self, now: Instant) {
+        let Some(dev) = &mut self.dev else {
+            return;
+        };
+        let others = dev.changed.len().saturating_sub(1) + std::mem::take(&mut dev.more);
+        let what = match (dev.changed.pop(), others) {
+            (Some(path), 0) => format!("{path} changed"),
+            (Some(path), 1) => format!("{path} and 1 other path changed"),
+            (Some(path), n) => format!("{path} and {n} other paths changed"),
+            (None, _) => "files changed".into(),
+        };
+        dev.changed.clear();
+        if self.stopping {
+            return;
+        }
+        if self.cfg.watch.is_some_and(|w| w.build) {
+            self.start_build(&what, now);
+            return;
+        }
+        info!("{what}: reloading");
+        if let Err(e) = self.request_reload(now) {
+            warn!("reload refused: {e}");
+        }
+    }
+
+    fn start_build(&mut self, why: &str, now: Instant) {
+        match self.os.build() {
+            Ok(pid) => {
+                if self.serving == 0 {
+                    info!(pid, "{why}: building; generation 1 starts when it succeeds");
+                } else {
+                    info!(
+                        pid,
+                        "{why}: building; generation {} serves meanwhile", self.serving
+                    );
+                }
+                if let Some(dev) = &mut self.dev {
+                    dev.building = Some(Build { pid, started: now });
+                }
+            }
+            Err(e) => {
+                error!("cannot start the build: {e}; the next change tries again");
+                if let Some(dev) = &mut self.dev {
+                    dev.last = Some(BuildResult {
+                        ok: false,
+                        text: format!("could not start: {e}"),
+                        at: now,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The build ended: reload (or start generation 1) if it succeeded;
+    /// otherwise say why, and leave what serves alone.
+    fn on_built(&mut self, pid: i32, status: ExitStatus, tail: &[String], now: Instant) {
+        let Some(dev) = &mut self.dev else {
+            return;
+        };
+        let Some(b) = dev.building.take_if(|b| b.pid == pid) else {
+            debug!(pid, "a cancelled build ended: {status}");
+            return;
+        };
+        let took = now.saturating_duration_since(b.started).as_secs_f64();
+        if status.success() {
+            dev.last = Some(BuildResult {
+                ok: true,
+                text: format!("in {took:.1} s"),
+                at: now,
+            });
+            if self.stopping {
+                return;
+            }
+            if self.serving == 0 {
+                info!(pid, "build succeeded in {took:.1} s; starting");
+                self.start(now);
+            } else {
+                info!(pid, "build succeeded in {took:.1} s; reloading");
+                if let Err(e) = self.request_reload(now) {
+                    warn!("reload refused: {e}");
+                }
+            }
+            return;
+        }
+        dev.last = Some(BuildResult {
+            ok: false,
+            text: format!("{status} after {took:.1} s"),
+            at: now,
+        });
+        let first = self.serving == 0 && !self.stopping;
+        let serving = if first {
+            "generation 1 starts with the version already there".to_string()
+        } else {
+            format!("generation {} keeps serving", self.serving)
+        };
+        let output = if tail.is_empty() {
+            " It printed nothing.".to_string()
+        } else {
+            let lines: String = tail.iter().map(|l| format!("\n  | {l}")).collect();
+            format!(" The last {} lines of its output:{lines}", tail.len())
+        };
+        error!(
+            pid,
+            "build failed: it {status} after {took:.1} s; {serving}; the next change builds \
+             again.{output}"
+        );
+        // A failed build never keeps what is on disk from serving.
+        if first {
+            self.start(now);
+        }
+    }
+
+    /// `relaunch status`'s line about `--watch`.
+    fn watch_status(&self, now: Instant) -> Option<String> {
+        let dev = self.dev.as_ref()?;
+        let ago = |t: Instant| {
+            format!(
+                "{:.0} s ago",
+                now.saturating_duration_since(t).as_secs_f64()
+            )
+        };
+        Some(if let Some(b) = &dev.building {
+            format!(
+                "building (pid {}, for {:.1} s)",
+                b.pid,
+                now.saturating_duration_since(b.started).as_secs_f64()
+            )
+        } else if dev.due.is_some() {
+            "files changed: waiting for them to settle".into()
+        } else if let Some(last) = &dev.last {
+            if last.ok {
+                format!(
+                    "watching; the last build succeeded {} ({})",
+                    ago(last.at),
+                    last.text
+                )
+            } else {
+                format!(
+                    "watching; the last build failed {}: {}",
+                    ago(last.at),
+                    last.text
+                )
+            }
+        } else {
+            "watching".into()
+        })
     }
 
     fn pending(&self) -> Option<u64> {
@@ -1075,6 +1352,16 @@ impl<O: Os> Supervisor<O> {
                     backoff::GIVE_UP_AFTER,
                     duration::human(backoff::SERVED_FOR)
                 );
+                if self.dev.is_some() {
+                    // The developer is about to fix it: the listeners stay
+                    // held, and the next change starts it again.
+                    error!(
+                        generation = self.serving,
+                        worker, "{msg}; waiting for a file to change"
+                    );
+                    self.slots[worker].backoff = Backoff::default();
+                    return;
+                }
                 self.exit_code = 1;
                 self.exit_error = Some(msg);
                 self.stop(now);
@@ -1124,7 +1411,7 @@ impl<O: Os> Supervisor<O> {
             let idle = self.slots.iter().all(|s| s.restart_at.is_none()) && self.reload.is_none();
             if self.stopping {
                 self.done = true;
-            } else if idle && self.cfg.restart != Restart::Always {
+            } else if idle && self.cfg.restart != Restart::Always && self.dev.is_none() {
                 info!(
                     "no child left to run; exiting with status {}",
                     self.exit_code
@@ -1288,6 +1575,8 @@ mod tests {
         released: Vec<u64>,
         counts: Vec<Count>,
         fail_spawn: Option<fn() -> spawn::Error>,
+        /// Pids of the builds started.
+        builds: Vec<i32>,
     }
 
     /// Events in, effects recorded in the fake (replies are sent).
@@ -1360,6 +1649,12 @@ mod tests {
         fn jitter(&mut self) -> f64 {
             0.5
         }
+        fn build(&mut self) -> Result<i32, spawn::Error> {
+            self.next_pid += 1;
+            let pid = 100 + self.next_pid;
+            self.builds.push(pid);
+            Ok(pid)
+        }
     }
 
     fn cfg(workers: usize) -> Config {
@@ -1371,6 +1666,7 @@ mod tests {
             ready_delay: None,
             ready_timeout: Duration::from_secs(60),
             listeners: Vec::new(),
+            watch: None,
         }
     }
 
@@ -2022,6 +2318,278 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn watching(build: bool) -> Supervisor<Fake> {
+        Supervisor::new(
+            Fake::default(),
+            Config {
+                watch: Some(WatchConfig {
+                    debounce: ms(200),
+                    build,
+                }),
+                ..cfg(1)
+            },
+        )
+    }
+
+    impl Supervisor<Fake> {
+        fn t_change(&mut self, path: &str, now: Instant) {
+            let path = path.into();
+            self.run(Event::Changed { path }, now);
+        }
+        fn t_built(&mut self, pid: i32, status: ExitStatus, now: Instant) {
+            let tail = vec!["error[E0425]: cannot find value `x`".into()];
+            self.run(Event::Built { pid, status, tail }, now);
+        }
+    }
+
+    #[test]
+    fn without_build_a_change_reloads_once_files_are_quiet() {
+        let t0 = Instant::now();
+        let mut s = watching(false);
+        s.t_start(t0);
+        assert_eq!(pids(&s, 1), [101], "no build: generation 1 at once");
+        s.t_ready(101, t0);
+        s.t_change("app.py", t0);
+        s.t_change("app.py", t0 + ms(150));
+        assert_eq!(
+            s.next_deadline(),
+            Some(t0 + ms(350)),
+            "each change pushes the debounce back"
+        );
+        s.t_timer(t0 + ms(349));
+        assert_eq!(s.os.spawned.len(), 1);
+        s.t_timer(t0 + ms(350));
+        assert_eq!(pids(&s, 2), [102], "one reload for both changes");
+        assert!(s.os.builds.is_empty());
+        assert_eq!(
+            s.next_deadline(),
+            Some(t0 + ms(350) + Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn changes_during_a_reload_coalesce_into_one_more() {
+        let t0 = Instant::now();
+        let mut s = watching(false);
+        s.t_start(t0);
+        s.t_ready(101, t0);
+        s.t_change("a.py", t0);
+        s.t_timer(t0 + ms(200));
+        assert_eq!(pids(&s, 2), [102]);
+        for i in 1..4 {
+            s.t_change("a.py", t0 + ms(200 + i * 300));
+            s.t_timer(t0 + ms(400 + i * 300));
+        }
+        assert_eq!(
+            s.os.spawned.len(),
+            2,
+            "no third generation while one starts"
+        );
+        s.t_ready(102, t0 + ms(1500));
+        s.t_exit(101, ExitStatus::Signal(15), t0 + ms(1500));
+        assert_eq!(s.os.spawned.last(), Some(&(103, 3, 0)), "exactly one more");
+    }
+
+    #[test]
+    fn with_build_the_first_start_waits_for_the_first_build() {
+        let t0 = Instant::now();
+        let mut s = watching(true);
+        s.t_start(t0);
+        assert_eq!(s.os.builds, [101]);
+        assert!(s.os.spawned.is_empty(), "nothing runs before the build");
+        assert!(s.status(t0).watch.unwrap().starts_with("building (pid 101"));
+        s.t_built(101, ExitStatus::Code(0), t0 + ms(800));
+        assert_eq!(pids(&s, 1), [102], "generation 1 starts after the build");
+        s.t_ready(102, t0 + ms(900));
+        assert_eq!(s.state(), "serving");
+    }
+
+    /// A failed first build does not keep the version on disk from serving.
+    #[test]
+    fn a_failed_first_build_starts_what_is_there() {
+        let t0 = Instant::now();
+        let mut s = watching(true);
+        s.t_start(t0);
+        s.t_built(101, ExitStatus::Code(101), t0 + ms(800));
+        assert_eq!(pids(&s, 1), [102]);
+        let status = s.status(t0 + Duration::from_secs(3)).watch.unwrap();
+        assert_eq!(
+            status,
+            "watching; the last build failed 2 s ago: exited with status 101 after 0.8 s"
+        );
+    }
+
+    /// ...and when nothing is there yet (a fresh checkout whose first build
+    /// failed), relaunch waits for the build that makes it, instead of exiting 127.
+    #[test]
+    fn a_program_missing_before_the_first_good_build_is_waited_for() {
+        let t0 = Instant::now();
+        let mut s = watching(true);
+        s.t_start(t0);
+        s.t_built(101, ExitStatus::Code(101), t0);
+        exec_fails(
+            &mut s,
+            102,
+            spawn::Error::NotFound("cannot run target/debug/app: no such file".into()),
+            t0,
+        );
+        assert!(s.exit().is_none(), "the listeners stay held");
+        assert_eq!(
+            s.next_deadline(),
+            None,
+            "no restart loop: idle until a change"
+        );
+        s.t_change("src/main.rs", t0 + ms(1000));
+        s.t_timer(t0 + ms(1200));
+        assert_eq!(s.os.builds, [101, 103]);
+        s.t_built(103, ExitStatus::Code(0), t0 + ms(2000));
+        let (pid, generation, _) = *s.os.spawned.last().unwrap();
+        assert_eq!(generation, 2);
+        s.t_ready(pid, t0 + ms(2100));
+        assert_eq!(s.serving, 2);
+        assert_eq!(s.state(), "serving");
+        assert!(s.exit().is_none());
+    }
+
+    #[test]
+    fn a_build_that_fails_changes_nothing_that_serves() {
+        let t0 = Instant::now();
+        let mut s = watching(true);
+        s.t_start(t0);
+        s.t_built(101, ExitStatus::Code(0), t0);
+        s.t_ready(102, t0);
+        s.t_change("src/main.rs", t0);
+        s.t_timer(t0 + ms(200));
+        assert_eq!(s.os.builds, [101, 103]);
+        s.t_built(103, ExitStatus::Code(3), t0 + ms(900));
+        assert_eq!(s.os.spawned.len(), 1, "no reload");
+        assert!(s.os.signals.is_empty(), "the old generation is untouched");
+        assert_eq!(s.state(), "serving");
+        assert!(s.last_reload.is_none());
+        // Fixed: the next build reloads.
+        s.t_change("src/main.rs", t0 + ms(2000));
+        s.t_timer(t0 + ms(2200));
+        s.t_built(104, ExitStatus::Code(0), t0 + ms(3000));
+        assert_eq!(pids(&s, 2), [105]);
+        assert!(s.status(t0 + ms(3000)).watch.unwrap().contains("succeeded"));
+    }
+
+    #[test]
+    fn a_change_during_a_build_kills_it_and_builds_again() {
+        let t0 = Instant::now();
+        let mut s = watching(true);
+        s.t_start(t0);
+        s.t_built(101, ExitStatus::Code(0), t0);
+        s.t_ready(102, t0);
+        s.t_change("src/a.rs", t0);
+        s.t_timer(t0 + ms(200));
+        assert_eq!(s.os.builds, [101, 103]);
+        s.t_change("src/b.rs", t0 + ms(500));
+        assert_eq!(
+            s.os.signals,
+            [(103, Signal::SIGKILL)],
+            "the whole group of the stale build, at once"
+        );
+        assert_eq!(s.os.builds.len(), 2, "the new one waits for the debounce");
+        s.t_timer(t0 + ms(700));
+        assert_eq!(s.os.builds, [101, 103, 104]);
+        // The killed one's end is no verdict.
+        s.t_built(103, ExitStatus::Signal(9), t0 + ms(710));
+        assert!(
+            s.status(t0 + ms(710))
+                .watch
+                .unwrap()
+                .starts_with("building (pid 104")
+        );
+        s.t_built(104, ExitStatus::Code(0), t0 + ms(1500));
+        assert_eq!(
+            pids(&s, 2),
+            [105],
+            "one reload, after the build that counts"
+        );
+    }
+
+    #[test]
+    fn a_build_success_during_a_reload_coalesces() {
+        let t0 = Instant::now();
+        let mut s = watching(true);
+        s.t_start(t0);
+        s.t_built(101, ExitStatus::Code(0), t0);
+        s.t_ready(102, t0);
+        s.t_reload(t0).unwrap();
+        s.t_change("src/a.rs", t0);
+        s.t_timer(t0 + ms(200));
+        s.t_built(104, ExitStatus::Code(0), t0 + ms(300));
+        assert_eq!(s.os.spawned.len(), 2, "the reload in progress goes first");
+        s.t_ready(103, t0 + ms(400));
+        s.t_exit(102, ExitStatus::Signal(15), t0 + ms(400));
+        assert_eq!(s.os.spawned.last(), Some(&(105, 3, 0)), "then the build's");
+    }
+
+    #[test]
+    fn stop_kills_the_build_and_ignores_changes() {
+        let t0 = Instant::now();
+        let mut s = watching(true);
+        s.t_start(t0);
+        s.t_stop(t0);
+        assert_eq!(s.os.signals, [(101, Signal::SIGKILL)]);
+        assert_eq!(s.exit().map(|e| e.code), Some(0), "nothing else ran");
+        s.t_change("x", t0);
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn watching_a_crash_loop_waits_for_a_fix_instead_of_exiting() {
+        let t0 = Instant::now();
+        let mut s = watching(false);
+        s.t_start(t0);
+        let mut now = t0;
+        let mut pid = 101;
+        for _ in 0..backoff::GIVE_UP_AFTER {
+            s.t_exit(pid, ExitStatus::Code(1), now);
+            match s.next_deadline() {
+                Some(at) => {
+                    now = at;
+                    s.t_timer(now);
+                    pid += 1;
+                }
+                None => break,
+            }
+        }
+        assert!(s.exit().is_none(), "the listeners stay held");
+        assert_eq!(s.next_deadline(), None, "idle until a change");
+        s.t_change("app.py", now);
+        s.t_timer(now + ms(200));
+        let last = *s.os.spawned.last().unwrap();
+        assert_eq!(last.1, 2, "the fix is started as generation 2");
+        s.t_ready(last.0, now + ms(500));
+        assert_eq!(s.serving, 2);
+        assert_eq!(s.state(), "serving");
+    }
+
+    #[test]
+    fn watching_a_server_that_exits_under_restart_never_waits_for_a_change() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(
+            Fake::default(),
+            Config {
+                restart: Restart::Never,
+                watch: Some(WatchConfig {
+                    debounce: ms(200),
+                    build: false,
+                }),
+                ..cfg(1)
+            },
+        );
+        s.t_start(t0);
+        s.t_ready(101, t0);
+        s.t_exit(101, ExitStatus::Code(0), t0 + ms(10));
+        assert!(s.exit().is_none(), "relaunch waits");
+        s.t_change("app.py", t0 + ms(20));
+        s.t_timer(t0 + ms(220));
+        assert_eq!(s.os.spawned.last(), Some(&(102, 2, 0)));
     }
 
     #[test]

@@ -15,4 +15,5 @@ mod servers;
 mod systemd;
 mod units;
 mod util;
+mod watch;
 mod who;

@@ -332,6 +332,7 @@ fn crate_package_lists_only_what_it_needs() {
         "build.rs",
         "src/main.rs",
         "src/cli.rs",
+        "src/bin/relaunch-watch.rs",
         "README.md",
         "LICENSE-MIT",
         "LICENSE-APACHE",
@@ -411,6 +412,7 @@ fn debian_package_under_real_systemd() {
     rig.ok(&["dpkg", "-i", "/tmp/relaunch.deb"]);
     for file in [
         "/usr/bin/relaunch",
+        "/usr/bin/relaunch-watch",
         "/usr/share/man/man1/relaunch.1",
         "/usr/share/bash-completion/completions/relaunch",
         "/usr/share/zsh/vendor-completions/_relaunch",
