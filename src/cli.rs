@@ -88,6 +88,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_listen_pid: bool,
 
+    /// Do not intercept the child's own bind() of a held address (by default it gets relaunch's socket instead of 'address already in use')
+    #[arg(long)]
+    pub no_intercept: bool,
+
     /// listen(2) backlog for stream sockets [default: SOMAXCONN]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
     pub backlog: Option<i32>,
@@ -111,6 +115,14 @@ pub struct RunArgs {
     /// How long a new generation may take to become ready
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     pub ready_timeout: String,
+
+    /// Bind now, start the first generation only when the first connection (or datagram) arrives
+    #[arg(long)]
+    pub lazy: bool,
+
+    /// Stop the children after DURATION without a connection open or waiting; the next connection starts them again
+    #[arg(long, value_name = "DURATION")]
+    pub idle_stop: Option<String>,
 
     /// Number of children sharing the sockets
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]

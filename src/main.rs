@@ -5,6 +5,7 @@ mod cli;
 mod control;
 mod duration;
 mod error;
+mod intercept;
 mod logging;
 mod metrics;
 mod plan;

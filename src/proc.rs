@@ -126,6 +126,47 @@ pub fn status_uid(status: &str) -> Option<u32> {
     ids.next().unwrap_or(real).parse().ok()
 }
 
+/// The environment a process's program was exec'd with, NUL-separated
+/// (`/proc/PID/environ`; it needs ptrace-level access). None when unreadable.
+pub fn environ(pid: i32) -> Option<Vec<u8>> {
+    fs::read(format!("/proc/{pid}/environ")).ok()
+}
+
+/// `NAME=value` entries, NUL-separated; the first one named `name` wins, as
+/// getenv(3) does.
+pub fn env_lookup(raw: &[u8], name: &str) -> Option<String> {
+    raw.split(|&b| b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        String::from_utf8(value.to_vec()).ok()
+    })
+}
+
+/// The thread group (process) a thread id belongs to.
+pub fn tgid(tid: i32) -> Option<i32> {
+    status_tgid(&fs::read_to_string(format!("/proc/{tid}/status")).ok()?)
+}
+
+/// `Tgid:` from `/proc/TID/status`.
+pub fn status_tgid(status: &str) -> Option<i32> {
+    let line = status.lines().find(|l| l.starts_with("Tgid:"))?;
+    line["Tgid:".len()..].trim().parse().ok()
+}
+
+/// The command name (`/proc/PID/comm`), "?" when gone.
+pub fn comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Whether the fd is close-on-exec, from `/proc/PID/fdinfo/FD` (`flags:`
+/// in octal, O_CLOEXEC among them).
+pub fn fdinfo_cloexec(fdinfo: &str) -> Option<bool> {
+    let line = fdinfo.lines().find(|l| l.starts_with("flags:"))?;
+    let flags = u32::from_str_radix(line["flags:".len()..].trim(), 8).ok()?;
+    Some(flags & libc::O_CLOEXEC as u32 != 0)
+}
+
 /// `/proc/PID/mem` at `addr` (for kernels without process_vm_readv).
 pub fn read_mem(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
@@ -344,7 +385,13 @@ pub fn syscall(pid: i32, tid: i32) -> io::Result<String> {
 // ------------------------------------------------------------- /proc/net --
 
 pub const TCP_ESTABLISHED: u8 = 0x01;
+pub const TCP_SYN_RECV: u8 = 0x03;
+pub const TCP_FIN_WAIT1: u8 = 0x04;
+pub const TCP_FIN_WAIT2: u8 = 0x05;
 pub const TCP_TIME_WAIT: u8 = 0x06;
+pub const TCP_CLOSE_WAIT: u8 = 0x08;
+pub const TCP_LAST_ACK: u8 = 0x09;
+pub const TCP_CLOSING: u8 = 0x0B;
 pub const UDP_BOUND: u8 = 0x07;
 pub const TCP_LISTEN: u8 = 0x0A;
 
@@ -700,6 +747,159 @@ fn unix_queue(body: &[u8]) -> Option<(u64, Queue)> {
     None
 }
 
+/// sock_diag's multicast groups of closed TCP sockets (linux/sock_diag.h).
+const SKNLGRP_INET_TCP_DESTROY: libc::c_int = 1;
+const SKNLGRP_INET6_TCP_DESTROY: libc::c_int = 3;
+
+/// The kernel's notices of closed TCP sockets (sock_diag's destroy groups,
+/// Linux 4.6+), only those whose local port is one of ours: a BPF filter
+/// on the socket drops the others before they are queued. Nobody waits on
+/// it, so a notice wakes nothing; notices pile up in the socket's buffer
+/// until [`TcpCloses::any`] reads them.
+pub struct TcpCloses {
+    fd: OwnedFd,
+    ports: Vec<u16>,
+}
+
+impl TcpCloses {
+    pub fn subscribe(ports: &[u16]) -> io::Result<TcpCloses> {
+        // SAFETY: plain socket(2); the fd is owned at once.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::NETLINK_SOCK_DIAG,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: just created, nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // The filter first: nothing of other ports may be queued before it.
+        let prog = port_filter(ports);
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: fprog points into `prog`, alive across the call; the kernel copies it.
+        let set = |level, name, value: *const libc::c_void, len: usize| unsafe {
+            libc::setsockopt(fd.as_raw_fd(), level, name, value, len as libc::socklen_t)
+        };
+        if set(
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>(),
+        ) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        // Bound, so it has a port id: an unbound one (id 0) looks like the
+        // kernel itself to the multicast and is skipped.
+        // SAFETY: a zeroed sockaddr_nl of the right size; nl_pid 0 lets the kernel choose.
+        let bound = unsafe {
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as u16;
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if bound < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let closes = TcpCloses {
+            fd,
+            ports: ports.to_vec(),
+        };
+        closes.listen(true)?;
+        Ok(closes)
+    }
+
+    /// Joins or leaves the groups. While someone listens, the kernel builds
+    /// a notice at every TCP close in the network namespace (the filter
+    /// then drops the others'), so leave while there is nothing to measure.
+    pub fn listen(&self, on: bool) -> io::Result<()> {
+        let op = if on {
+            libc::NETLINK_ADD_MEMBERSHIP
+        } else {
+            libc::NETLINK_DROP_MEMBERSHIP
+        };
+        for group in [SKNLGRP_INET_TCP_DESTROY, SKNLGRP_INET6_TCP_DESTROY] {
+            // SAFETY: an int option, its size given.
+            let r = unsafe {
+                libc::setsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_NETLINK,
+                    op,
+                    (&group as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a socket on one of the ports closed since the last call.
+    /// Notices lost to a full buffer (ENOBUFS) count as such a close.
+    /// Never blocks.
+    pub fn any(&self) -> io::Result<bool> {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut any = false;
+        loop {
+            // SAFETY: reads into our buffer, at most its length.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return Ok(any),
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ENOBUFS) => any = true,
+                    _ => return Err(e),
+                }
+                continue;
+            }
+            let mut closed = Vec::new();
+            parse_diag(&buf[..n as usize], &mut closed);
+            any |= closed.iter().any(|e| self.ports.contains(&e.local.port()));
+        }
+    }
+}
+
+/// Classic BPF over a notice (nlmsghdr, then inet_diag_msg whose source
+/// port sits at byte 20, big-endian): keep it when the port is one of ours.
+fn port_filter(ports: &[u16]) -> Vec<libc::sock_filter> {
+    const LD_H_ABS: u16 = 0x28;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let n = ports.len().min(250);
+    let mut prog = vec![op(LD_H_ABS, 0, 0, 20)];
+    for (i, &p) in ports[..n].iter().enumerate() {
+        // On a match, jump over the remaining tests to "keep".
+        prog.push(op(JEQ_K, (n - i) as u8, 0, u32::from(p)));
+    }
+    prog.push(op(RET_K, 0, 0, 0));
+    prog.push(op(RET_K, 0, 0, u32::MAX));
+    if ports.len() > n {
+        // Too many ports for one-byte jumps: keep everything, check in `any`.
+        return vec![op(RET_K, 0, 0, u32::MAX)];
+    }
+    prog
+}
+
 pub const SO_ACCEPTCON: u32 = 0x0001_0000;
 pub const SOCK_DGRAM: u16 = 2;
 pub const SS_CONNECTED: u8 = 3;
@@ -775,6 +975,25 @@ impl Pidfd {
         Pidfd(fd)
     }
 
+    /// pidfd_send_signal(2): signals this process, never a reused pid.
+    pub fn signal(&self, sig: i32) -> io::Result<()> {
+        // SAFETY: the fd is valid for our lifetime; no siginfo.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     /// Whether the process still exists (running, or a zombie not yet
     /// reaped): then its pid has not been reused, and what /proc showed under
     /// that pid a moment ago was this process.
@@ -798,6 +1017,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn environ_entries() {
+        let raw = b"A=1\0LISTEN_PID=42\0LISTEN_PIDX=7\0LISTEN_PID=9\0B\0";
+        assert_eq!(env_lookup(raw, "LISTEN_PID").as_deref(), Some("42"));
+        assert_eq!(env_lookup(raw, "A").as_deref(), Some("1"));
+        assert_eq!(env_lookup(raw, "B"), None);
+        assert_eq!(env_lookup(b"", "A"), None);
+        assert_eq!(env_lookup(b"A=\xff\0", "A"), None);
+    }
+
+    #[test]
     fn stat_lines() {
         let line = |comm: &str, state: &str, ppid: &str| {
             format!(
@@ -815,6 +1044,21 @@ mod tests {
         // Cut short before the start time.
         assert_eq!(parse_stat("42 (sh) S 7 42 42 0 -1"), None);
         assert_eq!(parse_stat(&line("x", "S", "seven")), None);
+    }
+
+    #[test]
+    fn tgid_and_cloexec_lines() {
+        assert_eq!(
+            status_tgid("Name:\tx\nTgid:\t1234\nPid:\t1240\n"),
+            Some(1234)
+        );
+        assert_eq!(status_tgid("Tgid: x"), None);
+        assert_eq!(status_tgid(""), None);
+        assert_eq!(fdinfo_cloexec("pos:\t0\nflags:\t02000002\n"), Some(true));
+        assert_eq!(fdinfo_cloexec("flags:\t04002\n"), Some(false));
+        assert_eq!(fdinfo_cloexec("flags:\t9\n"), None);
+        let me = std::process::id() as i32;
+        assert_eq!(tgid(me), Some(me));
     }
 
     #[test]
@@ -1032,6 +1276,62 @@ mod tests {
             backlog: Some(128),
         };
         assert_eq!(unix_queue(&good), Some((77, q)));
+    }
+
+    #[test]
+    fn tcp_closes_on_our_ports_only() {
+        let ours = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = ours.local_addr().unwrap().port();
+        let closes = TcpCloses::subscribe(&[port]).expect("sock_diag destroy groups");
+        assert!(!closes.any().unwrap());
+        let open_close = |l: &std::net::TcpListener| {
+            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (a, _) = l.accept().unwrap();
+            drop((c, a));
+        };
+        open_close(&other);
+        // Notices are sent from a kernel work queue: give it a moment.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(
+            !closes.any().unwrap(),
+            "another port's close is filtered out"
+        );
+        open_close(&ours);
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !closes.any().unwrap() {
+            assert!(std::time::Instant::now() < end, "no notice of our close");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // Both ends closed; the client's end has another local port.
+        assert!(!closes.any().unwrap(), "read once");
+        closes.listen(false).unwrap();
+        open_close(&ours);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!closes.any().unwrap(), "not listening");
+        closes.listen(true).unwrap();
+        open_close(&ours);
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !closes.any().unwrap() {
+            assert!(std::time::Instant::now() < end, "listening again");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn port_filters() {
+        let p = port_filter(&[80, 443]);
+        assert_eq!(p.len(), 5);
+        // ld, jeq 80 (jump 2 on match), jeq 443 (jump 1), drop, keep.
+        assert_eq!((p[1].jt, p[1].k), (2, 80));
+        assert_eq!((p[2].jt, p[2].k), (1, 443));
+        assert_eq!((p[3].k, p[4].k), (0, u32::MAX));
+        assert_eq!(
+            port_filter(&vec![1; 300]).len(),
+            1,
+            "keep all, checked later"
+        );
     }
 
     #[test]

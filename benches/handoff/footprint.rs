@@ -15,6 +15,8 @@ use crate::targets::{Ctx, Kind, Target};
 
 pub struct Footprint {
     pub idle: Idle,
+    /// relaunch --lazy before the first connection: no child, nothing to do.
+    pub lazy: Idle,
     pub hup_to_exec_ms: Vec<f64>,
     /// The same server started directly by the bench (posix_spawn), to its
     /// exec stamp: this machine's floor for any launcher.
@@ -158,9 +160,24 @@ fn smaps(text: &str, exe: &str) -> Rss {
 /// relaunch with one server, left alone. Started first and read last, so
 /// the idle window costs no time of its own.
 pub struct IdleWatch {
-    target: Target,
+    held: Held,
     since: Instant,
     before: Counters,
+}
+
+/// What is watched: relaunch serving a child, or relaunch --lazy waiting.
+enum Held {
+    Serving(Target),
+    Waiting(Proc),
+}
+
+impl Held {
+    fn pid(&self) -> i32 {
+        match self {
+            Held::Serving(t) => t.proc.pid(),
+            Held::Waiting(p) => p.pid(),
+        }
+    }
 }
 
 impl IdleWatch {
@@ -176,7 +193,33 @@ impl IdleWatch {
             .ok_or("idle: relaunch never saw its child ready")?;
         let before = counters(target.proc.pid())?;
         Ok(IdleWatch {
-            target,
+            held: Held::Serving(target),
+            since: Instant::now(),
+            before,
+        })
+    }
+
+    /// relaunch --lazy with nobody connecting: it waits in epoll on its
+    /// listener, with no child and no timer.
+    pub fn start_lazy(ctx: &Ctx) -> Result<IdleWatch, String> {
+        let mut cmd = Command::new(&ctx.relaunch);
+        cmd.args(["-l", "127.0.0.1:0", "--lazy", "--"])
+            .arg(&ctx.bench)
+            .arg("--server");
+        let proc = Proc::spawn("idle-lazy", &mut cmd, &ctx.log_dir)?;
+        proc.lines
+            .wait_for(Duration::from_secs(20), |ls| {
+                ls.iter()
+                    .any(|l| l.contains("waiting for the first connection"))
+                    .then_some(())
+            })
+            .ok_or("idle-lazy: relaunch --lazy never said it waits")?;
+        // The line comes just before it blocks in epoll for the first time:
+        // that block is its start-up's last context switch, not idling.
+        std::thread::sleep(Duration::from_millis(250));
+        let before = counters(proc.pid())?;
+        Ok(IdleWatch {
+            held: Held::Waiting(proc),
             since: Instant::now(),
             before,
         })
@@ -187,10 +230,22 @@ impl IdleWatch {
         if left > 0.0 {
             std::thread::sleep(Duration::from_secs_f64(left));
         }
-        let after = counters(self.target.proc.pid())?;
-        let rss = rss(self.target.proc.pid())?;
+        let pid = self.held.pid();
+        let after = counters(pid)?;
+        let rss = rss(pid)?;
         let secs = self.since.elapsed().as_secs_f64();
-        self.target.stop();
+        match self.held {
+            Held::Serving(target) => target.stop(),
+            Held::Waiting(mut proc) => {
+                let started = proc.lines.count(" started pid=");
+                proc.stop(Duration::from_secs(5));
+                if started > 0 {
+                    return Err(
+                        "idle-lazy: relaunch --lazy started a child while nobody connected".into(),
+                    );
+                }
+            }
+        }
         Ok(Idle {
             secs,
             rss_kib: after.rss_kib,
@@ -212,16 +267,28 @@ pub struct Throughput {
     pub ratio: f64,
     /// The same ratio round by round: its spread is the noise.
     pub round_ratios: Vec<f64>,
+    /// The self-binding server unmodified under relaunch (bind
+    /// interception), one per round, and its ratio to self-bound.
+    pub intercepted: Vec<f64>,
+    pub intercept_ratio: f64,
+    pub intercept_round_ratios: Vec<f64>,
+    /// relaunch's CPU time and context switches meanwhile: a bind is
+    /// answered once per child, so none under load means no call of the
+    /// server's requests makes a round trip to relaunch.
+    pub intercept_cpu_ms_under_load: f64,
+    pub intercept_switches_under_load: u64,
     /// relaunch's own CPU time and context switches while under load, summed
     /// over the rounds: not in the data path means none.
     pub relaunch_cpu_ms_under_load: f64,
     pub relaunch_switches_under_load: u64,
 }
 
-/// The same server, no restarts: under relaunch, then binding the port itself.
+/// The same server, no restarts: under relaunch (given the socket, and
+/// binding it itself through interception), then binding the port itself.
 pub fn throughput(plan: &Plan, ctx: &Ctx) -> Result<Throughput, String> {
-    let (mut under, mut own) = (Vec::new(), Vec::new());
+    let (mut under, mut own, mut intercepted) = (Vec::new(), Vec::new(), Vec::new());
     let mut spent = Counters::default();
+    let mut intercept_spent = Counters::default();
     let mut relaunch_round = |round: usize, under: &mut Vec<f64>| -> Result<(), String> {
         let (r, c) = rate(Kind::Steady, plan, ctx, &format!("tput-relaunch-{round}"))?;
         under.push(r);
@@ -234,22 +301,33 @@ pub fn throughput(plan: &Plan, ctx: &Ctx) -> Result<Throughput, String> {
         if round % 2 == 0 {
             relaunch_round(round, &mut under)?;
         }
+        let tag = format!("tput-intercept-{round}");
+        let (r, c) = rate(Kind::Intercept, plan, ctx, &tag)?;
+        intercepted.push(r);
+        intercept_spent.cpu_ns += c.cpu_ns;
+        intercept_spent.voluntary_switches += c.voluntary_switches + c.involuntary_switches;
         own.push(rate(Kind::NaiveRebind, plan, ctx, &format!("tput-self-{round}"))?.0);
         if round % 2 == 1 {
             relaunch_round(round, &mut under)?;
         }
     }
-    let ratio = stats::median(&under) / stats::median(&own).max(f64::MIN_POSITIVE);
-    let round_ratios = under
-        .iter()
-        .zip(&own)
-        .map(|(u, o)| u / o.max(f64::MIN_POSITIVE))
-        .collect();
+    let per_round = |xs: &[f64]| -> Vec<f64> {
+        xs.iter()
+            .zip(&own)
+            .map(|(x, o)| x / o.max(f64::MIN_POSITIVE))
+            .collect()
+    };
+    let of_medians = |xs: &[f64]| stats::median(xs) / stats::median(&own).max(f64::MIN_POSITIVE);
     Ok(Throughput {
+        ratio: of_medians(&under),
+        round_ratios: per_round(&under),
+        intercept_ratio: of_medians(&intercepted),
+        intercept_round_ratios: per_round(&intercepted),
+        intercept_cpu_ms_under_load: intercept_spent.cpu_ns as f64 / 1e6,
+        intercept_switches_under_load: intercept_spent.voluntary_switches,
         under_relaunch: under,
         self_bound: own,
-        ratio,
-        round_ratios,
+        intercepted,
         relaunch_cpu_ms_under_load: spent.cpu_ns as f64 / 1e6,
         relaunch_switches_under_load: spent.voluntary_switches,
     })
@@ -259,6 +337,20 @@ pub fn throughput(plan: &Plan, ctx: &Ctx) -> Result<Throughput, String> {
 /// target's own pid) spent meanwhile.
 fn rate(kind: Kind, plan: &Plan, ctx: &Ctx, tag: &str) -> Result<(f64, Counters), String> {
     let target = Target::start(kind, 0.0, ctx, tag)?;
+    if kind == Kind::Steady {
+        // The first answer can come before relaunch has handled READY=1:
+        // that handling is start-up, not load.
+        target
+            .proc
+            .lines
+            .wait_for(Duration::from_secs(20), |ls| {
+                ls.iter()
+                    .any(|l| l.contains("serving: generation"))
+                    .then_some(())
+            })
+            .ok_or_else(|| format!("{tag}: relaunch never said it serves"))?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let before = counters(target.proc.pid())?;
     let epoch = Instant::now();
     let load = Load::start(target.addr(), plan.conns, epoch, plan.timeout);

@@ -18,6 +18,7 @@ mod chart;
 mod devloop;
 mod footprint;
 mod load;
+mod on_demand;
 mod plan;
 mod procs;
 mod readiness;

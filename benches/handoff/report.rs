@@ -21,6 +21,9 @@ const RSS_TARGET_KIB: u64 = 3 * 1024;
 const HUP_TO_EXEC_TARGET_MS: f64 = 1.0;
 /// A crashed child is serving again within its own start time plus this.
 const CRASH_MARGIN_MS: f64 = 150.0;
+/// Issue 10: the self-binding server under interception against itself
+/// without relaunch.
+const INTERCEPT_RATIO_TARGET: f64 = 0.98;
 
 pub struct Outputs {
     pub json: PathBuf,
@@ -107,6 +110,11 @@ pub fn table(scenarios: &[Scenario], fp: Option<&Footprint>) -> String {
         );
         let _ = writeln!(
             t,
+            "| the same, `--lazy` waiting for its first connection (no child) | {:.3} ms / {} over {:.0} s; RSS {} KiB |",
+            fp.lazy.cpu_ms, fp.lazy.context_switches, fp.lazy.secs, fp.lazy.rss.total
+        );
+        let _ = writeln!(
+            t,
             "| SIGHUP to the new child's exec (median / max of {}) | {:.2} ms / {:.2} ms |",
             h.len(),
             stats::median(h),
@@ -134,6 +142,23 @@ pub fn table(scenarios: &[Scenario], fp: Option<&Footprint>) -> String {
             t,
             "| relaunch's CPU time / context switches under that load | {:.3} ms / {} |",
             tp.relaunch_cpu_ms_under_load, tp.relaunch_switches_under_load
+        );
+        let _ = writeln!(
+            t,
+            "| throughput of the self-binding server under relaunch (interception) / self-bound | {:.3} ({:.0} / {:.0} req/s; rounds {}) |",
+            tp.intercept_ratio,
+            stats::median(&tp.intercepted),
+            stats::median(&tp.self_bound),
+            tp.intercept_round_ratios
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(
+            t,
+            "| relaunch's CPU time / context switches under that load | {:.3} ms / {} |",
+            tp.intercept_cpu_ms_under_load, tp.intercept_switches_under_load
         );
         let _ = writeln!(
             t,
@@ -173,6 +198,7 @@ pub fn write_json(
     let footprint = fp.map(|fp| {
         json!({
             "idle": fp.idle,
+            "lazy_waiting": fp.lazy,
             "hup_to_exec_ms": fp.hup_to_exec_ms,
             "exec_floor_ms": fp.exec_floor_ms,
             "throughput": fp.throughput,
@@ -262,7 +288,7 @@ pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>, extra: &
             .filter(move |s| s.kind == k && matches!(s.status, Status::Ran))
     };
     let mut lines = Vec::new();
-    for k in [Kind::Reload, Kind::ReloadAuto, Kind::Crash]
+    for k in [Kind::Reload, Kind::ReloadAuto, Kind::Crash, Kind::Intercept]
         .into_iter()
         .filter(|&k| ran(k).count() > 0)
     {
@@ -332,6 +358,14 @@ pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>, extra: &
             ),
             i.context_switches == 0 && i.secs >= IDLE_TARGET_SECS,
         ));
+        let l = &fp.lazy;
+        lines.push((
+            format!(
+                "0 wakeups over {IDLE_TARGET_SECS:.0} s waiting with --lazy (got {} context switches, {:.3} ms CPU over {:.0} s)",
+                l.context_switches, l.cpu_ms, l.secs
+            ),
+            l.context_switches == 0 && l.secs >= IDLE_TARGET_SECS,
+        ));
         let tp = &fp.throughput;
         let (lo, hi) = tp
             .round_ratios
@@ -346,9 +380,22 @@ pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>, extra: &
             ),
             ok,
         ));
+        let r = tp.intercept_ratio;
+        lines.push((
+            format!(
+                "throughput with bind interception / self-bound >= {INTERCEPT_RATIO_TARGET} \
+                 (got {r:.3}; rounds {})",
+                tp.intercept_round_ratios
+                    .iter()
+                    .map(|r| format!("{r:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            r >= INTERCEPT_RATIO_TARGET,
+        ));
     }
     lines.extend(extra.iter().cloned());
-    println!("acceptance (issues 6 and 9):");
+    println!("acceptance (issues 6, 9, 10 and 12):");
     for (what, ok) in lines {
         println!("  [{}] {what}", if ok { "ok" } else { "FAIL" });
     }

@@ -60,7 +60,10 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
     // Watched while everything else runs: idle means relaunch does nothing,
     // whatever the rest of the machine does.
     let idle = if with_footprint {
-        Some(footprint::IdleWatch::start(&ctx)?)
+        Some((
+            footprint::IdleWatch::start(&ctx)?,
+            footprint::IdleWatch::start_lazy(&ctx)?,
+        ))
     } else {
         None
     };
@@ -100,10 +103,14 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
         readiness.extend(lines);
         dev_loop_broke = broke;
     }
+    if wanted("on-demand") {
+        readiness.extend(crate::on_demand::run(plan, &ctx));
+    }
 
     let footprint = match idle {
-        Some(idle) => Some(Footprint {
+        Some((idle, lazy)) => Some(Footprint {
             idle: idle.finish(plan.idle)?,
+            lazy: lazy.finish(plan.idle)?,
             hup_to_exec_ms: scenarios
                 .iter()
                 .filter(|s| matches!(s.kind, Kind::Reload | Kind::ReloadAuto))

@@ -21,18 +21,22 @@ pub enum Kind {
     Reload,
     ReloadAuto,
     Crash,
+    /// The self-binding server, unmodified, under relaunch: bind
+    /// interception hands it relaunch's socket (issue 10).
+    Intercept,
     ServerStarter,
     SocketActivate,
     Systemfd,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Steady,
         Kind::NaiveRebind,
         Kind::Reload,
         Kind::ReloadAuto,
         Kind::Crash,
+        Kind::Intercept,
         Kind::ServerStarter,
         Kind::SocketActivate,
         Kind::Systemfd,
@@ -45,6 +49,7 @@ impl Kind {
             Kind::Reload => "relaunch-reload",
             Kind::ReloadAuto => "relaunch-reload-auto",
             Kind::Crash => "relaunch-crash",
+            Kind::Intercept => "relaunch-intercept",
             Kind::ServerStarter => "server-starter",
             Kind::SocketActivate => "systemd-socket-activate",
             Kind::Systemfd => "systemfd",
@@ -68,7 +73,7 @@ impl Kind {
     fn is_relaunch(self) -> bool {
         matches!(
             self,
-            Kind::Steady | Kind::Reload | Kind::ReloadAuto | Kind::Crash
+            Kind::Steady | Kind::Reload | Kind::ReloadAuto | Kind::Crash | Kind::Intercept
         )
     }
 }
@@ -140,6 +145,19 @@ impl Target {
             Kind::NaiveRebind => {
                 port = procs::free_port()?;
                 naive_cmd(&ctx.bench, delay, port)
+            }
+            Kind::Intercept => {
+                // The front page's command with the naive server as is: it
+                // binds 127.0.0.1:PORT itself and sends no READY=1.
+                let p = procs::free_port()?;
+                let mut c = Command::new(&ctx.relaunch);
+                c.args(["--port", &p.to_string(), "--ready", "auto"])
+                    .arg("--control")
+                    .arg(ctx.run_dir.join(format!("{tag}.sock")))
+                    .arg("--")
+                    .arg(&ctx.bench)
+                    .args(naive_args(delay, p));
+                c
             }
             Kind::ServerStarter => {
                 port = procs::free_port()?;
@@ -231,16 +249,17 @@ impl Target {
         match self.kind {
             Kind::Steady => return Ok(()),
             Kind::Reload | Kind::ReloadAuto => return self.reload(deadline),
-            Kind::Crash => {
-                let line = self
-                    .proc
-                    .lines
-                    .last_with(" started pid=")
-                    .ok_or_else(|| self.failed("no child started"))?;
-                let pid = started_pid(&line)
-                    .ok_or_else(|| self.failed(&format!("cannot read a pid in {line:?}")))?;
-                kill(Pid::from_raw(pid), Signal::SIGKILL)
-                    .map_err(|e| format!("cannot SIGKILL child {pid}: {e}"))?;
+            Kind::Crash => self.kill_newest_child()?,
+            Kind::Intercept => {
+                // A reload, then a crash of the generation it started.
+                self.reload(deadline)?;
+                let before = seen.snapshot();
+                self.kill_newest_child()?;
+                return seen.wait_new(&before, deadline).map(|_| ()).ok_or_else(|| {
+                    self.failed(&format!(
+                        "no new pid answered within {deadline:?} of the crash"
+                    ))
+                });
             }
             Kind::NaiveRebind => {
                 // Stop, then start at once: the new one retries its bind until the old lets go.
@@ -259,6 +278,19 @@ impl Target {
                 "no new pid answered within {deadline:?} of the restart"
             ))
         })
+    }
+
+    /// SIGKILL to the child relaunch started last.
+    fn kill_newest_child(&self) -> Result<(), String> {
+        let line = self
+            .proc
+            .lines
+            .last_with(" started pid=")
+            .ok_or_else(|| self.failed("no child started"))?;
+        let pid = started_pid(&line)
+            .ok_or_else(|| self.failed(&format!("cannot read a pid in {line:?}")))?;
+        kill(Pid::from_raw(pid), Signal::SIGKILL)
+            .map_err(|e| format!("cannot SIGKILL child {pid}: {e}"))
     }
 
     fn reload(&mut self, deadline: Duration) -> Result<(), String> {
@@ -317,15 +349,20 @@ impl Target {
 
 fn naive_cmd(bench: &Path, delay: f64, port: u16) -> Command {
     let mut c = Command::new(bench);
-    c.args([
-        "--server",
-        "--no-notify",
-        "--delay",
-        &delay.to_string(),
-        "--naive",
-        &port.to_string(),
-    ]);
+    c.args(naive_args(delay, port));
     c
+}
+
+/// The server binding 127.0.0.1:PORT itself, no READY=1.
+fn naive_args(delay: f64, port: u16) -> [String; 6] {
+    [
+        "--server".into(),
+        "--no-notify".into(),
+        "--delay".into(),
+        delay.to_string(),
+        "--naive".into(),
+        port.to_string(),
+    ]
 }
 
 /// `... listening on 127.0.0.1:PORT as fd 3 (http)` -> PORT.

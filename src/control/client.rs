@@ -189,7 +189,9 @@ fn render(response: &Response, json: bool) -> Result<(i32, String)> {
         Response::Reloaded { generation, pids } => {
             let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
             let text = match pids.len() {
-                0 => format!("reloaded: generation {generation} serving"),
+                0 => "nothing to reload: no child runs (waiting for a connection); \
+                      the next connection starts the program as it is then"
+                    .to_string(),
                 1 => format!(
                     "reloaded: generation {generation} serving (pid {})",
                     pids[0]
@@ -215,15 +217,22 @@ fn render(response: &Response, json: bool) -> Result<(i32, String)> {
 }
 
 fn render_status(s: &Status) -> String {
-    let mut out = format!(
-        "relaunch (pid {}): {}, generation {}\n",
-        s.pid, s.state, s.generation
-    );
+    let mut out = if s.generation == 0 {
+        format!("relaunch (pid {}): {}\n", s.pid, s.state)
+    } else {
+        format!(
+            "relaunch (pid {}): {}, generation {}\n",
+            s.pid, s.state, s.generation
+        )
+    };
     if let Some(text) = &s.status_text {
         out += &format!("status: {text}\n");
     }
     if let Some(text) = &s.watch {
         out += &format!("watch: {text}\n");
+    }
+    if let Some(secs) = s.idle_secs {
+        out += &format!("idle since {} ago\n", age(secs));
     }
     if s.listeners.is_empty() {
         out += "listeners: none\n";
@@ -278,6 +287,13 @@ fn render_status(s: &Status) -> String {
             ]
         }));
         out += &table(&rows, "  ");
+    }
+    if !s.escaped.is_empty() {
+        let pids: Vec<String> = s.escaped.iter().map(|p| p.to_string()).collect();
+        out += &format!(
+            "escaped processes of ended children, being stopped: pids {}\n",
+            pids.join(", ")
+        );
     }
     match &s.last_reload {
         None => out += "last reload: none",
@@ -343,6 +359,15 @@ mod tests {
             )
         );
         assert_eq!(ok(Response::Stopping).0, 0);
+        let (code, text) = ok(Response::Reloaded {
+            generation: 0,
+            pids: vec![],
+        });
+        assert_eq!(code, 0);
+        assert!(
+            text.starts_with("nothing to reload: no child runs"),
+            "{text}"
+        );
         let err = render(
             &Response::Error {
                 message: "permission denied: uid 7".into(),
@@ -370,13 +395,34 @@ children:
 last reload: generation 3 succeeded 2m5s ago: ready after 0.4s";
         assert_eq!(text, want);
 
-        let empty = render_status(&Status {
-            state: "starting".into(),
+        let waiting = render_status(&Status {
+            state: "waiting for the first connection".into(),
+            idle_secs: Some(42.4),
             ..Status::default()
         });
         assert_eq!(
-            empty,
-            "relaunch (pid 0): starting, generation 0\nlisteners: none\nchildren: none\nlast reload: none"
+            waiting,
+            "relaunch (pid 0): waiting for the first connection\nidle since 42s ago\nlisteners: none\nchildren: none\nlast reload: none"
+        );
+        let mut after_idle = sample_status();
+        after_idle.state = "waiting for a connection".into();
+        after_idle.children.clear();
+        after_idle.status_text = None;
+        after_idle.idle_secs = Some(3.0);
+        let text = render_status(&after_idle);
+        assert!(
+            text.starts_with(
+                "relaunch (pid 4242): waiting for a connection, generation 3\nidle since 3s ago\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_string(&after_idle).unwrap();
+        assert!(json.contains(r#""idle_secs":3.0"#), "{json}");
+        assert!(
+            !serde_json::to_string(&sample_status())
+                .unwrap()
+                .contains("idle_secs"),
+            "absent while busy"
         );
         let watching = render_status(&Status {
             watch: Some("building (pid 7, for 2.1 s)".into()),

@@ -104,7 +104,9 @@ mod testing {
                 message: "ready after 0.4s".into(),
                 seconds_ago: 125.0,
             }),
+            escaped: Vec::new(),
             watch: None,
+            idle_secs: None,
         }
     }
 

@@ -35,7 +35,9 @@ pub struct Status {
     pub pid: u32,
     /// The serving generation.
     pub generation: u64,
-    /// "starting" | "serving" | "reloading" | "backing off" | "stopping"
+    /// "starting" | "serving" | "reloading" | "backing off" | "stopping" |
+    /// "waiting for the first connection" | "waiting for a connection" |
+    /// "stopping when idle" (the last three with --lazy or --idle-stop)
     pub state: String,
     /// A ready generation serves now: a ready child of it runs (what
     /// `status --check` asks).
@@ -46,9 +48,17 @@ pub struct Status {
     pub listeners: Vec<ListenerInfo>,
     pub children: Vec<ChildInfo>,
     pub last_reload: Option<ReloadInfo>,
+    /// Processes that escaped the process group of a child that is over
+    /// (setsid), being stopped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escaped: Vec<i32>,
     /// `--watch`: the build and the changes ("building (pid 7, for 2.1 s)").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<String>,
+    /// Seconds since nothing was open or waiting on the listeners: while no
+    /// child runs, or measured with --idle-stop. Absent while busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_secs: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

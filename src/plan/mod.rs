@@ -90,6 +90,8 @@ pub struct Plan {
     /// The child's environment before the per-listener variables.
     env: Vec<(OsString, OsString)>,
     pub listen_pid: bool,
+    /// Give a child that binds a held address the held socket.
+    pub intercept: bool,
     pub creds: Option<Credentials>,
     pub backlog: i32,
     pub restart: Restart,
@@ -98,6 +100,10 @@ pub struct Plan {
     pub stop_timeout: Duration,
     pub ready: ReadyMode,
     pub ready_timeout: Duration,
+    /// `--lazy`: start at the first connection.
+    pub lazy: bool,
+    /// `--idle-stop`: stop after this long without a connection.
+    pub idle_stop: Option<Duration>,
     pub ports_file: Option<PathBuf>,
     pub control: Option<PathBuf>,
     /// `--metrics`: where to serve GET /metrics.
@@ -113,6 +119,18 @@ pub struct Plan {
 pub struct Planned {
     pub name: String,
     pub source: Source,
+}
+
+impl Planned {
+    /// A TCP port on every interface (`--port P`, `-l P`): the app decides
+    /// the address, relaunch only the port.
+    pub fn bare_port(&self) -> bool {
+        matches!(
+            &self.source,
+            Source::Bind { spec, .. }
+                if matches!(spec.addr, Addr::Inet { proto: Proto::Tcp, host: Host::Any, .. })
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +180,11 @@ pub fn make(
     let stop_timeout = options::parse_duration("--stop-timeout", &args.stop_timeout)?;
     let ready_timeout = options::parse_timeout("--ready-timeout", &args.ready_timeout)?;
     let ready = options::parse_ready(&args.ready)?;
+    let idle_stop = args
+        .idle_stop
+        .as_deref()
+        .map(options::parse_idle_stop)
+        .transpose()?;
     let (program, rest) = args.command.split_first().ok_or_else(|| {
         Error::usage("no command given").hint("put the server's command after --")
     })?;
@@ -203,6 +226,7 @@ pub fn make(
             .collect::<Result<_>>()?,
         env: child_env,
         listen_pid: !args.no_listen_pid,
+        intercept: !args.no_intercept,
         creds: run_as.map(|r| r.creds),
         backlog: args.backlog.unwrap_or(libc::SOMAXCONN),
         restart: options::parse_restart(&args.restart)?,
@@ -211,6 +235,8 @@ pub fn make(
         stop_timeout,
         ready,
         ready_timeout,
+        lazy: args.lazy,
+        idle_stop,
         ports_file: args.ports_file.clone(),
         control: args.control.clone(),
         metrics: args.metrics.as_deref().map(metrics_addr).transpose()?,

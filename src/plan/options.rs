@@ -98,6 +98,18 @@ pub fn parse_timeout(flag: &str, s: &str) -> Result<Duration> {
     Ok(d)
 }
 
+/// `--idle-stop`: zero would stop every child as soon as it serves.
+pub fn parse_idle_stop(s: &str) -> Result<Duration> {
+    let d = parse_duration("--idle-stop", s)?;
+    if d.is_zero() {
+        return Err(Error::usage(format!(
+            "--idle-stop {s:?}: zero would stop every child as soon as it serves"
+        ))
+        .hint("give how long the listeners must be idle, e.g. --idle-stop 10m"));
+    }
+    Ok(d)
+}
+
 /// Who the children run as: resolved here, applied after fork (by spawn).
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -254,6 +266,19 @@ mod tests {
         assert_eq!(
             parse_timeout("--ready-timeout", "1ms").unwrap(),
             Duration::from_millis(1)
+        );
+    }
+
+    #[test]
+    fn idle_stop_values() {
+        assert_eq!(parse_idle_stop("1m30s").unwrap(), Duration::from_secs(90));
+        let e = parse_idle_stop("0").unwrap_err();
+        assert!(e.msg.contains("zero would stop every child"), "{e}");
+        assert!(
+            parse_idle_stop("soon")
+                .unwrap_err()
+                .msg
+                .starts_with("--idle-stop: ")
         );
     }
 }

@@ -54,6 +54,13 @@ pub struct SocketFile {
     identity: (u64, u64),
 }
 
+impl SocketFile {
+    /// (device, inode) of the file relaunch created.
+    pub fn identity(&self) -> (u64, u64) {
+        self.identity
+    }
+}
+
 impl Drop for SocketFile {
     fn drop(&mut self) {
         remove_if_ours(&self.path, self.identity);

@@ -1,7 +1,8 @@
 //! `relaunch [OPTIONS] -- COMMAND`: gathers the listeners, then drives the
 //! supervisor from one event loop. Signals, the reaper, exec status pipes,
-//! notify datagrams, control requests, timers, and (only while a generation
-//! is starting) the /proc readiness scan become [`Event`]s for
+//! notify datagrams, control requests, timers, a held socket's listen() seen
+//! by bind interception, and (only while a generation is starting) the
+//! /proc readiness scan become [`Event`]s for
 //! [`Supervisor::handle`]; the driver carries out the [`Effect`]s it returns.
 //! Nothing on the loop blocks: forks happen here (PR_SET_PDEATHSIG follows
 //! the forking thread), /proc is read on the blocking pool. Idle, it sleeps
@@ -13,10 +14,17 @@
 //! watcher's `changed PATH` lines become events; the build's output is shown
 //! live (`build | ...`) and kept as a tail of [`BUILD_TAIL`] lines for the
 //! failure message.
+//!
+//! On demand: while no child runs (`--lazy`, or after an idle stop), the
+//! listeners are in the loop's epoll set, and the first one readable (a
+//! connection or datagram waits; nothing is accepted or read) becomes
+//! [`Event::Connection`]. Once a child runs they leave the set, so its
+//! connections wake nothing. With `--idle-stop`, while children run, the
+//! listeners are measured every quarter of the idle time ([`idle::Gauge`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -33,6 +41,7 @@ use tracing::{debug, error, info, warn};
 use crate::cli::RunArgs;
 use crate::control::{self, Incoming, Response};
 use crate::error::{Error, Result};
+use crate::intercept;
 use crate::metrics;
 use crate::plan::options::{self, ReadyMode};
 use crate::plan::placeholders::Named;
@@ -43,7 +52,7 @@ use crate::sockets::{self, Listener};
 use crate::supervise::supervisor::{
     Config, Effect, Event, Notice, Os, Supervisor, Tell, WatchConfig,
 };
-use crate::supervise::{reaper, spawn};
+use crate::supervise::{idle, reaper, spawn};
 
 /// How often /proc is scanned while a generation is starting.
 const SCAN_EVERY: Duration = Duration::from_millis(15);
@@ -78,6 +87,17 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     for w in &child.warnings {
         warn!("{w}");
     }
+    // Nothing runs until the first connection: a command that cannot run
+    // is said now, not then.
+    if plan.lazy
+        && let Err(e) = spawn::check_program(&plan.program, &child.env)
+    {
+        let kind = match e {
+            spawn::Error::NotFound(_) => crate::error::Kind::NotFound,
+            _ => crate::error::Kind::NotExecutable,
+        };
+        return Err(Error::new(kind, e.to_string()));
+    }
     // Removed when run() returns, whatever the outcome.
     let _ports_file = match &plan.ports_file {
         Some(path) => Some(sockets::PortsFile::write(path, &listeners)?),
@@ -104,8 +124,34 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         Some(w) => Some(Watcher::start(w, plan.build_env()).await?),
         None => None,
     };
+    // Made before the first child: closes are noticed from then on.
+    let gauge = match plan.idle_stop {
+        Some(_) => Some(Arc::new(idle::Gauge::new(&listeners).map_err(|e| {
+            Error::runtime(format!("--idle-stop: cannot watch the listeners: {e}"))
+                .hint("raise the limit on open files (ulimit -n)")
+        })?)),
+        None => None,
+    };
+    let inodes: HashSet<u64> = listeners
+        .iter()
+        .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
+        .collect();
+    let intercept_remedy = Some(intercept_remedy(plan.intercept, &listeners));
+    let intercept = if plan.intercept {
+        let movable: Vec<bool> = plan.listeners.iter().map(|p| p.bare_port()).collect();
+        match intercept::handler::Table::new(&listeners, &movable, plan.backlog) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn!("bind interception is off: cannot prepare the held sockets: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     let (notify_tx, notify_rx) = mpsc::unbounded_channel();
+    let (listened_tx, listened_rx) = mpsc::unbounded_channel();
     let stop_signal = plan.stop_signal;
     let stop_timeout = plan.stop_timeout;
     let ready = plan.ready;
@@ -120,11 +166,6 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             backlog: None,
         })
         .collect();
-    let queue_inodes: Vec<Option<u64>> = listeners
-        .iter()
-        .map(|l| scan::socket_inode(l.socket.as_fd()).ok())
-        .collect();
-    let inodes: HashSet<u64> = queue_inodes.iter().flatten().copied().collect();
     let build_env = plan.build_env().to_vec();
     let driver = Driver {
         program: plan.program,
@@ -133,12 +174,15 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         creds: plan.creds,
         env: child.env,
         listeners,
+        intercept,
+        listened: listened_tx,
         notify: HashMap::new(),
         notify_tx,
         systemd,
         execs: HashMap::new(),
-        queue_inodes,
         tally,
+        spawns: reaper::Spawns::default(),
+        escaped: HashMap::new(),
         build_cmd: plan.watch.as_ref().and_then(|w| w.build.clone()),
         build_env,
         build: None,
@@ -153,30 +197,58 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             ReadyMode::Delay(d) => Some(d),
             _ => None,
         },
+        ready_auto: ready == ReadyMode::Auto,
         ready_timeout: plan.ready_timeout,
+        intercept_remedy,
         listeners: listener_info,
         watch: plan.watch.as_ref().map(|w| WatchConfig {
             debounce: w.debounce,
             build: w.build.is_some(),
         }),
+        lazy: plan.lazy,
+        idle_stop: plan.idle_stop,
     };
     let mut sup = Supervisor::new(driver, cfg);
-    let auto = ready == ReadyMode::Auto;
     let result = event_loop(
         &mut sup,
         signals,
         control,
         scrapes,
-        notify_rx,
+        Inbox {
+            notify: notify_rx,
+            listened: listened_rx,
+        },
         Arc::new(inodes),
-        auto,
+        gauge,
     )
     .await;
     if let Some(w) = sup.os.watcher.take() {
         w.end();
     }
     reaper::end_orphans(stop_signal, stop_timeout).await;
+    if let Some(t) = &sup.os.intercept {
+        t.remove_files();
+    }
     result
+}
+
+/// The hint's first remedy (see `Supervisor`), by why bind interception did
+/// not hand the child its socket.
+fn intercept_remedy(on: bool, listeners: &[Listener]) -> String {
+    if !on {
+        return "drop --no-intercept, so that the app's own bind() gets relaunch's socket".into();
+    }
+    let streams = listeners
+        .iter()
+        .any(|l| l.socket.r#type().is_ok_and(|t| t == socket2::Type::STREAM));
+    if !streams {
+        return "bind interception covers TCP and Unix stream listeners only".into();
+    }
+    "where the kernel or a policy refused interception (said above: Linux 5.9 or later is \
+     needed, and no other seccomp notifier over relaunch) fix that; an app that binds through io_uring \
+     (IORING_OP_BIND) or binds another address than relaunch holds is not given the socket: \
+     bind with bind(2), exactly the address relaunch holds"
+        .into()
 }
 
 /// Carries out the supervisor's effects and turns the world into events.
@@ -189,17 +261,24 @@ struct Driver {
     /// Everything but LISTEN_PID, NOTIFY_SOCKET and RELAUNCH_WORKER.
     env: Vec<(OsString, OsString)>,
     listeners: Vec<Listener>,
+    /// The held sockets as bind interception sees them (None: --no-intercept).
+    /// Under `--port` it may rebind one where the app binds: children get
+    /// their fds from here.
+    intercept: Option<Arc<intercept::handler::Table>>,
+    /// Where interception tells a held socket's listen() (a readiness hint).
+    listened: intercept::handler::Listened,
     /// One notify socket per generation; the task forwards its datagrams.
     notify: HashMap<u64, (String, tokio::task::JoinHandle<()>)>,
     notify_tx: mpsc::UnboundedSender<(u64, Message)>,
     systemd: Option<Systemd>,
     /// Exec status pipes of children that may not have exec'd yet.
     execs: HashMap<i32, AsyncFd<spawn::ExecWatch>>,
-    /// Socket inode of each listener, in fd order: where `status` finds its
-    /// accept queue.
-    queue_inodes: Vec<Option<u64>>,
     /// `--metrics`: the counters the supervisor's [`Effect::Count`]s feed.
     tally: Option<metrics::Tally>,
+    /// Every child started, for telling whose an escaped process is.
+    spawns: reaper::Spawns,
+    /// Handles on the escaped processes the supervisor is ending.
+    escaped: HashMap<i32, reaper::Escaped>,
     /// `--build`, run by `sh -c`.
     build_cmd: Option<String>,
     /// The children's environment without the sockets' variables.
@@ -317,6 +396,8 @@ impl Watcher {
             fds: &[],
             listen_pid: false,
             creds: None,
+            // Not the server: nothing of its binds to give.
+            intercept: None,
             stdio: Some((null.as_fd(), write.as_fd(), stderr.as_fd())),
         })
         .map_err(|e| Error::runtime(format!("--watch: {e}")))?;
@@ -476,8 +557,31 @@ impl Driver {
     }
 
     fn perform(&mut self, effects: Vec<Effect>) {
-        for effect in effects {
+        for mut effect in effects {
+            // Interception under --port may have moved a listener.
+            if let (
+                Effect::Reply {
+                    response: Response::Status(status),
+                    ..
+                },
+                Some(t),
+            ) = (&mut effect, &self.intercept)
+            {
+                for (l, moved) in status.listeners.iter_mut().zip(t.moved()) {
+                    if let Some(address) = moved {
+                        l.address = address;
+                    }
+                }
+            }
             match effect {
+                Effect::SignalEscaped { pid, sig } => {
+                    if let Some(e) = self.escaped.get(&pid)
+                        && let Err(err) = e.signal(sig)
+                        && err.raw_os_error() != Some(libc::ESRCH)
+                    {
+                        warn!(pid, "cannot send {} to pid {pid}: {err}", sig.as_str());
+                    }
+                }
                 Effect::Signal { pgid, sig } => {
                     match killpg(Pid::from_raw(pgid), sig) {
                         Ok(()) => {}
@@ -494,6 +598,11 @@ impl Driver {
                     }
                 }
                 Effect::Tell(tell) => {
+                    if matches!(tell, Tell::Ready(_))
+                        && let Some(t) = &self.intercept
+                    {
+                        t.pin();
+                    }
                     if matches!(tell, Tell::Ready(_)) {
                         // Now serving, likely to idle: what start-up or the
                         // reload freed goes back to the kernel (glibc would
@@ -515,8 +624,14 @@ impl Driver {
                     response: Response::Status(mut status),
                 } => {
                     // Accept queues (sock_diag) and who is left in lingering
-                    // groups (/proc) are read off the loop.
-                    let inodes = self.queue_inodes.clone();
+                    // groups (/proc) are read off the loop, for the sockets
+                    // held now (interception may have rebound one).
+                    self.sync_listeners();
+                    let inodes: Vec<Option<u64>> = self
+                        .listeners
+                        .iter()
+                        .map(|l| scan::socket_inode(l.socket.as_fd()).ok())
+                        .collect();
                     tokio::task::spawn_blocking(move || {
                         fill_status(&mut status, &inodes);
                         let _ = to.send(Response::Status(status));
@@ -540,6 +655,25 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// A socket interception rebound (`--port`'s move, a deleted Unix socket
+    /// file) replaces ours, so the old one closes and `--lazy` watches the
+    /// new one.
+    fn sync_listeners(&mut self) {
+        let Some(t) = &self.intercept else {
+            return;
+        };
+        let inode = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).ok().map(|s| s.st_ino);
+        for (l, h) in self.listeners.iter_mut().zip(t.sockets()) {
+            if inode(l.socket.as_fd()) != inode(h.as_fd())
+                && let Ok(copy) = h.try_clone()
+            {
+                l.socket = copy;
+            }
+        }
+    }
+}
+
 impl Os for Driver {
     fn spawn(&mut self, generation: u64, worker: usize) -> std::result::Result<i32, spawn::Error> {
         let mut env = self.env.clone();
@@ -549,7 +683,33 @@ impl Os for Driver {
             Err(e) => warn!(generation, "cannot create a notify socket: {e}"),
         }
         env.push(("RELAUNCH_WORKER".into(), worker.to_string().into()));
-        let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.socket.as_fd()).collect();
+        self.sync_listeners();
+        let ticks = reaper::boot_ticks();
+        let held = self.intercept.as_ref().map(|t| t.sockets());
+        let fds: Vec<BorrowedFd<'_>> = match &held {
+            Some(held) => held.iter().map(|s| s.as_fd()).collect(),
+            None => self.listeners.iter().map(|l| l.socket.as_fd()).collect(),
+        };
+        // The thread that will answer this child's binds, started before the fork.
+        let leader = Arc::new(std::sync::OnceLock::new());
+        let watch = match &self.intercept {
+            Some(t) => match intercept::handler::start(
+                Arc::clone(t),
+                Arc::clone(&leader),
+                self.listened.clone(),
+            ) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    warn!(
+                        generation,
+                        "cannot start bind interception for this child ({e}): if it binds a \
+                         held port itself it gets 'address already in use'"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         let spawned = spawn::spawn(&spawn::Request {
             program: &self.program,
             args: &self.args,
@@ -557,8 +717,12 @@ impl Os for Driver {
             fds: &fds,
             listen_pid: self.listen_pid,
             creds: self.creds.as_ref(),
+            intercept: watch.as_ref().map(|fd| fd.as_fd()),
             stdio: None,
         })?;
+        drop(watch);
+        let _ = leader.set(spawned.pid);
+        self.spawns.record(spawned.pid, ticks);
         // SAFETY: the watch owns its fd and never swaps it, so the fd stays
         // open and the same for the AsyncFd's whole life.
         match unsafe { AsyncFd::register_with_interest(spawned.exec, Interest::READABLE) } {
@@ -594,6 +758,7 @@ impl Os for Driver {
             fds: &[],
             listen_pid: false,
             creds: self.creds.as_ref(),
+            intercept: None,
             stdio: Some((null.as_fd(), write.as_fd(), write.as_fd())),
         })?;
         drop(write);
@@ -642,14 +807,21 @@ impl Signals {
     }
 }
 
+/// What other tasks and threads send the loop: notify datagrams (by
+/// generation) and held sockets' listen() seen by interception.
+struct Inbox {
+    notify: mpsc::UnboundedReceiver<(u64, Message)>,
+    listened: mpsc::UnboundedReceiver<(i32, String)>,
+}
+
 async fn event_loop(
     sup: &mut Supervisor<Driver>,
     signals: Signals,
     control: Option<control::Server>,
     mut scrapes: Option<mpsc::Receiver<Incoming>>,
-    mut notify_rx: mpsc::UnboundedReceiver<(u64, Message)>,
-    inodes: Arc<HashSet<u64>>,
-    auto: bool,
+    inbox: Inbox,
+    mut inodes: Arc<HashSet<u64>>,
+    gauge: Option<Arc<idle::Gauge>>,
 ) -> Result<i32> {
     let Signals {
         mut chld,
@@ -661,11 +833,23 @@ async fn event_loop(
         mut usr2,
         mut winch,
     } = signals;
+    let Inbox {
+        notify: mut notify_rx,
+        listened: mut listened_rx,
+    } = inbox;
     let mut control_rx = control.map(control::Server::serve);
     // Absolute instants, so traffic on other branches cannot push them back.
     let mut next_scan: Option<Instant> = None;
     let mut next_group_check: Option<Instant> = None;
     let mut scan_task: Option<JoinHandle<Vec<Event>>> = None;
+    // The listeners, in the loop's epoll set only while no child runs.
+    let mut watches: Option<Vec<AsyncFd<Held>>> = None;
+    let mut next_probe: Option<Instant> = None;
+    let mut probe_task: Option<JoinHandle<Event>> = None;
+    // Escaped processes are looked for when a child ends or is being stopped
+    // (the owners change) and when anything is reaped (an orphan that died
+    // may have left its own children on us). One sweep at a time.
+    let mut sweep_task: Option<JoinHandle<Sweep>> = None;
 
     step(sup, Event::Start);
     loop {
@@ -684,15 +868,39 @@ async fn event_loop(
         }
         let now = Instant::now();
         // Timers run only while something starts or stops: idle, none.
-        let scanning = auto && sup.starting().next().is_some();
+        let scanning = sup.to_scan(now).next().is_some();
         next_scan = next_scan
             .filter(|_| scanning)
             .or_else(|| scanning.then(|| now + SCAN_EVERY));
-        let lingering = sup.lingering().next().is_some();
+        let lingering = sup.lingering().next().is_some() || sup.escaped().next().is_some();
         next_group_check = next_group_check
             .filter(|_| lingering)
             .or_else(|| lingering.then(|| now + GROUP_CHECK_EVERY));
         let deadline = sup.next_deadline();
+        if !sup.waiting() {
+            watches = None;
+        } else if watches.is_none() {
+            sup.os.sync_listeners();
+            let (w, failed) = watch(&sup.os.listeners);
+            watches = Some(w);
+            if failed {
+                step(sup, Event::Connection);
+                continue;
+            }
+        }
+        let probe_every = sup.idle_probe_every().filter(|_| gauge.is_some());
+        if let Some(g) = &gauge {
+            g.follow(probe_every.is_some());
+        }
+        next_probe = next_probe
+            .filter(|_| probe_every.is_some())
+            .or_else(|| probe_every.map(|every| now + every));
+        // Also exactly when the idle time would be over (not while a
+        // measure runs: a due time in the past would fire at every turn).
+        let probe_due = match sup.idle_stop_due().filter(|_| probe_task.is_none()) {
+            Some(due) => next_probe.map(|n| n.min(due)),
+            None => next_probe,
+        };
         let events: Vec<Event> = tokio::select! {
             _ = chld.recv() => {
                 let mut events = reap(&mut sup.os);
@@ -716,6 +924,7 @@ async fn event_loop(
             Some(inc) = recv(&mut scrapes) => {
                 vec![Event::Control { request: inc.request, reply: inc.reply }]
             }
+            Some((pid, how)) = listened_rx.recv() => vec![Event::Listened { pid, how }],
             () = readable(sup.os.watcher.as_ref().map(|w| &w.out)) => {
                 sup.os.watcher.as_mut().map_or_else(Vec::new, Watcher::events)
             }
@@ -739,18 +948,53 @@ async fn event_loop(
                 next_scan = Some(at.max(Instant::now()));
                 // One scan at a time; a slow one skips ticks rather than piling up.
                 if scan_task.is_none() {
+                    // Interception under --port may have rebound a socket.
+                    if let Some(t) = &sup.os.intercept {
+                        inodes = Arc::new(t.inodes());
+                    }
                     scan_task = Some(start_scan(sup, &inodes));
                 }
                 Vec::new()
             }
             Some(events) = join(&mut scan_task) => events,
+            Some((sweep, found)) = join(&mut sweep_task) => {
+                let mut named = Vec::new();
+                for (l, handle) in found {
+                    sup.os.escaped.insert(l.pid, handle);
+                    named.push((l.pid, l.cmd));
+                }
+                vec![Event::Escaped { sweep, found: named }]
+            }
             _ = sleep_until(next_group_check) => {
                 next_group_check = None;
                 group_check(sup)
             }
+            _ = connection_waiting(watches.as_deref()) => vec![Event::Connection],
+            _ = sleep_until(probe_due) => {
+                next_probe = probe_every.map(|every| Instant::now() + every);
+                if probe_task.is_none()
+                    && let Some(g) = &gauge
+                {
+                    let g = Arc::clone(g);
+                    probe_task = Some(tokio::task::spawn_blocking(move || {
+                        let m = g.measure();
+                        Event::Activity {
+                            open: m.open,
+                            churned: m.churned,
+                        }
+                    }));
+                }
+                Vec::new()
+            }
+            Some(event) = join(&mut probe_task) => vec![event],
         };
         for ev in events {
             step(sup, ev);
+        }
+        if sweep_task.is_none()
+            && let Some(sweep) = sup.sweep_wanted()
+        {
+            sweep_task = Some(start_sweep(sup, sweep));
         }
     }
 }
@@ -762,6 +1006,86 @@ fn step(sup: &mut Supervisor<Driver>, event: Event) {
     sup.os.perform(fx);
     crate::logging::set_generation(sup.serving());
 }
+
+/// A held listener's fd, watched while no child runs. The listener itself
+/// stays in the driver for relaunch's whole life, so the fd outlives this.
+struct Held(RawFd);
+
+impl AsRawFd for Held {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Puts the listeners into the loop's epoll set (a connection already
+/// waiting shows at once). `true` when one cannot be watched: then nothing
+/// could wake us for it, so the caller starts at once instead.
+fn watch(listeners: &[Listener]) -> (Vec<AsyncFd<Held>>, bool) {
+    let mut out = Vec::with_capacity(listeners.len());
+    let mut failed = false;
+    for l in listeners {
+        let held = Held(l.socket.as_raw_fd());
+        // SAFETY: the listener owns the fd and is neither closed nor replaced
+        // while relaunch runs; the watches are dropped before the listeners.
+        match unsafe { AsyncFd::register_with_interest(held, Interest::READABLE) } {
+            Ok(w) => out.push(w),
+            Err(e) => {
+                let e = e.into_parts().1;
+                warn!(
+                    "cannot watch {} ({}) for connections: {e}; starting the children now",
+                    l.name,
+                    l.address()
+                );
+                failed = true;
+            }
+        }
+    }
+    (out, failed)
+}
+
+/// Resolves when a watched listener has a connection or datagram waiting
+/// (or an error to show); pending when nothing is watched.
+async fn connection_waiting(watches: Option<&[AsyncFd<Held>]>) {
+    let Some(watches) = watches.filter(|w| !w.is_empty()) else {
+        return std::future::pending().await;
+    };
+    std::future::poll_fn(|cx| {
+        for w in watches {
+            if w.poll_read_ready(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Looks for processes that escaped a child's group and that no running
+/// child owns (see `reaper`), on the blocking pool.
+fn start_sweep(sup: &Supervisor<Driver>, sweep: u64) -> JoinHandle<Sweep> {
+    let owners = sup.owners();
+    // relaunch's own helpers (`relaunch-watch`, a `--build`) are its
+    // children too, and no child's: never leftovers.
+    let children: Vec<i32> = sup
+        .children()
+        .iter()
+        .map(|c| c.pid)
+        .chain(sup.os.watcher.as_ref().map(|w| w.pid))
+        .chain(sup.os.build.as_ref().map(|b| b.pid))
+        .collect();
+    let ending: Vec<i32> = sup.escaped().collect();
+    let spawns = sup.os.spawns.clone();
+    tokio::task::spawn_blocking(move || {
+        let found = reaper::find_leftovers(&spawns, &owners, &children, &ending)
+            .into_iter()
+            .filter_map(|l| reaper::Escaped::open(&l).map(|h| (l, h)))
+            .collect();
+        (sweep, found)
+    })
+}
+
+/// A sweep's number and the escaped processes it found, with handles.
+type Sweep = (u64, Vec<(reaper::Leftover, reaper::Escaped)>);
 
 async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
@@ -835,12 +1159,23 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
     events
 }
 
-/// The lingering groups that are empty now.
-fn group_check(sup: &Supervisor<Driver>) -> Vec<Event> {
-    sup.lingering()
+/// The lingering groups that are empty now, and the escaped processes
+/// that are gone (handles the supervisor no longer tracks are dropped).
+fn group_check(sup: &mut Supervisor<Driver>) -> Vec<Event> {
+    let mut events: Vec<Event> = sup
+        .lingering()
         .filter(|&pgid| !reaper::group_alive(pgid))
         .map(|pgid| Event::GroupGone { pgid })
-        .collect()
+        .collect();
+    let tracked: Vec<i32> = sup.escaped().collect();
+    sup.os.escaped.retain(|pid, _| tracked.contains(pid));
+    for pid in tracked {
+        if sup.os.escaped.get(&pid).is_none_or(|e| !e.exists()) {
+            sup.os.escaped.remove(&pid);
+            events.push(Event::EscapedGone { pid });
+        }
+    }
+    events
 }
 
 /// The first exec status pipe with news: (pid, what it says).
@@ -889,7 +1224,7 @@ fn fill_status(status: &mut control::Status, inodes: &[Option<u64>]) {
 /// Scans /proc for the starting children on the blocking pool: a hung
 /// mount or a stuck child must not stall the loop.
 fn start_scan(sup: &Supervisor<Driver>, inodes: &Arc<HashSet<u64>>) -> JoinHandle<Vec<Event>> {
-    let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = sup.starting().unzip();
+    let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = sup.to_scan(Instant::now()).unzip();
     let inodes = Arc::clone(inodes);
     tokio::task::spawn_blocking(move || {
         let verdicts = scan::scan_each(&roots, &inodes);

@@ -2,6 +2,7 @@
 
 pub mod backoff;
 pub mod driver;
+pub mod idle;
 pub mod reaper;
 pub mod spawn;
 pub mod supervisor;

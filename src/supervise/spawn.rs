@@ -8,7 +8,9 @@
 //! close-on-exec; fds 0-2 as relaunch has them; nothing else (everything from
 //! 3+N up is marked close-on-exec: by close_range(CLOSE_RANGE_CLOEXEC) on
 //! Linux 5.11+, else over the list of open fds taken before the fork);
-//! `LISTEN_PID` set to its own pid.
+//! `LISTEN_PID` set to its own pid; unless `--no-intercept`, the seccomp
+//! filter of bind interception, installed last, after the credential change
+//! (its notification fd goes to relaunch and is closed before exec).
 //!
 //! # Safety argument
 //!
@@ -17,8 +19,8 @@
 //! threads may exist (the blocking pool reads /proc) and may hold a lock at
 //! the fork, so between fork and exec the child only makes raw
 //! system calls through `libc` (`setpgid`, `setgroups`, `setgid`, `setuid`, `prctl`, `getppid`, `fcntl`,
-//! `dup2`, `close_range`, `getpid`, `signal`, `sigprocmask`, `execve`, `stat`, `write`,
-//! `_exit`) and writes into memory prepared by the parent: every CString,
+//! `dup2`, `close_range`, `seccomp`, `sendmsg`, `close`, `getpid`, `signal`, `sigprocmask`,
+//! `execve`, `stat`, `write`, `_exit`) and writes into memory prepared by the parent: every CString,
 //! pointer array, the fd work array and the `LISTEN_PID=` slot are allocated
 //! before the fork and outlive it in the child's copy of the address space.
 //! Nothing allocates, locks or logs. All signals are blocked across the fork so
@@ -45,6 +47,9 @@ pub struct Request<'a> {
     pub listen_pid: bool,
     /// Run as this user and group, resolved by the caller.
     pub creds: Option<&'a Credentials>,
+    /// Install the bind-interception filter and send its fd here (see
+    /// [`crate::intercept::filter::install`]).
+    pub intercept: Option<BorrowedFd<'a>>,
     /// fds 0, 1 and 2 instead of relaunch's own (`--build`: /dev/null and
     /// its output pipe twice). Close-on-exec here; their copies are not.
     pub stdio: Option<(BorrowedFd<'a>, BorrowedFd<'a>, BorrowedFd<'a>)>,
@@ -158,6 +163,19 @@ pub fn spawn(req: &Request<'_>) -> Result<Spawned, Error> {
         ))
     })?;
 
+    let intercept = req
+        .intercept
+        .map(|fd| {
+            let fd = fd.try_clone_to_owned()?;
+            above(fd, first_free)
+        })
+        .transpose()
+        .map_err(|e| {
+            Error::Os(format!(
+                "cannot start {shown}: no free fd for the interception socket: {e}"
+            ))
+        })?;
+
     let parent = std::process::id() as libc::pid_t;
     let child = ChildPlan {
         paths: paths.as_ptr(),
@@ -178,6 +196,7 @@ pub fn spawn(req: &Request<'_>) -> Result<Spawned, Error> {
             Others::Upto(end) => (std::ptr::null(), 0, *end),
         },
         err_fd: err_write.as_raw_fd(),
+        intercept: intercept.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         parent,
         creds: req
             .creds
@@ -205,6 +224,7 @@ pub fn spawn(req: &Request<'_>) -> Result<Spawned, Error> {
     // SAFETY: plain syscall on our own child.
     unsafe { libc::setpgid(pid, pid) };
     drop(err_write);
+    drop(intercept);
     Ok(Spawned {
         pid,
         exec: ExecWatch {
@@ -281,6 +301,9 @@ struct ChildPlan {
     /// length, or else every fd below this bound); all zero: close_range.
     others: (*const RawFd, usize, RawFd),
     err_fd: RawFd,
+    /// The child's end of the pair the seccomp notification fd goes over;
+    /// -1: no interception. At or above first_free, like err_fd.
+    intercept: RawFd,
     parent: libc::pid_t,
     /// uid, gid, supplementary groups (pointer, length).
     creds: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
@@ -352,6 +375,12 @@ impl ChildPlan {
             ) != 0
             {
                 self.fail(err_fd, STAGE_FDS);
+            }
+            // Last of the set-up, after --user dropped privileges: the
+            // filter traps only bind, listen and shutdown, which nothing
+            // here calls.
+            if self.intercept >= 0 {
+                crate::intercept::filter::install(self.intercept);
             }
             if !self.pid_digits.is_null() {
                 let digits = std::slice::from_raw_parts_mut(self.pid_digits, PID_DIGITS + 1);
@@ -568,6 +597,32 @@ fn exec_error(shown: &str, explicit: bool, path: Option<&Path>, errno: i32) -> E
     }
 }
 
+/// Whether `program` can be found as exec would look for it (the PATH of
+/// `env`), and is a file with an execute bit. For `--lazy`, which starts
+/// nothing until the first connection: a typo shows at start, not then.
+/// The same messages as a failed exec.
+pub fn check_program(program: &OsStr, env: &[(OsString, OsString)]) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = program.to_string_lossy();
+    let (explicit, candidates) = candidates(program, env_path(env));
+    let mut denied = None;
+    for c in &candidates {
+        match std::fs::metadata(c) {
+            Ok(m) if m.is_dir() && explicit => {
+                return Err(exec_error(&shown, explicit, None, libc::EISDIR));
+            }
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(()),
+            Ok(m) if m.is_file() => denied = denied.or(Some(c)),
+            _ => {}
+        }
+    }
+    let (errno, path) = match denied {
+        Some(p) => (libc::EACCES, Some(p.as_path()).filter(|_| !explicit)),
+        None => (libc::ENOENT, None),
+    };
+    Err(exec_error(&shown, explicit, path, errno))
+}
+
 fn env_path(env: &[(OsString, OsString)]) -> Option<&OsStr> {
     env.iter()
         .find(|(k, _)| k == "PATH")
@@ -603,6 +658,32 @@ pub fn ensure_std_fds() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_are_checked_as_exec_would_look_for_them() {
+        let env = [("PATH".into(), "/nonexistent:/bin:/usr/bin".into())];
+        assert!(check_program(OsStr::new("sh"), &env).is_ok());
+        assert!(check_program(OsStr::new("/bin/sh"), &env).is_ok());
+        let missing = check_program(OsStr::new("no-such-program-x"), &env).unwrap_err();
+        assert!(
+            matches!(&missing, Error::NotFound(m) if m.contains("command not found in PATH")),
+            "{missing:?}"
+        );
+        let dir = check_program(OsStr::new("/"), &env).unwrap_err();
+        assert!(
+            matches!(&dir, Error::NotExecutable(m) if m.contains("directory")),
+            "{dir:?}"
+        );
+        // A file without an execute bit.
+        let plain = std::env::temp_dir().join(format!("relaunch-noexec-{}", std::process::id()));
+        std::fs::write(&plain, "").unwrap();
+        let denied = check_program(plain.as_os_str(), &env).unwrap_err();
+        let _ = std::fs::remove_file(&plain);
+        assert!(
+            matches!(&denied, Error::NotExecutable(m) if m.contains("permission denied")),
+            "{denied:?}"
+        );
+    }
 
     #[test]
     fn decimal() {
@@ -678,6 +759,7 @@ mod tests {
             fds: &[],
             listen_pid: true,
             creds: None,
+            intercept: None,
             stdio: None,
         })
         .unwrap();

@@ -28,6 +28,13 @@
 //!   (and starts what is on disk if it fails). Under `--watch` relaunch
 //!   never gives up on its own: a crash loop or a missing program waits for
 //!   the next change.
+//! - On demand (`--lazy`, `--idle-stop`): while no child runs, the driver
+//!   watches the listeners and a waiting connection starts a generation; a
+//!   crashed child restarts as usual, it does not wait for a connection again.
+//!   Only an idle stop (nothing open or waiting on the listeners for the idle
+//!   time, as the driver measures it) goes back to waiting. A reload while
+//!   nothing runs has nothing to reload: the next start runs the program as it
+//!   is then.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -44,6 +51,9 @@ const CHANGED_KEPT: usize = 32;
 
 /// How long a process group may take to empty after SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// A child that fails this soon, never seen waiting on a held socket,
+/// probably binds the port itself: relaunch says so, once.
+pub const HINT_WITHIN: Duration = Duration::from_secs(5);
 use crate::plan::options::Restart;
 use crate::supervise::backoff::{self, Backoff, Next};
 use crate::supervise::spawn;
@@ -97,14 +107,28 @@ pub enum Event {
     },
     /// The group of a child whose leader exited is empty now.
     GroupGone { pgid: i32 },
+    /// What sweep number `sweep` found (see [`Supervisor::sweep_wanted`]):
+    /// processes (pid, command line) that escaped a child's process group
+    /// (setsid) and that no running child owns, leftovers of children that
+    /// ended or are being stopped (see `reaper`).
+    Escaped {
+        sweep: u64,
+        found: Vec<(i32, String)>,
+    },
+    /// An escaped process is gone.
+    EscapedGone { pid: i32 },
     /// The child reported through its status pipe that it could not exec.
     ExecFailed { pid: i32, error: spawn::Error },
     /// A moment from [`Supervisor::next_deadline`] has come.
     Timer,
-    /// The /proc scan saw this child wait for connections.
+    /// The /proc scan saw this child wait for connections on a held socket
+    /// (with `--ready auto`, that makes it ready).
     Ready { pid: i32, how: String },
     /// The /proc scan cannot see whether this child waits, and why.
     Blind { pid: i32, why: String },
+    /// A process of this child called listen() on a held socket (bind
+    /// interception): ready if the scan cannot see it wait.
+    Listened { pid: i32, how: String },
     /// A notify message from child `pid` (the sender already checked).
     Notify { pid: i32, notice: Notice },
     /// SIGHUP.
@@ -124,6 +148,15 @@ pub enum Event {
         status: ExitStatus,
         tail: Vec<String>,
     },
+    /// A connection (or datagram) waits on a listener while no child runs.
+    Connection,
+    /// The listeners measured (`--idle-stop`).
+    Activity {
+        /// A connection is open or waiting now.
+        open: bool,
+        /// Connections came and went since the last measure.
+        churned: bool,
+    },
 }
 
 /// What a child said through its notify socket.
@@ -140,6 +173,8 @@ pub struct Notice {
 pub enum Effect {
     /// Signal a child's whole process group.
     Signal { pgid: i32, sig: Signal },
+    /// Signal one escaped process.
+    SignalEscaped { pid: i32, sig: Signal },
     /// Tell the service manager, if there is one.
     Tell(Tell),
     /// Answer a control client.
@@ -218,11 +253,21 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// `--ready delay:DUR`: alive this long counts as ready.
     pub ready_delay: Option<Duration>,
+    /// `--ready auto`: the scan seeing a child wait makes it ready.
+    pub ready_auto: bool,
     pub ready_timeout: Duration,
+    /// The hint's first remedy, about the interception of the child's own
+    /// bind() (why it did not apply and what to change), when there is one.
+    pub intercept_remedy: Option<String>,
     /// For `relaunch status`.
     pub listeners: Vec<control::ListenerInfo>,
     /// `--watch`: None without it.
     pub watch: Option<WatchConfig>,
+    /// `--lazy`: the first generation starts at the first connection.
+    pub lazy: bool,
+    /// `--idle-stop`: stop the children after this long without a
+    /// connection, and wait for the next one.
+    pub idle_stop: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -258,6 +303,23 @@ struct BuildResult {
     /// "in 1.2 s" (ok) or "exited with status 3 after 0.4 s".
     text: String,
     at: Instant,
+}
+
+/// Where the on-demand cycle is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Demand {
+    /// Children run, start or restart as usual.
+    Running,
+    /// No child runs: the next connection starts a generation.
+    Waiting,
+    /// `--idle-stop` is stopping the children; then Waiting.
+    IdleStopping,
+}
+
+/// How often the listeners are measured while children run with
+/// `--idle-stop`: a stop comes at most this much later than the idle time.
+pub fn idle_probe_interval(idle_stop: Duration) -> Duration {
+    (idle_stop / 4).clamp(Duration::from_millis(10), Duration::from_secs(5))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -297,6 +359,11 @@ pub struct Child {
     /// Not seen ready, but taken as serving at the first generation's
     /// ready timeout (nothing else could serve).
     pub taken_as_ready: bool,
+    /// The scan saw it wait on a held socket (in any `--ready` mode).
+    pub seen: bool,
+    /// It called listen() on a held socket: how, for the log. With `blind`,
+    /// that counts as ready (the scan, when it sees, waits for accept).
+    pub listened: Option<String>,
     /// The leader exited like this, and its group lives on.
     pub exited: Option<ExitStatus>,
     /// The exec failed; its exit follows.
@@ -317,6 +384,14 @@ pub struct Slot {
     pub last_exit: Option<ExitStatus>,
     backoff: Backoff,
     restart_at: Option<Instant>,
+}
+
+/// A process that escaped a child's group, being ended.
+#[derive(Debug, Clone, Copy)]
+struct Escaped {
+    pid: i32,
+    kill_at: Instant,
+    killed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -352,10 +427,25 @@ pub struct Supervisor<O: Os> {
     pub os: O,
     cfg: Config,
     children: Vec<Child>,
+    /// Escaped leftovers being stopped: a reload is done, and relaunch
+    /// exits, only once they are gone too.
+    escaped: Vec<Escaped>,
+    /// Sweeps for escaped processes asked for (a child ended or is being
+    /// stopped, an orphan was reaped) and done: until the last one asked is
+    /// done, what escaped may be unknown, so no reload is done yet.
+    sweeps_asked: u64,
+    sweeps_done: u64,
     serving: u64,
     slots: Vec<Slot>,
     /// The serving generation has been ready at least once.
     announced: bool,
+    /// Some generation has been ready once: a program that cannot be
+    /// executed after that is a quick failure, not a mistake to end on.
+    served: bool,
+    demand: Demand,
+    /// Since when nothing has been open or waiting on the listeners: from the
+    /// first idle measure, or since no child runs. None while busy.
+    idle_since: Option<Instant>,
     first_deadline: Option<Instant>,
     next_generation: u64,
     reload: Option<Reload>,
@@ -373,6 +463,8 @@ pub struct Supervisor<O: Os> {
     /// The generation still to become ready for the first time, and when it
     /// was started (for its time to ready).
     generation_started: Option<(u64, Instant)>,
+    /// The "binds the port itself" hint was given (once per relaunch).
+    hinted: bool,
     /// `--watch`; None without it.
     dev: Option<Dev>,
     /// Effects of the event being handled.
@@ -387,8 +479,14 @@ impl<O: Os> Supervisor<O> {
             slots: vec![Slot::default(); cfg.workers],
             cfg,
             children: Vec::new(),
+            escaped: Vec::new(),
+            sweeps_asked: 0,
+            sweeps_done: 0,
             serving: 0,
             announced: false,
+            served: false,
+            demand: Demand::Running,
+            idle_since: None,
             first_deadline: None,
             next_generation: 1,
             reload: None,
@@ -401,6 +499,7 @@ impl<O: Os> Supervisor<O> {
             done: false,
             last_reload: None,
             generation_started: None,
+            hinted: false,
             dev,
             out: Vec::new(),
         }
@@ -416,14 +515,24 @@ impl<O: Os> Supervisor<O> {
                 group_alive,
             } => self.on_exit(pid, status, group_alive, now),
             Event::GroupGone { pgid } => self.group_gone(pgid, now),
+            Event::Escaped { sweep, found } => {
+                self.sweeps_done = self.sweeps_done.max(sweep);
+                self.on_escaped(found, now);
+                self.settle(now);
+            }
+            Event::EscapedGone { pid } => {
+                self.escaped.retain(|e| e.pid != pid);
+                self.settle(now);
+            }
             Event::ExecFailed { pid, error } => {
                 if let Some(c) = self.child_mut(pid) {
                     c.exec_error = Some(error);
                 }
             }
             Event::Timer => self.on_timer(now),
-            Event::Ready { pid, how } => self.mark_ready(pid, &how, now),
-            Event::Blind { pid, why } => self.mark_blind(pid, &why),
+            Event::Ready { pid, how } => self.seen_waiting(pid, &how, now),
+            Event::Blind { pid, why } => self.mark_blind(pid, &why, now),
+            Event::Listened { pid, how } => self.on_listened(pid, how, now),
             Event::Notify { pid, notice } => self.on_notice(pid, notice, now),
             Event::Reload => {
                 if let Err(e) = self.request_reload(now) {
@@ -435,6 +544,8 @@ impl<O: Os> Supervisor<O> {
             Event::Control { request, reply } => self.on_control(request, reply, now),
             Event::Changed { path } => self.on_change(path, now),
             Event::Built { pid, status, tail } => self.on_built(pid, status, &tail, now),
+            Event::Connection => self.on_connection(now),
+            Event::Activity { open, churned } => self.on_activity(open, churned, now),
         }
         if self.done {
             for (_, to) in std::mem::take(&mut self.waiters) {
@@ -466,12 +577,42 @@ impl<O: Os> Supervisor<O> {
         &self.children
     }
 
-    /// Children whose readiness is still to be seen: (pid, roots to scan).
-    pub fn starting(&self) -> impl Iterator<Item = (i32, Vec<i32>)> + '_ {
+    /// Children the /proc scan should look at: (pid, roots to scan). Those
+    /// still starting: for `--ready auto`, and in the other modes, for the
+    /// hint, in their first [`HINT_WITHIN`] until it was given. Ready or
+    /// idle, none, so the scan costs nothing under load and no timer runs.
+    pub fn to_scan(&self, now: Instant) -> impl Iterator<Item = (i32, Vec<i32>)> + '_ {
         self.children
             .iter()
-            .filter(|c| c.alive() && matches!(c.state, State::Starting { .. }))
+            .filter(move |c| {
+                let young = !self.hinted && now.saturating_duration_since(c.started) < HINT_WITHIN;
+                c.alive()
+                    && !c.seen
+                    && matches!(c.state, State::Starting { .. })
+                    && (self.cfg.ready_auto || young)
+            })
             .map(|c| (c.pid, std::iter::once(c.pid).chain(c.main_pid).collect()))
+    }
+
+    /// Children whose leader runs and that are not being stopped: what
+    /// escaped their process groups is theirs to keep (see `reaper`).
+    pub fn owners(&self) -> Vec<i32> {
+        self.children
+            .iter()
+            .filter(|c| c.alive() && !matches!(c.state, State::Stopping { .. }))
+            .map(|c| c.pid)
+            .collect()
+    }
+
+    /// The number of the sweep for escaped processes to run next, when one
+    /// is due.
+    pub fn sweep_wanted(&self) -> Option<u64> {
+        (self.sweeps_asked > self.sweeps_done).then_some(self.sweeps_asked)
+    }
+
+    /// Escaped processes being ended: the driver tells us when each is gone.
+    pub fn escaped(&self) -> impl Iterator<Item = i32> + '_ {
+        self.escaped.iter().map(|e| e.pid)
     }
 
     /// Process groups whose leader exited: the driver tells us when each is empty.
@@ -479,10 +620,41 @@ impl<O: Os> Supervisor<O> {
         self.children.iter().filter(|c| !c.alive()).map(|c| c.pid)
     }
 
-    /// "starting", "serving", "reloading", "backing off" or "stopping".
+    /// Whether no child runs (or the ones that do are being stopped because
+    /// they were idle): the driver then watches the listeners for a connection.
+    pub fn waiting(&self) -> bool {
+        !self.stopping && self.demand != Demand::Running
+    }
+
+    /// When the idle time is over if nothing happens meanwhile: the driver
+    /// measures then, besides every [`Supervisor::idle_probe_every`].
+    pub fn idle_stop_due(&self) -> Option<Instant> {
+        let limit = self.cfg.idle_stop?;
+        self.idle_since
+            .filter(|_| self.demand == Demand::Running && !self.stopping)
+            .map(|since| since + limit)
+    }
+
+    /// How often to measure the listeners' activity: only while children
+    /// run with `--idle-stop`.
+    pub fn idle_probe_every(&self) -> Option<Duration> {
+        let limit = self.cfg.idle_stop?;
+        (self.demand == Demand::Running && !self.stopping && !self.children.is_empty())
+            .then(|| idle_probe_interval(limit))
+    }
+
+    /// "starting", "serving", "reloading", "backing off", "stopping",
+    /// "waiting for the first connection", "waiting for a connection" or
+    /// "stopping when idle".
     pub fn state(&self) -> &'static str {
         if self.stopping {
             "stopping"
+        } else if self.demand == Demand::Waiting && self.serving == 0 {
+            "waiting for the first connection"
+        } else if self.demand == Demand::Waiting {
+            "waiting for a connection"
+        } else if self.demand == Demand::IdleStopping {
+            "stopping when idle"
         } else if self.reload.is_some() {
             "reloading"
         } else if self.slots.iter().any(|s| s.restart_at.is_some()) {
@@ -496,10 +668,19 @@ impl<O: Os> Supervisor<O> {
 
     /// Whether a ready generation serves (`status --check`): it was
     /// announced, a child of it is ready (or was taken as serving at the
-    /// first --ready-timeout) and runs, and relaunch is not stopping.
+    /// first --ready-timeout) and runs, and relaunch is not stopping. Under
+    /// --lazy, waiting for a connection and starting on one count too: a
+    /// connection is what starts the app, so a probe must not turn it away.
     pub fn ready(&self) -> bool {
+        if self.stopping {
+            return false;
+        }
+        if self.demand != Demand::Running
+            || (self.cfg.lazy && !self.announced && self.reload.is_none())
+        {
+            return true;
+        }
         self.announced
-            && !self.stopping
             && self.children.iter().any(|c| {
                 c.generation == self.serving
                     && c.alive()
@@ -522,12 +703,17 @@ impl<O: Os> Supervisor<O> {
             } => Some(kill_at + KILL_GRACE),
             _ => None,
         });
+        let escaped = self.escaped.iter().map(|e| match e.killed {
+            false => e.kill_at,
+            true => e.kill_at + KILL_GRACE,
+        });
         let restarts = self.slots.iter().filter_map(|s| s.restart_at);
         let reload = self.reload.and_then(|r| match r.phase {
             Phase::Starting { deadline } => Some(deadline),
             Phase::Draining => None,
         });
         children
+            .chain(escaped)
             .chain(restarts)
             .chain(reload)
             .chain(self.first_deadline.filter(|_| !self.announced))
@@ -581,6 +767,10 @@ impl<O: Os> Supervisor<O> {
                 message: r.message.clone(),
                 seconds_ago: now.saturating_duration_since(r.at).as_secs_f64(),
             }),
+            idle_secs: self
+                .idle_since
+                .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+            escaped: self.escaped().collect(),
             watch: self.watch_status(now),
         }
     }
@@ -594,17 +784,107 @@ impl<O: Os> Supervisor<O> {
         }
     }
 
-    /// Starts generation 1. Failing to start ends relaunch at once.
+    /// Starts generation 1, or with `--lazy` waits for a connection first.
     fn start(&mut self, now: Instant) {
+        if self.cfg.lazy {
+            info!("--lazy: waiting for the first connection; it starts generation 1");
+            self.wait_for_connection(now);
+        } else {
+            self.start_generation(now);
+        }
+    }
+
+    /// No child runs: the driver watches the listeners from now on.
+    fn wait_for_connection(&mut self, now: Instant) {
+        self.demand = Demand::Waiting;
+        self.idle_since.get_or_insert(now);
+        // The sockets are ready: connections wait in their backlog.
+        self.tell(Tell::Ready(self.state().into()));
+    }
+
+    /// Starts the next generation when nothing serves. Failing to start the
+    /// very first one ends relaunch at once; after a generation has served,
+    /// it is a quick failure with backoff, as for a restart.
+    fn start_generation(&mut self, now: Instant) {
+        self.demand = Demand::Running;
+        self.idle_since = None;
         self.serving = self.take_generation();
         self.generation_started = Some((self.serving, now));
+        self.announced = false;
         self.first_deadline = Some(now + self.cfg.ready_timeout);
+        self.slots = vec![Slot::default(); self.cfg.workers];
         for worker in 0..self.cfg.workers {
             if let Err(e) = self.spawn(self.serving, worker, now) {
-                self.fail_to_exec(e, now);
-                return;
+                if !self.served {
+                    self.fail_to_exec(e, now);
+                    return;
+                }
+                error!(generation = self.serving, worker, "{e}");
+                self.after_exit(
+                    None,
+                    worker,
+                    Duration::ZERO,
+                    None,
+                    ExitStatus::Code(127),
+                    now,
+                );
             }
         }
+        // Nothing may have started and nothing may be due to restart.
+        self.settle(now);
+    }
+
+    /// A connection waits and no child runs (or the running ones are being
+    /// stopped for idleness and may not take it): start a generation.
+    fn on_connection(&mut self, now: Instant) {
+        if !self.waiting() {
+            return;
+        }
+        let line = format!(
+            "a connection is waiting: starting generation {}",
+            self.next_generation
+        );
+        info!("{line}");
+        self.tell(Tell::Status(line));
+        self.start_generation(now);
+    }
+
+    /// `--idle-stop`: what the listeners showed at `now`.
+    fn on_activity(&mut self, open: bool, churned: bool, now: Instant) {
+        let Some(limit) = self.cfg.idle_stop else {
+            return;
+        };
+        if self.demand != Demand::Running || self.stopping {
+            return;
+        }
+        // Starting, reloading and backing off are not idle, whatever the sockets show.
+        if open || self.state() != "serving" {
+            self.idle_since = None;
+            return;
+        }
+        // What came and went was open after the last measure: idle from now.
+        if churned {
+            self.idle_since = Some(now);
+        }
+        let since = *self.idle_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < limit {
+            return;
+        }
+        let generation = self.serving;
+        info!(
+            generation,
+            "no connection for {}: stopping generation {generation}; the next connection starts it again",
+            duration::human(limit)
+        );
+        self.tell(Tell::Status(format!(
+            "idle: stopping generation {generation}"
+        )));
+        self.demand = Demand::IdleStopping;
+        let pids: Vec<i32> = self.children.iter().map(|c| c.pid).collect();
+        for pid in pids {
+            self.stop_child(pid, now);
+        }
+        self.settle(now);
     }
 
     fn child_mut(&mut self, pid: i32) -> Option<&mut Child> {
@@ -665,6 +945,7 @@ impl<O: Os> Supervisor<O> {
             }
         }
         self.give_up_on_unkillable(now);
+        self.end_escaped(now);
         if let Some(dev) = &mut self.dev
             && dev.due.is_some_and(|t| t <= now)
         {
@@ -752,6 +1033,8 @@ impl<O: Os> Supervisor<O> {
     /// A leader was reaped. Pids that are not ours (orphans we reaped as a
     /// subreaper) are ignored.
     fn on_exit(&mut self, pid: i32, status: ExitStatus, group_alive: bool, now: Instant) {
+        // A child or an orphan ended: what it leaves behind lands on us.
+        self.sweeps_asked += 1;
         let Some(i) = self.children.iter().position(|c| c.pid == pid && c.alive()) else {
             return;
         };
@@ -761,6 +1044,9 @@ impl<O: Os> Supervisor<O> {
             (c.generation, c.worker, c.state, c.started, c.ready_since)
         };
         let exec_error = self.children[i].exec_error.take();
+        if !matches!(state, State::Stopping { .. }) && exec_error.is_none() {
+            self.hint_self_bind(i, status, now);
+        }
         if !group_alive {
             self.children.remove(i);
         }
@@ -782,12 +1068,12 @@ impl<O: Os> Supervisor<O> {
                 // (rm, then cp): the listeners stay held and the backoff
                 // keeps trying, as for any quick failure, until it gives up.
                 // Under --watch the next build may well make it: wait.
-                if !self.announced && self.dev.is_some() {
+                if !self.served && self.dev.is_some() {
                     error!(pid, generation, worker, "{e}; waiting for a file to change");
                     self.slots[worker].last_exit = Some(status);
                     // Nothing runs to be taken as serving at the deadline.
                     self.first_deadline = None;
-                } else if !self.announced {
+                } else if !self.served {
                     self.fail_to_exec(e, now);
                 } else {
                     error!(pid, generation, worker, "{e}");
@@ -838,6 +1124,7 @@ impl<O: Os> Supervisor<O> {
             return;
         };
         let c = self.children.remove(i);
+        self.sweeps_asked += 1;
         info!(
             pid = pgid,
             generation = c.generation,
@@ -871,7 +1158,64 @@ impl<O: Os> Supervisor<O> {
                 duration::human(KILL_GRACE)
             );
             self.children.retain(|c| c.pid != pid);
+            self.sweeps_asked += 1;
             self.released(generation);
+            self.settle(now);
+        }
+    }
+
+    /// Leftovers that escaped a child's group get what the child got: the
+    /// stop signal, SIGKILL after the stop timeout.
+    fn on_escaped(&mut self, found: Vec<(i32, String)>, now: Instant) {
+        let sig = self.cfg.stop_signal;
+        for (pid, cmd) in found {
+            if self.escaped.iter().any(|e| e.pid == pid) {
+                continue;
+            }
+            warn!(
+                pid,
+                "pid {pid} ({cmd}) escaped the process group of a child that is over or being \
+                 stopped (setsid, a double fork); sending {}, SIGKILL after {}",
+                sig.as_str(),
+                duration::human(self.cfg.stop_timeout)
+            );
+            self.escaped.push(Escaped {
+                pid,
+                kill_at: now + self.cfg.stop_timeout,
+                killed: false,
+            });
+            self.out.push(Effect::SignalEscaped { pid, sig });
+        }
+    }
+
+    /// SIGKILL for escaped processes past the stop timeout; the ones that
+    /// survive even that are let go, like a group that will not empty.
+    fn end_escaped(&mut self, now: Instant) {
+        for i in 0..self.escaped.len() {
+            let e = self.escaped[i];
+            if !e.killed && e.kill_at <= now {
+                warn!(pid = e.pid, "pid {} did not stop; sending SIGKILL", e.pid);
+                self.out.push(Effect::SignalEscaped {
+                    pid: e.pid,
+                    sig: Signal::SIGKILL,
+                });
+                self.escaped[i].killed = true;
+            }
+        }
+        let before = self.escaped.len();
+        self.escaped.retain(|e| {
+            let stuck = e.killed && e.kill_at + KILL_GRACE <= now;
+            if stuck {
+                warn!(
+                    pid = e.pid,
+                    "pid {} is still there {} after SIGKILL; no longer waiting for it",
+                    e.pid,
+                    duration::human(KILL_GRACE)
+                );
+            }
+            !stuck
+        });
+        if self.escaped.len() != before {
             self.settle(now);
         }
     }
@@ -881,6 +1225,49 @@ impl<O: Os> Supervisor<O> {
         if !self.children.iter().any(|c| c.generation == generation) {
             self.out.push(Effect::Release { generation });
         }
+    }
+
+    /// The scan saw the child with `pid` (or its tree) wait on a held socket.
+    fn seen_waiting(&mut self, pid: i32, how: &str, now: Instant) {
+        if let Some(c) = self.child_mut(pid) {
+            c.seen = true;
+            if self.cfg.ready_auto {
+                self.mark_ready(pid, how, now);
+            }
+        }
+    }
+
+    /// A child that failed within [`HINT_WITHIN`], never ready and never seen
+    /// waiting on a held socket, most likely tried to bind the port itself and got
+    /// EADDRINUSE (relaunch holds it). Say so once, with the remedies: every
+    /// restart of a crash loop would only repeat it.
+    fn hint_self_bind(&mut self, i: usize, status: ExitStatus, now: Instant) {
+        let c = &self.children[i];
+        let lived = now.saturating_duration_since(c.started);
+        // A listen() on a held socket: it got relaunch's socket, it did not fail to bind.
+        let ready = c.seen || c.ready_since.is_some() || c.listened.is_some();
+        // A failed bind ends a program with a status, not a signal: a kill
+        // (by an operator, the OOM killer) says nothing about binding.
+        let failed = matches!(status, ExitStatus::Code(c) if c != 0);
+        if self.hinted || ready || !failed || lived >= HINT_WITHIN {
+            return;
+        }
+        let first = match &self.cfg.intercept_remedy {
+            Some(r) => format!("{r}; "),
+            None => String::new(),
+        };
+        warn!(
+            pid = c.pid,
+            generation = c.generation,
+            worker = c.worker,
+            "hint: it {status} after {} ms without ever waiting on relaunch's sockets; it \
+             probably binds the port itself and fails with \"Address already in use\" because \
+             relaunch holds it. Remedies: {first}--compat werkzeug for Flask's built-in \
+             server; a {{fd}} placeholder for servers that take a socket (uvicorn --fd {{fd}}); \
+             or read LISTEN_FDS in the app (README: \"Taking the socket in your server\")",
+            lived.as_millis()
+        );
+        self.hinted = true;
     }
 
     /// The child with `pid` (or its tree) is ready to serve.
@@ -904,11 +1291,18 @@ impl<O: Os> Supervisor<O> {
     }
 
     /// Readiness of this child cannot be seen from /proc (see `ready::scan`).
-    fn mark_blind(&mut self, pid: i32, why: &str) {
+    fn mark_blind(&mut self, pid: i32, why: &str, now: Instant) {
+        if !self.cfg.ready_auto {
+            return;
+        }
         if let Some(c) = self.child_mut(pid)
             && !c.blind
         {
             c.blind = true;
+            if let Some(how) = c.listened.clone() {
+                self.mark_ready(pid, &how, now);
+                return;
+            }
             // An empty reason was said once for all (no /proc at all).
             if !why.is_empty() {
                 warn!(
@@ -919,6 +1313,19 @@ impl<O: Os> Supervisor<O> {
                      --ready-timeout. Use --ready delay:DURATION, or send READY=1 and use --ready notify"
                 );
             }
+        }
+    }
+
+    fn on_listened(&mut self, pid: i32, how: String, now: Instant) {
+        let Some(c) = self.child_mut(pid) else {
+            return;
+        };
+        if c.listened.is_some() {
+            return;
+        }
+        c.listened = Some(how.clone());
+        if c.blind {
+            self.mark_ready(pid, &how, now);
         }
     }
 
@@ -950,6 +1357,14 @@ impl<O: Os> Supervisor<O> {
                     .as_ref()
                     .filter(|r| r.generation == generation)
                 {
+                    // Nothing ran to reload.
+                    Some(done) if done.ok => {
+                        let response = Response::Reloaded {
+                            generation,
+                            pids: Vec::new(),
+                        };
+                        self.out.push(Effect::Reply { to, response });
+                    }
                     Some(done) => {
                         let response = Response::ReloadFailed {
                             generation,
@@ -982,6 +1397,22 @@ impl<O: Os> Supervisor<O> {
     fn request_reload(&mut self, now: Instant) -> Result<u64, String> {
         if self.stopping {
             return Err("relaunch is stopping".into());
+        }
+        if self.demand != Demand::Running {
+            let message = "no child runs (waiting for a connection): nothing to reload; \
+                           the next connection starts the program as it is then"
+                .to_string();
+            info!("reload: {message}");
+            // systemd's notify-reload waits for RELOADING=1 then READY=1.
+            self.tell(Tell::Reloading(format!("reload: {message}")));
+            self.tell(Tell::Ready(self.state().into()));
+            self.last_reload = Some(LastReload {
+                generation: self.serving,
+                ok: true,
+                message,
+                at: now,
+            });
+            return Ok(self.serving);
         }
         if let Some(r) = self.reload {
             if !self.reload_queued {
@@ -1038,6 +1469,13 @@ impl<O: Os> Supervisor<O> {
                         killed: true,
                     };
                 }
+            }
+            for e in &mut self.escaped {
+                e.killed = true;
+                self.out.push(Effect::SignalEscaped {
+                    pid: e.pid,
+                    sig: Signal::SIGKILL,
+                });
             }
             return;
         }
@@ -1287,6 +1725,8 @@ impl<O: Os> Supervisor<O> {
             status_text: None,
             blind: false,
             taken_as_ready: false,
+            seen: false,
+            listened: None,
             ready_since: None,
             exited: None,
             exec_error: None,
@@ -1398,6 +1838,8 @@ impl<O: Os> Supervisor<O> {
             phase: Phase::Draining,
         }) = self.reload
             && !self.children.iter().any(|c| c.generation < generation)
+            && self.escaped.is_empty()
+            && self.sweep_wanted().is_none()
         {
             let pids = self.serving_pids();
             info!(
@@ -1407,10 +1849,22 @@ impl<O: Os> Supervisor<O> {
             self.count(Count::Reload(ReloadResult::Done));
             self.finish_reload(generation, Ok(pids), now);
         }
-        if self.children.is_empty() && !self.done {
+        if self.children.is_empty()
+            && self.escaped.is_empty()
+            && self.sweep_wanted().is_none()
+            && !self.done
+        {
             let idle = self.slots.iter().all(|s| s.restart_at.is_none()) && self.reload.is_none();
             if self.stopping {
                 self.done = true;
+            } else if self.demand == Demand::IdleStopping {
+                info!(
+                    generation = self.serving,
+                    "stopped while idle; waiting for a connection"
+                );
+                self.wait_for_connection(now);
+            } else if self.demand == Demand::Waiting {
+                // Nothing to run until a connection comes.
             } else if idle && self.cfg.restart != Restart::Always && self.dev.is_none() {
                 info!(
                     "no child left to run; exiting with status {}",
@@ -1423,6 +1877,7 @@ impl<O: Os> Supervisor<O> {
 
     fn announce(&mut self, _now: Instant) {
         self.announced = true;
+        self.served = true;
         let line = status_line(self.serving, &self.serving_pids());
         info!(generation = self.serving, "{line}");
         // During a reload, systemd hears READY=1 when it is over.
@@ -1540,6 +1995,8 @@ impl<O: Os> Supervisor<O> {
                 kill_at,
                 killed: false,
             };
+            // What escaped it is no longer its to keep.
+            self.sweeps_asked += 1;
             info!(
                 pid,
                 generation = c.generation,
@@ -1575,6 +2032,10 @@ mod tests {
         released: Vec<u64>,
         counts: Vec<Count>,
         fail_spawn: Option<fn() -> spawn::Error>,
+        /// What the next sweep for escaped processes finds; each sweep
+        /// asked for is answered at once.
+        escaping: Vec<(i32, String)>,
+        sweeps: u64,
         /// Pids of the builds started.
         builds: Vec<i32>,
     }
@@ -1584,11 +2045,17 @@ mod tests {
         fn run(&mut self, event: Event, now: Instant) {
             let effects = self.handle(event, now);
             self.record(effects);
+            if let Some(sweep) = self.sweep_wanted() {
+                self.os.sweeps += 1;
+                let found = std::mem::take(&mut self.os.escaping);
+                self.run(Event::Escaped { sweep, found }, now);
+            }
         }
         fn record(&mut self, effects: Vec<Effect>) {
             for e in effects {
                 match e {
                     Effect::Signal { pgid, sig } => self.os.signals.push((pgid, sig)),
+                    Effect::SignalEscaped { pid, sig } => self.os.signals.push((pid, sig)),
                     Effect::Tell(t) => self.os.tells.push(t),
                     Effect::Release { generation } => self.os.released.push(generation),
                     Effect::Count(c) => self.os.counts.push(c),
@@ -1664,9 +2131,48 @@ mod tests {
             stop_signal: Signal::SIGTERM,
             stop_timeout: Duration::from_secs(10),
             ready_delay: None,
+            ready_auto: true,
             ready_timeout: Duration::from_secs(60),
+            intercept_remedy: Some("drop --no-intercept".into()),
             listeners: Vec::new(),
             watch: None,
+            lazy: false,
+            idle_stop: None,
+        }
+    }
+
+    fn on_demand(workers: usize, lazy: bool, idle_stop: Option<Duration>) -> Supervisor<Fake> {
+        Supervisor::new(
+            Fake::default(),
+            Config {
+                lazy,
+                idle_stop,
+                ..cfg(workers)
+            },
+        )
+    }
+
+    impl Supervisor<Fake> {
+        fn t_connection(&mut self, now: Instant) {
+            self.run(Event::Connection, now);
+        }
+        fn t_activity(&mut self, open: bool, now: Instant) {
+            let churned = false;
+            self.run(Event::Activity { open, churned }, now);
+        }
+        /// `relaunch reload` through the control socket; its answer.
+        fn t_reload_client(&mut self, now: Instant) -> oneshot::Receiver<Response> {
+            let (reply, answer) = oneshot::channel();
+            let request = Request::Reload;
+            self.run(Event::Control { request, reply }, now);
+            answer
+        }
+        /// Serving, then idle from `now` for the idle time: stopped.
+        fn t_idle_out(&mut self, now: Instant) -> Instant {
+            let limit = self.cfg.idle_stop.unwrap();
+            self.t_activity(false, now);
+            self.t_activity(false, now + limit);
+            now + limit
         }
     }
 
@@ -1784,6 +2290,35 @@ mod tests {
     }
 
     #[test]
+    fn a_listen_on_a_held_socket_is_ready_only_where_the_scan_is_blind() {
+        let listened = |s: &mut Supervisor<Fake>, pid: i32, t: Instant| {
+            let how = "pid 7 called listen() on relaunch's socket".into();
+            s.run(Event::Listened { pid, how }, t);
+        };
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        // The scan sees: it waits for the accept, a listen() is not enough.
+        s.t_reload(t0).unwrap();
+        listened(&mut s, 102, t0);
+        assert_eq!(s.serving, 1);
+        s.t_ready(102, t0);
+        assert_eq!(s.serving, 2);
+        s.t_exit(101, ExitStatus::Code(0), t0);
+        // Blind, then listen(): ready at once, not at --ready-timeout.
+        s.t_reload(t0).unwrap();
+        s.t_blind(103);
+        assert_eq!(s.serving, 2);
+        listened(&mut s, 103, t0);
+        assert_eq!(s.serving, 3);
+        s.t_exit(102, ExitStatus::Code(0), t0);
+        // listen() first, blind after: the same.
+        s.t_reload(t0).unwrap();
+        listened(&mut s, 104, t0);
+        s.t_blind(104);
+        assert_eq!(s.serving, 4);
+    }
+
+    #[test]
     fn reloads_during_a_reload_coalesce_into_one() {
         let (mut s, t0) = started(1);
         s.t_ready(101, t0);
@@ -1833,6 +2368,20 @@ mod tests {
         let (mut s, t0) = started(1);
         s.t_timer(t0 + Duration::from_secs(60));
         assert!(s.ready());
+    }
+
+    /// Under --lazy, `status --check` passes while waiting for a connection
+    /// and while starting on one.
+    #[test]
+    fn lazy_is_ready_while_it_waits_for_a_connection() {
+        let t0 = Instant::now();
+        let mut s = on_demand(1, true, None);
+        s.t_start(t0);
+        assert!(s.ready(), "waiting for the first connection");
+        s.t_connection(t0);
+        assert!(s.ready(), "starting on a connection");
+        s.t_stop(t0);
+        assert!(!s.ready(), "stopping");
     }
 
     /// What `--metrics` counts, each once, at its transition.
@@ -2592,6 +3141,181 @@ mod tests {
         assert_eq!(s.os.spawned.last(), Some(&(102, 2, 0)));
     }
 
+    /// A child that binds the port itself dies of EADDRINUSE at once, never
+    /// having waited on a held socket: relaunch hints at it once, not on
+    /// every restart of the crash loop.
+    #[test]
+    fn a_quick_failure_never_seen_waiting_is_hinted_once() {
+        let (mut s, t0) = started(1);
+        assert!(s.to_scan(t0).any(|(p, _)| p == 101));
+        s.t_exit(101, ExitStatus::Code(1), t0 + ms(300));
+        assert!(s.hinted);
+        // The restart, once ready (READY=1), is no longer scanned for the
+        // hint's sake, even in its first seconds.
+        let t1 = s.next_deadline().unwrap();
+        s.t_timer(t1);
+        let notice = Notice {
+            ready: true,
+            ..Notice::default()
+        };
+        s.run(Event::Notify { pid: 102, notice }, t1);
+        assert_eq!(s.to_scan(t1).count(), 0);
+    }
+
+    #[test]
+    fn no_hint_for_a_child_seen_waiting_a_slow_failure_or_a_clean_exit() {
+        // Seen waiting, then crashed at once: it used the sockets.
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0 + ms(100));
+        s.t_exit(101, ExitStatus::Code(1), t0 + ms(200));
+        assert!(!s.hinted);
+        // Lived past the window.
+        let (mut s, t0) = started(1);
+        s.t_exit(101, ExitStatus::Code(1), t0 + HINT_WITHIN);
+        assert!(!s.hinted);
+        // Said READY=1 (it took its sockets), then crashed.
+        let (mut s, t0) = started(1);
+        let notice = Notice {
+            ready: true,
+            ..Notice::default()
+        };
+        s.run(Event::Notify { pid: 101, notice }, t0);
+        assert_eq!(s.to_scan(t0).count(), 0, "ready: no more scanning");
+        s.t_exit(101, ExitStatus::Code(1), t0 + ms(200));
+        assert!(!s.hinted);
+        // Called listen() on a held socket (interception gave it ours).
+        let (mut s, t0) = started(1);
+        let how = "listen".into();
+        s.run(Event::Listened { pid: 101, how }, t0);
+        s.t_exit(101, ExitStatus::Code(1), t0 + ms(200));
+        assert!(!s.hinted);
+        // Exited 0: a finished job, not a failed bind.
+        let (mut s, t0) = started(1);
+        s.t_exit(101, ExitStatus::Code(0), t0 + ms(10));
+        assert!(!s.hinted);
+        // Killed by a signal: someone else's doing.
+        let (mut s, t0) = started(1);
+        s.t_exit(101, ExitStatus::Signal(9), t0 + ms(10));
+        assert!(!s.hinted);
+        // Stopped by us.
+        let (mut s, t0) = started(1);
+        s.t_stop(t0);
+        s.t_exit(101, ExitStatus::Signal(15), t0 + ms(10));
+        assert!(!s.hinted);
+    }
+
+    /// The new generation of a reload counts too; with `--ready notify` the
+    /// scan still looks (the hint's only evidence) but does not make it ready.
+    #[test]
+    fn the_hint_covers_reloads_and_every_ready_mode() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(
+            Fake::default(),
+            Config {
+                ready_auto: false,
+                ..cfg(1)
+            },
+        );
+        s.t_start(t0);
+        s.t_ready(101, t0);
+        assert_eq!(s.children()[0].state, State::Starting { ready_at: None });
+        assert!(s.children()[0].seen);
+        s.run(
+            Event::Notify {
+                pid: 101,
+                notice: Notice {
+                    ready: true,
+                    ..Notice::default()
+                },
+            },
+            t0,
+        );
+        assert_eq!(s.t_reload(t0 + Duration::from_secs(60)), Ok(2));
+        let t1 = t0 + Duration::from_secs(60);
+        assert_eq!(s.to_scan(t1).map(|(p, _)| p).collect::<Vec<_>>(), [102]);
+        assert_eq!(
+            s.to_scan(t1 + HINT_WITHIN).count(),
+            0,
+            "idle after the window: no scan, no timer"
+        );
+        s.t_exit(102, ExitStatus::Code(1), t1 + ms(400));
+        assert!(s.hinted);
+        assert_eq!(s.serving, 1);
+    }
+
+    /// A process of generation 1 that setsid'd away is found when its
+    /// child is being stopped: the reload is done only once it is gone too,
+    /// and it gets TERM, then KILL after the stop timeout, like the group.
+    #[test]
+    fn reload_waits_for_what_escaped_the_old_group() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        s.t_reload(t0).unwrap();
+        s.os.escaping = vec![(555, "sleep 300".into())];
+        s.t_ready(102, t0);
+        assert_eq!(
+            s.os.signals,
+            [(101, Signal::SIGTERM), (555, Signal::SIGTERM)]
+        );
+        s.t_exit(101, ExitStatus::Signal(15), t0 + ms(10));
+        assert_eq!(s.state(), "reloading", "pid 555 still runs");
+        assert_eq!(s.escaped().collect::<Vec<_>>(), [555]);
+        let kill_at = s.next_deadline().unwrap();
+        assert_eq!(kill_at, t0 + Duration::from_secs(10));
+        s.t_timer(kill_at);
+        assert_eq!(s.os.signals.last(), Some(&(555, Signal::SIGKILL)));
+        s.run(Event::EscapedGone { pid: 555 }, kill_at);
+        assert_eq!(s.state(), "serving");
+        assert!(s.last_reload.as_ref().unwrap().ok);
+        assert_eq!(s.next_deadline(), None, "idle: no timer");
+    }
+
+    /// Until the sweep asked for when the old child ended has answered,
+    /// nobody knows what it left behind: the reload is not done yet.
+    #[test]
+    fn reload_is_not_done_before_the_sweep_answers() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        s.t_reload(t0).unwrap();
+        s.t_ready(102, t0);
+        let effects = s.handle(
+            Event::Exited {
+                pid: 101,
+                status: ExitStatus::Signal(15),
+                group_alive: false,
+            },
+            t0,
+        );
+        s.record(effects);
+        let sweep = s.sweep_wanted().expect("a sweep is due");
+        assert_eq!(s.state(), "reloading");
+        s.run(
+            Event::Escaped {
+                sweep,
+                found: Vec::new(),
+            },
+            t0,
+        );
+        assert_eq!(s.state(), "serving");
+    }
+
+    #[test]
+    fn escaped_processes_of_a_running_child_are_not_swept_as_leftovers_and_exit_waits() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        assert_eq!(s.owners(), [101]);
+        s.t_stop(t0);
+        assert!(s.owners().is_empty(), "being stopped: owns nothing");
+        s.os.escaping = vec![(555, "daemon".into())];
+        s.t_exit(101, ExitStatus::Signal(15), t0);
+        assert!(s.exit().is_none(), "pid 555 still runs");
+        // A second stop kills it at once.
+        s.t_stop(t0);
+        assert_eq!(s.os.signals.last(), Some(&(555, Signal::SIGKILL)));
+        s.run(Event::EscapedGone { pid: 555 }, t0);
+        assert_eq!(s.exit().map(|e| e.code), Some(0));
+    }
+
     #[test]
     fn exit_status_wording() {
         assert_eq!(ExitStatus::Code(3).to_string(), "exited with status 3");
@@ -2600,5 +3324,337 @@ mod tests {
             "killed by signal 9 (SIGKILL)"
         );
         assert_eq!(ExitStatus::Signal(15).code(), 143);
+    }
+
+    #[test]
+    fn lazy_waits_without_timers_and_starts_at_the_first_connection() {
+        let t0 = Instant::now();
+        let mut s = on_demand(2, true, None);
+        s.t_start(t0);
+        assert!(s.os.spawned.is_empty(), "no child before a connection");
+        assert!(s.waiting());
+        assert_eq!(s.state(), "waiting for the first connection");
+        assert_eq!(s.next_deadline(), None, "no timer while waiting");
+        assert_eq!(s.idle_probe_every(), None);
+        assert_eq!(
+            s.os.tells,
+            [Tell::Ready("waiting for the first connection".into())],
+            "systemd: the sockets are ready"
+        );
+        let status = s.status(t0 + ms(1500));
+        assert_eq!(status.generation, 0);
+        assert_eq!(status.idle_secs, Some(1.5));
+        let t1 = t0 + Duration::from_secs(60);
+        s.t_connection(t1);
+        assert_eq!(s.os.spawned, [(101, 1, 0), (102, 1, 1)]);
+        assert!(!s.waiting(), "the listeners leave the loop's epoll set");
+        assert_eq!(s.state(), "starting");
+        assert_eq!(s.status(t1).idle_secs, None);
+        assert_eq!(s.next_deadline(), Some(t1 + Duration::from_secs(60)));
+        s.t_connection(t1);
+        assert_eq!(
+            s.os.spawned.len(),
+            2,
+            "a late readiness event starts nothing"
+        );
+        s.t_ready(101, t1);
+        s.t_ready(102, t1);
+        assert_eq!(s.state(), "serving");
+        assert_eq!(
+            s.os.tells.last(),
+            Some(&Tell::Ready("serving: generation 1, pids 101, 102".into()))
+        );
+    }
+
+    #[test]
+    fn a_reload_while_waiting_has_nothing_to_reload() {
+        let t0 = Instant::now();
+        let mut s = on_demand(1, true, None);
+        s.t_start(t0);
+        let mut answer = s.t_reload_client(t0);
+        match answer.try_recv() {
+            Ok(Response::Reloaded { generation, pids }) => {
+                assert_eq!((generation, pids), (0, vec![]))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(s.os.spawned.is_empty(), "it starts nothing");
+        assert!(s.waiting());
+        assert!(matches!(
+            &s.os.tells[1..],
+            [Tell::Reloading(_), Tell::Ready(r)] if r == "waiting for the first connection"
+        ));
+        let last = s.last_reload.as_ref().unwrap();
+        assert!(last.ok && last.message.contains("nothing to reload"));
+        // SIGHUP likewise.
+        s.run(Event::Reload, t0);
+        assert!(s.os.spawned.is_empty());
+        // The next connection starts generation 1.
+        s.t_connection(t0);
+        assert_eq!(s.os.spawned, [(101, 1, 0)]);
+    }
+
+    #[test]
+    fn a_stop_while_waiting_exits_zero_at_once() {
+        let t0 = Instant::now();
+        let mut s = on_demand(1, true, None);
+        s.t_start(t0);
+        s.t_stop(t0);
+        assert_eq!(
+            s.exit(),
+            Some(Exit {
+                code: 0,
+                error: None
+            })
+        );
+        assert!(!s.waiting());
+        assert_eq!(s.os.tells.last(), Some(&Tell::Stopping));
+    }
+
+    #[test]
+    fn a_lazy_child_that_crashes_restarts_without_waiting_for_a_connection() {
+        let t0 = Instant::now();
+        let mut s = on_demand(1, true, None);
+        s.t_start(t0);
+        s.t_connection(t0);
+        s.t_ready(101, t0);
+        let t1 = t0 + Duration::from_secs(5);
+        s.t_exit(101, ExitStatus::Signal(9), t1);
+        assert!(!s.waiting());
+        s.t_timer(s.next_deadline().unwrap());
+        assert_eq!(
+            s.os.spawned.last(),
+            Some(&(102, 1, 0)),
+            "restarted as usual"
+        );
+    }
+
+    #[test]
+    fn idle_stop_stops_the_whole_generation_and_waits_again() {
+        let t0 = Instant::now();
+        let mut s = on_demand(2, false, Some(Duration::from_secs(1)));
+        s.t_start(t0);
+        assert_eq!(s.os.spawned.len(), 2, "not lazy: starts at once");
+        assert_eq!(s.idle_probe_every(), Some(ms(250)));
+        // Not serving yet: idleness does not count.
+        s.t_activity(false, t0);
+        s.t_activity(false, t0 + Duration::from_secs(2));
+        assert!(s.os.signals.is_empty());
+        s.t_ready(101, t0);
+        s.t_ready(102, t0);
+        // Busy resets the count.
+        let t1 = t0 + Duration::from_secs(3);
+        s.t_activity(false, t1);
+        s.t_activity(true, t1 + ms(900));
+        s.t_activity(false, t1 + ms(1000));
+        s.t_activity(false, t1 + ms(1900));
+        assert!(s.os.signals.is_empty(), "idle for 0.9 s only");
+        assert_eq!(s.status(t1 + ms(1900)).idle_secs, Some(0.9));
+        let t2 = t1 + ms(2000);
+        s.t_activity(false, t2);
+        assert_eq!(
+            s.os.signals,
+            [(101, Signal::SIGTERM), (102, Signal::SIGTERM)],
+            "every worker's group"
+        );
+        assert_eq!(s.state(), "stopping when idle");
+        assert!(s.waiting(), "a connection now starts a new generation");
+        assert_eq!(s.idle_probe_every(), None);
+        s.t_exit(101, ExitStatus::Signal(15), t2);
+        // A worker's group outlives its leader.
+        exited_leaving_group(&mut s, 102, ExitStatus::Signal(15), t2);
+        assert_eq!(s.state(), "stopping when idle");
+        s.run(Event::GroupGone { pgid: 102 }, t2 + ms(10));
+        assert_eq!(s.state(), "waiting for a connection");
+        assert_eq!(s.exit(), None);
+        assert_eq!(s.next_deadline(), None, "no timer while waiting");
+        assert_eq!(s.os.spawned.len(), 2, "nothing restarted");
+        assert_eq!(
+            s.status(t2 + ms(10)).idle_secs,
+            Some(1.01),
+            "idle since the first idle measure"
+        );
+        // The next connection: generation 2, fresh restart counts.
+        s.t_connection(t2 + Duration::from_secs(30));
+        assert_eq!(pids(&s, 2), [103, 104]);
+        assert_eq!(s.state(), "starting");
+        assert_eq!(s.status(t2).children[0].restarts, 0);
+    }
+
+    #[test]
+    fn idle_stop_never_ends_relaunch_whatever_restart_says() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(
+            Fake::default(),
+            Config {
+                restart: Restart::Never,
+                idle_stop: Some(Duration::from_secs(1)),
+                ..cfg(1)
+            },
+        );
+        s.t_start(t0);
+        s.t_ready(101, t0);
+        let t1 = s.t_idle_out(t0);
+        s.t_exit(101, ExitStatus::Code(0), t1);
+        assert_eq!(s.exit(), None);
+        assert_eq!(s.state(), "waiting for a connection");
+    }
+
+    #[test]
+    fn a_connection_during_an_idle_stop_starts_the_next_generation_at_once() {
+        let t0 = Instant::now();
+        let mut s = on_demand(1, true, Some(Duration::from_secs(1)));
+        s.t_start(t0);
+        s.t_connection(t0);
+        s.t_ready(101, t0);
+        let t1 = s.t_idle_out(t0);
+        assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
+        s.t_connection(t1);
+        assert_eq!(pids(&s, 2), [102]);
+        assert!(!s.waiting());
+        // The old one's exit is a stop, not a crash to restart.
+        s.t_exit(101, ExitStatus::Signal(15), t1 + ms(5));
+        assert_eq!(s.os.spawned.len(), 2);
+        s.t_ready(102, t1 + ms(10));
+        assert_eq!(s.state(), "serving");
+        assert_eq!(s.status(t1).generation, 2);
+    }
+
+    #[test]
+    fn reload_and_stop_after_an_idle_stop() {
+        let t0 = Instant::now();
+        let mut s = on_demand(1, false, Some(Duration::from_secs(1)));
+        s.t_start(t0);
+        s.t_ready(101, t0);
+        let t1 = s.t_idle_out(t0);
+        // A reload while the idle children stop: nothing to reload either.
+        let mut answer = s.t_reload_client(t1);
+        assert!(matches!(
+            answer.try_recv(),
+            Ok(Response::Reloaded { generation: 1, ref pids }) if pids.is_empty()
+        ));
+        s.t_exit(101, ExitStatus::Signal(15), t1);
+        assert_eq!(s.state(), "waiting for a connection");
+        s.t_stop(t1);
+        assert_eq!(
+            s.exit(),
+            Some(Exit {
+                code: 0,
+                error: None
+            })
+        );
+    }
+
+    #[test]
+    fn activity_during_a_reload_is_not_idleness() {
+        let t0 = Instant::now();
+        let mut s = on_demand(1, false, Some(Duration::from_secs(1)));
+        s.t_start(t0);
+        s.t_ready(101, t0);
+        s.t_activity(false, t0);
+        s.t_reload(t0).unwrap();
+        s.t_activity(false, t0 + Duration::from_secs(5));
+        assert!(s.os.signals.is_empty(), "reloading is not idle");
+        s.t_ready(102, t0 + Duration::from_secs(5));
+        s.t_exit(101, ExitStatus::Signal(15), t0 + Duration::from_secs(5));
+        assert_eq!(s.state(), "serving");
+        s.t_activity(false, t0 + Duration::from_secs(6));
+        assert!(s.os.signals.len() == 1, "only the old one was stopped");
+        s.t_activity(false, t0 + Duration::from_secs(7));
+        assert_eq!(s.os.signals.last(), Some(&(102, Signal::SIGTERM)));
+    }
+
+    /// After an idle stop a generation has served: a missing program at
+    /// the next start backs off instead of ending relaunch (the listeners
+    /// stay held); at the very first lazy start it ends relaunch as today.
+    #[test]
+    fn exec_failure_when_woken() {
+        let t0 = Instant::now();
+        let mut s = on_demand(1, false, Some(Duration::from_secs(1)));
+        s.t_start(t0);
+        s.t_ready(101, t0);
+        let t1 = s.t_idle_out(t0);
+        s.t_exit(101, ExitStatus::Signal(15), t1);
+        s.t_connection(t1);
+        exec_fails(
+            &mut s,
+            102,
+            spawn::Error::NotFound("cannot run x".into()),
+            t1,
+        );
+        assert_eq!(s.exit(), None);
+        assert!(s.next_deadline().is_some(), "a restart with backoff");
+
+        let mut s = on_demand(1, true, None);
+        s.t_start(t0);
+        s.t_connection(t0);
+        exec_fails(
+            &mut s,
+            101,
+            spawn::Error::NotFound("cannot run x".into()),
+            t0,
+        );
+        assert_eq!(s.exit().map(|e| e.code), Some(127));
+    }
+
+    /// Review: a wake whose fork fails under --restart never must end
+    /// relaunch, not leave it running with nothing to run and no timer.
+    #[test]
+    fn a_failed_wake_with_restart_never_ends_relaunch() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(
+            Fake::default(),
+            Config {
+                restart: Restart::Never,
+                idle_stop: Some(Duration::from_secs(1)),
+                ..cfg(1)
+            },
+        );
+        s.t_start(t0);
+        s.t_ready(101, t0);
+        let t1 = s.t_idle_out(t0);
+        s.t_exit(101, ExitStatus::Signal(15), t1);
+        s.os.fail_spawn = Some(|| spawn::Error::Os("cannot start x: fork failed".into()));
+        s.t_connection(t1);
+        assert_eq!(s.exit().map(|e| e.code), Some(127));
+    }
+
+    /// Connections that came and went since the last measure were open
+    /// after it: idle counts from now, and the driver measures again
+    /// exactly when the idle time would be over.
+    #[test]
+    fn connections_that_came_and_went_restart_the_idle_time() {
+        let t0 = Instant::now();
+        let mut s = on_demand(1, false, Some(Duration::from_secs(1)));
+        s.t_start(t0);
+        s.t_ready(101, t0);
+        assert_eq!(s.idle_stop_due(), None, "not measured yet");
+        s.t_activity(false, t0);
+        assert_eq!(s.idle_stop_due(), Some(t0 + Duration::from_secs(1)));
+        let churned = true;
+        let t1 = t0 + ms(900);
+        s.run(
+            Event::Activity {
+                open: false,
+                churned,
+            },
+            t1,
+        );
+        assert_eq!(s.idle_stop_due(), Some(t1 + Duration::from_secs(1)));
+        s.t_activity(false, t0 + Duration::from_secs(1));
+        assert!(s.os.signals.is_empty(), "idle for 0.1 s only");
+        s.t_activity(false, t1 + Duration::from_secs(1));
+        assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
+        assert_eq!(s.idle_stop_due(), None, "stopping: nothing to measure");
+    }
+
+    #[test]
+    fn probe_interval_follows_the_idle_time() {
+        assert_eq!(idle_probe_interval(Duration::from_secs(1)), ms(250));
+        assert_eq!(idle_probe_interval(ms(20)), ms(10));
+        assert_eq!(
+            idle_probe_interval(Duration::from_secs(3600)),
+            Duration::from_secs(5)
+        );
     }
 }

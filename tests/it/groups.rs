@@ -11,30 +11,6 @@ const T: Duration = Duration::from_secs(30);
 /// A leader (`sleep`) with a child in its group that ignores SIGTERM.
 const PREFORK: &str = r#"sh -c "trap '' TERM; exec sleep 300" & exec sleep 300"#;
 
-/// Live (non-zombie) processes whose process group is `pgid`.
-fn group_members(pgid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let rest: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        // state ppid pgrp ...
-        if rest.len() > 2 && rest[0] != "Z" && rest[2] == pgid.to_string() {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 /// The one child relaunch has started, once its group has `n` members.
 fn leader_with_members(r: &Relaunch, n: usize) -> i32 {
     wait_for("the child and its group", T, || {
@@ -42,14 +18,6 @@ fn leader_with_members(r: &Relaunch, n: usize) -> i32 {
         let leader = *kids.first()?;
         (kids.len() == 1 && group_members(leader).len() >= n).then_some(leader)
     })
-}
-
-fn status(control: &std::path::Path) -> String {
-    let out = Command::new(relaunch_bin())
-        .args(["status", "--control", control.to_str().unwrap()])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -124,4 +92,165 @@ fn a_crashed_leader_does_not_leave_its_workers_serving() {
     // The restarted worker serves in a group of its own.
     let new = leader_with_members(&r, 2);
     assert_ne!(new, old);
+}
+
+/// A leader (`sleep`) whose child leaves the process group (`setsid`),
+/// ignores SIGTERM and writes its pid to `$ESCAPED`: once the leader is
+/// gone it lands on relaunch, outside every group relaunch signals.
+const ESCAPES: &str = r#"setsid sh -c 'echo $$ > "$ESCAPED.tmp"; mv "$ESCAPED.tmp" "$ESCAPED"; trap "" TERM; exec sleep 300' & exec sleep 300"#;
+
+fn escaped_pid(path: &std::path::Path) -> i32 {
+    wait_for("the escaped process's pid", T, || {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    })
+}
+
+/// A prototype saw requests split between the new generation and a process
+/// of the old one that had setsid'd away: a reload must end such leftovers
+/// too, with the same TERM, then SIGKILL after --stop-timeout.
+#[test]
+fn reload_ends_a_process_that_escaped_the_old_group() {
+    let dir = TempDir::new("escape");
+    let control = dir.join("ctl.sock");
+    let r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .env("ESCAPED", dir.join("g1"))
+            .args([
+                "-l",
+                "127.0.0.1:0",
+                "--ready",
+                "delay:200ms",
+                "--stop-timeout",
+                "3s",
+                "--control",
+                control.to_str().unwrap(),
+                "--",
+                "sh",
+                "-c",
+                ESCAPES,
+            ]),
+    );
+    r.log.wait("serving: generation 1", T);
+    let escaped = escaped_pid(&dir.join("g1"));
+    let old = leader_with_members(&r, 1);
+    assert_ne!(proc_pgrp(escaped), old, "it left the group");
+    let sighup = Instant::now();
+    r.signal(libc::SIGHUP);
+    // While it is being stopped, `relaunch status` says so.
+    let shown = wait_for("status showing the escaped process", T, || {
+        let s = status(&control);
+        s.contains("escaped").then_some(s)
+    });
+    assert!(shown.contains(&escaped.to_string()), "{shown}");
+    assert!(shown.contains("reloading"), "{shown}");
+    r.log.wait("reload done", T);
+    assert!(
+        !pid_alive(escaped),
+        "reload declared done while escaped pid {escaped} of generation 1 runs"
+    );
+    assert!(
+        sighup.elapsed() >= Duration::from_secs(3),
+        "the TERM-ignoring escaped process can only be gone after --stop-timeout (SIGKILL)"
+    );
+    r.log
+        .wait(&format!("pid {escaped} did not stop; sending SIGKILL"), T);
+}
+
+/// The same after a crash: the restarted child does not share the socket
+/// with what its predecessor left behind.
+#[test]
+fn a_crash_ends_what_escaped_the_crashed_group() {
+    let dir = TempDir::new("escape-crash");
+    let r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .env("ESCAPED", dir.join("pid"))
+            .args([
+                "-l",
+                "127.0.0.1:0",
+                "--ready",
+                "delay:200ms",
+                "--stop-timeout",
+                "1s",
+                "--",
+                "sh",
+                "-c",
+                ESCAPES,
+            ]),
+    );
+    r.log.wait("serving: generation 1", T);
+    let escaped = escaped_pid(&dir.join("pid"));
+    let old = leader_with_members(&r, 1);
+    std::fs::remove_file(dir.join("pid")).unwrap();
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    wait_for(
+        &format!("escaped pid {escaped} to end"),
+        Duration::from_secs(10),
+        || (!pid_alive(escaped)).then_some(()),
+    );
+    // The restarted child's own escaped process is its to keep.
+    let second = escaped_pid(&dir.join("pid"));
+    assert!(pid_alive(second));
+    assert_eq!(r.log.count(&format!("pid {second}")), 0, "{}", r.log.text());
+}
+
+fn proc_pgrp(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    rest[2].parse().unwrap()
+}
+
+/// The prototype's symptom: a server whose helper setsid's away with the
+/// listener and answers on it. After a reload, only the new generation may
+/// answer.
+const SPLITS: &str = r#"
+import os, signal, socket
+listener = socket.socket(fileno=3)
+if os.fork() == 0:
+    os.setsid()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+while True:
+    conn, _ = listener.accept()
+    conn.recv(4096)
+    body = str(os.getpid()).encode()
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+    conn.close()
+"#;
+
+#[test]
+fn after_a_reload_no_escaped_process_of_the_old_generation_answers() {
+    if !require_tool("python3") {
+        return;
+    }
+    let r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--stop-timeout",
+        "1s",
+        "--",
+        "python3",
+        "-c",
+        SPLITS,
+    ]);
+    let addr = r.listen_addr(3);
+    r.log.wait("serving: generation 1", T);
+    // The leader and its escaped helper share the socket.
+    let mut old = std::collections::BTreeSet::new();
+    wait_for("answers from two pids", T, || {
+        old.extend(get(addr).ok());
+        (old.len() == 2).then_some(())
+    });
+    r.signal(libc::SIGHUP);
+    r.log.wait("reload done", T);
+    for _ in 0..40 {
+        let pid = get(addr).unwrap();
+        assert!(
+            !old.contains(&pid),
+            "pid {pid} of generation 1 answered after the reload"
+        );
+    }
 }

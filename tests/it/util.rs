@@ -473,3 +473,36 @@ impl App {
 pub fn pid_server(args: &str) -> String {
     format!("exec {} {args}\n", example("pid_server").display())
 }
+
+/// Live (non-zombie) processes whose process group is `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let rest: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        // state ppid pgrp ...
+        if rest.len() > 2 && rest[0] != "Z" && rest[2] == pgid.to_string() {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// `relaunch status` of the relaunch at `control`, as printed.
+pub fn status(control: &std::path::Path) -> String {
+    let out = std::process::Command::new(relaunch_bin())
+        .args(["status", "--control", control.to_str().unwrap()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,846 @@
+//! The OS side of interception: the [`Table`] of held sockets, shared with
+//! the driver, and a thread per child ([`start`]) that answers the trapped
+//! calls of that child's process tree. A thread, because reading the
+//! target's memory, /proc and pidfds may block, and the event loop must not.
+//! Every notification gets an answer (CONTINUE, a value, or an errno): an
+//! error on our side lets the real call run and is logged.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use socket2::{Domain, Socket, Type};
+use tracing::{debug, info, warn};
+
+use super::{AppSocket, Asked, Decision, Held, HeldAddr, decide, parse_sockaddr, shown, shown_ip};
+use crate::plan::spec::{Addr, Host};
+use crate::proc;
+use crate::sockets::{Listener, file};
+
+/// The sockets relaunch holds, shared by every child's handler thread and
+/// the driver (which places them at fd 3.. for each child).
+pub struct Table {
+    entries: Mutex<Vec<Entry>>,
+    backlog: i32,
+    /// A generation has served (been ready) since start.
+    served: AtomicBool,
+}
+
+struct Entry {
+    name: String,
+    socket: Arc<Socket>,
+    held: Held,
+    inode: u64,
+    /// A Unix socket file relaunch bound: recreated if an app deletes it.
+    file: Option<UnixFile>,
+    /// Where `--port`'s socket moved to, in spec form.
+    moved: Option<String>,
+}
+
+/// A Unix socket file, as relaunch made it.
+struct UnixFile {
+    path: std::path::PathBuf,
+    /// (device, inode) of the file that is relaunch's now.
+    identity: (u64, u64),
+    access: file::Access,
+    /// The file of a rebind, removed on exit if still ours (the first one
+    /// belongs to the driver's listener).
+    made: Option<file::SocketFile>,
+}
+
+impl UnixFile {
+    fn of(addr: Option<&Addr>) -> Option<UnixFile> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(Addr::Unix(path)) = addr else {
+            return None;
+        };
+        let m = std::fs::symlink_metadata(path).ok()?;
+        // chown only what is not ours already (so a non-root relaunch can).
+        let other = |id: u32, me: u32| (id != me).then_some(id);
+        Some(UnixFile {
+            path: std::path::absolute(path).ok()?,
+            identity: (m.dev(), m.ino()),
+            access: file::Access {
+                mode: m.mode() & 0o7777,
+                owner: other(m.uid(), nix::unistd::geteuid().as_raw()),
+                group: other(m.gid(), nix::unistd::getegid().as_raw()),
+            },
+            made: None,
+        })
+    }
+}
+
+impl Table {
+    /// `movable[i]`: listener i was given as a bare port (`--port P`).
+    pub fn new(listeners: &[Listener], movable: &[bool], backlog: i32) -> io::Result<Arc<Table>> {
+        let mut entries = Vec::with_capacity(listeners.len());
+        for (i, l) in listeners.iter().enumerate() {
+            let socket = l.socket.try_clone()?;
+            let inode = nix::sys::stat::fstat(socket.as_fd())?.st_ino;
+            let addr = held_addr(&socket, l.addr.as_ref());
+            let movable = movable.get(i).copied().unwrap_or(false)
+                && matches!(addr, HeldAddr::Tcp(at, _) if at.ip().is_unspecified());
+            entries.push(Entry {
+                name: l.name.clone(),
+                socket: Arc::new(socket),
+                held: Held { addr, movable },
+                inode,
+                file: UnixFile::of(l.addr.as_ref()),
+                moved: None,
+            });
+        }
+        Ok(Arc::new(Table {
+            entries: Mutex::new(entries),
+            backlog,
+            served: AtomicBool::new(false),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
+        // A panic elsewhere (a bug) must not stop interception.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The held sockets in fd order, for the next child.
+    pub fn sockets(&self) -> Vec<Arc<Socket>> {
+        self.lock().iter().map(|e| Arc::clone(&e.socket)).collect()
+    }
+
+    pub fn inodes(&self) -> HashSet<u64> {
+        self.lock().iter().map(|e| e.inode).collect()
+    }
+
+    /// A generation serves: from now on, binds must match what is held.
+    pub fn pin(&self) {
+        self.served.store(true, Ordering::Relaxed);
+        for e in self.lock().iter_mut() {
+            e.held.movable = false;
+        }
+    }
+
+    /// Per listener, where interception moved it (`--port`), if it did.
+    pub fn moved(&self) -> Vec<Option<String>> {
+        self.lock().iter().map(|e| e.moved.clone()).collect()
+    }
+
+    /// Removes the socket files of rebinds that are still ours (on exit).
+    pub fn remove_files(&self) {
+        for e in self.lock().iter_mut() {
+            if let Some(f) = &mut e.file {
+                f.made = None;
+            }
+        }
+    }
+
+    fn index_of_inode(&self, inode: u64) -> Option<usize> {
+        self.lock().iter().position(|e| e.inode == inode)
+    }
+}
+
+/// What a held socket matches against.
+fn held_addr(socket: &Socket, addr: Option<&Addr>) -> HeldAddr {
+    if socket.r#type().ok() != Some(Type::STREAM) {
+        return HeldAddr::NotGiven;
+    }
+    match addr {
+        Some(Addr::Inet {
+            host: Host::Ip(ip),
+            port,
+            ..
+        }) => {
+            let v6only = ip.is_ipv6() && socket.only_v6().unwrap_or(true);
+            HeldAddr::Tcp(SocketAddr::new(*ip, *port), v6only)
+        }
+        // Symlinks resolved, as the app's path will be.
+        Some(Addr::Unix(path)) => {
+            match std::fs::canonicalize(path).or_else(|_| std::path::absolute(path)) {
+                Ok(p) => HeldAddr::Unix(p.as_os_str().as_bytes().to_vec()),
+                Err(_) => HeldAddr::NotGiven,
+            }
+        }
+        Some(Addr::UnixAbstract(name)) => HeldAddr::Abstract(name.clone()),
+        // Inherited without a known address: read it.
+        _ => match socket.local_addr().ok().and_then(|a| a.as_socket()) {
+            Some(at) => HeldAddr::Tcp(at, at.is_ipv6() && socket.only_v6().unwrap_or(true)),
+            None => HeldAddr::NotGiven,
+        },
+    }
+}
+
+/// Said once per relaunch: the kernel refused the filter.
+static REFUSED_SAID: AtomicBool = AtomicBool::new(false);
+
+/// Starts the thread that will serve the next child's notifications and
+/// returns the child's end of the pair it arrives on (for
+/// [`super::filter::install`]). Started before the fork, so the child's fd
+/// always has a reader.
+/// A held socket's listen() is told on `listened` as (the child's pid, how),
+/// once the driver has put the child's pid in `leader`.
+pub fn start(
+    table: Arc<Table>,
+    leader: Arc<OnceLock<i32>>,
+    listened: Listened,
+) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    std::thread::Builder::new()
+        .name("intercept".into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            if let Some(notify) = receive(&ours) {
+                drop(ours);
+                Session {
+                    table,
+                    leader,
+                    listened: Some(listened),
+                    said: HashSet::new(),
+                    errors: HashSet::new(),
+                    private: Vec::new(),
+                }
+                .serve(&notify);
+            }
+        })?;
+    Ok(theirs)
+}
+
+/// The notification fd the child sent, or None (it died first, or the
+/// kernel refused the filter: said once).
+fn receive(sock: &OwnedFd) -> Option<OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut report = [0u8; 4];
+    let mut space = nix::cmsg_space!(RawFd);
+    let (bytes, fd) = loop {
+        let mut iov = [io::IoSliceMut::new(&mut report)];
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                let mut fd = None;
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(fds) = c {
+                            for raw in fds {
+                                // SAFETY: SCM_RIGHTS just gave us this fd.
+                                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                                fd.get_or_insert(owned);
+                            }
+                        }
+                    }
+                }
+                break (msg.bytes, fd);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                warn!("cannot receive a child's seccomp notification fd: {e}");
+                return None;
+            }
+        }
+    };
+    if let Some(fd) = fd {
+        return Some(fd);
+    }
+    // EOF: the child died before the filter (a failed --user, say).
+    if bytes == 4 {
+        let errno = i32::from_ne_bytes(report);
+        if !REFUSED_SAID.swap(true, Ordering::Relaxed) {
+            warn!("{}", refused_line(errno));
+        }
+    }
+    None
+}
+
+fn refused_line(errno: i32) -> String {
+    let why = match errno {
+        libc::EBUSY => {
+            "another seccomp notifier already watches this process tree (relaunch under \
+                        relaunch, or a container tool)"
+                .to_string()
+        }
+        libc::EINVAL | libc::ENOSYS => {
+            "this kernel has no seccomp user notification (Linux 5.9 or later is needed)".into()
+        }
+        libc::EACCES | libc::EPERM => "a security policy forbids seccomp filters here".into(),
+        e => io::Error::from_raw_os_error(e).to_string(),
+    };
+    format!(
+        "bind interception is off: {why}; a child that binds a held port itself gets \
+         'address already in use' (pass the sockets by LISTEN_FDS, --compat or {{fd}} placeholders)"
+    )
+}
+
+/// Where a held socket's listen() is told: (the child's pid, how).
+pub type Listened = tokio::sync::mpsc::UnboundedSender<(i32, String)>;
+
+/// One child's process tree.
+struct Session {
+    table: Arc<Table>,
+    /// The child's pid, set by the driver right after the fork.
+    leader: Arc<OnceLock<i32>>,
+    /// Taken at the first listen() of a held socket: said once.
+    listened: Option<Listened>,
+    /// (pid, what) already logged, so each is said once per child.
+    said: HashSet<(i32, usize, u8)>,
+    /// Syscalls whose failure to be looked at was said already.
+    errors: HashSet<i32>,
+    /// The sockets put in place of a shut-down held one, by inode.
+    private: Vec<(u64, Socket)>,
+}
+
+const SAID_GIVEN: u8 = 0;
+const SAID_REFUSED: u8 = 1;
+const SAID_SHUTDOWN: u8 = 2;
+
+/// An answer to one notification.
+enum Answer {
+    Continue,
+    Value(i64),
+    Errno(i32),
+}
+
+impl Session {
+    fn serve(&mut self, notify: &OwnedFd) {
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: notify.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd on the stack.
+            let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+            if n < 0 {
+                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                warn!(
+                    "seccomp notifications: poll failed: {}",
+                    io::Error::last_os_error()
+                );
+                return;
+            }
+            // POLLHUP without POLLIN: every process of this child is gone.
+            if pfd.revents & libc::POLLIN == 0 {
+                return;
+            }
+            // SAFETY: zeroed as the kernel requires; RECV fills it.
+            let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+            // SAFETY: the ioctl writes one seccomp_notif.
+            if unsafe { libc::ioctl(notify.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req) }
+                < 0
+            {
+                match io::Error::last_os_error().raw_os_error() {
+                    // The caller died, or a signal: nothing to answer.
+                    Some(libc::ENOENT | libc::EINTR) => continue,
+                    _ => {
+                        warn!(
+                            "seccomp notifications: receive failed: {}; this child's binds \
+                             now fail with ENOSYS",
+                            io::Error::last_os_error()
+                        );
+                        return;
+                    }
+                }
+            }
+            let answer = self.answer(notify.as_fd(), &req);
+            // SAFETY: zeroed plain struct.
+            let mut resp: libc::seccomp_notif_resp = unsafe { std::mem::zeroed() };
+            resp.id = req.id;
+            match answer {
+                Answer::Continue => resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
+                Answer::Value(v) => resp.val = v,
+                Answer::Errno(e) => resp.error = -e,
+            }
+            // SAFETY: the ioctl reads one seccomp_notif_resp.
+            if unsafe { libc::ioctl(notify.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &resp) } < 0
+            {
+                let e = io::Error::last_os_error();
+                // ENOENT: the caller died (or a signal interrupted its call).
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    warn!(pid = req.pid, "seccomp notifications: cannot answer: {e}");
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, notify: BorrowedFd<'_>, req: &libc::seccomp_notif) -> Answer {
+        let tid = req.pid as i32;
+        let fd = req.data.args[0] as i32;
+        let result = match i64::from(req.data.nr) {
+            libc::SYS_bind => self.bind(notify, req, tid, fd),
+            libc::SYS_listen => self.listen(tid, fd),
+            libc::SYS_shutdown => self.shutdown(notify, req, tid, fd),
+            _ => Ok(Answer::Continue),
+        };
+        result.unwrap_or_else(|e| {
+            let gone = matches!(
+                e.raw_os_error(),
+                Some(libc::ESRCH | libc::ENOENT | libc::EFAULT)
+            ) || e.kind() == io::ErrorKind::NotFound;
+            let (call, then) = match i64::from(req.data.nr) {
+                libc::SYS_bind => ("bind", "a bind of a held address fails with EADDRINUSE"),
+                libc::SYS_listen => ("listen", "its backlog replaces relaunch's"),
+                _ => ("shutdown", "the listener stops for every generation"),
+            };
+            if gone {
+                debug!(pid = tid, "{call}: {e}; the call runs as it is");
+            } else if self.errors.insert(req.data.nr) {
+                warn!(
+                    "pid {tid} ({}): cannot look at its {call} ({e}); the call runs as it is, \
+                     so {then}",
+                    proc::comm(tid)
+                );
+            }
+            Answer::Continue
+        })
+    }
+
+    fn bind(
+        &mut self,
+        notify: BorrowedFd<'_>,
+        req: &libc::seccomp_notif,
+        tid: i32,
+        fd: i32,
+    ) -> io::Result<Answer> {
+        let len = req.data.args[2] as usize;
+        if !(2..=size_of::<libc::sockaddr_storage>()).contains(&len) {
+            return Ok(Answer::Continue);
+        }
+        let mut raw = [0u8; size_of::<libc::sockaddr_storage>()];
+        read_target(tid, req.data.args[1], &mut raw[..len])?;
+        // What we read is only good if the caller is still in that call.
+        id_valid(notify, req.id)?;
+        let mut asked = parse_sockaddr(&raw[..len]);
+        if !self.may_hold(&asked) {
+            return Ok(Answer::Continue);
+        }
+        let tgid = proc::tgid(tid).ok_or_else(gone)?;
+        if let Asked::Unix(path) = &asked {
+            let mut full = std::path::PathBuf::from(OsStr::from_bytes(path));
+            if full.is_relative() {
+                full = std::fs::read_link(format!("/proc/{tgid}/cwd"))?.join(full);
+            }
+            // The file is there if it is ours; else it matches nothing anyway.
+            let full = std::fs::canonicalize(&full).unwrap_or(full);
+            asked = Asked::Unix(full.as_os_str().as_bytes().to_vec());
+        }
+        let copy = take_fd(tgid, fd)?;
+        let ours = self
+            .table
+            .index_of_inode(nix::sys::stat::fstat(copy.as_fd())?.st_ino);
+        // Bound already: the kernel's EINVAL, not ours to change.
+        if let Ok(local) = copy.local_addr()
+            && ours.is_none()
+        {
+            let bound = match local.as_socket() {
+                Some(a) => a.port() != 0,
+                None => !local.is_unnamed(),
+            };
+            if bound {
+                return Ok(Answer::Continue);
+            }
+        }
+        let domain = copy.domain().map(i32::from)?;
+        // TCP (or MPTCP, Go's default for listeners since 1.24), not SCTP.
+        let protocol = copy.protocol()?.map_or(0, i32::from);
+        let app = AppSocket {
+            domain,
+            stream: copy.r#type()? == Type::STREAM
+                && (domain == libc::AF_UNIX
+                    || matches!(protocol, 0 | libc::IPPROTO_TCP | libc::IPPROTO_MPTCP)),
+            v6only: copy.domain()? == Domain::IPV6 && copy.only_v6().unwrap_or(false),
+        };
+        let held: Vec<Held> = self.table.lock().iter().map(|e| e.held.clone()).collect();
+        let mut decision = decide(app, &asked, &held);
+        if let Some(i) = ours {
+            // A bind a signal restarted after we answered its first try: done
+            // already. Any other bind of a bound socket: the kernel's EINVAL.
+            return Ok(if decision == Decision::Give(i) {
+                Answer::Value(0)
+            } else {
+                Answer::Errno(libc::EINVAL)
+            });
+        }
+        let index = match decision {
+            Decision::Continue => return Ok(Answer::Continue),
+            Decision::Give(index) => index,
+            Decision::Move { index, at } => match self.relocate(index, at, app) {
+                Ok(true) => index,
+                // Another worker's bind moved it first: decide again.
+                Ok(false) => {
+                    let held: Vec<Held> =
+                        self.table.lock().iter().map(|e| e.held.clone()).collect();
+                    decision = decide(app, &asked, &held);
+                    match decision {
+                        Decision::Give(index) => index,
+                        _ => {
+                            warn!(
+                                "pid {tgid} ({}) binds {} itself, but another process of this \
+                                 child moved relaunch's listener elsewhere first: its bind \
+                                 fails with EADDRINUSE",
+                                proc::comm(tgid),
+                                shown(&asked)
+                            );
+                            return Ok(Answer::Errno(libc::EADDRINUSE));
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(
+                        "pid {tgid} ({}) binds {} itself and relaunch could not move its \
+                         listener there ({e}): its bind fails with EADDRINUSE",
+                        proc::comm(tgid),
+                        shown(&asked)
+                    );
+                    return Ok(Answer::Errno(libc::EADDRINUSE));
+                }
+            },
+            Decision::Refuse { index, why } => {
+                if self.said.insert((tgid, index, SAID_REFUSED)) {
+                    warn!(
+                        "pid {tgid} ({}) binds {} itself: refused with EADDRINUSE: {why}; hold \
+                         exactly the address the app binds (-l {})",
+                        proc::comm(tgid),
+                        shown(&asked),
+                        shown(&asked)
+                    );
+                }
+                return Ok(Answer::Errno(libc::EADDRINUSE));
+            }
+        };
+        if let Err(e) = self.refile(index, tgid) {
+            warn!(
+                "{}: cannot bind its socket file again ({e}); the app gets the socket, but \
+                 clients cannot reach it by that path",
+                self.table.lock()[index].name
+            );
+        }
+        let socket = {
+            let mut entries = self.table.lock();
+            let e = &mut entries[index];
+            // The first app has it: from now on binds must match.
+            e.held.movable = false;
+            Arc::clone(&e.socket)
+        };
+        // O_NONBLOCK lives on the shared file: take the app's mode (asyncio,
+        // Node and Go want it on), as it would have had on its own socket.
+        let nonblocking = status_flags(&copy)? & libc::O_NONBLOCK != 0;
+        socket.set_nonblocking(nonblocking)?;
+        let cloexec = proc::fdinfo(tgid, fd)
+            .ok()
+            .and_then(|i| proc::fdinfo_cloexec(&i))
+            .unwrap_or(true);
+        add_fd(notify, req.id, socket.as_fd(), fd, cloexec)?;
+        if self.said.insert((tgid, index, SAID_GIVEN)) {
+            info!(
+                "pid {tgid} ({}) bound {} itself: it got relaunch's socket (fd {fd})",
+                proc::comm(tgid),
+                shown(&asked)
+            );
+        }
+        Ok(Answer::Value(0))
+    }
+
+    /// Whether any held socket could be what `asked` names, before the
+    /// costlier look at the app's socket.
+    fn may_hold(&self, asked: &Asked) -> bool {
+        self.table
+            .lock()
+            .iter()
+            .any(|e| match (&e.held.addr, asked) {
+                (HeldAddr::Tcp(at, _), Asked::Inet(a)) => at.port() == a.port() && a.port() != 0,
+                (HeldAddr::Unix(_), Asked::Unix(_)) => true,
+                (HeldAddr::Abstract(n), Asked::Abstract(m)) => n == m,
+                _ => false,
+            })
+    }
+
+    /// `--port`: relaunch's socket is rebound where the first app binds,
+    /// in its family. The old one stops listening first (the two would
+    /// clash), so connections queued on it that instant are reset.
+    /// Ok(false): it is not movable any more (another bind came first).
+    fn relocate(&self, index: usize, at: SocketAddr, app: AppSocket) -> io::Result<bool> {
+        let mut entries = self.table.lock();
+        let e = &mut entries[index];
+        if !e.held.movable {
+            return Ok(false);
+        }
+        let HeldAddr::Tcp(old, _) = e.held.addr else {
+            return Err(io::Error::other("not a TCP listener"));
+        };
+        let new = Socket::new(Domain::from(app.domain), Type::STREAM, None)?;
+        new.set_reuse_address(true)?;
+        if at.is_ipv6() {
+            new.set_only_v6(app.v6only)?;
+        }
+        // SAFETY: shutdown on our own socket.
+        unsafe { libc::shutdown(e.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Err(err) = new
+            .bind(&at.into())
+            .and_then(|()| new.listen(self.table.backlog))
+        {
+            // Back to serving where it was.
+            if let Err(again) = e.socket.listen(self.table.backlog) {
+                warn!(
+                    "{}: relaunch's listener on {} stopped and cannot listen again: {again}",
+                    e.name,
+                    shown(&Asked::Inet(old))
+                );
+            }
+            return Err(err);
+        }
+        info!(
+            "{}: the app binds {}, so relaunch now holds {} in place of {} (same port; \
+             connections queued on the old socket this instant were reset)",
+            e.name,
+            shown(&Asked::Inet(at)),
+            shown(&Asked::Inet(at)),
+            shown_ip(old.ip())
+        );
+        e.inode = nix::sys::stat::fstat(new.as_fd())?.st_ino;
+        e.held = Held {
+            addr: HeldAddr::Tcp(at, at.is_ipv6() && app.v6only),
+            movable: false,
+        };
+        e.socket = Arc::new(new);
+        e.moved = Some(shown(&Asked::Inet(at)));
+        Ok(true)
+    }
+
+    /// Many servers (asyncio's among them) delete a stale socket file before
+    /// binding, and with it relaunch's. Then relaunch binds a new socket
+    /// there, with the old file's mode and owner, and gives that one; the old
+    /// socket serves on in the processes that hold it until they stop.
+    fn refile(&self, index: usize, tgid: i32) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let mut entries = self.table.lock();
+        let e = &mut entries[index];
+        let Some(f) = &mut e.file else {
+            return Ok(());
+        };
+        match std::fs::symlink_metadata(&f.path) {
+            Ok(m) if (m.dev(), m.ino()) == f.identity => return Ok(()),
+            Ok(_) => {
+                return Err(io::Error::other(format!(
+                    "{} is now another file, not relaunch's socket",
+                    f.path.display()
+                )));
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+        let label = format!("unix:{}", f.path.display());
+        let role = file::Role {
+            label: &label,
+            elsewhere: "choose another path",
+            in_use: "stop that process or choose another path",
+        };
+        let (socket, made) =
+            file::bind(&f.path, &f.access, &role).map_err(|err| io::Error::other(err.msg))?;
+        socket.listen(self.table.backlog)?;
+        info!(
+            "{}: pid {tgid} ({}) deleted relaunch's socket file {} before binding it: relaunch \
+             bound a new socket there and gives it that one",
+            e.name,
+            proc::comm(tgid),
+            f.path.display()
+        );
+        // Before any generation served, nobody accepts on the old socket:
+        // what waits there is reset rather than left hanging. Later, the
+        // generation that serves it drains it until it stops.
+        if !self.table.served.load(Ordering::Relaxed) {
+            // SAFETY: shutdown on our own socket.
+            unsafe { libc::shutdown(e.socket.as_raw_fd(), libc::SHUT_RDWR) };
+            // A Unix listener keeps its queue through shutdown: take each
+            // waiting connection and close it, so its client hears at once.
+            if e.socket.set_nonblocking(true).is_ok() {
+                while e.socket.accept().is_ok() {}
+            }
+        }
+        f.identity = made.identity();
+        f.made = Some(made);
+        e.inode = nix::sys::stat::fstat(socket.as_fd())?.st_ino;
+        e.socket = Arc::new(socket);
+        Ok(())
+    }
+
+    /// listen() on a held socket: done already, with relaunch's backlog.
+    fn listen(&mut self, tid: i32, fd: i32) -> io::Result<Answer> {
+        let Some((tgid, _, _)) = self.held_index(tid, fd)? else {
+            return Ok(Answer::Continue);
+        };
+        // A readiness hint for --ready auto where /proc is out of sight.
+        if let Some(&leader) = self.leader.get()
+            && let Some(tx) = self.listened.take()
+        {
+            let how = format!(
+                "pid {tgid} ({}) called listen() on relaunch's socket",
+                proc::comm(tgid)
+            );
+            let _ = tx.send((leader, how));
+        }
+        Ok(Answer::Value(0))
+    }
+
+    /// shutdown() on a held socket never runs: the app's fd becomes a
+    /// private socket that never listened, so its accept loop ends (EINVAL)
+    /// while relaunch's listener serves on.
+    fn shutdown(
+        &mut self,
+        notify: BorrowedFd<'_>,
+        req: &libc::seccomp_notif,
+        tid: i32,
+        fd: i32,
+    ) -> io::Result<Answer> {
+        let tgid = proc::tgid(tid).ok_or_else(gone)?;
+        let copy = take_fd(tgid, fd)?;
+        let inode = nix::sys::stat::fstat(copy.as_fd())?.st_ino;
+        // The call again on the socket we put there (a signal restarted it
+        // after we answered): done already.
+        if self.private.iter().any(|(ino, _)| *ino == inode) {
+            return Ok(Answer::Value(0));
+        }
+        let Some(index) = self.table.index_of_inode(inode) else {
+            return Ok(Answer::Continue);
+        };
+        let private = Socket::new(copy.domain()?, Type::STREAM, None)?;
+        private.set_nonblocking(status_flags(&copy)? & libc::O_NONBLOCK != 0)?;
+        let cloexec = proc::fdinfo(tgid, fd)
+            .ok()
+            .and_then(|i| proc::fdinfo_cloexec(&i))
+            .unwrap_or(true);
+        id_valid(notify, req.id)?;
+        add_fd(notify, req.id, private.as_fd(), fd, cloexec)?;
+        // Kept open, so its inode number stays its own.
+        let private_inode = nix::sys::stat::fstat(private.as_fd())?.st_ino;
+        self.private.push((private_inode, private));
+        if self.said.insert((tgid, index, SAID_SHUTDOWN)) {
+            info!(
+                "pid {tgid} ({}) shut down relaunch's socket (its fd {fd}): it got a closed \
+                 socket in its place, and the listener serves on",
+                proc::comm(tgid)
+            );
+        }
+        Ok(Answer::Value(0))
+    }
+
+    /// The held socket at `fd` of the caller, if it is one.
+    fn held_index(&self, tid: i32, fd: i32) -> io::Result<Option<(i32, usize, Socket)>> {
+        let tgid = proc::tgid(tid).ok_or_else(gone)?;
+        let copy = take_fd(tgid, fd)?;
+        let inode = nix::sys::stat::fstat(copy.as_fd())?.st_ino;
+        Ok(self
+            .table
+            .index_of_inode(inode)
+            .map(|index| (tgid, index, copy)))
+    }
+}
+
+/// The caller is gone (killed while we looked).
+fn gone() -> io::Error {
+    io::Error::from_raw_os_error(libc::ESRCH)
+}
+
+/// Copies `len` bytes at `addr` from the target thread.
+fn read_target(tid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+    let local = [io::IoSliceMut::new(buf)];
+    let want = local[0].len();
+    let remote = [nix::sys::uio::RemoteIoVec {
+        base: addr as usize,
+        len: want,
+    }];
+    let mut local = local;
+    match nix::sys::uio::process_vm_readv(nix::unistd::Pid::from_raw(tid), &mut local, &remote) {
+        Ok(n) if n == want => Ok(()),
+        Ok(_) => Err(io::Error::other("short read of the target's memory")),
+        Err(nix::errno::Errno::ENOSYS) => proc::read_mem(tid, addr, &mut local[0]),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn id_valid(notify: BorrowedFd<'_>, id: u64) -> io::Result<()> {
+    // SAFETY: the ioctl reads one u64.
+    if unsafe { libc::ioctl(notify.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &id) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Puts `src` at `fd` in the caller, replacing what was there.
+fn add_fd(
+    notify: BorrowedFd<'_>,
+    id: u64,
+    src: BorrowedFd<'_>,
+    fd: i32,
+    cloexec: bool,
+) -> io::Result<()> {
+    let add = libc::seccomp_notif_addfd {
+        id,
+        // Not SEND: it would make bind() return the fd number.
+        flags: libc::SECCOMP_ADDFD_FLAG_SETFD as u32,
+        srcfd: src.as_raw_fd() as u32,
+        newfd: fd as u32,
+        newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+    };
+    // SAFETY: the ioctl reads one seccomp_notif_addfd.
+    if unsafe { libc::ioctl(notify.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_ADDFD, &add) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Our own copy of fd `fd` of process `tgid` (pidfd_getfd, Linux 5.6+).
+fn take_fd(tgid: i32, fd: i32) -> io::Result<Socket> {
+    // SAFETY: plain syscalls; each returned fd is owned at once.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, tgid, 0) as RawFd;
+        if pidfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd);
+        let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) as RawFd;
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let got = OwnedFd::from_raw_fd(got);
+        let st = nix::sys::stat::fstat(got.as_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            return Err(io::Error::other(format!("fd {fd} is not a socket")));
+        }
+        Ok(Socket::from(got))
+    }
+}
+
+fn status_flags(s: &Socket) -> io::Result<i32> {
+    // SAFETY: F_GETFL on our own fd.
+    let flags = unsafe { libc::fcntl(s.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_say_why_and_what_then() {
+        let l = refused_line(libc::EBUSY);
+        assert!(l.contains("another seccomp notifier"), "{l}");
+        assert!(l.contains("LISTEN_FDS"), "{l}");
+        assert!(refused_line(libc::ENOSYS).contains("5.9"));
+        assert!(refused_line(libc::EACCES).contains("policy"));
+    }
+}

@@ -1,0 +1,1041 @@
+//! Unmodified servers (issue 10): apps that bind the held port themselves,
+//! with no LISTEN_FDS code, no --compat and no placeholders, get relaunch's
+//! socket through seccomp interception. Each case serves, loses no
+//! connection to `kill -9` or a SIGHUP reload, keeps relaunch's backlog after
+//! the app's listen(), and sees the client's real address.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Python that answers `GET /` with "PID CLIENT_ADDRESS"; `Handler` for
+/// socketserver, `Web` for http.server.
+const HANDLERS: &str = r#"
+import os, signal, socket, socketserver, sys, threading
+from http.server import BaseHTTPRequestHandler
+
+def answer(client):
+    body = f"{os.getpid()} {client}\n".encode()
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)) + body
+
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        while self.rfile.readline().strip():
+            pass
+        self.wfile.write(answer(self.client_address[0]))
+
+class Web(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.wfile.write(answer(self.client_address[0]))
+        self.close_connection = True
+    def log_message(self, *args):
+        pass
+
+def stop_on_term(*servers):
+    # The usual graceful stop: finish the request in hand, then exit.
+    def stop(*_):
+        for s in servers:
+            threading.Thread(target=s.shutdown).start()
+    signal.signal(signal.SIGTERM, stop)
+"#;
+
+/// Case 1: the seeds' pattern, `TCPServer(("0.0.0.0", P))` with
+/// allow_reuse_address and SO_REUSEPORT set before bind.
+const SOCKETSERVER_APP: &str = r#"
+class Server(socketserver.TCPServer):
+    allow_reuse_address = True
+    def server_bind(self):
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+server = Server(("0.0.0.0", int(sys.argv[1])), Handler)
+stop_on_term(server)
+server.serve_forever()
+server.server_close()
+"#;
+
+/// Writes `body` (after the shared handlers) to a temporary app.py.
+fn app(dir: &TempDir, body: &str) -> String {
+    let path = dir.join("app.py");
+    std::fs::write(&path, format!("{HANDLERS}\n{body}")).unwrap();
+    path.display().to_string()
+}
+
+fn python_ready() -> bool {
+    require_tool("python3") && require_tool("ss")
+}
+
+/// (Recv-Q, Send-Q) of every TCP listener on `port`; Send-Q is the backlog.
+fn listeners_on(port: u16) -> Vec<(String, u32)> {
+    let out = Command::new("ss")
+        .args(["-ltnpH", &format!("sport = :{port}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (l.to_string(), cols[2].parse().unwrap())
+        })
+        .collect()
+}
+
+/// What relaunch's listen(SOMAXCONN) gives on this machine.
+fn full_backlog() -> u32 {
+    let sysctl: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    sysctl.min(libc::SOMAXCONN as u32)
+}
+
+/// The backlog of the one listener on `port` is relaunch's, not the app's.
+fn assert_full_backlog(port: u16) {
+    let found = listeners_on(port);
+    assert_eq!(found.len(), 1, "one listener on {port}: {found:?}");
+    assert_eq!(
+        found[0].1,
+        full_backlog(),
+        "the app's listen() must not change the backlog: {found:?}"
+    );
+}
+
+/// SO_REUSEPORT set by the app landed on its throwaway socket: a stranger
+/// with SO_REUSEPORT cannot share the held port.
+fn assert_no_reuseport(addr: SocketAddr) {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    s.set_reuse_port(true).unwrap();
+    s.set_reuse_address(true).unwrap();
+    let err = s.bind(&addr.into()).and_then(|()| s.listen(1)).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EADDRINUSE),
+        "a stranger shared {addr}: {err}"
+    );
+}
+
+/// (pid, client address) from an answer: its first number and its last word
+/// ("PID CLIENT", or the dashboard's "dashboard pid PID, you are CLIENT").
+fn split(body: &str) -> (i32, String) {
+    let pid = body
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| !w.is_empty())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {body:?}"));
+    let client = body.split_whitespace().last().unwrap_or_default();
+    (pid, client.to_string())
+}
+
+/// What a self-binding app under relaunch must show: it serves with the
+/// right client address, relaunch's backlog, no shared port, then `kill -9`
+/// loses no connection and a SIGHUP reload no request (`cut_off`: a server
+/// that drops its in-flight requests on exit may reset a few, never refuse).
+fn serves_unchanged(r: &Relaunch, port: u16, client: &str, cut_off: bool) {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let first = wait_serving(addr);
+    let (pid, seen) = split(&first);
+    assert_eq!(seen, client, "the app sees the client's address");
+    r.log.wait("itself: it got relaunch's socket", T);
+    assert_full_backlog(port);
+    assert_no_reuseport(addr);
+
+    // kill -9: the socket stays, connections wait for the restarted app.
+    let load = Load::start(addr, 4);
+    wait_for("the load running", T, || get(addr).ok());
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let second = wait_new_pid(addr, &first);
+    let rep = load.finish();
+    assert_eq!(
+        rep.refused + rep.timeout,
+        0,
+        "kill -9 refused connections: {:?}",
+        rep.errors
+    );
+    assert!(rep.ok > 0);
+    assert_full_backlog(port);
+
+    // SIGHUP: the next generation binds too, and gets the same socket.
+    let load = Load::start(addr, 4);
+    r.signal(libc::SIGHUP);
+    wait_new_pid(addr, &second);
+    r.log.wait("reload done", T);
+    let rep = load.finish();
+    if cut_off {
+        assert_eq!(rep.refused + rep.timeout, 0, "{:?}", rep.errors);
+        assert!(rep.failed() * 50 <= rep.ok, "{rep:?}");
+    } else {
+        assert_eq!(
+            rep.failed(),
+            0,
+            "the reload failed requests: {:?}",
+            rep.errors
+        );
+    }
+    assert_full_backlog(port);
+}
+
+#[test]
+fn socketserver_binding_the_port_itself_serves_from_relaunchs_socket() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-socketserver");
+    let port = free_port();
+    let p = port.to_string();
+    let r = Relaunch::start(&[
+        "--port",
+        &p,
+        "--",
+        "python3",
+        &app(&dir, SOCKETSERVER_APP),
+        &p,
+    ]);
+    serves_unchanged(&r, port, "127.0.0.1", false);
+    // --port took the app's family and address: an IPv4 socket on 0.0.0.0.
+    let log = r.log.text();
+    assert!(log.contains(&format!("now holds 0.0.0.0:{port}")), "{log}");
+    assert!(
+        log.contains(&format!("bound 0.0.0.0:{port} itself")),
+        "{log}"
+    );
+}
+
+/// The README's front page, as written there.
+#[test]
+fn the_front_page_dashboard_serves_unchanged() {
+    if !python_ready() {
+        return;
+    }
+    let port = free_port();
+    let p = port.to_string();
+    let dashboard = example_src("dashboard.py");
+    let r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .args(["--port", &p, "--", "python3", dashboard.to_str().unwrap()])
+            .env("PORT", &p),
+    );
+    serves_unchanged(&r, port, "127.0.0.1", false);
+}
+
+#[test]
+fn a_shell_wrapper_that_forks_is_covered() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-sh");
+    let port = free_port();
+    let p = port.to_string();
+    // `|| exit 1` keeps sh from exec'ing: python is sh's child.
+    let line = format!("python3 {} {p} || exit 1", app(&dir, SOCKETSERVER_APP));
+    let r = Relaunch::start(&["--port", &p, "--", "sh", "-c", &line]);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (pid, _) = split(&wait_serving(addr));
+    let leader: i32 = r
+        .log
+        .wait("started pid=", T)
+        .split("pid=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(
+        pid, leader,
+        "python is the shell's child, not the child itself"
+    );
+    serves_unchanged(&r, port, "127.0.0.1", false);
+}
+
+#[test]
+fn flask_app_run_without_compat() {
+    if !python_ready() {
+        return;
+    }
+    let has_flask = Command::new("python3")
+        .args(["-c", "import flask"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_flask {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "flask is required under CI=true: pip install -r .ci/requirements.txt"
+        );
+        eprintln!("skipping: flask is not installed");
+        return;
+    }
+    let dir = TempDir::new("ic-flask");
+    let port = free_port();
+    let p = port.to_string();
+    let body = r#"
+from flask import Flask, request
+web = Flask(__name__)
+
+@web.route("/")
+def index():
+    return f"{os.getpid()} {request.remote_addr}\n", 200, {"Connection": "close"}
+
+web.run(host="0.0.0.0", port=int(sys.argv[1]))
+"#;
+    let r = Relaunch::start(&[
+        "--port",
+        &p,
+        // werkzeug has no SIGTERM handler; INT stops it between requests.
+        "--stop-signal",
+        "INT",
+        "--",
+        "python3",
+        &app(&dir, body),
+        &p,
+    ]);
+    // werkzeug serves on daemon threads and does not wait for them on exit.
+    serves_unchanged(&r, port, "127.0.0.1", true);
+}
+
+#[test]
+fn two_held_ports_and_one_of_the_apps_own() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-three");
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let body = r#"
+from http.server import ThreadingHTTPServer
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = False
+    allow_reuse_address = True
+    def server_bind(self):
+        # The seeds' pattern; on the third port it lets generations overlap.
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+servers = [Server(("127.0.0.1", int(p)), Web) for p in sys.argv[1:4]]
+stop_on_term(*servers)
+# The main thread serves too: Python runs signal handlers only there, and
+# a main thread parked in join() may never see the SIGTERM.
+threads = [threading.Thread(target=s.serve_forever) for s in servers[1:]]
+for t in threads:
+    t.start()
+servers[0].serve_forever()
+for t in threads:
+    t.join()
+for s in servers:
+    s.server_close()
+"#;
+    let a = format!("a=127.0.0.1:{p1}");
+    let b = format!("b=127.0.0.1:{p2}");
+    let script = app(&dir, body);
+    let r = Relaunch::start(&[
+        "-l",
+        &a,
+        "-l",
+        &b,
+        "--",
+        "python3",
+        &script,
+        &p1.to_string(),
+        &p2.to_string(),
+        &p3.to_string(),
+    ]);
+    let third: SocketAddr = ([127, 0, 0, 1], p3).into();
+    wait_serving(third);
+    r.log.wait(&format!("bound 127.0.0.1:{p1} itself"), T);
+    r.log.wait(&format!("bound 127.0.0.1:{p2} itself"), T);
+    // The third port is the app's own: relaunch neither holds nor touches it.
+    let own = listeners_on(p3);
+    assert!(
+        own.iter()
+            .all(|(l, _)| l.contains("python3") && !l.contains("relaunch")),
+        "{own:?}"
+    );
+    assert!(
+        !r.log.text().contains(&format!(":{p3} itself")),
+        "{}",
+        r.log.text()
+    );
+    for port in [p1, p2] {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        assert_eq!(split(&wait_serving(addr)).1, "127.0.0.1");
+        assert_full_backlog(port);
+        assert_no_reuseport(addr);
+    }
+    // kill -9: both held ports keep every connection for the restarted app.
+    let a: SocketAddr = ([127, 0, 0, 1], p1).into();
+    let first = wait_serving(a);
+    let loads: Vec<Load> = [p1, p2]
+        .iter()
+        .map(|&p| Load::start(([127, 0, 0, 1], p).into(), 3))
+        .collect();
+    unsafe { libc::kill(split(&first).0, libc::SIGKILL) };
+    wait_new_pid(a, &first);
+    for load in loads {
+        let rep = load.finish();
+        assert!(rep.ok > 0);
+        assert_eq!(rep.refused + rep.timeout, 0, "{:?}", rep.errors);
+    }
+    let loads: Vec<Load> = [p1, p2]
+        .iter()
+        .map(|&p| Load::start(([127, 0, 0, 1], p).into(), 3))
+        .collect();
+    let before = wait_serving(third);
+    r.signal(libc::SIGHUP);
+    r.log.wait("reload done", T);
+    for load in loads {
+        let rep = load.finish();
+        assert!(rep.ok > 0);
+        assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
+        assert!(
+            rep.pids.len() >= 2,
+            "both generations served: {:?}",
+            rep.pids
+        );
+    }
+    assert_ne!(wait_new_pid(third, &before), before);
+}
+
+/// Case 8: the app stops its accept loop with shutdown(SHUT_RDWR) on the
+/// listener, which on the shared socket would stop it for everyone and reset
+/// the queued connections.
+#[test]
+fn an_app_that_shuts_its_listener_down_loses_nothing_on_reload() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-shutdown");
+    let port = free_port();
+    let p = port.to_string();
+    let body = r#"
+listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", int(sys.argv[1])))
+listener.listen(16)
+
+def on_term(*_):
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the accept below
+
+signal.signal(signal.SIGTERM, on_term)
+
+def serve(conn, client):
+    with conn:
+        f = conn.makefile("rb")
+        while f.readline().strip():
+            pass
+        conn.sendall(answer(client[0]))
+
+workers = []
+while True:
+    try:
+        conn, client = listener.accept()
+    except OSError:
+        break
+    t = threading.Thread(target=serve, args=(conn, client))
+    t.start()
+    workers.append(t)
+for t in workers:
+    t.join()
+"#;
+    let r = Relaunch::start(&[
+        "-l",
+        &format!("127.0.0.1:{p}"),
+        "--",
+        "python3",
+        &app(&dir, body),
+        &p,
+    ]);
+    serves_unchanged(&r, port, "127.0.0.1", false);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let load = Load::start(addr, 8);
+    let mut last = wait_serving(addr);
+    for n in 2..=4 {
+        r.signal(libc::SIGHUP);
+        r.log.wait_n("reload done", n, T);
+        last = wait_new_pid(addr, &last);
+    }
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
+    r.log.wait("shut down relaunch's socket", T);
+    // Each old generation ended by its own loop, not by the stop timeout.
+    assert!(
+        !r.log.text().contains("did not stop within"),
+        "{}",
+        r.log.text()
+    );
+    assert_full_backlog(port);
+}
+
+/// A Python app binding `host` in `family` under relaunch's `listen` args.
+fn bind_under(
+    tag: &str,
+    listen: &[&str],
+    family: &str,
+    host: &str,
+    port: u16,
+) -> (Relaunch, TempDir) {
+    let dir = TempDir::new(tag);
+    let body = format!(
+        r#"
+class Server(socketserver.TCPServer):
+    address_family = socket.{family}
+    allow_reuse_address = True
+
+server = Server(("{host}", int(sys.argv[1])), Handler)
+stop_on_term(server)
+server.serve_forever()
+"#
+    );
+    let script = app(&dir, &body);
+    let mut args: Vec<String> = listen.iter().map(|s| s.to_string()).collect();
+    args.extend(["--", "python3", &script, &port.to_string()].map(String::from));
+    // Dropped in this order: relaunch stops before the app's directory goes.
+    (
+        Relaunch::start_with(Command::new(relaunch_bin()).args(&args)),
+        dir,
+    )
+}
+
+#[test]
+fn families_meet_without_garbled_client_addresses() {
+    if !python_ready() {
+        return;
+    }
+    // (relaunch holds, the app binds, the client it sees)
+    let cases: [(&str, &str, &str, &str); 4] = [
+        ("0.0.0.0", "AF_INET", "0.0.0.0", "127.0.0.1"),
+        // An IPv6 socket given the IPv4 one: larger buffers, the real family.
+        ("0.0.0.0", "AF_INET6", "::", "127.0.0.1"),
+        ("", "AF_INET6", "::", "::ffff:127.0.0.1"),
+        ("", "AF_INET", "0.0.0.0", "127.0.0.1"),
+    ];
+    for (held, family, host, client) in cases {
+        let port = free_port();
+        let spec = if held.is_empty() {
+            vec!["--port".to_string(), port.to_string()]
+        } else {
+            vec!["-l".to_string(), format!("{held}:{port}")]
+        };
+        let spec: Vec<&str> = spec.iter().map(String::as_str).collect();
+        let (r, _dir) = bind_under("ic-family", &spec, family, host, port);
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let (_, seen) = split(&wait_serving(addr));
+        assert_eq!(
+            seen,
+            client,
+            "held {held:?}, app {family} {host}: log\n{}",
+            r.log.text()
+        );
+        assert_full_backlog(port);
+    }
+}
+
+#[test]
+fn a_narrower_bind_than_held_is_refused_not_widened() {
+    if !python_ready() {
+        return;
+    }
+    let port = free_port();
+    let held = format!("0.0.0.0:{port}");
+    let (r, _dir) = bind_under(
+        "ic-narrow",
+        &["-l", &held, "--restart", "never"],
+        "AF_INET",
+        "127.0.0.1",
+        port,
+    );
+    let line = r.log.wait("refused with EADDRINUSE", T);
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+    assert!(line.contains("every interface"), "{line}");
+    assert!(line.contains(&format!("-l 127.0.0.1:{port}")), "{line}");
+    // The app saw EADDRINUSE, as it would without relaunch.
+    r.log.wait("Address already in use", T);
+}
+
+#[test]
+fn a_bare_port_takes_the_address_the_app_binds() {
+    if !python_ready() {
+        return;
+    }
+    let port = free_port();
+    let ctl_dir = TempDir::new("ic-loopback-ctl");
+    let ctl = ctl_dir.join("ctl.sock");
+    let (r, _dir) = bind_under(
+        "ic-loopback",
+        &[
+            "--port",
+            &port.to_string(),
+            "--control",
+            ctl.to_str().unwrap(),
+        ],
+        "AF_INET",
+        "127.0.0.1",
+        port,
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_serving(addr);
+    r.log.wait(&format!("now holds 127.0.0.1:{port}"), T);
+    // Only loopback's 127.0.0.1: 127.0.0.2 (also loopback) is not served.
+    let other: SocketAddr = ([127, 0, 0, 2], port).into();
+    let err = std::net::TcpStream::connect_timeout(&other, Duration::from_secs(5)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let found = listeners_on(port);
+    assert!(
+        found.len() == 1 && found[0].0.contains(&format!("127.0.0.1:{port}")),
+        "{found:?}"
+    );
+    // `relaunch status` shows where it moved.
+    let out = Command::new(relaunch_bin())
+        .args(["status", "--json", "--control", ctl.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["listeners"][0]["address"],
+        format!("127.0.0.1:{port}"),
+        "{status:#}"
+    );
+}
+
+/// `NoNewPrivs:` of a process: the filter needs it only without root.
+fn no_new_privs(pid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NoNewPrivs:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn under_user_the_filter_follows_the_privilege_drop() {
+    if !python_ready() {
+        return;
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("intercept --user: NOT RUN: relaunch must start as root to use --user");
+        return;
+    }
+    let dir = TempDir::new("ic-user");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let p = port.to_string();
+    let script = app(&dir, SOCKETSERVER_APP);
+    let r = Relaunch::start(&[
+        "--port", &p, "--user", "nobody", "--", "python3", &script, &p,
+    ]);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (pid, client) = split(&wait_serving(addr));
+    assert_eq!(client, "127.0.0.1");
+    r.log.wait("itself: it got relaunch's socket", T);
+    // Not root any more: the kernel wants no_new_privs before the filter.
+    assert_eq!(no_new_privs(pid), "1");
+    let uid = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        uid.lines()
+            .any(|l| l.starts_with("Uid:") && !l.contains("\t0\t")),
+        "{uid}"
+    );
+    assert_full_backlog(port);
+
+    // As root, no no_new_privs: setuid programs the app runs keep working.
+    let port = free_port();
+    let p = port.to_string();
+    let r = Relaunch::start(&["--port", &p, "--", "python3", &script, &p]);
+    let (pid, _) = split(&wait_serving(([127, 0, 0, 1], port).into()));
+    r.log.wait("itself: it got relaunch's socket", T);
+    assert_eq!(no_new_privs(pid), "0");
+}
+
+/// relaunch under relaunch: the inner one's children cannot have a second
+/// notifier (EBUSY). One line says so, and they run as without interception.
+#[test]
+fn a_second_notifier_is_refused_with_one_line() {
+    let inner = relaunch_bin();
+    let server = example("pid_server");
+    let r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        inner,
+        "--",
+        server.to_str().unwrap(),
+    ]);
+    let line = r.log.wait("bind interception is off", T);
+    assert!(line.contains("another seccomp notifier"), "{line}");
+    // The inner child still runs, from LISTEN_FDS as today; its restart
+    // does not repeat the line.
+    let addr = r.listen_addr(3);
+    let first = wait_serving(addr);
+    unsafe { libc::kill(first.parse().unwrap(), libc::SIGKILL) };
+    wait_new_pid(addr, &first);
+    assert_eq!(
+        r.log.count("bind interception is off"),
+        1,
+        "{}",
+        r.log.text()
+    );
+}
+
+/// GET / over a Unix socket; the body.
+fn get_unix(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    match buf.split_once("\r\n\r\n") {
+        Some((_, body)) if !body.trim().is_empty() => Ok(body.trim().to_string()),
+        _ => Err(std::io::Error::other(format!("bad response: {buf:?}"))),
+    }
+}
+
+/// A Unix stream server binding a relative path from its own directory.
+#[test]
+fn a_unix_socket_server_binding_its_path_itself() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-unix");
+    let body = r#"
+class Unix(socketserver.StreamRequestHandler):
+    def handle(self):
+        while self.rfile.readline().strip():
+            pass
+        self.wfile.write(answer("unix"))
+
+server = socketserver.UnixStreamServer("app.sock", Unix)
+stop_on_term(server)
+server.serve_forever()
+"#;
+    let script = app(&dir, body);
+    let r = Relaunch::start_with(Command::new(relaunch_bin()).current_dir(&dir.0).args([
+        "-l",
+        "unix:app.sock",
+        "--",
+        "python3",
+        &script,
+    ]));
+    let path = dir.join("app.sock");
+    let first = wait_for("an answer on app.sock", T, || get_unix(&path).ok());
+    let line = r.log.wait("itself: it got relaunch's socket", T);
+    assert!(line.contains("app.sock"), "{line}");
+    // kill -9 under a client loop: every connection waits for the restart.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (stop, path) = (stop.clone(), path.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get_unix(&path) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let (pid, _) = split(&first);
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let second = wait_for("a new pid on app.sock", T, || {
+        get_unix(&path).ok().filter(|b| *b != first)
+    });
+    r.signal(libc::SIGHUP);
+    r.log.wait("reload done", T);
+    wait_for("a third pid", T, || {
+        get_unix(&path).ok().filter(|b| *b != second)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = client.join().unwrap();
+    assert!(ok > 0);
+    // A request the killed server held may be cut; none is refused.
+    assert!(
+        failed
+            .iter()
+            .all(|e| !e.contains("refused") && !e.contains("No such file")),
+        "{failed:?}"
+    );
+}
+
+/// asyncio deletes a socket file it finds at its path before binding, and
+/// so deletes relaunch's: relaunch binds a new one there and gives it that.
+#[test]
+fn an_app_that_deletes_the_socket_file_first_still_gets_one() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-asyncio-unix");
+    let body = r#"
+import asyncio
+
+async def handle(reader, writer):
+    while (await reader.readline()).strip():
+        pass
+    writer.write(answer("unix"))
+    await writer.drain()
+    writer.close()
+
+async def main():
+    await asyncio.sleep(1)  # a slow start: a client connects before the bind
+    server = await asyncio.start_unix_server(handle, sys.argv[1])
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with server:
+        await stop.wait()
+
+asyncio.run(main())
+"#;
+    let script = app(&dir, body);
+    let path = dir.join("app.sock");
+    let spec = format!("unix:{}", path.display());
+    let mut r = Relaunch::start(&[
+        "-l",
+        &spec,
+        "--",
+        "python3",
+        &script,
+        path.to_str().unwrap(),
+    ]);
+    // Connected to the first socket file, which the app then deletes: this
+    // client hears at once (reset), instead of waiting forever on a socket
+    // nobody will accept from.
+    r.log.wait("listening on unix:", T);
+    let mut early = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    early
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let heard = std::io::Read::read_to_end(&mut early, &mut buf);
+    assert!(
+        !matches!(&heard, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the early client still waits: {heard:?}"
+    );
+    let first = wait_for("an answer on app.sock", T, || get_unix(&path).ok());
+    r.log.wait("deleted relaunch's socket file", T);
+    r.log.wait("itself: it got relaunch's socket", T);
+    r.signal(libc::SIGHUP);
+    r.log.wait("reload done", T);
+    wait_for("the new generation on app.sock", T, || {
+        get_unix(&path).ok().filter(|b| *b != first)
+    });
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+    assert!(
+        !r.log.text().contains("did not stop within"),
+        "{}",
+        r.log.text()
+    );
+    // The file relaunch made is removed on exit like the first one.
+    assert!(!path.exists(), "{} left behind", path.display());
+}
+
+/// Go 1.24's listeners are MPTCP sockets where the kernel has MPTCP: they
+/// get the TCP listener like any other.
+#[test]
+fn an_mptcp_socket_gets_the_tcp_listener() {
+    if !python_ready() {
+        return;
+    }
+    let mptcp = std::fs::read_to_string("/proc/sys/net/mptcp/enabled");
+    if mptcp.map(|v| v.trim() != "1").unwrap_or(true) {
+        eprintln!("intercept mptcp: NOT RUN: this kernel has MPTCP off");
+        return;
+    }
+    let dir = TempDir::new("ic-mptcp");
+    let body = r#"
+class Server(socketserver.TCPServer):
+    def __init__(self, *args):
+        super().__init__(*args, bind_and_activate=False)
+        self.socket.close()
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)  # IPPROTO_MPTCP
+        self.server_bind()
+        self.server_activate()
+
+server = Server(("127.0.0.1", int(sys.argv[1])), Handler)
+stop_on_term(server)
+server.serve_forever()
+"#;
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start(&["-l", &held, "--", "python3", &app(&dir, body), &p]);
+    let (_, client) = split(&wait_serving(([127, 0, 0, 1], port).into()));
+    assert_eq!(client, "127.0.0.1");
+    r.log.wait("itself: it got relaunch's socket", T);
+    assert_full_backlog(port);
+}
+
+/// A bind that a signal interrupts after relaunch put its socket in place is
+/// restarted by the kernel on the socket it now is: it must succeed, not
+/// fail with EINVAL. (The same call made twice shows it without the race.)
+#[test]
+fn a_restarted_bind_of_the_held_address_succeeds() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-rebind");
+    let body = r#"
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.bind(("127.0.0.1", int(sys.argv[1])))
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1]) + 1))
+    print("a bind elsewhere worked", file=sys.stderr, flush=True)
+except OSError as e:
+    print(f"a bind elsewhere: errno {e.errno}", file=sys.stderr, flush=True)
+s.listen(5)
+while True:
+    c, a = s.accept()
+    with c:
+        c.recv(1000)
+        c.sendall(answer(a[0]))
+"#;
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start(&["-l", &held, "--", "python3", &app(&dir, body), &p]);
+    wait_serving(([127, 0, 0, 1], port).into());
+    r.log
+        .wait(&format!("a bind elsewhere: errno {}", libc::EINVAL), T);
+}
+
+/// shutdown() of the held socket, restarted by a signal after relaunch put
+/// a private socket in its place, succeeds (the same call twice shows it);
+/// the app's accept then ends, and relaunch's listener still listens.
+#[test]
+fn a_restarted_shutdown_of_the_held_socket_succeeds() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-reshut");
+    let body = r#"
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(5)
+s.shutdown(socket.SHUT_RDWR)
+s.shutdown(socket.SHUT_RDWR)
+try:
+    s.accept()
+except OSError as e:
+    print(f"accept after shutdown: errno {e.errno}", file=sys.stderr, flush=True)
+signal.pause()
+"#;
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start(&["-l", &held, "--", "python3", &app(&dir, body), &p]);
+    r.log
+        .wait(&format!("accept after shutdown: errno {}", libc::EINVAL), T);
+    r.log.wait("shut down relaunch's socket", T);
+    assert_full_backlog(port);
+}
+
+/// Where the /proc scan is blind (here: an io_uring instance, whose waits
+/// /proc cannot show), the app's listen() on the held socket tells
+/// `--ready auto` it is ready, instead of --ready-timeout.
+#[test]
+fn a_listen_seen_by_interception_makes_a_blind_child_ready() {
+    if !python_ready() {
+        return;
+    }
+    let uring_off = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map(|v| v.trim() != "0")
+        .unwrap_or(false);
+    if uring_off {
+        eprintln!("intercept listen hint: NOT RUN: io_uring is disabled here");
+        return;
+    }
+    let dir = TempDir::new("ic-listen-hint");
+    let body = r#"
+import ctypes, time
+params = ctypes.create_string_buffer(120)
+ring = ctypes.CDLL(None, use_errno=True).syscall(425, 8, params)  # io_uring_setup
+assert ring >= 0, ctypes.get_errno()
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(5)
+time.sleep(120)  # busy elsewhere: nothing for the scan to see
+"#;
+    let port = free_port();
+    let held = format!("127.0.0.1:{port}");
+    let r = Relaunch::start(&[
+        "-l",
+        &held,
+        "--",
+        "python3",
+        &app(&dir, body),
+        &port.to_string(),
+    ]);
+    let line = r.log.wait("ready after", T);
+    assert!(
+        line.contains("called listen() on relaunch's socket"),
+        "{line}"
+    );
+}
+
+/// `--no-intercept`: the child binds as it would without relaunch, and a
+/// held port is in use.
+#[test]
+fn no_intercept_leaves_the_bind_to_the_kernel() {
+    if !python_ready() {
+        return;
+    }
+    let port = free_port();
+    let held = format!("127.0.0.1:{port}");
+    let (r, _dir) = bind_under(
+        "ic-off",
+        &["-l", &held, "--no-intercept", "--restart", "never"],
+        "AF_INET",
+        "127.0.0.1",
+        port,
+    );
+    r.log.wait("Address already in use", T);
+    assert!(!r.log.text().contains("itself"), "{}", r.log.text());
+}
+
+/// `--workers`: every worker binds the port at about the same moment; the
+/// first moves `--port`'s socket where it binds, the others get that one.
+#[test]
+fn workers_binding_at_once_all_get_the_socket() {
+    if !python_ready() {
+        return;
+    }
+    let port = free_port();
+    let p = port.to_string();
+    let dashboard = example_src("dashboard.py");
+    let r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .args(["--port", &p, "--workers", "4", "--"])
+            .args(["python3", dashboard.to_str().unwrap()])
+            .env("PORT", &p),
+    );
+    r.log.wait_n("itself: it got relaunch's socket", 4, T);
+    let log = r.log.text();
+    assert_eq!(r.log.count("now holds 0.0.0.0:"), 1, "{log}");
+    assert!(
+        !log.contains("EADDRINUSE") && !log.contains("exited"),
+        "{log}"
+    );
+    assert_full_backlog(port);
+}
