@@ -138,7 +138,14 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         .collect();
     let intercept_remedy = Some(intercept_remedy(plan.intercept, &listeners));
     let intercept = if plan.intercept {
-        let movable: Vec<bool> = plan.listeners.iter().map(|p| p.bare_port()).collect();
+        // --lazy and --idle-stop watch the sockets bound now: a move would
+        // reset the connection that woke relaunch, or hide from the gauge.
+        let on_demand = plan.lazy || plan.idle_stop.is_some();
+        let movable: Vec<bool> = plan
+            .listeners
+            .iter()
+            .map(|p| p.bare_port() && !on_demand)
+            .collect();
         match intercept::handler::Table::new(&listeners, &movable, plan.backlog) {
             Ok(t) => Some(t),
             Err(e) => {

@@ -1,7 +1,6 @@
 //! What the child gets, and what relaunch leaves behind: listeners by name,
 //! fds, signal dispositions, environment, files. Regression tests of issue 9.
 
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
@@ -9,14 +8,6 @@ use std::time::Duration;
 use crate::util::*;
 
 const T: Duration = Duration::from_secs(15);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Bug 1: `--port` took the default name `http`, and the explicit `http=`
 /// listener was then taken for an inherited socket and silently dropped.

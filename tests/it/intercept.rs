@@ -4,21 +4,13 @@
 //! connection to `kill -9` or a SIGHUP reload, keeps relaunch's backlog after
 //! the app's listen(), and sees the client's real address.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
 use crate::util::*;
 
 const T: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Python that answers `GET /` with "PID CLIENT_ADDRESS"; `Handler` for
 /// socketserver, `Web` for http.server.
@@ -77,21 +69,6 @@ fn app(dir: &TempDir, body: &str) -> String {
 
 fn python_ready() -> bool {
     require_tool("python3") && require_tool("ss")
-}
-
-/// (Recv-Q, Send-Q) of every TCP listener on `port`; Send-Q is the backlog.
-fn listeners_on(port: u16) -> Vec<(String, u32)> {
-    let out = Command::new("ss")
-        .args(["-ltnpH", &format!("sport = :{port}")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            (l.to_string(), cols[2].parse().unwrap())
-        })
-        .collect()
 }
 
 /// What relaunch's listen(SOMAXCONN) gives on this machine.
@@ -614,6 +591,39 @@ fn a_bare_port_takes_the_address_the_app_binds() {
         format!("127.0.0.1:{port}"),
         "{status:#}"
     );
+}
+
+/// `--lazy` and `--idle-stop` watch the socket bound at start, so `--port`
+/// does not move under them: a bind of another address is refused, and the
+/// log names the `-l` that works, instead of a move that resets the waking
+/// connection or that the idle gauge never sees.
+#[test]
+fn on_demand_keeps_the_bare_port_where_it_is() {
+    if !python_ready() {
+        return;
+    }
+    for option in [&["--lazy"][..], &["--idle-stop", "1h"]] {
+        let port = free_port();
+        let mut listen = vec!["--port".to_string(), port.to_string()];
+        listen.extend(option.iter().map(|s| s.to_string()));
+        let listen: Vec<&str> = listen.iter().map(String::as_str).collect();
+        let (r, _dir) = bind_under("ic-on-demand", &listen, "AF_INET", "0.0.0.0", port);
+        if option[0] == "--lazy" {
+            // The first connection starts the app; it waits in the backlog.
+            let addr = r.listen_addr(3);
+            let _waiting = std::net::TcpStream::connect_timeout(&addr, T).unwrap();
+        }
+        let line = r.log.wait("refused with EADDRINUSE", T);
+        assert!(
+            line.contains(&format!("-l 0.0.0.0:{port}")),
+            "{option:?}: {line}"
+        );
+        assert!(
+            !r.log.text().contains("now holds"),
+            "{option:?}: moved: {}",
+            r.log.text()
+        );
+    }
 }
 
 /// `NoNewPrivs:` of a process: the filter needs it only without root.

@@ -8,7 +8,7 @@
 //! cannot bind the held port, and --no-intercept behaves as before, with the
 //! hint in the log.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -22,30 +22,13 @@ const T: Duration = Duration::from_secs(30);
 /// default, so a shrunk (Node 511, uvicorn 2048) or grown (Go) backlog shows.
 const BACKLOG: u32 = 1000;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The Send-Q (the backlog) of every TCP listener on `port`, per `ss -ltn`.
-fn backlogs(port: u16) -> Vec<String> {
-    let out = Command::new("ss")
-        .args(["-ltnH", &format!("sport = :{port}")])
-        .output()
-        .expect("ss");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.split_whitespace().nth(2).unwrap_or("?").to_string())
-        .collect()
-}
-
 fn assert_backlog_kept(port: u16, when: &str) {
     assert_eq!(
-        backlogs(port),
-        [BACKLOG.to_string()],
+        listeners_on(port)
+            .into_iter()
+            .map(|(_, backlog)| backlog)
+            .collect::<Vec<_>>(),
+        [BACKLOG],
         "{when}: one listener on {port} with relaunch's backlog"
     );
 }
