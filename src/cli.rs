@@ -32,6 +32,9 @@ pub enum Sub {
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// Print nothing; exit 0 only while a ready generation serves, else 1 with one line on stderr (for health probes)
+        #[arg(long, conflicts_with = "json")]
+        check: bool,
     },
     /// Start a new generation beside the old one; stop the old one once the new one is ready
     Reload {
@@ -145,6 +148,10 @@ pub struct RunArgs {
     #[arg(long, env = "RELAUNCH_CONTROL", value_name = "PATH")]
     pub control: Option<PathBuf>,
 
+    /// Serve GET /metrics (Prometheus text format) on ADDR, e.g. 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+
     /// Reload when a file under PATH changes (repeatable); .gitignore, .ignore and build outputs are skipped
     #[arg(long, value_name = "PATH")]
     pub watch: Vec<PathBuf>,
@@ -164,6 +171,10 @@ pub struct RunArgs {
     /// Only log warnings and errors
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// Log lines as text, or as one JSON object per line
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 
     /// The server to run, after `--`
     #[arg(last = true, required = true, value_name = "COMMAND")]

@@ -5,6 +5,13 @@
 //!   the sd-daemon(3) priority of its level, so `journalctl -p warning` works,
 //!   and no timestamp (the journal stamps every line).
 //! - Elsewhere: time, level, message; colours on a terminal.
+//! - `--log-format json`: one JSON object a line, with `time`, `level`,
+//!   `message`, the event's fields, and always `pid` (the child the line is
+//!   about, else relaunch itself) and `generation` (the one the line is
+//!   about, else the serving one; null before the first starts). Under
+//!   journald each line still gets its `<N>` prefix. A tiny formatter of our
+//!   own on serde_json, which relaunch has anyway: tracing-subscriber's json
+//!   feature would add tracing-serde and nest span fields.
 //!
 //! `RUST_LOG` is a plain level (`error`, `warn`, `info`, `debug`, `trace`,
 //! `off`); the default is `info`, or `warn` with `--quiet`. A plain level
@@ -16,6 +23,10 @@ use std::fmt;
 use std::io::Write as _;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
 
 use tracing::level_filters::LevelFilter;
 use tracing::{Event, Level, Subscriber};
@@ -23,7 +34,24 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 
-pub fn init(quiet: bool) {
+/// The serving generation, for log lines that name none (0: none yet).
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Called by the driver after each event: the generation that serves now.
+pub fn set_generation(generation: u64) {
+    GENERATION.store(generation, Ordering::Relaxed);
+}
+
+/// `--log-format json`, once logging is set up.
+static JSON: OnceLock<bool> = OnceLock::new();
+
+/// Whether lines are JSON (`--log-format json`), for the next image.
+pub fn json() -> bool {
+    JSON.get() == Some(&true)
+}
+
+pub fn init(quiet: bool, json: bool) {
+    let _ = JSON.set(json);
     let default = if quiet {
         LevelFilter::WARN
     } else {
@@ -42,9 +70,10 @@ pub fn init(quiet: bool) {
             default
         }
     };
-    let ansi = !journal() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = !json && !journal() && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing::subscriber::set_global_default(subscriber(
         journal(),
+        json,
         ansi,
         level,
         std::io::stderr,
@@ -54,7 +83,19 @@ pub fn init(quiet: bool) {
 /// Prints `text` on stderr outside the log (an error that ends relaunch, a
 /// failed reload); under journald every line at `priority` (3 err, 4 warning).
 pub fn print(priority: u8, text: &str) {
-    let text = lines(journal().then_some(priority), text);
+    let prefix = journal().then_some(priority);
+    let text = if JSON.get() == Some(&true) {
+        let level = if priority <= 3 {
+            Level::ERROR
+        } else {
+            Level::WARN
+        };
+        let mut fields = Map::new();
+        fields.insert("message".into(), text.into());
+        json_line(level, fields, prefix)
+    } else {
+        lines(prefix, text)
+    };
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
@@ -109,6 +150,7 @@ fn is_journal(journal_stream: Option<&OsStr>, fd: BorrowedFd<'_>) -> bool {
 
 fn subscriber<W>(
     journal: bool,
+    json: bool,
     ansi: bool,
     level: LevelFilter,
     writer: W,
@@ -121,7 +163,9 @@ where
         .with_max_level(level)
         .with_target(false)
         .with_ansi(ansi);
-    if journal {
+    if json {
+        Box::new(fmt.event_format(Json { journal }).finish())
+    } else if journal {
         Box::new(fmt.event_format(Journal).finish())
     } else {
         Box::new(fmt.finish())
@@ -142,16 +186,95 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let priority = match *event.metadata().level() {
-            Level::ERROR => 3,
-            Level::WARN => 4,
-            Level::INFO => 6,
-            Level::DEBUG | Level::TRACE => 7,
-        };
+        let priority = priority(*event.metadata().level());
         let mut text = String::new();
         ctx.format_fields(Writer::new(&mut text), event)?;
         writer.write_str(&lines(Some(priority), &text))
     }
+}
+
+/// The sd-daemon(3) priority of a level.
+fn priority(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        Level::DEBUG | Level::TRACE => 7,
+    }
+}
+
+/// One JSON object a line (see the module's doc).
+struct Json {
+    journal: bool,
+}
+
+impl<S, N> FormatEvent<S, N> for Json
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut fields = Fields(Map::new());
+        event.record(&mut fields);
+        let level = *event.metadata().level();
+        let prefix = self.journal.then(|| priority(level));
+        writer.write_str(&json_line(level, fields.0, prefix))
+    }
+}
+
+/// An event's fields as JSON values; what is not a number, a bool or a
+/// string is its Debug text (the message, `%display` fields).
+struct Fields(Map<String, Value>);
+
+impl Visit for Fields {
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
+}
+
+/// `{"generation":…,"level":…,"message":…,"pid":…,"time":…, fields…}` and
+/// a newline, after `<priority>` under journald.
+fn json_line(level: Level, mut fields: Map<String, Value>, prefix: Option<u8>) -> String {
+    use tracing_subscriber::fmt::time::FormatTime;
+    let mut time = String::new();
+    let _ = tracing_subscriber::fmt::time::SystemTime.format_time(&mut Writer::new(&mut time));
+    fields.entry("message").or_insert_with(|| "".into());
+    fields
+        .entry("pid")
+        .or_insert_with(|| std::process::id().into());
+    fields
+        .entry("generation")
+        .or_insert_with(|| match GENERATION.load(Ordering::Relaxed) {
+            0 => Value::Null,
+            g => g.into(),
+        });
+    fields.insert("level".into(), level.as_str().into());
+    fields.insert("time".into(), time.into());
+    let mut line = prefix.map(|p| format!("<{p}>")).unwrap_or_default();
+    line.push_str(&Value::Object(fields).to_string());
+    line.push('\n');
+    line
 }
 
 #[cfg(test)]
@@ -223,9 +346,13 @@ mod tests {
     }
 
     fn logged(journal: bool, level: LevelFilter) -> String {
+        logged_as(journal, false, level)
+    }
+
+    fn logged_as(journal: bool, json: bool, level: LevelFilter) -> String {
         let out = Captured::default();
         let writer = out.clone();
-        let sub = subscriber(journal, false, level, move || writer.clone());
+        let sub = subscriber(journal, json, false, level, move || writer.clone());
         tracing::subscriber::with_default(sub, || {
             tracing::error!("cannot bind");
             tracing::warn!(pid = 7, "exited\nbefore it was ready");
@@ -245,6 +372,44 @@ mod tests {
             logged(true, LevelFilter::WARN),
             "<3>cannot bind\n<4>exited\n<4>before it was ready pid=7\n"
         );
+    }
+
+    #[test]
+    fn json_lines_carry_pid_and_generation() {
+        set_generation(5);
+        let text = logged_as(false, true, LevelFilter::INFO);
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let me = u64::from(std::process::id());
+        assert_eq!(lines[0]["message"], "cannot bind");
+        assert_eq!(lines[0]["level"], "ERROR");
+        assert_eq!(
+            (lines[0]["pid"].as_u64(), lines[0]["generation"].as_u64()),
+            (Some(me), Some(5))
+        );
+        // Newlines stay inside the one object; the event's own fields win.
+        assert_eq!(lines[1]["message"], "exited\nbefore it was ready");
+        assert_eq!(
+            (lines[1]["pid"].as_u64(), lines[1]["generation"].as_u64()),
+            (Some(7), Some(5))
+        );
+        assert_eq!(lines[2]["generation"], 2);
+        assert!(
+            lines[2]["time"].as_str().unwrap().starts_with("20"),
+            "{text}"
+        );
+        // Under journald: the priority first, JSON after it.
+        let text = logged_as(true, true, LevelFilter::WARN);
+        assert!(text.starts_with("<3>{"), "{text}");
+        assert!(text.lines().nth(1).unwrap().starts_with("<4>{"), "{text}");
+        set_generation(0);
+        let line = json_line(Level::WARN, Map::new(), None);
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["generation"], Value::Null);
+        assert_eq!(v["message"], "");
     }
 
     #[test]

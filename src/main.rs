@@ -7,6 +7,7 @@ mod duration;
 mod error;
 mod intercept;
 mod logging;
+mod metrics;
 mod plan;
 mod proc;
 mod ready;
@@ -49,7 +50,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    logging::init(cli.run.quiet);
+    logging::init(cli.run.quiet, cli.run.log_format == "json");
     let code = match dispatch(cli, snapshot) {
         Ok(code) => code,
         Err(e) => {
@@ -104,7 +105,7 @@ fn upgrade_check() -> ! {
 /// The new image: adopt the state and go on serving.
 fn upgraded(value: &std::ffi::OsStr) -> i32 {
     let result = handover::take(value).and_then(|state| {
-        logging::init(state.driver.quiet());
+        logging::init(state.driver.quiet(), state.driver.json());
         let runtime = runtime()?;
         let result = runtime.block_on(driver::adopt(state));
         runtime.shutdown_background();
@@ -142,7 +143,12 @@ fn dispatch(cli: Cli, snapshot: plan::Snapshot) -> Result<i32> {
     let result = match cli.command {
         None => runtime.block_on(driver::run(cli.run, snapshot)),
         Some(Sub::Who(args)) => who::run(&args),
-        Some(Sub::Status { client, json }) => {
+        Some(Sub::Status {
+            client,
+            check: true,
+            ..
+        }) => runtime.block_on(control::check(&client)),
+        Some(Sub::Status { client, json, .. }) => {
             runtime.block_on(control::client(&client, Request::Status, json))
         }
         Some(Sub::Reload { client }) => {

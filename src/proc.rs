@@ -402,6 +402,11 @@ pub struct InetEntry {
     pub local: SocketAddr,
     pub state: u8,
     pub inode: u64,
+    /// Of a TCP LISTEN socket: the connections waiting to be accepted.
+    pub rx_queue: u32,
+    /// Of a TCP LISTEN socket: its backlog, from sock_diag only
+    /// (/proc/net/tcp shows 0 there).
+    pub tx_queue: u32,
 }
 
 /// Reads /proc/net tables ("tcp", "tcp6", …); a missing one (IPv6 disabled)
@@ -431,12 +436,15 @@ fn parse_inet_line(line: &str, proto: &'static str) -> Option<InetEntry> {
     }
     let local = parse_hex_sockaddr(f[1])?;
     let state = u8::from_str_radix(f[3], 16).ok()?;
+    let (tx, rx) = f[4].split_once(':')?;
     let inode = f[9].parse().ok()?;
     Some(InetEntry {
         proto,
         local,
         state,
         inode,
+        rx_queue: u32::from_str_radix(rx, 16).ok()?,
+        tx_queue: u32::from_str_radix(tx, 16).ok()?,
     })
 }
 
@@ -481,7 +489,56 @@ pub fn tcp_sockets(states: u32) -> io::Result<Vec<InetEntry>> {
     }
 }
 
-fn sock_diag(states: u32) -> io::Result<Vec<InetEntry>> {
+/// The accept queue of a listening stream socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queue {
+    /// Connections the kernel completed that nobody accepted yet.
+    pub waiting: u32,
+    /// How many may wait before the kernel drops (TCP) or refuses (Unix)
+    /// more; None where only /proc/net/tcp could be read.
+    pub backlog: Option<u32>,
+}
+
+/// The accept queues of every listening TCP and Unix stream socket, by
+/// inode, from sock_diag. Where netlink is refused, TCP comes from
+/// /proc/net/tcp*, which has the waiting connections of a LISTEN line (its
+/// rx_queue) but not the backlog; Unix listeners then are missing.
+pub fn listen_queues() -> io::Result<HashMap<u64, Queue>> {
+    let mut out = HashMap::new();
+    let tcp = |e: InetEntry, backlog: Option<u32>| {
+        let q = Queue {
+            waiting: e.rx_queue,
+            backlog,
+        };
+        (e.inode, q)
+    };
+    match sock_diag(1 << TCP_LISTEN) {
+        Ok(found) => out.extend(found.into_iter().map(|e| {
+            let backlog = Some(e.tx_queue);
+            tcp(e, backlog)
+        })),
+        Err(e) => {
+            tracing::debug!("sock_diag: {e}; reading /proc/net/tcp instead, without backlogs");
+            let found = inet_table(&["tcp", "tcp6"])?;
+            let listening = found.into_iter().filter(|e| e.state == TCP_LISTEN);
+            out.extend(listening.map(|e| tcp(e, None)));
+        }
+    }
+    let unix = diag_socket().and_then(|fd| {
+        let mut found = Vec::new();
+        netlink_dump(&fd, &unix_request(1 << TCP_LISTEN), |datagram| {
+            parse_netlink(datagram, &mut |body| found.extend(unix_queue(body)))
+        })?;
+        Ok(found)
+    });
+    match unix {
+        Ok(found) => out.extend(found),
+        Err(e) => tracing::debug!("unix_diag: {e}; Unix listeners' queues are not shown"),
+    }
+    Ok(out)
+}
+
+fn diag_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned at once.
     let fd = unsafe {
         libc::socket(
@@ -494,63 +551,95 @@ fn sock_diag(states: u32) -> io::Result<Vec<InetEntry>> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: just created, nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn sock_diag(states: u32) -> io::Result<Vec<InetEntry>> {
+    let fd = diag_socket()?;
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        let req = diag_request(family, states);
-        // SAFETY: sends our buffer to the kernel (nl_pid 0), length as given.
-        let sent = unsafe {
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as u16;
-            libc::sendto(
-                fd.as_raw_fd(),
-                req.as_ptr().cast(),
-                req.len(),
-                0,
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut buf = vec![0u8; 32 * 1024];
-        'dump: loop {
-            // SAFETY: reads into our buffer, at most its length.
-            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            match parse_diag(&buf[..n as usize], &mut out) {
-                Diag::More => {}
-                Diag::Done => break 'dump,
-                Diag::Error(errno) => return Err(io::Error::from_raw_os_error(errno)),
-            }
-        }
+        netlink_dump(&fd, &inet_request(family, states), |datagram| {
+            parse_diag(datagram, &mut out)
+        })?;
     }
     Ok(out)
+}
+
+/// Sends one dump request and hands every datagram of the answer to
+/// `parse` until it says the dump is done.
+fn netlink_dump(fd: &OwnedFd, req: &[u8], mut parse: impl FnMut(&[u8]) -> Diag) -> io::Result<()> {
+    // SAFETY: sends our buffer to the kernel (nl_pid 0), length as given.
+    let sent = unsafe {
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as u16;
+        libc::sendto(
+            fd.as_raw_fd(),
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        // SAFETY: reads into our buffer, at most its length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        match parse(&buf[..n as usize]) {
+            Diag::More => {}
+            Diag::Done => return Ok(()),
+            Diag::Error(errno) => return Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
 }
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 
-/// nlmsghdr + inet_diag_req_v2 for every TCP socket of `family` in `states`.
-fn diag_request(family: u8, states: u32) -> Vec<u8> {
-    let len: u32 = 16 + 56;
+/// nlmsghdr for a dump request with a body of `body_len` bytes.
+fn diag_header(body_len: u32) -> Vec<u8> {
+    let len = 16 + body_len;
     let mut b = Vec::with_capacity(len as usize);
     b.extend(len.to_ne_bytes());
     b.extend(SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     b.extend(((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
     b.extend(1u32.to_ne_bytes()); // seq
     b.extend(0u32.to_ne_bytes()); // pid
+    b
+}
+
+/// inet_diag_req_v2 for every TCP socket of `family` in `states`.
+fn inet_request(family: u8, states: u32) -> Vec<u8> {
+    let mut b = diag_header(56);
     b.extend([family, libc::IPPROTO_TCP as u8, 0, 0]);
     b.extend(states.to_ne_bytes());
-    b.resize(len as usize, 0); // inet_diag_sockid: all zero, no filter
+    b.resize(16 + 56, 0); // inet_diag_sockid: all zero, no filter
+    b
+}
+
+/// Asks unix_diag for the queue lengths (rqueue, wqueue) of each socket.
+const UDIAG_SHOW_RQLEN: u32 = 0x10;
+const UNIX_DIAG_RQLEN: u16 = 4;
+
+/// unix_diag_req for every Unix socket in `states`, with queue lengths.
+fn unix_request(states: u32) -> Vec<u8> {
+    let mut b = diag_header(24);
+    b.extend([libc::AF_UNIX as u8, 0, 0, 0]);
+    b.extend(states.to_ne_bytes());
+    b.extend(0u32.to_ne_bytes()); // inode: any
+    b.extend(UDIAG_SHOW_RQLEN.to_ne_bytes());
+    b.extend([0xffu8; 8]); // cookie: none
     b
 }
 
@@ -561,11 +650,23 @@ enum Diag {
     Error(i32),
 }
 
+fn u16_at(b: &[u8], i: usize) -> u16 {
+    u16::from_ne_bytes([b[i], b[i + 1]])
+}
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
 /// Pure: the netlink messages in one datagram; inet_diag_msg entries go to
-/// `out`. Hostile-safe: lengths are checked before every read.
-fn parse_diag(mut buf: &[u8], out: &mut Vec<InetEntry>) -> Diag {
-    let u16_at = |b: &[u8], i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
-    let u32_at = |b: &[u8], i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+/// `out`.
+fn parse_diag(buf: &[u8], out: &mut Vec<InetEntry>) -> Diag {
+    parse_netlink(buf, &mut |body| out.extend(inet_entry(body)))
+}
+
+/// Pure: the netlink messages in one datagram; the body of each diag answer
+/// goes to `each`. Hostile-safe: lengths are checked before every read.
+fn parse_netlink(mut buf: &[u8], each: &mut impl FnMut(&[u8])) -> Diag {
     while buf.len() >= 16 {
         let len = u32_at(buf, 0) as usize;
         if len < 16 || len > buf.len() {
@@ -586,27 +687,7 @@ fn parse_diag(mut buf: &[u8], out: &mut Vec<InetEntry>) -> Diag {
                     Diag::Error(errno)
                 };
             }
-            SOCK_DIAG_BY_FAMILY if body.len() >= 72 => {
-                let family = body[0];
-                let port = u16::from_be_bytes([body[4], body[5]]);
-                let ip = if family == libc::AF_INET as u8 {
-                    IpAddr::V4(Ipv4Addr::new(body[8], body[9], body[10], body[11]))
-                } else {
-                    let mut a = [0u8; 16];
-                    a.copy_from_slice(&body[8..24]);
-                    IpAddr::V6(Ipv6Addr::from(a))
-                };
-                out.push(InetEntry {
-                    proto: if family == libc::AF_INET as u8 {
-                        "tcp"
-                    } else {
-                        "tcp6"
-                    },
-                    local: SocketAddr::new(ip, port),
-                    state: body[1],
-                    inode: u64::from(u32_at(body, 68)),
-                });
-            }
+            SOCK_DIAG_BY_FAMILY => each(body),
             _ => {}
         }
         // Messages are 4-byte aligned.
@@ -614,6 +695,56 @@ fn parse_diag(mut buf: &[u8], out: &mut Vec<InetEntry>) -> Diag {
         buf = buf.get(next..).unwrap_or(&[]);
     }
     Diag::More
+}
+
+/// An inet_diag_msg; None when it is cut short.
+fn inet_entry(body: &[u8]) -> Option<InetEntry> {
+    if body.len() < 72 {
+        return None;
+    }
+    let family = body[0];
+    let port = u16::from_be_bytes([body[4], body[5]]);
+    let ip = if family == libc::AF_INET as u8 {
+        IpAddr::V4(Ipv4Addr::new(body[8], body[9], body[10], body[11]))
+    } else {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&body[8..24]);
+        IpAddr::V6(Ipv6Addr::from(a))
+    };
+    Some(InetEntry {
+        proto: if family == libc::AF_INET as u8 {
+            "tcp"
+        } else {
+            "tcp6"
+        },
+        local: SocketAddr::new(ip, port),
+        state: body[1],
+        inode: u64::from(u32_at(body, 68)),
+        rx_queue: u32_at(body, 56),
+        tx_queue: u32_at(body, 60),
+    })
+}
+
+/// A unix_diag_msg with its UNIX_DIAG_RQLEN attribute: (inode, queue).
+/// None when cut short or without the attribute.
+fn unix_queue(body: &[u8]) -> Option<(u64, Queue)> {
+    let inode = u64::from(u32_at(body.get(..16)?, 4));
+    let mut attrs = &body[16..];
+    while attrs.len() >= 4 {
+        let len = usize::from(u16_at(attrs, 0));
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if u16_at(attrs, 2) == UNIX_DIAG_RQLEN && len >= 12 {
+            let queue = Queue {
+                waiting: u32_at(attrs, 4),
+                backlog: Some(u32_at(attrs, 8)),
+            };
+            return Some((inode, queue));
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
+    }
+    None
 }
 
 /// sock_diag's multicast groups of closed TCP sockets (linux/sock_diag.h).
@@ -1058,6 +1189,54 @@ mod tests {
     }
 
     #[test]
+    fn accept_queues_of_tcp_and_unix_listeners() {
+        use socket2::{Domain, Socket, Type};
+        use std::os::fd::AsFd;
+        let ino = |fd: std::os::fd::BorrowedFd<'_>| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        let tcp = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        tcp.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        tcp.listen(7).unwrap();
+        let addr = tcp.local_addr().unwrap().as_socket().unwrap();
+        let dir = std::env::temp_dir().join(format!("relaunch-queue-{}", std::process::id()));
+        let _ = fs::create_dir(&dir);
+        let path = dir.join("q.sock");
+        let _ = fs::remove_file(&path);
+        let unix = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        unix.bind(&socket2::SockAddr::unix(&path).unwrap()).unwrap();
+        unix.listen(5).unwrap();
+        let _clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let _unix_clients: Vec<_> = (0..2)
+            .map(|_| std::os::unix::net::UnixStream::connect(&path).unwrap())
+            .collect();
+        let q = listen_queues().unwrap();
+        assert_eq!(
+            q.get(&ino(tcp.as_fd())),
+            Some(&Queue {
+                waiting: 3,
+                backlog: Some(7)
+            })
+        );
+        assert_eq!(
+            q.get(&ino(unix.as_fd())),
+            Some(&Queue {
+                waiting: 2,
+                backlog: Some(5)
+            })
+        );
+        // /proc/net/tcp has the waiting ones (rx_queue), not the backlog.
+        let line = inet_table(&["tcp"])
+            .unwrap()
+            .into_iter()
+            .find(|e| e.inode == ino(tcp.as_fd()))
+            .unwrap();
+        assert_eq!(line.rx_queue, 3);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn sock_diag_replies_parse_defensively() {
         let mut out = Vec::new();
         assert_eq!(parse_diag(&[], &mut out), Diag::More);
@@ -1075,6 +1254,28 @@ mod tests {
         short.extend([0u8; 14]);
         assert_eq!(parse_diag(&short, &mut out), Diag::More);
         assert!(out.is_empty());
+        // unix_diag answers: cut short, an attribute past the end, no RQLEN.
+        assert_eq!(unix_queue(&[0u8; 8]), None);
+        let mut msg = vec![0u8; 16];
+        msg[4..8].copy_from_slice(&77u32.to_ne_bytes());
+        assert_eq!(unix_queue(&msg), None);
+        let mut long = msg.clone();
+        long.extend(200u16.to_ne_bytes());
+        long.extend(UNIX_DIAG_RQLEN.to_ne_bytes());
+        assert_eq!(unix_queue(&long), None);
+        let mut good = msg.clone();
+        good.extend(8u16.to_ne_bytes()); // another attribute first
+        good.extend(1u16.to_ne_bytes());
+        good.extend([0u8; 4]);
+        good.extend(12u16.to_ne_bytes());
+        good.extend(UNIX_DIAG_RQLEN.to_ne_bytes());
+        good.extend(3u32.to_ne_bytes());
+        good.extend(128u32.to_ne_bytes());
+        let q = Queue {
+            waiting: 3,
+            backlog: Some(128),
+        };
+        assert_eq!(unix_queue(&good), Some((77, q)));
     }
 
     #[test]

@@ -71,6 +71,43 @@ pub async fn client(args: &ClientArgs, request: Request, json: bool) -> Result<i
     }
 }
 
+/// `status --check`: 0 and silence while a ready generation serves; else 1
+/// and one line on stderr (starting, reloading before the first ready,
+/// backing off with nothing serving, stopping, unreachable), so a health
+/// probe's log says why.
+pub async fn check(args: &ClientArgs) -> Result<i32> {
+    let path = args.control.as_deref().ok_or_else(|| {
+        Error::usage("no control socket given").hint(
+            "pass --control PATH or set RELAUNCH_CONTROL to the --control path of the running relaunch",
+        )
+    })?;
+    let limit = time_limit(args.timeout.as_deref(), &Request::Status)?;
+    let line = match exchange(path, &Request::Status, limit).await {
+        Ok(Response::Status(s)) => match check_line(&s) {
+            None => return Ok(0),
+            Some(line) => line,
+        },
+        Ok(Response::Error { message }) => format!("not ready: relaunch refused: {message}"),
+        Ok(_) => "not ready: relaunch answered something other than a status".to_string(),
+        Err(e) => format!("not ready: {}", e.msg),
+    };
+    logging::print(3, &line);
+    Ok(1)
+}
+
+/// Why a status does not pass `--check`; None when it does.
+fn check_line(s: &Status) -> Option<String> {
+    if s.ready {
+        return None;
+    }
+    let head = format!("not ready: relaunch (pid {}) is {}", s.pid, s.state);
+    Some(match s.state.as_str() {
+        "stopping" => head,
+        "starting" => format!("{head} generation {}", s.generation),
+        _ => format!("{head}; no child of generation {} is ready", s.generation),
+    })
+}
+
 /// `--timeout`, or the default for the request.
 fn time_limit(timeout: Option<&str>, request: &Request) -> Result<Duration> {
     let Some(text) = timeout else {
@@ -293,7 +330,15 @@ fn render_status(s: &Status) -> String {
         let rows: Vec<Vec<String>> = s
             .listeners
             .iter()
-            .map(|l| vec![l.name.clone(), l.address.clone(), format!("fd {}", l.fd)])
+            .map(|l| {
+                let mut row = vec![l.name.clone(), l.address.clone(), format!("fd {}", l.fd)];
+                match (l.waiting, l.backlog) {
+                    (Some(w), Some(b)) => row.push(format!("waiting {w} / {b}")),
+                    (Some(w), None) => row.push(format!("waiting {w}")),
+                    _ => {}
+                }
+                row
+            })
             .collect();
         out += &table(&rows, "  ");
     }
@@ -432,7 +477,7 @@ mod tests {
 relaunch (pid 4242): serving, generation 3
 status: accepting connections
 listeners:
-  http  127.0.0.1:8080  fd 3
+  http  127.0.0.1:8080  fd 3  waiting 2 / 4096
 children:
   PID   GEN  WORKER  STATE  UPTIME  RESTARTS  LAST EXIT
   4250  3    0       ready  1h2m5s  2         signal 9 (SIGKILL)
@@ -481,6 +526,28 @@ last reload: generation 3 succeeded 2m5s ago: ready after 0.4s";
         let back: Status = serde_json::from_str(&json).unwrap();
         assert_eq!(back.pid, 4242);
         assert!(json.contains("\n  \"generation\": 3"), "{json}");
+    }
+
+    #[test]
+    fn check_lines() {
+        let mut s = sample_status();
+        assert_eq!(check_line(&s), None);
+        s.ready = false;
+        s.state = "starting".into();
+        assert_eq!(
+            check_line(&s).unwrap(),
+            "not ready: relaunch (pid 4242) is starting generation 3"
+        );
+        s.state = "backing off".into();
+        assert_eq!(
+            check_line(&s).unwrap(),
+            "not ready: relaunch (pid 4242) is backing off; no child of generation 3 is ready"
+        );
+        s.state = "stopping".into();
+        assert_eq!(
+            check_line(&s).unwrap(),
+            "not ready: relaunch (pid 4242) is stopping"
+        );
     }
 
     #[test]
@@ -569,6 +636,44 @@ last reload: generation 3 succeeded 2m5s ago: ready after 0.4s";
             .await;
             assert_eq!(code.unwrap(), 0);
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn check_exit_codes() {
+        let dir = TempDir::new("check");
+        let path = dir.path("ctl.sock");
+        let mut rx = Server::bind(&path).unwrap().serve();
+        let args = ClientArgs {
+            control: Some(path.clone()),
+            timeout: None,
+        };
+        let starting = Status {
+            state: "starting".into(),
+            ready: false,
+            ..sample_status()
+        };
+        for (response, want) in [
+            (Response::Status(Box::new(sample_status())), 0),
+            (Response::Status(Box::new(starting)), 1),
+            (
+                Response::Error {
+                    message: "permission denied: uid 7".into(),
+                },
+                1,
+            ),
+        ] {
+            let (code, ()) = within(async {
+                tokio::join!(check(&args), answer_one(&mut rx, Request::Status, response))
+            })
+            .await;
+            assert_eq!(code.unwrap(), want);
+        }
+        drop(rx);
+        let gone = ClientArgs {
+            control: Some(dir.path("gone.sock")),
+            timeout: None,
+        };
+        assert_eq!(within(check(&gone)).await.unwrap(), 1);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -17,7 +17,7 @@ mod client;
 mod protocol;
 mod server;
 
-pub use client::client;
+pub use client::{check, client};
 pub use protocol::{ChildInfo, ListenerInfo, ReloadInfo, Request, Response, Status, image};
 pub use server::{Incoming, Reply, Server};
 
@@ -84,11 +84,14 @@ mod testing {
             build_id: None,
             generation: 3,
             state: "serving".into(),
+            ready: true,
             status_text: Some("accepting connections".into()),
             listeners: vec![ListenerInfo {
                 name: "http".into(),
                 address: "127.0.0.1:8080".into(),
                 fd: 3,
+                waiting: Some(2),
+                backlog: Some(4096),
             }],
             children: vec![ChildInfo {
                 pid: 4250,

@@ -70,6 +70,10 @@ pub struct Status {
     /// "waiting for the first connection" | "waiting for a connection" |
     /// "stopping when idle" (the last three with --lazy or --idle-stop)
     pub state: String,
+    /// A ready generation serves now: a ready child of it runs (what
+    /// `status --check` asks).
+    #[serde(default)]
+    pub ready: bool,
     /// Last STATUS= from the serving generation.
     pub status_text: Option<String>,
     pub listeners: Vec<ListenerInfo>,
@@ -108,6 +112,13 @@ pub struct ListenerInfo {
     pub name: String,
     pub address: String,
     pub fd: i32,
+    /// Of a stream listener: connections the kernel holds for it that no
+    /// child accepted yet (None for UDP, or when it could not be read).
+    #[serde(default)]
+    pub waiting: Option<u32>,
+    /// The most that may wait (the listen backlog), when the kernel says.
+    #[serde(default)]
+    pub backlog: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

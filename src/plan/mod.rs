@@ -26,6 +26,7 @@ pub mod wrapper;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -110,6 +111,8 @@ pub struct Plan {
     /// Names (FDNAME) of sockets the fd store gave back that no listener
     /// wants any more: dropped from the store.
     pub unstore: Vec<String>,
+    /// `--metrics`: where to serve GET /metrics.
+    pub metrics: Option<SocketAddr>,
     /// `--watch` and its companions; None without --watch.
     pub watch: Option<Watch>,
     /// For the log, at info and warn.
@@ -250,9 +253,18 @@ pub fn make(
         ports_file: args.ports_file.clone(),
         control: args.control.clone(),
         unstore,
+        metrics: args.metrics.as_deref().map(metrics_addr).transpose()?,
         watch: watch(args)?,
         notes,
         warnings,
+    })
+}
+
+/// `--metrics HOST:PORT`.
+fn metrics_addr(text: &str) -> Result<SocketAddr> {
+    text.parse().map_err(|_| {
+        Error::usage(format!("--metrics {text:?}: not an address and port"))
+            .hint("give HOST:PORT, e.g. --metrics 127.0.0.1:9464 (or [::1]:9464)")
     })
 }
 
@@ -526,6 +538,18 @@ mod tests {
         // Nothing asked for: stored sockets alone do not make listeners.
         let e = plan(&["--", "x"], &["relaunch.http"]).unwrap_err();
         assert!(e.to_string().contains("nothing to listen on"), "{e}");
+    }
+
+    #[test]
+    fn metrics_address() {
+        let p = plan(&["-p", "80", "--metrics", "127.0.0.1:9464", "--", "x"], &[]).unwrap();
+        assert_eq!(p.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(plan(&["-p", "80", "--", "x"], &[]).unwrap().metrics, None);
+        for bad in ["9464", "localhost:9464", "127.0.0.1", ""] {
+            let e = plan(&["-p", "80", "--metrics", bad, "--", "x"], &[]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+            assert!(e.msg.starts_with("--metrics"), "{e}");
+        }
     }
 
     #[test]

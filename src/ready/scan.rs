@@ -761,6 +761,8 @@ mod tests {
             local: local.parse().unwrap(),
             state,
             inode,
+            rx_queue: 0,
+            tx_queue: 0,
         };
         let tcp = [
             e("0.0.0.0:8000", proc::TCP_LISTEN, 10),

@@ -44,6 +44,7 @@ use crate::cli::RunArgs;
 use crate::control::{self, Incoming, Response};
 use crate::error::{Error, Result};
 use crate::intercept;
+use crate::metrics;
 use crate::plan::options::{self, ReadyMode};
 use crate::plan::placeholders::Named;
 use crate::plan::{self, Snapshot};
@@ -128,6 +129,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             file: handover::OwnedPath { path, identity },
         }
     });
+    let (tally, scrapes) = serve_metrics(plan.metrics)?;
     // Nothing of it exists without --watch.
     let watcher = match &plan.watch {
         Some(w) => Some(Watcher::start(w, plan.build_env()).await?),
@@ -178,6 +180,8 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             name: l.name.clone(),
             address: l.address(),
             fd: 3 + i as i32,
+            waiting: None,
+            backlog: None,
         })
         .collect();
     let build_env = plan.build_env().to_vec();
@@ -200,6 +204,8 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         quiet: args.quiet,
         upgrade: None,
         asked: None,
+        tally,
+        metrics: plan.metrics,
         spawns: reaper::Spawns::default(),
         escaped: HashMap::new(),
         build_cmd: plan.watch.as_ref().and_then(|w| w.build.clone()),
@@ -235,6 +241,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         &mut sup,
         signals,
         control_rx,
+        scrapes,
         Inbox {
             notify: notify_rx,
             listened: listened_rx,
@@ -297,6 +304,19 @@ fn keep_in_store<'a>(s: &Systemd, bound: &[&Listener], unstore: impl Iterator<It
     }
 }
 
+/// `--metrics ADDR`: the counters and the scrapes to answer.
+fn serve_metrics(
+    addr: Option<std::net::SocketAddr>,
+) -> Result<(Option<metrics::Tally>, Option<mpsc::Receiver<Incoming>>)> {
+    Ok(match addr {
+        Some(addr) => {
+            let (tally, scrapes) = metrics::serve(addr)?;
+            (Some(tally), Some(scrapes))
+        }
+        None => (None, None),
+    })
+}
+
 /// The driver's own state, for the next image (its fds are in
 /// [`handover::Fds`]).
 #[derive(Debug, Serialize, Deserialize)]
@@ -309,6 +329,13 @@ pub struct Saved {
     /// relaunch's own NOTIFY_SOCKET.
     notify_socket: Option<OsString>,
     quiet: bool,
+    /// `--log-format json`.
+    #[serde(default)]
+    json: bool,
+    /// `--metrics`: served again by the next image (its counters start over,
+    /// as a restart's would).
+    #[serde(default)]
+    metrics: Option<std::net::SocketAddr>,
     ports_file: Option<handover::OwnedPath>,
     /// Bind interception's held sockets (their fds are the listeners').
     #[serde(default)]
@@ -318,6 +345,9 @@ pub struct Saved {
 impl Saved {
     pub fn quiet(&self) -> bool {
         self.quiet
+    }
+    pub fn json(&self) -> bool {
+        self.json
     }
 }
 
@@ -379,6 +409,7 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
             file: handover::OwnedPath { path, identity },
         }
     });
+    let (tally, scrapes) = serve_metrics(saved.metrics)?;
     let (notify_tx, notify_rx) = mpsc::unbounded_channel();
     let (listened_tx, listened_rx) = mpsc::unbounded_channel();
     let intercept = match saved.intercept {
@@ -429,6 +460,8 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
         quiet: saved.quiet,
         upgrade: None,
         asked: None,
+        tally,
+        metrics: saved.metrics,
         spawns: reaper::Spawns::default(),
         escaped: HashMap::new(),
         intercept,
@@ -518,6 +551,7 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
         &mut sup,
         signals,
         control_rx,
+        scrapes,
         Inbox {
             notify: notify_rx,
             listened: listened_rx,
@@ -582,6 +616,9 @@ struct Driver {
     upgrade: Option<upgrade::Check>,
     /// An upgrade the supervisor allowed, for the loop to start.
     asked: Option<(Option<PathBuf>, Option<control::Reply>)>,
+    /// `--metrics`: the counters the supervisor's [`Effect::Count`]s feed.
+    tally: Option<metrics::Tally>,
+    metrics: Option<std::net::SocketAddr>,
     /// Every child started, for telling whose an escaped process is.
     spawns: reaper::Spawns,
     /// Handles on the escaped processes the supervisor is ending.
@@ -926,6 +963,8 @@ impl Driver {
             env: self.env.clone(),
             notify_socket: self.notify_socket.clone(),
             quiet: self.quiet,
+            json: crate::logging::json(),
+            metrics: self.metrics,
             ports_file: self.ports_file.as_ref().map(|p| {
                 let (path, identity) = p.identity();
                 handover::OwnedPath { path, identity }
@@ -1008,19 +1047,28 @@ impl Driver {
                 Effect::Reply {
                     to,
                     response: Response::Status(mut status),
-                } if status.children.iter().any(|c| c.state == "lingering") => {
-                    // Who is left in those groups is read from /proc, off the loop.
+                } => {
+                    // Accept queues (sock_diag) and who is left in lingering
+                    // groups (/proc) are read off the loop, for the sockets
+                    // held now (interception may have rebound one).
+                    self.sync_listeners();
+                    let inodes: Vec<Option<u64>> = self
+                        .listeners
+                        .iter()
+                        .map(|l| scan::socket_inode(l.socket.as_fd()).ok())
+                        .collect();
                     tokio::task::spawn_blocking(move || {
-                        for c in &mut status.children {
-                            if c.state == "lingering" {
-                                c.lingering = reaper::group_members(c.pid);
-                            }
-                        }
+                        fill_status(&mut status, &inodes);
                         let _ = to.send(Response::Status(status));
                     });
                 }
                 Effect::Reply { to, response } => {
                     let _ = to.send(response);
+                }
+                Effect::Count(c) => {
+                    if let Some(tally) = &self.tally {
+                        tally.record(c);
+                    }
                 }
                 Effect::Release { generation } => {
                     if let Some((_, task)) = self.notify.remove(&generation) {
@@ -1216,6 +1264,7 @@ async fn event_loop(
     sup: &mut Supervisor<Driver>,
     mut signals: Signals,
     mut control_rx: Option<mpsc::Receiver<Incoming>>,
+    mut scrapes: Option<mpsc::Receiver<Incoming>>,
     inbox: Inbox,
     mut inodes: Arc<HashSet<u64>>,
     gauge: Option<Arc<idle::Gauge>>,
@@ -1279,8 +1328,7 @@ async fn event_loop(
             let (w, failed) = watch(&sup.os.listeners);
             watches = Some(w);
             if failed {
-                let fx = sup.handle(Event::Connection, Instant::now());
-                apply(sup, fx);
+                step(sup, Event::Connection);
                 continue;
             }
         }
@@ -1301,8 +1349,7 @@ async fn event_loop(
             _ = signals.chld.recv() => {
                 let mut events = reap(&mut sup.os);
                 for ev in events.drain(..) {
-                    let fx = sup.handle(ev, Instant::now());
-                    apply(sup, fx);
+                    step(sup, ev);
                 }
                 // Leaders reaped just now may have been the last of their groups.
                 group_check(sup)
@@ -1318,6 +1365,10 @@ async fn event_loop(
             }
             _ = signals.winch.recv() => vec![Event::Forward(Signal::SIGWINCH)],
             Some(inc) = recv(&mut control_rx) => {
+                vec![Event::Control { request: inc.request, reply: inc.reply }]
+            }
+            // A scrape is a status request (--metrics).
+            Some(inc) = recv(&mut scrapes) => {
                 vec![Event::Control { request: inc.request, reply: inc.reply }]
             }
             Some((pid, how)) = listened_rx.recv() => vec![Event::Listened { pid, how }],
@@ -1393,8 +1444,7 @@ async fn event_loop(
             Some(event) = join(&mut probe_task) => vec![event],
         };
         for ev in events {
-            let fx = sup.handle(ev, Instant::now());
-            apply(sup, fx);
+            step(sup, ev);
         }
         if sweep_task.is_none()
             && let Some(sweep) = sup.sweep_wanted()
@@ -1410,6 +1460,13 @@ fn apply(sup: &mut Supervisor<Driver>, fx: Vec<Effect>) {
     while let Some((binary, reply)) = sup.os.asked.take() {
         start_upgrade(sup, binary, reply);
     }
+    crate::logging::set_generation(sup.serving());
+}
+
+/// One event through the supervisor, its effects carried out.
+fn step(sup: &mut Supervisor<Driver>, event: Event) {
+    let fx = sup.handle(event, Instant::now());
+    apply(sup, fx);
 }
 
 /// Runs the new binary's handshake with the state as it is now. Cold and
@@ -1667,8 +1724,9 @@ fn start_sweep(sup: &Supervisor<Driver>, sweep: u64) -> JoinHandle<Sweep> {
         .collect();
     let ending: Vec<i32> = sup.escaped().collect();
     let spawns = sup.os.spawns.clone();
+    let since = reaper::boot_ticks();
     tokio::task::spawn_blocking(move || {
-        let found = reaper::find_leftovers(&spawns, &owners, &children, &ending)
+        let found = reaper::find_leftovers(&spawns, &owners, &children, &ending, since)
             .into_iter()
             .filter_map(|l| reaper::Escaped::open(&l).map(|h| (l, h)))
             .collect();
@@ -1794,6 +1852,27 @@ async fn exec_reported(
         Poll::Pending
     })
     .await
+}
+
+/// Adds what the kernel knows to a status: each listener's accept queue,
+/// and the members of lingering groups. Blocking: /proc and netlink.
+fn fill_status(status: &mut control::Status, inodes: &[Option<u64>]) {
+    match crate::proc::listen_queues() {
+        Ok(queues) => {
+            for (l, inode) in status.listeners.iter_mut().zip(inodes) {
+                if let Some(q) = inode.and_then(|i| queues.get(&i)) {
+                    l.waiting = Some(q.waiting);
+                    l.backlog = q.backlog;
+                }
+            }
+        }
+        Err(e) => debug!("cannot read the accept queues: {e}"),
+    }
+    for c in &mut status.children {
+        if c.state == "lingering" {
+            c.lingering = reaper::group_members(c.pid);
+        }
+    }
 }
 
 /// Scans /proc for the starting children on the blocking pool: a hung

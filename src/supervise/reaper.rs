@@ -206,13 +206,16 @@ pub struct Leftover {
 /// The processes under relaunch that escaped a child's group and that no
 /// running child owns, with everything under them. `children`: the leaders
 /// of every child relaunch still tracks (their groups are signalled as
-/// groups) and relaunch's own helpers; `ending`: those already being ended. Reads /proc: call it off
-/// the event loop.
+/// groups) and relaunch's own helpers; `ending`: those already being ended;
+/// `since`: [`boot_ticks`] when those lists were taken (a process started
+/// since then, such as a restarted child, is left to the next sweep). Reads
+/// /proc: call it off the event loop.
 pub fn find_leftovers(
     spawns: &Spawns,
     owners: &[i32],
     children: &[i32],
     ending: &[i32],
+    since: u64,
 ) -> Vec<Leftover> {
     if !proc::available() {
         return Vec::new();
@@ -224,7 +227,7 @@ pub fn find_leftovers(
         let Some(st) = proc::stat(pid).filter(|s| s.alive() && s.ppid == me) else {
             continue;
         };
-        if children.contains(&pid) || children.contains(&st.pgrp) {
+        if st.start >= since || children.contains(&pid) || children.contains(&st.pgrp) {
             continue;
         }
         let env = proc::environ(pid);
@@ -311,6 +314,40 @@ mod tests {
             listen_pid,
             foreign: false,
         }
+    }
+
+    /// A sweep works from what the loop knew when it began: a child started
+    /// after that (a crash restart while /proc is read) is not in its list
+    /// of children and must not be taken for a leftover.
+    #[test]
+    fn a_process_newer_than_the_sweep_is_not_judged_by_it() {
+        let since = boot_ticks();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("RELAUNCH_WORKER", "0")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let found = |since| {
+            find_leftovers(&Spawns::default(), &[], &[], &[], since)
+                .iter()
+                .any(|l| l.pid == pid)
+        };
+        assert!(!found(since), "started after the sweep began");
+        // Once the clock has moved past its start, a sweep sees it (it has
+        // none of relaunch's spawns to belong to).
+        let start = proc::stat(pid).unwrap().start;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while boot_ticks() <= start {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the tick clock stands still"
+            );
+            std::thread::yield_now();
+        }
+        assert!(found(boot_ticks()), "an older one is judged");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

@@ -196,6 +196,44 @@ pub enum Effect {
         binary: Option<std::path::PathBuf>,
         reply: Option<Reply>,
     },
+    /// A transition worth counting (for `--metrics`).
+    Count(Count),
+}
+
+/// What `--metrics` counts. The supervisor says it at the transition, once;
+/// the driver keeps the tally only when metrics are served.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Count {
+    /// A serving worker exited on its own and will be restarted.
+    Restart(RestartReason),
+    /// A reload ended (or was merged into another).
+    Reload(ReloadResult),
+    /// A generation became ready this long after it was started.
+    Ready(Duration),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartReason {
+    /// It exited with a status.
+    Exit,
+    /// A signal killed it.
+    Signal,
+    /// Too many quick failures in a row: relaunch gives up and stops.
+    GiveUp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// The new generation serves and the old one is gone.
+    Done,
+    /// The new generation missed its ready deadline.
+    NotReady,
+    /// The new generation exited (or could not start) before it was ready.
+    Exited,
+    /// Asked for during a reload: merged into the one that follows it.
+    Coalesced,
+    /// relaunch was stopped during the reload.
+    Cancelled,
 }
 
 /// Messages for systemd (sd_notify).
@@ -343,6 +381,9 @@ pub struct Child {
     /// `--ready auto` cannot see whether it waits for connections: the
     /// ready timeout then counts as ready instead of as a failure.
     pub blind: bool,
+    /// Not seen ready, but taken as serving at the first generation's
+    /// ready timeout (nothing else could serve).
+    pub taken_as_ready: bool,
     /// The scan saw it wait on a held socket (in any `--ready` mode).
     pub seen: bool,
     /// It called listen() on a held socket: how, for the log. With `blind`,
@@ -425,6 +466,10 @@ pub struct Saved {
     hinted: bool,
     #[serde(with = "handover::mono::opt")]
     first_deadline: Option<Instant>,
+    /// The generation starting and since when (time to ready, `--metrics`).
+    /// (generation, CLOCK_MONOTONIC µs): see `handover::mono`.
+    #[serde(default)]
+    generation_started: Option<(u64, i64)>,
     next_generation: u64,
     reload: Option<Reload>,
     reload_queued: bool,
@@ -473,6 +518,9 @@ pub struct Supervisor<O: Os> {
     exit_error: Option<String>,
     done: bool,
     last_reload: Option<LastReload>,
+    /// The generation still to become ready for the first time, and when it
+    /// was started (for its time to ready).
+    generation_started: Option<(u64, Instant)>,
     /// The "binds the port itself" hint was given (once per relaunch).
     hinted: bool,
     /// `--watch`; None without it.
@@ -508,6 +556,7 @@ impl<O: Os> Supervisor<O> {
             exit_error: None,
             done: false,
             last_reload: None,
+            generation_started: None,
             hinted: false,
             dev,
             out: Vec::new(),
@@ -586,6 +635,11 @@ impl<O: Os> Supervisor<O> {
             code: self.exit_code,
             error: self.exit_error.clone(),
         })
+    }
+
+    /// The serving generation (0 before the first starts).
+    pub fn serving(&self) -> u64 {
+        self.serving
     }
 
     pub fn children(&self) -> &[Child] {
@@ -681,6 +735,29 @@ impl<O: Os> Supervisor<O> {
         }
     }
 
+    /// Whether a ready generation serves (`status --check`): it was
+    /// announced, a child of it is ready (or was taken as serving at the
+    /// first --ready-timeout) and runs, and relaunch is not stopping. Under
+    /// --lazy, waiting for a connection and starting on one count too: a
+    /// connection is what starts the app, so a probe must not turn it away.
+    pub fn ready(&self) -> bool {
+        if self.stopping {
+            return false;
+        }
+        if self.demand != Demand::Running
+            || (self.cfg.lazy && !self.announced && self.reload.is_none())
+        {
+            return true;
+        }
+        self.announced
+            && self.children.iter().any(|c| {
+                c.generation == self.serving
+                    && c.alive()
+                    && (c.state == State::Ready
+                        || (c.taken_as_ready && matches!(c.state, State::Starting { .. })))
+            })
+    }
+
     /// The earliest moment an [`Event::Timer`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let children = self.children.iter().filter_map(|c| match c.state {
@@ -751,6 +828,7 @@ impl<O: Os> Supervisor<O> {
             build_id: handover::build_id().map(str::to_string),
             generation: self.serving,
             state: self.state().into(),
+            ready: self.ready(),
             status_text,
             listeners: self.cfg.listeners.clone(),
             children,
@@ -802,6 +880,7 @@ impl<O: Os> Supervisor<O> {
         self.demand = Demand::Running;
         self.idle_since = None;
         self.serving = self.take_generation();
+        self.generation_started = Some((self.serving, now));
         self.announced = false;
         self.first_deadline = Some(now + self.cfg.ready_timeout);
         self.slots = vec![Slot::default(); self.cfg.workers];
@@ -891,6 +970,21 @@ impl<O: Os> Supervisor<O> {
         self.out.push(Effect::Tell(t));
     }
 
+    fn count(&mut self, c: Count) {
+        self.out.push(Effect::Count(c));
+    }
+
+    /// Every worker of `generation` is ready: how long that took, counted
+    /// once per generation.
+    fn generation_ready(&mut self, generation: u64, now: Instant) {
+        if let Some((g, since)) = self.generation_started
+            && g == generation
+        {
+            self.generation_started = None;
+            self.count(Count::Ready(now.saturating_duration_since(since)));
+        }
+    }
+
     fn on_timer(&mut self, now: Instant) {
         for i in 0..self.children.len() {
             let (pid, generation, state) = (
@@ -954,6 +1048,7 @@ impl<O: Os> Supervisor<O> {
                 }
             } else {
                 self.fail_reload(
+                    ReloadResult::NotReady,
                     format!("generation {generation} was not ready within {waited}"),
                     now,
                 );
@@ -967,6 +1062,12 @@ impl<O: Os> Supervisor<O> {
                  If the app is fine, use --ready delay:DURATION, or send READY=1 and use --ready notify",
                 duration::human(self.cfg.ready_timeout)
             );
+            let serving = self.serving;
+            for c in &mut self.children {
+                if c.generation == serving && matches!(c.state, State::Starting { .. }) {
+                    c.taken_as_ready = true;
+                }
+            }
             self.announce(now);
         }
         for worker in 0..self.slots.len() {
@@ -1026,7 +1127,11 @@ impl<O: Os> Supervisor<O> {
             (State::Stopping { .. }, _) => info!(pid, generation, worker, "stopped: {status}"),
             (_, Some(e)) if self.pending() == Some(generation) => {
                 warn!(pid, generation, worker, "{e}");
-                self.fail_reload(format!("generation {generation} could not start: {e}"), now);
+                self.fail_reload(
+                    ReloadResult::Exited,
+                    format!("generation {generation} could not start: {e}"),
+                    now,
+                );
             }
             (_, Some(e)) if generation == self.serving && !self.stopping => {
                 // At start a missing program is a mistake to report at once.
@@ -1053,6 +1158,7 @@ impl<O: Os> Supervisor<O> {
                     generation, worker, "new generation {status} before it was ready"
                 );
                 self.fail_reload(
+                    ReloadResult::Exited,
                     format!("generation {generation} {status} before it was ready"),
                     now,
                 );
@@ -1272,6 +1378,8 @@ impl<O: Os> Supervisor<O> {
             if !why.is_empty() {
                 warn!(
                     pid,
+                    generation = c.generation,
+                    worker = c.worker,
                     "cannot see whether this child waits for connections ({why}); it counts as ready only at \
                      --ready-timeout. Use --ready delay:DURATION, or send READY=1 and use --ready notify"
                 );
@@ -1434,6 +1542,7 @@ impl<O: Os> Supervisor<O> {
             last_reload,
             served,
             hinted,
+            generation_started,
             // An upgrade is refused under --watch, --lazy and --idle-stop
             // (see `upgrade`): these are as `new` makes them.
             dev: _,
@@ -1454,6 +1563,7 @@ impl<O: Os> Supervisor<O> {
             announced: *announced,
             served: *served,
             hinted: *hinted,
+            generation_started: generation_started.map(|(g, t)| (g, handover::mono::to_usec(t))),
             first_deadline: *first_deadline,
             next_generation: *next_generation,
             reload: *reload,
@@ -1484,6 +1594,7 @@ impl<O: Os> Supervisor<O> {
             served,
             hinted,
             first_deadline,
+            generation_started,
             next_generation,
             reload,
             reload_queued,
@@ -1499,6 +1610,7 @@ impl<O: Os> Supervisor<O> {
             dev: cfg.watch.map(|_| Dev::default()),
             served,
             hinted,
+            generation_started: generation_started.map(|(g, t)| (g, handover::mono::from_usec(t))),
             demand: Demand::Running,
             idle_since: None,
             escaped: Vec::new(),
@@ -1557,6 +1669,7 @@ impl<O: Os> Supervisor<O> {
                 );
             }
             self.reload_queued = true;
+            self.count(Count::Reload(ReloadResult::Coalesced));
             return Ok(r.generation + 1);
         }
         let generation = self.take_generation();
@@ -1571,12 +1684,17 @@ impl<O: Os> Supervisor<O> {
             },
         });
         self.reloading = true;
+        self.generation_started = Some((generation, now));
         self.tell(Tell::Reloading(format!(
             "reloading: starting generation {generation}"
         )));
         for worker in 0..self.cfg.workers {
             if let Err(e) = self.spawn(generation, worker, now) {
-                self.fail_reload(format!("generation {generation} could not start: {e}"), now);
+                self.fail_reload(
+                    ReloadResult::Exited,
+                    format!("generation {generation} could not start: {e}"),
+                    now,
+                );
                 return Ok(generation);
             }
         }
@@ -1618,7 +1736,7 @@ impl<O: Os> Supervisor<O> {
             }
         }
         if self.reload.is_some() {
-            self.fail_reload("relaunch is stopping".into(), now);
+            self.fail_reload(ReloadResult::Cancelled, "relaunch is stopping".into(), now);
         }
         for s in &mut self.slots {
             s.restart_at = None;
@@ -1853,6 +1971,7 @@ impl<O: Os> Supervisor<O> {
             main_pid: None,
             status_text: None,
             blind: false,
+            taken_as_ready: false,
             seen: false,
             listened: None,
             ready_since: None,
@@ -1896,6 +2015,10 @@ impl<O: Os> Supervisor<O> {
         let jitter = self.os.jitter();
         match self.slots[worker].backoff.exited(lived, ready_for, jitter) {
             Next::RestartAfter(d) => {
+                self.count(Count::Restart(match status {
+                    ExitStatus::Code(_) => RestartReason::Exit,
+                    ExitStatus::Signal(_) => RestartReason::Signal,
+                }));
                 info!(
                     pid,
                     generation = self.serving,
@@ -1910,6 +2033,7 @@ impl<O: Os> Supervisor<O> {
                 )));
             }
             Next::GiveUp => {
+                self.count(Count::Restart(RestartReason::GiveUp));
                 let msg = format!(
                     "giving up after {} quick failures in a row (each exited before it was ready, or within {} of it); the last one {status}",
                     backoff::GIVE_UP_AFTER,
@@ -1953,6 +2077,7 @@ impl<O: Os> Supervisor<O> {
                 .filter(|c| c.generation == self.serving && c.alive())
                 .all(|c| c.state == State::Ready)
         {
+            self.generation_ready(self.serving, now);
             self.announce(now);
         }
         if let Some(Reload {
@@ -1968,6 +2093,7 @@ impl<O: Os> Supervisor<O> {
                 generation,
                 "reload done: generation {generation} serves (pids {pids:?})"
             );
+            self.count(Count::Reload(ReloadResult::Done));
             self.finish_reload(generation, Ok(pids), now);
         }
         if self.children.is_empty()
@@ -2026,6 +2152,7 @@ impl<O: Os> Supervisor<O> {
             generation,
             "generation {generation} is ready; stopping generation {}", self.serving
         );
+        self.generation_ready(generation, now);
         self.serving = generation;
         self.slots = vec![Slot::default(); self.cfg.workers];
         self.reload = Some(Reload {
@@ -2040,10 +2167,11 @@ impl<O: Os> Supervisor<O> {
 
     /// Ends the reload in progress with `reason`; a new generation that is
     /// still starting is stopped, one that already serves stays.
-    fn fail_reload(&mut self, reason: String, now: Instant) {
+    fn fail_reload(&mut self, why: ReloadResult, reason: String, now: Instant) {
         let Some(Reload { generation, phase }) = self.reload else {
             return;
         };
+        self.count(Count::Reload(why));
         if let Phase::Starting { .. } = phase {
             warn!(
                 generation,
@@ -2149,6 +2277,7 @@ mod tests {
         signals: Vec<(i32, Signal)>,
         tells: Vec<Tell>,
         released: Vec<u64>,
+        counts: Vec<Count>,
         fail_spawn: Option<fn() -> spawn::Error>,
         upgrades: Vec<(Option<std::path::PathBuf>, Option<Reply>)>,
         /// What the next sweep for escaped processes finds; each sweep
@@ -2177,6 +2306,7 @@ mod tests {
                     Effect::SignalEscaped { pid, sig } => self.os.signals.push((pid, sig)),
                     Effect::Tell(t) => self.os.tells.push(t),
                     Effect::Release { generation } => self.os.released.push(generation),
+                    Effect::Count(c) => self.os.counts.push(c),
                     Effect::Reply { to, response } => {
                         let _ = to.send(response);
                     }
@@ -2640,6 +2770,101 @@ mod tests {
         assert_eq!(s.os.spawned.len(), 3);
     }
 
+    /// `status --check` passes only while a ready child of the serving
+    /// generation runs.
+    #[test]
+    fn ready_means_a_ready_child_of_the_serving_generation_runs() {
+        let (mut s, t0) = started(2);
+        assert!(!s.ready(), "starting");
+        s.t_ready(101, t0);
+        assert!(!s.ready(), "not announced before every worker is ready");
+        s.t_ready(102, t0);
+        assert!(s.ready());
+        s.t_exit(101, ExitStatus::Signal(9), t0 + Duration::from_secs(30));
+        assert!(s.ready(), "the other worker serves");
+        s.t_exit(102, ExitStatus::Signal(9), t0 + Duration::from_secs(30));
+        assert!(!s.ready(), "backing off with nothing running");
+        let at = s.next_deadline().unwrap();
+        s.t_timer(at);
+        assert!(!s.ready(), "restarted, not ready yet");
+        s.t_ready(103, at);
+        s.t_ready(104, at);
+        assert!(s.ready());
+        s.t_reload(at).unwrap();
+        assert!(s.ready(), "the old generation serves during a reload");
+        s.t_stop(at);
+        assert!(!s.ready(), "stopping");
+        // A first generation taken as serving at --ready-timeout counts.
+        let (mut s, t0) = started(1);
+        s.t_timer(t0 + Duration::from_secs(60));
+        assert!(s.ready());
+    }
+
+    /// Under --lazy, `status --check` passes while waiting for a connection
+    /// and while starting on one.
+    #[test]
+    fn lazy_is_ready_while_it_waits_for_a_connection() {
+        let t0 = Instant::now();
+        let mut s = on_demand(1, true, None);
+        s.t_start(t0);
+        assert!(s.ready(), "waiting for the first connection");
+        s.t_connection(t0);
+        assert!(s.ready(), "starting on a connection");
+        s.t_stop(t0);
+        assert!(!s.ready(), "stopping");
+    }
+
+    /// What `--metrics` counts, each once, at its transition.
+    #[test]
+    fn transitions_are_counted_once() {
+        use Count::*;
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0 + ms(250));
+        assert_eq!(s.os.counts, [Ready(ms(250))]);
+        s.os.counts.clear();
+        // A reload, one merged into the next, and that next one.
+        s.t_reload(t0 + ms(1000)).unwrap();
+        s.t_reload(t0 + ms(1000)).unwrap();
+        s.t_ready(102, t0 + ms(1100));
+        s.t_exit(101, ExitStatus::Code(0), t0 + ms(1200));
+        s.t_ready(103, t0 + ms(1500));
+        s.t_exit(102, ExitStatus::Code(0), t0 + ms(1600));
+        assert_eq!(
+            s.os.counts,
+            [
+                Reload(ReloadResult::Coalesced),
+                Ready(ms(100)),
+                Reload(ReloadResult::Done),
+                Ready(ms(300)),
+                Reload(ReloadResult::Done),
+            ]
+        );
+        s.os.counts.clear();
+        // Failed reloads: exited, not ready in time; a crash and a kill.
+        s.t_reload(t0 + ms(2000)).unwrap();
+        s.t_exit(104, ExitStatus::Code(1), t0 + ms(2100));
+        s.t_reload(t0 + ms(3000)).unwrap();
+        s.t_timer(t0 + ms(3000) + Duration::from_secs(60));
+        s.t_exit(103, ExitStatus::Code(3), t0 + Duration::from_secs(70));
+        let at = s.next_deadline().unwrap();
+        s.t_timer(at);
+        s.t_exit(106, ExitStatus::Signal(9), at + Duration::from_secs(30));
+        assert_eq!(
+            s.os.counts,
+            [
+                Reload(ReloadResult::Exited),
+                Reload(ReloadResult::NotReady),
+                Restart(RestartReason::Exit),
+                Restart(RestartReason::Signal),
+            ]
+        );
+        s.os.counts.clear();
+        // A reload cut short by a stop.
+        s.t_reload(at + Duration::from_secs(31)).unwrap();
+        s.t_stop(at + Duration::from_secs(31));
+        assert_eq!(s.os.counts, [Reload(ReloadResult::Cancelled)]);
+    }
+
     #[test]
     fn crash_restarts_with_backoff_then_gives_up() {
         let (mut s, t0) = started(1);
@@ -2661,6 +2886,10 @@ mod tests {
         }
         let exit = s.exit().expect("gave up");
         assert_eq!(exit.code, 1);
+        assert_eq!(
+            s.os.counts.last(),
+            Some(&Count::Restart(RestartReason::GiveUp))
+        );
         assert!(
             exit.error
                 .unwrap()

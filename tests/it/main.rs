@@ -8,6 +8,7 @@ mod groups;
 mod intercept;
 mod intercept_peers;
 mod lazy;
+mod ops;
 mod package;
 mod ports;
 mod ready;

@@ -96,6 +96,23 @@ fn units_under_real_systemd() {
             errors.lines().any(|l| l.starts_with("reload failed: ")),
             "no error from the reload client at priority err:\n{errors}"
         );
+        // Only warnings (and worse) at priority warning: none of the info lines.
+        for info in ["listening on", "started", "ready after", "reload done", "serving: generation"] {
+            assert!(
+                !warnings.lines().any(|l| l.starts_with(info)),
+                "an info line ({info:?}) at priority warning:\n{warnings}"
+            );
+        }
+        // Through the unit too: relaunch's lines start with the message.
+        let unit = rig.ok(&["journalctl", "--no-pager", "-o", "cat", "-u", UNIT]);
+        assert!(
+            unit.lines().any(|l| l.starts_with("listening on ") || l.starts_with("using ")),
+            "no line of relaunch's that starts with its message:\n{unit}"
+        );
+        assert!(
+            unit.lines().any(|l| l.starts_with("reload done: generation ")),
+            "{unit}"
+        );
         let all = rig.ok(&["journalctl", "--no-pager", "-o", "cat", &main_pid]);
         assert!(all.contains("listening on"), "{all}");
         for line in all.lines() {

@@ -897,3 +897,46 @@ asyncio.run(main())
     assert!(r.wait_exit(T).success(), "{}", r.log.text());
     assert!(!path.exists(), "{} left behind", path.display());
 }
+
+/// GET /metrics; the whole answer.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// `--metrics` and `--log-format json` are options of the relaunch that
+/// started: the new image keeps them, and binds the metrics port again
+/// although the scrapes it closed left it in TIME_WAIT.
+#[test]
+fn metrics_and_json_logs_carry_over_an_upgrade() {
+    let b = second_build();
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let s = setup(
+        "upgrade-metrics",
+        &pid_server(""),
+        &["--metrics", &metrics, "--log-format", "json"],
+    );
+    let addr = s.r.listen_addr(3);
+    wait_serving(addr);
+    s.r.log.wait("serving: generation 1", T);
+    for _ in 0..3 {
+        assert!(scrape(port).starts_with("HTTP/1.1 200"));
+    }
+    install(b, &s.bin);
+    let (code, out) = upgrade(&s.ctl);
+    assert_eq!(code, 0, "{out}");
+    let line = s.r.log.wait("upgraded from", T);
+    let json: serde_json::Value = serde_json::from_str(line.trim())
+        .unwrap_or_else(|e| panic!("not a JSON line after the upgrade ({e}): {line}"));
+    assert_eq!(json["pid"], s.r.pid(), "{line}");
+    let text = scrape(port);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("relaunch_build_info"), "{text}");
+}
