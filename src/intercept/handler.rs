@@ -1184,6 +1184,17 @@ mod tests {
         wait("the thread ends", &|| table.gate.lock().live == 0);
         assert!(table.sessions().is_empty());
         assert!(table.parked().unwrap().is_empty());
+        // A thread still waiting for its new child's fd is not parked: the
+        // upgrade waits for it (and is refused if it takes too long).
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let theirs = start(Arc::clone(&table), Arc::new(OnceLock::new()), tx).unwrap();
+        table.pause();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(table.parked().unwrap_err(), 1);
+        table.resume();
+        // The child died before its filter: the thread ends.
+        drop(theirs);
+        wait("the waiting thread ends", &|| table.gate.lock().live == 0);
     }
 
     #[test]
