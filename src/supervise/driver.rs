@@ -417,7 +417,9 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
             Ok(t) => Some(t),
             Err(e) => {
                 warn!(
-                    "bind interception is off after the upgrade: cannot adopt the held                      sockets ({e}); a child that binds a held port itself fails with ENOSYS                      until it is restarted"
+                    "bind interception is off after the upgrade: cannot adopt the held \
+                     sockets ({e}); a child that binds a held port itself fails with ENOSYS \
+                     until it is restarted"
                 );
                 None
             }
@@ -431,7 +433,8 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
             if let Err(e) = intercept::handler::resume(Arc::clone(t), c, listened_tx.clone()) {
                 warn!(
                     pid = leader,
-                    "cannot answer this child's binds after the upgrade ({e}): its binds                      fail with ENOSYS until it is restarted"
+                    "cannot answer this child's binds after the upgrade ({e}): its binds \
+                     fail with ENOSYS until it is restarted"
                 );
             }
         }
