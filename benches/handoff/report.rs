@@ -132,11 +132,7 @@ pub fn table(scenarios: &[Scenario], fp: Option<&Footprint>) -> String {
             tp.ratio,
             stats::median(&tp.under_relaunch),
             stats::median(&tp.self_bound),
-            tp.round_ratios
-                .iter()
-                .map(|r| format!("{r:.3}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            rounds(&tp.round_ratios)
         );
         let _ = writeln!(
             t,
@@ -149,11 +145,7 @@ pub fn table(scenarios: &[Scenario], fp: Option<&Footprint>) -> String {
             tp.intercept_ratio,
             stats::median(&tp.intercepted),
             stats::median(&tp.self_bound),
-            tp.intercept_round_ratios
-                .iter()
-                .map(|r| format!("{r:.3}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            rounds(&tp.intercept_round_ratios)
         );
         let _ = writeln!(
             t,
@@ -385,11 +377,7 @@ pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>, extra: &
             format!(
                 "throughput with bind interception / self-bound >= {INTERCEPT_RATIO_TARGET} \
                  (got {r:.3}; rounds {})",
-                tp.intercept_round_ratios
-                    .iter()
-                    .map(|r| format!("{r:.3}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                rounds(&tp.intercept_round_ratios)
             ),
             r >= INTERCEPT_RATIO_TARGET,
         ));
@@ -399,4 +387,13 @@ pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>, extra: &
     for (what, ok) in lines {
         println!("  [{}] {what}", if ok { "ok" } else { "FAIL" });
     }
+}
+
+/// Round-by-round ratios, as the report and the acceptance lines print them.
+fn rounds(ratios: &[f64]) -> String {
+    ratios
+        .iter()
+        .map(|r| format!("{r:.3}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
