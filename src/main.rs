@@ -11,6 +11,7 @@ mod metrics;
 mod plan;
 mod proc;
 mod ready;
+mod sigmask;
 mod sockets;
 mod supervise;
 mod table;
@@ -127,12 +128,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_start(|| {
-            // SAFETY: plain signal-mask calls on an initialised set.
-            unsafe {
-                let mut all: libc::sigset_t = std::mem::zeroed();
-                libc::sigfillset(&mut all);
-                libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-            }
+            sigmask::block_all();
         })
         .build()
         .map_err(|e| Error::runtime(format!("cannot start the event loop: {e}")))

@@ -462,14 +462,12 @@ pub fn resume(table: Arc<Table>, carried: Carried, listened: Listened) -> io::Re
 /// (it inherits the mask): relaunch's signals are the main thread's, and
 /// one taken here while an upgrade blocks them there would die at the exec.
 fn thread(f: impl FnOnce() + Send + 'static) -> io::Result<()> {
-    let before = crate::supervise::upgrade::block_signals();
-    let spawned = std::thread::Builder::new()
+    let _blocked = crate::sigmask::Blocked::new();
+    std::thread::Builder::new()
         .name("intercept".into())
         .stack_size(128 * 1024)
         .spawn(f)
-        .map(drop);
-    crate::supervise::upgrade::set_sigmask(&before);
-    spawned
+        .map(drop)
 }
 
 /// The notification fd the child sent, or None (it died first, or the

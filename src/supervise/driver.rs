@@ -508,7 +508,7 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     // The handlers are in: what arrived during the exec is delivered now.
-    upgrade::set_sigmask(&sigmask);
+    crate::sigmask::set(&sigmask);
     let kept = sup.children().iter().filter(|c| c.alive()).count();
     let to = handover::image();
     info!(
@@ -1601,7 +1601,7 @@ async fn upgrade_now(
         .iter()
         .map(|inc| (inc.request.clone(), inc.reply.conn()))
         .collect();
-    let sigmask = upgrade::block_signals();
+    let sigmask = crate::sigmask::block_all();
     // Signals the handlers took but the loop has not seen yet: sent again,
     // they wait (blocked) for whichever image runs next.
     signals.requeue();
@@ -1614,7 +1614,7 @@ async fn upgrade_now(
     );
     let why = upgrade::exec(&check.binary, &state);
     // Still here: the old image goes on.
-    upgrade::set_sigmask(&sigmask);
+    crate::sigmask::set(&sigmask);
     if let Some(t) = &sup.os.intercept {
         t.resume();
     }

@@ -207,7 +207,7 @@ pub fn spawn(req: &Request<'_>) -> Result<Spawned, Error> {
     };
 
     let pid = {
-        let _blocked = BlockSignals::new();
+        let _blocked = crate::sigmask::Blocked::new();
         // SAFETY: see the module's safety argument; the child runs only `child.exec()`.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
@@ -568,29 +568,6 @@ fn write_decimal(mut n: u64, buf: &mut [u8]) {
         buf[i] = tmp[len - 1 - i];
     }
     buf[len] = 0;
-}
-
-/// Blocks every signal until dropped, so none is handled in the forked child.
-struct BlockSignals(libc::sigset_t);
-
-impl BlockSignals {
-    fn new() -> Self {
-        // SAFETY: plain signal-mask syscalls on zeroed, initialised sets.
-        unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-            BlockSignals(old)
-        }
-    }
-}
-
-impl Drop for BlockSignals {
-    fn drop(&mut self) {
-        // SAFETY: restores the mask saved in `new`.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
-    }
 }
 
 fn exec_error(shown: &str, explicit: bool, path: Option<&Path>, errno: i32) -> Error {

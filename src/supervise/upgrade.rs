@@ -138,34 +138,6 @@ impl Check {
     }
 }
 
-/// Blocks every signal; returns the ones blocked before, by number. Those
-/// that arrive now stay pending across execve, for the new image.
-pub fn block_signals() -> Vec<i32> {
-    // SAFETY: plain signal-mask calls on initialised sets.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        (1..libc::SIGRTMAX())
-            .filter(|&s| libc::sigismember(&old, s) == 1)
-            .collect()
-    }
-}
-
-/// Sets the signal mask to exactly `blocked` (numbers).
-pub fn set_sigmask(blocked: &[i32]) {
-    // SAFETY: plain signal-mask calls on an initialised set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for &s in blocked {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
-}
-
 /// Executes `binary` in place with `state` sealed in a memfd and the fds it
 /// names left open. Returns only if execve failed, with everything as it
 /// was except the signal mask (the caller restores it).
