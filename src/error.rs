@@ -14,6 +14,27 @@ pub enum Kind {
     NotFound,
 }
 
+impl Kind {
+    /// The exit code relaunch ends with for this kind of error.
+    pub fn code(self) -> i32 {
+        match self {
+            Kind::Usage => 2,
+            Kind::Runtime => 1,
+            Kind::NotExecutable => 126,
+            Kind::NotFound => 127,
+        }
+    }
+
+    /// The kind of a failure the supervisor ended on with this code: the
+    /// program not found or not executable, or else a runtime failure.
+    pub fn of_code(code: i32) -> Kind {
+        [Kind::NotFound, Kind::NotExecutable]
+            .into_iter()
+            .find(|k| k.code() == code)
+            .unwrap_or(Kind::Runtime)
+    }
+}
+
 /// What happened, and (when we know it) what to do about it.
 #[derive(Debug, Clone)]
 pub struct Error {
@@ -43,12 +64,7 @@ impl Error {
         self
     }
     pub fn exit_code(&self) -> i32 {
-        match self.kind {
-            Kind::Usage => 2,
-            Kind::Runtime => 1,
-            Kind::NotExecutable => 126,
-            Kind::NotFound => 127,
-        }
+        self.kind.code()
     }
 }
 

@@ -3,18 +3,22 @@
 
 mod cli;
 mod control;
+mod counts;
 mod duration;
 mod error;
+mod exit;
 mod intercept;
 mod logging;
 mod metrics;
 mod plan;
 mod proc;
 mod ready;
+mod serial;
 mod sigmask;
 mod sockets;
 mod supervise;
 mod table;
+mod version;
 mod who;
 
 use clap::Parser;
@@ -91,7 +95,7 @@ fn usage_error(rendered: &str) -> String {
 #[cold]
 #[inline(never)]
 fn upgrade_check() -> ! {
-    let (code, line) = handover::check(
+    let (code, line) = handover::check::<driver::Carried>(
         std::env::args_os().nth(2).as_deref(),
         std::io::stdin().lock(),
     );
@@ -105,10 +109,10 @@ fn upgrade_check() -> ! {
 
 /// The new image: adopt the state and go on serving.
 fn upgraded(value: &std::ffi::OsStr) -> i32 {
-    let result = handover::take(value).and_then(|state| {
-        logging::init(state.driver.quiet(), state.driver.json());
+    let result = handover::take::<driver::Carried>(value).and_then(|state| {
+        logging::init(state.carried.driver.quiet(), state.carried.driver.json());
         let runtime = runtime()?;
-        let result = runtime.block_on(driver::adopt(state));
+        let result = runtime.block_on(driver::run(driver::Boot::Adopted(state)));
         runtime.shutdown_background();
         result
     });
@@ -137,7 +141,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn dispatch(cli: Cli, snapshot: plan::Snapshot) -> Result<i32> {
     let runtime = runtime()?;
     let result = match cli.command {
-        None => runtime.block_on(driver::run(cli.run, snapshot)),
+        None => runtime.block_on(driver::run(driver::Boot::Fresh(cli.run, snapshot))),
         Some(Sub::Who(args)) => who::run(&args),
         Some(Sub::Status {
             client,

@@ -33,8 +33,8 @@ use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use crate::control::{Incoming, Request, Response, Status};
+use crate::counts::{Count, ReloadResult, RestartReason};
 use crate::error::{Error, Result};
-use crate::supervise::supervisor::{Count, ReloadResult, RestartReason};
 
 /// Longest request head read.
 const MAX_HEAD: usize = 8 * 1024;

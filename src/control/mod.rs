@@ -18,7 +18,7 @@ mod protocol;
 mod server;
 
 pub use client::{check, client};
-pub use protocol::{ChildInfo, ListenerInfo, ReloadInfo, Request, Response, Status, image};
+pub use protocol::{ChildInfo, ListenerInfo, ReloadInfo, Request, Response, Status};
 pub use server::{Incoming, Reply, Server};
 
 /// Helpers for the tests of all three parts.

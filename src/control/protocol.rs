@@ -95,15 +95,7 @@ pub struct Status {
 impl Status {
     /// "0.1.0 (build b7)": the image that answered.
     pub fn image(&self) -> String {
-        image(&self.version, self.build_id.as_deref())
-    }
-}
-
-/// A version and build id as logs and answers show them.
-pub fn image(version: &str, build_id: Option<&str>) -> String {
-    match build_id {
-        Some(b) => format!("{version} (build {b})"),
-        None => version.to_string(),
+        crate::version::describe(&self.version, self.build_id.as_deref())
     }
 }
 

@@ -66,8 +66,174 @@ const BUILD_TAIL: usize = 20;
 /// A longer line is cut there (in the tail and the live output).
 const BUILD_LINE: usize = 1000;
 
-pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
+/// Where a runtime starts from: a command line, or the state an earlier
+/// image of relaunch handed over at an upgrade. Both give the same
+/// [`Resources`]; everything after that is one path.
+#[allow(clippy::large_enum_variant)] // made once, at start
+pub enum Boot {
+    Fresh(RunArgs, Snapshot),
+    Adopted(State),
+}
+
+/// What children are started with, the same for every generation, and
+/// carried whole by an upgrade.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Launch {
+    program: OsString,
+    args: Vec<OsString>,
+    listen_pid: bool,
+    creds: Option<spawn::Credentials>,
+    /// Everything but LISTEN_PID, NOTIFY_SOCKET and RELAUNCH_WORKER.
+    env: Vec<(OsString, OsString)>,
+    /// relaunch's own NOTIFY_SOCKET.
+    notify_socket: Option<OsString>,
+    quiet: bool,
+    /// `--log-format json`.
+    #[serde(default)]
+    json: bool,
+    /// `--metrics`: served again by the next image (its counters start over,
+    /// as a restart's would).
+    #[serde(default)]
+    metrics: Option<std::net::SocketAddr>,
+}
+
+/// What each boot hands the one path. Every field is set by both, so
+/// nothing can be set on one and forgotten on the other.
+struct Resources {
+    launch: Launch,
+    listeners: Vec<Listener>,
+    intercept: Option<Arc<intercept::handler::Table>>,
+    control: Option<control::Server>,
+    ports_file: Option<sockets::PortsFile>,
+    systemd: Option<Systemd>,
+    tally: Option<metrics::Tally>,
+    scrapes: Option<mpsc::Receiver<Incoming>>,
+    /// `--watch` and `--build` (an upgrade is refused under --watch).
+    watcher: Option<Watcher>,
+    build_cmd: Option<String>,
+    build_env: Vec<(OsString, OsString)>,
+    /// `--idle-stop` (an upgrade is refused there too).
+    gauge: Option<Arc<idle::Gauge>>,
+    start: Start,
+}
+
+/// How the supervisor starts.
+enum Start {
+    /// Afresh, with this config, told [`Event::Start`].
+    Fresh(Config),
+    /// Where an earlier image left it, with what it still owes.
+    Adopted(Box<Adopted>),
+}
+
+/// What an upgrade hands over besides the resources.
+struct Adopted {
+    from: String,
+    sigmask: Vec<i32>,
+    supervisor: crate::supervise::supervisor::Saved,
+    notify: Vec<handover::NotifyFd>,
+    execs: Vec<spawn::ExecFd>,
+    waiters: Vec<(u64, RawFd)>,
+    requests: Vec<(control::Request, RawFd)>,
+    upgrade: Option<RawFd>,
+}
+
+/// The one path from either boot to the end: the driver, the supervisor,
+/// the event loop, and the cleanup.
+pub async fn run(boot: Boot) -> Result<i32> {
+    // Before anything with a cleanup exists and before the first fork.
     let signals = Signals::install()?;
+    // Orphans of our children land on us, so none stays a zombie.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let (notify_tx, notify_rx) = mpsc::unbounded_channel();
+    let (listened_tx, listened_rx) = mpsc::unbounded_channel();
+    let Resources {
+        launch,
+        listeners,
+        intercept,
+        control,
+        ports_file,
+        systemd,
+        tally,
+        scrapes,
+        watcher,
+        build_cmd,
+        build_env,
+        gauge,
+        start,
+    } = match boot {
+        Boot::Fresh(args, snap) => fresh(args, snap).await?,
+        Boot::Adopted(state) => adopted(state, &listened_tx)?,
+    };
+    let control_fd = control.as_ref().map(|c| {
+        let (fd, path, identity) = c.handover();
+        handover::FileFd {
+            fd,
+            file: handover::OwnedPath { path, identity },
+        }
+    });
+    let driver = Driver {
+        launch,
+        listeners,
+        intercept,
+        listened: listened_tx,
+        notify: HashMap::new(),
+        notify_tx,
+        systemd,
+        execs: HashMap::new(),
+        control: control_fd,
+        ports_file,
+        upgrade: None,
+        asked: None,
+        tally,
+        spawns: reaper::Spawns::default(),
+        escaped: HashMap::new(),
+        build_cmd,
+        build_env,
+        build: None,
+        watcher,
+    };
+    let inodes: HashSet<u64> = driver
+        .listeners
+        .iter()
+        .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
+        .collect();
+    let mut sup = match start {
+        Start::Fresh(cfg) => {
+            let mut sup = Supervisor::new(driver, cfg);
+            let fx = sup.handle(Event::Start, Instant::now());
+            apply(&mut sup, fx);
+            sup
+        }
+        Start::Adopted(a) => resume(driver, *a),
+    };
+    let (stop_signal, stop_timeout) = (sup.config().stop_signal, sup.config().stop_timeout);
+    let control_rx = control.map(control::Server::serve);
+    let result = event_loop(
+        &mut sup,
+        signals,
+        control_rx,
+        scrapes,
+        Inbox {
+            notify: notify_rx,
+            listened: listened_rx,
+        },
+        Arc::new(inodes),
+        gauge,
+    )
+    .await;
+    if let Some(w) = sup.os.watcher.take() {
+        w.end();
+    }
+    reaper::end_orphans(stop_signal, stop_timeout).await;
+    if let Some(t) = &sup.os.intercept {
+        t.remove_files();
+    }
+    result
+}
+
+/// A fresh start: the plan, the sockets, and what the options ask for.
+async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
     let inherited = snap.inherited?;
     let names: Vec<&str> = inherited.iter().map(|i| i.name.as_str()).collect();
     let plan = plan::make(&args, &snap.env, &names, &options::credentials)?;
@@ -95,21 +261,13 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     if plan.lazy
         && let Err(e) = spawn::check_program(&plan.program, &child.env)
     {
-        let kind = match e {
-            spawn::Error::NotFound(_) => crate::error::Kind::NotFound,
-            _ => crate::error::Kind::NotExecutable,
-        };
-        return Err(Error::new(kind, e.to_string()));
+        return Err(Error::new(e.kind(), e.to_string()));
     }
     // Removed when the driver is dropped, whatever the outcome.
     let ports_file = match &plan.ports_file {
         Some(path) => Some(sockets::PortsFile::write(path, &listeners)?),
         None => None,
     };
-    // Orphans of our children land on us, so none stays a zombie.
-    // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-
     let notify_socket = plan::var(&snap.env, "NOTIFY_SOCKET").cloned();
     let systemd = Systemd::from_env(notify_socket.as_deref());
     if let Some(s) = &systemd
@@ -122,13 +280,6 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         Some(path) => Some(control::Server::bind(path)?),
         None => None,
     };
-    let control_fd = control.as_ref().map(|c| {
-        let (fd, path, identity) = c.handover();
-        handover::FileFd {
-            fd,
-            file: handover::OwnedPath { path, identity },
-        }
-    });
     let (tally, scrapes) = serve_metrics(plan.metrics)?;
     // Nothing of it exists without --watch.
     let watcher = match &plan.watch {
@@ -143,10 +294,6 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         })?)),
         None => None,
     };
-    let inodes: HashSet<u64> = listeners
-        .iter()
-        .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
-        .collect();
     let intercept_remedy = Some(intercept_remedy(plan.intercept, &listeners));
     let intercept = if plan.intercept {
         // --lazy and --idle-stop watch the sockets bound now: a move would
@@ -167,12 +314,6 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     } else {
         None
     };
-
-    let (notify_tx, notify_rx) = mpsc::unbounded_channel();
-    let (listened_tx, listened_rx) = mpsc::unbounded_channel();
-    let stop_signal = plan.stop_signal;
-    let stop_timeout = plan.stop_timeout;
-    let ready = plan.ready;
     let listener_info = listeners
         .iter()
         .enumerate()
@@ -184,45 +325,16 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             backlog: None,
         })
         .collect();
-    let build_env = plan.build_env().to_vec();
-    let driver = Driver {
-        program: plan.program,
-        args: child.args,
-        listen_pid: plan.listen_pid,
-        creds: plan.creds,
-        env: child.env,
-        listeners,
-        intercept,
-        listened: listened_tx,
-        notify: HashMap::new(),
-        notify_tx,
-        systemd,
-        notify_socket,
-        execs: HashMap::new(),
-        control: control_fd,
-        ports_file,
-        quiet: args.quiet,
-        upgrade: None,
-        asked: None,
-        tally,
-        metrics: plan.metrics,
-        spawns: reaper::Spawns::default(),
-        escaped: HashMap::new(),
-        build_cmd: plan.watch.as_ref().and_then(|w| w.build.clone()),
-        build_env,
-        build: None,
-        watcher,
-    };
     let cfg = Config {
         restart: plan.restart,
         workers: plan.workers,
-        stop_signal,
-        stop_timeout,
-        ready_delay: match ready {
+        stop_signal: plan.stop_signal,
+        stop_timeout: plan.stop_timeout,
+        ready_delay: match plan.ready {
             ReadyMode::Delay(d) => Some(d),
             _ => None,
         },
-        ready_auto: ready == ReadyMode::Auto,
+        ready_auto: plan.ready == ReadyMode::Auto,
         ready_timeout: plan.ready_timeout,
         intercept_remedy,
         listeners: listener_info,
@@ -233,31 +345,33 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         lazy: plan.lazy,
         idle_stop: plan.idle_stop,
     };
-    let mut sup = Supervisor::new(driver, cfg);
-    let fx = sup.handle(Event::Start, Instant::now());
-    apply(&mut sup, fx);
-    let control_rx = control.map(control::Server::serve);
-    let result = event_loop(
-        &mut sup,
-        signals,
-        control_rx,
-        scrapes,
-        Inbox {
-            notify: notify_rx,
-            listened: listened_rx,
+    let build_cmd = plan.watch.as_ref().and_then(|w| w.build.clone());
+    let build_env = plan.build_env().to_vec();
+    Ok(Resources {
+        launch: Launch {
+            program: plan.program,
+            args: child.args,
+            listen_pid: plan.listen_pid,
+            creds: plan.creds,
+            env: child.env,
+            notify_socket,
+            quiet: args.quiet,
+            json: crate::logging::json(),
+            metrics: plan.metrics,
         },
-        Arc::new(inodes),
+        listeners,
+        intercept,
+        control,
+        ports_file,
+        systemd,
+        tally,
+        scrapes,
+        build_cmd,
+        build_env,
+        watcher,
         gauge,
-    )
-    .await;
-    if let Some(w) = sup.os.watcher.take() {
-        w.end();
-    }
-    reaper::end_orphans(stop_signal, stop_timeout).await;
-    if let Some(t) = &sup.os.intercept {
-        t.remove_files();
-    }
-    result
+        start: Start::Fresh(cfg),
+    })
 }
 
 /// Whether to offer our listeners to systemd's fd store: NOTIFY_SOCKET is
@@ -321,49 +435,47 @@ fn serve_metrics(
 /// [`handover::Fds`]).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Saved {
-    program: OsString,
-    args: Vec<OsString>,
-    listen_pid: bool,
-    creds: Option<spawn::Credentials>,
-    env: Vec<(OsString, OsString)>,
-    /// relaunch's own NOTIFY_SOCKET.
-    notify_socket: Option<OsString>,
-    quiet: bool,
-    /// `--log-format json`.
-    #[serde(default)]
-    json: bool,
-    /// `--metrics`: served again by the next image (its counters start over,
-    /// as a restart's would).
-    #[serde(default)]
-    metrics: Option<std::net::SocketAddr>,
+    #[serde(flatten)]
+    launch: Launch,
     ports_file: Option<handover::OwnedPath>,
     /// Bind interception's held sockets (their fds are the listeners').
     #[serde(default)]
     intercept: Option<intercept::handler::SavedTable>,
 }
 
+/// What an upgrade carries besides the fds: the supervisor's state and the
+/// driver's.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Carried {
+    pub supervisor: crate::supervise::supervisor::Saved,
+    pub driver: Saved,
+}
+
+/// The upgrade's state as this runtime writes and reads it.
+pub type State = handover::State<Carried>;
+
 impl Saved {
     pub fn quiet(&self) -> bool {
-        self.quiet
+        self.launch.quiet
     }
     pub fn json(&self) -> bool {
-        self.json
+        self.launch.json
     }
 }
 
-/// The new image after an upgrade: adopts what the old one handed over
-/// and goes on where it was.
+/// After an upgrade: the resources the old image handed over.
 #[cold]
 #[inline(never)]
-pub async fn adopt(state: handover::State) -> Result<i32> {
-    let signals = Signals::install()?;
+fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Resources> {
     let handover::State {
         format: _,
         pid: _,
         from,
         sigmask,
-        supervisor: saved_sup,
-        driver: saved,
+        carried: Carried {
+            supervisor,
+            driver: saved,
+        },
         fds,
     } = state;
     // Close-on-exec again at once: no child may see them but through spawn.
@@ -375,11 +487,11 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
     let handover::Fds {
         listeners: saved_listeners,
         control: saved_control,
-        notify: saved_notify,
-        execs: saved_execs,
-        waiters: saved_waiters,
-        requests: saved_requests,
-        upgrade: upgrade_conn,
+        notify,
+        execs,
+        waiters,
+        requests,
+        upgrade,
         intercept: carried,
     } = fds;
     let bad = |what: String| {
@@ -402,16 +514,7 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
         ),
         None => None,
     };
-    let control_fd = control.as_ref().map(|c| {
-        let (fd, path, identity) = c.handover();
-        handover::FileFd {
-            fd,
-            file: handover::OwnedPath { path, identity },
-        }
-    });
-    let (tally, scrapes) = serve_metrics(saved.metrics)?;
-    let (notify_tx, notify_rx) = mpsc::unbounded_channel();
-    let (listened_tx, listened_rx) = mpsc::unbounded_channel();
+    let (tally, scrapes) = serve_metrics(saved.launch.metrics)?;
     let intercept = match saved.intercept {
         Some(t) => match intercept::handler::Table::adopt(&listeners, t) {
             Ok(t) => Some(t),
@@ -430,7 +533,7 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
     if let Some(t) = &intercept {
         for c in carried {
             let leader = c.leader;
-            if let Err(e) = intercept::handler::resume(Arc::clone(t), c, listened_tx.clone()) {
+            if let Err(e) = intercept::handler::resume(Arc::clone(t), c, listened.clone()) {
                 warn!(
                     pid = leader,
                     "cannot answer this child's binds after the upgrade ({e}): its binds \
@@ -444,38 +547,41 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
             drop(unsafe { OwnedFd::from_raw_fd(c.fd) });
         }
     }
-    let mut driver = Driver {
-        systemd: Systemd::from_env(saved.notify_socket.as_deref()),
-        program: saved.program,
-        args: saved.args,
-        listen_pid: saved.listen_pid,
-        creds: saved.creds,
-        env: saved.env,
+    Ok(Resources {
+        systemd: Systemd::from_env(saved.launch.notify_socket.as_deref()),
+        launch: saved.launch,
         listeners,
-        notify: HashMap::new(),
-        notify_tx,
-        notify_socket: saved.notify_socket,
-        execs: HashMap::new(),
-        control: control_fd,
+        intercept,
+        control,
         ports_file: saved
             .ports_file
             .map(|f| sockets::PortsFile::adopt(f.path, f.identity)),
-        quiet: saved.quiet,
-        upgrade: None,
-        asked: None,
         tally,
-        metrics: saved.metrics,
-        spawns: reaper::Spawns::default(),
-        escaped: HashMap::new(),
-        intercept,
-        listened: listened_tx,
-        // Never under --watch (an upgrade is refused there).
+        scrapes,
+        watcher: None,
         build_cmd: None,
         build_env: Vec::new(),
-        build: None,
-        watcher: None,
-    };
-    for n in saved_notify {
+        gauge: None,
+        start: Start::Adopted(Box::new(Adopted {
+            from,
+            sigmask,
+            supervisor,
+            notify,
+            execs,
+            waiters,
+            requests,
+            upgrade,
+        })),
+    })
+}
+
+/// The supervisor an upgrade handed over, back at work: the fds it watched
+/// watched again, its waiting clients answered, what happened during the
+/// exec handled.
+#[cold]
+#[inline(never)]
+fn resume(mut driver: Driver, a: Adopted) -> Supervisor<Driver> {
+    for n in a.notify {
         // SAFETY: handed over for us alone; adopted once.
         let fd = unsafe { OwnedFd::from_raw_fd(n.fd) };
         match NotifySocket::adopt(fd, n.env) {
@@ -486,41 +592,33 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
             ),
         }
     }
-    for e in saved_execs {
+    for e in a.execs {
         let pid = e.pid;
         driver.watch_exec(pid, spawn::ExecWatch::adopt(e));
     }
     let mut waiters = Vec::new();
-    for (generation, fd) in saved_waiters {
+    for (generation, fd) in a.waiters {
         match control::Reply::adopt(fd) {
             Ok(r) => waiters.push((generation, r)),
             Err(e) => warn!("cannot adopt a waiting reload client after the upgrade: {e}"),
         }
     }
-    let inodes: HashSet<u64> = driver
-        .listeners
-        .iter()
-        .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
-        .collect();
-    let mut sup = Supervisor::restore(driver, saved_sup, waiters);
-    let (stop_signal, stop_timeout) = (sup.config().stop_signal, sup.config().stop_timeout);
-    // Orphans of our children land on us, so none stays a zombie.
-    // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let mut sup = Supervisor::restore(driver, a.supervisor, waiters);
     // The handlers are in: what arrived during the exec is delivered now.
-    crate::sigmask::set(&sigmask);
+    crate::sigmask::set(&a.sigmask);
     let kept = sup.children().iter().filter(|c| c.alive()).count();
-    let to = handover::image();
+    let to = crate::version::image();
     info!(
-        "upgraded from {from} to {to}, kept {} listeners and {kept} children",
+        "upgraded from {} to {to}, kept {} listeners and {kept} children",
+        a.from,
         sup.os.listeners.len()
     );
-    if let Some(fd) = upgrade_conn {
+    if let Some(fd) = a.upgrade {
         match control::Reply::adopt(fd) {
             Ok(r) => {
                 let _ = r.send(Response::Upgraded {
                     pid: std::process::id(),
-                    from,
+                    from: a.from,
                     to,
                     listeners: sup.os.listeners.len(),
                     children: kept,
@@ -532,7 +630,7 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
     sup.tell_serving();
     let fx = sup.effects();
     apply(&mut sup, fx);
-    for (request, fd) in saved_requests {
+    for (request, fd) in a.requests {
         match control::Reply::adopt(fd) {
             Ok(reply) => {
                 let fx = sup.handle(Event::Control { request, reply }, Instant::now());
@@ -548,23 +646,7 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
         let fx = sup.handle(ev, Instant::now());
         apply(&mut sup, fx);
     }
-    let control_rx = control.map(control::Server::serve);
-    // Never under --lazy/--idle-stop (an upgrade is refused there).
-    let result = event_loop(
-        &mut sup,
-        signals,
-        control_rx,
-        scrapes,
-        Inbox {
-            notify: notify_rx,
-            listened: listened_rx,
-        },
-        Arc::new(inodes),
-        None,
-    )
-    .await;
-    reaper::end_orphans(stop_signal, stop_timeout).await;
-    result
+    sup
 }
 
 /// The hint's first remedy (see `Supervisor`), by why bind interception did
@@ -589,12 +671,7 @@ fn intercept_remedy(on: bool, listeners: &[Listener]) -> String {
 /// Carries out the supervisor's effects and turns the world into events.
 /// It keeps only handles (sockets, pipes, tasks), no decisions.
 struct Driver {
-    program: OsString,
-    args: Vec<OsString>,
-    listen_pid: bool,
-    creds: Option<spawn::Credentials>,
-    /// Everything but LISTEN_PID, NOTIFY_SOCKET and RELAUNCH_WORKER.
-    env: Vec<(OsString, OsString)>,
+    launch: Launch,
     listeners: Vec<Listener>,
     /// The held sockets as bind interception sees them (None: --no-intercept).
     /// Under `--port` it may rebind one where the app binds: children get
@@ -605,23 +682,20 @@ struct Driver {
     /// One notify socket per generation; the task forwards its datagrams.
     notify: HashMap<u64, (Arc<NotifySocket>, tokio::task::JoinHandle<()>)>,
     notify_tx: mpsc::UnboundedSender<(u64, Message)>,
+    /// relaunch's own NOTIFY_SOCKET (`launch.notify_socket`).
     systemd: Option<Systemd>,
-    /// relaunch's own NOTIFY_SOCKET, which `systemd` talks to.
-    notify_socket: Option<OsString>,
     /// Exec status pipes of children that may not have exec'd yet.
     execs: HashMap<i32, AsyncFd<spawn::ExecWatch>>,
     /// The control socket (served by its own task).
     control: Option<handover::FileFd>,
     /// Removed when the driver is dropped (relaunch's end), not at an upgrade.
     ports_file: Option<sockets::PortsFile>,
-    quiet: bool,
     /// The new binary's handshake, while it runs.
     upgrade: Option<upgrade::Check>,
     /// An upgrade the supervisor allowed, for the loop to start.
     asked: Option<(Option<PathBuf>, Option<control::Reply>)>,
     /// `--metrics`: the counters the supervisor's [`Effect::Count`]s feed.
     tally: Option<metrics::Tally>,
-    metrics: Option<std::net::SocketAddr>,
     /// Every child started, for telling whose an escaped process is.
     spawns: reaper::Spawns,
     /// Handles on the escaped processes the supervisor is ending.
@@ -959,15 +1033,7 @@ impl Driver {
             .map(|(&pid, w)| w.get_ref().handover(pid))
             .collect();
         let saved = Saved {
-            program: self.program.clone(),
-            args: self.args.clone(),
-            listen_pid: self.listen_pid,
-            creds: self.creds.clone(),
-            env: self.env.clone(),
-            notify_socket: self.notify_socket.clone(),
-            quiet: self.quiet,
-            json: crate::logging::json(),
-            metrics: self.metrics,
+            launch: self.launch.clone(),
             ports_file: self.ports_file.as_ref().map(|p| {
                 let (path, identity) = p.identity();
                 handover::OwnedPath { path, identity }
@@ -1115,7 +1181,7 @@ impl Driver {
 
 impl Os for Driver {
     fn spawn(&mut self, generation: u64, worker: usize) -> std::result::Result<i32, spawn::Error> {
-        let mut env = self.env.clone();
+        let mut env = self.launch.env.clone();
         // Served in every mode: READY=1 also counts in auto, STATUS= always shows.
         match self.notify_socket(generation) {
             Ok(v) => env.push(("NOTIFY_SOCKET".into(), v.into())),
@@ -1150,12 +1216,12 @@ impl Os for Driver {
             None => None,
         };
         let spawned = spawn::spawn(&spawn::Request {
-            program: &self.program,
-            args: &self.args,
+            program: &self.launch.program,
+            args: &self.launch.args,
             env: &env,
             fds: &fds,
-            listen_pid: self.listen_pid,
-            creds: self.creds.as_ref(),
+            listen_pid: self.launch.listen_pid,
+            creds: self.launch.creds.as_ref(),
             intercept: watch.as_ref().map(|fd| fd.as_fd()),
             stdio: None,
         })?;
@@ -1185,7 +1251,7 @@ impl Os for Driver {
             env: &self.build_env,
             fds: &[],
             listen_pid: false,
-            creds: self.creds.as_ref(),
+            creds: self.launch.creds.as_ref(),
             intercept: None,
             stdio: Some((null.as_fd(), write.as_fd(), write.as_fd())),
         })?;
@@ -1202,16 +1268,24 @@ impl Os for Driver {
     }
 }
 
-/// The signals relaunch handles, as streams.
+/// Every signal relaunch handles; what each means is `event_loop`'s
+/// `on_signal`.
+const HANDLED: [Signal; 8] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// The [`HANDLED`] signals as streams, taken in turn so none waits behind
+/// another.
 struct Signals {
-    chld: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-    quit: tokio::signal::unix::Signal,
-    usr1: tokio::signal::unix::Signal,
-    usr2: tokio::signal::unix::Signal,
-    winch: tokio::signal::unix::Signal,
+    streams: Vec<(Signal, tokio::signal::unix::Signal)>,
+    next: usize,
 }
 
 impl Signals {
@@ -1220,39 +1294,42 @@ impl Signals {
     fn requeue(&mut self) {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let me = nix::unistd::getpid();
-        for (stream, sig) in [
-            (&mut self.chld, Signal::SIGCHLD),
-            (&mut self.term, Signal::SIGTERM),
-            (&mut self.int, Signal::SIGINT),
-            (&mut self.hup, Signal::SIGHUP),
-            (&mut self.quit, Signal::SIGQUIT),
-            (&mut self.usr1, Signal::SIGUSR1),
-            (&mut self.usr2, Signal::SIGUSR2),
-            (&mut self.winch, Signal::SIGWINCH),
-        ] {
+        for (sig, stream) in &mut self.streams {
             if let Poll::Ready(Some(())) = stream.poll_recv(&mut cx) {
-                let _ = nix::sys::signal::kill(me, sig);
+                let _ = nix::sys::signal::kill(me, *sig);
             }
         }
+    }
+
+    /// The next signal taken.
+    async fn recv(&mut self) -> Signal {
+        std::future::poll_fn(|cx| {
+            let n = self.streams.len();
+            for i in 0..n {
+                let k = (self.next + i) % n;
+                if let Poll::Ready(Some(())) = self.streams[k].1.poll_recv(cx) {
+                    self.next = (k + 1) % n;
+                    return Poll::Ready(self.streams[k].0);
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Installed before anything with a cleanup exists (socket files, the
     /// ports file) and before the first fork, so a stop during start-up is
     /// handled like any other and no child exit is missed.
     fn install() -> Result<Signals> {
-        let sig = |k: SignalKind| {
-            signal(k).map_err(|e| Error::runtime(format!("cannot install signal handlers: {e}")))
-        };
-        Ok(Signals {
-            chld: sig(SignalKind::child())?,
-            term: sig(SignalKind::terminate())?,
-            int: sig(SignalKind::interrupt())?,
-            hup: sig(SignalKind::hangup())?,
-            quit: sig(SignalKind::quit())?,
-            usr1: sig(SignalKind::user_defined1())?,
-            usr2: sig(SignalKind::user_defined2())?,
-            winch: sig(SignalKind::window_change())?,
-        })
+        let streams = HANDLED
+            .iter()
+            .map(|&sig| {
+                signal(SignalKind::from_raw(sig as i32))
+                    .map(|stream| (sig, stream))
+                    .map_err(|e| Error::runtime(format!("cannot install signal handlers: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Signals { streams, next: 0 })
     }
 }
 
@@ -1291,14 +1368,7 @@ async fn event_loop(
     loop {
         if let Some(exit) = sup.exit() {
             if let Some(msg) = exit.error {
-                return Err(Error::new(
-                    match exit.code {
-                        127 => crate::error::Kind::NotFound,
-                        126 => crate::error::Kind::NotExecutable,
-                        _ => crate::error::Kind::Runtime,
-                    },
-                    msg,
-                ));
+                return Err(Error::new(crate::error::Kind::of_code(exit.code), msg));
             }
             return Ok(exit.code);
         }
@@ -1349,24 +1419,26 @@ async fn event_loop(
             None => next_probe,
         };
         let events: Vec<Event> = tokio::select! {
-            _ = signals.chld.recv() => {
-                let mut events = reap(&mut sup.os);
-                for ev in events.drain(..) {
-                    step(sup, ev);
+            sig = signals.recv() => match sig {
+                Signal::SIGCHLD => {
+                    let mut events = reap(&mut sup.os);
+                    for ev in events.drain(..) {
+                        step(sup, ev);
+                    }
+                    // Leaders reaped just now may have been the last of their groups.
+                    group_check(sup)
                 }
-                // Leaders reaped just now may have been the last of their groups.
-                group_check(sup)
-            }
-            _ = signals.term.recv() => { info!("SIGTERM: stopping"); vec![Event::Stop] }
-            _ = signals.int.recv() => { info!("SIGINT: stopping"); vec![Event::Stop] }
-            _ = signals.hup.recv() => { info!("SIGHUP: reload"); vec![Event::Reload] }
-            _ = signals.quit.recv() => vec![Event::Forward(Signal::SIGQUIT)],
-            _ = signals.usr1.recv() => vec![Event::Forward(Signal::SIGUSR1)],
-            _ = signals.usr2.recv() => {
-                info!("SIGUSR2: upgrading relaunch in place");
-                vec![Event::Upgrade { binary: None, reply: None }]
-            }
-            _ = signals.winch.recv() => vec![Event::Forward(Signal::SIGWINCH)],
+                Signal::SIGTERM | Signal::SIGINT => {
+                    info!("{}: stopping", sig.as_str());
+                    vec![Event::Stop]
+                }
+                Signal::SIGHUP => { info!("SIGHUP: reload"); vec![Event::Reload] }
+                Signal::SIGUSR2 => {
+                    info!("SIGUSR2: upgrading relaunch in place");
+                    vec![Event::Upgrade { binary: None, reply: None }]
+                }
+                other => vec![Event::Forward(other)],
+            },
             Some(inc) = recv(&mut control_rx) => {
                 vec![Event::Control { request: inc.request, reply: inc.reply }]
             }
@@ -1510,7 +1582,7 @@ fn save(
     requests: Vec<(control::Request, RawFd)>,
     sigmask: Vec<i32>,
     carried: Vec<intercept::handler::Carried>,
-) -> handover::State {
+) -> State {
     let (supervisor, waiters) = sup.save();
     let (driver, mut fds) = sup.os.save();
     fds.intercept = carried;
@@ -1520,10 +1592,9 @@ fn save(
     handover::State {
         format: handover::FORMAT,
         pid: std::process::id(),
-        from: handover::image(),
+        from: crate::version::image(),
         sigmask,
-        supervisor,
-        driver,
+        carried: Carried { supervisor, driver },
         fds,
     }
 }

@@ -17,7 +17,7 @@
 //!   state is for this pid and this format, marks every fd close-on-exec
 //!   again, adopts them and unblocks signals once its handlers are in.
 //!
-//! Instants travel as CLOCK_MONOTONIC microseconds ([`mono`]), which the
+//! Instants travel as CLOCK_MONOTONIC microseconds ([`crate::serial::mono`]), which the
 //! exec does not reset, so deadlines keep their place in time.
 
 use std::io::{Read, Seek, Write};
@@ -28,9 +28,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use serde::de::DeserializeOwned;
+
 use crate::control::Request;
 use crate::error::{Error, Result};
-use crate::supervise::{driver, supervisor};
+use crate::supervise::spawn::ExecFd;
 
 /// Bumped whenever [`State`] changes in a way an older reader would misread.
 /// 2: bind interception's fds and table (a reader of 1 would drop them).
@@ -49,21 +51,10 @@ pub const CHECK_DEADLINE: Duration = Duration::from_secs(5);
 /// A state larger than this is refused (it is a few KiB).
 const MAX_STATE: u64 = 64 * 1024 * 1024;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// `RELAUNCH_BUILD_ID` as it was when this binary was compiled.
-pub fn build_id() -> Option<&'static str> {
-    option_env!("RELAUNCH_BUILD_ID").filter(|b| !b.is_empty())
-}
-
-/// This image: "0.1.0" or "0.1.0 (build b7)".
-pub fn image() -> String {
-    crate::control::image(VERSION, build_id())
-}
-
-/// Everything the next image needs.
+/// Everything the next image needs: this envelope, and what the runtime
+/// carries in it (`C`, its fields side by side with these in the JSON).
 #[derive(Serialize, Deserialize, Debug)]
-pub struct State {
+pub struct State<C> {
     pub format: u32,
     /// The process the state is for: a stray RELAUNCH_UPGRADE_STATE in
     /// another process's environment names nothing of its own.
@@ -72,8 +63,8 @@ pub struct State {
     pub from: String,
     /// Signals blocked before the upgrade blocked them all.
     pub sigmask: Vec<i32>,
-    pub supervisor: supervisor::Saved,
-    pub driver: driver::Saved,
+    #[serde(flatten)]
+    pub carried: C,
     pub fds: Fds,
 }
 
@@ -161,16 +152,6 @@ pub struct NotifyFd {
     pub env: String,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct ExecFd {
-    pub pid: i32,
-    pub fd: RawFd,
-    /// How the exec error is told (see `spawn::ExecWatch`).
-    pub shown: String,
-    pub explicit: bool,
-    pub candidates: Vec<PathBuf>,
-}
-
 /// Writes `state` into a new sealed memfd (close-on-exec until the exec).
 pub fn seal(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     // SAFETY: a constant NUL-terminated name and flags; the fd returned is
@@ -218,7 +199,10 @@ fn unseal(fd: &OwnedFd) -> std::result::Result<Vec<u8>, String> {
 }
 
 /// Pure: the state in `bytes`, checked for `format` and `pid`.
-pub fn parse(bytes: &[u8], pid: Option<u32>) -> std::result::Result<State, String> {
+pub fn parse<C: DeserializeOwned>(
+    bytes: &[u8],
+    pid: Option<u32>,
+) -> std::result::Result<State<C>, String> {
     // The format first, so a newer layout is named as such rather than as
     // a missing field.
     #[derive(Deserialize)]
@@ -230,10 +214,10 @@ pub fn parse(bytes: &[u8], pid: Option<u32>) -> std::result::Result<State, Strin
         return Err(format!(
             "it is in upgrade state format {}, this relaunch {} reads formats {OLDEST} to {FORMAT}",
             head.format,
-            image()
+            crate::version::image()
         ));
     }
-    let state: State =
+    let state: State<C> =
         serde_json::from_slice(bytes).map_err(|e| format!("malformed state: {e}"))?;
     if let Some(pid) = pid
         && state.pid != pid
@@ -248,7 +232,7 @@ pub fn parse(bytes: &[u8], pid: Option<u32>) -> std::result::Result<State, Strin
 
 /// The new image: the state named by `RELAUNCH_UPGRADE_STATE`, read once.
 /// The memfd is closed here whatever happens.
-pub fn take(value: &std::ffi::OsStr) -> Result<State> {
+pub fn take<C: DeserializeOwned>(value: &std::ffi::OsStr) -> Result<State<C>> {
     let hint = "RELAUNCH_UPGRADE_STATE is set by a relaunch upgrading itself; unset it to start relaunch afresh";
     let fd: RawFd = value
         .to_str()
@@ -284,7 +268,10 @@ pub fn take(value: &std::ffi::OsStr) -> Result<State> {
 /// The new binary's side of the handshake: `relaunch --upgrade-check N`
 /// with the state on stdin. Returns the exit code and the line to print
 /// (stdout when 0, stderr otherwise).
-pub fn check(format: Option<&std::ffi::OsStr>, stdin: impl Read) -> (i32, String) {
+pub fn check<C: DeserializeOwned>(
+    format: Option<&std::ffi::OsStr>,
+    stdin: impl Read,
+) -> (i32, String) {
     let asked = format
         .and_then(|f| f.to_str())
         .and_then(|f| f.parse::<u32>().ok());
@@ -295,7 +282,7 @@ pub fn check(format: Option<&std::ffi::OsStr>, stdin: impl Read) -> (i32, String
                 1,
                 format!(
                     "relaunch: error: this relaunch {} reads upgrade state formats {OLDEST} to {FORMAT}, not {other}",
-                    image()
+                    crate::version::image()
                 ),
             );
         }
@@ -311,11 +298,15 @@ pub fn check(format: Option<&std::ffi::OsStr>, stdin: impl Read) -> (i32, String
     if let Err(e) = stdin.take(MAX_STATE + 1).read_to_end(&mut bytes) {
         return (1, format!("relaunch: error: cannot read the state: {e}"));
     }
-    match parse(&bytes, None) {
+    match parse::<C>(&bytes, None) {
         // The format asked, which the old image looks for.
         Ok(state) => (
             0,
-            format!("{CHECK_OK} format {}, {}", state.format, image()),
+            format!(
+                "{CHECK_OK} format {}, {}",
+                state.format,
+                crate::version::image()
+            ),
         ),
         Err(why) => (
             1,
@@ -383,96 +374,9 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> bool {
     }
 }
 
-/// Instants as CLOCK_MONOTONIC microseconds, which survive execve.
-pub mod mono {
-    use std::time::{Duration, Instant};
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    fn now_usec() -> i64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: ts is a valid timespec; CLOCK_MONOTONIC always exists.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        ts.tv_sec * 1_000_000 + ts.tv_nsec / 1_000
-    }
-
-    pub fn to_usec(t: Instant) -> i64 {
-        let now = Instant::now();
-        let us = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4);
-        match t.checked_duration_since(now) {
-            Some(ahead) => now_usec().saturating_add(us(ahead)),
-            None => now_usec().saturating_sub(us(now - t)),
-        }
-    }
-
-    pub fn from_usec(v: i64) -> Instant {
-        let now = Instant::now();
-        let d = v.saturating_sub(now_usec());
-        if d >= 0 {
-            now + Duration::from_micros(d as u64)
-        } else {
-            now.checked_sub(Duration::from_micros(d.unsigned_abs()))
-                .unwrap_or(now)
-        }
-    }
-
-    pub fn serialize<S: Serializer>(t: &Instant, s: S) -> Result<S::Ok, S::Error> {
-        to_usec(*t).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Instant, D::Error> {
-        i64::deserialize(d).map(from_usec)
-    }
-
-    pub mod opt {
-        use super::*;
-
-        pub fn serialize<S: Serializer>(t: &Option<Instant>, s: S) -> Result<S::Ok, S::Error> {
-            t.map(to_usec).serialize(s)
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Instant>, D::Error> {
-            Option::<i64>::deserialize(d).map(|v| v.map(from_usec))
-        }
-    }
-}
-
-/// Signals as their numbers.
-pub mod signal {
-    use nix::sys::signal::Signal;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer>(sig: &Signal, s: S) -> Result<S::Ok, S::Error> {
-        (*sig as i32).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Signal, D::Error> {
-        let n = i32::deserialize(d)?;
-        Signal::try_from(n).map_err(|_| serde::de::Error::custom(format!("no signal {n}")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
-
-    #[test]
-    fn instants_survive_the_trip() {
-        let now = Instant::now();
-        for t in [
-            now,
-            now + Duration::from_secs(7),
-            now.checked_sub(Duration::from_secs(3)).unwrap_or(now),
-        ] {
-            let back = mono::from_usec(mono::to_usec(t));
-            let diff = if back > t { back - t } else { t - back };
-            assert!(diff < Duration::from_millis(5), "{diff:?}");
-        }
-    }
 
     #[test]
     fn sealed_state_reads_back_and_cannot_change() {
@@ -488,32 +392,44 @@ mod tests {
         assert!(unseal(&plain.into()).is_err());
     }
 
+    /// What a runtime carries, as far as these tests care.
+    #[derive(Deserialize, Debug)]
+    struct Carried {
+        #[allow(dead_code)]
+        anything: bool,
+    }
+
     #[test]
     fn parse_names_what_is_wrong() {
-        assert!(parse(b"", None).unwrap_err().starts_with("not a state"));
-        let other = parse(br#"{"format":9,"anything":true}"#, None).unwrap_err();
+        assert!(
+            parse::<Carried>(b"", None)
+                .unwrap_err()
+                .starts_with("not a state")
+        );
+        let other = parse::<Carried>(br#"{"format":9,"anything":true}"#, None).unwrap_err();
         assert!(other.contains("format 9"), "{other}");
         assert!(
             other.contains(&format!("reads formats 1 to {FORMAT}")),
             "{other}"
         );
-        let missing = parse(format!(r#"{{"format":{FORMAT}}}"#).as_bytes(), None).unwrap_err();
+        let missing =
+            parse::<Carried>(format!(r#"{{"format":{FORMAT}}}"#).as_bytes(), None).unwrap_err();
         assert!(missing.starts_with("malformed state"), "{missing}");
     }
 
     #[test]
     fn check_answers_the_handshake() {
-        let (code, line) = check(Some("9".as_ref()), &b""[..]);
+        let (code, line) = check::<Carried>(Some("9".as_ref()), &b""[..]);
         assert_eq!(code, 1);
         assert!(
             line.contains(&format!("reads upgrade state formats 1 to {FORMAT}, not 9")),
             "{line}"
         );
-        let (code, line) = check(Some("x".as_ref()), &b""[..]);
+        let (code, line) = check::<Carried>(Some("x".as_ref()), &b""[..]);
         assert_eq!(code, 2, "{line}");
         // The formats it reads (the older ones too) get to the state itself.
         for format in OLDEST..=FORMAT {
-            let (code, line) = check(Some(format.to_string().as_ref()), &b"{}"[..]);
+            let (code, line) = check::<Carried>(Some(format.to_string().as_ref()), &b"{}"[..]);
             assert_eq!(code, 1, "{line}");
             assert!(line.contains("cannot adopt this state"), "{line}");
         }

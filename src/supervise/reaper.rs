@@ -27,19 +27,19 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tracing::warn;
 
+use crate::exit::ExitStatus;
 use crate::proc::{self, Pidfd};
-use crate::supervise::supervisor::ExitStatus;
 
 /// Collects every exited child without blocking.
 pub fn reap(mut exited: impl FnMut(i32, ExitStatus)) {
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => exited(pid.as_raw(), ExitStatus::Code(code)),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                exited(pid.as_raw(), ExitStatus::Signal(sig as i32))
-            }
             Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(_) => continue,
+            Ok(status) => {
+                if let Some((pid, status)) = ExitStatus::of_wait(status) {
+                    exited(pid, status);
+                }
+            }
         }
     }
 }

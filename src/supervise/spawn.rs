@@ -68,6 +68,17 @@ pub enum Error {
     Os(String),
 }
 
+impl Error {
+    /// What this failure means for relaunch's own exit code.
+    pub fn kind(&self) -> crate::error::Kind {
+        match self {
+            Error::NotFound(_) => crate::error::Kind::NotFound,
+            Error::NotExecutable(_) => crate::error::Kind::NotExecutable,
+            Error::Os(_) => crate::error::Kind::Runtime,
+        }
+    }
+}
+
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -242,10 +253,21 @@ impl AsRawFd for ExecWatch {
     }
 }
 
+/// An exec status pipe as an upgrade hands it to the next image.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
+pub struct ExecFd {
+    pub pid: i32,
+    pub fd: RawFd,
+    /// How the exec error is told (see [`ExecWatch`]).
+    pub shown: String,
+    pub explicit: bool,
+    pub candidates: Vec<PathBuf>,
+}
+
 impl ExecWatch {
     /// What the next image needs to go on watching it (see `handover`).
-    pub fn handover(&self, pid: i32) -> crate::supervise::handover::ExecFd {
-        crate::supervise::handover::ExecFd {
+    pub fn handover(&self, pid: i32) -> ExecFd {
+        ExecFd {
             pid,
             fd: self.fd.as_raw_fd(),
             shown: self.shown.clone(),
@@ -255,7 +277,7 @@ impl ExecWatch {
     }
 
     /// The watch an earlier image handed over; `saved.fd` becomes ours.
-    pub fn adopt(saved: crate::supervise::handover::ExecFd) -> ExecWatch {
+    pub fn adopt(saved: ExecFd) -> ExecWatch {
         use std::os::fd::FromRawFd;
         ExecWatch {
             // SAFETY: the handover names fds the previous image left open

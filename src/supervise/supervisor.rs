@@ -36,7 +36,6 @@
 //!   nothing runs has nothing to reload: the next start runs the program as it
 //!   is then.
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -56,41 +55,10 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 pub const HINT_WITHIN: Duration = Duration::from_secs(5);
 use crate::plan::options::Restart;
 use crate::supervise::backoff::{self, Backoff, Next};
-use crate::supervise::{handover, spawn};
-
-/// How a child ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ExitStatus {
-    Code(i32),
-    Signal(i32),
-}
-
-impl ExitStatus {
-    pub fn success(self) -> bool {
-        self == ExitStatus::Code(0)
-    }
-    /// The code a shell would report.
-    pub fn code(self) -> i32 {
-        match self {
-            ExitStatus::Code(c) => c,
-            ExitStatus::Signal(s) => 128 + s,
-        }
-    }
-}
-
-impl fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            ExitStatus::Code(c) => write!(f, "exited with status {c}"),
-            ExitStatus::Signal(s) => match Signal::try_from(s) {
-                Ok(sig) => write!(f, "killed by signal {s} ({})", sig.as_str()),
-                Err(_) => write!(f, "killed by signal {s}"),
-            },
-        }
-    }
-}
+use crate::supervise::spawn;
 
 pub use crate::control::Reply;
+pub use crate::exit::ExitStatus;
 
 /// Everything that can happen to the supervisor.
 #[derive(Debug)]
@@ -200,41 +168,7 @@ pub enum Effect {
     Count(Count),
 }
 
-/// What `--metrics` counts. The supervisor says it at the transition, once;
-/// the driver keeps the tally only when metrics are served.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Count {
-    /// A serving worker exited on its own and will be restarted.
-    Restart(RestartReason),
-    /// A reload ended (or was merged into another).
-    Reload(ReloadResult),
-    /// A generation became ready this long after it was started.
-    Ready(Duration),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartReason {
-    /// It exited with a status.
-    Exit,
-    /// A signal killed it.
-    Signal,
-    /// Too many quick failures in a row: relaunch gives up and stops.
-    GiveUp,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReloadResult {
-    /// The new generation serves and the old one is gone.
-    Done,
-    /// The new generation missed its ready deadline.
-    NotReady,
-    /// The new generation exited (or could not start) before it was ready.
-    Exited,
-    /// Asked for during a reload: merged into the one that follows it.
-    Coalesced,
-    /// relaunch was stopped during the reload.
-    Cancelled,
-}
+pub use crate::counts::{Count, ReloadResult, RestartReason};
 
 /// Messages for systemd (sd_notify).
 #[derive(Debug, Clone, PartialEq)]
@@ -264,7 +198,7 @@ pub trait Os {
 pub struct Config {
     pub restart: Restart,
     pub workers: usize,
-    #[serde(with = "handover::signal")]
+    #[serde(with = "crate::serial::signal")]
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
     /// `--ready delay:DUR`: alive this long counts as ready.
@@ -341,12 +275,12 @@ pub fn idle_probe_interval(idle_stop: Duration) -> Duration {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum State {
     Starting {
-        #[serde(with = "handover::mono::opt")]
+        #[serde(with = "crate::serial::mono::opt")]
         ready_at: Option<Instant>,
     },
     Ready,
     Stopping {
-        #[serde(with = "handover::mono")]
+        #[serde(with = "crate::serial::mono")]
         kill_at: Instant,
         killed: bool,
     },
@@ -368,11 +302,11 @@ pub struct Child {
     pub pid: i32,
     pub generation: u64,
     pub worker: usize,
-    #[serde(with = "handover::mono")]
+    #[serde(with = "crate::serial::mono")]
     pub started: Instant,
     pub state: State,
     /// When it became ready: a crash soon after is a crash loop (see backoff).
-    #[serde(with = "handover::mono::opt")]
+    #[serde(with = "crate::serial::mono::opt")]
     pub ready_since: Option<Instant>,
     /// `MAINPID=` from the child, when it names another process.
     pub main_pid: Option<i32>,
@@ -408,7 +342,7 @@ pub struct Slot {
     pub restarts: u32,
     pub last_exit: Option<ExitStatus>,
     backoff: Backoff,
-    #[serde(with = "handover::mono::opt")]
+    #[serde(with = "crate::serial::mono::opt")]
     restart_at: Option<Instant>,
 }
 
@@ -416,7 +350,7 @@ pub struct Slot {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Escaped {
     pid: i32,
-    #[serde(with = "handover::mono")]
+    #[serde(with = "crate::serial::mono")]
     kill_at: Instant,
     killed: bool,
 }
@@ -425,7 +359,7 @@ struct Escaped {
 enum Phase {
     /// The new generation is starting beside the serving one.
     Starting {
-        #[serde(with = "handover::mono")]
+        #[serde(with = "crate::serial::mono")]
         deadline: Instant,
     },
     /// The new generation serves; the old one is stopping.
@@ -450,7 +384,7 @@ pub struct LastReload {
     pub generation: u64,
     pub ok: bool,
     pub message: String,
-    #[serde(with = "handover::mono")]
+    #[serde(with = "crate::serial::mono")]
     pub at: Instant,
 }
 
@@ -464,10 +398,10 @@ pub struct Saved {
     announced: bool,
     served: bool,
     hinted: bool,
-    #[serde(with = "handover::mono::opt")]
+    #[serde(with = "crate::serial::mono::opt")]
     first_deadline: Option<Instant>,
     /// The generation starting and since when (time to ready, `--metrics`).
-    /// (generation, CLOCK_MONOTONIC µs): see `handover::mono`.
+    /// (generation, CLOCK_MONOTONIC µs): see `crate::serial::mono`.
     #[serde(default)]
     generation_started: Option<(u64, i64)>,
     next_generation: u64,
@@ -824,8 +758,8 @@ impl<O: Os> Supervisor<O> {
             .find_map(|c| c.status_text.clone());
         control::Status {
             pid: std::process::id(),
-            version: handover::VERSION.into(),
-            build_id: handover::build_id().map(str::to_string),
+            version: crate::version::VERSION.into(),
+            build_id: crate::version::build_id().map(str::to_string),
             generation: self.serving,
             state: self.state().into(),
             ready: self.ready(),
@@ -1563,7 +1497,8 @@ impl<O: Os> Supervisor<O> {
             announced: *announced,
             served: *served,
             hinted: *hinted,
-            generation_started: generation_started.map(|(g, t)| (g, handover::mono::to_usec(t))),
+            generation_started: generation_started
+                .map(|(g, t)| (g, crate::serial::mono::to_usec(t))),
             first_deadline: *first_deadline,
             next_generation: *next_generation,
             reload: *reload,
@@ -1610,7 +1545,8 @@ impl<O: Os> Supervisor<O> {
             dev: cfg.watch.map(|_| Dev::default()),
             served,
             hinted,
-            generation_started: generation_started.map(|(g, t)| (g, handover::mono::from_usec(t))),
+            generation_started: generation_started
+                .map(|(g, t)| (g, crate::serial::mono::from_usec(t))),
             demand: Demand::Running,
             idle_since: None,
             escaped: Vec::new(),
@@ -1982,12 +1918,7 @@ impl<O: Os> Supervisor<O> {
     }
 
     fn fail_to_exec(&mut self, e: spawn::Error, now: Instant) {
-        let code = match e {
-            spawn::Error::NotFound(_) => 127,
-            spawn::Error::NotExecutable(_) => 126,
-            spawn::Error::Os(_) => 1,
-        };
-        self.exit_code = code;
+        self.exit_code = e.kind().code();
         self.exit_error = Some(e.to_string());
         // Workers that did start must not outlive us.
         self.stop(now);

@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use crate::control::Reply;
+use crate::exit::ExitStatus;
 use crate::supervise::handover::{self, CHECK_DEADLINE, CHECK_FLAG, FORMAT};
-use crate::supervise::supervisor::ExitStatus;
 
 /// The new binary's handshake, running.
 pub struct Check {
@@ -141,7 +141,7 @@ impl Check {
 /// Executes `binary` in place with `state` sealed in a memfd and the fds it
 /// names left open. Returns only if execve failed, with everything as it
 /// was except the signal mask (the caller restores it).
-pub fn exec(binary: &Path, state: &handover::State) -> String {
+pub fn exec<C: serde::Serialize>(binary: &Path, state: &handover::State<C>) -> String {
     let json = match serde_json::to_vec(state) {
         Ok(j) => j,
         Err(e) => return format!("cannot encode the state: {e}"),
