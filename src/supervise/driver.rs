@@ -52,7 +52,7 @@ use crate::ready::notify::{Message, NotifySocket, Systemd};
 use crate::ready::scan;
 use crate::sockets::{self, Listener};
 use crate::supervise::supervisor::{
-    Config, Effect, Event, Notice, Os, Supervisor, Tell, WatchConfig,
+    Config, Effect, Event, Notice, Spawner, Supervisor, Tell, WatchConfig,
 };
 use crate::supervise::{handover, idle, reaper, spawn, upgrade};
 
@@ -137,6 +137,19 @@ struct Adopted {
     upgrade: Option<RawFd>,
 }
 
+/// The core and the I/O side by side: the core decides, the driver carries
+/// it out, and neither owns the other.
+struct Runtime {
+    core: Supervisor,
+    os: Driver,
+}
+
+impl Runtime {
+    fn handle(&mut self, event: Event, now: Instant) -> Vec<Effect> {
+        self.core.handle(event, now, &mut self.os)
+    }
+}
+
 /// The one path from either boot to the end: the driver, the supervisor,
 /// the event loop, and the cleanup.
 pub async fn run(boot: Boot) -> Result<i32> {
@@ -198,19 +211,22 @@ pub async fn run(boot: Boot) -> Result<i32> {
         .iter()
         .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
         .collect();
-    let mut sup = match start {
+    let mut rt = match start {
         Start::Fresh(cfg) => {
-            let mut sup = Supervisor::new(driver, cfg);
-            let fx = sup.handle(Event::Start, Instant::now());
-            apply(&mut sup, fx);
-            sup
+            let mut rt = Runtime {
+                core: Supervisor::new(cfg),
+                os: driver,
+            };
+            let fx = rt.handle(Event::Start, Instant::now());
+            apply(&mut rt, fx);
+            rt
         }
         Start::Adopted(a) => resume(driver, *a),
     };
-    let (stop_signal, stop_timeout) = (sup.config().stop_signal, sup.config().stop_timeout);
+    let (stop_signal, stop_timeout) = (rt.core.config().stop_signal, rt.core.config().stop_timeout);
     let control_rx = control.map(control::Server::serve);
     let result = event_loop(
-        &mut sup,
+        &mut rt,
         signals,
         control_rx,
         scrapes,
@@ -222,11 +238,11 @@ pub async fn run(boot: Boot) -> Result<i32> {
         gauge,
     )
     .await;
-    if let Some(w) = sup.os.watcher.take() {
+    if let Some(w) = rt.os.watcher.take() {
         w.end();
     }
     reaper::end_orphans(stop_signal, stop_timeout).await;
-    if let Some(t) = &sup.os.intercept {
+    if let Some(t) = &rt.os.intercept {
         t.remove_files();
     }
     result
@@ -580,7 +596,7 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
 /// exec handled.
 #[cold]
 #[inline(never)]
-fn resume(mut driver: Driver, a: Adopted) -> Supervisor<Driver> {
+fn resume(mut driver: Driver, a: Adopted) -> Runtime {
     for n in a.notify {
         // SAFETY: handed over for us alone; adopted once.
         let fd = unsafe { OwnedFd::from_raw_fd(n.fd) };
@@ -603,15 +619,18 @@ fn resume(mut driver: Driver, a: Adopted) -> Supervisor<Driver> {
             Err(e) => warn!("cannot adopt a waiting reload client after the upgrade: {e}"),
         }
     }
-    let mut sup = Supervisor::restore(driver, a.supervisor, waiters);
+    let mut rt = Runtime {
+        core: Supervisor::restore(a.supervisor, waiters),
+        os: driver,
+    };
     // The handlers are in: what arrived during the exec is delivered now.
     crate::sigmask::set(&a.sigmask);
-    let kept = sup.children().iter().filter(|c| c.alive()).count();
+    let kept = rt.core.children().iter().filter(|c| c.alive()).count();
     let to = crate::version::image();
     info!(
         "upgraded from {} to {to}, kept {} listeners and {kept} children",
         a.from,
-        sup.os.listeners.len()
+        rt.os.listeners.len()
     );
     if let Some(fd) = a.upgrade {
         match control::Reply::adopt(fd) {
@@ -620,33 +639,33 @@ fn resume(mut driver: Driver, a: Adopted) -> Supervisor<Driver> {
                     pid: std::process::id(),
                     from: a.from,
                     to,
-                    listeners: sup.os.listeners.len(),
+                    listeners: rt.os.listeners.len(),
                     children: kept,
                 });
             }
             Err(e) => warn!("cannot answer `relaunch upgrade` after the upgrade: {e}"),
         }
     }
-    sup.tell_serving();
-    let fx = sup.effects();
-    apply(&mut sup, fx);
+    rt.core.tell_serving();
+    let fx = rt.core.effects();
+    apply(&mut rt, fx);
     for (request, fd) in a.requests {
         match control::Reply::adopt(fd) {
             Ok(reply) => {
-                let fx = sup.handle(Event::Control { request, reply }, Instant::now());
-                apply(&mut sup, fx);
+                let fx = rt.handle(Event::Control { request, reply }, Instant::now());
+                apply(&mut rt, fx);
             }
             Err(e) => warn!("cannot adopt a pending control request after the upgrade: {e}"),
         }
     }
     // Children that ended during the exec are zombies by now.
-    let events = reap(&mut sup.os);
-    let gone = group_check(&mut sup);
+    let events = reap(&mut rt.os);
+    let gone = group_check(&mut rt);
     for ev in events.into_iter().chain(gone) {
-        let fx = sup.handle(ev, Instant::now());
-        apply(&mut sup, fx);
+        let fx = rt.handle(ev, Instant::now());
+        apply(&mut rt, fx);
     }
-    sup
+    rt
 }
 
 /// The hint's first remedy (see `Supervisor`), by why bind interception did
@@ -1179,7 +1198,7 @@ impl Driver {
     }
 }
 
-impl Os for Driver {
+impl Spawner for Driver {
     fn spawn(&mut self, generation: u64, worker: usize) -> std::result::Result<i32, spawn::Error> {
         let mut env = self.launch.env.clone();
         // Served in every mode: READY=1 also counts in auto, STATUS= always shows.
@@ -1341,7 +1360,7 @@ struct Inbox {
 }
 
 async fn event_loop(
-    sup: &mut Supervisor<Driver>,
+    rt: &mut Runtime,
     mut signals: Signals,
     mut control_rx: Option<mpsc::Receiver<Incoming>>,
     mut scrapes: Option<mpsc::Receiver<Incoming>>,
@@ -1366,46 +1385,46 @@ async fn event_loop(
     // may have left its own children on us). One sweep at a time.
     let mut sweep_task: Option<JoinHandle<Sweep>> = None;
     loop {
-        if let Some(exit) = sup.exit() {
+        if let Some(exit) = rt.core.exit() {
             if let Some(msg) = exit.error {
                 return Err(Error::new(crate::error::Kind::of_code(exit.code), msg));
             }
             return Ok(exit.code);
         }
         // The new binary's handshake is over: exec it, or say why not.
-        if sup.os.upgrade.as_ref().is_some_and(|c| c.exit.is_some()) {
-            upgrade_now(sup, &mut signals, &mut control_rx, &mut notify_rx).await;
+        if rt.os.upgrade.as_ref().is_some_and(|c| c.exit.is_some()) {
+            upgrade_now(rt, &mut signals, &mut control_rx, &mut notify_rx).await;
             continue;
         }
         let now = Instant::now();
         // Timers run only while something starts or stops: idle, none.
-        let scanning = sup.to_scan(now).next().is_some();
+        let scanning = rt.core.to_scan(now).next().is_some();
         next_scan = next_scan
             .filter(|_| scanning)
             .or_else(|| scanning.then(|| now + SCAN_EVERY));
-        let lingering = sup.lingering().next().is_some() || sup.escaped().next().is_some();
+        let lingering = rt.core.lingering().next().is_some() || rt.core.escaped().next().is_some();
         next_group_check = next_group_check
             .filter(|_| lingering)
             .or_else(|| lingering.then(|| now + GROUP_CHECK_EVERY));
-        let deadline = sup.next_deadline();
-        let check_deadline = sup
+        let deadline = rt.core.next_deadline();
+        let check_deadline = rt
             .os
             .upgrade
             .as_ref()
             .filter(|c| !c.timed_out)
             .map(|c| c.deadline);
-        if !sup.waiting() {
+        if !rt.core.waiting() {
             watches = None;
         } else if watches.is_none() {
-            sup.os.sync_listeners();
-            let (w, failed) = watch(&sup.os.listeners);
+            rt.os.sync_listeners();
+            let (w, failed) = watch(&rt.os.listeners);
             watches = Some(w);
             if failed {
-                step(sup, Event::Connection);
+                step(rt, Event::Connection);
                 continue;
             }
         }
-        let probe_every = sup.idle_probe_every().filter(|_| gauge.is_some());
+        let probe_every = rt.core.idle_probe_every().filter(|_| gauge.is_some());
         if let Some(g) = &gauge {
             g.follow(probe_every.is_some());
         }
@@ -1414,19 +1433,19 @@ async fn event_loop(
             .or_else(|| probe_every.map(|every| now + every));
         // Also exactly when the idle time would be over (not while a
         // measure runs: a due time in the past would fire at every turn).
-        let probe_due = match sup.idle_stop_due().filter(|_| probe_task.is_none()) {
+        let probe_due = match rt.core.idle_stop_due().filter(|_| probe_task.is_none()) {
             Some(due) => next_probe.map(|n| n.min(due)),
             None => next_probe,
         };
         let events: Vec<Event> = tokio::select! {
             sig = signals.recv() => match sig {
                 Signal::SIGCHLD => {
-                    let mut events = reap(&mut sup.os);
+                    let mut events = reap(&mut rt.os);
                     for ev in events.drain(..) {
-                        step(sup, ev);
+                        step(rt, ev);
                     }
                     // Leaders reaped just now may have been the last of their groups.
-                    group_check(sup)
+                    group_check(rt)
                 }
                 Signal::SIGTERM | Signal::SIGINT => {
                     info!("{}: stopping", sig.as_str());
@@ -1447,18 +1466,18 @@ async fn event_loop(
                 vec![Event::Control { request: inc.request, reply: inc.reply }]
             }
             Some((pid, how)) = listened_rx.recv() => vec![Event::Listened { pid, how }],
-            () = readable(sup.os.watcher.as_ref().map(|w| &w.out)) => {
-                sup.os.watcher.as_mut().map_or_else(Vec::new, Watcher::events)
+            () = readable(rt.os.watcher.as_ref().map(|w| &w.out)) => {
+                rt.os.watcher.as_mut().map_or_else(Vec::new, Watcher::events)
             }
-            () = readable(sup.os.build.as_ref().map(|b| &b.out)) => {
-                if let Some(b) = &mut sup.os.build {
+            () = readable(rt.os.build.as_ref().map(|b| &b.out)) => {
+                if let Some(b) = &mut rt.os.build {
                     b.take();
                 }
                 Vec::new()
             }
-            Some((generation, msg)) = notify_rx.recv() => handle_notify(sup, generation, msg).into_iter().collect(),
-            (pid, status) = exec_reported(&sup.os.execs) => {
-                sup.os.execs.remove(&pid);
+            Some((generation, msg)) = notify_rx.recv() => handle_notify(rt, generation, msg).into_iter().collect(),
+            (pid, status) = exec_reported(&rt.os.execs) => {
+                rt.os.execs.remove(&pid);
                 match status {
                     spawn::ExecStatus::Failed(error) => vec![Event::ExecFailed { pid, error }],
                     _ => Vec::new(),
@@ -1471,10 +1490,10 @@ async fn event_loop(
                 // One scan at a time; a slow one skips ticks rather than piling up.
                 if scan_task.is_none() {
                     // Interception under --port may have rebound a socket.
-                    if let Some(t) = &sup.os.intercept {
+                    if let Some(t) = &rt.os.intercept {
                         inodes = Arc::new(t.inodes());
                     }
-                    scan_task = Some(start_scan(sup, &inodes));
+                    scan_task = Some(start_scan(rt, &inodes));
                 }
                 Vec::new()
             }
@@ -1482,17 +1501,17 @@ async fn event_loop(
             Some((sweep, found)) = join(&mut sweep_task) => {
                 let mut named = Vec::new();
                 for (l, handle) in found {
-                    sup.os.escaped.insert(l.pid, handle);
+                    rt.os.escaped.insert(l.pid, handle);
                     named.push((l.pid, l.cmd));
                 }
                 vec![Event::Escaped { sweep, found: named }]
             }
             _ = sleep_until(next_group_check) => {
                 next_group_check = None;
-                group_check(sup)
+                group_check(rt)
             }
             _ = sleep_until(check_deadline) => {
-                if let Some(c) = sup.os.upgrade.as_mut() {
+                if let Some(c) = rt.os.upgrade.as_mut() {
                     warn!(pid = c.pid, "the new binary's handshake did not answer within {} s; killing it", handover::CHECK_DEADLINE.as_secs());
                     c.timed_out = true;
                     let _ = nix::sys::signal::kill(Pid::from_raw(c.pid), Signal::SIGKILL);
@@ -1519,44 +1538,40 @@ async fn event_loop(
             Some(event) = join(&mut probe_task) => vec![event],
         };
         for ev in events {
-            step(sup, ev);
+            step(rt, ev);
         }
         if sweep_task.is_none()
-            && let Some(sweep) = sup.sweep_wanted()
+            && let Some(sweep) = rt.core.sweep_wanted()
         {
-            sweep_task = Some(start_sweep(sup, sweep));
+            sweep_task = Some(start_sweep(rt, sweep));
         }
     }
 }
 
 /// Carries out `fx`, then starts an upgrade the supervisor allowed.
-fn apply(sup: &mut Supervisor<Driver>, fx: Vec<Effect>) {
-    sup.os.perform(fx);
-    while let Some((binary, reply)) = sup.os.asked.take() {
-        start_upgrade(sup, binary, reply);
+fn apply(rt: &mut Runtime, fx: Vec<Effect>) {
+    rt.os.perform(fx);
+    while let Some((binary, reply)) = rt.os.asked.take() {
+        start_upgrade(rt, binary, reply);
     }
-    crate::logging::set_generation(sup.serving());
+    crate::logging::set_generation(rt.core.serving());
 }
 
 /// One event through the supervisor, its effects carried out.
-fn step(sup: &mut Supervisor<Driver>, event: Event) {
-    let fx = sup.handle(event, Instant::now());
-    apply(sup, fx);
+fn step(rt: &mut Runtime, event: Event) {
+    let fx = rt.handle(event, Instant::now());
+    apply(rt, fx);
 }
 
 /// Runs the new binary's handshake with the state as it is now. Cold and
 /// apart, so its code stays off the pages the loop touches (idle RSS).
 #[cold]
 #[inline(never)]
-fn start_upgrade(
-    sup: &mut Supervisor<Driver>,
-    binary: Option<PathBuf>,
-    reply: Option<control::Reply>,
-) {
+fn start_upgrade(rt: &mut Runtime, binary: Option<PathBuf>, reply: Option<control::Reply>) {
     let started = upgrade::binary_path(binary)
         .map_err(|why| (why, None))
         .and_then(|binary| {
-            let state = save(sup, None, Vec::new(), Vec::new(), Vec::new());
+            let state = save(rt, None, Vec::new(), Vec::new(), Vec::new());
             let json = serde_json::to_vec(&state)
                 .map_err(|e| (format!("cannot encode the state: {e}"), None))?;
             info!(binary = %binary.display(), "asking the new binary whether it can take over");
@@ -1565,11 +1580,11 @@ fn start_upgrade(
     match started {
         Ok(mut check) => {
             check.reply = reply;
-            sup.os.upgrade = Some(check);
+            rt.os.upgrade = Some(check);
         }
         Err((reason, _)) => {
-            let fx = sup.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
-            sup.os.perform(fx);
+            let fx = rt.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
+            rt.os.perform(fx);
         }
     }
 }
@@ -1577,14 +1592,14 @@ fn start_upgrade(
 /// Everything the next image needs: the supervisor, the driver, and every
 /// fd they hold (with the answers still owed on control connections).
 fn save(
-    sup: &Supervisor<Driver>,
+    rt: &Runtime,
     upgrade_conn: Option<RawFd>,
     requests: Vec<(control::Request, RawFd)>,
     sigmask: Vec<i32>,
     carried: Vec<intercept::handler::Carried>,
 ) -> State {
-    let (supervisor, waiters) = sup.save();
-    let (driver, mut fds) = sup.os.save();
+    let (supervisor, waiters) = rt.core.save();
+    let (driver, mut fds) = rt.os.save();
     fds.intercept = carried;
     fds.waiters = waiters;
     fds.requests = requests;
@@ -1604,20 +1619,20 @@ fn save(
 #[cold]
 #[inline(never)]
 async fn upgrade_now(
-    sup: &mut Supervisor<Driver>,
+    rt: &mut Runtime,
     signals: &mut Signals,
     control_rx: &mut Option<mpsc::Receiver<Incoming>>,
     notify_rx: &mut mpsc::UnboundedReceiver<(u64, Message)>,
 ) {
-    let Some(mut check) = sup.os.upgrade.take() else {
+    let Some(mut check) = rt.os.upgrade.take() else {
         return;
     };
     let reply = check.reply.take();
     let image = match check.verdict() {
         Ok(image) => image,
         Err(reason) => {
-            let fx = sup.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
-            apply(sup, fx);
+            let fx = rt.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
+            apply(rt, fx);
             return;
         }
     };
@@ -1626,36 +1641,36 @@ async fn upgrade_now(
     // answers already decided reach their clients. Bounded: a stuck check
     // loses at most what it holds.
     for _ in 0..200 {
-        if sup.os.notify.values().all(|(s, _)| !s.busy()) {
+        if rt.os.notify.values().all(|(s, _)| !s.busy()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     tokio::task::yield_now().await;
     while let Ok((generation, msg)) = notify_rx.try_recv() {
-        if let Some(ev) = handle_notify(sup, generation, msg) {
-            let fx = sup.handle(ev, Instant::now());
-            apply(sup, fx);
+        if let Some(ev) = handle_notify(rt, generation, msg) {
+            let fx = rt.handle(ev, Instant::now());
+            apply(rt, fx);
         }
     }
     for _ in 0..3 {
         tokio::task::yield_now().await;
     }
-    if !sup.may_upgrade() {
+    if !rt.core.may_upgrade() {
         let reason = "relaunch is stopping".to_string();
-        let fx = sup.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
-        apply(sup, fx);
+        let fx = rt.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
+        apply(rt, fx);
         return;
     }
     // Bind interception: every handler thread parks between two
     // notifications, so none dies with one received and unanswered (its
     // caller would hang); the next image's threads take over the fds.
-    let carried = match &sup.os.intercept {
+    let carried = match &rt.os.intercept {
         Some(t) => match park(t).await {
             Ok(carried) => carried,
             Err(reason) => {
-                let fx = sup.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
-                apply(sup, fx);
+                let fx = rt.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
+                apply(rt, fx);
                 return;
             }
         },
@@ -1677,7 +1692,7 @@ async fn upgrade_now(
     // they wait (blocked) for whichever image runs next.
     signals.requeue();
     let state = save(
-        sup,
+        rt,
         reply.as_ref().map(|r| r.conn()),
         requests,
         sigmask.clone(),
@@ -1686,20 +1701,20 @@ async fn upgrade_now(
     let why = upgrade::exec(&check.binary, &state);
     // Still here: the old image goes on.
     crate::sigmask::set(&sigmask);
-    if let Some(t) = &sup.os.intercept {
+    if let Some(t) = &rt.os.intercept {
         t.resume();
     }
-    let fx = sup.handle(Event::UpgradeFailed { reason: why, reply }, Instant::now());
-    apply(sup, fx);
+    let fx = rt.handle(Event::UpgradeFailed { reason: why, reply }, Instant::now());
+    apply(rt, fx);
     for inc in pending {
-        let fx = sup.handle(
+        let fx = rt.handle(
             Event::Control {
                 request: inc.request,
                 reply: inc.reply,
             },
             Instant::now(),
         );
-        apply(sup, fx);
+        apply(rt, fx);
     }
 }
 
@@ -1785,19 +1800,20 @@ async fn connection_waiting(watches: Option<&[AsyncFd<Held>]>) {
 
 /// Looks for processes that escaped a child's group and that no running
 /// child owns (see `reaper`), on the blocking pool.
-fn start_sweep(sup: &Supervisor<Driver>, sweep: u64) -> JoinHandle<Sweep> {
-    let owners = sup.owners();
+fn start_sweep(rt: &Runtime, sweep: u64) -> JoinHandle<Sweep> {
+    let owners = rt.core.owners();
     // relaunch's own helpers (`relaunch-watch`, a `--build`) are its
     // children too, and no child's: never leftovers.
-    let children: Vec<i32> = sup
+    let children: Vec<i32> = rt
+        .core
         .children()
         .iter()
         .map(|c| c.pid)
-        .chain(sup.os.watcher.as_ref().map(|w| w.pid))
-        .chain(sup.os.build.as_ref().map(|b| b.pid))
+        .chain(rt.os.watcher.as_ref().map(|w| w.pid))
+        .chain(rt.os.build.as_ref().map(|b| b.pid))
         .collect();
-    let ending: Vec<i32> = sup.escaped().collect();
-    let spawns = sup.os.spawns.clone();
+    let ending: Vec<i32> = rt.core.escaped().collect();
+    let spawns = rt.os.spawns.clone();
     let since = reaper::boot_ticks();
     tokio::task::spawn_blocking(move || {
         let found = reaper::find_leftovers(&spawns, &owners, &children, &ending, since)
@@ -1889,17 +1905,18 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
 
 /// The lingering groups that are empty now, and the escaped processes
 /// that are gone (handles the supervisor no longer tracks are dropped).
-fn group_check(sup: &mut Supervisor<Driver>) -> Vec<Event> {
-    let mut events: Vec<Event> = sup
+fn group_check(rt: &mut Runtime) -> Vec<Event> {
+    let mut events: Vec<Event> = rt
+        .core
         .lingering()
         .filter(|&pgid| !reaper::group_alive(pgid))
         .map(|pgid| Event::GroupGone { pgid })
         .collect();
-    let tracked: Vec<i32> = sup.escaped().collect();
-    sup.os.escaped.retain(|pid, _| tracked.contains(pid));
+    let tracked: Vec<i32> = rt.core.escaped().collect();
+    rt.os.escaped.retain(|pid, _| tracked.contains(pid));
     for pid in tracked {
-        if sup.os.escaped.get(&pid).is_none_or(|e| !e.exists()) {
-            sup.os.escaped.remove(&pid);
+        if rt.os.escaped.get(&pid).is_none_or(|e| !e.exists()) {
+            rt.os.escaped.remove(&pid);
             events.push(Event::EscapedGone { pid });
         }
     }
@@ -1951,8 +1968,8 @@ fn fill_status(status: &mut control::Status, inodes: &[Option<u64>]) {
 
 /// Scans /proc for the starting children on the blocking pool: a hung
 /// mount or a stuck child must not stall the loop.
-fn start_scan(sup: &Supervisor<Driver>, inodes: &Arc<HashSet<u64>>) -> JoinHandle<Vec<Event>> {
-    let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = sup.to_scan(Instant::now()).unzip();
+fn start_scan(rt: &Runtime, inodes: &Arc<HashSet<u64>>) -> JoinHandle<Vec<Event>> {
+    let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = rt.core.to_scan(Instant::now()).unzip();
     let inodes = Arc::clone(inodes);
     tokio::task::spawn_blocking(move || {
         let verdicts = scan::scan_each(&roots, &inodes);
@@ -1981,12 +1998,13 @@ fn start_scan(sup: &Supervisor<Driver>, inodes: &Arc<HashSet<u64>>) -> JoinHandl
 
 /// Turns a notify datagram into an event. Its sender (and MAINPID=) were
 /// checked when it arrived; nothing is read here.
-fn handle_notify(sup: &Supervisor<Driver>, generation: u64, msg: Message) -> Option<Event> {
+fn handle_notify(rt: &Runtime, generation: u64, msg: Message) -> Option<Event> {
     // The child comes first among the roots (see `Message::sent_by_any_of`).
     let roots = |pid: i32, main_pid: Option<i32>| -> Vec<i32> {
         std::iter::once(pid).chain(main_pid).collect()
     };
-    let owner = sup
+    let owner = rt
+        .core
         .children()
         .iter()
         .filter(|c| c.generation == generation)

@@ -183,7 +183,7 @@ pub enum Tell {
 
 /// What the supervisor needs done at once: a fork gives the pid that names
 /// the child, and the backoff's jitter.
-pub trait Os {
+pub trait Spawner {
     /// Forks the child of `generation`/`worker`; it is in its own process
     /// group. A failed exec is reported later, as [`Event::ExecFailed`].
     fn spawn(&mut self, generation: u64, worker: usize) -> Result<i32, spawn::Error>;
@@ -355,6 +355,28 @@ struct Escaped {
     killed: bool,
 }
 
+/// How a worker's process ended, as the restart policy weighs it.
+struct Ended {
+    /// None: it never started.
+    pid: Option<i32>,
+    status: ExitStatus,
+    lived: Duration,
+    /// How long it had been ready, if it was.
+    ready_for: Option<Duration>,
+}
+
+impl Ended {
+    /// The program could not be started: as if it exited 127 at once.
+    fn never_started() -> Ended {
+        Ended {
+            pid: None,
+            status: ExitStatus::Code(127),
+            lived: Duration::ZERO,
+            ready_for: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 enum Phase {
     /// The new generation is starting beside the serving one.
@@ -415,8 +437,7 @@ pub struct Saved {
     last_reload: Option<LastReload>,
 }
 
-pub struct Supervisor<O: Os> {
-    pub os: O,
+pub struct Supervisor {
     cfg: Config,
     children: Vec<Child>,
     /// Escaped leftovers being stopped: a reload is done, and relaunch
@@ -463,11 +484,10 @@ pub struct Supervisor<O: Os> {
     out: Vec<Effect>,
 }
 
-impl<O: Os> Supervisor<O> {
-    pub fn new(os: O, cfg: Config) -> Self {
+impl Supervisor {
+    pub fn new(cfg: Config) -> Self {
         let dev = cfg.watch.map(|_| Dev::default());
         Supervisor {
-            os,
             slots: vec![Slot::default(); cfg.workers],
             cfg,
             children: Vec::new(),
@@ -498,42 +518,42 @@ impl<O: Os> Supervisor<O> {
     }
 
     /// The one entry point: what `event` changes, and what must be done now.
-    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Effect> {
+    pub fn handle(&mut self, event: Event, now: Instant, os: &mut impl Spawner) -> Vec<Effect> {
         match event {
-            Event::Start => self.begin(now),
+            Event::Start => self.begin(os, now),
             Event::Exited {
                 pid,
                 status,
                 group_alive,
-            } => self.on_exit(pid, status, group_alive, now),
-            Event::GroupGone { pgid } => self.group_gone(pgid, now),
+            } => self.on_exit(os, pid, status, group_alive, now),
+            Event::GroupGone { pgid } => self.group_gone(os, pgid, now),
             Event::Escaped { sweep, found } => {
                 self.sweeps_done = self.sweeps_done.max(sweep);
                 self.on_escaped(found, now);
-                self.settle(now);
+                self.settle(os, now);
             }
             Event::EscapedGone { pid } => {
                 self.escaped.retain(|e| e.pid != pid);
-                self.settle(now);
+                self.settle(os, now);
             }
             Event::ExecFailed { pid, error } => {
                 if let Some(c) = self.child_mut(pid) {
                     c.exec_error = Some(error);
                 }
             }
-            Event::Timer => self.on_timer(now),
-            Event::Ready { pid, how } => self.seen_waiting(pid, &how, now),
-            Event::Blind { pid, why } => self.mark_blind(pid, &why, now),
-            Event::Listened { pid, how } => self.on_listened(pid, how, now),
-            Event::Notify { pid, notice } => self.on_notice(pid, notice, now),
+            Event::Timer => self.on_timer(os, now),
+            Event::Ready { pid, how } => self.seen_waiting(os, pid, &how, now),
+            Event::Blind { pid, why } => self.mark_blind(os, pid, &why, now),
+            Event::Listened { pid, how } => self.on_listened(os, pid, how, now),
+            Event::Notify { pid, notice } => self.on_notice(os, pid, notice, now),
             Event::Reload => {
-                if let Err(e) = self.request_reload(now) {
+                if let Err(e) = self.request_reload(os, now) {
                     warn!("reload refused: {e}");
                 }
             }
-            Event::Stop => self.stop(now),
+            Event::Stop => self.stop(os, now),
             Event::Forward(sig) => self.forward(sig),
-            Event::Control { request, reply } => self.on_control(request, reply, now),
+            Event::Control { request, reply } => self.on_control(os, request, reply, now),
             Event::Upgrade { binary, reply } => self.upgrade(binary, reply),
             Event::UpgradeFailed { reason, reply } => {
                 warn!("upgrade refused: {reason}; this relaunch goes on unchanged");
@@ -546,9 +566,9 @@ impl<O: Os> Supervisor<O> {
                 self.tell_serving();
             }
             Event::Changed { path } => self.on_change(path, now),
-            Event::Built { pid, status, tail } => self.on_built(pid, status, &tail, now),
-            Event::Connection => self.on_connection(now),
-            Event::Activity { open, churned } => self.on_activity(open, churned, now),
+            Event::Built { pid, status, tail } => self.on_built(os, pid, status, &tail, now),
+            Event::Connection => self.on_connection(os, now),
+            Event::Activity { open, churned } => self.on_activity(os, open, churned, now),
         }
         if self.done {
             for (_, to) in std::mem::take(&mut self.waiters) {
@@ -781,21 +801,21 @@ impl<O: Os> Supervisor<O> {
     }
 
     /// The first build if there is one, else generation 1.
-    fn begin(&mut self, now: Instant) {
+    fn begin(&mut self, os: &mut impl Spawner, now: Instant) {
         if self.cfg.watch.is_some_and(|w| w.build) {
-            self.start_build("first build", now);
+            self.start_build(os, "first build", now);
         } else {
-            self.start(now);
+            self.start(os, now);
         }
     }
 
     /// Starts generation 1, or with `--lazy` waits for a connection first.
-    fn start(&mut self, now: Instant) {
+    fn start(&mut self, os: &mut impl Spawner, now: Instant) {
         if self.cfg.lazy {
             info!("--lazy: waiting for the first connection; it starts generation 1");
             self.wait_for_connection(now);
         } else {
-            self.start_generation(now);
+            self.start_generation(os, now);
         }
     }
 
@@ -810,7 +830,7 @@ impl<O: Os> Supervisor<O> {
     /// Starts the next generation when nothing serves. Failing to start the
     /// very first one ends relaunch at once; after a generation has served,
     /// it is a quick failure with backoff, as for a restart.
-    fn start_generation(&mut self, now: Instant) {
+    fn start_generation(&mut self, os: &mut impl Spawner, now: Instant) {
         self.demand = Demand::Running;
         self.idle_since = None;
         self.serving = self.take_generation();
@@ -819,29 +839,22 @@ impl<O: Os> Supervisor<O> {
         self.first_deadline = Some(now + self.cfg.ready_timeout);
         self.slots = vec![Slot::default(); self.cfg.workers];
         for worker in 0..self.cfg.workers {
-            if let Err(e) = self.spawn(self.serving, worker, now) {
+            if let Err(e) = self.spawn(os, self.serving, worker, now) {
                 if !self.served {
-                    self.fail_to_exec(e, now);
+                    self.fail_to_exec(os, e, now);
                     return;
                 }
                 error!(generation = self.serving, worker, "{e}");
-                self.after_exit(
-                    None,
-                    worker,
-                    Duration::ZERO,
-                    None,
-                    ExitStatus::Code(127),
-                    now,
-                );
+                self.after_exit(os, worker, Ended::never_started(), now);
             }
         }
         // Nothing may have started and nothing may be due to restart.
-        self.settle(now);
+        self.settle(os, now);
     }
 
     /// A connection waits and no child runs (or the running ones are being
     /// stopped for idleness and may not take it): start a generation.
-    fn on_connection(&mut self, now: Instant) {
+    fn on_connection(&mut self, os: &mut impl Spawner, now: Instant) {
         if !self.waiting() {
             return;
         }
@@ -851,11 +864,11 @@ impl<O: Os> Supervisor<O> {
         );
         info!("{line}");
         self.tell(Tell::Status(line));
-        self.start_generation(now);
+        self.start_generation(os, now);
     }
 
     /// `--idle-stop`: what the listeners showed at `now`.
-    fn on_activity(&mut self, open: bool, churned: bool, now: Instant) {
+    fn on_activity(&mut self, os: &mut impl Spawner, open: bool, churned: bool, now: Instant) {
         let Some(limit) = self.cfg.idle_stop else {
             return;
         };
@@ -889,7 +902,7 @@ impl<O: Os> Supervisor<O> {
         for pid in pids {
             self.stop_child(pid, now);
         }
-        self.settle(now);
+        self.settle(os, now);
     }
 
     fn child_mut(&mut self, pid: i32) -> Option<&mut Child> {
@@ -919,7 +932,7 @@ impl<O: Os> Supervisor<O> {
         }
     }
 
-    fn on_timer(&mut self, now: Instant) {
+    fn on_timer(&mut self, os: &mut impl Spawner, now: Instant) {
         for i in 0..self.children.len() {
             let (pid, generation, state) = (
                 self.children[i].pid,
@@ -928,7 +941,7 @@ impl<O: Os> Supervisor<O> {
             );
             match state {
                 State::Starting { ready_at: Some(t) } if t <= now => {
-                    self.mark_ready(pid, "alive for the ready delay", now)
+                    self.mark_ready(os, pid, "alive for the ready delay", now)
                 }
                 State::Stopping {
                     kill_at,
@@ -949,13 +962,13 @@ impl<O: Os> Supervisor<O> {
                 _ => {}
             }
         }
-        self.give_up_on_unkillable(now);
-        self.end_escaped(now);
+        self.give_up_on_unkillable(os, now);
+        self.end_escaped(os, now);
         if let Some(dev) = &mut self.dev
             && dev.due.is_some_and(|t| t <= now)
         {
             dev.due = None;
-            self.changes_settled(now);
+            self.changes_settled(os, now);
         }
         if let Some(Reload {
             generation,
@@ -975,6 +988,7 @@ impl<O: Os> Supervisor<O> {
                 // is the readiness signal, as documented for `auto`.
                 for (pid, _) in unseen {
                     self.mark_ready(
+                        os,
                         pid,
                         &format!("no sign seen within {waited}, taken as ready"),
                         now,
@@ -982,6 +996,7 @@ impl<O: Os> Supervisor<O> {
                 }
             } else {
                 self.fail_reload(
+                    os,
                     ReloadResult::NotReady,
                     format!("generation {generation} was not ready within {waited}"),
                     now,
@@ -1008,21 +1023,14 @@ impl<O: Os> Supervisor<O> {
             if self.slots[worker].restart_at.is_some_and(|t| t <= now) && !self.stopping {
                 self.slots[worker].restart_at = None;
                 self.slots[worker].restarts += 1;
-                if let Err(e) = self.spawn(self.serving, worker, now) {
+                if let Err(e) = self.spawn(os, self.serving, worker, now) {
                     if !self.others_serve(None) {
-                        self.fail_to_exec(e, now);
+                        self.fail_to_exec(os, e, now);
                         return;
                     }
                     // Out of fds or processes while other workers serve: try again later.
                     error!(generation = self.serving, worker, "{e}");
-                    self.after_exit(
-                        None,
-                        worker,
-                        Duration::ZERO,
-                        None,
-                        ExitStatus::Code(127),
-                        now,
-                    );
+                    self.after_exit(os, worker, Ended::never_started(), now);
                 }
             }
         }
@@ -1037,7 +1045,14 @@ impl<O: Os> Supervisor<O> {
 
     /// A leader was reaped. Pids that are not ours (orphans we reaped as a
     /// subreaper) are ignored.
-    fn on_exit(&mut self, pid: i32, status: ExitStatus, group_alive: bool, now: Instant) {
+    fn on_exit(
+        &mut self,
+        os: &mut impl Spawner,
+        pid: i32,
+        status: ExitStatus,
+        group_alive: bool,
+        now: Instant,
+    ) {
         // A child or an orphan ended: what it leaves behind lands on us.
         self.sweeps_asked += 1;
         let Some(i) = self.children.iter().position(|c| c.pid == pid && c.alive()) else {
@@ -1062,6 +1077,7 @@ impl<O: Os> Supervisor<O> {
             (_, Some(e)) if self.pending() == Some(generation) => {
                 warn!(pid, generation, worker, "{e}");
                 self.fail_reload(
+                    os,
                     ReloadResult::Exited,
                     format!("generation {generation} could not start: {e}"),
                     now,
@@ -1079,11 +1095,17 @@ impl<O: Os> Supervisor<O> {
                     // Nothing runs to be taken as serving at the deadline.
                     self.first_deadline = None;
                 } else if !self.served {
-                    self.fail_to_exec(e, now);
+                    self.fail_to_exec(os, e, now);
                 } else {
                     error!(pid, generation, worker, "{e}");
                     self.slots[worker].last_exit = Some(status);
-                    self.after_exit(Some(pid), worker, Duration::ZERO, None, status, now);
+                    let ended = Ended {
+                        pid: Some(pid),
+                        status,
+                        lived: Duration::ZERO,
+                        ready_for: None,
+                    };
+                    self.after_exit(os, worker, ended, now);
                 }
             }
             _ if self.pending() == Some(generation) => {
@@ -1092,6 +1114,7 @@ impl<O: Os> Supervisor<O> {
                     generation, worker, "new generation {status} before it was ready"
                 );
                 self.fail_reload(
+                    os,
                     ReloadResult::Exited,
                     format!("generation {generation} {status} before it was ready"),
                     now,
@@ -1104,7 +1127,13 @@ impl<O: Os> Supervisor<O> {
                     warn!(pid, generation, worker, "{status}");
                 }
                 self.slots[worker].last_exit = Some(status);
-                self.after_exit(Some(pid), worker, lived, ready_for, status, now);
+                let ended = Ended {
+                    pid: Some(pid),
+                    status,
+                    lived,
+                    ready_for,
+                };
+                self.after_exit(os, worker, ended, now);
             }
             _ => info!(pid, generation, worker, "{status}"),
         }
@@ -1117,10 +1146,10 @@ impl<O: Os> Supervisor<O> {
             self.stop_child(pid, now);
         }
         self.released(generation);
-        self.settle(now);
+        self.settle(os, now);
     }
 
-    fn group_gone(&mut self, pgid: i32, now: Instant) {
+    fn group_gone(&mut self, os: &mut impl Spawner, pgid: i32, now: Instant) {
         let Some(i) = self
             .children
             .iter()
@@ -1137,14 +1166,14 @@ impl<O: Os> Supervisor<O> {
             "its process group is empty"
         );
         self.released(c.generation);
-        self.settle(now);
+        self.settle(os, now);
     }
 
     /// A group still not empty KILL_GRACE after SIGKILL will not empty soon
     /// (a process stuck in the kernel, a zombie nobody reaps, a member we may
     /// not signal). Waiting on would block every later reload and relaunch's
     /// own exit, so it is said and let go.
-    fn give_up_on_unkillable(&mut self, now: Instant) {
+    fn give_up_on_unkillable(&mut self, os: &mut impl Spawner, now: Instant) {
         let stuck: Vec<(i32, u64)> = self
             .children
             .iter()
@@ -1165,7 +1194,7 @@ impl<O: Os> Supervisor<O> {
             self.children.retain(|c| c.pid != pid);
             self.sweeps_asked += 1;
             self.released(generation);
-            self.settle(now);
+            self.settle(os, now);
         }
     }
 
@@ -1195,7 +1224,7 @@ impl<O: Os> Supervisor<O> {
 
     /// SIGKILL for escaped processes past the stop timeout; the ones that
     /// survive even that are let go, like a group that will not empty.
-    fn end_escaped(&mut self, now: Instant) {
+    fn end_escaped(&mut self, os: &mut impl Spawner, now: Instant) {
         for i in 0..self.escaped.len() {
             let e = self.escaped[i];
             if !e.killed && e.kill_at <= now {
@@ -1221,7 +1250,7 @@ impl<O: Os> Supervisor<O> {
             !stuck
         });
         if self.escaped.len() != before {
-            self.settle(now);
+            self.settle(os, now);
         }
     }
 
@@ -1233,11 +1262,11 @@ impl<O: Os> Supervisor<O> {
     }
 
     /// The scan saw the child with `pid` (or its tree) wait on a held socket.
-    fn seen_waiting(&mut self, pid: i32, how: &str, now: Instant) {
+    fn seen_waiting(&mut self, os: &mut impl Spawner, pid: i32, how: &str, now: Instant) {
         if let Some(c) = self.child_mut(pid) {
             c.seen = true;
             if self.cfg.ready_auto {
-                self.mark_ready(pid, how, now);
+                self.mark_ready(os, pid, how, now);
             }
         }
     }
@@ -1276,7 +1305,7 @@ impl<O: Os> Supervisor<O> {
     }
 
     /// The child with `pid` (or its tree) is ready to serve.
-    fn mark_ready(&mut self, pid: i32, how: &str, now: Instant) {
+    fn mark_ready(&mut self, os: &mut impl Spawner, pid: i32, how: &str, now: Instant) {
         let Some(c) = self.child_mut(pid) else {
             return;
         };
@@ -1292,11 +1321,11 @@ impl<O: Os> Supervisor<O> {
             worker = c.worker,
             "ready after {ms} ms ({how})"
         );
-        self.settle(now);
+        self.settle(os, now);
     }
 
     /// Readiness of this child cannot be seen from /proc (see `ready::scan`).
-    fn mark_blind(&mut self, pid: i32, why: &str, now: Instant) {
+    fn mark_blind(&mut self, os: &mut impl Spawner, pid: i32, why: &str, now: Instant) {
         if !self.cfg.ready_auto {
             return;
         }
@@ -1305,7 +1334,7 @@ impl<O: Os> Supervisor<O> {
         {
             c.blind = true;
             if let Some(how) = c.listened.clone() {
-                self.mark_ready(pid, &how, now);
+                self.mark_ready(os, pid, &how, now);
                 return;
             }
             // An empty reason was said once for all (no /proc at all).
@@ -1321,7 +1350,7 @@ impl<O: Os> Supervisor<O> {
         }
     }
 
-    fn on_listened(&mut self, pid: i32, how: String, now: Instant) {
+    fn on_listened(&mut self, os: &mut impl Spawner, pid: i32, how: String, now: Instant) {
         let Some(c) = self.child_mut(pid) else {
             return;
         };
@@ -1330,11 +1359,11 @@ impl<O: Os> Supervisor<O> {
         }
         c.listened = Some(how.clone());
         if c.blind {
-            self.mark_ready(pid, &how, now);
+            self.mark_ready(os, pid, &how, now);
         }
     }
 
-    fn on_notice(&mut self, pid: i32, notice: Notice, now: Instant) {
+    fn on_notice(&mut self, os: &mut impl Spawner, pid: i32, notice: Notice, now: Instant) {
         let Some(c) = self.child_mut(pid) else {
             return;
         };
@@ -1345,17 +1374,17 @@ impl<O: Os> Supervisor<O> {
             c.status_text = Some(text);
         }
         if notice.ready {
-            self.mark_ready(pid, "READY=1", now);
+            self.mark_ready(os, pid, "READY=1", now);
         }
     }
 
-    fn on_control(&mut self, request: Request, to: Reply, now: Instant) {
+    fn on_control(&mut self, os: &mut impl Spawner, request: Request, to: Reply, now: Instant) {
         match request {
             Request::Status => {
                 let response = Response::Status(Box::new(self.status(now)));
                 self.out.push(Effect::Reply { to, response });
             }
-            Request::Reload => match self.request_reload(now) {
+            Request::Reload => match self.request_reload(os, now) {
                 // It may already have failed, at spawn, before we could wait for it.
                 Ok(generation) => match self
                     .last_reload
@@ -1394,7 +1423,7 @@ impl<O: Os> Supervisor<O> {
                     to,
                     response: Response::Stopping,
                 });
-                self.stop(now);
+                self.stop(os, now);
             }
         }
     }
@@ -1457,7 +1486,6 @@ impl<O: Os> Supervisor<O> {
     /// of the `relaunch reload` clients waiting, by generation.
     pub fn save(&self) -> (Saved, Vec<(u64, std::os::fd::RawFd)>) {
         let Supervisor {
-            os: _,
             cfg,
             children,
             serving,
@@ -1519,7 +1547,7 @@ impl<O: Os> Supervisor<O> {
     }
 
     /// The supervisor an earlier image saved, driving `os`.
-    pub fn restore(os: O, saved: Saved, waiters: Vec<(u64, Reply)>) -> Self {
+    pub fn restore(saved: Saved, waiters: Vec<(u64, Reply)>) -> Self {
         let Saved {
             cfg,
             children,
@@ -1541,7 +1569,6 @@ impl<O: Os> Supervisor<O> {
             last_reload,
         } = saved;
         Supervisor {
-            os,
             dev: cfg.watch.map(|_| Dev::default()),
             served,
             hinted,
@@ -1577,7 +1604,7 @@ impl<O: Os> Supervisor<O> {
     }
 
     /// Asks for a reload; returns the generation whose outcome answers it.
-    fn request_reload(&mut self, now: Instant) -> Result<u64, String> {
+    fn request_reload(&mut self, os: &mut impl Spawner, now: Instant) -> Result<u64, String> {
         if self.stopping {
             return Err("relaunch is stopping".into());
         }
@@ -1625,8 +1652,9 @@ impl<O: Os> Supervisor<O> {
             "reloading: starting generation {generation}"
         )));
         for worker in 0..self.cfg.workers {
-            if let Err(e) = self.spawn(generation, worker, now) {
+            if let Err(e) = self.spawn(os, generation, worker, now) {
                 self.fail_reload(
+                    os,
                     ReloadResult::Exited,
                     format!("generation {generation} could not start: {e}"),
                     now,
@@ -1638,7 +1666,7 @@ impl<O: Os> Supervisor<O> {
     }
 
     /// SIGTERM, SIGINT or `relaunch stop`. A second one kills at once.
-    fn stop(&mut self, now: Instant) {
+    fn stop(&mut self, os: &mut impl Spawner, now: Instant) {
         if self.stopping {
             warn!("asked to stop again: sending SIGKILL to every child");
             let pids: Vec<i32> = self.children.iter().map(|c| c.pid).collect();
@@ -1672,7 +1700,12 @@ impl<O: Os> Supervisor<O> {
             }
         }
         if self.reload.is_some() {
-            self.fail_reload(ReloadResult::Cancelled, "relaunch is stopping".into(), now);
+            self.fail_reload(
+                os,
+                ReloadResult::Cancelled,
+                "relaunch is stopping".into(),
+                now,
+            );
         }
         for s in &mut self.slots {
             s.restart_at = None;
@@ -1681,7 +1714,7 @@ impl<O: Os> Supervisor<O> {
         for pid in pids {
             self.stop_child(pid, now);
         }
-        self.settle(now);
+        self.settle(os, now);
     }
 
     /// Passes a signal on to every child that is not being stopped.
@@ -1729,7 +1762,7 @@ impl<O: Os> Supervisor<O> {
     }
 
     /// Files have been quiet for the debounce: build, or reload.
-    fn changes_settled(&mut self, now: Instant) {
+    fn changes_settled(&mut self, os: &mut impl Spawner, now: Instant) {
         let Some(dev) = &mut self.dev else {
             return;
         };
@@ -1745,17 +1778,17 @@ impl<O: Os> Supervisor<O> {
             return;
         }
         if self.cfg.watch.is_some_and(|w| w.build) {
-            self.start_build(&what, now);
+            self.start_build(os, &what, now);
             return;
         }
         info!("{what}: reloading");
-        if let Err(e) = self.request_reload(now) {
+        if let Err(e) = self.request_reload(os, now) {
             warn!("reload refused: {e}");
         }
     }
 
-    fn start_build(&mut self, why: &str, now: Instant) {
-        match self.os.build() {
+    fn start_build(&mut self, os: &mut impl Spawner, why: &str, now: Instant) {
+        match os.build() {
             Ok(pid) => {
                 if self.serving == 0 {
                     info!(pid, "{why}: building; generation 1 starts when it succeeds");
@@ -1784,7 +1817,14 @@ impl<O: Os> Supervisor<O> {
 
     /// The build ended: reload (or start generation 1) if it succeeded;
     /// otherwise say why, and leave what serves alone.
-    fn on_built(&mut self, pid: i32, status: ExitStatus, tail: &[String], now: Instant) {
+    fn on_built(
+        &mut self,
+        os: &mut impl Spawner,
+        pid: i32,
+        status: ExitStatus,
+        tail: &[String],
+        now: Instant,
+    ) {
         let Some(dev) = &mut self.dev else {
             return;
         };
@@ -1804,10 +1844,10 @@ impl<O: Os> Supervisor<O> {
             }
             if self.serving == 0 {
                 info!(pid, "build succeeded in {took:.1} s; starting");
-                self.start(now);
+                self.start(os, now);
             } else {
                 info!(pid, "build succeeded in {took:.1} s; reloading");
-                if let Err(e) = self.request_reload(now) {
+                if let Err(e) = self.request_reload(os, now) {
                     warn!("reload refused: {e}");
                 }
             }
@@ -1837,7 +1877,7 @@ impl<O: Os> Supervisor<O> {
         );
         // A failed build never keeps what is on disk from serving.
         if first {
-            self.start(now);
+            self.start(os, now);
         }
     }
 
@@ -1893,8 +1933,14 @@ impl<O: Os> Supervisor<O> {
         g
     }
 
-    fn spawn(&mut self, generation: u64, worker: usize, now: Instant) -> Result<(), spawn::Error> {
-        let pid = self.os.spawn(generation, worker)?;
+    fn spawn(
+        &mut self,
+        os: &mut impl Spawner,
+        generation: u64,
+        worker: usize,
+        now: Instant,
+    ) -> Result<(), spawn::Error> {
+        let pid = os.spawn(generation, worker)?;
         info!(pid, generation, worker, "started");
         self.children.push(Child {
             pid,
@@ -1917,23 +1963,21 @@ impl<O: Os> Supervisor<O> {
         Ok(())
     }
 
-    fn fail_to_exec(&mut self, e: spawn::Error, now: Instant) {
+    fn fail_to_exec(&mut self, os: &mut impl Spawner, e: spawn::Error, now: Instant) {
         self.exit_code = e.kind().code();
         self.exit_error = Some(e.to_string());
         // Workers that did start must not outlive us.
-        self.stop(now);
+        self.stop(os, now);
     }
     /// Restart policy and backoff for a serving worker that exited on its own.
     /// `pid` is the child that exited; None when it never started.
-    fn after_exit(
-        &mut self,
-        pid: Option<i32>,
-        worker: usize,
-        lived: Duration,
-        ready_for: Option<Duration>,
-        status: ExitStatus,
-        now: Instant,
-    ) {
+    fn after_exit(&mut self, os: &mut impl Spawner, worker: usize, ended: Ended, now: Instant) {
+        let Ended {
+            pid,
+            status,
+            lived,
+            ready_for,
+        } = ended;
         let restart = match self.cfg.restart {
             Restart::Always => true,
             Restart::OnFailure => !status.success(),
@@ -1943,7 +1987,7 @@ impl<O: Os> Supervisor<O> {
             self.exit_code = status.code();
             return;
         }
-        let jitter = self.os.jitter();
+        let jitter = os.jitter();
         match self.slots[worker].backoff.exited(lived, ready_for, jitter) {
             Next::RestartAfter(d) => {
                 self.count(Count::Restart(match status {
@@ -1982,13 +2026,13 @@ impl<O: Os> Supervisor<O> {
                 }
                 self.exit_code = 1;
                 self.exit_error = Some(msg);
-                self.stop(now);
+                self.stop(os, now);
             }
         }
     }
 
     /// Moves things along after any change: promotions, finished reloads, exit.
-    fn settle(&mut self, now: Instant) {
+    fn settle(&mut self, os: &mut impl Spawner, now: Instant) {
         if let Some(generation) = self.pending() {
             let ready = self
                 .children
@@ -2025,7 +2069,7 @@ impl<O: Os> Supervisor<O> {
                 "reload done: generation {generation} serves (pids {pids:?})"
             );
             self.count(Count::Reload(ReloadResult::Done));
-            self.finish_reload(generation, Ok(pids), now);
+            self.finish_reload(os, generation, Ok(pids), now);
         }
         if self.children.is_empty()
             && self.escaped.is_empty()
@@ -2098,7 +2142,13 @@ impl<O: Os> Supervisor<O> {
 
     /// Ends the reload in progress with `reason`; a new generation that is
     /// still starting is stopped, one that already serves stays.
-    fn fail_reload(&mut self, why: ReloadResult, reason: String, now: Instant) {
+    fn fail_reload(
+        &mut self,
+        os: &mut impl Spawner,
+        why: ReloadResult,
+        reason: String,
+        now: Instant,
+    ) {
         let Some(Reload { generation, phase }) = self.reload else {
             return;
         };
@@ -2120,10 +2170,16 @@ impl<O: Os> Supervisor<O> {
         }
         // Nothing of it may ever have run (spawn failed): nobody else would say so.
         self.released(generation);
-        self.finish_reload(generation, Err(reason), now);
+        self.finish_reload(os, generation, Err(reason), now);
     }
 
-    fn finish_reload(&mut self, generation: u64, result: Result<Vec<i32>, String>, now: Instant) {
+    fn finish_reload(
+        &mut self,
+        os: &mut impl Spawner,
+        generation: u64,
+        result: Result<Vec<i32>, String>,
+        now: Instant,
+    ) {
         self.reload = None;
         self.last_reload = Some(LastReload {
             generation,
@@ -2159,7 +2215,7 @@ impl<O: Os> Supervisor<O> {
             }));
         }
         if std::mem::take(&mut self.reload_queued) && !self.stopping {
-            let _ = self.request_reload(now);
+            let _ = self.request_reload(os, now);
         }
     }
 
@@ -2219,10 +2275,38 @@ mod tests {
         builds: Vec<i32>,
     }
 
+    /// The core and a fake spawner, side by side as the runtime holds them.
+    struct Sim {
+        core: Supervisor,
+        os: Fake,
+    }
+
+    impl std::ops::Deref for Sim {
+        type Target = Supervisor;
+        fn deref(&self) -> &Supervisor {
+            &self.core
+        }
+    }
+
+    impl std::ops::DerefMut for Sim {
+        fn deref_mut(&mut self) -> &mut Supervisor {
+            &mut self.core
+        }
+    }
+
+    impl Sim {
+        fn new(cfg: Config) -> Sim {
+            Sim {
+                core: Supervisor::new(cfg),
+                os: Fake::default(),
+            }
+        }
+    }
+
     /// Events in, effects recorded in the fake (replies are sent).
-    impl Supervisor<Fake> {
+    impl Sim {
         fn run(&mut self, event: Event, now: Instant) {
-            let effects = self.handle(event, now);
+            let effects = self.core.handle(event, now, &mut self.os);
             self.record(effects);
             if let Some(sweep) = self.sweep_wanted() {
                 self.os.sweeps += 1;
@@ -2276,14 +2360,14 @@ mod tests {
         }
         /// Like SIGHUP, but says which generation answers it.
         fn t_reload(&mut self, now: Instant) -> Result<u64, String> {
-            let r = self.request_reload(now);
+            let r = self.core.request_reload(&mut self.os, now);
             let effects = std::mem::take(&mut self.out);
             self.record(effects);
             r
         }
     }
 
-    impl Os for Fake {
+    impl Spawner for Fake {
         fn spawn(&mut self, generation: u64, worker: usize) -> Result<i32, spawn::Error> {
             if let Some(f) = self.fail_spawn {
                 return Err(f());
@@ -2321,18 +2405,18 @@ mod tests {
         }
     }
 
-    fn on_demand(workers: usize, lazy: bool, idle_stop: Option<Duration>) -> Supervisor<Fake> {
-        Supervisor::new(
-            Fake::default(),
-            Config {
+    fn on_demand(workers: usize, lazy: bool, idle_stop: Option<Duration>) -> Sim {
+        Sim {
+            core: Supervisor::new(Config {
                 lazy,
                 idle_stop,
                 ..cfg(workers)
-            },
-        )
+            }),
+            os: Fake::default(),
+        }
     }
 
-    impl Supervisor<Fake> {
+    impl Sim {
         fn t_connection(&mut self, now: Instant) {
             self.run(Event::Connection, now);
         }
@@ -2356,14 +2440,14 @@ mod tests {
         }
     }
 
-    fn started(workers: usize) -> (Supervisor<Fake>, Instant) {
+    fn started(workers: usize) -> (Sim, Instant) {
         let t0 = Instant::now();
-        let mut s = Supervisor::new(Fake::default(), cfg(workers));
+        let mut s = Sim::new(cfg(workers));
         s.t_start(t0);
         (s, t0)
     }
 
-    fn pids(s: &Supervisor<Fake>, generation: u64) -> Vec<i32> {
+    fn pids(s: &Sim, generation: u64) -> Vec<i32> {
         s.children()
             .iter()
             .filter(|c| c.generation == generation)
@@ -2377,7 +2461,7 @@ mod tests {
 
     /// Saves `s`, sends it through JSON as an upgrade does, and restores
     /// it in a fresh fake; the waiters' connections come back as replies.
-    fn upgraded(s: &Supervisor<Fake>) -> (Supervisor<Fake>, Vec<(u64, i32)>) {
+    fn upgraded(s: &Sim) -> (Sim, Vec<(u64, i32)>) {
         let (saved, conns) = s.save();
         let json = serde_json::to_string(&saved).unwrap();
         let back: Saved = serde_json::from_str(&json).unwrap();
@@ -2385,7 +2469,13 @@ mod tests {
             next_pid: s.os.next_pid,
             ..Fake::default()
         };
-        (Supervisor::restore(fake, back, Vec::new()), conns)
+        (
+            Sim {
+                core: Supervisor::restore(back, Vec::new()),
+                os: fake,
+            },
+            conns,
+        )
     }
 
     #[test]
@@ -2482,7 +2572,7 @@ mod tests {
             debounce: ms(100),
             build: false,
         });
-        let mut s = Supervisor::new(Fake::default(), c);
+        let mut s = Sim::new(c);
         s.t_start(t0);
         let (to, mut answer) = Reply::new(-1);
         s.run(
@@ -2506,7 +2596,7 @@ mod tests {
             let mut c = cfg(1);
             c.lazy = lazy;
             c.idle_stop = idle_stop;
-            let mut s = Supervisor::new(Fake::default(), c);
+            let mut s = Sim::new(c);
             s.t_start(t0);
             let (to, mut answer) = Reply::new(-1);
             s.run(
@@ -2652,7 +2742,7 @@ mod tests {
 
     #[test]
     fn a_listen_on_a_held_socket_is_ready_only_where_the_scan_is_blind() {
-        let listened = |s: &mut Supervisor<Fake>, pid: i32, t: Instant| {
+        let listened = |s: &mut Sim, pid: i32, t: Instant| {
             let how = "pid 7 called listen() on relaunch's socket".into();
             s.run(Event::Listened { pid, how }, t);
         };
@@ -2874,7 +2964,7 @@ mod tests {
     }
 
     /// The child says through its pipe that exec failed, then exits.
-    fn exec_fails(s: &mut Supervisor<Fake>, pid: i32, error: spawn::Error, now: Instant) {
+    fn exec_fails(s: &mut Sim, pid: i32, error: spawn::Error, now: Instant) {
         let code = if matches!(error, spawn::Error::NotFound(_)) {
             127
         } else {
@@ -2944,13 +3034,13 @@ mod tests {
     #[test]
     fn fork_failure_at_start_exits_with_1() {
         let t0 = Instant::now();
-        let mut s = Supervisor::new(
-            Fake {
+        let mut s = Sim {
+            core: Supervisor::new(cfg(1)),
+            os: Fake {
                 fail_spawn: Some(|| spawn::Error::Os("cannot start x: fork failed".into())),
                 ..Fake::default()
             },
-            cfg(1),
-        );
+        };
         s.t_start(t0);
         assert_eq!(s.exit().map(|e| e.code), Some(1));
     }
@@ -3040,13 +3130,13 @@ mod tests {
     #[test]
     fn restart_never_exits_with_child_status() {
         let t0 = Instant::now();
-        let mut s = Supervisor::new(
-            Fake::default(),
-            Config {
+        let mut s = Sim {
+            core: Supervisor::new(Config {
                 restart: Restart::Never,
                 ..cfg(1)
-            },
-        );
+            }),
+            os: Fake::default(),
+        };
         s.t_start(t0);
         s.t_exit(101, ExitStatus::Code(4), t0);
         assert_eq!(
@@ -3061,13 +3151,13 @@ mod tests {
     #[test]
     fn on_failure_does_not_restart_clean_exit() {
         let t0 = Instant::now();
-        let mut s = Supervisor::new(
-            Fake::default(),
-            Config {
+        let mut s = Sim {
+            core: Supervisor::new(Config {
                 restart: Restart::OnFailure,
                 ..cfg(1)
-            },
-        );
+            }),
+            os: Fake::default(),
+        };
         s.t_start(t0);
         s.t_exit(101, ExitStatus::Signal(11), t0);
         assert!(s.next_deadline().is_some(), "a crash is restarted");
@@ -3085,13 +3175,13 @@ mod tests {
     #[test]
     fn delay_mode_marks_ready_on_timer() {
         let t0 = Instant::now();
-        let mut s = Supervisor::new(
-            Fake::default(),
-            Config {
+        let mut s = Sim {
+            core: Supervisor::new(Config {
                 ready_delay: Some(ms(500)),
                 ..cfg(1)
-            },
-        );
+            }),
+            os: Fake::default(),
+        };
         s.t_start(t0);
         assert_eq!(s.next_deadline(), Some(t0 + ms(500)));
         s.t_timer(t0 + ms(500));
@@ -3106,7 +3196,7 @@ mod tests {
         assert!(s.next_deadline() == Some(t0 + Duration::from_secs(60)));
     }
 
-    fn exited_leaving_group(s: &mut Supervisor<Fake>, pid: i32, status: ExitStatus, now: Instant) {
+    fn exited_leaving_group(s: &mut Sim, pid: i32, status: ExitStatus, now: Instant) {
         let group_alive = true;
         s.run(
             Event::Exited {
@@ -3230,20 +3320,20 @@ mod tests {
         }
     }
 
-    fn watching(build: bool) -> Supervisor<Fake> {
-        Supervisor::new(
-            Fake::default(),
-            Config {
+    fn watching(build: bool) -> Sim {
+        Sim {
+            core: Supervisor::new(Config {
                 watch: Some(WatchConfig {
                     debounce: ms(200),
                     build,
                 }),
                 ..cfg(1)
-            },
-        )
+            }),
+            os: Fake::default(),
+        }
     }
 
-    impl Supervisor<Fake> {
+    impl Sim {
         fn t_change(&mut self, path: &str, now: Instant) {
             let path = path.into();
             self.run(Event::Changed { path }, now);
@@ -3482,17 +3572,17 @@ mod tests {
     #[test]
     fn watching_a_server_that_exits_under_restart_never_waits_for_a_change() {
         let t0 = Instant::now();
-        let mut s = Supervisor::new(
-            Fake::default(),
-            Config {
+        let mut s = Sim {
+            core: Supervisor::new(Config {
                 restart: Restart::Never,
                 watch: Some(WatchConfig {
                     debounce: ms(200),
                     build: false,
                 }),
                 ..cfg(1)
-            },
-        );
+            }),
+            os: Fake::default(),
+        };
         s.t_start(t0);
         s.t_ready(101, t0);
         s.t_exit(101, ExitStatus::Code(0), t0 + ms(10));
@@ -3570,13 +3660,13 @@ mod tests {
     #[test]
     fn the_hint_covers_reloads_and_every_ready_mode() {
         let t0 = Instant::now();
-        let mut s = Supervisor::new(
-            Fake::default(),
-            Config {
+        let mut s = Sim {
+            core: Supervisor::new(Config {
                 ready_auto: false,
                 ..cfg(1)
-            },
-        );
+            }),
+            os: Fake::default(),
+        };
         s.t_start(t0);
         s.t_ready(101, t0);
         assert_eq!(s.children()[0].state, State::Starting { ready_at: None });
@@ -3639,13 +3729,14 @@ mod tests {
         s.t_ready(101, t0);
         s.t_reload(t0).unwrap();
         s.t_ready(102, t0);
-        let effects = s.handle(
+        let effects = s.core.handle(
             Event::Exited {
                 pid: 101,
                 status: ExitStatus::Signal(15),
                 group_alive: false,
             },
             t0,
+            &mut s.os,
         );
         s.record(effects);
         let sweep = s.sweep_wanted().expect("a sweep is due");
@@ -3845,14 +3936,14 @@ mod tests {
     #[test]
     fn idle_stop_never_ends_relaunch_whatever_restart_says() {
         let t0 = Instant::now();
-        let mut s = Supervisor::new(
-            Fake::default(),
-            Config {
+        let mut s = Sim {
+            core: Supervisor::new(Config {
                 restart: Restart::Never,
                 idle_stop: Some(Duration::from_secs(1)),
                 ..cfg(1)
-            },
-        );
+            }),
+            os: Fake::default(),
+        };
         s.t_start(t0);
         s.t_ready(101, t0);
         let t1 = s.t_idle_out(t0);
@@ -3963,14 +4054,14 @@ mod tests {
     #[test]
     fn a_failed_wake_with_restart_never_ends_relaunch() {
         let t0 = Instant::now();
-        let mut s = Supervisor::new(
-            Fake::default(),
-            Config {
+        let mut s = Sim {
+            core: Supervisor::new(Config {
                 restart: Restart::Never,
                 idle_stop: Some(Duration::from_secs(1)),
                 ..cfg(1)
-            },
-        );
+            }),
+            os: Fake::default(),
+        };
         s.t_start(t0);
         s.t_ready(101, t0);
         let t1 = s.t_idle_out(t0);
