@@ -45,6 +45,24 @@ pub mod mono {
         i64::deserialize(d).map(from_usec)
     }
 
+    /// A (generation, instant) pair, as `(u64, µs)`.
+    pub mod opt_pair {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            t: &Option<(u64, Instant)>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            t.map(|(g, t)| (g, to_usec(t))).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<(u64, Instant)>, D::Error> {
+            Option::<(u64, i64)>::deserialize(d).map(|v| v.map(|(g, t)| (g, from_usec(t))))
+        }
+    }
+
     pub mod opt {
         use super::*;
 

@@ -129,7 +129,7 @@ enum Start {
 struct Adopted {
     from: String,
     sigmask: Vec<i32>,
-    supervisor: crate::supervise::supervisor::Saved,
+    supervisor: crate::supervise::supervisor::Kept,
     notify: Vec<handover::NotifyFd>,
     execs: Vec<spawn::ExecFd>,
     waiters: Vec<(u64, RawFd)>,
@@ -463,7 +463,7 @@ pub struct Saved {
 /// driver's.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct Carried {
-    pub supervisor: crate::supervise::supervisor::Saved,
+    pub supervisor: crate::supervise::supervisor::Kept,
     pub driver: Saved,
 }
 
@@ -2045,6 +2045,40 @@ fn handle_notify(rt: &Runtime, generation: u64, msg: Message) -> Option<Event> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// What the release before this runtime wrote at an upgrade (two
+    /// workers, --control, --metrics): a new image must read it.
+    #[test]
+    fn a_state_written_by_the_previous_release_is_read() {
+        let bytes = include_bytes!("testdata/state-format-2.json");
+        let state = handover::parse::<Carried>(bytes, None).unwrap();
+        assert_eq!(state.format, 2);
+        let Carried { supervisor, driver } = state.carried;
+        let (core, waiters) = Supervisor::restore(supervisor, Vec::new()).save();
+        assert!(waiters.is_empty());
+        let json = serde_json::to_value(&core).unwrap();
+        assert_eq!(json["serving"], 1);
+        assert_eq!(json["children"].as_array().map(Vec::len), Some(2));
+        assert_eq!(json["cfg"]["workers"], 2);
+        assert!(driver.launch.metrics.is_some());
+        assert_eq!(driver.launch.program, "python3");
+        assert_eq!(state.fds.listeners.len(), 1);
+        assert!(state.fds.control.is_some());
+        // Written again, it has the same fields (no mirror to drift).
+        let old: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        let keys = |v: &serde_json::Value| {
+            v.as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(keys(&json), keys(&old["supervisor"]));
+        assert_eq!(
+            keys(&serde_json::to_value(&driver).unwrap()),
+            keys(&old["driver"])
+        );
+    }
+
     #[test]
     fn unescape_reads_what_relaunch_watch_writes() {
         assert_eq!(super::unescape(r"a\nb\\n c\"), "a\nb\\n c\\");

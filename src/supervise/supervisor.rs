@@ -410,44 +410,13 @@ pub struct LastReload {
     pub at: Instant,
 }
 
-/// What [`Supervisor::save`] hands to the next image.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Saved {
+/// The part of the supervisor that outlives an upgrade's exec: the handover
+/// carries exactly this struct, so a field added here is carried, and one
+/// that must not be belongs in [`Supervisor`] beside it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Kept {
     cfg: Config,
     children: Vec<Child>,
-    serving: u64,
-    slots: Vec<Slot>,
-    announced: bool,
-    served: bool,
-    hinted: bool,
-    #[serde(with = "crate::serial::mono::opt")]
-    first_deadline: Option<Instant>,
-    /// The generation starting and since when (time to ready, `--metrics`).
-    /// (generation, CLOCK_MONOTONIC µs): see `crate::serial::mono`.
-    #[serde(default)]
-    generation_started: Option<(u64, i64)>,
-    next_generation: u64,
-    reload: Option<Reload>,
-    reload_queued: bool,
-    reloading: bool,
-    stopping: bool,
-    exit_code: i32,
-    exit_error: Option<String>,
-    done: bool,
-    last_reload: Option<LastReload>,
-}
-
-pub struct Supervisor {
-    cfg: Config,
-    children: Vec<Child>,
-    /// Escaped leftovers being stopped: a reload is done, and relaunch
-    /// exits, only once they are gone too.
-    escaped: Vec<Escaped>,
-    /// Sweeps for escaped processes asked for (a child ended or is being
-    /// stopped, an orphan was reaped) and done: until the last one asked is
-    /// done, what escaped may be unknown, so no reload is done yet.
-    sweeps_asked: u64,
-    sweeps_done: u64,
     serving: u64,
     slots: Vec<Slot>,
     /// The serving generation has been ready at least once.
@@ -455,29 +424,44 @@ pub struct Supervisor {
     /// Some generation has been ready once: a program that cannot be
     /// executed after that is a quick failure, not a mistake to end on.
     served: bool,
-    demand: Demand,
-    /// Since when nothing has been open or waiting on the listeners: from the
-    /// first idle measure, or since no child runs. None while busy.
-    idle_since: Option<Instant>,
+    /// The "binds the port itself" hint was given (once per relaunch).
+    hinted: bool,
+    #[serde(with = "crate::serial::mono::opt")]
     first_deadline: Option<Instant>,
+    /// The generation still to become ready for the first time, and when it
+    /// was started (for its time to ready).
+    #[serde(default, with = "crate::serial::mono::opt_pair")]
+    generation_started: Option<(u64, Instant)>,
     next_generation: u64,
     reload: Option<Reload>,
     reload_queued: bool,
     /// systemd heard RELOADING=1 and waits for the READY=1 that ends it.
     reloading: bool,
-    /// `relaunch reload` clients, by the generation whose outcome answers them.
-    waiters: Vec<(u64, Reply)>,
     stopping: bool,
     /// Exit code once nothing is left, decided by what ended us.
     exit_code: i32,
     exit_error: Option<String>,
     done: bool,
     last_reload: Option<LastReload>,
-    /// The generation still to become ready for the first time, and when it
-    /// was started (for its time to ready).
-    generation_started: Option<(u64, Instant)>,
-    /// The "binds the port itself" hint was given (once per relaunch).
-    hinted: bool,
+}
+
+pub struct Supervisor {
+    kept: Kept,
+    /// Escaped leftovers being stopped: a reload is done, and relaunch
+    /// exits, only once they are gone too. (Their pidfds are the driver's
+    /// and are not handed over: the next sweep finds them again.)
+    escaped: Vec<Escaped>,
+    /// Sweeps for escaped processes asked for (a child ended or is being
+    /// stopped, an orphan was reaped) and done: until the last one asked is
+    /// done, what escaped may be unknown, so no reload is done yet.
+    sweeps_asked: u64,
+    sweeps_done: u64,
+    demand: Demand,
+    /// Since when nothing has been open or waiting on the listeners: from the
+    /// first idle measure, or since no child runs. None while busy.
+    idle_since: Option<Instant>,
+    /// `relaunch reload` clients, by the generation whose outcome answers them.
+    waiters: Vec<(u64, Reply)>,
     /// `--watch`; None without it.
     dev: Option<Dev>,
     /// Effects of the event being handled.
@@ -487,31 +471,43 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(cfg: Config) -> Self {
         let dev = cfg.watch.map(|_| Dev::default());
+        Supervisor::with(
+            Kept {
+                slots: vec![Slot::default(); cfg.workers],
+                cfg,
+                children: Vec::new(),
+                serving: 0,
+                announced: false,
+                served: false,
+                hinted: false,
+                first_deadline: None,
+                generation_started: None,
+                next_generation: 1,
+                reload: None,
+                reload_queued: false,
+                reloading: false,
+                stopping: false,
+                exit_code: 0,
+                exit_error: None,
+                done: false,
+                last_reload: None,
+            },
+            dev,
+            Vec::new(),
+        )
+    }
+
+    /// An upgrade is refused under --watch, --lazy and --idle-stop (see
+    /// `upgrade`), so what is not kept starts as `new` makes it.
+    fn with(kept: Kept, dev: Option<Dev>, waiters: Vec<(u64, Reply)>) -> Self {
         Supervisor {
-            slots: vec![Slot::default(); cfg.workers],
-            cfg,
-            children: Vec::new(),
+            kept,
             escaped: Vec::new(),
             sweeps_asked: 0,
             sweeps_done: 0,
-            serving: 0,
-            announced: false,
-            served: false,
             demand: Demand::Running,
             idle_since: None,
-            first_deadline: None,
-            next_generation: 1,
-            reload: None,
-            reload_queued: false,
-            reloading: false,
-            waiters: Vec::new(),
-            stopping: false,
-            exit_code: 0,
-            exit_error: None,
-            done: false,
-            last_reload: None,
-            generation_started: None,
-            hinted: false,
+            waiters,
             dev,
             out: Vec::new(),
         }
@@ -570,7 +566,7 @@ impl Supervisor {
             Event::Connection => self.on_connection(os, now),
             Event::Activity { open, churned } => self.on_activity(os, open, churned, now),
         }
-        if self.done {
+        if self.kept.done {
             for (_, to) in std::mem::take(&mut self.waiters) {
                 self.out.push(Effect::Reply {
                     to,
@@ -585,19 +581,19 @@ impl Supervisor {
 
     /// Set once relaunch should exit: nothing is left to supervise.
     pub fn exit(&self) -> Option<Exit> {
-        self.done.then(|| Exit {
-            code: self.exit_code,
-            error: self.exit_error.clone(),
+        self.kept.done.then(|| Exit {
+            code: self.kept.exit_code,
+            error: self.kept.exit_error.clone(),
         })
     }
 
     /// The serving generation (0 before the first starts).
     pub fn serving(&self) -> u64 {
-        self.serving
+        self.kept.serving
     }
 
     pub fn children(&self) -> &[Child] {
-        &self.children
+        &self.kept.children
     }
 
     /// Children the /proc scan should look at: (pid, roots to scan). Those
@@ -605,14 +601,16 @@ impl Supervisor {
     /// hint, in their first [`HINT_WITHIN`] until it was given. Ready or
     /// idle, none, so the scan costs nothing under load and no timer runs.
     pub fn to_scan(&self, now: Instant) -> impl Iterator<Item = (i32, Vec<i32>)> + '_ {
-        self.children
+        self.kept
+            .children
             .iter()
             .filter(move |c| {
-                let young = !self.hinted && now.saturating_duration_since(c.started) < HINT_WITHIN;
+                let young =
+                    !self.kept.hinted && now.saturating_duration_since(c.started) < HINT_WITHIN;
                 c.alive()
                     && !c.seen
                     && matches!(c.state, State::Starting { .. })
-                    && (self.cfg.ready_auto || young)
+                    && (self.kept.cfg.ready_auto || young)
             })
             .map(|c| (c.pid, std::iter::once(c.pid).chain(c.main_pid).collect()))
     }
@@ -620,7 +618,8 @@ impl Supervisor {
     /// Children whose leader runs and that are not being stopped: what
     /// escaped their process groups is theirs to keep (see `reaper`).
     pub fn owners(&self) -> Vec<i32> {
-        self.children
+        self.kept
+            .children
             .iter()
             .filter(|c| c.alive() && !matches!(c.state, State::Stopping { .. }))
             .map(|c| c.pid)
@@ -640,29 +639,33 @@ impl Supervisor {
 
     /// Process groups whose leader exited: the driver tells us when each is empty.
     pub fn lingering(&self) -> impl Iterator<Item = i32> + '_ {
-        self.children.iter().filter(|c| !c.alive()).map(|c| c.pid)
+        self.kept
+            .children
+            .iter()
+            .filter(|c| !c.alive())
+            .map(|c| c.pid)
     }
 
     /// Whether no child runs (or the ones that do are being stopped because
     /// they were idle): the driver then watches the listeners for a connection.
     pub fn waiting(&self) -> bool {
-        !self.stopping && self.demand != Demand::Running
+        !self.kept.stopping && self.demand != Demand::Running
     }
 
     /// When the idle time is over if nothing happens meanwhile: the driver
     /// measures then, besides every [`Supervisor::idle_probe_every`].
     pub fn idle_stop_due(&self) -> Option<Instant> {
-        let limit = self.cfg.idle_stop?;
+        let limit = self.kept.cfg.idle_stop?;
         self.idle_since
-            .filter(|_| self.demand == Demand::Running && !self.stopping)
+            .filter(|_| self.demand == Demand::Running && !self.kept.stopping)
             .map(|since| since + limit)
     }
 
     /// How often to measure the listeners' activity: only while children
     /// run with `--idle-stop`.
     pub fn idle_probe_every(&self) -> Option<Duration> {
-        let limit = self.cfg.idle_stop?;
-        (self.demand == Demand::Running && !self.stopping && !self.children.is_empty())
+        let limit = self.kept.cfg.idle_stop?;
+        (self.demand == Demand::Running && !self.kept.stopping && !self.kept.children.is_empty())
             .then(|| idle_probe_interval(limit))
     }
 
@@ -670,19 +673,19 @@ impl Supervisor {
     /// "waiting for the first connection", "waiting for a connection" or
     /// "stopping when idle".
     pub fn state(&self) -> &'static str {
-        if self.stopping {
+        if self.kept.stopping {
             "stopping"
-        } else if self.demand == Demand::Waiting && self.serving == 0 {
+        } else if self.demand == Demand::Waiting && self.kept.serving == 0 {
             "waiting for the first connection"
         } else if self.demand == Demand::Waiting {
             "waiting for a connection"
         } else if self.demand == Demand::IdleStopping {
             "stopping when idle"
-        } else if self.reload.is_some() {
+        } else if self.kept.reload.is_some() {
             "reloading"
-        } else if self.slots.iter().any(|s| s.restart_at.is_some()) {
+        } else if self.kept.slots.iter().any(|s| s.restart_at.is_some()) {
             "backing off"
-        } else if !self.announced {
+        } else if !self.kept.announced {
             "starting"
         } else {
             "serving"
@@ -695,17 +698,17 @@ impl Supervisor {
     /// --lazy, waiting for a connection and starting on one count too: a
     /// connection is what starts the app, so a probe must not turn it away.
     pub fn ready(&self) -> bool {
-        if self.stopping {
+        if self.kept.stopping {
             return false;
         }
         if self.demand != Demand::Running
-            || (self.cfg.lazy && !self.announced && self.reload.is_none())
+            || (self.kept.cfg.lazy && !self.kept.announced && self.kept.reload.is_none())
         {
             return true;
         }
-        self.announced
-            && self.children.iter().any(|c| {
-                c.generation == self.serving
+        self.kept.announced
+            && self.kept.children.iter().any(|c| {
+                c.generation == self.kept.serving
                     && c.alive()
                     && (c.state == State::Ready
                         || (c.taken_as_ready && matches!(c.state, State::Starting { .. })))
@@ -714,7 +717,7 @@ impl Supervisor {
 
     /// The earliest moment an [`Event::Timer`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let children = self.children.iter().filter_map(|c| match c.state {
+        let children = self.kept.children.iter().filter_map(|c| match c.state {
             State::Starting { ready_at } => ready_at,
             State::Stopping {
                 kill_at,
@@ -730,8 +733,8 @@ impl Supervisor {
             false => e.kill_at,
             true => e.kill_at + KILL_GRACE,
         });
-        let restarts = self.slots.iter().filter_map(|s| s.restart_at);
-        let reload = self.reload.and_then(|r| match r.phase {
+        let restarts = self.kept.slots.iter().filter_map(|s| s.restart_at);
+        let reload = self.kept.reload.and_then(|r| match r.phase {
             Phase::Starting { deadline } => Some(deadline),
             Phase::Draining => None,
         });
@@ -739,7 +742,7 @@ impl Supervisor {
             .chain(escaped)
             .chain(restarts)
             .chain(reload)
-            .chain(self.first_deadline.filter(|_| !self.announced))
+            .chain(self.kept.first_deadline.filter(|_| !self.kept.announced))
             .chain(self.dev.as_ref().and_then(|d| d.due))
             .min()
     }
@@ -748,10 +751,11 @@ impl Supervisor {
     /// lingering groups.
     pub fn status(&self, now: Instant) -> control::Status {
         let children = self
+            .kept
             .children
             .iter()
             .map(|c| {
-                let slot = (c.generation == self.serving).then(|| &self.slots[c.worker]);
+                let slot = (c.generation == self.kept.serving).then(|| &self.kept.slots[c.worker]);
                 control::ChildInfo {
                     pid: c.pid,
                     generation: c.generation,
@@ -772,21 +776,22 @@ impl Supervisor {
             })
             .collect();
         let status_text = self
+            .kept
             .children
             .iter()
-            .filter(|c| c.generation == self.serving)
+            .filter(|c| c.generation == self.kept.serving)
             .find_map(|c| c.status_text.clone());
         control::Status {
             pid: std::process::id(),
             version: crate::version::VERSION.into(),
             build_id: crate::version::build_id().map(str::to_string),
-            generation: self.serving,
+            generation: self.kept.serving,
             state: self.state().into(),
             ready: self.ready(),
             status_text,
-            listeners: self.cfg.listeners.clone(),
+            listeners: self.kept.cfg.listeners.clone(),
             children,
-            last_reload: self.last_reload.as_ref().map(|r| control::ReloadInfo {
+            last_reload: self.kept.last_reload.as_ref().map(|r| control::ReloadInfo {
                 generation: r.generation,
                 ok: r.ok,
                 message: r.message.clone(),
@@ -802,7 +807,7 @@ impl Supervisor {
 
     /// The first build if there is one, else generation 1.
     fn begin(&mut self, os: &mut impl Spawner, now: Instant) {
-        if self.cfg.watch.is_some_and(|w| w.build) {
+        if self.kept.cfg.watch.is_some_and(|w| w.build) {
             self.start_build(os, "first build", now);
         } else {
             self.start(os, now);
@@ -811,7 +816,7 @@ impl Supervisor {
 
     /// Starts generation 1, or with `--lazy` waits for a connection first.
     fn start(&mut self, os: &mut impl Spawner, now: Instant) {
-        if self.cfg.lazy {
+        if self.kept.cfg.lazy {
             info!("--lazy: waiting for the first connection; it starts generation 1");
             self.wait_for_connection(now);
         } else {
@@ -833,18 +838,18 @@ impl Supervisor {
     fn start_generation(&mut self, os: &mut impl Spawner, now: Instant) {
         self.demand = Demand::Running;
         self.idle_since = None;
-        self.serving = self.take_generation();
-        self.generation_started = Some((self.serving, now));
-        self.announced = false;
-        self.first_deadline = Some(now + self.cfg.ready_timeout);
-        self.slots = vec![Slot::default(); self.cfg.workers];
-        for worker in 0..self.cfg.workers {
-            if let Err(e) = self.spawn(os, self.serving, worker, now) {
-                if !self.served {
+        self.kept.serving = self.take_generation();
+        self.kept.generation_started = Some((self.kept.serving, now));
+        self.kept.announced = false;
+        self.kept.first_deadline = Some(now + self.kept.cfg.ready_timeout);
+        self.kept.slots = vec![Slot::default(); self.kept.cfg.workers];
+        for worker in 0..self.kept.cfg.workers {
+            if let Err(e) = self.spawn(os, self.kept.serving, worker, now) {
+                if !self.kept.served {
                     self.fail_to_exec(os, e, now);
                     return;
                 }
-                error!(generation = self.serving, worker, "{e}");
+                error!(generation = self.kept.serving, worker, "{e}");
                 self.after_exit(os, worker, Ended::never_started(), now);
             }
         }
@@ -860,7 +865,7 @@ impl Supervisor {
         }
         let line = format!(
             "a connection is waiting: starting generation {}",
-            self.next_generation
+            self.kept.next_generation
         );
         info!("{line}");
         self.tell(Tell::Status(line));
@@ -869,10 +874,10 @@ impl Supervisor {
 
     /// `--idle-stop`: what the listeners showed at `now`.
     fn on_activity(&mut self, os: &mut impl Spawner, open: bool, churned: bool, now: Instant) {
-        let Some(limit) = self.cfg.idle_stop else {
+        let Some(limit) = self.kept.cfg.idle_stop else {
             return;
         };
-        if self.demand != Demand::Running || self.stopping {
+        if self.demand != Demand::Running || self.kept.stopping {
             return;
         }
         // Starting, reloading and backing off are not idle, whatever the sockets show.
@@ -888,7 +893,7 @@ impl Supervisor {
         if now.saturating_duration_since(since) < limit {
             return;
         }
-        let generation = self.serving;
+        let generation = self.kept.serving;
         info!(
             generation,
             "no connection for {}: stopping generation {generation}; the next connection starts it again",
@@ -898,7 +903,7 @@ impl Supervisor {
             "idle: stopping generation {generation}"
         )));
         self.demand = Demand::IdleStopping;
-        let pids: Vec<i32> = self.children.iter().map(|c| c.pid).collect();
+        let pids: Vec<i32> = self.kept.children.iter().map(|c| c.pid).collect();
         for pid in pids {
             self.stop_child(pid, now);
         }
@@ -906,7 +911,10 @@ impl Supervisor {
     }
 
     fn child_mut(&mut self, pid: i32) -> Option<&mut Child> {
-        self.children.iter_mut().find(|c| c.pid == pid && c.alive())
+        self.kept
+            .children
+            .iter_mut()
+            .find(|c| c.pid == pid && c.alive())
     }
 
     fn signal(&mut self, pgid: i32, sig: Signal) {
@@ -924,20 +932,20 @@ impl Supervisor {
     /// Every worker of `generation` is ready: how long that took, counted
     /// once per generation.
     fn generation_ready(&mut self, generation: u64, now: Instant) {
-        if let Some((g, since)) = self.generation_started
+        if let Some((g, since)) = self.kept.generation_started
             && g == generation
         {
-            self.generation_started = None;
+            self.kept.generation_started = None;
             self.count(Count::Ready(now.saturating_duration_since(since)));
         }
     }
 
     fn on_timer(&mut self, os: &mut impl Spawner, now: Instant) {
-        for i in 0..self.children.len() {
+        for i in 0..self.kept.children.len() {
             let (pid, generation, state) = (
-                self.children[i].pid,
-                self.children[i].generation,
-                self.children[i].state,
+                self.kept.children[i].pid,
+                self.kept.children[i].generation,
+                self.kept.children[i].state,
             );
             match state {
                 State::Starting { ready_at: Some(t) } if t <= now => {
@@ -947,14 +955,14 @@ impl Supervisor {
                     kill_at,
                     killed: false,
                 } if kill_at <= now => {
-                    let waited = duration::human(self.cfg.stop_timeout);
+                    let waited = duration::human(self.kept.cfg.stop_timeout);
                     warn!(
                         pid,
                         generation,
                         "did not stop within {waited}; sending SIGKILL to its process group"
                     );
                     self.signal(pid, Signal::SIGKILL);
-                    self.children[i].state = State::Stopping {
+                    self.kept.children[i].state = State::Stopping {
                         kill_at,
                         killed: true,
                     };
@@ -973,11 +981,12 @@ impl Supervisor {
         if let Some(Reload {
             generation,
             phase: Phase::Starting { deadline },
-        }) = self.reload
+        }) = self.kept.reload
             && deadline <= now
         {
-            let waited = duration::human(self.cfg.ready_timeout);
+            let waited = duration::human(self.kept.cfg.ready_timeout);
             let unseen: Vec<(i32, bool)> = self
+                .kept
                 .children
                 .iter()
                 .filter(|c| c.generation == generation && matches!(c.state, State::Starting { .. }))
@@ -1003,33 +1012,33 @@ impl Supervisor {
                 );
             }
         }
-        if !self.announced && self.first_deadline.is_some_and(|d| d <= now) {
-            self.first_deadline = None;
+        if !self.kept.announced && self.kept.first_deadline.is_some_and(|d| d <= now) {
+            self.kept.first_deadline = None;
             warn!(
-                generation = self.serving,
+                generation = self.kept.serving,
                 "not ready within {}; treating it as serving anyway (nothing else can serve). \
                  If the app is fine, use --ready delay:DURATION, or send READY=1 and use --ready notify",
-                duration::human(self.cfg.ready_timeout)
+                duration::human(self.kept.cfg.ready_timeout)
             );
-            let serving = self.serving;
-            for c in &mut self.children {
+            let serving = self.kept.serving;
+            for c in &mut self.kept.children {
                 if c.generation == serving && matches!(c.state, State::Starting { .. }) {
                     c.taken_as_ready = true;
                 }
             }
             self.announce(now);
         }
-        for worker in 0..self.slots.len() {
-            if self.slots[worker].restart_at.is_some_and(|t| t <= now) && !self.stopping {
-                self.slots[worker].restart_at = None;
-                self.slots[worker].restarts += 1;
-                if let Err(e) = self.spawn(os, self.serving, worker, now) {
+        for worker in 0..self.kept.slots.len() {
+            if self.kept.slots[worker].restart_at.is_some_and(|t| t <= now) && !self.kept.stopping {
+                self.kept.slots[worker].restart_at = None;
+                self.kept.slots[worker].restarts += 1;
+                if let Err(e) = self.spawn(os, self.kept.serving, worker, now) {
                     if !self.others_serve(None) {
                         self.fail_to_exec(os, e, now);
                         return;
                     }
                     // Out of fds or processes while other workers serve: try again later.
-                    error!(generation = self.serving, worker, "{e}");
+                    error!(generation = self.kept.serving, worker, "{e}");
                     self.after_exit(os, worker, Ended::never_started(), now);
                 }
             }
@@ -1038,9 +1047,10 @@ impl Supervisor {
 
     /// Whether a serving child other than `except` still runs.
     fn others_serve(&self, except: Option<i32>) -> bool {
-        self.children
+        self.kept
+            .children
             .iter()
-            .any(|c| c.generation == self.serving && c.alive() && Some(c.pid) != except)
+            .any(|c| c.generation == self.kept.serving && c.alive() && Some(c.pid) != except)
     }
 
     /// A leader was reaped. Pids that are not ours (orphans we reaped as a
@@ -1055,20 +1065,25 @@ impl Supervisor {
     ) {
         // A child or an orphan ended: what it leaves behind lands on us.
         self.sweeps_asked += 1;
-        let Some(i) = self.children.iter().position(|c| c.pid == pid && c.alive()) else {
+        let Some(i) = self
+            .kept
+            .children
+            .iter()
+            .position(|c| c.pid == pid && c.alive())
+        else {
             return;
         };
         let (generation, worker, state, started, ready_since) = {
-            let c = &mut self.children[i];
+            let c = &mut self.kept.children[i];
             c.exited = Some(status);
             (c.generation, c.worker, c.state, c.started, c.ready_since)
         };
-        let exec_error = self.children[i].exec_error.take();
+        let exec_error = self.kept.children[i].exec_error.take();
         if !matches!(state, State::Stopping { .. }) && exec_error.is_none() {
             self.hint_self_bind(i, status, now);
         }
         if !group_alive {
-            self.children.remove(i);
+            self.kept.children.remove(i);
         }
         let lived = now.saturating_duration_since(started);
         let ready_for = ready_since.map(|t| now.saturating_duration_since(t));
@@ -1083,22 +1098,22 @@ impl Supervisor {
                     now,
                 );
             }
-            (_, Some(e)) if generation == self.serving && !self.stopping => {
+            (_, Some(e)) if generation == self.kept.serving && !self.kept.stopping => {
                 // At start a missing program is a mistake to report at once.
                 // Once it has served, a restart can meet a deploy halfway
                 // (rm, then cp): the listeners stay held and the backoff
                 // keeps trying, as for any quick failure, until it gives up.
                 // Under --watch the next build may well make it: wait.
-                if !self.served && self.dev.is_some() {
+                if !self.kept.served && self.dev.is_some() {
                     error!(pid, generation, worker, "{e}; waiting for a file to change");
-                    self.slots[worker].last_exit = Some(status);
+                    self.kept.slots[worker].last_exit = Some(status);
                     // Nothing runs to be taken as serving at the deadline.
-                    self.first_deadline = None;
-                } else if !self.served {
+                    self.kept.first_deadline = None;
+                } else if !self.kept.served {
                     self.fail_to_exec(os, e, now);
                 } else {
                     error!(pid, generation, worker, "{e}");
-                    self.slots[worker].last_exit = Some(status);
+                    self.kept.slots[worker].last_exit = Some(status);
                     let ended = Ended {
                         pid: Some(pid),
                         status,
@@ -1120,13 +1135,13 @@ impl Supervisor {
                     now,
                 );
             }
-            _ if generation == self.serving && !self.stopping => {
+            _ if generation == self.kept.serving && !self.kept.stopping => {
                 if status.success() {
                     info!(pid, generation, worker, "{status}");
                 } else {
                     warn!(pid, generation, worker, "{status}");
                 }
-                self.slots[worker].last_exit = Some(status);
+                self.kept.slots[worker].last_exit = Some(status);
                 let ended = Ended {
                     pid: Some(pid),
                     status,
@@ -1151,13 +1166,14 @@ impl Supervisor {
 
     fn group_gone(&mut self, os: &mut impl Spawner, pgid: i32, now: Instant) {
         let Some(i) = self
+            .kept
             .children
             .iter()
             .position(|c| c.pid == pgid && !c.alive())
         else {
             return;
         };
-        let c = self.children.remove(i);
+        let c = self.kept.children.remove(i);
         self.sweeps_asked += 1;
         info!(
             pid = pgid,
@@ -1175,6 +1191,7 @@ impl Supervisor {
     /// own exit, so it is said and let go.
     fn give_up_on_unkillable(&mut self, os: &mut impl Spawner, now: Instant) {
         let stuck: Vec<(i32, u64)> = self
+            .kept
             .children
             .iter()
             .filter(|c| {
@@ -1191,7 +1208,7 @@ impl Supervisor {
                  signal: see `ps -o pid,stat,user,cmd -g {pid}`",
                 duration::human(KILL_GRACE)
             );
-            self.children.retain(|c| c.pid != pid);
+            self.kept.children.retain(|c| c.pid != pid);
             self.sweeps_asked += 1;
             self.released(generation);
             self.settle(os, now);
@@ -1201,7 +1218,7 @@ impl Supervisor {
     /// Leftovers that escaped a child's group get what the child got: the
     /// stop signal, SIGKILL after the stop timeout.
     fn on_escaped(&mut self, found: Vec<(i32, String)>, now: Instant) {
-        let sig = self.cfg.stop_signal;
+        let sig = self.kept.cfg.stop_signal;
         for (pid, cmd) in found {
             if self.escaped.iter().any(|e| e.pid == pid) {
                 continue;
@@ -1211,11 +1228,11 @@ impl Supervisor {
                 "pid {pid} ({cmd}) escaped the process group of a child that is over or being \
                  stopped (setsid, a double fork); sending {}, SIGKILL after {}",
                 sig.as_str(),
-                duration::human(self.cfg.stop_timeout)
+                duration::human(self.kept.cfg.stop_timeout)
             );
             self.escaped.push(Escaped {
                 pid,
-                kill_at: now + self.cfg.stop_timeout,
+                kill_at: now + self.kept.cfg.stop_timeout,
                 killed: false,
             });
             self.out.push(Effect::SignalEscaped { pid, sig });
@@ -1256,7 +1273,12 @@ impl Supervisor {
 
     /// Lets the notify socket of `generation` go once nothing of it is left.
     fn released(&mut self, generation: u64) {
-        if !self.children.iter().any(|c| c.generation == generation) {
+        if !self
+            .kept
+            .children
+            .iter()
+            .any(|c| c.generation == generation)
+        {
             self.out.push(Effect::Release { generation });
         }
     }
@@ -1265,7 +1287,7 @@ impl Supervisor {
     fn seen_waiting(&mut self, os: &mut impl Spawner, pid: i32, how: &str, now: Instant) {
         if let Some(c) = self.child_mut(pid) {
             c.seen = true;
-            if self.cfg.ready_auto {
+            if self.kept.cfg.ready_auto {
                 self.mark_ready(os, pid, how, now);
             }
         }
@@ -1276,17 +1298,17 @@ impl Supervisor {
     /// EADDRINUSE (relaunch holds it). Say so once, with the remedies: every
     /// restart of a crash loop would only repeat it.
     fn hint_self_bind(&mut self, i: usize, status: ExitStatus, now: Instant) {
-        let c = &self.children[i];
+        let c = &self.kept.children[i];
         let lived = now.saturating_duration_since(c.started);
         // A listen() on a held socket: it got relaunch's socket, it did not fail to bind.
         let ready = c.seen || c.ready_since.is_some() || c.listened.is_some();
         // A failed bind ends a program with a status, not a signal: a kill
         // (by an operator, the OOM killer) says nothing about binding.
         let failed = matches!(status, ExitStatus::Code(c) if c != 0);
-        if self.hinted || ready || !failed || lived >= HINT_WITHIN {
+        if self.kept.hinted || ready || !failed || lived >= HINT_WITHIN {
             return;
         }
-        let first = match &self.cfg.intercept_remedy {
+        let first = match &self.kept.cfg.intercept_remedy {
             Some(r) => format!("{r}; "),
             None => String::new(),
         };
@@ -1301,7 +1323,7 @@ impl Supervisor {
              or read LISTEN_FDS in the app (README: \"Taking the socket in your server\")",
             lived.as_millis()
         );
-        self.hinted = true;
+        self.kept.hinted = true;
     }
 
     /// The child with `pid` (or its tree) is ready to serve.
@@ -1326,7 +1348,7 @@ impl Supervisor {
 
     /// Readiness of this child cannot be seen from /proc (see `ready::scan`).
     fn mark_blind(&mut self, os: &mut impl Spawner, pid: i32, why: &str, now: Instant) {
-        if !self.cfg.ready_auto {
+        if !self.kept.cfg.ready_auto {
             return;
         }
         if let Some(c) = self.child_mut(pid)
@@ -1387,6 +1409,7 @@ impl Supervisor {
             Request::Reload => match self.request_reload(os, now) {
                 // It may already have failed, at spawn, before we could wait for it.
                 Ok(generation) => match self
+                    .kept
                     .last_reload
                     .as_ref()
                     .filter(|r| r.generation == generation)
@@ -1410,7 +1433,7 @@ impl Supervisor {
                 },
                 Err(reason) => {
                     let response = Response::ReloadFailed {
-                        generation: self.serving,
+                        generation: self.kept.serving,
                         reason,
                     };
                     self.out.push(Effect::Reply { to, response });
@@ -1432,13 +1455,13 @@ impl Supervisor {
     /// is on its way out. Reloads and restarts go on meanwhile: what is
     /// under way when the exec happens is handed over as it is.
     fn upgrade(&mut self, binary: Option<std::path::PathBuf>, reply: Option<Reply>) {
-        let refused = if self.stopping || self.done {
+        let refused = if self.kept.stopping || self.kept.done {
             Some("relaunch is stopping")
         } else if self.dev.is_some() {
             // The watcher and the build are processes with pipes of their
             // own that the state does not carry: a dev loop restarts instead.
             Some("not under --watch: stop relaunch and start the new one")
-        } else if self.cfg.lazy || self.cfg.idle_stop.is_some() {
+        } else if self.kept.cfg.lazy || self.kept.cfg.idle_stop.is_some() {
             // The on-demand cycle lives partly in the loop (the listeners'
             // watch, the idle gauge), which the state does not carry yet.
             Some("not under --lazy or --idle-stop yet: restart relaunch to run the new one")
@@ -1462,14 +1485,14 @@ impl Supervisor {
 
     /// Whether an upgrade may still exec (nothing ended relaunch meanwhile).
     pub fn may_upgrade(&self) -> bool {
-        !self.stopping && !self.done
+        !self.kept.stopping && !self.kept.done
     }
 
     /// After an upgrade (done or refused): READY=1 with what serves, unless
     /// a reload is under way, whose own READY=1 is still to come.
     pub fn tell_serving(&mut self) {
-        let line = status_line(self.serving, &self.serving_pids());
-        if self.reloading {
+        let line = status_line(self.kept.serving, &self.serving_pids());
+        if self.kept.reloading {
             self.tell(Tell::Status(line));
         } else {
             self.tell(Tell::Ready(line));
@@ -1482,130 +1505,31 @@ impl Supervisor {
         std::mem::take(&mut self.out)
     }
 
-    /// Everything but the driver, for the next image; and the connections
-    /// of the `relaunch reload` clients waiting, by generation.
-    pub fn save(&self) -> (Saved, Vec<(u64, std::os::fd::RawFd)>) {
-        let Supervisor {
-            cfg,
-            children,
-            serving,
-            slots,
-            announced,
-            first_deadline,
-            next_generation,
-            reload,
-            reload_queued,
-            reloading,
-            waiters,
-            stopping,
-            exit_code,
-            exit_error,
-            done,
-            last_reload,
-            served,
-            hinted,
-            generation_started,
-            // An upgrade is refused under --watch, --lazy and --idle-stop
-            // (see `upgrade`): these are as `new` makes them.
-            dev: _,
-            demand: _,
-            idle_since: _,
-            // Escaped processes being ended hold pidfds in the driver, which
-            // are not handed over: the next sweep finds them again.
-            escaped: _,
-            sweeps_asked: _,
-            sweeps_done: _,
-            out: _,
-        } = self;
-        let saved = Saved {
-            cfg: cfg.clone(),
-            children: children.clone(),
-            serving: *serving,
-            slots: slots.clone(),
-            announced: *announced,
-            served: *served,
-            hinted: *hinted,
-            generation_started: generation_started
-                .map(|(g, t)| (g, crate::serial::mono::to_usec(t))),
-            first_deadline: *first_deadline,
-            next_generation: *next_generation,
-            reload: *reload,
-            reload_queued: *reload_queued,
-            reloading: *reloading,
-            stopping: *stopping,
-            exit_code: *exit_code,
-            exit_error: exit_error.clone(),
-            done: *done,
-            last_reload: last_reload.clone(),
-        };
-        let waiters = waiters
+    /// What the next image needs: the kept state, and the connections of
+    /// the `relaunch reload` clients waiting, by generation.
+    pub fn save(&self) -> (Kept, Vec<(u64, std::os::fd::RawFd)>) {
+        let waiters = self
+            .waiters
             .iter()
             .filter(|(_, to)| to.conn() >= 0)
             .map(|(g, to)| (*g, to.conn()))
             .collect();
-        (saved, waiters)
+        (self.kept.clone(), waiters)
     }
 
-    /// The supervisor an earlier image saved, driving `os`.
-    pub fn restore(saved: Saved, waiters: Vec<(u64, Reply)>) -> Self {
-        let Saved {
-            cfg,
-            children,
-            serving,
-            slots,
-            announced,
-            served,
-            hinted,
-            first_deadline,
-            generation_started,
-            next_generation,
-            reload,
-            reload_queued,
-            reloading,
-            stopping,
-            exit_code,
-            exit_error,
-            done,
-            last_reload,
-        } = saved;
-        Supervisor {
-            dev: cfg.watch.map(|_| Dev::default()),
-            served,
-            hinted,
-            generation_started: generation_started
-                .map(|(g, t)| (g, crate::serial::mono::from_usec(t))),
-            demand: Demand::Running,
-            idle_since: None,
-            escaped: Vec::new(),
-            sweeps_asked: 0,
-            sweeps_done: 0,
-            cfg,
-            children,
-            serving,
-            slots,
-            announced,
-            first_deadline,
-            next_generation,
-            reload,
-            reload_queued,
-            reloading,
-            waiters,
-            stopping,
-            exit_code,
-            exit_error,
-            done,
-            last_reload,
-            out: Vec::new(),
-        }
+    /// The supervisor an earlier image saved.
+    pub fn restore(kept: Kept, waiters: Vec<(u64, Reply)>) -> Self {
+        let dev = kept.cfg.watch.map(|_| Dev::default());
+        Supervisor::with(kept, dev, waiters)
     }
 
     pub fn config(&self) -> &Config {
-        &self.cfg
+        &self.kept.cfg
     }
 
     /// Asks for a reload; returns the generation whose outcome answers it.
     fn request_reload(&mut self, os: &mut impl Spawner, now: Instant) -> Result<u64, String> {
-        if self.stopping {
+        if self.kept.stopping {
             return Err("relaunch is stopping".into());
         }
         if self.demand != Demand::Running {
@@ -1616,42 +1540,42 @@ impl Supervisor {
             // systemd's notify-reload waits for RELOADING=1 then READY=1.
             self.tell(Tell::Reloading(format!("reload: {message}")));
             self.tell(Tell::Ready(self.state().into()));
-            self.last_reload = Some(LastReload {
-                generation: self.serving,
+            self.kept.last_reload = Some(LastReload {
+                generation: self.kept.serving,
                 ok: true,
                 message,
                 at: now,
             });
-            return Ok(self.serving);
+            return Ok(self.kept.serving);
         }
-        if let Some(r) = self.reload {
-            if !self.reload_queued {
+        if let Some(r) = self.kept.reload {
+            if !self.kept.reload_queued {
                 info!(
                     generation = r.generation,
                     "reload requested during a reload; another one follows it"
                 );
             }
-            self.reload_queued = true;
+            self.kept.reload_queued = true;
             self.count(Count::Reload(ReloadResult::Coalesced));
             return Ok(r.generation + 1);
         }
         let generation = self.take_generation();
         info!(
             generation,
-            "reload: starting generation {generation} beside generation {}", self.serving
+            "reload: starting generation {generation} beside generation {}", self.kept.serving
         );
-        self.reload = Some(Reload {
+        self.kept.reload = Some(Reload {
             generation,
             phase: Phase::Starting {
-                deadline: now + self.cfg.ready_timeout,
+                deadline: now + self.kept.cfg.ready_timeout,
             },
         });
-        self.reloading = true;
-        self.generation_started = Some((generation, now));
+        self.kept.reloading = true;
+        self.kept.generation_started = Some((generation, now));
         self.tell(Tell::Reloading(format!(
             "reloading: starting generation {generation}"
         )));
-        for worker in 0..self.cfg.workers {
+        for worker in 0..self.kept.cfg.workers {
             if let Err(e) = self.spawn(os, generation, worker, now) {
                 self.fail_reload(
                     os,
@@ -1667,13 +1591,13 @@ impl Supervisor {
 
     /// SIGTERM, SIGINT or `relaunch stop`. A second one kills at once.
     fn stop(&mut self, os: &mut impl Spawner, now: Instant) {
-        if self.stopping {
+        if self.kept.stopping {
             warn!("asked to stop again: sending SIGKILL to every child");
-            let pids: Vec<i32> = self.children.iter().map(|c| c.pid).collect();
+            let pids: Vec<i32> = self.kept.children.iter().map(|c| c.pid).collect();
             for pid in pids {
                 self.signal(pid, Signal::SIGKILL);
             }
-            for c in &mut self.children {
+            for c in &mut self.kept.children {
                 if let State::Stopping { kill_at, .. } = c.state {
                     c.state = State::Stopping {
                         kill_at,
@@ -1690,7 +1614,7 @@ impl Supervisor {
             }
             return;
         }
-        self.stopping = true;
+        self.kept.stopping = true;
         self.tell(Tell::Stopping);
         if let Some(dev) = &mut self.dev {
             dev.due = None;
@@ -1699,7 +1623,7 @@ impl Supervisor {
                 self.signal(b.pid, Signal::SIGKILL);
             }
         }
-        if self.reload.is_some() {
+        if self.kept.reload.is_some() {
             self.fail_reload(
                 os,
                 ReloadResult::Cancelled,
@@ -1707,10 +1631,10 @@ impl Supervisor {
                 now,
             );
         }
-        for s in &mut self.slots {
+        for s in &mut self.kept.slots {
             s.restart_at = None;
         }
-        let pids: Vec<i32> = self.children.iter().map(|c| c.pid).collect();
+        let pids: Vec<i32> = self.kept.children.iter().map(|c| c.pid).collect();
         for pid in pids {
             self.stop_child(pid, now);
         }
@@ -1720,6 +1644,7 @@ impl Supervisor {
     /// Passes a signal on to every child that is not being stopped.
     fn forward(&mut self, sig: Signal) {
         let pids: Vec<i32> = self
+            .kept
             .children
             .iter()
             .filter(|c| !matches!(c.state, State::Stopping { .. }))
@@ -1736,7 +1661,7 @@ impl Supervisor {
         let Some(dev) = &mut self.dev else {
             return;
         };
-        if self.stopping {
+        if self.kept.stopping {
             return;
         }
         debug!("changed: {path}");
@@ -1758,7 +1683,7 @@ impl Supervisor {
             dev.more += 1;
         }
         dev.changed.push(path);
-        dev.due = Some(now + self.cfg.watch.map_or(Duration::ZERO, |w| w.debounce));
+        dev.due = Some(now + self.kept.cfg.watch.map_or(Duration::ZERO, |w| w.debounce));
     }
 
     /// Files have been quiet for the debounce: build, or reload.
@@ -1774,10 +1699,10 @@ impl Supervisor {
             (None, _) => "files changed".into(),
         };
         dev.changed.clear();
-        if self.stopping {
+        if self.kept.stopping {
             return;
         }
-        if self.cfg.watch.is_some_and(|w| w.build) {
+        if self.kept.cfg.watch.is_some_and(|w| w.build) {
             self.start_build(os, &what, now);
             return;
         }
@@ -1790,12 +1715,12 @@ impl Supervisor {
     fn start_build(&mut self, os: &mut impl Spawner, why: &str, now: Instant) {
         match os.build() {
             Ok(pid) => {
-                if self.serving == 0 {
+                if self.kept.serving == 0 {
                     info!(pid, "{why}: building; generation 1 starts when it succeeds");
                 } else {
                     info!(
                         pid,
-                        "{why}: building; generation {} serves meanwhile", self.serving
+                        "{why}: building; generation {} serves meanwhile", self.kept.serving
                     );
                 }
                 if let Some(dev) = &mut self.dev {
@@ -1839,10 +1764,10 @@ impl Supervisor {
                 text: format!("in {took:.1} s"),
                 at: now,
             });
-            if self.stopping {
+            if self.kept.stopping {
                 return;
             }
-            if self.serving == 0 {
+            if self.kept.serving == 0 {
                 info!(pid, "build succeeded in {took:.1} s; starting");
                 self.start(os, now);
             } else {
@@ -1858,11 +1783,11 @@ impl Supervisor {
             text: format!("{status} after {took:.1} s"),
             at: now,
         });
-        let first = self.serving == 0 && !self.stopping;
+        let first = self.kept.serving == 0 && !self.kept.stopping;
         let serving = if first {
             "generation 1 starts with the version already there".to_string()
         } else {
-            format!("generation {} keeps serving", self.serving)
+            format!("generation {} keeps serving", self.kept.serving)
         };
         let output = if tail.is_empty() {
             " It printed nothing.".to_string()
@@ -1918,7 +1843,7 @@ impl Supervisor {
     }
 
     fn pending(&self) -> Option<u64> {
-        match self.reload {
+        match self.kept.reload {
             Some(Reload {
                 generation,
                 phase: Phase::Starting { .. },
@@ -1928,8 +1853,8 @@ impl Supervisor {
     }
 
     fn take_generation(&mut self) -> u64 {
-        let g = self.next_generation;
-        self.next_generation += 1;
+        let g = self.kept.next_generation;
+        self.kept.next_generation += 1;
         g
     }
 
@@ -1942,13 +1867,13 @@ impl Supervisor {
     ) -> Result<(), spawn::Error> {
         let pid = os.spawn(generation, worker)?;
         info!(pid, generation, worker, "started");
-        self.children.push(Child {
+        self.kept.children.push(Child {
             pid,
             generation,
             worker,
             started: now,
             state: State::Starting {
-                ready_at: self.cfg.ready_delay.map(|d| now + d),
+                ready_at: self.kept.cfg.ready_delay.map(|d| now + d),
             },
             main_pid: None,
             status_text: None,
@@ -1964,8 +1889,8 @@ impl Supervisor {
     }
 
     fn fail_to_exec(&mut self, os: &mut impl Spawner, e: spawn::Error, now: Instant) {
-        self.exit_code = e.kind().code();
-        self.exit_error = Some(e.to_string());
+        self.kept.exit_code = e.kind().code();
+        self.kept.exit_error = Some(e.to_string());
         // Workers that did start must not outlive us.
         self.stop(os, now);
     }
@@ -1978,17 +1903,20 @@ impl Supervisor {
             lived,
             ready_for,
         } = ended;
-        let restart = match self.cfg.restart {
+        let restart = match self.kept.cfg.restart {
             Restart::Always => true,
             Restart::OnFailure => !status.success(),
             Restart::Never => false,
         };
         if !restart {
-            self.exit_code = status.code();
+            self.kept.exit_code = status.code();
             return;
         }
         let jitter = os.jitter();
-        match self.slots[worker].backoff.exited(lived, ready_for, jitter) {
+        match self.kept.slots[worker]
+            .backoff
+            .exited(lived, ready_for, jitter)
+        {
             Next::RestartAfter(d) => {
                 self.count(Count::Restart(match status {
                     ExitStatus::Code(_) => RestartReason::Exit,
@@ -1996,15 +1924,15 @@ impl Supervisor {
                 }));
                 info!(
                     pid,
-                    generation = self.serving,
+                    generation = self.kept.serving,
                     worker,
                     "restarting in {} ms",
                     d.as_millis()
                 );
-                self.slots[worker].restart_at = Some(now + d);
+                self.kept.slots[worker].restart_at = Some(now + d);
                 self.tell(Tell::Status(format!(
                     "restarting generation {} worker {worker}: it {status}",
-                    self.serving
+                    self.kept.serving
                 )));
             }
             Next::GiveUp => {
@@ -2018,14 +1946,14 @@ impl Supervisor {
                     // The developer is about to fix it: the listeners stay
                     // held, and the next change starts it again.
                     error!(
-                        generation = self.serving,
+                        generation = self.kept.serving,
                         worker, "{msg}; waiting for a file to change"
                     );
-                    self.slots[worker].backoff = Backoff::default();
+                    self.kept.slots[worker].backoff = Backoff::default();
                     return;
                 }
-                self.exit_code = 1;
-                self.exit_error = Some(msg);
+                self.kept.exit_code = 1;
+                self.kept.exit_error = Some(msg);
                 self.stop(os, now);
             }
         }
@@ -2035,31 +1963,33 @@ impl Supervisor {
     fn settle(&mut self, os: &mut impl Spawner, now: Instant) {
         if let Some(generation) = self.pending() {
             let ready = self
+                .kept
                 .children
                 .iter()
                 .filter(|c| c.generation == generation && c.state == State::Ready)
                 .count();
-            if ready == self.cfg.workers {
+            if ready == self.kept.cfg.workers {
                 self.promote(generation, now);
             }
         }
-        if !self.announced
-            && self.reload.is_none()
+        if !self.kept.announced
+            && self.kept.reload.is_none()
             && self.others_serve(None)
             && self
+                .kept
                 .children
                 .iter()
-                .filter(|c| c.generation == self.serving && c.alive())
+                .filter(|c| c.generation == self.kept.serving && c.alive())
                 .all(|c| c.state == State::Ready)
         {
-            self.generation_ready(self.serving, now);
+            self.generation_ready(self.kept.serving, now);
             self.announce(now);
         }
         if let Some(Reload {
             generation,
             phase: Phase::Draining,
-        }) = self.reload
-            && !self.children.iter().any(|c| c.generation < generation)
+        }) = self.kept.reload
+            && !self.kept.children.iter().any(|c| c.generation < generation)
             && self.escaped.is_empty()
             && self.sweep_wanted().is_none()
         {
@@ -2071,53 +2001,56 @@ impl Supervisor {
             self.count(Count::Reload(ReloadResult::Done));
             self.finish_reload(os, generation, Ok(pids), now);
         }
-        if self.children.is_empty()
+        if self.kept.children.is_empty()
             && self.escaped.is_empty()
             && self.sweep_wanted().is_none()
-            && !self.done
+            && !self.kept.done
         {
-            let idle = self.slots.iter().all(|s| s.restart_at.is_none()) && self.reload.is_none();
-            if self.stopping {
-                self.done = true;
+            let idle = self.kept.slots.iter().all(|s| s.restart_at.is_none())
+                && self.kept.reload.is_none();
+            if self.kept.stopping {
+                self.kept.done = true;
             } else if self.demand == Demand::IdleStopping {
                 info!(
-                    generation = self.serving,
+                    generation = self.kept.serving,
                     "stopped while idle; waiting for a connection"
                 );
                 self.wait_for_connection(now);
             } else if self.demand == Demand::Waiting {
                 // Nothing to run until a connection comes.
-            } else if idle && self.cfg.restart != Restart::Always && self.dev.is_none() {
+            } else if idle && self.kept.cfg.restart != Restart::Always && self.dev.is_none() {
                 info!(
                     "no child left to run; exiting with status {}",
-                    self.exit_code
+                    self.kept.exit_code
                 );
-                self.done = true;
+                self.kept.done = true;
             }
         }
     }
 
     fn announce(&mut self, _now: Instant) {
-        self.announced = true;
-        self.served = true;
-        let line = status_line(self.serving, &self.serving_pids());
-        info!(generation = self.serving, "{line}");
+        self.kept.announced = true;
+        self.kept.served = true;
+        let line = status_line(self.kept.serving, &self.serving_pids());
+        info!(generation = self.kept.serving, "{line}");
         // During a reload, systemd hears READY=1 when it is over.
-        if !self.reloading {
+        if !self.kept.reloading {
             self.tell(Tell::Ready(line));
         }
     }
 
     fn serving_pids(&self) -> Vec<i32> {
-        self.children
+        self.kept
+            .children
             .iter()
-            .filter(|c| c.generation == self.serving && c.alive())
+            .filter(|c| c.generation == self.kept.serving && c.alive())
             .map(|c| c.pid)
             .collect()
     }
 
     fn promote(&mut self, generation: u64, now: Instant) {
         let old: Vec<i32> = self
+            .kept
             .children
             .iter()
             .filter(|c| c.generation < generation)
@@ -2125,12 +2058,12 @@ impl Supervisor {
             .collect();
         info!(
             generation,
-            "generation {generation} is ready; stopping generation {}", self.serving
+            "generation {generation} is ready; stopping generation {}", self.kept.serving
         );
         self.generation_ready(generation, now);
-        self.serving = generation;
-        self.slots = vec![Slot::default(); self.cfg.workers];
-        self.reload = Some(Reload {
+        self.kept.serving = generation;
+        self.kept.slots = vec![Slot::default(); self.kept.cfg.workers];
+        self.kept.reload = Some(Reload {
             generation,
             phase: Phase::Draining,
         });
@@ -2149,16 +2082,17 @@ impl Supervisor {
         reason: String,
         now: Instant,
     ) {
-        let Some(Reload { generation, phase }) = self.reload else {
+        let Some(Reload { generation, phase }) = self.kept.reload else {
             return;
         };
         self.count(Count::Reload(why));
         if let Phase::Starting { .. } = phase {
             warn!(
                 generation,
-                "reload failed: {reason}; generation {} keeps serving", self.serving
+                "reload failed: {reason}; generation {} keeps serving", self.kept.serving
             );
             let pids: Vec<i32> = self
+                .kept
                 .children
                 .iter()
                 .filter(|c| c.generation == generation)
@@ -2180,8 +2114,8 @@ impl Supervisor {
         result: Result<Vec<i32>, String>,
         now: Instant,
     ) {
-        self.reload = None;
-        self.last_reload = Some(LastReload {
+        self.kept.reload = None;
+        self.kept.last_reload = Some(LastReload {
             generation,
             ok: result.is_ok(),
             message: match &result {
@@ -2208,21 +2142,21 @@ impl Supervisor {
             self.out.push(Effect::Reply { to, response });
         }
         // READY=1 ends RELOADING=1 whatever the outcome: something serves.
-        if std::mem::take(&mut self.reloading) {
+        if std::mem::take(&mut self.kept.reloading) {
             self.tell(Tell::Ready(match &result {
                 Ok(pids) => status_line(generation, pids),
                 Err(reason) => format!("reload to generation {generation} failed: {reason}"),
             }));
         }
-        if std::mem::take(&mut self.reload_queued) && !self.stopping {
+        if std::mem::take(&mut self.kept.reload_queued) && !self.kept.stopping {
             let _ = self.request_reload(os, now);
         }
     }
 
     fn stop_child(&mut self, pid: i32, now: Instant) {
-        let sig = self.cfg.stop_signal;
-        let kill_at = now + self.cfg.stop_timeout;
-        if let Some(c) = self.children.iter_mut().find(|c| c.pid == pid)
+        let sig = self.kept.cfg.stop_signal;
+        let kill_at = now + self.kept.cfg.stop_timeout;
+        if let Some(c) = self.kept.children.iter_mut().find(|c| c.pid == pid)
             && !matches!(c.state, State::Stopping { .. })
         {
             c.state = State::Stopping {
@@ -2433,7 +2367,7 @@ mod tests {
         }
         /// Serving, then idle from `now` for the idle time: stopped.
         fn t_idle_out(&mut self, now: Instant) -> Instant {
-            let limit = self.cfg.idle_stop.unwrap();
+            let limit = self.kept.cfg.idle_stop.unwrap();
             self.t_activity(false, now);
             self.t_activity(false, now + limit);
             now + limit
@@ -2464,7 +2398,7 @@ mod tests {
     fn upgraded(s: &Sim) -> (Sim, Vec<(u64, i32)>) {
         let (saved, conns) = s.save();
         let json = serde_json::to_string(&saved).unwrap();
-        let back: Saved = serde_json::from_str(&json).unwrap();
+        let back: Kept = serde_json::from_str(&json).unwrap();
         let fake = Fake {
             next_pid: s.os.next_pid,
             ..Fake::default()
@@ -2512,7 +2446,7 @@ mod tests {
         assert_eq!(pids(&n, 2), [103, 104]);
         // The new image finishes it: no child lost, none started twice.
         n.t_ready(104, t0 + ms(40));
-        assert_eq!(n.serving, 2);
+        assert_eq!(n.kept.serving, 2);
         assert_eq!(
             n.os.signals,
             [(101, Signal::SIGTERM), (102, Signal::SIGTERM)]
@@ -2520,13 +2454,13 @@ mod tests {
         n.t_exit(101, ExitStatus::Code(0), t0 + ms(50));
         n.t_exit(102, ExitStatus::Code(0), t0 + ms(50));
         assert_eq!(n.state(), "serving");
-        assert!(n.last_reload.as_ref().unwrap().ok);
+        assert!(n.kept.last_reload.as_ref().unwrap().ok);
         assert!(n.os.spawned.is_empty(), "{:?}", n.os.spawned);
         // Its deadline kept its place in time.
         let (mut m, _) = upgraded(&s);
         m.t_timer(t0 + ms(10) + Duration::from_secs(61));
         assert_eq!(m.state(), "serving");
-        assert!(!m.last_reload.as_ref().unwrap().ok, "reload timed out");
+        assert!(!m.kept.last_reload.as_ref().unwrap().ok, "reload timed out");
     }
 
     #[test]
@@ -2540,7 +2474,7 @@ mod tests {
         let at = n.next_deadline().unwrap();
         n.t_timer(at);
         assert_eq!(n.os.spawned, [(102, 1, 0)]);
-        assert_eq!(n.slots[0].restarts, 1);
+        assert_eq!(n.kept.slots[0].restarts, 1);
     }
 
     #[test]
@@ -2672,7 +2606,7 @@ mod tests {
         );
         s.t_ready(102, t0 + ms(300));
         assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
-        assert_eq!(s.serving, 2);
+        assert_eq!(s.kept.serving, 2);
         assert_eq!(s.state(), "reloading", "not done until the old one is gone");
         s.t_exit(101, ExitStatus::Code(0), t0 + ms(400));
         assert_eq!(
@@ -2680,7 +2614,7 @@ mod tests {
             Some(&Tell::Ready("serving: generation 2, pid 102".into())),
             "READY=1 ends RELOADING=1 only when the old one is gone"
         );
-        assert!(s.last_reload.as_ref().unwrap().ok);
+        assert!(s.kept.last_reload.as_ref().unwrap().ok);
         assert_eq!(s.state(), "serving");
         assert!(s.exit().is_none());
         assert!(
@@ -2695,7 +2629,7 @@ mod tests {
         s.t_ready(101, t0);
         s.t_reload(t0).unwrap();
         s.t_exit(102, ExitStatus::Code(3), t0 + ms(50));
-        let last = s.last_reload.as_ref().unwrap();
+        let last = s.kept.last_reload.as_ref().unwrap();
         assert_eq!(last.generation, 2);
         assert!(
             last.message
@@ -2703,10 +2637,10 @@ mod tests {
             "{}",
             last.message
         );
-        assert_eq!(s.serving, 1);
+        assert_eq!(s.kept.serving, 1);
         assert!(s.os.signals.is_empty(), "old generation never signalled");
         assert_eq!(pids(&s, 1), [101]);
-        assert!(!s.last_reload.as_ref().unwrap().ok);
+        assert!(!s.kept.last_reload.as_ref().unwrap().ok);
     }
 
     #[test]
@@ -2718,7 +2652,7 @@ mod tests {
         assert_eq!(deadline, t0 + Duration::from_secs(60));
         s.t_timer(deadline);
         assert_eq!(s.os.signals, [(102, Signal::SIGTERM)]);
-        assert_eq!(s.serving, 1);
+        assert_eq!(s.kept.serving, 1);
         // It ignores TERM: KILL after the stop timeout.
         let kill_at = s.next_deadline().unwrap();
         assert_eq!(kill_at, deadline + Duration::from_secs(10));
@@ -2736,7 +2670,7 @@ mod tests {
         s.t_blind(102);
         let deadline = s.next_deadline().unwrap();
         s.t_timer(deadline);
-        assert_eq!(s.serving, 2, "promoted, not failed");
+        assert_eq!(s.kept.serving, 2, "promoted, not failed");
         assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
     }
 
@@ -2751,22 +2685,22 @@ mod tests {
         // The scan sees: it waits for the accept, a listen() is not enough.
         s.t_reload(t0).unwrap();
         listened(&mut s, 102, t0);
-        assert_eq!(s.serving, 1);
+        assert_eq!(s.kept.serving, 1);
         s.t_ready(102, t0);
-        assert_eq!(s.serving, 2);
+        assert_eq!(s.kept.serving, 2);
         s.t_exit(101, ExitStatus::Code(0), t0);
         // Blind, then listen(): ready at once, not at --ready-timeout.
         s.t_reload(t0).unwrap();
         s.t_blind(103);
-        assert_eq!(s.serving, 2);
+        assert_eq!(s.kept.serving, 2);
         listened(&mut s, 103, t0);
-        assert_eq!(s.serving, 3);
+        assert_eq!(s.kept.serving, 3);
         s.t_exit(102, ExitStatus::Code(0), t0);
         // listen() first, blind after: the same.
         s.t_reload(t0).unwrap();
         listened(&mut s, 104, t0);
         s.t_blind(104);
-        assert_eq!(s.serving, 4);
+        assert_eq!(s.kept.serving, 4);
     }
 
     #[test]
@@ -2903,7 +2837,7 @@ mod tests {
             s.t_timer(now);
             pid += 1;
             assert_eq!(s.children()[0].pid, pid);
-            assert_eq!(s.slots[0].restarts, i + 1);
+            assert_eq!(s.kept.slots[0].restarts, i + 1);
         }
         let exit = s.exit().expect("gave up");
         assert_eq!(exit.code, 1);
@@ -3025,7 +2959,7 @@ mod tests {
         assert!(s.exit().is_none());
         assert_eq!(pids(&s, 1), [101]);
         assert!(matches!(
-            s.last_reload.as_ref(),
+            s.kept.last_reload.as_ref(),
             Some(LastReload { ok: false, .. })
         ));
         assert!(s.os.released.contains(&2), "its notify socket is released");
@@ -3075,7 +3009,7 @@ mod tests {
         s.t_reload(t0).unwrap();
         s.t_ready(102, t0);
         s.t_stop(t0);
-        let last = s.last_reload.as_ref().unwrap();
+        let last = s.kept.last_reload.as_ref().unwrap();
         assert_eq!((last.generation, last.ok), (2, false));
         assert_eq!(last.message, "relaunch is stopping");
         s.t_exit(101, ExitStatus::Code(0), t0);
@@ -3095,7 +3029,7 @@ mod tests {
         s.t_ready(101, t0);
         s.t_reload(t0).unwrap();
         s.t_stop(t0);
-        assert!(!s.last_reload.as_ref().unwrap().ok);
+        assert!(!s.kept.last_reload.as_ref().unwrap().ok);
         assert_eq!(
             s.os.signals,
             [(102, Signal::SIGTERM), (101, Signal::SIGTERM)]
@@ -3231,7 +3165,7 @@ mod tests {
         assert!(s.os.released.is_empty(), "generation 1 is not gone yet");
         s.run(Event::GroupGone { pgid: 101 }, kill_at);
         assert_eq!(s.state(), "serving");
-        assert!(s.last_reload.as_ref().unwrap().ok);
+        assert!(s.kept.last_reload.as_ref().unwrap().ok);
         assert_eq!(s.os.released, [1]);
         assert_eq!(s.next_deadline(), None, "idle: no timer");
     }
@@ -3270,7 +3204,7 @@ mod tests {
         );
         s.t_timer(kill_at + KILL_GRACE);
         assert_eq!(s.state(), "serving", "the reload is over");
-        assert!(s.last_reload.as_ref().unwrap().ok);
+        assert!(s.kept.last_reload.as_ref().unwrap().ok);
         assert_eq!(s.os.released, [1]);
         assert_eq!(s.next_deadline(), None);
         // And a stop is not held up by it either.
@@ -3448,7 +3382,7 @@ mod tests {
         let (pid, generation, _) = *s.os.spawned.last().unwrap();
         assert_eq!(generation, 2);
         s.t_ready(pid, t0 + ms(2100));
-        assert_eq!(s.serving, 2);
+        assert_eq!(s.kept.serving, 2);
         assert_eq!(s.state(), "serving");
         assert!(s.exit().is_none());
     }
@@ -3467,7 +3401,7 @@ mod tests {
         assert_eq!(s.os.spawned.len(), 1, "no reload");
         assert!(s.os.signals.is_empty(), "the old generation is untouched");
         assert_eq!(s.state(), "serving");
-        assert!(s.last_reload.is_none());
+        assert!(s.kept.last_reload.is_none());
         // Fixed: the next build reloads.
         s.t_change("src/main.rs", t0 + ms(2000));
         s.t_timer(t0 + ms(2200));
@@ -3565,7 +3499,7 @@ mod tests {
         let last = *s.os.spawned.last().unwrap();
         assert_eq!(last.1, 2, "the fix is started as generation 2");
         s.t_ready(last.0, now + ms(500));
-        assert_eq!(s.serving, 2);
+        assert_eq!(s.kept.serving, 2);
         assert_eq!(s.state(), "serving");
     }
 
@@ -3600,7 +3534,7 @@ mod tests {
         let (mut s, t0) = started(1);
         assert!(s.to_scan(t0).any(|(p, _)| p == 101));
         s.t_exit(101, ExitStatus::Code(1), t0 + ms(300));
-        assert!(s.hinted);
+        assert!(s.kept.hinted);
         // The restart, once ready (READY=1), is no longer scanned for the
         // hint's sake, even in its first seconds.
         let t1 = s.next_deadline().unwrap();
@@ -3619,11 +3553,11 @@ mod tests {
         let (mut s, t0) = started(1);
         s.t_ready(101, t0 + ms(100));
         s.t_exit(101, ExitStatus::Code(1), t0 + ms(200));
-        assert!(!s.hinted);
+        assert!(!s.kept.hinted);
         // Lived past the window.
         let (mut s, t0) = started(1);
         s.t_exit(101, ExitStatus::Code(1), t0 + HINT_WITHIN);
-        assert!(!s.hinted);
+        assert!(!s.kept.hinted);
         // Said READY=1 (it took its sockets), then crashed.
         let (mut s, t0) = started(1);
         let notice = Notice {
@@ -3633,26 +3567,26 @@ mod tests {
         s.run(Event::Notify { pid: 101, notice }, t0);
         assert_eq!(s.to_scan(t0).count(), 0, "ready: no more scanning");
         s.t_exit(101, ExitStatus::Code(1), t0 + ms(200));
-        assert!(!s.hinted);
+        assert!(!s.kept.hinted);
         // Called listen() on a held socket (interception gave it ours).
         let (mut s, t0) = started(1);
         let how = "listen".into();
         s.run(Event::Listened { pid: 101, how }, t0);
         s.t_exit(101, ExitStatus::Code(1), t0 + ms(200));
-        assert!(!s.hinted);
+        assert!(!s.kept.hinted);
         // Exited 0: a finished job, not a failed bind.
         let (mut s, t0) = started(1);
         s.t_exit(101, ExitStatus::Code(0), t0 + ms(10));
-        assert!(!s.hinted);
+        assert!(!s.kept.hinted);
         // Killed by a signal: someone else's doing.
         let (mut s, t0) = started(1);
         s.t_exit(101, ExitStatus::Signal(9), t0 + ms(10));
-        assert!(!s.hinted);
+        assert!(!s.kept.hinted);
         // Stopped by us.
         let (mut s, t0) = started(1);
         s.t_stop(t0);
         s.t_exit(101, ExitStatus::Signal(15), t0 + ms(10));
-        assert!(!s.hinted);
+        assert!(!s.kept.hinted);
     }
 
     /// The new generation of a reload counts too; with `--ready notify` the
@@ -3690,8 +3624,8 @@ mod tests {
             "idle after the window: no scan, no timer"
         );
         s.t_exit(102, ExitStatus::Code(1), t1 + ms(400));
-        assert!(s.hinted);
-        assert_eq!(s.serving, 1);
+        assert!(s.kept.hinted);
+        assert_eq!(s.kept.serving, 1);
     }
 
     /// A process of generation 1 that setsid'd away is found when its
@@ -3717,7 +3651,7 @@ mod tests {
         assert_eq!(s.os.signals.last(), Some(&(555, Signal::SIGKILL)));
         s.run(Event::EscapedGone { pid: 555 }, kill_at);
         assert_eq!(s.state(), "serving");
-        assert!(s.last_reload.as_ref().unwrap().ok);
+        assert!(s.kept.last_reload.as_ref().unwrap().ok);
         assert_eq!(s.next_deadline(), None, "idle: no timer");
     }
 
@@ -3836,7 +3770,7 @@ mod tests {
             &s.os.tells[1..],
             [Tell::Reloading(_), Tell::Ready(r)] if r == "waiting for the first connection"
         ));
-        let last = s.last_reload.as_ref().unwrap();
+        let last = s.kept.last_reload.as_ref().unwrap();
         assert!(last.ok && last.message.contains("nothing to reload"));
         // SIGHUP likewise.
         s.run(Event::Reload, t0);
