@@ -35,9 +35,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::cli::RunArgs;
@@ -51,6 +49,7 @@ use crate::plan::{self, Snapshot};
 use crate::ready::notify::{Message, NotifySocket, Systemd};
 use crate::ready::scan;
 use crate::sockets::{self, Listener};
+use crate::supervise::sources::{Every, Listeners, Signals, Task, Wants, recv, sleep_until};
 use crate::supervise::supervisor::{
     Config, Effect, Event, Notice, Spawner, Supervisor, Tell, WatchConfig,
 };
@@ -224,20 +223,27 @@ pub async fn run(boot: Boot) -> Result<i32> {
         Start::Adopted(a) => resume(driver, *a),
     };
     let (stop_signal, stop_timeout) = (rt.core.config().stop_signal, rt.core.config().stop_timeout);
-    let control_rx = control.map(control::Server::serve);
-    let result = event_loop(
-        &mut rt,
+    let sources = Sources {
         signals,
-        control_rx,
+        control: control.map(control::Server::serve),
         scrapes,
-        Inbox {
-            notify: notify_rx,
-            listened: listened_rx,
-        },
-        Arc::new(inodes),
-        gauge,
-    )
-    .await;
+        notify: notify_rx,
+        listened: listened_rx,
+        timer: None,
+        scan: Every::default(),
+        scanning: Task::default(),
+        inodes: Arc::new(inodes),
+        groups: Every::default(),
+        sweep: Task::default(),
+        listeners: Listeners::default(),
+        idle: gauge.map(|gauge| Idle {
+            gauge,
+            every: Every::default(),
+            over: None,
+            measuring: Task::default(),
+        }),
+    };
+    let result = event_loop(&mut rt, sources).await;
     if let Some(w) = rt.os.watcher.take() {
         w.end();
     }
@@ -1163,15 +1169,11 @@ impl Driver {
                         task.abort();
                     }
                 }
-                Effect::Upgrade { binary, reply } => {
-                    if self.upgrade.is_some() || self.asked.is_some() {
-                        if let Some(to) = reply {
-                            let _ = to.send(Response::UpgradeFailed {
-                                reason: "another upgrade is under way; wait for its outcome".into(),
-                            });
-                        }
-                    } else {
-                        self.asked = Some((binary, reply));
+                Effect::Upgrade { binary, reply } => self.asked = Some((binary, reply)),
+                Effect::EndCheck => {
+                    if let Some(c) = self.upgrade.as_mut() {
+                        c.timed_out = true;
+                        let _ = nix::sys::signal::kill(Pid::from_raw(c.pid), Signal::SIGKILL);
                     }
                 }
             }
@@ -1287,264 +1289,285 @@ impl Spawner for Driver {
     }
 }
 
-/// Every signal relaunch handles; what each means is `event_loop`'s
-/// `on_signal`.
-const HANDLED: [Signal; 8] = [
-    Signal::SIGCHLD,
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-];
-
-/// The [`HANDLED`] signals as streams, taken in turn so none waits behind
-/// another.
-struct Signals {
-    streams: Vec<(Signal, tokio::signal::unix::Signal)>,
-    next: usize,
+/// Everything the loop waits on besides the driver's own pipes, each armed
+/// from the core's [`Wants`] at every turn.
+struct Sources {
+    signals: Signals,
+    control: Option<mpsc::Receiver<Incoming>>,
+    /// A scrape is a status request (`--metrics`).
+    scrapes: Option<mpsc::Receiver<Incoming>>,
+    /// Notify datagrams, by generation (checked by their sockets' tasks).
+    notify: mpsc::UnboundedReceiver<(u64, Message)>,
+    /// A held socket's listen(), seen by bind interception.
+    listened: mpsc::UnboundedReceiver<(i32, String)>,
+    /// The core's next deadline.
+    timer: Option<Instant>,
+    /// The /proc readiness scan, while a generation starts: one at a time,
+    /// on the held sockets' inodes.
+    scan: Every,
+    scanning: Task<Vec<Event>>,
+    inodes: Arc<HashSet<u64>>,
+    /// Groups whose leader exited and escaped processes: checked on every
+    /// SIGCHLD, and on this tick too (a member whose parent is not us dies
+    /// without one).
+    groups: Every,
+    /// Escaped processes are looked for when a child ends or is being
+    /// stopped (the owners change) and when anything is reaped (an orphan
+    /// that died may have left its own children on us). One at a time.
+    sweep: Task<Sweep>,
+    /// The listeners, watched while no child runs (`--lazy`, idle stops).
+    listeners: Listeners,
+    /// `--idle-stop`'s measures of the listeners.
+    idle: Option<Idle>,
 }
 
-impl Signals {
-    /// Sends again to ourselves every signal a handler took that no stream
-    /// has returned yet (call with signals blocked, before an exec).
-    fn requeue(&mut self) {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let me = nix::unistd::getpid();
-        for (sig, stream) in &mut self.streams {
-            if let Poll::Ready(Some(())) = stream.poll_recv(&mut cx) {
-                let _ = nix::sys::signal::kill(me, *sig);
+/// `--idle-stop`: measures the listeners every so often while children run,
+/// and exactly when the idle time would be over.
+struct Idle {
+    gauge: Arc<idle::Gauge>,
+    every: Every,
+    /// The idle time is over then (not while a measure runs: a due time in
+    /// the past would fire at every turn).
+    over: Option<Instant>,
+    measuring: Task<Event>,
+}
+
+impl Idle {
+    fn arm(&mut self, wants: &Wants, now: Instant) {
+        self.gauge.follow(wants.idle_probe.is_some());
+        self.every.arm(wants.idle_probe, now);
+        self.over = wants.idle_stop_due.filter(|_| !self.measuring.busy());
+    }
+
+    fn due(&self) -> Option<Instant> {
+        let next = self.every.due()?;
+        Some(self.over.map_or(next, |over| next.min(over)))
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.every.ticked(now);
+        let g = Arc::clone(&self.gauge);
+        self.measuring.start(move || {
+            let m = g.measure();
+            Event::Activity {
+                open: m.open,
+                churned: m.churned,
+            }
+        });
+    }
+}
+
+/// What woke the loop.
+enum Wake {
+    Signal(Signal),
+    Control(Incoming),
+    Listened {
+        pid: i32,
+        how: String,
+    },
+    Notify {
+        generation: u64,
+        msg: Message,
+    },
+    /// `relaunch-watch` wrote something.
+    Watcher,
+    /// The `--build` wrote something.
+    BuildOutput,
+    Exec {
+        pid: i32,
+        status: spawn::ExecStatus,
+    },
+    Timer,
+    ScanTick,
+    Scanned(Vec<Event>),
+    Swept(Sweep),
+    GroupTick,
+    Connection,
+    IdleTick,
+    Measured(Event),
+}
+
+impl Sources {
+    /// Arms each source from what the core wants now. An event to handle
+    /// at once when the listeners cannot be watched (nothing could wake us
+    /// for them, so a generation starts instead).
+    fn arm(&mut self, rt: &mut Runtime, now: Instant) -> Option<Event> {
+        let wants = rt.core.wants(now);
+        self.timer = wants.deadline;
+        self.scan.arm(wants.scan.then_some(SCAN_EVERY), now);
+        self.groups
+            .arm(wants.group_check.then_some(GROUP_CHECK_EVERY), now);
+        if let Some(idle) = &mut self.idle {
+            idle.arm(&wants, now);
+        }
+        if let Some(sweep) = wants.sweep
+            && !self.sweep.busy()
+        {
+            self.sweep.start(sweep_job(rt, sweep));
+        }
+        if !wants.listeners {
+            self.listeners.stop();
+        } else if !self.listeners.watching() {
+            rt.os.sync_listeners();
+            if !self.listeners.start(&rt.os.listeners) {
+                return Some(Event::Connection);
             }
         }
+        None
     }
 
-    /// The next signal taken.
-    async fn recv(&mut self) -> Signal {
-        std::future::poll_fn(|cx| {
-            let n = self.streams.len();
-            for i in 0..n {
-                let k = (self.next + i) % n;
-                if let Poll::Ready(Some(())) = self.streams[k].1.poll_recv(cx) {
-                    self.next = (k + 1) % n;
-                    return Poll::Ready(self.streams[k].0);
-                }
+    /// The first source with something to say.
+    async fn next(&mut self, os: &Driver) -> Wake {
+        let idle_due = self.idle.as_ref().and_then(Idle::due);
+        let measured = async {
+            match &mut self.idle {
+                Some(i) => i.measuring.done().await,
+                None => std::future::pending().await,
             }
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// Installed before anything with a cleanup exists (socket files, the
-    /// ports file) and before the first fork, so a stop during start-up is
-    /// handled like any other and no child exit is missed.
-    fn install() -> Result<Signals> {
-        let streams = HANDLED
-            .iter()
-            .map(|&sig| {
-                signal(SignalKind::from_raw(sig as i32))
-                    .map(|stream| (sig, stream))
-                    .map_err(|e| Error::runtime(format!("cannot install signal handlers: {e}")))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Signals { streams, next: 0 })
+        };
+        tokio::select! {
+            sig = self.signals.recv() => Wake::Signal(sig),
+            Some(inc) = recv(&mut self.control) => Wake::Control(inc),
+            Some(inc) = recv(&mut self.scrapes) => Wake::Control(inc),
+            Some((pid, how)) = self.listened.recv() => Wake::Listened { pid, how },
+            Some((generation, msg)) = self.notify.recv() => Wake::Notify { generation, msg },
+            () = readable(os.watcher.as_ref().map(|w| &w.out)) => Wake::Watcher,
+            () = readable(os.build.as_ref().map(|b| &b.out)) => Wake::BuildOutput,
+            (pid, status) = exec_reported(&os.execs) => Wake::Exec { pid, status },
+            () = sleep_until(self.timer) => Wake::Timer,
+            () = sleep_until(self.scan.due()) => Wake::ScanTick,
+            Some(events) = self.scanning.done() => Wake::Scanned(events),
+            Some(found) = self.sweep.done() => Wake::Swept(found),
+            () = sleep_until(self.groups.due()) => Wake::GroupTick,
+            () = self.listeners.connection() => Wake::Connection,
+            () = sleep_until(idle_due) => Wake::IdleTick,
+            Some(event) = measured => Wake::Measured(event),
+        }
     }
 }
 
-/// What other tasks and threads send the loop: notify datagrams (by
-/// generation) and held sockets' listen() seen by interception.
-struct Inbox {
-    notify: mpsc::UnboundedReceiver<(u64, Message)>,
-    listened: mpsc::UnboundedReceiver<(i32, String)>,
-}
-
-async fn event_loop(
-    rt: &mut Runtime,
-    mut signals: Signals,
-    mut control_rx: Option<mpsc::Receiver<Incoming>>,
-    mut scrapes: Option<mpsc::Receiver<Incoming>>,
-    inbox: Inbox,
-    mut inodes: Arc<HashSet<u64>>,
-    gauge: Option<Arc<idle::Gauge>>,
-) -> Result<i32> {
-    let Inbox {
-        notify: mut notify_rx,
-        listened: mut listened_rx,
-    } = inbox;
-    // Absolute instants, so traffic on other branches cannot push them back.
-    let mut next_scan: Option<Instant> = None;
-    let mut next_group_check: Option<Instant> = None;
-    let mut scan_task: Option<JoinHandle<Vec<Event>>> = None;
-    // The listeners, in the loop's epoll set only while no child runs.
-    let mut watches: Option<Vec<AsyncFd<Held>>> = None;
-    let mut next_probe: Option<Instant> = None;
-    let mut probe_task: Option<JoinHandle<Event>> = None;
-    // Escaped processes are looked for when a child ends or is being stopped
-    // (the owners change) and when anything is reaped (an orphan that died
-    // may have left its own children on us). One sweep at a time.
-    let mut sweep_task: Option<JoinHandle<Sweep>> = None;
+/// The loop: next wake, the events it means, each handled and carried out.
+async fn event_loop(rt: &mut Runtime, mut src: Sources) -> Result<i32> {
     loop {
         if let Some(exit) = rt.core.exit() {
-            if let Some(msg) = exit.error {
-                return Err(Error::new(crate::error::Kind::of_code(exit.code), msg));
-            }
-            return Ok(exit.code);
+            return match exit.error {
+                Some(msg) => Err(Error::new(crate::error::Kind::of_code(exit.code), msg)),
+                None => Ok(exit.code),
+            };
         }
         // The new binary's handshake is over: exec it, or say why not.
         if rt.os.upgrade.as_ref().is_some_and(|c| c.exit.is_some()) {
-            upgrade_now(rt, &mut signals, &mut control_rx, &mut notify_rx).await;
+            upgrade_now(rt, &mut src).await;
             continue;
         }
-        let now = Instant::now();
-        // Timers run only while something starts or stops: idle, none.
-        let scanning = rt.core.to_scan(now).next().is_some();
-        next_scan = next_scan
-            .filter(|_| scanning)
-            .or_else(|| scanning.then(|| now + SCAN_EVERY));
-        let lingering = rt.core.lingering().next().is_some() || rt.core.escaped().next().is_some();
-        next_group_check = next_group_check
-            .filter(|_| lingering)
-            .or_else(|| lingering.then(|| now + GROUP_CHECK_EVERY));
-        let deadline = rt.core.next_deadline();
-        let check_deadline = rt
-            .os
-            .upgrade
-            .as_ref()
-            .filter(|c| !c.timed_out)
-            .map(|c| c.deadline);
-        if !rt.core.waiting() {
-            watches = None;
-        } else if watches.is_none() {
-            rt.os.sync_listeners();
-            let (w, failed) = watch(&rt.os.listeners);
-            watches = Some(w);
-            if failed {
-                step(rt, Event::Connection);
-                continue;
-            }
+        if let Some(ev) = src.arm(rt, Instant::now()) {
+            step(rt, ev);
+            continue;
         }
-        let probe_every = rt.core.idle_probe_every().filter(|_| gauge.is_some());
-        if let Some(g) = &gauge {
-            g.follow(probe_every.is_some());
-        }
-        next_probe = next_probe
-            .filter(|_| probe_every.is_some())
-            .or_else(|| probe_every.map(|every| now + every));
-        // Also exactly when the idle time would be over (not while a
-        // measure runs: a due time in the past would fire at every turn).
-        let probe_due = match rt.core.idle_stop_due().filter(|_| probe_task.is_none()) {
-            Some(due) => next_probe.map(|n| n.min(due)),
-            None => next_probe,
-        };
-        let events: Vec<Event> = tokio::select! {
-            sig = signals.recv() => match sig {
-                Signal::SIGCHLD => {
-                    let mut events = reap(&mut rt.os);
-                    for ev in events.drain(..) {
-                        step(rt, ev);
-                    }
-                    // Leaders reaped just now may have been the last of their groups.
-                    group_check(rt)
-                }
-                Signal::SIGTERM | Signal::SIGINT => {
-                    info!("{}: stopping", sig.as_str());
-                    vec![Event::Stop]
-                }
-                Signal::SIGHUP => { info!("SIGHUP: reload"); vec![Event::Reload] }
-                Signal::SIGUSR2 => {
-                    info!("SIGUSR2: upgrading relaunch in place");
-                    vec![Event::Upgrade { binary: None, reply: None }]
-                }
-                other => vec![Event::Forward(other)],
-            },
-            Some(inc) = recv(&mut control_rx) => {
-                vec![Event::Control { request: inc.request, reply: inc.reply }]
-            }
-            // A scrape is a status request (--metrics).
-            Some(inc) = recv(&mut scrapes) => {
-                vec![Event::Control { request: inc.request, reply: inc.reply }]
-            }
-            Some((pid, how)) = listened_rx.recv() => vec![Event::Listened { pid, how }],
-            () = readable(rt.os.watcher.as_ref().map(|w| &w.out)) => {
-                rt.os.watcher.as_mut().map_or_else(Vec::new, Watcher::events)
-            }
-            () = readable(rt.os.build.as_ref().map(|b| &b.out)) => {
-                if let Some(b) = &mut rt.os.build {
-                    b.take();
-                }
-                Vec::new()
-            }
-            Some((generation, msg)) = notify_rx.recv() => handle_notify(rt, generation, msg).into_iter().collect(),
-            (pid, status) = exec_reported(&rt.os.execs) => {
-                rt.os.execs.remove(&pid);
-                match status {
-                    spawn::ExecStatus::Failed(error) => vec![Event::ExecFailed { pid, error }],
-                    _ => Vec::new(),
-                }
-            }
-            _ = sleep_until(deadline) => vec![Event::Timer],
-            _ = sleep_until(next_scan) => {
-                let at = next_scan.map_or(now, |t| t + SCAN_EVERY);
-                next_scan = Some(at.max(Instant::now()));
-                // One scan at a time; a slow one skips ticks rather than piling up.
-                if scan_task.is_none() {
-                    // Interception under --port may have rebound a socket.
-                    if let Some(t) = &rt.os.intercept {
-                        inodes = Arc::new(t.inodes());
-                    }
-                    scan_task = Some(start_scan(rt, &inodes));
-                }
-                Vec::new()
-            }
-            Some(events) = join(&mut scan_task) => events,
-            Some((sweep, found)) = join(&mut sweep_task) => {
-                let mut named = Vec::new();
-                for (l, handle) in found {
-                    rt.os.escaped.insert(l.pid, handle);
-                    named.push((l.pid, l.cmd));
-                }
-                vec![Event::Escaped { sweep, found: named }]
-            }
-            _ = sleep_until(next_group_check) => {
-                next_group_check = None;
-                group_check(rt)
-            }
-            _ = sleep_until(check_deadline) => {
-                if let Some(c) = rt.os.upgrade.as_mut() {
-                    warn!(pid = c.pid, "the new binary's handshake did not answer within {} s; killing it", handover::CHECK_DEADLINE.as_secs());
-                    c.timed_out = true;
-                    let _ = nix::sys::signal::kill(Pid::from_raw(c.pid), Signal::SIGKILL);
-                }
-                Vec::new()
-            }
-            _ = connection_waiting(watches.as_deref()) => vec![Event::Connection],
-            _ = sleep_until(probe_due) => {
-                next_probe = probe_every.map(|every| Instant::now() + every);
-                if probe_task.is_none()
-                    && let Some(g) = &gauge
-                {
-                    let g = Arc::clone(g);
-                    probe_task = Some(tokio::task::spawn_blocking(move || {
-                        let m = g.measure();
-                        Event::Activity {
-                            open: m.open,
-                            churned: m.churned,
-                        }
-                    }));
-                }
-                Vec::new()
-            }
-            Some(event) = join(&mut probe_task) => vec![event],
-        };
-        for ev in events {
+        let wake = src.next(&rt.os).await;
+        for ev in on_wake(rt, &mut src, wake) {
             step(rt, ev);
         }
-        if sweep_task.is_none()
-            && let Some(sweep) = rt.core.sweep_wanted()
-        {
-            sweep_task = Some(start_sweep(rt, sweep));
+    }
+}
+
+/// What a wake means for the core; some are the runtime's own business.
+fn on_wake(rt: &mut Runtime, src: &mut Sources, wake: Wake) -> Vec<Event> {
+    let now = Instant::now();
+    match wake {
+        Wake::Signal(sig) => on_signal(rt, sig),
+        Wake::Control(inc) => vec![Event::Control {
+            request: inc.request,
+            reply: inc.reply,
+        }],
+        Wake::Listened { pid, how } => vec![Event::Listened { pid, how }],
+        Wake::Notify { generation, msg } => {
+            handle_notify(rt, generation, msg).into_iter().collect()
         }
+        Wake::Watcher => rt
+            .os
+            .watcher
+            .as_mut()
+            .map_or_else(Vec::new, Watcher::events),
+        Wake::BuildOutput => {
+            if let Some(b) = &mut rt.os.build {
+                b.take();
+            }
+            Vec::new()
+        }
+        Wake::Exec { pid, status } => {
+            rt.os.execs.remove(&pid);
+            match status {
+                spawn::ExecStatus::Failed(error) => vec![Event::ExecFailed { pid, error }],
+                _ => Vec::new(),
+            }
+        }
+        Wake::Timer => vec![Event::Timer],
+        Wake::ScanTick => {
+            src.scan.ticked(now);
+            // One scan at a time; a slow one skips ticks rather than piling up.
+            if !src.scanning.busy() {
+                // Interception under --port may have rebound a socket.
+                if let Some(t) = &rt.os.intercept {
+                    src.inodes = Arc::new(t.inodes());
+                }
+                src.scanning.start(scan_job(rt, &src.inodes));
+            }
+            Vec::new()
+        }
+        Wake::Scanned(events) => events,
+        Wake::Swept((sweep, found)) => {
+            let mut named = Vec::new();
+            for (l, handle) in found {
+                rt.os.escaped.insert(l.pid, handle);
+                named.push((l.pid, l.cmd));
+            }
+            vec![Event::Escaped {
+                sweep,
+                found: named,
+            }]
+        }
+        Wake::GroupTick => {
+            src.groups.ticked(now);
+            group_check(rt)
+        }
+        Wake::Connection => vec![Event::Connection],
+        Wake::IdleTick => {
+            if let Some(idle) = &mut src.idle {
+                idle.tick(now);
+            }
+            Vec::new()
+        }
+        Wake::Measured(event) => vec![event],
+    }
+}
+
+/// What each handled signal means.
+fn on_signal(rt: &mut Runtime, sig: Signal) -> Vec<Event> {
+    match sig {
+        Signal::SIGCHLD => {
+            for ev in reap(&mut rt.os) {
+                step(rt, ev);
+            }
+            // Leaders reaped just now may have been the last of their groups.
+            group_check(rt)
+        }
+        Signal::SIGTERM | Signal::SIGINT => {
+            info!("{}: stopping", sig.as_str());
+            vec![Event::Stop]
+        }
+        Signal::SIGHUP => {
+            info!("SIGHUP: reload");
+            vec![Event::Reload]
+        }
+        Signal::SIGUSR2 => {
+            info!("SIGUSR2: upgrading relaunch in place");
+            vec![Event::Upgrade {
+                binary: None,
+                reply: None,
+            }]
+        }
+        other => vec![Event::Forward(other)],
     }
 }
 
@@ -1618,12 +1641,7 @@ fn save(
 /// returns if relaunch goes on as it was.
 #[cold]
 #[inline(never)]
-async fn upgrade_now(
-    rt: &mut Runtime,
-    signals: &mut Signals,
-    control_rx: &mut Option<mpsc::Receiver<Incoming>>,
-    notify_rx: &mut mpsc::UnboundedReceiver<(u64, Message)>,
-) {
+async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
     let Some(mut check) = rt.os.upgrade.take() else {
         return;
     };
@@ -1647,7 +1665,7 @@ async fn upgrade_now(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     tokio::task::yield_now().await;
-    while let Ok((generation, msg)) = notify_rx.try_recv() {
+    while let Ok((generation, msg)) = src.notify.try_recv() {
         if let Some(ev) = handle_notify(rt, generation, msg) {
             let fx = rt.handle(ev, Instant::now());
             apply(rt, fx);
@@ -1678,7 +1696,7 @@ async fn upgrade_now(
     };
     // Requests read but not handled go with the state, answered over there.
     let mut pending = Vec::new();
-    if let Some(rx) = control_rx.as_mut() {
+    if let Some(rx) = src.control.as_mut() {
         while let Ok(inc) = rx.try_recv() {
             pending.push(inc);
         }
@@ -1690,7 +1708,7 @@ async fn upgrade_now(
     let sigmask = crate::sigmask::block_all();
     // Signals the handlers took but the loop has not seen yet: sent again,
     // they wait (blocked) for whichever image runs next.
-    signals.requeue();
+    src.signals.requeue();
     let state = save(
         rt,
         reply.as_ref().map(|r| r.conn()),
@@ -1745,62 +1763,9 @@ async fn park(
     }
 }
 
-/// A held listener's fd, watched while no child runs. The listener itself
-/// stays in the driver for relaunch's whole life, so the fd outlives this.
-struct Held(RawFd);
-
-impl AsRawFd for Held {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
-/// Puts the listeners into the loop's epoll set (a connection already
-/// waiting shows at once). `true` when one cannot be watched: then nothing
-/// could wake us for it, so the caller starts at once instead.
-fn watch(listeners: &[Listener]) -> (Vec<AsyncFd<Held>>, bool) {
-    let mut out = Vec::with_capacity(listeners.len());
-    let mut failed = false;
-    for l in listeners {
-        let held = Held(l.socket.as_raw_fd());
-        // SAFETY: the listener owns the fd and is neither closed nor replaced
-        // while relaunch runs; the watches are dropped before the listeners.
-        match unsafe { AsyncFd::register_with_interest(held, Interest::READABLE) } {
-            Ok(w) => out.push(w),
-            Err(e) => {
-                let e = e.into_parts().1;
-                warn!(
-                    "cannot watch {} ({}) for connections: {e}; starting the children now",
-                    l.name,
-                    l.address()
-                );
-                failed = true;
-            }
-        }
-    }
-    (out, failed)
-}
-
-/// Resolves when a watched listener has a connection or datagram waiting
-/// (or an error to show); pending when nothing is watched.
-async fn connection_waiting(watches: Option<&[AsyncFd<Held>]>) {
-    let Some(watches) = watches.filter(|w| !w.is_empty()) else {
-        return std::future::pending().await;
-    };
-    std::future::poll_fn(|cx| {
-        for w in watches {
-            if w.poll_read_ready(cx).is_ready() {
-                return Poll::Ready(());
-            }
-        }
-        Poll::Pending
-    })
-    .await
-}
-
 /// Looks for processes that escaped a child's group and that no running
 /// child owns (see `reaper`), on the blocking pool.
-fn start_sweep(rt: &Runtime, sweep: u64) -> JoinHandle<Sweep> {
+fn sweep_job(rt: &Runtime, sweep: u64) -> impl FnOnce() -> Sweep + Send + 'static {
     let owners = rt.core.owners();
     // relaunch's own helpers (`relaunch-watch`, a `--build`) are its
     // children too, and no child's: never leftovers.
@@ -1815,43 +1780,17 @@ fn start_sweep(rt: &Runtime, sweep: u64) -> JoinHandle<Sweep> {
     let ending: Vec<i32> = rt.core.escaped().collect();
     let spawns = rt.os.spawns.clone();
     let since = reaper::boot_ticks();
-    tokio::task::spawn_blocking(move || {
+    move || {
         let found = reaper::find_leftovers(&spawns, &owners, &children, &ending, since)
             .into_iter()
             .filter_map(|l| reaper::Escaped::open(&l).map(|h| (l, h)))
             .collect();
         (sweep, found)
-    })
+    }
 }
 
 /// A sweep's number and the escaped processes it found, with handles.
 type Sweep = (u64, Vec<(reaper::Leftover, reaper::Escaped)>);
-
-async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The result of a task, once; pending while there is none.
-async fn join<T>(task: &mut Option<JoinHandle<T>>) -> Option<T> {
-    match task {
-        Some(t) => {
-            let result = t.await;
-            *task = None;
-            result.ok()
-        }
-        None => std::future::pending().await,
-    }
-}
 
 /// Something to read on `pipe`; pending without one.
 async fn readable(pipe: Option<&PipeLines>) {
@@ -1968,10 +1907,13 @@ fn fill_status(status: &mut control::Status, inodes: &[Option<u64>]) {
 
 /// Scans /proc for the starting children on the blocking pool: a hung
 /// mount or a stuck child must not stall the loop.
-fn start_scan(rt: &Runtime, inodes: &Arc<HashSet<u64>>) -> JoinHandle<Vec<Event>> {
+fn scan_job(
+    rt: &Runtime,
+    inodes: &Arc<HashSet<u64>>,
+) -> impl FnOnce() -> Vec<Event> + Send + 'static {
     let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = rt.core.to_scan(Instant::now()).unzip();
     let inodes = Arc::clone(inodes);
-    tokio::task::spawn_blocking(move || {
+    move || {
         let verdicts = scan::scan_each(&roots, &inodes);
         pids.into_iter()
             .zip(verdicts)
@@ -1993,7 +1935,7 @@ fn start_scan(rt: &Runtime, inodes: &Arc<HashSet<u64>>) -> JoinHandle<Vec<Event>
                 }),
             })
             .collect()
-    })
+    }
 }
 
 /// Turns a notify datagram into an event. Its sender (and MAINPID=) were

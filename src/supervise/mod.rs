@@ -5,6 +5,7 @@ pub mod driver;
 pub mod handover;
 pub mod idle;
 pub mod reaper;
+pub mod sources;
 pub mod spawn;
 pub mod supervisor;
 pub mod upgrade;

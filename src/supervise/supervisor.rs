@@ -55,6 +55,8 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 pub const HINT_WITHIN: Duration = Duration::from_secs(5);
 use crate::plan::options::Restart;
 use crate::supervise::backoff::{self, Backoff, Next};
+use crate::supervise::handover::CHECK_DEADLINE;
+use crate::supervise::sources::Wants;
 use crate::supervise::spawn;
 
 pub use crate::control::Reply;
@@ -164,6 +166,9 @@ pub enum Effect {
         binary: Option<std::path::PathBuf>,
         reply: Option<Reply>,
     },
+    /// The new binary's handshake ran past its deadline: kill it (its
+    /// exit then fails the upgrade).
+    EndCheck,
     /// A transition worth counting (for `--metrics`).
     Count(Count),
 }
@@ -464,8 +469,19 @@ pub struct Supervisor {
     waiters: Vec<(u64, Reply)>,
     /// `--watch`; None without it.
     dev: Option<Dev>,
+    /// The new binary's handshake, while it runs (an exec that works never
+    /// comes back; one that fails ends in [`Event::UpgradeFailed`]).
+    upgrade: Option<UpgradeCheck>,
     /// Effects of the event being handled.
     out: Vec<Effect>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct UpgradeCheck {
+    /// It must have answered by then.
+    deadline: Instant,
+    /// It ran past the deadline and was told to end.
+    ended: bool,
 }
 
 impl Supervisor {
@@ -509,6 +525,7 @@ impl Supervisor {
             idle_since: None,
             waiters,
             dev,
+            upgrade: None,
             out: Vec::new(),
         }
     }
@@ -537,7 +554,10 @@ impl Supervisor {
                     c.exec_error = Some(error);
                 }
             }
-            Event::Timer => self.on_timer(os, now),
+            Event::Timer => {
+                self.end_overdue_check(now);
+                self.on_timer(os, now);
+            }
             Event::Ready { pid, how } => self.seen_waiting(os, pid, &how, now),
             Event::Blind { pid, why } => self.mark_blind(os, pid, &why, now),
             Event::Listened { pid, how } => self.on_listened(os, pid, how, now),
@@ -550,8 +570,9 @@ impl Supervisor {
             Event::Stop => self.stop(os, now),
             Event::Forward(sig) => self.forward(sig),
             Event::Control { request, reply } => self.on_control(os, request, reply, now),
-            Event::Upgrade { binary, reply } => self.upgrade(binary, reply),
+            Event::Upgrade { binary, reply } => self.upgrade(binary, reply, now),
             Event::UpgradeFailed { reason, reply } => {
+                self.upgrade = None;
                 warn!("upgrade refused: {reason}; this relaunch goes on unchanged");
                 if let Some(to) = reply {
                     self.out.push(Effect::Reply {
@@ -715,6 +736,19 @@ impl Supervisor {
             })
     }
 
+    /// What the runtime's sources must watch for this turn.
+    pub fn wants(&self, now: Instant) -> Wants {
+        Wants {
+            deadline: self.next_deadline(),
+            scan: self.to_scan(now).next().is_some(),
+            group_check: self.lingering().next().is_some() || !self.escaped.is_empty(),
+            listeners: self.waiting(),
+            idle_probe: self.idle_probe_every(),
+            idle_stop_due: self.idle_stop_due(),
+            sweep: self.sweep_wanted(),
+        }
+    }
+
     /// The earliest moment an [`Event::Timer`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let children = self.kept.children.iter().filter_map(|c| match c.state {
@@ -744,6 +778,7 @@ impl Supervisor {
             .chain(reload)
             .chain(self.kept.first_deadline.filter(|_| !self.kept.announced))
             .chain(self.dev.as_ref().and_then(|d| d.due))
+            .chain(self.upgrade.filter(|u| !u.ended).map(|u| u.deadline))
             .min()
     }
 
@@ -937,6 +972,22 @@ impl Supervisor {
         {
             self.kept.generation_started = None;
             self.count(Count::Ready(now.saturating_duration_since(since)));
+        }
+    }
+
+    /// The new binary's handshake did not answer in time: it is ended, and
+    /// the upgrade fails when it exits.
+    fn end_overdue_check(&mut self, now: Instant) {
+        if let Some(u) = &mut self.upgrade
+            && !u.ended
+            && now >= u.deadline
+        {
+            u.ended = true;
+            warn!(
+                "the new binary's handshake did not answer within {} s; killing it",
+                CHECK_DEADLINE.as_secs()
+            );
+            self.out.push(Effect::EndCheck);
         }
     }
 
@@ -1439,7 +1490,7 @@ impl Supervisor {
                     self.out.push(Effect::Reply { to, response });
                 }
             },
-            Request::Upgrade { binary } => self.upgrade(binary, Some(to)),
+            Request::Upgrade { binary } => self.upgrade(binary, Some(to), now),
             Request::Stop => {
                 info!("stop requested through the control socket");
                 self.out.push(Effect::Reply {
@@ -1454,8 +1505,10 @@ impl Supervisor {
     /// Lets the driver check the new binary and exec it, unless relaunch
     /// is on its way out. Reloads and restarts go on meanwhile: what is
     /// under way when the exec happens is handed over as it is.
-    fn upgrade(&mut self, binary: Option<std::path::PathBuf>, reply: Option<Reply>) {
-        let refused = if self.kept.stopping || self.kept.done {
+    fn upgrade(&mut self, binary: Option<std::path::PathBuf>, reply: Option<Reply>, now: Instant) {
+        let refused = if self.upgrade.is_some() {
+            Some("another upgrade is under way; wait for its outcome")
+        } else if self.kept.stopping || self.kept.done {
             Some("relaunch is stopping")
         } else if self.dev.is_some() {
             // The watcher and the build are processes with pipes of their
@@ -1480,6 +1533,10 @@ impl Supervisor {
             return;
         }
         self.tell(Tell::Status("upgrading relaunch…".into()));
+        self.upgrade = Some(UpgradeCheck {
+            deadline: now + CHECK_DEADLINE,
+            ended: false,
+        });
         self.out.push(Effect::Upgrade { binary, reply });
     }
 
@@ -2207,6 +2264,8 @@ mod tests {
         sweeps: u64,
         /// Pids of the builds started.
         builds: Vec<i32>,
+        /// Upgrade handshakes told to end (past their deadline).
+        checks_ended: usize,
     }
 
     /// The core and a fake spawner, side by side as the runtime holds them.
@@ -2260,6 +2319,7 @@ mod tests {
                         let _ = to.send(response);
                     }
                     Effect::Upgrade { binary, reply } => self.os.upgrades.push((binary, reply)),
+                    Effect::EndCheck => self.os.checks_ended += 1,
                 }
             }
         }
@@ -2475,6 +2535,72 @@ mod tests {
         n.t_timer(at);
         assert_eq!(n.os.spawned, [(102, 1, 0)]);
         assert_eq!(n.kept.slots[0].restarts, 1);
+    }
+
+    #[test]
+    fn a_second_upgrade_is_refused_while_one_runs() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        s.run(
+            Event::Upgrade {
+                binary: None,
+                reply: None,
+            },
+            t0,
+        );
+        assert_eq!(s.os.upgrades.len(), 1);
+        let (to, mut answer) = Reply::new(-1);
+        s.run(
+            Event::Upgrade {
+                binary: None,
+                reply: Some(to),
+            },
+            t0,
+        );
+        assert_eq!(s.os.upgrades.len(), 1, "a second check was started");
+        assert!(matches!(
+            answer.try_recv(),
+            Ok(Response::UpgradeFailed { reason }) if reason.starts_with("another upgrade is under way")
+        ));
+        // Once the first one failed, the next one may run.
+        let reason = "its handshake exited with status 1".into();
+        s.run(
+            Event::UpgradeFailed {
+                reason,
+                reply: None,
+            },
+            t0,
+        );
+        s.run(
+            Event::Upgrade {
+                binary: None,
+                reply: None,
+            },
+            t0,
+        );
+        assert_eq!(s.os.upgrades.len(), 2);
+    }
+
+    #[test]
+    fn an_upgrade_check_past_its_deadline_is_ended_once() {
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        s.run(
+            Event::Upgrade {
+                binary: None,
+                reply: None,
+            },
+            t0,
+        );
+        let due = t0 + CHECK_DEADLINE;
+        assert_eq!(s.next_deadline(), Some(due));
+        s.t_timer(due - ms(1));
+        assert_eq!(s.os.checks_ended, 0);
+        s.t_timer(due);
+        assert_eq!(s.os.checks_ended, 1);
+        assert_eq!(s.next_deadline(), None, "nothing left to wait for");
+        s.t_timer(due + ms(100));
+        assert_eq!(s.os.checks_ended, 1, "ended twice");
     }
 
     #[test]

@@ -7,11 +7,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use crate::control::Reply;
 use crate::exit::ExitStatus;
-use crate::supervise::handover::{self, CHECK_DEADLINE, CHECK_FLAG, FORMAT};
+use crate::supervise::handover::{self, CHECK_FLAG, FORMAT};
 
 /// The new binary's handshake, running.
 pub struct Check {
@@ -20,7 +19,6 @@ pub struct Check {
     pub pid: i32,
     /// What it prints (stdout and stderr), read once it has exited.
     output: OwnedFd,
-    pub deadline: Instant,
     /// Set by the reaper.
     pub exit: Option<ExitStatus>,
     /// It ran past the deadline and was killed.
@@ -105,7 +103,6 @@ pub fn start(
             reply,
             pid,
             output,
-            deadline: Instant::now() + CHECK_DEADLINE,
             exit: None,
             timed_out: false,
         }),
