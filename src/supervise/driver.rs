@@ -316,57 +316,8 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
         })?)),
         None => None,
     };
-    let intercept_remedy = Some(intercept_remedy(plan.intercept, &listeners));
-    let intercept = if plan.intercept {
-        // --lazy and --idle-stop watch the sockets bound now: a move would
-        // reset the connection that woke relaunch, or hide from the gauge.
-        let on_demand = plan.lazy || plan.idle_stop.is_some();
-        let movable: Vec<bool> = plan
-            .listeners
-            .iter()
-            .map(|p| p.bare_port() && !on_demand)
-            .collect();
-        match intercept::handler::Table::new(&listeners, &movable, plan.backlog) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                warn!("bind interception is off: cannot prepare the held sockets: {e}");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let listener_info = listeners
-        .iter()
-        .enumerate()
-        .map(|(i, l)| control::ListenerInfo {
-            name: l.name.clone(),
-            address: l.address(),
-            fd: 3 + i as i32,
-            waiting: None,
-            backlog: None,
-        })
-        .collect();
-    let cfg = Config {
-        restart: plan.restart,
-        workers: plan.workers,
-        stop_signal: plan.stop_signal,
-        stop_timeout: plan.stop_timeout,
-        ready_delay: match plan.ready {
-            ReadyMode::Delay(d) => Some(d),
-            _ => None,
-        },
-        ready_auto: plan.ready == ReadyMode::Auto,
-        ready_timeout: plan.ready_timeout,
-        intercept_remedy,
-        listeners: listener_info,
-        watch: plan.watch.as_ref().map(|w| WatchConfig {
-            debounce: w.debounce,
-            build: w.build.is_some(),
-        }),
-        lazy: plan.lazy,
-        idle_stop: plan.idle_stop,
-    };
+    let intercept = intercept_table(&plan, &listeners);
+    let cfg = config(&plan, &listeners);
     let build_cmd = plan.watch.as_ref().and_then(|w| w.build.clone());
     let build_env = plan.build_env().to_vec();
     Ok(Resources {
@@ -485,6 +436,66 @@ impl Saved {
     }
 }
 
+/// Bind interception's table of the held sockets, unless it is off.
+fn intercept_table(
+    plan: &plan::Plan,
+    listeners: &[Listener],
+) -> Option<Arc<intercept::handler::Table>> {
+    if !plan.intercept {
+        return None;
+    }
+    // --lazy and --idle-stop watch the sockets bound now: a move would
+    // reset the connection that woke relaunch, or hide from the gauge.
+    let on_demand = plan.lazy || plan.idle_stop.is_some();
+    let movable: Vec<bool> = plan
+        .listeners
+        .iter()
+        .map(|p| p.bare_port() && !on_demand)
+        .collect();
+    match intercept::handler::Table::new(listeners, &movable, plan.backlog) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!("bind interception is off: cannot prepare the held sockets: {e}");
+            None
+        }
+    }
+}
+
+/// The supervisor's configuration, from the plan.
+fn config(plan: &plan::Plan, listeners: &[Listener]) -> Config {
+    let listener_info = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| control::ListenerInfo {
+            name: l.name.clone(),
+            address: l.address(),
+            fd: 3 + i as i32,
+            waiting: None,
+            backlog: None,
+        })
+        .collect();
+    Config {
+        restart: plan.restart,
+        workers: plan.workers,
+        stop_signal: plan.stop_signal,
+        stop_timeout: plan.stop_timeout,
+        ready_delay: match plan.ready {
+            ReadyMode::Delay(d) => Some(d),
+            _ => None,
+        },
+        ready_auto: plan.ready == ReadyMode::Auto,
+        ready_timeout: plan.ready_timeout,
+        intercept_remedy: Some(intercept_remedy(plan.intercept, listeners)),
+        listeners: listener_info,
+        watch: plan.watch.as_ref().map(|w| WatchConfig {
+            debounce: w.debounce,
+            build: w.build.is_some(),
+        }),
+        lazy: plan.lazy,
+        idle_stop: plan.idle_stop,
+    }
+}
+
 /// After an upgrade: the resources the old image handed over.
 #[cold]
 #[inline(never)]
@@ -516,59 +527,16 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
         upgrade,
         intercept: carried,
     } = fds;
-    let bad = |what: String| {
-        Error::runtime(format!("cannot adopt {what} after the upgrade"))
-            .hint("this is a bug in relaunch; restart it (its children were stopped)")
-    };
-    let mut listeners = Vec::with_capacity(saved_listeners.len());
-    for l in saved_listeners {
-        let i = plan::inherit::adopt(l.fd, l.name.clone())
-            .map_err(|e| bad(format!("listener {} (fd {}): {e}", l.name, l.fd)))?;
-        let file = l
-            .file
-            .map(|f| sockets::file::SocketFile::adopt(f.path, f.identity));
-        listeners.push(Listener::adopt(l.name, i.fd.into(), i.addr).with_file(file));
-    }
+    let listeners = adopt_listeners(saved_listeners)?;
     let control = match saved_control {
         Some(c) => Some(
             control::Server::adopt(c.fd, c.file.path.clone(), c.file.identity)
-                .map_err(|e| bad(format!("the control socket: {e}")))?,
+                .map_err(|e| adopt_error(format!("the control socket: {e}")))?,
         ),
         None => None,
     };
     let (tally, scrapes) = serve_metrics(saved.launch.metrics)?;
-    let intercept = match saved.intercept {
-        Some(t) => match intercept::handler::Table::adopt(&listeners, t) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                warn!(
-                    "bind interception is off after the upgrade: cannot adopt the held \
-                     sockets ({e}); a child that binds a held port itself fails with ENOSYS \
-                     until it is restarted"
-                );
-                None
-            }
-        },
-        None => None,
-    };
-    // Each child's binds are answered again, before anything else runs.
-    if let Some(t) = &intercept {
-        for c in carried {
-            let leader = c.leader;
-            if let Err(e) = intercept::handler::resume(Arc::clone(t), c, listened.clone()) {
-                warn!(
-                    pid = leader,
-                    "cannot answer this child's binds after the upgrade ({e}): its binds \
-                     fail with ENOSYS until it is restarted"
-                );
-            }
-        }
-    } else {
-        for c in carried {
-            // SAFETY: handed over for us alone; closed once.
-            drop(unsafe { OwnedFd::from_raw_fd(c.fd) });
-        }
-    }
+    let intercept = adopt_intercept(&listeners, saved.intercept, carried, listened);
     Ok(Resources {
         systemd: Systemd::from_env(saved.launch.notify_socket.as_deref()),
         launch: saved.launch,
@@ -595,6 +563,62 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
             upgrade,
         })),
     })
+}
+
+fn adopt_error(what: String) -> Error {
+    Error::runtime(format!("cannot adopt {what} after the upgrade"))
+        .hint("this is a bug in relaunch; restart it (its children were stopped)")
+}
+
+fn adopt_listeners(saved: Vec<handover::ListenerFd>) -> Result<Vec<Listener>> {
+    let mut listeners = Vec::with_capacity(saved.len());
+    for l in saved {
+        let i = plan::inherit::adopt(l.fd, l.name.clone())
+            .map_err(|e| adopt_error(format!("listener {} (fd {}): {e}", l.name, l.fd)))?;
+        let file = l
+            .file
+            .map(|f| sockets::file::SocketFile::adopt(f.path, f.identity));
+        listeners.push(Listener::adopt(l.name, i.fd.into(), i.addr).with_file(file));
+    }
+    Ok(listeners)
+}
+
+/// Bind interception's table and each carried child's handler thread,
+/// answering binds again before anything else runs.
+fn adopt_intercept(
+    listeners: &[Listener],
+    saved: Option<intercept::handler::SavedTable>,
+    carried: Vec<intercept::handler::Carried>,
+    listened: &intercept::handler::Listened,
+) -> Option<Arc<intercept::handler::Table>> {
+    let table = saved.and_then(|t| match intercept::handler::Table::adopt(listeners, t) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!(
+                "bind interception is off after the upgrade: cannot adopt the held sockets \
+                 ({e}); a child that binds a held port itself fails with ENOSYS until it is \
+                 restarted"
+            );
+            None
+        }
+    });
+    for c in carried {
+        match &table {
+            Some(t) => {
+                let leader = c.leader;
+                if let Err(e) = intercept::handler::resume(Arc::clone(t), c, listened.clone()) {
+                    warn!(
+                        pid = leader,
+                        "cannot answer this child's binds after the upgrade ({e}): its binds \
+                         fail with ENOSYS until it is restarted"
+                    );
+                }
+            }
+            // SAFETY: handed over for us alone; closed once.
+            None => drop(unsafe { OwnedFd::from_raw_fd(c.fd) }),
+        }
+    }
+    table
 }
 
 /// The supervisor an upgrade handed over, back at work: the fds it watched
@@ -1076,22 +1100,7 @@ impl Driver {
     }
 
     fn perform(&mut self, effects: Vec<Effect>) {
-        for mut effect in effects {
-            // Interception under --port may have moved a listener.
-            if let (
-                Effect::Reply {
-                    response: Response::Status(status),
-                    ..
-                },
-                Some(t),
-            ) = (&mut effect, &self.intercept)
-            {
-                for (l, moved) in status.listeners.iter_mut().zip(t.moved()) {
-                    if let Some(address) = moved {
-                        l.address = address;
-                    }
-                }
-            }
+        for effect in effects {
             match effect {
                 Effect::SignalEscaped { pid, sig } => {
                     if let Some(e) = self.escaped.get(&pid)
@@ -1101,61 +1110,12 @@ impl Driver {
                         warn!(pid, "cannot send {} to pid {pid}: {err}", sig.as_str());
                     }
                 }
-                Effect::Signal { pgid, sig } => {
-                    match killpg(Pid::from_raw(pgid), sig) {
-                        Ok(()) => {}
-                        // Already gone: its exit or GroupGone follows.
-                        Err(nix::errno::Errno::ESRCH) => {
-                            debug!(pgid, "killpg {}: no such group", sig.as_str())
-                        }
-                        Err(e) => warn!(
-                            pgid,
-                            "cannot send {} to process group {pgid}: {e}; a member may belong \
-                             to another user (a setuid program)",
-                            sig.as_str()
-                        ),
-                    }
-                }
-                Effect::Tell(tell) => {
-                    if matches!(tell, Tell::Ready(_))
-                        && let Some(t) = &self.intercept
-                    {
-                        t.pin();
-                    }
-                    if matches!(tell, Tell::Ready(_)) {
-                        // Now serving, likely to idle: what start-up or the
-                        // reload freed goes back to the kernel (glibc would
-                        // keep it), so the idle footprint stays small.
-                        // SAFETY: no arguments but a size; glibc locks its arenas.
-                        unsafe { libc::malloc_trim(0) };
-                    }
-                    if let Some(s) = &self.systemd {
-                        match tell {
-                            Tell::Ready(line) => s.ready(&line),
-                            Tell::Reloading(line) => s.reloading(&line),
-                            Tell::Status(line) => s.status(&line),
-                            Tell::Stopping => s.stopping(),
-                        }
-                    }
-                }
+                Effect::Signal { pgid, sig } => signal_group(pgid, sig),
+                Effect::Tell(tell) => self.tell(tell),
                 Effect::Reply {
                     to,
-                    response: Response::Status(mut status),
-                } => {
-                    // Accept queues (sock_diag) and who is left in lingering
-                    // groups (/proc) are read off the loop, for the sockets
-                    // held now (interception may have rebound one).
-                    self.sync_listeners();
-                    let inodes: Vec<Option<u64>> = self
-                        .listeners
-                        .iter()
-                        .map(|l| scan::socket_inode(l.socket.as_fd()).ok())
-                        .collect();
-                    tokio::task::spawn_blocking(move || {
-                        fill_status(&mut status, &inodes);
-                        let _ = to.send(Response::Status(status));
-                    });
-                }
+                    response: Response::Status(status),
+                } => self.reply_status(to, *status),
                 Effect::Reply { to, response } => {
                     let _ = to.send(response);
                 }
@@ -1178,6 +1138,66 @@ impl Driver {
                 }
             }
         }
+    }
+
+    fn tell(&self, tell: Tell) {
+        if matches!(tell, Tell::Ready(_)) {
+            if let Some(t) = &self.intercept {
+                t.pin();
+            }
+            // Now serving, likely to idle: what start-up or the reload
+            // freed goes back to the kernel (glibc would keep it), so the
+            // idle footprint stays small.
+            // SAFETY: no arguments but a size; glibc locks its arenas.
+            unsafe { libc::malloc_trim(0) };
+        }
+        if let Some(s) = &self.systemd {
+            match tell {
+                Tell::Ready(line) => s.ready(&line),
+                Tell::Reloading(line) => s.reloading(&line),
+                Tell::Status(line) => s.status(&line),
+                Tell::Stopping => s.stopping(),
+            }
+        }
+    }
+
+    /// A status answered with what the kernel knows of the sockets held now
+    /// (interception under --port may have moved one): their addresses,
+    /// accept queues (sock_diag) and who is left in lingering groups
+    /// (/proc), read off the loop.
+    fn reply_status(&mut self, to: control::Reply, mut status: control::Status) {
+        if let Some(t) = &self.intercept {
+            for (l, moved) in status.listeners.iter_mut().zip(t.moved()) {
+                if let Some(address) = moved {
+                    l.address = address;
+                }
+            }
+        }
+        self.sync_listeners();
+        let inodes: Vec<Option<u64>> = self
+            .listeners
+            .iter()
+            .map(|l| scan::socket_inode(l.socket.as_fd()).ok())
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            fill_status(&mut status, &inodes);
+            let _ = to.send(Response::Status(Box::new(status)));
+        });
+    }
+}
+
+/// Signals a child's whole process group.
+fn signal_group(pgid: i32, sig: Signal) {
+    match killpg(Pid::from_raw(pgid), sig) {
+        Ok(()) => {}
+        // Already gone: its exit or GroupGone follows.
+        Err(nix::errno::Errno::ESRCH) => debug!(pgid, "killpg {}: no such group", sig.as_str()),
+        Err(e) => warn!(
+            pgid,
+            "cannot send {} to process group {pgid}: {e}; a member may belong to another user \
+             (a setuid program)",
+            sig.as_str()
+        ),
     }
 }
 
@@ -1648,37 +1668,13 @@ async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
     let reply = check.reply.take();
     let image = match check.verdict() {
         Ok(image) => image,
-        Err(reason) => {
-            let fx = rt.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
-            apply(rt, fx);
-            return;
-        }
+        Err(reason) => return step(rt, Event::UpgradeFailed { reason, reply }),
     };
     info!(binary = %check.binary.display(), "the new binary ({image}) can take over; handing over");
-    // Quiesce: notify datagrams being checked reach the supervisor, and
-    // answers already decided reach their clients. Bounded: a stuck check
-    // loses at most what it holds.
-    for _ in 0..200 {
-        if rt.os.notify.values().all(|(s, _)| !s.busy()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    tokio::task::yield_now().await;
-    while let Ok((generation, msg)) = src.notify.try_recv() {
-        if let Some(ev) = handle_notify(rt, generation, msg) {
-            let fx = rt.handle(ev, Instant::now());
-            apply(rt, fx);
-        }
-    }
-    for _ in 0..3 {
-        tokio::task::yield_now().await;
-    }
+    quiesce(rt, src).await;
     if !rt.core.may_upgrade() {
         let reason = "relaunch is stopping".to_string();
-        let fx = rt.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
-        apply(rt, fx);
-        return;
+        return step(rt, Event::UpgradeFailed { reason, reply });
     }
     // Bind interception: every handler thread parks between two
     // notifications, so none dies with one received and unanswered (its
@@ -1686,11 +1682,7 @@ async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
     let carried = match &rt.os.intercept {
         Some(t) => match park(t).await {
             Ok(carried) => carried,
-            Err(reason) => {
-                let fx = rt.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
-                apply(rt, fx);
-                return;
-            }
+            Err(reason) => return step(rt, Event::UpgradeFailed { reason, reply }),
         },
         None => Vec::new(),
     };
@@ -1722,17 +1714,31 @@ async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
     if let Some(t) = &rt.os.intercept {
         t.resume();
     }
-    let fx = rt.handle(Event::UpgradeFailed { reason: why, reply }, Instant::now());
-    apply(rt, fx);
+    step(rt, Event::UpgradeFailed { reason: why, reply });
     for inc in pending {
-        let fx = rt.handle(
-            Event::Control {
-                request: inc.request,
-                reply: inc.reply,
-            },
-            Instant::now(),
-        );
-        apply(rt, fx);
+        let (request, reply) = (inc.request, inc.reply);
+        step(rt, Event::Control { request, reply });
+    }
+}
+
+/// Before the exec: notify datagrams being checked reach the supervisor,
+/// and answers already decided reach their clients. Bounded: a stuck check
+/// loses at most what it holds.
+async fn quiesce(rt: &mut Runtime, src: &mut Sources) {
+    for _ in 0..200 {
+        if rt.os.notify.values().all(|(s, _)| !s.busy()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::task::yield_now().await;
+    while let Ok((generation, msg)) = src.notify.try_recv() {
+        if let Some(ev) = handle_notify(rt, generation, msg) {
+            step(rt, ev);
+        }
+    }
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
     }
 }
 

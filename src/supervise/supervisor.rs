@@ -991,7 +991,27 @@ impl Supervisor {
         }
     }
 
+    /// Whatever was due by `now`, in order: children's ready delays and
+    /// kills, leftovers, the dev loop, a reload's and the first
+    /// generation's ready timeouts, restarts.
     fn on_timer(&mut self, os: &mut impl Spawner, now: Instant) {
+        self.children_due(os, now);
+        self.give_up_on_unkillable(os, now);
+        self.end_escaped(os, now);
+        if let Some(dev) = &mut self.dev
+            && dev.due.is_some_and(|t| t <= now)
+        {
+            dev.due = None;
+            self.changes_settled(os, now);
+        }
+        self.reload_overdue(os, now);
+        self.first_generation_overdue(now);
+        self.restarts_due(os, now);
+    }
+
+    /// Children alive for the ready delay are ready; those that did not
+    /// stop in time get SIGKILL.
+    fn children_due(&mut self, os: &mut impl Spawner, now: Instant) {
         for i in 0..self.kept.children.len() {
             let (pid, generation, state) = (
                 self.kept.children[i].pid,
@@ -1021,64 +1041,73 @@ impl Supervisor {
                 _ => {}
             }
         }
-        self.give_up_on_unkillable(os, now);
-        self.end_escaped(os, now);
-        if let Some(dev) = &mut self.dev
-            && dev.due.is_some_and(|t| t <= now)
-        {
-            dev.due = None;
-            self.changes_settled(os, now);
-        }
-        if let Some(Reload {
+    }
+
+    /// The new generation of a reload was not ready by its deadline: the
+    /// reload fails, unless nothing could be seen (then the timeout is the
+    /// readiness signal, as documented for `auto`).
+    fn reload_overdue(&mut self, os: &mut impl Spawner, now: Instant) {
+        let Some(Reload {
             generation,
             phase: Phase::Starting { deadline },
         }) = self.kept.reload
-            && deadline <= now
-        {
-            let waited = duration::human(self.kept.cfg.ready_timeout);
-            let unseen: Vec<(i32, bool)> = self
-                .kept
-                .children
-                .iter()
-                .filter(|c| c.generation == generation && matches!(c.state, State::Starting { .. }))
-                .map(|c| (c.pid, c.blind))
-                .collect();
-            if unseen.iter().all(|&(_, blind)| blind) {
-                // We could not look, so we cannot say it failed: the timeout
-                // is the readiness signal, as documented for `auto`.
-                for (pid, _) in unseen {
-                    self.mark_ready(
-                        os,
-                        pid,
-                        &format!("no sign seen within {waited}, taken as ready"),
-                        now,
-                    );
-                }
-            } else {
-                self.fail_reload(
+        else {
+            return;
+        };
+        if deadline > now {
+            return;
+        }
+        let waited = duration::human(self.kept.cfg.ready_timeout);
+        let unseen: Vec<(i32, bool)> = self
+            .kept
+            .children
+            .iter()
+            .filter(|c| c.generation == generation && matches!(c.state, State::Starting { .. }))
+            .map(|c| (c.pid, c.blind))
+            .collect();
+        if unseen.iter().all(|&(_, blind)| blind) {
+            for (pid, _) in unseen {
+                self.mark_ready(
                     os,
-                    ReloadResult::NotReady,
-                    format!("generation {generation} was not ready within {waited}"),
+                    pid,
+                    &format!("no sign seen within {waited}, taken as ready"),
                     now,
                 );
             }
-        }
-        if !self.kept.announced && self.kept.first_deadline.is_some_and(|d| d <= now) {
-            self.kept.first_deadline = None;
-            warn!(
-                generation = self.kept.serving,
-                "not ready within {}; treating it as serving anyway (nothing else can serve). \
-                 If the app is fine, use --ready delay:DURATION, or send READY=1 and use --ready notify",
-                duration::human(self.kept.cfg.ready_timeout)
+        } else {
+            self.fail_reload(
+                os,
+                ReloadResult::NotReady,
+                format!("generation {generation} was not ready within {waited}"),
+                now,
             );
-            let serving = self.kept.serving;
-            for c in &mut self.kept.children {
-                if c.generation == serving && matches!(c.state, State::Starting { .. }) {
-                    c.taken_as_ready = true;
-                }
-            }
-            self.announce(now);
         }
+    }
+
+    /// The first generation was not ready in time: nothing else can serve,
+    /// so it is taken as serving, with a warning.
+    fn first_generation_overdue(&mut self, now: Instant) {
+        if self.kept.announced || self.kept.first_deadline.is_none_or(|d| d > now) {
+            return;
+        }
+        self.kept.first_deadline = None;
+        warn!(
+            generation = self.kept.serving,
+            "not ready within {}; treating it as serving anyway (nothing else can serve). \
+             If the app is fine, use --ready delay:DURATION, or send READY=1 and use --ready notify",
+            duration::human(self.kept.cfg.ready_timeout)
+        );
+        let serving = self.kept.serving;
+        for c in &mut self.kept.children {
+            if c.generation == serving && matches!(c.state, State::Starting { .. }) {
+                c.taken_as_ready = true;
+            }
+        }
+        self.announce(now);
+    }
+
+    /// Workers whose backoff is over start again.
+    fn restarts_due(&mut self, os: &mut impl Spawner, now: Instant) {
         for worker in 0..self.kept.slots.len() {
             if self.kept.slots[worker].restart_at.is_some_and(|t| t <= now) && !self.kept.stopping {
                 self.kept.slots[worker].restart_at = None;
