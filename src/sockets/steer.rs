@@ -471,6 +471,63 @@ pub fn verify(
     Ok(peer.as_socket().map(canonical) == from.map(canonical))
 }
 
+/// Learns the slot order of a group whose members are `members` (in any
+/// order), e.g. after a restart from the fd store: for each slot in turn,
+/// every connection is steered to it, a probe connects, and the member
+/// whose accept queue grew (sock_diag) holds that slot. Connects meanwhile
+/// go to the slot being learned. Each probe is left reset in the queue it
+/// reached, where an accept returns it as a connection the peer aborted.
+/// The caller attaches the real program after.
+pub fn learn(members: &[&Socket], dest: SocketAddr, wait: Duration) -> io::Result<Slots> {
+    let ids = members
+        .iter()
+        .map(inode_of)
+        .collect::<io::Result<Vec<u64>>>()?;
+    let Some(via) = members.first() else {
+        return Ok(Slots::new());
+    };
+    let waiting = || -> io::Result<Vec<u32>> {
+        let queues = crate::proc::listen_queues()?;
+        Ok(ids
+            .iter()
+            .map(|id| queues.get(id).map_or(0, |q| q.waiting))
+            .collect())
+    };
+    let mut slots = Slots::new();
+    for slot in 0..members.len() as u32 {
+        let (probe, port) = probe_socket(dest)?;
+        attach(via, &program(Route::To(slot), Some(Probe { port, slot })))?;
+        let before = waiting()?;
+        probe.connect_timeout(&dest.into(), wait)?;
+        probe.set_linger(Some(Duration::ZERO))?;
+        let deadline = std::time::Instant::now() + wait;
+        let found = loop {
+            let now = waiting()?;
+            // Only the member at `slot` can grow: everything goes there.
+            let grew: Vec<usize> = (0..ids.len()).filter(|&i| now[i] > before[i]).collect();
+            match grew[..] {
+                [i] => break ids[i],
+                [] if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                _ => {
+                    return Err(io::Error::other(format!(
+                        "could not tell which member holds slot {slot}: {} queues grew",
+                        grew.len()
+                    )));
+                }
+            }
+        };
+        if slots.slot(found).is_some() {
+            return Err(io::Error::other(format!(
+                "slot {slot} reached a member already placed: the group has fewer members than given"
+            )));
+        }
+        slots.listened(found);
+    }
+    Ok(slots)
+}
+
 #[cfg(test)]
 #[path = "steer_tests.rs"]
 mod tests;

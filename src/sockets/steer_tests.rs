@@ -607,6 +607,34 @@ fn a_spacer_keeps_the_serving_slot_still_when_an_older_member_closes() {
     assert_eq!(landed(&[&spacer, &m[0], &m[1]], made), [0, 0, made]);
 }
 
+/// The order after a restart: members given in another order, two closed
+/// (so slots moved), clients queued on some, nobody accepting.
+#[test]
+fn the_slot_order_is_learned_back_from_the_kernel() {
+    let (port, m) = group(Ipv4Addr::LOCALHOST, 5, None);
+    let mut slots = Slots::new();
+    for s in &m {
+        slots.listened(inode_of(s).unwrap());
+    }
+    let mut m: Vec<Socket> = m;
+    for i in [1, 0] {
+        slots.left(inode_of(&m.remove(i)).unwrap());
+    }
+    steer(&m[0], slots.slot(inode_of(&m[1]).unwrap()).unwrap(), 1, 0);
+    let _queued: Vec<TcpStream> = (0..3).map(|_| connect(local(port))).collect();
+    let shuffled = [&m[2], &m[0], &m[1]];
+    let learned = learn(&shuffled, local(port), WAIT).unwrap();
+    assert_eq!(learned, slots);
+    // Given a member that is not in the group, it says so.
+    let stray = member(local(free_port()), None, 8).unwrap();
+    let err = learn(
+        &[&m[0], &m[1], &m[2], &stray],
+        local(port),
+        Duration::from_millis(200),
+    );
+    assert!(err.is_err(), "{err:?}");
+}
+
 // ---------------------------------------------------------------- drain --
 
 #[test]
