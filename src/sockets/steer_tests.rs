@@ -199,6 +199,50 @@ fn setfsuid_changes_only_the_calling_thread_and_is_restored() {
     assert_eq!(thread_fsuid(), 0);
 }
 
+/// Without CAP_SETUID (dropped from one thread's effective set: capabilities
+/// are per thread too), setfsuid is refused without an error return: the
+/// check catches it, and nothing is created.
+#[test]
+fn a_refused_setfsuid_is_an_error_and_creates_nothing() {
+    if !root("a_refused_setfsuid_is_an_error_and_creates_nothing") {
+        return;
+    }
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const CAP_SETUID: u32 = 7;
+    let uid = owner();
+    let (err, fsuid) = std::thread::spawn(move || {
+        let mut h = Header {
+            version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+            pid: 0,
+        };
+        let mut d = [Data::default(); 2];
+        // SAFETY: capget/capset read and write the header and two data
+        // structs we own; pid 0 is this thread only.
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()), 0);
+            d[0].effective &= !(1 << CAP_SETUID);
+            assert_eq!(libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()), 0);
+        }
+        let made = socket_as(Domain::IPV4, Some(uid));
+        (made.err().map(|e| e.kind()), thread_fsuid())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(err, Some(io::ErrorKind::PermissionDenied));
+    assert_eq!(fsuid, 0);
+}
+
 #[test]
 fn members_made_as_the_owner_join_one_group() {
     if !root("members_made_as_the_owner_join_one_group") {
