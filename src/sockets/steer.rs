@@ -121,22 +121,15 @@ pub fn choose_owner(range: std::ops::RangeInclusive<u32>, busy: &HashSet<u32>) -
 }
 
 /// Uids that may not own a new group: any uid a process runs as (real,
-/// effective, saved or fs), owns an inet socket, or has a passwd entry. A
-/// uid that owns a socket may be another relaunch's group: joining it would
-/// share that relaunch's port where today's second bind fails.
+/// effective, saved or fs), or that has a passwd entry. (Another relaunch's
+/// owner runs no process: [`foreign_listeners`] on the port, empty before
+/// the first member binds, is what keeps a second relaunch out.)
 pub fn busy_uids() -> io::Result<HashSet<u32>> {
     let mut busy = HashSet::new();
     for pid in crate::proc::pids() {
         // A process may exit between the listing and the read: skip it.
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
             busy.extend(status_uids(&status));
-        }
-    }
-    for table in ["tcp", "tcp6", "udp", "udp6"] {
-        match std::fs::read_to_string(format!("/proc/net/{table}")) {
-            Ok(text) => busy.extend(text.lines().skip(1).filter_map(socket_uid)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
         }
     }
     if let Ok(passwd) = std::fs::read_to_string("/etc/passwd") {
@@ -162,9 +155,17 @@ fn status_uids(status: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// The uid column (the 8th) of a /proc/net/{tcp,udp}[6] line.
-fn socket_uid(line: &str) -> Option<u32> {
-    line.split_whitespace().nth(7)?.parse().ok()
+/// TCP listeners on `port`, any address and family, other than `ours` (by
+/// inode), from sock_diag. Before the first member binds: any at all means
+/// another group or listener (a second relaunch would join the first's group
+/// if its owner uid were the same). Before a steering change: never steer
+/// while one is there, and say so.
+pub fn foreign_listeners(port: u16, ours: &[u64]) -> io::Result<Vec<SocketAddr>> {
+    Ok(crate::proc::tcp_sockets(1 << crate::proc::TCP_LISTEN)?
+        .into_iter()
+        .filter(|e| e.local.port() == port && !ours.contains(&e.inode))
+        .map(|e| e.local)
+        .collect())
 }
 
 // ------------------------------------------------------------- programs --
