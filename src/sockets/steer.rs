@@ -367,6 +367,26 @@ pub fn attach(member: &impl AsFd, prog: &[libc::sock_filter]) -> io::Result<()> 
     Ok(())
 }
 
+/// Attaches the program for `route` and `probe` through `via`, after
+/// checking every slot they name is one of `slots`: an index past the last
+/// member would hash over all of them, generations not ready included.
+pub fn steer(via: &Socket, slots: &Slots, route: Route, probe: Option<Probe>) -> io::Result<()> {
+    let named = match route {
+        Route::To(slot) => vec![slot],
+        Route::Share {
+            serving, canary, ..
+        } => vec![serving, canary],
+    };
+    let named = named.into_iter().chain(probe.map(|p| p.slot));
+    if let Some(bad) = named.into_iter().find(|&s| s as usize >= slots.len()) {
+        return Err(io::Error::other(format!(
+            "steering to slot {bad}, but the group has {} members: refused, it would spread connections over all of them",
+            slots.len()
+        )));
+    }
+    attach(via, &program(route, probe))
+}
+
 // ---------------------------------------------------------------- slots --
 
 /// The kernel's order of a group's listening members (by socket inode). A

@@ -57,7 +57,7 @@ fn connect(to: SocketAddr) -> TcpStream {
 
 /// Steers everything to `route` but connects from `port` (a probe's) to
 /// `slot`, through member `via`.
-fn steer(via: &Socket, route: u32, port: u16, slot: u32) {
+fn route_probe(via: &Socket, route: u32, port: u16, slot: u32) {
     attach(via, &program(Route::To(route), Some(Probe { port, slot }))).unwrap();
 }
 
@@ -484,11 +484,27 @@ fn a_program_load_past_the_syn_faults_to_slot_zero() {
 }
 
 #[test]
-fn an_out_of_range_slot_hashes_over_every_member() {
+fn an_out_of_range_slot_hashes_over_every_member_so_steer_refuses_it() {
     let (port, m) = group(Ipv4Addr::LOCALHOST, 2, None);
     attach(&m[0], &program(Route::To(2), None)).unwrap();
     let got = spread(local(port), &[&m[0], &m[1]], 200);
     assert!(got[0] > 0 && got[1] > 0, "{got:?}");
+    let mut slots = Slots::new();
+    for s in &m {
+        slots.listened(inode_of(s).unwrap());
+    }
+    let share = |canary| Route::Share {
+        serving: 0,
+        canary,
+        share: 0.1,
+    };
+    let far = Some(Probe { port: 1, slot: 2 });
+    assert!(steer(&m[0], &slots, Route::To(2), None).is_err());
+    assert!(steer(&m[0], &slots, share(2), None).is_err());
+    assert!(steer(&m[0], &slots, Route::To(1), far).is_err());
+    steer(&m[0], &slots, share(1), None).unwrap();
+    steer(&m[0], &slots, Route::To(1), None).unwrap();
+    assert_eq!(spread(local(port), &[&m[0], &m[1]], 20), [0, 20]);
 }
 
 #[test]
@@ -497,7 +513,7 @@ fn a_probe_from_the_reserved_port_reaches_its_slot_while_clients_follow_the_rout
     for ip in [Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2)] {
         let to = SocketAddr::from((ip, port));
         let (probe, from) = probe_socket(to).unwrap();
-        steer(&m[0], 0, from, 1);
+        route_probe(&m[0], 0, from, 1);
         m[1].set_nonblocking(false).unwrap();
         assert!(verify(&m[1], probe, to, WAIT).unwrap(), "{ip}");
         m[1].set_nonblocking(true).unwrap();
@@ -506,7 +522,7 @@ fn a_probe_from_the_reserved_port_reaches_its_slot_while_clients_follow_the_rout
     // The source port alone is not enough: a connect from that port to
     // another local address (source != destination) follows the route.
     let (probe, from) = probe_socket(local(port)).unwrap();
-    steer(&m[0], 0, from, 1);
+    route_probe(&m[0], 0, from, 1);
     drop(probe);
     let c = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     c.bind(&SocketAddr::from((Ipv4Addr::new(127, 0, 0, 3), from)).into())
@@ -515,7 +531,7 @@ fn a_probe_from_the_reserved_port_reaches_its_slot_while_clients_follow_the_rout
     assert_eq!(landed(&[&m[0], &m[1]], 1), [1, 0]);
     // And verify says so when a probe lands elsewhere.
     let (probe, from) = probe_socket(local(port)).unwrap();
-    steer(&m[0], 0, from, 0);
+    route_probe(&m[0], 0, from, 0);
     let short = Duration::from_millis(100);
     assert!(!verify(&m[1], probe, local(port), short).unwrap());
     assert_eq!(landed(&[&m[0], &m[1]], 1), [1, 0]);
@@ -542,7 +558,7 @@ fn a_probe_reaches_its_slot_in_a_dual_stack_group_over_either_family() {
     for to in [v6, local(port)] {
         for slot in [0, 1] {
             let (probe, from) = probe_socket(to).unwrap();
-            steer(&first, 1 - slot, from, slot);
+            route_probe(&first, 1 - slot, from, slot);
             let target = [&first, &second][slot as usize];
             assert!(verify(target, probe, to, WAIT).unwrap(), "{to} slot {slot}");
         }
@@ -590,7 +606,7 @@ fn slots_follow_the_kernel_when_members_close_or_shut_down() {
             assert_eq!(got, want, "member {i} at slot {slot}");
             // And the probe agrees.
             let (probe, from) = probe_socket(to).unwrap();
-            steer(target, slot, from, slot);
+            route_probe(target, slot, from, slot);
             target.set_nonblocking(false).unwrap();
             assert!(verify(target, probe, to, WAIT).unwrap());
             target.set_nonblocking(true).unwrap();
@@ -670,7 +686,7 @@ fn the_slot_order_is_learned_back_from_the_kernel() {
     for i in [1, 0] {
         slots.left(inode_of(&m.remove(i)).unwrap());
     }
-    steer(&m[0], slots.slot(inode_of(&m[1]).unwrap()).unwrap(), 1, 0);
+    route_probe(&m[0], slots.slot(inode_of(&m[1]).unwrap()).unwrap(), 1, 0);
     let _queued: Vec<TcpStream> = (0..3).map(|_| connect(local(port))).collect();
     let shuffled = [&m[2], &m[0], &m[1]];
     let learned = learn(&shuffled, local(port), WAIT).unwrap();
