@@ -7,9 +7,11 @@
 //!   socket(). A socket of another uid gets EADDRINUSE joining the group or
 //!   binding a more specific address of its port with SO_REUSEPORT. As root,
 //!   [`member`] creates sockets as a dedicated uid ([`choose_owner`]).
-//! - Programs: [`program`] returns a slot index; the kernel's slot order is
-//!   mirrored by [`Slots`]. A program load that faults returns 0, which is a
-//!   real slot, so the programs only load header bytes every SYN has.
+//!   [`foreign_listeners`] finds any other listener on the port.
+//! - Programs: [`program`] returns a slot index, [`steer`] attaches it; the
+//!   kernel's slot order is mirrored by [`Slots`] (or re-learned by
+//!   [`learn`]). A program load that faults returns 0, which is a real slot,
+//!   so the programs only load header bytes every SYN has.
 //! - Probes: a connect from a port relaunch holds bound, with source address
 //!   equal to the destination (only a local peer can send that), goes to the
 //!   probe's slot: [`verify`] checks a slot, and a candidate can be probed
