@@ -27,6 +27,7 @@ use crate::plan::{Planned, Source};
 use crate::who;
 
 pub mod file;
+pub mod steer;
 
 pub struct Listener {
     pub name: String,
