@@ -1,4 +1,4 @@
-//! The developer loop (issue 12): a save in a Rust crate, then its build,
+//! The developer loop: a save in a Rust crate, then its build,
 //! then the new version answering, under client load. Printed as lines after
 //! the scenarios:
 //!
@@ -27,7 +27,7 @@ use crate::procs::{Proc, free_port};
 use crate::scenarios::find_tool;
 use crate::targets::{Ctx, listening_port};
 
-/// A save must be served within this (issue 12).
+/// A save must be served within this.
 const TARGET_SECS: f64 = 2.0;
 /// The load: a developer's browser and a test loop, not a load test. The
 /// build needs the CPUs (2 here): closed-loop clients at full speed would

@@ -1,5 +1,5 @@
 //! The handoff benchmark: relaunch beside what people do today, on the same
-//! machine, in the same run (issue 6). `docs/bench.md` explains every figure.
+//! machine, in the same run. `docs/bench.md` explains every figure.
 //!
 //!     cargo bench --bench handoff -- --quick    # < 90 s on 2 cores
 //!     cargo bench --bench handoff               # the full run

@@ -1,4 +1,4 @@
-//! Issue 12's figures for `--lazy` and `--idle-stop`, printed as lines after
+//! The figures for `--lazy` and `--idle-stop`, printed as lines after
 //! the scenarios (`--only on-demand` runs just these):
 //!
 //! - first request under `--lazy`: from connect to the answer, with a

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-/// The window in which relaunch must not wake up once (issue 9).
+/// The window in which relaunch must not wake up once.
 pub const IDLE_TARGET_SECS: f64 = 30.0;
 
 #[derive(Debug, Clone)]

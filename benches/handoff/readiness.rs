@@ -1,5 +1,5 @@
 //! How soon `--ready auto` sees a new generation ready, when something makes
-//! it hard (issue 9, bugs 3 and 10). Printed as lines after the scenarios:
+//! it hard (a flood of strangers' datagrams, a busy select() server). Printed as lines after the scenarios:
 //!
 //! - flood: the readiness delay of a reload, quiet and while a stranger (a
 //!   process outside relaunch's tree) sends 1000 datagrams/s to the new
@@ -27,8 +27,8 @@ use crate::targets::{Ctx, listening_port};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Prints what it measured and returns the acceptance lines (issue 9's
-/// readiness targets).
+/// Prints what it measured and returns the acceptance lines (the readiness
+/// targets).
 pub fn run(plan: &Plan, ctx: &Ctx) -> Vec<(String, bool)> {
     let mut lines = Vec::new();
     let reloads = if plan.mode == "smoke" { 1 } else { 3 };

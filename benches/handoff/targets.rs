@@ -22,7 +22,7 @@ pub enum Kind {
     ReloadAuto,
     Crash,
     /// The self-binding server, unmodified, under relaunch: bind
-    /// interception hands it relaunch's socket (issue 10).
+    /// interception hands it relaunch's socket.
     Intercept,
     ServerStarter,
     SocketActivate,

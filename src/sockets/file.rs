@@ -405,8 +405,8 @@ mod tests {
         std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
     }
 
-    /// Bug 5: a symlink (to a file root owns) swapped in for the socket
-    /// between bind and chmod/chown must be left alone.
+    /// A symlink (to a file root owns) swapped in for the socket between
+    /// bind and chmod/chown is left alone.
     #[test]
     fn a_symlink_swapped_in_is_not_chmodded_or_chowned() {
         let dir = Dir::new("swap");

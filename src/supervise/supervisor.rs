@@ -3007,7 +3007,7 @@ mod tests {
         );
     }
 
-    /// Bug 11: a server that became ready and served is not a crash loop.
+    /// A server that became ready and served is not a crash loop.
     /// The bench's crash scenario: SIGKILL the serving child 5 times, each
     /// after it served for 2 s. Every restart must come at once, not after
     /// 0.1, 0.2, 0.4, 0.8, 1.6 s.
@@ -3081,9 +3081,9 @@ mod tests {
         );
     }
 
-    /// Review finding: a served server whose restart met a deploy halfway
-    /// (the binary briefly missing) made relaunch exit 127 and close the
-    /// listeners; it now backs off and tries again.
+    /// A served server whose restart meets a deploy halfway (the binary
+    /// briefly missing) is backed off and tried again: relaunch neither exits
+    /// 127 nor closes the listeners.
     #[test]
     fn exec_failure_on_a_restart_after_serving_backs_off() {
         let (mut s, t0) = started(1);
@@ -3339,8 +3339,9 @@ mod tests {
         assert!(s.lingering().next().is_none());
     }
 
-    /// Review finding: a group that never empties (a zombie nobody reaps, a
-    /// process stuck in the kernel) blocked every later reload and the exit.
+    /// A group that never empties (a zombie nobody reaps, a process stuck in
+    /// the kernel) is let go after the kill grace: it must not block every
+    /// later reload and the exit.
     #[test]
     fn a_group_that_never_empties_is_let_go_after_the_kill_grace() {
         let (mut s, t0) = started(1);
@@ -4138,8 +4139,8 @@ mod tests {
         assert_eq!(s.exit().map(|e| e.code), Some(127));
     }
 
-    /// Review: a wake whose fork fails under --restart never must end
-    /// relaunch, not leave it running with nothing to run and no timer.
+    /// A wake whose fork fails under --restart never ends relaunch, rather
+    /// than leaving it running with nothing to run and no timer.
     #[test]
     fn a_failed_wake_with_restart_never_ends_relaunch() {
         let t0 = Instant::now();

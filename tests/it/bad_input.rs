@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-/// The issue's bound for a failing invocation.
+/// How long a failing invocation may take to fail.
 const LIMIT: Duration = Duration::from_secs(10);
 
 /// How the case is run: plain arguments, or a `sh -c` line that execs
@@ -273,7 +273,7 @@ fn message_lines(stderr: &str) -> Vec<&str> {
 fn malformed_invocations_fail_fast_with_the_right_code() {
     let dir = TempDir::new("bad");
     let cases = cases(&dir);
-    assert!(cases.len() >= 30, "the issue asks for at least 25 cases");
+    assert!(cases.len() >= 30, "fewer than 30 malformed invocations");
     let mut wrong = Vec::new();
     for case in &cases {
         let o = run_case(case);

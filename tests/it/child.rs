@@ -1,5 +1,5 @@
 //! What the child gets, and what relaunch leaves behind: listeners by name,
-//! fds, signal dispositions, environment, files. Regression tests of issue 9.
+//! fds, signal dispositions, environment, files.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -9,8 +9,9 @@ use crate::util::*;
 
 const T: Duration = Duration::from_secs(15);
 
-/// Bug 1: `--port` took the default name `http`, and the explicit `http=`
-/// listener was then taken for an inherited socket and silently dropped.
+/// `--port` and an explicit `http=` listener both reach the child: the
+/// explicit name is reserved first, so `--port` gets `http2` and neither is
+/// taken for an inherited socket and dropped.
 #[test]
 fn port_and_an_explicit_http_listener_both_reach_the_child() {
     let dir = TempDir::new("names");
@@ -32,8 +33,8 @@ fn port_and_an_explicit_http_listener_both_reach_the_child() {
     assert_eq!(r.log.count("inherited"), 0, "{}", r.log.text());
 }
 
-/// Bug 6: on kernels without `close_range(CLOSE_RANGE_CLOEXEC)` (before
-/// 5.11) an fd leaked to relaunch by its parent reached every child. The
+/// On kernels without `close_range(CLOSE_RANGE_CLOEXEC)` (before 5.11) an
+/// fd leaked to relaunch by its parent still stays out of every child. The
 /// test-only variable makes relaunch take the fallback path on any kernel.
 #[test]
 fn a_leaked_fd_stays_out_of_the_child_without_close_range() {
@@ -59,8 +60,8 @@ fn a_leaked_fd_stays_out_of_the_child_without_close_range() {
     assert_eq!(fd_numbers(&rep), [0, 1, 2, 3], "{rep:#}");
 }
 
-/// Bug 9: the reset loop stopped before SIGRTMAX, so an ignored SIGRTMAX
-/// inherited by relaunch stayed ignored in the child.
+/// An ignored SIGRTMAX inherited by relaunch is reset for the child: the
+/// reset covers every signal up to SIGRTMAX itself.
 #[test]
 fn an_ignored_sigrtmax_is_reset_for_the_child() {
     let dir = TempDir::new("rtmax");
@@ -86,7 +87,7 @@ fn an_ignored_sigrtmax_is_reset_for_the_child() {
     );
 }
 
-/// Bug 9: `RELAUNCH_CONTROL` (the env form of --control) reached the child.
+/// `RELAUNCH_CONTROL` (the env form of --control) does not reach the child.
 #[test]
 fn relaunch_control_does_not_leak_to_the_child() {
     let dir = TempDir::new("ctlenv");
@@ -103,7 +104,7 @@ fn relaunch_control_does_not_leak_to_the_child() {
     r.log.wait("control socket listening", T);
 }
 
-/// Bug 9: the --ports-file stayed behind after relaunch exited.
+/// The --ports-file does not outlive relaunch.
 #[test]
 fn the_ports_file_is_removed_on_exit() {
     let dir = TempDir::new("portsfile");
@@ -125,8 +126,8 @@ fn the_ports_file_is_removed_on_exit() {
     assert!(!ports.exists(), "the ports file outlived relaunch");
 }
 
-/// Bug 9: under --user, HOME, USER and LOGNAME were root's (systemd's
-/// `User=` sets them to the user's).
+/// Under --user, HOME, USER and LOGNAME are the user's, not root's, as
+/// systemd's `User=` sets them.
 #[test]
 fn under_user_the_child_gets_that_users_home_and_names() {
     if unsafe { libc::geteuid() } != 0 {

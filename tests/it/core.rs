@@ -1,4 +1,4 @@
-//! The handover protocol, supervision, stopping and errors (the core issue).
+//! The handover protocol, supervision, stopping and errors.
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;

@@ -732,8 +732,8 @@ fn a_live_socket_relaunch_may_not_connect_to_is_never_unlinked() {
     drop(live);
 }
 
-/// Bug 11: a server that became ready and served is restarted at once after
-/// a crash, every time, not after a backoff that doubles per crash.
+/// A server that became ready and served is restarted at once after a
+/// crash, every time, not after a backoff that doubles per crash.
 #[test]
 fn a_crash_after_serving_restarts_at_once_every_time() {
     let r = Relaunch::start(&[

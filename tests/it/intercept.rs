@@ -1,4 +1,4 @@
-//! Unmodified servers (issue 10): apps that bind the held port themselves,
+//! Unmodified servers: apps that bind the held port themselves,
 //! with no LISTEN_FDS code, no --compat and no placeholders, get relaunch's
 //! socket through seccomp interception. Each case serves, loses no
 //! connection to `kill -9` or a SIGHUP reload, keeps relaunch's backlog after
@@ -45,7 +45,7 @@ def stop_on_term(*servers):
     signal.signal(signal.SIGTERM, stop)
 "#;
 
-/// Case 1: the seeds' pattern, `TCPServer(("0.0.0.0", P))` with
+/// The seeds' pattern, `TCPServer(("0.0.0.0", P))` with
 /// allow_reuse_address and SO_REUSEPORT set before bind.
 const SOCKETSERVER_APP: &str = r#"
 class Server(socketserver.TCPServer):
@@ -392,7 +392,7 @@ for s in servers:
     assert_ne!(wait_new_pid(third, &before), before);
 }
 
-/// Case 8: the app stops its accept loop with shutdown(SHUT_RDWR) on the
+/// The app stops its accept loop with shutdown(SHUT_RDWR) on the
 /// listener, which on the shared socket would stop it for everyone and reset
 /// the queued connections.
 #[test]

@@ -1,7 +1,7 @@
 //! Unmodified servers that bind the held port themselves, beyond the
 //! Python ones of `intercept.rs`: uvicorn.run() from the app's own main, a
 //! Node `http.createServer().listen(P)`, a static Go binary's
-//! `net.Listen("tcp", ":P")` (issue 10, cases 3-5). No LISTEN_FDS code, no
+//! `net.Listen("tcp", ":P")`. No LISTEN_FDS code, no
 //! --compat, no placeholders. Each serves, loses no connection to `kill -9`
 //! and no request to a SIGHUP reload, keeps relaunch's backlog after its own
 //! listen(), and sees the client's real address. Also: a stranger still
@@ -111,7 +111,7 @@ fn strangers_cannot_bind(port: u16) {
     }
 }
 
-/// Case 3: uvicorn.run() from the app's own main.
+/// uvicorn.run() from the app's own main.
 const UVICORN_APP: &str = r#"
 import os, sys
 import uvicorn
@@ -132,7 +132,7 @@ if __name__ == "__main__":
     main()
 "#;
 
-/// Case 4: Node's http server on a port, the usual way.
+/// Node's http server on a port, the usual way.
 const NODE_APP: &str = r#"
 const http = require('http');
 const server = http.createServer((req, res) => {
@@ -144,7 +144,7 @@ server.listen(Number(process.argv[2]));
 process.on('SIGTERM', () => server.close(() => process.exit(0)));
 "#;
 
-/// Case 5: a Go server; built static (CGO_ENABLED=0) by [`go_server`].
+/// A Go server; built static (CGO_ENABLED=0) by [`go_server`].
 const GO_APP: &str = r#"package main
 
 import (

@@ -1,4 +1,4 @@
-//! Real servers that take sockets their own way (issue 4): gunicorn reads
+//! Real servers that take sockets their own way: gunicorn reads
 //! LISTEN_FDS, uvicorn takes `--fd {fd}`, Flask's app.run() needs
 //! `--compat werkzeug`, Node listens on `{fd: 3}`. Each serves a request
 //! under relaunch, then is reloaded under client load with no failed request.

@@ -1,4 +1,4 @@
-//! The developer loop (issue 12): `--watch`, `--build`, under a client loop.
+//! The developer loop: `--watch`, `--build`, under a client loop.
 //! How fast a save is served is the bench's figure (dev-loop); here the
 //! deadlines are generous and what is checked is that nothing fails.
 

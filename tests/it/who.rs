@@ -1,4 +1,4 @@
-//! `relaunch who`: the acceptance checks of issue 4, against a real listener.
+//! `relaunch who` against a real listener: who holds a port, a free port, a bad target.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
