@@ -51,6 +51,7 @@ use crate::plan::{self, Snapshot};
 use crate::ready::notify::{Message, NotifySocket, Systemd};
 use crate::ready::scan;
 use crate::sockets::{self, Listener};
+use crate::supervise::lines::PipeLines;
 use crate::supervise::supervisor::{
     Config, Effect, Event, Notice, Os, Supervisor, Tell, WatchConfig,
 };
@@ -63,8 +64,6 @@ const SCAN_EVERY: Duration = Duration::from_millis(15);
 const GROUP_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// Lines of a build's output kept for the message when it fails.
 const BUILD_TAIL: usize = 20;
-/// A longer line is cut there (in the tail and the live output).
-const BUILD_LINE: usize = 1000;
 
 pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     let signals = Signals::install()?;
@@ -636,73 +635,6 @@ struct Driver {
     watcher: Option<Watcher>,
 }
 
-/// The lines a child writes to a pipe, read without blocking.
-struct PipeLines {
-    /// Read end, non-blocking; None after EOF.
-    fd: Option<AsyncFd<OwnedFd>>,
-    /// A line not finished yet.
-    partial: Vec<u8>,
-}
-
-impl PipeLines {
-    fn new(read: OwnedFd) -> std::io::Result<PipeLines> {
-        // Only our end: a child writing to a non-blocking pipe would see EAGAIN.
-        nix::fcntl::fcntl(
-            &read,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )?;
-        // SAFETY: the OwnedFd is moved in and never swapped, so the fd stays
-        // open and the same for the AsyncFd's whole life.
-        let fd = unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
-            .map_err(std::io::Error::from)?;
-        Ok(PipeLines {
-            fd: Some(fd),
-            partial: Vec::new(),
-        })
-    }
-
-    /// Waits until there is something to read (pending forever after EOF).
-    async fn readable(&self) {
-        match &self.fd {
-            Some(fd) => {
-                if let Ok(mut guard) = fd.readable().await {
-                    guard.clear_ready();
-                }
-            }
-            None => std::future::pending().await,
-        }
-    }
-
-    /// The complete lines there are now; after EOF, the unfinished one too.
-    fn lines(&mut self) -> Vec<String> {
-        let mut buf = [0u8; 8192];
-        while let Some(fd) = &self.fd {
-            match nix::unistd::read(fd.get_ref(), &mut buf) {
-                Ok(0) => self.fd = None,
-                Ok(n) => self.partial.extend_from_slice(&buf[..n]),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::EAGAIN) => break,
-                Err(_) => self.fd = None,
-            }
-        }
-        let mut lines = Vec::new();
-        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            lines.push(text(&line[..line.len() - 1]));
-        }
-        if self.partial.len() > BUILD_LINE || (self.fd.is_none() && !self.partial.is_empty()) {
-            lines.push(text(&std::mem::take(&mut self.partial)));
-        }
-        lines
-    }
-}
-
-/// A line for the log: at most BUILD_LINE bytes, lossy UTF-8, no CR.
-fn text(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(BUILD_LINE)]);
-    text.trim_end_matches('\r').to_string()
-}
-
 /// `relaunch-watch`: its pid and its report lines.
 struct Watcher {
     pid: i32,
@@ -755,7 +687,7 @@ impl Watcher {
                 .map_err(|e| Error::runtime(format!("--watch: cannot read the watcher: {e}")))?,
         };
         loop {
-            if watcher.out.fd.is_none() {
+            if watcher.out.ended() {
                 watcher.end();
                 return Err(Error::runtime(
                     "--watch: relaunch-watch ended before it was watching (see above)",
@@ -855,10 +787,7 @@ impl BuildRun {
     /// a process it left behind may write on, unseen), then the tail.
     fn finish(mut self) -> Vec<String> {
         self.take();
-        if !self.out.partial.is_empty() {
-            let line = text(&std::mem::take(&mut self.out.partial));
-            self.tail.push_back(line);
-        }
+        self.tail.extend(self.out.rest());
         if let spawn::ExecStatus::Failed(e) = self.exec.check() {
             self.tail.push_back(e.to_string());
         }
