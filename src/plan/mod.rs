@@ -309,6 +309,7 @@ fn listeners(
         let port = spec::parse_port(p, false).map_err(|e| Error::usage(format!("--port: {e}")))?;
         specs.push(ListenSpec {
             unix: Default::default(),
+            nonblock: false,
             name: None,
             addr: Addr::Inet {
                 proto: Proto::Tcp,

@@ -392,7 +392,11 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
         let file = l
             .file
             .map(|f| sockets::file::SocketFile::adopt(f.path, f.identity));
-        listeners.push(Listener::adopt(l.name, i.fd.into(), i.addr).with_file(file));
+        listeners.push(
+            Listener::adopt(l.name, i.fd.into(), i.addr)
+                .with_file(file)
+                .nonblocking(l.nonblock),
+        );
     }
     let control = match saved_control {
         Some(c) => Some(
@@ -871,6 +875,7 @@ impl Driver {
                     let (path, identity) = f.path_identity();
                     handover::OwnedPath { path, identity }
                 }),
+                nonblock: l.is_nonblocking(),
             })
             .collect();
         let notify = self
@@ -1058,6 +1063,7 @@ impl Os for Driver {
             Some(held) => held.iter().map(|s| s.as_fd()).collect(),
             None => self.listeners.iter().map(|l| l.socket.as_fd()).collect(),
         };
+        sockets::hand_nonblocking(&self.listeners, &fds);
         // The thread that will answer this child's binds, started before the fork.
         let leader = Arc::new(std::sync::OnceLock::new());
         let watch = match &self.intercept {
