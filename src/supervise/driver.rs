@@ -128,7 +128,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             file: handover::OwnedPath { path, identity },
         }
     });
-    let (tally, scrapes) = serve_metrics(plan.metrics)?;
+    let (tally, scrapes, metrics) = serve_metrics(plan.metrics)?;
     // Nothing of it exists without --watch.
     let watcher = match &plan.watch {
         Some(w) => Some(Watcher::start(w, plan.build_env()).await?),
@@ -204,7 +204,7 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
         upgrade: None,
         asked: None,
         tally,
-        metrics: plan.metrics,
+        metrics,
         spawns: reaper::Spawns::default(),
         escaped: HashMap::new(),
         build_cmd: plan.watch.as_ref().and_then(|w| w.build.clone()),
@@ -303,16 +303,21 @@ fn keep_in_store<'a>(s: &Systemd, bound: &[&Listener], unstore: impl Iterator<It
     }
 }
 
-/// `--metrics ADDR`: the counters and the scrapes to answer.
-fn serve_metrics(
-    addr: Option<std::net::SocketAddr>,
-) -> Result<(Option<metrics::Tally>, Option<mpsc::Receiver<Incoming>>)> {
+type MetricsServed = (
+    Option<metrics::Tally>,
+    Option<mpsc::Receiver<Incoming>>,
+    Option<std::net::SocketAddr>,
+);
+
+/// `--metrics ADDR`: the counters, the scrapes to answer and the address
+/// bound (for the next image: the port the kernel picked for port 0).
+fn serve_metrics(addr: Option<std::net::SocketAddr>) -> Result<MetricsServed> {
     Ok(match addr {
         Some(addr) => {
-            let (tally, scrapes) = metrics::serve(addr)?;
-            (Some(tally), Some(scrapes))
+            let (tally, scrapes, bound) = metrics::serve(addr)?;
+            (Some(tally), Some(scrapes), Some(bound))
         }
-        None => (None, None),
+        None => (None, None, None),
     })
 }
 
@@ -332,7 +337,7 @@ pub struct Saved {
     #[serde(default)]
     json: bool,
     /// `--metrics`: served again by the next image (its counters start over,
-    /// as a restart's would).
+    /// as a restart's would) at the address bound, so port 0 stays put.
     #[serde(default)]
     metrics: Option<std::net::SocketAddr>,
     ports_file: Option<handover::OwnedPath>,
@@ -412,7 +417,7 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
             file: handover::OwnedPath { path, identity },
         }
     });
-    let (tally, scrapes) = serve_metrics(saved.metrics)?;
+    let (tally, scrapes, metrics) = serve_metrics(saved.metrics)?;
     let (notify_tx, notify_rx) = mpsc::unbounded_channel();
     let (listened_tx, listened_rx) = mpsc::unbounded_channel();
     let intercept = match saved.intercept {
@@ -467,7 +472,7 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
         upgrade: None,
         asked: None,
         tally,
-        metrics: saved.metrics,
+        metrics,
         spawns: reaper::Spawns::default(),
         escaped: HashMap::new(),
         intercept,

@@ -940,3 +940,35 @@ fn metrics_and_json_logs_carry_over_an_upgrade() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("relaunch_build_info"), "{text}");
 }
+
+/// `--metrics HOST:0`: the port the kernel picked at start is the one served
+/// after each upgrade (the new image binds the address bound, not port 0).
+#[test]
+fn metrics_on_port_zero_keep_their_port_across_upgrades() {
+    let s = setup(
+        "upgrade-metrics-0",
+        &pid_server(""),
+        &["--metrics", "127.0.0.1:0"],
+    );
+    let bound = |n: usize| {
+        let line = s.r.log.wait_n("metrics on http://", n, T);
+        let at = line.find("http://").unwrap() + "http://".len();
+        let addr: std::net::SocketAddr = line[at..]
+            .trim()
+            .trim_end_matches("/metrics")
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}: {line}"));
+        addr.port()
+    };
+    let port = bound(1);
+    wait_serving(s.r.listen_addr(3));
+    assert!(scrape(port).starts_with("HTTP/1.1 200"));
+    for n in 1..=2 {
+        let (code, out) = upgrade(&s.ctl);
+        assert_eq!(code, 0, "{out}");
+        s.r.log.wait_n("upgraded from", n, T);
+        assert_eq!(bound(n + 1), port, "{}", s.r.log.text());
+        let text = scrape(port);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+}
