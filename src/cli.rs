@@ -76,7 +76,7 @@ pub struct RunArgs {
     #[arg(short, long, value_name = "PORT")]
     pub port: Option<String>,
 
-    /// Listen on SPEC, named NAME: PORT, HOST:PORT, [V6]:PORT, tcp:..., udp:HOST:PORT, unix:PATH, unix:@NAME
+    /// Listen on SPEC, named NAME: PORT, HOST:PORT, [V6]:PORT, tcp:..., udp:HOST:PORT, unix:PATH, unix:@NAME; `,nonblock` hands it to the child non-blocking
     #[arg(short, long = "listen", value_name = "[NAME=]SPEC")]
     pub listen: Vec<String>,
 

@@ -15,8 +15,8 @@
 //! a slow or hostile client never holds the event loop.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::prometheus_text;
@@ -105,6 +105,9 @@ struct Gauges {
     waiting: Family<ListenerLabel, Gauge>,
     backlog: Family<ListenerLabel, Gauge>,
     uptime: Gauge<f64, AtomicU64>,
+    /// The listeners' labels at the last scrape: a listener that moved
+    /// (interception rebinds --port) has its old series removed.
+    labelled: Mutex<Vec<ListenerLabel>>,
 }
 
 impl Gauges {
@@ -117,8 +120,19 @@ impl Gauges {
                 .get_or_create(&[("state", state)])
                 .set(n as i64);
         }
-        for l in &s.listeners {
-            let label = [("listener", l.name.clone()), ("address", l.address.clone())];
+        let labels: Vec<ListenerLabel> = s
+            .listeners
+            .iter()
+            .map(|l| [("listener", l.name.clone()), ("address", l.address.clone())])
+            .collect();
+        if let Ok(mut before) = self.labelled.lock() {
+            for gone in before.iter().filter(|b| !labels.contains(b)) {
+                self.waiting.remove(gone);
+                self.backlog.remove(gone);
+            }
+            before.clone_from(&labels);
+        }
+        for (l, label) in s.listeners.iter().zip(labels) {
             // No accept queue (UDP), or it could not be read this time: no
             // series rather than a 0 or a stale value.
             for (family, value) in [(&self.waiting, l.waiting), (&self.backlog, l.backlog)] {
@@ -179,6 +193,7 @@ fn registry() -> (Registry, Tally, Gauges) {
         waiting: Family::default(),
         backlog: Family::default(),
         uptime: Gauge::default(),
+        labelled: Mutex::new(Vec::new()),
     };
     r.register(
         "restarts",
@@ -233,9 +248,30 @@ fn registry() -> (Registry, Tally, Gauges) {
     (r, tally, gauges)
 }
 
+/// Who can read the metrics served at `addr`, when that is more than this
+/// host: said once at start. None for a loopback address.
+pub fn exposure(addr: SocketAddr) -> Option<String> {
+    let ip = addr.ip().to_canonical();
+    if ip.is_loopback() {
+        return None;
+    }
+    let who = if ip.is_unspecified() {
+        "on every interface: anyone who can reach this host".to_string()
+    } else {
+        format!("on {ip}: anyone who can reach that address")
+    };
+    Some(format!(
+        "--metrics {addr} serves {who} on that port can read the metrics, without \
+         authentication (listener names and addresses, the children's states, restarts, \
+         reloads, relaunch's version); give 127.0.0.1:PORT or [::1]:PORT to keep them on \
+         this host, or firewall the port"
+    ))
+}
+
 /// Binds ADDR and serves scrapes from a task; each scrape comes to the
-/// supervisor as a status request on the returned channel.
-pub fn serve(addr: SocketAddr) -> Result<(Tally, mpsc::Receiver<Incoming>)> {
+/// supervisor as a status request on the returned channel. The address
+/// bound is returned too: for port 0, the next image binds that one.
+pub fn serve(addr: SocketAddr) -> Result<(Tally, mpsc::Receiver<Incoming>, SocketAddr)> {
     // SO_REUSEADDR: the scrapes relaunch closed first sit in TIME_WAIT on
     // this port, and must not stop the next image (or the next start) from
     // binding it.
@@ -259,7 +295,7 @@ pub fn serve(addr: SocketAddr) -> Result<(Tally, mpsc::Receiver<Incoming>)> {
     let shared = Arc::new(Shared { registry, gauges });
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::spawn(accept_loop(listener, shared, tx));
-    Ok((tally, rx))
+    Ok((tally, rx, bound))
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tx: mpsc::Sender<Incoming>) {
@@ -553,5 +589,46 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("relaunch_generation 0"), "{text}");
+    }
+
+    /// A listener that moved (interception rebinds --port where the app
+    /// asks) is one series at its new address: the old one goes.
+    #[test]
+    fn only_a_loopback_address_is_private() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(exposure(a("127.0.0.1:9464")), None);
+        assert_eq!(exposure(a("[::1]:9464")), None);
+        assert_eq!(exposure(a("[::ffff:127.0.0.2]:9464")), None);
+        let every = exposure(a("0.0.0.0:9464")).unwrap();
+        assert!(every.contains("every interface"), "{every}");
+        assert!(exposure(a("[::]:0")).unwrap().contains("every interface"));
+        let one = exposure(a("10.1.2.3:9464")).unwrap();
+        assert!(one.contains("on 10.1.2.3: anyone"), "{one}");
+    }
+
+    #[test]
+    fn a_moved_listener_leaves_no_series_at_its_old_address() {
+        let (registry, _tally, gauges) = registry();
+        let at = |address: &str| Status {
+            listeners: vec![ListenerInfo {
+                name: "http".into(),
+                address: address.into(),
+                fd: 3,
+                waiting: Some(0),
+                backlog: Some(4096),
+            }],
+            ..Status::default()
+        };
+        gauges.set(&at("[::]:5000"));
+        gauges.set(&at("127.0.0.1:5001"));
+        let mut text = String::new();
+        prometheus_text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(
+                "relaunch_listener_backlog{listener=\"http\",address=\"127.0.0.1:5001\"} 4096"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("5000"), "{text}");
     }
 }

@@ -758,7 +758,6 @@ const SKNLGRP_INET6_TCP_DESTROY: libc::c_int = 3;
 /// until [`TcpCloses::any`] reads them.
 pub struct TcpCloses {
     fd: OwnedFd,
-    ports: Vec<u16>,
 }
 
 impl TcpCloses {
@@ -810,10 +809,7 @@ impl TcpCloses {
         if bound < 0 {
             return Err(io::Error::last_os_error());
         }
-        let closes = TcpCloses {
-            fd,
-            ports: ports.to_vec(),
-        };
+        let closes = TcpCloses { fd };
         closes.listen(true)?;
         Ok(closes)
     }
@@ -845,10 +841,11 @@ impl TcpCloses {
         Ok(())
     }
 
-    /// Whether a socket on one of the ports closed since the last call.
+    /// Whether a socket whose local address is `ours` closed since the last
+    /// call (the kernel filters by port only: another address may share it).
     /// Notices lost to a full buffer (ENOBUFS) count as such a close.
     /// Never blocks.
-    pub fn any(&self) -> io::Result<bool> {
+    pub fn any(&self, ours: impl Fn(SocketAddr) -> bool) -> io::Result<bool> {
         let mut buf = vec![0u8; 16 * 1024];
         let mut any = false;
         loop {
@@ -873,7 +870,7 @@ impl TcpCloses {
             }
             let mut closed = Vec::new();
             parse_diag(&buf[..n as usize], &mut closed);
-            any |= closed.iter().any(|e| self.ports.contains(&e.local.port()));
+            any |= closed.iter().any(|e| ours(e.local));
         }
     }
 }
@@ -894,7 +891,7 @@ fn port_filter(ports: &[u16]) -> Vec<libc::sock_filter> {
     prog.push(op(RET_K, 0, 0, 0));
     prog.push(op(RET_K, 0, 0, u32::MAX));
     if ports.len() > n {
-        // Too many ports for one-byte jumps: keep everything, check in `any`.
+        // Too many ports for one-byte jumps: keep everything, `any` checks.
         return vec![op(RET_K, 0, 0, u32::MAX)];
     }
     prog
@@ -1284,7 +1281,7 @@ mod tests {
         let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = ours.local_addr().unwrap().port();
         let closes = TcpCloses::subscribe(&[port]).expect("sock_diag destroy groups");
-        assert!(!closes.any().unwrap());
+        assert!(!closes.any(|a| a.port() == port).unwrap());
         let open_close = |l: &std::net::TcpListener| {
             let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
             let (a, _) = l.accept().unwrap();
@@ -1294,26 +1291,26 @@ mod tests {
         // Notices are sent from a kernel work queue: give it a moment.
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(
-            !closes.any().unwrap(),
+            !closes.any(|a| a.port() == port).unwrap(),
             "another port's close is filtered out"
         );
         open_close(&ours);
         let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !closes.any().unwrap() {
+        while !closes.any(|a| a.port() == port).unwrap() {
             assert!(std::time::Instant::now() < end, "no notice of our close");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
         // Both ends closed; the client's end has another local port.
-        assert!(!closes.any().unwrap(), "read once");
+        assert!(!closes.any(|a| a.port() == port).unwrap(), "read once");
         closes.listen(false).unwrap();
         open_close(&ours);
         std::thread::sleep(std::time::Duration::from_millis(100));
-        assert!(!closes.any().unwrap(), "not listening");
+        assert!(!closes.any(|a| a.port() == port).unwrap(), "not listening");
         closes.listen(true).unwrap();
         open_close(&ours);
         let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !closes.any().unwrap() {
+        while !closes.any(|a| a.port() == port).unwrap() {
             assert!(std::time::Instant::now() < end, "listening again");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }

@@ -11,7 +11,9 @@
 //! inotify through `notify`, with one non-recursive watch per directory that
 //! is not ignored: a recursive watch would also watch `target/` or
 //! `node_modules/`, thousands of directories that a build churns through. A
-//! directory created later is walked and watched when it appears.
+//! directory created later is walked and watched when it appears. A watched
+//! directory that is removed or replaced (`rm -rf dist && mkdir dist`) is
+//! watched again when a directory of its name is back ([`Remade`]).
 //!
 //! Beneath each watched directory, a path is skipped when the first of these
 //! that has an opinion says so:
@@ -305,7 +307,11 @@ fn watch(paths: &[PathBuf], ignore: &[String], out: &mut impl Write) -> Result<(
     let mut watcher = notify::recommended_watcher(raw_tx)
         .map_err(|e| format!("--watch: cannot start watching files: {e}"))?;
     let mut dirs = 0;
+    let mut remade = Remade::default();
     for (root, is_dir) in &roots {
+        if *is_dir {
+            remade.roots.push(root.clone());
+        }
         let found = if *is_dir {
             let (found, warnings) = filter.walk(root);
             for w in warnings {
@@ -352,6 +358,24 @@ fn watch(paths: &[PathBuf], ignore: &[String], out: &mut impl Write) -> Result<(
             EventKind::Create(CreateKind::Folder)
                 | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
         );
+        let left = matches!(
+            event.kind,
+            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From))
+        );
+        if left {
+            for p in &event.paths {
+                remade.left(p, &mut watcher);
+            }
+        }
+        if (left || created_dir) && event.paths.iter().any(|p| remade.on_the_way(p)) {
+            // Before the change is said: the reload it brings sees a watched tree.
+            for back in remade.approach(&mut watcher, out) {
+                watch_tree(&mut watcher, &mut filter, &back, out);
+                if !say(out, "changed", &filter.shown(&back)) {
+                    return Ok(());
+                }
+            }
+        }
         let is_dir = match event.kind {
             EventKind::Access(_) => continue,
             EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder) => true,
@@ -373,15 +397,7 @@ fn watch(paths: &[PathBuf], ignore: &[String], out: &mut impl Write) -> Result<(
                 continue;
             }
             if created_dir && is_dir {
-                let (found, warnings) = filter.walk(&path);
-                for w in warnings {
-                    say(out, "warn", &w);
-                }
-                for d in found {
-                    if let Err(e) = add_watch(&mut watcher, &d) {
-                        say(out, "warn", &format!("--watch {}: {e}", d.display()));
-                    }
-                }
+                watch_tree(&mut watcher, &mut filter, &path, out);
             }
             if !say(out, "changed", &filter.shown(&path)) {
                 return Ok(());
@@ -389,6 +405,107 @@ fn watch(paths: &[PathBuf], ignore: &[String], out: &mut impl Write) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Walks `dir` (a directory made or made again) and watches what the walk
+/// finds; what fails is said as a warning.
+fn watch_tree(
+    watcher: &mut notify::RecommendedWatcher,
+    filter: &mut Filter,
+    dir: &Path,
+    out: &mut impl Write,
+) {
+    let (found, warnings) = filter.walk(dir);
+    for w in warnings {
+        say(out, "warn", &w);
+    }
+    for d in found {
+        if let Err(e) = add_watch(watcher, &d) {
+            say(out, "warn", &format!("--watch {}: {e}", d.display()));
+        }
+    }
+}
+
+/// Directory roots removed or replaced: inotify watches a directory, not
+/// its name, so a new directory of the same name is watched by nobody. A
+/// gone root is watched through its nearest existing ancestor until it is
+/// back, then walked and watched again. (Not by inode: a directory made
+/// right after one was removed may get its inode number.)
+#[derive(Default)]
+struct Remade {
+    /// The directory roots.
+    roots: Vec<PathBuf>,
+    /// Roots not there (or not watched) now.
+    gone: Vec<PathBuf>,
+}
+
+impl Remade {
+    /// `path` was removed or renamed: when it is a root, it is unwatched
+    /// (renamed away, its watch would follow it) and counted gone.
+    fn left(&mut self, path: &Path, watcher: &mut notify::RecommendedWatcher) {
+        if !self.roots.iter().any(|r| r == path) {
+            return;
+        }
+        let _ = watcher.unwatch(path);
+        if !self.gone.iter().any(|g| g == path) {
+            self.gone.push(path.to_path_buf());
+        }
+    }
+
+    /// Whether a change at `path` may bring a gone root back (or take away
+    /// the ancestor watched for it).
+    fn on_the_way(&self, path: &Path) -> bool {
+        self.gone.iter().any(|g| g.starts_with(path))
+    }
+
+    /// Watches the nearest existing directory on the way to each gone root;
+    /// returns the roots that are back (to walk and watch).
+    fn approach(
+        &mut self,
+        watcher: &mut notify::RecommendedWatcher,
+        out: &mut impl Write,
+    ) -> Vec<PathBuf> {
+        let mut back = Vec::new();
+        for root in std::mem::take(&mut self.gone) {
+            match nearest(watcher, &root) {
+                Ok(true) => back.push(root),
+                Ok(false) => self.gone.push(root),
+                Err(e) => {
+                    say(
+                        out,
+                        "warn",
+                        &format!(
+                            "--watch {}: removed, and cannot be watched for its return ({e}); \
+                             tried again at the next change on its way",
+                            root.display()
+                        ),
+                    );
+                    self.gone.push(root);
+                }
+            }
+        }
+        back
+    }
+}
+
+/// Watches the nearest existing ancestor of `root`, going down as long as
+/// the next directory appears meanwhile (made before the watch was on);
+/// true once `root` itself is there.
+fn nearest(watcher: &mut notify::RecommendedWatcher, root: &Path) -> Result<bool> {
+    let mut watched: Option<PathBuf> = None;
+    loop {
+        let Some(near) = root.ancestors().find(|a| a.is_dir()) else {
+            return Ok(false);
+        };
+        if near == root {
+            return Ok(true);
+        }
+        if watched.as_deref() == Some(near) {
+            return Ok(false);
+        }
+        add_watch(watcher, near)?;
+        watched = Some(near.to_path_buf());
+    }
 }
 
 fn add_watch(watcher: &mut notify::RecommendedWatcher, dir: &Path) -> Result<()> {

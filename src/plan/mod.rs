@@ -225,6 +225,8 @@ pub fn make(
         set(&mut child_env, "USER", user.name.clone().into());
         set(&mut child_env, "LOGNAME", user.name.clone().into());
     }
+    let metrics = args.metrics.as_deref().map(metrics_addr).transpose()?;
+    warnings.extend(metrics.and_then(crate::metrics::exposure));
     Ok(Plan {
         listeners,
         program: program.clone(),
@@ -253,7 +255,7 @@ pub fn make(
         ports_file: args.ports_file.clone(),
         control: args.control.clone(),
         unstore,
-        metrics: args.metrics.as_deref().map(metrics_addr).transpose()?,
+        metrics,
         watch: watch(args)?,
         notes,
         warnings,
@@ -309,6 +311,7 @@ fn listeners(
         let port = spec::parse_port(p, false).map_err(|e| Error::usage(format!("--port: {e}")))?;
         specs.push(ListenSpec {
             unix: Default::default(),
+            nonblock: false,
             name: None,
             addr: Addr::Inet {
                 proto: Proto::Tcp,
@@ -544,6 +547,13 @@ mod tests {
     fn metrics_address() {
         let p = plan(&["-p", "80", "--metrics", "127.0.0.1:9464", "--", "x"], &[]).unwrap();
         assert_eq!(p.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let p = plan(&["-p", "80", "--metrics", "0.0.0.0:9464", "--", "x"], &[]).unwrap();
+        assert!(
+            p.warnings.iter().any(|w| w.contains("every interface")),
+            "{:?}",
+            p.warnings
+        );
         assert_eq!(plan(&["-p", "80", "--", "x"], &[]).unwrap().metrics, None);
         for bad in ["9464", "localhost:9464", "127.0.0.1", ""] {
             let e = plan(&["-p", "80", "--metrics", bad, "--", "x"], &[]).unwrap_err();

@@ -29,6 +29,9 @@
 //!   `unix:/run/app.sock,mode=0660,owner=www-data,group=www-data`. The file
 //!   gets `mode` (octal; default 0666, as systemd's `SocketMode=`), and is
 //!   chowned to `owner`/`group` (names or numbers) before it accepts.
+//! - Any listener may end in `,nonblock` (systemd's `NonBlocking=`): it is
+//!   handed to each child in non-blocking mode (`127.0.0.1:8080,nonblock`).
+//!   A Unix path that itself ends in `,nonblock` needs another spelling.
 //!
 //! Errors are plain strings that say what is wrong with which part, e.g.
 //! `invalid listen spec "1.2.3.4.5:80": "1.2.3.4.5" is not an IP address or host name`.
@@ -68,6 +71,8 @@ pub enum Addr {
 pub struct ListenSpec {
     /// `,mode=`, `,owner=`, `,group=` after a Unix socket path.
     pub unix: UnixOptions,
+    /// `,nonblock`: handed to the children with O_NONBLOCK set.
+    pub nonblock: bool,
     pub name: Option<String>,
     pub addr: Addr,
 }
@@ -102,7 +107,7 @@ pub fn parse(s: &str) -> Result<ListenSpec, String> {
             return Err(bad(format!("missing address after \"{name}=\" ({FORMS})")));
         }
     }
-    let (spec, unix) = split_unix_options(spec).map_err(bad)?;
+    let (spec, unix, nonblock) = split_options(spec).map_err(bad)?;
     let addr = parse_addr(spec).map_err(|why| {
         // `a:b=80` reads as an address; say so, since the user meant a name.
         match s.split_once('=') {
@@ -125,6 +130,7 @@ pub fn parse(s: &str) -> Result<ListenSpec, String> {
         name: name.map(str::to_string),
         addr,
         unix,
+        nonblock,
     })
 }
 
@@ -136,12 +142,18 @@ pub struct UnixOptions {
     pub group: Option<String>,
 }
 
-/// Takes trailing `,mode=…`, `,owner=…`, `,group=…` off a spec; anything
-/// else after a comma stays part of the path.
-fn split_unix_options(spec: &str) -> Result<(&str, UnixOptions), String> {
+/// Takes trailing `,nonblock`, `,mode=…`, `,owner=…`, `,group=…` off a
+/// spec; anything else after a comma stays part of the path.
+fn split_options(spec: &str) -> Result<(&str, UnixOptions, bool), String> {
     let mut opts = UnixOptions::default();
+    let mut nonblock = false;
     let mut rest = spec;
     while let Some((head, tail)) = rest.rsplit_once(',') {
+        if tail == "nonblock" {
+            nonblock = true;
+            rest = head;
+            continue;
+        }
         let Some((key, value)) = tail.split_once('=') else {
             break;
         };
@@ -167,7 +179,7 @@ fn split_unix_options(spec: &str) -> Result<(&str, UnixOptions), String> {
         slot.get_or_insert(value.to_string());
         rest = head;
     }
-    Ok((rest, opts))
+    Ok((rest, opts, nonblock))
 }
 
 /// Parse a port number; `allow_zero` lets the kernel pick one.
@@ -511,6 +523,7 @@ mod tests {
             "invalid listen spec \"unix:/x,owner=\": owner= needs a user or group name, or a number"
         );
         assert!(parse("127.0.0.1:80,mode=0600").is_err());
+        assert!(!s.nonblock);
         assert!(
             parse("unix:@abs,mode=0600")
                 .unwrap_err()
@@ -823,9 +836,31 @@ mod tests {
                 name: Some(name),
                 addr,
                 unix: UnixOptions::default(),
+                nonblock: false,
             };
             prop_assert_eq!(parse(&text), Ok(want), "{}", text);
         }
+    }
+
+    #[test]
+    fn nonblock_on_any_listener() {
+        let s = parse("web=127.0.0.1:80,nonblock").unwrap();
+        assert_eq!((s.name.as_deref(), s.nonblock), (Some("web"), true));
+        assert_eq!(s.addr, tcp(Host::Ip(Ipv4Addr::LOCALHOST.into()), 80));
+        assert!(parse("udp:[::1]:53,nonblock").unwrap().nonblock);
+        assert!(parse("unix:@abs,nonblock").unwrap().nonblock);
+        let s = parse("unix:/run/a.sock,nonblock,mode=0600").unwrap();
+        assert_eq!(s.addr, Addr::Unix(PathBuf::from("/run/a.sock")));
+        assert_eq!((s.nonblock, s.unix.mode), (true, Some(0o600)));
+        let s = parse("unix:/run/a.sock,mode=0600,nonblock").unwrap();
+        assert_eq!((s.nonblock, s.unix.mode), (true, Some(0o600)));
+        assert!(!parse("8080").unwrap().nonblock);
+        // Only the exact word: anything else stays what it was.
+        assert!(parse("8080,nonblocking").is_err());
+        assert_eq!(
+            parse("unix:/run/a,nonblocking").unwrap().addr,
+            Addr::Unix(PathBuf::from("/run/a,nonblocking"))
+        );
     }
 
     #[test]

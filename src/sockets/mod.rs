@@ -2,7 +2,8 @@
 //!
 //! Every socket is created close-on-exec and blocking (systemd's default, so
 //! every generation of an app sees the same mode; apps that want non-blocking
-//! set it themselves). TCP and UDP get SO_REUSEADDR (so a port in TIME_WAIT
+//! set it themselves, or ask for `,nonblock`: see [`hand_nonblocking`]).
+//! TCP and UDP get SO_REUSEADDR (so a port in TIME_WAIT
 //! binds) and never SO_REUSEPORT (which would let another process share the
 //! port). Stream sockets listen with `--backlog`, SOMAXCONN by default.
 //!
@@ -36,6 +37,8 @@ pub struct Listener {
     pub addr: Option<Addr>,
     /// The Unix socket file we created, removed on drop if still ours.
     _file: Option<file::SocketFile>,
+    /// `,nonblock`: handed with O_NONBLOCK set ([`hand_nonblocking`]).
+    nonblock: bool,
 }
 
 impl Listener {
@@ -45,6 +48,7 @@ impl Listener {
             socket,
             addr,
             _file: None,
+            nonblock: false,
         }
     }
 
@@ -59,6 +63,15 @@ impl Listener {
         self
     }
 
+    pub fn nonblocking(mut self, on: bool) -> Self {
+        self.nonblock = on;
+        self
+    }
+
+    pub fn is_nonblocking(&self) -> bool {
+        self.nonblock
+    }
+
     /// The address in spec form (`127.0.0.1:8000`, `unix:/run/x.sock`).
     pub fn address(&self) -> String {
         placeholders::shown(self.addr.as_ref())
@@ -70,6 +83,37 @@ impl Listener {
             name: &self.name,
             fd,
             addr: self.addr.clone(),
+        }
+    }
+}
+
+/// Sets O_NONBLOCK on the sockets of `,nonblock` listeners (`fds`, in the
+/// listeners' order: what the child is handed), before each child. The
+/// flag belongs to the socket's open file description, which relaunch and
+/// every generation share: a child that clears it (`setblocking(True)`)
+/// clears it for all, so it is set again for the next child (a generation
+/// still running that cleared it sees it set again too). Listeners without
+/// `,nonblock` are left as they are.
+pub fn hand_nonblocking(listeners: &[Listener], fds: &[std::os::fd::BorrowedFd<'_>]) {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    for (l, fd) in listeners.iter().zip(fds) {
+        if !l.nonblock {
+            continue;
+        }
+        let set = fcntl(fd, FcntlArg::F_GETFL).and_then(|flags| {
+            let flags = OFlag::from_bits_retain(flags);
+            if flags.contains(OFlag::O_NONBLOCK) {
+                return Ok(0);
+            }
+            fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))
+        });
+        if let Err(e) = set {
+            warn!(
+                "{} ({}): cannot set non-blocking mode ({e}); the child gets it blocking, \
+                 and an event loop that assumes ,nonblock may hang on it",
+                l.name,
+                l.address()
+            );
         }
     }
 }
@@ -98,15 +142,30 @@ pub fn open(plan: &[Planned], inherited: Vec<Inherited>, backlog: i32) -> Result
         if !matches!(p.source, Source::Inherited(_)) {
             bound_here.push(out.len());
         }
-        out.push(match &p.source {
+        let nonblock = match &p.source {
+            Source::Bind { spec, .. } | Source::Stored { spec, .. } => spec.nonblock,
+            // systemd's own NonBlocking= decides.
+            Source::Inherited(_) => false,
+        };
+        let listener = match &p.source {
             Source::Inherited(i) => {
-                let i = inherited.get_mut(*i).and_then(Option::take).ok_or_else(|| {
-                    Error::runtime(format!("{}: the plan names an inherited socket that is not there", p.name))
+                let i = inherited
+                    .get_mut(*i)
+                    .and_then(Option::take)
+                    .ok_or_else(|| {
+                        Error::runtime(format!(
+                            "{}: the plan names an inherited socket that is not there",
+                            p.name
+                        ))
                         .hint("this is a bug in relaunch; please report it")
-                })?;
+                    })?;
                 let l = Listener::adopt(p.name.clone(), Socket::from(i.fd), i.addr);
                 if i.kind == SockKind::Other {
-                    warn!("inherited socket {} ({}) is of a kind relaunch does not know; passing it on as is", l.name, l.address());
+                    warn!(
+                        "inherited socket {} ({}) is of a kind relaunch does not know; passing it on as is",
+                        l.name,
+                        l.address()
+                    );
                 }
                 l
             }
@@ -118,12 +177,18 @@ pub fn open(plan: &[Planned], inherited: Vec<Inherited>, backlog: i32) -> Result
             } => {
                 let kept = inherited.get_mut(*index).and_then(Option::take);
                 match kept {
-                    Some(i) if i.addr.as_ref().is_some_and(|a| spec::same_place(&spec.addr, a)) => {
+                    Some(i)
+                        if i.addr
+                            .as_ref()
+                            .is_some_and(|a| spec::same_place(&spec.addr, a)) =>
+                    {
                         bound_here.pop();
                         Listener::adopt(p.name.clone(), Socket::from(i.fd), i.addr)
                     }
                     other => {
-                        let had = other.and_then(|i| i.addr).map(|a| placeholders::shown(Some(&a)));
+                        let had = other
+                            .and_then(|i| i.addr)
+                            .map(|a| placeholders::shown(Some(&a)));
                         info!(
                             "{}: the socket kept in systemd's fd store is {}, not {}; binding afresh",
                             p.name,
@@ -135,7 +200,8 @@ pub fn open(plan: &[Planned], inherited: Vec<Inherited>, backlog: i32) -> Result
                     }
                 }
             }
-        });
+        };
+        out.push(listener.nonblocking(nonblock));
     }
     Ok(Opened {
         listeners: out,
@@ -358,6 +424,7 @@ fn bind_unix_path(name: String, path: &Path, opts: &UnixOptions, backlog: i32) -
         socket,
         addr: Some(Addr::Unix(path.to_path_buf())),
         _file: Some(file),
+        nonblock: false,
     })
 }
 

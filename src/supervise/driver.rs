@@ -49,6 +49,7 @@ use crate::plan::{self, Snapshot};
 use crate::ready::notify::{Message, NotifySocket, Systemd};
 use crate::ready::scan;
 use crate::sockets::{self, Listener};
+use crate::supervise::lines::PipeLines;
 use crate::supervise::sources::{Every, Listeners, Signals, Task, Wants, recv, sleep_until};
 use crate::supervise::supervisor::{
     Config, Effect, Event, Notice, Spawner, Supervisor, Tell, WatchConfig,
@@ -62,8 +63,6 @@ const SCAN_EVERY: Duration = Duration::from_millis(15);
 const GROUP_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// Lines of a build's output kept for the message when it fails.
 const BUILD_TAIL: usize = 20;
-/// A longer line is cut there (in the tail and the live output).
-const BUILD_LINE: usize = 1000;
 
 /// Where a runtime starts from: a command line, or the state an earlier
 /// image of relaunch handed over at an upgrade. Both give the same
@@ -91,7 +90,7 @@ struct Launch {
     #[serde(default)]
     json: bool,
     /// `--metrics`: served again by the next image (its counters start over,
-    /// as a restart's would).
+    /// as a restart's would) at the address bound, so port 0 stays put.
     #[serde(default)]
     metrics: Option<std::net::SocketAddr>,
 }
@@ -302,7 +301,7 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
         Some(path) => Some(control::Server::bind(path)?),
         None => None,
     };
-    let (tally, scrapes) = serve_metrics(plan.metrics)?;
+    let (tally, scrapes, metrics) = serve_metrics(plan.metrics)?;
     // Nothing of it exists without --watch.
     let watcher = match &plan.watch {
         Some(w) => Some(Watcher::start(w, plan.build_env()).await?),
@@ -330,7 +329,7 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
             notify_socket,
             quiet: args.quiet,
             json: crate::logging::json(),
-            metrics: plan.metrics,
+            metrics,
         },
         listeners,
         intercept,
@@ -391,16 +390,21 @@ fn keep_in_store<'a>(s: &Systemd, bound: &[&Listener], unstore: impl Iterator<It
     }
 }
 
-/// `--metrics ADDR`: the counters and the scrapes to answer.
-fn serve_metrics(
-    addr: Option<std::net::SocketAddr>,
-) -> Result<(Option<metrics::Tally>, Option<mpsc::Receiver<Incoming>>)> {
+type MetricsServed = (
+    Option<metrics::Tally>,
+    Option<mpsc::Receiver<Incoming>>,
+    Option<std::net::SocketAddr>,
+);
+
+/// `--metrics ADDR`: the counters, the scrapes to answer and the address
+/// bound (for the next image: the port the kernel picked for port 0).
+fn serve_metrics(addr: Option<std::net::SocketAddr>) -> Result<MetricsServed> {
     Ok(match addr {
         Some(addr) => {
-            let (tally, scrapes) = metrics::serve(addr)?;
-            (Some(tally), Some(scrapes))
+            let (tally, scrapes, bound) = metrics::serve(addr)?;
+            (Some(tally), Some(scrapes), Some(bound))
         }
-        None => (None, None),
+        None => (None, None, None),
     })
 }
 
@@ -535,11 +539,14 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
         ),
         None => None,
     };
-    let (tally, scrapes) = serve_metrics(saved.launch.metrics)?;
+    let (tally, scrapes, metrics) = serve_metrics(saved.launch.metrics)?;
     let intercept = adopt_intercept(&listeners, saved.intercept, carried, listened);
     Ok(Resources {
         systemd: Systemd::from_env(saved.launch.notify_socket.as_deref()),
-        launch: saved.launch,
+        launch: Launch {
+            metrics,
+            ..saved.launch
+        },
         listeners,
         intercept,
         control,
@@ -578,7 +585,11 @@ fn adopt_listeners(saved: Vec<handover::ListenerFd>) -> Result<Vec<Listener>> {
         let file = l
             .file
             .map(|f| sockets::file::SocketFile::adopt(f.path, f.identity));
-        listeners.push(Listener::adopt(l.name, i.fd.into(), i.addr).with_file(file));
+        listeners.push(
+            Listener::adopt(l.name, i.fd.into(), i.addr)
+                .with_file(file)
+                .nonblocking(l.nonblock),
+        );
     }
     Ok(listeners)
 }
@@ -759,73 +770,6 @@ struct Driver {
     watcher: Option<Watcher>,
 }
 
-/// The lines a child writes to a pipe, read without blocking.
-struct PipeLines {
-    /// Read end, non-blocking; None after EOF.
-    fd: Option<AsyncFd<OwnedFd>>,
-    /// A line not finished yet.
-    partial: Vec<u8>,
-}
-
-impl PipeLines {
-    fn new(read: OwnedFd) -> std::io::Result<PipeLines> {
-        // Only our end: a child writing to a non-blocking pipe would see EAGAIN.
-        nix::fcntl::fcntl(
-            &read,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )?;
-        // SAFETY: the OwnedFd is moved in and never swapped, so the fd stays
-        // open and the same for the AsyncFd's whole life.
-        let fd = unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
-            .map_err(std::io::Error::from)?;
-        Ok(PipeLines {
-            fd: Some(fd),
-            partial: Vec::new(),
-        })
-    }
-
-    /// Waits until there is something to read (pending forever after EOF).
-    async fn readable(&self) {
-        match &self.fd {
-            Some(fd) => {
-                if let Ok(mut guard) = fd.readable().await {
-                    guard.clear_ready();
-                }
-            }
-            None => std::future::pending().await,
-        }
-    }
-
-    /// The complete lines there are now; after EOF, the unfinished one too.
-    fn lines(&mut self) -> Vec<String> {
-        let mut buf = [0u8; 8192];
-        while let Some(fd) = &self.fd {
-            match nix::unistd::read(fd.get_ref(), &mut buf) {
-                Ok(0) => self.fd = None,
-                Ok(n) => self.partial.extend_from_slice(&buf[..n]),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::EAGAIN) => break,
-                Err(_) => self.fd = None,
-            }
-        }
-        let mut lines = Vec::new();
-        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            lines.push(text(&line[..line.len() - 1]));
-        }
-        if self.partial.len() > BUILD_LINE || (self.fd.is_none() && !self.partial.is_empty()) {
-            lines.push(text(&std::mem::take(&mut self.partial)));
-        }
-        lines
-    }
-}
-
-/// A line for the log: at most BUILD_LINE bytes, lossy UTF-8, no CR.
-fn text(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(BUILD_LINE)]);
-    text.trim_end_matches('\r').to_string()
-}
-
 /// `relaunch-watch`: its pid and its report lines.
 struct Watcher {
     pid: i32,
@@ -878,7 +822,7 @@ impl Watcher {
                 .map_err(|e| Error::runtime(format!("--watch: cannot read the watcher: {e}")))?,
         };
         loop {
-            if watcher.out.fd.is_none() {
+            if watcher.out.ended() {
                 watcher.end();
                 return Err(Error::runtime(
                     "--watch: relaunch-watch ended before it was watching (see above)",
@@ -978,10 +922,7 @@ impl BuildRun {
     /// a process it left behind may write on, unseen), then the tail.
     fn finish(mut self) -> Vec<String> {
         self.take();
-        if !self.out.partial.is_empty() {
-            let line = text(&std::mem::take(&mut self.out.partial));
-            self.tail.push_back(line);
-        }
+        self.tail.extend(self.out.rest());
         if let spawn::ExecStatus::Failed(e) = self.exec.check() {
             self.tail.push_back(e.to_string());
         }
@@ -1065,6 +1006,7 @@ impl Driver {
                     let (path, identity) = f.path_identity();
                     handover::OwnedPath { path, identity }
                 }),
+                nonblock: l.is_nonblocking(),
             })
             .collect();
         let notify = self
@@ -1236,6 +1178,7 @@ impl Spawner for Driver {
             Some(held) => held.iter().map(|s| s.as_fd()).collect(),
             None => self.listeners.iter().map(|l| l.socket.as_fd()).collect(),
         };
+        sockets::hand_nonblocking(&self.listeners, &fds);
         // The thread that will answer this child's binds, started before the fork.
         let leader = Arc::new(std::sync::OnceLock::new());
         let watch = match &self.intercept {

@@ -129,6 +129,9 @@ pub struct ListenerFd {
     pub fd: RawFd,
     /// The Unix socket file relaunch created for it.
     pub file: Option<OwnedPath>,
+    /// `,nonblock` (absent in a state from an image without it).
+    #[serde(default)]
+    pub nonblock: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -467,6 +470,7 @@ mod tests {
                 name: "http".into(),
                 fd: 3,
                 file: None,
+                nonblock: false,
             }],
             control: Some(FileFd {
                 fd: 4,

@@ -6,8 +6,9 @@
 //! - open: TCP connections whose local address is a listener's, from
 //!   sock_diag (`proc::tcp_sockets`); Unix stream connections, accepted or
 //!   queued, which carry the listener's path in `/proc/net/unix`;
-//! - came and went: the kernel's notices of closed TCP sockets on the
-//!   listeners' ports (`proc::TcpCloses`), queued without waking anyone, so
+//! - came and went: the kernel's notices of closed TCP sockets whose local
+//!   address is a listener's (`proc::TcpCloses`; the same port on another
+//!   address is someone else's traffic), queued without waking anyone, so
 //!   a connection shorter than the interval between two measures counts too.
 //!
 //! Not seen: a Unix connection that opens and closes between two measures,
@@ -173,7 +174,7 @@ impl Gauge {
     fn read(&self) -> io::Result<Measure> {
         // Read every time, so each measure covers only the time since the last.
         let churned = match &self.closes {
-            Some(c) => c.any()?,
+            Some(c) => c.any(|local| self.tcp().any(|l| serves(l, local)))?,
             None => false,
         };
         let open = self.open()?;
@@ -185,20 +186,9 @@ impl Gauge {
         if self.waiting()? {
             return Ok(true);
         }
-        let tcp: Vec<SocketAddr> = self
-            .listeners
-            .iter()
-            .filter_map(|w| match w.open {
-                Open::Tcp(a) => Some(a),
-                _ => None,
-            })
-            .collect();
-        if !tcp.is_empty() {
+        if self.tcp().next().is_some() {
             let conns = proc::tcp_sockets(OPEN_STATES)?;
-            if conns
-                .iter()
-                .any(|c| tcp.iter().any(|&l| serves(l, c.local)))
-            {
+            if conns.iter().any(|c| self.tcp().any(|l| serves(l, c.local))) {
                 return Ok(true);
             }
         }
@@ -217,6 +207,14 @@ impl Gauge {
             }
         }
         Ok(false)
+    }
+
+    /// The TCP listeners' addresses.
+    fn tcp(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.listeners.iter().filter_map(|w| match w.open {
+            Open::Tcp(a) => Some(a),
+            _ => None,
+        })
     }
 
     /// Whether a connection or datagram waits in a listener's queue.
@@ -343,6 +341,37 @@ mod tests {
             Open::Unix("@app@x".into())
         );
         assert_eq!(open_kind(None), Open::None);
+    }
+
+    /// A connection to another address on the same port (another IP of the
+    /// machine, served by someone else) is not activity on ours.
+    #[test]
+    fn closes_on_another_address_of_the_port_do_not_count() {
+        use crate::plan::spec;
+        let other = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        let port = other.local_addr().unwrap().port();
+        let s = spec::parse(&format!("127.0.0.1:{port}")).unwrap();
+        let l = crate::sockets::bind("t".into(), &s, 16, &[]).unwrap();
+        let g = Gauge::new(std::slice::from_ref(&l)).unwrap();
+        // A second subscriber tells when the notice has been sent: the
+        // kernel hands each notice to every subscriber in one go.
+        let witness = proc::TcpCloses::subscribe(&[port]).unwrap();
+        let c = std::net::TcpStream::connect(other.local_addr().unwrap()).unwrap();
+        let (a, _) = other.accept().unwrap();
+        drop((c, a));
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !witness.any(|_| true).unwrap() {
+            assert!(std::time::Instant::now() < end, "no notice at all");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(
+            g.read().unwrap(),
+            Measure {
+                open: false,
+                churned: false
+            },
+            "a close on 127.0.0.2 counted as activity on 127.0.0.1"
+        );
     }
 
     /// The real thing: a listener with a connection that opens and closes

@@ -159,3 +159,54 @@ fn under_user_the_child_gets_that_users_home_and_names() {
     assert_eq!(rep["env"]["USER"], "nobody");
     assert_eq!(rep["env"]["LOGNAME"], "nobody");
 }
+
+/// `,nonblock` (systemd's NonBlocking=): the child gets that listener in
+/// non-blocking mode and the others as they were bound, blocking. The mode
+/// belongs to the socket, which every generation shares: a child that
+/// clears it clears it for all, and relaunch sets it again for the next.
+#[test]
+fn nonblock_listeners_reach_each_generation_non_blocking_and_only_they() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = TempDir::new("nonblock");
+    let (gen1, gen2) = (dir.join("gen1.json"), dir.join("gen2.json"));
+    let sock = dir.join("app.sock");
+    let probe = probe();
+    // The first generation clears the flag on fd 3 before the probe looks.
+    let clears = format!(
+        "PROBE_OUT={} exec python3 -c 'import fcntl, os, sys\n\
+         fcntl.fcntl(3, fcntl.F_SETFL, fcntl.fcntl(3, fcntl.F_GETFL) & ~os.O_NONBLOCK)\n\
+         os.execv(sys.argv[1], sys.argv[1:])' {} --notify\n",
+        gen1.display(),
+        probe.display()
+    );
+    let app = App::new("nonblock-app", &clears);
+    let r = Relaunch::start(&[
+        "-l",
+        "a=127.0.0.1:0,nonblock",
+        "-l",
+        "b=127.0.0.1:0",
+        "-l",
+        &format!("c=unix:{},nonblock", sock.display()),
+        "--",
+        &app.script(),
+    ]);
+    let rep = read_report(&gen1);
+    assert_eq!(fd_numbers(&rep), [0, 1, 2, 3, 4, 5], "{rep:#}");
+    assert_eq!(fd(&rep, 3)["nonblocking"], false, "cleared by the child");
+    assert_eq!(fd(&rep, 4)["nonblocking"], false, "{rep:#}");
+    assert_eq!(fd(&rep, 5)["nonblocking"], true, "{rep:#}");
+    assert_eq!(fd(&rep, 5)["addr"], sock.display().to_string());
+    app.deploy(&format!(
+        "PROBE_OUT={} exec {} --notify\n",
+        gen2.display(),
+        probe.display()
+    ));
+    r.signal(libc::SIGHUP);
+    r.log.wait("reload done", T);
+    let rep = read_report(&gen2);
+    assert_eq!(fd(&rep, 3)["nonblocking"], true, "set again: {rep:#}");
+    assert_eq!(fd(&rep, 4)["nonblocking"], false, "{rep:#}");
+    assert_eq!(fd(&rep, 5)["nonblocking"], true, "{rep:#}");
+}

@@ -940,3 +940,74 @@ fn metrics_and_json_logs_carry_over_an_upgrade() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("relaunch_build_info"), "{text}");
 }
+
+/// `--metrics HOST:0`: the port the kernel picked at start is the one served
+/// after each upgrade (the new image binds the address bound, not port 0).
+#[test]
+fn metrics_on_port_zero_keep_their_port_across_upgrades() {
+    let s = setup(
+        "upgrade-metrics-0",
+        &pid_server(""),
+        &["--metrics", "127.0.0.1:0"],
+    );
+    let bound = |n: usize| {
+        let line = s.r.log.wait_n("metrics on http://", n, T);
+        let at = line.find("http://").unwrap() + "http://".len();
+        let addr: std::net::SocketAddr = line[at..]
+            .trim()
+            .trim_end_matches("/metrics")
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}: {line}"));
+        addr.port()
+    };
+    let port = bound(1);
+    wait_serving(s.r.listen_addr(3));
+    assert!(scrape(port).starts_with("HTTP/1.1 200"));
+    for n in 1..=2 {
+        let (code, out) = upgrade(&s.ctl);
+        assert_eq!(code, 0, "{out}");
+        s.r.log.wait_n("upgraded from", n, T);
+        assert_eq!(bound(n + 1), port, "{}", s.r.log.text());
+        let text = scrape(port);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+}
+
+/// `,nonblock` is carried by an upgrade: after it, a new generation still
+/// gets that listener non-blocking, though the one before cleared the flag.
+#[test]
+fn nonblock_listeners_stay_nonblock_after_an_upgrade() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = TempDir::new("upgrade-nonblock");
+    let (gen1, gen2) = (dir.join("gen1.json"), dir.join("gen2.json"));
+    let probe = probe();
+    let clears = format!(
+        "PROBE_OUT={} exec python3 -c 'import fcntl, os, sys\n\
+         fcntl.fcntl(4, fcntl.F_SETFL, fcntl.fcntl(4, fcntl.F_GETFL) & ~os.O_NONBLOCK)\n\
+         os.execv(sys.argv[1], sys.argv[1:])' {} --notify\n",
+        gen1.display(),
+        probe.display()
+    );
+    let s = setup(
+        "upgrade-nonblock",
+        &clears,
+        &["-l", "b=127.0.0.1:0,nonblock"],
+    );
+    let rep = read_report(&gen1);
+    assert_eq!(fd(&rep, 4)["nonblocking"], false, "cleared: {rep:#}");
+    let (code, out) = upgrade(&s.ctl);
+    assert_eq!(code, 0, "{out}");
+    s.r.log.wait("upgraded from", T);
+    s.app.deploy(&format!(
+        "PROBE_OUT={} exec {} --notify\n",
+        gen2.display(),
+        probe.display()
+    ));
+    s.r.signal(libc::SIGHUP);
+    s.r.log.wait("reload done", T);
+    let rep = read_report(&gen2);
+    assert_eq!(fd(&rep, 3)["nonblocking"], false, "{rep:#}");
+    assert_eq!(fd(&rep, 4)["nonblocking"], true, "{rep:#}");
+}

@@ -481,3 +481,38 @@ fn a_watcher_that_dies_is_reported_and_the_server_keeps_serving() {
     );
     assert_eq!(get(addr).unwrap(), pid);
 }
+
+/// A watched directory that a build removes and makes again (`rm -rf dist &&
+/// mkdir dist`) is watched again: each of two later edits reloads. So is
+/// one whose parent went too (`rm -rf build && mkdir -p build/dist`).
+#[test]
+fn a_watched_directory_removed_and_made_again_is_still_watched() {
+    let dir = TempDir::new("watch-remade");
+    let build = dir.join("build");
+    let dist = build.join("dist");
+    std::fs::create_dir_all(dist.join("sub")).unwrap();
+    let app = App::new("watch-remade-app", &pid_server(""));
+    let r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--watch",
+        dist.to_str().unwrap(),
+        "--",
+        &app.script(),
+    ]);
+    let addr = r.listen_addr(3);
+    let mut pid = wait_serving(addr);
+    for (gone, round) in [(&dist, 1), (&build, 2)] {
+        std::fs::remove_dir_all(gone).unwrap();
+        std::fs::create_dir_all(&dist).unwrap();
+        // The removal and the re-creation are changes too.
+        pid = wait_new_pid(addr, &pid);
+        for edit in ["one", "two"] {
+            let file = dist.join(format!("{edit}-{round}.txt"));
+            std::fs::write(&file, "edit").unwrap();
+            r.log.wait(&format!("{} changed", file.display()), T);
+            pid = wait_new_pid(addr, &pid);
+        }
+    }
+    assert_eq!(r.log.count("reload failed"), 0, "{}", r.log.text());
+}
