@@ -86,6 +86,36 @@ struct SavedFile {
     identity: (u64, u64),
     access: file::Access,
     made: Option<(std::path::PathBuf, (u64, u64))>,
+    /// (device, inode) of the folder pinned at start: the next image pins
+    /// it again by path and remakes files there only if it is the same.
+    #[serde(default)]
+    folder: Option<(u64, u64)>,
+}
+
+impl SavedFile {
+    fn adopt(self) -> Option<UnixFile> {
+        let made = self
+            .made
+            .map(|(path, identity)| file::SocketFile::adopt(path, identity));
+        let (folder, name) = file::Folder::of(&self.path).ok()?;
+        // None: saved by an image that pinned nothing.
+        if self.folder.is_some() && folder.identity().ok() != self.folder {
+            warn!(
+                "the folder of {} is not the one relaunch started with; relaunch no longer \
+                 remakes the socket file there if an app deletes it",
+                self.path.display()
+            );
+            return None;
+        }
+        Some(UnixFile {
+            path: self.path,
+            folder,
+            name,
+            identity: self.identity,
+            access: self.access,
+            made,
+        })
+    }
 }
 
 /// Parks the handler threads for an upgrade: each one stops between two
@@ -159,6 +189,10 @@ struct Entry {
 /// A Unix socket file, as relaunch made it.
 struct UnixFile {
     path: std::path::PathBuf,
+    /// Its folder, pinned at start: a folder swapped for a symlink since
+    /// (by an app that can write the folder above) is not followed.
+    folder: file::Folder,
+    name: std::ffi::OsString,
     /// (device, inode) of the file that is relaunch's now.
     identity: (u64, u64),
     access: file::Access,
@@ -168,21 +202,26 @@ struct UnixFile {
 }
 
 impl UnixFile {
-    fn of(addr: Option<&Addr>) -> Option<UnixFile> {
-        use std::os::unix::fs::MetadataExt;
+    /// `made`: the file relaunch bound it at, whose folder is pinned already.
+    fn of(addr: Option<&Addr>, made: Option<&file::SocketFile>) -> Option<UnixFile> {
         let Some(Addr::Unix(path)) = addr else {
             return None;
         };
-        let m = std::fs::symlink_metadata(path).ok()?;
+        let path = std::path::absolute(path).ok()?;
+        let (folder, name) = file::Folder::of(&path).ok()?;
+        let folder = made.and_then(|f| f.folder()).cloned().unwrap_or(folder);
+        let m = folder.stat(&name).ok()??;
         // chown only what is not ours already (so a non-root relaunch can).
         let other = |id: u32, me: u32| (id != me).then_some(id);
         Some(UnixFile {
-            path: std::path::absolute(path).ok()?,
-            identity: (m.dev(), m.ino()),
+            path,
+            folder,
+            name,
+            identity: (m.st_dev, m.st_ino),
             access: file::Access {
-                mode: m.mode() & 0o7777,
-                owner: other(m.uid(), nix::unistd::geteuid().as_raw()),
-                group: other(m.gid(), nix::unistd::getegid().as_raw()),
+                mode: m.st_mode & 0o7777,
+                owner: other(m.st_uid, nix::unistd::geteuid().as_raw()),
+                group: other(m.st_gid, nix::unistd::getegid().as_raw()),
             },
             made: None,
         })
@@ -204,7 +243,7 @@ impl Table {
                 socket: Arc::new(socket),
                 held: Held { addr, movable },
                 inode,
-                file: UnixFile::of(l.addr.as_ref()),
+                file: UnixFile::of(l.addr.as_ref(), l.file()),
                 moved: None,
             });
         }
@@ -232,6 +271,7 @@ impl Table {
                     identity: f.identity,
                     access: f.access,
                     made: f.made.as_ref().map(|m| m.path_identity()),
+                    folder: f.folder.identity().ok(),
                 }),
             })
             .collect();
@@ -260,14 +300,7 @@ impl Table {
                 socket: Arc::new(socket),
                 held: e.held,
                 inode,
-                file: e.file.map(|f| UnixFile {
-                    path: f.path,
-                    identity: f.identity,
-                    access: f.access,
-                    made: f
-                        .made
-                        .map(|(path, identity)| file::SocketFile::adopt(path, identity)),
-                }),
+                file: e.file.and_then(SavedFile::adopt),
                 moved: e.moved,
             });
         }
@@ -927,22 +960,20 @@ impl Session {
     /// there, with the old file's mode and owner, and gives that one; the old
     /// socket serves on in the processes that hold it until they stop.
     fn refile(&self, index: usize, tgid: i32) -> io::Result<()> {
-        use std::os::unix::fs::MetadataExt;
         let mut entries = self.table.lock();
         let e = &mut entries[index];
         let Some(f) = &mut e.file else {
             return Ok(());
         };
-        match std::fs::symlink_metadata(&f.path) {
-            Ok(m) if (m.dev(), m.ino()) == f.identity => return Ok(()),
-            Ok(_) => {
+        match f.folder.stat(&f.name)? {
+            Some(st) if (st.st_dev, st.st_ino) == f.identity => return Ok(()),
+            Some(_) => {
                 return Err(io::Error::other(format!(
                     "{} is now another file, not relaunch's socket",
                     f.path.display()
                 )));
             }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err),
+            None => {}
         }
         let label = format!("unix:{}", f.path.display());
         let role = file::Role {
@@ -950,8 +981,8 @@ impl Session {
             elsewhere: "choose another path",
             in_use: "stop that process or choose another path",
         };
-        let (socket, made) =
-            file::bind(&f.path, &f.access, &role).map_err(|err| io::Error::other(err.msg))?;
+        let (socket, made) = file::bind_in(&f.folder, &f.name, &f.access, &role)
+            .map_err(|err| io::Error::other(err.msg))?;
         socket.listen(self.table.backlog)?;
         info!(
             "{}: pid {tgid} ({}) deleted relaunch's socket file {} before binding it: relaunch \
