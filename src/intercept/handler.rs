@@ -17,7 +17,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use socket2::{Domain, Socket, Type};
 use tracing::{debug, info, warn};
 
-use super::{AppSocket, Asked, Decision, Held, HeldAddr, decide, parse_sockaddr, shown, shown_ip};
+use super::{
+    Apart, AppSocket, Asked, Caller, Decision, Held, HeldAddr, decide, parse_sockaddr, shown,
+    shown_ip,
+};
 use crate::plan::spec::{Addr, Host};
 use crate::proc;
 use crate::sockets::{Listener, file};
@@ -46,6 +49,9 @@ pub struct Carried {
     pub said: Vec<(i32, usize, u8)>,
     /// The listen() readiness hint was sent already.
     pub listened: bool,
+    /// The uid the child was started as (None: not known, so not checked).
+    #[serde(default)]
+    pub uid: Option<u32>,
     #[serde(skip)]
     leader_cell: Option<Arc<OnceLock<i32>>>,
 }
@@ -58,6 +64,7 @@ impl Carried {
             fd,
             said: Vec::new(),
             listened: false,
+            uid: None,
             leader_cell: None,
         }
     }
@@ -235,13 +242,18 @@ impl Table {
         for (i, l) in listeners.iter().enumerate() {
             let socket = l.socket.try_clone()?;
             let inode = nix::sys::stat::fstat(socket.as_fd())?.st_ino;
+            let netns = netns(socket.as_fd(), None)?;
             let addr = held_addr(&socket, l.addr.as_ref());
             let movable = movable.get(i).copied().unwrap_or(false)
                 && matches!(addr, HeldAddr::Tcp(at, _) if at.ip().is_unspecified());
             entries.push(Entry {
                 name: l.name.clone(),
                 socket: Arc::new(socket),
-                held: Held { addr, movable },
+                held: Held {
+                    addr,
+                    movable,
+                    netns,
+                },
                 inode,
                 file: UnixFile::of(l.addr.as_ref(), l.file()),
                 moved: None,
@@ -295,10 +307,11 @@ impl Table {
         for (l, e) in listeners.iter().zip(saved.entries) {
             let socket = l.socket.try_clone()?;
             let inode = nix::sys::stat::fstat(socket.as_fd())?.st_ino;
+            let netns = netns(socket.as_fd(), None)?;
             entries.push(Entry {
                 name: e.name,
                 socket: Arc::new(socket),
-                held: e.held,
+                held: Held { netns, ..e.held },
                 inode,
                 file: e.file.and_then(SavedFile::adopt),
                 moved: e.moved,
@@ -448,14 +461,18 @@ pub fn start(
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
+    // The kernel tells who sends the notification fd: the child, right
+    // after its filter, so as the uid it was started as.
+    nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::PassCred, &true)?;
     let live = Live::new(Arc::clone(&table));
     thread(move || {
         let _live = live;
-        if let Some(notify) = receive(&ours) {
+        if let Some((notify, uid)) = receive(&ours) {
             drop(ours);
             Session {
                 table,
                 leader,
+                uid,
                 listened: Some(listened),
                 said: HashSet::new(),
                 errors: HashSet::new(),
@@ -482,6 +499,7 @@ pub fn resume(table: Arc<Table>, carried: Carried, listened: Listened) -> io::Re
         Session {
             table,
             leader,
+            uid: carried.uid,
             listened: (!carried.listened).then_some(listened),
             said: carried.said.into_iter().collect(),
             errors: HashSet::new(),
@@ -503,12 +521,13 @@ fn thread(f: impl FnOnce() + Send + 'static) -> io::Result<()> {
         .map(drop)
 }
 
-/// The notification fd the child sent, or None (it died first, or the
-/// kernel refused the filter: said once).
-fn receive(sock: &OwnedFd) -> Option<OwnedFd> {
+/// The notification fd the child sent and the uid it sent it as, or None
+/// (it died first, or the kernel refused the filter: said once).
+fn receive(sock: &OwnedFd) -> Option<(OwnedFd, Option<u32>)> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     let mut report = [0u8; 4];
-    let mut space = nix::cmsg_space!(RawFd);
+    let mut space = nix::cmsg_space!(RawFd, libc::ucred);
+    let mut uid = None;
     let (bytes, fd) = loop {
         let mut iov = [io::IoSliceMut::new(&mut report)];
         match recvmsg::<()>(
@@ -527,6 +546,8 @@ fn receive(sock: &OwnedFd) -> Option<OwnedFd> {
                                 let owned = unsafe { OwnedFd::from_raw_fd(raw) };
                                 fd.get_or_insert(owned);
                             }
+                        } else if let ControlMessageOwned::ScmCredentials(c) = c {
+                            uid = Some(c.uid());
                         }
                     }
                 }
@@ -540,7 +561,7 @@ fn receive(sock: &OwnedFd) -> Option<OwnedFd> {
         }
     };
     if let Some(fd) = fd {
-        return Some(fd);
+        return Some((fd, uid));
     }
     // EOF: the child died before the filter (a failed --user, say).
     if bytes == 4 {
@@ -579,6 +600,8 @@ struct Session {
     table: Arc<Table>,
     /// The child's pid, set by the driver right after the fork.
     leader: Arc<OnceLock<i32>>,
+    /// The uid the child was started as: other uids get no held socket.
+    uid: Option<u32>,
     /// Taken at the first listen() of a held socket: said once.
     listened: Option<Listened>,
     /// (pid, what) already logged, so each is said once per child.
@@ -592,6 +615,7 @@ struct Session {
 const SAID_GIVEN: u8 = 0;
 const SAID_REFUSED: u8 = 1;
 const SAID_SHUTDOWN: u8 = 2;
+const SAID_APART: u8 = 3;
 
 /// An answer to one notification.
 enum Answer {
@@ -610,6 +634,7 @@ impl Session {
             fd,
             said: Vec::new(),
             listened: self.listened.is_none(),
+            uid: self.uid,
             leader_cell: Some(Arc::clone(&self.leader)),
         });
         self.serve(&notify);
@@ -766,7 +791,8 @@ impl Session {
         if let Asked::Unix(path) = &asked {
             let mut full = std::path::PathBuf::from(OsStr::from_bytes(path));
             if full.is_relative() {
-                full = std::fs::read_link(format!("/proc/{tgid}/cwd"))?.join(full);
+                // The thread's own: it may have unshared its fs context.
+                full = std::fs::read_link(format!("/proc/{tid}/cwd"))?.join(full);
             }
             // The file is there if it is ours; else it matches nothing anyway.
             let full = std::fs::canonicalize(&full).unwrap_or(full);
@@ -798,8 +824,13 @@ impl Session {
                     || matches!(protocol, 0 | libc::IPPROTO_TCP | libc::IPPROTO_MPTCP)),
             v6only: copy.domain()? == Domain::IPV6 && copy.only_v6().unwrap_or(false),
         };
+        let caller = Caller {
+            netns: netns(copy.as_fd(), Some(tid))?,
+            same_files: !matches!(asked, Asked::Unix(_)) || same_files(tid)?,
+            same_uid: self.uid.is_none_or(|u| proc::uid(tid) == Some(u)),
+        };
         let held: Vec<Held> = self.table.lock().iter().map(|e| e.held.clone()).collect();
-        let mut decision = decide(app, &asked, &held);
+        let mut decision = decide(app, &caller, &asked, &held);
         if let Some(i) = ours {
             // A bind a signal restarted after we answered its first try: done
             // already. Any other bind of a bound socket: the kernel's EINVAL.
@@ -818,7 +849,7 @@ impl Session {
                 Ok(false) => {
                     let held: Vec<Held> =
                         self.table.lock().iter().map(|e| e.held.clone()).collect();
-                    decision = decide(app, &asked, &held);
+                    decision = decide(app, &caller, &asked, &held);
                     match decision {
                         Decision::Give(index) => index,
                         _ => {
@@ -843,6 +874,10 @@ impl Session {
                     return Ok(Answer::Errno(libc::EADDRINUSE));
                 }
             },
+            Decision::Apart { index, why } => {
+                self.say_apart(tid, tgid, index, why, &asked);
+                return Ok(Answer::Continue);
+            }
             Decision::Refuse { index, why } => {
                 if self.said.insert((tgid, index, SAID_REFUSED)) {
                     warn!(
@@ -887,6 +922,33 @@ impl Session {
             );
         }
         Ok(Answer::Value(0))
+    }
+
+    /// Once per process and held socket: why its bind runs as it is.
+    fn say_apart(&mut self, tid: i32, tgid: i32, index: usize, why: Apart, asked: &Asked) {
+        if !self.said.insert((tgid, index, SAID_APART)) {
+            return;
+        }
+        let who = format!("pid {tgid} ({})", proc::comm(tgid));
+        let at = shown(asked);
+        match why {
+            Apart::Net => info!(
+                "{who} binds {at} in another network namespace: it gets its own socket there, \
+                 not relaunch's"
+            ),
+            Apart::Files => info!(
+                "{who} binds {at} under another root or mount namespace, where that path is not \
+                 relaunch's file: its bind runs as it is"
+            ),
+            Apart::Uid => warn!(
+                "{who} runs as uid {}, not the uid relaunch started the child as ({}): it does \
+                 not get relaunch's socket for {at}, and its bind runs as it is (where relaunch \
+                 holds the address it fails with 'address already in use'); start the child as \
+                 that user (--user) rather than switching users under it",
+                proc::uid(tid).map_or("?".into(), |u| u.to_string()),
+                self.uid.map_or("?".into(), |u| u.to_string()),
+            ),
+        }
     }
 
     /// Whether any held socket could be what `asked` names, before the
@@ -949,6 +1011,7 @@ impl Session {
         e.held = Held {
             addr: HeldAddr::Tcp(at, at.is_ipv6() && app.v6only),
             movable: false,
+            netns: netns(new.as_fd(), None)?,
         };
         e.socket = Arc::new(new);
         e.moved = Some(shown(&Asked::Inet(at)));
@@ -1133,6 +1196,43 @@ fn add_fd(
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The network namespace of a socket: SO_NETNS_COOKIE (Linux 5.14+, no
+/// privilege needed), else the inode of the namespace of `pid` (None:
+/// relaunch), which the socket was made in unless it was passed over.
+fn netns(socket: BorrowedFd<'_>, pid: Option<i32>) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        return Ok(cookie);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::ENOPROTOOPT) {
+        return Err(e);
+    }
+    let pid = pid.map_or("self".into(), |p| p.to_string());
+    Ok(std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino())
+}
+
+/// Whether thread `tid` resolves paths as relaunch does: the same root
+/// directory and the same mount namespace.
+fn same_files(tid: i32) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    Ok(id(&format!("/proc/{tid}/root"))? == id("/")?
+        && id(&format!("/proc/{tid}/ns/mnt"))? == id("/proc/self/ns/mnt")?)
 }
 
 /// Our own copy of fd `fd` of process `tgid` (pidfd_getfd, Linux 5.6+).

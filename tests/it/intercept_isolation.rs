@@ -79,3 +79,143 @@ signal.pause()
         r.log.text()
     );
 }
+
+/// Binds the port in argv[1] on 0.0.0.0 and says on stderr, after `tag`,
+/// whether the socket it got lives in this network namespace ("own") or
+/// in another ("foreign": relaunch's), or the bind's error.
+const BIND_AND_TELL: &str = r#"
+import os, signal, socket, sys
+port, tag = int(sys.argv[1]), sys.argv[2]
+if len(sys.argv) > 3:
+    os.setgroups([])
+    os.setgid(int(sys.argv[3]))
+    os.setuid(int(sys.argv[3]))
+SO_NETNS_COOKIE = 71
+cookie = lambda s: s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("0.0.0.0", port))
+    s.listen()
+    where = "own" if cookie(s) == cookie(socket.socket()) else "foreign"
+    print(f"{tag}: bound, {where}", file=sys.stderr, flush=True)
+except OSError as e:
+    print(f"{tag}: {e.strerror}", file=sys.stderr, flush=True)
+signal.pause()
+"#;
+
+/// A sandboxed plugin or a container runtime under the child: it binds
+/// the held port in its own network namespace, and gets a socket there,
+/// never relaunch's (a host client would reach it).
+#[test]
+fn a_child_in_another_network_namespace_binds_its_own_socket() {
+    if !as_root("unshare -n child") || !require_tool("python3") || !require_tool("unshare") {
+        return;
+    }
+    let dir = TempDir::new("netns");
+    let script = dir.join("app.py");
+    std::fs::write(&script, BIND_AND_TELL).unwrap();
+    let port = free_port();
+    let p = port.to_string();
+    let r = Relaunch::start(&[
+        "--port",
+        &p,
+        "--",
+        "unshare",
+        "-n",
+        "python3",
+        script.to_str().unwrap(),
+        &p,
+        "netns-bind",
+    ]);
+    let line = r.log.wait("netns-bind:", T);
+    assert!(line.ends_with("bound, own"), "{line}\n{}", r.log.text());
+    assert_eq!(r.log.count("got relaunch's socket"), 0, "{}", r.log.text());
+    // The host's port is still relaunch's, unmoved, with nobody behind it.
+    assert_eq!(listeners_on(port).len(), 1, "{:?}", listeners_on(port));
+}
+
+/// A child started as root whose descendant drops to another uid: that
+/// process is not the child relaunch started, and does not get the
+/// listener; its bind runs as it is (EADDRINUSE), and relaunch says why.
+#[test]
+fn a_descendant_under_another_uid_does_not_get_the_listener() {
+    if !as_root("uid drop") || !require_tool("python3") {
+        return;
+    }
+    let dir = TempDir::new("uid-drop");
+    let script = dir.join("app.py");
+    std::fs::write(&script, BIND_AND_TELL).unwrap();
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let p = port.to_string();
+    let nobody = NOBODY.to_string();
+    let r = Relaunch::start(&[
+        "--port",
+        &p,
+        "--",
+        "python3",
+        script.to_str().unwrap(),
+        &p,
+        "uid-bind",
+        &nobody,
+    ]);
+    let line = r.log.wait("uid-bind:", T);
+    assert!(
+        line.ends_with("uid-bind: Address already in use"),
+        "{line}\n{}",
+        r.log.text()
+    );
+    let why = r.log.wait("runs as uid 65534", T);
+    assert!(why.contains("not the uid relaunch started"), "{why}");
+}
+
+/// A child in its own mount namespace, with another folder mounted where
+/// relaunch's socket file is: the path there names another file, so its
+/// bind makes its own socket file, never gets relaunch's.
+#[test]
+fn a_child_in_another_mount_namespace_binds_its_own_path() {
+    if !as_root("unshare -m child")
+        || !require_tool("python3")
+        || !require_tool("unshare")
+        || !require_tool("mount")
+    {
+        return;
+    }
+    let dir = TempDir::new("mntns");
+    let run = dir.join("run");
+    std::fs::create_dir(&run).unwrap();
+    let path = run.join("app.sock");
+    let script = dir.join("app.py");
+    std::fs::write(
+        &script,
+        r#"
+import os, signal, socket, sys
+path = sys.argv[1]
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.listen()
+where = "own file" if os.path.exists(path) else "no file"
+print(f"mntns-bind: bound, {where}", file=sys.stderr, flush=True)
+signal.pause()
+"#,
+    )
+    .unwrap();
+    let spec = format!("unix:{}", path.display());
+    let inner = format!(
+        "mount -t tmpfs none {} && exec python3 {} {}",
+        run.display(),
+        script.display(),
+        path.display()
+    );
+    let r = Relaunch::start(&["-l", &spec, "--", "unshare", "-m", "sh", "-c", &inner]);
+    let line = r.log.wait("mntns-bind:", T);
+    assert!(
+        line.ends_with("bound, own file"),
+        "{line}\n{}",
+        r.log.text()
+    );
+    assert_eq!(r.log.count("got relaunch's socket"), 0, "{}", r.log.text());
+    // relaunch's file is still where it was, in relaunch's namespace.
+    assert!(std::fs::symlink_metadata(&path).is_ok());
+}
