@@ -36,6 +36,8 @@ pub struct Table {
     gate: Gate,
     /// The threads serving a child's notification fd, by that fd.
     sessions: Mutex<Vec<Carried>>,
+    /// Held while a socket file is remade (outside `entries`' lock).
+    refiling: Mutex<()>,
 }
 
 /// What an upgrade hands over of one child's handler thread.
@@ -193,6 +195,41 @@ struct Entry {
     moved: Option<String>,
 }
 
+/// A socket file to remake, as the table had it (see `Session::refile`).
+struct Refile {
+    name: String,
+    path: std::path::PathBuf,
+    folder: file::Folder,
+    file_name: std::ffi::OsString,
+    identity: (u64, u64),
+    access: file::Access,
+}
+
+/// The filesystem half of a refile, without the table: None if the file
+/// is still relaunch's, else a new listening socket bound there.
+fn remake(plan: &Refile, backlog: i32) -> io::Result<Option<(Socket, file::SocketFile)>> {
+    match plan.folder.stat(&plan.file_name)? {
+        Some(st) if (st.st_dev, st.st_ino) == plan.identity => return Ok(None),
+        Some(_) => {
+            return Err(io::Error::other(format!(
+                "{} is now another file, not relaunch's socket",
+                plan.path.display()
+            )));
+        }
+        None => {}
+    }
+    let label = format!("unix:{}", plan.path.display());
+    let role = file::Role {
+        label: &label,
+        elsewhere: "choose another path",
+        in_use: "stop that process or choose another path",
+    };
+    let (socket, made) = file::bind_in(&plan.folder, &plan.file_name, &plan.access, &role)
+        .map_err(|err| io::Error::other(err.msg))?;
+    socket.listen(backlog)?;
+    Ok(Some((socket, made)))
+}
+
 /// A Unix socket file, as relaunch made it.
 struct UnixFile {
     path: std::path::PathBuf,
@@ -265,6 +302,7 @@ impl Table {
             served: AtomicBool::new(false),
             gate: Gate::new()?,
             sessions: Mutex::new(Vec::new()),
+            refiling: Mutex::new(()),
         }))
     }
 
@@ -323,6 +361,7 @@ impl Table {
             served: AtomicBool::new(saved.served),
             gate: Gate::new()?,
             sessions: Mutex::new(Vec::new()),
+            refiling: Mutex::new(()),
         }))
     }
 
@@ -394,11 +433,55 @@ impl Table {
 
     /// Removes the socket files of rebinds that are still ours (on exit).
     pub fn remove_files(&self) {
-        for e in self.lock().iter_mut() {
-            if let Some(f) = &mut e.file {
-                f.made = None;
-            }
-        }
+        // Dropped (removed) outside the lock.
+        let made: Vec<_> = self
+            .lock()
+            .iter_mut()
+            .filter_map(|e| e.file.as_mut()?.made.take())
+            .collect();
+        drop(made);
+    }
+
+    /// What remaking entry `index`'s socket file needs, read under the lock.
+    fn refile_plan(&self, index: usize) -> Option<Refile> {
+        let entries = self.lock();
+        let e = entries.get(index)?;
+        let f = e.file.as_ref()?;
+        Some(Refile {
+            name: e.name.clone(),
+            path: f.path.clone(),
+            folder: f.folder.clone(),
+            file_name: f.name.clone(),
+            identity: f.identity,
+            access: f.access,
+        })
+    }
+
+    /// Puts the remade socket in entry `index` if its file is still the one
+    /// `plan` was read from; the old socket, and the previous remade file
+    /// (to drop outside the lock).
+    fn refile_commit(
+        &self,
+        index: usize,
+        plan: &Refile,
+        socket: Socket,
+        made: file::SocketFile,
+    ) -> io::Result<(Arc<Socket>, Option<file::SocketFile>)> {
+        let inode = nix::sys::stat::fstat(socket.as_fd())?.st_ino;
+        let mut entries = self.lock();
+        let e = &mut entries[index];
+        let Some(f) = e.file.as_mut().filter(|f| f.identity == plan.identity) else {
+            drop(entries);
+            return Err(io::Error::other(format!(
+                "{} changed while relaunch bound it again",
+                plan.path.display()
+            )));
+        };
+        f.identity = made.identity();
+        let replaced = f.made.replace(made);
+        e.inode = inode;
+        let old = std::mem::replace(&mut e.socket, Arc::new(socket));
+        Ok((old, replaced))
     }
 
     fn sessions(&self) -> MutexGuard<'_, Vec<Carried>> {
@@ -1022,54 +1105,44 @@ impl Session {
     /// binding, and with it relaunch's. Then relaunch binds a new socket
     /// there, with the old file's mode and owner, and gives that one; the old
     /// socket serves on in the processes that hold it until they stop.
+    /// The filesystem work (stat, probe, bind, chmod, chown, a `who` lookup
+    /// over /proc) runs outside the table lock, which the event loop takes
+    /// too: a slow or hung filesystem there never freezes it.
     fn refile(&self, index: usize, tgid: i32) -> io::Result<()> {
-        let mut entries = self.table.lock();
-        let e = &mut entries[index];
-        let Some(f) = &mut e.file else {
+        // One refile at a time, so what was read is still so at the commit.
+        let _one = self
+            .table
+            .refiling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(plan) = self.table.refile_plan(index) else {
             return Ok(());
         };
-        match f.folder.stat(&f.name)? {
-            Some(st) if (st.st_dev, st.st_ino) == f.identity => return Ok(()),
-            Some(_) => {
-                return Err(io::Error::other(format!(
-                    "{} is now another file, not relaunch's socket",
-                    f.path.display()
-                )));
-            }
-            None => {}
-        }
-        let label = format!("unix:{}", f.path.display());
-        let role = file::Role {
-            label: &label,
-            elsewhere: "choose another path",
-            in_use: "stop that process or choose another path",
+        let Some((socket, made)) = remake(&plan, self.table.backlog)? else {
+            return Ok(());
         };
-        let (socket, made) = file::bind_in(&f.folder, &f.name, &f.access, &role)
-            .map_err(|err| io::Error::other(err.msg))?;
-        socket.listen(self.table.backlog)?;
+        let (old, replaced) = self.table.refile_commit(index, &plan, socket, made)?;
+        // Outside the lock too: it removes the previous remade file.
+        drop(replaced);
         info!(
             "{}: pid {tgid} ({}) deleted relaunch's socket file {} before binding it: relaunch \
              bound a new socket there and gives it that one",
-            e.name,
+            plan.name,
             proc::comm(tgid),
-            f.path.display()
+            plan.path.display()
         );
         // Before any generation served, nobody accepts on the old socket:
         // what waits there is reset rather than left hanging. Later, the
         // generation that serves it drains it until it stops.
         if !self.table.served.load(Ordering::Relaxed) {
             // SAFETY: shutdown on our own socket.
-            unsafe { libc::shutdown(e.socket.as_raw_fd(), libc::SHUT_RDWR) };
+            unsafe { libc::shutdown(old.as_raw_fd(), libc::SHUT_RDWR) };
             // A Unix listener keeps its queue through shutdown: take each
             // waiting connection and close it, so its client hears at once.
-            if e.socket.set_nonblocking(true).is_ok() {
-                while e.socket.accept().is_ok() {}
+            if old.set_nonblocking(true).is_ok() {
+                while old.accept().is_ok() {}
             }
         }
-        f.identity = made.identity();
-        f.made = Some(made);
-        e.inode = nix::sys::stat::fstat(socket.as_fd())?.st_ino;
-        e.socket = Arc::new(socket);
         Ok(())
     }
 
@@ -1324,6 +1397,64 @@ mod tests {
         // The child died before its filter: the thread ends.
         drop(theirs);
         wait("the waiting thread ends", &|| table.gate.lock().live == 0);
+    }
+
+    /// The filesystem half of a refile needs no table lock: it finishes
+    /// while another thread (the event loop) holds it; the commit then
+    /// takes the socket only over the file the plan was read from.
+    #[test]
+    fn a_refile_does_its_filesystem_work_outside_the_table_lock() {
+        let dir = std::env::temp_dir().join(format!("relaunch-refile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("app.sock");
+        let first = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let listener = Listener::adopt(
+            "unix".into(),
+            Socket::from(OwnedFd::from(first)),
+            Some(Addr::Unix(path.clone())),
+        );
+        let table = Table::new(&[listener], &[false], 16).unwrap();
+        let before = table.inodes();
+        // The app deletes relaunch's file before binding the path.
+        std::fs::remove_file(&path).unwrap();
+        let plan = table.refile_plan(0).unwrap();
+        let held = table.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(remake(&plan, 16).map(Option::unwrap));
+        });
+        let (socket, made) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the filesystem work waited for the table lock")
+            .unwrap();
+        drop(held);
+        assert!(std::fs::symlink_metadata(&path).is_ok(), "remade");
+        // Another refile committed meanwhile: this one's file is removed.
+        let stale = Refile {
+            identity: (0, 0),
+            ..table.refile_plan(0).unwrap()
+        };
+        assert!(table.refile_commit(0, &stale, socket, made).is_err());
+        assert!(std::fs::symlink_metadata(&path).is_err(), "left behind");
+        assert_eq!(table.inodes(), before);
+        // The whole refile: the table holds the new socket and its file.
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let session = Session {
+            table: Arc::clone(&table),
+            leader: Arc::new(OnceLock::new()),
+            uid: None,
+            listened: Some(tx),
+            said: HashSet::new(),
+            errors: HashSet::new(),
+            private: Vec::new(),
+        };
+        session.refile(0, std::process::id() as i32).unwrap();
+        assert_ne!(table.inodes(), before);
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+        table.remove_files();
+        assert!(std::fs::symlink_metadata(&path).is_err(), "removed on exit");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
