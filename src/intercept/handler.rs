@@ -17,7 +17,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use socket2::{Domain, Socket, Type};
 use tracing::{debug, info, warn};
 
-use super::{AppSocket, Asked, Decision, Held, HeldAddr, decide, parse_sockaddr, shown, shown_ip};
+use super::{
+    Apart, AppSocket, Asked, Caller, Decision, Held, HeldAddr, decide, parse_sockaddr, shown,
+    shown_ip,
+};
 use crate::plan::spec::{Addr, Host};
 use crate::proc;
 use crate::sockets::{Listener, file};
@@ -33,6 +36,8 @@ pub struct Table {
     gate: Gate,
     /// The threads serving a child's notification fd, by that fd.
     sessions: Mutex<Vec<Carried>>,
+    /// Held while a socket file is remade (outside `entries`' lock).
+    refiling: Mutex<()>,
 }
 
 /// What an upgrade hands over of one child's handler thread.
@@ -46,6 +51,9 @@ pub struct Carried {
     pub said: Vec<(i32, usize, u8)>,
     /// The listen() readiness hint was sent already.
     pub listened: bool,
+    /// The uid the child was started as (None: not known, so not checked).
+    #[serde(default)]
+    pub uid: Option<u32>,
     #[serde(skip)]
     leader_cell: Option<Arc<OnceLock<i32>>>,
 }
@@ -58,6 +66,7 @@ impl Carried {
             fd,
             said: Vec::new(),
             listened: false,
+            uid: None,
             leader_cell: None,
         }
     }
@@ -86,6 +95,36 @@ struct SavedFile {
     identity: (u64, u64),
     access: file::Access,
     made: Option<(std::path::PathBuf, (u64, u64))>,
+    /// (device, inode) of the folder pinned at start: the next image pins
+    /// it again by path and remakes files there only if it is the same.
+    #[serde(default)]
+    folder: Option<(u64, u64)>,
+}
+
+impl SavedFile {
+    fn adopt(self) -> Option<UnixFile> {
+        let made = self
+            .made
+            .map(|(path, identity)| file::SocketFile::adopt(path, identity));
+        let (folder, name) = file::Folder::of(&self.path).ok()?;
+        // None: saved by an image that pinned nothing.
+        if self.folder.is_some() && folder.identity().ok() != self.folder {
+            warn!(
+                "the folder of {} is not the one relaunch started with; relaunch no longer \
+                 remakes the socket file there if an app deletes it",
+                self.path.display()
+            );
+            return None;
+        }
+        Some(UnixFile {
+            path: self.path,
+            folder,
+            name,
+            identity: self.identity,
+            access: self.access,
+            made,
+        })
+    }
 }
 
 /// Parks the handler threads for an upgrade: each one stops between two
@@ -156,9 +195,48 @@ struct Entry {
     moved: Option<String>,
 }
 
+/// A socket file to remake, as the table had it (see `Session::refile`).
+struct Refile {
+    name: String,
+    path: std::path::PathBuf,
+    folder: file::Folder,
+    file_name: std::ffi::OsString,
+    identity: (u64, u64),
+    access: file::Access,
+}
+
+/// The filesystem half of a refile, without the table: None if the file
+/// is still relaunch's, else a new listening socket bound there.
+fn remake(plan: &Refile, backlog: i32) -> io::Result<Option<(Socket, file::SocketFile)>> {
+    match plan.folder.stat(&plan.file_name)? {
+        Some(st) if (st.st_dev, st.st_ino) == plan.identity => return Ok(None),
+        Some(_) => {
+            return Err(io::Error::other(format!(
+                "{} is now another file, not relaunch's socket",
+                plan.path.display()
+            )));
+        }
+        None => {}
+    }
+    let label = format!("unix:{}", plan.path.display());
+    let role = file::Role {
+        label: &label,
+        elsewhere: "choose another path",
+        in_use: "stop that process or choose another path",
+    };
+    let (socket, made) = file::bind_in(&plan.folder, &plan.file_name, &plan.access, &role)
+        .map_err(|err| io::Error::other(err.msg))?;
+    socket.listen(backlog)?;
+    Ok(Some((socket, made)))
+}
+
 /// A Unix socket file, as relaunch made it.
 struct UnixFile {
     path: std::path::PathBuf,
+    /// Its folder, pinned at start: a folder swapped for a symlink since
+    /// (by an app that can write the folder above) is not followed.
+    folder: file::Folder,
+    name: std::ffi::OsString,
     /// (device, inode) of the file that is relaunch's now.
     identity: (u64, u64),
     access: file::Access,
@@ -168,21 +246,26 @@ struct UnixFile {
 }
 
 impl UnixFile {
-    fn of(addr: Option<&Addr>) -> Option<UnixFile> {
-        use std::os::unix::fs::MetadataExt;
+    /// `made`: the file relaunch bound it at, whose folder is pinned already.
+    fn of(addr: Option<&Addr>, made: Option<&file::SocketFile>) -> Option<UnixFile> {
         let Some(Addr::Unix(path)) = addr else {
             return None;
         };
-        let m = std::fs::symlink_metadata(path).ok()?;
+        let path = std::path::absolute(path).ok()?;
+        let (folder, name) = file::Folder::of(&path).ok()?;
+        let folder = made.and_then(|f| f.folder()).cloned().unwrap_or(folder);
+        let m = folder.stat(&name).ok()??;
         // chown only what is not ours already (so a non-root relaunch can).
         let other = |id: u32, me: u32| (id != me).then_some(id);
         Some(UnixFile {
-            path: std::path::absolute(path).ok()?,
-            identity: (m.dev(), m.ino()),
+            path,
+            folder,
+            name,
+            identity: (m.st_dev, m.st_ino),
             access: file::Access {
-                mode: m.mode() & 0o7777,
-                owner: other(m.uid(), nix::unistd::geteuid().as_raw()),
-                group: other(m.gid(), nix::unistd::getegid().as_raw()),
+                mode: m.st_mode & 0o7777,
+                owner: other(m.st_uid, nix::unistd::geteuid().as_raw()),
+                group: other(m.st_gid, nix::unistd::getegid().as_raw()),
             },
             made: None,
         })
@@ -196,15 +279,20 @@ impl Table {
         for (i, l) in listeners.iter().enumerate() {
             let socket = l.socket.try_clone()?;
             let inode = nix::sys::stat::fstat(socket.as_fd())?.st_ino;
+            let netns = netns(socket.as_fd(), None)?;
             let addr = held_addr(&socket, l.addr.as_ref());
             let movable = movable.get(i).copied().unwrap_or(false)
                 && matches!(addr, HeldAddr::Tcp(at, _) if at.ip().is_unspecified());
             entries.push(Entry {
                 name: l.name.clone(),
                 socket: Arc::new(socket),
-                held: Held { addr, movable },
+                held: Held {
+                    addr,
+                    movable,
+                    netns,
+                },
                 inode,
-                file: UnixFile::of(l.addr.as_ref()),
+                file: UnixFile::of(l.addr.as_ref(), l.file()),
                 moved: None,
             });
         }
@@ -214,6 +302,7 @@ impl Table {
             served: AtomicBool::new(false),
             gate: Gate::new()?,
             sessions: Mutex::new(Vec::new()),
+            refiling: Mutex::new(()),
         }))
     }
 
@@ -232,6 +321,7 @@ impl Table {
                     identity: f.identity,
                     access: f.access,
                     made: f.made.as_ref().map(|m| m.path_identity()),
+                    folder: f.folder.identity().ok(),
                 }),
             })
             .collect();
@@ -255,19 +345,13 @@ impl Table {
         for (l, e) in listeners.iter().zip(saved.entries) {
             let socket = l.socket.try_clone()?;
             let inode = nix::sys::stat::fstat(socket.as_fd())?.st_ino;
+            let netns = netns(socket.as_fd(), None)?;
             entries.push(Entry {
                 name: e.name,
                 socket: Arc::new(socket),
-                held: e.held,
+                held: Held { netns, ..e.held },
                 inode,
-                file: e.file.map(|f| UnixFile {
-                    path: f.path,
-                    identity: f.identity,
-                    access: f.access,
-                    made: f
-                        .made
-                        .map(|(path, identity)| file::SocketFile::adopt(path, identity)),
-                }),
+                file: e.file.and_then(SavedFile::adopt),
                 moved: e.moved,
             });
         }
@@ -277,6 +361,7 @@ impl Table {
             served: AtomicBool::new(saved.served),
             gate: Gate::new()?,
             sessions: Mutex::new(Vec::new()),
+            refiling: Mutex::new(()),
         }))
     }
 
@@ -348,11 +433,55 @@ impl Table {
 
     /// Removes the socket files of rebinds that are still ours (on exit).
     pub fn remove_files(&self) {
-        for e in self.lock().iter_mut() {
-            if let Some(f) = &mut e.file {
-                f.made = None;
-            }
-        }
+        // Dropped (removed) outside the lock.
+        let made: Vec<_> = self
+            .lock()
+            .iter_mut()
+            .filter_map(|e| e.file.as_mut()?.made.take())
+            .collect();
+        drop(made);
+    }
+
+    /// What remaking entry `index`'s socket file needs, read under the lock.
+    fn refile_plan(&self, index: usize) -> Option<Refile> {
+        let entries = self.lock();
+        let e = entries.get(index)?;
+        let f = e.file.as_ref()?;
+        Some(Refile {
+            name: e.name.clone(),
+            path: f.path.clone(),
+            folder: f.folder.clone(),
+            file_name: f.name.clone(),
+            identity: f.identity,
+            access: f.access,
+        })
+    }
+
+    /// Puts the remade socket in entry `index` if its file is still the one
+    /// `plan` was read from; the old socket, and the previous remade file
+    /// (to drop outside the lock).
+    fn refile_commit(
+        &self,
+        index: usize,
+        plan: &Refile,
+        socket: Socket,
+        made: file::SocketFile,
+    ) -> io::Result<(Arc<Socket>, Option<file::SocketFile>)> {
+        let inode = nix::sys::stat::fstat(socket.as_fd())?.st_ino;
+        let mut entries = self.lock();
+        let e = &mut entries[index];
+        let Some(f) = e.file.as_mut().filter(|f| f.identity == plan.identity) else {
+            drop(entries);
+            return Err(io::Error::other(format!(
+                "{} changed while relaunch bound it again",
+                plan.path.display()
+            )));
+        };
+        f.identity = made.identity();
+        let replaced = f.made.replace(made);
+        e.inode = inode;
+        let old = std::mem::replace(&mut e.socket, Arc::new(socket));
+        Ok((old, replaced))
     }
 
     fn sessions(&self) -> MutexGuard<'_, Vec<Carried>> {
@@ -415,14 +544,18 @@ pub fn start(
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
+    // The kernel tells who sends the notification fd: the child, right
+    // after its filter, so as the uid it was started as.
+    nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::PassCred, &true)?;
     let live = Live::new(Arc::clone(&table));
     thread(move || {
         let _live = live;
-        if let Some(notify) = receive(&ours) {
+        if let Some((notify, uid)) = receive(&ours) {
             drop(ours);
             Session {
                 table,
                 leader,
+                uid,
                 listened: Some(listened),
                 said: HashSet::new(),
                 errors: HashSet::new(),
@@ -449,6 +582,7 @@ pub fn resume(table: Arc<Table>, carried: Carried, listened: Listened) -> io::Re
         Session {
             table,
             leader,
+            uid: carried.uid,
             listened: (!carried.listened).then_some(listened),
             said: carried.said.into_iter().collect(),
             errors: HashSet::new(),
@@ -470,12 +604,13 @@ fn thread(f: impl FnOnce() + Send + 'static) -> io::Result<()> {
         .map(drop)
 }
 
-/// The notification fd the child sent, or None (it died first, or the
-/// kernel refused the filter: said once).
-fn receive(sock: &OwnedFd) -> Option<OwnedFd> {
+/// The notification fd the child sent and the uid it sent it as, or None
+/// (it died first, or the kernel refused the filter: said once).
+fn receive(sock: &OwnedFd) -> Option<(OwnedFd, Option<u32>)> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     let mut report = [0u8; 4];
-    let mut space = nix::cmsg_space!(RawFd);
+    let mut space = nix::cmsg_space!(RawFd, libc::ucred);
+    let mut uid = None;
     let (bytes, fd) = loop {
         let mut iov = [io::IoSliceMut::new(&mut report)];
         match recvmsg::<()>(
@@ -494,6 +629,8 @@ fn receive(sock: &OwnedFd) -> Option<OwnedFd> {
                                 let owned = unsafe { OwnedFd::from_raw_fd(raw) };
                                 fd.get_or_insert(owned);
                             }
+                        } else if let ControlMessageOwned::ScmCredentials(c) = c {
+                            uid = Some(c.uid());
                         }
                     }
                 }
@@ -507,7 +644,7 @@ fn receive(sock: &OwnedFd) -> Option<OwnedFd> {
         }
     };
     if let Some(fd) = fd {
-        return Some(fd);
+        return Some((fd, uid));
     }
     // EOF: the child died before the filter (a failed --user, say).
     if bytes == 4 {
@@ -546,6 +683,8 @@ struct Session {
     table: Arc<Table>,
     /// The child's pid, set by the driver right after the fork.
     leader: Arc<OnceLock<i32>>,
+    /// The uid the child was started as: other uids get no held socket.
+    uid: Option<u32>,
     /// Taken at the first listen() of a held socket: said once.
     listened: Option<Listened>,
     /// (pid, what) already logged, so each is said once per child.
@@ -559,6 +698,7 @@ struct Session {
 const SAID_GIVEN: u8 = 0;
 const SAID_REFUSED: u8 = 1;
 const SAID_SHUTDOWN: u8 = 2;
+const SAID_APART: u8 = 3;
 
 /// An answer to one notification.
 enum Answer {
@@ -577,6 +717,7 @@ impl Session {
             fd,
             said: Vec::new(),
             listened: self.listened.is_none(),
+            uid: self.uid,
             leader_cell: Some(Arc::clone(&self.leader)),
         });
         self.serve(&notify);
@@ -733,7 +874,8 @@ impl Session {
         if let Asked::Unix(path) = &asked {
             let mut full = std::path::PathBuf::from(OsStr::from_bytes(path));
             if full.is_relative() {
-                full = std::fs::read_link(format!("/proc/{tgid}/cwd"))?.join(full);
+                // The thread's own: it may have unshared its fs context.
+                full = std::fs::read_link(format!("/proc/{tid}/cwd"))?.join(full);
             }
             // The file is there if it is ours; else it matches nothing anyway.
             let full = std::fs::canonicalize(&full).unwrap_or(full);
@@ -765,8 +907,13 @@ impl Session {
                     || matches!(protocol, 0 | libc::IPPROTO_TCP | libc::IPPROTO_MPTCP)),
             v6only: copy.domain()? == Domain::IPV6 && copy.only_v6().unwrap_or(false),
         };
+        let caller = Caller {
+            netns: netns(copy.as_fd(), Some(tid))?,
+            same_files: !matches!(asked, Asked::Unix(_)) || same_files(tid)?,
+            same_uid: self.uid.is_none_or(|u| proc::uid(tid) == Some(u)),
+        };
         let held: Vec<Held> = self.table.lock().iter().map(|e| e.held.clone()).collect();
-        let mut decision = decide(app, &asked, &held);
+        let mut decision = decide(app, &caller, &asked, &held);
         if let Some(i) = ours {
             // A bind a signal restarted after we answered its first try: done
             // already. Any other bind of a bound socket: the kernel's EINVAL.
@@ -785,7 +932,7 @@ impl Session {
                 Ok(false) => {
                     let held: Vec<Held> =
                         self.table.lock().iter().map(|e| e.held.clone()).collect();
-                    decision = decide(app, &asked, &held);
+                    decision = decide(app, &caller, &asked, &held);
                     match decision {
                         Decision::Give(index) => index,
                         _ => {
@@ -810,6 +957,10 @@ impl Session {
                     return Ok(Answer::Errno(libc::EADDRINUSE));
                 }
             },
+            Decision::Apart { index, why } => {
+                self.say_apart(tid, tgid, index, why, &asked);
+                return Ok(Answer::Continue);
+            }
             Decision::Refuse { index, why } => {
                 if self.said.insert((tgid, index, SAID_REFUSED)) {
                     warn!(
@@ -854,6 +1005,33 @@ impl Session {
             );
         }
         Ok(Answer::Value(0))
+    }
+
+    /// Once per process and held socket: why its bind runs as it is.
+    fn say_apart(&mut self, tid: i32, tgid: i32, index: usize, why: Apart, asked: &Asked) {
+        if !self.said.insert((tgid, index, SAID_APART)) {
+            return;
+        }
+        let who = format!("pid {tgid} ({})", proc::comm(tgid));
+        let at = shown(asked);
+        match why {
+            Apart::Net => info!(
+                "{who} binds {at} in another network namespace: it gets its own socket there, \
+                 not relaunch's"
+            ),
+            Apart::Files => info!(
+                "{who} binds {at} under another root or mount namespace, where that path is not \
+                 relaunch's file: its bind runs as it is"
+            ),
+            Apart::Uid => warn!(
+                "{who} runs as uid {}, not the uid relaunch started the child as ({}): it does \
+                 not get relaunch's socket for {at}, and its bind runs as it is (where relaunch \
+                 holds the address it fails with 'address already in use'); start the child as \
+                 that user (--user) rather than switching users under it",
+                proc::uid(tid).map_or("?".into(), |u| u.to_string()),
+                self.uid.map_or("?".into(), |u| u.to_string()),
+            ),
+        }
     }
 
     /// Whether any held socket could be what `asked` names, before the
@@ -916,6 +1094,7 @@ impl Session {
         e.held = Held {
             addr: HeldAddr::Tcp(at, at.is_ipv6() && app.v6only),
             movable: false,
+            netns: netns(new.as_fd(), None)?,
         };
         e.socket = Arc::new(new);
         e.moved = Some(shown(&Asked::Inet(at)));
@@ -926,56 +1105,44 @@ impl Session {
     /// binding, and with it relaunch's. Then relaunch binds a new socket
     /// there, with the old file's mode and owner, and gives that one; the old
     /// socket serves on in the processes that hold it until they stop.
+    /// The filesystem work (stat, probe, bind, chmod, chown, a `who` lookup
+    /// over /proc) runs outside the table lock, which the event loop takes
+    /// too: a slow or hung filesystem there never freezes it.
     fn refile(&self, index: usize, tgid: i32) -> io::Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        let mut entries = self.table.lock();
-        let e = &mut entries[index];
-        let Some(f) = &mut e.file else {
+        // One refile at a time, so what was read is still so at the commit.
+        let _one = self
+            .table
+            .refiling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(plan) = self.table.refile_plan(index) else {
             return Ok(());
         };
-        match std::fs::symlink_metadata(&f.path) {
-            Ok(m) if (m.dev(), m.ino()) == f.identity => return Ok(()),
-            Ok(_) => {
-                return Err(io::Error::other(format!(
-                    "{} is now another file, not relaunch's socket",
-                    f.path.display()
-                )));
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err),
-        }
-        let label = format!("unix:{}", f.path.display());
-        let role = file::Role {
-            label: &label,
-            elsewhere: "choose another path",
-            in_use: "stop that process or choose another path",
+        let Some((socket, made)) = remake(&plan, self.table.backlog)? else {
+            return Ok(());
         };
-        let (socket, made) =
-            file::bind(&f.path, &f.access, &role).map_err(|err| io::Error::other(err.msg))?;
-        socket.listen(self.table.backlog)?;
+        let (old, replaced) = self.table.refile_commit(index, &plan, socket, made)?;
+        // Outside the lock too: it removes the previous remade file.
+        drop(replaced);
         info!(
             "{}: pid {tgid} ({}) deleted relaunch's socket file {} before binding it: relaunch \
              bound a new socket there and gives it that one",
-            e.name,
+            plan.name,
             proc::comm(tgid),
-            f.path.display()
+            plan.path.display()
         );
         // Before any generation served, nobody accepts on the old socket:
         // what waits there is reset rather than left hanging. Later, the
         // generation that serves it drains it until it stops.
         if !self.table.served.load(Ordering::Relaxed) {
             // SAFETY: shutdown on our own socket.
-            unsafe { libc::shutdown(e.socket.as_raw_fd(), libc::SHUT_RDWR) };
+            unsafe { libc::shutdown(old.as_raw_fd(), libc::SHUT_RDWR) };
             // A Unix listener keeps its queue through shutdown: take each
             // waiting connection and close it, so its client hears at once.
-            if e.socket.set_nonblocking(true).is_ok() {
-                while e.socket.accept().is_ok() {}
+            if old.set_nonblocking(true).is_ok() {
+                while old.accept().is_ok() {}
             }
         }
-        f.identity = made.identity();
-        f.made = Some(made);
-        e.inode = nix::sys::stat::fstat(socket.as_fd())?.st_ino;
-        e.socket = Arc::new(socket);
         Ok(())
     }
 
@@ -1104,6 +1271,43 @@ fn add_fd(
     Ok(())
 }
 
+/// The network namespace of a socket: SO_NETNS_COOKIE (Linux 5.14+, no
+/// privilege needed), else the inode of the namespace of `pid` (None:
+/// relaunch), which the socket was made in unless it was passed over.
+fn netns(socket: BorrowedFd<'_>, pid: Option<i32>) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        return Ok(cookie);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::ENOPROTOOPT) {
+        return Err(e);
+    }
+    let pid = pid.map_or("self".into(), |p| p.to_string());
+    Ok(std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino())
+}
+
+/// Whether thread `tid` resolves paths as relaunch does: the same root
+/// directory and the same mount namespace.
+fn same_files(tid: i32) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    Ok(id(&format!("/proc/{tid}/root"))? == id("/")?
+        && id(&format!("/proc/{tid}/ns/mnt"))? == id("/proc/self/ns/mnt")?)
+}
+
 /// Our own copy of fd `fd` of process `tgid` (pidfd_getfd, Linux 5.6+).
 fn take_fd(tgid: i32, fd: i32) -> io::Result<Socket> {
     // SAFETY: plain syscalls; each returned fd is owned at once.
@@ -1193,6 +1397,64 @@ mod tests {
         // The child died before its filter: the thread ends.
         drop(theirs);
         wait("the waiting thread ends", &|| table.gate.lock().live == 0);
+    }
+
+    /// The filesystem half of a refile needs no table lock: it finishes
+    /// while another thread (the event loop) holds it; the commit then
+    /// takes the socket only over the file the plan was read from.
+    #[test]
+    fn a_refile_does_its_filesystem_work_outside_the_table_lock() {
+        let dir = std::env::temp_dir().join(format!("relaunch-refile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("app.sock");
+        let first = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let listener = Listener::adopt(
+            "unix".into(),
+            Socket::from(OwnedFd::from(first)),
+            Some(Addr::Unix(path.clone())),
+        );
+        let table = Table::new(&[listener], &[false], 16).unwrap();
+        let before = table.inodes();
+        // The app deletes relaunch's file before binding the path.
+        std::fs::remove_file(&path).unwrap();
+        let plan = table.refile_plan(0).unwrap();
+        let held = table.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(remake(&plan, 16).map(Option::unwrap));
+        });
+        let (socket, made) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the filesystem work waited for the table lock")
+            .unwrap();
+        drop(held);
+        assert!(std::fs::symlink_metadata(&path).is_ok(), "remade");
+        // Another refile committed meanwhile: this one's file is removed.
+        let stale = Refile {
+            identity: (0, 0),
+            ..table.refile_plan(0).unwrap()
+        };
+        assert!(table.refile_commit(0, &stale, socket, made).is_err());
+        assert!(std::fs::symlink_metadata(&path).is_err(), "left behind");
+        assert_eq!(table.inodes(), before);
+        // The whole refile: the table holds the new socket and its file.
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let session = Session {
+            table: Arc::clone(&table),
+            leader: Arc::new(OnceLock::new()),
+            uid: None,
+            listened: Some(tx),
+            said: HashSet::new(),
+            errors: HashSet::new(),
+            private: Vec::new(),
+        };
+        session.refile(0, std::process::id() as i32).unwrap();
+        assert_ne!(table.inodes(), before);
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+        table.remove_files();
+        assert!(std::fs::symlink_metadata(&path).is_err(), "removed on exit");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -17,8 +17,13 @@
 //!   accept loop sees the socket end (accept fails with EINVAL), while the
 //!   held listener serves on.
 //!
+//! Only the child relaunch started gets a held socket: a caller whose
+//! socket lives in another network namespace, which resolves paths in
+//! another root or mount namespace, or which runs as another uid than the
+//! child was started as, is apart from it: its bind runs as it is.
+//!
 //! This module is the pure part: reading a sockaddr from hostile bytes and
-//! deciding what a bind gets ([`decide`]).
+//! deciding what a bind gets ([`decide`]), from facts the handler gathers.
 
 pub mod filter;
 pub mod handler;
@@ -109,6 +114,33 @@ pub struct Held {
     /// `--port P` (any bare port): relaunch may still rebind it where the
     /// app binds, because no app has used it yet.
     pub movable: bool,
+    /// Its network namespace (see [`Caller::netns`]); read again from the
+    /// socket after an upgrade.
+    #[serde(skip)]
+    pub netns: u64,
+}
+
+/// What relaunch knows of the process that binds, beyond its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The network namespace of its socket: SO_NETNS_COOKIE (or, before
+    /// Linux 5.14, the namespace's inode, as for the held sockets).
+    pub netns: u64,
+    /// It resolves paths as relaunch does: the same root and mount namespace.
+    pub same_files: bool,
+    /// It runs as the uid relaunch started the child as.
+    pub same_uid: bool,
+}
+
+/// Why a caller does not get the held socket it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apart {
+    /// Another network namespace: the address there is another one.
+    Net,
+    /// Another root or mount namespace: the path there is another file.
+    Files,
+    /// Another uid than the child relaunch started.
+    Uid,
 }
 
 /// What a bind gets.
@@ -124,11 +156,34 @@ pub enum Decision {
     /// Refused with EADDRINUSE (what the app would get without relaunch):
     /// the address overlaps a held one but is not it.
     Refuse { index: usize, why: String },
+    /// Held socket `index` matches, but the caller is not the child
+    /// relaunch started: the real bind runs.
+    Apart { index: usize, why: Apart },
 }
 
-/// What a bind of `asked` on `app` gets, given the held sockets. A relative
-/// Unix path must have been made absolute against the app's directory.
-pub fn decide(app: AppSocket, asked: &Asked, held: &[Held]) -> Decision {
+/// What a bind of `asked` on `app`, by `caller`, gets, given the held
+/// sockets. A relative Unix path must have been made absolute against the
+/// app's directory.
+pub fn decide(app: AppSocket, caller: &Caller, asked: &Asked, held: &[Held]) -> Decision {
+    let decision = matching(app, asked, held);
+    let index = match &decision {
+        Decision::Continue | Decision::Apart { .. } => return decision,
+        Decision::Give(i) | Decision::Move { index: i, .. } | Decision::Refuse { index: i, .. } => {
+            *i
+        }
+    };
+    let why = match asked {
+        // Abstract names belong to a network namespace too.
+        Asked::Inet(_) | Asked::Abstract(_) if held[index].netns != caller.netns => Apart::Net,
+        Asked::Unix(_) if !caller.same_files => Apart::Files,
+        _ if !caller.same_uid => Apart::Uid,
+        _ => return decision,
+    };
+    Decision::Apart { index, why }
+}
+
+/// What `decide` gives by the address alone.
+fn matching(app: AppSocket, asked: &Asked, held: &[Held]) -> Decision {
     if !app.stream {
         return Decision::Continue;
     }
@@ -350,12 +405,20 @@ mod tests {
         v6only: false,
     };
 
+    /// relaunch's own child, in relaunch's namespaces.
+    const HOME: Caller = Caller {
+        netns: 7,
+        same_files: true,
+        same_uid: true,
+    };
+
     fn tcp(addr: &str, movable: bool) -> Held {
         let at: SocketAddr = addr.parse().unwrap();
         let v6only = at.is_ipv6() && !at.ip().is_unspecified();
         Held {
             addr: HeldAddr::Tcp(at, v6only),
             movable,
+            netns: HOME.netns,
         }
     }
 
@@ -371,31 +434,37 @@ mod tests {
             tcp("[::]:7003", false),
         ];
         assert_eq!(
-            decide(INET, &inet("127.0.0.1:7002"), &held),
+            decide(INET, &HOME, &inet("127.0.0.1:7002"), &held),
             Decision::Give(1)
         );
-        assert_eq!(decide(INET6, &inet("[::]:7003"), &held), Decision::Give(2));
+        assert_eq!(
+            decide(INET6, &HOME, &inet("[::]:7003"), &held),
+            Decision::Give(2)
+        );
         // Another port, port 0, a datagram socket: the real bind.
         assert_eq!(
-            decide(INET, &inet("127.0.0.1:7004"), &held),
+            decide(INET, &HOME, &inet("127.0.0.1:7004"), &held),
             Decision::Continue
         );
-        assert_eq!(decide(INET, &inet("0.0.0.0:0"), &held), Decision::Continue);
+        assert_eq!(
+            decide(INET, &HOME, &inet("0.0.0.0:0"), &held),
+            Decision::Continue
+        );
         let udp = AppSocket {
             stream: false,
             ..INET
         };
         assert_eq!(
-            decide(udp, &inet("127.0.0.1:7001"), &held),
+            decide(udp, &HOME, &inet("127.0.0.1:7001"), &held),
             Decision::Continue
         );
         // Another address on the same port that does not overlap: the kernel decides.
         assert_eq!(
-            decide(INET, &inet("127.0.0.2:7001"), &held),
+            decide(INET, &HOME, &inet("127.0.0.2:7001"), &held),
             Decision::Continue
         );
         assert_eq!(
-            decide(INET6, &inet("[::1]:7001"), &held),
+            decide(INET6, &HOME, &inet("[::1]:7001"), &held),
             Decision::Continue
         );
     }
@@ -404,9 +473,12 @@ mod tests {
     fn an_ipv6_wildcard_takes_an_ipv4_wildcard_but_never_the_reverse() {
         let held = [tcp("0.0.0.0:8000", false)];
         // Node and Go bind [::] for "every interface".
-        assert_eq!(decide(INET6, &inet("[::]:8000"), &held), Decision::Give(0));
         assert_eq!(
-            decide(INET6, &inet("[::ffff:0.0.0.0]:8000"), &held),
+            decide(INET6, &HOME, &inet("[::]:8000"), &held),
+            Decision::Give(0)
+        );
+        assert_eq!(
+            decide(INET6, &HOME, &inet("[::ffff:0.0.0.0]:8000"), &held),
             Decision::Give(0)
         );
         let v6only = AppSocket {
@@ -414,12 +486,12 @@ mod tests {
             ..INET6
         };
         assert_eq!(
-            decide(v6only, &inet("[::]:8000"), &held),
+            decide(v6only, &HOME, &inet("[::]:8000"), &held),
             Decision::Continue
         );
         let held = [tcp("[::]:8000", false)];
         assert!(matches!(
-            decide(INET, &inet("0.0.0.0:8000"), &held),
+            decide(INET, &HOME, &inet("0.0.0.0:8000"), &held),
             Decision::Refuse { index: 0, why } if why.contains("garbled")
         ));
     }
@@ -428,20 +500,20 @@ mod tests {
     fn a_narrower_bind_under_a_wildcard_is_refused_not_widened() {
         let held = [tcp("0.0.0.0:5000", false)];
         assert!(matches!(
-            decide(INET, &inet("127.0.0.1:5000"), &held),
+            decide(INET, &HOME, &inet("127.0.0.1:5000"), &held),
             Decision::Refuse { index: 0, why } if why.contains("every interface")
         ));
         let held = [tcp("127.0.0.1:5000", false)];
         assert!(matches!(
-            decide(INET, &inet("0.0.0.0:5000"), &held),
+            decide(INET, &HOME, &inet("0.0.0.0:5000"), &held),
             Decision::Refuse { index: 0, .. }
         ));
         assert!(matches!(
-            decide(INET6, &inet("[::]:5000"), &held),
+            decide(INET6, &HOME, &inet("[::]:5000"), &held),
             Decision::Refuse { index: 0, .. }
         ));
         assert_eq!(
-            decide(INET6, &inet("[::ffff:127.0.0.1]:5000"), &held),
+            decide(INET6, &HOME, &inet("[::ffff:127.0.0.1]:5000"), &held),
             Decision::Give(0)
         );
     }
@@ -449,16 +521,19 @@ mod tests {
     #[test]
     fn a_bare_port_moves_to_where_the_app_binds() {
         let held = [tcp("[::]:5000", true)];
-        assert_eq!(decide(INET6, &inet("[::]:5000"), &held), Decision::Give(0));
         assert_eq!(
-            decide(INET, &inet("0.0.0.0:5000"), &held),
+            decide(INET6, &HOME, &inet("[::]:5000"), &held),
+            Decision::Give(0)
+        );
+        assert_eq!(
+            decide(INET, &HOME, &inet("0.0.0.0:5000"), &held),
             Decision::Move {
                 index: 0,
                 at: "0.0.0.0:5000".parse().unwrap()
             }
         );
         assert_eq!(
-            decide(INET, &inet("127.0.0.1:5000"), &held),
+            decide(INET, &HOME, &inet("127.0.0.1:5000"), &held),
             Decision::Move {
                 index: 0,
                 at: "127.0.0.1:5000".parse().unwrap()
@@ -472,10 +547,12 @@ mod tests {
             Held {
                 addr: HeldAddr::Unix(b"/run/a.sock".to_vec()),
                 movable: false,
+                netns: HOME.netns,
             },
             Held {
                 addr: HeldAddr::Abstract(b"x".to_vec()),
                 movable: false,
+                netns: HOME.netns,
             },
         ];
         let app = AppSocket {
@@ -484,15 +561,15 @@ mod tests {
             v6only: false,
         };
         assert_eq!(
-            decide(app, &Asked::Unix(b"/run/a.sock".to_vec()), &held),
+            decide(app, &HOME, &Asked::Unix(b"/run/a.sock".to_vec()), &held),
             Decision::Give(0)
         );
         assert_eq!(
-            decide(app, &Asked::Abstract(b"x".to_vec()), &held),
+            decide(app, &HOME, &Asked::Abstract(b"x".to_vec()), &held),
             Decision::Give(1)
         );
         assert_eq!(
-            decide(app, &Asked::Unix(b"/run/b.sock".to_vec()), &held),
+            decide(app, &HOME, &Asked::Unix(b"/run/b.sock".to_vec()), &held),
             Decision::Continue
         );
         let dgram = AppSocket {
@@ -500,7 +577,110 @@ mod tests {
             ..app
         };
         assert_eq!(
-            decide(dgram, &Asked::Unix(b"/run/a.sock".to_vec()), &held),
+            decide(dgram, &HOME, &Asked::Unix(b"/run/a.sock".to_vec()), &held),
+            Decision::Continue
+        );
+    }
+
+    #[test]
+    fn a_caller_apart_from_the_child_gets_nothing_held() {
+        let unix = |p: &[u8]| Held {
+            addr: HeldAddr::Unix(p.to_vec()),
+            movable: false,
+            netns: HOME.netns,
+        };
+        let held = [
+            tcp("0.0.0.0:5000", true),
+            tcp("127.0.0.1:6000", false),
+            unix(b"/run/a.sock"),
+            Held {
+                addr: HeldAddr::Abstract(b"x".to_vec()),
+                movable: false,
+                netns: HOME.netns,
+            },
+        ];
+        let local = AppSocket {
+            domain: libc::AF_UNIX,
+            stream: true,
+            v6only: false,
+        };
+        let sandboxed = Caller { netns: 8, ..HOME };
+        // Not given, not moved, not refused: the kernel decides there.
+        for (asked, index) in [
+            ("0.0.0.0:5000", 0),
+            ("127.0.0.1:5000", 0),
+            ("0.0.0.0:6000", 1),
+        ] {
+            assert_eq!(
+                decide(INET, &sandboxed, &inet(asked), &held),
+                Decision::Apart {
+                    index,
+                    why: Apart::Net
+                },
+                "{asked}"
+            );
+        }
+        assert_eq!(
+            decide(local, &sandboxed, &Asked::Abstract(b"x".to_vec()), &held),
+            Decision::Apart {
+                index: 3,
+                why: Apart::Net
+            }
+        );
+        // A path is a file, whatever the network namespace.
+        assert_eq!(
+            decide(
+                local,
+                &sandboxed,
+                &Asked::Unix(b"/run/a.sock".to_vec()),
+                &held
+            ),
+            Decision::Give(2)
+        );
+        let chrooted = Caller {
+            same_files: false,
+            ..HOME
+        };
+        assert_eq!(
+            decide(
+                local,
+                &chrooted,
+                &Asked::Unix(b"/run/a.sock".to_vec()),
+                &held
+            ),
+            Decision::Apart {
+                index: 2,
+                why: Apart::Files
+            }
+        );
+        assert_eq!(
+            decide(INET, &chrooted, &inet("0.0.0.0:5000"), &held),
+            Decision::Give(0)
+        );
+        let other_uid = Caller {
+            same_uid: false,
+            ..HOME
+        };
+        for asked in [inet("0.0.0.0:5000"), Asked::Unix(b"/run/a.sock".to_vec())] {
+            let app = if matches!(asked, Asked::Unix(_)) {
+                local
+            } else {
+                INET
+            };
+            assert!(
+                matches!(
+                    decide(app, &other_uid, &asked, &held),
+                    Decision::Apart {
+                        why: Apart::Uid,
+                        ..
+                    }
+                ),
+                "{asked:?}"
+            );
+        }
+        // Nothing held there: the real bind, as for anyone.
+        assert_eq!(
+            decide(INET, &other_uid, &inet("0.0.0.0:7000"), &held),
             Decision::Continue
         );
     }
@@ -510,8 +690,8 @@ mod tests {
         fn hostile_sockaddrs_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..200)) {
             let asked = parse_sockaddr(&raw);
             let held = [tcp("[::]:1", true), tcp("127.0.0.1:2", false)];
-            let _ = decide(INET, &asked, &held);
-            let _ = decide(INET6, &asked, &held);
+            let _ = decide(INET, &HOME, &asked, &held);
+            let _ = decide(INET6, &HOME, &asked, &held);
             let _ = shown(&asked);
         }
 
@@ -542,10 +722,10 @@ mod tests {
                 .map(|&(i, p, movable)| {
                     let at = SocketAddr::new(ips[i], p);
                     let v6only = at.is_ipv6() && !at.ip().is_unspecified();
-                    Held { addr: HeldAddr::Tcp(at, v6only), movable }
+                    Held { addr: HeldAddr::Tcp(at, v6only), movable, netns: HOME.netns }
                 })
                 .collect();
-            let d = decide(app, &Asked::Inet(asked), &held);
+            let d = decide(app, &HOME, &Asked::Inet(asked), &held);
             if port == 0 || app_v6 != asked.is_ipv6() {
                 prop_assert_eq!(&d, &Decision::Continue);
             }
@@ -564,6 +744,8 @@ mod tests {
                     prop_assert_eq!(at, asked);
                 }
                 Decision::Refuse { index, .. } => prop_assert!(!held[index].movable),
+                // relaunch's own child is never apart.
+                Decision::Apart { .. } => prop_assert!(false, "{:?}", d),
                 Decision::Continue => {}
             }
         }

@@ -15,12 +15,18 @@
 //!   path, so a symlink or another file swapped in meanwhile is never touched. Afterwards the path must still name the
 //!   pinned inode (device and inode number).
 //! - Remove: on drop, only if the path still names the inode we bound.
+//!
+//! The socket's folder is pinned ([`Folder`]) when relaunch first binds
+//! there, and every later step (stat, probe, bind, pin, unlink) goes
+//! through that fd: an app that can write a folder above the socket and
+//! swaps it for a symlink moves nothing relaunch does as root elsewhere.
 
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -47,10 +53,14 @@ pub struct Role<'a> {
     pub in_use: &'a str,
 }
 
-/// A socket file we created; removed on drop if the path still names it.
+/// A socket file we created; removed on drop if its name in the pinned
+/// folder still names it.
 #[derive(Debug)]
 pub struct SocketFile {
     path: PathBuf,
+    /// None: the folder was gone when an upgrade adopted the file.
+    folder: Option<Folder>,
+    name: OsString,
     identity: (u64, u64),
 }
 
@@ -62,7 +72,21 @@ impl SocketFile {
 
     /// A file an earlier image of relaunch created (see `supervise::handover`).
     pub fn adopt(path: PathBuf, identity: (u64, u64)) -> SocketFile {
-        SocketFile { path, identity }
+        let (folder, name) = match Folder::of(&path) {
+            Ok((f, n)) => (Some(f), n),
+            Err(_) => (None, OsString::new()),
+        };
+        SocketFile {
+            path,
+            folder,
+            name,
+            identity,
+        }
+    }
+
+    /// The folder it was bound in, pinned then.
+    pub fn folder(&self) -> Option<&Folder> {
+        self.folder.as_ref()
     }
 
     /// (device, inode) of the file relaunch created.
@@ -73,31 +97,302 @@ impl SocketFile {
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        remove_if_ours(&self.path, self.identity);
+        if let Some(folder) = &self.folder {
+            folder.remove_if_ours(&self.name, self.identity);
+        }
     }
 }
 
+/// A folder pinned by an `O_PATH | O_DIRECTORY` fd: the names in it are
+/// reached through that fd, never through the path again, so a folder
+/// swapped for a symlink later (by an app that can write the folder above)
+/// changes nothing. The one place relaunch acts on names in a folder.
+#[derive(Debug, Clone)]
+pub struct Folder {
+    fd: Arc<OwnedFd>,
+    /// As first opened, for messages.
+    path: PathBuf,
+}
+
+impl Folder {
+    /// Pins the folder of `path` now; the file's name in it.
+    pub fn of(path: &Path) -> io::Result<(Folder, OsString)> {
+        let name = match path.file_name() {
+            Some(n) if path.as_os_str().as_bytes().last() != Some(&b'/') => n.to_owned(),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the path names no file",
+                ));
+            }
+        };
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let folder = Folder {
+            fd: Arc::new(open_folder_fd(folder)?),
+            path: folder.to_path_buf(),
+        };
+        Ok((folder, name))
+    }
+
+    /// (device, inode) of the folder itself.
+    pub fn identity(&self) -> io::Result<(u64, u64)> {
+        let st = nix::sys::stat::fstat(self.fd.as_fd())?;
+        Ok((st.st_dev, st.st_ino))
+    }
+
+    /// Whether `path` leads to this folder through folders (and symlinks)
+    /// that only root or relaunch's user can change, so it leads here until
+    /// one of them changes it. Anyone goes when relaunch is not root: an app
+    /// that could redirect the path can do what relaunch can.
+    fn is_reached_surely(&self, path: &Path) -> bool {
+        let me = nix::unistd::geteuid().as_raw();
+        if me != 0 {
+            return true;
+        }
+        let sure = |uid: u32| uid == 0 || uid == me;
+        let walk = || -> io::Result<bool> {
+            let mut todo: Vec<OsString> = Vec::new();
+            let push = |todo: &mut Vec<OsString>, p: &Path| {
+                // Reversed, so pop() takes the next one.
+                let mut parts: Vec<OsString> = p
+                    .components()
+                    .filter(|c| !matches!(c, std::path::Component::RootDir))
+                    .map(|c| c.as_os_str().to_owned())
+                    .collect();
+                parts.reverse();
+                todo.extend(parts);
+            };
+            if !path.is_absolute() {
+                return Ok(false);
+            }
+            push(&mut todo, path);
+            let root = Arc::new(open_folder_fd(Path::new("/"))?);
+            let mut at = Arc::clone(&root);
+            let mut links = 0;
+            while let Some(part) = todo.pop() {
+                let dir = nix::sys::stat::fstat(at.as_fd())?;
+                let folder = Folder {
+                    fd: Arc::clone(&at),
+                    path: PathBuf::new(),
+                };
+                let next = folder.pin(&part)?;
+                let st = nix::sys::stat::fstat(next.as_fd())?;
+                // Its entry here can change only by the folder's owner (or,
+                // in a sticky folder, the entry's owner too).
+                let writable = dir.st_mode & 0o022 != 0;
+                let sticky = dir.st_mode & libc::S_ISVTX != 0;
+                if !sure(dir.st_uid) || (writable && !(sticky && sure(st.st_uid))) {
+                    return Ok(false);
+                }
+                match st.st_mode & libc::S_IFMT {
+                    libc::S_IFDIR => at = Arc::new(next),
+                    libc::S_IFLNK => {
+                        links += 1;
+                        if links > 40 {
+                            return Ok(false);
+                        }
+                        let c = CString::new(part.as_bytes())?;
+                        let target = nix::fcntl::readlinkat(at.as_fd(), c.as_c_str())?;
+                        let target = PathBuf::from(target);
+                        if target.is_absolute() {
+                            at = Arc::clone(&root);
+                        }
+                        push(&mut todo, &target);
+                    }
+                    _ => return Ok(false),
+                }
+            }
+            let st = nix::sys::stat::fstat(at.as_fd())?;
+            Ok(Some((st.st_dev, st.st_ino)) == self.identity().ok())
+        };
+        walk().unwrap_or(false)
+    }
+
+    /// The path the folder had when pinned, joined with `name`.
+    pub fn shown(&self, name: &OsStr) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// `name` itself (never a symlink's target); None if there is none.
+    pub fn stat(&self, name: &OsStr) -> io::Result<Option<libc::stat>> {
+        let c = CString::new(name.as_bytes())?;
+        // SAFETY: zeroed plain struct filled by the kernel.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated name relative to our own fd.
+        let rc = unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc == 0 {
+            return Ok(Some(st));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::NotFound {
+            return Ok(None);
+        }
+        Err(e)
+    }
+
+    /// An O_PATH fd of `name` itself, never of a symlink's target.
+    fn pin(&self, name: &OsStr) -> io::Result<OwnedFd> {
+        let c = CString::new(name.as_bytes())?;
+        // SAFETY: a NUL-terminated name relative to our own fd; the fd
+        // returned is new and ours.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: openat just returned it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn unlink(&self, name: &OsStr) -> io::Result<()> {
+        let c = CString::new(name.as_bytes())?;
+        // SAFETY: a NUL-terminated name relative to our own fd.
+        if unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Removes `name` if it still is the file we created: (device, inode).
+    pub fn remove_if_ours(&self, name: &OsStr, identity: (u64, u64)) {
+        let shown = self.shown(name);
+        match self.stat(name) {
+            Ok(Some(st)) if (st.st_dev, st.st_ino) == identity => {
+                if let Err(e) = self.unlink(name) {
+                    warn!(path = %shown.display(), "cannot remove the file relaunch created: {e}");
+                }
+            }
+            Ok(Some(_)) => {
+                debug!(path = %shown.display(), "the file was replaced by someone else; leaving it")
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs `f` on a thread whose working directory is this folder, its
+    /// own (unshare(CLONE_FS)), so that `f` can name files relative to
+    /// it: Linux has no bindat or connectat.
+    fn within<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+        let dir = self.fd.as_fd();
+        std::thread::scope(|s| {
+            let spawned = {
+                // Signals stay the main thread's.
+                let _blocked = crate::sigmask::Blocked::new();
+                std::thread::Builder::new()
+                    .name("folder".into())
+                    .stack_size(64 * 1024)
+                    .spawn_scoped(s, move || in_folder(dir, f))
+            };
+            spawned?
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the folder thread panicked")))
+        })
+    }
+}
+
+fn open_folder_fd(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a NUL-terminated path; the fd returned is new and ours.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open just returned it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn in_folder<T>(dir: BorrowedFd<'_>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    // SAFETY: plain syscalls on this thread's own fs context and our own fd.
+    unsafe {
+        if libc::unshare(libc::CLONE_FS) != 0 || libc::fchdir(dir.as_raw_fd()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    f()
+}
+
 /// Claims `path`, binds a new stream socket there with `access` (not yet
-/// listening, so nobody connects before the owner is set).
+/// listening, so nobody connects before the owner is set). Its folder is
+/// pinned now: [`SocketFile::folder`].
 pub fn bind(path: &Path, access: &Access, role: &Role) -> Result<(Socket, SocketFile)> {
-    check_folder(path, role)?;
-    claim(path, role)?;
-    let (socket, pinned) = create(path, access.mode, role)?;
-    let file = finish(path, pinned, access, role)?;
+    let (folder, name) = open_folder(path, role)?;
+    place(&folder, &name, Some(path), access, role)
+}
+
+/// [`bind`] at `name` in a folder pinned earlier, once an app may have
+/// swapped a folder on the path. By the whole path (the socket's address,
+/// which getsockname tells the app) where nobody but root or relaunch's
+/// user can change where it leads; else by the name alone, from inside the
+/// pinned folder, and the socket's address is that name.
+pub fn bind_in(
+    folder: &Folder,
+    name: &OsStr,
+    access: &Access,
+    role: &Role,
+) -> Result<(Socket, SocketFile)> {
+    let path = folder.shown(name);
+    let at = folder
+        .is_reached_surely(&folder.path)
+        .then_some(path.as_path());
+    place(folder, name, at, access, role)
+}
+
+/// `at`: bind by that whole path (at start, where the path is the user's
+/// word and the socket's address must be it); None: through the folder.
+fn place(
+    folder: &Folder,
+    name: &OsStr,
+    at: Option<&Path>,
+    access: &Access,
+    role: &Role,
+) -> Result<(Socket, SocketFile)> {
+    claim(folder, name, role)?;
+    let (socket, pinned) = create(folder, name, at, access.mode, role)?;
+    let file = finish(folder, name, pinned, access, role)?;
     Ok((socket, file))
 }
 
 /// The socket and its file pinned right after bind: (fd, dev, ino).
 type Pinned = (OwnedFd, (u64, u64));
 
-fn create(path: &Path, mode: u32, role: &Role) -> Result<(Socket, Pinned)> {
+fn create(
+    folder: &Folder,
+    name: &OsStr,
+    at: Option<&Path>,
+    mode: u32,
+    role: &Role,
+) -> Result<(Socket, Pinned)> {
     let label = role.label;
     let sock = Socket::new(Domain::UNIX, Type::STREAM, None)
         .map_err(|e| Error::runtime(format!("cannot create {label}: socket: {e}")))?;
     nix::sys::stat::fchmod(&sock, nix::sys::stat::Mode::from_bits_truncate(mode))
         .map_err(|e| Error::runtime(format!("cannot create {label}: fchmod: {e}")))?;
-    let addr = SockAddr::unix(path).map_err(|e| bind_error(role, &e))?;
-    sock.bind(&addr).map_err(|e| bind_error(role, &e))?;
+    let bound = match at {
+        // Then checked below: the file must be in the folder pinned.
+        Some(path) => SockAddr::unix(path).and_then(|a| sock.bind(&a)),
+        None => SockAddr::unix(name).and_then(|a| folder.within(|| sock.bind(&a))),
+    };
+    bound.map_err(|e| bind_error(role, &e))?;
     let replaced = |why: String| {
         Error::runtime(format!(
             "{label} was replaced right after relaunch created it ({why}); relaunch leaves it alone"
@@ -107,7 +402,7 @@ fn create(path: &Path, mode: u32, role: &Role) -> Result<(Socket, Pinned)> {
             role.elsewhere
         ))
     };
-    let pinned = pin(path).map_err(|e| replaced(e.to_string()))?;
+    let pinned = folder.pin(name).map_err(|e| replaced(e.to_string()))?;
     let st = nix::sys::stat::fstat(&pinned).map_err(|e| replaced(e.to_string()))?;
     let is_socket = st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
     if !is_socket || st.st_nlink != 1 || st.st_uid != nix::unistd::geteuid().as_raw() {
@@ -118,10 +413,18 @@ fn create(path: &Path, mode: u32, role: &Role) -> Result<(Socket, Pinned)> {
 
 /// Sets the exact mode and the owner on the pinned inode, then checks that
 /// the path still names it. The file is ours from here: removed on error.
-fn finish(path: &Path, pinned: Pinned, access: &Access, role: &Role) -> Result<SocketFile> {
+fn finish(
+    folder: &Folder,
+    name: &OsStr,
+    pinned: Pinned,
+    access: &Access,
+    role: &Role,
+) -> Result<SocketFile> {
     let (fd, identity) = pinned;
     let file = SocketFile {
-        path: path.to_path_buf(),
+        path: folder.shown(name),
+        folder: Some(folder.clone()),
+        name: name.to_owned(),
         identity,
     };
     let label = role.label;
@@ -149,8 +452,8 @@ fn finish(path: &Path, pinned: Pinned, access: &Access, role: &Role) -> Result<S
                 .hint("owner= and group= need relaunch to run as root"));
         }
     }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if (m.dev(), m.ino()) == identity => Ok(file),
+    match folder.stat(name) {
+        Ok(Some(st)) if (st.st_dev, st.st_ino) == identity => Ok(file),
         _ => Err(Error::runtime(format!(
             "{label} was replaced while relaunch set its mode and owner; relaunch leaves it alone"
         ))
@@ -196,62 +499,52 @@ fn chmod_through_proc(fd: &OwnedFd, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// An O_PATH fd of the file at `path` itself, never of a symlink's target.
-fn pin(path: &Path) -> io::Result<OwnedFd> {
-    let mut c = path.as_os_str().as_bytes().to_vec();
-    c.push(0);
-    // SAFETY: a NUL-terminated path; the fd returned is new and ours.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr().cast(),
-            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: open just returned it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn check_folder(path: &Path, role: &Role) -> Result<()> {
+/// Pins the folder of `path` ([`Folder::of`]), with the errors a user reads.
+fn open_folder(path: &Path, role: &Role) -> Result<(Folder, OsString)> {
     let label = role.label;
     let folder = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     let f = folder.display();
-    match std::fs::metadata(folder) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(
+    Folder::of(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOTDIR) => {
             Error::runtime(format!("cannot create {label}: {f} is not a folder")).hint(format!(
                 "use a path inside an existing folder, or {}",
                 role.elsewhere
-            )),
-        ),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::runtime(format!(
+            ))
+        }
+        Some(libc::ENOENT) => Error::runtime(format!(
             "cannot create {label}: the folder {f} does not exist"
         ))
         .hint(format!(
             "create it first (mkdir -p {f}, or RuntimeDirectory= in a systemd unit), or {}",
             role.elsewhere
-        ))),
-        Err(e) => Err(Error::runtime(format!(
+        )),
+        _ if e.kind() == io::ErrorKind::InvalidInput => Error::runtime(format!(
+            "cannot create {label}: the path names a folder, not a file"
+        ))
+        .hint(format!(
+            "name the socket file itself, or {}",
+            role.elsewhere
+        )),
+        _ => Error::runtime(format!(
             "cannot create {label}: cannot inspect the folder {f}: {e}"
         ))
         .hint(format!(
             "check the folder's permissions, or {}",
             role.elsewhere
-        ))),
-    }
+        )),
+    })
 }
 
-/// Removes a stale socket file at `path`; fails on a live one or a non-socket.
-fn claim(path: &Path, role: &Role) -> Result<()> {
+/// Removes a stale socket file at `name`; fails on a live one or a non-socket.
+fn claim(folder: &Folder, name: &OsStr, role: &Role) -> Result<()> {
     let label = role.label;
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+    let path = folder.shown(name);
+    let meta = match folder.stat(name) {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(()),
         Err(e) => {
             return Err(
                 Error::runtime(format!("cannot inspect {label}: {e}")).hint(format!(
@@ -261,7 +554,7 @@ fn claim(path: &Path, role: &Role) -> Result<()> {
             );
         }
     };
-    if !meta.file_type().is_socket() {
+    if meta.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(Error::runtime(format!(
             "cannot create {label}: the path exists and is not a socket"
         ))
@@ -270,7 +563,7 @@ fn claim(path: &Path, role: &Role) -> Result<()> {
             role.elsewhere
         )));
     }
-    match probe(path) {
+    match probe(folder, name) {
         Ok(Probe::Live(pid)) => {
             let holder = who::lookup(&who::Target::Unix(path.display().to_string()))
                 .ok()
@@ -281,7 +574,7 @@ fn claim(path: &Path, role: &Role) -> Result<()> {
         }
         Ok(Probe::Gone) => Ok(()),
         // Nobody accepts: a leftover from a process that died.
-        Ok(Probe::Stale) => match std::fs::remove_file(path) {
+        Ok(Probe::Stale) => match folder.unlink(name) {
             Ok(()) => {
                 info!(path = %path.display(), "removed a stale socket file");
                 Ok(())
@@ -340,11 +633,12 @@ pub enum Probe {
 }
 
 /// Connects without blocking to tell a live socket file from a stale one.
-pub fn probe(path: &Path) -> io::Result<Probe> {
+fn probe(folder: &Folder, name: &OsStr) -> io::Result<Probe> {
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
     // Non-blocking so a live relaunch with a full backlog can't hang us.
     socket.set_nonblocking(true)?;
-    match socket.connect(&SockAddr::unix(path)?) {
+    let addr = SockAddr::unix(name)?;
+    match folder.within(|| socket.connect(&addr)) {
         Ok(()) => {
             let pid = getsockopt(&socket, PeerCredentials)
                 .ok()
@@ -361,23 +655,15 @@ pub fn probe(path: &Path) -> io::Result<Probe> {
 
 /// Removes `path` if it still names the file we created: (device, inode).
 pub fn remove_if_ours(path: &Path, identity: (u64, u64)) {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if (m.dev(), m.ino()) == identity => {
-            if let Err(e) = std::fs::remove_file(path) {
-                warn!(path = %path.display(), "cannot remove the file relaunch created: {e}");
-            }
-        }
-        Ok(_) => {
-            debug!(path = %path.display(), "the file was replaced by someone else; leaving it")
-        }
-        Err(_) => {}
+    if let Ok((folder, name)) = Folder::of(path) {
+        folder.remove_if_ours(&name, identity);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     struct Dir(PathBuf);
     impl Dir {
@@ -421,12 +707,13 @@ mod tests {
             owner,
             group: None,
         };
-        let (_sock, pinned) = create(&path, access.mode, &ROLE).unwrap();
+        let (folder, name) = Folder::of(&path).unwrap();
+        let (_sock, pinned) = create(&folder, &name, Some(&path), access.mode, &ROLE).unwrap();
         // The app user, who can write the folder, swaps the file.
         let moved = dir.0.join("moved.sock");
         std::fs::rename(&path, &moved).unwrap();
         std::os::unix::fs::symlink(&victim, &path).unwrap();
-        let e = finish(&path, pinned, &access, &ROLE).unwrap_err();
+        let e = finish(&folder, &name, pinned, &access, &ROLE).unwrap_err();
         assert!(e.msg.contains("was replaced"), "{e}");
         let after = std::fs::metadata(&victim).unwrap();
         assert_eq!(after.mode() & 0o7777, 0o600, "the victim was chmodded");
@@ -440,6 +727,82 @@ mod tests {
         if let Some(uid) = owner {
             assert_eq!(std::fs::symlink_metadata(&moved).unwrap().uid(), uid);
         }
+    }
+
+    /// The folder is pinned: swapped for a symlink to another folder after,
+    /// the next bind, probe and removal still happen in the folder pinned.
+    #[test]
+    fn a_folder_swapped_for_a_symlink_is_not_followed() {
+        if !nix::unistd::geteuid().is_root() {
+            // Not root, relaunch follows: an app that could swap the folder
+            // could do all relaunch can.
+            eprintln!("a folder swapped for a symlink: NOT RUN: only root guards");
+            return;
+        }
+        let dir = Dir::new("folder");
+        let sub = dir.0.join("sub");
+        let elsewhere = dir.0.join("elsewhere");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::create_dir(&elsewhere).unwrap();
+        let path = sub.join("app.sock");
+        let access = Access {
+            mode: 0o600,
+            owner: None,
+            group: None,
+        };
+        let (_first, file) = bind(&path, &access, &ROLE).unwrap();
+        let folder = file.folder().unwrap().clone();
+        let moved = dir.0.join("moved");
+        std::fs::rename(&sub, &moved).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &sub).unwrap();
+        // The app deleted the file; relaunch binds it again.
+        std::fs::remove_file(moved.join("app.sock")).unwrap();
+        drop(file);
+        let (second, again) = bind_in(&folder, OsStr::new("app.sock"), &access, &ROLE).unwrap();
+        second.listen(1).unwrap();
+        assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none());
+        // Bound by its name alone: the path leads elsewhere now.
+        let addr = second.local_addr().unwrap();
+        assert_eq!(addr.as_pathname(), Some(Path::new("app.sock")));
+        assert_eq!(mode(&moved.join("app.sock")), 0o600);
+        // A live socket there is probed through the pinned folder too.
+        let e = bind_in(&folder, OsStr::new("app.sock"), &access, &ROLE).unwrap_err();
+        assert!(e.msg.contains("already in use"), "{e}");
+        drop(again);
+        assert!(
+            !moved.join("app.sock").exists(),
+            "removed where it was made"
+        );
+    }
+
+    /// A socket remade where the path still leads (through folders only
+    /// root can change, a symlink among them) has the whole path as its
+    /// address, as the first one had: what getsockname tells the app.
+    #[test]
+    fn a_remade_socket_keeps_its_whole_path_as_its_address() {
+        let dir = Dir::new("addr");
+        let real = dir.0.join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink("real", dir.0.join("link")).unwrap();
+        let path = dir.0.join("link/app.sock");
+        let access = Access {
+            mode: 0o600,
+            owner: None,
+            group: None,
+        };
+        let (first, file) = bind(&path, &access, &ROLE).unwrap();
+        assert_eq!(
+            first.local_addr().unwrap().as_pathname(),
+            Some(path.as_path())
+        );
+        let folder = file.folder().unwrap().clone();
+        std::fs::remove_file(&path).unwrap();
+        let (again, _file) = bind_in(&folder, OsStr::new("app.sock"), &access, &ROLE).unwrap();
+        assert_eq!(
+            again.local_addr().unwrap().as_pathname(),
+            Some(path.as_path())
+        );
+        assert!(real.join("app.sock").exists());
     }
 
     #[test]
@@ -482,7 +845,8 @@ mod tests {
         // fchmod before bind it would be 0777 minus the umask.
         let dir = Dir::new("born");
         let path = dir.0.join("ctl.sock");
-        let (_sock, _pinned) = create(&path, 0o600, &ROLE).unwrap();
+        let (folder, name) = Folder::of(&path).unwrap();
+        let (_sock, _pinned) = create(&folder, &name, Some(&path), 0o600, &ROLE).unwrap();
         assert_eq!(mode(&path) & 0o077, 0, "born with mode {:o}", mode(&path));
     }
 
@@ -490,7 +854,8 @@ mod tests {
     fn both_ways_of_chmod_act_on_the_pinned_inode() {
         let dir = Dir::new("chmod");
         let path = dir.0.join("app.sock");
-        let (_sock, (fd, _)) = create(&path, 0o600, &ROLE).unwrap();
+        let (folder, name) = Folder::of(&path).unwrap();
+        let (_sock, (fd, _)) = create(&folder, &name, Some(&path), 0o600, &ROLE).unwrap();
         chmod_pinned(&fd, 0o640).unwrap();
         assert_eq!(mode(&path), 0o640);
         chmod_through_proc(&fd, 0o604).unwrap();

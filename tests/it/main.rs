@@ -6,6 +6,7 @@ mod core;
 mod faults;
 mod groups;
 mod intercept;
+mod intercept_isolation;
 mod intercept_peers;
 mod lazy;
 mod ops;
