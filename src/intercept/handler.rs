@@ -559,6 +559,7 @@ struct Session {
 const SAID_GIVEN: u8 = 0;
 const SAID_REFUSED: u8 = 1;
 const SAID_SHUTDOWN: u8 = 2;
+const SAID_OPTION: u8 = 3;
 
 /// An answer to one notification.
 enum Answer {
@@ -685,6 +686,7 @@ impl Session {
             libc::SYS_bind => self.bind(notify, req, tid, fd),
             libc::SYS_listen => self.listen(tid, fd),
             libc::SYS_shutdown => self.shutdown(notify, req, tid, fd),
+            libc::SYS_setsockopt => self.setsockopt(tid, fd, req.data.args[2] as i32),
             _ => Ok(Answer::Continue),
         };
         result.unwrap_or_else(|e| {
@@ -695,6 +697,10 @@ impl Session {
             let (call, then) = match i64::from(req.data.nr) {
                 libc::SYS_bind => ("bind", "a bind of a held address fails with EADDRINUSE"),
                 libc::SYS_listen => ("listen", "its backlog replaces relaunch's"),
+                libc::SYS_setsockopt => (
+                    "setsockopt",
+                    "if it names relaunch's socket, the option applies to it",
+                ),
                 _ => ("shutdown", "the listener stops for every generation"),
             };
             if gone {
@@ -1033,6 +1039,33 @@ impl Session {
             info!(
                 "pid {tgid} ({}) shut down relaunch's socket (its fd {fd}): it got a closed \
                  socket in its place, and the listener serves on",
+                proc::comm(tgid)
+            );
+        }
+        Ok(Answer::Value(0))
+    }
+
+    /// setsockopt(SOL_SOCKET, `option`) of an option that shares or steers
+    /// a port (the filter traps no other): on a held socket, answered 0 and
+    /// not applied, said once per child; on any other socket it runs.
+    fn setsockopt(&mut self, tid: i32, fd: i32, option: i32) -> io::Result<Answer> {
+        let Some((tgid, index, _)) = self.held_index(tid, fd)? else {
+            return Ok(Answer::Continue);
+        };
+        let name = match option {
+            libc::SO_REUSEPORT => "SO_REUSEPORT",
+            libc::SO_ATTACH_REUSEPORT_CBPF => "SO_ATTACH_REUSEPORT_CBPF",
+            libc::SO_ATTACH_REUSEPORT_EBPF => "SO_ATTACH_REUSEPORT_EBPF",
+            libc::SO_DETACH_REUSEPORT_BPF => "SO_DETACH_REUSEPORT_BPF",
+            _ => return Ok(Answer::Continue),
+        };
+        // Once per child (its whole tree), whichever process sets it.
+        if self.said.insert((0, index, SAID_OPTION)) {
+            warn!(
+                "pid {tgid} ({}) set {name} on relaunch's socket (its fd {fd}): answered 0, not \
+                 applied. It would let other processes of a user share the port and take its \
+                 connections; relaunch alone decides who listens there. Nothing to do: the \
+                 app serves as it is",
                 proc::comm(tgid)
             );
         }

@@ -2,7 +2,7 @@
 //! relaunch's listening socket instead of EADDRINUSE.
 //!
 //! Every child is started under a seccomp filter ([`filter`]) that sends its
-//! `bind`, `listen` and `shutdown` calls to relaunch (seccomp user
+//! `bind`, `listen`, `shutdown` and some `setsockopt` calls to relaunch (seccomp user
 //! notification); the filter is inherited across fork and exec, so wrappers
 //! and workers are covered. [`handler`] answers them, one thread per child:
 //!
@@ -16,6 +16,11 @@
 //!   replaced by a private socket that was never listening, so its own
 //!   accept loop sees the socket end (accept fails with EINVAL), while the
 //!   held listener serves on.
+//! - `setsockopt(SOL_SOCKET, SO_REUSEPORT)` and the reuseport BPF options
+//!   on a held socket return 0 without running: with SO_REUSEPORT on,
+//!   another process of the socket's user could bind the port beside it
+//!   and take connections. The filter matches these by level and name, so
+//!   every other option runs untrapped.
 //!
 //! This module is the pure part: reading a sockaddr from hostile bytes and
 //! deciding what a bind gets ([`decide`]).
