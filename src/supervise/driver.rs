@@ -49,7 +49,7 @@ use crate::plan::options::{self, ReadyMode};
 use crate::plan::placeholders::Named;
 use crate::plan::{self, Snapshot};
 use crate::ready::notify::{Message, NotifySocket, Systemd};
-use crate::ready::scan;
+use crate::ready::{fallback, scan};
 use crate::sockets::{self, Listener};
 use crate::supervise::supervisor::{
     Config, Effect, Event, Notice, Os, Supervisor, Tell, WatchConfig,
@@ -1871,10 +1871,15 @@ fn fill_status(status: &mut control::Status, inodes: &[Option<u64>]) {
         }
         Err(e) => debug!("cannot read the accept queues: {e}"),
     }
+    let held: HashSet<u64> = inodes.iter().flatten().copied().collect();
     for c in &mut status.children {
         if c.state == "lingering" {
             c.lingering = reaper::group_members(c.pid);
         }
+        c.elsewhere = fallback::listening(&crate::proc::tree(&[c.pid]), &held)
+            .into_iter()
+            .map(|(_, at, _)| crate::intercept::shown(&crate::intercept::Asked::Inet(at)))
+            .collect();
     }
 }
 
@@ -1883,11 +1888,18 @@ fn fill_status(status: &mut control::Status, inodes: &[Option<u64>]) {
 fn start_scan(sup: &Supervisor<Driver>, inodes: &Arc<HashSet<u64>>) -> JoinHandle<Vec<Event>> {
     let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = sup.to_scan(Instant::now()).unzip();
     let inodes = Arc::clone(inodes);
+    let held: Vec<std::net::SocketAddr> = sup
+        .os
+        .listeners
+        .iter()
+        .filter_map(|l| l.socket.local_addr().ok()?.as_socket())
+        .collect();
     tokio::task::spawn_blocking(move || {
         let verdicts = scan::scan_each(&roots, &inodes);
         pids.into_iter()
             .zip(verdicts)
-            .filter_map(|(pid, verdict)| match verdict {
+            .zip(&roots)
+            .filter_map(|((pid, verdict), roots)| match verdict {
                 scan::Verdict::Waiting { pid: p, tid, how } => Some(Event::Ready {
                     pid,
                     how: format!("pid {p} thread {tid} waits in {how}"),
@@ -1897,7 +1909,8 @@ fn start_scan(sup: &Supervisor<Driver>, inodes: &Arc<HashSet<u64>>) -> JoinHandl
                     how: format!("pid {p} holds a connection it accepted"),
                 }),
                 scan::Verdict::NotYet { blind: Some(why) } => Some(Event::Blind { pid, why }),
-                scan::Verdict::NotYet { blind: None } => None,
+                scan::Verdict::NotYet { blind: None } => fallback::check(roots, &inodes, &held)
+                    .map(|notice| Event::Elsewhere { pid, notice }),
                 // Said once at start: blind, without a line per child.
                 scan::Verdict::NoProc => Some(Event::Blind {
                     pid,

@@ -7,6 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::probes::python_has;
 use crate::util::*;
 
 const T: Duration = Duration::from_secs(30);
@@ -58,22 +59,6 @@ try:
 except OSError as e:
     print(e.errno)
 "#;
-
-fn python_has(module: &str) -> bool {
-    let has = require_tool("python3")
-        && Command::new("python3")
-            .args(["-c", &format!("import {module}")])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !has {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{module} is required under CI=true: pip install -r .ci/requirements.txt"
-        );
-        eprintln!("skipping: python3 with {module} is not installed");
-    }
-    has
-}
 
 /// Whether `uid` finds `module` with the python3 on PATH (a python under
 /// /root is out of other users' reach).

@@ -12,6 +12,7 @@ mod lazy;
 mod ops;
 mod package;
 mod ports;
+mod probes;
 mod ready;
 mod reload;
 mod rig;
