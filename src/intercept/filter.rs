@@ -48,7 +48,8 @@ const ARG1_LOW: u32 = 24;
 const ARG1_LOW: u32 = 28;
 const ARG2_LOW: u32 = ARG1_LOW + 8;
 
-const ALLOW: usize = PROGRAM.len() - 1;
+const LEN: usize = 19;
+const ALLOW: usize = LEN - 1;
 const NOTIFY: usize = ALLOW - 1;
 
 /// A jump from instruction `at` to `to` when the accumulator equals `k`.
@@ -61,40 +62,54 @@ const fn to(at: usize, k: u32, to: usize) -> sock_filter {
 /// listener it changes nothing). So do the setsockopt options that would
 /// let another socket share a held port or steer its connections
 /// (SO_REUSEPORT, the reuseport BPF programs), matched by level and name;
-/// every other option, and everything else, runs. A call made in another
-/// ABI (x32, i386 on x86_64) has other numbers and runs: such a bind gets
-/// what it would get without relaunch.
-static PROGRAM: [sock_filter; 18] = [
-    stmt(LD_W_ABS, ARCH_AT),
-    jump(JEQ_K, ARCH, 0, (ALLOW - 2) as u8),
-    stmt(LD_W_ABS, NR),
-    to(3, libc::SYS_bind as u32, NOTIFY),
-    to(4, libc::SYS_listen as u32, NOTIFY),
-    to(5, libc::SYS_setsockopt as u32, 9),
-    jump(JEQ_K, libc::SYS_shutdown as u32, 0, (ALLOW - 7) as u8),
-    stmt(LD_W_ABS, ARG1_LOW),
-    jump(
-        JEQ_K,
-        libc::SHUT_WR as u32,
-        (ALLOW - 9) as u8,
-        (NOTIFY - 9) as u8,
-    ),
-    // setsockopt
-    stmt(LD_W_ABS, ARG1_LOW),
-    jump(JEQ_K, libc::SOL_SOCKET as u32, 0, (ALLOW - 11) as u8),
-    stmt(LD_W_ABS, ARG2_LOW),
-    to(12, libc::SO_REUSEPORT as u32, NOTIFY),
-    to(13, libc::SO_ATTACH_REUSEPORT_CBPF as u32, NOTIFY),
-    to(14, libc::SO_ATTACH_REUSEPORT_EBPF as u32, NOTIFY),
-    jump(
-        JEQ_K,
-        libc::SO_DETACH_REUSEPORT_BPF as u32,
-        0,
-        (ALLOW - 16) as u8,
-    ),
-    stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF),
-    stmt(RET_K, libc::SECCOMP_RET_ALLOW),
-];
+/// every other option, and everything else, runs. With `probes`, every
+/// connect goes to relaunch too (BPF cannot read the address), which
+/// refuses a port probe of a held address. A call made in another ABI
+/// (x32, i386 on x86_64) has other numbers and runs: such a bind gets what
+/// it would get without relaunch.
+const fn program(probes: bool) -> [sock_filter; LEN] {
+    [
+        stmt(LD_W_ABS, ARCH_AT),
+        jump(JEQ_K, ARCH, 0, (ALLOW - 2) as u8),
+        stmt(LD_W_ABS, NR),
+        to(3, libc::SYS_bind as u32, NOTIFY),
+        to(4, libc::SYS_listen as u32, NOTIFY),
+        if probes {
+            to(5, libc::SYS_connect as u32, NOTIFY)
+        } else {
+            // Falls through either way.
+            jump(JEQ_K, libc::SYS_connect as u32, 0, 0)
+        },
+        to(6, libc::SYS_setsockopt as u32, 10),
+        jump(JEQ_K, libc::SYS_shutdown as u32, 0, (ALLOW - 8) as u8),
+        stmt(LD_W_ABS, ARG1_LOW),
+        jump(
+            JEQ_K,
+            libc::SHUT_WR as u32,
+            (ALLOW - 10) as u8,
+            (NOTIFY - 10) as u8,
+        ),
+        // setsockopt
+        stmt(LD_W_ABS, ARG1_LOW),
+        jump(JEQ_K, libc::SOL_SOCKET as u32, 0, (ALLOW - 12) as u8),
+        stmt(LD_W_ABS, ARG2_LOW),
+        to(13, libc::SO_REUSEPORT as u32, NOTIFY),
+        to(14, libc::SO_ATTACH_REUSEPORT_CBPF as u32, NOTIFY),
+        to(15, libc::SO_ATTACH_REUSEPORT_EBPF as u32, NOTIFY),
+        jump(
+            JEQ_K,
+            libc::SO_DETACH_REUSEPORT_BPF as u32,
+            0,
+            (ALLOW - 17) as u8,
+        ),
+        stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF),
+        stmt(RET_K, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+static PROGRAM: [sock_filter; LEN] = program(false);
+/// `--refuse-probes`: connect as well.
+static PROBES: [sock_filter; LEN] = program(true);
 
 /// What the child writes when there is no fd to send: 0 with the fd, else
 /// the errno of the refused seccomp() call.
@@ -105,13 +120,16 @@ pub type Report = i32;
 /// When the kernel refuses the filter the errno goes instead and the child
 /// runs without interception.
 ///
+/// `probes`: trap connect too (`--refuse-probes`).
+///
 /// # Safety
 /// Only between fork and exec, in the child; `sock` is the child's end.
-pub unsafe fn install(sock: RawFd) {
+pub unsafe fn install(sock: RawFd, probes: bool) {
     unsafe {
+        let program = if probes { &PROBES } else { &PROGRAM };
         let prog = libc::sock_fprog {
-            len: PROGRAM.len() as u16,
-            filter: PROGRAM.as_ptr() as *mut sock_filter,
+            len: LEN as u16,
+            filter: program.as_ptr() as *mut sock_filter,
         };
         let seccomp = |prog: &libc::sock_fprog| {
             libc::syscall(
@@ -166,15 +184,19 @@ mod tests {
 
     /// Where the program ends for a call: true for relaunch, false to run.
     fn trapped(nr: i64, args: [u64; 6]) -> bool {
-        run(libc::seccomp_data {
+        let data = libc::seccomp_data {
             nr: nr as i32,
             arch: ARCH,
             instruction_pointer: 0,
             args,
-        })
+        };
+        // Only connect differs with --refuse-probes.
+        let probes = run(&PROBES, data);
+        assert_eq!(probes, run(&PROGRAM, data) || nr == libc::SYS_connect);
+        probes
     }
 
-    fn run(data: libc::seccomp_data) -> bool {
+    fn run(program: &[sock_filter], data: libc::seccomp_data) -> bool {
         // SAFETY: seccomp_data is plain data.
         let bytes: &[u8] = unsafe {
             std::slice::from_raw_parts(
@@ -189,7 +211,7 @@ mod tests {
         let mut acc = 0;
         let mut pc = 0;
         loop {
-            let insn = &PROGRAM[pc];
+            let insn = &program[pc];
             match u32::from(insn.code) {
                 LD_W_ABS => acc = word(insn.k),
                 JEQ_K => pc += if acc == insn.k { insn.jt } else { insn.jf } as usize,
@@ -264,6 +286,15 @@ mod tests {
             [fd, sol, libc::SO_REUSEPORT as u64, 0, 0, 0]
         ));
         assert!(!trapped(libc::SYS_accept4, [fd, 0, 0, 0, 0, 0]));
+        // connect: only with --refuse-probes.
+        assert!(trapped(libc::SYS_connect, [fd, 0, 16, 0, 0, 0]));
+        let data = libc::seccomp_data {
+            nr: libc::SYS_connect as i32,
+            arch: ARCH,
+            instruction_pointer: 0,
+            args: [fd, 0, 16, 0, 0, 0],
+        };
+        assert!(!run(&PROGRAM, data));
         assert!(!trapped(libc::SYS_read, [fd, 0, 0, 0, 0, 0]));
     }
 
@@ -276,7 +307,8 @@ mod tests {
             instruction_pointer: 0,
             args: [3, 0, 16, 0, 0, 0],
         };
-        assert!(!run(other));
+        assert!(!run(&PROGRAM, other));
+        assert!(!run(&PROBES, other));
         let args1 = std::mem::offset_of!(libc::seccomp_data, args) as u32 + 8;
         let low = if cfg!(target_endian = "little") { 0 } else { 4 };
         assert_eq!(ARG1_LOW, args1 + low);

@@ -68,11 +68,27 @@ pub fn elsewhere(roots: &[i32], held: &HashSet<u64>) -> Option<Elsewhere> {
     Some(Elsewhere { pid, at })
 }
 
+/// How relaunch meets a child's own binds and probes: what the notice
+/// can advise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interception {
+    Off,
+    /// Binds are given the held socket; connects run.
+    Binds,
+    /// `--refuse-probes` too.
+    Probes,
+}
+
 /// What to say when the tree under `roots`, seen waiting on none of `held`
 /// (inodes), serves elsewhere; `addrs`: the TCP addresses relaunch holds.
-pub fn check(roots: &[i32], held: &HashSet<u64>, addrs: &[SocketAddr]) -> Option<String> {
+pub fn check(
+    roots: &[i32],
+    held: &HashSet<u64>,
+    addrs: &[SocketAddr],
+    how: Interception,
+) -> Option<String> {
     let e = elsewhere(roots, held)?;
-    Some(notice(&e, &proc::comm(e.pid), addrs))
+    Some(notice(&e, &proc::comm(e.pid), addrs, how))
 }
 
 /// The held port the app most likely meant: the nearest one below where
@@ -88,7 +104,7 @@ fn meant(held: &[SocketAddr], at: SocketAddr) -> Option<SocketAddr> {
 /// The line relaunch says once when a generation serves on a port it does
 /// not hold. `held`: the TCP addresses relaunch holds; `comm`: the
 /// process's name.
-pub fn notice(e: &Elsewhere, comm: &str, held: &[SocketAddr]) -> String {
+pub fn notice(e: &Elsewhere, comm: &str, held: &[SocketAddr], how: Interception) -> String {
     let shown = |a: SocketAddr| crate::intercept::shown(&crate::intercept::Asked::Inet(a));
     let Some(h) = meant(held, e.at) else {
         return format!(
@@ -99,12 +115,31 @@ pub fn notice(e: &Elsewhere, comm: &str, held: &[SocketAddr]) -> String {
         );
     };
     let (port, other) = (h.port(), e.at.port());
+    let (cause, fix) = match how {
+        Interception::Binds => (
+            "It most likely probed the port before binding it (a connect() there succeeds: \
+             relaunch holds it), took it for in use and fell back",
+            "pass --refuse-probes, so that such a probe is refused as on a free port, or \
+             remove the app's port check so that it binds the port itself (relaunch then gives \
+             it its socket)",
+        ),
+        Interception::Probes => (
+            "relaunch refuses connect() probes of the port, so the app most likely checked it \
+             another way, took it for in use and fell back",
+            "remove the app's port check so that it binds the port itself (relaunch then gives \
+             it its socket)",
+        ),
+        Interception::Off => (
+            "It most likely probed the port before binding it (a connect() there succeeds: \
+             relaunch holds it), took it for in use and fell back",
+            "have the app take relaunch's socket (LISTEN_FDS), or drop --no-intercept and pass \
+             --refuse-probes",
+        ),
+    };
     format!(
         "pid {} ({comm}) serves on {}, not on relaunch's {}, and never took relaunch's socket: \
-         clients of port {port} wait unanswered. It most likely probed port {port} before \
-         binding it (a connect() there succeeds: relaunch holds it), took it for in use and \
-         fell back to port {other}. To serve on {port}, remove that check so that the app \
-         binds the port itself (relaunch then gives it its socket); or hold port {other} instead",
+         clients of port {port} wait unanswered. {cause} to port {other}. To serve on port \
+         {port}: {fix}; or hold port {other} instead",
         e.pid,
         shown(e.at),
         shown(h),
@@ -126,23 +161,29 @@ mod tests {
             at: at("0.0.0.0:8002"),
         };
         let held = [at("[::]:9000"), at("0.0.0.0:8000")];
-        let line = notice(&e, "python3", &held);
+        let line = notice(&e, "python3", &held, Interception::Binds);
         assert!(
             line.contains("pid 42 (python3) serves on 0.0.0.0:8002"),
             "{line}"
         );
         assert!(line.contains("relaunch's 0.0.0.0:8000"), "{line}");
-        assert!(line.contains("probed port 8000"), "{line}");
+        assert!(line.contains("probed the port"), "{line}");
         assert!(line.contains("fell back to port 8002"), "{line}");
-        assert!(line.contains("remove that check"), "{line}");
+        assert!(line.contains("pass --refuse-probes"), "{line}");
+        assert!(line.contains("remove the app's port check"), "{line}");
         assert!(!line.contains("--ready"), "{line}");
+        let line = notice(&e, "python3", &held, Interception::Probes);
+        assert!(!line.contains("pass --refuse-probes"), "{line}");
+        assert!(line.contains("another way"), "{line}");
+        let line = notice(&e, "python3", &held, Interception::Off);
+        assert!(line.contains("LISTEN_FDS"), "{line}");
         // Nothing held below it: the first held port.
         let e = Elsewhere {
             pid: 1,
             at: at("127.0.0.1:80"),
         };
-        assert!(notice(&e, "x", &held).contains("relaunch's [::]:9000"));
-        assert!(notice(&e, "x", &[]).contains("does not hold"));
+        assert!(notice(&e, "x", &held, Interception::Binds).contains("relaunch's [::]:9000"));
+        assert!(notice(&e, "x", &[], Interception::Binds).contains("does not hold"));
     }
 
     #[test]

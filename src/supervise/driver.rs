@@ -157,7 +157,8 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
             .iter()
             .map(|p| p.bare_port() && !on_demand)
             .collect();
-        match intercept::handler::Table::new(&listeners, &movable, plan.backlog) {
+        match intercept::handler::Table::new(&listeners, &movable, plan.backlog, plan.refuse_probes)
+        {
             Ok(t) => Some(t),
             Err(e) => {
                 warn!("bind interception is off: cannot prepare the held sockets: {e}");
@@ -745,6 +746,7 @@ impl Watcher {
             creds: None,
             // Not the server: nothing of its binds to give.
             intercept: None,
+            probes: false,
             stdio: Some((null.as_fd(), write.as_fd(), stderr.as_fd())),
         })
         .map_err(|e| Error::runtime(format!("--watch: {e}")))?;
@@ -1157,6 +1159,7 @@ impl Os for Driver {
             listen_pid: self.listen_pid,
             creds: self.creds.as_ref(),
             intercept: watch.as_ref().map(|fd| fd.as_fd()),
+            probes: self.intercept.as_ref().is_some_and(|t| t.probes()),
             stdio: None,
         })?;
         drop(watch);
@@ -1187,6 +1190,7 @@ impl Os for Driver {
             listen_pid: false,
             creds: self.creds.as_ref(),
             intercept: None,
+            probes: false,
             stdio: Some((null.as_fd(), write.as_fd(), write.as_fd())),
         })?;
         drop(write);
@@ -1894,6 +1898,11 @@ fn start_scan(sup: &Supervisor<Driver>, inodes: &Arc<HashSet<u64>>) -> JoinHandl
         .iter()
         .filter_map(|l| l.socket.local_addr().ok()?.as_socket())
         .collect();
+    let how = match &sup.os.intercept {
+        None => fallback::Interception::Off,
+        Some(t) if t.probes() => fallback::Interception::Probes,
+        Some(_) => fallback::Interception::Binds,
+    };
     tokio::task::spawn_blocking(move || {
         let verdicts = scan::scan_each(&roots, &inodes);
         pids.into_iter()
@@ -1909,8 +1918,10 @@ fn start_scan(sup: &Supervisor<Driver>, inodes: &Arc<HashSet<u64>>) -> JoinHandl
                     how: format!("pid {p} holds a connection it accepted"),
                 }),
                 scan::Verdict::NotYet { blind: Some(why) } => Some(Event::Blind { pid, why }),
-                scan::Verdict::NotYet { blind: None } => fallback::check(roots, &inodes, &held)
-                    .map(|notice| Event::Elsewhere { pid, notice }),
+                scan::Verdict::NotYet { blind: None } => {
+                    fallback::check(roots, &inodes, &held, how)
+                        .map(|notice| Event::Elsewhere { pid, notice })
+                }
                 // Said once at start: blind, without a line per child.
                 scan::Verdict::NoProc => Some(Event::Blind {
                     pid,

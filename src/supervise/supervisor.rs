@@ -1392,6 +1392,11 @@ impl<O: Os> Supervisor<O> {
             worker = c.worker,
             "ready after {ms} ms ({how})"
         );
+        // Ready by its own word (READY=1, the delay) while the scan last saw
+        // it serve elsewhere, never on a held socket.
+        if !c.seen && c.elsewhere.is_some() {
+            self.say_elsewhere(pid);
+        }
         self.settle(now);
     }
 
@@ -2818,6 +2823,20 @@ mod tests {
         let deadline = s.next_deadline().unwrap();
         s.t_timer(deadline);
         assert_eq!(s.elsewhere_said, Some(1));
+        // Ready by READY=1 within the grace: said then.
+        let (mut s, t0) = started(1);
+        elsewhere(&mut s, 101, t0);
+        let notice = Notice {
+            ready: true,
+            ..Notice::default()
+        };
+        s.run(Event::Notify { pid: 101, notice }, t0 + ms(10));
+        assert_eq!(s.elsewhere_said, Some(1));
+        // Seen waiting on a held socket: it took it after all, nothing said.
+        let (mut s, t0) = started(1);
+        elsewhere(&mut s, 101, t0);
+        s.t_ready(101, t0 + ms(10));
+        assert_eq!(s.elsewhere_said, None);
     }
 
     #[test]
