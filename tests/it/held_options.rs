@@ -60,24 +60,6 @@ except OSError as e:
     print(e.errno)
 "#;
 
-/// Whether `uid` finds `module` with the python3 on PATH (a python under
-/// /root is out of other users' reach).
-fn python_has_as(uid: u32, module: &str) -> bool {
-    let has = Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .uid(uid)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "uid {uid} cannot import {module} with the python3 on PATH under CI=true"
-        );
-        eprintln!("skipping the uid {uid} leg: its python3 cannot import {module}");
-    }
-    has
-}
-
 fn uid_of(user: &str) -> u32 {
     let out = Command::new("id").args(["-u", user]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
@@ -103,7 +85,7 @@ fn assert_unshared(uid: u32, port: u16, when: &str) {
 
 #[test]
 fn reuseport_set_after_bind_never_reaches_relaunchs_socket() {
-    if !python_has("flask_socketio") || !require_tool("id") {
+    if !python_has("flask_socketio", None) || !require_tool("id") {
         return;
     }
     if unsafe { libc::geteuid() } != 0 {
@@ -116,7 +98,7 @@ fn reuseport_set_after_bind_never_reaches_relaunchs_socket() {
     std::fs::write(&script, DASHBOARD).unwrap();
     let script = script.display().to_string();
     for user in ["root", "nobody"] {
-        if user != "root" && !python_has_as(uid_of(user), "flask_socketio") {
+        if user != "root" && !python_has("flask_socketio", Some(uid_of(user))) {
             continue;
         }
         let port = free_port();
