@@ -100,6 +100,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_intercept: bool,
 
+    /// Refuse a child's connect() to a held address (ECONNREFUSED, as on a free port) until its process tree binds it, so an app that checks its port before binding finds it free; every connect the app makes then costs a round trip to relaunch
+    #[arg(long)]
+    pub refuse_probes: bool,
+
     /// listen(2) backlog for stream sockets [default: SOMAXCONN]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
     pub backlog: Option<i32>,

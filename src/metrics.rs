@@ -542,6 +542,7 @@ mod tests {
                 restarts: 0,
                 last_exit: None,
                 lingering: Vec::new(),
+                elsewhere: Vec::new(),
             }],
             ..Status::default()
         });

@@ -15,6 +15,7 @@
 //! self-checks of the pure parts, so tests stay fast.
 
 mod chart;
+mod connect_cost;
 mod devloop;
 mod footprint;
 mod load;
@@ -75,6 +76,12 @@ struct Args {
     #[arg(long, hide = true, value_name = "PORT")]
     naive: Option<u16>,
 
+    /// Client mode: connect to a listener of its own, accept, close, over and over, for --secs
+    #[arg(long, hide = true)]
+    connects: bool,
+    #[arg(long, hide = true, default_value_t = 1.0)]
+    secs: f64,
+
     /// Loop mode: run COMMAND; on SIGHUP stop it, then start it again
     #[arg(long = "loop", hide = true)]
     restart_loop: bool,
@@ -90,6 +97,9 @@ fn main() -> ExitCode {
             notify: !args.no_notify,
             naive_port: args.naive,
         });
+    }
+    if args.connects {
+        return connect_cost::client(args.secs);
     }
     if args.restart_loop {
         return restart_loop::main(&args.command);
@@ -130,6 +140,7 @@ fn self_check() -> ExitCode {
         ("load", load::self_check),
         ("footprint", footprint::self_check),
         ("devloop", devloop::self_check),
+        ("connect_cost", connect_cost::self_check),
     ];
     let mut failed = 0;
     for (name, check) in checks {

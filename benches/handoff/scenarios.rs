@@ -106,6 +106,9 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
     if wanted("on-demand") {
         readiness.extend(crate::on_demand::run(plan, &ctx));
     }
+    if wanted("connect-cost") {
+        readiness.extend(crate::connect_cost::run(plan, &ctx));
+    }
 
     let footprint = match idle {
         Some((idle, lazy)) => Some(Footprint {

@@ -376,6 +376,13 @@ fn render_status(s: &Status) -> String {
             ]
         }));
         out += &table(&rows, "  ");
+        for c in s.children.iter().filter(|c| !c.elsewhere.is_empty()) {
+            out += &format!(
+                "  pid {} listens on {}, which relaunch does not hold\n",
+                c.pid,
+                c.elsewhere.join(", ")
+            );
+        }
     }
     if !s.escaped.is_empty() {
         let pids: Vec<String> = s.escaped.iter().map(|p| p.to_string()).collect();

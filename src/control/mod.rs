@@ -102,6 +102,7 @@ mod testing {
                 restarts: 2,
                 last_exit: Some("signal 9 (SIGKILL)".into()),
                 lingering: Vec::new(),
+                elsewhere: Vec::new(),
             }],
             last_reload: Some(ReloadInfo {
                 generation: 3,

@@ -126,6 +126,10 @@ pub struct ChildInfo {
     /// group live on (they are being stopped).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lingering: Vec<i32>,
+    /// TCP addresses its processes listen on that relaunch does not hold
+    /// (an app that probed its port and fell back serves there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub elsewhere: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

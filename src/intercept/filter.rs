@@ -40,30 +40,76 @@ const RET_K: u32 = libc::BPF_RET | libc::BPF_K;
 const NR: u32 = 0;
 const ARCH_AT: u32 = 4;
 
-/// offsetof(struct seccomp_data, args[1]), its low 32 bits: shutdown's
-/// `int how`.
+/// offsetof(struct seccomp_data, args[1]) and (…, args[2]), their low 32
+/// bits: shutdown's `int how`, setsockopt's `int level` and `int optname`.
 #[cfg(target_endian = "little")]
 const ARG1_LOW: u32 = 24;
 #[cfg(target_endian = "big")]
 const ARG1_LOW: u32 = 28;
+const ARG2_LOW: u32 = ARG1_LOW + 8;
+
+const LEN: usize = 19;
+const ALLOW: usize = LEN - 1;
+const NOTIFY: usize = ALLOW - 1;
+
+/// A jump from instruction `at` to `to` when the accumulator equals `k`.
+const fn to(at: usize, k: u32, to: usize) -> sock_filter {
+    jump(JEQ_K, k, (to - at - 1) as u8, 0)
+}
 
 /// bind, listen and shutdown go to relaunch, except shutdown(SHUT_WR), the
 /// half-close of a connection that servers make on every request (on a
-/// listener it changes nothing); everything else runs. A call made in
-/// another ABI (x32, i386 on x86_64) has other numbers and runs: such a bind
-/// gets what it would get without relaunch.
-static PROGRAM: [sock_filter; 10] = [
-    stmt(LD_W_ABS, ARCH_AT),
-    jump(JEQ_K, ARCH, 0, 7),
-    stmt(LD_W_ABS, NR),
-    jump(JEQ_K, libc::SYS_bind as u32, 4, 0),
-    jump(JEQ_K, libc::SYS_listen as u32, 3, 0),
-    jump(JEQ_K, libc::SYS_shutdown as u32, 0, 3),
-    stmt(LD_W_ABS, ARG1_LOW),
-    jump(JEQ_K, libc::SHUT_WR as u32, 1, 0),
-    stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF),
-    stmt(RET_K, libc::SECCOMP_RET_ALLOW),
-];
+/// listener it changes nothing). So do the setsockopt options that would
+/// let another socket share a held port or steer its connections
+/// (SO_REUSEPORT, the reuseport BPF programs), matched by level and name;
+/// every other option, and everything else, runs. With `probes`, every
+/// connect goes to relaunch too (BPF cannot read the address), which
+/// refuses a port probe of a held address. A call made in another ABI
+/// (x32, i386 on x86_64) has other numbers and runs: such a bind gets what
+/// it would get without relaunch.
+const fn program(probes: bool) -> [sock_filter; LEN] {
+    [
+        stmt(LD_W_ABS, ARCH_AT),
+        jump(JEQ_K, ARCH, 0, (ALLOW - 2) as u8),
+        stmt(LD_W_ABS, NR),
+        to(3, libc::SYS_bind as u32, NOTIFY),
+        to(4, libc::SYS_listen as u32, NOTIFY),
+        if probes {
+            to(5, libc::SYS_connect as u32, NOTIFY)
+        } else {
+            // Falls through either way.
+            jump(JEQ_K, libc::SYS_connect as u32, 0, 0)
+        },
+        to(6, libc::SYS_setsockopt as u32, 10),
+        jump(JEQ_K, libc::SYS_shutdown as u32, 0, (ALLOW - 8) as u8),
+        stmt(LD_W_ABS, ARG1_LOW),
+        jump(
+            JEQ_K,
+            libc::SHUT_WR as u32,
+            (ALLOW - 10) as u8,
+            (NOTIFY - 10) as u8,
+        ),
+        // setsockopt
+        stmt(LD_W_ABS, ARG1_LOW),
+        jump(JEQ_K, libc::SOL_SOCKET as u32, 0, (ALLOW - 12) as u8),
+        stmt(LD_W_ABS, ARG2_LOW),
+        to(13, libc::SO_REUSEPORT as u32, NOTIFY),
+        to(14, libc::SO_ATTACH_REUSEPORT_CBPF as u32, NOTIFY),
+        to(15, libc::SO_ATTACH_REUSEPORT_EBPF as u32, NOTIFY),
+        jump(
+            JEQ_K,
+            libc::SO_DETACH_REUSEPORT_BPF as u32,
+            0,
+            (ALLOW - 17) as u8,
+        ),
+        stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF),
+        stmt(RET_K, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+static PROGRAM: [sock_filter; LEN] = program(false);
+/// `--refuse-probes`: connect as well.
+static PROBES: [sock_filter; LEN] = program(true);
 
 /// What the child writes when there is no fd to send: 0 with the fd, else
 /// the errno of the refused seccomp() call.
@@ -74,13 +120,16 @@ pub type Report = i32;
 /// When the kernel refuses the filter the errno goes instead and the child
 /// runs without interception.
 ///
+/// `probes`: trap connect too (`--refuse-probes`).
+///
 /// # Safety
 /// Only between fork and exec, in the child; `sock` is the child's end.
-pub unsafe fn install(sock: RawFd) {
+pub unsafe fn install(sock: RawFd, probes: bool) {
     unsafe {
+        let program = if probes { &PROBES } else { &PROGRAM };
         let prog = libc::sock_fprog {
-            len: PROGRAM.len() as u16,
-            filter: PROGRAM.as_ptr() as *mut sock_filter,
+            len: LEN as u16,
+            filter: program.as_ptr() as *mut sock_filter,
         };
         let seccomp = |prog: &libc::sock_fprog| {
             libc::syscall(
@@ -133,31 +182,135 @@ pub unsafe fn install(sock: RawFd) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_jumps_land_on_the_returns() {
-        // From instruction i, a jump of n lands on i + 1 + n.
-        let to = |i: usize, taken: bool| {
-            let insn = &PROGRAM[i];
-            i + 1 + if taken { insn.jt } else { insn.jf } as usize
+    /// Where the program ends for a call: true for relaunch, false to run.
+    fn trapped(nr: i64, args: [u64; 6]) -> bool {
+        let data = libc::seccomp_data {
+            nr: nr as i32,
+            arch: ARCH,
+            instruction_pointer: 0,
+            args,
         };
-        let allow = PROGRAM.len() - 1;
-        let notify = allow - 1;
-        assert_eq!(PROGRAM[notify].k, libc::SECCOMP_RET_USER_NOTIF);
-        assert_eq!(PROGRAM[allow].k, libc::SECCOMP_RET_ALLOW);
-        // Another ABI: allowed.
-        assert_eq!(to(1, false), allow);
-        assert_eq!(to(1, true), 2);
-        // bind, listen: to relaunch.
-        assert_eq!(to(3, true), notify);
-        assert_eq!(to(4, true), notify);
+        // Only connect differs with --refuse-probes.
+        let probes = run(&PROBES, data);
+        assert_eq!(probes, run(&PROGRAM, data) || nr == libc::SYS_connect);
+        probes
+    }
+
+    fn run(program: &[sock_filter], data: libc::seccomp_data) -> bool {
+        // SAFETY: seccomp_data is plain data.
+        let bytes: &[u8] = unsafe {
+            std::slice::from_raw_parts(
+                (&data as *const libc::seccomp_data).cast(),
+                size_of::<libc::seccomp_data>(),
+            )
+        };
+        let word = |at: u32| {
+            let at = at as usize;
+            u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap())
+        };
+        let mut acc = 0;
+        let mut pc = 0;
+        loop {
+            let insn = &program[pc];
+            match u32::from(insn.code) {
+                LD_W_ABS => acc = word(insn.k),
+                JEQ_K => pc += if acc == insn.k { insn.jt } else { insn.jf } as usize,
+                RET_K => {
+                    assert!(
+                        insn.k == libc::SECCOMP_RET_USER_NOTIF || insn.k == libc::SECCOMP_RET_ALLOW
+                    );
+                    return insn.k == libc::SECCOMP_RET_USER_NOTIF;
+                }
+                other => panic!("unexpected instruction {other:#x}"),
+            }
+            pc += 1;
+        }
+    }
+
+    #[test]
+    fn the_program_traps_exactly_what_relaunch_answers() {
+        let fd = 3;
+        assert!(trapped(libc::SYS_bind, [fd, 0, 16, 0, 0, 0]));
+        assert!(trapped(libc::SYS_listen, [fd, 5, 0, 0, 0, 0]));
         // shutdown: SHUT_WR runs, SHUT_RD and SHUT_RDWR go to relaunch.
-        assert_eq!(to(5, true), 6);
-        assert_eq!(to(5, false), allow);
+        assert!(!trapped(
+            libc::SYS_shutdown,
+            [fd, libc::SHUT_WR as u64, 0, 0, 0, 0]
+        ));
+        assert!(trapped(
+            libc::SYS_shutdown,
+            [fd, libc::SHUT_RD as u64, 0, 0, 0, 0]
+        ));
+        assert!(trapped(
+            libc::SYS_shutdown,
+            [fd, libc::SHUT_RDWR as u64, 0, 0, 0, 0]
+        ));
+        // setsockopt: only the options that share or steer a port.
+        let sol = libc::SOL_SOCKET as u64;
+        for opt in [
+            libc::SO_REUSEPORT,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            libc::SO_ATTACH_REUSEPORT_EBPF,
+            libc::SO_DETACH_REUSEPORT_BPF,
+        ] {
+            assert!(trapped(
+                libc::SYS_setsockopt,
+                [fd, sol, opt as u64, 0, 4, 0]
+            ));
+            // Garbage above an int is ignored, as the kernel ignores it.
+            let high = 1 << 32;
+            assert!(trapped(
+                libc::SYS_setsockopt,
+                [fd, sol | high, opt as u64 | high, 0, 4, 0]
+            ));
+        }
+        for opt in [
+            libc::SO_REUSEADDR,
+            libc::SO_KEEPALIVE,
+            libc::SO_RCVBUF,
+            libc::SO_ATTACH_FILTER,
+        ] {
+            assert!(!trapped(
+                libc::SYS_setsockopt,
+                [fd, sol, opt as u64, 0, 4, 0]
+            ));
+        }
+        // The same numbers at another level are other options.
+        let tcp = libc::IPPROTO_TCP as u64;
+        assert!(!trapped(
+            libc::SYS_setsockopt,
+            [fd, tcp, libc::SO_REUSEPORT as u64, 0, 4, 0]
+        ));
+        assert!(!trapped(
+            libc::SYS_getsockopt,
+            [fd, sol, libc::SO_REUSEPORT as u64, 0, 0, 0]
+        ));
+        assert!(!trapped(libc::SYS_accept4, [fd, 0, 0, 0, 0, 0]));
+        // connect: only with --refuse-probes.
+        assert!(trapped(libc::SYS_connect, [fd, 0, 16, 0, 0, 0]));
+        let data = libc::seccomp_data {
+            nr: libc::SYS_connect as i32,
+            arch: ARCH,
+            instruction_pointer: 0,
+            args: [fd, 0, 16, 0, 0, 0],
+        };
+        assert!(!run(&PROGRAM, data));
+        assert!(!trapped(libc::SYS_read, [fd, 0, 0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn another_abi_runs() {
+        // x32's bind, say.
+        let other = libc::seccomp_data {
+            nr: libc::SYS_bind as i32,
+            arch: ARCH ^ 1,
+            instruction_pointer: 0,
+            args: [3, 0, 16, 0, 0, 0],
+        };
+        assert!(!run(&PROGRAM, other));
+        assert!(!run(&PROBES, other));
         let args1 = std::mem::offset_of!(libc::seccomp_data, args) as u32 + 8;
         let low = if cfg!(target_endian = "little") { 0 } else { 4 };
-        assert_eq!(PROGRAM[6].k, args1 + low);
-        assert_eq!(PROGRAM[7].k, libc::SHUT_WR as u32);
-        assert_eq!(to(7, true), allow);
-        assert_eq!(to(7, false), notify);
+        assert_eq!(ARG1_LOW, args1 + low);
     }
 }

@@ -18,8 +18,8 @@ use socket2::{Domain, Socket, Type};
 use tracing::{debug, info, warn};
 
 use super::{
-    Apart, AppSocket, Asked, Caller, Decision, Held, HeldAddr, decide, parse_sockaddr, shown,
-    shown_ip,
+    Apart, AppSocket, Asked, Caller, Decision, Held, HeldAddr, decide, parse_sockaddr, probed,
+    shown, shown_ip,
 };
 use crate::plan::spec::{Addr, Host};
 use crate::proc;
@@ -32,6 +32,8 @@ pub struct Table {
     backlog: i32,
     /// A generation has served (been ready) since start.
     served: AtomicBool,
+    /// `--refuse-probes`: children's connects are trapped too.
+    probes: bool,
     /// Stops every handler thread between two notifications (an upgrade).
     gate: Gate,
     /// The threads serving a child's notification fd, by that fd.
@@ -79,6 +81,8 @@ pub struct SavedTable {
     entries: Vec<SavedEntry>,
     backlog: i32,
     served: bool,
+    #[serde(default)]
+    probes: bool,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -274,7 +278,13 @@ impl UnixFile {
 
 impl Table {
     /// `movable[i]`: listener i was given as a bare port (`--port P`).
-    pub fn new(listeners: &[Listener], movable: &[bool], backlog: i32) -> io::Result<Arc<Table>> {
+    /// `probes`: `--refuse-probes`.
+    pub fn new(
+        listeners: &[Listener],
+        movable: &[bool],
+        backlog: i32,
+        probes: bool,
+    ) -> io::Result<Arc<Table>> {
         let mut entries = Vec::with_capacity(listeners.len());
         for (i, l) in listeners.iter().enumerate() {
             let socket = l.socket.try_clone()?;
@@ -300,6 +310,7 @@ impl Table {
             entries: Mutex::new(entries),
             backlog,
             served: AtomicBool::new(false),
+            probes,
             gate: Gate::new()?,
             sessions: Mutex::new(Vec::new()),
             refiling: Mutex::new(()),
@@ -329,6 +340,7 @@ impl Table {
             entries,
             backlog: self.backlog,
             served: self.served.load(Ordering::Relaxed),
+            probes: self.probes,
         }
     }
 
@@ -359,6 +371,7 @@ impl Table {
             entries: Mutex::new(entries),
             backlog: saved.backlog,
             served: AtomicBool::new(saved.served),
+            probes: saved.probes,
             gate: Gate::new()?,
             sessions: Mutex::new(Vec::new()),
             refiling: Mutex::new(()),
@@ -416,6 +429,11 @@ impl Table {
 
     pub fn inodes(&self) -> HashSet<u64> {
         self.lock().iter().map(|e| e.inode).collect()
+    }
+
+    /// `--refuse-probes`: children's filters trap connect too.
+    pub fn probes(&self) -> bool {
+        self.probes
     }
 
     /// A generation serves: from now on, binds must match what is held.
@@ -699,6 +717,8 @@ const SAID_GIVEN: u8 = 0;
 const SAID_REFUSED: u8 = 1;
 const SAID_SHUTDOWN: u8 = 2;
 const SAID_APART: u8 = 3;
+const SAID_OPTION: u8 = 4;
+const SAID_PROBE: u8 = 5;
 
 /// An answer to one notification.
 enum Answer {
@@ -826,6 +846,8 @@ impl Session {
             libc::SYS_bind => self.bind(notify, req, tid, fd),
             libc::SYS_listen => self.listen(tid, fd),
             libc::SYS_shutdown => self.shutdown(notify, req, tid, fd),
+            libc::SYS_setsockopt => self.setsockopt(tid, fd, req.data.args[2] as i32),
+            libc::SYS_connect => self.connect(req, tid, fd),
             _ => Ok(Answer::Continue),
         };
         result.unwrap_or_else(|e| {
@@ -836,6 +858,11 @@ impl Session {
             let (call, then) = match i64::from(req.data.nr) {
                 libc::SYS_bind => ("bind", "a bind of a held address fails with EADDRINUSE"),
                 libc::SYS_listen => ("listen", "its backlog replaces relaunch's"),
+                libc::SYS_connect => ("connect", "a probe of a held port finds it in use"),
+                libc::SYS_setsockopt => (
+                    "setsockopt",
+                    "if it names relaunch's socket, the option applies to it",
+                ),
                 _ => ("shutdown", "the listener stops for every generation"),
             };
             if gone {
@@ -1206,6 +1233,83 @@ impl Session {
         Ok(Answer::Value(0))
     }
 
+    /// setsockopt(SOL_SOCKET, `option`) of an option that shares or steers
+    /// a port (the filter traps no other): on a held socket, answered 0 and
+    /// not applied, said once per child; on any other socket it runs.
+    fn setsockopt(&mut self, tid: i32, fd: i32, option: i32) -> io::Result<Answer> {
+        let Some((tgid, index, _)) = self.held_index(tid, fd)? else {
+            return Ok(Answer::Continue);
+        };
+        let name = match option {
+            libc::SO_REUSEPORT => "SO_REUSEPORT",
+            libc::SO_ATTACH_REUSEPORT_CBPF => "SO_ATTACH_REUSEPORT_CBPF",
+            libc::SO_ATTACH_REUSEPORT_EBPF => "SO_ATTACH_REUSEPORT_EBPF",
+            libc::SO_DETACH_REUSEPORT_BPF => "SO_DETACH_REUSEPORT_BPF",
+            _ => return Ok(Answer::Continue),
+        };
+        // Once per child (its whole tree), whichever process sets it.
+        if self.said.insert((0, index, SAID_OPTION)) {
+            warn!(
+                "pid {tgid} ({}) set {name} on relaunch's socket (its fd {fd}): answered 0, not \
+                 applied. It would let other processes of a user share the port and take its \
+                 connections; relaunch alone decides who listens there. Nothing to do: the \
+                 app serves as it is",
+                proc::comm(tgid)
+            );
+        }
+        Ok(Answer::Value(0))
+    }
+
+    /// connect() (`--refuse-probes`): to an address relaunch holds, before
+    /// this child's tree has bound it, ECONNREFUSED, what a port probe gets
+    /// on a free port; every other connect runs. Cheap first: most connects
+    /// go elsewhere, and each one waits for this answer.
+    fn connect(&mut self, req: &libc::seccomp_notif, tid: i32, fd: i32) -> io::Result<Answer> {
+        let len = (req.data.args[2] as usize).min(size_of::<libc::sockaddr_in6>());
+        if len < size_of::<libc::sockaddr_in>() {
+            return Ok(Answer::Continue);
+        }
+        let mut raw = [0u8; size_of::<libc::sockaddr_in6>()];
+        read_target(tid, req.data.args[1], &mut raw[..len])?;
+        let asked = parse_sockaddr(&raw[..len]);
+        let Asked::Inet(to) = asked else {
+            return Ok(Answer::Continue);
+        };
+        if !self.may_hold(&asked) {
+            return Ok(Answer::Continue);
+        }
+        let held: Vec<Held> = self.table.lock().iter().map(|e| e.held.clone()).collect();
+        let Some(index) = probed(&held, to, host_has) else {
+            return Ok(Answer::Continue);
+        };
+        // The tree serves it already: a real client (a health check).
+        if self
+            .said
+            .iter()
+            .any(|&(_, i, what)| i == index && what == SAID_GIVEN)
+        {
+            return Ok(Answer::Continue);
+        }
+        // TCP only: a UDP connect is never refused.
+        let tgid = proc::tgid(tid).ok_or_else(gone)?;
+        let copy = take_fd(tgid, fd)?;
+        let protocol = copy.protocol()?.map_or(0, i32::from);
+        if copy.r#type()? != Type::STREAM
+            || !matches!(protocol, 0 | libc::IPPROTO_TCP | libc::IPPROTO_MPTCP)
+        {
+            return Ok(Answer::Continue);
+        }
+        if self.said.insert((0, index, SAID_PROBE)) {
+            info!(
+                "pid {tgid} ({}) connect()ed to {} before binding it: refused (ECONNREFUSED), as on \
+                 a free port, so a check of its port finds it free (--refuse-probes)",
+                proc::comm(tgid),
+                shown(&asked)
+            );
+        }
+        Ok(Answer::Errno(libc::ECONNREFUSED))
+    }
+
     /// The held socket at `fd` of the caller, if it is one.
     fn held_index(&self, tid: i32, fd: i32) -> io::Result<Option<(i32, usize, Socket)>> {
         let tgid = proc::tgid(tid).ok_or_else(gone)?;
@@ -1216,6 +1320,17 @@ impl Session {
             .index_of_inode(inode)
             .map(|index| (tgid, index, copy)))
     }
+}
+
+/// Whether `ip` is one of this host's addresses.
+fn host_has(ip: std::net::IpAddr) -> bool {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return false;
+    };
+    addrs.filter_map(|a| a.address).any(|a| match ip {
+        std::net::IpAddr::V4(v4) => a.as_sockaddr_in().is_some_and(|s| s.ip() == v4),
+        std::net::IpAddr::V6(v6) => a.as_sockaddr_in6().is_some_and(|s| s.ip() == v6),
+    })
 }
 
 /// The caller is gone (killed while we looked).
@@ -1347,7 +1462,7 @@ mod tests {
     /// its fd and what it said, and goes on after `resume`.
     #[test]
     fn handler_threads_park_for_an_upgrade_and_go_on_after() {
-        let table = Table::new(&[], &[], 128).unwrap();
+        let table = Table::new(&[], &[], 128, false).unwrap();
         assert!(table.parked().unwrap().is_empty());
         // A pipe stands for the notification fd: never readable, so the
         // thread waits in poll as it does between notifications.
@@ -1414,7 +1529,7 @@ mod tests {
             Socket::from(OwnedFd::from(first)),
             Some(Addr::Unix(path.clone())),
         );
-        let table = Table::new(&[listener], &[false], 16).unwrap();
+        let table = Table::new(&[listener], &[false], 16, false).unwrap();
         let before = table.inodes();
         // The app deletes relaunch's file before binding the path.
         std::fs::remove_file(&path).unwrap();

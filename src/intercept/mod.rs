@@ -2,7 +2,7 @@
 //! relaunch's listening socket instead of EADDRINUSE.
 //!
 //! Every child is started under a seccomp filter ([`filter`]) that sends its
-//! `bind`, `listen` and `shutdown` calls to relaunch (seccomp user
+//! `bind`, `listen`, `shutdown` and some `setsockopt` calls to relaunch (seccomp user
 //! notification); the filter is inherited across fork and exec, so wrappers
 //! and workers are covered. [`handler`] answers them, one thread per child:
 //!
@@ -11,11 +11,21 @@
 //!   Any other bind runs as it is.
 //! - `listen` on a held socket returns 0 without running, so the app's
 //!   backlog (5 for Python's socketserver) never shrinks relaunch's.
+//! - `connect` (only with `--refuse-probes`, for every connect: seccomp
+//!   cannot read the address) to an address relaunch holds, before the
+//!   child's tree has bound it, fails with ECONNREFUSED: a port check
+//!   before bind finds the port free, as it would without relaunch. Every
+//!   other connect runs.
 //! - `shutdown` on a held socket never runs (it would stop the listener for
 //!   every process and reset the queued connections): the app's fd is
 //!   replaced by a private socket that was never listening, so its own
 //!   accept loop sees the socket end (accept fails with EINVAL), while the
 //!   held listener serves on.
+//! - `setsockopt(SOL_SOCKET, SO_REUSEPORT)` and the reuseport BPF options
+//!   on a held socket return 0 without running: with SO_REUSEPORT on,
+//!   another process of the socket's user could bind the port beside it
+//!   and take connections. The filter matches these by level and name, so
+//!   every other option runs untrapped.
 //!
 //! Only the child relaunch started gets a held socket: a caller whose
 //! socket lives in another network namespace, which resolves paths in
@@ -259,6 +269,35 @@ fn decide_inet(app: AppSocket, asked: SocketAddr, held: &[Held]) -> Decision {
         )
     };
     Decision::Refuse { index, why }
+}
+
+/// Which held TCP socket a connect() to `to` reaches: one bound to that
+/// very address or, where it listens on every address, loopback, the
+/// unspecified address (Linux connects that to the host itself) or one of
+/// the host's own addresses (`local`, asked last: it reads the interfaces).
+pub fn probed(held: &[Held], to: SocketAddr, local: impl Fn(IpAddr) -> bool) -> Option<usize> {
+    let unmap = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let ip = unmap(to.ip());
+    let here = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified() || local(ip);
+    if to.port() == 0 {
+        return None;
+    }
+    held.iter().position(|h| {
+        let HeldAddr::Tcp(at, v6only) = h.addr else {
+            return false;
+        };
+        if at.port() != to.port() {
+            return false;
+        }
+        match at.ip() {
+            IpAddr::V4(a) if a.is_unspecified() => ip.is_ipv4() && here(ip),
+            IpAddr::V6(a) if a.is_unspecified() => (ip.is_ipv6() || !v6only) && here(ip),
+            at => unmap(at) == ip,
+        }
+    })
 }
 
 /// Whether the held socket is what the app asked for: the same family and
@@ -683,6 +722,46 @@ mod tests {
             decide(INET, &other_uid, &inet("0.0.0.0:7000"), &held),
             Decision::Continue
         );
+    }
+
+    #[test]
+    fn a_probe_of_a_held_port_is_known_by_every_address_that_reaches_it() {
+        let held = [tcp("0.0.0.0:5000", false), tcp("127.0.0.1:6000", false)];
+        let host = |ip: IpAddr| ip == IpAddr::from([192, 0, 2, 2]);
+        let at = |s: &str| probed(&held, s.parse().unwrap(), host);
+        assert_eq!(at("127.0.0.1:5000"), Some(0));
+        assert_eq!(at("127.0.0.2:5000"), Some(0));
+        assert_eq!(at("0.0.0.0:5000"), Some(0));
+        assert_eq!(at("192.0.2.2:5000"), Some(0));
+        assert_eq!(at("[::ffff:127.0.0.1]:5000"), Some(0));
+        // Not the host's, another port, IPv6 to an IPv4 wildcard.
+        assert_eq!(at("192.0.2.3:5000"), None);
+        assert_eq!(at("127.0.0.1:5001"), None);
+        assert_eq!(at("[::1]:5000"), None);
+        // A specific address: only itself.
+        assert_eq!(at("127.0.0.1:6000"), Some(1));
+        assert_eq!(at("[::ffff:127.0.0.1]:6000"), Some(1));
+        assert_eq!(at("192.0.2.2:6000"), None);
+        assert_eq!(at("127.0.0.1:0"), None);
+        // A dual-stack [::] takes both families; a v6-only one IPv6 only.
+        let held = [Held {
+            addr: HeldAddr::Tcp("[::]:7000".parse().unwrap(), false),
+            movable: true,
+            netns: HOME.netns,
+        }];
+        let none = |_: IpAddr| false;
+        assert_eq!(probed(&held, "[::1]:7000".parse().unwrap(), none), Some(0));
+        assert_eq!(
+            probed(&held, "127.0.0.1:7000".parse().unwrap(), none),
+            Some(0)
+        );
+        let held = [Held {
+            addr: HeldAddr::Tcp("[::]:7000".parse().unwrap(), true),
+            movable: false,
+            netns: HOME.netns,
+        }];
+        assert_eq!(probed(&held, "127.0.0.1:7000".parse().unwrap(), none), None);
+        assert_eq!(probed(&held, "[::1]:7000".parse().unwrap(), none), Some(0));
     }
 
     proptest! {

@@ -94,6 +94,8 @@ pub struct Plan {
     pub listen_pid: bool,
     /// Give a child that binds a held address the held socket.
     pub intercept: bool,
+    /// Refuse a child's connect() to a held address until it binds it.
+    pub refuse_probes: bool,
     pub creds: Option<Credentials>,
     pub backlog: i32,
     pub restart: Restart,
@@ -204,6 +206,12 @@ pub fn make(
     if program.is_empty() {
         return Err(Error::usage("the command is empty").hint("put the server's command after --"));
     }
+    if args.refuse_probes && args.no_intercept {
+        return Err(Error::usage(
+            "--refuse-probes works through bind interception, which --no-intercept turns off",
+        )
+        .hint("drop one of the two"));
+    }
     // inherit::take has already said why LISTEN_FDS for another pid is ignored.
     let mut notes = Vec::new();
     let mut warnings = Vec::new();
@@ -242,6 +250,7 @@ pub fn make(
         env: child_env,
         listen_pid: !args.no_listen_pid,
         intercept: !args.no_intercept,
+        refuse_probes: args.refuse_probes,
         creds: run_as.map(|r| r.creds),
         backlog: args.backlog.unwrap_or(libc::SOMAXCONN),
         restart: options::parse_restart(&args.restart)?,

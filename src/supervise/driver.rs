@@ -47,7 +47,7 @@ use crate::plan::options::{self, ReadyMode};
 use crate::plan::placeholders::Named;
 use crate::plan::{self, Snapshot};
 use crate::ready::notify::{Message, NotifySocket, Systemd};
-use crate::ready::scan;
+use crate::ready::{fallback, scan};
 use crate::sockets::{self, Listener};
 use crate::supervise::lines::PipeLines;
 use crate::supervise::sources::{Every, Listeners, Signals, Task, Wants, recv, sleep_until};
@@ -456,7 +456,7 @@ fn intercept_table(
         .iter()
         .map(|p| p.bare_port() && !on_demand)
         .collect();
-    match intercept::handler::Table::new(listeners, &movable, plan.backlog) {
+    match intercept::handler::Table::new(listeners, &movable, plan.backlog, plan.refuse_probes) {
         Ok(t) => Some(t),
         Err(e) => {
             warn!("bind interception is off: cannot prepare the held sockets: {e}");
@@ -812,6 +812,7 @@ impl Watcher {
             creds: None,
             // Not the server: nothing of its binds to give.
             intercept: None,
+            probes: false,
             stdio: Some((null.as_fd(), write.as_fd(), stderr.as_fd())),
         })
         .map_err(|e| Error::runtime(format!("--watch: {e}")))?;
@@ -1207,6 +1208,7 @@ impl Spawner for Driver {
             listen_pid: self.launch.listen_pid,
             creds: self.launch.creds.as_ref(),
             intercept: watch.as_ref().map(|fd| fd.as_fd()),
+            probes: self.intercept.as_ref().is_some_and(|t| t.probes()),
             stdio: None,
         })?;
         drop(watch);
@@ -1237,6 +1239,7 @@ impl Spawner for Driver {
             listen_pid: false,
             creds: self.launch.creds.as_ref(),
             intercept: None,
+            probes: false,
             stdio: Some((null.as_fd(), write.as_fd(), write.as_fd())),
         })?;
         drop(write);
@@ -1847,10 +1850,15 @@ fn fill_status(status: &mut control::Status, inodes: &[Option<u64>]) {
         }
         Err(e) => debug!("cannot read the accept queues: {e}"),
     }
+    let held: HashSet<u64> = inodes.iter().flatten().copied().collect();
     for c in &mut status.children {
         if c.state == "lingering" {
             c.lingering = reaper::group_members(c.pid);
         }
+        c.elsewhere = fallback::listening(&crate::proc::tree(&[c.pid]), &held)
+            .into_iter()
+            .map(|(_, at, _)| crate::intercept::shown(&crate::intercept::Asked::Inet(at)))
+            .collect();
     }
 }
 
@@ -1862,11 +1870,23 @@ fn scan_job(
 ) -> impl FnOnce() -> Vec<Event> + Send + 'static {
     let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = rt.core.to_scan(Instant::now()).unzip();
     let inodes = Arc::clone(inodes);
+    let held: Vec<std::net::SocketAddr> = rt
+        .os
+        .listeners
+        .iter()
+        .filter_map(|l| l.socket.local_addr().ok()?.as_socket())
+        .collect();
+    let how = match &rt.os.intercept {
+        None => fallback::Interception::Off,
+        Some(t) if t.probes() => fallback::Interception::Probes,
+        Some(_) => fallback::Interception::Binds,
+    };
     move || {
         let verdicts = scan::scan_each(&roots, &inodes);
         pids.into_iter()
             .zip(verdicts)
-            .filter_map(|(pid, verdict)| match verdict {
+            .zip(&roots)
+            .filter_map(|((pid, verdict), roots)| match verdict {
                 scan::Verdict::Waiting { pid: p, tid, how } => Some(Event::Ready {
                     pid,
                     how: format!("pid {p} thread {tid} waits in {how}"),
@@ -1876,7 +1896,10 @@ fn scan_job(
                     how: format!("pid {p} holds a connection it accepted"),
                 }),
                 scan::Verdict::NotYet { blind: Some(why) } => Some(Event::Blind { pid, why }),
-                scan::Verdict::NotYet { blind: None } => None,
+                scan::Verdict::NotYet { blind: None } => {
+                    fallback::check(roots, &inodes, &held, how)
+                        .map(|notice| Event::Elsewhere { pid, notice })
+                }
                 // Said once at start: blind, without a line per child.
                 scan::Verdict::NoProc => Some(Event::Blind {
                     pid,

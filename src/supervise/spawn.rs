@@ -50,6 +50,8 @@ pub struct Request<'a> {
     /// Install the bind-interception filter and send its fd here (see
     /// [`crate::intercept::filter::install`]).
     pub intercept: Option<BorrowedFd<'a>>,
+    /// With `intercept`: trap connect too (`--refuse-probes`).
+    pub probes: bool,
     /// fds 0, 1 and 2 instead of relaunch's own (`--build`: /dev/null and
     /// its output pipe twice). Close-on-exec here; their copies are not.
     pub stdio: Option<(BorrowedFd<'a>, BorrowedFd<'a>, BorrowedFd<'a>)>,
@@ -208,6 +210,7 @@ pub fn spawn(req: &Request<'_>) -> Result<Spawned, Error> {
         },
         err_fd: err_write.as_raw_fd(),
         intercept: intercept.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        probes: req.probes,
         parent,
         creds: req
             .creds
@@ -350,6 +353,7 @@ struct ChildPlan {
     /// The child's end of the pair the seccomp notification fd goes over;
     /// -1: no interception. At or above first_free, like err_fd.
     intercept: RawFd,
+    probes: bool,
     parent: libc::pid_t,
     /// uid, gid, supplementary groups (pointer, length).
     creds: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
@@ -426,7 +430,7 @@ impl ChildPlan {
             // filter traps only bind, listen and shutdown, which nothing
             // here calls.
             if self.intercept >= 0 {
-                crate::intercept::filter::install(self.intercept);
+                crate::intercept::filter::install(self.intercept, self.probes);
             }
             if !self.pid_digits.is_null() {
                 let digits = std::slice::from_raw_parts_mut(self.pid_digits, PID_DIGITS + 1);
@@ -783,6 +787,7 @@ mod tests {
             listen_pid: true,
             creds: None,
             intercept: None,
+            probes: false,
             stdio: None,
         })
         .unwrap();

@@ -53,6 +53,9 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 /// A child that fails this soon, never seen waiting on a held socket,
 /// probably binds the port itself: relaunch says so, once.
 pub const HINT_WITHIN: Duration = Duration::from_secs(5);
+/// How long a child must serve on a port relaunch does not hold before it
+/// is said: a server may open an admin port before it takes the held one.
+const ELSEWHERE_GRACE: Duration = Duration::from_secs(2);
 use crate::plan::options::Restart;
 use crate::supervise::backoff::{self, Backoff, Next};
 use crate::supervise::handover::CHECK_DEADLINE;
@@ -98,6 +101,9 @@ pub enum Event {
     /// A process of this child called listen() on a held socket (bind
     /// interception): ready if the scan cannot see it wait.
     Listened { pid: i32, how: String },
+    /// The /proc scan saw this child wait on a TCP listener of its own and
+    /// on none of the held sockets: what to say (see `ready::fallback`).
+    Elsewhere { pid: i32, notice: String },
     /// A notify message from child `pid` (the sender already checked).
     Notify { pid: i32, notice: Notice },
     /// SIGHUP.
@@ -328,6 +334,10 @@ pub struct Child {
     /// It called listen() on a held socket: how, for the log. With `blind`,
     /// that counts as ready (the scan, when it sees, waits for accept).
     pub listened: Option<String>,
+    /// Since when the scan sees it serve on a port relaunch does not hold,
+    /// and what to say about it.
+    #[serde(skip)]
+    pub elsewhere: Option<(Instant, String)>,
     /// The leader exited like this, and its group lives on.
     pub exited: Option<ExitStatus>,
     /// The exec failed; its exit follows.
@@ -467,6 +477,8 @@ pub struct Supervisor {
     idle_since: Option<Instant>,
     /// `relaunch reload` clients, by the generation whose outcome answers them.
     waiters: Vec<(u64, Reply)>,
+    /// The generation whose serving on another port was said last.
+    elsewhere_said: Option<u64>,
     /// `--watch`; None without it.
     dev: Option<Dev>,
     /// The new binary's handshake, while it runs (an exec that works never
@@ -524,6 +536,7 @@ impl Supervisor {
             demand: Demand::Running,
             idle_since: None,
             waiters,
+            elsewhere_said: None,
             dev,
             upgrade: None,
             out: Vec::new(),
@@ -561,6 +574,7 @@ impl Supervisor {
             Event::Ready { pid, how } => self.seen_waiting(os, pid, &how, now),
             Event::Blind { pid, why } => self.mark_blind(os, pid, &why, now),
             Event::Listened { pid, how } => self.on_listened(os, pid, how, now),
+            Event::Elsewhere { pid, notice } => self.on_elsewhere(pid, notice, now),
             Event::Notify { pid, notice } => self.on_notice(os, pid, notice, now),
             Event::Reload => {
                 if let Err(e) = self.request_reload(os, now) {
@@ -807,6 +821,7 @@ impl Supervisor {
                         .or(slot.and_then(|s| s.last_exit))
                         .map(|e| e.to_string()),
                     lingering: Vec::new(),
+                    elsewhere: Vec::new(),
                 }
             })
             .collect();
@@ -1075,12 +1090,18 @@ impl Supervisor {
                 );
             }
         } else {
-            self.fail_reload(
-                os,
-                ReloadResult::NotReady,
-                format!("generation {generation} was not ready within {waited}"),
-                now,
-            );
+            let elsewhere = self
+                .serving_elsewhere(generation)
+                .is_some_and(|pid| self.say_elsewhere(pid));
+            let reason = if elsewhere {
+                format!(
+                    "generation {generation} was not ready within {waited}: it serves on a \
+                     port relaunch does not hold (said above)"
+                )
+            } else {
+                format!("generation {generation} was not ready within {waited}")
+            };
+            self.fail_reload(os, ReloadResult::NotReady, reason, now);
         }
     }
 
@@ -1091,12 +1112,24 @@ impl Supervisor {
             return;
         }
         self.kept.first_deadline = None;
-        warn!(
-            generation = self.kept.serving,
-            "not ready within {}; treating it as serving anyway (nothing else can serve). \
-             If the app is fine, use --ready delay:DURATION, or send READY=1 and use --ready notify",
-            duration::human(self.kept.cfg.ready_timeout)
-        );
+        let elsewhere = self
+            .serving_elsewhere(self.kept.serving)
+            .is_some_and(|pid| self.say_elsewhere(pid));
+        if elsewhere {
+            warn!(
+                generation = self.kept.serving,
+                "not ready within {}: it serves on a port relaunch does not hold (said \
+                 above); treating it as serving anyway (nothing else can serve)",
+                duration::human(self.kept.cfg.ready_timeout)
+            );
+        } else {
+            warn!(
+                generation = self.kept.serving,
+                "not ready within {}; treating it as serving anyway (nothing else can serve). \
+                 If the app is fine, use --ready delay:DURATION, or send READY=1 and use --ready notify",
+                duration::human(self.kept.cfg.ready_timeout)
+            );
+        }
         let serving = self.kept.serving;
         for c in &mut self.kept.children {
             if c.generation == serving && matches!(c.state, State::Starting { .. }) {
@@ -1423,6 +1456,11 @@ impl Supervisor {
             worker = c.worker,
             "ready after {ms} ms ({how})"
         );
+        // Ready by its own word (READY=1, the delay) while the scan last saw
+        // it serve elsewhere, never on a held socket.
+        if !c.seen && c.elsewhere.is_some() {
+            self.say_elsewhere(pid);
+        }
         self.settle(os, now);
     }
 
@@ -1450,6 +1488,48 @@ impl Supervisor {
                 );
             }
         }
+    }
+
+    /// A child serves on a port relaunch does not hold (an app that probed
+    /// its port and fell back): said once per generation, once it has done
+    /// so for [`ELSEWHERE_GRACE`], or at the ready timeout.
+    fn on_elsewhere(&mut self, pid: i32, notice: String, now: Instant) {
+        let Some(c) = self.child_mut(pid) else {
+            return;
+        };
+        let since = c.elsewhere.get_or_insert((now, notice)).0;
+        if now.saturating_duration_since(since) >= ELSEWHERE_GRACE {
+            self.say_elsewhere(pid);
+        }
+    }
+
+    /// Says where child `pid` serves instead, once per generation: whether
+    /// it serves elsewhere.
+    fn say_elsewhere(&mut self, pid: i32) -> bool {
+        let Some(c) = self.kept.children.iter().find(|c| c.pid == pid) else {
+            return false;
+        };
+        let Some((_, notice)) = &c.elsewhere else {
+            return false;
+        };
+        if self.elsewhere_said != Some(c.generation) {
+            warn!(pid, generation = c.generation, "{notice}");
+            self.elsewhere_said = Some(c.generation);
+        }
+        true
+    }
+
+    /// The first starting child of `generation` that serves elsewhere.
+    fn serving_elsewhere(&self, generation: u64) -> Option<i32> {
+        self.kept
+            .children
+            .iter()
+            .find(|c| {
+                c.generation == generation
+                    && matches!(c.state, State::Starting { .. })
+                    && c.elsewhere.is_some()
+            })
+            .map(|c| c.pid)
     }
 
     fn on_listened(&mut self, os: &mut impl Spawner, pid: i32, how: String, now: Instant) {
@@ -1968,6 +2048,7 @@ impl Supervisor {
             seen: false,
             listened: None,
             ready_since: None,
+            elsewhere: None,
             exited: None,
             exec_error: None,
         });
@@ -2815,6 +2896,54 @@ mod tests {
         assert_eq!(s.os.signals.last(), Some(&(102, Signal::SIGKILL)));
         s.t_exit(102, ExitStatus::Signal(9), kill_at);
         assert_eq!(pids(&s, 1), [101]);
+    }
+
+    #[test]
+    fn a_generation_serving_on_another_port_is_said_after_a_grace_and_at_the_timeout() {
+        let elsewhere = |s: &mut Sim, pid: i32, t: Instant| {
+            let notice = "pid 7 serves on 0.0.0.0:8001, not on relaunch's".into();
+            s.run(Event::Elsewhere { pid, notice }, t);
+        };
+        let (mut s, t0) = started(1);
+        s.t_ready(101, t0);
+        s.t_reload(t0).unwrap();
+        // An admin port opened before the held one is taken: not said yet.
+        elsewhere(&mut s, 102, t0);
+        elsewhere(&mut s, 102, t0 + ELSEWHERE_GRACE / 2);
+        assert_eq!(s.elsewhere_said, None);
+        elsewhere(&mut s, 102, t0 + ELSEWHERE_GRACE);
+        assert_eq!(s.elsewhere_said, Some(2));
+        let deadline = s.next_deadline().unwrap();
+        s.t_timer(deadline);
+        assert_eq!(s.kept.serving, 1);
+        let last = s.kept.last_reload.as_ref().unwrap();
+        assert!(!last.ok);
+        assert!(
+            last.message
+                .contains("serves on a port relaunch does not hold"),
+            "{}",
+            last.message
+        );
+        // Never said before the timeout (it came within the grace): said then.
+        let (mut s, t0) = started(1);
+        elsewhere(&mut s, 101, t0);
+        let deadline = s.next_deadline().unwrap();
+        s.t_timer(deadline);
+        assert_eq!(s.elsewhere_said, Some(1));
+        // Ready by READY=1 within the grace: said then.
+        let (mut s, t0) = started(1);
+        elsewhere(&mut s, 101, t0);
+        let notice = Notice {
+            ready: true,
+            ..Notice::default()
+        };
+        s.run(Event::Notify { pid: 101, notice }, t0 + ms(10));
+        assert_eq!(s.elsewhere_said, Some(1));
+        // Seen waiting on a held socket: it took it after all, nothing said.
+        let (mut s, t0) = started(1);
+        elsewhere(&mut s, 101, t0);
+        s.t_ready(101, t0 + ms(10));
+        assert_eq!(s.elsewhere_said, None);
     }
 
     #[test]
