@@ -538,6 +538,10 @@ fn refused_line(errno: i32) -> String {
     )
 }
 
+/// What a child's tree suffers once nobody answers its notification fd.
+pub const UNANSWERED: &str = "every bind, listen and shutdown(SHUT_RD or SHUT_RDWR) of this \
+     child's processes now fails with ENOSYS, on any socket and address, until it is restarted";
+
 /// Where a held socket's listen() is told: (the child's pid, how).
 pub type Listened = tokio::sync::mpsc::UnboundedSender<(i32, String)>;
 
@@ -649,9 +653,9 @@ impl Session {
                     Some(libc::ENOENT | libc::EINTR) => continue,
                     _ => {
                         warn!(
-                            "seccomp notifications: receive failed: {}; this child's binds \
-                             now fail with ENOSYS",
-                            io::Error::last_os_error()
+                            "seccomp notifications: receive failed: {}; {}",
+                            io::Error::last_os_error(),
+                            UNANSWERED
                         );
                         return;
                     }
@@ -1202,5 +1206,20 @@ mod tests {
         assert!(l.contains("LISTEN_FDS"), "{l}");
         assert!(refused_line(libc::ENOSYS).contains("5.9"));
         assert!(refused_line(libc::EACCES).contains("policy"));
+    }
+
+    /// Without an answer, the filter makes every trapped call fail, not
+    /// only a bind of a held port: the line says so.
+    #[test]
+    fn unanswered_calls_name_every_trapped_call() {
+        for call in [
+            "every bind",
+            "listen",
+            "shutdown(SHUT_RD",
+            "ENOSYS",
+            "restarted",
+        ] {
+            assert!(UNANSWERED.contains(call), "{call}: {UNANSWERED}");
+        }
     }
 }
