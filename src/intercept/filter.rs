@@ -65,6 +65,13 @@ static PROGRAM: [sock_filter; 10] = [
     stmt(RET_K, libc::SECCOMP_RET_ALLOW),
 ];
 
+/// A notification fd, and SPEC_ALLOW (4.17, older than user notification):
+/// the filter is no sandbox, so the kernels whose speculation mitigations
+/// default to `seccomp` (before 5.16) must not force SSBD and STIBP on the
+/// app and everything it runs.
+const FLAGS: libc::c_ulong =
+    libc::SECCOMP_FILTER_FLAG_NEW_LISTENER | libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW;
+
 /// What the child writes when there is no fd to send: 0 with the fd, else
 /// the errno of the refused seccomp() call.
 pub type Report = i32;
@@ -86,7 +93,7 @@ pub unsafe fn install(sock: RawFd) {
             libc::syscall(
                 libc::SYS_seccomp,
                 libc::SECCOMP_SET_MODE_FILTER,
-                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                FLAGS,
                 prog as *const libc::sock_fprog,
             ) as RawFd
         };

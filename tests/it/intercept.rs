@@ -1049,3 +1049,53 @@ fn workers_binding_at_once_all_get_the_socket() {
     );
     assert_full_backlog(port);
 }
+
+/// The filter is not a sandbox: it is installed with
+/// SECCOMP_FILTER_FLAG_SPEC_ALLOW, so kernels whose speculation mitigations
+/// default to `seccomp` (before 5.16) do not force SSBD and STIBP on every
+/// intercepted child. The flags as the kernel got them (strace), and the
+/// child's mitigation state against a child without interception.
+#[test]
+fn the_filter_leaves_speculation_mitigations_alone() {
+    if !require_tool("strace") {
+        return;
+    }
+    let dir = TempDir::new("ic-spec");
+    let trace = dir.join("seccomp.trace");
+    let child = ["--", "sh", "-c", "exec grep ^Specul /proc/self/status >&2"];
+    let mut traced = Relaunch::start_with(
+        Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=seccomp", "-o"])
+            .arg(&trace)
+            .arg(relaunch_bin())
+            .args(["-l", "127.0.0.1:0", "--restart", "never"])
+            .args(child),
+    );
+    assert!(traced.wait_exit(T).success(), "{}", traced.log.text());
+    let calls = std::fs::read_to_string(&trace).unwrap();
+    let install = calls
+        .lines()
+        .find(|l| l.contains("SECCOMP_SET_MODE_FILTER") && l.contains("NEW_LISTENER"))
+        .unwrap_or_else(|| panic!("no filter installed:\n{calls}"));
+    assert!(
+        install.contains("SECCOMP_FILTER_FLAG_SPEC_ALLOW"),
+        "{install}"
+    );
+    let specul = |log: &Lines| -> Vec<String> {
+        log.all()
+            .into_iter()
+            .filter(|l| l.starts_with("Specul"))
+            .collect()
+    };
+    let with = specul(&traced.log);
+    assert_eq!(with.len(), 2, "{}", traced.log.text());
+    let mut plain = Relaunch::start(
+        &[
+            &["-l", "127.0.0.1:0", "--restart", "never", "--no-intercept"][..],
+            &child[..],
+        ]
+        .concat(),
+    );
+    assert!(plain.wait_exit(T).success(), "{}", plain.log.text());
+    assert_eq!(with, specul(&plain.log));
+}
