@@ -554,8 +554,8 @@ struct Session {
     listened: Option<Listened>,
     /// (pid, what) already logged, so each is said once per child.
     said: HashSet<(i32, usize, u8)>,
-    /// Syscalls whose failure to be looked at was said already.
-    errors: HashSet<i32>,
+    /// (syscall, errno) of the failures to look at a call said already.
+    errors: HashSet<(i32, i32)>,
     /// The sockets put in place of a shut-down held one, by inode.
     private: Vec<(u64, Socket)>,
 }
@@ -565,6 +565,7 @@ const SAID_REFUSED: u8 = 1;
 const SAID_SHUTDOWN: u8 = 2;
 
 /// An answer to one notification.
+#[derive(Debug, PartialEq, Eq)]
 enum Answer {
     Continue,
     Value(i64),
@@ -691,27 +692,40 @@ impl Session {
             libc::SYS_shutdown => self.shutdown(notify, req, tid, fd),
             _ => Ok(Answer::Continue),
         };
-        result.unwrap_or_else(|e| {
-            let gone = matches!(
-                e.raw_os_error(),
-                Some(libc::ESRCH | libc::ENOENT | libc::EFAULT)
-            ) || e.kind() == io::ErrorKind::NotFound;
-            let (call, then) = match i64::from(req.data.nr) {
-                libc::SYS_bind => ("bind", "a bind of a held address fails with EADDRINUSE"),
-                libc::SYS_listen => ("listen", "its backlog replaces relaunch's"),
-                _ => ("shutdown", "the listener stops for every generation"),
-            };
-            if gone {
-                debug!(pid = tid, "{call}: {e}; the call runs as it is");
-            } else if self.errors.insert(req.data.nr) {
-                warn!(
-                    "pid {tid} ({}): cannot look at its {call} ({e}); the call runs as it is, \
-                     so {then}",
-                    proc::comm(tid)
-                );
-            }
-            Answer::Continue
-        })
+        result.unwrap_or_else(|e| self.failed(req, &e))
+    }
+
+    /// The answer when a trapped call could not be looked at; warned once
+    /// per syscall and errno.
+    fn failed(&mut self, req: &libc::seccomp_notif, e: &io::Error) -> Answer {
+        let tid = req.pid as i32;
+        // No such fd, or not a socket (from take_fd): what the kernel would
+        // answer, given now, before the fd can change.
+        if let Some(errno @ (libc::EBADF | libc::ENOTSOCK)) = e.raw_os_error() {
+            return Answer::Errno(errno);
+        }
+        let gone = matches!(
+            e.raw_os_error(),
+            Some(libc::ESRCH | libc::ENOENT | libc::EFAULT)
+        ) || e.kind() == io::ErrorKind::NotFound;
+        let (call, then) = match i64::from(req.data.nr) {
+            libc::SYS_bind => ("bind", "a bind of a held address fails with EADDRINUSE"),
+            libc::SYS_listen => ("listen", "its backlog replaces relaunch's"),
+            _ => ("shutdown", "the listener stops for every generation"),
+        };
+        if gone {
+            debug!(pid = tid, "{call}: {e}; the call runs as it is");
+        } else if self
+            .errors
+            .insert((req.data.nr, e.raw_os_error().unwrap_or(0)))
+        {
+            warn!(
+                "pid {tid} ({}): cannot look at its {call} ({e}); the call runs as it is, \
+                 so {then}",
+                proc::comm(tid)
+            );
+        }
+        Answer::Continue
     }
 
     fn bind(
@@ -1124,7 +1138,7 @@ fn take_fd(tgid: i32, fd: i32) -> io::Result<Socket> {
         let got = OwnedFd::from_raw_fd(got);
         let st = nix::sys::stat::fstat(got.as_fd())?;
         if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            return Err(io::Error::other(format!("fd {fd} is not a socket")));
+            return Err(io::Error::from_raw_os_error(libc::ENOTSOCK));
         }
         Ok(Socket::from(got))
     }
@@ -1197,6 +1211,60 @@ mod tests {
         // The child died before its filter: the thread ends.
         drop(theirs);
         wait("the waiting thread ends", &|| table.gate.lock().live == 0);
+    }
+
+    fn session() -> Session {
+        Session {
+            table: Table::new(&[], &[], 128).unwrap(),
+            leader: Arc::new(OnceLock::new()),
+            listened: None,
+            said: HashSet::new(),
+            errors: HashSet::new(),
+            private: Vec::new(),
+        }
+    }
+
+    /// A trapped call of this thread on `fd`.
+    fn call(nr: i64, fd: i32, how: i32) -> libc::seccomp_notif {
+        // SAFETY: zeroed plain struct.
+        let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        req.pid = nix::unistd::gettid().as_raw() as u32;
+        req.data.nr = nr as i32;
+        req.data.args[0] = fd as u64;
+        req.data.args[1] = how as u64;
+        req
+    }
+
+    /// The kernel would fail these calls the same way: no warning, which
+    /// would be wrong ("the listener stops") and use up the one for a real
+    /// failure, and no chance for the fd to become a held socket meanwhile.
+    #[test]
+    fn a_closed_fd_or_a_non_socket_gets_the_kernels_error_silently() {
+        let mut s = session();
+        let (rd, _wr) = nix::unistd::pipe().unwrap();
+        let closed = 1 << 20;
+        for nr in [libc::SYS_listen, libc::SYS_shutdown] {
+            let got = s.answer(rd.as_fd(), &call(nr, closed, libc::SHUT_RDWR));
+            assert_eq!(got, Answer::Errno(libc::EBADF), "{nr}");
+            let got = s.answer(rd.as_fd(), &call(nr, rd.as_raw_fd(), libc::SHUT_RDWR));
+            assert_eq!(got, Answer::Errno(libc::ENOTSOCK), "{nr}");
+        }
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+    }
+
+    /// A real failure is said once per syscall and errno: one of another
+    /// kind is said too.
+    #[test]
+    fn each_kind_of_failure_is_said_once() {
+        let mut s = session();
+        let req = call(libc::SYS_shutdown, 3, libc::SHUT_RD);
+        for errno in [libc::EACCES, libc::EACCES, libc::EMFILE] {
+            s.failed(&req, &io::Error::from_raw_os_error(errno));
+        }
+        let mut said: Vec<_> = s.errors.iter().copied().collect();
+        said.sort();
+        let nr = libc::SYS_shutdown as i32;
+        assert_eq!(said, [(nr, libc::EACCES), (nr, libc::EMFILE)]);
     }
 
     #[test]
