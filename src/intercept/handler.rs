@@ -5,7 +5,7 @@
 //! Every notification gets an answer (CONTINUE, a value, or an errno): an
 //! error on our side lets the real call run and is logged.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::io;
 use std::net::SocketAddr;
@@ -426,7 +426,7 @@ pub fn start(
                 listened: Some(listened),
                 said: HashSet::new(),
                 errors: HashSet::new(),
-                private: Vec::new(),
+                private: VecDeque::new(),
             }
             .run(notify);
         }
@@ -452,7 +452,7 @@ pub fn resume(table: Arc<Table>, carried: Carried, listened: Listened) -> io::Re
             listened: (!carried.listened).then_some(listened),
             said: carried.said.into_iter().collect(),
             errors: HashSet::new(),
-            private: Vec::new(),
+            private: VecDeque::new(),
         }
         .run(notify);
     })
@@ -556,8 +556,10 @@ struct Session {
     said: HashSet<(i32, usize, u8)>,
     /// (syscall, errno) of the failures to look at a call said already.
     errors: HashSet<(i32, i32)>,
-    /// The sockets put in place of a shut-down held one, by inode.
-    private: Vec<(u64, Socket)>,
+    /// The inodes of the last sockets put in place of a shut-down held one
+    /// (the app holds them, relaunch does not): a shutdown that a signal
+    /// restarts comes at once, so a few suffice.
+    private: VecDeque<u64>,
 }
 
 const SAID_GIVEN: u8 = 0;
@@ -708,24 +710,46 @@ impl Session {
             e.raw_os_error(),
             Some(libc::ESRCH | libc::ENOENT | libc::EFAULT)
         ) || e.kind() == io::ErrorKind::NotFound;
-        let (call, then) = match i64::from(req.data.nr) {
-            libc::SYS_bind => ("bind", "a bind of a held address fails with EADDRINUSE"),
-            libc::SYS_listen => ("listen", "its backlog replaces relaunch's"),
-            _ => ("shutdown", "the listener stops for every generation"),
+        // A bind runs: on a held socket the kernel refuses it (bound
+        // already). A listen or shutdown never does: on a held socket it
+        // would shrink the backlog, or stop the listener for every
+        // generation. It fails instead, with the error relaunch met.
+        let (call, answer, then) = match i64::from(req.data.nr) {
+            libc::SYS_bind => (
+                "bind",
+                Answer::Continue,
+                "the call runs as it is, so a bind of a held address fails with EADDRINUSE"
+                    .to_string(),
+            ),
+            nr => {
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                let call = if nr == libc::SYS_listen {
+                    "listen"
+                } else {
+                    "shutdown"
+                };
+                (
+                    call,
+                    Answer::Errno(errno),
+                    format!(
+                        "it fails with {} rather than run on what may be relaunch's listener",
+                        io::Error::from_raw_os_error(errno)
+                    ),
+                )
+            }
         };
         if gone {
-            debug!(pid = tid, "{call}: {e}; the call runs as it is");
+            debug!(pid = tid, "{call}: {e}; {then}");
         } else if self
             .errors
             .insert((req.data.nr, e.raw_os_error().unwrap_or(0)))
         {
             warn!(
-                "pid {tid} ({}): cannot look at its {call} ({e}); the call runs as it is, \
-                 so {then}",
+                "pid {tid} ({}): cannot look at its {call} ({e}); {then}",
                 proc::comm(tid)
             );
         }
-        Answer::Continue
+        answer
     }
 
     fn bind(
@@ -999,7 +1023,7 @@ impl Session {
 
     /// listen() on a held socket: done already, with relaunch's backlog.
     fn listen(&mut self, tid: i32, fd: i32) -> io::Result<Answer> {
-        let Some((tgid, _, _)) = self.held_index(tid, fd)? else {
+        let Some((tgid, _)) = self.held_index(tid, fd)? else {
             return Ok(Answer::Continue);
         };
         // A readiness hint for --ready auto where /proc is out of sight.
@@ -1026,27 +1050,32 @@ impl Session {
         fd: i32,
     ) -> io::Result<Answer> {
         let tgid = proc::tgid(tid).ok_or_else(gone)?;
-        let copy = take_fd(tgid, fd)?;
-        let inode = nix::sys::stat::fstat(copy.as_fd())?.st_ino;
+        let inode = socket_inode(tid, fd)?;
         // The call again on the socket we put there (a signal restarted it
         // after we answered): done already.
-        if self.private.iter().any(|(ino, _)| *ino == inode) {
+        if self.private.contains(&inode) {
             return Ok(Answer::Value(0));
         }
         let Some(index) = self.table.index_of_inode(inode) else {
             return Ok(Answer::Continue);
         };
-        let private = Socket::new(copy.domain()?, Type::STREAM, None)?;
-        private.set_nonblocking(status_flags(&copy)? & libc::O_NONBLOCK != 0)?;
-        let cloexec = proc::fdinfo(tgid, fd)
+        // The app's fd's flags, from the caller's own fd table: no copy of
+        // the fd (an fd per call would pile up, and fail at EMFILE).
+        let flags = proc::fdinfo(tid, fd)
             .ok()
-            .and_then(|i| proc::fdinfo_cloexec(&i))
-            .unwrap_or(true);
-        id_valid(notify, req.id)?;
-        add_fd(notify, req.id, private.as_fd(), fd, cloexec)?;
-        // Kept open, so its inode number stays its own.
+            .and_then(|i| proc::fdinfo_flags(&i))
+            .unwrap_or(libc::O_CLOEXEC as u32);
+        let domain = self.table.lock()[index].socket.domain()?;
+        let private = Socket::new(domain, Type::STREAM, None)?;
+        private.set_nonblocking(flags & libc::O_NONBLOCK as u32 != 0)?;
         let private_inode = nix::sys::stat::fstat(private.as_fd())?.st_ino;
-        self.private.push((private_inode, private));
+        id_valid(notify, req.id)?;
+        let cloexec = flags & libc::O_CLOEXEC as u32 != 0;
+        add_fd(notify, req.id, private.as_fd(), fd, cloexec)?;
+        if self.private.len() == PRIVATE_KEPT {
+            self.private.pop_front();
+        }
+        self.private.push_back(private_inode);
         if self.said.insert((tgid, index, SAID_SHUTDOWN)) {
             info!(
                 "pid {tgid} ({}) shut down relaunch's socket (its fd {fd}): it got a closed \
@@ -1057,16 +1086,41 @@ impl Session {
         Ok(Answer::Value(0))
     }
 
-    /// The held socket at `fd` of the caller, if it is one.
-    fn held_index(&self, tid: i32, fd: i32) -> io::Result<Option<(i32, usize, Socket)>> {
+    /// The held socket at `fd` of the caller, if it is one: (its process,
+    /// the socket's index).
+    fn held_index(&self, tid: i32, fd: i32) -> io::Result<Option<(i32, usize)>> {
         let tgid = proc::tgid(tid).ok_or_else(gone)?;
-        let copy = take_fd(tgid, fd)?;
-        let inode = nix::sys::stat::fstat(copy.as_fd())?.st_ino;
-        Ok(self
-            .table
-            .index_of_inode(inode)
-            .map(|index| (tgid, index, copy)))
+        let inode = socket_inode(tid, fd)?;
+        Ok(self.table.index_of_inode(inode).map(|index| (tgid, index)))
     }
+}
+
+/// How many private sockets' inodes a session remembers.
+const PRIVATE_KEPT: usize = 16;
+
+/// The inode of the socket at `fd` in thread `tid`'s own fd table (which
+/// may not be its process's: clone without CLONE_FILES, unshare), read
+/// without taking a copy of the fd. EBADF: no such fd; ENOTSOCK: not a
+/// socket; ESRCH: the thread is gone.
+fn socket_inode(tid: i32, fd: i32) -> io::Result<u64> {
+    let link = match std::fs::read_link(format!("/proc/{tid}/fd/{fd}")) {
+        Ok(link) => link,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let alive = std::fs::symlink_metadata(format!("/proc/{tid}/fd")).is_ok();
+            return Err(io::Error::from_raw_os_error(if alive {
+                libc::EBADF
+            } else {
+                libc::ESRCH
+            }));
+        }
+        Err(e) => return Err(e),
+    };
+    link.as_os_str()
+        .as_bytes()
+        .strip_prefix(b"socket:[")
+        .and_then(|rest| rest.strip_suffix(b"]"))
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOTSOCK))
 }
 
 /// The caller is gone (killed while we looked).
@@ -1220,7 +1274,7 @@ mod tests {
             listened: None,
             said: HashSet::new(),
             errors: HashSet::new(),
-            private: Vec::new(),
+            private: VecDeque::new(),
         }
     }
 
@@ -1265,6 +1319,24 @@ mod tests {
         said.sort();
         let nr = libc::SYS_shutdown as i32;
         assert_eq!(said, [(nr, libc::EACCES), (nr, libc::EMFILE)]);
+    }
+
+    /// relaunch failing to look at a listen or shutdown (EMFILE, say) never
+    /// lets it run: it may be on a held socket. A bind runs (on a held
+    /// socket the kernel refuses it).
+    #[test]
+    fn a_call_relaunch_cannot_look_at_never_runs_on_a_held_socket() {
+        let mut s = session();
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        for nr in [libc::SYS_listen, libc::SYS_shutdown] {
+            let got = s.failed(&call(nr, 3, libc::SHUT_RDWR), &emfile);
+            assert_eq!(got, Answer::Errno(libc::EMFILE), "{nr}");
+        }
+        let other = io::Error::other("short read");
+        let got = s.failed(&call(libc::SYS_shutdown, 3, libc::SHUT_RD), &other);
+        assert_eq!(got, Answer::Errno(libc::EIO));
+        let got = s.failed(&call(libc::SYS_bind, 3, 0), &emfile);
+        assert_eq!(got, Answer::Continue);
     }
 
     #[test]

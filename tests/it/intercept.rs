@@ -1099,3 +1099,97 @@ fn the_filter_leaves_speculation_mitigations_alone() {
     assert!(plain.wait_exit(T).success(), "{}", plain.log.text());
     assert_eq!(with, specul(&plain.log));
 }
+
+/// fds open in process `pid`.
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// An app that binds and shuts down the held socket over and over: relaunch
+/// answers each shutdown without keeping an fd for it.
+#[test]
+fn shutting_the_held_socket_down_again_and_again_leaks_no_fd() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-shut-leak");
+    let body = r#"
+for i in range(300):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.listen(5)
+    s.shutdown(socket.SHUT_RDWR)
+    s.close()
+print("shut down 300 times", file=sys.stderr, flush=True)
+signal.pause()
+"#;
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start(&["-l", &held, "--", "python3", &app(&dir, body), &p]);
+    r.log.wait("shut down 300 times", T);
+    let fds = open_fds(r.pid());
+    assert!(fds < 100, "relaunch has {fds} fds open after 300 shutdowns");
+    assert_full_backlog(port);
+}
+
+/// `Max open files` of a process: (soft, hard).
+fn nofile(pid: &str) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut words = line["Max open files".len()..].split_whitespace();
+    (
+        words.next().unwrap().to_string(),
+        words.next().unwrap().to_string(),
+    )
+}
+
+/// relaunch runs with its soft fd limit raised to the hard one (EMFILE
+/// must not stop it from answering a trapped call), while every child gets
+/// the soft limit relaunch was started with (select() wants 1024).
+#[test]
+fn relaunch_raises_its_fd_limit_and_the_child_keeps_the_one_given() {
+    use std::os::unix::process::CommandExt;
+    let server = example("pid_server");
+    let mut cmd = Command::new(relaunch_bin());
+    // SAFETY: setrlimit only, between fork and exec of the test's child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 1024,
+                rlim_max: 4096,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let dir = TempDir::new("ic-nofile");
+    let ctl = dir.join("ctl.sock");
+    cmd.arg("--control").arg(&ctl);
+    cmd.args(["-l", "127.0.0.1:0", "--"]).arg(&server);
+    let r = Relaunch::start_with(&mut cmd);
+    let addr = r.listen_addr(3);
+    let pid = wait_serving(addr);
+    assert_eq!(nofile(&r.pid().to_string()), ("4096".into(), "4096".into()));
+    assert_eq!(nofile(&pid), ("1024".into(), "4096".into()));
+    // The next image of an upgrade inherits the raised limit: its children
+    // still get the one relaunch first started with.
+    let out = Command::new(relaunch_bin())
+        .args(["upgrade", "--control"])
+        .arg(&ctl)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    r.signal(libc::SIGHUP);
+    let next = wait_new_pid(addr, &pid);
+    assert_eq!(nofile(&r.pid().to_string()), ("4096".into(), "4096".into()));
+    assert_eq!(nofile(&next), ("1024".into(), "4096".into()));
+}
