@@ -79,23 +79,37 @@ pub type Report = i32;
 /// Installs the filter and sends its notification fd over `sock` (one end
 /// of a SOCK_SEQPACKET pair), then closes both, so the program sees neither.
 /// When the kernel refuses the filter the errno goes instead and the child
-/// runs without interception.
+/// runs without interception. Err(errno): the filter is in place but its fd
+/// did not reach relaunch; nobody would answer, and every trapped call
+/// would fail with ENOSYS: the child must not run.
 ///
 /// # Safety
 /// Only between fork and exec, in the child; `sock` is the child's end.
-pub unsafe fn install(sock: RawFd) {
+pub unsafe fn install(sock: RawFd) -> Result<(), i32> {
     unsafe {
         let prog = libc::sock_fprog {
             len: PROGRAM.len() as u16,
             filter: PROGRAM.as_ptr() as *mut sock_filter,
         };
         let seccomp = |prog: &libc::sock_fprog| {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                FLAGS,
-                prog as *const libc::sock_fprog,
-            ) as RawFd
+            let with = |flags: libc::c_ulong| {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    flags,
+                    prog as *const libc::sock_fprog,
+                ) as RawFd
+            };
+            // WAIT_KILLABLE_RECV (6.0): once relaunch has received a call,
+            // only a fatal signal interrupts the caller's wait, so a signal
+            // after ADDFD cannot end its bind in EINTR (an app without
+            // SA_RESTART would take that as a failure). Before 6.0: EINVAL,
+            // and the filter goes on without it.
+            let fd = with(FLAGS | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV);
+            if fd < 0 && *libc::__errno_location() == libc::EINVAL {
+                return with(FLAGS);
+            }
+            fd
         };
         let mut fd = seccomp(&prog);
         // Without CAP_SYS_ADMIN (not root, or after --user) the kernel wants
@@ -125,14 +139,19 @@ pub unsafe fn install(sock: RawFd) {
             (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
             std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
         }
-        // relaunch's end is read by a thread started before the fork. If it
-        // is gone anyway, the closed notification fd makes trapped calls
-        // fail with ENOSYS: loud, not a hang.
-        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
+        // relaunch's end is read by a thread started before the fork; the
+        // send can still fail (no memory, that thread gone).
+        let sent = libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
+        let errno = *libc::__errno_location();
         if fd >= 0 {
             libc::close(fd);
         }
         libc::close(sock);
+        match sent {
+            n if n == size_of::<Report>() as isize || fd < 0 => Ok(()),
+            n if n < 0 => Err(errno),
+            _ => Err(libc::EMSGSIZE),
+        }
     }
 }
 

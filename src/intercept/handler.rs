@@ -415,10 +415,14 @@ pub fn start(
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
+    // A test hook: the child's sendmsg then fails, as it could for real.
+    if std::env::var_os("RELAUNCH_TEST_LOSE_NOTIFY_FD").is_some_and(|v| v == "1") {
+        return Ok(theirs);
+    }
     let live = Live::new(Arc::clone(&table));
     thread(move || {
         let _live = live;
-        if let Some(notify) = receive(&ours) {
+        if let Some(notify) = receive(&ours, &leader) {
             drop(ours);
             Session {
                 table,
@@ -472,7 +476,7 @@ fn thread(f: impl FnOnce() + Send + 'static) -> io::Result<()> {
 
 /// The notification fd the child sent, or None (it died first, or the
 /// kernel refused the filter: said once).
-fn receive(sock: &OwnedFd) -> Option<OwnedFd> {
+fn receive(sock: &OwnedFd, leader: &OnceLock<i32>) -> Option<OwnedFd> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     let mut report = [0u8; 4];
     let mut space = nix::cmsg_space!(RawFd);
@@ -509,9 +513,21 @@ fn receive(sock: &OwnedFd) -> Option<OwnedFd> {
     if let Some(fd) = fd {
         return Some(fd);
     }
-    // EOF: the child died before the filter (a failed --user, say).
+    // EOF: the child died before the filter (a failed --user, say), or
+    // could not send (it says so through its exec status and does not run).
     if bytes == 4 {
         let errno = i32::from_ne_bytes(report);
+        // The filter is in place but its fd did not arrive (relaunch at its
+        // fd limit truncates SCM_RIGHTS): nobody can answer that child.
+        if errno == 0 {
+            let child = leader.get().map_or("a child".to_string(), |pid| {
+                format!("pid {pid} ({})", proc::comm(*pid))
+            });
+            warn!(
+                "the seccomp notification fd of {child} was lost on relaunch's side; {UNANSWERED}"
+            );
+            return None;
+        }
         if !REFUSED_SAID.swap(true, Ordering::Relaxed) {
             warn!("{}", refused_line(errno));
         }

@@ -295,6 +295,11 @@ impl ExecWatch {
             STAGE_CREDS => Error::Os(format!(
                 "cannot switch {shown} to the --user/--group credentials: {why}"
             )),
+            STAGE_INTERCEPT => Error::Os(format!(
+                "cannot hand {shown}'s seccomp notification fd to relaunch ({why}): under \
+                 that filter with nobody to answer, every bind, listen and \
+                 shutdown(SHUT_RD/SHUT_RDWR) of it would fail with ENOSYS, so it did not run"
+            )),
             STAGE_LIMIT => Error::Os(format!(
                 "cannot give {shown} the fd limit (ulimit -n) relaunch started with: {why}"
             )),
@@ -316,6 +321,7 @@ const STAGE_EXEC: i32 = 0;
 const STAGE_CREDS: i32 = 1;
 const STAGE_FDS: i32 = 2;
 const STAGE_LIMIT: i32 = 3;
+const STAGE_INTERCEPT: i32 = 4;
 
 /// Raw pointers into memory the parent prepared; valid in the child's copy.
 struct ChildPlan {
@@ -411,8 +417,10 @@ impl ChildPlan {
             // Last of the set-up, after --user dropped privileges: the
             // filter traps only bind, listen and shutdown, which nothing
             // here calls.
-            if self.intercept >= 0 {
-                crate::intercept::filter::install(self.intercept);
+            if self.intercept >= 0
+                && let Err(errno) = crate::intercept::filter::install(self.intercept)
+            {
+                self.report(err_fd, STAGE_INTERCEPT, errno, -1);
             }
             // After the filter, whose notification fd may need a number
             // above the old limit.
