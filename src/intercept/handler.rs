@@ -1039,9 +1039,10 @@ impl Session {
 
     /// listen() on a held socket: done already, with relaunch's backlog.
     fn listen(&mut self, tid: i32, fd: i32) -> io::Result<Answer> {
-        let Some((tgid, _)) = self.held_index(tid, fd)? else {
+        let Some((tgid, index)) = self.held_index(tid, fd)? else {
             return Ok(Answer::Continue);
         };
+        self.listen_again(tgid, index)?;
         // A readiness hint for --ready auto where /proc is out of sight.
         if let Some(&leader) = self.leader.get()
             && let Some(tx) = self.listened.take()
@@ -1053,6 +1054,35 @@ impl Session {
             let _ = tx.send((leader, how));
         }
         Ok(Answer::Value(0))
+    }
+
+    /// A held socket stops listening where the filter cannot see: io_uring's
+    /// IORING_OP_SHUTDOWN, a shutdown through the i386 or x32 entry, a
+    /// failed re-listen. An app's listen() on it must not answer 0 over a
+    /// socket that refuses every client: relaunch listens on it again.
+    fn listen_again(&self, tgid: i32, index: usize) -> io::Result<()> {
+        let (name, socket) = {
+            let entries = self.table.lock();
+            (
+                entries[index].name.clone(),
+                Arc::clone(&entries[index].socket),
+            )
+        };
+        if socket.is_listener()? {
+            return Ok(());
+        }
+        let again = socket.listen(self.table.backlog);
+        warn!(
+            "{name}: pid {tgid} ({}) called listen() on relaunch's socket, which had stopped \
+             listening (shut down where interception cannot see it: io_uring, a 32-bit \
+             syscall); {}",
+            proc::comm(tgid),
+            match &again {
+                Ok(()) => "relaunch listens on it again".to_string(),
+                Err(e) => format!("relaunch cannot listen on it again ({e}), and its listen fails"),
+            }
+        );
+        again
     }
 
     /// shutdown() on a held socket never runs: the app's fd becomes a

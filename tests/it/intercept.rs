@@ -1299,3 +1299,112 @@ signal.pause()
     );
     assert_full_backlog(port);
 }
+
+/// Compiles C source `src` with gcc into `dir`; the binary's path.
+fn compile_c(dir: &TempDir, name: &str, src: &str) -> String {
+    let c = dir.join(&format!("{name}.c"));
+    let bin = dir.join(name);
+    std::fs::write(&c, src).unwrap();
+    let out = Command::new("gcc")
+        .args(["-O1", "-o"])
+        .arg(&bin)
+        .arg(&c)
+        .args(["-lpthread"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    bin.display().to_string()
+}
+
+/// A listener shut down where the filter cannot see (here an i386
+/// shutdown, as io_uring's IORING_OP_SHUTDOWN would be) stops for real; the
+/// app's next listen() must not answer 0 over a socket that does not
+/// listen: relaunch listens on it again, and says so.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_listen_on_a_held_socket_that_stopped_listening_listens_again() {
+    if !require_tool("gcc") {
+        return;
+    }
+    let dir = TempDir::new("ic-relisten");
+    let bin = compile_c(
+        &dir,
+        "relisten",
+        r#"
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* shutdown(2) through the i386 entry, which the filter lets run. */
+static long shutdown32(int fd, int how) {
+    long ret;
+    __asm__ volatile("int $0x80" : "=a"(ret) : "a"(373), "b"(fd), "c"(how) : "memory");
+    return ret;
+}
+
+static int listening(int s) {
+    int on = 0;
+    socklen_t len = sizeof on;
+    getsockopt(s, SOL_SOCKET, SO_ACCEPTCONN, &on, &len);
+    return on;
+}
+
+int main(int argc, char **argv) {
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1]))};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 5)) {
+        perror("bind");
+        return 1;
+    }
+    long r = shutdown32(s, SHUT_RDWR);
+    if (r == -38) {
+        fprintf(stderr, "no i386 entry here\n");
+        pause();
+    }
+    fprintf(stderr, "i386 shutdown: %ld, listening: %d\n", r, listening(s));
+    if (listen(s, 5)) {
+        perror("listen again");
+        return 1;
+    }
+    fprintf(stderr, "listening after listen(): %d\n", listening(s));
+    for (;;) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0) {
+            perror("accept");
+            return 1;
+        }
+        char buf[1024], out[128], body[32];
+        read(c, buf, sizeof buf);
+        int n = snprintf(body, sizeof body, "%d\n", getpid());
+        int m = snprintf(out, sizeof out,
+                         "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", n, body);
+        write(c, out, m);
+        close(c);
+    }
+}
+"#,
+    );
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start(&["-l", &held, "--", &bin, &p]);
+    let said = r.log.wait("i386 shutdown", T);
+    if said.contains("no i386 entry") {
+        eprintln!("relisten: NOT RUN: this kernel has no i386 syscall entry");
+        return;
+    }
+    assert!(said.contains("listening: 0"), "{said}");
+    r.log.wait("listening after listen(): 1", T);
+    r.log.wait("had stopped listening", T);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_serving(addr);
+    assert_full_backlog(port);
+    let load = Load::start(addr, 8);
+    wait_for("the load running", T, || get(addr).ok());
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
+}
