@@ -797,10 +797,13 @@ impl Session {
             let full = std::fs::canonicalize(&full).unwrap_or(full);
             asked = Asked::Unix(full.as_os_str().as_bytes().to_vec());
         }
-        let copy = take_fd(tgid, fd)?;
-        let ours = self
-            .table
-            .index_of_inode(nix::sys::stat::fstat(copy.as_fd())?.st_ino);
+        let inode = socket_inode(tid, fd)?;
+        let ours = self.table.index_of_inode(inode);
+        let copy = match ours {
+            // A held socket: relaunch's own is the same.
+            Some(i) => Arc::clone(&self.table.lock()[i].socket),
+            None => Arc::new(take_fd(tid, tgid, fd, inode)?),
+        };
         // Bound already: the kernel's EINVAL, not ours to change.
         if let Ok(local) = copy.local_addr()
             && ours.is_none()
@@ -899,7 +902,7 @@ impl Session {
         // Node and Go want it on), as it would have had on its own socket.
         let nonblocking = status_flags(&copy)? & libc::O_NONBLOCK != 0;
         socket.set_nonblocking(nonblocking)?;
-        let cloexec = proc::fdinfo(tgid, fd)
+        let cloexec = proc::fdinfo(tid, fd)
             .ok()
             .and_then(|i| proc::fdinfo_cloexec(&i))
             .unwrap_or(true);
@@ -1222,27 +1225,59 @@ fn add_fd(
     Ok(())
 }
 
-/// Our own copy of fd `fd` of process `tgid` (pidfd_getfd, Linux 5.6+).
-fn take_fd(tgid: i32, fd: i32) -> io::Result<Socket> {
+/// Our own copy of fd `fd` of thread `tid` of process `tgid`, the socket
+/// of that inode (pidfd_getfd, Linux 5.6+). A thread may have an fd table
+/// of its own (clone without CLONE_FILES, unshare): a pidfd of the thread
+/// (PIDFD_THREAD, 6.9+) reaches it; before 6.9 only the process's table is
+/// in reach, and a socket there that is not the thread's is refused.
+fn take_fd(tid: i32, tgid: i32, fd: i32, inode: u64) -> io::Result<Socket> {
+    take_fd_as(tid, tgid, fd, inode, true)
+}
+
+/// [`take_fd`]; `by_thread: false` takes the way of kernels before 6.9.
+fn take_fd_as(tid: i32, tgid: i32, fd: i32, inode: u64, by_thread: bool) -> io::Result<Socket> {
     // SAFETY: plain syscalls; each returned fd is owned at once.
     unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, tgid, 0) as RawFd;
+        let mut pidfd = -1;
+        if by_thread {
+            pidfd = libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) as RawFd;
+        }
+        if !by_thread
+            || pidfd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
+        {
+            pidfd = libc::syscall(libc::SYS_pidfd_open, tgid, 0) as RawFd;
+        }
         if pidfd < 0 {
             return Err(io::Error::last_os_error());
         }
         let pidfd = OwnedFd::from_raw_fd(pidfd);
+        let own_table = || {
+            io::Error::other(
+                "the thread has an fd table of its own, out of relaunch's reach before Linux 6.9",
+            )
+        };
         let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) as RawFd;
         if got < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EBADF) if tid != tgid => own_table(),
+                _ => e,
+            });
         }
         let got = OwnedFd::from_raw_fd(got);
-        let st = nix::sys::stat::fstat(got.as_fd())?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            return Err(io::Error::from_raw_os_error(libc::ENOTSOCK));
+        if nix::sys::stat::fstat(got.as_fd())?.st_ino != inode {
+            return Err(if tid != tgid {
+                own_table()
+            } else {
+                io::Error::other("the fd changed while relaunch looked")
+            });
         }
         Ok(Socket::from(got))
     }
 }
+
+/// pidfd_open's flag for a pidfd of one thread (O_EXCL; Linux 6.9).
+const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
 
 fn status_flags(s: &Socket) -> io::Result<i32> {
     // SAFETY: F_GETFL on our own fd.
@@ -1383,6 +1418,54 @@ mod tests {
         assert_eq!(got, Answer::Errno(libc::EIO));
         let got = s.failed(&call(libc::SYS_bind, 3, 0), &emfile);
         assert_eq!(got, Answer::Continue);
+    }
+
+    /// A thread with an fd table of its own: its fd names another socket
+    /// than its process's. By the inode from its own table, relaunch takes
+    /// the thread's socket (6.9+), or knows it cannot (before), and never
+    /// takes the process's one for it.
+    #[test]
+    fn a_thread_with_its_own_fd_table_is_never_answered_for_another_socket() {
+        use std::sync::mpsc;
+        let process = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        let n = process.as_raw_fd();
+        let (tx, rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            // SAFETY: unshare and close in this thread's own table only.
+            unsafe {
+                assert_eq!(libc::unshare(libc::CLONE_FILES), 0);
+                libc::close(n);
+            }
+            let own = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
+            assert_eq!(own.as_raw_fd(), n);
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            done_rx.recv().unwrap();
+            drop(own);
+        });
+        let tid = rx.recv().unwrap();
+        let tgid = std::process::id() as i32;
+        let inode = socket_inode(tid, n).unwrap();
+        assert_ne!(
+            inode,
+            nix::sys::stat::fstat(process.as_fd()).unwrap().st_ino
+        );
+        let old = take_fd_as(tid, tgid, n, inode, false).unwrap_err();
+        assert!(old.to_string().contains("fd table of its own"), "{old}");
+        if kernel_at_least(6, 9) {
+            let got = take_fd(tid, tgid, n, inode).unwrap();
+            assert_eq!(got.domain().unwrap(), Domain::IPV6);
+        }
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+    }
+
+    fn kernel_at_least(major: u32, minor: u32) -> bool {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut parts = release
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|n| n.parse::<u32>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
     }
 
     #[test]

@@ -1408,3 +1408,90 @@ int main(int argc, char **argv) {
     let rep = load.finish();
     assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
 }
+
+/// A thread with its own fd table (unshare(CLONE_FILES); clone without
+/// CLONE_FILES is the same): its fd numbers name other files than its
+/// process's. Its bind, listen and shutdown are answered for its own socket,
+/// where ADDFD puts relaunch's.
+#[test]
+fn a_thread_with_its_own_fd_table_gets_the_socket() {
+    if !require_tool("gcc") {
+        return;
+    }
+    let dir = TempDir::new("ic-own-files");
+    let bin = compile_c(
+        &dir,
+        "ownfiles",
+        r#"
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int port;
+
+static void *serve(void *arg) {
+    int n = *(int *)arg;
+    if (unshare(CLONE_FILES)) {
+        perror("unshare");
+        exit(1);
+    }
+    /* In this thread's table only: the process's fd n stays a UDP socket. */
+    close(n);
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    if (s != n) {
+        fprintf(stderr, "socket at %d, not %d\n", s, n);
+        exit(1);
+    }
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(s, (struct sockaddr *)&a, sizeof a)) {
+        perror("bind");
+        exit(1);
+    }
+    if (listen(s, 5)) {
+        perror("listen");
+        exit(1);
+    }
+    fprintf(stderr, "thread with its own fd table listens\n");
+    for (;;) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0) {
+            perror("accept");
+            exit(1);
+        }
+        char buf[1024], out[128], body[32];
+        read(c, buf, sizeof buf);
+        int k = snprintf(body, sizeof body, "%d\n", getpid());
+        int m = snprintf(out, sizeof out,
+                         "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", k, body);
+        write(c, out, m);
+        close(c);
+    }
+}
+
+int main(int argc, char **argv) {
+    port = atoi(argv[1]);
+    int n = socket(AF_INET, SOCK_DGRAM, 0);
+    pthread_t t;
+    pthread_create(&t, NULL, serve, &n);
+    pthread_join(t, NULL);
+    return 0;
+}
+"#,
+    );
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start(&["-l", &held, "--", &bin, &p]);
+    r.log.wait("thread with its own fd table listens", T);
+    r.log.wait("itself: it got relaunch's socket", T);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_serving(addr);
+    assert_full_backlog(port);
+}
