@@ -10,7 +10,9 @@
 //!   app's fd (`SECCOMP_IOCTL_NOTIF_ADDFD` with `SETFD`) and bind returns 0.
 //!   Any other bind runs as it is.
 //! - `listen` on a held socket returns 0 without running, so the app's
-//!   backlog (5 for Python's socketserver) never shrinks relaunch's.
+//!   backlog (5 for Python's socketserver) never shrinks relaunch's; if the
+//!   socket stopped listening where the filter cannot see (io_uring, another
+//!   ABI), relaunch listens on it again first.
 //! - `shutdown` on a held socket never runs (it would stop the listener for
 //!   every process and reset the queued connections): the app's fd is
 //!   replaced by a private socket that was never listening, so its own
