@@ -162,9 +162,13 @@ pub fn comm(pid: i32) -> String {
 /// Whether the fd is close-on-exec, from `/proc/PID/fdinfo/FD` (`flags:`
 /// in octal, O_CLOEXEC among them).
 pub fn fdinfo_cloexec(fdinfo: &str) -> Option<bool> {
+    Some(fdinfo_flags(fdinfo)? & libc::O_CLOEXEC as u32 != 0)
+}
+
+/// The open flags in an fdinfo (`flags:`, octal).
+pub fn fdinfo_flags(fdinfo: &str) -> Option<u32> {
     let line = fdinfo.lines().find(|l| l.starts_with("flags:"))?;
-    let flags = u32::from_str_radix(line["flags:".len()..].trim(), 8).ok()?;
-    Some(flags & libc::O_CLOEXEC as u32 != 0)
+    u32::from_str_radix(line["flags:".len()..].trim(), 8).ok()
 }
 
 /// `/proc/PID/mem` at `addr` (for kernels without process_vm_readv).

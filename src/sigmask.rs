@@ -11,7 +11,7 @@ pub fn block_all() -> Vec<i32> {
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        (1..libc::SIGRTMAX())
+        (1..=libc::SIGRTMAX())
             .filter(|&s| libc::sigismember(&old, s) == 1)
             .collect()
     }
@@ -42,5 +42,24 @@ impl Blocked {
 impl Drop for Blocked {
     fn drop(&mut self) {
         set(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_signal_blocked_before_comes_back_up_to_sigrtmax() {
+        // A thread of its own: the mask is per thread.
+        std::thread::spawn(|| {
+            let wanted = [libc::SIGHUP, libc::SIGRTMIN(), libc::SIGRTMAX()];
+            set(&wanted);
+            let before = block_all();
+            set(&before);
+            assert_eq!(before, wanted);
+        })
+        .join()
+        .unwrap();
     }
 }

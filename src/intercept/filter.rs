@@ -111,6 +111,13 @@ static PROGRAM: [sock_filter; LEN] = program(false);
 /// `--refuse-probes`: connect as well.
 static PROBES: [sock_filter; LEN] = program(true);
 
+/// A notification fd, and SPEC_ALLOW (4.17, older than user notification):
+/// the filter is no sandbox, so the kernels whose speculation mitigations
+/// default to `seccomp` (before 5.16) must not force SSBD and STIBP on the
+/// app and everything it runs.
+const FLAGS: libc::c_ulong =
+    libc::SECCOMP_FILTER_FLAG_NEW_LISTENER | libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW;
+
 /// What the child writes when there is no fd to send: 0 with the fd, else
 /// the errno of the refused seccomp() call.
 pub type Report = i32;
@@ -118,13 +125,15 @@ pub type Report = i32;
 /// Installs the filter and sends its notification fd over `sock` (one end
 /// of a SOCK_SEQPACKET pair), then closes both, so the program sees neither.
 /// When the kernel refuses the filter the errno goes instead and the child
-/// runs without interception.
+/// runs without interception. Err(errno): the filter is in place but its fd
+/// did not reach relaunch; nobody would answer, and every trapped call
+/// would fail with ENOSYS: the child must not run.
 ///
 /// `probes`: trap connect too (`--refuse-probes`).
 ///
 /// # Safety
 /// Only between fork and exec, in the child; `sock` is the child's end.
-pub unsafe fn install(sock: RawFd, probes: bool) {
+pub unsafe fn install(sock: RawFd, probes: bool) -> Result<(), i32> {
     unsafe {
         let program = if probes { &PROBES } else { &PROGRAM };
         let prog = libc::sock_fprog {
@@ -132,12 +141,24 @@ pub unsafe fn install(sock: RawFd, probes: bool) {
             filter: program.as_ptr() as *mut sock_filter,
         };
         let seccomp = |prog: &libc::sock_fprog| {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-                prog as *const libc::sock_fprog,
-            ) as RawFd
+            let with = |flags: libc::c_ulong| {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    flags,
+                    prog as *const libc::sock_fprog,
+                ) as RawFd
+            };
+            // WAIT_KILLABLE_RECV (6.0): once relaunch has received a call,
+            // only a fatal signal interrupts the caller's wait, so a signal
+            // after ADDFD cannot end its bind in EINTR (an app without
+            // SA_RESTART would take that as a failure). Before 6.0: EINVAL,
+            // and the filter goes on without it.
+            let fd = with(FLAGS | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV);
+            if fd < 0 && *libc::__errno_location() == libc::EINVAL {
+                return with(FLAGS);
+            }
+            fd
         };
         let mut fd = seccomp(&prog);
         // Without CAP_SYS_ADMIN (not root, or after --user) the kernel wants
@@ -167,14 +188,19 @@ pub unsafe fn install(sock: RawFd, probes: bool) {
             (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
             std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
         }
-        // relaunch's end is read by a thread started before the fork. If it
-        // is gone anyway, the closed notification fd makes trapped calls
-        // fail with ENOSYS: loud, not a hang.
-        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
+        // relaunch's end is read by a thread started before the fork; the
+        // send can still fail (no memory, that thread gone).
+        let sent = libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
+        let errno = *libc::__errno_location();
         if fd >= 0 {
             libc::close(fd);
         }
         libc::close(sock);
+        match sent {
+            n if n == size_of::<Report>() as isize || fd < 0 => Ok(()),
+            n if n < 0 => Err(errno),
+            _ => Err(libc::EMSGSIZE),
+        }
     }
 }
 

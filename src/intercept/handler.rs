@@ -2,10 +2,11 @@
 //! the driver, and a thread per child ([`start`]) that answers the trapped
 //! calls of that child's process tree. A thread, because reading the
 //! target's memory, /proc and pidfds may block, and the event loop must not.
-//! Every notification gets an answer (CONTINUE, a value, or an errno): an
-//! error on our side lets the real call run and is logged.
+//! Every notification gets an answer (CONTINUE, a value, or an errno). An
+//! error on our side is logged; it lets a bind run, never a listen or a
+//! shutdown, which may be on a held socket (they fail with that error).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::io;
 use std::net::SocketAddr;
@@ -562,13 +563,17 @@ pub fn start(
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
+    // A test hook: the child's sendmsg then fails, as it could for real.
+    if std::env::var_os("RELAUNCH_TEST_LOSE_NOTIFY_FD").is_some_and(|v| v == "1") {
+        return Ok(theirs);
+    }
     // The kernel tells who sends the notification fd: the child, right
     // after its filter, so as the uid it was started as.
     nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::PassCred, &true)?;
     let live = Live::new(Arc::clone(&table));
     thread(move || {
         let _live = live;
-        if let Some((notify, uid)) = receive(&ours) {
+        if let Some((notify, uid)) = receive(&ours, &leader) {
             drop(ours);
             Session {
                 table,
@@ -577,7 +582,7 @@ pub fn start(
                 listened: Some(listened),
                 said: HashSet::new(),
                 errors: HashSet::new(),
-                private: Vec::new(),
+                private: VecDeque::new(),
             }
             .run(notify);
         }
@@ -604,7 +609,7 @@ pub fn resume(table: Arc<Table>, carried: Carried, listened: Listened) -> io::Re
             listened: (!carried.listened).then_some(listened),
             said: carried.said.into_iter().collect(),
             errors: HashSet::new(),
-            private: Vec::new(),
+            private: VecDeque::new(),
         }
         .run(notify);
     })
@@ -624,7 +629,7 @@ fn thread(f: impl FnOnce() + Send + 'static) -> io::Result<()> {
 
 /// The notification fd the child sent and the uid it sent it as, or None
 /// (it died first, or the kernel refused the filter: said once).
-fn receive(sock: &OwnedFd) -> Option<(OwnedFd, Option<u32>)> {
+fn receive(sock: &OwnedFd, leader: &OnceLock<i32>) -> Option<(OwnedFd, Option<u32>)> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     let mut report = [0u8; 4];
     let mut space = nix::cmsg_space!(RawFd, libc::ucred);
@@ -664,9 +669,21 @@ fn receive(sock: &OwnedFd) -> Option<(OwnedFd, Option<u32>)> {
     if let Some(fd) = fd {
         return Some((fd, uid));
     }
-    // EOF: the child died before the filter (a failed --user, say).
+    // EOF: the child died before the filter (a failed --user, say), or
+    // could not send (it says so through its exec status and does not run).
     if bytes == 4 {
         let errno = i32::from_ne_bytes(report);
+        // The filter is in place but its fd did not arrive (relaunch at its
+        // fd limit truncates SCM_RIGHTS): nobody can answer that child.
+        if errno == 0 {
+            let child = leader.get().map_or("a child".to_string(), |pid| {
+                format!("pid {pid} ({})", proc::comm(*pid))
+            });
+            warn!(
+                "the seccomp notification fd of {child} was lost on relaunch's side; {UNANSWERED}"
+            );
+            return None;
+        }
         if !REFUSED_SAID.swap(true, Ordering::Relaxed) {
             warn!("{}", refused_line(errno));
         }
@@ -693,6 +710,10 @@ fn refused_line(errno: i32) -> String {
     )
 }
 
+/// What a child's tree suffers once nobody answers its notification fd.
+pub const UNANSWERED: &str = "every bind, listen and shutdown(SHUT_RD or SHUT_RDWR) of this \
+     child's processes now fails with ENOSYS, on any socket and address, until it is restarted";
+
 /// Where a held socket's listen() is told: (the child's pid, how).
 pub type Listened = tokio::sync::mpsc::UnboundedSender<(i32, String)>;
 
@@ -707,10 +728,12 @@ struct Session {
     listened: Option<Listened>,
     /// (pid, what) already logged, so each is said once per child.
     said: HashSet<(i32, usize, u8)>,
-    /// Syscalls whose failure to be looked at was said already.
-    errors: HashSet<i32>,
-    /// The sockets put in place of a shut-down held one, by inode.
-    private: Vec<(u64, Socket)>,
+    /// (syscall, errno) of the failures to look at a call said already.
+    errors: HashSet<(i32, i32)>,
+    /// The inodes of the last sockets put in place of a shut-down held one
+    /// (the app holds them, relaunch does not): a shutdown that a signal
+    /// restarts comes at once, so a few suffice.
+    private: VecDeque<u64>,
 }
 
 const SAID_GIVEN: u8 = 0;
@@ -721,6 +744,7 @@ const SAID_OPTION: u8 = 4;
 const SAID_PROBE: u8 = 5;
 
 /// An answer to one notification.
+#[derive(Debug, PartialEq, Eq)]
 enum Answer {
     Continue,
     Value(i64),
@@ -810,9 +834,9 @@ impl Session {
                     Some(libc::ENOENT | libc::EINTR) => continue,
                     _ => {
                         warn!(
-                            "seccomp notifications: receive failed: {}; this child's binds \
-                             now fail with ENOSYS",
-                            io::Error::last_os_error()
+                            "seccomp notifications: receive failed: {}; {}",
+                            io::Error::last_os_error(),
+                            UNANSWERED
                         );
                         return;
                     }
@@ -850,32 +874,67 @@ impl Session {
             libc::SYS_connect => self.connect(req, tid, fd),
             _ => Ok(Answer::Continue),
         };
-        result.unwrap_or_else(|e| {
-            let gone = matches!(
-                e.raw_os_error(),
-                Some(libc::ESRCH | libc::ENOENT | libc::EFAULT)
-            ) || e.kind() == io::ErrorKind::NotFound;
-            let (call, then) = match i64::from(req.data.nr) {
-                libc::SYS_bind => ("bind", "a bind of a held address fails with EADDRINUSE"),
-                libc::SYS_listen => ("listen", "its backlog replaces relaunch's"),
-                libc::SYS_connect => ("connect", "a probe of a held port finds it in use"),
-                libc::SYS_setsockopt => (
-                    "setsockopt",
-                    "if it names relaunch's socket, the option applies to it",
-                ),
-                _ => ("shutdown", "the listener stops for every generation"),
-            };
-            if gone {
-                debug!(pid = tid, "{call}: {e}; the call runs as it is");
-            } else if self.errors.insert(req.data.nr) {
-                warn!(
-                    "pid {tid} ({}): cannot look at its {call} ({e}); the call runs as it is, \
-                     so {then}",
-                    proc::comm(tid)
-                );
+        result.unwrap_or_else(|e| self.failed(req, &e))
+    }
+
+    /// The answer when a trapped call could not be looked at; warned once
+    /// per syscall and errno.
+    fn failed(&mut self, req: &libc::seccomp_notif, e: &io::Error) -> Answer {
+        let tid = req.pid as i32;
+        // No such fd, or not a socket (from take_fd): what the kernel would
+        // answer, given now, before the fd can change.
+        if let Some(errno @ (libc::EBADF | libc::ENOTSOCK)) = e.raw_os_error() {
+            return Answer::Errno(errno);
+        }
+        let gone = matches!(
+            e.raw_os_error(),
+            Some(libc::ESRCH | libc::ENOENT | libc::EFAULT)
+        ) || e.kind() == io::ErrorKind::NotFound;
+        // A bind runs: on a held socket the kernel refuses it (bound
+        // already). A listen or shutdown never does: on a held socket it
+        // would shrink the backlog, or stop the listener for every
+        // generation. It fails instead, with the error relaunch met.
+        let (call, answer, then) = match i64::from(req.data.nr) {
+            libc::SYS_bind => (
+                "bind",
+                Answer::Continue,
+                "the call runs as it is, so a bind of a held address fails with EADDRINUSE"
+                    .to_string(),
+            ),
+            libc::SYS_connect => (
+                "connect",
+                Answer::Continue,
+                "the call runs as it is, so a probe of a held port finds it in use".to_string(),
+            ),
+            nr => {
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                let call = match nr {
+                    libc::SYS_listen => "listen",
+                    libc::SYS_setsockopt => "setsockopt",
+                    _ => "shutdown",
+                };
+                (
+                    call,
+                    Answer::Errno(errno),
+                    format!(
+                        "it fails with {} rather than run on what may be relaunch's listener",
+                        io::Error::from_raw_os_error(errno)
+                    ),
+                )
             }
-            Answer::Continue
-        })
+        };
+        if gone {
+            debug!(pid = tid, "{call}: {e}; {then}");
+        } else if self
+            .errors
+            .insert((req.data.nr, e.raw_os_error().unwrap_or(0)))
+        {
+            warn!(
+                "pid {tid} ({}): cannot look at its {call} ({e}); {then}",
+                proc::comm(tid)
+            );
+        }
+        answer
     }
 
     fn bind(
@@ -908,10 +967,13 @@ impl Session {
             let full = std::fs::canonicalize(&full).unwrap_or(full);
             asked = Asked::Unix(full.as_os_str().as_bytes().to_vec());
         }
-        let copy = take_fd(tgid, fd)?;
-        let ours = self
-            .table
-            .index_of_inode(nix::sys::stat::fstat(copy.as_fd())?.st_ino);
+        let inode = socket_inode(tid, fd)?;
+        let ours = self.table.index_of_inode(inode);
+        let copy = match ours {
+            // A held socket: relaunch's own is the same.
+            Some(i) => Arc::clone(&self.table.lock()[i].socket),
+            None => Arc::new(take_fd(tid, tgid, fd, inode)?),
+        };
         // Bound already: the kernel's EINVAL, not ours to change.
         if let Ok(local) = copy.local_addr()
             && ours.is_none()
@@ -1019,7 +1081,7 @@ impl Session {
         // Node and Go want it on), as it would have had on its own socket.
         let nonblocking = status_flags(&copy)? & libc::O_NONBLOCK != 0;
         socket.set_nonblocking(nonblocking)?;
-        let cloexec = proc::fdinfo(tgid, fd)
+        let cloexec = proc::fdinfo(tid, fd)
             .ok()
             .and_then(|i| proc::fdinfo_cloexec(&i))
             .unwrap_or(true);
@@ -1175,9 +1237,10 @@ impl Session {
 
     /// listen() on a held socket: done already, with relaunch's backlog.
     fn listen(&mut self, tid: i32, fd: i32) -> io::Result<Answer> {
-        let Some((tgid, _, _)) = self.held_index(tid, fd)? else {
+        let Some((tgid, index)) = self.held_index(tid, fd)? else {
             return Ok(Answer::Continue);
         };
+        self.listen_again(tgid, index)?;
         // A readiness hint for --ready auto where /proc is out of sight.
         if let Some(&leader) = self.leader.get()
             && let Some(tx) = self.listened.take()
@@ -1191,6 +1254,35 @@ impl Session {
         Ok(Answer::Value(0))
     }
 
+    /// A held socket stops listening where the filter cannot see: io_uring's
+    /// IORING_OP_SHUTDOWN, a shutdown through the i386 or x32 entry, a
+    /// failed re-listen. An app's listen() on it must not answer 0 over a
+    /// socket that refuses every client: relaunch listens on it again.
+    fn listen_again(&self, tgid: i32, index: usize) -> io::Result<()> {
+        let (name, socket) = {
+            let entries = self.table.lock();
+            (
+                entries[index].name.clone(),
+                Arc::clone(&entries[index].socket),
+            )
+        };
+        if socket.is_listener()? {
+            return Ok(());
+        }
+        let again = socket.listen(self.table.backlog);
+        warn!(
+            "{name}: pid {tgid} ({}) called listen() on relaunch's socket, which had stopped \
+             listening (shut down where interception cannot see it: io_uring, a 32-bit \
+             syscall); {}",
+            proc::comm(tgid),
+            match &again {
+                Ok(()) => "relaunch listens on it again".to_string(),
+                Err(e) => format!("relaunch cannot listen on it again ({e}), and its listen fails"),
+            }
+        );
+        again
+    }
+
     /// shutdown() on a held socket never runs: the app's fd becomes a
     /// private socket that never listened, so its accept loop ends (EINVAL)
     /// while relaunch's listener serves on.
@@ -1202,27 +1294,32 @@ impl Session {
         fd: i32,
     ) -> io::Result<Answer> {
         let tgid = proc::tgid(tid).ok_or_else(gone)?;
-        let copy = take_fd(tgid, fd)?;
-        let inode = nix::sys::stat::fstat(copy.as_fd())?.st_ino;
+        let inode = socket_inode(tid, fd)?;
         // The call again on the socket we put there (a signal restarted it
         // after we answered): done already.
-        if self.private.iter().any(|(ino, _)| *ino == inode) {
+        if self.private.contains(&inode) {
             return Ok(Answer::Value(0));
         }
         let Some(index) = self.table.index_of_inode(inode) else {
             return Ok(Answer::Continue);
         };
-        let private = Socket::new(copy.domain()?, Type::STREAM, None)?;
-        private.set_nonblocking(status_flags(&copy)? & libc::O_NONBLOCK != 0)?;
-        let cloexec = proc::fdinfo(tgid, fd)
+        // The app's fd's flags, from the caller's own fd table: no copy of
+        // the fd (an fd per call would pile up, and fail at EMFILE).
+        let flags = proc::fdinfo(tid, fd)
             .ok()
-            .and_then(|i| proc::fdinfo_cloexec(&i))
-            .unwrap_or(true);
-        id_valid(notify, req.id)?;
-        add_fd(notify, req.id, private.as_fd(), fd, cloexec)?;
-        // Kept open, so its inode number stays its own.
+            .and_then(|i| proc::fdinfo_flags(&i))
+            .unwrap_or(libc::O_CLOEXEC as u32);
+        let domain = self.table.lock()[index].socket.domain()?;
+        let private = Socket::new(domain, Type::STREAM, None)?;
+        private.set_nonblocking(flags & libc::O_NONBLOCK as u32 != 0)?;
         let private_inode = nix::sys::stat::fstat(private.as_fd())?.st_ino;
-        self.private.push((private_inode, private));
+        id_valid(notify, req.id)?;
+        let cloexec = flags & libc::O_CLOEXEC as u32 != 0;
+        add_fd(notify, req.id, private.as_fd(), fd, cloexec)?;
+        if self.private.len() == PRIVATE_KEPT {
+            self.private.pop_front();
+        }
+        self.private.push_back(private_inode);
         if self.said.insert((tgid, index, SAID_SHUTDOWN)) {
             info!(
                 "pid {tgid} ({}) shut down relaunch's socket (its fd {fd}): it got a closed \
@@ -1237,7 +1334,7 @@ impl Session {
     /// a port (the filter traps no other): on a held socket, answered 0 and
     /// not applied, said once per child; on any other socket it runs.
     fn setsockopt(&mut self, tid: i32, fd: i32, option: i32) -> io::Result<Answer> {
-        let Some((tgid, index, _)) = self.held_index(tid, fd)? else {
+        let Some((tgid, index)) = self.held_index(tid, fd)? else {
             return Ok(Answer::Continue);
         };
         let name = match option {
@@ -1292,7 +1389,7 @@ impl Session {
         }
         // TCP only: a UDP connect is never refused.
         let tgid = proc::tgid(tid).ok_or_else(gone)?;
-        let copy = take_fd(tgid, fd)?;
+        let copy = take_fd(tid, tgid, fd, socket_inode(tid, fd)?)?;
         let protocol = copy.protocol()?.map_or(0, i32::from);
         if copy.r#type()? != Type::STREAM
             || !matches!(protocol, 0 | libc::IPPROTO_TCP | libc::IPPROTO_MPTCP)
@@ -1310,15 +1407,12 @@ impl Session {
         Ok(Answer::Errno(libc::ECONNREFUSED))
     }
 
-    /// The held socket at `fd` of the caller, if it is one.
-    fn held_index(&self, tid: i32, fd: i32) -> io::Result<Option<(i32, usize, Socket)>> {
+    /// The held socket at `fd` of the caller, if it is one: (its process,
+    /// the socket's index).
+    fn held_index(&self, tid: i32, fd: i32) -> io::Result<Option<(i32, usize)>> {
         let tgid = proc::tgid(tid).ok_or_else(gone)?;
-        let copy = take_fd(tgid, fd)?;
-        let inode = nix::sys::stat::fstat(copy.as_fd())?.st_ino;
-        Ok(self
-            .table
-            .index_of_inode(inode)
-            .map(|index| (tgid, index, copy)))
+        let inode = socket_inode(tid, fd)?;
+        Ok(self.table.index_of_inode(inode).map(|index| (tgid, index)))
     }
 }
 
@@ -1331,6 +1425,34 @@ fn host_has(ip: std::net::IpAddr) -> bool {
         std::net::IpAddr::V4(v4) => a.as_sockaddr_in().is_some_and(|s| s.ip() == v4),
         std::net::IpAddr::V6(v6) => a.as_sockaddr_in6().is_some_and(|s| s.ip() == v6),
     })
+}
+
+/// How many private sockets' inodes a session remembers.
+const PRIVATE_KEPT: usize = 16;
+
+/// The inode of the socket at `fd` in thread `tid`'s own fd table (which
+/// may not be its process's: clone without CLONE_FILES, unshare), read
+/// without taking a copy of the fd. EBADF: no such fd; ENOTSOCK: not a
+/// socket; ESRCH: the thread is gone.
+fn socket_inode(tid: i32, fd: i32) -> io::Result<u64> {
+    let link = match std::fs::read_link(format!("/proc/{tid}/fd/{fd}")) {
+        Ok(link) => link,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let alive = std::fs::symlink_metadata(format!("/proc/{tid}/fd")).is_ok();
+            return Err(io::Error::from_raw_os_error(if alive {
+                libc::EBADF
+            } else {
+                libc::ESRCH
+            }));
+        }
+        Err(e) => return Err(e),
+    };
+    link.as_os_str()
+        .as_bytes()
+        .strip_prefix(b"socket:[")
+        .and_then(|rest| rest.strip_suffix(b"]"))
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOTSOCK))
 }
 
 /// The caller is gone (killed while we looked).
@@ -1423,27 +1545,59 @@ fn same_files(tid: i32) -> io::Result<bool> {
         && id(&format!("/proc/{tid}/ns/mnt"))? == id("/proc/self/ns/mnt")?)
 }
 
-/// Our own copy of fd `fd` of process `tgid` (pidfd_getfd, Linux 5.6+).
-fn take_fd(tgid: i32, fd: i32) -> io::Result<Socket> {
+/// Our own copy of fd `fd` of thread `tid` of process `tgid`, the socket
+/// of that inode (pidfd_getfd, Linux 5.6+). A thread may have an fd table
+/// of its own (clone without CLONE_FILES, unshare): a pidfd of the thread
+/// (PIDFD_THREAD, 6.9+) reaches it; before 6.9 only the process's table is
+/// in reach, and a socket there that is not the thread's is refused.
+fn take_fd(tid: i32, tgid: i32, fd: i32, inode: u64) -> io::Result<Socket> {
+    take_fd_as(tid, tgid, fd, inode, true)
+}
+
+/// [`take_fd`]; `by_thread: false` takes the way of kernels before 6.9.
+fn take_fd_as(tid: i32, tgid: i32, fd: i32, inode: u64, by_thread: bool) -> io::Result<Socket> {
     // SAFETY: plain syscalls; each returned fd is owned at once.
     unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, tgid, 0) as RawFd;
+        let mut pidfd = -1;
+        if by_thread {
+            pidfd = libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) as RawFd;
+        }
+        if !by_thread
+            || pidfd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
+        {
+            pidfd = libc::syscall(libc::SYS_pidfd_open, tgid, 0) as RawFd;
+        }
         if pidfd < 0 {
             return Err(io::Error::last_os_error());
         }
         let pidfd = OwnedFd::from_raw_fd(pidfd);
+        let own_table = || {
+            io::Error::other(
+                "the thread has an fd table of its own, out of relaunch's reach before Linux 6.9",
+            )
+        };
         let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) as RawFd;
         if got < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EBADF) if tid != tgid => own_table(),
+                _ => e,
+            });
         }
         let got = OwnedFd::from_raw_fd(got);
-        let st = nix::sys::stat::fstat(got.as_fd())?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            return Err(io::Error::other(format!("fd {fd} is not a socket")));
+        if nix::sys::stat::fstat(got.as_fd())?.st_ino != inode {
+            return Err(if tid != tgid {
+                own_table()
+            } else {
+                io::Error::other("the fd changed while relaunch looked")
+            });
         }
         Ok(Socket::from(got))
     }
 }
+
+/// pidfd_open's flag for a pidfd of one thread (O_EXCL; Linux 6.9).
+const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
 
 fn status_flags(s: &Socket) -> io::Result<i32> {
     // SAFETY: F_GETFL on our own fd.
@@ -1562,7 +1716,7 @@ mod tests {
             listened: Some(tx),
             said: HashSet::new(),
             errors: HashSet::new(),
-            private: Vec::new(),
+            private: VecDeque::new(),
         };
         session.refile(0, std::process::id() as i32).unwrap();
         assert_ne!(table.inodes(), before);
@@ -1572,6 +1726,123 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    fn session() -> Session {
+        Session {
+            table: Table::new(&[], &[], 128, false).unwrap(),
+            leader: Arc::new(OnceLock::new()),
+            uid: None,
+            listened: None,
+            said: HashSet::new(),
+            errors: HashSet::new(),
+            private: VecDeque::new(),
+        }
+    }
+
+    /// A trapped call of this thread on `fd`.
+    fn call(nr: i64, fd: i32, how: i32) -> libc::seccomp_notif {
+        // SAFETY: zeroed plain struct.
+        let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        req.pid = nix::unistd::gettid().as_raw() as u32;
+        req.data.nr = nr as i32;
+        req.data.args[0] = fd as u64;
+        req.data.args[1] = how as u64;
+        req
+    }
+
+    /// The kernel would fail these calls the same way: no warning, which
+    /// would be wrong ("the listener stops") and use up the one for a real
+    /// failure, and no chance for the fd to become a held socket meanwhile.
+    #[test]
+    fn a_closed_fd_or_a_non_socket_gets_the_kernels_error_silently() {
+        let mut s = session();
+        let (rd, _wr) = nix::unistd::pipe().unwrap();
+        let closed = 1 << 20;
+        for nr in [libc::SYS_listen, libc::SYS_shutdown] {
+            let got = s.answer(rd.as_fd(), &call(nr, closed, libc::SHUT_RDWR));
+            assert_eq!(got, Answer::Errno(libc::EBADF), "{nr}");
+            let got = s.answer(rd.as_fd(), &call(nr, rd.as_raw_fd(), libc::SHUT_RDWR));
+            assert_eq!(got, Answer::Errno(libc::ENOTSOCK), "{nr}");
+        }
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+    }
+
+    /// A real failure is said once per syscall and errno: one of another
+    /// kind is said too.
+    #[test]
+    fn each_kind_of_failure_is_said_once() {
+        let mut s = session();
+        let req = call(libc::SYS_shutdown, 3, libc::SHUT_RD);
+        for errno in [libc::EACCES, libc::EACCES, libc::EMFILE] {
+            s.failed(&req, &io::Error::from_raw_os_error(errno));
+        }
+        let mut said: Vec<_> = s.errors.iter().copied().collect();
+        said.sort();
+        let nr = libc::SYS_shutdown as i32;
+        assert_eq!(said, [(nr, libc::EACCES), (nr, libc::EMFILE)]);
+    }
+
+    /// relaunch failing to look at a listen or shutdown (EMFILE, say) never
+    /// lets it run: it may be on a held socket. A bind runs (on a held
+    /// socket the kernel refuses it).
+    #[test]
+    fn a_call_relaunch_cannot_look_at_never_runs_on_a_held_socket() {
+        let mut s = session();
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        for nr in [libc::SYS_listen, libc::SYS_shutdown] {
+            let got = s.failed(&call(nr, 3, libc::SHUT_RDWR), &emfile);
+            assert_eq!(got, Answer::Errno(libc::EMFILE), "{nr}");
+        }
+        let other = io::Error::other("short read");
+        let got = s.failed(&call(libc::SYS_shutdown, 3, libc::SHUT_RD), &other);
+        assert_eq!(got, Answer::Errno(libc::EIO));
+        let got = s.failed(&call(libc::SYS_bind, 3, 0), &emfile);
+        assert_eq!(got, Answer::Continue);
+    }
+
+    /// A thread with an fd table of its own: its fd names another socket
+    /// than its process's. By the inode from its own table, relaunch takes
+    /// the thread's socket (6.9+), or knows it cannot (before), and never
+    /// takes the process's one for it.
+    #[test]
+    fn a_thread_with_its_own_fd_table_is_never_answered_for_another_socket() {
+        use std::sync::mpsc;
+        let process = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        let n = process.as_raw_fd();
+        let (tx, rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            // SAFETY: unshare and close in this thread's own table only.
+            unsafe {
+                assert_eq!(libc::unshare(libc::CLONE_FILES), 0);
+                libc::close(n);
+            }
+            let own = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
+            assert_eq!(own.as_raw_fd(), n);
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            done_rx.recv().unwrap();
+            drop(own);
+        });
+        let tid = rx.recv().unwrap();
+        let tgid = std::process::id() as i32;
+        let inode = socket_inode(tid, n).unwrap();
+        assert_ne!(
+            inode,
+            nix::sys::stat::fstat(process.as_fd()).unwrap().st_ino
+        );
+        let old = take_fd_as(tid, tgid, n, inode, false).unwrap_err();
+        assert!(old.to_string().contains("fd table of its own"), "{old}");
+        // SAFETY: a pidfd owned at once.
+        let thread_pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) };
+        if thread_pidfd >= 0 {
+            // SAFETY: just opened.
+            drop(unsafe { OwnedFd::from_raw_fd(thread_pidfd as RawFd) });
+            let got = take_fd(tid, tgid, n, inode).unwrap();
+            assert_eq!(got.domain().unwrap(), Domain::IPV6);
+        }
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+    }
+
     #[test]
     fn refusals_say_why_and_what_then() {
         let l = refused_line(libc::EBUSY);
@@ -1579,5 +1850,20 @@ mod tests {
         assert!(l.contains("LISTEN_FDS"), "{l}");
         assert!(refused_line(libc::ENOSYS).contains("5.9"));
         assert!(refused_line(libc::EACCES).contains("policy"));
+    }
+
+    /// Without an answer, the filter makes every trapped call fail, not
+    /// only a bind of a held port: the line says so.
+    #[test]
+    fn unanswered_calls_name_every_trapped_call() {
+        for call in [
+            "every bind",
+            "listen",
+            "shutdown(SHUT_RD",
+            "ENOSYS",
+            "restarted",
+        ] {
+            assert!(UNANSWERED.contains(call), "{call}: {UNANSWERED}");
+        }
     }
 }

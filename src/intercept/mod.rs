@@ -10,7 +10,9 @@
 //!   app's fd (`SECCOMP_IOCTL_NOTIF_ADDFD` with `SETFD`) and bind returns 0.
 //!   Any other bind runs as it is.
 //! - `listen` on a held socket returns 0 without running, so the app's
-//!   backlog (5 for Python's socketserver) never shrinks relaunch's.
+//!   backlog (5 for Python's socketserver) never shrinks relaunch's; if the
+//!   socket stopped listening where the filter cannot see (io_uring, another
+//!   ABI), relaunch listens on it again first.
 //! - `connect` (only with `--refuse-probes`, for every connect: seccomp
 //!   cannot read the address) to an address relaunch holds, before the
 //!   child's tree has bound it, fails with ECONNREFUSED: a port check

@@ -607,8 +607,8 @@ fn adopt_intercept(
         Err(e) => {
             warn!(
                 "bind interception is off after the upgrade: cannot adopt the held sockets \
-                 ({e}); a child that binds a held port itself fails with ENOSYS until it is \
-                 restarted"
+                 ({e}); for each child started before it, {}",
+                intercept::handler::UNANSWERED
             );
             None
         }
@@ -620,8 +620,8 @@ fn adopt_intercept(
                 if let Err(e) = intercept::handler::resume(Arc::clone(t), c, listened.clone()) {
                     warn!(
                         pid = leader,
-                        "cannot answer this child's binds after the upgrade ({e}): its binds \
-                         fail with ENOSYS until it is restarted"
+                        "cannot answer this child's calls after the upgrade ({e}): {}",
+                        intercept::handler::UNANSWERED
                     );
                 }
             }

@@ -8,7 +8,8 @@
 //! close-on-exec; fds 0-2 as relaunch has them; nothing else (everything from
 //! 3+N up is marked close-on-exec: by close_range(CLOSE_RANGE_CLOEXEC) on
 //! Linux 5.11+, else over the list of open fds taken before the fork);
-//! `LISTEN_PID` set to its own pid; unless `--no-intercept`, the seccomp
+//! `LISTEN_PID` set to its own pid; the soft fd limit relaunch started with
+//! (it raises its own, see [`raise_fd_limit`]); unless `--no-intercept`, the seccomp
 //! filter of bind interception, installed last, after the credential change
 //! (its notification fd goes to relaunch and is closed before exec).
 //!
@@ -19,7 +20,7 @@
 //! threads may exist (the blocking pool reads /proc) and may hold a lock at
 //! the fork, so between fork and exec the child only makes raw
 //! system calls through `libc` (`setpgid`, `setgroups`, `setgid`, `setuid`, `prctl`, `getppid`, `fcntl`,
-//! `dup2`, `close_range`, `seccomp`, `sendmsg`, `close`, `getpid`, `signal`, `sigprocmask`,
+//! `dup2`, `close_range`, `seccomp`, `sendmsg`, `close`, `setrlimit`, `getpid`, `signal`, `sigprocmask`,
 //! `execve`, `stat`, `write`, `_exit`) and writes into memory prepared by the parent: every CString,
 //! pointer array, the fd work array and the `LISTEN_PID=` slot are allocated
 //! before the fork and outlive it in the child's copy of the address space.
@@ -218,6 +219,7 @@ pub fn spawn(req: &Request<'_>) -> Result<Spawned, Error> {
         stdio: req
             .stdio
             .map(|(i, o, e)| (i.as_raw_fd(), o.as_raw_fd(), e.as_raw_fd())),
+        fd_limit: child_fd_limit(),
     };
 
     let pid = {
@@ -318,6 +320,14 @@ impl ExecWatch {
             STAGE_CREDS => Error::Os(format!(
                 "cannot switch {shown} to the --user/--group credentials: {why}"
             )),
+            STAGE_INTERCEPT => Error::Os(format!(
+                "cannot hand {shown}'s seccomp notification fd to relaunch ({why}): under \
+                 that filter with nobody to answer, every bind, listen and \
+                 shutdown(SHUT_RD/SHUT_RDWR) of it would fail with ENOSYS, so it did not run"
+            )),
+            STAGE_LIMIT => Error::Os(format!(
+                "cannot give {shown} the fd limit (ulimit -n) relaunch started with: {why}"
+            )),
             STAGE_FDS => Error::Os(format!(
                 "cannot place the sockets at fd 3.. for {shown}: {why}"
             )),
@@ -335,6 +345,8 @@ impl ExecWatch {
 const STAGE_EXEC: i32 = 0;
 const STAGE_CREDS: i32 = 1;
 const STAGE_FDS: i32 = 2;
+const STAGE_LIMIT: i32 = 3;
+const STAGE_INTERCEPT: i32 = 4;
 
 /// Raw pointers into memory the parent prepared; valid in the child's copy.
 struct ChildPlan {
@@ -359,6 +371,8 @@ struct ChildPlan {
     creds: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
     /// (stdin, stdout, stderr) to put at 0, 1 and 2.
     stdio: Option<(RawFd, RawFd, RawFd)>,
+    /// The fd limit relaunch started with, where it raised its own.
+    fd_limit: Option<libc::rlimit>,
 }
 
 impl ChildPlan {
@@ -429,8 +443,17 @@ impl ChildPlan {
             // Last of the set-up, after --user dropped privileges: the
             // filter traps only bind, listen and shutdown, which nothing
             // here calls.
-            if self.intercept >= 0 {
-                crate::intercept::filter::install(self.intercept, self.probes);
+            if self.intercept >= 0
+                && let Err(errno) = crate::intercept::filter::install(self.intercept, self.probes)
+            {
+                self.report(err_fd, STAGE_INTERCEPT, errno, -1);
+            }
+            // After the filter, whose notification fd may need a number
+            // above the old limit.
+            if let Some(limit) = &self.fd_limit
+                && libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0
+            {
+                self.fail(err_fd, STAGE_LIMIT);
             }
             if !self.pid_digits.is_null() {
                 let digits = std::slice::from_raw_parts_mut(self.pid_digits, PID_DIGITS + 1);
@@ -667,6 +690,54 @@ fn candidates(program: &OsStr, path_var: Option<&OsStr>) -> (bool, Vec<PathBuf>)
         .map(|dir| dir.join(program))
         .collect();
     (false, found)
+}
+
+/// The soft fd limit (RLIMIT_NOFILE) relaunch started with, which every
+/// child gets back; u64::MAX until [`raise_fd_limit`].
+static STARTED_FD_LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// Hands [`STARTED_FD_LIMIT`] to the next image of an upgrade, which
+/// inherits the raised limit.
+pub const FD_LIMIT_ENV: &str = "RELAUNCH_FD_LIMIT";
+
+/// At start: relaunch's soft fd limit goes up to the hard one, so that
+/// answering a child (an fd or two per trapped call, for a moment) does
+/// not meet EMFILE; children get the limit it started with, as programs
+/// using select() need 1024.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let upgraded = std::env::var_os(crate::supervise::handover::ENV).is_some();
+    let started = std::env::var(FD_LIMIT_ENV)
+        .ok()
+        .filter(|_| upgraded)
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&n| n <= hard)
+        .unwrap_or(soft);
+    STARTED_FD_LIMIT.store(started, std::sync::atomic::Ordering::Relaxed);
+    // Raising the soft limit up to the hard one is always allowed; should it
+    // fail anyway, relaunch runs with the limit it got.
+    if soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// What the child's RLIMIT_NOFILE is set back to, if relaunch changed it.
+fn child_fd_limit() -> Option<libc::rlimit> {
+    let started = started_fd_limit()?;
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
+    (started != soft).then_some(libc::rlimit {
+        rlim_cur: started.min(hard),
+        rlim_max: hard,
+    })
+}
+
+/// The soft fd limit relaunch started with (for an upgrade's next image).
+pub fn started_fd_limit() -> Option<u64> {
+    Some(STARTED_FD_LIMIT.load(std::sync::atomic::Ordering::Relaxed)).filter(|&n| n != u64::MAX)
 }
 
 /// Makes sure fds 0-2 are open, so no listener or pipe of ours lands there.

@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use crate::control::Reply;
 use crate::exit::ExitStatus;
 use crate::supervise::handover::{self, CHECK_FLAG, FORMAT};
+use crate::supervise::spawn;
 
 /// The new binary's handshake, running.
 pub struct Check {
@@ -157,9 +158,12 @@ pub fn exec<C: serde::Serialize>(binary: &Path, state: &handover::State<C>) -> S
     let path = cstr(binary.as_os_str().as_bytes());
     let argv: Option<Vec<CString>> = std::env::args_os().map(|a| cstr(a.as_bytes())).collect();
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(k, _)| k != handover::ENV)
+        .filter(|(k, _)| k != handover::ENV && k != spawn::FD_LIMIT_ENV)
         .collect();
     env.push((handover::ENV.into(), memfd.as_raw_fd().to_string().into()));
+    if let Some(n) = spawn::started_fd_limit() {
+        env.push((spawn::FD_LIMIT_ENV.into(), n.to_string().into()));
+    }
     let envp: Option<Vec<CString>> = env
         .iter()
         .map(|(k, v)| cstr(&[k.as_bytes(), b"=", v.as_bytes()].concat()))

@@ -1049,3 +1049,449 @@ fn workers_binding_at_once_all_get_the_socket() {
     );
     assert_full_backlog(port);
 }
+
+/// strace, following every process, logging seccomp() calls to `trace`,
+/// with `extra` options, then relaunch.
+fn traced(trace: &std::path::Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-e", "trace=seccomp", "-e", "signal=none"])
+        .args(extra)
+        .arg("-o")
+        .arg(trace)
+        .arg(relaunch_bin());
+    cmd
+}
+
+/// The filter installs strace saw, in order.
+fn filter_installs(trace: &std::path::Path) -> Vec<String> {
+    let calls = std::fs::read_to_string(trace).unwrap();
+    let installs: Vec<String> = calls
+        .lines()
+        .filter(|l| l.contains("SECCOMP_SET_MODE_FILTER") && l.contains("NEW_LISTENER"))
+        .map(String::from)
+        .collect();
+    assert!(!installs.is_empty(), "no filter installed:\n{calls}");
+    installs
+}
+
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
+/// The filter is not a sandbox: it is installed with
+/// SECCOMP_FILTER_FLAG_SPEC_ALLOW, so kernels whose speculation mitigations
+/// default to `seccomp` (before 5.16) do not force SSBD and STIBP on every
+/// intercepted child. The flags as the kernel got them (strace), and the
+/// child's mitigation state against a child without interception.
+#[test]
+fn the_filter_leaves_speculation_mitigations_alone() {
+    if !require_tool("strace") {
+        return;
+    }
+    let dir = TempDir::new("ic-spec");
+    let trace = dir.join("seccomp.trace");
+    let child = ["--", "sh", "-c", "exec grep ^Specul /proc/self/status >&2"];
+    let mut traced = Relaunch::start_with(
+        traced(&trace, &[])
+            .args(["-l", "127.0.0.1:0", "--restart", "never"])
+            .args(child),
+    );
+    assert!(traced.wait_exit(T).success(), "{}", traced.log.text());
+    let installs = filter_installs(&trace);
+    let install = &installs[0];
+    assert!(
+        install.contains("SECCOMP_FILTER_FLAG_SPEC_ALLOW"),
+        "{install}"
+    );
+    // 6.0 and later: a signal after relaunch answered cannot end the call.
+    if kernel_at_least(6, 0) {
+        assert!(
+            install.contains("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV") && !install.contains("= -1"),
+            "{install}"
+        );
+    }
+    let specul = |log: &Lines| -> Vec<String> {
+        log.all()
+            .into_iter()
+            .filter(|l| l.starts_with("Specul"))
+            .collect()
+    };
+    let with = specul(&traced.log);
+    assert_eq!(with.len(), 2, "{}", traced.log.text());
+    let mut plain = Relaunch::start(
+        &[
+            &["-l", "127.0.0.1:0", "--restart", "never", "--no-intercept"][..],
+            &child[..],
+        ]
+        .concat(),
+    );
+    assert!(plain.wait_exit(T).success(), "{}", plain.log.text());
+    assert_eq!(with, specul(&plain.log));
+}
+
+/// fds open in process `pid`.
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// An app that binds and shuts down the held socket over and over: relaunch
+/// answers each shutdown without keeping an fd for it.
+#[test]
+fn shutting_the_held_socket_down_again_and_again_leaks_no_fd() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-shut-leak");
+    let body = r#"
+for i in range(300):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.listen(5)
+    s.shutdown(socket.SHUT_RDWR)
+    s.close()
+print("shut down 300 times", file=sys.stderr, flush=True)
+signal.pause()
+"#;
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start(&["-l", &held, "--", "python3", &app(&dir, body), &p]);
+    r.log.wait("shut down 300 times", T);
+    let fds = open_fds(r.pid());
+    assert!(fds < 100, "relaunch has {fds} fds open after 300 shutdowns");
+    assert_full_backlog(port);
+}
+
+/// `Max open files` of a process: (soft, hard).
+fn nofile(pid: &str) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut words = line["Max open files".len()..].split_whitespace();
+    (
+        words.next().unwrap().to_string(),
+        words.next().unwrap().to_string(),
+    )
+}
+
+/// relaunch runs with its soft fd limit raised to the hard one (EMFILE
+/// must not stop it from answering a trapped call), while every child gets
+/// the soft limit relaunch was started with (select() wants 1024).
+#[test]
+fn relaunch_raises_its_fd_limit_and_the_child_keeps_the_one_given() {
+    use std::os::unix::process::CommandExt;
+    let server = example("pid_server");
+    let mut cmd = Command::new(relaunch_bin());
+    // SAFETY: setrlimit only, between fork and exec of the test's child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 1024,
+                rlim_max: 4096,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let dir = TempDir::new("ic-nofile");
+    let ctl = dir.join("ctl.sock");
+    cmd.arg("--control").arg(&ctl);
+    cmd.args(["-l", "127.0.0.1:0", "--"]).arg(&server);
+    let r = Relaunch::start_with(&mut cmd);
+    let addr = r.listen_addr(3);
+    let pid = wait_serving(addr);
+    assert_eq!(nofile(&r.pid().to_string()), ("4096".into(), "4096".into()));
+    assert_eq!(nofile(&pid), ("1024".into(), "4096".into()));
+    // The next image of an upgrade inherits the raised limit: its children
+    // still get the one relaunch first started with.
+    let out = Command::new(relaunch_bin())
+        .args(["upgrade", "--control"])
+        .arg(&ctl)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    r.signal(libc::SIGHUP);
+    let next = wait_new_pid(addr, &pid);
+    assert_eq!(nofile(&r.pid().to_string()), ("4096".into(), "4096".into()));
+    assert_eq!(nofile(&next), ("1024".into(), "4096".into()));
+}
+
+/// The child could not send its notification fd to relaunch (here relaunch's
+/// end is closed first, as a test hook): under a filter nobody answers, its
+/// every bind would fail with ENOSYS. It is not run that way; a clear line
+/// names it and why.
+#[test]
+fn a_child_whose_notification_fd_is_lost_is_named_not_run_crippled() {
+    if !python_ready() {
+        return;
+    }
+    let dir = TempDir::new("ic-lost");
+    let body = r#"
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(5)
+signal.pause()
+"#;
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .args(["-l", &held, "--restart", "never", "--"])
+            .args(["python3", &app(&dir, body), &p])
+            .env("RELAUNCH_TEST_LOSE_NOTIFY_FD", "1"),
+    );
+    let line = r.log.wait("notification fd", T);
+    assert!(line.contains("python3"), "{line}");
+    assert!(line.contains("ENOSYS"), "{line}");
+    assert!(
+        !r.log.text().contains("Function not implemented"),
+        "{}",
+        r.log.text()
+    );
+}
+
+/// Before 6.0 the kernel refuses SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV with
+/// EINVAL (injected here by strace): the filter goes in without it, and the
+/// app still gets relaunch's socket.
+#[test]
+fn a_kernel_without_killable_waits_still_intercepts() {
+    if !python_ready() || !require_tool("strace") {
+        return;
+    }
+    let dir = TempDir::new("ic-killable");
+    let trace = dir.join("seccomp.trace");
+    let body = r#"
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(5)
+signal.pause()
+"#;
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start_with(
+        traced(&trace, &["-e", "inject=seccomp:error=EINVAL:when=1"])
+            .args(["-l", &held, "--"])
+            .args(["python3", &app(&dir, body), &p]),
+    );
+    r.log.wait("itself: it got relaunch's socket", T);
+    let installs = filter_installs(&trace);
+    assert!(installs.len() >= 2, "{installs:?}");
+    assert!(
+        installs[0].contains("WAIT_KILLABLE_RECV") && installs[0].contains("EINVAL"),
+        "{installs:?}"
+    );
+    assert!(
+        !installs[1].contains("WAIT_KILLABLE_RECV") && !installs[1].contains("= -1"),
+        "{installs:?}"
+    );
+    assert_full_backlog(port);
+}
+
+/// Compiles C source `src` with gcc into `dir`; the binary's path.
+fn compile_c(dir: &TempDir, name: &str, src: &str) -> String {
+    let c = dir.join(&format!("{name}.c"));
+    let bin = dir.join(name);
+    std::fs::write(&c, src).unwrap();
+    let out = Command::new("gcc")
+        .args(["-O1", "-o"])
+        .arg(&bin)
+        .arg(&c)
+        .args(["-lpthread"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    bin.display().to_string()
+}
+
+/// A listener shut down where the filter cannot see (here an i386
+/// shutdown, as io_uring's IORING_OP_SHUTDOWN would be) stops for real; the
+/// app's next listen() must not answer 0 over a socket that does not
+/// listen: relaunch listens on it again, and says so.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_listen_on_a_held_socket_that_stopped_listening_listens_again() {
+    if !require_tool("gcc") {
+        return;
+    }
+    let dir = TempDir::new("ic-relisten");
+    let bin = compile_c(
+        &dir,
+        "relisten",
+        r#"
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* shutdown(2) through the i386 entry, which the filter lets run. */
+static long shutdown32(int fd, int how) {
+    long ret;
+    __asm__ volatile("int $0x80" : "=a"(ret) : "a"(373), "b"(fd), "c"(how) : "memory");
+    return ret;
+}
+
+static int listening(int s) {
+    int on = 0;
+    socklen_t len = sizeof on;
+    getsockopt(s, SOL_SOCKET, SO_ACCEPTCONN, &on, &len);
+    return on;
+}
+
+int main(int argc, char **argv) {
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1]))};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 5)) {
+        perror("bind");
+        return 1;
+    }
+    long r = shutdown32(s, SHUT_RDWR);
+    if (r == -38) {
+        fprintf(stderr, "no i386 entry here\n");
+        pause();
+    }
+    fprintf(stderr, "i386 shutdown: %ld, listening: %d\n", r, listening(s));
+    if (listen(s, 5)) {
+        perror("listen again");
+        return 1;
+    }
+    fprintf(stderr, "listening after listen(): %d\n", listening(s));
+    for (;;) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0) {
+            perror("accept");
+            return 1;
+        }
+        char buf[1024], out[128], body[32];
+        read(c, buf, sizeof buf);
+        int n = snprintf(body, sizeof body, "%d\n", getpid());
+        int m = snprintf(out, sizeof out,
+                         "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", n, body);
+        write(c, out, m);
+        close(c);
+    }
+}
+"#,
+    );
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start(&["-l", &held, "--", &bin, &p]);
+    let said = r.log.wait("i386 shutdown", T);
+    if said.contains("no i386 entry") {
+        eprintln!("relisten: NOT RUN: this kernel has no i386 syscall entry");
+        return;
+    }
+    assert!(said.contains("listening: 0"), "{said}");
+    r.log.wait("listening after listen(): 1", T);
+    r.log.wait("had stopped listening", T);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_serving(addr);
+    assert_full_backlog(port);
+    let load = Load::start(addr, 8);
+    wait_for("the load running", T, || get(addr).ok());
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
+}
+
+/// A thread with its own fd table (unshare(CLONE_FILES); clone without
+/// CLONE_FILES is the same): its fd numbers name other files than its
+/// process's. Its bind, listen and shutdown are answered for its own socket,
+/// where ADDFD puts relaunch's.
+#[test]
+fn a_thread_with_its_own_fd_table_gets_the_socket() {
+    if !require_tool("gcc") {
+        return;
+    }
+    let dir = TempDir::new("ic-own-files");
+    let bin = compile_c(
+        &dir,
+        "ownfiles",
+        r#"
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int port;
+
+static void *serve(void *arg) {
+    int n = *(int *)arg;
+    if (unshare(CLONE_FILES)) {
+        perror("unshare");
+        exit(1);
+    }
+    /* In this thread's table only: the process's fd n stays a UDP socket. */
+    close(n);
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    if (s != n) {
+        fprintf(stderr, "socket at %d, not %d\n", s, n);
+        exit(1);
+    }
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(s, (struct sockaddr *)&a, sizeof a)) {
+        perror("bind");
+        exit(1);
+    }
+    if (listen(s, 5)) {
+        perror("listen");
+        exit(1);
+    }
+    fprintf(stderr, "thread with its own fd table listens\n");
+    for (;;) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0) {
+            perror("accept");
+            exit(1);
+        }
+        char buf[1024], out[128], body[32];
+        read(c, buf, sizeof buf);
+        int k = snprintf(body, sizeof body, "%d\n", getpid());
+        int m = snprintf(out, sizeof out,
+                         "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", k, body);
+        write(c, out, m);
+        close(c);
+    }
+}
+
+int main(int argc, char **argv) {
+    port = atoi(argv[1]);
+    int n = socket(AF_INET, SOCK_DGRAM, 0);
+    pthread_t t;
+    pthread_create(&t, NULL, serve, &n);
+    pthread_join(t, NULL);
+    return 0;
+}
+"#,
+    );
+    let port = free_port();
+    let p = port.to_string();
+    let held = format!("127.0.0.1:{p}");
+    let r = Relaunch::start(&["-l", &held, "--", &bin, &p]);
+    r.log.wait("thread with its own fd table listens", T);
+    r.log.wait("itself: it got relaunch's socket", T);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_serving(addr);
+    assert_full_backlog(port);
+}
