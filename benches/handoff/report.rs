@@ -300,14 +300,25 @@ pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>, extra: &
             failed == 0,
         ));
     }
-    // Bug 11: a crash of a healthy server costs its start time, not a backoff.
+    // Bug 11: a crash of a server that was ready costs its start time, not a
+    // backoff, however briefly it served.
     for s in ran(Kind::Crash) {
         let f = &s.figures;
         let limit = s.delay * 1000.0 + CRASH_MARGIN_MS;
+        let kills = s.restarts_at.len();
+        let kills = match s
+            .restarts_at
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .reduce(f64::min)
+        {
+            Some(apart) => format!("{kills} kills {apart:.1} s apart"),
+            None => format!("{kills} kill"),
+        };
         lines.push((
             format!(
-                "relaunch-crash @{}s: worst latency <= start time + {CRASH_MARGIN_MS:.0} ms = {limit:.0} ms, \
-                 0 refused (got {:.0} ms, {} refused)",
+                "relaunch-crash @{}s, {kills}: worst latency <= start time + {CRASH_MARGIN_MS:.0} ms \
+                 = {limit:.0} ms, 0 refused (got {:.0} ms, {} refused)",
                 s.delay, f.max_ms, f.refused
             ),
             f.max_ms <= limit && f.refused == 0,
