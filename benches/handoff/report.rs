@@ -103,6 +103,14 @@ pub fn table(scenarios: &[Scenario], fp: Option<&Footprint>) -> String {
             "| RSS, idle | {} KiB (binary {}, libc {}, other files {}, anonymous {}; private dirty {}) |",
             r.total, r.binary, r.libc, r.other_files, r.anonymous, r.private_dirty
         );
+        let _ = match &i.keeper {
+            Some(k) => writeln!(
+                t,
+                "| RSS of the keeper, idle | {} KiB (private dirty {}; the rest shared with relaunch) |",
+                k.total, k.private_dirty
+            ),
+            None => writeln!(t, "| RSS of the keeper, idle | not found |"),
+        };
         let _ = writeln!(
             t,
             "| CPU time / context switches over {:.0} s idle | {:.3} ms / {} |",

@@ -54,7 +54,7 @@ use crate::sockets::{self, Listener};
 use crate::supervise::supervisor::{
     Config, Effect, Event, Notice, Os, Supervisor, Tell, WatchConfig,
 };
-use crate::supervise::{handover, idle, reaper, spawn, upgrade};
+use crate::supervise::{handover, idle, keeper, reaper, spawn, upgrade};
 
 /// How often /proc is scanned while a generation is starting.
 const SCAN_EVERY: Duration = Duration::from_millis(15);
@@ -80,6 +80,8 @@ pub async fn run(args: RunArgs, snap: Snapshot) -> Result<i32> {
     if let Some(line) = scan::proc_missing(plan.ready == ReadyMode::Auto) {
         warn!("{line}");
     }
+    // Before any thread: it is forked, and allocates.
+    keeper::start(plan.stop_signal, plan.stop_timeout);
     let opened = sockets::open(&plan.listeners, inherited, plan.backlog)?;
     let listeners = opened.listeners;
     for (i, l) in listeners.iter().enumerate() {
@@ -381,7 +383,11 @@ pub async fn adopt(state: handover::State) -> Result<i32> {
         requests: saved_requests,
         upgrade: upgrade_conn,
         intercept: carried,
+        keeper: saved_keeper,
     } = fds;
+    if let Some(k) = saved_keeper {
+        keeper::adopt(k);
+    }
     let bad = |what: String| {
         Error::runtime(format!("cannot adopt {what} after the upgrade"))
             .hint("this is a bug in relaunch; restart it (its children were stopped)")
@@ -979,6 +985,7 @@ impl Driver {
             control: self.control.clone(),
             notify,
             execs,
+            keeper: keeper::save(),
             ..Default::default()
         };
         (saved, fds)
@@ -1781,6 +1788,9 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
     reaper::reap(|pid, status| exits.push((pid, status)));
     let mut events = Vec::new();
     for (pid, status) in exits {
+        if keeper::exited(pid, status) {
+            continue;
+        }
         if let Some(check) = driver.upgrade.as_mut().filter(|c| c.pid == pid) {
             check.exit = Some(status);
             continue;
@@ -1807,10 +1817,14 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
         {
             events.push(Event::ExecFailed { pid, error });
         }
+        let group_alive = reaper::group_alive(pid);
+        if !group_alive {
+            keeper::gone(pid);
+        }
         events.push(Event::Exited {
             pid,
             status,
-            group_alive: reaper::group_alive(pid),
+            group_alive,
         });
     }
     events
@@ -1822,6 +1836,7 @@ fn group_check(sup: &mut Supervisor<Driver>) -> Vec<Event> {
     let mut events: Vec<Event> = sup
         .lingering()
         .filter(|&pgid| !reaper::group_alive(pgid))
+        .inspect(|&pgid| keeper::gone(pgid))
         .map(|pgid| Event::GroupGone { pgid })
         .collect();
     let tracked: Vec<i32> = sup.escaped().collect();

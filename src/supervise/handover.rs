@@ -103,6 +103,9 @@ pub struct Fds {
     /// handler thread parked for the upgrade.
     #[serde(default)]
     pub intercept: Vec<crate::intercept::handler::Carried>,
+    /// The keeper's pipe (see [`crate::supervise::keeper`]).
+    #[serde(default)]
+    pub keeper: Option<crate::supervise::keeper::Saved>,
 }
 
 impl Fds {
@@ -117,6 +120,7 @@ impl Fds {
             requests,
             upgrade,
             intercept,
+            keeper,
         } = self;
         listeners
             .iter()
@@ -128,6 +132,7 @@ impl Fds {
             .chain(requests.iter().map(|r| r.1))
             .chain(upgrade.iter().copied())
             .chain(intercept.iter().map(|c| c.fd))
+            .chain(keeper.iter().map(|k| k.fd))
             .collect()
     }
 }
@@ -575,7 +580,8 @@ mod tests {
             requests: vec![(Request::Status, 8)],
             upgrade: Some(9),
             intercept: vec![crate::intercept::handler::Carried::new(11, 10)],
+            keeper: Some(crate::supervise::keeper::Saved { pid: 12, fd: 11 }),
         };
-        assert_eq!(fds.all(), vec![3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(fds.all(), vec![3, 4, 5, 6, 7, 8, 9, 10, 11]);
     }
 }

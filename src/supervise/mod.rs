@@ -4,6 +4,7 @@ pub mod backoff;
 pub mod driver;
 pub mod handover;
 pub mod idle;
+pub mod keeper;
 pub mod reaper;
 pub mod spawn;
 pub mod supervisor;
