@@ -412,8 +412,14 @@ pub struct Scale {
     pub reload_ms_median: f64,
     pub reload_ms_max: f64,
     pub before: Counters,
+    /// After reload [`SCALE_EARLY`] (or the last, if fewer): the memory
+    /// relaunch grows into once, which later reloads must not add to.
+    pub early: Counters,
     pub after: Counters,
 }
+
+/// The reload whose RSS later ones are held to.
+pub const SCALE_EARLY: usize = 10;
 
 /// Many listeners, many workers, many reloads through the control socket:
 /// relaunch's fds and memory must not grow.
@@ -479,7 +485,8 @@ pub fn scale(plan: &Plan, ctx: &Ctx) -> Result<Scale, String> {
     let before = counters(proc.pid())?;
     let mut times = Vec::with_capacity(plan.scale_reloads);
     let mut failures = 0;
-    for _ in 0..plan.scale_reloads {
+    let mut early = None;
+    for n in 1..=plan.scale_reloads {
         let t = Instant::now();
         let ok = Command::new(&ctx.relaunch)
             .args(["reload", "--control"])
@@ -490,6 +497,9 @@ pub fn scale(plan: &Plan, ctx: &Ctx) -> Result<Scale, String> {
             .success();
         times.push(t.elapsed().as_secs_f64() * 1e3);
         failures += usize::from(!ok);
+        if n == SCALE_EARLY.min(plan.scale_reloads) {
+            early = Some(counters(proc.pid())?);
+        }
     }
     wait_all_ready(ctx, &sock, plan.scale_workers, &mut proc)?;
     let after = counters(proc.pid())?;
@@ -501,6 +511,7 @@ pub fn scale(plan: &Plan, ctx: &Ctx) -> Result<Scale, String> {
         reload_failures: failures,
         reload_ms_median: stats::median(&times),
         reload_ms_max: times.iter().copied().fold(0.0, f64::max),
+        early: early.unwrap_or_else(|| before.clone()),
         before,
         after,
     })

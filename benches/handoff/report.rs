@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::footprint::Footprint;
+use crate::footprint::{Footprint, SCALE_EARLY};
 use crate::load::Outcome;
 use crate::plan::{IDLE_TARGET_SECS, Plan};
 use crate::scenarios::{Scenario, Status};
@@ -19,6 +19,8 @@ const MAX_FAILURES_LISTED: usize = 500;
 /// Issue 9's footprint targets.
 const RSS_TARGET_KIB: u64 = 3 * 1024;
 const HUP_TO_EXEC_TARGET_MS: f64 = 1.0;
+/// Issue 19: relaunch's RSS after many reloads against after the first few.
+const SCALE_GROWTH_KIB: u64 = 256;
 /// A crashed child is serving again within its own start time plus this.
 const CRASH_MARGIN_MS: f64 = 150.0;
 /// Issue 10: the self-binding server under interception against itself
@@ -172,8 +174,15 @@ pub fn table(scenarios: &[Scenario], fp: Option<&Footprint>) -> String {
         );
         let _ = writeln!(
             t,
-            "| scale: relaunch fds / RSS before → after | {} → {} / {} KiB → {} KiB |",
-            sc.before.fds, sc.after.fds, sc.before.rss_kib, sc.after.rss_kib
+            "| scale: relaunch fds / RSS before → reload {} → reload {} | {} → {} → {} / {} KiB → {} KiB → {} KiB |",
+            SCALE_EARLY.min(sc.reloads),
+            sc.reloads,
+            sc.before.fds,
+            sc.early.fds,
+            sc.after.fds,
+            sc.before.rss_kib,
+            sc.early.rss_kib,
+            sc.after.rss_kib
         );
     }
     t
@@ -340,6 +349,20 @@ pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>, extra: &
         ));
     }
     if let Some(fp) = fp {
+        let sc = &fp.scale;
+        let grew = sc.after.rss_kib.saturating_sub(sc.early.rss_kib);
+        lines.push((
+            format!(
+                "scale: RSS at reload {} within {SCALE_GROWTH_KIB} KiB of reload {} \
+                 ({} workers; got {} KiB → {} KiB, +{grew} KiB)",
+                sc.reloads,
+                SCALE_EARLY.min(sc.reloads),
+                sc.workers,
+                sc.early.rss_kib,
+                sc.after.rss_kib
+            ),
+            grew <= SCALE_GROWTH_KIB,
+        ));
         let rss = fp.idle.rss.total;
         lines.push((
             format!("idle RSS <= {RSS_TARGET_KIB} KiB (got {rss} KiB)"),
