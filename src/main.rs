@@ -32,6 +32,7 @@ fn main() {
     // Before anything else: what our parent gave us, and sane fds 0-2.
     spawn::ensure_std_fds();
     spawn::raise_fd_limit();
+    one_malloc_arena();
     // An upgrade's handshake, run by the relaunch that would exec us.
     if std::env::args_os().nth(1).as_deref() == Some(handover::CHECK_FLAG.as_ref()) {
         upgrade_check();
@@ -65,6 +66,19 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Every thread allocates from the main arena. glibc gives each thread
+/// that meets a locked arena one of its own (up to 8 per core), and each
+/// keeps the pages it touched: with a bind-interception thread per child, a
+/// few hundred KiB more after every batch of reloads. relaunch's threads
+/// allocate little and seldom, so the shared lock costs nothing.
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: one integer option, set before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// clap's error in our shape: one line, then its tip (or ours) as the hint.

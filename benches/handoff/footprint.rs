@@ -89,6 +89,9 @@ pub struct Idle {
     pub cpu_ms: f64,
     pub context_switches: u64,
     pub threads: usize,
+    /// relaunch's keeper (the process that ends what relaunch started if it
+    /// is killed): most of its pages are relaunch's, shared since the fork.
+    pub keeper: Option<Rss>,
 }
 
 /// Resident memory by where it comes from, KiB.
@@ -127,6 +130,26 @@ pub fn rss(pid: i32) -> Result<Rss, String> {
     r.total = field("Rss:");
     r.private_dirty = field("Private_Dirty:");
     Ok(r)
+}
+
+/// The `relaunch-keeper` that holds the other end of one of `pid`'s pipes.
+fn keeper_of(pid: i32) -> Option<i32> {
+    let pipes = |p: i32| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(format!("/proc/{p}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_link(e.path()).ok())
+                    .filter(|l| l.to_string_lossy().starts_with("pipe:"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let ours = pipes(pid);
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let p: i32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).ok()?;
+        (comm.trim() == "relaunch-keeper" && pipes(p).iter().any(|x| ours.contains(x))).then_some(p)
+    })
 }
 
 /// Sums each mapping's `Rss:` by its path. A mapping's header line is
@@ -233,6 +256,7 @@ impl IdleWatch {
         let pid = self.held.pid();
         let after = counters(pid)?;
         let rss = rss(pid)?;
+        let keeper = keeper_of(pid).and_then(|k| self::rss(k).ok());
         let secs = self.since.elapsed().as_secs_f64();
         match self.held {
             Held::Serving(target) => target.stop(),
@@ -254,6 +278,7 @@ impl IdleWatch {
             context_switches: (after.voluntary_switches + after.involuntary_switches)
                 .saturating_sub(self.before.voluntary_switches + self.before.involuntary_switches),
             threads: after.threads,
+            keeper,
         })
     }
 }
@@ -387,8 +412,14 @@ pub struct Scale {
     pub reload_ms_median: f64,
     pub reload_ms_max: f64,
     pub before: Counters,
+    /// After reload [`SCALE_EARLY`] (or the last, if fewer): the memory
+    /// relaunch grows into once, which later reloads must not add to.
+    pub early: Counters,
     pub after: Counters,
 }
+
+/// The reload whose RSS later ones are held to.
+pub const SCALE_EARLY: usize = 10;
 
 /// Many listeners, many workers, many reloads through the control socket:
 /// relaunch's fds and memory must not grow.
@@ -454,7 +485,8 @@ pub fn scale(plan: &Plan, ctx: &Ctx) -> Result<Scale, String> {
     let before = counters(proc.pid())?;
     let mut times = Vec::with_capacity(plan.scale_reloads);
     let mut failures = 0;
-    for _ in 0..plan.scale_reloads {
+    let mut early = None;
+    for n in 1..=plan.scale_reloads {
         let t = Instant::now();
         let ok = Command::new(&ctx.relaunch)
             .args(["reload", "--control"])
@@ -465,6 +497,9 @@ pub fn scale(plan: &Plan, ctx: &Ctx) -> Result<Scale, String> {
             .success();
         times.push(t.elapsed().as_secs_f64() * 1e3);
         failures += usize::from(!ok);
+        if n == SCALE_EARLY.min(plan.scale_reloads) {
+            early = Some(counters(proc.pid())?);
+        }
     }
     wait_all_ready(ctx, &sock, plan.scale_workers, &mut proc)?;
     let after = counters(proc.pid())?;
@@ -476,6 +511,7 @@ pub fn scale(plan: &Plan, ctx: &Ctx) -> Result<Scale, String> {
         reload_failures: failures,
         reload_ms_median: stats::median(&times),
         reload_ms_max: times.iter().copied().fold(0.0, f64::max),
+        early: early.unwrap_or_else(|| before.clone()),
         before,
         after,
     })

@@ -163,14 +163,19 @@ fn run_one(kind: Kind, delay: f64, plan: &Plan, ctx: &Ctx) -> Scenario {
     let mut restarts_at = Vec::new();
     pause(plan.warmup);
     for _ in 0..plan.restarts {
+        let began = epoch.elapsed().as_secs_f64();
         if kind.restarts() {
-            restarts_at.push(epoch.elapsed().as_secs_f64());
+            restarts_at.push(began);
             if let Err(e) = target.restart(&load.seen) {
                 status = Status::Failed(e);
                 break;
             }
         }
-        pause(plan.gap);
+        if kind == Kind::Crash {
+            pause((began + plan.crash_every - epoch.elapsed().as_secs_f64()).max(0.0));
+        } else {
+            pause(plan.gap);
+        }
     }
     pause(plan.tail);
     let secs = epoch.elapsed().as_secs_f64();

@@ -54,7 +54,7 @@ use crate::supervise::sources::{Every, Listeners, Signals, Task, Wants, recv, sl
 use crate::supervise::supervisor::{
     Config, Effect, Event, Notice, Spawner, Supervisor, Tell, WatchConfig,
 };
-use crate::supervise::{handover, idle, reaper, spawn, upgrade};
+use crate::supervise::{handover, idle, keeper, reaper, spawn, upgrade};
 
 /// How often /proc is scanned while a generation is starting.
 const SCAN_EVERY: Duration = Duration::from_millis(15);
@@ -267,6 +267,8 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
     if let Some(line) = scan::proc_missing(plan.ready == ReadyMode::Auto) {
         warn!("{line}");
     }
+    // Before any thread: it is forked, and allocates.
+    keeper::start(plan.stop_signal, plan.stop_timeout);
     let opened = sockets::open(&plan.listeners, inherited, plan.backlog)?;
     let listeners = opened.listeners;
     for (i, l) in listeners.iter().enumerate() {
@@ -530,7 +532,11 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
         requests,
         upgrade,
         intercept: carried,
+        keeper: saved_keeper,
     } = fds;
+    if let Some(k) = saved_keeper {
+        keeper::adopt(k);
+    }
     let listeners = adopt_listeners(saved_listeners)?;
     let control = match saved_control {
         Some(c) => Some(
@@ -1037,6 +1043,7 @@ impl Driver {
             control: self.control.clone(),
             notify,
             execs,
+            keeper: keeper::save(),
             ..Default::default()
         };
         (saved, fds)
@@ -1759,6 +1766,9 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
     reaper::reap(|pid, status| exits.push((pid, status)));
     let mut events = Vec::new();
     for (pid, status) in exits {
+        if keeper::exited(pid, status) {
+            continue;
+        }
         if let Some(check) = driver.upgrade.as_mut().filter(|c| c.pid == pid) {
             check.exit = Some(status);
             continue;
@@ -1785,10 +1795,14 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
         {
             events.push(Event::ExecFailed { pid, error });
         }
+        let group_alive = reaper::group_alive(pid);
+        if !group_alive {
+            keeper::gone(pid);
+        }
         events.push(Event::Exited {
             pid,
             status,
-            group_alive: reaper::group_alive(pid),
+            group_alive,
         });
     }
     events
@@ -1801,6 +1815,7 @@ fn group_check(rt: &mut Runtime) -> Vec<Event> {
         .core
         .lingering()
         .filter(|&pgid| !reaper::group_alive(pgid))
+        .inspect(|&pgid| keeper::gone(pgid))
         .map(|pgid| Event::GroupGone { pgid })
         .collect();
     let tracked: Vec<i32> = rt.core.escaped().collect();

@@ -94,6 +94,9 @@ pub struct Fds {
     /// handler thread parked for the upgrade.
     #[serde(default)]
     pub intercept: Vec<crate::intercept::handler::Carried>,
+    /// The keeper's pipe (see [`crate::supervise::keeper`]).
+    #[serde(default)]
+    pub keeper: Option<crate::supervise::keeper::Saved>,
 }
 
 impl Fds {
@@ -108,6 +111,7 @@ impl Fds {
             requests,
             upgrade,
             intercept,
+            keeper,
         } = self;
         listeners
             .iter()
@@ -119,6 +123,7 @@ impl Fds {
             .chain(requests.iter().map(|r| r.1))
             .chain(upgrade.iter().copied())
             .chain(intercept.iter().map(|c| c.fd))
+            .chain(keeper.iter().map(|k| k.fd))
             .collect()
     }
 }
@@ -495,7 +500,8 @@ mod tests {
             requests: vec![(Request::Status, 8)],
             upgrade: Some(9),
             intercept: vec![crate::intercept::handler::Carried::new(11, 10)],
+            keeper: Some(crate::supervise::keeper::Saved { pid: 12, fd: 11 }),
         };
-        assert_eq!(fds.all(), vec![3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(fds.all(), vec![3, 4, 5, 6, 7, 8, 9, 10, 11]);
     }
 }

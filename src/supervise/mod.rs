@@ -4,6 +4,7 @@ pub mod backoff;
 pub mod driver;
 pub mod handover;
 pub mod idle;
+pub mod keeper;
 pub mod lines;
 pub mod reaper;
 pub mod sources;

@@ -29,6 +29,7 @@ use tracing::warn;
 
 use crate::exit::ExitStatus;
 use crate::proc::{self, Pidfd};
+use crate::supervise::keeper;
 
 /// Collects every exited child without blocking.
 pub fn reap(mut exited: impl FnMut(i32, ExitStatus)) {
@@ -88,7 +89,12 @@ pub async fn end_orphans(sig: Signal, timeout: Duration) {
             }
             return;
         }
-        let left: Vec<i32> = proc::tree(&[me]).into_iter().filter(|&p| p != me).collect();
+        // The keeper goes when we do.
+        let keeper = keeper::pid();
+        let left: Vec<i32> = proc::tree(&[me])
+            .into_iter()
+            .filter(|&p| p != me && Some(p) != keeper)
+            .collect();
         if left.is_empty() {
             return;
         }
@@ -221,12 +227,16 @@ pub fn find_leftovers(
         return Vec::new();
     }
     let me = std::process::id() as i32;
+    let keeper = keeper::pid();
     let trees = proc::Trees::new();
     let mut out = Vec::new();
     for pid in trees.tree(&[me]) {
         let Some(st) = proc::stat(pid).filter(|s| s.alive() && s.ppid == me) else {
             continue;
         };
+        if Some(pid) == keeper {
+            continue;
+        }
         if st.start >= since || children.contains(&pid) || children.contains(&st.pgrp) {
             continue;
         }

@@ -1,4 +1,6 @@
-//! The only fork/exec in relaunch.
+//! The only fork/exec in relaunch (the keeper's fork, without exec, is in
+//! [`crate::supervise::keeper`]). Each child's group and sockets are told to
+//! the keeper here.
 //!
 //! What the child gets: its own process group; the credentials of `--user` /
 //! `--group` (supplementary groups included); PR_SET_PDEATHSIG(SIGTERM), set
@@ -222,6 +224,7 @@ pub fn spawn(req: &Request<'_>) -> Result<Spawned, Error> {
         fd_limit: child_fd_limit(),
     };
 
+    let ticks = crate::supervise::reaper::boot_ticks();
     let pid = {
         let _blocked = crate::sigmask::Blocked::new();
         // SAFETY: see the module's safety argument; the child runs only `child.exec()`.
@@ -239,6 +242,7 @@ pub fn spawn(req: &Request<'_>) -> Result<Spawned, Error> {
     // Both sides set the group, so signals to it work whoever runs first.
     // SAFETY: plain syscall on our own child.
     unsafe { libc::setpgid(pid, pid) };
+    crate::supervise::keeper::started(pid, ticks, req.fds);
     drop(err_write);
     drop(intercept);
     Ok(Spawned {

@@ -2082,7 +2082,7 @@ impl Supervisor {
         let jitter = os.jitter();
         match self.kept.slots[worker]
             .backoff
-            .exited(lived, ready_for, jitter)
+            .exited(now, lived, ready_for, jitter)
         {
             Next::RestartAfter(d) => {
                 self.count(Count::Restart(match status {
@@ -2105,9 +2105,10 @@ impl Supervisor {
             Next::GiveUp => {
                 self.count(Count::Restart(RestartReason::GiveUp));
                 let msg = format!(
-                    "giving up after {} quick failures in a row (each exited before it was ready, or within {} of it); the last one {status}",
+                    "giving up after {} quick failures in a row (each exited before it was ready, or after more than {} crashes within {}); the last one {status}",
                     backoff::GIVE_UP_AFTER,
-                    duration::human(backoff::SERVED_FOR)
+                    backoff::BURST,
+                    duration::human(backoff::BURST_WINDOW)
                 );
                 if self.dev.is_some() {
                     // The developer is about to fix it: the listeners stay
@@ -3162,23 +3163,59 @@ mod tests {
         assert!(s.exit().is_none());
     }
 
-    /// ...but one that keeps dying right after it said ready is, and backs off.
+    /// A server that takes 1.5 s to start, SIGKILLed 5 times 2.5 s apart:
+    /// each replacement served only about 1 s, or 0.5 s, before its crash.
+    /// It was ready, so each restart comes at once all the same.
+    #[test]
+    fn crash_after_serving_briefly_restarts_at_once() {
+        for served in [ms(900), ms(500)] {
+            let (mut s, t0) = started(1);
+            let mut now = t0;
+            let mut waits = Vec::new();
+            for pid in 101..106 {
+                now += ms(1500);
+                s.t_ready(pid, now);
+                now += served;
+                s.t_exit(pid, ExitStatus::Signal(9), now);
+                let at = s.next_deadline().expect("a restart is scheduled");
+                waits.push(at - now);
+                now = at;
+                s.t_timer(now);
+                assert_eq!(s.children()[0].pid, pid + 1);
+            }
+            assert_eq!(waits, [Duration::ZERO; 5], "served {served:?}");
+            assert!(s.exit().is_none());
+        }
+    }
+
+    /// ...but one that keeps dying right after it said ready, several times
+    /// a second, is a crash loop: a few restarts at once, then backoff, and
+    /// in the end it gives up.
     #[test]
     fn crash_soon_after_ready_still_backs_off() {
         let (mut s, t0) = started(1);
         let mut now = t0;
         let mut waits = Vec::new();
-        for pid in 101..104 {
+        let mut pid = 101;
+        while s.exit().is_none() {
             now += ms(300);
             s.t_ready(pid, now);
             now += ms(50);
             s.t_exit(pid, ExitStatus::Code(1), now);
-            let at = s.next_deadline().expect("a restart is scheduled");
-            waits.push(at - now);
-            now = at;
-            s.t_timer(now);
+            if let Some(at) = s.next_deadline() {
+                waits.push(at - now);
+                now = at;
+                s.t_timer(now);
+            }
+            pid += 1;
         }
-        assert_eq!(waits, [ms(100), ms(200), ms(400)]);
+        let burst = vec![Duration::ZERO; backoff::BURST as usize];
+        assert_eq!(waits[..backoff::BURST as usize], burst);
+        assert_eq!(
+            waits[backoff::BURST as usize..][..3],
+            [ms(100), ms(200), ms(400)]
+        );
+        assert_eq!(s.exit().unwrap().code, 1, "gave up");
     }
 
     /// The child says through its pipe that exec failed, then exits.

@@ -254,3 +254,124 @@ fn after_a_reload_no_escaped_process_of_the_old_generation_answers() {
         );
     }
 }
+
+/// Answers every request with its pid on fd 3. With argv[1] = N it first
+/// forks N workers that ignore SIGTERM and share the listener, as a prefork
+/// server's do.
+const TREE: &str = r#"
+import os, signal, socket, sys
+listener = socket.socket(fileno=3)
+for _ in range(int(sys.argv[1])):
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        break
+while True:
+    conn, _ = listener.accept()
+    conn.recv(4096)
+    body = str(os.getpid()).encode()
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+    conn.close()
+"#;
+
+/// Everything that runs under `pid`, per /proc.
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in children_of(p) {
+            out.push(c);
+            todo.push(c);
+        }
+    }
+    out
+}
+
+/// Starts relaunch on `command` (argv after `--`, where "TREE" stands for the
+/// server above), waits until `n` processes under it answer, then kill -9s
+/// relaunch: within the deadline nothing that ran under it is left and the
+/// port binds again.
+fn nothing_outlives_kill_9(command: &[&str], n: usize) {
+    if !require_tool("python3") {
+        return;
+    }
+    let mut args = vec!["-l", "127.0.0.1:0", "--stop-timeout", "1s", "--"];
+    args.extend(command.iter().map(|a| if *a == "TREE" { TREE } else { a }));
+    let r = Relaunch::start(&args);
+    let addr = r.listen_addr(3);
+    let mut answered = std::collections::BTreeSet::new();
+    wait_for(&format!("answers from {n} pids"), T, || {
+        answered.extend(get(addr).ok());
+        (answered.len() >= n).then_some(())
+    });
+    let mut tree = descendants(r.pid());
+    // It must not outlive relaunch either (beyond its work).
+    tree.push(keeper_of(r.pid()).expect("relaunch's keeper runs"));
+    // Whatever happens below, nothing of this test keeps running.
+    struct Sweep(Vec<i32>);
+    impl Drop for Sweep {
+        fn drop(&mut self) {
+            for &p in &self.0 {
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+    }
+    let _sweep = Sweep(tree.clone());
+    let killed = Instant::now();
+    r.signal(libc::SIGKILL);
+    let deadline = Duration::from_secs(5);
+    let end = killed + deadline;
+    let mut left: Vec<i32> = tree.clone();
+    while !left.is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+        left.retain(|&p| pid_alive(p));
+    }
+    let listing: Vec<String> = left
+        .iter()
+        .map(|&p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            format!("{p} ({})", cmd.chars().take(60).collect::<String>())
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{deadline:?} after kill -9 of relaunch, {} of {} processes that ran under it live on: {listing:?}; \
+         answered by {answered:?}",
+        left.len(),
+        tree.len(),
+    );
+    wait_for("the port to bind again", end - Instant::now(), || {
+        std::net::TcpListener::bind(addr).ok()
+    });
+}
+
+#[test]
+fn a_server_behind_a_shell_wrapper_dies_with_a_killed_relaunch() {
+    // sh -c without exec: only the shell is relaunch's child.
+    nothing_outlives_kill_9(&["sh", "-c", "python3 -c \"$0\" 0; exit 0", "TREE"], 1);
+}
+
+#[test]
+fn a_setsid_grandchild_dies_with_a_killed_relaunch() {
+    // Its parent waits for it...
+    nothing_outlives_kill_9(
+        &["sh", "-c", "setsid python3 -c \"$0\" 0 & wait", "TREE"],
+        1,
+    );
+    // ...or left it to relaunch, the subreaper, at once.
+    nothing_outlives_kill_9(
+        &[
+            "sh",
+            "-c",
+            "(setsid python3 -c \"$0\" 0 &); exec sleep 300",
+            "TREE",
+        ],
+        1,
+    );
+}
+
+#[test]
+fn prefork_workers_die_with_a_killed_relaunch() {
+    // The master gets PR_SET_PDEATHSIG; its workers ignore SIGTERM.
+    nothing_outlives_kill_9(&["python3", "-c", "TREE", "3"], 4);
+}

@@ -1011,3 +1011,43 @@ fn nonblock_listeners_stay_nonblock_after_an_upgrade() {
     assert_eq!(fd(&rep, 3)["nonblocking"], false, "{rep:#}");
     assert_eq!(fd(&rep, 4)["nonblocking"], true, "{rep:#}");
 }
+
+/// The keeper is carried by an upgrade: after it, kill -9 of relaunch
+/// still leaves nothing it started behind.
+#[test]
+fn after_an_upgrade_a_killed_relaunch_still_leaves_nothing_behind() {
+    let b = second_build();
+    // The server behind a shell that does not exec it: PR_SET_PDEATHSIG
+    // reaches only the shell, the keeper must end the server.
+    let server = example("pid_server");
+    let mut s = setup(
+        "upgrade-keeper",
+        &format!("{}\n", server.display()),
+        &["--no-listen-pid"],
+    );
+    let addr = s.r.listen_addr(3);
+    let served: i32 = wait_serving(addr).parse().unwrap();
+    let keeper = keeper_of(s.r.pid()).expect("relaunch's keeper runs");
+    install(b, &s.bin);
+    let (code, out) = upgrade(&s.ctl);
+    assert_eq!(code, 0, "{out}");
+    // A generation started by the new image is known to the keeper too.
+    let (code, out) = crate::reload::reload_cli(&s.ctl);
+    assert_eq!(code, 0, "{out}");
+    let server_pid: i32 = wait_new_pid(addr, &served.to_string()).parse().unwrap();
+    assert_eq!(
+        keeper_of(s.r.pid()),
+        Some(keeper),
+        "the same keeper, still relaunch's"
+    );
+    s.r.signal(libc::SIGKILL);
+    let _ = s.r.child.wait();
+    wait_for(
+        "the server and the keeper to be gone",
+        Duration::from_secs(5),
+        || (!pid_alive(server_pid) && !pid_alive(keeper)).then_some(()),
+    );
+    wait_for("the port to bind again", Duration::from_secs(5), || {
+        std::net::TcpListener::bind(addr).ok()
+    });
+}

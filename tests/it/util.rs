@@ -530,3 +530,26 @@ pub fn listeners_on(port: u16) -> Vec<(String, u32)> {
         })
         .collect()
 }
+
+/// The keeper of the relaunch `pid` (the process that ends what relaunch
+/// started if relaunch is killed): the `relaunch-keeper` that holds the
+/// other end of one of relaunch's pipes.
+pub fn keeper_of(pid: i32) -> Option<i32> {
+    let pipes = |p: i32| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{p}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_link(e.path()).ok())
+                    .map(|l| l.to_string_lossy().into_owned())
+                    .filter(|l| l.starts_with("pipe:"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let ours = pipes(pid);
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let p: i32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).ok()?;
+        (comm.trim() == "relaunch-keeper" && pipes(p).iter().any(|x| ours.contains(x))).then_some(p)
+    })
+}
