@@ -200,12 +200,7 @@ pub fn make(
         .as_deref()
         .map(options::parse_idle_stop)
         .transpose()?;
-    let (program, rest) = args.command.split_first().ok_or_else(|| {
-        Error::usage("no command given").hint("put the server's command after --")
-    })?;
-    if program.is_empty() {
-        return Err(Error::usage("the command is empty").hint("put the server's command after --"));
-    }
+    let (program, rest) = command(args)?;
     if args.refuse_probes && args.no_intercept {
         return Err(Error::usage(
             "--refuse-probes works through bind interception, which --no-intercept turns off",
@@ -222,17 +217,7 @@ pub fn make(
         warnings.push(w);
     }
     let run_as = users(args.user.as_deref(), args.group.as_deref())?;
-    let mut child_env: Vec<(OsString, OsString)> = env
-        .iter()
-        .filter(|(k, _)| !NOT_PASSED.iter().any(|r| k == r))
-        .cloned()
-        .collect();
-    if let Some(user) = run_as.as_ref().and_then(|r| r.user.as_ref()) {
-        // As systemd's User= does: the child's idea of who it is matches its uid.
-        set(&mut child_env, "HOME", user.home.clone().into_os_string());
-        set(&mut child_env, "USER", user.name.clone().into());
-        set(&mut child_env, "LOGNAME", user.name.clone().into());
-    }
+    let child_env = child_env(env, run_as.as_ref());
     let metrics = args.metrics.as_deref().map(metrics_addr).transpose()?;
     warnings.extend(metrics.and_then(crate::metrics::exposure));
     Ok(Plan {
@@ -269,6 +254,37 @@ pub fn make(
         notes,
         warnings,
     })
+}
+
+/// The server's program and its arguments, from after `--`.
+fn command(args: &RunArgs) -> Result<(&OsString, &[OsString])> {
+    let (program, rest) = args.command.split_first().ok_or_else(|| {
+        Error::usage("no command given").hint("put the server's command after --")
+    })?;
+    if program.is_empty() {
+        return Err(Error::usage("the command is empty").hint("put the server's command after --"));
+    }
+    Ok((program, rest))
+}
+
+/// The children's base environment: relaunch's own without [`NOT_PASSED`],
+/// with HOME, USER and LOGNAME of the `--user`.
+fn child_env(
+    env: &[(OsString, OsString)],
+    run_as: Option<&options::RunAs>,
+) -> Vec<(OsString, OsString)> {
+    let mut child_env: Vec<(OsString, OsString)> = env
+        .iter()
+        .filter(|(k, _)| !NOT_PASSED.iter().any(|r| k == r))
+        .cloned()
+        .collect();
+    if let Some(user) = run_as.and_then(|r| r.user.as_ref()) {
+        // As systemd's User= does: the child's idea of who it is matches its uid.
+        set(&mut child_env, "HOME", user.home.clone().into_os_string());
+        set(&mut child_env, "USER", user.name.clone().into());
+        set(&mut child_env, "LOGNAME", user.name.clone().into());
+    }
+    child_env
 }
 
 /// `--metrics HOST:PORT`.
