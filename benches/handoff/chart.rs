@@ -9,7 +9,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::load::Outcome;
-use crate::scenarios::{Scenario, Status};
+use crate::scenario::{Scenario, Status};
 use crate::stats;
 
 const PANEL_W: u32 = 860;

@@ -23,8 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::load::{Load, Outcome, Sample};
 use crate::plan::Plan;
-use crate::procs::{Proc, free_port};
-use crate::scenarios::find_tool;
+use crate::procs::{Proc, find_tool, free_port};
 use crate::targets::{Ctx, listening_port};
 
 /// A save must be served within this.

@@ -25,6 +25,7 @@ mod procs;
 mod readiness;
 mod report;
 mod restart_loop;
+mod scenario;
 mod scenarios;
 mod server;
 mod stats;

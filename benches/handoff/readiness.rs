@@ -20,8 +20,7 @@ use nix::sys::signal::Signal;
 
 use crate::load::Load;
 use crate::plan::Plan;
-use crate::procs::Proc;
-use crate::scenarios::find_tool;
+use crate::procs::{Proc, find_tool};
 use crate::stats;
 use crate::targets::{Ctx, listening_port};
 

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::footprint::{Footprint, SCALE_EARLY};
 use crate::load::Outcome;
 use crate::plan::{IDLE_TARGET_SECS, Plan};
-use crate::scenarios::{Scenario, Status};
+use crate::scenario::{Scenario, Status};
 use crate::stats;
 use crate::targets::Kind;
 

@@ -8,44 +8,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crate::footprint::{self, Footprint};
-use crate::load::{Load, Sample};
+use crate::load::Load;
 use crate::plan::Plan;
+use crate::procs::find_tool;
 use crate::report;
-use crate::stats::{self, Figures};
+use crate::scenario::{Scenario, Status};
+use crate::stats;
 use crate::targets::{Ctx, Kind, Target};
-
-pub enum Status {
-    Ran,
-    Skipped(String),
-    Failed(String),
-}
-
-pub struct Scenario {
-    pub kind: Kind,
-    pub delay: f64,
-    pub status: Status,
-    pub figures: Figures,
-    /// Seconds since the scenario's start at which each restart was triggered.
-    pub restarts_at: Vec<f64>,
-    pub secs: f64,
-    pub hup_to_exec_ms: Vec<f64>,
-    pub samples: Vec<Sample>,
-}
-
-impl Scenario {
-    fn empty(kind: Kind, delay: f64, status: Status) -> Scenario {
-        Scenario {
-            kind,
-            delay,
-            status,
-            figures: Figures::default(),
-            restarts_at: Vec::new(),
-            secs: 0.0,
-            hup_to_exec_ms: Vec::new(),
-            samples: Vec::new(),
-        }
-    }
-}
 
 pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<ExitCode, String> {
     let ctx = context()?;
@@ -221,17 +190,4 @@ fn context() -> Result<Ctx, String> {
         log_dir,
         run_dir,
     })
-}
-
-/// A program on PATH. cargo-installed tools (systemfd) need ~/.cargo/bin on
-/// PATH, as after rustup's set-up.
-pub fn find_tool(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
 }

@@ -8,7 +8,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::time::timeout;
 
-use super::protocol::{MAX_RESPONSE, Request, Response, Status};
+use super::protocol::{
+    ChildInfo, ListenerInfo, MAX_RESPONSE, ReloadInfo, Request, Response, Status,
+};
 use crate::cli::ClientArgs;
 use crate::duration;
 use crate::error::{Error, Result};
@@ -306,6 +308,22 @@ fn render(response: &Response, json: bool) -> Result<(i32, String)> {
 }
 
 fn render_status(s: &Status) -> String {
+    let mut out = render_header(s);
+    out += &render_listeners(&s.listeners);
+    out += &render_children(&s.children);
+    if !s.escaped.is_empty() {
+        let pids: Vec<String> = s.escaped.iter().map(|p| p.to_string()).collect();
+        out += &format!(
+            "escaped processes of ended children, being stopped: pids {}\n",
+            pids.join(", ")
+        );
+    }
+    out += &render_last_reload(s.last_reload.as_ref());
+    out
+}
+
+/// Who and in what state, then the optional one-liners (status text, watch, idle).
+fn render_header(s: &Status) -> String {
     let mut out = if s.generation == 0 {
         format!("relaunch (pid {}): {}\n", s.pid, s.state)
     } else {
@@ -323,87 +341,85 @@ fn render_status(s: &Status) -> String {
     if let Some(secs) = s.idle_secs {
         out += &format!("idle since {} ago\n", age(secs));
     }
-    if s.listeners.is_empty() {
-        out += "listeners: none\n";
-    } else {
-        out += "listeners:\n";
-        let rows: Vec<Vec<String>> = s
-            .listeners
-            .iter()
-            .map(|l| {
-                let mut row = vec![l.name.clone(), l.address.clone(), format!("fd {}", l.fd)];
-                match (l.waiting, l.backlog) {
-                    (Some(w), Some(b)) => row.push(format!("waiting {w} / {b}")),
-                    (Some(w), None) => row.push(format!("waiting {w}")),
-                    _ => {}
-                }
-                row
-            })
-            .collect();
-        out += &table(&rows, "  ");
+    out
+}
+
+fn render_listeners(listeners: &[ListenerInfo]) -> String {
+    if listeners.is_empty() {
+        return "listeners: none\n".into();
     }
-    if s.children.is_empty() {
-        out += "children: none\n";
-    } else {
-        out += "children:\n";
-        let mut rows = vec![
-            [
-                "PID",
-                "GEN",
-                "WORKER",
-                "STATE",
-                "UPTIME",
-                "RESTARTS",
-                "LAST EXIT",
-            ]
-            .map(String::from)
-            .to_vec(),
-        ];
-        rows.extend(s.children.iter().map(|c| {
-            vec![
-                c.pid.to_string(),
-                c.generation.to_string(),
-                c.worker.to_string(),
-                if c.lingering.is_empty() {
-                    c.state.clone()
-                } else {
-                    let pids: Vec<String> = c.lingering.iter().map(|p| p.to_string()).collect();
-                    format!("{} (pids {})", c.state, pids.join(", "))
-                },
-                age(c.uptime_secs),
-                c.restarts.to_string(),
-                c.last_exit.clone().unwrap_or_else(|| "-".into()),
-            ]
-        }));
-        out += &table(&rows, "  ");
-        for c in s.children.iter().filter(|c| !c.elsewhere.is_empty()) {
-            out += &format!(
-                "  pid {} listens on {}, which relaunch does not hold\n",
-                c.pid,
-                c.elsewhere.join(", ")
-            );
-        }
+    let rows: Vec<Vec<String>> = listeners
+        .iter()
+        .map(|l| {
+            let mut row = vec![l.name.clone(), l.address.clone(), format!("fd {}", l.fd)];
+            match (l.waiting, l.backlog) {
+                (Some(w), Some(b)) => row.push(format!("waiting {w} / {b}")),
+                (Some(w), None) => row.push(format!("waiting {w}")),
+                _ => {}
+            }
+            row
+        })
+        .collect();
+    "listeners:\n".to_string() + &table(&rows, "  ")
+}
+
+fn render_children(children: &[ChildInfo]) -> String {
+    if children.is_empty() {
+        return "children: none\n".into();
     }
-    if !s.escaped.is_empty() {
-        let pids: Vec<String> = s.escaped.iter().map(|p| p.to_string()).collect();
+    let mut rows = vec![
+        [
+            "PID",
+            "GEN",
+            "WORKER",
+            "STATE",
+            "UPTIME",
+            "RESTARTS",
+            "LAST EXIT",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    rows.extend(children.iter().map(|c| {
+        vec![
+            c.pid.to_string(),
+            c.generation.to_string(),
+            c.worker.to_string(),
+            if c.lingering.is_empty() {
+                c.state.clone()
+            } else {
+                let pids: Vec<String> = c.lingering.iter().map(|p| p.to_string()).collect();
+                format!("{} (pids {})", c.state, pids.join(", "))
+            },
+            age(c.uptime_secs),
+            c.restarts.to_string(),
+            c.last_exit.clone().unwrap_or_else(|| "-".into()),
+        ]
+    }));
+    let mut out = "children:\n".to_string() + &table(&rows, "  ");
+    for c in children.iter().filter(|c| !c.elsewhere.is_empty()) {
         out += &format!(
-            "escaped processes of ended children, being stopped: pids {}\n",
-            pids.join(", ")
+            "  pid {} listens on {}, which relaunch does not hold\n",
+            c.pid,
+            c.elsewhere.join(", ")
         );
     }
-    match &s.last_reload {
-        None => out += "last reload: none",
-        Some(r) => {
-            out += &format!(
-                "last reload: generation {} {} {} ago",
-                r.generation,
-                if r.ok { "succeeded" } else { "failed" },
-                age(r.seconds_ago)
-            );
-            if !r.message.is_empty() {
-                out += &format!(": {}", r.message);
-            }
-        }
+    out
+}
+
+/// The last line, without a newline.
+fn render_last_reload(last: Option<&ReloadInfo>) -> String {
+    let Some(r) = last else {
+        return "last reload: none".into();
+    };
+    let mut out = format!(
+        "last reload: generation {} {} {} ago",
+        r.generation,
+        if r.ok { "succeeded" } else { "failed" },
+        age(r.seconds_ago)
+    );
+    if !r.message.is_empty() {
+        out += &format!(": {}", r.message);
     }
     out
 }

@@ -238,23 +238,10 @@ async fn answer(
     tx: &mpsc::Sender<Incoming>,
     our_uid: u32,
 ) -> Option<Response> {
-    let cred = match getsockopt(&*stream, PeerCredentials) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!("control socket: cannot identify the peer: {e}");
-            return Some(error(format!("relaunch cannot identify you: {e}")));
-        }
+    let (peer_uid, peer_pid) = match peer(stream, our_uid) {
+        Ok(p) => p,
+        Err(refused) => return Some(refused),
     };
-    let (peer_uid, peer_pid) = (cred.uid(), cred.pid());
-    if !allowed(peer_uid, our_uid) {
-        warn!(
-            peer_uid,
-            peer_pid, "control socket: refused a peer of another user"
-        );
-        return Some(error(format!(
-            "permission denied: uid {peer_uid} may not control this relaunch (only uid {our_uid} and root may)"
-        )));
-    }
     let line = match timeout(IO_TIMEOUT, read_request(stream)).await {
         Err(_) => {
             return Some(error(
@@ -293,6 +280,28 @@ async fn answer(
             .await
             .unwrap_or_else(|_| error("relaunch is shutting down".into())),
     )
+}
+
+/// The peer's uid and pid, if it may control this relaunch; else the refusal.
+fn peer(stream: &UnixStream, our_uid: u32) -> Result<(u32, i32), Response> {
+    let cred = match getsockopt(stream, PeerCredentials) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("control socket: cannot identify the peer: {e}");
+            return Err(error(format!("relaunch cannot identify you: {e}")));
+        }
+    };
+    let (peer_uid, peer_pid) = (cred.uid(), cred.pid());
+    if !allowed(peer_uid, our_uid) {
+        warn!(
+            peer_uid,
+            peer_pid, "control socket: refused a peer of another user"
+        );
+        return Err(error(format!(
+            "permission denied: uid {peer_uid} may not control this relaunch (only uid {our_uid} and root may)"
+        )));
+    }
+    Ok((peer_uid, peer_pid))
 }
 
 /// Reads up to one line (more than MAX_REQUEST bytes means too long);

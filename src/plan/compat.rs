@@ -111,70 +111,81 @@ fn env_for(
     listeners: &[Named],
     master_pid: u32,
 ) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
     match style {
-        Style::Einhorn => {
-            out.push(("EINHORN_FD_COUNT".into(), listeners.len().to_string()));
-            for (i, l) in listeners.iter().enumerate() {
-                out.push((format!("EINHORN_FD_{i}"), l.fd.to_string()));
-                let family = match kind(l) {
-                    Kind::Inet { addr, .. } if addr.is_ipv6() => "AF_INET6",
-                    Kind::Inet { .. } => "AF_INET",
-                    Kind::Unix { .. } | Kind::Abstract => "AF_UNIX",
-                    Kind::Unknown => return Err(unknown(l)),
-                };
-                out.push((format!("EINHORN_FD_FAMILY_{i}"), family.into()));
-            }
-            out.push(("EINHORN_MASTER_PID".into(), master_pid.to_string()));
-        }
-        Style::ServerStarter => {
-            let mut items = Vec::new();
-            for l in listeners {
-                let key = match kind(l) {
-                    Kind::Inet { udp: true, .. } => {
-                        return Err(format!(
-                            "--compat server-starter: listener {:?} ({}) is UDP, but Server::Starter only passes stream sockets: drop --compat server-starter or listen on TCP",
-                            l.name,
-                            l.address()
-                        ));
-                    }
-                    Kind::Inet { addr, .. } if addr.ip().is_unspecified() && addr.is_ipv4() => {
-                        addr.port().to_string()
-                    }
-                    Kind::Inet { addr, .. } => addr.to_string(),
-                    Kind::Unix { path } => path.display().to_string(),
-                    Kind::Abstract => {
-                        return Err(format!(
-                            "--compat server-starter: listener {:?} ({}) is an abstract Unix socket, which Server::Starter cannot name: listen on a Unix socket path instead",
-                            l.name,
-                            l.address()
-                        ));
-                    }
-                    Kind::Unknown => return Err(unknown(l)),
-                };
-                items.push(format!("{key}={}", l.fd));
-            }
-            out.push(("SERVER_STARTER_PORT".into(), items.join(";")));
-        }
-        Style::Werkzeug => {
-            let first = listeners.first().ok_or(
-                "--compat werkzeug needs a listener to hand to werkzeug: add one with -l 127.0.0.1:PORT",
-            )?;
-            if let Kind::Inet { udp: true, .. } = kind(first) {
+        Style::Einhorn => einhorn_env(listeners, master_pid),
+        Style::ServerStarter => server_starter_env(listeners),
+        Style::Werkzeug => werkzeug_env(listeners),
+    }
+}
+
+/// EINHORN_FD_COUNT, EINHORN_FD_i and EINHORN_FD_FAMILY_i per listener, EINHORN_MASTER_PID.
+fn einhorn_env(listeners: &[Named], master_pid: u32) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    out.push(("EINHORN_FD_COUNT".into(), listeners.len().to_string()));
+    for (i, l) in listeners.iter().enumerate() {
+        out.push((format!("EINHORN_FD_{i}"), l.fd.to_string()));
+        let family = match kind(l) {
+            Kind::Inet { addr, .. } if addr.is_ipv6() => "AF_INET6",
+            Kind::Inet { .. } => "AF_INET",
+            Kind::Unix { .. } | Kind::Abstract => "AF_UNIX",
+            Kind::Unknown => return Err(unknown(l)),
+        };
+        out.push((format!("EINHORN_FD_FAMILY_{i}"), family.into()));
+    }
+    out.push(("EINHORN_MASTER_PID".into(), master_pid.to_string()));
+    Ok(out)
+}
+
+/// SERVER_STARTER_PORT: `KEY=FD` per listener, joined by `;`.
+fn server_starter_env(listeners: &[Named]) -> Result<Vec<(String, String)>, String> {
+    let mut items = Vec::new();
+    for l in listeners {
+        let key = match kind(l) {
+            Kind::Inet { udp: true, .. } => {
                 return Err(format!(
-                    "--compat werkzeug: the first listener {:?} ({}) is UDP, but werkzeug serves HTTP over TCP: put a TCP listener first, e.g. -l 127.0.0.1:PORT",
-                    first.name,
-                    first.address()
+                    "--compat server-starter: listener {:?} ({}) is UDP, but Server::Starter only passes stream sockets: drop --compat server-starter or listen on TCP",
+                    l.name,
+                    l.address()
                 ));
             }
-            if let Kind::Unknown = kind(first) {
-                return Err(unknown(first));
+            Kind::Inet { addr, .. } if addr.ip().is_unspecified() && addr.is_ipv4() => {
+                addr.port().to_string()
             }
-            out.push(("WERKZEUG_SERVER_FD".into(), first.fd.to_string()));
-            out.push(("WERKZEUG_RUN_MAIN".into(), "true".into()));
-        }
+            Kind::Inet { addr, .. } => addr.to_string(),
+            Kind::Unix { path } => path.display().to_string(),
+            Kind::Abstract => {
+                return Err(format!(
+                    "--compat server-starter: listener {:?} ({}) is an abstract Unix socket, which Server::Starter cannot name: listen on a Unix socket path instead",
+                    l.name,
+                    l.address()
+                ));
+            }
+            Kind::Unknown => return Err(unknown(l)),
+        };
+        items.push(format!("{key}={}", l.fd));
     }
-    Ok(out)
+    Ok(vec![("SERVER_STARTER_PORT".into(), items.join(";"))])
+}
+
+/// WERKZEUG_SERVER_FD (the first listener, which must be TCP) and WERKZEUG_RUN_MAIN.
+fn werkzeug_env(listeners: &[Named]) -> Result<Vec<(String, String)>, String> {
+    let first = listeners.first().ok_or(
+        "--compat werkzeug needs a listener to hand to werkzeug: add one with -l 127.0.0.1:PORT",
+    )?;
+    if let Kind::Inet { udp: true, .. } = kind(first) {
+        return Err(format!(
+            "--compat werkzeug: the first listener {:?} ({}) is UDP, but werkzeug serves HTTP over TCP: put a TCP listener first, e.g. -l 127.0.0.1:PORT",
+            first.name,
+            first.address()
+        ));
+    }
+    if let Kind::Unknown = kind(first) {
+        return Err(unknown(first));
+    }
+    Ok(vec![
+        ("WERKZEUG_SERVER_FD".into(), first.fd.to_string()),
+        ("WERKZEUG_RUN_MAIN".into(), "true".into()),
+    ])
 }
 
 enum Kind<'a> {

@@ -80,41 +80,58 @@ pub fn parse(env: &ListenEnv, my_pid: u32) -> Result<Option<Vec<(i32, String)>>,
     let Some(fds) = &env.fds else {
         return Ok(None);
     };
-    if let Some(pid) = &env.pid {
-        match digits_value(pid) {
-            Some(p) if p > 0 && p <= u64::from(u32::MAX) => {
-                if p != u64::from(my_pid) {
-                    return Ok(None);
-                }
-            }
-            _ => {
-                return Err(format!(
-                    "LISTEN_PID={pid:?} is not a process id; it must be the pid the sockets are for ({FIX})"
-                ));
-            }
-        }
+    if !for_pid(env.pid.as_deref(), my_pid)? {
+        return Ok(None);
     }
-    let count = match digits_value(fds) {
-        Some(n) if n <= u64::from(MAX_FDS) => n as usize,
-        Some(_) => {
-            return Err(format!(
-                "LISTEN_FDS={fds:?} is more than {MAX_FDS} file descriptors; it must be the number of sockets passed ({FIX})"
-            ));
-        }
+    let count = fd_count(fds)?;
+    let names = fd_names(env.names.as_deref(), count, fds)?;
+    Ok(Some(
+        names
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (FIRST_FD + i as i32, n))
+            .collect(),
+    ))
+}
+
+/// Whether LISTEN_PID (if set) names `my_pid`.
+fn for_pid(pid: Option<&str>, my_pid: u32) -> Result<bool, String> {
+    let Some(pid) = pid else {
+        return Ok(true);
+    };
+    match digits_value(pid) {
+        Some(p) if p > 0 && p <= u64::from(u32::MAX) => Ok(p == u64::from(my_pid)),
+        _ => Err(format!(
+            "LISTEN_PID={pid:?} is not a process id; it must be the pid the sockets are for ({FIX})"
+        )),
+    }
+}
+
+/// LISTEN_FDS as a count of at most MAX_FDS.
+fn fd_count(fds: &str) -> Result<usize, String> {
+    match digits_value(fds) {
+        Some(n) if n <= u64::from(MAX_FDS) => Ok(n as usize),
+        Some(_) => Err(format!(
+            "LISTEN_FDS={fds:?} is more than {MAX_FDS} file descriptors; it must be the number of sockets passed ({FIX})"
+        )),
         None => {
             let why = if fds.starts_with('-') {
                 "is negative"
             } else {
                 "is not a number"
             };
-            return Err(format!(
+            Err(format!(
                 "LISTEN_FDS={fds:?} {why}; it must be the number of sockets passed, like \"2\" ({FIX})"
-            ));
+            ))
         }
-    };
-    let names = match &env.names {
-        None => vec!["unknown".to_string(); count],
-        Some(s) if s.is_empty() && count == 0 => Vec::new(),
+    }
+}
+
+/// LISTEN_FDNAMES, one valid name per fd; "unknown" where it is unset or empty.
+fn fd_names(names: Option<&str>, count: usize, fds: &str) -> Result<Vec<String>, String> {
+    match names {
+        None => Ok(vec!["unknown".to_string(); count]),
+        Some(s) if s.is_empty() && count == 0 => Ok(Vec::new()),
         Some(s) => {
             let names: Vec<&str> = s.split(':').collect();
             if names.len() != count {
@@ -136,16 +153,9 @@ pub fn parse(env: &ListenEnv, my_pid: u32) -> Result<Option<Vec<(i32, String)>>,
                         )
                     }),
                 })
-                .collect::<Result<_, String>>()?
+                .collect()
         }
-    };
-    Ok(Some(
-        names
-            .into_iter()
-            .enumerate()
-            .map(|(i, n)| (FIRST_FD + i as i32, n))
-            .collect(),
-    ))
+    }
 }
 
 /// Take every socket announced in `env`; call it once, early. Ownership

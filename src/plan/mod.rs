@@ -200,12 +200,7 @@ pub fn make(
         .as_deref()
         .map(options::parse_idle_stop)
         .transpose()?;
-    let (program, rest) = args.command.split_first().ok_or_else(|| {
-        Error::usage("no command given").hint("put the server's command after --")
-    })?;
-    if program.is_empty() {
-        return Err(Error::usage("the command is empty").hint("put the server's command after --"));
-    }
+    let (program, rest) = command(args)?;
     if args.refuse_probes && args.no_intercept {
         return Err(Error::usage(
             "--refuse-probes works through bind interception, which --no-intercept turns off",
@@ -222,17 +217,7 @@ pub fn make(
         warnings.push(w);
     }
     let run_as = users(args.user.as_deref(), args.group.as_deref())?;
-    let mut child_env: Vec<(OsString, OsString)> = env
-        .iter()
-        .filter(|(k, _)| !NOT_PASSED.iter().any(|r| k == r))
-        .cloned()
-        .collect();
-    if let Some(user) = run_as.as_ref().and_then(|r| r.user.as_ref()) {
-        // As systemd's User= does: the child's idea of who it is matches its uid.
-        set(&mut child_env, "HOME", user.home.clone().into_os_string());
-        set(&mut child_env, "USER", user.name.clone().into());
-        set(&mut child_env, "LOGNAME", user.name.clone().into());
-    }
+    let child_env = child_env(env, run_as.as_ref());
     let metrics = args.metrics.as_deref().map(metrics_addr).transpose()?;
     warnings.extend(metrics.and_then(crate::metrics::exposure));
     Ok(Plan {
@@ -269,6 +254,37 @@ pub fn make(
         notes,
         warnings,
     })
+}
+
+/// The server's program and its arguments, from after `--`.
+fn command(args: &RunArgs) -> Result<(&OsString, &[OsString])> {
+    let (program, rest) = args.command.split_first().ok_or_else(|| {
+        Error::usage("no command given").hint("put the server's command after --")
+    })?;
+    if program.is_empty() {
+        return Err(Error::usage("the command is empty").hint("put the server's command after --"));
+    }
+    Ok((program, rest))
+}
+
+/// The children's base environment: relaunch's own without [`NOT_PASSED`],
+/// with HOME, USER and LOGNAME of the `--user`.
+fn child_env(
+    env: &[(OsString, OsString)],
+    run_as: Option<&options::RunAs>,
+) -> Vec<(OsString, OsString)> {
+    let mut child_env: Vec<(OsString, OsString)> = env
+        .iter()
+        .filter(|(k, _)| !NOT_PASSED.iter().any(|r| k == r))
+        .cloned()
+        .collect();
+    if let Some(user) = run_as.and_then(|r| r.user.as_ref()) {
+        // As systemd's User= does: the child's idea of who it is matches its uid.
+        set(&mut child_env, "HOME", user.home.clone().into_os_string());
+        set(&mut child_env, "USER", user.name.clone().into());
+        set(&mut child_env, "LOGNAME", user.name.clone().into());
+    }
+    child_env
 }
 
 /// `--metrics HOST:PORT`.
@@ -315,38 +331,8 @@ fn listeners(
     inherited: &[&str],
     notes: &mut Vec<String>,
 ) -> Result<(Vec<Planned>, Vec<String>)> {
-    let mut specs: Vec<ListenSpec> = Vec::new();
-    if let Some(p) = &args.port {
-        let port = spec::parse_port(p, false).map_err(|e| Error::usage(format!("--port: {e}")))?;
-        specs.push(ListenSpec {
-            unix: Default::default(),
-            nonblock: false,
-            name: None,
-            addr: Addr::Inet {
-                proto: Proto::Tcp,
-                host: Host::Any,
-                port,
-            },
-        });
-    }
-    for l in &args.listen {
-        specs.push(
-            spec::parse(l)
-                .map_err(|e| Error::usage(e).hint("see `relaunch --help` for the SPEC forms"))?,
-        );
-    }
-    spec::check_unique(&specs).map_err(|e| {
-        Error::usage(e).hint("every listener needs its own name and address; drop the extra -l")
-    })?;
-    // --fallback [NAME=]LIST; "" is every listener's.
-    let mut fallbacks: HashMap<String, Vec<u16>> = HashMap::new();
-    for f in &args.fallback {
-        let (name, list) = f.split_once('=').unwrap_or(("", f.as_str()));
-        let ports =
-            fallback::parse(list).map_err(|e| Error::usage(format!("--fallback {f:?}: {e}")))?;
-        fallbacks.insert(name.to_string(), ports);
-    }
-
+    let specs = specs(args)?;
+    let fallbacks = fallbacks(args)?;
     let stored: Vec<(usize, &str)> = inherited
         .iter()
         .enumerate()
@@ -382,30 +368,93 @@ fn listeners(
                 name
             }
         };
-        let fallback = match &s.addr {
-            Addr::Inet { .. } => fallbacks
-                .get(&name)
-                .or(fallbacks.get(""))
-                .cloned()
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        let source = match stored.iter().find(|&&(_, n)| n == name) {
-            Some(&(index, _)) => {
-                notes.push(format!(
-                    "{name}: reusing the socket relaunch kept in systemd's fd store instead of binding {}",
-                    s.addr
-                ));
-                Source::Stored {
-                    index,
-                    spec: s,
-                    fallback,
-                }
-            }
-            None => Source::Bind { spec: s, fallback },
-        };
+        let source = source_for(s, &name, &stored, &fallbacks, notes);
         out.push(Planned { name, source });
     }
+    let unstore = unwanted(&stored, &out, notes);
+    check_fallback_names(&fallbacks, &out)?;
+    if out.is_empty() {
+        return Err(Error::usage("nothing to listen on")
+            .hint("give --port PORT or -l SPEC, or start relaunch from a systemd .socket unit"));
+    }
+    Ok((out, unstore))
+}
+
+/// The listeners of --port and -l, in that order, each named and addressed once.
+fn specs(args: &RunArgs) -> Result<Vec<ListenSpec>> {
+    let mut specs: Vec<ListenSpec> = Vec::new();
+    if let Some(p) = &args.port {
+        let port = spec::parse_port(p, false).map_err(|e| Error::usage(format!("--port: {e}")))?;
+        specs.push(ListenSpec {
+            unix: Default::default(),
+            nonblock: false,
+            name: None,
+            addr: Addr::Inet {
+                proto: Proto::Tcp,
+                host: Host::Any,
+                port,
+            },
+        });
+    }
+    for l in &args.listen {
+        specs.push(
+            spec::parse(l)
+                .map_err(|e| Error::usage(e).hint("see `relaunch --help` for the SPEC forms"))?,
+        );
+    }
+    spec::check_unique(&specs).map_err(|e| {
+        Error::usage(e).hint("every listener needs its own name and address; drop the extra -l")
+    })?;
+    Ok(specs)
+}
+
+/// --fallback [NAME=]LIST by listener name; "" is every listener's.
+fn fallbacks(args: &RunArgs) -> Result<HashMap<String, Vec<u16>>> {
+    let mut fallbacks = HashMap::new();
+    for f in &args.fallback {
+        let (name, list) = f.split_once('=').unwrap_or(("", f.as_str()));
+        let ports =
+            fallback::parse(list).map_err(|e| Error::usage(format!("--fallback {f:?}: {e}")))?;
+        fallbacks.insert(name.to_string(), ports);
+    }
+    Ok(fallbacks)
+}
+
+/// Where the listener `name` comes from: the socket of that name the fd
+/// store gave back, or a bind of `s` with its fallback ports.
+fn source_for(
+    s: ListenSpec,
+    name: &str,
+    stored: &[(usize, &str)],
+    fallbacks: &HashMap<String, Vec<u16>>,
+    notes: &mut Vec<String>,
+) -> Source {
+    let fallback = match &s.addr {
+        Addr::Inet { .. } => fallbacks
+            .get(name)
+            .or(fallbacks.get(""))
+            .cloned()
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    match stored.iter().find(|&&(_, n)| n == name) {
+        Some(&(index, _)) => {
+            notes.push(format!(
+                "{name}: reusing the socket relaunch kept in systemd's fd store instead of binding {}",
+                s.addr
+            ));
+            Source::Stored {
+                index,
+                spec: s,
+                fallback,
+            }
+        }
+        None => Source::Bind { spec: s, fallback },
+    }
+}
+
+/// The fd store's sockets that no listener in `out` wants, by their stored name.
+fn unwanted(stored: &[(usize, &str)], out: &[Planned], notes: &mut Vec<String>) -> Vec<String> {
     let unstore: Vec<String> = stored
         .iter()
         .filter(|&&(_, n)| !out.iter().any(|p| p.name == n))
@@ -416,6 +465,11 @@ fn listeners(
             "{n}: systemd's fd store gave back a socket no listener wants now; closing it and dropping it from the store"
         ));
     }
+    unstore
+}
+
+/// Every `--fallback NAME=` names a listener.
+fn check_fallback_names(fallbacks: &HashMap<String, Vec<u16>>, out: &[Planned]) -> Result<()> {
     if let Some(unknown) = fallbacks
         .keys()
         .find(|k| !k.is_empty() && !out.iter().any(|l| &l.name == *k))
@@ -426,11 +480,7 @@ fn listeners(
         ))
         .hint(format!("the listeners are: {}", names.join(", "))));
     }
-    if out.is_empty() {
-        return Err(Error::usage("nothing to listen on")
-            .hint("give --port PORT or -l SPEC, or start relaunch from a systemd .socket unit"));
-    }
-    Ok((out, unstore))
+    Ok(())
 }
 
 impl Plan {

@@ -207,62 +207,77 @@ impl NotifySocket {
             if let Some(m) = self.lock().pop_front() {
                 return Ok(m);
             }
-            // Wait for one datagram, then take what else is queued.
-            let first = self
-                .sock
-                .async_io(Interest::READABLE, || recv_raw(fd, &mut buf, &mut cmsg))
-                .await?;
-            self.busy.store(true, Ordering::Release);
-            let mut batch: Vec<(Message, Option<OwnedFd>)> = Vec::new();
-            batch.extend(accept_raw(first, &buf));
-            // Bounded by datagrams read, valid or not, so a flood cannot
-            // keep this task from yielding.
-            for _ in 1..BATCH {
-                match self
-                    .sock
-                    .try_io(Interest::READABLE, || recv_raw(fd, &mut buf, &mut cmsg))
-                {
-                    Ok(raw) => batch.extend(accept_raw(raw, &buf)),
-                    // Whatever else went wrong comes again at the next wait,
-                    // after what was read is handled.
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
-                self.busy.store(false, Ordering::Release);
-                continue;
-            }
-            let (msgs, whos): (Vec<Message>, Vec<_>) = batch
-                .into_iter()
-                .map(|(m, pidfd)| {
-                    let who = (m.pid, pidfd, m.mainpid());
-                    (m, who)
-                })
-                .unzip();
-            let checked = tokio::task::spawn_blocking(move || {
-                whos.into_iter()
-                    .map(|(pid, pidfd, main)| check(pid, pidfd, main))
-                    .collect::<Vec<_>>()
-            })
-            .await;
-            let checked = match checked {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!("notify sender check failed: {e}");
-                    self.busy.store(false, Ordering::Release);
-                    continue;
-                }
-            };
-            let mut queue = self.lock();
-            for (mut msg, verdict) in msgs.into_iter().zip(checked) {
-                // None: a stranger, logged by check.
-                if let Some((sender, main)) = verdict {
-                    msg.sender = sender;
-                    msg.main = main;
-                    queue.push_back(msg);
-                }
-            }
+            let batch = self.read_batch(fd, &mut buf, &mut cmsg).await?;
+            self.check_and_queue(batch).await;
             self.busy.store(false, Ordering::Release);
+        }
+    }
+
+    /// Waits for one datagram, then takes what else is queued; busy from
+    /// the first datagram on.
+    async fn read_batch(
+        &self,
+        fd: RawFd,
+        buf: &mut [u8],
+        cmsg: &mut [u8],
+    ) -> io::Result<Vec<(Message, Option<OwnedFd>)>> {
+        let first = self
+            .sock
+            .async_io(Interest::READABLE, || recv_raw(fd, buf, cmsg))
+            .await?;
+        self.busy.store(true, Ordering::Release);
+        let mut batch: Vec<(Message, Option<OwnedFd>)> = Vec::new();
+        batch.extend(accept_raw(first, buf));
+        // Bounded by datagrams read, valid or not, so a flood cannot
+        // keep this task from yielding.
+        for _ in 1..BATCH {
+            match self
+                .sock
+                .try_io(Interest::READABLE, || recv_raw(fd, buf, cmsg))
+            {
+                Ok(raw) => batch.extend(accept_raw(raw, buf)),
+                // Whatever else went wrong comes again at the next wait,
+                // after what was read is handled.
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Checks the senders on the blocking pool (they read /proc) and queues
+    /// the messages of processes under relaunch.
+    async fn check_and_queue(&self, batch: Vec<(Message, Option<OwnedFd>)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let (msgs, whos): (Vec<Message>, Vec<_>) = batch
+            .into_iter()
+            .map(|(m, pidfd)| {
+                let who = (m.pid, pidfd, m.mainpid());
+                (m, who)
+            })
+            .unzip();
+        let checked = tokio::task::spawn_blocking(move || {
+            whos.into_iter()
+                .map(|(pid, pidfd, main)| check(pid, pidfd, main))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let checked = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("notify sender check failed: {e}");
+                return;
+            }
+        };
+        let mut queue = self.lock();
+        for (mut msg, verdict) in msgs.into_iter().zip(checked) {
+            // None: a stranger, logged by check.
+            if let Some((sender, main)) = verdict {
+                msg.sender = sender;
+                msg.main = main;
+                queue.push_back(msg);
+            }
         }
     }
 

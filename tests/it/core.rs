@@ -1,4 +1,5 @@
-//! The handover protocol, supervision, stopping and errors.
+//! The handover protocol, supervision, stopping, a held port and Unix
+//! socket files.
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
@@ -260,74 +261,6 @@ fn held_port_names_the_holder() {
         "{log}"
     );
     assert!(log.contains("relaunch who"), "{log}");
-}
-
-#[test]
-fn exec_failures_exit_127_and_126_without_restarting() {
-    let dir = TempDir::new("exec");
-    let (s, log) = run_to_exit(&["-l", "127.0.0.1:0", "--", "/nonexistent/server"], T);
-    assert_eq!(s.code(), Some(127), "{log}");
-    assert!(log.contains("cannot run /nonexistent/server"), "{log}");
-    let (s, log) = run_to_exit(&["-l", "127.0.0.1:0", "--", "no-such-command-xyz"], T);
-    assert_eq!(s.code(), Some(127), "{log}");
-    assert!(log.contains("command not found"), "{log}");
-    let plain = dir.join("plain.txt");
-    std::fs::write(&plain, "not a program").unwrap();
-    let (s, log) = run_to_exit(&["-l", "127.0.0.1:0", "--", plain.to_str().unwrap()], T);
-    assert_eq!(s.code(), Some(126), "{log}");
-    assert!(log.contains("permission denied"), "{log}");
-    // The fork happens (one "started"); its failed exec is not retried.
-    assert_eq!(log.matches("started").count(), 1, "no restart storm: {log}");
-}
-
-#[test]
-fn usage_errors_exit_2_with_a_message() {
-    for args in [
-        &["--port", "0", "--", "true"][..],
-        &["--port", "65536", "--", "true"],
-        &["--port", "abc", "--", "true"],
-        &["-l", "", "--", "true"],
-        &["-l", "unix:", "--", "true"],
-        &["-l", "http=", "--", "true"],
-        &["-l", "1.2.3.4.5:80", "--", "true"],
-        &["-l", "[::1", "--", "true"],
-        &["-l", "a=127.0.0.1:0", "-l", "a=127.0.0.1:0", "--", "true"],
-        &["--stop-timeout", "10x", "-l", "127.0.0.1:0", "--", "true"],
-        &["--ready", "sometimes", "-l", "127.0.0.1:0", "--", "true"],
-        &["--workers", "0", "-l", "127.0.0.1:0", "--", "true"],
-        &["-l", "127.0.0.1:0"],
-        &[],
-    ] {
-        let (s, log) = run_to_exit(args, Duration::from_secs(10));
-        assert_eq!(s.code(), Some(2), "{args:?}: {log}");
-        assert!(!log.trim().is_empty(), "{args:?}: no message");
-        assert!(!log.contains("panicked"), "{args:?}: {log}");
-    }
-}
-
-#[test]
-fn garbage_listen_env_is_a_clear_error() {
-    let r = Relaunch::start_with(
-        Command::new(relaunch_bin())
-            .args(["-l", "127.0.0.1:0", "--", "true"])
-            .env("LISTEN_FDS", "lots")
-            .env("LISTEN_PID", std::process::id().to_string()),
-    );
-    // LISTEN_PID names the test, not relaunch: not ours, so ignored.
-    r.log.wait("listening on", T);
-    drop(r);
-    let mut cmd = Command::new("sh");
-    cmd.args([
-        "-c",
-        &format!(
-            "LISTEN_PID=$$ LISTEN_FDS=lots exec {} -l 127.0.0.1:0 -- true",
-            relaunch_bin()
-        ),
-    ]);
-    let mut r = Relaunch::start_with(&mut cmd);
-    let s = r.wait_exit(T);
-    assert_eq!(s.code(), Some(2), "{}", r.log.text());
-    assert!(r.log.text().contains("LISTEN_FDS"), "{}", r.log.text());
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! started with, and a server that served restarting at once after crashes.
 //!
 //! Already covered elsewhere, so not repeated: a stranger's READY=1
-//! (reload.rs), kill -9 of relaunch and a child ignoring TERM at stop
+//! (ready.rs), kill -9 of relaunch and a child ignoring TERM at stop
 //! (core.rs).
 
 use std::collections::BTreeSet;

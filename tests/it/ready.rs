@@ -1,5 +1,7 @@
-//! Readiness: notify senders checked where datagrams arrive, a flood from a
-//! stranger, servers that /proc sampling misses, and life without /proc.
+//! Readiness: notify senders checked where datagrams arrive, a stranger's
+//! READY=1 and a flood from a stranger, `--ready auto` seeing servers that
+//! wait in epoll, poll or accept (and those that /proc sampling misses), a
+//! scan that notify chatter cannot starve, and life without /proc.
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
@@ -312,4 +314,168 @@ fn without_proc_notify_still_works_and_the_loss_is_said_once() {
 fn nix_is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn a_strangers_ready_is_ignored() {
+    let app = App::new("stranger", &pid_server(""));
+    let report = app.dir.join("gen2.json");
+    let r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "3s",
+        "--",
+        &app.script(),
+    ]);
+    let addr = r.listen_addr(3);
+    let old = wait_serving(addr);
+    app.deploy(&format!(
+        "export PROBE_OUT={}\nexec {} --sleep\n",
+        report.display(),
+        probe().display()
+    ));
+    r.signal(libc::SIGHUP);
+    let rep = read_report(&report);
+    let notify = rep["notify_socket"].as_str().unwrap().to_string();
+    let name = notify.strip_prefix('@').expect("an abstract notify socket");
+    let stranger = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    let to =
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+            name,
+        )
+        .unwrap();
+    stranger.send_to_addr(b"READY=1", &to).unwrap();
+    r.log.wait(
+        &format!("ignoring a notify message from pid {}", std::process::id()),
+        T,
+    );
+    r.log
+        .wait("reload failed: generation 2 was not ready within 3s", T);
+    assert_eq!(get(addr).unwrap(), old);
+    assert_eq!(r.log.count("generation 2 is ready"), 0);
+}
+
+fn auto_ready(tag: &str, server: &str, how: &str, graceful: bool) {
+    let app = App::new(tag, server);
+    let r = Relaunch::start(&["-l", "127.0.0.1:0", "--ready", "auto", "--", &app.script()]);
+    let addr = r.listen_addr(3);
+    // Generation 1 is seen by the same scan; reload only after that.
+    r.log.wait("serving: generation 1", T);
+    let mut last = wait_serving(addr);
+    let load = graceful.then(|| Load::start(addr, 4));
+    for n in 1..=2 {
+        r.signal(libc::SIGHUP);
+        r.log.wait_n("reload done", n, T);
+        last = wait_new_pid(addr, &last);
+    }
+    if let Some(load) = load {
+        let rep = load.finish();
+        assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
+    }
+    // Generation 1 is seen before any client connects; under load a later
+    // one may be seen first holding a connection it accepted.
+    let ready = r.log.wait(&format!("waits in {how}"), T);
+    assert!(
+        ready.contains("ready after") && ready.contains("generation=1"),
+        "{ready}"
+    );
+    assert_eq!(r.log.count("ready after"), 3, "{}", r.log.text());
+}
+
+#[test]
+fn auto_readiness_sees_an_epoll_server() {
+    // tokio registers the listener in epoll; --no-notify leaves only /proc to go on.
+    auto_ready(
+        "auto-epoll",
+        &pid_server("--delay 0.3 --no-notify"),
+        "epoll",
+        true,
+    );
+}
+
+#[test]
+fn auto_readiness_sees_a_poll_server() {
+    // Python's socketserver waits in poll(2).
+    let py = example_src("py_server.py");
+    auto_ready(
+        "auto-poll",
+        &format!("exec python3 {} --delay 0.3 --no-notify\n", py.display()),
+        "poll",
+        true,
+    );
+}
+
+#[test]
+fn auto_readiness_sees_a_blocking_accept() {
+    // Blocked in accept(2). A server like this cannot stop between requests
+    // without a race of its own (TERM may land just after accept returns), so
+    // this test checks detection only; the load tests use graceful servers.
+    let code = "import os,socket\ns=socket.socket(fileno=3)\nwhile True:\n c,_=s.accept()\n c.recv(4096)\n c.sendall(b'HTTP/1.1 200 OK\\r\\nConnection: close\\r\\n\\r\\n%d\\n' % os.getpid())\n c.close()\n";
+    auto_ready(
+        "auto-accept",
+        &format!("exec python3 -c \"{code}\"\n"),
+        "accept",
+        false,
+    );
+}
+
+/// A child that sends STATUS= from 4 threads, every 2 ms each; after 300 ms
+/// of that it notes the time (seconds of the UTC day) in argv[1] and waits
+/// in accept.
+const CHATTY: &str = r#"
+import os, socket, sys, threading, time
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+def chatter():
+    while True:
+        try:
+            s.sendto(b"STATUS=busy", addr)
+        except OSError:
+            pass
+        time.sleep(0.002)
+for _ in range(4):
+    threading.Thread(target=chatter, daemon=True).start()
+time.sleep(0.3)
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(repr(time.time() % 86400))
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+l = socket.socket(fileno=3)
+while True:
+    c, _ = l.accept()
+    c.close()
+"#;
+
+#[test]
+fn notify_chatter_does_not_starve_the_readiness_scan() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = TempDir::new("chatter");
+    let mark = dir.join("accepting");
+    let r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready-timeout",
+        "60s",
+        "--",
+        "python3",
+        "-c",
+        CHATTY,
+        mark.to_str().unwrap(),
+    ]);
+    // The scan runs on its own schedule, however many datagrams arrive.
+    let line = r.log.wait("ready after", Duration::from_secs(20));
+    assert!(line.contains("waits in accept"), "{line}");
+    let accepting: f64 = std::fs::read_to_string(&mark).unwrap().parse().unwrap();
+    let late = (seconds_of_day(&line) - accepting).rem_euclid(86400.0);
+    assert!(
+        late < 0.3,
+        "seen ready {:.0} ms after the app began to accept: {line}",
+        late * 1000.0
+    );
 }
