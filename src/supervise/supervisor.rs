@@ -452,12 +452,100 @@ pub struct Kept {
     reload_queued: bool,
     /// systemd heard RELOADING=1 and waits for the READY=1 that ends it.
     reloading: bool,
-    stopping: bool,
+    /// Running, stopping, or done (then relaunch exits).
+    #[serde(flatten)]
+    life: Life,
     /// Exit code once nothing is left, decided by what ended us.
     exit_code: i32,
     exit_error: Option<String>,
-    done: bool,
     last_reload: Option<LastReload>,
+}
+
+/// What relaunch is doing, in order of precedence (see `doing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Doing {
+    Stopping,
+    WaitingFirst,
+    Waiting,
+    IdleStopping,
+    Reloading,
+    BackingOff,
+    Starting,
+    Serving,
+}
+
+impl Doing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Doing::Stopping => "stopping",
+            Doing::WaitingFirst => "waiting for the first connection",
+            Doing::Waiting => "waiting for a connection",
+            Doing::IdleStopping => "stopping when idle",
+            Doing::Reloading => "reloading",
+            Doing::BackingOff => "backing off",
+            Doing::Starting => "starting",
+            Doing::Serving => "serving",
+        }
+    }
+}
+
+/// Where relaunch is in its life. Running ends in Stopping (asked to stop,
+/// or a failure that ends relaunch) or, when the restart policy leaves
+/// nothing to run, straight in Done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Life {
+    Running,
+    /// Its children are being stopped.
+    Stopping,
+    /// Nothing is left to supervise: relaunch exits.
+    Done {
+        stopped: bool,
+    },
+}
+
+/// In the handover's JSON a life is two flags, `stopping` and `done`, as
+/// images before this enum wrote it.
+impl Serialize for Life {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (stopping, done) = match *self {
+            Life::Running => (false, false),
+            Life::Stopping => (true, false),
+            Life::Done { stopped } => (stopped, true),
+        };
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("stopping", &stopping)?;
+        m.serialize_entry("done", &done)?;
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Life {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Life, D::Error> {
+        #[derive(Deserialize)]
+        struct Flags {
+            stopping: bool,
+            done: bool,
+        }
+        let f = Flags::deserialize(d)?;
+        Ok(match (f.stopping, f.done) {
+            (_, true) => Life::Done {
+                stopped: f.stopping,
+            },
+            (true, false) => Life::Stopping,
+            (false, false) => Life::Running,
+        })
+    }
+}
+
+impl Life {
+    /// Stopping, or done after stopping.
+    fn stopping(self) -> bool {
+        matches!(self, Life::Stopping | Life::Done { stopped: true })
+    }
+    fn done(self) -> bool {
+        matches!(self, Life::Done { .. })
+    }
 }
 
 pub struct Supervisor {
@@ -514,10 +602,9 @@ impl Supervisor {
                 reload: None,
                 reload_queued: false,
                 reloading: false,
-                stopping: false,
+                life: Life::Running,
                 exit_code: 0,
                 exit_error: None,
-                done: false,
                 last_reload: None,
             },
             dev,
@@ -601,7 +688,7 @@ impl Supervisor {
             Event::Connection => self.on_connection(os, now),
             Event::Activity { open, churned } => self.on_activity(os, open, churned, now),
         }
-        if self.kept.done {
+        if self.kept.life.done() {
             for (_, to) in std::mem::take(&mut self.waiters) {
                 self.out.push(Effect::Reply {
                     to,
@@ -616,7 +703,7 @@ impl Supervisor {
 
     /// Set once relaunch should exit: nothing is left to supervise.
     pub fn exit(&self) -> Option<Exit> {
-        self.kept.done.then(|| Exit {
+        self.kept.life.done().then(|| Exit {
             code: self.kept.exit_code,
             error: self.kept.exit_error.clone(),
         })
@@ -684,7 +771,7 @@ impl Supervisor {
     /// Whether no child runs (or the ones that do are being stopped because
     /// they were idle): the driver then watches the listeners for a connection.
     pub fn waiting(&self) -> bool {
-        !self.kept.stopping && self.demand != Demand::Running
+        !self.kept.life.stopping() && self.demand != Demand::Running
     }
 
     /// When the idle time is over if nothing happens meanwhile: the driver
@@ -692,7 +779,7 @@ impl Supervisor {
     pub fn idle_stop_due(&self) -> Option<Instant> {
         let limit = self.kept.cfg.idle_stop?;
         self.idle_since
-            .filter(|_| self.demand == Demand::Running && !self.kept.stopping)
+            .filter(|_| self.demand == Demand::Running && !self.kept.life.stopping())
             .map(|since| since + limit)
     }
 
@@ -700,31 +787,36 @@ impl Supervisor {
     /// run with `--idle-stop`.
     pub fn idle_probe_every(&self) -> Option<Duration> {
         let limit = self.kept.cfg.idle_stop?;
-        (self.demand == Demand::Running && !self.kept.stopping && !self.kept.children.is_empty())
-            .then(|| idle_probe_interval(limit))
+        (self.demand == Demand::Running
+            && !self.kept.life.stopping()
+            && !self.kept.children.is_empty())
+        .then(|| idle_probe_interval(limit))
     }
 
-    /// "starting", "serving", "reloading", "backing off", "stopping",
-    /// "waiting for the first connection", "waiting for a connection" or
-    /// "stopping when idle".
-    pub fn state(&self) -> &'static str {
-        if self.kept.stopping {
-            "stopping"
+    /// What relaunch is doing, as `status` says it.
+    pub fn doing(&self) -> Doing {
+        if self.kept.life.stopping() {
+            Doing::Stopping
         } else if self.demand == Demand::Waiting && self.kept.serving == 0 {
-            "waiting for the first connection"
+            Doing::WaitingFirst
         } else if self.demand == Demand::Waiting {
-            "waiting for a connection"
+            Doing::Waiting
         } else if self.demand == Demand::IdleStopping {
-            "stopping when idle"
+            Doing::IdleStopping
         } else if self.kept.reload.is_some() {
-            "reloading"
+            Doing::Reloading
         } else if self.kept.slots.iter().any(|s| s.restart_at.is_some()) {
-            "backing off"
+            Doing::BackingOff
         } else if !self.kept.announced {
-            "starting"
+            Doing::Starting
         } else {
-            "serving"
+            Doing::Serving
         }
+    }
+
+    /// [`Supervisor::doing`]'s name.
+    pub fn state(&self) -> &'static str {
+        self.doing().name()
     }
 
     /// Whether a ready generation serves (`status --check`): it was
@@ -733,7 +825,7 @@ impl Supervisor {
     /// --lazy, waiting for a connection and starting on one count too: a
     /// connection is what starts the app, so a probe must not turn it away.
     pub fn ready(&self) -> bool {
-        if self.kept.stopping {
+        if self.kept.life.stopping() {
             return false;
         }
         if self.demand != Demand::Running
@@ -927,11 +1019,11 @@ impl Supervisor {
         let Some(limit) = self.kept.cfg.idle_stop else {
             return;
         };
-        if self.demand != Demand::Running || self.kept.stopping {
+        if self.demand != Demand::Running || self.kept.life.stopping() {
             return;
         }
         // Starting, reloading and backing off are not idle, whatever the sockets show.
-        if open || self.state() != "serving" {
+        if open || self.doing() != Doing::Serving {
             self.idle_since = None;
             return;
         }
@@ -1142,7 +1234,9 @@ impl Supervisor {
     /// Workers whose backoff is over start again.
     fn restarts_due(&mut self, os: &mut impl Spawner, now: Instant) {
         for worker in 0..self.kept.slots.len() {
-            if self.kept.slots[worker].restart_at.is_some_and(|t| t <= now) && !self.kept.stopping {
+            if self.kept.slots[worker].restart_at.is_some_and(|t| t <= now)
+                && !self.kept.life.stopping()
+            {
                 self.kept.slots[worker].restart_at = None;
                 self.kept.slots[worker].restarts += 1;
                 if let Err(e) = self.spawn(os, self.kept.serving, worker, now) {
@@ -1211,7 +1305,7 @@ impl Supervisor {
                     now,
                 );
             }
-            (_, Some(e)) if generation == self.kept.serving && !self.kept.stopping => {
+            (_, Some(e)) if generation == self.kept.serving && !self.kept.life.stopping() => {
                 // At start a missing program is a mistake to report at once.
                 // Once it has served, a restart can meet a deploy halfway
                 // (rm, then cp): the listeners stay held and the backoff
@@ -1248,7 +1342,7 @@ impl Supervisor {
                     now,
                 );
             }
-            _ if generation == self.kept.serving && !self.kept.stopping => {
+            _ if generation == self.kept.serving && !self.kept.life.stopping() => {
                 if status.success() {
                     info!(pid, generation, worker, "{status}");
                 } else {
@@ -1617,7 +1711,7 @@ impl Supervisor {
     fn upgrade(&mut self, binary: Option<std::path::PathBuf>, reply: Option<Reply>, now: Instant) {
         let refused = if self.upgrade.is_some() {
             Some("another upgrade is under way; wait for its outcome")
-        } else if self.kept.stopping || self.kept.done {
+        } else if self.kept.life.stopping() || self.kept.life.done() {
             Some("relaunch is stopping")
         } else if self.dev.is_some() {
             // The watcher and the build are processes with pipes of their
@@ -1651,7 +1745,7 @@ impl Supervisor {
 
     /// Whether an upgrade may still exec (nothing ended relaunch meanwhile).
     pub fn may_upgrade(&self) -> bool {
-        !self.kept.stopping && !self.kept.done
+        !self.kept.life.stopping() && !self.kept.life.done()
     }
 
     /// After an upgrade (done or refused): READY=1 with what serves, unless
@@ -1695,7 +1789,7 @@ impl Supervisor {
 
     /// Asks for a reload; returns the generation whose outcome answers it.
     fn request_reload(&mut self, os: &mut impl Spawner, now: Instant) -> Result<u64, String> {
-        if self.kept.stopping {
+        if self.kept.life.stopping() {
             return Err("relaunch is stopping".into());
         }
         if self.demand != Demand::Running {
@@ -1757,7 +1851,7 @@ impl Supervisor {
 
     /// SIGTERM, SIGINT or `relaunch stop`. A second one kills at once.
     fn stop(&mut self, os: &mut impl Spawner, now: Instant) {
-        if self.kept.stopping {
+        if self.kept.life.stopping() {
             warn!("asked to stop again: sending SIGKILL to every child");
             let pids: Vec<i32> = self.kept.children.iter().map(|c| c.pid).collect();
             for pid in pids {
@@ -1780,7 +1874,11 @@ impl Supervisor {
             }
             return;
         }
-        self.kept.stopping = true;
+        self.kept.life = match self.kept.life {
+            // Nothing was left to run: stopping changes nothing but the word.
+            Life::Done { .. } => Life::Done { stopped: true },
+            _ => Life::Stopping,
+        };
         self.tell(Tell::Stopping);
         if let Some(dev) = &mut self.dev {
             dev.due = None;
@@ -1827,7 +1925,7 @@ impl Supervisor {
         let Some(dev) = &mut self.dev else {
             return;
         };
-        if self.kept.stopping {
+        if self.kept.life.stopping() {
             return;
         }
         debug!("changed: {path}");
@@ -1865,7 +1963,7 @@ impl Supervisor {
             (None, _) => "files changed".into(),
         };
         dev.changed.clear();
-        if self.kept.stopping {
+        if self.kept.life.stopping() {
             return;
         }
         if self.kept.cfg.watch.is_some_and(|w| w.build) {
@@ -1930,7 +2028,7 @@ impl Supervisor {
                 text: format!("in {took:.1} s"),
                 at: now,
             });
-            if self.kept.stopping {
+            if self.kept.life.stopping() {
                 return;
             }
             if self.kept.serving == 0 {
@@ -1949,7 +2047,7 @@ impl Supervisor {
             text: format!("{status} after {took:.1} s"),
             at: now,
         });
-        let first = self.kept.serving == 0 && !self.kept.stopping;
+        let first = self.kept.serving == 0 && !self.kept.life.stopping();
         let serving = if first {
             "generation 1 starts with the version already there".to_string()
         } else {
@@ -2172,12 +2270,12 @@ impl Supervisor {
         if self.kept.children.is_empty()
             && self.escaped.is_empty()
             && self.sweep_wanted().is_none()
-            && !self.kept.done
+            && !self.kept.life.done()
         {
             let idle = self.kept.slots.iter().all(|s| s.restart_at.is_none())
                 && self.kept.reload.is_none();
-            if self.kept.stopping {
-                self.kept.done = true;
+            if self.kept.life == Life::Stopping {
+                self.kept.life = Life::Done { stopped: true };
             } else if self.demand == Demand::IdleStopping {
                 info!(
                     generation = self.kept.serving,
@@ -2191,7 +2289,7 @@ impl Supervisor {
                     "no child left to run; exiting with status {}",
                     self.kept.exit_code
                 );
-                self.kept.done = true;
+                self.kept.life = Life::Done { stopped: false };
             }
         }
     }
@@ -2316,7 +2414,7 @@ impl Supervisor {
                 Err(reason) => format!("reload to generation {generation} failed: {reason}"),
             }));
         }
-        if std::mem::take(&mut self.kept.reload_queued) && !self.kept.stopping {
+        if std::mem::take(&mut self.kept.reload_queued) && !self.kept.life.stopping() {
             let _ = self.request_reload(os, now);
         }
     }
@@ -2646,6 +2744,26 @@ mod tests {
         n.t_timer(at);
         assert_eq!(n.os.spawned, [(102, 1, 0)]);
         assert_eq!(n.kept.slots[0].restarts, 1);
+    }
+
+    /// The handover carries a life as the two flags older images wrote.
+    #[test]
+    fn a_life_travels_as_the_flags_older_images_read() {
+        for (life, json) in [
+            (Life::Running, r#"{"stopping":false,"done":false}"#),
+            (Life::Stopping, r#"{"stopping":true,"done":false}"#),
+            (
+                Life::Done { stopped: true },
+                r#"{"stopping":true,"done":true}"#,
+            ),
+            (
+                Life::Done { stopped: false },
+                r#"{"stopping":false,"done":true}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&life).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Life>(json).unwrap(), life);
+        }
     }
 
     #[test]
