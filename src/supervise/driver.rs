@@ -153,9 +153,6 @@ impl Runtime {
 pub async fn run(boot: Boot) -> Result<i32> {
     // Before anything with a cleanup exists and before the first fork.
     let signals = Signals::install()?;
-    // Orphans of our children land on us, so none stays a zombie.
-    // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     let (notify_tx, notify_rx) = mpsc::unbounded_channel();
     let (listened_tx, listened_rx) = mpsc::unbounded_channel();
     let Resources {
@@ -176,6 +173,10 @@ pub async fn run(boot: Boot) -> Result<i32> {
         Boot::Fresh(args, snap) => fresh(args, snap).await?,
         Boot::Adopted(state) => adopted(state, &listened_tx)?,
     };
+    // Orphans of our children land on us, so none stays a zombie. Only
+    // now: the keeper, forked twice during the boot, must not be one.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     let control_fd = control.as_ref().map(|c| {
         let (fd, path, identity) = c.handover();
         handover::FileFd {
