@@ -2,7 +2,6 @@
 
 mod bad_input;
 mod child;
-mod core;
 mod faults;
 mod groups;
 mod held_options;
@@ -18,8 +17,10 @@ mod ready;
 mod reload;
 mod rig;
 mod servers;
+mod supervision;
 mod systemd;
 mod units;
+mod unix_sockets;
 mod upgrade;
 mod util;
 mod watch;
