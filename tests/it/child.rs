@@ -1,9 +1,10 @@
 //! What the child gets, and what relaunch leaves behind: the handover
 //! (exactly its listeners as fds from 3, LISTEN_PID, LISTEN_FDNAMES), in
 //! order and by name, bound or inherited from systemd; signal dispositions,
-//! environment, files.
+//! environment, files, and its user and groups under `--user`.
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
@@ -355,4 +356,66 @@ fn under_systemd_socket_activate_probe_gets_the_inherited_socket() {
     assert_eq!(rep["listen_pid"], rep["pid"].as_i64().unwrap().to_string());
     assert_eq!(fd(&rep, 3)["addr"], listen);
     r.log.wait("web: using the socket inherited", T);
+}
+
+#[test]
+fn user_nobody_gets_uid_65534_its_groups_and_fd_3() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("user_nobody: NOT RUN: relaunch must start as root to use --user");
+        return;
+    }
+    let dir = TempDir::new("nobody");
+    // The child writes its report as nobody.
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = dir.join("report.json");
+    let r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .args([
+                "-l",
+                "127.0.0.1:0",
+                "--user",
+                "nobody",
+                "--",
+                probe().to_str().unwrap(),
+            ])
+            .env("PROBE_OUT", &out),
+    );
+    let addr = r.listen_addr(3);
+    let rep = read_report(&out);
+    assert_eq!(rep["uid"], 65534, "{rep:#}");
+    let nogroup = nobody_gid();
+    assert_eq!(rep["gid"], nogroup, "{rep:#}");
+    let groups: Vec<u64> = rep["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_u64().unwrap())
+        .collect();
+    assert!(!groups.contains(&0), "root's groups were kept: {groups:?}");
+    assert_eq!(groups, nobody_groups(), "nobody's supplementary groups");
+    let f3 = rep["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["fd"] == 3)
+        .expect("fd 3");
+    assert_eq!(f3["listening"], true, "{rep:#}");
+    assert_eq!(f3["cloexec"], false);
+    assert_eq!(f3["addr"], addr.to_string());
+    assert_eq!(rep["listen_pid"], rep["pid"].as_i64().unwrap().to_string());
+}
+
+fn nobody_gid() -> u64 {
+    let out = Command::new("id").args(["-g", "nobody"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn nobody_groups() -> Vec<u64> {
+    let out = Command::new("id").args(["-G", "nobody"]).output().unwrap();
+    let mut g: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    g.sort();
+    g
 }

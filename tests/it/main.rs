@@ -2,7 +2,6 @@
 
 mod bad_input;
 mod child;
-mod faults;
 mod groups;
 mod held_options;
 mod intercept;

@@ -1,11 +1,13 @@
 //! Unix socket listeners: a stale socket file is replaced and a live one
-//! refused, the file's mode and group.
+//! refused (also one relaunch may not connect to), the file's mode and group.
 
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
 use std::time::Duration;
 
 use crate::util::*;
 
-const T: Duration = Duration::from_secs(15);
+const T: Duration = Duration::from_secs(20);
 
 #[test]
 fn unix_socket_stale_file_is_replaced_and_live_one_refused() {
@@ -50,4 +52,42 @@ fn unix_socket_mode_and_group() {
         std::fs::metadata(&default).unwrap().permissions().mode() & 0o777,
         0o666
     );
+}
+
+#[test]
+fn a_live_socket_relaunch_may_not_connect_to_is_never_unlinked() {
+    if unsafe { libc::geteuid() } != 0 || !require_tool("setpriv") {
+        eprintln!("live socket of another user: NOT RUN: needs root and setpriv");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    // A shared folder: relaunch (as nobody) may create files here, and may
+    // unlink root's, but must not: root's server is live on it.
+    let dir = TempDir::new("others-sock");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = dir.join("live.sock");
+    let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let inode = std::fs::metadata(&path).unwrap().ino();
+    let spec = format!("unix:{}", path.display());
+    let mut r = Relaunch::start_with(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                relaunch_bin(),
+            ])
+            .args(["-l", &spec, "--restart", "never", "--", "true"]),
+    );
+    let status = r.wait_exit(T);
+    let now = std::fs::metadata(&path).map(|m| m.ino()).ok();
+    assert_eq!(
+        now,
+        Some(inode),
+        "relaunch replaced a live socket it could not connect to (EACCES is not ECONNREFUSED); log:\n{}",
+        r.log.text()
+    );
+    assert_eq!(status.code(), Some(1), "{}", r.log.text());
+    drop(live);
 }
