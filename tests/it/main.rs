@@ -24,3 +24,4 @@ mod upgrade;
 mod util;
 mod watch;
 mod who;
+mod workers;

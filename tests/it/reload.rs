@@ -2,11 +2,10 @@
 //! serving on when the new one crashes, never gets ready, cannot run or
 //! cannot get the fds it needs; a stop during a reload and a reload during a
 //! stop; a child stuck in its drain; a soak of 200 reloads that must end with
-//! the fds, memory and children it started with. Workers and the control
-//! socket. How readiness is seen: ready.rs.
+//! the fds, memory and children it started with. How readiness is seen:
+//! ready.rs; workers: workers.rs; the control socket: ops.rs.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -28,18 +27,6 @@ pub(crate) fn reload_cli(control: &Path) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code().unwrap_or(-1), text)
-}
-
-fn distinct_pids(addr: SocketAddr, want: usize) -> BTreeSet<String> {
-    let load = Load::start(addr, 8);
-    let mut seen = BTreeSet::new();
-    wait_for(&format!("{want} distinct pids"), T, || {
-        seen.extend(get(addr).ok());
-        (seen.len() >= want).then_some(())
-    });
-    let rep = load.finish();
-    seen.extend(rep.pids);
-    seen
 }
 
 #[test]
@@ -117,96 +104,6 @@ fn never_ready_under_notify_times_out_and_old_keeps_serving() {
 }
 
 #[test]
-fn workers_share_the_socket_and_reload_together() {
-    let app = App::new("workers", &pid_server("--delay 0.2"));
-    let r = Relaunch::start(&["-l", "127.0.0.1:0", "--workers", "3", "--", &app.script()]);
-    let addr = r.listen_addr(3);
-    r.log.wait("serving: generation 1", T);
-    let first = distinct_pids(addr, 3);
-    assert_eq!(first.len(), 3, "{first:?}");
-    let load = Load::start(addr, 8);
-    r.signal(libc::SIGHUP);
-    r.log.wait("reload done", T);
-    let second = distinct_pids(addr, 3);
-    let rep = load.finish();
-    assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
-    assert!(first.is_disjoint(&second), "{first:?} {second:?}");
-    let all: BTreeSet<_> = first.union(&second).collect();
-    assert_eq!(all.len(), 6);
-}
-
-#[test]
-fn a_dead_worker_is_restarted_alone() {
-    let app = App::new("worker-crash", &pid_server(""));
-    let r = Relaunch::start(&["-l", "127.0.0.1:0", "--workers", "2", "--", &app.script()]);
-    let addr = r.listen_addr(3);
-    r.log.wait("serving: generation 1", T);
-    let pids = distinct_pids(addr, 2);
-    let victim: i32 = pids.iter().next().unwrap().parse().unwrap();
-    unsafe { libc::kill(victim, libc::SIGKILL) };
-    r.log.wait("killed by signal 9 (SIGKILL)", T);
-    r.log.wait_n("started", 3, T);
-    let after = distinct_pids(addr, 2);
-    assert_eq!(
-        after.intersection(&pids).count(),
-        1,
-        "the other worker kept running: {pids:?} {after:?}"
-    );
-}
-
-#[test]
-fn control_socket_status_reload_stop() {
-    let app = App::new("control", &pid_server(""));
-    let ctl = app.control();
-    let ctl_s = ctl.to_str().unwrap();
-    let mut r = Relaunch::start(&[
-        "-l",
-        "api=127.0.0.1:0",
-        "--control",
-        ctl_s,
-        "--",
-        &app.script(),
-    ]);
-    let addr = r.listen_addr(3);
-    let old = wait_serving(addr);
-    let mode = std::fs::metadata(&ctl).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
-
-    let out = Command::new(relaunch_bin())
-        .args(["status", "--json", "--control", ctl_s])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["children"][0]["pid"].to_string(), old);
-    assert_eq!(status["listeners"][0]["name"], "api");
-    assert_eq!(status["listeners"][0]["address"], addr.to_string());
-    assert_eq!(status["generation"], 1);
-
-    let (code, out) = reload_cli(&ctl);
-    assert_eq!(code, 0, "{out}");
-    let new = get(addr).unwrap();
-    assert_ne!(new, old, "reload returned only once a new pid answers");
-    assert!(!pid_alive(old.parse().unwrap()), "and the old one is gone");
-
-    // Through the environment variable, as the docs say.
-    let out = Command::new(relaunch_bin())
-        .arg("stop")
-        .env("RELAUNCH_CONTROL", &ctl)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(r.wait_exit(T).code(), Some(0));
-    assert!(!ctl.exists(), "control socket removed on exit");
-    let out = Command::new(relaunch_bin())
-        .args(["status", "--control", ctl_s])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
-}
-
-#[test]
 fn reloads_during_a_reload_coalesce_into_one() {
     let app = App::new("coalesce", &pid_server("--delay 0.5"));
     let r = Relaunch::start(&["-l", "127.0.0.1:0", "--", &app.script()]);
@@ -233,51 +130,6 @@ fn reloads_during_a_reload_coalesce_into_one() {
         "{}",
         r.log.text()
     );
-}
-
-#[test]
-fn talks_to_systemd_around_start_reload_and_stop() {
-    let app = App::new("sd", &pid_server(""));
-    let path = app.dir.join("notify.sock");
-    let sd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    sd.set_read_timeout(Some(T)).unwrap();
-    let next = || {
-        let mut buf = [0u8; 4096];
-        let n = sd.recv(&mut buf).expect("a datagram from relaunch");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
-    let mut r = Relaunch::start_with(
-        Command::new(relaunch_bin())
-            .args(["-l", "127.0.0.1:0", "--", &app.script()])
-            .env("NOTIFY_SOCKET", &path),
-    );
-    // The listener it bound, offered to systemd's fd store first.
-    let offer = next();
-    assert_eq!(offer, "FDSTORE=1\nFDNAME=relaunch.http");
-    let first = next();
-    assert!(first.contains("READY=1"), "{first}");
-    assert!(
-        first.contains("STATUS=serving: generation 1, pid "),
-        "{first}"
-    );
-    r.signal(libc::SIGHUP);
-    let reloading = next();
-    assert!(reloading.contains("RELOADING=1"), "{reloading}");
-    let usec: u64 = reloading
-        .lines()
-        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
-        .expect("MONOTONIC_USEC")
-        .parse()
-        .unwrap();
-    assert!(usec > 0);
-    let ready = next();
-    assert!(
-        ready.contains("READY=1") && ready.contains("generation 2"),
-        "{ready}"
-    );
-    r.signal(libc::SIGTERM);
-    assert!(next().contains("STOPPING=1"));
-    assert_eq!(r.wait_exit(T).code(), Some(0));
 }
 
 fn fds_of(pid: i32) -> BTreeSet<i32> {

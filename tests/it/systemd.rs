@@ -1,14 +1,17 @@
-//! The shipped units under a real systemd as PID 1 (tests/systemd-rig.sh):
-//! socket activation, reloads that wait for the handoff and fail when the new
-//! version never gets ready, relaunch killed and restarted by systemd without
-//! a refused connection, log priorities in the journal, nothing left after stop;
-//! and the template pair (`relaunch@PORT`) serving and reloading.
+//! relaunch under systemd. What it tells its manager on NOTIFY_SOCKET around
+//! a start, a reload and a stop. The shipped units under a real systemd as
+//! PID 1 (tests/systemd-rig.sh): socket activation, reloads that wait for the
+//! handoff and fail when the new version never gets ready, relaunch killed
+//! and restarted by systemd without a refused connection (also through the
+//! fd store), log priorities in the journal, nothing left after stop; and
+//! the template pair (`relaunch@PORT`) serving and reloading.
 //!
-//! Runs as root (CI is root); elsewhere it says why it is skipped. Under
-//! CI=true a missing prerequisite fails it.
+//! The real-systemd tests run as root (CI is root); elsewhere they say why
+//! they are skipped. Under CI=true a missing prerequisite fails them.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::rig::Rig;
@@ -18,6 +21,8 @@ const UNIT: &str = "web-dashboard.service";
 const APP: &str = "/opt/web-dashboard/web_dashboard";
 /// The unit's cgroup, inside the rig.
 const CGROUP: &str = "/sys/fs/cgroup/system.slice/web-dashboard.service";
+
+const T: Duration = Duration::from_secs(30);
 
 #[test]
 fn units_under_real_systemd() {
@@ -299,4 +304,49 @@ fn fd_store_keeps_the_port_open_across_a_crash() {
         journal.contains("http: reusing the socket relaunch kept in systemd's fd store"),
         "{journal}"
     );
+}
+
+#[test]
+fn talks_to_systemd_around_start_reload_and_stop() {
+    let app = App::new("sd", &pid_server(""));
+    let path = app.dir.join("notify.sock");
+    let sd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sd.set_read_timeout(Some(T)).unwrap();
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = sd.recv(&mut buf).expect("a datagram from relaunch");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .args(["-l", "127.0.0.1:0", "--", &app.script()])
+            .env("NOTIFY_SOCKET", &path),
+    );
+    // The listener it bound, offered to systemd's fd store first.
+    let offer = next();
+    assert_eq!(offer, "FDSTORE=1\nFDNAME=relaunch.http");
+    let first = next();
+    assert!(first.contains("READY=1"), "{first}");
+    assert!(
+        first.contains("STATUS=serving: generation 1, pid "),
+        "{first}"
+    );
+    r.signal(libc::SIGHUP);
+    let reloading = next();
+    assert!(reloading.contains("RELOADING=1"), "{reloading}");
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .expect("MONOTONIC_USEC")
+        .parse()
+        .unwrap();
+    assert!(usec > 0);
+    let ready = next();
+    assert!(
+        ready.contains("READY=1") && ready.contains("generation 2"),
+        "{ready}"
+    );
+    r.signal(libc::SIGTERM);
+    assert!(next().contains("STOPPING=1"));
+    assert_eq!(r.wait_exit(T).code(), Some(0));
 }
