@@ -18,7 +18,6 @@ mod rig;
 mod servers;
 mod supervision;
 mod systemd;
-mod units;
 mod unix_sockets;
 mod upgrade;
 mod util;
