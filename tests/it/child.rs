@@ -1,6 +1,10 @@
-//! What the child gets, and what relaunch leaves behind: listeners by name,
-//! fds, signal dispositions, environment, files.
+//! What the child gets, and what relaunch leaves behind: the handover
+//! (exactly its listeners as fds from 3, LISTEN_PID, LISTEN_FDNAMES), in
+//! order and by name, bound or inherited from systemd; signal dispositions,
+//! environment, files, and its user and groups under `--user`.
 
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
@@ -209,4 +213,209 @@ fn nonblock_listeners_reach_each_generation_non_blocking_and_only_they() {
     assert_eq!(fd(&rep, 3)["nonblocking"], true, "set again: {rep:#}");
     assert_eq!(fd(&rep, 4)["nonblocking"], false, "{rep:#}");
     assert_eq!(fd(&rep, 5)["nonblocking"], true, "{rep:#}");
+}
+
+#[test]
+fn probe_sees_exactly_its_socket_and_its_own_pid() {
+    let dir = TempDir::new("layout");
+    let out = dir.join("report.json");
+    // A free port for --port (every interface); the tiny race is acceptable in a test.
+    let port = TcpListener::bind("[::]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let probe = probe();
+    let r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .args(["--port", &port, "--", probe.to_str().unwrap()])
+            // Inherited values must be replaced, not passed through.
+            .env("NOTIFY_SOCKET", "/nonexistent/outer")
+            .env("LISTEN_FDNAMES", "stale")
+            .env("PROBE_OUT", &out),
+    );
+    let rep = read_report(&out);
+    let pid = rep["pid"].as_i64().unwrap();
+    assert_eq!(fd_numbers(&rep), [0, 1, 2, 3], "{rep:#}");
+    let f3 = fd(&rep, 3);
+    assert_eq!(f3["cloexec"], false);
+    assert_eq!(f3["listening"], true);
+    assert_eq!(f3["reuseport"], false);
+    assert_eq!(f3["addr"], format!("[::]:{port}"));
+    assert_eq!(rep["listen_pid"], pid.to_string());
+    assert_eq!(rep["listen_fds"], "1");
+    assert_eq!(rep["listen_fdnames"], "http");
+    assert_eq!(rep["relaunch_worker"], "0");
+    assert_ne!(rep["notify_socket"], "/nonexistent/outer");
+    assert!(rep["notify_socket"].as_str().unwrap().starts_with('@'));
+    assert_eq!(rep["pgid"], pid, "the child leads its own process group");
+    assert_eq!(rep["ppid"], r.pid());
+    assert_eq!(rep["sigpipe_ignored"], false);
+    assert_eq!(
+        rep["sigblk"].as_str().map(|s| s.trim_start_matches('0')),
+        Some(""),
+        "empty signal mask"
+    );
+    r.log
+        .wait(&format!("listening on [::]:{port} as fd 3 (http)"), T);
+}
+
+#[test]
+fn named_listeners_tcp_ipv6_unix_udp_in_order() {
+    let dir = TempDir::new("named");
+    let out = dir.join("report.json");
+    let sock = dir.join("admin.sock");
+    let probe = probe();
+    let admin = format!("admin=unix:{}", sock.display());
+    let r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .args([
+                "-l",
+                "http=127.0.0.1:0",
+                "-l",
+                "ws=127.0.0.1:0",
+                "-l",
+                &admin,
+                "-l",
+                "dns=udp:127.0.0.1:0",
+            ])
+            .args([
+                "-l",
+                "v6=[::1]:0",
+                "-l",
+                "127.0.0.1:0",
+                "--",
+                probe.to_str().unwrap(),
+            ])
+            .env("PROBE_OUT", &out),
+    );
+    let rep = read_report(&out);
+    assert_eq!(fd_numbers(&rep), [0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(rep["listen_fdnames"], "http:ws:admin:dns:v6:http2");
+    assert_eq!(rep["listen_fds"], "6");
+    assert_eq!(fd(&rep, 3)["addr"], r.listen_addr(3).to_string());
+    assert_eq!(fd(&rep, 4)["addr"], r.listen_addr(4).to_string());
+    assert_eq!(fd(&rep, 5)["addr"], sock.display().to_string());
+    assert_eq!(fd(&rep, 5)["family"], "unix");
+    assert_eq!(fd(&rep, 6)["type"], "dgram");
+    assert_eq!(fd(&rep, 7)["family"], "inet6");
+    for n in 3..=8 {
+        assert_eq!(fd(&rep, n)["cloexec"], false);
+    }
+    drop(r);
+    assert!(
+        !sock.exists(),
+        "the socket file relaunch created is removed on exit"
+    );
+}
+
+#[test]
+fn under_systemd_socket_activate_probe_gets_the_inherited_socket() {
+    if !require_tool("systemd-socket-activate") {
+        return;
+    }
+    let dir = TempDir::new("activate");
+    let out = dir.join("report.json");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let probe = probe();
+    let listen = format!("127.0.0.1:{port}");
+    // `-l web=...` names the inherited socket, so relaunch must not bind again.
+    let r = Relaunch::start_with(
+        Command::new("systemd-socket-activate")
+            .args([
+                "-l",
+                &listen,
+                "--fdname=web",
+                "-E",
+                "PROBE_OUT",
+                "-E",
+                "RUST_LOG",
+            ])
+            .args([
+                relaunch_bin(),
+                "-l",
+                &format!("web={listen}"),
+                "--",
+                probe.to_str().unwrap(),
+            ])
+            .env("PROBE_OUT", &out),
+    );
+    // systemd-socket-activate waits for a connection before it starts relaunch.
+    let addr: SocketAddr = listen.parse().unwrap();
+    let _first = wait_for("systemd-socket-activate to listen", T, || {
+        std::net::TcpStream::connect(addr).ok()
+    });
+    let rep = read_report(&out);
+    assert_eq!(fd_numbers(&rep), [0, 1, 2, 3], "{rep:#}");
+    assert_eq!(rep["listen_fdnames"], "web");
+    assert_eq!(rep["listen_pid"], rep["pid"].as_i64().unwrap().to_string());
+    assert_eq!(fd(&rep, 3)["addr"], listen);
+    r.log.wait("web: using the socket inherited", T);
+}
+
+#[test]
+fn user_nobody_gets_uid_65534_its_groups_and_fd_3() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("user_nobody: NOT RUN: relaunch must start as root to use --user");
+        return;
+    }
+    let dir = TempDir::new("nobody");
+    // The child writes its report as nobody.
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = dir.join("report.json");
+    let r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .args([
+                "-l",
+                "127.0.0.1:0",
+                "--user",
+                "nobody",
+                "--",
+                probe().to_str().unwrap(),
+            ])
+            .env("PROBE_OUT", &out),
+    );
+    let addr = r.listen_addr(3);
+    let rep = read_report(&out);
+    assert_eq!(rep["uid"], 65534, "{rep:#}");
+    let nogroup = nobody_gid();
+    assert_eq!(rep["gid"], nogroup, "{rep:#}");
+    let groups: Vec<u64> = rep["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_u64().unwrap())
+        .collect();
+    assert!(!groups.contains(&0), "root's groups were kept: {groups:?}");
+    assert_eq!(groups, nobody_groups(), "nobody's supplementary groups");
+    let f3 = rep["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["fd"] == 3)
+        .expect("fd 3");
+    assert_eq!(f3["listening"], true, "{rep:#}");
+    assert_eq!(f3["cloexec"], false);
+    assert_eq!(f3["addr"], addr.to_string());
+    assert_eq!(rep["listen_pid"], rep["pid"].as_i64().unwrap().to_string());
+}
+
+fn nobody_gid() -> u64 {
+    let out = Command::new("id").args(["-g", "nobody"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn nobody_groups() -> Vec<u64> {
+    let out = Command::new("id").args(["-G", "nobody"]).output().unwrap();
+    let mut g: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    g.sort();
+    g
 }

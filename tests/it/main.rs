@@ -2,8 +2,6 @@
 
 mod bad_input;
 mod child;
-mod core;
-mod faults;
 mod groups;
 mod held_options;
 mod intercept;
@@ -18,9 +16,11 @@ mod ready;
 mod reload;
 mod rig;
 mod servers;
+mod supervision;
 mod systemd;
-mod units;
+mod unix_sockets;
 mod upgrade;
 mod util;
 mod watch;
 mod who;
+mod workers;

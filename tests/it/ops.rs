@@ -1,11 +1,14 @@
-//! Operating relaunch: the accept queue in `status`, `status --check` for
-//! health probes, `--metrics`, and `--log-format json`.
+//! Operating relaunch: the control socket (`status`, `reload`, `stop`), the
+//! accept queue in `status`, `status --check` for health probes,
+//! `--metrics`, and `--log-format json`.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use crate::reload::reload_cli;
 use crate::util::*;
 
 const T: Duration = Duration::from_secs(20);
@@ -554,4 +557,56 @@ fn a_metrics_address_in_use_is_an_error_at_start() {
         !log.contains("started"),
         "no child before the metrics are up:\n{log}"
     );
+}
+
+#[test]
+fn control_socket_status_reload_stop() {
+    let app = App::new("control", &pid_server(""));
+    let ctl = app.control();
+    let ctl_s = ctl.to_str().unwrap();
+    let mut r = Relaunch::start(&[
+        "-l",
+        "api=127.0.0.1:0",
+        "--control",
+        ctl_s,
+        "--",
+        &app.script(),
+    ]);
+    let addr = r.listen_addr(3);
+    let old = wait_serving(addr);
+    let mode = std::fs::metadata(&ctl).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let out = Command::new(relaunch_bin())
+        .args(["status", "--json", "--control", ctl_s])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["children"][0]["pid"].to_string(), old);
+    assert_eq!(status["listeners"][0]["name"], "api");
+    assert_eq!(status["listeners"][0]["address"], addr.to_string());
+    assert_eq!(status["generation"], 1);
+
+    let (code, out) = reload_cli(&ctl);
+    assert_eq!(code, 0, "{out}");
+    let new = get(addr).unwrap();
+    assert_ne!(new, old, "reload returned only once a new pid answers");
+    assert!(!pid_alive(old.parse().unwrap()), "and the old one is gone");
+
+    // Through the environment variable, as the docs say.
+    let out = Command::new(relaunch_bin())
+        .arg("stop")
+        .env("RELAUNCH_CONTROL", &ctl)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(r.wait_exit(T).code(), Some(0));
+    assert!(!ctl.exists(), "control socket removed on exit");
+    let out = Command::new(relaunch_bin())
+        .args(["status", "--control", ctl_s])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }

@@ -1,7 +1,8 @@
 //! Readiness: notify senders checked where datagrams arrive, a stranger's
 //! READY=1 and a flood from a stranger, `--ready auto` seeing servers that
 //! wait in epoll, poll or accept (and those that /proc sampling misses), a
-//! scan that notify chatter cannot starve, and life without /proc.
+//! scan that notify chatter cannot starve and that, hung by a child, does not
+//! freeze relaunch, and life without /proc.
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
@@ -478,4 +479,84 @@ fn notify_chatter_does_not_starve_the_readiness_scan() {
         "seen ready {:.0} ms after the app began to accept: {line}",
         late * 1000.0
     );
+}
+
+/// Blocks in poll() on a pollfd array in a userfaultfd-registered page that
+/// nobody serves, so reading that array from outside (process_vm_readv, as
+/// the readiness scan does) blocks too. Writes argv[1] first, or exits 3 if
+/// userfaultfd is not allowed here.
+const STUCK_IN_POLL: &str = r#"
+import ctypes, os, platform, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+uffd = libc.syscall(dict(x86_64=323, aarch64=282)[platform.machine()], os.O_CLOEXEC)
+api = ctypes.create_string_buffer(struct.pack("QQQ", 0xAA, 0, 0))
+if uffd < 0 or libc.ioctl(uffd, ctypes.c_ulong(0xC018AA3F), api) != 0:
+    sys.exit(3)
+addr = libc.mmap(None, 4096, 3, 0x22, -1, 0)
+reg = ctypes.create_string_buffer(struct.pack("QQQQ", addr, 4096, 1, 0))
+if libc.ioctl(uffd, ctypes.c_ulong(0xC020AA00), reg) != 0:
+    sys.exit(3)
+open(sys.argv[1], "w").close()
+libc.poll(ctypes.c_void_p(addr), 1, -1)
+"#;
+
+/// Whether some thread of `pid` sits in process_vm_readv.
+fn in_process_vm_readv(pid: i32) -> bool {
+    let nr = if cfg!(target_arch = "aarch64") {
+        "270 "
+    } else {
+        "310 "
+    };
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks.flatten().any(|t| {
+                std::fs::read_to_string(t.path().join("syscall")).is_ok_and(|s| s.starts_with(nr))
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_child_that_hangs_the_proc_scan_does_not_freeze_the_event_loop() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = TempDir::new("stuck");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let mark = dir.join("polling");
+    let mut r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--control",
+        &ctl,
+        "--stop-timeout",
+        "1s",
+        "--",
+        "python3",
+        "-c",
+        STUCK_IN_POLL,
+        mark.to_str().unwrap(),
+    ]);
+    wait_for("the child to poll, or to say userfaultfd is off", T, || {
+        (mark.exists() || r.log.text().contains("exited with status 3")).then_some(())
+    });
+    if !mark.exists() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(!ci, "userfaultfd is needed under CI=true (run as root)");
+        eprintln!("skipping: userfaultfd is not allowed here");
+        return;
+    }
+    // The scan reads the child's pollfd array and blocks in the kernel.
+    wait_for("the readiness scan to block", T, || {
+        in_process_vm_readv(r.pid()).then_some(())
+    });
+    let (code, out) = cli(&["status", "--control", &ctl], Duration::from_secs(5));
+    assert_eq!(code, Some(0), "the control socket must still answer: {out}");
+    assert!(out.contains("starting"), "{out}");
+    r.signal(libc::SIGTERM);
+    let status = r.wait_exit(T);
+    assert_eq!(status.code(), Some(0), "{}", r.log.text());
 }

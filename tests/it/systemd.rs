@@ -1,14 +1,19 @@
-//! The shipped units under a real systemd as PID 1 (tests/systemd-rig.sh):
-//! socket activation, reloads that wait for the handoff and fail when the new
-//! version never gets ready, relaunch killed and restarted by systemd without
-//! a refused connection, log priorities in the journal, nothing left after stop;
-//! and the template pair (`relaunch@PORT`) serving and reloading.
+//! relaunch under systemd: what it tells its manager on NOTIFY_SOCKET around
+//! a start, a reload and a stop, and the shipped units. The units pass
+//! `systemd-analyze verify`; every service is `Type=notify` and reloads
+//! through the control socket, so it works on systemd before 253. Under a
+//! real systemd as PID 1 (tests/systemd-rig.sh): socket activation, reloads
+//! that wait for the handoff and fail when the new version never gets ready,
+//! relaunch killed and restarted by systemd without a refused connection
+//! (also through the fd store), log priorities in the journal, nothing left
+//! after stop; and the template pair (`relaunch@PORT`) serving and reloading.
 //!
-//! Runs as root (CI is root); elsewhere it says why it is skipped. Under
-//! CI=true a missing prerequisite fails it.
+//! The real-systemd tests run as root (CI is root); elsewhere they say why
+//! they are skipped. Under CI=true a missing prerequisite fails them.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::rig::Rig;
@@ -18,6 +23,8 @@ const UNIT: &str = "web-dashboard.service";
 const APP: &str = "/opt/web-dashboard/web_dashboard";
 /// The unit's cgroup, inside the rig.
 const CGROUP: &str = "/sys/fs/cgroup/system.slice/web-dashboard.service";
+
+const T: Duration = Duration::from_secs(30);
 
 #[test]
 fn units_under_real_systemd() {
@@ -299,4 +306,148 @@ fn fd_store_keeps_the_port_open_across_a_crash() {
         journal.contains("http: reusing the socket relaunch kept in systemd's fd store"),
         "{journal}"
     );
+}
+
+#[test]
+fn talks_to_systemd_around_start_reload_and_stop() {
+    let app = App::new("sd", &pid_server(""));
+    let path = app.dir.join("notify.sock");
+    let sd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sd.set_read_timeout(Some(T)).unwrap();
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = sd.recv(&mut buf).expect("a datagram from relaunch");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut r = Relaunch::start_with(
+        Command::new(relaunch_bin())
+            .args(["-l", "127.0.0.1:0", "--", &app.script()])
+            .env("NOTIFY_SOCKET", &path),
+    );
+    // The listener it bound, offered to systemd's fd store first.
+    let offer = next();
+    assert_eq!(offer, "FDSTORE=1\nFDNAME=relaunch.http");
+    let first = next();
+    assert!(first.contains("READY=1"), "{first}");
+    assert!(
+        first.contains("STATUS=serving: generation 1, pid "),
+        "{first}"
+    );
+    r.signal(libc::SIGHUP);
+    let reloading = next();
+    assert!(reloading.contains("RELOADING=1"), "{reloading}");
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .expect("MONOTONIC_USEC")
+        .parse()
+        .unwrap();
+    assert!(usec > 0);
+    let ready = next();
+    assert!(
+        ready.contains("READY=1") && ready.contains("generation 2"),
+        "{ready}"
+    );
+    r.signal(libc::SIGTERM);
+    assert!(next().contains("STOPPING=1"));
+    assert_eq!(r.wait_exit(T).code(), Some(0));
+}
+
+#[test]
+fn systemd_units_verify() {
+    if !require_tool("systemd-analyze") {
+        return;
+    }
+    let dir = TempDir::new("units");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let mut units = Vec::new();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if !path
+            .extension()
+            .is_some_and(|e| e == "service" || e == "socket")
+        {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        // Point the units at programs that exist here, so verify checks the rest.
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("/usr/local/bin/relaunch", relaunch_bin())
+            .replace("/usr/bin/relaunch", relaunch_bin())
+            .replace("/opt/web-dashboard/web_dashboard", "/bin/true")
+            .replace(
+                "EnvironmentFile=/etc/relaunch/%i.conf",
+                "Environment=APP=/bin/true",
+            )
+            .replace("User=www-data", "");
+        // Instantiate templates as verify requires.
+        let name = name.replace("@.", "@8000.");
+        std::fs::write(dir.join(&name), text).unwrap();
+        units.push(dir.join(&name));
+    }
+    assert_eq!(units.len(), 5);
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        // Documentation=man:relaunch(1) must resolve: the pages build.rs wrote.
+        .env("MANPATH", Path::new(env!("OUT_DIR")).join("assets/man"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
+
+/// Every service works on systemd before 253 (which ignores `Type=notify-reload`
+/// and runs the unit as `Type=simple`): `Type=notify`, and a reload that waits for
+/// relaunch's answer on the control socket that ExecStart serves.
+#[test]
+fn services_reload_through_the_control_socket() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let mut services = 0;
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "service") {
+            continue;
+        }
+        services += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let setting = |key: &str| -> Vec<String> {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_string)
+                .collect()
+        };
+        let name = path.display();
+        assert_eq!(setting("Type"), ["notify"], "{name}");
+        let control = |line: &str| {
+            line.split_once("--control ")
+                .map(|(_, rest)| rest.split_whitespace().next().unwrap().to_string())
+        };
+        let start = setting("ExecStart");
+        let served = control(&start[0]).unwrap_or_else(|| panic!("{name}: no --control"));
+        let binary = start[0].split_whitespace().next().unwrap();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("relaunch@")
+        {
+            assert_eq!(
+                binary, "/usr/bin/relaunch",
+                "{name}: the Debian package's binary"
+            );
+        }
+        let reload = setting("ExecReload");
+        assert_eq!(
+            reload,
+            [format!("{binary} reload --control {served}")],
+            "{name}"
+        );
+        assert!(
+            setting("Restart").iter().any(|r| r == "on-failure"),
+            "{name}: relaunch killed must be restarted"
+        );
+    }
+    assert_eq!(services, 3);
 }

@@ -553,3 +553,37 @@ pub fn keeper_of(pid: i32) -> Option<i32> {
         (comm.trim() == "relaunch-keeper" && pipes(p).iter().any(|x| ours.contains(x))).then_some(p)
     })
 }
+
+/// Runs a relaunch client command; kills it if it has not exited within
+/// `limit`, so a hang is a test failure, not a stuck suite.
+pub fn cli(args: &[&str], limit: Duration) -> (Option<i32>, String) {
+    let child = Command::new(relaunch_bin())
+        .args(args)
+        .env_remove("RELAUNCH_CONTROL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let (out, hung) = match rx.recv_timeout(limit) {
+        Ok(out) => (out.unwrap(), false),
+        Err(_) => {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            (rx.recv().unwrap().unwrap(), true)
+        }
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if hung {
+        return (None, format!("HUNG for {limit:?}; output: {text}"));
+    }
+    (out.status.code(), text)
+}

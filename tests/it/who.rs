@@ -1,9 +1,11 @@
-//! `relaunch who` against a real listener: who holds a port, a free port, a bad target.
+//! Who holds a port: `relaunch who` against a real listener (a holder, a free
+//! port, a bad target), and the error that names the holder when relaunch
+//! cannot bind a held port.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::util::*;
 
@@ -109,4 +111,37 @@ fn who_exits_2_for_a_bad_target() {
         err.contains("notaport"),
         "the error names the bad input: {err}"
     );
+}
+
+#[test]
+fn held_port_names_the_holder() {
+    let mut holder = Command::new("python3")
+        .args(["-c", "import socket,sys,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nprint(s.getsockname()[1],flush=True)\ntime.sleep(60)"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port = line.trim();
+    let t = Instant::now();
+    let (status, log) = run_to_exit(
+        &["-l", &format!("127.0.0.1:{port}"), "--", "true"],
+        Duration::from_secs(5),
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(
+        log.contains(&format!(
+            "port {port} is already in use by pid {} (python3",
+            holder.id()
+        )),
+        "{log}"
+    );
+    assert!(log.contains("relaunch who"), "{log}");
 }
