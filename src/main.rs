@@ -31,7 +31,7 @@ use crate::supervise::{driver, handover, spawn};
 fn main() {
     // Before anything else: what our parent gave us, and sane fds 0-2.
     spawn::ensure_std_fds();
-    spawn::raise_fd_limit();
+    spawn::raise_fd_limit(std::env::var_os(handover::ENV).is_some());
     one_malloc_arena();
     // An upgrade's handshake, run by the relaunch that would exec us.
     if std::env::args_os().nth(1).as_deref() == Some(handover::CHECK_FLAG.as_ref()) {

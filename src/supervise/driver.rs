@@ -247,7 +247,8 @@ pub async fn run(boot: Boot) -> Result<i32> {
     if let Some(w) = rt.os.watcher.take() {
         w.end();
     }
-    reaper::end_orphans(stop_signal, stop_timeout).await;
+    // The keeper goes when we do.
+    reaper::end_orphans(stop_signal, stop_timeout, keeper::pid()).await;
     if let Some(t) = &rt.os.intercept {
         t.remove_files();
     }
@@ -1727,8 +1728,8 @@ async fn park(
 /// child owns (see `reaper`), on the blocking pool.
 fn sweep_job(rt: &Runtime, sweep: u64) -> impl FnOnce() -> Sweep + Send + 'static {
     let owners = rt.core.owners();
-    // relaunch's own helpers (`relaunch-watch`, a `--build`) are its
-    // children too, and no child's: never leftovers.
+    // relaunch's own helpers (`relaunch-watch`, a `--build`, the keeper)
+    // may be its children too, and are no child's: never leftovers.
     let children: Vec<i32> = rt
         .core
         .children()
@@ -1736,6 +1737,7 @@ fn sweep_job(rt: &Runtime, sweep: u64) -> impl FnOnce() -> Sweep + Send + 'stati
         .map(|c| c.pid)
         .chain(rt.os.watcher.as_ref().map(|w| w.pid))
         .chain(rt.os.build.as_ref().map(|b| b.pid))
+        .chain(keeper::pid())
         .collect();
     let ending: Vec<i32> = rt.core.escaped().collect();
     let spawns = rt.os.spawns.clone();

@@ -32,9 +32,9 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use crate::exit::ExitStatus;
 use crate::proc::{self, Link};
 use crate::supervise::reaper::{self, Escaped, Leftover};
-use crate::supervise::supervisor::ExitStatus;
 
 /// How long processes may take to go after SIGKILL before the keeper says
 /// so and leaves.

@@ -29,7 +29,6 @@ use tracing::warn;
 
 use crate::exit::ExitStatus;
 use crate::proc::{self, Pidfd};
-use crate::supervise::keeper;
 
 /// Collects every exited child without blocking.
 pub fn reap(mut exited: impl FnMut(i32, ExitStatus)) {
@@ -69,7 +68,7 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
 
 /// Processes that outlived their parents landed on us (a subreaper). None may
 /// keep a socket once we are gone: stop signal, then SIGKILL after the timeout.
-pub async fn end_orphans(sig: Signal, timeout: Duration) {
+pub async fn end_orphans(sig: Signal, timeout: Duration, spare: Option<i32>) {
     let me = std::process::id() as i32;
     let kill_at = Instant::now() + timeout;
     let mut told = HashSet::new();
@@ -89,11 +88,9 @@ pub async fn end_orphans(sig: Signal, timeout: Duration) {
             }
             return;
         }
-        // The keeper goes when we do.
-        let keeper = keeper::pid();
         let left: Vec<i32> = proc::tree(&[me])
             .into_iter()
-            .filter(|&p| p != me && Some(p) != keeper)
+            .filter(|&p| p != me && Some(p) != spare)
             .collect();
         if left.is_empty() {
             return;
@@ -227,16 +224,12 @@ pub fn find_leftovers(
         return Vec::new();
     }
     let me = std::process::id() as i32;
-    let keeper = keeper::pid();
     let trees = proc::Trees::new();
     let mut out = Vec::new();
     for pid in trees.tree(&[me]) {
         let Some(st) = proc::stat(pid).filter(|s| s.alive() && s.ppid == me) else {
             continue;
         };
-        if Some(pid) == keeper {
-            continue;
-        }
         if st.start >= since || children.contains(&pid) || children.contains(&st.pgrp) {
             continue;
         }

@@ -707,13 +707,13 @@ pub const FD_LIMIT_ENV: &str = "RELAUNCH_FD_LIMIT";
 /// At start: relaunch's soft fd limit goes up to the hard one, so that
 /// answering a child (an fd or two per trapped call, for a moment) does
 /// not meet EMFILE; children get the limit it started with, as programs
-/// using select() need 1024.
-pub fn raise_fd_limit() {
+/// using select() need 1024. `upgraded`: an earlier image of relaunch
+/// handed over, and its `RELAUNCH_FD_LIMIT` says what that limit was.
+pub fn raise_fd_limit(upgraded: bool) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;
     };
-    let upgraded = std::env::var_os(crate::supervise::handover::ENV).is_some();
     let started = std::env::var(FD_LIMIT_ENV)
         .ok()
         .filter(|_| upgraded)
