@@ -222,7 +222,6 @@ pub async fn run(boot: Boot) -> Result<i32> {
         }
         Start::Adopted(a) => resume(driver, *a),
     };
-    let (stop_signal, stop_timeout) = (rt.core.config().stop_signal, rt.core.config().stop_timeout);
     let sources = Sources {
         signals,
         control: control.map(control::Server::serve),
@@ -236,39 +235,31 @@ pub async fn run(boot: Boot) -> Result<i32> {
         groups: Every::default(),
         sweep: Task::default(),
         listeners: Listeners::default(),
-        idle: gauge.map(|gauge| Idle {
-            gauge,
-            every: Every::default(),
-            over: None,
-            measuring: Task::default(),
-        }),
+        idle: gauge.map(Idle::new),
     };
     let result = event_loop(&mut rt, sources).await;
+    end(rt).await;
+    result
+}
+
+/// What relaunch leaves behind, ended or removed, whatever the outcome.
+async fn end(mut rt: Runtime) {
     if let Some(w) = rt.os.watcher.take() {
         w.end();
     }
+    let cfg = rt.core.config();
     // The keeper goes when we do.
-    reaper::end_orphans(stop_signal, stop_timeout, keeper::pid()).await;
+    reaper::end_orphans(cfg.stop_signal, cfg.stop_timeout, keeper::pid()).await;
     if let Some(t) = &rt.os.intercept {
         t.remove_files();
     }
-    result
 }
 
 /// A fresh start: the plan, the sockets, and what the options ask for.
 async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
     let inherited = snap.inherited?;
     let names: Vec<&str> = inherited.iter().map(|i| i.name.as_str()).collect();
-    let plan = plan::make(&args, &snap.env, &names, &options::credentials)?;
-    for n in &plan.notes {
-        info!("{n}");
-    }
-    for w in &plan.warnings {
-        warn!("{w}");
-    }
-    if let Some(line) = scan::proc_missing(plan.ready == ReadyMode::Auto) {
-        warn!("{line}");
-    }
+    let plan = planned(&args, &snap.env, &names)?;
     // Before any thread: it is forked, and allocates.
     keeper::start(plan.stop_signal, plan.stop_timeout);
     let opened = sockets::open(&plan.listeners, inherited, plan.backlog)?;
@@ -313,10 +304,7 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
     };
     // Made before the first child: closes are noticed from then on.
     let gauge = match plan.idle_stop {
-        Some(_) => Some(Arc::new(idle::Gauge::new(&listeners).map_err(|e| {
-            Error::runtime(format!("--idle-stop: cannot watch the listeners: {e}"))
-                .hint("raise the limit on open files (ulimit -n)")
-        })?)),
+        Some(_) => Some(idle_gauge(&listeners)?),
         None => None,
     };
     let intercept = intercept_table(&plan, &listeners);
@@ -442,6 +430,30 @@ impl Saved {
     pub fn json(&self) -> bool {
         self.launch.json
     }
+}
+
+/// The plan, and what it has to say before anything starts.
+fn planned(args: &RunArgs, env: &[(OsString, OsString)], names: &[&str]) -> Result<plan::Plan> {
+    let plan = plan::make(args, env, names, &options::credentials)?;
+    for n in &plan.notes {
+        info!("{n}");
+    }
+    for w in &plan.warnings {
+        warn!("{w}");
+    }
+    if let Some(line) = scan::proc_missing(plan.ready == ReadyMode::Auto) {
+        warn!("{line}");
+    }
+    Ok(plan)
+}
+
+/// `--idle-stop`'s gauge of the listeners.
+fn idle_gauge(listeners: &[Listener]) -> Result<Arc<idle::Gauge>> {
+    let gauge = idle::Gauge::new(listeners).map_err(|e| {
+        Error::runtime(format!("--idle-stop: cannot watch the listeners: {e}"))
+            .hint("raise the limit on open files (ulimit -n)")
+    })?;
+    Ok(Arc::new(gauge))
 }
 
 /// Bind interception's table of the held sockets, unless it is off.
@@ -1308,6 +1320,15 @@ struct Idle {
 }
 
 impl Idle {
+    fn new(gauge: Arc<idle::Gauge>) -> Idle {
+        Idle {
+            gauge,
+            every: Every::default(),
+            over: None,
+            measuring: Task::default(),
+        }
+    }
+
     fn arm(&mut self, wants: &Wants, now: Instant) {
         self.gauge.follow(wants.idle_probe.is_some());
         self.every.arm(wants.idle_probe, now);

@@ -1292,8 +1292,13 @@ impl Supervisor {
         if !group_alive {
             self.kept.children.remove(i);
         }
-        let lived = now.saturating_duration_since(started);
-        let ready_for = ready_since.map(|t| now.saturating_duration_since(t));
+        let ended = Ended {
+            pid: Some(pid),
+            status,
+            lived: now.saturating_duration_since(started),
+            ready_for: ready_since.map(|t| now.saturating_duration_since(t)),
+        };
+        let serving = generation == self.kept.serving && !self.kept.life.stopping();
         match (state, exec_error) {
             (State::Stopping { .. }, _) => info!(pid, generation, worker, "stopped: {status}"),
             (_, Some(e)) if self.pending() == Some(generation) => {
@@ -1305,31 +1310,7 @@ impl Supervisor {
                     now,
                 );
             }
-            (_, Some(e)) if generation == self.kept.serving && !self.kept.life.stopping() => {
-                // At start a missing program is a mistake to report at once.
-                // Once it has served, a restart can meet a deploy halfway
-                // (rm, then cp): the listeners stay held and the backoff
-                // keeps trying, as for any quick failure, until it gives up.
-                // Under --watch the next build may well make it: wait.
-                if !self.kept.served && self.dev.is_some() {
-                    error!(pid, generation, worker, "{e}; waiting for a file to change");
-                    self.kept.slots[worker].last_exit = Some(status);
-                    // Nothing runs to be taken as serving at the deadline.
-                    self.kept.first_deadline = None;
-                } else if !self.kept.served {
-                    self.fail_to_exec(os, e, now);
-                } else {
-                    error!(pid, generation, worker, "{e}");
-                    self.kept.slots[worker].last_exit = Some(status);
-                    let ended = Ended {
-                        pid: Some(pid),
-                        status,
-                        lived: Duration::ZERO,
-                        ready_for: None,
-                    };
-                    self.after_exit(os, worker, ended, now);
-                }
-            }
+            (_, Some(e)) if serving => self.serving_could_not_exec(os, worker, ended, e, now),
             _ if self.pending() == Some(generation) => {
                 warn!(
                     pid,
@@ -1342,19 +1323,13 @@ impl Supervisor {
                     now,
                 );
             }
-            _ if generation == self.kept.serving && !self.kept.life.stopping() => {
+            _ if serving => {
                 if status.success() {
                     info!(pid, generation, worker, "{status}");
                 } else {
                     warn!(pid, generation, worker, "{status}");
                 }
                 self.kept.slots[worker].last_exit = Some(status);
-                let ended = Ended {
-                    pid: Some(pid),
-                    status,
-                    lived,
-                    ready_for,
-                };
                 self.after_exit(os, worker, ended, now);
             }
             _ => info!(pid, generation, worker, "{status}"),
@@ -1369,6 +1344,40 @@ impl Supervisor {
         }
         self.released(generation);
         self.settle(os, now);
+    }
+
+    /// A worker of the serving generation could not exec its program. At
+    /// start a missing program is a mistake to report at once. Once it has
+    /// served, a restart can meet a deploy halfway (rm, then cp): the
+    /// listeners stay held and the backoff keeps trying, as for any quick
+    /// failure, until it gives up. Under --watch the next build may well
+    /// make it: wait.
+    fn serving_could_not_exec(
+        &mut self,
+        os: &mut impl Spawner,
+        worker: usize,
+        ended: Ended,
+        e: spawn::Error,
+        now: Instant,
+    ) {
+        let (pid, generation) = (ended.pid, self.kept.serving);
+        if !self.kept.served && self.dev.is_some() {
+            error!(pid, generation, worker, "{e}; waiting for a file to change");
+            self.kept.slots[worker].last_exit = Some(ended.status);
+            // Nothing runs to be taken as serving at the deadline.
+            self.kept.first_deadline = None;
+        } else if !self.kept.served {
+            self.fail_to_exec(os, e, now);
+        } else {
+            error!(pid, generation, worker, "{e}");
+            self.kept.slots[worker].last_exit = Some(ended.status);
+            let ended = Ended {
+                lived: Duration::ZERO,
+                ready_for: None,
+                ..ended
+            };
+            self.after_exit(os, worker, ended, now);
+        }
     }
 
     fn group_gone(&mut self, os: &mut impl Spawner, pgid: i32, now: Instant) {
