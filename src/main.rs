@@ -14,6 +14,7 @@ mod plan;
 mod proc;
 mod ready;
 mod serial;
+mod serve;
 mod sigmask;
 mod sockets;
 mod supervise;

@@ -11,8 +11,9 @@
 //! `Connection: close`. A request head is at most 8 KiB, and the whole
 //! exchange has 5 s; at most 16 connections are served at once, and one
 //! beyond that is closed at once. Anything but `GET /metrics` (or `HEAD`) is
-//! answered 400, 404 or 405 and closed. Every connection is its own task, so
-//! a slow or hostile client never holds the event loop.
+//! answered 400, 404 or 405 and closed. Every connection is its own task
+//! ([`crate::serve`]'s accept loop, which the control socket shares), so a
+//! slow or hostile client never holds the event loop.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -26,22 +27,26 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio::time::timeout;
-use tracing::{debug, info, warn};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::info;
 
 use crate::control::{Incoming, Request, Response, Status};
 use crate::counts::{Count, ReloadResult, RestartReason};
 use crate::error::{Error, Result};
+use crate::serve::{self, Conn, Limits, Read};
 
 /// Longest request head read.
 const MAX_HEAD: usize = 8 * 1024;
-/// The whole exchange, from accept to the last byte written.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once.
 const MAX_CONNECTIONS: usize = 16;
+/// The whole exchange, from accept to the last byte written, has 5 s.
+const LIMITS: Limits = Limits {
+    request: MAX_HEAD,
+    io: Duration::from_secs(5),
+    exchange: Some(Duration::from_secs(5)),
+    connections: Some(MAX_CONNECTIONS),
+};
 /// Scrapes waiting for the supervisor.
 const QUEUE: usize = 4;
 
@@ -294,38 +299,17 @@ pub fn serve(addr: SocketAddr) -> Result<(Tally, mpsc::Receiver<Incoming>, Socke
     let (registry, tally, gauges) = registry();
     let shared = Arc::new(Shared { registry, gauges });
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(accept_loop(listener, shared, tx));
+    let closer = tx.clone();
+    let closed = async move { closer.closed().await };
+    let each = move |conn| exchange(conn, Arc::clone(&shared), tx.clone());
+    tokio::spawn(serve::accept_loop(
+        listener,
+        "metrics".into(),
+        LIMITS,
+        closed,
+        each,
+    ));
     Ok((tally, rx, bound))
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tx: mpsc::Sender<Incoming>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        tokio::select! {
-            _ = tx.closed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    // Full: this one is closed at once, so fds stay bounded.
-                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                        debug!(%peer, "metrics: too many connections; closing this one");
-                        continue;
-                    };
-                    let (shared, tx) = (Arc::clone(&shared), tx.clone());
-                    tokio::spawn(async move {
-                        let _slot = slot;
-                        if timeout(EXCHANGE_TIMEOUT, exchange(stream, &shared, &tx)).await.is_err() {
-                            debug!(%peer, "metrics: no complete exchange within 5s; closed");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    warn!("metrics: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
 }
 
 /// What a request head asks for.
@@ -377,21 +361,13 @@ fn parse_head(buf: &[u8]) -> Asked {
     Asked::Metrics { head_only }
 }
 
-async fn exchange(mut stream: TcpStream, shared: &Shared, tx: &mpsc::Sender<Incoming>) {
-    let mut buf = Vec::with_capacity(1024);
-    let asked = loop {
-        let mut chunk = [0u8; 1024];
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n.min(MAX_HEAD - buf.len().min(MAX_HEAD))]),
-        }
-        match parse_head(&buf) {
-            Asked::More => continue,
-            asked => break asked,
-        }
+async fn exchange(mut conn: Conn<TcpStream>, shared: Arc<Shared>, tx: mpsc::Sender<Incoming>) {
+    let Read::Request(head) = conn.read(|b| parse_head(b) != Asked::More).await else {
+        return;
     };
+    let asked = parse_head(&head);
     let (status, body, head_only) = match asked {
-        Asked::Metrics { head_only } => match scrape(shared, tx).await {
+        Asked::Metrics { head_only } => match scrape(&shared, &tx).await {
             Some(text) => ("200 OK", text, head_only),
             None => (
                 "503 Service Unavailable",
@@ -404,7 +380,7 @@ async fn exchange(mut stream: TcpStream, shared: &Shared, tx: &mpsc::Sender<Inco
             format!("{status}: only GET /metrics is served here\n"),
             false,
         ),
-        // The loop above ends only on a complete head.
+        // The peer closed before its head was complete.
         Asked::More => return,
     };
     let content_type = if status.starts_with("200") {
@@ -419,8 +395,7 @@ async fn exchange(mut stream: TcpStream, shared: &Shared, tx: &mpsc::Sender<Inco
     if !head_only {
         out.push_str(&body);
     }
-    let _ = stream.write_all(out.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    let _ = conn.answer(out.as_bytes()).await;
 }
 
 /// A status from the supervisor, turned into the text format.

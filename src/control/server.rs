@@ -12,9 +12,10 @@
 //!   PATH still names the inode we bound. After [`Server::serve`] the server
 //!   lives in its accept task, which ends (and so removes the file) when the
 //!   [`Incoming`] receiver is dropped or the runtime shuts down.
-//! - Each connection runs in its own task, so a long `reload` doesn't block
-//!   `status`. A request is one line of at most 64 KiB, read within 5 s.
-//!   If the supervisor is gone (receiver or reply dropped), the peer is told
+//! - Each connection runs in its own task ([`crate::serve`]'s accept loop,
+//!   which `--metrics` shares), so a long `reload` doesn't block `status`.
+//!   A request is one line of at most 64 KiB, read within 5 s. If the
+//!   supervisor is gone (receiver or reply dropped), the peer is told
 //!   "relaunch is shutting down".
 
 use std::io;
@@ -23,18 +24,24 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use super::protocol::{MAX_REQUEST, Request, Response, parse_request};
 use crate::error::{Error, Result};
+use crate::serve::{self, Conn, Limits, Read};
 use crate::sockets::file::{self, SocketFile};
 
-/// Read-request and write-answer deadline.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request is one line of at most 64 KiB (a byte more is too long),
+/// read within 5 s; the answer is written within 5 s of being known; any
+/// number of peers at once (the file mode and the peer check gate them).
+const LIMITS: Limits = Limits {
+    request: MAX_REQUEST as usize + 1,
+    io: Duration::from_secs(5),
+    exchange: None,
+    connections: None,
+};
 /// Queue of requests waiting for the supervisor.
 const QUEUE: usize = 16;
 
@@ -84,7 +91,7 @@ impl Reply {
             let response = answer
                 .await
                 .unwrap_or_else(|_| error("relaunch is shutting down".into()));
-            write_answer(stream, response).await;
+            write_answer(Conn::new(stream, LIMITS), response).await;
         });
         Ok(reply)
     }
@@ -170,30 +177,22 @@ impl Server {
     /// it receives. Each one must be answered through its `reply`.
     pub fn serve(self) -> mpsc::Receiver<Incoming> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(self.accept_loop(tx));
-        rx
-    }
-
-    async fn accept_loop(self, tx: mpsc::Sender<Incoming>) {
+        let Server {
+            path,
+            listener,
+            _file: file,
+        } = self;
         let our_uid = nix::unistd::geteuid().as_raw();
-        loop {
-            tokio::select! {
-                _ = tx.closed() => {
-                    debug!(path = %self.path.display(), "control socket closing: nobody takes requests any more");
-                    break;
-                }
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        tokio::spawn(handle(stream, tx.clone(), our_uid));
-                    }
-                    Err(e) => {
-                        // Typically EMFILE: back off a little instead of spinning.
-                        warn!(path = %self.path.display(), "control socket: accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-            }
-        }
+        let closer = tx.clone();
+        let closed = async move { closer.closed().await };
+        let each = move |conn| handle(conn, tx.clone(), our_uid);
+        let what = format!("control socket {}", path.display());
+        tokio::spawn(async move {
+            serve::accept_loop(listener, what, LIMITS, closed, each).await;
+            // Removes the socket file, if still ours.
+            drop(file);
+        });
+        rx
     }
 }
 
@@ -203,15 +202,15 @@ fn allowed(peer_uid: u32, our_uid: u32) -> bool {
 }
 
 /// Serves one connection: one request line in, one answer line out.
-async fn handle(mut stream: UnixStream, tx: mpsc::Sender<Incoming>, our_uid: u32) {
-    let Some(response) = answer(&mut stream, &tx, our_uid).await else {
+async fn handle(mut conn: Conn<UnixStream>, tx: mpsc::Sender<Incoming>, our_uid: u32) {
+    let Some(response) = answer(&mut conn, &tx, our_uid).await else {
         return;
     };
-    write_answer(stream, response).await;
+    write_answer(conn, response).await;
 }
 
-/// Writes one answer line and closes, within IO_TIMEOUT.
-async fn write_answer(mut stream: UnixStream, response: Response) {
+/// Writes one answer line and closes, within the io deadline.
+async fn write_answer(conn: Conn<UnixStream>, response: Response) {
     let mut line = match serde_json::to_vec(&response) {
         Ok(l) => l,
         Err(e) => {
@@ -220,44 +219,41 @@ async fn write_answer(mut stream: UnixStream, response: Response) {
         }
     };
     line.push(b'\n');
-    let write = async {
-        stream.write_all(&line).await?;
-        stream.shutdown().await
-    };
-    match timeout(IO_TIMEOUT, write).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!("control socket: cannot send answer: {e}"),
-        Err(_) => debug!("control socket: peer did not take the answer within 5 s"),
+    if let Err(e) = conn.answer(&line).await {
+        debug!("control socket: cannot send answer: {e}");
     }
 }
 
 /// The answer for one connection, or None when the peer sent nothing at all
 /// (a probe, or a client that gave up).
 async fn answer(
-    stream: &mut UnixStream,
+    conn: &mut Conn<UnixStream>,
     tx: &mpsc::Sender<Incoming>,
     our_uid: u32,
 ) -> Option<Response> {
-    let (peer_uid, peer_pid) = match peer(stream, our_uid) {
+    let (peer_uid, peer_pid) = match peer(conn.stream(), our_uid) {
         Ok(p) => p,
         Err(refused) => return Some(refused),
     };
-    let line = match timeout(IO_TIMEOUT, read_request(stream)).await {
-        Err(_) => {
+    let mut line = match conn.read(|b| b.contains(&b'\n')).await {
+        Read::Late => {
             return Some(error(
                 "no request within 5 s: send one JSON line such as \"status\"".into(),
             ));
         }
-        Ok(Err(e)) => {
+        Read::Failed(e) => {
             debug!(peer_pid, "control socket: cannot read request: {e}");
             return Some(error(format!("cannot read the request: {e}")));
         }
-        Ok(Ok(None)) => {
+        Read::Nothing => {
             debug!(peer_pid, "control socket: peer closed without a request");
             return None;
         }
-        Ok(Ok(Some(line))) => line,
+        Read::Request(line) => line,
     };
+    if let Some(end) = line.iter().position(|&b| b == b'\n') {
+        line.truncate(end + 1);
+    }
     if line.len() as u64 > MAX_REQUEST {
         return Some(error(
             "request longer than 64 KiB: send one JSON line such as \"status\"".into(),
@@ -271,7 +267,7 @@ async fn answer(
         }
     };
     info!(peer_pid, peer_uid, ?request, "control request");
-    let (reply, answer) = Reply::new(stream.as_raw_fd());
+    let (reply, answer) = Reply::new(conn.stream().as_raw_fd());
     if tx.send(Incoming { request, reply }).await.is_err() {
         return Some(error("relaunch is shutting down".into()));
     }
@@ -304,16 +300,6 @@ fn peer(stream: &UnixStream, our_uid: u32) -> Result<(u32, i32), Response> {
     Ok((peer_uid, peer_pid))
 }
 
-/// Reads up to one line (more than MAX_REQUEST bytes means too long);
-/// None if the peer sent nothing.
-async fn read_request(stream: &mut UnixStream) -> io::Result<Option<Vec<u8>>> {
-    let mut line = Vec::new();
-    BufReader::new((&mut *stream).take(MAX_REQUEST + 1))
-        .read_until(b'\n', &mut line)
-        .await?;
-    Ok(if line.is_empty() { None } else { Some(line) })
-}
-
 fn error(message: String) -> Response {
     Response::Error { message }
 }
@@ -325,6 +311,7 @@ mod tests {
     use crate::control::testing::{DEADLINE, TempDir, answer_one, within};
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
     /// Sends raw bytes to the server and returns the answer it gives.
     async fn raw_exchange(path: &Path, bytes: Vec<u8>) -> Response {

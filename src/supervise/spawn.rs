@@ -1,6 +1,9 @@
-//! The only fork/exec in relaunch (the keeper's fork, without exec, is in
-//! [`crate::supervise::keeper`]). Each child's group and sockets are told to
-//! the keeper here.
+//! The only fork/exec in relaunch: every process it starts comes through
+//! here (the children, `--build`, `relaunch-watch`, the new binary's upgrade
+//! handshake), so each gets the same group, death signal and fds. The
+//! keeper's fork, without exec, is in [`crate::supervise::keeper`]; an
+//! upgrade's exec in place, without fork, in [`crate::supervise::upgrade`].
+//! Each child's group and sockets are told to the keeper here.
 //!
 //! What the child gets: its own process group; the credentials of `--user` /
 //! `--group` (supplementary groups included); PR_SET_PDEATHSIG(SIGTERM), set

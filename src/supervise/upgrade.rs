@@ -3,10 +3,9 @@
 //! [`handover`] for the protocol).
 
 use std::ffi::{CString, OsString};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use crate::control::Reply;
 use crate::exit::ExitStatus;
@@ -20,6 +19,8 @@ pub struct Check {
     pub pid: i32,
     /// What it prints (stdout and stderr), read once it has exited.
     output: OwnedFd,
+    /// Whether its exec worked.
+    exec: spawn::ExecWatch,
     /// Set by the reaper.
     pub exit: Option<ExitStatus>,
     /// It ran past the deadline and was killed.
@@ -62,61 +63,73 @@ fn strip_deleted(exe: PathBuf) -> PathBuf {
     }
 }
 
-/// Starts `binary --upgrade-check FORMAT` with `state` on stdin. Forks from
-/// the event loop's thread; its exit is reaped by relaunch's one reaper.
+/// Starts `binary --upgrade-check FORMAT` with `state` on stdin, as every
+/// child is started ([`spawn::spawn`]: forked from the event loop's thread,
+/// its own group, a death signal); its exit is reaped by relaunch's one
+/// reaper.
 pub fn start(
     binary: PathBuf,
     reply: Option<Reply>,
     state: &[u8],
 ) -> Result<Check, (String, Option<Reply>)> {
-    let run = || -> std::io::Result<(i32, OwnedFd)> {
-        let stdin = handover::seal(state)?;
+    let cannot =
+        |e: &dyn std::fmt::Display| format!("cannot run {} {CHECK_FLAG}: {e}", binary.display());
+    let run = || -> Result<(spawn::Spawned, OwnedFd), String> {
+        let stdin = handover::seal(state).map_err(|e| cannot(&e))?;
         let (rd, wr) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|e| cannot(&e))?;
         // Only the read end is non-blocking: the write end is the child's.
         nix::fcntl::fcntl(
             &wr,
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-        )?;
-        let mut cmd = Command::new(&binary);
-        cmd.arg(CHECK_FLAG)
-            .arg(FORMAT.to_string())
-            .stdin(Stdio::from(stdin))
-            .stdout(Stdio::from(wr.try_clone()?))
-            .stderr(Stdio::from(wr));
-        for var in [
+        )
+        .map_err(|e| cannot(&e))?;
+        let hidden = [
             "LISTEN_FDS",
             "LISTEN_PID",
             "LISTEN_FDNAMES",
             "LISTEN_PIDFDID",
             "NOTIFY_SOCKET",
             handover::ENV,
-        ] {
-            cmd.env_remove(var);
-        }
-        let child = cmd.spawn()?;
-        // Never waited for here: the reaper collects it.
-        Ok((child.id() as i32, rd))
+        ];
+        let env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| !hidden.iter().any(|h| k == h))
+            .collect();
+        let spawned = spawn::spawn(&spawn::Request {
+            program: binary.as_os_str(),
+            args: &[CHECK_FLAG.into(), FORMAT.to_string().into()],
+            env: &env,
+            fds: &[],
+            listen_pid: false,
+            creds: None,
+            intercept: None,
+            probes: false,
+            stdio: Some((stdin.as_fd(), wr.as_fd(), wr.as_fd())),
+        })
+        .map_err(|e| e.to_string())?;
+        Ok((spawned, rd))
     };
     match run() {
-        Ok((pid, output)) => Ok(Check {
+        Ok((spawned, output)) => Ok(Check {
             binary,
             reply,
-            pid,
+            pid: spawned.pid,
             output,
+            exec: spawned.exec,
             exit: None,
             timed_out: false,
         }),
-        Err(e) => Err((
-            format!("cannot run {} {CHECK_FLAG}: {e}", binary.display()),
-            reply,
-        )),
+        Err(why) => Err((why, reply)),
     }
 }
 
 impl Check {
     /// Once it has exited: Ok(the new image) or why it is refused.
     pub fn verdict(&self) -> Result<String, String> {
+        if let spawn::ExecStatus::Failed(e) = self.exec.check() {
+            return Err(e.to_string());
+        }
         let mut out = vec![0u8; 64 * 1024];
         let mut got = 0;
         while got < out.len() {
@@ -202,6 +215,7 @@ pub fn exec<C: serde::Serialize>(binary: &Path, state: &handover::State<C>) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn replaced_binary_is_found_at_its_path() {
@@ -233,5 +247,71 @@ mod tests {
                 .contains("cannot use")
         );
         assert!(binary_path(None).is_ok());
+    }
+
+    /// A script at a fresh path, with `mode`.
+    fn script(name: &str, body: &str, mode: u32) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("relaunch-upgrade-{}-{name}", std::process::id()));
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    /// The handshake of `binary` run to its end, reaped as the reaper would.
+    fn handshake(binary: &Path, state: &[u8]) -> Result<String, String> {
+        let mut check = start(binary.to_path_buf(), None, state).map_err(|(why, _)| why)?;
+        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(check.pid), None).unwrap();
+        check.exit = ExitStatus::of_wait(status).map(|(_, s)| s);
+        check.verdict()
+    }
+
+    #[test]
+    fn the_handshake_gets_the_state_on_stdin_and_its_output_is_read() {
+        let ok = script(
+            "ok",
+            &format!(
+                "read -r state; [ \"$state\" = hello ] || exit 3; \
+                 echo noise >&2; echo '{} format {FORMAT}, 9.9.9'",
+                handover::CHECK_OK
+            ),
+            0o755,
+        );
+        assert_eq!(handshake(&ok, b"hello\n"), Ok("9.9.9".to_string()));
+        let failing = script("fails", "echo 'libfoo.so missing' >&2; exit 1", 0o755);
+        let why = handshake(&failing, b"").unwrap_err();
+        assert!(why.contains("status 1: libfoo.so missing"), "{why}");
+        let _ = std::fs::remove_file(ok);
+        let _ = std::fs::remove_file(failing);
+    }
+
+    /// Like every child relaunch starts: ended as a group, not reached by
+    /// what a terminal sends relaunch's group.
+    #[test]
+    fn the_handshake_runs_in_its_own_process_group() {
+        let group = script(
+            "group",
+            &format!(
+                "read -r _ _ _ _ pgid _ < /proc/$$/stat; echo \"{} format {FORMAT}, $$ $pgid\"",
+                handover::CHECK_OK
+            ),
+            0o755,
+        );
+        let said = handshake(&group, b"").unwrap();
+        let (pid, pgid) = said.split_once(' ').unwrap();
+        assert_eq!(pid, pgid, "{said}");
+        let _ = std::fs::remove_file(group);
+    }
+
+    #[test]
+    fn a_new_binary_that_cannot_be_executed_is_refused_with_the_reason() {
+        let plain = script("plain", "exit 0", 0o644);
+        let why = handshake(&plain, b"").unwrap_err();
+        assert!(
+            why.contains(&plain.display().to_string())
+                && why.to_lowercase().contains("permission denied"),
+            "{why}"
+        );
+        let _ = std::fs::remove_file(plain);
     }
 }
