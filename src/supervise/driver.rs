@@ -1793,6 +1793,12 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
         if keeper::exited(pid, status) {
             continue;
         }
+        // Every group relaunch started is the keeper's until it is empty:
+        // children, and the build, the watcher and an upgrade's handshake.
+        let group_alive = reaper::group_alive(pid);
+        if !group_alive {
+            keeper::gone(pid);
+        }
         if let Some(check) = driver.upgrade.as_mut().filter(|c| c.pid == pid) {
             check.exit = Some(status);
             continue;
@@ -1818,10 +1824,6 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
             && let spawn::ExecStatus::Failed(error) = watch.get_ref().check()
         {
             events.push(Event::ExecFailed { pid, error });
-        }
-        let group_alive = reaper::group_alive(pid);
-        if !group_alive {
-            keeper::gone(pid);
         }
         events.push(Event::Exited {
             pid,
