@@ -170,7 +170,7 @@ fn idle_stop_never_ends_relaunch_whatever_restart_says() {
     };
     s.t_start(t0);
     s.t_ready(101, t0);
-    let t1 = s.t_idle_out(t0);
+    let t1 = s.t_idle_out(t0 + ms(1));
     s.t_exit(101, ExitStatus::Code(0), t1);
     assert_eq!(s.exit(), None);
     assert_eq!(s.state(), "waiting for a connection");
@@ -183,7 +183,7 @@ fn a_connection_during_an_idle_stop_starts_the_next_generation_at_once() {
     s.t_start(t0);
     s.t_connection(t0);
     s.t_ready(101, t0);
-    let t1 = s.t_idle_out(t0);
+    let t1 = s.t_idle_out(t0 + ms(1));
     assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
     s.t_connection(t1);
     assert_eq!(pids(&s, 2), [102]);
@@ -202,7 +202,7 @@ fn reload_and_stop_after_an_idle_stop() {
     let mut s = on_demand(1, false, Some(Duration::from_secs(1)));
     s.t_start(t0);
     s.t_ready(101, t0);
-    let t1 = s.t_idle_out(t0);
+    let t1 = s.t_idle_out(t0 + ms(1));
     // A reload while the idle children stop: nothing to reload either.
     let mut answer = s.t_reload_client(t1);
     assert!(matches!(
@@ -249,7 +249,7 @@ fn exec_failure_when_woken() {
     let mut s = on_demand(1, false, Some(Duration::from_secs(1)));
     s.t_start(t0);
     s.t_ready(101, t0);
-    let t1 = s.t_idle_out(t0);
+    let t1 = s.t_idle_out(t0 + ms(1));
     s.t_exit(101, ExitStatus::Signal(15), t1);
     s.t_connection(t1);
     exec_fails(
@@ -288,7 +288,7 @@ fn a_failed_wake_with_restart_never_ends_relaunch() {
     };
     s.t_start(t0);
     s.t_ready(101, t0);
-    let t1 = s.t_idle_out(t0);
+    let t1 = s.t_idle_out(t0 + ms(1));
     s.t_exit(101, ExitStatus::Signal(15), t1);
     s.os.fail_spawn = Some(|| spawn::Error::Os("cannot start x: fork failed".into()));
     s.t_connection(t1);
@@ -332,4 +332,54 @@ fn probe_interval_follows_the_idle_time() {
         idle_probe_interval(Duration::from_secs(3600)),
         Duration::from_secs(5)
     );
+}
+
+/// What the runtime's sources are armed with, turn by turn, over a lazy
+/// start, serving, an idle stop and a stop: nothing runs when nothing is
+/// asked for.
+#[test]
+fn the_runtime_is_asked_for_exactly_what_each_phase_needs() {
+    use crate::supervise::sources::Wants;
+    let limit = Duration::from_secs(4);
+    let t0 = Instant::now();
+    let mut s = on_demand(1, true, Some(limit));
+    s.t_start(t0);
+    assert_eq!(
+        s.wants(t0),
+        Wants {
+            listeners: true,
+            ..Wants::default()
+        },
+        "waiting: the listeners' watch alone, no timer, no scan"
+    );
+    s.t_connection(t0);
+    let starting = s.wants(t0);
+    assert!(starting.scan, "a starting generation is scanned");
+    assert!(!starting.listeners, "its connections wake nothing");
+    assert_eq!(starting.deadline, Some(t0 + Duration::from_secs(60)));
+    s.t_ready(101, t0);
+    let serving = s.wants(t0 + ms(1));
+    assert!(!serving.scan && !serving.listeners && !serving.group_check);
+    assert_eq!(serving.idle_probe, Some(idle_probe_interval(limit)));
+    assert_eq!(serving.idle_stop_due, None, "not idle until measured so");
+    s.t_activity(false, t0 + ms(1));
+    assert_eq!(s.wants(t0 + ms(1)).idle_stop_due, Some(t0 + ms(1) + limit));
+    let t1 = s.t_idle_out(t0 + ms(1));
+    let stopping = s.wants(t1);
+    assert_eq!(
+        stopping.idle_probe, None,
+        "nothing to measure while stopping"
+    );
+    assert!(stopping.deadline.is_some(), "the stop timeout");
+    s.t_exit(101, ExitStatus::Signal(15), t1);
+    assert_eq!(
+        s.wants(t1),
+        Wants {
+            listeners: true,
+            ..Wants::default()
+        },
+        "stopped while idle: waiting again"
+    );
+    s.t_stop(t1);
+    assert_eq!(s.wants(t1), Wants::default(), "stopped: nothing at all");
 }
