@@ -517,12 +517,7 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
         },
         fds,
     } = state;
-    // Close-on-exec again at once: no child may see them but through spawn.
-    for fd in fds.all() {
-        if !handover::set_cloexec(fd, true) {
-            warn!("the upgrade state names fd {fd}, which is not open");
-        }
-    }
+    // Every fd was checked open, and made close-on-exec again, by `take`.
     let handover::Fds {
         listeners: saved_listeners,
         control: saved_control,
