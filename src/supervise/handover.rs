@@ -38,7 +38,9 @@ use crate::supervise::spawn::ExecFd;
 
 /// Bumped whenever [`State`] changes in a way an older reader would misread.
 /// 2: bind interception's fds and table (a reader of 1 would drop them).
-pub const FORMAT: u32 = 2;
+/// 3: the metrics socket (a reader of 2 would leave it open for the
+/// children, and fail to bind its port again).
+pub const FORMAT: u32 = 3;
 /// The oldest format this image still reads: what later formats added has
 /// a default (format 1 is a relaunch without interception to carry).
 pub const OLDEST: u32 = 1;
@@ -99,6 +101,9 @@ pub struct Fds {
     /// The keeper's pipe (see [`crate::supervise::keeper`]).
     #[serde(default)]
     pub keeper: Option<crate::supervise::keeper::Saved>,
+    /// The `--metrics` listening socket.
+    #[serde(default)]
+    pub metrics: Option<RawFd>,
 }
 
 impl Fds {
@@ -114,6 +119,7 @@ impl Fds {
             upgrade,
             intercept,
             keeper,
+            metrics,
         } = self;
         listeners
             .iter()
@@ -126,6 +132,7 @@ impl Fds {
             .chain(upgrade.iter().copied())
             .chain(intercept.iter().map(|c| c.fd))
             .chain(keeper.iter().map(|k| k.fd))
+            .chain(metrics.iter().copied())
             .collect()
     }
 }
@@ -619,7 +626,8 @@ mod tests {
             upgrade: Some(9),
             intercept: vec![crate::intercept::handler::Carried::new(11, 10)],
             keeper: Some(crate::supervise::keeper::Saved { pid: 12, fd: 11 }),
+            metrics: Some(12),
         };
-        assert_eq!(fds.all(), vec![3, 4, 5, 6, 7, 8, 9, 10, 11]);
+        assert_eq!(fds.all(), vec![3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
     }
 }
