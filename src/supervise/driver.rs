@@ -1677,6 +1677,7 @@ async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
         },
         None => Vec::new(),
     };
+    settle(rt, src).await;
     // Requests read but not handled go with the state, answered over there.
     let mut pending = Vec::new();
     if let Some(rx) = src.control.as_mut() {
@@ -1730,6 +1731,29 @@ async fn quiesce(rt: &mut Runtime, src: &mut Sources) {
     }
     for _ in 0..3 {
         tokio::task::yield_now().await;
+    }
+}
+
+/// The old image's last turn: the datagrams the notify sockets' tasks read
+/// (a READY=1 among them) and the listen() hints of the parked
+/// interception threads reach the supervisor now, or they would die with
+/// this image. No await follows until the exec, so no task reads another
+/// datagram; those still in a socket go over with it. Bounded like
+/// [`quiesce`].
+async fn settle(rt: &mut Runtime, src: &mut Sources) {
+    for _ in 0..200 {
+        if rt.os.notify.values().all(|(s, _)| !s.busy()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    while let Ok((generation, msg)) = src.notify.try_recv() {
+        if let Some(ev) = handle_notify(rt, generation, msg) {
+            step(rt, ev);
+        }
+    }
+    while let Ok((pid, how)) = src.listened.try_recv() {
+        step(rt, Event::Listened { pid, how });
     }
 }
 

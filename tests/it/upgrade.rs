@@ -581,6 +581,92 @@ fn a_sighup_at_the_exec_is_not_lost() {
     assert_eq!(s.r.log.count("SIGHUP: reload"), 1, "{}", s.r.log.text());
 }
 
+/// A helper of the starting generation: waits on the FIFO `go`, sleeps the
+/// milliseconds in `delay`, then sends READY=1 (once) and stays a while, so
+/// its sender can be checked.
+const READY_ON_GO: &str = r#"
+import os, socket, sys, time
+here = os.path.dirname(os.path.abspath(__file__))
+open(os.path.join(here, "waiting"), "w").close()
+with open(os.path.join(here, "go")) as f:
+    f.read()
+time.sleep(float(open(os.path.join(here, "delay")).read()) / 1000)
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"READY=1", addr)
+time.sleep(10)
+"#;
+
+/// Under `--ready notify`, a reload's READY=1 that arrives while relaunch
+/// hands over (read by the old image, or still in the socket) counts: the
+/// reload finishes, not at --ready-timeout. The READY=1 is sent when the
+/// new binary's handshake ends, a little later at each try, so that the
+/// tries sweep the hand-over.
+#[test]
+fn a_ready_at_the_exec_is_not_lost() {
+    if !require_tool("python3") {
+        return;
+    }
+    let b = second_build();
+    let s = setup(
+        "upgrade-ready",
+        &pid_server(""),
+        &["--ready", "notify", "--ready-timeout", "3s"],
+    );
+    let addr = s.r.listen_addr(3);
+    wait_serving(addr);
+    s.r.log.wait("serving: generation 1", T);
+    let dir = &s.app.dir;
+    std::fs::write(dir.join("ready.py"), READY_ON_GO).unwrap();
+    let fifo = dir.join("go");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    s.app.deploy(&format!(
+        "python3 {} &\n{}",
+        dir.join("ready.py").display(),
+        pid_server("--no-notify")
+    ));
+    // The new binary's handshake answers, then lets the helper go.
+    let shim = dir.join("relaunch-shim");
+    script(
+        &shim,
+        &format!(
+            "if [ \"$1\" = --upgrade-check ]; then {b} \"$@\"; rc=$?; echo go > {go}; exit $rc; fi\nexec {b} \"$@\"",
+            b = b.display(),
+            go = fifo.display()
+        ),
+    );
+    let tries = 16;
+    for n in 0..tries {
+        std::fs::write(dir.join("delay"), format!("{}", n as f64 * 0.5)).unwrap();
+        let _ = std::fs::remove_file(dir.join("waiting"));
+        let ctl = s.ctl.clone();
+        let reloading = std::thread::spawn(move || crate::reload::reload_cli(&ctl));
+        wait_for("the helper waits", T, || {
+            dir.join("waiting").exists().then_some(())
+        });
+        let (code, out) = cli(&[
+            "upgrade",
+            "--control",
+            s.ctl.to_str().unwrap(),
+            "--binary",
+            shim.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{out}");
+        let (code, out) = reloading.join().unwrap();
+        assert_eq!(
+            code,
+            0,
+            "try {n} (READY=1 {} ms after the handshake): {out}\n{}",
+            n as f64 * 0.5,
+            s.r.log.text()
+        );
+    }
+    assert_eq!(s.r.log.count("upgraded from"), tries);
+}
+
 /// An unmodified Python server that binds `127.0.0.1:PORT` itself and
 /// answers its pid. On SIGUSR1 it binds that address again on a new socket
 /// (as a process that started before an upgrade and binds after it) and
