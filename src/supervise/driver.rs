@@ -1677,6 +1677,10 @@ async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
         },
         None => Vec::new(),
     };
+    // Blocked before the last await: what a handler took until now reaches
+    // its stream at that turn and is sent again below; what comes later
+    // stays pending, across the exec.
+    let sigmask = crate::sigmask::block_all();
     settle(rt, src).await;
     // Requests read but not handled go with the state, answered over there.
     let mut pending = Vec::new();
@@ -1689,7 +1693,6 @@ async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
         .iter()
         .map(|inc| (inc.request.clone(), inc.reply.conn()))
         .collect();
-    let sigmask = crate::sigmask::block_all();
     // Signals the handlers took but the loop has not seen yet: sent again,
     // they wait (blocked) for whichever image runs next.
     src.signals.requeue();
@@ -1734,18 +1737,20 @@ async fn quiesce(rt: &mut Runtime, src: &mut Sources) {
     }
 }
 
-/// The old image's last turn: the datagrams the notify sockets' tasks read
-/// (a READY=1 among them) and the listen() hints of the parked
-/// interception threads reach the supervisor now, or they would die with
-/// this image. No await follows until the exec, so no task reads another
-/// datagram; those still in a socket go over with it. Bounded like
-/// [`quiesce`].
+/// The old image's last turn, with signals blocked: the datagrams the
+/// notify sockets' tasks read (a READY=1 among them) and the listen() hints
+/// of the parked interception threads reach the supervisor now, or they
+/// would die with this image. No await follows until the exec, so no task
+/// reads another datagram; those still in a socket go over with it.
+/// Bounded like [`quiesce`].
 async fn settle(rt: &mut Runtime, src: &mut Sources) {
+    // At least one turn of the runtime's driver, which moves what the
+    // signal handlers took so far into the signal streams.
     for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
         if rt.os.notify.values().all(|(s, _)| !s.busy()) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     while let Ok((generation, msg)) = src.notify.try_recv() {
         if let Some(ev) = handle_notify(rt, generation, msg) {

@@ -581,6 +581,47 @@ fn a_sighup_at_the_exec_is_not_lost() {
     assert_eq!(s.r.log.count("SIGHUP: reload"), 1, "{}", s.r.log.text());
 }
 
+/// A SIGTERM (`systemctl stop`) that lands anywhere in a stream of
+/// upgrades, the exec included, stops relaunch: whichever image takes it.
+#[test]
+fn a_sigterm_during_a_stream_of_upgrades_always_stops_relaunch() {
+    let tries = 25;
+    for n in 0..tries {
+        let mut s = setup("upgrade-term", &pid_server(""), &[]);
+        wait_serving(s.r.listen_addr(3));
+        s.r.log.wait("serving: generation 1", T);
+        let ctl = s.ctl.clone();
+        let stream = std::thread::spawn(move || {
+            let mut done = 0;
+            while upgrade(&ctl).0 == 0 {
+                done += 1;
+            }
+            done
+        });
+        // Around the exec of the third upgrade, a different moment each try.
+        s.r.log.wait_n("can take over; handing over", 3, T);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        std::thread::sleep(Duration::from_micros(u64::from(nanos % 3_000)));
+        s.r.signal(libc::SIGTERM);
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < end && s.r.child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            s.r.child.try_wait().unwrap().is_some(),
+            "try {n}: relaunch still runs 10 s after SIGTERM; log:\n{}",
+            s.r.log.text()
+        );
+        let status = s.r.wait_exit(T);
+        let upgrades = stream.join().unwrap();
+        assert!(status.success(), "try {n}: {status:?}\n{}", s.r.log.text());
+        assert!(upgrades >= 1);
+    }
+}
+
 /// A helper of the starting generation: waits on the FIFO `go`, sleeps the
 /// milliseconds in `delay`, then sends READY=1 (once) and stays a while, so
 /// its sender can be checked.
