@@ -566,7 +566,10 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
         intercept: carried,
         keeper: saved_keeper,
         metrics: saved_metrics,
+        image,
     } = fds;
+    // SAFETY: handed over for us alone (claimed open by `take`); closed once.
+    drop(image.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
     if let Some(k) = saved_keeper {
         keeper::adopt(k);
     }
@@ -1696,14 +1699,14 @@ async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
     // Signals the handlers took but the loop has not seen yet: sent again,
     // they wait (blocked) for whichever image runs next.
     src.signals.requeue();
-    let state = save(
+    let mut state = save(
         rt,
         reply.as_ref().map(|r| r.conn()),
         requests,
         sigmask.clone(),
         carried,
     );
-    let why = upgrade::exec(&check.binary, &state);
+    let why = upgrade::exec(&check, &mut state);
     // Still here: the old image goes on.
     crate::sigmask::set(&sigmask);
     if let Some(t) = &rt.os.intercept {

@@ -104,6 +104,10 @@ pub struct Fds {
     /// The `--metrics` listening socket.
     #[serde(default)]
     pub metrics: Option<RawFd>,
+    /// The file the old image executed (the one its handshake ran), left
+    /// open for a script's interpreter: the new image only closes it.
+    #[serde(default)]
+    pub image: Option<RawFd>,
 }
 
 impl Fds {
@@ -120,6 +124,7 @@ impl Fds {
             intercept,
             keeper,
             metrics,
+            image,
         } = self;
         listeners
             .iter()
@@ -133,6 +138,7 @@ impl Fds {
             .chain(intercept.iter().map(|c| c.fd))
             .chain(keeper.iter().map(|k| k.fd))
             .chain(metrics.iter().copied())
+            .chain(image.iter().copied())
             .collect()
     }
 }
@@ -627,7 +633,8 @@ mod tests {
             intercept: vec![crate::intercept::handler::Carried::new(11, 10)],
             keeper: Some(crate::supervise::keeper::Saved { pid: 12, fd: 11 }),
             metrics: Some(12),
+            image: Some(13),
         };
-        assert_eq!(fds.all(), vec![3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        assert_eq!(fds.all(), vec![3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
     }
 }

@@ -1,6 +1,8 @@
 //! The old image's side of an upgrade in place: find the new binary, run
 //! its handshake under a deadline, then exec it with the state (see
-//! [`handover`] for the protocol).
+//! [`handover`] for the protocol). The binary is opened once: the handshake
+//! runs that file and the exec executes it (`execveat`), so a file swapped
+//! in at the path meanwhile never runs.
 
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -16,6 +18,8 @@ use crate::supervise::spawn;
 /// The new binary's handshake, running.
 pub struct Check {
     pub binary: PathBuf,
+    /// The file at `binary` when the upgrade began (O_PATH).
+    image: OwnedFd,
     pub reply: Option<Reply>,
     pub pid: i32,
     /// What it prints (stdout and stderr), read once it has exited.
@@ -69,7 +73,11 @@ pub fn start(
     reply: Option<Reply>,
     state: &[u8],
 ) -> Result<Check, (String, Option<Reply>)> {
-    let run = || -> std::io::Result<(i32, OwnedFd)> {
+    let run = || -> std::io::Result<(i32, OwnedFd, OwnedFd)> {
+        let image = open(&binary)?;
+        // Run through its fd, as the exec will be: a copy without
+        // close-on-exec, as a script's interpreter opens it by that name.
+        let handed = nix::unistd::dup(&image)?;
         let stdin = handover::seal(state)?;
         let (rd, wr) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
@@ -78,7 +86,8 @@ pub fn start(
             &wr,
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
         )?;
-        let mut cmd = Command::new(&binary);
+        let mut cmd = Command::new(format!("/proc/self/fd/{}", handed.as_raw_fd()));
+        std::os::unix::process::CommandExt::arg0(&mut cmd, &binary);
         cmd.arg(CHECK_FLAG)
             .arg(FORMAT.to_string())
             .stdin(Stdio::from(stdin))
@@ -95,12 +104,14 @@ pub fn start(
             cmd.env_remove(var);
         }
         let child = cmd.spawn()?;
+        drop(handed);
         // Never waited for here: the reaper collects it.
-        Ok((child.id() as i32, rd))
+        Ok((child.id() as i32, rd, image))
     };
     match run() {
-        Ok((pid, output)) => Ok(Check {
+        Ok((pid, output, image)) => Ok(Check {
             binary,
+            image,
             reply,
             pid,
             output,
@@ -112,6 +123,20 @@ pub fn start(
             reply,
         )),
     }
+}
+
+/// The file at `path`, opened once (O_PATH: no read permission needed to
+/// exec it), and a regular file.
+fn open(path: &Path) -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a file"));
+    }
+    Ok(file.into())
 }
 
 impl Check {
@@ -136,10 +161,13 @@ impl Check {
     }
 }
 
-/// Executes `binary` in place with `state` sealed in a memfd and the fds it
-/// names left open. Returns only if execve failed, with everything as it
-/// was except the signal mask (the caller restores it).
-pub fn exec<C: serde::Serialize>(binary: &Path, state: &handover::State<C>) -> String {
+/// Executes the file the handshake ran in place, with `state` sealed in a
+/// memfd and the fds it names left open (the file's own fd among them, for
+/// the new image to close). Returns only if execveat failed, with
+/// everything as it was except the signal mask (the caller restores it).
+pub fn exec<C: serde::Serialize>(check: &Check, state: &mut handover::State<C>) -> String {
+    let binary = &check.binary;
+    state.fds.image = Some(check.image.as_raw_fd());
     let json = match serde_json::to_vec(state) {
         Ok(j) => j,
         Err(e) => return format!("cannot encode the state: {e}"),
@@ -155,7 +183,6 @@ pub fn exec<C: serde::Serialize>(binary: &Path, state: &handover::State<C>) -> S
         .chain([memfd.as_raw_fd()])
         .collect();
     let cstr = |b: &[u8]| CString::new(b).ok();
-    let path = cstr(binary.as_os_str().as_bytes());
     let argv: Option<Vec<CString>> = std::env::args_os().map(|a| cstr(a.as_bytes())).collect();
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| k != handover::ENV && k != spawn::FD_LIMIT_ENV)
@@ -168,8 +195,8 @@ pub fn exec<C: serde::Serialize>(binary: &Path, state: &handover::State<C>) -> S
         .iter()
         .map(|(k, v)| cstr(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
         .collect();
-    let (Some(path), Some(argv), Some(envp)) = (path, argv, envp) else {
-        return "a path, argument or variable holds a NUL byte".into();
+    let (Some(argv), Some(envp)) = (argv, envp) else {
+        return "an argument or variable holds a NUL byte".into();
     };
     let mut cleared = Vec::new();
     for &fd in &fds {
@@ -188,15 +215,24 @@ pub fn exec<C: serde::Serialize>(binary: &Path, state: &handover::State<C>) -> S
             .collect::<Vec<_>>()
     };
     let (argv_p, envp_p) = (ptrs(&argv), ptrs(&envp));
-    // SAFETY: NUL-terminated strings and NULL-terminated arrays that live
-    // until the call returns (it returns only on failure).
-    unsafe { libc::execve(path.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
+    // SAFETY: an open fd, NUL-terminated strings and NULL-terminated arrays
+    // that live until the call returns (it returns only on failure).
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            check.image.as_raw_fd(),
+            c"".as_ptr(),
+            argv_p.as_ptr(),
+            envp_p.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
     let err = std::io::Error::last_os_error();
     for &fd in &cleared {
         handover::set_cloexec(fd, true);
     }
     drop(memfd);
-    format!("execve {}: {err}", binary.display())
+    format!("execveat {}: {err}", binary.display())
 }
 
 #[cfg(test)]

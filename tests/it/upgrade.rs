@@ -290,9 +290,17 @@ fn twenty_upgrades_in_a_row_leak_nothing() {
     // After twenty handovers every fd is close-on-exec again: a program
     // relaunch runs (here the next handshake) sees no more fds than one
     // this test runs (0, 1, 2, the folder it lists, and whatever this
-    // test's own parent left open for both).
-    let list = "import os; print('fds', sorted(map(int, os.listdir('/proc/self/fd')))); exit(1)";
-    let here = Command::new("python3").args(["-c", list]).output().unwrap();
+    // test's own parent left open for both), but for the file it runs
+    // from (the handshake runs the file relaunch opened, by its fd).
+    let list = format!(
+        "import os; print('fds', sorted(fd for fd in map(int, os.listdir('/proc/self/fd')) \
+         if os.path.realpath(f'/proc/self/fd/{{fd}}') != '{}')); exit(1)",
+        s.bin.display()
+    );
+    let here = Command::new("python3")
+        .args(["-c", &list])
+        .output()
+        .unwrap();
     let here = String::from_utf8_lossy(&here.stdout).trim().to_string();
     assert!(here.starts_with("fds [0, 1, 2, 3"), "{here}");
     script(&s.bin, &format!("exec python3 -c \"{list}\""));
@@ -329,10 +337,13 @@ fn a_broken_new_binary_is_refused_and_nothing_changes() {
             "exec sleep 60",
             "it did not answer the handshake within 5 s",
         ),
-        // It passes the check, then is gone when relaunch execs it.
+        // It passes the check, then cannot be executed when relaunch execs it.
         (
-            "cat >/dev/null; echo 'relaunch upgrade-check ok: format 3, 0.9.9'; rm -f \"$0\"",
-            "No such file or directory",
+            &format!(
+                "cat >/dev/null; echo 'relaunch upgrade-check ok: format 3, 0.9.9'; chmod a-x {}",
+                s.bin.display()
+            ),
+            "Permission denied",
         ),
     ];
     for (body, reason) in cases {
@@ -579,6 +590,37 @@ fn a_sighup_at_the_exec_is_not_lost() {
     let rep = load.finish();
     assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
     assert_eq!(s.r.log.count("SIGHUP: reload"), 1, "{}", s.r.log.text());
+}
+
+/// The file relaunch checked is the one it executes: a file swapped in at
+/// the path between the handshake and the exec never runs.
+#[test]
+fn a_binary_swapped_after_the_handshake_does_not_run() {
+    let b = second_build();
+    let s = setup("upgrade-swap", &pid_server(""), &[]);
+    let addr = s.r.listen_addr(3);
+    let first = wait_serving(addr);
+    s.r.log.wait("serving: generation 1", T);
+    let rogue = s.app.dir.join("rogue");
+    script(&rogue, "echo rogue ran >&2; exit 7");
+    // The new binary answers the handshake, then puts the rogue file at
+    // its own path (as a second deploy racing the first would).
+    script(
+        &s.bin,
+        &format!(
+            "if [ \"$1\" = --upgrade-check ]; then {b} \"$@\"; rc=$?; mv {rogue} {bin}; exit $rc; fi\nexec {b} \"$@\"",
+            b = b.display(),
+            rogue = rogue.display(),
+            bin = s.bin.display()
+        ),
+    );
+    let (code, out) = upgrade(&s.ctl);
+    assert_eq!(code, 0, "{out}\n{}", s.r.log.text());
+    assert!(out.contains(&format!("(build {BUILD_B})")), "{out}");
+    assert!(!s.r.log.text().contains("rogue ran"), "{}", s.r.log.text());
+    assert!(pid_alive(s.r.pid()));
+    assert_eq!(status(&s.ctl)["build_id"], BUILD_B);
+    assert_eq!(get(addr).unwrap(), first);
 }
 
 /// A SIGTERM (`systemctl stop`) that lands anywhere in a stream of
