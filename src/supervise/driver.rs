@@ -1723,18 +1723,7 @@ async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
 /// and answers already decided reach their clients. Bounded: a stuck check
 /// loses at most what it holds.
 async fn quiesce(rt: &mut Runtime, src: &mut Sources) {
-    for _ in 0..200 {
-        if rt.os.notify.values().all(|(s, _)| !s.busy()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    tokio::task::yield_now().await;
-    while let Ok((generation, msg)) = src.notify.try_recv() {
-        if let Some(ev) = handle_notify(rt, generation, msg) {
-            step(rt, ev);
-        }
-    }
+    settle(rt, src).await;
     for _ in 0..3 {
         tokio::task::yield_now().await;
     }
