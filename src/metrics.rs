@@ -27,9 +27,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::control::{Incoming, Request, Response, Status};
 use crate::counts::{Count, ReloadResult, RestartReason};
@@ -276,10 +276,9 @@ pub fn exposure(addr: SocketAddr) -> Option<String> {
 /// Binds ADDR and serves scrapes from a task; each scrape comes to the
 /// supervisor as a status request on the returned channel. The address
 /// bound is returned too: for port 0, the next image binds that one.
-pub fn serve(addr: SocketAddr) -> Result<(Tally, mpsc::Receiver<Incoming>, SocketAddr)> {
+pub fn serve(addr: SocketAddr) -> Result<Served> {
     // SO_REUSEADDR: the scrapes relaunch closed first sit in TIME_WAIT on
-    // this port, and must not stop the next image (or the next start) from
-    // binding it.
+    // this port, and must not stop the next start from binding it.
     let listener = (|| {
         let socket = match addr {
             SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -295,7 +294,46 @@ pub fn serve(addr: SocketAddr) -> Result<(Tally, mpsc::Receiver<Incoming>, Socke
         ))
     })?;
     let bound = listener.local_addr().unwrap_or(addr);
+    Ok(serve_on(listener, bound))
+}
+
+/// Serves scrapes on a listening socket an earlier image handed over (an
+/// upgrade binds nothing, so nothing can take the port meanwhile).
+pub fn adopt(fd: std::os::fd::OwnedFd) -> std::io::Result<Served> {
+    let socket = socket2::Socket::from(fd);
+    let bound = socket.local_addr()?.as_socket();
+    let (Some(bound), true, true) = (
+        bound,
+        socket.r#type()? == socket2::Type::STREAM,
+        socket.is_listener()?,
+    ) else {
+        return Err(std::io::Error::other("it is not a listening TCP socket"));
+    };
+    socket.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(std::net::TcpListener::from(socket))?;
+    Ok(serve_on(listener, bound))
+}
+
+/// What `--metrics` gives the driver: the counters, the scrapes, the
+/// address served and a copy of the socket for the next image.
+pub type Served = (
+    Tally,
+    mpsc::Receiver<Incoming>,
+    SocketAddr,
+    Option<std::os::fd::OwnedFd>,
+);
+
+fn serve_on(listener: TcpListener, bound: SocketAddr) -> Served {
     info!("metrics on http://{bound}/metrics");
+    let copy = {
+        use std::os::fd::AsFd;
+        listener.as_fd().try_clone_to_owned()
+    };
+    if let Err(e) = &copy {
+        warn!(
+            "metrics: cannot keep a copy of the socket for an upgrade ({e}); it binds again then"
+        );
+    }
     let (registry, tally, gauges) = registry();
     let shared = Arc::new(Shared { registry, gauges });
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -309,7 +347,7 @@ pub fn serve(addr: SocketAddr) -> Result<(Tally, mpsc::Receiver<Incoming>, Socke
         closed,
         each,
     ));
-    Ok((tally, rx, bound))
+    (tally, rx, bound, copy.ok())
 }
 
 /// What a request head asks for.

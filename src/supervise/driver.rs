@@ -89,8 +89,9 @@ struct Launch {
     /// `--log-format json`.
     #[serde(default)]
     json: bool,
-    /// `--metrics`: served again by the next image (its counters start over,
-    /// as a restart's would) at the address bound, so port 0 stays put.
+    /// `--metrics`: served by the next image on the same socket (its
+    /// counters start over, as a restart's would); the address bound, for
+    /// an image that did not hand the socket over.
     #[serde(default)]
     metrics: Option<std::net::SocketAddr>,
 }
@@ -106,6 +107,8 @@ struct Resources {
     systemd: Option<Systemd>,
     tally: Option<metrics::Tally>,
     scrapes: Option<mpsc::Receiver<Incoming>>,
+    /// A copy of the metrics socket, for the next image.
+    metrics_socket: Option<OwnedFd>,
     /// `--watch` and `--build` (an upgrade is refused under --watch).
     watcher: Option<Watcher>,
     build_cmd: Option<String>,
@@ -164,6 +167,7 @@ pub async fn run(boot: Boot) -> Result<i32> {
         systemd,
         tally,
         scrapes,
+        metrics_socket,
         watcher,
         build_cmd,
         build_env,
@@ -198,6 +202,7 @@ pub async fn run(boot: Boot) -> Result<i32> {
         upgrade: None,
         asked: None,
         tally,
+        metrics_socket,
         spawns: reaper::Spawns::default(),
         escaped: HashMap::new(),
         build_cmd,
@@ -296,7 +301,7 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
         Some(path) => Some(control::Server::bind(path)?),
         None => None,
     };
-    let (tally, scrapes, metrics) = serve_metrics(plan.metrics)?;
+    let (tally, scrapes, metrics, metrics_socket) = serve_metrics(plan.metrics)?;
     // Nothing of it exists without --watch.
     let watcher = match &plan.watch {
         Some(w) => Some(Watcher::start(w, plan.build_env()).await?),
@@ -330,6 +335,7 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
         systemd,
         tally,
         scrapes,
+        metrics_socket,
         build_cmd,
         build_env,
         watcher,
@@ -386,18 +392,49 @@ type MetricsServed = (
     Option<metrics::Tally>,
     Option<mpsc::Receiver<Incoming>>,
     Option<std::net::SocketAddr>,
+    Option<OwnedFd>,
 );
 
-/// `--metrics ADDR`: the counters, the scrapes to answer and the address
-/// bound (for the next image: the port the kernel picked for port 0).
+/// `--metrics ADDR`: the counters, the scrapes to answer, the address
+/// bound and a copy of its socket (for the next image).
 fn serve_metrics(addr: Option<std::net::SocketAddr>) -> Result<MetricsServed> {
     Ok(match addr {
-        Some(addr) => {
-            let (tally, scrapes, bound) = metrics::serve(addr)?;
-            (Some(tally), Some(scrapes), Some(bound))
-        }
-        None => (None, None, None),
+        Some(addr) => served(metrics::serve(addr)?),
+        None => (None, None, None, None),
     })
+}
+
+fn served((tally, scrapes, bound, socket): metrics::Served) -> MetricsServed {
+    (Some(tally), Some(scrapes), Some(bound), socket)
+}
+
+/// After an upgrade: the metrics socket the old image served, or (from an
+/// image that did not hand it over) the address it served bound again.
+/// Whatever fails, relaunch goes on without metrics: an upgrade never ends
+/// in an exit.
+fn adopt_metrics(addr: Option<std::net::SocketAddr>, fd: Option<RawFd>) -> MetricsServed {
+    let off = (None, None, None, None);
+    let Some(addr) = addr else {
+        // SAFETY: handed over for us alone; closed once.
+        drop(fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        return off;
+    };
+    let got = match fd {
+        // SAFETY: handed over for us alone (claimed open by `take`); adopted once.
+        Some(fd) => metrics::adopt(unsafe { OwnedFd::from_raw_fd(fd) })
+            .map_err(|e| format!("cannot serve the socket handed over (fd {fd}): {e}")),
+        None => metrics::serve(addr).map_err(|e| e.to_string()),
+    };
+    match got {
+        Ok(m) => served(m),
+        Err(e) => {
+            warn!(
+                "metrics are off after the upgrade: {e}; the children and listeners are kept; \
+                 restart relaunch (or upgrade again) to serve --metrics {addr} again"
+            );
+            off
+        }
+    }
 }
 
 /// The driver's own state, for the next image (its fds are in
@@ -531,12 +568,7 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
         },
         fds,
     } = state;
-    // Close-on-exec again at once: no child may see them but through spawn.
-    for fd in fds.all() {
-        if !handover::set_cloexec(fd, true) {
-            warn!("the upgrade state names fd {fd}, which is not open");
-        }
-    }
+    // Every fd was checked open, and made close-on-exec again, by `take`.
     let handover::Fds {
         listeners: saved_listeners,
         control: saved_control,
@@ -547,7 +579,11 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
         upgrade,
         intercept: carried,
         keeper: saved_keeper,
+        metrics: saved_metrics,
+        image,
     } = fds;
+    // SAFETY: handed over for us alone (claimed open by `take`); closed once.
+    drop(image.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
     if let Some(k) = saved_keeper {
         keeper::adopt(k);
     }
@@ -559,7 +595,8 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
         ),
         None => None,
     };
-    let (tally, scrapes, metrics) = serve_metrics(saved.launch.metrics)?;
+    let (tally, scrapes, metrics, metrics_socket) =
+        adopt_metrics(saved.launch.metrics, saved_metrics);
     let intercept = adopt_intercept(&listeners, saved.intercept, carried, listened);
     Ok(Resources {
         systemd: Systemd::from_env(saved.launch.notify_socket.as_deref()),
@@ -575,6 +612,7 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
             .map(|f| sockets::PortsFile::adopt(f.path, f.identity)),
         tally,
         scrapes,
+        metrics_socket,
         watcher: None,
         build_cmd: None,
         build_env: Vec::new(),
@@ -776,6 +814,8 @@ struct Driver {
     asked: Option<(Option<PathBuf>, Option<control::Reply>)>,
     /// `--metrics`: the counters the supervisor's [`Effect::Count`]s feed.
     tally: Option<metrics::Tally>,
+    /// A copy of the metrics socket (served by its own task), handed over.
+    metrics_socket: Option<OwnedFd>,
     /// Every child started, for telling whose an escaped process is.
     spawns: reaper::Spawns,
     /// Handles on the escaped processes the supervisor is ending.
@@ -1058,6 +1098,7 @@ impl Driver {
             notify,
             execs,
             keeper: keeper::save(),
+            metrics: self.metrics_socket.as_ref().map(|s| s.as_raw_fd()),
             ..Default::default()
         };
         (saved, fds)
@@ -1662,6 +1703,11 @@ async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
         },
         None => Vec::new(),
     };
+    // Blocked before the last await: what a handler took until now reaches
+    // its stream at that turn and is sent again below; what comes later
+    // stays pending, across the exec.
+    let sigmask = crate::sigmask::block_all();
+    settle(rt, src).await;
     // Requests read but not handled go with the state, answered over there.
     let mut pending = Vec::new();
     if let Some(rx) = src.control.as_mut() {
@@ -1673,18 +1719,17 @@ async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
         .iter()
         .map(|inc| (inc.request.clone(), inc.reply.conn()))
         .collect();
-    let sigmask = crate::sigmask::block_all();
     // Signals the handlers took but the loop has not seen yet: sent again,
     // they wait (blocked) for whichever image runs next.
     src.signals.requeue();
-    let state = save(
+    let mut state = save(
         rt,
         reply.as_ref().map(|r| r.conn()),
         requests,
         sigmask.clone(),
         carried,
     );
-    let why = upgrade::exec(&check.binary, &state);
+    let why = upgrade::exec(&check, &mut state);
     // Still here: the old image goes on.
     crate::sigmask::set(&sigmask);
     if let Some(t) = &rt.os.intercept {
@@ -1701,20 +1746,34 @@ async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
 /// and answers already decided reach their clients. Bounded: a stuck check
 /// loses at most what it holds.
 async fn quiesce(rt: &mut Runtime, src: &mut Sources) {
+    settle(rt, src).await;
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The old image's last turn, with signals blocked: the datagrams the
+/// notify sockets' tasks read (a READY=1 among them) and the listen() hints
+/// of the parked interception threads reach the supervisor now, or they
+/// would die with this image. No await follows until the exec, so no task
+/// reads another datagram; those still in a socket go over with it.
+/// Bounded like [`quiesce`].
+async fn settle(rt: &mut Runtime, src: &mut Sources) {
+    // At least one turn of the runtime's driver, which moves what the
+    // signal handlers took so far into the signal streams.
     for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
         if rt.os.notify.values().all(|(s, _)| !s.busy()) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    tokio::task::yield_now().await;
     while let Ok((generation, msg)) = src.notify.try_recv() {
         if let Some(ev) = handle_notify(rt, generation, msg) {
             step(rt, ev);
         }
     }
-    for _ in 0..3 {
-        tokio::task::yield_now().await;
+    while let Ok((pid, how)) = src.listened.try_recv() {
+        step(rt, Event::Listened { pid, how });
     }
 }
 
@@ -2032,6 +2091,28 @@ mod tests {
             keys(&serde_json::to_value(&driver).unwrap()),
             keys(&old["driver"])
         );
+    }
+
+    /// An upgrade never ends in an exit for want of metrics: a port taken
+    /// meanwhile (from an image that did not hand the socket over), or a
+    /// handed fd that is no listener, leaves relaunch serving without them.
+    #[tokio::test]
+    async fn metrics_that_cannot_be_served_after_an_upgrade_are_off_not_fatal() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let (tally, scrapes, bound, socket) = adopt_metrics(Some(addr), None);
+        assert!(tally.is_none() && scrapes.is_none() && bound.is_none() && socket.is_none());
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+        let (tally, ..) = adopt_metrics(Some(addr), Some(fd));
+        assert!(tally.is_none());
+        // The socket handed over is served as it is.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = listener.local_addr().unwrap();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(listener);
+        let (tally, _scrapes, bound, socket) = adopt_metrics(Some(addr), Some(fd));
+        assert!(tally.is_some() && socket.is_some());
+        assert_eq!(bound, Some(at));
     }
 
     #[test]

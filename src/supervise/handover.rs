@@ -14,8 +14,10 @@
 //!   environment plus `RELAUNCH_UPGRADE_STATE=<memfd>`. If execve fails, it
 //!   undoes that and goes on.
 //! - The new image ([`take`]) reads and closes the memfd, checks that the
-//!   state is for this pid and this format, marks every fd close-on-exec
-//!   again, adopts them and unblocks signals once its handlers are in.
+//!   state is for this pid and this format and that its fds are each named
+//!   once, open and above stderr ([`Fds::claim`]; the handshake checks what
+//!   it can of that too), marks every fd close-on-exec again, adopts them
+//!   and unblocks signals once its handlers are in.
 //!
 //! Instants travel as CLOCK_MONOTONIC microseconds ([`crate::serial::mono`]), which the
 //! exec does not reset, so deadlines keep their place in time.
@@ -36,7 +38,9 @@ use crate::supervise::spawn::ExecFd;
 
 /// Bumped whenever [`State`] changes in a way an older reader would misread.
 /// 2: bind interception's fds and table (a reader of 1 would drop them).
-pub const FORMAT: u32 = 2;
+/// 3: the metrics socket (a reader of 2 would leave it open for the
+/// children, and fail to bind its port again).
+pub const FORMAT: u32 = 3;
 /// The oldest format this image still reads: what later formats added has
 /// a default (format 1 is a relaunch without interception to carry).
 pub const OLDEST: u32 = 1;
@@ -97,6 +101,13 @@ pub struct Fds {
     /// The keeper's pipe (see [`crate::supervise::keeper`]).
     #[serde(default)]
     pub keeper: Option<crate::supervise::keeper::Saved>,
+    /// The `--metrics` listening socket.
+    #[serde(default)]
+    pub metrics: Option<RawFd>,
+    /// The file the old image executed (the one its handshake ran), left
+    /// open for a script's interpreter: the new image only closes it.
+    #[serde(default)]
+    pub image: Option<RawFd>,
 }
 
 impl Fds {
@@ -112,6 +123,8 @@ impl Fds {
             upgrade,
             intercept,
             keeper,
+            metrics,
+            image,
         } = self;
         listeners
             .iter()
@@ -124,7 +137,50 @@ impl Fds {
             .chain(upgrade.iter().copied())
             .chain(intercept.iter().map(|c| c.fd))
             .chain(keeper.iter().map(|k| k.fd))
+            .chain(metrics.iter().copied())
+            .chain(image.iter().copied())
             .collect()
+    }
+}
+
+impl Fds {
+    /// Pure: each fd named once, and none of stdin, stdout and stderr
+    /// (nothing relaunch hands over lives there).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for fd in self.all() {
+            if fd <= 2 {
+                return Err(format!(
+                    "it names fd {fd}, which relaunch never hands over (stdin, stdout, stderr \
+                     or no fd at all)"
+                ));
+            }
+            if !seen.insert(fd) {
+                return Err(format!("it names fd {fd} twice"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The new image, before adopting anything: every fd is open and none
+    /// is the state's own memfd (`state`, closed once read); then each is
+    /// close-on-exec again. All or nothing: a refused state takes no fd.
+    pub fn claim(&self, state: Option<RawFd>) -> std::result::Result<(), String> {
+        self.check()?;
+        let fds = self.all();
+        for &fd in &fds {
+            if Some(fd) == state {
+                return Err(format!("it names fd {fd}, the state's own memfd"));
+            }
+            // SAFETY: F_GETFD only reads a flag; EBADF on a closed fd.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(format!("it names fd {fd}, which is not open"));
+            }
+        }
+        for fd in fds {
+            set_cloexec(fd, true);
+        }
+        Ok(())
     }
 }
 
@@ -235,6 +291,7 @@ pub fn parse<C: DeserializeOwned>(
             state.pid
         ));
     }
+    state.fds.check()?;
     Ok(state)
 }
 
@@ -270,7 +327,9 @@ pub fn take<C: DeserializeOwned>(value: &std::ffi::OsStr) -> Result<State<C>> {
         .hint(hint)
     };
     let bytes = unseal(&fd).map_err(bad)?;
-    parse(&bytes, Some(std::process::id())).map_err(bad)
+    let state: State<C> = parse(&bytes, Some(std::process::id())).map_err(bad)?;
+    state.fds.claim(Some(fd.as_raw_fd())).map_err(bad)?;
+    Ok(state)
 }
 
 /// The new binary's side of the handshake: `relaunch --upgrade-check N`
@@ -468,6 +527,78 @@ mod tests {
         assert!(e.contains("did not answer the handshake within 5 s"), "{e}");
     }
 
+    /// A state naming `fds` as listeners, as the handshake reads it.
+    fn state_with_listeners(fds: &[RawFd]) -> Vec<u8> {
+        let listeners: Vec<_> = fds
+            .iter()
+            .map(|fd| format!(r#"{{"name":"l{fd}","fd":{fd},"file":null}}"#))
+            .collect();
+        format!(
+            r#"{{"format":{FORMAT},"pid":1,"from":"x","sigmask":[],"anything":true,
+                "fds":{{"listeners":[{}],"control":null,"notify":[],"execs":[],
+                "waiters":[],"requests":[],"upgrade":null}}}}"#,
+            listeners.join(",")
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_state_naming_an_fd_twice_or_a_standard_one_is_refused() {
+        assert!(parse::<Carried>(&state_with_listeners(&[3, 4]), None).is_ok());
+        let twice = parse::<Carried>(&state_with_listeners(&[3, 4, 3]), None).unwrap_err();
+        assert!(twice.contains("fd 3") && twice.contains("twice"), "{twice}");
+        for fd in [-1, 0, 1, 2] {
+            let e = parse::<Carried>(&state_with_listeners(&[3, fd]), None).unwrap_err();
+            assert!(e.contains(&format!("fd {fd}")), "{e}");
+        }
+        // The handshake reads it the same way: the old image hears why and goes on.
+        let (code, line) = check::<Carried>(
+            Some(FORMAT.to_string().as_ref()),
+            &state_with_listeners(&[5, 5])[..],
+        );
+        assert_eq!(code, 1, "{line}");
+        assert!(line.contains("cannot adopt this state"), "{line}");
+    }
+
+    #[test]
+    fn claiming_a_state_refuses_an_fd_that_is_not_open_and_touches_nothing() {
+        let open = std::fs::File::open("/dev/null").unwrap();
+        let (rd, _wr) = nix::unistd::pipe().unwrap();
+        // Far above any fd this test process opens (other tests run beside it).
+        let closed = 999_999;
+        let fds = |list: &[RawFd]| Fds {
+            listeners: list
+                .iter()
+                .map(|&fd| ListenerFd {
+                    name: "l".into(),
+                    fd,
+                    file: None,
+                    nonblock: false,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        // SAFETY: reads a flag of an fd this test owns.
+        let cloexec = |fd: RawFd| unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC;
+        set_cloexec(open.as_raw_fd(), false);
+        let e = fds(&[open.as_raw_fd(), closed]).claim(None).unwrap_err();
+        assert!(
+            e.contains(&format!("fd {closed}")) && e.contains("not open"),
+            "{e}"
+        );
+        // Refused whole: nothing of it was taken.
+        assert_eq!(cloexec(open.as_raw_fd()), 0);
+        // Nor may it name the fd the state itself came in.
+        let e = fds(&[open.as_raw_fd()])
+            .claim(Some(open.as_raw_fd()))
+            .unwrap_err();
+        assert!(e.contains("the state's own"), "{e}");
+        fds(&[open.as_raw_fd(), rd.as_raw_fd()])
+            .claim(None)
+            .unwrap();
+        assert_ne!(cloexec(open.as_raw_fd()), 0);
+    }
+
     #[test]
     fn fds_lists_every_piece() {
         let fds = Fds {
@@ -501,7 +632,9 @@ mod tests {
             upgrade: Some(9),
             intercept: vec![crate::intercept::handler::Carried::new(11, 10)],
             keeper: Some(crate::supervise::keeper::Saved { pid: 12, fd: 11 }),
+            metrics: Some(12),
+            image: Some(13),
         };
-        assert_eq!(fds.all(), vec![3, 4, 5, 6, 7, 8, 9, 10, 11]);
+        assert_eq!(fds.all(), vec![3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
     }
 }

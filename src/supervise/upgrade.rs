@@ -1,6 +1,8 @@
 //! The old image's side of an upgrade in place: find the new binary, run
 //! its handshake under a deadline, then exec it with the state (see
-//! [`handover`] for the protocol).
+//! [`handover`] for the protocol). The binary is opened once: the handshake
+//! runs that file and the exec executes it (`execveat`), so a file swapped
+//! in at the path meanwhile never runs.
 
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -15,6 +17,8 @@ use crate::supervise::spawn;
 /// The new binary's handshake, running.
 pub struct Check {
     pub binary: PathBuf,
+    /// The file at `binary` when the upgrade began (O_PATH).
+    image: OwnedFd,
     pub reply: Option<Reply>,
     pub pid: i32,
     /// What it prints (stdout and stderr), read once it has exited.
@@ -74,7 +78,8 @@ pub fn start(
 ) -> Result<Check, (String, Option<Reply>)> {
     let cannot =
         |e: &dyn std::fmt::Display| format!("cannot run {} {CHECK_FLAG}: {e}", binary.display());
-    let run = || -> Result<(spawn::Spawned, OwnedFd), String> {
+    let run = || -> Result<(spawn::Spawned, OwnedFd, OwnedFd), String> {
+        let image = open(&binary).map_err(|e| cannot(&e))?;
         let stdin = handover::seal(state).map_err(|e| cannot(&e))?;
         let (rd, wr) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
@@ -96,8 +101,12 @@ pub fn start(
         let env: Vec<(OsString, OsString)> = std::env::vars_os()
             .filter(|(k, _)| !hidden.iter().any(|h| k == h))
             .collect();
+        // The very file the exec will run: through our fd, by a name that
+        // means the same in the child (and to a script's interpreter) as
+        // here, while we hold the fd.
+        let program: OsString = through(&image).into();
         let spawned = spawn::spawn(&spawn::Request {
-            program: binary.as_os_str(),
+            program: &program,
             args: &[CHECK_FLAG.into(), FORMAT.to_string().into()],
             env: &env,
             fds: &[],
@@ -107,12 +116,13 @@ pub fn start(
             probes: false,
             stdio: Some((stdin.as_fd(), wr.as_fd(), wr.as_fd())),
         })
-        .map_err(|e| e.to_string())?;
-        Ok((spawned, rd))
+        .map_err(|e| by_name(e.to_string(), &image, &binary))?;
+        Ok((spawned, rd, image))
     };
     match run() {
-        Ok((spawned, output)) => Ok(Check {
+        Ok((spawned, output, image)) => Ok(Check {
             binary,
+            image,
             reply,
             pid: spawned.pid,
             output,
@@ -124,11 +134,35 @@ pub fn start(
     }
 }
 
+/// The name of the file open at `image`, here and in a child.
+fn through(image: &OwnedFd) -> String {
+    format!("/proc/{}/fd/{}", std::process::id(), image.as_raw_fd())
+}
+
+/// `text` about the file run through `image`, said by its own name.
+fn by_name(text: String, image: &OwnedFd, binary: &Path) -> String {
+    text.replace(&through(image), &binary.display().to_string())
+}
+
+/// The file at `path`, opened once (O_PATH: no read permission needed to
+/// exec it), and a regular file.
+fn open(path: &Path) -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a file"));
+    }
+    Ok(file.into())
+}
+
 impl Check {
     /// Once it has exited: Ok(the new image) or why it is refused.
     pub fn verdict(&self) -> Result<String, String> {
         if let spawn::ExecStatus::Failed(e) = self.exec.check() {
-            return Err(e.to_string());
+            return Err(by_name(e.to_string(), &self.image, &self.binary));
         }
         let mut out = vec![0u8; 64 * 1024];
         let mut got = 0;
@@ -149,10 +183,13 @@ impl Check {
     }
 }
 
-/// Executes `binary` in place with `state` sealed in a memfd and the fds it
-/// names left open. Returns only if execve failed, with everything as it
-/// was except the signal mask (the caller restores it).
-pub fn exec<C: serde::Serialize>(binary: &Path, state: &handover::State<C>) -> String {
+/// Executes the file the handshake ran in place, with `state` sealed in a
+/// memfd and the fds it names left open (the file's own fd among them, for
+/// the new image to close). Returns only if execveat failed, with
+/// everything as it was except the signal mask (the caller restores it).
+pub fn exec<C: serde::Serialize>(check: &Check, state: &mut handover::State<C>) -> String {
+    let binary = &check.binary;
+    state.fds.image = Some(check.image.as_raw_fd());
     let json = match serde_json::to_vec(state) {
         Ok(j) => j,
         Err(e) => return format!("cannot encode the state: {e}"),
@@ -168,7 +205,6 @@ pub fn exec<C: serde::Serialize>(binary: &Path, state: &handover::State<C>) -> S
         .chain([memfd.as_raw_fd()])
         .collect();
     let cstr = |b: &[u8]| CString::new(b).ok();
-    let path = cstr(binary.as_os_str().as_bytes());
     let argv: Option<Vec<CString>> = std::env::args_os().map(|a| cstr(a.as_bytes())).collect();
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| k != handover::ENV && k != spawn::FD_LIMIT_ENV)
@@ -181,8 +217,8 @@ pub fn exec<C: serde::Serialize>(binary: &Path, state: &handover::State<C>) -> S
         .iter()
         .map(|(k, v)| cstr(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
         .collect();
-    let (Some(path), Some(argv), Some(envp)) = (path, argv, envp) else {
-        return "a path, argument or variable holds a NUL byte".into();
+    let (Some(argv), Some(envp)) = (argv, envp) else {
+        return "an argument or variable holds a NUL byte".into();
     };
     let mut cleared = Vec::new();
     for &fd in &fds {
@@ -201,15 +237,24 @@ pub fn exec<C: serde::Serialize>(binary: &Path, state: &handover::State<C>) -> S
             .collect::<Vec<_>>()
     };
     let (argv_p, envp_p) = (ptrs(&argv), ptrs(&envp));
-    // SAFETY: NUL-terminated strings and NULL-terminated arrays that live
-    // until the call returns (it returns only on failure).
-    unsafe { libc::execve(path.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
+    // SAFETY: an open fd, NUL-terminated strings and NULL-terminated arrays
+    // that live until the call returns (it returns only on failure).
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            check.image.as_raw_fd(),
+            c"".as_ptr(),
+            argv_p.as_ptr(),
+            envp_p.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
     let err = std::io::Error::last_os_error();
     for &fd in &cleared {
         handover::set_cloexec(fd, true);
     }
     drop(memfd);
-    format!("execve {}: {err}", binary.display())
+    format!("execveat {}: {err}", binary.display())
 }
 
 #[cfg(test)]

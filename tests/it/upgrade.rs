@@ -338,21 +338,24 @@ fn a_broken_new_binary_is_refused_and_nothing_changes() {
             "its handshake exited with status 1: relaunch: cannot start: libfoo.so missing",
         ),
         (
-            "cat >/dev/null; echo 'relaunch upgrade-check ok: format 3, 9.0.0'",
-            "it speaks another upgrade state format (relaunch upgrade-check ok: format 3, 9.0.0; this relaunch hands over format 2)",
+            "cat >/dev/null; echo 'relaunch upgrade-check ok: format 4, 9.0.0'",
+            "it speaks another upgrade state format (relaunch upgrade-check ok: format 4, 9.0.0; this relaunch hands over format 3)",
         ),
         (
             "echo hello",
-            "it does not speak relaunch's upgrade handshake (format 2): hello",
+            "it does not speak relaunch's upgrade handshake (format 3): hello",
         ),
         (
             "exec sleep 60",
             "it did not answer the handshake within 5 s",
         ),
-        // It passes the check, then is gone when relaunch execs it.
+        // It passes the check, then cannot be executed when relaunch execs it.
         (
-            "cat >/dev/null; echo 'relaunch upgrade-check ok: format 2, 0.9.9'; rm -f \"$0\"",
-            "No such file or directory",
+            &format!(
+                "cat >/dev/null; echo 'relaunch upgrade-check ok: format 3, 0.9.9'; chmod a-x {}",
+                s.bin.display()
+            ),
+            "Permission denied",
         ),
     ];
     for (body, reason) in cases {
@@ -377,13 +380,13 @@ fn a_broken_new_binary_is_refused_and_nothing_changes() {
     assert_eq!(still.ino(), exe, "the old image runs on");
     // A real relaunch asked for a format it does not read says so.
     let out = Command::new(relaunch_bin())
-        .args(["--upgrade-check", "3"])
+        .args(["--upgrade-check", "4"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("reads upgrade state formats 1 to 2, not 3"),
+        err.contains("reads upgrade state formats 1 to 3, not 4"),
         "{err}"
     );
 }
@@ -599,6 +602,164 @@ fn a_sighup_at_the_exec_is_not_lost() {
     let rep = load.finish();
     assert_eq!(rep.failed(), 0, "{:?}", rep.errors);
     assert_eq!(s.r.log.count("SIGHUP: reload"), 1, "{}", s.r.log.text());
+}
+
+/// The file relaunch checked is the one it executes: a file swapped in at
+/// the path between the handshake and the exec never runs.
+#[test]
+fn a_binary_swapped_after_the_handshake_does_not_run() {
+    let b = second_build();
+    let s = setup("upgrade-swap", &pid_server(""), &[]);
+    let addr = s.r.listen_addr(3);
+    let first = wait_serving(addr);
+    s.r.log.wait("serving: generation 1", T);
+    let rogue = s.app.dir.join("rogue");
+    script(&rogue, "echo rogue ran >&2; exit 7");
+    // The new binary answers the handshake, then puts the rogue file at
+    // its own path (as a second deploy racing the first would).
+    script(
+        &s.bin,
+        &format!(
+            "if [ \"$1\" = --upgrade-check ]; then {b} \"$@\"; rc=$?; mv {rogue} {bin}; exit $rc; fi\nexec {b} \"$@\"",
+            b = b.display(),
+            rogue = rogue.display(),
+            bin = s.bin.display()
+        ),
+    );
+    let (code, out) = upgrade(&s.ctl);
+    assert_eq!(code, 0, "{out}\n{}", s.r.log.text());
+    assert!(out.contains(&format!("(build {BUILD_B})")), "{out}");
+    assert!(!s.r.log.text().contains("rogue ran"), "{}", s.r.log.text());
+    assert!(pid_alive(s.r.pid()));
+    assert_eq!(status(&s.ctl)["build_id"], BUILD_B);
+    assert_eq!(get(addr).unwrap(), first);
+}
+
+/// A SIGTERM (`systemctl stop`) that lands anywhere in a stream of
+/// upgrades, the exec included, stops relaunch: whichever image takes it.
+#[test]
+fn a_sigterm_during_a_stream_of_upgrades_always_stops_relaunch() {
+    let tries = 25;
+    for n in 0..tries {
+        let mut s = setup("upgrade-term", &pid_server(""), &[]);
+        wait_serving(s.r.listen_addr(3));
+        s.r.log.wait("serving: generation 1", T);
+        let ctl = s.ctl.clone();
+        let stream = std::thread::spawn(move || {
+            let mut done = 0;
+            while upgrade(&ctl).0 == 0 {
+                done += 1;
+            }
+            done
+        });
+        // Around the exec of the third upgrade, a different moment each try.
+        s.r.log.wait_n("can take over; handing over", 3, T);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        std::thread::sleep(Duration::from_micros(u64::from(nanos % 3_000)));
+        s.r.signal(libc::SIGTERM);
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < end && s.r.child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            s.r.child.try_wait().unwrap().is_some(),
+            "try {n}: relaunch still runs 10 s after SIGTERM; log:\n{}",
+            s.r.log.text()
+        );
+        let status = s.r.wait_exit(T);
+        let upgrades = stream.join().unwrap();
+        assert!(status.success(), "try {n}: {status:?}\n{}", s.r.log.text());
+        assert!(upgrades >= 1);
+    }
+}
+
+/// A helper of the starting generation: waits on the FIFO `go`, sleeps the
+/// milliseconds in `delay`, then sends READY=1 (once) and stays a while, so
+/// its sender can be checked.
+const READY_ON_GO: &str = r#"
+import os, socket, sys, time
+here = os.path.dirname(os.path.abspath(__file__))
+open(os.path.join(here, "waiting"), "w").close()
+with open(os.path.join(here, "go")) as f:
+    f.read()
+time.sleep(float(open(os.path.join(here, "delay")).read()) / 1000)
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"READY=1", addr)
+time.sleep(10)
+"#;
+
+/// Under `--ready notify`, a reload's READY=1 that arrives while relaunch
+/// hands over (read by the old image, or still in the socket) counts: the
+/// reload finishes, not at --ready-timeout. The READY=1 is sent when the
+/// new binary's handshake ends, a little later at each try, so that the
+/// tries sweep the hand-over.
+#[test]
+fn a_ready_at_the_exec_is_not_lost() {
+    if !require_tool("python3") {
+        return;
+    }
+    let b = second_build();
+    let s = setup(
+        "upgrade-ready",
+        &pid_server(""),
+        &["--ready", "notify", "--ready-timeout", "3s"],
+    );
+    let addr = s.r.listen_addr(3);
+    wait_serving(addr);
+    s.r.log.wait("serving: generation 1", T);
+    let dir = &s.app.dir;
+    std::fs::write(dir.join("ready.py"), READY_ON_GO).unwrap();
+    let fifo = dir.join("go");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    s.app.deploy(&format!(
+        "python3 {} &\n{}",
+        dir.join("ready.py").display(),
+        pid_server("--no-notify")
+    ));
+    // The new binary's handshake answers, then lets the helper go.
+    let shim = dir.join("relaunch-shim");
+    script(
+        &shim,
+        &format!(
+            "if [ \"$1\" = --upgrade-check ]; then {b} \"$@\"; rc=$?; echo go > {go}; exit $rc; fi\nexec {b} \"$@\"",
+            b = b.display(),
+            go = fifo.display()
+        ),
+    );
+    let tries = 16;
+    for n in 0..tries {
+        std::fs::write(dir.join("delay"), format!("{}", n as f64 * 0.5)).unwrap();
+        let _ = std::fs::remove_file(dir.join("waiting"));
+        let ctl = s.ctl.clone();
+        let reloading = std::thread::spawn(move || crate::reload::reload_cli(&ctl));
+        wait_for("the helper waits", T, || {
+            dir.join("waiting").exists().then_some(())
+        });
+        let (code, out) = cli(&[
+            "upgrade",
+            "--control",
+            s.ctl.to_str().unwrap(),
+            "--binary",
+            shim.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{out}");
+        let (code, out) = reloading.join().unwrap();
+        assert_eq!(
+            code,
+            0,
+            "try {n} (READY=1 {} ms after the handshake): {out}\n{}",
+            n as f64 * 0.5,
+            s.r.log.text()
+        );
+    }
+    assert_eq!(s.r.log.count("upgraded from"), tries);
 }
 
 /// An unmodified Python server that binds `127.0.0.1:PORT` itself and
@@ -920,19 +1081,21 @@ asyncio.run(main())
 
 /// GET /metrics; the whole answer.
 fn scrape(port: u16) -> String {
+    try_scrape(port).unwrap()
+}
+
+fn try_scrape(port: u16) -> std::io::Result<String> {
     use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(T)).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    c.set_read_timeout(Some(T))?;
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
     let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    out
+    c.read_to_string(&mut out)?;
+    Ok(out)
 }
 
 /// `--metrics` and `--log-format json` are options of the relaunch that
-/// started: the new image keeps them, and binds the metrics port again
-/// although the scrapes it closed left it in TIME_WAIT.
+/// started: the new image keeps them, and serves the metrics port again.
 #[test]
 fn metrics_and_json_logs_carry_over_an_upgrade() {
     let b = second_build();
@@ -961,8 +1124,84 @@ fn metrics_and_json_logs_carry_over_an_upgrade() {
     assert!(text.contains("relaunch_build_info"), "{text}");
 }
 
+/// The inode of the TCP listener on 127.0.0.1:`port`, from /proc/net/tcp
+/// (looking does not connect).
+fn listener_inode(port: u16) -> Option<u64> {
+    let local = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| f[9].parse().unwrap())
+        })
+}
+
+/// The metrics socket goes over with the others: the new image serves the
+/// very socket the old one bound, so nothing can take the port meanwhile
+/// (a failed rebind used to end relaunch, children and all) and scrapes
+/// made during the exec wait in its backlog instead of being refused.
+#[test]
+fn the_metrics_socket_is_handed_over_not_bound_again() {
+    let b = second_build();
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let s = setup(
+        "upgrade-metrics-fd",
+        &pid_server(""),
+        &["--metrics", &metrics],
+    );
+    wait_serving(s.r.listen_addr(3));
+    s.r.log.wait("serving: generation 1", T);
+    let inode = listener_inode(port).expect("the metrics listener");
+    install(b, &s.bin);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scrapers: Vec<_> = (0..8)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Refused is the port unserved; a scrape in flight at
+                    // the exec may still go unanswered, and 8 at once may
+                    // hear 503 (busy), as without an upgrade.
+                    match try_scrape(port) {
+                        Ok(t) if t.starts_with("HTTP/1.1 200") => ok += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                            failed.push(e.to_string())
+                        }
+                        _ => {}
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    for n in 1..=3 {
+        let (code, out) = upgrade(&s.ctl);
+        assert_eq!(code, 0, "{out}");
+        s.r.log.wait_n("upgraded from", n, T);
+        assert_eq!(
+            listener_inode(port),
+            Some(inode),
+            "the metrics port was bound again: {}",
+            s.r.log.text()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in scrapers {
+        let (ok, failed) = t.join().unwrap();
+        assert!(ok > 0);
+        assert!(failed.is_empty(), "{failed:?}");
+    }
+    let text = scrape(port);
+    assert!(text.contains("relaunch_build_info"), "{text}");
+    assert!(pid_alive(s.r.pid()));
+}
+
 /// `--metrics HOST:0`: the port the kernel picked at start is the one served
-/// after each upgrade (the new image binds the address bound, not port 0).
+/// after each upgrade (the new image serves the socket bound, not port 0).
 #[test]
 fn metrics_on_port_zero_keep_their_port_across_upgrades() {
     let s = setup(
