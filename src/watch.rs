@@ -290,6 +290,44 @@ fn say(out: &mut impl Write, kind: &str, text: &str) -> bool {
 fn watch(paths: &[PathBuf], ignore: &[String], out: &mut impl Write) -> Result<()> {
     let cwd = std::env::current_dir()
         .map_err(|e| format!("--watch: cannot read the current directory: {e}"))?;
+    let roots = resolve(paths)?;
+    let cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
+    let mut filter = Filter::new(&roots, ignore, &cwd)?;
+    let (raw_tx, raw) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(raw_tx)
+        .map_err(|e| format!("--watch: cannot start watching files: {e}"))?;
+    let dirs = watch_roots(&mut watcher, &mut filter, &roots, out)?;
+    let shown: Vec<String> = roots.iter().map(|(r, _)| filter.shown(r)).collect();
+    let ready = format!(
+        "watching {} ({dirs} directories; .gitignore, .ignore and build outputs skipped)",
+        shown.join(", ")
+    );
+    if !say(out, "ready", &ready) {
+        return Ok(());
+    }
+    let mut remade = Remade {
+        roots: roots
+            .iter()
+            .filter(|(_, is_dir)| *is_dir)
+            .map(|(root, _)| root.clone())
+            .collect(),
+        gone: Vec::new(),
+    };
+    for event in raw {
+        let told = match event {
+            Ok(event) => pass_on(event, &mut watcher, &mut filter, &mut remade, out),
+            Err(e) => say(out, "warn", &format!("--watch: {e}")),
+        };
+        if !told {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The paths given to `--watch`, absolute, each with whether it is a
+/// directory.
+fn resolve(paths: &[PathBuf]) -> Result<Vec<(PathBuf, bool)>> {
     let mut roots = Vec::new();
     for p in paths {
         let abs = std::fs::canonicalize(p).map_err(|e| {
@@ -301,17 +339,19 @@ fn watch(paths: &[PathBuf], ignore: &[String], out: &mut impl Write) -> Result<(
         let is_dir = abs.is_dir();
         roots.push((abs, is_dir));
     }
-    let cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
-    let mut filter = Filter::new(&roots, ignore, &cwd)?;
-    let (raw_tx, raw) = std::sync::mpsc::channel();
-    let mut watcher = notify::recommended_watcher(raw_tx)
-        .map_err(|e| format!("--watch: cannot start watching files: {e}"))?;
+    Ok(roots)
+}
+
+/// Watches each root: a directory's whole tree, less what is ignored; a
+/// file through its directory. Returns how many directories are watched.
+fn watch_roots(
+    watcher: &mut notify::RecommendedWatcher,
+    filter: &mut Filter,
+    roots: &[(PathBuf, bool)],
+    out: &mut impl Write,
+) -> Result<usize> {
     let mut dirs = 0;
-    let mut remade = Remade::default();
-    for (root, is_dir) in &roots {
-        if *is_dir {
-            remade.roots.push(root.clone());
-        }
+    for (root, is_dir) in roots {
         let found = if *is_dir {
             let (found, warnings) = filter.walk(root);
             for w in warnings {
@@ -324,87 +364,99 @@ fn watch(paths: &[PathBuf], ignore: &[String], out: &mut impl Write) -> Result<(
             root.parent().map(Path::to_path_buf).into_iter().collect()
         };
         for d in found {
-            add_watch(&mut watcher, &d).map_err(|e| format!("--watch {}: {e}", d.display()))?;
+            add_watch(watcher, &d).map_err(|e| format!("--watch {}: {e}", d.display()))?;
             dirs += 1;
         }
     }
-    let shown: Vec<String> = roots.iter().map(|(r, _)| filter.shown(r)).collect();
-    let ready = format!(
-        "watching {} ({dirs} directories; .gitignore, .ignore and build outputs skipped)",
-        shown.join(", ")
-    );
-    if !say(out, "ready", &ready) {
-        return Ok(());
+    Ok(dirs)
+}
+
+/// Says what one event changed, watching what it made or brought back
+/// first. False once relaunch is gone.
+fn pass_on(
+    event: notify::Event,
+    watcher: &mut notify::RecommendedWatcher,
+    filter: &mut Filter,
+    remade: &mut Remade,
+    out: &mut impl Write,
+) -> bool {
+    if event.need_rescan() {
+        // The kernel's queue overflowed: something changed, but what is lost.
+        return say(out, "changed", "(many files)");
     }
-    for event in raw {
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                if !say(out, "warn", &format!("--watch: {e}")) {
-                    return Ok(());
-                }
-                continue;
-            }
-        };
-        if event.need_rescan() {
-            // The kernel's queue overflowed: something changed, but what is lost.
-            if !say(out, "changed", "(many files)") {
-                return Ok(());
-            }
+    let created_dir = matches!(
+        event.kind,
+        EventKind::Create(CreateKind::Folder)
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+    );
+    let left = matches!(
+        event.kind,
+        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From))
+    );
+    if left {
+        for p in &event.paths {
+            remade.left(p, watcher);
+        }
+    }
+    if (left || created_dir)
+        && event.paths.iter().any(|p| remade.on_the_way(p))
+        && !watch_returned(watcher, filter, remade, out)
+    {
+        return false;
+    }
+    let is_dir = match event.kind {
+        EventKind::Access(_) => return true,
+        EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder) => true,
+        _ => false,
+    };
+    for path in event.paths {
+        let is_dir = is_dir || path.is_dir();
+        if filter.ignored(&path, is_dir) || reread_if_ignore_file(filter, &path, out) {
             continue;
         }
-        let created_dir = matches!(
-            event.kind,
-            EventKind::Create(CreateKind::Folder)
-                | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
-        );
-        let left = matches!(
-            event.kind,
-            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From))
-        );
-        if left {
-            for p in &event.paths {
-                remade.left(p, &mut watcher);
-            }
+        if created_dir && is_dir {
+            watch_tree(watcher, filter, &path, out);
         }
-        if (left || created_dir) && event.paths.iter().any(|p| remade.on_the_way(p)) {
-            // Before the change is said: the reload it brings sees a watched tree.
-            for back in remade.approach(&mut watcher, out) {
-                watch_tree(&mut watcher, &mut filter, &back, out);
-                if !say(out, "changed", &filter.shown(&back)) {
-                    return Ok(());
-                }
-            }
-        }
-        let is_dir = match event.kind {
-            EventKind::Access(_) => continue,
-            EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder) => true,
-            _ => false,
-        };
-        for path in event.paths {
-            let is_dir = is_dir || path.is_dir();
-            if filter.ignored(&path, is_dir) {
-                continue;
-            }
-            if let Some(name) = path.file_name()
-                && (name == ".gitignore" || name == ".ignore")
-            {
-                if let Some(dir) = path.parent() {
-                    for w in filter.read_ignore_files(dir) {
-                        say(out, "warn", &w);
-                    }
-                }
-                continue;
-            }
-            if created_dir && is_dir {
-                watch_tree(&mut watcher, &mut filter, &path, out);
-            }
-            if !say(out, "changed", &filter.shown(&path)) {
-                return Ok(());
-            }
+        if !say(out, "changed", &filter.shown(&path)) {
+            return false;
         }
     }
-    Ok(())
+    true
+}
+
+/// Walks and watches each gone root that is back, and says it changed:
+/// before the change that brought it is said, so the reload it brings
+/// sees a watched tree. False once relaunch is gone.
+fn watch_returned(
+    watcher: &mut notify::RecommendedWatcher,
+    filter: &mut Filter,
+    remade: &mut Remade,
+    out: &mut impl Write,
+) -> bool {
+    for back in remade.approach(watcher, out) {
+        watch_tree(watcher, filter, &back, out);
+        if !say(out, "changed", &filter.shown(&back)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// When `path` is a `.gitignore` or `.ignore`, its directory's ignore files
+/// are read again (a change to one triggers nothing) and true is returned.
+fn reread_if_ignore_file(filter: &mut Filter, path: &Path, out: &mut impl Write) -> bool {
+    let Some(name) = path.file_name() else {
+        return false;
+    };
+    if name != ".gitignore" && name != ".ignore" {
+        return false;
+    }
+    if let Some(dir) = path.parent() {
+        for w in filter.read_ignore_files(dir) {
+            say(out, "warn", &w);
+        }
+    }
+    true
 }
 
 /// Walks `dir` (a directory made or made again) and watches what the walk
@@ -431,7 +483,6 @@ fn watch_tree(
 /// gone root is watched through its nearest existing ancestor until it is
 /// back, then walked and watched again. (Not by inode: a directory made
 /// right after one was removed may get its inode number.)
-#[derive(Default)]
 struct Remade {
     /// The directory roots.
     roots: Vec<PathBuf>,

@@ -510,6 +510,11 @@ impl Table {
     fn index_of_inode(&self, inode: u64) -> Option<usize> {
         self.lock().iter().position(|e| e.inode == inode)
     }
+
+    /// What each held socket is, as `decide` and `probed` match it.
+    fn held(&self) -> Vec<Held> {
+        self.lock().iter().map(|e| e.held.clone()).collect()
+    }
 }
 
 /// What a held socket matches against.
@@ -937,6 +942,8 @@ impl Session {
         answer
     }
 
+    /// bind() of an address relaunch may hold: `decide` says whether the
+    /// app's fd becomes relaunch's socket, the bind is refused, or it runs.
     fn bind(
         &mut self,
         notify: BorrowedFd<'_>,
@@ -944,28 +951,15 @@ impl Session {
         tid: i32,
         fd: i32,
     ) -> io::Result<Answer> {
-        let len = req.data.args[2] as usize;
-        if !(2..=size_of::<libc::sockaddr_storage>()).contains(&len) {
+        let Some(mut asked) = bind_address(notify, req, tid)? else {
             return Ok(Answer::Continue);
-        }
-        let mut raw = [0u8; size_of::<libc::sockaddr_storage>()];
-        read_target(tid, req.data.args[1], &mut raw[..len])?;
-        // What we read is only good if the caller is still in that call.
-        id_valid(notify, req.id)?;
-        let mut asked = parse_sockaddr(&raw[..len]);
+        };
         if !self.may_hold(&asked) {
             return Ok(Answer::Continue);
         }
         let tgid = proc::tgid(tid).ok_or_else(gone)?;
         if let Asked::Unix(path) = &asked {
-            let mut full = std::path::PathBuf::from(OsStr::from_bytes(path));
-            if full.is_relative() {
-                // The thread's own: it may have unshared its fs context.
-                full = std::fs::read_link(format!("/proc/{tid}/cwd"))?.join(full);
-            }
-            // The file is there if it is ours; else it matches nothing anyway.
-            let full = std::fs::canonicalize(&full).unwrap_or(full);
-            asked = Asked::Unix(full.as_os_str().as_bytes().to_vec());
+            asked = Asked::Unix(path_seen_by(tid, path)?);
         }
         let inode = socket_inode(tid, fd)?;
         let ours = self.table.index_of_inode(inode);
@@ -975,34 +969,12 @@ impl Session {
             None => Arc::new(take_fd(tid, tgid, fd, inode)?),
         };
         // Bound already: the kernel's EINVAL, not ours to change.
-        if let Ok(local) = copy.local_addr()
-            && ours.is_none()
-        {
-            let bound = match local.as_socket() {
-                Some(a) => a.port() != 0,
-                None => !local.is_unnamed(),
-            };
-            if bound {
-                return Ok(Answer::Continue);
-            }
+        if ours.is_none() && is_bound(&copy) {
+            return Ok(Answer::Continue);
         }
-        let domain = copy.domain().map(i32::from)?;
-        // TCP (or MPTCP, Go's default for listeners since 1.24), not SCTP.
-        let protocol = copy.protocol()?.map_or(0, i32::from);
-        let app = AppSocket {
-            domain,
-            stream: copy.r#type()? == Type::STREAM
-                && (domain == libc::AF_UNIX
-                    || matches!(protocol, 0 | libc::IPPROTO_TCP | libc::IPPROTO_MPTCP)),
-            v6only: copy.domain()? == Domain::IPV6 && copy.only_v6().unwrap_or(false),
-        };
-        let caller = Caller {
-            netns: netns(copy.as_fd(), Some(tid))?,
-            same_files: !matches!(asked, Asked::Unix(_)) || same_files(tid)?,
-            same_uid: self.uid.is_none_or(|u| proc::uid(tid) == Some(u)),
-        };
-        let held: Vec<Held> = self.table.lock().iter().map(|e| e.held.clone()).collect();
-        let mut decision = decide(app, &caller, &asked, &held);
+        let app = app_socket(&copy)?;
+        let caller = self.caller(&copy, tid, &asked)?;
+        let decision = decide(app, &caller, &asked, &self.table.held());
         if let Some(i) = ours {
             // A bind a signal restarted after we answered its first try: done
             // already. Any other bind of a bound socket: the kernel's EINVAL.
@@ -1015,77 +987,23 @@ impl Session {
         let index = match decision {
             Decision::Continue => return Ok(Answer::Continue),
             Decision::Give(index) => index,
-            Decision::Move { index, at } => match self.relocate(index, at, app) {
-                Ok(true) => index,
-                // Another worker's bind moved it first: decide again.
-                Ok(false) => {
-                    let held: Vec<Held> =
-                        self.table.lock().iter().map(|e| e.held.clone()).collect();
-                    decision = decide(app, &caller, &asked, &held);
-                    match decision {
-                        Decision::Give(index) => index,
-                        _ => {
-                            warn!(
-                                "pid {tgid} ({}) binds {} itself, but another process of this \
-                                 child moved relaunch's listener elsewhere first: its bind \
-                                 fails with EADDRINUSE",
-                                proc::comm(tgid),
-                                shown(&asked)
-                            );
-                            return Ok(Answer::Errno(libc::EADDRINUSE));
-                        }
-                    }
+            Decision::Move { index, at } => {
+                match self.move_held(index, at, app, &caller, &asked, tgid) {
+                    Some(index) => index,
+                    None => return Ok(Answer::Errno(libc::EADDRINUSE)),
                 }
-                Err(e) => {
-                    warn!(
-                        "pid {tgid} ({}) binds {} itself and relaunch could not move its \
-                         listener there ({e}): its bind fails with EADDRINUSE",
-                        proc::comm(tgid),
-                        shown(&asked)
-                    );
-                    return Ok(Answer::Errno(libc::EADDRINUSE));
-                }
-            },
+            }
             Decision::Apart { index, why } => {
                 self.say_apart(tid, tgid, index, why, &asked);
                 return Ok(Answer::Continue);
             }
             Decision::Refuse { index, why } => {
-                if self.said.insert((tgid, index, SAID_REFUSED)) {
-                    warn!(
-                        "pid {tgid} ({}) binds {} itself: refused with EADDRINUSE: {why}; hold \
-                         exactly the address the app binds (-l {})",
-                        proc::comm(tgid),
-                        shown(&asked),
-                        shown(&asked)
-                    );
-                }
+                self.say_refused(tgid, index, &why, &asked);
                 return Ok(Answer::Errno(libc::EADDRINUSE));
             }
         };
-        if let Err(e) = self.refile(index, tgid) {
-            warn!(
-                "{}: cannot bind its socket file again ({e}); the app gets the socket, but \
-                 clients cannot reach it by that path",
-                self.table.lock()[index].name
-            );
-        }
-        let socket = {
-            let mut entries = self.table.lock();
-            let e = &mut entries[index];
-            // The first app has it: from now on binds must match.
-            e.held.movable = false;
-            Arc::clone(&e.socket)
-        };
-        // O_NONBLOCK lives on the shared file: take the app's mode (asyncio,
-        // Node and Go want it on), as it would have had on its own socket.
-        let nonblocking = status_flags(&copy)? & libc::O_NONBLOCK != 0;
-        socket.set_nonblocking(nonblocking)?;
-        let cloexec = proc::fdinfo(tid, fd)
-            .ok()
-            .and_then(|i| proc::fdinfo_cloexec(&i))
-            .unwrap_or(true);
-        add_fd(notify, req.id, socket.as_fd(), fd, cloexec)?;
+        let socket = self.claim(index, tgid);
+        put_in_place(notify, req.id, tid, fd, &socket, &copy)?;
         if self.said.insert((tgid, index, SAID_GIVEN)) {
             info!(
                 "pid {tgid} ({}) bound {} itself: it got relaunch's socket (fd {fd})",
@@ -1094,6 +1012,85 @@ impl Session {
             );
         }
         Ok(Answer::Value(0))
+    }
+
+    /// Who binds, as `decide` weighs it: the network namespace of its
+    /// socket `copy`, its files' root, its uid.
+    fn caller(&self, copy: &Socket, tid: i32, asked: &Asked) -> io::Result<Caller> {
+        Ok(Caller {
+            netns: netns(copy.as_fd(), Some(tid))?,
+            same_files: !matches!(asked, Asked::Unix(_)) || same_files(tid)?,
+            same_uid: self.uid.is_none_or(|u| proc::uid(tid) == Some(u)),
+        })
+    }
+
+    /// `Decision::Move`: relaunch's listener is rebound where the app binds.
+    /// The index to give then, or None: the bind fails with EADDRINUSE.
+    fn move_held(
+        &self,
+        index: usize,
+        at: SocketAddr,
+        app: AppSocket,
+        caller: &Caller,
+        asked: &Asked,
+        tgid: i32,
+    ) -> Option<usize> {
+        match self.relocate(index, at, app) {
+            Ok(true) => Some(index),
+            // Another worker's bind moved it first: decide again.
+            Ok(false) => match decide(app, caller, asked, &self.table.held()) {
+                Decision::Give(index) => Some(index),
+                _ => {
+                    warn!(
+                        "pid {tgid} ({}) binds {} itself, but another process of this \
+                         child moved relaunch's listener elsewhere first: its bind \
+                         fails with EADDRINUSE",
+                        proc::comm(tgid),
+                        shown(asked)
+                    );
+                    None
+                }
+            },
+            Err(e) => {
+                warn!(
+                    "pid {tgid} ({}) binds {} itself and relaunch could not move its \
+                     listener there ({e}): its bind fails with EADDRINUSE",
+                    proc::comm(tgid),
+                    shown(asked)
+                );
+                None
+            }
+        }
+    }
+
+    /// Once per process and held socket: why its bind is refused.
+    fn say_refused(&mut self, tgid: i32, index: usize, why: &str, asked: &Asked) {
+        if self.said.insert((tgid, index, SAID_REFUSED)) {
+            warn!(
+                "pid {tgid} ({}) binds {} itself: refused with EADDRINUSE: {why}; hold \
+                 exactly the address the app binds (-l {})",
+                proc::comm(tgid),
+                shown(asked),
+                shown(asked)
+            );
+        }
+    }
+
+    /// The held socket at `index`, as the app of `tgid` gets it: its file
+    /// bound again if the app deleted it, and no longer movable.
+    fn claim(&self, index: usize, tgid: i32) -> Arc<Socket> {
+        if let Err(e) = self.refile(index, tgid) {
+            warn!(
+                "{}: cannot bind its socket file again ({e}); the app gets the socket, but \
+                 clients cannot reach it by that path",
+                self.table.lock()[index].name
+            );
+        }
+        let mut entries = self.table.lock();
+        let e = &mut entries[index];
+        // The first app has it: from now on binds must match.
+        e.held.movable = false;
+        Arc::clone(&e.socket)
     }
 
     /// Once per process and held socket: why its bind runs as it is.
@@ -1375,8 +1372,7 @@ impl Session {
         if !self.may_hold(&asked) {
             return Ok(Answer::Continue);
         }
-        let held: Vec<Held> = self.table.lock().iter().map(|e| e.held.clone()).collect();
-        let Some(index) = probed(&held, to, host_has) else {
+        let Some(index) = probed(&self.table.held(), to, host_has) else {
             return Ok(Answer::Continue);
         };
         // The tree serves it already: a real client (a health check).
@@ -1414,6 +1410,79 @@ impl Session {
         let inode = socket_inode(tid, fd)?;
         Ok(self.table.index_of_inode(inode).map(|index| (tgid, index)))
     }
+}
+
+/// The address a bind names, read from the caller's memory while it is
+/// still in that call; None when its length is not a sockaddr's.
+fn bind_address(
+    notify: BorrowedFd<'_>,
+    req: &libc::seccomp_notif,
+    tid: i32,
+) -> io::Result<Option<Asked>> {
+    let len = req.data.args[2] as usize;
+    if !(2..=size_of::<libc::sockaddr_storage>()).contains(&len) {
+        return Ok(None);
+    }
+    let mut raw = [0u8; size_of::<libc::sockaddr_storage>()];
+    read_target(tid, req.data.args[1], &mut raw[..len])?;
+    // What we read is only good if the caller is still in that call.
+    id_valid(notify, req.id)?;
+    Ok(Some(parse_sockaddr(&raw[..len])))
+}
+
+/// A Unix socket path as thread `tid` names it, absolute and canonical.
+fn path_seen_by(tid: i32, path: &[u8]) -> io::Result<Vec<u8>> {
+    let mut full = std::path::PathBuf::from(OsStr::from_bytes(path));
+    if full.is_relative() {
+        // The thread's own: it may have unshared its fs context.
+        full = std::fs::read_link(format!("/proc/{tid}/cwd"))?.join(full);
+    }
+    // The file is there if it is ours; else it matches nothing anyway.
+    let full = std::fs::canonicalize(&full).unwrap_or(full);
+    Ok(full.as_os_str().as_bytes().to_vec())
+}
+
+/// Whether the app's socket is bound already (to a port, or a name).
+fn is_bound(s: &Socket) -> bool {
+    s.local_addr().is_ok_and(|local| match local.as_socket() {
+        Some(a) => a.port() != 0,
+        None => !local.is_unnamed(),
+    })
+}
+
+/// The app's socket, as `decide` weighs it.
+fn app_socket(s: &Socket) -> io::Result<AppSocket> {
+    let domain = s.domain().map(i32::from)?;
+    // TCP (or MPTCP, Go's default for listeners since 1.24), not SCTP.
+    let protocol = s.protocol()?.map_or(0, i32::from);
+    Ok(AppSocket {
+        domain,
+        stream: s.r#type()? == Type::STREAM
+            && (domain == libc::AF_UNIX
+                || matches!(protocol, 0 | libc::IPPROTO_TCP | libc::IPPROTO_MPTCP)),
+        v6only: s.domain()? == Domain::IPV6 && s.only_v6().unwrap_or(false),
+    })
+}
+
+/// Puts relaunch's `socket` at the caller's `fd`, in place of the app's
+/// socket `app`, with its blocking mode and the fd's close-on-exec.
+fn put_in_place(
+    notify: BorrowedFd<'_>,
+    id: u64,
+    tid: i32,
+    fd: i32,
+    socket: &Socket,
+    app: &Socket,
+) -> io::Result<()> {
+    // O_NONBLOCK lives on the shared file: take the app's mode (asyncio,
+    // Node and Go want it on), as it would have had on its own socket.
+    let nonblocking = status_flags(app)? & libc::O_NONBLOCK != 0;
+    socket.set_nonblocking(nonblocking)?;
+    let cloexec = proc::fdinfo(tid, fd)
+        .ok()
+        .and_then(|i| proc::fdinfo_cloexec(&i))
+        .unwrap_or(true);
+    add_fd(notify, id, socket.as_fd(), fd, cloexec)
 }
 
 /// Whether `ip` is one of this host's addresses.
