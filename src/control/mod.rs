@@ -19,7 +19,7 @@ mod server;
 
 pub use client::{check, client};
 pub use protocol::{ChildInfo, ListenerInfo, ReloadInfo, Request, Response, Status};
-pub use server::{Incoming, Reply, Server};
+pub use server::{Incoming, Replies, Reply, ReplyId, Server};
 
 /// Helpers for the tests of all three parts.
 #[cfg(test)]

@@ -97,6 +97,38 @@ impl Reply {
     }
 }
 
+/// A control client owed an answer, by the number the runtime gave it: the
+/// supervisor decides with ids, the connections stay in [`Replies`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplyId(u64);
+
+/// The answers owed, by id.
+#[derive(Debug, Default)]
+pub struct Replies {
+    next: u64,
+    owed: std::collections::HashMap<ReplyId, Reply>,
+}
+
+impl Replies {
+    /// Keeps `reply` until its answer is sent; the id names it.
+    pub fn hold(&mut self, reply: Reply) -> ReplyId {
+        self.next += 1;
+        let id = ReplyId(self.next);
+        self.owed.insert(id, reply);
+        id
+    }
+
+    /// The reply named `id`, once.
+    pub fn take(&mut self, id: ReplyId) -> Option<Reply> {
+        self.owed.remove(&id)
+    }
+
+    /// The connection of the reply named `id` (see [`Reply::conn`]).
+    pub fn conn(&self, id: ReplyId) -> Option<RawFd> {
+        self.owed.get(&id).map(Reply::conn).filter(|&fd| fd >= 0)
+    }
+}
+
 /// The bound control socket. Dropping it removes the socket file if it is
 /// still ours.
 pub struct Server {
@@ -312,6 +344,26 @@ mod tests {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    /// The supervisor names a client by its id; the answer goes to that
+    /// client alone, and once.
+    #[test]
+    fn an_answer_owed_goes_out_once_to_the_client_named() {
+        let mut owed = Replies::default();
+        let (a, mut got_a) = Reply::new(7);
+        let (b, mut got_b) = Reply::new(-1);
+        let (a, b) = (owed.hold(a), owed.hold(b));
+        assert_ne!(a, b);
+        assert_eq!(owed.conn(a), Some(7));
+        assert_eq!(owed.conn(b), None, "no connection to hand over");
+        assert!(owed.take(b).unwrap().send(Response::Error {
+            message: "test".into()
+        }));
+        assert!(owed.take(b).is_none(), "answered twice");
+        assert!(got_b.try_recv().is_ok());
+        assert!(got_a.try_recv().is_err(), "answered the wrong client");
+        assert_eq!(owed.conn(a), Some(7));
+    }
 
     /// Sends raw bytes to the server and returns the answer it gives.
     async fn raw_exchange(path: &Path, bytes: Vec<u8>) -> Response {

@@ -201,6 +201,7 @@ pub async fn run(boot: Boot) -> Result<i32> {
         ports_file,
         upgrade: None,
         asked: None,
+        replies: control::Replies::default(),
         tally,
         metrics_socket,
         spawns: reaper::Spawns::default(),
@@ -714,7 +715,7 @@ fn resume(mut driver: Driver, a: Adopted) -> Runtime {
     let mut waiters = Vec::new();
     for (generation, fd) in a.waiters {
         match control::Reply::adopt(fd) {
-            Ok(r) => waiters.push((generation, r)),
+            Ok(r) => waiters.push((generation, driver.replies.hold(r))),
             Err(e) => warn!("cannot adopt a waiting reload client after the upgrade: {e}"),
         }
     }
@@ -751,6 +752,7 @@ fn resume(mut driver: Driver, a: Adopted) -> Runtime {
     for (request, fd) in a.requests {
         match control::Reply::adopt(fd) {
             Ok(reply) => {
+                let reply = rt.os.replies.hold(reply);
                 let fx = rt.handle(Event::Control { request, reply }, Instant::now());
                 apply(&mut rt, fx);
             }
@@ -811,7 +813,9 @@ struct Driver {
     /// The new binary's handshake, while it runs.
     upgrade: Option<upgrade::Check>,
     /// An upgrade the supervisor allowed, for the loop to start.
-    asked: Option<(Option<PathBuf>, Option<control::Reply>)>,
+    asked: Option<(Option<PathBuf>, Option<control::ReplyId>)>,
+    /// The control clients owed an answer; the core knows them by id.
+    replies: control::Replies,
     /// `--metrics`: the counters the supervisor's [`Effect::Count`]s feed.
     tally: Option<metrics::Tally>,
     /// A copy of the metrics socket (served by its own task), handed over.
@@ -1117,12 +1121,17 @@ impl Driver {
                 }
                 Effect::Signal { pgid, sig } => signal_group(pgid, sig),
                 Effect::Tell(tell) => self.tell(tell),
-                Effect::Reply {
-                    to,
-                    response: Response::Status(status),
-                } => self.reply_status(to, *status),
                 Effect::Reply { to, response } => {
-                    let _ = to.send(response);
+                    // Taken once: an answer goes out at most once.
+                    let Some(to) = self.replies.take(to) else {
+                        continue;
+                    };
+                    match response {
+                        Response::Status(status) => self.reply_status(to, *status),
+                        response => {
+                            let _ = to.send(response);
+                        }
+                    }
                 }
                 Effect::Count(c) => {
                     if let Some(tally) = &self.tally {
@@ -1515,7 +1524,7 @@ fn on_wake(rt: &mut Runtime, src: &mut Sources, wake: Wake) -> Vec<Event> {
         Wake::Signal(sig) => on_signal(rt, sig),
         Wake::Control(inc) => vec![Event::Control {
             request: inc.request,
-            reply: inc.reply,
+            reply: rt.os.replies.hold(inc.reply),
         }],
         Wake::Listened { pid, how } => vec![Event::Listened { pid, how }],
         Wake::Notify { generation, msg } => {
@@ -1627,7 +1636,7 @@ fn step(rt: &mut Runtime, event: Event) {
 /// apart, so its code stays off the pages the loop touches (idle RSS).
 #[cold]
 #[inline(never)]
-fn start_upgrade(rt: &mut Runtime, binary: Option<PathBuf>, reply: Option<control::Reply>) {
+fn start_upgrade(rt: &mut Runtime, binary: Option<PathBuf>, reply: Option<control::ReplyId>) {
     let started = upgrade::binary_path(binary)
         .map_err(|why| (why, None))
         .and_then(|binary| {
@@ -1661,7 +1670,10 @@ fn save(
     let (supervisor, waiters) = rt.core.save();
     let (driver, mut fds) = rt.os.save();
     fds.intercept = carried;
-    fds.waiters = waiters;
+    fds.waiters = waiters
+        .into_iter()
+        .filter_map(|(generation, id)| Some((generation, rt.os.replies.conn(id)?)))
+        .collect();
     fds.requests = requests;
     fds.upgrade = upgrade_conn;
     handover::State {
@@ -1724,7 +1736,7 @@ async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
     src.signals.requeue();
     let mut state = save(
         rt,
-        reply.as_ref().map(|r| r.conn()),
+        reply.and_then(|id| rt.os.replies.conn(id)),
         requests,
         sigmask.clone(),
         carried,
@@ -1737,8 +1749,14 @@ async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
     }
     step(rt, Event::UpgradeFailed { reason: why, reply });
     for inc in pending {
-        let (request, reply) = (inc.request, inc.reply);
-        step(rt, Event::Control { request, reply });
+        let reply = rt.os.replies.hold(inc.reply);
+        step(
+            rt,
+            Event::Control {
+                request: inc.request,
+                reply,
+            },
+        );
     }
 }
 

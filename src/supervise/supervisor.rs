@@ -62,7 +62,7 @@ use crate::supervise::handover::CHECK_DEADLINE;
 use crate::supervise::sources::Wants;
 use crate::supervise::spawn;
 
-pub use crate::control::Reply;
+pub use crate::control::ReplyId;
 pub use crate::exit::ExitStatus;
 
 /// Everything that can happen to the supervisor.
@@ -113,17 +113,17 @@ pub enum Event {
     /// A signal to pass on to the children.
     Forward(Signal),
     /// A control socket request.
-    Control { request: Request, reply: Reply },
+    Control { request: Request, reply: ReplyId },
     /// SIGUSR2 (no reply) or `relaunch upgrade`: re-execute relaunch from
     /// `binary` (None: the file at relaunch's own path).
     Upgrade {
         binary: Option<std::path::PathBuf>,
-        reply: Option<Reply>,
+        reply: Option<ReplyId>,
     },
     /// The upgrade did not happen: relaunch goes on as it was.
     UpgradeFailed {
         reason: String,
-        reply: Option<Reply>,
+        reply: Option<ReplyId>,
     },
     /// `--watch`: a file that matters changed.
     Changed { path: String },
@@ -164,13 +164,13 @@ pub enum Effect {
     /// Tell the service manager, if there is one.
     Tell(Tell),
     /// Answer a control client.
-    Reply { to: Reply, response: Response },
+    Reply { to: ReplyId, response: Response },
     /// No process of this generation is left: its notify socket can go.
     Release { generation: u64 },
     /// Check the new binary, then hand everything over to it (execve).
     Upgrade {
         binary: Option<std::path::PathBuf>,
-        reply: Option<Reply>,
+        reply: Option<ReplyId>,
     },
     /// The new binary's handshake ran past its deadline: kill it (its
     /// exit then fails the upgrade).
@@ -564,7 +564,7 @@ pub struct Supervisor {
     /// first idle measure, or since no child runs. None while busy.
     idle_since: Option<Instant>,
     /// `relaunch reload` clients, by the generation whose outcome answers them.
-    waiters: Vec<(u64, Reply)>,
+    waiters: Vec<(u64, ReplyId)>,
     /// The generation whose serving on another port was said last.
     elsewhere_said: Option<u64>,
     /// `--watch`; None without it.
@@ -614,7 +614,7 @@ impl Supervisor {
 
     /// An upgrade is refused under --watch, --lazy and --idle-stop (see
     /// `upgrade`), so what is not kept starts as `new` makes it.
-    fn with(kept: Kept, dev: Option<Dev>, waiters: Vec<(u64, Reply)>) -> Self {
+    fn with(kept: Kept, dev: Option<Dev>, waiters: Vec<(u64, ReplyId)>) -> Self {
         Supervisor {
             kept,
             escaped: Vec::new(),
@@ -1663,7 +1663,7 @@ impl Supervisor {
         }
     }
 
-    fn on_control(&mut self, os: &mut impl Spawner, request: Request, to: Reply, now: Instant) {
+    fn on_control(&mut self, os: &mut impl Spawner, request: Request, to: ReplyId, now: Instant) {
         match request {
             Request::Status => {
                 let response = Response::Status(Box::new(self.status(now)));
@@ -1717,7 +1717,12 @@ impl Supervisor {
     /// Lets the driver check the new binary and exec it, unless relaunch
     /// is on its way out. Reloads and restarts go on meanwhile: what is
     /// under way when the exec happens is handed over as it is.
-    fn upgrade(&mut self, binary: Option<std::path::PathBuf>, reply: Option<Reply>, now: Instant) {
+    fn upgrade(
+        &mut self,
+        binary: Option<std::path::PathBuf>,
+        reply: Option<ReplyId>,
+        now: Instant,
+    ) {
         let refused = if self.upgrade.is_some() {
             Some("another upgrade is under way; wait for its outcome")
         } else if self.kept.life.stopping() || self.kept.life.done() {
@@ -1774,20 +1779,14 @@ impl Supervisor {
         std::mem::take(&mut self.out)
     }
 
-    /// What the next image needs: the kept state, and the connections of
-    /// the `relaunch reload` clients waiting, by generation.
-    pub fn save(&self) -> (Kept, Vec<(u64, std::os::fd::RawFd)>) {
-        let waiters = self
-            .waiters
-            .iter()
-            .filter(|(_, to)| to.conn() >= 0)
-            .map(|(g, to)| (*g, to.conn()))
-            .collect();
-        (self.kept.clone(), waiters)
+    /// What the next image needs: the kept state, and the `relaunch reload`
+    /// clients waiting, by generation.
+    pub fn save(&self) -> (Kept, Vec<(u64, ReplyId)>) {
+        (self.kept.clone(), self.waiters.clone())
     }
 
     /// The supervisor an earlier image saved.
-    pub fn restore(kept: Kept, waiters: Vec<(u64, Reply)>) -> Self {
+    pub fn restore(kept: Kept, waiters: Vec<(u64, ReplyId)>) -> Self {
         let dev = kept.cfg.watch.map(|_| Dev::default());
         Supervisor::with(kept, dev, waiters)
     }

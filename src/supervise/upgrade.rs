@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use crate::control::Reply;
+use crate::control::ReplyId;
 use crate::exit::ExitStatus;
 use crate::supervise::handover::{self, CHECK_FLAG, FORMAT};
 use crate::supervise::spawn;
@@ -19,7 +19,7 @@ pub struct Check {
     pub binary: PathBuf,
     /// The file at `binary` when the upgrade began (O_PATH).
     image: OwnedFd,
-    pub reply: Option<Reply>,
+    pub reply: Option<ReplyId>,
     pub pid: i32,
     /// What it prints (stdout and stderr), read once it has exited.
     output: OwnedFd,
@@ -73,9 +73,9 @@ fn strip_deleted(exe: PathBuf) -> PathBuf {
 /// reaper.
 pub fn start(
     binary: PathBuf,
-    reply: Option<Reply>,
+    reply: Option<ReplyId>,
     state: &[u8],
-) -> Result<Check, (String, Option<Reply>)> {
+) -> Result<Check, (String, Option<ReplyId>)> {
     let cannot =
         |e: &dyn std::fmt::Display| format!("cannot run {} {CHECK_FLAG}: {e}", binary.display());
     let run = || -> Result<(spawn::Spawned, OwnedFd, OwnedFd), String> {

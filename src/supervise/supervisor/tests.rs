@@ -22,7 +22,9 @@ struct Fake {
     released: Vec<u64>,
     counts: Vec<Count>,
     fail_spawn: Option<fn() -> spawn::Error>,
-    upgrades: Vec<(Option<std::path::PathBuf>, Option<Reply>)>,
+    upgrades: Vec<(Option<std::path::PathBuf>, Option<ReplyId>)>,
+    /// The control clients owed an answer, as the runtime holds them.
+    replies: crate::control::Replies,
     /// What the next sweep for escaped processes finds; each sweep
     /// asked for is answered at once.
     escaping: Vec<(i32, String)>,
@@ -81,7 +83,9 @@ impl Sim {
                 Effect::Release { generation } => self.os.released.push(generation),
                 Effect::Count(c) => self.os.counts.push(c),
                 Effect::Reply { to, response } => {
-                    let _ = to.send(response);
+                    if let Some(to) = self.os.replies.take(to) {
+                        let _ = to.send(response);
+                    }
                 }
                 Effect::Upgrade { binary, reply } => self.os.upgrades.push((binary, reply)),
                 Effect::EndCheck => self.os.checks_ended += 1,
@@ -183,9 +187,18 @@ impl Sim {
         let churned = false;
         self.run(Event::Activity { open, churned }, now);
     }
+    /// A control client, as the runtime holds it; its answer.
+    fn reply(&mut self) -> (ReplyId, tokio::sync::oneshot::Receiver<Response>) {
+        self.reply_on(-1)
+    }
+    /// A control client on connection `conn`.
+    fn reply_on(&mut self, conn: i32) -> (ReplyId, tokio::sync::oneshot::Receiver<Response>) {
+        let (reply, answer) = crate::control::Reply::new(conn);
+        (self.os.replies.hold(reply), answer)
+    }
     /// `relaunch reload` through the control socket; its answer.
     fn t_reload_client(&mut self, now: Instant) -> tokio::sync::oneshot::Receiver<Response> {
-        let (reply, answer) = Reply::new(-1);
+        let (reply, answer) = self.reply();
         let request = Request::Reload;
         self.run(Event::Control { request, reply }, now);
         answer
@@ -221,7 +234,11 @@ fn ms(n: u64) -> Duration {
 /// Saves `s`, sends it through JSON as an upgrade does, and restores
 /// it in a fresh fake; the waiters' connections come back as replies.
 fn upgraded(s: &Sim) -> (Sim, Vec<(u64, i32)>) {
-    let (saved, conns) = s.save();
+    let (saved, waiting) = s.save();
+    let conns = waiting
+        .into_iter()
+        .filter_map(|(generation, id)| Some((generation, s.os.replies.conn(id)?)))
+        .collect();
     let json = serde_json::to_string(&saved).unwrap();
     let back: Kept = serde_json::from_str(&json).unwrap();
     let fake = Fake {

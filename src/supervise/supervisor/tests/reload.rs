@@ -171,7 +171,7 @@ fn workers_restart_on_their_own_and_reload_waits_for_all() {
 fn reload_client_is_answered_when_the_reload_is_done() {
     let (mut s, t0) = started(1);
     s.t_ready(101, t0);
-    let (to, mut answer) = Reply::new(-1);
+    let (to, mut answer) = s.reply();
     let request = Request::Reload;
     s.run(Event::Control { request, reply: to }, t0);
     assert!(answer.try_recv().is_err(), "not before it is done");

@@ -7,7 +7,7 @@ fn an_upgrade_during_a_reload_carries_the_reload_on() {
     let (mut s, t0) = started(2);
     s.t_ready(101, t0);
     s.t_ready(102, t0);
-    let (to, _answer) = Reply::new(42);
+    let (to, _answer) = s.reply_on(42);
     s.run(
         Event::Control {
             request: Request::Reload,
@@ -99,7 +99,7 @@ fn a_second_upgrade_is_refused_while_one_runs() {
         t0,
     );
     assert_eq!(s.os.upgrades.len(), 1);
-    let (to, mut answer) = Reply::new(-1);
+    let (to, mut answer) = s.reply();
     s.run(
         Event::Upgrade {
             binary: None,
@@ -158,7 +158,7 @@ fn no_upgrade_while_stopping() {
     let (mut s, t0) = started(1);
     s.t_ready(101, t0);
     s.t_stop(t0);
-    let (to, mut answer) = Reply::new(-1);
+    let (to, mut answer) = s.reply();
     s.run(
         Event::Upgrade {
             binary: None,
@@ -184,7 +184,7 @@ fn no_upgrade_under_watch() {
     });
     let mut s = Sim::new(c);
     s.t_start(t0);
-    let (to, mut answer) = Reply::new(-1);
+    let (to, mut answer) = s.reply();
     s.run(
         Event::Upgrade {
             binary: None,
@@ -208,7 +208,7 @@ fn no_upgrade_under_lazy_or_idle_stop_yet() {
         c.idle_stop = idle_stop;
         let mut s = Sim::new(c);
         s.t_start(t0);
-        let (to, mut answer) = Reply::new(-1);
+        let (to, mut answer) = s.reply();
         s.run(
             Event::Upgrade {
                 binary: None,
