@@ -1062,6 +1062,24 @@ fn traced(trace: &std::path::Path, extra: &[&str]) -> Command {
     cmd
 }
 
+/// Stops the relaunch that strace runs when dropped: strace's own end (the
+/// `Relaunch` guard kills it) detaches its tracee, which would run on.
+struct EndTraced(i32);
+
+impl Drop for EndTraced {
+    fn drop(&mut self) {
+        for pid in children_of(self.0) {
+            // SAFETY: kill with plain integers.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            // Bounded, and never a panic: this may run while unwinding.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while pid_alive(pid) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 /// The filter installs strace saw, in order.
 fn filter_installs(trace: &std::path::Path) -> Vec<String> {
     let calls = std::fs::read_to_string(trace).unwrap();
@@ -1286,6 +1304,7 @@ signal.pause()
             .args(["-l", &held, "--"])
             .args(["python3", &app(&dir, body), &p]),
     );
+    let _end = EndTraced(r.pid());
     r.log.wait("itself: it got relaunch's socket", T);
     let installs = filter_installs(&trace);
     assert!(installs.len() >= 2, "{installs:?}");
