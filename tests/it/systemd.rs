@@ -300,3 +300,101 @@ fn fd_store_keeps_the_port_open_across_a_crash() {
         "{journal}"
     );
 }
+
+/// An app that binds its own port (`relaunch --port P`, the app binds
+/// 127.0.0.1:P, so relaunch moves its socket there): the fd store must keep
+/// the moved socket, not the one of the start, which relaunch shut down.
+/// relaunch killed with -9 twice under 8 clients: not one refused.
+#[test]
+fn fd_store_keeps_a_moved_port_open_across_crashes() {
+    let Some(rig) = Rig::up() else {
+        return;
+    };
+    rig.install(
+        "/usr/bin/relaunch",
+        &std::fs::read(relaunch_bin()).unwrap(),
+        0o755,
+    );
+    rig.install(APP, &std::fs::read(example("pid_server")).unwrap(), 0o755);
+    let unit = "moved-port.service";
+    // Without LISTEN_FDS the app binds 127.0.0.1:$PORT itself.
+    let text = format!(
+        "[Service]\nType=notify\n\
+         ExecStart=/usr/bin/relaunch --port 5002 -- /usr/bin/env -u LISTEN_FDS -u LISTEN_PID \
+         -u LISTEN_FDNAMES PORT=5002 {APP}\n\
+         FileDescriptorStoreMax=4\nKillMode=mixed\nTimeoutStopSec=20\n\
+         Restart=on-failure\nRestartSec=100ms\n"
+    );
+    rig.install(
+        &format!("/etc/systemd/system/{unit}"),
+        text.as_bytes(),
+        0o644,
+    );
+    rig.ok(&["systemctl", "daemon-reload"]);
+    rig.ok(&["systemctl", "start", unit]);
+    let addr: SocketAddr = "127.0.0.1:5002".parse().unwrap();
+    let report = rig.in_net(|| {
+        let mut serving = wait_serving(addr);
+        wait_for("the move", Duration::from_secs(20), || {
+            let log = rig.ok(&["journalctl", "--no-pager", "-o", "cat", "-u", unit]);
+            log.contains("now holds 127.0.0.1:5002").then_some(())
+        });
+        let load = Load::start(addr, 8);
+        for _ in 0..2 {
+            wait_for("the load to be served", Duration::from_secs(10), || {
+                (get(addr).ok()? == serving).then_some(())
+            });
+            let main = rig.main_pid_of(unit);
+            rig.ok(&["kill", "-9", &main.to_string()]);
+            wait_for(
+                "systemd to restart relaunch",
+                Duration::from_secs(20),
+                || {
+                    let m = rig.main_pid_of(unit);
+                    (m > 0 && m != main).then_some(())
+                },
+            );
+            serving = wait_new_pid(addr, &serving);
+        }
+        wait_for(
+            "the restarted app to serve the load",
+            Duration::from_secs(10),
+            || (get(addr).ok()? == serving).then_some(()),
+        );
+        load.finish()
+    });
+    let journal = rig.ok(&["journalctl", "--no-pager", "-o", "cat", "-u", unit]);
+    rig.ok(&["systemctl", "stop", unit]);
+    eprintln!(
+        "relaunch killed twice under load after a --port move: {} ok, {} refused, {} reset",
+        report.ok, report.refused, report.reset
+    );
+    let counts = format!(
+        "{} ok, {} refused, {} reset, {} timed out, {} other: {:?}",
+        report.ok,
+        report.refused,
+        report.reset,
+        report.timeout,
+        report.other,
+        report.errors.iter().take(3).collect::<Vec<_>>()
+    );
+    assert_eq!(report.refused, 0, "{counts}\n{journal}");
+    assert_eq!(report.timeout, 0, "{counts}\n{journal}");
+    assert!(
+        journal.contains("http: systemd's fd store keeps its new socket in place of the old one"),
+        "{journal}"
+    );
+    // The restarted relaunch got the moved socket back: no move again.
+    assert_eq!(
+        journal
+            .matches("reusing the socket relaunch kept in systemd's fd store")
+            .count(),
+        2,
+        "{journal}"
+    );
+    assert_eq!(
+        journal.matches("now holds 127.0.0.1:5002").count(),
+        1,
+        "{journal}"
+    );
+}
