@@ -1179,30 +1179,35 @@ impl Session {
         if !e.held.movable {
             return Ok(false);
         }
-        let HeldAddr::Tcp(old, _) = e.held.addr else {
+        let HeldAddr::Tcp(old, old_v6only) = e.held.addr else {
             return Err(io::Error::other("not a TCP listener"));
         };
-        let new = Socket::new(Domain::from(app.domain), Type::STREAM, None)?;
-        new.set_reuse_address(true)?;
-        if at.is_ipv6() {
-            new.set_only_v6(app.v6only)?;
-        }
         // SAFETY: shutdown on our own socket.
         unsafe { libc::shutdown(e.socket.as_raw_fd(), libc::SHUT_RDWR) };
-        if let Err(err) = new
-            .bind(&at.into())
-            .and_then(|()| new.listen(self.table.backlog))
-        {
-            // Back to serving where it was.
-            if let Err(again) = e.socket.listen(self.table.backlog) {
-                warn!(
-                    "{}: relaunch's listener on {} stopped and cannot listen again: {again}",
-                    e.name,
-                    shown(&Asked::Inet(old))
-                );
+        let new = match listen_at(at, app.v6only, self.table.backlog) {
+            Ok(new) => new,
+            Err(err) => {
+                // Back to serving where it was, by a new socket: the old one
+                // lost its port with the shutdown (a listen would pick another).
+                match listen_at(old, old_v6only, self.table.backlog)
+                    .and_then(|s| Ok((nix::sys::stat::fstat(s.as_fd())?.st_ino, s)))
+                {
+                    Ok((inode, again)) => {
+                        e.inode = inode;
+                        e.socket = Arc::new(again);
+                        drop(entries);
+                        self.table.tell_changed(index);
+                    }
+                    Err(again) => warn!(
+                        "{}: relaunch's listener on {} stopped and cannot listen there again: \
+                         {again}",
+                        e.name,
+                        shown(&Asked::Inet(old))
+                    ),
+                }
+                return Err(err);
             }
-            return Err(err);
-        }
+        };
         info!(
             "{}: the app binds {}, so relaunch now holds {} in place of {} (same port; \
              connections queued on the old socket this instant were reset)",
@@ -1449,6 +1454,18 @@ impl Session {
         let inode = socket_inode(tid, fd)?;
         Ok(self.table.index_of_inode(inode).map(|index| (tgid, index)))
     }
+}
+
+/// A new TCP listener at `at` (`v6only` for an IPv6 one), as relaunch binds.
+fn listen_at(at: SocketAddr, v6only: bool, backlog: i32) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(at), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if at.is_ipv6() {
+        s.set_only_v6(v6only)?;
+    }
+    s.bind(&at.into())?;
+    s.listen(backlog)?;
+    Ok(s)
 }
 
 /// Whether `ip` is one of this host's addresses.
@@ -1838,6 +1855,47 @@ mod tests {
         assert_eq!(*told.lock().unwrap(), [("unix".to_string(), now)]);
         table.remove_files();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A move whose bind fails (an address not on this host) leaves the
+    /// port served where it was, not on a port the kernel picked: a TCP
+    /// socket shut down has lost its port.
+    #[test]
+    fn a_move_that_fails_leaves_the_port_served_where_it_was() {
+        let first = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
+        first.set_only_v6(false).unwrap();
+        first
+            .bind(&"[::]:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        first.listen(16).unwrap();
+        let port = first.local_addr().unwrap().as_socket().unwrap().port();
+        let listener = Listener::adopt(
+            "http".into(),
+            first,
+            Some(Addr::Inet {
+                proto: crate::plan::spec::Proto::Tcp,
+                host: Host::Ip(std::net::Ipv6Addr::UNSPECIFIED.into()),
+                port,
+            }),
+        );
+        let table = Table::new(&[listener], &[true], 16, false).unwrap();
+        let session = Session {
+            table: Arc::clone(&table),
+            ..session()
+        };
+        // TEST-NET-1: never this host's.
+        let at = SocketAddr::from(([192, 0, 2, 1], port));
+        let app = AppSocket {
+            domain: libc::AF_INET,
+            stream: true,
+            v6only: false,
+        };
+        assert!(session.relocate(0, at, app).is_err());
+        let held = &table.sockets()[0];
+        assert!(held.is_listener().unwrap());
+        let local = held.local_addr().unwrap().as_socket().unwrap();
+        assert_eq!(local.port(), port, "{local}");
+        std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     }
 
     fn session() -> Session {
