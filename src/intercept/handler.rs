@@ -41,7 +41,13 @@ pub struct Table {
     sessions: Mutex<Vec<Carried>>,
     /// Held while a socket file is remade (outside `entries`' lock).
     refiling: Mutex<()>,
+    /// Told each held socket that takes another's place (see [`Table::on_change`]).
+    changed: OnceLock<Changed>,
 }
+
+/// Told (the listener's name, its new socket) when a held socket takes
+/// another's place: a `--port` move, a remade socket file.
+pub type Changed = Box<dyn Fn(&str, &Socket) + Send + Sync>;
 
 /// What an upgrade hands over of one child's handler thread.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -292,8 +298,10 @@ impl Table {
             let inode = nix::sys::stat::fstat(socket.as_fd())?.st_ino;
             let netns = netns(socket.as_fd(), None)?;
             let addr = held_addr(&socket, l.addr.as_ref());
-            let movable = movable.get(i).copied().unwrap_or(false)
-                && matches!(addr, HeldAddr::Tcp(at, _) if at.ip().is_unspecified());
+            // A bare port the fd store gave back where an app had moved it
+            // (127.0.0.1:P) moves again if the app now binds elsewhere.
+            let movable =
+                movable.get(i).copied().unwrap_or(false) && matches!(addr, HeldAddr::Tcp(..));
             entries.push(Entry {
                 name: l.name.clone(),
                 socket: Arc::new(socket),
@@ -315,6 +323,7 @@ impl Table {
             gate: Gate::new()?,
             sessions: Mutex::new(Vec::new()),
             refiling: Mutex::new(()),
+            changed: OnceLock::new(),
         }))
     }
 
@@ -376,6 +385,7 @@ impl Table {
             gate: Gate::new()?,
             sessions: Mutex::new(Vec::new()),
             refiling: Mutex::new(()),
+            changed: OnceLock::new(),
         }))
     }
 
@@ -448,6 +458,28 @@ impl Table {
     /// Per listener, where interception moved it (`--port`), if it did.
     pub fn moved(&self) -> Vec<Option<String>> {
         self.lock().iter().map(|e| e.moved.clone()).collect()
+    }
+
+    /// `f` is told each held socket that takes another's place from now on
+    /// (set once; later calls change nothing).
+    pub fn on_change(&self, f: Changed) {
+        let _ = self.changed.set(f);
+    }
+
+    /// Tells [`Table::on_change`]'s function entry `index`'s socket, outside
+    /// the lock.
+    fn tell_changed(&self, index: usize) {
+        let Some(f) = self.changed.get() else {
+            return;
+        };
+        let (name, socket) = {
+            let entries = self.lock();
+            (
+                entries[index].name.clone(),
+                Arc::clone(&entries[index].socket),
+            )
+        };
+        f(&name, &socket);
     }
 
     /// Removes the socket files of rebinds that are still ours (on exit).
@@ -1144,30 +1176,35 @@ impl Session {
         if !e.held.movable {
             return Ok(false);
         }
-        let HeldAddr::Tcp(old, _) = e.held.addr else {
+        let HeldAddr::Tcp(old, old_v6only) = e.held.addr else {
             return Err(io::Error::other("not a TCP listener"));
         };
-        let new = Socket::new(Domain::from(app.domain), Type::STREAM, None)?;
-        new.set_reuse_address(true)?;
-        if at.is_ipv6() {
-            new.set_only_v6(app.v6only)?;
-        }
         // SAFETY: shutdown on our own socket.
         unsafe { libc::shutdown(e.socket.as_raw_fd(), libc::SHUT_RDWR) };
-        if let Err(err) = new
-            .bind(&at.into())
-            .and_then(|()| new.listen(self.table.backlog))
-        {
-            // Back to serving where it was.
-            if let Err(again) = e.socket.listen(self.table.backlog) {
-                warn!(
-                    "{}: relaunch's listener on {} stopped and cannot listen again: {again}",
-                    e.name,
-                    shown(&Asked::Inet(old))
-                );
+        let new = match listen_at(at, app.v6only, self.table.backlog) {
+            Ok(new) => new,
+            Err(err) => {
+                // Back to serving where it was, by a new socket: the old one
+                // lost its port with the shutdown (a listen would pick another).
+                match listen_at(old, old_v6only, self.table.backlog)
+                    .and_then(|s| Ok((nix::sys::stat::fstat(s.as_fd())?.st_ino, s)))
+                {
+                    Ok((inode, again)) => {
+                        e.inode = inode;
+                        e.socket = Arc::new(again);
+                        drop(entries);
+                        self.table.tell_changed(index);
+                    }
+                    Err(again) => warn!(
+                        "{}: relaunch's listener on {} stopped and cannot listen there again: \
+                         {again}",
+                        e.name,
+                        shown(&Asked::Inet(old))
+                    ),
+                }
+                return Err(err);
             }
-            return Err(err);
-        }
+        };
         info!(
             "{}: the app binds {}, so relaunch now holds {} in place of {} (same port; \
              connections queued on the old socket this instant were reset)",
@@ -1184,6 +1221,8 @@ impl Session {
         };
         e.socket = Arc::new(new);
         e.moved = Some(shown(&Asked::Inet(at)));
+        drop(entries);
+        self.table.tell_changed(index);
         Ok(true)
     }
 
@@ -1210,6 +1249,7 @@ impl Session {
         let (old, replaced) = self.table.refile_commit(index, &plan, socket, made)?;
         // Outside the lock too: it removes the previous remade file.
         drop(replaced);
+        self.table.tell_changed(index);
         info!(
             "{}: pid {tgid} ({}) deleted relaunch's socket file {} before binding it: relaunch \
              bound a new socket there and gives it that one",
@@ -1483,6 +1523,18 @@ fn put_in_place(
         .and_then(|i| proc::fdinfo_cloexec(&i))
         .unwrap_or(true);
     add_fd(notify, id, socket.as_fd(), fd, cloexec)
+}
+
+/// A new TCP listener at `at` (`v6only` for an IPv6 one), as relaunch binds.
+fn listen_at(at: SocketAddr, v6only: bool, backlog: i32) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(at), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if at.is_ipv6() {
+        s.set_only_v6(v6only)?;
+    }
+    s.bind(&at.into())?;
+    s.listen(backlog)?;
+    Ok(s)
 }
 
 /// Whether `ip` is one of this host's addresses.
@@ -1793,6 +1845,126 @@ mod tests {
         table.remove_files();
         assert!(std::fs::symlink_metadata(&path).is_err(), "removed on exit");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Each held socket that takes another's place is told, with its
+    /// name, once the table holds it: a `--port` move and a remade socket
+    /// file (what keeps systemd's fd store in step).
+    #[test]
+    fn a_socket_that_takes_anothers_place_is_told() {
+        type Told = Arc<Mutex<Vec<(String, u64)>>>;
+        let watch = |table: &Table| -> Told {
+            let told: Told = Arc::default();
+            let t = Arc::clone(&told);
+            table.on_change(Box::new(move |name, socket| {
+                let inode = nix::sys::stat::fstat(socket.as_fd()).unwrap().st_ino;
+                t.lock().unwrap().push((name.to_string(), inode));
+            }));
+            told
+        };
+        let session = |table: &Arc<Table>| Session {
+            table: Arc::clone(table),
+            ..session()
+        };
+        // --port: [::]:P moves to 127.0.0.1:P.
+        let first = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
+        first.set_only_v6(false).unwrap();
+        first
+            .bind(&"[::]:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        first.listen(16).unwrap();
+        let port = first.local_addr().unwrap().as_socket().unwrap().port();
+        let listener = Listener::adopt(
+            "http".into(),
+            first,
+            Some(Addr::Inet {
+                proto: crate::plan::spec::Proto::Tcp,
+                host: Host::Ip(std::net::Ipv6Addr::UNSPECIFIED.into()),
+                port,
+            }),
+        );
+        let table = Table::new(&[listener], &[true], 16, false).unwrap();
+        let told = watch(&table);
+        let at = SocketAddr::from(([127, 0, 0, 1], port));
+        let app = AppSocket {
+            domain: libc::AF_INET,
+            stream: true,
+            v6only: false,
+        };
+        assert!(session(&table).relocate(0, at, app).unwrap());
+        let now = *table.inodes().iter().next().unwrap();
+        assert_eq!(*told.lock().unwrap(), [("http".to_string(), now)]);
+        // Not movable any more: nothing changes, nothing is told.
+        assert!(!session(&table).relocate(0, at, app).unwrap());
+        assert_eq!(told.lock().unwrap().len(), 1);
+
+        // A socket file the app deleted, remade.
+        let dir = std::env::temp_dir().join(format!("relaunch-told-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("app.sock");
+        let first = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let listener = Listener::adopt(
+            "unix".into(),
+            Socket::from(OwnedFd::from(first)),
+            Some(Addr::Unix(path.clone())),
+        );
+        let table = Table::new(&[listener], &[false], 16, false).unwrap();
+        let told = watch(&table);
+        // Still relaunch's file: nothing to remake, nothing told.
+        session(&table)
+            .refile(0, std::process::id() as i32)
+            .unwrap();
+        assert!(told.lock().unwrap().is_empty());
+        std::fs::remove_file(&path).unwrap();
+        session(&table)
+            .refile(0, std::process::id() as i32)
+            .unwrap();
+        let now = *table.inodes().iter().next().unwrap();
+        assert_eq!(*told.lock().unwrap(), [("unix".to_string(), now)]);
+        table.remove_files();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A move whose bind fails (an address not on this host) leaves the
+    /// port served where it was, not on a port the kernel picked: a TCP
+    /// socket shut down has lost its port.
+    #[test]
+    fn a_move_that_fails_leaves_the_port_served_where_it_was() {
+        let first = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
+        first.set_only_v6(false).unwrap();
+        first
+            .bind(&"[::]:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        first.listen(16).unwrap();
+        let port = first.local_addr().unwrap().as_socket().unwrap().port();
+        let listener = Listener::adopt(
+            "http".into(),
+            first,
+            Some(Addr::Inet {
+                proto: crate::plan::spec::Proto::Tcp,
+                host: Host::Ip(std::net::Ipv6Addr::UNSPECIFIED.into()),
+                port,
+            }),
+        );
+        let table = Table::new(&[listener], &[true], 16, false).unwrap();
+        let session = Session {
+            table: Arc::clone(&table),
+            ..session()
+        };
+        // TEST-NET-1: never this host's.
+        let at = SocketAddr::from(([192, 0, 2, 1], port));
+        let app = AppSocket {
+            domain: libc::AF_INET,
+            stream: true,
+            v6only: false,
+        };
+        assert!(session.relocate(0, at, app).is_err());
+        let held = &table.sockets()[0];
+        assert!(held.is_listener().unwrap());
+        let local = held.local_addr().unwrap().as_socket().unwrap();
+        assert_eq!(local.port(), port, "{local}");
+        std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     }
 
     fn session() -> Session {

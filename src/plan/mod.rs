@@ -134,7 +134,7 @@ impl Planned {
     pub fn bare_port(&self) -> bool {
         matches!(
             &self.source,
-            Source::Bind { spec, .. }
+            Source::Bind { spec, .. } | Source::Stored { spec, .. }
                 if matches!(spec.addr, Addr::Inet { proto: Proto::Tcp, host: Host::Any, .. })
         )
     }

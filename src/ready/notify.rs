@@ -718,6 +718,14 @@ impl Systemd {
     pub fn unstore(&self, name: &str) {
         self.send(&format!("FDSTOREREMOVE=1\nFDNAME={}", one_line(name)));
     }
+
+    /// `fd` in the store as `name`, in place of what it kept there: the
+    /// store keeps every fd sent under a name and would hand back the old
+    /// one too, so it is dropped first.
+    pub fn restore(&self, name: &str, fd: RawFd) -> io::Result<()> {
+        self.unstore(name);
+        self.store(name, fd)
+    }
 }
 
 /// NOTIFY_SOCKET's value as nix's address (for sendmsg with fds).
@@ -1029,6 +1037,55 @@ mod tests {
         let n = rx.recv(&mut buf);
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(&buf[..n.unwrap()], b"STATUS=on disk");
+    }
+
+    /// What systemd's fd store reads: the old socket's name dropped first,
+    /// then the new fd under that name, so only the new one comes back.
+    #[test]
+    fn restore_drops_the_name_then_stores_the_new_fd() {
+        let name = format!(
+            "relaunch-restore-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        );
+        let rx = StdDatagram::bind_addr(&SocketAddr::from_abstract_name(&name).unwrap()).unwrap();
+        rx.set_read_timeout(Some(DEADLINE)).unwrap();
+        let sd = Systemd::from_env(Some(OsStr::new(&format!("@{name}")))).expect("client");
+        let new = StdDatagram::unbound().unwrap();
+        sd.restore("relaunch.http", new.as_raw_fd()).unwrap();
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"FDSTOREREMOVE=1\nFDNAME=relaunch.http");
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let msg = socket::recvmsg::<()>(
+            rx.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .unwrap();
+        let fds: Vec<RawFd> = msg
+            .cmsgs()
+            .unwrap()
+            .filter_map(|c| match c {
+                socket::ControlMessageOwned::ScmRights(fds) => Some(fds),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let bytes = msg.bytes;
+        assert_eq!(&buf[..bytes], b"FDSTORE=1\nFDNAME=relaunch.http");
+        assert_eq!(fds.len(), 1);
+        use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+        // SAFETY: SCM_RIGHTS just gave us this fd.
+        let got = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+        let inode = |fd: std::os::fd::BorrowedFd<'_>| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        assert_eq!(
+            inode(got.as_fd()),
+            inode(new.as_fd()),
+            "another socket was stored"
+        );
     }
 
     #[test]

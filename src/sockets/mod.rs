@@ -180,7 +180,8 @@ pub fn open(plan: &[Planned], inherited: Vec<Inherited>, backlog: i32) -> Result
                     Some(i)
                         if i.addr
                             .as_ref()
-                            .is_some_and(|a| spec::same_place(&spec.addr, a)) =>
+                            .is_some_and(|a| stored_fits(p, &spec.addr, a))
+                            && listening(&p.name, &i.fd, backlog) =>
                     {
                         bound_here.pop();
                         Listener::adopt(p.name.clone(), Socket::from(i.fd), i.addr)
@@ -208,6 +209,55 @@ pub fn open(plan: &[Planned], inherited: Vec<Inherited>, backlog: i32) -> Result
         bound_here,
         stale,
     })
+}
+
+/// Whether the socket the fd store kept (at `got`) serves the listener
+/// that wants `want`: the same place or, for a bare port (`--port P`), which
+/// bind interception moves to the address the app binds, the same port.
+fn stored_fits(p: &Planned, want: &Addr, got: &Addr) -> bool {
+    let port = |a: &Addr| match a {
+        Addr::Inet {
+            proto: Proto::Tcp,
+            port,
+            ..
+        } => Some(*port),
+        _ => None,
+    };
+    spec::same_place(want, got)
+        || (p.bare_port() && port(want).is_some() && port(want) == port(got))
+}
+
+/// Whether a socket the fd store gave back listens where it was bound,
+/// listening again if it does not: a socket that is not listening refuses
+/// every client. false: it cannot (a TCP socket shut down has lost its
+/// port, and a listen would pick another), so it is bound afresh.
+fn listening(name: &str, fd: &std::os::fd::OwnedFd, backlog: i32) -> bool {
+    let sock = socket2::SockRef::from(fd);
+    if sock.is_listener().unwrap_or(false) {
+        return true;
+    }
+    let before = sock.local_addr().ok().and_then(|a| a.as_socket());
+    let again = sock.listen(backlog).and_then(|()| {
+        let after = sock.local_addr()?.as_socket();
+        if before.is_none_or(|b| b.port() == 0) || after != before {
+            return Err(std::io::Error::other("it had lost its address"));
+        }
+        Ok(())
+    });
+    match again {
+        Ok(()) => {
+            info!(
+                "{name}: the socket kept in systemd's fd store was not listening; listening on it again"
+            );
+            true
+        }
+        Err(e) => {
+            warn!(
+                "{name}: the socket kept in systemd's fd store is not listening and cannot listen again ({e})"
+            );
+            false
+        }
+    }
 }
 
 /// Binds `addr`; for TCP and UDP, a held port falls back to the first free port of `fallback`.
@@ -492,7 +542,7 @@ impl Drop for PortsFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::IntoRawFd;
+    use std::os::fd::{AsRawFd, IntoRawFd};
 
     #[test]
     fn open_adopts_inherited_first_then_binds_with_typed_addresses() {
@@ -528,5 +578,77 @@ mod tests {
         };
         assert_ne!(bound, 0, "the bound port, not the asked one");
         assert_eq!(l[1].address(), format!("udp:127.0.0.1:{bound}"));
+    }
+
+    /// `--port P`'s socket as the fd store gives it back after bind
+    /// interception moved it to the app's address (127.0.0.1:P): reused, not
+    /// bound afresh (the port would close until then).
+    #[test]
+    fn a_stored_bare_port_is_reused_wherever_it_moved() {
+        let kept = tcp("127.0.0.1:0", true);
+        let port = kept.local_addr().unwrap().as_socket().unwrap().port();
+        let inode = nix::sys::stat::fstat(&kept).unwrap().st_ino;
+        let opened = open(&stored(port), vec![back(kept)], 16).unwrap();
+        assert!(opened.stale.is_empty(), "{:?}", opened.stale);
+        assert!(opened.bound_here.is_empty());
+        let l = &opened.listeners[0];
+        assert_eq!(nix::sys::stat::fstat(&l.socket).unwrap().st_ino, inode);
+        std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    }
+
+    /// A stored socket that does not listen is listened on; one that cannot
+    /// listen where it was bound (a TCP socket shut down lost its port) is
+    /// dropped from the store and the port bound afresh.
+    #[test]
+    fn a_stored_socket_listens_where_it_was_bound_or_is_bound_afresh() {
+        let kept = tcp("127.0.0.1:0", false);
+        let port = kept.local_addr().unwrap().as_socket().unwrap().port();
+        let opened = open(&stored(port), vec![back(kept)], 16).unwrap();
+        assert!(opened.stale.is_empty(), "{:?}", opened.stale);
+        assert!(opened.listeners[0].socket.is_listener().unwrap());
+        std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        drop(opened);
+
+        let kept = tcp("127.0.0.1:0", true);
+        let port = kept.local_addr().unwrap().as_socket().unwrap().port();
+        // SAFETY: shutdown on our own socket.
+        unsafe { libc::shutdown(kept.as_raw_fd(), libc::SHUT_RDWR) };
+        let opened = open(&stored(port), vec![back(kept)], 16).unwrap();
+        assert_eq!(opened.stale, ["relaunch.http"]);
+        assert_eq!(opened.bound_here, [0]);
+        let l = &opened.listeners[0];
+        assert_eq!(
+            l.socket.local_addr().unwrap().as_socket().unwrap().port(),
+            port
+        );
+        std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    }
+
+    fn tcp(at: &str, listen: bool) -> Socket {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&at.parse::<SocketAddr>().unwrap().into()).unwrap();
+        if listen {
+            s.listen(16).unwrap();
+        }
+        s
+    }
+
+    fn back(s: Socket) -> Inherited {
+        crate::plan::inherit::adopt(s.into_raw_fd(), "relaunch.http".into()).unwrap()
+    }
+
+    /// `--port P` with the fd store's socket at index 0.
+    fn stored(port: u16) -> [Planned; 1] {
+        let plan = [Planned {
+            name: "http".into(),
+            source: Source::Stored {
+                index: 0,
+                spec: crate::plan::spec::parse(&port.to_string()).unwrap(),
+                fallback: Vec::new(),
+            },
+        }];
+        assert!(plan[0].bare_port());
+        plan
     }
 }

@@ -292,8 +292,9 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
     };
     let notify_socket = plan::var(&snap.env, "NOTIFY_SOCKET").cloned();
     let systemd = Systemd::from_env(notify_socket.as_deref());
+    let store = systemd.is_some() && fd_store_allowed(&snap.env);
     if let Some(s) = &systemd
-        && fd_store_allowed(&snap.env)
+        && store
     {
         let bound: Vec<&Listener> = opened.bound_here.iter().map(|&i| &listeners[i]).collect();
         keep_in_store(s, &bound, plan.unstore.iter().chain(&opened.stale));
@@ -314,6 +315,11 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
         None => None,
     };
     let intercept = intercept_table(&plan, &listeners);
+    if let Some(t) = &intercept
+        && store
+    {
+        keep_changes_in_store(t, notify_socket.as_deref(), &plan.listeners);
+    }
     let cfg = config(&plan, &listeners);
     let build_cmd = plan.watch.as_ref().and_then(|w| w.build.clone());
     let build_env = plan.build_env().to_vec();
@@ -387,6 +393,41 @@ fn keep_in_store<'a>(s: &Systemd, bound: &[&Listener], unstore: impl Iterator<It
             kept.join(", ")
         );
     }
+}
+
+/// After each change bind interception makes to a held socket (a `--port`
+/// move, a remade socket file), systemd's fd store keeps the new socket in
+/// place of the old one, which relaunch shut down (systemd drops it) or
+/// whose file is gone: a relaunch killed later gets back what serves.
+/// Only for the listeners kept in the store (not a `.socket` unit's).
+fn keep_changes_in_store(
+    table: &intercept::handler::Table,
+    notify_socket: Option<&std::ffi::OsStr>,
+    planned: &[plan::Planned],
+) {
+    let Some(s) = Systemd::from_env(notify_socket) else {
+        return;
+    };
+    let names: Vec<String> = planned
+        .iter()
+        .filter(|p| !matches!(p.source, plan::Source::Inherited(_)))
+        .map(|p| p.name.clone())
+        .collect();
+    table.on_change(Box::new(move |name, socket| {
+        if !names.iter().any(|n| n == name) {
+            return;
+        }
+        let key = format!("{}{name}", plan::inherit::STORE_PREFIX);
+        match s.restore(&key, socket.as_raw_fd()) {
+            Ok(()) => {
+                info!("{name}: systemd's fd store keeps its new socket in place of the old one")
+            }
+            Err(e) => warn!(
+                "{name}: cannot offer its new socket to systemd's fd store ({e}); if relaunch \
+                 is killed, the port is closed until it is back"
+            ),
+        }
+    }));
 }
 
 type MetricsServed = (

@@ -12,7 +12,7 @@
 //! they are skipped. Under CI=true a missing prerequisite fails them.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -451,3 +451,241 @@ fn services_reload_through_the_control_socket() {
     }
     assert_eq!(services, 3);
 }
+
+/// An app that binds its own port (`relaunch --port P`, the app binds
+/// 127.0.0.1:P, so relaunch moves its socket there): the fd store must keep
+/// the moved socket, not the one of the start, which relaunch shut down.
+/// relaunch killed with -9 twice under 8 clients: not one refused.
+#[test]
+fn fd_store_keeps_a_moved_port_open_across_crashes() {
+    let Some(rig) = Rig::up() else {
+        return;
+    };
+    rig.install(
+        "/usr/bin/relaunch",
+        &std::fs::read(relaunch_bin()).unwrap(),
+        0o755,
+    );
+    rig.install(APP, &std::fs::read(example("pid_server")).unwrap(), 0o755);
+    let unit = "moved-port.service";
+    // Without LISTEN_FDS the app binds 127.0.0.1:$PORT itself.
+    let text = format!(
+        "[Service]\nType=notify\n\
+         ExecStart=/usr/bin/relaunch --port 5002 -- /usr/bin/env -u LISTEN_FDS -u LISTEN_PID \
+         -u LISTEN_FDNAMES PORT=5002 {APP}\n\
+         FileDescriptorStoreMax=4\nKillMode=mixed\nTimeoutStopSec=20\n\
+         Restart=on-failure\nRestartSec=100ms\n"
+    );
+    rig.install(
+        &format!("/etc/systemd/system/{unit}"),
+        text.as_bytes(),
+        0o644,
+    );
+    rig.ok(&["systemctl", "daemon-reload"]);
+    rig.ok(&["systemctl", "start", unit]);
+    let addr: SocketAddr = "127.0.0.1:5002".parse().unwrap();
+    let report = rig.in_net(|| {
+        let mut serving = wait_serving(addr);
+        wait_for("the move", Duration::from_secs(20), || {
+            let log = rig.ok(&["journalctl", "--no-pager", "-o", "cat", "-u", unit]);
+            log.contains("now holds 127.0.0.1:5002").then_some(())
+        });
+        let load = Load::start(addr, 8);
+        for _ in 0..2 {
+            wait_for("the load to be served", Duration::from_secs(10), || {
+                (get(addr).ok()? == serving).then_some(())
+            });
+            let main = rig.main_pid_of(unit);
+            rig.ok(&["kill", "-9", &main.to_string()]);
+            wait_for(
+                "systemd to restart relaunch",
+                Duration::from_secs(20),
+                || {
+                    let m = rig.main_pid_of(unit);
+                    (m > 0 && m != main).then_some(())
+                },
+            );
+            serving = wait_new_pid(addr, &serving);
+        }
+        wait_for(
+            "the restarted app to serve the load",
+            Duration::from_secs(10),
+            || (get(addr).ok()? == serving).then_some(()),
+        );
+        load.finish()
+    });
+    let journal = rig.ok(&["journalctl", "--no-pager", "-o", "cat", "-u", unit]);
+    rig.ok(&["systemctl", "stop", unit]);
+    eprintln!(
+        "relaunch killed twice under load after a --port move: {} ok, {} refused, {} reset",
+        report.ok, report.refused, report.reset
+    );
+    let counts = format!(
+        "{} ok, {} refused, {} reset, {} timed out, {} other: {:?}",
+        report.ok,
+        report.refused,
+        report.reset,
+        report.timeout,
+        report.other,
+        report.errors.iter().take(3).collect::<Vec<_>>()
+    );
+    assert_eq!(report.refused, 0, "{counts}\n{journal}");
+    assert_eq!(report.timeout, 0, "{counts}\n{journal}");
+    assert!(
+        journal.contains("http: systemd's fd store keeps its new socket in place of the old one"),
+        "{journal}"
+    );
+    // The restarted relaunch got the moved socket back: no move again.
+    assert_eq!(
+        journal
+            .matches("reusing the socket relaunch kept in systemd's fd store")
+            .count(),
+        2,
+        "{journal}"
+    );
+    assert_eq!(
+        journal.matches("now holds 127.0.0.1:5002").count(),
+        1,
+        "{journal}"
+    );
+}
+
+/// An app that deletes its socket file and binds the path itself (asyncio):
+/// relaunch remakes the socket there, and the fd store must keep that one,
+/// not the first, whose path now names another file. relaunch killed with
+/// -9 twice while 8 clients connect by the path: not one refused.
+#[test]
+fn fd_store_keeps_a_remade_socket_file_across_crashes() {
+    let Some(rig) = Rig::up() else {
+        return;
+    };
+    if !Path::new("/usr/bin/python3").exists() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "the test needs /usr/bin/python3"
+        );
+        eprintln!("skipping: no /usr/bin/python3");
+        return;
+    }
+    rig.install(
+        "/usr/bin/relaunch",
+        &std::fs::read(relaunch_bin()).unwrap(),
+        0o755,
+    );
+    rig.install("/opt/refile/app.py", ASYNCIO_UNIX_APP.as_bytes(), 0o644);
+    rig.ok(&["mkdir", "-p", "/run/refile"]);
+    let unit = "refile.service";
+    let text = "[Service]\nType=notify\n\
+         ExecStart=/usr/bin/relaunch -l app=unix:/run/refile/app.sock -- /usr/bin/python3 \
+         /opt/refile/app.py /run/refile/app.sock\n\
+         FileDescriptorStoreMax=4\nKillMode=mixed\nTimeoutStopSec=20\n\
+         Restart=on-failure\nRestartSec=100ms\n";
+    rig.install(
+        &format!("/etc/systemd/system/{unit}"),
+        text.as_bytes(),
+        0o644,
+    );
+    rig.ok(&["systemctl", "daemon-reload"]);
+    rig.ok(&["systemctl", "start", unit]);
+    // The rig's /run, from here.
+    let path = PathBuf::from(format!("/proc/{}/root/run/refile/app.sock", rig.pid));
+    let ask = |path: &Path| -> std::io::Result<String> {
+        use std::io::Read;
+        let mut s = std::os::unix::net::UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        if out.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(out.trim().to_string())
+    };
+    let first = wait_for("the app to serve", Duration::from_secs(20), || {
+        ask(&path).ok()
+    });
+    wait_for("the remade socket", Duration::from_secs(20), || {
+        let log = rig.ok(&["journalctl", "--no-pager", "-o", "cat", "-u", unit]);
+        log.contains("bound a new socket there").then_some(())
+    });
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (refused, other) = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let (mut refused, mut other) = (0usize, Vec::new());
+                    let end = Instant::now() + Duration::from_secs(120);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
+                        match ask(&path) {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                                refused += 1
+                            }
+                            Err(e) => other.push(e.to_string()),
+                        }
+                    }
+                    (refused, other)
+                })
+            })
+            .collect();
+        let mut serving = first.clone();
+        for _ in 0..2 {
+            let main = rig.main_pid_of(unit);
+            rig.ok(&["kill", "-9", &main.to_string()]);
+            wait_for(
+                "systemd to restart relaunch",
+                Duration::from_secs(20),
+                || {
+                    let m = rig.main_pid_of(unit);
+                    (m > 0 && m != main).then_some(())
+                },
+            );
+            serving = wait_for("the new app", Duration::from_secs(20), || {
+                ask(&path).ok().filter(|p| *p != serving)
+            });
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        clients.into_iter().map(|c| c.join().unwrap()).fold(
+            (0, Vec::new()),
+            |(r, mut o), (r2, o2)| {
+                o.extend(o2);
+                (r + r2, o)
+            },
+        )
+    });
+    let journal = rig.ok(&["journalctl", "--no-pager", "-o", "cat", "-u", unit]);
+    rig.ok(&["systemctl", "stop", unit]);
+    eprintln!(
+        "relaunch killed twice while clients connect to a remade socket file: {refused} refused, \
+         {} other failures ({:?})",
+        other.len(),
+        other.iter().take(3).collect::<Vec<_>>()
+    );
+    assert_eq!(refused, 0, "{journal}");
+    assert!(
+        journal.contains("app: systemd's fd store keeps its new socket in place of the old one"),
+        "{journal}"
+    );
+}
+
+/// Deletes the socket file it finds and binds the path (asyncio does), then
+/// answers each connection with its pid.
+const ASYNCIO_UNIX_APP: &str = r#"
+import asyncio, os, socket, sys
+
+async def answer(reader, writer):
+    writer.write(f"{os.getpid()}\n".encode())
+    await writer.drain()
+    writer.close()
+
+async def main():
+    server = await asyncio.start_unix_server(answer, path=sys.argv[1])
+    notify = os.environ.get("NOTIFY_SOCKET")
+    if notify:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.connect("\0" + notify[1:] if notify.startswith("@") else notify)
+        s.send(b"READY=1")
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+"#;
