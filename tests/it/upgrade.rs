@@ -779,9 +779,13 @@ class Handler(socketserver.StreamRequestHandler):
         self.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
                          % len(body) + body)
 
+# A server that stops well: at SIGTERM it finishes the requests it took
+# (these tests are about what an upgrade carries; an app that dies
+# mid-request at a reload is the drain's case, tested apart).
 class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
-    daemon_threads = True
+    daemon_threads = False
+    block_on_close = True
 
 server = Server(("127.0.0.1", port), Handler)
 
@@ -827,6 +831,7 @@ if len(sys.argv) > 2:
 signal.signal(signal.SIGUSR1, again)
 signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
 server.serve_forever()
+server.server_close()
 "#;
 
 /// Bind interception (on by default) is carried by an upgrade: each child's
