@@ -1,12 +1,17 @@
-//! `relaunch [OPTIONS] -- COMMAND`: gathers the listeners, then drives the
-//! supervisor from one event loop. Signals, the reaper, exec status pipes,
-//! notify datagrams, control requests, timers, a held socket's listen() seen
-//! by bind interception, and (only while a generation is starting) the
-//! /proc readiness scan become [`Event`]s for
-//! [`Supervisor::handle`]; the driver carries out the [`Effect`]s it returns.
-//! Nothing on the loop blocks: forks happen here (PR_SET_PDEATHSIG follows
-//! the forking thread), /proc is read on the blocking pool. Idle, it sleeps
-//! without timers.
+//! The runtime: `relaunch [OPTIONS] -- COMMAND` from either boot to the end.
+//!
+//! - One boot path: [`Boot::Fresh`] (the plan, the sockets) or
+//!   [`Boot::Adopted`] (what an earlier image handed over) gives the same
+//!   `Resources`, then one `run`.
+//! - `Runtime` holds the core ([`Supervisor`]) and the I/O side (`Driver`)
+//!   side by side: the core decides, the driver carries out its [`Effect`]s
+//!   and is the [`Spawner`] the core is lent for a turn.
+//! - The loop: the core says what it wants this turn (`Wants`), each event
+//!   source arms itself from that (`Sources::arm`), the first wake becomes
+//!   [`Event`]s (`on_wake`), each is handled and carried out. Nothing on the
+//!   loop blocks: forks happen here (PR_SET_PDEATHSIG follows the forking
+//!   thread), /proc is read on the blocking pool. Idle, it sleeps without
+//!   timers.
 //!
 //! With `--watch`, relaunch forks the file watcher (`relaunch-watch`, a
 //! binary of its own so relaunch's stays small) and the `--build` process
