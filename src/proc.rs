@@ -99,16 +99,14 @@ pub fn cmdline(pid: i32) -> String {
     if !cmd.is_empty() {
         return cmd;
     }
-    fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim_end().to_string())
-        .unwrap_or_else(|_| "?".into())
+    comm(pid)
 }
 
 /// `/proc/PID/cmdline` is NUL-separated with a trailing NUL.
 pub fn join_cmdline(raw: &[u8]) -> String {
     raw.split(|&b| b == 0)
         .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a))
+        .map(|a| printable(&String::from_utf8_lossy(a)))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -155,8 +153,19 @@ pub fn status_tgid(status: &str) -> Option<i32> {
 /// The command name (`/proc/PID/comm`), "?" when gone.
 pub fn comm(pid: i32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim_end().to_string())
+        .map(|c| printable(c.strip_suffix('\n').unwrap_or(&c)))
         .unwrap_or_else(|_| "?".into())
+}
+
+/// A name a process chose, as logs and answers show it: control
+/// characters escaped, so a newline cannot start a forged log line.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 /// Whether the fd is close-on-exec, from `/proc/PID/fdinfo/FD` (`flags:`
@@ -1016,6 +1025,28 @@ impl Pidfd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name a process gives itself cannot forge a log line: a newline
+    /// (then `<1>`, journald's priority prefix) is shown escaped.
+    #[test]
+    fn names_a_process_chose_show_no_control_characters() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            // SAFETY: prctl with a NUL-terminated name of this thread.
+            unsafe { libc::prctl(libc::PR_SET_NAME, c"x\n<1>forged".as_ptr()) };
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            done_rx.recv().unwrap();
+        });
+        let tid = rx.recv().unwrap();
+        let name = comm(tid);
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert!(!name.contains('\n'), "{name:?}");
+        assert!(name.starts_with("x\\n<1>"), "{name:?}");
+        let cmd = join_cmdline(b"python3\0app.py\n<3>ERROR forged\0");
+        assert_eq!(cmd, "python3 app.py\\n<3>ERROR forged");
+    }
 
     #[test]
     fn environ_entries() {
