@@ -118,10 +118,21 @@ pub fn uid(pid: i32) -> Option<u32> {
 
 /// The effective uid from `/proc/PID/status` (`Uid: real effective saved fs`).
 pub fn status_uid(status: &str) -> Option<u32> {
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    let mut ids = line["Uid:".len()..].split_whitespace();
-    let real = ids.next()?;
-    ids.next().unwrap_or(real).parse().ok()
+    let ids = status_uids(status);
+    ids.get(1).or(ids.first()).copied()
+}
+
+/// All four uids of `/proc/PID/status` (`Uid: real effective saved fs`).
+pub fn status_uids(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .map(|ids| {
+            ids.split_whitespace()
+                .filter_map(|u| u.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The environment a process's program was exec'd with, NUL-separated

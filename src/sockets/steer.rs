@@ -131,7 +131,7 @@ pub fn busy_uids() -> io::Result<HashSet<u32>> {
     for pid in crate::proc::pids() {
         // A process may exit between the listing and the read: skip it.
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            busy.extend(status_uids(&status));
+            busy.extend(crate::proc::status_uids(&status));
         }
     }
     if let Ok(passwd) = std::fs::read_to_string("/etc/passwd") {
@@ -142,19 +142,6 @@ pub fn busy_uids() -> io::Result<HashSet<u32>> {
         );
     }
     Ok(busy)
-}
-
-/// All four uids of `/proc/PID/status` (`Uid: real effective saved fs`).
-fn status_uids(status: &str) -> Vec<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .map(|ids| {
-            ids.split_whitespace()
-                .filter_map(|u| u.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// TCP listeners on `port`, any address and family, other than `ours` (by

@@ -96,7 +96,7 @@ fn owner() -> u32 {
 /// The fsuid of the calling thread, as /proc shows it.
 fn thread_fsuid() -> u32 {
     let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
-    status_uids(&status)[3]
+    crate::proc::status_uids(&status)[3]
 }
 
 // ---------------------------------------------------------------- slots --
@@ -161,7 +161,7 @@ fn owner_uids_skip_every_uid_in_use() {
     assert_eq!(choose_owner(60578..=60600, &busy), Some(60580));
     assert_eq!(choose_owner(60578..=60579, &busy), None);
     assert_eq!(
-        status_uids("Name:\tx\nUid:\t0\t1000\t1001\t1002\nGid:\t0\t0\t0\t0\n"),
+        crate::proc::status_uids("Name:\tx\nUid:\t0\t1000\t1001\t1002\nGid:\t0\t0\t0\t0\n"),
         [0, 1000, 1001, 1002]
     );
     // What this machine runs as is busy.
