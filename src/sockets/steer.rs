@@ -180,28 +180,28 @@ pub struct Probe {
     pub slot: u32,
 }
 
-// Classic BPF opcodes (linux/filter.h, linux/bpf_common.h): a stable ABI.
-const LD: u16 = 0x00;
-const LDX: u16 = 0x01;
-const ST: u16 = 0x02;
-const ALU: u16 = 0x04;
-const JMP: u16 = 0x05;
-const RET: u16 = 0x06;
-const MISC: u16 = 0x07;
-const W: u16 = 0x00;
-const H: u16 = 0x08;
-const B: u16 = 0x10;
-const ABS: u16 = 0x20;
-const IND: u16 = 0x40;
-const MEM: u16 = 0x60;
-const AND: u16 = 0x50;
-const LSH: u16 = 0x60;
-const RSH: u16 = 0x70;
-const JEQ: u16 = 0x10;
-const JGE: u16 = 0x30;
-const K: u16 = 0x00;
-const X: u16 = 0x08;
-const TAX: u16 = 0x00;
+// Classic BPF opcodes, as libc has them (the seccomp filter uses the same).
+const LD: u16 = libc::BPF_LD as u16;
+const LDX: u16 = libc::BPF_LDX as u16;
+const ST: u16 = libc::BPF_ST as u16;
+const ALU: u16 = libc::BPF_ALU as u16;
+const JMP: u16 = libc::BPF_JMP as u16;
+const RET: u16 = libc::BPF_RET as u16;
+const MISC: u16 = libc::BPF_MISC as u16;
+const W: u16 = libc::BPF_W as u16;
+const H: u16 = libc::BPF_H as u16;
+const B: u16 = libc::BPF_B as u16;
+const ABS: u16 = libc::BPF_ABS as u16;
+const IND: u16 = libc::BPF_IND as u16;
+const MEM: u16 = libc::BPF_MEM as u16;
+const AND: u16 = libc::BPF_AND as u16;
+const LSH: u16 = libc::BPF_LSH as u16;
+const RSH: u16 = libc::BPF_RSH as u16;
+const JEQ: u16 = libc::BPF_JEQ as u16;
+const JGE: u16 = libc::BPF_JGE as u16;
+const K: u16 = libc::BPF_K as u16;
+const X: u16 = libc::BPF_X as u16;
+const TAX: u16 = libc::BPF_TAX as u16;
 /// Loads relative to the IP header. At reuseport selection the packet's
 /// data starts after the TCP header (the empty payload of a SYN), so plain
 /// offsets fault; the network header stays reachable.
