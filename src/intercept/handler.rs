@@ -1867,23 +1867,7 @@ mod tests {
             ..session()
         };
         // --port: [::]:P moves to 127.0.0.1:P.
-        let first = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
-        first.set_only_v6(false).unwrap();
-        first
-            .bind(&"[::]:0".parse::<SocketAddr>().unwrap().into())
-            .unwrap();
-        first.listen(16).unwrap();
-        let port = first.local_addr().unwrap().as_socket().unwrap().port();
-        let listener = Listener::adopt(
-            "http".into(),
-            first,
-            Some(Addr::Inet {
-                proto: crate::plan::spec::Proto::Tcp,
-                host: Host::Ip(std::net::Ipv6Addr::UNSPECIFIED.into()),
-                port,
-            }),
-        );
-        let table = Table::new(&[listener], &[true], 16, false).unwrap();
+        let (table, port) = movable_wildcard();
         let told = watch(&table);
         let at = SocketAddr::from(([127, 0, 0, 1], port));
         let app = AppSocket {
@@ -1926,11 +1910,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A move whose bind fails (an address not on this host) leaves the
-    /// port served where it was, not on a port the kernel picked: a TCP
-    /// socket shut down has lost its port.
-    #[test]
-    fn a_move_that_fails_leaves_the_port_served_where_it_was() {
+    /// A table holding one movable `[::]:P` listener, as `--port P` makes
+    /// it, and P.
+    fn movable_wildcard() -> (Arc<Table>, u16) {
         let first = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
         first.set_only_v6(false).unwrap();
         first
@@ -1947,7 +1929,15 @@ mod tests {
                 port,
             }),
         );
-        let table = Table::new(&[listener], &[true], 16, false).unwrap();
+        (Table::new(&[listener], &[true], 16, false).unwrap(), port)
+    }
+
+    /// A move whose bind fails (an address not on this host) leaves the
+    /// port served where it was, not on a port the kernel picked: a TCP
+    /// socket shut down has lost its port.
+    #[test]
+    fn a_move_that_fails_leaves_the_port_served_where_it_was() {
+        let (table, port) = movable_wildcard();
         let session = Session {
             table: Arc::clone(&table),
             ..session()
