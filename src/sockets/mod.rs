@@ -4,8 +4,10 @@
 //! every generation of an app sees the same mode; apps that want non-blocking
 //! set it themselves, or ask for `,nonblock`: see [`hand_nonblocking`]).
 //! TCP and UDP get SO_REUSEADDR (so a port in TIME_WAIT
-//! binds) and never SO_REUSEPORT (which would let another process share the
-//! port). Stream sockets listen with `--backlog`, SOMAXCONN by default.
+//! binds). SO_REUSEPORT only for a TCP listener made as a member of a group
+//! owned by a uid that nothing else runs as ([`Membership`], see
+//! [`group`]): otherwise another process could share the port. Stream
+//! sockets listen with `--backlog`, SOMAXCONN by default.
 //!
 //! Unix socket files live by the rules of [`file`]: a stale file is replaced,
 //! a live one is an error, mode and owner are set without following
@@ -28,6 +30,7 @@ use crate::plan::{Planned, Source};
 use crate::who;
 
 pub mod file;
+pub mod group;
 pub mod steer;
 
 pub struct Listener {
@@ -133,7 +136,14 @@ pub struct Opened {
 
 /// The listeners of the plan, in its order: inherited sockets adopted, the
 /// others bound.
-pub fn open(plan: &[Planned], inherited: Vec<Inherited>, backlog: i32) -> Result<Opened> {
+/// `group`: TCP listeners relaunch binds are made as members of a group
+/// steered between generations (see [`group`]).
+pub fn open(
+    plan: &[Planned],
+    inherited: Vec<Inherited>,
+    backlog: i32,
+    group: Option<Membership>,
+) -> Result<Opened> {
     let mut inherited: Vec<Option<Inherited>> = inherited.into_iter().map(Some).collect();
     let mut out = Vec::with_capacity(plan.len());
     let mut bound_here = Vec::new();
@@ -169,7 +179,9 @@ pub fn open(plan: &[Planned], inherited: Vec<Inherited>, backlog: i32) -> Result
                 }
                 l
             }
-            Source::Bind { spec, fallback } => bind(p.name.clone(), spec, backlog, fallback)?,
+            Source::Bind { spec, fallback } => {
+                bind(p.name.clone(), spec, backlog, fallback, group)?
+            }
             Source::Stored {
                 index,
                 spec,
@@ -197,7 +209,7 @@ pub fn open(plan: &[Planned], inherited: Vec<Inherited>, backlog: i32) -> Result
                             spec.addr
                         );
                         stale.push(format!("{}{}", crate::plan::inherit::STORE_PREFIX, p.name));
-                        bind(p.name.clone(), spec, backlog, fallback)?
+                        bind(p.name.clone(), spec, backlog, fallback, group)?
                     }
                 }
             }
@@ -261,10 +273,19 @@ fn listening(name: &str, fd: &std::os::fd::OwnedFd, backlog: i32) -> bool {
 }
 
 /// Binds `addr`; for TCP and UDP, a held port falls back to the first free port of `fallback`.
-pub fn bind(name: String, spec: &ListenSpec, backlog: i32, fallback: &[u16]) -> Result<Listener> {
+pub fn bind(
+    name: String,
+    spec: &ListenSpec,
+    backlog: i32,
+    fallback: &[u16],
+    group: Option<Membership>,
+) -> Result<Listener> {
     let addr = &spec.addr;
     match addr {
-        Addr::Inet { proto, host, port } => bind_inet(name, *proto, host, *port, backlog, fallback),
+        Addr::Inet { proto, host, port } => {
+            let group = group.filter(|_| *proto == Proto::Tcp);
+            bind_inet(name, *proto, host, *port, backlog, fallback, group)
+        }
         Addr::Unix(path) => bind_unix_path(name, path, &spec.unix, backlog),
         Addr::UnixAbstract(bytes) => {
             // A leading NUL is how sockaddr_un names the abstract namespace.
@@ -295,6 +316,7 @@ fn bind_inet(
     port: u16,
     backlog: i32,
     fallback: &[u16],
+    group: Option<Membership>,
 ) -> Result<Listener> {
     let ty = match proto {
         Proto::Tcp => Type::STREAM,
@@ -306,7 +328,7 @@ fn bind_inet(
         Host::Name(n) => Some(resolve(n, port)?.ip()),
     };
     let shown = |p: u16| SocketAddr::new(ip.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), p);
-    let err = match bind_port(ip, port, ty, backlog) {
+    let err = match bind_port(ip, port, ty, backlog, group) {
         Ok(sock) => return finish(name, proto, sock),
         Err(e) => e,
     };
@@ -315,7 +337,7 @@ fn bind_inet(
     }
     let holder = holder_of(proto, ip, port).unwrap_or_else(|| "another process".into());
     for &p in fallback.iter().filter(|&&p| p != port) {
-        match bind_port(ip, p, ty, backlog) {
+        match bind_port(ip, p, ty, backlog, group) {
             Ok(sock) => {
                 warn!("{name}: port {port} is held by {holder}; using fallback port {p}");
                 return finish(name, proto, sock);
@@ -333,18 +355,26 @@ fn bind_inet(
 
 /// Binds one port: the given address, or every interface ([::] dual-stack,
 /// 0.0.0.0 where IPv6 is off).
-fn bind_port(ip: Option<IpAddr>, port: u16, ty: Type, backlog: i32) -> std::io::Result<Socket> {
+fn bind_port(
+    ip: Option<IpAddr>,
+    port: u16,
+    ty: Type,
+    backlog: i32,
+    group: Option<Membership>,
+) -> std::io::Result<Socket> {
     match ip {
-        Some(ip) => try_bind(SocketAddr::new(ip, port), ty, backlog),
+        Some(ip) => try_bind(SocketAddr::new(ip, port), ty, backlog, group),
         None => match try_bind(
             SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
             ty,
             backlog,
+            group,
         ) {
             Err(e) if ipv6_unavailable(&e) => try_bind(
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
                 ty,
                 backlog,
+                group,
             ),
             other => other,
         },
@@ -382,7 +412,29 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
         .ok_or_else(|| Error::usage(format!("host {host:?} has no address")))
 }
 
-fn try_bind(addr: SocketAddr, ty: Type, backlog: i32) -> std::io::Result<Socket> {
+/// A TCP listener made as a member of a SO_REUSEPORT group: created as
+/// `owner` (None: relaunch's own fsuid), which is who may join the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Membership {
+    pub owner: Option<u32>,
+}
+
+/// Binds (and, for a stream, listens on) `addr`; as a group member when
+/// `group` says so.
+fn try_bind(
+    addr: SocketAddr,
+    ty: Type,
+    backlog: i32,
+    group: Option<Membership>,
+) -> std::io::Result<Socket> {
+    if let Some(m) = group.filter(|_| ty == Type::STREAM) {
+        // A first member joins whatever group is there: another relaunch's,
+        // if it chose the same owner. Any listener on the port is "in use".
+        if addr.port() != 0 && !steer::foreign_listeners(addr.port(), &[])?.is_empty() {
+            return Err(std::io::Error::from_raw_os_error(libc::EADDRINUSE));
+        }
+        return steer::member(addr, m.owner, backlog);
+    }
     let sock = Socket::new(Domain::for_address(addr), ty, None)?;
     sock.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -564,7 +616,7 @@ mod tests {
                 },
             },
         ];
-        let l = open(&plan, inherited, 16).unwrap().listeners;
+        let l = open(&plan, inherited, 16, None).unwrap().listeners;
         assert_eq!(l[0].name, "web");
         assert_eq!(l[0].address(), format!("127.0.0.1:{port}"));
         assert_eq!(l[0].named(3).port(), Some(port));
@@ -588,7 +640,7 @@ mod tests {
         let kept = tcp("127.0.0.1:0", true);
         let port = kept.local_addr().unwrap().as_socket().unwrap().port();
         let inode = nix::sys::stat::fstat(&kept).unwrap().st_ino;
-        let opened = open(&stored(port), vec![back(kept)], 16).unwrap();
+        let opened = open(&stored(port), vec![back(kept)], 16, None).unwrap();
         assert!(opened.stale.is_empty(), "{:?}", opened.stale);
         assert!(opened.bound_here.is_empty());
         let l = &opened.listeners[0];
@@ -603,7 +655,7 @@ mod tests {
     fn a_stored_socket_listens_where_it_was_bound_or_is_bound_afresh() {
         let kept = tcp("127.0.0.1:0", false);
         let port = kept.local_addr().unwrap().as_socket().unwrap().port();
-        let opened = open(&stored(port), vec![back(kept)], 16).unwrap();
+        let opened = open(&stored(port), vec![back(kept)], 16, None).unwrap();
         assert!(opened.stale.is_empty(), "{:?}", opened.stale);
         assert!(opened.listeners[0].socket.is_listener().unwrap());
         std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -613,7 +665,7 @@ mod tests {
         let port = kept.local_addr().unwrap().as_socket().unwrap().port();
         // SAFETY: shutdown on our own socket.
         unsafe { libc::shutdown(kept.as_raw_fd(), libc::SHUT_RDWR) };
-        let opened = open(&stored(port), vec![back(kept)], 16).unwrap();
+        let opened = open(&stored(port), vec![back(kept)], 16, None).unwrap();
         assert_eq!(opened.stale, ["relaunch.http"]);
         assert_eq!(opened.bound_here, [0]);
         let l = &opened.listeners[0];

@@ -78,7 +78,8 @@ pub fn socket_as(domain: Domain, owner: Option<u32>) -> io::Result<Socket> {
 
 /// A listening member of the group on `addr`: created as `owner`,
 /// SO_REUSEADDR and SO_REUSEPORT, bound and listening. Its slot is the next
-/// one ([`Slots::listened`]).
+/// one ([`Slots::listened`]). Not the first: that one checks the port is free
+/// (see `sockets::try_bind`).
 pub fn member(addr: SocketAddr, owner: Option<u32>, backlog: i32) -> io::Result<Socket> {
     let sock = socket_as(Domain::for_address(addr), owner)?;
     sock.set_reuse_address(true)?;

@@ -273,7 +273,7 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
     let plan = planned(&args, &snap.env, &names)?;
     // Before any thread: it is forked, and allocates.
     keeper::start(plan.stop_signal, plan.stop_timeout);
-    let opened = sockets::open(&plan.listeners, inherited, plan.backlog)?;
+    let opened = sockets::open(&plan.listeners, inherited, plan.backlog, None)?;
     let listeners = opened.listeners;
     for (i, l) in listeners.iter().enumerate() {
         info!("listening on {} as fd {} ({})", l.address(), 3 + i, l.name);

@@ -351,7 +351,7 @@ mod tests {
         let other = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
         let port = other.local_addr().unwrap().port();
         let s = spec::parse(&format!("127.0.0.1:{port}")).unwrap();
-        let l = crate::sockets::bind("t".into(), &s, 16, &[]).unwrap();
+        let l = crate::sockets::bind("t".into(), &s, 16, &[], None).unwrap();
         let g = Gauge::new(std::slice::from_ref(&l)).unwrap();
         // A second subscriber tells when the notice has been sent: the
         // kernel hands each notice to every subscriber in one go.
@@ -380,7 +380,7 @@ mod tests {
     fn measures_a_real_listener() {
         use crate::plan::spec;
         let s = spec::parse("127.0.0.1:0").unwrap();
-        let l = crate::sockets::bind("t".into(), &s, 16, &[]).unwrap();
+        let l = crate::sockets::bind("t".into(), &s, 16, &[], None).unwrap();
         let addr = l.socket.local_addr().unwrap().as_socket().unwrap();
         let g = Gauge::new(std::slice::from_ref(&l)).unwrap();
         // Closing takes a few packets even on loopback: wait for it.

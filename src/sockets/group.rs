@@ -1,0 +1,359 @@
+//! One held TCP listener as a SO_REUSEPORT group of listening sockets, one
+//! per live generation, and the steering program that sends every new
+//! connection to the serving one (docs/steering.md has the measurements).
+//!
+//! The first member (the home socket) is the listener relaunch bound at
+//! start: it stays in slot 0 for relaunch's whole life. A generation started
+//! beside the serving one gets a member of its own, which nothing is steered
+//! to until it serves. Members are never closed while relaunch runs: one
+//! whose generation is gone waits, with an empty queue, for the next
+//! reload. So no member ever leaves the group, and the kernel's slots, which
+//! move only when one leaves, are simply the order of `members`. A new
+//! member's slot is checked with a probe before anything is steered to it.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use socket2::Socket;
+use tracing::debug;
+
+use super::steer::{self, Probe, Route};
+
+/// How long a probe of a new member's slot may take (loopback: microseconds).
+const PROBE_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Member {
+    socket: Arc<Socket>,
+    inode: u64,
+    /// The generation whose children it is given to; None: free.
+    generation: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Group {
+    addr: SocketAddr,
+    owner: u32,
+    backlog: i32,
+    /// In slot order.
+    members: Vec<Member>,
+    /// The slot new connections go to.
+    route: usize,
+}
+
+/// What an upgrade hands over of a group besides its members' fds (which
+/// come in slot order).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Saved {
+    pub generations: Vec<Option<u64>>,
+    pub route: usize,
+}
+
+impl Group {
+    /// The group of `home`, a listening member made at start (see
+    /// `sockets::Membership`). Every connection goes to it.
+    pub fn new(home: Arc<Socket>, backlog: i32) -> io::Result<Group> {
+        let group = Group::of(vec![home], vec![None], 0, backlog)?;
+        group.attach()?;
+        Ok(group)
+    }
+
+    /// A group handed over by an upgrade: its members in slot order (the
+    /// kernel's order is unchanged by an exec).
+    pub fn adopt(members: Vec<Arc<Socket>>, saved: Saved, backlog: i32) -> io::Result<Group> {
+        if members.is_empty() || members.len() != saved.generations.len() {
+            return Err(io::Error::other(
+                "the handed-over group does not match its sockets",
+            ));
+        }
+        let route = saved.route.min(members.len() - 1);
+        Group::of(members, saved.generations, route, backlog)
+    }
+
+    fn of(
+        sockets: Vec<Arc<Socket>>,
+        generations: Vec<Option<u64>>,
+        route: usize,
+        backlog: i32,
+    ) -> io::Result<Group> {
+        let home = &sockets[0];
+        let addr = home
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an inet socket"))?;
+        let owner = steer::owner_of(home.as_ref())?;
+        let members = sockets
+            .into_iter()
+            .zip(generations)
+            .map(|(socket, generation)| {
+                Ok(Member {
+                    inode: steer::inode_of(socket.as_ref())?,
+                    socket,
+                    generation,
+                })
+            })
+            .collect::<io::Result<Vec<Member>>>()?;
+        Ok(Group {
+            addr,
+            owner,
+            backlog,
+            members,
+            route,
+        })
+    }
+
+    pub fn save(&self) -> (Vec<Arc<Socket>>, Saved) {
+        let sockets = self.members.iter().map(|m| Arc::clone(&m.socket)).collect();
+        let generations = self.members.iter().map(|m| m.generation).collect();
+        (
+            sockets,
+            Saved {
+                generations,
+                route: self.route,
+            },
+        )
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Every member's inode: what relaunch holds on this port.
+    pub fn inodes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.members.iter().map(|m| m.inode)
+    }
+
+    /// The inodes of `generation`'s members.
+    pub fn inodes_of(&self, generation: u64) -> Vec<u64> {
+        self.members
+            .iter()
+            .filter(|m| m.generation == Some(generation))
+            .map(|m| m.inode)
+            .collect()
+    }
+
+    /// The generation new connections go to, if one has the routed member.
+    pub fn routed(&self) -> Option<u64> {
+        self.members[self.route].generation
+    }
+
+    /// The socket `generation`'s children get: its own member, or else the
+    /// routed one, which is then its.
+    pub fn socket_for(&mut self, generation: u64) -> Arc<Socket> {
+        let i = self.position(generation).unwrap_or_else(|| {
+            if let Some(was) = self.members[self.route].generation {
+                debug!(generation, was, "the routed member changes hands");
+            }
+            self.members[self.route].generation = Some(generation);
+            self.route
+        });
+        Arc::clone(&self.members[i].socket)
+    }
+
+    /// Gives `generation` a member that nothing is steered to: a free one,
+    /// or a new one, whose slot a probe confirms first.
+    pub fn open(&mut self, generation: u64) -> io::Result<Arc<Socket>> {
+        if let Some(i) = self.position(generation).filter(|&i| i != self.route) {
+            return Ok(Arc::clone(&self.members[i].socket));
+        }
+        let free = (0..self.members.len())
+            .find(|&i| i != self.route && self.members[i].generation.is_none());
+        let i = match free {
+            Some(i) => i,
+            None => self.grow()?,
+        };
+        self.members[i].generation = Some(generation);
+        Ok(Arc::clone(&self.members[i].socket))
+    }
+
+    /// New connections go to `generation`'s member from now on.
+    pub fn steer_to(&mut self, generation: u64) -> io::Result<()> {
+        let i = self.position(generation).ok_or_else(|| {
+            io::Error::other(format!(
+                "generation {generation} has no socket in the group"
+            ))
+        })?;
+        let was = self.route;
+        self.route = i;
+        self.attach().inspect_err(|_| self.route = was)
+    }
+
+    /// `generation` is gone: its members are free (the routed one too,
+    /// for whichever generation starts next).
+    pub fn release(&mut self, generation: u64) {
+        for m in &mut self.members {
+            if m.generation == Some(generation) {
+                m.generation = None;
+            }
+        }
+    }
+
+    fn position(&self, generation: u64) -> Option<usize> {
+        self.members
+            .iter()
+            .position(|m| m.generation == Some(generation))
+    }
+
+    fn attach(&self) -> io::Result<()> {
+        let prog = steer::program(Route::To(self.route as u32), None);
+        steer::attach(self.members[0].socket.as_ref(), &prog)
+    }
+
+    /// A new member in the next slot, confirmed by a probe; the route is
+    /// unchanged throughout.
+    fn grow(&mut self) -> io::Result<usize> {
+        let socket = steer::member(self.addr, Some(self.owner), self.backlog)?;
+        let slot = self.members.len();
+        let dest = reachable(self.addr);
+        let (probe, port) = steer::probe_socket(dest)?;
+        let prog = steer::program(
+            Route::To(self.route as u32),
+            Some(Probe {
+                port,
+                slot: slot as u32,
+            }),
+        );
+        steer::attach(self.members[0].socket.as_ref(), &prog)?;
+        let placed = steer::verify(&socket, probe, dest, PROBE_WAIT);
+        // The probe's rule goes either way: its port is free again.
+        self.attach()?;
+        if !placed? {
+            // Someone else's member is in the group (a process of the
+            // owner's uid, or one left from an earlier relaunch): slots
+            // are not what relaunch counts, and steering would be a guess.
+            return Err(io::Error::other(format!(
+                "a probe of the new socket's place in the group missed it: the group on {} \
+                 has members relaunch does not know of",
+                self.addr
+            )));
+        }
+        self.members.push(Member {
+            inode: steer::inode_of(&socket)?,
+            socket: Arc::new(socket),
+            generation: None,
+        });
+        debug!(slot, addr = %self.addr, "a new member joined the group");
+        Ok(slot)
+    }
+}
+
+/// Where a probe connects to reach `addr`: itself, or loopback where it
+/// listens on every address.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        // A dual-stack [::] takes IPv4 too; ::1 may be off where IPv6 is
+        // only half there, 127.0.0.1 is not.
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn home() -> Arc<Socket> {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let first = steer::member(addr, None, 128).unwrap();
+        Arc::new(first)
+    }
+
+    /// Connects to the group and says which of `sockets` got it.
+    fn lands(group: &Group, sockets: &[&Arc<Socket>]) -> usize {
+        let c = std::net::TcpStream::connect(group.addr).unwrap();
+        for _ in 0..1000 {
+            for (i, s) in sockets.iter().enumerate() {
+                s.set_nonblocking(true).unwrap();
+                if s.accept().is_ok() {
+                    drop(c);
+                    return i;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("no member accepted the connection");
+    }
+
+    #[test]
+    fn a_generation_beside_the_serving_one_gets_nothing_until_steered_to() {
+        let mut g = Group::new(home(), 128).unwrap();
+        let one = g.socket_for(1);
+        let two = g.open(2).unwrap();
+        assert_ne!(
+            steer::inode_of(one.as_ref()).unwrap(),
+            steer::inode_of(two.as_ref()).unwrap()
+        );
+        for _ in 0..20 {
+            assert_eq!(lands(&g, &[&one, &two]), 0);
+        }
+        g.steer_to(2).unwrap();
+        assert_eq!(g.routed(), Some(2));
+        for _ in 0..20 {
+            assert_eq!(lands(&g, &[&one, &two]), 1);
+        }
+        // Its restarts get the same socket.
+        assert!(Arc::ptr_eq(&g.socket_for(2), &two));
+    }
+
+    #[test]
+    fn a_released_member_serves_the_next_reload_and_the_group_does_not_grow() {
+        let mut g = Group::new(home(), 128).unwrap();
+        let one = g.socket_for(1);
+        let two = g.open(2).unwrap();
+        g.steer_to(2).unwrap();
+        g.release(1);
+        let three = g.open(3).unwrap();
+        assert!(Arc::ptr_eq(&three, &one), "the free member is reused");
+        assert_eq!(g.inodes().count(), 2);
+        g.steer_to(3).unwrap();
+        assert_eq!(lands(&g, &[&one, &two]), 0);
+        // A failed reload leaves the routed generation as it was.
+        g.release(2);
+        let four = g.open(4).unwrap();
+        assert!(Arc::ptr_eq(&four, &two));
+        g.release(4);
+        assert_eq!(g.routed(), Some(3));
+    }
+
+    #[test]
+    fn a_generation_started_when_nothing_serves_takes_the_routed_member() {
+        let mut g = Group::new(home(), 128).unwrap();
+        let one = g.socket_for(1);
+        g.release(1);
+        // --idle-stop, then a connection: it waits in the routed member.
+        let two = g.socket_for(2);
+        assert!(Arc::ptr_eq(&one, &two));
+        assert_eq!(g.routed(), Some(2));
+    }
+
+    #[test]
+    fn an_unknown_member_in_the_group_stops_a_new_one_from_being_used() {
+        let mut g = Group::new(home(), 128).unwrap();
+        g.socket_for(1);
+        // Same uid as the group's owner: it can join, and takes slot 1.
+        let stranger = steer::member(g.addr, None, 128).unwrap();
+        let err = g.open(2).unwrap_err().to_string();
+        assert!(err.contains("members relaunch does not know of"), "{err}");
+        drop(stranger);
+        assert_eq!(g.inodes().count(), 1);
+    }
+
+    #[test]
+    fn a_handed_over_group_steers_as_before() {
+        let mut g = Group::new(home(), 128).unwrap();
+        let one = g.socket_for(1);
+        let two = g.open(2).unwrap();
+        g.steer_to(2).unwrap();
+        let (sockets, saved) = g.save();
+        let json = serde_json::to_string(&saved).unwrap();
+        let mut back = Group::adopt(sockets, serde_json::from_str(&json).unwrap(), 128).unwrap();
+        assert_eq!(back.routed(), Some(2));
+        assert!(Arc::ptr_eq(&back.socket_for(1), &one));
+        assert_eq!(lands(&back, &[&one, &two]), 1);
+    }
+}
