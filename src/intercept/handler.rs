@@ -43,11 +43,18 @@ pub struct Table {
     refiling: Mutex<()>,
     /// Told each held socket that takes another's place (see [`Table::on_change`]).
     changed: OnceLock<Changed>,
+    /// Makes a `--port` move's socket (see [`Table::set_maker`]).
+    maker: OnceLock<Maker>,
 }
 
 /// Told (the listener's name, its new socket) when a held socket takes
 /// another's place: a `--port` move, a remade socket file.
 pub type Changed = Box<dyn Fn(&str, &Socket) + Send + Sync>;
+
+/// Makes a TCP socket bound and listening at (address, IPV6_V6ONLY, backlog):
+/// where a held listener has generations' sockets beside it, the one a
+/// `--port` move binds must join their kind (see [`Table::set_maker`]).
+pub type Maker = Box<dyn Fn(SocketAddr, bool, i32) -> io::Result<Socket> + Send + Sync>;
 
 /// What an upgrade hands over of one child's handler thread.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -63,6 +70,10 @@ pub struct Carried {
     /// The uid the child was started as (None: not known, so not checked).
     #[serde(default)]
     pub uid: Option<u32>,
+    /// The generation the child belongs to: its binds get that
+    /// generation's sockets (see [`Table::set_members`]).
+    #[serde(default)]
+    pub generation: u64,
     #[serde(skip)]
     leader_cell: Option<Arc<OnceLock<i32>>>,
 }
@@ -76,6 +87,7 @@ impl Carried {
             said: Vec::new(),
             listened: false,
             uid: None,
+            generation: 0,
             leader_cell: None,
         }
     }
@@ -204,6 +216,37 @@ struct Entry {
     file: Option<UnixFile>,
     /// Where `--port`'s socket moved to, in spec form.
     moved: Option<String>,
+    /// Generations' own sockets in its place (see [`Table::set_members`]).
+    members: Vec<Member>,
+}
+
+/// A generation's own socket for one held listener.
+struct Member {
+    generation: u64,
+    socket: Arc<Socket>,
+    inode: u64,
+}
+
+impl Entry {
+    /// The held socket of this entry whose inode is `inode`: its own, or a
+    /// generation's.
+    fn socket_of(&self, inode: u64) -> Option<&Arc<Socket>> {
+        if self.inode == inode {
+            return Some(&self.socket);
+        }
+        self.members
+            .iter()
+            .find(|m| m.inode == inode)
+            .map(|m| &m.socket)
+    }
+
+    /// What children of `generation` get for this entry.
+    fn socket_for(&self, generation: u64) -> &Arc<Socket> {
+        self.members
+            .iter()
+            .find(|m| m.generation == generation)
+            .map_or(&self.socket, |m| &m.socket)
+    }
 }
 
 /// A socket file to remake, as the table had it (see `Session::refile`).
@@ -313,6 +356,7 @@ impl Table {
                 inode,
                 file: UnixFile::of(l.addr.as_ref(), l.file()),
                 moved: None,
+                members: Vec::new(),
             });
         }
         Ok(Arc::new(Table {
@@ -324,6 +368,7 @@ impl Table {
             sessions: Mutex::new(Vec::new()),
             refiling: Mutex::new(()),
             changed: OnceLock::new(),
+            maker: OnceLock::new(),
         }))
     }
 
@@ -375,6 +420,7 @@ impl Table {
                 inode,
                 file: e.file.and_then(SavedFile::adopt),
                 moved: e.moved,
+                members: Vec::new(),
             });
         }
         Ok(Arc::new(Table {
@@ -386,6 +432,7 @@ impl Table {
             sessions: Mutex::new(Vec::new()),
             refiling: Mutex::new(()),
             changed: OnceLock::new(),
+            maker: OnceLock::new(),
         }))
     }
 
@@ -438,8 +485,12 @@ impl Table {
         self.lock().iter().map(|e| Arc::clone(&e.socket)).collect()
     }
 
+    /// The inodes of every held socket, generations' own included.
     pub fn inodes(&self) -> HashSet<u64> {
-        self.lock().iter().map(|e| e.inode).collect()
+        self.lock()
+            .iter()
+            .flat_map(|e| std::iter::once(e.inode).chain(e.members.iter().map(|m| m.inode)))
+            .collect()
     }
 
     /// `--refuse-probes`: children's filters trap connect too.
@@ -539,13 +590,97 @@ impl Table {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn index_of_inode(&self, inode: u64) -> Option<usize> {
-        self.lock().iter().position(|e| e.inode == inode)
+    /// The held socket of inode `inode` (an entry's own, or one of its
+    /// generations'), and its entry's index: a call on it acts on that very
+    /// socket, whichever generation's it is.
+    fn held_socket(&self, inode: u64) -> Option<(usize, Arc<Socket>)> {
+        self.lock()
+            .iter()
+            .enumerate()
+            .find_map(|(i, e)| Some((i, Arc::clone(e.socket_of(inode)?))))
     }
 
     /// What each held socket is, as `decide` and `probed` match it.
     fn held(&self) -> Vec<Held> {
         self.lock().iter().map(|e| e.held.clone()).collect()
+    }
+}
+
+/// Generations' own sockets, in place of the held ones for their children.
+#[allow(dead_code, reason = "the drain's driver calls them")]
+impl Table {
+    /// Children of `generation` get `members[i]`, where it is Some, in place
+    /// of entry i's socket: when they bind its address themselves, and for
+    /// every trapped call on it. One per entry, in entry order; replaces what
+    /// was set for `generation` before.
+    pub fn set_members(&self, generation: u64, members: Vec<Option<Arc<Socket>>>) {
+        // Read before the lock, which the handler threads take.
+        let members: Vec<Option<Member>> = members
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let socket = m?;
+                match nix::sys::stat::fstat(socket.as_fd()) {
+                    Ok(st) => Some(Member {
+                        generation,
+                        socket,
+                        inode: st.st_ino,
+                    }),
+                    Err(e) => {
+                        warn!(
+                            generation,
+                            "cannot read the inode of this generation's socket for held \
+                             socket {i} ({e}): its children get the shared one instead"
+                        );
+                        None
+                    }
+                }
+            })
+            .collect();
+        let mut entries = self.lock();
+        if members.len() != entries.len() {
+            warn!(
+                generation,
+                "{} sockets given for {} held sockets: the ones past the last held socket are \
+                 not given, and held sockets without one are shared",
+                members.len(),
+                entries.len()
+            );
+        }
+        let mut members = members.into_iter();
+        for e in entries.iter_mut() {
+            e.members.retain(|m| m.generation != generation);
+            if let Some(Some(m)) = members.next() {
+                e.members.push(m);
+            }
+        }
+    }
+
+    /// `generation` is gone: its sockets are given no more.
+    pub fn forget(&self, generation: u64) {
+        for e in self.lock().iter_mut() {
+            e.members.retain(|m| m.generation != generation);
+        }
+    }
+
+    /// What children of `generation` get for entry `index`: that
+    /// generation's socket if one was set, else the entry's.
+    pub fn socket_for(&self, index: usize, generation: u64) -> Arc<Socket> {
+        Arc::clone(self.lock()[index].socket_for(generation))
+    }
+
+    /// A `--port` move's socket is made by `m` instead of relaunch's own
+    /// bind (set once; later calls change nothing).
+    pub fn set_maker(&self, m: Maker) {
+        let _ = self.maker.set(m);
+    }
+
+    /// A new TCP listener at `at`, by [`Table::set_maker`]'s function if set.
+    fn listen_at(&self, at: SocketAddr, v6only: bool) -> io::Result<Socket> {
+        match self.maker.get() {
+            Some(make) => make(at, v6only, self.backlog),
+            None => listen_at(at, v6only, self.backlog),
+        }
     }
 }
 
@@ -587,11 +722,13 @@ static REFUSED_SAID: AtomicBool = AtomicBool::new(false);
 /// [`super::filter::install`]). Started before the fork, so the child's fd
 /// always has a reader.
 /// A held socket's listen() is told on `listened` as (the child's pid, how),
-/// once the driver has put the child's pid in `leader`.
+/// once the driver has put the child's pid in `leader`. The child belongs
+/// to `generation`: its binds get that generation's sockets.
 pub fn start(
     table: Arc<Table>,
     leader: Arc<OnceLock<i32>>,
     listened: Listened,
+    generation: u64,
 ) -> io::Result<OwnedFd> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
     let (ours, theirs) = socketpair(
@@ -616,6 +753,7 @@ pub fn start(
                 table,
                 leader,
                 uid,
+                generation,
                 listened: Some(listened),
                 said: HashSet::new(),
                 errors: HashSet::new(),
@@ -643,6 +781,7 @@ pub fn resume(table: Arc<Table>, carried: Carried, listened: Listened) -> io::Re
             table,
             leader,
             uid: carried.uid,
+            generation: carried.generation,
             listened: (!carried.listened).then_some(listened),
             said: carried.said.into_iter().collect(),
             errors: HashSet::new(),
@@ -761,6 +900,8 @@ struct Session {
     leader: Arc<OnceLock<i32>>,
     /// The uid the child was started as: other uids get no held socket.
     uid: Option<u32>,
+    /// The child's generation: a bind gets its sockets.
+    generation: u64,
     /// Taken at the first listen() of a held socket: said once.
     listened: Option<Listened>,
     /// (pid, what) already logged, so each is said once per child.
@@ -799,6 +940,7 @@ impl Session {
             said: Vec::new(),
             listened: self.listened.is_none(),
             uid: self.uid,
+            generation: self.generation,
             leader_cell: Some(Arc::clone(&self.leader)),
         });
         self.serve(&notify);
@@ -994,10 +1136,11 @@ impl Session {
             asked = Asked::Unix(path_seen_by(tid, path)?);
         }
         let inode = socket_inode(tid, fd)?;
-        let ours = self.table.index_of_inode(inode);
-        let copy = match ours {
+        let held = self.table.held_socket(inode);
+        let ours = held.as_ref().map(|&(i, _)| i);
+        let copy = match held {
             // A held socket: relaunch's own is the same.
-            Some(i) => Arc::clone(&self.table.lock()[i].socket),
+            Some((_, socket)) => socket,
             None => Arc::new(take_fd(tid, tgid, fd, inode)?),
         };
         // Bound already: the kernel's EINVAL, not ours to change.
@@ -1108,8 +1251,9 @@ impl Session {
         }
     }
 
-    /// The held socket at `index`, as the app of `tgid` gets it: its file
-    /// bound again if the app deleted it, and no longer movable.
+    /// The held socket at `index`, as the app of `tgid` gets it: its
+    /// generation's, its file bound again if the app deleted it, and no
+    /// longer movable.
     fn claim(&self, index: usize, tgid: i32) -> Arc<Socket> {
         if let Err(e) = self.refile(index, tgid) {
             warn!(
@@ -1122,7 +1266,7 @@ impl Session {
         let e = &mut entries[index];
         // The first app has it: from now on binds must match.
         e.held.movable = false;
-        Arc::clone(&e.socket)
+        Arc::clone(e.socket_for(self.generation))
     }
 
     /// Once per process and held socket: why its bind runs as it is.
@@ -1181,12 +1325,14 @@ impl Session {
         };
         // SAFETY: shutdown on our own socket.
         unsafe { libc::shutdown(e.socket.as_raw_fd(), libc::SHUT_RDWR) };
-        let new = match listen_at(at, app.v6only, self.table.backlog) {
+        let new = match self.table.listen_at(at, app.v6only) {
             Ok(new) => new,
             Err(err) => {
                 // Back to serving where it was, by a new socket: the old one
                 // lost its port with the shutdown (a listen would pick another).
-                match listen_at(old, old_v6only, self.table.backlog)
+                match self
+                    .table
+                    .listen_at(old, old_v6only)
                     .and_then(|s| Ok((nix::sys::stat::fstat(s.as_fd())?.st_ino, s)))
                 {
                     Ok((inode, again)) => {
@@ -1205,9 +1351,27 @@ impl Session {
                 return Err(err);
             }
         };
+        // Generations' sockets are at the old address: every child gets
+        // the moved one.
+        let members = std::mem::take(&mut e.members);
+        let mut generations: Vec<u64> = members.iter().map(|m| m.generation).collect();
+        generations.sort_unstable();
+        let members_said = match generations.as_slice() {
+            [] => String::new(),
+            [g] => format!(
+                "; generation {g}'s own socket at {} is given no more: every child gets this one",
+                shown_ip(old.ip())
+            ),
+            gs => format!(
+                "; the own sockets of generations {} at {} are given no more: every child gets \
+                 this one",
+                gs.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+                shown_ip(old.ip())
+            ),
+        };
         info!(
             "{}: the app binds {}, so relaunch now holds {} in place of {} (same port; \
-             connections queued on the old socket this instant were reset)",
+             connections queued on the old socket this instant were reset){members_said}",
             e.name,
             shown(&Asked::Inet(at)),
             shown(&Asked::Inet(at)),
@@ -1222,6 +1386,8 @@ impl Session {
         e.socket = Arc::new(new);
         e.moved = Some(shown(&Asked::Inet(at)));
         drop(entries);
+        // Closed (where last held) outside the lock.
+        drop(members);
         self.table.tell_changed(index);
         Ok(true)
     }
@@ -1274,10 +1440,10 @@ impl Session {
 
     /// listen() on a held socket: done already, with relaunch's backlog.
     fn listen(&mut self, tid: i32, fd: i32) -> io::Result<Answer> {
-        let Some((tgid, index)) = self.held_index(tid, fd)? else {
+        let Some((tgid, index, socket)) = self.held_index(tid, fd)? else {
             return Ok(Answer::Continue);
         };
-        self.listen_again(tgid, index)?;
+        self.listen_again(tgid, index, &socket)?;
         // A readiness hint for --ready auto where /proc is out of sight.
         if let Some(&leader) = self.leader.get()
             && let Some(tx) = self.listened.take()
@@ -1295,17 +1461,13 @@ impl Session {
     /// IORING_OP_SHUTDOWN, a shutdown through the i386 or x32 entry, a
     /// failed re-listen. An app's listen() on it must not answer 0 over a
     /// socket that refuses every client: relaunch listens on it again.
-    fn listen_again(&self, tgid: i32, index: usize) -> io::Result<()> {
-        let (name, socket) = {
-            let entries = self.table.lock();
-            (
-                entries[index].name.clone(),
-                Arc::clone(&entries[index].socket),
-            )
-        };
+    /// `socket`: the held socket the app called it on (entry `index`'s own,
+    /// or a generation's).
+    fn listen_again(&self, tgid: i32, index: usize, socket: &Socket) -> io::Result<()> {
         if socket.is_listener()? {
             return Ok(());
         }
+        let name = self.table.lock()[index].name.clone();
         let again = socket.listen(self.table.backlog);
         warn!(
             "{name}: pid {tgid} ({}) called listen() on relaunch's socket, which had stopped \
@@ -1337,7 +1499,7 @@ impl Session {
         if self.private.contains(&inode) {
             return Ok(Answer::Value(0));
         }
-        let Some(index) = self.table.index_of_inode(inode) else {
+        let Some((index, held)) = self.table.held_socket(inode) else {
             return Ok(Answer::Continue);
         };
         // The app's fd's flags, from the caller's own fd table: no copy of
@@ -1346,7 +1508,7 @@ impl Session {
             .ok()
             .and_then(|i| proc::fdinfo_flags(&i))
             .unwrap_or(libc::O_CLOEXEC as u32);
-        let domain = self.table.lock()[index].socket.domain()?;
+        let domain = held.domain()?;
         let private = Socket::new(domain, Type::STREAM, None)?;
         private.set_nonblocking(flags & libc::O_NONBLOCK as u32 != 0)?;
         let private_inode = nix::sys::stat::fstat(private.as_fd())?.st_ino;
@@ -1371,7 +1533,7 @@ impl Session {
     /// a port (the filter traps no other): on a held socket, answered 0 and
     /// not applied, said once per child; on any other socket it runs.
     fn setsockopt(&mut self, tid: i32, fd: i32, option: i32) -> io::Result<Answer> {
-        let Some((tgid, index)) = self.held_index(tid, fd)? else {
+        let Some((tgid, index, _)) = self.held_index(tid, fd)? else {
             return Ok(Answer::Continue);
         };
         let name = match option {
@@ -1444,11 +1606,14 @@ impl Session {
     }
 
     /// The held socket at `fd` of the caller, if it is one: (its process,
-    /// the socket's index).
-    fn held_index(&self, tid: i32, fd: i32) -> io::Result<Option<(i32, usize)>> {
+    /// the socket's index, the socket).
+    fn held_index(&self, tid: i32, fd: i32) -> io::Result<Option<(i32, usize, Arc<Socket>)>> {
         let tgid = proc::tgid(tid).ok_or_else(gone)?;
         let inode = socket_inode(tid, fd)?;
-        Ok(self.table.index_of_inode(inode).map(|index| (tgid, index)))
+        Ok(self
+            .table
+            .held_socket(inode)
+            .map(|(index, socket)| (tgid, index, socket)))
     }
 }
 
@@ -1747,6 +1912,7 @@ mod tests {
         let carried = Carried {
             said: vec![(42, 0, SAID_GIVEN)],
             listened: true,
+            generation: 3,
             ..Carried::new(7, fd)
         };
         // Resume takes the fd over as the next image does.
@@ -1767,6 +1933,7 @@ mod tests {
         assert_eq!((got[0].leader, got[0].fd), (7, fd));
         assert_eq!(got[0].said, vec![(42, 0, SAID_GIVEN)]);
         assert!(got[0].listened);
+        assert_eq!(got[0].generation, 3);
         table.resume();
         wait("the thread goes on", &|| table.gate.lock().parked == 0);
         // Still serving: one live thread.
@@ -1779,7 +1946,7 @@ mod tests {
         // A thread still waiting for its new child's fd is not parked: the
         // upgrade waits for it (and is refused if it takes too long).
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let theirs = start(Arc::clone(&table), Arc::new(OnceLock::new()), tx).unwrap();
+        let theirs = start(Arc::clone(&table), Arc::new(OnceLock::new()), tx, 0).unwrap();
         table.pause();
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert_eq!(table.parked().unwrap_err(), 1);
@@ -1834,6 +2001,7 @@ mod tests {
             table: Arc::clone(&table),
             leader: Arc::new(OnceLock::new()),
             uid: None,
+            generation: 0,
             listened: Some(tx),
             said: HashSet::new(),
             errors: HashSet::new(),
@@ -1957,11 +2125,205 @@ mod tests {
         std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     }
 
+    /// A listening TCP socket on a free loopback port.
+    fn loopback() -> Socket {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        s.listen(16).unwrap();
+        s
+    }
+
+    /// A table holding `n` loopback TCP listeners.
+    fn loopback_table(n: usize) -> Arc<Table> {
+        let listeners: Vec<Listener> = (0..n)
+            .map(|i| {
+                let s = loopback();
+                let port = s.local_addr().unwrap().as_socket().unwrap().port();
+                Listener::adopt(
+                    format!("l{i}"),
+                    s,
+                    Some(Addr::Inet {
+                        proto: crate::plan::spec::Proto::Tcp,
+                        host: Host::Ip(std::net::Ipv4Addr::LOCALHOST.into()),
+                        port,
+                    }),
+                )
+            })
+            .collect();
+        Table::new(&listeners, &vec![false; n], 16, false).unwrap()
+    }
+
+    fn inode(s: &Socket) -> u64 {
+        nix::sys::stat::fstat(s.as_fd()).unwrap().st_ino
+    }
+
+    /// Children of a generation with its own sockets get them; the others,
+    /// and that generation where it has none, get the held socket. A new
+    /// list replaces the old one; a generation forgotten gets nothing of its own.
+    #[test]
+    fn a_generation_gets_its_own_socket_where_it_has_one() {
+        let table = loopback_table(2);
+        let held = table.sockets();
+        let (a, b, c) = (
+            Arc::new(loopback()),
+            Arc::new(loopback()),
+            Arc::new(loopback()),
+        );
+        let is = |x: &Arc<Socket>, y: &Arc<Socket>| Arc::ptr_eq(x, y);
+        table.set_members(2, vec![Some(Arc::clone(&a)), None]);
+        assert!(is(&table.socket_for(0, 2), &a));
+        assert!(is(&table.socket_for(1, 2), &held[1]));
+        assert!(is(&table.socket_for(0, 1), &held[0]));
+        // A bind of generation 2's child gets its socket; generation 1's the held one.
+        let claimed = |generation| {
+            Session {
+                table: Arc::clone(&table),
+                generation,
+                ..session()
+            }
+            .claim(0, std::process::id() as i32)
+        };
+        assert!(is(&claimed(2), &a));
+        assert!(is(&claimed(1), &held[0]));
+        // Known by its inode as the held socket it stands for.
+        let (index, found) = table.held_socket(inode(&a)).unwrap();
+        assert_eq!(index, 0);
+        assert!(is(&found, &a));
+        let all: HashSet<u64> = [&held[0], &held[1], &a].iter().map(|s| inode(s)).collect();
+        assert_eq!(table.inodes(), all);
+
+        table.set_members(2, vec![None, Some(Arc::clone(&b))]);
+        table.set_members(3, vec![Some(Arc::clone(&c)), None]);
+        assert!(is(&table.socket_for(0, 2), &held[0]));
+        assert!(is(&table.socket_for(1, 2), &b));
+        assert!(is(&table.socket_for(0, 3), &c));
+        assert!(table.held_socket(inode(&a)).is_none());
+        assert_eq!(table.held_socket(inode(&b)).unwrap().0, 1);
+
+        table.forget(2);
+        assert!(is(&table.socket_for(1, 2), &held[1]));
+        assert!(table.held_socket(inode(&b)).is_none());
+        assert!(
+            is(&table.socket_for(0, 3), &c),
+            "another generation's stays"
+        );
+        // A short list: the entries past it are shared.
+        table.set_members(4, vec![Some(Arc::clone(&a))]);
+        assert!(is(&table.socket_for(0, 4), &a));
+        assert!(is(&table.socket_for(1, 4), &held[1]));
+    }
+
+    /// A trapped call on a generation's socket: a listen() after it
+    /// stopped listening listens on that very socket again and answers 0;
+    /// SO_REUSEPORT on it is answered 0, not applied.
+    #[test]
+    fn a_call_on_a_generations_socket_is_answered_as_on_the_held_one() {
+        let table = loopback_table(1);
+        let held = Arc::clone(&table.sockets()[0]);
+        let member = Arc::new(loopback());
+        table.set_members(2, vec![Some(Arc::clone(&member))]);
+        let mut s = Session {
+            table: Arc::clone(&table),
+            generation: 2,
+            ..session()
+        };
+        let (rd, _wr) = nix::unistd::pipe().unwrap();
+        // Stopped where the filter cannot see (io_uring, say).
+        // SAFETY: shutdown on our own socket.
+        unsafe { libc::shutdown(member.as_raw_fd(), libc::SHUT_RDWR) };
+        assert!(!member.is_listener().unwrap());
+        let got = s.answer(rd.as_fd(), &call(libc::SYS_listen, member.as_raw_fd(), 5));
+        assert_eq!(got, Answer::Value(0));
+        assert!(member.is_listener().unwrap(), "listening again");
+        assert!(held.is_listener().unwrap());
+
+        let mut req = call(libc::SYS_setsockopt, member.as_raw_fd(), libc::SOL_SOCKET);
+        req.data.args[2] = libc::SO_REUSEPORT as u64;
+        assert_eq!(s.answer(rd.as_fd(), &req), Answer::Value(0));
+        assert!(!member.reuse_port().unwrap(), "not applied");
+        // Any other socket: the call runs.
+        let other = loopback();
+        let mut req = call(libc::SYS_setsockopt, other.as_raw_fd(), libc::SOL_SOCKET);
+        req.data.args[2] = libc::SO_REUSEPORT as u64;
+        assert_eq!(s.answer(rd.as_fd(), &req), Answer::Continue);
+    }
+
+    /// A session handed over by an image that knew no generations serves
+    /// generation 0; one that did keeps its own.
+    #[test]
+    fn a_carried_session_keeps_its_generation() {
+        let old: Carried =
+            serde_json::from_str(r#"{"leader":7,"fd":9,"said":[],"listened":true,"uid":null}"#)
+                .unwrap();
+        assert_eq!(old.generation, 0);
+        let now = Carried {
+            generation: 5,
+            ..Carried::new(7, 9)
+        };
+        let back: Carried = serde_json::from_str(&serde_json::to_string(&now).unwrap()).unwrap();
+        assert_eq!(back.generation, 5);
+    }
+
+    /// With a maker set, a `--port` move's socket is its, where it moves and
+    /// where it falls back to; a move drops every generation's own socket
+    /// for that listener (it is at the old address): all get the moved one.
+    #[test]
+    fn a_move_makes_its_socket_by_the_maker_and_ends_generations_own() {
+        type Made = Arc<Mutex<Vec<(SocketAddr, bool, i32)>>>;
+        let with_maker = |table: &Table| -> Made {
+            let made: Made = Arc::default();
+            let m = Arc::clone(&made);
+            table.set_maker(Box::new(move |at, v6only, backlog| {
+                m.lock().unwrap().push((at, v6only, backlog));
+                listen_at(at, v6only, backlog)
+            }));
+            made
+        };
+        let app = AppSocket {
+            domain: libc::AF_INET,
+            stream: true,
+            v6only: false,
+        };
+        let (table, port) = movable_wildcard();
+        let made = with_maker(&table);
+        let member = Arc::new(Socket::new(Domain::IPV6, Type::STREAM, None).unwrap());
+        table.set_members(5, vec![Some(Arc::clone(&member))]);
+        let moving = Session {
+            table: Arc::clone(&table),
+            generation: 5,
+            ..session()
+        };
+        let at = SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(moving.relocate(0, at, app).unwrap());
+        assert_eq!(*made.lock().unwrap(), [(at, false, 16)]);
+        let moved = Arc::clone(&table.sockets()[0]);
+        assert!(Arc::ptr_eq(&table.socket_for(0, 5), &moved));
+        assert!(table.held_socket(inode(&member)).is_none());
+        assert_eq!(table.inodes(), HashSet::from([inode(&moved)]));
+
+        // A move that fails: back where it was, by the maker too; the
+        // generation's own socket (still at that address) stays.
+        let (table, port) = movable_wildcard();
+        let made = with_maker(&table);
+        table.set_members(5, vec![Some(Arc::clone(&member))]);
+        let moving = Session {
+            table: Arc::clone(&table),
+            ..session()
+        };
+        let at = SocketAddr::from(([192, 0, 2, 1], port));
+        assert!(moving.relocate(0, at, app).is_err());
+        let back = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+        assert_eq!(*made.lock().unwrap(), [(at, false, 16), (back, false, 16)]);
+        assert!(Arc::ptr_eq(&table.socket_for(0, 5), &member));
+    }
+
     fn session() -> Session {
         Session {
             table: Table::new(&[], &[], 128, false).unwrap(),
             leader: Arc::new(OnceLock::new()),
             uid: None,
+            generation: 0,
             listened: None,
             said: HashSet::new(),
             errors: HashSet::new(),

@@ -34,6 +34,11 @@
 //! another root or mount namespace, or which runs as another uid than the
 //! child was started as, is apart from it: its bind runs as it is.
 //!
+//! A generation that drains beside another has its own socket for each held
+//! TCP listener ([`handler::Table::set_members`]): its children's binds get
+//! that one, and a call trapped on any generation's socket is answered as
+//! on the held socket, on the very socket the caller holds.
+//!
 //! This module is the pure part: reading a sockaddr from hostile bytes and
 //! deciding what a bind gets ([`decide`]), from facts the handler gathers.
 

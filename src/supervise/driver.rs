@@ -1304,6 +1304,7 @@ impl Spawner for Driver {
                 Arc::clone(t),
                 Arc::clone(&leader),
                 self.listened.clone(),
+                generation,
             ) {
                 Ok(fd) => Some(fd),
                 Err(e) => {
