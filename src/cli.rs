@@ -120,6 +120,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s")]
     pub stop_timeout: String,
 
+    /// At a reload, how long the old generation may take to finish the connections it accepted before it is stopped [default: --stop-timeout]
+    #[arg(long, value_name = "DURATION", conflicts_with = "no_drain")]
+    pub drain_timeout: Option<String>,
+
+    /// At a reload, stop the old generation as soon as the new one is ready, and let both share one socket (no SO_REUSEPORT group, no steering)
+    #[arg(long)]
+    pub no_drain: bool,
+
     /// How a new generation shows it is ready: auto, notify, or delay:DURATION
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub ready: String,

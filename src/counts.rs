@@ -13,6 +13,9 @@ pub enum Count {
     Reload(ReloadResult),
     /// A generation became ready this long after it was started.
     Ready(Duration),
+    /// An old generation's drain ended: idle, or at the drain timeout with
+    /// `cut` connections still open.
+    Drain { idle: bool, cut: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

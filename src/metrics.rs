@@ -60,6 +60,8 @@ pub struct Tally {
     restarts: Family<Label, Counter>,
     reloads: Family<Label, Counter>,
     time_to_ready: Histogram,
+    drains: Family<Label, Counter>,
+    cut: Counter,
 }
 
 impl Tally {
@@ -76,6 +78,11 @@ impl Tally {
                     .inc();
             }
             Count::Ready(d) => self.time_to_ready.observe(d.as_secs_f64()),
+            Count::Drain { idle, cut } => {
+                let result = if idle { "idle" } else { "timeout" };
+                self.drains.get_or_create(&[("result", result)]).inc();
+                self.cut.inc_by(u64::from(cut));
+            }
         }
     }
 }
@@ -168,6 +175,8 @@ fn registry() -> (Registry, Tally, Gauges) {
         time_to_ready: Histogram::new([
             0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
         ]),
+        drains: Family::default(),
+        cut: Counter::default(),
     };
     // Every label value from the start, so rate() sees the first increase.
     for r in [
@@ -190,6 +199,9 @@ fn registry() -> (Registry, Tally, Gauges) {
             .reloads
             .get_or_create(&[("result", reload_result(res))]);
     }
+    for result in ["idle", "timeout"] {
+        let _ = tally.drains.get_or_create(&[("result", result)]);
+    }
     let gauges = Gauges {
         started: Instant::now(),
         generation: Gauge::default(),
@@ -209,6 +221,16 @@ fn registry() -> (Registry, Tally, Gauges) {
         "reloads",
         "Reloads by result: done, failed_not_ready, failed_exited, coalesced (merged into the next), cancelled (by a stop)",
         tally.reloads.clone(),
+    );
+    r.register(
+        "drains",
+        "Old generations drained at a reload: idle (stopped once they served nothing), timeout (stopped at --drain-timeout)",
+        tally.drains.clone(),
+    );
+    r.register(
+        "drain_cut_connections",
+        "Connections an old generation still had open when the drain timeout stopped it",
+        tally.cut.clone(),
     );
     r.register(
         "time_to_ready_seconds",

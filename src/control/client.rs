@@ -341,6 +341,16 @@ fn render_header(s: &Status) -> String {
     if let Some(secs) = s.idle_secs {
         out += &format!("idle since {} ago\n", age(secs));
     }
+    if let Some(d) = &s.draining {
+        out += &format!(
+            "generation {} (draining): {} open connection(s), {} queued; stopped once idle, \
+             or in {} at the latest\n",
+            d.generation,
+            d.open,
+            d.queued,
+            age(d.left_secs)
+        );
+    }
     out
 }
 

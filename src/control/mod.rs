@@ -18,7 +18,7 @@ mod protocol;
 mod server;
 
 pub use client::{check, client};
-pub use protocol::{ChildInfo, ListenerInfo, ReloadInfo, Request, Response, Status};
+pub use protocol::{ChildInfo, DrainInfo, ListenerInfo, ReloadInfo, Request, Response, Status};
 pub use server::{Incoming, Replies, Reply, ReplyId, Server};
 
 /// Helpers for the tests of all three parts.
@@ -113,6 +113,7 @@ mod testing {
             escaped: Vec::new(),
             watch: None,
             idle_secs: None,
+            draining: None,
         }
     }
 

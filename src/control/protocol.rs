@@ -90,6 +90,22 @@ pub struct Status {
     /// child runs, or measured with --idle-stop. Absent while busy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_secs: Option<f64>,
+    /// The generation finishing what it accepted after a reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining: Option<DrainInfo>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct DrainInfo {
+    /// The newest of the old generations (the older ones drain with it).
+    pub generation: u64,
+    /// As last measured: connections its processes hold open, waiting in
+    /// its accept queue, and handshakes from before the switch.
+    pub open: u32,
+    pub queued: u32,
+    pub handshakes: u32,
+    /// It is stopped at the latest this much later.
+    pub left_secs: f64,
 }
 
 impl Status {

@@ -607,7 +607,6 @@ impl Table {
 }
 
 /// Generations' own sockets, in place of the held ones for their children.
-#[allow(dead_code, reason = "the drain's driver calls them")]
 impl Table {
     /// Children of `generation` get `members[i]`, where it is Some, in place
     /// of entry i's socket: when they bind its address themselves, and for
@@ -665,6 +664,7 @@ impl Table {
 
     /// What children of `generation` get for entry `index`: that
     /// generation's socket if one was set, else the entry's.
+    #[cfg(test)]
     pub fn socket_for(&self, index: usize, generation: u64) -> Arc<Socket> {
         Arc::clone(self.lock()[index].socket_for(generation))
     }

@@ -102,6 +102,8 @@ pub struct Plan {
     pub workers: usize,
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
+    /// `--drain-timeout` (default: the stop timeout); None: `--no-drain`.
+    pub drain: Option<Duration>,
     pub ready: ReadyMode,
     pub ready_timeout: Duration,
     /// `--lazy`: start at the first connection.
@@ -193,6 +195,11 @@ pub fn make(
 ) -> Result<Plan> {
     let stop_signal = options::parse_stop_signal(&args.stop_signal)?;
     let stop_timeout = options::parse_duration("--stop-timeout", &args.stop_timeout)?;
+    let drain = match (&args.drain_timeout, args.no_drain) {
+        (_, true) => None,
+        (Some(d), false) => Some(options::parse_duration("--drain-timeout", d)?),
+        (None, false) => Some(stop_timeout),
+    };
     let ready_timeout = options::parse_timeout("--ready-timeout", &args.ready_timeout)?;
     let ready = options::parse_ready(&args.ready)?;
     let idle_stop = args
@@ -242,6 +249,7 @@ pub fn make(
         workers: args.workers as usize,
         stop_signal,
         stop_timeout,
+        drain,
         ready,
         ready_timeout,
         lazy: args.lazy,

@@ -18,9 +18,99 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use socket2::Socket;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use super::steer::{self, Probe, Route};
+use super::{Listener, Membership};
+use crate::plan::spec::{Addr, Proto};
+use crate::plan::{Planned, Source};
+
+/// Whether the listeners of `plan` drain at reloads, and as whom their
+/// groups are made; says once why not. `on_demand`: `--lazy` or
+/// `--idle-stop`, which watch the first socket for the connection that
+/// starts a generation.
+pub fn membership(plan: &[Planned], on_demand: bool) -> Option<Membership> {
+    let off = |why: String| {
+        info!(
+            "drain is off: {why}; at a reload the old generation is stopped as soon as the new \
+             one is ready, and connections it accepted but had not answered may be cut \
+             (docs/steering.md)"
+        );
+        None
+    };
+    if on_demand {
+        return off("--lazy and --idle-stop watch one socket per listener".into());
+    }
+    for p in plan {
+        let why = match &p.source {
+            Source::Inherited(_) => {
+                "it comes from systemd, which does not make it a member of \
+                                     a group relaunch owns"
+            }
+            Source::Bind { spec, .. } | Source::Stored { spec, .. } => match spec.addr {
+                Addr::Inet {
+                    proto: Proto::Tcp, ..
+                } => continue,
+                Addr::Inet { .. } => "UDP has no connections to hand over",
+                _ => "Unix sockets are not steered",
+            },
+        };
+        return off(format!(
+            "{} cannot be steered between generations: {why}",
+            p.name
+        ));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        // As the app's uid, any process of that uid could join the group or
+        // bind the port's specific addresses and take connections.
+        return off(
+            "relaunch is not root, so it cannot own the port as a uid that no other \
+                    process runs as"
+                .into(),
+        );
+    }
+    let busy = match steer::busy_uids() {
+        Ok(b) => b,
+        Err(e) => return off(format!("cannot tell which uids are in use ({e})")),
+    };
+    match steer::choose_owner(steer::OWNER_RANGE, &busy) {
+        Some(uid) => Some(Membership { owner: Some(uid) }),
+        None => off(format!(
+            "every uid of {}-{} is in use, and the port's owner must be one nothing runs as",
+            steer::OWNER_RANGE.start(),
+            steer::OWNER_RANGE.end()
+        )),
+    }
+}
+
+/// One group per listener, or none at all (drain off, said why).
+pub fn groups(listeners: &[Listener], backlog: i32) -> Vec<Group> {
+    let mut out = Vec::with_capacity(listeners.len());
+    for l in listeners {
+        let made = if l.socket.reuse_port().unwrap_or(false) {
+            l.socket
+                .try_clone()
+                .and_then(|s| Group::new(Arc::new(s), backlog))
+        } else {
+            Err(io::Error::other(
+                "its socket (from systemd's fd store) was made without SO_REUSEPORT",
+            ))
+        };
+        match made {
+            Ok(g) => out.push(g),
+            Err(e) => {
+                warn!(
+                    "drain is off: {} ({}) cannot be steered between generations: {e}; at a \
+                     reload the old generation is stopped as soon as the new one is ready",
+                    l.name,
+                    l.address()
+                );
+                return Vec::new();
+            }
+        }
+    }
+    out
+}
 
 /// How long a probe of a new member's slot may take (loopback: microseconds).
 const PROBE_WAIT: Duration = Duration::from_secs(1);
@@ -50,6 +140,7 @@ pub struct Group {
 pub struct Saved {
     pub generations: Vec<Option<u64>>,
     pub route: usize,
+    pub backlog: i32,
 }
 
 impl Group {
@@ -63,14 +154,14 @@ impl Group {
 
     /// A group handed over by an upgrade: its members in slot order (the
     /// kernel's order is unchanged by an exec).
-    pub fn adopt(members: Vec<Arc<Socket>>, saved: Saved, backlog: i32) -> io::Result<Group> {
+    pub fn adopt(members: Vec<Arc<Socket>>, saved: Saved) -> io::Result<Group> {
         if members.is_empty() || members.len() != saved.generations.len() {
             return Err(io::Error::other(
                 "the handed-over group does not match its sockets",
             ));
         }
         let route = saved.route.min(members.len() - 1);
-        Group::of(members, saved.generations, route, backlog)
+        Group::of(members, saved.generations, route, saved.backlog)
     }
 
     fn of(
@@ -113,8 +204,13 @@ impl Group {
             Saved {
                 generations,
                 route: self.route,
+                backlog: self.backlog,
             },
         )
+    }
+
+    pub fn backlog(&self) -> i32 {
+        self.backlog
     }
 
     pub fn port(&self) -> u16 {
@@ -126,16 +222,17 @@ impl Group {
         self.members.iter().map(|m| m.inode)
     }
 
-    /// The inodes of `generation`'s members.
-    pub fn inodes_of(&self, generation: u64) -> Vec<u64> {
+    /// The inodes of the members of generations before `generation`.
+    pub fn inodes_before(&self, generation: u64) -> Vec<u64> {
         self.members
             .iter()
-            .filter(|m| m.generation == Some(generation))
+            .filter(|m| m.generation.is_some_and(|g| g < generation))
             .map(|m| m.inode)
             .collect()
     }
 
     /// The generation new connections go to, if one has the routed member.
+    #[cfg(test)]
     pub fn routed(&self) -> Option<u64> {
         self.members[self.route].generation
     }
@@ -351,7 +448,7 @@ mod tests {
         g.steer_to(2).unwrap();
         let (sockets, saved) = g.save();
         let json = serde_json::to_string(&saved).unwrap();
-        let mut back = Group::adopt(sockets, serde_json::from_str(&json).unwrap(), 128).unwrap();
+        let mut back = Group::adopt(sockets, serde_json::from_str(&json).unwrap()).unwrap();
         assert_eq!(back.routed(), Some(2));
         assert!(Arc::ptr_eq(&back.socket_for(1), &one));
         assert_eq!(lands(&back, &[&one, &two]), 1);

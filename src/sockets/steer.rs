@@ -17,9 +17,6 @@
 //!   probe's slot: [`verify`] checks a slot, and a candidate can be probed
 //!   alone while the address steers elsewhere.
 
-// The drain work calls this; until then only its tests do.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
@@ -81,11 +78,21 @@ pub fn socket_as(domain: Domain, owner: Option<u32>) -> io::Result<Socket> {
 /// one ([`Slots::listened`]). Not the first: that one checks the port is free
 /// (see `sockets::try_bind`).
 pub fn member(addr: SocketAddr, owner: Option<u32>, backlog: i32) -> io::Result<Socket> {
+    member_with(addr, owner, backlog, !addr.ip().is_unspecified())
+}
+
+/// [`member`], IPv6-only as `v6only` says (an IPv6 address only).
+pub fn member_with(
+    addr: SocketAddr,
+    owner: Option<u32>,
+    backlog: i32,
+    v6only: bool,
+) -> io::Result<Socket> {
     let sock = socket_as(Domain::for_address(addr), owner)?;
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
     if addr.is_ipv6() {
-        sock.set_only_v6(!addr.ip().is_unspecified())?;
+        sock.set_only_v6(v6only)?;
     }
     sock.bind(&addr.into())?;
     sock.listen(backlog)?;
@@ -166,6 +173,10 @@ pub enum Route {
     /// Every one to this slot.
     To(u32),
     /// `share` (0..=1) of them to `canary`, the rest to `serving`.
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "for canaries; measured by the tests")
+    )]
     Share {
         serving: u32,
         canary: u32,
@@ -360,6 +371,7 @@ pub fn attach(member: &impl AsFd, prog: &[libc::sock_filter]) -> io::Result<()> 
 /// Attaches the program for `route` and `probe` through `via`, after
 /// checking every slot they name is one of `slots`: an index past the last
 /// member would hash over all of them, generations not ready included.
+#[cfg(test)]
 pub fn steer(via: &Socket, slots: &Slots, route: Route, probe: Option<Probe>) -> io::Result<()> {
     let named = match route {
         Route::To(slot) => vec![slot],
@@ -382,11 +394,13 @@ pub fn steer(via: &Socket, slots: &Slots, route: Route, probe: Option<Probe>) ->
 /// The kernel's order of a group's listening members (by socket inode). A
 /// TCP member takes the next slot at listen(); one that stops listening
 /// (close of its last fd, shutdown) has the LAST member moved into its slot.
+#[cfg(test)]
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Slots {
     ids: Vec<u64>,
 }
 
+#[cfg(test)]
 impl Slots {
     pub fn new() -> Self {
         Self::default()
@@ -489,6 +503,7 @@ pub fn verify(
 /// go to the slot being learned. Each probe is left reset in the queue it
 /// reached, where an accept returns it as a connection the peer aborted.
 /// The caller attaches the real program after.
+#[cfg(test)]
 pub fn learn(members: &[&Socket], dest: SocketAddr, wait: Duration) -> io::Result<Slots> {
     let ids = members
         .iter()

@@ -53,16 +53,21 @@ use crate::plan::placeholders::Named;
 use crate::plan::{self, Snapshot};
 use crate::ready::notify::{Message, NotifySocket, Systemd};
 use crate::ready::{fallback, scan};
-use crate::sockets::{self, Listener};
+use crate::sockets::drain::Watch;
+use crate::sockets::group::{self, Group};
+use crate::sockets::{self, Listener, steer};
 use crate::supervise::lines::PipeLines;
 use crate::supervise::sources::{Every, Listeners, Signals, Task, Wants, recv, sleep_until};
 use crate::supervise::supervisor::{
     Config, Effect, Event, Notice, Spawner, Supervisor, Tell, WatchConfig,
 };
 use crate::supervise::{handover, idle, keeper, reaper, spawn, upgrade};
+use socket2::Socket;
 
 /// How often /proc is scanned while a generation is starting.
 const SCAN_EVERY: Duration = Duration::from_millis(15);
+/// How often a draining generation is measured.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// How often groups whose leader exited are checked, besides on every
 /// SIGCHLD (a member whose parent is not us dies without one).
 const GROUP_CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -106,6 +111,8 @@ struct Launch {
 struct Resources {
     launch: Launch,
     listeners: Vec<Listener>,
+    /// One per listener where old generations drain; else empty.
+    groups: Vec<Group>,
     intercept: Option<Arc<intercept::handler::Table>>,
     control: Option<control::Server>,
     ports_file: Option<sockets::PortsFile>,
@@ -166,6 +173,7 @@ pub async fn run(boot: Boot) -> Result<i32> {
     let Resources {
         launch,
         listeners,
+        groups,
         intercept,
         control,
         ports_file,
@@ -196,6 +204,7 @@ pub async fn run(boot: Boot) -> Result<i32> {
     let driver = Driver {
         launch,
         listeners,
+        groups,
         intercept,
         listened: listened_tx,
         notify: HashMap::new(),
@@ -216,11 +225,7 @@ pub async fn run(boot: Boot) -> Result<i32> {
         build: None,
         watcher,
     };
-    let inodes: HashSet<u64> = driver
-        .listeners
-        .iter()
-        .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
-        .collect();
+    let inodes = driver.held_inodes();
     let mut rt = match start {
         Start::Fresh(cfg) => {
             let mut rt = Runtime {
@@ -244,6 +249,9 @@ pub async fn run(boot: Boot) -> Result<i32> {
         scanning: Task::default(),
         inodes: Arc::new(inodes),
         groups: Every::default(),
+        drain: Every::default(),
+        draining: Task::default(),
+        drain_watch: None,
         sweep: Task::default(),
         listeners: Listeners::default(),
         idle: gauge.map(Idle::new),
@@ -273,8 +281,16 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
     let plan = planned(&args, &snap.env, &names)?;
     // Before any thread: it is forked, and allocates.
     keeper::start(plan.stop_signal, plan.stop_timeout);
-    let opened = sockets::open(&plan.listeners, inherited, plan.backlog, None)?;
+    let on_demand = plan.lazy || plan.idle_stop.is_some();
+    let membership = plan
+        .drain
+        .and_then(|_| group::membership(&plan.listeners, on_demand));
+    let opened = sockets::open(&plan.listeners, inherited, plan.backlog, membership)?;
     let listeners = opened.listeners;
+    let groups = match membership {
+        Some(_) => group::groups(&listeners, plan.backlog),
+        None => Vec::new(),
+    };
     for (i, l) in listeners.iter().enumerate() {
         info!("listening on {} as fd {} ({})", l.address(), 3 + i, l.name);
     }
@@ -320,12 +336,19 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
         None => None,
     };
     let intercept = intercept_table(&plan, &listeners);
+    if let (Some(t), Some(m)) = (&intercept, membership.filter(|_| !groups.is_empty())) {
+        // A listener moved where the app binds stays a member.
+        t.set_maker(Box::new(move |at, v6only, backlog| {
+            steer::member_with(at, m.owner, backlog, v6only)
+        }));
+    }
     if let Some(t) = &intercept
         && store
     {
         keep_changes_in_store(t, notify_socket.as_deref(), &plan.listeners);
     }
-    let cfg = config(&plan, &listeners);
+    let mut cfg = config(&plan, &listeners);
+    cfg.drain = plan.drain.filter(|_| !groups.is_empty());
     let build_cmd = plan.watch.as_ref().and_then(|w| w.build.clone());
     let build_env = plan.build_env().to_vec();
     Ok(Resources {
@@ -341,6 +364,7 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
             metrics,
         },
         listeners,
+        groups,
         intercept,
         control,
         ports_file,
@@ -597,6 +621,7 @@ fn config(plan: &plan::Plan, listeners: &[Listener]) -> Config {
         }),
         lazy: plan.lazy,
         idle_stop: plan.idle_stop,
+        drain: None,
     }
 }
 
@@ -628,6 +653,7 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
         keeper: saved_keeper,
         metrics: saved_metrics,
         image,
+        groups: saved_groups,
     } = fds;
     // SAFETY: handed over for us alone (claimed open by `take`); closed once.
     drop(image.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
@@ -635,6 +661,7 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
         keeper::adopt(k);
     }
     let listeners = adopt_listeners(saved_listeners)?;
+    let groups = adopt_groups(saved_groups);
     let control = match saved_control {
         Some(c) => Some(
             control::Server::adopt(c.fd, c.file.path.clone(), c.file.identity)
@@ -652,6 +679,7 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
             ..saved.launch
         },
         listeners,
+        groups,
         intercept,
         control,
         ports_file: saved
@@ -680,6 +708,31 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
 fn adopt_error(what: String) -> Error {
     Error::runtime(format!("cannot adopt {what} after the upgrade"))
         .hint("this is a bug in relaunch; restart it (its children were stopped)")
+}
+
+/// The groups an upgrade handed over; none (drain off, said) if one does
+/// not fit.
+fn adopt_groups(saved: Vec<handover::GroupFds>) -> Vec<Group> {
+    let mut groups = Vec::with_capacity(saved.len());
+    for g in saved {
+        // SAFETY: handed over for us alone (claimed open by `take`); owned once.
+        let members = g
+            .members
+            .iter()
+            .map(|&fd| Arc::new(Socket::from(unsafe { OwnedFd::from_raw_fd(fd) })))
+            .collect();
+        match Group::adopt(members, g.saved) {
+            Ok(group) => groups.push(group),
+            Err(e) => {
+                warn!(
+                    "drain is off after the upgrade: cannot adopt a listener's group ({e}); at \
+                     a reload the old generation is stopped as soon as the new one is ready"
+                );
+                return Vec::new();
+            }
+        }
+    }
+    groups
 }
 
 fn adopt_listeners(saved: Vec<handover::ListenerFd>) -> Result<Vec<Listener>> {
@@ -839,6 +892,9 @@ fn intercept_remedy(on: bool, listeners: &[Listener]) -> String {
 struct Driver {
     launch: Launch,
     listeners: Vec<Listener>,
+    /// Where old generations drain: each listener's SO_REUSEPORT group,
+    /// in the listeners' order (empty: no drain).
+    groups: Vec<Group>,
     /// The held sockets as bind interception sees them (None: --no-intercept).
     /// Under `--port` it may rebind one where the app binds: children get
     /// their fds from here.
@@ -1142,8 +1198,20 @@ impl Driver {
             }),
             intercept: self.intercept.as_ref().map(|t| t.save()),
         };
+        let groups = self
+            .groups
+            .iter()
+            .map(|g| {
+                let (members, saved) = g.save();
+                handover::GroupFds {
+                    members: members.iter().map(|m| m.as_raw_fd()).collect(),
+                    saved,
+                }
+            })
+            .collect();
         let fds = handover::Fds {
             listeners,
+            groups,
             control: self.control.clone(),
             notify,
             execs,
@@ -1157,6 +1225,7 @@ impl Driver {
     fn perform(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
+                Effect::Steer { generation } => self.steer(generation),
                 Effect::SignalEscaped { pid, sig } => {
                     if let Some(e) = self.escaped.get(&pid)
                         && let Err(err) = e.signal(sig)
@@ -1187,6 +1256,12 @@ impl Driver {
                 Effect::Release { generation } => {
                     if let Some((_, task)) = self.notify.remove(&generation) {
                         task.abort();
+                    }
+                    for g in &mut self.groups {
+                        g.release(generation);
+                    }
+                    if let Some(t) = &self.intercept {
+                        t.forget(generation);
                     }
                 }
                 Effect::Upgrade { binary, reply } => self.asked = Some((binary, reply)),
@@ -1234,10 +1309,15 @@ impl Driver {
             }
         }
         self.sync_listeners();
-        let inodes: Vec<Option<u64>> = self
+        // A listener's every socket: its generations' too, where they drain.
+        let inodes: Vec<Vec<u64>> = self
             .listeners
             .iter()
-            .map(|l| scan::socket_inode(l.socket.as_fd()).ok())
+            .enumerate()
+            .map(|(i, l)| match self.groups.get(i) {
+                Some(g) => g.inodes().collect(),
+                None => scan::socket_inode(l.socket.as_fd()).into_iter().collect(),
+            })
             .collect();
         tokio::task::spawn_blocking(move || {
             fill_status(&mut status, &inodes);
@@ -1264,18 +1344,111 @@ fn signal_group(pgid: i32, sig: Signal) {
 impl Driver {
     /// A socket interception rebound (`--port`'s move, a deleted Unix socket
     /// file) replaces ours, so the old one closes and `--lazy` watches the
-    /// new one.
+    /// new one. A moved listener's group starts over from it.
     fn sync_listeners(&mut self) {
         let Some(t) = &self.intercept else {
             return;
         };
         let inode = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).ok().map(|s| s.st_ino);
-        for (l, h) in self.listeners.iter_mut().zip(t.sockets()) {
+        let mut regroup = false;
+        for (i, (l, h)) in self.listeners.iter_mut().zip(t.sockets()).enumerate() {
             if inode(l.socket.as_fd()) != inode(h.as_fd())
                 && let Ok(copy) = h.try_clone()
             {
                 l.socket = copy;
+                regroup |= i < self.groups.len();
             }
+        }
+        if regroup {
+            self.groups = group::groups(&self.listeners, self.backlog());
+        }
+    }
+
+    fn backlog(&self) -> i32 {
+        self.groups.first().map_or(libc::SOMAXCONN, Group::backlog)
+    }
+
+    /// Every socket relaunch holds for its listeners, by inode: what the
+    /// readiness scan looks for in a child's fds.
+    fn held_inodes(&self) -> HashSet<u64> {
+        let mut inodes: HashSet<u64> = match &self.intercept {
+            Some(t) => t.inodes(),
+            None => self
+                .listeners
+                .iter()
+                .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
+                .collect(),
+        };
+        inodes.extend(self.groups.iter().flat_map(Group::inodes));
+        inodes
+    }
+
+    /// The measure of the generations before `generation`, which drain.
+    fn drain_watch(&self, generation: u64) -> Watch {
+        let ports = self.groups.iter().map(Group::port).collect();
+        let members = self
+            .groups
+            .iter()
+            .flat_map(|g| g.inodes_before(generation))
+            .collect();
+        Watch::new(ports, members)
+    }
+
+    /// [`Effect::Steer`]: each group's new connections go to `generation`.
+    fn steer(&mut self, generation: u64) {
+        for (g, l) in self.groups.iter_mut().zip(&self.listeners) {
+            let ours: Vec<u64> = g.inodes().collect();
+            match steer::foreign_listeners(g.port(), &ours) {
+                Ok(found) if !found.is_empty() => warn!(
+                    generation,
+                    "{}: other listeners are on port {} ({}): relaunch never steers to them, \
+                     and connections to their addresses may reach them instead of relaunch's \
+                     children; see who they are with: relaunch who :{}",
+                    l.name,
+                    g.port(),
+                    found
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    g.port()
+                ),
+                _ => {}
+            }
+            if let Err(e) = g.steer_to(generation) {
+                // The old generation drains its own socket regardless; the
+                // new one's waits for it, and is served once the old one's
+                // children are stopped and released it.
+                error!(
+                    generation,
+                    "{}: cannot steer new connections to generation {generation} ({e}); they \
+                     keep going to the old generation until it is stopped",
+                    l.name
+                );
+            }
+        }
+    }
+
+    /// The sockets `generation`'s children get, in the listeners' order.
+    fn sockets_for(&mut self, generation: u64) -> Vec<Arc<Socket>> {
+        if !self.groups.is_empty() {
+            let own: Vec<Arc<Socket>> = self
+                .groups
+                .iter_mut()
+                .map(|g| g.socket_for(generation))
+                .collect();
+            if let Some(t) = &self.intercept {
+                t.set_members(generation, own.iter().cloned().map(Some).collect());
+            }
+            return own;
+        }
+        match &self.intercept {
+            Some(t) => t.sockets(),
+            None => self
+                .listeners
+                .iter()
+                .filter_map(|l| l.socket.try_clone().ok().map(Arc::new))
+                .collect(),
         }
     }
 }
@@ -1291,11 +1464,8 @@ impl Spawner for Driver {
         env.push(("RELAUNCH_WORKER".into(), worker.to_string().into()));
         self.sync_listeners();
         let ticks = reaper::boot_ticks();
-        let held = self.intercept.as_ref().map(|t| t.sockets());
-        let fds: Vec<BorrowedFd<'_>> = match &held {
-            Some(held) => held.iter().map(|s| s.as_fd()).collect(),
-            None => self.listeners.iter().map(|l| l.socket.as_fd()).collect(),
-        };
+        let held = self.sockets_for(generation);
+        let fds: Vec<BorrowedFd<'_>> = held.iter().map(|s| s.as_fd()).collect();
         sockets::hand_nonblocking(&self.listeners, &fds);
         // The thread that will answer this child's binds, started before the fork.
         let leader = Arc::new(std::sync::OnceLock::new());
@@ -1334,6 +1504,32 @@ impl Spawner for Driver {
         self.spawns.record(spawned.pid, ticks);
         self.watch_exec(spawned.pid, spawned.exec);
         Ok(spawned.pid)
+    }
+
+    fn open(&mut self, generation: u64) -> bool {
+        let mut own = Vec::with_capacity(self.groups.len());
+        for (g, l) in self.groups.iter_mut().zip(&self.listeners) {
+            match g.open(generation) {
+                Ok(s) => own.push(Some(s)),
+                Err(e) => {
+                    warn!(
+                        generation,
+                        "{}: cannot give generation {generation} a socket of its own ({e}); \
+                         this reload stops the old generation as soon as the new one is \
+                         ready, without a drain",
+                        l.name
+                    );
+                    for g in &mut self.groups {
+                        g.release(generation);
+                    }
+                    return false;
+                }
+            }
+        }
+        if let Some(t) = &self.intercept {
+            t.set_members(generation, own);
+        }
+        !self.groups.is_empty()
     }
 
     fn jitter(&mut self) -> f64 {
@@ -1403,6 +1599,12 @@ struct Sources {
     listeners: Listeners,
     /// `--idle-stop`'s measures of the listeners.
     idle: Option<Idle>,
+    /// An old generation draining: measured this often, one at a time.
+    drain: Every,
+    draining: Task<(Watch, Event)>,
+    /// What the measures remember (handshakes seen at the first), for the
+    /// reload of this generation; away while a measure runs.
+    drain_watch: Option<(u64, Watch)>,
 }
 
 /// `--idle-stop`: measures the listeners every so often while children run,
@@ -1478,6 +1680,9 @@ enum Wake {
     Connection,
     IdleTick,
     Measured(Event),
+    /// A measure of the draining generation is due (`Sources::arm` starts it).
+    DrainTick,
+    Drained(Watch, Event),
 }
 
 impl Sources {
@@ -1497,6 +1702,27 @@ impl Sources {
             && !self.sweep.busy()
         {
             self.sweep.start(sweep_job(rt, sweep));
+        }
+        self.drain
+            .arm(wants.drain.is_some().then_some(DRAIN_EVERY), now);
+        if let Some((generation, pgids)) = wants.drain
+            && !self.draining.busy()
+            && self.drain.due().is_some_and(|t| t <= now)
+        {
+            self.drain.ticked(now);
+            let watch = match self.drain_watch.take() {
+                Some((g, w)) if g == generation => w,
+                _ => rt.os.drain_watch(generation),
+            };
+            self.draining.start(move || {
+                let mut watch = watch;
+                let pids: Vec<i32> = pgids
+                    .iter()
+                    .flat_map(|&p| reaper::group_members(p))
+                    .collect();
+                let busy = watch.look(&pids).map_err(|e| e.to_string());
+                (watch, Event::Drained { generation, busy })
+            });
         }
         if !wants.listeners {
             self.listeners.stop();
@@ -1535,6 +1761,8 @@ impl Sources {
             () = self.listeners.connection() => Wake::Connection,
             () = sleep_until(idle_due) => Wake::IdleTick,
             Some(event) = measured => Wake::Measured(event),
+            () = sleep_until(self.drain.due()) => Wake::DrainTick,
+            Some((watch, event)) = self.draining.done() => Wake::Drained(watch, event),
         }
     }
 }
@@ -1632,6 +1860,13 @@ fn on_wake(rt: &mut Runtime, src: &mut Sources, wake: Wake) -> Vec<Event> {
             Vec::new()
         }
         Wake::Measured(event) => vec![event],
+        Wake::DrainTick => Vec::new(),
+        Wake::Drained(watch, event) => {
+            if let Event::Drained { generation, .. } = &event {
+                src.drain_watch = Some((*generation, watch));
+            }
+            vec![event]
+        }
     }
 }
 
@@ -2003,13 +2238,14 @@ async fn exec_reported(
 
 /// Adds what the kernel knows to a status: each listener's accept queue,
 /// and the members of lingering groups. Blocking: /proc and netlink.
-fn fill_status(status: &mut control::Status, inodes: &[Option<u64>]) {
+fn fill_status(status: &mut control::Status, inodes: &[Vec<u64>]) {
     match crate::proc::listen_queues() {
         Ok(queues) => {
-            for (l, inode) in status.listeners.iter_mut().zip(inodes) {
-                if let Some(q) = inode.and_then(|i| queues.get(&i)) {
-                    l.waiting = Some(q.waiting);
-                    l.backlog = q.backlog;
+            for (l, inodes) in status.listeners.iter_mut().zip(inodes) {
+                let found: Vec<_> = inodes.iter().filter_map(|i| queues.get(i)).collect();
+                if let Some(first) = found.first() {
+                    l.waiting = Some(found.iter().map(|q| q.waiting).sum());
+                    l.backlog = first.backlog;
                 }
             }
         }

@@ -108,6 +108,16 @@ pub struct Fds {
     /// open for a script's interpreter: the new image only closes it.
     #[serde(default)]
     pub image: Option<RawFd>,
+    /// Each listener's SO_REUSEPORT group, where old generations drain.
+    #[serde(default)]
+    pub groups: Vec<GroupFds>,
+}
+
+/// One listener's group: its members, in slot order, and the rest.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct GroupFds {
+    pub members: Vec<RawFd>,
+    pub saved: crate::sockets::group::Saved,
 }
 
 impl Fds {
@@ -125,6 +135,7 @@ impl Fds {
             keeper,
             metrics,
             image,
+            groups,
         } = self;
         listeners
             .iter()
@@ -139,6 +150,7 @@ impl Fds {
             .chain(keeper.iter().map(|k| k.fd))
             .chain(metrics.iter().copied())
             .chain(image.iter().copied())
+            .chain(groups.iter().flat_map(|g| g.members.iter().copied()))
             .collect()
     }
 }
@@ -634,7 +646,15 @@ mod tests {
             keeper: Some(crate::supervise::keeper::Saved { pid: 12, fd: 11 }),
             metrics: Some(12),
             image: Some(13),
+            groups: vec![GroupFds {
+                members: vec![14, 15],
+                saved: crate::sockets::group::Saved {
+                    generations: vec![Some(1), None],
+                    route: 0,
+                    backlog: 128,
+                },
+            }],
         };
-        assert_eq!(fds.all(), vec![3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+        assert_eq!(fds.all(), vec![3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
     }
 }

@@ -36,6 +36,9 @@ pub struct Wants {
     pub idle_stop_due: Option<Instant>,
     /// A sweep for escaped processes, by its number.
     pub sweep: Option<u64>,
+    /// An old generation drains: measure it, for the reload of this
+    /// generation, whose older ones are these process groups.
+    pub drain: Option<(u64, Vec<i32>)>,
 }
 
 /// A tick every `period` while armed. The next tick is an absolute instant,

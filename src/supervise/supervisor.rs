@@ -14,6 +14,12 @@
 //!   generation's workers are ready is the old one sent the stop signal.
 //! - A new generation that exits before it is ready, or misses its ready
 //!   deadline, is stopped; the serving generation never notices.
+//! - Drain: a reload's generation that got sockets of its own (the Spawner's
+//!   `open`) gets no connection until it is ready; then every new one goes
+//!   to it, and the old generation is stopped only once it is idle (nothing
+//!   queued, no connection open, no handshake from before the switch) or at
+//!   the drain timeout. Without sockets of its own, the old generation is
+//!   stopped at once, as before.
 //! - One reload at a time: requests during a reload coalesce into one more
 //!   reload after it. A reload is over when the new generation serves and the
 //!   old one's groups are empty (or when it failed).
@@ -56,7 +62,12 @@ pub const HINT_WITHIN: Duration = Duration::from_secs(5);
 /// How long a child must serve on a port relaunch does not hold before it
 /// is said: a server may open an admin port before it takes the held one.
 const ELSEWHERE_GRACE: Duration = Duration::from_secs(2);
+/// A draining generation is not idle before this: a handshake steered to
+/// its socket just before the switch completes there (loopback: at once;
+/// the watch also waits for every handshake it saw at the first look).
+const DRAIN_SETTLE: Duration = Duration::from_millis(200);
 use crate::plan::options::Restart;
+use crate::sockets::drain::Busy;
 use crate::supervise::backoff::{self, Backoff, Next};
 use crate::supervise::handover::CHECK_DEADLINE;
 use crate::supervise::sources::Wants;
@@ -127,6 +138,12 @@ pub enum Event {
     },
     /// `--watch`: a file that matters changed.
     Changed { path: String },
+    /// What keeps the old generation of `generation`'s reload busy (see
+    /// [`Wants::drain`]).
+    Drained {
+        generation: u64,
+        busy: Result<Busy, String>,
+    },
     /// The `--build` process `pid` was reaped; `tail`: the last lines of
     /// its output.
     Built {
@@ -177,6 +194,8 @@ pub enum Effect {
     EndCheck,
     /// A transition worth counting (for `--metrics`).
     Count(Count),
+    /// Every new connection goes to `generation`'s sockets from now on.
+    Steer { generation: u64 },
 }
 
 pub use crate::counts::{Count, ReloadResult, RestartReason};
@@ -198,6 +217,10 @@ pub trait Spawner {
     /// Forks the child of `generation`/`worker`; it is in its own process
     /// group. A failed exec is reported later, as [`Event::ExecFailed`].
     fn spawn(&mut self, generation: u64, worker: usize) -> Result<i32, spawn::Error>;
+    /// Gives `generation`, about to start beside the serving one, sockets
+    /// of its own that get no connection until [`Effect::Steer`]. false:
+    /// it shares the serving generation's (no drain).
+    fn open(&mut self, generation: u64) -> bool;
     /// A number in [0, 1) for backoff jitter.
     fn jitter(&mut self) -> f64;
     /// Forks `--build` in its own process group; its exit comes back as
@@ -229,6 +252,10 @@ pub struct Config {
     /// `--idle-stop`: stop the children after this long without a
     /// connection, and wait for the next one.
     pub idle_stop: Option<Duration>,
+    /// `--drain-timeout`: how long an old generation may take to finish
+    /// what it accepted. None: no drain (`--no-drain`, or not possible).
+    #[serde(default)]
+    pub drain: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -399,6 +426,15 @@ enum Phase {
         #[serde(with = "crate::serial::mono")]
         deadline: Instant,
     },
+    /// The new generation takes every new connection; the old one finishes
+    /// what it accepted and is stopped once idle, or at `until`.
+    Emptying {
+        #[serde(with = "crate::serial::mono")]
+        until: Instant,
+        /// Not taken as idle before this (see [`DRAIN_SETTLE`]).
+        #[serde(with = "crate::serial::mono")]
+        settle: Instant,
+    },
     /// The new generation serves; the old one is stopping.
     Draining,
 }
@@ -407,6 +443,9 @@ enum Phase {
 struct Reload {
     generation: u64,
     phase: Phase,
+    /// It has sockets of its own (see [`Spawner::open`]).
+    #[serde(default)]
+    own: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -572,8 +611,38 @@ pub struct Supervisor {
     /// The new binary's handshake, while it runs (an exec that works never
     /// comes back; one that fails ends in [`Event::UpgradeFailed`]).
     upgrade: Option<UpgradeCheck>,
+    /// The old generation's drain, as last measured.
+    drain: DrainWatch,
     /// Effects of the event being handled.
     out: Vec<Effect>,
+}
+
+/// What the core knows of a drain in progress (not carried by an upgrade:
+/// the next image measures afresh).
+#[derive(Debug, Default, Clone, Copy)]
+struct DrainWatch {
+    last: Option<Busy>,
+    /// A measure failed (said once).
+    failed: bool,
+}
+
+/// "3 open connections, 1 queued" (what is not zero).
+pub fn busy_text(b: &Busy) -> String {
+    let mut parts = Vec::new();
+    if b.open > 0 {
+        parts.push(format!("{} open connection(s)", b.open));
+    }
+    if b.queued > 0 {
+        parts.push(format!("{} queued", b.queued));
+    }
+    if b.handshakes > 0 {
+        parts.push(format!("{} handshake(s) under way", b.handshakes));
+    }
+    if parts.is_empty() {
+        "idle".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -626,6 +695,7 @@ impl Supervisor {
             elsewhere_said: None,
             dev,
             upgrade: None,
+            drain: DrainWatch::default(),
             out: Vec::new(),
         }
     }
@@ -654,6 +724,7 @@ impl Supervisor {
                     c.exec_error = Some(error);
                 }
             }
+            Event::Drained { generation, busy } => self.on_drained(generation, busy, now),
             Event::Timer => {
                 self.end_overdue_check(now);
                 self.on_timer(os, now);
@@ -852,7 +923,29 @@ impl Supervisor {
             idle_probe: self.idle_probe_every(),
             idle_stop_due: self.idle_stop_due(),
             sweep: self.sweep_wanted(),
+            drain: self.drain_wanted(),
         }
+    }
+
+    /// While an old generation drains: the reload's generation, and the
+    /// old one's process groups.
+    fn drain_wanted(&self) -> Option<(u64, Vec<i32>)> {
+        let Some(Reload {
+            generation,
+            phase: Phase::Emptying { .. },
+            ..
+        }) = self.kept.reload
+        else {
+            return None;
+        };
+        let pgids = self
+            .kept
+            .children
+            .iter()
+            .filter(|c| c.generation < generation)
+            .map(|c| c.pid)
+            .collect();
+        Some((generation, pgids))
     }
 
     /// The earliest moment an [`Event::Timer`] has something to do.
@@ -876,6 +969,7 @@ impl Supervisor {
         let restarts = self.kept.slots.iter().filter_map(|s| s.restart_at);
         let reload = self.kept.reload.and_then(|r| match r.phase {
             Phase::Starting { deadline } => Some(deadline),
+            Phase::Emptying { until, .. } => Some(until),
             Phase::Draining => None,
         });
         children
@@ -944,7 +1038,34 @@ impl Supervisor {
                 .map(|t| now.saturating_duration_since(t).as_secs_f64()),
             escaped: self.escaped().collect(),
             watch: self.watch_status(now),
+            draining: self.draining(now),
         }
+    }
+
+    fn draining(&self, now: Instant) -> Option<control::DrainInfo> {
+        let Some(Reload {
+            phase: Phase::Emptying { until, .. },
+            generation,
+            ..
+        }) = self.kept.reload
+        else {
+            return None;
+        };
+        let old = self
+            .kept
+            .children
+            .iter()
+            .filter(|c| c.generation < generation)
+            .map(|c| c.generation)
+            .max()?;
+        let b = self.drain.last.unwrap_or_default();
+        Some(control::DrainInfo {
+            generation: old,
+            open: b.open,
+            queued: b.queued,
+            handshakes: b.handshakes,
+            left_secs: until.saturating_duration_since(now).as_secs_f64(),
+        })
     }
 
     /// The first build if there is one, else generation 1.
@@ -1112,6 +1233,7 @@ impl Supervisor {
             self.changes_settled(os, now);
         }
         self.reload_overdue(os, now);
+        self.drain_due(now);
         self.first_generation_overdue(now);
         self.restarts_due(os, now);
     }
@@ -1157,6 +1279,7 @@ impl Supervisor {
         let Some(Reload {
             generation,
             phase: Phase::Starting { deadline },
+            ..
         }) = self.kept.reload
         else {
             return;
@@ -1832,11 +1955,13 @@ impl Supervisor {
             generation,
             "reload: starting generation {generation} beside generation {}", self.kept.serving
         );
+        let own = self.kept.cfg.drain.is_some() && os.open(generation);
         self.kept.reload = Some(Reload {
             generation,
             phase: Phase::Starting {
                 deadline: now + self.kept.cfg.ready_timeout,
             },
+            own,
         });
         self.kept.reloading = true;
         self.kept.generation_started = Some((generation, now));
@@ -2119,6 +2244,7 @@ impl Supervisor {
             Some(Reload {
                 generation,
                 phase: Phase::Starting { .. },
+                ..
             }) => Some(generation),
             _ => None,
         }
@@ -2259,9 +2385,20 @@ impl Supervisor {
             self.generation_ready(self.kept.serving, now);
             self.announce(now);
         }
+        // The old generation went on its own while it drained.
+        if let Some(Reload {
+            generation,
+            phase: Phase::Emptying { .. },
+            ..
+        }) = self.kept.reload
+            && !self.kept.children.iter().any(|c| c.generation < generation)
+        {
+            self.set_phase(Phase::Draining);
+        }
         if let Some(Reload {
             generation,
             phase: Phase::Draining,
+            ..
         }) = self.kept.reload
             && !self.kept.children.iter().any(|c| c.generation < generation)
             && self.escaped.is_empty()
@@ -2330,18 +2467,120 @@ impl Supervisor {
             .filter(|c| c.generation < generation)
             .map(|c| c.pid)
             .collect();
-        info!(
-            generation,
-            "generation {generation} is ready; stopping generation {}", self.kept.serving
-        );
+        let drain = self.kept.reload.filter(|r| r.own).and(self.kept.cfg.drain);
+        let before = self.kept.serving;
+        match drain {
+            Some(timeout) => info!(
+                generation,
+                "generation {generation} is ready; new connections go to it, and generation \
+                 {before} finishes what it accepted (for at most {})",
+                duration::human(timeout)
+            ),
+            None => info!(
+                generation,
+                "generation {generation} is ready; stopping generation {before}"
+            ),
+        }
         self.generation_ready(generation, now);
         self.kept.serving = generation;
         self.kept.slots = vec![Slot::default(); self.kept.cfg.workers];
-        self.kept.reload = Some(Reload {
-            generation,
-            phase: Phase::Draining,
-        });
+        let phase = match drain {
+            Some(timeout) => Phase::Emptying {
+                until: now + timeout,
+                settle: now + DRAIN_SETTLE,
+            },
+            None => Phase::Draining,
+        };
+        self.set_phase(phase);
         self.announce(now);
+        if drain.is_some() {
+            self.out.push(Effect::Steer { generation });
+            self.drain = DrainWatch::default();
+        } else {
+            for pid in old {
+                self.stop_child(pid, now);
+            }
+        }
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        if let Some(r) = &mut self.kept.reload {
+            r.phase = phase;
+        }
+    }
+
+    /// The drain timeout.
+    fn drain_due(&mut self, now: Instant) {
+        let Some(Reload {
+            generation,
+            phase: Phase::Emptying { until, .. },
+            ..
+        }) = self.kept.reload
+        else {
+            return;
+        };
+        if until > now {
+            return;
+        }
+        let busy = match self.drain.last {
+            Some(b) => format!(": {}", busy_text(&b)),
+            None => String::new(),
+        };
+        warn!(
+            generation,
+            "the drain timeout passed and the old generation is still busy{busy}; stopping it \
+             (what it still serves is cut)"
+        );
+        self.count(Count::Drain {
+            idle: false,
+            cut: self.drain.last.map_or(0, |b| b.open),
+        });
+        self.end_drain(generation, now);
+    }
+
+    fn on_drained(&mut self, generation: u64, busy: Result<Busy, String>, now: Instant) {
+        let Some(Reload {
+            generation: g,
+            phase: Phase::Emptying { settle, .. },
+            ..
+        }) = self.kept.reload
+        else {
+            return;
+        };
+        if g != generation {
+            return;
+        }
+        match busy {
+            Ok(b) => {
+                self.drain.last = Some(b);
+                if b.idle() && settle <= now {
+                    info!(generation, "the old generation is idle: stopping it");
+                    self.count(Count::Drain { idle: true, cut: 0 });
+                    self.end_drain(generation, now);
+                }
+            }
+            Err(e) => {
+                if !self.drain.failed {
+                    warn!(
+                        generation,
+                        "cannot see whether the old generation is idle ({e}); it is stopped \
+                         at the drain timeout"
+                    );
+                }
+                self.drain.failed = true;
+            }
+        }
+    }
+
+    fn end_drain(&mut self, generation: u64, now: Instant) {
+        self.set_phase(Phase::Draining);
+        let old: Vec<i32> = self
+            .kept
+            .children
+            .iter()
+            .filter(|c| c.generation < generation)
+            .map(|c| c.pid)
+            .collect();
         for pid in old {
             self.stop_child(pid, now);
         }
@@ -2356,7 +2595,10 @@ impl Supervisor {
         reason: String,
         now: Instant,
     ) {
-        let Some(Reload { generation, phase }) = self.kept.reload else {
+        let Some(Reload {
+            generation, phase, ..
+        }) = self.kept.reload
+        else {
             return;
         };
         self.count(Count::Reload(why));

@@ -2,6 +2,7 @@
 //! recorded. One file per concern.
 
 mod dev_loop;
+mod drain;
 mod groups;
 mod on_demand;
 mod readiness;
@@ -33,6 +34,11 @@ struct Fake {
     builds: Vec<i32>,
     /// Upgrade handshakes told to end (past their deadline).
     checks_ended: usize,
+    /// `open` gives a generation sockets of its own.
+    own_sockets: bool,
+    /// Generations given sockets of their own, then steered to.
+    opened: Vec<u64>,
+    steered: Vec<u64>,
 }
 
 /// The core and a fake spawner, side by side as the runtime holds them.
@@ -89,6 +95,7 @@ impl Sim {
                 }
                 Effect::Upgrade { binary, reply } => self.os.upgrades.push((binary, reply)),
                 Effect::EndCheck => self.os.checks_ended += 1,
+                Effect::Steer { generation } => self.os.steered.push(generation),
             }
         }
     }
@@ -140,6 +147,12 @@ impl Spawner for Fake {
         self.spawned.push((pid, generation, worker));
         Ok(pid)
     }
+    fn open(&mut self, generation: u64) -> bool {
+        if self.own_sockets {
+            self.opened.push(generation);
+        }
+        self.own_sockets
+    }
     fn jitter(&mut self) -> f64 {
         0.5
     }
@@ -165,6 +178,7 @@ fn cfg(workers: usize) -> Config {
         watch: None,
         lazy: false,
         idle_stop: None,
+        drain: None,
     }
 }
 
