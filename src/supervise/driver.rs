@@ -1438,7 +1438,14 @@ impl Driver {
                 .map(|g| g.socket_for(generation))
                 .collect();
             if let Some(t) = &self.intercept {
-                t.set_members(generation, own.iter().cloned().map(Some).collect());
+                // Only where it is not the held socket the table gives anyway.
+                let inode = |s: &Arc<Socket>| steer::inode_of(s.as_ref()).ok();
+                let members = own
+                    .iter()
+                    .zip(t.sockets())
+                    .map(|(s, held)| (inode(s) != inode(&held)).then(|| Arc::clone(s)))
+                    .collect();
+                t.set_members(generation, members);
             }
             return own;
         }
@@ -1507,6 +1514,8 @@ impl Spawner for Driver {
     }
 
     fn open(&mut self, generation: u64) -> bool {
+        // A listener interception moved has a new group.
+        self.sync_listeners();
         let mut own = Vec::with_capacity(self.groups.len());
         for (g, l) in self.groups.iter_mut().zip(&self.listeners) {
             match g.open(generation) {
@@ -1828,10 +1837,9 @@ fn on_wake(rt: &mut Runtime, src: &mut Sources, wake: Wake) -> Vec<Event> {
             src.scan.ticked(now);
             // One scan at a time; a slow one skips ticks rather than piling up.
             if !src.scanning.busy() {
-                // Interception under --port may have rebound a socket.
-                if let Some(t) = &rt.os.intercept {
-                    src.inodes = Arc::new(t.inodes());
-                }
+                // Interception under --port may have rebound a socket, and
+                // a reload's generation may have a socket of its own.
+                src.inodes = Arc::new(rt.os.held_inodes());
                 src.scanning.start(scan_job(rt, &src.inodes));
             }
             Vec::new()
