@@ -78,6 +78,9 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
     if wanted("connect-cost") {
         readiness.extend(crate::connect_cost::run(plan, &ctx));
     }
+    if wanted("drain") {
+        readiness.extend(crate::drain::run(plan, &ctx));
+    }
 
     let footprint = match idle {
         Some((idle, lazy)) => Some(Footprint {
@@ -164,7 +167,7 @@ fn run_one(kind: Kind, delay: f64, plan: &Plan, ctx: &Ctx) -> Scenario {
 }
 
 /// Load runs meanwhile; this is the scenario's length, not a wait for an event.
-fn pause(secs: f64) {
+pub fn pause(secs: f64) {
     std::thread::sleep(Duration::from_secs_f64(secs));
 }
 
