@@ -11,7 +11,6 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -30,26 +29,6 @@ fn app(name: &str) -> String {
         .join(name)
         .display()
         .to_string()
-}
-
-/// Whether python3 can import `module` (from .ci/requirements.txt); under
-/// CI=true a missing one fails.
-fn python_has(module: &str) -> bool {
-    if !require_tool("python3") {
-        return false;
-    }
-    let ok = Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{module} is required under CI=true: pip install -r .ci/requirements.txt"
-        );
-        eprintln!("skipping: python3 cannot import {module}");
-    }
-    ok
 }
 
 /// Waits for `f`, failing at once (with the log) if relaunch exits meanwhile.

@@ -190,21 +190,7 @@ fn write_app(dir: &TempDir, name: &str, text: &str) -> String {
 }
 
 fn has_uvicorn() -> bool {
-    if !require_tool("python3") || !require_tool("ss") {
-        return false;
-    }
-    let ok = Command::new("python3")
-        .args(["-c", "import uvicorn"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "uvicorn is required under CI=true: pip install -r .ci/requirements.txt"
-        );
-        eprintln!("skipping: uvicorn is not installed");
-    }
-    ok
+    require_tool("ss") && python_has("uvicorn")
 }
 
 /// The Go server of these tests; see [`go_binary`].
