@@ -52,6 +52,38 @@ fn while_running<V>(r: &mut Relaunch, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// `relaunch --port P OPTIONS -- APP...`, each `PORT` in APP replaced by
+/// P, on a free port P; on another one if P was taken meanwhile (the
+/// clients' own ports come from the same range, and they use many).
+fn start_on_a_free_port(options: &[&str], app: &[&str]) -> (Relaunch, u16) {
+    for _ in 0..3 {
+        let port = free_port();
+        let p = port.to_string();
+        let mut args = vec!["--port", &p];
+        args.extend(options);
+        args.push("--");
+        let app: Vec<String> = app.iter().map(|a| a.replace("PORT", &p)).collect();
+        args.extend(app.iter().map(String::as_str));
+        let mut r = Relaunch::start(&args);
+        let bound = wait_for("relaunch to bind or exit", T, || {
+            if r.log.count("listening on") > 0 {
+                return Some(true);
+            }
+            r.child.try_wait().unwrap().map(|_| false)
+        });
+        if bound {
+            return (r, port);
+        }
+        let status = r.wait_exit(T);
+        let log = r.log.text();
+        assert!(
+            log.contains("already in use"),
+            "relaunch exited ({status}) before binding:\n{log}"
+        );
+    }
+    panic!("three free ports in a row were taken before relaunch could bind them");
+}
+
 fn summary(rep: &LoadReport) -> String {
     format!(
         "ok {}, refused {}, reset {}, timeout {}, other (short answers) {}, pids {:?}, first errors {:?}",
@@ -70,13 +102,10 @@ fn serves_alone(addr: SocketAddr, pid: &str, when: &str) {
 
 /// `relaunch --port P -- APP... P`: 5 reloads under load fail no request,
 /// then a `kill -9` of the serving process refuses none.
-fn loses_nothing(tag: &str, port: u16, app: &[&str]) {
+fn loses_nothing(tag: &str, app: &[&str]) {
     let dir = TempDir::new(tag);
     let ctl = dir.join("ctl.sock").display().to_string();
-    let p = port.to_string();
-    let mut args = vec!["--port", &p, "--control", &ctl, "--"];
-    args.extend(app);
-    let mut r = Relaunch::start(&args);
+    let (mut r, port) = start_on_a_free_port(&["--control", &ctl], app);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut last = while_running(&mut r, "the app's first answer", || get(addr).ok());
 
@@ -135,10 +164,8 @@ fn threading_tcp_server_with_reuseport_loses_nothing_to_reloads() {
     if !require_tool("python3") {
         return;
     }
-    let port = free_port();
-    let p = port.to_string();
     let a = app("threading_server.py");
-    loses_nothing("drain-threading", port, &["python3", &a, &p]);
+    loses_nothing("drain-threading", &["python3", &a, "PORT"]);
 }
 
 #[test]
@@ -146,10 +173,8 @@ fn asyncio_server_loses_nothing_to_reloads() {
     if !require_tool("python3") {
         return;
     }
-    let port = free_port();
-    let p = port.to_string();
     let a = app("asyncio_server.py");
-    loses_nothing("drain-asyncio", port, &["python3", &a, &p]);
+    loses_nothing("drain-asyncio", &["python3", &a, "PORT"]);
 }
 
 /// The shell stays between relaunch and the app (no exec), and outlives it.
@@ -158,9 +183,8 @@ fn sh_wrapper_around_a_python_server_loses_nothing_to_reloads() {
     if !require_tool("python3") {
         return;
     }
-    let port = free_port();
-    let script = format!("python3 {} {port}; echo done", app("threading_server.py"));
-    loses_nothing("drain-sh", port, &["sh", "-c", &script]);
+    let script = format!("python3 {} PORT; echo done", app("threading_server.py"));
+    loses_nothing("drain-sh", &["sh", "-c", &script]);
 }
 
 #[test]
@@ -169,10 +193,8 @@ fn go_net_http_loses_nothing_to_reloads() {
         return;
     };
     assert!(!dynamically_linked(&server), "CGO_ENABLED=0 builds static");
-    let port = free_port();
-    let p = port.to_string();
     let bin = server.display().to_string();
-    loses_nothing("drain-go", port, &[&bin, &p]);
+    loses_nothing("drain-go", &[&bin, "PORT"]);
 }
 
 #[test]
@@ -180,10 +202,8 @@ fn node_http_loses_nothing_to_reloads() {
     if !require_tool("node") {
         return;
     }
-    let port = free_port();
-    let p = port.to_string();
     let a = app("server.js");
-    loses_nothing("drain-node", port, &["node", &a, &p]);
+    loses_nothing("drain-node", &["node", &a, "PORT"]);
 }
 
 /// werkzeug binds 127.0.0.1: relaunch's `--port` socket moves there.
@@ -192,10 +212,8 @@ fn flask_app_run_loses_nothing_to_reloads() {
     if !python_has("flask") {
         return;
     }
-    let port = free_port();
-    let p = port.to_string();
     let a = app("flask_server.py");
-    loses_nothing("drain-flask", port, &["python3", &a, &p]);
+    loses_nothing("drain-flask", &["python3", &a, "PORT"]);
 }
 
 /// A websocket client's connection: who served it and when it ended.
@@ -376,21 +394,11 @@ fn websockets_old_generation_keeps_its_connections_until_the_drain_timeout() {
     }
     let dir = TempDir::new("drain-ws");
     let ctl = dir.join("ctl.sock").display().to_string();
-    let port = free_port();
-    let p = port.to_string();
     let a = app("ws_server.py");
-    let mut r = Relaunch::start(&[
-        "--port",
-        &p,
-        "--control",
-        &ctl,
-        "--drain-timeout",
-        "3s",
-        "--",
-        "python3",
-        &a,
-        &p,
-    ]);
+    let (mut r, port) = start_on_a_free_port(
+        &["--control", &ctl, "--drain-timeout", "3s"],
+        &["python3", &a, "PORT"],
+    );
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let old = while_running(&mut r, "the first websocket", || ws_pid(addr));
 
