@@ -29,11 +29,15 @@ enum Run {
     Unsupported(String),
 }
 
-/// Prints what it measured and returns the acceptance line.
-pub fn run(plan: &Plan, ctx: &Ctx) -> Vec<(String, bool)> {
+/// Prints what it measured; returns the acceptance line, and whether a
+/// run broke (not a count: relaunch or the app did not do its part).
+pub fn run(plan: &Plan, ctx: &Ctx) -> (Vec<(String, bool)>, bool) {
     if find_tool("python3").is_none() {
         println!("drain: skipped (python3 not installed)");
-        return vec![("drain: skipped (python3 not installed)".into(), false)];
+        return (
+            vec![("drain: skipped (python3 not installed)".into(), false)],
+            false,
+        );
     }
     let n = if plan.mode == "smoke" {
         plan.restarts
@@ -45,7 +49,7 @@ pub fn run(plan: &Plan, ctx: &Ctx) -> Vec<(String, bool)> {
     for (what, r) in [("default flags", &drain), ("--no-drain", &shared)] {
         match r {
             Ok(Run::Counted(failed, ok)) => println!(
-                "drain, {what}: {failed} failed, {ok} answered over {n} reloads of the asyncio app"
+                "drain, {what}: {failed} failed, {ok} answered over {n} reload(s) of the asyncio app"
             ),
             Ok(Run::Unsupported(said)) => println!(
                 "drain, {what}: not run: this relaunch rejects the flag (it said: {said}); \
@@ -59,14 +63,16 @@ pub fn run(plan: &Plan, ctx: &Ctx) -> Vec<(String, bool)> {
         Ok(Run::Unsupported(_)) => format!("n/a ({what}: this relaunch rejects the flag)"),
         Err(_) => format!("broke ({what}, see above)"),
     };
-    vec![(
+    let reloads = if n == 1 { "reload" } else { "reloads" };
+    let line = (
         format!(
-            "drain: failed requests over {n} reloads: {} vs {}",
+            "drain: failed requests over {n} {reloads}: {} vs {}",
             shown(&drain, "drain"),
             shown(&shared, "--no-drain")
         ),
         matches!(drain, Ok(Run::Counted(0, _))),
-    )]
+    );
+    (vec![line], drain.is_err() || shared.is_err())
 }
 
 fn app() -> PathBuf {

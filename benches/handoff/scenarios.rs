@@ -78,8 +78,11 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
     if wanted("connect-cost") {
         readiness.extend(crate::connect_cost::run(plan, &ctx));
     }
+    let mut drain_broke = false;
     if wanted("drain") {
-        readiness.extend(crate::drain::run(plan, &ctx));
+        let (lines, broke) = crate::drain::run(plan, &ctx);
+        readiness.extend(lines);
+        drain_broke = broke;
     }
 
     let footprint = match idle {
@@ -113,6 +116,7 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
     );
     let _ = std::fs::remove_dir_all(&ctx.run_dir);
     let broken = dev_loop_broke
+        || drain_broke
         || scenarios
             .iter()
             .any(|s| matches!(s.status, Status::Failed(_)));
