@@ -17,6 +17,7 @@
 mod chart;
 mod connect_cost;
 mod devloop;
+mod drain;
 mod footprint;
 mod load;
 mod on_demand;

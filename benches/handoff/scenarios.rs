@@ -78,6 +78,12 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
     if wanted("connect-cost") {
         readiness.extend(crate::connect_cost::run(plan, &ctx));
     }
+    let mut drain_broke = false;
+    if wanted("drain") {
+        let (lines, broke) = crate::drain::run(plan, &ctx);
+        readiness.extend(lines);
+        drain_broke = broke;
+    }
 
     let footprint = match idle {
         Some((idle, lazy)) => Some(Footprint {
@@ -110,6 +116,7 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
     );
     let _ = std::fs::remove_dir_all(&ctx.run_dir);
     let broken = dev_loop_broke
+        || drain_broke
         || scenarios
             .iter()
             .any(|s| matches!(s.status, Status::Failed(_)));
@@ -164,7 +171,7 @@ fn run_one(kind: Kind, delay: f64, plan: &Plan, ctx: &Ctx) -> Scenario {
 }
 
 /// Load runs meanwhile; this is the scenario's length, not a wait for an event.
-fn pause(secs: f64) {
+pub fn pause(secs: f64) {
     std::thread::sleep(Duration::from_secs_f64(secs));
 }
 

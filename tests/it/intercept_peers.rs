@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::util::*;
@@ -190,69 +190,62 @@ fn write_app(dir: &TempDir, name: &str, text: &str) -> String {
 }
 
 fn has_uvicorn() -> bool {
-    if !require_tool("python3") || !require_tool("ss") {
-        return false;
-    }
-    let ok = Command::new("python3")
-        .args(["-c", "import uvicorn"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "uvicorn is required under CI=true: pip install -r .ci/requirements.txt"
-        );
-        eprintln!("skipping: uvicorn is not installed");
-    }
-    ok
+    require_tool("ss") && python_has("uvicorn")
 }
 
-/// The Go server, built once per source under target/it-go/ (a rebuild
-/// takes a while), statically linked. None (skip) without go, except under CI.
+/// The Go server of these tests; see [`go_binary`].
 fn go_server() -> Option<PathBuf> {
-    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            if !require_tool("go") || !require_tool("ss") {
-                return None;
-            }
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            GO_APP.hash(&mut h);
-            let target = Path::new(relaunch_bin()).parent()?.parent()?;
-            let dir = target.join("it-go");
-            let bin = dir.join(format!("self_bind-{:016x}", h.finish()));
-            if bin.exists() {
-                return Some(bin);
-            }
-            let src = dir.join(format!("src-{}", std::process::id()));
-            std::fs::create_dir_all(&src).unwrap();
-            std::fs::write(src.join("main.go"), GO_APP).unwrap();
-            let tmp = dir.join(format!("build-{}", std::process::id()));
-            let out = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&tmp)
-                .arg("main.go")
-                .current_dir(&src)
-                .env("CGO_ENABLED", "0")
-                .env("GOCACHE", dir.join("cache"))
-                .output()
-                .expect("go build");
-            let _ = std::fs::remove_dir_all(&src);
-            assert!(
-                out.status.success(),
-                "go build failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            // Another test binary may have built it meanwhile: same bytes.
-            std::fs::rename(&tmp, &bin).unwrap();
-            Some(bin)
-        })
-        .clone()
+    if !require_tool("ss") {
+        return None;
+    }
+    go_binary("self_bind", GO_APP)
+}
+
+/// A Go program built from `src`, once per source, under target/it-go/ (a
+/// rebuild takes a while), statically linked. None (skip) without go,
+/// except under CI.
+pub(crate) fn go_binary(name: &str, src: &str) -> Option<PathBuf> {
+    // One build at a time in this process: tests run on threads.
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    if !require_tool("go") {
+        return None;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    src.hash(&mut h);
+    let target = Path::new(relaunch_bin()).parent()?.parent()?;
+    let dir = target.join("it-go");
+    let bin = dir.join(format!("{name}-{:016x}", h.finish()));
+    if bin.exists() {
+        return Some(bin);
+    }
+    let tree = dir.join(format!("src-{}", std::process::id()));
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("main.go"), src).unwrap();
+    let tmp = dir.join(format!("build-{}", std::process::id()));
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&tmp)
+        .arg("main.go")
+        .current_dir(&tree)
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", dir.join("cache"))
+        .output()
+        .expect("go build");
+    let _ = std::fs::remove_dir_all(&tree);
+    assert!(
+        out.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another test binary may have built it meanwhile: same bytes.
+    std::fs::rename(&tmp, &bin).unwrap();
+    Some(bin)
 }
 
 /// Whether an ELF file asks for a dynamic loader (has a PT_INTERP header).
-fn dynamically_linked(path: &Path) -> bool {
+pub(crate) fn dynamically_linked(path: &Path) -> bool {
     let elf = std::fs::read(path).unwrap();
     assert_eq!(&elf[..4], b"\x7fELF");
     assert_eq!(elf[4], 2, "64-bit ELF");

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod child;
+mod drain;
 mod groups;
 mod held_options;
 mod intercept;

@@ -59,6 +59,26 @@ pub fn require_tool(tool: &str) -> bool {
     found
 }
 
+/// Whether python3 can import `module` (installed from .ci/requirements.txt);
+/// as [`require_tool`], a missing one fails under CI=true and skips elsewhere.
+pub fn python_has(module: &str) -> bool {
+    if !require_tool("python3") {
+        return false;
+    }
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{module} is required under CI=true: pip install -r .ci/requirements.txt"
+        );
+        eprintln!("skipping: python3 cannot import {module}");
+    }
+    ok
+}
+
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {

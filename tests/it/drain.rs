@@ -1,0 +1,452 @@
+//! Reloads that lose nothing for apps that die on SIGTERM. Each app is
+//! written the usual way (tests/apps/drain/): it binds the port itself (bind
+//! interception hands it relaunch's socket), has no signal handler, and
+//! spends 30 ms on each request, so requests are in flight at every reload.
+//! Under 8 clients making one connection per request, 5 reloads fail no
+//! request of any kind: the old generation gets no new connection, and is
+//! stopped only once it is idle. Then a `kill -9` of the app refuses
+//! nothing. Also: a websockets server's old generation keeps its open
+//! connections until `--drain-timeout`, and `status` shows them meanwhile.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::intercept_peers::{dynamically_linked, go_binary};
+use crate::util::*;
+
+const T: Duration = Duration::from_secs(30);
+const RELOADS: usize = 5;
+const CLIENTS: usize = 8;
+
+fn app(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/apps/drain")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Waits for `f`, failing at once (with the log) if relaunch exits meanwhile.
+fn while_running<V>(r: &mut Relaunch, what: &str, mut f: impl FnMut() -> Option<V>) -> V {
+    let end = Instant::now() + T;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if let Some(status) = r.child.try_wait().unwrap() {
+            panic!(
+                "relaunch exited ({status}) while waiting for {what}; log:\n{}",
+                r.log.text()
+            );
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {T:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `relaunch --port P OPTIONS -- APP...`, each `PORT` in APP replaced by
+/// P, on a free port P; on another one if P was taken meanwhile (the
+/// clients' own ports come from the same range, and they use many).
+fn start_on_a_free_port(options: &[&str], app: &[&str]) -> (Relaunch, u16) {
+    for _ in 0..3 {
+        let port = free_port();
+        let p = port.to_string();
+        let mut args = vec!["--port", &p];
+        args.extend(options);
+        args.push("--");
+        let app: Vec<String> = app.iter().map(|a| a.replace("PORT", &p)).collect();
+        args.extend(app.iter().map(String::as_str));
+        let mut r = Relaunch::start(&args);
+        let bound = wait_for("relaunch to bind or exit", T, || {
+            if r.log.count("listening on") > 0 {
+                return Some(true);
+            }
+            r.child.try_wait().unwrap().map(|_| false)
+        });
+        if bound {
+            return (r, port);
+        }
+        let status = r.wait_exit(T);
+        let log = r.log.text();
+        assert!(
+            log.contains("already in use"),
+            "relaunch exited ({status}) before binding:\n{log}"
+        );
+    }
+    panic!("three free ports in a row were taken before relaunch could bind them");
+}
+
+fn summary(rep: &LoadReport) -> String {
+    format!(
+        "ok {}, refused {}, reset {}, timeout {}, other (short answers) {}, pids {:?}, first errors {:?}",
+        rep.ok, rep.refused, rep.reset, rep.timeout, rep.other, rep.pids, rep.errors
+    )
+}
+
+/// Some 300 ms of load on one process alone: 10 requests, each answered
+/// by `pid`.
+fn serves_alone(addr: SocketAddr, pid: &str, when: &str) {
+    for _ in 0..10 {
+        let got = get(addr).unwrap_or_else(|e| panic!("{when}: {e}"));
+        assert_eq!(got, pid, "{when}, only pid {pid} serves");
+    }
+}
+
+/// `relaunch --port P -- APP... P`: 5 reloads under load fail no request,
+/// then a `kill -9` of the serving process refuses none.
+fn loses_nothing(tag: &str, app: &[&str]) {
+    let dir = TempDir::new(tag);
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let (mut r, port) = start_on_a_free_port(&["--control", &ctl], app);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut last = while_running(&mut r, "the app's first answer", || get(addr).ok());
+
+    let load = Load::start(addr, CLIENTS);
+    serves_alone(addr, &last, "before the first reload");
+    for n in 1..=RELOADS {
+        let (code, out) = cli(&["reload", "--control", &ctl], T);
+        assert_eq!(code, Some(0), "reload {n}: {out}");
+        let old = last;
+        last = wait_new_pid(addr, &old);
+        // The next reload comes once the old generation is gone, so each
+        // one's stop happens under load, and generations never pile up.
+        let old: i32 = old.parse().unwrap();
+        wait_for(
+            &format!("reload {n}: the old generation's pid {old} to be gone"),
+            T,
+            || (!pid_alive(old)).then_some(()),
+        );
+        serves_alone(addr, &last, &format!("after reload {n}"));
+    }
+    let rep = load.finish();
+    let sum = summary(&rep);
+    assert!(rep.ok > 0, "the load ran: {sum}");
+    assert_eq!(
+        rep.failed(),
+        0,
+        "failed requests over {RELOADS} reloads: {sum}"
+    );
+    assert!(
+        rep.pids.len() > RELOADS,
+        "the load saw every generation: {sum}"
+    );
+
+    let load = Load::start(addr, CLIENTS);
+    wait_serving(addr);
+    unsafe { libc::kill(last.parse().unwrap(), libc::SIGKILL) };
+    let new = wait_new_pid(addr, &last);
+    serves_alone(addr, &new, "after the kill");
+    let rep = load.finish();
+    let sum = summary(&rep);
+    // What the killed process had accepted is lost with it (reset or cut
+    // short); what waited in the queue is answered by its replacement.
+    assert_eq!(rep.refused + rep.timeout, 0, "kill -9: {sum}");
+    assert!(rep.ok > 0, "kill -9: the load ran: {sum}");
+}
+
+#[test]
+fn threading_tcp_server_with_reuseport_loses_nothing_to_reloads() {
+    if !require_tool("python3") {
+        return;
+    }
+    let a = app("threading_server.py");
+    loses_nothing("drain-threading", &["python3", &a, "PORT"]);
+}
+
+#[test]
+fn asyncio_server_loses_nothing_to_reloads() {
+    if !require_tool("python3") {
+        return;
+    }
+    let a = app("asyncio_server.py");
+    loses_nothing("drain-asyncio", &["python3", &a, "PORT"]);
+}
+
+/// The shell stays between relaunch and the app (no exec), and outlives it.
+#[test]
+fn sh_wrapper_around_a_python_server_loses_nothing_to_reloads() {
+    if !require_tool("python3") {
+        return;
+    }
+    let script = format!("python3 {} PORT; echo done", app("threading_server.py"));
+    loses_nothing("drain-sh", &["sh", "-c", &script]);
+}
+
+#[test]
+fn go_net_http_loses_nothing_to_reloads() {
+    let Some(server) = go_binary("drain", include_str!("../apps/drain/server.go")) else {
+        return;
+    };
+    assert!(!dynamically_linked(&server), "CGO_ENABLED=0 builds static");
+    let bin = server.display().to_string();
+    loses_nothing("drain-go", &[&bin, "PORT"]);
+}
+
+#[test]
+fn node_http_loses_nothing_to_reloads() {
+    if !require_tool("node") {
+        return;
+    }
+    let a = app("server.js");
+    loses_nothing("drain-node", &["node", &a, "PORT"]);
+}
+
+/// werkzeug binds 127.0.0.1: relaunch's `--port` socket moves there.
+#[test]
+fn flask_app_run_loses_nothing_to_reloads() {
+    if !python_has("flask") {
+        return;
+    }
+    let a = app("flask_server.py");
+    loses_nothing("drain-flask", &["python3", &a, "PORT"]);
+}
+
+/// A websocket client's connection: who served it and when it ended.
+struct WsConn {
+    pid: String,
+    closed: Option<Instant>,
+}
+
+/// Opens a websocket on `addr`; the stream, past the server's 101 answer.
+fn ws_open(addr: SocketAddr) -> io::Result<BufReader<TcpStream>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )?;
+    let mut s = BufReader::new(s);
+    let mut status = String::new();
+    s.read_line(&mut status)?;
+    if !status.starts_with("HTTP/1.1 101") {
+        return Err(io::Error::other(format!("no upgrade: {status:?}")));
+    }
+    loop {
+        let mut line = String::new();
+        if s.read_line(&mut line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == "\r\n" {
+            return Ok(s);
+        }
+    }
+}
+
+/// The next text frame's text; None at a close frame. Server frames are
+/// not masked; pings (every 20 s by default) do not come within a test.
+fn ws_text(s: &mut BufReader<TcpStream>) -> io::Result<Option<String>> {
+    loop {
+        let mut head = [0u8; 2];
+        s.read_exact(&mut head)?;
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                s.read_exact(&mut b)?;
+                u16::from_be_bytes(b) as usize
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                s.read_exact(&mut b)?;
+                u64::from_be_bytes(b) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload)?;
+        match head[0] & 0x0f {
+            0x1 => return Ok(Some(String::from_utf8_lossy(&payload).into_owned())),
+            0x8 => return Ok(None),
+            _ => continue,
+        }
+    }
+}
+
+/// The pid that pushes frames on a new websocket to `addr`.
+fn ws_pid(addr: SocketAddr) -> Option<String> {
+    let mut s = ws_open(addr).ok()?;
+    let text = ws_text(&mut s).ok()??;
+    text.split(' ').next().map(String::from)
+}
+
+/// Clients that each hold a websocket, read its frames, and reconnect at
+/// once when it closes.
+struct WsClients {
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<WsConn>>>,
+    refused: Arc<AtomicUsize>,
+    failed: Arc<Mutex<Vec<String>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl WsClients {
+    fn start(addr: SocketAddr, n: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..n)
+            .map(|_| {
+                let (stop, conns) = (stop.clone(), conns.clone());
+                let (refused, failed) = (refused.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    let end = Instant::now() + Duration::from_secs(60);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                        let opened = ws_open(addr).and_then(|mut s| {
+                            let first = ws_text(&mut s)?
+                                .ok_or_else(|| io::Error::other("closed before the first frame"))?;
+                            Ok((s, first))
+                        });
+                        let (mut s, first) = match opened {
+                            Ok(o) => o,
+                            Err(e) => {
+                                if e.kind() == io::ErrorKind::ConnectionRefused {
+                                    refused.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    failed.lock().unwrap().push(e.to_string());
+                                }
+                                std::thread::sleep(Duration::from_millis(10));
+                                continue;
+                            }
+                        };
+                        let pid = first.split(' ').next().unwrap_or("").to_string();
+                        let i = {
+                            let mut c = conns.lock().unwrap();
+                            c.push(WsConn { pid, closed: None });
+                            c.len() - 1
+                        };
+                        // Until the server closes it (or stops answering).
+                        while !stop.load(Ordering::Relaxed)
+                            && matches!(ws_text(&mut s), Ok(Some(_)))
+                        {}
+                        conns.lock().unwrap()[i].closed = Some(Instant::now());
+                    }
+                })
+            })
+            .collect();
+        WsClients {
+            stop,
+            conns,
+            refused,
+            failed,
+            threads,
+        }
+    }
+
+    /// Open connections served by `pid`.
+    fn open_to(&self, pid: &str) -> usize {
+        let c = self.conns.lock().unwrap();
+        c.iter()
+            .filter(|c| c.pid == pid && c.closed.is_none())
+            .count()
+    }
+
+    /// When the first connection to `pid` closed, if one has.
+    fn first_close_of(&self, pid: &str) -> Option<Instant> {
+        let c = self.conns.lock().unwrap();
+        c.iter()
+            .filter(|c| c.pid == pid)
+            .filter_map(|c| c.closed)
+            .min()
+    }
+
+    /// (refused connects, other failed connects).
+    fn finish(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in std::mem::take(&mut self.threads) {
+            t.join().unwrap();
+        }
+        let failed = self.failed.lock().unwrap().clone();
+        (self.refused.load(Ordering::Relaxed), failed)
+    }
+}
+
+/// A failed test stops its clients too.
+impl Drop for WsClients {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A reload with 6 websocket clients pushed to: none is refused; the old
+/// generation keeps its 6 connections, shown by `status`, until
+/// `--drain-timeout 3s` stops it; the clients then reconnect to the new one.
+#[test]
+fn websockets_old_generation_keeps_its_connections_until_the_drain_timeout() {
+    const DRAIN: Duration = Duration::from_secs(3);
+    const WS: usize = 6;
+    if !python_has("websockets") {
+        return;
+    }
+    let dir = TempDir::new("drain-ws");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let a = app("ws_server.py");
+    let (mut r, port) = start_on_a_free_port(
+        &["--control", &ctl, "--drain-timeout", "3s"],
+        &["python3", &a, "PORT"],
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let old = while_running(&mut r, "the first websocket", || ws_pid(addr));
+
+    let clients = WsClients::start(addr, WS);
+    wait_for(&format!("{WS} clients on pid {old}"), T, || {
+        (clients.open_to(&old) == WS).then_some(())
+    });
+    let reload = Instant::now();
+    let (code, out) = cli(&["reload", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    let new = wait_for("a websocket from the new generation", T, || {
+        ws_pid(addr).filter(|p| p != &old)
+    });
+
+    // While it drains, status shows the old generation's connections,
+    // until it is stopped.
+    let want = format!("generation 1 (draining): {WS} open connection(s)");
+    let old_pid: i32 = old.parse().unwrap();
+    let mut seen = false;
+    wait_for("the old generation to be stopped", T, || {
+        let shown = status(dir.join("ctl.sock").as_path());
+        if shown.contains(&want) {
+            seen = true;
+        } else if reload.elapsed() < DRAIN - Duration::from_millis(300) {
+            panic!(
+                "{:?} after the reload, status does not show {want:?}:\n{shown}",
+                reload.elapsed()
+            );
+        }
+        (!pid_alive(old_pid)).then_some(())
+    });
+    assert!(seen, "status never showed {want:?}");
+    let gone = reload.elapsed();
+    let first_close = clients
+        .first_close_of(&old)
+        .expect("the old generation's connections closed")
+        .duration_since(reload);
+    assert!(
+        first_close >= DRAIN - Duration::from_millis(100),
+        "a connection to the old generation closed {first_close:?} after the reload, before --drain-timeout {DRAIN:?}"
+    );
+    assert!(
+        gone < DRAIN + Duration::from_secs(5),
+        "the old generation was stopped {gone:?} after the reload; --drain-timeout is {DRAIN:?}"
+    );
+    wait_for(&format!("{WS} clients on the new pid {new}"), T, || {
+        (clients.open_to(&new) == WS).then_some(())
+    });
+    let after = status(dir.join("ctl.sock").as_path());
+    assert!(!after.contains("draining"), "{after}");
+
+    let (refused, failed) = clients.finish();
+    assert_eq!(
+        refused, 0,
+        "refused websocket connects; other failures: {failed:?}"
+    );
+    assert_eq!(failed, Vec::<String>::new(), "failed websocket connects");
+}
