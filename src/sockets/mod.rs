@@ -27,6 +27,7 @@ use crate::plan::spec::{self, Addr, Host, ListenSpec, Proto, UnixOptions};
 use crate::plan::{Planned, Source};
 use crate::who;
 
+pub mod drain;
 pub mod file;
 pub mod steer;
 
