@@ -80,6 +80,21 @@ pub fn pids() -> Vec<i32> {
         .collect()
 }
 
+/// The processes whose process group is one of `pgids`, zombies included
+/// (one nobody reaps keeps its group alive), in pid order: one pass over
+/// /proc for all the groups.
+pub fn group_members(pgids: &[i32]) -> Vec<i32> {
+    if pgids.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<i32> = pids()
+        .into_iter()
+        .filter(|&pid| stat(pid).is_some_and(|s| pgids.contains(&s.pgrp)))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
 /// Thread ids of a process.
 pub fn tasks(pid: i32) -> Vec<i32> {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -424,6 +439,9 @@ pub const TCP_LISTEN: u8 = 0x0A;
 pub struct InetEntry {
     pub proto: &'static str,
     pub local: SocketAddr,
+    /// The peer's address; the unspecified address with port 0 for a
+    /// listener or an unconnected socket.
+    pub remote: SocketAddr,
     pub state: u8,
     pub inode: u64,
     /// Of a TCP LISTEN socket: the connections waiting to be accepted.
@@ -459,12 +477,14 @@ fn parse_inet_line(line: &str, proto: &'static str) -> Option<InetEntry> {
         return None;
     }
     let local = parse_hex_sockaddr(f[1])?;
+    let remote = parse_hex_sockaddr(f[2])?;
     let state = u8::from_str_radix(f[3], 16).ok()?;
     let (tx, rx) = f[4].split_once(':')?;
     let inode = f[9].parse().ok()?;
     Some(InetEntry {
         proto,
         local,
+        remote,
         state,
         inode,
         rx_queue: u32::from_str_radix(rx, 16).ok()?,
@@ -721,27 +741,34 @@ fn parse_netlink(mut buf: &[u8], each: &mut impl FnMut(&[u8])) -> Diag {
     Diag::More
 }
 
-/// An inet_diag_msg; None when it is cut short.
+/// An inet_diag_msg; None when it is cut short. Its inet_diag_sockid holds
+/// the ports (source, destination) at bytes 4..8, then the source and
+/// destination addresses, 16 bytes each, at 8..24 and 24..40.
 fn inet_entry(body: &[u8]) -> Option<InetEntry> {
     if body.len() < 72 {
         return None;
     }
-    let family = body[0];
-    let port = u16::from_be_bytes([body[4], body[5]]);
-    let ip = if family == libc::AF_INET as u8 {
-        IpAddr::V4(Ipv4Addr::new(body[8], body[9], body[10], body[11]))
-    } else {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&body[8..24]);
-        IpAddr::V6(Ipv6Addr::from(a))
+    let v4 = body[0] == libc::AF_INET as u8;
+    let addr = |at: usize, port_at: usize| {
+        let port = u16::from_be_bytes([body[port_at], body[port_at + 1]]);
+        let ip = if v4 {
+            IpAddr::V4(Ipv4Addr::new(
+                body[at],
+                body[at + 1],
+                body[at + 2],
+                body[at + 3],
+            ))
+        } else {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&body[at..at + 16]);
+            IpAddr::V6(Ipv6Addr::from(a))
+        };
+        SocketAddr::new(ip, port)
     };
     Some(InetEntry {
-        proto: if family == libc::AF_INET as u8 {
-            "tcp"
-        } else {
-            "tcp6"
-        },
-        local: SocketAddr::new(ip, port),
+        proto: if v4 { "tcp" } else { "tcp6" },
+        local: addr(8, 4),
+        remote: addr(24, 6),
         state: body[1],
         inode: u64::from(u32_at(body, 68)),
         rx_queue: u32_at(body, 56),
@@ -1213,8 +1240,12 @@ mod tests {
         );
         let accepted = find(ino(a.as_fd())).expect("the accepted connection");
         assert_eq!(
-            (accepted.local, accepted.state),
-            (l.local_addr().unwrap(), TCP_ESTABLISHED)
+            (accepted.local, accepted.remote, accepted.state),
+            (
+                l.local_addr().unwrap(),
+                c.local_addr().unwrap(),
+                TCP_ESTABLISHED
+            )
         );
         assert_eq!(
             find(ino(c.as_fd())).map(|e| e.local),
@@ -1224,11 +1255,8 @@ mod tests {
         assert!(got.iter().all(|e| mask & (1 << e.state) != 0));
         // The same through /proc.
         let via_proc = inet_table(&["tcp", "tcp6"]).unwrap();
-        assert!(
-            via_proc
-                .iter()
-                .any(|e| e.inode == ino(a.as_fd()) && e.local == accepted.local)
-        );
+        assert!(via_proc.iter().any(|e| e.inode == ino(a.as_fd())
+            && (e.local, e.remote) == (accepted.local, accepted.remote)));
     }
 
     #[test]
@@ -1277,6 +1305,83 @@ mod tests {
             .unwrap();
         assert_eq!(line.rx_queue, 3);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Both ends of a connection, from /proc/net/tcp{,6} (the kernel's
+    /// address words in host order) and from an inet_diag_msg.
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn connection_ends_parse() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue
+   0: 0100007F:1388 0200007F:D431 03 00000000:00000000 02:00000123 00000002     0        0 0 0 0000000000000000
+   1: 0100007F:1388 0100007F:D432 01 00000000:00000000 00:00000000 00000000  1000        0 41240 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:1388 zz:D432 01 00000000:00000000 00:00000000 00000000  1000        0 41241 1 0000000000000000 20 4 30 10 -1
+";
+        let e = parse_inet_table(tcp, "tcp");
+        assert_eq!(e.len(), 2, "a remote address that does not parse: skipped");
+        assert_eq!(
+            (e[0].local, e[0].remote, e[0].state),
+            (
+                "127.0.0.1:5000".parse().unwrap(),
+                "127.0.0.2:54321".parse().unwrap(),
+                TCP_SYN_RECV
+            )
+        );
+        assert_eq!(e[1].remote, "127.0.0.1:54322".parse().unwrap());
+        let tcp6 = "  sl  local_address                         remote_address                        st
+   0: 00000000000000000000000001000000:1388 0000000000000000FFFF00000100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 7 1 0000000000000000
+";
+        let e = parse_inet_table(tcp6, "tcp6");
+        assert_eq!(
+            (e[0].local, e[0].remote),
+            (
+                "[::1]:5000".parse().unwrap(),
+                "[::ffff:127.0.0.1]:54321".parse().unwrap()
+            )
+        );
+
+        // inet_diag_msg: family state timer retrans, sport dport (big
+        // endian), src, dst (16 bytes each), if, cookie, expires, rqueue,
+        // wqueue, uid, inode.
+        let msg = |family: i32, src: &[u8], dst: &[u8]| {
+            let mut m = vec![family as u8, TCP_SYN_RECV, 0, 0];
+            m.extend(5000u16.to_be_bytes());
+            m.extend(54321u16.to_be_bytes());
+            m.extend(src);
+            m.resize(24, 0);
+            m.extend(dst);
+            m.resize(56, 0);
+            m.extend(3u32.to_ne_bytes());
+            m.extend(9u32.to_ne_bytes());
+            m.extend(0u32.to_ne_bytes());
+            m.extend(41234u32.to_ne_bytes());
+            m
+        };
+        let v4 = inet_entry(&msg(libc::AF_INET, &[127, 0, 0, 1], &[10, 1, 2, 3])).unwrap();
+        assert_eq!(
+            v4,
+            InetEntry {
+                proto: "tcp",
+                local: "127.0.0.1:5000".parse().unwrap(),
+                remote: "10.1.2.3:54321".parse().unwrap(),
+                state: TCP_SYN_RECV,
+                inode: 41234,
+                rx_queue: 3,
+                tx_queue: 9,
+            }
+        );
+        let one: Ipv6Addr = "::1".parse().unwrap();
+        let mapped: Ipv6Addr = "::ffff:10.1.2.3".parse().unwrap();
+        let v6 = inet_entry(&msg(libc::AF_INET6, &one.octets(), &mapped.octets())).unwrap();
+        assert_eq!(
+            (v6.proto, v6.local, v6.remote),
+            (
+                "tcp6",
+                "[::1]:5000".parse().unwrap(),
+                "[::ffff:10.1.2.3]:54321".parse().unwrap()
+            )
+        );
+        assert_eq!(inet_entry(&msg(libc::AF_INET, &[1], &[2])[..71]), None);
     }
 
     #[test]
@@ -1375,6 +1480,42 @@ mod tests {
             1,
             "keep all, checked later"
         );
+    }
+
+    #[test]
+    fn members_of_several_groups_in_one_pass() {
+        use std::os::unix::process::CommandExt;
+        use std::process::Command;
+        let lead = |cmd: &str, group: i32| {
+            let mut c = Command::new(cmd);
+            c.arg("30").process_group(group);
+            c.spawn().unwrap()
+        };
+        let mut a = lead("sleep", 0);
+        let ga = a.id() as i32;
+        let mut a2 = lead("sleep", ga);
+        // A zombie still holds its group.
+        let mut dead = lead("true", ga);
+        let mut b = lead("sleep", 0);
+        let gb = b.id() as i32;
+        let mut other = lead("sleep", 0);
+        let dead_pid = dead.id() as i32;
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while stat(dead_pid).is_some_and(|s| s.alive()) {
+            assert!(std::time::Instant::now() < end, "{dead_pid} does not exit");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut want = vec![ga, a2.id() as i32, dead_pid, gb];
+        want.sort_unstable();
+        assert_eq!(group_members(&[ga, gb]), want);
+        assert_eq!(group_members(&[gb]), vec![gb]);
+        assert_eq!(group_members(&[]), Vec::<i32>::new());
+        for c in [&mut a, &mut a2, &mut b, &mut other] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        dead.wait().unwrap();
+        assert_eq!(group_members(&[ga, gb]), Vec::<i32>::new());
     }
 
     #[test]

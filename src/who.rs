@@ -573,6 +573,7 @@ mod tests {
             InetEntry {
                 proto: "tcp",
                 local: "127.0.0.1:5000".parse().unwrap(),
+                remote: "0.0.0.0:0".parse().unwrap(),
                 state: TCP_LISTEN,
                 inode: 41234,
                 rx_queue: 3,

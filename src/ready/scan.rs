@@ -759,6 +759,7 @@ mod tests {
         let e = |local: &str, state, inode| proc::InetEntry {
             proto: "tcp",
             local: local.parse().unwrap(),
+            remote: "0.0.0.0:0".parse().unwrap(),
             state,
             inode,
             rx_queue: 0,

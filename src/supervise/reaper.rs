@@ -54,16 +54,10 @@ pub fn group_alive(pgid: i32) -> bool {
     )
 }
 
-/// The processes of group `pgid`, zombies included (one nobody reaps keeps
-/// the group alive), for `relaunch status`. Reads /proc: call it off the
-/// event loop.
+/// The processes of group `pgid`, zombies included, for `relaunch status`.
+/// Reads /proc: call it off the event loop.
 pub fn group_members(pgid: i32) -> Vec<i32> {
-    let mut pids: Vec<i32> = proc::pids()
-        .into_iter()
-        .filter(|&pid| proc::stat(pid).is_some_and(|s| s.pgrp == pgid))
-        .collect();
-    pids.sort_unstable();
-    pids
+    proc::group_members(&[pgid])
 }
 
 /// Processes that outlived their parents landed on us (a subreaper). None may
