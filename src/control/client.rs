@@ -342,12 +342,13 @@ fn render_header(s: &Status) -> String {
         out += &format!("idle since {} ago\n", age(secs));
     }
     if let Some(d) = &s.draining {
+        let busy = match d.measured {
+            true => format!("{} open connection(s), {} queued", d.open, d.queued),
+            false => "measuring".into(),
+        };
         out += &format!(
-            "generation {} (draining): {} open connection(s), {} queued; stopped once idle, \
-             or in {} at the latest\n",
+            "generation {} (draining): {busy}; stopped once idle, or in {} at the latest\n",
             d.generation,
-            d.open,
-            d.queued,
             age(d.left_secs)
         );
     }

@@ -106,6 +106,10 @@ pub struct DrainInfo {
     pub handshakes: u32,
     /// It is stopped at the latest this much later.
     pub left_secs: f64,
+    /// The figures above come from a measure (the first one may not have
+    /// come back yet).
+    #[serde(default)]
+    pub measured: bool,
 }
 
 impl Status {

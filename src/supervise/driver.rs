@@ -1714,9 +1714,11 @@ impl Sources {
         }
         self.drain
             .arm(wants.drain.is_some().then_some(DRAIN_EVERY), now);
+        // The first measure of a drain at once, the others on the tick.
+        let first = |w: &Option<(u64, Watch)>, g: u64| w.as_ref().is_none_or(|(wg, _)| *wg != g);
         if let Some((generation, pgids)) = wants.drain
             && !self.draining.busy()
-            && self.drain.due().is_some_and(|t| t <= now)
+            && (self.drain.due().is_some_and(|t| t <= now) || first(&self.drain_watch, generation))
         {
             self.drain.ticked(now);
             let watch = match self.drain_watch.take() {
@@ -1770,7 +1772,8 @@ impl Sources {
             () = self.listeners.connection() => Wake::Connection,
             () = sleep_until(idle_due) => Wake::IdleTick,
             Some(event) = measured => Wake::Measured(event),
-            () = sleep_until(self.drain.due()) => Wake::DrainTick,
+            // Not while a measure runs: a due tick would fire at every turn.
+            () = sleep_until(self.drain.due().filter(|_| !self.draining.busy())) => Wake::DrainTick,
             Some((watch, event)) = self.draining.done() => Wake::Drained(watch, event),
         }
     }

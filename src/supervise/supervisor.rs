@@ -1065,6 +1065,7 @@ impl Supervisor {
             queued: b.queued,
             handshakes: b.handshakes,
             left_secs: until.saturating_duration_since(now).as_secs_f64(),
+            measured: self.drain.last.is_some(),
         })
     }
 
