@@ -521,16 +521,77 @@ fn hex_word(s: &str) -> Option<u32> {
 /// for, so no cost for the thousands of TIME_WAIT lines /proc/net/tcp holds
 /// under load. Falls back to /proc/net/tcp{,6} where netlink is refused.
 pub fn tcp_sockets(states: u32) -> io::Result<Vec<InetEntry>> {
-    match sock_diag(states) {
-        Ok(v) => Ok(v),
+    tcp_sockets_filtered(states, None)
+}
+
+/// [`tcp_sockets`] whose local port is one of `ports`, filtered in the
+/// kernel: a look at a few ports costs nothing for the other sockets of a
+/// busy machine.
+pub fn tcp_sockets_on(states: u32, ports: &[u16]) -> io::Result<Vec<InetEntry>> {
+    if ports.is_empty() {
+        return Ok(Vec::new());
+    }
+    tcp_sockets_filtered(states, Some(ports))
+}
+
+fn tcp_sockets_filtered(states: u32, ports: Option<&[u16]>) -> io::Result<Vec<InetEntry>> {
+    let wanted = |e: &InetEntry| ports.is_none_or(|p| p.contains(&e.local.port()));
+    // A filter's lengths are 16-bit: thousands of ports are filtered here.
+    let bytecode = ports
+        .filter(|p| p.len() <= 1000)
+        .map(port_bytecode)
+        .unwrap_or_default();
+    let found = match sock_diag(states, &bytecode) {
+        Err(e) if !bytecode.is_empty() && e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::debug!("sock_diag refuses a port filter ({e}); filtering here");
+            sock_diag(states, &[])
+        }
+        found => found,
+    };
+    match found {
+        Ok(v) => Ok(v.into_iter().filter(wanted).collect()),
         Err(e) => {
             tracing::debug!("sock_diag: {e}; reading /proc/net/tcp instead");
             Ok(inet_table(&["tcp", "tcp6"])?
                 .into_iter()
                 .filter(|e| e.state < 32 && states & (1 << e.state) != 0)
+                .filter(wanted)
                 .collect())
         }
     }
+}
+
+/// inet_diag bytecode that keeps a socket whose local port is one of
+/// `ports`: per port, "port >= p" and "port <= p", each jumping to the next
+/// port's test when false, joined by jumps to the end when true. The kernel
+/// checks that every jump lands on an op of the chain the "yes" offsets
+/// make (a JMP's "yes" links the next test into it), or just past the end,
+/// which rejects.
+fn port_bytecode(ports: &[u16]) -> Vec<u8> {
+    const JMP: u8 = 1;
+    const S_GE: u8 = 2;
+    const S_LE: u8 = 3;
+    let total = 20 * ports.len() - 4;
+    let mut b = Vec::with_capacity(total);
+    let op = |b: &mut Vec<u8>, code: u8, yes: u8, no: usize| {
+        b.extend([code, yes]);
+        b.extend((no as u16).to_ne_bytes());
+    };
+    for (i, &port) in ports.iter().enumerate() {
+        let at = b.len();
+        let last = i + 1 == ports.len();
+        // Where a mismatch goes: the next port's test, or past the end.
+        let fail = if last { total + 4 } else { at + 20 };
+        op(&mut b, S_GE, 8, fail - at);
+        op(&mut b, 0, 0, usize::from(port));
+        op(&mut b, S_LE, 8, fail - (at + 8));
+        op(&mut b, 0, 0, usize::from(port));
+        if !last {
+            let here = b.len();
+            op(&mut b, JMP, 4, total - here);
+        }
+    }
+    b
 }
 
 /// The accept queue of a listening stream socket.
@@ -556,7 +617,7 @@ pub fn listen_queues() -> io::Result<HashMap<u64, Queue>> {
         };
         (e.inode, q)
     };
-    match sock_diag(1 << TCP_LISTEN) {
+    match sock_diag(1 << TCP_LISTEN, &[]) {
         Ok(found) => out.extend(found.into_iter().map(|e| {
             let backlog = Some(e.tx_queue);
             tcp(e, backlog)
@@ -598,11 +659,12 @@ fn diag_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn sock_diag(states: u32) -> io::Result<Vec<InetEntry>> {
+/// `bytecode`: an inet_diag filter, or empty for every socket.
+fn sock_diag(states: u32, bytecode: &[u8]) -> io::Result<Vec<InetEntry>> {
     let fd = diag_socket()?;
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        netlink_dump(&fd, &inet_request(family, states), |datagram| {
+        netlink_dump(&fd, &inet_request(family, states, bytecode), |datagram| {
             parse_diag(datagram, &mut out)
         })?;
     }
@@ -663,12 +725,26 @@ fn diag_header(body_len: u32) -> Vec<u8> {
     b
 }
 
-/// inet_diag_req_v2 for every TCP socket of `family` in `states`.
-fn inet_request(family: u8, states: u32) -> Vec<u8> {
-    let mut b = diag_header(56);
+/// INET_DIAG_REQ_BYTECODE: the request attribute holding a filter.
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+
+/// inet_diag_req_v2 for every TCP socket of `family` in `states`, and the
+/// `bytecode` filter when there is one.
+fn inet_request(family: u8, states: u32, bytecode: &[u8]) -> Vec<u8> {
+    let attr = if bytecode.is_empty() {
+        0
+    } else {
+        4 + bytecode.len()
+    };
+    let mut b = diag_header((56 + attr) as u32);
     b.extend([family, libc::IPPROTO_TCP as u8, 0, 0]);
     b.extend(states.to_ne_bytes());
     b.resize(16 + 56, 0); // inet_diag_sockid: all zero, no filter
+    if attr > 0 {
+        b.extend((attr as u16).to_ne_bytes());
+        b.extend(INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        b.extend(bytecode);
+    }
     b
 }
 
@@ -1231,7 +1307,7 @@ mod tests {
         use std::os::fd::AsFd;
         let ino = |fd: std::os::fd::BorrowedFd<'_>| nix::sys::stat::fstat(fd).unwrap().st_ino;
         let mask = (1 << TCP_ESTABLISHED) | (1 << TCP_LISTEN);
-        let got = sock_diag(mask).expect("sock_diag works here");
+        let got = sock_diag(mask, &[]).expect("sock_diag works here");
         let find = |i: u64| got.iter().find(|e| e.inode == i).cloned();
         let listener = find(ino(l.as_fd())).expect("the listener");
         assert_eq!(
@@ -1257,6 +1333,43 @@ mod tests {
         let via_proc = inet_table(&["tcp", "tcp6"]).unwrap();
         assert!(via_proc.iter().any(|e| e.inode == ino(a.as_fd())
             && (e.local, e.remote) == (accepted.local, accepted.remote)));
+    }
+
+    #[test]
+    fn sock_diag_filters_by_local_port() {
+        let ls: Vec<_> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let port = |i: usize| ls[i].local_addr().unwrap().port();
+        let c = std::net::TcpStream::connect(ls[1].local_addr().unwrap()).unwrap();
+        let (_a, _) = ls[1].accept().unwrap();
+        let mask = (1 << TCP_ESTABLISHED) | (1 << TCP_LISTEN);
+        let ports = |got: Vec<InetEntry>| {
+            let mut p: Vec<u16> = got.iter().map(|e| e.local.port()).collect();
+            p.sort_unstable();
+            p
+        };
+        // The kernel takes the filter (a refusal would fall back unseen).
+        let middle = [port(0), port(1), port(2)].map(|p| p.wrapping_add(1000));
+        for (asked, want) in [
+            (vec![port(1)], vec![port(1), port(1)]),
+            (vec![port(0), port(1)], vec![port(0), port(1), port(1)]),
+            (vec![middle[0], port(2), middle[2]], vec![port(2)]),
+            (vec![port(0), port(2)], vec![port(0), port(2)]),
+        ] {
+            let got = sock_diag(mask, &port_bytecode(&asked)).expect("a port filter");
+            let theirs: Vec<u16> = ports(got)
+                .into_iter()
+                .filter(|p| [port(0), port(1), port(2)].contains(p))
+                .collect();
+            let mut want = want;
+            want.sort_unstable();
+            assert_eq!(theirs, want, "{asked:?}");
+        }
+        let got = tcp_sockets_on(mask, &[port(1)]).unwrap();
+        assert_eq!(ports(got), vec![port(1), port(1)], "not the client's end");
+        assert!(tcp_sockets_on(mask, &[]).unwrap().is_empty());
+        drop(c);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! accept queues, none of its processes holds a TCP connection on a held
 //! port, and no handshake that was under way at the switch is still pending
 //! (it completes on the member its SYN was steered to). Read from outside,
-//! without accepting anything: one sock_diag dump (`proc::tcp_sockets`) and
-//! the fd tables of the generation's processes. Blocking: run it on a
-//! helper thread.
+//! without accepting anything: one sock_diag dump of the held ports
+//! (`proc::tcp_sockets_on`) and the fd tables of the generation's
+//! processes. Blocking: run it on a helper thread.
 //!
 //! The dump is not a snapshot: listeners are dumped before connections, and
 //! IPv4 before IPv6. A handshake that completes between the two parts is in
@@ -76,7 +76,7 @@ impl Watch {
     pub fn look(&mut self, pids: &[i32]) -> io::Result<Busy> {
         // The dump before the fds: a connection accepted in between was in
         // the dump's accept queue; one closed in between is gone from the fds.
-        let tcp = proc::tcp_sockets(STATES)?;
+        let tcp = proc::tcp_sockets_on(STATES, &self.ports)?;
         let held = held_sockets(pids)?;
         Ok(self.count(&tcp, &held))
     }
