@@ -1727,10 +1727,7 @@ impl Sources {
             };
             self.draining.start(move || {
                 let mut watch = watch;
-                let pids: Vec<i32> = pgids
-                    .iter()
-                    .flat_map(|&p| reaper::group_members(p))
-                    .collect();
+                let pids = crate::proc::group_members(&pgids);
                 let busy = watch.look(&pids).map_err(|e| e.to_string());
                 (watch, Event::Drained { generation, busy })
             });
