@@ -83,7 +83,21 @@ impl Watch {
 
     /// Pure: the dump `tcp` against the socket inodes `held` in the fds.
     fn count(&mut self, tcp: &[InetEntry], held: &HashSet<u64>) -> Busy {
-        let ours = |e: &&InetEntry| self.ports.contains(&e.local.port());
+        // Where the members listen: a connection to another address of the
+        // port (another listener's, on a specific address) is not theirs.
+        let at: Vec<SocketAddr> = tcp
+            .iter()
+            .filter(|e| e.state == proc::TCP_LISTEN && self.members.contains(&e.inode))
+            .map(|e| e.local)
+            .collect();
+        let reaches = |l: &SocketAddr, to: &SocketAddr| {
+            l.port() == to.port()
+                && (l.ip().is_unspecified() || l.ip().to_canonical() == to.ip().to_canonical())
+        };
+        let ours = |e: &&InetEntry| match at.is_empty() {
+            true => self.ports.contains(&e.local.port()),
+            false => at.iter().any(|l| reaches(l, &e.local)),
+        };
         let mut listeners = HashSet::new();
         let queued = tcp
             .iter()

@@ -302,6 +302,21 @@ impl Group {
     /// A new member in the next slot, confirmed by a probe; the route is
     /// unchanged throughout.
     fn grow(&mut self) -> io::Result<usize> {
+        let ours: Vec<u64> = self.inodes().collect();
+        let found = steer::foreign_listeners(self.port(), &ours)?;
+        if !found.is_empty() {
+            // Its slot would be where ours is counted: a probe, if not
+            // more, would reach it.
+            return Err(io::Error::other(format!(
+                "a listener relaunch does not own is on port {} ({})",
+                self.port(),
+                found
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         let socket = steer::member(self.addr, Some(self.owner), self.backlog)?;
         let slot = self.members.len();
         let dest = reachable(self.addr);
@@ -429,14 +444,16 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_member_in_the_group_stops_a_new_one_from_being_used() {
+    fn a_listener_relaunch_does_not_own_stops_a_new_member_and_gets_nothing() {
         let mut g = Group::new(home(), 128).unwrap();
-        g.socket_for(1);
+        let one = g.socket_for(1);
         // Same uid as the group's owner: it can join, and takes slot 1.
-        let stranger = steer::member(g.addr, None, 128).unwrap();
+        let stranger = Arc::new(steer::member(g.addr, None, 128).unwrap());
         let err = g.open(2).unwrap_err().to_string();
-        assert!(err.contains("members relaunch does not know of"), "{err}");
-        drop(stranger);
+        assert!(err.contains("a listener relaunch does not own"), "{err}");
+        for _ in 0..20 {
+            assert_eq!(lands(&g, &[&one, &stranger]), 0);
+        }
         assert_eq!(g.inodes().count(), 1);
     }
 

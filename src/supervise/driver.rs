@@ -337,9 +337,13 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
     };
     let intercept = intercept_table(&plan, &listeners);
     if let (Some(t), Some(m)) = (&intercept, membership.filter(|_| !groups.is_empty())) {
-        // A listener moved where the app binds stays a member.
+        // A listener moved where the app binds is a group's first member,
+        // steered from birth: a group without a program spreads connections
+        // over every member (see Group::new, which the driver makes of it).
         t.set_maker(Box::new(move |at, v6only, backlog| {
-            steer::member_with(at, m.owner, backlog, v6only)
+            let sock = steer::member_with(at, m.owner, backlog, v6only)?;
+            steer::attach(&sock, &steer::program(steer::Route::To(0), None))?;
+            Ok(sock)
         }));
     }
     if let Some(t) = &intercept

@@ -457,3 +457,85 @@ fn websockets_old_generation_keeps_its_connections_until_the_drain_timeout() {
     );
     assert_eq!(failed, Vec::<String>::new(), "failed websocket connects");
 }
+
+/// A socket made as `uid` (the fsuid of this thread around `socket()`),
+/// SO_REUSEPORT, bound to `addr` and listening: what a process running as
+/// that uid could make.
+fn listener_as(uid: u32, addr: SocketAddr) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Socket, Type};
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setfsuid changes only this short-lived thread's fsuid.
+            unsafe { libc::setfsuid(uid) };
+            let made = Socket::new(Domain::for_address(addr), Type::STREAM, None);
+            // SAFETY: as above; back to root before the thread ends.
+            unsafe { libc::setfsuid(0) };
+            let sock = made?;
+            sock.set_reuse_address(true)?;
+            sock.set_reuse_port(true)?;
+            sock.bind(&addr.into())?;
+            sock.listen(128)?;
+            sock.set_nonblocking(true)?;
+            Ok(sock)
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// Nobody else can join the port's group: root and the app's uid get
+/// EADDRINUSE. A listener that could (it runs as the group's own uid,
+/// which nothing should) gets no connection, before or after a reload, and
+/// the log names it; the reload then stops the old generation at once.
+#[test]
+fn no_connection_is_steered_to_a_listener_relaunch_does_not_own() {
+    use std::os::unix::fs::MetadataExt;
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var("CI").is_err(), "CI runs as root");
+        eprintln!("foreign listener: NOT RUN: needs root");
+        return;
+    }
+    let dir = TempDir::new("drain-foreign");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let a = app("threading_server.py");
+    let (mut r, port) = start_on_a_free_port(&["--control", &ctl], &["python3", &a, "PORT"]);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let first = while_running(&mut r, "the app's first answer", || get(addr).ok());
+    // The group's owner: the uid of the socket the child was given.
+    let owner = std::fs::metadata(format!("/proc/{first}/fd/3"))
+        .unwrap()
+        .uid();
+    assert_ne!(owner, 0, "the group is owned by a uid of its own");
+    for uid in [0, 65534] {
+        for ip in ["0.0.0.0", "127.0.0.1"] {
+            let at: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+            let e = listener_as(uid, at).expect_err("nobody joins the group");
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::EADDRINUSE),
+                "uid {uid} on {at}"
+            );
+        }
+    }
+    let stranger =
+        listener_as(owner, ([0, 0, 0, 0], port).into()).expect("the owner's uid can join");
+    let load = Load::start(addr, CLIENTS);
+    serves_alone(addr, &first, "with the stranger in the group");
+    let (code, out) = cli(&["reload", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    let next = wait_new_pid(addr, &first);
+    serves_alone(addr, &next, "after the reload");
+    let rep = load.finish();
+    assert!(rep.ok > 0, "{}", summary(&rep));
+    let mut taken = 0;
+    while stranger.accept().is_ok() {
+        taken += 1;
+    }
+    assert_eq!(taken, 0, "connections reached the stranger");
+    let log = r.log.text();
+    assert!(
+        log.contains("a listener relaunch does not own is on port"),
+        "the log names it:\n{log}"
+    );
+    assert!(log.contains("without a drain"), "{log}");
+}

@@ -537,6 +537,20 @@ pub fn free_port() -> u16 {
 }
 
 /// (Recv-Q, Send-Q) of every TCP listener on `port`; Send-Q is the backlog.
+/// The listeners on `port`, each of which relaunch holds (as root, a
+/// held port has a socket per generation alive); an app's own fails.
+pub fn held_listeners_on(port: u16) -> Vec<(String, u32)> {
+    let found = listeners_on(port);
+    assert!(!found.is_empty(), "nothing listens on {port}");
+    for (line, _) in &found {
+        assert!(
+            line.contains("\"relaunch\""),
+            "a listener on {port} that relaunch does not hold: {found:?}"
+        );
+    }
+    found
+}
+
 pub fn listeners_on(port: u16) -> Vec<(String, u32)> {
     let out = Command::new("ss")
         .args(["-ltnpH", &format!("sport = :{port}")])
