@@ -371,7 +371,15 @@ fn render_listeners(listeners: &[ListenerInfo]) -> String {
             row
         })
         .collect();
-    "listeners:\n".to_string() + &table(&rows, "  ")
+    let mut out = "listeners:\n".to_string() + &table(&rows, "  ");
+    for l in listeners.iter().filter(|l| !l.others.is_empty()) {
+        out += &format!(
+            "  {}: also listening on its port, not relaunch's: {} (relaunch never steers there)\n",
+            l.name,
+            l.others.join(", ")
+        );
+    }
+    out
 }
 
 fn render_children(children: &[ChildInfo]) -> String {

@@ -266,6 +266,32 @@ impl Group {
         Ok(Arc::clone(&self.members[i].socket))
     }
 
+    /// `n` connections of relaunch's own to `generation`'s member, which
+    /// nothing else reaches before it serves: a server that only ever
+    /// shows readiness by accepting (one that polls a non-blocking accept)
+    /// has something to accept. Each stays open, sending nothing, until
+    /// dropped.
+    pub fn probe(&mut self, generation: u64, n: usize) -> io::Result<Vec<Socket>> {
+        let slot = self.position(generation).ok_or_else(|| {
+            io::Error::other(format!(
+                "generation {generation} has no socket in the group"
+            ))
+        })? as u32;
+        let dest = reachable(self.addr);
+        let mut out = Vec::with_capacity(n);
+        let made = (0..n).try_for_each(|_| {
+            let (sock, port) = steer::probe_socket(dest)?;
+            let prog = steer::program(Route::To(self.route as u32), Some(Probe { port, slot }));
+            steer::attach(self.members[0].socket.as_ref(), &prog)?;
+            sock.connect_timeout(&dest.into(), PROBE_WAIT)?;
+            out.push(sock);
+            Ok::<(), io::Error>(())
+        });
+        // The probe's rule goes either way.
+        self.attach()?;
+        made.map(|()| out)
+    }
+
     /// New connections go to `generation`'s member from now on.
     pub fn steer_to(&mut self, generation: u64) -> io::Result<()> {
         let i = self.position(generation).ok_or_else(|| {
@@ -410,6 +436,24 @@ mod tests {
         }
         // Its restarts get the same socket.
         assert!(Arc::ptr_eq(&g.socket_for(2), &two));
+    }
+
+    #[test]
+    fn probes_reach_the_new_generation_alone_and_the_route_stays() {
+        let mut g = Group::new(home(), 128).unwrap();
+        let one = g.socket_for(1);
+        let two = g.open(2).unwrap();
+        let probes = g.probe(2, 3).unwrap();
+        assert_eq!(probes.len(), 3);
+        two.set_nonblocking(true).unwrap();
+        for _ in 0..3 {
+            two.accept()
+                .expect("each probe waits on generation 2's socket");
+        }
+        assert!(two.accept().is_err(), "nothing else reached it");
+        for _ in 0..20 {
+            assert_eq!(lands(&g, &[&one, &two]), 0, "the route is unchanged");
+        }
     }
 
     #[test]

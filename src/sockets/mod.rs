@@ -662,11 +662,17 @@ mod tests {
         std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         drop(opened);
 
-        let kept = tcp("127.0.0.1:0", true);
-        let port = kept.local_addr().unwrap().as_socket().unwrap().port();
-        // SAFETY: shutdown on our own socket.
-        unsafe { libc::shutdown(kept.as_raw_fd(), libc::SHUT_RDWR) };
-        let opened = open(&stored(port), vec![back(kept)], 16, None).unwrap();
+        // The port is free between the shutdown and the bind: another test
+        // binding port 0 meanwhile may take it, then try another.
+        let (port, opened) = (0..5)
+            .find_map(|_| {
+                let kept = tcp("127.0.0.1:0", true);
+                let port = kept.local_addr().unwrap().as_socket().unwrap().port();
+                // SAFETY: shutdown on our own socket.
+                unsafe { libc::shutdown(kept.as_raw_fd(), libc::SHUT_RDWR) };
+                Some((port, open(&stored(port), vec![back(kept)], 16, None).ok()?))
+            })
+            .expect("five ports in a row taken between shutdown and bind");
         assert_eq!(opened.stale, ["relaunch.http"]);
         assert_eq!(opened.bound_here, [0]);
         let l = &opened.listeners[0];

@@ -205,6 +205,7 @@ pub async fn run(boot: Boot) -> Result<i32> {
         launch,
         listeners,
         groups,
+        probes: HashMap::new(),
         intercept,
         listened: listened_tx,
         notify: HashMap::new(),
@@ -604,6 +605,7 @@ fn config(plan: &plan::Plan, listeners: &[Listener]) -> Config {
             fd: 3 + i as i32,
             waiting: None,
             backlog: None,
+            others: Vec::new(),
         })
         .collect();
     Config {
@@ -899,6 +901,9 @@ struct Driver {
     /// Where old generations drain: each listener's SO_REUSEPORT group,
     /// in the listeners' order (empty: no drain).
     groups: Vec<Group>,
+    /// relaunch's own connections to a starting generation's sockets, by
+    /// generation (see `Group::probe`).
+    probes: HashMap<u64, Vec<Socket>>,
     /// The held sockets as bind interception sees them (None: --no-intercept).
     /// Under `--port` it may rebind one where the app binds: children get
     /// their fds from here.
@@ -1229,7 +1234,11 @@ impl Driver {
     fn perform(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Steer { generation } => self.steer(generation),
+                Effect::Steer { generation } => {
+                    // Real connections come now: the probes end (a FIN).
+                    self.probes.remove(&generation);
+                    self.steer(generation)
+                }
                 Effect::SignalEscaped { pid, sig } => {
                     if let Some(e) = self.escaped.get(&pid)
                         && let Err(err) = e.signal(sig)
@@ -1264,6 +1273,7 @@ impl Driver {
                     for g in &mut self.groups {
                         g.release(generation);
                     }
+                    self.probes.remove(&generation);
                     if let Some(t) = &self.intercept {
                         t.forget(generation);
                     }
@@ -1323,8 +1333,19 @@ impl Driver {
                 None => scan::socket_inode(l.socket.as_fd()).into_iter().collect(),
             })
             .collect();
+        let ports: Vec<Option<u16>> = self
+            .listeners
+            .iter()
+            .map(|l| match l.addr {
+                Some(plan::spec::Addr::Inet {
+                    proto: plan::spec::Proto::Tcp,
+                    ..
+                }) => l.socket.local_addr().ok()?.as_socket().map(|a| a.port()),
+                _ => None,
+            })
+            .collect();
         tokio::task::spawn_blocking(move || {
-            fill_status(&mut status, &inodes);
+            fill_status(&mut status, &inodes, &ports);
             let _ = to.send(Response::Status(Box::new(status)));
         });
     }
@@ -1517,13 +1538,24 @@ impl Spawner for Driver {
         Ok(spawned.pid)
     }
 
-    fn open(&mut self, generation: u64) -> bool {
+    fn open(&mut self, generation: u64, probes: usize) -> bool {
         // A listener interception moved has a new group.
         self.sync_listeners();
         let mut own = Vec::with_capacity(self.groups.len());
         for (g, l) in self.groups.iter_mut().zip(&self.listeners) {
             match g.open(generation) {
-                Ok(s) => own.push(Some(s)),
+                Ok(s) => {
+                    own.push(Some(s));
+                    match g.probe(generation, probes) {
+                        Ok(p) => self.probes.entry(generation).or_default().extend(p),
+                        Err(e) => warn!(
+                            generation,
+                            "{}: cannot connect to generation {generation}'s socket ({e}); a \
+                             server that is seen ready only by accepting may not be",
+                            l.name
+                        ),
+                    }
+                }
                 Err(e) => {
                     warn!(
                         generation,
@@ -1535,6 +1567,7 @@ impl Spawner for Driver {
                     for g in &mut self.groups {
                         g.release(generation);
                     }
+                    self.probes.remove(&generation);
                     return false;
                 }
             }
@@ -2250,7 +2283,14 @@ async fn exec_reported(
 
 /// Adds what the kernel knows to a status: each listener's accept queue,
 /// and the members of lingering groups. Blocking: /proc and netlink.
-fn fill_status(status: &mut control::Status, inodes: &[Vec<u64>]) {
+fn fill_status(status: &mut control::Status, inodes: &[Vec<u64>], ports: &[Option<u16>]) {
+    for ((l, inodes), port) in status.listeners.iter_mut().zip(inodes).zip(ports) {
+        if let Some(port) = port
+            && let Ok(found) = steer::foreign_listeners(*port, inodes)
+        {
+            l.others = found.iter().map(|a| a.to_string()).collect();
+        }
+    }
     match crate::proc::listen_queues() {
         Ok(queues) => {
             for (l, inodes) in status.listeners.iter_mut().zip(inodes) {

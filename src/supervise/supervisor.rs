@@ -218,9 +218,10 @@ pub trait Spawner {
     /// group. A failed exec is reported later, as [`Event::ExecFailed`].
     fn spawn(&mut self, generation: u64, worker: usize) -> Result<i32, spawn::Error>;
     /// Gives `generation`, about to start beside the serving one, sockets
-    /// of its own that get no connection until [`Effect::Steer`]. false:
-    /// it shares the serving generation's (no drain).
-    fn open(&mut self, generation: u64) -> bool;
+    /// of its own that get no connection until [`Effect::Steer`], but for
+    /// `probes` of relaunch's own on each (for `--ready auto`: something to
+    /// accept). false: it shares the serving generation's (no drain).
+    fn open(&mut self, generation: u64, probes: usize) -> bool;
     /// A number in [0, 1) for backoff jitter.
     fn jitter(&mut self) -> f64;
     /// Forks `--build` in its own process group; its exit comes back as
@@ -1956,7 +1957,12 @@ impl Supervisor {
             generation,
             "reload: starting generation {generation} beside generation {}", self.kept.serving
         );
-        let own = self.kept.cfg.drain.is_some() && os.open(generation);
+        // A server that auto-readiness sees only accepting needs connections.
+        let probes = match self.kept.cfg.ready_auto {
+            true => self.kept.cfg.workers,
+            false => 0,
+        };
+        let own = self.kept.cfg.drain.is_some() && os.open(generation, probes);
         self.kept.reload = Some(Reload {
             generation,
             phase: Phase::Starting {

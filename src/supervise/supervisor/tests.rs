@@ -147,7 +147,7 @@ impl Spawner for Fake {
         self.spawned.push((pid, generation, worker));
         Ok(pid)
     }
-    fn open(&mut self, generation: u64) -> bool {
+    fn open(&mut self, generation: u64, _probes: usize) -> bool {
         if self.own_sockets {
             self.opened.push(generation);
         }
