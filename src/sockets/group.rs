@@ -83,14 +83,17 @@ pub fn membership(plan: &[Planned], on_demand: bool) -> Option<Membership> {
     }
 }
 
-/// One group per listener, or none at all (drain off, said why).
-pub fn groups(listeners: &[Listener], backlog: i32) -> Vec<Group> {
+/// One group per listener, or none at all (drain off, said why). `stored`:
+/// each listener's other members the fd store gave back, in slot order.
+pub fn groups(listeners: &[Listener], backlog: i32, stored: Vec<Vec<Socket>>) -> Vec<Group> {
     let mut out = Vec::with_capacity(listeners.len());
+    let mut stored = stored.into_iter();
     for l in listeners {
+        let others = stored.next().unwrap_or_default();
         let made = if l.socket.reuse_port().unwrap_or(false) {
             l.socket
                 .try_clone()
-                .and_then(|s| Group::new(Arc::new(s), backlog))
+                .and_then(|s| Group::restore(Arc::new(s), others, backlog))
         } else {
             Err(io::Error::other(
                 "its socket (from systemd's fd store) was made without SO_REUSEPORT",
@@ -152,6 +155,32 @@ impl Group {
         Ok(group)
     }
 
+    /// The group of `home` and the `others` the fd store kept, in slot
+    /// order (none of them left the group: each was held by the store), after
+    /// a relaunch that ended without handing them over. Connections go to
+    /// the member with the most waiting: the one that was served.
+    pub fn restore(home: Arc<Socket>, others: Vec<Socket>, backlog: i32) -> io::Result<Group> {
+        if others.is_empty() {
+            return Group::new(home, backlog);
+        }
+        let mut sockets = vec![home];
+        sockets.extend(others.into_iter().map(Arc::new));
+        let n = sockets.len();
+        let mut group = Group::of(sockets, vec![None; n], 0, backlog)?;
+        let queues = crate::proc::listen_queues().unwrap_or_default();
+        let waiting = |m: &Member| queues.get(&m.inode).map_or(0, |q| q.waiting);
+        let busiest = (0..n).max_by_key(|&i| (waiting(&group.members[i]), usize::MAX - i));
+        group.route = busiest.unwrap_or(0);
+        group.attach()?;
+        info!(
+            addr = %group.addr,
+            "the fd store kept {n} sockets of this port's group; new connections go to the \
+             one in slot {}",
+            group.route
+        );
+        Ok(group)
+    }
+
     /// A group handed over by an upgrade: its members in slot order (the
     /// kernel's order is unchanged by an exec).
     pub fn adopt(members: Vec<Arc<Socket>>, saved: Saved) -> io::Result<Group> {
@@ -207,6 +236,11 @@ impl Group {
                 backlog: self.backlog,
             },
         )
+    }
+
+    /// How many members (slots) it has.
+    pub fn len(&self) -> usize {
+        self.members.len()
     }
 
     pub fn backlog(&self) -> i32 {
@@ -499,6 +533,29 @@ mod tests {
             assert_eq!(lands(&g, &[&one, &stranger]), 0);
         }
         assert_eq!(g.inodes().count(), 1);
+    }
+
+    #[test]
+    fn a_group_from_the_fd_store_steers_to_the_member_with_connections_waiting() {
+        let first = home();
+        let addr = first.local_addr().unwrap().as_socket().unwrap();
+        let two = steer::member(addr, None, 128).unwrap();
+        let three = steer::member(addr, None, 128).unwrap();
+        // Everything to slot 2, as the relaunch that was killed steered.
+        steer::attach(first.as_ref(), &steer::program(Route::To(2), None)).unwrap();
+        let waiting: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let g = Group::restore(first, vec![two, three], 128).unwrap();
+        assert_eq!(g.route, 2);
+        assert_eq!(g.len(), 3);
+        drop(waiting);
+        // Nothing waiting anywhere: the home socket.
+        let first = home();
+        let addr = first.local_addr().unwrap().as_socket().unwrap();
+        let two = steer::member(addr, None, 128).unwrap();
+        let g = Group::restore(first, vec![two], 128).unwrap();
+        assert_eq!(g.route, 0);
     }
 
     #[test]

@@ -141,11 +141,10 @@ pub struct Opened {
 /// steered between generations (see [`group`]).
 pub fn open(
     plan: &[Planned],
-    inherited: Vec<Inherited>,
+    mut inherited: Vec<Option<Inherited>>,
     backlog: i32,
     group: Option<Membership>,
 ) -> Result<Opened> {
-    let mut inherited: Vec<Option<Inherited>> = inherited.into_iter().map(Some).collect();
     let mut out = Vec::with_capacity(plan.len());
     let mut bound_here = Vec::new();
     let mut stale = Vec::new();
@@ -617,7 +616,9 @@ mod tests {
                 },
             },
         ];
-        let l = open(&plan, inherited, 16, None).unwrap().listeners;
+        let l = open(&plan, inherited.into_iter().map(Some).collect(), 16, None)
+            .unwrap()
+            .listeners;
         assert_eq!(l[0].name, "web");
         assert_eq!(l[0].address(), format!("127.0.0.1:{port}"));
         assert_eq!(l[0].named(3).port(), Some(port));
@@ -641,7 +642,7 @@ mod tests {
         let kept = tcp("127.0.0.1:0", true);
         let port = kept.local_addr().unwrap().as_socket().unwrap().port();
         let inode = nix::sys::stat::fstat(&kept).unwrap().st_ino;
-        let opened = open(&stored(port), vec![back(kept)], 16, None).unwrap();
+        let opened = open(&stored(port), vec![Some(back(kept))], 16, None).unwrap();
         assert!(opened.stale.is_empty(), "{:?}", opened.stale);
         assert!(opened.bound_here.is_empty());
         let l = &opened.listeners[0];
@@ -656,7 +657,7 @@ mod tests {
     fn a_stored_socket_listens_where_it_was_bound_or_is_bound_afresh() {
         let kept = tcp("127.0.0.1:0", false);
         let port = kept.local_addr().unwrap().as_socket().unwrap().port();
-        let opened = open(&stored(port), vec![back(kept)], 16, None).unwrap();
+        let opened = open(&stored(port), vec![Some(back(kept))], 16, None).unwrap();
         assert!(opened.stale.is_empty(), "{:?}", opened.stale);
         assert!(opened.listeners[0].socket.is_listener().unwrap());
         std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -670,7 +671,10 @@ mod tests {
                 let port = kept.local_addr().unwrap().as_socket().unwrap().port();
                 // SAFETY: shutdown on our own socket.
                 unsafe { libc::shutdown(kept.as_raw_fd(), libc::SHUT_RDWR) };
-                Some((port, open(&stored(port), vec![back(kept)], 16, None).ok()?))
+                Some((
+                    port,
+                    open(&stored(port), vec![Some(back(kept))], 16, None).ok()?,
+                ))
             })
             .expect("five ports in a row taken between shutdown and bind");
         assert_eq!(opened.stale, ["relaunch.http"]);

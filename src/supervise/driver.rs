@@ -96,6 +96,10 @@ struct Launch {
     /// relaunch's own NOTIFY_SOCKET.
     notify_socket: Option<OsString>,
     quiet: bool,
+    /// The listeners relaunch bound are kept in systemd's fd store, and so
+    /// are the drain's other sockets as they are made.
+    #[serde(default)]
+    fd_store: bool,
     /// `--log-format json`.
     #[serde(default)]
     json: bool,
@@ -286,10 +290,21 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
     let membership = plan
         .drain
         .and_then(|_| group::membership(&plan.listeners, on_demand));
+    let mut inherited: Vec<Option<_>> = inherited.into_iter().map(Some).collect();
+    // The drain's other sockets the fd store gave back, for their groups.
+    let stored: Vec<(String, u32, Socket)> = plan
+        .members
+        .iter()
+        .filter_map(|(name, slot, i)| {
+            let fd = inherited.get_mut(*i)?.take()?.fd;
+            Some((name.clone(), *slot, Socket::from(fd)))
+        })
+        .collect();
     let opened = sockets::open(&plan.listeners, inherited, plan.backlog, membership)?;
     let listeners = opened.listeners;
+    let (kept, dropped) = stored_members(&listeners, &opened.bound_here, stored, membership);
     let groups = match membership {
-        Some(_) => group::groups(&listeners, plan.backlog),
+        Some(_) => group::groups(&listeners, plan.backlog, kept),
         None => Vec::new(),
     };
     for (i, l) in listeners.iter().enumerate() {
@@ -319,7 +334,11 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
         && store
     {
         let bound: Vec<&Listener> = opened.bound_here.iter().map(|&i| &listeners[i]).collect();
-        keep_in_store(s, &bound, plan.unstore.iter().chain(&opened.stale));
+        keep_in_store(
+            s,
+            &bound,
+            plan.unstore.iter().chain(&opened.stale).chain(&dropped),
+        );
     }
     let control = match &plan.control {
         Some(path) => Some(control::Server::bind(path)?),
@@ -366,6 +385,7 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
             notify_socket,
             quiet: args.quiet,
             json: crate::logging::json(),
+            fd_store: store,
             metrics,
         },
         listeners,
@@ -383,6 +403,39 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
         gauge,
         start: Start::Fresh(cfg),
     })
+}
+
+/// The drain's other sockets the fd store gave back, per listener in slot
+/// order (1, 2, …), and the store names of those that go: all of a listener
+/// bound afresh, or without drain now, or whose slots are not all there
+/// (an order relaunch cannot know).
+fn stored_members(
+    listeners: &[Listener],
+    bound_here: &[usize],
+    mut stored: Vec<(String, u32, Socket)>,
+    membership: Option<sockets::Membership>,
+) -> (Vec<Vec<Socket>>, Vec<String>) {
+    stored.sort_by_key(|(_, slot, _)| *slot);
+    let mut kept: Vec<Vec<Socket>> = listeners.iter().map(|_| Vec::new()).collect();
+    let mut dropped = Vec::new();
+    for (i, l) in listeners.iter().enumerate() {
+        let mine: Vec<(u32, Socket)> = stored
+            .extract_if(.., |(name, _, _)| name == &l.name)
+            .map(|(_, slot, s)| (slot, s))
+            .collect();
+        let whole = mine.iter().zip(1..).all(|((slot, _), n)| *slot == n);
+        if membership.is_some() && !bound_here.contains(&i) && whole {
+            kept[i] = mine.into_iter().map(|(_, s)| s).collect();
+        } else {
+            dropped.extend(mine.iter().map(|(slot, _)| member_name(&l.name, *slot)));
+        }
+    }
+    (kept, dropped)
+}
+
+/// A listener's drain socket in `slot` of its group, in systemd's fd store.
+fn member_name(listener: &str, slot: u32) -> String {
+    format!("{}{listener}~{slot}", plan::inherit::STORE_PREFIX)
 }
 
 /// Whether to offer our listeners to systemd's fd store: NOTIFY_SOCKET is
@@ -1381,11 +1434,19 @@ impl Driver {
                 && let Ok(copy) = h.try_clone()
             {
                 l.socket = copy;
-                regroup |= i < self.groups.len();
+                if let Some(g) = self.groups.get(i) {
+                    regroup = true;
+                    // The old group's other members close: not kept any more.
+                    if self.launch.fd_store
+                        && let Some(sd) = &self.systemd
+                    {
+                        (1..g.len()).for_each(|k| sd.unstore(&member_name(&l.name, k as u32)));
+                    }
+                }
             }
         }
         if regroup {
-            self.groups = group::groups(&self.listeners, self.backlog());
+            self.groups = group::groups(&self.listeners, self.backlog(), Vec::new());
         }
     }
 
@@ -1543,8 +1604,21 @@ impl Spawner for Driver {
         self.sync_listeners();
         let mut own = Vec::with_capacity(self.groups.len());
         for (g, l) in self.groups.iter_mut().zip(&self.listeners) {
+            let slots = g.len();
             match g.open(generation) {
                 Ok(s) => {
+                    // A new member: kept in the fd store with its slot.
+                    if g.len() > slots
+                        && self.launch.fd_store
+                        && let Some(sd) = &self.systemd
+                        && let Err(e) = sd.store(&member_name(&l.name, slots as u32), s.as_raw_fd())
+                    {
+                        warn!(
+                            "{}: cannot offer its new socket to systemd's fd store ({e}); if \
+                             relaunch is killed, connections waiting on it are lost",
+                            l.name
+                        );
+                    }
                     own.push(Some(s));
                     match g.probe(generation, probes) {
                         Ok(p) => self.probes.entry(generation).or_default().extend(p),
