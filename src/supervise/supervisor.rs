@@ -931,22 +931,33 @@ impl Supervisor {
     /// While an old generation drains: the reload's generation, and the
     /// old one's process groups.
     fn drain_wanted(&self) -> Option<(u64, Vec<i32>)> {
-        let Some(Reload {
-            generation,
-            phase: Phase::Emptying { .. },
-            ..
-        }) = self.kept.reload
-        else {
-            return None;
-        };
-        let pgids = self
-            .kept
+        let (generation, ..) = self.emptying()?;
+        Some((generation, self.older_pids(generation)))
+    }
+
+    /// The reload whose old generation drains: its generation, the drain
+    /// timeout and the settle time.
+    fn emptying(&self) -> Option<(u64, Instant, Instant)> {
+        match self.kept.reload? {
+            Reload {
+                generation,
+                phase: Phase::Emptying { until, settle },
+                ..
+            } => Some((generation, until, settle)),
+            _ => None,
+        }
+    }
+
+    /// The children of generations before `generation`.
+    fn older(&self, generation: u64) -> impl Iterator<Item = &Child> {
+        self.kept
             .children
             .iter()
-            .filter(|c| c.generation < generation)
-            .map(|c| c.pid)
-            .collect();
-        Some((generation, pgids))
+            .filter(move |c| c.generation < generation)
+    }
+
+    fn older_pids(&self, generation: u64) -> Vec<i32> {
+        self.older(generation).map(|c| c.pid).collect()
     }
 
     /// The earliest moment an [`Event::Timer`] has something to do.
@@ -1044,21 +1055,8 @@ impl Supervisor {
     }
 
     fn draining(&self, now: Instant) -> Option<control::DrainInfo> {
-        let Some(Reload {
-            phase: Phase::Emptying { until, .. },
-            generation,
-            ..
-        }) = self.kept.reload
-        else {
-            return None;
-        };
-        let old = self
-            .kept
-            .children
-            .iter()
-            .filter(|c| c.generation < generation)
-            .map(|c| c.generation)
-            .max()?;
+        let (generation, until, _) = self.emptying()?;
+        let old = self.older(generation).map(|c| c.generation).max()?;
         let b = self.drain.last.unwrap_or_default();
         Some(control::DrainInfo {
             generation: old,
@@ -2393,12 +2391,8 @@ impl Supervisor {
             self.announce(now);
         }
         // The old generation went on its own while it drained.
-        if let Some(Reload {
-            generation,
-            phase: Phase::Emptying { .. },
-            ..
-        }) = self.kept.reload
-            && !self.kept.children.iter().any(|c| c.generation < generation)
+        if let Some((generation, ..)) = self.emptying()
+            && self.older(generation).next().is_none()
         {
             self.set_phase(Phase::Draining);
         }
@@ -2407,7 +2401,7 @@ impl Supervisor {
             phase: Phase::Draining,
             ..
         }) = self.kept.reload
-            && !self.kept.children.iter().any(|c| c.generation < generation)
+            && self.older(generation).next().is_none()
             && self.escaped.is_empty()
             && self.sweep_wanted().is_none()
         {
@@ -2467,13 +2461,7 @@ impl Supervisor {
     }
 
     fn promote(&mut self, generation: u64, now: Instant) {
-        let old: Vec<i32> = self
-            .kept
-            .children
-            .iter()
-            .filter(|c| c.generation < generation)
-            .map(|c| c.pid)
-            .collect();
+        let old = self.older_pids(generation);
         let drain = self.kept.reload.filter(|r| r.own).and(self.kept.cfg.drain);
         let before = self.kept.serving;
         match drain {
@@ -2518,12 +2506,7 @@ impl Supervisor {
 
     /// The drain timeout.
     fn drain_due(&mut self, now: Instant) {
-        let Some(Reload {
-            generation,
-            phase: Phase::Emptying { until, .. },
-            ..
-        }) = self.kept.reload
-        else {
+        let Some((generation, until, _)) = self.emptying() else {
             return;
         };
         if until > now {
@@ -2546,12 +2529,7 @@ impl Supervisor {
     }
 
     fn on_drained(&mut self, generation: u64, busy: Result<Busy, String>, now: Instant) {
-        let Some(Reload {
-            generation: g,
-            phase: Phase::Emptying { settle, .. },
-            ..
-        }) = self.kept.reload
-        else {
+        let Some((g, _, settle)) = self.emptying() else {
             return;
         };
         if g != generation {
@@ -2581,14 +2559,7 @@ impl Supervisor {
 
     fn end_drain(&mut self, generation: u64, now: Instant) {
         self.set_phase(Phase::Draining);
-        let old: Vec<i32> = self
-            .kept
-            .children
-            .iter()
-            .filter(|c| c.generation < generation)
-            .map(|c| c.pid)
-            .collect();
-        for pid in old {
+        for pid in self.older_pids(generation) {
             self.stop_child(pid, now);
         }
     }
