@@ -100,6 +100,10 @@ struct Launch {
     /// are the drain's other sockets as they are made.
     #[serde(default)]
     fd_store: bool,
+    /// Written by images that know the drain (whether it is on is the
+    /// supervisor's config): one that does not finds false here.
+    #[serde(default)]
+    drains: bool,
     /// `--log-format json`.
     #[serde(default)]
     json: bool,
@@ -386,6 +390,7 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
             quiet: args.quiet,
             json: crate::logging::json(),
             fd_store: store,
+            drains: true,
             metrics,
         },
         listeners,
@@ -721,6 +726,12 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
     }
     let listeners = adopt_listeners(saved_listeners)?;
     let groups = adopt_groups(saved_groups);
+    if !saved.launch.drains {
+        info!(
+            "drain is off: the image before this upgrade had none, and its sockets are not \
+             made for it; restart relaunch (not upgrade) for old generations to drain at reloads"
+        );
+    }
     let control = match saved_control {
         Some(c) => Some(
             control::Server::adopt(c.fd, c.file.path.clone(), c.file.identity)
@@ -2514,7 +2525,7 @@ mod tests {
                 .unwrap_or_default()
         };
         // Fields added since that release (read with their defaults).
-        const ADDED: &[&str] = &["fd_store"];
+        const ADDED: &[&str] = &["fd_store", "drains"];
         let without_added = |v: &serde_json::Value| {
             let mut k = keys(v);
             k.retain(|k| !ADDED.contains(&k.as_str()));
