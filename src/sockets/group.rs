@@ -122,8 +122,9 @@ const PROBE_WAIT: Duration = Duration::from_secs(1);
 struct Member {
     socket: Arc<Socket>,
     inode: u64,
-    /// The generation whose children it is given to; None: free.
-    generation: Option<u64>,
+    /// The generations whose children it is given to (two share the
+    /// routed one where a reload could not have one of its own); none: free.
+    generations: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -141,7 +142,7 @@ pub struct Group {
 /// come in slot order).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Saved {
-    pub generations: Vec<Option<u64>>,
+    pub generations: Vec<Vec<u64>>,
     pub route: usize,
     pub backlog: i32,
 }
@@ -150,7 +151,7 @@ impl Group {
     /// The group of `home`, a listening member made at start (see
     /// `sockets::Membership`). Every connection goes to it.
     pub fn new(home: Arc<Socket>, backlog: i32) -> io::Result<Group> {
-        let group = Group::of(vec![home], vec![None], 0, backlog)?;
+        let group = Group::of(vec![home], vec![Vec::new()], 0, backlog)?;
         group.attach()?;
         Ok(group)
     }
@@ -166,7 +167,7 @@ impl Group {
         let mut sockets = vec![home];
         sockets.extend(others.into_iter().map(Arc::new));
         let n = sockets.len();
-        let mut group = Group::of(sockets, vec![None; n], 0, backlog)?;
+        let mut group = Group::of(sockets, vec![Vec::new(); n], 0, backlog)?;
         let queues = crate::proc::listen_queues().unwrap_or_default();
         let waiting = |m: &Member| queues.get(&m.inode).map_or(0, |q| q.waiting);
         let busiest = (0..n).max_by_key(|&i| (waiting(&group.members[i]), usize::MAX - i));
@@ -195,7 +196,7 @@ impl Group {
 
     fn of(
         sockets: Vec<Arc<Socket>>,
-        generations: Vec<Option<u64>>,
+        generations: Vec<Vec<u64>>,
         route: usize,
         backlog: i32,
     ) -> io::Result<Group> {
@@ -208,11 +209,11 @@ impl Group {
         let members = sockets
             .into_iter()
             .zip(generations)
-            .map(|(socket, generation)| {
+            .map(|(socket, generations)| {
                 Ok(Member {
                     inode: steer::inode_of(socket.as_ref())?,
                     socket,
-                    generation,
+                    generations,
                 })
             })
             .collect::<io::Result<Vec<Member>>>()?;
@@ -227,7 +228,7 @@ impl Group {
 
     pub fn save(&self) -> (Vec<Arc<Socket>>, Saved) {
         let sockets = self.members.iter().map(|m| Arc::clone(&m.socket)).collect();
-        let generations = self.members.iter().map(|m| m.generation).collect();
+        let generations = self.members.iter().map(|m| m.generations.clone()).collect();
         (
             sockets,
             Saved {
@@ -260,7 +261,7 @@ impl Group {
     pub fn inodes_before(&self, generation: u64) -> Vec<u64> {
         self.members
             .iter()
-            .filter(|m| m.generation.is_some_and(|g| g < generation))
+            .filter(|m| m.generations.iter().any(|&g| g < generation))
             .map(|m| m.inode)
             .collect()
     }
@@ -268,17 +269,14 @@ impl Group {
     /// The generation new connections go to, if one has the routed member.
     #[cfg(test)]
     pub fn routed(&self) -> Option<u64> {
-        self.members[self.route].generation
+        self.members[self.route].generations.iter().max().copied()
     }
 
     /// The socket `generation`'s children get: its own member, or else the
-    /// routed one, which is then its.
+    /// routed one, which it then shares with whoever has it.
     pub fn socket_for(&mut self, generation: u64) -> Arc<Socket> {
         let i = self.position(generation).unwrap_or_else(|| {
-            if let Some(was) = self.members[self.route].generation {
-                debug!(generation, was, "the routed member changes hands");
-            }
-            self.members[self.route].generation = Some(generation);
+            self.members[self.route].generations.push(generation);
             self.route
         });
         Arc::clone(&self.members[i].socket)
@@ -291,12 +289,12 @@ impl Group {
             return Ok(Arc::clone(&self.members[i].socket));
         }
         let free = (0..self.members.len())
-            .find(|&i| i != self.route && self.members[i].generation.is_none());
+            .find(|&i| i != self.route && self.members[i].generations.is_empty());
         let i = match free {
             Some(i) => i,
             None => self.grow()?,
         };
-        self.members[i].generation = Some(generation);
+        self.members[i].generations.push(generation);
         Ok(Arc::clone(&self.members[i].socket))
     }
 
@@ -326,32 +324,45 @@ impl Group {
         made.map(|()| out)
     }
 
-    /// New connections go to `generation`'s member from now on.
-    pub fn steer_to(&mut self, generation: u64) -> io::Result<()> {
+    /// New connections go to `generation`'s member from now on. The slot
+    /// they went to before (for [`back_to`](Self::back_to)).
+    pub fn steer_to(&mut self, generation: u64) -> io::Result<usize> {
         let i = self.position(generation).ok_or_else(|| {
             io::Error::other(format!(
                 "generation {generation} has no socket in the group"
             ))
         })?;
         let was = self.route;
-        self.route = i;
+        self.back_to(i)?;
+        Ok(was)
+    }
+
+    /// New connections go to `slot` again.
+    pub fn back_to(&mut self, slot: usize) -> io::Result<()> {
+        let was = self.route;
+        self.route = slot.min(self.members.len() - 1);
         self.attach().inspect_err(|_| self.route = was)
     }
 
     /// `generation` is gone: its members are free (the routed one too,
-    /// for whichever generation starts next).
-    pub fn release(&mut self, generation: u64) {
-        for m in &mut self.members {
-            if m.generation == Some(generation) {
-                m.generation = None;
+    /// for whichever generation starts next). What still waits on a free
+    /// member that nothing is steered to would wait for the next reload,
+    /// or for ever: it is reset, and counted.
+    pub fn release(&mut self, generation: u64) -> usize {
+        let mut reset = 0;
+        for (i, m) in self.members.iter_mut().enumerate() {
+            m.generations.retain(|&g| g != generation);
+            if m.generations.is_empty() && i != self.route {
+                reset += reset_queue(&m.socket);
             }
         }
+        reset
     }
 
     fn position(&self, generation: u64) -> Option<usize> {
         self.members
             .iter()
-            .position(|m| m.generation == Some(generation))
+            .position(|m| m.generations.contains(&generation))
     }
 
     fn attach(&self) -> io::Result<()> {
@@ -370,11 +381,7 @@ impl Group {
             return Err(io::Error::other(format!(
                 "a listener relaunch does not own is on port {} ({})",
                 self.port(),
-                found
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                steer::shown(&found)
             )));
         }
         let socket = steer::member(self.addr, Some(self.owner), self.backlog)?;
@@ -405,11 +412,27 @@ impl Group {
         self.members.push(Member {
             inode: steer::inode_of(&socket)?,
             socket: Arc::new(socket),
-            generation: None,
+            generations: Vec::new(),
         });
         debug!(slot, addr = %self.addr, "a new member joined the group");
         Ok(slot)
     }
+}
+
+/// Resets the connections waiting on `socket`, which no child accepts
+/// from: accepted here, with SO_LINGER 0. Non-blocking meanwhile (no child
+/// holds it; the next generation's spawn sets its mode again).
+fn reset_queue(socket: &Socket) -> usize {
+    if socket.set_nonblocking(true).is_err() {
+        return 0;
+    }
+    let mut n = 0;
+    while let Ok((conn, _)) = socket.accept() {
+        let _ = conn.set_linger(Some(Duration::ZERO));
+        n += 1;
+    }
+    let _ = socket.set_nonblocking(false);
+    n
 }
 
 /// Where a probe connects to reach `addr`: itself, or loopback where it
@@ -508,6 +531,42 @@ mod tests {
         assert!(Arc::ptr_eq(&four, &two));
         g.release(4);
         assert_eq!(g.routed(), Some(3));
+    }
+
+    #[test]
+    fn a_generation_sharing_the_routed_member_leaves_it_to_the_one_serving() {
+        let mut g = Group::new(home(), 128).unwrap();
+        let one = g.socket_for(1);
+        // A reload that got no socket of its own shares it, then fails.
+        assert!(Arc::ptr_eq(&g.socket_for(2), &one));
+        assert_eq!(g.release(2), 0);
+        assert_eq!(g.inodes_before(3).len(), 1, "generation 1 still has it");
+        let three = g.open(3).unwrap();
+        assert!(!Arc::ptr_eq(&three, &one));
+    }
+
+    #[test]
+    fn what_waits_on_a_released_member_is_reset_not_left_waiting() {
+        let mut g = Group::new(home(), 128).unwrap();
+        g.socket_for(1);
+        // The routed member keeps what waits on it, for whoever comes next.
+        let waiting: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(g.addr).unwrap())
+            .collect();
+        assert_eq!(g.release(1), 0);
+        drop(waiting);
+        // A member nothing is steered to: what waits there is reset.
+        let mut g = Group::new(home(), 128).unwrap();
+        g.socket_for(1);
+        let two = g.open(2).unwrap();
+        let _probes = g.probe(2, 2).unwrap();
+        assert_eq!(
+            g.release(2),
+            2,
+            "a failed reload's waiting connections are reset"
+        );
+        two.set_nonblocking(true).unwrap();
+        assert!(two.accept().is_err(), "nothing left waiting");
     }
 
     #[test]

@@ -165,6 +165,15 @@ pub fn foreign_listeners(port: u16, ours: &[u64]) -> io::Result<Vec<SocketAddr>>
         .collect())
 }
 
+/// "a, b": addresses for a message.
+pub fn shown(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 // ------------------------------------------------------------- programs --
 
 /// Where new connections go.

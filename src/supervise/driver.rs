@@ -1298,11 +1298,6 @@ impl Driver {
     fn perform(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Steer { generation } => {
-                    // Real connections come now: the probes end (a FIN).
-                    self.probes.remove(&generation);
-                    self.steer(generation)
-                }
                 Effect::SignalEscaped { pid, sig } => {
                     if let Some(e) = self.escaped.get(&pid)
                         && let Err(err) = e.signal(sig)
@@ -1334,10 +1329,7 @@ impl Driver {
                     if let Some((_, task)) = self.notify.remove(&generation) {
                         task.abort();
                     }
-                    for g in &mut self.groups {
-                        g.release(generation);
-                    }
-                    self.probes.remove(&generation);
+                    self.release_sockets(generation);
                     if let Some(t) = &self.intercept {
                         t.forget(generation);
                     }
@@ -1491,35 +1483,55 @@ impl Driver {
         Watch::new(ports, members)
     }
 
-    /// [`Effect::Steer`]: each group's new connections go to `generation`.
-    fn steer(&mut self, generation: u64) {
+    /// Each group's new connections go to `generation`.
+    fn steer_groups(&mut self, generation: u64) -> Result<(), String> {
+        let mut done = Vec::with_capacity(self.groups.len());
         for (g, l) in self.groups.iter_mut().zip(&self.listeners) {
             let ours: Vec<u64> = g.inodes().collect();
-            match steer::foreign_listeners(g.port(), &ours) {
-                Ok(found) if !found.is_empty() => warn!(
+            if let Ok(found) = steer::foreign_listeners(g.port(), &ours)
+                && !found.is_empty()
+            {
+                warn!(
                     generation,
                     "{}: other listeners are on port {} ({}): relaunch never steers to them, \
                      and connections to their addresses may reach them instead of relaunch's \
                      children; see who they are with: relaunch who :{}",
                     l.name,
                     g.port(),
-                    found
-                        .iter()
-                        .map(|a| a.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    steer::shown(&found),
                     g.port()
-                ),
-                _ => {}
+                );
             }
-            if let Err(e) = g.steer_to(generation) {
-                // The old generation drains its own socket regardless; the
-                // new one's waits for it, and is served once the old one's
-                // children are stopped and released it.
-                error!(
+            match g.steer_to(generation) {
+                Ok(was) => done.push(was),
+                Err(e) => {
+                    // All or nothing: the groups steered already go back.
+                    for (g, was) in self.groups.iter_mut().zip(done) {
+                        if let Err(e) = g.back_to(was) {
+                            error!("cannot steer new connections back to slot {was} ({e})");
+                        }
+                    }
+                    return Err(format!("{}: {e}", l.name));
+                }
+            }
+        }
+        // Real connections come now: the probes end (a FIN).
+        self.probes.remove(&generation);
+        Ok(())
+    }
+
+    /// `generation` is gone: its sockets in the groups are free, and
+    /// relaunch's connections to them end.
+    fn release_sockets(&mut self, generation: u64) {
+        // Ours first: they would be among what is reset.
+        self.probes.remove(&generation);
+        for (g, l) in self.groups.iter_mut().zip(&self.listeners) {
+            let reset = g.release(generation);
+            if reset > 0 {
+                warn!(
                     generation,
-                    "{}: cannot steer new connections to generation {generation} ({e}); they \
-                     keep going to the old generation until it is stopped",
+                    "{}: {reset} connection(s) waited on generation {generation}'s socket, which \
+                     no child accepts from any more: reset",
                     l.name
                 );
             }
@@ -1649,10 +1661,7 @@ impl Spawner for Driver {
                          ready, without a drain",
                         l.name
                     );
-                    for g in &mut self.groups {
-                        g.release(generation);
-                    }
-                    self.probes.remove(&generation);
+                    self.release_sockets(generation);
                     return false;
                 }
             }
@@ -1661,6 +1670,10 @@ impl Spawner for Driver {
             t.set_members(generation, own);
         }
         !self.groups.is_empty()
+    }
+
+    fn steer(&mut self, generation: u64) -> std::result::Result<(), String> {
+        self.steer_groups(generation)
     }
 
     fn jitter(&mut self) -> f64 {

@@ -194,8 +194,6 @@ pub enum Effect {
     EndCheck,
     /// A transition worth counting (for `--metrics`).
     Count(Count),
-    /// Every new connection goes to `generation`'s sockets from now on.
-    Steer { generation: u64 },
 }
 
 pub use crate::counts::{Count, ReloadResult, RestartReason};
@@ -221,7 +219,11 @@ pub trait Spawner {
     /// of its own that get no connection until [`Effect::Steer`], but for
     /// `probes` of relaunch's own on each (for `--ready auto`: something to
     /// accept). false: it shares the serving generation's (no drain).
+    /// Its sockets get connections once [`Spawner::steer`]ed to.
     fn open(&mut self, generation: u64, probes: usize) -> bool;
+    /// Every new connection goes to `generation`'s own sockets (from
+    /// `open`) from now on. Err: they still go where they went.
+    fn steer(&mut self, generation: u64) -> Result<(), String>;
     /// A number in [0, 1) for backoff jitter.
     fn jitter(&mut self) -> f64;
     /// Forks `--build` in its own process group; its exit comes back as
@@ -2374,7 +2376,7 @@ impl Supervisor {
                 .filter(|c| c.generation == generation && c.state == State::Ready)
                 .count();
             if ready == self.kept.cfg.workers {
-                self.promote(generation, now);
+                self.promote(os, generation, now);
             }
         }
         if !self.kept.announced
@@ -2460,9 +2462,18 @@ impl Supervisor {
             .collect()
     }
 
-    fn promote(&mut self, generation: u64, now: Instant) {
+    fn promote(&mut self, os: &mut impl Spawner, generation: u64, now: Instant) {
         let old = self.older_pids(generation);
         let drain = self.kept.reload.filter(|r| r.own).and(self.kept.cfg.drain);
+        // Its sockets get nothing until steered to: if that fails, it cannot
+        // serve, and the old generation goes on.
+        if drain.is_some()
+            && let Err(e) = os.steer(generation)
+        {
+            let reason = format!("cannot send new connections to generation {generation}: {e}");
+            self.fail_reload(os, ReloadResult::NotReady, reason, now);
+            return;
+        }
         let before = self.kept.serving;
         match drain {
             Some(timeout) => info!(
@@ -2489,7 +2500,6 @@ impl Supervisor {
         self.set_phase(phase);
         self.announce(now);
         if drain.is_some() {
-            self.out.push(Effect::Steer { generation });
             self.drain = DrainWatch::default();
         } else {
             for pid in old {
