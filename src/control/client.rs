@@ -343,7 +343,13 @@ fn render_header(s: &Status) -> String {
     }
     if let Some(d) = &s.draining {
         let busy = match d.measured {
-            true => format!("{} open connection(s), {} queued", d.open, d.queued),
+            true => {
+                let mut b = format!("{} open connection(s), {} queued", d.open, d.queued);
+                if d.handshakes > 0 {
+                    b += &format!(", {} handshake(s) under way", d.handshakes);
+                }
+                b
+            }
             false => "measuring".into(),
         };
         out += &format!(

@@ -12,7 +12,8 @@
 //! member's slot is checked with a probe before anything is steered to it.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,6 +131,9 @@ struct Member {
 #[derive(Debug)]
 pub struct Group {
     addr: SocketAddr,
+    /// Of an IPv6 address: IPv6 only (a member that differs is another
+    /// kernel group, which no program steers).
+    v6only: bool,
     owner: u32,
     backlog: i32,
     /// In slot order.
@@ -154,6 +158,21 @@ impl Group {
         let group = Group::of(vec![home], vec![Vec::new()], 0, backlog)?;
         group.attach()?;
         Ok(group)
+    }
+
+    /// Interception moved the listener where an app binds (`--port`): the
+    /// group starts over from `home` there, with the generations that had
+    /// the routed member. The other members, at the old address, stop
+    /// listening: nothing is steered to them any more.
+    pub fn moved(&mut self, home: Arc<Socket>) -> io::Result<()> {
+        let mut group = Group::new(home, self.backlog)?;
+        group.members[0].generations = std::mem::take(&mut self.members[self.route].generations);
+        for m in &self.members[1..] {
+            // SAFETY: shutdown on a socket we own.
+            unsafe { libc::shutdown(m.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        *self = group;
+        Ok(())
     }
 
     /// The group of `home` and the `others` the fd store kept, in slot
@@ -206,6 +225,7 @@ impl Group {
             .as_socket()
             .ok_or_else(|| io::Error::other("not an inet socket"))?;
         let owner = steer::owner_of(home.as_ref())?;
+        let v6only = addr.is_ipv6() && home.only_v6()?;
         let members = sockets
             .into_iter()
             .zip(generations)
@@ -219,6 +239,7 @@ impl Group {
             .collect::<io::Result<Vec<Member>>>()?;
         Ok(Group {
             addr,
+            v6only,
             owner,
             backlog,
             members,
@@ -244,8 +265,21 @@ impl Group {
         self.members.len()
     }
 
-    pub fn backlog(&self) -> i32 {
-        self.backlog
+    /// The uid its members are made as.
+    pub fn owner(&self) -> u32 {
+        self.owner
+    }
+
+    /// The generations that have one of its members.
+    pub fn generations(&self) -> impl Iterator<Item = u64> + '_ {
+        self.members
+            .iter()
+            .flat_map(|m| m.generations.iter().copied())
+    }
+
+    /// `generation`'s member, if it has one.
+    pub fn member_of(&self, generation: u64) -> Option<Arc<Socket>> {
+        Some(Arc::clone(&self.members[self.position(generation)?].socket))
     }
 
     pub fn port(&self) -> u16 {
@@ -309,7 +343,7 @@ impl Group {
                 "generation {generation} has no socket in the group"
             ))
         })? as u32;
-        let dest = reachable(self.addr);
+        let dest = reachable(self.addr, self.v6only);
         let mut out = Vec::with_capacity(n);
         let made = (0..n).try_for_each(|_| {
             let (sock, port) = steer::probe_socket(dest)?;
@@ -384,9 +418,9 @@ impl Group {
                 steer::shown(&found)
             )));
         }
-        let socket = steer::member(self.addr, Some(self.owner), self.backlog)?;
+        let socket = steer::member_with(self.addr, Some(self.owner), self.backlog, self.v6only)?;
         let slot = self.members.len();
-        let dest = reachable(self.addr);
+        let dest = reachable(self.addr, self.v6only);
         let (probe, port) = steer::probe_socket(dest)?;
         let prog = steer::program(
             Route::To(self.route as u32),
@@ -437,9 +471,10 @@ fn reset_queue(socket: &Socket) -> usize {
 
 /// Where a probe connects to reach `addr`: itself, or loopback where it
 /// listens on every address.
-fn reachable(addr: SocketAddr) -> SocketAddr {
+fn reachable(addr: SocketAddr, v6only: bool) -> SocketAddr {
     let ip = match addr.ip() {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() && v6only => IpAddr::V6(Ipv6Addr::LOCALHOST),
         // A dual-stack [::] takes IPv4 too; ::1 may be off where IPv6 is
         // only half there, 127.0.0.1 is not.
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -511,6 +546,28 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(lands(&g, &[&one, &two]), 0, "the route is unchanged");
         }
+    }
+
+    /// A v6-only [::] home (an app that asked for IPV6_V6ONLY): its new
+    /// members are v6-only too, or they would form another kernel group.
+    #[test]
+    fn a_v6_only_group_grows_v6_only_members() {
+        let Ok(first) = steer::member_with("[::]:0".parse().unwrap(), None, 128, true) else {
+            return; // no IPv6 here
+        };
+        let mut g = Group::new(Arc::new(first), 128).unwrap();
+        let one = g.socket_for(1);
+        let two = g.open(2).expect("the probe over ::1 finds it");
+        assert!(two.only_v6().unwrap());
+        g.steer_to(2).unwrap();
+        let c = std::net::TcpStream::connect(("::1", g.addr.port())).unwrap();
+        two.set_nonblocking(true).unwrap();
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while two.accept().is_err() {
+            assert!(std::time::Instant::now() < end, "steered to generation 2");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop((c, one));
     }
 
     #[test]

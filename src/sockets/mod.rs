@@ -429,8 +429,17 @@ fn try_bind(
 ) -> std::io::Result<Socket> {
     if let Some(m) = group.filter(|_| ty == Type::STREAM) {
         // A first member joins whatever group is there: another relaunch's,
-        // if it chose the same owner. Any listener on the port is "in use".
-        if addr.port() != 0 && !steer::foreign_listeners(addr.port(), &[])?.is_empty() {
+        // if it chose the same owner. A listener on an address this one
+        // covers, or that covers it, means "in use".
+        let overlaps = |l: &SocketAddr| {
+            let (a, b) = (l.ip().to_canonical(), addr.ip().to_canonical());
+            a == b || a.is_unspecified() || b.is_unspecified()
+        };
+        if addr.port() != 0
+            && steer::foreign_listeners(addr.port(), &[])?
+                .iter()
+                .any(overlaps)
+        {
             return Err(std::io::Error::from_raw_os_error(libc::EADDRINUSE));
         }
         return steer::member(addr, m.owner, backlog);

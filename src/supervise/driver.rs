@@ -360,15 +360,8 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
         None => None,
     };
     let intercept = intercept_table(&plan, &listeners);
-    if let (Some(t), Some(m)) = (&intercept, membership.filter(|_| !groups.is_empty())) {
-        // A listener moved where the app binds is a group's first member,
-        // steered from birth: a group without a program spreads connections
-        // over every member (see Group::new, which the driver makes of it).
-        t.set_maker(Box::new(move |at, v6only, backlog| {
-            let sock = steer::member_with(at, m.owner, backlog, v6only)?;
-            steer::attach(&sock, &steer::program(steer::Route::To(0), None))?;
-            Ok(sock)
-        }));
+    if let Some(t) = &intercept {
+        steered_moves(t, &groups);
     }
     if let Some(t) = &intercept
         && store
@@ -441,6 +434,32 @@ fn stored_members(
 /// A listener's drain socket in `slot` of its group, in systemd's fd store.
 fn member_name(listener: &str, slot: u32) -> String {
     format!("{}{listener}~{slot}", plan::inherit::STORE_PREFIX)
+}
+
+/// Tells interception the sockets `generation`'s children get where they
+/// are not the held socket it gives anyway.
+fn own_members(t: &intercept::handler::Table, generation: u64, own: Vec<Option<Arc<Socket>>>) {
+    let inode = |s: &Arc<Socket>| steer::inode_of(s.as_ref()).ok();
+    let members = own
+        .into_iter()
+        .zip(t.sockets())
+        .map(|(s, held)| s.filter(|s| inode(s) != inode(&held)))
+        .collect();
+    t.set_members(generation, members);
+}
+
+/// Where old generations drain, a listener interception moves where the
+/// app binds is made a group's first member, steered from birth (a group
+/// without a program spreads connections over every member).
+fn steered_moves(t: &intercept::handler::Table, groups: &[Group]) {
+    let Some(owner) = groups.first().map(Group::owner) else {
+        return;
+    };
+    t.set_maker(Box::new(move |at, v6only, backlog| {
+        let sock = steer::member_with(at, Some(owner), backlog, v6only)?;
+        steer::attach(&sock, &steer::program(steer::Route::To(0), None))?;
+        Ok(sock)
+    }));
 }
 
 /// Whether to offer our listeners to systemd's fd store: NOTIFY_SOCKET is
@@ -741,7 +760,7 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
     };
     let (tally, scrapes, metrics, metrics_socket) =
         adopt_metrics(saved.launch.metrics, saved_metrics);
-    let intercept = adopt_intercept(&listeners, saved.intercept, carried, listened);
+    let intercept = adopt_intercept(&listeners, &groups, saved.intercept, carried, listened);
     Ok(Resources {
         systemd: Systemd::from_env(saved.launch.notify_socket.as_deref()),
         launch: Launch {
@@ -826,6 +845,7 @@ fn adopt_listeners(saved: Vec<handover::ListenerFd>) -> Result<Vec<Listener>> {
 /// answering binds again before anything else runs.
 fn adopt_intercept(
     listeners: &[Listener],
+    groups: &[Group],
     saved: Option<intercept::handler::SavedTable>,
     carried: Vec<intercept::handler::Carried>,
     listened: &intercept::handler::Listened,
@@ -841,6 +861,15 @@ fn adopt_intercept(
             None
         }
     });
+    // Before any carried child's call is answered: each generation's own.
+    if let Some(t) = &table {
+        steered_moves(t, groups);
+        let generations: std::collections::BTreeSet<u64> =
+            groups.iter().flat_map(Group::generations).collect();
+        for g in generations {
+            own_members(t, g, groups.iter().map(|grp| grp.member_of(g)).collect());
+        }
+    }
     for c in carried {
         match &table {
             Some(t) => {
@@ -1431,30 +1460,40 @@ impl Driver {
             return;
         };
         let inode = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).ok().map(|s| s.st_ino);
-        let mut regroup = false;
+        let mut lost = false;
         for (i, (l, h)) in self.listeners.iter_mut().zip(t.sockets()).enumerate() {
-            if inode(l.socket.as_fd()) != inode(h.as_fd())
-                && let Ok(copy) = h.try_clone()
+            if inode(l.socket.as_fd()) == inode(h.as_fd()) {
+                continue;
+            }
+            let Ok(copy) = h.try_clone() else {
+                continue;
+            };
+            l.socket = copy;
+            let Some(g) = self.groups.get_mut(i) else {
+                continue;
+            };
+            // The old group's other members go: not kept any more.
+            if self.launch.fd_store
+                && let Some(sd) = &self.systemd
             {
-                l.socket = copy;
-                if let Some(g) = self.groups.get(i) {
-                    regroup = true;
-                    // The old group's other members close: not kept any more.
-                    if self.launch.fd_store
-                        && let Some(sd) = &self.systemd
-                    {
-                        (1..g.len()).for_each(|k| sd.unstore(&member_name(&l.name, k as u32)));
-                    }
+                (1..g.len()).for_each(|k| sd.unstore(&member_name(&l.name, k as u32)));
+            }
+            match l.socket.try_clone().and_then(|s| g.moved(Arc::new(s))) {
+                Ok(()) => {}
+                Err(e) => {
+                    warn!(
+                        "drain is off: {} moved to {} and cannot be steered there ({e}); at a \
+                         reload the old generation is stopped as soon as the new one is ready",
+                        l.name,
+                        l.address()
+                    );
+                    lost = true;
                 }
             }
         }
-        if regroup {
-            self.groups = group::groups(&self.listeners, self.backlog(), Vec::new());
+        if lost {
+            self.groups.clear();
         }
-    }
-
-    fn backlog(&self) -> i32 {
-        self.groups.first().map_or(libc::SOMAXCONN, Group::backlog)
     }
 
     /// Every socket relaunch holds for its listeners, by inode: what the
@@ -1547,14 +1586,7 @@ impl Driver {
                 .map(|g| g.socket_for(generation))
                 .collect();
             if let Some(t) = &self.intercept {
-                // Only where it is not the held socket the table gives anyway.
-                let inode = |s: &Arc<Socket>| steer::inode_of(s.as_ref()).ok();
-                let members = own
-                    .iter()
-                    .zip(t.sockets())
-                    .map(|(s, held)| (inode(s) != inode(&held)).then(|| Arc::clone(s)))
-                    .collect();
-                t.set_members(generation, members);
+                own_members(t, generation, own.iter().cloned().map(Some).collect());
             }
             return own;
         }

@@ -629,25 +629,6 @@ struct DrainWatch {
     failed: bool,
 }
 
-/// "3 open connections, 1 queued" (what is not zero).
-pub fn busy_text(b: &Busy) -> String {
-    let mut parts = Vec::new();
-    if b.open > 0 {
-        parts.push(format!("{} open connection(s)", b.open));
-    }
-    if b.queued > 0 {
-        parts.push(format!("{} queued", b.queued));
-    }
-    if b.handshakes > 0 {
-        parts.push(format!("{} handshake(s) under way", b.handshakes));
-    }
-    if parts.is_empty() {
-        "idle".into()
-    } else {
-        parts.join(", ")
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 struct UpgradeCheck {
     /// It must have answered by then.
@@ -2523,7 +2504,7 @@ impl Supervisor {
             return;
         }
         let busy = match self.drain.last {
-            Some(b) => format!(": {}", busy_text(&b)),
+            Some(b) => format!(": {b}"),
             None => String::new(),
         };
         warn!(
