@@ -539,3 +539,92 @@ fn no_connection_is_steered_to_a_listener_relaunch_does_not_own() {
     );
     assert!(log.contains("without a drain"), "{log}");
 }
+
+/// gunicorn with two workers, two of them side by side (`--workers 2`):
+/// a crashed master is restarted in its generation, on its generation's
+/// socket, and a reload follows; under 8 clients nothing is refused or
+/// times out, and only what the killed master's workers held is cut.
+#[test]
+fn gunicorn_masters_crash_and_reload_without_a_refusal() {
+    if !require_tool("gunicorn") {
+        return;
+    }
+    let dir = TempDir::new("drain-gunicorn");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let apps = example_src("").display().to_string();
+    let (mut r, port) = start_on_a_free_port(
+        &["--workers", "2", "--control", &ctl],
+        &[
+            "gunicorn",
+            "--chdir",
+            &apps,
+            "--workers",
+            "2",
+            "gunicorn_app:app",
+        ],
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    while_running(&mut r, "the first answer", || get(addr).ok());
+    let masters = wait_for("two gunicorn masters", T, || {
+        let kids = children_of(r.pid());
+        (kids.len() == 2).then_some(kids)
+    });
+    let load = Load::start(addr, CLIENTS);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: a signal to a child of relaunch's that this test started.
+    unsafe { libc::kill(masters[0], libc::SIGKILL) };
+    r.log.wait("restarting in", T);
+    wait_for("the crashed master to be back", T, || {
+        let kids = children_of(r.pid());
+        (kids.len() == 2 && !kids.contains(&masters[0])).then_some(())
+    });
+    let (code, out) = cli(&["reload", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    let rep = load.finish();
+    let sum = summary(&rep);
+    assert!(rep.ok > 0, "{sum}");
+    assert_eq!(rep.refused + rep.timeout, 0, "{sum}");
+    // The killed master's workers die with the requests they held (a
+    // reset or a short answer); a reload itself cuts nothing.
+    assert!(rep.failed() <= 2 * CLIENTS, "{sum}");
+}
+
+/// `relaunch upgrade` while an old generation drains: the new image goes
+/// on measuring it (status still shows it), stops it at the drain timeout,
+/// and the reload's client gets its answer; the load loses nothing.
+#[test]
+fn an_upgrade_carries_a_drain_in_progress() {
+    let dir = TempDir::new("drain-upgrade");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let a = app("threading_server.py");
+    let (mut r, port) = start_on_a_free_port(
+        &["--control", &ctl, "--drain-timeout", "4s"],
+        &["python3", &a, "PORT"],
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let old = while_running(&mut r, "the first answer", || get(addr).ok());
+    // A client that sends nothing keeps a handler of the old generation busy.
+    let held = TcpStream::connect(addr).unwrap();
+    let load = Load::start(addr, CLIENTS);
+    let reloading = {
+        let ctl = ctl.clone();
+        std::thread::spawn(move || cli(&["reload", "--control", &ctl], T))
+    };
+    wait_for("the old generation to drain", T, || {
+        status(dir.join("ctl.sock").as_path())
+            .contains("generation 1 (draining): 1 open connection(s)")
+            .then_some(())
+    });
+    let (code, out) = cli(&["upgrade", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    let shown = status(dir.join("ctl.sock").as_path());
+    assert!(shown.contains("generation 1 (draining)"), "{shown}");
+    let (code, out) = reloading.join().unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    let old: i32 = old.parse().unwrap();
+    assert!(!pid_alive(old), "the drain timeout stopped it");
+    drop(held);
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{}", summary(&rep));
+    r.log.wait("the drain timeout passed", T);
+}
