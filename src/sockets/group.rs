@@ -75,7 +75,12 @@ pub fn membership(plan: &[Planned], on_demand: bool) -> Option<Membership> {
         Err(e) => return off(format!("cannot tell which uids are in use ({e})")),
     };
     match steer::choose_owner(steer::OWNER_RANGE, &busy) {
-        Some(uid) => Some(Membership { owner: Some(uid) }),
+        // A uid not mapped in a user namespace (a rootless container), or
+        // no CAP_SETUID: the sockets could not be made.
+        Some(uid) => match steer::socket_as(socket2::Domain::IPV4, Some(uid)) {
+            Ok(_) => Some(Membership { owner: Some(uid) }),
+            Err(e) => off(format!("relaunch cannot make sockets as uid {uid} ({e})")),
+        },
         None => off(format!(
             "every uid of {}-{} is in use, and the port's owner must be one nothing runs as",
             steer::OWNER_RANGE.start(),
