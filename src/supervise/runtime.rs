@@ -20,6 +20,9 @@ use crate::supervise::idle;
 use crate::supervise::sources::{Every, Listeners, SignalFeed, Task, Wants, recv, sleep_until};
 use crate::supervise::supervisor::{Effect, Event, Notice, Spawner, Supervisor};
 
+#[cfg(test)]
+mod tests;
+
 /// How often /proc is scanned while a generation is starting.
 const SCAN_EVERY: Duration = Duration::from_millis(15);
 /// How often a draining generation is measured.
