@@ -559,6 +559,7 @@ mod tests {
                     fd: 3,
                     waiting: Some(2),
                     backlog: Some(4096),
+                    others: Vec::new(),
                 },
                 ListenerInfo {
                     name: "dns".into(),
@@ -566,6 +567,7 @@ mod tests {
                     fd: 4,
                     waiting: None,
                     backlog: None,
+                    others: Vec::new(),
                 },
             ],
             children: vec![ChildInfo {
@@ -614,6 +616,7 @@ mod tests {
                 fd: 3,
                 waiting: None,
                 backlog: None,
+                others: Vec::new(),
             }],
             ..Status::default()
         };
@@ -652,6 +655,7 @@ mod tests {
                 fd: 3,
                 waiting: Some(0),
                 backlog: Some(4096),
+                others: Vec::new(),
             }],
             ..Status::default()
         };

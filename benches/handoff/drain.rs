@@ -11,10 +11,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::load::{self, Load, Outcome};
+use crate::load::{self, Load, Outcome, pause};
 use crate::plan::Plan;
 use crate::procs::{Proc, find_tool, free_port};
-use crate::scenarios::pause;
 use crate::targets::Ctx;
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -236,3 +236,8 @@ pub fn self_check() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Load runs meanwhile; this is a scenario's length, not a wait for an event.
+pub fn pause(secs: f64) {
+    std::thread::sleep(Duration::from_secs_f64(secs));
+}

@@ -5,10 +5,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::footprint::{self, Footprint};
-use crate::load::Load;
+use crate::load::{Load, pause};
 use crate::plan::Plan;
 use crate::procs::find_tool;
 use crate::report;
@@ -168,11 +168,6 @@ fn run_one(kind: Kind, delay: f64, plan: &Plan, ctx: &Ctx) -> Scenario {
         hup_to_exec_ms,
         samples,
     }
-}
-
-/// Load runs meanwhile; this is the scenario's length, not a wait for an event.
-pub fn pause(secs: f64) {
-    std::thread::sleep(Duration::from_secs_f64(secs));
 }
 
 fn context() -> Result<Ctx, String> {

@@ -343,7 +343,13 @@ fn render_header(s: &Status) -> String {
     }
     if let Some(d) = &s.draining {
         let busy = match d.measured {
-            true => format!("{} open connection(s), {} queued", d.open, d.queued),
+            true => {
+                let mut b = format!("{} open connection(s), {} queued", d.open, d.queued);
+                if d.handshakes > 0 {
+                    b += &format!(", {} handshake(s) under way", d.handshakes);
+                }
+                b
+            }
             false => "measuring".into(),
         };
         out += &format!(
@@ -371,7 +377,15 @@ fn render_listeners(listeners: &[ListenerInfo]) -> String {
             row
         })
         .collect();
-    "listeners:\n".to_string() + &table(&rows, "  ")
+    let mut out = "listeners:\n".to_string() + &table(&rows, "  ");
+    for l in listeners.iter().filter(|l| !l.others.is_empty()) {
+        out += &format!(
+            "  {}: also listening on its port, not relaunch's: {} (relaunch never steers there)\n",
+            l.name,
+            l.others.join(", ")
+        );
+    }
+    out
 }
 
 fn render_children(children: &[ChildInfo]) -> String {

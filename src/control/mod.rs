@@ -92,6 +92,7 @@ mod testing {
                 fd: 3,
                 waiting: Some(2),
                 backlog: Some(4096),
+                others: Vec::new(),
             }],
             children: vec![ChildInfo {
                 pid: 4250,

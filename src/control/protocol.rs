@@ -131,6 +131,10 @@ pub struct ListenerInfo {
     /// The most that may wait (the listen backlog), when the kernel says.
     #[serde(default)]
     pub backlog: Option<u32>,
+    /// Of a TCP listener: other listeners on its port that are not
+    /// relaunch's (they may take connections meant for it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub others: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -115,6 +115,8 @@ pub struct Plan {
     /// Names (FDNAME) of sockets the fd store gave back that no listener
     /// wants any more: dropped from the store.
     pub unstore: Vec<String>,
+    /// The drain's other sockets of a listener the fd store gave back.
+    pub members: Vec<StoredMember>,
     /// `--metrics`: where to serve GET /metrics.
     pub metrics: Option<SocketAddr>,
     /// `--watch` and its companions; None without --watch.
@@ -217,7 +219,7 @@ pub fn make(
     // inherit::take has already said why LISTEN_FDS for another pid is ignored.
     let mut notes = Vec::new();
     let mut warnings = Vec::new();
-    let (listeners, unstore) = listeners(args, inherited, &mut notes)?;
+    let (listeners, unstore, members) = listeners(args, inherited, &mut notes)?;
     if !args.no_listen_pid
         && let Some(w) = wrapper::warning(program, rest)
     {
@@ -257,6 +259,7 @@ pub fn make(
         ports_file: args.ports_file.clone(),
         control: args.control.clone(),
         unstore,
+        members,
         metrics,
         watch: watch(args)?,
         notes,
@@ -338,7 +341,7 @@ fn listeners(
     args: &RunArgs,
     inherited: &[&str],
     notes: &mut Vec<String>,
-) -> Result<(Vec<Planned>, Vec<String>)> {
+) -> Result<(Vec<Planned>, Vec<String>, Vec<StoredMember>)> {
     let specs = specs(args)?;
     let fallbacks = fallbacks(args)?;
     let stored: Vec<(usize, &str)> = inherited
@@ -379,13 +382,41 @@ fn listeners(
         let source = source_for(s, &name, &stored, &fallbacks, notes);
         out.push(Planned { name, source });
     }
+    // The drain's other sockets ("NAME~SLOT") go with their listener, if
+    // the store gave it back too.
+    let home_stored = |name: &str| {
+        out.iter()
+            .any(|p| p.name == name && matches!(p.source, Source::Stored { .. }))
+    };
+    let (members, stored): (Stored, Stored) = stored.into_iter().partition(|&(_, n)| {
+        !out.iter().any(|p| p.name == n) && member_of(n).is_some_and(|(l, _)| home_stored(l))
+    });
+    let kept = members
+        .into_iter()
+        .filter_map(|(i, n)| member_of(n).map(|(l, slot)| (l.to_string(), slot, i)))
+        .collect();
     let unstore = unwanted(&stored, &out, notes);
     check_fallback_names(&fallbacks, &out)?;
     if out.is_empty() {
         return Err(Error::usage("nothing to listen on")
             .hint("give --port PORT or -l SPEC, or start relaunch from a systemd .socket unit"));
     }
-    Ok((out, unstore))
+    Ok((out, unstore, kept))
+}
+
+/// A drain socket of a listener the fd store gave back, stored as
+/// `relaunch.NAME~SLOT`: (NAME, SLOT, its index in the snapshot).
+pub type StoredMember = (String, u32, usize);
+
+/// The fd store's sockets by (index in the snapshot, name less the prefix).
+type Stored<'a> = Vec<(usize, &'a str)>;
+
+/// "NAME~SLOT", the fd store's name (less the prefix) of a listener's
+/// drain socket in that slot of its group: (NAME, SLOT).
+pub fn member_of(stored: &str) -> Option<(&str, u32)> {
+    let (name, slot) = stored.rsplit_once('~')?;
+    let slot: u32 = slot.parse().ok()?;
+    (slot > 0 && !name.is_empty()).then_some((name, slot))
 }
 
 /// The listeners of --port and -l, in that order, each named and addressed once.
@@ -576,6 +607,36 @@ mod tests {
             fd,
             addr: Some(spec::parse(addr).unwrap().addr),
         }
+    }
+
+    #[test]
+    fn the_drains_other_sockets_in_the_fd_store_go_with_their_listener() {
+        let p = plan(
+            &["-l", "127.0.0.1:0", "-l", "a~1=127.0.0.1:0", "--", "x"],
+            &[
+                "relaunch.http~2",
+                "relaunch.http",
+                "relaunch.http~1",
+                "relaunch.gone~1",
+                "relaunch.a~1",
+                "relaunch.http~x",
+            ],
+        )
+        .unwrap();
+        assert_eq!(names(&p), ["http", "a~1"]);
+        assert!(matches!(
+            p.listeners[1].source,
+            Source::Stored { index: 4, .. }
+        ));
+        assert_eq!(
+            p.members,
+            [("http".to_string(), 2, 0), ("http".to_string(), 1, 2)]
+        );
+        assert_eq!(p.unstore, ["relaunch.gone~1", "relaunch.http~x"]);
+        // Without their listener's own socket they go too.
+        let p = plan(&["-l", "127.0.0.1:0", "--", "x"], &["relaunch.http~1"]).unwrap();
+        assert!(p.members.is_empty());
+        assert_eq!(p.unstore, ["relaunch.http~1"]);
     }
 
     #[test]

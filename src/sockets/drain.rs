@@ -14,9 +14,6 @@
 //! kernel lists a dual-stack member's IPv4 handshakes and connections alike
 //! by v4-mapped addresses, and nothing here depends on that staying so.
 
-// The drain calls this; until then only its tests do.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
@@ -37,6 +34,26 @@ pub struct Busy {
     /// Handshakes (SYN_RECV) on the held ports seen at the first look and
     /// still pending: not finished, or finished and not yet accepted.
     pub handshakes: u32,
+}
+
+/// "3 open connection(s), 1 queued" (what is not zero), or "idle".
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if self.open > 0 {
+            parts.push(format!("{} open connection(s)", self.open));
+        }
+        if self.queued > 0 {
+            parts.push(format!("{} queued", self.queued));
+        }
+        if self.handshakes > 0 {
+            parts.push(format!("{} handshake(s) under way", self.handshakes));
+        }
+        match parts.is_empty() {
+            true => f.write_str("idle"),
+            false => f.write_str(&parts.join(", ")),
+        }
+    }
 }
 
 impl Busy {

@@ -12,7 +12,8 @@
 //! member's slot is checked with a probe before anything is steered to it.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,14 +84,17 @@ pub fn membership(plan: &[Planned], on_demand: bool) -> Option<Membership> {
     }
 }
 
-/// One group per listener, or none at all (drain off, said why).
-pub fn groups(listeners: &[Listener], backlog: i32) -> Vec<Group> {
+/// One group per listener, or none at all (drain off, said why). `stored`:
+/// each listener's other members the fd store gave back, in slot order.
+pub fn groups(listeners: &[Listener], backlog: i32, stored: Vec<Vec<Socket>>) -> Vec<Group> {
     let mut out = Vec::with_capacity(listeners.len());
+    let mut stored = stored.into_iter();
     for l in listeners {
+        let others = stored.next().unwrap_or_default();
         let made = if l.socket.reuse_port().unwrap_or(false) {
             l.socket
                 .try_clone()
-                .and_then(|s| Group::new(Arc::new(s), backlog))
+                .and_then(|s| Group::restore(Arc::new(s), others, backlog))
         } else {
             Err(io::Error::other(
                 "its socket (from systemd's fd store) was made without SO_REUSEPORT",
@@ -119,13 +123,17 @@ const PROBE_WAIT: Duration = Duration::from_secs(1);
 struct Member {
     socket: Arc<Socket>,
     inode: u64,
-    /// The generation whose children it is given to; None: free.
-    generation: Option<u64>,
+    /// The generations whose children it is given to (two share the
+    /// routed one where a reload could not have one of its own); none: free.
+    generations: Vec<u64>,
 }
 
 #[derive(Debug)]
 pub struct Group {
     addr: SocketAddr,
+    /// Of an IPv6 address: IPv6 only (a member that differs is another
+    /// kernel group, which no program steers).
+    v6only: bool,
     owner: u32,
     backlog: i32,
     /// In slot order.
@@ -138,7 +146,7 @@ pub struct Group {
 /// come in slot order).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Saved {
-    pub generations: Vec<Option<u64>>,
+    pub generations: Vec<Vec<u64>>,
     pub route: usize,
     pub backlog: i32,
 }
@@ -147,8 +155,49 @@ impl Group {
     /// The group of `home`, a listening member made at start (see
     /// `sockets::Membership`). Every connection goes to it.
     pub fn new(home: Arc<Socket>, backlog: i32) -> io::Result<Group> {
-        let group = Group::of(vec![home], vec![None], 0, backlog)?;
+        let group = Group::of(vec![home], vec![Vec::new()], 0, backlog)?;
         group.attach()?;
+        Ok(group)
+    }
+
+    /// Interception moved the listener where an app binds (`--port`): the
+    /// group starts over from `home` there, with the generations that had
+    /// the routed member. The other members, at the old address, stop
+    /// listening: nothing is steered to them any more.
+    pub fn moved(&mut self, home: Arc<Socket>) -> io::Result<()> {
+        let mut group = Group::new(home, self.backlog)?;
+        group.members[0].generations = std::mem::take(&mut self.members[self.route].generations);
+        for m in &self.members[1..] {
+            // SAFETY: shutdown on a socket we own.
+            unsafe { libc::shutdown(m.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        *self = group;
+        Ok(())
+    }
+
+    /// The group of `home` and the `others` the fd store kept, in slot
+    /// order (none of them left the group: each was held by the store), after
+    /// a relaunch that ended without handing them over. Connections go to
+    /// the member with the most waiting: the one that was served.
+    pub fn restore(home: Arc<Socket>, others: Vec<Socket>, backlog: i32) -> io::Result<Group> {
+        if others.is_empty() {
+            return Group::new(home, backlog);
+        }
+        let mut sockets = vec![home];
+        sockets.extend(others.into_iter().map(Arc::new));
+        let n = sockets.len();
+        let mut group = Group::of(sockets, vec![Vec::new(); n], 0, backlog)?;
+        let queues = crate::proc::listen_queues().unwrap_or_default();
+        let waiting = |m: &Member| queues.get(&m.inode).map_or(0, |q| q.waiting);
+        let busiest = (0..n).max_by_key(|&i| (waiting(&group.members[i]), usize::MAX - i));
+        group.route = busiest.unwrap_or(0);
+        group.attach()?;
+        info!(
+            addr = %group.addr,
+            "the fd store kept {n} sockets of this port's group; new connections go to the \
+             one in slot {}",
+            group.route
+        );
         Ok(group)
     }
 
@@ -166,7 +215,7 @@ impl Group {
 
     fn of(
         sockets: Vec<Arc<Socket>>,
-        generations: Vec<Option<u64>>,
+        generations: Vec<Vec<u64>>,
         route: usize,
         backlog: i32,
     ) -> io::Result<Group> {
@@ -176,19 +225,21 @@ impl Group {
             .as_socket()
             .ok_or_else(|| io::Error::other("not an inet socket"))?;
         let owner = steer::owner_of(home.as_ref())?;
+        let v6only = addr.is_ipv6() && home.only_v6()?;
         let members = sockets
             .into_iter()
             .zip(generations)
-            .map(|(socket, generation)| {
+            .map(|(socket, generations)| {
                 Ok(Member {
                     inode: steer::inode_of(socket.as_ref())?,
                     socket,
-                    generation,
+                    generations,
                 })
             })
             .collect::<io::Result<Vec<Member>>>()?;
         Ok(Group {
             addr,
+            v6only,
             owner,
             backlog,
             members,
@@ -198,7 +249,7 @@ impl Group {
 
     pub fn save(&self) -> (Vec<Arc<Socket>>, Saved) {
         let sockets = self.members.iter().map(|m| Arc::clone(&m.socket)).collect();
-        let generations = self.members.iter().map(|m| m.generation).collect();
+        let generations = self.members.iter().map(|m| m.generations.clone()).collect();
         (
             sockets,
             Saved {
@@ -209,8 +260,26 @@ impl Group {
         )
     }
 
-    pub fn backlog(&self) -> i32 {
-        self.backlog
+    /// How many members (slots) it has.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The uid its members are made as.
+    pub fn owner(&self) -> u32 {
+        self.owner
+    }
+
+    /// The generations that have one of its members.
+    pub fn generations(&self) -> impl Iterator<Item = u64> + '_ {
+        self.members
+            .iter()
+            .flat_map(|m| m.generations.iter().copied())
+    }
+
+    /// `generation`'s member, if it has one.
+    pub fn member_of(&self, generation: u64) -> Option<Arc<Socket>> {
+        Some(Arc::clone(&self.members[self.position(generation)?].socket))
     }
 
     pub fn port(&self) -> u16 {
@@ -226,7 +295,7 @@ impl Group {
     pub fn inodes_before(&self, generation: u64) -> Vec<u64> {
         self.members
             .iter()
-            .filter(|m| m.generation.is_some_and(|g| g < generation))
+            .filter(|m| m.generations.iter().any(|&g| g < generation))
             .map(|m| m.inode)
             .collect()
     }
@@ -234,17 +303,14 @@ impl Group {
     /// The generation new connections go to, if one has the routed member.
     #[cfg(test)]
     pub fn routed(&self) -> Option<u64> {
-        self.members[self.route].generation
+        self.members[self.route].generations.iter().max().copied()
     }
 
     /// The socket `generation`'s children get: its own member, or else the
-    /// routed one, which is then its.
+    /// routed one, which it then shares with whoever has it.
     pub fn socket_for(&mut self, generation: u64) -> Arc<Socket> {
         let i = self.position(generation).unwrap_or_else(|| {
-            if let Some(was) = self.members[self.route].generation {
-                debug!(generation, was, "the routed member changes hands");
-            }
-            self.members[self.route].generation = Some(generation);
+            self.members[self.route].generations.push(generation);
             self.route
         });
         Arc::clone(&self.members[i].socket)
@@ -257,41 +323,80 @@ impl Group {
             return Ok(Arc::clone(&self.members[i].socket));
         }
         let free = (0..self.members.len())
-            .find(|&i| i != self.route && self.members[i].generation.is_none());
+            .find(|&i| i != self.route && self.members[i].generations.is_empty());
         let i = match free {
             Some(i) => i,
             None => self.grow()?,
         };
-        self.members[i].generation = Some(generation);
+        self.members[i].generations.push(generation);
         Ok(Arc::clone(&self.members[i].socket))
     }
 
-    /// New connections go to `generation`'s member from now on.
-    pub fn steer_to(&mut self, generation: u64) -> io::Result<()> {
+    /// `n` connections of relaunch's own to `generation`'s member, which
+    /// nothing else reaches before it serves: a server that only ever
+    /// shows readiness by accepting (one that polls a non-blocking accept)
+    /// has something to accept. Each stays open, sending nothing, until
+    /// dropped.
+    pub fn probe(&mut self, generation: u64, n: usize) -> io::Result<Vec<Socket>> {
+        let slot = self.position(generation).ok_or_else(|| {
+            io::Error::other(format!(
+                "generation {generation} has no socket in the group"
+            ))
+        })? as u32;
+        let dest = reachable(self.addr, self.v6only);
+        let mut out = Vec::with_capacity(n);
+        let made = (0..n).try_for_each(|_| {
+            let (sock, port) = steer::probe_socket(dest)?;
+            let prog = steer::program(Route::To(self.route as u32), Some(Probe { port, slot }));
+            steer::attach(self.members[0].socket.as_ref(), &prog)?;
+            sock.connect_timeout(&dest.into(), PROBE_WAIT)?;
+            out.push(sock);
+            Ok::<(), io::Error>(())
+        });
+        // The probe's rule goes either way.
+        self.attach()?;
+        made.map(|()| out)
+    }
+
+    /// New connections go to `generation`'s member from now on. The slot
+    /// they went to before (for [`back_to`](Self::back_to)).
+    pub fn steer_to(&mut self, generation: u64) -> io::Result<usize> {
         let i = self.position(generation).ok_or_else(|| {
             io::Error::other(format!(
                 "generation {generation} has no socket in the group"
             ))
         })?;
         let was = self.route;
-        self.route = i;
+        self.back_to(i)?;
+        Ok(was)
+    }
+
+    /// New connections go to `slot` again.
+    pub fn back_to(&mut self, slot: usize) -> io::Result<()> {
+        let was = self.route;
+        self.route = slot.min(self.members.len() - 1);
         self.attach().inspect_err(|_| self.route = was)
     }
 
     /// `generation` is gone: its members are free (the routed one too,
-    /// for whichever generation starts next).
-    pub fn release(&mut self, generation: u64) {
-        for m in &mut self.members {
-            if m.generation == Some(generation) {
-                m.generation = None;
+    /// for whichever generation starts next). What still waits on a free
+    /// member that nothing is steered to would wait for the next reload,
+    /// or for ever: it is reset, and counted.
+    pub fn release(&mut self, generation: u64) -> usize {
+        let mut reset = 0;
+        for (i, m) in self.members.iter_mut().enumerate() {
+            m.generations.retain(|&g| g != generation);
+            if m.generations.is_empty() && i != self.route {
+                reset += reset_queue(&m.socket);
             }
         }
+        reset
     }
 
     fn position(&self, generation: u64) -> Option<usize> {
         self.members
             .iter()
-            .position(|m| m.generation == Some(generation))
+            .position(|m| m.generations.contains(&generation))
     }
 
     fn attach(&self) -> io::Result<()> {
@@ -310,16 +415,12 @@ impl Group {
             return Err(io::Error::other(format!(
                 "a listener relaunch does not own is on port {} ({})",
                 self.port(),
-                found
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                steer::shown(&found)
             )));
         }
-        let socket = steer::member(self.addr, Some(self.owner), self.backlog)?;
+        let socket = steer::member_with(self.addr, Some(self.owner), self.backlog, self.v6only)?;
         let slot = self.members.len();
-        let dest = reachable(self.addr);
+        let dest = reachable(self.addr, self.v6only);
         let (probe, port) = steer::probe_socket(dest)?;
         let prog = steer::program(
             Route::To(self.route as u32),
@@ -345,18 +446,35 @@ impl Group {
         self.members.push(Member {
             inode: steer::inode_of(&socket)?,
             socket: Arc::new(socket),
-            generation: None,
+            generations: Vec::new(),
         });
         debug!(slot, addr = %self.addr, "a new member joined the group");
         Ok(slot)
     }
 }
 
+/// Resets the connections waiting on `socket`, which no child accepts
+/// from: accepted here, with SO_LINGER 0. Non-blocking meanwhile (no child
+/// holds it; the next generation's spawn sets its mode again).
+fn reset_queue(socket: &Socket) -> usize {
+    if socket.set_nonblocking(true).is_err() {
+        return 0;
+    }
+    let mut n = 0;
+    while let Ok((conn, _)) = socket.accept() {
+        let _ = conn.set_linger(Some(Duration::ZERO));
+        n += 1;
+    }
+    let _ = socket.set_nonblocking(false);
+    n
+}
+
 /// Where a probe connects to reach `addr`: itself, or loopback where it
 /// listens on every address.
-fn reachable(addr: SocketAddr) -> SocketAddr {
+fn reachable(addr: SocketAddr, v6only: bool) -> SocketAddr {
     let ip = match addr.ip() {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() && v6only => IpAddr::V6(Ipv6Addr::LOCALHOST),
         // A dual-stack [::] takes IPv4 too; ::1 may be off where IPv6 is
         // only half there, 127.0.0.1 is not.
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -413,6 +531,46 @@ mod tests {
     }
 
     #[test]
+    fn probes_reach_the_new_generation_alone_and_the_route_stays() {
+        let mut g = Group::new(home(), 128).unwrap();
+        let one = g.socket_for(1);
+        let two = g.open(2).unwrap();
+        let probes = g.probe(2, 3).unwrap();
+        assert_eq!(probes.len(), 3);
+        two.set_nonblocking(true).unwrap();
+        for _ in 0..3 {
+            two.accept()
+                .expect("each probe waits on generation 2's socket");
+        }
+        assert!(two.accept().is_err(), "nothing else reached it");
+        for _ in 0..20 {
+            assert_eq!(lands(&g, &[&one, &two]), 0, "the route is unchanged");
+        }
+    }
+
+    /// A v6-only [::] home (an app that asked for IPV6_V6ONLY): its new
+    /// members are v6-only too, or they would form another kernel group.
+    #[test]
+    fn a_v6_only_group_grows_v6_only_members() {
+        let Ok(first) = steer::member_with("[::]:0".parse().unwrap(), None, 128, true) else {
+            return; // no IPv6 here
+        };
+        let mut g = Group::new(Arc::new(first), 128).unwrap();
+        let one = g.socket_for(1);
+        let two = g.open(2).expect("the probe over ::1 finds it");
+        assert!(two.only_v6().unwrap());
+        g.steer_to(2).unwrap();
+        let c = std::net::TcpStream::connect(("::1", g.addr.port())).unwrap();
+        two.set_nonblocking(true).unwrap();
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while two.accept().is_err() {
+            assert!(std::time::Instant::now() < end, "steered to generation 2");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop((c, one));
+    }
+
+    #[test]
     fn a_released_member_serves_the_next_reload_and_the_group_does_not_grow() {
         let mut g = Group::new(home(), 128).unwrap();
         let one = g.socket_for(1);
@@ -430,6 +588,42 @@ mod tests {
         assert!(Arc::ptr_eq(&four, &two));
         g.release(4);
         assert_eq!(g.routed(), Some(3));
+    }
+
+    #[test]
+    fn a_generation_sharing_the_routed_member_leaves_it_to_the_one_serving() {
+        let mut g = Group::new(home(), 128).unwrap();
+        let one = g.socket_for(1);
+        // A reload that got no socket of its own shares it, then fails.
+        assert!(Arc::ptr_eq(&g.socket_for(2), &one));
+        assert_eq!(g.release(2), 0);
+        assert_eq!(g.inodes_before(3).len(), 1, "generation 1 still has it");
+        let three = g.open(3).unwrap();
+        assert!(!Arc::ptr_eq(&three, &one));
+    }
+
+    #[test]
+    fn what_waits_on_a_released_member_is_reset_not_left_waiting() {
+        let mut g = Group::new(home(), 128).unwrap();
+        g.socket_for(1);
+        // The routed member keeps what waits on it, for whoever comes next.
+        let waiting: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(g.addr).unwrap())
+            .collect();
+        assert_eq!(g.release(1), 0);
+        drop(waiting);
+        // A member nothing is steered to: what waits there is reset.
+        let mut g = Group::new(home(), 128).unwrap();
+        g.socket_for(1);
+        let two = g.open(2).unwrap();
+        let _probes = g.probe(2, 2).unwrap();
+        assert_eq!(
+            g.release(2),
+            2,
+            "a failed reload's waiting connections are reset"
+        );
+        two.set_nonblocking(true).unwrap();
+        assert!(two.accept().is_err(), "nothing left waiting");
     }
 
     #[test]
@@ -455,6 +649,29 @@ mod tests {
             assert_eq!(lands(&g, &[&one, &stranger]), 0);
         }
         assert_eq!(g.inodes().count(), 1);
+    }
+
+    #[test]
+    fn a_group_from_the_fd_store_steers_to_the_member_with_connections_waiting() {
+        let first = home();
+        let addr = first.local_addr().unwrap().as_socket().unwrap();
+        let two = steer::member(addr, None, 128).unwrap();
+        let three = steer::member(addr, None, 128).unwrap();
+        // Everything to slot 2, as the relaunch that was killed steered.
+        steer::attach(first.as_ref(), &steer::program(Route::To(2), None)).unwrap();
+        let waiting: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let g = Group::restore(first, vec![two, three], 128).unwrap();
+        assert_eq!(g.route, 2);
+        assert_eq!(g.len(), 3);
+        drop(waiting);
+        // Nothing waiting anywhere: the home socket.
+        let first = home();
+        let addr = first.local_addr().unwrap().as_socket().unwrap();
+        let two = steer::member(addr, None, 128).unwrap();
+        let g = Group::restore(first, vec![two], 128).unwrap();
+        assert_eq!(g.route, 0);
     }
 
     #[test]

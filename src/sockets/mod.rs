@@ -141,11 +141,10 @@ pub struct Opened {
 /// steered between generations (see [`group`]).
 pub fn open(
     plan: &[Planned],
-    inherited: Vec<Inherited>,
+    mut inherited: Vec<Option<Inherited>>,
     backlog: i32,
     group: Option<Membership>,
 ) -> Result<Opened> {
-    let mut inherited: Vec<Option<Inherited>> = inherited.into_iter().map(Some).collect();
     let mut out = Vec::with_capacity(plan.len());
     let mut bound_here = Vec::new();
     let mut stale = Vec::new();
@@ -430,8 +429,17 @@ fn try_bind(
 ) -> std::io::Result<Socket> {
     if let Some(m) = group.filter(|_| ty == Type::STREAM) {
         // A first member joins whatever group is there: another relaunch's,
-        // if it chose the same owner. Any listener on the port is "in use".
-        if addr.port() != 0 && !steer::foreign_listeners(addr.port(), &[])?.is_empty() {
+        // if it chose the same owner. A listener on an address this one
+        // covers, or that covers it, means "in use".
+        let overlaps = |l: &SocketAddr| {
+            let (a, b) = (l.ip().to_canonical(), addr.ip().to_canonical());
+            a == b || a.is_unspecified() || b.is_unspecified()
+        };
+        if addr.port() != 0
+            && steer::foreign_listeners(addr.port(), &[])?
+                .iter()
+                .any(overlaps)
+        {
             return Err(std::io::Error::from_raw_os_error(libc::EADDRINUSE));
         }
         return steer::member(addr, m.owner, backlog);
@@ -617,7 +625,9 @@ mod tests {
                 },
             },
         ];
-        let l = open(&plan, inherited, 16, None).unwrap().listeners;
+        let l = open(&plan, inherited.into_iter().map(Some).collect(), 16, None)
+            .unwrap()
+            .listeners;
         assert_eq!(l[0].name, "web");
         assert_eq!(l[0].address(), format!("127.0.0.1:{port}"));
         assert_eq!(l[0].named(3).port(), Some(port));
@@ -641,7 +651,7 @@ mod tests {
         let kept = tcp("127.0.0.1:0", true);
         let port = kept.local_addr().unwrap().as_socket().unwrap().port();
         let inode = nix::sys::stat::fstat(&kept).unwrap().st_ino;
-        let opened = open(&stored(port), vec![back(kept)], 16, None).unwrap();
+        let opened = open(&stored(port), vec![Some(back(kept))], 16, None).unwrap();
         assert!(opened.stale.is_empty(), "{:?}", opened.stale);
         assert!(opened.bound_here.is_empty());
         let l = &opened.listeners[0];
@@ -656,17 +666,26 @@ mod tests {
     fn a_stored_socket_listens_where_it_was_bound_or_is_bound_afresh() {
         let kept = tcp("127.0.0.1:0", false);
         let port = kept.local_addr().unwrap().as_socket().unwrap().port();
-        let opened = open(&stored(port), vec![back(kept)], 16, None).unwrap();
+        let opened = open(&stored(port), vec![Some(back(kept))], 16, None).unwrap();
         assert!(opened.stale.is_empty(), "{:?}", opened.stale);
         assert!(opened.listeners[0].socket.is_listener().unwrap());
         std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         drop(opened);
 
-        let kept = tcp("127.0.0.1:0", true);
-        let port = kept.local_addr().unwrap().as_socket().unwrap().port();
-        // SAFETY: shutdown on our own socket.
-        unsafe { libc::shutdown(kept.as_raw_fd(), libc::SHUT_RDWR) };
-        let opened = open(&stored(port), vec![back(kept)], 16, None).unwrap();
+        // The port is free between the shutdown and the bind: another test
+        // binding port 0 meanwhile may take it, then try another.
+        let (port, opened) = (0..5)
+            .find_map(|_| {
+                let kept = tcp("127.0.0.1:0", true);
+                let port = kept.local_addr().unwrap().as_socket().unwrap().port();
+                // SAFETY: shutdown on our own socket.
+                unsafe { libc::shutdown(kept.as_raw_fd(), libc::SHUT_RDWR) };
+                Some((
+                    port,
+                    open(&stored(port), vec![Some(back(kept))], 16, None).ok()?,
+                ))
+            })
+            .expect("five ports in a row taken between shutdown and bind");
         assert_eq!(opened.stale, ["relaunch.http"]);
         assert_eq!(opened.bound_here, [0]);
         let l = &opened.listeners[0];

@@ -158,11 +158,22 @@ pub fn busy_uids() -> io::Result<HashSet<u32>> {
 /// if its owner uid were the same). Before a steering change: never steer
 /// while one is there, and say so.
 pub fn foreign_listeners(port: u16, ours: &[u64]) -> io::Result<Vec<SocketAddr>> {
-    Ok(crate::proc::tcp_sockets(1 << crate::proc::TCP_LISTEN)?
-        .into_iter()
-        .filter(|e| e.local.port() == port && !ours.contains(&e.inode))
-        .map(|e| e.local)
-        .collect())
+    Ok(
+        crate::proc::tcp_sockets_on(1 << crate::proc::TCP_LISTEN, &[port])?
+            .into_iter()
+            .filter(|e| e.local.port() == port && !ours.contains(&e.inode))
+            .map(|e| e.local)
+            .collect(),
+    )
+}
+
+/// "a, b": addresses for a message.
+pub fn shown(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 // ------------------------------------------------------------- programs --

@@ -649,7 +649,7 @@ mod tests {
             groups: vec![GroupFds {
                 members: vec![14, 15],
                 saved: crate::sockets::group::Saved {
-                    generations: vec![Some(1), None],
+                    generations: vec![vec![1], Vec::new()],
                     route: 0,
                     backlog: 128,
                 },

@@ -194,8 +194,6 @@ pub enum Effect {
     EndCheck,
     /// A transition worth counting (for `--metrics`).
     Count(Count),
-    /// Every new connection goes to `generation`'s sockets from now on.
-    Steer { generation: u64 },
 }
 
 pub use crate::counts::{Count, ReloadResult, RestartReason};
@@ -218,9 +216,14 @@ pub trait Spawner {
     /// group. A failed exec is reported later, as [`Event::ExecFailed`].
     fn spawn(&mut self, generation: u64, worker: usize) -> Result<i32, spawn::Error>;
     /// Gives `generation`, about to start beside the serving one, sockets
-    /// of its own that get no connection until [`Effect::Steer`]. false:
-    /// it shares the serving generation's (no drain).
-    fn open(&mut self, generation: u64) -> bool;
+    /// of its own that get no connection until [`Effect::Steer`], but for
+    /// `probes` of relaunch's own on each (for `--ready auto`: something to
+    /// accept). false: it shares the serving generation's (no drain).
+    /// Its sockets get connections once [`Spawner::steer`]ed to.
+    fn open(&mut self, generation: u64, probes: usize) -> bool;
+    /// Every new connection goes to `generation`'s own sockets (from
+    /// `open`) from now on. Err: they still go where they went.
+    fn steer(&mut self, generation: u64) -> Result<(), String>;
     /// A number in [0, 1) for backoff jitter.
     fn jitter(&mut self) -> f64;
     /// Forks `--build` in its own process group; its exit comes back as
@@ -626,25 +629,6 @@ struct DrainWatch {
     failed: bool,
 }
 
-/// "3 open connections, 1 queued" (what is not zero).
-pub fn busy_text(b: &Busy) -> String {
-    let mut parts = Vec::new();
-    if b.open > 0 {
-        parts.push(format!("{} open connection(s)", b.open));
-    }
-    if b.queued > 0 {
-        parts.push(format!("{} queued", b.queued));
-    }
-    if b.handshakes > 0 {
-        parts.push(format!("{} handshake(s) under way", b.handshakes));
-    }
-    if parts.is_empty() {
-        "idle".into()
-    } else {
-        parts.join(", ")
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 struct UpgradeCheck {
     /// It must have answered by then.
@@ -930,22 +914,33 @@ impl Supervisor {
     /// While an old generation drains: the reload's generation, and the
     /// old one's process groups.
     fn drain_wanted(&self) -> Option<(u64, Vec<i32>)> {
-        let Some(Reload {
-            generation,
-            phase: Phase::Emptying { .. },
-            ..
-        }) = self.kept.reload
-        else {
-            return None;
-        };
-        let pgids = self
-            .kept
+        let (generation, ..) = self.emptying()?;
+        Some((generation, self.older_pids(generation)))
+    }
+
+    /// The reload whose old generation drains: its generation, the drain
+    /// timeout and the settle time.
+    fn emptying(&self) -> Option<(u64, Instant, Instant)> {
+        match self.kept.reload? {
+            Reload {
+                generation,
+                phase: Phase::Emptying { until, settle },
+                ..
+            } => Some((generation, until, settle)),
+            _ => None,
+        }
+    }
+
+    /// The children of generations before `generation`.
+    fn older(&self, generation: u64) -> impl Iterator<Item = &Child> {
+        self.kept
             .children
             .iter()
-            .filter(|c| c.generation < generation)
-            .map(|c| c.pid)
-            .collect();
-        Some((generation, pgids))
+            .filter(move |c| c.generation < generation)
+    }
+
+    fn older_pids(&self, generation: u64) -> Vec<i32> {
+        self.older(generation).map(|c| c.pid).collect()
     }
 
     /// The earliest moment an [`Event::Timer`] has something to do.
@@ -1043,21 +1038,8 @@ impl Supervisor {
     }
 
     fn draining(&self, now: Instant) -> Option<control::DrainInfo> {
-        let Some(Reload {
-            phase: Phase::Emptying { until, .. },
-            generation,
-            ..
-        }) = self.kept.reload
-        else {
-            return None;
-        };
-        let old = self
-            .kept
-            .children
-            .iter()
-            .filter(|c| c.generation < generation)
-            .map(|c| c.generation)
-            .max()?;
+        let (generation, until, _) = self.emptying()?;
+        let old = self.older(generation).map(|c| c.generation).max()?;
         let b = self.drain.last.unwrap_or_default();
         Some(control::DrainInfo {
             generation: old,
@@ -1956,7 +1938,12 @@ impl Supervisor {
             generation,
             "reload: starting generation {generation} beside generation {}", self.kept.serving
         );
-        let own = self.kept.cfg.drain.is_some() && os.open(generation);
+        // A server that auto-readiness sees only accepting needs connections.
+        let probes = match self.kept.cfg.ready_auto {
+            true => self.kept.cfg.workers,
+            false => 0,
+        };
+        let own = self.kept.cfg.drain.is_some() && os.open(generation, probes);
         self.kept.reload = Some(Reload {
             generation,
             phase: Phase::Starting {
@@ -2370,7 +2357,7 @@ impl Supervisor {
                 .filter(|c| c.generation == generation && c.state == State::Ready)
                 .count();
             if ready == self.kept.cfg.workers {
-                self.promote(generation, now);
+                self.promote(os, generation, now);
             }
         }
         if !self.kept.announced
@@ -2387,12 +2374,8 @@ impl Supervisor {
             self.announce(now);
         }
         // The old generation went on its own while it drained.
-        if let Some(Reload {
-            generation,
-            phase: Phase::Emptying { .. },
-            ..
-        }) = self.kept.reload
-            && !self.kept.children.iter().any(|c| c.generation < generation)
+        if let Some((generation, ..)) = self.emptying()
+            && self.older(generation).next().is_none()
         {
             self.set_phase(Phase::Draining);
         }
@@ -2401,7 +2384,7 @@ impl Supervisor {
             phase: Phase::Draining,
             ..
         }) = self.kept.reload
-            && !self.kept.children.iter().any(|c| c.generation < generation)
+            && self.older(generation).next().is_none()
             && self.escaped.is_empty()
             && self.sweep_wanted().is_none()
         {
@@ -2460,15 +2443,18 @@ impl Supervisor {
             .collect()
     }
 
-    fn promote(&mut self, generation: u64, now: Instant) {
-        let old: Vec<i32> = self
-            .kept
-            .children
-            .iter()
-            .filter(|c| c.generation < generation)
-            .map(|c| c.pid)
-            .collect();
+    fn promote(&mut self, os: &mut impl Spawner, generation: u64, now: Instant) {
+        let old = self.older_pids(generation);
         let drain = self.kept.reload.filter(|r| r.own).and(self.kept.cfg.drain);
+        // Its sockets get nothing until steered to: if that fails, it cannot
+        // serve, and the old generation goes on.
+        if drain.is_some()
+            && let Err(e) = os.steer(generation)
+        {
+            let reason = format!("cannot send new connections to generation {generation}: {e}");
+            self.fail_reload(os, ReloadResult::NotReady, reason, now);
+            return;
+        }
         let before = self.kept.serving;
         match drain {
             Some(timeout) => info!(
@@ -2495,7 +2481,6 @@ impl Supervisor {
         self.set_phase(phase);
         self.announce(now);
         if drain.is_some() {
-            self.out.push(Effect::Steer { generation });
             self.drain = DrainWatch::default();
         } else {
             for pid in old {
@@ -2512,19 +2497,14 @@ impl Supervisor {
 
     /// The drain timeout.
     fn drain_due(&mut self, now: Instant) {
-        let Some(Reload {
-            generation,
-            phase: Phase::Emptying { until, .. },
-            ..
-        }) = self.kept.reload
-        else {
+        let Some((generation, until, _)) = self.emptying() else {
             return;
         };
         if until > now {
             return;
         }
         let busy = match self.drain.last {
-            Some(b) => format!(": {}", busy_text(&b)),
+            Some(b) => format!(": {b}"),
             None => String::new(),
         };
         warn!(
@@ -2540,12 +2520,7 @@ impl Supervisor {
     }
 
     fn on_drained(&mut self, generation: u64, busy: Result<Busy, String>, now: Instant) {
-        let Some(Reload {
-            generation: g,
-            phase: Phase::Emptying { settle, .. },
-            ..
-        }) = self.kept.reload
-        else {
+        let Some((g, _, settle)) = self.emptying() else {
             return;
         };
         if g != generation {
@@ -2575,14 +2550,7 @@ impl Supervisor {
 
     fn end_drain(&mut self, generation: u64, now: Instant) {
         self.set_phase(Phase::Draining);
-        let old: Vec<i32> = self
-            .kept
-            .children
-            .iter()
-            .filter(|c| c.generation < generation)
-            .map(|c| c.pid)
-            .collect();
-        for pid in old {
+        for pid in self.older_pids(generation) {
             self.stop_child(pid, now);
         }
     }

@@ -334,7 +334,13 @@ fn talks_to_systemd_around_start_reload_and_stop() {
         "{first}"
     );
     r.signal(libc::SIGHUP);
-    let reloading = next();
+    let mut reloading = next();
+    // As root the reload's generation gets a socket of its own (the drain),
+    // kept in the store beside the first.
+    if reloading.starts_with("FDSTORE=1") {
+        assert_eq!(reloading, "FDSTORE=1\nFDNAME=relaunch.http~1");
+        reloading = next();
+    }
     assert!(reloading.contains("RELOADING=1"), "{reloading}");
     let usec: u64 = reloading
         .lines()

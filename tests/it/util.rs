@@ -528,12 +528,33 @@ pub fn status(control: &std::path::Path) -> String {
 }
 
 /// A TCP port free on loopback a moment ago.
+/// A port nothing listens on, below the ephemeral range: a port the kernel
+/// handed out at bind(0) may be taken, before relaunch binds it, as the
+/// local port of one of the load's many client connections.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let base = (low / 2).max(1024);
+    let span = low - base;
+    // Each test process starts elsewhere: several may run at once.
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id() % span + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = (base + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        let free = |ip: &str| TcpListener::bind((ip, port)).is_ok();
+        if free("0.0.0.0") && free("::") && free("127.0.0.1") {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{low}");
 }
 
 /// (Recv-Q, Send-Q) of every TCP listener on `port`; Send-Q is the backlog.

@@ -47,8 +47,12 @@ impl Spawner for Fake {
         self.spawned.push((pid, generation));
         Ok(pid)
     }
-    fn open(&mut self, _generation: u64) -> bool {
+    fn open(&mut self, _generation: u64, _probes: usize) -> bool {
         self.own_sockets
+    }
+    fn steer(&mut self, generation: u64) -> Result<(), String> {
+        self.steered.push(generation);
+        Ok(())
     }
     fn jitter(&mut self) -> f64 {
         0.5
@@ -67,7 +71,6 @@ impl Os for Fake {
             match e {
                 Effect::Signal { pgid, sig } => self.signals.push((pgid, sig)),
                 Effect::SignalEscaped { pid, sig } => self.signals.push((pid, sig)),
-                Effect::Steer { generation } => self.steered.push(generation),
                 Effect::Tell(t) => self.tells.push(t),
                 Effect::Count(c) => self.counts.push(c),
                 Effect::Reply { to, response } => {

@@ -39,6 +39,7 @@ struct Fake {
     /// Generations given sockets of their own, then steered to.
     opened: Vec<u64>,
     steered: Vec<u64>,
+    steer_fails: bool,
 }
 
 /// The core and a fake spawner, side by side as the runtime holds them.
@@ -95,7 +96,6 @@ impl Sim {
                 }
                 Effect::Upgrade { binary, reply } => self.os.upgrades.push((binary, reply)),
                 Effect::EndCheck => self.os.checks_ended += 1,
-                Effect::Steer { generation } => self.os.steered.push(generation),
             }
         }
     }
@@ -147,11 +147,18 @@ impl Spawner for Fake {
         self.spawned.push((pid, generation, worker));
         Ok(pid)
     }
-    fn open(&mut self, generation: u64) -> bool {
+    fn open(&mut self, generation: u64, _probes: usize) -> bool {
         if self.own_sockets {
             self.opened.push(generation);
         }
         self.own_sockets
+    }
+    fn steer(&mut self, generation: u64) -> Result<(), String> {
+        self.steered.push(generation);
+        match self.steer_fails {
+            true => Err("attach refused".into()),
+            false => Ok(()),
+        }
     }
     fn jitter(&mut self) -> f64 {
         0.5

@@ -149,6 +149,23 @@ fn a_drain_in_progress_is_carried_by_an_upgrade() {
 }
 
 #[test]
+fn a_generation_that_cannot_be_steered_to_fails_its_reload_and_the_old_one_serves_on() {
+    let (mut s, t0) = reloading();
+    s.os.steer_fails = true;
+    s.t_ready(102, t0 + ms(100));
+    assert_eq!(s.os.steered, [2]);
+    assert_eq!(s.kept.serving, 1, "the old generation serves on");
+    assert_eq!(s.os.signals, [(102, Signal::SIGTERM)]);
+    let last = s.kept.last_reload.as_ref().unwrap();
+    assert!(!last.ok);
+    assert!(
+        last.message.contains("cannot send new connections"),
+        "{}",
+        last.message
+    );
+}
+
+#[test]
 fn a_stop_while_draining_stops_both_generations() {
     let (mut s, t0) = reloading();
     s.t_ready(102, t0);
