@@ -6,10 +6,9 @@
 //! - `Runtime` holds the core ([`Supervisor`]) and the I/O side (`Driver`)
 //!   side by side: the core decides, the driver carries out its [`Effect`]s
 //!   and is the [`Spawner`] the core is lent for a turn.
-//! - The loop: the core says what it wants this turn (`Wants`), each event
-//!   source arms itself from that (`Sources::arm`), the first wake becomes
-//!   [`Event`]s (`on_wake`), each is handled and carried out. Nothing on the
-//!   loop blocks: forks happen here (PR_SET_PDEATHSIG follows the forking
+//! - The loop is `runtime`'s, over any [`Os`]; the `Driver` is the real one
+//!   (fork, sockets, signals, /proc), and the upgrade's exec is here. Nothing
+//!   on the loop blocks: forks happen here (PR_SET_PDEATHSIG follows the forking
 //!   thread), /proc is read on the blocking pool. Idle, it sleeps without
 //!   timers.
 //!
@@ -57,20 +56,12 @@ use crate::sockets::drain::Watch;
 use crate::sockets::group::{self, Group};
 use crate::sockets::{self, Listener, steer};
 use crate::supervise::lines::PipeLines;
-use crate::supervise::sources::{Every, Listeners, Signals, Task, Wants, recv, sleep_until};
-use crate::supervise::supervisor::{
-    Config, Effect, Event, Notice, Spawner, Supervisor, Tell, WatchConfig,
-};
+use crate::supervise::runtime::{self, Os, Runtime, Sources, handle_notify, step};
+use crate::supervise::sources::Signals;
+use crate::supervise::supervisor::{Config, Effect, Event, Spawner, Supervisor, Tell, WatchConfig};
 use crate::supervise::{handover, idle, keeper, reaper, spawn, upgrade};
 use socket2::Socket;
 
-/// How often /proc is scanned while a generation is starting.
-const SCAN_EVERY: Duration = Duration::from_millis(15);
-/// How often a draining generation is measured.
-const DRAIN_EVERY: Duration = Duration::from_millis(50);
-/// How often groups whose leader exited are checked, besides on every
-/// SIGCHLD (a member whose parent is not us dies without one).
-const GROUP_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// Lines of a build's output kept for the message when it fails.
 const BUILD_TAIL: usize = 20;
 
@@ -158,19 +149,6 @@ struct Adopted {
     upgrade: Option<RawFd>,
 }
 
-/// The core and the I/O side by side: the core decides, the driver carries
-/// it out, and neither owns the other.
-struct Runtime {
-    core: Supervisor,
-    os: Driver,
-}
-
-impl Runtime {
-    fn handle(&mut self, event: Event, now: Instant) -> Vec<Effect> {
-        self.core.handle(event, now, &mut self.os)
-    }
-}
-
 /// The one path from either boot to the end: the driver, the supervisor,
 /// the event loop, and the cleanup.
 pub async fn run(boot: Boot) -> Result<i32> {
@@ -234,44 +212,32 @@ pub async fn run(boot: Boot) -> Result<i32> {
         build: None,
         watcher,
     };
-    let inodes = driver.held_inodes();
     let mut rt = match start {
         Start::Fresh(cfg) => {
             let mut rt = Runtime {
                 core: Supervisor::new(cfg),
                 os: driver,
             };
-            let fx = rt.handle(Event::Start, Instant::now());
-            apply(&mut rt, fx);
+            step(&mut rt, Event::Start);
             rt
         }
         Start::Adopted(a) => resume(driver, *a),
     };
-    let sources = Sources {
+    let sources = Sources::new(
         signals,
-        control: control.map(control::Server::serve),
+        control.map(control::Server::serve),
         scrapes,
-        notify: notify_rx,
-        listened: listened_rx,
-        timer: None,
-        scan: Every::default(),
-        scanning: Task::default(),
-        inodes: Arc::new(inodes),
-        groups: Every::default(),
-        drain: Every::default(),
-        draining: Task::default(),
-        drain_watch: None,
-        sweep: Task::default(),
-        listeners: Listeners::default(),
-        idle: gauge.map(Idle::new),
-    };
+        notify_rx,
+        listened_rx,
+        gauge,
+    );
     let result = event_loop(&mut rt, sources).await;
     end(rt).await;
     result
 }
 
 /// What relaunch leaves behind, ended or removed, whatever the outcome.
-async fn end(mut rt: Runtime) {
+async fn end(mut rt: Runtime<Driver>) {
     if let Some(w) = rt.os.watcher.take() {
         w.end();
     }
@@ -894,7 +860,7 @@ fn adopt_intercept(
 /// exec handled.
 #[cold]
 #[inline(never)]
-fn resume(mut driver: Driver, a: Adopted) -> Runtime {
+fn resume(mut driver: Driver, a: Adopted) -> Runtime<Driver> {
     for n in a.notify {
         // SAFETY: handed over for us alone; adopted once.
         let fd = unsafe { OwnedFd::from_raw_fd(n.fd) };
@@ -946,23 +912,21 @@ fn resume(mut driver: Driver, a: Adopted) -> Runtime {
     }
     rt.core.tell_serving();
     let fx = rt.core.effects();
-    apply(&mut rt, fx);
+    runtime::apply(&mut rt, fx);
     for (request, fd) in a.requests {
         match control::Reply::adopt(fd) {
             Ok(reply) => {
                 let reply = rt.os.replies.hold(reply);
-                let fx = rt.handle(Event::Control { request, reply }, Instant::now());
-                apply(&mut rt, fx);
+                step(&mut rt, Event::Control { request, reply });
             }
             Err(e) => warn!("cannot adopt a pending control request after the upgrade: {e}"),
         }
     }
     // Children that ended during the exec are zombies by now.
     let events = reap(&mut rt.os);
-    let gone = group_check(&mut rt);
+    let gone = group_check(&rt.core, &mut rt.os);
     for ev in events.into_iter().chain(gone) {
-        let fx = rt.handle(ev, Instant::now());
-        apply(&mut rt, fx);
+        step(&mut rt, ev);
     }
     rt
 }
@@ -1324,7 +1288,7 @@ impl Driver {
         (saved, fds)
     }
 
-    fn perform(&mut self, effects: Vec<Effect>) {
+    fn carry_out(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
                 Effect::SignalEscaped { pid, sig } => {
@@ -1745,206 +1709,96 @@ impl Spawner for Driver {
     }
 }
 
-/// Everything the loop waits on besides the driver's own pipes, each armed
-/// from the core's [`Wants`] at every turn.
-struct Sources {
-    signals: Signals,
-    control: Option<mpsc::Receiver<Incoming>>,
-    /// A scrape is a status request (`--metrics`).
-    scrapes: Option<mpsc::Receiver<Incoming>>,
-    /// Notify datagrams, by generation (checked by their sockets' tasks).
-    notify: mpsc::UnboundedReceiver<(u64, Message)>,
-    /// A held socket's listen(), seen by bind interception.
-    listened: mpsc::UnboundedReceiver<(i32, String)>,
-    /// The core's next deadline.
-    timer: Option<Instant>,
-    /// The /proc readiness scan, while a generation starts: one at a time,
-    /// on the held sockets' inodes.
-    scan: Every,
-    scanning: Task<Vec<Event>>,
-    inodes: Arc<HashSet<u64>>,
-    /// Groups whose leader exited and escaped processes: checked on every
-    /// SIGCHLD, and on this tick too (a member whose parent is not us dies
-    /// without one).
-    groups: Every,
-    /// Escaped processes are looked for when a child ends or is being
-    /// stopped (the owners change) and when anything is reaped (an orphan
-    /// that died may have left its own children on us). One at a time.
-    sweep: Task<Sweep>,
-    /// The listeners, watched while no child runs (`--lazy`, idle stops).
-    listeners: Listeners,
-    /// `--idle-stop`'s measures of the listeners.
-    idle: Option<Idle>,
-    /// An old generation draining: measured this often, one at a time.
-    drain: Every,
-    draining: Task<(Watch, Event)>,
-    /// What the measures remember (handshakes seen at the first), for the
-    /// reload of this generation; away while a measure runs.
-    drain_watch: Option<(u64, Watch)>,
-}
+/// The real system under the loop: fork, sockets, signals and /proc.
+impl Os for Driver {
+    type Signals = Signals;
+    type Swept = Sweep;
 
-/// `--idle-stop`: measures the listeners every so often while children run,
-/// and exactly when the idle time would be over.
-struct Idle {
-    gauge: Arc<idle::Gauge>,
-    every: Every,
-    /// The idle time is over then (not while a measure runs: a due time in
-    /// the past would fire at every turn).
-    over: Option<Instant>,
-    measuring: Task<Event>,
-}
-
-impl Idle {
-    fn new(gauge: Arc<idle::Gauge>) -> Idle {
-        Idle {
-            gauge,
-            every: Every::default(),
-            over: None,
-            measuring: Task::default(),
+    fn perform(&mut self, core: &mut Supervisor, effects: Vec<Effect>) {
+        self.carry_out(effects);
+        while let Some((binary, reply)) = self.asked.take() {
+            start_upgrade(core, self, binary, reply);
         }
     }
 
-    fn arm(&mut self, wants: &Wants, now: Instant) {
-        self.gauge.follow(wants.idle_probe.is_some());
-        self.every.arm(wants.idle_probe, now);
-        self.over = wants.idle_stop_due.filter(|_| !self.measuring.busy());
+    fn hold(&mut self, reply: control::Reply) -> control::ReplyId {
+        self.replies.hold(reply)
     }
 
-    fn due(&self) -> Option<Instant> {
-        let next = self.every.due()?;
-        Some(self.over.map_or(next, |over| next.min(over)))
-    }
-
-    fn tick(&mut self, now: Instant) {
-        self.every.ticked(now);
-        let g = Arc::clone(&self.gauge);
-        self.measuring.start(move || {
-            let m = g.measure();
-            Event::Activity {
-                open: m.open,
-                churned: m.churned,
-            }
-        });
-    }
-}
-
-/// What woke the loop.
-enum Wake {
-    Signal(Signal),
-    Control(Incoming),
-    Listened {
-        pid: i32,
-        how: String,
-    },
-    Notify {
-        generation: u64,
-        msg: Message,
-    },
-    /// `relaunch-watch` wrote something.
-    Watcher,
-    /// The `--build` wrote something.
-    BuildOutput,
-    Exec {
-        pid: i32,
-        status: spawn::ExecStatus,
-    },
-    Timer,
-    ScanTick,
-    Scanned(Vec<Event>),
-    Swept(Sweep),
-    GroupTick,
-    Connection,
-    IdleTick,
-    Measured(Event),
-    /// A measure of the draining generation is due (`Sources::arm` starts it).
-    DrainTick,
-    Drained(Watch, Event),
-}
-
-impl Sources {
-    /// Arms each source from what the core wants now. An event to handle
-    /// at once when the listeners cannot be watched (nothing could wake us
-    /// for them, so a generation starts instead).
-    fn arm(&mut self, rt: &mut Runtime, now: Instant) -> Option<Event> {
-        let wants = rt.core.wants(now);
-        self.timer = wants.deadline;
-        self.scan.arm(wants.scan.then_some(SCAN_EVERY), now);
-        self.groups
-            .arm(wants.group_check.then_some(GROUP_CHECK_EVERY), now);
-        if let Some(idle) = &mut self.idle {
-            idle.arm(&wants, now);
-        }
-        if let Some(sweep) = wants.sweep
-            && !self.sweep.busy()
-        {
-            self.sweep.start(sweep_job(rt, sweep));
-        }
-        self.drain
-            .arm(wants.drain.is_some().then_some(DRAIN_EVERY), now);
-        // The first measure of a drain at once, the others on the tick.
-        let first = |w: &Option<(u64, Watch)>, g: u64| w.as_ref().is_none_or(|(wg, _)| *wg != g);
-        if let Some((generation, pgids)) = wants.drain
-            && !self.draining.busy()
-            && (self.drain.due().is_some_and(|t| t <= now) || first(&self.drain_watch, generation))
-        {
-            self.drain.ticked(now);
-            let watch = match self.drain_watch.take() {
-                Some((g, w)) if g == generation => w,
-                _ => rt.os.drain_watch(generation),
-            };
-            self.draining.start(move || {
-                let mut watch = watch;
-                let pids = crate::proc::group_members(&pgids);
-                let busy = watch.look(&pids).map_err(|e| e.to_string());
-                (watch, Event::Drained { generation, busy })
-            });
-        }
-        if !wants.listeners {
-            self.listeners.stop();
-        } else if !self.listeners.watching() {
-            rt.os.sync_listeners();
-            if !self.listeners.start(&rt.os.listeners) {
-                return Some(Event::Connection);
-            }
-        }
-        None
-    }
-
-    /// The first source with something to say.
-    async fn next(&mut self, os: &Driver) -> Wake {
-        let idle_due = self.idle.as_ref().and_then(Idle::due);
-        let measured = async {
-            match &mut self.idle {
-                Some(i) => i.measuring.done().await,
-                None => std::future::pending().await,
-            }
-        };
+    async fn piped(&mut self) -> Vec<Event> {
         tokio::select! {
-            sig = self.signals.recv() => Wake::Signal(sig),
-            Some(inc) = recv(&mut self.control) => Wake::Control(inc),
-            Some(inc) = recv(&mut self.scrapes) => Wake::Control(inc),
-            Some((pid, how)) = self.listened.recv() => Wake::Listened { pid, how },
-            Some((generation, msg)) = self.notify.recv() => Wake::Notify { generation, msg },
-            () = readable(os.watcher.as_ref().map(|w| &w.out)) => Wake::Watcher,
-            () = readable(os.build.as_ref().map(|b| &b.out)) => Wake::BuildOutput,
-            (pid, status) = exec_reported(&os.execs) => Wake::Exec { pid, status },
-            () = sleep_until(self.timer) => Wake::Timer,
-            () = sleep_until(self.scan.due()) => Wake::ScanTick,
-            Some(events) = self.scanning.done() => Wake::Scanned(events),
-            Some(found) = self.sweep.done() => Wake::Swept(found),
-            () = sleep_until(self.groups.due()) => Wake::GroupTick,
-            () = self.listeners.connection() => Wake::Connection,
-            () = sleep_until(idle_due) => Wake::IdleTick,
-            Some(event) = measured => Wake::Measured(event),
-            // Not while a measure runs: a due tick would fire at every turn.
-            () = sleep_until(self.drain.due().filter(|_| !self.draining.busy())) => Wake::DrainTick,
-            Some((watch, event)) = self.draining.done() => Wake::Drained(watch, event),
+            () = readable(self.watcher.as_ref().map(|w| &w.out)) => {
+                self.watcher.as_mut().map_or_else(Vec::new, Watcher::events)
+            }
+            () = readable(self.build.as_ref().map(|b| &b.out)) => {
+                if let Some(b) = &mut self.build {
+                    b.take();
+                }
+                Vec::new()
+            }
+            (pid, status) = exec_reported(&self.execs) => {
+                self.execs.remove(&pid);
+                match status {
+                    spawn::ExecStatus::Failed(error) => vec![Event::ExecFailed { pid, error }],
+                    _ => Vec::new(),
+                }
+            }
         }
+    }
+
+    fn reap(&mut self) -> Vec<Event> {
+        reap(self)
+    }
+
+    fn group_check(&mut self, core: &Supervisor) -> Vec<Event> {
+        group_check(core, self)
+    }
+
+    fn scan_job(&self, core: &Supervisor) -> impl FnOnce() -> Vec<Event> + Send + 'static {
+        scan_job(core, self)
+    }
+
+    fn sweep_job(&self, core: &Supervisor, sweep: u64) -> impl FnOnce() -> Sweep + Send + 'static {
+        sweep_job(core, self, sweep)
+    }
+
+    fn swept(&mut self, (sweep, found): Sweep) -> Event {
+        let mut named = Vec::new();
+        for (l, handle) in found {
+            self.escaped.insert(l.pid, handle);
+            named.push((l.pid, l.cmd));
+        }
+        Event::Escaped {
+            sweep,
+            found: named,
+        }
+    }
+
+    fn drain_watch(&self, generation: u64) -> Watch {
+        Driver::drain_watch(self, generation)
+    }
+
+    fn drain_job(
+        &self,
+        generation: u64,
+        pgids: Vec<i32>,
+        mut watch: Watch,
+    ) -> impl FnOnce() -> (Watch, Event) + Send + 'static {
+        move || {
+            let pids = crate::proc::group_members(&pgids);
+            let busy = watch.look(&pids).map_err(|e| e.to_string());
+            (watch, Event::Drained { generation, busy })
+        }
+    }
+
+    fn listeners(&mut self) -> &[Listener] {
+        self.sync_listeners();
+        &self.listeners
     }
 }
 
-/// The loop: next wake, the events it means, each handled and carried out.
-async fn event_loop(rt: &mut Runtime, mut src: Sources) -> Result<i32> {
+/// The loop until the core exits; an upgrade's handshake over, the exec.
+async fn event_loop(rt: &mut Runtime<Driver>, mut src: Sources<Driver>) -> Result<i32> {
     loop {
         if let Some(exit) = rt.core.exit() {
             return match exit.error {
@@ -1957,147 +1811,24 @@ async fn event_loop(rt: &mut Runtime, mut src: Sources) -> Result<i32> {
             upgrade_now(rt, &mut src).await;
             continue;
         }
-        if let Some(ev) = src.arm(rt, Instant::now()) {
-            step(rt, ev);
-            continue;
-        }
-        let wake = src.next(&rt.os).await;
-        for ev in on_wake(rt, &mut src, wake) {
-            step(rt, ev);
-        }
+        runtime::turn(rt, &mut src).await;
     }
-}
-
-/// What a wake means for the core; some are the runtime's own business.
-fn on_wake(rt: &mut Runtime, src: &mut Sources, wake: Wake) -> Vec<Event> {
-    let now = Instant::now();
-    match wake {
-        Wake::Signal(sig) => on_signal(rt, sig),
-        Wake::Control(inc) => vec![Event::Control {
-            request: inc.request,
-            reply: rt.os.replies.hold(inc.reply),
-        }],
-        Wake::Listened { pid, how } => vec![Event::Listened { pid, how }],
-        Wake::Notify { generation, msg } => {
-            handle_notify(rt, generation, msg).into_iter().collect()
-        }
-        Wake::Watcher => rt
-            .os
-            .watcher
-            .as_mut()
-            .map_or_else(Vec::new, Watcher::events),
-        Wake::BuildOutput => {
-            if let Some(b) = &mut rt.os.build {
-                b.take();
-            }
-            Vec::new()
-        }
-        Wake::Exec { pid, status } => {
-            rt.os.execs.remove(&pid);
-            match status {
-                spawn::ExecStatus::Failed(error) => vec![Event::ExecFailed { pid, error }],
-                _ => Vec::new(),
-            }
-        }
-        Wake::Timer => vec![Event::Timer],
-        Wake::ScanTick => {
-            src.scan.ticked(now);
-            // One scan at a time; a slow one skips ticks rather than piling up.
-            if !src.scanning.busy() {
-                // Interception under --port may have rebound a socket, and
-                // a reload's generation may have a socket of its own.
-                src.inodes = Arc::new(rt.os.held_inodes());
-                src.scanning.start(scan_job(rt, &src.inodes));
-            }
-            Vec::new()
-        }
-        Wake::Scanned(events) => events,
-        Wake::Swept((sweep, found)) => {
-            let mut named = Vec::new();
-            for (l, handle) in found {
-                rt.os.escaped.insert(l.pid, handle);
-                named.push((l.pid, l.cmd));
-            }
-            vec![Event::Escaped {
-                sweep,
-                found: named,
-            }]
-        }
-        Wake::GroupTick => {
-            src.groups.ticked(now);
-            group_check(rt)
-        }
-        Wake::Connection => vec![Event::Connection],
-        Wake::IdleTick => {
-            if let Some(idle) = &mut src.idle {
-                idle.tick(now);
-            }
-            Vec::new()
-        }
-        Wake::Measured(event) => vec![event],
-        Wake::DrainTick => Vec::new(),
-        Wake::Drained(watch, event) => {
-            if let Event::Drained { generation, .. } = &event {
-                src.drain_watch = Some((*generation, watch));
-            }
-            vec![event]
-        }
-    }
-}
-
-/// What each handled signal means.
-fn on_signal(rt: &mut Runtime, sig: Signal) -> Vec<Event> {
-    match sig {
-        Signal::SIGCHLD => {
-            for ev in reap(&mut rt.os) {
-                step(rt, ev);
-            }
-            // Leaders reaped just now may have been the last of their groups.
-            group_check(rt)
-        }
-        Signal::SIGTERM | Signal::SIGINT => {
-            info!("{}: stopping", sig.as_str());
-            vec![Event::Stop]
-        }
-        Signal::SIGHUP => {
-            info!("SIGHUP: reload");
-            vec![Event::Reload]
-        }
-        Signal::SIGUSR2 => {
-            info!("SIGUSR2: upgrading relaunch in place");
-            vec![Event::Upgrade {
-                binary: None,
-                reply: None,
-            }]
-        }
-        other => vec![Event::Forward(other)],
-    }
-}
-
-/// Carries out `fx`, then starts an upgrade the supervisor allowed.
-fn apply(rt: &mut Runtime, fx: Vec<Effect>) {
-    rt.os.perform(fx);
-    while let Some((binary, reply)) = rt.os.asked.take() {
-        start_upgrade(rt, binary, reply);
-    }
-    crate::logging::set_generation(rt.core.serving());
-}
-
-/// One event through the supervisor, its effects carried out.
-fn step(rt: &mut Runtime, event: Event) {
-    let fx = rt.handle(event, Instant::now());
-    apply(rt, fx);
 }
 
 /// Runs the new binary's handshake with the state as it is now. Cold and
 /// apart, so its code stays off the pages the loop touches (idle RSS).
 #[cold]
 #[inline(never)]
-fn start_upgrade(rt: &mut Runtime, binary: Option<PathBuf>, reply: Option<control::ReplyId>) {
+fn start_upgrade(
+    core: &mut Supervisor,
+    os: &mut Driver,
+    binary: Option<PathBuf>,
+    reply: Option<control::ReplyId>,
+) {
     let started = upgrade::binary_path(binary)
         .map_err(|why| (why, None))
         .and_then(|binary| {
-            let state = save(rt, None, Vec::new(), Vec::new(), Vec::new());
+            let state = save(core, os, None, Vec::new(), Vec::new(), Vec::new());
             let json = serde_json::to_vec(&state)
                 .map_err(|e| (format!("cannot encode the state: {e}"), None))?;
             info!(binary = %binary.display(), "asking the new binary whether it can take over");
@@ -2106,11 +1837,11 @@ fn start_upgrade(rt: &mut Runtime, binary: Option<PathBuf>, reply: Option<contro
     match started {
         Ok(mut check) => {
             check.reply = reply;
-            rt.os.upgrade = Some(check);
+            os.upgrade = Some(check);
         }
         Err((reason, _)) => {
-            let fx = rt.handle(Event::UpgradeFailed { reason, reply }, Instant::now());
-            rt.os.perform(fx);
+            let fx = core.handle(Event::UpgradeFailed { reason, reply }, Instant::now(), os);
+            os.carry_out(fx);
         }
     }
 }
@@ -2118,18 +1849,19 @@ fn start_upgrade(rt: &mut Runtime, binary: Option<PathBuf>, reply: Option<contro
 /// Everything the next image needs: the supervisor, the driver, and every
 /// fd they hold (with the answers still owed on control connections).
 fn save(
-    rt: &Runtime,
+    core: &Supervisor,
+    os: &Driver,
     upgrade_conn: Option<RawFd>,
     requests: Vec<(control::Request, RawFd)>,
     sigmask: Vec<i32>,
     carried: Vec<intercept::handler::Carried>,
 ) -> State {
-    let (supervisor, waiters) = rt.core.save();
-    let (driver, mut fds) = rt.os.save();
+    let (supervisor, waiters) = core.save();
+    let (driver, mut fds) = os.save();
     fds.intercept = carried;
     fds.waiters = waiters
         .into_iter()
-        .filter_map(|(generation, id)| Some((generation, rt.os.replies.conn(id)?)))
+        .filter_map(|(generation, id)| Some((generation, os.replies.conn(id)?)))
         .collect();
     fds.requests = requests;
     fds.upgrade = upgrade_conn;
@@ -2147,7 +1879,7 @@ fn save(
 /// returns if relaunch goes on as it was.
 #[cold]
 #[inline(never)]
-async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
+async fn upgrade_now(rt: &mut Runtime<Driver>, src: &mut Sources<Driver>) {
     let Some(mut check) = rt.os.upgrade.take() else {
         return;
     };
@@ -2192,7 +1924,8 @@ async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
     // they wait (blocked) for whichever image runs next.
     src.signals.requeue();
     let mut state = save(
-        rt,
+        &rt.core,
+        &rt.os,
         reply.and_then(|id| rt.os.replies.conn(id)),
         requests,
         sigmask.clone(),
@@ -2220,7 +1953,7 @@ async fn upgrade_now(rt: &mut Runtime, src: &mut Sources) {
 /// Before the exec: notify datagrams being checked reach the supervisor,
 /// and answers already decided reach their clients. Bounded: a stuck check
 /// loses at most what it holds.
-async fn quiesce(rt: &mut Runtime, src: &mut Sources) {
+async fn quiesce(rt: &mut Runtime<Driver>, src: &mut Sources<Driver>) {
     settle(rt, src).await;
     for _ in 0..3 {
         tokio::task::yield_now().await;
@@ -2233,7 +1966,7 @@ async fn quiesce(rt: &mut Runtime, src: &mut Sources) {
 /// would die with this image. No await follows until the exec, so no task
 /// reads another datagram; those still in a socket go over with it.
 /// Bounded like [`quiesce`].
-async fn settle(rt: &mut Runtime, src: &mut Sources) {
+async fn settle(rt: &mut Runtime<Driver>, src: &mut Sources<Driver>) {
     // At least one turn of the runtime's driver, which moves what the
     // signal handlers took so far into the signal streams.
     for _ in 0..200 {
@@ -2243,7 +1976,7 @@ async fn settle(rt: &mut Runtime, src: &mut Sources) {
         }
     }
     while let Ok((generation, msg)) = src.notify.try_recv() {
-        if let Some(ev) = handle_notify(rt, generation, msg) {
+        if let Some(ev) = handle_notify(&rt.core, generation, msg) {
             step(rt, ev);
         }
     }
@@ -2281,21 +2014,24 @@ async fn park(
 
 /// Looks for processes that escaped a child's group and that no running
 /// child owns (see `reaper`), on the blocking pool.
-fn sweep_job(rt: &Runtime, sweep: u64) -> impl FnOnce() -> Sweep + Send + 'static {
-    let owners = rt.core.owners();
+fn sweep_job(
+    core: &Supervisor,
+    os: &Driver,
+    sweep: u64,
+) -> impl FnOnce() -> Sweep + Send + 'static {
+    let owners = core.owners();
     // relaunch's own helpers (`relaunch-watch`, a `--build`, the keeper)
     // may be its children too, and are no child's: never leftovers.
-    let children: Vec<i32> = rt
-        .core
+    let children: Vec<i32> = core
         .children()
         .iter()
         .map(|c| c.pid)
-        .chain(rt.os.watcher.as_ref().map(|w| w.pid))
-        .chain(rt.os.build.as_ref().map(|b| b.pid))
+        .chain(os.watcher.as_ref().map(|w| w.pid))
+        .chain(os.build.as_ref().map(|b| b.pid))
         .chain(keeper::pid())
         .collect();
-    let ending: Vec<i32> = rt.core.escaped().collect();
-    let spawns = rt.os.spawns.clone();
+    let ending: Vec<i32> = core.escaped().collect();
+    let spawns = os.spawns.clone();
     let since = reaper::boot_ticks();
     move || {
         let found = reaper::find_leftovers(&spawns, &owners, &children, &ending, since)
@@ -2370,19 +2106,18 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
 
 /// The lingering groups that are empty now, and the escaped processes
 /// that are gone (handles the supervisor no longer tracks are dropped).
-fn group_check(rt: &mut Runtime) -> Vec<Event> {
-    let mut events: Vec<Event> = rt
-        .core
+fn group_check(core: &Supervisor, os: &mut Driver) -> Vec<Event> {
+    let mut events: Vec<Event> = core
         .lingering()
         .filter(|&pgid| !reaper::group_alive(pgid))
         .inspect(|&pgid| keeper::gone(pgid))
         .map(|pgid| Event::GroupGone { pgid })
         .collect();
-    let tracked: Vec<i32> = rt.core.escaped().collect();
-    rt.os.escaped.retain(|pid, _| tracked.contains(pid));
+    let tracked: Vec<i32> = core.escaped().collect();
+    os.escaped.retain(|pid, _| tracked.contains(pid));
     for pid in tracked {
-        if rt.os.escaped.get(&pid).is_none_or(|e| !e.exists()) {
-            rt.os.escaped.remove(&pid);
+        if os.escaped.get(&pid).is_none_or(|e| !e.exists()) {
+            os.escaped.remove(&pid);
             events.push(Event::EscapedGone { pid });
         }
     }
@@ -2447,19 +2182,17 @@ fn fill_status(status: &mut control::Status, inodes: &[Vec<u64>], ports: &[Optio
 
 /// Scans /proc for the starting children on the blocking pool: a hung
 /// mount or a stuck child must not stall the loop.
-fn scan_job(
-    rt: &Runtime,
-    inodes: &Arc<HashSet<u64>>,
-) -> impl FnOnce() -> Vec<Event> + Send + 'static {
-    let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = rt.core.to_scan(Instant::now()).unzip();
-    let inodes = Arc::clone(inodes);
-    let held: Vec<std::net::SocketAddr> = rt
-        .os
+fn scan_job(core: &Supervisor, os: &Driver) -> impl FnOnce() -> Vec<Event> + Send + 'static {
+    let (pids, roots): (Vec<i32>, Vec<Vec<i32>>) = core.to_scan(Instant::now()).unzip();
+    // Interception under --port may have rebound a socket, and a reload's
+    // generation may have a socket of its own.
+    let inodes = os.held_inodes();
+    let held: Vec<std::net::SocketAddr> = os
         .listeners
         .iter()
         .filter_map(|l| l.socket.local_addr().ok()?.as_socket())
         .collect();
-    let how = match &rt.os.intercept {
+    let how = match &os.intercept {
         None => fallback::Interception::Off,
         Some(t) if t.probes() => fallback::Interception::Probes,
         Some(_) => fallback::Interception::Binds,
@@ -2491,53 +2224,6 @@ fn scan_job(
             })
             .collect()
     }
-}
-
-/// Turns a notify datagram into an event. Its sender (and MAINPID=) were
-/// checked when it arrived; nothing is read here.
-fn handle_notify(rt: &Runtime, generation: u64, msg: Message) -> Option<Event> {
-    // The child comes first among the roots (see `Message::sent_by_any_of`).
-    let roots = |pid: i32, main_pid: Option<i32>| -> Vec<i32> {
-        std::iter::once(pid).chain(main_pid).collect()
-    };
-    let owner = rt
-        .core
-        .children()
-        .iter()
-        .filter(|c| c.generation == generation)
-        .map(|c| (c.pid, c.main_pid))
-        .find(|&(pid, main_pid)| msg.sent_by_any_of(&roots(pid, main_pid)));
-    let Some((pid, main_pid)) = owner else {
-        if crate::ready::notify::worth_a_warning(msg.pid) {
-            warn!(
-                sender = msg.pid,
-                generation,
-                "ignoring a notify message from pid {}, a process outside generation {generation} \
-                 (or gone before it could be checked: send with BARRIER=1, as systemd-notify does)",
-                msg.pid
-            );
-        }
-        return None;
-    };
-    let mut notice = Notice::default();
-    if let Some(m) = msg.mainpid() {
-        match msg.main_pid_under(&roots(pid, main_pid)) {
-            Some(m) => notice.main_pid = Some(m),
-            None => warn!(
-                pid,
-                generation, "ignoring MAINPID={m}: not a process of this child when it arrived"
-            ),
-        }
-    }
-    notice.status = msg.status().map(str::to_string);
-    if msg.reloading() {
-        info!(pid, generation, "child reports RELOADING=1");
-    }
-    if msg.stopping() {
-        info!(pid, generation, "child reports STOPPING=1");
-    }
-    notice.ready = msg.ready();
-    Some(Event::Notify { pid, notice })
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod idle;
 pub mod keeper;
 pub mod lines;
 pub mod reaper;
+pub mod runtime;
 pub mod sources;
 pub mod spawn;
 pub mod supervisor;

@@ -3,6 +3,7 @@
 //! unarmed source is pending for ever, as tableflip turns a source off by
 //! setting its channel to nil) and waits for whichever is ready first.
 
+use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -121,6 +122,18 @@ pub async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Where the loop's signals come from: [`Signals`], or a test's script.
+pub trait SignalFeed {
+    /// The next signal taken.
+    fn next(&mut self) -> impl Future<Output = Signal>;
+}
+
+impl SignalFeed for Signals {
+    fn next(&mut self) -> impl Future<Output = Signal> {
+        self.recv()
     }
 }
 
