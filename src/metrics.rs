@@ -167,8 +167,9 @@ struct Shared {
     gauges: Gauges,
 }
 
-fn registry() -> (Registry, Tally, Gauges) {
-    let mut r = Registry::with_prefix("relaunch");
+/// The counters, with every label value from the start (so rate() sees
+/// the first increase).
+fn tally() -> Tally {
     let tally = Tally {
         restarts: Family::default(),
         reloads: Family::default(),
@@ -178,7 +179,6 @@ fn registry() -> (Registry, Tally, Gauges) {
         drains: Family::default(),
         cut: Counter::default(),
     };
-    // Every label value from the start, so rate() sees the first increase.
     for r in [
         RestartReason::Exit,
         RestartReason::Signal,
@@ -202,6 +202,12 @@ fn registry() -> (Registry, Tally, Gauges) {
     for result in ["idle", "timeout"] {
         let _ = tally.drains.get_or_create(&[("result", result)]);
     }
+    tally
+}
+
+fn registry() -> (Registry, Tally, Gauges) {
+    let mut r = Registry::with_prefix("relaunch");
+    let tally = tally();
     let gauges = Gauges {
         started: Instant::now(),
         generation: Gauge::default(),

@@ -158,27 +158,7 @@ pub fn open(
             Source::Inherited(_) => false,
         };
         let listener = match &p.source {
-            Source::Inherited(i) => {
-                let i = inherited
-                    .get_mut(*i)
-                    .and_then(Option::take)
-                    .ok_or_else(|| {
-                        Error::runtime(format!(
-                            "{}: the plan names an inherited socket that is not there",
-                            p.name
-                        ))
-                        .hint("this is a bug in relaunch; please report it")
-                    })?;
-                let l = Listener::adopt(p.name.clone(), Socket::from(i.fd), i.addr);
-                if i.kind == SockKind::Other {
-                    warn!(
-                        "inherited socket {} ({}) is of a kind relaunch does not know; passing it on as is",
-                        l.name,
-                        l.address()
-                    );
-                }
-                l
-            }
+            Source::Inherited(i) => inherited_listener(p, inherited.get_mut(*i))?,
             Source::Bind { spec, fallback } => {
                 bind(p.name.clone(), spec, backlog, fallback, group)?
             }
@@ -221,6 +201,26 @@ pub fn open(
         bound_here,
         stale,
     })
+}
+
+/// The socket the service manager passed for `p`.
+fn inherited_listener(p: &Planned, slot: Option<&mut Option<Inherited>>) -> Result<Listener> {
+    let i = slot.and_then(Option::take).ok_or_else(|| {
+        Error::runtime(format!(
+            "{}: the plan names an inherited socket that is not there",
+            p.name
+        ))
+        .hint("this is a bug in relaunch; please report it")
+    })?;
+    let l = Listener::adopt(p.name.clone(), Socket::from(i.fd), i.addr);
+    if i.kind == SockKind::Other {
+        warn!(
+            "inherited socket {} ({}) is of a kind relaunch does not know; passing it on as is",
+            l.name,
+            l.address()
+        );
+    }
+    Ok(l)
 }
 
 /// Whether the socket the fd store kept (at `got`) serves the listener

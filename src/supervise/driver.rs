@@ -256,27 +256,8 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
     let plan = planned(&args, &snap.env, &names)?;
     // Before any thread: it is forked, and allocates.
     keeper::start(plan.stop_signal, plan.stop_timeout);
-    let on_demand = plan.lazy || plan.idle_stop.is_some();
-    let membership = plan
-        .drain
-        .and_then(|_| group::membership(&plan.listeners, on_demand));
-    let mut inherited: Vec<Option<_>> = inherited.into_iter().map(Some).collect();
-    // The drain's other sockets the fd store gave back, for their groups.
-    let stored: Vec<(String, u32, Socket)> = plan
-        .members
-        .iter()
-        .filter_map(|(name, slot, i)| {
-            let fd = inherited.get_mut(*i)?.take()?.fd;
-            Some((name.clone(), *slot, Socket::from(fd)))
-        })
-        .collect();
-    let opened = sockets::open(&plan.listeners, inherited, plan.backlog, membership)?;
+    let (opened, groups, dropped) = open_listeners(&plan, inherited)?;
     let listeners = opened.listeners;
-    let (kept, dropped) = stored_members(&listeners, &opened.bound_here, stored, membership);
-    let groups = match membership {
-        Some(_) => group::groups(&listeners, plan.backlog, kept),
-        None => Vec::new(),
-    };
     for (i, l) in listeners.iter().enumerate() {
         info!("listening on {} as fd {} ({})", l.address(), 3 + i, l.name);
     }
@@ -367,6 +348,35 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
         gauge,
         start: Start::Fresh(cfg),
     })
+}
+
+/// The plan's listeners, opened; their groups where old generations drain;
+/// and the fd store's names of the drain's sockets that go.
+fn open_listeners(
+    plan: &plan::Plan,
+    inherited: Vec<plan::inherit::Inherited>,
+) -> Result<(sockets::Opened, Vec<Group>, Vec<String>)> {
+    let on_demand = plan.lazy || plan.idle_stop.is_some();
+    let membership = plan
+        .drain
+        .and_then(|_| group::membership(&plan.listeners, on_demand));
+    let mut inherited: Vec<Option<_>> = inherited.into_iter().map(Some).collect();
+    // The drain's other sockets the fd store gave back, for their groups.
+    let stored: Vec<(String, u32, Socket)> = plan
+        .members
+        .iter()
+        .filter_map(|(name, slot, i)| {
+            let fd = inherited.get_mut(*i)?.take()?.fd;
+            Some((name.clone(), *slot, Socket::from(fd)))
+        })
+        .collect();
+    let opened = sockets::open(&plan.listeners, inherited, plan.backlog, membership)?;
+    let (kept, dropped) = stored_members(&opened.listeners, &opened.bound_here, stored, membership);
+    let groups = match membership {
+        Some(_) => group::groups(&opened.listeners, plan.backlog, kept),
+        None => Vec::new(),
+    };
+    Ok((opened, groups, dropped))
 }
 
 /// The drain's other sockets the fd store gave back, per listener in slot
@@ -710,13 +720,7 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
         keeper::adopt(k);
     }
     let listeners = adopt_listeners(saved_listeners)?;
-    let groups = adopt_groups(saved_groups);
-    if !saved.launch.drains {
-        info!(
-            "drain is off: the image before this upgrade had none, and its sockets are not \
-             made for it; restart relaunch (not upgrade) for old generations to drain at reloads"
-        );
-    }
+    let groups = adopt_groups(saved_groups, saved.launch.drains);
     let control = match saved_control {
         Some(c) => Some(
             control::Server::adopt(c.fd, c.file.path.clone(), c.file.identity)
@@ -767,7 +771,13 @@ fn adopt_error(what: String) -> Error {
 
 /// The groups an upgrade handed over; none (drain off, said) if one does
 /// not fit.
-fn adopt_groups(saved: Vec<handover::GroupFds>) -> Vec<Group> {
+fn adopt_groups(saved: Vec<handover::GroupFds>, drains: bool) -> Vec<Group> {
+    if !drains {
+        info!(
+            "drain is off: the image before this upgrade had none, and its sockets are not \
+             made for it; restart relaunch (not upgrade) for old generations to drain at reloads"
+        );
+    }
     let mut groups = Vec::with_capacity(saved.len());
     for g in saved {
         // SAFETY: handed over for us alone (claimed open by `take`); owned once.
