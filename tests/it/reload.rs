@@ -140,6 +140,21 @@ fn fds_of(pid: i32) -> BTreeSet<i32> {
         .collect()
 }
 
+/// `pid`'s fds once they hold still for 200 ms: a child's exec status
+/// pipe, or a check of a notify sender, may still be open just after
+/// "serving".
+fn settled_fds(pid: i32) -> BTreeSet<i32> {
+    let mut last = fds_of(pid);
+    wait_for("relaunch's fds to settle", T, || {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = fds_of(pid);
+        let same = now == last;
+        last = now;
+        same.then_some(())
+    });
+    last
+}
+
 fn fd_listing(pid: i32) -> String {
     fds_of(pid)
         .into_iter()
@@ -334,7 +349,7 @@ fn fd_exhaustion_at_a_reload_is_a_clear_error_and_the_old_child_serves_on() {
     let addr = r.listen_addr(3);
     let old = wait_serving(addr);
     r.log.wait("serving: generation 1", T);
-    let before = fds_of(r.pid());
+    let before = settled_fds(r.pid());
     let held_before = listeners_on(addr.port()).len();
     // Every fd below the soft limit but one is taken; what is open stays open.
     let lowest_free = (0..).find(|n| !before.contains(n)).unwrap();
@@ -429,7 +444,7 @@ fn soak_200_reloads_under_load_leave_no_fd_memory_or_zombie_behind() {
     let first = wait_serving(addr);
     // Once READY=1 is handled, no check of its sender holds a pidfd any more.
     r.log.wait("serving: generation 1", T);
-    let fds_before = fds_of(rl);
+    let fds_before = settled_fds(rl);
     let held_before = listeners_on(addr.port()).len();
     let load = Load::start(addr, 4);
     let t = Instant::now();
