@@ -32,8 +32,9 @@ use crate::supervise::{driver, handover, spawn};
 fn main() {
     // Before anything else: what our parent gave us, and sane fds 0-2.
     spawn::ensure_std_fds();
+    // Before the fd limit is raised: the exec would keep the raised one.
+    malloc_tunables();
     spawn::raise_fd_limit(std::env::var_os(handover::ENV).is_some());
-    one_malloc_arena();
     // An upgrade's handshake, run by the relaunch that would exec us.
     if std::env::args_os().nth(1).as_deref() == Some(handover::CHECK_FLAG.as_ref()) {
         upgrade_check();
@@ -69,16 +70,94 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Every thread allocates from the main arena. glibc gives each thread
-/// that meets a locked arena one of its own (up to 8 per core), and each
-/// keeps the pages it touched: with a bind-interception thread per child, a
-/// few hundred KiB more after every batch of reloads. relaunch's threads
-/// allocate little and seldom, so the shared lock costs nothing.
-fn one_malloc_arena() {
+/// glibc's malloc for relaunch itself: one arena, no per-thread cache of
+/// freed blocks (tcache), no cache of dead threads' stacks, and blocks of
+/// 64 KiB and up (a status answer) always mapped apart and given back when
+/// freed. relaunch starts a bind-interception thread per child and pool
+/// threads for /proc reads; with glibc's defaults each live thread kept up
+/// to ~200 KiB of freed blocks, every dead one left its stack's pages
+/// resident, and the threshold rose with the first large block freed, so
+/// RSS grew with reloads. relaunch allocates little and seldom: the shared
+/// lock costs nothing.
+const TUNABLES: &str = "glibc.malloc.arena_max=1:glibc.malloc.tcache_count=0:\
+    glibc.malloc.mmap_threshold=65536:glibc.pthread.stack_cache_size=0";
+/// Set for the one exec below: `COMM` when GLIBC_TUNABLES was unset, else
+/// `COMM/VALUE` (a comm never holds '/').
+const SAVED_TUNABLES: &str = "RELAUNCH_SAVED_TUNABLES";
+
+/// The loader reads tunables only at exec, so relaunch execs itself once
+/// with them, then puts back the environment and name it was given: the
+/// children never see them.
+fn malloc_tunables() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: one integer option, set before any thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
+    {
+        use std::ffi::{CString, OsStr};
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        if let Some(saved) = std::env::var_os(SAVED_TUNABLES) {
+            let saved = saved.into_vec();
+            let (comm, given) = match saved.iter().position(|&b| b == b'/') {
+                Some(i) => (&saved[..i], Some(&saved[i + 1..])),
+                None => (&saved[..], None),
+            };
+            // SAFETY: no other thread exists yet.
+            unsafe {
+                match given {
+                    Some(v) => std::env::set_var("GLIBC_TUNABLES", OsStr::from_bytes(v)),
+                    None => std::env::remove_var("GLIBC_TUNABLES"),
+                }
+                std::env::remove_var(SAVED_TUNABLES);
+            }
+            if let Ok(comm) = CString::new(comm) {
+                // SAFETY: a NUL-terminated name; the kernel copies 16 bytes at most.
+                unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
+            }
+            return;
+        }
+        let mut comm = [0u8; 17];
+        // SAFETY: PR_GET_NAME writes at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_GET_NAME, comm.as_mut_ptr()) };
+        let comm = &comm[..comm.iter().position(|&b| b == 0).unwrap_or(16)];
+        let given = std::env::var_os("GLIBC_TUNABLES");
+        let mut saved = comm.to_vec();
+        let mut tunables = Vec::new();
+        if let Some(g) = &given {
+            saved.push(b'/');
+            saved.extend_from_slice(g.as_bytes());
+            // Ours after the caller's: where both set one, ours count here.
+            if !g.is_empty() {
+                tunables.extend_from_slice(g.as_bytes());
+                tunables.push(b':');
+            }
+        }
+        tunables.extend_from_slice(TUNABLES.as_bytes());
+        let cstr = |b: Vec<u8>| CString::new(b).ok();
+        let mut env: Vec<CString> = std::env::vars_os()
+            .filter(|(k, _)| k != "GLIBC_TUNABLES" && k != SAVED_TUNABLES)
+            .filter_map(|(k, v)| cstr([k.as_bytes(), b"=", v.as_bytes()].concat()))
+            .collect();
+        env.extend(cstr([b"GLIBC_TUNABLES=", &tunables[..]].concat()));
+        env.extend(cstr([SAVED_TUNABLES.as_bytes(), b"=", &saved].concat()));
+        let args: Vec<CString> = std::env::args_os()
+            .filter_map(|a| cstr(a.into_vec()))
+            .collect();
+        if args.is_empty() {
+            return;
+        }
+        let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        // The very binary running (a path may name a newer one by now); the
+        // signal mask and pending signals go through, as an upgrade needs.
+        // SAFETY: NULL-terminated arrays of C strings that outlive the call.
+        unsafe {
+            libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr());
+        }
+        // No /proc: run with glibc's defaults, in one arena at least.
+        // SAFETY: one integer option, set before any thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
     }
 }
 
@@ -144,9 +223,14 @@ fn upgraded(value: &std::ffi::OsStr) -> i32 {
 /// One thread runs the loop (fork is well-defined); the blocking pool's
 /// threads block every signal, so each one reaches the loop's thread, where
 /// an upgrade can keep it pending across the exec.
+/// A pool thread ends with its job: jobs come with every reload, so idle
+/// ones never timed out, and the pool kept as many threads (and their
+/// stacks' pages) as ever ran jobs at once. Starting one costs far less
+/// than a job.
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(std::time::Duration::ZERO)
         .on_thread_start(|| {
             sigmask::block_all();
         })

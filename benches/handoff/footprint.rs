@@ -421,8 +421,6 @@ pub struct Scale {
 /// The reload whose RSS later ones are held to.
 pub const SCALE_EARLY: usize = 10;
 
-/// Many listeners, many workers, many reloads through the control socket:
-/// relaunch's fds and memory must not grow.
 /// Starts the bench's server `n` times straight from here (no launcher in
 /// between) and times each spawn to the server's exec stamp, ms.
 pub fn exec_floor(ctx: &Ctx, n: usize) -> Result<Vec<f64>, String> {
@@ -462,11 +460,16 @@ pub fn exec_floor(ctx: &Ctx, n: usize) -> Result<Vec<f64>, String> {
     Ok(out)
 }
 
+/// Many listeners, many workers, many reloads through the control socket:
+/// relaunch's fds and memory must not grow.
 pub fn scale(plan: &Plan, ctx: &Ctx) -> Result<Scale, String> {
     let sock = ctx.run_dir.join("scale.sock");
+    // Every worker binds the first listener's port itself, as the seeds'
+    // apps do: each bind is answered by interception, on its thread.
+    let port = crate::procs::free_port()?.to_string();
     let mut cmd = Command::new(&ctx.relaunch);
-    cmd.arg("-q");
-    for _ in 0..plan.scale_listeners {
+    cmd.args(["-q", "-l", &format!("127.0.0.1:{port}")]);
+    for _ in 1..plan.scale_listeners {
         cmd.args(["-l", "127.0.0.1:0"]);
     }
     cmd.args([
@@ -479,7 +482,7 @@ pub fn scale(plan: &Plan, ctx: &Ctx) -> Result<Scale, String> {
     .arg(&sock)
     .arg("--")
     .arg(&ctx.bench)
-    .args(["--server", "--delay", "0"]);
+    .args(["--server", "--delay", "0", "--naive", &port]);
     let mut proc = Proc::spawn("scale", &mut cmd, &ctx.log_dir)?;
     wait_all_ready(ctx, &sock, plan.scale_workers, &mut proc)?;
     let before = counters(proc.pid())?;

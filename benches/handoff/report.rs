@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::footprint::{Footprint, SCALE_EARLY};
+use crate::footprint::{Footprint, SCALE_EARLY, Scale};
 use crate::load::Outcome;
 use crate::plan::{IDLE_TARGET_SECS, Plan};
 use crate::scenario::{Scenario, Status};
@@ -163,30 +163,34 @@ pub fn table(scenarios: &[Scenario], fp: Option<&Footprint>) -> String {
             "| relaunch's CPU time / context switches under that load | {:.3} ms / {} |",
             tp.intercept_cpu_ms_under_load, tp.intercept_switches_under_load
         );
-        let _ = writeln!(
-            t,
-            "| scale: {} listeners, {} workers, {} reloads | {} failed; reload median {:.0} ms, max {:.0} ms |",
-            sc.listeners,
-            sc.workers,
-            sc.reloads,
-            sc.reload_failures,
-            sc.reload_ms_median,
-            sc.reload_ms_max
-        );
-        let _ = writeln!(
-            t,
-            "| scale: relaunch fds / RSS before → reload {} → reload {} | {} → {} → {} / {} KiB → {} KiB → {} KiB |",
-            SCALE_EARLY.min(sc.reloads),
-            sc.reloads,
-            sc.before.fds,
-            sc.early.fds,
-            sc.after.fds,
-            sc.before.rss_kib,
-            sc.early.rss_kib,
-            sc.after.rss_kib
-        );
+        t.push_str(&scale_rows(sc));
     }
     t
+}
+
+/// The scale measurement's rows of the footprint table.
+pub fn scale_rows(sc: &Scale) -> String {
+    format!(
+        "| scale: {} listeners, {} workers binding a port themselves (interception), {} reloads | {} failed; reload median {:.0} ms, max {:.0} ms |\n\
+         | scale: relaunch fds / threads / RSS before → reload {} → reload {} | {} → {} → {} / {} → {} → {} / {} KiB → {} KiB → {} KiB |\n",
+        sc.listeners,
+        sc.workers,
+        sc.reloads,
+        sc.reload_failures,
+        sc.reload_ms_median,
+        sc.reload_ms_max,
+        SCALE_EARLY.min(sc.reloads),
+        sc.reloads,
+        sc.before.fds,
+        sc.early.fds,
+        sc.after.fds,
+        sc.before.threads,
+        sc.early.threads,
+        sc.after.threads,
+        sc.before.rss_kib,
+        sc.early.rss_kib,
+        sc.after.rss_kib
+    )
 }
 
 pub fn print_table(scenarios: &[Scenario], fp: Option<&Footprint>) {
@@ -350,20 +354,7 @@ pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>, extra: &
         ));
     }
     if let Some(fp) = fp {
-        let sc = &fp.scale;
-        let grew = sc.after.rss_kib.saturating_sub(sc.early.rss_kib);
-        lines.push((
-            format!(
-                "scale: RSS at reload {} within {SCALE_GROWTH_KIB} KiB of reload {} \
-                 ({} workers; got {} KiB → {} KiB, +{grew} KiB)",
-                sc.reloads,
-                SCALE_EARLY.min(sc.reloads),
-                sc.workers,
-                sc.early.rss_kib,
-                sc.after.rss_kib
-            ),
-            grew <= SCALE_GROWTH_KIB,
-        ));
+        lines.push(scale_acceptance(&fp.scale));
         let rss = fp.idle.rss.total;
         lines.push((
             format!("idle RSS <= {RSS_TARGET_KIB} KiB (got {rss} KiB)"),
@@ -430,6 +421,23 @@ pub fn print_acceptance(scenarios: &[Scenario], fp: Option<&Footprint>, extra: &
     for (what, ok) in lines {
         println!("  [{}] {what}", if ok { "ok" } else { "FAIL" });
     }
+}
+
+/// RSS after the last reload against after reload [`SCALE_EARLY`].
+pub fn scale_acceptance(sc: &Scale) -> (String, bool) {
+    let grew = sc.after.rss_kib.saturating_sub(sc.early.rss_kib);
+    (
+        format!(
+            "scale: RSS at reload {} within {SCALE_GROWTH_KIB} KiB of reload {} \
+             ({} workers; got {} KiB → {} KiB, +{grew} KiB)",
+            sc.reloads,
+            SCALE_EARLY.min(sc.reloads),
+            sc.workers,
+            sc.early.rss_kib,
+            sc.after.rss_kib
+        ),
+        grew <= SCALE_GROWTH_KIB,
+    )
 }
 
 /// Round-by-round ratios, as the report and the acceptance lines print them.

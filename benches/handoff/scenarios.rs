@@ -26,6 +26,10 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
         plan.conns,
         ctx.log_dir.display()
     );
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
+    // `--only scale`: the footprint's scale measurement alone.
+    let scale_alone = !only.is_empty() && wanted("scale");
+    let with_footprint = with_footprint && !scale_alone;
     // Watched while everything else runs: idle means relaunch does nothing,
     // whatever the rest of the machine does.
     let idle = if with_footprint {
@@ -60,7 +64,6 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
         }
     }
 
-    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
     let mut readiness = if wanted("readiness") {
         crate::readiness::run(plan, &ctx)
     } else {
@@ -85,6 +88,12 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
         drain_broke = broke;
     }
 
+    let scale = if scale_alone {
+        Some(footprint::scale(plan, &ctx)?)
+    } else {
+        None
+    };
+
     let footprint = match idle {
         Some((idle, lazy)) => Some(Footprint {
             idle: idle.finish(plan.idle)?,
@@ -103,6 +112,13 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
 
     let out = report::Outputs::new(&ctx.log_dir);
     report::print_table(&scenarios, footprint.as_ref());
+    if let Some(sc) = &scale {
+        println!(
+            "| launcher footprint | |\n|---|---|\n{}",
+            report::scale_rows(sc)
+        );
+        readiness.push(report::scale_acceptance(sc));
+    }
     report::write_json(&out.json, plan, &scenarios, footprint.as_ref())?;
     crate::chart::draw(&out.svg, &scenarios)?;
     if plan.mode != "smoke" {

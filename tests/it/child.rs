@@ -108,6 +108,41 @@ fn relaunch_control_does_not_leak_to_the_child() {
     r.log.wait("control socket listening", T);
 }
 
+/// relaunch runs itself with glibc settings of its own (through
+/// GLIBC_TUNABLES): the child gets the environment's GLIBC_TUNABLES as
+/// given, or none, and relaunch keeps its name.
+#[test]
+fn glibc_tunables_reach_the_child_as_given() {
+    for given in [None, Some(""), Some("glibc.malloc.check=0")] {
+        let dir = TempDir::new("tunables");
+        let out = dir.join("report.json");
+        let mut cmd = Command::new(relaunch_bin());
+        cmd.args(["-l", "127.0.0.1:0", "--", probe().to_str().unwrap()])
+            .env("PROBE_OUT", &out);
+        match given {
+            Some(v) => cmd.env("GLIBC_TUNABLES", v),
+            None => cmd.env_remove("GLIBC_TUNABLES"),
+        };
+        let r = Relaunch::start_with(&mut cmd);
+        let rep = read_report(&out);
+        let env = &rep["env"];
+        assert_eq!(
+            env.get("GLIBC_TUNABLES").and_then(|v| v.as_str()),
+            given,
+            "{rep:#}"
+        );
+        let tunables: Vec<&String> = env
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| k.contains("TUNABLES"))
+            .collect();
+        assert_eq!(tunables.len(), usize::from(given.is_some()), "{rep:#}");
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", r.pid())).unwrap();
+        assert_eq!(comm.trim(), "relaunch");
+    }
+}
+
 /// The --ports-file does not outlive relaunch.
 #[test]
 fn the_ports_file_is_removed_on_exit() {

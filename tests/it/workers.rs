@@ -58,3 +58,54 @@ fn a_dead_worker_is_restarted_alone() {
         "the other worker kept running: {pids:?} {after:?}"
     );
 }
+
+/// relaunch's threads by name (`comm`), its own pid's included.
+fn thread_names(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+/// Between reloads relaunch runs its loop and one bind-interception thread
+/// per live child: the old generation's threads end with it, and no helper
+/// thread stays once its /proc read is done.
+#[test]
+fn reloads_leave_one_thread_per_child_and_the_loop() {
+    let dir = TempDir::new("threads");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let server = example("pid_server").display().to_string();
+    let r = Relaunch::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--workers",
+        "3",
+        "--control",
+        &ctl,
+        "--",
+        &server,
+    ]);
+    let addr = r.listen_addr(3);
+    wait_serving(addr);
+    for _ in 0..3 {
+        let (code, out) = cli(&["reload", "--control", &ctl], T);
+        assert_eq!(code, Some(0), "{out}");
+    }
+    let mut last = Vec::new();
+    let settled = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < settled {
+        last = thread_names(r.pid());
+        let intercept = last.iter().filter(|n| *n == "intercept").count();
+        if intercept == 3 && last.len() == 4 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "relaunch runs {} threads 5 s after its reloads, want its loop and 3 `intercept`: {last:?}\n{}",
+        last.len(),
+        r.log.text()
+    );
+}
