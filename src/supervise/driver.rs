@@ -1631,6 +1631,9 @@ impl Spawner for Driver {
     fn open(&mut self, generation: u64, probes: usize) -> bool {
         // A listener interception moved has a new group.
         self.sync_listeners();
+        if self.groups.is_empty() {
+            return false;
+        }
         let mut own = Vec::with_capacity(self.groups.len());
         for (g, l) in self.groups.iter_mut().zip(&self.listeners) {
             let slots = g.len();
@@ -1675,7 +1678,7 @@ impl Spawner for Driver {
         if let Some(t) = &self.intercept {
             t.set_members(generation, own);
         }
-        !self.groups.is_empty()
+        true
     }
 
     fn steer(&mut self, generation: u64) -> std::result::Result<(), String> {
