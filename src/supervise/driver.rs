@@ -258,21 +258,7 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
     keeper::start(plan.stop_signal, plan.stop_timeout);
     let (opened, groups, dropped) = open_listeners(&plan, inherited)?;
     let listeners = opened.listeners;
-    for (i, l) in listeners.iter().enumerate() {
-        info!("listening on {} as fd {} ({})", l.address(), 3 + i, l.name);
-    }
-    let named: Vec<Named> = (3..).zip(&listeners).map(|(fd, l)| l.named(fd)).collect();
-    let child = plan.child(&named)?;
-    for w in &child.warnings {
-        warn!("{w}");
-    }
-    // Nothing runs until the first connection: a command that cannot run
-    // is said now, not then.
-    if plan.lazy
-        && let Err(e) = spawn::check_program(&plan.program, &child.env)
-    {
-        return Err(Error::new(e.kind(), e.to_string()));
-    }
+    let child = child_of(&plan, &listeners)?;
     // Removed when the driver is dropped, whatever the outcome.
     let ports_file = match &plan.ports_file {
         Some(path) => Some(sockets::PortsFile::write(path, &listeners)?),
@@ -315,8 +301,7 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
     {
         keep_changes_in_store(t, notify_socket.as_deref(), &plan.listeners);
     }
-    let mut cfg = config(&plan, &listeners);
-    cfg.drain = plan.drain.filter(|_| !groups.is_empty());
+    let cfg = config(&plan, &listeners, !groups.is_empty());
     let build_cmd = plan.watch.as_ref().and_then(|w| w.build.clone());
     let build_env = plan.build_env().to_vec();
     Ok(Resources {
@@ -348,6 +333,27 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
         gauge,
         start: Start::Fresh(cfg),
     })
+}
+
+/// What each child is started with, the listeners being where they are;
+/// said as they come: where each listens, and what the plan warns of.
+fn child_of(plan: &plan::Plan, listeners: &[Listener]) -> Result<plan::Child> {
+    for (i, l) in listeners.iter().enumerate() {
+        info!("listening on {} as fd {} ({})", l.address(), 3 + i, l.name);
+    }
+    let named: Vec<Named> = (3..).zip(listeners).map(|(fd, l)| l.named(fd)).collect();
+    let child = plan.child(&named)?;
+    for w in &child.warnings {
+        warn!("{w}");
+    }
+    // Nothing runs until the first connection: a command that cannot run
+    // is said now, not then.
+    if plan.lazy
+        && let Err(e) = spawn::check_program(&plan.program, &child.env)
+    {
+        return Err(Error::new(e.kind(), e.to_string()));
+    }
+    Ok(child)
 }
 
 /// The plan's listeners, opened; their groups where old generations drain;
@@ -647,8 +653,9 @@ fn intercept_table(
     }
 }
 
-/// The supervisor's configuration, from the plan.
-fn config(plan: &plan::Plan, listeners: &[Listener]) -> Config {
+/// The supervisor's configuration, from the plan; `drains`: the listeners
+/// have groups to steer.
+fn config(plan: &plan::Plan, listeners: &[Listener], drains: bool) -> Config {
     let listener_info = listeners
         .iter()
         .enumerate()
@@ -680,7 +687,7 @@ fn config(plan: &plan::Plan, listeners: &[Listener]) -> Config {
         }),
         lazy: plan.lazy,
         idle_stop: plan.idle_stop,
-        drain: None,
+        drain: plan.drain.filter(|_| drains),
     }
 }
 
