@@ -32,11 +32,7 @@ use crate::plan::{Planned, Source};
 /// starts a generation.
 pub fn membership(plan: &[Planned], on_demand: bool) -> Option<Membership> {
     let off = |why: String| {
-        info!(
-            "drain is off: {why}; at a reload the old generation is stopped as soon as the new \
-             one is ready, and connections it accepted but had not answered may be cut \
-             (docs/steering.md)"
-        );
+        info!("{}", drain_off(&why));
         None
     };
     if on_demand {
@@ -89,6 +85,15 @@ pub fn membership(plan: &[Planned], on_demand: bool) -> Option<Membership> {
     }
 }
 
+/// The line that says the drain is off, why, and what that costs.
+pub fn drain_off(why: &str) -> String {
+    format!(
+        "drain is off: {why}; at a reload the old generation is stopped as soon as the new one \
+         is ready, and connections it accepted but had not answered may be cut \
+         (docs/steering.md)"
+    )
+}
+
 /// One group per listener, or none at all (drain off, said why). `stored`:
 /// each listener's other members the fd store gave back, in slot order.
 pub fn groups(listeners: &[Listener], backlog: i32, stored: Vec<Vec<Socket>>) -> Vec<Group> {
@@ -108,12 +113,12 @@ pub fn groups(listeners: &[Listener], backlog: i32, stored: Vec<Vec<Socket>>) ->
         match made {
             Ok(g) => out.push(g),
             Err(e) => {
-                warn!(
-                    "drain is off: {} ({}) cannot be steered between generations: {e}; at a \
-                     reload the old generation is stopped as soon as the new one is ready",
+                let why = format!(
+                    "{} ({}) cannot be steered between generations: {e}",
                     l.name,
                     l.address()
                 );
+                warn!("{}", drain_off(&why));
                 return Vec::new();
             }
         }
@@ -192,7 +197,13 @@ impl Group {
         sockets.extend(others.into_iter().map(Arc::new));
         let n = sockets.len();
         let mut group = Group::of(sockets, vec![Vec::new(); n], 0, backlog)?;
-        let queues = crate::proc::listen_queues().unwrap_or_default();
+        let queues = crate::proc::listen_queues().unwrap_or_else(|e| {
+            warn!(
+                "cannot read the accept queues ({e}): new connections go to slot 0, and what \
+                 waits on the others is served at the next reloads"
+            );
+            Default::default()
+        });
         let waiting = |m: &Member| queues.get(&m.inode).map_or(0, |q| q.waiting);
         let busiest = (0..n).max_by_key(|&i| (waiting(&group.members[i]), usize::MAX - i));
         group.route = busiest.unwrap_or(0);
@@ -343,34 +354,21 @@ impl Group {
     /// has something to accept. Each stays open, sending nothing, until
     /// dropped.
     pub fn probe(&mut self, generation: u64, n: usize) -> io::Result<Vec<Socket>> {
-        let slot = self.position(generation).ok_or_else(|| {
-            io::Error::other(format!(
-                "generation {generation} has no socket in the group"
-            ))
-        })? as u32;
-        let dest = reachable(self.addr, self.v6only);
-        let mut out = Vec::with_capacity(n);
-        let made = (0..n).try_for_each(|_| {
-            let (sock, port) = steer::probe_socket(dest)?;
-            let prog = steer::program(Route::To(self.route as u32), Some(Probe { port, slot }));
-            steer::attach(self.members[0].socket.as_ref(), &prog)?;
-            sock.connect_timeout(&dest.into(), PROBE_WAIT)?;
-            out.push(sock);
-            Ok::<(), io::Error>(())
-        });
-        // The probe's rule goes either way.
-        self.attach()?;
-        made.map(|()| out)
+        let slot = self.slot_of(generation)?;
+        (0..n)
+            .map(|_| {
+                self.with_probe(slot, |sock, dest| {
+                    sock.connect_timeout(&dest.into(), PROBE_WAIT)?;
+                    Ok(sock)
+                })
+            })
+            .collect()
     }
 
     /// New connections go to `generation`'s member from now on. The slot
     /// they went to before (for [`back_to`](Self::back_to)).
     pub fn steer_to(&mut self, generation: u64) -> io::Result<usize> {
-        let i = self.position(generation).ok_or_else(|| {
-            io::Error::other(format!(
-                "generation {generation} has no socket in the group"
-            ))
-        })?;
+        let i = self.slot_of(generation)?;
         let was = self.route;
         self.back_to(i)?;
         Ok(was)
@@ -398,6 +396,14 @@ impl Group {
         reset
     }
 
+    fn slot_of(&self, generation: u64) -> io::Result<usize> {
+        self.position(generation).ok_or_else(|| {
+            io::Error::other(format!(
+                "generation {generation} has no socket in the group"
+            ))
+        })
+    }
+
     fn position(&self, generation: u64) -> Option<usize> {
         self.members
             .iter()
@@ -407,6 +413,29 @@ impl Group {
     fn attach(&self) -> io::Result<()> {
         let prog = steer::program(Route::To(self.route as u32), None);
         steer::attach(self.members[0].socket.as_ref(), &prog)
+    }
+
+    /// Runs `f` with a probe socket (see `steer::probe_socket`) whose
+    /// connects go to `slot` while the route stays; the probe's rule is
+    /// taken off after, whatever `f` did (its port is free again).
+    fn with_probe<T>(
+        &self,
+        slot: usize,
+        f: impl FnOnce(Socket, SocketAddr) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let dest = reachable(self.addr, self.v6only);
+        let (probe, port) = steer::probe_socket(dest)?;
+        let prog = steer::program(
+            Route::To(self.route as u32),
+            Some(Probe {
+                port,
+                slot: slot as u32,
+            }),
+        );
+        steer::attach(self.members[0].socket.as_ref(), &prog)?;
+        let out = f(probe, dest);
+        self.attach()?;
+        out
     }
 
     /// A new member in the next slot, confirmed by a probe; the route is
@@ -425,20 +454,10 @@ impl Group {
         }
         let socket = steer::member_with(self.addr, Some(self.owner), self.backlog, self.v6only)?;
         let slot = self.members.len();
-        let dest = reachable(self.addr, self.v6only);
-        let (probe, port) = steer::probe_socket(dest)?;
-        let prog = steer::program(
-            Route::To(self.route as u32),
-            Some(Probe {
-                port,
-                slot: slot as u32,
-            }),
-        );
-        steer::attach(self.members[0].socket.as_ref(), &prog)?;
-        let placed = steer::verify(&socket, probe, dest, PROBE_WAIT);
-        // The probe's rule goes either way: its port is free again.
-        self.attach()?;
-        if !placed? {
+        let placed = self.with_probe(slot, |probe, dest| {
+            steer::verify(&socket, probe, dest, PROBE_WAIT)
+        })?;
+        if !placed {
             // Someone else's member is in the group (a process of the
             // owner's uid, or one left from an earlier relaunch): slots
             // are not what relaunch counts, and steering would be a guess.
@@ -460,7 +479,7 @@ impl Group {
 
 /// Resets the connections waiting on `socket`, which no child accepts
 /// from: accepted here, with SO_LINGER 0. Non-blocking meanwhile (no child
-/// holds it; the next generation's spawn sets its mode again).
+/// holds it), blocking again after, as every socket is handed out.
 fn reset_queue(socket: &Socket) -> usize {
     if socket.set_nonblocking(true).is_err() {
         return 0;

@@ -781,8 +781,10 @@ fn adopt_error(what: String) -> Error {
 fn adopt_groups(saved: Vec<handover::GroupFds>, drains: bool) -> Vec<Group> {
     if !drains {
         info!(
-            "drain is off: the image before this upgrade had none, and its sockets are not \
-             made for it; restart relaunch (not upgrade) for old generations to drain at reloads"
+            "{}; restart relaunch (not upgrade) for old generations to drain at reloads",
+            group::drain_off(
+                "the image before this upgrade had none, and its sockets are not made for it"
+            )
         );
     }
     let mut groups = Vec::with_capacity(saved.len());
@@ -796,10 +798,8 @@ fn adopt_groups(saved: Vec<handover::GroupFds>, drains: bool) -> Vec<Group> {
         match Group::adopt(members, g.saved) {
             Ok(group) => groups.push(group),
             Err(e) => {
-                warn!(
-                    "drain is off after the upgrade: cannot adopt a listener's group ({e}); at \
-                     a reload the old generation is stopped as soon as the new one is ready"
-                );
+                let why = format!("after the upgrade, a listener's group cannot be adopted ({e})");
+                warn!("{}", group::drain_off(&why));
                 return Vec::new();
             }
         }
@@ -1462,12 +1462,12 @@ impl Driver {
             match l.socket.try_clone().and_then(|s| g.moved(Arc::new(s))) {
                 Ok(()) => {}
                 Err(e) => {
-                    warn!(
-                        "drain is off: {} moved to {} and cannot be steered there ({e}); at a \
-                         reload the old generation is stopped as soon as the new one is ready",
+                    let why = format!(
+                        "{} moved to {} and cannot be steered there ({e})",
                         l.name,
                         l.address()
                     );
+                    warn!("{}", group::drain_off(&why));
                     lost = true;
                 }
             }
