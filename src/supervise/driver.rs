@@ -1559,7 +1559,8 @@ impl Driver {
     }
 
     /// The sockets `generation`'s children get, in the listeners' order.
-    fn sockets_for(&mut self, generation: u64) -> Vec<Arc<Socket>> {
+    /// None: the listeners themselves.
+    fn sockets_for(&mut self, generation: u64) -> Option<Vec<Arc<Socket>>> {
         if !self.groups.is_empty() {
             let own: Vec<Arc<Socket>> = self
                 .groups
@@ -1569,16 +1570,9 @@ impl Driver {
             if let Some(t) = &self.intercept {
                 own_members(t, generation, own.iter().cloned().map(Some).collect());
             }
-            return own;
+            return Some(own);
         }
-        match &self.intercept {
-            Some(t) => t.sockets(),
-            None => self
-                .listeners
-                .iter()
-                .filter_map(|l| l.socket.try_clone().ok().map(Arc::new))
-                .collect(),
-        }
+        self.intercept.as_ref().map(|t| t.sockets())
     }
 }
 
@@ -1594,7 +1588,10 @@ impl Spawner for Driver {
         self.sync_listeners();
         let ticks = reaper::boot_ticks();
         let held = self.sockets_for(generation);
-        let fds: Vec<BorrowedFd<'_>> = held.iter().map(|s| s.as_fd()).collect();
+        let fds: Vec<BorrowedFd<'_>> = match &held {
+            Some(held) => held.iter().map(|s| s.as_fd()).collect(),
+            None => self.listeners.iter().map(|l| l.socket.as_fd()).collect(),
+        };
         sockets::hand_nonblocking(&self.listeners, &fds);
         // The thread that will answer this child's binds, started before the fork.
         let leader = Arc::new(std::sync::OnceLock::new());
