@@ -673,10 +673,13 @@ mod tests {
         drop(opened);
 
         // The port is free between the shutdown and the bind: another test
-        // binding port 0 meanwhile may take it, then try another.
+        // binding port 0 meanwhile may take it, then try another. The kept
+        // socket is on the wildcard so that the kernel picks a port free on
+        // every address: one picked for 127.0.0.1 may have a client's
+        // TIME_WAIT on another, which the fresh wildcard bind collides with.
         let (port, opened) = (0..5)
             .find_map(|_| {
-                let kept = tcp("127.0.0.1:0", true);
+                let kept = tcp("0.0.0.0:0", true);
                 let port = kept.local_addr().unwrap().as_socket().unwrap().port();
                 // SAFETY: shutdown on our own socket.
                 unsafe { libc::shutdown(kept.as_raw_fd(), libc::SHUT_RDWR) };

@@ -335,7 +335,13 @@ mod tests {
         // none of relaunch's spawns to belong to).
         let start = proc::stat(pid).unwrap().start;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while boot_ticks() <= start {
+        // spawn() returns once exec has replaced the memory, which can be
+        // before the new environment is laid out: an empty one reads as a
+        // foreign process's, which a sweep leaves alone.
+        let ours = || {
+            proc::environ(pid).is_some_and(|e| proc::env_lookup(&e, "RELAUNCH_WORKER").is_some())
+        };
+        while !ours() || boot_ticks() <= start {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the tick clock stands still"
