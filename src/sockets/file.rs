@@ -43,6 +43,19 @@ pub struct Access {
     pub group: Option<libc::gid_t>,
 }
 
+impl Access {
+    /// The access of the file `st` is of. The owner and group only where
+    /// they are not relaunch's own (so a non-root relaunch can set them).
+    pub fn of(st: &libc::stat) -> Access {
+        let other = |id: u32, me: u32| (id != me).then_some(id);
+        Access {
+            mode: st.st_mode & 0o7777,
+            owner: other(st.st_uid, nix::unistd::geteuid().as_raw()),
+            group: other(st.st_gid, nix::unistd::getegid().as_raw()),
+        }
+    }
+}
+
 /// How errors name the file and what to do instead.
 pub struct Role<'a> {
     /// `control socket /run/x.sock`, `unix:/run/app.sock`.
@@ -65,6 +78,19 @@ pub struct SocketFile {
 }
 
 impl SocketFile {
+    /// Its name in its folder.
+    pub fn name(&self) -> &OsStr {
+        &self.name
+    }
+
+    // The driver calls it when it steers a Unix listener.
+    #[cfg_attr(not(test), allow(dead_code))]
+    /// Its name is now `identity`, another file relaunch made, renamed over
+    /// it ([`Folder::rename_over`]): that one is removed in its place.
+    pub fn renamed_over(&mut self, identity: (u64, u64)) {
+        self.identity = identity;
+    }
+
     /// The path and the (device, inode) it must still name to be removed.
     pub fn path_identity(&self) -> (PathBuf, (u64, u64)) {
         (self.path.clone(), self.identity)
@@ -263,6 +289,79 @@ impl Folder {
         let c = CString::new(name.as_bytes())?;
         // SAFETY: a NUL-terminated name relative to our own fd.
         if unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Puts `from`, a file relaunch made (`identity`), in the place of `to`,
+    /// atomically: `to` names one or the other at every instant, so a
+    /// client connecting meanwhile finds a socket. `replaced`: the file
+    /// relaunch had at `to`, removed once out of the way. Where the kernel
+    /// can exchange two names, a file swapped in at `from` meanwhile (by
+    /// someone who can write the folder) is put back and never stays at
+    /// `to`; elsewhere it is checked just before the rename.
+    pub fn rename_over(
+        &self,
+        from: &OsStr,
+        identity: (u64, u64),
+        to: &OsStr,
+        replaced: (u64, u64),
+    ) -> io::Result<()> {
+        let is = |name: &OsStr, id| matches!(self.stat(name), Ok(Some(st)) if (st.st_dev, st.st_ino) == id);
+        let swapped = || {
+            io::Error::other(format!(
+                "{} was replaced by a file relaunch did not make",
+                self.shown(from).display()
+            ))
+        };
+        if !is(from, identity) {
+            return Err(swapped());
+        }
+        match self.renameat(from, to, libc::RENAME_EXCHANGE) {
+            Ok(()) if is(to, identity) => {
+                self.remove_if_ours(from, replaced);
+                Ok(())
+            }
+            Ok(()) => {
+                // Put back whatever was swapped in.
+                self.renameat(from, to, libc::RENAME_EXCHANGE)?;
+                Err(swapped())
+            }
+            // No exchange on this filesystem, or nothing at `to` to exchange.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOSYS | libc::ENOENT)
+                ) =>
+            {
+                self.renameat(from, to, 0)?;
+                if is(to, identity) {
+                    Ok(())
+                } else {
+                    Err(swapped())
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// renameat2 of two names in this folder.
+    fn renameat(&self, from: &OsStr, to: &OsStr, flags: libc::c_uint) -> io::Result<()> {
+        let (from, to) = (CString::new(from.as_bytes())?, CString::new(to.as_bytes())?);
+        let dir = self.fd.as_raw_fd();
+        // SAFETY: NUL-terminated names relative to our own fd.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                dir,
+                from.as_ptr(),
+                dir,
+                to.as_ptr(),
+                flags,
+            )
+        };
+        if rc != 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())

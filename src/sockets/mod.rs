@@ -33,6 +33,7 @@ pub mod drain;
 pub mod file;
 pub mod group;
 pub mod steer;
+pub mod unix_group;
 
 pub struct Listener {
     pub name: String,
