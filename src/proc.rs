@@ -634,7 +634,11 @@ pub fn listen_queues() -> io::Result<HashMap<u64, Queue>> {
         netlink_dump(
             &fd,
             &unix_request(1 << TCP_LISTEN, UDIAG_SHOW_RQLEN),
-            |datagram| parse_netlink(datagram, &mut |body| found.extend(unix_queue(body))),
+            |datagram| {
+                parse_netlink(datagram, &mut |body| {
+                    found.extend(unix_entry(body).and_then(|(_, s)| Some((s.inode, s.queue?))))
+                })
+            },
         )?;
         Ok(found)
     });
@@ -787,8 +791,8 @@ pub struct UnixStream {
     pub file: Option<(u64, u64)>,
     /// The other end's inode; 0: none.
     pub peer: u64,
-    /// Of a listener: connections waiting to be accepted.
-    pub waiting: u32,
+    /// Of a listener: its accept queue.
+    pub queue: Option<Queue>,
 }
 
 /// Every Unix stream socket in `states` (a mask of `1 << state`), from
@@ -799,25 +803,29 @@ pub fn unix_streams(states: u32) -> io::Result<Vec<UnixStream>> {
     let mut found = Vec::new();
     let show = UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN;
     netlink_dump(&fd, &unix_request(states, show), |datagram| {
-        parse_netlink(datagram, &mut |body| found.extend(unix_stream(body)))
+        parse_netlink(datagram, &mut |body| {
+            found.extend(
+                unix_entry(body)
+                    .filter(|(kind, _)| *kind == libc::SOCK_STREAM as u8)
+                    .map(|(_, s)| s),
+            )
+        })
     })?;
     Ok(found)
 }
 
-/// Pure: a unix_diag_msg of a stream socket and its attributes; None for
-/// other types or when cut short. The kernel gives the file's device in its
-/// own encoding (major << 20 | minor), which is not stat's.
-fn unix_stream(body: &[u8]) -> Option<UnixStream> {
+/// Pure: a unix_diag_msg and its attributes: (socket type, what it says).
+/// None when cut short. Hostile-safe: lengths are checked before every
+/// read. The kernel gives the file's device in its own encoding (major <<
+/// 20 | minor), which is not stat's.
+fn unix_entry(body: &[u8]) -> Option<(u8, UnixStream)> {
     let head = body.get(..16)?;
-    if u16::from(head[1]) != libc::SOCK_STREAM as u16 {
-        return None;
-    }
     let mut s = UnixStream {
         inode: u64::from(u32_at(head, 4)),
         state: head[2],
         file: None,
         peer: 0,
-        waiting: 0,
+        queue: None,
     };
     let mut attrs = &body[16..];
     while attrs.len() >= 4 {
@@ -832,12 +840,17 @@ fn unix_stream(body: &[u8]) -> Option<UnixStream> {
                 s.file = Some((dev, u64::from(ino)));
             }
             UNIX_DIAG_PEER if len >= 8 => s.peer = u64::from(u32_at(attrs, 4)),
-            UNIX_DIAG_RQLEN if len >= 12 => s.waiting = u32_at(attrs, 4),
+            UNIX_DIAG_RQLEN if len >= 12 => {
+                s.queue = Some(Queue {
+                    waiting: u32_at(attrs, 4),
+                    backlog: Some(u32_at(attrs, 8)),
+                })
+            }
             _ => {}
         }
         attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
     }
-    Some(s)
+    Some((head[1], s))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -927,28 +940,6 @@ fn inet_entry(body: &[u8]) -> Option<InetEntry> {
         rx_queue: u32_at(body, 56),
         tx_queue: u32_at(body, 60),
     })
-}
-
-/// A unix_diag_msg with its UNIX_DIAG_RQLEN attribute: (inode, queue).
-/// None when cut short or without the attribute.
-fn unix_queue(body: &[u8]) -> Option<(u64, Queue)> {
-    let inode = u64::from(u32_at(body.get(..16)?, 4));
-    let mut attrs = &body[16..];
-    while attrs.len() >= 4 {
-        let len = usize::from(u16_at(attrs, 0));
-        if len < 4 || len > attrs.len() {
-            return None;
-        }
-        if u16_at(attrs, 2) == UNIX_DIAG_RQLEN && len >= 12 {
-            let queue = Queue {
-                waiting: u32_at(attrs, 4),
-                backlog: Some(u32_at(attrs, 8)),
-            };
-            return Some((inode, queue));
-        }
-        attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
-    }
-    None
 }
 
 /// sock_diag's multicast groups of closed TCP sockets (linux/sock_diag.h).
@@ -1597,7 +1588,8 @@ mod tests {
         let all = unix_streams(!0).unwrap();
         let find = |inode: u64| *all.iter().find(|s| s.inode == inode).unwrap();
         let lst = find(ino(&l));
-        assert_eq!((lst.state, lst.waiting, lst.file), (TCP_LISTEN, 1, file));
+        let queued = lst.queue.map(|q| q.waiting);
+        assert_eq!((lst.state, queued, lst.file), (TCP_LISTEN, Some(1), file));
         let srv = find(ino(&server));
         assert_eq!(
             (srv.state, srv.file, srv.peer),
@@ -1636,14 +1628,15 @@ mod tests {
         assert_eq!(parse_diag(&short, &mut out), Diag::More);
         assert!(out.is_empty());
         // unix_diag answers: cut short, an attribute past the end, no RQLEN.
-        assert_eq!(unix_queue(&[0u8; 8]), None);
+        let queue = |b: &[u8]| unix_entry(b).map(|(_, s)| (s.inode, s.queue));
+        assert_eq!(queue(&[0u8; 8]), None);
         let mut msg = vec![0u8; 16];
         msg[4..8].copy_from_slice(&77u32.to_ne_bytes());
-        assert_eq!(unix_queue(&msg), None);
+        assert_eq!(queue(&msg), Some((77, None)));
         let mut long = msg.clone();
         long.extend(200u16.to_ne_bytes());
         long.extend(UNIX_DIAG_RQLEN.to_ne_bytes());
-        assert_eq!(unix_queue(&long), None);
+        assert_eq!(queue(&long), None);
         let mut good = msg.clone();
         good.extend(8u16.to_ne_bytes()); // another attribute first
         good.extend(1u16.to_ne_bytes());
@@ -1656,7 +1649,7 @@ mod tests {
             waiting: 3,
             backlog: Some(128),
         };
-        assert_eq!(unix_queue(&good), Some((77, q)));
+        assert_eq!(queue(&good), Some((77, Some(q))));
     }
 
     #[test]

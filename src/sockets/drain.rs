@@ -124,7 +124,8 @@ impl Watch {
         let queued = unix
             .iter()
             .filter(|s| s.state == proc::TCP_LISTEN && self.unix.contains(&s.inode))
-            .map(|s| s.waiting)
+            .filter_map(|s| s.queue)
+            .map(|q| q.waiting)
             .fold(0u32, u32::saturating_add);
         let open = unix
             .iter()
