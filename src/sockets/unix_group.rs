@@ -13,20 +13,25 @@
 //! inode) that relaunch checks before it removes or remakes that file:
 //! [`UnixGroup::steer_to`] returns the new one.
 //!
-//! A socket bound at the temporary name keeps that name as its address:
-//! `getsockname` in the app, and `getpeername` in its clients, show it
-//! (bind cannot name a file other than the one it creates).
+//! Every generation's socket has the held socket's address (what
+//! `getsockname` tells the app, `getpeername` its clients, and what a
+//! socket kept in systemd's fd store is matched by): as root it is bound in
+//! a staging folder taken as the binding thread's root, where that address
+//! leads ([`file::bind_staged`]), then moved to the temporary name. Without
+//! CAP_SYS_CHROOT it is bound at the temporary name, its address then, and
+//! that is said once.
 
 // The driver calls this; until then only its tests do.
 #![cfg_attr(not(test), allow(dead_code))]
 
 use std::ffi::{OsStr, OsString};
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use socket2::Socket;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::file::{self, Access, Folder, SocketFile};
 use super::steer;
@@ -50,6 +55,11 @@ pub struct UnixGroup {
     folder: Folder,
     /// The held name in `folder`.
     name: OsString,
+    /// The held socket's address (as bound at start): every generation's
+    /// socket gets it where relaunch can ([`file::bind_staged`]).
+    addr: Option<PathBuf>,
+    /// Whether [`file::bind_staged`] can; None: not tried yet.
+    staging: Option<bool>,
     access: Access,
     backlog: i32,
     members: Vec<Member>,
@@ -67,6 +77,7 @@ pub struct UnixSaved {
     /// Each member's temporary name, while it has one.
     pub temps: Vec<Option<OsString>>,
     pub current: usize,
+    pub addr: Option<PathBuf>,
     pub access: Access,
     pub backlog: i32,
 }
@@ -85,6 +96,11 @@ impl UnixGroup {
                     folder.shown(file.name()).display()
                 ))
             })?;
+        let addr = home
+            .local_addr()?
+            .as_pathname()
+            .map(|p| p.to_path_buf())
+            .filter(|p| !p.as_os_str().is_empty());
         let member = Member {
             inode: steer::inode_of(home.as_ref())?,
             socket: home,
@@ -95,6 +111,8 @@ impl UnixGroup {
         Ok(UnixGroup {
             folder,
             name: file.name().to_owned(),
+            addr,
+            staging: None,
             access: Access::of(&st),
             backlog,
             members: vec![member],
@@ -137,6 +155,8 @@ impl UnixGroup {
         Ok(UnixGroup {
             folder,
             name: file.name().to_owned(),
+            addr: saved.addr,
+            staging: None,
             access: saved.access,
             backlog: saved.backlog,
             members,
@@ -155,6 +175,7 @@ impl UnixGroup {
                 .map(|m| m.temp.as_ref().map(|t| t.name().to_owned()))
                 .collect(),
             current: self.current,
+            addr: self.addr.clone(),
             access: self.access,
             backlog: self.backlog,
         };
@@ -220,11 +241,14 @@ impl UnixGroup {
             elsewhere: "choose another path",
             in_use: "another relaunch is reloading on the same path: stop it",
         };
-        let (socket, made) =
-            file::bind_in(&self.folder, &temp, &self.access, &role).map_err(|e| match e.hint {
-                Some(h) => io::Error::other(format!("{}; {h}", e.msg)),
-                None => io::Error::other(e.msg),
-            })?;
+        let made = match self.addr.clone().filter(|_| self.stages()) {
+            Some(addr) => file::bind_staged(&self.folder, &temp, &addr, &self.access, &role),
+            None => file::bind_in(&self.folder, &temp, &self.access, &role),
+        };
+        let (socket, made) = made.map_err(|e| match e.hint {
+            Some(h) => io::Error::other(format!("{}; {h}", e.msg)),
+            None => io::Error::other(e.msg),
+        })?;
         // Its file is removed with `made` if this fails.
         socket.listen(self.backlog)?;
         let member = Member {
@@ -283,6 +307,26 @@ impl UnixGroup {
         if m.generation == Some(generation) {
             m.generation = None;
         }
+    }
+
+    /// Whether new sockets can be bound with the held address
+    /// ([`file::bind_staged`]); said once when not.
+    fn stages(&mut self) -> bool {
+        if let (None, Some(addr)) = (self.staging, &self.addr) {
+            let can = self.folder.can_root();
+            if let Err(e) = &can {
+                warn!(
+                    "{}: the sockets of the next generations are bound at temporary names \
+                     beside it, and have them as their addresses ({e}: binding them with \
+                     the address {} needs CAP_SYS_CHROOT); an app's getsockname and its \
+                     clients' getpeername show that name",
+                    self.folder.shown(&self.name).display(),
+                    addr.display()
+                );
+            }
+            self.staging = Some(can.is_ok());
+        }
+        self.staging == Some(true)
     }
 
     fn position(&self, generation: u64) -> Option<usize> {
@@ -412,6 +456,14 @@ mod tests {
             std::fs::metadata(&temp).unwrap().permissions().mode() & 0o7777,
             0o660
         );
+        // Its address is the held path, as root (what the app and its
+        // clients see); else its temporary name.
+        let shown = match nix::unistd::geteuid().is_root() {
+            true => path.clone(),
+            false => temp.clone(),
+        };
+        let addr = two.local_addr().unwrap();
+        assert_eq!(addr.as_pathname(), Some(shown.as_path()));
         // Nothing reaches it before the switch.
         early.push(UnixStream::connect(&path).unwrap());
         assert!(accept(&two, Duration::from_millis(50)).is_none());
@@ -428,6 +480,8 @@ mod tests {
         let me = [std::process::id() as i32];
         let mut drain = Watch::new(vec![], vec![]).unix(g.inodes_before(2), g.files_before(2));
         assert_eq!((drain.look(&me).unwrap().queued), 9);
+        let peer = late[0].peer_addr().unwrap();
+        assert_eq!(peer.as_pathname(), Some(shown.as_path()));
         for (i, c) in late.iter_mut().enumerate() {
             let mut s = accept(&two, WAIT).expect("a new connection reaches generation 2");
             serve(&mut s, c, i as u8);
@@ -476,8 +530,11 @@ mod tests {
         assert!(Arc::ptr_eq(&g.socket_for(4), &three));
     }
 
+    /// As root, a generation's socket has the held path as its address
+    /// even where its temporary name would be too long for one; otherwise
+    /// the open fails and leaves no file.
     #[test]
-    fn an_open_that_fails_leaves_no_file() {
+    fn a_temporary_name_too_long_for_an_address() {
         let dir = Dir::new("long");
         // The held name fits in sockaddr_un's 108 bytes; the temporary
         // name, longer, does not.
@@ -485,9 +542,59 @@ mod tests {
         let path = dir.0.join("a".repeat(room - 2));
         let (mut g, _file) = held(&path, 0o600);
         g.socket_for(1);
+        if nix::unistd::geteuid().is_root() {
+            let two = g.open(2).unwrap();
+            let addr = two.local_addr().unwrap();
+            assert_eq!(addr.as_pathname(), Some(path.as_path()));
+            assert_eq!(names(&dir.0).len(), 2, "{:?}", names(&dir.0));
+            return;
+        }
         let e = g.open(2).unwrap_err().to_string();
         assert!(e.contains("too long"), "{e}");
         assert_eq!(names(&dir.0).len(), 1, "{:?}", names(&dir.0));
+        assert_eq!(g.inodes().count(), 1);
+    }
+
+    /// Where relaunch cannot take a folder as a thread's root.
+    #[test]
+    fn without_a_staging_root_a_socket_has_its_temporary_name_and_still_serves() {
+        let dir = Dir::new("plain");
+        let path = dir.0.join("app.sock");
+        let (mut g, _file) = held(&path, 0o640);
+        g.socket_for(1);
+        g.staging = Some(false);
+        let two = g.open(2).unwrap();
+        let temp = dir.0.join(".app.sock.relaunch-2");
+        assert_eq!(
+            two.local_addr().unwrap().as_pathname(),
+            Some(temp.as_path())
+        );
+        assert_eq!(
+            std::fs::metadata(&temp).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
+        let now = g.steer_to(2).unwrap();
+        assert_eq!(id(&path), now);
+        let _c = UnixStream::connect(&path).unwrap();
+        assert!(accept(&two, WAIT).is_some());
+        assert_eq!(names(&dir.0), ["app.sock"]);
+    }
+
+    #[test]
+    fn an_open_that_fails_leaves_no_file_and_touches_none() {
+        let dir = Dir::new("taken");
+        let path = dir.0.join("app.sock");
+        let (mut g, _file) = held(&path, 0o600);
+        g.socket_for(1);
+        // Someone listens at the temporary name already.
+        let temp = dir.0.join(".app.sock.relaunch-2");
+        let theirs = std::os::unix::net::UnixListener::bind(&temp).unwrap();
+        let before = names(&dir.0);
+        let e = g.open(2).unwrap_err().to_string();
+        assert!(e.contains("already in use"), "{e}");
+        assert_eq!(names(&dir.0), before, "no staging folder is left");
+        let _c = UnixStream::connect(&temp).unwrap();
+        assert!(theirs.accept().is_ok(), "theirs still listens");
         assert_eq!(g.inodes().count(), 1);
     }
 
