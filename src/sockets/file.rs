@@ -17,7 +17,7 @@
 //! - Remove: on drop, only if the path still names the inode we bound.
 //!
 //! The socket's folder is pinned ([`Folder`]) when relaunch first binds
-//! there, and every later step (stat, probe, bind, pin, unlink) goes
+//! there, and every later step (stat, probe, bind, pin, rename, unlink) goes
 //! through that fd: an app that can write a folder above the socket and
 //! swaps it for a symlink moves nothing relaunch does as root elsewhere.
 
@@ -320,7 +320,7 @@ impl Folder {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Swapped for another folder between mkdir and open?
         let st = nix::sys::stat::fstat(&fd)?;
-        if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o7777 != 0o700 {
+        if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o077 != 0 {
             return Err(io::Error::other(format!(
                 "{} was replaced by a folder relaunch did not make",
                 self.shown(name).display()

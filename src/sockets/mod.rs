@@ -62,6 +62,14 @@ impl Listener {
         self._file.as_ref()
     }
 
+    /// The same, to tell it of a file renamed over it
+    /// ([`unix_group::UnixGroup::steer_to`]).
+    // The driver calls it once it steers Unix listeners.
+    #[allow(dead_code)]
+    pub fn file_mut(&mut self) -> Option<&mut file::SocketFile> {
+        self._file.as_mut()
+    }
+
     /// With the socket file an earlier image created.
     pub fn with_file(mut self, file: Option<file::SocketFile>) -> Self {
         self._file = file;
