@@ -580,6 +580,24 @@ mod tests {
         assert_eq!(names(&dir.0), ["app.sock"]);
     }
 
+    /// An app that deletes the held file before it binds the path: its
+    /// generation's socket is put there (what a refile can do instead of
+    /// binding yet another socket).
+    #[test]
+    fn a_deleted_held_file_is_replaced_by_the_generations_socket() {
+        let dir = Dir::new("deleted");
+        let path = dir.0.join("app.sock");
+        let (mut g, _file) = held(&path, 0o600);
+        g.socket_for(1);
+        let two = g.open(2).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let now = g.steer_to(2).unwrap();
+        assert_eq!(id(&path), now);
+        assert_eq!(names(&dir.0), ["app.sock"]);
+        let _c = UnixStream::connect(&path).unwrap();
+        assert!(accept(&two, WAIT).is_some());
+    }
+
     #[test]
     fn an_open_that_fails_leaves_no_file_and_touches_none() {
         let dir = Dir::new("taken");
