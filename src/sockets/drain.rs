@@ -578,6 +578,35 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Not asserted: how long one look takes with a thousand Unix
+    /// connections held (unix_diag dumps every Unix socket of the host).
+    #[test]
+    fn a_look_at_a_thousand_idle_unix_connections() {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::net::{UnixListener, UnixStream};
+        const N: usize = 1000;
+        let dir = std::env::temp_dir().join(format!("relaunch-drain-k-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("app.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        let mut w = Watch::new(vec![], vec![]).unix(vec![inode(&l)], vec![(m.dev(), m.ino())]);
+        let mut conns = Vec::with_capacity(N);
+        for _ in 0..N {
+            let c = UnixStream::connect(&path).unwrap();
+            conns.push((c, l.accept().unwrap().0));
+        }
+        let start = Instant::now();
+        let rounds = 20;
+        for _ in 0..rounds {
+            assert_eq!(w.look(&me()).unwrap().open, N as u32);
+        }
+        let each = start.elapsed() / rounds;
+        eprintln!("one look, {N} idle Unix connections held: {each:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// Not asserted: how long one look takes with many idle connections.
     #[test]
     fn a_look_at_a_thousand_idle_connections() {
