@@ -631,9 +631,15 @@ pub fn listen_queues() -> io::Result<HashMap<u64, Queue>> {
     }
     let unix = diag_socket().and_then(|fd| {
         let mut found = Vec::new();
-        netlink_dump(&fd, &unix_request(1 << TCP_LISTEN), |datagram| {
-            parse_netlink(datagram, &mut |body| found.extend(unix_queue(body)))
-        })?;
+        netlink_dump(
+            &fd,
+            &unix_request(1 << TCP_LISTEN, UDIAG_SHOW_RQLEN),
+            |datagram| {
+                parse_netlink(datagram, &mut |body| {
+                    found.extend(unix_entry(body).and_then(|(_, s)| Some((s.inode, s.queue?))))
+                })
+            },
+        )?;
         Ok(found)
     });
     match unix {
@@ -748,19 +754,103 @@ fn inet_request(family: u8, states: u32, bytecode: &[u8]) -> Vec<u8> {
     b
 }
 
-/// Asks unix_diag for the queue lengths (rqueue, wqueue) of each socket.
+/// What unix_diag is asked to add to each socket (linux/unix_diag.h): the
+/// file it is bound to (for an accepted socket, its listener's), its peer's
+/// inode, the queue lengths (rqueue, wqueue; of a listener: waiting
+/// connections and backlog).
+const UDIAG_SHOW_VFS: u32 = 0x02;
+const UDIAG_SHOW_PEER: u32 = 0x04;
 const UDIAG_SHOW_RQLEN: u32 = 0x10;
+const UNIX_DIAG_VFS: u16 = 1;
+const UNIX_DIAG_PEER: u16 = 2;
 const UNIX_DIAG_RQLEN: u16 = 4;
 
-/// unix_diag_req for every Unix socket in `states`, with queue lengths.
-fn unix_request(states: u32) -> Vec<u8> {
+/// unix_diag_req for every Unix socket in `states`, with the `show` parts.
+fn unix_request(states: u32, show: u32) -> Vec<u8> {
     let mut b = diag_header(24);
     b.extend([libc::AF_UNIX as u8, 0, 0, 0]);
     b.extend(states.to_ne_bytes());
     b.extend(0u32.to_ne_bytes()); // inode: any
-    b.extend(UDIAG_SHOW_RQLEN.to_ne_bytes());
+    b.extend(show.to_ne_bytes());
     b.extend([0xffu8; 8]); // cookie: none
     b
+}
+
+/// One Unix stream socket as unix_diag tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnixStream {
+    /// Its socket inode (what `/proc/PID/fd` shows); 0 for a connection
+    /// still in a listener's queue (no fd has it yet).
+    pub inode: u64,
+    /// `TCP_LISTEN` or `TCP_ESTABLISHED` (of a connected pair's ends).
+    pub state: u8,
+    /// (st_dev, st_ino) of the file it is bound to: for a listener, its
+    /// own; for a connection it accepted, the listener's (the kernel copies
+    /// the listener's path into the accepted socket). It stays when the
+    /// file is renamed over or removed. None: not bound to a file.
+    pub file: Option<(u64, u64)>,
+    /// The other end's inode; 0: none.
+    pub peer: u64,
+    /// Of a listener: its accept queue.
+    pub queue: Option<Queue>,
+}
+
+/// Every Unix stream socket in `states` (a mask of `1 << state`), from
+/// unix_diag. No /proc fallback: /proc/net/unix shows neither queues nor
+/// files.
+pub fn unix_streams(states: u32) -> io::Result<Vec<UnixStream>> {
+    let fd = diag_socket()?;
+    let mut found = Vec::new();
+    let show = UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN;
+    netlink_dump(&fd, &unix_request(states, show), |datagram| {
+        parse_netlink(datagram, &mut |body| {
+            found.extend(
+                unix_entry(body)
+                    .filter(|(kind, _)| *kind == libc::SOCK_STREAM as u8)
+                    .map(|(_, s)| s),
+            )
+        })
+    })?;
+    Ok(found)
+}
+
+/// Pure: a unix_diag_msg and its attributes: (socket type, what it says).
+/// None when cut short. Hostile-safe: lengths are checked before every
+/// read. The kernel gives the file's device in its own encoding (major <<
+/// 20 | minor), which is not stat's.
+fn unix_entry(body: &[u8]) -> Option<(u8, UnixStream)> {
+    let head = body.get(..16)?;
+    let mut s = UnixStream {
+        inode: u64::from(u32_at(head, 4)),
+        state: head[2],
+        file: None,
+        peer: 0,
+        queue: None,
+    };
+    let mut attrs = &body[16..];
+    while attrs.len() >= 4 {
+        let len = usize::from(u16_at(attrs, 0));
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        match u16_at(attrs, 2) {
+            UNIX_DIAG_VFS if len >= 12 => {
+                let (ino, dev) = (u32_at(attrs, 4), u32_at(attrs, 8));
+                let dev = libc::makedev(dev >> 20, dev & 0xf_ffff);
+                s.file = Some((dev, u64::from(ino)));
+            }
+            UNIX_DIAG_PEER if len >= 8 => s.peer = u64::from(u32_at(attrs, 4)),
+            UNIX_DIAG_RQLEN if len >= 12 => {
+                s.queue = Some(Queue {
+                    waiting: u32_at(attrs, 4),
+                    backlog: Some(u32_at(attrs, 8)),
+                })
+            }
+            _ => {}
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
+    }
+    Some((head[1], s))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -850,28 +940,6 @@ fn inet_entry(body: &[u8]) -> Option<InetEntry> {
         rx_queue: u32_at(body, 56),
         tx_queue: u32_at(body, 60),
     })
-}
-
-/// A unix_diag_msg with its UNIX_DIAG_RQLEN attribute: (inode, queue).
-/// None when cut short or without the attribute.
-fn unix_queue(body: &[u8]) -> Option<(u64, Queue)> {
-    let inode = u64::from(u32_at(body.get(..16)?, 4));
-    let mut attrs = &body[16..];
-    while attrs.len() >= 4 {
-        let len = usize::from(u16_at(attrs, 0));
-        if len < 4 || len > attrs.len() {
-            return None;
-        }
-        if u16_at(attrs, 2) == UNIX_DIAG_RQLEN && len >= 12 {
-            let queue = Queue {
-                waiting: u32_at(attrs, 4),
-                backlog: Some(u32_at(attrs, 8)),
-            };
-            return Some((inode, queue));
-        }
-        attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
-    }
-    None
 }
 
 /// sock_diag's multicast groups of closed TCP sockets (linux/sock_diag.h).
@@ -1497,6 +1565,50 @@ mod tests {
         assert_eq!(inet_entry(&msg(libc::AF_INET, &[1], &[2])[..71]), None);
     }
 
+    /// What unix_diag tells of each end of a Unix stream connection, and
+    /// of one still queued, measured.
+    #[test]
+    fn unix_diag_tells_each_socket_its_listeners_file_and_its_peer() {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let ino = |fd: &dyn AsFd| nix::sys::stat::fstat(fd.as_fd()).unwrap().st_ino;
+        let dir = std::env::temp_dir().join(format!("relaunch-udiag-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("l.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        let file = Some((m.dev(), m.ino()));
+        let client = UnixStream::connect(&path).unwrap();
+        let waiting = UnixStream::connect(&path).unwrap();
+        let (server, _) = l.accept().unwrap();
+        // Removed: what was bound keeps its file.
+        std::fs::remove_file(&path).unwrap();
+        let all = unix_streams(!0).unwrap();
+        let find = |inode: u64| *all.iter().find(|s| s.inode == inode).unwrap();
+        let lst = find(ino(&l));
+        let queued = lst.queue.map(|q| q.waiting);
+        assert_eq!((lst.state, queued, lst.file), (TCP_LISTEN, Some(1), file));
+        let srv = find(ino(&server));
+        assert_eq!(
+            (srv.state, srv.file, srv.peer),
+            (TCP_ESTABLISHED, file, ino(&client))
+        );
+        let cli = find(ino(&client));
+        assert_eq!(
+            (cli.file, cli.peer),
+            (None, ino(&server)),
+            "a client is bound to no file"
+        );
+        // A queued connection's server end has no inode until accepted:
+        // its client's peer reads 0, and the dump does not list it. Only
+        // the listener's count (above) shows it.
+        assert_eq!(find(ino(&waiting)).peer, 0);
+        assert!(!all.iter().any(|s| s.peer == ino(&waiting)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn sock_diag_replies_parse_defensively() {
         let mut out = Vec::new();
@@ -1516,14 +1628,15 @@ mod tests {
         assert_eq!(parse_diag(&short, &mut out), Diag::More);
         assert!(out.is_empty());
         // unix_diag answers: cut short, an attribute past the end, no RQLEN.
-        assert_eq!(unix_queue(&[0u8; 8]), None);
+        let queue = |b: &[u8]| unix_entry(b).map(|(_, s)| (s.inode, s.queue));
+        assert_eq!(queue(&[0u8; 8]), None);
         let mut msg = vec![0u8; 16];
         msg[4..8].copy_from_slice(&77u32.to_ne_bytes());
-        assert_eq!(unix_queue(&msg), None);
+        assert_eq!(queue(&msg), Some((77, None)));
         let mut long = msg.clone();
         long.extend(200u16.to_ne_bytes());
         long.extend(UNIX_DIAG_RQLEN.to_ne_bytes());
-        assert_eq!(unix_queue(&long), None);
+        assert_eq!(queue(&long), None);
         let mut good = msg.clone();
         good.extend(8u16.to_ne_bytes()); // another attribute first
         good.extend(1u16.to_ne_bytes());
@@ -1536,7 +1649,7 @@ mod tests {
             waiting: 3,
             backlog: Some(128),
         };
-        assert_eq!(unix_queue(&good), Some((77, q)));
+        assert_eq!(queue(&good), Some((77, Some(q))));
     }
 
     #[test]

@@ -309,18 +309,12 @@ impl UnixFile {
         let (folder, name) = file::Folder::of(&path).ok()?;
         let folder = made.and_then(|f| f.folder()).cloned().unwrap_or(folder);
         let m = folder.stat(&name).ok()??;
-        // chown only what is not ours already (so a non-root relaunch can).
-        let other = |id: u32, me: u32| (id != me).then_some(id);
         Some(UnixFile {
             path,
             folder,
             name,
             identity: (m.st_dev, m.st_ino),
-            access: file::Access {
-                mode: m.st_mode & 0o7777,
-                owner: other(m.st_uid, nix::unistd::geteuid().as_raw()),
-                group: other(m.st_gid, nix::unistd::getegid().as_raw()),
-            },
+            access: file::Access::of(&m),
             made: None,
         })
     }
@@ -531,6 +525,21 @@ impl Table {
             )
         };
         f(&name, &socket);
+    }
+
+    // The driver calls it when it steers a Unix listener.
+    #[cfg_attr(not(test), allow(dead_code))]
+    /// Entry `index`'s socket file is now `identity`: relaunch renamed a
+    /// generation's socket over it (`sockets::unix_group`), and that file is
+    /// the one to keep, remake if deleted, and remove on exit.
+    pub fn renamed(&self, index: usize, identity: (u64, u64)) {
+        let mut entries = self.lock();
+        if let Some(f) = entries.get_mut(index).and_then(|e| e.file.as_mut()) {
+            f.identity = identity;
+            if let Some(made) = f.made.as_mut() {
+                made.renamed_over(identity);
+            }
+        }
     }
 
     /// Removes the socket files of rebinds that are still ours (on exit).
@@ -2010,6 +2019,51 @@ mod tests {
         session.refile(0, std::process::id() as i32).unwrap();
         assert_ne!(table.inodes(), before);
         std::os::unix::net::UnixStream::connect(&path).unwrap();
+        table.remove_files();
+        assert!(std::fs::symlink_metadata(&path).is_err(), "removed on exit");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A generation's socket file renamed over the held one, once told, is
+    /// relaunch's: not remade when the app binds the path, and removed on
+    /// exit where the table removes files.
+    #[test]
+    fn a_socket_file_renamed_over_the_held_one_is_relaunchs_once_told() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("relaunch-renamed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("app.sock");
+        let first = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let listener = Listener::adopt(
+            "unix".into(),
+            Socket::from(OwnedFd::from(first)),
+            Some(Addr::Unix(path.clone())),
+        );
+        let table = Table::new(&[listener], &[false], 16, false).unwrap();
+        let rename_in = |tag: &str| {
+            let temp = dir.join(format!(".app.sock.{tag}"));
+            let l = std::os::unix::net::UnixListener::bind(&temp).unwrap();
+            std::fs::rename(&temp, &path).unwrap();
+            let m = std::fs::metadata(&path).unwrap();
+            (l, (m.dev(), m.ino()))
+        };
+        let (_second, id) = rename_in("2");
+        let e = remake(&table.refile_plan(0).unwrap(), 16).unwrap_err();
+        assert!(e.to_string().contains("not relaunch's socket"), "{e}");
+        table.renamed(0, id);
+        assert!(
+            remake(&table.refile_plan(0).unwrap(), 16)
+                .unwrap()
+                .is_none()
+        );
+        // After a remade file (the table removes that one on exit).
+        std::fs::remove_file(&path).unwrap();
+        let (socket, made) = remake(&table.refile_plan(0).unwrap(), 16).unwrap().unwrap();
+        let plan = table.refile_plan(0).unwrap();
+        drop(table.refile_commit(0, &plan, socket, made).unwrap());
+        let (_third, id) = rename_in("3");
+        table.renamed(0, id);
         table.remove_files();
         assert!(std::fs::symlink_metadata(&path).is_err(), "removed on exit");
         let _ = std::fs::remove_dir_all(&dir);

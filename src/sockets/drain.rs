@@ -6,6 +6,11 @@
 //! (`proc::tcp_sockets_on`) and the fd tables of the generation's
 //! processes. Blocking: run it on a helper thread.
 //!
+//! A Unix stream listener's generation is measured the same way
+//! ([`Watch::unix`]): its queue, and the connections its processes hold
+//! that it accepted, told from the next generation's by the file they are
+//! bound to (unix_diag gives each accepted socket its listener's file).
+//!
 //! The dump is not a snapshot: listeners are dumped before connections, and
 //! IPv4 before IPv6. A handshake that completes between the two parts is in
 //! no accept queue the dump saw, but shows as an ESTABLISHED socket with no
@@ -23,13 +28,18 @@ use crate::proc::{self, InetEntry, Link};
 /// Every TCP state but TIME_WAIT (no fd, and thousands of them under load).
 const STATES: u32 = ((1 << 12) - 2) & !(1 << proc::TCP_TIME_WAIT);
 
+/// A Unix stream socket listens or is connected (also once its peer is
+/// gone, until it is closed).
+const UNIX_STATES: u32 = (1 << proc::TCP_LISTEN) | (1 << proc::TCP_ESTABLISHED);
+
 /// What keeps a draining generation busy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Busy {
     /// Connections waiting in its members' accept queues.
     pub queued: u32,
-    /// TCP connections on the held ports that its processes hold (by socket
-    /// inode in their fds).
+    /// TCP connections on the held ports, and Unix connections its Unix
+    /// listeners accepted, that its processes hold (by socket inode in
+    /// their fds).
     pub open: u32,
     /// Handshakes (SYN_RECV) on the held ports seen at the first look and
     /// still pending: not finished, or finished and not yet accepted.
@@ -72,6 +82,10 @@ pub struct Watch {
     /// The handshakes seen at the first look and pending at the last; None
     /// before the first look.
     pending: Option<HashSet<Tuple>>,
+    /// Its Unix stream listeners' socket inodes.
+    unix: Vec<u64>,
+    /// The files, (device, inode), they are bound to.
+    files: Vec<(u64, u64)>,
 }
 
 impl Watch {
@@ -82,7 +96,18 @@ impl Watch {
             ports,
             members,
             pending: None,
+            unix: Vec::new(),
+            files: Vec::new(),
         }
+    }
+
+    /// Measures the old generation's Unix stream listeners too: `listeners`,
+    /// their socket inodes, and `files`, the files they are bound to (see
+    /// `UnixGroup::files_before`).
+    pub fn unix(mut self, listeners: Vec<u64>, files: Vec<(u64, u64)>) -> Watch {
+        self.unix = listeners;
+        self.files = files;
+        self
     }
 
     /// One look. `pids`: every process of the old generation now. The first
@@ -94,8 +119,37 @@ impl Watch {
         // The dump before the fds: a connection accepted in between was in
         // the dump's accept queue; one closed in between is gone from the fds.
         let tcp = proc::tcp_sockets_on(STATES, &self.ports)?;
+        let unix = match self.unix.is_empty() {
+            true => Vec::new(),
+            false => proc::unix_streams(UNIX_STATES)?,
+        };
         let held = held_sockets(pids)?;
-        Ok(self.count(&tcp, &held))
+        let busy = self.count(&tcp, &held);
+        let (queued, open) = self.count_unix(&unix, &held);
+        Ok(Busy {
+            queued: busy.queued.saturating_add(queued),
+            open: busy.open.saturating_add(open),
+            ..busy
+        })
+    }
+
+    /// Pure: (queued, open) of the Unix listeners in the dump `unix`. A
+    /// connection still queued has no inode (no fd has it yet): counted in
+    /// its listener's queue only. One accepted is bound to its listener's
+    /// file, which no rename or unlink changes.
+    fn count_unix(&self, unix: &[proc::UnixStream], held: &HashSet<u64>) -> (u32, u32) {
+        let queued = unix
+            .iter()
+            .filter(|s| s.state == proc::TCP_LISTEN && self.unix.contains(&s.inode))
+            .filter_map(|s| s.queue)
+            .map(|q| q.waiting)
+            .fold(0u32, u32::saturating_add);
+        let open = unix
+            .iter()
+            .filter(|s| s.state != proc::TCP_LISTEN && s.inode != 0 && held.contains(&s.inode))
+            .filter(|s| s.file.is_some_and(|f| self.files.contains(&f)))
+            .count();
+        (queued, open as u32)
     }
 
     /// Pure: the dump `tcp` against the socket inodes `held` in the fds.
@@ -471,6 +525,103 @@ mod tests {
             "127.0.0.1:5002",
         )];
         assert!(w.count(&closing, &none).idle(), "closed by its process");
+    }
+
+    /// A Unix listener replaced at its name by a rename: the old one's
+    /// queue and the connections it accepted count, the new one's do not,
+    /// though both have the same name and the same process holds them.
+    #[test]
+    fn a_renamed_over_unix_listener_counts_its_queue_and_its_connections() {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let dir = std::env::temp_dir().join(format!("relaunch-drain-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("app.sock");
+        let old = UnixListener::bind(&path).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        let mut w = Watch::new(vec![], vec![]).unix(vec![inode(&old)], vec![(m.dev(), m.ino())]);
+        let queued: Vec<UnixStream> = (0..3)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        let temp = dir.join(".app.sock.relaunch-2");
+        let new = UnixListener::bind(&temp).unwrap();
+        std::fs::rename(&temp, &path).unwrap();
+        let _late: Vec<UnixStream> = (0..2)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        let b = w.look(&me()).unwrap();
+        assert_eq!(
+            b,
+            Busy {
+                queued: 3,
+                open: 0,
+                handshakes: 0
+            },
+            "the clients' own sockets (this process holds them too) are not counted"
+        );
+        let first = old.accept().unwrap().0;
+        let second = old.accept().unwrap().0;
+        let theirs: Vec<_> = (0..2).map(|_| new.accept().unwrap().0).collect();
+        assert_eq!(
+            w.look(&me()).unwrap(),
+            Busy {
+                queued: 1,
+                open: 2,
+                handshakes: 0
+            }
+        );
+        // Closed by its client, held by the server: still open.
+        drop(queued);
+        assert_eq!(w.look(&me()).unwrap().open, 2);
+        let other = std::process::Command::new("true").spawn().unwrap().id() as i32;
+        assert_eq!(w.look(&[other]).unwrap().open, 0, "held by another process");
+        drop(first);
+        let third = old.accept().unwrap().0;
+        assert_eq!(
+            w.look(&me()).unwrap(),
+            Busy {
+                queued: 0,
+                open: 2,
+                handshakes: 0
+            }
+        );
+        drop((second, third));
+        assert!(
+            w.look(&me()).unwrap().idle(),
+            "generation 2's connections are not counted"
+        );
+        drop(theirs);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Not asserted: how long one look takes with a thousand Unix
+    /// connections held (unix_diag dumps every Unix socket of the host).
+    #[test]
+    fn a_look_at_a_thousand_idle_unix_connections() {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::net::{UnixListener, UnixStream};
+        const N: usize = 1000;
+        let dir = std::env::temp_dir().join(format!("relaunch-drain-k-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("app.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        let mut w = Watch::new(vec![], vec![]).unix(vec![inode(&l)], vec![(m.dev(), m.ino())]);
+        let mut conns = Vec::with_capacity(N);
+        for _ in 0..N {
+            let c = UnixStream::connect(&path).unwrap();
+            conns.push((c, l.accept().unwrap().0));
+        }
+        let start = Instant::now();
+        let rounds = 20;
+        for _ in 0..rounds {
+            assert_eq!(w.look(&me()).unwrap().open, N as u32);
+        }
+        let each = start.elapsed() / rounds;
+        eprintln!("one look, {N} idle Unix connections held: {each:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Not asserted: how long one look takes with many idle connections.

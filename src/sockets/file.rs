@@ -17,7 +17,7 @@
 //! - Remove: on drop, only if the path still names the inode we bound.
 //!
 //! The socket's folder is pinned ([`Folder`]) when relaunch first binds
-//! there, and every later step (stat, probe, bind, pin, unlink) goes
+//! there, and every later step (stat, probe, bind, pin, rename, unlink) goes
 //! through that fd: an app that can write a folder above the socket and
 //! swaps it for a symlink moves nothing relaunch does as root elsewhere.
 
@@ -43,6 +43,19 @@ pub struct Access {
     pub group: Option<libc::gid_t>,
 }
 
+impl Access {
+    /// The access of the file `st` is of. The owner and group only where
+    /// they are not relaunch's own (so a non-root relaunch can set them).
+    pub fn of(st: &libc::stat) -> Access {
+        let other = |id: u32, me: u32| (id != me).then_some(id);
+        Access {
+            mode: st.st_mode & 0o7777,
+            owner: other(st.st_uid, nix::unistd::geteuid().as_raw()),
+            group: other(st.st_gid, nix::unistd::getegid().as_raw()),
+        }
+    }
+}
+
 /// How errors name the file and what to do instead.
 pub struct Role<'a> {
     /// `control socket /run/x.sock`, `unix:/run/app.sock`.
@@ -65,6 +78,19 @@ pub struct SocketFile {
 }
 
 impl SocketFile {
+    /// Its name in its folder.
+    pub fn name(&self) -> &OsStr {
+        &self.name
+    }
+
+    // The driver calls it when it steers a Unix listener.
+    #[cfg_attr(not(test), allow(dead_code))]
+    /// Its name is now `identity`, another file relaunch made, renamed over
+    /// it ([`Folder::rename_over`]): that one is removed in its place.
+    pub fn renamed_over(&mut self, identity: (u64, u64)) {
+        self.identity = identity;
+    }
+
     /// The path and the (device, inode) it must still name to be removed.
     pub fn path_identity(&self) -> (PathBuf, (u64, u64)) {
         (self.path.clone(), self.identity)
@@ -260,9 +286,130 @@ impl Folder {
     }
 
     fn unlink(&self, name: &OsStr) -> io::Result<()> {
+        self.unlinkat(name, 0)
+    }
+
+    fn unlinkat(&self, name: &OsStr, flags: libc::c_int) -> io::Result<()> {
         let c = CString::new(name.as_bytes())?;
         // SAFETY: a NUL-terminated name relative to our own fd.
-        if unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) } != 0 {
+        if unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), flags) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// A new folder `name` here that only relaunch's user can enter, pinned.
+    fn make_sub(&self, name: &OsStr) -> io::Result<Folder> {
+        let c = CString::new(name.as_bytes())?;
+        // SAFETY: a NUL-terminated name relative to our own fd.
+        if unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), 0o700) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above; the fd returned is new and ours.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: openat just returned it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Swapped for another folder between mkdir and open?
+        let st = nix::sys::stat::fstat(&fd)?;
+        if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o077 != 0 {
+            return Err(io::Error::other(format!(
+                "{} was replaced by a folder relaunch did not make",
+                self.shown(name).display()
+            )));
+        }
+        Ok(Folder {
+            fd: Arc::new(fd),
+            path: self.shown(name),
+        })
+    }
+
+    /// Puts `from`, a file relaunch made (`identity`), in the place of `to`,
+    /// atomically: `to` names one or the other at every instant, so a
+    /// client connecting meanwhile finds a socket. `replaced`: the file
+    /// relaunch had at `to`, removed once out of the way. Where the kernel
+    /// can exchange two names, a file swapped in at `from` meanwhile (by
+    /// someone who can write the folder) is put back and never stays at
+    /// `to`; elsewhere it is checked just before the rename.
+    pub fn rename_over(
+        &self,
+        from: &OsStr,
+        identity: (u64, u64),
+        to: &OsStr,
+        replaced: (u64, u64),
+    ) -> io::Result<()> {
+        let is = |name: &OsStr, id| matches!(self.stat(name), Ok(Some(st)) if (st.st_dev, st.st_ino) == id);
+        let swapped = || {
+            io::Error::other(format!(
+                "{} was replaced by a file relaunch did not make",
+                self.shown(from).display()
+            ))
+        };
+        if !is(from, identity) {
+            return Err(swapped());
+        }
+        match self.renameat(from, to, libc::RENAME_EXCHANGE) {
+            Ok(()) if is(to, identity) => {
+                self.remove_if_ours(from, replaced);
+                Ok(())
+            }
+            Ok(()) => {
+                // Put back whatever was swapped in.
+                self.renameat(from, to, libc::RENAME_EXCHANGE)?;
+                Err(swapped())
+            }
+            // No exchange on this filesystem, or nothing at `to` to exchange.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOSYS | libc::ENOENT)
+                ) =>
+            {
+                self.renameat(from, to, 0)?;
+                if is(to, identity) {
+                    Ok(())
+                } else {
+                    Err(swapped())
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// renameat2 of two names in this folder.
+    fn renameat(&self, from: &OsStr, to: &OsStr, flags: libc::c_uint) -> io::Result<()> {
+        self.rename_into(from, self, to, flags)
+    }
+
+    /// renameat2 of `from` here to `to` in `folder`.
+    fn rename_into(
+        &self,
+        from: &OsStr,
+        folder: &Folder,
+        to: &OsStr,
+        flags: libc::c_uint,
+    ) -> io::Result<()> {
+        let (from, to) = (CString::new(from.as_bytes())?, CString::new(to.as_bytes())?);
+        // SAFETY: NUL-terminated names relative to our own fds.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                self.fd.as_raw_fd(),
+                from.as_ptr(),
+                folder.fd.as_raw_fd(),
+                to.as_ptr(),
+                flags,
+            )
+        };
+        if rc != 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
@@ -288,6 +435,26 @@ impl Folder {
     /// own (unshare(CLONE_FS)), so that `f` can name files relative to
     /// it: Linux has no bindat or connectat.
     fn within<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+        self.in_thread(false, f)
+    }
+
+    /// [`within`](Self::within), with this folder as the thread's root
+    /// too (chroot, CAP_SYS_CHROOT): an absolute path resolves inside it.
+    fn rooted<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+        self.in_thread(true, f)
+    }
+
+    /// Whether this process may take a folder as a thread's root (what
+    /// [`bind_staged`] does).
+    pub fn can_root(&self) -> io::Result<()> {
+        self.rooted(|| Ok(()))
+    }
+
+    fn in_thread<T: Send>(
+        &self,
+        root: bool,
+        f: impl FnOnce() -> io::Result<T> + Send,
+    ) -> io::Result<T> {
         let dir = self.fd.as_fd();
         std::thread::scope(|s| {
             let spawned = {
@@ -296,7 +463,7 @@ impl Folder {
                 std::thread::Builder::new()
                     .name("folder".into())
                     .stack_size(64 * 1024)
-                    .spawn_scoped(s, move || in_folder(dir, f))
+                    .spawn_scoped(s, move || in_folder(dir, root, f))
             };
             spawned?
                 .join()
@@ -321,10 +488,17 @@ fn open_folder_fd(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn in_folder<T>(dir: BorrowedFd<'_>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+fn in_folder<T>(
+    dir: BorrowedFd<'_>,
+    root: bool,
+    f: impl FnOnce() -> io::Result<T>,
+) -> io::Result<T> {
     // SAFETY: plain syscalls on this thread's own fs context and our own fd.
     unsafe {
-        if libc::unshare(libc::CLONE_FS) != 0 || libc::fchdir(dir.as_raw_fd()) != 0 {
+        if libc::unshare(libc::CLONE_FS) != 0
+            || libc::fchdir(dir.as_raw_fd()) != 0
+            || (root && libc::chroot(c".".as_ptr()) != 0)
+        {
             return Err(io::Error::last_os_error());
         }
     }
@@ -357,6 +531,83 @@ pub fn bind_in(
     place(folder, name, at, access, role)
 }
 
+/// [`bind_in`] at `name` of a socket whose address is `addr`, another
+/// file's (the held socket's: what `getsockname` tells the app and
+/// `getpeername` its clients, and what a socket kept in systemd's fd store
+/// is matched by). Bound in a staging folder made in `folder`, which the
+/// binding thread takes as its root, so `addr` resolves inside it; then
+/// moved to `name`. The staging folders are removed either way. Needs
+/// CAP_SYS_CHROOT.
+pub fn bind_staged(
+    folder: &Folder,
+    name: &OsStr,
+    addr: &Path,
+    access: &Access,
+    role: &Role,
+) -> Result<(Socket, SocketFile)> {
+    let label = role.label;
+    let failed = |e: io::Error| {
+        Error::runtime(format!("cannot create {label}: {e}")).hint(format!(
+            "check the folder's permissions, or {}",
+            role.elsewhere
+        ))
+    };
+    let mut parts = Vec::new();
+    for c in addr.components() {
+        match c {
+            std::path::Component::RootDir => {}
+            std::path::Component::Normal(p) => parts.push(p),
+            _ => {
+                return Err(failed(io::Error::other(format!(
+                    "{} is not a plain path",
+                    addr.display()
+                ))));
+            }
+        }
+    }
+    let Some(file_name) = parts.pop() else {
+        return Err(failed(io::Error::other("the address names no file")));
+    };
+    claim(folder, name, role)?;
+    let mut staging = name.to_owned();
+    staging.push(format!(".{}.d", std::process::id()));
+    // Each folder made, and its name in the one before.
+    let mut made = vec![folder.make_sub(&staging).map_err(failed)?];
+    let mut names = vec![staging.as_os_str()];
+    let staged = (|| {
+        for p in &parts {
+            let next = made[made.len() - 1].make_sub(p).map_err(failed)?;
+            made.push(next);
+            names.push(p);
+        }
+        let (root, leaf) = (&made[0], &made[made.len() - 1]);
+        let (socket, pinned) = create_with(leaf, file_name, access.mode, role, |sock| {
+            SockAddr::unix(addr).and_then(|a| root.rooted(|| sock.bind(&a)))
+        })?;
+        // Removed from the staging folder if anything fails from here.
+        let staged = finish(leaf, file_name, pinned, access, role)?;
+        leaf.rename_into(file_name, folder, name, libc::RENAME_NOREPLACE)
+            .map_err(failed)?;
+        let file = SocketFile {
+            path: folder.shown(name),
+            folder: Some(folder.clone()),
+            name: name.to_owned(),
+            identity: staged.identity,
+        };
+        Ok((socket, file))
+    })();
+    for i in (0..made.len()).rev() {
+        let parent = if i == 0 { folder } else { &made[i - 1] };
+        if let Err(e) = parent.unlinkat(names[i], libc::AT_REMOVEDIR) {
+            warn!(
+                path = %parent.shown(names[i]).display(),
+                "cannot remove the folder relaunch made to bind a socket in: {e}"
+            );
+        }
+    }
+    staged
+}
+
 /// `at`: bind by that whole path (at start, where the path is the user's
 /// word and the socket's address must be it); None: through the folder.
 fn place(
@@ -382,17 +633,27 @@ fn create(
     mode: u32,
     role: &Role,
 ) -> Result<(Socket, Pinned)> {
+    create_with(folder, name, mode, role, |sock| match at {
+        // Then checked below: the file must be in the folder pinned.
+        Some(path) => SockAddr::unix(path).and_then(|a| sock.bind(&a)),
+        None => SockAddr::unix(name).and_then(|a| folder.within(|| sock.bind(&a))),
+    })
+}
+
+/// `bind` must make the socket's file at `name` in `folder`.
+fn create_with(
+    folder: &Folder,
+    name: &OsStr,
+    mode: u32,
+    role: &Role,
+    bind: impl FnOnce(&Socket) -> io::Result<()>,
+) -> Result<(Socket, Pinned)> {
     let label = role.label;
     let sock = Socket::new(Domain::UNIX, Type::STREAM, None)
         .map_err(|e| Error::runtime(format!("cannot create {label}: socket: {e}")))?;
     nix::sys::stat::fchmod(&sock, nix::sys::stat::Mode::from_bits_truncate(mode))
         .map_err(|e| Error::runtime(format!("cannot create {label}: fchmod: {e}")))?;
-    let bound = match at {
-        // Then checked below: the file must be in the folder pinned.
-        Some(path) => SockAddr::unix(path).and_then(|a| sock.bind(&a)),
-        None => SockAddr::unix(name).and_then(|a| folder.within(|| sock.bind(&a))),
-    };
-    bound.map_err(|e| bind_error(role, &e))?;
+    bind(&sock).map_err(|e| bind_error(role, &e))?;
     let replaced = |why: String| {
         Error::runtime(format!(
             "{label} was replaced right after relaunch created it ({why}); relaunch leaves it alone"

@@ -33,6 +33,7 @@ pub mod drain;
 pub mod file;
 pub mod group;
 pub mod steer;
+pub mod unix_group;
 
 pub struct Listener {
     pub name: String,
@@ -59,6 +60,14 @@ impl Listener {
     /// The socket file relaunch created for it, if any.
     pub fn file(&self) -> Option<&file::SocketFile> {
         self._file.as_ref()
+    }
+
+    /// The same, to tell it of a file renamed over it
+    /// ([`unix_group::UnixGroup::steer_to`]).
+    // The driver calls it once it steers Unix listeners.
+    #[allow(dead_code)]
+    pub fn file_mut(&mut self) -> Option<&mut file::SocketFile> {
+        self._file.as_mut()
     }
 
     /// With the socket file an earlier image created.
