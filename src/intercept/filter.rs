@@ -48,9 +48,20 @@ const ARG1_LOW: u32 = 24;
 const ARG1_LOW: u32 = 28;
 const ARG2_LOW: u32 = ARG1_LOW + 8;
 
-const LEN: usize = 19;
+#[cfg(target_arch = "x86_64")]
+const UNLINK: u32 = libc::SYS_unlink as u32;
+// No unlink(2) here: unlinkat alone.
+#[cfg(not(target_arch = "x86_64"))]
+const UNLINK: u32 = libc::SYS_unlinkat as u32;
+
+const LEN: usize = 21;
 const ALLOW: usize = LEN - 1;
 const NOTIFY: usize = ALLOW - 1;
+
+/// A comparison that falls through either way (a trap left out).
+const fn never(k: u32) -> sock_filter {
+    jump(JEQ_K, k, 0, 0)
+}
 
 /// A jump from instruction `at` to `to` when the accumulator equals `k`.
 const fn to(at: usize, k: u32, to: usize) -> sock_filter {
@@ -64,52 +75,93 @@ const fn to(at: usize, k: u32, to: usize) -> sock_filter {
 /// (SO_REUSEPORT, the reuseport BPF programs), matched by level and name;
 /// every other option, and everything else, runs. With `probes`, every
 /// connect goes to relaunch too (BPF cannot read the address), which
-/// refuses a port probe of a held address. A call made in another ABI
-/// (x32, i386 on x86_64) has other numbers and runs: such a bind gets what
-/// it would get without relaunch.
-const fn program(probes: bool) -> [sock_filter; LEN] {
+/// refuses a port probe of a held address. With `files`, so do unlink and
+/// unlinkat (BPF cannot read the path either), so that a held socket file
+/// stays. A call made in another ABI (x32, i386 on x86_64) has other
+/// numbers and runs: such a bind gets what it would get without relaunch.
+const fn program(t: Traps) -> [sock_filter; LEN] {
     [
         stmt(LD_W_ABS, ARCH_AT),
         jump(JEQ_K, ARCH, 0, (ALLOW - 2) as u8),
         stmt(LD_W_ABS, NR),
         to(3, libc::SYS_bind as u32, NOTIFY),
         to(4, libc::SYS_listen as u32, NOTIFY),
-        if probes {
+        if t.probes {
             to(5, libc::SYS_connect as u32, NOTIFY)
         } else {
-            // Falls through either way.
-            jump(JEQ_K, libc::SYS_connect as u32, 0, 0)
+            never(libc::SYS_connect as u32)
         },
-        to(6, libc::SYS_setsockopt as u32, 10),
-        jump(JEQ_K, libc::SYS_shutdown as u32, 0, (ALLOW - 8) as u8),
+        if t.files {
+            to(6, UNLINK, NOTIFY)
+        } else {
+            never(UNLINK)
+        },
+        if t.files {
+            to(7, libc::SYS_unlinkat as u32, NOTIFY)
+        } else {
+            never(libc::SYS_unlinkat as u32)
+        },
+        to(8, libc::SYS_setsockopt as u32, 12),
+        jump(JEQ_K, libc::SYS_shutdown as u32, 0, (ALLOW - 10) as u8),
         stmt(LD_W_ABS, ARG1_LOW),
         jump(
             JEQ_K,
             libc::SHUT_WR as u32,
-            (ALLOW - 10) as u8,
-            (NOTIFY - 10) as u8,
+            (ALLOW - 12) as u8,
+            (NOTIFY - 12) as u8,
         ),
         // setsockopt
         stmt(LD_W_ABS, ARG1_LOW),
-        jump(JEQ_K, libc::SOL_SOCKET as u32, 0, (ALLOW - 12) as u8),
+        jump(JEQ_K, libc::SOL_SOCKET as u32, 0, (ALLOW - 14) as u8),
         stmt(LD_W_ABS, ARG2_LOW),
-        to(13, libc::SO_REUSEPORT as u32, NOTIFY),
-        to(14, libc::SO_ATTACH_REUSEPORT_CBPF as u32, NOTIFY),
-        to(15, libc::SO_ATTACH_REUSEPORT_EBPF as u32, NOTIFY),
+        to(15, libc::SO_REUSEPORT as u32, NOTIFY),
+        to(16, libc::SO_ATTACH_REUSEPORT_CBPF as u32, NOTIFY),
+        to(17, libc::SO_ATTACH_REUSEPORT_EBPF as u32, NOTIFY),
         jump(
             JEQ_K,
             libc::SO_DETACH_REUSEPORT_BPF as u32,
             0,
-            (ALLOW - 17) as u8,
+            (ALLOW - 19) as u8,
         ),
         stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF),
         stmt(RET_K, libc::SECCOMP_RET_ALLOW),
     ]
 }
 
-static PROGRAM: [sock_filter; LEN] = program(false);
-/// `--refuse-probes`: connect as well.
-static PROBES: [sock_filter; LEN] = program(true);
+/// What the filter traps besides bind, listen, shutdown and the port's
+/// socket options.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traps {
+    /// connect (`--refuse-probes`).
+    pub probes: bool,
+    /// unlink and unlinkat (a held Unix socket file).
+    pub files: bool,
+}
+
+/// Each combination, indexed by `probes + 2 * files`: built at compile
+/// time, so the forked child only picks one.
+static PROGRAMS: [[sock_filter; LEN]; 4] = [
+    program(Traps {
+        probes: false,
+        files: false,
+    }),
+    program(Traps {
+        probes: true,
+        files: false,
+    }),
+    program(Traps {
+        probes: false,
+        files: true,
+    }),
+    program(Traps {
+        probes: true,
+        files: true,
+    }),
+];
+
+const fn of(t: Traps) -> &'static [sock_filter; LEN] {
+    &PROGRAMS[t.probes as usize + 2 * t.files as usize]
+}
 
 /// A notification fd, and SPEC_ALLOW (4.17, older than user notification):
 /// the filter is no sandbox, so the kernels whose speculation mitigations
@@ -129,13 +181,13 @@ pub type Report = i32;
 /// did not reach relaunch; nobody would answer, and every trapped call
 /// would fail with ENOSYS: the child must not run.
 ///
-/// `probes`: trap connect too (`--refuse-probes`).
+/// `traps`: what it traps besides the socket calls.
 ///
 /// # Safety
 /// Only between fork and exec, in the child; `sock` is the child's end.
-pub unsafe fn install(sock: RawFd, probes: bool) -> Result<(), i32> {
+pub unsafe fn install(sock: RawFd, traps: Traps) -> Result<(), i32> {
     unsafe {
-        let program = if probes { &PROBES } else { &PROGRAM };
+        let program = of(traps);
         let prog = libc::sock_fprog {
             len: LEN as u16,
             filter: program.as_ptr() as *mut sock_filter,
@@ -216,10 +268,21 @@ mod tests {
             instruction_pointer: 0,
             args,
         };
-        // Only connect differs with --refuse-probes.
-        let probes = run(&PROBES, data);
-        assert_eq!(probes, run(&PROGRAM, data) || nr == libc::SYS_connect);
-        probes
+        // Only connect differs with --refuse-probes, only the unlinks
+        // with a held socket file.
+        let plain = run(of(Traps::default()), data);
+        let unlink = nr == UNLINK as i64 || nr == libc::SYS_unlinkat;
+        for (probes, files) in [(true, false), (false, true), (true, true)] {
+            let expect = plain || (probes && nr == libc::SYS_connect) || (files && unlink);
+            assert_eq!(run(of(Traps { probes, files }), data), expect, "{nr}");
+        }
+        run(
+            of(Traps {
+                probes: true,
+                files: true,
+            }),
+            data,
+        )
     }
 
     fn run(program: &[sock_filter], data: libc::seccomp_data) -> bool {
@@ -320,7 +383,11 @@ mod tests {
             instruction_pointer: 0,
             args: [fd, 0, 16, 0, 0, 0],
         };
-        assert!(!run(&PROGRAM, data));
+        assert!(!run(of(Traps::default()), data));
+        // unlink: only with a held socket file.
+        assert!(trapped(UNLINK as i64, [0, 0, 0, 0, 0, 0]));
+        assert!(trapped(libc::SYS_unlinkat, [0, 0, 0, 0, 0, 0]));
+        assert!(!trapped(libc::SYS_renameat2, [0, 0, 0, 0, 0, 0]));
         assert!(!trapped(libc::SYS_read, [fd, 0, 0, 0, 0, 0]));
     }
 
@@ -333,8 +400,9 @@ mod tests {
             instruction_pointer: 0,
             args: [3, 0, 16, 0, 0, 0],
         };
-        assert!(!run(&PROGRAM, other));
-        assert!(!run(&PROBES, other));
+        for p in &PROGRAMS {
+            assert!(!run(p, other));
+        }
         let args1 = std::mem::offset_of!(libc::seccomp_data, args) as u32 + 8;
         let low = if cfg!(target_endian = "little") { 0 } else { 4 };
         assert_eq!(ARG1_LOW, args1 + low);

@@ -146,6 +146,8 @@ impl SavedFile {
             identity: self.identity,
             access: self.access,
             made,
+            at: None,
+            staged: Vec::new(),
         })
     }
 }
@@ -257,6 +259,8 @@ struct Refile {
     file_name: std::ffi::OsString,
     identity: (u64, u64),
     access: file::Access,
+    /// The refiling generation's own socket, waiting beside it.
+    staged: Option<Staged>,
 }
 
 /// The filesystem half of a refile, without the table: None if the file
@@ -284,6 +288,28 @@ fn remake(plan: &Refile, backlog: i32) -> io::Result<Option<(Socket, file::Socke
     Ok(Some((socket, made)))
 }
 
+/// The staged socket's file renamed over the deleted held file: false if
+/// the held file is still relaunch's (nothing to do).
+fn rename_in(plan: &Refile, staged: &Staged) -> io::Result<bool> {
+    match plan.folder.stat(&plan.file_name)? {
+        Some(st) if (st.st_dev, st.st_ino) == plan.identity => return Ok(false),
+        Some(_) => {
+            return Err(io::Error::other(format!(
+                "{} is now another file, not relaunch's socket",
+                plan.path.display()
+            )));
+        }
+        None => {}
+    }
+    plan.folder.rename_over(
+        &staged.name,
+        staged.identity,
+        &plan.file_name,
+        plan.identity,
+    )?;
+    Ok(true)
+}
+
 /// A Unix socket file, as relaunch made it.
 struct UnixFile {
     path: std::path::PathBuf,
@@ -297,6 +323,24 @@ struct UnixFile {
     /// The file of a rebind, removed on exit if still ours (the first one
     /// belongs to the driver's listener).
     made: Option<file::SocketFile>,
+    /// The inode of the socket whose file it is, where that is not the
+    /// entry's own: a generation's, renamed over it at a reload.
+    at: Option<u64>,
+    /// Generations' own sockets waiting at a temporary name in the same
+    /// folder (see [`Table::stage`]).
+    staged: Vec<Staged>,
+}
+
+/// A generation's own socket at a temporary name beside the held file
+/// (`sockets::unix_group`).
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub generation: u64,
+    pub name: std::ffi::OsString,
+    /// Its file's (device, inode).
+    pub identity: (u64, u64),
+    /// Its socket's inode.
+    pub inode: u64,
 }
 
 impl UnixFile {
@@ -316,6 +360,8 @@ impl UnixFile {
             identity: (m.st_dev, m.st_ino),
             access: file::Access::of(&m),
             made: None,
+            at: None,
+            staged: Vec::new(),
         })
     }
 }
@@ -492,6 +538,22 @@ impl Table {
         self.probes
     }
 
+    /// What children's filters trap besides the socket calls: connect
+    /// with `--refuse-probes`, the unlinks where a socket file is held.
+    pub fn traps(&self) -> super::filter::Traps {
+        super::filter::Traps {
+            probes: self.probes,
+            files: self.lock().iter().any(|e| e.file.is_some()),
+        }
+    }
+
+    /// The entry whose socket file is `identity` (device, inode).
+    fn file_entry(&self, identity: (u64, u64)) -> Option<usize> {
+        self.lock()
+            .iter()
+            .position(|e| e.file.as_ref().is_some_and(|f| f.identity == identity))
+    }
+
     /// A generation serves: from now on, binds must match what is held.
     pub fn pin(&self) {
         self.served.store(true, Ordering::Relaxed);
@@ -527,18 +589,35 @@ impl Table {
         f(&name, &socket);
     }
 
-    // The driver calls it when it steers a Unix listener.
-    #[cfg_attr(not(test), allow(dead_code))]
-    /// Entry `index`'s socket file is now `identity`: relaunch renamed a
-    /// generation's socket over it (`sockets::unix_group`), and that file is
-    /// the one to keep, remake if deleted, and remove on exit.
-    pub fn renamed(&self, index: usize, identity: (u64, u64)) {
+    /// Entry `index`'s socket file is now `identity`, the file of the
+    /// socket of inode `inode`: relaunch renamed a generation's socket over
+    /// it (`sockets::unix_group`), and that file is the one to keep, remake
+    /// if deleted, and remove on exit.
+    pub fn renamed(&self, index: usize, identity: (u64, u64), inode: u64) {
         let mut entries = self.lock();
-        if let Some(f) = entries.get_mut(index).and_then(|e| e.file.as_mut()) {
+        let Some(e) = entries.get_mut(index) else {
+            return;
+        };
+        let own = e.inode;
+        if let Some(f) = e.file.as_mut() {
             f.identity = identity;
+            f.at = (inode != own).then_some(inode);
+            f.staged.retain(|s| s.inode != inode);
             if let Some(made) = f.made.as_mut() {
                 made.renamed_over(identity);
             }
+        }
+    }
+
+    /// `staged.generation`'s own socket for entry `index` waits at a
+    /// temporary name: if an app of that generation deletes the held file
+    /// before binding it, that socket is renamed in rather than a new one
+    /// bound (which no generation would accept from).
+    pub fn stage(&self, index: usize, staged: Staged) {
+        let mut entries = self.lock();
+        if let Some(f) = entries.get_mut(index).and_then(|e| e.file.as_mut()) {
+            f.staged.retain(|s| s.generation != staged.generation);
+            f.staged.push(staged);
         }
     }
 
@@ -554,7 +633,7 @@ impl Table {
     }
 
     /// What remaking entry `index`'s socket file needs, read under the lock.
-    fn refile_plan(&self, index: usize) -> Option<Refile> {
+    fn refile_plan(&self, index: usize, generation: u64) -> Option<Refile> {
         let entries = self.lock();
         let e = entries.get(index)?;
         let f = e.file.as_ref()?;
@@ -565,6 +644,11 @@ impl Table {
             file_name: f.name.clone(),
             identity: f.identity,
             access: f.access,
+            staged: f
+                .staged
+                .iter()
+                .find(|s| s.generation == generation)
+                .cloned(),
         })
     }
 
@@ -590,8 +674,15 @@ impl Table {
         };
         f.identity = made.identity();
         let replaced = f.made.replace(made);
+        // Whoever had the deleted file's socket gets the new one.
+        let was = f.at.take().unwrap_or(e.inode);
+        let socket = Arc::new(socket);
+        for m in e.members.iter_mut().filter(|m| m.inode == was) {
+            m.socket = Arc::clone(&socket);
+            m.inode = inode;
+        }
         e.inode = inode;
-        let old = std::mem::replace(&mut e.socket, Arc::new(socket));
+        let old = std::mem::replace(&mut e.socket, socket);
         Ok((old, replaced))
     }
 
@@ -668,6 +759,9 @@ impl Table {
     pub fn forget(&self, generation: u64) {
         for e in self.lock().iter_mut() {
             e.members.retain(|m| m.generation != generation);
+            if let Some(f) = e.file.as_mut() {
+                f.staged.retain(|s| s.generation != generation);
+            }
         }
     }
 
@@ -929,6 +1023,7 @@ const SAID_SHUTDOWN: u8 = 2;
 const SAID_APART: u8 = 3;
 const SAID_OPTION: u8 = 4;
 const SAID_PROBE: u8 = 5;
+const SAID_UNLINK: u8 = 6;
 
 /// An answer to one notification.
 #[derive(Debug, PartialEq, Eq)]
@@ -1060,6 +1155,11 @@ impl Session {
             libc::SYS_shutdown => self.shutdown(notify, req, tid, fd),
             libc::SYS_setsockopt => self.setsockopt(tid, fd, req.data.args[2] as i32),
             libc::SYS_connect => self.connect(req, tid, fd),
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_unlink => Ok(self.unlink(notify, req, libc::AT_FDCWD, req.data.args[0])),
+            libc::SYS_unlinkat if req.data.args[2] as i32 & libc::AT_REMOVEDIR == 0 => {
+                Ok(self.unlink(notify, req, fd, req.data.args[1]))
+            }
             _ => Ok(Answer::Continue),
         };
         result.unwrap_or_else(|e| self.failed(req, &e))
@@ -1415,9 +1515,34 @@ impl Session {
             .refiling
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let Some(plan) = self.table.refile_plan(index) else {
+        let Some(plan) = self.table.refile_plan(index, self.generation) else {
             return Ok(());
         };
+        if let Some(staged) = &plan.staged {
+            match rename_in(&plan, staged) {
+                Ok(false) => return Ok(()),
+                Ok(true) => {
+                    self.table.renamed(index, staged.identity, staged.inode);
+                    info!(
+                        "{}: pid {tgid} ({}) deleted relaunch's socket file {} before binding it: \
+                         generation {}'s own socket takes its place now, before that generation \
+                         is ready (new connections wait in its queue; the serving generation \
+                         answers what it has queued)",
+                        plan.name,
+                        proc::comm(tgid),
+                        plan.path.display(),
+                        staged.generation
+                    );
+                    return Ok(());
+                }
+                Err(e) => warn!(
+                    "{}: cannot put generation {}'s own socket at {} ({e}); binding a new one there",
+                    plan.name,
+                    staged.generation,
+                    plan.path.display()
+                ),
+            }
+        }
         let Some((socket, made)) = remake(&plan, self.table.backlog)? else {
             return Ok(());
         };
@@ -1614,6 +1739,47 @@ impl Session {
         Ok(Answer::Errno(libc::ECONNREFUSED))
     }
 
+    /// unlink() of a held socket file: answered 0, not done. The file is
+    /// how clients reach the app; servers delete it before they bind the
+    /// path (asyncio, gunicorn, most written by hand) and as they stop, and
+    /// clients would find nothing until the next bind or the next start.
+    /// The app's bind of the path then gets the socket there. Every other
+    /// unlink runs; one that cannot be looked at runs too.
+    fn unlink(
+        &mut self,
+        notify: BorrowedFd<'_>,
+        req: &libc::seccomp_notif,
+        dirfd: i32,
+        path: u64,
+    ) -> Answer {
+        let tid = req.pid as i32;
+        let Some(raw) = read_path(tid, path) else {
+            return Answer::Continue;
+        };
+        let Some(identity) = identity_seen_by(tid, dirfd, &raw) else {
+            return Answer::Continue;
+        };
+        let Some(index) = self.table.file_entry(identity) else {
+            return Answer::Continue;
+        };
+        // What was read is only good if the caller is still in that call.
+        if id_valid(notify, req.id).is_err() {
+            return Answer::Continue;
+        }
+        let tgid = proc::tgid(tid).unwrap_or(tid);
+        if self.said.insert((tgid, index, SAID_UNLINK)) {
+            info!(
+                "{}: pid {tgid} ({}) deleted relaunch's socket file {}: it stays, as clients \
+                 reach the app through it (the app is told it is gone; its bind of the path \
+                 gets the socket there)",
+                self.table.lock()[index].name,
+                proc::comm(tgid),
+                String::from_utf8_lossy(&raw)
+            );
+        }
+        Answer::Value(0)
+    }
+
     /// The held socket at `fd` of the caller, if it is one: (its process,
     /// the socket's index, the socket).
     fn held_index(&self, tid: i32, fd: i32) -> io::Result<Option<(i32, usize, Arc<Socket>)>> {
@@ -1642,6 +1808,45 @@ fn bind_address(
     // What we read is only good if the caller is still in that call.
     id_valid(notify, req.id)?;
     Ok(Some(parse_sockaddr(&raw[..len])))
+}
+
+/// A NUL-terminated path at `addr` in thread `tid`, read a page at most at
+/// a time (a read across into an unmapped page fails); None if it cannot
+/// be read or is longer than PATH_MAX.
+fn read_path(tid: i32, addr: u64) -> Option<Vec<u8>> {
+    const PAGE: u64 = 4096;
+    let mut out = Vec::new();
+    let mut at = addr;
+    while out.len() < libc::PATH_MAX as usize {
+        let mut chunk = vec![0u8; (PAGE - at % PAGE) as usize];
+        read_target(tid, at, &mut chunk).ok()?;
+        if let Some(end) = chunk.iter().position(|&b| b == 0) {
+            out.extend_from_slice(&chunk[..end]);
+            return Some(out);
+        }
+        at += chunk.len() as u64;
+        out.extend(chunk);
+    }
+    None
+}
+
+/// (device, inode) of what `path` names for thread `tid`, relative to its
+/// `dirfd` (AT_FDCWD: its working folder) and its root, the last
+/// component not followed (as unlink does not).
+fn identity_seen_by(tid: i32, dirfd: i32, path: &[u8]) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let path = std::path::Path::new(OsStr::from_bytes(path));
+    let base = match path.strip_prefix("/") {
+        Ok(_) => format!("/proc/{tid}/root"),
+        Err(_) if dirfd == libc::AT_FDCWD => format!("/proc/{tid}/cwd"),
+        Err(_) => format!("/proc/{tid}/fd/{dirfd}"),
+    };
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    if rel.as_os_str().is_empty() {
+        return None;
+    }
+    let m = std::fs::symlink_metadata(std::path::Path::new(&base).join(rel)).ok()?;
+    Some((m.dev(), m.ino()))
 }
 
 /// A Unix socket path as thread `tid` names it, absolute and canonical.
@@ -1984,7 +2189,7 @@ mod tests {
         let before = table.inodes();
         // The app deletes relaunch's file before binding the path.
         std::fs::remove_file(&path).unwrap();
-        let plan = table.refile_plan(0).unwrap();
+        let plan = table.refile_plan(0, 0).unwrap();
         let held = table.lock();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -1999,7 +2204,7 @@ mod tests {
         // Another refile committed meanwhile: this one's file is removed.
         let stale = Refile {
             identity: (0, 0),
-            ..table.refile_plan(0).unwrap()
+            ..table.refile_plan(0, 0).unwrap()
         };
         assert!(table.refile_commit(0, &stale, socket, made).is_err());
         assert!(std::fs::symlink_metadata(&path).is_err(), "left behind");
@@ -2048,24 +2253,94 @@ mod tests {
             let m = std::fs::metadata(&path).unwrap();
             (l, (m.dev(), m.ino()))
         };
-        let (_second, id) = rename_in("2");
-        let e = remake(&table.refile_plan(0).unwrap(), 16).unwrap_err();
+        let ino = |l: &std::os::unix::net::UnixListener| nix::sys::stat::fstat(l).unwrap().st_ino;
+        let (second, id) = rename_in("2");
+        let e = remake(&table.refile_plan(0, 0).unwrap(), 16).unwrap_err();
         assert!(e.to_string().contains("not relaunch's socket"), "{e}");
-        table.renamed(0, id);
+        table.renamed(0, id, ino(&second));
         assert!(
-            remake(&table.refile_plan(0).unwrap(), 16)
+            remake(&table.refile_plan(0, 0).unwrap(), 16)
                 .unwrap()
                 .is_none()
         );
         // After a remade file (the table removes that one on exit).
         std::fs::remove_file(&path).unwrap();
-        let (socket, made) = remake(&table.refile_plan(0).unwrap(), 16).unwrap().unwrap();
-        let plan = table.refile_plan(0).unwrap();
+        let (socket, made) = remake(&table.refile_plan(0, 0).unwrap(), 16)
+            .unwrap()
+            .unwrap();
+        let plan = table.refile_plan(0, 0).unwrap();
         drop(table.refile_commit(0, &plan, socket, made).unwrap());
-        let (_third, id) = rename_in("3");
-        table.renamed(0, id);
+        let (third, id) = rename_in("3");
+        table.renamed(0, id, ino(&third));
         table.remove_files();
         assert!(std::fs::symlink_metadata(&path).is_err(), "removed on exit");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An app that deletes the held file before binding it, in a
+    /// generation with a socket of its own waiting beside it: that socket
+    /// is renamed in (no third socket that nobody accepts from). Where the
+    /// generation's socket is the one at the name already, a new one is
+    /// bound and given to that generation's children from then on.
+    #[test]
+    fn a_deleted_held_file_takes_the_generations_own_socket() {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::net::UnixListener;
+        let dir = std::env::temp_dir().join(format!("relaunch-staged-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("app.sock");
+        let first = UnixListener::bind(&path).unwrap();
+        let listener = Listener::adopt(
+            "unix".into(),
+            Socket::from(OwnedFd::from(first)),
+            Some(Addr::Unix(path.clone())),
+        );
+        let table = Table::new(&[listener], &[false], 16, false).unwrap();
+        let temp = dir.join(".app.sock.relaunch-2");
+        let own = Socket::from(OwnedFd::from(UnixListener::bind(&temp).unwrap()));
+        let own_ino = nix::sys::stat::fstat(&own).unwrap().st_ino;
+        let m = std::fs::metadata(&temp).unwrap();
+        let own = Arc::new(own);
+        table.set_members(2, vec![Some(Arc::clone(&own))]);
+        table.stage(
+            0,
+            Staged {
+                generation: 2,
+                name: ".app.sock.relaunch-2".into(),
+                identity: (m.dev(), m.ino()),
+                inode: own_ino,
+            },
+        );
+        // Generation 1 has nothing staged; generation 2 has.
+        assert!(table.refile_plan(0, 1).unwrap().staged.is_none());
+        let plan = table.refile_plan(0, 2).unwrap();
+        assert!(
+            !rename_in(&plan, plan.staged.as_ref().unwrap()).unwrap(),
+            "still ours"
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert!(rename_in(&plan, plan.staged.as_ref().unwrap()).unwrap());
+        assert!(!temp.exists());
+        let at = std::fs::metadata(&path).unwrap();
+        assert_eq!((at.dev(), at.ino()), (m.dev(), m.ino()));
+        table.renamed(0, (m.dev(), m.ino()), own_ino);
+        assert!(table.refile_plan(0, 2).unwrap().staged.is_none(), "used");
+        let _c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        assert_eq!(
+            Arc::as_ptr(&table.socket_for(0, 2)),
+            Arc::as_ptr(&own),
+            "generation 2 keeps its socket, now at the name"
+        );
+        // Deleted again: generation 2's is at the name, so a new socket.
+        std::fs::remove_file(&path).unwrap();
+        let plan = table.refile_plan(0, 2).unwrap();
+        let (socket, made) = remake(&plan, 16).unwrap().unwrap();
+        let new_ino = nix::sys::stat::fstat(&socket).unwrap().st_ino;
+        drop(table.refile_commit(0, &plan, socket, made).unwrap());
+        let now = table.socket_for(0, 2);
+        assert_eq!(nix::sys::stat::fstat(now.as_ref()).unwrap().st_ino, new_ino);
+        table.remove_files();
         let _ = std::fs::remove_dir_all(&dir);
     }
 

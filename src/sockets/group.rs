@@ -22,6 +22,7 @@ use socket2::Socket;
 use tracing::{debug, info, warn};
 
 use super::steer::{self, Probe, Route};
+use super::unix_group::{UnixGroup, UnixSaved};
 use super::{Listener, Membership};
 use crate::plan::spec::{Addr, Proto};
 use crate::plan::{Planned, Source};
@@ -38,6 +39,7 @@ pub fn membership(plan: &[Planned], on_demand: bool) -> Option<Membership> {
     if on_demand {
         return off("--lazy and --idle-stop watch one socket per listener".into());
     }
+    let mut tcp = false;
     for p in plan {
         let why = match &p.source {
             Source::Inherited(_) => {
@@ -47,15 +49,23 @@ pub fn membership(plan: &[Planned], on_demand: bool) -> Option<Membership> {
             Source::Bind { spec, .. } | Source::Stored { spec, .. } => match spec.addr {
                 Addr::Inet {
                     proto: Proto::Tcp, ..
-                } => continue,
+                } => {
+                    tcp = true;
+                    continue;
+                }
+                // Each generation's socket file is renamed in (unix_group).
+                Addr::Unix(_) => continue,
                 Addr::Inet { .. } => "UDP has no connections to hand over",
-                _ => "Unix sockets are not steered",
+                Addr::UnixAbstract(_) => "an abstract name cannot be renamed to another socket",
             },
         };
         return off(format!(
             "{} cannot be steered between generations: {why}",
             p.name
         ));
+    }
+    if !tcp {
+        return Some(Membership { owner: None });
     }
     if !nix::unistd::geteuid().is_root() {
         // As the app's uid, any process of that uid could join the group or
@@ -96,19 +106,29 @@ pub fn drain_off(why: &str) -> String {
 
 /// One group per listener, or none at all (drain off, said why). `stored`:
 /// each listener's other members the fd store gave back, in slot order.
-pub fn groups(listeners: &[Listener], backlog: i32, stored: Vec<Vec<Socket>>) -> Vec<Group> {
+pub fn groups(listeners: &[Listener], backlog: i32, stored: Vec<Vec<Socket>>) -> Vec<Steered> {
     let mut out = Vec::with_capacity(listeners.len());
     let mut stored = stored.into_iter();
     for l in listeners {
         let others = stored.next().unwrap_or_default();
-        let made = if l.socket.reuse_port().unwrap_or(false) {
-            l.socket
+        let made = match (&l.addr, l.file()) {
+            (Some(Addr::Unix(_)), Some(file)) => l
+                .socket
+                .try_clone()
+                .and_then(|s| UnixGroup::new(Arc::new(s), file, backlog))
+                .map(Steered::Unix),
+            (Some(Addr::Unix(_)), None) => Err(io::Error::other(
+                "its socket came from systemd's fd store, and its file is not one this \
+                 relaunch made",
+            )),
+            _ if l.socket.reuse_port().unwrap_or(false) => l
+                .socket
                 .try_clone()
                 .and_then(|s| Group::restore(Arc::new(s), others, backlog))
-        } else {
-            Err(io::Error::other(
+                .map(Steered::Tcp),
+            _ => Err(io::Error::other(
                 "its socket (from systemd's fd store) was made without SO_REUSEPORT",
-            ))
+            )),
         };
         match made {
             Ok(g) => out.push(g),
@@ -124,6 +144,116 @@ pub fn groups(listeners: &[Listener], backlog: i32, stored: Vec<Vec<Socket>>) ->
         }
     }
     out
+}
+
+/// What releasing a generation's sockets did.
+pub enum Released {
+    /// How many connections left waiting on them were reset.
+    Reset(usize),
+    /// The file at the held name now; `stranded`: it was the released
+    /// generation's while others run (see [`UnixGroup::release`]).
+    File {
+        identity: (u64, u64),
+        stranded: bool,
+    },
+}
+
+/// A held listener's sockets, one per live generation: a TCP port's
+/// SO_REUSEPORT group, or a Unix socket file's generations, each renamed in
+/// when it serves.
+#[derive(Debug)]
+pub enum Steered {
+    Tcp(Group),
+    Unix(UnixGroup),
+}
+
+impl Steered {
+    /// Every socket's inode: what relaunch holds for this listener.
+    pub fn inodes(&self) -> Vec<u64> {
+        match self {
+            Steered::Tcp(g) => g.inodes().collect(),
+            Steered::Unix(g) => g.inodes().collect(),
+        }
+    }
+
+    /// The generations that have a socket here.
+    pub fn generations(&self) -> Vec<u64> {
+        match self {
+            Steered::Tcp(g) => g.generations().collect(),
+            Steered::Unix(g) => g.generations().collect(),
+        }
+    }
+
+    /// `generation`'s own socket, if it has one.
+    pub fn member_of(&self, generation: u64) -> Option<Arc<Socket>> {
+        match self {
+            Steered::Tcp(g) => g.member_of(generation),
+            Steered::Unix(g) => g.member_of(generation),
+        }
+    }
+
+    /// The socket `generation`'s children get.
+    pub fn socket_for(&mut self, generation: u64) -> Arc<Socket> {
+        match self {
+            Steered::Tcp(g) => g.socket_for(generation),
+            Steered::Unix(g) => g.socket_for(generation),
+        }
+    }
+
+    /// Gives `generation` a socket of its own that nothing reaches yet.
+    pub fn open(&mut self, generation: u64) -> io::Result<Arc<Socket>> {
+        match self {
+            Steered::Tcp(g) => g.open(generation),
+            Steered::Unix(g) => g.open(generation),
+        }
+    }
+
+    /// `n` connections of relaunch's own to `generation`'s socket (see
+    /// [`Group::probe`]); none to a Unix one, which is reached by a name
+    /// relaunch does not connect through.
+    pub fn probe(&mut self, generation: u64, n: usize) -> io::Result<Vec<Socket>> {
+        match self {
+            Steered::Tcp(g) => g.probe(generation, n),
+            Steered::Unix(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// `generation` is gone: what became of what it had (see
+    /// [`Released`]).
+    pub fn release(&mut self, generation: u64) -> Released {
+        match self {
+            Steered::Tcp(g) => Released::Reset(g.release(generation)),
+            Steered::Unix(g) => {
+                let stranded = g.release(generation);
+                Released::File {
+                    identity: g.at_name().0,
+                    stranded,
+                }
+            }
+        }
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Steered::Tcp(g) => Some(g.port()),
+            Steered::Unix(_) => None,
+        }
+    }
+
+    /// Its sockets, in order, and the rest, for the next image.
+    pub fn save(&self) -> (Vec<Arc<Socket>>, Saved, Option<UnixSaved>) {
+        match self {
+            Steered::Tcp(g) => {
+                let (members, saved) = g.save();
+                (members, saved, None)
+            }
+            Steered::Unix(g) => {
+                let (members, saved) = g.save();
+                (members, Saved::default(), Some(saved))
+            }
+        }
+    }
 }
 
 /// How long a probe of a new member's slot may take (loopback: microseconds).
@@ -154,7 +284,7 @@ pub struct Group {
 
 /// What an upgrade hands over of a group besides its members' fds (which
 /// come in slot order).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Saved {
     pub generations: Vec<Vec<u64>>,
     pub route: usize,

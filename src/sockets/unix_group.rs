@@ -21,9 +21,6 @@
 //! CAP_SYS_CHROOT it is bound at the temporary name, its address then, and
 //! that is said once.
 
-// The driver calls this; until then only its tests do.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::PathBuf;
@@ -182,10 +179,6 @@ impl UnixGroup {
         (sockets, saved)
     }
 
-    pub fn backlog(&self) -> i32 {
-        self.backlog
-    }
-
     /// Every member's socket inode: what relaunch holds for this listener.
     pub fn inodes(&self) -> impl Iterator<Item = u64> + '_ {
         self.members.iter().map(|m| m.inode)
@@ -194,6 +187,22 @@ impl UnixGroup {
     /// The socket inodes of the members of generations before `generation`.
     pub fn inodes_before(&self, generation: u64) -> Vec<u64> {
         self.before(generation).map(|m| m.inode).collect()
+    }
+
+    /// The file at the held name and its socket's inode.
+    pub fn at_name(&self) -> ((u64, u64), u64) {
+        let m = &self.members[self.current];
+        (m.file, m.inode)
+    }
+
+    /// The generations that have a socket here.
+    pub fn generations(&self) -> impl Iterator<Item = u64> + '_ {
+        self.members.iter().filter_map(|m| m.generation)
+    }
+
+    /// `generation`'s own socket, if it has one.
+    pub fn member_of(&self, generation: u64) -> Option<Arc<Socket>> {
+        Some(Arc::clone(&self.members[self.position(generation)?].socket))
     }
 
     /// The files, (device, inode), of the same members: what the
@@ -217,6 +226,7 @@ impl UnixGroup {
     /// The socket `generation`'s children get: its own, or else the one at
     /// the held name, which is then its.
     pub fn socket_for(&mut self, generation: u64) -> Arc<Socket> {
+        self.sync();
         let i = self.position(generation).unwrap_or_else(|| {
             if let Some(was) = self.members[self.current].generation {
                 debug!(generation, was, "the socket at the held name changes hands");
@@ -231,6 +241,7 @@ impl UnixGroup {
     /// temporary name in the held file's folder, with its mode and owner:
     /// nothing connects to it until [`steer_to`](Self::steer_to).
     pub fn open(&mut self, generation: u64) -> io::Result<Arc<Socket>> {
+        self.sync();
         if let Some(i) = self.position(generation) {
             return Ok(Arc::clone(&self.members[i].socket));
         }
@@ -268,6 +279,7 @@ impl UnixGroup {
     /// which whoever checks that file before removing or remaking it must
     /// be told of.
     pub fn steer_to(&mut self, generation: u64) -> io::Result<(u64, u64)> {
+        self.sync();
         let i = self.position(generation).ok_or_else(|| {
             io::Error::other(format!(
                 "generation {generation} has no socket of its own for {}",
@@ -294,7 +306,16 @@ impl UnixGroup {
     /// name, which waits for the next generation. The drain has seen its
     /// queue empty; one never steered to had nothing queued, and its file
     /// is removed.
-    pub fn release(&mut self, generation: u64) {
+    /// true if the held name was that generation's while others still run
+    /// (interception put it there when its app deleted the file): new
+    /// connections wait there for the next generation.
+    pub fn release(&mut self, generation: u64) -> bool {
+        self.sync();
+        let stranded = self.members[self.current].generation == Some(generation)
+            && self
+                .members
+                .iter()
+                .any(|m| m.generation.is_some_and(|g| g != generation));
         let at_name = self.members[self.current].inode;
         self.members
             .retain(|m| m.generation != Some(generation) || m.inode == at_name);
@@ -307,6 +328,7 @@ impl UnixGroup {
         if m.generation == Some(generation) {
             m.generation = None;
         }
+        stranded
     }
 
     /// Whether new sockets can be bound with the held address
@@ -329,10 +351,77 @@ impl UnixGroup {
         self.staging == Some(true)
     }
 
+    /// Where a generation has two (its socket file was deleted and bound
+    /// again), the one at the held name.
     fn position(&self, generation: u64) -> Option<usize> {
+        if self.members[self.current].generation == Some(generation) {
+            return Some(self.current);
+        }
         self.members
             .iter()
             .position(|m| m.generation == Some(generation))
+    }
+
+    /// Interception renamed a generation's socket in where its app deleted
+    /// the held file (see [`UnixGroup::staged`]): the member whose file is
+    /// at the held name now is the current one.
+    fn sync(&mut self) {
+        let Ok(Some(st)) = self.folder.stat(&self.name) else {
+            return;
+        };
+        let at = (st.st_dev, st.st_ino);
+        if self.members[self.current].file == at {
+            return;
+        }
+        if let Some(i) = self.members.iter().position(|m| m.file == at) {
+            debug!(generation = ?self.members[i].generation, "a generation's socket was renamed in by interception");
+            self.members[i].temp = None;
+            self.current = i;
+        }
+    }
+
+    /// Where `generation`'s socket waits at its temporary name: what
+    /// interception renames over the held name when an app of that
+    /// generation deletes the held file before binding it, instead of
+    /// binding yet another socket there. (temporary name, its file, the
+    /// socket's inode.)
+    pub fn staged(&self, generation: u64) -> Option<(OsString, (u64, u64), u64)> {
+        let m = self
+            .members
+            .iter()
+            .find(|m| m.generation == Some(generation))?;
+        let temp = m.temp.as_ref()?;
+        Some((temp.name().to_owned(), m.file, m.inode))
+    }
+
+    /// Interception bound a new socket at the held name, whose file an app
+    /// deleted (a generation with no socket of its own waiting): it is the
+    /// current member from now on, the generation's that had the name. The
+    /// one it replaces serves on in the processes that hold it, and closes
+    /// with its generation.
+    pub fn refiled(&mut self, home: Arc<Socket>) -> io::Result<()> {
+        let st = self.folder.stat(&self.name)?.ok_or_else(|| {
+            io::Error::other(format!(
+                "{} is gone",
+                self.folder.shown(&self.name).display()
+            ))
+        })?;
+        let was = self.current;
+        let generation = self.members[was].generation;
+        self.members.push(Member {
+            inode: steer::inode_of(home.as_ref())?,
+            socket: home,
+            file: (st.st_dev, st.st_ino),
+            generation,
+            temp: None,
+        });
+        self.current = self.members.len() - 1;
+        if generation.is_none() {
+            // Nobody's: nothing holds it to serve.
+            self.members.remove(was);
+            self.current -= 1;
+        }
+        Ok(())
     }
 }
 
@@ -691,7 +780,7 @@ mod tests {
         std::mem::forget(g);
         assert_eq!(names(&dir.0), [".app.sock.relaunch-2", "app.sock"]);
         assert!(Arc::ptr_eq(&back.socket_for(1), &one));
-        assert_eq!(back.backlog(), 128);
+        assert_eq!(back.backlog, 128);
         back.steer_to(2).unwrap();
         let _c = UnixStream::connect(&path).unwrap();
         assert!(accept(&two, WAIT).is_some());

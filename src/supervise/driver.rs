@@ -53,7 +53,8 @@ use crate::plan::{self, Snapshot};
 use crate::ready::notify::{Message, NotifySocket, Systemd};
 use crate::ready::{fallback, scan};
 use crate::sockets::drain::Watch;
-use crate::sockets::group::{self, Group};
+use crate::sockets::group::{self, Steered};
+use crate::sockets::unix_group::UnixGroup;
 use crate::sockets::{self, Listener, steer};
 use crate::supervise::lines::PipeLines;
 use crate::supervise::runtime::{self, Os, Runtime, Sources, handle_notify, step};
@@ -111,7 +112,7 @@ struct Resources {
     launch: Launch,
     listeners: Vec<Listener>,
     /// One per listener where old generations drain; else empty.
-    groups: Vec<Group>,
+    groups: Vec<Steered>,
     intercept: Option<Arc<intercept::handler::Table>>,
     control: Option<control::Server>,
     ports_file: Option<sockets::PortsFile>,
@@ -361,7 +362,7 @@ fn child_of(plan: &plan::Plan, listeners: &[Listener]) -> Result<plan::Child> {
 fn open_listeners(
     plan: &plan::Plan,
     inherited: Vec<plan::inherit::Inherited>,
-) -> Result<(sockets::Opened, Vec<Group>, Vec<String>)> {
+) -> Result<(sockets::Opened, Vec<Steered>, Vec<String>)> {
     let on_demand = plan.lazy || plan.idle_stop.is_some();
     let membership = plan
         .drain
@@ -430,11 +431,34 @@ fn own_members(t: &intercept::handler::Table, generation: u64, own: Vec<Option<A
     t.set_members(generation, members);
 }
 
+/// Tells interception which socket's file Unix listener `i` is now, and
+/// which generations' sockets wait beside it at temporary names.
+fn tell_files(t: &intercept::handler::Table, i: usize, g: &UnixGroup) {
+    let (identity, inode) = g.at_name();
+    t.renamed(i, identity, inode);
+    for generation in g.generations() {
+        if let Some((name, identity, inode)) = g.staged(generation) {
+            t.stage(
+                i,
+                intercept::handler::Staged {
+                    generation,
+                    name,
+                    identity,
+                    inode,
+                },
+            );
+        }
+    }
+}
+
 /// Where old generations drain, a listener interception moves where the
 /// app binds is made a group's first member, steered from birth (a group
 /// without a program spreads connections over every member).
-fn steered_moves(t: &intercept::handler::Table, groups: &[Group]) {
-    let Some(owner) = groups.first().map(Group::owner) else {
+fn steered_moves(t: &intercept::handler::Table, groups: &[Steered]) {
+    let Some(owner) = groups.iter().find_map(|g| match g {
+        Steered::Tcp(g) => Some(g.owner()),
+        Steered::Unix(_) => None,
+    }) else {
         return;
     };
     t.set_maker(Box::new(move |at, v6only, backlog| {
@@ -727,7 +751,7 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
         keeper::adopt(k);
     }
     let listeners = adopt_listeners(saved_listeners)?;
-    let groups = adopt_groups(saved_groups, saved.launch.drains);
+    let groups = adopt_groups(saved_groups, saved.launch.drains, &listeners);
     let control = match saved_control {
         Some(c) => Some(
             control::Server::adopt(c.fd, c.file.path.clone(), c.file.identity)
@@ -778,7 +802,11 @@ fn adopt_error(what: String) -> Error {
 
 /// The groups an upgrade handed over; none (drain off, said) if one does
 /// not fit.
-fn adopt_groups(saved: Vec<handover::GroupFds>, drains: bool) -> Vec<Group> {
+fn adopt_groups(
+    saved: Vec<handover::GroupFds>,
+    drains: bool,
+    listeners: &[Listener],
+) -> Vec<Steered> {
     if !drains {
         info!(
             "{}; restart relaunch (not upgrade) for old generations to drain at reloads",
@@ -788,14 +816,21 @@ fn adopt_groups(saved: Vec<handover::GroupFds>, drains: bool) -> Vec<Group> {
         );
     }
     let mut groups = Vec::with_capacity(saved.len());
-    for g in saved {
+    for (i, g) in saved.into_iter().enumerate() {
         // SAFETY: handed over for us alone (claimed open by `take`); owned once.
         let members = g
             .members
             .iter()
             .map(|&fd| Arc::new(Socket::from(unsafe { OwnedFd::from_raw_fd(fd) })))
             .collect();
-        match Group::adopt(members, g.saved) {
+        let adopted = match g.unix {
+            Some(unix) => match listeners.get(i).and_then(Listener::file) {
+                Some(file) => UnixGroup::adopt(members, unix, file).map(Steered::Unix),
+                None => Err(std::io::Error::other("its listener has no socket file")),
+            },
+            None => group::Group::adopt(members, g.saved).map(Steered::Tcp),
+        };
+        match adopted {
             Ok(group) => groups.push(group),
             Err(e) => {
                 let why = format!("after the upgrade, a listener's group cannot be adopted ({e})");
@@ -828,7 +863,7 @@ fn adopt_listeners(saved: Vec<handover::ListenerFd>) -> Result<Vec<Listener>> {
 /// answering binds again before anything else runs.
 fn adopt_intercept(
     listeners: &[Listener],
-    groups: &[Group],
+    groups: &[Steered],
     saved: Option<intercept::handler::SavedTable>,
     carried: Vec<intercept::handler::Carried>,
     listened: &intercept::handler::Listened,
@@ -848,9 +883,14 @@ fn adopt_intercept(
     if let Some(t) = &table {
         steered_moves(t, groups);
         let generations: std::collections::BTreeSet<u64> =
-            groups.iter().flat_map(Group::generations).collect();
+            groups.iter().flat_map(Steered::generations).collect();
         for g in generations {
             own_members(t, g, groups.iter().map(|grp| grp.member_of(g)).collect());
+        }
+        for (i, g) in groups.iter().enumerate() {
+            if let Steered::Unix(g) = g {
+                tell_files(t, i, g);
+            }
         }
     }
     for c in carried {
@@ -972,9 +1012,9 @@ fn intercept_remedy(on: bool, listeners: &[Listener]) -> String {
 struct Driver {
     launch: Launch,
     listeners: Vec<Listener>,
-    /// Where old generations drain: each listener's SO_REUSEPORT group,
-    /// in the listeners' order (empty: no drain).
-    groups: Vec<Group>,
+    /// Where old generations drain: each listener's sockets, one per
+    /// generation, in the listeners' order (empty: no drain).
+    groups: Vec<Steered>,
     /// relaunch's own connections to a starting generation's sockets, by
     /// generation (see `Group::probe`).
     probes: HashMap<u64, Vec<Socket>>,
@@ -1061,7 +1101,7 @@ impl Watcher {
             creds: None,
             // Not the server: nothing of its binds to give.
             intercept: None,
-            probes: false,
+            traps: Default::default(),
             stdio: Some((null.as_fd(), write.as_fd(), stderr.as_fd())),
         })
         .map_err(|e| Error::runtime(format!("--watch: {e}")))?;
@@ -1285,10 +1325,11 @@ impl Driver {
             .groups
             .iter()
             .map(|g| {
-                let (members, saved) = g.save();
+                let (members, saved, unix) = g.save();
                 handover::GroupFds {
                     members: members.iter().map(|m| m.as_raw_fd()).collect(),
                     saved,
+                    unix,
                 }
             })
             .collect();
@@ -1395,7 +1436,7 @@ impl Driver {
             .iter()
             .enumerate()
             .map(|(i, l)| match self.groups.get(i) {
-                Some(g) => g.inodes().collect(),
+                Some(g) => g.inodes(),
                 None => scan::socket_inode(l.socket.as_fd()).into_iter().collect(),
             })
             .collect();
@@ -1450,16 +1491,22 @@ impl Driver {
                 continue;
             };
             l.socket = copy;
-            let Some(g) = self.groups.get_mut(i) else {
-                continue;
+            let moved = match self.groups.get_mut(i) {
+                None => continue,
+                // Its file deleted and bound again: the new socket is at
+                // the held name.
+                Some(Steered::Unix(g)) => l.socket.try_clone().and_then(|s| g.refiled(Arc::new(s))),
+                Some(Steered::Tcp(g)) => {
+                    // The old group's other members go: not kept any more.
+                    if self.launch.fd_store
+                        && let Some(sd) = &self.systemd
+                    {
+                        (1..g.len()).for_each(|k| sd.unstore(&member_name(&l.name, k as u32)));
+                    }
+                    l.socket.try_clone().and_then(|s| g.moved(Arc::new(s)))
+                }
             };
-            // The old group's other members go: not kept any more.
-            if self.launch.fd_store
-                && let Some(sd) = &self.systemd
-            {
-                (1..g.len()).for_each(|k| sd.unstore(&member_name(&l.name, k as u32)));
-            }
-            match l.socket.try_clone().and_then(|s| g.moved(Arc::new(s))) {
+            match moved {
                 Ok(()) => {}
                 Err(e) => {
                     let why = format!(
@@ -1488,25 +1535,35 @@ impl Driver {
                 .filter_map(|l| scan::socket_inode(l.socket.as_fd()).ok())
                 .collect(),
         };
-        inodes.extend(self.groups.iter().flat_map(Group::inodes));
+        inodes.extend(self.groups.iter().flat_map(Steered::inodes));
         inodes
     }
 
     /// The measure of the generations before `generation`, which drain.
     fn drain_watch(&self, generation: u64) -> Watch {
-        let ports = self.groups.iter().map(Group::port).collect();
-        let members = self
-            .groups
-            .iter()
-            .flat_map(|g| g.inodes_before(generation))
-            .collect();
-        Watch::new(ports, members)
+        let ports = self.groups.iter().filter_map(Steered::port).collect();
+        let (mut members, mut unix, mut files) = (Vec::new(), Vec::new(), Vec::new());
+        for g in &self.groups {
+            match g {
+                Steered::Tcp(g) => members.extend(g.inodes_before(generation)),
+                Steered::Unix(g) => {
+                    unix.extend(g.inodes_before(generation));
+                    files.extend(g.files_before(generation));
+                }
+            }
+        }
+        Watch::new(ports, members).unix(unix, files)
     }
 
-    /// Each group's new connections go to `generation`.
+    /// Each listener's new connections go to `generation`: the ports
+    /// first, which can be steered back if one fails, then the socket
+    /// files, each renamed in (which cannot be undone).
     fn steer_groups(&mut self, generation: u64) -> Result<(), String> {
         let mut done = Vec::with_capacity(self.groups.len());
         for (g, l) in self.groups.iter_mut().zip(&self.listeners) {
+            let Steered::Tcp(g) = g else {
+                continue;
+            };
             let ours: Vec<u64> = g.inodes().collect();
             if let Ok(found) = steer::foreign_listeners(g.port(), &ours)
                 && !found.is_empty()
@@ -1526,7 +1583,11 @@ impl Driver {
                 Ok(was) => done.push(was),
                 Err(e) => {
                     // All or nothing: the groups steered already go back.
-                    for (g, was) in self.groups.iter_mut().zip(done) {
+                    let tcp = self.groups.iter_mut().filter_map(|g| match g {
+                        Steered::Tcp(g) => Some(g),
+                        Steered::Unix(_) => None,
+                    });
+                    for (g, was) in tcp.zip(done) {
                         if let Err(e) = g.back_to(was) {
                             error!("cannot steer new connections back to slot {was} ({e})");
                         }
@@ -1535,8 +1596,48 @@ impl Driver {
                 }
             }
         }
+        for i in 0..self.groups.len() {
+            if matches!(self.groups[i], Steered::Unix(_)) {
+                self.steer_file(i, generation)?;
+            }
+        }
         // Real connections come now: the probes end (a FIN).
         self.probes.remove(&generation);
+        Ok(())
+    }
+
+    /// Renames `generation`'s socket for Unix listener `i` over the held
+    /// name, and tells whoever keeps that file: the listener (removes it on
+    /// exit), interception (remakes it if deleted) and systemd's fd store
+    /// (gives it back if relaunch is killed).
+    fn steer_file(&mut self, i: usize, generation: u64) -> Result<(), String> {
+        let l = &mut self.listeners[i];
+        let Steered::Unix(g) = &mut self.groups[i] else {
+            return Ok(());
+        };
+        let identity = g
+            .steer_to(generation)
+            .map_err(|e| format!("{}: {e}", l.name))?;
+        if let Some(f) = l.file_mut() {
+            f.renamed_over(identity);
+        }
+        if let Some(t) = &self.intercept {
+            tell_files(t, i, g);
+        }
+        if self.launch.fd_store
+            && let Some(sd) = &self.systemd
+            && let Some(s) = g.member_of(generation)
+        {
+            let key = format!("{}{}", plan::inherit::STORE_PREFIX, l.name);
+            if let Err(e) = sd.restore(&key, s.as_raw_fd()) {
+                warn!(
+                    "{}: cannot offer generation {generation}'s socket to systemd's fd store \
+                     ({e}); if relaunch is killed, the one it gets back no longer has the \
+                     socket file",
+                    l.name
+                );
+            }
+        }
         Ok(())
     }
 
@@ -1545,15 +1646,31 @@ impl Driver {
     fn release_sockets(&mut self, generation: u64) {
         // Ours first: they would be among what is reset.
         self.probes.remove(&generation);
-        for (g, l) in self.groups.iter_mut().zip(&self.listeners) {
-            let reset = g.release(generation);
-            if reset > 0 {
-                warn!(
+        for (g, l) in self.groups.iter_mut().zip(&mut self.listeners) {
+            match g.release(generation) {
+                group::Released::Reset(0) => {}
+                group::Released::Reset(reset) => warn!(
                     generation,
                     "{}: {reset} connection(s) waited on generation {generation}'s socket, which \
                      no child accepts from any more: reset",
                     l.name
-                );
+                ),
+                group::Released::File { identity, stranded } => {
+                    // The file relaunch removes on exit is the one there.
+                    if let Some(f) = l.file_mut() {
+                        f.renamed_over(identity);
+                    }
+                    if stranded {
+                        error!(
+                            generation,
+                            "{}: generation {generation}'s socket took the socket file when its \
+                             app deleted it, and that generation is gone: new connections wait \
+                             there, and the serving generation cannot be reached; reload to \
+                             start a generation that serves them (relaunch reload)",
+                            l.name
+                        );
+                    }
+                }
             }
         }
     }
@@ -1622,7 +1739,11 @@ impl Spawner for Driver {
             listen_pid: self.launch.listen_pid,
             creds: self.launch.creds.as_ref(),
             intercept: watch.as_ref().map(|fd| fd.as_fd()),
-            probes: self.intercept.as_ref().is_some_and(|t| t.probes()),
+            traps: self
+                .intercept
+                .as_ref()
+                .map(|t| t.traps())
+                .unwrap_or_default(),
             stdio: None,
         })?;
         drop(watch);
@@ -1640,11 +1761,15 @@ impl Spawner for Driver {
         }
         let mut own = Vec::with_capacity(self.groups.len());
         for (g, l) in self.groups.iter_mut().zip(&self.listeners) {
-            let slots = g.len();
+            let slots = match g {
+                Steered::Tcp(g) => g.len(),
+                // Kept in the fd store once it has the socket file.
+                Steered::Unix(_) => usize::MAX,
+            };
             match g.open(generation) {
                 Ok(s) => {
                     // A new member: kept in the fd store with its slot.
-                    if g.len() > slots
+                    if matches!(g, Steered::Tcp(tcp) if tcp.len() > slots)
                         && self.launch.fd_store
                         && let Some(sd) = &self.systemd
                         && let Err(e) = sd.store(&member_name(&l.name, slots as u32), s.as_raw_fd())
@@ -1681,6 +1806,11 @@ impl Spawner for Driver {
         }
         if let Some(t) = &self.intercept {
             t.set_members(generation, own);
+            for (i, g) in self.groups.iter().enumerate() {
+                if let Steered::Unix(g) = g {
+                    tell_files(t, i, g);
+                }
+            }
         }
         true
     }
@@ -1710,7 +1840,7 @@ impl Spawner for Driver {
             listen_pid: false,
             creds: self.launch.creds.as_ref(),
             intercept: None,
-            probes: false,
+            traps: Default::default(),
             stdio: Some((null.as_fd(), write.as_fd(), write.as_fd())),
         })?;
         drop(write);

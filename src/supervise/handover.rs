@@ -118,6 +118,9 @@ pub struct Fds {
 pub struct GroupFds {
     pub members: Vec<RawFd>,
     pub saved: crate::sockets::group::Saved,
+    /// A Unix listener's generations (then `saved` is empty).
+    #[serde(default)]
+    pub unix: Option<crate::sockets::unix_group::UnixSaved>,
 }
 
 impl Fds {
@@ -653,6 +656,7 @@ mod tests {
                     route: 0,
                     backlog: 128,
                 },
+                unix: None,
             }],
         };
         assert_eq!(fds.all(), vec![3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);

@@ -56,8 +56,8 @@ pub struct Request<'a> {
     /// Install the bind-interception filter and send its fd here (see
     /// [`crate::intercept::filter::install`]).
     pub intercept: Option<BorrowedFd<'a>>,
-    /// With `intercept`: trap connect too (`--refuse-probes`).
-    pub probes: bool,
+    /// With `intercept`: what else it traps.
+    pub traps: crate::intercept::filter::Traps,
     /// fds 0, 1 and 2 instead of relaunch's own (`--build`: /dev/null and
     /// its output pipe twice). Close-on-exec here; their copies are not.
     pub stdio: Option<(BorrowedFd<'a>, BorrowedFd<'a>, BorrowedFd<'a>)>,
@@ -216,7 +216,7 @@ pub fn spawn(req: &Request<'_>) -> Result<Spawned, Error> {
         },
         err_fd: err_write.as_raw_fd(),
         intercept: intercept.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
-        probes: req.probes,
+        traps: req.traps,
         parent,
         creds: req
             .creds
@@ -372,7 +372,7 @@ struct ChildPlan {
     /// The child's end of the pair the seccomp notification fd goes over;
     /// -1: no interception. At or above first_free, like err_fd.
     intercept: RawFd,
-    probes: bool,
+    traps: crate::intercept::filter::Traps,
     parent: libc::pid_t,
     /// uid, gid, supplementary groups (pointer, length).
     creds: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
@@ -451,7 +451,7 @@ impl ChildPlan {
             // filter traps only bind, listen and shutdown, which nothing
             // here calls.
             if self.intercept >= 0
-                && let Err(errno) = crate::intercept::filter::install(self.intercept, self.probes)
+                && let Err(errno) = crate::intercept::filter::install(self.intercept, self.traps)
             {
                 self.report(err_fd, STAGE_INTERCEPT, errno, -1);
             }
@@ -865,7 +865,7 @@ mod tests {
             listen_pid: true,
             creds: None,
             intercept: None,
-            probes: false,
+            traps: Default::default(),
             stdio: None,
         })
         .unwrap();

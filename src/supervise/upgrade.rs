@@ -113,7 +113,7 @@ pub fn start(
             listen_pid: false,
             creds: None,
             intercept: None,
-            probes: false,
+            traps: Default::default(),
             stdio: Some((stdin.as_fd(), wr.as_fd(), wr.as_fd())),
         })
         .map_err(|e| by_name(e.to_string(), &image, &binary))?;

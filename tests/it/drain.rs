@@ -152,6 +152,77 @@ fn loses_nothing(tag: &str, app: &[&str]) {
     assert!(rep.ok > 0, "kill -9: the load ran: {sum}");
 }
 
+/// `relaunch -l unix:PATH -- APP... PATH`: 5 reloads under load fail no
+/// request, whatever the app does to the socket file first; then relaunch
+/// removes the file it leaves at the end.
+fn unix_loses_nothing(tag: &str, app: &[&str]) {
+    let dir = TempDir::new(tag);
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let path = dir.join("app.sock");
+    let spec = format!("unix:{}", path.display());
+    let app: Vec<String> = app
+        .iter()
+        .map(|a| a.replace("PATH", &path.display().to_string()))
+        .collect();
+    let mut args = vec!["-l", &spec, "--control", &ctl, "--"];
+    args.extend(app.iter().map(String::as_str));
+    let mut r = Relaunch::start(&args);
+    let peer = Peer::Unix(path.clone());
+    let mut last = while_running(&mut r, "the app's first answer", || get_from(&peer).ok());
+    assert_eq!(r.log.count("drain is off"), 0, "{}", r.log.text());
+
+    let load = Load::start_at(peer.clone(), CLIENTS);
+    for n in 1..=RELOADS {
+        let (code, out) = cli(&["reload", "--control", &ctl], T);
+        assert_eq!(code, Some(0), "reload {n}: {out}");
+        let old = last;
+        last = while_running(
+            &mut r,
+            &format!("reload {n}: a pid other than {old}"),
+            || get_from(&peer).ok().filter(|p| *p != old),
+        );
+        let old: i32 = old.parse().unwrap();
+        while_running(
+            &mut r,
+            &format!("reload {n}: the old generation's pid {old} to be gone"),
+            || (!pid_alive(old)).then_some(()),
+        );
+    }
+    let rep = load.finish();
+    let sum = summary(&rep);
+    assert!(rep.ok > 0, "the load ran: {sum}");
+    assert_eq!(
+        rep.failed(),
+        0,
+        "failed requests over {RELOADS} reloads: {sum}\n{}",
+        r.log.text()
+    );
+    assert!(
+        rep.pids.len() > RELOADS,
+        "the load saw every generation: {sum}"
+    );
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+    let left: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "ctl.sock")
+        .collect();
+    assert!(left.is_empty(), "files left: {left:?}\n{}", r.log.text());
+}
+
+#[test]
+fn unix_threading_server_that_removes_the_file_loses_nothing_to_reloads() {
+    let py = app("unix_threading_server.py");
+    unix_loses_nothing("unix-threading", &["python3", &py, "PATH"]);
+}
+
+#[test]
+fn unix_asyncio_server_loses_nothing_to_reloads() {
+    let py = app("unix_asyncio_server.py");
+    unix_loses_nothing("unix-asyncio", &["python3", &py, "PATH"]);
+}
+
 #[test]
 fn threading_tcp_server_with_reuseport_loses_nothing_to_reloads() {
     if !require_tool("python3") {

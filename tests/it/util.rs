@@ -313,10 +313,33 @@ pub fn run_to_exit(args: &[&str], timeout: Duration) -> (ExitStatus, String) {
     (s, r.log.text())
 }
 
+/// Where a test's clients connect.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// GET / from `peer` and return the body.
+pub fn get_from(peer: &Peer) -> std::io::Result<String> {
+    match peer {
+        Peer::Tcp(addr) => get(*addr),
+        Peer::Unix(path) => {
+            let s = std::os::unix::net::UnixStream::connect(path)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            request(s)
+        }
+    }
+}
+
 /// GET / and return the body (the server's pid in our examples).
 pub fn get(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    request(s)
+}
+
+fn request(mut s: impl Read + Write) -> std::io::Result<String> {
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
@@ -366,17 +389,22 @@ pub struct Load {
 
 impl Load {
     pub fn start(addr: SocketAddr, conns: usize) -> Self {
+        Load::start_at(Peer::Tcp(addr), conns)
+    }
+
+    pub fn start_at(peer: Peer, conns: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..conns)
             .map(|_| {
                 let stop = stop.clone();
+                let peer = peer.clone();
                 std::thread::spawn(move || {
                     let mut r = LoadReport::default();
                     // Bounded: a test never loops forever.
                     let end = Instant::now() + Duration::from_secs(120);
                     while !stop.load(Ordering::Relaxed) && Instant::now() < end {
                         let t = Instant::now();
-                        match get(addr) {
+                        match get_from(&peer) {
                             Ok(pid) => {
                                 r.ok += 1;
                                 r.pids.insert(pid);
