@@ -223,6 +223,29 @@ fn unix_asyncio_server_loses_nothing_to_reloads() {
     unix_loses_nothing("unix-asyncio", &["python3", &py, "PATH"]);
 }
 
+/// gunicorn takes its generation's socket from LISTEN_FDS (its --bind is
+/// then ignored): an app that does not bind the path drains the same way.
+#[test]
+fn gunicorn_on_a_unix_socket_loses_nothing_to_reloads() {
+    if !require_tool("gunicorn") {
+        return;
+    }
+    let apps = example_src("").display().to_string();
+    unix_loses_nothing(
+        "unix-gunicorn",
+        &[
+            "gunicorn",
+            "--chdir",
+            &apps,
+            "--workers",
+            "2",
+            "--bind",
+            "unix:PATH",
+            "gunicorn_app:app",
+        ],
+    );
+}
+
 #[test]
 fn threading_tcp_server_with_reuseport_loses_nothing_to_reloads() {
     if !require_tool("python3") {
@@ -698,4 +721,64 @@ fn an_upgrade_carries_a_drain_in_progress() {
     let rep = load.finish();
     assert_eq!(rep.failed(), 0, "{}", summary(&rep));
     r.log.wait("the drain timeout passed", T);
+}
+
+/// The same over a Unix socket: the new image carries each generation's
+/// socket and the file at the held name, goes on measuring the old one,
+/// and renames the next generation's in at the next reload.
+#[test]
+fn an_upgrade_carries_a_unix_drain_in_progress() {
+    let dir = TempDir::new("drain-upgrade-unix");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let path = dir.join("app.sock");
+    let spec = format!("unix:{}", path.display());
+    let a = app("unix_threading_server.py");
+    let p = path.display().to_string();
+    let mut r = Relaunch::start(&[
+        "-l",
+        &spec,
+        "--control",
+        &ctl,
+        "--drain-timeout",
+        "4s",
+        "--",
+        "python3",
+        &a,
+        &p,
+    ]);
+    let peer = Peer::Unix(path.clone());
+    let old = while_running(&mut r, "the first answer", || get_from(&peer).ok());
+    // A client that sends nothing keeps a handler of the old generation busy.
+    let held = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let load = Load::start_at(peer.clone(), CLIENTS);
+    let reloading = {
+        let ctl = ctl.clone();
+        std::thread::spawn(move || cli(&["reload", "--control", &ctl], T))
+    };
+    wait_for("the old generation to drain", T, || {
+        status(dir.join("ctl.sock").as_path())
+            .contains("generation 1 (draining): 1 open connection(s)")
+            .then_some(())
+    });
+    let (code, out) = cli(&["upgrade", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    let shown = status(dir.join("ctl.sock").as_path());
+    assert!(shown.contains("generation 1 (draining)"), "{shown}");
+    let (code, out) = reloading.join().unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    let old: i32 = old.parse().unwrap();
+    assert!(!pid_alive(old), "the drain timeout stopped it");
+    drop(held);
+    // The carried group renames the next generation in.
+    let second = get_from(&peer).unwrap();
+    let (code, out) = cli(&["reload", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    while_running(&mut r, "a third generation", || {
+        get_from(&peer).ok().filter(|p| *p != second)
+    });
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{}\n{}", summary(&rep), r.log.text());
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+    assert!(!path.exists(), "{}", r.log.text());
 }
