@@ -120,7 +120,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s")]
     pub stop_timeout: String,
 
-    /// At a reload, how long the old generation may take to finish the connections it accepted before it is stopped [default: --stop-timeout]
+    /// At a reload, how long the old generation may take to finish the connections it accepted; then they stop reading, and it is stopped once idle or 2s later [default: --stop-timeout]
     #[arg(long, value_name = "DURATION", conflicts_with = "no_drain")]
     pub drain_timeout: Option<String>,
 

@@ -1167,6 +1167,19 @@ impl Pidfd {
         Pidfd(fd)
     }
 
+    /// pidfd_getfd(2), Linux 5.6+: our own copy of the process's fd `fd`
+    /// (the same open file). Needs ptrace access to the process.
+    pub fn getfd(&self, fd: i32) -> io::Result<OwnedFd> {
+        // SAFETY: plain syscall; on success it returns a new fd that
+        // nothing else owns.
+        let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.0.as_raw_fd(), fd, 0) };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: see above.
+        Ok(unsafe { OwnedFd::from_raw_fd(got as i32) })
+    }
+
     /// pidfd_send_signal(2): signals this process, never a reused pid.
     pub fn signal(&self, sig: i32) -> io::Result<()> {
         // SAFETY: the fd is valid for our lifetime; no siginfo.

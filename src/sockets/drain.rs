@@ -19,7 +19,7 @@
 //! kernel lists a dual-stack member's IPv4 handshakes and connections alike
 //! by v4-mapped addresses, and nothing here depends on that staying so.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 
@@ -86,6 +86,8 @@ pub struct Watch {
     unix: Vec<u64>,
     /// The files, (device, inode), they are bound to.
     files: Vec<(u64, u64)>,
+    /// The connections the last look counted open, by socket inode.
+    open: HashSet<u64>,
 }
 
 impl Watch {
@@ -98,6 +100,7 @@ impl Watch {
             pending: None,
             unix: Vec::new(),
             files: Vec::new(),
+            open: HashSet::new(),
         }
     }
 
@@ -116,6 +119,21 @@ impl Watch {
     /// that is gone, or a zombie, holds nothing; one whose fds cannot be
     /// read is an error, as the connections it may hold are unknown.
     pub fn look(&mut self, pids: &[i32]) -> io::Result<Busy> {
+        self.measure(pids, false)
+    }
+
+    /// A look after which every connection it counted open stops reading
+    /// (`shutdown(SHUT_RD)` on a copy of the process's fd, pidfd_getfd):
+    /// the server answers what it has read, and its next read finds the end
+    /// of the stream, as if the client had closed; a blocked read or poll
+    /// wakes at once. Its writes still go out. Where a copy cannot be taken
+    /// (Linux before 5.6, no ptrace access), that connection is left as it
+    /// is, and the stop cuts it.
+    pub fn end_reads(&mut self, pids: &[i32]) -> io::Result<Busy> {
+        self.measure(pids, true)
+    }
+
+    fn measure(&mut self, pids: &[i32], end: bool) -> io::Result<Busy> {
         // The dump before the fds: a connection accepted in between was in
         // the dump's accept queue; one closed in between is gone from the fds.
         let tcp = proc::tcp_sockets_on(STATES, &self.ports)?;
@@ -123,9 +141,18 @@ impl Watch {
             true => Vec::new(),
             false => proc::unix_streams(UNIX_STATES)?,
         };
-        let held = held_sockets(pids)?;
+        let fds = held_sockets(pids)?;
+        let held: HashSet<u64> = fds.keys().copied().collect();
         let busy = self.count(&tcp, &held);
         let (queued, open) = self.count_unix(&unix, &held);
+        if end {
+            for inode in &self.open {
+                if let Some(&(pid, fd)) = fds.get(inode) {
+                    // Gone meanwhile, or out of reach: the stop cuts it.
+                    let _ = end_read(pid, fd, *inode);
+                }
+            }
+        }
         Ok(Busy {
             queued: busy.queued.saturating_add(queued),
             open: busy.open.saturating_add(open),
@@ -137,19 +164,22 @@ impl Watch {
     /// connection still queued has no inode (no fd has it yet): counted in
     /// its listener's queue only. One accepted is bound to its listener's
     /// file, which no rename or unlink changes.
-    fn count_unix(&self, unix: &[proc::UnixStream], held: &HashSet<u64>) -> (u32, u32) {
+    fn count_unix(&mut self, unix: &[proc::UnixStream], held: &HashSet<u64>) -> (u32, u32) {
         let queued = unix
             .iter()
             .filter(|s| s.state == proc::TCP_LISTEN && self.unix.contains(&s.inode))
             .filter_map(|s| s.queue)
             .map(|q| q.waiting)
             .fold(0u32, u32::saturating_add);
-        let open = unix
+        let open: Vec<u64> = unix
             .iter()
             .filter(|s| s.state != proc::TCP_LISTEN && s.inode != 0 && held.contains(&s.inode))
             .filter(|s| s.file.is_some_and(|f| self.files.contains(&f)))
-            .count();
-        (queued, open as u32)
+            .map(|s| s.inode)
+            .collect();
+        let n = open.len() as u32;
+        self.open.extend(open);
+        (queued, n)
     }
 
     /// Pure: the dump `tcp` against the socket inodes `held` in the fds.
@@ -208,6 +238,7 @@ impl Watch {
             handshakes: pending.len() as u32,
         };
         self.pending = Some(pending);
+        self.open = connections;
         busy
     }
 }
@@ -217,14 +248,29 @@ fn tuple(e: &InetEntry) -> Tuple {
     (plain(e.local), plain(e.remote))
 }
 
-/// The socket inodes in the fds of `pids`; a process gone (or a zombie,
-/// which holds no fds) is skipped.
-fn held_sockets(pids: &[i32]) -> io::Result<HashSet<u64>> {
-    let mut out = HashSet::new();
+/// Shuts the read side of fd `fd` of `pid`, if it is still the socket
+/// `inode`.
+fn end_read(pid: i32, fd: i32, inode: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let copy = proc::Pidfd::open(pid)?.getfd(fd)?;
+    if nix::sys::stat::fstat(&copy)?.st_ino != inode {
+        return Ok(());
+    }
+    // SAFETY: shutdown on our own copy; the socket is the process's too.
+    if unsafe { libc::shutdown(copy.as_raw_fd(), libc::SHUT_RD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The sockets in the fds of `pids`, by inode, each with one (pid, fd)
+/// holding it; a process gone (or a zombie, which holds no fds) is skipped.
+fn held_sockets(pids: &[i32]) -> io::Result<HashMap<u64, (i32, i32)>> {
+    let mut out = HashMap::new();
     for &pid in pids {
         match proc::fds(pid) {
-            Ok(fds) => out.extend(fds.into_iter().filter_map(|(_, link)| match link {
-                Link::Socket(inode) => Some(inode),
+            Ok(fds) => out.extend(fds.into_iter().filter_map(|(fd, link)| match link {
+                Link::Socket(inode) => Some((inode, (pid, fd))),
                 _ => None,
             })),
             Err(_) if !proc::stat(pid).is_some_and(|s| s.alive()) => {}
@@ -311,6 +357,47 @@ mod tests {
             .iter()
             .filter(|e| e.local.port() == port)
             .count()
+    }
+
+    /// At the drain timeout: each connection the generation holds reads
+    /// the end of its stream once it has read what came (a server in a
+    /// blocked read wakes with it), while its answers still go out; the
+    /// listener and what waits in its queue are left alone.
+    #[test]
+    fn ended_reads_let_a_server_answer_what_it_has_then_see_its_client_gone() {
+        use std::io::Read;
+        let (l, addr, mut w) = listener("127.0.0.1", false);
+        let mut clients: Vec<TcpStream> = (0..3)
+            .map(|_| TcpStream::connect_timeout(&addr, WAIT).unwrap())
+            .collect();
+        let mut served: Vec<Socket> = (0..2).map(|_| l.accept().unwrap().0).collect();
+        clients[0].write_all(b"GET /").unwrap();
+        // A server blocked reading the idle one wakes when its read ends.
+        let mut idle = served.pop().unwrap();
+        let blocked = std::thread::spawn(move || {
+            let mut buf = [0u8; 16];
+            let n = idle.read(&mut buf);
+            (n.map_err(|e| e.to_string()), idle)
+        });
+        let b = look_until(&mut w, &me(), |b| b.open == 2 && b.queued == 1);
+        assert_eq!((b.open, b.queued), (2, 1));
+        let b = w.end_reads(&me()).unwrap();
+        assert_eq!((b.open, b.queued), (2, 1));
+        let (n, _idle) = blocked.join().unwrap();
+        assert_eq!(n, Ok(0), "the blocked read sees the end");
+        // What had come is read first, then the end; the answer goes out.
+        let mut buf = [0u8; 16];
+        let got = served[0].read(&mut buf).unwrap();
+        assert_eq!(&buf[..got], b"GET /");
+        assert_eq!(served[0].read(&mut buf).unwrap(), 0);
+        served[0].write_all(b"200").unwrap();
+        let mut answer = [0u8; 3];
+        clients[0].read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"200");
+        // The queued one is untouched: accepted later, it reads as usual.
+        let (mut third, _) = l.accept().unwrap();
+        clients[2].write_all(b"x").unwrap();
+        assert_eq!(third.read(&mut buf).unwrap(), 1);
     }
 
     #[test]

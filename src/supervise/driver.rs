@@ -1929,11 +1929,16 @@ impl Os for Driver {
         &self,
         generation: u64,
         pgids: Vec<i32>,
+        end_reads: bool,
         mut watch: Watch,
     ) -> impl FnOnce() -> (Watch, Event) + Send + 'static {
         move || {
             let pids = crate::proc::group_members(&pgids);
-            let busy = watch.look(&pids).map_err(|e| e.to_string());
+            let busy = match end_reads {
+                true => watch.end_reads(&pids),
+                false => watch.look(&pids),
+            };
+            let busy = busy.map_err(|e| e.to_string());
             (watch, Event::Drained { generation, busy })
         }
     }

@@ -65,11 +65,13 @@ pub trait Os: Spawner {
     /// A new measure of the generations before `generation`, which drain.
     fn drain_watch(&self, generation: u64) -> Watch;
     /// One look at the old generation (process groups `pgids`) of
-    /// `generation`'s reload.
+    /// `generation`'s reload; `end_reads`: its connections stop reading
+    /// (see `Watch::end_reads`).
     fn drain_job(
         &self,
         generation: u64,
         pgids: Vec<i32>,
+        end_reads: bool,
         watch: Watch,
     ) -> impl FnOnce() -> (Watch, Event) + Send + 'static;
     /// The held listeners as they are now, to watch while no child runs.
@@ -250,7 +252,7 @@ impl<O: Os> Sources<O> {
             .arm(wants.drain.is_some().then_some(DRAIN_EVERY), now);
         // The first measure of a drain at once, the others on the tick.
         let first = |w: &Option<(u64, Watch)>, g: u64| w.as_ref().is_none_or(|(wg, _)| *wg != g);
-        if let Some((generation, pgids)) = wants.drain
+        if let Some((generation, pgids, end_reads)) = wants.drain
             && !self.draining.busy()
             && (self.drain.due().is_some_and(|t| t <= now) || first(&self.drain_watch, generation))
         {
@@ -260,7 +262,7 @@ impl<O: Os> Sources<O> {
                 _ => rt.os.drain_watch(generation),
             };
             self.draining
-                .start(rt.os.drain_job(generation, pgids, watch));
+                .start(rt.os.drain_job(generation, pgids, end_reads, watch));
         }
         if !wants.listeners {
             self.listeners.stop();

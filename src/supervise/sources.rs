@@ -38,8 +38,9 @@ pub struct Wants {
     /// A sweep for escaped processes, by its number.
     pub sweep: Option<u64>,
     /// An old generation drains: measure it, for the reload of this
-    /// generation, whose older ones are these process groups.
-    pub drain: Option<(u64, Vec<i32>)>,
+    /// generation, whose older ones are these process groups; true: its
+    /// connections' reads are ended first (the drain timeout passed).
+    pub drain: Option<(u64, Vec<i32>, bool)>,
 }
 
 /// A tick every `period` while armed. The next tick is an absolute instant,

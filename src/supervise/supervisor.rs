@@ -66,6 +66,10 @@ const ELSEWHERE_GRACE: Duration = Duration::from_secs(2);
 /// its socket just before the switch completes there (loopback: at once;
 /// the watch also waits for every handshake it saw at the first look).
 const DRAIN_SETTLE: Duration = Duration::from_millis(200);
+
+/// After the drain timeout, how long the old generation has to answer what
+/// it holds once its connections stop reading, before it is stopped.
+pub const END_GRACE: Duration = Duration::from_secs(2);
 use crate::plan::options::Restart;
 use crate::sockets::drain::Busy;
 use crate::supervise::backoff::{self, Backoff, Next};
@@ -437,6 +441,10 @@ enum Phase {
         /// Not taken as idle before this (see [`DRAIN_SETTLE`]).
         #[serde(with = "crate::serial::mono")]
         settle: Instant,
+        /// The drain timeout passed: the old generation's connections stop
+        /// reading, and `until` is the end of [`END_GRACE`].
+        #[serde(default)]
+        ending: bool,
     },
     /// The new generation serves; the old one is stopping.
     Draining,
@@ -913,20 +921,26 @@ impl Supervisor {
 
     /// While an old generation drains: the reload's generation, and the
     /// old one's process groups.
-    fn drain_wanted(&self) -> Option<(u64, Vec<i32>)> {
-        let (generation, ..) = self.emptying()?;
-        Some((generation, self.older_pids(generation)))
+    fn drain_wanted(&self) -> Option<(u64, Vec<i32>, bool)> {
+        let (generation, _, _, ending) = self.emptying()?;
+        Some((generation, self.older_pids(generation), ending))
     }
 
     /// The reload whose old generation drains: its generation, the drain
-    /// timeout and the settle time.
-    fn emptying(&self) -> Option<(u64, Instant, Instant)> {
+    /// timeout (or the end of the grace after it), the settle time, and
+    /// whether the timeout passed.
+    fn emptying(&self) -> Option<(u64, Instant, Instant, bool)> {
         match self.kept.reload? {
             Reload {
                 generation,
-                phase: Phase::Emptying { until, settle },
+                phase:
+                    Phase::Emptying {
+                        until,
+                        settle,
+                        ending,
+                    },
                 ..
-            } => Some((generation, until, settle)),
+            } => Some((generation, until, settle, ending)),
             _ => None,
         }
     }
@@ -1038,7 +1052,7 @@ impl Supervisor {
     }
 
     fn draining(&self, now: Instant) -> Option<control::DrainInfo> {
-        let (generation, until, _) = self.emptying()?;
+        let (generation, until, ..) = self.emptying()?;
         let old = self.older(generation).map(|c| c.generation).max()?;
         let b = self.drain.last.unwrap_or_default();
         Some(control::DrainInfo {
@@ -2475,6 +2489,7 @@ impl Supervisor {
             Some(timeout) => Phase::Emptying {
                 until: now + timeout,
                 settle: now + DRAIN_SETTLE,
+                ending: false,
             },
             None => Phase::Draining,
         };
@@ -2497,7 +2512,7 @@ impl Supervisor {
 
     /// The drain timeout.
     fn drain_due(&mut self, now: Instant) {
-        let Some((generation, until, _)) = self.emptying() else {
+        let Some((generation, until, settle, ending)) = self.emptying() else {
             return;
         };
         if until > now {
@@ -2507,10 +2522,28 @@ impl Supervisor {
             Some(b) => format!(": {b}"),
             None => String::new(),
         };
+        // Where it cannot be measured, its connections cannot be found.
+        if !ending && !self.drain.failed {
+            // As nginx ends keep-alive connections at a reload: each server
+            // answers the request it has, then reads the end of its client.
+            warn!(
+                generation,
+                "the drain timeout passed and the old generation is still busy{busy}; its \
+                 connections stop reading (each answers what it has, then sees its client \
+                 gone), and it is stopped once idle, or in {}",
+                duration::human(END_GRACE)
+            );
+            self.set_phase(Phase::Emptying {
+                until: now + END_GRACE,
+                settle,
+                ending: true,
+            });
+            return;
+        }
         warn!(
             generation,
-            "the drain timeout passed and the old generation is still busy{busy}; stopping it \
-             (what it still serves is cut)"
+            "the old generation is still busy{busy} after its connections stopped reading; \
+             stopping it (what it still serves is cut)"
         );
         self.count(Count::Drain {
             idle: false,
@@ -2520,7 +2553,7 @@ impl Supervisor {
     }
 
     fn on_drained(&mut self, generation: u64, busy: Result<Busy, String>, now: Instant) {
-        let Some((g, _, settle)) = self.emptying() else {
+        let Some((g, _, settle, ending)) = self.emptying() else {
             return;
         };
         if g != generation {
@@ -2531,7 +2564,11 @@ impl Supervisor {
                 self.drain.last = Some(b);
                 if b.idle() && settle <= now {
                     info!(generation, "the old generation is idle: stopping it");
-                    self.count(Count::Drain { idle: true, cut: 0 });
+                    // After the timeout it is idle because its reads ended.
+                    self.count(Count::Drain {
+                        idle: !ending,
+                        cut: 0,
+                    });
                     self.end_drain(generation, now);
                 }
             }

@@ -782,3 +782,210 @@ fn an_upgrade_carries_a_unix_drain_in_progress() {
     r.wait_exit(T);
     assert!(!path.exists(), "{}", r.log.text());
 }
+
+/// What keep-alive clients saw.
+#[derive(Debug, Default)]
+struct KeptAlive {
+    ok: usize,
+    /// Requests sent again on a new connection: their reused connection
+    /// ended before any byte of the answer (what Go's Transport, browsers
+    /// and urllib3 do for a GET).
+    retried: usize,
+    /// Answers that said `Connection: close`.
+    closed: usize,
+    failed: usize,
+    errors: Vec<String>,
+    pids: std::collections::BTreeSet<String>,
+}
+
+/// One request on `s`: the body and whether the server said it closes the
+/// connection, or the error and whether any byte of the answer had come.
+fn exchange(s: &mut BufReader<TcpStream>) -> Result<(String, bool), (bool, io::Error)> {
+    send(s, "/").map_err(|e| (false, e))?;
+    answer(s)
+}
+
+fn send(s: &mut BufReader<TcpStream>, path: &str) -> io::Result<()> {
+    s.get_mut()
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+}
+
+/// [`exchange`]'s answer half.
+fn answer(s: &mut BufReader<TcpStream>) -> Result<(String, bool), (bool, io::Error)> {
+    let mut line = String::new();
+    match s.read_line(&mut line) {
+        Ok(0) => return Err((false, io::ErrorKind::UnexpectedEof.into())),
+        Ok(_) => {}
+        Err(e) => return Err((false, e)),
+    }
+    let some = |e| (true, e);
+    let mut len = 0;
+    let mut close = false;
+    loop {
+        let mut h = String::new();
+        if s.read_line(&mut h).map_err(some)? == 0 {
+            return Err((true, io::ErrorKind::UnexpectedEof.into()));
+        }
+        if h == "\r\n" {
+            break;
+        }
+        let h = h.to_ascii_lowercase();
+        if let Some(v) = h.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        close |= h.starts_with("connection:") && h.contains("close");
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).map_err(some)?;
+    if !line.starts_with("HTTP/1.1 200") {
+        return Err((true, io::Error::other(line)));
+    }
+    Ok((String::from_utf8_lossy(&body).trim().to_string(), close))
+}
+
+/// `n` clients, each on one keep-alive connection, sending GETs back to
+/// back until `stop`.
+fn keep_alive_load(
+    addr: SocketAddr,
+    n: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<JoinHandle<KeptAlive>> {
+    (0..n)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut k = KeptAlive::default();
+                let mut conn: Option<BufReader<TcpStream>> = None;
+                let mut reused = false;
+                let end = Instant::now() + Duration::from_secs(120);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                    let s = match &mut conn {
+                        Some(s) => s,
+                        None => match TcpStream::connect_timeout(&addr, T) {
+                            Ok(c) => {
+                                c.set_read_timeout(Some(T)).unwrap();
+                                reused = false;
+                                conn.insert(BufReader::new(c))
+                            }
+                            Err(e) => {
+                                k.failed += 1;
+                                k.errors.push(format!("connect: {e}"));
+                                continue;
+                            }
+                        },
+                    };
+                    match exchange(s) {
+                        Ok((pid, close)) => {
+                            k.ok += 1;
+                            k.pids.insert(pid);
+                            reused = true;
+                            if close {
+                                k.closed += 1;
+                                conn = None;
+                            }
+                        }
+                        Err((false, _)) if reused => {
+                            k.retried += 1;
+                            conn = None;
+                        }
+                        Err((_, e)) => {
+                            k.failed += 1;
+                            k.errors.push(e.to_string());
+                            conn = None;
+                        }
+                    }
+                }
+                k
+            })
+        })
+        .collect()
+}
+
+/// Go's net/http keeps connections alive and never closes an idle one (no
+/// IdleTimeout): its keep-alive clients stay on the old generation until
+/// `--drain-timeout`. Then their connections stop reading: a request in
+/// flight is answered (a 2.5 s one that the stop would have cut), and the
+/// next one goes to the new generation. Clients that send a GET again when
+/// a reused connection ends before any byte of its answer (Go's Transport,
+/// browsers, urllib3) lose nothing; each sends at most one again per reload
+/// (the server closes right after its answer, while the client may already
+/// be sending its next request on that connection).
+#[test]
+fn keep_alive_clients_move_to_the_new_generation_at_the_drain_timeout_without_a_failure() {
+    const DRAIN: Duration = Duration::from_secs(2);
+    const RELOADS: usize = 2;
+    let Some(server) = go_binary(
+        "drain-keepalive",
+        include_str!("../apps/drain/keepalive_server.go"),
+    ) else {
+        return;
+    };
+    let bin = server.display().to_string();
+    let dir = TempDir::new("drain-keepalive");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let (mut r, port) = start_on_a_free_port(
+        &["--control", &ctl, "--drain-timeout", "2s"],
+        &[&bin, "PORT"],
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let first = while_running(&mut r, "the first answer", || get(addr).ok());
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = keep_alive_load(addr, CLIENTS, Arc::clone(&stop));
+    let mut old = first;
+    for n in 1..=RELOADS {
+        // A slow request in flight on the old generation at the timeout.
+        let mut slow = BufReader::new(TcpStream::connect_timeout(&addr, T).unwrap());
+        slow.get_ref().set_read_timeout(Some(T)).unwrap();
+        send(&mut slow, "/slow").unwrap();
+        let at = Instant::now();
+        let (code, out) = cli(&["reload", "--control", &ctl], T);
+        assert_eq!(code, Some(0), "reload {n}: {out}");
+        let new = wait_new_pid(addr, &old);
+        let (pid, _) = answer(&mut slow).unwrap_or_else(|(_, e)| {
+            panic!(
+                "reload {n}: the slow request was cut: {e}\n{}",
+                r.log.text()
+            )
+        });
+        assert_eq!(pid, old, "reload {n}: answered by the old generation");
+        let gone: i32 = old.parse().unwrap();
+        while_running(&mut r, &format!("reload {n}: pid {gone} gone"), || {
+            (!pid_alive(gone)).then_some(())
+        });
+        let took = at.elapsed();
+        eprintln!("reload {n}: the old generation was gone {took:?} after it");
+        assert!(
+            took < DRAIN + Duration::from_secs(3),
+            "reload {n}: the old generation lasted {took:?}"
+        );
+        old = new;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let all: Vec<KeptAlive> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let sum = |f: fn(&KeptAlive) -> usize| all.iter().map(f).sum::<usize>();
+    let (ok, retried, failed) = (sum(|k| k.ok), sum(|k| k.retried), sum(|k| k.failed));
+    let closed = sum(|k| k.closed);
+    let errors: Vec<&String> = all.iter().flat_map(|k| &k.errors).take(5).collect();
+    eprintln!(
+        "keep-alive: {ok} answered ({closed} with Connection: close), {retried} sent again, \
+         {failed} failed"
+    );
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "errors {errors:?}\n{}", r.log.text());
+    assert!(
+        all.iter().all(|k| k.retried <= RELOADS),
+        "a client sent more than one request again per reload: {:?}",
+        all.iter().map(|k| k.retried).collect::<Vec<_>>()
+    );
+    assert!(
+        all.iter().all(|k| k.pids.len() > RELOADS),
+        "every client reached every generation: {:?}",
+        all.iter().map(|k| &k.pids).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        r.log.count("connections stop reading"),
+        RELOADS,
+        "{}",
+        r.log.text()
+    );
+}

@@ -146,6 +146,7 @@ impl Os for Fake {
         &self,
         generation: u64,
         _pgids: Vec<i32>,
+        _end_reads: bool,
         watch: Watch,
     ) -> impl FnOnce() -> (Watch, Event) + Send + 'static {
         self.measures.set(self.measures.get() + 1);

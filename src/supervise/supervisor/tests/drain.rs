@@ -53,7 +53,7 @@ fn the_old_generation_is_steered_away_from_and_stopped_only_once_idle() {
         "generation 1 finishes its requests"
     );
     assert_eq!(s.kept.serving, 2);
-    assert_eq!(s.wants(t0 + ms(100)).drain, Some((2, vec![101])));
+    assert_eq!(s.wants(t0 + ms(100)).drain, Some((2, vec![101], false)));
     // Busy, then idle before the settle time: not yet.
     s.t_drained(2, busy(3, 1), t0 + ms(150));
     s.t_drained(2, busy(0, 0), t0 + ms(200));
@@ -70,19 +70,43 @@ fn the_old_generation_is_steered_away_from_and_stopped_only_once_idle() {
     assert!(s.wants(t0 + ms(450)).drain.is_none());
 }
 
+/// At the drain timeout the old generation's connections stop reading:
+/// each server answers what it has, then sees its client gone. What it
+/// still holds after END_GRACE is cut by the stop.
 #[test]
-fn the_drain_timeout_stops_a_generation_that_stays_busy_and_counts_what_it_cuts() {
+fn the_drain_timeout_ends_reads_then_stops_a_generation_that_stays_busy_and_counts_what_it_cuts() {
     let (mut s, t0) = reloading();
     s.t_ready(102, t0);
     s.t_drained(2, busy(4, 0), t0 + ms(500));
     assert_eq!(s.next_deadline(), Some(t0 + TIMEOUT));
     s.t_timer(t0 + TIMEOUT);
+    assert!(s.os.signals.is_empty(), "its connections end first");
+    assert_eq!(s.wants(t0 + TIMEOUT).drain, Some((2, vec![101], true)));
+    let end = t0 + TIMEOUT + END_GRACE;
+    assert_eq!(s.next_deadline(), Some(end));
+    s.t_drained(2, busy(4, 0), t0 + TIMEOUT + ms(50));
+    s.t_timer(end);
     assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
     assert!(s.os.counts.contains(&Count::Drain {
         idle: false,
         cut: 4
     }));
-    assert!(s.status(t0 + TIMEOUT).draining.is_none());
+    assert!(s.status(end).draining.is_none());
+}
+
+#[test]
+fn a_generation_whose_connections_ended_at_the_drain_timeout_is_stopped_once_idle() {
+    let (mut s, t0) = reloading();
+    s.t_ready(102, t0);
+    s.t_drained(2, busy(2, 0), t0 + ms(500));
+    s.t_timer(t0 + TIMEOUT);
+    assert!(s.os.signals.is_empty());
+    s.t_drained(2, busy(0, 0), t0 + TIMEOUT + ms(100));
+    assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
+    assert!(s.os.counts.contains(&Count::Drain {
+        idle: false,
+        cut: 0
+    }));
 }
 
 #[test]
@@ -143,7 +167,7 @@ fn a_drain_in_progress_is_carried_by_an_upgrade() {
     let (mut s, t0) = reloading();
     s.t_ready(102, t0);
     let (mut s, _) = upgraded(&s);
-    assert_eq!(s.wants(t0 + ms(10)).drain, Some((2, vec![101])));
+    assert_eq!(s.wants(t0 + ms(10)).drain, Some((2, vec![101], false)));
     s.t_drained(2, busy(0, 0), t0 + ms(400));
     assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
 }
