@@ -110,6 +110,27 @@ impl SocketFile {
         }
     }
 
+    /// The file of the Unix listener `socket` (bound at `addr`) that an
+    /// earlier relaunch made and kept in systemd's fd store, if `addr`
+    /// still names that very file: unix_diag gives the file the socket is
+    /// bound to. It is then relaunch's as if bound here (removed on exit,
+    /// renamed over at reloads).
+    pub fn of_bound(socket: &Socket, addr: Option<&crate::plan::spec::Addr>) -> Option<SocketFile> {
+        let Some(crate::plan::spec::Addr::Unix(path)) = addr else {
+            return None;
+        };
+        let inode = nix::sys::stat::fstat(socket).ok()?.st_ino;
+        let bound = crate::proc::unix_streams(1 << crate::proc::TCP_LISTEN)
+            .ok()?
+            .into_iter()
+            .find(|s| s.inode == inode)?
+            .file?;
+        let path = std::path::absolute(path).ok()?;
+        let (folder, name) = Folder::of(&path).ok()?;
+        let st = folder.stat(&name).ok()??;
+        ((st.st_dev, st.st_ino) == bound).then(|| SocketFile::adopt(path, bound))
+    }
+
     /// The folder it was bound in, pinned then.
     pub fn folder(&self) -> Option<&Folder> {
         self.folder.as_ref()
@@ -925,6 +946,27 @@ pub fn remove_if_ours(path: &Path, identity: (u64, u64)) {
 mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// A socket the fd store gave back is the file's own only while its
+    /// path names the very file it was bound to.
+    #[test]
+    fn a_stored_unix_listener_is_known_by_the_file_it_is_bound_to() {
+        use std::os::unix::net::UnixListener;
+        let dir = Dir::new("of-bound");
+        let path = dir.0.join("app.sock");
+        let addr = crate::plan::spec::Addr::Unix(path.clone());
+        let first = Socket::from(std::os::fd::OwnedFd::from(
+            UnixListener::bind(&path).unwrap(),
+        ));
+        let m = std::fs::metadata(&path).unwrap();
+        let made = SocketFile::of_bound(&first, Some(&addr)).expect("its own file");
+        assert_eq!(made.identity(), (m.dev(), m.ino()));
+        std::mem::forget(made);
+        std::fs::remove_file(&path).unwrap();
+        let _second = UnixListener::bind(&path).unwrap();
+        assert!(SocketFile::of_bound(&first, Some(&addr)).is_none());
+        assert!(path.exists(), "nothing removed");
+    }
 
     struct Dir(PathBuf);
     impl Dir {

@@ -39,12 +39,15 @@ pub fn membership(plan: &[Planned], on_demand: bool) -> Option<Membership> {
     if on_demand {
         return off("--lazy and --idle-stop watch one socket per listener".into());
     }
-    let mut tcp = false;
+    let (mut tcp, mut inherited) = (false, false);
     for p in plan {
         let why = match &p.source {
+            // Told apart once open (see `groups`): only a TCP socket that
+            // systemd made with SO_REUSEPORT (ReusePort=yes) can have more
+            // members, made as its creator, root.
             Source::Inherited(_) => {
-                "it comes from systemd, which does not make it a member of \
-                                     a group relaunch owns"
+                inherited = true;
+                continue;
             }
             Source::Bind { spec, .. } | Source::Stored { spec, .. } => match spec.addr {
                 Addr::Inet {
@@ -63,6 +66,16 @@ pub fn membership(plan: &[Planned], on_demand: bool) -> Option<Membership> {
             "{} cannot be steered between generations: {why}",
             p.name
         ));
+    }
+    if !tcp && !inherited {
+        return Some(Membership { owner: None });
+    }
+    if !nix::unistd::geteuid().is_root() && inherited {
+        return off(
+            "a socket from systemd is made by PID 1, as root, and relaunch is not root, so it \
+             cannot add sockets to its group"
+                .into(),
+        );
     }
     if !tcp {
         return Some(Membership { owner: None });
@@ -106,29 +119,49 @@ pub fn drain_off(why: &str) -> String {
 
 /// One group per listener, or none at all (drain off, said why). `stored`:
 /// each listener's other members the fd store gave back, in slot order.
-pub fn groups(listeners: &[Listener], backlog: i32, stored: Vec<Vec<Socket>>) -> Vec<Steered> {
+/// `plan`: where each listener came from.
+pub fn groups(
+    listeners: &[Listener],
+    plan: &[Planned],
+    backlog: i32,
+    stored: Vec<Vec<Socket>>,
+) -> Vec<Steered> {
     let mut out = Vec::with_capacity(listeners.len());
     let mut stored = stored.into_iter();
-    for l in listeners {
+    for (l, p) in listeners.iter().zip(plan) {
         let others = stored.next().unwrap_or_default();
+        let from = match p.source {
+            Source::Inherited(_) => "a .socket unit",
+            _ => "systemd's fd store",
+        };
+        let tcp = l.socket.r#type().is_ok_and(|t| t == socket2::Type::STREAM)
+            && l.socket.local_addr().is_ok_and(|a| a.as_socket().is_some());
         let made = match (&l.addr, l.file()) {
             (Some(Addr::Unix(_)), Some(file)) => l
                 .socket
                 .try_clone()
                 .and_then(|s| UnixGroup::new(Arc::new(s), file, backlog))
                 .map(Steered::Unix),
-            (Some(Addr::Unix(_)), None) => Err(io::Error::other(
-                "its socket came from systemd's fd store, and its file is not one this \
-                 relaunch made",
-            )),
+            (Some(Addr::Unix(_)), None) => Err(io::Error::other(format!(
+                "its socket came from {from}, and its file is not one this relaunch made"
+            ))),
+            _ if !tcp => Err(io::Error::other(format!(
+                "its socket from {from} is not a TCP or Unix stream listener"
+            ))),
             _ if l.socket.reuse_port().unwrap_or(false) => l
                 .socket
                 .try_clone()
                 .and_then(|s| Group::restore(Arc::new(s), others, backlog))
                 .map(Steered::Tcp),
-            _ => Err(io::Error::other(
-                "its socket (from systemd's fd store) was made without SO_REUSEPORT",
-            )),
+            _ => Err(io::Error::other(format!(
+                "its socket from {from} was made without SO_REUSEPORT{}",
+                match p.source {
+                    Source::Inherited(_) =>
+                        " (ReusePort=yes in the unit, with relaunch running \
+                                             as root, lets old generations drain)",
+                    _ => "",
+                }
+            ))),
         };
         match made {
             Ok(g) => out.push(g),
@@ -138,7 +171,11 @@ pub fn groups(listeners: &[Listener], backlog: i32, stored: Vec<Vec<Socket>>) ->
                     l.name,
                     l.address()
                 );
-                warn!("{}", drain_off(&why));
+                // A unit without ReusePort=yes is a choice, not a fault.
+                match p.source {
+                    Source::Inherited(_) => info!("{}", drain_off(&why)),
+                    _ => warn!("{}", drain_off(&why)),
+                }
                 return Vec::new();
             }
         }

@@ -185,7 +185,9 @@ pub fn open(
                             && listening(&p.name, &i.fd, backlog) =>
                     {
                         bound_here.pop();
-                        Listener::adopt(p.name.clone(), Socket::from(i.fd), i.addr)
+                        let socket = Socket::from(i.fd);
+                        let file = file::SocketFile::of_bound(&socket, i.addr.as_ref());
+                        Listener::adopt(p.name.clone(), socket, i.addr).with_file(file)
                     }
                     other => {
                         let had = other

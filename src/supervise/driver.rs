@@ -380,7 +380,7 @@ fn open_listeners(
     let opened = sockets::open(&plan.listeners, inherited, plan.backlog, membership)?;
     let (kept, dropped) = stored_members(&opened.listeners, &opened.bound_here, stored, membership);
     let groups = match membership {
-        Some(_) => group::groups(&opened.listeners, plan.backlog, kept),
+        Some(_) => group::groups(&opened.listeners, &plan.listeners, plan.backlog, kept),
         None => Vec::new(),
     };
     Ok((opened, groups, dropped))

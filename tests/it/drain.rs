@@ -107,12 +107,30 @@ fn loses_nothing(tag: &str, app: &[&str]) {
     let ctl = dir.join("ctl.sock").display().to_string();
     let (mut r, port) = start_on_a_free_port(&["--control", &ctl], app);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut last = while_running(&mut r, "the app's first answer", || get(addr).ok());
+    let last = reloads_lose_nothing(&mut r, addr, &ctl);
 
+    let load = Load::start(addr, CLIENTS);
+    wait_serving(addr);
+    unsafe { libc::kill(last.parse().unwrap(), libc::SIGKILL) };
+    let new = wait_new_pid(addr, &last);
+    serves_alone(addr, &new, "after the kill");
+    let rep = load.finish();
+    let sum = summary(&rep);
+    // What the killed process had accepted is lost with it (reset or cut
+    // short); what waited in the queue is answered by its replacement.
+    assert_eq!(rep.refused + rep.timeout, 0, "kill -9: {sum}");
+    assert!(rep.ok > 0, "kill -9: the load ran: {sum}");
+}
+
+/// 5 reloads of relaunch `r` (control socket `ctl`) under load on `addr`
+/// fail no request; the pid serving at the end.
+fn reloads_lose_nothing(r: &mut Relaunch, addr: SocketAddr, ctl: &str) -> String {
+    let mut last = while_running(r, "the app's first answer", || get(addr).ok());
+    assert_eq!(r.log.count("drain is off"), 0, "{}", r.log.text());
     let load = Load::start(addr, CLIENTS);
     serves_alone(addr, &last, "before the first reload");
     for n in 1..=RELOADS {
-        let (code, out) = cli(&["reload", "--control", &ctl], T);
+        let (code, out) = cli(&["reload", "--control", ctl], T);
         assert_eq!(code, Some(0), "reload {n}: {out}");
         let old = last;
         last = wait_new_pid(addr, &old);
@@ -138,18 +156,68 @@ fn loses_nothing(tag: &str, app: &[&str]) {
         rep.pids.len() > RELOADS,
         "the load saw every generation: {sum}"
     );
+    last
+}
 
-    let load = Load::start(addr, CLIENTS);
-    wait_serving(addr);
-    unsafe { libc::kill(last.parse().unwrap(), libc::SIGKILL) };
-    let new = wait_new_pid(addr, &last);
-    serves_alone(addr, &new, "after the kill");
-    let rep = load.finish();
-    let sum = summary(&rep);
-    // What the killed process had accepted is lost with it (reset or cut
-    // short); what waited in the queue is answered by its replacement.
-    assert_eq!(rep.refused + rep.timeout, 0, "kill -9: {sum}");
-    assert!(rep.ok > 0, "kill -9: the load ran: {sum}");
+/// A TCP socket that systemd made with ReusePort=yes (made here as PID 1
+/// makes it: as root, SO_REUSEPORT, listening; passed as fd 3): relaunch,
+/// root too, adds each generation's socket to its group, so the old
+/// generation drains as with a port relaunch bound.
+#[test]
+fn a_reuseport_socket_from_a_socket_unit_drains_too() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var("CI").is_err(), "CI runs as root");
+        eprintln!("socket unit drain: NOT RUN: needs root");
+        return;
+    }
+    let dir = TempDir::new("drain-socket-unit");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let a = app("threading_server.py");
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_reuse_port(true).unwrap();
+    let port = free_port();
+    sock.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())
+        .unwrap();
+    sock.listen(128).unwrap();
+    let fd = sock.as_raw_fd();
+    let p = port.to_string();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        r#"LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec "$0" "$@""#,
+        relaunch_bin(),
+        "--control",
+        &ctl,
+        "--",
+        "python3",
+        &a,
+        &p,
+    ]);
+    // SAFETY: dup2 between fork and exec, on fds this test owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself keeps close-on-exec: clear it instead.
+            let done = match fd {
+                3 => libc::fcntl(3, libc::F_SETFD, 0),
+                _ => libc::dup2(fd, 3),
+            };
+            if done < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut r = Relaunch::start_with(&mut cmd);
+    drop(sock);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    reloads_lose_nothing(&mut r, addr, &ctl);
+    assert!(
+        r.log.count("finishes what it accepted") >= RELOADS,
+        "{}",
+        r.log.text()
+    );
 }
 
 /// `relaunch -l unix:PATH -- APP... PATH`: 5 reloads under load fail no
