@@ -84,10 +84,10 @@ pub struct Watch {
     pending: Option<HashSet<Tuple>>,
     /// Its Unix stream listeners' socket inodes.
     unix: Vec<u64>,
-    /// The files, (device, inode), they are bound to.
-    files: Vec<(u64, u64)>,
     /// The connections the last look counted open, by socket inode.
     open: HashSet<u64>,
+    /// [`Watch::end_reads`] said that some connections are out of its reach.
+    said_unreachable: bool,
 }
 
 impl Watch {
@@ -99,17 +99,15 @@ impl Watch {
             members,
             pending: None,
             unix: Vec::new(),
-            files: Vec::new(),
             open: HashSet::new(),
+            said_unreachable: false,
         }
     }
 
-    /// Measures the old generation's Unix stream listeners too: `listeners`,
-    /// their socket inodes, and `files`, the files they are bound to (see
-    /// `UnixGroup::files_before`).
-    pub fn unix(mut self, listeners: Vec<u64>, files: Vec<(u64, u64)>) -> Watch {
+    /// Measures the old generation's Unix stream listeners too, by their
+    /// socket inodes.
+    pub fn unix(mut self, listeners: Vec<u64>) -> Watch {
         self.unix = listeners;
-        self.files = files;
         self
     }
 
@@ -146,11 +144,25 @@ impl Watch {
         let busy = self.count(&tcp, &held);
         let (queued, open) = self.count_unix(&unix, &held);
         if end {
+            let mut unreachable = (0, None);
             for inode in &self.open {
-                if let Some(&(pid, fd)) = fds.get(inode) {
-                    // Gone meanwhile, or out of reach: the stop cuts it.
-                    let _ = end_read(pid, fd, *inode);
+                if let Some(&(pid, fd)) = fds.get(inode)
+                    && let Err(e) = end_read(pid, fd, *inode)
+                    // Gone meanwhile: nothing to end.
+                    && proc::stat(pid).is_some_and(|s| s.alive())
+                {
+                    unreachable = (unreachable.0 + 1, Some(e));
                 }
+            }
+            if let (n, Some(e)) = unreachable
+                && !std::mem::replace(&mut self.said_unreachable, true)
+            {
+                tracing::warn!(
+                    "{n} connection(s) of the old generation cannot be made to stop reading \
+                     ({e}): they are cut when it is stopped; relaunch needs to take a copy of \
+                     their fds (pidfd_getfd: Linux 5.6 or later, and ptrace access to the app: \
+                     root, or the app's uid with kernel.yama.ptrace_scope at 0 or 1)"
+                );
             }
         }
         Ok(Busy {
@@ -163,7 +175,9 @@ impl Watch {
     /// Pure: (queued, open) of the Unix listeners in the dump `unix`. A
     /// connection still queued has no inode (no fd has it yet): counted in
     /// its listener's queue only. One accepted is bound to its listener's
-    /// file, which no rename or unlink changes.
+    /// file, which no rename or unlink changes: told by the file the same
+    /// dump gives the listener (unix_diag's 32-bit inode, never compared
+    /// with a `stat`).
     fn count_unix(&mut self, unix: &[proc::UnixStream], held: &HashSet<u64>) -> (u32, u32) {
         let queued = unix
             .iter()
@@ -171,10 +185,15 @@ impl Watch {
             .filter_map(|s| s.queue)
             .map(|q| q.waiting)
             .fold(0u32, u32::saturating_add);
+        let files: Vec<(u64, u64)> = unix
+            .iter()
+            .filter(|s| s.state == proc::TCP_LISTEN && self.unix.contains(&s.inode))
+            .filter_map(|s| s.file)
+            .collect();
         let open: Vec<u64> = unix
             .iter()
             .filter(|s| s.state != proc::TCP_LISTEN && s.inode != 0 && held.contains(&s.inode))
-            .filter(|s| s.file.is_some_and(|f| self.files.contains(&f)))
+            .filter(|s| s.file.is_some_and(|f| files.contains(&f)))
             .map(|s| s.inode)
             .collect();
         let n = open.len() as u32;
@@ -619,15 +638,13 @@ mod tests {
     /// though both have the same name and the same process holds them.
     #[test]
     fn a_renamed_over_unix_listener_counts_its_queue_and_its_connections() {
-        use std::os::unix::fs::MetadataExt;
         use std::os::unix::net::{UnixListener, UnixStream};
         let dir = std::env::temp_dir().join(format!("relaunch-drain-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("app.sock");
         let old = UnixListener::bind(&path).unwrap();
-        let m = std::fs::metadata(&path).unwrap();
-        let mut w = Watch::new(vec![], vec![]).unix(vec![inode(&old)], vec![(m.dev(), m.ino())]);
+        let mut w = Watch::new(vec![], vec![]).unix(vec![inode(&old)]);
         let queued: Vec<UnixStream> = (0..3)
             .map(|_| UnixStream::connect(&path).unwrap())
             .collect();
@@ -686,7 +703,6 @@ mod tests {
     /// connections held (unix_diag dumps every Unix socket of the host).
     #[test]
     fn a_look_at_a_thousand_idle_unix_connections() {
-        use std::os::unix::fs::MetadataExt;
         use std::os::unix::net::{UnixListener, UnixStream};
         const N: usize = 1000;
         let dir = std::env::temp_dir().join(format!("relaunch-drain-k-{}", std::process::id()));
@@ -694,8 +710,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("app.sock");
         let l = UnixListener::bind(&path).unwrap();
-        let m = std::fs::metadata(&path).unwrap();
-        let mut w = Watch::new(vec![], vec![]).unix(vec![inode(&l)], vec![(m.dev(), m.ino())]);
+        let mut w = Watch::new(vec![], vec![]).unix(vec![inode(&l)]);
         let mut conns = Vec::with_capacity(N);
         for _ in 0..N {
             let c = UnixStream::connect(&path).unwrap();

@@ -128,7 +128,20 @@ impl SocketFile {
         let path = std::path::absolute(path).ok()?;
         let (folder, name) = Folder::of(&path).ok()?;
         let st = folder.stat(&name).ok()??;
-        ((st.st_dev, st.st_ino) == bound).then(|| SocketFile::adopt(path, bound))
+        // unix_diag gives the inode's low 32 bits.
+        let id = (st.st_dev, st.st_ino);
+        ((id.0, id.1 & u64::from(u32::MAX)) == bound).then(|| SocketFile::adopt(path, id))
+    }
+
+    /// The file `name` in the pinned `folder`, whose (device, inode) was
+    /// `identity` when relaunch made it.
+    pub fn in_folder(folder: &Folder, name: &OsStr, identity: (u64, u64)) -> SocketFile {
+        SocketFile {
+            path: folder.shown(name),
+            folder: Some(folder.clone()),
+            name: name.to_owned(),
+            identity,
+        }
     }
 
     /// The folder it was bound in, pinned then.
@@ -609,13 +622,7 @@ pub fn bind_staged(
         let staged = finish(leaf, file_name, pinned, access, role)?;
         leaf.rename_into(file_name, folder, name, libc::RENAME_NOREPLACE)
             .map_err(failed)?;
-        let file = SocketFile {
-            path: folder.shown(name),
-            folder: Some(folder.clone()),
-            name: name.to_owned(),
-            identity: staged.identity,
-        };
-        Ok((socket, file))
+        Ok((socket, SocketFile::in_folder(folder, name, staged.identity)))
     })();
     for i in (0..made.len()).rev() {
         let parent = if i == 0 { folder } else { &made[i - 1] };
@@ -960,7 +967,11 @@ mod tests {
         ));
         let m = std::fs::metadata(&path).unwrap();
         let made = SocketFile::of_bound(&first, Some(&addr)).expect("its own file");
-        assert_eq!(made.identity(), (m.dev(), m.ino()));
+        assert_eq!(
+            made.identity(),
+            (m.dev(), m.ino()),
+            "stat's identity, kept whole"
+        );
         std::mem::forget(made);
         std::fs::remove_file(&path).unwrap();
         let _second = UnixListener::bind(&path).unwrap();

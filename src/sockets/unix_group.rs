@@ -131,7 +131,8 @@ impl UnixGroup {
             || saved.current >= n
         {
             return Err(io::Error::other(
-                "the handed-over Unix socket group does not match its sockets",
+                "the handed-over Unix socket group does not match its sockets (a bug in \
+                 relaunch: restart it rather than upgrade, and report it)",
             ));
         }
         let folder = folder_of(file)?;
@@ -145,7 +146,7 @@ impl UnixGroup {
                     socket,
                     file: id,
                     generation,
-                    temp: temp.map(|t| SocketFile::adopt(folder.shown(&t), id)),
+                    temp: temp.map(|t| SocketFile::in_folder(&folder, &t, id)),
                 })
             })
             .collect::<io::Result<Vec<Member>>>()?;
@@ -203,12 +204,6 @@ impl UnixGroup {
     /// `generation`'s own socket, if it has one.
     pub fn member_of(&self, generation: u64) -> Option<Arc<Socket>> {
         Some(Arc::clone(&self.members[self.position(generation)?].socket))
-    }
-
-    /// The files, (device, inode), of the same members: what the
-    /// connections they accepted are bound to (see `drain::Watch::unix`).
-    pub fn files_before(&self, generation: u64) -> Vec<(u64, u64)> {
-        self.before(generation).map(|m| m.file).collect()
     }
 
     fn before(&self, generation: u64) -> impl Iterator<Item = &Member> {
@@ -291,7 +286,10 @@ impl UnixGroup {
         }
         let m = &self.members[i];
         let temp = m.temp.as_ref().ok_or_else(|| {
-            io::Error::other("a socket that served before cannot serve again: its file is gone")
+            io::Error::other(
+                "this generation's socket served before and its file is gone, so it cannot take \
+                 the name again; reload once more for a generation with a socket of its own",
+            )
         })?;
         let replaced = self.members[self.current].file;
         self.folder
@@ -567,7 +565,7 @@ mod tests {
             .collect();
         // The drain measures generation 1's socket alone.
         let me = [std::process::id() as i32];
-        let mut drain = Watch::new(vec![], vec![]).unix(g.inodes_before(2), g.files_before(2));
+        let mut drain = Watch::new(vec![], vec![]).unix(g.inodes_before(2));
         assert_eq!((drain.look(&me).unwrap().queued), 9);
         let peer = late[0].peer_addr().unwrap();
         assert_eq!(peer.as_pathname(), Some(shown.as_path()));

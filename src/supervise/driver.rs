@@ -1542,17 +1542,14 @@ impl Driver {
     /// The measure of the generations before `generation`, which drain.
     fn drain_watch(&self, generation: u64) -> Watch {
         let ports = self.groups.iter().filter_map(Steered::port).collect();
-        let (mut members, mut unix, mut files) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut members, mut unix) = (Vec::new(), Vec::new());
         for g in &self.groups {
             match g {
                 Steered::Tcp(g) => members.extend(g.inodes_before(generation)),
-                Steered::Unix(g) => {
-                    unix.extend(g.inodes_before(generation));
-                    files.extend(g.files_before(generation));
-                }
+                Steered::Unix(g) => unix.extend(g.inodes_before(generation)),
             }
         }
-        Watch::new(ports, members).unix(unix, files)
+        Watch::new(ports, members).unix(unix)
     }
 
     /// Each listener's new connections go to `generation`: the ports
@@ -1582,28 +1579,48 @@ impl Driver {
             match g.steer_to(generation) {
                 Ok(was) => done.push(was),
                 Err(e) => {
-                    // All or nothing: the groups steered already go back.
-                    let tcp = self.groups.iter_mut().filter_map(|g| match g {
-                        Steered::Tcp(g) => Some(g),
-                        Steered::Unix(_) => None,
-                    });
-                    for (g, was) in tcp.zip(done) {
-                        if let Err(e) = g.back_to(was) {
-                            error!("cannot steer new connections back to slot {was} ({e})");
-                        }
-                    }
-                    return Err(format!("{}: {e}", l.name));
+                    let e = format!("{}: {e}", l.name);
+                    self.steer_back(done);
+                    return Err(e);
                 }
             }
         }
+        let mut renamed = 0;
         for i in 0..self.groups.len() {
-            if matches!(self.groups[i], Steered::Unix(_)) {
-                self.steer_file(i, generation)?;
+            if !matches!(self.groups[i], Steered::Unix(_)) {
+                continue;
             }
+            if let Err(e) = self.steer_file(i, generation) {
+                self.steer_back(done);
+                if renamed > 0 {
+                    error!(
+                        generation,
+                        "{renamed} Unix listener(s) were switched to generation {generation} \
+                         before this one failed, and a rename cannot be undone: they wait for \
+                         the next generation; reload again (relaunch reload)"
+                    );
+                }
+                return Err(e);
+            }
+            renamed += 1;
         }
         // Real connections come now: the probes end (a FIN).
         self.probes.remove(&generation);
         Ok(())
+    }
+
+    /// All or nothing: the TCP groups steered already (`done`: the slot
+    /// each had, in order) go back.
+    fn steer_back(&mut self, done: Vec<usize>) {
+        let tcp = self.groups.iter_mut().filter_map(|g| match g {
+            Steered::Tcp(g) => Some(g),
+            Steered::Unix(_) => None,
+        });
+        for (g, was) in tcp.zip(done) {
+            if let Err(e) = g.back_to(was) {
+                error!("cannot steer new connections back to slot {was} ({e})");
+            }
+        }
     }
 
     /// Renames `generation`'s socket for Unix listener `i` over the held

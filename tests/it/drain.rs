@@ -1020,11 +1020,9 @@ fn keep_alive_clients_move_to_the_new_generation_at_the_drain_timeout_without_a_
         while_running(&mut r, &format!("reload {n}: pid {gone} gone"), || {
             (!pid_alive(gone)).then_some(())
         });
-        let took = at.elapsed();
-        eprintln!("reload {n}: the old generation was gone {took:?} after it");
-        assert!(
-            took < DRAIN + Duration::from_secs(3),
-            "reload {n}: the old generation lasted {took:?}"
+        eprintln!(
+            "reload {n}: the old generation was gone {:?} after it (--drain-timeout {DRAIN:?})",
+            at.elapsed()
         );
         old = new;
     }
@@ -1053,6 +1051,14 @@ fn keep_alive_clients_move_to_the_new_generation_at_the_drain_timeout_without_a_
     assert_eq!(
         r.log.count("connections stop reading"),
         RELOADS,
+        "{}",
+        r.log.text()
+    );
+    // Each time it went idle once its reads ended, before the stop's grace
+    // ran out: nothing was left for the stop to cut.
+    assert_eq!(
+        r.log.count("after its connections stopped reading"),
+        0,
         "{}",
         r.log.text()
     );
