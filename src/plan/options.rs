@@ -30,23 +30,69 @@ pub fn parse_restart(s: &str) -> Result<Restart> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ReadyMode {
     Auto,
     Notify,
     Delay(Duration),
+    /// Ready when a probe of the generation alone passes.
+    Probe(Probe),
+}
+
+/// A health probe of one generation, through its own sockets (see
+/// `ready::probe`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Probe {
+    /// `GET PATH` answered 2xx or 3xx.
+    Http(String),
+    /// A probe connection accepted by one of its processes.
+    Tcp,
+    /// `sh -c CMD` exits 0.
+    Exec(String),
+}
+
+/// As `--ready` takes it.
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Probe::Http(path) => write!(f, "http:{path}"),
+            Probe::Tcp => f.write_str("tcp"),
+            Probe::Exec(cmd) => write!(f, "exec:{cmd}"),
+        }
+    }
 }
 
 pub fn parse_ready(s: &str) -> Result<ReadyMode> {
+    let hint = "use auto, notify, delay:DURATION (for example delay:2s), http:PATH (for example \
+                http:/healthz), tcp, or exec:COMMAND";
+    if let Some(path) = s.strip_prefix("http:") {
+        // Sent as is in the request line: a space or a line break would
+        // make another request.
+        if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20) {
+            return Err(Error::usage(format!(
+                "--ready {s:?}: the path must start with / and hold no spaces or control \
+                 characters"
+            ))
+            .hint("for example --ready http:/healthz"));
+        }
+        return Ok(ReadyMode::Probe(Probe::Http(path.into())));
+    }
+    if let Some(cmd) = s.strip_prefix("exec:") {
+        if cmd.trim().is_empty() {
+            return Err(Error::usage("--ready exec: needs a command")
+                .hint("for example --ready 'exec:curl -fs http://$RELAUNCH_PROBE_ADDRESS/'"));
+        }
+        return Ok(ReadyMode::Probe(Probe::Exec(cmd.into())));
+    }
     match s {
         "auto" => Ok(ReadyMode::Auto),
         "notify" => Ok(ReadyMode::Notify),
+        "tcp" => Ok(ReadyMode::Probe(Probe::Tcp)),
         _ => match s.strip_prefix("delay:") {
             Some(d) => duration::parse(d)
                 .map(ReadyMode::Delay)
                 .map_err(|e| Error::usage(format!("--ready: {e}"))),
-            None => Err(Error::usage(format!("invalid --ready mode {s:?}"))
-                .hint("use auto, notify, or delay:DURATION (for example delay:2s)")),
+            None => Err(Error::usage(format!("invalid --ready mode {s:?}")).hint(hint)),
         },
     }
 }
@@ -237,6 +283,31 @@ mod tests {
                 .msg
                 .starts_with("--ready: ")
         );
+    }
+
+    #[test]
+    fn probe_modes() {
+        assert_eq!(
+            parse_ready("http:/healthz").unwrap(),
+            ReadyMode::Probe(Probe::Http("/healthz".into()))
+        );
+        assert_eq!(parse_ready("tcp").unwrap(), ReadyMode::Probe(Probe::Tcp));
+        assert_eq!(
+            parse_ready("exec:test -f /tmp/ok").unwrap(),
+            ReadyMode::Probe(Probe::Exec("test -f /tmp/ok".into()))
+        );
+        for bad in ["http:healthz", "http:/a b", "http:/a\r\nX: y", "http:"] {
+            let e = parse_ready(bad).unwrap_err();
+            assert!(e.msg.contains("must start with /"), "{bad}: {e}");
+        }
+        assert!(
+            parse_ready("exec: ")
+                .unwrap_err()
+                .msg
+                .contains("needs a command")
+        );
+        assert_eq!(Probe::Http("/h".into()).to_string(), "http:/h");
+        assert_eq!(Probe::Exec("true".into()).to_string(), "exec:true");
     }
 
     #[test]

@@ -165,7 +165,7 @@ fn tuple(e: &InetEntry) -> Tuple {
 
 /// The socket inodes in the fds of `pids`; a process gone (or a zombie,
 /// which holds no fds) is skipped.
-fn held_sockets(pids: &[i32]) -> io::Result<HashSet<u64>> {
+pub fn held_sockets(pids: &[i32]) -> io::Result<HashSet<u64>> {
     let mut out = HashSet::new();
     for &pid in pids {
         match proc::fds(pid) {

@@ -27,14 +27,11 @@ use crate::plan::spec::{Addr, Proto};
 use crate::plan::{Planned, Source};
 
 /// Whether the listeners of `plan` drain at reloads, and as whom their
-/// groups are made; says once why not. `on_demand`: `--lazy` or
+/// groups are made; Err: why not (for [`drain_off`]). `on_demand`: `--lazy` or
 /// `--idle-stop`, which watch the first socket for the connection that
 /// starts a generation.
-pub fn membership(plan: &[Planned], on_demand: bool) -> Option<Membership> {
-    let off = |why: String| {
-        info!("{}", drain_off(&why));
-        None
-    };
+pub fn membership(plan: &[Planned], on_demand: bool) -> Result<Membership, String> {
+    let off = |why: String| Err(why);
     if on_demand {
         return off("--lazy and --idle-stop watch one socket per listener".into());
     }
@@ -74,7 +71,7 @@ pub fn membership(plan: &[Planned], on_demand: bool) -> Option<Membership> {
         // A uid not mapped in a user namespace (a rootless container), or
         // no CAP_SETUID: the sockets could not be made.
         Some(uid) => match steer::socket_as(socket2::Domain::IPV4, Some(uid)) {
-            Ok(_) => Some(Membership { owner: Some(uid) }),
+            Ok(_) => Ok(Membership { owner: Some(uid) }),
             Err(e) => off(format!("relaunch cannot make sockets as uid {uid} ({e})")),
         },
         None => off(format!(

@@ -47,11 +47,11 @@ use crate::control::{self, Incoming, Response};
 use crate::error::{Error, Result};
 use crate::intercept;
 use crate::metrics;
-use crate::plan::options::{self, ReadyMode};
+use crate::plan::options::{self, Probe, ReadyMode};
 use crate::plan::placeholders::Named;
 use crate::plan::{self, Snapshot};
 use crate::ready::notify::{Message, NotifySocket, Systemd};
-use crate::ready::{fallback, scan};
+use crate::ready::{fallback, probe, scan};
 use crate::sockets::drain::Watch;
 use crate::sockets::group::{self, Group};
 use crate::sockets::{self, Listener, steer};
@@ -192,6 +192,10 @@ pub async fn run(boot: Boot) -> Result<i32> {
         listeners,
         groups,
         probes: HashMap::new(),
+        probing: HashSet::new(),
+        probe_conns: HashMap::new(),
+        probe_cmds: HashMap::new(),
+        probed: mpsc::unbounded_channel(),
         intercept,
         listened: listened_tx,
         notify: HashMap::new(),
@@ -363,9 +367,24 @@ fn open_listeners(
     inherited: Vec<plan::inherit::Inherited>,
 ) -> Result<(sockets::Opened, Vec<Group>, Vec<String>)> {
     let on_demand = plan.lazy || plan.idle_stop.is_some();
-    let membership = plan
-        .drain
-        .and_then(|_| group::membership(&plan.listeners, on_demand));
+    let membership = match plan.drain {
+        Some(_) => group::membership(&plan.listeners, on_demand),
+        None => Err("--no-drain: the generations share one socket, with no steering".into()),
+    };
+    if let ReadyMode::Probe(p) = &plan.ready
+        && let Err(why) = &membership
+    {
+        return Err(probe_needs_steering(p, why));
+    }
+    let membership = match membership {
+        Ok(m) => Some(m),
+        Err(why) => {
+            if plan.drain.is_some() {
+                info!("{}", group::drain_off(&why));
+            }
+            None
+        }
+    };
     let mut inherited: Vec<Option<_>> = inherited.into_iter().map(Some).collect();
     // The drain's other sockets the fd store gave back, for their groups.
     let stored: Vec<(String, u32, Socket)> = plan
@@ -382,7 +401,27 @@ fn open_listeners(
         Some(_) => group::groups(&opened.listeners, plan.backlog, kept),
         None => Vec::new(),
     };
+    if let ReadyMode::Probe(p) = &plan.ready
+        && groups.is_empty()
+    {
+        return Err(Error::runtime(format!(
+            "--ready {p} probes a new generation alone, through sockets of its own, and the \
+             listeners cannot have them: the drain is off (said above)"
+        ))
+        .hint("use --ready auto or notify, or fix what keeps the drain off"));
+    }
     Ok((opened, groups, dropped))
+}
+
+/// `--ready http:`, `tcp` or `exec:` where nothing can be steered: no
+/// probe could reach a new generation alone.
+fn probe_needs_steering(p: &Probe, why: &str) -> Error {
+    Error::usage(format!(
+        "--ready {p} probes a new generation alone, before any connection is steered to it, \
+         and that needs each generation's own socket in a group relaunch steers; here \
+         {why}"
+    ))
+    .hint("use --ready auto, notify or delay:DURATION here")
 }
 
 /// The drain's other sockets the fd store gave back, per listener in slot
@@ -678,6 +717,10 @@ fn config(plan: &plan::Plan, listeners: &[Listener], drains: bool) -> Config {
             _ => None,
         },
         ready_auto: plan.ready == ReadyMode::Auto,
+        ready_probe: match &plan.ready {
+            ReadyMode::Probe(p) => Some(p.clone()),
+            _ => None,
+        },
         ready_timeout: plan.ready_timeout,
         intercept_remedy: Some(intercept_remedy(plan.intercept, listeners)),
         listeners: listener_info,
@@ -978,6 +1021,17 @@ struct Driver {
     /// relaunch's own connections to a starting generation's sockets, by
     /// generation (see `Group::probe`).
     probes: HashMap<u64, Vec<Socket>>,
+    /// Health probes (`--ready http:`, `tcp`, `exec:`): the generations with
+    /// one running, the connection kept for a generation's next probe, the
+    /// `exec:` commands running (pid: generation, ended), and where the
+    /// helper threads report.
+    probing: HashSet<u64>,
+    probe_conns: HashMap<u64, probe::Conn>,
+    probe_cmds: HashMap<i32, (u64, bool)>,
+    probed: (
+        mpsc::UnboundedSender<Probed>,
+        mpsc::UnboundedReceiver<Probed>,
+    ),
     /// The held sockets as bind interception sees them (None: --no-intercept).
     /// Under `--port` it may rebind one where the app binds: children get
     /// their fds from here.
@@ -1344,6 +1398,7 @@ impl Driver {
                         t.forget(generation);
                     }
                 }
+                Effect::EndProbe { generation } => self.end_probe(generation),
                 Effect::Upgrade { binary, reply } => self.asked = Some((binary, reply)),
                 Effect::EndCheck => {
                     if let Some(c) = self.upgrade.as_mut() {
@@ -1558,6 +1613,70 @@ impl Driver {
         }
     }
 
+    /// `--ready exec:CMD`: `sh -c CMD` as the app's user, forked here (the
+    /// main thread), its exit reaped like any child's (see `reap`).
+    fn probe_cmd(
+        &mut self,
+        generation: u64,
+        cmd: &str,
+        pgids: &[i32],
+    ) -> std::result::Result<(), String> {
+        let pids: Vec<String> = crate::proc::group_members(pgids)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let mut env = self.build_env.clone();
+        env.push(("RELAUNCH_GENERATION".into(), generation.to_string().into()));
+        env.push(("RELAUNCH_PIDS".into(), pids.join(" ").into()));
+        if let Some(l) = self.listeners.first() {
+            env.push(("RELAUNCH_ADDRESS".into(), l.address().into()));
+        }
+        let null = std::fs::File::open("/dev/null")
+            .map_err(|e| format!("cannot open /dev/null for it: {e}"))?;
+        let (out, err) = (std::io::stderr(), std::io::stderr());
+        let args = [OsString::from("-c"), OsString::from(cmd)];
+        let spawned = spawn::spawn(&spawn::Request {
+            program: "/bin/sh".as_ref(),
+            args: &args,
+            env: &env,
+            fds: &[],
+            listen_pid: false,
+            creds: self.launch.creds.as_ref(),
+            intercept: None,
+            probes: false,
+            stdio: Some((null.as_fd(), out.as_fd(), err.as_fd())),
+        })
+        .map_err(|e| format!("cannot run exec:{cmd}: {e}"))?;
+        self.probe_cmds.insert(spawned.pid, (generation, false));
+        self.probing.insert(generation);
+        Ok(())
+    }
+
+    /// What a probe helper reported, kept for the next probe (a connection
+    /// still waiting) unless the probes of its generation ended meanwhile.
+    fn on_probed(&mut self, (generation, keep, result): Probed) -> Vec<Event> {
+        if !self.probing.remove(&generation) {
+            return Vec::new();
+        }
+        if let Some(conn) = keep {
+            self.probe_conns.insert(generation, conn);
+        }
+        vec![Event::Probed { generation, result }]
+    }
+
+    /// `generation` is probed no more: its kept connection closes, its
+    /// `exec:` command is killed (its exit then says nothing).
+    fn end_probe(&mut self, generation: u64) {
+        self.probing.remove(&generation);
+        self.probe_conns.remove(&generation);
+        for (&pid, (g, ended)) in &mut self.probe_cmds {
+            if *g == generation && !*ended {
+                *ended = true;
+                signal_group(pid, Signal::SIGKILL);
+            }
+        }
+    }
+
     /// The sockets `generation`'s children get, in the listeners' order.
     /// None: the listeners themselves.
     fn sockets_for(&mut self, generation: u64) -> Option<Vec<Arc<Socket>>> {
@@ -1689,6 +1808,41 @@ impl Spawner for Driver {
         self.steer_groups(generation)
     }
 
+    fn probe(
+        &mut self,
+        generation: u64,
+        probe: &Probe,
+        pgids: &[i32],
+    ) -> std::result::Result<(), String> {
+        if let Probe::Exec(cmd) = probe {
+            return self.probe_cmd(generation, cmd, pgids);
+        }
+        // A listener interception moved has a new group.
+        self.sync_listeners();
+        // The first listener's: a probe answers for the generation.
+        let Some(g) = self.groups.first_mut() else {
+            return Err("the drain is off (said above): no socket of its own to probe".into());
+        };
+        let conn = match self.probe_conns.remove(&generation) {
+            Some(c) => c,
+            None => {
+                let mut made = g
+                    .probe(generation, 1)
+                    .map_err(|e| format!("cannot connect to its socket alone: {e}"))?;
+                probe::Conn::new(made.pop().ok_or("no probe connection was made")?)
+            }
+        };
+        let (probe, pgids) = (probe.clone(), pgids.to_vec());
+        let tx = self.probed.0.clone();
+        self.probing.insert(generation);
+        tokio::task::spawn_blocking(move || {
+            let pids = crate::proc::group_members(&pgids);
+            let (keep, result) = probe::look(conn, &probe, &pids);
+            let _ = tx.send((generation, keep, result));
+        });
+        Ok(())
+    }
+
     fn jitter(&mut self) -> f64 {
         fastrand::f64()
     }
@@ -1753,6 +1907,7 @@ impl Os for Driver {
                 }
                 Vec::new()
             }
+            Some(probed) = self.probed.1.recv() => self.on_probed(probed),
             (pid, status) = exec_reported(&self.execs) => {
                 self.execs.remove(&pid);
                 match status {
@@ -2059,6 +2214,14 @@ fn sweep_job(
     }
 }
 
+/// What a probe helper reports: its generation, the connection to keep for
+/// the next probe, and what it found.
+type Probed = (
+    u64,
+    Option<probe::Conn>,
+    std::result::Result<String, String>,
+);
+
 /// A sweep's number and the escaped processes it found, with handles.
 type Sweep = (u64, Vec<(reaper::Leftover, reaper::Escaped)>);
 
@@ -2088,6 +2251,18 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
         }
         if let Some(check) = driver.upgrade.as_mut().filter(|c| c.pid == pid) {
             check.exit = Some(status);
+            continue;
+        }
+        if let Some((generation, ended)) = driver.probe_cmds.remove(&pid) {
+            if !ended && driver.probing.remove(&generation) {
+                let said = format!("its exec: command {status}");
+                let result = if status.success() {
+                    Ok(said)
+                } else {
+                    Err(said)
+                };
+                events.push(Event::Probed { generation, result });
+            }
             continue;
         }
         if let Some(b) = driver.build.take_if(|b| b.pid == pid) {

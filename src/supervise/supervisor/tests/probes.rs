@@ -1,0 +1,190 @@
+//! Health-gated promotion (`--ready http:`, `tcp`, `exec:`): a generation
+//! is ready when a probe of it alone passes, and never promoted otherwise.
+
+use super::*;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn gated(workers: usize) -> Sim {
+    let mut s = Sim::new(Config {
+        drain: Some(Duration::from_secs(10)),
+        ready_auto: false,
+        ready_probe: Some(Probe::Http("/healthz".into())),
+        ready_timeout: READY_TIMEOUT,
+        ..cfg(workers)
+    });
+    s.os.own_sockets = true;
+    s
+}
+
+impl Sim {
+    fn t_probed(&mut self, generation: u64, result: Result<&str, &str>, now: Instant) {
+        let result = result.map(str::to_string).map_err(str::to_string);
+        self.run(Event::Probed { generation, result }, now);
+    }
+}
+
+/// Generation 1 (pid 101) serving after a passed probe, generation 2
+/// (pid 102) started by `relaunch reload`, whose answer is returned.
+fn reloading() -> (Sim, Instant, tokio::sync::oneshot::Receiver<Response>) {
+    let mut s = gated(1);
+    let t0 = Instant::now();
+    s.t_start(t0);
+    assert_eq!(
+        s.os.probes,
+        [(1, vec![101])],
+        "the first generation is probed"
+    );
+    s.t_probed(1, Ok("GET /healthz answered 200 OK"), t0);
+    assert_eq!(s.state(), "serving");
+    let answer = s.t_reload_client(t0);
+    assert_eq!(s.os.opened, [2]);
+    assert_eq!(s.os.probes.last(), Some(&(2, vec![102])));
+    (s, t0, answer)
+}
+
+#[test]
+fn a_healthy_answer_promotes_the_new_generation() {
+    let (mut s, t0, mut answer) = reloading();
+    // Neither the scan nor READY=1 is enough.
+    s.t_ready(102, t0 + ms(10));
+    let notice = Notice {
+        ready: true,
+        ..Notice::default()
+    };
+    s.run(Event::Notify { pid: 102, notice }, t0 + ms(10));
+    assert!(
+        s.os.steered.is_empty(),
+        "not promoted before a probe passes"
+    );
+    s.t_probed(2, Ok("GET /healthz answered 200 OK"), t0 + ms(50));
+    assert_eq!(s.os.steered, [2]);
+    assert_eq!(s.kept.serving, 2);
+    assert_eq!(s.os.probes_ended, [1, 2], "no probe runs once it is ready");
+    s.t_exit(101, ExitStatus::Signal(15), t0 + ms(100));
+    s.run(
+        Event::Drained {
+            generation: 2,
+            busy: Ok(Default::default()),
+        },
+        t0 + ms(400),
+    );
+    s.t_exit(101, ExitStatus::Signal(15), t0 + ms(450));
+    assert!(matches!(
+        answer.try_recv(),
+        Ok(Response::Reloaded { generation: 2, .. })
+    ));
+}
+
+#[test]
+fn an_unhealthy_generation_is_probed_again_and_never_promoted() {
+    let (mut s, t0, mut answer) = reloading();
+    let bad = "GET /healthz answered 500 Internal Server Error";
+    s.t_probed(2, Err(bad), t0 + ms(100));
+    assert_eq!(s.os.probes.len(), 2, "one probe at a time");
+    assert_eq!(s.next_deadline(), Some(t0 + ms(100) + PROBE_EVERY));
+    s.t_timer(t0 + ms(100) + PROBE_EVERY);
+    assert_eq!(s.os.probes.len(), 3, "probed again after the pause");
+    // An answer for a probe no longer running changes nothing.
+    s.t_probed(1, Ok("late"), t0 + ms(350));
+    s.t_probed(2, Err(bad), t0 + ms(400));
+    s.t_timer(t0 + READY_TIMEOUT);
+    assert!(s.os.steered.is_empty(), "never promoted");
+    assert_eq!(s.kept.serving, 1, "the old generation serves on");
+    assert_eq!(s.os.signals, [(102, Signal::SIGTERM)]);
+    let Ok(Response::ReloadFailed { reason, .. }) = answer.try_recv() else {
+        panic!("the client hears the failure");
+    };
+    assert_eq!(
+        reason,
+        format!("generation 2 was not ready within 5s: {bad}")
+    );
+    assert!(s.os.probes_ended.contains(&2));
+}
+
+#[test]
+fn a_failed_reload_with_no_probe_answered_says_so() {
+    let (mut s, t0, mut answer) = reloading();
+    s.t_timer(t0 + READY_TIMEOUT);
+    let Ok(Response::ReloadFailed { reason, .. }) = answer.try_recv() else {
+        panic!("failed");
+    };
+    assert!(
+        reason.ends_with("no --ready http:/healthz probe of it has ended yet"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_reload_without_sockets_of_its_own_cannot_be_probed_and_fails_at_once() {
+    let mut s = gated(1);
+    let t0 = Instant::now();
+    s.t_start(t0);
+    s.t_probed(1, Ok("ok"), t0);
+    s.os.own_sockets = false;
+    let mut answer = s.t_reload_client(t0);
+    assert_eq!(s.os.spawned.len(), 1, "nothing started");
+    let Ok(Response::ReloadFailed { reason, .. }) = answer.try_recv() else {
+        panic!("failed");
+    };
+    assert!(reason.contains("cannot be probed alone"), "{reason}");
+    assert_eq!(s.kept.serving, 1);
+}
+
+#[test]
+fn a_probe_that_cannot_start_is_said_and_tried_again() {
+    let mut s = gated(1);
+    s.os.probe_fails = Some("cannot connect".into());
+    let t0 = Instant::now();
+    s.t_start(t0);
+    assert!(s.os.probes.is_empty());
+    assert_eq!(s.next_deadline(), Some(t0 + PROBE_EVERY));
+    s.os.probe_fails = None;
+    s.t_timer(t0 + PROBE_EVERY);
+    assert_eq!(s.os.probes, [(1, vec![101])]);
+}
+
+#[test]
+fn the_first_generation_unhealthy_at_the_timeout_serves_with_the_probe_said_and_is_probed_on() {
+    let mut s = gated(2);
+    let t0 = Instant::now();
+    s.t_start(t0);
+    assert_eq!(s.os.probes, [(1, vec![101, 102])], "one probe for both");
+    s.t_probed(1, Err("GET /healthz answered 503"), t0 + ms(100));
+    s.t_timer(t0 + READY_TIMEOUT);
+    assert_eq!(s.state(), "serving", "nothing else can serve");
+    assert!(s.exit().is_none());
+    // Still probed: healthy later, both workers are ready.
+    s.t_timer(t0 + READY_TIMEOUT + PROBE_EVERY);
+    assert_eq!(s.os.probes.len(), 2);
+    s.t_probed(1, Ok("GET /healthz answered 200 OK"), t0 + READY_TIMEOUT);
+    assert!(s.children().iter().all(|c| c.state == State::Ready));
+    assert_eq!(s.os.probes_ended, [1]);
+}
+
+#[test]
+fn a_restarted_worker_is_ready_when_its_generation_answers() {
+    let mut s = gated(2);
+    let t0 = Instant::now();
+    s.t_start(t0);
+    s.t_probed(1, Ok("ok"), t0);
+    s.t_exit(101, ExitStatus::Code(1), t0 + Duration::from_secs(60));
+    let due = s.next_deadline().unwrap();
+    s.t_timer(due);
+    let restarted = s.os.spawned.last().unwrap().0;
+    assert_eq!(s.os.probes.last().unwrap().0, 1, "probed again");
+    s.t_probed(1, Ok("ok"), due);
+    let c = s.children().iter().find(|c| c.pid == restarted).unwrap();
+    assert_eq!(c.state, State::Ready);
+}
+
+#[test]
+fn a_new_generation_that_exits_ends_its_probe() {
+    let (mut s, t0, _answer) = reloading();
+    s.t_exit(102, ExitStatus::Code(3), t0 + ms(30));
+    assert!(s.os.probes_ended.contains(&2));
+    // Its probe's late answer promotes nothing.
+    s.t_probed(2, Ok("GET /healthz answered 200 OK"), t0 + ms(40));
+    assert!(s.os.steered.is_empty());
+    assert_eq!(s.kept.serving, 1);
+}

@@ -1,0 +1,230 @@
+//! Health-gated promotion: under `--ready http:PATH`, `tcp` or `exec:CMD`
+//! a new generation is probed alone, through its own socket, before any
+//! connection is steered to it. One that fails its probe until
+//! `--ready-timeout` is never promoted: `relaunch reload` exits non-zero
+//! with the last probe's result, and the old generation serves on. The
+//! app (tests/apps/health/) is http.server as usually written: it binds
+//! its port itself and answers its pid; its /healthz answers 500 in the
+//! bad version.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::drain::start_on_a_free_port;
+use crate::util::*;
+
+const T: Duration = Duration::from_secs(30);
+const CLIENTS: usize = 8;
+
+fn server() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/apps/health/health_server.py")
+        .display()
+        .to_string()
+}
+
+/// The app's next version: `good` or `bad`, and how long it waits before
+/// it accepts.
+fn version(app: &App, health: &str, slow: f64) {
+    app.deploy(&format!(
+        "exec python3 {} \"$1\" {health} {slow}\n",
+        server()
+    ));
+}
+
+/// `relaunch --port P --control C OPTIONS -- sh APP P` on a free port P;
+/// the first answer's pid.
+fn start(app: &App, options: &[&str]) -> (Relaunch, SocketAddr, String) {
+    let ctl = app.control().display().to_string();
+    let mut opts = vec!["--control", &ctl];
+    opts.extend(options);
+    let script = app.script();
+    let (r, port) = start_on_a_free_port(&opts, &["sh", &script, "PORT"]);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let first = wait_serving(addr);
+    (r, addr, first)
+}
+
+fn reload(app: &App) -> (Option<i32>, String, Duration) {
+    let ctl = app.control().display().to_string();
+    let t = Instant::now();
+    let (code, out) = cli(&["reload", "--control", &ctl], T);
+    (code, out, t.elapsed())
+}
+
+/// Every process relaunch runs, but relaunch (its children's trees).
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = children_of(pid);
+    while let Some(p) = todo.pop() {
+        todo.extend(children_of(p));
+        out.push(p);
+    }
+    out
+}
+
+fn summary(rep: &LoadReport) -> String {
+    format!(
+        "ok {}, refused {}, reset {}, timeout {}, other {}, pids {:?}, first errors {:?}",
+        rep.ok, rep.refused, rep.reset, rep.timeout, rep.other, rep.pids, rep.errors
+    )
+}
+
+#[test]
+fn an_unhealthy_version_is_never_promoted_and_a_healthy_one_is_under_load() {
+    if !require_tool("python3") {
+        return;
+    }
+    let app = App::new("health-http", "");
+    version(&app, "good", 0.0);
+    let (r, addr, first) = start(&app, &["--ready", "http:/healthz", "--ready-timeout", "3s"]);
+    r.log.wait("ready after", T);
+    let load = Load::start(addr, CLIENTS);
+
+    version(&app, "bad", 0.0);
+    let before = descendants(r.pid());
+    let (code, out, took) = reload(&app);
+    assert_eq!(code, Some(1), "the bad version's reload fails: {out}");
+    assert!(
+        out.contains("GET /healthz answered 500 Internal Server Error"),
+        "the reason is the last probe's answer: {out}"
+    );
+    assert!(took >= Duration::from_secs(3), "probed until the timeout");
+    assert_eq!(get(addr).unwrap(), first, "the old version serves on");
+    wait_for("the bad version to be stopped", T, || {
+        (descendants(r.pid()).len() <= before.len()).then_some(())
+    });
+
+    version(&app, "good", 0.0);
+    let (code, out, _) = reload(&app);
+    assert_eq!(code, Some(0), "the good version is promoted: {out}");
+    let new = wait_new_pid(addr, &first);
+    std::thread::sleep(Duration::from_millis(300));
+    let rep = load.finish();
+    let sum = summary(&rep);
+    assert!(rep.ok > 0, "the load ran: {sum}");
+    assert_eq!(rep.failed(), 0, "no request failed: {sum}");
+    let expected: std::collections::BTreeSet<String> = [first, new].into();
+    assert_eq!(rep.pids, expected, "no client ever reached the bad version");
+    assert!(r.log.text().contains("(GET /healthz answered 200 OK)"));
+}
+
+/// `tcp`: a connect alone is not enough (the kernel completes it in the
+/// queue); the app must accept the probe.
+#[test]
+fn tcp_waits_until_the_app_accepts_and_fails_for_one_that_never_does() {
+    if !require_tool("python3") {
+        return;
+    }
+    let app = App::new("health-tcp", "");
+    version(&app, "good", 0.0);
+    let (r, addr, first) = start(&app, &["--ready", "tcp", "--ready-timeout", "4s"]);
+    let load = Load::start(addr, CLIENTS);
+
+    // Listens at once, accepts 2 s later.
+    version(&app, "good", 2.0);
+    let (code, out, took) = reload(&app);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "promoted only once it accepted, after {took:?}"
+    );
+    assert!(
+        r.log.text().contains("accepted a probe connection"),
+        "{}",
+        r.log.text()
+    );
+    let second = wait_new_pid(addr, &first);
+
+    // Never accepts within the ready timeout.
+    version(&app, "good", 60.0);
+    let (code, out, _) = reload(&app);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("no process of it accepted a probe connection"),
+        "{out}"
+    );
+    assert_eq!(get(addr).unwrap(), second, "the old version serves on");
+    let rep = load.finish();
+    let sum = summary(&rep);
+    assert_eq!(rep.failed(), 0, "no request failed: {sum}");
+    assert!(rep.ok > 0, "{sum}");
+    assert!(
+        rep.pids.len() <= 2,
+        "only the promoted versions served: {sum}"
+    );
+}
+
+#[test]
+fn exec_promotes_when_the_command_exits_zero_and_names_the_generation() {
+    if !require_tool("python3") {
+        return;
+    }
+    let app = App::new("health-exec", "");
+    version(&app, "good", 0.0);
+    let ok = app.dir.join("ok");
+    let seen = app.dir.join("seen");
+    let check = format!(
+        "exec:echo \"$RELAUNCH_GENERATION $RELAUNCH_PIDS\" >> {}; test -f {}",
+        seen.display(),
+        ok.display()
+    );
+    std::fs::write(&ok, "").unwrap();
+    // The address the app binds, held from the start: the check passes
+    // before the app binds, and a served generation's bind is not moved.
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let ctl = app.control().display().to_string();
+    let script = app.script();
+    let p = port.to_string();
+    let args = ["-l", &listen, "--control", &ctl, "--ready", &check];
+    let tail = ["--ready-timeout", "3s", "--", "sh", &script, &p];
+    let _r = Relaunch::start(&[&args[..], &tail[..]].concat());
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let first = wait_serving(addr);
+    std::fs::remove_file(&ok).unwrap();
+    let (code, out, _) = reload(&app);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("its exec: command exited with status 1"),
+        "{out}"
+    );
+    assert_eq!(get(addr).unwrap(), first);
+    std::fs::write(&ok, "").unwrap();
+    let (code, out, _) = reload(&app);
+    assert_eq!(code, Some(0), "{out}");
+    let new = wait_new_pid(addr, &first);
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    let last = seen.lines().last().unwrap();
+    assert!(last.starts_with("3 "), "the generation is named: {seen}");
+    assert!(
+        last.split_whitespace().skip(1).any(|p| p == new),
+        "its pids are named: {seen} (serving: {new})"
+    );
+}
+
+/// Where nothing can be steered, no probe could reach a new generation
+/// alone: a usage error that says why, never a silent "ready".
+#[test]
+fn probes_where_generations_cannot_be_told_apart_are_a_usage_error() {
+    let port = free_port().to_string();
+    let udp = format!("udp:127.0.0.1:{port}");
+    let unix = TempDir::new("health-unix").join("s.sock");
+    let unix = format!("unix:{}", unix.display());
+    for (extra, why) in [
+        (&["--port", &port, "--no-drain"][..], "--no-drain"),
+        (&["--listen", &udp][..], "UDP"),
+        (&["--listen", &unix][..], "Unix"),
+    ] {
+        let mut args = vec!["--ready", "http:/healthz"];
+        args.extend(extra);
+        args.extend(["--", "sleep", "60"]);
+        let (status, log) = run_to_exit(&args, T);
+        assert_eq!(status.code(), Some(2), "{args:?}: {log}");
+        assert!(
+            log.contains("probes a new generation alone") && log.contains(why),
+            "{args:?}: {log}"
+        );
+    }
+}
