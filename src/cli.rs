@@ -128,7 +128,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_drain: bool,
 
-    /// How a new generation shows it is ready: auto, notify, or delay:DURATION
+    /// How a new generation shows it is ready: auto, notify, delay:DURATION, or a probe of it alone before it gets traffic: http:PATH (2xx/3xx), tcp (it accepts), exec:COMMAND (exits 0)
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub ready: String,
 

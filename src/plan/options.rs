@@ -80,7 +80,7 @@ pub fn parse_ready(s: &str) -> Result<ReadyMode> {
     if let Some(cmd) = s.strip_prefix("exec:") {
         if cmd.trim().is_empty() {
             return Err(Error::usage("--ready exec: needs a command")
-                .hint("for example --ready 'exec:curl -fs http://$RELAUNCH_PROBE_ADDRESS/'"));
+                .hint("for example --ready 'exec:test -f /run/app/warm' (docs/deploy.md)"));
         }
         return Ok(ReadyMode::Probe(Probe::Exec(cmd.into())));
     }

@@ -1614,13 +1614,22 @@ impl Driver {
     }
 
     /// `--ready exec:CMD`: `sh -c CMD` as the app's user, forked here (the
-    /// main thread), its exit reaped like any child's (see `reap`).
+    /// main thread), its exit reaped like any child's (see `reap`). It gets
+    /// a connection to the generation alone at fd 3: the held address
+    /// would reach the serving one.
     fn probe_cmd(
         &mut self,
         generation: u64,
         cmd: &str,
         pgids: &[i32],
     ) -> std::result::Result<(), String> {
+        self.sync_listeners();
+        let Some(g) = self.groups.first_mut() else {
+            return Err("the drain is off (said above): no socket of its own to probe".into());
+        };
+        let conn = g
+            .probe(generation, 1)
+            .map_err(|e| format!("cannot connect to its socket alone: {e}"))?;
         let pids: Vec<String> = crate::proc::group_members(pgids)
             .iter()
             .map(|p| p.to_string())
@@ -1628,18 +1637,17 @@ impl Driver {
         let mut env = self.build_env.clone();
         env.push(("RELAUNCH_GENERATION".into(), generation.to_string().into()));
         env.push(("RELAUNCH_PIDS".into(), pids.join(" ").into()));
-        if let Some(l) = self.listeners.first() {
-            env.push(("RELAUNCH_ADDRESS".into(), l.address().into()));
-        }
+        env.push(("RELAUNCH_PROBE_FD".into(), "3".into()));
         let null = std::fs::File::open("/dev/null")
             .map_err(|e| format!("cannot open /dev/null for it: {e}"))?;
         let (out, err) = (std::io::stderr(), std::io::stderr());
+        let fds: Vec<BorrowedFd<'_>> = conn.iter().map(|c| c.as_fd()).collect();
         let args = [OsString::from("-c"), OsString::from(cmd)];
         let spawned = spawn::spawn(&spawn::Request {
             program: "/bin/sh".as_ref(),
             args: &args,
             env: &env,
-            fds: &[],
+            fds: &fds,
             listen_pid: false,
             creds: self.launch.creds.as_ref(),
             intercept: None,

@@ -165,8 +165,11 @@ fn exec_promotes_when_the_command_exits_zero_and_names_the_generation() {
     version(&app, "good", 0.0);
     let ok = app.dir.join("ok");
     let seen = app.dir.join("seen");
+    // fd 3 reaches the new generation alone: its /healthz, not the old one's.
     let check = format!(
-        "exec:echo \"$RELAUNCH_GENERATION $RELAUNCH_PIDS\" >> {}; test -f {}",
+        "exec:echo \"$RELAUNCH_GENERATION $RELAUNCH_PIDS\" >> {}; test -f {} && \
+         printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&$RELAUNCH_PROBE_FD && \
+         head -n 1 <&$RELAUNCH_PROBE_FD | grep -q ' 200 '",
         seen.display(),
         ok.display()
     );
@@ -195,13 +198,19 @@ fn exec_promotes_when_the_command_exits_zero_and_names_the_generation() {
     let (code, out, _) = reload(&app);
     assert_eq!(code, Some(0), "{out}");
     let new = wait_new_pid(addr, &first);
-    let seen = std::fs::read_to_string(&seen).unwrap();
-    let last = seen.lines().last().unwrap();
-    assert!(last.starts_with("3 "), "the generation is named: {seen}");
+    let said = std::fs::read_to_string(&seen).unwrap();
+    let last = said.lines().last().unwrap();
+    assert!(last.starts_with("3 "), "the generation is named: {said}");
     assert!(
         last.split_whitespace().skip(1).any(|p| p == new),
-        "its pids are named: {seen} (serving: {new})"
+        "its pids are named: {said} (serving: {new})"
     );
+    // The bad version's own /healthz fails the check, though the one
+    // serving answers 200 at the held address.
+    version(&app, "bad", 0.0);
+    let (code, out, _) = reload(&app);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(get(addr).unwrap(), new);
 }
 
 /// Where nothing can be steered, no probe could reach a new generation
