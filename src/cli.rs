@@ -136,6 +136,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     pub ready_timeout: String,
 
+    /// Check the serving generation with a probe, as --ready takes it: http:PATH, tcp or exec:COMMAND; --health-failures failures in a row count as a crash
+    #[arg(long, value_name = "PROBE")]
+    pub health: Option<String>,
+
+    /// How often --health checks the serving generation [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub health_every: Option<String>,
+
+    /// How many --health failures in a row count as a crash [default: 3]
+    #[arg(long, value_name = "N")]
+    pub health_failures: Option<u32>,
+
     /// Bind now, start the first generation only when the first connection (or datagram) arrives
     #[arg(long)]
     pub lazy: bool,

@@ -62,6 +62,54 @@ impl std::fmt::Display for Probe {
     }
 }
 
+/// `--health`: the serving generation's check, every `every`; `failures`
+/// in a row count as a crash.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Health {
+    pub probe: Probe,
+    pub every: Duration,
+    pub failures: u32,
+}
+
+/// `--health`, `--health-every` and `--health-failures`; the last two
+/// without the first would be ignored, so they are refused.
+pub fn parse_health(
+    probe: Option<&str>,
+    every: Option<&str>,
+    failures: Option<u32>,
+) -> Result<Option<Health>> {
+    let Some(probe) = probe else {
+        if every.is_some() || failures.is_some() {
+            return Err(Error::usage(
+                "--health-every and --health-failures need --health, which says what to check",
+            )
+            .hint("for example --health http:/healthz --health-every 10s --health-failures 3"));
+        }
+        return Ok(None);
+    };
+    let probe =
+        match parse_ready(probe).map_err(|e| Error::usage(e.msg.replace("--ready", "--health")))? {
+            ReadyMode::Probe(p) => p,
+            _ => {
+                return Err(Error::usage(format!("invalid --health probe {probe:?}"))
+                    .hint("use http:PATH, tcp or exec:COMMAND"));
+            }
+        };
+    let every = parse_timeout("--health-every", every.unwrap_or("10s"))?;
+    let failures = failures.unwrap_or(3);
+    if failures == 0 {
+        return Err(
+            Error::usage("--health-failures 0 would count every check as a crash")
+                .hint("give how many failures in a row count, e.g. --health-failures 3"),
+        );
+    }
+    Ok(Some(Health {
+        probe,
+        every,
+        failures,
+    }))
+}
+
 pub fn parse_ready(s: &str) -> Result<ReadyMode> {
     let hint = "use auto, notify, delay:DURATION (for example delay:2s), http:PATH (for example \
                 http:/healthz), tcp, or exec:COMMAND";
@@ -308,6 +356,31 @@ mod tests {
         );
         assert_eq!(Probe::Http("/h".into()).to_string(), "http:/h");
         assert_eq!(Probe::Exec("true".into()).to_string(), "exec:true");
+    }
+
+    #[test]
+    fn health_checks() {
+        assert_eq!(parse_health(None, None, None).unwrap(), None);
+        let h = parse_health(Some("http:/healthz"), None, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.probe, Probe::Http("/healthz".into()));
+        assert_eq!((h.every, h.failures), (Duration::from_secs(10), 3));
+        let h = parse_health(Some("tcp"), Some("500ms"), Some(5))
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.every, h.failures), (Duration::from_millis(500), 5));
+        for (p, e, f, says) in [
+            (None, Some("1s"), None, "need --health"),
+            (None, None, Some(2), "need --health"),
+            (Some("auto"), None, None, "invalid --health probe"),
+            (Some("http:x"), None, None, "--health \"http:x\""),
+            (Some("tcp"), Some("0s"), None, "--health-every"),
+            (Some("tcp"), None, Some(0), "--health-failures 0"),
+        ] {
+            let err = parse_health(p, e, f).unwrap_err();
+            assert!(err.msg.contains(says), "{p:?} {e:?} {f:?}: {err}");
+        }
     }
 
     #[test]

@@ -132,7 +132,7 @@ struct Resources {
 /// How the supervisor starts.
 enum Start {
     /// Afresh, with this config, told [`Event::Start`].
-    Fresh(Config),
+    Fresh(Box<Config>),
     /// Where an earlier image left it, with what it still owes.
     Adopted(Box<Adopted>),
 }
@@ -219,7 +219,7 @@ pub async fn run(boot: Boot) -> Result<i32> {
     let mut rt = match start {
         Start::Fresh(cfg) => {
             let mut rt = Runtime {
-                core: Supervisor::new(cfg),
+                core: Supervisor::new(*cfg),
                 os: driver,
             };
             step(&mut rt, Event::Start);
@@ -335,7 +335,7 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
         build_env,
         watcher,
         gauge,
-        start: Start::Fresh(cfg),
+        start: Start::Fresh(Box::new(cfg)),
     })
 }
 
@@ -371,10 +371,10 @@ fn open_listeners(
         Some(_) => group::membership(&plan.listeners, on_demand),
         None => Err("--no-drain: the generations share one socket, with no steering".into()),
     };
-    if let ReadyMode::Probe(p) = &plan.ready
-        && let Err(why) = &membership
+    if let Err(why) = &membership
+        && let Some(what) = probes(plan)
     {
-        return Err(probe_needs_steering(p, why));
+        return Err(probe_needs_steering(&what, why));
     }
     let membership = match membership {
         Ok(m) => Some(m),
@@ -401,27 +401,43 @@ fn open_listeners(
         Some(_) => group::groups(&opened.listeners, plan.backlog, kept),
         None => Vec::new(),
     };
-    if let ReadyMode::Probe(p) = &plan.ready
+    if let Some(what) = probes(plan)
         && groups.is_empty()
     {
         return Err(Error::runtime(format!(
-            "--ready {p} probes a new generation alone, through sockets of its own, and the \
-             listeners cannot have them: the drain is off (said above)"
+            "{what} probes one generation alone, through its own sockets, and the listeners \
+             cannot have them: the drain is off (said above)"
         ))
-        .hint("use --ready auto or notify, or fix what keeps the drain off"));
+        .hint("drop it, or fix what keeps the drain off"));
     }
     Ok((opened, groups, dropped))
 }
 
-/// `--ready http:`, `tcp` or `exec:` where nothing can be steered: no
-/// probe could reach a new generation alone.
-fn probe_needs_steering(p: &Probe, why: &str) -> Error {
+/// The options that probe a generation alone (`--ready http:`, `tcp`,
+/// `exec:`; `--health`), as given.
+fn probes(plan: &plan::Plan) -> Option<String> {
+    let ready = match &plan.ready {
+        ReadyMode::Probe(p) => Some(format!("--ready {p}")),
+        _ => None,
+    };
+    let health = plan
+        .health
+        .as_ref()
+        .map(|h| format!("--health {}", h.probe));
+    match (ready, health) {
+        (Some(r), Some(h)) => Some(format!("{r} (and {h})")),
+        (r, h) => r.or(h),
+    }
+}
+
+/// A probe where nothing can be steered: it could not reach one
+/// generation alone.
+fn probe_needs_steering(what: &str, why: &str) -> Error {
     Error::usage(format!(
-        "--ready {p} probes a new generation alone, before any connection is steered to it, \
-         and that needs each generation's own socket in a group relaunch steers; here \
-         {why}"
+        "{what} probes one generation alone, before any connection is steered to it, and \
+         that needs each generation's own socket in a group relaunch steers; here {why}"
     ))
-    .hint("use --ready auto, notify or delay:DURATION here")
+    .hint("use --ready auto, notify or delay:DURATION, and no --health, here")
 }
 
 /// The drain's other sockets the fd store gave back, per listener in slot
@@ -721,6 +737,7 @@ fn config(plan: &plan::Plan, listeners: &[Listener], drains: bool) -> Config {
             ReadyMode::Probe(p) => Some(p.clone()),
             _ => None,
         },
+        health: plan.health.clone(),
         ready_timeout: plan.ready_timeout,
         intercept_remedy: Some(intercept_remedy(plan.intercept, listeners)),
         listeners: listener_info,

@@ -68,7 +68,7 @@ pub const PROBE_EVERY: Duration = Duration::from_millis(200);
 /// its socket just before the switch completes there (loopback: at once;
 /// the watch also waits for every handshake it saw at the first look).
 const DRAIN_SETTLE: Duration = Duration::from_millis(200);
-use crate::plan::options::{Probe, Restart};
+use crate::plan::options::{Health, Probe, Restart};
 use crate::sockets::drain::Busy;
 use crate::supervise::backoff::{self, Backoff, Next};
 use crate::supervise::handover::CHECK_DEADLINE;
@@ -262,6 +262,9 @@ pub struct Config {
     /// a probe of it alone passes.
     #[serde(default)]
     pub ready_probe: Option<Probe>,
+    /// `--health`: checks of the serving generation.
+    #[serde(default)]
+    pub health: Option<Health>,
     pub ready_timeout: Duration,
     /// The hint's first remedy, about the interception of the child's own
     /// bind() (why it did not apply and what to change), when there is one.
@@ -652,10 +655,14 @@ struct DrainWatch {
     failed: bool,
 }
 
-/// The probes of one generation.
+/// The probes of one generation: for its readiness, or its health
+/// (`--health`, once it serves).
 #[derive(Debug, Clone)]
 struct Probing {
     generation: u64,
+    health: bool,
+    /// Health checks failed in a row.
+    failures: u32,
     /// The next probe starts then; None while one runs.
     due: Option<Instant>,
     /// What the last probe found, for the log and a failed reload.
@@ -2596,22 +2603,47 @@ impl Supervisor {
             .then_some(generation)
     }
 
-    /// Keeps the probes of [`Supervisor::to_probe`]'s generation going: one
-    /// at a time, [`PROBE_EVERY`] apart. Probes of a generation that needs
-    /// none any more (ready, failed, gone) end.
+    /// What to probe now, and whether for its health: a generation that
+    /// starts ([`Supervisor::to_probe`]); else, with `--health`, the
+    /// serving one while it simply serves (not while a reload, a backoff
+    /// or a restarted worker's start is under way).
+    fn probe_wanted(&self) -> Option<(u64, bool)> {
+        if let Some(generation) = self.to_probe() {
+            return Some((generation, false));
+        }
+        self.kept.cfg.health.as_ref()?;
+        (self.doing() == Doing::Serving && self.others_serve(None))
+            .then_some((self.kept.serving, true))
+    }
+
+    /// Keeps the probes of [`Supervisor::probe_wanted`] going: one at a
+    /// time, [`PROBE_EVERY`] apart for readiness, `--health-every` for
+    /// health. Probes no longer wanted (ready, failed, gone) end.
     fn probe_due(&mut self, os: &mut impl Spawner, now: Instant) {
-        let want = self.to_probe();
-        if let Some(p) = self.probing.take_if(|p| Some(p.generation) != want) {
+        let want = self.probe_wanted();
+        if let Some(p) = self
+            .probing
+            .take_if(|p| Some((p.generation, p.health)) != want)
+        {
             self.out.push(Effect::EndProbe {
                 generation: p.generation,
             });
         }
-        let (Some(generation), Some(probe)) = (want, self.kept.cfg.ready_probe.clone()) else {
+        let Some((generation, health)) = want else {
             return;
+        };
+        let (probe, first) = match (health, &self.kept.cfg.health) {
+            (true, Some(h)) => (h.probe.clone(), now + h.every),
+            _ => match &self.kept.cfg.ready_probe {
+                Some(p) => (p.clone(), now),
+                None => return,
+            },
         };
         let p = self.probing.get_or_insert(Probing {
             generation,
-            due: Some(now),
+            health,
+            failures: 0,
+            due: Some(first),
             last: None,
         });
         if p.due.is_none_or(|t| t > now) {
@@ -2655,6 +2687,10 @@ impl Supervisor {
         else {
             return;
         };
+        if p.health {
+            self.on_health(generation, result, now);
+            return;
+        }
         p.due = Some(now + PROBE_EVERY);
         match result {
             Ok(how) => {
@@ -2680,6 +2716,54 @@ impl Supervisor {
         }
     }
 
+    /// A health check of the serving `generation` ended. `--health-failures`
+    /// in a row count as a crash: its workers are killed, and restart as
+    /// after any crash (the restart policy, the backoff).
+    fn on_health(&mut self, generation: u64, result: Result<String, String>, now: Instant) {
+        let (Some(h), Some(p)) = (&self.kept.cfg.health, &mut self.probing) else {
+            return;
+        };
+        p.due = Some(now + h.every);
+        let why = match result {
+            Ok(how) => {
+                if p.failures > 0 {
+                    info!(generation, "healthy again: {how}");
+                }
+                p.failures = 0;
+                p.last = Some(how);
+                return;
+            }
+            Err(why) => why,
+        };
+        p.failures += 1;
+        let (n, limit) = (p.failures, h.failures);
+        p.last = Some(why.clone());
+        warn!(
+            generation,
+            "health check failed ({n} of {limit} in a row): {why}"
+        );
+        if n < limit {
+            return;
+        }
+        p.failures = 0;
+        error!(
+            generation,
+            "generation {generation} failed {n} health checks in a row (the last: {why}): \
+             killing its workers, which restart as after a crash"
+        );
+        let pids: Vec<i32> = self
+            .kept
+            .children
+            .iter()
+            .filter(|c| c.generation == generation && c.alive())
+            .filter(|c| !matches!(c.state, State::Stopping { .. }))
+            .map(|c| c.pid)
+            .collect();
+        for pid in pids {
+            self.signal(pid, Signal::SIGKILL);
+        }
+    }
+
     /// What the probes of `generation` found last, for a message; None
     /// without `--ready http:`, `tcp` or `exec:`.
     fn probe_said(&self, generation: u64) -> Option<String> {
@@ -2687,7 +2771,7 @@ impl Supervisor {
         let last = self
             .probing
             .as_ref()
-            .filter(|p| p.generation == generation)
+            .filter(|p| p.generation == generation && !p.health)
             .and_then(|p| p.last.clone());
         Some(last.unwrap_or_else(|| format!("no --ready {probe} probe of it has ended yet")))
     }

@@ -232,8 +232,63 @@ fn probes_where_generations_cannot_be_told_apart_are_a_usage_error() {
         let (status, log) = run_to_exit(&args, T);
         assert_eq!(status.code(), Some(2), "{args:?}: {log}");
         assert!(
-            log.contains("probes a new generation alone") && log.contains(why),
+            log.contains("probes one generation alone") && log.contains(why),
             "{args:?}: {log}"
         );
     }
+}
+
+/// `--health`: the serving generation's checks; 3 failures in a row count
+/// as a crash, and its worker restarts.
+#[test]
+fn a_serving_generation_that_fails_its_health_checks_is_restarted() {
+    if !require_tool("python3") {
+        return;
+    }
+    let app = App::new("health-serving", "");
+    let sick = app.dir.join("sick");
+    version(&app, &format!("unless:{}", sick.display()), 0.0);
+    let opts = ["--health", "http:/healthz", "--health-every", "100ms"];
+    let (r, addr, first) = start(&app, &opts);
+    // Healthy: checked, and left alone.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(get(addr).unwrap(), first);
+    assert_eq!(r.log.count("health check failed"), 0, "{}", r.log.text());
+    std::fs::write(&sick, "").unwrap();
+    r.log.wait("failed 3 health checks in a row", T);
+    std::fs::remove_file(&sick).unwrap();
+    let new = wait_new_pid(addr, &first);
+    assert!(
+        !pid_alive(first.parse().unwrap()),
+        "the sick worker is gone"
+    );
+    let log = r.log.text();
+    assert!(
+        log.contains("health check failed (1 of 3 in a row): GET /healthz answered 500"),
+        "{log}"
+    );
+    assert_eq!(get(addr).unwrap(), new, "its restart serves");
+}
+
+#[test]
+fn health_options_without_health_are_refused() {
+    let (status, log) = run_to_exit(&["--port", "0", "--health-every", "1s", "--", "true"], T);
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("need --health"), "{log}");
+    let port = free_port().to_string();
+    let args = [
+        "--port",
+        &port,
+        "--no-drain",
+        "--health",
+        "tcp",
+        "--",
+        "true",
+    ];
+    let (status, log) = run_to_exit(&args, T);
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("--health tcp probes one generation alone"),
+        "{log}"
+    );
 }

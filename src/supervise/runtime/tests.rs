@@ -237,6 +237,7 @@ fn cfg() -> Config {
         ready_delay: None,
         ready_auto: true,
         ready_probe: None,
+        health: None,
         ready_timeout: Duration::from_secs(60),
         intercept_remedy: None,
         listeners: Vec::new(),

@@ -194,6 +194,7 @@ fn cfg(workers: usize) -> Config {
         ready_delay: None,
         ready_auto: true,
         ready_probe: None,
+        health: None,
         ready_timeout: Duration::from_secs(60),
         intercept_remedy: Some("drop --no-intercept".into()),
         listeners: Vec::new(),

@@ -2,6 +2,7 @@
 //! is ready when a probe of it alone passes, and never promoted otherwise.
 
 use super::*;
+use crate::counts::RestartReason;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -187,4 +188,102 @@ fn a_new_generation_that_exits_ends_its_probe() {
     s.t_probed(2, Ok("GET /healthz answered 200 OK"), t0 + ms(40));
     assert!(s.os.steered.is_empty());
     assert_eq!(s.kept.serving, 1);
+}
+
+/// `--health http:/healthz --health-every 1s --health-failures 3` under
+/// `--ready auto`: generation 1 (pids 101, 102) serving.
+fn checked() -> (Sim, Instant) {
+    let mut s = Sim::new(Config {
+        drain: Some(Duration::from_secs(10)),
+        health: Some(Health {
+            probe: Probe::Http("/healthz".into()),
+            every: Duration::from_secs(1),
+            failures: 3,
+        }),
+        ..cfg(2)
+    });
+    s.os.own_sockets = true;
+    let t0 = Instant::now();
+    s.t_start(t0);
+    assert!(s.os.probes.is_empty(), "no health check before it serves");
+    s.t_ready(101, t0);
+    s.t_ready(102, t0);
+    assert_eq!(s.state(), "serving");
+    (s, t0)
+}
+
+const SEC: Duration = Duration::from_secs(1);
+
+#[test]
+fn failed_health_checks_in_a_row_count_as_a_crash_and_a_pass_resets_them() {
+    let (mut s, t0) = checked();
+    assert_eq!(
+        s.next_deadline(),
+        Some(t0 + SEC),
+        "the first check, a period on"
+    );
+    s.t_timer(t0 + SEC);
+    assert_eq!(s.os.probes, [(1, vec![101, 102])]);
+    s.t_probed(1, Err("GET /healthz answered 500"), t0 + SEC);
+    s.t_timer(t0 + 2 * SEC);
+    s.t_probed(1, Err("GET /healthz answered 500"), t0 + 2 * SEC);
+    s.t_timer(t0 + 3 * SEC);
+    s.t_probed(1, Ok("GET /healthz answered 200 OK"), t0 + 3 * SEC);
+    for n in 4..6 {
+        s.t_timer(t0 + n * SEC);
+        s.t_probed(1, Err("no answer"), t0 + n * SEC);
+    }
+    assert!(
+        s.os.signals.is_empty(),
+        "two failures in a row since the pass"
+    );
+    s.t_timer(t0 + 6 * SEC);
+    s.t_probed(1, Err("no answer"), t0 + 6 * SEC);
+    assert_eq!(
+        s.os.signals,
+        [(101, Signal::SIGKILL), (102, Signal::SIGKILL)],
+        "the third in a row: its workers are killed"
+    );
+    // They exit as crashed, and restart (no checks meanwhile).
+    s.t_exit(101, ExitStatus::Signal(9), t0 + 6 * SEC);
+    s.t_exit(102, ExitStatus::Signal(9), t0 + 6 * SEC);
+    assert!(s.os.probes_ended.contains(&1));
+    let due = s.next_deadline().unwrap();
+    s.t_timer(due);
+    assert_eq!(s.os.spawned.len(), 4, "both restarted");
+    assert_eq!(s.os.probes.len(), 6, "no health check while they start");
+    assert_eq!(
+        s.os.counts
+            .iter()
+            .filter(|c| **c == Count::Restart(RestartReason::Signal))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn health_checks_pause_during_a_reload_and_then_check_the_new_generation() {
+    let (mut s, t0) = checked();
+    s.t_timer(t0 + SEC);
+    assert_eq!(s.os.probes.len(), 1);
+    let _answer = s.t_reload_client(t0 + SEC);
+    assert_eq!(s.os.probes_ended, [1], "the check of generation 1 ends");
+    // A late answer is not counted.
+    s.t_probed(1, Err("late"), t0 + SEC);
+    s.t_ready(103, t0 + 2 * SEC);
+    s.t_ready(104, t0 + 2 * SEC);
+    assert_eq!(s.kept.serving, 2);
+    assert_eq!(s.os.probes.len(), 1, "none during the reload");
+    s.run(
+        Event::Drained {
+            generation: 2,
+            busy: Ok(Default::default()),
+        },
+        t0 + 3 * SEC,
+    );
+    s.t_exit(101, ExitStatus::Signal(15), t0 + 3 * SEC);
+    s.t_exit(102, ExitStatus::Signal(15), t0 + 3 * SEC);
+    assert_eq!(s.state(), "serving");
+    s.t_timer(t0 + 4 * SEC);
+    assert_eq!(s.os.probes.last(), Some(&(2, vec![103, 104])));
 }
