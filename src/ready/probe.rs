@@ -41,6 +41,12 @@ impl Conn {
             opened: Instant::now(),
         }
     }
+
+    /// Still worth waiting on: an answer after [`KEEP_FOR`] would tell of
+    /// another time (a `--health` check ten seconds ago).
+    pub fn fresh(&self) -> bool {
+        self.opened.elapsed() < KEEP_FOR
+    }
 }
 
 /// What one look found: the connection to keep for the next one, if any,
@@ -77,7 +83,7 @@ fn http(mut conn: Conn, path: &str) -> (Option<Conn>, Result<String, String>) {
         }
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            let keep = conn.opened.elapsed() < KEEP_FOR;
+            let keep = conn.fresh();
             let why = format!("{what}: no answer within {} ms", PROBE_WAIT.as_millis());
             return (keep.then_some(conn), Err(why));
         }
@@ -298,6 +304,14 @@ mod tests {
             "{req}"
         );
         assert!(req.ends_with("\r\n\r\n"), "sent once, whole: {req:?}");
+    }
+
+    #[test]
+    fn a_kept_connection_is_fresh_only_for_a_while() {
+        let (_l, mut conn) = pair();
+        assert!(conn.fresh());
+        conn.opened -= KEEP_FOR;
+        assert!(!conn.fresh());
     }
 
     #[test]

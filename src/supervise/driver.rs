@@ -1630,6 +1630,20 @@ impl Driver {
         }
     }
 
+    /// A connection of relaunch's own to `generation` alone, on the first
+    /// listener's group: a probe answers for the generation.
+    fn probe_connection(&mut self, generation: u64) -> std::result::Result<Socket, String> {
+        // A listener interception moved has a new group.
+        self.sync_listeners();
+        let Some(g) = self.groups.first_mut() else {
+            return Err("the drain is off (said above): no socket of its own to probe".into());
+        };
+        g.probe(generation, 1)
+            .map_err(|e| format!("cannot connect to its socket alone: {e}"))?
+            .pop()
+            .ok_or_else(|| "no probe connection was made".into())
+    }
+
     /// `--ready exec:CMD`: `sh -c CMD` as the app's user, forked here (the
     /// main thread), its exit reaped like any child's (see `reap`). It gets
     /// a connection to the generation alone at fd 3: the held address
@@ -1640,13 +1654,7 @@ impl Driver {
         cmd: &str,
         pgids: &[i32],
     ) -> std::result::Result<(), String> {
-        self.sync_listeners();
-        let Some(g) = self.groups.first_mut() else {
-            return Err("the drain is off (said above): no socket of its own to probe".into());
-        };
-        let conn = g
-            .probe(generation, 1)
-            .map_err(|e| format!("cannot connect to its socket alone: {e}"))?;
+        let conn = self.probe_connection(generation)?;
         let pids: Vec<String> = crate::proc::group_members(pgids)
             .iter()
             .map(|p| p.to_string())
@@ -1658,7 +1666,7 @@ impl Driver {
         let null = std::fs::File::open("/dev/null")
             .map_err(|e| format!("cannot open /dev/null for it: {e}"))?;
         let (out, err) = (std::io::stderr(), std::io::stderr());
-        let fds: Vec<BorrowedFd<'_>> = conn.iter().map(|c| c.as_fd()).collect();
+        let fds = [conn.as_fd()];
         let args = [OsString::from("-c"), OsString::from(cmd)];
         let spawned = spawn::spawn(&spawn::Request {
             program: "/bin/sh".as_ref(),
@@ -1842,20 +1850,10 @@ impl Spawner for Driver {
         if let Probe::Exec(cmd) = probe {
             return self.probe_cmd(generation, cmd, pgids);
         }
-        // A listener interception moved has a new group.
-        self.sync_listeners();
-        // The first listener's: a probe answers for the generation.
-        let Some(g) = self.groups.first_mut() else {
-            return Err("the drain is off (said above): no socket of its own to probe".into());
-        };
-        let conn = match self.probe_conns.remove(&generation) {
+        let kept = self.probe_conns.remove(&generation);
+        let conn = match kept.filter(probe::Conn::fresh) {
             Some(c) => c,
-            None => {
-                let mut made = g
-                    .probe(generation, 1)
-                    .map_err(|e| format!("cannot connect to its socket alone: {e}"))?;
-                probe::Conn::new(made.pop().ok_or("no probe connection was made")?)
-            }
+            None => probe::Conn::new(self.probe_connection(generation)?),
         };
         let (probe, pgids) = (probe.clone(), pgids.to_vec());
         let tx = self.probed.0.clone();
