@@ -990,6 +990,9 @@ fn resume(mut driver: Driver, a: Adopted) -> Runtime<Driver> {
     rt.core.tell_serving();
     let fx = rt.core.effects();
     runtime::apply(&mut rt, fx);
+    // What the old image had under way without a deadline of its own (a
+    // health probe, which is not carried) starts again now.
+    step(&mut rt, Event::Timer);
     for (request, fd) in a.requests {
         match control::Reply::adopt(fd) {
             Ok(reply) => {

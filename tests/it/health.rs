@@ -292,3 +292,38 @@ fn health_options_without_health_are_refused() {
         "{log}"
     );
 }
+
+/// `relaunch upgrade` while a new generation is being probed: the new
+/// image probes it afresh and promotes it once healthy, well before the
+/// ready timeout.
+#[test]
+fn an_upgrade_during_a_probed_reload_carries_it_through() {
+    if !require_tool("python3") {
+        return;
+    }
+    let app = App::new("health-upgrade", "");
+    version(&app, "good", 0.0);
+    let opts = ["--ready", "http:/healthz", "--ready-timeout", "20s"];
+    let (r, addr, first) = start(&app, &opts);
+    // Accepts 2 s after it starts: the upgrade comes meanwhile.
+    version(&app, "good", 2.0);
+    let reloading = {
+        let ctl = app.control().display().to_string();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let (code, out) = cli(&["reload", "--control", &ctl], T);
+            (code, out, t.elapsed())
+        })
+    };
+    r.log.wait("generation=2 worker=0", T);
+    let ctl = app.control().display().to_string();
+    let (code, out) = cli(&["upgrade", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out, took) = reloading.join().unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        took < Duration::from_secs(10),
+        "promoted once healthy: {took:?}"
+    );
+    wait_new_pid(addr, &first);
+}

@@ -287,3 +287,16 @@ fn health_checks_pause_during_a_reload_and_then_check_the_new_generation() {
     s.t_timer(t0 + 4 * SEC);
     assert_eq!(s.os.probes.last(), Some(&(2, vec![103, 104])));
 }
+
+#[test]
+fn an_upgrade_during_a_probed_reload_probes_afresh_and_promotes() {
+    let (s, t0, _answer) = reloading();
+    let (mut n, _) = upgraded(&s);
+    assert_eq!(n.config().ready_probe, Some(Probe::Http("/healthz".into())));
+    // The resumed loop looks at what is due at once (see `driver::resume`).
+    n.t_timer(t0 + ms(5));
+    assert_eq!(n.os.probes, [(2, vec![102])], "probed afresh");
+    n.t_probed(2, Ok("GET /healthz answered 200 OK"), t0 + ms(10));
+    assert_eq!(n.os.steered, [2]);
+    assert_eq!(n.kept.serving, 2);
+}
