@@ -16,6 +16,9 @@ use crate::proc;
 
 /// How long one look waits for an answer (or, for `tcp`, an accept).
 pub const PROBE_WAIT: Duration = Duration::from_secs(1);
+/// How long a probe's connect may take, on the loop's thread (loopback:
+/// microseconds, unless the queue is full and the handshake dropped).
+pub const CONNECT_WAIT: Duration = Duration::from_millis(100);
 /// How long an unanswered `http` connection is waited on across looks
 /// before a fresh one is tried (the app may have taken it and hung).
 const KEEP_FOR: Duration = Duration::from_secs(5);

@@ -124,7 +124,7 @@ pub fn groups(listeners: &[Listener], backlog: i32, stored: Vec<Vec<Socket>>) ->
 }
 
 /// How long a probe of a new member's slot may take (loopback: microseconds).
-const PROBE_WAIT: Duration = Duration::from_secs(1);
+pub const PROBE_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Member {
@@ -349,13 +349,14 @@ impl Group {
     /// nothing else reaches before it serves: a server that only ever
     /// shows readiness by accepting (one that polls a non-blocking accept)
     /// has something to accept. Each stays open, sending nothing, until
-    /// dropped.
-    pub fn probe(&mut self, generation: u64, n: usize) -> io::Result<Vec<Socket>> {
+    /// dropped. Each connect may take `wait`: a queue that is full drops
+    /// the handshake, and the caller's thread waits that long.
+    pub fn probe(&mut self, generation: u64, n: usize, wait: Duration) -> io::Result<Vec<Socket>> {
         let slot = self.slot_of(generation)?;
         (0..n)
             .map(|_| {
                 self.with_probe(slot, |sock, dest| {
-                    sock.connect_timeout(&dest.into(), PROBE_WAIT)?;
+                    sock.connect_timeout(&dest.into(), wait)?;
                     Ok(sock)
                 })
             })
@@ -556,7 +557,7 @@ mod tests {
         let mut g = Group::new(home(), 128).unwrap();
         let one = g.socket_for(1);
         let two = g.open(2).unwrap();
-        let probes = g.probe(2, 3).unwrap();
+        let probes = g.probe(2, 3, PROBE_WAIT).unwrap();
         assert_eq!(probes.len(), 3);
         two.set_nonblocking(true).unwrap();
         for _ in 0..3 {
@@ -567,6 +568,22 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(lands(&g, &[&one, &two]), 0, "the route is unchanged");
         }
+    }
+
+    #[test]
+    fn a_probe_of_a_full_queue_gives_up_within_its_wait() {
+        let mut g = Group::new(home(), 1).unwrap();
+        g.socket_for(1);
+        g.open(2).unwrap();
+        // A backlog of 1 holds 2; the third handshake is dropped.
+        let _full = g.probe(2, 2, PROBE_WAIT).unwrap();
+        let t = std::time::Instant::now();
+        assert!(g.probe(2, 1, Duration::from_millis(100)).is_err());
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     /// A v6-only [::] home (an app that asked for IPV6_V6ONLY): its new
@@ -637,7 +654,7 @@ mod tests {
         let mut g = Group::new(home(), 128).unwrap();
         g.socket_for(1);
         let two = g.open(2).unwrap();
-        let _probes = g.probe(2, 2).unwrap();
+        let _probes = g.probe(2, 2, PROBE_WAIT).unwrap();
         assert_eq!(
             g.release(2),
             2,

@@ -1641,8 +1641,15 @@ impl Driver {
         let Some(g) = self.groups.first_mut() else {
             return Err("the drain is off (said above): no socket of its own to probe".into());
         };
-        g.probe(generation, 1)
-            .map_err(|e| format!("cannot connect to its socket alone: {e}"))?
+        g.probe(generation, 1, probe::CONNECT_WAIT)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::TimedOut => format!(
+                    "a probe connection was not taken into its accept queue within {} ms (the \
+                     queue is full)",
+                    probe::CONNECT_WAIT.as_millis()
+                ),
+                _ => format!("cannot connect to its socket alone: {e}"),
+            })?
             .pop()
             .ok_or_else(|| "no probe connection was made".into())
     }
@@ -1811,7 +1818,7 @@ impl Spawner for Driver {
                         );
                     }
                     own.push(Some(s));
-                    match g.probe(generation, probes) {
+                    match g.probe(generation, probes, group::PROBE_WAIT) {
                         Ok(p) => self.probes.entry(generation).or_default().extend(p),
                         Err(e) => warn!(
                             generation,

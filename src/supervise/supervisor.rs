@@ -2656,18 +2656,10 @@ impl Supervisor {
             .filter(|c| c.generation == generation && c.alive())
             .map(|c| c.pid)
             .collect();
-        let started = os.probe(generation, &probe, &pgids);
-        if let Some(p) = &mut self.probing {
-            match started {
-                Ok(()) => p.due = None,
-                Err(e) => {
-                    if p.last.as_ref() != Some(&e) {
-                        warn!(generation, "cannot probe generation {generation}: {e}");
-                    }
-                    p.last = Some(e);
-                    p.due = Some(now + PROBE_EVERY);
-                }
-            }
+        p.due = None;
+        // One that cannot start failed, as far as the generation goes.
+        if let Err(e) = os.probe(generation, &probe, &pgids) {
+            self.on_probed(os, generation, Err(format!("cannot probe it: {e}")), now);
         }
     }
 

@@ -300,3 +300,16 @@ fn an_upgrade_during_a_probed_reload_probes_afresh_and_promotes() {
     assert_eq!(n.os.steered, [2]);
     assert_eq!(n.kept.serving, 2);
 }
+
+#[test]
+fn a_health_check_that_cannot_start_counts_as_failed() {
+    let (mut s, t0) = checked();
+    s.os.probe_fails = Some("its accept queue is full".into());
+    for n in 1..=3 {
+        s.t_timer(t0 + n * SEC);
+    }
+    assert_eq!(
+        s.os.signals,
+        [(101, Signal::SIGKILL), (102, Signal::SIGKILL)]
+    );
+}
