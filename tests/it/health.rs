@@ -327,3 +327,28 @@ fn an_upgrade_during_a_probed_reload_carries_it_through() {
     );
     wait_new_pid(addr, &first);
 }
+
+/// The first generation has nothing to fall back on: not healthy by
+/// `--ready-timeout`, it is taken as serving with the probe's result said,
+/// and probed on until it passes.
+#[test]
+fn a_first_generation_never_healthy_serves_with_a_warning_and_is_probed_on() {
+    if !require_tool("python3") {
+        return;
+    }
+    let app = App::new("health-first", "");
+    let sick = app.dir.join("sick");
+    std::fs::write(&sick, "").unwrap();
+    version(&app, &format!("unless:{}", sick.display()), 0.0);
+    let opts = ["--ready", "http:/healthz", "--ready-timeout", "1s"];
+    let (r, addr, first) = start(&app, &opts);
+    let said = r.log.wait("not healthy within 1s", T);
+    assert!(
+        said.contains("(GET /healthz answered 500 Internal Server Error)"),
+        "{said}"
+    );
+    r.log.wait("serving: generation 1", T);
+    std::fs::remove_file(&sick).unwrap();
+    r.log.wait("ready after", T);
+    assert_eq!(get(addr).unwrap(), first);
+}
