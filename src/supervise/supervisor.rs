@@ -1078,7 +1078,26 @@ impl Supervisor {
             escaped: self.escaped().collect(),
             watch: self.watch_status(now),
             draining: self.draining(now),
+            probe: self.probe_status(),
         }
+    }
+
+    /// What `status` says of the probes under way.
+    fn probe_status(&self) -> Option<String> {
+        let p = self.probing.as_ref()?;
+        let (flag, probe) = match (p.health, &self.kept.cfg.health) {
+            (true, Some(h)) => ("--health", &h.probe),
+            _ => ("--ready", self.kept.cfg.ready_probe.as_ref()?),
+        };
+        let last = p.last.as_deref().unwrap_or("no probe has ended yet");
+        let failures = match p.failures {
+            0 => String::new(),
+            n => format!(" ({n} failure(s) in a row)"),
+        };
+        Some(format!(
+            "generation {}, {flag} {probe}: {last}{failures}",
+            p.generation
+        ))
     }
 
     fn draining(&self, now: Instant) -> Option<control::DrainInfo> {

@@ -46,6 +46,25 @@ fn start(app: &App, options: &[&str]) -> (Relaunch, SocketAddr, String) {
     (r, addr, first)
 }
 
+/// `relaunch -l 0.0.0.0:P --control C OPTIONS -- sh APP P`: the address
+/// the app binds, held from the start, so interception never moves it
+/// (a probe that passes before the app binds would otherwise see a served
+/// generation's bind refused); the first answer's pid.
+fn start_at(app: &App, options: &[&str]) -> (Relaunch, SocketAddr, String) {
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let ctl = app.control().display().to_string();
+    let script = app.script();
+    let p = port.to_string();
+    let mut args = vec!["-l", &listen, "--control", &ctl];
+    args.extend(options);
+    args.extend(["--", "sh", &script, &p]);
+    let r = Relaunch::start(&args);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let first = wait_serving(addr);
+    (r, addr, first)
+}
+
 fn reload(app: &App) -> (Option<i32>, String, Duration) {
     let ctl = app.control().display().to_string();
     let t = Instant::now();
@@ -78,19 +97,33 @@ fn an_unhealthy_version_is_never_promoted_and_a_healthy_one_is_under_load() {
     }
     let app = App::new("health-http", "");
     version(&app, "good", 0.0);
-    let (r, addr, first) = start(&app, &["--ready", "http:/healthz", "--ready-timeout", "3s"]);
+    // Time for a Python app to start on a loaded machine.
+    let (r, addr, first) = start(&app, &["--ready", "http:/healthz", "--ready-timeout", "6s"]);
     r.log.wait("ready after", T);
     let load = Load::start(addr, CLIENTS);
 
     version(&app, "bad", 0.0);
     let before = descendants(r.pid());
-    let (code, out, took) = reload(&app);
+    let reloading = {
+        let ctl = app.control().display().to_string();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let (code, out) = cli(&["reload", "--control", &ctl], T);
+            (code, out, t.elapsed())
+        })
+    };
+    // Meanwhile `status` says why it is not promoted yet.
+    let want = "probe: generation 2, --ready http:/healthz: GET /healthz answered 500";
+    wait_for("status to show the probe's answer", T, || {
+        status(&app.control()).contains(want).then_some(())
+    });
+    let (code, out, took) = reloading.join().unwrap();
     assert_eq!(code, Some(1), "the bad version's reload fails: {out}");
     assert!(
         out.contains("GET /healthz answered 500 Internal Server Error"),
         "the reason is the last probe's answer: {out}"
     );
-    assert!(took >= Duration::from_secs(3), "probed until the timeout");
+    assert!(took >= Duration::from_secs(6), "probed until the timeout");
     assert_eq!(get(addr).unwrap(), first, "the old version serves on");
     wait_for("the bad version to be stopped", T, || {
         (descendants(r.pid()).len() <= before.len()).then_some(())
@@ -119,7 +152,8 @@ fn tcp_waits_until_the_app_accepts_and_fails_for_one_that_never_does() {
     }
     let app = App::new("health-tcp", "");
     version(&app, "good", 0.0);
-    let (r, addr, first) = start(&app, &["--ready", "tcp", "--ready-timeout", "4s"]);
+    let (r, addr, first) = start(&app, &["--ready", "tcp", "--ready-timeout", "8s"]);
+    r.log.wait("ready after", T);
     let load = Load::start(addr, CLIENTS);
 
     // Listens at once, accepts 2 s later.
@@ -174,18 +208,7 @@ fn exec_promotes_when_the_command_exits_zero_and_names_the_generation() {
         ok.display()
     );
     std::fs::write(&ok, "").unwrap();
-    // The address the app binds, held from the start: the check passes
-    // before the app binds, and a served generation's bind is not moved.
-    let port = free_port();
-    let listen = format!("0.0.0.0:{port}");
-    let ctl = app.control().display().to_string();
-    let script = app.script();
-    let p = port.to_string();
-    let args = ["-l", &listen, "--control", &ctl, "--ready", &check];
-    let tail = ["--ready-timeout", "3s", "--", "sh", &script, &p];
-    let _r = Relaunch::start(&[&args[..], &tail[..]].concat());
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let first = wait_serving(addr);
+    let (_r, addr, first) = start_at(&app, &["--ready", &check, "--ready-timeout", "6s"]);
     std::fs::remove_file(&ok).unwrap();
     let (code, out, _) = reload(&app);
     assert_eq!(code, Some(1), "{out}");
@@ -305,6 +328,7 @@ fn an_upgrade_during_a_probed_reload_carries_it_through() {
     version(&app, "good", 0.0);
     let opts = ["--ready", "http:/healthz", "--ready-timeout", "20s"];
     let (r, addr, first) = start(&app, &opts);
+    r.log.wait("ready after", T);
     // Accepts 2 s after it starts: the upgrade comes meanwhile.
     version(&app, "good", 2.0);
     let reloading = {
@@ -340,9 +364,9 @@ fn a_first_generation_never_healthy_serves_with_a_warning_and_is_probed_on() {
     let sick = app.dir.join("sick");
     std::fs::write(&sick, "").unwrap();
     version(&app, &format!("unless:{}", sick.display()), 0.0);
-    let opts = ["--ready", "http:/healthz", "--ready-timeout", "1s"];
-    let (r, addr, first) = start(&app, &opts);
-    let said = r.log.wait("not healthy within 1s", T);
+    let opts = ["--ready", "http:/healthz", "--ready-timeout", "5s"];
+    let (r, addr, first) = start_at(&app, &opts);
+    let said = r.log.wait("not healthy within 5s", T);
     assert!(
         said.contains("(GET /healthz answered 500 Internal Server Error)"),
         "{said}"

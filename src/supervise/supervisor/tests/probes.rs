@@ -89,8 +89,14 @@ fn an_unhealthy_generation_is_probed_again_and_never_promoted() {
     // An answer for a probe no longer running changes nothing.
     s.t_probed(1, Ok("late"), t0 + ms(350));
     s.t_probed(2, Err(bad), t0 + ms(400));
+    assert_eq!(
+        s.status(t0 + ms(400)).probe.as_deref(),
+        Some(format!("generation 2, --ready http:/healthz: {bad}").as_str()),
+        "status says what the last probe found"
+    );
     s.t_timer(t0 + READY_TIMEOUT);
     assert!(s.os.steered.is_empty(), "never promoted");
+    assert_eq!(s.status(t0 + READY_TIMEOUT).probe, None);
     assert_eq!(s.kept.serving, 1, "the old generation serves on");
     assert_eq!(s.os.signals, [(102, Signal::SIGTERM)]);
     let Ok(Response::ReloadFailed { reason, .. }) = answer.try_recv() else {
@@ -236,6 +242,10 @@ fn failed_health_checks_in_a_row_count_as_a_crash_and_a_pass_resets_them() {
     assert!(
         s.os.signals.is_empty(),
         "two failures in a row since the pass"
+    );
+    assert_eq!(
+        s.status(t0 + 5 * SEC).probe.as_deref(),
+        Some("generation 1, --health http:/healthz: no answer (2 failure(s) in a row)")
     );
     s.t_timer(t0 + 6 * SEC);
     s.t_probed(1, Err("no answer"), t0 + 6 * SEC);
