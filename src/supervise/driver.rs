@@ -1665,10 +1665,9 @@ impl Driver {
         pgids: &[i32],
     ) -> std::result::Result<(), String> {
         let conn = self.probe_connection(generation)?;
-        let pids: Vec<String> = crate::proc::group_members(pgids)
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        // Its children, each the leader of its group (`pgrep -g` finds the
+        // rest): no /proc scan on the loop's thread.
+        let pids: Vec<String> = pgids.iter().map(|p| p.to_string()).collect();
         let mut env = self.build_env.clone();
         env.push(("RELAUNCH_GENERATION".into(), generation.to_string().into()));
         env.push(("RELAUNCH_PIDS".into(), pids.join(" ").into()));
