@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use crate::plan::options::Probe;
@@ -49,6 +50,37 @@ impl Conn {
     /// another time (a `--health` check ten seconds ago).
     pub fn fresh(&self) -> bool {
         self.opened.elapsed() < KEEP_FOR
+    }
+
+    /// Established, and nothing was ever sent or received on it (an `exec:`
+    /// command that did not use it): the next command can have it, rather
+    /// than another connection joining the queue.
+    pub fn untouched(&self) -> bool {
+        // SAFETY: a plain struct filled by the kernel, its size given.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let r = unsafe {
+            libc::getsockopt(
+                self.stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            )
+        };
+        // The byte counts are there since Linux 4.1 and 4.2.
+        let known = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_received) + 8;
+        r == 0
+            && len as usize >= known
+            && info.tcpi_state == proc::TCP_ESTABLISHED
+            && info.tcpi_bytes_acked <= 1
+            && info.tcpi_bytes_received == 0
+    }
+}
+
+impl AsFd for Conn {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
     }
 }
 
@@ -307,6 +339,33 @@ mod tests {
             "{req}"
         );
         assert!(req.ends_with("\r\n\r\n"), "sent once, whole: {req:?}");
+    }
+
+    #[test]
+    fn a_connection_used_either_way_or_closed_is_not_untouched() {
+        let (l, conn) = pair();
+        assert!(conn.untouched(), "a new connection");
+        let (mut server, _) = l.accept().unwrap();
+        assert!(conn.untouched(), "accepted, nothing sent");
+        (&conn.stream).write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        server.read_exact(&mut b).unwrap();
+        assert!(!conn.untouched(), "something was sent");
+        let (l, conn) = pair();
+        let (mut server, _) = l.accept().unwrap();
+        server.write_all(b"y").unwrap();
+        wait_until(|| !conn.untouched());
+        let (l, conn) = pair();
+        drop(l.accept().unwrap());
+        wait_until(|| !conn.untouched());
+    }
+
+    fn wait_until(f: impl Fn() -> bool) {
+        let end = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < end, "not within 5 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]

@@ -1664,7 +1664,13 @@ impl Driver {
         cmd: &str,
         pgids: &[i32],
     ) -> std::result::Result<(), String> {
-        let conn = self.probe_connection(generation)?;
+        // The last command's, if it left it as it was: a command that does
+        // not use it would otherwise add one to the queue at every check.
+        let kept = self.probe_conns.remove(&generation);
+        let conn = match kept.filter(|c| c.fresh() && c.untouched()) {
+            Some(c) => c,
+            None => probe::Conn::new(self.probe_connection(generation)?),
+        };
         // Its children, each the leader of its group (`pgrep -g` finds the
         // rest): no /proc scan on the loop's thread.
         let pids: Vec<String> = pgids.iter().map(|p| p.to_string()).collect();
@@ -1689,6 +1695,7 @@ impl Driver {
             stdio: Some((null.as_fd(), out.as_fd(), err.as_fd())),
         })
         .map_err(|e| format!("cannot run exec:{cmd}: {e}"))?;
+        self.probe_conns.insert(generation, conn);
         self.probe_cmds.insert(spawned.pid, (generation, false));
         self.probing.insert(generation);
         Ok(())

@@ -376,3 +376,37 @@ fn a_first_generation_never_healthy_serves_with_a_warning_and_is_probed_on() {
     r.log.wait("ready after", T);
     assert_eq!(get(addr).unwrap(), first);
 }
+
+/// An `exec:` command that never uses its connection to the generation
+/// does not add one to the generation's queue at each check: with a
+/// backlog of 2 and an app that never accepts, every check still runs
+/// (the reason is the command's, not a full queue).
+#[test]
+fn exec_checks_that_ignore_their_connection_do_not_fill_the_queue() {
+    if !require_tool("python3") {
+        return;
+    }
+    let app = App::new("health-exec-queue", "");
+    version(&app, "good", 0.0);
+    let ok = app.dir.join("ok");
+    std::fs::write(&ok, "").unwrap();
+    let check = format!("exec:test -f {}", ok.display());
+    let opts = ["--backlog", "2", "--ready", &check, "--ready-timeout", "3s"];
+    let (r, addr, first) = start_at(&app, &opts);
+    r.log.wait("ready after", T);
+    std::fs::remove_file(&ok).unwrap();
+    version(&app, "good", 60.0);
+    let (code, out, _) = reload(&app);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.trim_end()
+            .ends_with("its exec: command exited with status 1"),
+        "{out}"
+    );
+    assert!(
+        r.log.count("not taken into its accept queue") == 0,
+        "{}",
+        r.log.text()
+    );
+    assert_eq!(get(addr).unwrap(), first);
+}
