@@ -128,13 +128,25 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_drain: bool,
 
-    /// How a new generation shows it is ready: auto, notify, or delay:DURATION
+    /// How a new generation shows it is ready: auto, notify, delay:DURATION, or a probe of it alone before it gets traffic: http:PATH (2xx/3xx), tcp (it accepts), exec:COMMAND (exits 0)
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub ready: String,
 
     /// How long a new generation may take to become ready
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     pub ready_timeout: String,
+
+    /// Check the serving generation with a probe, as --ready takes it: http:PATH, tcp or exec:COMMAND; --health-failures failures in a row count as a crash
+    #[arg(long, value_name = "PROBE")]
+    pub health: Option<String>,
+
+    /// How often --health checks the serving generation [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub health_every: Option<String>,
+
+    /// How many --health failures in a row count as a crash [default: 3]
+    #[arg(long, value_name = "N")]
+    pub health_failures: Option<u32>,
 
     /// Bind now, start the first generation only when the first connection (or datagram) arrives
     #[arg(long)]

@@ -341,6 +341,9 @@ fn render_header(s: &Status) -> String {
     if let Some(secs) = s.idle_secs {
         out += &format!("idle since {} ago\n", age(secs));
     }
+    if let Some(text) = &s.probe {
+        out += &format!("probe: {text}\n");
+    }
     if let Some(d) = &s.draining {
         let busy = match d.measured {
             true => {
@@ -555,6 +558,17 @@ last reload: generation 3 succeeded 2m5s ago: ready after 0.4s";
         );
         let json = serde_json::to_string(&after_idle).unwrap();
         assert!(json.contains(r#""idle_secs":3.0"#), "{json}");
+        assert!(!json.contains("probe"), "no probe, no field: {json}");
+        let mut probed = sample_status();
+        probed.probe =
+            Some("generation 4, --ready http:/healthz: GET /healthz answered 500".into());
+        let text = render_status(&probed);
+        assert!(
+            text.contains(
+                "\nprobe: generation 4, --ready http:/healthz: GET /healthz answered 500\n"
+            ),
+            "{text}"
+        );
         assert!(
             !serde_json::to_string(&sample_status())
                 .unwrap()

@@ -115,6 +115,7 @@ mod testing {
             watch: None,
             idle_secs: None,
             draining: None,
+            probe: None,
         }
     }
 

@@ -93,6 +93,11 @@ pub struct Status {
     /// The generation finishing what it accepted after a reload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining: Option<DrainInfo>,
+    /// `--ready http:`/`tcp`/`exec:` or `--health`: the generation probed
+    /// and what its last probe found ("generation 2, --ready http:/healthz:
+    /// GET /healthz answered 500 Internal Server Error").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]

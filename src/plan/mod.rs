@@ -106,6 +106,8 @@ pub struct Plan {
     pub drain: Option<Duration>,
     pub ready: ReadyMode,
     pub ready_timeout: Duration,
+    /// `--health`: checks of the serving generation.
+    pub health: Option<options::Health>,
     /// `--lazy`: start at the first connection.
     pub lazy: bool,
     /// `--idle-stop`: stop after this long without a connection.
@@ -140,6 +142,15 @@ impl Planned {
             &self.source,
             Source::Bind { spec, .. } | Source::Stored { spec, .. }
                 if matches!(spec.addr, Addr::Inet { proto: Proto::Tcp, host: Host::Any, .. })
+        )
+    }
+
+    /// A Unix socket path relaunch binds (or the fd store keeps).
+    pub fn unix_path(&self) -> bool {
+        matches!(
+            &self.source,
+            Source::Bind { spec, .. } | Source::Stored { spec, .. }
+                if matches!(spec.addr, Addr::Unix(_))
         )
     }
 }
@@ -204,6 +215,11 @@ pub fn make(
     };
     let ready_timeout = options::parse_timeout("--ready-timeout", &args.ready_timeout)?;
     let ready = options::parse_ready(&args.ready)?;
+    let health = options::parse_health(
+        args.health.as_deref(),
+        args.health_every.as_deref(),
+        args.health_failures,
+    )?;
     let idle_stop = args
         .idle_stop
         .as_deref()
@@ -254,6 +270,7 @@ pub fn make(
         drain,
         ready,
         ready_timeout,
+        health,
         lazy: args.lazy,
         idle_stop,
         ports_file: args.ports_file.clone(),

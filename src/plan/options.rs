@@ -30,23 +30,117 @@ pub fn parse_restart(s: &str) -> Result<Restart> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ReadyMode {
     Auto,
     Notify,
     Delay(Duration),
+    /// Ready when a probe of the generation alone passes.
+    Probe(Probe),
+}
+
+/// A health probe of one generation, through its own sockets (see
+/// `ready::probe`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Probe {
+    /// `GET PATH` answered 2xx or 3xx.
+    Http(String),
+    /// A probe connection accepted by one of its processes.
+    Tcp,
+    /// `sh -c CMD` exits 0.
+    Exec(String),
+}
+
+/// As `--ready` takes it.
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Probe::Http(path) => write!(f, "http:{path}"),
+            Probe::Tcp => f.write_str("tcp"),
+            Probe::Exec(cmd) => write!(f, "exec:{cmd}"),
+        }
+    }
+}
+
+/// `--health`: the serving generation's check, every `every`; `failures`
+/// in a row count as a crash.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Health {
+    pub probe: Probe,
+    pub every: Duration,
+    pub failures: u32,
+}
+
+/// `--health`, `--health-every` and `--health-failures`; the last two
+/// without the first would be ignored, so they are refused.
+pub fn parse_health(
+    probe: Option<&str>,
+    every: Option<&str>,
+    failures: Option<u32>,
+) -> Result<Option<Health>> {
+    let Some(probe) = probe else {
+        if every.is_some() || failures.is_some() {
+            return Err(Error::usage(
+                "--health-every and --health-failures need --health, which says what to check",
+            )
+            .hint("for example --health http:/healthz --health-every 10s --health-failures 3"));
+        }
+        return Ok(None);
+    };
+    let probe =
+        match parse_ready(probe).map_err(|e| Error::usage(e.msg.replace("--ready", "--health")))? {
+            ReadyMode::Probe(p) => p,
+            _ => {
+                return Err(Error::usage(format!("invalid --health probe {probe:?}"))
+                    .hint("use http:PATH, tcp or exec:COMMAND"));
+            }
+        };
+    let every = parse_timeout("--health-every", every.unwrap_or("10s"))?;
+    let failures = failures.unwrap_or(3);
+    if failures == 0 {
+        return Err(
+            Error::usage("--health-failures 0 would count every check as a crash")
+                .hint("give how many failures in a row count, e.g. --health-failures 3"),
+        );
+    }
+    Ok(Some(Health {
+        probe,
+        every,
+        failures,
+    }))
 }
 
 pub fn parse_ready(s: &str) -> Result<ReadyMode> {
+    let hint = "use auto, notify, delay:DURATION (for example delay:2s), http:PATH (for example \
+                http:/healthz), tcp, or exec:COMMAND";
+    if let Some(path) = s.strip_prefix("http:") {
+        // Sent as is in the request line: a space or a line break would
+        // make another request.
+        if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20) {
+            return Err(Error::usage(format!(
+                "--ready {s:?}: the path must start with / and hold no spaces or control \
+                 characters"
+            ))
+            .hint("for example --ready http:/healthz"));
+        }
+        return Ok(ReadyMode::Probe(Probe::Http(path.into())));
+    }
+    if let Some(cmd) = s.strip_prefix("exec:") {
+        if cmd.trim().is_empty() {
+            return Err(Error::usage("--ready exec: needs a command")
+                .hint("for example --ready 'exec:test -f /run/app/warm' (docs/deploy.md)"));
+        }
+        return Ok(ReadyMode::Probe(Probe::Exec(cmd.into())));
+    }
     match s {
         "auto" => Ok(ReadyMode::Auto),
         "notify" => Ok(ReadyMode::Notify),
+        "tcp" => Ok(ReadyMode::Probe(Probe::Tcp)),
         _ => match s.strip_prefix("delay:") {
             Some(d) => duration::parse(d)
                 .map(ReadyMode::Delay)
                 .map_err(|e| Error::usage(format!("--ready: {e}"))),
-            None => Err(Error::usage(format!("invalid --ready mode {s:?}"))
-                .hint("use auto, notify, or delay:DURATION (for example delay:2s)")),
+            None => Err(Error::usage(format!("invalid --ready mode {s:?}")).hint(hint)),
         },
     }
 }
@@ -237,6 +331,56 @@ mod tests {
                 .msg
                 .starts_with("--ready: ")
         );
+    }
+
+    #[test]
+    fn probe_modes() {
+        assert_eq!(
+            parse_ready("http:/healthz").unwrap(),
+            ReadyMode::Probe(Probe::Http("/healthz".into()))
+        );
+        assert_eq!(parse_ready("tcp").unwrap(), ReadyMode::Probe(Probe::Tcp));
+        assert_eq!(
+            parse_ready("exec:test -f /tmp/ok").unwrap(),
+            ReadyMode::Probe(Probe::Exec("test -f /tmp/ok".into()))
+        );
+        for bad in ["http:healthz", "http:/a b", "http:/a\r\nX: y", "http:"] {
+            let e = parse_ready(bad).unwrap_err();
+            assert!(e.msg.contains("must start with /"), "{bad}: {e}");
+        }
+        assert!(
+            parse_ready("exec: ")
+                .unwrap_err()
+                .msg
+                .contains("needs a command")
+        );
+        assert_eq!(Probe::Http("/h".into()).to_string(), "http:/h");
+        assert_eq!(Probe::Exec("true".into()).to_string(), "exec:true");
+    }
+
+    #[test]
+    fn health_checks() {
+        assert_eq!(parse_health(None, None, None).unwrap(), None);
+        let h = parse_health(Some("http:/healthz"), None, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.probe, Probe::Http("/healthz".into()));
+        assert_eq!((h.every, h.failures), (Duration::from_secs(10), 3));
+        let h = parse_health(Some("tcp"), Some("500ms"), Some(5))
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.every, h.failures), (Duration::from_millis(500), 5));
+        for (p, e, f, says) in [
+            (None, Some("1s"), None, "need --health"),
+            (None, None, Some(2), "need --health"),
+            (Some("auto"), None, None, "invalid --health probe"),
+            (Some("http:x"), None, None, "--health \"http:x\""),
+            (Some("tcp"), Some("0s"), None, "--health-every"),
+            (Some("tcp"), None, Some(0), "--health-failures 0"),
+        ] {
+            let err = parse_health(p, e, f).unwrap_err();
+            assert!(err.msg.contains(says), "{p:?} {e:?} {f:?}: {err}");
+        }
     }
 
     #[test]

@@ -284,7 +284,7 @@ fn end_read(pid: i32, fd: i32, inode: u64) -> io::Result<()> {
 
 /// The sockets in the fds of `pids`, by inode, each with one (pid, fd)
 /// holding it; a process gone (or a zombie, which holds no fds) is skipped.
-fn held_sockets(pids: &[i32]) -> io::Result<HashMap<u64, (i32, i32)>> {
+pub fn held_sockets(pids: &[i32]) -> io::Result<HashMap<u64, (i32, i32)>> {
     let mut out = HashMap::new();
     for &pid in pids {
         match proc::fds(pid) {

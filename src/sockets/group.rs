@@ -28,14 +28,11 @@ use crate::plan::spec::{Addr, Proto};
 use crate::plan::{Planned, Source};
 
 /// Whether the listeners of `plan` drain at reloads, and as whom their
-/// groups are made; says once why not. `on_demand`: `--lazy` or
+/// groups are made; Err: why not (for [`drain_off`]). `on_demand`: `--lazy` or
 /// `--idle-stop`, which watch the first socket for the connection that
 /// starts a generation.
-pub fn membership(plan: &[Planned], on_demand: bool) -> Option<Membership> {
-    let off = |why: String| {
-        info!("{}", drain_off(&why));
-        None
-    };
+pub fn membership(plan: &[Planned], on_demand: bool) -> Result<Membership, String> {
+    let off = |why: String| Err(why);
     if on_demand {
         return off("--lazy and --idle-stop watch one socket per listener".into());
     }
@@ -68,7 +65,7 @@ pub fn membership(plan: &[Planned], on_demand: bool) -> Option<Membership> {
         ));
     }
     if !tcp && !inherited {
-        return Some(Membership { owner: None });
+        return Ok(Membership { owner: None });
     }
     if !nix::unistd::geteuid().is_root() && inherited {
         return off(
@@ -78,7 +75,7 @@ pub fn membership(plan: &[Planned], on_demand: bool) -> Option<Membership> {
         );
     }
     if !tcp {
-        return Some(Membership { owner: None });
+        return Ok(Membership { owner: None });
     }
     if !nix::unistd::geteuid().is_root() {
         // As the app's uid, any process of that uid could join the group or
@@ -97,7 +94,7 @@ pub fn membership(plan: &[Planned], on_demand: bool) -> Option<Membership> {
         // A uid not mapped in a user namespace (a rootless container), or
         // no CAP_SETUID: the sockets could not be made.
         Some(uid) => match steer::socket_as(socket2::Domain::IPV4, Some(uid)) {
-            Ok(_) => Some(Membership { owner: Some(uid) }),
+            Ok(_) => Ok(Membership { owner: Some(uid) }),
             Err(e) => off(format!("relaunch cannot make sockets as uid {uid} ({e})")),
         },
         None => off(format!(
@@ -245,12 +242,12 @@ impl Steered {
         }
     }
 
-    /// `n` connections of relaunch's own to `generation`'s socket (see
-    /// [`Group::probe`]); none to a Unix one, which is reached by a name
-    /// relaunch does not connect through.
-    pub fn probe(&mut self, generation: u64, n: usize) -> io::Result<Vec<Socket>> {
+    /// `n` connections of relaunch's own to `generation`'s socket, each
+    /// given `wait` (see [`Group::probe`]); none to a Unix one, which is
+    /// reached by a name relaunch does not connect through.
+    pub fn probe(&mut self, generation: u64, n: usize, wait: Duration) -> io::Result<Vec<Socket>> {
         match self {
-            Steered::Tcp(g) => g.probe(generation, n),
+            Steered::Tcp(g) => g.probe(generation, n, wait),
             Steered::Unix(_) => Ok(Vec::new()),
         }
     }
@@ -294,7 +291,7 @@ impl Steered {
 }
 
 /// How long a probe of a new member's slot may take (loopback: microseconds).
-const PROBE_WAIT: Duration = Duration::from_secs(1);
+pub const PROBE_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Member {
@@ -519,13 +516,14 @@ impl Group {
     /// nothing else reaches before it serves: a server that only ever
     /// shows readiness by accepting (one that polls a non-blocking accept)
     /// has something to accept. Each stays open, sending nothing, until
-    /// dropped.
-    pub fn probe(&mut self, generation: u64, n: usize) -> io::Result<Vec<Socket>> {
+    /// dropped. Each connect may take `wait`: a queue that is full drops
+    /// the handshake, and the caller's thread waits that long.
+    pub fn probe(&mut self, generation: u64, n: usize, wait: Duration) -> io::Result<Vec<Socket>> {
         let slot = self.slot_of(generation)?;
         (0..n)
             .map(|_| {
                 self.with_probe(slot, |sock, dest| {
-                    sock.connect_timeout(&dest.into(), PROBE_WAIT)?;
+                    sock.connect_timeout(&dest.into(), wait)?;
                     Ok(sock)
                 })
             })
@@ -726,7 +724,7 @@ mod tests {
         let mut g = Group::new(home(), 128).unwrap();
         let one = g.socket_for(1);
         let two = g.open(2).unwrap();
-        let probes = g.probe(2, 3).unwrap();
+        let probes = g.probe(2, 3, PROBE_WAIT).unwrap();
         assert_eq!(probes.len(), 3);
         two.set_nonblocking(true).unwrap();
         for _ in 0..3 {
@@ -737,6 +735,22 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(lands(&g, &[&one, &two]), 0, "the route is unchanged");
         }
+    }
+
+    #[test]
+    fn a_probe_of_a_full_queue_gives_up_within_its_wait() {
+        let mut g = Group::new(home(), 1).unwrap();
+        g.socket_for(1);
+        g.open(2).unwrap();
+        // A backlog of 1 holds 2; the third handshake is dropped.
+        let _full = g.probe(2, 2, PROBE_WAIT).unwrap();
+        let t = std::time::Instant::now();
+        assert!(g.probe(2, 1, Duration::from_millis(100)).is_err());
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     /// A v6-only [::] home (an app that asked for IPV6_V6ONLY): its new
@@ -807,7 +821,7 @@ mod tests {
         let mut g = Group::new(home(), 128).unwrap();
         g.socket_for(1);
         let two = g.open(2).unwrap();
-        let _probes = g.probe(2, 2).unwrap();
+        let _probes = g.probe(2, 2, PROBE_WAIT).unwrap();
         assert_eq!(
             g.release(2),
             2,

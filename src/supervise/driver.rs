@@ -47,11 +47,11 @@ use crate::control::{self, Incoming, Response};
 use crate::error::{Error, Result};
 use crate::intercept;
 use crate::metrics;
-use crate::plan::options::{self, ReadyMode};
+use crate::plan::options::{self, Probe, ReadyMode};
 use crate::plan::placeholders::Named;
 use crate::plan::{self, Snapshot};
 use crate::ready::notify::{Message, NotifySocket, Systemd};
-use crate::ready::{fallback, scan};
+use crate::ready::{fallback, probe, scan};
 use crate::sockets::drain::Watch;
 use crate::sockets::group::{self, Steered};
 use crate::sockets::unix_group::UnixGroup;
@@ -133,7 +133,7 @@ struct Resources {
 /// How the supervisor starts.
 enum Start {
     /// Afresh, with this config, told [`Event::Start`].
-    Fresh(Config),
+    Fresh(Box<Config>),
     /// Where an earlier image left it, with what it still owes.
     Adopted(Box<Adopted>),
 }
@@ -193,6 +193,10 @@ pub async fn run(boot: Boot) -> Result<i32> {
         listeners,
         groups,
         probes: HashMap::new(),
+        probing: HashSet::new(),
+        probe_conns: HashMap::new(),
+        probe_cmds: HashMap::new(),
+        probed: mpsc::unbounded_channel(),
         intercept,
         listened: listened_tx,
         notify: HashMap::new(),
@@ -216,7 +220,7 @@ pub async fn run(boot: Boot) -> Result<i32> {
     let mut rt = match start {
         Start::Fresh(cfg) => {
             let mut rt = Runtime {
-                core: Supervisor::new(cfg),
+                core: Supervisor::new(*cfg),
                 os: driver,
             };
             step(&mut rt, Event::Start);
@@ -332,7 +336,7 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
         build_env,
         watcher,
         gauge,
-        start: Start::Fresh(cfg),
+        start: Start::Fresh(Box::new(cfg)),
     })
 }
 
@@ -364,9 +368,39 @@ fn open_listeners(
     inherited: Vec<plan::inherit::Inherited>,
 ) -> Result<(sockets::Opened, Vec<Steered>, Vec<String>)> {
     let on_demand = plan.lazy || plan.idle_stop.is_some();
-    let membership = plan
-        .drain
-        .and_then(|_| group::membership(&plan.listeners, on_demand));
+    let membership = match plan.drain {
+        Some(_) => group::membership(&plan.listeners, on_demand),
+        None => Err("--no-drain: the generations share one socket, with no steering".into()),
+    };
+    if let Err(why) = &membership
+        && let Some(what) = probes(plan)
+    {
+        return Err(probe_needs_steering(&what, why));
+    }
+    // A Unix generation's socket is reached by a name, which relaunch does
+    // not connect through for a probe.
+    if let Some(what) = probes(plan)
+        && let Some(first) = plan.listeners.first()
+        && first.unix_path()
+    {
+        return Err(probe_needs_steering(
+            &what,
+            &format!(
+                "the first listener, {}, is a Unix socket, and probes go to the first listener \
+                 over TCP",
+                first.name
+            ),
+        ));
+    }
+    let membership = match membership {
+        Ok(m) => Some(m),
+        Err(why) => {
+            if plan.drain.is_some() {
+                info!("{}", group::drain_off(&why));
+            }
+            None
+        }
+    };
     let mut inherited: Vec<Option<_>> = inherited.into_iter().map(Some).collect();
     // The drain's other sockets the fd store gave back, for their groups.
     let stored: Vec<(String, u32, Socket)> = plan
@@ -383,7 +417,43 @@ fn open_listeners(
         Some(_) => group::groups(&opened.listeners, &plan.listeners, plan.backlog, kept),
         None => Vec::new(),
     };
+    if let Some(what) = probes(plan)
+        && groups.is_empty()
+    {
+        return Err(Error::runtime(format!(
+            "{what} probes one generation alone, through its own sockets, and the listeners \
+             cannot have them: the drain is off (said above)"
+        ))
+        .hint("drop it, or fix what keeps the drain off"));
+    }
     Ok((opened, groups, dropped))
+}
+
+/// The options that probe a generation alone (`--ready http:`, `tcp`,
+/// `exec:`; `--health`), as given.
+fn probes(plan: &plan::Plan) -> Option<String> {
+    let ready = match &plan.ready {
+        ReadyMode::Probe(p) => Some(format!("--ready {p}")),
+        _ => None,
+    };
+    let health = plan
+        .health
+        .as_ref()
+        .map(|h| format!("--health {}", h.probe));
+    match (ready, health) {
+        (Some(r), Some(h)) => Some(format!("{r} (and {h})")),
+        (r, h) => r.or(h),
+    }
+}
+
+/// A probe where nothing can be steered: it could not reach one
+/// generation alone.
+fn probe_needs_steering(what: &str, why: &str) -> Error {
+    Error::usage(format!(
+        "{what} probes one generation alone, before any connection is steered to it, and \
+         that needs each generation's own socket in a group relaunch steers; here {why}"
+    ))
+    .hint("use --ready auto, notify or delay:DURATION, and no --health, here")
 }
 
 /// The drain's other sockets the fd store gave back, per listener in slot
@@ -702,6 +772,11 @@ fn config(plan: &plan::Plan, listeners: &[Listener], drains: bool) -> Config {
             _ => None,
         },
         ready_auto: plan.ready == ReadyMode::Auto,
+        ready_probe: match &plan.ready {
+            ReadyMode::Probe(p) => Some(p.clone()),
+            _ => None,
+        },
+        health: plan.health.clone(),
         ready_timeout: plan.ready_timeout,
         intercept_remedy: Some(intercept_remedy(plan.intercept, listeners)),
         listeners: listener_info,
@@ -970,6 +1045,9 @@ fn resume(mut driver: Driver, a: Adopted) -> Runtime<Driver> {
     rt.core.tell_serving();
     let fx = rt.core.effects();
     runtime::apply(&mut rt, fx);
+    // What the old image had under way without a deadline of its own (a
+    // health probe, which is not carried) starts again now.
+    step(&mut rt, Event::Timer);
     for (request, fd) in a.requests {
         match control::Reply::adopt(fd) {
             Ok(reply) => {
@@ -1018,6 +1096,17 @@ struct Driver {
     /// relaunch's own connections to a starting generation's sockets, by
     /// generation (see `Group::probe`).
     probes: HashMap<u64, Vec<Socket>>,
+    /// Health probes (`--ready http:`, `tcp`, `exec:`): the generations with
+    /// one running, the connection kept for a generation's next probe, the
+    /// `exec:` commands running (pid: generation, ended), and where the
+    /// helper threads report.
+    probing: HashSet<u64>,
+    probe_conns: HashMap<u64, probe::Conn>,
+    probe_cmds: HashMap<i32, (u64, bool)>,
+    probed: (
+        mpsc::UnboundedSender<Probed>,
+        mpsc::UnboundedReceiver<Probed>,
+    ),
     /// The held sockets as bind interception sees them (None: --no-intercept).
     /// Under `--port` it may rebind one where the app binds: children get
     /// their fds from here.
@@ -1385,6 +1474,7 @@ impl Driver {
                         t.forget(generation);
                     }
                 }
+                Effect::EndProbe { generation } => self.end_probe(generation),
                 Effect::Upgrade { binary, reply } => self.asked = Some((binary, reply)),
                 Effect::EndCheck => {
                     if let Some(c) = self.upgrade.as_mut() {
@@ -1692,6 +1782,99 @@ impl Driver {
         }
     }
 
+    /// A connection of relaunch's own to `generation` alone, on the first
+    /// listener's group: a probe answers for the generation.
+    fn probe_connection(&mut self, generation: u64) -> std::result::Result<Socket, String> {
+        // A listener interception moved has a new group.
+        self.sync_listeners();
+        let Some(g) = self.groups.first_mut() else {
+            return Err("the drain is off (said above): no socket of its own to probe".into());
+        };
+        g.probe(generation, 1, probe::CONNECT_WAIT)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::TimedOut => format!(
+                    "a probe connection was not taken into its accept queue within {} ms (the \
+                     queue is full)",
+                    probe::CONNECT_WAIT.as_millis()
+                ),
+                _ => format!("cannot connect to its socket alone: {e}"),
+            })?
+            .pop()
+            .ok_or_else(|| "no probe connection was made".into())
+    }
+
+    /// `--ready exec:CMD`: `sh -c CMD` as the app's user, forked here (the
+    /// main thread), its exit reaped like any child's (see `reap`). It gets
+    /// a connection to the generation alone at fd 3: the held address
+    /// would reach the serving one.
+    fn probe_cmd(
+        &mut self,
+        generation: u64,
+        cmd: &str,
+        pgids: &[i32],
+    ) -> std::result::Result<(), String> {
+        // The last command's, if it left it as it was: a command that does
+        // not use it would otherwise add one to the queue at every check.
+        let kept = self.probe_conns.remove(&generation);
+        let conn = match kept.filter(|c| c.fresh() && c.untouched()) {
+            Some(c) => c,
+            None => probe::Conn::new(self.probe_connection(generation)?),
+        };
+        // Its children, each the leader of its group (`pgrep -g` finds the
+        // rest): no /proc scan on the loop's thread.
+        let pids: Vec<String> = pgids.iter().map(|p| p.to_string()).collect();
+        let mut env = self.build_env.clone();
+        env.push(("RELAUNCH_GENERATION".into(), generation.to_string().into()));
+        env.push(("RELAUNCH_PIDS".into(), pids.join(" ").into()));
+        env.push(("RELAUNCH_PROBE_FD".into(), "3".into()));
+        let null = std::fs::File::open("/dev/null")
+            .map_err(|e| format!("cannot open /dev/null for it: {e}"))?;
+        let (out, err) = (std::io::stderr(), std::io::stderr());
+        let fds = [conn.as_fd()];
+        let args = [OsString::from("-c"), OsString::from(cmd)];
+        let spawned = spawn::spawn(&spawn::Request {
+            program: "/bin/sh".as_ref(),
+            args: &args,
+            env: &env,
+            fds: &fds,
+            listen_pid: false,
+            creds: self.launch.creds.as_ref(),
+            intercept: None,
+            traps: Default::default(),
+            stdio: Some((null.as_fd(), out.as_fd(), err.as_fd())),
+        })
+        .map_err(|e| format!("cannot run exec:{cmd}: {e}"))?;
+        self.probe_conns.insert(generation, conn);
+        self.probe_cmds.insert(spawned.pid, (generation, false));
+        self.probing.insert(generation);
+        Ok(())
+    }
+
+    /// What a probe helper reported, kept for the next probe (a connection
+    /// still waiting) unless the probes of its generation ended meanwhile.
+    fn on_probed(&mut self, (generation, keep, result): Probed) -> Vec<Event> {
+        if !self.probing.remove(&generation) {
+            return Vec::new();
+        }
+        if let Some(conn) = keep {
+            self.probe_conns.insert(generation, conn);
+        }
+        vec![Event::Probed { generation, result }]
+    }
+
+    /// `generation` is probed no more: its kept connection closes, its
+    /// `exec:` command is killed (its exit then says nothing).
+    fn end_probe(&mut self, generation: u64) {
+        self.probing.remove(&generation);
+        self.probe_conns.remove(&generation);
+        for (&pid, (g, ended)) in &mut self.probe_cmds {
+            if *g == generation && !*ended {
+                *ended = true;
+                signal_group(pid, Signal::SIGKILL);
+            }
+        }
+    }
+
     /// The sockets `generation`'s children get, in the listeners' order.
     /// None: the listeners themselves.
     fn sockets_for(&mut self, generation: u64) -> Option<Vec<Arc<Socket>>> {
@@ -1798,7 +1981,7 @@ impl Spawner for Driver {
                         );
                     }
                     own.push(Some(s));
-                    match g.probe(generation, probes) {
+                    match g.probe(generation, probes, group::PROBE_WAIT) {
                         Ok(p) => self.probes.entry(generation).or_default().extend(p),
                         Err(e) => warn!(
                             generation,
@@ -1834,6 +2017,31 @@ impl Spawner for Driver {
 
     fn steer(&mut self, generation: u64) -> std::result::Result<(), String> {
         self.steer_groups(generation)
+    }
+
+    fn probe(
+        &mut self,
+        generation: u64,
+        probe: &Probe,
+        pgids: &[i32],
+    ) -> std::result::Result<(), String> {
+        if let Probe::Exec(cmd) = probe {
+            return self.probe_cmd(generation, cmd, pgids);
+        }
+        let kept = self.probe_conns.remove(&generation);
+        let conn = match kept.filter(probe::Conn::fresh) {
+            Some(c) => c,
+            None => probe::Conn::new(self.probe_connection(generation)?),
+        };
+        let (probe, pgids) = (probe.clone(), pgids.to_vec());
+        let tx = self.probed.0.clone();
+        self.probing.insert(generation);
+        tokio::task::spawn_blocking(move || {
+            let pids = crate::proc::group_members(&pgids);
+            let (keep, result) = probe::look(conn, &probe, &pids);
+            let _ = tx.send((generation, keep, result));
+        });
+        Ok(())
     }
 
     fn jitter(&mut self) -> f64 {
@@ -1900,6 +2108,7 @@ impl Os for Driver {
                 }
                 Vec::new()
             }
+            Some(probed) = self.probed.1.recv() => self.on_probed(probed),
             (pid, status) = exec_reported(&self.execs) => {
                 self.execs.remove(&pid);
                 match status {
@@ -2211,6 +2420,14 @@ fn sweep_job(
     }
 }
 
+/// What a probe helper reports: its generation, the connection to keep for
+/// the next probe, and what it found.
+type Probed = (
+    u64,
+    Option<probe::Conn>,
+    std::result::Result<String, String>,
+);
+
 /// A sweep's number and the escaped processes it found, with handles.
 type Sweep = (u64, Vec<(reaper::Leftover, reaper::Escaped)>);
 
@@ -2240,6 +2457,18 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
         }
         if let Some(check) = driver.upgrade.as_mut().filter(|c| c.pid == pid) {
             check.exit = Some(status);
+            continue;
+        }
+        if let Some((generation, ended)) = driver.probe_cmds.remove(&pid) {
+            if !ended && driver.probing.remove(&generation) {
+                let said = format!("its exec: command {status}");
+                let result = if status.success() {
+                    Ok(said)
+                } else {
+                    Err(said)
+                };
+                events.push(Event::Probed { generation, result });
+            }
             continue;
         }
         if let Some(b) = driver.build.take_if(|b| b.pid == pid) {

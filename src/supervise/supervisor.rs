@@ -62,6 +62,8 @@ pub const HINT_WITHIN: Duration = Duration::from_secs(5);
 /// How long a child must serve on a port relaunch does not hold before it
 /// is said: a server may open an admin port before it takes the held one.
 const ELSEWHERE_GRACE: Duration = Duration::from_secs(2);
+/// The pause between two probes of a generation that is not healthy yet.
+pub const PROBE_EVERY: Duration = Duration::from_millis(200);
 /// A draining generation is not idle before this: a handshake steered to
 /// its socket just before the switch completes there (loopback: at once;
 /// the watch also waits for every handshake it saw at the first look).
@@ -70,7 +72,7 @@ const DRAIN_SETTLE: Duration = Duration::from_millis(200);
 /// After the drain timeout, how long the old generation has to answer what
 /// it holds once its connections stop reading, before it is stopped.
 pub const END_GRACE: Duration = Duration::from_secs(2);
-use crate::plan::options::Restart;
+use crate::plan::options::{Health, Probe, Restart};
 use crate::sockets::drain::Busy;
 use crate::supervise::backoff::{self, Backoff, Next};
 use crate::supervise::handover::CHECK_DEADLINE;
@@ -142,6 +144,12 @@ pub enum Event {
     },
     /// `--watch`: a file that matters changed.
     Changed { path: String },
+    /// What a probe of `generation` (see [`Spawner::probe`]) found: Ok,
+    /// healthy, and how; Err, not (yet), and why.
+    Probed {
+        generation: u64,
+        result: Result<String, String>,
+    },
     /// What keeps the old generation of `generation`'s reload busy (see
     /// [`Wants::drain`]).
     Drained {
@@ -196,6 +204,9 @@ pub enum Effect {
     /// The new binary's handshake ran past its deadline: kill it (its
     /// exit then fails the upgrade).
     EndCheck,
+    /// `generation` is probed no more: what a probe of it holds (a
+    /// connection, a command still running) goes.
+    EndProbe { generation: u64 },
     /// A transition worth counting (for `--metrics`).
     Count(Count),
 }
@@ -228,6 +239,11 @@ pub trait Spawner {
     /// Every new connection goes to `generation`'s own sockets (from
     /// `open`) from now on. Err: they still go where they went.
     fn steer(&mut self, generation: u64) -> Result<(), String>;
+    /// Starts one `probe` of `generation` alone (through its own sockets,
+    /// which nothing else reaches before it is steered to); `pgids`: its
+    /// children's process groups. What it finds comes back as
+    /// [`Event::Probed`]. Err: it could not start, and why.
+    fn probe(&mut self, generation: u64, probe: &Probe, pgids: &[i32]) -> Result<(), String>;
     /// A number in [0, 1) for backoff jitter.
     fn jitter(&mut self) -> f64;
     /// Forks `--build` in its own process group; its exit comes back as
@@ -246,6 +262,13 @@ pub struct Config {
     pub ready_delay: Option<Duration>,
     /// `--ready auto`: the scan seeing a child wait makes it ready.
     pub ready_auto: bool,
+    /// `--ready http:PATH`, `tcp`, `exec:CMD`: a generation is ready when
+    /// a probe of it alone passes.
+    #[serde(default)]
+    pub ready_probe: Option<Probe>,
+    /// `--health`: checks of the serving generation.
+    #[serde(default)]
+    pub health: Option<Health>,
     pub ready_timeout: Duration,
     /// The hint's first remedy, about the interception of the child's own
     /// bind() (why it did not apply and what to change), when there is one.
@@ -624,6 +647,9 @@ pub struct Supervisor {
     upgrade: Option<UpgradeCheck>,
     /// The old generation's drain, as last measured.
     drain: DrainWatch,
+    /// `--ready http:`, `tcp`, `exec:`: the generation being probed (not
+    /// carried by an upgrade: the next image probes afresh).
+    probing: Option<Probing>,
     /// Effects of the event being handled.
     out: Vec<Effect>,
 }
@@ -635,6 +661,20 @@ struct DrainWatch {
     last: Option<Busy>,
     /// A measure failed (said once).
     failed: bool,
+}
+
+/// The probes of one generation: for its readiness, or its health
+/// (`--health`, once it serves).
+#[derive(Debug, Clone)]
+struct Probing {
+    generation: u64,
+    health: bool,
+    /// Health checks failed in a row.
+    failures: u32,
+    /// The next probe starts then; None while one runs.
+    due: Option<Instant>,
+    /// What the last probe found, for the log and a failed reload.
+    last: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -688,6 +728,7 @@ impl Supervisor {
             dev,
             upgrade: None,
             drain: DrainWatch::default(),
+            probing: None,
             out: Vec::new(),
         }
     }
@@ -717,6 +758,7 @@ impl Supervisor {
                 }
             }
             Event::Drained { generation, busy } => self.on_drained(generation, busy, now),
+            Event::Probed { generation, result } => self.on_probed(os, generation, result, now),
             Event::Timer => {
                 self.end_overdue_check(now);
                 self.on_timer(os, now);
@@ -751,6 +793,7 @@ impl Supervisor {
             Event::Connection => self.on_connection(os, now),
             Event::Activity { open, churned } => self.on_activity(os, open, churned, now),
         }
+        self.probe_due(os, now);
         if self.kept.life.done() {
             for (_, to) in std::mem::take(&mut self.waiters) {
                 self.out.push(Effect::Reply {
@@ -988,6 +1031,7 @@ impl Supervisor {
             .chain(self.kept.first_deadline.filter(|_| !self.kept.announced))
             .chain(self.dev.as_ref().and_then(|d| d.due))
             .chain(self.upgrade.filter(|u| !u.ended).map(|u| u.deadline))
+            .chain(self.probing.as_ref().and_then(|p| p.due))
             .min()
     }
 
@@ -1048,7 +1092,26 @@ impl Supervisor {
             escaped: self.escaped().collect(),
             watch: self.watch_status(now),
             draining: self.draining(now),
+            probe: self.probe_status(),
         }
+    }
+
+    /// What `status` says of the probes under way.
+    fn probe_status(&self) -> Option<String> {
+        let p = self.probing.as_ref()?;
+        let (flag, probe) = match (p.health, &self.kept.cfg.health) {
+            (true, Some(h)) => ("--health", &h.probe),
+            _ => ("--ready", self.kept.cfg.ready_probe.as_ref()?),
+        };
+        let last = p.last.as_deref().unwrap_or("no probe has ended yet");
+        let failures = match p.failures {
+            0 => String::new(),
+            n => format!(" ({n} failure(s) in a row)"),
+        };
+        Some(format!(
+            "generation {}, {flag} {probe}: {last}{failures}",
+            p.generation
+        ))
     }
 
     fn draining(&self, now: Instant) -> Option<control::DrainInfo> {
@@ -1310,6 +1373,8 @@ impl Supervisor {
                     "generation {generation} was not ready within {waited}: it serves on a \
                      port relaunch does not hold (said above)"
                 )
+            } else if let Some(said) = self.probe_said(generation) {
+                format!("generation {generation} was not ready within {waited}: {said}")
             } else {
                 format!("generation {generation} was not ready within {waited}")
             };
@@ -1332,6 +1397,13 @@ impl Supervisor {
                 generation = self.kept.serving,
                 "not ready within {}: it serves on a port relaunch does not hold (said \
                  above); treating it as serving anyway (nothing else can serve)",
+                duration::human(self.kept.cfg.ready_timeout)
+            );
+        } else if let Some(said) = self.probe_said(self.kept.serving) {
+            warn!(
+                generation = self.kept.serving,
+                "not healthy within {} ({said}); treating it as serving anyway (nothing else \
+                 can serve), and probing it on until it is",
                 duration::human(self.kept.cfg.ready_timeout)
             );
         } else {
@@ -1778,7 +1850,8 @@ impl Supervisor {
         if let Some(text) = notice.status {
             c.status_text = Some(text);
         }
-        if notice.ready {
+        // Under a health probe, only the probe says ready.
+        if notice.ready && self.kept.cfg.ready_probe.is_none() {
             self.mark_ready(os, pid, "READY=1", now);
         }
     }
@@ -1970,6 +2043,18 @@ impl Supervisor {
         self.tell(Tell::Reloading(format!(
             "reloading: starting generation {generation}"
         )));
+        // Probed through the serving generation's socket, the old version
+        // would answer for the new one.
+        if let Some(probe) = &self.kept.cfg.ready_probe
+            && !own
+        {
+            let reason = format!(
+                "generation {generation} cannot be probed alone: it has no sockets of its own \
+                 (said above), and --ready {probe} never promotes a generation it could not probe"
+            );
+            self.fail_reload(os, ReloadResult::NotReady, reason, now);
+            return Ok(generation);
+        }
         for worker in 0..self.kept.cfg.workers {
             if let Err(e) = self.spawn(os, generation, worker, now) {
                 self.fail_reload(
@@ -2550,6 +2635,189 @@ impl Supervisor {
             cut: self.drain.last.map_or(0, |b| b.open),
         });
         self.end_drain(generation, now);
+    }
+
+    /// The generation to probe now (`--ready http:`, `tcp`, `exec:`): a
+    /// reload's, while it starts; else the serving one while a child of it
+    /// starts (the first generation, a restarted worker).
+    fn to_probe(&self) -> Option<u64> {
+        self.kept.cfg.ready_probe.as_ref()?;
+        if self.kept.life.stopping() || self.demand == Demand::IdleStopping {
+            return None;
+        }
+        let generation = self.pending().unwrap_or(self.kept.serving);
+        self.kept
+            .children
+            .iter()
+            .any(|c| {
+                c.generation == generation && c.alive() && matches!(c.state, State::Starting { .. })
+            })
+            .then_some(generation)
+    }
+
+    /// What to probe now, and whether for its health: a generation that
+    /// starts ([`Supervisor::to_probe`]); else, with `--health`, the
+    /// serving one while it simply serves (not while a reload, a backoff
+    /// or a restarted worker's start is under way).
+    fn probe_wanted(&self) -> Option<(u64, bool)> {
+        if let Some(generation) = self.to_probe() {
+            return Some((generation, false));
+        }
+        self.kept.cfg.health.as_ref()?;
+        (self.doing() == Doing::Serving && self.others_serve(None))
+            .then_some((self.kept.serving, true))
+    }
+
+    /// Keeps the probes of [`Supervisor::probe_wanted`] going: one at a
+    /// time, [`PROBE_EVERY`] apart for readiness, `--health-every` for
+    /// health. Probes no longer wanted (ready, failed, gone) end.
+    fn probe_due(&mut self, os: &mut impl Spawner, now: Instant) {
+        let want = self.probe_wanted();
+        if let Some(p) = self
+            .probing
+            .take_if(|p| Some((p.generation, p.health)) != want)
+        {
+            self.out.push(Effect::EndProbe {
+                generation: p.generation,
+            });
+        }
+        let Some((generation, health)) = want else {
+            return;
+        };
+        let (probe, first) = match (health, &self.kept.cfg.health) {
+            (true, Some(h)) => (h.probe.clone(), now + h.every),
+            _ => match &self.kept.cfg.ready_probe {
+                Some(p) => (p.clone(), now),
+                None => return,
+            },
+        };
+        let p = self.probing.get_or_insert(Probing {
+            generation,
+            health,
+            failures: 0,
+            due: Some(first),
+            last: None,
+        });
+        if p.due.is_none_or(|t| t > now) {
+            return;
+        }
+        let pgids: Vec<i32> = self
+            .kept
+            .children
+            .iter()
+            .filter(|c| c.generation == generation && c.alive())
+            .map(|c| c.pid)
+            .collect();
+        p.due = None;
+        // One that cannot start failed, as far as the generation goes.
+        if let Err(e) = os.probe(generation, &probe, &pgids) {
+            self.on_probed(os, generation, Err(format!("cannot probe it: {e}")), now);
+        }
+    }
+
+    /// A probe of `generation` ended: healthy makes its starting children
+    /// ready (a reload's is then promoted); anything else is probed again.
+    fn on_probed(
+        &mut self,
+        os: &mut impl Spawner,
+        generation: u64,
+        result: Result<String, String>,
+        now: Instant,
+    ) {
+        let Some(p) = self
+            .probing
+            .as_mut()
+            .filter(|p| p.generation == generation && p.due.is_none())
+        else {
+            return;
+        };
+        if p.health {
+            self.on_health(generation, result, now);
+            return;
+        }
+        p.due = Some(now + PROBE_EVERY);
+        match result {
+            Ok(how) => {
+                p.last = Some(how.clone());
+                let starting: Vec<i32> = self
+                    .kept
+                    .children
+                    .iter()
+                    .filter(|c| c.generation == generation && c.alive())
+                    .filter(|c| matches!(c.state, State::Starting { .. }))
+                    .map(|c| c.pid)
+                    .collect();
+                for pid in starting {
+                    self.mark_ready(os, pid, &how, now);
+                }
+            }
+            Err(why) => {
+                if p.last.as_ref() != Some(&why) {
+                    info!(generation, "not healthy yet: {why}");
+                }
+                p.last = Some(why);
+            }
+        }
+    }
+
+    /// A health check of the serving `generation` ended. `--health-failures`
+    /// in a row count as a crash: its workers are killed, and restart as
+    /// after any crash (the restart policy, the backoff).
+    fn on_health(&mut self, generation: u64, result: Result<String, String>, now: Instant) {
+        let (Some(h), Some(p)) = (&self.kept.cfg.health, &mut self.probing) else {
+            return;
+        };
+        p.due = Some(now + h.every);
+        let why = match result {
+            Ok(how) => {
+                if p.failures > 0 {
+                    info!(generation, "healthy again: {how}");
+                }
+                p.failures = 0;
+                p.last = Some(how);
+                return;
+            }
+            Err(why) => why,
+        };
+        p.failures += 1;
+        let (n, limit) = (p.failures, h.failures);
+        p.last = Some(why.clone());
+        warn!(
+            generation,
+            "health check failed ({n} of {limit} in a row): {why}"
+        );
+        if n < limit {
+            return;
+        }
+        p.failures = 0;
+        error!(
+            generation,
+            "generation {generation} failed {n} health checks in a row (the last: {why}): \
+             killing its workers, which restart as after a crash"
+        );
+        let pids: Vec<i32> = self
+            .kept
+            .children
+            .iter()
+            .filter(|c| c.generation == generation && c.alive())
+            .filter(|c| !matches!(c.state, State::Stopping { .. }))
+            .map(|c| c.pid)
+            .collect();
+        for pid in pids {
+            self.signal(pid, Signal::SIGKILL);
+        }
+    }
+
+    /// What the probes of `generation` found last, for a message; None
+    /// without `--ready http:`, `tcp` or `exec:`.
+    fn probe_said(&self, generation: u64) -> Option<String> {
+        let probe = self.kept.cfg.ready_probe.as_ref()?;
+        let last = self
+            .probing
+            .as_ref()
+            .filter(|p| p.generation == generation && !p.health)
+            .and_then(|p| p.last.clone());
+        Some(last.unwrap_or_else(|| format!("no --ready {probe} probe of it has ended yet")))
     }
 
     fn on_drained(&mut self, generation: u64, busy: Result<Busy, String>, now: Instant) {

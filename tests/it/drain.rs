@@ -55,7 +55,7 @@ fn while_running<V>(r: &mut Relaunch, what: &str, mut f: impl FnMut() -> Option<
 /// `relaunch --port P OPTIONS -- APP...`, each `PORT` in APP replaced by
 /// P, on a free port P; on another one if P was taken meanwhile (the
 /// clients' own ports come from the same range, and they use many).
-fn start_on_a_free_port(options: &[&str], app: &[&str]) -> (Relaunch, u16) {
+pub fn start_on_a_free_port(options: &[&str], app: &[&str]) -> (Relaunch, u16) {
     for _ in 0..3 {
         let port = free_port();
         let p = port.to_string();

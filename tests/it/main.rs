@@ -4,6 +4,7 @@ mod bad_input;
 mod child;
 mod drain;
 mod groups;
+mod health;
 mod held_options;
 mod intercept;
 mod intercept_isolation;

@@ -54,6 +54,14 @@ impl Spawner for Fake {
         self.steered.push(generation);
         Ok(())
     }
+    fn probe(
+        &mut self,
+        _generation: u64,
+        _probe: &crate::plan::options::Probe,
+        _pgids: &[i32],
+    ) -> Result<(), String> {
+        Err("no probes here".into())
+    }
     fn jitter(&mut self) -> f64 {
         0.5
     }
@@ -229,6 +237,8 @@ fn cfg() -> Config {
         stop_timeout: Duration::from_secs(10),
         ready_delay: None,
         ready_auto: true,
+        ready_probe: None,
+        health: None,
         ready_timeout: Duration::from_secs(60),
         intercept_remedy: None,
         listeners: Vec::new(),

@@ -5,6 +5,7 @@ mod dev_loop;
 mod drain;
 mod groups;
 mod on_demand;
+mod probes;
 mod readiness;
 mod reload;
 mod restart;
@@ -40,6 +41,11 @@ struct Fake {
     opened: Vec<u64>,
     steered: Vec<u64>,
     steer_fails: bool,
+    /// Probes started: generation and the process groups given.
+    probes: Vec<(u64, Vec<i32>)>,
+    /// Why a probe cannot start, if it cannot.
+    probe_fails: Option<String>,
+    probes_ended: Vec<u64>,
 }
 
 /// The core and a fake spawner, side by side as the runtime holds them.
@@ -96,6 +102,7 @@ impl Sim {
                 }
                 Effect::Upgrade { binary, reply } => self.os.upgrades.push((binary, reply)),
                 Effect::EndCheck => self.os.checks_ended += 1,
+                Effect::EndProbe { generation } => self.os.probes_ended.push(generation),
             }
         }
     }
@@ -160,6 +167,13 @@ impl Spawner for Fake {
             false => Ok(()),
         }
     }
+    fn probe(&mut self, generation: u64, _probe: &Probe, pgids: &[i32]) -> Result<(), String> {
+        if let Some(e) = &self.probe_fails {
+            return Err(e.clone());
+        }
+        self.probes.push((generation, pgids.to_vec()));
+        Ok(())
+    }
     fn jitter(&mut self) -> f64 {
         0.5
     }
@@ -179,6 +193,8 @@ fn cfg(workers: usize) -> Config {
         stop_timeout: Duration::from_secs(10),
         ready_delay: None,
         ready_auto: true,
+        ready_probe: None,
+        health: None,
         ready_timeout: Duration::from_secs(60),
         intercept_remedy: Some("drop --no-intercept".into()),
         listeners: Vec::new(),
