@@ -18,7 +18,7 @@ if [ ! -d "$out" ]; then
   for d in deps build .fingerprint; do
     if [ -d "$target/debug/$d" ]; then cp -al "$target/debug/$d" "$out/" 2>/dev/null || true; fi
   done
-  rm -rf "$out"/deps/relaunch-* "$out"/deps/librelaunch* "$out"/.fingerprint/relaunch-*
+  rm -rf "$out"/deps/relaunch-* "$out"/deps/librelaunch* "$out"/.fingerprint/relaunch-* "$out"/build/relaunch-*
 fi
 cd "$(dirname "$0")/.."
 RELAUNCH_BUILD_ID=upgrade-test-b "${CARGO:-cargo}" build --quiet --bin relaunch --target-dir "$target/upgrade-b"
