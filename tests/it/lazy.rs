@@ -229,7 +229,7 @@ fn idle_stop_cycles_refuse_nothing() {
         "127.0.0.1:0",
         "--lazy",
         "--idle-stop",
-        "1s",
+        "400ms",
         "--control",
         control.to_str().unwrap(),
         "--",

@@ -1,7 +1,7 @@
 //! Zero-downtime reloads: under load, coalesced, and the old generation
 //! serving on when the new one crashes, never gets ready, cannot run or
 //! cannot get the fds it needs; a stop during a reload and a reload during a
-//! stop; a child stuck in its drain; a soak of 200 reloads that must end with
+//! stop; a child stuck in its drain; a soak of 80 reloads that must end with
 //! the fds, memory and children it started with. How readiness is seen:
 //! ready.rs; workers: workers.rs; the control socket: ops.rs.
 
@@ -419,13 +419,16 @@ fn a_reload_of_a_program_that_cannot_run_answers_and_the_old_one_serves_on() {
 }
 
 #[test]
-fn soak_200_reloads_under_load_leave_no_fd_memory_or_zombie_behind() {
+fn soak_80_reloads_under_load_leave_no_fd_memory_or_zombie_behind() {
     const WARM_UP: usize = 20;
-    const RELOADS: usize = 200;
+    const RELOADS: usize = 80;
     // Allocator pools and tokio's slabs settle in the warm-up; after it, a leak
     // of 8 KiB per reload (one notify socket's buffers, one child record) would
-    // add 1.4 MiB over the 180 measured reloads, well above this bound.
-    const RSS_TOLERANCE_KIB: u64 = 1024;
+    // add 480 KiB over the 60 measured reloads, well above this bound, while
+    // VmRSS holds within 16 KiB over 200 reloads without one. (A leaked fd,
+    // zombie or listener shows after any number of reloads; the bench's
+    // scale run does 1000.)
+    const RSS_TOLERANCE_KIB: u64 = 320;
     let dir = TempDir::new("soak");
     let ctl = dir.join("ctl.sock").display().to_string();
     let server = example("pid_server");

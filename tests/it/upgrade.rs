@@ -2,10 +2,7 @@
 //! listeners, same children) from a second build of itself, under load.
 //!
 //! The second build is the same source with another `RELAUNCH_BUILD_ID`,
-//! built once into target/upgrade-b. Its target dir is seeded with hard
-//! links to target/debug's dependencies (relaunch's own files left out), so
-//! only relaunch itself compiles: about 10 s of CPU the first time, nothing
-//! once it is up to date.
+//! built once into target/upgrade-b by tests/upgrade-build.sh.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -18,29 +15,21 @@ use crate::util::*;
 const T: Duration = Duration::from_secs(30);
 const BUILD_B: &str = "upgrade-test-b";
 
-/// target/upgrade-b/debug/relaunch, built with RELAUNCH_BUILD_ID=upgrade-test-b.
+/// target/upgrade-b/debug/relaunch, built with RELAUNCH_BUILD_ID=upgrade-test-b
+/// (the build id tests/upgrade-build.sh gives it).
 fn second_build() -> &'static Path {
     static B: OnceLock<PathBuf> = OnceLock::new();
     B.get_or_init(|| {
-        let target = Path::new(relaunch_bin()).parent().unwrap().parent().unwrap();
-        let out = target.join("upgrade-b");
-        let debug = out.join("debug");
-        if !debug.exists() {
-            std::fs::create_dir_all(&debug).unwrap();
-            let seed = format!(
-                "cd {src} && for d in deps build .fingerprint; do [ -d $d ] && cp -al $d {dst}/; done; \
-                 rm -rf {dst}/deps/relaunch-* {dst}/deps/librelaunch* {dst}/.fingerprint/relaunch-*; true",
-                src = target.join("debug").display(),
-                dst = debug.display()
-            );
-            let ok = Command::new("sh").arg("-c").arg(seed).status().unwrap();
-            assert!(ok.success(), "seeding {} failed", out.display());
-        }
-        let built = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--bin", "relaunch", "--target-dir"])
-            .arg(&out)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("RELAUNCH_BUILD_ID", BUILD_B)
+        let target = Path::new(relaunch_bin())
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upgrade-build.sh");
+        let built = Command::new("bash")
+            .arg(script)
+            .arg(target)
+            .env("CARGO", env!("CARGO"))
             .output()
             .unwrap();
         assert!(
@@ -48,7 +37,7 @@ fn second_build() -> &'static Path {
             "building the second relaunch failed:\n{}",
             String::from_utf8_lossy(&built.stderr)
         );
-        debug.join("relaunch")
+        target.join("upgrade-b/debug/relaunch")
     })
 }
 
