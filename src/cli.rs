@@ -40,6 +40,22 @@ pub enum Sub {
     Reload {
         #[command(flatten)]
         client: ClientArgs,
+        /// Once ready, the new generation gets this share of new connections (10%, 2.5%, 10) beside the old one, until `relaunch promote` or `relaunch rollback`
+        #[arg(long, value_name = "PERCENT")]
+        canary: Option<String>,
+        /// With --canary: promote after this long unless the canary crashes or fails a --health check (then it is rolled back); return once the outcome is known
+        #[arg(long, value_name = "DURATION", requires = "canary")]
+        canary_for: Option<String>,
+    },
+    /// Give the canary every new connection; the old generation drains and stops
+    Promote {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Give every new connection back to the generation the canary ran beside; the canary drains and stops
+    Rollback {
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Stop the children and relaunch
     Stop {

@@ -40,4 +40,6 @@ pub enum ReloadResult {
     Coalesced,
     /// relaunch was stopped during the reload.
     Cancelled,
+    /// The new generation ran as a canary and was rolled back.
+    RolledBack,
 }

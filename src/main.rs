@@ -251,8 +251,24 @@ fn dispatch(cli: Cli, snapshot: plan::Snapshot) -> Result<i32> {
         Some(Sub::Status { client, json, .. }) => {
             runtime.block_on(control::client(&client, Request::Status, json))
         }
-        Some(Sub::Reload { client }) => {
-            runtime.block_on(control::client(&client, Request::Reload, false))
+        Some(Sub::Reload {
+            client,
+            canary: None,
+            ..
+        }) => runtime.block_on(control::client(&client, Request::Reload, false)),
+        Some(Sub::Reload {
+            client,
+            canary: Some(share),
+            canary_for,
+        }) => {
+            let request = control::canary_request(&share, canary_for.as_deref())?;
+            runtime.block_on(control::client(&client, request, false))
+        }
+        Some(Sub::Promote { client }) => {
+            runtime.block_on(control::client(&client, Request::Promote, false))
+        }
+        Some(Sub::Rollback { client }) => {
+            runtime.block_on(control::client(&client, Request::Rollback, false))
         }
         Some(Sub::Stop { client }) => {
             runtime.block_on(control::client(&client, Request::Stop, false))

@@ -102,6 +102,7 @@ fn reload_result(r: ReloadResult) -> &'static str {
         ReloadResult::Exited => "failed_exited",
         ReloadResult::Coalesced => "coalesced",
         ReloadResult::Cancelled => "cancelled",
+        ReloadResult::RolledBack => "rolled_back",
     }
 }
 
@@ -117,6 +118,9 @@ struct Gauges {
     waiting: Family<ListenerLabel, Gauge>,
     backlog: Family<ListenerLabel, Gauge>,
     uptime: Gauge<f64, AtomicU64>,
+    /// A canary's generation and share of new connections (0 without one).
+    canary_generation: Gauge,
+    canary_share: Gauge<f64, AtomicU64>,
     /// The listeners' labels at the last scrape: a listener that moved
     /// (interception rebinds --port) has its old series removed.
     labelled: Mutex<Vec<ListenerLabel>>,
@@ -159,6 +163,10 @@ impl Gauges {
             }
         }
         self.uptime.set(self.started.elapsed().as_secs_f64());
+        let canary = s.canary.as_ref();
+        self.canary_generation
+            .set(canary.map_or(0, |c| c.generation as i64));
+        self.canary_share.set(canary.map_or(0.0, |c| c.share));
     }
 }
 
@@ -194,6 +202,7 @@ fn tally() -> Tally {
         ReloadResult::Exited,
         ReloadResult::Coalesced,
         ReloadResult::Cancelled,
+        ReloadResult::RolledBack,
     ] {
         let _ = tally
             .reloads
@@ -216,6 +225,8 @@ fn registry() -> (Registry, Tally, Gauges) {
         waiting: Family::default(),
         backlog: Family::default(),
         uptime: Gauge::default(),
+        canary_generation: Gauge::default(),
+        canary_share: Gauge::default(),
         labelled: Mutex::new(Vec::new()),
     };
     r.register(
@@ -272,6 +283,16 @@ fn registry() -> (Registry, Tally, Gauges) {
         "uptime_seconds",
         "Seconds since relaunch started",
         gauges.uptime.clone(),
+    );
+    r.register(
+        "canary_generation",
+        "The generation running as a canary beside the serving one; 0 when none runs",
+        gauges.canary_generation.clone(),
+    );
+    r.register(
+        "canary_share",
+        "The canary's share of new connections (0 to 1); 0 when none runs",
+        gauges.canary_share.clone(),
     );
     r.register(
         "build",

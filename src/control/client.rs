@@ -58,7 +58,14 @@ pub async fn client(args: &ClientArgs, request: Request, json: bool) -> Result<i
             .hint("another relaunch took over the control socket? check relaunch's log"));
         }
     }
-    let (code, text) = render(&response, json)?;
+    let (mut code, text) = render(&response, json)?;
+    // What `rollback` asked for; a failure for `reload --canary`.
+    if matches!(
+        (&request, &response),
+        (Request::Rollback, Response::RolledBack { .. })
+    ) {
+        code = 0;
+    }
     if code != 0 {
         // A failed reload: under journald (ExecReload=) at priority err.
         logging::print(3, &text);
@@ -110,11 +117,48 @@ fn check_line(s: &Status) -> Option<String> {
     })
 }
 
+/// `relaunch reload --canary PERCENT [--canary-for DURATION]`, checked
+/// here: a usage error exits 2 before relaunch is asked.
+pub fn canary_request(share: &str, canary_for: Option<&str>) -> Result<Request> {
+    let text = share.trim();
+    let number = text.strip_suffix('%').unwrap_or(text).trim();
+    let percent = match number.parse::<f64>() {
+        Ok(p) if p > 0.0 && p < 100.0 => p,
+        Ok(_) => {
+            return Err(Error::usage(format!(
+                "--canary {share:?}: the share must be above 0% and below 100%"
+            ))
+            .hint("100% is a plain reload (relaunch reload); give e.g. --canary 10%"));
+        }
+        Err(_) => {
+            return Err(
+                Error::usage(format!("--canary {share:?}: not a percentage"))
+                    .hint("give the share of new connections, e.g. --canary 10% or --canary 2.5"),
+            );
+        }
+    };
+    let promote_after_ms = match canary_for.map(duration::parse).transpose() {
+        Ok(d) => d.map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+        Err(e) => {
+            return Err(Error::usage(format!("--canary-for: {e}"))
+                .hint("give a duration such as 60s, 5m or 1m30s"));
+        }
+    };
+    Ok(Request::Canary {
+        percent,
+        promote_after_ms,
+    })
+}
+
 /// `--timeout`, or the default for the request.
 fn time_limit(timeout: Option<&str>, request: &Request) -> Result<Duration> {
     let Some(text) = timeout else {
         return Ok(match request {
-            Request::Reload => RELOAD_TIMEOUT,
+            Request::Reload | Request::Promote | Request::Rollback => RELOAD_TIMEOUT,
+            // The canary's start, then its time before promotion.
+            Request::Canary {
+                promote_after_ms, ..
+            } => RELOAD_TIMEOUT + Duration::from_millis(promote_after_ms.unwrap_or(0)),
             Request::Upgrade { .. } => UPGRADE_TIMEOUT,
             Request::Status | Request::Stop => ANSWER_TIMEOUT,
         });
@@ -160,7 +204,10 @@ pub(super) async fn exchange(path: &Path, request: &Request, limit: Duration) ->
                 duration::human(limit)
             ));
             Err(match request {
-                Request::Reload => err.hint(format!(
+                Request::Reload
+                | Request::Canary { .. }
+                | Request::Promote
+                | Request::Rollback => err.hint(format!(
                     "the reload may still be running: see `relaunch status --control {p}` and relaunch's log; \
                      if its --ready-timeout plus --stop-timeout is longer, pass a longer --timeout"
                 )),
@@ -279,6 +326,29 @@ fn render(response: &Response, json: bool) -> Result<(i32, String)> {
             Ok((0, text))
         }
         Response::ReloadFailed { reason, .. } => Ok((1, format!("reload failed: {reason}"))),
+        Response::CanaryServes {
+            generation,
+            share,
+            pids,
+        } => {
+            let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+            Ok((
+                0,
+                format!(
+                    "canary: generation {generation} serves {}% of new connections (pids {}); \
+                     `relaunch promote` gives it every one, `relaunch rollback` takes its share \
+                     back",
+                    (share * 1e6).round() / 1e4,
+                    pids.join(", ")
+                ),
+            ))
+        }
+        Response::RolledBack {
+            serving, reason, ..
+        } => Ok((
+            1,
+            format!("rolled back: {reason}; generation {serving} serves every new connection"),
+        )),
         Response::Upgraded {
             pid,
             from,
@@ -318,8 +388,36 @@ fn render_status(s: &Status) -> String {
             pids.join(", ")
         );
     }
+    out += &render_canary(s.canary.as_ref());
     out += &render_last_reload(s.last_reload.as_ref());
     out
+}
+
+/// "canary: generation 3 gets 10% of new connections (4 open), generation
+/// 2 the other 90% (40 open); promoted in 42s".
+fn render_canary(c: Option<&super::CanaryInfo>) -> String {
+    let Some(c) = c else {
+        return String::new();
+    };
+    let pct = |share: f64| (share * 1e6).round() / 1e4;
+    let open = |n: Option<u32>| n.map_or_else(|| "open: unknown".into(), |n| format!("{n} open"));
+    let next = match c.promote_in_secs {
+        Some(secs) => format!(
+            "promoted in {} unless it fails",
+            duration::human(Duration::from_secs_f64(secs.max(0.0)))
+        ),
+        None => "relaunch promote or relaunch rollback decides".into(),
+    };
+    format!(
+        "canary: generation {} gets {}% of new connections ({}), generation {} the other {}% \
+         ({}); {next}\n",
+        c.generation,
+        pct(c.share),
+        open(c.open),
+        c.beside,
+        pct(1.0 - c.share),
+        open(c.beside_open)
+    )
 }
 
 /// Who and in what state, then the optional one-liners (status text, watch, idle).

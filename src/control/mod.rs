@@ -17,8 +17,10 @@ mod client;
 mod protocol;
 mod server;
 
-pub use client::{check, client};
-pub use protocol::{ChildInfo, DrainInfo, ListenerInfo, ReloadInfo, Request, Response, Status};
+pub use client::{canary_request, check, client};
+pub use protocol::{
+    CanaryInfo, ChildInfo, DrainInfo, ListenerInfo, ReloadInfo, Request, Response, Status,
+};
 pub use server::{Incoming, Replies, Reply, ReplyId, Server};
 
 /// Helpers for the tests of all three parts.
@@ -116,6 +118,7 @@ mod testing {
             idle_secs: None,
             draining: None,
             probe: None,
+            canary: None,
         }
     }
 

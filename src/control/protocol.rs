@@ -1,5 +1,6 @@
 //! The wire format. The client connects to the Unix stream socket and sends
-//! one JSON line, a [`Request`] (`"status"`, `"reload"`, `"stop"` or
+//! one JSON line, a [`Request`] (`"status"`, `"reload"`, `"stop"`,
+//! `"promote"`, `"rollback"`, `{"canary":{"percent":10.0}}` or
 //! `{"upgrade":{"binary":null}}`); the
 //! server answers one JSON line, a [`Response`] tagged by `"result"`, and
 //! closes. A request is at most 64 KiB; an answer (a status with many
@@ -12,12 +13,24 @@ pub const MAX_REQUEST: u64 = 64 * 1024;
 /// Longest answer the client reads.
 pub const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "lowercase")]
 pub enum Request {
     Status,
     Reload,
     Stop,
+    /// A reload whose new generation gets `percent` of new connections
+    /// once ready; promoted after `promote_after_ms` if given.
+    Canary {
+        percent: f64,
+        #[serde(default)]
+        promote_after_ms: Option<u64>,
+    },
+    /// The canary gets every new connection; the old generation drains.
+    Promote,
+    /// The serving generation gets every new connection again; the canary
+    /// drains and stops.
+    Rollback,
     /// Re-execute relaunch in place from `binary` (default: the file at
     /// relaunch's own path).
     Upgrade {
@@ -36,6 +49,19 @@ pub enum Response {
     },
     ReloadFailed {
         generation: u64,
+        reason: String,
+    },
+    /// A canary is ready and gets `share` (0..1) of new connections.
+    CanaryServes {
+        generation: u64,
+        share: f64,
+        pids: Vec<i32>,
+    },
+    /// The canary `generation` was rolled back (`reason`): `serving` has
+    /// every new connection, and the canary stopped.
+    RolledBack {
+        generation: u64,
+        serving: u64,
         reason: String,
     },
     /// Sent by the new image once it has adopted everything.
@@ -98,6 +124,27 @@ pub struct Status {
     /// GET /healthz answered 500 Internal Server Error").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<String>,
+    /// A canary beside the serving generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryInfo>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct CanaryInfo {
+    /// The canary, and its share (0..1) of new connections.
+    pub generation: u64,
+    pub share: f64,
+    /// The serving generation, which gets the rest.
+    pub beside: u64,
+    /// Seconds until it is promoted (`--canary-for`).
+    #[serde(default)]
+    pub promote_in_secs: Option<f64>,
+    /// Connections each holds open or has waiting in its accept queue,
+    /// when they could be measured.
+    #[serde(default)]
+    pub open: Option<u32>,
+    #[serde(default)]
+    pub beside_open: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -195,6 +242,14 @@ mod tests {
                 Some(Request::Upgrade { binary: None }),
             ),
             (b"\"upgrade\"\n", None),
+            (
+                b"{\"canary\":{\"percent\":10}}",
+                Some(Request::Canary {
+                    percent: 10.0,
+                    promote_after_ms: None,
+                }),
+            ),
+            (b"\"promote\"", Some(Request::Promote)),
             (b"\"STATUS\"\n", None),
             (b"status\n", None),
             (b"{\"request\":\"status\"}\n", None),
@@ -266,10 +321,26 @@ mod tests {
             Request::Upgrade {
                 binary: Some("/usr/local/bin/relaunch".into()),
             },
+            Request::Canary {
+                percent: 2.5,
+                promote_after_ms: Some(60_000),
+            },
+            Request::Canary {
+                percent: 10.0,
+                promote_after_ms: None,
+            },
+            Request::Promote,
+            Request::Rollback,
         ];
         for r in &all {
             match r {
-                Request::Status | Request::Reload | Request::Stop | Request::Upgrade { .. } => {}
+                Request::Status
+                | Request::Reload
+                | Request::Stop
+                | Request::Upgrade { .. }
+                | Request::Canary { .. }
+                | Request::Promote
+                | Request::Rollback => {}
             }
         }
         all

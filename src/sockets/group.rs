@@ -314,6 +314,16 @@ pub struct Group {
     members: Vec<Member>,
     /// The slot new connections go to.
     route: usize,
+    /// A canary: its slot and the share of new connections it takes from
+    /// the routed one.
+    canary: Option<(usize, f64)>,
+}
+
+/// Where a group's new connections go, to put back (see [`Group::back_to`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Routing {
+    route: usize,
+    canary: Option<(usize, f64)>,
 }
 
 /// What an upgrade hands over of a group besides its members' fds (which
@@ -323,6 +333,9 @@ pub struct Saved {
     pub generations: Vec<Vec<u64>>,
     pub route: usize,
     pub backlog: i32,
+    /// A canary's slot and share.
+    #[serde(default)]
+    pub canary: Option<(usize, f64)>,
 }
 
 impl Group {
@@ -390,7 +403,12 @@ impl Group {
             ));
         }
         let route = saved.route.min(members.len() - 1);
-        Group::of(members, saved.generations, route, saved.backlog)
+        let mut group = Group::of(members, saved.generations, route, saved.backlog)?;
+        group.canary = saved.canary.filter(|&(slot, _)| slot < group.members.len());
+        // The program is the kernel's and outlives the exec; attached again
+        // all the same, from what is now known.
+        group.attach()?;
+        Ok(group)
     }
 
     fn of(
@@ -424,6 +442,7 @@ impl Group {
             backlog,
             members,
             route,
+            canary: None,
         })
     }
 
@@ -436,6 +455,7 @@ impl Group {
                 generations,
                 route: self.route,
                 backlog: self.backlog,
+                canary: self.canary,
             },
         )
     }
@@ -471,11 +491,12 @@ impl Group {
         self.members.iter().map(|m| m.inode)
     }
 
-    /// The inodes of the members of generations before `generation`.
-    pub fn inodes_before(&self, generation: u64) -> Vec<u64> {
+    /// The inodes of the members of generations other than `serving`
+    /// (older ones after a reload, a canary after a rollback), which drain.
+    pub fn inodes_besides(&self, serving: u64) -> Vec<u64> {
         self.members
             .iter()
-            .filter(|m| m.generations.iter().any(|&g| g < generation))
+            .filter(|m| !m.generations.is_empty() && !m.generations.contains(&serving))
             .map(|m| m.inode)
             .collect()
     }
@@ -530,20 +551,52 @@ impl Group {
             .collect()
     }
 
-    /// New connections go to `generation`'s member from now on. The slot
-    /// they went to before (for [`back_to`](Self::back_to)).
-    pub fn steer_to(&mut self, generation: u64) -> io::Result<usize> {
+    /// New connections go to `generation`'s member from now on (a canary
+    /// beside it ends). Where they went before (for [`back_to`](Self::back_to)).
+    pub fn steer_to(&mut self, generation: u64) -> io::Result<Routing> {
         let i = self.slot_of(generation)?;
-        let was = self.route;
-        self.back_to(i)?;
+        let was = self.routing();
+        self.back_to(Routing {
+            route: i,
+            canary: None,
+        })?;
         Ok(was)
     }
 
-    /// New connections go to `slot` again.
-    pub fn back_to(&mut self, slot: usize) -> io::Result<()> {
-        let was = self.route;
-        self.route = slot.min(self.members.len() - 1);
-        self.attach().inspect_err(|_| self.route = was)
+    /// `share` (0 < share < 1) of new connections go to `generation`'s
+    /// member, drawn at random for each, and the rest where they went.
+    pub fn share_to(&mut self, generation: u64, share: f64) -> io::Result<Routing> {
+        let i = self.slot_of(generation)?;
+        if i == self.route {
+            return Err(io::Error::other(format!(
+                "generation {generation} has the routed socket: there is nothing to share with"
+            )));
+        }
+        let was = self.routing();
+        self.back_to(Routing {
+            route: self.route,
+            canary: Some((i, share)),
+        })?;
+        Ok(was)
+    }
+
+    /// New connections go where `was` sent them again.
+    pub fn back_to(&mut self, was: Routing) -> io::Result<()> {
+        let now = self.routing();
+        let last = self.members.len() - 1;
+        self.route = was.route.min(last);
+        self.canary = was.canary.filter(|&(slot, _)| slot <= last);
+        self.attach().inspect_err(|_| {
+            self.route = now.route;
+            self.canary = now.canary;
+        })
+    }
+
+    fn routing(&self) -> Routing {
+        Routing {
+            route: self.route,
+            canary: self.canary,
+        }
     }
 
     /// `generation` is gone: its members are free (the routed one too,
@@ -551,9 +604,20 @@ impl Group {
     /// member that nothing is steered to would wait for the next reload,
     /// or for ever: it is reset, and counted.
     pub fn release(&mut self, generation: u64) -> usize {
+        for m in &mut self.members {
+            m.generations.retain(|&g| g != generation);
+        }
+        // A canary that is gone gets no more of the share.
+        if let Some((slot, _)) = self.canary
+            && self.members[slot].generations.is_empty()
+        {
+            self.canary = None;
+            if let Err(e) = self.attach() {
+                warn!(addr = %self.addr, "cannot take a gone canary's share back ({e})");
+            }
+        }
         let mut reset = 0;
         for (i, m) in self.members.iter_mut().enumerate() {
-            m.generations.retain(|&g| g != generation);
             if m.generations.is_empty() && i != self.route {
                 reset += reset_queue(&m.socket);
             }
@@ -576,8 +640,20 @@ impl Group {
     }
 
     fn attach(&self) -> io::Result<()> {
-        let prog = steer::program(Route::To(self.route as u32), None);
+        let prog = steer::program(self.route(), None);
         steer::attach(self.members[0].socket.as_ref(), &prog)
+    }
+
+    /// The program's route: to the routed member, or shared with a canary.
+    fn route(&self) -> Route {
+        match self.canary {
+            None => Route::To(self.route as u32),
+            Some((canary, share)) => Route::Share {
+                serving: self.route as u32,
+                canary: canary as u32,
+                share,
+            },
+        }
     }
 
     /// Runs `f` with a probe socket (see `steer::probe_socket`) whose
@@ -591,7 +667,7 @@ impl Group {
         let dest = reachable(self.addr, self.v6only);
         let (probe, port) = steer::probe_socket(dest)?;
         let prog = steer::program(
-            Route::To(self.route as u32),
+            self.route(),
             Some(Probe {
                 port,
                 slot: slot as u32,
@@ -720,6 +796,53 @@ mod tests {
     }
 
     #[test]
+    fn a_canary_takes_its_share_until_either_generation_is_steered_to() {
+        let mut g = Group::new(home(), 128).unwrap();
+        let one = g.socket_for(1);
+        let two = g.open(2).unwrap();
+        g.share_to(2, 0.5).unwrap();
+        // Both get some: 200 draws at one half miss one side with 2^-199.
+        let canary = (0..200).filter(|_| lands(&g, &[&one, &two]) == 1).count();
+        assert!(
+            (40..=160).contains(&canary),
+            "{canary} of 200 to the canary"
+        );
+        // Probes still reach the canary alone, and leave the share as it was.
+        assert_eq!(g.probe(2, 1, PROBE_WAIT).unwrap().len(), 1);
+        two.set_nonblocking(true).unwrap();
+        two.accept()
+            .expect("the probe waits on the canary's socket");
+        assert!((0..40).any(|_| lands(&g, &[&one, &two]) == 1));
+        // Rolled back: everything to the old one; the handover keeps neither.
+        let was = g.steer_to(1).unwrap();
+        for _ in 0..40 {
+            assert_eq!(lands(&g, &[&one, &two]), 0);
+        }
+        assert_eq!(g.save().1.canary, None);
+        g.back_to(was).unwrap();
+        assert_eq!(g.save().1.canary, Some((1, 0.5)), "put back as it was");
+        g.steer_to(2).unwrap();
+        for _ in 0..40 {
+            assert_eq!(lands(&g, &[&one, &two]), 1, "promoted: all to the canary");
+        }
+    }
+
+    #[test]
+    fn a_handed_over_canary_keeps_its_share() {
+        let mut g = Group::new(home(), 128).unwrap();
+        let one = g.socket_for(1);
+        let two = g.open(2).unwrap();
+        g.share_to(2, 0.5).unwrap();
+        g.steer_to(1).unwrap();
+        let (members, mut saved) = g.save();
+        saved.canary = Some((1, 0.5));
+        // The next image attaches the program from what it was handed.
+        let back = Group::adopt(members, saved).unwrap();
+        assert!((0..60).any(|_| lands(&back, &[&one, &two]) == 1));
+        assert!((0..60).any(|_| lands(&back, &[&one, &two]) == 0));
+    }
+
+    #[test]
     fn probes_reach_the_new_generation_alone_and_the_route_stays() {
         let mut g = Group::new(home(), 128).unwrap();
         let one = g.socket_for(1);
@@ -802,7 +925,7 @@ mod tests {
         // A reload that got no socket of its own shares it, then fails.
         assert!(Arc::ptr_eq(&g.socket_for(2), &one));
         assert_eq!(g.release(2), 0);
-        assert_eq!(g.inodes_before(3).len(), 1, "generation 1 still has it");
+        assert_eq!(g.inodes_besides(3).len(), 1, "generation 1 still has it");
         let three = g.open(3).unwrap();
         assert!(!Arc::ptr_eq(&three, &one));
     }

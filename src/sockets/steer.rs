@@ -184,10 +184,6 @@ pub enum Route {
     /// Every one to this slot.
     To(u32),
     /// `share` (0..=1) of them to `canary`, the rest to `serving`.
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "for canaries; measured by the tests")
-    )]
     Share {
         serving: u32,
         canary: u32,

@@ -306,7 +306,7 @@ async fn fresh(args: RunArgs, snap: Snapshot) -> Result<Resources> {
     {
         keep_changes_in_store(t, notify_socket.as_deref(), &plan.listeners);
     }
-    let cfg = config(&plan, &listeners, !groups.is_empty());
+    let cfg = config(&plan, &listeners, &groups);
     let build_cmd = plan.watch.as_ref().and_then(|w| w.build.clone());
     let build_env = plan.build_env().to_vec();
     Ok(Resources {
@@ -749,7 +749,8 @@ fn intercept_table(
 
 /// The supervisor's configuration, from the plan; `drains`: the listeners
 /// have groups to steer.
-fn config(plan: &plan::Plan, listeners: &[Listener], drains: bool) -> Config {
+fn config(plan: &plan::Plan, listeners: &[Listener], groups: &[Steered]) -> Config {
+    let drains = !groups.is_empty();
     let listener_info = listeners
         .iter()
         .enumerate()
@@ -787,7 +788,36 @@ fn config(plan: &plan::Plan, listeners: &[Listener], drains: bool) -> Config {
         lazy: plan.lazy,
         idle_stop: plan.idle_stop,
         drain: plan.drain.filter(|_| drains),
+        no_canary: no_canary(plan, listeners, groups),
     }
+}
+
+/// Why `relaunch reload --canary` cannot run here, if it cannot: a share
+/// of new connections needs every listener's group, steered by a program.
+fn no_canary(plan: &plan::Plan, listeners: &[Listener], groups: &[Steered]) -> Option<String> {
+    if plan.drain.is_none() {
+        return Some(
+            "--no-drain is given, and a canary needs a socket per generation to share new \
+             connections between (the drain's)"
+                .into(),
+        );
+    }
+    if groups.is_empty() {
+        return Some(
+            "the drain is off (said at start why), and a canary needs a socket per generation \
+             to share new connections between: see docs/steering.md"
+                .into(),
+        );
+    }
+    let unix = groups
+        .iter()
+        .zip(listeners)
+        .find(|(g, _)| matches!(g, Steered::Unix(_)))?;
+    Some(format!(
+        "{} is a Unix socket, whose generations take turns by a rename of the file: all new \
+         connections or none, never a share",
+        unix.1.name
+    ))
 }
 
 /// After an upgrade: the resources the old image handed over.
@@ -1541,8 +1571,32 @@ impl Driver {
                 _ => None,
             })
             .collect();
+        let canary = status.canary.as_ref().map(|c| {
+            let ports: Vec<u16> = self.groups.iter().filter_map(Steered::port).collect();
+            [c.generation, c.beside].map(|g| {
+                let members = self
+                    .groups
+                    .iter()
+                    .filter_map(|grp| grp.member_of(g))
+                    .filter_map(|s| steer::inode_of(s.as_ref()).ok())
+                    .collect();
+                let pgids: Vec<i32> = status
+                    .children
+                    .iter()
+                    .filter(|c| c.generation == g)
+                    .map(|c| c.pid)
+                    .collect();
+                (Watch::new(ports.clone(), members), pgids)
+            })
+        });
         tokio::task::spawn_blocking(move || {
             fill_status(&mut status, &inodes, &ports);
+            if let (Some(c), Some(watches)) = (&mut status.canary, canary) {
+                [c.open, c.beside_open] = watches.map(|(mut w, pgids)| {
+                    let b = w.look(&crate::proc::group_members(&pgids)).ok()?;
+                    Some(b.open + b.queued)
+                });
+            }
             let _ = to.send(Response::Status(Box::new(status)));
         });
     }
@@ -1629,13 +1683,14 @@ impl Driver {
         inodes
     }
 
-    /// The measure of the generations before `generation`, which drain.
+    /// The measure of the generations that drain while `generation`
+    /// serves: those before it, or a canary rolled back.
     fn drain_watch(&self, generation: u64) -> Watch {
         let ports = self.groups.iter().filter_map(Steered::port).collect();
         let (mut members, mut unix) = (Vec::new(), Vec::new());
         for g in &self.groups {
             match g {
-                Steered::Tcp(g) => members.extend(g.inodes_before(generation)),
+                Steered::Tcp(g) => members.extend(g.inodes_besides(generation)),
                 Steered::Unix(g) => unix.extend(g.inodes_before(generation)),
             }
         }
@@ -1646,35 +1701,7 @@ impl Driver {
     /// first, which can be steered back if one fails, then the socket
     /// files, each renamed in (which cannot be undone).
     fn steer_groups(&mut self, generation: u64) -> Result<(), String> {
-        let mut done = Vec::with_capacity(self.groups.len());
-        for (g, l) in self.groups.iter_mut().zip(&self.listeners) {
-            let Steered::Tcp(g) = g else {
-                continue;
-            };
-            let ours: Vec<u64> = g.inodes().collect();
-            if let Ok(found) = steer::foreign_listeners(g.port(), &ours)
-                && !found.is_empty()
-            {
-                warn!(
-                    generation,
-                    "{}: other listeners are on port {} ({}): relaunch never steers to them, \
-                     and connections to their addresses may reach them instead of relaunch's \
-                     children; see who they are with: relaunch who :{}",
-                    l.name,
-                    g.port(),
-                    steer::shown(&found),
-                    g.port()
-                );
-            }
-            match g.steer_to(generation) {
-                Ok(was) => done.push(was),
-                Err(e) => {
-                    let e = format!("{}: {e}", l.name);
-                    self.steer_back(done);
-                    return Err(e);
-                }
-            }
-        }
+        let done = self.steer_ports(generation, None)?;
         let mut renamed = 0;
         for i in 0..self.groups.len() {
             if !matches!(self.groups[i], Steered::Unix(_)) {
@@ -1699,16 +1726,88 @@ impl Driver {
         Ok(())
     }
 
-    /// All or nothing: the TCP groups steered already (`done`: the slot
-    /// each had, in order) go back.
-    fn steer_back(&mut self, done: Vec<usize>) {
+    /// A canary: `share` of each port's new connections go to
+    /// `generation`, the rest where they went; all ports or none. Socket
+    /// files cannot share (a rename moves every connection): the core
+    /// refuses a canary where there is one.
+    fn share_groups(&mut self, generation: u64, share: f64) -> Result<(), String> {
+        if let Some(l) = self
+            .groups
+            .iter()
+            .zip(&self.listeners)
+            .find_map(|(g, l)| matches!(g, Steered::Unix(_)).then_some(l))
+        {
+            return Err(format!(
+                "{} is a Unix socket, which has no share: a rename is all or nothing",
+                l.name
+            ));
+        }
+        self.steer_ports(generation, Some(share))?;
+        self.probes.remove(&generation);
+        Ok(())
+    }
+
+    /// Each port's new connections go to `generation`, or `share` of them
+    /// (a canary); all ports or none. Where a listener relaunch does not
+    /// own is on a port, a steer says so, and a share is refused: the
+    /// program would count it among the slots. Where each went before.
+    fn steer_ports(
+        &mut self,
+        generation: u64,
+        share: Option<f64>,
+    ) -> Result<Vec<group::Routing>, String> {
+        let mut done = Vec::with_capacity(self.groups.len());
+        for (g, l) in self.groups.iter_mut().zip(&self.listeners) {
+            let Steered::Tcp(g) = g else {
+                continue;
+            };
+            let ours: Vec<u64> = g.inodes().collect();
+            if let Ok(found) = steer::foreign_listeners(g.port(), &ours)
+                && !found.is_empty()
+            {
+                let (name, port, shown) = (&l.name, g.port(), steer::shown(&found));
+                if share.is_some() {
+                    let e = format!(
+                        "{name}: other listeners are on port {port} ({shown}): relaunch never \
+                         steers a share where they could take it; see who they are with: \
+                         relaunch who :{port}"
+                    );
+                    self.steer_back(done);
+                    return Err(e);
+                }
+                warn!(
+                    generation,
+                    "{name}: other listeners are on port {port} ({shown}): relaunch never steers \
+                     to them, and connections to their addresses may reach them instead of \
+                     relaunch's children; see who they are with: relaunch who :{port}"
+                );
+            }
+            let steered = match share {
+                None => g.steer_to(generation),
+                Some(share) => g.share_to(generation, share),
+            };
+            match steered {
+                Ok(was) => done.push(was),
+                Err(e) => {
+                    let e = format!("{}: {e}", l.name);
+                    self.steer_back(done);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// All or nothing: the TCP groups steered already (`done`: where each
+    /// sent connections, in order) go back.
+    fn steer_back(&mut self, done: Vec<group::Routing>) {
         let tcp = self.groups.iter_mut().filter_map(|g| match g {
             Steered::Tcp(g) => Some(g),
             Steered::Unix(_) => None,
         });
         for (g, was) in tcp.zip(done) {
             if let Err(e) = g.back_to(was) {
-                error!("cannot steer new connections back to slot {was} ({e})");
+                error!("cannot steer new connections back to where they went ({was:?}: {e})");
             }
         }
     }
@@ -2017,6 +2116,10 @@ impl Spawner for Driver {
 
     fn steer(&mut self, generation: u64) -> std::result::Result<(), String> {
         self.steer_groups(generation)
+    }
+
+    fn share(&mut self, generation: u64, share: f64) -> std::result::Result<(), String> {
+        self.share_groups(generation, share)
     }
 
     fn probe(

@@ -655,6 +655,7 @@ mod tests {
                     generations: vec![vec![1], Vec::new()],
                     route: 0,
                     backlog: 128,
+                    canary: None,
                 },
                 unix: None,
             }],

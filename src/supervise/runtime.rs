@@ -62,7 +62,8 @@ pub trait Os: Spawner {
     ) -> impl FnOnce() -> Self::Swept + Send + 'static;
     /// A sweep's finds, kept to be signalled, as the core's event.
     fn swept(&mut self, found: Self::Swept) -> Event;
-    /// A new measure of the generations before `generation`, which drain.
+    /// A new measure of the generations that drain while `generation`
+    /// serves (those before it, or a canary rolled back).
     fn drain_watch(&self, generation: u64) -> Watch;
     /// One look at the old generation (process groups `pgids`) of
     /// `generation`'s reload; `end_reads`: its connections stop reading

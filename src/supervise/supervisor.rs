@@ -239,6 +239,10 @@ pub trait Spawner {
     /// Every new connection goes to `generation`'s own sockets (from
     /// `open`) from now on. Err: they still go where they went.
     fn steer(&mut self, generation: u64) -> Result<(), String>;
+    /// A canary: `share` (0 < share < 1) of new connections go to
+    /// `generation`'s own sockets, the rest where they went, until the next
+    /// [`Spawner::steer`]. Err: nothing changed.
+    fn share(&mut self, generation: u64, share: f64) -> Result<(), String>;
     /// Starts one `probe` of `generation` alone (through its own sockets,
     /// which nothing else reaches before it is steered to); `pgids`: its
     /// children's process groups. What it finds comes back as
@@ -286,6 +290,9 @@ pub struct Config {
     /// what it accepted. None: no drain (`--no-drain`, or not possible).
     #[serde(default)]
     pub drain: Option<Duration>,
+    /// Why `relaunch reload --canary` cannot run here; None: it can.
+    #[serde(default)]
+    pub no_canary: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -469,8 +476,31 @@ enum Phase {
         #[serde(default)]
         ending: bool,
     },
+    /// The new generation serves as a canary, with its share of new
+    /// connections, beside the serving one; promoted at `until`
+    /// (`--canary-for`), else by `relaunch promote`.
+    Canary {
+        #[serde(with = "crate::serial::mono::opt")]
+        until: Option<Instant>,
+    },
     /// The new generation serves; the old one is stopping.
     Draining,
+}
+
+/// `relaunch reload --canary`: the share of new connections the new
+/// generation gets once ready, and for how long before it is promoted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Canary {
+    /// 0 < share < 1.
+    pub share: f64,
+    pub promote_after: Option<Duration>,
+}
+
+impl Canary {
+    /// "10%": as the user wrote it, near enough.
+    pub fn percent(&self) -> String {
+        format!("{}%", (self.share * 1e6).round() / 1e4)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -480,6 +510,9 @@ struct Reload {
     /// It has sockets of its own (see [`Spawner::open`]).
     #[serde(default)]
     own: bool,
+    /// It starts as a canary.
+    #[serde(default)]
+    canary: Option<Canary>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -532,6 +565,10 @@ pub struct Kept {
     exit_code: i32,
     exit_error: Option<String>,
     last_reload: Option<LastReload>,
+    /// The reload's canary is being rolled back, and why: its generation
+    /// drains and stops, and the serving one takes everything again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rolled_back: Option<String>,
 }
 
 /// What relaunch is doing, in order of precedence (see `doing`).
@@ -707,6 +744,7 @@ impl Supervisor {
                 exit_code: 0,
                 exit_error: None,
                 last_reload: None,
+                rolled_back: None,
             },
             dev,
             Vec::new(),
@@ -769,7 +807,7 @@ impl Supervisor {
             Event::Elsewhere { pid, notice } => self.on_elsewhere(pid, notice, now),
             Event::Notify { pid, notice } => self.on_notice(os, pid, notice, now),
             Event::Reload => {
-                if let Err(e) = self.request_reload(os, now) {
+                if let Err(e) = self.request_reload(os, None, now) {
                     warn!("reload refused: {e}");
                 }
             }
@@ -966,13 +1004,26 @@ impl Supervisor {
     /// old one's process groups.
     fn drain_wanted(&self) -> Option<(u64, Vec<i32>, bool)> {
         let (generation, _, _, ending) = self.emptying()?;
-        Some((generation, self.older_pids(generation), ending))
+        Some((generation, self.leaving().map(|c| c.pid).collect(), ending))
     }
 
-    /// The reload whose old generation drains: its generation, the drain
-    /// timeout (or the end of the grace after it), the settle time, and
-    /// whether the timeout passed.
+    /// The children a reload leaves behind: the older generations', or a
+    /// canary's that is rolled back.
+    fn leaving(&self) -> impl Iterator<Item = &Child> {
+        let reload = self.kept.reload;
+        let back = self.kept.rolled_back.is_some();
+        self.kept.children.iter().filter(move |c| match reload {
+            Some(r) if back => c.generation == r.generation,
+            Some(r) => c.generation < r.generation,
+            None => false,
+        })
+    }
+
+    /// The reload whose old generation (or rolled-back canary) drains: the
+    /// generation that serves meanwhile, the drain timeout (or the end of
+    /// the grace after it), the settle time, and whether the timeout passed.
     fn emptying(&self) -> Option<(u64, Instant, Instant, bool)> {
+        let back = self.kept.rolled_back.is_some();
         match self.kept.reload? {
             Reload {
                 generation,
@@ -983,7 +1034,12 @@ impl Supervisor {
                         ending,
                     },
                 ..
-            } => Some((generation, until, settle, ending)),
+            } => Some((
+                if back { self.kept.serving } else { generation },
+                until,
+                settle,
+                ending,
+            )),
             _ => None,
         }
     }
@@ -1022,6 +1078,7 @@ impl Supervisor {
         let reload = self.kept.reload.and_then(|r| match r.phase {
             Phase::Starting { deadline } => Some(deadline),
             Phase::Emptying { until, .. } => Some(until),
+            Phase::Canary { until } => until,
             Phase::Draining => None,
         });
         children
@@ -1093,6 +1150,16 @@ impl Supervisor {
             watch: self.watch_status(now),
             draining: self.draining(now),
             probe: self.probe_status(),
+            canary: self
+                .canary()
+                .map(|(generation, c, until)| control::CanaryInfo {
+                    generation,
+                    share: c.share,
+                    beside: self.kept.serving,
+                    promote_in_secs: until.map(|t| t.saturating_duration_since(now).as_secs_f64()),
+                    open: None,
+                    beside_open: None,
+                }),
         }
     }
 
@@ -1115,8 +1182,8 @@ impl Supervisor {
     }
 
     fn draining(&self, now: Instant) -> Option<control::DrainInfo> {
-        let (generation, until, ..) = self.emptying()?;
-        let old = self.older(generation).map(|c| c.generation).max()?;
+        let (_, until, ..) = self.emptying()?;
+        let old = self.leaving().map(|c| c.generation).max()?;
         let b = self.drain.last.unwrap_or_default();
         Some(control::DrainInfo {
             generation: old,
@@ -1293,6 +1360,7 @@ impl Supervisor {
             self.changes_settled(os, now);
         }
         self.reload_overdue(os, now);
+        self.canary_due(os, now);
         self.drain_due(now);
         self.first_generation_overdue(now);
         self.restarts_due(os, now);
@@ -1514,6 +1582,11 @@ impl Supervisor {
                     format!("generation {generation} {status} before it was ready"),
                     now,
                 );
+            }
+            _ if self.canary().is_some_and(|(g, ..)| g == generation) => {
+                warn!(pid, generation, worker, "the canary {status}");
+                let why = format!("its worker {worker} (pid {pid}) {status}");
+                self.rollback(os, why, now);
             }
             _ if serving => {
                 if status.success() {
@@ -1862,31 +1935,12 @@ impl Supervisor {
                 let response = Response::Status(Box::new(self.status(now)));
                 self.out.push(Effect::Reply { to, response });
             }
-            Request::Reload => match self.request_reload(os, now) {
-                // It may already have failed, at spawn, before we could wait for it.
-                Ok(generation) => match self
-                    .kept
-                    .last_reload
-                    .as_ref()
-                    .filter(|r| r.generation == generation)
-                {
-                    // Nothing ran to reload.
-                    Some(done) if done.ok => {
-                        let response = Response::Reloaded {
-                            generation,
-                            pids: Vec::new(),
-                        };
-                        self.out.push(Effect::Reply { to, response });
-                    }
-                    Some(done) => {
-                        let response = Response::ReloadFailed {
-                            generation,
-                            reason: done.message.clone(),
-                        };
-                        self.out.push(Effect::Reply { to, response });
-                    }
-                    None => self.waiters.push((generation, to)),
-                },
+            Request::Reload => self.reload_asked(os, None, to, now),
+            Request::Canary {
+                percent,
+                promote_after_ms,
+            } => match canary_of(percent, promote_after_ms) {
+                Ok(c) => self.reload_asked(os, Some(c), to, now),
                 Err(reason) => {
                     let response = Response::ReloadFailed {
                         generation: self.kept.serving,
@@ -1895,6 +1949,8 @@ impl Supervisor {
                     self.out.push(Effect::Reply { to, response });
                 }
             },
+            Request::Promote => self.promote_asked(os, to, now),
+            Request::Rollback => self.rollback_asked(os, to, now),
             Request::Upgrade { binary } => self.upgrade(binary, Some(to), now),
             Request::Stop => {
                 info!("stop requested through the control socket");
@@ -1903,6 +1959,50 @@ impl Supervisor {
                     response: Response::Stopping,
                 });
                 self.stop(os, now);
+            }
+        }
+    }
+
+    /// `relaunch reload`, with `--canary` or not: answered once its
+    /// outcome is known (a canary without `--canary-for`: once it serves).
+    fn reload_asked(
+        &mut self,
+        os: &mut impl Spawner,
+        canary: Option<Canary>,
+        to: ReplyId,
+        now: Instant,
+    ) {
+        match self.request_reload(os, canary, now) {
+            // It may already have failed, at spawn, before we could wait for it.
+            Ok(generation) => match self
+                .kept
+                .last_reload
+                .as_ref()
+                .filter(|r| r.generation == generation)
+            {
+                // Nothing ran to reload.
+                Some(done) if done.ok => {
+                    let response = Response::Reloaded {
+                        generation,
+                        pids: Vec::new(),
+                    };
+                    self.out.push(Effect::Reply { to, response });
+                }
+                Some(done) => {
+                    let response = Response::ReloadFailed {
+                        generation,
+                        reason: done.message.clone(),
+                    };
+                    self.out.push(Effect::Reply { to, response });
+                }
+                None => self.waiters.push((generation, to)),
+            },
+            Err(reason) => {
+                let response = Response::ReloadFailed {
+                    generation: self.kept.serving,
+                    reason,
+                };
+                self.out.push(Effect::Reply { to, response });
             }
         }
     }
@@ -1989,9 +2089,50 @@ impl Supervisor {
     }
 
     /// Asks for a reload; returns the generation whose outcome answers it.
-    fn request_reload(&mut self, os: &mut impl Spawner, now: Instant) -> Result<u64, String> {
+    fn request_reload(
+        &mut self,
+        os: &mut impl Spawner,
+        canary: Option<Canary>,
+        now: Instant,
+    ) -> Result<u64, String> {
         if self.kept.life.stopping() {
             return Err("relaunch is stopping".into());
+        }
+        if let Some(r) = self.kept.reload
+            && let Some(c) = r.canary
+        {
+            return Err(format!(
+                "generation {} runs as a canary ({} of new connections): promote it (relaunch \
+                 promote) or roll it back (relaunch rollback) first",
+                r.generation,
+                c.percent()
+            ));
+        }
+        if canary.is_some() {
+            if let Some(why) = &self.kept.cfg.no_canary {
+                return Err(format!("--canary cannot run here: {why}"));
+            }
+            if self.kept.cfg.drain.is_none() {
+                return Err(
+                    "--canary cannot run here: the drain is off (said at start why), \
+                            and a canary needs a socket per generation"
+                        .into(),
+                );
+            }
+            if self.demand != Demand::Running {
+                return Err(
+                    "no child runs (waiting for a connection): there is nothing to try a canary \
+                     beside"
+                        .into(),
+                );
+            }
+            if let Some(r) = self.kept.reload {
+                return Err(format!(
+                    "a reload is under way (generation {}): wait for its outcome, then start \
+                     the canary",
+                    r.generation
+                ));
+            }
         }
         if self.demand != Demand::Running {
             let message = "no child runs (waiting for a connection): nothing to reload; \
@@ -2037,6 +2178,7 @@ impl Supervisor {
                 deadline: now + self.kept.cfg.ready_timeout,
             },
             own,
+            canary,
         });
         self.kept.reloading = true;
         self.kept.generation_started = Some((generation, now));
@@ -2045,6 +2187,14 @@ impl Supervisor {
         )));
         // Probed through the serving generation's socket, the old version
         // would answer for the new one.
+        if canary.is_some() && !own {
+            let reason = format!(
+                "generation {generation} has no sockets of its own (said above), and a canary \
+                 needs them to get its share"
+            );
+            self.fail_reload(os, ReloadResult::NotReady, reason, now);
+            return Ok(generation);
+        }
         if let Some(probe) = &self.kept.cfg.ready_probe
             && !own
         {
@@ -2191,7 +2341,7 @@ impl Supervisor {
             return;
         }
         info!("{what}: reloading");
-        if let Err(e) = self.request_reload(os, now) {
+        if let Err(e) = self.request_reload(os, None, now) {
             warn!("reload refused: {e}");
         }
     }
@@ -2256,7 +2406,7 @@ impl Supervisor {
                 self.start(os, now);
             } else {
                 info!(pid, "build succeeded in {took:.1} s; reloading");
-                if let Err(e) = self.request_reload(os, now) {
+                if let Err(e) = self.request_reload(os, None, now) {
                     warn!("reload refused: {e}");
                 }
             }
@@ -2473,9 +2623,7 @@ impl Supervisor {
             self.announce(now);
         }
         // The old generation went on its own while it drained.
-        if let Some((generation, ..)) = self.emptying()
-            && self.older(generation).next().is_none()
-        {
+        if self.emptying().is_some() && self.leaving().next().is_none() {
             self.set_phase(Phase::Draining);
         }
         if let Some(Reload {
@@ -2483,17 +2631,29 @@ impl Supervisor {
             phase: Phase::Draining,
             ..
         }) = self.kept.reload
-            && self.older(generation).next().is_none()
+            && self.leaving().next().is_none()
             && self.escaped.is_empty()
             && self.sweep_wanted().is_none()
         {
             let pids = self.serving_pids();
-            info!(
-                generation,
-                "reload done: generation {generation} serves (pids {pids:?})"
-            );
-            self.count(Count::Reload(ReloadResult::Done));
-            self.finish_reload(os, generation, Ok(pids), now);
+            if let Some(why) = self.kept.rolled_back.clone() {
+                warn!(
+                    generation,
+                    "rollback done: generation {} serves (pids {pids:?}); the canary, \
+                     generation {generation}, stopped",
+                    self.kept.serving
+                );
+                self.count(Count::Reload(ReloadResult::RolledBack));
+                let reason = format!("generation {generation}, the canary, was rolled back: {why}");
+                self.finish_reload(os, generation, Err(reason), now);
+            } else {
+                info!(
+                    generation,
+                    "reload done: generation {generation} serves (pids {pids:?})"
+                );
+                self.count(Count::Reload(ReloadResult::Done));
+                self.finish_reload(os, generation, Ok(pids), now);
+            }
         }
         if self.kept.children.is_empty()
             && self.escaped.is_empty()
@@ -2534,16 +2694,24 @@ impl Supervisor {
     }
 
     fn serving_pids(&self) -> Vec<i32> {
+        self.alive_pids(self.kept.serving)
+    }
+
+    /// The children of `generation` that run.
+    fn alive_pids(&self, generation: u64) -> Vec<i32> {
         self.kept
             .children
             .iter()
-            .filter(|c| c.generation == self.kept.serving && c.alive())
+            .filter(|c| c.generation == generation && c.alive())
             .map(|c| c.pid)
             .collect()
     }
 
     fn promote(&mut self, os: &mut impl Spawner, generation: u64, now: Instant) {
-        let old = self.older_pids(generation);
+        if let Some(c) = self.kept.reload.and_then(|r| r.canary) {
+            self.serve_canary(os, generation, c, now);
+            return;
+        }
         let drain = self.kept.reload.filter(|r| r.own).and(self.kept.cfg.drain);
         // Its sockets get nothing until steered to: if that fails, it cannot
         // serve, and the old generation goes on.
@@ -2554,6 +2722,13 @@ impl Supervisor {
             self.fail_reload(os, ReloadResult::NotReady, reason, now);
             return;
         }
+        self.switch(generation, drain, now);
+    }
+
+    /// `generation` takes every new connection (steered already): the old
+    /// one drains (`drain`: for at most that long) or stops.
+    fn switch(&mut self, generation: u64, drain: Option<Duration>, now: Instant) {
+        let old = self.older_pids(generation);
         let before = self.kept.serving;
         match drain {
             Some(timeout) => info!(
@@ -2586,6 +2761,206 @@ impl Supervisor {
             for pid in old {
                 self.stop_child(pid, now);
             }
+        }
+    }
+
+    /// The canary is ready: it gets its share of new connections, beside
+    /// the serving generation, which keeps the rest.
+    fn serve_canary(&mut self, os: &mut impl Spawner, generation: u64, c: Canary, now: Instant) {
+        if let Err(e) = os.share(generation, c.share) {
+            let reason = format!(
+                "cannot send {} of new connections to generation {generation}: {e}",
+                c.percent()
+            );
+            self.fail_reload(os, ReloadResult::NotReady, reason, now);
+            return;
+        }
+        self.generation_ready(generation, now);
+        let until = c.promote_after.map(|d| now + d);
+        let serving = self.kept.serving;
+        let line = match c.promote_after {
+            Some(d) => format!(
+                "generation {generation} is ready and serves {} of new connections as a canary \
+                 beside generation {serving}; promoted in {} unless it crashes or fails a \
+                 health check",
+                c.percent(),
+                duration::human(d)
+            ),
+            None => format!(
+                "generation {generation} is ready and serves {} of new connections as a canary \
+                 beside generation {serving}; relaunch promote gives it everything, relaunch \
+                 rollback takes its share back",
+                c.percent()
+            ),
+        };
+        info!(generation, "{line}");
+        self.set_phase(Phase::Canary { until });
+        let pids = self.alive_pids(generation);
+        // Without --canary-for, `relaunch reload` is answered now.
+        if until.is_none() {
+            let (answered, waiting) = std::mem::take(&mut self.waiters)
+                .into_iter()
+                .partition(|(g, _)| *g <= generation);
+            self.waiters = waiting;
+            for (_, to) in answered {
+                let response = Response::CanaryServes {
+                    generation,
+                    share: c.share,
+                    pids: pids.clone(),
+                };
+                self.out.push(Effect::Reply { to, response });
+            }
+        }
+        if std::mem::take(&mut self.kept.reloading) {
+            self.tell(Tell::Ready(line));
+        }
+    }
+
+    /// The reload's generation while it serves as a canary, and when it is
+    /// promoted (`--canary-for`).
+    fn canary(&self) -> Option<(u64, Canary, Option<Instant>)> {
+        let r = self.kept.reload?;
+        match (r.phase, r.canary) {
+            (Phase::Canary { until }, Some(c)) if self.kept.rolled_back.is_none() => {
+                Some((r.generation, c, until))
+            }
+            _ => None,
+        }
+    }
+
+    /// `relaunch promote`: answered once the old generation is drained.
+    fn promote_asked(&mut self, os: &mut impl Spawner, to: ReplyId, now: Instant) {
+        match self.promote_canary(os, now) {
+            Ok(generation) => self.waiters.push((generation, to)),
+            Err(message) => {
+                let response = Response::Error { message };
+                self.out.push(Effect::Reply { to, response });
+            }
+        }
+    }
+
+    /// The canary takes every new connection, and the old generation
+    /// drains, as after a reload.
+    fn promote_canary(&mut self, os: &mut impl Spawner, now: Instant) -> Result<u64, String> {
+        let Some((generation, c, _)) = self.canary() else {
+            return Err(self.no_canary_to("promote"));
+        };
+        os.steer(generation).map_err(|e| {
+            format!(
+                "cannot send every new connection to generation {generation} ({e}); it keeps \
+                 its {} share",
+                c.percent()
+            )
+        })?;
+        info!(
+            generation,
+            "the canary, generation {generation}, is promoted"
+        );
+        if let Some(r) = &mut self.kept.reload {
+            r.canary = None;
+        }
+        self.switch(generation, self.kept.cfg.drain, now);
+        Ok(generation)
+    }
+
+    /// Why there is nothing to `what` (promote, roll back).
+    fn no_canary_to(&self, what: &str) -> String {
+        match self.kept.reload {
+            Some(r) if self.kept.rolled_back.is_some() => format!(
+                "nothing to {what}: generation {}, the canary, is being rolled back",
+                r.generation
+            ),
+            Some(r) if r.canary.is_some() => format!(
+                "nothing to {what} yet: generation {}, the canary, is not ready (it is rolled \
+                 back if it is not ready within --ready-timeout)",
+                r.generation
+            ),
+            _ => format!(
+                "nothing to {what}: no canary runs (start one with relaunch reload --canary \
+                 PERCENT)"
+            ),
+        }
+    }
+
+    /// `relaunch rollback`: answered once the canary is drained and stopped.
+    fn rollback_asked(&mut self, os: &mut impl Spawner, to: ReplyId, now: Instant) {
+        let Some((generation, ..)) = self.canary() else {
+            // Not ready yet: it is simply stopped, as a failed reload's is.
+            if let Some(r) = self.kept.reload
+                && r.canary.is_some()
+                && matches!(r.phase, Phase::Starting { .. })
+                && self.kept.rolled_back.is_none()
+            {
+                self.waiters.push((r.generation, to));
+                let why = "relaunch rollback, before it was ready".to_string();
+                let reason = format!(
+                    "generation {}, the canary, was rolled back: {why}",
+                    r.generation
+                );
+                self.kept.rolled_back = Some(why);
+                self.fail_reload(os, ReloadResult::RolledBack, reason, now);
+                return;
+            }
+            let message = self.no_canary_to("roll back");
+            self.out.push(Effect::Reply {
+                to,
+                response: Response::Error { message },
+            });
+            return;
+        };
+        self.waiters.push((generation, to));
+        self.rollback(os, "relaunch rollback".into(), now);
+    }
+
+    /// The serving generation takes every new connection again; the
+    /// canary finishes what it accepted (as an old generation drains) and
+    /// stops.
+    fn rollback(&mut self, os: &mut impl Spawner, why: String, now: Instant) {
+        let Some((generation, ..)) = self.canary() else {
+            return;
+        };
+        let serving = self.kept.serving;
+        if let Err(e) = os.steer(serving) {
+            // Its share is taken back when its sockets are released.
+            error!(
+                generation,
+                "cannot send every new connection back to generation {serving} ({e}); the \
+                 canary's share ends when it has stopped"
+            );
+        }
+        warn!(
+            generation,
+            "rolling back the canary, generation {generation} ({why}): generation {serving} \
+             takes every new connection again, and the canary finishes what it accepted, then \
+             stops"
+        );
+        self.kept.rolled_back = Some(why);
+        let timeout = self.kept.cfg.drain.unwrap_or_default();
+        self.set_phase(Phase::Emptying {
+            until: now + timeout,
+            settle: now + DRAIN_SETTLE,
+            ending: false,
+        });
+        self.drain = DrainWatch::default();
+    }
+
+    /// `--canary-for` passed without a crash or a failed health check.
+    fn canary_due(&mut self, os: &mut impl Spawner, now: Instant) {
+        let Some((generation, c, Some(until))) = self.canary() else {
+            return;
+        };
+        if until > now {
+            return;
+        }
+        info!(
+            generation,
+            "the canary served {} of new connections for {} without a crash or a failed \
+             health check",
+            c.percent(),
+            c.promote_after.map_or_else(String::new, duration::human)
+        );
+        if let Err(e) = self.promote_canary(os, now) {
+            self.rollback(os, format!("it could not be promoted: {e}"), now);
         }
     }
 
@@ -2634,7 +3009,7 @@ impl Supervisor {
             idle: false,
             cut: self.drain.last.map_or(0, |b| b.open),
         });
-        self.end_drain(generation, now);
+        self.end_drain(now);
     }
 
     /// The generation to probe now (`--ready http:`, `tcp`, `exec:`): a
@@ -2664,6 +3039,9 @@ impl Supervisor {
             return Some((generation, false));
         }
         self.kept.cfg.health.as_ref()?;
+        if let Some((generation, ..)) = self.canary() {
+            return Some((generation, true));
+        }
         (self.doing() == Doing::Serving && self.others_serve(None))
             .then_some((self.kept.serving, true))
     }
@@ -2701,13 +3079,10 @@ impl Supervisor {
         if p.due.is_none_or(|t| t > now) {
             return;
         }
-        let pgids: Vec<i32> = self
-            .kept
-            .children
-            .iter()
-            .filter(|c| c.generation == generation && c.alive())
-            .map(|c| c.pid)
-            .collect();
+        let pgids = self.alive_pids(generation);
+        let Some(p) = &mut self.probing else {
+            return;
+        };
         p.due = None;
         // One that cannot start failed, as far as the generation goes.
         if let Err(e) = os.probe(generation, &probe, &pgids) {
@@ -2732,7 +3107,7 @@ impl Supervisor {
             return;
         };
         if p.health {
-            self.on_health(generation, result, now);
+            self.on_health(os, generation, result, now);
             return;
         }
         p.due = Some(now + PROBE_EVERY);
@@ -2763,7 +3138,13 @@ impl Supervisor {
     /// A health check of the serving `generation` ended. `--health-failures`
     /// in a row count as a crash: its workers are killed, and restart as
     /// after any crash (the restart policy, the backoff).
-    fn on_health(&mut self, generation: u64, result: Result<String, String>, now: Instant) {
+    fn on_health(
+        &mut self,
+        os: &mut impl Spawner,
+        generation: u64,
+        result: Result<String, String>,
+        now: Instant,
+    ) {
         let (Some(h), Some(p)) = (&self.kept.cfg.health, &mut self.probing) else {
             return;
         };
@@ -2790,6 +3171,11 @@ impl Supervisor {
             return;
         }
         p.failures = 0;
+        if self.canary().is_some_and(|(g, ..)| g == generation) {
+            let why = format!("it failed {n} health checks in a row (the last: {why})");
+            self.rollback(os, why, now);
+            return;
+        }
         error!(
             generation,
             "generation {generation} failed {n} health checks in a row (the last: {why}): \
@@ -2837,7 +3223,7 @@ impl Supervisor {
                         idle: !ending,
                         cut: 0,
                     });
-                    self.end_drain(generation, now);
+                    self.end_drain(now);
                 }
             }
             Err(e) => {
@@ -2853,9 +3239,10 @@ impl Supervisor {
         }
     }
 
-    fn end_drain(&mut self, generation: u64, now: Instant) {
+    fn end_drain(&mut self, now: Instant) {
         self.set_phase(Phase::Draining);
-        for pid in self.older_pids(generation) {
+        let pids: Vec<i32> = self.leaving().map(|c| c.pid).collect();
+        for pid in pids {
             self.stop_child(pid, now);
         }
     }
@@ -2905,6 +3292,7 @@ impl Supervisor {
         now: Instant,
     ) {
         self.kept.reload = None;
+        let rolled_back = self.kept.rolled_back.take().is_some();
         self.kept.last_reload = Some(LastReload {
             generation,
             ok: result.is_ok(),
@@ -2924,6 +3312,11 @@ impl Supervisor {
                     generation,
                     pids: pids.clone(),
                 },
+                Err(reason) if rolled_back => Response::RolledBack {
+                    generation,
+                    serving: self.kept.serving,
+                    reason: reason.clone(),
+                },
                 Err(reason) => Response::ReloadFailed {
                     generation,
                     reason: reason.clone(),
@@ -2939,7 +3332,7 @@ impl Supervisor {
             }));
         }
         if std::mem::take(&mut self.kept.reload_queued) && !self.kept.life.stopping() {
-            let _ = self.request_reload(os, now);
+            let _ = self.request_reload(os, None, now);
         }
     }
 
@@ -2965,6 +3358,21 @@ impl Supervisor {
             self.signal(pid, sig);
         }
     }
+}
+
+/// The canary a `relaunch reload --canary` asks for, checked (the request
+/// comes from outside).
+fn canary_of(percent: f64, promote_after_ms: Option<u64>) -> Result<Canary, String> {
+    if !(percent > 0.0 && percent < 100.0) {
+        return Err(format!(
+            "a canary's share must be above 0% and below 100% (got {percent}%): 100% is a \
+             reload, 0% is none"
+        ));
+    }
+    Ok(Canary {
+        share: percent / 100.0,
+        promote_after: promote_after_ms.map(Duration::from_millis),
+    })
 }
 
 fn status_line(generation: u64, pids: &[i32]) -> String {

@@ -1,6 +1,7 @@
 //! One integration-test binary: the real relaunch, real children, real sockets.
 
 mod bad_input;
+mod canary;
 mod child;
 mod drain;
 mod groups;

@@ -54,6 +54,9 @@ impl Spawner for Fake {
         self.steered.push(generation);
         Ok(())
     }
+    fn share(&mut self, _generation: u64, _share: f64) -> Result<(), String> {
+        Err("no canary in these tests".into())
+    }
     fn probe(
         &mut self,
         _generation: u64,
@@ -246,6 +249,7 @@ fn cfg() -> Config {
         lazy: false,
         idle_stop: None,
         drain: None,
+        no_canary: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The supervisor with a fake spawner and no clock: events in, effects
 //! recorded. One file per concern.
 
+mod canary;
 mod dev_loop;
 mod drain;
 mod groups;
@@ -41,6 +42,8 @@ struct Fake {
     opened: Vec<u64>,
     steered: Vec<u64>,
     steer_fails: bool,
+    /// Canaries given their share.
+    shared: Vec<(u64, f64)>,
     /// Probes started: generation and the process groups given.
     probes: Vec<(u64, Vec<i32>)>,
     /// Why a probe cannot start, if it cannot.
@@ -137,7 +140,7 @@ impl Sim {
     }
     /// Like SIGHUP, but says which generation answers it.
     fn t_reload(&mut self, now: Instant) -> Result<u64, String> {
-        let r = self.core.request_reload(&mut self.os, now);
+        let r = self.core.request_reload(&mut self.os, None, now);
         let effects = std::mem::take(&mut self.out);
         self.record(effects);
         r
@@ -162,6 +165,13 @@ impl Spawner for Fake {
     }
     fn steer(&mut self, generation: u64) -> Result<(), String> {
         self.steered.push(generation);
+        match self.steer_fails {
+            true => Err("attach refused".into()),
+            false => Ok(()),
+        }
+    }
+    fn share(&mut self, generation: u64, share: f64) -> Result<(), String> {
+        self.shared.push((generation, share));
         match self.steer_fails {
             true => Err("attach refused".into()),
             false => Ok(()),
@@ -202,6 +212,7 @@ fn cfg(workers: usize) -> Config {
         lazy: false,
         idle_stop: None,
         drain: None,
+        no_canary: None,
     }
 }
 

@@ -1,0 +1,316 @@
+//! Canary: `relaunch reload --canary 10%` starts the new generation beside
+//! the serving one and, once it is ready, steers that share of new
+//! connections to it; `relaunch promote` gives it every one and drains the
+//! old generation, `relaunch rollback` gives every one back and drains the
+//! canary; `--canary-for` promotes after a while, unless the canary crashes
+//! (then it is rolled back). Under 8 clients, each connection one request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::drain::start_on_a_free_port;
+use crate::util::*;
+
+const T: Duration = Duration::from_secs(30);
+const CLIENTS: usize = 8;
+
+fn drain_app(name: &str) -> String {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/apps/drain")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Steering needs root (a dedicated uid owns each port's group).
+fn as_root(what: &str) -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(std::env::var("CI").is_err(), "CI runs as root");
+    eprintln!("{what}: NOT RUN: needs root");
+    false
+}
+
+/// The pids of `generation`'s children, from `status --json`.
+fn pids_of(ctl: &str, generation: u64) -> Vec<String> {
+    let (code, out) = cli(&["status", "--json", "--control", ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["generation"] == generation)
+        .map(|c| c["pid"].to_string())
+        .collect()
+}
+
+/// `n` new connections, one request each, from 8 clients: how many each
+/// pid answered, and how many failed.
+fn spread(addr: SocketAddr, n: usize) -> (HashMap<String, usize>, usize) {
+    let left = Arc::new(AtomicUsize::new(n));
+    let answers = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (left, answers, failed) = (left.clone(), answers.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut mine = HashMap::<String, usize>::new();
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1))
+                    .is_ok()
+                {
+                    match get(addr) {
+                        Ok(pid) => *mine.entry(pid).or_default() += 1,
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                let mut all = answers.lock().unwrap();
+                for (pid, k) in mine {
+                    *all.entry(pid).or_default() += k;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let answers = answers.lock().unwrap().clone();
+    (answers, failed.load(Ordering::Relaxed))
+}
+
+fn summary(rep: &LoadReport) -> String {
+    format!(
+        "ok {}, refused {}, reset {}, timeout {}, other {}, first errors {:?}",
+        rep.ok, rep.refused, rep.reset, rep.timeout, rep.other, rep.errors
+    )
+}
+
+/// A 10% canary gets 10% ± 3 points of 10,000 new connections. A binomial
+/// draw of 10,000 at 10% has a standard deviation of 0.3 points: 3 points
+/// is ten of them, so a miss is a wrong share, never bad luck.
+#[test]
+fn a_canary_gets_its_share_of_new_connections() {
+    if !as_root("canary share") {
+        return;
+    }
+    let dir = TempDir::new("canary-share");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let server = example("pid_server").display().to_string();
+    let (mut r, port) = start_on_a_free_port(&["--control", &ctl], &[&server]);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let old = wait_serving(addr);
+    let (code, out) = cli(&["reload", "--canary", "10%", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("canary: generation 2 serves 10% of new connections"),
+        "{out}"
+    );
+    let canary = pids_of(&ctl, 2);
+    assert_eq!(canary.len(), 1, "{canary:?}");
+    let st = status(std::path::Path::new(&ctl));
+    assert!(
+        st.contains("canary: generation 2 gets 10% of new connections")
+            && st.contains("generation 1 the other 90%"),
+        "{st}"
+    );
+    let n = 10_000;
+    let (answers, failed) = spread(addr, n);
+    assert_eq!(failed, 0, "{answers:?}");
+    let got = answers.get(&canary[0]).copied().unwrap_or(0);
+    assert_eq!(
+        got + answers.get(&old).copied().unwrap_or(0),
+        n,
+        "only the two generations answer: {answers:?}"
+    );
+    let share = 100.0 * got as f64 / n as f64;
+    eprintln!("canary share: {share:.2}% of {n} connections");
+    assert!(
+        (7.0..=13.0).contains(&share),
+        "the canary got {share:.2}% of {n} new connections, not 10% ± 3"
+    );
+    assert_eq!(r.log.count("panicked"), 0);
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+}
+
+/// Under 8 clients and an app that dies on SIGTERM mid-request: a canary,
+/// then `relaunch promote` (or `rollback`), fail no request, and the
+/// generation left behind is drained and stopped.
+fn decided(tag: &str, verb: &str) {
+    let dir = TempDir::new(tag);
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let app = drain_app("threading_server.py");
+    let (mut r, port) = start_on_a_free_port(&["--control", &ctl], &["python3", &app, "PORT"]);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let old = wait_for("the app's first answer", T, || get(addr).ok());
+    assert_eq!(r.log.count("drain is off"), 0, "{}", r.log.text());
+    let load = Load::start(addr, CLIENTS);
+    let (code, out) = cli(&["reload", "--canary", "30", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    let canary = pids_of(&ctl, 2).pop().expect("the canary runs");
+    wait_for("the canary to answer some", T, || {
+        (0..20)
+            .any(|_| get(addr).ok().as_ref() == Some(&canary))
+            .then_some(())
+    });
+    let (code, out) = cli(&[verb, "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{verb}: {out}");
+    let (kept, gone) = match verb {
+        "promote" => (canary.clone(), old.clone()),
+        _ => (old.clone(), canary.clone()),
+    };
+    // Answered once the generation left behind has stopped.
+    let gone_pid: i32 = gone.parse().unwrap();
+    assert!(!pid_alive(gone_pid), "{verb}: pid {gone} still runs: {out}");
+    for _ in 0..20 {
+        assert_eq!(get(addr).unwrap(), kept, "after {verb}, only {kept} serves");
+    }
+    let rep = load.finish();
+    let sum = summary(&rep);
+    assert_eq!(rep.failed(), 0, "{verb}: {sum}");
+    assert!(rep.ok > 0, "{sum}");
+    let st = status(std::path::Path::new(&ctl));
+    assert!(!st.contains("canary:"), "{st}");
+    let (code, out) = cli(&[verb, "--control", &ctl], T);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no canary runs"), "{out}");
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+}
+
+#[test]
+fn promote_gives_the_canary_everything_and_fails_no_request() {
+    if as_root("canary promote") {
+        decided("canary-promote", "promote");
+    }
+}
+
+#[test]
+fn rollback_gives_everything_back_and_fails_no_request() {
+    if as_root("canary rollback") {
+        decided("canary-rollback", "rollback");
+    }
+}
+
+/// `--canary-for`: a canary that crashes meanwhile is rolled back, not
+/// restarted, and `relaunch reload` says so and fails; nothing is refused.
+#[test]
+fn a_canary_that_crashes_is_rolled_back_and_the_reload_fails() {
+    if !as_root("canary crash") {
+        return;
+    }
+    let dir = TempDir::new("canary-crash");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let app = drain_app("threading_server.py");
+    let (mut r, port) = start_on_a_free_port(&["--control", &ctl], &["python3", &app, "PORT"]);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let old = wait_for("the app's first answer", T, || get(addr).ok());
+    let load = Load::start(addr, CLIENTS);
+    let ctl2 = ctl.clone();
+    let reload = std::thread::spawn(move || {
+        cli(
+            &[
+                "reload",
+                "--canary",
+                "30%",
+                "--canary-for",
+                "60s",
+                "--control",
+                &ctl2,
+            ],
+            Duration::from_secs(120),
+        )
+    });
+    r.log.wait("as a canary", T);
+    let canary = pids_of(&ctl, 2).pop().expect("the canary runs");
+    wait_for("the canary to answer some", T, || {
+        (0..20)
+            .any(|_| get(addr).ok().as_ref() == Some(&canary))
+            .then_some(())
+    });
+    unsafe { libc::kill(canary.parse().unwrap(), libc::SIGKILL) };
+    let (code, out) = reload.join().unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("rolled back") && out.contains("signal 9"),
+        "{out}"
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            get(addr).unwrap(),
+            old,
+            "after the rollback, only {old} serves"
+        );
+    }
+    let rep = load.finish();
+    let sum = summary(&rep);
+    // What the killed process had accepted is lost with it; nothing is
+    // refused, nothing waits for ever.
+    assert_eq!(rep.refused + rep.timeout, 0, "{sum}");
+    assert!(rep.ok > 0, "{sum}");
+    assert_eq!(
+        pids_of(&ctl, 2),
+        Vec::<String>::new(),
+        "no restart of the canary"
+    );
+    assert_eq!(
+        r.log.count("restarting generation 2"),
+        0,
+        "{}",
+        r.log.text()
+    );
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+}
+
+/// Where new connections cannot be shared, `--canary` is refused and says
+/// why; a share out of range is a usage error.
+#[test]
+fn a_canary_is_refused_where_it_cannot_have_a_share() {
+    let dir = TempDir::new("canary-refused");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    for bad in ["0", "100%", "ten", "-5%", "nan"] {
+        let flag = format!("--canary={bad}");
+        let (code, out) = cli(&["reload", &flag, "--control", &ctl], T);
+        assert_eq!(code, Some(2), "--canary {bad}: {out}");
+        assert!(out.contains("--canary"), "{out}");
+    }
+    let server = example("pid_server").display().to_string();
+    let (mut r, port) = start_on_a_free_port(&["--control", &ctl, "--no-drain"], &[&server]);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let old = wait_serving(addr);
+    let (code, out) = cli(&["reload", "--canary", "10%", "--control", &ctl], T);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("--canary cannot run here: --no-drain is given"),
+        "{out}"
+    );
+    assert_eq!(get(addr).unwrap(), old, "nothing changed");
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+    if !as_root("canary beside a Unix listener") {
+        return;
+    }
+    // A socket file goes to one generation or the other: no share.
+    let sock = dir.join("app.sock").display().to_string();
+    let spec = format!("web=unix:{sock}");
+    let mut r = Relaunch::start(&["--control", &ctl, "-l", &spec, "--", &server]);
+    wait_for("relaunch's control socket", T, || {
+        (cli(&["status", "--control", &ctl], T).0 == Some(0)).then_some(())
+    });
+    let (code, out) = cli(&["reload", "--canary", "10%", "--control", &ctl], T);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("--canary cannot run here: web is a Unix socket"),
+        "{out}"
+    );
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+}
