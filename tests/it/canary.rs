@@ -314,3 +314,63 @@ fn a_canary_is_refused_where_it_cannot_have_a_share() {
     r.signal(libc::SIGTERM);
     r.wait_exit(T);
 }
+
+/// `relaunch upgrade` during a canary: the new image keeps its share and
+/// its promotion time, and the waiting `relaunch reload --canary-for` is
+/// answered by it once the canary is promoted; no request fails.
+#[test]
+fn an_upgrade_carries_a_canary_on() {
+    if !as_root("canary upgrade") {
+        return;
+    }
+    let dir = TempDir::new("canary-upgrade");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let app = drain_app("threading_server.py");
+    let (mut r, port) = start_on_a_free_port(&["--control", &ctl], &["python3", &app, "PORT"]);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let old = wait_for("the app's first answer", T, || get(addr).ok());
+    let load = Load::start(addr, CLIENTS);
+    let ctl2 = ctl.clone();
+    let reload = std::thread::spawn(move || {
+        cli(
+            &[
+                "reload",
+                "--canary",
+                "50%",
+                "--canary-for",
+                "4s",
+                "--control",
+                &ctl2,
+            ],
+            T,
+        )
+    });
+    r.log.wait("as a canary", T);
+    let canary = pids_of(&ctl, 2).pop().expect("the canary runs");
+    let (code, out) = cli(&["upgrade", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    let st = status(std::path::Path::new(&ctl));
+    assert!(
+        st.contains("canary: generation 2 gets 50% of new connections"),
+        "{st}"
+    );
+    // Both still answer: the share was attached again.
+    let (answers, failed) = spread(addr, 200);
+    assert_eq!(failed, 0, "{answers:?}");
+    assert!(
+        answers.contains_key(&canary) && answers.contains_key(&old),
+        "{answers:?}"
+    );
+    let (code, out) = reload.join().unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("generation 2 serving"), "{out}");
+    assert!(
+        !pid_alive(old.parse().unwrap()),
+        "the old generation stopped"
+    );
+    assert_eq!(get(addr).unwrap(), canary);
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{}", summary(&rep));
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+}
