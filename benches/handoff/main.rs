@@ -14,6 +14,7 @@
 //! Under `cargo test --benches` (no `--bench` flag) it only runs its
 //! self-checks of the pure parts, so tests stay fast.
 
+mod canary;
 mod chart;
 mod connect_cost;
 mod devloop;

@@ -88,6 +88,13 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
         drain_broke = broke;
     }
 
+    let mut canary_broke = false;
+    if wanted("canary") {
+        let (lines, broke) = crate::canary::run(plan, &ctx);
+        readiness.extend(lines);
+        canary_broke = broke;
+    }
+
     let scale = if scale_alone {
         Some(footprint::scale(plan, &ctx)?)
     } else {
@@ -133,6 +140,7 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
     let _ = std::fs::remove_dir_all(&ctx.run_dir);
     let broken = dev_loop_broke
         || drain_broke
+        || canary_broke
         || scenarios
             .iter()
             .any(|s| matches!(s.status, Status::Failed(_)));

@@ -1,0 +1,212 @@
+//! The canary (`--only canary`): the bench server under relaunch, then
+//! `relaunch reload --canary 10%`, then N new connections (one request
+//! each) from the plan's clients: the canary's measured share, with its
+//! 95% interval (a binomial draw of N). Then `relaunch rollback` under
+//! the same load: how long after it was asked a new connection still
+//! reached the canary, how long the command took (the canary drained and
+//! stopped), and the requests that failed meanwhile. Needs root (steering).
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::load::request;
+use crate::plan::Plan;
+use crate::procs::{Proc, free_port};
+use crate::targets::Ctx;
+
+const WAIT: Duration = Duration::from_secs(30);
+const PERCENT: f64 = 10.0;
+/// The acceptance's bound on the share, in points.
+const BOUND: f64 = 3.0;
+
+/// Prints what it measured; returns the acceptance lines, and whether a
+/// run broke.
+pub fn run(plan: &Plan, ctx: &Ctx) -> (Vec<(String, bool)>, bool) {
+    if !nix::unistd::geteuid().is_root() {
+        let line = "canary: skipped (steering needs root)".to_string();
+        println!("{line}");
+        return (vec![(line, false)], false);
+    }
+    let n = if plan.mode == "smoke" { 2_000 } else { 20_000 };
+    match measure(plan, ctx, n) {
+        Ok(m) => {
+            let p = m.canary as f64 / m.answered.max(1) as f64;
+            let share = 100.0 * p;
+            let ci = 100.0 * 1.96 * (p * (1.0 - p) / m.answered.max(1) as f64).sqrt();
+            println!(
+                "canary, --canary {PERCENT}%: {share:.2}% of {} new connections (95% interval \
+                 ± {ci:.2} points), {} failed",
+                m.answered, m.failed
+            );
+            println!(
+                "canary rollback: the last new connection to reach the canary was made {:.1} ms \
+                 after `relaunch rollback` was asked; the command answered in {:.0} ms (the \
+                 canary drained and stopped); {} request(s) failed meanwhile",
+                m.last_to_canary_ms, m.rollback_ms, m.rollback_failed
+            );
+            (
+                vec![
+                    (
+                        format!(
+                            "canary share under --canary {PERCENT}%: {share:.2}% of {} new \
+                             connections ({PERCENT}% ± {BOUND} points), {} failed",
+                            m.answered, m.failed
+                        ),
+                        (share - PERCENT).abs() <= BOUND && m.failed == 0,
+                    ),
+                    (
+                        format!(
+                            "canary rollback: new connections all go back within {:.1} ms \
+                             (50 ms), {} failed",
+                            m.last_to_canary_ms, m.rollback_failed
+                        ),
+                        m.last_to_canary_ms <= 50.0 && m.rollback_failed == 0,
+                    ),
+                ],
+                false,
+            )
+        }
+        Err(e) => {
+            println!("canary: FAILED: {e}");
+            (vec![(format!("canary: broke: {e}"), false)], true)
+        }
+    }
+}
+
+struct Measured {
+    canary: usize,
+    answered: usize,
+    failed: usize,
+    last_to_canary_ms: f64,
+    rollback_ms: f64,
+    rollback_failed: usize,
+}
+
+fn client(ctx: &Ctx, args: &[&str], control: &std::path::Path) -> Result<(), String> {
+    let out = Command::new(&ctx.relaunch)
+        .args(args)
+        .arg("--control")
+        .arg(control)
+        .output()
+        .map_err(|e| format!("cannot run relaunch {args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "relaunch {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+fn measure(plan: &Plan, ctx: &Ctx, n: usize) -> Result<Measured, String> {
+    let port = free_port()?;
+    let p = port.to_string();
+    let control = ctx.run_dir.join("canary.sock");
+    let mut cmd = Command::new(&ctx.relaunch);
+    cmd.args(["--port", &p])
+        .arg("--control")
+        .arg(&control)
+        .arg("--")
+        .arg(&ctx.bench)
+        .arg("--server")
+        .env("RUST_LOG", "info");
+    let mut relaunch = Proc::spawn("canary", &mut cmd, &ctx.log_dir)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let end = Instant::now() + WAIT;
+    let old = loop {
+        match request(addr, Duration::from_secs(2)) {
+            Ok(pid) => break pid,
+            Err(_) if relaunch.exited() => {
+                return Err(format!("relaunch exited: {}", relaunch.lines.tail(3)));
+            }
+            Err(_) if Instant::now() >= end => return Err("no answer".into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let out = (|| {
+        client(
+            ctx,
+            &["reload", "--canary", &format!("{PERCENT}%")],
+            &control,
+        )?;
+        // N new connections from the plan's clients.
+        let left = Arc::new(AtomicUsize::new(n));
+        let threads: Vec<_> = (0..plan.conns)
+            .map(|_| {
+                let left = left.clone();
+                let timeout = plan.timeout;
+                std::thread::spawn(move || {
+                    let (mut old_n, mut other, mut failed) = (0, 0, 0);
+                    while left
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1))
+                        .is_ok()
+                    {
+                        match request(addr, timeout) {
+                            Ok(pid) if pid == old => old_n += 1,
+                            Ok(_) => other += 1,
+                            Err(_) => failed += 1,
+                        }
+                    }
+                    (old_n, other, failed)
+                })
+            })
+            .collect();
+        let (mut old_n, mut canary, mut failed) = (0, 0, 0);
+        for t in threads {
+            let (o, c, f) = t.join().map_err(|_| "a client panicked")?;
+            old_n += o;
+            canary += c;
+            failed += f;
+        }
+        // Rollback under load: each client notes when it started a
+        // request that the canary answered.
+        let stop = Arc::new(AtomicBool::new(false));
+        let epoch = Instant::now();
+        let threads: Vec<_> = (0..plan.conns)
+            .map(|_| {
+                let stop = stop.clone();
+                let timeout = plan.timeout;
+                std::thread::spawn(move || {
+                    let (mut to_canary, mut failed) = (Vec::new(), 0);
+                    while !stop.load(Ordering::Relaxed) {
+                        let at = epoch.elapsed();
+                        match request(addr, timeout) {
+                            Ok(pid) if pid != old => to_canary.push(at),
+                            Ok(_) => {}
+                            Err(_) => failed += 1,
+                        }
+                    }
+                    (to_canary, failed)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let asked = epoch.elapsed();
+        client(ctx, &["rollback"], &control)?;
+        let rollback_ms = (epoch.elapsed() - asked).as_secs_f64() * 1000.0;
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let (mut last, mut rollback_failed) = (Duration::ZERO, 0);
+        for t in threads {
+            let (to_canary, f) = t.join().map_err(|_| "a client panicked")?;
+            rollback_failed += f;
+            if let Some(&at) = to_canary.iter().max() {
+                last = last.max(at);
+            }
+        }
+        Ok(Measured {
+            canary,
+            answered: old_n + canary,
+            failed,
+            last_to_canary_ms: last.saturating_sub(asked).as_secs_f64() * 1000.0,
+            rollback_ms,
+            rollback_failed,
+        })
+    })();
+    relaunch.stop(Duration::from_secs(15));
+    out
+}
