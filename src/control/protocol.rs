@@ -92,7 +92,8 @@ pub struct Status {
     pub build_id: Option<String>,
     /// The serving generation.
     pub generation: u64,
-    /// "starting" | "serving" | "reloading" | "backing off" | "stopping" |
+    /// "starting" | "serving" | "serving with a canary" | "reloading" |
+    /// "backing off" | "stopping" |
     /// "waiting for the first connection" | "waiting for a connection" |
     /// "stopping when idle" (the last three with --lazy or --idle-stop)
     pub state: String,

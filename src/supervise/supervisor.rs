@@ -578,6 +578,8 @@ pub enum Doing {
     WaitingFirst,
     Waiting,
     IdleStopping,
+    /// A canary serves its share beside the serving generation.
+    Canary,
     Reloading,
     BackingOff,
     Starting,
@@ -591,6 +593,7 @@ impl Doing {
             Doing::WaitingFirst => "waiting for the first connection",
             Doing::Waiting => "waiting for a connection",
             Doing::IdleStopping => "stopping when idle",
+            Doing::Canary => "serving with a canary",
             Doing::Reloading => "reloading",
             Doing::BackingOff => "backing off",
             Doing::Starting => "starting",
@@ -947,6 +950,8 @@ impl Supervisor {
             Doing::Waiting
         } else if self.demand == Demand::IdleStopping {
             Doing::IdleStopping
+        } else if self.canary().is_some() {
+            Doing::Canary
         } else if self.kept.reload.is_some() {
             Doing::Reloading
         } else if self.kept.slots.iter().any(|s| s.restart_at.is_some()) {

@@ -96,6 +96,7 @@ fn a_ready_canary_gets_its_share_and_the_reload_is_answered_then() {
     assert_eq!((c.generation, c.beside, c.share), (2, 1, 0.1));
     assert_eq!(c.promote_in_secs, None);
     assert!(st.ready);
+    assert_eq!(st.state, "serving with a canary");
     assert!(s.wants(t0 + ms(20)).drain.is_none(), "nothing drains");
     assert_eq!(s.next_deadline(), None, "no promotion without --canary-for");
 }
