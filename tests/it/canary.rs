@@ -374,3 +374,62 @@ fn an_upgrade_carries_a_canary_on() {
     r.signal(libc::SIGTERM);
     r.wait_exit(T);
 }
+
+/// A canary whose `--health` check fails is rolled back (drained, not
+/// killed), under 8 clients with no failed request, and `relaunch reload
+/// --canary-for` fails with the checks' result.
+#[test]
+fn a_canary_failing_its_health_check_is_rolled_back() {
+    if !as_root("canary health") || !require_tool("python3") {
+        return;
+    }
+    let app = App::new("canary-health", "");
+    crate::health::version(&app, "good", 0.0);
+    let opts = [
+        "--health",
+        "http:/healthz",
+        "--health-every",
+        "100ms",
+        "--health-failures",
+        "3",
+    ];
+    let (mut r, addr, old) = crate::health::start(&app, &opts);
+    let ctl = app.control().display().to_string();
+    crate::health::version(&app, "bad", 0.0);
+    let load = Load::start(addr, CLIENTS);
+    let (code, out) = cli(
+        &[
+            "reload",
+            "--canary",
+            "20%",
+            "--canary-for",
+            "60s",
+            "--control",
+            &ctl,
+        ],
+        T,
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("rolled back") && out.contains("failed 3 health checks in a row"),
+        "{out}"
+    );
+    assert!(out.contains("GET /healthz answered 500"), "{out}");
+    for _ in 0..20 {
+        assert_eq!(
+            get(addr).unwrap(),
+            old,
+            "after the rollback, only {old} serves"
+        );
+    }
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{}", summary(&rep));
+    assert!(
+        rep.pids.len() >= 2,
+        "the canary served some: {}",
+        summary(&rep)
+    );
+    assert_eq!(pids_of(&ctl, 2), Vec::<String>::new(), "the canary stopped");
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+}

@@ -26,7 +26,7 @@ fn server() -> String {
 
 /// The app's next version: `good` or `bad`, and how long it waits before
 /// it accepts.
-fn version(app: &App, health: &str, slow: f64) {
+pub fn version(app: &App, health: &str, slow: f64) {
     app.deploy(&format!(
         "exec python3 {} \"$1\" {health} {slow}\n",
         server()
@@ -35,7 +35,7 @@ fn version(app: &App, health: &str, slow: f64) {
 
 /// `relaunch --port P --control C OPTIONS -- sh APP P` on a free port P;
 /// the first answer's pid.
-fn start(app: &App, options: &[&str]) -> (Relaunch, SocketAddr, String) {
+pub fn start(app: &App, options: &[&str]) -> (Relaunch, SocketAddr, String) {
     let ctl = app.control().display().to_string();
     let mut opts = vec!["--control", &ctl];
     opts.extend(options);
