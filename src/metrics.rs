@@ -236,7 +236,7 @@ fn registry() -> (Registry, Tally, Gauges) {
     );
     r.register(
         "reloads",
-        "Reloads by result: done, failed_not_ready, failed_exited, coalesced (merged into the next), cancelled (by a stop)",
+        "Reloads by result: done, failed_not_ready, failed_exited, coalesced (merged into the next), cancelled (by a stop), rolled_back (a canary)",
         tally.reloads.clone(),
     );
     r.register(

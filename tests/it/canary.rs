@@ -103,14 +103,33 @@ fn a_canary_gets_its_share_of_new_connections() {
     let dir = TempDir::new("canary-share");
     let ctl = dir.join("ctl.sock").display().to_string();
     let server = example("pid_server").display().to_string();
-    let (mut r, port) = start_on_a_free_port(&["--control", &ctl], &[&server]);
+    let (mut r, port) =
+        start_on_a_free_port(&["--control", &ctl, "--metrics", "127.0.0.1:0"], &[&server]);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let old = wait_serving(addr);
+    let line = r.log.wait("metrics on http://", T);
+    let metrics = line.split("http://").nth(1).unwrap();
+    let metrics: SocketAddr = metrics.trim_end_matches("/metrics").parse().unwrap();
+    let scrape = || {
+        let mut s = std::net::TcpStream::connect(metrics).unwrap();
+        std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+        text
+    };
+    let before = scrape();
+    assert!(before.contains("\nrelaunch_canary_share 0"), "{before}");
     let (code, out) = cli(&["reload", "--canary", "10%", "--control", &ctl], T);
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("canary: generation 2 serves 10% of new connections"),
         "{out}"
+    );
+    let during = scrape();
+    assert!(
+        during.contains("\nrelaunch_canary_share 0.1\n")
+            && during.contains("\nrelaunch_canary_generation 2\n"),
+        "{during}"
     );
     let canary = pids_of(&ctl, 2);
     assert_eq!(canary.len(), 1, "{canary:?}");
