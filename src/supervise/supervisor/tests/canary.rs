@@ -365,3 +365,43 @@ fn an_upgrade_carries_a_canary_on() {
         Some(Response::RolledBack { .. })
     ));
 }
+
+#[test]
+fn a_share_that_cannot_be_attached_fails_the_reload_and_stops_the_canary() {
+    let (mut s, t0, mut answer) = starting(cfg(1), None);
+    s.os.steer_fails = true;
+    s.t_ready(102, t0 + ms(10));
+    assert_eq!(s.os.shared, [(2, 0.1)], "tried");
+    assert_eq!(s.os.signals, [(102, Signal::SIGTERM)]);
+    match answered(&mut answer) {
+        Some(Response::ReloadFailed { reason, .. }) => {
+            assert!(
+                reason.contains("cannot send 10% of new connections"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(s.status(t0 + ms(20)).canary.is_none());
+    assert_eq!(s.kept.serving, 1);
+}
+
+#[test]
+fn a_canary_that_cannot_be_promoted_when_its_time_is_up_is_rolled_back() {
+    let (mut s, t0, mut answer) = serving(Some(SEC));
+    s.os.steer_fails = true;
+    s.t_timer(t0 + ms(10) + SEC);
+    // The promotion's steer failed, then the rollback's: it says so and
+    // drains the canary all the same (its share ends with its socket).
+    assert_eq!(s.os.steered, [2, 1]);
+    assert_eq!(s.wants(t0 + 2 * SEC).drain, Some((1, vec![102], false)));
+    s.t_canary_measured(1, 0, t0 + 2 * SEC);
+    s.t_exit(102, ExitStatus::Signal(15), t0 + 2 * SEC);
+    match answered(&mut answer) {
+        Some(Response::RolledBack { reason, .. }) => {
+            assert!(reason.contains("could not be promoted"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.os.released, [2]);
+}
