@@ -251,6 +251,12 @@ impl<O: Os> Sources<O> {
         }
         self.drain
             .arm(wants.drain.is_some().then_some(DRAIN_EVERY), now);
+        // A drain that ended keeps nothing: the next one, even under the
+        // same key (a rolled-back canary's is the serving generation's),
+        // measures other sockets from its start.
+        if wants.drain.is_none() && !self.draining.busy() {
+            self.drain_watch = None;
+        }
         // The first measure of a drain at once, the others on the tick.
         let first = |w: &Option<(u64, Watch)>, g: u64| w.as_ref().is_none_or(|(wg, _)| *wg != g);
         if let Some((generation, pgids, end_reads)) = wants.drain

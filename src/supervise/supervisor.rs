@@ -2118,11 +2118,9 @@ impl Supervisor {
                 return Err(format!("--canary cannot run here: {why}"));
             }
             if self.kept.cfg.drain.is_none() {
-                return Err(
-                    "--canary cannot run here: the drain is off (said at start why), \
-                            and a canary needs a socket per generation"
-                        .into(),
-                );
+                let why = "the drain is off (said at start why), and a canary needs a socket \
+                           per generation";
+                return Err(format!("--canary cannot run here: {why}"));
             }
             if self.demand != Demand::Running {
                 return Err(
@@ -2190,8 +2188,6 @@ impl Supervisor {
         self.tell(Tell::Reloading(format!(
             "reloading: starting generation {generation}"
         )));
-        // Probed through the serving generation's socket, the old version
-        // would answer for the new one.
         if canary.is_some() && !own {
             let reason = format!(
                 "generation {generation} has no sockets of its own (said above), and a canary \
@@ -2200,6 +2196,8 @@ impl Supervisor {
             self.fail_reload(os, ReloadResult::NotReady, reason, now);
             return Ok(generation);
         }
+        // Probed through the serving generation's socket, the old version
+        // would answer for the new one.
         if let Some(probe) = &self.kept.cfg.ready_probe
             && !own
         {

@@ -168,12 +168,16 @@ fn decided(tag: &str, verb: &str) {
     let app = drain_app("threading_server.py");
     let (mut r, port) = start_on_a_free_port(&["--control", &ctl], &["python3", &app, "PORT"]);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let old = wait_for("the app's first answer", T, || get(addr).ok());
+    let first = wait_for("the app's first answer", T, || get(addr).ok());
     assert_eq!(r.log.count("drain is off"), 0, "{}", r.log.text());
     let load = Load::start(addr, CLIENTS);
+    // A plain reload first: the canary's drain follows another drain.
+    let (code, out) = cli(&["reload", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    let old = wait_new_pid(addr, &first);
     let (code, out) = cli(&["reload", "--canary", "30", "--control", &ctl], T);
     assert_eq!(code, Some(0), "{out}");
-    let canary = pids_of(&ctl, 2).pop().expect("the canary runs");
+    let canary = pids_of(&ctl, 3).pop().expect("the canary runs");
     wait_for("the canary to answer some", T, || {
         (0..20)
             .any(|_| get(addr).ok().as_ref() == Some(&canary))

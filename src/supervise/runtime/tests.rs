@@ -565,6 +565,13 @@ async fn a_reload_steers_to_the_new_generation_drains_the_old_then_stops_it() {
     })
     .await;
     assert_eq!(rt.os.signals, [(101, Signal::SIGTERM)]);
+    // The next drain (a rolled-back canary's is keyed by the generation
+    // that serves, 2 again) is measured afresh.
+    src.arm(&mut rt, Instant::now());
+    assert!(
+        src.drain_watch.is_none(),
+        "a finished drain's measure is not kept"
+    );
     let drained = Count::Drain { idle: true, cut: 0 };
     assert!(rt.os.counts.contains(&drained), "stopped once idle");
     assert!(
