@@ -72,6 +72,9 @@ const DRAIN_SETTLE: Duration = Duration::from_millis(200);
 /// After the drain timeout, how long the old generation has to answer what
 /// it holds once its connections stop reading, before it is stopped.
 pub const END_GRACE: Duration = Duration::from_secs(2);
+/// The longest `--canary-for`: a deadline must stay a time the clock can
+/// hold.
+const MAX_CANARY_FOR: Duration = Duration::from_secs(365 * 24 * 3600);
 use crate::plan::options::{Health, Probe, Restart};
 use crate::sockets::drain::Busy;
 use crate::supervise::backoff::{self, Backoff, Next};
@@ -3372,9 +3375,16 @@ fn canary_of(percent: f64, promote_after_ms: Option<u64>) -> Result<Canary, Stri
              reload, 0% is none"
         ));
     }
+    let promote_after = promote_after_ms.map(Duration::from_millis);
+    if promote_after.is_some_and(|d| d > MAX_CANARY_FOR) {
+        return Err(format!(
+            "--canary-for may be at most {} (leave it out to promote by hand)",
+            duration::human(MAX_CANARY_FOR)
+        ));
+    }
     Ok(Canary {
         share: percent / 100.0,
-        promote_after: promote_after_ms.map(Duration::from_millis),
+        promote_after,
     })
 }
 

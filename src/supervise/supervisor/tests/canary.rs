@@ -148,6 +148,15 @@ fn a_canary_is_refused_where_new_connections_cannot_be_shared() {
     );
     let no_drain = cfg(1);
     assert!(refused(no_drain, canary(10.0, None)).contains("the drain is off"));
+    let on = Config {
+        drain: Some(DRAIN),
+        ..cfg(1)
+    };
+    let forever = Request::Canary {
+        percent: 10.0,
+        promote_after_ms: Some(u64::MAX),
+    };
+    assert!(refused(on, forever).contains("--canary-for may be at most"));
     for percent in [0.0, 100.0, -3.0, f64::NAN, 250.0] {
         let on = Config {
             drain: Some(DRAIN),
