@@ -139,6 +139,12 @@ fn a_canary_gets_its_share_of_new_connections() {
             && st.contains("generation 1 the other 90%"),
         "{st}"
     );
+    let (code, out) = cli(&["reload", "--control", &ctl], T);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("runs as a canary (10% of new connections): promote it"),
+        "{out}"
+    );
     let n = 10_000;
     let (answers, failed) = spread(addr, n);
     assert_eq!(failed, 0, "{answers:?}");
