@@ -122,11 +122,14 @@ fn check_line(s: &Status) -> Option<String> {
 pub fn canary_request(share: &str, canary_for: Option<&str>) -> Result<Request> {
     let text = share.trim();
     let number = text.strip_suffix('%').unwrap_or(text).trim();
+    let range = crate::control::CANARY_PERCENT;
     let percent = match number.parse::<f64>() {
-        Ok(p) if p > 0.0 && p < 100.0 => p,
+        Ok(p) if range.contains(&p) => p,
         Ok(_) => {
             return Err(Error::usage(format!(
-                "--canary {share:?}: the share must be above 0% and below 100%"
+                "--canary {share:?}: the share must be from {}% to {}%",
+                range.start(),
+                range.end()
             ))
             .hint("100% is a plain reload (relaunch reload); give e.g. --canary 10%"));
         }

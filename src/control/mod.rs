@@ -19,7 +19,8 @@ mod server;
 
 pub use client::{canary_request, check, client};
 pub use protocol::{
-    CanaryInfo, ChildInfo, DrainInfo, ListenerInfo, ReloadInfo, Request, Response, Status,
+    CANARY_PERCENT, CanaryInfo, ChildInfo, DrainInfo, ListenerInfo, ReloadInfo, Request, Response,
+    Status,
 };
 pub use server::{Incoming, Replies, Reply, ReplyId, Server};
 

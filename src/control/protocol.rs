@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 /// Longest request line the server reads.
 pub const MAX_REQUEST: u64 = 64 * 1024;
+/// The shares a canary may take, in percent: the steering program draws
+/// against a 32-bit threshold, so a share nearer 0 or 100 would round to
+/// nothing or to everything.
+pub const CANARY_PERCENT: std::ops::RangeInclusive<f64> = 0.01..=99.99;
 /// Longest answer the client reads.
 pub const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
 

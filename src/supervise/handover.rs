@@ -40,7 +40,11 @@ use crate::supervise::spawn::ExecFd;
 /// 2: bind interception's fds and table (a reader of 1 would drop them).
 /// 3: the metrics socket (a reader of 2 would leave it open for the
 /// children, and fail to bind its port again).
-pub const FORMAT: u32 = 3;
+/// 4: each generation's own sockets (the drain's groups, a Unix listener's
+/// renamed-in sockets), a drain's end of reads, a canary and its share,
+/// the probes (a reader of 3 would drop the sockets, stop a serving
+/// generation at a rollback, or steer a canary everything).
+pub const FORMAT: u32 = 4;
 /// The oldest format this image still reads: what later formats added has
 /// a default (format 1 is a relaunch without interception to carry).
 pub const OLDEST: u32 = 1;

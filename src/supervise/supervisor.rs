@@ -64,6 +64,9 @@ pub const HINT_WITHIN: Duration = Duration::from_secs(5);
 const ELSEWHERE_GRACE: Duration = Duration::from_secs(2);
 /// The pause between two probes of a generation that is not healthy yet.
 pub const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// A probe with no answer by then failed (an `exec:` command that hangs is
+/// killed): a hung check must never stop the checks.
+pub const PROBE_LIMIT: Duration = Duration::from_secs(10);
 /// A draining generation is not idle before this: a handshake steered to
 /// its socket just before the switch completes there (loopback: at once;
 /// the watch also waits for every handshake it saw at the first look).
@@ -716,6 +719,8 @@ struct Probing {
     failures: u32,
     /// The next probe starts then; None while one runs.
     due: Option<Instant>,
+    /// When the probe that runs started.
+    started: Option<Instant>,
     /// What the last probe found, for the log and a failed reload.
     last: Option<String>,
 }
@@ -1097,6 +1102,13 @@ impl Supervisor {
             .chain(self.dev.as_ref().and_then(|d| d.due))
             .chain(self.upgrade.filter(|u| !u.ended).map(|u| u.deadline))
             .chain(self.probing.as_ref().and_then(|p| p.due))
+            .chain(
+                self.probing
+                    .as_ref()
+                    .filter(|p| p.due.is_none())
+                    .and_then(|p| p.started)
+                    .map(|t| t + PROBE_LIMIT),
+            )
             .min()
     }
 
@@ -3057,13 +3069,12 @@ impl Supervisor {
     /// health. Probes no longer wanted (ready, failed, gone) end.
     fn probe_due(&mut self, os: &mut impl Spawner, now: Instant) {
         let want = self.probe_wanted();
-        if let Some(p) = self
+        let ended = self
             .probing
             .take_if(|p| Some((p.generation, p.health)) != want)
-        {
-            self.out.push(Effect::EndProbe {
-                generation: p.generation,
-            });
+            .map(|p| p.generation);
+        if let Some(generation) = ended {
+            self.out.push(Effect::EndProbe { generation });
         }
         let Some((generation, health)) = want else {
             return;
@@ -3075,14 +3086,28 @@ impl Supervisor {
                 None => return,
             },
         };
+        // One that runs past its limit failed; the next starts as after any.
+        if let Some(p) = &self.probing
+            && p.due.is_none()
+            && p.started.is_some_and(|t| now >= t + PROBE_LIMIT)
+        {
+            let generation = p.generation;
+            self.out.push(Effect::EndProbe { generation });
+            let why = format!("no answer within {}", duration::human(PROBE_LIMIT));
+            self.on_probed(os, generation, Err(why), now);
+            return;
+        }
         let p = self.probing.get_or_insert(Probing {
             generation,
             health,
             failures: 0,
             due: Some(first),
+            started: None,
             last: None,
         });
-        if p.due.is_none_or(|t| t > now) {
+        // The driver ends every probe of a generation: one that replaces an
+        // ended one starts next turn, once that end is carried out.
+        if p.due.is_none_or(|t| t > now) || ended == Some(generation) {
             return;
         }
         let pgids = self.alive_pids(generation);
@@ -3090,6 +3115,7 @@ impl Supervisor {
             return;
         };
         p.due = None;
+        p.started = Some(now);
         // One that cannot start failed, as far as the generation goes.
         if let Err(e) = os.probe(generation, &probe, &pgids) {
             self.on_probed(os, generation, Err(format!("cannot probe it: {e}")), now);
@@ -3369,10 +3395,13 @@ impl Supervisor {
 /// The canary a `relaunch reload --canary` asks for, checked (the request
 /// comes from outside).
 fn canary_of(percent: f64, promote_after_ms: Option<u64>) -> Result<Canary, String> {
-    if !(percent > 0.0 && percent < 100.0) {
+    let range = control::CANARY_PERCENT;
+    if !range.contains(&percent) {
         return Err(format!(
-            "a canary's share must be above 0% and below 100% (got {percent}%): 100% is a \
-             reload, 0% is none"
+            "a canary's share must be from {}% to {}% (got {percent}%): 100% is a reload, 0% \
+             is none",
+            range.start(),
+            range.end()
         ));
     }
     let promote_after = promote_after_ms.map(Duration::from_millis);

@@ -49,6 +49,9 @@ struct Fake {
     /// Why a probe cannot start, if it cannot.
     probe_fails: Option<String>,
     probes_ended: Vec<u64>,
+    /// Starts (true) and ends (false) of probes, by generation, in the
+    /// order the driver would carry them out.
+    probe_log: Vec<(bool, u64)>,
 }
 
 /// The core and a fake spawner, side by side as the runtime holds them.
@@ -105,7 +108,10 @@ impl Sim {
                 }
                 Effect::Upgrade { binary, reply } => self.os.upgrades.push((binary, reply)),
                 Effect::EndCheck => self.os.checks_ended += 1,
-                Effect::EndProbe { generation } => self.os.probes_ended.push(generation),
+                Effect::EndProbe { generation } => {
+                    self.os.probes_ended.push(generation);
+                    self.os.probe_log.push((false, generation));
+                }
             }
         }
     }
@@ -182,6 +188,7 @@ impl Spawner for Fake {
             return Err(e.clone());
         }
         self.probes.push((generation, pgids.to_vec()));
+        self.probe_log.push((true, generation));
         Ok(())
     }
     fn jitter(&mut self) -> f64 {

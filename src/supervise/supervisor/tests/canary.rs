@@ -157,13 +157,15 @@ fn a_canary_is_refused_where_new_connections_cannot_be_shared() {
         promote_after_ms: Some(u64::MAX),
     };
     assert!(refused(on, forever).contains("--canary-for may be at most"));
-    for percent in [0.0, 100.0, -3.0, f64::NAN, 250.0] {
+    // A share the steering program would round to nothing or everything
+    // is refused too.
+    for percent in [0.0, 100.0, -3.0, f64::NAN, 250.0, 1e-10, 99.999_999_999] {
         let on = Config {
             drain: Some(DRAIN),
             ..cfg(1)
         };
         let reason = refused(on, canary(percent, None));
-        assert!(reason.contains("above 0% and below 100%"), "{reason}");
+        assert!(reason.contains("from 0.01% to 99.99%"), "{reason}");
     }
 }
 

@@ -323,3 +323,88 @@ fn a_health_check_that_cannot_start_counts_as_failed() {
         [(101, Signal::SIGKILL), (102, Signal::SIGKILL)]
     );
 }
+
+/// `--ready http:` and `--health` together: a serving worker that restarts
+/// turns the health check of its generation into a readiness probe. The
+/// check's end is carried out before the probe that replaces it starts
+/// (the driver ends every probe of a generation, and drops what an ended
+/// one finds), so whenever the core waits for a probe's answer, one runs.
+#[test]
+fn a_restarted_worker_under_ready_and_health_probes_is_probed_after_the_check_ends() {
+    let mut s = Sim::new(Config {
+        drain: Some(Duration::from_secs(10)),
+        ready_auto: false,
+        ready_probe: Some(Probe::Http("/healthz".into())),
+        ready_timeout: READY_TIMEOUT,
+        health: Some(Health {
+            probe: Probe::Http("/healthz".into()),
+            every: Duration::from_secs(1),
+            failures: 3,
+        }),
+        ..cfg(2)
+    });
+    s.os.own_sockets = true;
+    // Whether the core waits for an answer that no running probe gives.
+    let stuck = |s: &Sim| {
+        let waiting = s.probing.as_ref().filter(|p| p.due.is_none());
+        waiting.is_some_and(|p| {
+            s.os.probe_log
+                .iter()
+                .rev()
+                .find(|(_, g)| *g == p.generation)
+                != Some(&(true, p.generation))
+        })
+    };
+    let t0 = Instant::now();
+    s.t_start(t0);
+    s.t_probed(1, Ok("GET /healthz answered 200 OK"), t0);
+    assert_eq!(s.state(), "serving");
+    let workers = s.os.spawned.len();
+    // A health check runs.
+    s.t_timer(t0 + SEC);
+    assert_eq!(s.os.probe_log.last(), Some(&(true, 1)));
+    // One worker crashes (the other serves on) and restarts: now its
+    // readiness is probed.
+    s.t_exit(101, ExitStatus::Code(1), t0 + SEC);
+    assert!(!stuck(&s), "{:?}", s.os.probe_log);
+    let mut now = t0 + SEC;
+    while s.os.spawned.len() <= workers || s.probing.as_ref().is_some_and(|p| p.due.is_some()) {
+        now = s.next_deadline().expect("something is due");
+        s.t_timer(now);
+        assert!(
+            !stuck(&s),
+            "waits for a probe that was ended: {:?}",
+            s.os.probe_log
+        );
+    }
+    let pid = s.os.spawned[workers].0;
+    s.t_probed(1, Ok("GET /healthz answered 200 OK"), now);
+    assert!(
+        s.kept
+            .children
+            .iter()
+            .any(|c| c.pid == pid && c.state == State::Ready),
+        "the restarted worker is ready"
+    );
+}
+
+/// A check that never answers (an `exec:` command that hangs) fails at
+/// PROBE_LIMIT and is ended; the checks go on.
+#[test]
+fn a_probe_with_no_answer_fails_at_its_limit_and_the_checks_go_on() {
+    let (mut s, t0) = checked();
+    s.t_timer(t0 + SEC);
+    assert_eq!(s.os.probes.len(), 1);
+    let limit = t0 + SEC + PROBE_LIMIT;
+    assert_eq!(s.next_deadline(), Some(limit));
+    s.t_timer(limit);
+    assert_eq!(s.os.probes_ended, [1], "the hung one is ended");
+    assert_eq!(
+        s.status(limit).probe.as_deref(),
+        Some("generation 1, --health http:/healthz: no answer within 10s (1 failure(s) in a row)")
+    );
+    let next = s.next_deadline().unwrap();
+    assert_eq!(next, limit + SEC, "the next check, a period on");
+    s.t_timer(next);
+    assert_eq!(s.os.probes.len(), 2, "the checks go on");
+}
