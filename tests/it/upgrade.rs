@@ -327,12 +327,12 @@ fn a_broken_new_binary_is_refused_and_nothing_changes() {
             "its handshake exited with status 1: relaunch: cannot start: libfoo.so missing",
         ),
         (
-            "cat >/dev/null; echo 'relaunch upgrade-check ok: format 4, 9.0.0'",
-            "it speaks another upgrade state format (relaunch upgrade-check ok: format 4, 9.0.0; this relaunch hands over format 3)",
+            "cat >/dev/null; echo 'relaunch upgrade-check ok: format 5, 9.0.0'",
+            "it speaks another upgrade state format (relaunch upgrade-check ok: format 5, 9.0.0; this relaunch hands over format 4)",
         ),
         (
             "echo hello",
-            "it does not speak relaunch's upgrade handshake (format 3): hello",
+            "it does not speak relaunch's upgrade handshake (format 4): hello",
         ),
         (
             "exec sleep 60",
@@ -341,7 +341,7 @@ fn a_broken_new_binary_is_refused_and_nothing_changes() {
         // It passes the check, then cannot be executed when relaunch execs it.
         (
             &format!(
-                "cat >/dev/null; echo 'relaunch upgrade-check ok: format 3, 0.9.9'; chmod a-x {}",
+                "cat >/dev/null; echo 'relaunch upgrade-check ok: format 4, 0.9.9'; chmod a-x {}",
                 s.bin.display()
             ),
             "Permission denied",
@@ -369,13 +369,13 @@ fn a_broken_new_binary_is_refused_and_nothing_changes() {
     assert_eq!(still.ino(), exe, "the old image runs on");
     // A real relaunch asked for a format it does not read says so.
     let out = Command::new(relaunch_bin())
-        .args(["--upgrade-check", "4"])
+        .args(["--upgrade-check", "5"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("reads upgrade state formats 1 to 3, not 4"),
+        err.contains("reads upgrade state formats 1 to 4, not 5"),
         "{err}"
     );
 }
