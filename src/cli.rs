@@ -140,6 +140,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", conflicts_with = "no_drain")]
     pub drain_timeout: Option<String>,
 
+    /// After a promotion, keep the old generation, once idle, alive but frozen (SIGSTOP) for this long, so that `relaunch rollback` returns to it at once (it costs the memory of one more generation)
+    #[arg(long, value_name = "DURATION", conflicts_with = "no_drain")]
+    pub keep_previous: Option<String>,
+
     /// At a reload, stop the old generation as soon as the new one is ready, and let both share one socket (no SO_REUSEPORT group, no steering)
     #[arg(long)]
     pub no_drain: bool,

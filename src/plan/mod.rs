@@ -104,6 +104,8 @@ pub struct Plan {
     pub stop_timeout: Duration,
     /// `--drain-timeout` (default: the stop timeout); None: `--no-drain`.
     pub drain: Option<Duration>,
+    /// `--keep-previous`.
+    pub keep_previous: Option<Duration>,
     pub ready: ReadyMode,
     pub ready_timeout: Duration,
     /// `--health`: checks of the serving generation.
@@ -213,6 +215,11 @@ pub fn make(
         (Some(d), false) => Some(options::parse_duration("--drain-timeout", d)?),
         (None, false) => Some(stop_timeout),
     };
+    let keep_previous = args
+        .keep_previous
+        .as_deref()
+        .map(|d| options::parse_duration("--keep-previous", d))
+        .transpose()?;
     let ready_timeout = options::parse_timeout("--ready-timeout", &args.ready_timeout)?;
     let ready = options::parse_ready(&args.ready)?;
     let health = options::parse_health(
@@ -268,6 +275,7 @@ pub fn make(
         stop_signal,
         stop_timeout,
         drain,
+        keep_previous,
         ready,
         ready_timeout,
         health,

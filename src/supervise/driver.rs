@@ -392,6 +392,9 @@ fn open_listeners(
             ),
         ));
     }
+    if plan.keep_previous.is_some() {
+        keep_needs_steering(plan, membership.as_ref().err())?;
+    }
     let membership = match membership {
         Ok(m) => Some(m),
         Err(why) => {
@@ -454,6 +457,26 @@ fn probe_needs_steering(what: &str, why: &str) -> Error {
          that needs each generation's own socket in a group relaunch steers; here {why}"
     ))
     .hint("use --ready auto, notify or delay:DURATION, and no --health, here")
+}
+
+/// `--keep-previous` steers new connections back to the kept generation's
+/// own socket: that needs the drain's groups, and no Unix listener (its
+/// generations take turns by a rename, which a later one undoes).
+fn keep_needs_steering(plan: &plan::Plan, no_steering: Option<&String>) -> Result<()> {
+    let why = match (no_steering, plan.listeners.iter().find(|l| l.unix_path())) {
+        (Some(why), _) => why.clone(),
+        (None, Some(l)) => format!(
+            "{} is a Unix socket, whose generations take turns by a rename of its file: the \
+             kept generation's file is gone once the next one is renamed into place",
+            l.name
+        ),
+        (None, None) => return Ok(()),
+    };
+    Err(Error::usage(format!(
+        "--keep-previous steers new connections back to the kept generation's own socket, and \
+         that needs each generation's socket in a group relaunch steers; here {why}"
+    ))
+    .hint("drop --keep-previous here; relaunch rollback then needs a reload instead"))
 }
 
 /// The drain's other sockets the fd store gave back, per listener in slot
@@ -789,6 +812,7 @@ fn config(plan: &plan::Plan, listeners: &[Listener], groups: &[Steered]) -> Conf
         idle_stop: plan.idle_stop,
         drain: plan.drain.filter(|_| drains),
         no_canary: no_canary(plan, listeners, groups),
+        keep_previous: plan.keep_previous,
     }
 }
 

@@ -299,6 +299,10 @@ pub struct Config {
     /// Why `relaunch reload --canary` cannot run here; None: it can.
     #[serde(default)]
     pub no_canary: Option<String>,
+    /// `--keep-previous`: how long the generation a promotion left, once
+    /// idle, is kept (frozen) for `relaunch rollback`; None: it is stopped.
+    #[serde(default)]
+    pub keep_previous: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -521,6 +525,15 @@ struct Reload {
     canary: Option<Canary>,
 }
 
+/// `--keep-previous`: the generation a promotion left, idle and frozen
+/// (SIGSTOP), kept for `relaunch rollback` until `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Previous {
+    generation: u64,
+    #[serde(with = "crate::serial::mono")]
+    until: Instant,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exit {
     pub code: i32,
@@ -575,6 +588,9 @@ pub struct Kept {
     /// drains and stops, and the serving one takes everything again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rolled_back: Option<String>,
+    /// `--keep-previous`: the generation kept for a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous: Option<Previous>,
 }
 
 /// What relaunch is doing, in order of precedence (see `doing`).
@@ -756,6 +772,7 @@ impl Supervisor {
                 exit_error: None,
                 last_reload: None,
                 rolled_back: None,
+                previous: None,
             },
             dev,
             Vec::new(),
@@ -806,7 +823,11 @@ impl Supervisor {
                     c.exec_error = Some(error);
                 }
             }
-            Event::Drained { generation, busy } => self.on_drained(generation, busy, now),
+            Event::Drained { generation, busy } => {
+                self.on_drained(generation, busy, now);
+                // An idle old generation kept for a rollback ends the reload.
+                self.settle(os, now);
+            }
             Event::Probed { generation, result } => self.on_probed(os, generation, result, now),
             Event::Timer => {
                 self.end_overdue_check(now);
@@ -1025,9 +1046,10 @@ impl Supervisor {
     fn leaving(&self) -> impl Iterator<Item = &Child> {
         let reload = self.kept.reload;
         let back = self.kept.rolled_back.is_some();
+        let previous = self.kept.previous.map(|p| p.generation);
         self.kept.children.iter().filter(move |c| match reload {
             Some(r) if back => c.generation == r.generation,
-            Some(r) => c.generation < r.generation,
+            Some(r) => c.generation < r.generation && Some(c.generation) != previous,
             None => false,
         })
     }
@@ -1098,6 +1120,7 @@ impl Supervisor {
             .chain(escaped)
             .chain(restarts)
             .chain(reload)
+            .chain(self.kept.previous.map(|p| p.until))
             .chain(self.kept.first_deadline.filter(|_| !self.kept.announced))
             .chain(self.dev.as_ref().and_then(|d| d.due))
             .chain(self.upgrade.filter(|u| !u.ended).map(|u| u.deadline))
@@ -1382,6 +1405,7 @@ impl Supervisor {
         self.reload_overdue(os, now);
         self.canary_due(os, now);
         self.drain_due(now);
+        self.previous_due(now);
         self.first_generation_overdue(now);
         self.restarts_due(os, now);
     }
@@ -2179,6 +2203,8 @@ impl Supervisor {
             self.count(Count::Reload(ReloadResult::Coalesced));
             return Ok(r.generation + 1);
         }
+        // Only one generation is kept: the one kept now is the older.
+        self.end_previous(now);
         let generation = self.take_generation();
         info!(
             generation,
@@ -2286,6 +2312,7 @@ impl Supervisor {
         for s in &mut self.kept.slots {
             s.restart_at = None;
         }
+        self.end_previous(now);
         let pids: Vec<i32> = self.kept.children.iter().map(|c| c.pid).collect();
         for pid in pids {
             self.stop_child(pid, now);
@@ -2640,6 +2667,17 @@ impl Supervisor {
             self.generation_ready(self.kept.serving, now);
             self.announce(now);
         }
+        if let Some(p) = self.kept.previous
+            && self.alive_pids(p.generation).is_empty()
+        {
+            warn!(
+                generation = p.generation,
+                "generation {}, kept for a rollback, ended on its own: there is nothing to roll \
+                 back to now",
+                p.generation
+            );
+            self.kept.previous = None;
+        }
         // The old generation went on its own while it drained.
         if self.emptying().is_some() && self.leaving().next().is_none() {
             self.set_phase(Phase::Draining);
@@ -2902,6 +2940,10 @@ impl Supervisor {
 
     /// `relaunch rollback`: answered once the canary is drained and stopped.
     fn rollback_asked(&mut self, os: &mut impl Spawner, to: ReplyId, now: Instant) {
+        if self.kept.reload.is_none() && self.kept.previous.is_some() {
+            self.rollback_to_previous(os, to, now);
+            return;
+        }
         let Some((generation, ..)) = self.canary() else {
             // Not ready yet: it is simply stopped, as a failed reload's is.
             if let Some(r) = self.kept.reload
@@ -2980,6 +3022,134 @@ impl Supervisor {
         if let Err(e) = self.promote_canary(os, now) {
             self.rollback(os, format!("it could not be promoted: {e}"), now);
         }
+    }
+
+    /// `--keep-previous`: the old generation a promotion left, now idle, is
+    /// frozen and kept for a rollback instead of stopped. false: it is not
+    /// (no --keep-previous, a rollback, or not one whole generation).
+    fn keep_previous(&mut self, now: Instant) -> bool {
+        let Some(keep) = self.kept.cfg.keep_previous else {
+            return false;
+        };
+        if self.kept.rolled_back.is_some() {
+            return false;
+        }
+        let leaving: Vec<(i32, u64, State)> = self
+            .leaving()
+            .filter(|c| c.alive())
+            .map(|c| (c.pid, c.generation, c.state))
+            .collect();
+        let Some(&(_, generation, _)) = leaving.iter().find(|l| l.2 == State::Ready) else {
+            return false;
+        };
+        // Its stopping ones (a kept one a reload ended) go on stopping.
+        let pids: Vec<i32> = leaving
+            .iter()
+            .filter(|l| !matches!(l.2, State::Stopping { .. }))
+            .map(|l| l.0)
+            .collect();
+        if leaving
+            .iter()
+            .any(|l| l.1 != generation && !matches!(l.2, State::Stopping { .. }))
+            || self.alive_pids(generation).len() != pids.len()
+        {
+            return false;
+        }
+        self.set_phase(Phase::Draining);
+        info!(
+            generation,
+            "generation {generation} is idle: kept, frozen, for relaunch rollback for {} (its \
+             memory stays in use meanwhile)",
+            duration::human(keep)
+        );
+        // It has no connection left: frozen, it runs no timer or long
+        // poll beside the serving generation.
+        for pid in pids {
+            self.signal(pid, Signal::SIGSTOP);
+        }
+        self.kept.previous = Some(Previous {
+            generation,
+            until: now + keep,
+        });
+        true
+    }
+
+    /// The rollback window ended.
+    fn previous_due(&mut self, now: Instant) {
+        if let Some(p) = self.kept.previous
+            && p.until <= now
+        {
+            info!(
+                generation = p.generation,
+                "the rollback window of generation {} ended: stopping it", p.generation
+            );
+            self.end_previous(now);
+        }
+    }
+
+    /// The kept generation is stopped: the stop signal waits until it is
+    /// thawed.
+    fn end_previous(&mut self, now: Instant) {
+        let Some(p) = self.kept.previous.take() else {
+            return;
+        };
+        for pid in self.alive_pids(p.generation) {
+            self.stop_child(pid, now);
+            self.signal(pid, Signal::SIGCONT);
+        }
+    }
+
+    /// `relaunch rollback` while a generation is kept: thawed, it takes
+    /// every new connection at once (its sockets stayed in the group), and
+    /// the serving generation drains and stops, as a rolled-back canary.
+    fn rollback_to_previous(&mut self, os: &mut impl Spawner, to: ReplyId, now: Instant) {
+        let Some(p) = self.kept.previous else {
+            return;
+        };
+        let (back, newer) = (p.generation, self.kept.serving);
+        let pids = self.alive_pids(back);
+        for &pid in &pids {
+            self.signal(pid, Signal::SIGCONT);
+        }
+        if let Err(e) = os.steer(back) {
+            for &pid in &pids {
+                self.signal(pid, Signal::SIGSTOP);
+            }
+            let message = format!(
+                "cannot send new connections back to generation {back} ({e}); generation \
+                 {newer} keeps serving, and generation {back} stays kept"
+            );
+            error!(generation = back, "{message}");
+            self.out.push(Effect::Reply {
+                to,
+                response: Response::Error { message },
+            });
+            return;
+        }
+        let why = format!("relaunch rollback to the kept generation {back}");
+        warn!(
+            generation = newer,
+            "rolling back generation {newer}: generation {back} (pids {pids:?}) is thawed and \
+             takes every new connection again, and generation {newer} finishes what it \
+             accepted, then stops"
+        );
+        self.kept.previous = None;
+        self.kept.serving = back;
+        self.kept.slots = vec![Slot::default(); self.kept.cfg.workers];
+        let timeout = self.kept.cfg.drain.unwrap_or_default();
+        self.kept.reload = Some(Reload {
+            generation: newer,
+            phase: Phase::Emptying {
+                until: now + timeout,
+                settle: now + DRAIN_SETTLE,
+                ending: false,
+            },
+            own: true,
+            canary: None,
+        });
+        self.kept.rolled_back = Some(why);
+        self.drain = DrainWatch::default();
+        self.waiters.push((newer, to));
     }
 
     fn set_phase(&mut self, phase: Phase) {
@@ -3255,7 +3425,9 @@ impl Supervisor {
                         idle: !ending,
                         cut: 0,
                     });
-                    self.end_drain(now);
+                    if !self.keep_previous(now) {
+                        self.end_drain(now);
+                    }
                 }
             }
             Err(e) => {

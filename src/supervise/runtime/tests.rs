@@ -250,6 +250,7 @@ fn cfg() -> Config {
         idle_stop: None,
         drain: None,
         no_canary: None,
+        keep_previous: None,
     }
 }
 

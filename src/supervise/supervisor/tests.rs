@@ -5,6 +5,7 @@ mod canary;
 mod dev_loop;
 mod drain;
 mod groups;
+mod keep;
 mod on_demand;
 mod probes;
 mod readiness;
@@ -220,6 +221,7 @@ fn cfg(workers: usize) -> Config {
         idle_stop: None,
         drain: None,
         no_canary: None,
+        keep_previous: None,
     }
 }
 

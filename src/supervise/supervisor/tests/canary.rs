@@ -140,6 +140,7 @@ fn a_canary_is_refused_where_new_connections_cannot_be_shared() {
     let unix = Config {
         drain: Some(DRAIN),
         no_canary: Some(why.into()),
+        keep_previous: None,
         ..cfg(1)
     };
     assert_eq!(
