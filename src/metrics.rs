@@ -121,6 +121,8 @@ struct Gauges {
     /// A canary's generation and share of new connections (0 without one).
     canary_generation: Gauge,
     canary_share: Gauge<f64, AtomicU64>,
+    /// `--keep-previous`: the generation kept for a rollback (0 without one).
+    kept_generation: Gauge,
     /// The listeners' labels at the last scrape: a listener that moved
     /// (interception rebinds --port) has its old series removed.
     labelled: Mutex<Vec<ListenerLabel>>,
@@ -167,6 +169,8 @@ impl Gauges {
         self.canary_generation
             .set(canary.map_or(0, |c| c.generation as i64));
         self.canary_share.set(canary.map_or(0.0, |c| c.share));
+        self.kept_generation
+            .set(s.kept.as_ref().map_or(0, |k| k.generation as i64));
     }
 }
 
@@ -227,6 +231,7 @@ fn registry() -> (Registry, Tally, Gauges) {
         uptime: Gauge::default(),
         canary_generation: Gauge::default(),
         canary_share: Gauge::default(),
+        kept_generation: Gauge::default(),
         labelled: Mutex::new(Vec::new()),
     };
     r.register(
@@ -293,6 +298,11 @@ fn registry() -> (Registry, Tally, Gauges) {
         "canary_share",
         "The canary's share of new connections (0 to 1); 0 when none runs",
         gauges.canary_share.clone(),
+    );
+    r.register(
+        "kept_generation",
+        "The generation kept, frozen, for relaunch rollback (--keep-previous); 0 when none is",
+        gauges.kept_generation.clone(),
     );
     r.register(
         "build",

@@ -445,6 +445,16 @@ fn render_header(s: &Status) -> String {
     if let Some(text) = &s.probe {
         out += &format!("probe: {text}\n");
     }
+    if let Some(k) = &s.kept {
+        out += &format!(
+            "generation {} (pids {:?}): kept for rollback until {} (in {}), frozen; relaunch \
+             rollback returns to it\n",
+            k.generation,
+            k.pids,
+            clock_in(k.ends_in_secs),
+            age(k.ends_in_secs)
+        );
+    }
     if let Some(d) = &s.draining {
         let busy = match d.measured {
             true => {
@@ -554,6 +564,21 @@ fn render_last_reload(last: Option<&ReloadInfo>) -> String {
 }
 
 /// An age or uptime for people: tenths below 10 s, whole seconds above.
+/// The UTC time of day `secs` from now ("05:31:02 UTC").
+fn clock_in(secs: f64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let at = now.as_secs() + secs.max(0.0).round() as u64;
+    let day = at % 86_400;
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        day / 3600,
+        day % 3600 / 60,
+        day % 60
+    )
+}
+
 fn age(secs: f64) -> String {
     if !secs.is_finite() || secs < 0.0 {
         return "?".into();
@@ -619,6 +644,25 @@ mod tests {
         assert_eq!(err.exit_code(), 1);
         assert!(err.msg.contains("permission denied: uid 7"), "{err}");
         assert!(err.hint.unwrap().contains("same user"));
+    }
+
+    #[test]
+    fn renders_a_generation_kept_for_rollback() {
+        let s = Status {
+            kept: Some(super::super::KeptInfo {
+                generation: 2,
+                pids: vec![7],
+                ends_in_secs: 42.0,
+            }),
+            ..sample_status()
+        };
+        let text = render_status(&s);
+        assert!(
+            text.contains("generation 2 (pids [7]): kept for rollback until ")
+                && text.contains(" UTC (in 42s), frozen; relaunch rollback returns to it\n"),
+            "{text}"
+        );
+        assert!(!render_status(&sample_status()).contains("kept"));
     }
 
     #[test]

@@ -19,8 +19,8 @@ mod server;
 
 pub use client::{canary_request, check, client};
 pub use protocol::{
-    CANARY_PERCENT, CanaryInfo, ChildInfo, DrainInfo, ListenerInfo, ReloadInfo, Request, Response,
-    Status,
+    CANARY_PERCENT, CanaryInfo, ChildInfo, DrainInfo, KeptInfo, ListenerInfo, ReloadInfo, Request,
+    Response, Status,
 };
 pub use server::{Incoming, Replies, Reply, ReplyId, Server};
 
@@ -120,6 +120,7 @@ mod testing {
             draining: None,
             probe: None,
             canary: None,
+            kept: None,
         }
     }
 

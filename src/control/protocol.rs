@@ -132,6 +132,17 @@ pub struct Status {
     /// A canary beside the serving generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryInfo>,
+    /// `--keep-previous`: the generation kept, frozen, for a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<KeptInfo>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct KeptInfo {
+    pub generation: u64,
+    pub pids: Vec<i32>,
+    /// Seconds until it is stopped.
+    pub ends_in_secs: f64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]

@@ -1203,6 +1203,11 @@ impl Supervisor {
                     open: None,
                     beside_open: None,
                 }),
+            kept: self.kept.previous.map(|p| control::KeptInfo {
+                generation: p.generation,
+                pids: self.alive_pids(p.generation),
+                ends_in_secs: p.until.saturating_duration_since(now).as_secs_f64(),
+            }),
         }
     }
 

@@ -59,6 +59,9 @@ fn after_a_promotion_the_idle_old_generation_is_kept_frozen_not_stopped() {
     assert_eq!(pids(&s, 1), [101]);
     let due = s.next_deadline().expect("the window's end is due");
     assert_eq!(due, t0 + SEC + KEEP);
+    let k = s.status(t0 + 2 * SEC).kept.expect("status shows it");
+    assert_eq!((k.generation, k.pids), (1, vec![101]));
+    assert_eq!(k.ends_in_secs, 59.0);
 }
 
 #[test]
@@ -79,6 +82,7 @@ fn a_kept_generation_is_thawed_and_stopped_when_its_window_ends() {
     s.t_exit(101, ExitStatus::Signal(15), t0 + SEC + KEEP + SEC);
     assert_eq!(s.os.released, [1]);
     assert!(s.kept.previous.is_none());
+    assert!(s.status(t0 + 2 * KEEP).kept.is_none());
     assert_eq!(s.state(), "serving");
 }
 
