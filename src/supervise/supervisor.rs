@@ -2690,6 +2690,7 @@ impl Supervisor {
         if let Some(Reload {
             generation,
             phase: Phase::Draining,
+            canary,
             ..
         }) = self.kept.reload
             && self.leaving().next().is_none()
@@ -2698,14 +2699,20 @@ impl Supervisor {
         {
             let pids = self.serving_pids();
             if let Some(why) = self.kept.rolled_back.clone() {
+                // Without a canary: the kept generation is back.
+                let the_canary = if canary.is_some() {
+                    ", the canary,"
+                } else {
+                    ""
+                };
                 warn!(
                     generation,
-                    "rollback done: generation {} serves (pids {pids:?}); the canary, \
-                     generation {generation}, stopped",
+                    "rollback done: generation {} serves (pids {pids:?}); generation \
+                     {generation}{the_canary} stopped",
                     self.kept.serving
                 );
                 self.count(Count::Reload(ReloadResult::RolledBack));
-                let reason = format!("generation {generation}, the canary, was rolled back: {why}");
+                let reason = format!("generation {generation}{the_canary} was rolled back: {why}");
                 self.finish_reload(os, generation, Err(reason), now);
             } else {
                 info!(

@@ -26,7 +26,7 @@ fn drain_app(name: &str) -> String {
 }
 
 /// Steering needs root (a dedicated uid owns each port's group).
-fn as_root(what: &str) -> bool {
+pub fn as_root(what: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
@@ -36,7 +36,7 @@ fn as_root(what: &str) -> bool {
 }
 
 /// The pids of `generation`'s children, from `status --json`.
-fn pids_of(ctl: &str, generation: u64) -> Vec<String> {
+pub fn pids_of(ctl: &str, generation: u64) -> Vec<String> {
     let (code, out) = cli(&["status", "--json", "--control", ctl], T);
     assert_eq!(code, Some(0), "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -85,7 +85,7 @@ fn spread(addr: SocketAddr, n: usize) -> (HashMap<String, usize>, usize) {
     (answers, failed.load(Ordering::Relaxed))
 }
 
-fn summary(rep: &LoadReport) -> String {
+pub fn summary(rep: &LoadReport) -> String {
     format!(
         "ok {}, refused {}, reset {}, timeout {}, other {}, first errors {:?}",
         rep.ok, rep.refused, rep.reset, rep.timeout, rep.other, rep.errors

@@ -10,6 +10,7 @@ mod held_options;
 mod intercept;
 mod intercept_isolation;
 mod intercept_peers;
+mod keep;
 mod lazy;
 mod ops;
 mod package;

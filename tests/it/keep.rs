@@ -1,0 +1,100 @@
+//! `--keep-previous`: after a reload, the old generation, once idle, is
+//! kept frozen for the window, and `relaunch rollback` has it answering
+//! again at once while the newer one drains. Under 8 clients.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::canary::{as_root, pids_of, summary};
+use crate::drain::start_on_a_free_port;
+use crate::util::*;
+
+const T: Duration = Duration::from_secs(30);
+const CLIENTS: usize = 8;
+
+/// The state letter of /proc/PID/stat ('T': stopped by a signal).
+fn proc_state(pid: &str) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+#[test]
+fn rollback_returns_to_the_kept_generation_with_no_failed_request() {
+    if !as_root("keep previous") {
+        return;
+    }
+    let dir = TempDir::new("keep-previous");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let server = example("pid_server").display().to_string();
+    let (mut r, port) =
+        start_on_a_free_port(&["--control", &ctl, "--keep-previous", "60s"], &[&server]);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let old = wait_serving(addr);
+    let load = Load::start(addr, CLIENTS);
+    let (code, out) = cli(&["reload", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    let new = pids_of(&ctl, 2).pop().expect("generation 2 runs");
+    assert_eq!(pids_of(&ctl, 1), vec![old.clone()], "generation 1 is kept");
+    assert_eq!(proc_state(&old), Some('T'), "the kept one is frozen");
+    for _ in 0..20 {
+        assert_eq!(get(addr).unwrap(), new, "no traffic to the kept one");
+    }
+    let st = status(std::path::Path::new(&ctl));
+    assert!(
+        st.contains("generation 1 (pids [") && st.contains("kept for rollback until"),
+        "{st}"
+    );
+    let (code, out) = cli(&["rollback", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("generation 1 serves every new connection"),
+        "{out}"
+    );
+    assert_ne!(proc_state(&old), Some('T'), "thawed");
+    for _ in 0..20 {
+        assert_eq!(get(addr).unwrap(), old, "the previous version answers");
+    }
+    wait_for("the newer generation to stop", T, || {
+        (!pid_alive(new.parse().unwrap())).then_some(())
+    });
+    let rep = load.finish();
+    let sum = summary(&rep);
+    assert_eq!(rep.failed(), 0, "{sum}");
+    assert!(rep.ok > 0, "{sum}");
+    assert!(!status(std::path::Path::new(&ctl)).contains("kept for rollback"));
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+}
+
+/// Where new connections cannot be steered back, `--keep-previous` is a
+/// usage error that says why.
+#[test]
+fn keep_previous_is_refused_where_it_cannot_steer_back() {
+    let server = example("pid_server").display().to_string();
+    let port = free_port().to_string();
+    let (s, log) = run_to_exit(
+        &[
+            "--port",
+            &port,
+            "--keep-previous",
+            "60s",
+            "--no-drain",
+            "--",
+            &server,
+        ],
+        T,
+    );
+    assert_eq!(s.code(), Some(2), "{log}");
+    assert!(log.contains("--no-drain"), "{log}");
+    if !as_root("keep previous beside a Unix listener") {
+        return;
+    }
+    let dir = TempDir::new("keep-unix");
+    let spec = format!("web=unix:{}", dir.join("app.sock").display());
+    let (s, log) = run_to_exit(&["-l", &spec, "--keep-previous", "60s", "--", &server], T);
+    assert_eq!(s.code(), Some(2), "{log}");
+    assert!(
+        log.contains("--keep-previous") && log.contains("web is a Unix socket"),
+        "{log}"
+    );
+}
