@@ -20,6 +20,7 @@ mod connect_cost;
 mod devloop;
 mod drain;
 mod footprint;
+mod keep;
 mod load;
 mod on_demand;
 mod plan;

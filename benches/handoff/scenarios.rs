@@ -94,6 +94,12 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
         readiness.extend(lines);
         canary_broke = broke;
     }
+    let mut keep_broke = false;
+    if wanted("keep") {
+        let (lines, broke) = crate::keep::run(plan, &ctx);
+        readiness.extend(lines);
+        keep_broke = broke;
+    }
 
     let scale = if scale_alone {
         Some(footprint::scale(plan, &ctx)?)
@@ -141,6 +147,7 @@ pub fn run_all(plan: &Plan, only: &[String], with_footprint: bool) -> Result<Exi
     let broken = dev_loop_broke
         || drain_broke
         || canary_broke
+        || keep_broke
         || scenarios
             .iter()
             .any(|s| matches!(s.status, Status::Failed(_)));

@@ -1,0 +1,177 @@
+//! The rollback window (`--only keep`): the bench server under relaunch
+//! `--keep-previous 60s`, a plain reload (the old generation is kept,
+//! frozen, once idle), then `relaunch rollback` under the plan's clients:
+//! how long after it was asked the previous version first answered, how
+//! long after it a new connection still reached the newer one, and the
+//! requests that failed meanwhile. Needs root (steering).
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::load::request;
+use crate::plan::Plan;
+use crate::procs::{Proc, free_port};
+use crate::targets::Ctx;
+
+const WAIT: Duration = Duration::from_secs(30);
+/// The acceptance's bound on the previous version answering again.
+const WITHIN_MS: f64 = 50.0;
+
+/// Prints what it measured; returns the acceptance line, and whether the
+/// run broke.
+pub fn run(plan: &Plan, ctx: &Ctx) -> (Vec<(String, bool)>, bool) {
+    if !nix::unistd::geteuid().is_root() {
+        let line = "keep: skipped (steering needs root)".to_string();
+        println!("{line}");
+        return (vec![(line, false)], false);
+    }
+    match measure(plan, ctx) {
+        Ok(m) => {
+            println!(
+                "rollback window (--keep-previous): the previous version first answered a new \
+                 connection made {:.1} ms after `relaunch rollback` was asked, the last new \
+                 connection to reach the newer one was made {:.1} ms after it; the command \
+                 answered in {:.0} ms (the newer one drained and stopped); {} of {} request(s) \
+                 failed",
+                m.first_old_ms, m.last_new_ms, m.rollback_ms, m.failed, m.requests
+            );
+            let within = m.first_old_ms.max(m.last_new_ms);
+            (
+                vec![(
+                    format!(
+                        "rollback window: the previous version answers within {within:.1} ms \
+                         ({WITHIN_MS} ms), {} failed",
+                        m.failed
+                    ),
+                    within <= WITHIN_MS && m.failed == 0,
+                )],
+                false,
+            )
+        }
+        Err(e) => {
+            println!("keep: FAILED: {e}");
+            (vec![(format!("keep: broke: {e}"), false)], true)
+        }
+    }
+}
+
+struct Measured {
+    first_old_ms: f64,
+    last_new_ms: f64,
+    rollback_ms: f64,
+    failed: usize,
+    requests: usize,
+}
+
+fn client(ctx: &Ctx, args: &[&str], control: &std::path::Path) -> Result<(), String> {
+    let out = Command::new(&ctx.relaunch)
+        .args(args)
+        .arg("--control")
+        .arg(control)
+        .output()
+        .map_err(|e| format!("cannot run relaunch {args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "relaunch {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// The first answer at `addr`, or why there is none.
+fn first_answer(addr: SocketAddr, relaunch: &mut Proc) -> Result<u32, String> {
+    let end = Instant::now() + WAIT;
+    loop {
+        match request(addr, Duration::from_secs(2)) {
+            Ok(pid) => return Ok(pid),
+            Err(_) if relaunch.exited() => {
+                return Err(format!("relaunch exited: {}", relaunch.lines.tail(3)));
+            }
+            Err(_) if Instant::now() >= end => return Err("no answer".into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn measure(plan: &Plan, ctx: &Ctx) -> Result<Measured, String> {
+    let port = free_port()?;
+    let p = port.to_string();
+    let control = ctx.run_dir.join("keep.sock");
+    let mut cmd = Command::new(&ctx.relaunch);
+    cmd.args(["--port", &p, "--keep-previous", "60s"])
+        .arg("--control")
+        .arg(&control)
+        .arg("--")
+        .arg(&ctx.bench)
+        .arg("--server")
+        .env("RUST_LOG", "info");
+    let mut relaunch = Proc::spawn("keep", &mut cmd, &ctx.log_dir)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let old = first_answer(addr, &mut relaunch)?;
+    let out = (|| {
+        // Answered once the old generation is idle, and so kept.
+        client(ctx, &["reload"], &control)?;
+        let new = request(addr, plan.timeout).map_err(|e| format!("after the reload: {e}"))?;
+        if new == old {
+            return Err(format!("the reload left {old} serving"));
+        }
+        // Rollback under load: each client notes when it started each
+        // request, and who answered it.
+        let stop = Arc::new(AtomicBool::new(false));
+        let epoch = Instant::now();
+        let threads: Vec<_> = (0..plan.conns)
+            .map(|_| {
+                let stop = stop.clone();
+                let timeout = plan.timeout;
+                std::thread::spawn(move || {
+                    let (mut seen, mut failed) = (Vec::new(), 0);
+                    while !stop.load(Ordering::Relaxed) {
+                        let at = epoch.elapsed();
+                        match request(addr, timeout) {
+                            Ok(pid) => seen.push((at, pid == old)),
+                            Err(_) => failed += 1,
+                        }
+                    }
+                    (seen, failed)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let asked = epoch.elapsed();
+        client(ctx, &["rollback"], &control)?;
+        let rollback_ms = (epoch.elapsed() - asked).as_secs_f64() * 1000.0;
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let (mut first_old, mut last_new, mut failed, mut requests) = (None, asked, 0, 0);
+        for t in threads {
+            let (seen, f) = t.join().map_err(|_| "a client panicked")?;
+            failed += f;
+            requests += seen.len() + f;
+            for (at, by_old) in seen {
+                match by_old {
+                    true if at >= asked => {
+                        first_old = Some(first_old.map_or(at, |t: Duration| t.min(at)))
+                    }
+                    false => last_new = last_new.max(at),
+                    true => {}
+                }
+            }
+        }
+        let first_old = first_old.ok_or("the previous version never answered again")?;
+        let ms = |d: Duration| d.saturating_sub(asked).as_secs_f64() * 1000.0;
+        Ok(Measured {
+            first_old_ms: ms(first_old),
+            last_new_ms: ms(last_new),
+            rollback_ms,
+            failed,
+            requests,
+        })
+    })();
+    relaunch.stop(Duration::from_secs(15));
+    out
+}
