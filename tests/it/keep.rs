@@ -98,3 +98,40 @@ fn keep_previous_is_refused_where_it_cannot_steer_back() {
         "{log}"
     );
 }
+
+/// `relaunch upgrade` while a generation is kept: the new image keeps it
+/// frozen, with its socket, and `relaunch rollback` still returns to it.
+#[test]
+fn an_upgrade_carries_the_kept_generation_on() {
+    if !as_root("keep previous upgrade") {
+        return;
+    }
+    let dir = TempDir::new("keep-upgrade");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let server = example("pid_server").display().to_string();
+    let (mut r, port) =
+        start_on_a_free_port(&["--control", &ctl, "--keep-previous", "60s"], &[&server]);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let old = wait_serving(addr);
+    let load = Load::start(addr, CLIENTS);
+    let (code, out) = cli(&["reload", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    let new = pids_of(&ctl, 2).pop().expect("generation 2 runs");
+    let (code, out) = cli(&["upgrade", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    let st = status(std::path::Path::new(&ctl));
+    assert!(st.contains("kept for rollback until"), "{st}");
+    assert_eq!(proc_state(&old), Some('T'), "still frozen");
+    for _ in 0..20 {
+        assert_eq!(get(addr).unwrap(), new, "no traffic to the kept one");
+    }
+    let (code, out) = cli(&["rollback", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    for _ in 0..20 {
+        assert_eq!(get(addr).unwrap(), old, "the previous version answers");
+    }
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{}", summary(&rep));
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+}

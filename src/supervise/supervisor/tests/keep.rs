@@ -201,3 +201,42 @@ fn an_upgrade_carries_the_kept_generation_and_its_window() {
     n.t_exit(102, ExitStatus::Signal(15), t0 + 4 * SEC);
     assert!(matches!(back.try_recv(), Ok(Response::RolledBack { .. })));
 }
+
+#[test]
+fn a_promoted_canary_leaves_the_old_generation_kept() {
+    let mut s = Sim::new(Config {
+        drain: Some(DRAIN),
+        keep_previous: Some(KEEP),
+        ..cfg(1)
+    });
+    s.os.own_sockets = true;
+    let t0 = Instant::now();
+    s.t_start(t0);
+    s.t_ready(101, t0);
+    let (reply, _canary) = s.reply();
+    let request = Request::Canary {
+        percent: 10.0,
+        promote_after_ms: None,
+    };
+    s.run(Event::Control { request, reply }, t0);
+    s.t_ready(102, t0 + ms(10));
+    let (reply, mut promoted) = s.reply();
+    s.run(
+        Event::Control {
+            request: Request::Promote,
+            reply,
+        },
+        t0 + SEC,
+    );
+    s.t_measured(2, 0, t0 + 2 * SEC);
+    assert_eq!(s.os.signals, [(101, Signal::SIGSTOP)]);
+    assert!(matches!(
+        promoted.try_recv(),
+        Ok(Response::Reloaded { generation: 2, .. })
+    ));
+    let mut back = s.t_rollback(t0 + 3 * SEC);
+    assert_eq!(s.os.steered, [2, 1]);
+    s.t_measured(1, 0, t0 + 4 * SEC);
+    s.t_exit(102, ExitStatus::Signal(15), t0 + 5 * SEC);
+    assert!(matches!(back.try_recv(), Ok(Response::RolledBack { .. })));
+}
