@@ -85,7 +85,7 @@ struct Measured {
     rollback_failed: usize,
 }
 
-fn client(ctx: &Ctx, args: &[&str], control: &std::path::Path) -> Result<(), String> {
+pub fn client(ctx: &Ctx, args: &[&str], control: &std::path::Path) -> Result<(), String> {
     let out = Command::new(&ctx.relaunch)
         .args(args)
         .arg("--control")
@@ -102,6 +102,21 @@ fn client(ctx: &Ctx, args: &[&str], control: &std::path::Path) -> Result<(), Str
     Ok(())
 }
 
+/// The first answer at `addr` (the serving pid), or why there is none.
+pub fn first_answer(addr: SocketAddr, relaunch: &mut Proc) -> Result<u32, String> {
+    let end = Instant::now() + WAIT;
+    loop {
+        match request(addr, Duration::from_secs(2)) {
+            Ok(pid) => return Ok(pid),
+            Err(_) if relaunch.exited() => {
+                return Err(format!("relaunch exited: {}", relaunch.lines.tail(3)));
+            }
+            Err(_) if Instant::now() >= end => return Err("no answer".into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 fn measure(plan: &Plan, ctx: &Ctx, n: usize) -> Result<Measured, String> {
     let port = free_port()?;
     let p = port.to_string();
@@ -116,17 +131,7 @@ fn measure(plan: &Plan, ctx: &Ctx, n: usize) -> Result<Measured, String> {
         .env("RUST_LOG", "info");
     let mut relaunch = Proc::spawn("canary", &mut cmd, &ctx.log_dir)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let end = Instant::now() + WAIT;
-    let old = loop {
-        match request(addr, Duration::from_secs(2)) {
-            Ok(pid) => break pid,
-            Err(_) if relaunch.exited() => {
-                return Err(format!("relaunch exited: {}", relaunch.lines.tail(3)));
-            }
-            Err(_) if Instant::now() >= end => return Err("no answer".into()),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
+    let old = first_answer(addr, &mut relaunch)?;
     let out = (|| {
         client(
             ctx,

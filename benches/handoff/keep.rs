@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::canary::{client, first_answer};
 use crate::load::request;
 use crate::plan::Plan;
 use crate::procs::{Proc, free_port};
 use crate::targets::Ctx;
 
-const WAIT: Duration = Duration::from_secs(30);
 /// The acceptance's bound on the previous version answering again.
 const WITHIN_MS: f64 = 50.0;
 
@@ -64,38 +64,6 @@ struct Measured {
     rollback_ms: f64,
     failed: usize,
     requests: usize,
-}
-
-fn client(ctx: &Ctx, args: &[&str], control: &std::path::Path) -> Result<(), String> {
-    let out = Command::new(&ctx.relaunch)
-        .args(args)
-        .arg("--control")
-        .arg(control)
-        .output()
-        .map_err(|e| format!("cannot run relaunch {args:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "relaunch {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(())
-}
-
-/// The first answer at `addr`, or why there is none.
-fn first_answer(addr: SocketAddr, relaunch: &mut Proc) -> Result<u32, String> {
-    let end = Instant::now() + WAIT;
-    loop {
-        match request(addr, Duration::from_secs(2)) {
-            Ok(pid) => return Ok(pid),
-            Err(_) if relaunch.exited() => {
-                return Err(format!("relaunch exited: {}", relaunch.lines.tail(3)));
-            }
-            Err(_) if Instant::now() >= end => return Err("no answer".into()),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
 }
 
 fn measure(plan: &Plan, ctx: &Ctx) -> Result<Measured, String> {

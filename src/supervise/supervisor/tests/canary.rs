@@ -16,7 +16,7 @@ fn canary(percent: f64, promote_after: Option<Duration>) -> Request {
 }
 
 impl Sim {
-    fn t_ask(
+    pub(super) fn t_ask(
         &mut self,
         request: Request,
         now: Instant,
@@ -25,7 +25,7 @@ impl Sim {
         self.run(Event::Control { request, reply }, now);
         answer
     }
-    fn t_canary_measured(&mut self, generation: u64, open: u32, now: Instant) {
+    pub(super) fn t_canary_measured(&mut self, generation: u64, open: u32, now: Instant) {
         let busy = Ok(Busy {
             open,
             queued: 0,

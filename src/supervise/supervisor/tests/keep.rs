@@ -2,28 +2,10 @@
 //! for a rollback, then stopped when the window ends.
 
 use super::*;
-use crate::sockets::drain::Busy;
 
 const DRAIN: Duration = Duration::from_secs(5);
 const KEEP: Duration = Duration::from_secs(60);
 const SEC: Duration = Duration::from_secs(1);
-
-impl Sim {
-    fn t_measured(&mut self, generation: u64, open: u32, now: Instant) {
-        let busy = Ok(Busy {
-            open,
-            queued: 0,
-            handshakes: 0,
-        });
-        self.run(Event::Drained { generation, busy }, now);
-    }
-    fn t_rollback(&mut self, now: Instant) -> tokio::sync::oneshot::Receiver<Response> {
-        let (reply, answer) = self.reply();
-        let request = Request::Rollback;
-        self.run(Event::Control { request, reply }, now);
-        answer
-    }
-}
 
 /// Generation 1 (pid 101) served; a reload promoted generation 2 (pid 102)
 /// and generation 1 went idle at t0 + 1 s: it is kept.
@@ -40,7 +22,7 @@ fn kept() -> (Sim, Instant) {
     s.t_reload(t0).unwrap();
     s.t_ready(102, t0 + ms(10));
     assert_eq!(s.os.steered, [2]);
-    s.t_measured(2, 0, t0 + SEC);
+    s.t_canary_measured(2, 0, t0 + SEC);
     (s, t0)
 }
 
@@ -89,7 +71,7 @@ fn a_kept_generation_is_thawed_and_stopped_when_its_window_ends() {
 #[test]
 fn rollback_thaws_the_kept_generation_steers_to_it_and_drains_the_newer() {
     let (mut s, t0) = kept();
-    let mut back = s.t_rollback(t0 + 2 * SEC);
+    let mut back = s.t_ask(Request::Rollback, t0 + 2 * SEC);
     assert_eq!(
         s.os.signals,
         [(101, Signal::SIGSTOP), (101, Signal::SIGCONT)],
@@ -99,7 +81,7 @@ fn rollback_thaws_the_kept_generation_steers_to_it_and_drains_the_newer() {
     assert_eq!(s.kept.serving, 1);
     assert!(s.kept.previous.is_none());
     assert_eq!(s.wants(t0 + 2 * SEC).drain, Some((1, vec![102], false)));
-    s.t_measured(1, 0, t0 + 3 * SEC);
+    s.t_canary_measured(1, 0, t0 + 3 * SEC);
     assert_eq!(s.os.signals.last(), Some(&(102, Signal::SIGTERM)));
     assert!(
         back.try_recv().is_err(),
@@ -116,7 +98,7 @@ fn rollback_thaws_the_kept_generation_steers_to_it_and_drains_the_newer() {
 fn a_rollback_that_cannot_steer_leaves_the_kept_one_frozen_and_says_why() {
     let (mut s, t0) = kept();
     s.os.steer_fails = true;
-    let mut back = s.t_rollback(t0 + 2 * SEC);
+    let mut back = s.t_ask(Request::Rollback, t0 + 2 * SEC);
     match back.try_recv() {
         Ok(Response::Error { message }) => assert!(message.contains("attach refused"), "{message}"),
         other => panic!("{other:?}"),
@@ -144,7 +126,7 @@ fn a_reload_while_a_generation_is_kept_stops_the_kept_one_first() {
     assert!(s.kept.previous.is_none());
     s.t_exit(101, ExitStatus::Signal(15), t0 + 2 * SEC);
     s.t_ready(103, t0 + 3 * SEC);
-    s.t_measured(3, 0, t0 + 4 * SEC);
+    s.t_canary_measured(3, 0, t0 + 4 * SEC);
     assert_eq!(s.os.signals.last(), Some(&(102, Signal::SIGSTOP)));
     assert_eq!(s.kept.previous.map(|p| p.generation), Some(2));
 }
@@ -183,7 +165,7 @@ fn without_keep_previous_the_old_generation_is_stopped_as_before() {
     s.t_ready(101, t0);
     s.t_reload(t0).unwrap();
     s.t_ready(102, t0 + ms(10));
-    s.t_measured(2, 0, t0 + SEC);
+    s.t_canary_measured(2, 0, t0 + SEC);
     assert_eq!(s.os.signals, [(101, Signal::SIGTERM)]);
 }
 
@@ -194,10 +176,10 @@ fn an_upgrade_carries_the_kept_generation_and_its_window() {
     let due = n.next_deadline().expect("the window's end is still due");
     let want = t0 + SEC + KEEP;
     assert!(due.max(want) - due.min(want) < ms(1), "{due:?} {want:?}");
-    let mut back = n.t_rollback(t0 + 2 * SEC);
+    let mut back = n.t_ask(Request::Rollback, t0 + 2 * SEC);
     assert_eq!(n.os.signals, [(101, Signal::SIGCONT)]);
     assert_eq!(n.os.steered, [1]);
-    n.t_measured(1, 0, t0 + 3 * SEC);
+    n.t_canary_measured(1, 0, t0 + 3 * SEC);
     n.t_exit(102, ExitStatus::Signal(15), t0 + 4 * SEC);
     assert!(matches!(back.try_recv(), Ok(Response::RolledBack { .. })));
 }
@@ -228,15 +210,15 @@ fn a_promoted_canary_leaves_the_old_generation_kept() {
         },
         t0 + SEC,
     );
-    s.t_measured(2, 0, t0 + 2 * SEC);
+    s.t_canary_measured(2, 0, t0 + 2 * SEC);
     assert_eq!(s.os.signals, [(101, Signal::SIGSTOP)]);
     assert!(matches!(
         promoted.try_recv(),
         Ok(Response::Reloaded { generation: 2, .. })
     ));
-    let mut back = s.t_rollback(t0 + 3 * SEC);
+    let mut back = s.t_ask(Request::Rollback, t0 + 3 * SEC);
     assert_eq!(s.os.steered, [2, 1]);
-    s.t_measured(1, 0, t0 + 4 * SEC);
+    s.t_canary_measured(1, 0, t0 + 4 * SEC);
     s.t_exit(102, ExitStatus::Signal(15), t0 + 5 * SEC);
     assert!(matches!(back.try_recv(), Ok(Response::RolledBack { .. })));
 }
