@@ -618,6 +618,11 @@ mod tests {
                 lingering: Vec::new(),
                 elsewhere: Vec::new(),
             }],
+            kept: Some(crate::control::KeptInfo {
+                generation: 2,
+                pids: vec![6],
+                ends_in_secs: 30.0,
+            }),
             ..Status::default()
         });
         let mut text = String::new();
@@ -634,6 +639,7 @@ mod tests {
             "relaunch_ready 1",
             "relaunch_children{state=\"ready\"} 1",
             "relaunch_children{state=\"starting\"} 0",
+            "relaunch_kept_generation 2",
             "relaunch_listener_waiting_connections{listener=\"http\",address=\"[::]:5000\"} 2",
             "relaunch_listener_backlog{listener=\"http\",address=\"[::]:5000\"} 4096",
             &format!(
@@ -665,6 +671,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("relaunch_generation 0"), "{text}");
+        assert!(text.contains("\nrelaunch_kept_generation 0\n"), "{text}");
     }
 
     /// A listener that moved (interception rebinds --port where the app
