@@ -169,40 +169,15 @@ fn measure(plan: &Plan, ctx: &Ctx, n: usize) -> Result<Measured, String> {
         }
         // Rollback under load: each client notes when it started a
         // request that the canary answered.
-        let stop = Arc::new(AtomicBool::new(false));
-        let epoch = Instant::now();
-        let threads: Vec<_> = (0..plan.conns)
-            .map(|_| {
-                let stop = stop.clone();
-                let timeout = plan.timeout;
-                std::thread::spawn(move || {
-                    let (mut to_canary, mut failed) = (Vec::new(), 0);
-                    while !stop.load(Ordering::Relaxed) {
-                        let at = epoch.elapsed();
-                        match request(addr, timeout) {
-                            Ok(pid) if pid != old => to_canary.push(at),
-                            Ok(_) => {}
-                            Err(_) => failed += 1,
-                        }
-                    }
-                    (to_canary, failed)
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_millis(300));
-        let asked = epoch.elapsed();
-        client(ctx, &["rollback"], &control)?;
-        let rollback_ms = (epoch.elapsed() - asked).as_secs_f64() * 1000.0;
-        std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, Ordering::Relaxed);
-        let (mut last, mut rollback_failed) = (Duration::ZERO, 0);
-        for t in threads {
-            let (to_canary, f) = t.join().map_err(|_| "a client panicked")?;
-            rollback_failed += f;
-            if let Some(&at) = to_canary.iter().max() {
-                last = last.max(at);
-            }
-        }
+        let r = rollback_under_load(ctx, plan, addr, &control)?;
+        let last = r
+            .answers
+            .iter()
+            .filter(|(_, pid)| *pid != old)
+            .map(|(at, _)| *at)
+            .max()
+            .unwrap_or_default();
+        let (asked, rollback_ms, rollback_failed) = (r.asked, r.rollback_ms, r.failed);
         Ok(Measured {
             canary,
             answered: old_n + canary,
@@ -214,4 +189,63 @@ fn measure(plan: &Plan, ctx: &Ctx, n: usize) -> Result<Measured, String> {
     })();
     relaunch.stop(Duration::from_secs(15));
     out
+}
+
+/// What clients saw across a `relaunch rollback`.
+pub struct RolledBack {
+    /// Each answer: when its request started (from the epoch), and the pid
+    /// that answered it.
+    pub answers: Vec<(Duration, u32)>,
+    pub failed: usize,
+    /// When the rollback was asked (from the epoch).
+    pub asked: Duration,
+    pub rollback_ms: f64,
+}
+
+/// `relaunch rollback` asked 300 ms into the plan's clients' load, which
+/// goes on 300 ms after it answers.
+pub fn rollback_under_load(
+    ctx: &Ctx,
+    plan: &Plan,
+    addr: SocketAddr,
+    control: &std::path::Path,
+) -> Result<RolledBack, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let epoch = Instant::now();
+    let threads: Vec<_> = (0..plan.conns)
+        .map(|_| {
+            let stop = stop.clone();
+            let timeout = plan.timeout;
+            std::thread::spawn(move || {
+                let (mut seen, mut failed) = (Vec::new(), 0);
+                while !stop.load(Ordering::Relaxed) {
+                    let at = epoch.elapsed();
+                    match request(addr, timeout) {
+                        Ok(pid) => seen.push((at, pid)),
+                        Err(_) => failed += 1,
+                    }
+                }
+                (seen, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = epoch.elapsed();
+    let done = client(ctx, &["rollback"], control);
+    let rollback_ms = (epoch.elapsed() - asked).as_secs_f64() * 1000.0;
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let mut out = RolledBack {
+        answers: Vec::new(),
+        failed: 0,
+        asked,
+        rollback_ms,
+    };
+    for t in threads {
+        let (seen, f) = t.join().map_err(|_| "a client panicked")?;
+        out.failed += f;
+        out.answers.extend(seen);
+    }
+    done?;
+    Ok(out)
 }

@@ -7,11 +7,10 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
-use crate::canary::{client, first_answer};
+use std::time::Duration;
+
+use crate::canary::{client, first_answer, rollback_under_load};
 use crate::load::request;
 use crate::plan::Plan;
 use crate::procs::{Proc, free_port};
@@ -90,44 +89,17 @@ fn measure(plan: &Plan, ctx: &Ctx) -> Result<Measured, String> {
         }
         // Rollback under load: each client notes when it started each
         // request, and who answered it.
-        let stop = Arc::new(AtomicBool::new(false));
-        let epoch = Instant::now();
-        let threads: Vec<_> = (0..plan.conns)
-            .map(|_| {
-                let stop = stop.clone();
-                let timeout = plan.timeout;
-                std::thread::spawn(move || {
-                    let (mut seen, mut failed) = (Vec::new(), 0);
-                    while !stop.load(Ordering::Relaxed) {
-                        let at = epoch.elapsed();
-                        match request(addr, timeout) {
-                            Ok(pid) => seen.push((at, pid == old)),
-                            Err(_) => failed += 1,
-                        }
-                    }
-                    (seen, failed)
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_millis(300));
-        let asked = epoch.elapsed();
-        client(ctx, &["rollback"], &control)?;
-        let rollback_ms = (epoch.elapsed() - asked).as_secs_f64() * 1000.0;
-        std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, Ordering::Relaxed);
-        let (mut first_old, mut last_new, mut failed, mut requests) = (None, asked, 0, 0);
-        for t in threads {
-            let (seen, f) = t.join().map_err(|_| "a client panicked")?;
-            failed += f;
-            requests += seen.len() + f;
-            for (at, by_old) in seen {
-                match by_old {
-                    true if at >= asked => {
-                        first_old = Some(first_old.map_or(at, |t: Duration| t.min(at)))
-                    }
-                    false => last_new = last_new.max(at),
-                    true => {}
+        let r = rollback_under_load(ctx, plan, addr, &control)?;
+        let (asked, rollback_ms, failed) = (r.asked, r.rollback_ms, r.failed);
+        let requests = r.answers.len() + failed;
+        let (mut first_old, mut last_new) = (None, asked);
+        for (at, pid) in r.answers {
+            match pid == old {
+                true if at >= asked => {
+                    first_old = Some(first_old.map_or(at, |t: Duration| t.min(at)))
                 }
+                false => last_new = last_new.max(at),
+                true => {}
             }
         }
         let first_old = first_old.ok_or("the previous version never answered again")?;
