@@ -768,27 +768,36 @@ fn an_upgrade_carries_a_drain_in_progress() {
     // A client that sends nothing keeps a handler of the old generation busy.
     let held = TcpStream::connect(addr).unwrap();
     let load = Load::start(addr, CLIENTS);
+    upgrade_mid_drain(&dir, &ctl, &old, held);
+    let rep = load.finish();
+    assert_eq!(rep.failed(), 0, "{}", summary(&rep));
+    r.log.wait("the drain timeout passed", T);
+}
+
+/// A reload whose old generation (pid `old`) stays busy with `held`, and
+/// `relaunch upgrade` while it drains: the new image goes on showing it
+/// draining, and the reload's client is answered once the drain timeout
+/// stopped it.
+fn upgrade_mid_drain(dir: &TempDir, ctl: &str, old: &str, held: impl Sized) {
     let reloading = {
-        let ctl = ctl.clone();
+        let ctl = ctl.to_string();
         std::thread::spawn(move || cli(&["reload", "--control", &ctl], T))
     };
+    let ctl_path = dir.join("ctl.sock");
     wait_for("the old generation to drain", T, || {
-        status(dir.join("ctl.sock").as_path())
+        status(&ctl_path)
             .contains("generation 1 (draining): 1 open connection(s)")
             .then_some(())
     });
-    let (code, out) = cli(&["upgrade", "--control", &ctl], T);
+    let (code, out) = cli(&["upgrade", "--control", ctl], T);
     assert_eq!(code, Some(0), "{out}");
-    let shown = status(dir.join("ctl.sock").as_path());
+    let shown = status(&ctl_path);
     assert!(shown.contains("generation 1 (draining)"), "{shown}");
     let (code, out) = reloading.join().unwrap();
     assert_eq!(code, Some(0), "{out}");
     let old: i32 = old.parse().unwrap();
     assert!(!pid_alive(old), "the drain timeout stopped it");
     drop(held);
-    let rep = load.finish();
-    assert_eq!(rep.failed(), 0, "{}", summary(&rep));
-    r.log.wait("the drain timeout passed", T);
 }
 
 /// The same over a Unix socket: the new image carries each generation's
@@ -819,24 +828,7 @@ fn an_upgrade_carries_a_unix_drain_in_progress() {
     // A client that sends nothing keeps a handler of the old generation busy.
     let held = std::os::unix::net::UnixStream::connect(&path).unwrap();
     let load = Load::start_at(peer.clone(), CLIENTS);
-    let reloading = {
-        let ctl = ctl.clone();
-        std::thread::spawn(move || cli(&["reload", "--control", &ctl], T))
-    };
-    wait_for("the old generation to drain", T, || {
-        status(dir.join("ctl.sock").as_path())
-            .contains("generation 1 (draining): 1 open connection(s)")
-            .then_some(())
-    });
-    let (code, out) = cli(&["upgrade", "--control", &ctl], T);
-    assert_eq!(code, Some(0), "{out}");
-    let shown = status(dir.join("ctl.sock").as_path());
-    assert!(shown.contains("generation 1 (draining)"), "{shown}");
-    let (code, out) = reloading.join().unwrap();
-    assert_eq!(code, Some(0), "{out}");
-    let old: i32 = old.parse().unwrap();
-    assert!(!pid_alive(old), "the drain timeout stopped it");
-    drop(held);
+    upgrade_mid_drain(&dir, &ctl, &old, held);
     // The carried group renames the next generation in.
     let second = get_from(&peer).unwrap();
     let (code, out) = cli(&["reload", "--control", &ctl], T);
