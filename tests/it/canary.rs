@@ -85,13 +85,6 @@ fn spread(addr: SocketAddr, n: usize) -> (HashMap<String, usize>, usize) {
     (answers, failed.load(Ordering::Relaxed))
 }
 
-pub fn summary(rep: &LoadReport) -> String {
-    format!(
-        "ok {}, refused {}, reset {}, timeout {}, other {}, first errors {:?}",
-        rep.ok, rep.refused, rep.reset, rep.timeout, rep.other, rep.errors
-    )
-}
-
 /// A 10% canary gets 10% ± 3 points of 10,000 new connections. A binomial
 /// draw of 10,000 at 10% has a standard deviation of 0.3 points: 3 points
 /// is ten of them, so a miss is a wrong share, never bad luck.
@@ -202,7 +195,7 @@ fn decided(tag: &str, verb: &str) {
         assert_eq!(get(addr).unwrap(), kept, "after {verb}, only {kept} serves");
     }
     let rep = load.finish();
-    let sum = summary(&rep);
+    let sum = rep.summary();
     assert_eq!(rep.failed(), 0, "{verb}: {sum}");
     assert!(rep.ok > 0, "{sum}");
     let st = status(std::path::Path::new(&ctl));
@@ -279,7 +272,7 @@ fn a_canary_that_crashes_is_rolled_back_and_the_reload_fails() {
         );
     }
     let rep = load.finish();
-    let sum = summary(&rep);
+    let sum = rep.summary();
     // What the killed process had accepted is lost with it; nothing is
     // refused, nothing waits for ever.
     assert_eq!(rep.refused + rep.timeout, 0, "{sum}");
@@ -399,7 +392,7 @@ fn an_upgrade_carries_a_canary_on() {
     );
     assert_eq!(get(addr).unwrap(), canary);
     let rep = load.finish();
-    assert_eq!(rep.failed(), 0, "{}", summary(&rep));
+    assert_eq!(rep.failed(), 0, "{}", rep.summary());
     r.signal(libc::SIGTERM);
     r.wait_exit(T);
 }
@@ -452,11 +445,11 @@ fn a_canary_failing_its_health_check_is_rolled_back() {
         );
     }
     let rep = load.finish();
-    assert_eq!(rep.failed(), 0, "{}", summary(&rep));
+    assert_eq!(rep.failed(), 0, "{}", rep.summary());
     assert!(
         rep.pids.len() >= 2,
         "the canary served some: {}",
-        summary(&rep)
+        rep.summary()
     );
     assert_eq!(pids_of(&ctl, 2), Vec::<String>::new(), "the canary stopped");
     r.signal(libc::SIGTERM);

@@ -84,13 +84,6 @@ pub fn start_on_a_free_port(options: &[&str], app: &[&str]) -> (Relaunch, u16) {
     panic!("three free ports in a row were taken before relaunch could bind them");
 }
 
-fn summary(rep: &LoadReport) -> String {
-    format!(
-        "ok {}, refused {}, reset {}, timeout {}, other (short answers) {}, pids {:?}, first errors {:?}",
-        rep.ok, rep.refused, rep.reset, rep.timeout, rep.other, rep.pids, rep.errors
-    )
-}
-
 /// Some 300 ms of load on one process alone: 10 requests, each answered
 /// by `pid`.
 fn serves_alone(addr: SocketAddr, pid: &str, when: &str) {
@@ -115,7 +108,7 @@ fn loses_nothing(tag: &str, app: &[&str]) {
     let new = wait_new_pid(addr, &last);
     serves_alone(addr, &new, "after the kill");
     let rep = load.finish();
-    let sum = summary(&rep);
+    let sum = rep.summary();
     // What the killed process had accepted is lost with it (reset or cut
     // short); what waited in the queue is answered by its replacement.
     assert_eq!(rep.refused + rep.timeout, 0, "kill -9: {sum}");
@@ -145,7 +138,7 @@ fn reloads_lose_nothing(r: &mut Relaunch, addr: SocketAddr, ctl: &str) -> String
         serves_alone(addr, &last, &format!("after reload {n}"));
     }
     let rep = load.finish();
-    let sum = summary(&rep);
+    let sum = rep.summary();
     assert!(rep.ok > 0, "the load ran: {sum}");
     assert_eq!(
         rep.failed(),
@@ -257,7 +250,7 @@ fn unix_loses_nothing(tag: &str, app: &[&str]) {
         );
     }
     let rep = load.finish();
-    let sum = summary(&rep);
+    let sum = rep.summary();
     assert!(rep.ok > 0, "the load ran: {sum}");
     assert_eq!(
         rep.failed(),
@@ -688,7 +681,7 @@ fn no_connection_is_steered_to_a_listener_relaunch_does_not_own() {
     let next = wait_new_pid(addr, &first);
     serves_alone(addr, &next, "after the reload");
     let rep = load.finish();
-    assert!(rep.ok > 0, "{}", summary(&rep));
+    assert!(rep.ok > 0, "{}", rep.summary());
     let mut taken = 0;
     while stranger.accept().is_ok() {
         taken += 1;
@@ -743,7 +736,7 @@ fn gunicorn_masters_crash_and_reload_without_a_refusal() {
     let (code, out) = cli(&["reload", "--control", &ctl], T);
     assert_eq!(code, Some(0), "{out}");
     let rep = load.finish();
-    let sum = summary(&rep);
+    let sum = rep.summary();
     assert!(rep.ok > 0, "{sum}");
     assert_eq!(rep.refused + rep.timeout, 0, "{sum}");
     // The killed master's workers die with the requests they held (a
@@ -770,7 +763,7 @@ fn an_upgrade_carries_a_drain_in_progress() {
     let load = Load::start(addr, CLIENTS);
     upgrade_mid_drain(&dir, &ctl, &old, held);
     let rep = load.finish();
-    assert_eq!(rep.failed(), 0, "{}", summary(&rep));
+    assert_eq!(rep.failed(), 0, "{}", rep.summary());
     r.log.wait("the drain timeout passed", T);
 }
 
@@ -837,7 +830,7 @@ fn an_upgrade_carries_a_unix_drain_in_progress() {
         get_from(&peer).ok().filter(|p| *p != second)
     });
     let rep = load.finish();
-    assert_eq!(rep.failed(), 0, "{}\n{}", summary(&rep), r.log.text());
+    assert_eq!(rep.failed(), 0, "{}\n{}", rep.summary(), r.log.text());
     r.signal(libc::SIGTERM);
     r.wait_exit(T);
     assert!(!path.exists(), "{}", r.log.text());

@@ -83,13 +83,6 @@ fn descendants(pid: i32) -> Vec<i32> {
     out
 }
 
-fn summary(rep: &LoadReport) -> String {
-    format!(
-        "ok {}, refused {}, reset {}, timeout {}, other {}, pids {:?}, first errors {:?}",
-        rep.ok, rep.refused, rep.reset, rep.timeout, rep.other, rep.pids, rep.errors
-    )
-}
-
 #[test]
 fn an_unhealthy_version_is_never_promoted_and_a_healthy_one_is_under_load() {
     if !require_tool("python3") {
@@ -135,7 +128,7 @@ fn an_unhealthy_version_is_never_promoted_and_a_healthy_one_is_under_load() {
     let new = wait_new_pid(addr, &first);
     std::thread::sleep(Duration::from_millis(300));
     let rep = load.finish();
-    let sum = summary(&rep);
+    let sum = rep.summary();
     assert!(rep.ok > 0, "the load ran: {sum}");
     assert_eq!(rep.failed(), 0, "no request failed: {sum}");
     let expected: std::collections::BTreeSet<String> = [first, new].into();
@@ -181,7 +174,7 @@ fn tcp_waits_until_the_app_accepts_and_fails_for_one_that_never_does() {
     );
     assert_eq!(get(addr).unwrap(), second, "the old version serves on");
     let rep = load.finish();
-    let sum = summary(&rep);
+    let sum = rep.summary();
     assert_eq!(rep.failed(), 0, "no request failed: {sum}");
     assert!(rep.ok > 0, "{sum}");
     assert!(

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::canary::{as_root, pids_of, summary};
+use crate::canary::{as_root, pids_of};
 use crate::drain::start_on_a_free_port;
 use crate::util::*;
 
@@ -58,7 +58,7 @@ fn rollback_returns_to_the_kept_generation_with_no_failed_request() {
         (!pid_alive(new.parse().unwrap())).then_some(())
     });
     let rep = load.finish();
-    let sum = summary(&rep);
+    let sum = rep.summary();
     assert_eq!(rep.failed(), 0, "{sum}");
     assert!(rep.ok > 0, "{sum}");
     assert!(!status(std::path::Path::new(&ctl)).contains("kept for rollback"));
@@ -131,7 +131,7 @@ fn an_upgrade_carries_the_kept_generation_on() {
         assert_eq!(get(addr).unwrap(), old, "the previous version answers");
     }
     let rep = load.finish();
-    assert_eq!(rep.failed(), 0, "{}", summary(&rep));
+    assert_eq!(rep.failed(), 0, "{}", rep.summary());
     r.signal(libc::SIGTERM);
     r.wait_exit(T);
 }

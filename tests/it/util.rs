@@ -379,6 +379,16 @@ impl LoadReport {
     pub fn failed(&self) -> usize {
         self.refused + self.reset + self.timeout + self.other
     }
+
+    /// Every count, the pids that answered and the first errors, for an
+    /// assertion's message.
+    pub fn summary(&self) -> String {
+        format!(
+            "ok {}, refused {}, reset {}, timeout {}, other (short answers) {}, pids {:?}, first \
+             errors {:?}",
+            self.ok, self.refused, self.reset, self.timeout, self.other, self.pids, self.errors
+        )
+    }
 }
 
 /// `conns` threads doing connect → request → response until stopped.
