@@ -1791,11 +1791,7 @@ impl Driver {
             {
                 let (name, port, shown) = (&l.name, g.port(), steer::shown(&found));
                 if share.is_some() {
-                    let e = format!(
-                        "{name}: other listeners are on port {port} ({shown}): relaunch never \
-                         steers a share where they could take it; see who they are with: \
-                         relaunch who :{port}"
-                    );
+                    let e = no_share_beside(name, port, &found);
                     self.steer_back(done);
                     return Err(e);
                 }
@@ -1820,6 +1816,39 @@ impl Driver {
             }
         }
         Ok(done)
+    }
+
+    /// While a canary's share is steered: why it must end, if listeners
+    /// relaunch does not own are on one of its ports. Blocking: netlink.
+    fn guard_job(&self) -> impl FnOnce() -> Vec<Event> + Send + 'static {
+        let ports: Vec<(String, u16, Vec<u64>)> = self
+            .groups
+            .iter()
+            .zip(&self.listeners)
+            .filter_map(|(g, l)| match g {
+                Steered::Tcp(g) => Some((l.name.clone(), g.port(), g.inodes().collect())),
+                Steered::Unix(_) => None,
+            })
+            .collect();
+        move || {
+            ports
+                .iter()
+                .find_map(
+                    |(name, port, ours)| match steer::foreign_listeners(*port, ours) {
+                        Ok(found) if !found.is_empty() => {
+                            Some(no_share_beside(name, *port, &found))
+                        }
+                        Ok(_) => None,
+                        Err(e) => {
+                            debug!("cannot list the listeners on port {port}: {e}");
+                            None
+                        }
+                    },
+                )
+                .map(|why| Event::Foreign { why })
+                .into_iter()
+                .collect()
+        }
     }
 
     /// All or nothing: the TCP groups steered already (`done`: where each
@@ -2296,6 +2325,10 @@ impl Os for Driver {
         }
     }
 
+    fn guard_job(&self) -> impl FnOnce() -> Vec<Event> + Send + 'static {
+        Driver::guard_job(self)
+    }
+
     fn listeners(&mut self) -> &[Listener] {
         self.sync_listeners();
         &self.listeners
@@ -2647,6 +2680,16 @@ fn group_check(core: &Supervisor, os: &mut Driver) -> Vec<Event> {
         }
     }
     events
+}
+
+/// Why a share cannot be steered on `port`: listeners relaunch does not
+/// own are there (`found`), and could take it.
+fn no_share_beside(name: &str, port: u16, found: &[std::net::SocketAddr]) -> String {
+    format!(
+        "{name}: other listeners are on port {port} ({}): relaunch never steers a share where \
+         they could take it; see who they are with: relaunch who :{port}",
+        steer::shown(found)
+    )
 }
 
 /// The first exec status pipe with news: (pid, what it says).

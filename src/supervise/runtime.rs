@@ -27,6 +27,9 @@ mod tests;
 const SCAN_EVERY: Duration = Duration::from_millis(15);
 /// How often a draining generation is measured.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
+/// How often a canary's ports are checked for listeners relaunch does not
+/// own.
+const GUARD_EVERY: Duration = Duration::from_millis(250);
 /// How often groups whose leader exited are checked, besides on every
 /// SIGCHLD (a member whose parent is not us dies without one).
 const GROUP_CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -75,6 +78,9 @@ pub trait Os: Spawner {
         end_reads: bool,
         watch: Watch,
     ) -> impl FnOnce() -> (Watch, Event) + Send + 'static;
+    /// Looks for listeners relaunch does not own where a canary's share is
+    /// steered (see `Event::Foreign`).
+    fn guard_job(&self) -> impl FnOnce() -> Vec<Event> + Send + 'static;
     /// The held listeners as they are now, to watch while no child runs.
     fn listeners(&mut self) -> &[Listener];
 }
@@ -126,6 +132,9 @@ pub struct Sources<O: Os> {
     /// What the measures remember (handshakes seen at the first), for the
     /// reload of this generation; away while a measure runs.
     drain_watch: Option<(u64, Watch)>,
+    /// A canary's ports, checked this often, one look at a time.
+    guard: Every,
+    guarding: Task<Vec<Event>>,
 }
 
 impl<O: Os> Sources<O> {
@@ -152,6 +161,8 @@ impl<O: Os> Sources<O> {
             drain: Every::default(),
             draining: Task::default(),
             drain_watch: None,
+            guard: Every::default(),
+            guarding: Task::default(),
             sweep: Task::default(),
             listeners: Listeners::default(),
             idle: idle.map(Idle::new),
@@ -229,6 +240,8 @@ pub enum Wake<O: Os> {
     /// A measure of the draining generation is due (`Sources::arm` starts it).
     DrainTick,
     Drained(Watch, Event),
+    GuardTick,
+    Guarded(Vec<Event>),
 }
 
 impl<O: Os> Sources<O> {
@@ -271,6 +284,7 @@ impl<O: Os> Sources<O> {
             self.draining
                 .start(rt.os.drain_job(generation, pgids, end_reads, watch));
         }
+        self.guard.arm(wants.guard.then_some(GUARD_EVERY), now);
         if !wants.listeners {
             self.listeners.stop();
         } else if !self.listeners.watching() && !self.listeners.start(rt.os.listeners()) {
@@ -306,6 +320,8 @@ impl<O: Os> Sources<O> {
             // Not while a measure runs: a due tick would fire at every turn.
             () = sleep_until(self.drain.due().filter(|_| !self.draining.busy())) => Wake::DrainTick,
             Some((watch, event)) = self.draining.done() => Wake::Drained(watch, event),
+            () = sleep_until(self.guard.due()) => Wake::GuardTick,
+            Some(events) = self.guarding.done() => Wake::Guarded(events),
         }
     }
 }
@@ -346,8 +362,15 @@ pub fn on_wake<O: Os>(rt: &mut Runtime<O>, src: &mut Sources<O>, wake: Wake<O>) 
             }
             Vec::new()
         }
-        Wake::Scanned(events) => events,
+        Wake::Scanned(events) | Wake::Guarded(events) => events,
         Wake::Swept(found) => vec![rt.os.swept(found)],
+        Wake::GuardTick => {
+            src.guard.ticked(now);
+            if !src.guarding.busy() {
+                src.guarding.start(rt.os.guard_job());
+            }
+            Vec::new()
+        }
         Wake::GroupTick => {
             src.groups.ticked(now);
             rt.os.group_check(&rt.core)

@@ -171,6 +171,10 @@ pub enum Event {
     },
     /// A connection (or datagram) waits on a listener while no child runs.
     Connection,
+    /// Listeners relaunch does not own are on a port a canary's share is
+    /// steered on (see [`Wants::guard`]), and where: the canary is rolled
+    /// back for that reason.
+    Foreign { why: String },
     /// The listeners measured (`--idle-stop`).
     Activity {
         /// A connection is open or waiting now.
@@ -861,6 +865,7 @@ impl Supervisor {
             Event::Changed { path } => self.on_change(path, now),
             Event::Built { pid, status, tail } => self.on_built(os, pid, status, &tail, now),
             Event::Connection => self.on_connection(os, now),
+            Event::Foreign { why } => self.rollback(os, why, now),
             Event::Activity { open, churned } => self.on_activity(os, open, churned, now),
         }
         self.probe_due(os, now);
@@ -1031,6 +1036,7 @@ impl Supervisor {
             idle_stop_due: self.idle_stop_due(),
             sweep: self.sweep_wanted(),
             drain: self.drain_wanted(),
+            guard: self.canary().is_some(),
         }
     }
 

@@ -292,6 +292,74 @@ fn a_canary_that_crashes_is_rolled_back_and_the_reload_fails() {
     r.wait_exit(T);
 }
 
+/// A listener relaunch does not own joins a canary's port (a process of
+/// the group's own uid, which nothing should run as): the canary is rolled
+/// back at once, `relaunch reload --canary-for` fails and names it, and
+/// under 8 clients no request fails or reaches the stranger.
+#[test]
+fn a_foreign_listener_appearing_rolls_a_canary_back() {
+    use std::os::unix::fs::MetadataExt;
+    if !as_root("canary beside a foreign listener") {
+        return;
+    }
+    let dir = TempDir::new("canary-foreign");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let app = drain_app("threading_server.py");
+    let (mut r, port) = start_on_a_free_port(&["--control", &ctl], &["python3", &app, "PORT"]);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let old = wait_for("the app's first answer", T, || get(addr).ok());
+    let owner = std::fs::metadata(format!("/proc/{old}/fd/3"))
+        .unwrap()
+        .uid();
+    let load = Load::start(addr, CLIENTS);
+    let ctl2 = ctl.clone();
+    let reload = std::thread::spawn(move || {
+        cli(
+            &[
+                "reload",
+                "--canary",
+                "30%",
+                "--canary-for",
+                "60s",
+                "--control",
+                &ctl2,
+            ],
+            Duration::from_secs(120),
+        )
+    });
+    r.log.wait("as a canary", T);
+    let stranger = crate::drain::listener_as(owner, ([0, 0, 0, 0], port).into())
+        .expect("the owner's uid can join");
+    let (code, out) = reload.join().unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("rolled back") && out.contains(&format!("other listeners are on port {port}")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("relaunch who :{port}")), "{out}");
+    for _ in 0..20 {
+        assert_eq!(
+            get(addr).unwrap(),
+            old,
+            "after the rollback, only {old} serves"
+        );
+    }
+    let rep = load.finish();
+    let sum = rep.summary();
+    assert_eq!(rep.failed(), 0, "{sum}");
+    assert!(rep.ok > 0, "{sum}");
+    let mut taken = 0;
+    while stranger.accept().is_ok() {
+        taken += 1;
+    }
+    assert_eq!(taken, 0, "connections reached the stranger");
+    assert_eq!(pids_of(&ctl, 2), Vec::<String>::new(), "the canary stopped");
+    let log = r.log.text();
+    assert!(log.contains("rolling back the canary"), "{log}");
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+}
+
 /// Where new connections cannot be shared, `--canary` is refused and says
 /// why; a share out of range is a usage error.
 #[test]

@@ -616,7 +616,7 @@ fn websockets_old_generation_keeps_its_connections_until_the_drain_timeout() {
 /// A socket made as `uid` (the fsuid of this thread around `socket()`),
 /// SO_REUSEPORT, bound to `addr` and listening: what a process running as
 /// that uid could make.
-fn listener_as(uid: u32, addr: SocketAddr) -> io::Result<socket2::Socket> {
+pub fn listener_as(uid: u32, addr: SocketAddr) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Socket, Type};
     std::thread::scope(|s| {
         s.spawn(|| {

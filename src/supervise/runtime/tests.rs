@@ -169,6 +169,10 @@ impl Os for Fake {
         }
     }
 
+    fn guard_job(&self) -> impl FnOnce() -> Vec<Event> + Send + 'static {
+        Vec::new
+    }
+
     fn listeners(&mut self) -> &[Listener] {
         &[]
     }

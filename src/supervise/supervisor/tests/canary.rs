@@ -417,3 +417,32 @@ fn a_canary_that_cannot_be_promoted_when_its_time_is_up_is_rolled_back() {
     }
     assert_eq!(s.os.released, [2]);
 }
+
+#[test]
+fn a_foreign_listener_on_a_canarys_port_rolls_it_back_and_says_why() {
+    let (mut s, t0, mut answer) = starting(cfg(1), Some(60 * SEC));
+    assert!(!s.wants(t0).guard, "no share steered yet: nothing to guard");
+    s.t_ready(102, t0 + ms(10));
+    assert!(s.wants(t0 + ms(10)).guard, "its ports are watched");
+    let why = "web: other listeners are on port 5000 (127.0.0.2:5000): relaunch never steers a \
+               share where they could take it";
+    s.run(Event::Foreign { why: why.into() }, t0 + SEC);
+    assert_eq!(s.os.steered, [1], "everything back to generation 1");
+    assert!(!s.wants(t0 + SEC).guard, "rolling back: no share to guard");
+    s.t_canary_measured(1, 0, t0 + SEC + ms(300));
+    assert_eq!(s.os.signals, [(102, Signal::SIGTERM)]);
+    s.t_exit(102, ExitStatus::Signal(15), t0 + 2 * SEC);
+    match answered(&mut answer) {
+        Some(Response::RolledBack { reason, .. }) => {
+            assert!(
+                reason.contains("was rolled back: web: other listeners"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // A late find, after the canary is gone, changes nothing.
+    s.run(Event::Foreign { why: why.into() }, t0 + 3 * SEC);
+    assert_eq!(s.os.steered, [1]);
+    assert_eq!(s.kept.serving, 1);
+}
