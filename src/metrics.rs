@@ -121,6 +121,9 @@ struct Gauges {
     /// A canary's generation and share of new connections (0 without one).
     canary_generation: Gauge,
     canary_share: Gauge<f64, AtomicU64>,
+    /// The connections the canary and the generation beside it hold or
+    /// have queued, when measured; no series otherwise.
+    canary_open: Family<Label, Gauge>,
     /// `--keep-previous`: the generation kept for a rollback (0 without one).
     kept_generation: Gauge,
     /// The listeners' labels at the last scrape: a listener that moved
@@ -169,6 +172,22 @@ impl Gauges {
         self.canary_generation
             .set(canary.map_or(0, |c| c.generation as i64));
         self.canary_share.set(canary.map_or(0.0, |c| c.share));
+        let open = [
+            ("canary", canary.and_then(|c| c.open)),
+            ("serving", canary.and_then(|c| c.beside_open)),
+        ];
+        for (of, n) in open {
+            match n {
+                Some(n) => {
+                    self.canary_open
+                        .get_or_create(&[("of", of)])
+                        .set(i64::from(n));
+                }
+                None => {
+                    self.canary_open.remove(&[("of", of)]);
+                }
+            }
+        }
         self.kept_generation
             .set(s.kept.as_ref().map_or(0, |k| k.generation as i64));
     }
@@ -231,6 +250,7 @@ fn registry() -> (Registry, Tally, Gauges) {
         uptime: Gauge::default(),
         canary_generation: Gauge::default(),
         canary_share: Gauge::default(),
+        canary_open: Family::default(),
         kept_generation: Gauge::default(),
         labelled: Mutex::new(Vec::new()),
     };
@@ -298,6 +318,11 @@ fn registry() -> (Registry, Tally, Gauges) {
         "canary_share",
         "The canary's share of new connections (0 to 1); 0 when none runs",
         gauges.canary_share.clone(),
+    );
+    r.register(
+        "canary_open_connections",
+        "While a canary runs: the connections it (of=\"canary\") and the serving generation beside it (of=\"serving\") hold open or have queued, as last measured",
+        gauges.canary_open.clone(),
     );
     r.register(
         "kept_generation",
@@ -623,6 +648,14 @@ mod tests {
                 pids: vec![6],
                 ends_in_secs: 30.0,
             }),
+            canary: Some(crate::control::CanaryInfo {
+                generation: 4,
+                share: 0.1,
+                beside: 3,
+                promote_in_secs: None,
+                open: Some(3),
+                beside_open: None,
+            }),
             ..Status::default()
         });
         let mut text = String::new();
@@ -640,6 +673,9 @@ mod tests {
             "relaunch_children{state=\"ready\"} 1",
             "relaunch_children{state=\"starting\"} 0",
             "relaunch_kept_generation 2",
+            "relaunch_canary_generation 4",
+            "relaunch_canary_share 0.1",
+            "relaunch_canary_open_connections{of=\"canary\"} 3",
             "relaunch_listener_waiting_connections{listener=\"http\",address=\"[::]:5000\"} 2",
             "relaunch_listener_backlog{listener=\"http\",address=\"[::]:5000\"} 4096",
             &format!(
@@ -649,6 +685,10 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }
+        assert!(
+            !text.contains("_connections{of=\"serving\"}"),
+            "an unmeasured count is no series:\n{text}"
+        );
         assert!(text.contains("relaunch_uptime_seconds "), "{text}");
         assert!(!text.contains("dns"), "UDP has no accept queue:\n{text}");
         // A queue that could not be read this time leaves no stale value.
@@ -672,6 +712,10 @@ mod tests {
         );
         assert!(text.contains("relaunch_generation 0"), "{text}");
         assert!(text.contains("\nrelaunch_kept_generation 0\n"), "{text}");
+        assert!(
+            !text.contains("relaunch_canary_open_connections{"),
+            "{text}"
+        );
     }
 
     /// A listener that moved (interception rebinds --port where the app

@@ -112,6 +112,10 @@ fn a_canary_gets_its_share_of_new_connections() {
     };
     let before = scrape();
     assert!(before.contains("\nrelaunch_canary_share 0"), "{before}");
+    assert!(
+        !before.contains("relaunch_canary_open_connections{"),
+        "{before}"
+    );
     let (code, out) = cli(&["reload", "--canary", "10%", "--control", &ctl], T);
     assert_eq!(code, Some(0), "{out}");
     assert!(
@@ -124,6 +128,13 @@ fn a_canary_gets_its_share_of_new_connections() {
             && during.contains("\nrelaunch_canary_generation 2\n"),
         "{during}"
     );
+    // Each generation's open count is there once measured.
+    wait_for("the canary's open connections in the metrics", T, || {
+        let text = scrape();
+        (text.contains("\nrelaunch_canary_open_connections{of=\"canary\"} ")
+            && text.contains("\nrelaunch_canary_open_connections{of=\"serving\"} "))
+        .then_some(())
+    });
     let canary = pids_of(&ctl, 2);
     assert_eq!(canary.len(), 1, "{canary:?}");
     let st = status(std::path::Path::new(&ctl));
