@@ -193,7 +193,7 @@ pub async fn run(boot: Boot) -> Result<i32> {
         listeners,
         groups,
         probes: HashMap::new(),
-        probing: HashSet::new(),
+        probing: None,
         probe_conns: HashMap::new(),
         probe_cmds: HashMap::new(),
         probed: mpsc::unbounded_channel(),
@@ -1150,13 +1150,15 @@ struct Driver {
     /// relaunch's own connections to a starting generation's sockets, by
     /// generation (see `Group::probe`).
     probes: HashMap<u64, Vec<Socket>>,
-    /// Health probes (`--ready http:`, `tcp`, `exec:`): the generations with
-    /// one running, the connection kept for a generation's next probe, the
-    /// `exec:` commands running (pid: generation, ended), and where the
-    /// helper threads report.
-    probing: HashSet<u64>,
+    /// Health probes (`--ready http:`, `tcp`, `exec:`): the helper thread
+    /// running (generation, number) until it answers or its probe ends,
+    /// whose connection alone is kept; the connection kept for a
+    /// generation's next probe; the `exec:` commands running (pid:
+    /// generation, number); and where the helper threads report. The core
+    /// takes only the running probe's answer (by its number).
+    probing: Option<(u64, u64)>,
     probe_conns: HashMap<u64, probe::Conn>,
-    probe_cmds: HashMap<i32, (u64, bool)>,
+    probe_cmds: HashMap<i32, (u64, u64)>,
     probed: (
         mpsc::UnboundedSender<Probed>,
         mpsc::UnboundedReceiver<Probed>,
@@ -1932,6 +1934,7 @@ impl Driver {
     /// would reach the serving one.
     fn probe_cmd(
         &mut self,
+        number: u64,
         generation: u64,
         cmd: &str,
         pgids: &[i32],
@@ -1968,31 +1971,33 @@ impl Driver {
         })
         .map_err(|e| format!("cannot run exec:{cmd}: {e}"))?;
         self.probe_conns.insert(generation, conn);
-        self.probe_cmds.insert(spawned.pid, (generation, false));
-        self.probing.insert(generation);
+        self.probe_cmds.insert(spawned.pid, (generation, number));
         Ok(())
     }
 
-    /// What a probe helper reported, kept for the next probe (a connection
-    /// still waiting) unless the probes of its generation ended meanwhile.
-    fn on_probed(&mut self, (generation, keep, result): Probed) -> Vec<Event> {
-        if !self.probing.remove(&generation) {
-            return Vec::new();
-        }
-        if let Some(conn) = keep {
+    /// What a probe helper reported; its connection (one still waiting) is
+    /// kept for the next probe unless the probes of its generation ended
+    /// meanwhile.
+    fn on_probed(&mut self, (generation, number, keep, result): Probed) -> Vec<Event> {
+        if self
+            .probing
+            .take_if(|&mut p| p == (generation, number))
+            .is_some()
+            && let Some(conn) = keep
+        {
             self.probe_conns.insert(generation, conn);
         }
-        vec![Event::Probed { generation, result }]
+        vec![Event::Probed { number, result }]
     }
 
     /// `generation` is probed no more: its kept connection closes, its
-    /// `exec:` command is killed (its exit then says nothing).
+    /// `exec:` command is killed (its exit then answers for a probe that
+    /// no longer runs).
     fn end_probe(&mut self, generation: u64) {
-        self.probing.remove(&generation);
+        self.probing.take_if(|(g, _)| *g == generation);
         self.probe_conns.remove(&generation);
-        for (&pid, (g, ended)) in &mut self.probe_cmds {
-            if *g == generation && !*ended {
-                *ended = true;
+        for (&pid, &(g, _)) in &self.probe_cmds {
+            if g == generation {
                 signal_group(pid, Signal::SIGKILL);
             }
         }
@@ -2148,12 +2153,13 @@ impl Spawner for Driver {
 
     fn probe(
         &mut self,
+        number: u64,
         generation: u64,
         probe: &Probe,
         pgids: &[i32],
     ) -> std::result::Result<(), String> {
         if let Probe::Exec(cmd) = probe {
-            return self.probe_cmd(generation, cmd, pgids);
+            return self.probe_cmd(number, generation, cmd, pgids);
         }
         let kept = self.probe_conns.remove(&generation);
         let conn = match kept.filter(probe::Conn::fresh) {
@@ -2162,11 +2168,11 @@ impl Spawner for Driver {
         };
         let (probe, pgids) = (probe.clone(), pgids.to_vec());
         let tx = self.probed.0.clone();
-        self.probing.insert(generation);
+        self.probing = Some((generation, number));
         tokio::task::spawn_blocking(move || {
             let pids = crate::proc::group_members(&pgids);
             let (keep, result) = probe::look(conn, &probe, &pids);
-            let _ = tx.send((generation, keep, result));
+            let _ = tx.send((generation, number, keep, result));
         });
         Ok(())
     }
@@ -2547,9 +2553,10 @@ fn sweep_job(
     }
 }
 
-/// What a probe helper reports: its generation, the connection to keep for
-/// the next probe, and what it found.
+/// What a probe helper reports: its generation and number, the connection
+/// to keep for the next probe, and what it found.
 type Probed = (
+    u64,
     u64,
     Option<probe::Conn>,
     std::result::Result<String, String>,
@@ -2586,16 +2593,14 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
             check.exit = Some(status);
             continue;
         }
-        if let Some((generation, ended)) = driver.probe_cmds.remove(&pid) {
-            if !ended && driver.probing.remove(&generation) {
-                let said = format!("its exec: command {status}");
-                let result = if status.success() {
-                    Ok(said)
-                } else {
-                    Err(said)
-                };
-                events.push(Event::Probed { generation, result });
-            }
+        if let Some((_, number)) = driver.probe_cmds.remove(&pid) {
+            let said = format!("its exec: command {status}");
+            let result = if status.success() {
+                Ok(said)
+            } else {
+                Err(said)
+            };
+            events.push(Event::Probed { number, result });
             continue;
         }
         if let Some(b) = driver.build.take_if(|b| b.pid == pid) {

@@ -59,6 +59,7 @@ impl Spawner for Fake {
     }
     fn probe(
         &mut self,
+        _number: u64,
         _generation: u64,
         _probe: &crate::plan::options::Probe,
         _pgids: &[i32],
