@@ -59,7 +59,9 @@ use crate::sockets::{self, Listener, steer};
 use crate::supervise::lines::PipeLines;
 use crate::supervise::runtime::{self, Os, Runtime, Sources, handle_notify, step};
 use crate::supervise::sources::Signals;
-use crate::supervise::supervisor::{Config, Effect, Event, Spawner, Supervisor, Tell, WatchConfig};
+use crate::supervise::supervisor::{
+    Config, Effect, Event, NotProbed, Spawner, Supervisor, Tell, WatchConfig,
+};
 use crate::supervise::{handover, idle, keeper, reaper, spawn, upgrade};
 use socket2::Socket;
 
@@ -1909,23 +1911,14 @@ impl Driver {
 
     /// A connection of relaunch's own to `generation` alone, on the first
     /// listener's group: a probe answers for the generation.
-    fn probe_connection(&mut self, generation: u64) -> std::result::Result<Socket, String> {
+    fn probe_connection(
+        &mut self,
+        generation: u64,
+        alone: bool,
+    ) -> std::result::Result<Socket, NotProbed> {
         // A listener interception moved has a new group.
         self.sync_listeners();
-        let Some(g) = self.groups.first_mut() else {
-            return Err("the drain is off (said above): no socket of its own to probe".into());
-        };
-        g.probe(generation, 1, probe::CONNECT_WAIT)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::TimedOut => format!(
-                    "a probe connection was not taken into its accept queue within {} ms (the \
-                     queue is full)",
-                    probe::CONNECT_WAIT.as_millis()
-                ),
-                _ => format!("cannot connect to its socket alone: {e}"),
-            })?
-            .pop()
-            .ok_or_else(|| "no probe connection was made".into())
+        probe_connect(&mut self.groups, &self.listeners, generation, alone)
     }
 
     /// `--ready exec:CMD`: `sh -c CMD` as the app's user, forked here (the
@@ -1938,13 +1931,14 @@ impl Driver {
         generation: u64,
         cmd: &str,
         pgids: &[i32],
-    ) -> std::result::Result<(), String> {
+        alone: bool,
+    ) -> std::result::Result<(), NotProbed> {
         // The last command's, if it left it as it was: a command that does
         // not use it would otherwise add one to the queue at every check.
         let kept = self.probe_conns.remove(&generation);
         let conn = match kept.filter(|c| c.fresh() && c.untouched()) {
             Some(c) => c,
-            None => probe::Conn::new(self.probe_connection(generation)?),
+            None => probe::Conn::new(self.probe_connection(generation, alone)?),
         };
         // Its children, each the leader of its group (`pgrep -g` finds the
         // rest): no /proc scan on the loop's thread.
@@ -1954,7 +1948,7 @@ impl Driver {
         env.push(("RELAUNCH_PIDS".into(), pids.join(" ").into()));
         env.push(("RELAUNCH_PROBE_FD".into(), "3".into()));
         let null = std::fs::File::open("/dev/null")
-            .map_err(|e| format!("cannot open /dev/null for it: {e}"))?;
+            .map_err(|e| NotProbed::Own(format!("cannot open /dev/null for it: {e}")))?;
         let (out, err) = (std::io::stderr(), std::io::stderr());
         let fds = [conn.as_fd()];
         let args = [OsString::from("-c"), OsString::from(cmd)];
@@ -1969,7 +1963,7 @@ impl Driver {
             traps: Default::default(),
             stdio: Some((null.as_fd(), out.as_fd(), err.as_fd())),
         })
-        .map_err(|e| format!("cannot run exec:{cmd}: {e}"))?;
+        .map_err(|e| NotProbed::Own(format!("cannot run exec:{cmd}: {e}")))?;
         self.probe_conns.insert(generation, conn);
         self.probe_cmds.insert(spawned.pid, (generation, number));
         Ok(())
@@ -2157,14 +2151,15 @@ impl Spawner for Driver {
         generation: u64,
         probe: &Probe,
         pgids: &[i32],
-    ) -> std::result::Result<(), String> {
+        alone: bool,
+    ) -> std::result::Result<(), NotProbed> {
         if let Probe::Exec(cmd) = probe {
-            return self.probe_cmd(number, generation, cmd, pgids);
+            return self.probe_cmd(number, generation, cmd, pgids, alone);
         }
         let kept = self.probe_conns.remove(&generation);
         let conn = match kept.filter(probe::Conn::fresh) {
             Some(c) => c,
-            None => probe::Conn::new(self.probe_connection(generation)?),
+            None => probe::Conn::new(self.probe_connection(generation, alone)?),
         };
         let (probe, pgids) = (probe.clone(), pgids.to_vec());
         let tx = self.probed.0.clone();
@@ -2553,6 +2548,47 @@ fn sweep_job(
     }
 }
 
+/// A connection of relaunch's own to `generation` alone, on the first
+/// listener: through its group; with none (the drain is off), through the
+/// held address if `alone` (no other generation runs to take it).
+fn probe_connect(
+    groups: &mut [Steered],
+    listeners: &[Listener],
+    generation: u64,
+    alone: bool,
+) -> std::result::Result<Socket, NotProbed> {
+    let connected = match (groups.first_mut(), listeners.first()) {
+        (Some(g), _) => g
+            .probe(generation, 1, probe::CONNECT_WAIT)
+            .map(|mut c| c.pop()),
+        (None, Some(l)) if alone => group::connect_held(&l.socket, probe::CONNECT_WAIT).map(Some),
+        _ => {
+            return Err(NotProbed::Own(format!(
+                "the drain is off (said above): generation {generation} has no socket of its \
+                 own, and the held address reaches another generation too"
+            )));
+        }
+    };
+    match connected {
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => Err(NotProbed::Own("no probe connection was made".into())),
+        Err(e) => Err(match e.kind() {
+            // The handshake dropped: its queue is full.
+            std::io::ErrorKind::TimedOut => NotProbed::Failed(format!(
+                "a probe connection was not taken into its accept queue within {} ms (the \
+                 queue is full)",
+                probe::CONNECT_WAIT.as_millis()
+            )),
+            // Its socket does not listen.
+            std::io::ErrorKind::ConnectionRefused => {
+                NotProbed::Failed(format!("cannot connect to its socket: {e}"))
+            }
+            // The steering rule, the reserved port: relaunch's.
+            _ => NotProbed::Own(format!("cannot connect to its socket alone: {e}")),
+        }),
+    }
+}
+
 /// What a probe helper reports: its generation and number, the connection
 /// to keep for the next probe, and what it found.
 type Probed = (
@@ -2819,6 +2855,29 @@ mod tests {
         let (tally, _scrapes, bound, socket) = adopt_metrics(Some(addr), Some(fd));
         assert!(tally.is_some() && socket.is_some());
         assert_eq!(bound, Some(at));
+    }
+
+    /// Where the drain is off at run time (no group), the serving
+    /// generation, the only one running, is checked at the held address,
+    /// which reaches it alone.
+    #[test]
+    fn with_the_drain_off_a_generation_running_alone_is_probed_at_the_held_address() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let listeners = [Listener::adopt("web".into(), Socket::from(held), None)];
+        let conn = probe_connect(&mut [], &listeners, 1, true).expect("a connection");
+        assert_eq!(conn.peer_addr().unwrap().as_socket(), Some(addr));
+        let (accepted, _) = listeners[0].socket.accept().unwrap();
+        assert_eq!(
+            accepted.peer_addr().unwrap().as_socket(),
+            conn.local_addr().unwrap().as_socket()
+        );
+        // Beside another generation (a reload's), it cannot be probed
+        // alone, and that is relaunch's, not the app's.
+        match probe_connect(&mut [], &listeners, 2, false) {
+            Err(NotProbed::Own(why)) => assert!(why.contains("another generation"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

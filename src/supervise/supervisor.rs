@@ -230,6 +230,17 @@ pub enum Tell {
     Stopping,
 }
 
+/// Why a probe could not start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotProbed {
+    /// The generation's doing (its accept queue is full): a failed probe.
+    Failed(String),
+    /// relaunch's own (no socket to reach it alone, a fork that failed):
+    /// it says nothing of the app, and a health check counts it against
+    /// no one.
+    Own(String),
+}
+
 /// What the supervisor needs done at once: a fork gives the pid that names
 /// the child, and the backoff's jitter.
 pub trait Spawner {
@@ -250,16 +261,19 @@ pub trait Spawner {
     /// [`Spawner::steer`]. Err: nothing changed.
     fn share(&mut self, generation: u64, share: f64) -> Result<(), String>;
     /// Starts probe `number` of `generation` alone (through its own
-    /// sockets, which nothing else reaches before it is steered to);
-    /// `pgids`: its children's process groups. What it finds comes back as
-    /// [`Event::Probed`] with its number. Err: it could not start, and why.
+    /// sockets, which nothing else reaches before it is steered to; with
+    /// none, the drain being off, through the held address if `alone`: no
+    /// other generation runs); `pgids`: its children's process groups.
+    /// What it finds comes back as [`Event::Probed`] with its number. Err:
+    /// it could not start, and why.
     fn probe(
         &mut self,
         number: u64,
         generation: u64,
         probe: &Probe,
         pgids: &[i32],
-    ) -> Result<(), String>;
+        alone: bool,
+    ) -> Result<(), NotProbed>;
     /// A number in [0, 1) for backoff jitter.
     fn jitter(&mut self) -> f64;
     /// Forks `--build` in its own process group; its exit comes back as
@@ -3306,6 +3320,11 @@ impl Supervisor {
             return;
         }
         let pgids = self.alive_pids(generation);
+        let alone = !self
+            .kept
+            .children
+            .iter()
+            .any(|c| c.alive() && c.generation != generation);
         let Some(p) = &mut self.probing else {
             return;
         };
@@ -3313,11 +3332,36 @@ impl Supervisor {
         p.number = self.probes_started;
         p.due = None;
         p.started = Some(now);
-        // One that cannot start failed, as far as the generation goes.
-        let number = p.number;
-        if let Err(e) = os.probe(number, generation, &probe, &pgids) {
-            self.on_probed(os, number, Err(format!("cannot probe it: {e}")), now);
+        // One the app keeps from starting failed. One relaunch cannot
+        // start is a readiness probe's "not ready yet", and why; it is no
+        // failure of a health check.
+        let (number, health) = (p.number, p.health);
+        match os.probe(number, generation, &probe, &pgids, alone) {
+            Ok(()) => {}
+            Err(NotProbed::Own(e)) if health => self.unchecked(generation, e, now),
+            // For readiness either is not ready yet, and why.
+            Err(NotProbed::Failed(e) | NotProbed::Own(e)) => {
+                self.on_probed(os, number, Err(format!("cannot probe it: {e}")), now)
+            }
         }
+    }
+
+    /// A health check of `generation` could not start, for a cause of
+    /// relaunch's own: said (once while it lasts), not counted; the next
+    /// check is a period on.
+    fn unchecked(&mut self, generation: u64, why: String, now: Instant) {
+        let (Some(h), Some(p)) = (&self.kept.cfg.health, &mut self.probing) else {
+            return;
+        };
+        p.due = Some(now + h.every);
+        let why = format!("relaunch cannot check it: {why}");
+        if p.last.as_ref() != Some(&why) {
+            warn!(
+                generation,
+                "{why}; not counted as a failed health check (the app is not at fault)"
+            );
+        }
+        p.last = Some(why);
     }
 
     /// Probe `number` ended: healthy makes its generation's starting

@@ -50,7 +50,9 @@ struct Fake {
     probes: Vec<(u64, Vec<i32>)>,
     numbers: Vec<u64>,
     /// Why a probe cannot start, if it cannot.
-    probe_fails: Option<String>,
+    probe_fails: Option<NotProbed>,
+    /// Whether each probe started (or tried) was of a generation alone.
+    alone: Vec<bool>,
     probes_ended: Vec<u64>,
     /// Starts (true) and ends (false) of probes, by generation, in the
     /// order the driver would carry them out.
@@ -203,7 +205,9 @@ impl Spawner for Fake {
         generation: u64,
         _probe: &Probe,
         pgids: &[i32],
-    ) -> Result<(), String> {
+        alone: bool,
+    ) -> Result<(), NotProbed> {
+        self.alone.push(alone);
         if let Some(e) = &self.probe_fails {
             return Err(e.clone());
         }

@@ -134,7 +134,7 @@ fn a_reload_without_sockets_of_its_own_cannot_be_probed_and_fails_at_once() {
 #[test]
 fn a_probe_that_cannot_start_is_said_and_tried_again() {
     let mut s = gated(1);
-    s.os.probe_fails = Some("cannot connect".into());
+    s.os.probe_fails = Some(NotProbed::Failed("cannot connect".into()));
     let t0 = Instant::now();
     s.t_start(t0);
     assert!(s.os.probes.is_empty());
@@ -307,7 +307,7 @@ fn an_upgrade_during_a_probed_reload_probes_afresh_and_promotes() {
 #[test]
 fn a_health_check_that_cannot_start_counts_as_failed() {
     let (mut s, t0) = checked();
-    s.os.probe_fails = Some("its accept queue is full".into());
+    s.os.probe_fails = Some(NotProbed::Failed("its accept queue is full".into()));
     for n in 1..=3 {
         s.t_timer(t0 + n * SEC);
     }
@@ -471,4 +471,55 @@ fn a_health_answer_from_before_a_restart_does_not_make_the_restarted_worker_read
     );
     s.t_probed(1, Ok("GET /ready answered 200 OK"), now);
     assert_eq!(state(&s), State::Ready);
+}
+
+/// A health check that relaunch itself cannot start (here: no socket to
+/// probe through, its drain being off) says nothing of the app: it is not
+/// counted, and a healthy app is never killed for it.
+#[test]
+fn a_health_check_relaunch_cannot_start_is_not_counted_against_the_app() {
+    let (mut s, t0) = checked();
+    let own = "the drain is off (said above): generation 1 has no socket of its own, and the \
+               held address reaches another generation too";
+    s.os.probe_fails = Some(NotProbed::Own(own.into()));
+    for n in 1..=5 {
+        s.t_timer(t0 + n * SEC);
+    }
+    assert!(s.os.signals.is_empty(), "{:?}", s.os.signals);
+    assert_eq!(
+        s.status(t0 + 5 * SEC).probe,
+        Some(format!(
+            "generation 1, --health http:/healthz: relaunch cannot check it: {own}"
+        )),
+        "no failure counted"
+    );
+    assert_eq!(
+        s.next_deadline(),
+        Some(t0 + 6 * SEC),
+        "tried again a period on"
+    );
+    // Once it can be probed, its checks count again.
+    s.os.probe_fails = None;
+    s.t_timer(t0 + 6 * SEC);
+    s.t_probed(1, Err("GET /healthz answered 500"), t0 + 6 * SEC);
+    assert_eq!(
+        s.status(t0 + 6 * SEC).probe.as_deref(),
+        Some(
+            "generation 1, --health http:/healthz: GET /healthz answered 500 (1 failure(s) in a row)"
+        )
+    );
+}
+
+/// Where a generation has no socket of its own (the drain off at run
+/// time), the held address reaches it alone only if no other generation
+/// runs: the serving one's checks may go there, a reload's probe may not.
+#[test]
+fn a_probe_is_told_whether_its_generation_runs_alone() {
+    let (s, _, _answer) = reloading();
+    assert_eq!(s.os.probes.len(), 2);
+    assert_eq!(
+        s.os.alone,
+        [true, false],
+        "the first alone, the reload's beside it"
+    );
 }
