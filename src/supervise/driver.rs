@@ -701,6 +701,10 @@ pub struct Saved {
     /// Bind interception's held sockets (their fds are the listeners').
     #[serde(default)]
     intercept: Option<intercept::handler::SavedTable>,
+    /// The `exec:` probe commands still running: the next image, which
+    /// probes afresh, ends them (else a hung one would run on, unchecked).
+    #[serde(default)]
+    probe_cmds: Vec<i32>,
 }
 
 /// What an upgrade carries besides the fds: the supervisor's state and the
@@ -861,6 +865,10 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
         },
         fds,
     } = state;
+    // Their exits are then reaped as any unknown child's.
+    for &pid in &saved.probe_cmds {
+        signal_group(pid, Signal::SIGKILL);
+    }
     // Every fd was checked open, and made close-on-exec again, by `take`.
     let handover::Fds {
         listeners: saved_listeners,
@@ -1467,6 +1475,7 @@ impl Driver {
                 handover::OwnedPath { path, identity }
             }),
             intercept: self.intercept.as_ref().map(|t| t.save()),
+            probe_cmds: self.probe_cmds.keys().copied().collect(),
         };
         let groups = self
             .groups
@@ -2822,7 +2831,7 @@ mod tests {
                 .unwrap_or_default()
         };
         // Fields added since that release (read with their defaults).
-        const ADDED: &[&str] = &["fd_store", "drains"];
+        const ADDED: &[&str] = &["fd_store", "drains", "probe_cmds"];
         let without_added = |v: &serde_json::Value| {
             let mut k = keys(v);
             k.retain(|k| !ADDED.contains(&k.as_str()));
