@@ -734,6 +734,24 @@ fn reset_queue(socket: &Socket) -> usize {
     n
 }
 
+/// A connection of relaunch's own to `listener` itself, by no steering
+/// rule: where there is no group (the drain is off), what reaches the one
+/// generation that runs. `wait`: as for [`Group::probe`].
+pub fn connect_held(listener: &Socket, wait: Duration) -> io::Result<Socket> {
+    let addr = listener
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("the first listener is not a TCP one"))?;
+    let dest = reachable(addr, addr.is_ipv6() && listener.only_v6()?);
+    let socket = Socket::new(
+        socket2::Domain::for_address(dest),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.connect_timeout(&dest.into(), wait)?;
+    Ok(socket)
+}
+
 /// Where a probe connects to reach `addr`: itself, or loopback where it
 /// listens on every address.
 fn reachable(addr: SocketAddr, v6only: bool) -> SocketAddr {

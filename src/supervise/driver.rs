@@ -59,7 +59,9 @@ use crate::sockets::{self, Listener, steer};
 use crate::supervise::lines::PipeLines;
 use crate::supervise::runtime::{self, Os, Runtime, Sources, handle_notify, step};
 use crate::supervise::sources::Signals;
-use crate::supervise::supervisor::{Config, Effect, Event, Spawner, Supervisor, Tell, WatchConfig};
+use crate::supervise::supervisor::{
+    Config, Effect, Event, NotProbed, Spawner, Supervisor, Tell, WatchConfig,
+};
 use crate::supervise::{handover, idle, keeper, reaper, spawn, upgrade};
 use socket2::Socket;
 
@@ -193,7 +195,7 @@ pub async fn run(boot: Boot) -> Result<i32> {
         listeners,
         groups,
         probes: HashMap::new(),
-        probing: HashSet::new(),
+        probing: None,
         probe_conns: HashMap::new(),
         probe_cmds: HashMap::new(),
         probed: mpsc::unbounded_channel(),
@@ -699,6 +701,10 @@ pub struct Saved {
     /// Bind interception's held sockets (their fds are the listeners').
     #[serde(default)]
     intercept: Option<intercept::handler::SavedTable>,
+    /// The `exec:` probe commands still running: the next image, which
+    /// probes afresh, ends them (else a hung one would run on, unchecked).
+    #[serde(default)]
+    probe_cmds: Vec<i32>,
 }
 
 /// What an upgrade carries besides the fds: the supervisor's state and the
@@ -859,6 +865,10 @@ fn adopted(state: State, listened: &intercept::handler::Listened) -> Result<Reso
         },
         fds,
     } = state;
+    // Their exits are then reaped as any unknown child's.
+    for &pid in &saved.probe_cmds {
+        signal_group(pid, Signal::SIGKILL);
+    }
     // Every fd was checked open, and made close-on-exec again, by `take`.
     let handover::Fds {
         listeners: saved_listeners,
@@ -1150,13 +1160,15 @@ struct Driver {
     /// relaunch's own connections to a starting generation's sockets, by
     /// generation (see `Group::probe`).
     probes: HashMap<u64, Vec<Socket>>,
-    /// Health probes (`--ready http:`, `tcp`, `exec:`): the generations with
-    /// one running, the connection kept for a generation's next probe, the
-    /// `exec:` commands running (pid: generation, ended), and where the
-    /// helper threads report.
-    probing: HashSet<u64>,
+    /// Health probes (`--ready http:`, `tcp`, `exec:`): the helper thread
+    /// running (generation, number) until it answers or its probe ends,
+    /// whose connection alone is kept; the connection kept for a
+    /// generation's next probe; the `exec:` commands running (pid:
+    /// generation, number); and where the helper threads report. The core
+    /// takes only the running probe's answer (by its number).
+    probing: Option<(u64, u64)>,
     probe_conns: HashMap<u64, probe::Conn>,
-    probe_cmds: HashMap<i32, (u64, bool)>,
+    probe_cmds: HashMap<i32, (u64, u64)>,
     probed: (
         mpsc::UnboundedSender<Probed>,
         mpsc::UnboundedReceiver<Probed>,
@@ -1463,6 +1475,7 @@ impl Driver {
                 handover::OwnedPath { path, identity }
             }),
             intercept: self.intercept.as_ref().map(|t| t.save()),
+            probe_cmds: self.probe_cmds.keys().copied().collect(),
         };
         let groups = self
             .groups
@@ -1936,23 +1949,14 @@ impl Driver {
 
     /// A connection of relaunch's own to `generation` alone, on the first
     /// listener's group: a probe answers for the generation.
-    fn probe_connection(&mut self, generation: u64) -> std::result::Result<Socket, String> {
+    fn probe_connection(
+        &mut self,
+        generation: u64,
+        alone: bool,
+    ) -> std::result::Result<Socket, NotProbed> {
         // A listener interception moved has a new group.
         self.sync_listeners();
-        let Some(g) = self.groups.first_mut() else {
-            return Err("the drain is off (said above): no socket of its own to probe".into());
-        };
-        g.probe(generation, 1, probe::CONNECT_WAIT)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::TimedOut => format!(
-                    "a probe connection was not taken into its accept queue within {} ms (the \
-                     queue is full)",
-                    probe::CONNECT_WAIT.as_millis()
-                ),
-                _ => format!("cannot connect to its socket alone: {e}"),
-            })?
-            .pop()
-            .ok_or_else(|| "no probe connection was made".into())
+        probe_connect(&mut self.groups, &self.listeners, generation, alone)
     }
 
     /// `--ready exec:CMD`: `sh -c CMD` as the app's user, forked here (the
@@ -1961,16 +1965,18 @@ impl Driver {
     /// would reach the serving one.
     fn probe_cmd(
         &mut self,
+        number: u64,
         generation: u64,
         cmd: &str,
         pgids: &[i32],
-    ) -> std::result::Result<(), String> {
+        alone: bool,
+    ) -> std::result::Result<(), NotProbed> {
         // The last command's, if it left it as it was: a command that does
         // not use it would otherwise add one to the queue at every check.
         let kept = self.probe_conns.remove(&generation);
         let conn = match kept.filter(|c| c.fresh() && c.untouched()) {
             Some(c) => c,
-            None => probe::Conn::new(self.probe_connection(generation)?),
+            None => probe::Conn::new(self.probe_connection(generation, alone)?),
         };
         // Its children, each the leader of its group (`pgrep -g` finds the
         // rest): no /proc scan on the loop's thread.
@@ -1980,7 +1986,7 @@ impl Driver {
         env.push(("RELAUNCH_PIDS".into(), pids.join(" ").into()));
         env.push(("RELAUNCH_PROBE_FD".into(), "3".into()));
         let null = std::fs::File::open("/dev/null")
-            .map_err(|e| format!("cannot open /dev/null for it: {e}"))?;
+            .map_err(|e| NotProbed::Own(format!("cannot open /dev/null for it: {e}")))?;
         let (out, err) = (std::io::stderr(), std::io::stderr());
         let fds = [conn.as_fd()];
         let args = [OsString::from("-c"), OsString::from(cmd)];
@@ -1995,33 +2001,35 @@ impl Driver {
             traps: Default::default(),
             stdio: Some((null.as_fd(), out.as_fd(), err.as_fd())),
         })
-        .map_err(|e| format!("cannot run exec:{cmd}: {e}"))?;
+        .map_err(|e| NotProbed::Own(format!("cannot run exec:{cmd}: {e}")))?;
         self.probe_conns.insert(generation, conn);
-        self.probe_cmds.insert(spawned.pid, (generation, false));
-        self.probing.insert(generation);
+        self.probe_cmds.insert(spawned.pid, (generation, number));
         Ok(())
     }
 
-    /// What a probe helper reported, kept for the next probe (a connection
-    /// still waiting) unless the probes of its generation ended meanwhile.
-    fn on_probed(&mut self, (generation, keep, result): Probed) -> Vec<Event> {
-        if !self.probing.remove(&generation) {
-            return Vec::new();
-        }
-        if let Some(conn) = keep {
+    /// What a probe helper reported; its connection (one still waiting) is
+    /// kept for the next probe unless the probes of its generation ended
+    /// meanwhile.
+    fn on_probed(&mut self, (generation, number, keep, result): Probed) -> Vec<Event> {
+        if self
+            .probing
+            .take_if(|&mut p| p == (generation, number))
+            .is_some()
+            && let Some(conn) = keep
+        {
             self.probe_conns.insert(generation, conn);
         }
-        vec![Event::Probed { generation, result }]
+        vec![Event::Probed { number, result }]
     }
 
     /// `generation` is probed no more: its kept connection closes, its
-    /// `exec:` command is killed (its exit then says nothing).
+    /// `exec:` command is killed (its exit then answers for a probe that
+    /// no longer runs).
     fn end_probe(&mut self, generation: u64) {
-        self.probing.remove(&generation);
+        self.probing.take_if(|(g, _)| *g == generation);
         self.probe_conns.remove(&generation);
-        for (&pid, (g, ended)) in &mut self.probe_cmds {
-            if *g == generation && !*ended {
-                *ended = true;
+        for (&pid, &(g, _)) in &self.probe_cmds {
+            if g == generation {
                 signal_group(pid, Signal::SIGKILL);
             }
         }
@@ -2177,25 +2185,27 @@ impl Spawner for Driver {
 
     fn probe(
         &mut self,
+        number: u64,
         generation: u64,
         probe: &Probe,
         pgids: &[i32],
-    ) -> std::result::Result<(), String> {
+        alone: bool,
+    ) -> std::result::Result<(), NotProbed> {
         if let Probe::Exec(cmd) = probe {
-            return self.probe_cmd(generation, cmd, pgids);
+            return self.probe_cmd(number, generation, cmd, pgids, alone);
         }
         let kept = self.probe_conns.remove(&generation);
         let conn = match kept.filter(probe::Conn::fresh) {
             Some(c) => c,
-            None => probe::Conn::new(self.probe_connection(generation)?),
+            None => probe::Conn::new(self.probe_connection(generation, alone)?),
         };
         let (probe, pgids) = (probe.clone(), pgids.to_vec());
         let tx = self.probed.0.clone();
-        self.probing.insert(generation);
+        self.probing = Some((generation, number));
         tokio::task::spawn_blocking(move || {
             let pids = crate::proc::group_members(&pgids);
             let (keep, result) = probe::look(conn, &probe, &pids);
-            let _ = tx.send((generation, keep, result));
+            let _ = tx.send((generation, number, keep, result));
         });
         Ok(())
     }
@@ -2580,9 +2590,51 @@ fn sweep_job(
     }
 }
 
-/// What a probe helper reports: its generation, the connection to keep for
-/// the next probe, and what it found.
+/// A connection of relaunch's own to `generation` alone, on the first
+/// listener: through its group; with none (the drain is off), through the
+/// held address if `alone` (no other generation runs to take it).
+fn probe_connect(
+    groups: &mut [Steered],
+    listeners: &[Listener],
+    generation: u64,
+    alone: bool,
+) -> std::result::Result<Socket, NotProbed> {
+    let connected = match (groups.first_mut(), listeners.first()) {
+        (Some(g), _) => g
+            .probe(generation, 1, probe::CONNECT_WAIT)
+            .map(|mut c| c.pop()),
+        (None, Some(l)) if alone => group::connect_held(&l.socket, probe::CONNECT_WAIT).map(Some),
+        _ => {
+            return Err(NotProbed::Own(format!(
+                "the drain is off (said above): generation {generation} has no socket of its \
+                 own, and the held address reaches another generation too"
+            )));
+        }
+    };
+    match connected {
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => Err(NotProbed::Own("no probe connection was made".into())),
+        Err(e) => Err(match e.kind() {
+            // The handshake dropped: its queue is full.
+            std::io::ErrorKind::TimedOut => NotProbed::Failed(format!(
+                "a probe connection was not taken into its accept queue within {} ms (the \
+                 queue is full)",
+                probe::CONNECT_WAIT.as_millis()
+            )),
+            // Its socket does not listen.
+            std::io::ErrorKind::ConnectionRefused => {
+                NotProbed::Failed(format!("cannot connect to its socket: {e}"))
+            }
+            // The steering rule, the reserved port: relaunch's.
+            _ => NotProbed::Own(format!("cannot connect to its socket alone: {e}")),
+        }),
+    }
+}
+
+/// What a probe helper reports: its generation and number, the connection
+/// to keep for the next probe, and what it found.
 type Probed = (
+    u64,
     u64,
     Option<probe::Conn>,
     std::result::Result<String, String>,
@@ -2619,16 +2671,14 @@ fn reap(driver: &mut Driver) -> Vec<Event> {
             check.exit = Some(status);
             continue;
         }
-        if let Some((generation, ended)) = driver.probe_cmds.remove(&pid) {
-            if !ended && driver.probing.remove(&generation) {
-                let said = format!("its exec: command {status}");
-                let result = if status.success() {
-                    Ok(said)
-                } else {
-                    Err(said)
-                };
-                events.push(Event::Probed { generation, result });
-            }
+        if let Some((_, number)) = driver.probe_cmds.remove(&pid) {
+            let said = format!("its exec: command {status}");
+            let result = if status.success() {
+                Ok(said)
+            } else {
+                Err(said)
+            };
+            events.push(Event::Probed { number, result });
             continue;
         }
         if let Some(b) = driver.build.take_if(|b| b.pid == pid) {
@@ -2824,7 +2874,7 @@ mod tests {
                 .unwrap_or_default()
         };
         // Fields added since that release (read with their defaults).
-        const ADDED: &[&str] = &["fd_store", "drains"];
+        const ADDED: &[&str] = &["fd_store", "drains", "probe_cmds"];
         let without_added = |v: &serde_json::Value| {
             let mut k = keys(v);
             k.retain(|k| !ADDED.contains(&k.as_str()));
@@ -2857,6 +2907,29 @@ mod tests {
         let (tally, _scrapes, bound, socket) = adopt_metrics(Some(addr), Some(fd));
         assert!(tally.is_some() && socket.is_some());
         assert_eq!(bound, Some(at));
+    }
+
+    /// Where the drain is off at run time (no group), the serving
+    /// generation, the only one running, is checked at the held address,
+    /// which reaches it alone.
+    #[test]
+    fn with_the_drain_off_a_generation_running_alone_is_probed_at_the_held_address() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let listeners = [Listener::adopt("web".into(), Socket::from(held), None)];
+        let conn = probe_connect(&mut [], &listeners, 1, true).expect("a connection");
+        assert_eq!(conn.peer_addr().unwrap().as_socket(), Some(addr));
+        let (accepted, _) = listeners[0].socket.accept().unwrap();
+        assert_eq!(
+            accepted.peer_addr().unwrap().as_socket(),
+            conn.local_addr().unwrap().as_socket()
+        );
+        // Beside another generation (a reload's), it cannot be probed
+        // alone, and that is relaunch's, not the app's.
+        match probe_connect(&mut [], &listeners, 2, false) {
+            Err(NotProbed::Own(why)) => assert!(why.contains("another generation"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -150,10 +150,10 @@ pub enum Event {
     },
     /// `--watch`: a file that matters changed.
     Changed { path: String },
-    /// What a probe of `generation` (see [`Spawner::probe`]) found: Ok,
-    /// healthy, and how; Err, not (yet), and why.
+    /// What probe `number` (see [`Spawner::probe`]) found: Ok, healthy,
+    /// and how; Err, not (yet), and why.
     Probed {
-        generation: u64,
+        number: u64,
         result: Result<String, String>,
     },
     /// What keeps the old generation of `generation`'s reload busy (see
@@ -234,6 +234,17 @@ pub enum Tell {
     Stopping,
 }
 
+/// Why a probe could not start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotProbed {
+    /// The generation's doing (its accept queue is full): a failed probe.
+    Failed(String),
+    /// relaunch's own (no socket to reach it alone, a fork that failed):
+    /// it says nothing of the app, and a health check counts it against
+    /// no one.
+    Own(String),
+}
+
 /// What the supervisor needs done at once: a fork gives the pid that names
 /// the child, and the backoff's jitter.
 pub trait Spawner {
@@ -253,11 +264,20 @@ pub trait Spawner {
     /// `generation`'s own sockets, the rest where they went, until the next
     /// [`Spawner::steer`]. Err: nothing changed.
     fn share(&mut self, generation: u64, share: f64) -> Result<(), String>;
-    /// Starts one `probe` of `generation` alone (through its own sockets,
-    /// which nothing else reaches before it is steered to); `pgids`: its
-    /// children's process groups. What it finds comes back as
-    /// [`Event::Probed`]. Err: it could not start, and why.
-    fn probe(&mut self, generation: u64, probe: &Probe, pgids: &[i32]) -> Result<(), String>;
+    /// Starts probe `number` of `generation` alone (through its own
+    /// sockets, which nothing else reaches before it is steered to; with
+    /// none, the drain being off, through the held address if `alone`: no
+    /// other generation runs); `pgids`: its children's process groups.
+    /// What it finds comes back as [`Event::Probed`] with its number. Err:
+    /// it could not start, and why.
+    fn probe(
+        &mut self,
+        number: u64,
+        generation: u64,
+        probe: &Probe,
+        pgids: &[i32],
+        alone: bool,
+    ) -> Result<(), NotProbed>;
     /// A number in [0, 1) for backoff jitter.
     fn jitter(&mut self) -> f64;
     /// Forks `--build` in its own process group; its exit comes back as
@@ -716,6 +736,9 @@ pub struct Supervisor {
     /// `--ready http:`, `tcp`, `exec:`: the generation being probed (not
     /// carried by an upgrade: the next image probes afresh).
     probing: Option<Probing>,
+    /// The number of the last probe started: an answer is taken only from
+    /// the probe that runs, never from one ended before it.
+    probes_started: u64,
     /// Effects of the event being handled.
     out: Vec<Effect>,
 }
@@ -739,6 +762,8 @@ struct Probing {
     failures: u32,
     /// The next probe starts then; None while one runs.
     due: Option<Instant>,
+    /// The number of the probe that runs (or ran last).
+    number: u64,
     /// When the probe that runs started.
     started: Option<Instant>,
     /// What the last probe found, for the log and a failed reload.
@@ -799,6 +824,7 @@ impl Supervisor {
             upgrade: None,
             drain: DrainWatch::default(),
             probing: None,
+            probes_started: 0,
             out: Vec::new(),
         }
     }
@@ -832,7 +858,7 @@ impl Supervisor {
                 // An idle old generation kept for a rollback ends the reload.
                 self.settle(os, now);
             }
-            Event::Probed { generation, result } => self.on_probed(os, generation, result, now),
+            Event::Probed { number, result } => self.on_probed(os, number, result, now),
             Event::Timer => {
                 self.end_overdue_check(now);
                 self.on_timer(os, now);
@@ -3279,10 +3305,10 @@ impl Supervisor {
             && p.due.is_none()
             && p.started.is_some_and(|t| now >= t + PROBE_LIMIT)
         {
-            let generation = p.generation;
+            let (generation, number) = (p.generation, p.number);
             self.out.push(Effect::EndProbe { generation });
             let why = format!("no answer within {}", duration::human(PROBE_LIMIT));
-            self.on_probed(os, generation, Err(why), now);
+            self.on_probed(os, number, Err(why), now);
             return;
         }
         let p = self.probing.get_or_insert(Probing {
@@ -3290,6 +3316,7 @@ impl Supervisor {
             health,
             failures: 0,
             due: Some(first),
+            number: 0,
             started: None,
             last: None,
         });
@@ -3299,33 +3326,69 @@ impl Supervisor {
             return;
         }
         let pgids = self.alive_pids(generation);
+        let alone = !self
+            .kept
+            .children
+            .iter()
+            .any(|c| c.alive() && c.generation != generation);
         let Some(p) = &mut self.probing else {
             return;
         };
+        self.probes_started += 1;
+        p.number = self.probes_started;
         p.due = None;
         p.started = Some(now);
-        // One that cannot start failed, as far as the generation goes.
-        if let Err(e) = os.probe(generation, &probe, &pgids) {
-            self.on_probed(os, generation, Err(format!("cannot probe it: {e}")), now);
+        // One the app keeps from starting failed. One relaunch cannot
+        // start is a readiness probe's "not ready yet", and why; it is no
+        // failure of a health check.
+        let (number, health) = (p.number, p.health);
+        match os.probe(number, generation, &probe, &pgids, alone) {
+            Ok(()) => {}
+            Err(NotProbed::Own(e)) if health => self.unchecked(generation, e, now),
+            // For readiness either is not ready yet, and why.
+            Err(NotProbed::Failed(e) | NotProbed::Own(e)) => {
+                self.on_probed(os, number, Err(format!("cannot probe it: {e}")), now)
+            }
         }
     }
 
-    /// A probe of `generation` ended: healthy makes its starting children
-    /// ready (a reload's is then promoted); anything else is probed again.
+    /// A health check of `generation` could not start, for a cause of
+    /// relaunch's own: said (once while it lasts), not counted; the next
+    /// check is a period on.
+    fn unchecked(&mut self, generation: u64, why: String, now: Instant) {
+        let (Some(h), Some(p)) = (&self.kept.cfg.health, &mut self.probing) else {
+            return;
+        };
+        p.due = Some(now + h.every);
+        let why = format!("relaunch cannot check it: {why}");
+        if p.last.as_ref() != Some(&why) {
+            warn!(
+                generation,
+                "{why}; not counted as a failed health check (the app is not at fault)"
+            );
+        }
+        p.last = Some(why);
+    }
+
+    /// Probe `number` ended: healthy makes its generation's starting
+    /// children ready (a reload's is then promoted); anything else is
+    /// probed again. The answer of a probe that does not run (ended
+    /// before it answered) is of another time, and counts for nothing.
     fn on_probed(
         &mut self,
         os: &mut impl Spawner,
-        generation: u64,
+        number: u64,
         result: Result<String, String>,
         now: Instant,
     ) {
         let Some(p) = self
             .probing
             .as_mut()
-            .filter(|p| p.generation == generation && p.due.is_none())
+            .filter(|p| p.number == number && p.due.is_none())
         else {
             return;
         };
+        let generation = p.generation;
         if p.health {
             self.on_health(os, generation, result, now);
             return;

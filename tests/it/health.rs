@@ -403,3 +403,36 @@ fn exec_checks_that_ignore_their_connection_do_not_fill_the_queue() {
     );
     assert_eq!(get(addr).unwrap(), first);
 }
+
+/// A check under way at `relaunch upgrade` (an `exec:` command that
+/// hangs) was the old image's: the new one probes afresh and knows
+/// nothing of it, so it is ended, not left running with its connection.
+#[test]
+fn an_exec_check_under_way_at_an_upgrade_is_ended_not_left_running() {
+    if !require_tool("python3") {
+        return;
+    }
+    let app = App::new("health-exec-upgrade", "");
+    version(&app, "good", 0.0);
+    let checks = app.dir.join("checks");
+    let check = format!("exec:echo $$ >> {}; exec sleep 600", checks.display());
+    let opts = ["--health", &check, "--health-every", "100ms"];
+    let (r, addr, first) = start(&app, &opts);
+    let read = || std::fs::read_to_string(&checks).unwrap_or_default();
+    let hung: i32 = wait_for("a check to start", T, || {
+        read().lines().next().and_then(|l| l.trim().parse().ok())
+    });
+    assert!(pid_alive(hung));
+    let ctl = app.control().display().to_string();
+    let (code, out) = cli(&["upgrade", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    wait_for("the old image's check to end", T, || {
+        (!pid_alive(hung)).then_some(())
+    });
+    // The new image checks on (a check of its own), and the app serves.
+    wait_for("a check of the new image", T, || {
+        (read().lines().count() >= 2).then_some(())
+    });
+    assert_eq!(get(addr).unwrap(), first);
+    assert_eq!(r.log.count("health check failed"), 0, "{}", r.log.text());
+}

@@ -9,7 +9,7 @@ use crate::control::{Replies, Reply, Request, Response};
 use crate::plan::options::Restart;
 use crate::sockets::drain::Busy;
 use crate::supervise::spawn;
-use crate::supervise::supervisor::{Config, Count, ExitStatus, Tell};
+use crate::supervise::supervisor::{Config, Count, ExitStatus, NotProbed, Tell};
 
 /// Records what the loop asks; pids count up from 101. The jobs it gives
 /// run once `gate` is free, so a test can hold one in flight.
@@ -59,11 +59,13 @@ impl Spawner for Fake {
     }
     fn probe(
         &mut self,
+        _number: u64,
         _generation: u64,
         _probe: &crate::plan::options::Probe,
         _pgids: &[i32],
-    ) -> Result<(), String> {
-        Err("no probes here".into())
+        _alone: bool,
+    ) -> Result<(), NotProbed> {
+        Err(NotProbed::Failed("no probes here".into()))
     }
     fn jitter(&mut self) -> f64 {
         0.5

@@ -45,10 +45,14 @@ struct Fake {
     steer_fails: bool,
     /// Canaries given their share.
     shared: Vec<(u64, f64)>,
-    /// Probes started: generation and the process groups given.
+    /// Probes started: generation and the process groups given; and
+    /// their numbers, in the same order.
     probes: Vec<(u64, Vec<i32>)>,
+    numbers: Vec<u64>,
     /// Why a probe cannot start, if it cannot.
-    probe_fails: Option<String>,
+    probe_fails: Option<NotProbed>,
+    /// Whether each probe started (or tried) was of a generation alone.
+    alone: Vec<bool>,
     probes_ended: Vec<u64>,
     /// Starts (true) and ends (false) of probes, by generation, in the
     /// order the driver would carry them out.
@@ -139,6 +143,17 @@ impl Sim {
             now,
         );
     }
+    /// The last probe of `generation` started answers.
+    fn t_probed(&mut self, generation: u64, result: Result<&str, &str>, now: Instant) {
+        let last = self.os.probes.iter().rposition(|(g, _)| *g == generation);
+        let number = last.map_or(0, |i| self.os.numbers[i]);
+        self.t_probed_by(number, result, now);
+    }
+    /// Probe `number` answers.
+    fn t_probed_by(&mut self, number: u64, result: Result<&str, &str>, now: Instant) {
+        let result = result.map(str::to_string).map_err(str::to_string);
+        self.run(Event::Probed { number, result }, now);
+    }
     fn t_timer(&mut self, now: Instant) {
         self.run(Event::Timer, now);
     }
@@ -184,11 +199,20 @@ impl Spawner for Fake {
             false => Ok(()),
         }
     }
-    fn probe(&mut self, generation: u64, _probe: &Probe, pgids: &[i32]) -> Result<(), String> {
+    fn probe(
+        &mut self,
+        number: u64,
+        generation: u64,
+        _probe: &Probe,
+        pgids: &[i32],
+        alone: bool,
+    ) -> Result<(), NotProbed> {
+        self.alone.push(alone);
         if let Some(e) = &self.probe_fails {
             return Err(e.clone());
         }
         self.probes.push((generation, pgids.to_vec()));
+        self.numbers.push(number);
         self.probe_log.push((true, generation));
         Ok(())
     }

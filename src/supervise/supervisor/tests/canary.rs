@@ -333,14 +333,7 @@ fn a_canary_failing_its_health_checks_is_rolled_back() {
         "the canary is checked"
     );
     for n in 1..=2 {
-        let result = Err("GET /healthz answered 500".to_string());
-        s.run(
-            Event::Probed {
-                generation: 2,
-                result,
-            },
-            t0 + n * SEC,
-        );
+        s.t_probed(2, Err("GET /healthz answered 500"), t0 + n * SEC);
         s.t_timer(t0 + (n + 1) * SEC);
     }
     assert_eq!(s.os.steered, [1], "rolled back");

@@ -18,13 +18,6 @@ fn gated(workers: usize) -> Sim {
     s
 }
 
-impl Sim {
-    fn t_probed(&mut self, generation: u64, result: Result<&str, &str>, now: Instant) {
-        let result = result.map(str::to_string).map_err(str::to_string);
-        self.run(Event::Probed { generation, result }, now);
-    }
-}
-
 /// Generation 1 (pid 101) serving after a passed probe, generation 2
 /// (pid 102) started by `relaunch reload`, whose answer is returned.
 fn reloading() -> (Sim, Instant, tokio::sync::oneshot::Receiver<Response>) {
@@ -141,7 +134,7 @@ fn a_reload_without_sockets_of_its_own_cannot_be_probed_and_fails_at_once() {
 #[test]
 fn a_probe_that_cannot_start_is_said_and_tried_again() {
     let mut s = gated(1);
-    s.os.probe_fails = Some("cannot connect".into());
+    s.os.probe_fails = Some(NotProbed::Failed("cannot connect".into()));
     let t0 = Instant::now();
     s.t_start(t0);
     assert!(s.os.probes.is_empty());
@@ -314,7 +307,7 @@ fn an_upgrade_during_a_probed_reload_probes_afresh_and_promotes() {
 #[test]
 fn a_health_check_that_cannot_start_counts_as_failed() {
     let (mut s, t0) = checked();
-    s.os.probe_fails = Some("its accept queue is full".into());
+    s.os.probe_fails = Some(NotProbed::Failed("its accept queue is full".into()));
     for n in 1..=3 {
         s.t_timer(t0 + n * SEC);
     }
@@ -324,17 +317,13 @@ fn a_health_check_that_cannot_start_counts_as_failed() {
     );
 }
 
-/// `--ready http:` and `--health` together: a serving worker that restarts
-/// turns the health check of its generation into a readiness probe. The
-/// check's end is carried out before the probe that replaces it starts
-/// (the driver ends every probe of a generation, and drops what an ended
-/// one finds), so whenever the core waits for a probe's answer, one runs.
-#[test]
-fn a_restarted_worker_under_ready_and_health_probes_is_probed_after_the_check_ends() {
+/// `--ready http:READY` and `--health http:/healthz --health-every 1s
+/// --health-failures 3`, with two workers.
+fn gated_and_checked(ready: &str) -> Sim {
     let mut s = Sim::new(Config {
         drain: Some(Duration::from_secs(10)),
         ready_auto: false,
-        ready_probe: Some(Probe::Http("/healthz".into())),
+        ready_probe: Some(Probe::Http(ready.into())),
         ready_timeout: READY_TIMEOUT,
         health: Some(Health {
             probe: Probe::Http("/healthz".into()),
@@ -344,6 +333,17 @@ fn a_restarted_worker_under_ready_and_health_probes_is_probed_after_the_check_en
         ..cfg(2)
     });
     s.os.own_sockets = true;
+    s
+}
+
+/// `--ready http:` and `--health` together: a serving worker that restarts
+/// turns the health check of its generation into a readiness probe. The
+/// check's end is carried out before the probe that replaces it starts
+/// (the driver ends every probe of a generation), so whenever the core
+/// waits for a probe's answer, one runs.
+#[test]
+fn a_restarted_worker_under_ready_and_health_probes_is_probed_after_the_check_ends() {
+    let mut s = gated_and_checked("/healthz");
     // Whether the core waits for an answer that no running probe gives.
     let stuck = |s: &Sim| {
         let waiting = s.probing.as_ref().filter(|p| p.due.is_none());
@@ -407,4 +407,119 @@ fn a_probe_with_no_answer_fails_at_its_limit_and_the_checks_go_on() {
     assert_eq!(next, limit + SEC, "the next check, a period on");
     s.t_timer(next);
     assert_eq!(s.os.probes.len(), 2, "the checks go on");
+}
+
+/// A check that ran past its limit was ended and counted; its answer,
+/// coming late, is not taken for the check that runs next.
+#[test]
+fn a_late_answer_of_an_ended_check_is_not_taken_for_the_next() {
+    let (mut s, t0) = checked();
+    s.t_timer(t0 + SEC);
+    let limit = t0 + SEC + PROBE_LIMIT;
+    s.t_timer(limit);
+    assert_eq!(s.os.probes_ended, [1], "the hung check is ended");
+    s.t_timer(limit + SEC);
+    assert_eq!(s.os.probes.len(), 2, "the next check runs");
+    let ended = s.os.numbers[0];
+    s.t_probed_by(
+        ended,
+        Err("GET /healthz: the connection was closed"),
+        limit + SEC,
+    );
+    assert_eq!(
+        s.status(limit + SEC).probe.as_deref(),
+        Some("generation 1, --health http:/healthz: no answer within 10s (1 failure(s) in a row)"),
+        "the ended check's answer is not counted"
+    );
+    // The running check's own answer is.
+    s.t_probed(1, Ok("GET /healthz answered 200 OK"), limit + SEC);
+    assert_eq!(
+        s.status(limit + SEC).probe.as_deref(),
+        Some("generation 1, --health http:/healthz: GET /healthz answered 200 OK")
+    );
+}
+
+/// Under `--ready http:` and `--health`, a worker restarts while a health
+/// check of its generation runs: that check's answer, about the
+/// generation before the restart, does not make the restarted worker
+/// ready; only the readiness probe that follows does.
+#[test]
+fn a_health_answer_from_before_a_restart_does_not_make_the_restarted_worker_ready() {
+    let mut s = gated_and_checked("/ready");
+    let t0 = Instant::now();
+    s.t_start(t0);
+    s.t_probed(1, Ok("GET /ready answered 200 OK"), t0);
+    assert_eq!(s.state(), "serving");
+    s.t_timer(t0 + SEC);
+    assert_eq!(s.os.probes.len(), 2, "a health check runs");
+    s.t_exit(101, ExitStatus::Code(1), t0 + SEC);
+    let mut now = t0 + SEC;
+    while s.os.probes.len() < 3 {
+        now = s.next_deadline().expect("something is due");
+        s.t_timer(now);
+    }
+    let pid = s.os.spawned.last().unwrap().0;
+    assert_eq!(s.os.probes.last().unwrap().0, 1, "its readiness is probed");
+    // The ended health check answers now.
+    let check = s.os.numbers[1];
+    s.t_probed_by(check, Ok("GET /healthz answered 200 OK"), now);
+    let state = |s: &Sim| s.children().iter().find(|c| c.pid == pid).unwrap().state;
+    assert!(
+        matches!(state(&s), State::Starting { .. }),
+        "not ready on the ended check's answer: {:?}",
+        state(&s)
+    );
+    s.t_probed(1, Ok("GET /ready answered 200 OK"), now);
+    assert_eq!(state(&s), State::Ready);
+}
+
+/// A health check that relaunch itself cannot start (here: no socket to
+/// probe through, its drain being off) says nothing of the app: it is not
+/// counted, and a healthy app is never killed for it.
+#[test]
+fn a_health_check_relaunch_cannot_start_is_not_counted_against_the_app() {
+    let (mut s, t0) = checked();
+    let own = "the drain is off (said above): generation 1 has no socket of its own, and the \
+               held address reaches another generation too";
+    s.os.probe_fails = Some(NotProbed::Own(own.into()));
+    for n in 1..=5 {
+        s.t_timer(t0 + n * SEC);
+    }
+    assert!(s.os.signals.is_empty(), "{:?}", s.os.signals);
+    assert_eq!(
+        s.status(t0 + 5 * SEC).probe,
+        Some(format!(
+            "generation 1, --health http:/healthz: relaunch cannot check it: {own}"
+        )),
+        "no failure counted"
+    );
+    assert_eq!(
+        s.next_deadline(),
+        Some(t0 + 6 * SEC),
+        "tried again a period on"
+    );
+    // Once it can be probed, its checks count again.
+    s.os.probe_fails = None;
+    s.t_timer(t0 + 6 * SEC);
+    s.t_probed(1, Err("GET /healthz answered 500"), t0 + 6 * SEC);
+    assert_eq!(
+        s.status(t0 + 6 * SEC).probe.as_deref(),
+        Some(
+            "generation 1, --health http:/healthz: GET /healthz answered 500 (1 failure(s) in a row)"
+        )
+    );
+}
+
+/// Where a generation has no socket of its own (the drain off at run
+/// time), the held address reaches it alone only if no other generation
+/// runs: the serving one's checks may go there, a reload's probe may not.
+#[test]
+fn a_probe_is_told_whether_its_generation_runs_alone() {
+    let (s, _, _answer) = reloading();
+    assert_eq!(s.os.probes.len(), 2);
+    assert_eq!(
+        s.os.alone,
+        [true, false],
+        "the first alone, the reload's beside it"
+    );
 }
