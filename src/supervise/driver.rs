@@ -195,7 +195,7 @@ pub async fn run(boot: Boot) -> Result<i32> {
         listeners,
         groups,
         probes: HashMap::new(),
-        probing: None,
+        probing: HashMap::new(),
         probe_conns: HashMap::new(),
         probe_cmds: HashMap::new(),
         probed: mpsc::unbounded_channel(),
@@ -1160,13 +1160,13 @@ struct Driver {
     /// relaunch's own connections to a starting generation's sockets, by
     /// generation (see `Group::probe`).
     probes: HashMap<u64, Vec<Socket>>,
-    /// Health probes (`--ready http:`, `tcp`, `exec:`): the helper thread
-    /// running (generation, number) until it answers or its probe ends,
-    /// whose connection alone is kept; the connection kept for a
+    /// Health probes (`--ready http:`, `tcp`, `exec:`): the helper threads
+    /// running (generation: number) until each answers or its probe ends,
+    /// whose connections alone are kept; the connection kept for a
     /// generation's next probe; the `exec:` commands running (pid:
     /// generation, number); and where the helper threads report. The core
     /// takes only the running probe's answer (by its number).
-    probing: Option<(u64, u64)>,
+    probing: HashMap<u64, u64>,
     probe_conns: HashMap<u64, probe::Conn>,
     probe_cmds: HashMap<i32, (u64, u64)>,
     probed: (
@@ -2011,12 +2011,11 @@ impl Driver {
     /// kept for the next probe unless the probes of its generation ended
     /// meanwhile.
     fn on_probed(&mut self, (generation, number, keep, result): Probed) -> Vec<Event> {
-        if self
-            .probing
-            .take_if(|&mut p| p == (generation, number))
-            .is_some()
-            && let Some(conn) = keep
-        {
+        let running = self.probing.get(&generation) == Some(&number);
+        if running {
+            self.probing.remove(&generation);
+        }
+        if running && let Some(conn) = keep {
             self.probe_conns.insert(generation, conn);
         }
         vec![Event::Probed { number, result }]
@@ -2026,7 +2025,7 @@ impl Driver {
     /// `exec:` command is killed (its exit then answers for a probe that
     /// no longer runs).
     fn end_probe(&mut self, generation: u64) {
-        self.probing.take_if(|(g, _)| *g == generation);
+        self.probing.remove(&generation);
         self.probe_conns.remove(&generation);
         for (&pid, &(g, _)) in &self.probe_cmds {
             if g == generation {
@@ -2201,7 +2200,7 @@ impl Spawner for Driver {
         };
         let (probe, pgids) = (probe.clone(), pgids.to_vec());
         let tx = self.probed.0.clone();
-        self.probing = Some((generation, number));
+        self.probing.insert(generation, number);
         tokio::task::spawn_blocking(move || {
             let pids = crate::proc::group_members(&pgids);
             let (keep, result) = probe::look(conn, &probe, &pids);

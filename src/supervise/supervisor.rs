@@ -733,9 +733,11 @@ pub struct Supervisor {
     upgrade: Option<UpgradeCheck>,
     /// The old generation's drain, as last measured.
     drain: DrainWatch,
-    /// `--ready http:`, `tcp`, `exec:`: the generation being probed (not
-    /// carried by an upgrade: the next image probes afresh).
-    probing: Option<Probing>,
+    /// `--ready http:`, `tcp`, `exec:`: the generations being probed, each
+    /// by its own probe: a reload's while it starts, and the serving one
+    /// (its start, a restarted worker's, or its health). Not carried by an
+    /// upgrade: the next image probes afresh.
+    probing: Vec<Probing>,
     /// The number of the last probe started: an answer is taken only from
     /// the probe that runs, never from one ended before it.
     probes_started: u64,
@@ -823,7 +825,7 @@ impl Supervisor {
             dev,
             upgrade: None,
             drain: DrainWatch::default(),
-            probing: None,
+            probing: Vec::new(),
             probes_started: 0,
             out: Vec::new(),
         }
@@ -1156,13 +1158,11 @@ impl Supervisor {
             .chain(self.kept.first_deadline.filter(|_| !self.kept.announced))
             .chain(self.dev.as_ref().and_then(|d| d.due))
             .chain(self.upgrade.filter(|u| !u.ended).map(|u| u.deadline))
-            .chain(self.probing.as_ref().and_then(|p| p.due))
+            // The next probe, or the limit of the one that runs.
             .chain(
                 self.probing
-                    .as_ref()
-                    .filter(|p| p.due.is_none())
-                    .and_then(|p| p.started)
-                    .map(|t| t + PROBE_LIMIT),
+                    .iter()
+                    .filter_map(|p| p.due.or(p.started.map(|t| t + PROBE_LIMIT))),
             )
             .min()
     }
@@ -1245,20 +1245,26 @@ impl Supervisor {
 
     /// What `status` says of the probes under way.
     fn probe_status(&self) -> Option<String> {
-        let p = self.probing.as_ref()?;
-        let (flag, probe) = match (p.health, &self.kept.cfg.health) {
-            (true, Some(h)) => ("--health", &h.probe),
-            _ => ("--ready", self.kept.cfg.ready_probe.as_ref()?),
-        };
-        let last = p.last.as_deref().unwrap_or("no probe has ended yet");
-        let failures = match p.failures {
-            0 => String::new(),
-            n => format!(" ({n} failure(s) in a row)"),
-        };
-        Some(format!(
-            "generation {}, {flag} {probe}: {last}{failures}",
-            p.generation
-        ))
+        let said: Vec<String> = self
+            .probing
+            .iter()
+            .filter_map(|p| {
+                let (flag, probe) = match (p.health, &self.kept.cfg.health) {
+                    (true, Some(h)) => ("--health", &h.probe),
+                    _ => ("--ready", self.kept.cfg.ready_probe.as_ref()?),
+                };
+                let last = p.last.as_deref().unwrap_or("no probe has ended yet");
+                let failures = match p.failures {
+                    0 => String::new(),
+                    n => format!(" ({n} failure(s) in a row)"),
+                };
+                Some(format!(
+                    "generation {}, {flag} {probe}: {last}{failures}",
+                    p.generation
+                ))
+            })
+            .collect();
+        (!said.is_empty()).then(|| said.join("; "))
     }
 
     fn draining(&self, now: Instant) -> Option<control::DrainInfo> {
@@ -1538,6 +1544,17 @@ impl Supervisor {
             return;
         }
         self.kept.first_deadline = None;
+        // Ready, and announced once the reload asked meanwhile ends.
+        let serving = self.kept.serving;
+        let mut own = self
+            .kept
+            .children
+            .iter()
+            .filter(|c| c.generation == serving && c.alive())
+            .peekable();
+        if own.peek().is_some() && own.all(|c| c.state == State::Ready) {
+            return;
+        }
         let elsewhere = self
             .serving_elsewhere(self.kept.serving)
             .is_some_and(|pid| self.say_elsewhere(pid));
@@ -3244,55 +3261,87 @@ impl Supervisor {
         self.end_drain(now);
     }
 
-    /// The generation to probe now (`--ready http:`, `tcp`, `exec:`): a
-    /// reload's, while it starts; else the serving one while a child of it
-    /// starts (the first generation, a restarted worker).
-    fn to_probe(&self) -> Option<u64> {
-        self.kept.cfg.ready_probe.as_ref()?;
-        if self.kept.life.stopping() || self.demand == Demand::IdleStopping {
-            return None;
+    /// The generations to probe for readiness now (`--ready http:`, `tcp`,
+    /// `exec:`): a reload's while it starts, and the serving one while a
+    /// child of it starts (the first generation, a restarted worker), each
+    /// by its own probe.
+    fn to_probe(&self) -> Vec<u64> {
+        if self.kept.cfg.ready_probe.is_none()
+            || self.kept.life.stopping()
+            || self.demand == Demand::IdleStopping
+        {
+            return Vec::new();
         }
-        let generation = self.pending().unwrap_or(self.kept.serving);
-        self.kept
-            .children
-            .iter()
-            .any(|c| {
+        let starting = |generation: u64| {
+            self.kept.children.iter().any(|c| {
                 c.generation == generation && c.alive() && matches!(c.state, State::Starting { .. })
             })
-            .then_some(generation)
+        };
+        let mut found: Vec<u64> = self.pending().into_iter().collect();
+        if !found.contains(&self.kept.serving) {
+            found.push(self.kept.serving);
+        }
+        found.retain(|&g| starting(g));
+        found
     }
 
-    /// What to probe now, and whether for its health: a generation that
-    /// starts ([`Supervisor::to_probe`]); else, with `--health`, the
+    /// What to probe now, and whether for its health: the generations that
+    /// start ([`Supervisor::to_probe`]); else, with `--health`, the
     /// serving one while it simply serves (not while a reload, a backoff
-    /// or a restarted worker's start is under way).
-    fn probe_wanted(&self) -> Option<(u64, bool)> {
-        if let Some(generation) = self.to_probe() {
-            return Some((generation, false));
+    /// or a restarted worker's start is under way), or a canary.
+    fn probes_wanted(&self) -> Vec<(u64, bool)> {
+        let starting = self.to_probe();
+        if !starting.is_empty() {
+            return starting.into_iter().map(|g| (g, false)).collect();
         }
-        self.kept.cfg.health.as_ref()?;
+        if self.kept.cfg.health.is_none() {
+            return Vec::new();
+        }
         if let Some((generation, ..)) = self.canary() {
-            return Some((generation, true));
+            return vec![(generation, true)];
         }
-        (self.doing() == Doing::Serving && self.others_serve(None))
-            .then_some((self.kept.serving, true))
+        if self.doing() == Doing::Serving && self.others_serve(None) {
+            return vec![(self.kept.serving, true)];
+        }
+        Vec::new()
     }
 
-    /// Keeps the probes of [`Supervisor::probe_wanted`] going: one at a
-    /// time, [`PROBE_EVERY`] apart for readiness, `--health-every` for
-    /// health. Probes no longer wanted (ready, failed, gone) end.
+    /// Keeps the probes of [`Supervisor::probes_wanted`] going: one at a
+    /// time for each generation, [`PROBE_EVERY`] apart for readiness,
+    /// `--health-every` for health. Probes no longer wanted (ready,
+    /// failed, gone) end.
     fn probe_due(&mut self, os: &mut impl Spawner, now: Instant) {
-        let want = self.probe_wanted();
-        let ended = self
-            .probing
-            .take_if(|p| Some((p.generation, p.health)) != want)
-            .map(|p| p.generation);
-        if let Some(generation) = ended {
+        let want = self.probes_wanted();
+        let mut ended = Vec::new();
+        self.probing.retain(|p| {
+            let keep = want.contains(&(p.generation, p.health));
+            if !keep {
+                ended.push(p.generation);
+            }
+            keep
+        });
+        for &generation in &ended {
             self.out.push(Effect::EndProbe { generation });
         }
-        let Some((generation, health)) = want else {
-            return;
-        };
+        for (generation, health) in want {
+            // The driver ends every probe of a generation: one that
+            // replaces an ended one starts next turn, once that end is
+            // carried out.
+            let wait = ended.contains(&generation);
+            self.probe_one(os, generation, health, wait, now);
+        }
+    }
+
+    /// Starts the next probe of `generation` when it is due (not before
+    /// the next turn if `wait`), or fails the one that runs past its limit.
+    fn probe_one(
+        &mut self,
+        os: &mut impl Spawner,
+        generation: u64,
+        health: bool,
+        wait: bool,
+        now: Instant,
+    ) {
         let (probe, first) = match (health, &self.kept.cfg.health) {
             (true, Some(h)) => (h.probe.clone(), now + h.every),
             _ => match &self.kept.cfg.ready_probe {
@@ -3300,29 +3349,31 @@ impl Supervisor {
                 None => return,
             },
         };
+        let i = match self.probing.iter().position(|p| p.generation == generation) {
+            Some(i) => i,
+            None => {
+                self.probing.push(Probing {
+                    generation,
+                    health,
+                    failures: 0,
+                    due: Some(first),
+                    number: 0,
+                    started: None,
+                    last: None,
+                });
+                self.probing.len() - 1
+            }
+        };
+        let p = &self.probing[i];
         // One that runs past its limit failed; the next starts as after any.
-        if let Some(p) = &self.probing
-            && p.due.is_none()
-            && p.started.is_some_and(|t| now >= t + PROBE_LIMIT)
-        {
-            let (generation, number) = (p.generation, p.number);
+        if p.due.is_none() && p.started.is_some_and(|t| now >= t + PROBE_LIMIT) {
+            let number = p.number;
             self.out.push(Effect::EndProbe { generation });
             let why = format!("no answer within {}", duration::human(PROBE_LIMIT));
             self.on_probed(os, number, Err(why), now);
             return;
         }
-        let p = self.probing.get_or_insert(Probing {
-            generation,
-            health,
-            failures: 0,
-            due: Some(first),
-            number: 0,
-            started: None,
-            last: None,
-        });
-        // The driver ends every probe of a generation: one that replaces an
-        // ended one starts next turn, once that end is carried out.
-        if p.due.is_none_or(|t| t > now) || ended == Some(generation) {
+        if wait || p.due.is_none_or(|t| t > now) {
             return;
         }
         let pgids = self.alive_pids(generation);
@@ -3331,9 +3382,7 @@ impl Supervisor {
             .children
             .iter()
             .any(|c| c.alive() && c.generation != generation);
-        let Some(p) = &mut self.probing else {
-            return;
-        };
+        let p = &mut self.probing[i];
         self.probes_started += 1;
         p.number = self.probes_started;
         p.due = None;
@@ -3356,7 +3405,8 @@ impl Supervisor {
     /// relaunch's own: said (once while it lasts), not counted; the next
     /// check is a period on.
     fn unchecked(&mut self, generation: u64, why: String, now: Instant) {
-        let (Some(h), Some(p)) = (&self.kept.cfg.health, &mut self.probing) else {
+        let p = self.probing.iter_mut().find(|p| p.generation == generation);
+        let (Some(h), Some(p)) = (&self.kept.cfg.health, p) else {
             return;
         };
         p.due = Some(now + h.every);
@@ -3383,8 +3433,8 @@ impl Supervisor {
     ) {
         let Some(p) = self
             .probing
-            .as_mut()
-            .filter(|p| p.number == number && p.due.is_none())
+            .iter_mut()
+            .find(|p| p.number == number && p.due.is_none())
         else {
             return;
         };
@@ -3428,7 +3478,11 @@ impl Supervisor {
         result: Result<String, String>,
         now: Instant,
     ) {
-        let (Some(h), Some(p)) = (&self.kept.cfg.health, &mut self.probing) else {
+        let p = self
+            .probing
+            .iter_mut()
+            .find(|p| p.generation == generation && p.health);
+        let (Some(h), Some(p)) = (&self.kept.cfg.health, p) else {
             return;
         };
         p.due = Some(now + h.every);
@@ -3483,8 +3537,8 @@ impl Supervisor {
         let probe = self.kept.cfg.ready_probe.as_ref()?;
         let last = self
             .probing
-            .as_ref()
-            .filter(|p| p.generation == generation && !p.health)
+            .iter()
+            .find(|p| p.generation == generation && !p.health)
             .and_then(|p| p.last.clone());
         Some(last.unwrap_or_else(|| format!("no --ready {probe} probe of it has ended yet")))
     }

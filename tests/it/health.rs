@@ -436,3 +436,56 @@ fn an_exec_check_under_way_at_an_upgrade_is_ended_not_left_running() {
     assert_eq!(get(addr).unwrap(), first);
     assert_eq!(r.log.count("health check failed"), 0, "{}", r.log.text());
 }
+
+/// `relaunch reload` of a bad version before the first generation's probe
+/// passed: the first generation is still probed, and ready by its own
+/// probe; when the reload fails, it serves on as any ready generation,
+/// with no "not healthy, treating it as serving anyway" at its deadline.
+#[test]
+fn a_reload_asked_while_the_first_generation_starts_leaves_it_probed_and_ready() {
+    if !require_tool("python3") {
+        return;
+    }
+    let app = App::new("health-early-reload", "");
+    // It accepts only after 1 s: the reload comes before its probe passes.
+    version(&app, "good", 1.0);
+    let ctl = app.control().display().to_string();
+    let script = app.script();
+    // The address the app binds, held from the start (see `start_at`).
+    let port = free_port();
+    let (listen, p) = (format!("0.0.0.0:{port}"), port.to_string());
+    let mut r = Relaunch::start(&[
+        "-l",
+        &listen,
+        "--control",
+        &ctl,
+        "--ready",
+        "http:/healthz",
+        "--ready-timeout",
+        "4s",
+        "--",
+        "sh",
+        &script,
+        &p,
+    ]);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for("relaunch's control socket", T, || {
+        (cli(&["status", "--control", &ctl], T).0 == Some(0)).then_some(())
+    });
+    version(&app, "bad", 0.0);
+    let (code, out, _) = reload(&app);
+    assert_eq!(code, Some(1), "the bad version's reload fails: {out}");
+    assert!(out.contains("answered 500"), "{out}");
+    let log = r.log.text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ready after") && l.contains("generation=1")),
+        "generation 1 was ready by its own probe:\n{log}"
+    );
+    assert!(!log.contains("anyway"), "{log}");
+    let st = status(&app.control());
+    assert!(st.contains("serving, generation 1"), "{st}");
+    get(addr).expect("generation 1 answers");
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+}

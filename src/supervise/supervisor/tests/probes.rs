@@ -346,8 +346,7 @@ fn a_restarted_worker_under_ready_and_health_probes_is_probed_after_the_check_en
     let mut s = gated_and_checked("/healthz");
     // Whether the core waits for an answer that no running probe gives.
     let stuck = |s: &Sim| {
-        let waiting = s.probing.as_ref().filter(|p| p.due.is_none());
-        waiting.is_some_and(|p| {
+        s.probing.iter().filter(|p| p.due.is_none()).any(|p| {
             s.os.probe_log
                 .iter()
                 .rev()
@@ -368,7 +367,7 @@ fn a_restarted_worker_under_ready_and_health_probes_is_probed_after_the_check_en
     s.t_exit(101, ExitStatus::Code(1), t0 + SEC);
     assert!(!stuck(&s), "{:?}", s.os.probe_log);
     let mut now = t0 + SEC;
-    while s.os.spawned.len() <= workers || s.probing.as_ref().is_some_and(|p| p.due.is_some()) {
+    while s.os.spawned.len() <= workers || s.probing.iter().any(|p| p.due.is_some()) {
         now = s.next_deadline().expect("something is due");
         s.t_timer(now);
         assert!(
@@ -522,4 +521,40 @@ fn a_probe_is_told_whether_its_generation_runs_alone() {
         [true, false],
         "the first alone, the reload's beside it"
     );
+}
+
+/// `relaunch reload` before the first generation's probe passed: both
+/// generations are probed, each by its own probe. The first is ready once
+/// its probe passes, not left starting (and "not healthy") until the
+/// reload of a bad version fails.
+#[test]
+fn a_reload_before_the_first_generation_is_ready_probes_both() {
+    let mut s = gated(1);
+    let t0 = Instant::now();
+    s.t_start(t0);
+    assert_eq!(s.os.probes, [(1, vec![101])]);
+    let _answer = s.t_reload_client(t0 + ms(5));
+    assert_eq!(s.os.opened, [2]);
+    assert_eq!(
+        s.os.probes,
+        [(1, vec![101]), (2, vec![102])],
+        "the reload's generation is probed beside the first"
+    );
+    assert!(
+        s.os.probes_ended.is_empty(),
+        "the first one's probe goes on"
+    );
+    s.t_probed(1, Ok("GET /healthz answered 200 OK"), t0 + ms(10));
+    assert_eq!(
+        s.kept.children[0].state,
+        State::Ready,
+        "generation 1 is ready"
+    );
+    let bad = "GET /healthz answered 500 Internal Server Error";
+    s.t_probed(2, Err(bad), t0 + ms(10));
+    // Generation 2 is probed on; generation 1's probe ended with its start.
+    s.t_timer(t0 + ms(10) + PROBE_EVERY);
+    assert_eq!(s.os.probes.last(), Some(&(2, vec![102])));
+    assert_eq!(s.os.probes_ended, [1]);
+    assert_eq!(s.kept.serving, 1);
 }
