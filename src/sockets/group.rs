@@ -234,10 +234,11 @@ impl Steered {
         }
     }
 
-    /// Gives `generation` a socket of its own that nothing reaches yet.
-    pub fn open(&mut self, generation: u64) -> io::Result<Arc<Socket>> {
+    /// Gives `generation` a socket of its own that nothing reaches yet;
+    /// `neighbours`: relaunch's other sockets (see [`Group::open`]).
+    pub fn open(&mut self, generation: u64, neighbours: &[u64]) -> io::Result<Arc<Socket>> {
         match self {
-            Steered::Tcp(g) => g.open(generation),
+            Steered::Tcp(g) => g.open(generation, neighbours),
             Steered::Unix(g) => g.open(generation),
         }
     }
@@ -518,8 +519,10 @@ impl Group {
     }
 
     /// Gives `generation` a member that nothing is steered to: a free one,
-    /// or a new one, whose slot a probe confirms first.
-    pub fn open(&mut self, generation: u64) -> io::Result<Arc<Socket>> {
+    /// or a new one, whose slot a probe confirms first. `neighbours`: the
+    /// inodes of relaunch's other listeners, which may share the port on
+    /// another address, and are not foreign.
+    pub fn open(&mut self, generation: u64, neighbours: &[u64]) -> io::Result<Arc<Socket>> {
         if let Some(i) = self.position(generation).filter(|&i| i != self.route) {
             return Ok(Arc::clone(&self.members[i].socket));
         }
@@ -527,7 +530,7 @@ impl Group {
             .find(|&i| i != self.route && self.members[i].generations.is_empty());
         let i = match free {
             Some(i) => i,
-            None => self.grow()?,
+            None => self.grow(neighbours)?,
         };
         self.members[i].generations.push(generation);
         Ok(Arc::clone(&self.members[i].socket))
@@ -681,8 +684,8 @@ impl Group {
 
     /// A new member in the next slot, confirmed by a probe; the route is
     /// unchanged throughout.
-    fn grow(&mut self) -> io::Result<usize> {
-        let ours: Vec<u64> = self.inodes().collect();
+    fn grow(&mut self, neighbours: &[u64]) -> io::Result<usize> {
+        let ours: Vec<u64> = self.inodes().chain(neighbours.iter().copied()).collect();
         let found = steer::foreign_listeners(self.port(), &ours)?;
         if !found.is_empty() {
             // Its slot would be where ours is counted: a probe, if not
@@ -796,7 +799,7 @@ mod tests {
     fn a_generation_beside_the_serving_one_gets_nothing_until_steered_to() {
         let mut g = Group::new(home(), 128).unwrap();
         let one = g.socket_for(1);
-        let two = g.open(2).unwrap();
+        let two = g.open(2, &[]).unwrap();
         assert_ne!(
             steer::inode_of(one.as_ref()).unwrap(),
             steer::inode_of(two.as_ref()).unwrap()
@@ -817,7 +820,7 @@ mod tests {
     fn a_canary_takes_its_share_until_either_generation_is_steered_to() {
         let mut g = Group::new(home(), 128).unwrap();
         let one = g.socket_for(1);
-        let two = g.open(2).unwrap();
+        let two = g.open(2, &[]).unwrap();
         g.share_to(2, 0.5).unwrap();
         // Both get some: 200 draws at one half miss one side with 2^-199.
         let canary = (0..200).filter(|_| lands(&g, &[&one, &two]) == 1).count();
@@ -849,7 +852,7 @@ mod tests {
     fn a_handed_over_canary_keeps_its_share() {
         let mut g = Group::new(home(), 128).unwrap();
         let one = g.socket_for(1);
-        let two = g.open(2).unwrap();
+        let two = g.open(2, &[]).unwrap();
         g.share_to(2, 0.5).unwrap();
         g.steer_to(1).unwrap();
         let (members, mut saved) = g.save();
@@ -864,7 +867,7 @@ mod tests {
     fn probes_reach_the_new_generation_alone_and_the_route_stays() {
         let mut g = Group::new(home(), 128).unwrap();
         let one = g.socket_for(1);
-        let two = g.open(2).unwrap();
+        let two = g.open(2, &[]).unwrap();
         let probes = g.probe(2, 3, PROBE_WAIT).unwrap();
         assert_eq!(probes.len(), 3);
         two.set_nonblocking(true).unwrap();
@@ -882,7 +885,7 @@ mod tests {
     fn a_probe_of_a_full_queue_gives_up_within_its_wait() {
         let mut g = Group::new(home(), 1).unwrap();
         g.socket_for(1);
-        g.open(2).unwrap();
+        g.open(2, &[]).unwrap();
         // A backlog of 1 holds 2; the third handshake is dropped.
         let _full = g.probe(2, 2, PROBE_WAIT).unwrap();
         let t = std::time::Instant::now();
@@ -903,7 +906,7 @@ mod tests {
         };
         let mut g = Group::new(Arc::new(first), 128).unwrap();
         let one = g.socket_for(1);
-        let two = g.open(2).expect("the probe over ::1 finds it");
+        let two = g.open(2, &[]).expect("the probe over ::1 finds it");
         assert!(two.only_v6().unwrap());
         g.steer_to(2).unwrap();
         let c = std::net::TcpStream::connect(("::1", g.addr.port())).unwrap();
@@ -920,17 +923,17 @@ mod tests {
     fn a_released_member_serves_the_next_reload_and_the_group_does_not_grow() {
         let mut g = Group::new(home(), 128).unwrap();
         let one = g.socket_for(1);
-        let two = g.open(2).unwrap();
+        let two = g.open(2, &[]).unwrap();
         g.steer_to(2).unwrap();
         g.release(1);
-        let three = g.open(3).unwrap();
+        let three = g.open(3, &[]).unwrap();
         assert!(Arc::ptr_eq(&three, &one), "the free member is reused");
         assert_eq!(g.inodes().count(), 2);
         g.steer_to(3).unwrap();
         assert_eq!(lands(&g, &[&one, &two]), 0);
         // A failed reload leaves the routed generation as it was.
         g.release(2);
-        let four = g.open(4).unwrap();
+        let four = g.open(4, &[]).unwrap();
         assert!(Arc::ptr_eq(&four, &two));
         g.release(4);
         assert_eq!(g.routed(), Some(3));
@@ -944,7 +947,7 @@ mod tests {
         assert!(Arc::ptr_eq(&g.socket_for(2), &one));
         assert_eq!(g.release(2), 0);
         assert_eq!(g.inodes_besides(3).len(), 1, "generation 1 still has it");
-        let three = g.open(3).unwrap();
+        let three = g.open(3, &[]).unwrap();
         assert!(!Arc::ptr_eq(&three, &one));
     }
 
@@ -961,7 +964,7 @@ mod tests {
         // A member nothing is steered to: what waits there is reset.
         let mut g = Group::new(home(), 128).unwrap();
         g.socket_for(1);
-        let two = g.open(2).unwrap();
+        let two = g.open(2, &[]).unwrap();
         let _probes = g.probe(2, 2, PROBE_WAIT).unwrap();
         assert_eq!(
             g.release(2),
@@ -989,7 +992,7 @@ mod tests {
         let one = g.socket_for(1);
         // Same uid as the group's owner: it can join, and takes slot 1.
         let stranger = Arc::new(steer::member(g.addr, None, 128).unwrap());
-        let err = g.open(2).unwrap_err().to_string();
+        let err = g.open(2, &[]).unwrap_err().to_string();
         assert!(err.contains("a listener relaunch does not own"), "{err}");
         for _ in 0..20 {
             assert_eq!(lands(&g, &[&one, &stranger]), 0);
@@ -1024,7 +1027,7 @@ mod tests {
     fn a_handed_over_group_steers_as_before() {
         let mut g = Group::new(home(), 128).unwrap();
         let one = g.socket_for(1);
-        let two = g.open(2).unwrap();
+        let two = g.open(2, &[]).unwrap();
         g.steer_to(2).unwrap();
         let (sockets, saved) = g.save();
         let json = serde_json::to_string(&saved).unwrap();

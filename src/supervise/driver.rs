@@ -1794,11 +1794,11 @@ impl Driver {
         share: Option<f64>,
     ) -> Result<Vec<group::Routing>, String> {
         let mut done = Vec::with_capacity(self.groups.len());
+        let ours = self.steered_inodes();
         for (g, l) in self.groups.iter_mut().zip(&self.listeners) {
             let Steered::Tcp(g) = g else {
                 continue;
             };
-            let ours: Vec<u64> = g.inodes().collect();
             if let Ok(found) = steer::foreign_listeners(g.port(), &ours)
                 && !found.is_empty()
             {
@@ -1831,37 +1831,57 @@ impl Driver {
         Ok(done)
     }
 
-    /// While a canary's share is steered: why it must end, if listeners
-    /// relaunch does not own are on one of its ports. Blocking: netlink.
-    fn guard_job(&self) -> impl FnOnce() -> Vec<Event> + Send + 'static {
-        let ports: Vec<(String, u16, Vec<u64>)> = self
+    /// While the share of canary `generation` is steered: why it must end,
+    /// if listeners relaunch does not own are on one of its ports.
+    /// Blocking: netlink.
+    fn guard_job(&self, generation: u64) -> impl FnOnce() -> Vec<Event> + Send + 'static {
+        let ours = self.steered_inodes();
+        let ports: Vec<(String, u16)> = self
             .groups
             .iter()
             .zip(&self.listeners)
             .filter_map(|(g, l)| match g {
-                Steered::Tcp(g) => Some((l.name.clone(), g.port(), g.inodes().collect())),
+                Steered::Tcp(g) => Some((l.name.clone(), g.port())),
                 Steered::Unix(_) => None,
             })
             .collect();
         move || {
-            ports
-                .iter()
-                .find_map(
-                    |(name, port, ours)| match steer::foreign_listeners(*port, ours) {
-                        Ok(found) if !found.is_empty() => {
-                            Some(no_share_beside(name, *port, &found))
+            let found = ports.iter().find_map(|(name, port)| {
+                match steer::foreign_listeners(*port, &ours) {
+                    Ok(found) if !found.is_empty() => Some(no_share_beside(name, *port, &found)),
+                    Ok(_) => None,
+                    Err(e) => {
+                        // Said once: the look is tried again every tick.
+                        static SAID: std::sync::atomic::AtomicBool =
+                            std::sync::atomic::AtomicBool::new(false);
+                        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            warn!(
+                                "cannot list the listeners on port {port} to guard the canary's \
+                                 share: {e}; a listener relaunch does not own would go unseen"
+                            );
                         }
-                        Ok(_) => None,
-                        Err(e) => {
-                            debug!("cannot list the listeners on port {port}: {e}");
-                            None
-                        }
-                    },
-                )
-                .map(|why| Event::Foreign { why })
+                        None
+                    }
+                }
+            });
+            found
+                .map(|why| Event::Foreign { generation, why })
                 .into_iter()
                 .collect()
         }
+    }
+
+    /// The sockets of every TCP group: relaunch's own listeners on a port
+    /// (`-l 127.0.0.1:P -l [::1]:P` are two) are never foreign to each other.
+    fn steered_inodes(&self) -> Vec<u64> {
+        self.groups
+            .iter()
+            .filter_map(|g| match g {
+                Steered::Tcp(g) => Some(g.inodes()),
+                Steered::Unix(_) => None,
+            })
+            .flatten()
+            .collect()
     }
 
     /// All or nothing: the TCP groups steered already (`done`: where each
@@ -2119,14 +2139,16 @@ impl Spawner for Driver {
             return false;
         }
         let mut own = Vec::with_capacity(self.groups.len());
+        let mut ours = self.steered_inodes();
         for (g, l) in self.groups.iter_mut().zip(&self.listeners) {
             let slots = match g {
                 Steered::Tcp(g) => g.len(),
                 // Kept in the fd store once it has the socket file.
                 Steered::Unix(_) => usize::MAX,
             };
-            match g.open(generation) {
+            match g.open(generation, &ours) {
                 Ok(s) => {
+                    ours.extend(steer::inode_of(&s).ok());
                     // A new member: kept in the fd store with its slot.
                     if matches!(g, Steered::Tcp(tcp) if tcp.len() > slots)
                         && self.launch.fd_store
@@ -2334,8 +2356,8 @@ impl Os for Driver {
         }
     }
 
-    fn guard_job(&self) -> impl FnOnce() -> Vec<Event> + Send + 'static {
-        Driver::guard_job(self)
+    fn guard_job(&self, generation: u64) -> impl FnOnce() -> Vec<Event> + Send + 'static {
+        Driver::guard_job(self, generation)
     }
 
     fn listeners(&mut self) -> &[Listener] {

@@ -80,7 +80,7 @@ pub trait Os: Spawner {
     ) -> impl FnOnce() -> (Watch, Event) + Send + 'static;
     /// Looks for listeners relaunch does not own where a canary's share is
     /// steered (see `Event::Foreign`).
-    fn guard_job(&self) -> impl FnOnce() -> Vec<Event> + Send + 'static;
+    fn guard_job(&self, generation: u64) -> impl FnOnce() -> Vec<Event> + Send + 'static;
     /// The held listeners as they are now, to watch while no child runs.
     fn listeners(&mut self) -> &[Listener];
 }
@@ -132,8 +132,10 @@ pub struct Sources<O: Os> {
     /// What the measures remember (handshakes seen at the first), for the
     /// reload of this generation; away while a measure runs.
     drain_watch: Option<(u64, Watch)>,
-    /// A canary's ports, checked this often, one look at a time.
+    /// A canary's ports, checked this often, one look at a time, for the
+    /// canary of this generation.
     guard: Every,
+    guarded: Option<u64>,
     guarding: Task<Vec<Event>>,
 }
 
@@ -162,6 +164,7 @@ impl<O: Os> Sources<O> {
             draining: Task::default(),
             drain_watch: None,
             guard: Every::default(),
+            guarded: None,
             guarding: Task::default(),
             sweep: Task::default(),
             listeners: Listeners::default(),
@@ -284,7 +287,8 @@ impl<O: Os> Sources<O> {
             self.draining
                 .start(rt.os.drain_job(generation, pgids, end_reads, watch));
         }
-        self.guard.arm(wants.guard.then_some(GUARD_EVERY), now);
+        self.guard.arm(wants.guard.map(|_| GUARD_EVERY), now);
+        self.guarded = wants.guard;
         if !wants.listeners {
             self.listeners.stop();
         } else if !self.listeners.watching() && !self.listeners.start(rt.os.listeners()) {
@@ -366,8 +370,10 @@ pub fn on_wake<O: Os>(rt: &mut Runtime<O>, src: &mut Sources<O>, wake: Wake<O>) 
         Wake::Swept(found) => vec![rt.os.swept(found)],
         Wake::GuardTick => {
             src.guard.ticked(now);
-            if !src.guarding.busy() {
-                src.guarding.start(rt.os.guard_job());
+            if let Some(generation) = src.guarded
+                && !src.guarding.busy()
+            {
+                src.guarding.start(rt.os.guard_job(generation));
             }
             Vec::new()
         }

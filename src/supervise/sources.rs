@@ -41,9 +41,10 @@ pub struct Wants {
     /// generation, whose older ones are these process groups; true: its
     /// connections' reads are ended first (the drain timeout passed).
     pub drain: Option<(u64, Vec<i32>, bool)>,
-    /// A canary's share is steered: look for listeners relaunch does not
-    /// own on its ports, which a share could reach (see `Event::Foreign`).
-    pub guard: bool,
+    /// A canary's share is steered (to this generation): look for
+    /// listeners relaunch does not own on its ports, which a share could
+    /// reach (see `Event::Foreign`).
+    pub guard: Option<u64>,
 }
 
 /// A tick every `period` while armed. The next tick is an absolute instant,

@@ -172,9 +172,9 @@ pub enum Event {
     /// A connection (or datagram) waits on a listener while no child runs.
     Connection,
     /// Listeners relaunch does not own are on a port a canary's share is
-    /// steered on (see [`Wants::guard`]), and where: the canary is rolled
-    /// back for that reason.
-    Foreign { why: String },
+    /// steered on (see [`Wants::guard`]), and where: canary `generation`
+    /// is rolled back for that reason.
+    Foreign { generation: u64, why: String },
     /// The listeners measured (`--idle-stop`).
     Activity {
         /// A connection is open or waiting now.
@@ -770,6 +770,8 @@ struct Probing {
     started: Option<Instant>,
     /// What the last probe found, for the log and a failed reload.
     last: Option<String>,
+    /// A health check of it passed (a canary is promoted only then).
+    passed: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -893,7 +895,11 @@ impl Supervisor {
             Event::Changed { path } => self.on_change(path, now),
             Event::Built { pid, status, tail } => self.on_built(os, pid, status, &tail, now),
             Event::Connection => self.on_connection(os, now),
-            Event::Foreign { why } => self.rollback(os, why, now),
+            Event::Foreign { generation, why } => {
+                if self.canary().is_some_and(|(g, ..)| g == generation) {
+                    self.rollback(os, why, now);
+                }
+            }
             Event::Activity { open, churned } => self.on_activity(os, open, churned, now),
         }
         self.probe_due(os, now);
@@ -1064,7 +1070,7 @@ impl Supervisor {
             idle_stop_due: self.idle_stop_due(),
             sweep: self.sweep_wanted(),
             drain: self.drain_wanted(),
-            guard: self.canary().is_some(),
+            guard: self.canary().map(|(generation, ..)| generation),
         }
     }
 
@@ -2229,6 +2235,17 @@ impl Supervisor {
                     r.generation
                 ));
             }
+            if let (Some(h), Some(d)) =
+                (&self.kept.cfg.health, canary.and_then(|c| c.promote_after))
+                && d <= h.every
+            {
+                return Err(format!(
+                    "--canary-for {} is not longer than --health-every {}: it would be \
+                     promoted before a health check of it ends; give a longer --canary-for",
+                    duration::human(d),
+                    duration::human(h.every)
+                ));
+            }
         }
         if self.demand != Demand::Running {
             let message = "no child runs (waiting for a connection): nothing to reload; \
@@ -2708,8 +2725,13 @@ impl Supervisor {
                 self.promote(os, generation, now);
             }
         }
+        // A reload (or a canary) asked while the first generation started
+        // does not hold back its announcement.
         if !self.kept.announced
-            && self.kept.reload.is_none()
+            && self
+                .kept
+                .reload
+                .is_none_or(|r| r.generation != self.kept.serving)
             && self.others_serve(None)
             && self
                 .kept
@@ -3073,6 +3095,23 @@ impl Supervisor {
         if until > now {
             return;
         }
+        // With --health, a canary none of whose checks passed (relaunch
+        // could not check it) is not taken as healthy.
+        let check = self
+            .probing
+            .iter()
+            .find(|p| p.generation == generation && p.health);
+        if self.kept.cfg.health.is_some() && !check.is_some_and(|p| p.passed) {
+            let last = check.and_then(|p| p.last.clone());
+            let why = format!(
+                "no health check of it passed in its {} ({}): it is not promoted unchecked; \
+                 without --canary-for, relaunch promote decides",
+                c.promote_after.map_or_else(String::new, duration::human),
+                last.as_deref().unwrap_or("none ended")
+            );
+            self.rollback(os, why, now);
+            return;
+        }
         info!(
             generation,
             "the canary served {} of new connections for {} without a crash or a failed \
@@ -3286,24 +3325,28 @@ impl Supervisor {
     }
 
     /// What to probe now, and whether for its health: the generations that
-    /// start ([`Supervisor::to_probe`]); else, with `--health`, the
-    /// serving one while it simply serves (not while a reload, a backoff
-    /// or a restarted worker's start is under way), or a canary.
+    /// start ([`Supervisor::to_probe`]); with `--health`, a canary
+    /// throughout (its failures decide its fate), and the serving one
+    /// while it simply serves, beside a canary too (not while a reload, a
+    /// backoff or a restarted worker's start is under way).
     fn probes_wanted(&self) -> Vec<(u64, bool)> {
-        let starting = self.to_probe();
-        if !starting.is_empty() {
-            return starting.into_iter().map(|g| (g, false)).collect();
-        }
+        let mut want: Vec<(u64, bool)> = self.to_probe().into_iter().map(|g| (g, false)).collect();
         if self.kept.cfg.health.is_none() {
-            return Vec::new();
+            return want;
         }
         if let Some((generation, ..)) = self.canary() {
-            return vec![(generation, true)];
+            want.push((generation, true));
         }
-        if self.doing() == Doing::Serving && self.others_serve(None) {
-            return vec![(self.kept.serving, true)];
+        let serving = self.kept.serving;
+        let simply = match self.doing() {
+            Doing::Serving => true,
+            Doing::Canary => self.kept.slots.iter().all(|s| s.restart_at.is_none()),
+            _ => false,
+        };
+        if simply && self.others_serve(None) && !want.iter().any(|&(g, _)| g == serving) {
+            want.push((serving, true));
         }
-        Vec::new()
+        want
     }
 
     /// Keeps the probes of [`Supervisor::probes_wanted`] going: one at a
@@ -3360,6 +3403,7 @@ impl Supervisor {
                     number: 0,
                     started: None,
                     last: None,
+                    passed: false,
                 });
                 self.probing.len() - 1
             }
@@ -3492,6 +3536,7 @@ impl Supervisor {
                     info!(generation, "healthy again: {how}");
                 }
                 p.failures = 0;
+                p.passed = true;
                 p.last = Some(how);
                 return;
             }

@@ -371,6 +371,37 @@ fn a_foreign_listener_appearing_rolls_a_canary_back() {
     r.wait_exit(T);
 }
 
+/// Two listeners of relaunch's own on one port (two addresses) are not
+/// foreign to each other: a canary is steered on both, and not rolled back.
+#[test]
+fn two_listeners_on_one_port_are_not_foreign_to_each_other() {
+    if !as_root("canary on two addresses of a port") {
+        return;
+    }
+    let dir = TempDir::new("canary-two-addresses");
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let server = example("pid_server").display().to_string();
+    let port = free_port();
+    let (a, b) = (format!("a=127.0.0.1:{port}"), format!("b=127.0.0.2:{port}"));
+    let mut r = Relaunch::start(&["--control", &ctl, "-l", &a, "-l", &b, "--", &server]);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let old = wait_serving(addr);
+    let (code, out) = cli(&["reload", "--canary", "50%", "--control", &ctl], T);
+    assert_eq!(code, Some(0), "{out}");
+    let canary = pids_of(&ctl, 2).pop().expect("the canary runs");
+    let (answers, failed) = spread(addr, 200);
+    assert_eq!(failed, 0, "{answers:?}");
+    assert!(
+        answers.contains_key(&canary) && answers.contains_key(&old),
+        "{answers:?}"
+    );
+    let st = status(std::path::Path::new(&ctl));
+    assert!(st.contains("canary: generation 2 gets 50%"), "{st}");
+    assert!(!r.log.text().contains("rolling back"), "{}", r.log.text());
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T);
+}
+
 /// Where new connections cannot be shared, `--canary` is refused and says
 /// why; a share out of range is a usage error.
 #[test]

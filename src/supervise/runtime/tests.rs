@@ -171,7 +171,7 @@ impl Os for Fake {
         }
     }
 
-    fn guard_job(&self) -> impl FnOnce() -> Vec<Event> + Send + 'static {
+    fn guard_job(&self, _generation: u64) -> impl FnOnce() -> Vec<Event> + Send + 'static {
         Vec::new
     }
 

@@ -327,10 +327,10 @@ fn a_canary_failing_its_health_checks_is_rolled_back() {
     let (mut s, t0, mut answer) = starting(health, Some(60 * SEC));
     s.t_ready(102, t0);
     s.t_timer(t0 + SEC);
-    assert_eq!(
-        s.os.probes.last(),
-        Some(&(2, vec![102])),
-        "the canary is checked"
+    assert!(
+        s.os.probes.ends_with(&[(2, vec![102]), (1, vec![101])]),
+        "the canary is checked, and the generation beside it: {:?}",
+        s.os.probes
     );
     for n in 1..=2 {
         s.t_probed(2, Err("GET /healthz answered 500"), t0 + n * SEC);
@@ -414,14 +414,33 @@ fn a_canary_that_cannot_be_promoted_when_its_time_is_up_is_rolled_back() {
 #[test]
 fn a_foreign_listener_on_a_canarys_port_rolls_it_back_and_says_why() {
     let (mut s, t0, mut answer) = starting(cfg(1), Some(60 * SEC));
-    assert!(!s.wants(t0).guard, "no share steered yet: nothing to guard");
+    assert_eq!(
+        s.wants(t0).guard,
+        None,
+        "no share steered yet: nothing to guard"
+    );
     s.t_ready(102, t0 + ms(10));
-    assert!(s.wants(t0 + ms(10)).guard, "its ports are watched");
+    assert_eq!(s.wants(t0 + ms(10)).guard, Some(2), "its ports are watched");
     let why = "web: other listeners are on port 5000 (127.0.0.2:5000): relaunch never steers a \
                share where they could take it";
-    s.run(Event::Foreign { why: why.into() }, t0 + SEC);
+    // A find about another canary (one that ended) changes nothing.
+    let other = Event::Foreign {
+        generation: 7,
+        why: why.into(),
+    };
+    s.run(other, t0 + SEC);
+    assert!(s.os.steered.is_empty());
+    let found = Event::Foreign {
+        generation: 2,
+        why: why.into(),
+    };
+    s.run(found, t0 + SEC);
     assert_eq!(s.os.steered, [1], "everything back to generation 1");
-    assert!(!s.wants(t0 + SEC).guard, "rolling back: no share to guard");
+    assert_eq!(
+        s.wants(t0 + SEC).guard,
+        None,
+        "rolling back: no share to guard"
+    );
     s.t_canary_measured(1, 0, t0 + SEC + ms(300));
     assert_eq!(s.os.signals, [(102, Signal::SIGTERM)]);
     s.t_exit(102, ExitStatus::Signal(15), t0 + 2 * SEC);
@@ -435,7 +454,68 @@ fn a_foreign_listener_on_a_canarys_port_rolls_it_back_and_says_why() {
         other => panic!("{other:?}"),
     }
     // A late find, after the canary is gone, changes nothing.
-    s.run(Event::Foreign { why: why.into() }, t0 + 3 * SEC);
+    let late = Event::Foreign {
+        generation: 2,
+        why: why.into(),
+    };
+    s.run(late, t0 + 3 * SEC);
     assert_eq!(s.os.steered, [1]);
     assert_eq!(s.kept.serving, 1);
+}
+
+fn checked_every(every: Duration) -> Config {
+    Config {
+        health: Some(Health {
+            probe: Probe::Http("/healthz".into()),
+            every,
+            failures: 2,
+        }),
+        ..cfg(1)
+    }
+}
+
+#[test]
+fn a_canary_no_health_check_of_which_passed_is_rolled_back_not_promoted() {
+    let (mut s, t0, mut answer) = starting(checked_every(SEC), Some(5 * SEC));
+    s.t_ready(102, t0);
+    // Every check of the canary is one relaunch cannot start.
+    s.os.probe_fails = Some(NotProbed::Own("the probe port is taken".into()));
+    let mut now = t0;
+    while s.os.steered.is_empty() && now < t0 + 10 * SEC {
+        now = s.next_deadline().expect("a check or the promotion is due");
+        s.t_timer(now);
+    }
+    assert_eq!(s.os.steered, [1], "rolled back, not promoted");
+    assert!(now >= t0 + 5 * SEC, "at its promotion time");
+    s.t_canary_measured(1, 0, now + SEC);
+    s.t_exit(102, ExitStatus::Signal(15), now + 2 * SEC);
+    match answered(&mut answer) {
+        Some(Response::RolledBack { reason, .. }) => assert!(
+            reason.contains("no health check of it passed")
+                && reason.contains("the probe port is taken"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_canary_for_no_longer_than_a_health_check_is_refused() {
+    let mut s = Sim::new(Config {
+        drain: Some(DRAIN),
+        ..checked_every(10 * SEC)
+    });
+    s.os.own_sockets = true;
+    let t0 = Instant::now();
+    s.t_start(t0);
+    s.t_ready(101, t0);
+    let mut answer = s.t_ask(canary(10.0, Some(10 * SEC)), t0);
+    match answered(&mut answer) {
+        Some(Response::ReloadFailed { reason, .. }) => assert!(
+            reason.contains("--canary-for 10s is not longer than --health-every 10s"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.os.opened.is_empty(), "nothing started");
 }

@@ -558,3 +558,77 @@ fn a_reload_before_the_first_generation_is_ready_probes_both() {
     assert_eq!(s.os.probes_ended, [1]);
     assert_eq!(s.kept.serving, 1);
 }
+
+/// A canary asked while the first generation starts: the first is
+/// announced once its probe passes (`status --check` is ready), not held
+/// back while the canary runs.
+#[test]
+fn a_first_generation_ready_beside_a_canary_is_announced() {
+    let mut s = gated(1);
+    let t0 = Instant::now();
+    s.t_start(t0);
+    let (reply, _answer) = s.reply();
+    let request = Request::Canary {
+        percent: 10.0,
+        promote_after_ms: None,
+    };
+    s.run(Event::Control { request, reply }, t0 + ms(5));
+    s.t_probed(1, Ok("GET /healthz answered 200 OK"), t0 + ms(10));
+    assert!(s.ready(), "generation 1 serves, ready");
+    s.t_probed(2, Ok("GET /healthz answered 200 OK"), t0 + ms(20));
+    assert_eq!(s.os.shared, [(2, 0.1)]);
+    assert!(s.ready(), "ready beside the canary");
+    assert_eq!(s.state(), "serving with a canary");
+}
+
+/// `--health` during a canary: the canary's failed checks in a row are
+/// counted across a restart of a serving worker beside it (whose start is
+/// probed meanwhile), and the serving generation is checked too.
+#[test]
+fn a_canarys_failed_checks_count_on_across_a_serving_workers_restart() {
+    let mut s = gated_and_checked("/ready");
+    let t0 = Instant::now();
+    s.t_start(t0);
+    s.t_probed(1, Ok("GET /ready answered 200 OK"), t0);
+    assert_eq!(s.state(), "serving");
+    let (reply, _answer) = s.reply();
+    let request = Request::Canary {
+        percent: 10.0,
+        promote_after_ms: Some(600_000),
+    };
+    s.run(Event::Control { request, reply }, t0);
+    s.t_probed(2, Ok("GET /ready answered 200 OK"), t0);
+    assert_eq!(s.os.shared, [(2, 0.1)]);
+    let (mut now, mut failed, mut checked_serving, mut restarted) = (t0, 0, 0, false);
+    while s.os.steered.is_empty() && now < t0 + 60 * SEC {
+        now = s.next_deadline().expect("a check is due");
+        s.t_timer(now);
+        let running: Vec<(u64, u64, bool)> = s
+            .probing
+            .iter()
+            .filter(|p| p.due.is_none())
+            .map(|p| (p.number, p.generation, p.health))
+            .collect();
+        for (number, generation, health) in running {
+            match (generation, health) {
+                (2, _) => {
+                    failed += 1;
+                    s.t_probed_by(number, Err("GET /healthz answered 500"), now);
+                }
+                (_, true) => {
+                    checked_serving += 1;
+                    s.t_probed_by(number, Ok("GET /healthz answered 200 OK"), now);
+                }
+                _ => s.t_probed_by(number, Ok("GET /ready answered 200 OK"), now),
+            }
+        }
+        if failed == 2 && !restarted {
+            restarted = true;
+            s.t_exit(101, ExitStatus::Code(1), now);
+        }
+    }
+    assert!(restarted);
+    assert_eq!(s.os.steered, [1], "rolled back");
+    assert_eq!(failed, 3, "the third failure in a row rolls it back");
+    assert!(checked_serving > 0, "the serving generation is checked too");
+}
