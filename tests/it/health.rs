@@ -447,8 +447,8 @@ fn a_reload_asked_while_the_first_generation_starts_leaves_it_probed_and_ready()
         return;
     }
     let app = App::new("health-early-reload", "");
-    // It accepts only after 1 s: the reload comes before its probe passes.
-    version(&app, "good", 1.0);
+    // It accepts only after 3 s: the reload comes before its probe passes.
+    version(&app, "good", 3.0);
     let ctl = app.control().display().to_string();
     let script = app.script();
     // The address the app binds, held from the start (see `start_at`).
@@ -462,7 +462,7 @@ fn a_reload_asked_while_the_first_generation_starts_leaves_it_probed_and_ready()
         "--ready",
         "http:/healthz",
         "--ready-timeout",
-        "4s",
+        "6s",
         "--",
         "sh",
         &script,
@@ -477,11 +477,11 @@ fn a_reload_asked_while_the_first_generation_starts_leaves_it_probed_and_ready()
     assert_eq!(code, Some(1), "the bad version's reload fails: {out}");
     assert!(out.contains("answered 500"), "{out}");
     let log = r.log.text();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("ready after") && l.contains("generation=1")),
-        "generation 1 was ready by its own probe:\n{log}"
-    );
+    let at = |what: &dyn Fn(&str) -> bool| log.lines().position(what);
+    let asked = at(&|l| l.contains("request=Reload")).expect("the reload is logged");
+    let ready = at(&|l| l.contains("ready after") && l.contains("generation=1"));
+    let ready = ready.unwrap_or_else(|| panic!("generation 1 was ready by its own probe:\n{log}"));
+    assert!(asked < ready, "the reload came before it was ready:\n{log}");
     assert!(!log.contains("anyway"), "{log}");
     let st = status(&app.control());
     assert!(st.contains("serving, generation 1"), "{st}");
