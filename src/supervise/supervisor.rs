@@ -1550,17 +1550,6 @@ impl Supervisor {
             return;
         }
         self.kept.first_deadline = None;
-        // Ready, and announced once the reload asked meanwhile ends.
-        let serving = self.kept.serving;
-        let mut own = self
-            .kept
-            .children
-            .iter()
-            .filter(|c| c.generation == serving && c.alive())
-            .peekable();
-        if own.peek().is_some() && own.all(|c| c.state == State::Ready) {
-            return;
-        }
         let elsewhere = self
             .serving_elsewhere(self.kept.serving)
             .is_some_and(|pid| self.say_elsewhere(pid));
