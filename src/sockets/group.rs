@@ -630,8 +630,12 @@ impl Group {
 
     fn slot_of(&self, generation: u64) -> io::Result<usize> {
         self.position(generation).ok_or_else(|| {
+            // Only a move (see `Group::moved`) leaves a started generation
+            // without one.
             io::Error::other(format!(
-                "generation {generation} has no socket in the group"
+                "generation {generation} has no socket in the group (the listener moved where \
+                 the app binds after it started, and its socket stayed at the old address); \
+                 reload again: the next generation gets one where the listener is now"
             ))
         })
     }
