@@ -102,12 +102,23 @@ pub fn client(ctx: &Ctx, args: &[&str], control: &std::path::Path) -> Result<(),
     Ok(())
 }
 
-/// The first answer at `addr` (the serving pid), or why there is none.
+/// The first answer at `addr` (the serving pid) once relaunch says it
+/// serves too, or why there is none.
 pub fn first_answer(addr: SocketAddr, relaunch: &mut Proc) -> Result<u32, String> {
     let end = Instant::now() + WAIT;
     loop {
         match request(addr, Duration::from_secs(2)) {
-            Ok(pid) => return Ok(pid),
+            // A canary is refused until relaunch has seen it ready too.
+            Ok(pid) => {
+                return relaunch
+                    .lines
+                    .wait_for(WAIT, |ls| {
+                        ls.iter()
+                            .any(|l| l.contains("serving: generation"))
+                            .then_some(pid)
+                    })
+                    .ok_or_else(|| "relaunch never said it serves".into());
+            }
             Err(_) if relaunch.exited() => {
                 return Err(format!("relaunch exited: {}", relaunch.lines.tail(3)));
             }

@@ -2217,6 +2217,13 @@ impl Supervisor {
                         .into(),
                 );
             }
+            if !self.kept.announced {
+                return Err(format!(
+                    "generation {} is not ready yet: there is nothing to try a canary beside; \
+                     wait until relaunch status says serving",
+                    self.kept.serving
+                ));
+            }
             if let Some(r) = self.kept.reload {
                 return Err(format!(
                     "a reload is under way (generation {}): wait for its outcome, then start \
@@ -3374,7 +3381,10 @@ impl Supervisor {
         wait: bool,
         now: Instant,
     ) {
+        // A canary's first check is at once: its window may be short.
+        let canary = self.canary().is_some_and(|(g, ..)| g == generation);
         let (probe, first) = match (health, &self.kept.cfg.health) {
+            (true, Some(h)) if canary => (h.probe.clone(), now),
             (true, Some(h)) => (h.probe.clone(), now + h.every),
             _ => match &self.kept.cfg.ready_probe {
                 Some(p) => (p.clone(), now),

@@ -100,6 +100,8 @@ fn a_canary_gets_its_share_of_new_connections() {
         start_on_a_free_port(&["--control", &ctl, "--metrics", "127.0.0.1:0"], &[&server]);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let old = wait_serving(addr);
+    // A canary is refused until relaunch has seen the first generation ready.
+    r.log.wait("serving: generation 1", T);
     let line = r.log.wait("metrics on http://", T);
     let metrics = line.split("http://").nth(1).unwrap();
     let metrics: SocketAddr = metrics.trim_end_matches("/metrics").parse().unwrap();
@@ -245,6 +247,7 @@ fn a_canary_that_crashes_is_rolled_back_and_the_reload_fails() {
     let (mut r, port) = start_on_a_free_port(&["--control", &ctl], &["python3", &app, "PORT"]);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let old = wait_for("the app's first answer", T, || get(addr).ok());
+    r.log.wait("serving: generation 1", T);
     let load = Load::start(addr, CLIENTS);
     let ctl2 = ctl.clone();
     let reload = std::thread::spawn(move || {
@@ -319,6 +322,7 @@ fn a_foreign_listener_appearing_rolls_a_canary_back() {
     let (mut r, port) = start_on_a_free_port(&["--control", &ctl], &["python3", &app, "PORT"]);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let old = wait_for("the app's first answer", T, || get(addr).ok());
+    r.log.wait("serving: generation 1", T);
     let owner = std::fs::metadata(format!("/proc/{old}/fd/3"))
         .unwrap()
         .uid();
@@ -386,6 +390,7 @@ fn two_listeners_on_one_port_are_not_foreign_to_each_other() {
     let mut r = Relaunch::start(&["--control", &ctl, "-l", &a, "-l", &b, "--", &server]);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let old = wait_serving(addr);
+    r.log.wait("serving: generation 1", T);
     let (code, out) = cli(&["reload", "--canary", "50%", "--control", &ctl], T);
     assert_eq!(code, Some(0), "{out}");
     let canary = pids_of(&ctl, 2).pop().expect("the canary runs");
@@ -461,6 +466,7 @@ fn an_upgrade_carries_a_canary_on() {
     let (mut r, port) = start_on_a_free_port(&["--control", &ctl], &["python3", &app, "PORT"]);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let old = wait_for("the app's first answer", T, || get(addr).ok());
+    r.log.wait("serving: generation 1", T);
     let load = Load::start(addr, CLIENTS);
     let ctl2 = ctl.clone();
     let reload = std::thread::spawn(move || {
@@ -526,6 +532,7 @@ fn a_canary_failing_its_health_check_is_rolled_back() {
         "3",
     ];
     let (mut r, addr, old) = crate::health::start(&app, &opts);
+    r.log.wait("serving: generation 1", T);
     let ctl = app.control().display().to_string();
     crate::health::version(&app, "bad", 0.0);
     let load = Load::start(addr, CLIENTS);

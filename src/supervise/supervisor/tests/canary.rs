@@ -477,9 +477,9 @@ fn checked_every(every: Duration) -> Config {
 #[test]
 fn a_canary_no_health_check_of_which_passed_is_rolled_back_not_promoted() {
     let (mut s, t0, mut answer) = starting(checked_every(SEC), Some(5 * SEC));
-    s.t_ready(102, t0);
     // Every check of the canary is one relaunch cannot start.
     s.os.probe_fails = Some(NotProbed::Own("the probe port is taken".into()));
+    s.t_ready(102, t0);
     let mut now = t0;
     while s.os.steered.is_empty() && now < t0 + 10 * SEC {
         now = s.next_deadline().expect("a check or the promotion is due");
@@ -518,4 +518,30 @@ fn a_canary_for_no_longer_than_a_health_check_is_refused() {
         other => panic!("{other:?}"),
     }
     assert!(s.os.opened.is_empty(), "nothing started");
+}
+
+#[test]
+fn a_canarys_first_health_check_is_at_once() {
+    let (mut s, t0, _answer) = starting(checked_every(30 * SEC), Some(31 * SEC));
+    s.t_ready(102, t0 + ms(10));
+    assert_eq!(
+        s.os.probes.first(),
+        Some(&(2, vec![102])),
+        "checked as soon as it serves, not a period on"
+    );
+    s.t_probed(2, Ok("GET /healthz answered 200 OK"), t0 + 2 * SEC);
+    while s.os.steered.is_empty() {
+        let now = s.next_deadline().expect("its promotion is due");
+        s.t_timer(now);
+        let running: Vec<(u64, u64)> = s
+            .probing
+            .iter()
+            .filter(|p| p.due.is_none())
+            .map(|p| (p.number, p.generation))
+            .collect();
+        for (number, _) in running {
+            s.t_probed_by(number, Ok("GET /healthz answered 200 OK"), now);
+        }
+    }
+    assert_eq!(s.os.steered, [2], "promoted at its time");
 }
