@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::drain::start_on_a_free_port;
@@ -33,6 +34,65 @@ pub fn as_root(what: &str) -> bool {
     assert!(std::env::var("CI").is_err(), "CI runs as root");
     eprintln!("{what}: NOT RUN: needs root");
     false
+}
+
+/// A server under `relaunch --port P --control C OPTIONS -- APP` (`PORT`
+/// in `app` is P) on a free port, once relaunch says it serves (a canary
+/// is refused before): the folder (kept for the test's length), relaunch,
+/// the control socket, the address and the first answer's pid. Bind
+/// `_dir` where it is taken apart: `..` would drop the folder at once.
+pub struct Served {
+    pub _dir: TempDir,
+    pub r: Relaunch,
+    pub ctl: String,
+    pub addr: SocketAddr,
+    pub first: String,
+}
+
+pub fn serve(tag: &str, options: &[&str], app: &[&str]) -> Served {
+    let dir = TempDir::new(tag);
+    let ctl = dir.join("ctl.sock").display().to_string();
+    let mut opts = vec!["--control", &ctl];
+    opts.extend(options);
+    let (r, port) = start_on_a_free_port(&opts, app);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let first = wait_serving(addr);
+    r.log.wait("serving: generation 1", T);
+    Served {
+        _dir: dir,
+        r,
+        ctl,
+        addr,
+        first,
+    }
+}
+
+/// The app that dies on SIGTERM mid-request, served (see [`serve`]).
+fn serve_threading(tag: &str) -> Served {
+    let app = drain_app("threading_server.py");
+    serve(tag, &[], &["python3", &app, "PORT"])
+}
+
+/// `relaunch reload --canary SHARE --canary-for FOR` on a thread of its
+/// own (it answers once the outcome is known, within `timeout`): its exit
+/// code and output.
+fn canary_for(
+    ctl: &str,
+    share: &str,
+    promote_after: &str,
+    timeout: Duration,
+) -> JoinHandle<(Option<i32>, String)> {
+    let args = [
+        "reload",
+        "--canary",
+        share,
+        "--canary-for",
+        promote_after,
+        "--control",
+        ctl,
+    ]
+    .map(String::from);
+    std::thread::spawn(move || cli(&args.each_ref().map(String::as_str), timeout))
 }
 
 /// The pids of `generation`'s children, from `status --json`.
@@ -93,15 +153,14 @@ fn a_canary_gets_its_share_of_new_connections() {
     if !as_root("canary share") {
         return;
     }
-    let dir = TempDir::new("canary-share");
-    let ctl = dir.join("ctl.sock").display().to_string();
     let server = example("pid_server").display().to_string();
-    let (mut r, port) =
-        start_on_a_free_port(&["--control", &ctl, "--metrics", "127.0.0.1:0"], &[&server]);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let old = wait_serving(addr);
-    // A canary is refused until relaunch has seen the first generation ready.
-    r.log.wait("serving: generation 1", T);
+    let Served {
+        mut r,
+        ctl,
+        addr,
+        first: old,
+        _dir,
+    } = serve("canary-share", &["--metrics", "127.0.0.1:0"], &[&server]);
     let line = r.log.wait("metrics on http://", T);
     let metrics = line.split("http://").nth(1).unwrap();
     let metrics: SocketAddr = metrics.trim_end_matches("/metrics").parse().unwrap();
@@ -175,12 +234,13 @@ fn a_canary_gets_its_share_of_new_connections() {
 /// then `relaunch promote` (or `rollback`), fail no request, and the
 /// generation left behind is drained and stopped.
 fn decided(tag: &str, verb: &str) {
-    let dir = TempDir::new(tag);
-    let ctl = dir.join("ctl.sock").display().to_string();
-    let app = drain_app("threading_server.py");
-    let (mut r, port) = start_on_a_free_port(&["--control", &ctl], &["python3", &app, "PORT"]);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let first = wait_for("the app's first answer", T, || get(addr).ok());
+    let Served {
+        mut r,
+        ctl,
+        addr,
+        first,
+        _dir,
+    } = serve_threading(tag);
     assert_eq!(r.log.count("drain is off"), 0, "{}", r.log.text());
     let load = Load::start(addr, CLIENTS);
     // A plain reload first: the canary's drain follows another drain.
@@ -241,29 +301,15 @@ fn a_canary_that_crashes_is_rolled_back_and_the_reload_fails() {
     if !as_root("canary crash") {
         return;
     }
-    let dir = TempDir::new("canary-crash");
-    let ctl = dir.join("ctl.sock").display().to_string();
-    let app = drain_app("threading_server.py");
-    let (mut r, port) = start_on_a_free_port(&["--control", &ctl], &["python3", &app, "PORT"]);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let old = wait_for("the app's first answer", T, || get(addr).ok());
-    r.log.wait("serving: generation 1", T);
+    let Served {
+        mut r,
+        ctl,
+        addr,
+        first: old,
+        _dir,
+    } = serve_threading("canary-crash");
     let load = Load::start(addr, CLIENTS);
-    let ctl2 = ctl.clone();
-    let reload = std::thread::spawn(move || {
-        cli(
-            &[
-                "reload",
-                "--canary",
-                "30%",
-                "--canary-for",
-                "60s",
-                "--control",
-                &ctl2,
-            ],
-            Duration::from_secs(120),
-        )
-    });
+    let reload = canary_for(&ctl, "30%", "60s", Duration::from_secs(120));
     r.log.wait("as a canary", T);
     let canary = pids_of(&ctl, 2).pop().expect("the canary runs");
     wait_for("the canary to answer some", T, || {
@@ -316,32 +362,19 @@ fn a_foreign_listener_appearing_rolls_a_canary_back() {
     if !as_root("canary beside a foreign listener") {
         return;
     }
-    let dir = TempDir::new("canary-foreign");
-    let ctl = dir.join("ctl.sock").display().to_string();
-    let app = drain_app("threading_server.py");
-    let (mut r, port) = start_on_a_free_port(&["--control", &ctl], &["python3", &app, "PORT"]);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let old = wait_for("the app's first answer", T, || get(addr).ok());
-    r.log.wait("serving: generation 1", T);
+    let Served {
+        mut r,
+        ctl,
+        addr,
+        first: old,
+        _dir,
+    } = serve_threading("canary-foreign");
+    let port = addr.port();
     let owner = std::fs::metadata(format!("/proc/{old}/fd/3"))
         .unwrap()
         .uid();
     let load = Load::start(addr, CLIENTS);
-    let ctl2 = ctl.clone();
-    let reload = std::thread::spawn(move || {
-        cli(
-            &[
-                "reload",
-                "--canary",
-                "30%",
-                "--canary-for",
-                "60s",
-                "--control",
-                &ctl2,
-            ],
-            Duration::from_secs(120),
-        )
-    });
+    let reload = canary_for(&ctl, "30%", "60s", Duration::from_secs(120));
     r.log.wait("as a canary", T);
     let stranger = crate::drain::listener_as(owner, ([0, 0, 0, 0], port).into())
         .expect("the owner's uid can join");
@@ -460,29 +493,15 @@ fn an_upgrade_carries_a_canary_on() {
     if !as_root("canary upgrade") {
         return;
     }
-    let dir = TempDir::new("canary-upgrade");
-    let ctl = dir.join("ctl.sock").display().to_string();
-    let app = drain_app("threading_server.py");
-    let (mut r, port) = start_on_a_free_port(&["--control", &ctl], &["python3", &app, "PORT"]);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let old = wait_for("the app's first answer", T, || get(addr).ok());
-    r.log.wait("serving: generation 1", T);
+    let Served {
+        mut r,
+        ctl,
+        addr,
+        first: old,
+        _dir,
+    } = serve_threading("canary-upgrade");
     let load = Load::start(addr, CLIENTS);
-    let ctl2 = ctl.clone();
-    let reload = std::thread::spawn(move || {
-        cli(
-            &[
-                "reload",
-                "--canary",
-                "50%",
-                "--canary-for",
-                "4s",
-                "--control",
-                &ctl2,
-            ],
-            T,
-        )
-    });
+    let reload = canary_for(&ctl, "50%", "4s", T);
     r.log.wait("as a canary", T);
     let canary = pids_of(&ctl, 2).pop().expect("the canary runs");
     let (code, out) = cli(&["upgrade", "--control", &ctl], T);

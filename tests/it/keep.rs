@@ -2,15 +2,19 @@
 //! kept frozen for the window, and `relaunch rollback` has it answering
 //! again at once while the newer one drains. Under 8 clients.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::canary::{as_root, pids_of};
-use crate::drain::start_on_a_free_port;
+use crate::canary::{Served, as_root, pids_of, serve};
 use crate::util::*;
 
 const T: Duration = Duration::from_secs(30);
 const CLIENTS: usize = 8;
+
+/// pid_server under `relaunch --keep-previous 60s`, serving.
+fn kept_server(tag: &str) -> Served {
+    let server = example("pid_server").display().to_string();
+    serve(tag, &["--keep-previous", "60s"], &[&server])
+}
 
 /// The state letter of /proc/PID/stat ('T': stopped by a signal).
 fn proc_state(pid: &str) -> Option<char> {
@@ -23,13 +27,13 @@ fn rollback_returns_to_the_kept_generation_with_no_failed_request() {
     if !as_root("keep previous") {
         return;
     }
-    let dir = TempDir::new("keep-previous");
-    let ctl = dir.join("ctl.sock").display().to_string();
-    let server = example("pid_server").display().to_string();
-    let (mut r, port) =
-        start_on_a_free_port(&["--control", &ctl, "--keep-previous", "60s"], &[&server]);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let old = wait_serving(addr);
+    let Served {
+        mut r,
+        ctl,
+        addr,
+        first: old,
+        _dir,
+    } = kept_server("keep-previous");
     let load = Load::start(addr, CLIENTS);
     let (code, out) = cli(&["reload", "--control", &ctl], T);
     assert_eq!(code, Some(0), "{out}");
@@ -106,13 +110,13 @@ fn an_upgrade_carries_the_kept_generation_on() {
     if !as_root("keep previous upgrade") {
         return;
     }
-    let dir = TempDir::new("keep-upgrade");
-    let ctl = dir.join("ctl.sock").display().to_string();
-    let server = example("pid_server").display().to_string();
-    let (mut r, port) =
-        start_on_a_free_port(&["--control", &ctl, "--keep-previous", "60s"], &[&server]);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let old = wait_serving(addr);
+    let Served {
+        mut r,
+        ctl,
+        addr,
+        first: old,
+        _dir,
+    } = kept_server("keep-upgrade");
     let load = Load::start(addr, CLIENTS);
     let (code, out) = cli(&["reload", "--control", &ctl], T);
     assert_eq!(code, Some(0), "{out}");
