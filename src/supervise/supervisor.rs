@@ -2721,13 +2721,9 @@ impl Supervisor {
                 self.promote(os, generation, now);
             }
         }
-        // A reload (or a canary) asked while the first generation started
-        // does not hold back its announcement.
+        // A reload asked while the first generation started does not hold
+        // back its announcement (announce tells systemd nothing meanwhile).
         if !self.kept.announced
-            && self
-                .kept
-                .reload
-                .is_none_or(|r| r.generation != self.kept.serving)
             && self.others_serve(None)
             && self
                 .kept
@@ -3436,7 +3432,7 @@ impl Supervisor {
         let (number, health) = (p.number, p.health);
         match os.probe(number, generation, &probe, &pgids, alone) {
             Ok(()) => {}
-            Err(NotProbed::Own(e)) if health => self.unchecked(generation, e, now),
+            Err(NotProbed::Own(e)) if health => self.unchecked(i, e, now),
             // For readiness either is not ready yet, and why.
             Err(NotProbed::Failed(e) | NotProbed::Own(e)) => {
                 self.on_probed(os, number, Err(format!("cannot probe it: {e}")), now)
@@ -3444,14 +3440,14 @@ impl Supervisor {
         }
     }
 
-    /// A health check of `generation` could not start, for a cause of
+    /// The health check of `probing[i]` could not start, for a cause of
     /// relaunch's own: said (once while it lasts), not counted; the next
     /// check is a period on.
-    fn unchecked(&mut self, generation: u64, why: String, now: Instant) {
-        let p = self.probing.iter_mut().find(|p| p.generation == generation);
-        let (Some(h), Some(p)) = (&self.kept.cfg.health, p) else {
+    fn unchecked(&mut self, i: usize, why: String, now: Instant) {
+        let (Some(h), p) = (&self.kept.cfg.health, &mut self.probing[i]) else {
             return;
         };
+        let generation = p.generation;
         p.due = Some(now + h.every);
         let why = format!("relaunch cannot check it: {why}");
         if p.last.as_ref() != Some(&why) {
@@ -3474,16 +3470,17 @@ impl Supervisor {
         result: Result<String, String>,
         now: Instant,
     ) {
-        let Some(p) = self
+        let Some(i) = self
             .probing
-            .iter_mut()
-            .find(|p| p.number == number && p.due.is_none())
+            .iter()
+            .position(|p| p.number == number && p.due.is_none())
         else {
             return;
         };
+        let p = &mut self.probing[i];
         let generation = p.generation;
         if p.health {
-            self.on_health(os, generation, result, now);
+            self.on_health(os, i, result, now);
             return;
         }
         p.due = Some(now + PROBE_EVERY);
@@ -3511,23 +3508,20 @@ impl Supervisor {
         }
     }
 
-    /// A health check of the serving `generation` ended. `--health-failures`
+    /// The health check of `probing[i]` ended. `--health-failures`
     /// in a row count as a crash: its workers are killed, and restart as
     /// after any crash (the restart policy, the backoff).
     fn on_health(
         &mut self,
         os: &mut impl Spawner,
-        generation: u64,
+        i: usize,
         result: Result<String, String>,
         now: Instant,
     ) {
-        let p = self
-            .probing
-            .iter_mut()
-            .find(|p| p.generation == generation && p.health);
-        let (Some(h), Some(p)) = (&self.kept.cfg.health, p) else {
+        let (Some(h), p) = (&self.kept.cfg.health, &mut self.probing[i]) else {
             return;
         };
+        let generation = p.generation;
         p.due = Some(now + h.every);
         let why = match result {
             Ok(how) => {
