@@ -7,6 +7,7 @@
 //! stopped), and the requests that failed meanwhile. Needs root (steering).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -104,7 +105,7 @@ pub fn client(ctx: &Ctx, args: &[&str], control: &std::path::Path) -> Result<(),
 
 /// The first answer at `addr` (the serving pid) once relaunch says it
 /// serves too, or why there is none.
-pub fn first_answer(addr: SocketAddr, relaunch: &mut Proc) -> Result<u32, String> {
+fn first_answer(addr: SocketAddr, relaunch: &mut Proc) -> Result<u32, String> {
     let end = Instant::now() + WAIT;
     loop {
         match request(addr, Duration::from_secs(2)) {
@@ -128,21 +129,34 @@ pub fn first_answer(addr: SocketAddr, relaunch: &mut Proc) -> Result<u32, String
     }
 }
 
-fn measure(plan: &Plan, ctx: &Ctx, n: usize) -> Result<Measured, String> {
+/// relaunch with `options` over the bench server on a free port, its
+/// control socket at NAME.sock, once it serves: the process, the address,
+/// the control socket and the first answer's pid.
+pub fn start(
+    ctx: &Ctx,
+    name: &str,
+    options: &[&str],
+) -> Result<(Proc, SocketAddr, PathBuf, u32), String> {
     let port = free_port()?;
     let p = port.to_string();
-    let control = ctx.run_dir.join("canary.sock");
+    let control = ctx.run_dir.join(format!("{name}.sock"));
     let mut cmd = Command::new(&ctx.relaunch);
     cmd.args(["--port", &p])
+        .args(options)
         .arg("--control")
         .arg(&control)
         .arg("--")
         .arg(&ctx.bench)
         .arg("--server")
         .env("RUST_LOG", "info");
-    let mut relaunch = Proc::spawn("canary", &mut cmd, &ctx.log_dir)?;
+    let mut relaunch = Proc::spawn(name, &mut cmd, &ctx.log_dir)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let old = first_answer(addr, &mut relaunch)?;
+    Ok((relaunch, addr, control, old))
+}
+
+fn measure(plan: &Plan, ctx: &Ctx, n: usize) -> Result<Measured, String> {
+    let (mut relaunch, addr, control, old) = start(ctx, "canary", &[])?;
     let out = (|| {
         client(
             ctx,

@@ -5,15 +5,11 @@
 //! long after it a new connection still reached the newer one, and the
 //! requests that failed meanwhile. Needs root (steering).
 
-use std::net::SocketAddr;
-use std::process::Command;
-
 use std::time::Duration;
 
-use crate::canary::{client, first_answer, rollback_under_load};
+use crate::canary::{client, rollback_under_load, start};
 use crate::load::request;
 use crate::plan::Plan;
-use crate::procs::{Proc, free_port};
 use crate::targets::Ctx;
 
 /// The acceptance's bound on the previous version answering again.
@@ -66,20 +62,7 @@ struct Measured {
 }
 
 fn measure(plan: &Plan, ctx: &Ctx) -> Result<Measured, String> {
-    let port = free_port()?;
-    let p = port.to_string();
-    let control = ctx.run_dir.join("keep.sock");
-    let mut cmd = Command::new(&ctx.relaunch);
-    cmd.args(["--port", &p, "--keep-previous", "60s"])
-        .arg("--control")
-        .arg(&control)
-        .arg("--")
-        .arg(&ctx.bench)
-        .arg("--server")
-        .env("RUST_LOG", "info");
-    let mut relaunch = Proc::spawn("keep", &mut cmd, &ctx.log_dir)?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let old = first_answer(addr, &mut relaunch)?;
+    let (mut relaunch, addr, control, old) = start(ctx, "keep", &["--keep-previous", "60s"])?;
     let out = (|| {
         // Answered once the old generation is idle, and so kept.
         client(ctx, &["reload"], &control)?;
