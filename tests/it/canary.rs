@@ -472,9 +472,7 @@ fn a_canary_is_refused_where_it_cannot_have_a_share() {
     let sock = dir.join("app.sock").display().to_string();
     let spec = format!("web=unix:{sock}");
     let mut r = Relaunch::start(&["--control", &ctl, "-l", &spec, "--", &server]);
-    wait_for("relaunch's control socket", T, || {
-        (cli(&["status", "--control", &ctl], T).0 == Some(0)).then_some(())
-    });
+    wait_control(&ctl);
     let (code, out) = cli(&["reload", "--canary", "10%", "--control", &ctl], T);
     assert_eq!(code, Some(1), "{out}");
     assert!(

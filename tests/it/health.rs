@@ -51,6 +51,13 @@ pub fn start(app: &App, options: &[&str]) -> (Relaunch, SocketAddr, String) {
 /// (a probe that passes before the app binds would otherwise see a served
 /// generation's bind refused); the first answer's pid.
 fn start_at(app: &App, options: &[&str]) -> (Relaunch, SocketAddr, String) {
+    let (r, addr) = launch_at(app, options);
+    let first = wait_serving(addr);
+    (r, addr, first)
+}
+
+/// As [`start_at`], without waiting for an answer.
+fn launch_at(app: &App, options: &[&str]) -> (Relaunch, SocketAddr) {
     let port = free_port();
     let listen = format!("0.0.0.0:{port}");
     let ctl = app.control().display().to_string();
@@ -60,9 +67,7 @@ fn start_at(app: &App, options: &[&str]) -> (Relaunch, SocketAddr, String) {
     args.extend(options);
     args.extend(["--", "sh", &script, &p]);
     let r = Relaunch::start(&args);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let first = wait_serving(addr);
-    (r, addr, first)
+    (r, ([127, 0, 0, 1], port).into())
 }
 
 fn reload(app: &App) -> (Option<i32>, String, Duration) {
@@ -450,28 +455,9 @@ fn a_reload_asked_while_the_first_generation_starts_leaves_it_probed_and_ready()
     // It accepts only after 3 s: the reload comes before its probe passes.
     version(&app, "good", 3.0);
     let ctl = app.control().display().to_string();
-    let script = app.script();
-    // The address the app binds, held from the start (see `start_at`).
-    let port = free_port();
-    let (listen, p) = (format!("0.0.0.0:{port}"), port.to_string());
-    let mut r = Relaunch::start(&[
-        "-l",
-        &listen,
-        "--control",
-        &ctl,
-        "--ready",
-        "http:/healthz",
-        "--ready-timeout",
-        "6s",
-        "--",
-        "sh",
-        &script,
-        &p,
-    ]);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_for("relaunch's control socket", T, || {
-        (cli(&["status", "--control", &ctl], T).0 == Some(0)).then_some(())
-    });
+    let opts = ["--ready", "http:/healthz", "--ready-timeout", "6s"];
+    let (mut r, addr) = launch_at(&app, &opts);
+    wait_control(&ctl);
     version(&app, "bad", 0.0);
     let (code, out, _) = reload(&app);
     assert_eq!(code, Some(1), "the bad version's reload fails: {out}");

@@ -565,6 +565,14 @@ pub fn status(control: &std::path::Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Waits until relaunch answers on its control socket `ctl`.
+pub fn wait_control(ctl: &str) {
+    wait_for("relaunch's control socket", Duration::from_secs(30), || {
+        let answered = cli(&["status", "--control", ctl], Duration::from_secs(30)).0;
+        (answered == Some(0)).then_some(())
+    });
+}
+
 /// A TCP port free on loopback a moment ago.
 /// A port nothing listens on, below the ephemeral range: a port the kernel
 /// handed out at bind(0) may be taken, before relaunch binds it, as the
