@@ -149,6 +149,15 @@ impl Sim {
         let number = last.map_or(0, |i| self.os.numbers[i]);
         self.t_probed_by(number, result, now);
     }
+    /// The probes that run now, each waiting for its answer: (number,
+    /// generation, health).
+    fn t_running(&self) -> Vec<(u64, u64, bool)> {
+        self.probing
+            .iter()
+            .filter(|p| p.due.is_none())
+            .map(|p| (p.number, p.generation, p.health))
+            .collect()
+    }
     /// Probe `number` answers.
     fn t_probed_by(&mut self, number: u64, result: Result<&str, &str>, now: Instant) {
         let result = result.map(str::to_string).map_err(str::to_string);

@@ -533,13 +533,7 @@ fn a_canarys_first_health_check_is_at_once() {
     while s.os.steered.is_empty() {
         let now = s.next_deadline().expect("its promotion is due");
         s.t_timer(now);
-        let running: Vec<(u64, u64)> = s
-            .probing
-            .iter()
-            .filter(|p| p.due.is_none())
-            .map(|p| (p.number, p.generation))
-            .collect();
-        for (number, _) in running {
+        for (number, ..) in s.t_running() {
             s.t_probed_by(number, Ok("GET /healthz answered 200 OK"), now);
         }
     }

@@ -606,13 +606,7 @@ fn a_canarys_failed_checks_count_on_across_a_serving_workers_restart() {
     while s.os.steered.is_empty() && now < t0 + 60 * SEC {
         now = s.next_deadline().expect("a check is due");
         s.t_timer(now);
-        let running: Vec<(u64, u64, bool)> = s
-            .probing
-            .iter()
-            .filter(|p| p.due.is_none())
-            .map(|p| (p.number, p.generation, p.health))
-            .collect();
-        for (number, generation, health) in running {
+        for (number, generation, health) in s.t_running() {
             match (generation, health) {
                 (2, _) => {
                     failed += 1;
