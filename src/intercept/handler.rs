@@ -2112,6 +2112,23 @@ fn status_flags(s: &Socket) -> io::Result<i32> {
 mod tests {
     use super::*;
 
+    /// A fresh folder `relaunch-TAG-PID` with a socket file, app.sock, in
+    /// it that a table holds: (folder, path, table).
+    fn held_socket_file(tag: &str) -> (std::path::PathBuf, std::path::PathBuf, Arc<Table>) {
+        let dir = std::env::temp_dir().join(format!("relaunch-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("app.sock");
+        let first = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let listener = Listener::adopt(
+            "unix".into(),
+            Socket::from(OwnedFd::from(first)),
+            Some(Addr::Unix(path.clone())),
+        );
+        let table = Table::new(&[listener], &[false], 16, false).unwrap();
+        (dir, path, table)
+    }
+
     /// A handler thread parks between notifications when asked, hands over
     /// its fd and what it said, and goes on after `resume`.
     #[test]
@@ -2175,17 +2192,7 @@ mod tests {
     /// takes the socket only over the file the plan was read from.
     #[test]
     fn a_refile_does_its_filesystem_work_outside_the_table_lock() {
-        let dir = std::env::temp_dir().join(format!("relaunch-refile-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("app.sock");
-        let first = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let listener = Listener::adopt(
-            "unix".into(),
-            Socket::from(OwnedFd::from(first)),
-            Some(Addr::Unix(path.clone())),
-        );
-        let table = Table::new(&[listener], &[false], 16, false).unwrap();
+        let (dir, path, table) = held_socket_file("refile");
         let before = table.inodes();
         // The app deletes relaunch's file before binding the path.
         std::fs::remove_file(&path).unwrap();
@@ -2235,17 +2242,7 @@ mod tests {
     #[test]
     fn a_socket_file_renamed_over_the_held_one_is_relaunchs_once_told() {
         use std::os::unix::fs::MetadataExt;
-        let dir = std::env::temp_dir().join(format!("relaunch-renamed-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("app.sock");
-        let first = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let listener = Listener::adopt(
-            "unix".into(),
-            Socket::from(OwnedFd::from(first)),
-            Some(Addr::Unix(path.clone())),
-        );
-        let table = Table::new(&[listener], &[false], 16, false).unwrap();
+        let (dir, path, table) = held_socket_file("renamed");
         let rename_in = |tag: &str| {
             let temp = dir.join(format!(".app.sock.{tag}"));
             let l = std::os::unix::net::UnixListener::bind(&temp).unwrap();
@@ -2286,17 +2283,7 @@ mod tests {
     fn a_deleted_held_file_takes_the_generations_own_socket() {
         use std::os::unix::fs::MetadataExt;
         use std::os::unix::net::UnixListener;
-        let dir = std::env::temp_dir().join(format!("relaunch-staged-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("app.sock");
-        let first = UnixListener::bind(&path).unwrap();
-        let listener = Listener::adopt(
-            "unix".into(),
-            Socket::from(OwnedFd::from(first)),
-            Some(Addr::Unix(path.clone())),
-        );
-        let table = Table::new(&[listener], &[false], 16, false).unwrap();
+        let (dir, path, table) = held_socket_file("staged");
         let temp = dir.join(".app.sock.relaunch-2");
         let own = Socket::from(OwnedFd::from(UnixListener::bind(&temp).unwrap()));
         let own_ino = nix::sys::stat::fstat(&own).unwrap().st_ino;
@@ -2380,17 +2367,7 @@ mod tests {
         assert_eq!(told.lock().unwrap().len(), 1);
 
         // A socket file the app deleted, remade.
-        let dir = std::env::temp_dir().join(format!("relaunch-told-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("app.sock");
-        let first = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let listener = Listener::adopt(
-            "unix".into(),
-            Socket::from(OwnedFd::from(first)),
-            Some(Addr::Unix(path.clone())),
-        );
-        let table = Table::new(&[listener], &[false], 16, false).unwrap();
+        let (dir, path, table) = held_socket_file("told");
         let told = watch(&table);
         // Still relaunch's file: nothing to remake, nothing told.
         session(&table)
