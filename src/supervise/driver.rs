@@ -1799,9 +1799,17 @@ impl Driver {
             let Steered::Tcp(g) = g else {
                 continue;
             };
-            if let Ok(found) = steer::foreign_listeners(g.port(), &ours)
-                && !found.is_empty()
-            {
+            let found = steer::foreign_listeners(g.port(), &ours).unwrap_or_else(|e| {
+                warn!(
+                    generation,
+                    "{}: cannot list the listeners on port {} ({e}): one relaunch does not own \
+                     would go unseen",
+                    l.name,
+                    g.port()
+                );
+                Vec::new()
+            });
+            if !found.is_empty() {
                 let (name, port, shown) = (&l.name, g.port(), steer::shown(&found));
                 if share.is_some() {
                     let e = no_share_beside(name, port, &found);
